@@ -1,0 +1,57 @@
+"""Locating a checkpoint: a directory today; repo ids in the HF cache build on this."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qwenprep.errors import InputError
+from qwenprep.jsonio import load_json_file
+
+CONFIG = "config.json"
+INDEX = "model.safetensors.index.json"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A located checkpoint directory (possibly an HF cache snapshot or a qwenprep overlay)."""
+
+    path: Path
+    repo_id: str | None = None
+    revision: str | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG
+
+    def read_config(self) -> dict[str, Any]:
+        cfg = load_json_file(self.config_path, what="config.json")
+        if not isinstance(cfg, dict):
+            raise InputError(f"{self.config_path}: top level is not a JSON object.")
+        return cfg
+
+
+def resolve_dir(spec: str | Path) -> Checkpoint:
+    """A directory that holds config.json; clear messages otherwise."""
+    p = Path(spec).expanduser()
+    if not p.exists():
+        raise InputError(
+            f"{p}: no such directory.",
+            hint="pass a checkpoint directory, or a repo id (ORG/NAME) already in the "
+            "Hugging Face cache; download one with: qwenprep fetch ORG/NAME",
+            path=str(p),
+        )
+    if not p.is_dir():
+        raise InputError(f"{p}: not a directory; pass the checkpoint's directory.", path=str(p))
+    if not (p / CONFIG).is_file():
+        raise InputError(
+            f"{p}: no config.json here; this is not a Hugging Face checkpoint directory.",
+            path=str(p / CONFIG),
+        )
+    return Checkpoint(p.resolve())
+
+
+def resolve_model(spec: str | Path) -> Checkpoint:
+    """Resolve MODEL as given on the command line. Every command goes through here."""
+    return resolve_dir(spec)
