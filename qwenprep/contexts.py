@@ -1,0 +1,173 @@
+"""Context lengths and the pure config patch (raw JSON in, raw JSON out).
+
+The patch that works on every vLLM (0.10 .. 0.33) and transformers (4.51 .. 5.x) release:
+keep every key, set ``max_position_embeddings = factor x native`` and a YaRN block whose
+``original_max_position_embeddings`` is the native length, keep ``rope_theta``.
+See FACTS.md, "The config that works everywhere".
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from qwenprep.errors import InputError, UsageError
+
+NATIVE_QWEN3_CODER = 262144
+MAX_SUPPORTED_FACTOR = 4.0  # Qwen claims 1M (4 x 256K) and no more
+RopeStyle = Literal["rope_scaling", "rope_parameters"]
+
+_COUNT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*$")
+
+
+@dataclass(frozen=True)
+class ContextRequest:
+    """What the user asked for: 'native', a named size, or a token count."""
+
+    text: str
+    tokens: int | None  # None means "native"
+
+
+def parse_context(text: str) -> ContextRequest:
+    """Parse native|256k|512k|1m|N. Suffixes are the model world's binary k and M (1m = 1048576)."""
+    raw = str(text).strip()
+    low = raw.lower()
+    if low == "native":
+        return ContextRequest(raw, None)
+    m = _COUNT.match(low)
+    if not m:
+        raise UsageError(
+            f"unknown context {raw!r}.",
+            hint="use native, 256k, 512k, 1m, or a token count such as 1048576.",
+        )
+    number, suffix = m.group(1), m.group(2)
+    scale = {"": 1, "k": 1024, "m": 1024 * 1024}[suffix]
+    value = float(number) * scale
+    if value != int(value) or value <= 0:
+        raise UsageError(f"context {raw!r} is not a positive whole number of tokens.")
+    return ContextRequest(raw, int(value))
+
+
+def _rope_block(config: dict[str, Any]) -> tuple[RopeStyle, dict[str, Any] | None]:
+    """Which key carries the rope settings. If both exist, rope_scaling wins (as in transformers)."""
+    if isinstance(config.get("rope_scaling"), dict):
+        return "rope_scaling", config["rope_scaling"]
+    if isinstance(config.get("rope_parameters"), dict):
+        return "rope_parameters", config["rope_parameters"]
+    if "rope_parameters" in config and "rope_scaling" not in config:
+        return "rope_parameters", None
+    return "rope_scaling", None
+
+
+def rope_style(config: dict[str, Any]) -> RopeStyle:
+    return _rope_block(config)[0]
+
+
+def rope_type(block: dict[str, Any] | None) -> str:
+    if not block:
+        return "default"
+    return str(block.get("rope_type", block.get("type", "default")))
+
+
+def effective_rope(config: dict[str, Any]) -> dict[str, Any]:
+    """The rope dict the engine uses, with rope_theta filled from the top level when the
+    style allows it (transformers 4 keeps rope_theta at the top; 5 reads it inside)."""
+    style, block = _rope_block(config)
+    out: dict[str, Any] = dict(block or {})
+    out.setdefault("rope_type", rope_type(block))
+    if "rope_theta" not in out and "rope_theta" in config:
+        out["rope_theta"] = config["rope_theta"]
+    return out
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def native_context(config: dict[str, Any]) -> int:
+    """The model's native context: original length of a YaRN config, else max_position_embeddings."""
+    _, block = _rope_block(config)
+    if rope_type(block) == "yarn" and block is not None:
+        orig = block.get("original_max_position_embeddings")
+        if isinstance(orig, int) and not isinstance(orig, bool) and orig > 0:
+            return orig
+    mpe = config.get("max_position_embeddings")
+    if not (isinstance(mpe, int) and not isinstance(mpe, bool)) or mpe <= 0:
+        raise InputError(
+            f"config.json: max_position_embeddings is {mpe!r}; expected a positive integer.",
+            hint="run qwenprep validate PATH for every problem in this config.",
+        )
+    return mpe
+
+
+@dataclass(frozen=True)
+class PatchResult:
+    config: dict[str, Any]
+    native: int
+    target: int
+    factor: float
+    style: RopeStyle
+
+
+def target_and_factor(native: int, req: ContextRequest, *, force: bool = False) -> tuple[int, float]:
+    """Resolve a request against the native length; refuse factors below 1 and (unless forced)
+    above 4."""
+    if req.tokens is None:
+        return native, 1.0
+    target, factor = req.tokens, req.tokens / native
+    if factor < 1.0:
+        raise UsageError(
+            f"context {req.text} ({target} tokens) is below the native {native}; "
+            "a YaRN factor below 1 is never valid.",
+            hint="to serve a shorter context, keep the native config and pass "
+            "--max-model-len to vLLM (qwenprep serve PATH --max-model-len N).",
+        )
+    if factor > MAX_SUPPORTED_FACTOR and not force:
+        raise UsageError(
+            f"context {req.text} means YaRN factor {factor:g} over the native {native}; "
+            f"Qwen supports at most factor {MAX_SUPPORTED_FACTOR:g} ({int(native * 4)} tokens).",
+            hint="pass --force to write it anyway (quality past 1M is unverified).",
+        )
+    return target, factor
+
+
+def patch_config(
+    config: dict[str, Any], req: ContextRequest, *, force: bool = False
+) -> PatchResult:
+    """Pure: return a new config for the requested context. Every other key and the key order
+    are kept; an already patched config is re-patched from its native values."""
+    native = native_context(config)
+    target, factor = target_and_factor(native, req, force=force)
+    style, block = _rope_block(config)
+    new = copy.deepcopy(config)
+    new["max_position_embeddings"] = target
+    if style == "rope_parameters":
+        params = {k: v for k, v in (block or {}).items() if k not in _YARN_KEYS}
+        theta = params.pop("rope_theta", config.get("rope_theta"))
+        if factor == 1.0:
+            params["rope_type"] = "default"
+        else:
+            params.update(
+                rope_type="yarn", factor=float(factor), original_max_position_embeddings=native
+            )
+        if theta is not None:
+            params["rope_theta"] = theta
+        new["rope_parameters"] = params
+    else:
+        if factor == 1.0:
+            new["rope_scaling"] = None
+        else:
+            new["rope_scaling"] = {
+                "rope_type": "yarn",
+                "factor": float(factor),
+                "original_max_position_embeddings": native,
+            }
+    return PatchResult(new, native, target, float(factor), style)
+
+
+_YARN_KEYS = {
+    "type", "rope_type", "factor", "original_max_position_embeddings",
+    "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor",
+}
