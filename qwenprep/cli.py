@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any, Callable, NoReturn
 
 import click
@@ -66,6 +67,74 @@ def cli() -> None:
 
 
 # --- foundation commands (patch, validate, revert, demo) ---
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--context", "-c", required=True, metavar="C",
+              help="native|256k|512k|1m|N tokens (1m = 1048576, YaRN factor 4 over 256K).")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
+              help="Overlay directory to create (links + patched config.json + manifest).")
+@click.option("--force", is_flag=True,
+              help="Replace an existing qwenprep overlay; allow YaRN factors above 4.")
+@json_option
+def patch(model: str, context: str, out: Path, force: bool, as_json: bool) -> None:
+    """Patch MODEL's config.json for a longer context into an overlay directory.
+
+    The source checkpoint is never modified; every other file is linked, not copied.
+    """
+    from qwenprep.checkpoint import resolve_model
+    from qwenprep.contexts import parse_context
+    from qwenprep.overlay import create_overlay
+
+    res = run(as_json, lambda: create_overlay(resolve_model(model), out, parse_context(context),
+                                              force=force))
+    m = res.manifest
+    if as_json:
+        _emit_json({"schema_version": SCHEMA_VERSION, "ok": True, "status": res.status,
+                    "path": str(res.path), "source": m["source"]["path"],
+                    "native_context": m["native_context"], "target_context": m["target_context"],
+                    "factor": m["factor"], "files_linked": len(m["files"]),
+                    "digest": m["digest"]})
+        return
+    for line in res.diff:
+        click.echo(line, err=True)
+    click.echo(f"{res.status} overlay {res.path}: {m['target_context']} tokens "
+               f"(YaRN factor {m['factor']:g} over {m['native_context']}), "
+               f"{len(m['files'])} files linked from {m['source']['path']}", err=True)
+    click.echo(str(res.path))
+
+
+@cli.command()
+@click.argument("path")
+@json_option
+def validate(path: str, as_json: bool) -> None:
+    """Check PATH/config.json against the Qwen3 schema and the long-context invariants."""
+    from qwenprep.checkpoint import resolve_model
+    from qwenprep.validation import validate_checkpoint
+
+    checks = run(as_json, lambda: validate_checkpoint(resolve_model(path).path))
+    report = Report("validate", checks, {"path": path})
+    finish_report(report, as_json, "valid" if report.ok else "INVALID: see the FAIL lines above")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@json_option
+def revert(path: Path, as_json: bool) -> None:
+    """Undo: remove a qwenprep overlay, or restore a config.json edited in place.
+
+    In a Hugging Face cache snapshot the restored bytes are proven against the blob's content
+    address (git blob sha1); elsewhere they come from a backup or a hash record beside it.
+    """
+    from qwenprep.revert import revert_path
+
+    res = run(as_json, lambda: revert_path(path))
+    if as_json:
+        _emit_json({"schema_version": SCHEMA_VERSION, "ok": True, **res.to_dict()})
+        return
+    click.echo(res.message)
+
 
 # --- locate/fetch/verify commands ---
 

@@ -1,0 +1,447 @@
+"""Overlay directories: every source file linked, config.json patched, a manifest beside.
+
+The source checkpoint is never written. An overlay is built in a hidden sibling directory and
+renamed into place under a lock, so a crash or a concurrent run never leaves a half-made one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import difflib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from qwenprep import __version__
+from qwenprep.checkpoint import CONFIG, Checkpoint, resolve_dir
+from qwenprep.contexts import ContextRequest, PatchResult, patch_config
+from qwenprep.errors import ConflictError, InputError, QwenprepError, UsageError
+from qwenprep.jsonio import atomic_write_bytes, dump_config, fsync_dir, loads_located
+from qwenprep.report import Check
+
+MANIFEST_DIR = ".qwenprep"
+MANIFEST_NAME = "manifest.json"
+SKIP_TOP = {MANIFEST_DIR, ".git", ".cache"}  # never linked: our own state, VCS, hub download state
+TMP_TAG = ".qwenprep-tmp-"
+LOCK_TIMEOUT_S = 300.0
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def manifest_path(path: Path) -> Path:
+    return path / MANIFEST_DIR / MANIFEST_NAME
+
+
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    """The overlay's manifest, or None when PATH is not a qwenprep overlay."""
+    mp = manifest_path(path)
+    if not mp.is_file():
+        return None
+    try:
+        obj = loads_located(mp.read_text(encoding="utf-8"), str(mp))
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{mp}: cannot read the overlay manifest ({e}).") from None
+    if not isinstance(obj, dict) or obj.get("tool") != "qwenprep":
+        return None
+    return obj
+
+
+def is_overlay(path: Path) -> bool:
+    return read_manifest(path) is not None
+
+
+@dataclass(frozen=True)
+class OverlayResult:
+    path: Path
+    source: Checkpoint
+    manifest: dict[str, Any]
+    patch: PatchResult
+    source_config_text: str
+    status: str  # "created" | "replaced" | "unchanged"
+
+    @property
+    def diff(self) -> list[str]:
+        return config_diff(self.source_config_text, dump_config(self.patch.config))
+
+
+def config_diff(old_text: str, new_text: str) -> list[str]:
+    return list(
+        difflib.unified_diff(
+            old_text.splitlines(), new_text.splitlines(),
+            "source/config.json", "overlay/config.json", lineterm="", n=1,
+        )
+    )
+
+
+def _digest(config_sha: str, files: list[dict[str, Any]]) -> str:
+    blob = json.dumps({"config_sha256": config_sha, "files": files}, sort_keys=True)
+    return sha256_bytes(blob.encode())
+
+
+def _source_entries(src: Path) -> Iterator[tuple[str, Path, bool]]:
+    """(relative name, absolute source path, is_dir) for everything to link, sorted."""
+    for root, dirs, files in os.walk(src, followlinks=False):
+        rel_root = os.path.relpath(root, src)
+        if rel_root == ".":
+            dirs[:] = sorted(d for d in dirs if d not in SKIP_TOP)
+        else:
+            dirs.sort()
+        for d in dirs:
+            p = Path(root) / d
+            if p.is_symlink():  # a linked directory: link it as one entry
+                yield os.path.normpath(os.path.join(rel_root, d)), p, True
+        dirs[:] = [d for d in dirs if not (Path(root) / d).is_symlink()]
+        for f in sorted(files):
+            if rel_root == "." and f == CONFIG:
+                continue
+            yield os.path.normpath(os.path.join(rel_root, f)), Path(root) / f, False
+
+
+def _file_size(p: Path) -> int:
+    try:
+        return p.stat().st_size
+    except FileNotFoundError:
+        raise InputError(f"{p}: broken link in the source checkpoint.",
+                         hint="re-download the checkpoint (qwenprep fetch ORG/NAME).") from None
+
+
+@contextlib.contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Serialise every qwenprep writer of one output path (an flock on a sibling file)."""
+    lock_path = out.parent / f".{out.name}.qwenprep.lock"
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise _io_error(out.parent, e) from None
+    try:
+        deadline = time.monotonic() + LOCK_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ConflictError(
+                        f"{out}: another qwenprep run has held the lock {lock_path} for "
+                        f"{LOCK_TIMEOUT_S:.0f} s.", hint="wait for it to finish, then retry."
+                    ) from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def _io_error(where: Path, e: OSError) -> QwenprepError:
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return InputError(
+            f"{where}: cannot write here ({os.strerror(e.errno)}).",
+            hint="choose an --out directory on a writable filesystem.",
+        )
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return InputError(f"{where}: out of space ({os.strerror(e.errno)}).",
+                          hint="free some space or choose another --out.")
+    return InputError(f"{where}: {e.strerror or e}.")
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2). False where unsupported."""
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name:
+        return False
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    fn = getattr(libc, "renameat2", None)
+    if fn is None:
+        return False
+    at_fdcwd = -100
+    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    return bool(rc == 0)
+
+
+def _remove_tree(p: Path) -> None:
+    """Delete a tree we made; links inside are unlinked, never followed."""
+    if p.is_symlink() or p.is_file():
+        p.unlink()
+    elif p.exists():
+        shutil.rmtree(p)
+
+
+def _clean_stale(out: Path) -> None:
+    for stale in out.parent.glob(f".{out.name}{TMP_TAG}*"):
+        with contextlib.suppress(OSError):
+            _remove_tree(stale)
+
+
+def _check_out(source: Path, out: Path) -> None:
+    src = source.resolve()
+    tgt = out.parent.resolve() / out.name
+    if tgt == src or src in tgt.parents:
+        raise UsageError(
+            f"--out {out} is inside the source checkpoint {src}; the source is never written.",
+            hint="choose a directory outside it, e.g. --out "
+            f"{src.parent / (src.name + '-1m')}",
+        )
+
+
+def _existing_state(out: Path, force: bool) -> str:
+    """'absent' | 'empty' | 'ours'; raises for anything we must not clobber."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ConflictError(f"--out {out} exists and is not a directory; refusing to replace it.",
+                            hint="choose another --out.")
+    if not out.exists():
+        return "absent"
+    if not any(out.iterdir()):
+        return "empty"
+    if read_manifest(out) is None:
+        raise ConflictError(
+            f"--out {out} is a non-empty directory that qwenprep did not make; "
+            "refusing to touch it.",
+            hint="choose a new or empty --out directory.",
+        )
+    if not force:
+        return "ours-keep"
+    return "ours"
+
+
+def create_overlay(
+    model: Checkpoint, out: Path, req: ContextRequest, *, force: bool = False,
+) -> OverlayResult:
+    """Patch MODEL's config for REQ into the overlay OUT. See the module docstring."""
+    source = model
+    prior = read_manifest(model.path)
+    if prior is not None:  # patching an overlay: start from its source
+        source = resolve_dir(prior["source"]["path"])
+        source = Checkpoint(source.path, prior["source"].get("repo_id"),
+                            prior["source"].get("revision"))
+    raw = _read_source_config(source)
+    text = raw.decode("utf-8")
+    config = loads_located(text, str(source.config_path))
+    if not isinstance(config, dict):
+        raise InputError(f"{source.config_path}: top level is not a JSON object.")
+    from qwenprep.validation import schema_problems
+
+    problems = schema_problems(config)
+    if problems:
+        raise InputError(
+            f"{source.config_path}: not a config qwenprep can patch:\n  "
+            + "\n  ".join(problems),
+            hint="qwenprep patches Qwen3 / Qwen3-MoE configs (model_type qwen3 or qwen3_moe).",
+        )
+    patched = patch_config(config, req, force=force)
+    out = Path(os.path.abspath(out.expanduser()))
+    _check_out(source.path, out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _io_error(out.parent, e) from None
+    if not os.access(out.parent, os.W_OK):
+        raise _io_error(out.parent, PermissionError(errno.EACCES, "Permission denied"))
+
+    new_config = dump_config(patched.config).encode("utf-8")
+    entries = list(_source_entries(source.path))
+    files = [{"name": n, "size": _file_size(p)} for n, p, is_dir in entries if not is_dir]
+    config_sha = sha256_bytes(new_config)
+    manifest: dict[str, Any] = {
+        "schema_version": 1,
+        "tool": "qwenprep",
+        "tool_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": {
+            "path": str(source.path),
+            "repo_id": source.repo_id,
+            "revision": source.revision,
+            "config_sha256": sha256_bytes(raw),
+        },
+        "config_sha256": config_sha,
+        "native_context": patched.native,
+        "target_context": patched.target,
+        "factor": patched.factor,
+        "rope_style": patched.style,
+        "files": files,
+        "digest": _digest(config_sha, files),
+    }
+
+    with output_lock(out):
+        _clean_stale(out)
+        state = _existing_state(out, force)
+        if state == "ours-keep":
+            current = read_manifest(out) or {}
+            if _same_overlay(current, manifest) and not [
+                c for c in overlay_checks(out) if c.status == "fail"
+            ]:
+                return OverlayResult(out, source, current, patched, text, "unchanged")
+            raise ConflictError(
+                f"--out {out} is already a qwenprep overlay (of {current.get('source', {}).get('path')}"
+                f" at {current.get('target_context')} tokens).",
+                hint="pass --force to replace it, or qwenprep revert "
+                f"{out} to remove it.",
+            )
+        tmp = out.parent / f".{out.name}{TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            _build(tmp, entries, new_config, manifest)
+            if state == "absent":
+                os.rename(tmp, out)
+            elif state == "empty":
+                os.rmdir(out)
+                os.rename(tmp, out)
+            else:  # ours: swap atomically, then drop the old one
+                if not _exchange(tmp, out):
+                    old = out.parent / f".{out.name}{TMP_TAG}old-{uuid.uuid4().hex[:8]}"
+                    os.rename(out, old)
+                    os.rename(tmp, out)
+                    tmp = old
+                _remove_tree(tmp)
+            fsync_dir(out.parent)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                _remove_tree(tmp)
+            raise _io_error(out, e) from None
+        except BaseException:
+            with contextlib.suppress(OSError):
+                _remove_tree(tmp)
+            raise
+    status = {"absent": "created", "empty": "created", "ours": "replaced"}[state]
+    return OverlayResult(out, source, manifest, patched, text, status)
+
+
+def _same_overlay(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    keys = ("config_sha256", "digest", "target_context")
+    return all(a.get(k) == b.get(k) for k in keys) and a.get("source", {}).get("path") == b[
+        "source"]["path"]
+
+
+def _read_source_config(source: Checkpoint) -> bytes:
+    try:
+        return source.config_path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{source.config_path}: missing.",
+                         hint="the checkpoint needs its config.json; re-download it.") from None
+    except OSError as e:
+        raise _io_error(source.config_path, e) from None
+
+
+def _build(tmp: Path, entries: list[tuple[str, Path, bool]], config: bytes,
+           manifest: dict[str, Any]) -> None:
+    tmp.mkdir()
+    for rel, src, _is_dir in entries:
+        dest = tmp / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(src, dest)
+    atomic_write_bytes(tmp / CONFIG, config)
+    (tmp / MANIFEST_DIR).mkdir()
+    atomic_write_bytes(manifest_path(tmp), (json.dumps(manifest, indent=2) + "\n").encode())
+    fsync_dir(tmp)
+
+
+def overlay_checks(path: Path) -> list[Check]:
+    """Does the overlay still say what its manifest says? Links resolve, sizes match,
+    config.json unchanged since patch, the source config unchanged since patch."""
+    manifest = read_manifest(path)
+    if manifest is None:
+        return [Check("overlay", "skip", f"{path} is not a qwenprep overlay (no manifest).")]
+    checks: list[Check] = []
+    errors = sorted(validate_manifest(manifest))
+    if errors:
+        checks.append(Check("overlay.manifest", "fail",
+                            "manifest does not match its schema: " + "; ".join(errors),
+                            str(manifest_path(path))))
+        return checks
+    checks.append(Check("overlay.manifest", "pass", "manifest present and well formed"))
+    try:
+        cfg_sha = sha256_bytes((path / CONFIG).read_bytes())
+    except OSError as e:
+        cfg_sha = f"unreadable ({e})"
+    if cfg_sha == manifest["config_sha256"]:
+        checks.append(Check("overlay.config", "pass", "config.json is the one qwenprep wrote"))
+    else:
+        checks.append(Check("overlay.config", "fail",
+                            "config.json was changed after qwenprep wrote it",
+                            str(path / CONFIG)))
+    bad: list[str] = []
+    for f in manifest["files"]:
+        name = f["name"]
+        p = path / name
+        if os.path.isabs(name) or ".." in Path(name).parts:
+            bad.append(f"{name}: path escapes the overlay")
+            continue
+        if not p.is_symlink():
+            bad.append(f"{name}: missing" if not p.exists() else f"{name}: not a link")
+        elif not p.exists():
+            bad.append(f"{name}: link target {os.readlink(p)} is gone")
+        elif p.stat().st_size != f["size"]:
+            bad.append(f"{name}: size {p.stat().st_size} != {f['size']} in the manifest")
+    if bad:
+        checks.append(Check("overlay.links", "fail", f"{len(bad)} linked file(s) wrong: "
+                            + "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""),
+                            str(path)))
+    else:
+        checks.append(Check("overlay.links", "pass",
+                            f"{len(manifest['files'])} linked files resolve and match the manifest"))
+    src_cfg = Path(manifest["source"]["path"]) / CONFIG
+    try:
+        src_sha = sha256_bytes(src_cfg.read_bytes())
+    except OSError:
+        src_sha = None
+    if src_sha == manifest["source"]["config_sha256"]:
+        checks.append(Check("overlay.source", "pass", f"source config unchanged ({src_cfg})"))
+    else:
+        checks.append(Check("overlay.source", "fail",
+                            f"the source config {src_cfg} changed or vanished since the patch",
+                            str(src_cfg),))
+    return checks
+
+
+def validate_manifest(manifest: dict[str, Any]) -> list[str]:
+    from qwenprep.schemas import validator
+
+    return [f"{'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
+            for e in validator("manifest").iter_errors(manifest)]
+
+
+def remove_overlay(path: Path) -> dict[str, Any]:
+    """Remove an overlay qwenprep made. Only links, our config and our manifest are deleted;
+    link targets are never touched. Anything else inside makes us refuse."""
+    manifest = read_manifest(path)
+    if manifest is None:
+        raise ConflictError(f"{path} is not a qwenprep overlay; refusing to delete it.")
+    known = {f["name"] for f in manifest.get("files", [])}
+    foreign = []
+    for root, dirs, files in os.walk(path, followlinks=False):
+        rel_root = os.path.relpath(root, path)
+        if rel_root == MANIFEST_DIR or rel_root.startswith(MANIFEST_DIR + os.sep):
+            continue
+        for name in files + [d for d in dirs if (Path(root) / d).is_symlink()]:
+            rel = os.path.normpath(os.path.join(rel_root, name))
+            p = Path(root) / name
+            if rel == CONFIG or (rel in known and p.is_symlink()):
+                continue
+            foreign.append(rel)
+    if foreign:
+        raise ConflictError(
+            f"{path} holds files qwenprep did not put there: {', '.join(foreign[:5])}; "
+            "refusing to delete them.",
+            hint="move them out, then run qwenprep revert again.",
+        )
+    with output_lock(path):
+        trash = path.parent / f".{path.name}{TMP_TAG}revert-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(path, trash)
+            _remove_tree(trash)
+        except OSError as e:
+            raise _io_error(path, e) from None
+    return manifest

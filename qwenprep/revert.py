@@ -1,0 +1,202 @@
+"""Undo: drop an overlay, or restore a config.json that the old manual recipe edited in place.
+
+In a Hugging Face cache snapshot, ``config.json`` links to ``blobs/<git blob sha1>``; the name
+is the content address of the original bytes, so a restoration is proven, not guessed. The
+same address is in ``.cache/huggingface/download/config.json.metadata`` of a ``--local-dir``
+download. Candidate bytes come from backups beside the file, intact blobs, and un-patching the
+edited config in the serialisations Hugging Face tools write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from qwenprep.checkpoint import CONFIG
+from qwenprep.contexts import ContextRequest, native_context, patch_config, rope_type
+from qwenprep.errors import InputError
+from qwenprep.jsonio import atomic_write_bytes, fsync_dir
+from qwenprep.overlay import read_manifest, remove_overlay
+
+BACKUP_NAMES = ("config.json.bak", "config.json.orig", "config.json.backup", "config.json~",
+                "config.json.qwenprep-backup", "config.json.original")
+_SHA1 = re.compile(r"^[0-9a-f]{40}$")
+
+
+def git_blob_sha1(data: bytes) -> str:
+    h = hashlib.sha1(b"blob %d\0" % len(data))
+    h.update(data)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class RevertResult:
+    action: str  # removed-overlay | restored-config | relinked | already-original
+    path: str
+    message: str
+    proof: str | None = None
+    source: str | None = None  # where the restored bytes came from
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _snapshot_blobs(snapshot: Path) -> Path | None:
+    """blobs/ of an HF cache repo when SNAPSHOT is .../models--X--Y/snapshots/REV."""
+    if snapshot.parent.name == "snapshots" and snapshot.parent.parent.name.count("--") >= 2:
+        blobs = snapshot.parent.parent / "blobs"
+        return blobs if blobs.is_dir() else None
+    return None
+
+
+def _local_dir_etag(path: Path) -> str | None:
+    meta = path / ".cache" / "huggingface" / "download" / f"{CONFIG}.metadata"
+    try:
+        lines = meta.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    etag = lines[1].strip().strip('"') if len(lines) > 1 else ""
+    return etag if _SHA1.match(etag) else None
+
+
+def _unpatched_variants(data: bytes) -> Iterator[tuple[str, bytes]]:
+    """The edited config un-patched to native, in the byte layouts HF tooling writes."""
+    try:
+        cfg = json.loads(data)
+        native = patch_config(cfg, ContextRequest("native", None), force=True).config
+    except Exception:  # noqa: BLE001 - any unreadable edit simply yields no candidate
+        return
+    shapes = [native]
+    if "rope_scaling" in native and native["rope_scaling"] is None:
+        shapes.append({k: v for k, v in native.items() if k != "rope_scaling"})
+    for shape in shapes:
+        for sort_keys in (False, True):
+            body = json.dumps(shape, indent=2, sort_keys=sort_keys, ensure_ascii=False)
+            for tail in ("\n", ""):
+                yield ("reconstructed by un-patching (indent 2"
+                       + (", sorted keys" if sort_keys else "") + ")", (body + tail).encode())
+
+
+def _candidates(path: Path, current: bytes, blobs: Path | None) -> Iterator[tuple[str, bytes]]:
+    yield "the file as it is", current
+    for name in BACKUP_NAMES:
+        b = path / name
+        if b.is_file():
+            yield f"backup {b}", b.read_bytes()
+    yield from _unpatched_variants(current)
+
+
+def _is_patched(data: bytes) -> bool:
+    try:
+        cfg = json.loads(data)
+        return rope_type(cfg.get("rope_scaling") or cfg.get("rope_parameters")) != "default" or \
+            cfg.get("max_position_embeddings") != native_context(cfg)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def revert_path(path: Path) -> RevertResult:
+    path = Path(os.path.abspath(path.expanduser()))
+    if path.name == CONFIG and path.parent.is_dir():
+        path = path.parent
+    if not path.exists() and not path.is_symlink():
+        raise InputError(f"{path}: no such overlay or checkpoint directory.")
+    if read_manifest(path) is not None:
+        m = remove_overlay(path)
+        return RevertResult("removed-overlay", str(path),
+                            f"removed overlay {path} (source {m['source']['path']} untouched)")
+    cfg = path / CONFIG
+    if not cfg.exists():
+        raise InputError(f"{cfg}: missing; nothing to revert here.",
+                         hint="pass an overlay made by qwenprep patch, or a checkpoint directory.")
+    current = cfg.read_bytes()
+    blobs = _snapshot_blobs(path)
+    if blobs is not None:
+        return _revert_in_cache(path, cfg, current, blobs)
+    etag = _local_dir_etag(path)
+    if etag:
+        for origin, data in _candidates(path, current, None):
+            if git_blob_sha1(data) == etag:
+                if data == current:
+                    return RevertResult("already-original", str(path),
+                                        f"{cfg} already matches its content address {etag}",
+                                        f"git blob sha1 {etag}")
+                atomic_write_bytes(cfg, data)
+                return RevertResult("restored-config", str(path),
+                                    f"restored {cfg} from {origin}; git blob sha1 {etag} "
+                                    "matches the download record", f"git blob sha1 {etag}", origin)
+        raise InputError(
+            f"{cfg}: differs from its recorded content address {etag} and no backup or "
+            "reconstruction reproduces it.",
+            hint="put the original beside it as config.json.bak, or download it again: "
+            "hf download ORG/NAME config.json --local-dir " + str(path))
+    if not _is_patched(current):
+        return RevertResult("already-original", str(path),
+                            f"{cfg} is not patched (no rope scaling, native context); "
+                            "nothing to revert")
+    for name in BACKUP_NAMES:
+        b = path / name
+        if b.is_file() and not _is_patched(b.read_bytes()):
+            atomic_write_bytes(cfg, b.read_bytes())
+            return RevertResult("restored-config", str(path),
+                                f"restored {cfg} from backup {b} (no content hash is known "
+                                "here, so the bytes are the backup's, unproven)", None, str(b))
+    raise InputError(
+        f"{cfg}: edited in place (rope scaling set) and there is no content address or backup "
+        "to restore the original bytes from.",
+        hint="put the original file beside it as config.json.bak and run qwenprep revert again, "
+        "or re-download config.json from the hub; from now on use qwenprep patch MODEL "
+        "--context 1m --out DIR, which never edits the source.")
+
+
+def _relink(cfg: Path, blob_name: str) -> None:
+    tmp = cfg.parent / f".{CONFIG}.qwenprep-{uuid.uuid4().hex[:8]}"
+    os.symlink(os.path.join("..", "..", "blobs", blob_name), tmp)
+    os.replace(tmp, cfg)
+    fsync_dir(cfg.parent)
+
+
+def _revert_in_cache(snapshot: Path, cfg: Path, current: bytes, blobs: Path) -> RevertResult:
+    if cfg.is_symlink():
+        address = os.path.basename(os.readlink(cfg))
+        if not _SHA1.match(address):
+            raise InputError(f"{cfg}: links to {os.readlink(cfg)}, not a git-sha1 blob; "
+                             "this cache entry is not one qwenprep understands.")
+        for origin, data in _candidates(snapshot, current, blobs):
+            if git_blob_sha1(data) == address:
+                if data == current:
+                    return RevertResult("already-original", str(snapshot),
+                                        f"{cfg} matches its content address {address}",
+                                        f"git blob sha1 {address}")
+                atomic_write_bytes(blobs / address, data)
+                return RevertResult(
+                    "restored-config", str(snapshot),
+                    f"restored blob {address} behind {cfg} from {origin}; its git blob sha1 "
+                    "now equals its name", f"git blob sha1 {address}", origin)
+        raise InputError(
+            f"{cfg}: the blob {address} was edited and neither a backup nor an un-patch of it "
+            "reproduces content address {address}.".replace("{address}", address),
+            hint="restore it from the hub: hf download ORG/NAME config.json --revision "
+            f"{snapshot.name} --force-download")
+    # the link was replaced by an edited file: find the intact blob it pointed to
+    for origin, data in _candidates(snapshot, current, blobs):
+        address = git_blob_sha1(data)
+        blob = blobs / address
+        if blob.is_file() and git_blob_sha1(blob.read_bytes()) == address:
+            _relink(cfg, address)
+            return RevertResult(
+                "relinked", str(snapshot),
+                f"replaced the edited file {cfg} with the link to blob {address} "
+                f"(found via {origin}; the blob's git sha1 equals its name)",
+                f"git blob sha1 {address}", origin)
+    raise InputError(
+        f"{cfg}: is a plain file (the cache link was replaced) and no intact blob in {blobs} "
+        "matches it un-patched.",
+        hint="restore it from the hub: hf download ORG/NAME config.json --revision "
+        f"{snapshot.name} --force-download")

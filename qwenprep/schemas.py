@@ -1,0 +1,39 @@
+"""The JSON Schemas shipped with qwenprep (schemas/ in the repo, qwenprep/schemas in the wheel)."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from qwenprep.errors import InputError
+
+
+def schema_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "schemas", here.parent / "schemas"):
+        if candidate.is_dir():
+            return candidate
+    raise InputError(f"qwenprep's schemas are missing (looked in {here / 'schemas'}).",
+                     hint="reinstall qwenprep.")
+
+
+def schema_path(name: str) -> Path:
+    if not name.endswith(".json"):
+        name += ".schema.json"
+    return schema_dir() / name
+
+
+@lru_cache(maxsize=None)
+def load_schema(name: str) -> dict[str, Any]:
+    with open(schema_path(name), encoding="utf-8") as f:
+        obj: dict[str, Any] = json.load(f)
+    return obj
+
+
+def validator(name: str) -> Any:
+    """A Draft 2020-12 validator for one of the shipped schemas."""
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(load_schema(name))

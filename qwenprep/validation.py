@@ -1,0 +1,195 @@
+"""Validation of a Qwen3 config: JSON Schema (schemas/qwen3-config.schema.json) plus the
+invariants a schema cannot say. Every violation is collected, each with its JSON path."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from qwenprep.checkpoint import CONFIG
+from qwenprep.contexts import NATIVE_QWEN3_CODER, effective_rope, rope_style, rope_type
+from qwenprep.errors import InputError
+from qwenprep.jsonio import loads_located
+from qwenprep.report import Check
+
+PATCH_HINT = "qwenprep patch MODEL --context 1m --out DIR"
+
+
+def _pointer(path: Any) -> str:
+    parts = list(path)
+    return "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts)
+
+
+def schema_problems(config: dict[str, Any]) -> list[str]:
+    """Schema violations as 'JSON path: message' strings, sorted by path."""
+    from qwenprep.schemas import validator
+
+    errors = sorted(validator("qwen3-config").iter_errors(config),
+                    key=lambda e: [str(p) for p in e.absolute_path])
+    return [f"{_pointer(e.absolute_path)}: {_message(e)}" for e in errors]
+
+
+def _message(e: Any) -> str:
+    if e.validator == "enum" and list(e.absolute_path) == ["model_type"]:
+        return (f"model_type is {e.instance!r}; qwenprep handles Qwen3 models "
+                "(qwen3_moe, qwen3)")
+    if e.validator == "type":
+        return f"is {e.instance!r} ({type(e.instance).__name__}); expected {e.validator_value}"
+    return str(e.message)
+
+
+def _line_of(text: str, key: str) -> int | None:
+    m = re.search(r'^\s*"' + re.escape(key) + r'"\s*:', text, re.MULTILINE)
+    return text.count("\n", 0, m.start()) + 1 if m else None
+
+
+def invariant_checks(config: dict[str, Any], *, native: int | None = None,
+                     manifest: dict[str, Any] | None = None) -> list[Check]:
+    """What a schema cannot say. NATIVE, when known (from a manifest), sharpens the check that a
+    context above native needs rope scaling."""
+    checks: list[Check] = []
+    mpe = config.get("max_position_embeddings")
+    rope = effective_rope(config)
+    kind = rope_type(rope)
+    if not isinstance(mpe, int) or isinstance(mpe, bool):
+        return [Check("invariant.context", "skip", "max_position_embeddings is not an integer")]
+
+    if kind == "yarn":
+        factor = rope.get("factor")
+        orig = rope.get("original_max_position_embeddings")
+        if isinstance(factor, (int, float)) and isinstance(orig, int) and factor >= 1:
+            expect = factor * orig
+            if abs(expect - mpe) < 0.5:
+                checks.append(Check("invariant.yarn_length", "pass",
+                                    f"max_position_embeddings {mpe} == factor {factor:g} x "
+                                    f"original {orig}"))
+            else:
+                checks.append(Check(
+                    "invariant.yarn_length", "fail",
+                    f"max_position_embeddings is {mpe} but YaRN factor {factor:g} x original "
+                    f"{orig} = {expect:g}; vLLM <= 0.29 serves {expect:g}, >= 0.30 serves {mpe}, "
+                    f"and transformers <= 4.55 recomputes the factor. Hint: {PATCH_HINT}",
+                    "$.max_position_embeddings"))
+        # (schema reports a missing factor/original)
+    else:
+        limit = native if native is not None else NATIVE_QWEN3_CODER
+        if mpe > limit:
+            checks.append(Check(
+                "invariant.context_needs_rope", "fail",
+                f"max_position_embeddings is {mpe} but no rope scaling is set (native "
+                f"{limit}{'' if native else ', the largest native Qwen3 context'}); positions "
+                f"past {limit} would run unscaled. Hint: {PATCH_HINT}",
+                "$.max_position_embeddings"))
+        else:
+            checks.append(Check("invariant.context_needs_rope", "pass",
+                                f"context {mpe} needs no rope scaling"))
+
+    style = rope_style(config)
+    if style == "rope_parameters":
+        block = config.get("rope_parameters")
+        has_theta = isinstance(block, dict) and "rope_theta" in block
+        where = "$.rope_parameters.rope_theta"
+    else:
+        has_theta = "rope_theta" in rope
+        where = "$.rope_theta"
+    if has_theta:
+        theta = rope.get("rope_theta") if style != "rope_parameters" else block["rope_theta"]
+        checks.append(Check("invariant.rope_theta", "pass",
+                            f"rope_theta {theta!r} present where the engine reads it"))
+    else:
+        checks.append(Check(
+            "invariant.rope_theta", "fail",
+            "rope_theta is missing from the rope settings; vLLM would silently use its default "
+            "base 10000 (Qwen3-Coder needs 10000000). Add rope_theta "
+            + ("inside rope_parameters" if style == "rope_parameters" else "at the top level"),
+            where))
+
+    if "head_dim" in config:
+        checks.append(Check("invariant.head_dim", "pass", f"head_dim {config['head_dim']} given"))
+    else:
+        checks.append(Check("invariant.head_dim", "fail",
+                            "head_dim is missing; for Qwen3-Coder it is not hidden_size / heads "
+                            "(96 x 128 != 6144), so engines would derive a wrong one",
+                            "$.head_dim"))
+
+    qc = config.get("quantization_config")
+    if isinstance(qc, dict):
+        checks.extend(_quantization_checks(config, qc))
+    if manifest is not None:
+        if manifest.get("target_context") == mpe:
+            checks.append(Check("invariant.manifest", "pass",
+                                f"context {mpe} is what the overlay manifest intends"))
+        else:
+            checks.append(Check("invariant.manifest", "fail",
+                                f"max_position_embeddings {mpe} differs from the manifest's "
+                                f"target_context {manifest.get('target_context')}",
+                                "$.max_position_embeddings"))
+    return checks
+
+
+def _quantization_checks(config: dict[str, Any], qc: dict[str, Any]) -> list[Check]:
+    if qc.get("quant_method") != "fp8":
+        return [Check("invariant.quantization", "pass",
+                      f"quantization {qc.get('quant_method')!r} (not checked further)")]
+    problems = []
+    block = qc.get("weight_block_size")
+    if block is None:
+        problems.append("weight_block_size is missing (the release uses [128, 128])")
+    if "activation_scheme" not in qc:
+        problems.append("activation_scheme is missing")
+    skip = qc.get("modules_to_not_convert") or []
+    layers = config.get("num_hidden_layers")
+    if skip and "lm_head" not in skip:
+        problems.append("lm_head is not in modules_to_not_convert")
+    if isinstance(layers, int):
+        bad = [m for m in skip if (mm := re.match(r"model\.layers\.(\d+)\.", m))
+               and int(mm.group(1)) >= layers]
+        if bad:
+            problems.append(f"modules_to_not_convert names layers beyond {layers}: {bad[:3]}")
+    if problems:
+        return [Check("invariant.quantization", "fail",
+                      "quantization_config: " + "; ".join(problems), "$.quantization_config")]
+    return [Check("invariant.quantization", "pass",
+                  f"fp8 quantization_config well formed (block {block})")]
+
+
+def validate_config_text(text: str, where: str, *, manifest: dict[str, Any] | None = None
+                         ) -> list[Check]:
+    config = loads_located(text, where)
+    if not isinstance(config, dict):
+        return [Check("schema", "fail", f"{where}: top level is not a JSON object", "$")]
+    checks: list[Check] = []
+    problems = schema_problems(config)
+    for p in problems:
+        key = p.split(":", 1)[0].removeprefix("$.").split(".")[0].split("[")[0]
+        line = _line_of(text, key) if key and key != "$" else None
+        loc = f"{where}:{line}" if line else where
+        checks.append(Check("schema", "fail", f"{loc}: {p}", p.split(":", 1)[0]))
+    if not problems:
+        checks.append(Check("schema", "pass", f"{where} matches the Qwen3 config schema"))
+    native = manifest.get("native_context") if manifest else None
+    for c in invariant_checks(config, native=native, manifest=manifest):
+        if c.status == "fail" and c.path:
+            key = c.path.removeprefix("$.").split(".")[0]
+            line = _line_of(text, key)
+            if line:
+                c = Check(c.id, c.status, f"{where}:{line}: {c.message}", c.path)
+        checks.append(c)
+    return checks
+
+
+def validate_checkpoint(path: Path) -> list[Check]:
+    """Schema + invariants of PATH/config.json (PATH may be an overlay: its manifest's intent
+    is checked too)."""
+    from qwenprep.overlay import read_manifest
+
+    cfg = path / CONFIG
+    try:
+        text = cfg.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{cfg}: missing.", hint="pass a checkpoint directory with a "
+                         "config.json") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{cfg}: cannot read ({e}).") from None
+    return validate_config_text(text, str(cfg), manifest=read_manifest(path))
