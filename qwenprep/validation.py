@@ -60,6 +60,7 @@ def invariant_checks(config: dict[str, Any], *, native: int | None = None,
         orig = rope.get("original_max_position_embeddings")
         if isinstance(factor, (int, float)) and isinstance(orig, int) and factor >= 1:
             expect = factor * orig
+            shown = f"{expect:.0f}" if expect == int(expect) else f"{expect:g}"
             if abs(expect - mpe) < 0.5:
                 checks.append(Check("invariant.yarn_length", "pass",
                                     f"max_position_embeddings {mpe} == factor {factor:g} x "
@@ -68,7 +69,7 @@ def invariant_checks(config: dict[str, Any], *, native: int | None = None,
                 checks.append(Check(
                     "invariant.yarn_length", "fail",
                     f"max_position_embeddings is {mpe} but YaRN factor {factor:g} x original "
-                    f"{orig} = {expect:g}; vLLM <= 0.29 serves {expect:g}, >= 0.30 serves {mpe}, "
+                    f"{orig} = {shown}; vLLM <= 0.29 serves {shown}, >= 0.30 serves {mpe}, "
                     f"and transformers <= 4.55 recomputes the factor. Hint: {PATCH_HINT}",
                     "$.max_position_embeddings"))
         # (schema reports a missing factor/original)

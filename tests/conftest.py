@@ -1,0 +1,81 @@
+"""Shared fixtures. Fixtures are copied into tmp_path before anything mutates them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from click.testing import CliRunner, Result
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+TINY = EXAMPLES / "tiny-qwen3-coder"
+TINY_FP8 = EXAMPLES / "tiny-qwen3-coder-fp8"
+SHARED_REFERENCE = REPO.parent / "shared" / "reference" / "qwen3-coder-480b-a35b-instruct-fp8.config.json"
+QWENPREP_BIN = Path(sys.executable).parent / "qwenprep"
+
+
+def tree_state(root: Path) -> dict[str, Any]:
+    """Everything that must not change in a source checkpoint: names, link targets, sizes,
+    mtimes, modes and the sha256 of every small file (big sparse shards: size + mtime)."""
+    state: dict[str, Any] = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        st = os.lstat(p)
+        entry: dict[str, Any] = {"mode": st.st_mode, "mtime": st.st_mtime_ns, "size": st.st_size}
+        if p.is_symlink():
+            entry["link"] = os.readlink(p)
+        elif p.is_file() and st.st_size < 64 * 1024 * 1024:
+            entry["sha256"] = hashlib.sha256(p.read_bytes()).hexdigest()
+        state[rel] = entry
+    return state
+
+
+def invoke(*args: str, input: str | None = None) -> Result:
+    from qwenprep.cli import cli
+
+    return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
+
+
+@pytest.fixture
+def cli() -> Callable[..., Result]:
+    return invoke
+
+
+@pytest.fixture
+def ref_config() -> dict[str, Any]:
+    """The 480B FP8 release's config (the shared reference copy when present)."""
+    if SHARED_REFERENCE.is_file():
+        return json.loads(SHARED_REFERENCE.read_text())
+    from qwenprep.synth import qwen3_coder_480b_fp8_config
+
+    return qwen3_coder_480b_fp8_config()
+
+
+@pytest.fixture
+def tiny_src(tmp_path: Path) -> Path:
+    dest = tmp_path / "tiny"
+    shutil.copytree(TINY, dest)
+    return dest
+
+
+@pytest.fixture
+def qwen_src(tmp_path: Path, ref_config: dict[str, Any]) -> Path:
+    """A config-only checkpoint dir with the real 480B config (as the release writes it) and a
+    few small files, including a subdirectory."""
+    d = tmp_path / "Qwen3-Coder-480B-A35B-Instruct-FP8"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(ref_config, indent=2) + "\n")
+    (d / "generation_config.json").write_text('{"do_sample": true}\n')
+    (d / "tokenizer.json").write_text('{"version": "1.0"}\n')
+    (d / "model-00001-of-00002.safetensors").write_bytes(b"\0" * 1000)
+    (d / "model-00002-of-00002.safetensors").write_bytes(b"\0" * 2000)
+    (d / "extra").mkdir()
+    (d / "extra" / "notes.txt").write_text("hello\n")
+    return d

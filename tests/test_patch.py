@@ -1,0 +1,328 @@
+"""qwenprep patch: the overlay, its manifest, and every refusal."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from click.testing import Result
+
+from conftest import QWENPREP_BIN, tree_state
+from qwenprep.jsonio import dump_config
+from qwenprep.overlay import overlay_checks, read_manifest
+from qwenprep.schemas import validator
+
+CliFn = Callable[..., Result]
+
+
+def test_patch_1m_creates_overlay(cli: CliFn, qwen_src: Path, tmp_path: Path,
+                                  ref_config: dict[str, Any]) -> None:
+    before = tree_state(qwen_src)
+    out = tmp_path / "ov"
+    r = cli("patch", str(qwen_src), "--context", "1m", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip() == str(out)
+    assert "created overlay" in r.stderr and "YaRN factor 4 over 262144" in r.stderr
+    assert '+  "max_position_embeddings": 1048576,' in r.stderr  # the diff is shown
+    assert tree_state(qwen_src) == before  # source untouched
+
+    cfg = json.loads((out / "config.json").read_text())
+    assert list(cfg) == list(ref_config)
+    assert cfg["max_position_embeddings"] == 1048576
+    assert cfg["rope_scaling"] == {"rope_type": "yarn", "factor": 4.0,
+                                   "original_max_position_embeddings": 262144}
+    assert {k: v for k, v in cfg.items() if k not in ("max_position_embeddings", "rope_scaling")} \
+        == {k: v for k, v in ref_config.items()
+            if k not in ("max_position_embeddings", "rope_scaling")}
+    assert not (out / "config.json").is_symlink()
+    for rel in ["generation_config.json", "tokenizer.json", "model-00001-of-00002.safetensors",
+                "model-00002-of-00002.safetensors", "extra/notes.txt"]:
+        assert (out / rel).is_symlink(), rel
+        assert (out / rel).resolve() == (qwen_src / rel).resolve()
+
+    m = read_manifest(out)
+    assert m is not None
+    assert not list(validator("manifest").iter_errors(m))
+    assert m["source"]["path"] == str(qwen_src.resolve())
+    assert m["native_context"] == 262144 and m["target_context"] == 1048576
+    assert m["factor"] == 4.0 and m["rope_style"] == "rope_scaling"
+    assert {f["name"] for f in m["files"]} == {
+        "generation_config.json", "tokenizer.json", "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors", "extra/notes.txt"}
+    assert all(c.status == "pass" for c in overlay_checks(out))
+    assert [p.name for p in tmp_path.iterdir() if "qwenprep-tmp" in p.name] == []
+
+
+def test_patch_json_output(cli: CliFn, qwen_src: Path, tmp_path: Path) -> None:
+    r = cli("patch", str(qwen_src), "--context", "512k", "--out", str(tmp_path / "o"), "--json")
+    assert r.exit_code == 0
+    out = json.loads(r.stdout)
+    assert out["ok"] is True and out["schema_version"] == 1 and out["status"] == "created"
+    assert (out["native_context"], out["target_context"], out["factor"]) == (262144, 524288, 2.0)
+    assert out["files_linked"] == 5
+
+
+def test_native_gives_original_back(cli: CliFn, qwen_src: Path, tmp_path: Path) -> None:
+    out = tmp_path / "n"
+    assert cli("patch", str(qwen_src), "--context", "native", "--out", str(out)).exit_code == 0
+    assert json.loads((out / "config.json").read_text()) == \
+        json.loads((qwen_src / "config.json").read_text())
+    assert (out / "config.json").read_bytes() == (qwen_src / "config.json").read_bytes()
+
+
+def test_patching_an_overlay_starts_from_its_source(cli: CliFn, qwen_src: Path,
+                                                   tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert cli("patch", str(qwen_src), "-c", "1m", "-o", str(a)).exit_code == 0
+    r = cli("patch", str(a), "-c", "1m", "-o", str(b), "--json")
+    assert r.exit_code == 0
+    assert json.loads(r.stdout)["factor"] == 4.0
+    m = read_manifest(b)
+    assert m is not None and m["source"]["path"] == str(qwen_src.resolve())
+    assert (b / "tokenizer.json").resolve() == (qwen_src / "tokenizer.json").resolve()
+
+
+def test_patching_an_in_place_edited_config_starts_from_native(
+        cli: CliFn, qwen_src: Path, tmp_path: Path) -> None:
+    cfg = json.loads((qwen_src / "config.json").read_text())
+    cfg["max_position_embeddings"] = 1048576
+    cfg["rope_scaling"] = {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 262144}
+    (qwen_src / "config.json").write_text(json.dumps(cfg, indent=2))
+    r = cli("patch", str(qwen_src), "-c", "1m", "-o", str(tmp_path / "o"), "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["factor"] == 4.0
+
+
+def test_rerun_is_unchanged_and_force_replaces(cli: CliFn, qwen_src: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ov"
+    assert cli("patch", str(qwen_src), "-c", "1m", "-o", str(out)).exit_code == 0
+    r = cli("patch", str(qwen_src), "-c", "1m", "-o", str(out), "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["status"] == "unchanged"
+    r = cli("patch", str(qwen_src), "-c", "512k", "-o", str(out))
+    assert r.exit_code == 3
+    assert r.stderr.startswith(f"error: --out {out} is already a qwenprep overlay")
+    assert "pass --force to replace it" in r.stderr
+    assert json.loads((out / "config.json").read_text())["max_position_embeddings"] == 1048576
+    r = cli("patch", str(qwen_src), "-c", "512k", "-o", str(out), "--force", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["status"] == "replaced"
+    assert json.loads((out / "config.json").read_text())["max_position_embeddings"] == 524288
+    assert [p.name for p in tmp_path.iterdir() if "qwenprep-tmp" in p.name] == []
+
+
+def test_transformers5_config_keeps_theta_inside(cli: CliFn, qwen_src: Path,
+                                                 tmp_path: Path) -> None:
+    cfg = json.loads((qwen_src / "config.json").read_text())
+    theta = cfg.pop("rope_theta")
+    cfg.pop("rope_scaling")
+    cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": theta}
+    (qwen_src / "config.json").write_text(json.dumps(cfg, indent=2))
+    out = tmp_path / "o"
+    assert cli("patch", str(qwen_src), "-c", "1m", "-o", str(out)).exit_code == 0
+    new = json.loads((out / "config.json").read_text())
+    assert new["rope_parameters"] == {"rope_type": "yarn", "factor": 4.0,
+                                      "original_max_position_embeddings": 262144,
+                                      "rope_theta": 10000000}
+    assert "rope_scaling" not in new
+    assert cli("validate", str(out)).exit_code == 0
+
+
+def test_factor_limits(cli: CliFn, qwen_src: Path, tmp_path: Path) -> None:
+    r = cli("patch", str(qwen_src), "-c", "2m", "-o", str(tmp_path / "o"))
+    assert r.exit_code == 2
+    assert "context 2m means YaRN factor 8 over the native 262144" in r.stderr
+    assert not (tmp_path / "o").exists()
+    r = cli("patch", str(qwen_src), "-c", "2m", "-o", str(tmp_path / "o"), "--force", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["factor"] == 8.0
+    r = cli("patch", str(qwen_src), "-c", "100000", "-o", str(tmp_path / "p"), "--force")
+    assert r.exit_code == 2 and "below the native 262144" in r.stderr
+
+
+# ---- bad input: each a clear message, a non-zero exit, the source untouched ----
+
+def _bad_config(src: Path, text: str) -> dict[str, Any]:
+    (src / "config.json").write_text(text)
+    return tree_state(src)
+
+
+def test_malformed_json_names_line_and_column(cli: CliFn, qwen_src: Path, tmp_path: Path) -> None:
+    before = _bad_config(qwen_src, '{\n  "model_type": "qwen3_moe",\n  "hidden_size": ,\n}\n')
+    r = cli("patch", str(qwen_src), "-c", "1m", "-o", str(tmp_path / "o"))
+    assert r.exit_code == 3
+    assert f"error: {qwen_src / 'config.json'}:3:18: malformed JSON: Expecting value." in r.stderr
+    assert tree_state(qwen_src) == before and not (tmp_path / "o").exists()
+
+
+def test_non_qwen_model_type(cli: CliFn, qwen_src: Path, tmp_path: Path,
+                             ref_config: dict[str, Any]) -> None:
+    before = _bad_config(qwen_src, json.dumps(dict(ref_config, model_type="llama")))
+    r = cli("patch", str(qwen_src), "-c", "1m", "-o", str(tmp_path / "o"))
+    assert r.exit_code == 3
+    assert "$.model_type: model_type is 'llama'; qwenprep handles Qwen3 models" in r.stderr
+    assert tree_state(qwen_src) == before and not (tmp_path / "o").exists()
+
+
+def test_string_max_position_embeddings(cli: CliFn, qwen_src: Path, tmp_path: Path,
+                                        ref_config: dict[str, Any]) -> None:
+    before = _bad_config(qwen_src, json.dumps(dict(ref_config, max_position_embeddings="262144")))
+    r = cli("patch", str(qwen_src), "-c", "1m", "-o", str(tmp_path / "o"), "--json")
+    assert r.exit_code == 3
+    err = json.loads(r.stdout)["error"]
+    assert "$.max_position_embeddings: is '262144' (str); expected integer" in err["message"]
+    assert tree_state(qwen_src) == before
+
+
+def test_missing_config(cli: CliFn, qwen_src: Path, tmp_path: Path) -> None:
+    (qwen_src / "config.json").unlink()
+    r = cli("patch", str(qwen_src), "-c", "1m", "-o", str(tmp_path / "o"))
+    assert r.exit_code == 3
+    assert f"{qwen_src}: no config.json here" in r.stderr
+
+
+def test_missing_source(cli: CliFn, tmp_path: Path) -> None:
+    r = cli("patch", str(tmp_path / "nope"), "-c", "1m", "-o", str(tmp_path / "o"))
+    assert r.exit_code == 3
+    assert f"error: {tmp_path / 'nope'}: no such directory." in r.stderr
+    assert "qwenprep fetch ORG/NAME" in r.stderr
+
+
+def test_unknown_context(cli: CliFn, qwen_src: Path, tmp_path: Path) -> None:
+    r = cli("patch", str(qwen_src), "-c", "lots", "-o", str(tmp_path / "o"))
+    assert r.exit_code == 2
+    assert "error: unknown context 'lots'." in r.stderr and "native, 256k, 512k, 1m" in r.stderr
+
+
+def test_missing_required_option_is_usage_error(cli: CliFn, qwen_src: Path) -> None:
+    r = cli("patch", str(qwen_src), "-c", "1m")
+    assert r.exit_code == 2 and "Missing option '--out'" in r.stderr
+
+
+def test_foreign_out_is_never_clobbered(cli: CliFn, qwen_src: Path, tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    for extra in ([], ["--force"]):
+        r = cli("patch", str(qwen_src), "-c", "1m", "-o", str(out), *extra)
+        assert r.exit_code == 3
+        assert f"--out {out} is a non-empty directory that qwenprep did not make" in r.stderr
+    assert [p.name for p in out.iterdir()] == ["precious.txt"]
+
+
+def test_out_that_is_a_file(cli: CliFn, qwen_src: Path, tmp_path: Path) -> None:
+    f = tmp_path / "f"
+    f.write_text("x")
+    r = cli("patch", str(qwen_src), "-c", "1m", "-o", str(f), "--force")
+    assert r.exit_code == 3 and "exists and is not a directory" in r.stderr
+    assert f.read_text() == "x"
+
+
+def test_empty_out_dir_is_used(cli: CliFn, qwen_src: Path, tmp_path: Path) -> None:
+    out = tmp_path / "empty"
+    out.mkdir()
+    assert cli("patch", str(qwen_src), "-c", "1m", "-o", str(out)).exit_code == 0
+    assert read_manifest(out) is not None
+
+
+@pytest.mark.parametrize("where", ["inside", "same"])
+def test_out_inside_source(cli: CliFn, qwen_src: Path, where: str) -> None:
+    before = tree_state(qwen_src)
+    out = qwen_src / "overlay" if where == "inside" else qwen_src
+    r = cli("patch", str(qwen_src), "-c", "1m", "-o", str(out))
+    assert r.exit_code == 2
+    assert f"--out {out} is inside the source checkpoint" in r.stderr
+    assert tree_state(qwen_src) == before
+
+
+def test_read_only_target(cli: CliFn, qwen_src: Path, tmp_path: Path) -> None:
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    if subprocess.run(["chattr", "+i", str(parent)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here (root ignores chmod)")
+    try:
+        r = cli("patch", str(qwen_src), "-c", "1m", "-o", str(parent / "ov"))
+        assert r.exit_code == 3
+        assert f"{parent}: cannot write here" in r.stderr
+        assert "writable filesystem" in r.stderr
+    finally:
+        subprocess.run(["chattr", "-i", str(parent)], check=True)
+    assert list(parent.iterdir()) == []
+
+
+def test_console_script_and_module(qwen_src: Path, tmp_path: Path) -> None:
+    r = subprocess.run([str(QWENPREP_BIN), "patch", str(qwen_src), "-c", "1m", "-o",
+                        str(tmp_path / "a"), "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["target_context"] == 1048576
+    r = subprocess.run([sys.executable, "-m", "qwenprep", "patch", str(qwen_src), "-c", "lots",
+                        "-o", str(tmp_path / "b")], capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown context 'lots'" in r.stderr
+
+
+def test_concurrent_runs_are_serialised(qwen_src: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ov"
+    procs = [subprocess.Popen([str(QWENPREP_BIN), "patch", str(qwen_src), "-c", ctx, "-o",
+                               str(out), "--force", "--json"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for ctx in ("1m", "512k", "1m", "512k")]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], results
+    m = read_manifest(out)
+    assert m is not None
+    assert all(c.status == "pass" for c in overlay_checks(out))
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["max_position_embeddings"] == m["target_context"]
+    assert [p.name for p in tmp_path.iterdir() if "qwenprep-tmp" in p.name] == []
+
+
+def test_kill_9_leaves_old_or_new(qwen_src: Path, tmp_path: Path) -> None:
+    """kill -9 at spread-out moments: OUT is always absent, the old overlay or the new one."""
+    for i in range(3000):  # enough files to make the build take a while
+        (qwen_src / "extra" / f"f{i:04d}.txt").write_text("x")
+    out = tmp_path / "ov"
+    assert subprocess.run([str(QWENPREP_BIN), "patch", str(qwen_src), "-c", "512k", "-o",
+                           str(out)], capture_output=True).returncode == 0
+    seen = set()
+    for delay in (0.05, 0.15, 0.25, 0.35, 0.5, 0.7):
+        p = subprocess.Popen([str(QWENPREP_BIN), "patch", str(qwen_src), "-c", "1m", "-o",
+                              str(out), "--force"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        m = read_manifest(out)
+        assert m is not None, "the overlay vanished"
+        seen.add(m["target_context"])
+        assert all(c.status == "pass" for c in overlay_checks(out)), overlay_checks(out)
+        # back to the old state for the next round
+        subprocess.run([str(QWENPREP_BIN), "patch", str(qwen_src), "-c", "512k", "-o",
+                        str(out), "--force"], capture_output=True, check=True)
+    assert seen <= {524288, 1048576}
+    assert [p.name for p in tmp_path.iterdir() if "qwenprep-tmp" in p.name] == []
+
+
+def test_real_480b_shaped_checkpoint(cli: CliFn, tmp_path: Path) -> None:
+    from qwenprep.synth import make_shaped_checkpoint
+
+    src = make_shaped_checkpoint(tmp_path / "Qwen3-Coder-480B-A35B-Instruct-FP8", shards=50)
+    apparent = sum(p.stat().st_size for p in src.glob("*.safetensors"))
+    assert apparent > 400 * 2**30
+    before = tree_state(src)
+    out = tmp_path / "ov"
+    r = cli("patch", str(src), "--context", "1m", "--out", str(out), "--json")
+    assert r.exit_code == 0, r.output
+    assert tree_state(src) == before
+    used = subprocess.run(["du", "-sk", str(out)], capture_output=True, text=True, check=True)
+    assert int(used.stdout.split()[0]) < 4 * 1024  # a few MB at most (KiB)
+    assert len(list(out.glob("*.safetensors"))) == 50
+    assert cli("validate", str(out)).exit_code == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["max_position_embeddings"] == 1048576
+    assert cfg["rope_scaling"]["factor"] == 4.0
+    assert (out / "config.json").read_text() == dump_config(cfg)
+    shutil.rmtree(out)
