@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,5 +53,25 @@ def resolve_dir(spec: str | Path) -> Checkpoint:
 
 
 def resolve_model(spec: str | Path) -> Checkpoint:
-    """Resolve MODEL as given on the command line. Every command goes through here."""
-    return resolve_dir(spec)
+    """Resolve MODEL as given on the command line. Every command goes through here.
+
+    An existing directory wins. Otherwise `ORG/NAME[@revision]` is looked up in the local
+    Hugging Face cache (HF_HUB_CACHE / HF_HOME, refs/<branch-or-tag>, full or short commit
+    hashes; never the network): the Checkpoint then carries repo_id and the resolved commit.
+    Anything else gets resolve_dir's message.
+    """
+    from qwenprep.hub import find_cached, parse_repo_spec
+
+    text = str(spec)
+    if not Path(text).expanduser().exists():
+        repo = parse_repo_spec(text)
+        if repo is not None:
+            snapshot, commit = find_cached(repo)
+            return replace(resolve_dir(snapshot), repo_id=repo.repo_id, revision=commit)
+    ckpt = resolve_dir(spec)
+    # A snapshot directory of the HF cache given by path: .../models--ORG--NAME/snapshots/COMMIT
+    parent, repo_dir = ckpt.path.parent, ckpt.path.parent.parent.name
+    if parent.name == "snapshots" and repo_dir.startswith("models--") and repo_dir.count("--") == 2:
+        repo_id = repo_dir[len("models--") :].replace("--", "/")
+        return replace(ckpt, repo_id=repo_id, revision=ckpt.path.name)
+    return ckpt

@@ -138,6 +138,28 @@ def revert(path: Path, as_json: bool) -> None:
 
 # --- locate/fetch/verify commands ---
 
+
+@cli.command()
+@click.argument("repo", metavar="ORG/NAME[@REV]")
+@click.option("--local-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Download into this directory instead of the Hugging Face cache.")
+@json_option
+def fetch(repo: str, local_dir: Path | None, as_json: bool) -> None:
+    """Download the files serving needs (pinned commit), then verify them deeply.
+
+    Prints the checkpoint path on stdout; progress and checks go to stderr."""
+    from qwenprep.fetch import fetch as do_fetch, human
+
+    res = run(as_json, lambda: do_fetch(repo, local_dir=local_dir))
+    if as_json:
+        _emit_json(res.to_dict())
+    else:
+        click.echo(f"{res.plan.spec.repo_id}@{res.plan.commit[:12]}: {len(res.plan.files)} "
+                   f"files, {human(res.plan.bytes_total)} in {res.seconds:.1f} s", err=True)
+        click.echo(render_checks([*res.checks, *res.verify.checks]), err=True)
+        click.echo(str(res.path))
+    sys.exit(0 if res.ok else EXIT_CHECKS_FAILED)
+
 # --- plan/check commands ---
 
 # --- engine/serve commands ---

@@ -1,0 +1,363 @@
+"""Download the files serving needs, through huggingface_hub, pinned to one commit.
+
+The flow: ask the Hub for the revision's file list with sizes (`model_info(...,
+files_metadata=True)`), pin the resolved commit, keep only what vLLM reads (weights, index,
+configs, tokenizer, chat template), check free disk, `snapshot_download` exactly those names
+at that commit (huggingface_hub draws the progress bars, on stderr), check sizes, then run
+qwenprep's deep verify. Tokens stay with huggingface_hub: qwenprep never reads one except to
+scrub it out of messages, and never records one.
+
+Works with huggingface_hub 0.34 .. 2.x (only `HfApi.model_info`, `snapshot_download` and the
+exception classes of `huggingface_hub.errors`, looked up by name).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from qwenprep import __version__
+from qwenprep.errors import InputError, UsageError
+from qwenprep.hub import (
+    RepoSpec,
+    hub_cache_dir,
+    hub_endpoint,
+    offline_mode,
+    parse_repo_spec,
+    redact,
+    repo_storage,
+)
+from qwenprep.jsonio import atomic_write_text, dump_config
+from qwenprep.report import SCHEMA_VERSION, Check, Report
+
+RECORD = Path(".qwenprep") / "fetch.json"
+
+# Top-level files vLLM and the tokenizer read. Everything else (README, LICENSE, .gitattributes,
+# original/ consolidated weights, *.bin/*.pth duplicates, custom code) is left on the Hub.
+_SERVING_SUFFIXES = (".safetensors", ".json", ".jinja")
+_SERVING_NAMES = {"merges.txt", "vocab.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model"}
+
+
+def serving_file(name: str) -> bool:
+    """True for the files a serving engine needs from a model repo."""
+    return "/" not in name and (name.endswith(_SERVING_SUFFIXES) or name in _SERVING_NAMES)
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    name: str
+    size: int | None  # None when the Hub gave no size
+    etag: str | None  # sha256 for LFS files, git blob sha1 for the others
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "size": self.size}
+
+
+@dataclass(frozen=True)
+class FetchPlan:
+    spec: RepoSpec
+    commit: str
+    files: tuple[RemoteFile, ...]
+    target: Path  # where bytes land: the local dir, or the HF cache
+    local_dir: Path | None
+    cache_dir: Path
+    bytes_total: int
+    bytes_needed: int  # not already present at the target
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    plan: FetchPlan
+    path: Path
+    seconds: float
+    checks: tuple[Check, ...]
+    verify: Report = field(default_factory=lambda: Report("verify"))
+
+    @property
+    def ok(self) -> bool:
+        return all(c.status != "fail" for c in self.checks) and self.verify.ok
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "ok": self.ok,
+            "path": str(self.path),
+            "repo_id": self.plan.spec.repo_id,
+            "revision": self.plan.commit,
+            "requested_revision": self.plan.spec.rev,
+            "files": [f.to_dict() for f in self.plan.files],
+            "bytes": self.plan.bytes_total,
+            "seconds": round(self.seconds, 3),
+            "checks": [c.to_dict() for c in self.checks],
+            "verify": self.verify.to_dict(),
+        }
+
+
+def human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.2f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _hf_error(name: str) -> type[BaseException]:
+    from huggingface_hub import errors
+
+    found = getattr(errors, name, None)
+    return found if isinstance(found, type) else type(f"_Absent{name}", (Exception,), {})
+
+
+def _hub_failure(spec: RepoSpec, err: BaseException, endpoint: str) -> InputError:
+    """One table from huggingface_hub's exceptions to messages that say what to do next."""
+    detail = redact(str(err).splitlines()[0] if str(err) else type(err).__name__)
+    retry = f"run the same command again: qwenprep fetch {spec}"
+    if isinstance(err, _hf_error("GatedRepoError")):
+        return InputError(
+            f"{spec.repo_id} is gated on {endpoint}: accept its terms on the model page first.",
+            hint="then log in (hf auth login, or set HF_TOKEN) and " + retry,
+        )
+    if isinstance(err, _hf_error("RepositoryNotFoundError")):
+        return InputError(
+            f"{spec.repo_id}: no such model repository on {endpoint} (or it is private).",
+            hint="check the repo id; for a private repo log in (hf auth login, or set HF_TOKEN)",
+        )
+    if isinstance(err, _hf_error("RevisionNotFoundError")):
+        return InputError(
+            f"{spec.repo_id}: revision {spec.rev!r} does not exist on {endpoint}.",
+            hint="use a branch, tag or commit hash of the repo, e.g. qwenprep fetch "
+            f"{spec.repo_id}@main",
+        )
+    if isinstance(err, (_hf_error("RemoteEntryNotFoundError"), _hf_error("EntryNotFoundError"))):
+        return InputError(
+            f"{spec}: a file listed by the Hub could not be downloaded (404): {detail}",
+            hint="the revision may have changed under you; " + retry,
+        )
+    return InputError(
+        f"{spec}: download from {endpoint} failed: {type(err).__name__}: {detail}",
+        hint=retry + " (finished files are kept; unfinished ones restart)",
+    )
+
+
+def _display_endpoint(endpoint: str | None) -> str:
+    from urllib.parse import urlsplit
+
+    if not endpoint:
+        return "https://huggingface.co"
+    parts = urlsplit(endpoint)
+    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+
+
+def _present(f: RemoteFile, storage: Path, local_dir: Path | None) -> bool:
+    if f.size is None:
+        return False
+    if local_dir is not None:
+        p = local_dir / f.name
+    elif f.etag:
+        p = storage / "blobs" / f.etag
+    else:
+        return False
+    try:
+        return p.stat().st_size == f.size
+    except OSError:
+        return False
+
+
+def _free_bytes(path: Path) -> tuple[Path, int]:
+    probe = path.absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe, shutil.disk_usage(probe).free
+
+
+def plan_fetch(
+    spec_text: str,
+    *,
+    local_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    endpoint: str | None = None,
+) -> FetchPlan:
+    """Ask the Hub what ORG/NAME[@rev] is (commit, files, sizes); no download yet."""
+    spec = parse_repo_spec(spec_text)
+    if spec is None:
+        raise UsageError(
+            f"{spec_text!r} is not a repo id: expected ORG/NAME or ORG/NAME@REVISION "
+            "(letters, digits, '-', '_', '.').",
+            hint="for example: qwenprep fetch Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8",
+        )
+    if offline_mode():
+        raise InputError(
+            f"cannot fetch {spec}: HF_HUB_OFFLINE is set, so the Hub may not be contacted.",
+            hint="unset HF_HUB_OFFLINE (or run the fetch on a machine with network access)",
+        )
+    from huggingface_hub import HfApi
+
+    endpoint = endpoint or hub_endpoint()
+    shown = _display_endpoint(endpoint)
+    try:
+        info = HfApi(endpoint=endpoint).model_info(
+            spec.repo_id, revision=spec.rev, files_metadata=True
+        )
+    except Exception as err:  # huggingface_hub's exception types vary across 0.34 .. 2.x
+        raise _hub_failure(spec, err, shown) from None
+    commit = info.sha
+    if not commit:
+        raise InputError(f"{spec}: {shown} did not say which commit {spec.rev!r} is.")
+    siblings = info.siblings or []
+    files = tuple(
+        RemoteFile(
+            s.rfilename,
+            s.size,
+            s.lfs.sha256 if s.lfs is not None else s.blob_id,
+        )
+        for s in siblings
+        if serving_file(s.rfilename)
+    )
+    names = {f.name for f in files}
+    if "config.json" not in names or not any(n.endswith(".safetensors") for n in names):
+        raise InputError(
+            f"{spec} at {commit[:12]} has no "
+            + ("config.json" if "config.json" not in names else "*.safetensors weights")
+            + f": not a safetensors model checkpoint ({len(siblings)} files in the repo).",
+            hint="check the repo id and revision",
+        )
+    cache = cache_dir if cache_dir is not None else hub_cache_dir()
+    storage = repo_storage(spec.repo_id, cache)
+    local = local_dir.expanduser().absolute() if local_dir is not None else None
+    total = sum(f.size or 0 for f in files)
+    needed = sum(f.size or 0 for f in files if not _present(f, storage, local))
+    return FetchPlan(
+        spec, commit, files, local or cache, local, cache, total, needed
+    )
+
+
+def check_space(plan: FetchPlan, *, reserve_bytes: int = 0) -> Check:
+    """Free disk at the target against the bytes still to download (+ a reserve)."""
+    probe, free = _free_bytes(plan.target)
+    need = plan.bytes_needed + reserve_bytes
+    if need > free:
+        raise InputError(
+            f"not enough free disk for {plan.spec} at {probe}: the download needs "
+            f"{human(need)} ({plan.bytes_needed} bytes), {human(free)} ({free} bytes) is free.",
+            hint="free some space, or fetch to a bigger disk with --local-dir DIR "
+            "(or set HF_HUB_CACHE to a directory there)",
+            path=str(probe),
+        )
+    return Check(
+        "fetch.disk",
+        "pass",
+        f"{human(plan.bytes_needed)} to download, {human(free)} free at {probe}",
+        str(probe),
+    )
+
+
+def _write_ref(plan: FetchPlan) -> None:
+    """Record branch/tag -> commit in the cache, as huggingface_hub does, so that
+    `ORG/NAME@rev` resolves offline afterwards (we downloaded by commit to pin it)."""
+    rev = plan.spec.rev
+    if plan.local_dir is not None or rev == plan.commit:
+        return
+    ref = repo_storage(plan.spec.repo_id, plan.cache_dir) / "refs" / rev
+    ref.parent.mkdir(parents=True, exist_ok=True)
+    if not ref.is_file() or ref.read_text() != plan.commit:
+        atomic_write_text(ref, plan.commit)
+
+
+def _size_checks(plan: FetchPlan, path: Path) -> list[Check]:
+    bad: list[str] = []
+    for f in plan.files:
+        p = path / f.name
+        if not p.is_file():
+            bad.append(f"{f.name}: missing")
+        elif f.size is not None and p.stat().st_size != f.size:
+            bad.append(f"{f.name}: {p.stat().st_size} bytes, the Hub lists {f.size}")
+    if bad:
+        return [Check("fetch.files", "fail", "; ".join(bad), str(path))]
+    return [
+        Check(
+            "fetch.files",
+            "pass",
+            f"{len(plan.files)} files, {human(plan.bytes_total)}, sizes as the Hub lists them",
+            str(path),
+        )
+    ]
+
+
+def _verify(path: Path) -> Report:
+    try:
+        from qwenprep.integrity import verify_checkpoint
+    except ModuleNotFoundError as err:
+        if err.name != "qwenprep.integrity":
+            raise
+        return Report(
+            "verify",
+            [Check("verify.deep", "skip", "deep verification is not available in this build")],
+        )
+    return verify_checkpoint(path, deep=True)
+
+
+def _record(plan: FetchPlan, path: Path, started: datetime, seconds: float) -> None:
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "tool": "qwenprep",
+        "tool_version": __version__,
+        "repo_id": plan.spec.repo_id,
+        "requested_revision": plan.spec.rev,
+        "revision": plan.commit,
+        "files": [f.to_dict() for f in plan.files],
+        "bytes": plan.bytes_total,
+        "started": started.isoformat(timespec="seconds"),
+        "seconds": round(seconds, 3),
+    }
+    (path / RECORD).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path / RECORD, dump_config(record))
+
+
+def download(plan: FetchPlan, *, endpoint: str | None = None, verify: bool = True) -> FetchResult:
+    """snapshot_download exactly the planned files at the pinned commit, then check them."""
+    from huggingface_hub import snapshot_download
+
+    endpoint = endpoint or hub_endpoint()
+    started = datetime.now(timezone.utc)
+    t0 = time.monotonic()
+    try:
+        out = snapshot_download(
+            plan.spec.repo_id,
+            revision=plan.commit,
+            cache_dir=str(plan.cache_dir),
+            local_dir=str(plan.local_dir) if plan.local_dir is not None else None,
+            allow_patterns=[f.name for f in plan.files],
+            endpoint=endpoint,
+        )
+    except Exception as err:  # network, HTTP and size-consistency errors of any version
+        raise _hub_failure(plan.spec, err, _display_endpoint(endpoint)) from None
+    seconds = time.monotonic() - t0
+    path = Path(out)
+    _write_ref(plan)
+    checks = _size_checks(plan, path)
+    if plan.local_dir is not None:
+        _record(plan, path, started, seconds)
+    report = _verify(path) if verify else Report("verify")
+    return FetchResult(plan, path, seconds, tuple(checks), report)
+
+
+def fetch(
+    spec_text: str,
+    *,
+    local_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    endpoint: str | None = None,
+    reserve_bytes: int = 0,
+    verify: bool = True,
+) -> FetchResult:
+    """Plan, check the disk, download, check and verify. Raises QwenprepError (exit 2/3)."""
+    plan = plan_fetch(spec_text, local_dir=local_dir, cache_dir=cache_dir, endpoint=endpoint)
+    disk = check_space(plan, reserve_bytes=reserve_bytes)
+    result = download(plan, endpoint=endpoint, verify=verify)
+    return FetchResult(result.plan, result.path, result.seconds, (disk, *result.checks), result.verify)
+

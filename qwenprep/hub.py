@@ -1,0 +1,166 @@
+"""Repo ids (ORG/NAME[@revision]) and the local Hugging Face cache.
+
+Works with huggingface_hub 0.34 .. 2.x: it uses only `try_to_load_from_cache` and
+`file_download.repo_folder_name`, which keep their signatures across that range. The cache
+location and offline mode are read from the environment at call time (huggingface_hub reads
+them once, at import), with the library's own precedence:
+HF_HUB_CACHE > HUGGINGFACE_HUB_CACHE > HF_HOME/hub > XDG_CACHE_HOME/huggingface/hub.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from qwenprep.errors import InputError
+
+_NAME = r"[A-Za-z0-9](?:[\w.\-]*[A-Za-z0-9_])?"
+_REPO_ID = re.compile(rf"^{_NAME}/{_NAME}$")
+_HEX = re.compile(r"^[0-9a-f]{7,40}$")
+_TRUE = {"1", "on", "yes", "true"}
+_TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{6,}")
+
+
+@dataclass(frozen=True)
+class RepoSpec:
+    """ORG/NAME with an optional revision (branch, tag, full or short commit hash)."""
+
+    repo_id: str
+    revision: str | None = None
+
+    @property
+    def rev(self) -> str:
+        return self.revision or "main"
+
+    def __str__(self) -> str:
+        return self.repo_id + (f"@{self.revision}" if self.revision else "")
+
+
+def parse_repo_spec(spec: str) -> RepoSpec | None:
+    """`ORG/NAME` or `ORG/NAME@REV` -> RepoSpec; None when `spec` does not have that shape."""
+    repo_id, sep, revision = spec.partition("@")
+    if not _REPO_ID.match(repo_id) or len(repo_id) > 96:
+        return None
+    if "--" in repo_id or ".." in repo_id:
+        return None
+    if sep and (not revision or revision.startswith("/") or ".." in revision):
+        return None
+    return RepoSpec(repo_id, revision or None)
+
+
+def _env_path(name: str) -> str | None:
+    value = os.environ.get(name)
+    return os.path.expandvars(os.path.expanduser(value)) if value else None
+
+
+def hub_cache_dir() -> Path:
+    """The cache directory huggingface_hub would use in a fresh process with this environment."""
+    cache = _env_path("HF_HUB_CACHE") or _env_path("HUGGINGFACE_HUB_CACHE")
+    if cache:
+        return Path(cache)
+    home = _env_path("HF_HOME")
+    if not home:
+        xdg = _env_path("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+        home = os.path.join(xdg, "huggingface")
+    return Path(home) / "hub"
+
+
+def offline_mode() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set to a true value."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if (os.environ.get(name) or "").strip().lower() in _TRUE:
+            return True
+    return False
+
+
+def hub_endpoint() -> str | None:
+    """HF_ENDPOINT as set now (None: huggingface_hub's default, https://huggingface.co)."""
+    value = (os.environ.get("HF_ENDPOINT") or "").strip().rstrip("/")
+    return value or None
+
+
+def redact(text: str) -> str:
+    """Remove any Hugging Face token (from the environment, or shaped like one) from text."""
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        secret = os.environ.get(name)
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return _TOKEN_RE.sub("hf_***", text)
+
+
+def repo_storage(repo_id: str, cache_dir: Path) -> Path:
+    from huggingface_hub.file_download import repo_folder_name
+
+    return cache_dir / repo_folder_name(repo_id=repo_id, repo_type="model")
+
+
+def _cached_revisions(storage: Path) -> tuple[dict[str, str], list[str]]:
+    """(refs name -> commit, snapshot commits) of one repo folder in the cache."""
+    refs: dict[str, str] = {}
+    refs_dir = storage / "refs"
+    if refs_dir.is_dir():
+        for p in sorted(refs_dir.rglob("*")):
+            if p.is_file() and not p.name.endswith(".tmp"):
+                refs[p.relative_to(refs_dir).as_posix()] = p.read_text().strip()
+    snaps = storage / "snapshots"
+    commits = sorted(p.name for p in snaps.iterdir() if p.is_dir()) if snaps.is_dir() else []
+    return refs, commits
+
+
+def _fetch_hint(spec: RepoSpec) -> str:
+    hint = f"download it with: qwenprep fetch {spec}"
+    if offline_mode():
+        hint += " (HF_HUB_OFFLINE is set: fetch needs the network; run it where the Hub is reachable)"
+    return hint + "; or pass the checkpoint's directory instead"
+
+
+def find_cached(spec: RepoSpec, cache_dir: Path | None = None) -> tuple[Path, str]:
+    """(snapshot directory, commit) for a repo id in the HF cache; InputError naming
+    `qwenprep fetch` when it is not there. Never touches the network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cache = cache_dir if cache_dir is not None else hub_cache_dir()
+    storage = repo_storage(spec.repo_id, cache)
+    refs, commits = _cached_revisions(storage)
+    rev = spec.rev
+    if rev not in refs and _HEX.match(rev) and len(rev) < 40:
+        prefixed = [c for c in commits if c.startswith(rev)]
+        if len(prefixed) == 1:
+            rev = prefixed[0]
+        elif len(prefixed) > 1:
+            raise InputError(
+                f"{spec}: the short commit {rev} matches {len(prefixed)} cached snapshots "
+                f"({', '.join(c[:12] for c in prefixed)}).",
+                hint="give more characters of the commit hash",
+            )
+    found = try_to_load_from_cache(spec.repo_id, "config.json", cache_dir=str(cache), revision=rev)
+    if isinstance(found, str):
+        snapshot = Path(found).parent
+        return snapshot, snapshot.name
+    where = f"the Hugging Face cache ({cache})"
+    if found is not None:  # cached "does not exist" marker
+        raise InputError(
+            f"{spec}: the Hub said this revision has no config.json (recorded in {where}); "
+            "it is not a model checkpoint.",
+            hint="check the repo id and revision",
+            path=str(storage),
+        )
+    if not storage.is_dir():
+        raise InputError(f"{spec} is not in {where}.", hint=_fetch_hint(spec), path=str(cache))
+    commit = refs.get(rev, rev if rev in commits else None)
+    if commit is not None and commit in commits:
+        raise InputError(
+            f"{spec}: the cached snapshot {commit[:12]} in {where} has no config.json "
+            "(an interrupted or partial download).",
+            hint=_fetch_hint(spec),
+            path=str(storage / "snapshots" / commit),
+        )
+    have = [f"{name} -> {c[:12]}" for name, c in refs.items()] or [c[:12] for c in commits]
+    raise InputError(
+        f"{spec}: revision {spec.rev!r} is not in {where}; cached: "
+        f"{', '.join(have) if have else 'nothing usable'}.",
+        hint=_fetch_hint(spec),
+        path=str(storage),
+    )

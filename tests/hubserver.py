@@ -1,0 +1,416 @@
+"""A small Hugging Face Hub compatible HTTP server for tests (standard library only).
+
+It speaks the endpoints the real ``huggingface_hub`` client (0.34 .. 2.x) uses to download a
+model repository, so ``snapshot_download`` / ``hf_hub_download`` run unmodified against it
+through ``HF_ENDPOINT``:
+
+- ``GET  /api/models/{repo}[/revision/{rev}][?blobs=true]``  repo info: ``sha`` + ``siblings``
+- ``GET  /api/models/{repo}/tree/{rev}[/{path}]``           file listing (``oid``, ``size``, ``lfs``)
+- ``POST /api/models/{repo}/paths-info/{rev}``              metadata for given paths
+- ``HEAD|GET /{repo}/resolve/{rev}/{path}``                 file bytes with ``X-Repo-Commit``,
+  ``ETag`` (git blob sha1 for small files, sha256 for LFS files), ``X-Linked-Etag``,
+  ``X-Linked-Size``, ``Content-Length``; ``Range: bytes=N-[M]`` answered with 206.
+
+Errors carry the ``X-Error-Code`` header the client maps to its exception types
+(``RepoNotFound``, ``RevisionNotFound``, ``EntryNotFound``).
+
+Fault knobs (``HubServer.faults``, changeable while the server runs):
+- ``drop_after[name] = n``: a GET of ``name`` sends the headers and ``n`` body bytes, then closes
+  the connection; ``drop_times[name]`` limits how many times (default: every time).
+- ``stall_after[name] = n``: send ``n`` bytes, then hold the connection open (until
+  ``release_stalls()`` or the server stops); ``stalled`` is set when that happens.
+- ``corrupt``: names served with wrong bytes of the right length (headers still advertise the
+  true ETag) - what a bad mirror or a flipped bit on the wire looks like.
+- ``missing``: names still listed by the API but answered 404 ``EntryNotFound`` on download.
+- ``size_override[name] = n``: the size the API metadata reports for ``name``.
+
+The server records every request (method, path, whether an Authorization header came); it
+never echoes a header back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+
+def git_blob_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def lfs_pointer(data: bytes) -> bytes:
+    return (
+        "version https://git-lfs.github.com/spec/v1\n"
+        f"oid sha256:{hashlib.sha256(data).hexdigest()}\nsize {len(data)}\n"
+    ).encode()
+
+
+def is_lfs(name: str) -> bool:
+    return name.endswith((".safetensors", ".bin", ".pt", ".gguf"))
+
+
+@dataclass
+class Commit:
+    sha: str
+    files: dict[str, bytes]
+
+
+def make_commit(files: dict[str, bytes], parent: str = "") -> Commit:
+    h = hashlib.sha1(parent.encode())
+    for name in sorted(files):
+        h.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
+    return Commit(h.hexdigest(), dict(files))
+
+
+def files_from_dir(path: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(path).as_posix(): p.read_bytes()
+        for p in sorted(path.rglob("*"))
+        if p.is_file() and ".cache" not in p.parts and ".qwenprep" not in p.parts
+    }
+
+
+@dataclass
+class Faults:
+    drop_after: dict[str, int] = field(default_factory=dict)
+    drop_times: dict[str, int] = field(default_factory=dict)
+    stall_after: dict[str, int] = field(default_factory=dict)
+    corrupt: set[str] = field(default_factory=set)
+    missing: set[str] = field(default_factory=set)
+    size_override: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    range: str | None
+    authorized: bool
+
+
+class HubServer:
+    """Serve repos at ``url``; ``repos[repo_id] = (commits by sha, refs name -> sha)``."""
+
+    def __init__(self) -> None:
+        self.repos: dict[str, tuple[dict[str, Commit], dict[str, str]]] = {}
+        self.faults = Faults()
+        self.requests: list[Seen] = []
+        self.auth_headers: list[str] = []  # kept only so a test can check the token was sent
+        self.stalled = threading.Event()
+        self._release = threading.Event()
+        self._lock = threading.Lock()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- repos -------------------------------------------------------------------------
+    def add_repo(self, repo_id: str, commits: list[Commit], refs: dict[str, str]) -> None:
+        self.repos[repo_id] = ({c.sha: c for c in commits}, dict(refs))
+
+    def resolve(self, repo_id: str, rev: str) -> Commit | None:
+        commits, refs = self.repos[repo_id]
+        sha = refs.get(rev, rev)
+        if sha in commits:
+            return commits[sha]
+        matches = [c for s, c in commits.items() if len(rev) >= 7 and s.startswith(rev)]
+        return matches[0] if len(matches) == 1 else None
+
+    # -- lifecycle ---------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        assert self._httpd is not None
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> HubServer:
+        handler = type("BoundHubHandler", (_Handler,), {"hub": self})
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._release.set()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def release_stalls(self) -> None:
+        self._release.set()
+
+    def downloads(self, name: str) -> list[Seen]:
+        return [r for r in self.requests if r.method == "GET" and r.path.endswith("/" + name)]
+
+    def __enter__(self) -> HubServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _entry(name: str, data: bytes, size_override: dict[str, int]) -> dict[str, Any]:
+    size = size_override.get(name, len(data))
+    if is_lfs(name):
+        pointer = lfs_pointer(data)
+        return {
+            "oid": git_blob_sha1(pointer),
+            "size": size,
+            "lfs": {
+                "oid": hashlib.sha256(data).hexdigest(),
+                "size": size,
+                "pointerSize": len(pointer),
+            },
+        }
+    return {"oid": git_blob_sha1(data), "size": size}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    hub: HubServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
+        pass
+
+    # -- plumbing --------------------------------------------------------------------
+    def _record(self) -> None:
+        auth = self.headers.get("Authorization")
+        with self.hub._lock:
+            self.hub.requests.append(
+                Seen(self.command, urlsplit(self.path).path, self.headers.get("Range"), bool(auth))
+            )
+            if auth:
+                self.hub.auth_headers.append(auth)
+
+    def _send(
+        self, status: int, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> None:
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
+        hdrs = {"Content-Type": "application/json"}
+        hdrs.update(headers or {})
+        self._send(status, json.dumps(obj).encode(), hdrs)
+
+    def _error(self, status: int, code: str, message: str, extra: dict[str, str] | None = None) -> None:
+        hdrs = {"X-Error-Code": code, "X-Error-Message": message}
+        hdrs.update(extra or {})
+        self._json(status, {"error": message}, hdrs)
+
+    def _repo_and_rest(self, parts: list[str]) -> tuple[str, list[str]] | None:
+        if len(parts) < 2:
+            return None
+        repo_id = f"{parts[0]}/{parts[1]}"
+        if repo_id not in self.hub.repos:
+            self._error(404, "RepoNotFound", f"Repository not found: {repo_id}")
+            return None
+        return repo_id, parts[2:]
+
+    def _commit(self, repo_id: str, rev: str) -> Commit | None:
+        commit = self.hub.resolve(repo_id, rev)
+        if commit is None:
+            self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
+        return commit
+
+    # -- verbs -----------------------------------------------------------------------
+    def do_HEAD(self) -> None:
+        self._record()
+        self._route()
+
+    def do_GET(self) -> None:
+        self._record()
+        self._route()
+
+    def do_POST(self) -> None:
+        self._record()
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        parts = [unquote(p) for p in urlsplit(self.path).path.split("/") if p]
+        if parts[:2] == ["api", "models"] and len(parts) >= 6 and parts[4] == "paths-info":
+            found = self._repo_and_rest(parts[2:])
+            if found is None:
+                return
+            repo_id, rest = found
+            commit = self._commit(repo_id, "/".join(rest[1:]))
+            if commit is None:
+                return
+            ctype = self.headers.get("Content-Type", "")
+            if "json" in ctype:
+                paths = json.loads(body or b"{}").get("paths", [])
+            else:
+                paths = parse_qs(body.decode()).get("paths", [])
+            out = [
+                {"type": "file", "path": p, **_entry(p, commit.files[p], self.hub.faults.size_override)}
+                for p in paths
+                if p in commit.files
+            ]
+            self._json(200, out)
+            return
+        self._send(405)
+
+    def _route(self) -> None:
+        split = urlsplit(self.path)
+        parts = [unquote(p) for p in split.path.split("/") if p]
+        query = parse_qs(split.query)
+        if parts[:2] == ["api", "models"]:
+            self._api(parts[2:], query)
+        elif len(parts) >= 4 and parts[2] == "resolve":
+            self._resolve(parts)
+        else:
+            self._send(404, b"not found")
+
+    def _api(self, parts: list[str], query: dict[str, list[str]]) -> None:
+        found = self._repo_and_rest(parts)
+        if found is None:
+            return
+        repo_id, rest = found
+        faults = self.hub.faults
+        if not rest or rest[0] == "revision":
+            rev = "/".join(rest[1:]) if rest else "main"
+            commit = self._commit(repo_id, rev)
+            if commit is None:
+                return
+            blobs = query.get("blobs", ["false"])[0].lower() == "true"
+            siblings = []
+            for name, data in sorted(commit.files.items()):
+                sib: dict[str, Any] = {"rfilename": name}
+                if blobs:
+                    e = _entry(name, data, faults.size_override)
+                    sib.update(size=e["size"], blobId=e["oid"])
+                    if "lfs" in e:
+                        lfs = e["lfs"]
+                        sib["lfs"] = {
+                            "size": lfs["size"],
+                            "sha256": lfs["oid"],
+                            "pointerSize": lfs["pointerSize"],
+                        }
+                siblings.append(sib)
+            self._json(
+                200,
+                {
+                    "_id": hashlib.md5(repo_id.encode()).hexdigest()[:24],
+                    "id": repo_id,
+                    "modelId": repo_id,
+                    "sha": commit.sha,
+                    "private": False,
+                    "gated": False,
+                    "disabled": False,
+                    "tags": [],
+                    "siblings": siblings,
+                },
+            )
+        elif rest[0] == "tree" and len(rest) >= 2:
+            commit = self._commit(repo_id, rest[1])
+            if commit is None:
+                return
+            prefix = "/".join(rest[2:])
+            recursive = query.get("recursive", ["false"])[0].lower() == "true"
+            out: list[dict[str, Any]] = []
+            folders: set[str] = set()
+            for name, data in sorted(commit.files.items()):
+                if prefix and not name.startswith(prefix + "/"):
+                    continue
+                tail = name[len(prefix) + 1 :] if prefix else name
+                if "/" in tail and not recursive:
+                    folders.add((prefix + "/" if prefix else "") + tail.split("/")[0])
+                    continue
+                if recursive:
+                    head = name.split("/")[:-1]
+                    for i in range(len(prefix.split("/")) if prefix else 0, len(head)):
+                        folders.add("/".join(head[: i + 1]))
+                out.append({"type": "file", "path": name, **_entry(name, data, faults.size_override)})
+            out += [
+                {"type": "directory", "path": f, "oid": git_blob_sha1(f.encode()), "size": 0}
+                for f in sorted(folders)
+            ]
+            self._json(200, out)
+        else:
+            self._send(404, b"unknown api path")
+
+    def _resolve(self, parts: list[str]) -> None:
+        found = self._repo_and_rest(parts)
+        if found is None:
+            return
+        repo_id, rest = found  # rest = ["resolve", rev, *path]
+        commit = self._commit(repo_id, rest[1])
+        if commit is None:
+            return
+        name = "/".join(rest[2:])
+        faults = self.hub.faults
+        if name not in commit.files or name in faults.missing:
+            self._error(
+                404, "EntryNotFound", f"{name} does not exist", {"X-Repo-Commit": commit.sha}
+            )
+            return
+        data = commit.files[name]
+        etag = hashlib.sha256(data).hexdigest() if is_lfs(name) else git_blob_sha1(data)
+        headers = {
+            "X-Repo-Commit": commit.sha,
+            "ETag": f'"{etag}"',
+            "Accept-Ranges": "bytes",
+            "Content-Type": "application/octet-stream",
+        }
+        if is_lfs(name):
+            headers["X-Linked-Etag"] = f'"{etag}"'
+            headers["X-Linked-Size"] = str(len(data))
+        if name in faults.corrupt:
+            data = bytes(b ^ 0xFF for b in data[:64]) + data[64:]
+        start, end = 0, len(data)
+        status = 200
+        rng = self.headers.get("Range")
+        if rng and rng.startswith("bytes=") and self.command == "GET":
+            lo, _, hi = rng[len("bytes=") :].partition("-")
+            start = int(lo or 0)
+            end = min(int(hi) + 1, len(data)) if hi else len(data)
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{len(data)}"
+        body = data[start:end]
+        if self.command == "HEAD":
+            self._send(status, body, headers)
+            return
+        cut = self._fault_cut(name)
+        if cut is None:
+            self._send(status, body, headers)
+            return
+        kind, n = cut
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[:n])
+        self.wfile.flush()
+        if kind == "stall":
+            self.hub.stalled.set()
+            self.hub._release.wait(60)
+        self.close_connection = True
+        try:
+            self.connection.shutdown(2)
+        except OSError:
+            pass
+
+    def _fault_cut(self, name: str) -> tuple[str, int] | None:
+        faults = self.hub.faults
+        with self.hub._lock:
+            if name in faults.stall_after:
+                return "stall", faults.stall_after[name]
+            if name in faults.drop_after:
+                left = faults.drop_times.get(name)
+                if left is not None:
+                    if left <= 0:
+                        return None
+                    faults.drop_times[name] = left - 1
+                return "drop", faults.drop_after[name]
+        return None
