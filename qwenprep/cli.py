@@ -136,6 +136,42 @@ def revert(path: Path, as_json: bool) -> None:
     click.echo(res.message)
 
 
+@cli.command()
+@click.option("--workdir", type=click.Path(path_type=Path), default=None,
+              help="Where the demo overlay goes (default: a temporary directory).")
+@click.option("--serve/--no-serve", default=True,
+              help="Launch the real vLLM on the overlay when it is installed (default: yes).")
+@click.option("--vllm-python", envvar="QWENPREP_VLLM_PYTHON", default=None,
+              help="Interpreter that has vLLM (default: this one). Env: QWENPREP_VLLM_PYTHON.")
+@json_option
+def demo(workdir: Path | None, serve: bool, vllm_python: str | None, as_json: bool) -> None:
+    """Run the main job end to end on the embedded tiny checkpoint.
+
+    verify -> patch to 1M -> validate -> plan -> engine readback and serve -> revert.
+    """
+    import tempfile
+
+    from qwenprep.demo import Step, run_demo
+
+    def show(step: Step) -> None:
+        click.echo(f"== {step.title}: {step.status}", err=as_json)
+        for line in step.lines:
+            click.echo(f"   {line}", err=as_json)
+
+    with tempfile.TemporaryDirectory(prefix="qwenprep-demo-") as tmp:
+        base = workdir if workdir is not None else Path(tmp)
+        steps = run(as_json, lambda: run_demo(base, serve=serve, vllm_python=vllm_python,
+                                              on_step=show))
+    ok = all(s.status != "fail" for s in steps)
+    if as_json:
+        _emit_json({"schema_version": SCHEMA_VERSION, "ok": ok,
+                    "steps": [{"title": s.title, "status": s.status, "lines": s.lines}
+                              for s in steps]})
+    else:
+        click.echo("demo finished: all steps passed" if ok else "demo FAILED", err=False)
+    sys.exit(0 if ok else EXIT_CHECKS_FAILED)
+
+
 # --- locate/fetch/verify commands ---
 
 

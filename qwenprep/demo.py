@@ -1,0 +1,122 @@
+"""The main job end to end on the embedded tiny checkpoint: verify, patch to 1M, validate,
+plan, read back through vLLM and serve (when vLLM is installed), revert.
+
+Each step returns data; the CLI renders it. Nothing here prints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from qwenprep.checkpoint import resolve_dir
+from qwenprep.contexts import parse_context
+from qwenprep.errors import InputError
+from qwenprep.report import Check
+
+TINY_NAME = "tiny-qwen3-coder"
+
+
+@dataclass
+class Step:
+    title: str
+    status: str  # pass | fail | skip
+    lines: list[str] = field(default_factory=list)
+
+
+def embedded_checkpoint(name: str = TINY_NAME) -> Path:
+    """The embedded tiny checkpoint: in the wheel (qwenprep/_examples) or the source tree."""
+    here = Path(__file__).resolve().parent
+    for base in (here / "_examples", here.parent / "examples"):
+        if (base / name / "config.json").is_file():
+            return base / name
+    raise InputError(f"the embedded checkpoint {name} is missing (looked in {here / '_examples'}"
+                     f" and {here.parent / 'examples'}).", hint="reinstall qwenprep.")
+
+
+def tree_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()
+
+
+def _checks_step(title: str, checks: list[Check]) -> Step:
+    failed = [c for c in checks if c.status == "fail"]
+    return Step(title, "fail" if failed else "pass",
+                [f"[{c.status}] {c.id}: {c.message}" for c in checks])
+
+
+def run_demo(workdir: Path, *, serve: bool = True, vllm_python: str | None = None,
+             on_step: Callable[[Step], None] = lambda s: None) -> list[Step]:
+    from qwenprep.overlay import create_overlay
+    from qwenprep.revert import revert_path
+    from qwenprep.validation import validate_checkpoint
+
+    steps: list[Step] = []
+
+    def add(step: Step) -> Step:
+        steps.append(step)
+        on_step(step)
+        return step
+
+    source = resolve_dir(embedded_checkpoint())
+    before = tree_digest(source.path)
+    add(Step("locate", "pass", [f"embedded checkpoint {source.path}"]))
+
+    if importlib.util.find_spec("qwenprep.integrity") is not None:
+        from qwenprep.integrity import verify_checkpoint
+
+        add(_checks_step("verify (headers)", verify_checkpoint(source.path).checks))
+
+    out = workdir / "tiny-qwen3-coder-1m"
+    res = create_overlay(source, out, parse_context("1m"), force=True)
+    add(Step("patch --context 1m", "pass",
+             [f"{res.status} overlay {out}: {res.manifest['target_context']} tokens, "
+              f"YaRN factor {res.manifest['factor']:g}, {len(res.manifest['files'])} files "
+              "linked", *res.diff]))
+    add(_checks_step("validate", validate_checkpoint(out)))
+
+    if importlib.util.find_spec("qwenprep.capacity") is not None:
+        add(_plan_step(out))
+
+    if serve:
+        add(_engine_step(out, vllm_python))
+
+    rr = revert_path(out)
+    after = tree_digest(source.path)
+    add(Step("revert", "pass" if not out.exists() and after == before else "fail",
+             [rr.message, f"source tree sha256 {after[:16]}... "
+              + ("unchanged" if after == before else "CHANGED")]))
+    return steps
+
+
+def _plan_step(out: Path) -> Step:
+    try:
+        from qwenprep import capacity
+
+        plan_fn = getattr(capacity, "plan_for_path", None)
+        if plan_fn is None:
+            return Step("plan", "skip", ["capacity planning API not available"])
+        result = plan_fn(out, kv_memory=2 * 1024**3)
+        return Step("plan (2 GiB KV)", "pass" if result.get("fits") else "fail",
+                    [f"{result.get('kv_cache_tokens'):,} KV tokens, max concurrency "
+                     f"{result.get('max_concurrency'):.2f}x at {result.get('context'):,} tokens"])
+    except Exception as e:  # noqa: BLE001 - the demo reports, it does not crash
+        return Step("plan", "fail", [f"{type(e).__name__}: {e}"])
+
+
+def _engine_step(out: Path, vllm_python: str | None) -> Step:
+    if importlib.util.find_spec("qwenprep.engine") is None:
+        return Step("serve", "skip", ["engine support not installed"])
+    from qwenprep import engine
+
+    runner = getattr(engine, "demo_serve", None)
+    if runner is None:
+        return Step("serve", "skip", ["engine demo not available"])
+    result: Step = runner(out, python=vllm_python, step_cls=Step)
+    return result
