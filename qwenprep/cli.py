@@ -176,6 +176,40 @@ def demo(workdir: Path | None, serve: bool, vllm_python: str | None, as_json: bo
 
 
 @cli.command()
+@click.argument("model", metavar="PATH|ORG/NAME")
+@click.option("--deep", is_flag=True, help="Also hash every byte against its content hash.")
+@click.option("--engine", is_flag=True, help="Also read the config back through vLLM.")
+@click.option("--vllm-python", envvar="QWENPREP_VLLM_PYTHON", default=None,
+              help="Interpreter that has vLLM (default: this one). Env: QWENPREP_VLLM_PYTHON.")
+@json_option
+def verify(model: str, deep: bool, engine: bool, vllm_python: str | None, as_json: bool) -> None:
+    """Check a checkpoint is whole: index vs shards, safetensors headers, FP8 structure and
+    tensor names vs config.json (reads no tensor data); --deep hashes every file."""
+    import time
+
+    from qwenprep.checkpoint import resolve_model
+    from qwenprep.integrity import verify_checkpoint
+
+    last = [0.0]
+
+    def bar(done: int, total: int) -> None:  # worker threads call this, serialised
+        if time.monotonic() - last[0] > 0.2 or done == total:
+            last[0] = time.monotonic()
+            pct = 100 * done // max(total, 1)
+            click.echo(f"\rhashing [{'#' * (pct // 4):<25}] {pct:3d}% {done / 2**30:.2f}/"
+                       f"{total / 2**30:.2f} GiB", err=True, nl=done == total)
+
+    progress = bar if deep and sys.stderr.isatty() else None
+    report = run(as_json, lambda: verify_checkpoint(
+        resolve_model(model).path, deep=deep, engine=engine, vllm_python=vllm_python,
+        progress=progress))
+    x = report.extra
+    finish_report(report, as_json, f"{'OK' if report.ok else 'FAILED'}: {x['files']} shard(s), "
+                  f"{x['tensors']:,} tensors, {x['bytes']:,} bytes"
+                  + (f", {x['hashed_bytes']:,} bytes hashed" if deep else ""))
+
+
+@cli.command()
 @click.argument("repo", metavar="ORG/NAME[@REV]")
 @click.option("--local-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Download into this directory instead of the Hugging Face cache.")

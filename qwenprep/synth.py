@@ -123,6 +123,18 @@ class TensorSpec:
 _DTYPE_SIZE = {"F8_E4M3": 1, "BF16": 2, "F16": 2, "F32": 4}
 
 
+def module_in(module: str, modules: frozenset[str] | set[str]) -> bool:
+    """Is module one of `modules`, or inside one of them (dot boundaries, as vLLM matches)?"""
+    if module in modules:
+        return True
+    i = module.rfind(".")
+    while i > 0:
+        if module[:i] in modules:
+            return True
+        i = module.rfind(".", 0, i)
+    return False
+
+
 def _is_moe_layer(config: dict[str, Any], i: int) -> bool:
     if config.get("num_experts", 0) <= 0:
         return False
@@ -143,7 +155,7 @@ def qwen3_moe_tensors(config: dict[str, Any], *, fp8: bool | None = None) -> Ite
     if fp8 is None:
         fp8 = q.get("quant_method") == "fp8"
     block_n, block_k = (q.get("weight_block_size") or [128, 128]) if fp8 else (128, 128)
-    not_convert = list(q.get("modules_to_not_convert") or []) if fp8 else []
+    not_convert = frozenset(q.get("modules_to_not_convert") or []) if fp8 else frozenset()
     hidden = int(config["hidden_size"])
     head_dim = int(config.get("head_dim") or hidden // int(config["num_attention_heads"]))
     nq = int(config["num_attention_heads"]) * head_dim
@@ -154,7 +166,7 @@ def qwen3_moe_tensors(config: dict[str, Any], *, fp8: bool | None = None) -> Ite
     dense_inter = int(config.get("intermediate_size", 0) or 0)
 
     def linear(module: str, out: int, inp: int) -> Iterator[TensorSpec]:
-        if fp8 and not any(m in module for m in not_convert):
+        if fp8 and not module_in(module, not_convert):
             yield TensorSpec(f"{module}.weight", "F8_E4M3", (out, inp))
             yield TensorSpec(
                 f"{module}.weight_scale_inv", "F32", (-(-out // block_n), -(-inp // block_k))

@@ -1,0 +1,167 @@
+"""Content hashes of checkpoint files, computed in parallel, and the hash record qwenprep keeps.
+
+Algorithms are the ones the Hugging Face hub names blobs by: "sha256" (LFS files, the shards)
+and "git-sha1" (small files in git: sha1 of b"blob <len>\\0" + bytes).
+
+Parallelism is across files: one sha256 is sequential, but hashlib releases the GIL while it
+hashes a large buffer, so a thread pool hashes as many files at once as there are cores.
+Each worker reads with readinto into one reused 16 MiB buffer (no per-chunk allocation).
+
+The hash record (`<dir>/.qwenprep/hashes.json`) is where a plain directory's hashes live once
+qwenprep has fetched or first deep-verified it:
+    {"schema_version": 1, "tool": "qwenprep", "algorithm": "sha256",
+     "files": {"<relative posix name>": {"size": 123, "sha256": "<hex>"}}}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from qwenprep.jsonio import atomic_write_text
+
+Algorithm = Literal["sha256", "git-sha1"]
+ProgressFn = Callable[[int, int], None]  # (bytes hashed so far, bytes in all)
+
+CHUNK = 16 * 1024 * 1024
+RECORD_DIR = ".qwenprep"
+RECORD_NAME = "hashes.json"
+
+
+@dataclass(frozen=True)
+class HashJob:
+    path: Path  # opened (links followed)
+    algorithm: Algorithm
+
+
+@dataclass(frozen=True)
+class HashResult:
+    path: Path
+    algorithm: Algorithm
+    size: int
+    hexdigest: str | None  # None when the file could not be read
+    error: str | None = None
+
+
+def git_blob_sha1_of(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def algorithm_for_etag(etag: str) -> Algorithm | None:
+    """Hub etags: 64 hex digits are a sha256 (LFS), 40 a git blob sha1."""
+    e = etag.strip().strip('"').lower()
+    if len(e) == 64 and all(c in "0123456789abcdef" for c in e):
+        return "sha256"
+    if len(e) == 40 and all(c in "0123456789abcdef" for c in e):
+        return "git-sha1"
+    return None
+
+
+_local = threading.local()
+
+
+def _buffer() -> memoryview:
+    buf = getattr(_local, "buf", None)
+    if buf is None:
+        buf = memoryview(bytearray(CHUNK))
+        _local.buf = buf
+    return buf
+
+
+def hash_file(job: HashJob, on_bytes: Callable[[int], None] | None = None) -> HashResult:
+    """Hash one file in CHUNK reads. Never raises for I/O problems: they go in .error."""
+    try:
+        with open(job.path, "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            if hasattr(os, "posix_fadvise"):
+                try:
+                    os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                except OSError:
+                    pass
+            h = hashlib.sha256() if job.algorithm == "sha256" else hashlib.sha1(b"blob %d\0" % size)
+            buf = _buffer()
+            seen = 0
+            while True:
+                n = f.readinto(buf)  # type: ignore[attr-defined]
+                if not n:
+                    break
+                h.update(buf[:n])
+                seen += n
+                if on_bytes is not None:
+                    on_bytes(n)
+            if seen != size:
+                return HashResult(job.path, job.algorithm, size, None,
+                                  f"size changed while reading ({seen} of {size} bytes)")
+            return HashResult(job.path, job.algorithm, size, h.hexdigest())
+    except OSError as e:
+        return HashResult(job.path, job.algorithm, -1, None, e.strerror or str(e))
+
+
+def hash_files(jobs: list[HashJob], *, workers: int | None = None,
+               progress: ProgressFn | None = None) -> list[HashResult]:
+    """Hash all jobs, biggest first, `workers` at a time (default: CPU count). Results keep
+    the order of `jobs`. progress(done, total) is called from worker threads, serialised."""
+    sizes = []
+    for j in jobs:
+        try:
+            sizes.append(os.stat(j.path).st_size)
+        except OSError:
+            sizes.append(0)
+    total = sum(sizes)
+    lock = threading.Lock()
+    done = [0]
+
+    def on_bytes(n: int) -> None:
+        with lock:
+            done[0] += n
+            if progress is not None:
+                progress(done[0], total)
+
+    if progress is not None:
+        progress(0, total)
+    order = sorted(range(len(jobs)), key=lambda i: -sizes[i])
+    n_workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1))
+    results: list[HashResult | None] = [None] * len(jobs)
+    if n_workers == 1:
+        for i in order:
+            results[i] = hash_file(jobs[i], on_bytes)
+    else:
+        with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="qwenprep-hash") as ex:
+            futs = {i: ex.submit(hash_file, jobs[i], on_bytes) for i in order}
+            for i, fut in futs.items():
+                results[i] = fut.result()
+    return [r for r in results if r is not None]
+
+
+def record_path(root: Path) -> Path:
+    return root / RECORD_DIR / RECORD_NAME
+
+
+def read_record(root: Path) -> dict[str, dict[str, Any]]:
+    """The files section of root's hash record; {} when there is none or it is unreadable."""
+    try:
+        obj = json.loads(record_path(root).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    files = obj.get("files") if isinstance(obj, dict) else None
+    if not isinstance(files, dict):
+        return {}
+    return {k: v for k, v in files.items() if isinstance(v, dict)}
+
+
+def write_record(root: Path, entries: dict[str, dict[str, Any]]) -> Path:
+    """Merge entries ({name: {"size", "sha256"}}) into root's hash record, atomically."""
+    files = read_record(root)
+    files.update(entries)
+    p = record_path(root)
+    p.parent.mkdir(exist_ok=True)
+    obj = {"schema_version": 1, "tool": "qwenprep", "algorithm": "sha256",
+           "files": dict(sorted(files.items()))}
+    atomic_write_text(p, json.dumps(obj, indent=2) + "\n")
+    return p

@@ -1,0 +1,636 @@
+"""Is this checkpoint whole? Header-level checks (no tensor data read) and deep content hashes.
+
+Header level: the index and the shards agree; every safetensors header is sane (bounded,
+JSON, dtype x shape = byte span, spans contiguous and inside the file, exact file size);
+FP8 structure matches quantization_config; tensor names match the config's layer and expert
+counts. Index names must stay inside the checkpoint: a `../` or absolute name is reported,
+never opened.
+
+Deep (`deep=True`): every file's bytes against a content hash: the blob name in an HF cache
+(sha256 for LFS files, git blob sha1 for small files), the hub's download metadata of a
+`--local-dir` download, or the hash record qwenprep keeps in `.qwenprep/hashes.json` (written
+on the first deep run of a plain directory; later runs compare).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+from qwenprep.checkpoint import CONFIG, INDEX, Checkpoint
+from qwenprep.errors import InputError
+from qwenprep.hashing import (
+    RECORD_DIR,
+    Algorithm,
+    HashJob,
+    ProgressFn,
+    algorithm_for_etag,
+    hash_files,
+    read_record,
+    record_path,
+    write_record,
+)
+from qwenprep.jsonio import loads_located
+from qwenprep.report import Check, Report
+from qwenprep.safetensors_io import (
+    DTYPE_BYTES,
+    FLOAT_DTYPES,
+    SafetensorsHeader,
+    TensorInfo,
+    read_header,
+)
+from qwenprep.synth import _is_moe_layer, module_in, qwen3_moe_tensors
+
+SHARD_RE = re.compile(r"^(?P<stem>.+)-(?P<k>\d{5})-of-(?P<n>\d{5})\.safetensors$")
+LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.")
+EXPERT_RE = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.")
+SKIP_DIRS = {RECORD_DIR, ".cache", ".git"}
+FETCH_HINT = "re-download the damaged file(s): qwenprep fetch ORG/NAME"
+MAX_LISTED = 5
+
+
+def _some(items: list[str], n: int = MAX_LISTED) -> str:
+    return "; ".join(items[:n]) + (f"; ... ({len(items) - n} more)" if len(items) > n else "")
+
+
+def _gib(n: int) -> str:
+    for unit, k in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 2**k:
+            return f"{n / 2**k:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def unsafe_name(name: object) -> str | None:
+    """Why an index file name may not be opened, or None when it is a plain relative name."""
+    if not isinstance(name, str) or not name:
+        return "not a non-empty string"
+    if "\0" in name or "\\" in name:
+        return "contains a NUL or backslash"
+    if PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or \
+            PureWindowsPath(name).drive:
+        return "is an absolute path"
+    if any(part == ".." for part in PurePosixPath(name).parts):
+        return "climbs out of the checkpoint (..)"
+    return None
+
+
+@dataclass
+class _Scan:
+    """What the header level found, for the checks and the counters."""
+
+    root: Path
+    checks: list[Check] = field(default_factory=list)
+    tensors: dict[str, tuple[TensorInfo, str]] = field(default_factory=dict)  # name -> (info, shard)
+    shards_ok: bool = True  # every expected shard present and parsed
+    shard_files: int = 0
+    file_bytes: int = 0
+    data_bytes: int = 0
+    header_bytes: int = 0
+    index_total: int | None = None
+
+    def add(self, id: str, status: str, message: str, path: str | None = None) -> None:
+        self.checks.append(Check(id, status, message, path))  # type: ignore[arg-type]
+
+
+def _rel(root: Path, p: Path) -> str:
+    try:
+        return p.relative_to(root).as_posix()
+    except ValueError:
+        return str(p)
+
+
+def _walk_files(root: Path) -> list[str]:
+    """Relative posix names of every file (or link to one) under root, skipping our state dirs."""
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = Path(dirpath).relative_to(root)
+        if rel_dir == Path("."):
+            dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS]
+        dirnames.sort()
+        for fn in sorted(filenames):
+            out.append((rel_dir / fn).as_posix())
+    return out
+
+
+def _header_problems(h: SafetensorsHeader) -> list[str]:
+    probs: list[str] = []
+    spans: list[tuple[int, int, str]] = []
+    for t in h.tensors.values():
+        width = DTYPE_BYTES.get(t.dtype)
+        if width is None:
+            probs.append(f"tensor {t.name}: unknown dtype {t.dtype!r}")
+            continue
+        want = math.prod(t.shape) * width
+        if t.start < 0 or t.end < t.start:
+            probs.append(f"tensor {t.name}: data_offsets [{t.start}, {t.end}] are not a span")
+            continue
+        if want != t.nbytes:
+            probs.append(f"tensor {t.name}: {t.dtype} x {list(t.shape)} = {want:g} bytes but "
+                         f"data_offsets span {t.nbytes}")
+        spans.append((t.start, t.end, t.name))
+    spans.sort()
+    cursor, prev = 0, None
+    for start, end, name in spans:
+        if start < cursor:
+            probs.append(f"tensors {prev} and {name} overlap (bytes {start}..{min(cursor, end)})")
+        elif start > cursor:
+            probs.append(f"{start - cursor} unindexed bytes before tensor {name} (a hole)")
+        if end >= cursor:
+            cursor, prev = end, name
+    data_area = h.file_size - h.data_start
+    if cursor > data_area:
+        probs.append(f"truncated: the header indexes {cursor} data bytes, the file holds "
+                     f"{data_area} (file is {h.file_size} bytes, should be "
+                     f"{h.data_start + cursor})")
+    elif cursor < data_area:
+        probs.append(f"{data_area - cursor} trailing bytes after the last tensor (file is "
+                     f"{h.file_size} bytes, should be {h.data_start + cursor})")
+    return probs
+
+
+def _read_index(scan: _Scan) -> dict[str, str] | None:
+    """The index's weight_map (tensor -> shard name), or None after a failed check."""
+    p = scan.root / INDEX
+    try:
+        obj = loads_located(p.read_text(encoding="utf-8"), INDEX)
+    except (OSError, UnicodeDecodeError) as e:
+        scan.add("index", "fail", f"{INDEX}: cannot read ({e}).", INDEX)
+        return None
+    except InputError as e:
+        scan.add("index", "fail", e.message, INDEX)
+        return None
+    wm = obj.get("weight_map") if isinstance(obj, dict) else None
+    if not isinstance(wm, dict) or not all(isinstance(k, str) for k in wm):
+        scan.add("index", "fail", f"{INDEX}: no weight_map object mapping tensor names to shard "
+                 "files.", INDEX)
+        return None
+    bad = {}
+    for shard in set(map(str, wm.values())) | {v for v in wm.values() if not isinstance(v, str)}:
+        why = unsafe_name(shard)
+        if why:
+            bad[str(shard)] = why
+    if bad:
+        scan.add("index.paths", "fail",
+                 f"{INDEX}: weight_map names file(s) outside the checkpoint, not opened: "
+                 + _some([f"{s!r} {w}" for s, w in sorted(bad.items())])
+                 + ". Restore the index from the original release.", INDEX)
+        scan.shards_ok = False
+    else:
+        scan.add("index.paths", "pass", f"{INDEX}: all {len(set(wm.values()))} shard names stay "
+                 "inside the checkpoint")
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    total = meta.get("total_size") if isinstance(meta, dict) else None
+    scan.index_total = total if isinstance(total, int) else None
+    return {k: v for k, v in wm.items() if isinstance(v, str) and v not in bad}
+
+
+def _scan_headers(root: Path) -> _Scan:
+    scan = _Scan(root)
+    files = _walk_files(root)
+    st_files = [f for f in files if f.endswith(".safetensors")]
+    weight_map: dict[str, str] | None = None
+    if (root / INDEX).exists():
+        weight_map = _read_index(scan)
+        if weight_map is None:
+            scan.shards_ok = False
+            return scan
+        shards = sorted(set(weight_map.values()))
+        missing = [s for s in shards if not (root / s).is_file()]
+        extra = [f for f in st_files if f not in set(shards)]
+        if missing:
+            scan.add("shards.present", "fail",
+                     f"{len(missing)} shard(s) named in {INDEX} are missing: {_some(missing)}. "
+                     f"Hint: {FETCH_HINT}", missing[0])
+            scan.shards_ok = False
+        else:
+            scan.add("shards.present", "pass", f"all {len(shards)} shards named in {INDEX} exist")
+        counts = {m.group("n") for s in shards if (m := SHARD_RE.match(s))}
+        if counts and (len(counts) > 1 or int(next(iter(counts))) != len(shards)):
+            scan.add("shards.count", "fail",
+                     f"shard names say {' / '.join(sorted(counts))} shards but {INDEX} "
+                     f"references {len(shards)}: a shard is missing from the index", INDEX)
+            scan.shards_ok = False
+        if extra:
+            scan.add("shards.extra", "fail",
+                     f"{len(extra)} safetensors file(s) not referenced by {INDEX}: "
+                     f"{_some(extra)}. Remove them or restore the index.", extra[0])
+    elif st_files:
+        shards = st_files
+        if len(st_files) > 1:
+            scan.add("index", "fail", f"{len(st_files)} safetensors files but no {INDEX} to say "
+                     f"which tensor is where: {_some(st_files)}", INDEX)
+            scan.shards_ok = False
+    else:
+        other = [f for f in files if f.endswith((".bin", ".pt", ".pth", ".gguf"))]
+        if other:
+            scan.add("weights", "warn", f"weights are not safetensors ({_some(other)}); header "
+                     "checks cover safetensors only")
+        else:
+            scan.add("weights", "warn", "no weight files here: a config-only directory "
+                     "(header checks need the shards)")
+        scan.shards_ok = False
+        return scan
+
+    bad_headers = 0
+    located: dict[str, list[str]] = {}
+    for s in shards:
+        p = root / s
+        if not p.is_file():
+            continue
+        try:
+            h = read_header(p)
+        except InputError as e:
+            scan.add("shard.header", "fail", f"{s}: {_strip_path(e.message, p)}", s)
+            scan.shards_ok = False
+            bad_headers += 1
+            continue
+        scan.shard_files += 1
+        scan.file_bytes += h.file_size
+        scan.header_bytes += h.data_start
+        probs = _header_problems(h)
+        if probs:
+            scan.add("shard.header", "fail", f"{s}: {_some(probs, 3)}. Hint: {FETCH_HINT}", s)
+            scan.shards_ok = False
+            bad_headers += 1
+        for name, t in h.tensors.items():
+            located.setdefault(name, []).append(s)
+            scan.tensors.setdefault(name, (t, s))
+            scan.data_bytes += t.nbytes
+    if not bad_headers and scan.shard_files:
+        scan.add("shard.headers", "pass", f"{scan.shard_files} safetensors header(s) sane: "
+                 f"{len(scan.tensors):,} tensors, {_gib(scan.data_bytes)} of data, exact sizes")
+
+    dupes = [f"{n} in {', '.join(v)}" for n, v in sorted(located.items()) if len(v) > 1]
+    if dupes:
+        scan.add("tensors.unique", "fail", f"{len(dupes)} tensor(s) stored twice: {_some(dupes)}")
+    if weight_map is not None:
+        wrong = []
+        for name, shard in sorted(weight_map.items()):
+            where = located.get(name)
+            if where is None:
+                if (root / shard).is_file():
+                    wrong.append(f"{name} -> {shard}, which does not have it")
+            elif shard not in where:
+                wrong.append(f"{name} -> {shard}, but it is in {where[0]}")
+        unindexed = sorted(set(located) - set(weight_map))
+        if wrong:
+            scan.add("index.tensors", "fail", f"{INDEX}: {len(wrong)} tensor(s) not where the "
+                     f"index says: {_some(wrong)}", INDEX)
+        if unindexed:
+            scan.add("index.tensors", "fail", f"{len(unindexed)} tensor(s) in shards but not in "
+                     f"{INDEX}: {_some([f'{n} ({located[n][0]})' for n in unindexed])}", INDEX)
+        if not wrong and not unindexed and scan.shards_ok:
+            scan.add("index.tensors", "pass", f"{INDEX} and the shards agree on all "
+                     f"{len(weight_map):,} tensors")
+    if scan.index_total is not None and scan.shards_ok and scan.index_total != scan.data_bytes:
+        scan.add("index.total_size", "warn", f"{INDEX}: metadata.total_size is "
+                 f"{scan.index_total:,} but the shards hold {scan.data_bytes:,} bytes of "
+                 "tensors", INDEX)
+    return scan
+
+
+def _strip_path(message: str, p: Path) -> str:
+    """read_header's messages start with the absolute path; we name the file relatively."""
+    s = str(p)
+    return message[len(s) + 2:] if message.startswith(s + ": ") else message
+
+
+def _matches(module: str, patterns: frozenset[str]) -> bool:
+    return module_in(module, patterns)
+
+
+def _fp8_checks(scan: _Scan, config: dict[str, Any]) -> None:
+    qc = config.get("quantization_config")
+    fp8 = {n: v for n, v in scan.tensors.items() if v[0].dtype.startswith("F8_")}
+    method = qc.get("quant_method") if isinstance(qc, dict) else None
+    if method != "fp8":
+        if fp8 and method is None:
+            n, (_, shard) = next(iter(sorted(fp8.items())))
+            scan.add("fp8.config", "fail", f"{len(fp8):,} FP8 tensors (e.g. {n} in {shard}) but "
+                     "config.json has no fp8 quantization_config", CONFIG)
+        elif method is not None:
+            scan.add("fp8", "skip", f"quant_method {method!r}: FP8 block structure not checked")
+        else:
+            scan.add("fp8", "skip", "not an FP8 checkpoint (no quantization_config, no FP8 "
+                     "tensors)")
+        return
+    assert isinstance(qc, dict)
+    if not scan.tensors:
+        return
+    if not fp8:
+        scan.add("fp8.config", "fail", "config.json says quant_method fp8 but no tensor is FP8",
+                 CONFIG)
+        return
+    block = qc.get("weight_block_size")
+    not_convert = frozenset(m for m in qc.get("modules_to_not_convert") or [] if isinstance(m, str))
+    bad_scale: list[tuple[str, str]] = []  # (message, shard file)
+    for name, (t, shard) in sorted(fp8.items()):
+        module = name.rsplit(".", 1)[0]
+        if not name.endswith(".weight"):
+            bad_scale.append((f"{shard}: {name} is FP8 but not a .weight", shard))
+            continue
+        sname = module + ".weight_scale_inv"
+        sv = scan.tensors.get(sname)
+        if sv is None:
+            bad_scale.append((f"{shard}: FP8 weight {name} has no weight_scale_inv", shard))
+            continue
+        s = sv[0]
+        if s.dtype not in FLOAT_DTYPES:
+            bad_scale.append((f"{sv[1]}: {sname} is {s.dtype}, not floating point", sv[1]))
+        if isinstance(block, list) and len(block) == 2 and len(t.shape) == 2:
+            want = (-(-t.shape[0] // int(block[0])), -(-t.shape[1] // int(block[1])))
+            if s.shape != want:
+                bad_scale.append((f"{sv[1]}: {sname} has shape {list(s.shape)}, expected "
+                                  f"{list(want)} for {list(t.shape)} in {block} blocks", sv[1]))
+    if bad_scale:
+        scan.add("fp8.scales", "fail", f"{len(bad_scale)} FP8 weight(s) without a matching "
+                 f"scale: {_some([m for m, _ in bad_scale])}", bad_scale[0][1])
+    else:
+        scan.add("fp8.scales", "pass", f"{len(fp8):,} FP8 weights each have a floating-point "
+                 f"weight_scale_inv of block shape {block}")
+    quantised_skips = [(f"{v[1]}: {n}", v[1]) for n, v in sorted(fp8.items())
+                       if _matches(n.rsplit(".", 1)[0], not_convert)]
+    if quantised_skips:
+        scan.add("fp8.not_convert", "fail", f"{len(quantised_skips)} tensor(s) of "
+                 f"modules_to_not_convert are FP8: {_some([m for m, _ in quantised_skips])}",
+                 quantised_skips[0][1])
+    else:
+        kept = sum(1 for n in scan.tensors if _matches(n.rsplit(".", 1)[0], not_convert))
+        scan.add("fp8.not_convert", "pass", f"{kept:,} tensors of modules_to_not_convert are not "
+                 "FP8")
+    unquantised = [n for n, (t, _) in sorted(scan.tensors.items())
+                   if n.endswith("_proj.weight") and not t.dtype.startswith("F8_")
+                   and not _matches(n.rsplit(".", 1)[0], not_convert)]
+    if unquantised:
+        scan.add("fp8.coverage", "warn", f"{len(unquantised)} projection weight(s) are not FP8 "
+                 f"and not in modules_to_not_convert: {_some(unquantised)}")
+
+
+def _name_checks(scan: _Scan, config: dict[str, Any]) -> None:
+    if not scan.tensors:
+        return
+    if not scan.shards_ok:
+        scan.add("tensors.names", "skip", "tensor names not compared: shards above are missing "
+                 "or damaged")
+        return
+    try:
+        layers = int(config["num_hidden_layers"])
+    except (KeyError, TypeError, ValueError):
+        scan.add("tensors.layers", "skip", "config.json has no num_hidden_layers")
+        return
+    found = {int(m.group(1)) for n in scan.tensors if (m := LAYER_RE.match(n))}
+    missing = sorted(set(range(layers)) - found)
+    extra = sorted(found - set(range(layers)))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"layer(s) {_ranges(missing)} missing")
+        if extra:
+            parts.append(f"layer(s) {_ranges(extra)} beyond the config")
+        scan.add("tensors.layers", "fail", f"config.json says num_hidden_layers {layers}; the "
+                 f"shards have {len(found)} layers: {', '.join(parts)}", CONFIG)
+    else:
+        scan.add("tensors.layers", "pass", f"layers 0..{layers - 1} present, as config.json says")
+    experts = int(config.get("num_experts") or 0)
+    per_layer: dict[int, set[int]] = {}
+    for n in scan.tensors:
+        if m := EXPERT_RE.match(n):
+            per_layer.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+    if experts or per_layer:
+        want = set(range(experts))
+        wrong = [f"layer {i}: {len(per_layer.get(i, set()))} experts"
+                 + (f" (max index {max(per_layer[i])})" if per_layer.get(i) else "")
+                 for i in sorted(set(range(layers)) | set(per_layer))
+                 if per_layer.get(i, set()) != (want if _is_moe_layer(config, i) else set())]
+        if wrong:
+            scan.add("tensors.experts", "fail", f"config.json says num_experts {experts}: "
+                     f"{_some(wrong)}", CONFIG)
+        else:
+            scan.add("tensors.experts", "pass", f"{experts} experts in each MoE layer")
+    if config.get("model_type") in ("qwen3_moe", "qwen3"):
+        try:
+            expected = {s.name: s for s in qwen3_moe_tensors(config)}
+        except (KeyError, TypeError, ValueError) as e:
+            scan.add("tensors.names", "skip", f"cannot derive tensor names from config.json "
+                     f"({e!r})")
+            return
+        absent = sorted(set(expected) - set(scan.tensors))
+        unknown = sorted(set(scan.tensors) - set(expected))
+        shapes = [f"{n} ({scan.tensors[n][1]}): {list(scan.tensors[n][0].shape)}, config implies "
+                  f"{list(expected[n].shape)}" for n in sorted(set(expected) & set(scan.tensors))
+                  if not n.endswith("weight_scale_inv")
+                  and scan.tensors[n][0].shape != expected[n].shape]
+        if absent:
+            scan.add("tensors.names", "fail", f"{len(absent):,} tensor(s) config.json implies "
+                     f"are in no shard: {_some(absent)}", CONFIG)
+        else:
+            scan.add("tensors.names", "pass", f"all {len(expected):,} tensors config.json implies "
+                     "are present")
+        if unknown:
+            scan.add("tensors.unknown", "warn", f"{len(unknown)} tensor(s) config.json does not "
+                     f"imply: {_some(unknown)}")
+        if shapes:
+            scan.add("tensors.shapes", "fail", f"{len(shapes)} tensor shape(s) disagree with "
+                     f"config.json: {_some(shapes)}", CONFIG)
+
+
+def _ranges(xs: list[int]) -> str:
+    out, i = [], 0
+    while i < len(xs):
+        j = i
+        while j + 1 < len(xs) and xs[j + 1] == xs[j] + 1:
+            j += 1
+        out.append(str(xs[i]) if i == j else f"{xs[i]}..{xs[j]}")
+        i = j + 1
+    return ", ".join(out[:8]) + (" ..." if len(out) > 8 else "")
+
+
+def _read_config(root: Path, scan: _Scan) -> dict[str, Any] | None:
+    try:
+        return Checkpoint(root).read_config()
+    except InputError as e:
+        scan.add("config", "fail", e.message, CONFIG)
+        return None
+
+
+def _overlay_manifest(root: Path) -> dict[str, Any] | None:
+    try:
+        from qwenprep.overlay import read_manifest
+    except ImportError:  # pragma: no cover - overlay ships with the package
+        return None
+    try:
+        return read_manifest(root)
+    except InputError:
+        return None
+
+
+def _header_scan(root: Path) -> _Scan:
+    scan = _scan_headers(root)
+    config = _read_config(root, scan)
+    if config is not None:
+        _fp8_checks(scan, config)
+        _name_checks(scan, config)
+    if _overlay_manifest(root) is not None:
+        from qwenprep.overlay import overlay_checks
+
+        scan.checks.extend(overlay_checks(root))
+    return scan
+
+
+def header_checks(path: Path) -> list[Check]:
+    """Header-level checks only: reads config.json, the index and each shard's header."""
+    return _header_scan(Path(path)).checks
+
+
+# ---------------------------------------------------------------- deep
+
+
+@dataclass(frozen=True)
+class _Expect:
+    name: str  # relative posix name
+    algorithm: Algorithm | None  # None: nothing to compare against (yet)
+    digest: str | None
+    source: str  # where the expected hash comes from, for messages
+
+
+def _hf_blob_etag(p: Path) -> str | None:
+    """The blob name when p is a link into an HF cache `blobs/` directory."""
+    if not p.is_symlink():
+        return None
+    target = Path(os.path.realpath(p))
+    if target.parent.name != "blobs":
+        return None
+    return target.name if algorithm_for_etag(target.name) else None
+
+
+def _local_dir_etag(root: Path, name: str) -> str | None:
+    """The etag huggingface_hub recorded for a --local-dir download (line 2 of .metadata)."""
+    meta = root / ".cache" / "huggingface" / "download" / f"{name}.metadata"
+    try:
+        lines = meta.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return lines[1].strip() if len(lines) >= 2 and algorithm_for_etag(lines[1]) else None
+
+
+def _is_hf_snapshot(root: Path) -> bool:
+    return root.parent.name == "snapshots" and (root.parent.parent / "blobs").is_dir()
+
+
+def _expectations(root: Path, names: list[str], manifest: dict[str, Any] | None,
+                  notes: list[Check]) -> list[_Expect]:
+    roots = [root]
+    if manifest is not None:
+        src = (manifest.get("source") or {}).get("path")
+        if isinstance(src, str):
+            roots.append(Path(src))
+    records = [(r, read_record(r)) for r in roots]
+    snapshot = _is_hf_snapshot(root)
+    out: list[_Expect] = []
+    for name in names:
+        p = root / name
+        if manifest is not None and name == CONFIG:
+            notes.append(Check("deep.config", "skip", "config.json is the overlay's patched one "
+                               "and has no content hash; the source config's sha256 is checked "
+                               "by overlay.source", name))
+            continue
+        etag = _hf_blob_etag(p)
+        if etag:
+            out.append(_Expect(name, algorithm_for_etag(etag), etag, "its HF cache blob name"))
+            continue
+        if snapshot:
+            notes.append(Check("deep.hash", "fail", f"{name}: not a link into the cache's blobs "
+                               "(replaced or edited in place?), so its content cannot be "
+                               "checked. Hint: qwenprep revert PATH restores config.json; "
+                               f"otherwise {FETCH_HINT}", name))
+            continue
+        found = None
+        for r, rec in records:
+            etag = _local_dir_etag(r, name)
+            if etag:
+                found = _Expect(name, algorithm_for_etag(etag), etag.lower(),
+                                "the hub's download metadata")
+                break
+            entry = rec.get(name)
+            if entry and isinstance(entry.get("sha256"), str):
+                found = _Expect(name, "sha256", entry["sha256"].lower(),
+                                f"the hash record {_rel(root, record_path(r))}")
+                break
+        out.append(found or _Expect(name, None, None, "none"))
+    return out
+
+
+def _deep_checks(root: Path, *, progress: ProgressFn | None, workers: int | None
+                 ) -> tuple[list[Check], int]:
+    manifest = _overlay_manifest(root)
+    names = _walk_files(root)
+    checks: list[Check] = []
+    expects = _expectations(root, names, manifest, checks)
+    jobs = [HashJob(root / e.name, e.algorithm or "sha256") for e in expects]
+    results = hash_files(jobs, workers=workers, progress=progress)
+    matched: dict[str, int] = {}
+    to_record: dict[str, dict[str, Any]] = {}
+    hashed = 0
+    for e, r in zip(expects, results):
+        if r.hexdigest is None:
+            checks.append(Check("deep.hash", "fail", f"{e.name}: cannot read ({r.error}). "
+                                f"Hint: {FETCH_HINT}", e.name))
+            continue
+        hashed += r.size
+        if e.digest is None:
+            to_record[e.name] = {"size": r.size, "sha256": r.hexdigest}
+        elif r.hexdigest == e.digest:
+            matched[e.source] = matched.get(e.source, 0) + 1
+        else:
+            checks.append(Check("deep.hash", "fail", f"{e.name}: content does not match "
+                                f"{e.source} ({e.algorithm} {r.hexdigest[:16]}... expected "
+                                f"{e.digest[:16]}...). Hint: {FETCH_HINT}", e.name))
+    if matched:
+        by = ", ".join(f"{n} by {s}" for s, n in sorted(matched.items()))
+        checks.insert(0, Check("deep.hash", "pass", f"{sum(matched.values())} file(s) match "
+                               f"their content hash ({by})"))
+    if to_record:
+        try:
+            rp = write_record(root, to_record)
+            checks.append(Check("deep.record", "warn", f"recorded the sha256 of "
+                                f"{len(to_record)} file(s) in {_rel(root, rp)}; nothing to "
+                                "compare yet (the next verify --deep compares against it)",
+                                _rel(root, rp)))
+        except OSError as e:
+            checks.append(Check("deep.record", "warn", f"{len(to_record)} file(s) have no known "
+                                f"content hash and the record could not be written ({e})"))
+    return checks, hashed
+
+
+def verify_checkpoint(path: Path, *, deep: bool = False, engine: bool = False,
+                      vllm_python: str | None = None, progress: ProgressFn | None = None,
+                      workers: int | None = None) -> Report:
+    """Header-level checks; with deep, every file against its content hash; with engine,
+    vLLM's own read-back of the config (in a subprocess of vllm_python)."""
+    root = Path(path)
+    scan = _header_scan(root)
+    report = Report("verify", list(scan.checks))
+    hashed = 0
+    if deep:
+        deep_checks, hashed = _deep_checks(root, progress=progress, workers=workers)
+        report.extend(deep_checks)
+    if engine:
+        from qwenprep.engine import readback_checks
+
+        report.extend(readback_checks(root, python=vllm_python))
+    report.extra.update(
+        path=str(root),
+        deep=deep,
+        files=scan.shard_files,
+        tensors=len(scan.tensors),
+        bytes=scan.file_bytes,
+        tensor_bytes=scan.data_bytes,
+        header_bytes=scan.header_bytes,
+    )
+    if deep:
+        report.extra["hashed_bytes"] = hashed
+    return report
