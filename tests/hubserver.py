@@ -414,3 +414,60 @@ class _Handler(BaseHTTPRequestHandler):
                     faults.drop_times[name] = left - 1
                 return "drop", faults.drop_after[name]
         return None
+
+
+# -- the repo the qwenprep tests serve ------------------------------------------------------
+
+TINY_REPO = "Qwen/Tiny-Qwen3-Coder"
+V1_TRANSFORMERS = "4.43.1"  # what tells the v1 config from main's
+_EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+# Files a real model repo has that serving does not need (fetch must leave them on the Hub).
+EXTRAS = {
+    "README.md": b"---\nlicense: apache-2.0\n---\n# Tiny Qwen3-Coder (test fixture)\n",
+    "LICENSE": b"Apache License 2.0 (test fixture)\n",
+    ".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n",
+    "original/notes.txt": b"consolidated weights would live here\n",
+}
+
+
+def tiny_repo_files() -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """(main, v1): the embedded FP8 tiny checkpoint with a README etc.; v1 is an older commit
+    with a different config.json and no generation_config.json."""
+    src = _EXAMPLES / "tiny-qwen3-coder-fp8"
+    main = {**files_from_dir(src), **EXTRAS}
+    cfg = json.loads(main["config.json"])
+    cfg["transformers_version"] = V1_TRANSFORMERS
+    v1 = {k: v for k, v in main.items() if k != "generation_config.json"}
+    v1["config.json"] = (json.dumps(cfg, indent=2) + "\n").encode()
+    return main, v1
+
+
+def tiny_hub() -> tuple[HubServer, Commit, Commit]:
+    """A started server with TINY_REPO: refs main -> (new commit), tag v1 -> (old commit);
+    plus "Qwen/Docs-Only", a repo without weights."""
+    main_files, v1_files = tiny_repo_files()
+    v1 = make_commit(v1_files)
+    main = make_commit(main_files, parent=v1.sha)
+    hub = HubServer()
+    hub.add_repo(TINY_REPO, [v1, main], {"main": main.sha, "v1": v1.sha})
+    docs = make_commit({"README.md": b"# docs\n"})
+    hub.add_repo("Qwen/Docs-Only", [docs], {"main": docs.sha})
+    return hub.start(), main, v1
+
+
+def hub_env(hub: HubServer, hf_home: Path, **extra: str) -> dict[str, str]:
+    """A process environment that points huggingface_hub at `hub` and nowhere else."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+    env.pop("TRANSFORMERS_OFFLINE", None)
+    env.update(
+        HF_ENDPOINT=hub.url,
+        HF_HOME=str(hf_home),
+        HF_HUB_DISABLE_XET="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
+    )
+    env.update(extra)
+    return env
