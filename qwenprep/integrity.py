@@ -244,7 +244,8 @@ def _scan_headers(root: Path) -> _Scan:
         try:
             h = read_header(p)
         except InputError as e:
-            scan.add("shard.header", "fail", f"{s}: {_strip_path(e.message, p)}", s)
+            hint = f" Hint: {e.hint}" if e.hint else ""
+            scan.add("shard.header", "fail", f"{s}: {_strip_path(e.message, p)}{hint}", s)
             scan.shards_ok = False
             bad_headers += 1
             continue
