@@ -232,6 +232,101 @@ def fetch(repo: str, local_dir: Path | None, as_json: bool) -> None:
 
 # --- plan/check commands ---
 
+
+_vllm_version_option = click.option(
+    "--vllm-version", metavar="X.Y",
+    help="Use this vLLM version's arithmetic (default: the installed vLLM, else the newest known).")
+_tp_option = click.option("--tp", type=click.IntRange(min=1), default=None,
+                          help="Tensor-parallel size (default: plan: the GPU count; check: 1).")
+_pp_option = click.option("--pp", type=click.IntRange(min=1), default=1, show_default=True,
+                          help="Pipeline-parallel size (stages across nodes).")
+_gpu_options = [
+    click.option("--gpus", type=click.IntRange(min=1), help="GPUs in total (with --gpu-memory)."),
+    click.option("--gpu-memory", metavar="SIZE", help="Memory of one GPU: 141GB, 80GiB, ..."),
+    click.option("--kv-memory", metavar="SIZE",
+                 help="KV cache memory per GPU, exact (what vLLM logs as 'Available KV cache "
+                 "memory', or its --kv-cache-memory-bytes)."),
+    click.option("--kv-cache-dtype", type=click.Choice(["auto", "fp8"]), default="auto",
+                 show_default=True, help="auto = the model dtype (bf16); fp8 = 1 byte."),
+    click.option("--block-size", type=click.IntRange(min=1), default=16, show_default=True,
+                 help="KV block size in tokens (16 on CUDA; vLLM's CPU backend uses 128)."),
+]
+
+
+def _with(options: list[Callable[[Any], Any]]) -> Callable[[Any], Any]:
+    def deco(f: Any) -> Any:
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+    return deco
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--context", "-c", metavar="C", help="native|256k|512k|1m|N (default: the "
+              "checkpoint's max_position_embeddings).")
+@_tp_option
+@_pp_option
+@click.option("--ep/--no-ep", default=True, show_default=True,
+              help="Expert parallel (experts divided over all GPUs) for MoE models.")
+@_with(_gpu_options)
+@_vllm_version_option
+@json_option
+def plan(model: str, context: str | None, tp: int | None, pp: int, ep: bool, gpus: int | None,
+         gpu_memory: str | None, kv_memory: str | None, kv_cache_dtype: str, block_size: int,
+         vllm_version: str | None, as_json: bool) -> None:
+    """KV-cache capacity of MODEL at a context, by vLLM's own arithmetic; exit 1 if it won't fit.
+
+    MODEL is a directory, a cached ORG/NAME[@rev], or a Hub repo id (headers read remotely).
+    """
+    from qwenprep.capacity import make_plan
+
+    p = run(as_json, lambda: make_plan(
+        model, context=context, tp=tp, pp=pp, gpus=gpus, gpu_memory=gpu_memory,
+        kv_memory=kv_memory, kv_cache_dtype=kv_cache_dtype,  # type: ignore[arg-type]
+        ep=ep, vllm_version=vllm_version, block_size=block_size))
+    if as_json:
+        _emit_json(p.to_dict())
+    else:
+        click.echo(p.summary())
+    sys.exit(0 if p.fits else EXIT_CHECKS_FAILED)
+
+
+@cli.command()
+@click.argument("path")
+@_tp_option
+@_pp_option
+@click.option("--ep/--no-ep", default=None,
+              help="Expert parallel (default: on for MoE models, as qwenprep serve does).")
+@click.option("--context", "-c", metavar="C",
+              help="Intended context (default: the config's max_position_embeddings).")
+@_with(_gpu_options)
+@_vllm_version_option
+@json_option
+@click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED)
+def check(path: str, tp: int | None, pp: int, ep: bool | None, context: str | None,
+          gpus: int | None, gpu_memory: str | None, kv_memory: str | None, kv_cache_dtype: str,
+          block_size: int, vllm_version: str | None, as_json: bool,
+          vllm_args: tuple[str, ...]) -> None:
+    """Every pre-flight check on PATH before a deploy; exit 0 all pass, 1 any fails.
+
+    Flags after `--` are checked against the vLLM version (e.g. -- --rope-scaling ...).
+    """
+    from qwenprep.preflight import check_options, run_checks
+
+    def go() -> Report:
+        from qwenprep.checkpoint import resolve_model
+
+        opts = check_options(tp=tp, pp=pp, ep=ep, context=context, gpus=gpus,
+                             gpu_memory=gpu_memory, kv_memory=kv_memory,
+                             kv_cache_dtype=kv_cache_dtype, block_size=block_size,
+                             vllm_version=vllm_version, vllm_args=vllm_args)
+        return run_checks(resolve_model(path).path, opts)
+
+    report = run(as_json, go)
+    finish_report(report, as_json, "ready to serve" if report.ok
+                  else "NOT ready: see the FAIL lines above")
+
 # --- engine/serve commands ---
 
 

@@ -1,0 +1,631 @@
+"""KV-cache capacity by vLLM's own arithmetic, per vLLM version (FACTS.md "KV cache arithmetic").
+
+For a model whose layers all use full attention (Qwen3-MoE), vLLM 0.10 .. 0.33 does:
+
+- ``page = 2 (K,V) x block_size x kv_heads_per_gpu x head_dim x dtype_bytes`` per layer and
+  block, ``kv_heads_per_gpu = max(1, kv_heads // tp)`` (``FullAttentionSpec.page_size_bytes``);
+- ``num_blocks = available // (page x layers_on_this_gpu)`` (``get_kv_cache_config_from_groups``
+  / ``_get_kv_cache_config_uniform_type``; with PP the stage with most layers decides);
+- ``concurrency = num_blocks / ceil(max_model_len / block_size)``
+  (``get_max_concurrency_for_kv_cache_config``);
+- the "GPU KV cache size: N tokens" line prints ``num_blocks x block_size`` up to 0.20 and
+  ``int(concurrency x max_model_len)`` from 0.21 (``get_kv_cache_capacity``);
+- one request must fit: ``ceil(L / block_size) x page x layers <= available``
+  (``check_enough_kv_cache_memory``); from 0.29 the null block the pool always holds back is
+  subtracted first.
+
+What is *not* known before launch is the memory left for the cache when only the GPU size is
+given: weights, peak activations, non-torch memory and (from 0.20) CUDA graphs come off
+``total x gpu_memory_utilization``. :func:`overhead_estimate` states that estimate; with
+``kv_memory`` (vLLM's ``--kv-cache-memory-bytes``, 0.10.2+) the numbers are exact.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from qwenprep.errors import InputError, UsageError
+from qwenprep.sizes import GiB, format_gib
+
+KVDtype = Literal["auto", "fp8"]
+
+CUDA_BLOCK_SIZE = 16
+CPU_BLOCK_SIZE = 128  # vLLM 0.32's CPU backend default (non-MLA models)
+DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
+DEFAULT_MAX_NUM_SEQS = 256
+
+_DTYPE_BYTES = {
+    "bfloat16": 2, "float16": 2, "half": 2, "bf16": 2, "fp16": 2,
+    "float32": 4, "float": 4, "fp32": 4,
+}
+
+KNOWN_OLDEST = (0, 10)
+KNOWN_NEWEST = (0, 33)
+
+
+# --------------------------------------------------------------------------- version rules
+
+
+@dataclass(frozen=True)
+class VllmRule:
+    """What changes with the vLLM version in the arithmetic above."""
+
+    version: str  # "0.32" as asked/found
+    source: str  # "named", "installed", "default"
+    gpu_memory_utilization: float
+    tokens_from_concurrency: bool  # >= 0.21: printed tokens = int(concurrency x max_model_len)
+    reserves_null_block: bool  # >= 0.29: one block held back when checking one request fits
+    cuda_graphs_in_profile: bool  # >= 0.20: CUDA graph memory comes off the KV budget
+    has_kv_cache_memory_bytes: bool  # >= 0.10.2: --kv-cache-memory-bytes exists
+    note: str = ""
+
+    @property
+    def name(self) -> str:
+        parts = [
+            f"gpu_memory_utilization {self.gpu_memory_utilization}",
+            "tokens = int(concurrency x max_model_len)" if self.tokens_from_concurrency
+            else "tokens = num_blocks x block_size",
+            "null block held back" if self.reserves_null_block else "no null-block reserve",
+        ]
+        return f"vLLM {self.version} rule ({self.source}): " + ", ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "source": self.source,
+            "description": self.name,
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+            "tokens_from_concurrency": self.tokens_from_concurrency,
+            "reserves_null_block": self.reserves_null_block,
+            "note": self.note,
+        }
+
+
+_VERSION = re.compile(r"^\s*v?(\d+)\.(\d+)(?:\.(\d+))?")
+
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    m = _VERSION.match(str(text))
+    if not m:
+        raise UsageError(f"unreadable vLLM version {text!r}.",
+                         hint="name it as X.Y or X.Y.Z, e.g. --vllm-version 0.32")
+    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+
+
+def vllm_rule(version: str, source: str = "named") -> VllmRule:
+    """The arithmetic rule of one vLLM version (clamped to the known 0.10 .. 0.33 range)."""
+    major, minor, patch = parse_version(version)
+    key = (major, minor)
+    note = ""
+    if key < KNOWN_OLDEST:
+        note = f"vLLM {version} is older than the known range 0.10-0.33; the 0.10 rule is used"
+        key, patch = KNOWN_OLDEST, 0
+    elif key > KNOWN_NEWEST:
+        note = (f"vLLM {version} is newer than the known range 0.10-0.33; the 0.33 rule is used "
+                "(re-check the numbers against its log line)")
+        key = KNOWN_NEWEST
+    return VllmRule(
+        version=f"{major}.{minor}" + (f".{patch}" if patch else ""),
+        source=source,
+        gpu_memory_utilization=0.92 if key >= (0, 20) else 0.9,
+        tokens_from_concurrency=key >= (0, 21),
+        reserves_null_block=key >= (0, 29),
+        cuda_graphs_in_profile=key >= (0, 20),
+        has_kv_cache_memory_bytes=key > (0, 10) or patch >= 2,
+        note=note,
+    )
+
+
+def resolve_rule(named: str | None = None, *, python: str | None = None) -> VllmRule:
+    """The rule for a named version, else the installed vLLM's, else the newest known."""
+    if named:
+        return vllm_rule(named, "named")
+    try:
+        from qwenprep import engine  # written beside this module; optional
+    except ImportError:
+        engine = None  # type: ignore[assignment]
+    if engine is not None and hasattr(engine, "discover"):
+        try:
+            info = engine.discover(python)
+        except Exception:  # noqa: BLE001 - a broken engine must not break planning
+            info = None
+        version = getattr(info, "version", None) if info is not None else None
+        if version:
+            return vllm_rule(str(version), "installed")
+    newest = f"{KNOWN_NEWEST[0]}.{KNOWN_NEWEST[1]}"
+    return replace(vllm_rule(newest, "default"),
+                   note="no vLLM found; the newest known rule is used "
+                   "(name one with --vllm-version X.Y)")
+
+
+# --------------------------------------------------------------------------- model shape
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What capacity planning needs from a checkpoint: its config numbers and weight bytes."""
+
+    name: str
+    num_layers: int
+    num_attention_heads: int
+    num_kv_heads: int
+    head_dim: int
+    hidden_size: int
+    vocab_size: int
+    dtype_bytes: int
+    max_position_embeddings: int
+    native_context: int = 0  # before any YaRN extension (contexts.native_context)
+    num_experts: int = 0
+    moe_intermediate_size: int = 0
+    intermediate_size: int = 0
+    quant_block: tuple[int, int] | None = None
+    weight_bytes: int | None = None  # all tensors, from the safetensors headers
+    expert_weight_bytes: int = 0  # the part in routed experts (divided over EP ranks)
+    weights_source: str = "unknown"
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], *, name: str = "model",
+                    weight_bytes: int | None = None, expert_weight_bytes: int = 0,
+                    weights_source: str = "unknown") -> ModelShape:
+        cfg = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+
+        def need(key: str) -> int:
+            v = cfg.get(key)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise InputError(f"config.json: {key} is {v!r}; capacity planning needs a "
+                                 "positive integer.",
+                                 hint="run qwenprep validate PATH for every problem in it.")
+            return v
+
+        heads = need("num_attention_heads")
+        hidden = need("hidden_size")
+        kv = cfg.get("num_key_value_heads") or heads
+        head_dim = cfg.get("head_dim") or hidden // heads
+        dtype = str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16").replace("torch.", "")
+        qc = cfg.get("quantization_config") or {}
+        block = qc.get("weight_block_size") if qc.get("quant_method") == "fp8" else None
+        from qwenprep.contexts import native_context
+
+        return cls(
+            name=name,
+            native_context=native_context(cfg),
+            num_layers=need("num_hidden_layers"),
+            num_attention_heads=heads,
+            num_kv_heads=int(kv),
+            head_dim=int(head_dim),
+            hidden_size=hidden,
+            vocab_size=int(cfg.get("vocab_size") or 0),
+            dtype_bytes=_DTYPE_BYTES.get(dtype, 2),
+            max_position_embeddings=need("max_position_embeddings"),
+            num_experts=int(cfg.get("num_experts") or cfg.get("num_local_experts") or 0),
+            moe_intermediate_size=int(cfg.get("moe_intermediate_size") or 0),
+            intermediate_size=int(cfg.get("intermediate_size") or 0),
+            quant_block=(int(block[0]), int(block[1])) if block else None,
+            weight_bytes=weight_bytes,
+            expert_weight_bytes=expert_weight_bytes,
+            weights_source=weights_source,
+        )
+
+
+def _is_expert(tensor_name: str) -> bool:
+    return ".mlp.experts." in tensor_name
+
+
+def weight_bytes_from_dir(path: Path) -> tuple[int, int]:
+    """(all tensor bytes, routed-expert tensor bytes) from the safetensors headers in PATH."""
+    from qwenprep.safetensors_io import read_header
+
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        from qwenprep.jsonio import load_json_file
+
+        obj = load_json_file(index, what="safetensors index")
+        wm = obj.get("weight_map") if isinstance(obj, dict) else None
+        if not isinstance(wm, dict):
+            raise InputError(f"{index}: no weight_map object.", path=str(index))
+        shards = sorted(set(str(v) for v in wm.values()))
+    else:
+        shards = sorted(p.name for p in path.glob("*.safetensors"))
+    if not shards:
+        raise InputError(f"{path}: no safetensors shards to size the weights from.",
+                         hint="pass --kv-memory SIZE (exact), or download the weights: "
+                         "qwenprep fetch ORG/NAME", path=str(path))
+    total = expert = 0
+    for shard in shards:
+        header = read_header(path / shard)
+        for t in header.tensors.values():
+            total += t.nbytes
+            if _is_expert(t.name):
+                expert += t.nbytes
+    return total, expert
+
+
+def shape_from_dir(path: Path, *, with_weights: bool = True) -> ModelShape:
+    from qwenprep.jsonio import load_json_file
+
+    cfg = load_json_file(path / "config.json", what="config.json")
+    if not isinstance(cfg, dict):
+        raise InputError(f"{path / 'config.json'}: top level is not a JSON object.")
+    total: int | None = None
+    expert = 0
+    source = "not read"
+    if with_weights:
+        total, expert = weight_bytes_from_dir(path)
+        source = f"safetensors headers in {path}"
+    return ModelShape.from_config(cfg, name=str(path), weight_bytes=total,
+                                  expert_weight_bytes=expert, weights_source=source)
+
+
+def shape_from_hub(spec: str) -> ModelShape:
+    """Config and weight bytes of a Hub repo that is not downloaded: config.json (a small file)
+    and the safetensors headers by range request (``HfApi.get_safetensors_metadata``)."""
+    from qwenprep.safetensors_io import DTYPE_BYTES
+
+    repo_id, _, revision = spec.partition("@")
+    try:  # huggingface_hub reads HF_ENDPOINT / HF_TOKEN itself
+        from huggingface_hub import HfApi, hf_hub_download
+
+        cfg_path = hf_hub_download(repo_id, "config.json", revision=revision or None)
+        meta = HfApi().get_safetensors_metadata(repo_id, revision=revision or None)
+    except Exception as e:  # noqa: BLE001 - hub errors come in many types; report them as input
+        raise InputError(
+            f"{spec}: cannot read config.json and safetensors headers from the Hub "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}).",
+            hint="check the repo id and the network, or download it: qwenprep fetch " + spec,
+        ) from None
+    cfg = json.loads(Path(cfg_path).read_text(encoding="utf-8"))
+    total = expert = 0
+    for file_meta in meta.files_metadata.values():
+        for name, t in file_meta.tensors.items():
+            offs = getattr(t, "data_offsets", None)
+            if offs:
+                n = int(offs[1]) - int(offs[0])
+            else:
+                n = int(math.prod(t.shape) * DTYPE_BYTES.get(t.dtype, 2))
+            total += n
+            if _is_expert(name):
+                expert += n
+    return ModelShape.from_config(cfg, name=spec, weight_bytes=total, expert_weight_bytes=expert,
+                                  weights_source=f"safetensors headers of {spec} on the Hub")
+
+
+# --------------------------------------------------------------------------- KV arithmetic
+
+
+def kv_dtype_bytes(shape: ModelShape, kv_cache_dtype: KVDtype) -> int:
+    return 1 if kv_cache_dtype == "fp8" else shape.dtype_bytes
+
+
+def kv_heads_per_gpu(shape: ModelShape, tp: int) -> int:
+    return max(1, shape.num_kv_heads // tp)
+
+
+def layers_per_gpu(shape: ModelShape, pp: int) -> int:
+    return math.ceil(shape.num_layers / pp)
+
+
+def bytes_per_token_per_gpu(shape: ModelShape, *, tp: int = 1, pp: int = 1,
+                            kv_cache_dtype: KVDtype = "auto") -> int:
+    return (2 * kv_heads_per_gpu(shape, tp) * shape.head_dim * kv_dtype_bytes(shape, kv_cache_dtype)
+            * layers_per_gpu(shape, pp))
+
+
+@dataclass(frozen=True)
+class KVCapacity:
+    context: int
+    block_size: int
+    bytes_per_block: int  # page x layers on one GPU
+    available_bytes: int
+    num_blocks: int
+    kv_cache_tokens: int  # what vLLM prints as "GPU KV cache size: N tokens"
+    max_concurrency: float  # what it prints as "Maximum concurrency for L tokens ...: X.XXx"
+    needed_bytes: int  # KV for one request at the context
+    fits: bool
+    largest_context: int  # longest single request the cache holds (0: none)
+
+
+def kv_capacity(available_bytes: int, bytes_per_token: int, context: int, rule: VllmRule, *,
+                block_size: int = CUDA_BLOCK_SIZE) -> KVCapacity:
+    """vLLM's numbers for one GPU with AVAILABLE bytes for the cache (see the module doc)."""
+    if context <= 0:
+        raise UsageError(f"context {context} must be positive.")
+    bpb = bytes_per_token * block_size
+    avail = max(0, int(available_bytes))
+    num_blocks = avail // bpb
+    blocks_per_req = -(-context // block_size)
+    concurrency = num_blocks / blocks_per_req
+    tokens = int(concurrency * context) if rule.tokens_from_concurrency else num_blocks * block_size
+    reserve = bpb if rule.reserves_null_block else 0
+    needed = blocks_per_req * bpb
+    usable = avail - reserve
+    fits = avail > 0 and needed <= usable
+    largest = max(0, usable // bpb) * block_size if usable > 0 else 0
+    return KVCapacity(context, block_size, bpb, avail, num_blocks, tokens, concurrency, needed,
+                      fits, largest)
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+ACTIVATION_FACTOR = 96  # calibrated: see overhead_estimate
+
+
+def overhead_estimate(shape: ModelShape, *, tp: int, rule: VllmRule) -> tuple[int, str]:
+    """Bytes per GPU that are neither weights nor KV cache, and how they were estimated.
+
+    activations of the profile run: max_num_batched_tokens (8192) x hidden x 2 bytes x 96;
+    sampler logits for max_num_seqs (256) x vocab x 4 bytes; 2 GiB of non-torch memory (CUDA
+    context, NCCL, cuBLAS workspaces); 1 GiB of CUDA graphs from 0.20. The factor 96 is
+    calibrated on the one real point known (FACTS.md calibration 1: 8x H200, 140.4 GiB each as
+    nvidia-smi reports, TP 8 + EP, the 480B FP8 model: vLLM reported 61.31 GiB of KV memory;
+    this estimate gives 60.9 GiB there, a little on the safe side). It is a rough figure on
+    purpose, and stated: --kv-memory replaces it with the real one.
+    """
+    act = DEFAULT_MAX_NUM_BATCHED_TOKENS * shape.hidden_size * 2 * ACTIVATION_FACTOR
+    logits = DEFAULT_MAX_NUM_SEQS * shape.vocab_size * 4
+    non_torch = 2 * GiB
+    graphs = 1 * GiB if rule.cuda_graphs_in_profile else 0
+    total = act + logits + non_torch + graphs
+    text = (f"activations {format_gib(act)} (8192 batched tokens x hidden {shape.hidden_size} x "
+            f"2 bytes x {ACTIVATION_FACTOR}) + sampler logits {format_gib(logits)} (256 seqs x "
+            f"vocab {shape.vocab_size} x 4 bytes) + non-torch 2.00 GiB"
+            + (" + CUDA graphs 1.00 GiB" if graphs else "")
+            + f" = {format_gib(total)} per GPU (estimate)")
+    return total, text
+
+
+def weights_per_gpu(shape: ModelShape, *, tp: int, pp: int = 1, dp: int = 1,
+                    ep: bool = True) -> int:
+    """Tensor bytes per GPU: everything split over TP (and PP stages); with expert parallel the
+    routed experts split over TP x DP instead. Replicated small tensors (norms, router) are
+    counted as split too - an approximation under 0.1% for this model."""
+    if shape.weight_bytes is None:
+        return 0
+    dense = shape.weight_bytes - shape.expert_weight_bytes
+    experts = shape.expert_weight_bytes
+    ep_size = tp * dp if ep else tp
+    per_stage = dense / tp + experts / ep_size
+    return int(math.ceil(per_stage / pp))
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    context: int
+    tp: int = 1
+    pp: int = 1
+    gpus: int | None = None  # GPUs in total (DP = gpus // (tp x pp))
+    gpu_memory: int | None = None  # bytes per GPU (total)
+    kv_memory: int | None = None  # bytes per GPU for the KV cache (exact)
+    kv_cache_dtype: KVDtype = "auto"
+    ep: bool = True
+    block_size: int = CUDA_BLOCK_SIZE
+    gpu_memory_utilization: float | None = None  # None: the version's default
+
+
+@dataclass(frozen=True)
+class Plan:
+    shape: ModelShape
+    request: PlanRequest
+    rule: VllmRule
+    dp: int
+    exact: bool
+    weights_per_gpu: int
+    overhead_bytes: int | None
+    overhead_text: str | None
+    utilization: float | None
+    kv: KVCapacity
+    bytes_per_token: int
+    advice: list[str] = field(default_factory=list)
+
+    @property
+    def fits(self) -> bool:
+        return self.kv.fits
+
+    def to_dict(self) -> dict[str, Any]:
+        r = self.request
+        d: dict[str, Any] = {
+            "schema_version": 1,
+            "kind": "plan",
+            "ok": self.fits,
+            "model": self.shape.name,
+            "context": self.kv.context,
+            "fits": self.fits,
+            "exact": self.exact,
+            "kv_cache_tokens": self.kv.kv_cache_tokens,
+            "max_concurrency": round(self.kv.max_concurrency, 4),
+            "max_concurrency_printed": f"{self.kv.max_concurrency:.2f}x",
+            "bytes_per_token_per_gpu": self.bytes_per_token,
+            "largest_context": self.kv.largest_context,
+            "kv_cache_bytes_per_gpu": self.kv.available_bytes,
+            "kv_cache_needed_bytes": self.kv.needed_bytes,
+            "num_blocks": self.kv.num_blocks,
+            "block_size": self.kv.block_size,
+            "kv_cache_dtype": r.kv_cache_dtype,
+            "parallel": {"tp": r.tp, "pp": r.pp, "dp": self.dp, "ep": r.ep,
+                         "gpus": r.gpus if r.gpus is not None else r.tp * r.pp * self.dp},
+            "weights_per_gpu_bytes": self.weights_per_gpu,
+            "weights_source": self.shape.weights_source,
+            "vllm_rule": self.rule.to_dict(),
+            "advice": list(self.advice),
+        }
+        if not self.exact:
+            d["estimate"] = {
+                "gpu_memory_bytes": r.gpu_memory,
+                "gpu_memory_utilization": self.utilization,
+                "weights_per_gpu_bytes": self.weights_per_gpu,
+                "overhead_bytes": self.overhead_bytes,
+                "overhead": self.overhead_text,
+            }
+        return d
+
+    def summary(self) -> str:
+        k = self.kv
+        r = self.request
+        lines = [
+            f"model: {self.shape.name}",
+            f"parallel: TP {r.tp} x PP {r.pp} x DP {self.dp}"
+            + (" + expert parallel" if r.ep and self.shape.num_experts else ""),
+            f"{self.rule.name}" + (f" [{self.rule.note}]" if self.rule.note else ""),
+            f"weights per GPU: {format_gib(self.weights_per_gpu)} ({self.shape.weights_source})",
+            f"KV bytes per token per GPU: {self.bytes_per_token:,} "
+            f"(kv-cache-dtype {r.kv_cache_dtype})",
+        ]
+        if self.exact:
+            lines.append(f"KV cache memory per GPU: {format_gib(k.available_bytes)} (given; exact)")
+        else:
+            lines.append(
+                f"KV cache memory per GPU: {format_gib(k.available_bytes)} ESTIMATE = "
+                f"{format_gib(r.gpu_memory or 0)} x {self.utilization} - weights "
+                f"{format_gib(self.weights_per_gpu)} - overhead: {self.overhead_text}")
+        lines += [
+            f"KV cache size: {k.kv_cache_tokens:,} tokens, Maximum concurrency for "
+            f"{k.context:,} tokens per request: {k.max_concurrency:.2f}x",
+            f"one request at {k.context:,} tokens needs {format_gib(k.needed_bytes)} per GPU; "
+            f"largest context that fits: {k.largest_context:,} tokens",
+            f"fits: {'yes' if self.fits else 'NO'}",
+        ]
+        lines += [f"advice: {a}" for a in self.advice]
+        return "\n".join(lines)
+
+
+def _compute(shape: ModelShape, req: PlanRequest, rule: VllmRule) -> Plan:
+    for name, v in (("tp", req.tp), ("pp", req.pp), ("block_size", req.block_size)):
+        if v < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1 (got {v}).")
+    per_replica = req.tp * req.pp
+    gpus = req.gpus if req.gpus is not None else per_replica
+    if gpus < per_replica or gpus % per_replica:
+        raise UsageError(f"--gpus {gpus} is not a multiple of TP {req.tp} x PP {req.pp}.",
+                         hint="use --gpus equal to TP x PP x DP, e.g. --gpus 8 --tp 8.")
+    dp = gpus // per_replica
+    bpt = bytes_per_token_per_gpu(shape, tp=req.tp, pp=req.pp, kv_cache_dtype=req.kv_cache_dtype)
+    w = weights_per_gpu(shape, tp=req.tp, pp=req.pp, dp=dp, ep=req.ep)
+    if req.kv_memory is not None:
+        avail = req.kv_memory
+        exact, over, over_text, util = True, None, None, None
+    elif req.gpu_memory is not None:
+        if shape.weight_bytes is None:
+            raise InputError(f"{shape.name}: weight sizes are unknown, so the KV memory cannot "
+                             "be estimated from the GPU size.",
+                             hint="pass --kv-memory SIZE (what vLLM prints as 'Available KV "
+                             "cache memory').")
+        util = req.gpu_memory_utilization or rule.gpu_memory_utilization
+        over, over_text = overhead_estimate(shape, tp=req.tp, rule=rule)
+        avail = int(req.gpu_memory * util) - w - over
+        exact = False
+    else:
+        raise UsageError("no memory budget: pass --kv-memory SIZE, or --gpus N --gpu-memory SIZE "
+                         "(no GPU was found to read it from).",
+                         hint="qwenprep plan MODEL --context 1m --tp 8 --gpus 8 --gpu-memory 141GB")
+    kv = kv_capacity(avail, bpt, req.context, rule, block_size=req.block_size)
+    return Plan(shape, req, rule, dp, exact, w, over, over_text, util, kv, bpt)
+
+
+def plan_capacity(shape: ModelShape, req: PlanRequest, rule: VllmRule) -> Plan:
+    """The plan plus concrete advice (each alternative computed, not guessed)."""
+    plan = _compute(shape, req, rule)
+    return replace(plan, advice=_advice(shape, req, rule, plan))
+
+
+def _advice(shape: ModelShape, req: PlanRequest, rule: VllmRule, plan: Plan) -> list[str]:
+    out: list[str] = []
+    ctx = plan.kv.context
+    if plan.dp > 1 and shape.num_experts and req.pp == 1:
+        alt = _compute(shape, replace(req, tp=req.tp * plan.dp, ep=True), rule)
+        out.append(
+            f"DP {plan.dp} keeps each sequence's whole KV cache on one TP group; TP "
+            f"{req.tp * plan.dp} + --enable-expert-parallel spreads it over all {plan.dp * req.tp} "
+            f"GPUs: {alt.bytes_per_token:,} bytes per token per GPU, "
+            f"{alt.kv.max_concurrency:.2f}x at {ctx:,} ("
+            + ("fits" if alt.fits else "still does not fit") + ")")
+    if plan.fits:
+        if not plan.exact and rule.has_kv_cache_memory_bytes:
+            out.append("the KV memory is an estimate; pin it with vLLM's --kv-cache-memory-bytes "
+                       "(and pass the same figure as --kv-memory) to make these numbers exact")
+        return out
+    if req.kv_cache_dtype == "auto" and shape.dtype_bytes > 1:
+        alt = _compute(shape, replace(req, kv_cache_dtype="fp8"), rule)
+        out.append(
+            f"--kv-cache-dtype fp8 halves the KV cache ({alt.bytes_per_token:,} instead of "
+            f"{plan.bytes_per_token:,} bytes per token per GPU): {alt.kv.max_concurrency:.2f}x "
+            f"at {ctx:,}, " + ("fits" if alt.fits else "still does not fit")
+            + " (fp8 KV can cost some accuracy)")
+    more = _compute(shape, replace(req, pp=req.pp * 2,
+                                   gpus=(req.gpus or req.tp * req.pp) * 2), rule)
+    out.append(
+        f"more GPUs: twice the GPUs (another node) with --pipeline-parallel-size {req.pp * 2} "
+        f"halves the layers and weights on each GPU: {more.bytes_per_token:,} bytes per token per "
+        f"GPU, {more.kv.max_concurrency:.2f}x at {ctx:,} ("
+        + ("fits" if more.fits else "still does not fit")
+        + (", same KV memory per GPU assumed" if plan.exact else "") + ")")
+    if plan.kv.largest_context > 0:
+        out.append(f"a smaller context: at most {plan.kv.largest_context:,} tokens fit one "
+                   f"request (--context {plan.kv.largest_context} / vLLM --max-model-len "
+                   f"{plan.kv.largest_context})")
+    else:
+        out.append("no KV cache memory is left at all after the weights: more GPUs (or larger "
+                   "ones) are needed for any context")
+    return out
+
+
+def load_shape(spec: str) -> ModelShape:
+    """MODEL as given on the command line: a directory or a cached ORG/NAME[@rev] (headers read
+    locally); a repo id that is not downloaded is read from the Hub's header metadata."""
+    from qwenprep.checkpoint import resolve_model
+    from qwenprep.hub import parse_repo_spec
+
+    try:
+        ckpt = resolve_model(spec)
+    except InputError:
+        if Path(spec).expanduser().exists() or parse_repo_spec(spec) is None:
+            raise
+        return shape_from_hub(spec)
+    shape = shape_from_dir(ckpt.path)
+    if ckpt.repo_id:
+        shape = replace(shape, name=f"{ckpt.repo_id}@{ckpt.revision} ({ckpt.path})")
+    return shape
+
+
+def make_plan(model: str, *, context: str | None = None, tp: int | None = None, pp: int = 1,
+              gpus: int | None = None, gpu_memory: str | None = None,
+              kv_memory: str | None = None, kv_cache_dtype: KVDtype = "auto", ep: bool = True,
+              vllm_version: str | None = None, block_size: int = CUDA_BLOCK_SIZE,
+              python: str | None = None) -> Plan:
+    """What ``qwenprep plan`` computes, from its options as typed. Without any memory option the
+    GPUs of this machine (NVML / nvidia-smi) give the memory; TP defaults to their count."""
+    from qwenprep.contexts import parse_context
+    from qwenprep.gpus import inventory
+    from qwenprep.sizes import parse_size
+
+    if kv_memory is not None and gpu_memory is not None:
+        raise UsageError("--kv-memory and --gpu-memory exclude each other: the first is exact, "
+                         "the second an estimate.", hint="pass one of them.")
+    kv_bytes = parse_size(kv_memory) if kv_memory is not None else None
+    gpu_bytes = parse_size(gpu_memory) if gpu_memory is not None else None
+    if kv_bytes is None:
+        if gpu_bytes is None and gpus is not None:
+            raise UsageError("--gpus needs --gpu-memory SIZE (or give --kv-memory SIZE).")
+        inv = inventory(gpus=gpus, gpu_memory=gpu_bytes)
+        if inv.count:
+            gpus, gpu_bytes = inv.count, inv.min_total
+    shape = load_shape(model)
+    if context is None:
+        ctx = shape.max_position_embeddings
+    else:
+        req = parse_context(context)
+        if req.tokens is not None:
+            ctx = req.tokens
+        else:
+            ctx = shape.native_context
+    if tp is None:
+        tp = max(1, (gpus or 1) // pp)
+    rule = resolve_rule(vllm_version, python=python)
+    return plan_capacity(shape, PlanRequest(
+        context=ctx, tp=tp, pp=pp, gpus=gpus, gpu_memory=gpu_bytes, kv_memory=kv_bytes,
+        kv_cache_dtype=kv_cache_dtype, ep=ep and bool(shape.num_experts), block_size=block_size,
+    ), rule)

@@ -1,0 +1,343 @@
+"""Every pre-flight check as data, in one report (``qwenprep check``).
+
+Checks from other modules (schema and invariants, overlay, headers, engine readback) are
+composed lazily: a module that is not installed gives one ``skip`` check saying so. The checks
+that live here: parallelism (what vLLM's layers assert at load time), KV fits at the intended
+context (capacity.py), disk, GPUs visible, and the vLLM flags the installed version would reject.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from qwenprep.capacity import (
+    CUDA_BLOCK_SIZE,
+    KVDtype,
+    ModelShape,
+    PlanRequest,
+    VllmRule,
+    parse_version,
+    plan_capacity,
+    resolve_rule,
+    shape_from_dir,
+)
+from qwenprep.errors import InputError, QwenprepError, UsageError
+from qwenprep.gpus import Inventory, inventory
+from qwenprep.report import Check, Report
+from qwenprep.sizes import GiB, format_gib
+
+DISK_WARN_BYTES = 5 * GiB  # vLLM's compile cache and logs want a few GiB beside the model
+
+# (flag, first version that accepts it, first version that rejects it); FACTS.md
+FLAG_VERSIONS: dict[str, tuple[tuple[int, int, int] | None, tuple[int, int, int] | None, str]] = {
+    "--rope-scaling": (None, (0, 11, 1), "removed in vLLM 0.11.1 (PR #28006): put the YaRN "
+                       "block in config.json instead (qwenprep patch MODEL --context 1m --out DIR)"),
+    "--rope-theta": (None, (0, 11, 1), "removed in vLLM 0.11.1 (PR #28006): keep rope_theta in "
+                     "config.json"),
+    "--kv-cache-memory-bytes": ((0, 10, 2), None, "added in vLLM 0.10.2"),
+    "--nnodes": ((0, 11, 1), None, "native multi-node flags arrived in vLLM 0.11.1; use "
+                 "--distributed-executor-backend ray on older versions"),
+    "--node-rank": ((0, 11, 1), None, "arrived in vLLM 0.11.1"),
+    "--master-addr": ((0, 11, 1), None, "arrived in vLLM 0.11.1"),
+}
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    tp: int = 1
+    pp: int = 1
+    ep: bool | None = None  # None: on for MoE models (the recommended TP + EP layout)
+    gpus: int | None = None
+    gpu_memory: int | None = None
+    kv_memory: int | None = None
+    context: int | None = None  # None: the config's max_position_embeddings; -1: native
+    kv_cache_dtype: KVDtype = "auto"
+    vllm_version: str | None = None
+    vllm_args: tuple[str, ...] = ()
+    python: str | None = None  # interpreter with vLLM, for the engine readback
+    disk_warn_bytes: int = DISK_WARN_BYTES
+    block_size: int = CUDA_BLOCK_SIZE
+
+
+def check_options(*, tp: int | None = None, pp: int = 1, ep: bool | None = None,
+                  context: str | None = None, gpus: int | None = None,
+                  gpu_memory: str | None = None, kv_memory: str | None = None,
+                  kv_cache_dtype: str = "auto", block_size: int = CUDA_BLOCK_SIZE,
+                  vllm_version: str | None = None, vllm_args: tuple[str, ...] = (),
+                  python: str | None = None) -> CheckOptions:
+    """CheckOptions from the command line's strings (sizes, context) - UsageError when wrong."""
+    from qwenprep.contexts import parse_context
+    from qwenprep.sizes import parse_size
+
+    if kv_memory is not None and gpu_memory is not None:
+        raise UsageError("--kv-memory and --gpu-memory exclude each other: the first is exact, "
+                         "the second an estimate.", hint="pass one of them.")
+    ctx = None
+    if context is not None:
+        ctx = parse_context(context).tokens  # None for "native": the config decides
+        if ctx is None:
+            ctx = -1
+    if kv_cache_dtype not in ("auto", "fp8"):
+        raise UsageError(f"--kv-cache-dtype {kv_cache_dtype!r}: use auto or fp8.")
+    if vllm_version is not None:
+        parse_version(vllm_version)
+    return CheckOptions(
+        tp=tp or 1, pp=pp, ep=ep, gpus=gpus,
+        gpu_memory=parse_size(gpu_memory) if gpu_memory is not None else None,
+        kv_memory=parse_size(kv_memory) if kv_memory is not None else None,
+        context=ctx, kv_cache_dtype=kv_cache_dtype,  # type: ignore[arg-type]
+        vllm_version=vllm_version, vllm_args=tuple(vllm_args), python=python,
+        block_size=block_size)
+
+
+def _lazy(module: str, func: str, what: str, call: Callable[[Callable[..., list[Check]]],
+                                                            list[Check]]) -> list[Check]:
+    try:
+        mod = importlib.import_module(f"qwenprep.{module}")
+        fn = getattr(mod, func)
+    except (ImportError, AttributeError):
+        return [Check(what, "skip", f"qwenprep.{module}.{func} is not available in this install")]
+    try:
+        return list(call(fn))
+    except QwenprepError as e:
+        return [Check(what, "fail", e.message + (f" Hint: {e.hint}" if e.hint else ""), e.path)]
+
+
+# --------------------------------------------------------------------------- parallelism
+
+
+def parallel_checks(shape: ModelShape, *, tp: int, ep: bool, dp: int = 1) -> list[Check]:
+    """What vLLM asserts while building Qwen3-MoE layers for TP/EP (read in its source:
+    Qwen3MoeAttention, Qwen3MoeSparseMoeBlock, fp8_utils.validate_fp8_block_shape*)."""
+    out: list[Check] = []
+    h, kv = shape.num_attention_heads, shape.num_kv_heads
+    if h % tp:
+        out.append(Check("parallel.heads", "fail",
+                         f"TP {tp} does not divide the {h} query heads (num_attention_heads); "
+                         f"vLLM asserts total_num_heads % tp_size == 0",
+                         "config.json:$.num_attention_heads"))
+    elif kv >= tp and kv % tp:
+        out.append(Check("parallel.heads", "fail",
+                         f"TP {tp} does not divide the {kv} KV heads (num_key_value_heads)",
+                         "config.json:$.num_key_value_heads"))
+    elif kv < tp and tp % kv:
+        out.append(Check("parallel.heads", "fail",
+                         f"TP {tp} is above the {kv} KV heads and not a multiple of them; vLLM "
+                         "can only replicate KV heads when tp % num_key_value_heads == 0",
+                         "config.json:$.num_key_value_heads"))
+    else:
+        rep = f" (each KV head replicated {tp // kv}x)" if kv < tp else ""
+        out.append(Check("parallel.heads", "pass",
+                         f"TP {tp}: {h // tp} query and {max(1, kv // tp)} KV heads per GPU{rep}"))
+
+    if shape.num_experts:
+        e = shape.num_experts
+        if tp > e:
+            out.append(Check("parallel.experts", "fail",
+                             f"Tensor parallel size {tp} is greater than the number of experts "
+                             f"{e} (vLLM refuses this)", "config.json:$.num_experts"))
+        elif ep:
+            ep_size = tp * dp
+            if e % ep_size:
+                out.append(Check("parallel.experts", "warn",
+                                 f"expert parallel over {ep_size} GPUs: {e} experts split "
+                                 f"unevenly ({e // ep_size} or {e // ep_size + 1} per GPU)"))
+            else:
+                out.append(Check("parallel.experts", "pass",
+                                 f"expert parallel: {e // ep_size} whole experts per GPU "
+                                 f"({e} over {ep_size})"))
+        else:
+            out.append(Check("parallel.experts", "pass",
+                             f"no expert parallel: each of the {e} experts is split over TP {tp}"))
+
+    block = shape.quant_block
+    if block is None:
+        out.append(Check("parallel.fp8_block", "skip", "not block-FP8 quantised"))
+        return out
+    bn, bk = block
+    problems: list[str] = []
+    if shape.num_experts and shape.moe_intermediate_size:
+        if not ep and tp > 1:
+            part = shape.moe_intermediate_size / tp
+            if part != int(part) or int(part) % bn:
+                problems.append(
+                    f"The output_size of gate's and up's weight = {part:g} is not divisible by "
+                    f"weight quantization block_n = {bn} (moe_intermediate_size "
+                    f"{shape.moe_intermediate_size} / TP {tp}); enable expert parallel "
+                    f"(--enable-expert-parallel, qwenprep check --ep) so each GPU holds whole "
+                    "experts")
+    elif shape.intermediate_size and tp > 1:
+        part = shape.intermediate_size / tp
+        if part != int(part) or int(part) % bn:
+            problems.append(f"intermediate_size {shape.intermediate_size} / TP {tp} = {part:g} "
+                            f"is not divisible by weight quantization block_n = {bn}")
+    q_part = shape.num_attention_heads * shape.head_dim / tp
+    if tp > 1 and (q_part != int(q_part) or int(q_part) % bk):
+        problems.append(f"attention output size per GPU {q_part:g} (heads x head_dim / TP) is "
+                        f"not divisible by block_k = {bk}")
+    if problems:
+        out.append(Check("parallel.fp8_block", "fail", "; ".join(problems),
+                         "config.json:$.quantization_config.weight_block_size"))
+    else:
+        what = ("whole experts per GPU" if ep and shape.num_experts
+                else f"{shape.moe_intermediate_size or shape.intermediate_size} / TP {tp}")
+        out.append(Check("parallel.fp8_block", "pass",
+                         f"FP8 block {bn}x{bk} divides every TP shard ({what})"))
+    return out
+
+
+# --------------------------------------------------------------------------- KV fit, disk, GPUs
+
+
+def gpu_checks(opts: CheckOptions, inv: dict[str, Any]) -> list[Check]:
+    need = opts.tp * opts.pp
+    if not inv or inv.get("count", 0) == 0:
+        notes = "; ".join(inv.get("notes", [])) if inv else ""
+        return [Check("gpus.visible", "skip",
+                      "no GPUs visible here and no --gpus/--gpu-memory given"
+                      + (f" ({notes})" if notes else ""))]
+    n = inv["count"]
+    names = sorted({g["name"] for g in inv["gpus"]})
+    if n < need:
+        return [Check("gpus.visible", "fail",
+                      f"{n} GPU(s) from {inv['source']} but TP {opts.tp} x PP {opts.pp} needs "
+                      f"{need} on this node")]
+    if n % need:
+        return [Check("gpus.visible", "warn",
+                      f"{n} GPU(s) is not a multiple of TP x PP = {need}; "
+                      f"{n - n // need * need} would sit idle")]
+    return [Check("gpus.visible", "pass",
+                  f"{n} x {', '.join(names)} ({inv['source']}), "
+                  f"{format_gib(min(g['memory_total'] for g in inv['gpus']))} each")]
+
+
+def kv_checks(shape: ModelShape, rule: VllmRule, opts: CheckOptions, ep: bool,
+              inv: Inventory, extra: dict[str, Any]) -> list[Check]:
+    context = opts.context or shape.max_position_embeddings
+    if context == -1:
+        context = shape.native_context
+    gpus = inv.count or None
+    gpu_mem = inv.min_total
+    if opts.kv_memory is None:
+        if gpu_mem is None:
+            why = "; ".join(inv.notes) or "no GPUs found"
+            return [Check("kv.fits", "skip",
+                          f"no memory budget to check {context:,} tokens against ({why}); pass "
+                          "--kv-memory SIZE or --gpus N --gpu-memory SIZE")]
+        if shape.weight_bytes is None:
+            return [Check("kv.fits", "skip",
+                          "weight sizes unknown (no safetensors headers readable), so the KV "
+                          "memory cannot be estimated; pass --kv-memory SIZE")]
+    per_replica = opts.tp * opts.pp
+    if gpus is not None and (gpus < per_replica or gpus % per_replica):
+        gpus = per_replica
+    req = PlanRequest(context=context, tp=opts.tp, pp=opts.pp, gpus=gpus, gpu_memory=gpu_mem,
+                      kv_memory=opts.kv_memory, kv_cache_dtype=opts.kv_cache_dtype, ep=ep,
+                      block_size=opts.block_size)
+    try:
+        plan = plan_capacity(shape, req, rule)
+    except QwenprepError as e:
+        return [Check("kv.fits", "fail", e.message)]
+    extra["plan"] = plan.to_dict()
+    k = plan.kv
+    est = "" if plan.exact else " (estimated from GPU memory; see plan.estimate)"
+    head = (f"{k.context:,} tokens need {format_gib(k.needed_bytes)} of KV per GPU; "
+            f"{format_gib(k.available_bytes)} available{est}: "
+            f"KV cache {k.kv_cache_tokens:,} tokens, {k.max_concurrency:.2f}x")
+    if plan.fits:
+        return [Check("kv.fits", "pass", head)]
+    advice = "; ".join(plan.advice[:3])
+    return [Check("kv.fits", "fail", f"{head}; does not fit. {advice}")]
+
+
+def disk_checks(path: Path, warn_below: int) -> list[Check]:
+    out: list[Check] = []
+    targets = [("disk.model_dir", path)]
+    cache = Path(os.environ.get("VLLM_CACHE_ROOT") or Path.home() / ".cache" / "vllm")
+    probe = cache
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    targets.append(("disk.vllm_cache", probe))
+    for cid, p in targets:
+        try:
+            free = shutil.disk_usage(p).free
+        except OSError as e:
+            out.append(Check(cid, "warn", f"cannot read free space of {p} ({e})", str(p)))
+            continue
+        label = f"{format_gib(free)} free on the filesystem of {p}"
+        if free < warn_below:
+            out.append(Check(cid, "warn", f"only {label} (below {format_gib(warn_below)})",
+                             str(p)))
+        else:
+            out.append(Check(cid, "pass", label))
+    return out
+
+
+def flag_checks(rule: VllmRule, args: tuple[str, ...]) -> list[Check]:
+    if rule.source != "installed" and rule.source != "named":
+        return [Check("engine.flags", "skip",
+                      "no vLLM installed or named (--vllm-version); flags not checked")]
+    have = parse_version(rule.version)
+    planned = list(args)
+    bad: list[str] = []
+    for a in planned:
+        flag = a.split("=", 1)[0]
+        if flag not in FLAG_VERSIONS:
+            continue
+        first, gone, why = FLAG_VERSIONS[flag]
+        if (first and have < first) or (gone and have >= gone):
+            bad.append(f"{flag}: {why}")
+    if bad:
+        return [Check("engine.flags", "fail",
+                      f"vLLM {rule.version} would reject: " + "; ".join(bad))]
+    shown = " ".join(planned) if planned else "(no extra flags given)"
+    return [Check("engine.flags", "pass", f"vLLM {rule.version} accepts {shown}")]
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def run_checks(path: Path, opts: CheckOptions) -> Report:
+    """Every pre-flight check on PATH (a checkpoint directory or an overlay)."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise InputError(f"{path}: no config.json here; not a checkpoint directory.",
+                         hint="pass the overlay made by: qwenprep patch MODEL --context 1m "
+                         "--out DIR", path=str(path))
+    extra: dict[str, Any] = {"path": str(path)}
+    inv = inventory(gpus=opts.gpus, gpu_memory=opts.gpu_memory)
+    extra["gpus"] = inv.to_dict()
+    checks: list[Check] = []
+    checks += _lazy("validation", "validate_checkpoint", "config",
+                    lambda f: f(path))
+    checks += _lazy("overlay", "overlay_checks", "overlay", lambda f: f(path))
+    checks += _lazy("integrity", "header_checks", "integrity", lambda f: f(path))
+    checks += _lazy("engine", "readback_checks", "engine.readback",
+                    lambda f: f(path, python=opts.python))
+
+    try:
+        shape = shape_from_dir(path)
+    except InputError:
+        try:
+            shape = shape_from_dir(path, with_weights=False)
+        except InputError as e:
+            checks.append(Check("parallel", "fail", e.message))
+            return Report("check", checks, extra)
+    ep = opts.ep if opts.ep is not None else bool(shape.num_experts)
+    rule = resolve_rule(opts.vllm_version, python=opts.python)
+    extra["vllm_rule"] = rule.to_dict()
+    dp = 1
+    if opts.gpus and opts.gpus % (opts.tp * opts.pp) == 0:
+        dp = opts.gpus // (opts.tp * opts.pp)
+    extra["parallel"] = {"tp": opts.tp, "pp": opts.pp, "dp": dp, "ep": ep}
+    checks += parallel_checks(shape, tp=opts.tp, ep=ep, dp=dp)
+    checks += kv_checks(shape, rule, opts, ep, inv, extra)
+    checks += gpu_checks(opts, extra["gpus"])
+    checks += disk_checks(path, opts.disk_warn_bytes)
+    checks += flag_checks(rule, opts.vllm_args)
+    return Report("check", checks, extra)

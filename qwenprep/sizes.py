@@ -1,0 +1,51 @@
+"""Memory sizes as people write them: ``61.31GiB``, ``141GB``, ``80 GiB``, ``2g``, plain bytes.
+
+Units: ``KiB MiB GiB TiB`` are binary (1024^n); ``KB MB GB TB`` are decimal (1000^n), as GPU
+vendors print them (an H200 is "141 GB"); the single letters ``k m g t`` (what vLLM's own
+``--kv-cache-memory-bytes 8g`` style takes) are binary. ``B`` or no unit means bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+
+from qwenprep.errors import UsageError
+
+GiB = 1024**3
+MiB = 1024**2
+
+_UNITS: dict[str, int] = {
+    "": 1, "b": 1,
+    "k": 1024, "kib": 1024, "kb": 1000,
+    "m": 1024**2, "mib": 1024**2, "mb": 1000**2,
+    "g": 1024**3, "gib": 1024**3, "gb": 1000**3,
+    "t": 1024**4, "tib": 1024**4, "tb": 1000**4,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes for a size string (rounded down to a whole byte). Raises UsageError when unreadable."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 0:
+            raise UsageError(f"size {text} is negative.")
+        return text
+    raw = str(text)
+    m = _SIZE.match(raw)
+    unit = m.group(2).lower() if m else ""
+    if not m or unit not in _UNITS:
+        raise UsageError(
+            f"unreadable size {raw!r}.",
+            hint="write a size like 61.31GiB, 80GiB, 141GB (decimal), 2g or a byte count.",
+        )
+    try:
+        value = Decimal(m.group(1)) * _UNITS[unit]
+    except InvalidOperation:  # pragma: no cover - the regex admits only digits
+        raise UsageError(f"unreadable size {raw!r}.") from None
+    return int(value)
+
+
+def format_gib(n: int | float) -> str:
+    """The way vLLM prints memory: two decimals of GiB."""
+    return f"{n / GiB:.2f} GiB"
