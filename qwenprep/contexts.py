@@ -141,6 +141,9 @@ def patch_config(
     native = native_context(config)
     target, factor = target_and_factor(native, req, force=force)
     style, block = _rope_block(config)
+    if factor == 1.0 and rope_type(block) == "default" and config.get(
+            "max_position_embeddings") == native:
+        return PatchResult(copy.deepcopy(config), native, target, 1.0, style)  # already native
     new = copy.deepcopy(config)
     new["max_position_embeddings"] = target
     if style == "rope_parameters":

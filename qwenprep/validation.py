@@ -3,6 +3,7 @@ invariants a schema cannot say. Every violation is collected, each with its JSON
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,14 @@ from qwenprep.jsonio import loads_located
 from qwenprep.report import Check
 
 PATCH_HINT = "qwenprep patch MODEL --context 1m --out DIR"
+
+
+def _num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _pointer(path: Any) -> str:
@@ -52,13 +61,13 @@ def invariant_checks(config: dict[str, Any], *, native: int | None = None,
     mpe = config.get("max_position_embeddings")
     rope = effective_rope(config)
     kind = rope_type(rope)
-    if not isinstance(mpe, int) or isinstance(mpe, bool):
+    if not _int(mpe):
         return [Check("invariant.context", "skip", "max_position_embeddings is not an integer")]
 
     if kind == "yarn":
         factor = rope.get("factor")
         orig = rope.get("original_max_position_embeddings")
-        if isinstance(factor, (int, float)) and isinstance(orig, int) and factor >= 1:
+        if _num(factor) and _int(orig) and factor >= 1 and math.isfinite(factor * orig):
             expect = factor * orig
             shown = f"{expect:.0f}" if expect == int(expect) else f"{expect:g}"
             if abs(expect - mpe) < 0.5:
@@ -140,6 +149,8 @@ def _quantization_checks(config: dict[str, Any], qc: dict[str, Any]) -> list[Che
     if "activation_scheme" not in qc:
         problems.append("activation_scheme is missing")
     skip = qc.get("modules_to_not_convert") or []
+    if not isinstance(skip, list) or not all(isinstance(m, str) for m in skip):
+        skip = []  # the schema reports the wrong type
     layers = config.get("num_hidden_layers")
     if skip and "lm_head" not in skip:
         problems.append("lm_head is not in modules_to_not_convert")
