@@ -13,6 +13,7 @@ exception classes of `huggingface_hub.errors`, looked up by name).
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -113,6 +114,18 @@ def _hf_error(name: str) -> type[BaseException]:
     return found if isinstance(found, type) else type(f"_Absent{name}", (Exception,), {})
 
 
+def _failed_file(err: BaseException) -> str | None:
+    """The repo file a failed /resolve/ request was for, from the error's response URL."""
+    from urllib.parse import unquote, urlsplit
+
+    url = str(getattr(getattr(err, "response", None), "url", "") or "")
+    path = urlsplit(url).path
+    if "/resolve/" not in path:
+        return None
+    rest = path.split("/resolve/", 1)[1]
+    return unquote(rest.split("/", 1)[1]) if "/" in rest else None
+
+
 def _hub_failure(spec: RepoSpec, err: BaseException, endpoint: str) -> InputError:
     """One table from huggingface_hub's exceptions to messages that say what to do next."""
     detail = redact(str(err).splitlines()[0] if str(err) else type(err).__name__)
@@ -135,7 +148,8 @@ def _hub_failure(spec: RepoSpec, err: BaseException, endpoint: str) -> InputErro
         )
     if isinstance(err, (_hf_error("RemoteEntryNotFoundError"), _hf_error("EntryNotFoundError"))):
         return InputError(
-            f"{spec}: a file listed by the Hub could not be downloaded (404): {detail}",
+            f"{spec}: a file listed by the Hub could not be downloaded (404): "
+            f"{_failed_file(err) or detail}",
             hint="the revision may have changed under you; " + retry,
         )
     return InputError(
@@ -301,6 +315,42 @@ def _verify(path: Path) -> Report:
     return verify_checkpoint(path, deep=True)
 
 
+def _drop_corrupt(plan: FetchPlan, path: Path, report: Report) -> Check | None:
+    """Remove downloaded files whose bytes provably differ from the Hub's hash for them.
+
+    huggingface_hub skips any file whose blob (cache) or metadata (local dir) already exists,
+    so a corrupt download would stay forever; removing it lets the same command fetch it anew.
+    """
+    planned = {f.name for f in plan.files}
+    bad = sorted(
+        c.path
+        for c in report.checks
+        if c.id == "deep.hash" and c.status == "fail" and c.path in planned
+        and "does not match" in c.message
+    )
+    if not bad:
+        return None
+    for name in bad:
+        link = path / name
+        targets = [Path(os.path.realpath(link)), link]
+        if plan.local_dir is not None:
+            meta = path / ".cache" / "huggingface" / "download" / f"{name}.metadata"
+            targets = [link, meta]
+        for t in targets:
+            try:
+                t.unlink()
+            except FileNotFoundError:
+                pass
+    return Check(
+        "fetch.corrupt",
+        "fail",
+        f"removed {len(bad)} downloaded file(s) whose content does not match the Hub's hash "
+        f"({', '.join(bad)}). Hint: run the same command again to download them anew: "
+        f"qwenprep fetch {plan.spec}",
+        str(path),
+    )
+
+
 def _record(plan: FetchPlan, path: Path, started: datetime, seconds: float) -> None:
     record = {
         "schema_version": SCHEMA_VERSION,
@@ -343,6 +393,9 @@ def download(plan: FetchPlan, *, endpoint: str | None = None, verify: bool = Tru
     if plan.local_dir is not None:
         _record(plan, path, started, seconds)
     report = _verify(path) if verify else Report("verify")
+    dropped = _drop_corrupt(plan, path, report)
+    if dropped is not None:
+        checks.append(dropped)
     return FetchResult(plan, path, seconds, tuple(checks), report)
 
 

@@ -366,7 +366,7 @@ class _Handler(BaseHTTPRequestHandler):
             headers["X-Linked-Etag"] = f'"{etag}"'
             headers["X-Linked-Size"] = str(len(data))
         if name in faults.corrupt:
-            data = bytes(b ^ 0xFF for b in data[:64]) + data[64:]
+            data = data[:-64] + bytes(b ^ 0xFF for b in data[-64:])  # headers stay sane
         start, end = 0, len(data)
         status = 200
         rng = self.headers.get("Range")
