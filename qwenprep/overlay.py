@@ -419,7 +419,6 @@ def remove_overlay(path: Path) -> dict[str, Any]:
     manifest = read_manifest(path)
     if manifest is None:
         raise ConflictError(f"{path} is not a qwenprep overlay; refusing to delete it.")
-    known = {f["name"] for f in manifest.get("files", [])}
     foreign = []
     for root, dirs, files in os.walk(path, followlinks=False):
         rel_root = os.path.relpath(root, path)
@@ -428,7 +427,7 @@ def remove_overlay(path: Path) -> dict[str, Any]:
         for name in files + [d for d in dirs if (Path(root) / d).is_symlink()]:
             rel = os.path.normpath(os.path.join(rel_root, name))
             p = Path(root) / name
-            if rel == CONFIG or (rel in known and p.is_symlink()):
+            if rel == CONFIG or p.is_symlink():  # removing a link never touches its target
                 continue
             foreign.append(rel)
     if foreign:
