@@ -255,32 +255,59 @@ def shape_from_dir(path: Path, *, with_weights: bool = True) -> ModelShape:
     expert = 0
     source = "not read"
     if with_weights:
-        total, expert = weight_bytes_from_dir(path)
-        source = f"safetensors headers in {path}"
+        try:
+            total, expert = weight_bytes_from_dir(path)
+            source = f"safetensors headers in {path}"
+        except InputError as e:
+            source = f"unknown: {e.message}"
     return ModelShape.from_config(cfg, name=str(path), weight_bytes=total,
                                   expert_weight_bytes=expert, weights_source=source)
 
 
 def shape_from_hub(spec: str) -> ModelShape:
     """Config and weight bytes of a Hub repo that is not downloaded: config.json (a small file)
-    and the safetensors headers by range request (``HfApi.get_safetensors_metadata``)."""
+    and the safetensors headers by range request (what ``HfApi.get_safetensors_metadata`` does,
+    shard by shard)."""
     from qwenprep.safetensors_io import DTYPE_BYTES
 
+    import tempfile
+
+    from qwenprep.hub import hub_endpoint
+
     repo_id, _, revision = spec.partition("@")
-    try:  # huggingface_hub reads HF_ENDPOINT / HF_TOKEN itself
+    endpoint = hub_endpoint()
+    try:
         from huggingface_hub import HfApi, hf_hub_download
 
-        cfg_path = hf_hub_download(repo_id, "config.json", revision=revision or None)
-        meta = HfApi().get_safetensors_metadata(repo_id, revision=revision or None)
+        api = HfApi(endpoint=endpoint)
+        rev = revision or None
+        # Small files go to a throwaway cache: a lone config.json (or index) in the real HF
+        # cache would later look like a downloaded, weightless snapshot of this repo. That is
+        # also why the shards are read one by one with parse_safetensors_file_metadata (range
+        # requests) rather than get_safetensors_metadata, which caches the index itself.
+        with tempfile.TemporaryDirectory(prefix="qwenprep-plan-") as tmp:
+            cfg_path = hf_hub_download(repo_id, "config.json", revision=rev, cache_dir=tmp,
+                                       endpoint=endpoint)
+            cfg = json.loads(Path(cfg_path).read_text(encoding="utf-8"))
+            if api.file_exists(repo_id, "model.safetensors.index.json", revision=rev):
+                idx_path = hf_hub_download(repo_id, "model.safetensors.index.json",
+                                           revision=rev, cache_dir=tmp, endpoint=endpoint)
+                index = json.loads(Path(idx_path).read_text(encoding="utf-8"))
+                shards = sorted(set(index["weight_map"].values()))
+            else:
+                shards = ["model.safetensors"]
+        files = [api.parse_safetensors_file_metadata(repo_id, f, revision=rev) for f in shards]
     except Exception as e:  # noqa: BLE001 - hub errors come in many types; report them as input
+        first = str(e).splitlines()[0] if str(e) else ""
         raise InputError(
-            f"{spec}: cannot read config.json and safetensors headers from the Hub "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}).",
+            f"{spec}: cannot read config.json and safetensors headers from "
+            f"{endpoint or 'https://huggingface.co'} ({type(e).__name__}: {first}).",
             hint="check the repo id and the network, or download it: qwenprep fetch " + spec,
         ) from None
-    cfg = json.loads(Path(cfg_path).read_text(encoding="utf-8"))
+    if not isinstance(cfg, dict):
+        raise InputError(f"{spec}: config.json on the Hub is not a JSON object.")
     total = expert = 0
-    for file_meta in meta.files_metadata.values():
+    for file_meta in files:
         for name, t in file_meta.tensors.items():
             offs = getattr(t, "data_offsets", None)
             if offs:
@@ -510,7 +537,8 @@ def _compute(shape: ModelShape, req: PlanRequest, rule: VllmRule) -> Plan:
         exact, over, over_text, util = True, None, None, None
     elif req.gpu_memory is not None:
         if shape.weight_bytes is None:
-            raise InputError(f"{shape.name}: weight sizes are unknown, so the KV memory cannot "
+            raise InputError(f"{shape.name}: weight sizes are {shape.weights_source}; so the KV "
+                             "memory cannot "
                              "be estimated from the GPU size.",
                              hint="pass --kv-memory SIZE (what vLLM prints as 'Available KV "
                              "cache memory').")

@@ -1,0 +1,138 @@
+"""GPU inventory: NVML -> nvidia-smi -> flags. This machine has neither NVML nor nvidia-smi, so
+the nvidia-smi path runs a real executable named nvidia-smi (a script printing the tool's real
+--query-gpu CSV) placed first on PATH: a stand-in for the external tool, not for gpus.py."""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from qwenprep.errors import InputError, UsageError
+from qwenprep.gpus import GPU, from_nvidia_smi, inventory, parse_smi_csv
+from qwenprep.sizes import MiB
+
+# What `nvidia-smi --query-gpu=name,memory.total,memory.free --format=csv,noheader,nounits`
+# prints on an 8x H200 node (MiB, no header, ", " separated).
+H200_CSV = "".join(f"NVIDIA H200, 143771, {143771 - 500 - i}\n" for i in range(8))
+
+
+def fake_smi(dir_: Path, stdout: str, *, rc: int = 0, expect_args: bool = True) -> Path:
+    """Write an executable `nvidia-smi` into dir_ that checks its arguments like the real one
+    would be called and prints stdout."""
+    dir_.mkdir(parents=True, exist_ok=True)
+    exe = dir_ / "nvidia-smi"
+    check = (
+        "if sys.argv[1:] != ['--query-gpu=name,memory.total,memory.free', "
+        "'--format=csv,noheader,nounits']:\n"
+        "    print('bad args', sys.argv[1:], file=sys.stderr); sys.exit(9)\n"
+        if expect_args else ""
+    )
+    exe.write_text(
+        f"#!{sys.executable}\nimport sys\n{check}"
+        f"sys.stdout.write({stdout!r})\n"
+        + (f"print('NVIDIA-SMI has failed because it could not communicate with the NVIDIA "
+           f"driver.', file=sys.stderr)\n" if rc else "")
+        + f"sys.exit({rc})\n"
+    )
+    exe.chmod(exe.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return exe
+
+
+@pytest.fixture
+def no_nvml() -> None:
+    try:
+        import pynvml  # noqa: F401
+    except ImportError:
+        return
+    pytest.skip("nvidia-ml-py is installed here; these tests cover the fallbacks")
+
+
+def test_parse_smi_csv() -> None:
+    gpus = parse_smi_csv(H200_CSV)
+    assert len(gpus) == 8
+    assert gpus[0] == GPU(0, "NVIDIA H200", 143771 * MiB, 143271 * MiB)
+    assert gpus[7].index == 7 and gpus[7].memory_free == (143771 - 507) * MiB
+
+
+def test_parse_smi_csv_rejects_garbage() -> None:
+    with pytest.raises(InputError, match=r"nvidia-smi line 1: memory fields '\[N/A\]'"):
+        parse_smi_csv("NVIDIA H100 80GB HBM3, [N/A], 81000\n")
+    with pytest.raises(InputError, match="expected 3 fields"):
+        parse_smi_csv("NVIDIA H100, 81559\n")
+
+
+def test_inventory_uses_flags_when_given() -> None:
+    inv = inventory(gpus=8, gpu_memory=80 * 1024**3)
+    assert inv.source == "flags" and inv.count == 8
+    assert inv.min_total == 80 * 1024**3
+    assert inv.gpus[3].memory_free is None
+
+
+def test_flags_go_together() -> None:
+    with pytest.raises(UsageError, match="--gpus and --gpu-memory go together"):
+        inventory(gpus=8)
+
+
+def test_nothing_here_gives_none(no_nvml: None, monkeypatch: pytest.MonkeyPatch,
+                                 tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi anywhere
+    inv = inventory()
+    assert inv.source == "none" and inv.count == 0
+    assert "NVML: nvidia-ml-py is not installed" in inv.notes
+    assert "nvidia-smi is not on PATH" in inv.notes
+
+
+def test_nvidia_smi_on_path(no_nvml: None, monkeypatch: pytest.MonkeyPatch,
+                            tmp_path: Path) -> None:
+    fake_smi(tmp_path / "bin", H200_CSV)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    inv = inventory()
+    assert inv.source == "nvidia-smi"
+    assert [g.name for g in inv.gpus] == ["NVIDIA H200"] * 8
+    assert inv.min_total == 143771 * MiB
+    assert inv.to_dict()["gpus"][0] == {"index": 0, "name": "NVIDIA H200",
+                                        "memory_total": 143771 * MiB,
+                                        "memory_free": 143271 * MiB}
+
+
+def test_failing_nvidia_smi_is_a_note(no_nvml: None, monkeypatch: pytest.MonkeyPatch,
+                                      tmp_path: Path) -> None:
+    fake_smi(tmp_path / "bin", "", rc=9)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    inv = inventory()
+    assert inv.source == "none"
+    assert any(n.startswith("nvidia-smi: nvidia-smi exited 9: NVIDIA-SMI has failed") for n in
+               inv.notes), inv.notes
+
+
+def test_from_nvidia_smi_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="nvidia-smi is not on PATH"):
+        from_nvidia_smi()
+    with pytest.raises(RuntimeError, match="nvidia-smi did not run"):
+        from_nvidia_smi(str(tmp_path / "nvidia-smi"))
+
+
+def test_plan_reads_gpus_from_nvidia_smi(no_nvml: None, monkeypatch: pytest.MonkeyPatch,
+                                         tmp_path: Path) -> None:
+    """qwenprep plan without memory flags takes the GPUs (count -> TP, memory) from nvidia-smi."""
+    import json
+
+    from click.testing import CliRunner
+
+    from qwenprep.cli import cli
+    from conftest import TINY
+
+    fake_smi(tmp_path / "bin", "NVIDIA H100 80GB HBM3, 81559, 81000\n" * 2)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    r = CliRunner().invoke(cli, ["plan", str(TINY), "--context", "1m", "--vllm-version", "0.32",
+                                 "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["parallel"]["tp"] == 2 and out["parallel"]["gpus"] == 2
+    assert out["exact"] is False
+    assert out["estimate"]["gpu_memory_bytes"] == 81559 * MiB

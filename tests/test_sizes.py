@@ -1,0 +1,55 @@
+"""parse_size / format_gib: the units people and GPU vendors write."""
+
+from __future__ import annotations
+
+import pytest
+
+from qwenprep.errors import UsageError
+from qwenprep.sizes import GiB, format_gib, parse_size
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("61.31GiB", int(61.31 * 1024**3)),
+        ("80GiB", 80 * 1024**3),
+        ("80 GiB", 80 * 1024**3),
+        ("141GB", 141 * 1000**3),
+        ("141gb", 141 * 1000**3),
+        ("2g", 2 * 1024**3),
+        ("512MiB", 512 * 1024**2),
+        ("143771MiB", 143771 * 1024**2),
+        ("1.5TB", 1_500_000_000_000),
+        ("65826897920", 65826897920),
+        ("1024B", 1024),
+        (".5GiB", 512 * 1024**2),
+        (7, 7),
+    ],
+)
+def test_parse_size(text: str | int, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+def test_parse_size_is_exact_in_decimal() -> None:
+    # 0.1 GiB is not a whole byte count; Decimal arithmetic rounds down exactly, no float drift
+    assert parse_size("0.1GiB") == 107374182
+    assert parse_size("61.31GiB") == 65831111229
+
+
+@pytest.mark.parametrize("text", ["", "GiB", "12 parsecs", "-3GiB", "1e9", "1.2.3G", "80 GiBs"])
+def test_parse_size_rejects(text: str) -> None:
+    with pytest.raises(UsageError) as e:
+        parse_size(text)
+    assert f"unreadable size {text!r}." == e.value.message
+    assert e.value.exit_code == 2
+    assert "61.31GiB" in (e.value.hint or "")
+
+
+def test_parse_size_rejects_negative_int() -> None:
+    with pytest.raises(UsageError, match="negative"):
+        parse_size(-1)
+
+
+def test_format_gib_matches_vllm_two_decimals() -> None:
+    assert format_gib(65826897920) == "61.31 GiB"
+    assert format_gib(2 * GiB) == "2.00 GiB"
