@@ -353,19 +353,18 @@ def _fp8_checks(scan: _Scan, config: dict[str, Any]) -> None:
     else:
         scan.add("fp8.scales", "pass", f"{len(fp8):,} FP8 weights each have a floating-point "
                  f"weight_scale_inv of block shape {block}")
-    quantised_skips = [(f"{v[1]}: {n}", v[1]) for n, v in sorted(fp8.items())
-                       if _matches(n.rsplit(".", 1)[0], not_convert)]
+    skipped = {n for n in scan.tensors if _matches(n.rsplit(".", 1)[0], not_convert)}
+    quantised_skips = [(f"{v[1]}: {n}", v[1]) for n, v in sorted(fp8.items()) if n in skipped]
     if quantised_skips:
         scan.add("fp8.not_convert", "fail", f"{len(quantised_skips)} tensor(s) of "
                  f"modules_to_not_convert are FP8: {_some([m for m, _ in quantised_skips])}",
                  quantised_skips[0][1])
     else:
-        kept = sum(1 for n in scan.tensors if _matches(n.rsplit(".", 1)[0], not_convert))
-        scan.add("fp8.not_convert", "pass", f"{kept:,} tensors of modules_to_not_convert are not "
+        scan.add("fp8.not_convert", "pass", f"{len(skipped):,} tensors of modules_to_not_convert are not "
                  "FP8")
     unquantised = [n for n, (t, _) in sorted(scan.tensors.items())
                    if n.endswith("_proj.weight") and not t.dtype.startswith("F8_")
-                   and not _matches(n.rsplit(".", 1)[0], not_convert)]
+                   and n not in skipped]
     if unquantised:
         scan.add("fp8.coverage", "warn", f"{len(unquantised)} projection weight(s) are not FP8 "
                  f"and not in modules_to_not_convert: {_some(unquantised)}")

@@ -39,7 +39,7 @@ def fails(result: Result) -> list[dict[str, Any]]:
 
 def verify_json(cli: Callable[..., Result], path: Path, *extra: str) -> tuple[int, dict[str, Any]]:
     r = cli("verify", str(path), "--json", *extra)
-    return r.exit_code, json.loads(r.output)
+    return r.exit_code, json.loads(r.stdout)
 
 
 def only_fail(obj: dict[str, Any]) -> list[tuple[str, str]]:
@@ -558,11 +558,38 @@ def test_console_script_text_output(tiny: Path) -> None:
                                       f"{(tiny / S1).stat().st_size:,} bytes")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("qwenprep.engine") is None,
-                    reason="qwenprep.engine not in this checkout yet")
-def test_engine_flag_adds_readback_checks(tiny: Path, cli: Callable[..., Result]) -> None:
-    code, obj = verify_json(cli, tiny, "--engine", "--vllm-python", "/nonexistent/python")
-    ids = [c["id"] for c in obj["checks"]]
+NO_ENGINE_MODULE = importlib.util.find_spec("qwenprep.engine") is None
+VLLM_PY = Path(os.environ.get("QWENPREP_VLLM_PYTHON", "/tmp/venv-vllm/bin/python"))
+
+
+@pytest.mark.skipif(NO_ENGINE_MODULE, reason="qwenprep.engine not in this checkout yet")
+def test_engine_flag_without_vllm_is_one_skip(tiny: Path, cli: Callable[..., Result]) -> None:
+    import sys
+
+    code, obj = verify_json(cli, tiny, "--engine", "--vllm-python", "/usr/bin/python3"
+                            if Path("/usr/bin/python3").exists() else sys.executable)
+    engine = [c for c in obj["checks"] if c["id"].startswith("engine")]
+    if engine and engine[0]["id"] == "engine.found":
+        pytest.skip("that interpreter has vLLM")
+    assert code == 0
+    assert [(c["id"], c["status"]) for c in engine] == [("engine.readback", "skip")]
+
+
+@pytest.mark.skipif(NO_ENGINE_MODULE, reason="qwenprep.engine not in this checkout yet")
+def test_engine_flag_with_a_missing_interpreter_exits_3(tiny: Path,
+                                                        cli: Callable[..., Result]) -> None:
+    r = cli("verify", str(tiny), "--engine", "--vllm-python", "/nonexistent/python")
+    assert r.exit_code == 3
+    assert "/nonexistent/python: no such interpreter." in r.output
+
+
+@pytest.mark.engine
+@pytest.mark.skipif(NO_ENGINE_MODULE or not VLLM_PY.exists(), reason="needs vLLM (CPU build)")
+def test_engine_flag_reads_back_through_real_vllm(tiny: Path, cli: Callable[..., Result]) -> None:
+    code, obj = verify_json(cli, tiny, "--engine", "--vllm-python", str(VLLM_PY))
+    assert code == 0, only_fail(obj)
+    got = {c["id"]: c for c in obj["checks"]}
+    assert got["engine.found"]["status"] == "pass"
+    assert got["engine.quantization"]["message"] == "quantization: vLLM uses fp8"
     header_ids = [c.id for c in header_checks(tiny)]
-    assert ids[: len(header_ids)] == header_ids
-    assert len(ids) > len(header_ids)  # the engine's read-back added its own check(s)
+    assert [c["id"] for c in obj["checks"]][: len(header_ids)] == header_ids
