@@ -40,7 +40,13 @@ RECORD = Path(".qwenprep") / "fetch.json"
 # Top-level files vLLM and the tokenizer read. Everything else (README, LICENSE, .gitattributes,
 # original/ consolidated weights, *.bin/*.pth duplicates, custom code) is left on the Hub.
 _SERVING_SUFFIXES = (".safetensors", ".json", ".jinja")
-_SERVING_NAMES = {"merges.txt", "vocab.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model"}
+_SERVING_NAMES = {
+    "merges.txt",
+    "vocab.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+}
 
 
 def serving_file(name: str) -> bool:
@@ -217,7 +223,7 @@ def plan_fetch(
         info = HfApi(endpoint=endpoint).model_info(
             spec.repo_id, revision=spec.rev, files_metadata=True
         )
-    except Exception as err:  # huggingface_hub's exception types vary across 0.34 .. 2.x
+    except Exception as err:  # noqa: BLE001 - hub exception types vary across 0.34 .. 2.x
         raise _hub_failure(spec, err, shown) from None
     commit = info.sha
     if not commit:
@@ -245,9 +251,7 @@ def plan_fetch(
     local = local_dir.expanduser().absolute() if local_dir is not None else None
     total = sum(f.size or 0 for f in files)
     needed = sum(f.size or 0 for f in files if not _present(f, storage, local))
-    return FetchPlan(
-        spec, commit, files, local or cache, local, cache, total, needed
-    )
+    return FetchPlan(spec, commit, files, local or cache, local, cache, total, needed)
 
 
 def check_space(plan: FetchPlan, *, reserve_bytes: int = 0) -> Check:
@@ -325,7 +329,9 @@ def _drop_corrupt(plan: FetchPlan, path: Path, report: Report) -> Check | None:
     bad = sorted(
         c.path
         for c in report.checks
-        if c.id == "deep.hash" and c.status == "fail" and c.path in planned
+        if c.id == "deep.hash"
+        and c.status == "fail"
+        and c.path in planned
         and "does not match" in c.message
     )
     if not bad:
@@ -368,28 +374,58 @@ def _record(plan: FetchPlan, path: Path, started: datetime, seconds: float) -> N
     atomic_write_text(path / RECORD, dump_config(record))
 
 
-def download(plan: FetchPlan, *, endpoint: str | None = None, verify: bool = True) -> FetchResult:
-    """snapshot_download exactly the planned files at the pinned commit, then check them."""
+def _transient(err: BaseException) -> bool:
+    """A dropped connection, timeout or 5xx (worth another try), not a 4xx answer."""
+    if isinstance(err, _hf_error("HfHubHTTPError")):
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        return status is None or status >= 500 or status in (408, 429)
+    return not isinstance(err, (ValueError, TypeError, PermissionError))
+
+
+def download(
+    plan: FetchPlan, *, endpoint: str | None = None, verify: bool = True, attempts: int = 3
+) -> FetchResult:
+    """snapshot_download exactly the planned files at the pinned commit, then check them.
+
+    A transient failure (dropped connection, timeout, 5xx) is retried up to `attempts` times
+    in all: finished files are kept, an unfinished one starts again (huggingface_hub 2.x also
+    retries within a file; 0.x does not)."""
     from huggingface_hub import snapshot_download
 
     endpoint = endpoint or hub_endpoint()
     started = datetime.now(timezone.utc)
     t0 = time.monotonic()
-    try:
-        out = snapshot_download(
-            plan.spec.repo_id,
-            revision=plan.commit,
-            cache_dir=str(plan.cache_dir),
-            local_dir=str(plan.local_dir) if plan.local_dir is not None else None,
-            allow_patterns=[f.name for f in plan.files],
-            endpoint=endpoint,
-        )
-    except Exception as err:  # network, HTTP and size-consistency errors of any version
-        raise _hub_failure(plan.spec, err, _display_endpoint(endpoint)) from None
+    retried: list[str] = []
+    while True:
+        try:
+            out = snapshot_download(
+                plan.spec.repo_id,
+                revision=plan.commit,
+                cache_dir=str(plan.cache_dir),
+                local_dir=str(plan.local_dir) if plan.local_dir is not None else None,
+                allow_patterns=[f.name for f in plan.files],
+                endpoint=endpoint,
+            )
+            break
+        except Exception as err:  # noqa: BLE001 - network, HTTP, size errors of any version
+            if len(retried) + 1 >= attempts or not _transient(err):
+                raise _hub_failure(plan.spec, err, _display_endpoint(endpoint)) from None
+            retried.append(
+                redact(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+            )
+            time.sleep(min(2 ** len(retried), 10))
     seconds = time.monotonic() - t0
     path = Path(out)
     _write_ref(plan)
     checks = _size_checks(plan, path)
+    if retried:
+        checks.append(
+            Check(
+                "fetch.retries",
+                "warn",
+                f"{len(retried)} transient failure(s) retried: {'; '.join(retried)}",
+            )
+        )
     if plan.local_dir is not None:
         _record(plan, path, started, seconds)
     report = _verify(path) if verify else Report("verify")
@@ -412,5 +448,6 @@ def fetch(
     plan = plan_fetch(spec_text, local_dir=local_dir, cache_dir=cache_dir, endpoint=endpoint)
     disk = check_space(plan, reserve_bytes=reserve_bytes)
     result = download(plan, endpoint=endpoint, verify=verify)
-    return FetchResult(result.plan, result.path, result.seconds, (disk, *result.checks), result.verify)
-
+    return FetchResult(
+        result.plan, result.path, result.seconds, (disk, *result.checks), result.verify
+    )

@@ -93,7 +93,8 @@ def redact(text: str) -> str:
 def repo_storage(repo_id: str, cache_dir: Path) -> Path:
     from huggingface_hub.file_download import repo_folder_name
 
-    return cache_dir / repo_folder_name(repo_id=repo_id, repo_type="model")
+    folder: str = repo_folder_name(repo_id=repo_id, repo_type="model")
+    return cache_dir / folder
 
 
 def _cached_revisions(storage: Path) -> tuple[dict[str, str], list[str]]:
@@ -112,7 +113,9 @@ def _cached_revisions(storage: Path) -> tuple[dict[str, str], list[str]]:
 def _fetch_hint(spec: RepoSpec) -> str:
     hint = f"download it with: qwenprep fetch {spec}"
     if offline_mode():
-        hint += " (HF_HUB_OFFLINE is set: fetch needs the network; run it where the Hub is reachable)"
+        hint += (
+            " (HF_HUB_OFFLINE is set: fetch needs the network; run it where the Hub is reachable)"
+        )
     return hint + "; or pass the checkpoint's directory instead"
 
 

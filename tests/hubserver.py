@@ -5,7 +5,7 @@ model repository, so ``snapshot_download`` / ``hf_hub_download`` run unmodified 
 through ``HF_ENDPOINT``:
 
 - ``GET  /api/models/{repo}[/revision/{rev}][?blobs=true]``  repo info: ``sha`` + ``siblings``
-- ``GET  /api/models/{repo}/tree/{rev}[/{path}]``           file listing (``oid``, ``size``, ``lfs``)
+- ``GET  /api/models/{repo}/tree/{rev}[/{path}]``       listing (``oid``, ``size``, ``lfs``)
 - ``POST /api/models/{repo}/paths-info/{rev}``              metadata for given paths
 - ``HEAD|GET /{repo}/resolve/{rev}/{path}``                 file bytes with ``X-Repo-Commit``,
   ``ETag`` (git blob sha1 for small files, sha256 for LFS files), ``X-Linked-Etag``,
@@ -124,8 +124,7 @@ class HubServer:
     @property
     def url(self) -> str:
         assert self._httpd is not None
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://127.0.0.1:{self._httpd.server_port}"
 
     def start(self) -> HubServer:
         handler = type("BoundHubHandler", (_Handler,), {"hub": self})
@@ -147,12 +146,6 @@ class HubServer:
 
     def downloads(self, name: str) -> list[Seen]:
         return [r for r in self.requests if r.method == "GET" and r.path.endswith("/" + name)]
-
-    def __enter__(self) -> HubServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def _entry(name: str, data: bytes, size_override: dict[str, int]) -> dict[str, Any]:
@@ -188,9 +181,7 @@ class _Handler(BaseHTTPRequestHandler):
             if auth:
                 self.hub.auth_headers.append(auth)
 
-    def _send(
-        self, status: int, body: bytes = b"", headers: dict[str, str] | None = None
-    ) -> None:
+    def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         for k, v in (headers or {}).items():
             self.send_header(k, v)
@@ -204,7 +195,9 @@ class _Handler(BaseHTTPRequestHandler):
         hdrs.update(headers or {})
         self._send(status, json.dumps(obj).encode(), hdrs)
 
-    def _error(self, status: int, code: str, message: str, extra: dict[str, str] | None = None) -> None:
+    def _error(
+        self, status: int, code: str, message: str, extra: dict[str, str] | None = None
+    ) -> None:
         hdrs = {"X-Error-Code": code, "X-Error-Message": message}
         hdrs.update(extra or {})
         self._json(status, {"error": message}, hdrs)
@@ -252,7 +245,11 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 paths = parse_qs(body.decode()).get("paths", [])
             out = [
-                {"type": "file", "path": p, **_entry(p, commit.files[p], self.hub.faults.size_override)}
+                {
+                    "type": "file",
+                    "path": p,
+                    **_entry(p, commit.files[p], self.hub.faults.size_override),
+                }
                 for p in paths
                 if p in commit.files
             ]
@@ -330,7 +327,9 @@ class _Handler(BaseHTTPRequestHandler):
                     head = name.split("/")[:-1]
                     for i in range(len(prefix.split("/")) if prefix else 0, len(head)):
                         folders.add("/".join(head[: i + 1]))
-                out.append({"type": "file", "path": name, **_entry(name, data, faults.size_override)})
+                out.append(
+                    {"type": "file", "path": name, **_entry(name, data, faults.size_override)}
+                )
             out += [
                 {"type": "directory", "path": f, "oid": git_blob_sha1(f.encode()), "size": 0}
                 for f in sorted(folders)

@@ -10,12 +10,12 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 from hubserver import TINY_REPO, V1_TRANSFORMERS, Commit, tiny_hub
+
 from qwenprep.checkpoint import resolve_model
 from qwenprep.errors import InputError
 from qwenprep.hub import RepoSpec, hub_cache_dir, parse_repo_spec
@@ -59,7 +59,10 @@ def snapshot(hf_home: Path, commit: Commit) -> Path:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8", RepoSpec("Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8")),
+        (
+            "Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8",
+            RepoSpec("Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8"),
+        ),
         ("Qwen/Tiny@v1", RepoSpec("Qwen/Tiny", "v1")),
         ("org_1/name.x@refs/pr/3", RepoSpec("org_1/name.x", "refs/pr/3")),
         ("a/b@0123abcd", RepoSpec("a/b", "0123abcd")),
@@ -122,7 +125,9 @@ def test_unknown_revision_lists_what_is_cached(env_cache: tuple[Path, Commit, Co
         f"{TINY_REPO}@v2: revision 'v2' is not in the Hugging Face cache ({hf_home / 'hub'}); "
         f"cached: main -> {main.sha[:12]}, v1 -> {v1.sha[:12]}."
     )
-    assert e.value.hint is not None and e.value.hint.startswith(f"download it with: qwenprep fetch {TINY_REPO}@v2")
+    assert e.value.hint is not None and e.value.hint.startswith(
+        f"download it with: qwenprep fetch {TINY_REPO}@v2"
+    )
     assert e.value.exit_code == 3
 
 
@@ -188,13 +193,20 @@ def test_console_script_offline(cached: tuple[Path, Commit, Commit], tmp_path: P
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update(HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", HF_ENDPOINT="http://127.0.0.1:9")
     ok = subprocess.run(
-        [str(QWENPREP), "validate", f"{TINY_REPO}@v1"], env=env, capture_output=True, text=True
+        [str(QWENPREP), "validate", f"{TINY_REPO}@v1"],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert ok.returncode == 0, ok.stderr
     missing = subprocess.run(
-        [str(QWENPREP), "validate", "Qwen/Not-Here"], env=env, capture_output=True, text=True
+        [str(QWENPREP), "validate", "Qwen/Not-Here"],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert missing.returncode == 3
     assert "error: Qwen/Not-Here is not in the Hugging Face cache" in missing.stderr
     assert "Hint: download it with: qwenprep fetch Qwen/Not-Here" in missing.stderr
-
