@@ -25,8 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -47,7 +47,7 @@ def median_time(fn: Callable[[], object], rounds: int) -> float:
 
 
 def sh(argv: list[str], ok: tuple[int, ...] = (0,)) -> None:
-    r = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    r = subprocess.run(argv, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     if r.returncode not in ok:
         raise SystemExit(f"{argv[0]} failed ({r.returncode}): {r.stderr.decode()[-2000:]}")
 
@@ -100,7 +100,8 @@ def main() -> None:
         rows.append((f"verify --deep, {total / 2**30:.2f} GiB, {len(files)} files",
                      f"{t_deep:.2f} s", f"sha256sum same files {t_sum:.2f} s",
                      f"{t_deep / t_sum:.2f}x (target <= 0.60)"))
-        rows.append(("  (first run, records hashes)", f"{first:.2f} s", "", f"{first / t_sum:.2f}x"))
+        rows.append(("  (first run, records hashes)", f"{first:.2f} s", "",
+                     f"{first / t_sum:.2f}x"))
         t_one = median_time(lambda: verify_checkpoint(ck, deep=True, workers=1), 1)
         t_par = median_time(lambda: verify_checkpoint(ck, deep=True), 1)
         rows.append(("  in process, 1 hashing thread", f"{t_one:.2f} s", "",
@@ -132,7 +133,8 @@ def main() -> None:
             read = after - before
             rows.append(("bytes read by header verify", f"{read / 2**20:.1f} MiB",
                          f"apparent size {apparent / 2**30:.0f} GiB",
-                         f"{read / apparent:.1e} of it (headers {rep.extra['header_bytes'] / 2**20:.1f} MiB)"))
+                         f"{read / apparent:.1e} of it (headers "
+                         f"{rep.extra['header_bytes'] / 2**20:.1f} MiB)"))
     finally:
         if args.keep:
             print(f"# kept {tmp}", file=sys.stderr)

@@ -19,10 +19,11 @@ import hashlib
 import json
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from qwenprep.jsonio import atomic_write_text
 
@@ -88,7 +89,7 @@ def hash_file(job: HashJob, on_bytes: Callable[[int], None] | None = None) -> Ha
             buf = _buffer()
             seen = 0
             while True:
-                n = f.readinto(buf)  # type: ignore[attr-defined]
+                n = f.readinto(buf)
                 if not n:
                     break
                 h.update(buf[:n])

@@ -84,7 +84,8 @@ class _Scan:
 
     root: Path
     checks: list[Check] = field(default_factory=list)
-    tensors: dict[str, tuple[TensorInfo, str]] = field(default_factory=dict)  # name -> (info, shard)
+    # tensor name -> (info, shard file)
+    tensors: dict[str, tuple[TensorInfo, str]] = field(default_factory=dict)
     shards_ok: bool = True  # every expected shard present and parsed
     shard_files: int = 0
     file_bytes: int = 0
@@ -360,8 +361,8 @@ def _fp8_checks(scan: _Scan, config: dict[str, Any]) -> None:
                  f"modules_to_not_convert are FP8: {_some([m for m, _ in quantised_skips])}",
                  quantised_skips[0][1])
     else:
-        scan.add("fp8.not_convert", "pass", f"{len(skipped):,} tensors of modules_to_not_convert are not "
-                 "FP8")
+        scan.add("fp8.not_convert", "pass",
+                 f"{len(skipped):,} tensors of modules_to_not_convert are not FP8")
     unquantised = [n for n, (t, _) in sorted(scan.tensors.items())
                    if n.endswith("_proj.weight") and not t.dtype.startswith("F8_")
                    and n not in skipped]

@@ -16,9 +16,10 @@ import json
 import math
 import random
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from qwenprep.errors import ConflictError
 from qwenprep.jsonio import dump_config
@@ -27,16 +28,28 @@ INDEX_NAME = "model.safetensors.index.json"
 _CHUNK = 8 * 1024 * 1024
 
 
+def release_not_convert(layers: int) -> list[str]:
+    """modules_to_not_convert as the FP8 release lists it: lm_head, then per layer the two
+    norms and the router."""
+    out = ["lm_head"]
+    for i in range(layers):
+        out += [f"model.layers.{i}.{m}"
+                for m in ("input_layernorm", "mlp.gate", "post_attention_layernorm")]
+    return out
+
+
+def release_quantization_config(layers: int) -> dict[str, Any]:
+    return {
+        "activation_scheme": "dynamic",
+        "modules_to_not_convert": release_not_convert(layers),
+        "quant_method": "fp8",
+        "weight_block_size": [128, 128],
+    }
+
+
 def qwen3_coder_480b_fp8_config() -> dict[str, Any]:
     """The published config of Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8, built from its numbers."""
     layers = 62
-    not_convert = ["lm_head"]
-    for i in range(layers):
-        not_convert += [
-            f"model.layers.{i}.input_layernorm",
-            f"model.layers.{i}.mlp.gate",
-            f"model.layers.{i}.post_attention_layernorm",
-        ]
     return {
         "architectures": ["Qwen3MoeForCausalLM"],
         "attention_dropout": 0.0,
@@ -73,12 +86,7 @@ def qwen3_coder_480b_fp8_config() -> dict[str, Any]:
         "use_qk_norm": True,
         "use_sliding_window": False,
         "vocab_size": 151936,
-        "quantization_config": {
-            "activation_scheme": "dynamic",
-            "modules_to_not_convert": not_convert,
-            "quant_method": "fp8",
-            "weight_block_size": [128, 128],
-        },
+        "quantization_config": release_quantization_config(layers),
     }
 
 
@@ -98,14 +106,7 @@ def tiny_fp8_config(*, layers: int = 2, experts: int = 4) -> dict[str, Any]:
         num_key_value_heads=2,
         vocab_size=512,
     )
-    not_convert = ["lm_head"]
-    for i in range(layers):
-        not_convert += [
-            f"model.layers.{i}.input_layernorm",
-            f"model.layers.{i}.mlp.gate",
-            f"model.layers.{i}.post_attention_layernorm",
-        ]
-    cfg["quantization_config"] = dict(cfg["quantization_config"], modules_to_not_convert=not_convert)
+    cfg["quantization_config"] = release_quantization_config(layers)
     return cfg
 
 
@@ -225,14 +226,18 @@ def _split(specs: list[TensorSpec], shards: int) -> list[list[TensorSpec]]:
     return out
 
 
-def safetensors_header(specs: list[TensorSpec], metadata: dict[str, str] | None) -> tuple[bytes, int]:
+def safetensors_header(
+    specs: list[TensorSpec], metadata: dict[str, str] | None
+) -> tuple[bytes, int]:
     """(8-byte length + JSON header padded to 8 bytes, data-area size) for these tensors."""
     header: dict[str, Any] = {}
     if metadata is not None:
         header["__metadata__"] = metadata
     off = 0
     for s in specs:
-        header[s.name] = {"dtype": s.dtype, "shape": list(s.shape), "data_offsets": [off, off + s.nbytes]}
+        header[s.name] = {
+            "dtype": s.dtype, "shape": list(s.shape), "data_offsets": [off, off + s.nbytes]
+        }
         off += s.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
@@ -259,18 +264,7 @@ def make_shaped_checkpoint(
     cfg = json.loads(json.dumps(config if config is not None else qwen3_coder_480b_fp8_config()))
     if fp8:
         if (cfg.get("quantization_config") or {}).get("quant_method") != "fp8":
-            layers = int(cfg["num_hidden_layers"])
-            cfg["quantization_config"] = {
-                "activation_scheme": "dynamic",
-                "modules_to_not_convert": ["lm_head"]
-                + [
-                    f"model.layers.{i}.{m}"
-                    for i in range(layers)
-                    for m in ("input_layernorm", "mlp.gate", "post_attention_layernorm")
-                ],
-                "quant_method": "fp8",
-                "weight_block_size": [128, 128],
-            }
+            cfg["quantization_config"] = release_quantization_config(int(cfg["num_hidden_layers"]))
     else:
         cfg.pop("quantization_config", None)
     dest = Path(dest)
@@ -324,6 +318,7 @@ def make_shaped_checkpoint(
         "note": "synthetic placeholder written by qwenprep.synth",
     }
     (dest / "tokenizer_config.json").write_text(dump_config(tok_cfg))
-    tok = {"version": "1.0", "model": {"type": "BPE", "vocab": {}, "merges": []}, "added_tokens": []}
+    tok = {"version": "1.0", "model": {"type": "BPE", "vocab": {}, "merges": []},
+           "added_tokens": []}
     (dest / "tokenizer.json").write_text(json.dumps(tok) + "\n")
     return dest

@@ -10,16 +10,16 @@ import shutil
 import struct
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from click.testing import Result
+from conftest import QWENPREP_BIN, TINY_FP8
 
 from qwenprep.integrity import header_checks, unsafe_name, verify_checkpoint
 from qwenprep.synth import make_shaped_checkpoint, tiny_fp8_config
-
-from conftest import QWENPREP_BIN, TINY_FP8
 
 INDEX = "model.safetensors.index.json"
 S1 = "model-00001-of-00002.safetensors"
@@ -254,7 +254,7 @@ def test_overlapping_spans(tiny: Path, cli: Callable[..., Result]) -> None:
         p = tiny / S1
     size = p.stat().st_size
     rewrite_shard(p, overlap, relayout=False)
-    os.truncate(p, p.stat().st_size if p.stat().st_size > size else size)
+    os.truncate(p, max(size, p.stat().st_size))
     code, obj = verify_json(cli, tiny)
     assert code == 1
     cid, msg = only_fail(obj)[0]
@@ -465,7 +465,7 @@ def test_deep_hf_cache_passes_offline_and_writes_nothing(tmp_path: Path, tiny: P
 
 def test_deep_hf_cache_flipped_byte_in_lfs_blob(tmp_path: Path, tiny: Path,
                                                 cli: Callable[..., Result]) -> None:
-    cache, snap = _hf_cache(tmp_path, tiny)
+    _, snap = _hf_cache(tmp_path, tiny)
     _flip((snap / S1).resolve(), (snap / S1).stat().st_size - 5)
     assert verify_json(cli, snap)[0] == 0  # header level cannot see a data byte
     code, obj = verify_json(cli, snap, "--deep")
@@ -478,21 +478,21 @@ def test_deep_hf_cache_flipped_byte_in_lfs_blob(tmp_path: Path, tiny: Path,
 
 def test_deep_hf_cache_flipped_byte_in_small_git_file(tmp_path: Path, tiny: Path,
                                                       cli: Callable[..., Result]) -> None:
-    cache, snap = _hf_cache(tmp_path, tiny)
+    _, snap = _hf_cache(tmp_path, tiny)
     blob = (snap / "config.json").resolve()
     text = blob.read_text()
     assert '"silu"' in text
     blob.write_text(text.replace('"silu"', '"silv"'))  # still valid JSON, one byte changed
     code, obj = verify_json(cli, snap, "--deep")
     assert code == 1
-    [(cid, msg)] = only_fail(obj)
+    [(_, msg)] = only_fail(obj)
     assert msg.startswith("config.json: content does not match its HF cache blob name "
                           "(git-sha1 ")
 
 
 def test_deep_hf_cache_config_replaced_by_a_file(tmp_path: Path, tiny: Path,
                                                  cli: Callable[..., Result]) -> None:
-    cache, snap = _hf_cache(tmp_path, tiny)
+    _, snap = _hf_cache(tmp_path, tiny)
     data = (snap / "config.json").read_bytes()
     (snap / "config.json").unlink()
     (snap / "config.json").write_bytes(data)
