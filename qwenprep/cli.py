@@ -300,12 +300,14 @@ def plan(model: str, context: str | None, tp: int | None, pp: int, ep: bool, gpu
               help="Expert parallel (default: on for MoE models, as qwenprep serve does).")
 @click.option("--context", "-c", metavar="C",
               help="Intended context (default: the config's max_position_embeddings).")
+@click.option("--engine/--no-engine", default=True, show_default=True,
+              help="Read the config back through the installed vLLM (a few seconds).")
 @_with(_gpu_options)
 @_vllm_version_option
 @json_option
 @click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED)
 def check(path: str, tp: int | None, pp: int, ep: bool | None, context: str | None,
-          gpus: int | None, gpu_memory: str | None, kv_memory: str | None, kv_cache_dtype: str,
+          engine: bool, gpus: int | None, gpu_memory: str | None, kv_memory: str | None, kv_cache_dtype: str,
           block_size: int, vllm_version: str | None, as_json: bool,
           vllm_args: tuple[str, ...]) -> None:
     """Every pre-flight check on PATH before a deploy; exit 0 all pass, 1 any fails.
@@ -320,7 +322,7 @@ def check(path: str, tp: int | None, pp: int, ep: bool | None, context: str | No
         opts = check_options(tp=tp, pp=pp, ep=ep, context=context, gpus=gpus,
                              gpu_memory=gpu_memory, kv_memory=kv_memory,
                              kv_cache_dtype=kv_cache_dtype, block_size=block_size,
-                             vllm_version=vllm_version, vllm_args=vllm_args)
+                             vllm_version=vllm_version, vllm_args=vllm_args, engine=engine)
         return run_checks(resolve_model(path).path, opts)
 
     report = run(as_json, go)

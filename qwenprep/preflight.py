@@ -60,6 +60,7 @@ class CheckOptions:
     vllm_version: str | None = None
     vllm_args: tuple[str, ...] = ()
     python: str | None = None  # interpreter with vLLM, for the engine readback
+    engine: bool = True  # run the engine readback (vLLM's config layer, a few seconds)
     disk_warn_bytes: int = DISK_WARN_BYTES
     block_size: int = CUDA_BLOCK_SIZE
 
@@ -69,7 +70,7 @@ def check_options(*, tp: int | None = None, pp: int = 1, ep: bool | None = None,
                   gpu_memory: str | None = None, kv_memory: str | None = None,
                   kv_cache_dtype: str = "auto", block_size: int = CUDA_BLOCK_SIZE,
                   vllm_version: str | None = None, vllm_args: tuple[str, ...] = (),
-                  python: str | None = None) -> CheckOptions:
+                  python: str | None = None, engine: bool = True) -> CheckOptions:
     """CheckOptions from the command line's strings (sizes, context) - UsageError when wrong."""
     from qwenprep.contexts import parse_context
     from qwenprep.sizes import parse_size
@@ -92,7 +93,7 @@ def check_options(*, tp: int | None = None, pp: int = 1, ep: bool | None = None,
         kv_memory=parse_size(kv_memory) if kv_memory is not None else None,
         context=ctx, kv_cache_dtype=kv_cache_dtype,  # type: ignore[arg-type]
         vllm_version=vllm_version, vllm_args=tuple(vllm_args), python=python,
-        block_size=block_size)
+        block_size=block_size, engine=engine)
 
 
 def _lazy(module: str, func: str, what: str, call: Callable[[Callable[..., list[Check]]],
@@ -317,8 +318,11 @@ def run_checks(path: Path, opts: CheckOptions) -> Report:
                     lambda f: f(path))
     checks += _lazy("overlay", "overlay_checks", "overlay", lambda f: f(path))
     checks += _lazy("integrity", "header_checks", "integrity", lambda f: f(path))
-    checks += _lazy("engine", "readback_checks", "engine.readback",
-                    lambda f: f(path, python=opts.python))
+    if opts.engine:
+        checks += _lazy("engine", "readback_checks", "engine.readback",
+                        lambda f: f(path, python=opts.python))
+    else:
+        checks.append(Check("engine.readback", "skip", "skipped (--no-engine)"))
 
     try:
         shape = shape_from_dir(path)

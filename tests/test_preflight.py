@@ -1,0 +1,306 @@
+"""qwenprep check: every pre-flight check as data, the schema it validates against, and the
+two failures the project exists to catch before a deploy: TP 8 without expert parallel on the
+FP8 480B (2560 / 8 = 320, not a multiple of the 128 block) and 1M not fitting in 8x80 GiB."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import QWENPREP_BIN, TINY, invoke
+from qwenprep.capacity import ModelShape, shape_from_dir
+from qwenprep.preflight import CheckOptions, _lazy, parallel_checks, run_checks
+from qwenprep.report import Check
+
+
+def validate(obj: dict[str, Any]) -> None:
+    from jsonschema import Draft202012Validator
+
+    from qwenprep.schemas import load_schema
+
+    errors = list(Draft202012Validator(load_schema("check-report")).iter_errors(obj))
+    assert errors == [], [f"{list(e.absolute_path)}: {e.message}" for e in errors]
+
+
+def by_id(out: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["id"]: c for c in out["checks"]}
+
+
+def check_json(path: str, *args: str, engine: bool = False) -> tuple[int, dict[str, Any]]:
+    """qwenprep check PATH --json [--no-engine] ARGS (the vLLM readback, a few seconds a run,
+    is left to the tests that are about it)."""
+    r = invoke("check", path, "--json", *([] if engine else ["--no-engine"]), *args)
+    out = json.loads(r.stdout)
+    validate(out)
+    return r.exit_code, out
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from qwenprep.synth import make_shaped_checkpoint
+
+    return make_shaped_checkpoint(tmp_path_factory.mktemp("q480") / "Qwen3-Coder-480B-FP8")
+
+
+@pytest.fixture(scope="module")
+def overlay_1m(big: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real job: the 480B-shaped checkpoint patched to 1M into an overlay."""
+    out = tmp_path_factory.mktemp("ov") / "q480-1m"
+    r = invoke("patch", str(big), "--context", "1m", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def shape480(big: Path) -> ModelShape:
+    return shape_from_dir(big)
+
+
+@pytest.fixture
+def no_gpus(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    try:
+        import pynvml  # noqa: F401
+        pytest.skip("nvidia-ml-py installed; this test needs a machine without GPUs")
+    except ImportError:
+        pass
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+
+
+# ------------------------------------------------------------------ TP / EP
+
+
+def test_tp8_without_ep_fails_on_the_fp8_block(overlay_1m: Path) -> None:
+    code, out = check_json(str(overlay_1m), "--tp", "8", "--no-ep", "--gpus", "8",
+                           "--gpu-memory", "141GiB", "--vllm-version", "0.32")
+    assert code == 1 and out["ok"] is False
+    c = by_id(out)["parallel.fp8_block"]
+    assert c["status"] == "fail"
+    assert c["message"].startswith(
+        "The output_size of gate's and up's weight = 320 is not divisible by weight "
+        "quantization block_n = 128 (moe_intermediate_size 2560 / TP 8)")
+    assert "--enable-expert-parallel" in c["message"]
+    assert out["parallel"] == {"tp": 8, "pp": 1, "dp": 1, "ep": False}
+    # everything else about this deploy is fine: the block is the only failure
+    assert [c["id"] for c in out["checks"] if c["status"] == "fail"] == ["parallel.fp8_block"]
+
+
+def test_tp8_with_ep_passes(overlay_1m: Path) -> None:
+    code, out = check_json(str(overlay_1m), "--tp", "8", "--ep", "--gpus", "8",
+                           "--gpu-memory", "141GiB", "--vllm-version", "0.32")
+    checks = by_id(out)
+    assert checks["parallel.fp8_block"]["status"] == "pass"
+    assert checks["parallel.experts"]["message"] == \
+        "expert parallel: 20 whole experts per GPU (160 over 8)"
+    assert checks["parallel.heads"]["message"] == "TP 8: 12 query and 1 KV heads per GPU"
+    assert checks["kv.fits"]["status"] == "pass"
+    assert checks["kv.fits"]["message"].startswith("1,048,576 tokens need 31.00 GiB of KV per GPU")
+    assert checks["overlay.links"]["status"] == "pass"
+    assert code == 0 and out["ok"] is True, [c for c in out["checks"] if c["status"] == "fail"]
+    assert out["plan"]["fits"] is True and out["plan"]["context"] == 1048576
+
+
+def test_ep_is_the_default_for_moe(overlay_1m: Path) -> None:
+    code, out = check_json(str(overlay_1m), "--tp", "8", "--kv-memory", "61.31GiB")
+    assert out["parallel"]["ep"] is True
+    assert by_id(out)["parallel.fp8_block"]["status"] == "pass"
+
+
+@pytest.mark.parametrize(
+    ("tp", "ep", "cid", "status", "text"),
+    [
+        (5, True, "parallel.heads", "fail", "TP 5 does not divide the 96 query heads"),
+        (3, True, "parallel.heads", "fail", "TP 3 does not divide the 8 KV heads"),
+        (16, True, "parallel.heads", "pass", "TP 16: 6 query and 1 KV heads per GPU (each KV "
+                                             "head replicated 2x)"),
+        (12, True, "parallel.heads", "fail", "TP 12 is above the 8 KV heads and not a multiple"),
+        (256, True, "parallel.experts", "fail", "Tensor parallel size 256 is greater than the "
+                                                "number of experts 160"),
+        (4, False, "parallel.fp8_block", "pass", "FP8 block 128x128 divides every TP shard "
+                                                 "(2560 / TP 4)"),
+        (32, True, "parallel.experts", "pass", "expert parallel: 5 whole experts per GPU"),
+        (64, True, "parallel.experts", "warn", "160 experts split unevenly (2 or 3 per GPU)"),
+    ],
+)
+def test_parallel_rules(shape480: ModelShape, tp: int, ep: bool, cid: str, status: str,
+                        text: str) -> None:
+    checks = {c.id: c for c in parallel_checks(shape480, tp=tp, ep=ep)}
+    assert checks[cid].status == status
+    assert text in checks[cid].message
+
+
+def test_dense_fp8_block_rule() -> None:
+    cfg = json.loads((TINY / "config.json").read_text())
+    cfg.update(num_experts=0, intermediate_size=2560, num_attention_heads=8,
+               num_key_value_heads=8, head_dim=128,
+               quantization_config={"quant_method": "fp8", "weight_block_size": [128, 128]})
+    shape = ModelShape.from_config(cfg)
+    bad = {c.id: c for c in parallel_checks(shape, tp=8, ep=False)}["parallel.fp8_block"]
+    assert bad.status == "fail"
+    assert "intermediate_size 2560 / TP 8 = 320 is not divisible by weight quantization " \
+           "block_n = 128" in bad.message
+    ok = {c.id: c for c in parallel_checks(shape, tp=4, ep=False)}["parallel.fp8_block"]
+    assert ok.status == "pass"
+
+
+# ------------------------------------------------------------------ memory
+
+
+def test_1m_does_not_fit_on_8x80_gib(overlay_1m: Path) -> None:
+    code, out = check_json(str(overlay_1m), "--tp", "8", "--gpus", "8", "--gpu-memory", "80GiB",
+                           "--vllm-version", "0.32")
+    assert code == 1
+    c = by_id(out)["kv.fits"]
+    assert c["status"] == "fail"
+    assert c["message"].startswith("1,048,576 tokens need 31.00 GiB of KV per GPU; ")
+    assert "(estimated from GPU memory; see plan.estimate)" in c["message"]
+    assert "does not fit. --kv-cache-dtype fp8 halves the KV cache" in c["message"]
+    assert [x["id"] for x in out["checks"] if x["status"] == "fail"] == ["kv.fits"]
+    assert out["plan"]["fits"] is False and out["plan"]["exact"] is False
+
+
+def test_exact_kv_memory_too_small(overlay_1m: Path) -> None:
+    code, out = check_json(str(overlay_1m), "--tp", "8", "--kv-memory", "30GiB")
+    assert code == 1
+    c = by_id(out)["kv.fits"]
+    assert c["status"] == "fail"
+    assert c["message"].startswith("1,048,576 tokens need 31.00 GiB of KV per GPU; 30.00 GiB "
+                                   "available: KV cache")
+    # the same at the native context fits
+    code, out = check_json(str(overlay_1m), "--tp", "8", "--kv-memory", "30GiB", "--context",
+                           "native")
+    assert by_id(out)["kv.fits"]["status"] == "pass"
+    assert out["plan"]["context"] == 262144
+
+
+def test_no_gpus_no_flags_skips(tiny_src: Path, no_gpus: None) -> None:
+    code, out = check_json(str(tiny_src))
+    checks = by_id(out)
+    assert checks["gpus.visible"]["status"] == "skip"
+    assert checks["gpus.visible"]["message"].startswith(
+        "no GPUs visible here and no --gpus/--gpu-memory given")
+    assert checks["kv.fits"]["status"] == "skip"
+    assert "pass --kv-memory SIZE or --gpus N --gpu-memory SIZE" in checks["kv.fits"]["message"]
+    assert code == 0 and out["ok"] is True
+    assert out["gpus"]["source"] == "none"
+
+
+def test_too_few_gpus_from_nvidia_smi(tiny_src: Path, monkeypatch: pytest.MonkeyPatch,
+                                      tmp_path: Path) -> None:
+    from test_gpus import fake_smi
+
+    fake_smi(tmp_path / "bin", "NVIDIA H100 80GB HBM3, 81559, 81000\n" * 1)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    code, out = check_json(str(tiny_src), "--tp", "2")
+    assert code == 1
+    c = by_id(out)["gpus.visible"]
+    assert c == {"id": "gpus.visible", "status": "fail",
+                 "message": "1 GPU(s) from nvidia-smi but TP 2 x PP 1 needs 2 on this node"}
+
+
+# ------------------------------------------------------------------ flags, disk, composition
+
+
+def test_flags_the_installed_vllm_would_reject(tiny_src: Path) -> None:
+    code, out = check_json(str(tiny_src), "--kv-memory", "2GiB", "--vllm-version", "0.32", "--",
+                           "--rope-scaling", '{"rope_type":"yarn","factor":4}')
+    assert code == 1
+    c = by_id(out)["engine.flags"]
+    assert c["status"] == "fail"
+    assert c["message"].startswith("vLLM 0.32 would reject: --rope-scaling: removed in vLLM "
+                                   "0.11.1 (PR #28006)")
+    code, out = check_json(str(tiny_src), "--kv-memory", "2GiB", "--vllm-version", "0.10.0",
+                           "--", "--rope-scaling", "{}", "--kv-cache-memory-bytes=8g")
+    msg = by_id(out)["engine.flags"]["message"]
+    assert "--kv-cache-memory-bytes: added in vLLM 0.10.2" in msg
+    assert "--rope-scaling" not in msg
+    code, out = check_json(str(tiny_src), "--kv-memory", "2GiB", "--vllm-version", "0.33",
+                           "--", "--kv-cache-memory-bytes=8g", "--enable-expert-parallel")
+    assert by_id(out)["engine.flags"]["status"] == "pass"
+
+
+def test_disk_warning(tiny_src: Path) -> None:
+    rep = run_checks(tiny_src, CheckOptions(kv_memory=2 * 1024**3, disk_warn_bytes=10**18,
+                                          engine=False))
+    disk = [c for c in rep.checks if c.id == "disk.model_dir"][0]
+    assert disk.status == "warn"
+    assert disk.message.startswith("only ") and "(below 931322574.62 GiB)" in disk.message
+    assert rep.ok  # a warning does not fail the gate
+
+
+def test_missing_module_is_a_skip() -> None:
+    checks = _lazy("no_such_module", "f", "engine.readback", lambda f: f())
+    assert checks == [Check("engine.readback", "skip",
+                            "qwenprep.no_such_module.f is not available in this install")]
+
+
+def test_composed_checks_are_present(overlay_1m: Path) -> None:
+    """With the engine readback: vLLM's config layer (installed here: the CPU build) reads the
+    1M overlay back; without vLLM it is one skip check."""
+    code, out = check_json(str(overlay_1m), "--tp", "8", "--kv-memory", "61.31GiB", engine=True)
+    ids = [c["id"] for c in out["checks"]]
+    for expected in ("schema", "overlay.manifest", "overlay.links", "shard.headers",
+                     "parallel.heads", "parallel.experts", "parallel.fp8_block", "kv.fits",
+                     "gpus.visible", "disk.model_dir"):
+        assert expected in ids, ids
+    engine = [c for c in out["checks"] if c["id"].startswith("engine.")
+              and c["id"] != "engine.flags"]
+    assert engine, ids
+    if engine[0]["id"] == "engine.found":  # vLLM present: it must agree with the overlay
+        got = {c["id"]: c for c in engine}
+        assert got["engine.max_model_len"]["message"] == "max model length: vLLM uses 1048576"
+        assert all(c["status"] == "pass" for c in engine), engine
+    else:
+        assert [c["status"] for c in engine] == ["skip"]
+    assert code == 0, [c for c in out["checks"] if c["status"] == "fail"]
+
+
+def test_broken_overlay_link_fails(big: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ov"
+    assert invoke("patch", str(big), "--context", "1m", "--out", str(out)).exit_code == 0
+    (out / "model-00007-of-00050.safetensors").unlink()
+    code, rep = check_json(str(out), "--tp", "8", "--kv-memory", "61.31GiB")
+    assert code == 1
+    assert by_id(rep)["overlay.links"]["status"] == "fail"
+
+
+def test_human_table(overlay_1m: Path) -> None:
+    r = invoke("check", str(overlay_1m), "--tp", "8", "--no-ep", "--kv-memory", "61.31GiB",
+               "--no-engine")
+    assert r.exit_code == 1
+    lines = r.stdout.splitlines()
+    assert any(line.startswith("[FAIL] parallel.fp8_block") for line in lines)
+    assert any(line.startswith("[ok  ] kv.fits") for line in lines)
+    assert lines[-1] == "NOT ready: see the FAIL lines above"
+
+
+def test_not_a_checkpoint(tmp_path: Path) -> None:
+    r = invoke("check", str(tmp_path), "--json")
+    assert r.exit_code == 3
+    out = json.loads(r.stdout)
+    validate(out)
+    assert out["ok"] is False and out["error"]["exit_code"] == 3
+    assert "no config.json here" in out["error"]["message"]
+
+
+def test_bad_invocation(tiny_src: Path) -> None:
+    r = invoke("check", str(tiny_src), "--gpus", "8")
+    assert r.exit_code == 2 and "--gpus and --gpu-memory go together." in r.stderr
+    r = invoke("check", str(tiny_src), "--tp", "0")
+    assert r.exit_code == 2
+
+
+def test_console_script_json_validates(tiny_src: Path) -> None:
+    res = subprocess.run([str(QWENPREP_BIN), "check", str(tiny_src), "--kv-memory", "2GiB",
+                          "--context", "1m", "--vllm-version", "0.32", "--json"],
+                         capture_output=True, text=True, timeout=120)
+    out = json.loads(res.stdout)
+    validate(out)
+    assert res.returncode == (0 if out["ok"] else 1)
+    assert by_id(out)["kv.fits"]["status"] == "pass"
+    assert out["plan"]["kv_cache_tokens"] == 4194304  # block 16 (CUDA): the same bytes
+    assert [c["id"] for c in out["checks"] if c["status"] == "fail"] == []
