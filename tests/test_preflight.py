@@ -304,3 +304,74 @@ def test_console_script_json_validates(tiny_src: Path) -> None:
     assert by_id(out)["kv.fits"]["status"] == "pass"
     assert out["plan"]["kv_cache_tokens"] == 4194304  # block 16 (CUDA): the same bytes
     assert [c["id"] for c in out["checks"] if c["status"] == "fail"] == []
+
+
+# ------------------------------------------------------------------ examples/pipelines
+
+PIPELINES = Path(__file__).resolve().parent.parent / "examples" / "pipelines"
+
+
+def _run_preflight_sh(tmp_path: Path, tiny_src: Path, tp: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, MODEL=str(tiny_src), OUT=str(tmp_path / "overlay"), TP=tp,
+               CONTEXT="1m", REPORT=str(tmp_path / "report.json"), QWENPREP=str(QWENPREP_BIN))
+    return subprocess.run(["sh", str(PIPELINES / "preflight.sh"), "--kv-memory", "2GiB",
+                           "--no-engine"], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_shell_pipeline_gates_on_the_report(tmp_path: Path, tiny_src: Path) -> None:
+    ok = _run_preflight_sh(tmp_path, tiny_src, "1")
+    assert ok.returncode == 0, ok.stderr
+    assert "preflight: ready:" in ok.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    validate(report)
+    assert report["ok"] is True and report["plan"]["context"] == 1048576
+
+    bad = _run_preflight_sh(tmp_path, tiny_src, "8")  # 4 query heads cannot split 8 ways
+    assert bad.returncode == 1
+    assert "preflight: NOT ready to serve" in bad.stderr
+    assert "  FAIL parallel.heads: TP 8 does not divide the 4 query heads" in bad.stderr
+
+
+def _commands(obj: Any) -> list[str]:
+    """Every command string in a parsed YAML document (run: steps, command: lists)."""
+    found: list[str] = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k == "run" and isinstance(v, str):
+                found.append(v)
+            elif k == "command" and isinstance(v, list):
+                found.append(" ".join(map(str, v)))
+            else:
+                found += _commands(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            found += _commands(v)
+    return found
+
+
+def test_kubernetes_init_container_and_job_gate_on_check() -> None:
+    yaml = pytest.importorskip("yaml")
+    docs = list(yaml.safe_load_all((PIPELINES / "k8s-vllm-preflight.yaml").read_text()))
+    kinds = [d["kind"] for d in docs]
+    assert kinds == ["Deployment", "Job"]
+    pod = docs[0]["spec"]["template"]["spec"]
+    init = " ".join(pod["initContainers"][0]["command"])
+    assert init.startswith("qwenprep check /models/q480-1m") and "--json" in init
+    assert " ".join(pod["containers"][0]["command"]).startswith("qwenprep serve /models/q480-1m")
+    job = docs[1]["spec"]
+    assert job["backoffLimit"] == 0
+    assert "qwenprep check" in _commands(job)[0] and "--json" in _commands(job)[0]
+    # the flags used there are ones qwenprep check really takes
+    r = invoke("check", "--help")
+    for flag in ("--tp", "--ep", "--json"):
+        assert flag in r.stdout
+
+
+def test_ci_workflow_gates_deploy_on_check() -> None:
+    yaml = pytest.importorskip("yaml")
+    wf = yaml.safe_load((PIPELINES / "github-actions.yml").read_text())
+    jobs = wf["jobs"]
+    assert jobs["deploy"]["needs"] == "preflight"
+    runs = _commands(jobs["preflight"])
+    assert any("qwenprep check" in r and "--json" in r for r in runs)
+    assert any(r.startswith("qwenprep patch") for r in runs)
