@@ -1,0 +1,185 @@
+"""`qwenprep serve` for real: the embedded tiny checkpoint patched to 1M, served by the real
+vLLM (CPU build) through the console script, queried, stopped with SIGINT. Plus the watch
+logic (length mismatch, early exit) against a stand-in HTTP server process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from conftest import QWENPREP_BIN, TINY, invoke
+from qwenprep import engine as eng
+from qwenprep.errors import ChecksFailed
+
+VLLM_PY = os.environ.get("QWENPREP_VLLM_PYTHON") or sys.executable
+INFO = eng.discover(VLLM_PY)
+HAVE_VLLM = INFO is not None and INFO.importable
+
+
+def _get(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        data: dict[str, Any] = json.loads(r.read())
+        return data
+
+
+def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    req = urllib.request.Request(url, json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=300) as r:
+        data: dict[str, Any] = json.loads(r.read())
+        return data
+
+
+class Served:
+    def __init__(self, proc: subprocess.Popen[str], url: str, log: Path) -> None:
+        self.proc, self.url, self.log = proc, url, log
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    if not HAVE_VLLM:
+        pytest.skip(f"vLLM is not importable in {VLLM_PY}")
+    tmp = tmp_path_factory.mktemp("serve")
+    ov = tmp / "tiny-1m"
+    r = invoke("patch", str(TINY), "--context", "1m", "--out", str(ov))
+    assert r.exit_code == 0, r.output
+    port = eng.free_port()
+    log = tmp / "serve.log"
+    env = dict(os.environ, QWENPREP_VLLM_PYTHON=VLLM_PY, VLLM_CPU_KVCACHE_SPACE="1")
+    with open(log, "w") as errf:
+        proc = subprocess.Popen(
+            [str(QWENPREP_BIN), "serve", str(ov), "--host", "127.0.0.1", "--port", str(port),
+             "--ready-timeout", "600", "--json"],
+            stdout=subprocess.PIPE, stderr=errf, text=True, env=env)
+    s = Served(proc, f"http://127.0.0.1:{port}", log)
+    try:
+        deadline = time.monotonic() + 600
+        while "ready: " not in log.read_text():
+            assert proc.poll() is None, f"serve exited {proc.returncode}:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "vLLM not ready in 600 s"
+            time.sleep(1)
+        yield s
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.mark.engine
+def test_models_reports_1m(served: Served) -> None:
+    data = _get(served.url + "/v1/models")
+    assert [(m["id"], m["max_model_len"]) for m in data["data"]] == [("tiny-qwen3-coder", 1048576)]
+    assert "ready: http://127.0.0.1:" in served.log.read_text()
+    assert "with max_model_len 1048576" in served.log.read_text()
+
+
+@pytest.mark.engine
+def test_chat_completion_answers(served: Served) -> None:
+    out = _post(served.url + "/v1/chat/completions",
+                {"model": "tiny-qwen3-coder", "max_tokens": 8,
+                 "messages": [{"role": "user", "content": "Write hello world in Python"}]})
+    choice = out["choices"][0]
+    assert choice["message"]["role"] == "assistant"
+    assert out["usage"]["completion_tokens"] >= 1
+    assert choice["finish_reason"] in ("length", "stop")
+
+
+@pytest.mark.engine
+def test_required_tool_choice_returns_a_tool_call(served: Served) -> None:
+    out = _post(served.url + "/v1/chat/completions",
+                {"model": "tiny-qwen3-coder", "max_tokens": 64, "tool_choice": "required",
+                 "tools": [eng.TOOL_WEATHER],
+                 "messages": [{"role": "user", "content": "What is the weather in Paris?"}]})
+    calls = out["choices"][0]["message"]["tool_calls"]
+    assert len(calls) >= 1
+    assert calls[0]["type"] == "function" and calls[0]["function"]["name"] == "get_weather"
+    json.loads(calls[0]["function"]["arguments"])  # arguments are JSON
+
+
+@pytest.mark.engine
+def test_sigint_is_forwarded_and_exit_code_passed_through(served: Served) -> None:
+    # runs last in this module (pytest keeps file order): stops the shared server
+    assert served.proc.stdout is not None
+    served.proc.send_signal(signal.SIGINT)
+    rc = served.proc.wait(90)
+    ready = json.loads(served.proc.stdout.read())
+    assert ready["ok"] is True and ready["ready"] is True
+    assert ready["max_model_len"] == 1048576 and ready["url"] == served.url
+    assert rc == 0
+    assert "vLLM exited with code 0" in served.log.read_text()
+    with pytest.raises(ProcessLookupError):  # the vLLM child went with it
+        os.kill(ready["pid"], 0)
+
+
+# ---------------------------------------------------------------- watching, with a stand-in
+STAND_IN = textwrap.dedent('''
+    import json, sys
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    port, length, code = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    if code:
+        sys.exit(code)
+    class H(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"data": [{"id": "m", "max_model_len": length}]}).encode()
+            self.send_response(200); self.end_headers(); self.wfile.write(body)
+        def log_message(self, *a):
+            pass
+    HTTPServer(("127.0.0.1", port), H).serve_forever()
+''')
+
+
+def _stand_in_plan(tmp_path: Path, length: int, code: int = 0) -> eng.LaunchPlan:
+    script = tmp_path / "stand_in.py"
+    script.write_text(STAND_IN)
+    ov = tmp_path / "ov"
+    if not ov.exists():
+        assert invoke("patch", str(TINY), "--context", "1m", "--out", str(ov)).exit_code == 0
+    engine = eng.EngineInfo("x", "0.32.0", "vllm", True, None, None,
+                            eng.capabilities_for((0, 32, 0)))
+    port = eng.free_port()
+    plan = eng.build_launch_plan(ov, engine=engine, host="127.0.0.1", port=port)
+    return replace(plan, argv=(sys.executable, str(script), str(port), str(length), str(code)))
+
+
+def test_length_mismatch_stops_the_server_and_fails(tmp_path: Path) -> None:
+    plan = _stand_in_plan(tmp_path, 4096)
+    handle = eng.start_server(plan)
+    with pytest.raises(ChecksFailed) as ei:
+        handle.wait_ready(30)
+    assert ei.value.exit_code == 1
+    assert ei.value.message == ("vLLM reports max_model_len 4096 on /v1/models, but the plan "
+                                "asked for 1048576; stopped the server.")
+    assert handle.returncode is not None
+
+
+def test_ready_and_stop_with_matching_length(tmp_path: Path) -> None:
+    plan = _stand_in_plan(tmp_path, 1048576)
+    with eng.start_server(plan) as handle:
+        data = handle.wait_ready(30)
+        assert data["data"][0]["max_model_len"] == 1048576
+        assert handle.models()["data"][0]["id"] == "m"
+    assert handle.returncode is not None
+
+
+def test_early_exit_code_is_passed_through(tmp_path: Path) -> None:
+    plan = _stand_in_plan(tmp_path, 1048576, code=7)
+    handle = eng.start_server(plan)
+    with pytest.raises(eng.ServerExited) as ei:
+        handle.wait_ready(30)
+    assert ei.value.exit_code == 7
+    assert ei.value.message.startswith("vLLM exited with code 7 before it was ready")
