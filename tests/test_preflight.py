@@ -296,7 +296,7 @@ def test_bad_invocation(tiny_src: Path) -> None:
 
 def test_console_script_json_validates(tiny_src: Path) -> None:
     res = subprocess.run([str(QWENPREP_BIN), "check", str(tiny_src), "--kv-memory", "2GiB",
-                          "--context", "1m", "--vllm-version", "0.32", "--json"],
+                          "--context", "1m", "--vllm-version", "0.32", "--json", "--no-engine"],
                          capture_output=True, text=True, timeout=120)
     out = json.loads(res.stdout)
     validate(out)
