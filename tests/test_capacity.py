@@ -24,7 +24,7 @@ from qwenprep.capacity import (
     shape_from_dir,
     vllm_rule,
 )
-from qwenprep.sizes import GiB, parse_size
+from qwenprep.sizes import GiB
 
 ONE_M = 1048576
 # Calibration 1 (FACTS.md): 8x H200, TP 8 + EP, the 480B model; vLLM reported 61.31 GiB of KV
