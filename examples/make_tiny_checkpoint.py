@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# ruff: noqa: E501 - the chat template and the tensor tables read better unwrapped
 """Write the embedded tiny Qwen3-Coder-shaped checkpoints (bf16 and block-FP8).
 
     python examples/make_tiny_checkpoint.py [--out-dir examples]

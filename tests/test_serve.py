@@ -12,13 +12,14 @@ import sys
 import textwrap
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-
 from conftest import QWENPREP_BIN, TINY, invoke
+
 from qwenprep import engine as eng
 from qwenprep.errors import ChecksFailed
 
@@ -66,7 +67,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     try:
         deadline = time.monotonic() + 600
         while "ready: " not in log.read_text():
-            assert proc.poll() is None, f"serve exited {proc.returncode}:\n{log.read_text()[-3000:]}"
+            tail = log.read_text()[-3000:]
+            assert proc.poll() is None, f"serve exited {proc.returncode}:\n{tail}"
             assert time.monotonic() < deadline, "vLLM not ready in 600 s"
             time.sleep(1)
         yield s
