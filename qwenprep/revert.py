@@ -83,7 +83,7 @@ def _unpatched_variants(data: bytes) -> Iterator[tuple[str, bytes]]:
                        + (", sorted keys" if sort_keys else "") + ")", (body + tail).encode())
 
 
-def _candidates(path: Path, current: bytes, blobs: Path | None) -> Iterator[tuple[str, bytes]]:
+def _candidates(path: Path, current: bytes) -> Iterator[tuple[str, bytes]]:
     yield "the file as it is", current
     for name in BACKUP_NAMES:
         b = path / name
@@ -121,16 +121,9 @@ def revert_path(path: Path) -> RevertResult:
         return _revert_in_cache(path, cfg, current, blobs)
     etag = _local_dir_etag(path)
     if etag:
-        for origin, data in _candidates(path, current, None):
-            if git_blob_sha1(data) == etag:
-                if data == current:
-                    return RevertResult("already-original", str(path),
-                                        f"{cfg} already matches its content address {etag}",
-                                        f"git blob sha1 {etag}")
-                atomic_write_bytes(cfg, data)
-                return RevertResult("restored-config", str(path),
-                                    f"restored {cfg} from {origin}; git blob sha1 {etag} "
-                                    "matches the download record", f"git blob sha1 {etag}", origin)
+        done = _restore_to_address(path, cfg, current, etag, cfg, "matches the download record")
+        if done is not None:
+            return done
         raise InputError(
             f"{cfg}: differs from its recorded content address {etag} and no backup or "
             "reconstruction reproduces it.",
@@ -162,30 +155,41 @@ def _relink(cfg: Path, blob_name: str) -> None:
     fsync_dir(cfg.parent)
 
 
+def _restore_to_address(root: Path, cfg: Path, current: bytes, address: str, target: Path,
+                        proof_note: str) -> RevertResult | None:
+    """Write the first candidate whose git blob sha1 is ADDRESS to TARGET (the file, or the
+    blob behind a cache link). None when no candidate reproduces the address."""
+    for origin, data in _candidates(root, current):
+        if git_blob_sha1(data) != address:
+            continue
+        if data == current:
+            return RevertResult("already-original", str(root),
+                                f"{cfg} already matches its content address {address}",
+                                f"git blob sha1 {address}")
+        atomic_write_bytes(target, data)
+        return RevertResult("restored-config", str(root),
+                            f"restored {cfg} from {origin}; {proof_note}",
+                            f"git blob sha1 {address}", origin)
+    return None
+
+
 def _revert_in_cache(snapshot: Path, cfg: Path, current: bytes, blobs: Path) -> RevertResult:
     if cfg.is_symlink():
         address = os.path.basename(os.readlink(cfg))
         if not _SHA1.match(address):
             raise InputError(f"{cfg}: links to {os.readlink(cfg)}, not a git-sha1 blob; "
                              "this cache entry is not one qwenprep understands.")
-        for origin, data in _candidates(snapshot, current, blobs):
-            if git_blob_sha1(data) == address:
-                if data == current:
-                    return RevertResult("already-original", str(snapshot),
-                                        f"{cfg} matches its content address {address}",
-                                        f"git blob sha1 {address}")
-                atomic_write_bytes(blobs / address, data)
-                return RevertResult(
-                    "restored-config", str(snapshot),
-                    f"restored blob {address} behind {cfg} from {origin}; its git blob sha1 "
-                    "now equals its name", f"git blob sha1 {address}", origin)
+        done = _restore_to_address(snapshot, cfg, current, address, blobs / address,
+                                   f"blob {address} now hashes to its name")
+        if done is not None:
+            return done
         raise InputError(
             f"{cfg}: the blob {address} was edited and neither a backup nor an un-patch of it "
             "reproduces content address {address}.".replace("{address}", address),
             hint="restore it from the hub: hf download ORG/NAME config.json --revision "
             f"{snapshot.name} --force-download")
     # the link was replaced by an edited file: find the intact blob it pointed to
-    for origin, data in _candidates(snapshot, current, blobs):
+    for origin, data in _candidates(snapshot, current):
         address = git_blob_sha1(data)
         blob = blobs / address
         if blob.is_file() and git_blob_sha1(blob.read_bytes()) == address:
