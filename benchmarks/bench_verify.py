@@ -143,9 +143,9 @@ def main() -> None:
 
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     head = ("what", "qwenprep", "baseline (same run)", "ratio")
-    widths = [max(w, len(h)) for w, h in zip(widths, head)]
+    widths = [max(w, len(h)) for w, h in zip(widths, head, strict=True)]
     for r in (head, tuple("-" * w for w in widths), *rows):
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
 if __name__ == "__main__":

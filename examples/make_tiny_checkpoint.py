@@ -383,7 +383,7 @@ def learn_merges(corpus: str, num_merges: int) -> list[tuple[str, str]]:
     while len(merges) < num_merges:
         pairs: dict[tuple[str, str], int] = {}
         for word, n in words.items():
-            for a, b in zip(word, word[1:]):
+            for a, b in zip(word, word[1:], strict=False):
                 pairs[(a, b)] = pairs.get((a, b), 0) + n
         if not pairs:
             break
@@ -577,7 +577,7 @@ def build_files() -> dict[str, dict[str, bytes]]:
         {n: t for n, t in tensors.items() if n not in first},
     ]
     weight_map: dict[str, str] = {}
-    for shard, part in zip(shard_names, parts):
+    for shard, part in zip(shard_names, parts, strict=True):
         fp8[shard] = safetensors_bytes(part)
         for n in part:
             weight_map[n] = shard

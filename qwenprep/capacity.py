@@ -268,11 +268,10 @@ def shape_from_hub(spec: str) -> ModelShape:
     """Config and weight bytes of a Hub repo that is not downloaded: config.json (a small file)
     and the safetensors headers by range request (what ``HfApi.get_safetensors_metadata`` does,
     shard by shard)."""
-    from qwenprep.safetensors_io import DTYPE_BYTES
-
     import tempfile
 
     from qwenprep.hub import hub_endpoint
+    from qwenprep.safetensors_io import DTYPE_BYTES
 
     repo_id, _, revision = spec.partition("@")
     endpoint = hub_endpoint()

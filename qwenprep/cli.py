@@ -10,7 +10,7 @@ import click
 
 from qwenprep import __version__
 from qwenprep.errors import EXIT_CHECKS_FAILED, QwenprepError
-from qwenprep.report import SCHEMA_VERSION, Check, Report, dumps, render_checks
+from qwenprep.report import SCHEMA_VERSION, Report, dumps, render_checks
 
 
 def _emit_json(obj: dict[str, Any]) -> None:
@@ -218,7 +218,8 @@ def fetch(repo: str, local_dir: Path | None, as_json: bool) -> None:
     """Download the files serving needs (pinned commit), then verify them deeply.
 
     Prints the checkpoint path on stdout; progress and checks go to stderr."""
-    from qwenprep.fetch import fetch as do_fetch, human
+    from qwenprep.fetch import fetch as do_fetch
+    from qwenprep.fetch import human
 
     res = run(as_json, lambda: do_fetch(repo, local_dir=local_dir))
     if as_json:
@@ -307,7 +308,8 @@ def plan(model: str, context: str | None, tp: int | None, pp: int, ep: bool, gpu
 @json_option
 @click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED)
 def check(path: str, tp: int | None, pp: int, ep: bool | None, context: str | None,
-          engine: bool, gpus: int | None, gpu_memory: str | None, kv_memory: str | None, kv_cache_dtype: str,
+          engine: bool, gpus: int | None, gpu_memory: str | None, kv_memory: str | None,
+          kv_cache_dtype: str,
           block_size: int, vllm_version: str | None, as_json: bool,
           vllm_args: tuple[str, ...]) -> None:
     """Every pre-flight check on PATH before a deploy; exit 0 all pass, 1 any fails.

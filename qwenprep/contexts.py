@@ -51,7 +51,8 @@ def parse_context(text: str) -> ContextRequest:
 
 
 def _rope_block(config: dict[str, Any]) -> tuple[RopeStyle, dict[str, Any] | None]:
-    """Which key carries the rope settings. If both exist, rope_scaling wins (as in transformers)."""
+    """Which key carries the rope settings; if both exist, rope_scaling wins (as in
+    transformers)."""
     if isinstance(config.get("rope_scaling"), dict):
         return "rope_scaling", config["rope_scaling"]
     if isinstance(config.get("rope_parameters"), dict):
@@ -87,7 +88,8 @@ def _is_number(x: Any) -> bool:
 
 
 def native_context(config: dict[str, Any]) -> int:
-    """The model's native context: original length of a YaRN config, else max_position_embeddings."""
+    """The model's native context: the original length of a YaRN config, else
+    max_position_embeddings."""
     _, block = _rope_block(config)
     if rope_type(block) == "yarn" and block is not None:
         orig = block.get("original_max_position_embeddings")
@@ -111,7 +113,8 @@ class PatchResult:
     style: RopeStyle
 
 
-def target_and_factor(native: int, req: ContextRequest, *, force: bool = False) -> tuple[int, float]:
+def target_and_factor(native: int, req: ContextRequest, *,
+                      force: bool = False) -> tuple[int, float]:
     """Resolve a request against the native length; refuse factors below 1 and (unless forced)
     above 4."""
     if req.tokens is None:

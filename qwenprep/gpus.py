@@ -82,7 +82,8 @@ def parse_smi_csv(text: str) -> tuple[GPU, ...]:
     """Parse ``nvidia-smi --query-gpu=name,memory.total,memory.free --format=csv,noheader,nounits``
     (MiB values, one GPU a line)."""
     gpus = []
-    for i, row in enumerate(r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)):
+    rows = (r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r))
+    for i, row in enumerate(rows):
         if len(row) != 3:
             raise InputError(f"nvidia-smi line {i + 1}: expected 3 fields (name, memory.total, "
                              f"memory.free), got {row!r}.")
@@ -113,7 +114,8 @@ def from_nvidia_smi(exe: str | None = None, *, timeout: float = 20.0) -> tuple[G
     return parse_smi_csv(res.stdout)
 
 
-def from_flags(count: int, memory: int, name: str = "(from --gpus/--gpu-memory)") -> tuple[GPU, ...]:
+def from_flags(count: int, memory: int,
+               name: str = "(from --gpus/--gpu-memory)") -> tuple[GPU, ...]:
     if count < 1:
         raise UsageError(f"--gpus must be at least 1 (got {count}).")
     if memory <= 0:

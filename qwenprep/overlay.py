@@ -286,7 +286,8 @@ def create_overlay(
             ]:
                 return OverlayResult(out, source, current, patched, text, "unchanged")
             raise ConflictError(
-                f"--out {out} is already a qwenprep overlay (of {current.get('source', {}).get('path')}"
+                f"--out {out} is already a qwenprep overlay (of "
+                f"{current.get('source', {}).get('path')}"
                 f" at {current.get('target_context')} tokens).",
                 hint="pass --force to replace it, or qwenprep revert "
                 f"{out} to remove it.",
@@ -391,7 +392,8 @@ def overlay_checks(path: Path) -> list[Check]:
                             str(path)))
     else:
         checks.append(Check("overlay.links", "pass",
-                            f"{len(manifest['files'])} linked files resolve and match the manifest"))
+                            f"{len(manifest['files'])} linked files resolve and match "
+                            "the manifest"))
     src_cfg = Path(manifest["source"]["path"]) / CONFIG
     try:
         src_sha = sha256_bytes(src_cfg.read_bytes())

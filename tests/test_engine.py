@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import QWENPREP_BIN, TINY, TINY_FP8, invoke
 
+from conftest import QWENPREP_BIN, TINY, TINY_FP8, invoke
 from qwenprep import engine as eng
 from qwenprep.errors import InputError, UsageError
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from hubserver import TINY_REPO, V1_TRANSFORMERS, Commit, HubServer, hub_env, tiny_hub
 
 QWENPREP = Path(sys.executable).parent / "qwenprep"

@@ -34,8 +34,8 @@ def fake_smi(dir_: Path, stdout: str, *, rc: int = 0, expect_args: bool = True) 
     exe.write_text(
         f"#!{sys.executable}\nimport sys\n{check}"
         f"sys.stdout.write({stdout!r})\n"
-        + (f"print('NVIDIA-SMI has failed because it could not communicate with the NVIDIA "
-           f"driver.', file=sys.stderr)\n" if rc else "")
+        + ("print('NVIDIA-SMI has failed because it could not communicate with the NVIDIA "
+           "driver.', file=sys.stderr)\n" if rc else "")
         + f"sys.exit({rc})\n"
     )
     exe.chmod(exe.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
@@ -124,8 +124,8 @@ def test_plan_reads_gpus_from_nvidia_smi(no_nvml: None, monkeypatch: pytest.Monk
 
     from click.testing import CliRunner
 
-    from qwenprep.cli import cli
     from conftest import TINY
+    from qwenprep.cli import cli
 
     fake_smi(tmp_path / "bin", "NVIDIA H100 80GB HBM3, 81559, 81000\n" * 2)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 from click.testing import Result
-from conftest import QWENPREP_BIN, TINY_FP8
 
+from conftest import QWENPREP_BIN, TINY_FP8
 from qwenprep.integrity import header_checks, unsafe_name, verify_checkpoint
 from qwenprep.synth import make_shaped_checkpoint, tiny_fp8_config
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -94,7 +93,8 @@ def test_patching_an_in_place_edited_config_starts_from_native(
         cli: CliFn, qwen_src: Path, tmp_path: Path) -> None:
     cfg = json.loads((qwen_src / "config.json").read_text())
     cfg["max_position_embeddings"] = 1048576
-    cfg["rope_scaling"] = {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 262144}
+    cfg["rope_scaling"] = {"type": "yarn", "factor": 4.0,
+                           "original_max_position_embeddings": 262144}
     (qwen_src / "config.json").write_text(json.dumps(cfg, indent=2))
     r = cli("patch", str(qwen_src), "-c", "1m", "-o", str(tmp_path / "o"), "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["factor"] == 4.0

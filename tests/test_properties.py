@@ -114,7 +114,8 @@ def hostile_configs(draw: st.DrawFn) -> str:
     return text[:cut]
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=600, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=hostile_configs())
 def test_no_config_makes_a_traceback(tmp_path: Path, text: str) -> None:
     from conftest import invoke

@@ -144,7 +144,8 @@ def test_local_dir_download_record_proves_restore(cli: CliFn, qwen_src: Path) ->
     original = (qwen_src / "config.json").read_bytes()
     meta = qwen_src / ".cache" / "huggingface" / "download"
     meta.mkdir(parents=True)
-    (meta / "config.json.metadata").write_text(f"{COMMIT}\n{git_blob_sha1(original)}\n1700000000.0\n")
+    (meta / "config.json.metadata").write_text(
+        f"{COMMIT}\n{git_blob_sha1(original)}\n1700000000.0\n")
     (qwen_src / "config.json").write_bytes(_manual_edit(original))
     r = cli("revert", str(qwen_src), "--json")
     assert r.exit_code == 0
@@ -194,6 +195,7 @@ def test_kill_9_during_revert_leaves_old_or_nothing(qwen_src: Path, tmp_path: Pa
     before = tree_state(qwen_src)
     import signal
     import time
+
     from qwenprep.overlay import overlay_checks, read_manifest
 
     for delay in (0.05, 0.2, 0.4):

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import QWENPREP_BIN, TINY, invoke
 
+from conftest import QWENPREP_BIN, TINY, invoke
 from qwenprep import engine as eng
 from qwenprep.errors import ChecksFailed
 
