@@ -14,10 +14,12 @@ on the first deep run of a plain directory; later runs compare).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -117,6 +119,20 @@ def _walk_files(root: Path) -> list[str]:
     return out
 
 
+def _short(x: object, limit: int = 80) -> str:
+    """str(x) cut to a readable length (hostile headers hold 4000-digit numbers)."""
+    text = str(x)
+    return text if len(text) <= limit else text[:limit - 20] + f"... ({len(text)} chars)"
+
+
+def _is_file(p: Path) -> bool:
+    """Path.is_file that says False for names the OS refuses (too long, not encodable)."""
+    try:
+        return p.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _header_problems(h: SafetensorsHeader) -> list[str]:
     probs: list[str] = []
     spans: list[tuple[int, int, str]] = []
@@ -125,13 +141,14 @@ def _header_problems(h: SafetensorsHeader) -> list[str]:
         if width is None:
             probs.append(f"tensor {t.name}: unknown dtype {t.dtype!r}")
             continue
-        want = math.prod(t.shape) * width
+        # exact: shapes may be hostile (10**200 x 10**200) and widths fractional (F4, F6)
+        want = math.prod(t.shape) * Fraction(width)
         if t.start < 0 or t.end < t.start:
             probs.append(f"tensor {t.name}: data_offsets [{t.start}, {t.end}] are not a span")
             continue
         if want != t.nbytes:
-            probs.append(f"tensor {t.name}: {t.dtype} x {list(t.shape)} = {want:g} bytes but "
-                         f"data_offsets span {t.nbytes}")
+            probs.append(f"tensor {t.name}: {t.dtype} x {_short(list(t.shape))} = "
+                         f"{_short(want)} bytes but data_offsets span {t.nbytes}")
         spans.append((t.start, t.end, t.name))
     spans.sort()
     cursor, prev = 0, None
@@ -169,11 +186,11 @@ def _read_index(scan: _Scan) -> dict[str, str] | None:
         scan.add("index", "fail", f"{INDEX}: no weight_map object mapping tensor names to shard "
                  "files.", INDEX)
         return None
-    bad = {}
-    for shard in set(map(str, wm.values())) | {v for v in wm.values() if not isinstance(v, str)}:
+    bad: dict[str, str] = {}
+    for shard in wm.values():  # values may be anything JSON holds, lists and objects included
         why = unsafe_name(shard)
         if why:
-            bad[str(shard)] = why
+            bad[shard if isinstance(shard, str) else _short(json.dumps(shard), 60)] = why
     if bad:
         scan.add("index.paths", "fail",
                  f"{INDEX}: weight_map names file(s) outside the checkpoint, not opened: "
@@ -185,7 +202,7 @@ def _read_index(scan: _Scan) -> dict[str, str] | None:
                  "inside the checkpoint")
     meta = obj.get("metadata") if isinstance(obj, dict) else None
     total = meta.get("total_size") if isinstance(meta, dict) else None
-    scan.index_total = total if isinstance(total, int) else None
+    scan.index_total = total if isinstance(total, int) and not isinstance(total, bool) else None
     return {k: v for k, v in wm.items() if isinstance(v, str) and v not in bad}
 
 
@@ -200,7 +217,7 @@ def _scan_headers(root: Path) -> _Scan:
             scan.shards_ok = False
             return scan
         shards = sorted(set(weight_map.values()))
-        missing = [s for s in shards if not (root / s).is_file()]
+        missing = [s for s in shards if not _is_file(root / s)]
         extra = [f for f in st_files if f not in set(shards)]
         if missing:
             scan.add("shards.present", "fail",
@@ -240,7 +257,7 @@ def _scan_headers(root: Path) -> _Scan:
     located: dict[str, list[str]] = {}
     for s in shards:
         p = root / s
-        if not p.is_file():
+        if not _is_file(p):
             continue
         try:
             h = read_header(p)
@@ -274,7 +291,7 @@ def _scan_headers(root: Path) -> _Scan:
         for name, shard in sorted(weight_map.items()):
             where = located.get(name)
             if where is None:
-                if (root / shard).is_file():
+                if _is_file(root / shard):
                     wrong.append(f"{name} -> {shard}, which does not have it")
             elif shard not in where:
                 wrong.append(f"{name} -> {shard}, but it is in {where[0]}")

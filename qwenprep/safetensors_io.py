@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,11 +58,44 @@ class SafetensorsHeader:
         return sum(t.nbytes for t in self.tensors.values())
 
 
+def _why(e: BaseException) -> str:
+    return getattr(e, "strerror", None) or str(e) or type(e).__name__
+
+
+def _utf8(text: str) -> bool:
+    """JSON's \\uXXXX escapes can spell lone surrogates, which no UTF-8 file name or terminal
+    takes (and safetensors' own reader rejects)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _u64(x: object) -> int:
+    """A JSON integer as safetensors stores it (u64): no bools, floats or strings."""
+    if isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < 2**64:
+        raise ValueError(x)
+    return x
+
+
 def read_raw_header(path: Path) -> tuple[int, int, dict[str, Any]]:
     """Return (header_len, file_size, parsed JSON). Raises InputError naming the file."""
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+        # O_NONBLOCK: opening a FIFO (or a device) must not hang; only regular files are read.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise InputError(f"{path}: shard is missing.") from None
+    except PermissionError:
+        raise InputError(f"{path}: permission denied reading the shard.") from None
+    except (OSError, ValueError) as e:  # ENAMETOOLONG, ELOOP, EISDIR, embedded NUL, ...
+        raise InputError(f"{path}: cannot open the shard ({_why(e)}).") from None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise InputError(f"{path}: not a regular file, so not a safetensors shard.")
+            size = st.st_size
             head = f.read(8)
             if len(head) < 8:
                 raise InputError(f"{path}: {size} bytes, too short to be a safetensors file.")
@@ -73,13 +107,16 @@ def read_raw_header(path: Path) -> tuple[int, int, dict[str, Any]]:
                     hint="re-download this shard (qwenprep fetch re-fetches damaged files).",
                 )
             raw = f.read(n)
-    except FileNotFoundError:
-        raise InputError(f"{path}: shard is missing.") from None
-    except PermissionError:
-        raise InputError(f"{path}: permission denied reading the shard.") from None
+    except OSError as e:  # EIO, EISDIR on read, ...
+        raise InputError(f"{path}: cannot read the shard ({_why(e)}).") from None
+    if len(raw) < n:
+        raise InputError(f"{path}: the file shrank while its header was read (truncated?).")
     try:
         obj = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except RecursionError:
+        raise InputError(f"{path}: header JSON is nested too deeply to be a safetensors "
+                         "header.") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, over-long integer literals
         raise InputError(f"{path}: header is not valid JSON ({e}).") from None
     if not isinstance(obj, dict):
         raise InputError(f"{path}: header is JSON but not an object.")
@@ -90,17 +127,28 @@ def read_header(path: Path) -> SafetensorsHeader:
     """Parse and structurally type the header (no consistency checks beyond types)."""
     n, size, obj = read_raw_header(path)
     meta = obj.pop("__metadata__", None)
-    if meta is not None and not isinstance(meta, dict):
-        raise InputError(f"{path}: __metadata__ is not an object.")
+    if meta is not None and (not isinstance(meta, dict)
+                             or not all(isinstance(v, str) and _utf8(v) and _utf8(k)
+                                        for k, v in meta.items())):
+        raise InputError(f"{path}: __metadata__ is not an object of strings.")
     tensors: dict[str, TensorInfo] = {}
     for name, info in obj.items():
+        if not _utf8(name) or (isinstance(info, dict) and isinstance(info.get("dtype"), str)
+                               and not _utf8(info["dtype"])):
+            raise InputError(f"{path}: tensor name or dtype {name!r} is not valid UTF-8 (a lone "
+                             "surrogate escape); safetensors readers refuse this header.")
         try:
-            dtype = info["dtype"]
-            shape = tuple(int(x) for x in info["shape"])
-            start, end = (int(x) for x in info["data_offsets"])
-            if not isinstance(dtype, str) or any(s < 0 for s in shape):
+            if not isinstance(info, dict):
                 raise ValueError
-        except (KeyError, TypeError, ValueError):
-            raise InputError(f"{path}: tensor {name!r} has a malformed header entry.") from None
+            dtype, shape_raw, offsets = info["dtype"], info["shape"], info["data_offsets"]
+            if not isinstance(dtype, str) or not isinstance(shape_raw, list) or \
+                    not isinstance(offsets, list) or len(offsets) != 2:
+                raise ValueError
+            shape = tuple(_u64(x) for x in shape_raw)
+            start, end = _u64(offsets[0]), _u64(offsets[1])
+        except (KeyError, ValueError):
+            raise InputError(f"{path}: tensor {name!r} has a malformed header entry (dtype must "
+                             "be a string, shape a list of integers, data_offsets two integers; "
+                             "all non-negative, below 2**64).") from None
         tensors[name] = TensorInfo(name, dtype, shape, start, end)
     return SafetensorsHeader(path, n, size, tensors, meta)

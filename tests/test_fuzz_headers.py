@@ -1,0 +1,430 @@
+"""Fuzzing the safetensors header reader, the index reader and `verify`.
+
+Starting points are real small checkpoints (the tiny FP8 example, and a 2-shard synthetic one
+shaped like the release), mutated at the byte level (flips in the length field and in the
+header JSON, hostile length values, truncations, appended bytes), at the JSON level (wrong
+types, negative/huge/float numbers, nested objects, duplicate keys, unicode and `../` names,
+`__metadata__` of a wrong type, deep nesting, over-long integer literals) and in the index
+(absolute and `..` paths, non-strings, huge lists, over-long names).
+
+Properties: `read_header` raises only QwenprepError subclasses; `verify_checkpoint` and
+`qwenprep verify --json` never traceback (exit 0/1/3, one JSON object on stdout); each example
+finishes within 2 s; and nothing outside the checkpoint is opened: a sentinel shard beside the
+checkpoint (a real, readable safetensors file) is watched with inotify while index entries point
+at it as `../sentinel.safetensors` and by absolute path, and a FIFO variant runs in a subprocess
+with a timeout (opening a FIFO for reading blocks, so a reader that opened it would hang).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import os
+import shutil
+import struct
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import QWENPREP_BIN, TINY_FP8, invoke
+from qwenprep.errors import InputError, QwenprepError
+from qwenprep.integrity import verify_checkpoint
+from qwenprep.safetensors_io import read_header
+from qwenprep.synth import make_shaped_checkpoint, tiny_fp8_config
+
+INDEX = "model.safetensors.index.json"
+SENTINEL = "sentinel.safetensors"
+PER_EXAMPLE_S = 2.0
+FUZZ = settings(max_examples=250, deadline=int(PER_EXAMPLE_S * 1000), derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+                database=None)
+
+
+# ------------------------------------------------------------------ inotify (Linux)
+IN_ACCESS, IN_OPEN = 0x001, 0x020
+
+
+class OpenWatch:
+    """Counts open/read events on one file (inotify via libc): honest evidence that a
+    process opened it, whatever the filesystem's atime policy."""
+
+    def __init__(self, path: Path) -> None:
+        self.libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        self.fd = self.libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+        if self.libc.inotify_add_watch(self.fd, os.fsencode(path), IN_OPEN | IN_ACCESS) < 0:
+            raise OSError(ctypes.get_errno(), "inotify_add_watch")
+
+    def events(self) -> int:
+        n = 0
+        while True:
+            try:
+                buf = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return n
+            off = 0
+            while off < len(buf):
+                _wd, _mask, _cookie, length = struct.unpack_from("iIII", buf, off)
+                off += 16 + length
+                n += 1
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+# ------------------------------------------------------------------ base checkpoints
+class Base:
+    """A pristine checkpoint plus each shard's parsed header and data area, in memory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.shards = sorted(p.name for p in root.glob("*.safetensors"))
+        self.files = sorted(p.name for p in root.iterdir() if p.is_file())
+        self.raw = {s: (root / s).read_bytes() for s in self.shards}
+        self.header: dict[str, dict[str, Any]] = {}
+        for s, raw in self.raw.items():
+            (n,) = struct.unpack("<Q", raw[:8])
+            self.header[s] = json.loads(raw[8:8 + n])
+        self.index = json.loads((root / INDEX).read_text())
+
+    def data(self, shard: str) -> bytes:
+        raw = self.raw[shard]
+        (n,) = struct.unpack("<Q", raw[:8])
+        return raw[8 + n:]
+
+
+@pytest.fixture(scope="module")
+def world() -> Any:
+    """Two base checkpoints, a sentinel shard beside them (watched), and a scratch area."""
+    with tempfile.TemporaryDirectory(prefix="qwenprep-fuzz-") as tmp:
+        top = Path(tmp)
+        tiny = top / "bases" / "tiny"
+        shutil.copytree(TINY_FP8, tiny)
+        synth = make_shaped_checkpoint(top / "bases" / "synth", config=tiny_fp8_config(),
+                                       shards=2)
+        bases = [Base(tiny), Base(Path(synth))]
+        # a readable, valid shard outside every checkpoint: if anything opened it, inotify says so
+        sentinel = top / "work" / SENTINEL
+        sentinel.parent.mkdir()
+        shutil.copyfile(TINY_FP8 / bases[0].shards[0], sentinel)
+        watch = OpenWatch(sentinel)
+        yield {"top": top, "bases": bases, "sentinel": sentinel, "watch": watch}
+        watch.close()
+
+
+def materialise(world: dict[str, Any], base: Base, replace: dict[str, bytes]) -> Path:
+    """A fresh checkpoint beside the sentinel: links to the base's files, except the replaced
+    ones, written as real files (the base is never touched)."""
+    ck = Path(tempfile.mkdtemp(prefix="ck-", dir=world["top"] / "work"))
+    for name in base.files:
+        if name in replace:
+            (ck / name).write_bytes(replace[name])
+        else:
+            os.symlink(base.root / name, ck / name)
+    return ck
+
+
+def st_bytes(header: Any, data: bytes, *, raw_json: bytes | None = None) -> bytes:
+    body = raw_json if raw_json is not None else json.dumps(header).encode()
+    return struct.pack("<Q", len(body)) + body + data
+
+
+# ------------------------------------------------------------------ the properties
+def check_everything(world: dict[str, Any], ck: Path, shards: list[str]) -> None:
+    t0 = time.monotonic()
+    for s in shards:
+        try:
+            read_header(ck / s)
+        except QwenprepError:
+            pass  # anything else propagates and fails the example
+    report = verify_checkpoint(ck)
+    assert report.kind == "verify"
+    json.dumps(report.to_dict())
+    r = invoke("verify", str(ck), "--json")
+    assert r.exit_code in (0, 1, 3), r.output
+    out = json.loads(r.stdout)
+    assert isinstance(out, dict) and out["schema_version"] == 1 and out["ok"] is (r.exit_code == 0)
+    assert time.monotonic() - t0 < PER_EXAMPLE_S
+    assert world["watch"].events() == 0, "the sentinel outside the checkpoint was opened"
+    shutil.rmtree(ck)
+
+
+# JSON values of every type, nested, with the numbers that break naive code
+hostile_scalars = st.one_of(
+    st.none(), st.booleans(), st.sampled_from([-1, -2**63, 2**63, 2**64, 2**64 - 1, 10**30,
+                                               0, 1, 7]),
+    st.integers(), st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12), st.sampled_from(["F8_E4M3", "BF16", "F4", "F6_E2M3", "??", ""]))
+hostile_json = st.recursive(
+    hostile_scalars,
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=6), kids,
+                                                              max_size=4),
+    max_leaves=12)
+hostile_names = st.one_of(
+    st.text(max_size=40),
+    st.sampled_from(["../x", "../../etc/passwd", "/abs", "a/../../b", "", "__metadata__",
+                     "\u202eevil", "名前.weight", "x" * 5000, "\x00", "model.layers.999.x"]))
+
+
+@given(data=st.data())
+@FUZZ
+def test_byte_mutations(world: dict[str, Any], data: st.DataObject) -> None:
+    base: Base = data.draw(st.sampled_from(world["bases"]))
+    shard = data.draw(st.sampled_from(base.shards))
+    raw = bytearray(base.raw[shard])
+    (n,) = struct.unpack("<Q", raw[:8])
+    kind = data.draw(st.sampled_from(["flip_len", "flip_json", "set_len", "truncate", "append",
+                                      "flip_many"]))
+    if kind == "flip_len":
+        for pos in data.draw(st.lists(st.integers(0, 7), min_size=1, max_size=3)):
+            raw[pos] ^= data.draw(st.integers(1, 255))
+    elif kind == "flip_json":
+        for pos in data.draw(st.lists(st.integers(8, 8 + n - 1), min_size=1, max_size=4)):
+            raw[pos] ^= data.draw(st.integers(1, 255))
+    elif kind == "flip_many":
+        for pos in data.draw(st.lists(st.integers(0, min(len(raw), 8 + n + 64) - 1),
+                                      min_size=1, max_size=40)):
+            raw[pos] = data.draw(st.integers(0, 255))
+    elif kind == "set_len":
+        new = data.draw(st.one_of(
+            st.sampled_from([0, 1, 2, 7, n - 1, n + 1, len(raw) - 8, len(raw) - 7, len(raw),
+                             100 * 1024 * 1024 + 1, 2**63, 2**64 - 1]),
+            st.integers(0, 2**64 - 1)))
+        raw[:8] = struct.pack("<Q", max(0, new))
+    elif kind == "truncate":
+        del raw[data.draw(st.integers(0, len(raw) - 1)):]
+    else:
+        raw += data.draw(st.binary(min_size=1, max_size=64))
+    ck = materialise(world, base, {shard: bytes(raw)})
+    check_everything(world, ck, base.shards)
+
+
+@given(data=st.data())
+@FUZZ
+def test_hostile_header_json(world: dict[str, Any], data: st.DataObject) -> None:
+    base: Base = data.draw(st.sampled_from(world["bases"]))
+    shard = data.draw(st.sampled_from(base.shards))
+    header = json.loads(json.dumps(base.header[shard]))
+    names = [k for k in header if k != "__metadata__"]
+    victim = data.draw(st.sampled_from(names))
+    kind = data.draw(st.sampled_from(["field", "drop_field", "entry", "rename", "metadata",
+                                      "duplicate", "deep", "long_int", "add"]))
+    raw_json: bytes | None = None
+    if kind == "field":
+        field = data.draw(st.sampled_from(["dtype", "shape", "data_offsets"]))
+        header[victim][field] = data.draw(hostile_json)
+    elif kind == "drop_field":
+        del header[victim][data.draw(st.sampled_from(["dtype", "shape", "data_offsets"]))]
+    elif kind == "entry":
+        header[victim] = data.draw(hostile_json)
+    elif kind == "rename":
+        header[data.draw(hostile_names)] = header.pop(victim)
+    elif kind == "metadata":
+        header["__metadata__"] = data.draw(hostile_json)
+    elif kind == "add":
+        header[data.draw(hostile_names)] = {
+            "dtype": data.draw(hostile_scalars),
+            "shape": data.draw(st.lists(st.integers(-3, 2**64 + 3), max_size=4)),
+            "data_offsets": data.draw(st.lists(st.integers(-3, 2**64 + 3), max_size=3))}
+    else:
+        text = json.dumps(header)
+        if kind == "duplicate":  # the same name twice, second entry hostile
+            dup = json.dumps({victim: data.draw(hostile_json)})[1:-1]
+            text = text[:-1] + ", " + dup + "}"
+        elif kind == "deep":
+            depth = data.draw(st.sampled_from([50, 5000, 100_000]))
+            text = text[:-1] + ', "deep": ' + "[" * depth + "]" * depth + "}"
+        else:
+            digits = data.draw(st.sampled_from([30, 4301, 20_000]))
+            text = text.replace('"shape": [', '"shape": [' + "9" * digits + ", ", 1)
+        raw_json = text.encode("utf-8", "surrogatepass")
+    if raw_json is None:
+        raw_json = json.dumps(header).encode("utf-8", "surrogatepass")
+    ck = materialise(world, base, {shard: st_bytes(None, base.data(shard), raw_json=raw_json)})
+    check_everything(world, ck, base.shards)
+
+
+@given(data=st.data())
+@FUZZ
+def test_hostile_index(world: dict[str, Any], data: st.DataObject) -> None:
+    base: Base = data.draw(st.sampled_from(world["bases"]))
+    index = json.loads(json.dumps(base.index))
+    wm = index["weight_map"]
+    sentinel: Path = world["sentinel"]
+    outside = st.sampled_from([f"../{SENTINEL}", str(sentinel), f"./../{SENTINEL}",
+                               f"sub/../../{SENTINEL}", "//" + str(sentinel).lstrip("/"),
+                               f"..\\{SENTINEL}", str(sentinel) + "\x00"])
+    value = st.one_of(outside, hostile_json, hostile_names,
+                      st.lists(st.just(f"../{SENTINEL}"), min_size=1000, max_size=1000),
+                      st.sampled_from(["a" * 300, "d/" * 3000 + "x", ".", "./", SENTINEL]))
+    kind = data.draw(st.sampled_from(["values", "all", "weight_map", "metadata", "keys"]))
+    if kind == "values":
+        for name in data.draw(st.lists(st.sampled_from(sorted(wm)), min_size=1, max_size=5)):
+            wm[name] = data.draw(value)
+    elif kind == "all":  # every tensor of one shard moved to the sentinel
+        target = data.draw(outside)
+        victim = data.draw(st.sampled_from(base.shards))
+        for name in [k for k, v in wm.items() if v == victim]:
+            wm[name] = target
+    elif kind == "weight_map":
+        index["weight_map"] = data.draw(hostile_json)
+    elif kind == "metadata":
+        index["metadata"] = data.draw(hostile_json)
+    else:
+        wm[data.draw(hostile_names)] = data.draw(outside)
+    text = json.dumps(index).encode("utf-8", "surrogatepass")
+    ck = materialise(world, base, {INDEX: text})
+    check_everything(world, ck, base.shards)
+
+
+# ------------------------------------------------------------------ what the fuzzer found
+# Each of these raised a non-qwenprep exception (a traceback out of `qwenprep verify`) before
+# the reader and verify were hardened.
+
+def _one_tensor(tmp: Path, header_json: str, data: bytes = b"\0" * 4) -> Path:
+    ck = tmp / "ck"
+    ck.mkdir()
+    raw = header_json.encode("utf-8", "surrogatepass")
+    (ck / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    (ck / "config.json").write_text("{}")
+    return ck
+
+
+@pytest.mark.parametrize("header,why", [
+    ('{"a":{"dtype":"F32","shape":[1e999],"data_offsets":[0,4]}}', "malformed header entry"),
+    ('{"a":{"dtype":"F32","shape":[' + "9" * 5000 + '],"data_offsets":[0,4]}}',
+     "header is not valid JSON (Exceeds the limit (4300 digits)"),
+    ('{"a":' + "[" * 100_000 + "]" * 100_000 + "}", "header JSON is nested too deeply"),
+    ('{"a":{"dtype":"F32","shape":"12","data_offsets":[0,4]}}', "malformed header entry"),
+    ('{"a":{"dtype":"F32","shape":[4.0],"data_offsets":[0,4]}}', "malformed header entry"),
+    ('{"a":{"dtype":"F32","shape":[true],"data_offsets":[0,4]}}', "malformed header entry"),
+    ('{"a":{"dtype":"F32","shape":[1],"data_offsets":{"0":1,"4":2}}}', "malformed header entry"),
+    ('{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4,8]}}', "malformed header entry"),
+    ('{"a":{"dtype":"F32","shape":[18446744073709551616],"data_offsets":[0,4]}}',
+     "malformed header entry"),
+    ('{"__metadata__":{"format":1},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}',
+     "__metadata__ is not an object of strings"),
+])
+def test_reader_regressions(tmp_path: Path, header: str, why: str) -> None:
+    ck = _one_tensor(tmp_path, header)
+    with pytest.raises(InputError, match=None) as e:
+        read_header(ck / "model.safetensors")
+    assert why in e.value.message
+    r = invoke("verify", str(ck), "--json")
+    assert r.exit_code == 1
+    check = json.loads(r.stdout)["checks"][0]
+    assert check["id"] == "shard.header" and check["status"] == "fail"
+    assert why in check["message"] and check["path"] == "model.safetensors"
+
+
+def test_huge_shape_of_a_fractional_dtype_is_reported_not_raised(tmp_path: Path) -> None:
+    """F4 (half a byte) x a shape whose product is beyond float range: once OverflowError."""
+    big = 2**64 - 1
+    ck = _one_tensor(tmp_path, json.dumps(
+        {"a": {"dtype": "F4", "shape": [big] * 20, "data_offsets": [0, 4]}}))
+    r = invoke("verify", str(ck), "--json")
+    assert r.exit_code == 1
+    msg = json.loads(r.stdout)["checks"][0]["message"]
+    assert msg.startswith("model.safetensors: tensor a: F4 x [18446744073709551615, ")
+    assert "chars) bytes but data_offsets span 4" in msg
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    raw = json.dumps({"a": {"dtype": "F6_E2M3", "shape": [1], "data_offsets": [0, 1]}}).encode()
+    (odd / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0")
+    (odd / "config.json").write_text("{}")
+    checks = json.loads(invoke("verify", str(odd), "--json").stdout)["checks"]
+    assert "F6_E2M3 x [1] = 3/4 bytes but data_offsets span 1" in checks[0]["message"]
+
+
+@pytest.mark.parametrize("value,why", [
+    (["a"], "not a non-empty string"),
+    ({"a": 1}, "not a non-empty string"),
+    ([f"../{SENTINEL}"] * 1000, "not a non-empty string"),
+])
+def test_unhashable_index_values(tmp_path: Path, value: Any, why: str) -> None:
+    ck = tmp_path / "ck"
+    shutil.copytree(TINY_FP8, ck)
+    idx = json.loads((ck / INDEX).read_text())
+    idx["weight_map"]["lm_head.weight"] = value
+    (ck / INDEX).write_text(json.dumps(idx))
+    r = invoke("verify", str(ck), "--json")
+    assert r.exit_code == 1
+    paths = {c["id"]: c for c in json.loads(r.stdout)["checks"]}["index.paths"]
+    assert paths["status"] == "fail" and why in paths["message"]
+    assert len(paths["message"]) < 400  # a 1000-element list is cut, not dumped
+
+
+def test_over_long_shard_name_is_missing_not_a_traceback(tmp_path: Path) -> None:
+    ck = tmp_path / "ck"
+    shutil.copytree(TINY_FP8, ck)
+    idx = json.loads((ck / INDEX).read_text())
+    idx["weight_map"]["lm_head.weight"] = "a" * 300  # ENAMETOOLONG from stat()
+    (ck / INDEX).write_text(json.dumps(idx))
+    r = invoke("verify", str(ck), "--json")
+    assert r.exit_code == 1
+    present = {c["id"]: c for c in json.loads(r.stdout)["checks"]}["shards.present"]
+    assert present["status"] == "fail"
+    assert present["message"].startswith("1 shard(s) named in model.safetensors.index.json are "
+                                          "missing: aaaa")
+
+
+def test_unicode_names_through_the_console_script(tmp_path: Path) -> None:
+    """Lone surrogates are not UTF-8: the reader refuses them (as safetensors' own reader
+    does), and the text output of verify never fails to encode."""
+    ck = _one_tensor(tmp_path, '{"\\ud800x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}')
+    with pytest.raises(InputError, match="not valid UTF-8"):
+        read_header(ck / "model.safetensors")
+    for extra in ([], ["--json"]):
+        r = subprocess.run([str(QWENPREP_BIN), "verify", str(ck), *extra], capture_output=True,
+                           text=True, timeout=60, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+        assert r.returncode == 1, r.stderr
+        assert "Traceback" not in r.stderr
+        assert "not valid UTF-8" in r.stdout
+
+
+# ------------------------------------------------------------------ FIFOs: never opened, never hang
+
+
+def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    """read_header on a FIFO (no writer) returns at once; a plain open() would block forever.
+    Run in a subprocess so a regression hangs only the child."""
+    fifo = tmp_path / "x.safetensors"
+    os.mkfifo(fifo)
+    code = ("import sys; from qwenprep.safetensors_io import read_header\n"
+            "from qwenprep.errors import InputError\n"
+            "try:\n    read_header(__import__('pathlib').Path(sys.argv[1]))\n"
+            "except InputError as e:\n    print(e.message)\n")
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", code, str(fifo)], capture_output=True, text=True,
+                       timeout=30)
+    assert r.stdout.strip() == f"{fifo}: not a regular file, so not a safetensors shard."
+
+
+def test_index_pointing_at_an_outside_fifo_never_opens_it(tmp_path: Path) -> None:
+    """Index entries name a FIFO outside the checkpoint, by `..` and by absolute path; the
+    console script must finish (opening the FIFO for reading would block) and say why."""
+    fifo = tmp_path / SENTINEL
+    os.mkfifo(fifo)
+    ck = tmp_path / "ck"
+    shutil.copytree(TINY_FP8, ck)
+    idx = json.loads((ck / INDEX).read_text())
+    names = sorted(idx["weight_map"])
+    idx["weight_map"][names[0]] = f"../{SENTINEL}"
+    idx["weight_map"][names[1]] = str(fifo)
+    (ck / INDEX).write_text(json.dumps(idx))
+    r = subprocess.run([str(QWENPREP_BIN), "verify", str(ck), "--json"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1, r.stderr
+    checks = {c["id"]: c for c in json.loads(r.stdout)["checks"]}
+    msg = checks["index.paths"]["message"]
+    assert f"'../{SENTINEL}' climbs out of the checkpoint (..)" in msg
+    assert f"'{fifo}' is an absolute path" in msg
