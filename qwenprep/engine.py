@@ -299,6 +299,16 @@ def readback_checks(path: Path, *, python: str | None = None) -> list[Check]:
                             f"vLLM refuses {path} at max_model_len {want_len}: {msg}{hint}", where)]
 
     checks = [head]
+    auto_map = config.get("auto_map")
+    if auto_map:
+        shown = ", ".join(f"{k} -> {v}" for k, v in sorted(auto_map.items())[:4]) \
+            if isinstance(auto_map, dict) else repr(auto_map)[:120]
+        loaded = got.get("config_class") or "vLLM's built-in config class"
+        checks.append(Check(
+            "engine.remote_code", "warn",
+            f"config.json asks for custom code (auto_map: {shown}); none of it ran: the "
+            f"readback used trust_remote_code=False and loaded {loaded}. qwenprep never "
+            "passes --trust-remote-code to vLLM unless you add it after --", where))
 
     def compare(cid: str, label: str, engine_value: Any, wanted: Any, numeric: bool = True) -> None:
         same = _same_number(engine_value, wanted) if numeric else engine_value == wanted
@@ -454,6 +464,8 @@ class LaunchPlan:
 _OWN_FLAGS = {"--model", "--max-model-len", "--tensor-parallel-size", "-tp", "--served-model-name",
               "--host", "--port", "--enable-expert-parallel", "--tool-call-parser"}
 _REMOVED_ROPE_FLAGS = ("--rope-scaling", "--rope-theta")
+# Runs code from the checkpoint directory; only ever passed when the user writes it after --.
+TRUST_REMOTE_CODE = "--trust-remote-code"
 
 
 def _flag_name(arg: str) -> str:
@@ -537,6 +549,10 @@ def build_launch_plan(
     if engine is None:
         notes.append(f"vLLM not found; this plan assumes vLLM {version} behaviour")
     _check_extra_args(extra_args, caps, version)
+    if any(_flag_name(a) == TRUST_REMOTE_CODE for a in extra_args):
+        notes.append(f"{TRUST_REMOTE_CODE} was given after --: vLLM will import and run Python "
+                     f"files from {path} (config.json auto_map); qwenprep never adds this flag "
+                     "itself")
 
     profile = model_profile(path, config, manifest, repo_id)
     allowed = max_len_allowed(config, caps)
