@@ -88,6 +88,37 @@ def capabilities_for(version: Version) -> Capabilities:
     )
 
 
+# The serve flags whose acceptance depends on the version: flag -> (the Capabilities field
+# that says whether a version accepts it, what to tell someone whose version does not).
+# The one table of version-dependent flags; `qwenprep check` asks flag_refusal.
+FLAG_CAPABILITY: dict[str, tuple[str, str]] = {
+    "--rope-scaling": ("rope_cli_flags", "removed in vLLM 0.11.1 (PR #28006): put the YaRN "
+                       "block in config.json instead (qwenprep patch MODEL --context 1m --out "
+                       "DIR)"),
+    "--rope-theta": ("rope_cli_flags", "removed in vLLM 0.11.1 (PR #28006): keep rope_theta "
+                     "in config.json"),
+    "--kv-cache-memory-bytes": ("kv_cache_memory_bytes", "added in vLLM 0.10.2"),
+    "--nnodes": ("native_multinode", "native multi-node flags arrived in vLLM 0.11.1; use "
+                 "--distributed-executor-backend ray on older versions"),
+    "--node-rank": ("native_multinode", "arrived in vLLM 0.11.1"),
+    "--master-addr": ("native_multinode", "arrived in vLLM 0.11.1"),
+    "--data-parallel-address": ("data_parallel_multinode", "arrived in vLLM 0.10.0"),
+    "--data-parallel-size-local": ("data_parallel_multinode", "arrived in vLLM 0.10.0"),
+    "--hf-config-path": ("hf_config_path", "arrived in vLLM 0.10.0"),
+}
+
+
+def flag_refusal(arg: str, version: Version) -> str | None:
+    """Why vLLM VERSION would reject the serve flag ARG (``--flag`` or ``--flag=value``), by
+    capabilities_for(VERSION); None when it accepts it or its acceptance does not depend on
+    the version (as far as qwenprep knows)."""
+    entry = FLAG_CAPABILITY.get(arg.split("=", 1)[0])
+    if entry is None:
+        return None
+    field_name, why = entry
+    return None if getattr(capabilities_for(version), field_name) else why
+
+
 # What a plan assumes when no vLLM is installed (dry runs only): the newest known behaviour.
 ASSUMED_VERSION: Version = (0, 32, 0)
 

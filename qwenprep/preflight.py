@@ -33,19 +33,6 @@ from qwenprep.sizes import GiB, format_gib
 
 DISK_WARN_BYTES = 5 * GiB  # vLLM's compile cache and logs want a few GiB beside the model
 
-# (flag, first version that accepts it, first version that rejects it); FACTS.md
-FLAG_VERSIONS: dict[str, tuple[tuple[int, int, int] | None, tuple[int, int, int] | None, str]] = {
-    "--rope-scaling": (None, (0, 11, 1), "removed in vLLM 0.11.1 (PR #28006): put the YaRN "
-                       "block in config.json instead (qwenprep patch MODEL --context 1m --out DIR)"),
-    "--rope-theta": (None, (0, 11, 1), "removed in vLLM 0.11.1 (PR #28006): keep rope_theta in "
-                     "config.json"),
-    "--kv-cache-memory-bytes": ((0, 10, 2), None, "added in vLLM 0.10.2"),
-    "--nnodes": ((0, 11, 1), None, "native multi-node flags arrived in vLLM 0.11.1; use "
-                 "--distributed-executor-backend ray on older versions"),
-    "--node-rank": ((0, 11, 1), None, "arrived in vLLM 0.11.1"),
-    "--master-addr": ((0, 11, 1), None, "arrived in vLLM 0.11.1"),
-}
-
 
 @dataclass(frozen=True)
 class CheckOptions:
@@ -283,16 +270,15 @@ def flag_checks(rule: VllmRule, args: tuple[str, ...]) -> list[Check]:
     if rule.source != "installed" and rule.source != "named":
         return [Check("engine.flags", "skip",
                       "no vLLM installed or named (--vllm-version); flags not checked")]
+    from qwenprep.engine import flag_refusal  # the one table: engine.capabilities_for
+
     have = parse_version(rule.version)
     planned = list(args)
     bad: list[str] = []
     for a in planned:
-        flag = a.split("=", 1)[0]
-        if flag not in FLAG_VERSIONS:
-            continue
-        first, gone, why = FLAG_VERSIONS[flag]
-        if (first and have < first) or (gone and have >= gone):
-            bad.append(f"{flag}: {why}")
+        why = flag_refusal(a, have)
+        if why is not None:
+            bad.append(f"{a.split('=', 1)[0]}: {why}")
     if bad:
         return [Check("engine.flags", "fail",
                       f"vLLM {rule.version} would reject: " + "; ".join(bad))]

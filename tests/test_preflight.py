@@ -223,6 +223,27 @@ def test_flags_the_installed_vllm_would_reject(tiny_src: Path) -> None:
     assert by_id(out)["engine.flags"]["status"] == "pass"
 
 
+@pytest.mark.parametrize("version", ["0.9.2", "0.10.0", "0.10.1", "0.10.2", "0.11.0",
+                                     "0.11.1", "0.29.0", "0.32.0", "0.33"])
+def test_flag_verdicts_come_from_the_engine_capabilities(version: str) -> None:
+    """One table: check's flag verdicts are what engine.capabilities_for says per version."""
+    import qwenprep.preflight as pf
+    from qwenprep import engine as eng
+    from qwenprep.capacity import vllm_rule
+
+    assert not hasattr(pf, "FLAG_VERSIONS")  # the old duplicate table is gone
+    caps = eng.capabilities_for(eng.parse_version(version)).to_dict()
+    for flag, (field, why) in eng.FLAG_CAPABILITY.items():
+        (c,) = pf.flag_checks(vllm_rule(version), (f"{flag}=1",))
+        if caps[field]:
+            assert c.status == "pass", (flag, version)
+        else:
+            assert c.status == "fail" and c.message.endswith(f"would reject: {flag}: {why}")
+    # flags whose acceptance does not depend on the version are never refused
+    (c,) = pf.flag_checks(vllm_rule(version), ("--enable-expert-parallel", "--port=8001"))
+    assert c.status == "pass"
+
+
 def test_disk_warning(tiny_src: Path) -> None:
     rep = run_checks(tiny_src, CheckOptions(kv_memory=2 * 1024**3, disk_warn_bytes=10**18,
                                           engine=False))
