@@ -593,7 +593,7 @@ def _deep_checks(root: Path, *, progress: ProgressFn | None, workers: int | None
     matched: dict[str, int] = {}
     to_record: dict[str, dict[str, Any]] = {}
     hashed = 0
-    for e, r in zip(expects, results):
+    for e, r in zip(expects, results, strict=True):
         if r.hexdigest is None:
             checks.append(Check("deep.hash", "fail", f"{e.name}: cannot read ({r.error}). "
                                 f"Hint: {FETCH_HINT}", e.name))
