@@ -42,7 +42,7 @@ from qwenprep.synth import make_shaped_checkpoint, tiny_fp8_config
 INDEX = "model.safetensors.index.json"
 SENTINEL = "sentinel.safetensors"
 PER_EXAMPLE_S = 2.0
-FUZZ = settings(max_examples=250, deadline=int(PER_EXAMPLE_S * 1000), derandomize=True,
+FUZZ = settings(max_examples=800, deadline=int(PER_EXAMPLE_S * 1000), derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
                 database=None)
 
