@@ -228,7 +228,15 @@ def weight_bytes_from_dir(path: Path) -> tuple[int, int]:
         wm = obj.get("weight_map") if isinstance(obj, dict) else None
         if not isinstance(wm, dict):
             raise InputError(f"{index}: no weight_map object.", path=str(index))
-        shards = sorted(set(str(v) for v in wm.values()))
+        from qwenprep.integrity import unsafe_name
+
+        for v in wm.values():
+            why = unsafe_name(v)
+            if why:
+                raise InputError(f"{index}: weight_map names {v!r}, which {why}; refusing to "
+                                 "open it.", hint=f"qwenprep verify {path} lists every problem "
+                                 "of this index.", path=str(index))
+        shards = sorted(set(wm.values()))
     else:
         shards = sorted(p.name for p in path.glob("*.safetensors"))
     if not shards:

@@ -373,3 +373,25 @@ def test_schemas_are_valid_draft_2020_12() -> None:
 
     for name in ("plan", "check-report"):
         Draft202012Validator.check_schema(load_schema(name))
+
+
+def test_index_names_outside_the_checkpoint_are_refused(tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from qwenprep.cli import cli
+
+    src = tmp_path / "ckpt"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "examples" / "tiny-qwen3-coder-fp8", src)
+    index = src / "model.safetensors.index.json"
+    obj = json.loads(index.read_text())
+    name = next(iter(obj["weight_map"]))
+    for bad in ("../outside.safetensors", str(tmp_path / "outside.safetensors")):
+        obj["weight_map"][name] = bad
+        index.write_text(json.dumps(obj))
+        r = CliRunner().invoke(cli, ["plan", str(src), "--gpus", "1", "--gpu-memory", "80GiB",
+                                     "--tp", "1"])
+        assert r.exit_code == 3, r.output
+        assert f"weight_map names {bad!r}" in r.stderr and "refusing to open it" in r.stderr
