@@ -336,6 +336,11 @@ def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import: an earlier in-process test that
+    # imported it under HF_HUB_OFFLINE=1 would otherwise leave this process "offline".
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
     try:
         yield server.url
     finally:
@@ -348,7 +353,7 @@ def test_plan_for_a_repo_not_downloaded(hub: str, tmp_path: Path) -> None:
     local = shape_from_dir(TINY_FP8)
     code, out = plan_json("Qwen/Tiny-Qwen3-Coder-FP8", "--context", "1m", "--gpus", "1",
                           "--gpu-memory", "8GiB", "--vllm-version", "0.32")
-    assert code == 0
+    assert code == 0, out
     assert out["weights_source"] == "safetensors headers of Qwen/Tiny-Qwen3-Coder-FP8 on the Hub"
     assert out["weights_per_gpu_bytes"] == local.weight_bytes
     assert not (tmp_path / "hf" / "hub" / "models--Qwen--Tiny-Qwen3-Coder-FP8").exists()
