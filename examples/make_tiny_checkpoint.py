@@ -35,6 +35,9 @@ from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from qwenprep.synth import qwen3_coder_480b_fp8_config, release_quantization_config  # noqa: E402
+
 BF16_DIR = "tiny-qwen3-coder"
 FP8_DIR = "tiny-qwen3-coder-fp8"
 
@@ -74,57 +77,19 @@ PAD_ID = SPECIAL_IDS["<|endoftext|>"]
 # ---------------------------------------------------------------- config
 def model_config(fp8: bool) -> dict[str, Any]:
     """The real release's config.json, key for key and in its order, shrunk."""
-    cfg: dict[str, Any] = {
-        "architectures": ["Qwen3MoeForCausalLM"],
-        "attention_dropout": 0.0,
-        "decoder_sparse_step": 1,
-        "eos_token_id": EOS_ID,
-        "head_dim": HEAD_DIM,
-        "hidden_act": "silu",
-        "hidden_size": HIDDEN,
-        "initializer_range": 0.02,
-        "intermediate_size": INTERMEDIATE,
-        "max_position_embeddings": 262144,
-        "max_window_layers": LAYERS,
-        "mlp_only_layers": [],
-        "model_type": "qwen3_moe",
-        "moe_intermediate_size": MOE_INTERMEDIATE,
-        "norm_topk_prob": True,
-        "num_attention_heads": HEADS,
-        "num_experts": EXPERTS,
-        "num_experts_per_tok": EXPERTS_PER_TOK,
-        "num_hidden_layers": LAYERS,
-        "num_key_value_heads": KV_HEADS,
-        "output_router_logits": False,
-        "qkv_bias": False,
-        "rms_norm_eps": 1e-06,
-        "rope_scaling": None,
-        "rope_theta": 10000000,
-        "router_aux_loss_coef": 0.0,
-        "shared_expert_intermediate_size": 0,
-        "sliding_window": None,
-        "tie_word_embeddings": False,
-        "torch_dtype": "bfloat16",
-        "transformers_version": "4.51.0",
-        "use_cache": True,
-        "use_qk_norm": True,
-        "use_sliding_window": False,
-        "vocab_size": VOCAB_SIZE,
-    }
+    cfg = qwen3_coder_480b_fp8_config()
+    cfg.update(
+        eos_token_id=EOS_ID, head_dim=HEAD_DIM, hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE, max_window_layers=LAYERS,
+        moe_intermediate_size=MOE_INTERMEDIATE, num_attention_heads=HEADS, num_experts=EXPERTS,
+        num_experts_per_tok=EXPERTS_PER_TOK, num_hidden_layers=LAYERS, num_key_value_heads=KV_HEADS,
+        vocab_size=VOCAB_SIZE,
+    )
     if fp8:
-        not_convert = ["lm_head"]
-        for i in range(LAYERS):
-            not_convert += [
-                f"model.layers.{i}.input_layernorm",
-                f"model.layers.{i}.mlp.gate",
-                f"model.layers.{i}.post_attention_layernorm",
-            ]
-        cfg["quantization_config"] = {
-            "activation_scheme": "dynamic",
-            "modules_to_not_convert": not_convert,
-            "quant_method": "fp8",
-            "weight_block_size": [BLOCK, BLOCK],
-        }
+        cfg["quantization_config"] = release_quantization_config(LAYERS)
+        assert cfg["quantization_config"]["weight_block_size"] == [BLOCK, BLOCK]
+    else:
+        del cfg["quantization_config"]
     return cfg
 
 
