@@ -7,29 +7,18 @@ a bare `python -c pass` and `qwenprep --version` (start-up), and the header read
 from __future__ import annotations
 
 import argparse
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from _timing import command_time, median_time  # noqa: E402
 
 from qwenprep.capacity import make_plan, shape_from_dir  # noqa: E402
 from qwenprep.synth import make_shaped_checkpoint  # noqa: E402
-
-
-def median_time(fn: Callable[[], object], runs: int) -> float:
-    fn()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -42,18 +31,15 @@ def main() -> None:
         argv = [exe, "plan", str(big), "--context", "1m", "--tp", "8", "--gpus", "8",
                 "--gpu-memory", "141GiB", "--vllm-version", "0.32", "--json"]
         rows = [
-            ("python -c pass (baseline)", median_time(
-                lambda: subprocess.run([sys.executable, "-c", "pass"], check=True), args.runs)),
-            ("qwenprep --version", median_time(
-                lambda: subprocess.run([exe, "--version"], capture_output=True, check=True),
-                args.runs)),
+            ("python -c pass (baseline)", command_time([sys.executable, "-c", "pass"],
+                                                       args.runs)),
+            ("qwenprep --version", command_time([exe, "--version"], args.runs)),
             ("read shape + headers (in process)", median_time(lambda: shape_from_dir(big),
-                                                              args.runs)),
+                                                              args.runs, warm=True)),
             ("plan 1M, TP 8, 8x141 GiB (in process)", median_time(
                 lambda: make_plan(str(big), context="1m", tp=8, gpus=8, gpu_memory="141GiB",
-                                  vllm_version="0.32"), args.runs)),
-            ("qwenprep plan ... --json (command)", median_time(
-                lambda: subprocess.run(argv, capture_output=True, check=True), args.runs)),
+                                  vllm_version="0.32"), args.runs, warm=True)),
+            ("qwenprep plan ... --json (command)", command_time(argv, args.runs)),
         ]
     base = rows[0][1]
     print(f"{'what':40} {'median':>10} {'vs python -c pass':>18}")

@@ -20,30 +20,22 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from _timing import median_time  # noqa: E402
 
 from qwenprep.integrity import verify_checkpoint  # noqa: E402
 from qwenprep.synth import make_shaped_checkpoint, tiny_fp8_config  # noqa: E402
 
 QWENPREP = Path(sys.executable).parent / "qwenprep"
-
-
-def median_time(fn: Callable[[], object], rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def sh(argv: list[str], ok: tuple[int, ...] = (0,)) -> None:
