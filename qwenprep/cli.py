@@ -100,7 +100,7 @@ def patch(model: str, context: str, out: Path, force: bool, as_json: bool) -> No
     for line in res.diff:
         click.echo(line, err=True)
     click.echo(f"{res.status} overlay {res.path}: {m['target_context']} tokens "
-               f"(YaRN factor {m['factor']:g} over {m['native_context']}), "
+               f"(YaRN factor {m['factor']:.8g} over {m['native_context']}), "
                f"{len(m['files'])} files linked from {m['source']['path']}", err=True)
     click.echo(str(res.path))
 
@@ -119,9 +119,9 @@ def validate(path: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", metavar="PATH|ORG/NAME[@REV]")
 @json_option
-def revert(path: Path, as_json: bool) -> None:
+def revert(path: str, as_json: bool) -> None:
     """Undo: remove a qwenprep overlay, or restore a config.json edited in place.
 
     In a Hugging Face cache snapshot the restored bytes are proven against the blob's content
@@ -440,5 +440,24 @@ def _serve_foreground(plan: Any, ready_timeout: float, as_json: bool) -> NoRetur
     sys.exit(rc)
 
 
+def _wants_json(argv: list[str]) -> bool:
+    own = argv[: argv.index("--")] if "--" in argv else argv
+    return "--json" in own
+
+
 def main() -> None:
-    cli(prog_name="qwenprep")
+    """Console entry point. Click's own usage errors keep the --json contract too: stdout then
+    carries one JSON object with the error, and the exit code stays 2."""
+    try:
+        rv = cli.main(prog_name="qwenprep", standalone_mode=False)
+    except click.ClickException as e:
+        if _wants_json(sys.argv[1:]):
+            _emit_json({"schema_version": SCHEMA_VERSION, "ok": False,
+                        "error": {"message": e.format_message(), "hint": None,
+                                  "exit_code": e.exit_code}})
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Aborted!", err=True)
+        sys.exit(1)
+    sys.exit(rv if isinstance(rv, int) else 0)

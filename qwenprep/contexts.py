@@ -129,7 +129,7 @@ def target_and_factor(native: int, req: ContextRequest, *,
         )
     if factor > MAX_SUPPORTED_FACTOR and not force:
         raise UsageError(
-            f"context {req.text} means YaRN factor {factor:g} over the native {native}; "
+            f"context {req.text} means YaRN factor {factor:.8g} over the native {native}; "
             f"Qwen supports at most factor {MAX_SUPPORTED_FACTOR:g} ({int(native * 4)} tokens).",
             hint="pass --force to write it anyway (quality past 1M is unverified).",
         )

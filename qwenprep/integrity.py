@@ -206,6 +206,13 @@ def _read_index(scan: _Scan) -> dict[str, str] | None:
     return {k: v for k, v in wm.items() if isinstance(v, str) and v not in bad}
 
 
+def _is_download(root: Path) -> bool:
+    """An HF cache snapshot, or a directory huggingface_hub or qwenprep fetched into."""
+    in_cache = root.parent.name == "snapshots" and root.parent.parent.name.startswith("models--")
+    return in_cache or (root / ".cache" / "huggingface").is_dir() \
+        or (root / ".qwenprep" / "fetch.json").is_file()
+
+
 def _scan_headers(root: Path) -> _Scan:
     scan = _Scan(root)
     files = _walk_files(root)
@@ -247,6 +254,9 @@ def _scan_headers(root: Path) -> _Scan:
         if other:
             scan.add("weights", "warn", f"weights are not safetensors ({_some(other)}); header "
                      "checks cover safetensors only")
+        elif _is_download(root):
+            scan.add("weights", "fail", "no weight files in this downloaded checkpoint: the "
+                     f"download is incomplete. Hint: {FETCH_HINT}")
         else:
             scan.add("weights", "warn", "no weight files here: a config-only directory "
                      "(header checks need the shards)")

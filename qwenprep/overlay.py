@@ -120,10 +120,10 @@ def _file_size(p: Path) -> int:
 
 @contextlib.contextmanager
 def output_lock(out: Path) -> Iterator[None]:
-    """Serialise every qwenprep writer of one output path (an flock on a sibling file)."""
-    lock_path = out.parent / f".{out.name}.qwenprep.lock"
+    """Serialise every qwenprep writer of OUT: an flock on OUT's parent directory itself, so no
+    lock file is left behind (it also serialises writers of OUT's siblings, which is cheap)."""
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(out.parent, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as e:
         raise _io_error(out.parent, e) from None
     try:
@@ -135,7 +135,7 @@ def output_lock(out: Path) -> Iterator[None]:
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     raise ConflictError(
-                        f"{out}: another qwenprep run has held the lock {lock_path} for "
+                        f"{out}: another qwenprep run has held the lock on {out.parent} for "
                         f"{LOCK_TIMEOUT_S:.0f} s.", hint="wait for it to finish, then retry."
                     ) from None
                 time.sleep(0.05)
@@ -196,11 +196,20 @@ def _check_out(source: Path, out: Path) -> None:
             hint="choose a directory outside it, e.g. --out "
             f"{src.parent / (src.name + '-1m')}",
         )
+    if tgt in src.parents:
+        raise UsageError(
+            f"--out {out} contains the source checkpoint {src}; replacing it would delete the "
+            "source.", hint=f"choose a directory beside it, e.g. --out "
+            f"{src.parent / (src.name + '-1m')}",
+        )
 
 
 def _existing_state(out: Path, force: bool) -> str:
     """'absent' | 'empty' | 'ours'; raises for anything we must not clobber."""
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
+    if out.is_symlink():
+        raise ConflictError(f"--out {out} is a symbolic link (to {os.readlink(out)}); refusing "
+                            "to replace it.", hint="pass the real directory, or another --out.")
+    if out.exists() and not out.is_dir():
         raise ConflictError(f"--out {out} exists and is not a directory; refusing to replace it.",
                             hint="choose another --out.")
     if not out.exists():
@@ -215,6 +224,13 @@ def _existing_state(out: Path, force: bool) -> str:
         )
     if not force:
         return "ours-keep"
+    foreign = foreign_entries(out)
+    if foreign:
+        raise ConflictError(
+            f"--out {out} is a qwenprep overlay but holds files qwenprep did not put there: "
+            f"{', '.join(foreign[:5])}; --force will not delete them.",
+            hint="move them out, or choose another --out.",
+        )
     return "ours"
 
 
@@ -225,23 +241,26 @@ def create_overlay(
     source = model
     prior = read_manifest(model.path)
     if prior is not None:  # patching an overlay: start from its source
-        source = resolve_dir(prior["source"]["path"])
+        src_path = Path(prior["source"]["path"])
+        if not (src_path / CONFIG).is_file():
+            raise InputError(
+                f"{model.path} is an overlay of {src_path}, which is gone or has no config.json.",
+                hint="patch the checkpoint where it is now: qwenprep patch NEW_PATH --context C "
+                f"--out {model.path} --force")
+        source = resolve_dir(src_path)
         source = Checkpoint(source.path, prior["source"].get("repo_id"),
                             prior["source"].get("revision"))
     raw = _read_source_config(source)
-    text = raw.decode("utf-8")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{source.config_path}: not UTF-8 text ({e.reason} at byte {e.start}).",
+                         hint="restore the original config.json (qwenprep revert "
+                         f"{source.path}).") from None
     config = loads_located(text, str(source.config_path))
     if not isinstance(config, dict):
         raise InputError(f"{source.config_path}: top level is not a JSON object.")
-    from qwenprep.validation import schema_problems
-
-    problems = schema_problems(config)
-    if problems:
-        raise InputError(
-            f"{source.config_path}: not a config qwenprep can patch:\n  "
-            + "\n  ".join(problems),
-            hint="qwenprep patches Qwen3 / Qwen3-MoE configs (model_type qwen3 or qwen3_moe).",
-        )
+    _refuse_unpatchable(source, text)
     patched = patch_config(config, req, force=force)
     out = Path(os.path.abspath(out.expanduser()))
     _check_out(source.path, out)
@@ -318,6 +337,26 @@ def create_overlay(
             raise
     status = {"absent": "created", "empty": "created", "ours": "replaced"}[state]
     return OverlayResult(out, source, manifest, patched, text, status)
+
+
+def _refuse_unpatchable(source: Checkpoint, text: str) -> None:
+    """A source whose native context cannot be known, or that is not a Qwen3 config, is refused
+    with every reason (file:line: JSON path: what) and the next step."""
+    from qwenprep.validation import validate_config_text
+
+    bad = [c for c in validate_config_text(text, str(source.config_path))
+           if c.status == "fail" and c.id in ("schema", "invariant.context_needs_rope")]
+    if not bad:
+        return
+    if any("model_type" in (c.path or "") for c in bad):
+        hint = "qwenprep patches Qwen3 / Qwen3-MoE configs (model_type qwen3 or qwen3_moe)."
+    elif any(c.id == "invariant.context_needs_rope" for c in bad):
+        hint = (f"this config was edited in place; restore it first (qwenprep revert "
+                f"{source.path}), then patch the original.")
+    else:
+        hint = f"fix the fields above, or restore the original (qwenprep revert {source.path})."
+    raise InputError(f"{source.config_path}: not a config qwenprep can patch:\n  "
+                     + "\n  ".join(c.message for c in bad), hint=hint)
 
 
 def _same_overlay(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -415,12 +454,9 @@ def validate_manifest(manifest: dict[str, Any]) -> list[str]:
             for e in validator("manifest").iter_errors(manifest)]
 
 
-def remove_overlay(path: Path) -> dict[str, Any]:
-    """Remove an overlay qwenprep made. Only links, our config and our manifest are deleted;
-    link targets are never touched. Anything else inside makes us refuse."""
-    manifest = read_manifest(path)
-    if manifest is None:
-        raise ConflictError(f"{path} is not a qwenprep overlay; refusing to delete it.")
+def foreign_entries(path: Path) -> list[str]:
+    """What inside an overlay qwenprep did not put there: anything but links, config.json and
+    .qwenprep/. Removing a link never touches its target, so links are never foreign."""
     foreign = []
     for root, dirs, files in os.walk(path, followlinks=False):
         rel_root = os.path.relpath(root, path)
@@ -428,10 +464,18 @@ def remove_overlay(path: Path) -> dict[str, Any]:
             continue
         for name in files + [d for d in dirs if (Path(root) / d).is_symlink()]:
             rel = os.path.normpath(os.path.join(rel_root, name))
-            p = Path(root) / name
-            if rel == CONFIG or p.is_symlink():  # removing a link never touches its target
-                continue
-            foreign.append(rel)
+            if rel != CONFIG and not (Path(root) / name).is_symlink():
+                foreign.append(rel)
+    return sorted(foreign)
+
+
+def remove_overlay(path: Path) -> dict[str, Any]:
+    """Remove an overlay qwenprep made. Only links, our config and our manifest are deleted;
+    link targets are never touched. Anything else inside makes us refuse."""
+    manifest = read_manifest(path)
+    if manifest is None:
+        raise ConflictError(f"{path} is not a qwenprep overlay; refusing to delete it.")
+    foreign = foreign_entries(path)
     if foreign:
         raise ConflictError(
             f"{path} holds files qwenprep did not put there: {', '.join(foreign[:5])}; "

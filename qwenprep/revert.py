@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from qwenprep.checkpoint import CONFIG
-from qwenprep.contexts import ContextRequest, native_context, patch_config, rope_type
+from qwenprep.contexts import (
+    NATIVE_QWEN3_CODER,
+    ContextRequest,
+    native_context,
+    patch_config,
+    rope_type,
+)
 from qwenprep.errors import InputError
 from qwenprep.jsonio import atomic_write_bytes, fsync_dir
 from qwenprep.overlay import read_manifest, remove_overlay
@@ -27,6 +33,7 @@ from qwenprep.overlay import read_manifest, remove_overlay
 BACKUP_NAMES = ("config.json.bak", "config.json.orig", "config.json.backup", "config.json~",
                 "config.json.qwenprep-backup", "config.json.original")
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
+_COMMON_NATIVES = (NATIVE_QWEN3_CODER, 131072, 40960, 32768)
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -73,6 +80,11 @@ def _unpatched_variants(data: bytes) -> Iterator[tuple[str, bytes]]:
     except Exception:  # noqa: BLE001 - any unreadable edit simply yields no candidate
         return
     shapes = [native]
+    mpe = native.get("max_position_embeddings")
+    if isinstance(mpe, int) and mpe > NATIVE_QWEN3_CODER:
+        # a max_position_embeddings-only edit: the native length is a guess, proven or
+        # discarded by the content address like every other candidate
+        shapes += [dict(native, max_position_embeddings=n) for n in _COMMON_NATIVES]
     if "rope_scaling" in native and native["rope_scaling"] is None:
         shapes.append({k: v for k, v in native.items() if k != "rope_scaling"})
     for shape in shapes:
@@ -93,20 +105,38 @@ def _candidates(path: Path, current: bytes) -> Iterator[tuple[str, bytes]]:
 
 
 def _is_patched(data: bytes) -> bool:
+    """Rope scaling set, a YaRN length, or a context above any native Qwen3 one without
+    scaling (the max_position_embeddings-only edit, which runs unscaled)."""
     try:
         cfg = json.loads(data)
+        mpe = cfg.get("max_position_embeddings")
         return rope_type(cfg.get("rope_scaling") or cfg.get("rope_parameters")) != "default" or \
-            cfg.get("max_position_embeddings") != native_context(cfg)
+            mpe != native_context(cfg) or (isinstance(mpe, int) and mpe > NATIVE_QWEN3_CODER)
     except Exception:  # noqa: BLE001
         return False
 
 
-def revert_path(path: Path) -> RevertResult:
-    path = Path(os.path.abspath(path.expanduser()))
-    if path.name == CONFIG and path.parent.is_dir():
-        path = path.parent
-    if not path.exists() and not path.is_symlink():
-        raise InputError(f"{path}: no such overlay or checkpoint directory.")
+def _locate(spec: str | Path) -> Path:
+    """A path (symlinks resolved, so the real overlay or snapshot is acted on), or a cached
+    ORG/NAME[@rev] (its snapshot, where in-place edits of the old recipe live)."""
+    p = Path(spec).expanduser()
+    if p.name == CONFIG and p.parent.is_dir():
+        p = p.parent
+    if p.exists():
+        return Path(os.path.realpath(p))
+    from qwenprep.hub import parse_repo_spec
+
+    if parse_repo_spec(str(spec)) is not None:
+        from qwenprep.checkpoint import resolve_model
+
+        return resolve_model(str(spec)).path
+    raise InputError(f"{Path(os.path.abspath(p))}: no such overlay or checkpoint directory.",
+                     hint="pass an overlay made by qwenprep patch, a checkpoint directory, or a "
+                     "cached repo id (ORG/NAME[@rev]).")
+
+
+def revert_path(spec: str | Path) -> RevertResult:
+    path = _locate(spec)
     if read_manifest(path) is not None:
         m = remove_overlay(path)
         return RevertResult("removed-overlay", str(path),

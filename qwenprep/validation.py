@@ -72,12 +72,12 @@ def invariant_checks(config: dict[str, Any], *, native: int | None = None,
             shown = f"{expect:.0f}" if expect == int(expect) else f"{expect:g}"
             if abs(expect - mpe) < 0.5:
                 checks.append(Check("invariant.yarn_length", "pass",
-                                    f"max_position_embeddings {mpe} == factor {factor:g} x "
+                                    f"max_position_embeddings {mpe} == factor {factor:.8g} x "
                                     f"original {orig}"))
             else:
                 checks.append(Check(
                     "invariant.yarn_length", "fail",
-                    f"max_position_embeddings is {mpe} but YaRN factor {factor:g} x original "
+                    f"max_position_embeddings is {mpe} but YaRN factor {factor:.8g} x original "
                     f"{orig} = {shown}; vLLM <= 0.29 serves {shown}, >= 0.30 serves {mpe}, "
                     f"and transformers <= 4.55 recomputes the factor. Hint: {PATCH_HINT}",
                     "$.max_position_embeddings"))

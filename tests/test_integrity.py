@@ -593,3 +593,22 @@ def test_engine_flag_reads_back_through_real_vllm(tiny: Path, cli: Callable[...,
     assert got["engine.quantization"]["message"] == "quantization: vLLM uses fp8"
     header_ids = [c.id for c in header_checks(tiny)]
     assert [c["id"] for c in obj["checks"]][: len(header_ids)] == header_ids
+
+
+def test_downloaded_checkpoint_without_weights_fails(tmp_path: Path) -> None:
+    """An HF cache snapshot (or a fetched dir) with no shards is an incomplete download."""
+    import shutil as _sh
+
+    from qwenprep.integrity import verify_checkpoint as _verify
+
+    snap = tmp_path / "hub" / "models--Qwen--Partial" / "snapshots" / ("c" * 40)
+    snap.mkdir(parents=True)
+    _sh.copy(Path(__file__).resolve().parents[1] / "examples" / "tiny-qwen3-coder" /
+             "config.json", snap / "config.json")
+    report = _verify(snap)
+    fails = [c for c in report.checks if c.status == "fail"]
+    assert [c.id for c in fails] == ["weights"]
+    assert "download is incomplete" in fails[0].message
+    plain = tmp_path / "plain"
+    _sh.copytree(snap, plain)
+    assert [c.status for c in _verify(plain).checks if c.id == "weights"] == ["warn"]

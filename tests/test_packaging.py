@@ -100,3 +100,15 @@ def test_console_script_version_and_module() -> None:
 def test_unknown_command_is_usage_error() -> None:
     r = subprocess.run([str(QWENPREP_BIN), "frobnicate"], capture_output=True, text=True)
     assert r.returncode == 2 and "No such command 'frobnicate'" in r.stderr
+
+
+def test_usage_errors_keep_the_json_contract() -> None:
+    for argv in (["patch", "--json"], ["patch", "x", "-c", "1m", "--json"],
+                 ["validate", "--bogus", "--json"]):
+        r = subprocess.run([str(QWENPREP_BIN), *argv], capture_output=True, text=True)
+        assert r.returncode == 2, argv
+        out = json.loads(r.stdout)
+        assert out["ok"] is False and out["error"]["exit_code"] == 2
+        assert "Usage: qwenprep" in r.stderr
+    r = subprocess.run([str(QWENPREP_BIN), "patch"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stdout == ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -326,3 +327,86 @@ def test_real_480b_shaped_checkpoint(cli: CliFn, tmp_path: Path) -> None:
     assert cfg["rope_scaling"]["factor"] == 4.0
     assert (out / "config.json").read_text() == dump_config(cfg)
     shutil.rmtree(out)
+
+
+# ---- found in review: each once did the wrong thing ----
+
+def test_force_never_deletes_files_it_did_not_put_there(cli: CliFn, qwen_src: Path,
+                                                        tmp_path: Path) -> None:
+    out = tmp_path / "ov"
+    assert cli("patch", str(qwen_src), "-c", "1m", "-o", str(out)).exit_code == 0
+    (out / "NOTES.txt").write_text("mine")
+    r = cli("patch", str(qwen_src), "-c", "512k", "-o", str(out), "--force")
+    assert r.exit_code == 3
+    assert "holds files qwenprep did not put there: NOTES.txt; --force will not delete them" \
+        in r.stderr
+    assert (out / "NOTES.txt").read_text() == "mine"
+    assert json.loads((out / "config.json").read_text())["max_position_embeddings"] == 1048576
+
+
+def test_out_containing_the_source_is_refused(cli: CliFn, qwen_src: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ov"
+    assert cli("patch", str(qwen_src), "-c", "1m", "-o", str(out)).exit_code == 0
+    inner = out / "inner"
+    shutil.copytree(qwen_src, inner)
+    r = cli("patch", str(inner), "-c", "1m", "-o", str(out), "--force")
+    assert r.exit_code == 2
+    assert f"--out {out} contains the source checkpoint {inner}" in r.stderr
+    assert (inner / "config.json").is_file()
+
+
+def test_unscaled_long_context_source_is_refused(cli: CliFn, qwen_src: Path,
+                                                 tmp_path: Path) -> None:
+    """max_position_embeddings 1M without rope scaling (the hf-overrides trap written to disk):
+    its native length cannot be known, so it is not patched."""
+    cfg = json.loads((qwen_src / "config.json").read_text())
+    cfg["max_position_embeddings"] = 1048576
+    (qwen_src / "config.json").write_text(json.dumps(cfg, indent=2))
+    before = tree_state(qwen_src)
+    r = cli("patch", str(qwen_src), "-c", "1m", "-o", str(tmp_path / "o"))
+    assert r.exit_code == 3
+    assert "not a config qwenprep can patch" in r.stderr
+    assert "config.json:13: max_position_embeddings is 1048576 but no rope scaling is set" \
+        in r.stderr
+    assert f"restore it first (qwenprep revert {qwen_src.resolve()})" in r.stderr
+    assert tree_state(qwen_src) == before and not (tmp_path / "o").exists()
+
+
+def test_non_utf8_config_is_a_clear_error(cli: CliFn, qwen_src: Path, tmp_path: Path) -> None:
+    raw = b"\xff\xfe" + (qwen_src / "config.json").read_bytes()
+    (qwen_src / "config.json").write_bytes(raw)
+    r = cli("patch", str(qwen_src), "-c", "1m", "-o", str(tmp_path / "o"))
+    assert r.exit_code == 3
+    assert "config.json: not UTF-8 text (invalid start byte at byte 0)" in r.stderr
+
+
+def test_factor_is_shown_exactly(cli: CliFn, qwen_src: Path, tmp_path: Path) -> None:
+    r = cli("patch", str(qwen_src), "-c", "1048577", "-o", str(tmp_path / "o"))
+    assert r.exit_code == 2
+    assert "means YaRN factor 4.0000038 over the native 262144" in r.stderr
+
+
+def test_symlinked_out_is_refused_with_its_target(cli: CliFn, qwen_src: Path,
+                                                  tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    os.symlink(real, tmp_path / "link")
+    r = cli("patch", str(qwen_src), "-c", "1m", "-o", str(tmp_path / "link"))
+    assert r.exit_code == 3
+    assert f"is a symbolic link (to {real})" in r.stderr
+
+
+def test_overlay_whose_source_moved(cli: CliFn, qwen_src: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ov"
+    assert cli("patch", str(qwen_src), "-c", "1m", "-o", str(out)).exit_code == 0
+    qwen_src.rename(tmp_path / "moved")
+    r = cli("patch", str(out), "-c", "512k", "-o", str(tmp_path / "ov2"))
+    assert r.exit_code == 3
+    assert f"{out} is an overlay of {qwen_src.resolve()}, which is gone" in r.stderr
+
+
+def test_no_lock_files_are_left_behind(cli: CliFn, qwen_src: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ov"
+    assert cli("patch", str(qwen_src), "-c", "1m", "-o", str(out)).exit_code == 0
+    assert cli("revert", str(out)).exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [qwen_src.name]

@@ -211,3 +211,44 @@ def test_kill_9_during_revert_leaves_old_or_nothing(qwen_src: Path, tmp_path: Pa
             assert read_manifest(out) is not None
             assert all(c.status == "pass" for c in overlay_checks(out))
     assert tree_state(qwen_src) == before
+
+
+def test_revert_through_a_symlink_removes_the_real_overlay(cli: CliFn, qwen_src: Path,
+                                                          tmp_path: Path) -> None:
+    out = tmp_path / "ov"
+    assert cli("patch", str(qwen_src), "-c", "1m", "-o", str(out)).exit_code == 0
+    os.symlink(out, tmp_path / "ov-link")
+    r = cli("revert", str(tmp_path / "ov-link"), "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["action"] == "removed-overlay"
+    assert not out.exists()
+
+
+def test_revert_a_cached_repo_id(cli: CliFn, tmp_path: Path, ref_config: dict[str, Any],
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    original = _original_bytes(ref_config, "indent2")
+    snap, sha = _hf_cache(tmp_path, original)
+    with open(snap / "config.json", "wb") as f:
+        f.write(_manual_edit(original))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    r = cli("revert", "Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["proof"] == f"git blob sha1 {sha}"
+    assert (snap / "config.json").read_bytes() == original
+    r = cli("revert", "Qwen/Not-Cached")
+    assert r.exit_code == 3 and "qwenprep fetch" in r.stderr
+
+
+def test_mpe_only_edit_is_restored_by_address(cli: CliFn, tmp_path: Path,
+                                              ref_config: dict[str, Any]) -> None:
+    """The edit that runs unscaled (only max_position_embeddings raised) is seen as an edit
+    and undone, the native length proven by the content address."""
+    original = _original_bytes(ref_config, "indent2")
+    snap, sha = _hf_cache(tmp_path, original)
+    cfg = json.loads(original)
+    cfg["max_position_embeddings"] = 1048576
+    with open(snap / "config.json", "wb") as f:
+        f.write((json.dumps(cfg, indent=2) + "\n").encode())
+    r = cli("revert", str(snap), "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["action"] == "restored-config"
+    assert (snap / "config.json").read_bytes() == original
