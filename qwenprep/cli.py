@@ -238,7 +238,8 @@ _vllm_version_option = click.option(
     "--vllm-version", metavar="X.Y",
     help="Use this vLLM version's arithmetic (default: the installed vLLM, else the newest known).")
 _tp_option = click.option("--tp", type=click.IntRange(min=1), default=None,
-                          help="Tensor-parallel size (default: plan: the GPU count; check: 1).")
+                          help="Tensor-parallel size (default: plan: the GPU count; check: the "
+                          "model profile's, as qwenprep serve).")
 _pp_option = click.option("--pp", type=click.IntRange(min=1), default=1, show_default=True,
                           help="Pipeline-parallel size (stages across nodes).")
 _gpu_options = [
@@ -325,7 +326,8 @@ def check(path: str, tp: int | None, pp: int, ep: bool | None, context: str | No
                              gpu_memory=gpu_memory, kv_memory=kv_memory,
                              kv_cache_dtype=kv_cache_dtype, block_size=block_size,
                              vllm_version=vllm_version, vllm_args=vllm_args, engine=engine)
-        return run_checks(resolve_model(path).path, opts)
+        ckpt = resolve_model(path)
+        return run_checks(ckpt.path, opts, repo_id=ckpt.repo_id)
 
     report = run(as_json, go)
     finish_report(report, as_json, "ready to serve" if report.ok

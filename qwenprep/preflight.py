@@ -36,9 +36,9 @@ DISK_WARN_BYTES = 5 * GiB  # vLLM's compile cache and logs want a few GiB beside
 
 @dataclass(frozen=True)
 class CheckOptions:
-    tp: int = 1
+    tp: int | None = None  # None: the model profile's, as qwenprep serve (see resolve_layout)
     pp: int = 1
-    ep: bool | None = None  # None: on for MoE models (the recommended TP + EP layout)
+    ep: bool | None = None  # None: the model profile's, as qwenprep serve
     gpus: int | None = None
     gpu_memory: int | None = None
     kv_memory: int | None = None
@@ -75,7 +75,7 @@ def check_options(*, tp: int | None = None, pp: int = 1, ep: bool | None = None,
     if vllm_version is not None:
         parse_version(vllm_version)
     return CheckOptions(
-        tp=tp or 1, pp=pp, ep=ep, gpus=gpus,
+        tp=tp, pp=pp, ep=ep, gpus=gpus,
         gpu_memory=parse_size(gpu_memory) if gpu_memory is not None else None,
         kv_memory=parse_size(kv_memory) if kv_memory is not None else None,
         context=ctx, kv_cache_dtype=kv_cache_dtype,  # type: ignore[arg-type]
@@ -94,6 +94,73 @@ def _lazy(module: str, func: str, what: str, call: Callable[[Callable[..., list[
         return list(call(fn))
     except QwenprepError as e:
         return [Check(what, "fail", e.message + (f" Hint: {e.hint}" if e.hint else ""), e.path)]
+
+
+# --------------------------------------------------------------------------- layout
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The parallel layout every check assumes: TP/EP as ``qwenprep serve`` would launch (its
+    model profile) unless --tp/--ep say otherwise; DP from the GPUs in the inventory."""
+
+    tp: int
+    pp: int
+    dp: int
+    ep: bool
+    source: str
+
+    @property
+    def gpus(self) -> int:
+        return self.tp * self.pp * self.dp
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tp": self.tp, "pp": self.pp, "dp": self.dp, "ep": self.ep,
+                "source": self.source}
+
+
+def _serve_profile(path: Path, repo_id: str | None) -> Any | None:
+    """engine.model_profile for PATH (what serve uses), None when that function is missing."""
+    try:
+        from qwenprep.engine import model_profile
+    except ImportError:
+        return None
+    from qwenprep.jsonio import load_json_file
+    from qwenprep.overlay import read_manifest
+
+    config = load_json_file(path / "config.json", what="config.json")
+    if not isinstance(config, dict):
+        return None
+    return model_profile(path, config, read_manifest(path), repo_id)
+
+
+def resolve_layout(path: Path, opts: CheckOptions, shape: ModelShape, inv: Inventory, *,
+                   repo_id: str | None = None) -> Layout:
+    """TP and EP: the flags, else serve's model profile, else plan's rule (TP = GPUs / PP, EP
+    for MoE models). DP: the inventory's GPUs over TP x PP when they divide evenly, else 1 -
+    the same DP the capacity plan behind kv.fits uses."""
+    pp = opts.pp
+    profile = None if opts.tp is not None and opts.ep is not None else \
+        _serve_profile(path, repo_id)
+    if profile is not None:
+        tp, ep = profile.tp, profile.ep
+        source = f"model profile {profile.name} (as qwenprep serve)"
+    else:
+        tp, ep = max(1, inv.count // pp), bool(shape.num_experts)
+        source = "qwenprep plan's rule (TP = GPUs / PP; no model profile)"
+    if opts.tp is not None:
+        tp = opts.tp
+    if opts.ep is not None:
+        ep = opts.ep
+    if opts.tp is not None and opts.ep is not None:
+        source = "--tp/--ep"
+    elif opts.tp is not None or opts.ep is not None:
+        source += "; " + ("--tp" if opts.tp is not None else "--ep") + " given"
+    ep = ep and bool(shape.num_experts)
+    per_replica = tp * pp
+    n = inv.count
+    dp = n // per_replica if n >= per_replica and n % per_replica == 0 else 1
+    return Layout(tp, pp, dp, ep, source)
 
 
 # --------------------------------------------------------------------------- parallelism
@@ -182,8 +249,8 @@ def parallel_checks(shape: ModelShape, *, tp: int, ep: bool, dp: int = 1) -> lis
 # --------------------------------------------------------------------------- KV fit, disk, GPUs
 
 
-def gpu_checks(opts: CheckOptions, inv: dict[str, Any]) -> list[Check]:
-    need = opts.tp * opts.pp
+def gpu_checks(layout: Layout, inv: dict[str, Any]) -> list[Check]:
+    need = layout.tp * layout.pp
     if not inv or inv.get("count", 0) == 0:
         notes = "; ".join(inv.get("notes", [])) if inv else ""
         return [Check("gpus.visible", "skip",
@@ -193,7 +260,7 @@ def gpu_checks(opts: CheckOptions, inv: dict[str, Any]) -> list[Check]:
     names = sorted({g["name"] for g in inv["gpus"]})
     if n < need:
         return [Check("gpus.visible", "fail",
-                      f"{n} GPU(s) from {inv['source']} but TP {opts.tp} x PP {opts.pp} needs "
+                      f"{n} GPU(s) from {inv['source']} but TP {layout.tp} x PP {layout.pp} needs "
                       f"{need} on this node")]
     if n % need:
         return [Check("gpus.visible", "warn",
@@ -204,12 +271,11 @@ def gpu_checks(opts: CheckOptions, inv: dict[str, Any]) -> list[Check]:
                   f"{format_gib(min(g['memory_total'] for g in inv['gpus']))} each")]
 
 
-def kv_checks(shape: ModelShape, rule: VllmRule, opts: CheckOptions, ep: bool,
+def kv_checks(shape: ModelShape, rule: VllmRule, opts: CheckOptions, layout: Layout,
               inv: Inventory, extra: dict[str, Any]) -> list[Check]:
     context = opts.context or shape.max_position_embeddings
     if context == -1:
         context = shape.native_context
-    gpus = inv.count or None
     gpu_mem = inv.min_total
     if opts.kv_memory is None:
         if gpu_mem is None:
@@ -221,11 +287,9 @@ def kv_checks(shape: ModelShape, rule: VllmRule, opts: CheckOptions, ep: bool,
             return [Check("kv.fits", "skip",
                           "weight sizes unknown (no safetensors headers readable), so the KV "
                           "memory cannot be estimated; pass --kv-memory SIZE")]
-    per_replica = opts.tp * opts.pp
-    if gpus is not None and (gpus < per_replica or gpus % per_replica):
-        gpus = per_replica
-    req = PlanRequest(context=context, tp=opts.tp, pp=opts.pp, gpus=gpus, gpu_memory=gpu_mem,
-                      kv_memory=opts.kv_memory, kv_cache_dtype=opts.kv_cache_dtype, ep=ep,
+    req = PlanRequest(context=context, tp=layout.tp, pp=layout.pp, gpus=layout.gpus,
+                      gpu_memory=gpu_mem, kv_memory=opts.kv_memory,
+                      kv_cache_dtype=opts.kv_cache_dtype, ep=layout.ep,
                       block_size=opts.block_size)
     try:
         plan = plan_capacity(shape, req, rule)
@@ -289,8 +353,9 @@ def flag_checks(rule: VllmRule, args: tuple[str, ...]) -> list[Check]:
 # --------------------------------------------------------------------------- the report
 
 
-def run_checks(path: Path, opts: CheckOptions) -> Report:
-    """Every pre-flight check on PATH (a checkpoint directory or an overlay)."""
+def run_checks(path: Path, opts: CheckOptions, *, repo_id: str | None = None) -> Report:
+    """Every pre-flight check on PATH (a checkpoint directory or an overlay; REPO_ID names the
+    Hub repo it came from, which the model profile may use as serve does)."""
     path = Path(path)
     if not (path / "config.json").is_file():
         raise InputError(f"{path}: no config.json here; not a checkpoint directory.",
@@ -318,16 +383,13 @@ def run_checks(path: Path, opts: CheckOptions) -> Report:
         except InputError as e:
             checks.append(Check("parallel", "fail", e.message))
             return Report("check", checks, extra)
-    ep = opts.ep if opts.ep is not None else bool(shape.num_experts)
+    layout = resolve_layout(path, opts, shape, inv, repo_id=repo_id)
     rule = resolve_rule(opts.vllm_version, python=opts.python)
     extra["vllm_rule"] = rule.to_dict()
-    dp = 1
-    if opts.gpus and opts.gpus % (opts.tp * opts.pp) == 0:
-        dp = opts.gpus // (opts.tp * opts.pp)
-    extra["parallel"] = {"tp": opts.tp, "pp": opts.pp, "dp": dp, "ep": ep}
-    checks += parallel_checks(shape, tp=opts.tp, ep=ep, dp=dp)
-    checks += kv_checks(shape, rule, opts, ep, inv, extra)
-    checks += gpu_checks(opts, extra["gpus"])
+    extra["parallel"] = layout.to_dict()
+    checks += parallel_checks(shape, tp=layout.tp, ep=layout.ep, dp=layout.dp)
+    checks += kv_checks(shape, rule, opts, layout, inv, extra)
+    checks += gpu_checks(layout, extra["gpus"])
     checks += disk_checks(path, opts.disk_warn_bytes)
     checks += flag_checks(rule, opts.vllm_args)
     return Report("check", checks, extra)

@@ -84,7 +84,7 @@ def test_tp8_without_ep_fails_on_the_fp8_block(overlay_1m: Path) -> None:
         "The output_size of gate's and up's weight = 320 is not divisible by weight "
         "quantization block_n = 128 (moe_intermediate_size 2560 / TP 8)")
     assert "--enable-expert-parallel" in c["message"]
-    assert out["parallel"] == {"tp": 8, "pp": 1, "dp": 1, "ep": False}
+    assert out["parallel"] == {"tp": 8, "pp": 1, "dp": 1, "ep": False, "source": "--tp/--ep"}
     # everything else about this deploy is fine: the block is the only failure
     assert [c["id"] for c in out["checks"] if c["status"] == "fail"] == ["parallel.fp8_block"]
 
@@ -145,6 +145,72 @@ def test_dense_fp8_block_rule() -> None:
            "block_n = 128" in bad.message
     ok = {c.id: c for c in parallel_checks(shape, tp=4, ep=False)}["parallel.fp8_block"]
     assert ok.status == "pass"
+
+
+# ------------------------------------------------------------------ default layout = serve's
+
+
+def test_readme_deploy_line_passes_on_8x141_gib(overlay_1m: Path) -> None:
+    """README: `qwenprep check /models/qwen3-coder-1m --gpus 8 --gpu-memory 141GiB` then
+    `qwenprep serve` (TP 8 + EP from the model profile). check must assume the same layout."""
+    code, out = check_json(str(overlay_1m), "--gpus", "8", "--gpu-memory", "141GiB")
+    assert [c for c in out["checks"] if c["status"] == "fail"] == []
+    assert code == 0 and out["ok"] is True
+    assert out["parallel"] == {"tp": 8, "pp": 1, "dp": 1, "ep": True,
+                               "source": "model profile qwen3-coder-480b (as qwenprep serve)"}
+    assert out["plan"]["parallel"] == {"tp": 8, "pp": 1, "dp": 1, "ep": True, "gpus": 8}
+    assert out["plan"]["max_concurrency_printed"] == "1.98x"
+
+
+def test_readme_deploy_line_fails_only_on_kv_on_8x80_gib(overlay_1m: Path) -> None:
+    code, out = check_json(str(overlay_1m), "--gpus", "8", "--gpu-memory", "80GiB")
+    assert code == 1
+    assert [c["id"] for c in out["checks"] if c["status"] == "fail"] == ["kv.fits"]
+    assert out["parallel"]["tp"] == 8 and out["parallel"]["ep"] is True
+
+
+def test_serve_and_check_agree_on_the_layout(overlay_1m: Path) -> None:
+    from qwenprep.engine import build_launch_plan
+
+    argv = build_launch_plan(overlay_1m, engine=None).argv
+    code, out = check_json(str(overlay_1m), "--kv-memory", "61.31GiB")
+    tp = int(argv[argv.index("--tensor-parallel-size") + 1])
+    assert (out["parallel"]["tp"], out["parallel"]["ep"]) == \
+        (tp, "--enable-expert-parallel" in argv) == (8, True)
+
+
+def test_flags_override_the_profile(overlay_1m: Path) -> None:
+    code, out = check_json(str(overlay_1m), "--tp", "4", "--no-ep", "--gpus", "8",
+                           "--gpu-memory", "141GiB")
+    assert out["parallel"] == {"tp": 4, "pp": 1, "dp": 2, "ep": False, "source": "--tp/--ep"}
+    assert out["plan"]["parallel"]["dp"] == 2
+
+
+def test_dp_comes_from_the_inventory_in_both_blocks(tiny_src: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path) -> None:
+    """GPUs found by nvidia-smi (no --gpus): the top-level parallel block and the plan behind
+    kv.fits give the same DP."""
+    from test_gpus import fake_smi
+
+    fake_smi(tmp_path / "bin", "NVIDIA H100 80GB HBM3, 81559, 81000\n" * 4)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setitem(__import__("sys").modules, "pynvml", None)  # NVML absent
+    code, out = check_json(str(tiny_src), "--tp", "2", "--vllm-version", "0.32")
+    assert out["gpus"]["source"] == "nvidia-smi"
+    assert out["parallel"]["dp"] == 2 == out["plan"]["parallel"]["dp"]
+    assert out["plan"]["parallel"]["gpus"] == 4
+
+
+def test_fallback_layout_is_plans_rule(tiny_src: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the engine's model profile, TP = the GPU count (as qwenprep plan) and EP on for
+    MoE."""
+    import qwenprep.engine
+
+    monkeypatch.delattr(qwenprep.engine, "model_profile")
+    code, out = check_json(str(tiny_src), "--gpus", "4", "--gpu-memory", "80GiB")
+    assert out["parallel"] == {"tp": 4, "pp": 1, "dp": 1, "ep": True,
+                               "source": "qwenprep plan's rule (TP = GPUs / PP; no model profile)"}
 
 
 # ------------------------------------------------------------------ memory
