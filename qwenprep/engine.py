@@ -538,6 +538,45 @@ def _check_extra_args(extra: Sequence[str], caps: Capabilities, version: str) ->
                             "--out DIR")
 
 
+# validate's checks whose failure changes what vLLM computes (RoPE base, scaling, served
+# length, head size): serve refuses them. Other failures become plan notes.
+WRONG_OUTPUT_CHECKS = frozenset({
+    "schema", "invariant.context_needs_rope", "invariant.rope_theta", "invariant.yarn_length",
+    "invariant.head_dim", "invariant.manifest",
+})
+
+
+def _patch_source(path: Path, manifest: dict[str, Any] | None) -> str:
+    """What `qwenprep patch` should be run on: an overlay's source, else PATH itself."""
+    src = ((manifest or {}).get("source") or {})
+    return str(src.get("repo_id") or src.get("path") or path) if manifest else str(path)
+
+
+def _validation_gate(path: Path, config: dict[str, Any], manifest: dict[str, Any] | None,
+                     max_model_len: int | None, notes: list[str]) -> None:
+    """Refuse (exit 3) a config on which vLLM would start and silently compute the wrong thing
+    (qwenprep.validation); other failed checks are added to NOTES."""
+    from qwenprep.validation import validate_checkpoint
+
+    fails = [c for c in validate_checkpoint(path) if c.status == "fail"]
+    blocking = [c for c in fails if c.id in WRONG_OUTPUT_CHECKS]
+    notes.extend(f"qwenprep validate: [{c.id}] {c.message}" for c in fails
+                 if c.id not in WRONG_OUTPUT_CHECKS)
+    if not blocking:
+        return
+    mpe = config.get("max_position_embeddings")
+    context = max_model_len or (manifest or {}).get("target_context") or (
+        mpe if isinstance(mpe, int) and not isinstance(mpe, bool) and mpe > 0 else 1048576)
+    model = _patch_source(path, manifest) if manifest else "MODEL"
+    listed = "; ".join(f"[{c.id}] {c.message.split(' Hint: ')[0]}" for c in blocking)
+    raise InputError(
+        f"{path}: config.json fails {len(blocking)} check(s) that decide what vLLM computes; "
+        f"serving it would give wrong output: {listed}",
+        hint=f"qwenprep validate {path} lists every problem; serve an overlay made from the "
+        f"unmodified release instead: qwenprep patch {model} --context {context} --out DIR",
+        path=str(path / CONFIG))
+
+
 def build_launch_plan(
     path: Path,
     *,
@@ -577,6 +616,7 @@ def build_launch_plan(
     version = engine.version if engine else ".".join(map(str, ASSUMED_VERSION))
     caps = engine.capabilities if engine else capabilities_for(ASSUMED_VERSION)
     notes: list[str] = []
+    _validation_gate(path, config, manifest, max_model_len, notes)
     if engine is None:
         notes.append(f"vLLM not found; this plan assumes vLLM {version} behaviour")
     _check_extra_args(extra_args, caps, version)

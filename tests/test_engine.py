@@ -290,13 +290,14 @@ def test_unpatched_1m_is_refused_before_vllm_starts(tmp_path: Path) -> None:
     assert (f"error: {TINY / 'config.json'}: --max-model-len 1048576 is above the 262144 tokens "
             "this config allows on vLLM") in r.stderr
     assert f"Hint: qwenprep patch {TINY} --context 1m --out DIR, then serve DIR" in r.stderr
-    # the half-patched config (yarn, mpe 262144) is refused on 0.30+ and allowed on 0.10
+    # the half-patched config (yarn, mpe 262144) serves 256K on 0.30+ and 1M on 0.10: validate
+    # fails it (invariant.yarn_length), so serve refuses it on every version
     half = _config_dir(tmp_path, "half", lambda c: c.update(rope_scaling={
         "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 262144}))
-    with pytest.raises(InputError, match="above the 262144 tokens"):
-        eng.build_launch_plan(half, engine=_fake_engine("0.32.0"), max_model_len=1048576)
-    plan = eng.build_launch_plan(half, engine=_fake_engine("0.10.0"), max_model_len=1048576)
-    assert plan.max_model_len == 1048576
+    for version in ("0.32.0", "0.10.0"):
+        with pytest.raises(InputError, match=r"\[invariant.yarn_length\] .*max_position_embed"
+                           r"dings is 262144 but YaRN factor 4 x original 262144 = 1048576"):
+            eng.build_launch_plan(half, engine=_fake_engine(version), max_model_len=1048576)
 
 
 @pytest.mark.engine
@@ -439,3 +440,47 @@ def test_multinode_argv_parse_with_vllms_own_parser(tmp_path: Path,
         assert args["tensor_parallel_size"] == 8 and args["enable_expert_parallel"] is True
         assert args["max_model_len"] == 1048576 and args["tool_call_parser"] == "qwen3_coder"
     assert (a[3]["data_parallel_size"], a[3]["data_parallel_start_rank"]) == (2, 1)
+
+
+# ---------------------------------------------------------------- configs validate fails
+def _no_rope_1m(cfg: dict[str, Any]) -> None:
+    cfg["max_position_embeddings"] = 1048576  # rope_scaling stays null
+
+
+def _t5_yarn_without_theta(cfg: dict[str, Any]) -> None:
+    cfg["max_position_embeddings"] = 1048576
+    del cfg["rope_scaling"], cfg["rope_theta"]
+    cfg["rope_parameters"] = {"rope_type": "yarn", "factor": 4.0,
+                              "original_max_position_embeddings": 262144}
+
+
+def _neither_rope_nor_theta(cfg: dict[str, Any]) -> None:
+    cfg["max_position_embeddings"] = 1048576
+    del cfg["rope_scaling"], cfg["rope_theta"]
+
+
+@pytest.mark.parametrize("edit, failing", [
+    (_no_rope_1m, ["invariant.context_needs_rope"]),
+    (_t5_yarn_without_theta, ["invariant.rope_theta"]),
+    (_neither_rope_nor_theta, ["invariant.context_needs_rope", "invariant.rope_theta"]),
+], ids=["rope_scaling-null-1m", "rope_parameters-without-theta", "no-rope-no-theta"])
+def test_serve_refuses_configs_that_validate_fails(tmp_path: Path, edit: Any,
+                                                   failing: list[str]) -> None:
+    from qwenprep.validation import validate_checkpoint
+
+    d = _config_dir(tmp_path, "bad", edit)
+    fails = [c for c in validate_checkpoint(d) if c.status == "fail"]
+    assert [c.id for c in fails] == failing
+    r = invoke("serve", str(d), "--dry-run", "--json", "--vllm-python", VLLM_PY)
+    assert r.exit_code == 3, r.output
+    err = json.loads(r.stdout)["error"]
+    assert err["message"].startswith(
+        f"{d}: config.json fails {len(fails)} check(s) that decide what vLLM computes; "
+        "serving it would give wrong output:")
+    for c in fails:
+        assert f"[{c.id}] {c.message.split(' Hint: ')[0]}" in err["message"]
+    assert err["hint"] == (f"qwenprep validate {d} lists every problem; serve an overlay made "
+                           "from the unmodified release instead: qwenprep patch MODEL --context "
+                           "1048576 --out DIR")
+    with pytest.raises(InputError, match="decide what vLLM computes"):
+        eng.build_launch_plan(d, engine=_fake_engine("0.32.0"))
