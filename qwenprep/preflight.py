@@ -367,7 +367,8 @@ def run_checks(path: Path, opts: CheckOptions, *, repo_id: str | None = None) ->
     checks: list[Check] = []
     checks += _lazy("validation", "validate_checkpoint", "config",
                     lambda f: f(path))
-    checks += _lazy("overlay", "overlay_checks", "overlay", lambda f: f(path))
+    # header_checks includes overlay.overlay_checks when PATH is an overlay: calling both
+    # reported overlay.manifest/config/links/source twice
     checks += _lazy("integrity", "header_checks", "integrity", lambda f: f(path))
     if opts.engine:
         checks += _lazy("engine", "readback_checks", "engine.readback",

@@ -330,6 +330,7 @@ def test_composed_checks_are_present(overlay_1m: Path) -> None:
     1M overlay back; without vLLM it is one skip check."""
     code, out = check_json(str(overlay_1m), "--tp", "8", "--kv-memory", "61.31GiB", engine=True)
     ids = [c["id"] for c in out["checks"]]
+    assert len(ids) == len(set(ids)), ids
     for expected in ("schema", "overlay.manifest", "overlay.links", "shard.headers",
                      "parallel.heads", "parallel.experts", "parallel.fp8_block", "kv.fits",
                      "gpus.visible", "disk.model_dir"):
@@ -344,6 +345,19 @@ def test_composed_checks_are_present(overlay_1m: Path) -> None:
     else:
         assert [c["status"] for c in engine] == ["skip"]
     assert code == 0, [c for c in out["checks"] if c["status"] == "fail"]
+
+
+def test_each_check_is_reported_once(overlay_1m: Path, tiny_src: Path) -> None:
+    """integrity.header_checks already includes the overlay checks for an overlay: check must
+    not list overlay.manifest/config/links/source a second time."""
+    for path in (overlay_1m, tiny_src):
+        code, out = check_json(str(path), "--kv-memory", "61.31GiB")
+        ids = [c["id"] for c in out["checks"]]
+        assert len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)
+    code, out = check_json(str(overlay_1m), "--kv-memory", "61.31GiB")
+    ids = [c["id"] for c in out["checks"]]
+    for cid in ("overlay.manifest", "overlay.config", "overlay.links", "overlay.source"):
+        assert ids.count(cid) == 1, cid
 
 
 def test_broken_overlay_link_fails(big: Path, tmp_path: Path) -> None:
