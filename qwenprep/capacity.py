@@ -646,9 +646,14 @@ def make_plan(model: str, *, context: str | None = None, tp: int | None = None, 
         if gpu_bytes is None and gpus is not None:
             raise UsageError("--gpus needs --gpu-memory SIZE (or give --kv-memory SIZE).")
         inv = inventory(gpus=gpus, gpu_memory=gpu_bytes)
-        if inv.count:
-            gpus, gpu_bytes = inv.count, inv.min_total
-    shape = load_shape(model)
+        gpus, gpu_bytes = (inv.count, inv.min_total) if inv.count else (None, None)
+    shape = load_shape(model)  # a wrong MODEL is said first (exit 3)
+    if kv_bytes is None and gpu_bytes is None:
+        why = "; ".join(inv.notes) or "no source listed any"
+        raise UsageError(f"no memory budget: no GPU found here ({why}); pass --kv-memory "
+                         "SIZE, or --gpus N --gpu-memory SIZE.",
+                         hint="qwenprep plan MODEL --context 1m --tp 8 --gpus 8 "
+                         "--gpu-memory 141GB")
     if context is None:
         ctx = shape.max_position_embeddings
     else:

@@ -289,11 +289,29 @@ def test_both_memory_options_is_a_usage_error() -> None:
         "--kv-memory and --gpu-memory exclude each other")
 
 
-def test_no_memory_budget(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_no_memory_budget_says_why_no_gpu_was_found(monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Path) -> None:
+    import sys
+
+    from test_gpus import fake_smi
+
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # nvidia-ml-py absent
     monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
     r = invoke("plan", str(TINY), "--context", "1m")
     assert r.exit_code == 2
-    assert "no memory budget: pass --kv-memory SIZE, or --gpus N --gpu-memory SIZE" in r.stderr
+    assert ("error: no memory budget: no GPU found here (NVML: nvidia-ml-py is not installed; "
+            "nvidia-smi is not on PATH); pass --kv-memory SIZE, or --gpus N --gpu-memory SIZE."
+            ) in r.stderr
+    # a broken driver: nvidia-smi's own first line says what is wrong, in the JSON error too
+    fake_smi(tmp_path / "bin", "", rc=9)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    r = invoke("plan", str(TINY), "--context", "1m", "--json")
+    assert r.exit_code == 2
+    err = json.loads(r.stdout)["error"]
+    assert ("(NVML: nvidia-ml-py is not installed; nvidia-smi: nvidia-smi exited 9: NVIDIA-SMI "
+            "has failed because it could not communicate with the NVIDIA driver.)"
+            ) in err["message"]
+    assert err["hint"] == "qwenprep plan MODEL --context 1m --tp 8 --gpus 8 --gpu-memory 141GB"
 
 
 def test_bad_size_and_bad_context() -> None:
