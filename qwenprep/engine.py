@@ -577,6 +577,30 @@ def _validation_gate(path: Path, config: dict[str, Any], manifest: dict[str, Any
         path=str(path / CONFIG))
 
 
+def _parallel_gate(path: Path, config: dict[str, Any], tp: int, ep: bool, profile: Profile,
+                   notes: list[str]) -> None:
+    """Refuse (exit 3) the TP/EP layout vLLM asserts against while building the model
+    (qwenprep.preflight.parallel_checks: heads, experts, FP8 blocks); warnings become notes."""
+    from qwenprep.capacity import ModelShape
+    from qwenprep.preflight import parallel_checks
+
+    checks = parallel_checks(ModelShape.from_config(config), tp=tp, ep=ep)
+    notes.extend(f"{c.id}: {c.message}" for c in checks if c.status == "warn")
+    fails = [c for c in checks if c.status == "fail"]
+    if not fails:
+        return
+    if not ep and any(c.id == "parallel.fp8_block" for c in fails):
+        fix = ("drop --no-ep (serve uses expert parallel for this model)" if profile.ep
+               else "add --ep")
+        fix += ", or choose another --tp"
+    else:
+        fix = "choose another --tp"
+    raise InputError(
+        f"TP {tp}{'' if ep else ' without expert parallel'}: vLLM would fail while loading the "
+        "model: " + "; ".join(f"[{c.id}] {c.message}" for c in fails),
+        hint=f"{fix}; qwenprep check {path} --tp N shows what fits.", path=str(path / CONFIG))
+
+
 def build_launch_plan(
     path: Path,
     *,
@@ -648,15 +672,7 @@ def build_launch_plan(
     if tp_n < 1:
         raise UsageError(f"--tp {tp_n}: tensor parallel size must be at least 1.")
     use_ep = profile.ep if ep is None else ep
-    qc = config.get("quantization_config")
-    if (not use_ep and tp_n > 1 and isinstance(qc, dict) and qc.get("weight_block_size")
-            and isinstance(config.get("moe_intermediate_size"), int)):
-        block_n = qc["weight_block_size"][0]
-        if (config["moe_intermediate_size"] // tp_n) % block_n:
-            notes.append(
-                f"without expert parallel, TP {tp_n} splits each expert to "
-                f"{config['moe_intermediate_size'] // tp_n} rows, not divisible by the FP8 block "
-                f"{block_n}: vLLM will fail at load; use --ep")
+    _parallel_gate(path, config, tp_n, use_ep, profile, notes)
     name = served_model_name or profile.served_model_name
     python = engine.python if engine else "python3"
 

@@ -260,18 +260,19 @@ def test_dry_run_480b_profile_is_exact(tmp_path: Path, ref_config: dict[str, Any
 
 def test_dry_run_overrides_and_passthrough(tmp_path: Path, ref_config: dict[str, Any]) -> None:
     ov = _480b_overlay(tmp_path, ref_config)
-    r = invoke("serve", str(ov), "--dry-run", "--json", "--tp", "16", "--no-ep", "--host",
+    r = invoke("serve", str(ov), "--dry-run", "--json", "--tp", "16", "--host",
                "127.0.0.1", "--port", "9001", "--served-model-name", "coder",
                "--max-model-len", "512k", "--", "--kv-cache-dtype", "fp8", "--enforce-eager")
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["argv"][3:] == [
-        "--model", str(ov.resolve()), "--tensor-parallel-size", "16",
+        "--model", str(ov.resolve()), "--tensor-parallel-size", "16", "--enable-expert-parallel",
         "--enable-auto-tool-choice", "--tool-call-parser", "qwen3_coder",
         "--served-model-name", "coder", "--max-model-len", "524288", "--host", "127.0.0.1",
         "--port", "9001", "--kv-cache-dtype", "fp8", "--enforce-eager"]
     assert out["url"] == "http://127.0.0.1:9001"
-    assert any("not divisible by the FP8 block 128" in n for n in out["notes"])
+    # --no-ep at TP 16 splits experts into 160 rows: refused (see the FP8 block test below)
+    assert invoke("serve", str(ov), "--dry-run", "--tp", "16", "--no-ep").exit_code == 3
 
 
 def test_dry_run_tiny_profile_text(tmp_path: Path) -> None:
@@ -484,3 +485,36 @@ def test_serve_refuses_configs_that_validate_fails(tmp_path: Path, edit: Any,
                            "1048576 --out DIR")
     with pytest.raises(InputError, match="decide what vLLM computes"):
         eng.build_launch_plan(d, engine=_fake_engine("0.32.0"))
+
+
+# ---------------------------------------------------------------- parallelism vLLM rejects
+@pytest.fixture(scope="module")
+def shaped_480b_overlay(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 480B FP8 release's shape (sparse shards, real config), patched to 1M by the CLI."""
+    from qwenprep.synth import make_shaped_checkpoint
+
+    tmp = tmp_path_factory.mktemp("shaped")
+    src = make_shaped_checkpoint(tmp / "Qwen3-Coder-480B-A35B-Instruct-FP8", shards=4)
+    return _patch(src, tmp / "qwen480b-1m")
+
+
+def test_serve_refuses_tp_without_ep_that_fp8_blocks_reject(shaped_480b_overlay: Path) -> None:
+    ov = shaped_480b_overlay
+    r = invoke("serve", str(ov), "--no-ep", "--tp", "8", "--dry-run", "--json",
+               "--vllm-python", VLLM_PY)
+    assert r.exit_code == 3, r.output
+    err = json.loads(r.stdout)["error"]
+    assert err["message"] == (
+        "TP 8 without expert parallel: vLLM would fail while loading the model: "
+        "[parallel.fp8_block] The output_size of gate's and up's weight = 320 is not divisible "
+        "by weight quantization block_n = 128 (moe_intermediate_size 2560 / TP 8); enable "
+        "expert parallel (--enable-expert-parallel, qwenprep check --ep) so each GPU holds "
+        "whole experts")
+    assert err["hint"] == (f"drop --no-ep (serve uses expert parallel for this model), or choose "
+                           f"another --tp; qwenprep check {ov} --tp N shows what fits.")
+    # with EP (the profile) the same TP is fine; TP 5 does not divide the 96 query heads
+    ok = invoke("serve", str(ov), "--tp", "8", "--dry-run", "--json", "--vllm-python", VLLM_PY)
+    assert ok.exit_code == 0, ok.output
+    with pytest.raises(InputError, match=r"\[parallel.heads\] TP 5 does not divide the 96 "
+                                          "query heads"):
+        eng.build_launch_plan(ov, engine=_fake_engine("0.32.0"), tp=5)
