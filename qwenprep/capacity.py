@@ -503,7 +503,9 @@ class Plan:
         lines = [
             f"model: {self.shape.name}",
             f"parallel: TP {r.tp} x PP {r.pp} x DP {self.dp}"
-            + (" + expert parallel" if r.ep and self.shape.num_experts else ""),
+            + (" + expert parallel" if r.ep and self.shape.num_experts and r.tp * self.dp > 1
+               else "")
+            + (f" ({n} GPUs)" if (n := r.tp * r.pp * self.dp) > 1 else " (one GPU)"),
             f"{self.rule.name}" + (f" [{self.rule.note}]" if self.rule.note else ""),
             f"weights per GPU: {format_gib(self.weights_per_gpu)} ({self.shape.weights_source})",
             f"KV bytes per token per GPU: {self.bytes_per_token:,} "

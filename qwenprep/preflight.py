@@ -192,7 +192,9 @@ def parallel_checks(shape: ModelShape, *, tp: int, ep: bool, dp: int = 1) -> lis
 
     if shape.num_experts:
         e = shape.num_experts
-        if tp > e:
+        if tp * (dp if ep else 1) == 1:
+            out.append(Check("parallel.experts", "pass", f"one GPU holds all {e} experts"))
+        elif tp > e:
             out.append(Check("parallel.experts", "fail",
                              f"Tensor parallel size {tp} is greater than the number of experts "
                              f"{e} (vLLM refuses this)", "config.json:$.num_experts"))
@@ -266,9 +268,14 @@ def gpu_checks(layout: Layout, inv: dict[str, Any]) -> list[Check]:
         return [Check("gpus.visible", "warn",
                       f"{n} GPU(s) is not a multiple of TP x PP = {need}; "
                       f"{n - n // need * need} would sit idle")]
-    return [Check("gpus.visible", "pass",
-                  f"{n} x {', '.join(names)} ({inv['source']}), "
-                  f"{format_gib(min(g['memory_total'] for g in inv['gpus']))} each")]
+    mem = format_gib(min(g["memory_total"] for g in inv["gpus"]))
+    if inv["source"] == "flags":
+        text = (f"{n} GPU of {mem}" if n == 1 else f"{n} GPUs of {mem} each") \
+            + " (as given by --gpus/--gpu-memory)"
+    else:
+        text = (f"{n} x {', '.join(names)} of {mem}" + (" each" if n > 1 else "")
+                + f" (found by {inv['source']})")
+    return [Check("gpus.visible", "pass", text)]
 
 
 def kv_checks(shape: ModelShape, rule: VllmRule, opts: CheckOptions, layout: Layout,

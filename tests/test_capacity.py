@@ -261,6 +261,17 @@ def test_human_output_states_the_estimate(big: Path) -> None:
     assert "vLLM 0.32 rule (named)" in r.stdout
 
 
+def test_parallel_line_names_expert_parallel_only_across_gpus(big: Path) -> None:
+    r = invoke("plan", str(TINY), "--context", "1m", "--kv-memory", "2GiB", "--tp", "1")
+    assert "\nparallel: TP 1 x PP 1 x DP 1 (one GPU)\n" in r.stdout, r.stdout
+    r = invoke("plan", str(big), "--context", "1m", "--gpus", "8", "--gpu-memory", "141GiB",
+               "--vllm-version", "0.32")
+    assert "\nparallel: TP 8 x PP 1 x DP 1 + expert parallel (8 GPUs)\n" in r.stdout, r.stdout
+    r = invoke("plan", str(big), "--context", "1m", "--gpus", "8", "--gpu-memory", "141GiB",
+               "--no-ep", "--vllm-version", "0.32")
+    assert "\nparallel: TP 8 x PP 1 x DP 1 (8 GPUs)\n" in r.stdout, r.stdout
+
+
 def test_dp_layout_advises_tp_plus_ep(big: Path) -> None:
     code, out = plan_json(str(big), "--context", "1m", "--tp", "1", "--gpus", "8",
                           "--gpu-memory", "141GiB", "--vllm-version", "0.32")

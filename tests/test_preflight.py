@@ -133,6 +133,34 @@ def test_parallel_rules(shape480: ModelShape, tp: int, ep: bool, cid: str, statu
     assert text in checks[cid].message
 
 
+def test_single_gpu_texts(tiny_src: Path) -> None:
+    """One GPU: no "expert parallel" talk; GPUs from the flags read as a sentence."""
+    code, out = check_json(str(tiny_src), "--tp", "1", "--ep", "--gpus", "1",
+                           "--gpu-memory", "80GiB", "--vllm-version", "0.32")
+    checks = by_id(out)
+    assert checks["parallel.experts"]["message"] == "one GPU holds all 4 experts"
+    assert checks["gpus.visible"]["message"] == \
+        "1 GPU of 80.00 GiB (as given by --gpus/--gpu-memory)"
+    code, out = check_json(str(tiny_src), "--tp", "2", "--gpus", "8", "--gpu-memory", "141GB",
+                           "--vllm-version", "0.32")
+    assert by_id(out)["gpus.visible"]["message"] == \
+        "8 GPUs of 131.32 GiB each (as given by --gpus/--gpu-memory)"
+
+
+def test_gpus_visible_names_the_gpus_found(tiny_src: Path, monkeypatch: pytest.MonkeyPatch,
+                                           tmp_path: Path) -> None:
+    import sys
+
+    from test_gpus import H200_CSV, fake_smi
+
+    fake_smi(tmp_path / "bin", H200_CSV)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    code, out = check_json(str(tiny_src), "--tp", "2", "--vllm-version", "0.32")
+    assert by_id(out)["gpus.visible"]["message"] == \
+        "8 x NVIDIA H200 of 140.40 GiB each (found by nvidia-smi)"
+
+
 def test_dense_fp8_block_rule() -> None:
     cfg = json.loads((TINY / "config.json").read_text())
     cfg.update(num_experts=0, intermediate_size=2560, num_attention_heads=8,
