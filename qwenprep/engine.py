@@ -38,7 +38,7 @@ API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 CLI_MODULE = "vllm.entrypoints.cli.main"
 PROFILE_480B_NAME = "Qwen3-Coder-480B-A35B-Instruct"
 DEFAULT_PORT = 8000
-PATCH_HINT = "qwenprep patch {model} --context 1m --out DIR, then serve DIR"
+PATCH_HINT = "qwenprep patch {model} --context {context} --out DIR, then serve DIR"
 
 Version = tuple[int, int, int]
 YarnRule = Literal["max_position_embeddings", "original_x_factor"]
@@ -259,6 +259,33 @@ def max_len_allowed(config: dict[str, Any], caps: Capabilities) -> int:
     return mpe
 
 
+def _patch_source(path: Path, manifest: dict[str, Any] | None) -> str:
+    """What `qwenprep patch` should be run on: an overlay's source (its path, else its repo
+    id), else PATH itself."""
+    src = ((manifest or {}).get("source") or {})
+    if src.get("path"):
+        return str(src["path"])
+    if src.get("repo_id"):
+        rev = src.get("revision")
+        return f"{src['repo_id']}@{rev}" if rev else str(src["repo_id"])
+    return str(path)
+
+
+def context_name(tokens: int) -> str:
+    """How `qwenprep patch --context` spells TOKENS: 1048576 -> 1m, 524288 -> 512k, else the
+    count (qwenprep's k and m are binary, see contexts.parse_context)."""
+    if tokens % (1024 * 1024) == 0:
+        return f"{tokens // (1024 * 1024)}m"
+    if tokens % 1024 == 0:
+        return f"{tokens // 1024}k"
+    return str(tokens)
+
+
+def patch_hint(path: Path, manifest: dict[str, Any] | None, tokens: int) -> str:
+    """The command that makes a checkpoint for TOKENS of context from what PATH came from."""
+    return PATCH_HINT.format(model=_patch_source(path, manifest), context=context_name(tokens))
+
+
 def parse_max_model_len(text: str) -> int:
     """qwenprep's spelling (1m = 1M = 1048576, 256k, or a count). vLLM itself reads 1m as
     1000000 and 1M as 1048576, so qwenprep always hands vLLM a plain number."""
@@ -325,7 +352,7 @@ def readback_checks(path: Path, *, python: str | None = None) -> list[Check]:
         msg = str(got.get("error", "unknown error"))
         hint = ""
         if "greater than the derived max_model_len" in msg:
-            hint = " Hint: " + PATCH_HINT.format(model=path)
+            hint = " Hint: " + patch_hint(path, manifest, want_len)
         return [head, Check("engine.load", "fail",
                             f"vLLM refuses {path} at max_model_len {want_len}: {msg}{hint}", where)]
 
@@ -379,7 +406,7 @@ def readback_checks(path: Path, *, python: str | None = None) -> list[Check]:
                 "engine.rope_scaling", "fail",
                 f"vLLM would serve {eng_len} tokens with unscaled RoPE (native is "
                 f"{NATIVE_QWEN3_CODER}): positions past it give wrong output. "
-                f"Hint: {PATCH_HINT.format(model=path)}", where))
+                f"Hint: {patch_hint(path, None, 1048576)}", where))
     return checks
 
 
@@ -546,12 +573,6 @@ WRONG_OUTPUT_CHECKS = frozenset({
 })
 
 
-def _patch_source(path: Path, manifest: dict[str, Any] | None) -> str:
-    """What `qwenprep patch` should be run on: an overlay's source, else PATH itself."""
-    src = ((manifest or {}).get("source") or {})
-    return str(src.get("repo_id") or src.get("path") or path) if manifest else str(path)
-
-
 def _validation_gate(path: Path, config: dict[str, Any], manifest: dict[str, Any] | None,
                      max_model_len: int | None, notes: list[str]) -> None:
     """Refuse (exit 3) a config on which vLLM would start and silently compute the wrong thing
@@ -565,8 +586,8 @@ def _validation_gate(path: Path, config: dict[str, Any], manifest: dict[str, Any
     if not blocking:
         return
     mpe = config.get("max_position_embeddings")
-    context = max_model_len or (manifest or {}).get("target_context") or (
-        mpe if isinstance(mpe, int) and not isinstance(mpe, bool) and mpe > 0 else 1048576)
+    context = context_name(int(max_model_len or (manifest or {}).get("target_context") or (
+        mpe if isinstance(mpe, int) and not isinstance(mpe, bool) and mpe > 0 else 1048576)))
     model = _patch_source(path, manifest) if manifest else "MODEL"
     listed = "; ".join(f"[{c.id}] {c.message.split(' Hint: ')[0]}" for c in blocking)
     raise InputError(
@@ -666,7 +687,7 @@ def build_launch_plan(
             f"{path / CONFIG}: --max-model-len {max_model_len} is above the {allowed} tokens this "
             f"config allows on vLLM {version} ({why}); vLLM would refuse it, and "
             "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 would run past it with unscaled RoPE (wrong output).",
-            hint=PATCH_HINT.format(model=path), path=str(path / CONFIG))
+            hint=patch_hint(path, manifest, max_model_len), path=str(path / CONFIG))
 
     tp_n = profile.tp if tp is None else tp
     if tp_n < 1:

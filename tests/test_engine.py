@@ -482,7 +482,7 @@ def test_serve_refuses_configs_that_validate_fails(tmp_path: Path, edit: Any,
         assert f"[{c.id}] {c.message.split(' Hint: ')[0]}" in err["message"]
     assert err["hint"] == (f"qwenprep validate {d} lists every problem; serve an overlay made "
                            "from the unmodified release instead: qwenprep patch MODEL --context "
-                           "1048576 --out DIR")
+                           "1m --out DIR")
     with pytest.raises(InputError, match="decide what vLLM computes"):
         eng.build_launch_plan(d, engine=_fake_engine("0.32.0"))
 
@@ -518,3 +518,23 @@ def test_serve_refuses_tp_without_ep_that_fp8_blocks_reject(shaped_480b_overlay:
     with pytest.raises(InputError, match=r"\[parallel.heads\] TP 5 does not divide the 96 "
                                           "query heads"):
         eng.build_launch_plan(ov, engine=_fake_engine("0.32.0"), tp=5)
+
+
+# ---------------------------------------------------------------- the max-model-len hint
+def test_max_len_refusal_hint_names_the_length_and_the_overlays_source(tmp_path: Path) -> None:
+    ov = _patch(TINY, tmp_path / "tiny-1m")
+    r = invoke("serve", str(ov), "--max-model-len", "2m", "--dry-run", "--json",
+               "--vllm-python", VLLM_PY)
+    assert r.exit_code == 3, r.output
+    err = json.loads(r.stdout)["error"]
+    assert err["message"].startswith(f"{ov / 'config.json'}: --max-model-len 2097152 is above "
+                                     "the 1048576 tokens this config allows on vLLM")
+    assert err["hint"] == f"qwenprep patch {TINY} --context 2m --out DIR, then serve DIR"
+    # a length without a k/m name is given as a count; a plain checkpoint is its own source
+    r = invoke("serve", str(TINY), "--max-model-len", "300000", "--dry-run", "--json")
+    assert r.exit_code == 3, r.output
+    hint = json.loads(r.stdout)["error"]["hint"]
+    assert hint == f"qwenprep patch {TINY} --context 300000 --out DIR, then serve DIR"
+    r = invoke("serve", str(TINY), "--max-model-len", "512k", "--dry-run", "--json")
+    hint = json.loads(r.stdout)["error"]["hint"]
+    assert hint == f"qwenprep patch {TINY} --context 512k --out DIR, then serve DIR"
