@@ -385,7 +385,8 @@ def serve(path: str, tp: int | None, ep: bool | None, max_len: str | None, host:
             max_model_len=eng.parse_max_model_len(max_len) if max_len else None, host=host,
             port=port, served_model_name=served_model_name, extra_args=vllm_args,
             repo_id=ckpt.repo_id, expect_digest=expect_digest, nnodes=nnodes,
-            gpus_per_node=gpus_per_node, master_addr=master_addr, multinode_mode=multinode_mode)
+            gpus_per_node=gpus_per_node, master_addr=master_addr, multinode_mode=multinode_mode,
+            gpus_here=eng.gpus_on_this_node())
 
     plan = run(as_json, make_plan)
     for note in plan.notes:

@@ -23,13 +23,16 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 from qwenprep.checkpoint import CONFIG
 from qwenprep.contexts import NATIVE_QWEN3_CODER, effective_rope
 from qwenprep.errors import ChecksFailed, InputError, QwenprepError, UsageError
 from qwenprep.jsonio import load_json_file
 from qwenprep.report import Check
+
+if TYPE_CHECKING:
+    from qwenprep.gpus import Inventory
 
 ENV_PYTHON = "QWENPREP_VLLM_PYTHON"
 PROBE = Path(__file__).with_name("_engine_probe.py")
@@ -640,9 +643,12 @@ def build_launch_plan(
     master_addr: str | None = None,
     multinode_mode: str | None = None,
     environ: dict[str, str] | None = None,
+    gpus_here: Inventory | None = None,
 ) -> LaunchPlan:
     """argv + env for the installed vLLM: the model profile, overridden by the options.
-    Refuses (exit 3) a max model length above what the config allows on that version."""
+    Refuses (exit 3) a config validate fails in ways that change the output, a max model
+    length above what the config allows on that version, and a TP/EP layout vLLM rejects.
+    GPUS_HERE (gpus_on_this_node()) adds a note when one node cannot hold the plan."""
     path = Path(path)
     config = _read_config(path)
     manifest = _manifest(path)
@@ -723,12 +729,52 @@ def build_launch_plan(
 
     mode, nodes = _multinode(path, python, core, net, extra_args, tp_n, digest, caps, version,
                              nnodes, gpus_per_node, master_addr, multinode_mode, notes)
+    if gpus_here is not None and gpus_here.count and nnodes is None and gpus_per_node is None:
+        _node_gpu_note(path, gpus_here, tp_n, _pp_size(extra_args), notes)
     return LaunchPlan(
         argv=argv, env={}, unset_env=tuple(unset), model_path=str(path),
         max_model_len=max_model_len, max_len_allowed=allowed, served_model_name=name,
         host=host, port=port if port is not None else DEFAULT_PORT, profile=profile.name,
         engine=engine, digest=digest, multinode_mode=mode, nodes=nodes, notes=tuple(notes),
     )
+
+
+def gpus_on_this_node() -> Inventory | None:
+    """The GPUs NVML or nvidia-smi see here; None when there are none or asking failed (this
+    never fails a plan)."""
+    try:
+        from qwenprep.gpus import inventory
+
+        inv = inventory()
+    except Exception:  # noqa: BLE001 - a broken driver must not stop a plan
+        return None
+    return inv if inv.count else None
+
+
+def _pp_size(extra: Sequence[str]) -> int:
+    """--pipeline-parallel-size / -pp from the arguments after -- (1 when absent)."""
+    for i, arg in enumerate(extra):
+        name, _, value = arg.partition("=")
+        if name in ("--pipeline-parallel-size", "-pp"):
+            if not value and i + 1 < len(extra):
+                value = extra[i + 1]
+            try:
+                return max(1, int(value))
+            except ValueError:
+                return 1
+    return 1
+
+
+def _node_gpu_note(path: Path, inv: Inventory, tp: int, pp: int, notes: list[str]) -> None:
+    need = tp * pp
+    have = inv.count
+    if have >= need:
+        return
+    names = ", ".join(sorted({g.name for g in inv.gpus}))
+    notes.append(
+        f"this node has {have} GPU(s) ({inv.source}: {names}) but TP {tp} x PP {pp} needs "
+        f"{need}; vLLM cannot start here alone. For per-node commands: qwenprep serve {path} "
+        f"--nnodes {math.ceil(need / have)} --gpus-per-node {have} --master-addr HEAD_NODE_IP")
 
 
 MULTINODE_MODES = ("native", "dp", "ray")

@@ -185,3 +185,54 @@ def test_early_exit_code_is_passed_through(tmp_path: Path) -> None:
         handle.wait_ready(30)
     assert ei.value.exit_code == 7
     assert ei.value.message.startswith("vLLM exited with code 7 before it was ready")
+
+
+# ---------------------------------------------------------------- GPUs on this node
+def _480b_overlay(tmp_path: Path) -> Path:
+    from qwenprep.synth import qwen3_coder_480b_fp8_config
+
+    src = tmp_path / "Qwen3-Coder-480B-A35B-Instruct-FP8"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps(qwen3_coder_480b_fp8_config(), indent=2))
+    ov = tmp_path / "qwen480b-1m"
+    r = invoke("patch", str(src), "--context", "1m", "--out", str(ov))
+    assert r.exit_code == 0, r.output
+    return ov
+
+
+def _dry_run_notes(ov: Path, *args: str) -> list[str]:
+    r = invoke("serve", str(ov), "--dry-run", "--json", *args)
+    assert r.exit_code == 0, r.output
+    notes: list[str] = json.loads(r.stdout)["notes"]
+    return notes
+
+
+def test_too_few_gpus_on_this_node_is_a_note(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_gpus import fake_smi
+
+    try:
+        import pynvml  # noqa: F401
+        pytest.skip("nvidia-ml-py is installed: the inventory would not ask nvidia-smi")
+    except ImportError:
+        pass
+    ov = _480b_overlay(tmp_path)
+    bin_dir = tmp_path / "bin"
+    four = "".join(f"NVIDIA H200, 143771, {143000 - i}\n" for i in range(4))
+    fake_smi(bin_dir, four)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    note = ("this node has 4 GPU(s) (nvidia-smi: NVIDIA H200) but TP 8 x PP 1 needs 8; "
+            "vLLM cannot start here alone. For per-node commands: qwenprep serve "
+            f"{ov.resolve()} --nnodes 2 --gpus-per-node 4 --master-addr HEAD_NODE_IP")
+    assert note in _dry_run_notes(ov)
+    assert not any("GPU(s)" in n for n in _dry_run_notes(ov, "--tp", "4"))
+    assert not any("GPU(s)" in n for n in
+                   _dry_run_notes(ov, "--nnodes", "2", "--gpus-per-node", "4"))
+    # PP after -- counts: TP 4 x PP 2 needs 8
+    notes = _dry_run_notes(ov, "--tp", "4", "--", "--pipeline-parallel-size", "2")
+    assert any("but TP 4 x PP 2 needs 8" in n for n in notes)
+    # eight GPUs: enough, no note; a broken nvidia-smi never fails the plan
+    fake_smi(bin_dir, "".join(f"NVIDIA H200, 143771, {143000 - i}\n" for i in range(8)))
+    assert not any("GPU(s)" in n for n in _dry_run_notes(ov))
+    fake_smi(bin_dir, "", rc=9)
+    assert not any("GPU(s)" in n for n in _dry_run_notes(ov))
