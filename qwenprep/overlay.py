@@ -472,17 +472,19 @@ def foreign_entries(path: Path) -> list[str]:
 def remove_overlay(path: Path) -> dict[str, Any]:
     """Remove an overlay qwenprep made. Only links, our config and our manifest are deleted;
     link targets are never touched. Anything else inside makes us refuse."""
-    manifest = read_manifest(path)
-    if manifest is None:
-        raise ConflictError(f"{path} is not a qwenprep overlay; refusing to delete it.")
-    foreign = foreign_entries(path)
-    if foreign:
-        raise ConflictError(
-            f"{path} holds files qwenprep did not put there: {', '.join(foreign[:5])}; "
-            "refusing to delete them.",
-            hint="move them out, then run qwenprep revert again.",
-        )
-    with output_lock(path):
+    with output_lock(path):  # checked under the lock: a concurrent revert may have won
+        manifest = read_manifest(path)
+        if manifest is None:
+            if not path.exists():
+                raise InputError(f"{path}: no such overlay (removed meanwhile?).")
+            raise ConflictError(f"{path} is not a qwenprep overlay; refusing to delete it.")
+        foreign = foreign_entries(path)
+        if foreign:
+            raise ConflictError(
+                f"{path} holds files qwenprep did not put there: {', '.join(foreign[:5])}; "
+                "refusing to delete them.",
+                hint="move them out, then run qwenprep revert again.",
+            )
         trash = path.parent / f".{path.name}{TMP_TAG}revert-{uuid.uuid4().hex[:8]}"
         try:
             os.rename(path, trash)

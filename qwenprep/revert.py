@@ -141,6 +141,8 @@ def revert_path(spec: str | Path) -> RevertResult:
         m = remove_overlay(path)
         return RevertResult("removed-overlay", str(path),
                             f"removed overlay {path} (source {m['source']['path']} untouched)")
+    if not path.exists():  # a concurrent revert removed it between our looks
+        raise InputError(f"{path}: no such overlay (removed meanwhile?).")
     cfg = path / CONFIG
     if not cfg.exists():
         raise InputError(f"{cfg}: missing; nothing to revert here.",

@@ -6,7 +6,9 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,6 +38,19 @@ def tree_state(root: Path) -> dict[str, Any]:
             entry["sha256"] = hashlib.sha256(p.read_bytes()).hexdigest()
         state[rel] = entry
     return state
+
+
+def many_files(src: Path, n: int = 10000) -> None:
+    """Enough files that building or removing an overlay takes about a second."""
+    extra = src / "extra"
+    for i in range(n):
+        (extra / f"f{i:05d}.txt").write_bytes(b"x")
+
+
+def timed_run(argv: list[str]) -> float:
+    t = time.monotonic()
+    subprocess.run(argv, check=True, capture_output=True)
+    return time.monotonic() - t
 
 
 def invoke(*args: str, input: str | None = None) -> Result:

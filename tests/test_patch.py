@@ -15,7 +15,7 @@ from typing import Any, Callable
 import pytest
 from click.testing import Result
 
-from conftest import QWENPREP_BIN, tree_state
+from conftest import QWENPREP_BIN, many_files, timed_run, tree_state
 from qwenprep.jsonio import dump_config
 from qwenprep.overlay import overlay_checks, read_manifest
 from qwenprep.schemas import validator
@@ -282,27 +282,29 @@ def test_concurrent_runs_are_serialised(qwen_src: Path, tmp_path: Path) -> None:
 
 
 def test_kill_9_leaves_old_or_new(qwen_src: Path, tmp_path: Path) -> None:
-    """kill -9 at spread-out moments: OUT is always absent, the old overlay or the new one."""
-    for i in range(3000):  # enough files to make the build take a while
-        (qwen_src / "extra" / f"f{i:04d}.txt").write_text("x")
+    """kill -9 spread over a whole --force replacement: OUT is always the old overlay or the
+    new one, complete, and the kills really landed while patch was running."""
+    many_files(qwen_src)
     out = tmp_path / "ov"
-    assert subprocess.run([str(QWENPREP_BIN), "patch", str(qwen_src), "-c", "512k", "-o",
-                           str(out)], capture_output=True).returncode == 0
-    seen = set()
-    for delay in (0.05, 0.15, 0.25, 0.35, 0.5, 0.7):
-        p = subprocess.Popen([str(QWENPREP_BIN), "patch", str(qwen_src), "-c", "1m", "-o",
-                              str(out), "--force"], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-        time.sleep(delay)
+    old = [str(QWENPREP_BIN), "patch", str(qwen_src), "-c", "512k", "-o", str(out), "--force"]
+    new = [str(QWENPREP_BIN), "patch", str(qwen_src), "-c", "1m", "-o", str(out), "--force"]
+    timed_run(old)
+    duration = timed_run(new)
+    timed_run(old)
+    seen, killed = set(), 0
+    for frac in (0.15, 0.35, 0.55, 0.75, 0.95):
+        p = subprocess.Popen(new, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(duration * frac)
         p.send_signal(signal.SIGKILL)
-        p.wait()
+        killed += p.wait() == -signal.SIGKILL
         m = read_manifest(out)
         assert m is not None, "the overlay vanished"
         seen.add(m["target_context"])
         assert all(c.status == "pass" for c in overlay_checks(out)), overlay_checks(out)
-        # back to the old state for the next round
-        subprocess.run([str(QWENPREP_BIN), "patch", str(qwen_src), "-c", "512k", "-o",
-                        str(out), "--force"], capture_output=True, check=True)
+        assert json.loads((out / "config.json").read_text())["max_position_embeddings"] == \
+            m["target_context"]
+        subprocess.run(old, capture_output=True, check=True)  # back to the old state
+    assert killed >= 2, f"only {killed} kill(s) landed while patch ran"
     assert seen <= {524288, 1048576}
     assert [p.name for p in tmp_path.iterdir() if "qwenprep-tmp" in p.name] == []
 

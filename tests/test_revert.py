@@ -188,29 +188,54 @@ def test_revert_missing_path(cli: CliFn, tmp_path: Path) -> None:
 
 
 def test_kill_9_during_revert_leaves_old_or_nothing(qwen_src: Path, tmp_path: Path) -> None:
-    from conftest import QWENPREP_BIN
-
-    for i in range(3000):
-        (qwen_src / "extra" / f"f{i:04d}.txt").write_text("x")
-    before = tree_state(qwen_src)
+    """kill -9 spread over a whole revert: the overlay is whole or gone, the source untouched,
+    and the kills really landed while revert was running."""
     import signal
     import time
 
+    from conftest import QWENPREP_BIN, many_files, timed_run
     from qwenprep.overlay import overlay_checks, read_manifest
 
-    for delay in (0.05, 0.2, 0.4):
-        out = tmp_path / f"ov{delay}"
-        subprocess.run([str(QWENPREP_BIN), "patch", str(qwen_src), "-c", "1m", "-o", str(out)],
-                       check=True, capture_output=True)
-        p = subprocess.Popen([str(QWENPREP_BIN), "revert", str(out)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(delay)
+    many_files(qwen_src)
+    before = tree_state(qwen_src)
+    out = tmp_path / "ov"
+    patch = [str(QWENPREP_BIN), "patch", str(qwen_src), "-c", "1m", "-o", str(out)]
+    revert = [str(QWENPREP_BIN), "revert", str(out)]
+    timed_run(patch)
+    duration = timed_run(revert)
+    killed = 0
+    for frac in (0.1, 0.3, 0.5, 0.7, 0.9):
+        if not out.exists():
+            subprocess.run(patch, check=True, capture_output=True)
+        p = subprocess.Popen(revert, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(duration * frac)
         p.send_signal(signal.SIGKILL)
-        p.wait()
+        killed += p.wait() == -signal.SIGKILL
         if out.exists():
             assert read_manifest(out) is not None
             assert all(c.status == "pass" for c in overlay_checks(out))
+    assert killed >= 2, f"only {killed} kill(s) landed while revert ran"
     assert tree_state(qwen_src) == before
+    subprocess.run(patch, check=True, capture_output=True)  # leftovers never block a new run
+    assert read_manifest(out) is not None
+
+
+def test_concurrent_reverts(qwen_src: Path, tmp_path: Path) -> None:
+    from conftest import QWENPREP_BIN
+
+    out = tmp_path / "ov"
+    subprocess.run([str(QWENPREP_BIN), "patch", str(qwen_src), "-c", "1m", "-o", str(out)],
+                   check=True, capture_output=True)
+    procs = [subprocess.Popen([str(QWENPREP_BIN), "revert", str(out)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [(p.wait(), p.stderr.read() if p.stderr else "") for p in procs]
+    codes = sorted(rc for rc, _ in results)
+    assert codes[0] == 0 and all(rc in (0, 3) for rc in codes), results
+    assert codes.count(0) == 1, results
+    for rc, err in results:
+        if rc == 3:
+            assert "no such overlay" in err, err
+    assert not out.exists()
 
 
 def test_revert_through_a_symlink_removes_the_real_overlay(cli: CliFn, qwen_src: Path,
