@@ -46,3 +46,22 @@ def test_patch_results_match_schema(cli: CliFn, qwen_src: Path, tmp_path: Path) 
         r = cli("patch", str(qwen_src), "-c", ctx, "-o", str(tmp_path / "o"), "--json")
         assert r.exit_code == code
         _valid("patch-result", r)
+
+
+def test_revert_results_match_schema(cli: CliFn, qwen_src: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    assert cli("patch", str(qwen_src), "-c", "1m", "-o", str(out)).exit_code == 0
+    r = cli("revert", str(out), "--json")
+    assert r.exit_code == 0 and _valid("revert-result", r)["action"] == "removed-overlay"
+    r = cli("revert", str(qwen_src), "--json")
+    assert r.exit_code == 0 and _valid("revert-result", r)["action"] == "already-original"
+    r = cli("revert", str(tmp_path / "none"), "--json")
+    assert r.exit_code == 3 and "error" in _valid("revert-result", r)
+
+
+def test_demo_result_matches_schema(cli: CliFn) -> None:
+    r = cli("demo", "--no-serve", "--json")
+    assert r.exit_code == 0, r.output
+    obj = _valid("demo-result", r)
+    assert obj["ok"] is True
+    assert [s["status"] for s in obj["steps"]] == ["pass"] * len(obj["steps"])
