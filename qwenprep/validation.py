@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from qwenprep.checkpoint import CONFIG
 from qwenprep.contexts import NATIVE_QWEN3_CODER, effective_rope, rope_style, rope_type
@@ -17,11 +17,11 @@ from qwenprep.report import Check
 PATCH_HINT = "qwenprep patch MODEL --context 1m --out DIR"
 
 
-def _num(x: Any) -> bool:
+def _num(x: Any) -> TypeGuard[int | float]:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-def _int(x: Any) -> bool:
+def _int(x: Any) -> TypeGuard[int]:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
@@ -104,7 +104,7 @@ def invariant_checks(config: dict[str, Any], *, native: int | None = None,
         has_theta = "rope_theta" in rope
         where = "$.rope_theta"
     if has_theta:
-        theta = rope.get("rope_theta") if style != "rope_parameters" else block["rope_theta"]
+        theta = rope.get("rope_theta")
         checks.append(Check("invariant.rope_theta", "pass",
                             f"rope_theta {theta!r} present where the engine reads it"))
     else:
