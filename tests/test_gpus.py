@@ -136,3 +136,120 @@ def test_plan_reads_gpus_from_nvidia_smi(no_nvml: None, monkeypatch: pytest.Monk
     assert out["parallel"]["tp"] == 2 and out["parallel"]["gpus"] == 2
     assert out["exact"] is False
     assert out["estimate"]["gpu_memory_bytes"] == 81559 * MiB
+
+
+# ------------------------------------------------------------------ NVML (nvidia-ml-py)
+# A small `pynvml` module written into tmp_path stands in for the external NVIDIA library (it
+# has the functions gpus.from_nvml calls, with nvidia-ml-py's names and return shapes: a
+# handle per index, the name as bytes (older releases) or str, a memory struct in bytes).
+
+FAKE_PYNVML = '''
+class NVMLError(Exception):
+    pass
+
+INIT_ERROR = {init_error!r}
+GPUS = {gpus!r}  # (name, total bytes, free bytes)
+calls = []
+
+class _Memory:
+    def __init__(self, total, free):
+        self.total, self.free, self.used = total, free, total - free
+
+def nvmlInit():
+    calls.append("init")
+    if INIT_ERROR:
+        raise NVMLError(INIT_ERROR)
+
+def nvmlShutdown():
+    calls.append("shutdown")
+
+def nvmlDeviceGetCount():
+    return len(GPUS)
+
+def nvmlDeviceGetHandleByIndex(i):
+    return ("handle", i)
+
+def nvmlDeviceGetName(h):
+    name = GPUS[h[1]][0]
+    return name.encode() if h[1] == 0 else name
+
+def nvmlDeviceGetMemoryInfo(h):
+    return _Memory(GPUS[h[1]][1], GPUS[h[1]][2])
+'''
+
+H100 = ("NVIDIA H100 80GB HBM3", 85520809984, 84942979072)
+
+
+def fake_pynvml(dir_: Path, *, gpus: list[tuple[str, int, int]],
+                init_error: str | None = None) -> Path:
+    dir_.mkdir(parents=True, exist_ok=True)
+    (dir_ / "pynvml.py").write_text(FAKE_PYNVML.format(gpus=gpus, init_error=init_error))
+    return dir_
+
+
+@pytest.fixture
+def use_fake_nvml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ignore[no-untyped-def]
+    def install(**kw: object) -> object:
+        import importlib.util
+
+        d = fake_pynvml(tmp_path / "nvml", **kw)  # type: ignore[arg-type]
+        spec = importlib.util.spec_from_file_location("pynvml", d / "pynvml.py")
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        # `import pynvml` in gpus.from_nvml finds this one; the old entry is back after the test
+        monkeypatch.setitem(sys.modules, "pynvml", mod)
+        return mod
+    return install
+
+
+def test_inventory_from_nvml(use_fake_nvml, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+                             tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "no-smi"))
+    mod = use_fake_nvml(gpus=[H100, ("NVIDIA H100 80GB HBM3", 85520809984, 1000 * MiB)])
+    inv = inventory()
+    assert inv.source == "nvml" and inv.count == 2 and inv.notes == ()
+    assert inv.gpus == (GPU(0, "NVIDIA H100 80GB HBM3", 85520809984, 84942979072),
+                        GPU(1, "NVIDIA H100 80GB HBM3", 85520809984, 1000 * MiB))
+    assert inv.min_total == 85520809984
+    assert mod.calls == ["init", "shutdown"]  # NVML is shut down again after reading
+
+
+def test_nvml_init_failure_falls_back_to_nvidia_smi(use_fake_nvml,  # type: ignore[no-untyped-def]
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path) -> None:
+    fake_smi(tmp_path / "bin", H200_CSV)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    mod = use_fake_nvml(gpus=[H100], init_error="Driver Not Loaded")
+    inv = inventory()
+    assert inv.source == "nvidia-smi" and inv.count == 8
+    assert inv.notes == ("NVML: NVML did not start (Driver Not Loaded)",)
+    assert mod.calls == ["init"]
+
+
+def test_nvml_with_no_gpus_falls_back(use_fake_nvml, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+                                      tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "no-smi"))
+    use_fake_nvml(gpus=[])
+    inv = inventory()
+    assert inv.source == "none"
+    assert inv.notes == ("NVML: no GPUs", "nvidia-smi is not on PATH")
+
+
+def test_console_script_plan_reads_nvml(tmp_path: Path) -> None:
+    """Through the installed console script in a fresh process: the fake pynvml first on
+    PYTHONPATH gives the GPUs (count -> TP, memory -> the estimate)."""
+    import json
+    import subprocess
+
+    from conftest import QWENPREP_BIN, TINY
+
+    d = fake_pynvml(tmp_path / "nvml", gpus=[H100, H100])
+    env = dict(os.environ, PYTHONPATH=str(d), PATH=str(tmp_path / "no-smi"))
+    res = subprocess.run([str(QWENPREP_BIN), "plan", str(TINY), "--context", "1m",
+                          "--vllm-version", "0.32", "--json"], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["parallel"]["tp"] == 2 and out["parallel"]["gpus"] == 2
+    assert out["estimate"]["gpu_memory_bytes"] == 85520809984
