@@ -440,10 +440,22 @@ def test_console_script_json_validates(tiny_src: Path) -> None:
 PIPELINES = Path(__file__).resolve().parent.parent / "examples" / "pipelines"
 
 
-def _run_preflight_sh(tmp_path: Path, tiny_src: Path, tp: str) -> subprocess.CompletedProcess[str]:
+def _run_preflight_sh(tmp_path: Path, tiny_src: Path, tp: str,
+                      *args: str) -> subprocess.CompletedProcess[str]:
+    """The shell pipeline with nothing on PATH but python3: no jq (a fresh machine has none)."""
+    import shutil
+    import sys
+
+    bin_ = tmp_path / "only-python"
+    bin_.mkdir(exist_ok=True)
+    if not (bin_ / "python3").exists():
+        (bin_ / "python3").symlink_to(sys.executable)
     env = dict(os.environ, MODEL=str(tiny_src), OUT=str(tmp_path / "overlay"), TP=tp,
-               CONTEXT="1m", REPORT=str(tmp_path / "report.json"), QWENPREP=str(QWENPREP_BIN))
-    return subprocess.run(["sh", str(PIPELINES / "preflight.sh"), "--kv-memory", "2GiB",
+               CONTEXT="1m", REPORT=str(tmp_path / "report.json"), QWENPREP=str(QWENPREP_BIN),
+               PATH=str(bin_))
+    sh = shutil.which("sh")
+    assert sh is not None
+    return subprocess.run([sh, str(PIPELINES / "preflight.sh"), *(args or ("--kv-memory", "2GiB")),
                            "--no-engine"], capture_output=True, text=True, env=env, timeout=120)
 
 
@@ -459,6 +471,16 @@ def test_shell_pipeline_gates_on_the_report(tmp_path: Path, tiny_src: Path) -> N
     assert bad.returncode == 1
     assert "preflight: NOT ready to serve" in bad.stderr
     assert "  FAIL parallel.heads: TP 8 does not divide the 4 query heads" in bad.stderr
+
+
+def test_shell_pipeline_passes_on_qwenprep_errors(tmp_path: Path, tiny_src: Path) -> None:
+    res = _run_preflight_sh(tmp_path, tiny_src, "1", "--gpus", "8")  # no --gpu-memory
+    assert res.returncode == 2
+    assert res.stderr.splitlines()[-3:] == [
+        "preflight: qwenprep check could not run (exit 2):",
+        "--gpus and --gpu-memory go together.",
+        "Hint: e.g. --gpus 8 --gpu-memory 141GB",
+    ], res.stderr
 
 
 def _commands(obj: Any) -> list[str]:
