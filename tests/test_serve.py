@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from conftest import QWENPREP_BIN, TINY, invoke
 from qwenprep import engine as eng
+from qwenprep.cli import cli
 from qwenprep.errors import ChecksFailed
 
 VLLM_PY = os.environ.get("QWENPREP_VLLM_PYTHON") or sys.executable
@@ -121,6 +124,7 @@ def test_sigint_is_forwarded_and_exit_code_passed_through(served: Served) -> Non
     rc = served.proc.wait(90)
     ready = json.loads(served.proc.stdout.read())
     assert ready["ok"] is True and ready["ready"] is True
+    assert list(_plan_validator().iter_errors(ready)) == []
     assert ready["max_model_len"] == 1048576 and ready["url"] == served.url
     assert rc == 0
     assert "vLLM exited with code 0" in served.log.read_text()
@@ -236,3 +240,63 @@ def test_too_few_gpus_on_this_node_is_a_note(tmp_path: Path,
     assert not any("GPU(s)" in n for n in _dry_run_notes(ov))
     fake_smi(bin_dir, "", rc=9)
     assert not any("GPU(s)" in n for n in _dry_run_notes(ov))
+
+
+# ---------------------------------------------------------------- serve-plan.schema.json
+def _plan_validator() -> Any:
+    from qwenprep.schemas import validator
+
+    return validator("serve-plan")
+
+
+def _errors(obj: dict[str, Any]) -> list[str]:
+    return [f"{list(e.absolute_path)}: {e.message}" for e in _plan_validator().iter_errors(obj)]
+
+
+def test_dry_run_outputs_match_the_serve_plan_schema(tmp_path: Path) -> None:
+    ov = _480b_overlay(tmp_path)
+    runs = {
+        "single": ("--vllm-python", VLLM_PY),
+        "native": ("--nnodes", "2", "--gpus-per-node", "4", "--master-addr", "10.0.0.1"),
+        "dp": ("--nnodes", "2", "--gpus-per-node", "8"),
+        "ray": ("--nnodes", "2", "--gpus-per-node", "4", "--multinode-mode", "ray"),
+    }
+    for label, args in runs.items():
+        r = invoke("serve", str(ov), "--dry-run", "--json", *args)
+        assert r.exit_code == 0, (label, r.output)
+        out = json.loads(r.stdout)
+        assert _errors(out) == [], label
+        assert (out["multinode_mode"] or "single") == label
+    # a plain checkpoint (no digest, no guard) with vLLM's environment cleaned
+    plain = tmp_path / "plain"
+    shutil.copytree(TINY, plain)
+    env_r = CliRunner().invoke(cli, ["serve", str(plain), "--dry-run", "--json", "--tp", "2",
+                                     "--nnodes", "2", "--gpus-per-node", "1"],
+                               env={"VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"},
+                               catch_exceptions=False)
+    out = json.loads(env_r.stdout)
+    assert out["digest"] is None and out["unset_env"] == ["VLLM_ALLOW_LONG_MAX_MODEL_LEN"]
+    assert all(n["guard"] == [] for n in out["nodes"])
+    assert _errors(out) == []
+    # no vLLM anywhere: engine null
+    no_vllm = eng.build_launch_plan(ov, engine=None).to_dict()
+    assert _errors({"schema_version": 1, "ok": True, "dry_run": True, **no_vllm}) == []
+    # a refusal is the error object
+    r = invoke("serve", str(TINY), "--max-model-len", "1m", "--dry-run", "--json")
+    assert r.exit_code == 3 and _errors(json.loads(r.stdout)) == []
+
+
+def test_the_serve_plan_schema_rejects_what_serve_never_prints(tmp_path: Path) -> None:
+    ov = _480b_overlay(tmp_path)
+    r = invoke("serve", str(ov), "--dry-run", "--json", "--nnodes", "2", "--gpus-per-node", "4")
+    good = json.loads(r.stdout)
+    assert _errors(good) == []
+    for bad in (
+        {**good, "max_model_len": "1048576"},  # a string
+        {**good, "extra": 1},  # an unknown key
+        {**good, "multinode_mode": None},  # nodes without a mode
+        {**good, "nodes": [good["nodes"][1], good["nodes"][0]]},  # rank 0 must be the head
+        {k: v for k, v in good.items() if k != "argv"},
+        {**good, "ok": False},
+    ):
+        assert _errors(bad), bad
