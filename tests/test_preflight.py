@@ -501,7 +501,7 @@ def _commands(obj: Any) -> list[str]:
 
 
 def test_kubernetes_init_container_and_job_gate_on_check() -> None:
-    yaml = pytest.importorskip("yaml")
+    import yaml  # pyyaml: in the test extra
     docs = list(yaml.safe_load_all((PIPELINES / "k8s-vllm-preflight.yaml").read_text()))
     kinds = [d["kind"] for d in docs]
     assert kinds == ["Deployment", "Job"]
@@ -519,10 +519,23 @@ def test_kubernetes_init_container_and_job_gate_on_check() -> None:
 
 
 def test_ci_workflow_gates_deploy_on_check() -> None:
-    yaml = pytest.importorskip("yaml")
+    import yaml  # pyyaml: in the test extra
+
     wf = yaml.safe_load((PIPELINES / "github-actions.yml").read_text())
     jobs = wf["jobs"]
     assert jobs["deploy"]["needs"] == "preflight"
     runs = _commands(jobs["preflight"])
     assert any("qwenprep check" in r and "--json" in r for r in runs)
-    assert any(r.startswith("qwenprep patch") for r in runs)
+    # patch reads a repo id from the HF cache only: the workflow fetches it first
+    first = [r.split()[1] for r in runs if r.startswith("qwenprep ")]
+    assert first[:3] == ["fetch", "patch", "check"], runs
+    fetch = next(r for r in runs if r.startswith("qwenprep fetch"))
+    assert fetch.startswith('qwenprep fetch "$MODEL"')
+    r = invoke("fetch", "--help")
+    assert r.exit_code == 0 and "--json" in r.stdout
+
+
+def test_pipelines_need_no_jq() -> None:
+    """A fresh machine has python3 (qwenprep runs on it) but not necessarily jq."""
+    for f in sorted(PIPELINES.iterdir()):
+        assert "jq " not in f.read_text(), f.name
