@@ -172,7 +172,8 @@ class ModelShape:
     def from_config(cls, config: dict[str, Any], *, name: str = "model",
                     weight_bytes: int | None = None, expert_weight_bytes: int = 0,
                     weights_source: str = "unknown") -> ModelShape:
-        cfg = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+        text_config = config.get("text_config")
+        cfg: dict[str, Any] = text_config if isinstance(text_config, dict) else config
 
         def need(key: str) -> int:
             v = cfg.get(key)
@@ -185,7 +186,7 @@ class ModelShape:
         heads = need("num_attention_heads")
         hidden = need("hidden_size")
         kv = cfg.get("num_key_value_heads") or heads
-        head_dim = cfg.get("head_dim") or hidden // heads
+        head_dim = need("head_dim")  # never derived: 96 x 128 != 6144 on the 480B (FACTS.md)
         dtype = str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16").replace("torch.", "")
         qc = cfg.get("quantization_config") or {}
         block = qc.get("weight_block_size") if qc.get("quant_method") == "fp8" else None
