@@ -30,13 +30,14 @@ never echoes a header back.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import parse_qs, unquote, urlsplit
 
 
@@ -452,6 +453,16 @@ def tiny_hub() -> tuple[HubServer, Commit, Commit]:
     docs = make_commit({"README.md": b"# docs\n"})
     hub.add_repo("Qwen/Docs-Only", [docs], {"main": docs.sha})
     return hub.start(), main, v1
+
+
+@contextlib.contextmanager
+def serving_tiny_hub() -> Iterator[tuple[HubServer, Commit, Commit]]:
+    """tiny_hub(), stopped on the way out (for fixtures of any scope)."""
+    server, main, v1 = tiny_hub()
+    try:
+        yield server, main, v1
+    finally:
+        server.stop()
 
 
 def hub_env(hub: HubServer, hf_home: Path, **extra: str) -> dict[str, str]:

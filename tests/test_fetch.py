@@ -18,7 +18,14 @@ from typing import Any
 
 import pytest
 
-from hubserver import TINY_REPO, V1_TRANSFORMERS, Commit, HubServer, hub_env, tiny_hub
+from hubserver import (
+    TINY_REPO,
+    V1_TRANSFORMERS,
+    Commit,
+    HubServer,
+    hub_env,
+    serving_tiny_hub,
+)
 
 QWENPREP = Path(sys.executable).parent / "qwenprep"
 TOKEN = "hf_secretTOKENabc123456789"
@@ -37,11 +44,8 @@ SERVING = {
 
 @pytest.fixture
 def hub() -> Iterator[tuple[HubServer, Commit, Commit]]:
-    server, main, v1 = tiny_hub()
-    try:
-        yield server, main, v1
-    finally:
-        server.stop()
+    with serving_tiny_hub() as served:
+        yield served
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from hubserver import TINY_REPO, Commit, HubServer, hub_env, tiny_hub
+from hubserver import TINY_REPO, Commit, HubServer, hub_env, serving_tiny_hub
 
 QWENPREP = Path(sys.executable).parent / "qwenprep"
 
@@ -30,11 +30,8 @@ def errors(obj: Any) -> list[str]:
 
 @pytest.fixture(scope="module")
 def hub() -> Iterator[tuple[HubServer, Commit, Commit]]:
-    server, main, v1 = tiny_hub()
-    try:
-        yield server, main, v1
-    finally:
-        server.stop()
+    with serving_tiny_hub() as served:
+        yield served
 
 
 def fetch_json(hub: HubServer, hf_home: Path, *args: str) -> tuple[int, dict[str, Any]]:
