@@ -54,7 +54,17 @@ json_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _WorkflowOrder(click.Group):
+    """Lists commands in the order of the job, not alphabetically."""
+
+    ORDER = ("fetch", "verify", "patch", "validate", "plan", "check", "serve", "revert", "demo")
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        known = [c for c in self.ORDER if c in self.commands]
+        return known + sorted(c for c in self.commands if c not in self.ORDER)
+
+
+@click.group(cls=_WorkflowOrder, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="qwenprep")
 def cli() -> None:
     """Prepare Qwen3-Coder checkpoints for long-context serving with vLLM.
@@ -69,7 +79,7 @@ def cli() -> None:
 # --- foundation commands (patch, validate, revert, demo) ---
 
 
-@cli.command()
+@cli.command(short_help='Patch config.json for 512K/1M into an overlay directory.')
 @click.argument("model")
 @click.option("--context", "-c", required=True, metavar="C",
               help="native|256k|512k|1m|N tokens (1m = 1048576, YaRN factor 4 over 256K).")
@@ -105,7 +115,7 @@ def patch(model: str, context: str, out: Path, force: bool, as_json: bool) -> No
     click.echo(str(res.path))
 
 
-@cli.command()
+@cli.command(short_help='Check config.json: schema and long-context invariants.')
 @click.argument("path")
 @json_option
 def validate(path: str, as_json: bool) -> None:
@@ -118,7 +128,7 @@ def validate(path: str, as_json: bool) -> None:
     finish_report(report, as_json, "valid" if report.ok else "INVALID: see the FAIL lines above")
 
 
-@cli.command()
+@cli.command(short_help='Remove an overlay, or restore an edited config.json.')
 @click.argument("path", metavar="PATH|ORG/NAME[@REV]")
 @json_option
 def revert(path: str, as_json: bool) -> None:
@@ -136,7 +146,7 @@ def revert(path: str, as_json: bool) -> None:
     click.echo(res.message)
 
 
-@cli.command()
+@cli.command(short_help='The main job end to end on the embedded tiny checkpoint.')
 @click.option("--workdir", type=click.Path(path_type=Path), default=None,
               help="Where the demo overlay goes (default: a temporary directory).")
 @click.option("--serve/--no-serve", default=True,
@@ -175,7 +185,7 @@ def demo(workdir: Path | None, serve: bool, vllm_python: str | None, as_json: bo
 # --- locate/fetch/verify commands ---
 
 
-@cli.command()
+@cli.command(short_help='Check a checkpoint is whole (headers; --deep: every byte).')
 @click.argument("model", metavar="PATH|ORG/NAME")
 @click.option("--deep", is_flag=True, help="Also hash every byte against its content hash.")
 @click.option("--engine", is_flag=True, help="Also read the config back through vLLM.")
@@ -209,7 +219,7 @@ def verify(model: str, deep: bool, engine: bool, vllm_python: str | None, as_jso
                   + (f", {x['hashed_bytes']:,} bytes hashed" if deep else ""))
 
 
-@cli.command()
+@cli.command(short_help='Download a checkpoint (pinned commit), then verify it.')
 @click.argument("repo", metavar="ORG/NAME[@REV]")
 @click.option("--local-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Download into this directory instead of the Hugging Face cache.")
@@ -263,7 +273,7 @@ def _with(options: list[Callable[[Any], Any]]) -> Callable[[Any], Any]:
     return deco
 
 
-@cli.command()
+@cli.command(short_help="KV-cache capacity and concurrency, by vLLM's arithmetic.")
 @click.argument("model")
 @click.option("--context", "-c", metavar="C", help="native|256k|512k|1m|N (default: the "
               "checkpoint's max_position_embeddings).")
@@ -294,7 +304,7 @@ def plan(model: str, context: str | None, tp: int | None, pp: int, ep: bool, gpu
     sys.exit(0 if p.fits else EXIT_CHECKS_FAILED)
 
 
-@cli.command()
+@cli.command(short_help='Every pre-flight check before a deploy, in one report.')
 @click.argument("path")
 @_tp_option
 @_pp_option
@@ -336,7 +346,7 @@ def check(path: str, tp: int | None, pp: int, ep: bool | None, context: str | No
 # --- engine/serve commands ---
 
 
-@cli.command()
+@cli.command(short_help='Launch vLLM from the overlay with the right flags.')
 @click.argument("path")
 @click.option("--tp", type=int, default=None,
               help="Tensor parallel size (default: the model profile's).")

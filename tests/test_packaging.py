@@ -112,3 +112,12 @@ def test_usage_errors_keep_the_json_contract() -> None:
         assert "Usage: qwenprep" in r.stderr
     r = subprocess.run([str(QWENPREP_BIN), "patch"], capture_output=True, text=True)
     assert r.returncode == 2 and r.stdout == ""
+
+
+def test_help_lists_commands_in_workflow_order() -> None:
+    r = subprocess.run([str(QWENPREP_BIN), "--help"], capture_output=True, text=True, check=True)
+    listed = [line.split()[0] for line in r.stdout.split("Commands:")[1].splitlines()
+              if line.strip()]
+    assert listed == ["fetch", "verify", "patch", "validate", "plan", "check", "serve",
+                      "revert", "demo"]
+    assert "..." not in r.stdout  # every one-line summary fits
