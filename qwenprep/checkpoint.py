@@ -60,7 +60,7 @@ def resolve_model(spec: str | Path) -> Checkpoint:
     hashes; never the network): the Checkpoint then carries repo_id and the resolved commit.
     Anything else gets resolve_dir's message.
     """
-    from qwenprep.hub import find_cached, parse_repo_spec
+    from qwenprep.hub import find_cached, parse_repo_spec, snapshot_repo
 
     text = str(spec)
     if not Path(text).expanduser().exists():
@@ -69,9 +69,7 @@ def resolve_model(spec: str | Path) -> Checkpoint:
             snapshot, commit = find_cached(repo)
             return replace(resolve_dir(snapshot), repo_id=repo.repo_id, revision=commit)
     ckpt = resolve_dir(spec)
-    # A snapshot directory of the HF cache given by path: .../models--ORG--NAME/snapshots/COMMIT
-    parent, repo_dir = ckpt.path.parent, ckpt.path.parent.parent.name
-    if parent.name == "snapshots" and repo_dir.startswith("models--") and repo_dir.count("--") == 2:
-        repo_id = repo_dir[len("models--") :].replace("--", "/")
-        return replace(ckpt, repo_id=repo_id, revision=ckpt.path.name)
+    snap = snapshot_repo(ckpt.path)  # a snapshot directory of the HF cache given by path
+    if snap is not None:
+        return replace(ckpt, repo_id=snap[0], revision=snap[1])
     return ckpt

@@ -50,6 +50,38 @@ def parse_repo_spec(spec: str) -> RepoSpec | None:
     return RepoSpec(repo_id, revision or None)
 
 
+def snapshot_repo(path: Path) -> tuple[str, str] | None:
+    """(repo_id, commit) when PATH is an HF cache snapshot: .../models--ORG--NAME/snapshots/REV.
+    The one rule every module uses to tell a snapshot from a plain directory."""
+    repo_dir = path.parent.parent.name
+    if path.parent.name != "snapshots" or not repo_dir.startswith("models--"):
+        return None
+    parts = repo_dir[len("models--"):].split("--")
+    if len(parts) != 2 or not all(parts):
+        return None
+    return "/".join(parts), path.name
+
+
+def snapshot_blobs(path: Path) -> Path | None:
+    """The blobs/ folder beside a snapshot (None when PATH is not a snapshot or has none)."""
+    if snapshot_repo(path) is None:
+        return None
+    blobs = path.parent.parent / "blobs"
+    return blobs if blobs.is_dir() else None
+
+
+def local_dir_etag(root: Path, name: str) -> str | None:
+    """The etag huggingface_hub recorded for NAME in a --local-dir download (line 2 of
+    .cache/huggingface/download/NAME.metadata): sha256 for LFS files, git blob sha1 otherwise."""
+    meta = root / ".cache" / "huggingface" / "download" / f"{name}.metadata"
+    try:
+        lines = meta.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    etag = lines[1].strip().strip('"').lower() if len(lines) >= 2 else ""
+    return etag if re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", etag) else None
+
+
 def _env_path(name: str) -> str | None:
     value = os.environ.get(name)
     return os.path.expandvars(os.path.expanduser(value)) if value else None

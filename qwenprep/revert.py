@@ -9,7 +9,6 @@ edited config in the serialisations Hugging Face tools write.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -22,11 +21,14 @@ from qwenprep.checkpoint import CONFIG
 from qwenprep.contexts import (
     NATIVE_QWEN3_CODER,
     ContextRequest,
+    effective_rope,
     native_context,
     patch_config,
     rope_type,
 )
 from qwenprep.errors import InputError
+from qwenprep.hashing import git_blob_sha1_of as git_blob_sha1
+from qwenprep.hub import local_dir_etag, snapshot_blobs
 from qwenprep.jsonio import atomic_write_bytes, fsync_dir
 from qwenprep.overlay import read_manifest, remove_overlay
 
@@ -34,12 +36,6 @@ BACKUP_NAMES = ("config.json.bak", "config.json.orig", "config.json.backup", "co
                 "config.json.qwenprep-backup", "config.json.original")
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
 _COMMON_NATIVES = (NATIVE_QWEN3_CODER, 131072, 40960, 32768)
-
-
-def git_blob_sha1(data: bytes) -> str:
-    h = hashlib.sha1(b"blob %d\0" % len(data))
-    h.update(data)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -52,24 +48,6 @@ class RevertResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _snapshot_blobs(snapshot: Path) -> Path | None:
-    """blobs/ of an HF cache repo when SNAPSHOT is .../models--X--Y/snapshots/REV."""
-    if snapshot.parent.name == "snapshots" and snapshot.parent.parent.name.count("--") >= 2:
-        blobs = snapshot.parent.parent / "blobs"
-        return blobs if blobs.is_dir() else None
-    return None
-
-
-def _local_dir_etag(path: Path) -> str | None:
-    meta = path / ".cache" / "huggingface" / "download" / f"{CONFIG}.metadata"
-    try:
-        lines = meta.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return None
-    etag = lines[1].strip().strip('"') if len(lines) > 1 else ""
-    return etag if _SHA1.match(etag) else None
 
 
 def _unpatched_variants(data: bytes) -> Iterator[tuple[str, bytes]]:
@@ -110,7 +88,7 @@ def _is_patched(data: bytes) -> bool:
     try:
         cfg = json.loads(data)
         mpe = cfg.get("max_position_embeddings")
-        return rope_type(cfg.get("rope_scaling") or cfg.get("rope_parameters")) != "default" or \
+        return rope_type(effective_rope(cfg)) != "default" or \
             mpe != native_context(cfg) or (isinstance(mpe, int) and mpe > NATIVE_QWEN3_CODER)
     except Exception:  # noqa: BLE001
         return False
@@ -148,10 +126,10 @@ def revert_path(spec: str | Path) -> RevertResult:
         raise InputError(f"{cfg}: missing; nothing to revert here.",
                          hint="pass an overlay made by qwenprep patch, or a checkpoint directory.")
     current = cfg.read_bytes()
-    blobs = _snapshot_blobs(path)
+    blobs = snapshot_blobs(path)
     if blobs is not None:
         return _revert_in_cache(path, cfg, current, blobs)
-    etag = _local_dir_etag(path)
+    etag = local_dir_etag(path, CONFIG)
     if etag:
         done = _restore_to_address(path, cfg, current, etag, cfg, "matches the download record")
         if done is not None:
@@ -217,7 +195,7 @@ def _revert_in_cache(snapshot: Path, cfg: Path, current: bytes, blobs: Path) -> 
             return done
         raise InputError(
             f"{cfg}: the blob {address} was edited and neither a backup nor an un-patch of it "
-            "reproduces content address {address}.".replace("{address}", address),
+            f"reproduces content address {address}.",
             hint="restore it from the hub: hf download ORG/NAME config.json --revision "
             f"{snapshot.name} --force-download")
     # the link was replaced by an edited file: find the intact blob it pointed to
