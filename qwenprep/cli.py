@@ -49,6 +49,9 @@ def finish_report(report: Report, as_json: bool, summary: str | None = None) -> 
     sys.exit(0 if report.ok else EXIT_CHECKS_FAILED)
 
 
+vllm_python_option = click.option(
+    "--vllm-python", envvar="QWENPREP_VLLM_PYTHON", default=None,
+    help="Interpreter that has vLLM (default: this one). Env: QWENPREP_VLLM_PYTHON.")
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON object on stdout; logs go to stderr."
 )
@@ -151,8 +154,7 @@ def revert(path: str, as_json: bool) -> None:
               help="Where the demo overlay goes (default: a temporary directory).")
 @click.option("--serve/--no-serve", default=True,
               help="Launch the real vLLM on the overlay when it is installed (default: yes).")
-@click.option("--vllm-python", envvar="QWENPREP_VLLM_PYTHON", default=None,
-              help="Interpreter that has vLLM (default: this one). Env: QWENPREP_VLLM_PYTHON.")
+@vllm_python_option
 @json_option
 def demo(workdir: Path | None, serve: bool, vllm_python: str | None, as_json: bool) -> None:
     """Run the main job end to end on the embedded tiny checkpoint.
@@ -189,8 +191,7 @@ def demo(workdir: Path | None, serve: bool, vllm_python: str | None, as_json: bo
 @click.argument("model", metavar="PATH|ORG/NAME")
 @click.option("--deep", is_flag=True, help="Also hash every byte against its content hash.")
 @click.option("--engine", is_flag=True, help="Also read the config back through vLLM.")
-@click.option("--vllm-python", envvar="QWENPREP_VLLM_PYTHON", default=None,
-              help="Interpreter that has vLLM (default: this one). Env: QWENPREP_VLLM_PYTHON.")
+@vllm_python_option
 @json_option
 def verify(model: str, deep: bool, engine: bool, vllm_python: str | None, as_json: bool) -> None:
     """Check a checkpoint is whole: index vs shards, safetensors headers, FP8 structure and
@@ -348,7 +349,7 @@ def check(path: str, tp: int | None, pp: int, ep: bool | None, context: str | No
 
 @cli.command(short_help='Launch vLLM from the overlay with the right flags.')
 @click.argument("path")
-@click.option("--tp", type=int, default=None,
+@click.option("--tp", type=click.IntRange(min=1), default=None,
               help="Tensor parallel size (default: the model profile's).")
 @click.option("--ep/--no-ep", default=None, help="Expert parallel (default: the model profile's).")
 @click.option("--max-model-len", "max_len", default=None, metavar="N",
@@ -356,8 +357,7 @@ def check(path: str, tp: int | None, pp: int, ep: bool | None, context: str | No
 @click.option("--host", default=None, help="Address vLLM listens on (vLLM's default: all).")
 @click.option("--port", type=int, default=None, help="Port (vLLM's default: 8000).")
 @click.option("--served-model-name", default=None, help="Name clients use in requests.")
-@click.option("--vllm-python", envvar="QWENPREP_VLLM_PYTHON", default=None,
-              help="Interpreter that has vLLM (default: this one). Env: QWENPREP_VLLM_PYTHON.")
+@vllm_python_option
 @click.option("--dry-run", is_flag=True, help="Print the command and environment; start nothing.")
 @click.option("--ready-timeout", type=float, default=1800.0, show_default=True,
               help="Seconds to wait for /v1/models before giving up.")

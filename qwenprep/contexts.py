@@ -83,10 +83,6 @@ def effective_rope(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def native_context(config: dict[str, Any]) -> int:
     """The model's native context: the original length of a YaRN config, else
     max_position_embeddings."""

@@ -59,10 +59,6 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
     return obj
 
 
-def is_overlay(path: Path) -> bool:
-    return read_manifest(path) is not None
-
-
 @dataclass(frozen=True)
 class OverlayResult:
     path: Path
