@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
 
@@ -30,13 +31,37 @@ def _pointer(path: Any) -> str:
     return "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts)
 
 
-def schema_problems(config: dict[str, Any]) -> list[str]:
-    """Schema violations as 'JSON path: message' strings, sorted by path."""
+@dataclass(frozen=True)
+class SchemaProblem:
+    """One schema violation: where (the JSON path's parts) and what."""
+
+    parts: tuple[str | int, ...]
+    message: str
+
+    @property
+    def pointer(self) -> str:
+        return _pointer(self.parts)
+
+    @property
+    def top_key(self) -> str | None:
+        return str(self.parts[0]) if self.parts else None
+
+    def __str__(self) -> str:
+        return f"{self.pointer}: {self.message}"
+
+
+def schema_errors(config: dict[str, Any]) -> list[SchemaProblem]:
+    """Every schema violation, sorted by path."""
     from qwenprep.schemas import validator
 
     errors = sorted(validator("qwen3-config").iter_errors(config),
                     key=lambda e: [str(p) for p in e.absolute_path])
-    return [f"{_pointer(e.absolute_path)}: {_message(e)}" for e in errors]
+    return [SchemaProblem(tuple(e.absolute_path), _message(e)) for e in errors]
+
+
+def schema_problems(config: dict[str, Any]) -> list[str]:
+    """Schema violations as 'JSON path: message' strings, sorted by path."""
+    return [str(p) for p in schema_errors(config)]
 
 
 def _message(e: Any) -> str:
@@ -172,12 +197,11 @@ def validate_config_text(text: str, where: str, *, manifest: dict[str, Any] | No
     if not isinstance(config, dict):
         return [Check("schema", "fail", f"{where}: top level is not a JSON object", "$")]
     checks: list[Check] = []
-    problems = schema_problems(config)
+    problems = schema_errors(config)
     for p in problems:
-        key = p.split(":", 1)[0].removeprefix("$.").split(".")[0].split("[")[0]
-        line = _line_of(text, key) if key and key != "$" else None
+        line = _line_of(text, p.top_key) if p.top_key else None
         loc = f"{where}:{line}" if line else where
-        checks.append(Check("schema", "fail", f"{loc}: {p}", p.split(":", 1)[0]))
+        checks.append(Check("schema", "fail", f"{loc}: {p}", p.pointer))
     if not problems:
         checks.append(Check("schema", "pass", f"{where} matches the Qwen3 config schema"))
     native = manifest.get("native_context") if manifest else None
