@@ -175,21 +175,43 @@ class ModelShape:
         text_config = config.get("text_config")
         cfg: dict[str, Any] = text_config if isinstance(text_config, dict) else config
 
-        def need(key: str) -> int:
+        def bad(key: str, v: object, wanted: str) -> InputError:
+            return InputError(f"config.json: {key} is {v!r}; capacity planning needs {wanted}.",
+                              hint="run qwenprep validate PATH for every problem in it.",
+                              path=f"config.json:$.{key}")
+
+        def need(key: str, default: int | None = None) -> int:
+            """A positive integer; DEFAULT when the key is absent or null. An optional count
+            (DEFAULT 0) may also be 0."""
             v = cfg.get(key)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise InputError(f"config.json: {key} is {v!r}; capacity planning needs a "
-                                 "positive integer.",
-                                 hint="run qwenprep validate PATH for every problem in it.")
+            if v is None and default is not None:
+                return default
+            least = 0 if default == 0 else 1
+            if not isinstance(v, int) or isinstance(v, bool) or v < least:
+                raise bad(key, v, "a positive integer" if least else "a count (0 or more)")
             return v
 
         heads = need("num_attention_heads")
         hidden = need("hidden_size")
-        kv = cfg.get("num_key_value_heads") or heads
+        kv = need("num_key_value_heads", heads)
         head_dim = need("head_dim")  # never derived: 96 x 128 != 6144 on the 480B (FACTS.md)
-        dtype = str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16").replace("torch.", "")
-        qc = cfg.get("quantization_config") or {}
-        block = qc.get("weight_block_size") if qc.get("quant_method") == "fp8" else None
+        dtype_key = "torch_dtype" if cfg.get("torch_dtype") is not None else "dtype"
+        dtype = cfg.get(dtype_key)
+        if dtype is not None and not isinstance(dtype, str):
+            raise bad(dtype_key, dtype, "a dtype name such as bfloat16")
+        dtype = (dtype or "bfloat16").replace("torch.", "")
+        qc = cfg.get("quantization_config")
+        if qc is not None and not isinstance(qc, dict):
+            raise bad("quantization_config", qc, "an object")
+        block: tuple[int, int] | None = None
+        if qc and qc.get("quant_method") == "fp8" and qc.get("weight_block_size") is not None:
+            wbs = qc["weight_block_size"]
+            if not (isinstance(wbs, list) and len(wbs) == 2 and all(
+                    isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in wbs)):
+                raise bad("quantization_config.weight_block_size", wbs,
+                          "two positive integers [block_n, block_k]")
+            block = (wbs[0], wbs[1])
+        experts_key = "num_experts" if cfg.get("num_experts") is not None else "num_local_experts"
         from qwenprep.contexts import native_context
 
         return cls(
@@ -197,16 +219,16 @@ class ModelShape:
             native_context=native_context(cfg),
             num_layers=need("num_hidden_layers"),
             num_attention_heads=heads,
-            num_kv_heads=int(kv),
-            head_dim=int(head_dim),
+            num_kv_heads=kv,
+            head_dim=head_dim,
             hidden_size=hidden,
-            vocab_size=int(cfg.get("vocab_size") or 0),
+            vocab_size=need("vocab_size", 0),
             dtype_bytes=_DTYPE_BYTES.get(dtype, 2),
             max_position_embeddings=need("max_position_embeddings"),
-            num_experts=int(cfg.get("num_experts") or cfg.get("num_local_experts") or 0),
-            moe_intermediate_size=int(cfg.get("moe_intermediate_size") or 0),
-            intermediate_size=int(cfg.get("intermediate_size") or 0),
-            quant_block=(int(block[0]), int(block[1])) if block else None,
+            num_experts=need(experts_key, 0),
+            moe_intermediate_size=need("moe_intermediate_size", 0),
+            intermediate_size=need("intermediate_size", 0),
+            quant_block=block,
             weight_bytes=weight_bytes,
             expert_weight_bytes=expert_weight_bytes,
             weights_source=weights_source,
