@@ -53,6 +53,9 @@ EXPERT_RE = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.")
 SKIP_DIRS = {RECORD_DIR, ".cache", ".git"}
 FETCH_HINT = "re-download the damaged file(s): qwenprep fetch ORG/NAME"
 MAX_LISTED = 5
+# Above these, tensor names are not compared one by one (the 480B: 62 layers x 160 experts).
+MAX_LAYERS = 10_000
+MAX_EXPERT_SLOTS = 100_000
 
 
 def _some(items: list[str], n: int = MAX_LISTED) -> str:
@@ -411,6 +414,13 @@ def _name_checks(scan: _Scan, config: dict[str, Any]) -> None:
         scan.add("tensors.layers", "skip", "config.json has no num_hidden_layers")
         return
     found = {int(m.group(1)) for n in scan.tensors if (m := LAYER_RE.match(n))}
+    experts = int(config.get("num_experts") or 0)
+    if layers > MAX_LAYERS or layers * max(experts, 1) > MAX_EXPERT_SLOTS:
+        # listed one by one, such counts would take minutes and gigabytes to compare
+        scan.add("tensors.layers", "fail", f"config.json says num_hidden_layers {layers} and "
+                 f"num_experts {experts}; the shards hold {len(found)} layers and "
+                 f"{len(scan.tensors):,} tensors", CONFIG)
+        return
     missing = sorted(set(range(layers)) - found)
     extra = sorted(found - set(range(layers)))
     if missing or extra:
@@ -423,7 +433,12 @@ def _name_checks(scan: _Scan, config: dict[str, Any]) -> None:
                  f"shards have {len(found)} layers: {', '.join(parts)}", CONFIG)
     else:
         scan.add("tensors.layers", "pass", f"layers 0..{layers - 1} present, as config.json says")
-    experts = int(config.get("num_experts") or 0)
+    try:
+        moe_layers = {i for i in range(layers) if _is_moe_layer(config, i)}
+    except ValueError as e:
+        scan.add("tensors.experts", "skip", f"experts not compared: config.json {e}. Hint: "
+                 f"qwenprep validate {scan.root}", CONFIG)
+        return
     per_layer: dict[int, set[int]] = {}
     for n in scan.tensors:
         if m := EXPERT_RE.match(n):
@@ -433,7 +448,7 @@ def _name_checks(scan: _Scan, config: dict[str, Any]) -> None:
         wrong = [f"layer {i}: {len(per_layer.get(i, set()))} experts"
                  + (f" (max index {max(per_layer[i])})" if per_layer.get(i) else "")
                  for i in sorted(set(range(layers)) | set(per_layer))
-                 if per_layer.get(i, set()) != (want if _is_moe_layer(config, i) else set())]
+                 if per_layer.get(i, set()) != (want if i in moe_layers else set())]
         if wrong:
             scan.add("tensors.experts", "fail", f"config.json says num_experts {experts}: "
                      f"{_some(wrong)}", CONFIG)
@@ -496,10 +511,26 @@ def _overlay_manifest(root: Path) -> dict[str, Any] | None:
         return None
 
 
+def _config_usable(scan: _Scan, config: dict[str, Any]) -> bool:
+    """Whether config.json's numbers can be held against the tensors: a config that fails its
+    schema (qwenprep.validation) gives one skip check instead of guesses from broken values."""
+    if not scan.tensors:
+        return True  # nothing to compare; the checks below say nothing either
+    from qwenprep.validation import schema_problems
+
+    problems = schema_problems(config)
+    if not problems:
+        return True
+    scan.add("tensors.names", "skip", "tensor names, counts and FP8 structure not compared with "
+             f"config.json: it fails its schema ({_some(problems, 2)}). Hint: qwenprep validate "
+             f"{scan.root} lists every problem", CONFIG)
+    return False
+
+
 def _header_scan(root: Path) -> _Scan:
     scan = _scan_headers(root)
     config = _read_config(root, scan)
-    if config is not None:
+    if config is not None and _config_usable(scan, config):
         _fp8_checks(scan, config)
         _name_checks(scan, config)
     if _overlay_manifest(root) is not None:

@@ -137,11 +137,22 @@ def module_in(module: str, modules: frozenset[str] | set[str]) -> bool:
 
 
 def _is_moe_layer(config: dict[str, Any], i: int) -> bool:
-    if config.get("num_experts", 0) <= 0:
+    """Whether layer I has routed experts (as transformers' Qwen3MoeDecoderLayer decides).
+    ValueError naming the field when num_experts, mlp_only_layers or decoder_sparse_step is not
+    what that rule can use."""
+    experts = config.get("num_experts") or 0
+    if not isinstance(experts, int) or isinstance(experts, bool):
+        raise ValueError(f"num_experts is {experts!r}; expected an integer")
+    if experts <= 0:
         return False
-    if i in (config.get("mlp_only_layers") or []):
+    mlp_only = config.get("mlp_only_layers") or []
+    if not isinstance(mlp_only, list):
+        raise ValueError(f"mlp_only_layers is {mlp_only!r}; expected a list of layer indices")
+    if i in mlp_only:
         return False
-    step = int(config.get("decoder_sparse_step", 1) or 1)
+    step = config.get("decoder_sparse_step") or 1
+    if not isinstance(step, int) or isinstance(step, bool) or step < 1:
+        raise ValueError(f"decoder_sparse_step is {step!r}; expected a positive integer")
     return (i + 1) % step == 0
 
 
