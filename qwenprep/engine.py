@@ -266,10 +266,27 @@ def max_len_allowed(config: dict[str, Any], caps: Capabilities) -> int:
         )
     rope = effective_rope(config)
     if rope.get("rope_type") == "yarn" and caps.yarn_max_len_rule == "original_x_factor":
-        original = rope.get("original_max_position_embeddings") or mpe
-        factor = rope.get("factor") or 1.0
+        original = _rope_number(rope, "original_max_position_embeddings", mpe)
+        factor = _rope_number(rope, "factor", 1.0)
+        if not math.isfinite(original * factor):
+            raise InputError(f"config.json: YaRN original_max_position_embeddings {original} x "
+                             f"factor {factor} is not a finite length.",
+                             hint="run qwenprep validate PATH for every problem in this config.")
         return int(original * factor)
     return mpe
+
+
+def _rope_number(rope: dict[str, Any], key: str, default: float) -> float:
+    """ROPE[KEY] when it is a positive finite number, DEFAULT when absent or null; InputError
+    naming the field otherwise (the rope arithmetic runs on numbers only)."""
+    v = rope.get(key)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        raise InputError(f"config.json: the rope dict's {key} is {v!r}; expected a positive "
+                         "number.",
+                         hint="run qwenprep validate PATH for every problem in this config.")
+    return v
 
 
 def _patch_source(path: Path, manifest: dict[str, Any] | None) -> str:
@@ -348,7 +365,7 @@ def readback_checks(path: Path, *, python: str | None = None) -> list[Check]:
     else:
         want_len = max_len_allowed(config, info.capabilities)
         want_type = str(rope.get("rope_type", "default"))
-        want_factor = float(rope.get("factor") or 1.0)
+        want_factor = float(_rope_number(rope, "factor", 1.0))
         want_original = (
             rope.get("original_max_position_embeddings") if want_type == "yarn" else None
         )
