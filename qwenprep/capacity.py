@@ -24,11 +24,17 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from qwenprep.engine import (
+    NEWEST_KNOWN,
+    OLDEST_KNOWN,
+    capabilities_for,
+    discover,
+    parse_version,
+)
 from qwenprep.errors import InputError, UsageError
 from qwenprep.sizes import GiB, format_gib
 
@@ -44,8 +50,6 @@ _DTYPE_BYTES = {
     "float32": 4, "float": 4, "fp32": 4,
 }
 
-KNOWN_OLDEST = (0, 10)
-KNOWN_NEWEST = (0, 33)
 
 
 # --------------------------------------------------------------------------- version rules
@@ -86,29 +90,32 @@ class VllmRule:
         }
 
 
-_VERSION = re.compile(r"^\s*v?(\d+)\.(\d+)(?:\.(\d+))?")
-
-
-def parse_version(text: str) -> tuple[int, int, int]:
-    m = _VERSION.match(str(text))
-    if not m:
+def named_version(text: str) -> tuple[int, int, int]:
+    """A version the user typed (--vllm-version), read by engine.parse_version; UsageError
+    (exit 2) when it has no number in it."""
+    try:
+        return parse_version(str(text))
+    except InputError:
         raise UsageError(f"unreadable vLLM version {text!r}.",
-                         hint="name it as X.Y or X.Y.Z, e.g. --vllm-version 0.32")
-    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+                         hint="name it as X.Y or X.Y.Z, e.g. --vllm-version 0.32") from None
 
 
 def vllm_rule(version: str, source: str = "named") -> VllmRule:
     """The arithmetic rule of one vLLM version (clamped to the known 0.10 .. 0.33 range)."""
-    major, minor, patch = parse_version(version)
+    major, minor, patch = named_version(version) if source == "named" else parse_version(version)
     key = (major, minor)
     note = ""
-    if key < KNOWN_OLDEST:
-        note = f"vLLM {version} is older than the known range 0.10-0.33; the 0.10 rule is used"
-        key, patch = KNOWN_OLDEST, 0
-    elif key > KNOWN_NEWEST:
-        note = (f"vLLM {version} is newer than the known range 0.10-0.33; the 0.33 rule is used "
-                "(re-check the numbers against its log line)")
-        key = KNOWN_NEWEST
+    oldest, newest = OLDEST_KNOWN[:2], NEWEST_KNOWN[:2]
+    known = f"{oldest[0]}.{oldest[1]}-{newest[0]}.{newest[1]}"
+    if key < oldest:
+        note = (f"vLLM {version} is older than the known range {known}; the "
+                f"{oldest[0]}.{oldest[1]} rule is used")
+        key, patch = oldest, 0
+    elif key > newest:
+        note = (f"vLLM {version} is newer than the known range {known}; the "
+                f"{newest[0]}.{newest[1]} rule is used (re-check the numbers against its log "
+                "line)")
+        key = newest
     return VllmRule(
         version=f"{major}.{minor}" + (f".{patch}" if patch else ""),
         source=source,
@@ -116,7 +123,7 @@ def vllm_rule(version: str, source: str = "named") -> VllmRule:
         tokens_from_concurrency=key >= (0, 21),
         reserves_null_block=key >= (0, 29),
         cuda_graphs_in_profile=key >= (0, 20),
-        has_kv_cache_memory_bytes=key > (0, 10) or patch >= 2,
+        has_kv_cache_memory_bytes=capabilities_for((*key, patch)).kv_cache_memory_bytes,
         note=note,
     )
 
@@ -126,18 +133,12 @@ def resolve_rule(named: str | None = None, *, python: str | None = None) -> Vllm
     if named:
         return vllm_rule(named, "named")
     try:
-        from qwenprep import engine  # written beside this module; optional
-    except ImportError:
-        engine = None  # type: ignore[assignment]
-    if engine is not None and hasattr(engine, "discover"):
-        try:
-            info = engine.discover(python)
-        except Exception:  # noqa: BLE001 - a broken engine must not break planning
-            info = None
-        version = getattr(info, "version", None) if info is not None else None
-        if version:
-            return vllm_rule(str(version), "installed")
-    newest = f"{KNOWN_NEWEST[0]}.{KNOWN_NEWEST[1]}"
+        info = discover(python)
+    except Exception:  # noqa: BLE001 - a broken engine must not break planning
+        info = None
+    if info is not None and info.version:
+        return vllm_rule(info.version, "installed")
+    newest = f"{NEWEST_KNOWN[0]}.{NEWEST_KNOWN[1]}"
     return replace(vllm_rule(newest, "default"),
                    note="no vLLM found; the newest known rule is used "
                    "(name one with --vllm-version X.Y)")

@@ -103,7 +103,8 @@ def capabilities_for(version: Version) -> Capabilities:
 
 # The serve flags whose acceptance depends on the version: flag -> (the Capabilities field
 # that says whether a version accepts it, what to tell someone whose version does not).
-# The one table of version-dependent flags; `qwenprep check` asks flag_refusal.
+# The one table of version-dependent flags; `qwenprep check` and `qwenprep serve` ask
+# flag_refusal.
 FLAG_CAPABILITY: dict[str, tuple[str, str]] = {
     "--rope-scaling": ("rope_cli_flags", "removed in vLLM 0.11.1 (PR #28006): put the YaRN "
                        "block in config.json instead (qwenprep patch MODEL --context 1m --out "
@@ -111,14 +112,15 @@ FLAG_CAPABILITY: dict[str, tuple[str, str]] = {
     "--rope-theta": ("rope_cli_flags", "removed in vLLM 0.11.1 (PR #28006): keep rope_theta "
                      "in config.json"),
     "--kv-cache-memory-bytes": ("kv_cache_memory_bytes", "added in vLLM 0.10.2"),
-    "--nnodes": ("native_multinode", "native multi-node flags arrived in vLLM 0.11.1; use "
+    "--nnodes": ("native_multinode", "added in vLLM 0.11.1 (native multi-node); use "
                  "--distributed-executor-backend ray on older versions"),
-    "--node-rank": ("native_multinode", "arrived in vLLM 0.11.1"),
-    "--master-addr": ("native_multinode", "arrived in vLLM 0.11.1"),
-    "--data-parallel-address": ("data_parallel_multinode", "arrived in vLLM 0.10.0"),
-    "--data-parallel-size-local": ("data_parallel_multinode", "arrived in vLLM 0.10.0"),
-    "--hf-config-path": ("hf_config_path", "arrived in vLLM 0.10.0"),
+    "--node-rank": ("native_multinode", "added in vLLM 0.11.1"),
+    "--master-addr": ("native_multinode", "added in vLLM 0.11.1"),
+    "--data-parallel-address": ("data_parallel_multinode", "added in vLLM 0.10.0"),
+    "--data-parallel-size-local": ("data_parallel_multinode", "added in vLLM 0.10.0"),
+    "--hf-config-path": ("hf_config_path", "added in vLLM 0.10.0"),
 }
+# Every reason above reads after "FLAG was ": serve says "--nnodes was added in vLLM 0.11.1".
 
 
 def flag_refusal(arg: str, version: Version) -> str | None:
@@ -132,8 +134,11 @@ def flag_refusal(arg: str, version: Version) -> str | None:
     return None if getattr(capabilities_for(version), field_name) else why
 
 
-# What a plan assumes when no vLLM is installed (dry runs only): the newest known behaviour.
-ASSUMED_VERSION: Version = (0, 32, 0)
+# The versions qwenprep's rules were read from (FACTS.md: wheels 0.10.0 to 0.33.0). A plan
+# without vLLM (dry runs, qwenprep plan/check) assumes the newest; beyond it the rules are
+# not known, and plans say so.
+OLDEST_KNOWN: Version = (0, 10, 0)
+NEWEST_KNOWN: Version = (0, 33, 0)
 
 
 @dataclass(frozen=True)
@@ -551,7 +556,6 @@ class LaunchPlan:
 
 _OWN_FLAGS = {"--model", "--max-model-len", "--tensor-parallel-size", "-tp", "--served-model-name",
               "--host", "--port", "--enable-expert-parallel", "--tool-call-parser"}
-_REMOVED_ROPE_FLAGS = ("--rope-scaling", "--rope-theta")
 # Runs code from the checkpoint directory; only ever passed when the user writes it after --.
 TRUST_REMOTE_CODE = "--trust-remote-code"
 
@@ -560,7 +564,8 @@ def _flag_name(arg: str) -> str:
     return arg.split("=", 1)[0]
 
 
-def _check_extra_args(extra: Sequence[str], caps: Capabilities, version: str) -> None:
+def _check_extra_args(extra: Sequence[str], vtuple: Version, version: str, *,
+                      installed: bool) -> None:
     for i, arg in enumerate(extra):
         name = _flag_name(arg)
         if name in _OWN_FLAGS:
@@ -569,12 +574,17 @@ def _check_extra_args(extra: Sequence[str], caps: Capabilities, version: str) ->
             raise UsageError(
                 f"{name} after -- would override what qwenprep checks; use qwenprep serve's own "
                 f"{opt} option instead.")
-        if name in _REMOVED_ROPE_FLAGS and not caps.rope_cli_flags:
+        why = flag_refusal(arg, vtuple)
+        if why is not None:
+            which = "installed" if installed else "assumed: no vLLM found"
+            rope = FLAG_CAPABILITY[name][0] == "rope_cli_flags"
             raise UsageError(
-                f"{name} was removed in vLLM 0.11.1 (installed: {version}); vLLM would stop with "
-                "'unrecognized arguments'.",
+                f"{name} was {why}; vLLM {version} ({which}) would stop with 'unrecognized "
+                "arguments'.",
                 hint="put the rope settings into config.json instead: qwenprep patch MODEL "
-                "--context 1m --out DIR")
+                "--context 1m --out DIR" if rope else "drop it, or serve with a vLLM that has "
+                "it; qwenprep check PATH --vllm-version X.Y -- FLAGS lists every flag a version "
+                "would reject")
         if name == "--hf-overrides":
             if "=" in arg:
                 value = arg.split("=", 1)[1]
@@ -691,13 +701,17 @@ def build_launch_plan(
                 "serve a different overlay than the others.",
                 hint="re-create the overlay from the same source with the same qwenprep patch "
                 "command on this node (or share one overlay path).")
-    version = engine.version if engine else ".".join(map(str, ASSUMED_VERSION))
-    caps = engine.capabilities if engine else capabilities_for(ASSUMED_VERSION)
+    version = engine.version if engine else ".".join(map(str, NEWEST_KNOWN))
+    vtuple = engine.version_tuple if engine else NEWEST_KNOWN
+    caps = engine.capabilities if engine else capabilities_for(NEWEST_KNOWN)
     notes: list[str] = []
     _validation_gate(path, config, manifest, max_model_len, notes)
     if engine is None:
         notes.append(f"vLLM not found; this plan assumes vLLM {version} behaviour")
-    _check_extra_args(extra_args, caps, version)
+    elif vtuple[:2] > NEWEST_KNOWN[:2]:
+        notes.append(f"vLLM {version} is newer than the versions qwenprep's rules were read "
+                     f"from (0.10-0.33); their 0.33 flags and length rule are assumed")
+    _check_extra_args(extra_args, vtuple, version, installed=engine is not None)
     if any(_flag_name(a) == TRUST_REMOTE_CODE for a in extra_args):
         notes.append(f"{TRUST_REMOTE_CODE} was given after --: vLLM will import and run Python "
                      f"files from {path} (config.json auto_map); qwenprep never adds this flag "

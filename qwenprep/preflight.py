@@ -21,7 +21,7 @@ from qwenprep.capacity import (
     ModelShape,
     PlanRequest,
     VllmRule,
-    parse_version,
+    named_version,
     plan_capacity,
     resolve_rule,
     shape_from_dir,
@@ -73,7 +73,7 @@ def check_options(*, tp: int | None = None, pp: int = 1, ep: bool | None = None,
     if kv_cache_dtype not in ("auto", "fp8"):
         raise UsageError(f"--kv-cache-dtype {kv_cache_dtype!r}: use auto or fp8.")
     if vllm_version is not None:
-        parse_version(vllm_version)
+        named_version(vllm_version)
     return CheckOptions(
         tp=tp, pp=pp, ep=ep, gpus=gpus,
         gpu_memory=parse_size(gpu_memory) if gpu_memory is not None else None,
@@ -341,7 +341,7 @@ def flag_checks(rule: VllmRule, args: tuple[str, ...]) -> list[Check]:
     if rule.source != "installed" and rule.source != "named":
         return [Check("engine.flags", "skip",
                       "no vLLM installed or named (--vllm-version); flags not checked")]
-    from qwenprep.engine import flag_refusal  # the one table: engine.capabilities_for
+    from qwenprep.engine import flag_refusal, parse_version  # the one table: capabilities_for
 
     have = parse_version(rule.version)
     planned = list(args)
