@@ -36,6 +36,7 @@ from qwenprep.hashing import (
     record_path,
     write_record,
 )
+from qwenprep.hub import local_dir_etag, snapshot_blobs, snapshot_repo
 from qwenprep.jsonio import loads_located
 from qwenprep.report import Check, Report
 from qwenprep.safetensors_io import (
@@ -211,8 +212,7 @@ def _read_index(scan: _Scan) -> dict[str, str] | None:
 
 def _is_download(root: Path) -> bool:
     """An HF cache snapshot, or a directory huggingface_hub or qwenprep fetched into."""
-    in_cache = root.parent.name == "snapshots" and root.parent.parent.name.startswith("models--")
-    return in_cache or (root / ".cache" / "huggingface").is_dir() \
+    return snapshot_repo(root) is not None or (root / ".cache" / "huggingface").is_dir() \
         or (root / ".qwenprep" / "fetch.json").is_file()
 
 
@@ -566,20 +566,6 @@ def _hf_blob_etag(p: Path) -> str | None:
     return target.name if algorithm_for_etag(target.name) else None
 
 
-def _local_dir_etag(root: Path, name: str) -> str | None:
-    """The etag huggingface_hub recorded for a --local-dir download (line 2 of .metadata)."""
-    meta = root / ".cache" / "huggingface" / "download" / f"{name}.metadata"
-    try:
-        lines = meta.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
-        return None
-    return lines[1].strip() if len(lines) >= 2 and algorithm_for_etag(lines[1]) else None
-
-
-def _is_hf_snapshot(root: Path) -> bool:
-    return root.parent.name == "snapshots" and (root.parent.parent / "blobs").is_dir()
-
-
 def _expectations(root: Path, names: list[str], manifest: dict[str, Any] | None,
                   notes: list[Check]) -> list[_Expect]:
     roots = [root]
@@ -588,7 +574,7 @@ def _expectations(root: Path, names: list[str], manifest: dict[str, Any] | None,
         if isinstance(src, str):
             roots.append(Path(src))
     records = [(r, read_record(r)) for r in roots]
-    snapshot = _is_hf_snapshot(root)
+    snapshot = snapshot_blobs(root) is not None
     out: list[_Expect] = []
     for name in names:
         p = root / name
@@ -609,9 +595,9 @@ def _expectations(root: Path, names: list[str], manifest: dict[str, Any] | None,
             continue
         found = None
         for r, rec in records:
-            etag = _local_dir_etag(r, name)
+            etag = local_dir_etag(r, name)
             if etag:
-                found = _Expect(name, algorithm_for_etag(etag), etag.lower(),
+                found = _Expect(name, algorithm_for_etag(etag), etag,
                                 "the hub's download metadata")
                 break
             entry = rec.get(name)
