@@ -34,6 +34,7 @@ from qwenprep.hub import (
 )
 from qwenprep.jsonio import atomic_write_text, dump_config
 from qwenprep.report import SCHEMA_VERSION, Check, Report
+from qwenprep.sizes import format_bytes
 
 RECORD = Path(".qwenprep") / "fetch.json"
 
@@ -104,13 +105,7 @@ class FetchResult:
         }
 
 
-def human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.2f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
+human = format_bytes  # the name `qwenprep fetch` (cli.py) imports
 
 
 def _hf_error(name: str) -> type[BaseException]:

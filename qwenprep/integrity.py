@@ -46,6 +46,7 @@ from qwenprep.safetensors_io import (
     TensorInfo,
     read_header,
 )
+from qwenprep.sizes import format_bytes
 from qwenprep.synth import _is_moe_layer, module_in, qwen3_moe_tensors
 
 SHARD_RE = re.compile(r"^(?P<stem>.+)-(?P<k>\d{5})-of-(?P<n>\d{5})\.safetensors$")
@@ -61,13 +62,6 @@ MAX_EXPERT_SLOTS = 100_000
 
 def _some(items: list[str], n: int = MAX_LISTED) -> str:
     return "; ".join(items[:n]) + (f"; ... ({len(items) - n} more)" if len(items) > n else "")
-
-
-def _gib(n: int) -> str:
-    for unit, k in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 2**k:
-            return f"{n / 2**k:.1f} {unit}"
-    return f"{n} bytes"
 
 
 def unsafe_name(name: object) -> str | None:
@@ -294,7 +288,8 @@ def _scan_headers(root: Path) -> _Scan:
             scan.data_bytes += t.nbytes
     if not bad_headers and scan.shard_files:
         scan.add("shard.headers", "pass", f"{scan.shard_files} safetensors header(s) sane: "
-                 f"{len(scan.tensors):,} tensors, {_gib(scan.data_bytes)} of data, exact sizes")
+                 f"{len(scan.tensors):,} tensors, {format_bytes(scan.data_bytes)} of data, "
+                 "exact sizes")
 
     dupes = [f"{n} in {', '.join(v)}" for n, v in sorted(located.items()) if len(v) > 1]
     if dupes:
@@ -329,10 +324,6 @@ def _strip_path(message: str, p: Path) -> str:
     """read_header's messages start with the absolute path; we name the file relatively."""
     s = str(p)
     return message[len(s) + 2:] if message.startswith(s + ": ") else message
-
-
-def _matches(module: str, patterns: frozenset[str]) -> bool:
-    return module_in(module, patterns)
 
 
 def _fp8_checks(scan: _Scan, config: dict[str, Any]) -> None:
@@ -384,7 +375,7 @@ def _fp8_checks(scan: _Scan, config: dict[str, Any]) -> None:
     else:
         scan.add("fp8.scales", "pass", f"{len(fp8):,} FP8 weights each have a floating-point "
                  f"weight_scale_inv of block shape {block}")
-    skipped = {n for n in scan.tensors if _matches(n.rsplit(".", 1)[0], not_convert)}
+    skipped = {n for n in scan.tensors if module_in(n.rsplit(".", 1)[0], not_convert)}
     quantised_skips = [(f"{v[1]}: {n}", v[1]) for n, v in sorted(fp8.items()) if n in skipped]
     if quantised_skips:
         scan.add("fp8.not_convert", "fail", f"{len(quantised_skips)} tensor(s) of "

@@ -49,3 +49,13 @@ def parse_size(text: str | int) -> int:
 def format_gib(n: int | float) -> str:
     """The way vLLM prints memory: two decimals of GiB."""
     return f"{n / GiB:.2f} GiB"
+
+
+def format_bytes(n: int | float) -> str:
+    """A size for people in the largest binary unit below it: 512 B, 1.16 MiB, 449.69 GiB."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.0f} B" if unit == "B" else f"{size:.2f} {unit}"
+        size /= 1024
+    return f"{size:.2f} TiB"
