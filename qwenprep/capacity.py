@@ -36,12 +36,12 @@ from qwenprep.engine import (
     parse_version,
 )
 from qwenprep.errors import InputError, UsageError
+from qwenprep.report import SCHEMA_VERSION
 from qwenprep.sizes import GiB, format_gib
 
 KVDtype = Literal["auto", "fp8"]
 
 CUDA_BLOCK_SIZE = 16
-CPU_BLOCK_SIZE = 128  # vLLM 0.32's CPU backend default (non-MLA models)
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
 DEFAULT_MAX_NUM_SEQS = 256
 
@@ -487,7 +487,7 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         r = self.request
         d: dict[str, Any] = {
-            "schema_version": 1,
+            "schema_version": SCHEMA_VERSION,
             "kind": "plan",
             "ok": self.fits,
             "model": self.shape.name,
