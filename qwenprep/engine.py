@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -898,6 +897,8 @@ def _multinode(path: Path, python: str, core: list[str], net: list[str], extra: 
 
 # ------------------------------------------------------------------ the running server
 def _get_json(url: str, timeout: float) -> dict[str, Any]:
+    import urllib.request  # lazily: check/verify/plan never need it (~14 ms to import)
+
     req = urllib.request.Request(url, headers={"Accept": "application/json"})
     with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (local URL)
         data: dict[str, Any] = json.loads(resp.read().decode("utf-8"))
@@ -905,6 +906,8 @@ def _get_json(url: str, timeout: float) -> dict[str, Any]:
 
 
 def _post_json(url: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+    import urllib.request
+
     req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (local URL)
@@ -918,7 +921,6 @@ class ServerHandle:
     def __init__(self, plan: LaunchPlan, proc: subprocess.Popen[bytes]) -> None:
         self.plan = plan
         self.proc = proc
-        self.ready = False
 
     @property
     def pid(self) -> int:
@@ -966,7 +968,6 @@ class ServerHandle:
             self.stop()
             raise ChecksFailed(f"vLLM reports max_model_len {got} on /v1/models, but the plan "
                                f"asked for {self.plan.max_model_len}; stopped the server.")
-        self.ready = True
         return data
 
     def send_signal(self, sig: int) -> None:
