@@ -1,14 +1,13 @@
 """Every pre-flight check as data, in one report (``qwenprep check``).
 
 Checks from other modules (schema and invariants, overlay, headers, engine readback) are
-composed lazily: a module that is not installed gives one ``skip`` check saying so. The checks
-that live here: parallelism (what vLLM's layers assert at load time), KV fits at the intended
-context (capacity.py), disk, GPUs visible, and the vLLM flags the installed version would reject.
+composed: an error one of them raises becomes one ``fail`` check. The checks that live here:
+parallelism (what vLLM's layers assert at load time), KV fits at the intended context
+(capacity.py), disk, GPUs visible, and the vLLM flags the installed version would reject.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -81,19 +80,6 @@ def check_options(*, tp: int | None = None, pp: int = 1, ep: bool | None = None,
         context=ctx, kv_cache_dtype=kv_cache_dtype,  # type: ignore[arg-type]
         vllm_version=vllm_version, vllm_args=tuple(vllm_args), python=python,
         block_size=block_size, engine=engine)
-
-
-def _lazy(module: str, func: str, what: str, call: Callable[[Callable[..., list[Check]]],
-                                                            list[Check]]) -> list[Check]:
-    try:
-        mod = importlib.import_module(f"qwenprep.{module}")
-        fn = getattr(mod, func)
-    except (ImportError, AttributeError):
-        return [Check(what, "skip", f"qwenprep.{module}.{func} is not available in this install")]
-    try:
-        return list(call(fn))
-    except QwenprepError as e:
-        return [Check(what, "fail", e.message + (f" Hint: {e.hint}" if e.hint else ""), e.path)]
 
 
 # --------------------------------------------------------------------------- layout
@@ -372,25 +358,32 @@ def run_checks(path: Path, opts: CheckOptions, *, repo_id: str | None = None) ->
     inv = inventory(gpus=opts.gpus, gpu_memory=opts.gpu_memory)
     extra["gpus"] = inv.to_dict()
     checks: list[Check] = []
-    checks += _lazy("validation", "validate_checkpoint", "config",
-                    lambda f: f(path))
+    from qwenprep.engine import readback_checks
+    from qwenprep.integrity import header_checks
+    from qwenprep.validation import validate_checkpoint
+
     # header_checks includes overlay.overlay_checks when PATH is an overlay: calling both
     # reported overlay.manifest/config/links/source twice
-    checks += _lazy("integrity", "header_checks", "integrity", lambda f: f(path))
+    composed: list[tuple[str, Callable[[], list[Check]]]] = [
+        ("config", lambda: validate_checkpoint(path)),
+        ("integrity", lambda: header_checks(path)),
+    ]
     if opts.engine:
-        checks += _lazy("engine", "readback_checks", "engine.readback",
-                        lambda f: f(path, python=opts.python))
-    else:
+        composed.append(("engine.readback", lambda: readback_checks(path, python=opts.python)))
+    for what, call in composed:
+        try:
+            checks += call()
+        except QwenprepError as e:
+            checks.append(Check(what, "fail", e.message + (f" Hint: {e.hint}" if e.hint else ""),
+                                e.path))
+    if not opts.engine:
         checks.append(Check("engine.readback", "skip", "skipped (--no-engine)"))
 
-    try:
+    try:  # shape_from_dir reads the weights only where it can (a config error is what is left)
         shape = shape_from_dir(path)
-    except InputError:
-        try:
-            shape = shape_from_dir(path, with_weights=False)
-        except InputError as e:
-            checks.append(Check("parallel", "fail", e.message))
-            return Report("check", checks, extra)
+    except InputError as e:
+        checks.append(Check("parallel", "fail", e.message))
+        return Report("check", checks, extra)
     layout = resolve_layout(path, opts, shape, inv, repo_id=repo_id)
     rule = resolve_rule(opts.vllm_version, python=opts.python)
     extra["vllm_rule"] = rule.to_dict()
