@@ -230,14 +230,14 @@ def fetch(repo: str, local_dir: Path | None, as_json: bool) -> None:
 
     Prints the checkpoint path on stdout; progress and checks go to stderr."""
     from qwenprep.fetch import fetch as do_fetch
-    from qwenprep.fetch import human
+    from qwenprep.sizes import format_bytes
 
     res = run(as_json, lambda: do_fetch(repo, local_dir=local_dir))
     if as_json:
         _emit_json(res.to_dict())
     else:
         click.echo(f"{res.plan.spec.repo_id}@{res.plan.commit[:12]}: {len(res.plan.files)} "
-                   f"files, {human(res.plan.bytes_total)} in {res.seconds:.1f} s", err=True)
+                   f"files, {format_bytes(res.plan.bytes_total)} in {res.seconds:.1f} s", err=True)
         click.echo(render_checks([*res.checks, *res.verify.checks]), err=True)
         click.echo(str(res.path))
     sys.exit(0 if res.ok else EXIT_CHECKS_FAILED)

@@ -105,7 +105,6 @@ class FetchResult:
         }
 
 
-human = format_bytes  # the name `qwenprep fetch` (cli.py) imports
 
 
 def _hf_error(name: str) -> type[BaseException]:
@@ -256,7 +255,8 @@ def check_space(plan: FetchPlan, *, reserve_bytes: int = 0) -> Check:
     if need > free:
         raise InputError(
             f"not enough free disk for {plan.spec} at {probe}: the download needs "
-            f"{human(need)} ({plan.bytes_needed} bytes), {human(free)} ({free} bytes) is free.",
+            f"{format_bytes(need)} ({plan.bytes_needed} bytes), "
+            f"{format_bytes(free)} ({free} bytes) is free.",
             hint="free some space, or fetch to a bigger disk with --local-dir DIR "
             "(or set HF_HUB_CACHE to a directory there)",
             path=str(probe),
@@ -264,7 +264,7 @@ def check_space(plan: FetchPlan, *, reserve_bytes: int = 0) -> Check:
     return Check(
         "fetch.disk",
         "pass",
-        f"{human(plan.bytes_needed)} to download, {human(free)} free at {probe}",
+        f"{format_bytes(plan.bytes_needed)} to download, {format_bytes(free)} free at {probe}",
         str(probe),
     )
 
@@ -295,7 +295,8 @@ def _size_checks(plan: FetchPlan, path: Path) -> list[Check]:
         Check(
             "fetch.files",
             "pass",
-            f"{len(plan.files)} files, {human(plan.bytes_total)}, sizes as the Hub lists them",
+            f"{len(plan.files)} files, {format_bytes(plan.bytes_total)}, "
+            "sizes as the Hub lists them",
             str(path),
         )
     ]

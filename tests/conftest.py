@@ -15,6 +15,11 @@ from typing import Any, Callable
 import pytest
 from click.testing import CliRunner, Result
 
+# huggingface_hub reads HF_HUB_OFFLINE (and its other settings) once, when first imported.
+# Import it now, from the environment the suite started in, so a test that monkeypatches
+# HF_HUB_OFFLINE=1 cannot leave later in-process tests of this run "offline".
+import huggingface_hub.constants  # noqa: E402,F401  (isort: skip)
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 TINY = EXAMPLES / "tiny-qwen3-coder"
