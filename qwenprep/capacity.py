@@ -252,14 +252,12 @@ def weight_bytes_from_dir(path: Path) -> tuple[int, int]:
         wm = obj.get("weight_map") if isinstance(obj, dict) else None
         if not isinstance(wm, dict):
             raise InputError(f"{index}: no weight_map object.", path=str(index))
-        from qwenprep.integrity import unsafe_name
+        from qwenprep.integrity import unsafe_shard_names
 
-        for v in wm.values():
-            why = unsafe_name(v)
-            if why:
-                raise InputError(f"{index}: weight_map names {v!r}, which {why}; refusing to "
-                                 "open it.", hint=f"qwenprep verify {path} lists every problem "
-                                 "of this index.", path=str(index))
+        for v, why in unsafe_shard_names(wm.values()).items():
+            raise InputError(f"{index}: weight_map names {v!r}, which {why}; refusing to "
+                             "open it.", hint=f"qwenprep verify {path} lists every problem "
+                             "of this index.", path=str(index))
         shards = sorted(set(wm.values()))
     else:
         shards = sorted(p.name for p in path.glob("*.safetensors"))
