@@ -300,10 +300,15 @@ def shape_from_hub(spec: str) -> ModelShape:
     shard by shard)."""
     import tempfile
 
-    from qwenprep.hub import hub_endpoint
+    from qwenprep.hub import hub_endpoint, offline_mode
     from qwenprep.safetensors_io import DTYPE_BYTES
 
     repo_id, _, revision = spec.partition("@")
+    if offline_mode():
+        raise InputError(f"{spec}: not in the Hugging Face cache, and HF_HUB_OFFLINE is set, so "
+                         "its config and safetensors headers cannot be read from the Hub.",
+                         hint=f"unset HF_HUB_OFFLINE, or download it where the Hub is "
+                         f"reachable: qwenprep fetch {spec}")
     endpoint = hub_endpoint()
     try:
         from huggingface_hub import HfApi, hf_hub_download

@@ -429,3 +429,14 @@ def test_index_names_outside_the_checkpoint_are_refused(tmp_path: Path) -> None:
                                      "--tp", "1"])
         assert r.exit_code == 3, r.output
         assert f"weight_map names {bad!r}" in r.stderr and "refusing to open it" in r.stderr
+
+
+def test_plan_of_an_uncached_repo_offline_says_so(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    r = invoke("plan", "Qwen/Not-Here", "--kv-memory", "1GiB")
+    assert r.exit_code == 3
+    assert "Qwen/Not-Here: not in the Hugging Face cache, and HF_HUB_OFFLINE is set" in r.stderr
+    assert "qwenprep fetch Qwen/Not-Here" in r.stderr
