@@ -7,7 +7,6 @@ Each step returns data; the CLI renders it. Nothing here prints.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -53,6 +52,7 @@ def _checks_step(title: str, checks: list[Check]) -> Step:
 
 def run_demo(workdir: Path, *, serve: bool = True, vllm_python: str | None = None,
              on_step: Callable[[Step], None] = lambda s: None) -> list[Step]:
+    from qwenprep.integrity import verify_checkpoint
     from qwenprep.overlay import create_overlay
     from qwenprep.revert import revert_path
     from qwenprep.validation import validate_checkpoint
@@ -68,10 +68,7 @@ def run_demo(workdir: Path, *, serve: bool = True, vllm_python: str | None = Non
     before = tree_digest(source.path)
     add(Step("locate", "pass", [f"embedded checkpoint {source.path}"]))
 
-    if importlib.util.find_spec("qwenprep.integrity") is not None:
-        from qwenprep.integrity import verify_checkpoint
-
-        add(_checks_step("verify (headers)", verify_checkpoint(source.path).checks))
+    add(_checks_step("verify (headers)", verify_checkpoint(source.path).checks))
 
     out = workdir / "tiny-qwen3-coder-1m"
     res = create_overlay(source, out, parse_context("1m"), force=True)
@@ -81,11 +78,11 @@ def run_demo(workdir: Path, *, serve: bool = True, vllm_python: str | None = Non
               "linked", *res.diff]))
     add(_checks_step("validate", validate_checkpoint(out)))
 
-    if importlib.util.find_spec("qwenprep.capacity") is not None:
-        add(_plan_step(out))
-
+    add(_plan_step(out))
     if serve:
-        add(_engine_step(out, vllm_python))
+        from qwenprep.engine import demo_serve
+
+        add(demo_serve(out, python=vllm_python, step_cls=Step))
 
     rr = revert_path(out)
     after = tree_digest(source.path)
@@ -106,15 +103,3 @@ def _plan_step(out: Path) -> Step:
                  f"{d['context']:,} tokens per request: {d['max_concurrency_printed']} "
                  f"({d['bytes_per_token_per_gpu']:,} bytes per token; "
                  f"{d['vllm_rule']['description']})"])
-
-
-def _engine_step(out: Path, vllm_python: str | None) -> Step:
-    if importlib.util.find_spec("qwenprep.engine") is None:
-        return Step("serve", "skip", ["engine support not installed"])
-    from qwenprep import engine
-
-    runner = getattr(engine, "demo_serve", None)
-    if runner is None:
-        return Step("serve", "skip", ["engine demo not available"])
-    result: Step = runner(out, python=vllm_python, step_cls=Step)
-    return result
