@@ -133,16 +133,22 @@ def validate(path: str, as_json: bool) -> None:
 
 @cli.command(short_help='Remove an overlay, or restore an edited config.json.')
 @click.argument("path", metavar="PATH|ORG/NAME[@REV]")
+@click.option("--force", is_flag=True,
+              help="Also delete edits made inside the overlay (its config.json, files under "
+              ".qwenprep/); files you added are never deleted.")
 @json_option
-def revert(path: str, as_json: bool) -> None:
+def revert(path: str, force: bool, as_json: bool) -> None:
     """Undo: remove a qwenprep overlay, or restore a config.json edited in place.
 
     In a Hugging Face cache snapshot the restored bytes are proven against the blob's content
-    address (git blob sha1); elsewhere they come from a backup or a hash record beside it.
+    address (git blob sha1); elsewhere they come from a backup or a hash record beside it, and
+    a backup is used only when it is the edited file with the long-context edit undone. The
+    replaced bytes are kept as config.json.qwenprep-replaced. Reverting what is already gone
+    exits 0.
     """
     from qwenprep.revert import revert_path
 
-    res = run(as_json, lambda: revert_path(path))
+    res = run(as_json, lambda: revert_path(path, force=force))
     if as_json:
         _emit_json({"schema_version": SCHEMA_VERSION, "ok": True, **res.to_dict()})
         return

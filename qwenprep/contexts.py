@@ -9,9 +9,11 @@ See FACTS.md, "The config that works everywhere".
 from __future__ import annotations
 
 import copy
+import math
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from decimal import Decimal
+from typing import Any, Literal, TypeGuard
 
 from qwenprep.errors import InputError, UsageError
 
@@ -19,7 +21,8 @@ NATIVE_QWEN3_CODER = 262144
 MAX_SUPPORTED_FACTOR = 4.0  # Qwen claims 1M (4 x 256K) and no more
 RopeStyle = Literal["rope_scaling", "rope_parameters"]
 
-_COUNT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*$")
+_COUNT = re.compile(r"^\s*(\d{1,12}(?:\.\d{1,12})?)\s*([kKmM]?)\s*$", re.ASCII)
+MAX_CONTEXT_TOKENS = 2**32  # no model comes near; a longer number is a typo, refused
 
 
 @dataclass(frozen=True)
@@ -38,15 +41,20 @@ def parse_context(text: str) -> ContextRequest:
         return ContextRequest(raw, None)
     m = _COUNT.match(low)
     if not m:
+        shown = repr(raw) if len(raw) <= 24 else repr(raw[:20]) + f"... ({len(raw)} characters)"
         raise UsageError(
-            f"unknown context {raw!r}.",
+            f"unknown context {shown}.",
             hint="use native, 256k, 512k, 1m, or a token count such as 1048576.",
         )
     number, suffix = m.group(1), m.group(2)
     scale = {"": 1, "k": 1024, "m": 1024 * 1024}[suffix]
-    value = float(number) * scale
+    value = Decimal(number) * scale
     if value != int(value) or value <= 0:
         raise UsageError(f"context {raw!r} is not a positive whole number of tokens.")
+    if value > MAX_CONTEXT_TOKENS:
+        raise UsageError(f"context {raw!r} is more than {MAX_CONTEXT_TOKENS:,} tokens; no model "
+                         "has such a context.", hint="use native, 256k, 512k, 1m, or a token "
+                         "count such as 1048576.")
     return ContextRequest(raw, int(value))
 
 
@@ -83,21 +91,58 @@ def effective_rope(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _positive_int(x: Any) -> TypeGuard[int]:
+    return isinstance(x, int) and not isinstance(x, bool) and x > 0
+
+
+def _where(style: RopeStyle, key: str) -> str:
+    return f"{style}.{key}"
+
+
 def native_context(config: dict[str, Any]) -> int:
-    """The model's native context: the original length of a YaRN config, else
-    max_position_embeddings."""
-    _, block = _rope_block(config)
-    if rope_type(block) == "yarn" and block is not None:
-        orig = block.get("original_max_position_embeddings")
-        if isinstance(orig, int) and not isinstance(orig, bool) and orig > 0:
-            return orig
+    """The model's native context, taken only from settings that agree with each other.
+
+    No rope scaling: max_position_embeddings. YaRN: original_max_position_embeddings, and only
+    when it is a positive integer, the factor a finite number >= 1, and factor x original ==
+    max_position_embeddings. Anything else (a float original, a length that disagrees, another
+    scaling type) is refused naming the field: a guess here is how a 1M overlay ends up with
+    unscaled RoPE.
+    """
     mpe = config.get("max_position_embeddings")
-    if not (isinstance(mpe, int) and not isinstance(mpe, bool)) or mpe <= 0:
+    if not _positive_int(mpe):
         raise InputError(
-            f"config.json: max_position_embeddings is {mpe!r}; expected a positive integer.",
+            f"config.json: max_position_embeddings is {mpe!r}; expected a positive integer"
+            + (f" (write {int(mpe)}, not {mpe!r})" if isinstance(mpe, float)
+               and math.isfinite(mpe) and mpe == int(mpe) and mpe > 0 else "") + ".",
             hint="run qwenprep validate PATH for every problem in this config.",
         )
-    return mpe
+    style, block = _rope_block(config)
+    kind = rope_type(block)
+    if kind == "default":
+        return int(mpe)
+    hint = ("restore the release's config.json (qwenprep revert PATH) or fix the field; "
+            "qwenprep validate PATH lists every problem.")
+    if kind != "yarn" or block is None:
+        raise InputError(
+            f"config.json: {_where(style, 'rope_type')} is {kind!r}; qwenprep knows the native "
+            "context only of unscaled or YaRN configs, and will not guess it.", hint=hint)
+    orig = block.get("original_max_position_embeddings")
+    factor = block.get("factor")
+    if not _positive_int(orig):
+        raise InputError(
+            f"config.json: {_where(style, 'original_max_position_embeddings')} is {orig!r}; "
+            "the native context must be a positive integer.", hint=hint)
+    if not (isinstance(factor, (int, float)) and not isinstance(factor, bool)
+            and math.isfinite(factor) and factor >= 1):
+        raise InputError(f"config.json: {_where(style, 'factor')} is {factor!r}; expected a "
+                         "finite number >= 1.", hint=hint)
+    if abs(factor * orig - mpe) >= 0.5:
+        raise InputError(
+            f"config.json: max_position_embeddings is {mpe} but {_where(style, 'factor')} "
+            f"{factor:.8g} x {_where(style, 'original_max_position_embeddings')} {orig} = "
+            f"{factor * orig:.8g}; these must agree before qwenprep can tell the native "
+            "context.", hint=hint)
+    return int(orig)
 
 
 @dataclass(frozen=True)

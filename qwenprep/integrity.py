@@ -538,8 +538,10 @@ def _header_scan(root: Path) -> _Scan:
     if config is not None and _config_usable(scan, config):
         _fp8_checks(scan, config)
         _name_checks(scan, config)
-    if _overlay_manifest(root) is not None:
-        from qwenprep.overlay import overlay_checks
+    from qwenprep.overlay import manifest_path
+
+    if _overlay_manifest(root) is not None or manifest_path(root).exists():
+        from qwenprep.overlay import overlay_checks  # reports a damaged manifest as a FAIL
 
         scan.checks.extend(overlay_checks(root))
     return scan

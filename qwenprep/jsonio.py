@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,16 +28,90 @@ def load_json_file(path: Path, *, what: str = "JSON file") -> Any:
     return loads_located(text, str(path))
 
 
+# No value in a config, an index or a manifest comes near these; anything past them is damage or
+# an attack, refused before Python's own limits turn it into a traceback.
+MAX_INT_DIGITS = 40
+MAX_DEPTH = 64
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_NESTING = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+class _Refused(ValueError):
+    def __init__(self, what: str, token: str) -> None:
+        super().__init__(what)
+        self.what = what
+        self.token = token
+
+
+def _no_constant(token: str) -> Any:
+    raise _Refused(f"{token} is not a number JSON allows (no NaN or Infinity in a config)", token)
+
+
+def _finite_float(token: str) -> float:
+    value = float(token)
+    if not math.isfinite(value):
+        raise _Refused(f"the number {token[:24]} overflows to infinity", token)
+    return value
+
+
+def _bounded_int(token: str) -> int:
+    if len(token.lstrip("-")) > MAX_INT_DIGITS:
+        raise _Refused(f"an integer of {len(token.lstrip('-'))} digits is far too large",
+                       token)
+    return int(token)
+
+
+def _position(text: str, token: str) -> str:
+    i = text.find(token)
+    if i < 0:
+        return ""
+    line = text.count("\n", 0, i) + 1
+    return f"{line}:{i - (text.rfind(chr(10), 0, i) + 1) + 1}:"
+
+
+def _depth(text: str) -> int:
+    """Bracket depth outside strings, counted without recursion."""
+    depth = deepest = 0
+    for m in _NESTING.finditer(text):
+        tok = m.group()
+        if tok[0] == '"':
+            continue
+        depth += 1 if tok in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
 def loads_located(text: str, where: str) -> Any:
+    """Parse JSON text strictly: errors name WHERE (file:line:col where known). Refused as
+    malformed: NaN/Infinity, numbers that overflow a float, integers of more than 40 digits,
+    nesting deeper than 64, and lone UTF-16 surrogates (which cannot be written back)."""
+    hint = ("fix the file by hand or restore it (qwenprep revert PATH restores a "
+            "config.json edited in place).")
+    if "[" in text or "{" in text:
+        if text.count("[") + text.count("{") > MAX_DEPTH and _depth(text) > MAX_DEPTH:
+            raise InputError(f"{where}: malformed JSON: nested more than {MAX_DEPTH} levels "
+                             "deep.", hint=hint, path=where)
     try:
-        return json.loads(text)
+        obj = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float,
+                         parse_int=_bounded_int)
     except json.JSONDecodeError as e:
         raise InputError(
-            f"{where}:{e.lineno}:{e.colno}: malformed JSON: {e.msg}.",
-            hint="fix the file by hand or restore it (qwenprep revert PATH restores a "
-            "config.json edited in place).",
-            path=where,
+            f"{where}:{e.lineno}:{e.colno}: malformed JSON: {e.msg}.", hint=hint, path=where,
         ) from None
+    except _Refused as e:
+        raise InputError(f"{where}:{_position(text, e.token)} malformed JSON: {e.what}.",
+                         hint=hint, path=where) from None
+    except RecursionError:
+        raise InputError(f"{where}: malformed JSON: nested too deeply.", hint=hint,
+                         path=where) from None
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(f"{where}: malformed JSON: a string holds a lone UTF-16 surrogate "
+                             "(\\uD800-\\uDFFF without its pair), which is not text.",
+                             hint=hint, path=where) from None
+    return obj
 
 
 def dump_config(obj: Any) -> str:

@@ -46,17 +46,51 @@ def manifest_path(path: Path) -> Path:
 
 
 def read_manifest(path: Path) -> dict[str, Any] | None:
-    """The overlay's manifest, or None when PATH is not a qwenprep overlay."""
+    """The overlay's manifest, or None when PATH is not a qwenprep overlay.
+
+    A manifest that claims to be qwenprep's ("tool": "qwenprep") is used only when it matches
+    schemas/manifest.schema.json; a damaged or forged one is an InputError (exit 3), never a
+    reason to act (delete, replace, serve)."""
     mp = manifest_path(path)
-    if not mp.is_file():
-        return None
     try:
-        obj = loads_located(mp.read_text(encoding="utf-8"), str(mp))
+        if not mp.is_file():
+            return None
+        text = read_regular_text(mp)
     except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{mp}: cannot read the overlay manifest ({e}).") from None
+        raise InputError(f"{mp}: cannot read the overlay manifest ({e}).", path=str(mp)) from None
+    try:
+        obj = loads_located(text, str(mp))
+    except InputError as e:
+        raise _bad_manifest(path, e.message) from None
     if not isinstance(obj, dict) or obj.get("tool") != "qwenprep":
+        if isinstance(obj, dict) and "tool" not in obj:
+            raise _bad_manifest(path, f"{mp}: has no \"tool\" field")
         return None
+    errors = validate_manifest(obj)
+    if errors:
+        raise _bad_manifest(path, f"{mp}: does not match the manifest schema: "
+                            + "; ".join(sorted(errors)[:5]))
     return obj
+
+
+def _bad_manifest(path: Path, what: str) -> InputError:
+    return InputError(
+        f"{what}. qwenprep acts on an overlay only on the word of a valid manifest, so it will "
+        f"not delete, replace or serve {path}.",
+        hint=f"if qwenprep made {path}, look inside, move out what you want to keep and remove "
+        "it by hand, then patch again (qwenprep patch MODEL --context C --out DIR).",
+        path=str(manifest_path(path)))
+
+
+def read_regular_text(p: Path) -> str:
+    """A regular file's text (a FIFO, device or directory is refused, never opened to block)."""
+    import stat
+
+    st = os.stat(p)
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EINVAL, f"not a regular file: {p}")
+    with open(p, encoding="utf-8") as f:
+        return f.read()
 
 
 @dataclass(frozen=True)
@@ -140,16 +174,34 @@ def output_lock(out: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the flock
 
 
-def _io_error(where: Path, e: OSError) -> QwenprepError:
-    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return InputError(
-            f"{where}: cannot write here ({os.strerror(e.errno)}).",
-            hint="choose an --out directory on a writable filesystem.",
-        )
+def _io_error(where: Path, e: OSError, *, verb: str = "write here",
+              hint: str = "choose an --out directory on a writable filesystem.") -> QwenprepError:
+    if e.errno == errno.EROFS:
+        return InputError(f"{where}: cannot {verb}: the filesystem is mounted read-only.",
+                          hint=hint, path=str(where))
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return InputError(f"{where}: cannot {verb} ({os.strerror(e.errno)}).", hint=hint,
+                          path=str(where))
     if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return InputError(f"{where}: out of space ({os.strerror(e.errno)}).",
-                          hint="free some space or choose another --out.")
-    return InputError(f"{where}: {e.strerror or e}.")
+                          hint="free some space or choose another --out.", path=str(where))
+    return InputError(f"{where}: cannot {verb}: {e.strerror or e}.", path=str(where))
+
+
+def writable_dir_error(d: Path, *, verb: str = "write here",
+                       hint: str = "choose an --out directory on a writable filesystem."
+                       ) -> QwenprepError | None:
+    """Why D cannot be written (read-only filesystem named as such), or None."""
+    try:
+        if os.statvfs(d).f_flag & os.ST_RDONLY:
+            return _io_error(d, OSError(errno.EROFS, os.strerror(errno.EROFS)), verb=verb,
+                             hint=hint)
+    except OSError as e:
+        return _io_error(d, e, verb=verb, hint=hint)
+    if not os.access(d, os.W_OK):
+        return _io_error(d, PermissionError(errno.EACCES, "Permission denied"), verb=verb,
+                         hint=hint)
+    return None
 
 
 _RENAME_EXCHANGE = 2
@@ -220,12 +272,21 @@ def _existing_state(out: Path, force: bool) -> str:
         )
     if not force:
         return "ours-keep"
-    foreign = foreign_entries(out)
-    if foreign:
+    manifest = read_manifest(out)
+    assert manifest is not None
+    found = user_content(out, manifest)
+    if found.foreign:
         raise ConflictError(
             f"--out {out} is a qwenprep overlay but holds files qwenprep did not put there: "
-            f"{', '.join(foreign[:5])}; --force will not delete them.",
+            f"{', '.join(found.foreign[:5])}; --force will not delete them.",
             hint="move them out, or choose another --out.",
+        )
+    if found.edits:
+        raise ConflictError(
+            f"--out {out} was changed after qwenprep made it: {'; '.join(found.edits[:5])}; "
+            "replacing it would delete that.",
+            hint=f"copy out what you want to keep, then remove it with qwenprep revert {out} "
+            "--force (or choose another --out), and patch again.",
         )
     return "ours"
 
@@ -264,8 +325,9 @@ def create_overlay(
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise _io_error(out.parent, e) from None
-    if not os.access(out.parent, os.W_OK):
-        raise _io_error(out.parent, PermissionError(errno.EACCES, "Permission denied"))
+    denied = writable_dir_error(out.parent)
+    if denied is not None:
+        raise denied
 
     new_config = dump_config(patched.config).encode("utf-8")
     entries = list(_source_entries(source.path))
@@ -387,16 +449,13 @@ def _build(tmp: Path, entries: list[tuple[str, Path, bool]], config: bytes,
 def overlay_checks(path: Path) -> list[Check]:
     """Does the overlay still say what its manifest says? Links resolve, sizes match,
     config.json unchanged since patch, the source config unchanged since patch."""
-    manifest = read_manifest(path)
+    try:
+        manifest = read_manifest(path)
+    except InputError as e:
+        return [Check("overlay.manifest", "fail", e.message, str(manifest_path(path)))]
     if manifest is None:
         return [Check("overlay", "skip", f"{path} is not a qwenprep overlay (no manifest).")]
     checks: list[Check] = []
-    errors = sorted(validate_manifest(manifest))
-    if errors:
-        checks.append(Check("overlay.manifest", "fail",
-                            "manifest does not match its schema: " + "; ".join(errors),
-                            str(manifest_path(path))))
-        return checks
     checks.append(Check("overlay.manifest", "pass", "manifest present and well formed"))
     try:
         cfg_sha = sha256_bytes((path / CONFIG).read_bytes())
@@ -450,41 +509,98 @@ def validate_manifest(manifest: dict[str, Any]) -> list[str]:
             for e in validator("manifest").iter_errors(manifest)]
 
 
-def foreign_entries(path: Path) -> list[str]:
-    """What inside an overlay qwenprep did not put there: anything but links, config.json and
-    .qwenprep/. Removing a link never touches its target, so links are never foreign."""
-    foreign = []
+OWN_STATE = {MANIFEST_NAME, "hashes.json"}  # what qwenprep itself writes under .qwenprep/
+
+
+@dataclass(frozen=True)
+class UserContent:
+    """What removing an overlay would lose: files qwenprep did not put there (never deleted),
+    and edits to what it did put there (deleted only with --force)."""
+
+    foreign: list[str]
+    edits: list[str]
+
+
+def user_content(path: Path, manifest: dict[str, Any]) -> UserContent:
+    """Anything in the overlay but links, the config.json qwenprep wrote (same sha256 as the
+    manifest says) and qwenprep's own files under .qwenprep/. Removing a link never touches its
+    target, so links are never user content."""
+    foreign: list[str] = []
+    edits: list[str] = []
     for root, dirs, files in os.walk(path, followlinks=False):
         rel_root = os.path.relpath(root, path)
-        if rel_root == MANIFEST_DIR or rel_root.startswith(MANIFEST_DIR + os.sep):
-            continue
+        ours = rel_root == MANIFEST_DIR or rel_root.startswith(MANIFEST_DIR + os.sep)
         for name in files + [d for d in dirs if (Path(root) / d).is_symlink()]:
             rel = os.path.normpath(os.path.join(rel_root, name))
-            if rel != CONFIG and not (Path(root) / name).is_symlink():
+            p = Path(root) / name
+            if ours:
+                if rel_root != MANIFEST_DIR or name not in OWN_STATE or p.is_symlink():
+                    edits.append(f"{rel} (a file under {MANIFEST_DIR}/ that qwenprep did not "
+                                 "write)")
+            elif p.is_symlink():
+                continue
+            elif rel == CONFIG:
+                if _sha256_file(p) != manifest["config_sha256"]:
+                    edits.append(f"{CONFIG} (changed after qwenprep wrote it)")
+            else:
                 foreign.append(rel)
-    return sorted(foreign)
+    return UserContent(sorted(foreign), sorted(edits))
 
 
-def remove_overlay(path: Path) -> dict[str, Any]:
+def _sha256_file(p: Path) -> str | None:
+    try:
+        return sha256_bytes(read_regular_text(p).encode("utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def foreign_entries(path: Path) -> list[str]:
+    """Files in an overlay that qwenprep did not put there (links and our own files excluded)."""
+    manifest = read_manifest(path)
+    if manifest is None:
+        return []
+    return user_content(path, manifest).foreign
+
+
+def refuse_user_content(path: Path, manifest: dict[str, Any], *, force: bool,
+                        action: str, retry: str) -> None:
+    """Raise ConflictError when removing PATH would lose anything of the user's: foreign files
+    always; edits to qwenprep's own files unless FORCE."""
+    found = user_content(path, manifest)
+    if found.foreign:
+        raise ConflictError(
+            f"{path} holds files qwenprep did not put there: {', '.join(found.foreign[:5])}"
+            + (f" and {len(found.foreign) - 5} more" if len(found.foreign) > 5 else "")
+            + f"; refusing to {action} (--force never deletes them).",
+            hint=f"move them out, then {retry} again.", path=str(path))
+    if found.edits and not force:
+        raise ConflictError(
+            f"{path} was changed after qwenprep made it: {'; '.join(found.edits[:5])}; "
+            f"{action} would delete that.",
+            hint=f"copy out what you want to keep, then {retry} --force to {action} anyway.",
+            path=str(path))
+
+
+def remove_overlay(path: Path, *, force: bool = False) -> dict[str, Any] | None:
     """Remove an overlay qwenprep made. Only links, our config and our manifest are deleted;
-    link targets are never touched. Anything else inside makes us refuse."""
+    link targets are never touched. Files of the user's make us refuse; edits of the user's to
+    our files (config.json, .qwenprep/) make us refuse unless FORCE. None when it is already
+    gone (a concurrent revert removed it)."""
     with output_lock(path):  # checked under the lock: a concurrent revert may have won
         manifest = read_manifest(path)
         if manifest is None:
             if not path.exists():
-                raise InputError(f"{path}: no such overlay (removed meanwhile?).")
+                return None  # a concurrent revert won: the overlay is gone, as asked
             raise ConflictError(f"{path} is not a qwenprep overlay; refusing to delete it.")
-        foreign = foreign_entries(path)
-        if foreign:
-            raise ConflictError(
-                f"{path} holds files qwenprep did not put there: {', '.join(foreign[:5])}; "
-                "refusing to delete them.",
-                hint="move them out, then run qwenprep revert again.",
-            )
+        refuse_user_content(path, manifest, force=force, action="remove it",
+                            retry=f"qwenprep revert {path}")
         trash = path.parent / f".{path.name}{TMP_TAG}revert-{uuid.uuid4().hex[:8]}"
         try:
             os.rename(path, trash)
+        except OSError as e:
+            raise _io_error(path, e, verb="remove the overlay") from None
+        try:
             _remove_tree(trash)
         except OSError as e:
-            raise _io_error(path, e) from None
+            raise _io_error(trash, e, verb="finish removing the overlay (renamed here)") from None
     return manifest

@@ -19,28 +19,29 @@ from typing import Any, Iterator
 
 from qwenprep.checkpoint import CONFIG
 from qwenprep.contexts import (
+    _YARN_KEYS,
     NATIVE_QWEN3_CODER,
     ContextRequest,
     effective_rope,
-    native_context,
     patch_config,
     rope_type,
 )
-from qwenprep.errors import InputError
+from qwenprep.errors import InputError, QwenprepError
 from qwenprep.hashing import git_blob_sha1_of as git_blob_sha1
 from qwenprep.hub import local_dir_etag, snapshot_blobs
-from qwenprep.jsonio import atomic_write_bytes, fsync_dir
-from qwenprep.overlay import read_manifest, remove_overlay
+from qwenprep.jsonio import atomic_write_bytes, fsync_dir, loads_located
+from qwenprep.overlay import _io_error, read_manifest, remove_overlay
 
 BACKUP_NAMES = ("config.json.bak", "config.json.orig", "config.json.backup", "config.json~",
                 "config.json.qwenprep-backup", "config.json.original")
+REPLACED_SUFFIX = ".qwenprep-replaced"
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
 _COMMON_NATIVES = (NATIVE_QWEN3_CODER, 131072, 40960, 32768)
 
 
 @dataclass(frozen=True)
 class RevertResult:
-    action: str  # removed-overlay | restored-config | relinked | already-original
+    action: str  # removed-overlay | restored-config | relinked | already-original | absent
     path: str
     message: str
     proof: str | None = None
@@ -52,11 +53,19 @@ class RevertResult:
 
 def _unpatched_variants(data: bytes) -> Iterator[tuple[str, bytes]]:
     """The edited config un-patched to native, in the byte layouts HF tooling writes."""
-    try:
-        cfg = json.loads(data)
-        native = patch_config(cfg, ContextRequest("native", None), force=True).config
-    except Exception:  # noqa: BLE001 - any unreadable edit simply yields no candidate
+    cfg = _parse_config(data)
+    if cfg is None:
         return
+    try:
+        native = patch_config(cfg, ContextRequest("native", None), force=True).config
+    except QwenprepError:
+        # an inconsistent edit (say a YaRN block with the length left at native): guess the
+        # native shape; a guess is only ever used when the content address proves it
+        native = dict(cfg, rope_scaling=None)
+        block = cfg.get("rope_scaling")
+        orig = block.get("original_max_position_embeddings") if isinstance(block, dict) else None
+        if isinstance(orig, int) and not isinstance(orig, bool) and orig > 0:
+            native["max_position_embeddings"] = orig
     shapes = [native]
     mpe = native.get("max_position_embeddings")
     if isinstance(mpe, int) and mpe > NATIVE_QWEN3_CODER:
@@ -82,21 +91,93 @@ def _candidates(path: Path, current: bytes) -> Iterator[tuple[str, bytes]]:
     yield from _unpatched_variants(current)
 
 
-def _is_patched(data: bytes) -> bool:
-    """Rope scaling set, a YaRN length, or a context above any native Qwen3 one without
-    scaling (the max_position_embeddings-only edit, which runs unscaled)."""
+def _parse_config(data: bytes) -> dict[str, Any] | None:
     try:
-        cfg = json.loads(data)
-        mpe = cfg.get("max_position_embeddings")
-        return rope_type(effective_rope(cfg)) != "default" or \
-            mpe != native_context(cfg) or (isinstance(mpe, int) and mpe > NATIVE_QWEN3_CODER)
-    except Exception:  # noqa: BLE001
-        return False
+        cfg = loads_located(data.decode("utf-8"), CONFIG)
+    except (InputError, UnicodeDecodeError):
+        return None
+    return cfg if isinstance(cfg, dict) else None
 
 
-def _locate(spec: str | Path) -> Path:
+def _is_patched_config(cfg: dict[str, Any]) -> bool:
+    """Rope scaling set, or a context above any native Qwen3 one (the
+    max_position_embeddings-only edit, which runs unscaled)."""
+    mpe = cfg.get("max_position_embeddings")
+    try:
+        kind = rope_type(effective_rope(cfg))
+    except (AttributeError, TypeError):
+        return True  # a rope block qwenprep cannot read is not a native config
+    return kind != "default" or not isinstance(mpe, int) or isinstance(mpe, bool) or \
+        mpe > NATIVE_QWEN3_CODER
+
+
+def _is_patched(data: bytes) -> bool:
+    cfg = _parse_config(data)
+    return cfg is not None and _is_patched_config(cfg)
+
+
+_LONG_CONTEXT_KEYS = ("max_position_embeddings", "rope_scaling")
+
+
+def _without_long_context(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The config minus what a long-context edit changes (length and rope scaling)."""
+    out = {k: v for k, v in cfg.items() if k not in _LONG_CONTEXT_KEYS}
+    params = out.get("rope_parameters")
+    if isinstance(params, dict):
+        out["rope_parameters"] = {k: v for k, v in params.items()
+                                  if k not in _YARN_KEYS and k != "rope_type"}
+    return out
+
+
+def backup_problem(current: bytes, backup: bytes) -> str | None:
+    """Why BACKUP is not the original of CURRENT (None when it is): it must parse, be native,
+    and equal CURRENT with the long-context edit undone (same model, same everything else)."""
+    if not backup.strip():
+        return "it is empty"
+    cfg = _parse_config(backup)
+    if cfg is None:
+        return "it is not a JSON config object"
+    now = _parse_config(current)
+    if now is None:
+        return "the current config.json is not JSON, so the backup cannot be matched to it"
+    if _is_patched_config(cfg):
+        return "it is itself patched for a long context"
+    a, b = _without_long_context(now), _without_long_context(cfg)
+    if a != b:
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        what = ("a config of another model" if any(
+            k in diff for k in ("model_type", "architectures", "hidden_size",
+                                "num_hidden_layers", "vocab_size")) else "another config")
+        return f"it is {what} (differs in {', '.join(diff[:5])}" + \
+            (" ..." if len(diff) > 5 else "") + ")"
+    rope = effective_rope(now)
+    orig = rope.get("original_max_position_embeddings")
+    if rope_type(rope) == "yarn" and isinstance(orig, int) and \
+            cfg.get("max_position_embeddings") != orig:
+        return (f"its max_position_embeddings {cfg.get('max_position_embeddings')!r} is not the "
+                f"native {orig} the edit scaled from")
+    return None
+
+
+def keep_replaced(cfg: Path, data: bytes) -> Path:
+    """Keep bytes revert is about to replace beside the file (config.json.qwenprep-replaced,
+    then .1, .2 ...), so an undo can itself be undone."""
+    base = cfg.with_name(cfg.name + REPLACED_SUFFIX)
+    for i in range(1000):
+        p = base if i == 0 else base.with_name(f"{base.name}.{i}")
+        if p.is_symlink() or p.exists():
+            if p.is_file() and not p.is_symlink() and p.read_bytes() == data:
+                return p
+            continue
+        atomic_write_bytes(p, data)
+        return p
+    raise InputError(f"{cfg.parent}: 1000 {REPLACED_SUFFIX} files already; clean some up.")
+
+
+def _locate(spec: str | Path) -> Path | None:
     """A path (symlinks resolved, so the real overlay or snapshot is acted on), or a cached
-    ORG/NAME[@rev] (its snapshot, where in-place edits of the old recipe live)."""
+    ORG/NAME[@rev] (its snapshot, where in-place edits of the old recipe live). None when SPEC
+    names a path that is not there (an overlay already reverted)."""
     p = Path(spec).expanduser()
     if p.name == CONFIG and p.parent.is_dir():
         p = p.parent
@@ -104,27 +185,51 @@ def _locate(spec: str | Path) -> Path:
         return Path(os.path.realpath(p))
     from qwenprep.hub import parse_repo_spec
 
-    if parse_repo_spec(str(spec)) is not None:
+    if parse_repo_spec(str(spec)) is not None and not p.parent.is_dir():
         from qwenprep.checkpoint import resolve_model
 
         return resolve_model(str(spec)).path
+    if p.parent.is_dir() or p.is_symlink():
+        return None
     raise InputError(f"{Path(os.path.abspath(p))}: no such overlay or checkpoint directory.",
                      hint="pass an overlay made by qwenprep patch, a checkpoint directory, or a "
                      "cached repo id (ORG/NAME[@rev]).")
 
 
-def revert_path(spec: str | Path) -> RevertResult:
+def revert_path(spec: str | Path, *, force: bool = False) -> RevertResult:
+    """Undo for SPEC (see the module docstring). FORCE also deletes edits the user made inside
+    an overlay (never files the user added)."""
     path = _locate(spec)
+    if path is None:
+        shown = os.path.abspath(Path(spec).expanduser())
+        return RevertResult("absent", shown, f"nothing at {shown}: no overlay to remove "
+                            "(already reverted?)")
+    try:
+        return _revert_at(path, force)
+    except OSError as e:
+        raise _io_error(path, e, verb="revert here",
+                        hint="revert needs write access to the directory (and, in a Hugging Face "
+                        "cache, to its blobs); remount read-write or run as the owner") from None
+
+
+def _revert_at(path: Path, force: bool) -> RevertResult:
     if read_manifest(path) is not None:
-        m = remove_overlay(path)
+        m = remove_overlay(path, force=force)
+        if m is None:
+            return RevertResult("absent", str(path), f"nothing at {path}: no overlay to remove "
+                                "(removed meanwhile?)")
         return RevertResult("removed-overlay", str(path),
                             f"removed overlay {path} (source {m['source']['path']} untouched)")
     if not path.exists():  # a concurrent revert removed it between our looks
-        raise InputError(f"{path}: no such overlay (removed meanwhile?).")
+        return RevertResult("absent", str(path), f"nothing at {path}: no overlay to remove "
+                            "(removed meanwhile?)")
     cfg = path / CONFIG
     if not cfg.exists():
         raise InputError(f"{cfg}: missing; nothing to revert here.",
                          hint="pass an overlay made by qwenprep patch, or a checkpoint directory.")
+    if not cfg.is_file():
+        raise InputError(f"{cfg}: not a regular file; nothing qwenprep can restore.",
+                         path=str(cfg))
     current = cfg.read_bytes()
     blobs = snapshot_blobs(path)
     if blobs is not None:
@@ -140,16 +245,38 @@ def revert_path(spec: str | Path) -> RevertResult:
             hint="put the original beside it as config.json.bak, or download it again: "
             "hf download ORG/NAME config.json --local-dir " + str(path))
     if not _is_patched(current):
+        if _parse_config(current) is None:
+            raise InputError(f"{cfg}: is not a JSON config object, and there is no content "
+                             "address here to restore the original from.",
+                             hint="put the original file beside it as config.json.bak and run "
+                             "qwenprep revert again, or re-download config.json.", path=str(cfg))
         return RevertResult("already-original", str(path),
                             f"{cfg} is not patched (no rope scaling, native context); "
                             "nothing to revert")
+    rejected: list[str] = []
     for name in BACKUP_NAMES:
         b = path / name
-        if b.is_file() and not _is_patched(b.read_bytes()):
-            atomic_write_bytes(cfg, b.read_bytes())
-            return RevertResult("restored-config", str(path),
-                                f"restored {cfg} from backup {b} (no content hash is known "
-                                "here, so the bytes are the backup's, unproven)", None, str(b))
+        if not b.is_file():
+            continue
+        data = b.read_bytes()
+        why = backup_problem(current, data)
+        if why is not None:
+            rejected.append(f"{name}: {why}")
+            continue
+        kept = keep_replaced(cfg, current)
+        atomic_write_bytes(cfg, data)
+        return RevertResult("restored-config", str(path),
+                            f"restored {cfg} from backup {b} (no content hash is known "
+                            "here, so the bytes are the backup's, unproven; it matches the "
+                            f"edited file with the long-context edit undone); the edited file "
+                            f"is kept as {kept}", None, str(b))
+    if rejected:
+        raise InputError(
+            f"{cfg}: edited in place (rope scaling set), and no backup beside it is its "
+            "original: " + "; ".join(rejected) + ". Nothing was changed.",
+            hint="put the original file beside it as config.json.bak (a native config of the "
+            "same model) and run qwenprep revert again, or re-download config.json.",
+            path=str(cfg))
     raise InputError(
         f"{cfg}: edited in place (rope scaling set) and there is no content address or backup "
         "to restore the original bytes from.",
@@ -176,9 +303,11 @@ def _restore_to_address(root: Path, cfg: Path, current: bytes, address: str, tar
             return RevertResult("already-original", str(root),
                                 f"{cfg} already matches its content address {address}",
                                 f"git blob sha1 {address}")
+        kept = keep_replaced(cfg, current)
         atomic_write_bytes(target, data)
         return RevertResult("restored-config", str(root),
-                            f"restored {cfg} from {origin}; {proof_note}",
+                            f"restored {cfg} from {origin}; {proof_note}; the edited bytes are "
+                            f"kept as {kept}",
                             f"git blob sha1 {address}", origin)
     return None
 
@@ -203,11 +332,13 @@ def _revert_in_cache(snapshot: Path, cfg: Path, current: bytes, blobs: Path) -> 
         address = git_blob_sha1(data)
         blob = blobs / address
         if blob.is_file() and git_blob_sha1(blob.read_bytes()) == address:
+            kept = keep_replaced(cfg, current)
             _relink(cfg, address)
             return RevertResult(
                 "relinked", str(snapshot),
                 f"replaced the edited file {cfg} with the link to blob {address} "
-                f"(found via {origin}; the blob's git sha1 equals its name)",
+                f"(found via {origin}; the blob's git sha1 equals its name); the edited file "
+                f"is kept as {kept}",
                 f"git blob sha1 {address}", origin)
     raise InputError(
         f"{cfg}: is a plain file (the cache link was replaced) and no intact blob in {blobs} "

@@ -32,8 +32,21 @@ def load_schema(name: str) -> dict[str, Any]:
     return obj
 
 
-def validator(name: str) -> Any:
-    """A Draft 2020-12 validator for one of the shipped schemas."""
-    from jsonschema import Draft202012Validator
+def _strict_integer(checker: Any, instance: Any) -> bool:
+    return isinstance(instance, int) and not isinstance(instance, bool)
 
-    return Draft202012Validator(load_schema(name))
+
+@cache
+def _strict_class() -> Any:
+    """Draft 2020-12 with one change: "integer" means a JSON integer literal. The draft counts
+    262144.0 as an integer; qwenprep's patch, plan and serve do not (a float length is how
+    hand edits go wrong), so validate must not either: one rule everywhere."""
+    from jsonschema import Draft202012Validator, validators
+
+    checker = Draft202012Validator.TYPE_CHECKER.redefine("integer", _strict_integer)
+    return validators.extend(Draft202012Validator, type_checker=checker)
+
+
+def validator(name: str) -> Any:
+    """A Draft 2020-12 validator (strict integers) for one of the shipped schemas."""
+    return _strict_class()(load_schema(name))

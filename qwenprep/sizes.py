@@ -22,7 +22,8 @@ _UNITS: dict[str, int] = {
     "g": 1024**3, "gib": 1024**3, "gb": 1000**3,
     "t": 1024**4, "tib": 1024**4, "tb": 1000**4,
 }
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
+_SIZE = re.compile(r"^\s*(\d{1,20}(?:\.\d{0,12})?|\.\d{1,12})\s*([a-zA-Z]*)\s*$", re.ASCII)
+MAX_SIZE = 2**60  # 1 EiB: far past any machine; a larger number is a typo
 
 
 def parse_size(text: str | int) -> int:
@@ -30,19 +31,25 @@ def parse_size(text: str | int) -> int:
     if isinstance(text, int) and not isinstance(text, bool):
         if text < 0:
             raise UsageError(f"size {text} is negative.")
+        if text > MAX_SIZE:
+            raise UsageError(f"size {text} is more than 1 EiB; no GPU or disk is that large.")
         return text
     raw = str(text)
     m = _SIZE.match(raw)
     unit = m.group(2).lower() if m else ""
     if not m or unit not in _UNITS:
+        shown = repr(raw) if len(raw) <= 24 else repr(raw[:20]) + f"... ({len(raw)} characters)"
         raise UsageError(
-            f"unreadable size {raw!r}.",
+            f"unreadable size {shown}.",
             hint="write a size like 61.31GiB, 80GiB, 141GB (decimal), 2g or a byte count.",
         )
     try:
         value = Decimal(m.group(1)) * _UNITS[unit]
     except InvalidOperation:  # pragma: no cover - the regex admits only digits
         raise UsageError(f"unreadable size {raw!r}.") from None
+    if value > MAX_SIZE:
+        raise UsageError(f"size {raw!r} is more than 1 EiB; no GPU or disk is that large.",
+                         hint="write a size like 61.31GiB, 80GiB or 141GB.")
     return int(value)
 
 

@@ -54,9 +54,21 @@ def schema_errors(config: dict[str, Any]) -> list[SchemaProblem]:
     """Every schema violation, sorted by path."""
     from qwenprep.schemas import validator
 
-    errors = sorted(validator("qwen3-config").iter_errors(config),
+    errors = sorted((_innermost(e) for e in validator("qwen3-config").iter_errors(config)),
                     key=lambda e: [str(p) for p in e.absolute_path])
     return [SchemaProblem(tuple(e.absolute_path), _message(e)) for e in errors]
+
+
+def _innermost(e: Any) -> Any:
+    """For "null or a rope block" (oneOf), the error inside the block, which names the field
+    ($.rope_scaling.original_max_position_embeddings: is 262144.0 ...), not the whole dict."""
+    while e.validator in ("oneOf", "anyOf") and e.context:
+        inner = [c for c in e.context if not (c.validator == "type" and c.validator_value
+                                              == "null")]
+        if not inner:
+            break
+        e = max(inner, key=lambda c: len(c.absolute_path))
+    return e
 
 
 def schema_problems(config: dict[str, Any]) -> list[str]:
@@ -110,11 +122,15 @@ def invariant_checks(config: dict[str, Any], *, native: int | None = None,
     else:
         limit = native if native is not None else NATIVE_QWEN3_CODER
         if mpe > limit:
+            what = ("no rope scaling is set" if kind == "default" else
+                    f"the rope scaling is {kind!r}, not the YaRN Qwen3 is trained to extend with")
+            how = "unscaled" if kind == "default" else f"with {kind} scaling"
             checks.append(Check(
                 "invariant.context_needs_rope", "fail",
-                f"max_position_embeddings is {mpe} but no rope scaling is set (native "
+                f"max_position_embeddings is {mpe} but {what} (native "
                 f"{limit}{'' if native else ', the largest native Qwen3 context'}); positions "
-                f"past {limit} would run unscaled. Hint: {PATCH_HINT}",
+                f"past {limit} would run {how}. "
+                f"Hint: {PATCH_HINT}",
                 "$.max_position_embeddings"))
         else:
             checks.append(Check("invariant.context_needs_rope", "pass",

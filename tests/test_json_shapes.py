@@ -56,6 +56,8 @@ def test_revert_results_match_schema(cli: CliFn, qwen_src: Path, tmp_path: Path)
     r = cli("revert", str(qwen_src), "--json")
     assert r.exit_code == 0 and _valid("revert-result", r)["action"] == "already-original"
     r = cli("revert", str(tmp_path / "none"), "--json")
+    assert r.exit_code == 0 and _valid("revert-result", r)["action"] == "absent"
+    r = cli("revert", str(tmp_path / "no" / "none"), "--json")
     assert r.exit_code == 3 and "error" in _valid("revert-result", r)
 
 

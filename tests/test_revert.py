@@ -182,8 +182,15 @@ def test_overlay_with_foreign_files_is_refused(cli: CliFn, qwen_src: Path, tmp_p
     assert (out / "my-notes.txt").read_text() == "mine"
 
 
-def test_revert_missing_path(cli: CliFn, tmp_path: Path) -> None:
-    r = cli("revert", str(tmp_path / "none"))
+def test_revert_missing_path_is_idempotent(cli: CliFn, tmp_path: Path) -> None:
+    """Reverting what is already gone is done, not an error (a path, not a repo id)."""
+    r = cli("revert", str(tmp_path / "none"), "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["action"] == "absent"
+    assert out["message"] == f"nothing at {tmp_path / 'none'}: no overlay to remove " \
+        "(already reverted?)"
+    r = cli("revert", str(tmp_path / "no-parent" / "none"))
     assert r.exit_code == 3 and "no such overlay or checkpoint directory" in r.stderr
 
 
@@ -229,12 +236,10 @@ def test_concurrent_reverts(qwen_src: Path, tmp_path: Path) -> None:
     procs = [subprocess.Popen([str(QWENPREP_BIN), "revert", str(out)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(3)]
     results = [(p.wait(), p.stderr.read() if p.stderr else "") for p in procs]
-    codes = sorted(rc for rc, _ in results)
-    assert codes[0] == 0 and all(rc in (0, 3) for rc in codes), results
-    assert codes.count(0) == 1, results
-    for rc, err in results:
-        if rc == 3:
-            assert "no such overlay" in err, err
+    assert [rc for rc, _ in results] == [0, 0, 0], results
+    said = sorted(p.stdout.read().split(":")[0] if p.stdout else "" for p in procs)
+    assert said[-1].startswith("removed overlay"), said
+    assert all(s.startswith("nothing at") for s in said[:-1]), said
     assert not out.exists()
 
 
