@@ -26,7 +26,7 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from qwenprep.engine import (
     NEWEST_KNOWN,
@@ -38,6 +38,9 @@ from qwenprep.engine import (
 from qwenprep.errors import InputError, UsageError
 from qwenprep.report import SCHEMA_VERSION
 from qwenprep.sizes import GiB, format_gib
+
+if TYPE_CHECKING:
+    from qwenprep.timing import ParamCounts, PlanTiming
 
 KVDtype = Literal["auto", "fp8"]
 
@@ -168,11 +171,20 @@ class ModelShape:
     weight_bytes: int | None = None  # all tensors, from the safetensors headers
     expert_weight_bytes: int = 0  # the part in routed experts (divided over EP ranks)
     weights_source: str = "unknown"
+    experts_per_token: int = 0  # MoE routing top-k (num_experts_per_tok)
+    attention_layers: int | None = None  # full-attention layers of a hybrid; None: every layer
+    quant_method: str | None = None  # quantization_config.quant_method ("fp8", ...)
+    params: ParamCounts | None = None  # parameter counts from the headers (qwenprep.timing)
+
+    @property
+    def full_attention_layers(self) -> int:
+        return self.num_layers if self.attention_layers is None else self.attention_layers
 
     @classmethod
     def from_config(cls, config: dict[str, Any], *, name: str = "model",
                     weight_bytes: int | None = None, expert_weight_bytes: int = 0,
-                    weights_source: str = "unknown") -> ModelShape:
+                    weights_source: str = "unknown",
+                    params: ParamCounts | None = None) -> ModelShape:
         text_config = config.get("text_config")
         cfg: dict[str, Any] = text_config if isinstance(text_config, dict) else config
 
@@ -215,10 +227,13 @@ class ModelShape:
         experts_key = "num_experts" if cfg.get("num_experts") is not None else "num_local_experts"
         from qwenprep.contexts import native_context
 
+        layers = need("num_hidden_layers")
+        attention_layers = _full_attention_layers(cfg, layers)
+
         return cls(
             name=name,
             native_context=native_context(cfg),
-            num_layers=need("num_hidden_layers"),
+            num_layers=layers,
             num_attention_heads=heads,
             num_kv_heads=kv,
             head_dim=head_dim,
@@ -233,7 +248,23 @@ class ModelShape:
             weight_bytes=weight_bytes,
             expert_weight_bytes=expert_weight_bytes,
             weights_source=weights_source,
+            experts_per_token=need("num_experts_per_tok", 0),
+            attention_layers=attention_layers,
+            quant_method=str(qc.get("quant_method")) if qc and qc.get("quant_method") else None,
+            params=params,
         )
+
+
+def _full_attention_layers(cfg: dict[str, Any], layers: int) -> int | None:
+    """Full-attention layers of a hybrid config (``layer_types`` entries "full_attention", or
+    every ``full_attention_interval``-th layer); None when every layer is full attention."""
+    types = cfg.get("layer_types")
+    if isinstance(types, list) and types:
+        return sum(1 for t in types[:layers] if t == "full_attention")
+    interval = cfg.get("full_attention_interval")
+    if isinstance(interval, int) and not isinstance(interval, bool) and interval > 0:
+        return layers // interval
+    return None
 
 
 def _is_expert(tensor_name: str) -> bool:
@@ -242,7 +273,15 @@ def _is_expert(tensor_name: str) -> bool:
 
 def weight_bytes_from_dir(path: Path) -> tuple[int, int]:
     """(all tensor bytes, routed-expert tensor bytes) from the safetensors headers in PATH."""
+    tally = weight_tally_from_dir(path)
+    return tally.total_bytes, tally.routed_expert_bytes
+
+
+def weight_tally_from_dir(path: Path) -> ParamCounts:
+    """Parameters and bytes by role (qwenprep.timing.ParamCounts) from the safetensors headers
+    in PATH."""
     from qwenprep.safetensors_io import read_header
+    from qwenprep.timing import tally_tensors
 
     index = path / "model.safetensors.index.json"
     if index.is_file():
@@ -265,14 +304,8 @@ def weight_bytes_from_dir(path: Path) -> tuple[int, int]:
         raise InputError(f"{path}: no safetensors shards to size the weights from.",
                          hint="pass --kv-memory SIZE (exact), or download the weights: "
                          "qwenprep fetch ORG/NAME", path=str(path))
-    total = expert = 0
-    for shard in shards:
-        header = read_header(path / shard)
-        for t in header.tensors.values():
-            total += t.nbytes
-            if _is_expert(t.name):
-                expert += t.nbytes
-    return total, expert
+    return tally_tensors((t.name, t.shape, t.nbytes) for shard in shards
+                         for t in read_header(path / shard).tensors.values())
 
 
 def shape_from_dir(path: Path, *, with_weights: bool = True) -> ModelShape:
@@ -284,14 +317,17 @@ def shape_from_dir(path: Path, *, with_weights: bool = True) -> ModelShape:
     total: int | None = None
     expert = 0
     source = "not read"
+    tally = None
     if with_weights:
         try:
-            total, expert = weight_bytes_from_dir(path)
+            tally = weight_tally_from_dir(path)
+            total, expert = tally.total_bytes, tally.routed_expert_bytes
             source = f"safetensors headers in {path}"
         except InputError as e:
             source = f"unknown: {e.message}"
     return ModelShape.from_config(cfg, name=str(path), weight_bytes=total,
-                                  expert_weight_bytes=expert, weights_source=source)
+                                  expert_weight_bytes=expert, weights_source=source,
+                                  params=tally)
 
 
 def shape_from_hub(spec: str) -> ModelShape:
@@ -300,7 +336,14 @@ def shape_from_hub(spec: str) -> ModelShape:
     shard by shard)."""
     import tempfile
 
-    from qwenprep.hub import hub_endpoint, offline_mode
+    from qwenprep.hub import (
+        http_status_cause,
+        hub_endpoint,
+        offline_hint,
+        offline_mode,
+        unreachable_cause,
+    )
+    from qwenprep.redact import display_endpoint, redact, scrub_hub_logs
     from qwenprep.safetensors_io import DTYPE_BYTES
 
     repo_id, _, revision = spec.partition("@")
@@ -313,6 +356,7 @@ def shape_from_hub(spec: str) -> ModelShape:
     try:
         from huggingface_hub import HfApi, hf_hub_download
 
+        scrub_hub_logs()
         api = HfApi(endpoint=endpoint)
         rev = revision or None
         # Small files go to a throwaway cache: a lone config.json (or index) in the real HF
@@ -332,11 +376,18 @@ def shape_from_hub(spec: str) -> ModelShape:
                 shards = ["model.safetensors"]
         files = [api.parse_safetensors_file_metadata(repo_id, f, revision=rev) for f in shards]
     except Exception as e:  # noqa: BLE001 - hub errors come in many types; report them as input
-        first = str(e).splitlines()[0] if str(e) else ""
+        cause = unreachable_cause(e)
+        http = http_status_cause(e)
+        shown = cause if cause is not None else http[1] if http is not None else e
+        first = redact(str(shown).splitlines()[0] if str(shown) else "")
+        where = display_endpoint(endpoint)
         raise InputError(
-            f"{spec}: cannot read config.json and safetensors headers from "
-            f"{endpoint or 'https://huggingface.co'} ({type(e).__name__}: {first}).",
-            hint="check the repo id and the network, or download it: qwenprep fetch " + spec,
+            f"{spec}: cannot read config.json and safetensors headers from {where} ("
+            + ("the Hub could not be reached: " if cause is not None else "")
+            + f"{type(shown).__name__}: {first}).",
+            hint=(offline_hint() + "; or download it: qwenprep fetch " + spec)
+            if cause is not None
+            else "check the repo id and the network, or download it: qwenprep fetch " + spec,
         ) from None
     if not isinstance(cfg, dict):
         raise InputError(f"{spec}: config.json on the Hub is not a JSON object.")
@@ -482,6 +533,7 @@ class Plan:
     kv: KVCapacity
     bytes_per_token: int
     advice: list[str] = field(default_factory=list)
+    timing: PlanTiming | None = None  # qwenprep.timing: prefill / decode time, context table
 
     @property
     def fits(self) -> bool:
@@ -522,6 +574,8 @@ class Plan:
                 "overhead_bytes": self.overhead_bytes,
                 "overhead": self.overhead_text,
             }
+        if self.timing is not None:
+            d.update(self.timing.to_dict())
         return d
 
     def summary(self) -> str:
@@ -553,6 +607,8 @@ class Plan:
             f"fits: {'yes' if self.fits else 'NO'}",
         ]
         lines += [f"advice: {a}" for a in self.advice]
+        if self.timing is not None:
+            lines += self.timing.summary_lines(k.context)
         return "\n".join(lines)
 
 
@@ -659,12 +715,24 @@ def make_plan(model: str, *, context: str | None = None, tp: int | None = None, 
               gpus: int | None = None, gpu_memory: str | None = None,
               kv_memory: str | None = None, kv_cache_dtype: KVDtype = "auto", ep: bool = True,
               vllm_version: str | None = None, block_size: int = CUDA_BLOCK_SIZE,
-              python: str | None = None) -> Plan:
+              python: str | None = None, gpu: str | None = None,
+              prefill_budget: float | None = None) -> Plan:
     """What ``qwenprep plan`` computes, from its options as typed. Without any memory option the
-    GPUs of this machine (NVML / nvidia-smi) give the memory; TP defaults to their count."""
+    GPUs of this machine (NVML / nvidia-smi) give the memory; TP defaults to their count. GPU
+    (--gpu NAME) picks a catalog entry for the time estimates and, without --gpu-memory, its
+    memory; else detected GPUs are looked up by name (qwenprep.catalog)."""
+    from qwenprep.catalog import detected_gpu, named_gpu
     from qwenprep.contexts import parse_context
     from qwenprep.gpus import inventory
     from qwenprep.sizes import parse_size
+    from qwenprep.timing import DEFAULT_PREFILL_BUDGET_S, plan_timing
+
+    spec, gpu_memory, gpus, time_notes = named_gpu(gpu, gpu_memory=gpu_memory,
+                                                   kv_memory=kv_memory, gpus=gpus, tp=tp, pp=pp)
+    gpu_name: str | None = None
+    budget = DEFAULT_PREFILL_BUDGET_S if prefill_budget is None else prefill_budget
+    if not (budget > 0 and math.isfinite(budget)):
+        raise UsageError(f"--prefill-budget must be a positive number of seconds (got {budget}).")
 
     if kv_memory is not None and gpu_memory is not None:
         raise UsageError("--kv-memory and --gpu-memory exclude each other: the first is exact, "
@@ -676,6 +744,12 @@ def make_plan(model: str, *, context: str | None = None, tp: int | None = None, 
             raise UsageError("--gpus needs --gpu-memory SIZE (or give --kv-memory SIZE).")
         inv = inventory(gpus=gpus, gpu_memory=gpu_bytes)
         gpus, gpu_bytes = (inv.count, inv.min_total) if inv.count else (None, None)
+        if spec is None and inv.source in ("nvml", "nvidia-smi"):
+            spec, gpu_name, note = detected_gpu(inv)
+            time_notes += [note] if note else []
+    if spec is None and not time_notes:
+        time_notes.append("no GPU model named or detected: time estimates are left out "
+                          "(name one with --gpu, e.g. --gpu H200)")
     shape = load_shape(model)  # a wrong MODEL is said first (exit 3)
     if kv_bytes is None and gpu_bytes is None:
         why = "; ".join(inv.notes) or "no source listed any"
@@ -694,7 +768,9 @@ def make_plan(model: str, *, context: str | None = None, tp: int | None = None, 
     if tp is None:
         tp = max(1, (gpus or 1) // pp)
     rule = resolve_rule(vllm_version, python=python)
-    return plan_capacity(shape, PlanRequest(
+    plan = plan_capacity(shape, PlanRequest(
         context=ctx, tp=tp, pp=pp, gpus=gpus, gpu_memory=gpu_bytes, kv_memory=kv_bytes,
         kv_cache_dtype=kv_cache_dtype, ep=ep and bool(shape.num_experts), block_size=block_size,
     ), rule)
+    return replace(plan, timing=plan_timing(plan, spec, gpu_name=gpu_name,
+                                            notes=tuple(time_notes), budget_s=budget))

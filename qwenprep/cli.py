@@ -18,15 +18,21 @@ def _emit_json(obj: dict[str, Any]) -> None:
 
 
 def _fail(err: QwenprepError, as_json: bool) -> NoReturn:
+    """Every error of every command ends here: credentials are scrubbed from message and hint
+    (qwenprep.redact), in the JSON object and on stderr alike."""
+    from qwenprep.redact import redact
+
+    message = redact(err.message)
+    hint = redact(err.hint) if err.hint is not None else None
     if as_json:
         _emit_json(
             {
                 "schema_version": SCHEMA_VERSION,
                 "ok": False,
-                "error": {"message": err.message, "hint": err.hint, "exit_code": err.exit_code},
+                "error": {"message": message, "hint": hint, "exit_code": err.exit_code},
             }
         )
-    click.echo(f"error: {err}", err=True)
+    click.echo(f"error: {message}" + (f"\nHint: {hint}" if hint else ""), err=True)
     sys.exit(err.exit_code)
 
 
@@ -60,7 +66,8 @@ json_option = click.option(
 class _WorkflowOrder(click.Group):
     """Lists commands in the order of the job, not alphabetically."""
 
-    ORDER = ("fetch", "verify", "patch", "validate", "plan", "check", "serve", "revert", "demo")
+    ORDER = ("fetch", "verify", "patch", "validate", "plan", "check", "serve", "list", "revert",
+             "demo")
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         known = [c for c in self.ORDER if c in self.commands]
@@ -86,15 +93,24 @@ def cli() -> None:
 @click.argument("model")
 @click.option("--context", "-c", required=True, metavar="C",
               help="native|256k|512k|1m|N tokens (1m = 1048576, YaRN factor 4 over 256K).")
-@click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
-              help="Overlay directory to create (links + patched config.json + manifest).")
+@click.option("--out", "-o", default=None, type=click.Path(path_type=Path),
+              help="Overlay directory to create (links + patched config.json + manifest). "
+              "Default: $HF_HOME/qwenprep/overlays/ORG--NAME@REV-CONTEXT (QWENPREP_OVERLAYS "
+              "overrides the folder).")
 @click.option("--force", is_flag=True,
               help="Replace an existing qwenprep overlay; allow YaRN factors above 4.")
 @json_option
-def patch(model: str, context: str, out: Path, force: bool, as_json: bool) -> None:
+def patch(model: str, context: str, out: Path | None, force: bool, as_json: bool) -> None:
     """Patch MODEL's config.json for a longer context into an overlay directory.
 
-    The source checkpoint is never modified; every other file is linked, not copied.
+    The source checkpoint is never modified; every other file is linked, not copied. An
+    overlay of a cached repo holds a cache ref (refs/qwenprep/ID) so hf cache prune keeps its
+    source; revert releases it.
+
+    \b
+    Examples:
+      qwenprep patch Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8 --context 1m
+      qwenprep patch ./my-model --context 512k --out ./my-model-512k
     """
     from qwenprep.checkpoint import resolve_model
     from qwenprep.contexts import parse_context
@@ -108,10 +124,13 @@ def patch(model: str, context: str, out: Path, force: bool, as_json: bool) -> No
                     "path": str(res.path), "source": m["source"]["path"],
                     "native_context": m["native_context"], "target_context": m["target_context"],
                     "factor": m["factor"], "files_linked": len(m["files"]),
-                    "digest": m["digest"]})
+                    "digest": m["digest"], "pin": m["source"].get("pin"),
+                    "warnings": res.notes})
         return
     for line in res.diff:
         click.echo(line, err=True)
+    for note in res.notes:
+        click.echo(f"warning: {note}", err=True)
     click.echo(f"{res.status} overlay {res.path}: {m['target_context']} tokens "
                f"(YaRN factor {m['factor']:.8g} over {m['native_context']}), "
                f"{len(m['files'])} files linked from {m['source']['path']}", err=True)
@@ -153,6 +172,35 @@ def revert(path: str, force: bool, as_json: bool) -> None:
         _emit_json({"schema_version": SCHEMA_VERSION, "ok": True, **res.to_dict()})
         return
     click.echo(res.message)
+
+
+@cli.command("list", short_help="Overlays qwenprep made, each ok, stale or dangling.")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@json_option
+def list_cmd(paths: tuple[Path, ...], as_json: bool) -> None:
+    """List overlays under the default place ($HF_HOME/qwenprep/overlays) or PATHS (overlays,
+    or folders holding them): source, context and state. ok; stale: the source config changed
+    or the ref it came from moved; dangling: the source or a linked file is gone (after hf
+    cache rm, say). Exit 1 when any is not ok.
+    """
+    from qwenprep.lifecycle import list_overlays, overlays_home
+
+    found = run(as_json, lambda: list_overlays(list(paths)))
+    ok = all(s.state == "ok" for s in found)
+    if as_json:
+        _emit_json({"schema_version": SCHEMA_VERSION, "ok": ok, "kind": "list",
+                    "searched": [str(p) for p in paths] or [str(overlays_home())],
+                    "overlays": [s.to_dict() for s in found]})
+        sys.exit(0 if ok else EXIT_CHECKS_FAILED)
+    if not found:
+        click.echo(f"no overlays under {', '.join(map(str, paths)) or overlays_home()}", err=True)
+    for s in found:
+        click.echo(f"{s.state:<8} {s.path}  <- {s.source} @ {s.context} tokens")
+        for r in s.reasons:
+            click.echo(f"         {r}")
+        if s.rebuild:
+            click.echo(f"         rebuild: {s.rebuild}")
+    sys.exit(0 if ok else EXIT_CHECKS_FAILED)
 
 
 @cli.command(short_help='The main job end to end on the embedded tiny checkpoint.')
@@ -217,9 +265,18 @@ def verify(model: str, deep: bool, engine: bool, vllm_python: str | None, as_jso
                        f"{total / 2**30:.2f} GiB", err=True, nl=done == total)
 
     progress = bar if deep and sys.stderr.isatty() else None
-    report = run(as_json, lambda: verify_checkpoint(
-        resolve_model(model).path, deep=deep, engine=engine, vllm_python=vllm_python,
-        progress=progress))
+    try:
+        report = run(as_json, lambda: verify_checkpoint(
+            resolve_model(model).path, deep=deep, engine=engine, vllm_python=vllm_python,
+            progress=progress))
+    except KeyboardInterrupt:  # hashing stops at once and records nothing; exit 130
+        if progress is not None:
+            click.echo(err=True)
+        stop = QwenprepError("interrupted: verify stopped before it finished; no hash record "
+                             "was written.",
+                             hint="run the same command again to check the whole checkpoint.")
+        stop.exit_code = 130
+        _fail(stop, as_json)
     x = report.extra
     finish_report(report, as_json, f"{'OK' if report.ok else 'FAILED'}: {x['files']} shard(s), "
                   f"{x['tensors']:,} tensors, {x['bytes']:,} bytes"
@@ -236,15 +293,16 @@ def fetch(repo: str, local_dir: Path | None, as_json: bool) -> None:
 
     Prints the checkpoint path on stdout; progress and checks go to stderr."""
     from qwenprep.fetch import fetch as do_fetch
+    from qwenprep.redact import redact, redact_obj
     from qwenprep.sizes import format_bytes
 
     res = run(as_json, lambda: do_fetch(repo, local_dir=local_dir))
     if as_json:
-        _emit_json(res.to_dict())
+        _emit_json({k: v if k == "path" else redact_obj(v) for k, v in res.to_dict().items()})
     else:
         click.echo(f"{res.plan.spec.repo_id}@{res.plan.commit[:12]}: {len(res.plan.files)} "
                    f"files, {format_bytes(res.plan.bytes_total)} in {res.seconds:.1f} s", err=True)
-        click.echo(render_checks([*res.checks, *res.verify.checks]), err=True)
+        click.echo(redact(render_checks([*res.checks, *res.verify.checks])), err=True)
         click.echo(str(res.path))
     sys.exit(0 if res.ok else EXIT_CHECKS_FAILED)
 
@@ -280,7 +338,7 @@ def _with(options: list[Callable[[Any], Any]]) -> Callable[[Any], Any]:
     return deco
 
 
-@cli.command(short_help="KV-cache capacity and concurrency, by vLLM's arithmetic.")
+@cli.command(short_help="KV-cache capacity, concurrency and prefill/decode time estimates.")
 @click.argument("model")
 @click.option("--context", "-c", metavar="C", help="native|256k|512k|1m|N (default: the "
               "checkpoint's max_position_embeddings).")
@@ -289,25 +347,49 @@ def _with(options: list[Callable[[Any], Any]]) -> Callable[[Any], Any]:
 @click.option("--ep/--no-ep", default=True, show_default=True,
               help="Expert parallel (experts divided over all GPUs) for MoE models.")
 @_with(_gpu_options)
+@click.option("--gpu", "gpu_model", metavar="NAME",
+              help="GPU model for the time estimates (H200, H100 SXM, B200, MI300X, ...); also "
+              "sets the memory per GPU when --gpu-memory is not given. Default: the detected "
+              "GPUs' name.")
+@click.option("--prefill-budget", type=float, default=None, metavar="SECONDS",
+              help="Longest acceptable full-length prefill for the recommendation "
+              "(default 60).")
+@click.option("--chart", "chart", metavar="FILE",
+              help="Draw concurrency and prefill time against context into FILE (.svg or .png; "
+              "needs the [chart] extra).")
 @_vllm_version_option
 @json_option
 def plan(model: str, context: str | None, tp: int | None, pp: int, ep: bool, gpus: int | None,
          gpu_memory: str | None, kv_memory: str | None, kv_cache_dtype: str, block_size: int,
+         gpu_model: str | None, prefill_budget: float | None, chart: str | None,
          vllm_version: str | None, as_json: bool) -> None:
-    """KV-cache capacity of MODEL at a context, by vLLM's own arithmetic; exit 1 if it won't fit.
+    """KV-cache capacity of MODEL at a context, by vLLM's own arithmetic, and how long prefill
+    and decode take there (estimates: floor at peak, typical band); exit 1 if it won't fit.
 
     MODEL is a directory, a cached ORG/NAME[@rev], or a Hub repo id (headers read remotely).
     """
     from qwenprep.capacity import make_plan
 
+    if chart is not None:
+        from qwenprep.chart import chart_format
+
+        run(as_json, lambda: chart_format(chart))
     p = run(as_json, lambda: make_plan(
         model, context=context, tp=tp, pp=pp, gpus=gpus, gpu_memory=gpu_memory,
         kv_memory=kv_memory, kv_cache_dtype=kv_cache_dtype,  # type: ignore[arg-type]
-        ep=ep, vllm_version=vllm_version, block_size=block_size))
+        ep=ep, vllm_version=vllm_version, block_size=block_size, gpu=gpu_model,
+        prefill_budget=prefill_budget))
+    written = None
+    if chart is not None:
+        from qwenprep.chart import write_chart
+
+        written = run(as_json, lambda: write_chart(p, chart))
     if as_json:
-        _emit_json(p.to_dict())
+        _emit_json({**p.to_dict(), **({"chart": str(written)} if written else {})})
     else:
         click.echo(p.summary())
+        if written:
+            click.echo(f"chart: {written}")
     sys.exit(0 if p.fits else EXIT_CHECKS_FAILED)
 
 

@@ -5,7 +5,11 @@ files_metadata=True)`), pin the resolved commit, keep only what vLLM reads (weig
 configs, tokenizer, chat template), check free disk, `snapshot_download` exactly those names
 at that commit (huggingface_hub draws the progress bars, on stderr), check sizes, then run
 qwenprep's deep verify. Tokens stay with huggingface_hub: qwenprep never reads one except to
-scrub it out of messages, and never records one.
+scrub it out of messages (qwenprep.redact), and never records one.
+
+A --local-dir that is (or is inside) a qwenprep overlay, or that holds a symlink where the
+download writes, is refused before anything is downloaded: huggingface_hub copies a cached
+file onto the path, i.e. through the link, into whatever it points to.
 
 Works with huggingface_hub 0.34 .. 2.x (only `HfApi.model_info`, `snapshot_download` and the
 exception classes of `huggingface_hub.errors`, looked up by name).
@@ -22,17 +26,20 @@ from pathlib import Path
 from typing import Any
 
 from qwenprep import __version__
-from qwenprep.errors import InputError, UsageError
+from qwenprep.errors import ConflictError, InputError, UsageError
 from qwenprep.hub import (
     RepoSpec,
+    http_status_cause,
     hub_cache_dir,
     hub_endpoint,
+    offline_hint,
     offline_mode,
     parse_repo_spec,
-    redact,
     repo_storage,
+    unreachable_cause,
 )
 from qwenprep.jsonio import atomic_write_text, dump_config
+from qwenprep.redact import display_endpoint, redact, scrub_hub_logs
 from qwenprep.report import SCHEMA_VERSION, Check, Report
 from qwenprep.sizes import format_bytes
 
@@ -126,9 +133,15 @@ def _failed_file(err: BaseException) -> str | None:
     return unquote(rest.split("/", 1)[1]) if "/" in rest else None
 
 
+def _first_line(err: BaseException) -> str:
+    return redact(str(err).splitlines()[0] if str(err) else type(err).__name__)
+
+
 def _hub_failure(spec: RepoSpec, err: BaseException, endpoint: str) -> InputError:
     """One table from huggingface_hub's exceptions to messages that say what to do next."""
-    detail = redact(str(err).splitlines()[0] if str(err) else type(err).__name__)
+    from http import HTTPStatus
+
+    detail = _first_line(err)
     retry = f"run the same command again: qwenprep fetch {spec}"
     if isinstance(err, _hf_error("GatedRepoError")):
         return InputError(
@@ -146,6 +159,23 @@ def _hub_failure(spec: RepoSpec, err: BaseException, endpoint: str) -> InputErro
             hint="use a branch, tag or commit hash of the repo, e.g. qwenprep fetch "
             f"{spec.repo_id}@main",
         )
+    http = http_status_cause(err)
+    if http is not None and http[0] in (401, 403):
+        status, carrier = http
+        return InputError(
+            f"{spec}: the Hub at {endpoint} refused access (HTTP {status} "
+            f"{HTTPStatus(status).phrase}): {_first_line(carrier).rstrip('.')}.",
+            hint="check the token huggingface_hub sends (HF_TOKEN, or hf auth login) and that "
+            f"it may read {spec.repo_id}; a gated repo also needs its terms accepted on the "
+            "model page",
+        )
+    cause = unreachable_cause(err)
+    if cause is not None:
+        return InputError(
+            f"{spec}: the Hub could not be reached at {endpoint} "
+            f"({type(cause).__name__}: {_first_line(cause)}).",
+            hint=offline_hint(),
+        )
     if isinstance(err, (_hf_error("RemoteEntryNotFoundError"), _hf_error("EntryNotFoundError"))):
         return InputError(
             f"{spec}: a file listed by the Hub could not be downloaded (404): "
@@ -158,13 +188,93 @@ def _hub_failure(spec: RepoSpec, err: BaseException, endpoint: str) -> InputErro
     )
 
 
-def _display_endpoint(endpoint: str | None) -> str:
-    from urllib.parse import urlsplit
+def _overlay_root(local: Path) -> Path | None:
+    """The qwenprep overlay LOCAL is, or is inside: the nearest directory, of LOCAL as given
+    and of where its links lead, that holds .qwenprep/manifest.json (valid or not)."""
+    from qwenprep.overlay import MANIFEST_DIR, MANIFEST_NAME
 
-    if not endpoint:
-        return "https://huggingface.co"
-    parts = urlsplit(endpoint)
-    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    real = Path(os.path.realpath(local))
+    for start in (local, real):
+        for d in (start, *start.parents):
+            if os.path.lexists(d / MANIFEST_DIR / MANIFEST_NAME):
+                return d
+    return None
+
+
+def _overlay_context(root: Path) -> str:
+    """The context an overlay was made for (for the hint), or C when its manifest says none."""
+    import json
+
+    from qwenprep.overlay import MANIFEST_DIR, MANIFEST_NAME
+
+    try:
+        manifest = json.loads((root / MANIFEST_DIR / MANIFEST_NAME).read_text(encoding="utf-8"))
+        ctx = manifest["target_context"]
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError):
+        return "C"
+    return str(ctx) if isinstance(ctx, int) and not isinstance(ctx, bool) and ctx > 0 else "C"
+
+
+def refuse_overlay(spec: RepoSpec, local: Path) -> None:
+    """A --local-dir that is (or is inside) a qwenprep overlay: huggingface_hub would write
+    through the overlay's links into the source checkpoint and over its patched config.json."""
+    from qwenprep.overlay import MANIFEST_DIR, MANIFEST_NAME
+
+    root = _overlay_root(local)
+    if root is None:
+        return
+    manifest = root / MANIFEST_DIR / MANIFEST_NAME
+    what = (
+        f"--local-dir {root} is a qwenprep overlay"
+        if root in (local, Path(os.path.realpath(local)))
+        else f"--local-dir {local} is inside a qwenprep overlay, {root}"
+    )
+    raise ConflictError(
+        f"{what} ({manifest}): a download into it would write through its links into the "
+        "checkpoint they point to, and replace its patched config.json.",
+        hint=f"fetch into the Hugging Face cache (qwenprep fetch {spec}) or into another "
+        f"directory (qwenprep fetch {spec} --local-dir DIR), then rebuild the overlay from it: "
+        f"qwenprep patch {spec} --context {_overlay_context(root)} --out {root} --force "
+        "(patch DIR for a --local-dir download)",
+        path=str(manifest),
+    )
+
+
+def _write_paths(local: Path, names: list[str]) -> list[Path]:
+    """Every path under LOCAL that a --local-dir download writes or creates: each file and
+    its parent directories, huggingface_hub's .cache/huggingface (metadata, locks, partial
+    files), and qwenprep's own .qwenprep/fetch.json."""
+    rels = {Path(".cache"), Path(".cache/huggingface"), *RECORD.parents, RECORD}
+    for name in names:
+        rel = Path(*name.split("/"))
+        rels.add(rel)
+        rels.update(p for p in rel.parents if p != Path("."))
+    paths = [local / r for r in rels if r != Path(".")]
+    hub_dir = local / ".cache" / "huggingface"
+    if hub_dir.is_dir() and not hub_dir.is_symlink():
+        for root, dirs, files in os.walk(hub_dir):  # never follows links
+            paths += [Path(root) / n for n in (*dirs, *files)]
+    return sorted(set(paths))
+
+
+def refuse_links(spec: RepoSpec, local: Path, names: list[str]) -> None:
+    """A --local-dir holding a symlink where the download writes (a file, a parent directory,
+    huggingface_hub's or qwenprep's state): huggingface_hub would write through it (it copies
+    a cached file onto the path), changing whatever it points to."""
+    links = [p for p in _write_paths(local, names) if p.is_symlink()]
+    if not links:
+        return
+    shown = "; ".join(f"{p} -> {os.readlink(p)}" for p in links[:5])
+    more = f" (and {len(links) - 5} more)" if len(links) > 5 else ""
+    raise ConflictError(
+        f"--local-dir {local} holds "
+        + ("a symlink" if len(links) == 1 else f"{len(links)} symlinks")
+        + f" the download would write through: {shown}{more}.",
+        hint=f"fetch into a directory without links (qwenprep fetch {spec} --local-dir DIR) or "
+        f"into the Hugging Face cache (qwenprep fetch {spec}); a qwenprep overlay is rebuilt "
+        "from there with: qwenprep patch SOURCE --context C --out OVERLAY --force",
+        path=str(links[0]),
+    )
 
 
 def _present(f: RemoteFile, storage: Path, local_dir: Path | None) -> bool:
@@ -209,10 +319,14 @@ def plan_fetch(
             f"cannot fetch {spec}: HF_HUB_OFFLINE is set, so the Hub may not be contacted.",
             hint="unset HF_HUB_OFFLINE (or run the fetch on a machine with network access)",
         )
+    local = local_dir.expanduser().absolute() if local_dir is not None else None
+    if local is not None:
+        refuse_overlay(spec, local)
     from huggingface_hub import HfApi
 
+    scrub_hub_logs()
     endpoint = endpoint or hub_endpoint()
-    shown = _display_endpoint(endpoint)
+    shown = display_endpoint(endpoint)
     try:
         info = HfApi(endpoint=endpoint).model_info(
             spec.repo_id, revision=spec.rev, files_metadata=True
@@ -240,9 +354,10 @@ def plan_fetch(
             + f": not a safetensors model checkpoint ({len(siblings)} files in the repo).",
             hint="check the repo id and revision",
         )
+    if local is not None:
+        refuse_links(spec, local, [f.name for f in files])
     cache = cache_dir if cache_dir is not None else hub_cache_dir()
     storage = repo_storage(spec.repo_id, cache)
-    local = local_dir.expanduser().absolute() if local_dir is not None else None
     total = sum(f.size or 0 for f in files)
     needed = sum(f.size or 0 for f in files if not _present(f, storage, local))
     return FetchPlan(spec, commit, files, local or cache, local, cache, total, needed)
@@ -371,10 +486,14 @@ def _record(plan: FetchPlan, path: Path, started: datetime, seconds: float) -> N
 
 
 def _transient(err: BaseException) -> bool:
-    """A dropped connection, timeout or 5xx (worth another try), not a 4xx answer."""
+    """A dropped connection, timeout or 5xx (worth another try), not a 4xx answer (also when
+    huggingface_hub wraps the answer in another error)."""
+    http = http_status_cause(err)
+    if http is not None:
+        status = http[0]
+        return status >= 500 or status in (408, 429)
     if isinstance(err, _hf_error("HfHubHTTPError")):
-        status = getattr(getattr(err, "response", None), "status_code", None)
-        return status is None or status >= 500 or status in (408, 429)
+        return True
     return not isinstance(err, (ValueError, TypeError, PermissionError))
 
 
@@ -386,8 +505,12 @@ def download(
     A transient failure (dropped connection, timeout, 5xx) is retried up to `attempts` times
     in all: finished files are kept, an unfinished one starts again (huggingface_hub 2.x also
     retries within a file; 0.x does not)."""
+    if plan.local_dir is not None:  # again: the directory may have changed since the plan
+        refuse_overlay(plan.spec, plan.local_dir)
+        refuse_links(plan.spec, plan.local_dir, [f.name for f in plan.files])
     from huggingface_hub import snapshot_download
 
+    scrub_hub_logs()
     endpoint = endpoint or hub_endpoint()
     started = datetime.now(timezone.utc)
     t0 = time.monotonic()
@@ -405,10 +528,8 @@ def download(
             break
         except Exception as err:  # noqa: BLE001 - network, HTTP, size errors of any version
             if len(retried) + 1 >= attempts or not _transient(err):
-                raise _hub_failure(plan.spec, err, _display_endpoint(endpoint)) from None
-            retried.append(
-                redact(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
-            )
+                raise _hub_failure(plan.spec, err, display_endpoint(endpoint)) from None
+            retried.append(f"{type(err).__name__}: {_first_line(err)}")
             time.sleep(min(2 ** len(retried), 10))
     seconds = time.monotonic() - t0
     path = Path(out)

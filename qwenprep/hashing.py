@@ -6,6 +6,8 @@ and "git-sha1" (small files in git: sha1 of b"blob <len>\\0" + bytes).
 Parallelism is across files: one sha256 is sequential, but hashlib releases the GIL while it
 hashes a large buffer, so a thread pool hashes as many files at once as there are cores.
 Each worker reads with readinto into one reused 16 MiB buffer (no per-chunk allocation).
+Only regular files are opened (a FIFO or a device would block or never end). Ctrl-C stops
+every worker at its next buffer and drops the queued files: the interrupt then propagates.
 
 The hash record (`<dir>/.qwenprep/hashes.json`) is where a plain directory's hashes live once
 qwenprep has fetched or first deep-verified it:
@@ -15,9 +17,12 @@ qwenprep has fetched or first deep-verified it:
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import json
 import os
+import stat
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +53,56 @@ class HashResult:
     size: int
     hexdigest: str | None  # None when the file could not be read
     error: str | None = None
+    not_regular: bool = False  # a FIFO, device, socket or directory: refused, never read
+
+
+class NotRegularFile(OSError):
+    """PATH is there but is not a regular file (strerror says what it is)."""
+
+
+class RecordError(OSError):
+    """A hash record exists but cannot be used (strerror says why)."""
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a file"
+
+
+def not_regular(path: Path) -> str | None:
+    """"not a regular file (a FIFO)" and the like when PATH (links followed) exists and is not
+    a regular file; None for a regular file or when there is nothing there (stat only)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    return None if stat.S_ISREG(mode) else f"not a regular file ({_kind(mode)})"
+
+
+def open_regular(path: Path) -> io.FileIO:
+    """Open PATH (links followed) for unbuffered binary reading, only when it is a regular
+    file. O_NONBLOCK makes opening a FIFO return at once instead of waiting for a writer; the
+    fstat then refuses it. Raises NotRegularFile (an OSError) or the open's own OSError."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(errno.EINVAL, f"not a regular file ({_kind(mode)})", str(path))
+        return os.fdopen(fd, "rb", buffering=0)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular_text(path: Path) -> str:
+    """A regular file's UTF-8 text; OSError (NotRegularFile for a FIFO, ...) or
+    UnicodeDecodeError otherwise."""
+    with open_regular(path) as f:
+        return f.read().decode("utf-8")
 
 
 def git_blob_sha1_of(data: bytes) -> str:
@@ -75,10 +130,12 @@ def _buffer() -> memoryview:
     return buf
 
 
-def hash_file(job: HashJob, on_bytes: Callable[[int], None] | None = None) -> HashResult:
-    """Hash one file in CHUNK reads. Never raises for I/O problems: they go in .error."""
+def hash_file(job: HashJob, on_bytes: Callable[[int], None] | None = None,
+              stop: threading.Event | None = None) -> HashResult:
+    """Hash one file in CHUNK reads. Never raises for I/O problems: they go in .error. A set
+    `stop` ends it at the next chunk with error "interrupted"."""
     try:
-        with open(job.path, "rb", buffering=0) as f:
+        with open_regular(job.path) as f:
             size = os.fstat(f.fileno()).st_size
             if hasattr(os, "posix_fadvise"):
                 try:
@@ -89,6 +146,8 @@ def hash_file(job: HashJob, on_bytes: Callable[[int], None] | None = None) -> Ha
             buf = _buffer()
             seen = 0
             while True:
+                if stop is not None and stop.is_set():
+                    return HashResult(job.path, job.algorithm, size, None, "interrupted")
                 n = f.readinto(buf)
                 if not n:
                     break
@@ -100,6 +159,8 @@ def hash_file(job: HashJob, on_bytes: Callable[[int], None] | None = None) -> Ha
                 return HashResult(job.path, job.algorithm, size, None,
                                   f"size changed while reading ({seen} of {size} bytes)")
             return HashResult(job.path, job.algorithm, size, h.hexdigest())
+    except NotRegularFile as e:
+        return HashResult(job.path, job.algorithm, -1, None, e.strerror, not_regular=True)
     except OSError as e:
         return HashResult(job.path, job.algorithm, -1, None, e.strerror or str(e))
 
@@ -107,7 +168,10 @@ def hash_file(job: HashJob, on_bytes: Callable[[int], None] | None = None) -> Ha
 def hash_files(jobs: list[HashJob], *, workers: int | None = None,
                progress: ProgressFn | None = None) -> list[HashResult]:
     """Hash all jobs, biggest first, `workers` at a time (default: CPU count). Results keep
-    the order of `jobs`. progress(done, total) is called from worker threads, serialised."""
+    the order of `jobs`. progress(done, total) is called from worker threads, serialised.
+
+    KeyboardInterrupt (or any exception) in the waiting thread stops the running workers at
+    their next chunk, cancels the queued files and is re-raised once the workers are done."""
     sizes = []
     for j in jobs:
         try:
@@ -132,11 +196,18 @@ def hash_files(jobs: list[HashJob], *, workers: int | None = None,
     if n_workers == 1:
         for i in order:
             results[i] = hash_file(jobs[i], on_bytes)
-    else:
-        with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="qwenprep-hash") as ex:
-            futs = {i: ex.submit(hash_file, jobs[i], on_bytes) for i in order}
-            for i, fut in futs.items():
-                results[i] = fut.result()
+        return [r for r in results if r is not None]
+    stop = threading.Event()
+    ex = ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="qwenprep-hash")
+    try:
+        futs = {i: ex.submit(hash_file, jobs[i], on_bytes, stop) for i in order}
+        for i, fut in futs.items():
+            results[i] = fut.result()
+    except BaseException:
+        stop.set()
+        ex.shutdown(wait=True, cancel_futures=True)
+        raise
+    ex.shutdown(wait=True)
     return [r for r in results if r is not None]
 
 
@@ -145,11 +216,21 @@ def record_path(root: Path) -> Path:
 
 
 def read_record(root: Path) -> dict[str, dict[str, Any]]:
-    """The files section of root's hash record; {} when there is none or it is unreadable."""
+    """The files section of root's hash record; {} when there is none. RecordError when one is
+    there but cannot be read (a FIFO, no permission, not JSON): never silently replaced."""
+    p = record_path(root)
     try:
-        obj = json.loads(record_path(root).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        obj = json.loads(read_regular_text(p))
+    except FileNotFoundError:
         return {}
+    except NotRegularFile as e:
+        raise RecordError(errno.EINVAL, e.strerror or "not a regular file", str(p)) from None
+    except OSError as e:
+        if e.errno == errno.ENOTDIR:  # .qwenprep is a file: no record under it
+            return {}
+        raise RecordError(e.errno or errno.EIO, e.strerror or str(e), str(p)) from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
+        raise RecordError(errno.EINVAL, f"not JSON: {e}", str(p)) from None
     files = obj.get("files") if isinstance(obj, dict) else None
     if not isinstance(files, dict):
         return {}

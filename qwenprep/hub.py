@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qwenprep.errors import InputError
+from qwenprep.redact import redact as redact  # re-exported: the one scrubber (qwenprep.redact)
 
 _NAME = r"[A-Za-z0-9](?:[\w.\-]*[A-Za-z0-9_])?"
 _REPO_ID = re.compile(rf"^{_NAME}/{_NAME}$")
 _HEX = re.compile(r"^[0-9a-f]{7,40}$")
 _TRUE = {"1", "on", "yes", "true"}
-_TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{6,}")
 
 
 @dataclass(frozen=True)
@@ -113,13 +113,62 @@ def hub_endpoint() -> str | None:
     return value or None
 
 
-def redact(text: str) -> str:
-    """Remove any Hugging Face token (from the environment, or shaped like one) from text."""
-    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
-        secret = os.environ.get(name)
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return _TOKEN_RE.sub("hf_***", text)
+# Exception class names (anywhere in an error's cause chain) that mean the endpoint itself could
+# not be reached - DNS, refused, connect timeout, proxy - as httpx, requests and urllib3 spell
+# them. A connection dropped mid-transfer (reset, broken pipe) is not one: that is transient.
+_UNREACHABLE = {
+    "ConnectError",
+    "ConnectTimeout",
+    "NewConnectionError",
+    "NameResolutionError",
+    "ProxyError",
+    "gaierror",
+    "ConnectionRefusedError",
+}
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+    """ERR and what it was raised from or wraps (huggingface_hub raises "file not found
+    locally" from the HTTP or connection error that is the real story)."""
+    todo: list[object] = [err]
+    out: list[BaseException] = []
+    while todo:
+        e = todo.pop(0)
+        if not isinstance(e, BaseException) or any(e is o for o in out):
+            continue
+        out.append(e)
+        todo += [e.__cause__, e.__context__, getattr(e, "reason", None), *e.args[:1]]
+    return out
+
+
+def unreachable_cause(err: BaseException) -> BaseException | None:
+    """The exception in ERR's chain that says the Hub endpoint could not be reached at all
+    (name resolution, connection refused, connect timeout), or None."""
+    for e in _chain(err):
+        if _UNREACHABLE & {c.__name__ for c in type(e).__mro__}:
+            return e
+    return None
+
+
+def http_status_cause(err: BaseException) -> tuple[int, BaseException] | None:
+    """(HTTP status, the exception that carries it) from ERR's chain, or None."""
+    for e in _chain(err):
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if isinstance(status, int):
+            return status, e
+    return None
+
+
+def offline_hint() -> str:
+    """What to do when the Hub cannot be reached: the endpoint to check, or the cache."""
+    from qwenprep.redact import display_endpoint
+
+    endpoint = hub_endpoint()
+    now = f"now {display_endpoint(endpoint)}" if endpoint else "unset: https://huggingface.co"
+    return (
+        f"check the network and HF_ENDPOINT ({now}); a repo already in the Hugging Face cache "
+        "needs no network: set HF_HUB_OFFLINE=1 and use it by its id"
+    )
 
 
 def repo_storage(repo_id: str, cache_dir: Path) -> Path:

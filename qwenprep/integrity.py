@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -29,10 +30,14 @@ from qwenprep.hashing import (
     RECORD_DIR,
     Algorithm,
     HashJob,
+    NotRegularFile,
     ProgressFn,
+    RecordError,
     algorithm_for_etag,
     hash_files,
+    not_regular,
     read_record,
+    read_regular_text,
     record_path,
     write_record,
 )
@@ -103,6 +108,7 @@ class _Scan:
     # tensor name -> (info, shard file)
     tensors: dict[str, tuple[TensorInfo, str]] = field(default_factory=dict)
     shards_ok: bool = True  # every expected shard present and parsed
+    shard_names: list[str] = field(default_factory=list)  # what the index (or the dir) names
     shard_files: int = 0
     file_bytes: int = 0
     data_bytes: int = 0
@@ -190,9 +196,15 @@ def _read_index(scan: _Scan) -> dict[str, str] | None:
     """The index's weight_map (tensor -> shard name), or None after a failed check."""
     p = scan.root / INDEX
     try:
-        obj = loads_located(p.read_text(encoding="utf-8"), INDEX)
+        obj = loads_located(read_regular_text(p), INDEX)
+    except NotRegularFile as e:
+        scan.add("index", "fail", f"{INDEX}: {e.strerror}, so it cannot be read as the index. "
+                 "Restore the index from the original release.", INDEX)
+        return None
     except (OSError, UnicodeDecodeError) as e:
-        scan.add("index", "fail", f"{INDEX}: cannot read ({e}).", INDEX)
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        scan.add("index", "fail", f"{INDEX}: cannot read ({why}). Restore the index from the "
+                 "original release.", INDEX)
         return None
     except InputError as e:
         scan.add("index", "fail", e.message, INDEX)
@@ -201,6 +213,10 @@ def _read_index(scan: _Scan) -> dict[str, str] | None:
     if not isinstance(wm, dict) or not all(isinstance(k, str) for k in wm):
         scan.add("index", "fail", f"{INDEX}: no weight_map object mapping tensor names to shard "
                  "files.", INDEX)
+        return None
+    if not wm:
+        scan.add("index", "fail", f"{INDEX}: weight_map is empty: the index names no shard, so "
+                 f"there are no weights to check. Hint: {FETCH_HINT}", INDEX)
         return None
     bad = unsafe_shard_names(wm.values())
     if bad:
@@ -229,20 +245,22 @@ def _scan_headers(root: Path) -> _Scan:
     files = _walk_files(root)
     st_files = [f for f in files if f.endswith(".safetensors")]
     weight_map: dict[str, str] | None = None
-    if (root / INDEX).exists():
+    unreadable: dict[str, str] = {}  # shard -> why it cannot be opened as a file
+    if os.path.lexists(root / INDEX):
         weight_map = _read_index(scan)
         if weight_map is None:
             scan.shards_ok = False
             return scan
         shards = sorted(set(weight_map.values()))
-        missing = [s for s in shards if not _is_file(root / s)]
+        missing = [s for s in shards if not _lexists(root / s)]
+        unreadable = _unreadable(root, [s for s in shards if s not in set(missing)])
         extra = [f for f in st_files if f not in set(shards)]
         if missing:
             scan.add("shards.present", "fail",
                      f"{len(missing)} shard(s) named in {INDEX} are missing: {_some(missing)}. "
                      f"Hint: {FETCH_HINT}", missing[0])
             scan.shards_ok = False
-        else:
+        elif not unreadable:
             scan.add("shards.present", "pass", f"all {len(shards)} shards named in {INDEX} exist")
         counts = {m.group("n") for s in shards if (m := SHARD_RE.match(s))}
         if counts and (len(counts) > 1 or int(next(iter(counts))) != len(shards)):
@@ -256,6 +274,7 @@ def _scan_headers(root: Path) -> _Scan:
                      f"{_some(extra)}. Remove them or restore the index.", extra[0])
     elif st_files:
         shards = st_files
+        unreadable = _unreadable(root, shards)
         if len(st_files) > 1:
             scan.add("index", "fail", f"{len(st_files)} safetensors files but no {INDEX} to say "
                      f"which tensor is where: {_some(st_files)}", INDEX)
@@ -273,12 +292,15 @@ def _scan_headers(root: Path) -> _Scan:
                      "(header checks need the shards)")
         scan.shards_ok = False
         return scan
+    scan.shard_names = list(shards)
+    if unreadable:
+        _unreadable_check(scan, unreadable)
 
     bad_headers = 0
     located: dict[str, list[str]] = {}
     for s in shards:
         p = root / s
-        if not _is_file(p):
+        if s in unreadable or not _is_file(p):
             continue
         try:
             h = read_header(p)
@@ -291,6 +313,12 @@ def _scan_headers(root: Path) -> _Scan:
         scan.shard_files += 1
         scan.file_bytes += h.file_size
         scan.header_bytes += h.data_start
+        if not h.tensors:
+            scan.add("shard.header", "fail", f"{s}: the header lists no tensors (an empty "
+                     f"safetensors file). Hint: {FETCH_HINT}", s)
+            scan.shards_ok = False
+            bad_headers += 1
+            continue
         probs = _header_problems(h)
         if probs:
             scan.add("shard.header", "fail", f"{s}: {_some(probs, 3)}. Hint: {FETCH_HINT}", s)
@@ -304,6 +332,11 @@ def _scan_headers(root: Path) -> _Scan:
         scan.add("shard.headers", "pass", f"{scan.shard_files} safetensors header(s) sane: "
                  f"{len(scan.tensors):,} tensors, {format_bytes(scan.data_bytes)} of data, "
                  "exact sizes")
+    if not scan.tensors:
+        # the header checks above may each have passed on nothing: say so as the failure it is
+        scan.add("weights", "fail", f"no readable weights: 0 tensors read from "
+                 f"{scan.shard_files} of {len(shards)} safetensors file(s). Hint: {FETCH_HINT}")
+        scan.shards_ok = False
 
     dupes = [f"{n} in {', '.join(v)}" for n, v in sorted(located.items()) if len(v) > 1]
     if dupes:
@@ -332,6 +365,52 @@ def _scan_headers(root: Path) -> _Scan:
                  f"{scan.index_total:,} but the shards hold {scan.data_bytes:,} bytes of "
                  "tensors", INDEX)
     return scan
+
+
+def _lexists(p: Path) -> bool:
+    try:
+        return os.path.lexists(p)
+    except (OSError, ValueError):
+        return False
+
+
+def _unreadable(root: Path, shards: list[str]) -> dict[str, str]:
+    """{shard: why} for each shard name that is there but cannot be read as a regular file: a
+    dangling link (into an HF cache: a missing blob), a FIFO or device, a link loop. Stats only:
+    nothing is opened, so nothing can block."""
+    snapshot = snapshot_repo(root) is not None
+    out: dict[str, str] = {}
+    for s in shards:
+        p = root / s
+        try:
+            mode = os.stat(p).st_mode
+        except FileNotFoundError:
+            target = Path(os.path.realpath(p))
+            if snapshot and target.parent.name == "blobs":
+                out[s] = (f"links to the blob {target.name}, which is missing from the cache: "
+                          "the download is incomplete")
+            else:
+                out[s] = f"a link to {target}, which does not exist (a dangling link)"
+            continue
+        except (OSError, ValueError) as e:  # ELOOP, ENAMETOOLONG, EACCES on a directory, ...
+            out[s] = f"cannot be opened ({getattr(e, 'strerror', None) or e})"
+            continue
+        if not stat.S_ISREG(mode):
+            out[s] = f"{not_regular(p) or 'not a regular file'}, so not a safetensors shard"
+    return out
+
+
+def _unreadable_check(scan: _Scan, unreadable: dict[str, str]) -> None:
+    dangling = any("(a dangling link)" in why for why in unreadable.values())
+    hint = ("restore what it points to, or " if dangling else "") + FETCH_HINT
+    items = [f"{s}: {why}" for s, why in sorted(unreadable.items())]
+    first = min(unreadable)
+    if len(items) == 1:
+        scan.add("shards.present", "fail", f"{items[0]}. Hint: {hint}", first)
+    else:
+        scan.add("shards.present", "fail", f"{len(items)} shard(s) cannot be read: "
+                 f"{_some(items)}. Hint: {hint}", first)
+    scan.shards_ok = False
 
 
 def _strip_path(message: str, p: Path) -> str:
@@ -498,6 +577,11 @@ def _ranges(xs: list[int]) -> str:
 
 
 def _read_config(root: Path, scan: _Scan) -> dict[str, Any] | None:
+    why = not_regular(root / CONFIG)
+    if why:  # a FIFO would block the read below for ever
+        scan.add("config", "fail", f"{CONFIG}: {why}, so it cannot be read. Restore config.json "
+                 "(qwenprep revert PATH restores one edited in place).", CONFIG)
+        return None
     try:
         return Checkpoint(root).read_config()
     except InputError as e:
@@ -532,10 +616,22 @@ def _config_usable(scan: _Scan, config: dict[str, Any]) -> bool:
     return False
 
 
+def _spelled_as_v4(config: dict[str, Any]) -> dict[str, Any]:
+    """config with the transformers 4 names the checks read, where only transformers 5's
+    spelling is there: num_local_experts -> num_experts, dtype -> torch_dtype (a copy; a
+    key given both ways keeps its v4 value)."""
+    out = dict(config)
+    for v4, v5 in (("num_experts", "num_local_experts"), ("torch_dtype", "dtype")):
+        if out.get(v4) is None and out.get(v5) is not None:
+            out[v4] = out[v5]
+    return out
+
+
 def _header_scan(root: Path) -> _Scan:
     scan = _scan_headers(root)
     config = _read_config(root, scan)
     if config is not None and _config_usable(scan, config):
+        config = _spelled_as_v4(config)
         _fp8_checks(scan, config)
         _name_checks(scan, config)
     from qwenprep.overlay import manifest_path
@@ -573,14 +669,79 @@ def _hf_blob_etag(p: Path) -> str | None:
     return target.name if algorithm_for_etag(target.name) else None
 
 
+def _download_etag(root: Path, name: str) -> str | None:
+    """hub.local_dir_etag, but never opening a metadata file that is not a regular file (a
+    FIFO there would block the read). The path is the one huggingface_hub writes."""
+    if not_regular(root / ".cache" / "huggingface" / "download" / f"{name}.metadata"):
+        return None
+    return local_dir_etag(root, name)
+
+
+def _source_root(manifest: dict[str, Any] | None) -> Path | None:
+    src = (manifest.get("source") or {}).get("path") if manifest is not None else None
+    return Path(src) if isinstance(src, str) and src else None
+
+
+def _trusted_roots(root: Path, manifest: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """(real path, what it is) of the places a checkpoint's files may really live: the
+    directory itself, its HF repo folder (models--ORG--NAME: the snapshot links into blobs/),
+    and an overlay's recorded source (and that source's repo folder)."""
+    out: list[tuple[str, str]] = []
+    for base, what in ((root, "the checkpoint directory"),
+                       (_source_root(manifest), "the overlay's source")):
+        if base is None:
+            continue
+        real = os.path.realpath(base)
+        out.append((real, what))
+        if snapshot_repo(base) is not None or snapshot_repo(Path(real)) is not None:
+            owner = "its" if base == root else "the source's"
+            out.append((os.path.dirname(os.path.dirname(real)), f"{owner} HF repo folder"))
+    return out
+
+
+def _inside(real: str, roots: list[tuple[str, str]]) -> bool:
+    return any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r, _ in roots)
+
+
+def _where(roots: list[tuple[str, str]]) -> str:
+    names = [what for _, what in roots]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _deep_names(root: Path, scan: _Scan, roots: list[tuple[str, str]],
+                notes: list[Check]) -> list[str]:
+    """What --deep hashes: every file under root, through linked directories that stay inside
+    the trusted roots (each real directory once: no loops), plus every shard the index names
+    (or the single model.safetensors), links followed wherever they go."""
+    names: set[str] = set(scan.shard_names)
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        seen.add(os.path.realpath(dirpath))
+        rel_dir = Path(dirpath).relative_to(root)
+        keep = []
+        for d in sorted(dirnames):
+            if rel_dir == Path(".") and d in SKIP_DIRS:
+                continue
+            p = os.path.join(dirpath, d)
+            real = os.path.realpath(p)
+            if real in seen:
+                continue
+            if os.path.islink(p) and not _inside(real, roots):
+                name = (rel_dir / d).as_posix()
+                notes.append(Check("deep.outside", "warn", f"{name}/: a linked directory "
+                                   f"resolving to {real}, outside {_where(roots)}; only the "
+                                   f"files {INDEX} references through it are hashed", name))
+                continue
+            seen.add(real)
+            keep.append(d)
+        dirnames[:] = keep
+        names.update((rel_dir / fn).as_posix() for fn in filenames)
+    return sorted(names)
+
+
 def _expectations(root: Path, names: list[str], manifest: dict[str, Any] | None,
+                  records: list[tuple[Path, dict[str, dict[str, Any]]]],
                   notes: list[Check]) -> list[_Expect]:
-    roots = [root]
-    if manifest is not None:
-        src = (manifest.get("source") or {}).get("path")
-        if isinstance(src, str):
-            roots.append(Path(src))
-    records = [(r, read_record(r)) for r in roots]
     snapshot = snapshot_blobs(root) is not None
     out: list[_Expect] = []
     for name in names:
@@ -602,7 +763,7 @@ def _expectations(root: Path, names: list[str], manifest: dict[str, Any] | None,
             continue
         found = None
         for r, rec in records:
-            etag = local_dir_etag(r, name)
+            etag = _download_etag(r, name)
             if etag:
                 found = _Expect(name, algorithm_for_etag(etag), etag,
                                 "the hub's download metadata")
@@ -616,18 +777,54 @@ def _expectations(root: Path, names: list[str], manifest: dict[str, Any] | None,
     return out
 
 
-def _deep_checks(root: Path, *, progress: ProgressFn | None, workers: int | None
-                 ) -> tuple[list[Check], int]:
+def _read_records(root: Path, manifest: dict[str, Any] | None
+                  ) -> list[tuple[Path, dict[str, dict[str, Any]]]] | Check:
+    """The hash records of root and of an overlay's source, or the failed check of one that is
+    there but unreadable (a FIFO, not JSON): such a record is never compared with nor
+    replaced."""
+    roots = [root] + [r for r in (_source_root(manifest),) if r is not None]
+    out = []
+    for r in roots:
+        try:
+            out.append((r, read_record(r)))
+        except RecordError as e:
+            what = _rel(root, record_path(r))
+            why = e.strerror or "unreadable"
+            head = (f"{what}: {why}, so the hash record cannot be read" if
+                    why.startswith("not a regular file") else
+                    f"{what}: not a readable hash record ({why})")
+            return Check("deep.record", "fail", f"{head}; it was left alone and nothing was "
+                         "compared or recorded. Remove it, then run qwenprep verify --deep "
+                         "again to record afresh.", what)
+    return out
+
+
+def _deep_checks(root: Path, scan: _Scan, *, progress: ProgressFn | None,
+                 workers: int | None) -> tuple[list[Check], int]:
     manifest = _overlay_manifest(root)
-    names = _walk_files(root)
+    records = _read_records(root, manifest)
+    if isinstance(records, Check):
+        return [records], 0
+    roots = _trusted_roots(root, manifest)
     checks: list[Check] = []
-    expects = _expectations(root, names, manifest, checks)
+    names = _deep_names(root, scan, roots, checks)
+    expects = _expectations(root, names, manifest, records, checks)
+    for e in expects:
+        real = os.path.realpath(root / e.name)
+        if not _inside(real, roots) and os.path.exists(real):
+            checks.append(Check("deep.outside", "warn", f"{e.name}: resolves to {real}, outside "
+                                f"{_where(roots)}; it is hashed, but whoever can write there "
+                                "can change this checkpoint", e.name))
     jobs = [HashJob(root / e.name, e.algorithm or "sha256") for e in expects]
     results = hash_files(jobs, workers=workers, progress=progress)
     matched: dict[str, int] = {}
     to_record: dict[str, dict[str, Any]] = {}
     hashed = 0
     for e, r in zip(expects, results, strict=True):
+        if r.not_regular:
+            checks.append(Check("deep.hash", "fail", f"{e.name}: {r.error}, so there is nothing "
+                                "to hash; remove it, or put the real file in its place", e.name))
+            continue
         if r.hexdigest is None:
             checks.append(Check("deep.hash", "fail", f"{e.name}: cannot read ({r.error}). "
                                 f"Hint: {FETCH_HINT}", e.name))
@@ -668,7 +865,7 @@ def verify_checkpoint(path: Path, *, deep: bool = False, engine: bool = False,
     report = Report("verify", list(scan.checks))
     hashed = 0
     if deep:
-        deep_checks, hashed = _deep_checks(root, progress=progress, workers=workers)
+        deep_checks, hashed = _deep_checks(root, scan, progress=progress, workers=workers)
         report.extend(deep_checks)
     if engine:
         from qwenprep.engine import readback_checks

@@ -18,7 +18,7 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -101,6 +101,7 @@ class OverlayResult:
     patch: PatchResult
     source_config_text: str
     status: str  # "created" | "replaced" | "unchanged"
+    notes: list[str] = field(default_factory=list)
 
     @property
     def diff(self) -> list[str]:
@@ -292,9 +293,12 @@ def _existing_state(out: Path, force: bool) -> str:
 
 
 def create_overlay(
-    model: Checkpoint, out: Path, req: ContextRequest, *, force: bool = False,
+    model: Checkpoint, out: Path | None, req: ContextRequest, *, force: bool = False,
 ) -> OverlayResult:
-    """Patch MODEL's config for REQ into the overlay OUT. See the module docstring."""
+    """Patch MODEL's config for REQ into the overlay OUT (None: the default place,
+    qwenprep.lifecycle.default_overlay_dir). See the module docstring."""
+    from qwenprep import lifecycle
+
     source = model
     prior = read_manifest(model.path)
     if prior is not None:  # patching an overlay: start from its source
@@ -319,6 +323,8 @@ def create_overlay(
         raise InputError(f"{source.config_path}: top level is not a JSON object.")
     _refuse_unpatchable(source, text)
     patched = patch_config(config, req, force=force)
+    if out is None:
+        out = lifecycle.default_overlay_dir(source, req)
     out = Path(os.path.abspath(out.expanduser()))
     _check_out(source.path, out)
     try:
@@ -343,6 +349,8 @@ def create_overlay(
             "repo_id": source.repo_id,
             "revision": source.revision,
             "config_sha256": sha256_bytes(raw),
+            "refs": lifecycle.refs_to(source.path),
+            "pin": None,
         },
         "config_sha256": config_sha,
         "native_context": patched.native,
@@ -370,6 +378,9 @@ def create_overlay(
                 f"{out} to remove it.",
             )
         tmp = out.parent / f".{out.name}{TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        old_manifest = read_manifest(out) if state == "ours" else None
+        pin, pin_note = lifecycle.pin_source(source.path, out)
+        manifest["source"]["pin"] = pin
         try:
             _build(tmp, entries, new_config, manifest)
             if state == "absent":
@@ -388,13 +399,27 @@ def create_overlay(
         except OSError as e:
             with contextlib.suppress(OSError):
                 _remove_tree(tmp)
+            _drop_new_pin(manifest, old_manifest)
             raise _io_error(out, e) from None
         except BaseException:
             with contextlib.suppress(OSError):
                 _remove_tree(tmp)
+            _drop_new_pin(manifest, old_manifest)
             raise
+        if old_manifest is not None and \
+                old_manifest["source"]["path"] != manifest["source"]["path"]:
+            lifecycle.release_pin(old_manifest)
     status = {"absent": "created", "empty": "created", "ours": "replaced"}[state]
-    return OverlayResult(out, source, manifest, patched, text, status)
+    return OverlayResult(out, source, manifest, patched, text, status,
+                         [pin_note] if pin_note else [])
+
+
+def _drop_new_pin(new: dict[str, Any], old: dict[str, Any] | None) -> None:
+    """A failed build releases the pin it wrote, unless the overlay it replaces holds it."""
+    from qwenprep import lifecycle
+
+    if old is None or old["source"]["path"] != new["source"]["path"]:
+        lifecycle.release_pin(new)
 
 
 def _refuse_unpatchable(source: Checkpoint, text: str) -> None:
@@ -599,6 +624,9 @@ def remove_overlay(path: Path, *, force: bool = False) -> dict[str, Any] | None:
             os.rename(path, trash)
         except OSError as e:
             raise _io_error(path, e, verb="remove the overlay") from None
+        from qwenprep.lifecycle import release_pin
+
+        release_pin(manifest)
         try:
             _remove_tree(trash)
         except OSError as e:

@@ -244,4 +244,12 @@ def validate_checkpoint(path: Path) -> list[Check]:
                          "config.json") from None
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{cfg}: cannot read ({e}).") from None
-    return validate_config_text(text, str(cfg), manifest=read_manifest(path))
+    from qwenprep.lifecycle import require_live
+
+    manifest = read_manifest(path)
+    checks = validate_config_text(text, str(cfg), manifest=manifest)
+    if manifest is not None:
+        stale = require_live(path)  # a dangling overlay raises: exit 3, with the rebuild
+        checks += [Check("overlay.fresh", "warn", w, str(path)) for w in stale] or [
+            Check("overlay.fresh", "pass", "the overlay's source is there and unchanged")]
+    return checks

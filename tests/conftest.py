@@ -20,6 +20,12 @@ from click.testing import CliRunner, Result
 # HF_HUB_OFFLINE=1 cannot leave later in-process tests of this run "offline".
 import huggingface_hub.constants  # noqa: E402,F401  (isort: skip)
 
+# `qwenprep patch` without --out writes under $HF_HOME/qwenprep/overlays: never the real one
+# from a test (subprocesses inherit this too).
+import tempfile  # noqa: E402  (isort: skip)
+
+os.environ["QWENPREP_OVERLAYS"] = tempfile.mkdtemp(prefix="qwenprep-test-overlays-")
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 TINY = EXAMPLES / "tiny-qwen3-coder"

@@ -23,9 +23,13 @@ Fault knobs (``HubServer.faults``, changeable while the server runs):
   true ETag) - what a bad mirror or a flipped bit on the wire looks like.
 - ``missing``: names still listed by the API but answered 404 ``EntryNotFound`` on download.
 - ``size_override[name] = n``: the size the API metadata reports for ``name``.
+- ``deny = 401`` (or 403): every request is refused with that status, and the refusal echoes
+  the request's Authorization header and the bare token in it, in the JSON body, in
+  ``X-Error-Message`` and in ``WWW-Authenticate`` - what a careless proxy or mirror does. Only
+  with this knob set does the server ever echo a header back. ``deny_only``: when not empty,
+  only requests whose path ends with one of these names are refused.
 
-The server records every request (method, path, whether an Authorization header came); it
-never echoes a header back.
+The server records every request (method, path, whether an Authorization header came).
 """
 
 from __future__ import annotations
@@ -85,6 +89,8 @@ class Faults:
     corrupt: set[str] = field(default_factory=set)
     missing: set[str] = field(default_factory=set)
     size_override: dict[str, int] = field(default_factory=dict)
+    deny: int | None = None
+    deny_only: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -219,16 +225,45 @@ class _Handler(BaseHTTPRequestHandler):
         return commit
 
     # -- verbs -----------------------------------------------------------------------
+    def _denied(self) -> bool:
+        """Answer with faults.deny (401/403), echoing the credentials that came."""
+        status, only = self.hub.faults.deny, self.hub.faults.deny_only
+        if status is None:
+            return False
+        if only and not any(urlsplit(self.path).path.endswith("/" + n) for n in only):
+            return False
+        length = int(self.headers.get("Content-Length") or 0)
+        if length and self.command == "POST":
+            self.rfile.read(length)
+        auth = self.headers.get("Authorization") or "(none)"
+        bare = auth.split()[-1]
+        message = f"Invalid credentials in Authorization header: {auth} (token {bare} rejected)"
+        body = {"error": message, "token": bare, "url": self.path}
+        self._send(
+            status,
+            json.dumps(body).encode(),
+            {
+                "Content-Type": "application/json",
+                "X-Error-Message": message,
+                "WWW-Authenticate": f'Bearer realm="{bare}"',
+            },
+        )
+        return True
+
     def do_HEAD(self) -> None:
         self._record()
-        self._route()
+        if not self._denied():
+            self._route()
 
     def do_GET(self) -> None:
         self._record()
-        self._route()
+        if not self._denied():
+            self._route()
 
     def do_POST(self) -> None:
         self._record()
+        if self._denied():
+            return
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         parts = [unquote(p) for p in urlsplit(self.path).path.split("/") if p]

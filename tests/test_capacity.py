@@ -440,3 +440,19 @@ def test_plan_of_an_uncached_repo_offline_says_so(tmp_path: Path,
     assert r.exit_code == 3
     assert "Qwen/Not-Here: not in the Hugging Face cache, and HF_HUB_OFFLINE is set" in r.stderr
     assert "qwenprep fetch Qwen/Not-Here" in r.stderr
+
+
+def test_one_header_pass_gives_bytes_and_parameters(shape480: ModelShape, big: Path) -> None:
+    """The header tally behind plan's time estimates agrees with the byte sizes planning uses:
+    the 480B's parameters are 62 layers x (163,577,856 attention + 12,544 norms + 983,040
+    router + 160 x 47,185,920 experts) + 6144 + 2 x 933,494,784 embedding/lm_head."""
+    from qwenprep.capacity import weight_bytes_from_dir
+
+    assert shape480.params is not None
+    assert weight_bytes_from_dir(big) == (shape480.params.total_bytes,
+                                          shape480.params.routed_expert_bytes)
+    assert shape480.weight_bytes == shape480.params.total_bytes
+    per_layer = 163_577_856 + 12_544 + 983_040 + 160 * 3 * 2560 * 6144
+    assert shape480.params.total == 62 * per_layer + 6144 + 2 * 151_936 * 6144
+    assert shape480.experts_per_token == 8 and shape480.full_attention_layers == 62
+    assert shape480.quant_method == "fp8"

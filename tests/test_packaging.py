@@ -103,7 +103,7 @@ def test_unknown_command_is_usage_error() -> None:
 
 
 def test_usage_errors_keep_the_json_contract() -> None:
-    for argv in (["patch", "--json"], ["patch", "x", "-c", "1m", "--json"],
+    for argv in (["patch", "--json"], ["patch", "x", "-o", "y", "--json"],
                  ["validate", "--bogus", "--json"]):
         r = subprocess.run([str(QWENPREP_BIN), *argv], capture_output=True, text=True)
         assert r.returncode == 2, argv
@@ -119,5 +119,5 @@ def test_help_lists_commands_in_workflow_order() -> None:
     listed = [line.split()[0] for line in r.stdout.split("Commands:")[1].splitlines()
               if line.strip()]
     assert listed == ["fetch", "verify", "patch", "validate", "plan", "check", "serve",
-                      "revert", "demo"]
+                      "list", "revert", "demo"]
     assert "..." not in r.stdout.split("Commands:")[1]  # every one-line summary fits

@@ -200,8 +200,8 @@ def test_unknown_context(cli: CliFn, qwen_src: Path, tmp_path: Path) -> None:
 
 
 def test_missing_required_option_is_usage_error(cli: CliFn, qwen_src: Path) -> None:
-    r = cli("patch", str(qwen_src), "-c", "1m")
-    assert r.exit_code == 2 and "Missing option '--out'" in r.stderr
+    r = cli("patch", str(qwen_src), "-o", str(qwen_src.parent / "ov"))
+    assert r.exit_code == 2 and "Missing option '--context'" in r.stderr
 
 
 def test_foreign_out_is_never_clobbered(cli: CliFn, qwen_src: Path, tmp_path: Path) -> None:

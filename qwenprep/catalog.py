@@ -1,0 +1,143 @@
+"""GPU catalog for time estimates: dense peak throughput, HBM bandwidth and memory per GPU.
+
+Every figure is the dense one (no structured sparsity; vendors' headline tensor figures are
+often the 2:4-sparse ones, twice these) and names the datasheet it comes from; docs/time.md
+lists the same table with its sources. Memory sizes are the datasheet's "GB" read as GiB: HBM
+capacities are binary (an H100's 80 GB is five 16 GiB stacks) and nvidia-smi reports a little
+less (140.4 GiB on an H200); pass --gpu-memory for the exact figure.
+
+A GPU found by NVML / nvidia-smi is looked up by its reported name; a name not in the table is
+unknown and never guessed (an "H100 NVL" is neither the SXM nor the PCIe card).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from qwenprep.errors import UsageError
+from qwenprep.sizes import GiB
+
+
+@dataclass(frozen=True)
+class GPUSpec:
+    name: str
+    bf16_tflops: float  # dense BF16 tensor-core peak
+    fp8_tflops: float | None  # dense FP8 tensor-core peak; None: no FP8 tensor cores
+    hbm_tb_s: float  # memory bandwidth, TB/s (10^12 bytes/s)
+    memory_gib: float  # per GPU, the datasheet's GB read as GiB (see the module doc)
+    source: str
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(self.memory_gib * GiB)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "bf16_tflops": self.bf16_tflops,
+                "fp8_tflops": self.fp8_tflops, "hbm_tb_s": self.hbm_tb_s,
+                "memory_bytes": self.memory_bytes, "source": self.source}
+
+
+_NV_SPARSE = "; the sheet's tensor figures are with sparsity, halved here"
+
+CATALOG: tuple[GPUSpec, ...] = (
+    GPUSpec("H100 SXM", 989.0, 1979.0, 3.35, 80,
+            "NVIDIA H100 Tensor Core GPU datasheet, H100 SXM column" + _NV_SPARSE,
+            ("h100 sxm", "h100 sxm5", "h100 sxm5 80gb", "h100 80gb hbm3")),
+    GPUSpec("H100 PCIe", 756.0, 1513.0, 2.0, 80,
+            "NVIDIA H100 Tensor Core GPU datasheet, H100 PCIe column" + _NV_SPARSE,
+            ("h100 pcie", "h100 pcie 80gb")),
+    GPUSpec("H200", 989.0, 1979.0, 4.8, 141,
+            "NVIDIA H200 Tensor Core GPU datasheet, H200 SXM column" + _NV_SPARSE,
+            ("h200", "h200 sxm", "h200 141gb hbm3e")),
+    GPUSpec("H20", 148.0, 296.0, 4.0, 96,
+            "NVIDIA HGX H20 product specification (as given in FACTS.md, dense)",
+            ("h20",)),
+    GPUSpec("B200", 2250.0, 4500.0, 8.0, 180,
+            "NVIDIA DGX B200 / HGX B200 datasheet, 8-GPU totals divided by 8" + _NV_SPARSE,
+            ("b200", "b200 sxm")),
+    GPUSpec("GB200", 2500.0, 5000.0, 8.0, 186,
+            "NVIDIA GB200 NVL72 datasheet, rack totals divided by its 72 GPUs" + _NV_SPARSE,
+            ("gb200",)),
+    GPUSpec("MI300X", 1307.4, 2614.9, 5.3, 192,
+            "AMD Instinct MI300X accelerator data sheet (figures without sparsity)",
+            ("mi300x",)),
+    GPUSpec("MI325X", 1307.4, 2614.9, 6.0, 256,
+            "AMD Instinct MI325X accelerator data sheet (figures without sparsity)",
+            ("mi325x",)),
+    GPUSpec("L40S", 362.05, 733.0, 0.864, 48,
+            "NVIDIA L40S GPU datasheet" + _NV_SPARSE,
+            ("l40s",)),
+    GPUSpec("A100 80GB SXM", 312.0, None, 2.0, 80,
+            "NVIDIA A100 Tensor Core GPU datasheet, A100 80GB SXM column (no FP8 tensor cores; "
+            "2,039 GB/s, 2.0 TB/s per FACTS.md)" + _NV_SPARSE,
+            ("a100 80gb sxm", "a100 sxm4 80gb", "a100 80g", "a100 80g sxm")),
+)
+
+_DROP = {"nvidia", "amd", "instinct", "tensor", "core", "gpu", "accelerator"}
+
+
+def normalize(name: str) -> str:
+    """Lower case, punctuation to spaces, vendor words dropped: 'NVIDIA A100-SXM4-80GB' ->
+    'a100 sxm4 80gb'."""
+    words = re.sub(r"[^0-9a-z]+", " ", name.lower()).split()
+    return " ".join(w for w in words if w not in _DROP)
+
+
+def lookup(name: str) -> GPUSpec | None:
+    """The catalog entry whose name or alias equals NAME after normalize(); None otherwise
+    (no partial or fuzzy matching: an unknown GPU stays unknown)."""
+    key = normalize(name)
+    if not key:
+        return None
+    for spec in CATALOG:
+        if key == normalize(spec.name) or key in {normalize(a) for a in spec.aliases}:
+            return spec
+    return None
+
+
+def known_names() -> list[str]:
+    return [s.name for s in CATALOG]
+
+
+def named_gpu(gpu: str | None, *, gpu_memory: str | None, kv_memory: str | None,
+              gpus: int | None, tp: int | None, pp: int
+              ) -> tuple[GPUSpec | None, str | None, int | None, list[str]]:
+    """``plan --gpu NAME``: (catalog entry, --gpu-memory to use, --gpus to use, notes). Without
+    --gpu-memory / --kv-memory the catalog's memory is used; without --gpus, TP x PP of them.
+    An unknown NAME is a UsageError (exit 2) listing the known ones."""
+    if gpu is None:
+        return None, gpu_memory, gpus, []
+    spec = lookup(gpu)
+    if spec is None:
+        raise UsageError(f"--gpu {gpu!r} is not in the GPU catalog; its peaks are unknown and "
+                         "are not guessed.",
+                         hint="one of: " + ", ".join(known_names())
+                         + " (or leave --gpu out: the time estimates are then left out)")
+    notes = []
+    if gpu_memory is None and kv_memory is None:
+        gpu_memory = str(spec.memory_bytes)
+        notes.append(f"GPU memory {spec.memory_gib:g} GiB per GPU from the catalog "
+                     f"({spec.name}; pass --gpu-memory for the exact figure)")
+    if gpus is None and kv_memory is None:
+        if tp is None:
+            raise UsageError("--gpu NAME needs --gpus N (or --tp N): how many of them.",
+                             hint=f"qwenprep plan MODEL --gpu {spec.name.replace(' ', '')} "
+                             "--gpus 8")
+        gpus = tp * pp
+    return spec, gpu_memory, gpus, notes
+
+
+def detected_gpu(inv: Any) -> tuple[GPUSpec | None, str, str | None]:
+    """(catalog entry or None, the reported name(s), a note when unknown) for GPUs found by
+    NVML / nvidia-smi (qwenprep.gpus.Inventory). Mixed models are not guessed either."""
+    names = sorted({g.name for g in inv.gpus})
+    reported = " + ".join(names)
+    spec = lookup(names[0]) if len(names) == 1 else None
+    if spec is not None:
+        return spec, reported, None
+    return None, reported, (f"GPU {reported!r} (found by {inv.source}) is not in the catalog: "
+                            "time estimates are left out; name a catalog GPU with --gpu to get "
+                            "them")
