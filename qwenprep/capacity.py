@@ -185,8 +185,10 @@ class ModelShape:
                     weight_bytes: int | None = None, expert_weight_bytes: int = 0,
                     weights_source: str = "unknown",
                     params: ParamCounts | None = None) -> ModelShape:
-        text_config = config.get("text_config")
-        cfg: dict[str, Any] = text_config if isinstance(text_config, dict) else config
+        from qwenprep.model import ModelView
+
+        view = ModelView.of(config)
+        cfg: dict[str, Any] = view.text
 
         def bad(key: str, v: object, wanted: str) -> InputError:
             return InputError(f"config.json: {key} is {v!r}; capacity planning needs {wanted}.",
@@ -208,12 +210,12 @@ class ModelShape:
         hidden = need("hidden_size")
         kv = need("num_key_value_heads", heads)
         head_dim = need("head_dim")  # never derived: 96 x 128 != 6144 on the 480B (FACTS.md)
-        dtype_key = "torch_dtype" if cfg.get("torch_dtype") is not None else "dtype"
+        dtype_key = view.key_of("torch_dtype")
         dtype = cfg.get(dtype_key)
         if dtype is not None and not isinstance(dtype, str):
             raise bad(dtype_key, dtype, "a dtype name such as bfloat16")
         dtype = (dtype or "bfloat16").replace("torch.", "")
-        qc = cfg.get("quantization_config")
+        qc = config.get("quantization_config", cfg.get("quantization_config"))
         if qc is not None and not isinstance(qc, dict):
             raise bad("quantization_config", qc, "an object")
         block: tuple[int, int] | None = None
@@ -224,7 +226,7 @@ class ModelShape:
                 raise bad("quantization_config.weight_block_size", wbs,
                           "two positive integers [block_n, block_k]")
             block = (wbs[0], wbs[1])
-        experts_key = "num_experts" if cfg.get("num_experts") is not None else "num_local_experts"
+        experts_key = view.key_of("num_experts")
         from qwenprep.contexts import native_context
 
         layers = need("num_hidden_layers")
@@ -232,7 +234,7 @@ class ModelShape:
 
         return cls(
             name=name,
-            native_context=native_context(cfg),
+            native_context=native_context(config),
             num_layers=layers,
             num_attention_heads=heads,
             num_kv_heads=kv,

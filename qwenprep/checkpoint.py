@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,12 @@ def resolve_dir(spec: str | Path) -> Checkpoint:
         )
     if not p.is_dir():
         raise InputError(f"{p}: not a directory; pass the checkpoint's directory.", path=str(p))
+    if os.path.lexists(p / CONFIG) and not (p / CONFIG).is_file():
+        raise InputError(
+            f"{p / CONFIG}: not a regular file (a dangling link, FIFO, socket or directory); "
+            "qwenprep reads config.json only from a regular file.",
+            hint="put the checkpoint's real config.json there (qwenprep revert PATH restores "
+            "an edited one).", path=str(p / CONFIG))
     if not (p / CONFIG).is_file():
         raise InputError(
             f"{p}: no config.json here; this is not a Hugging Face checkpoint directory.",

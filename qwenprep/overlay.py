@@ -27,7 +27,13 @@ from qwenprep import __version__
 from qwenprep.checkpoint import CONFIG, Checkpoint, resolve_dir
 from qwenprep.contexts import ContextRequest, PatchResult, patch_config
 from qwenprep.errors import ConflictError, InputError, QwenprepError, UsageError
-from qwenprep.jsonio import atomic_write_bytes, dump_config, fsync_dir, loads_located
+from qwenprep.jsonio import (
+    atomic_write_bytes,
+    dump_config,
+    fsync_dir,
+    loads_located,
+    read_regular_bytes,
+)
 from qwenprep.report import Check
 
 MANIFEST_DIR = ".qwenprep"
@@ -53,7 +59,7 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
     reason to act (delete, replace, serve)."""
     mp = manifest_path(path)
     try:
-        if not mp.is_file():
+        if not os.path.lexists(mp):
             return None
         text = read_regular_text(mp)
     except (OSError, UnicodeDecodeError) as e:
@@ -84,13 +90,7 @@ def _bad_manifest(path: Path, what: str) -> InputError:
 
 def read_regular_text(p: Path) -> str:
     """A regular file's text (a FIFO, device or directory is refused, never opened to block)."""
-    import stat
-
-    st = os.stat(p)
-    if not stat.S_ISREG(st.st_mode):
-        raise OSError(errno.EINVAL, f"not a regular file: {p}")
-    with open(p, encoding="utf-8") as f:
-        return f.read()
+    return read_regular_bytes(p).decode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -432,7 +432,10 @@ def _refuse_unpatchable(source: Checkpoint, text: str) -> None:
     if not bad:
         return
     if any("model_type" in (c.path or "") for c in bad):
-        hint = "qwenprep patches Qwen3 / Qwen3-MoE configs (model_type qwen3 or qwen3_moe)."
+        from qwenprep.families import REGISTRY
+
+        hint = "qwenprep patches " + "; ".join(
+            f"{f.title} ({', '.join(sorted(f.model_types))})" for f in REGISTRY) + "."
     elif any(c.id == "invariant.context_needs_rope" for c in bad):
         hint = (f"this config was edited in place; restore it first (qwenprep revert "
                 f"{source.path}), then patch the original.")
@@ -450,7 +453,7 @@ def _same_overlay(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 def _read_source_config(source: Checkpoint) -> bytes:
     try:
-        return source.config_path.read_bytes()
+        return read_regular_bytes(source.config_path)
     except FileNotFoundError:
         raise InputError(f"{source.config_path}: missing.",
                          hint="the checkpoint needs its config.json; re-download it.") from None
@@ -483,7 +486,7 @@ def overlay_checks(path: Path) -> list[Check]:
     checks: list[Check] = []
     checks.append(Check("overlay.manifest", "pass", "manifest present and well formed"))
     try:
-        cfg_sha = sha256_bytes((path / CONFIG).read_bytes())
+        cfg_sha = sha256_bytes(read_regular_bytes(path / CONFIG))
     except OSError as e:
         cfg_sha = f"unreadable ({e})"
     if cfg_sha == manifest["config_sha256"]:
@@ -515,7 +518,7 @@ def overlay_checks(path: Path) -> list[Check]:
                             "the manifest"))
     src_cfg = Path(manifest["source"]["path"]) / CONFIG
     try:
-        src_sha = sha256_bytes(src_cfg.read_bytes())
+        src_sha = sha256_bytes(read_regular_bytes(src_cfg))
     except OSError:
         src_sha = None
     if src_sha == manifest["source"]["config_sha256"]:

@@ -29,7 +29,7 @@ from qwenprep.contexts import (
 from qwenprep.errors import InputError, QwenprepError
 from qwenprep.hashing import git_blob_sha1_of as git_blob_sha1
 from qwenprep.hub import local_dir_etag, snapshot_blobs
-from qwenprep.jsonio import atomic_write_bytes, fsync_dir, loads_located
+from qwenprep.jsonio import atomic_write_bytes, fsync_dir, loads_located, read_regular_bytes
 from qwenprep.overlay import _io_error, read_manifest, remove_overlay
 
 BACKUP_NAMES = ("config.json.bak", "config.json.orig", "config.json.backup", "config.json~",
@@ -87,7 +87,7 @@ def _candidates(path: Path, current: bytes) -> Iterator[tuple[str, bytes]]:
     for name in BACKUP_NAMES:
         b = path / name
         if b.is_file():
-            yield f"backup {b}", b.read_bytes()
+            yield f"backup {b}", read_regular_bytes(b)
     yield from _unpatched_variants(current)
 
 
@@ -166,7 +166,7 @@ def keep_replaced(cfg: Path, data: bytes) -> Path:
     for i in range(1000):
         p = base if i == 0 else base.with_name(f"{base.name}.{i}")
         if p.is_symlink() or p.exists():
-            if p.is_file() and not p.is_symlink() and p.read_bytes() == data:
+            if p.is_file() and not p.is_symlink() and read_regular_bytes(p) == data:
                 return p
             continue
         atomic_write_bytes(p, data)
@@ -230,7 +230,7 @@ def _revert_at(path: Path, force: bool) -> RevertResult:
     if not cfg.is_file():
         raise InputError(f"{cfg}: not a regular file; nothing qwenprep can restore.",
                          path=str(cfg))
-    current = cfg.read_bytes()
+    current = read_regular_bytes(cfg)
     blobs = snapshot_blobs(path)
     if blobs is not None:
         return _revert_in_cache(path, cfg, current, blobs)
@@ -258,7 +258,7 @@ def _revert_at(path: Path, force: bool) -> RevertResult:
         b = path / name
         if not b.is_file():
             continue
-        data = b.read_bytes()
+        data = read_regular_bytes(b)
         why = backup_problem(current, data)
         if why is not None:
             rejected.append(f"{name}: {why}")
@@ -331,7 +331,7 @@ def _revert_in_cache(snapshot: Path, cfg: Path, current: bytes, blobs: Path) -> 
     for origin, data in _candidates(snapshot, current):
         address = git_blob_sha1(data)
         blob = blobs / address
-        if blob.is_file() and git_blob_sha1(blob.read_bytes()) == address:
+        if blob.is_file() and git_blob_sha1(read_regular_bytes(blob)) == address:
             kept = keep_replaced(cfg, current)
             _relink(cfg, address)
             return RevertResult(

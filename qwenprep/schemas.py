@@ -20,6 +20,10 @@ def schema_dir() -> Path:
 
 
 def schema_path(name: str) -> Path:
+    """A shipped schema by name ("manifest"), or a schema file by absolute path (a family
+    module outside the package brings its own)."""
+    if Path(name).is_absolute():
+        return Path(name)
     if not name.endswith(".json"):
         name += ".schema.json"
     return schema_dir() / name

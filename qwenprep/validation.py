@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from qwenprep.checkpoint import CONFIG
-from qwenprep.contexts import NATIVE_QWEN3_CODER, effective_rope, rope_style, rope_type
+from qwenprep.contexts import NATIVE_QWEN3_CODER, rope_type
 from qwenprep.errors import InputError
-from qwenprep.jsonio import loads_located
+from qwenprep.jsonio import loads_located, read_regular_bytes
+from qwenprep.model import ModelView
 from qwenprep.report import Check
 
 PATCH_HINT = "qwenprep patch MODEL --context 1m --out DIR"
@@ -52,11 +53,20 @@ class SchemaProblem:
 
 def schema_errors(config: dict[str, Any]) -> list[SchemaProblem]:
     """Every schema violation, sorted by path."""
+    from qwenprep.families import REGISTRY, lookup
     from qwenprep.schemas import validator
 
-    errors = sorted((_innermost(e) for e in validator("qwen3-config").iter_errors(config)),
+    view = ModelView(config)
+    family = lookup(view.model_type) or lookup(view.text_model_type)
+    if family is None:
+        known = "; ".join(f"{f.title}: {', '.join(sorted(f.model_types))}" for f in REGISTRY)
+        return [SchemaProblem(("model_type",), f"model_type is {view.model_type!r}; qwenprep "
+                              f"knows these families ({known}) and cannot map another one's "
+                              "context, RoPE and layers")]
+    base: tuple[str | int, ...] = ("text_config",) if view.nested else ()
+    errors = sorted((_innermost(e) for e in validator(family.schema).iter_errors(view.text)),
                     key=lambda e: [str(p) for p in e.absolute_path])
-    return [SchemaProblem(tuple(e.absolute_path), _message(e)) for e in errors]
+    return [SchemaProblem(base + tuple(e.absolute_path), _message(e)) for e in errors]
 
 
 def _innermost(e: Any) -> Any:
@@ -78,8 +88,10 @@ def schema_problems(config: dict[str, Any]) -> list[str]:
 
 def _message(e: Any) -> str:
     if e.validator == "enum" and list(e.absolute_path) == ["model_type"]:
-        return (f"model_type is {e.instance!r}; qwenprep handles Qwen3 models "
-                "(qwen3_moe, qwen3)")
+        from qwenprep.families import known_model_types
+
+        return (f"model_type is {e.instance!r}; qwenprep handles "
+                f"{', '.join(known_model_types())}")
     if e.validator == "type":
         return f"is {e.instance!r} ({type(e.instance).__name__}); expected {e.validator_value}"
     return str(e.message)
@@ -95,8 +107,10 @@ def invariant_checks(config: dict[str, Any], *, native: int | None = None,
     """What a schema cannot say. NATIVE, when known (from a manifest), sharpens the check that a
     context above native needs rope scaling."""
     checks: list[Check] = []
-    mpe = config.get("max_position_embeddings")
-    rope = effective_rope(config)
+    view = ModelView(config)
+    mpe = view.max_position_embeddings
+    mpe_at = view.pointer("max_position_embeddings")
+    rope = view.effective_rope()
     kind = rope_type(rope)
     if not _int(mpe):
         return [Check("invariant.context", "skip", "max_position_embeddings is not an integer")]
@@ -117,7 +131,7 @@ def invariant_checks(config: dict[str, Any], *, native: int | None = None,
                     f"max_position_embeddings is {mpe} but YaRN factor {factor:.8g} x original "
                     f"{orig} = {shown}; vLLM <= 0.29 serves {shown}, >= 0.30 serves {mpe}, "
                     f"and transformers <= 4.55 recomputes the factor. Hint: {PATCH_HINT}",
-                    "$.max_position_embeddings"))
+                    mpe_at))
         # (schema reports a missing factor/original)
     else:
         limit = native if native is not None else NATIVE_QWEN3_CODER
@@ -131,19 +145,14 @@ def invariant_checks(config: dict[str, Any], *, native: int | None = None,
                 f"{limit}{'' if native else ', the largest native Qwen3 context'}); positions "
                 f"past {limit} would run {how}. "
                 f"Hint: {PATCH_HINT}",
-                "$.max_position_embeddings"))
+                mpe_at))
         else:
             checks.append(Check("invariant.context_needs_rope", "pass",
                                 f"context {mpe} needs no rope scaling"))
 
-    style = rope_style(config)
-    if style == "rope_parameters":
-        block = config.get("rope_parameters")
-        has_theta = isinstance(block, dict) and "rope_theta" in block
-        where = "$.rope_parameters.rope_theta"
-    else:
-        has_theta = "rope_theta" in rope
-        where = "$.rope_theta"
+    style = view.rope_style
+    has_theta = view.has_rope_theta()
+    where = view.rope_theta_pointer
     if has_theta:
         theta = rope.get("rope_theta")
         checks.append(Check("invariant.rope_theta", "pass",
@@ -156,17 +165,18 @@ def invariant_checks(config: dict[str, Any], *, native: int | None = None,
             + ("inside rope_parameters" if style == "rope_parameters" else "at the top level"),
             where))
 
-    if "head_dim" in config:
-        checks.append(Check("invariant.head_dim", "pass", f"head_dim {config['head_dim']} given"))
+    if "head_dim" in view.text:
+        checks.append(Check("invariant.head_dim", "pass",
+                            f"head_dim {view.text['head_dim']} given"))
     else:
         checks.append(Check("invariant.head_dim", "fail",
                             "head_dim is missing; for Qwen3-Coder it is not hidden_size / heads "
                             "(96 x 128 != 6144), so engines would derive a wrong one",
-                            "$.head_dim"))
+                            view.pointer("head_dim")))
 
-    qc = config.get("quantization_config")
-    if isinstance(qc, dict):
-        checks.extend(_quantization_checks(config, qc))
+    qc = view.quantization
+    if qc is not None:
+        checks.extend(_quantization_checks(view, qc))
     if manifest is not None:
         if manifest.get("target_context") == mpe:
             checks.append(Check("invariant.manifest", "pass",
@@ -175,11 +185,11 @@ def invariant_checks(config: dict[str, Any], *, native: int | None = None,
             checks.append(Check("invariant.manifest", "fail",
                                 f"max_position_embeddings {mpe} differs from the manifest's "
                                 f"target_context {manifest.get('target_context')}",
-                                "$.max_position_embeddings"))
+                                mpe_at))
     return checks
 
 
-def _quantization_checks(config: dict[str, Any], qc: dict[str, Any]) -> list[Check]:
+def _quantization_checks(view: ModelView, qc: dict[str, Any]) -> list[Check]:
     if qc.get("quant_method") != "fp8":
         return [Check("invariant.quantization", "pass",
                       f"quantization {qc.get('quant_method')!r} (not checked further)")]
@@ -192,7 +202,7 @@ def _quantization_checks(config: dict[str, Any], qc: dict[str, Any]) -> list[Che
     skip = qc.get("modules_to_not_convert") or []
     if not isinstance(skip, list) or not all(isinstance(m, str) for m in skip):
         skip = []  # the schema reports the wrong type
-    layers = config.get("num_hidden_layers")
+    layers = view.num_layers
     if skip and "lm_head" not in skip:
         problems.append("lm_head is not in modules_to_not_convert")
     if isinstance(layers, int):
@@ -223,7 +233,8 @@ def validate_config_text(text: str, where: str, *, manifest: dict[str, Any] | No
     native = manifest.get("native_context") if manifest else None
     for c in invariant_checks(config, native=native, manifest=manifest):
         if c.status == "fail" and c.path:
-            key = c.path.removeprefix("$.").split(".")[0]
+            parts = c.path.removeprefix("$.").split(".")
+            key = parts[1] if parts[0] == "text_config" and len(parts) > 1 else parts[0]
             line = _line_of(text, key)
             if line:
                 c = Check(c.id, c.status, f"{where}:{line}: {c.message}", c.path)
@@ -238,7 +249,7 @@ def validate_checkpoint(path: Path) -> list[Check]:
 
     cfg = path / CONFIG
     try:
-        text = cfg.read_text(encoding="utf-8")
+        text = read_regular_bytes(cfg).decode("utf-8")
     except FileNotFoundError:
         raise InputError(f"{cfg}: missing.", hint="pass a checkpoint directory with a "
                          "config.json") from None

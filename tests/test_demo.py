@@ -63,7 +63,7 @@ def test_demo_serves_the_tiny_overlay_at_1m(tmp_path: Path) -> None:
     serve = lines["engine readback + serve"]
     assert "[pass] engine.max_model_len: max model length: vLLM uses 1048576" in serve
     assert "/v1/models: tiny-qwen3-coder max_model_len 1048576" in serve
-    assert any(ln.startswith("$ ") and ln.endswith("--max-model-len 1048576 --host 127.0.0.1 "
+    assert any(ln.startswith("$ ") and ln.endswith("--max-model-len 1048576 --host=127.0.0.1 "
                                                     f"--port {ln.split()[-1]}") for ln in serve)
     tool = [ln for ln in serve if ln.startswith("tool_choice required: ")]
     assert len(tool) == 1 and tool[0].endswith(" tool call(s), first: get_weather")

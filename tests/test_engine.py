@@ -247,9 +247,9 @@ def test_dry_run_480b_profile_is_exact(tmp_path: Path, ref_config: dict[str, Any
     out = json.loads(r.stdout)
     assert out["ok"] is True and out["schema_version"] == 1
     assert out["argv"][1:] == [
-        "-m", API, "--model", str(ov.resolve()), "--tensor-parallel-size", "8",
+        "-c", eng.WORKER_ENTRY, "serve", str(ov.resolve()), "--tensor-parallel-size", "8",
         "--enable-expert-parallel", "--enable-auto-tool-choice", "--tool-call-parser",
-        "qwen3_coder", "--served-model-name", "Qwen3-Coder-480B-A35B-Instruct",
+        "qwen3_coder", "--served-model-name=Qwen3-Coder-480B-A35B-Instruct",
         "--max-model-len", "1048576"]
     assert out["argv"][0] == (INFO.python if INFO else "python3")
     assert out["env"] == {}
@@ -266,9 +266,9 @@ def test_dry_run_overrides_and_passthrough(tmp_path: Path, ref_config: dict[str,
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["argv"][3:] == [
-        "--model", str(ov.resolve()), "--tensor-parallel-size", "16", "--enable-expert-parallel",
+        "serve", str(ov.resolve()), "--tensor-parallel-size", "16", "--enable-expert-parallel",
         "--enable-auto-tool-choice", "--tool-call-parser", "qwen3_coder",
-        "--served-model-name", "coder", "--max-model-len", "524288", "--host", "127.0.0.1",
+        "--served-model-name=coder", "--max-model-len", "524288", "--host=127.0.0.1",
         "--port", "9001", "--kv-cache-dtype", "fp8", "--enforce-eager"]
     assert out["url"] == "http://127.0.0.1:9001"
     # --no-ep at TP 16 splits experts into 160 rows: refused (see the FP8 block test below)
@@ -280,8 +280,9 @@ def test_dry_run_tiny_profile_text(tmp_path: Path) -> None:
     r = invoke("serve", str(ov), "--dry-run", "--vllm-python", VLLM_PY)
     assert r.exit_code == 0, r.output
     assert r.stdout.strip().endswith(
-        f"-m {API} --model {ov.resolve()} --enable-auto-tool-choice --tool-call-parser "
-        "qwen3_coder --served-model-name tiny-qwen3-coder --max-model-len 1048576")
+        f" serve {ov.resolve()} --enable-auto-tool-choice --tool-call-parser "
+        "qwen3_coder --served-model-name=tiny-qwen3-coder --max-model-len 1048576")
+    assert "python -m" not in r.stdout and API not in r.stdout  # `vllm serve`, not api_server
 
 
 def test_unpatched_1m_is_refused_before_vllm_starts(tmp_path: Path) -> None:
@@ -330,12 +331,21 @@ def test_removed_and_dangerous_flags_are_refused(tmp_path: Path) -> None:
     plan = eng.build_launch_plan(ov, engine=_fake_engine("0.10.0"),
                                  extra_args=["--rope-scaling", rope])
     assert plan.argv[-2:] == ("--rope-scaling", rope)
-    with pytest.raises(UsageError, match="without rope_theta: vLLM would silently use RoPE base"):
-        eng.build_launch_plan(ov, engine=_fake_engine("0.32.0"),
+    # the spelling does not matter to the version table
+    with pytest.raises(UsageError, match="--rope-theta was removed in vLLM 0.11.1"):
+        eng.build_launch_plan(ov, engine=_fake_engine("0.32.0"), extra_args=["--rope_theta=1"])
+    # what the other arguments do is the gate's (qwenprep.gate, tests/test_gate.py); with no
+    # vLLM the plan applies the gate's offline reading itself: exit 3, said to be offline
+    from qwenprep.gate import ArgsRefused
+
+    with pytest.raises(ArgsRefused, match="without rope_theta") as ei:
+        eng.build_launch_plan(ov, engine=None,
                               extra_args=[f'--hf-overrides={{"rope_parameters": {rope}}}'])
+    assert ei.value.exit_code == 3 and "judged offline, not by vLLM" in ei.value.message
     r = invoke("serve", str(ov), "--dry-run", "--", "--max-model-len", "4096")
-    assert r.exit_code == 2
-    assert "use qwenprep serve's own --max-model-len option instead" in r.stderr
+    assert r.exit_code == 3, r.output
+    assert ("the arguments after -- change what qwenprep's own options set: max_model_len "
+            "1048576 -> 4096") in r.stderr
 
 
 def test_expect_digest_guard(tmp_path: Path) -> None:

@@ -396,3 +396,33 @@ def test_linear_rope_at_1m_is_not_called_no_scaling(cli: CliFn, qwen_src: Path) 
     assert "but the rope scaling is 'linear', not the YaRN Qwen3 is trained to extend with" \
         in r.stdout
     assert "no rope scaling" not in r.stdout
+
+
+# ---------------------------------------------------------- 9. FIFOs, in qwenprep's own files
+
+
+@pytest.mark.parametrize("where", ["source-config", "manifest", "overlay-config"])
+def test_fifos_never_hang_overlay_reads(cli: CliFn, qwen_src: Path, tmp_path: Path,
+                                        where: str) -> None:
+    out = tmp_path / "ov"
+    _overlay(cli, qwen_src, out)
+    target = {"source-config": qwen_src / "config.json", "manifest":
+              out / ".qwenprep" / "manifest.json", "overlay-config": out / "config.json"}[where]
+    target.unlink()
+    os.mkfifo(target)
+    for args in (["verify", str(out)], ["validate", str(out)], ["list", str(out)],
+                 ["revert", str(out)]):
+        try:
+            r = subprocess.run([str(QWENPREP_BIN), *args, "--json"], capture_output=True,
+                               text=True, timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"qwenprep {' '.join(args)} hung on a FIFO as {where}")
+        _no_traceback(r)
+        _one_json(r.stdout)
+        if where == "source-config" and args[0] == "revert":
+            assert r.returncode == 0  # removing the links loses nothing
+            continue
+        assert r.returncode in (1, 3), (args, r.stdout, r.stderr)
+    assert target.exists()
+    assert out.exists() == (where != "source-config")  # never deleted on a FIFO's word
+

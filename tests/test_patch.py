@@ -165,7 +165,7 @@ def test_non_qwen_model_type(cli: CliFn, qwen_src: Path, tmp_path: Path,
     before = _bad_config(qwen_src, json.dumps(dict(ref_config, model_type="llama")))
     r = cli("patch", str(qwen_src), "-c", "1m", "-o", str(tmp_path / "o"))
     assert r.exit_code == 3
-    assert "$.model_type: model_type is 'llama'; qwenprep handles Qwen3 models" in r.stderr
+    assert "$.model_type: model_type is 'llama'; qwenprep knows these families" in r.stderr
     assert tree_state(qwen_src) == before and not (tmp_path / "o").exists()
 
 

@@ -233,8 +233,11 @@ def test_fallback_layout_is_plans_rule(tiny_src: Path, monkeypatch: pytest.Monke
     """Without the engine's model profile, TP = the GPU count (as qwenprep plan) and EP on for
     MoE."""
     import qwenprep.engine
+    import qwenprep.preflight
 
     monkeypatch.delattr(qwenprep.engine, "model_profile")
+    # the serve gate needs the profile to build serve's argv; this test is about the layout
+    monkeypatch.setattr(qwenprep.preflight, "_gate_checks", lambda *a: [])
     code, out = check_json(str(tiny_src), "--gpus", "4", "--gpu-memory", "80GiB")
     assert out["parallel"] == {"tp": 4, "pp": 1, "dp": 1, "ep": True,
                                "source": "qwenprep plan's rule (TP = GPUs / PP; no model profile)"}
@@ -425,7 +428,13 @@ def test_console_script_json_validates(tiny_src: Path) -> None:
     assert res.returncode == (0 if out["ok"] else 1)
     assert by_id(out)["kv.fits"]["status"] == "pass"
     assert out["plan"]["kv_cache_tokens"] == 4194304  # block 16 (CUDA): the same bytes
-    assert [c["id"] for c in out["checks"] if c["status"] == "fail"] == []
+    # KV fits, but the unpatched config allows 262144: serve would refuse 1m, so check fails
+    fails = [c for c in out["checks"] if c["status"] == "fail"]
+    assert [c["id"] for c in fails] == ["engine.plan"]
+    assert fails[0]["message"].startswith(
+        f"qwenprep serve would refuse (exit 3): {tiny_src / 'config.json'}: --max-model-len "
+        "1048576 is above the 262144 tokens this config allows")
+    assert res.returncode == 1
 
 
 # ------------------------------------------------------------------ examples/pipelines

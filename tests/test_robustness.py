@@ -277,10 +277,10 @@ def test_a_composed_module_error_is_one_fail_check(tmp_path: Path) -> None:
     shutil.copytree(TINY, src)
     missing = str(tmp_path / "no-python")
     rep = run_checks(src, CheckOptions(kv_memory=2**30, python=missing, tp=1))
-    (eng,) = [c for c in rep.checks if c.id == "engine.readback"]
+    (eng,) = [c for c in rep.checks if c.id == "engine.gate"]
     assert eng.status == "fail"
     assert eng.message == (f"{missing}: no such interpreter. Hint: pass --vllm-python "
                            "/path/to/venv/bin/python or set QWENPREP_VLLM_PYTHON.")
     ids = [c.id for c in rep.checks]
-    assert ids.index("engine.readback") > ids.index("shard.headers")
+    assert ids.index("engine.gate") > ids.index("shard.headers")
     assert "kv.fits" in ids and "parallel.heads" in ids

@@ -91,6 +91,9 @@ def test_models_reports_1m(served: Served) -> None:
     assert [(m["id"], m["max_model_len"]) for m in data["data"]] == [("tiny-qwen3-coder", 1048576)]
     assert "ready: http://127.0.0.1:" in served.log.read_text()
     assert "with max_model_len 1048576" in served.log.read_text()
+    # launched as `vllm serve` through vLLM's CLI main, after the gate judged the argv
+    start = [ln for ln in served.log.read_text().splitlines() if ln.startswith("starting vLLM")]
+    assert start and " serve /" in start[0] and "api_server" not in start[0]
 
 
 @pytest.mark.engine

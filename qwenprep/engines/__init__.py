@@ -1,0 +1,1 @@
+"""Engine-specific data that qwenprep keeps for when the engine itself cannot be asked."""

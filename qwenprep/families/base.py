@@ -1,0 +1,54 @@
+"""What a model family declares to the rest of qwenprep. One module per family fills one of
+these; ``qwenprep.families`` holds the table. Nothing outside the family modules names a
+model_type."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from qwenprep.model import ModelView
+
+
+@dataclass(frozen=True)
+class ServeProfile:
+    """How `qwenprep serve` launches a model of the family, when MATCHES says it applies.
+
+    MATCHES gets the model view and the names the model is known by (repo name, source
+    directory, overlay directory), most specific first."""
+
+    name: str
+    matches: Callable[[ModelView, Sequence[str]], bool]
+    tp: int = 1
+    ep: bool = False
+    tool_parser: str | None = None
+    reasoning_parser: str | None = None
+    served_model_name: str | None = None  # None: the first of the model's names
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str  # "qwen3-moe"
+    title: str  # "Qwen3-MoE (Qwen3-Coder-480B/30B, Qwen3-235B/30B)"
+    model_types: frozenset[str]
+    schema: str  # schemas/<schema>.schema.json, applied to the text config
+    native_context: int  # the usual native context of the family's releases
+    max_yarn_factor: float = 4.0  # the largest factor the releases claim
+    moe: bool = False
+    # the tensors a checkpoint of this config must hold (name, shape, dtype); None: not derived
+    tensors: Callable[[ModelView], list[Any]] | None = None
+    profiles: tuple[ServeProfile, ...] = field(default_factory=tuple)
+
+    def profile_for(self, view: ModelView, names: Sequence[str]) -> ServeProfile:
+        for p in self.profiles:
+            if p.matches(view, names):
+                return p
+        return ServeProfile("default", lambda v, n: True)
+
+
+def any_name_has(*words: str) -> Callable[[ModelView, Sequence[str]], bool]:
+    """A profile matcher: one of the model's names contains one of WORDS (case-insensitive)."""
+    low = tuple(w.lower() for w in words)
+    return lambda view, names: any(w in n.lower() for n in names for w in low)
