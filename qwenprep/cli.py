@@ -56,8 +56,20 @@ def finish_report(report: Report, as_json: bool, summary: str | None = None) -> 
 
 
 vllm_python_option = click.option(
-    "--vllm-python", envvar="QWENPREP_VLLM_PYTHON", default=None,
-    help="Interpreter that has vLLM (default: this one). Env: QWENPREP_VLLM_PYTHON.")
+    "--engine-python", "--vllm-python", "vllm_python", envvar="QWENPREP_VLLM_PYTHON",
+    default=None, help="Interpreter that has the serving engine (vLLM or SGLang; default: this "
+    "one). --vllm-python is the old name. Env: QWENPREP_VLLM_PYTHON.")
+serving_engine_option = click.option(
+    "--serving-engine", type=click.Choice(["vllm", "sglang"], case_sensitive=False),
+    default=None, help="vllm or sglang (default: $QWENPREP_SERVING_ENGINE, else what "
+    "--engine-python has: SGLang when it has SGLang and no vLLM, else vLLM).")
+
+
+def _engine_name(name: str | None, python: str | None, as_json: bool) -> str:
+    from qwenprep.engines.sglang import select_engine
+
+    chosen: str = run(as_json, lambda: select_engine(name, python))
+    return chosen
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON object on stdout; logs go to stderr."
 )
@@ -244,10 +256,13 @@ def demo(workdir: Path | None, serve: bool, vllm_python: str | None, as_json: bo
 @cli.command(short_help='Check a checkpoint is whole (headers; --deep: every byte).')
 @click.argument("model", metavar="PATH|ORG/NAME")
 @click.option("--deep", is_flag=True, help="Also hash every byte against its content hash.")
-@click.option("--engine", is_flag=True, help="Also read the config back through vLLM.")
+@click.option("--engine", is_flag=True, help="Also read the config back through the serving "
+              "engine (vLLM, or SGLang with --serving-engine sglang).")
 @vllm_python_option
+@serving_engine_option
 @json_option
-def verify(model: str, deep: bool, engine: bool, vllm_python: str | None, as_json: bool) -> None:
+def verify(model: str, deep: bool, engine: bool, vllm_python: str | None,
+           serving_engine: str | None, as_json: bool) -> None:
     """Check a checkpoint is whole: index vs shards, safetensors headers, FP8 structure and
     tensor names vs config.json (reads no tensor data); --deep hashes every file."""
     import time
@@ -265,10 +280,20 @@ def verify(model: str, deep: bool, engine: bool, vllm_python: str | None, as_jso
                        f"{total / 2**30:.2f} GiB", err=True, nl=done == total)
 
     progress = bar if deep and sys.stderr.isatty() else None
+    sglang = engine and _engine_name(serving_engine, vllm_python, as_json) == "sglang"
+
+    def go() -> Report:
+        path = resolve_model(model).path
+        rep = verify_checkpoint(path, deep=deep, engine=engine and not sglang,
+                                vllm_python=vllm_python, progress=progress)
+        if sglang:
+            from qwenprep.engines.sglang_gate import readback_checks
+
+            rep.extend(readback_checks(path, python=vllm_python))
+        return rep
+
     try:
-        report = run(as_json, lambda: verify_checkpoint(
-            resolve_model(model).path, deep=deep, engine=engine, vllm_python=vllm_python,
-            progress=progress))
+        report = run(as_json, go)
     except KeyboardInterrupt:  # hashing stops at once and records nothing; exit 130
         if progress is not None:
             click.echo(err=True)
@@ -357,11 +382,17 @@ def _with(options: list[Callable[[Any], Any]]) -> Callable[[Any], Any]:
               help="Draw concurrency and prefill time against context into FILE (.svg or .png; "
               "needs the [chart] extra).")
 @_vllm_version_option
+@serving_engine_option
+@vllm_python_option
+@click.option("--mem-fraction-static", type=float, default=None, metavar="F",
+              help="SGLang only: its --mem-fraction-static (default: SGLang's own default for "
+              "the GPU size, an estimate).")
 @json_option
 def plan(model: str, context: str | None, tp: int | None, pp: int, ep: bool, gpus: int | None,
          gpu_memory: str | None, kv_memory: str | None, kv_cache_dtype: str, block_size: int,
          gpu_model: str | None, prefill_budget: float | None, chart: str | None,
-         vllm_version: str | None, as_json: bool) -> None:
+         vllm_version: str | None, serving_engine: str | None, vllm_python: str | None,
+         mem_fraction_static: float | None, as_json: bool) -> None:
     """KV-cache capacity of MODEL at a context, by vLLM's own arithmetic, and how long prefill
     and decode take there (estimates: floor at peak, typical band); exit 1 if it won't fit.
 
@@ -369,6 +400,13 @@ def plan(model: str, context: str | None, tp: int | None, pp: int, ep: bool, gpu
     """
     from qwenprep.capacity import make_plan
 
+    if _engine_name(serving_engine, vllm_python, as_json) == "sglang":
+        _plan_sglang(model, context=context, tp=tp, pp=pp, ep=ep, gpus=gpus,
+                     gpu_memory=gpu_memory, kv_memory=kv_memory, kv_cache_dtype=kv_cache_dtype,
+                     mem_fraction_static=mem_fraction_static, as_json=as_json)
+    if mem_fraction_static is not None:
+        run(as_json, lambda: _usage("--mem-fraction-static is SGLang's; vLLM's is "
+                                    "gpu_memory_utilization (pass --serving-engine sglang)."))
     if chart is not None:
         from qwenprep.chart import chart_format
 
@@ -392,6 +430,32 @@ def plan(model: str, context: str | None, tp: int | None, pp: int, ep: bool, gpu
     sys.exit(0 if p.fits else EXIT_CHECKS_FAILED)
 
 
+def _usage(message: str) -> None:
+    from qwenprep.errors import UsageError
+
+    raise UsageError(message)
+
+
+def _plan_sglang(model: str, *, context: str | None, tp: int | None, pp: int, ep: bool,
+                 gpus: int | None, gpu_memory: str | None, kv_memory: str | None,
+                 kv_cache_dtype: str, mem_fraction_static: float | None,
+                 as_json: bool) -> NoReturn:
+    """plan --serving-engine sglang: SGLang 0.5.23's KV arithmetic (engines/sglang_kv.py)."""
+    from qwenprep.engines.sglang_kv import make_plan
+
+    def go() -> Any:
+        return make_plan(model, context=context, tp=tp, pp=pp, ep=ep, gpus=gpus,
+                         gpu_memory=gpu_memory, kv_memory=kv_memory,
+                         kv_cache_dtype=kv_cache_dtype, mem_fraction_static=mem_fraction_static)
+
+    p = run(as_json, go)
+    if as_json:
+        _emit_json(p.to_dict())
+    else:
+        click.echo(p.summary())
+    sys.exit(0 if p.fits else EXIT_CHECKS_FAILED)
+
+
 @cli.command(short_help='Every pre-flight check before a deploy, in one report.')
 @click.argument("path")
 @_tp_option
@@ -406,12 +470,14 @@ def plan(model: str, context: str | None, tp: int | None, pp: int, ep: bool, gpu
 @_with(_gpu_options)
 @_vllm_version_option
 @vllm_python_option
+@serving_engine_option
 @json_option
 @click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED)
 def check(path: str, tp: int | None, pp: int, ep: bool | None, context: str | None,
           engine: bool, gpus: int | None, gpu_memory: str | None, kv_memory: str | None,
           kv_cache_dtype: str,
-          block_size: int, vllm_version: str | None, vllm_python: str | None, as_json: bool,
+          block_size: int, vllm_version: str | None, vllm_python: str | None,
+          serving_engine: str | None, as_json: bool,
           vllm_args: tuple[str, ...]) -> None:
     """Every pre-flight check on PATH before a deploy; exit 0 all pass, 1 any fails.
 
@@ -428,8 +494,15 @@ def check(path: str, tp: int | None, pp: int, ep: bool | None, context: str | No
                              kv_cache_dtype=kv_cache_dtype, block_size=block_size,
                              vllm_version=vllm_version, vllm_args=vllm_args, engine=engine,
                              python=vllm_python)
+        hooks = None
+        if _engine_name(serving_engine, vllm_python, as_json) == "sglang":
+            from dataclasses import replace
+
+            from qwenprep.engines.sglang_gate import check_hooks
+
+            opts, hooks = replace(opts, serving_engine="sglang"), check_hooks()
         ckpt = resolve_model(path)
-        return run_checks(ckpt.path, opts, repo_id=ckpt.repo_id)
+        return run_checks(ckpt.path, opts, repo_id=ckpt.repo_id, hooks=hooks)
 
     report = run(as_json, go)
     finish_report(report, as_json, "ready to serve" if report.ok
@@ -460,14 +533,15 @@ def check(path: str, tp: int | None, pp: int, ep: bool | None, context: str | No
 @click.option("--master-addr", default=None, help="Head node address for multi-node plans.")
 @click.option("--multinode-mode", type=click.Choice(["native", "dp", "ray"]), default=None,
               help="How nodes join (default: native if vLLM has it, else ray; dp if TP fits "
-              "a node).")
+              "a node). SGLang: its own --nnodes/--node-rank/--dist-init-addr.")
+@serving_engine_option
 @json_option
 @click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED)
 def serve(path: str, tp: int | None, ep: bool | None, max_len: str | None, host: str | None,
           port: int | None, served_model_name: str | None, vllm_python: str | None,
           dry_run: bool, ready_timeout: float, expect_digest: str | None, nnodes: int | None,
           gpus_per_node: int | None, master_addr: str | None, multinode_mode: str | None,
-          as_json: bool, vllm_args: tuple[str, ...]) -> None:
+          serving_engine: str | None, as_json: bool, vllm_args: tuple[str, ...]) -> None:
     """Launch vLLM on PATH with the known-good flags for the installed version.
 
     Refuses a --max-model-len the config does not allow (exit 3) before vLLM starts; waits
@@ -482,7 +556,21 @@ def serve(path: str, tp: int | None, ep: bool | None, max_len: str | None, host:
     from qwenprep import gate
     from qwenprep.checkpoint import resolve_model
 
+    use_sglang = _engine_name(serving_engine, vllm_python, as_json) == "sglang"
+
+    def make_sglang_plan() -> Any:
+        from qwenprep.engines.sglang_gate import serve_plan
+
+        return serve_plan(path, python=vllm_python, dry_run=dry_run, tp=tp, ep=ep,
+                          max_len=max_len, host=host, port=port,
+                          served_model_name=served_model_name, extra_args=vllm_args,
+                          expect_digest=expect_digest, nnodes=nnodes,
+                          gpus_per_node=gpus_per_node, master_addr=master_addr,
+                          multinode_mode=multinode_mode)
+
     def make_plan() -> Any:
+        if use_sglang:
+            return make_sglang_plan()
         ckpt = resolve_model(path)
         info = eng.discover(vllm_python) if dry_run else eng.require_engine(vllm_python)
         plan = eng.build_launch_plan(
@@ -516,19 +604,22 @@ def serve(path: str, tp: int | None, ep: bool | None, max_len: str | None, host:
 
 
 def _serve_foreground(plan: Any, ready_timeout: float, as_json: bool) -> NoReturn:
-    """Run vLLM as a child: its output on our stderr, SIGINT/SIGTERM forwarded, its exit code
-    passed through."""
+    """Run vLLM (or SGLang) as a child: its output on our stderr, SIGINT/SIGTERM forwarded,
+    its exit code passed through."""
     import shlex
     import signal
 
     from qwenprep import engine as eng
+    from qwenprep.engines import sglang
 
-    click.echo(f"starting vLLM {plan.engine.version}: {shlex.join(plan.argv)}", err=True)
+    who = "SGLang" if getattr(plan, "serving_engine", "vllm") == "sglang" else "vLLM"
+    click.echo(f"starting {who} {plan.engine.version}: {shlex.join(plan.argv)}", err=True)
     try:
         out: Any = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):
         out = None
-    handle = run(as_json, lambda: eng.start_server(plan, stdout=out, stderr=out))
+    start = sglang.start if who == "SGLang" else eng.start_server
+    handle: Any = run(as_json, lambda: start(plan, stdout=out, stderr=out))
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: handle.send_signal(signum))
     try:
@@ -545,7 +636,7 @@ def _serve_foreground(plan: Any, ready_timeout: float, as_json: bool) -> NoRetur
                     "max_model_len": entry["max_model_len"], "pid": handle.pid})
         sys.stdout.flush()
     rc = handle.wait()
-    click.echo(f"vLLM exited with code {rc}", err=True)
+    click.echo(f"{who} exited with code {rc}", err=True)
     sys.exit(rc)
 
 

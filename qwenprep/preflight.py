@@ -49,6 +49,7 @@ class CheckOptions:
     engine: bool = True  # run the engine readback (vLLM's config layer, a few seconds)
     disk_warn_bytes: int = DISK_WARN_BYTES
     block_size: int = CUDA_BLOCK_SIZE
+    serving_engine: str = "vllm"  # "sglang": the gate and KV checks of EngineHooks
 
 
 def check_options(*, tp: int | None = None, pp: int = 1, ep: bool | None = None,
@@ -366,9 +367,31 @@ def _gate_checks(path: Path, opts: CheckOptions, repo_id: str | None) -> list[Ch
 # --------------------------------------------------------------------------- the report
 
 
-def run_checks(path: Path, opts: CheckOptions, *, repo_id: str | None = None) -> Report:
+@dataclass(frozen=True)
+class EngineHooks:
+    """Another engine's gate and KV checks (qwenprep.engines.sglang_gate.check_hooks), handed
+    in by the caller so that this module imports no engine module of its own."""
+
+    name: str
+    gate: Callable[[Path, CheckOptions, int | None, str | None], list[Check]]
+    kv: Callable[[ModelShape, CheckOptions, Layout, Inventory, dict[str, Any]], list[Check]]
+
+
+def _context_for_gate(path: Path, opts: CheckOptions) -> int | None:
+    if opts.context != -1:
+        return opts.context
+    from qwenprep.contexts import native_context
+    from qwenprep.jsonio import load_json_file
+
+    config = load_json_file(path / "config.json", what="config.json")
+    return native_context(config) if isinstance(config, dict) else None
+
+
+def run_checks(path: Path, opts: CheckOptions, *, repo_id: str | None = None,
+               hooks: EngineHooks | None = None) -> Report:
     """Every pre-flight check on PATH (a checkpoint directory or an overlay; REPO_ID names the
-    Hub repo it came from, which the model profile may use as serve does)."""
+    Hub repo it came from, which the model profile may use as serve does). HOOKS: the gate
+    and KV checks of another serving engine (SGLang) instead of vLLM's."""
     path = Path(path)
     if not (path / "config.json").is_file():
         raise InputError(f"{path}: no config.json here; not a checkpoint directory.",
@@ -390,7 +413,11 @@ def run_checks(path: Path, opts: CheckOptions, *, repo_id: str | None = None) ->
     # the gate serve runs (qwenprep.gate): the plan serve would build from these options,
     # its argv parsed by the installed vLLM and read back through vLLM's config layer with
     # those arguments; judged offline (and said so) under --no-engine or without vLLM
-    composed.append(("engine.gate", lambda: _gate_checks(path, opts, repo_id)))
+    if hooks is not None:
+        composed.append(("engine.gate", lambda: hooks.gate(
+            path, opts, _context_for_gate(path, opts), repo_id)))
+    else:
+        composed.append(("engine.gate", lambda: _gate_checks(path, opts, repo_id)))
     for what, call in composed:
         try:
             checks += call()
@@ -404,6 +431,14 @@ def run_checks(path: Path, opts: CheckOptions, *, repo_id: str | None = None) ->
         checks.append(Check("parallel", "fail", e.message))
         return Report("check", checks, extra)
     layout = resolve_layout(path, opts, shape, inv, repo_id=repo_id)
+    if hooks is not None:
+        extra["serving_engine"] = hooks.name
+        extra["parallel"] = layout.to_dict()
+        checks += parallel_checks(shape, tp=layout.tp, ep=layout.ep, dp=layout.dp)
+        checks += hooks.kv(shape, opts, layout, inv, extra)
+        checks += gpu_checks(layout, extra["gpus"])
+        checks += disk_checks(path, opts.disk_warn_bytes)
+        return Report("check", checks, extra)
     rule = resolve_rule(opts.vllm_version, python=opts.python)
     extra["vllm_rule"] = rule.to_dict()
     extra["parallel"] = layout.to_dict()
@@ -413,3 +448,4 @@ def run_checks(path: Path, opts: CheckOptions, *, repo_id: str | None = None) ->
     checks += disk_checks(path, opts.disk_warn_bytes)
     checks += flag_checks(rule, opts.vllm_args)
     return Report("check", checks, extra)
+

@@ -1,4 +1,5 @@
-"""The JSON Schemas shipped with qwenprep (schemas/ in the repo, qwenprep/schemas in the wheel)."""
+"""The JSON Schemas shipped with qwenprep (schemas/ in the repo, qwenprep/schemas in the wheel),
+and the one rule for finding any data that ships with it (shipped_dir)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,29 @@ from typing import Any
 
 from qwenprep.errors import InputError
 
+# Data that ships inside the wheel under the package and lives at the repository root in a
+# source checkout (an editable install runs from the checkout): package name -> checkout name.
+# It mirrors pyproject.toml's [tool.hatch.build.targets.wheel.force-include]
+# (tests/test_habits.py holds the two equal). Every such file is found through shipped_dir.
+SHIPPED: dict[str, str] = {"schemas": "schemas", "_examples": "examples"}
+
+
+def shipped_dir(name: str) -> Path:
+    """The folder of shipped data NAME ("schemas", "_examples"): qwenprep/NAME in an installed
+    wheel, else the repository's own folder when qwenprep runs from a source checkout."""
+    here = Path(__file__).resolve().parent
+    installed = here / name
+    if installed.is_dir():
+        return installed
+    checkout = here.parent / SHIPPED[name]
+    if (here.parent / "pyproject.toml").is_file() and checkout.is_dir():
+        return checkout
+    raise InputError(f"qwenprep's {name} folder is missing (looked in {installed} and, for a "
+                     f"source checkout, {checkout}).", hint="reinstall qwenprep.")
+
 
 def schema_dir() -> Path:
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "schemas", here.parent / "schemas"):
-        if candidate.is_dir():
-            return candidate
-    raise InputError(f"qwenprep's schemas are missing (looked in {here / 'schemas'}).",
-                     hint="reinstall qwenprep.")
+    return shipped_dir("schemas")
 
 
 def schema_path(name: str) -> Path:

