@@ -36,10 +36,16 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from qwenprep.synth import qwen3_coder_480b_fp8_config, release_quantization_config  # noqa: E402
+from qwenprep.synth import (  # noqa: E402
+    qwen3_coder_480b_fp8_config,
+    qwen3_next_80b_config,
+    qwen3_next_tensors,
+    release_quantization_config,
+)
 
 BF16_DIR = "tiny-qwen3-coder"
 FP8_DIR = "tiny-qwen3-coder-fp8"
+NEXT_DIR = "tiny-qwen3-next"
 
 # ---------------------------------------------------------------- shape
 LAYERS = 2
@@ -91,6 +97,44 @@ def model_config(fp8: bool) -> dict[str, Any]:
     else:
         del cfg["quantization_config"]
     return cfg
+
+
+def next_config() -> dict[str, Any]:
+    """Qwen3-Next-80B-A3B's config.json, key for key and in its order, shrunk: 4 layers (three
+    Gated DeltaNet, one full attention), partial rotary 0.25, 4 experts + a shared expert.
+    The DeltaNet heads stay 128 wide: vLLM's CPU kernel (chunk_gated_delta_rule_cpu) refuses
+    other head sizes ("Unexpected head dim size, 32")."""
+    cfg = qwen3_next_80b_config()
+    cfg.update(
+        bos_token_id=PAD_ID, eos_token_id=EOS_ID, head_dim=HEAD_DIM, hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE, linear_conv_kernel_dim=4, linear_key_head_dim=128,
+        linear_num_key_heads=1, linear_num_value_heads=1, linear_value_head_dim=128,
+        moe_intermediate_size=16, num_attention_heads=HEADS, num_experts=EXPERTS,
+        num_experts_per_tok=EXPERTS_PER_TOK, num_hidden_layers=4, num_key_value_heads=KV_HEADS,
+        shared_expert_intermediate_size=16, vocab_size=VOCAB_SIZE,
+    )
+    return cfg
+
+
+def next_tensors() -> dict[str, tuple[str, tuple[int, ...], bytes]]:
+    """Every tensor qwenprep.synth.qwen3_next_tensors lists (the names vLLM 0.32 loads),
+    with deterministic values: norms 0 (Qwen3-Next's RMSNorm scales by 1 + weight), the
+    gated norm 1, A_log in float32, everything else uniform."""
+    tensors: dict[str, tuple[str, tuple[int, ...], bytes]] = {}
+    for spec in qwen3_next_tensors(next_config()):
+        name, shape = spec.name, tuple(spec.shape)
+        if name.endswith("linear_attn.norm.weight"):
+            w = np.ones(shape, np.float32)
+        elif name.endswith("norm.weight") or name.endswith("norm_embedding.weight") \
+                or name.endswith("norm_hidden.weight"):
+            w = np.zeros(shape, np.float32)
+        else:
+            w = random_weight(name, shape)
+        if spec.dtype == "F32":
+            tensors[name] = ("F32", shape, w.astype("<f4").tobytes())
+        else:
+            tensors[name] = ("BF16", shape, to_bf16_bits(w).astype("<u2").tobytes())
+    return tensors
 
 
 def generation_config() -> dict[str, Any]:
@@ -550,7 +594,10 @@ def build_files() -> dict[str, dict[str, bytes]]:
     fp8["model.safetensors.index.json"] = dump_json(
         {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     )
-    return {BF16_DIR: bf16, FP8_DIR: fp8}
+    nxt = dict(tok)
+    nxt["config.json"] = dump_json(next_config())
+    nxt["model.safetensors"] = safetensors_bytes(next_tensors())
+    return {BF16_DIR: bf16, FP8_DIR: fp8, NEXT_DIR: nxt}
 
 
 def write_all(out_dir: Path) -> list[Path]:

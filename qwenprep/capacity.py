@@ -40,6 +40,7 @@ from qwenprep.report import SCHEMA_VERSION
 from qwenprep.sizes import GiB, format_gib
 
 if TYPE_CHECKING:
+    from qwenprep.hybrid import HybridLayout, LinearAttention
     from qwenprep.timing import ParamCounts, PlanTiming
 
 KVDtype = Literal["auto", "fp8"]
@@ -175,6 +176,7 @@ class ModelShape:
     attention_layers: int | None = None  # full-attention layers of a hybrid; None: every layer
     quant_method: str | None = None  # quantization_config.quant_method ("fp8", ...)
     params: ParamCounts | None = None  # parameter counts from the headers (qwenprep.timing)
+    linear: LinearAttention | None = None  # Gated DeltaNet layers of a hybrid (qwenprep.hybrid)
 
     @property
     def full_attention_layers(self) -> int:
@@ -209,7 +211,10 @@ class ModelShape:
         heads = need("num_attention_heads")
         hidden = need("hidden_size")
         kv = need("num_key_value_heads", heads)
-        head_dim = need("head_dim")  # never derived: 96 x 128 != 6144 on the 480B (FACTS.md)
+        # never derived for Qwen3: 96 x 128 != 6144 on the 480B (FACTS.md); Qwen2 has no key
+        fam = view.family_name
+        derive = cfg.get("head_dim") is None and fam is not None and view.family.derive_head_dim
+        head_dim = hidden // heads if derive else need("head_dim")
         dtype_key = view.key_of("torch_dtype")
         dtype = cfg.get(dtype_key)
         if dtype is not None and not isinstance(dtype, str):
@@ -231,6 +236,9 @@ class ModelShape:
 
         layers = need("num_hidden_layers")
         attention_layers = _full_attention_layers(cfg, layers)
+        from qwenprep.hybrid import linear_attention_of
+
+        linear = linear_attention_of(cfg, layers, attention_layers)
 
         return cls(
             name=name,
@@ -254,6 +262,7 @@ class ModelShape:
             attention_layers=attention_layers,
             quant_method=str(qc.get("quant_method")) if qc and qc.get("quant_method") else None,
             params=params,
+            linear=linear,
         )
 
 
@@ -420,7 +429,9 @@ def kv_heads_per_gpu(shape: ModelShape, tp: int) -> int:
 
 
 def layers_per_gpu(shape: ModelShape, pp: int) -> int:
-    return math.ceil(shape.num_layers / pp)
+    """Layers with per-token KV on one GPU: the full-attention ones (every layer but a
+    hybrid's linear-attention layers, which hold a fixed state instead: qwenprep.hybrid)."""
+    return math.ceil(shape.full_attention_layers / pp)
 
 
 def bytes_per_token_per_gpu(shape: ModelShape, *, tp: int = 1, pp: int = 1,
@@ -441,6 +452,7 @@ class KVCapacity:
     needed_bytes: int  # KV for one request at the context
     fits: bool
     largest_context: int  # longest single request the cache holds (0: none)
+    hybrid: HybridLayout | None = None  # the state layers' layout (vLLM 0.32 rule)
 
 
 def kv_capacity(available_bytes: int, bytes_per_token: int, context: int, rule: VllmRule, *,
@@ -568,6 +580,8 @@ class Plan:
             "vllm_rule": self.rule.to_dict(),
             "advice": list(self.advice),
         }
+        if self.kv.hybrid is not None:
+            d["hybrid"] = self._hybrid_dict()
         if not self.exact:
             d["estimate"] = {
                 "gpu_memory_bytes": r.gpu_memory,
@@ -579,6 +593,32 @@ class Plan:
         if self.timing is not None:
             d.update(self.timing.to_dict())
         return d
+
+    def _hybrid_dict(self) -> dict[str, Any]:
+        assert self.kv.hybrid is not None
+        out = self.kv.hybrid.to_dict()
+        major_minor = ".".join(self.rule.version.split(".")[:2])
+        out["verified_for_this_version"] = major_minor in out["vllm_verified"]
+        if not out["verified_for_this_version"]:
+            out["note"] = (f"hybrid KV arithmetic read in vLLM 0.32 only; vLLM {self.rule.version}"
+                           ": not verified")
+        return out
+
+    def _hybrid_lines(self) -> list[str]:
+        h = self._hybrid_dict()
+        groups = ", ".join(f"{g['layers']} {g['kind']}" for g in h["groups"])
+        return [
+            f"hybrid: {h['attention_layers']} full-attention layers hold per-token KV "
+            f"({h['kv_bytes_per_token_per_layer']:,} bytes per token per layer); "
+            f"{h['linear_attention_layers']} linear-attention layers hold "
+            f"{h['state_bytes_per_layer_per_request']:,} bytes of state each per request "
+            f"({h['state_bytes_per_request']:,} per request, padded to "
+            f"{h['page_bytes']:,}-byte pages)",
+            f"hybrid: block size {h['block_size']} tokens (raised from "
+            f"{h['requested_block_size']} so an attention page holds a state page); groups: "
+            f"{groups}; " + ("vLLM 0.32 arithmetic" if h["verified_for_this_version"]
+                             else h["note"]),
+        ]
 
     def summary(self) -> str:
         k = self.kv
@@ -601,6 +641,8 @@ class Plan:
                 f"KV cache memory per GPU: {format_gib(k.available_bytes)} ESTIMATE = "
                 f"{format_gib(r.gpu_memory or 0)} x {self.utilization} - weights "
                 f"{format_gib(self.weights_per_gpu)} - overhead: {self.overhead_text}")
+        if k.hybrid is not None:
+            lines += self._hybrid_lines()
         lines += [
             f"KV cache size: {k.kv_cache_tokens:,} tokens, Maximum concurrency for "
             f"{k.context:,} tokens per request: {k.max_concurrency:.2f}x",
@@ -644,8 +686,30 @@ def _compute(shape: ModelShape, req: PlanRequest, rule: VllmRule) -> Plan:
         raise UsageError("no memory budget: pass --kv-memory SIZE, or --gpus N --gpu-memory SIZE "
                          "(no GPU was found to read it from).",
                          hint="qwenprep plan MODEL --context 1m --tp 8 --gpus 8 --gpu-memory 141GB")
-    kv = kv_capacity(avail, bpt, req.context, rule, block_size=req.block_size)
+    if shape.linear is not None:
+        kv = _hybrid_kv(shape, req, avail, rule)
+    else:
+        kv = kv_capacity(avail, bpt, req.context, rule, block_size=req.block_size)
     return Plan(shape, req, rule, dp, exact, w, over, over_text, util, kv, bpt)
+
+
+def _hybrid_kv(shape: ModelShape, req: PlanRequest, avail: int, rule: VllmRule) -> KVCapacity:
+    """KV capacity of a hybrid model by vLLM 0.32's arithmetic (qwenprep.hybrid)."""
+    from qwenprep.hybrid import hybrid_capacity, hybrid_layout
+
+    assert shape.linear is not None
+    if req.context <= 0:
+        raise UsageError(f"context {req.context} must be positive.")
+    layout = hybrid_layout(
+        attention_layers=layers_per_gpu(shape, req.pp), linear=shape.linear,
+        linear_layers=math.ceil(shape.linear.layers / req.pp),
+        kv_heads_per_gpu=kv_heads_per_gpu(shape, req.tp), head_dim=shape.head_dim,
+        kv_bytes=kv_dtype_bytes(shape, req.kv_cache_dtype), state_dtype_bytes=shape.dtype_bytes,
+        tp=req.tp, block_size=req.block_size)
+    cap = hybrid_capacity(layout, avail, req.context)
+    return KVCapacity(req.context, layout.block_size, layout.bytes_per_block, max(0, avail),
+                      cap.num_blocks, cap.kv_cache_tokens, cap.max_concurrency,
+                      cap.needed_bytes, cap.fits, cap.largest_context, layout)
 
 
 def plan_capacity(shape: ModelShape, req: PlanRequest, rule: VllmRule) -> Plan:

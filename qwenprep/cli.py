@@ -111,8 +111,16 @@ def cli() -> None:
               "overrides the folder).")
 @click.option("--force", is_flag=True,
               help="Replace an existing qwenprep overlay; allow YaRN factors above 4.")
+@click.option("--yarn-on-dca", is_flag=True,
+              help="On a Dual Chunk Attention release (Qwen2.5-1M, Qwen3-2507 with "
+              "config_1m.json): write YaRN over the native length instead. Not what the release "
+              "was tuned for; DCA itself fails to load on vLLM >= 0.11.")
+@click.option("--vllm-version", metavar="X.Y", default=None,
+              help="The vLLM the overlay is for (default: the installed one). Below 0.11 a DCA "
+              "release's 1M overlay is its own DCA config (config_1m.json).")
 @json_option
-def patch(model: str, context: str, out: Path | None, force: bool, as_json: bool) -> None:
+def patch(model: str, context: str, out: Path | None, force: bool, yarn_on_dca: bool,
+          vllm_version: str | None, as_json: bool) -> None:
     """Patch MODEL's config.json for a longer context into an overlay directory.
 
     The source checkpoint is never modified; every other file is linked, not copied. An
@@ -126,10 +134,16 @@ def patch(model: str, context: str, out: Path | None, force: bool, as_json: bool
     """
     from qwenprep.checkpoint import resolve_model
     from qwenprep.contexts import parse_context
+    from qwenprep.dca_patch import request_for
     from qwenprep.overlay import create_overlay
 
-    res = run(as_json, lambda: create_overlay(resolve_model(model), out, parse_context(context),
-                                              force=force))
+    def go() -> Any:
+        ckpt = resolve_model(model)
+        req = request_for(ckpt.path, parse_context(context), yarn_on_dca=yarn_on_dca,
+                          vllm_version=vllm_version)
+        return create_overlay(ckpt, out, req, force=force)
+
+    res = run(as_json, go)
     m = res.manifest
     if as_json:
         _emit_json({"schema_version": SCHEMA_VERSION, "ok": True, "status": res.status,
@@ -143,6 +157,9 @@ def patch(model: str, context: str, out: Path | None, force: bool, as_json: bool
         click.echo(line, err=True)
     for note in res.notes:
         click.echo(f"warning: {note}", err=True)
+    if yarn_on_dca and m["factor"] != 1.0:
+        click.echo("warning: --yarn-on-dca: YaRN over a Dual Chunk Attention release is not what "
+                   "the release was tuned for; check long-context quality.", err=True)
     click.echo(f"{res.status} overlay {res.path}: {m['target_context']} tokens "
                f"(YaRN factor {m['factor']:.8g} over {m['native_context']}), "
                f"{len(m['files'])} files linked from {m['source']['path']}", err=True)

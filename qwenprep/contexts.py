@@ -31,6 +31,11 @@ class ContextRequest:
 
     text: str
     tokens: int | None  # None means "native"
+    # DCA releases (qwenprep.families.dca), set by `qwenprep patch`:
+    yarn_on_dca: bool = False  # --yarn-on-dca: YaRN over the DCA release's native length
+    vllm: str | None = None  # the vLLM version the overlay is for ("0.10"; None: current)
+    dca_engine: bool = False  # that vLLM still runs DCA (< 0.11, V0 engine)
+    release_1m: dict[str, Any] | None = None  # the release's config_1m.json (2507), if any
 
 
 def parse_context(text: str) -> ContextRequest:
@@ -106,7 +111,9 @@ def native_context(config: dict[str, Any]) -> int:
     style, block = view.rope_block
     kind = rope_type(block)
     if kind == "default":
-        return int(mpe)
+        from qwenprep.families.dca import dca_native
+
+        return dca_native(config) or int(mpe)
     hint = ("restore the release's config.json (qwenprep revert PATH) or fix the field; "
             "qwenprep validate PATH lists every problem.")
     if kind != "yarn" or block is None:
@@ -181,6 +188,9 @@ def patch_config(
     has (rope_theta, mrope_section, partial_rotary_factor, ...)."""
     view = ModelView(config)
     native = native_context(config)
+    dca = _dca_patch(config, req, native)
+    if dca is not None:
+        return dca
     target, factor = target_and_factor(native, req, force=force, max_factor=max_factor_of(config))
     style, block = view.rope_block
     text = view.text
@@ -188,6 +198,7 @@ def patch_config(
             text.get("max_position_embeddings") == native:
         return PatchResult(copy.deepcopy(config), native, target, 1.0, style)  # already native
     new = copy.deepcopy(text)
+    new.pop("dual_chunk_attention_config", None)  # only --yarn-on-dca gets here with one
     new["max_position_embeddings"] = target
     if style == "rope_parameters":
         params = {k: v for k, v in (block or {}).items() if k not in _YARN_KEYS}
@@ -220,3 +231,47 @@ _YARN_KEYS = {
     "type", "rope_type", "factor", "original_max_position_embeddings",
     "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor",
 }
+
+
+def _dca_patch(config: dict[str, Any], req: ContextRequest, native: int) -> PatchResult | None:
+    """What a DCA release (qwenprep.families.dca) becomes; None: patch it as any other config.
+
+    native: the config without the DCA block, max_position_embeddings = native. Longer, for a
+    vLLM that runs DCA (< 0.11): the release's own DCA config (config_1m.json where it has one),
+    unchanged. Longer, for a current vLLM: refused (it fails at load), unless --yarn-on-dca asks
+    for YaRN over the native length instead (then None: the YaRN patch, DCA block dropped)."""
+    from qwenprep.families.dca import WHY, dca_block, without_dca
+
+    view = ModelView(config)
+    has_dca = dca_block(config) is not None
+    if not has_dca and req.release_1m is None:
+        return None
+    style = view.rope_style
+    if req.tokens is None or req.tokens == native:
+        if not has_dca:
+            return None  # a 2507 release's config.json is already the native one
+        new = without_dca(config)
+        text = ModelView(new).text
+        text["max_position_embeddings"] = native
+        return PatchResult(new, native, native, 1.0, style)
+    if req.yarn_on_dca:
+        return None
+    what = ("its config.json carries dual_chunk_attention_config" if has_dca else
+            "its long context is config_1m.json (dual_chunk_attention_config + sparse attention)")
+    if req.dca_engine:
+        dca_cfg = config if has_dca else req.release_1m
+        assert dca_cfg is not None
+        try:
+            target = int(ModelView(dca_cfg).max_position_embeddings)
+        except (TypeError, ValueError):
+            raise InputError(f"{'config.json' if has_dca else 'config_1m.json'}: "
+                             "max_position_embeddings is not an integer.") from None
+        return PatchResult(copy.deepcopy(dca_cfg), native, target, 1.0,
+                           ModelView(dca_cfg).rope_style)
+    raise InputError(
+        f"this is a Dual Chunk Attention release: {what}. It reaches 1M only by DCA, and "
+        f"{WHY}. qwenprep will not write an overlay that fails at load or runs unscaled past "
+        f"{native}.",
+        hint=f"--context native gives the {native}-token config without the DCA block; "
+        "--vllm-version 0.10 writes the DCA overlay for a vLLM < 0.11 (V0 engine); "
+        "--yarn-on-dca writes YaRN x4 instead (not what the release was tuned for).")

@@ -274,7 +274,9 @@ def _manifest(path: Path) -> dict[str, Any] | None:
 def max_len_allowed(config: dict[str, Any], caps: Capabilities) -> int:
     """The longest --max-model-len this vLLM version accepts for CONFIG without
     VLLM_ALLOW_LONG_MAX_MODEL_LEN (FACTS.md, "The config that works everywhere")."""
-    mpe = config.get("max_position_embeddings")
+    from qwenprep.model import ModelView
+
+    mpe = ModelView(config).max_position_embeddings  # text_config's, for nested configs
     if not isinstance(mpe, int) or isinstance(mpe, bool) or mpe <= 0:
         raise InputError(
             f"config.json: max_position_embeddings is {mpe!r}; expected a positive integer.",
@@ -404,6 +406,11 @@ class Profile:
     ep: bool
     tool_parser: str | None
     served_model_name: str
+    reasoning_parser: str | None = None
+    flags: tuple[str, ...] = ()  # the family's launch flags (qwenprep.families)
+    env: tuple[tuple[str, str], ...] = ()
+    before_vllm: Version | None = None  # serve refuses this vLLM and newer
+    unsupported_why: str = ""
 
 
 def _name_candidates(path: Path, manifest: dict[str, Any] | None, repo_id: str | None) -> list[str]:
@@ -430,7 +437,8 @@ def model_profile(path: Path, config: dict[str, Any], manifest: dict[str, Any] |
     if family is None:
         return Profile("default", 1, False, None, names[0])
     p = family.profile_for(view, names)
-    return Profile(p.name, p.tp, p.ep, p.tool_parser, p.served_model_name or names[0])
+    return Profile(p.name, p.tp, p.ep, p.tool_parser, p.served_model_name or names[0],
+                   p.reasoning_parser, p.flags, p.env, p.before_vllm, p.unsupported_why)
 
 
 @dataclass(frozen=True)
@@ -656,6 +664,15 @@ def build_launch_plan(
                      "itself")
 
     profile = model_profile(path, config, manifest, repo_id)
+    if profile.before_vllm is not None and vtuple >= profile.before_vllm:
+        raise InputError(
+            f"{path}: the {profile.name} profile runs only on vLLM < "
+            f"{'.'.join(map(str, profile.before_vllm))}; vLLM {version} "
+            f"({'installed' if engine else 'assumed'}) would fail at load: "
+            f"{profile.unsupported_why}.",
+            hint=f"qwenprep patch {_patch_source(path, manifest)} --context native --out DIR "
+            "(no DCA), or --context 1m --yarn-on-dca; or serve with a vLLM < 0.11.",
+            path=str(path / CONFIG))
     allowed = max_len_allowed(config, caps)
     if max_model_len is None:
         max_model_len = int(manifest["target_context"]) if manifest else allowed
@@ -692,6 +709,9 @@ def build_launch_plan(
         core += ["--enable-auto-tool-choice", "--tool-call-parser", profile.tool_parser]
     elif profile.tool_parser:
         notes.append(f"vLLM {version} has no qwen3_coder tool parser (0.10.0+); tool calls are off")
+    if profile.reasoning_parser:
+        core += ["--reasoning-parser", profile.reasoning_parser]
+    core += list(profile.flags)
     # --flag=VALUE for the strings a user chooses: a name like "--x" stays a value
     core += [f"--served-model-name={name}", "--max-model-len", str(max_model_len)]
     net: list[str] = []
@@ -716,7 +736,7 @@ def build_launch_plan(
     if gpus_here is not None and gpus_here.count and nnodes is None and gpus_per_node is None:
         _node_gpu_note(path, gpus_here, tp_n, _pp_size(extra_args), notes)
     plan = LaunchPlan(
-        argv=argv, env={}, unset_env=tuple(unset), model_path=str(path),
+        argv=argv, env=dict(profile.env), unset_env=tuple(unset), model_path=str(path),
         max_model_len=max_model_len, max_len_allowed=allowed, served_model_name=name,
         host=host, port=port if port is not None else DEFAULT_PORT, profile=profile.name,
         engine=engine, digest=digest, multinode_mode=mode, nodes=nodes, notes=tuple(notes),

@@ -43,6 +43,7 @@ from qwenprep.hashing import (
 )
 from qwenprep.hub import local_dir_etag, snapshot_blobs, snapshot_repo
 from qwenprep.jsonio import loads_located
+from qwenprep.layouts import _is_moe_layer, module_in
 from qwenprep.model import ModelView
 from qwenprep.report import Check, Report
 from qwenprep.safetensors_io import (
@@ -53,7 +54,6 @@ from qwenprep.safetensors_io import (
     read_header,
 )
 from qwenprep.sizes import format_bytes
-from qwenprep.synth import _is_moe_layer, module_in
 
 SHARD_RE = re.compile(r"^(?P<stem>.+)-(?P<k>\d{5})-of-(?P<n>\d{5})\.safetensors$")
 LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.")

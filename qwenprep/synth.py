@@ -13,16 +13,24 @@ to compare a checkpoint's tensor names with its config.
 from __future__ import annotations
 
 import json
-import math
 import random
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from qwenprep.errors import ConflictError
 from qwenprep.jsonio import dump_config
+from qwenprep.layouts import (  # noqa: F401  (re-exported: synth's public names)
+    _DTYPE_SIZE,
+    TensorSpec,
+    _is_moe_layer,
+    layer_types_of,
+    module_in,
+    qwen2_tensors,
+    qwen3_moe_tensors,
+    qwen3_next_tensors,
+)
 
 INDEX_NAME = "model.safetensors.index.json"
 _CHUNK = 8 * 1024 * 1024
@@ -110,107 +118,19 @@ def tiny_fp8_config(*, layers: int = 2, experts: int = 4) -> dict[str, Any]:
     return cfg
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
+def shaped_tensors(config: dict[str, Any], *, fp8: bool) -> Iterator[TensorSpec]:
+    """The tensors of CONFIG's family (qwenprep.families): Qwen3(-MoE) by qwen3_moe_tensors
+    (FP8 or not), any other family by its own ``tensors``."""
+    if config.get("model_type") in ("qwen3", "qwen3_moe"):
+        return qwen3_moe_tensors(config, fp8=fp8)
+    from qwenprep.families import family_of
+    from qwenprep.model import ModelView
 
-    @property
-    def nbytes(self) -> int:
-        return math.prod(self.shape) * _DTYPE_SIZE[self.dtype]
-
-
-_DTYPE_SIZE = {"F8_E4M3": 1, "BF16": 2, "F16": 2, "F32": 4}
-
-
-def module_in(module: str, modules: frozenset[str] | set[str]) -> bool:
-    """Is module one of `modules`, or inside one of them (dot boundaries, as vLLM matches)?"""
-    if module in modules:
-        return True
-    i = module.rfind(".")
-    while i > 0:
-        if module[:i] in modules:
-            return True
-        i = module.rfind(".", 0, i)
-    return False
-
-
-def _is_moe_layer(config: dict[str, Any], i: int) -> bool:
-    """Whether layer I has routed experts (as transformers' Qwen3MoeDecoderLayer decides).
-    ValueError naming the field when num_experts, mlp_only_layers or decoder_sparse_step is not
-    what that rule can use."""
-    experts = config.get("num_experts") or 0
-    if not isinstance(experts, int) or isinstance(experts, bool):
-        raise ValueError(f"num_experts is {experts!r}; expected an integer")
-    if experts <= 0:
-        return False
-    mlp_only = config.get("mlp_only_layers") or []
-    if not isinstance(mlp_only, list):
-        raise ValueError(f"mlp_only_layers is {mlp_only!r}; expected a list of layer indices")
-    if i in mlp_only:
-        return False
-    step = config.get("decoder_sparse_step") or 1
-    if not isinstance(step, int) or isinstance(step, bool) or step < 1:
-        raise ValueError(f"decoder_sparse_step is {step!r}; expected a positive integer")
-    return (i + 1) % step == 0
-
-
-def qwen3_moe_tensors(config: dict[str, Any], *, fp8: bool | None = None) -> Iterator[TensorSpec]:
-    """Every tensor of a Qwen3(-MoE) checkpoint for this config, in model order.
-
-    With fp8 (default: whether the config has an fp8 quantization_config), linear weights not
-    in modules_to_not_convert are F8_E4M3 with an F32 `weight_scale_inv` of shape
-    [ceil(out/block_n), ceil(in/block_k)]; everything else is BF16.
-    """
-    q = config.get("quantization_config") or {}
-    if fp8 is None:
-        fp8 = q.get("quant_method") == "fp8"
-    block_n, block_k = (q.get("weight_block_size") or [128, 128]) if fp8 else (128, 128)
-    not_convert = frozenset(q.get("modules_to_not_convert") or []) if fp8 else frozenset()
-    hidden = int(config["hidden_size"])
-    head_dim = int(config.get("head_dim") or hidden // int(config["num_attention_heads"]))
-    nq = int(config["num_attention_heads"]) * head_dim
-    nkv = int(config["num_key_value_heads"]) * head_dim
-    vocab = int(config["vocab_size"])
-    experts = int(config.get("num_experts", 0) or 0)
-    moe_inter = int(config.get("moe_intermediate_size", 0) or 0)
-    dense_inter = int(config.get("intermediate_size", 0) or 0)
-
-    def linear(module: str, out: int, inp: int) -> Iterator[TensorSpec]:
-        if fp8 and not module_in(module, not_convert):
-            yield TensorSpec(f"{module}.weight", "F8_E4M3", (out, inp))
-            yield TensorSpec(
-                f"{module}.weight_scale_inv", "F32", (-(-out // block_n), -(-inp // block_k))
-            )
-        else:
-            yield TensorSpec(f"{module}.weight", "BF16", (out, inp))
-
-    yield TensorSpec("model.embed_tokens.weight", "BF16", (vocab, hidden))
-    for i in range(int(config["num_hidden_layers"])):
-        p = f"model.layers.{i}"
-        yield TensorSpec(f"{p}.input_layernorm.weight", "BF16", (hidden,))
-        yield from linear(f"{p}.self_attn.q_proj", nq, hidden)
-        yield from linear(f"{p}.self_attn.k_proj", nkv, hidden)
-        yield from linear(f"{p}.self_attn.v_proj", nkv, hidden)
-        yield from linear(f"{p}.self_attn.o_proj", hidden, nq)
-        yield TensorSpec(f"{p}.self_attn.q_norm.weight", "BF16", (head_dim,))
-        yield TensorSpec(f"{p}.self_attn.k_norm.weight", "BF16", (head_dim,))
-        yield TensorSpec(f"{p}.post_attention_layernorm.weight", "BF16", (hidden,))
-        if _is_moe_layer(config, i):
-            yield TensorSpec(f"{p}.mlp.gate.weight", "BF16", (experts, hidden))
-            for e in range(experts):
-                ep = f"{p}.mlp.experts.{e}"
-                yield from linear(f"{ep}.gate_proj", moe_inter, hidden)
-                yield from linear(f"{ep}.up_proj", moe_inter, hidden)
-                yield from linear(f"{ep}.down_proj", hidden, moe_inter)
-        else:
-            yield from linear(f"{p}.mlp.gate_proj", dense_inter, hidden)
-            yield from linear(f"{p}.mlp.up_proj", dense_inter, hidden)
-            yield from linear(f"{p}.mlp.down_proj", hidden, dense_inter)
-    yield TensorSpec("model.norm.weight", "BF16", (hidden,))
-    if not config.get("tie_word_embeddings", False):
-        yield from linear("lm_head", vocab, hidden)
+    view = ModelView(config)
+    fam = family_of(view)
+    if fam.tensors is None:
+        raise ValueError(f"family {fam.name} does not derive its tensors")
+    return iter(fam.tensors(view))
 
 
 def _split(specs: list[TensorSpec], shards: int) -> list[list[TensorSpec]]:
@@ -283,7 +203,7 @@ def make_shaped_checkpoint(
         raise ConflictError(f"{dest}: exists and is not an empty directory.", path=str(dest))
     dest.mkdir(parents=True, exist_ok=True)
 
-    specs = list(qwen3_moe_tensors(cfg, fp8=fp8))
+    specs = list(shaped_tensors(cfg, fp8=fp8))
     groups = _split(specs, shards)
     rng = random.Random(seed)
     weight_map: dict[str, str] = {}
@@ -333,3 +253,91 @@ def make_shaped_checkpoint(
            "added_tokens": []}
     (dest / "tokenizer.json").write_text(json.dumps(tok) + "\n")
     return dest
+
+
+# ---------------------------------------------------------------- Qwen3-Next (hybrid)
+
+
+def qwen3_next_80b_config() -> dict[str, Any]:
+    """Qwen/Qwen3-Next-80B-A3B-Instruct's config.json as its model card and the public copies
+    give it (reconstructed: key order and version strings are not confirmed). Qwen3-Coder-Next
+    has the same architecture."""
+    return {
+        "architectures": ["Qwen3NextForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": 151643,
+        "decoder_sparse_step": 1,
+        "eos_token_id": 151645,
+        "full_attention_interval": 4,
+        "head_dim": 256,
+        "hidden_act": "silu",
+        "hidden_size": 2048,
+        "initializer_range": 0.02,
+        "intermediate_size": 5120,
+        "linear_conv_kernel_dim": 4,
+        "linear_key_head_dim": 128,
+        "linear_num_key_heads": 16,
+        "linear_num_value_heads": 32,
+        "linear_value_head_dim": 128,
+        "max_position_embeddings": 262144,
+        "mlp_only_layers": [],
+        "model_type": "qwen3_next",
+        "moe_intermediate_size": 512,
+        "norm_topk_prob": True,
+        "num_attention_heads": 16,
+        "num_experts": 512,
+        "num_experts_per_tok": 10,
+        "num_hidden_layers": 48,
+        "num_key_value_heads": 2,
+        "output_router_logits": False,
+        "partial_rotary_factor": 0.25,
+        "rms_norm_eps": 1e-06,
+        "rope_scaling": None,
+        "rope_theta": 10000000,
+        "router_aux_loss_coef": 0.001,
+        "shared_expert_intermediate_size": 512,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.57.0.dev0",
+        "use_cache": True,
+        "use_sliding_window": False,
+        "vocab_size": 151936,
+    }
+
+
+def qwen25_7b_instruct_1m_config() -> dict[str, Any]:
+    """Qwen/Qwen2.5-7B-Instruct-1M's config.json as the public copies give it (reconstructed:
+    key order and the exact DCA block are not confirmed)."""
+    return {
+        "architectures": ["Qwen2ForCausalLM"],
+        "attention_dropout": 0.0,
+        "bos_token_id": 151643,
+        "dual_chunk_attention_config": {
+            "chunk_size": 262144,
+            "local_size": 8192,
+            "original_max_position_embeddings": 262144,
+        },
+        "eos_token_id": 151645,
+        "hidden_act": "silu",
+        "hidden_size": 3584,
+        "initializer_range": 0.02,
+        "intermediate_size": 18944,
+        "max_position_embeddings": 1010000,
+        "max_window_layers": 28,
+        "model_type": "qwen2",
+        "num_attention_heads": 28,
+        "num_hidden_layers": 28,
+        "num_key_value_heads": 4,
+        "rms_norm_eps": 1e-05,
+        "rope_theta": 10000000.0,
+        "sliding_window": 32768,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.43.1",
+        "use_cache": True,
+        "use_sliding_window": False,
+        "vocab_size": 152064,
+    }
+
+

@@ -12,6 +12,8 @@ from typing import Any, TypeGuard
 from qwenprep.checkpoint import CONFIG
 from qwenprep.contexts import NATIVE_QWEN3_CODER, rope_type
 from qwenprep.errors import InputError
+from qwenprep.families.dca import WHY as DCA_WHY
+from qwenprep.families.dca import dca_block, dca_native
 from qwenprep.jsonio import loads_located, read_regular_bytes
 from qwenprep.model import ModelView
 from qwenprep.report import Check
@@ -133,6 +135,8 @@ def invariant_checks(config: dict[str, Any], *, native: int | None = None,
                     f"and transformers <= 4.55 recomputes the factor. Hint: {PATCH_HINT}",
                     mpe_at))
         # (schema reports a missing factor/original)
+    elif dca_block(config) is not None:
+        pass  # dca_checks says what vLLM does with it
     else:
         limit = native if native is not None else NATIVE_QWEN3_CODER
         if mpe > limit:
@@ -165,15 +169,25 @@ def invariant_checks(config: dict[str, Any], *, native: int | None = None,
             + ("inside rope_parameters" if style == "rope_parameters" else "at the top level"),
             where))
 
+    from qwenprep.families import lookup
+
+    family = lookup(view.model_type) or lookup(view.text_model_type)
     if "head_dim" in view.text:
         checks.append(Check("invariant.head_dim", "pass",
                             f"head_dim {view.text['head_dim']} given"))
+    elif family is not None and family.derive_head_dim:
+        checks.append(Check("invariant.head_dim", "pass",
+                            f"head_dim absent: {family.title} derives it as hidden_size / "
+                            "num_attention_heads, as transformers and vLLM do"))
     else:
         checks.append(Check("invariant.head_dim", "fail",
                             "head_dim is missing; for Qwen3-Coder it is not hidden_size / heads "
                             "(96 x 128 != 6144), so engines would derive a wrong one",
                             view.pointer("head_dim")))
 
+    if family is not None and family.invariants is not None:
+        checks.extend(family.invariants(view))
+    checks.extend(dca_checks(view))
     qc = view.quantization
     if qc is not None:
         checks.extend(_quantization_checks(view, qc))
@@ -187,6 +201,25 @@ def invariant_checks(config: dict[str, Any], *, native: int | None = None,
                                 f"target_context {manifest.get('target_context')}",
                                 mpe_at))
     return checks
+
+
+def dca_checks(view: ModelView) -> list[Check]:
+    """A dual_chunk_attention_config (Qwen2.5-1M) runs only on vLLM < 0.11 (V0 engine): on the
+    installed generation of vLLM it fails at load, and deleting the key alone leaves the length
+    above native with unscaled RoPE (qwenprep.families.dca)."""
+    block = dca_block(view.raw)
+    if block is None:
+        return []
+    native = dca_native(view.raw)
+    mpe = view.max_position_embeddings
+    return [Check(
+        "invariant.dca", "fail",
+        f"config.json carries dual_chunk_attention_config (max_position_embeddings {mpe}, DCA "
+        f"over native {native}); {DCA_WHY}. It serves only on vLLM < 0.11 with VLLM_USE_V1=0 "
+        "and VLLM_ATTENTION_BACKEND=DUAL_CHUNK_FLASH_ATTN. Hint: qwenprep patch MODEL --context "
+        f"native --out DIR (DCA block dropped, max_position_embeddings {native}), or --context 1m "
+        "--yarn-on-dca (YaRN, not what the release was tuned for)",
+        view.pointer("dual_chunk_attention_config"))]
 
 
 def _quantization_checks(view: ModelView, qc: dict[str, Any]) -> list[Check]:
@@ -229,7 +262,12 @@ def validate_config_text(text: str, where: str, *, manifest: dict[str, Any] | No
         loc = f"{where}:{line}" if line else where
         checks.append(Check("schema", "fail", f"{loc}: {p}", p.pointer))
     if not problems:
-        checks.append(Check("schema", "pass", f"{where} matches the Qwen3 config schema"))
+        from qwenprep.families import lookup
+
+        view = ModelView(config)
+        fam = lookup(view.model_type) or lookup(view.text_model_type)
+        checks.append(Check("schema", "pass", f"{where} matches the "
+                            f"{fam.title if fam else 'Qwen3'} config schema"))
     native = manifest.get("native_context") if manifest else None
     for c in invariant_checks(config, native=native, manifest=manifest):
         if c.status == "fail" and c.path:

@@ -179,8 +179,13 @@ def test_480b_decode_floor_by_hand(shape480: ModelShape) -> None:
 # ------------------------------------------------------------------ hybrid layout
 
 
+# what a hybrid config must also say (qwenprep.hybrid sizes each linear-attention layer's state)
+LINEAR = {"linear_num_key_heads": 4, "linear_num_value_heads": 8, "linear_key_head_dim": 32,
+          "linear_value_head_dim": 32, "linear_conv_kernel_dim": 4}
+
+
 def test_hybrid_attention_counts_full_attention_layers_only() -> None:
-    hybrid = {**DENSE, "num_hidden_layers": 8,
+    hybrid = {**DENSE, **LINEAR, "num_hidden_layers": 8,
               "layer_types": ["linear_attention"] * 3 + ["full_attention"]
               + ["linear_attention"] * 3 + ["full_attention"]}
     shape = ModelShape.from_config(hybrid)
@@ -193,7 +198,7 @@ def test_hybrid_attention_counts_full_attention_layers_only() -> None:
                      Layout(tp=1), H100)
     assert dense8.attention_flops == 4 * est.attention_flops
     assert est.linear_flops == dense8.linear_flops  # the projections are linear in N either way
-    interval = ModelShape.from_config({**DENSE, "num_hidden_layers": 48,
+    interval = ModelShape.from_config({**DENSE, **LINEAR, "num_hidden_layers": 48,
                                        "full_attention_interval": 4})
     assert interval.full_attention_layers == 12
 

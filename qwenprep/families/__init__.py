@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from qwenprep.errors import InputError
-from qwenprep.families import qwen3, qwen3_moe
+from qwenprep.families import qwen2, qwen3, qwen3_moe, qwen3_next
 from qwenprep.families.base import Family, ServeProfile
 
 if TYPE_CHECKING:
@@ -17,6 +17,8 @@ __all__ = ["Family", "ServeProfile", "REGISTRY", "family_of", "known_model_types
 REGISTRY: list[Family] = [
     qwen3_moe.FAMILY,
     qwen3.FAMILY,
+    qwen3_next.FAMILY,
+    qwen2.FAMILY,
 ]
 
 

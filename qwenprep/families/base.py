@@ -26,6 +26,13 @@ class ServeProfile:
     tool_parser: str | None = None
     reasoning_parser: str | None = None
     served_model_name: str | None = None  # None: the first of the model's names
+    # launch settings the family's releases need: vLLM flags and environment variables
+    flags: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    # the newest vLLM (exclusive) that can run the profile at all; serve refuses newer ones
+    # with UNSUPPORTED_WHY (DCA ran only on the V0 engine, removed in 0.11.0)
+    before_vllm: tuple[int, int, int] | None = None
+    unsupported_why: str = ""
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,12 @@ class Family:
     # the tensors a checkpoint of this config must hold (name, shape, dtype); None: not derived
     tensors: Callable[[ModelView], list[Any]] | None = None
     profiles: tuple[ServeProfile, ...] = field(default_factory=tuple)
+    hybrid: bool = False  # linear-attention (Gated DeltaNet) layers beside full attention
+    derive_head_dim: bool = False  # head_dim may be absent: hidden_size / heads (Qwen2)
+    # extra invariants of the family's configs (qwenprep.report.Check list)
+    invariants: Callable[[ModelView], list[Any]] | None = None
+    # how the releases reach their long context, for people: "YaRN x4", "DCA", ...
+    method: str = "YaRN"
 
     def profile_for(self, view: ModelView, names: Sequence[str]) -> ServeProfile:
         for p in self.profiles:

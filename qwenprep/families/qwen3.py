@@ -9,7 +9,7 @@ from qwenprep.families.base import Family, ServeProfile, any_name_has
 
 
 def _tensors(view: Any) -> list[Any]:
-    from qwenprep.synth import qwen3_moe_tensors  # dense is the MoE layout without experts
+    from qwenprep.layouts import qwen3_moe_tensors  # dense is the MoE layout without experts
 
     return list(qwen3_moe_tensors(view.text))
 

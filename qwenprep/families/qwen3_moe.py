@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from qwenprep.families.base import Family, ServeProfile, any_name_has
+from qwenprep.families.dca import dca_profile
 
 NAME_480B = "Qwen3-Coder-480B-A35B-Instruct"
 
@@ -22,7 +23,7 @@ def _is_480b(view: Any, names: Sequence[str]) -> bool:
 
 
 def _tensors(view: Any) -> list[Any]:
-    from qwenprep.synth import qwen3_moe_tensors
+    from qwenprep.layouts import qwen3_moe_tensors
 
     return list(qwen3_moe_tensors(view.text))
 
@@ -36,6 +37,8 @@ FAMILY = Family(
     moe=True,
     tensors=_tensors,
     profiles=(
+        # a 2507 release's config_1m.json (Dual Chunk Attention): vLLM < 0.11 only
+        dca_profile("qwen3-2507-1m-dca"),
         # TP 8 + expert parallel: TP 8 alone fails FP8 block alignment (2560 / 8 = 320 is not
         # a multiple of 128), and data-parallel attention cannot hold one 1M sequence's KV
         ServeProfile("qwen3-coder-480b", _is_480b, tp=8, ep=True, tool_parser="qwen3_coder",

@@ -1,0 +1,259 @@
+"""Tensor layouts: the tensors (name, shape, dtype) a checkpoint of a config must hold, per
+family, as the engines' loaders name them. Pure: a config in, specs out; imports nothing of the
+rest of qwenprep, so families (which declare their layout) and synth (which writes checkpoints
+from it) both build on it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * _DTYPE_SIZE[self.dtype]
+
+
+_DTYPE_SIZE = {"F8_E4M3": 1, "BF16": 2, "F16": 2, "F32": 4}
+
+
+def module_in(module: str, modules: frozenset[str] | set[str]) -> bool:
+    """Is module one of `modules`, or inside one of them (dot boundaries, as vLLM matches)?"""
+    if module in modules:
+        return True
+    i = module.rfind(".")
+    while i > 0:
+        if module[:i] in modules:
+            return True
+        i = module.rfind(".", 0, i)
+    return False
+
+
+def _is_moe_layer(config: dict[str, Any], i: int) -> bool:
+    """Whether layer I has routed experts (as transformers' Qwen3MoeDecoderLayer decides).
+    ValueError naming the field when num_experts, mlp_only_layers or decoder_sparse_step is not
+    what that rule can use."""
+    experts = config.get("num_experts") or 0
+    if not isinstance(experts, int) or isinstance(experts, bool):
+        raise ValueError(f"num_experts is {experts!r}; expected an integer")
+    if experts <= 0:
+        return False
+    mlp_only = config.get("mlp_only_layers") or []
+    if not isinstance(mlp_only, list):
+        raise ValueError(f"mlp_only_layers is {mlp_only!r}; expected a list of layer indices")
+    if i in mlp_only:
+        return False
+    step = config.get("decoder_sparse_step") or 1
+    if not isinstance(step, int) or isinstance(step, bool) or step < 1:
+        raise ValueError(f"decoder_sparse_step is {step!r}; expected a positive integer")
+    return (i + 1) % step == 0
+
+
+def qwen3_moe_tensors(config: dict[str, Any], *, fp8: bool | None = None) -> Iterator[TensorSpec]:
+    """Every tensor of a Qwen3(-MoE) checkpoint for this config, in model order.
+
+    With fp8 (default: whether the config has an fp8 quantization_config), linear weights not
+    in modules_to_not_convert are F8_E4M3 with an F32 `weight_scale_inv` of shape
+    [ceil(out/block_n), ceil(in/block_k)]; everything else is BF16.
+    """
+    q = config.get("quantization_config") or {}
+    if fp8 is None:
+        fp8 = q.get("quant_method") == "fp8"
+    block_n, block_k = (q.get("weight_block_size") or [128, 128]) if fp8 else (128, 128)
+    not_convert = frozenset(q.get("modules_to_not_convert") or []) if fp8 else frozenset()
+    hidden = int(config["hidden_size"])
+    head_dim = int(config.get("head_dim") or hidden // int(config["num_attention_heads"]))
+    nq = int(config["num_attention_heads"]) * head_dim
+    nkv = int(config["num_key_value_heads"]) * head_dim
+    vocab = int(config["vocab_size"])
+    experts = int(config.get("num_experts", 0) or 0)
+    moe_inter = int(config.get("moe_intermediate_size", 0) or 0)
+    dense_inter = int(config.get("intermediate_size", 0) or 0)
+
+    def linear(module: str, out: int, inp: int) -> Iterator[TensorSpec]:
+        if fp8 and not module_in(module, not_convert):
+            yield TensorSpec(f"{module}.weight", "F8_E4M3", (out, inp))
+            yield TensorSpec(
+                f"{module}.weight_scale_inv", "F32", (-(-out // block_n), -(-inp // block_k))
+            )
+        else:
+            yield TensorSpec(f"{module}.weight", "BF16", (out, inp))
+
+    yield TensorSpec("model.embed_tokens.weight", "BF16", (vocab, hidden))
+    for i in range(int(config["num_hidden_layers"])):
+        p = f"model.layers.{i}"
+        yield TensorSpec(f"{p}.input_layernorm.weight", "BF16", (hidden,))
+        yield from linear(f"{p}.self_attn.q_proj", nq, hidden)
+        yield from linear(f"{p}.self_attn.k_proj", nkv, hidden)
+        yield from linear(f"{p}.self_attn.v_proj", nkv, hidden)
+        yield from linear(f"{p}.self_attn.o_proj", hidden, nq)
+        yield TensorSpec(f"{p}.self_attn.q_norm.weight", "BF16", (head_dim,))
+        yield TensorSpec(f"{p}.self_attn.k_norm.weight", "BF16", (head_dim,))
+        yield TensorSpec(f"{p}.post_attention_layernorm.weight", "BF16", (hidden,))
+        if _is_moe_layer(config, i):
+            yield TensorSpec(f"{p}.mlp.gate.weight", "BF16", (experts, hidden))
+            for e in range(experts):
+                ep = f"{p}.mlp.experts.{e}"
+                yield from linear(f"{ep}.gate_proj", moe_inter, hidden)
+                yield from linear(f"{ep}.up_proj", moe_inter, hidden)
+                yield from linear(f"{ep}.down_proj", hidden, moe_inter)
+        else:
+            yield from linear(f"{p}.mlp.gate_proj", dense_inter, hidden)
+            yield from linear(f"{p}.mlp.up_proj", dense_inter, hidden)
+            yield from linear(f"{p}.mlp.down_proj", hidden, dense_inter)
+    yield TensorSpec("model.norm.weight", "BF16", (hidden,))
+    if not config.get("tie_word_embeddings", False):
+        yield from linear("lm_head", vocab, hidden)
+
+
+def layer_types_of(config: dict[str, Any]) -> list[str]:
+    """Each layer's kind, as transformers' Qwen3NextConfig derives it: layer_types when given,
+    else every full_attention_interval-th layer (default 4) is full attention."""
+    layers = int(config["num_hidden_layers"])
+    types = config.get("layer_types")
+    if isinstance(types, list):
+        if len(types) != layers:
+            raise ValueError(f"layer_types has {len(types)} entries for {layers} layers")
+        return [str(t) for t in types]
+    interval = int(config.get("full_attention_interval") or 4)
+    return ["full_attention" if (i + 1) % interval == 0 else "linear_attention"
+            for i in range(layers)]
+
+
+def qwen3_next_tensors(config: dict[str, Any]) -> Iterator[TensorSpec]:
+    """Every tensor of a Qwen3-Next checkpoint (BF16) for this config, in model order. Names and
+    shapes as vLLM 0.32's qwen3_next.py / qwen3_next_mtp.py and the Gated DeltaNet layer
+    (vllm/model_executor/layers/mamba/gdn/qwen_gdn_linear_attn.py) load them: full-attention
+    q_proj carries the output gate (2 x heads x head_dim rows); linear-attention layers hold
+    in_proj_qkvz, in_proj_ba, conv1d (depthwise, [conv_dim, 1, kernel]), dt_bias, A_log, a
+    gated norm and out_proj; MoE layers add a shared expert and its gate; MTP weights live
+    under mtp. (num_nextn_predict_layers, default 1, as vLLM's MTP model reads it)."""
+    q = config.get("quantization_config") or {}
+    if q.get("quant_method"):
+        raise ValueError(f"the {q.get('quant_method')} tensor layout of qwen3_next is not "
+                         "derived by qwenprep")
+    hidden = int(config["hidden_size"])
+    head_dim = int(config["head_dim"])
+    heads = int(config["num_attention_heads"])
+    nkv = int(config["num_key_value_heads"]) * head_dim
+    vocab = int(config["vocab_size"])
+    experts = int(config.get("num_experts", 0) or 0)
+    moe_inter = int(config.get("moe_intermediate_size", 0) or 0)
+    shared = int(config.get("shared_expert_intermediate_size", 0) or 0)
+    dense_inter = int(config.get("intermediate_size", 0) or 0)
+    nk, nv = int(config["linear_num_key_heads"]), int(config["linear_num_value_heads"])
+    hk, hv = int(config["linear_key_head_dim"]), int(config["linear_value_head_dim"])
+    kernel = int(config["linear_conv_kernel_dim"])
+    key_dim, value_dim = nk * hk, nv * hv
+    gate = 2 if config.get("attn_output_gate", True) else 1
+
+    def w(name: str, *shape: int, dtype: str = "BF16") -> TensorSpec:
+        return TensorSpec(name, dtype, tuple(shape))
+
+    def full_attention(p: str) -> Iterator[TensorSpec]:
+        yield w(f"{p}.self_attn.q_proj.weight", heads * head_dim * gate, hidden)
+        yield w(f"{p}.self_attn.k_proj.weight", nkv, hidden)
+        yield w(f"{p}.self_attn.v_proj.weight", nkv, hidden)
+        yield w(f"{p}.self_attn.o_proj.weight", hidden, heads * head_dim)
+        yield w(f"{p}.self_attn.q_norm.weight", head_dim)
+        yield w(f"{p}.self_attn.k_norm.weight", head_dim)
+
+    def mlp(p: str, i: int) -> Iterator[TensorSpec]:
+        if _is_moe_layer(config, i):
+            yield w(f"{p}.mlp.gate.weight", experts, hidden)
+            for e in range(experts):
+                ep = f"{p}.mlp.experts.{e}"
+                yield w(f"{ep}.gate_proj.weight", moe_inter, hidden)
+                yield w(f"{ep}.up_proj.weight", moe_inter, hidden)
+                yield w(f"{ep}.down_proj.weight", hidden, moe_inter)
+            if shared > 0:
+                yield w(f"{p}.mlp.shared_expert.gate_proj.weight", shared, hidden)
+                yield w(f"{p}.mlp.shared_expert.up_proj.weight", shared, hidden)
+                yield w(f"{p}.mlp.shared_expert.down_proj.weight", hidden, shared)
+                yield w(f"{p}.mlp.shared_expert_gate.weight", 1, hidden)
+        else:
+            yield w(f"{p}.mlp.gate_proj.weight", dense_inter, hidden)
+            yield w(f"{p}.mlp.up_proj.weight", dense_inter, hidden)
+            yield w(f"{p}.mlp.down_proj.weight", hidden, dense_inter)
+
+    def norms(p: str) -> Iterator[TensorSpec]:
+        yield w(f"{p}.input_layernorm.weight", hidden)
+        yield w(f"{p}.post_attention_layernorm.weight", hidden)
+
+    yield w("model.embed_tokens.weight", vocab, hidden)
+    for i, kind in enumerate(layer_types_of(config)):
+        p = f"model.layers.{i}"
+        if kind == "full_attention":
+            yield from full_attention(p)
+        elif kind == "linear_attention":
+            la = f"{p}.linear_attn"
+            yield w(f"{la}.in_proj_qkvz.weight", 2 * key_dim + 2 * value_dim, hidden)
+            yield w(f"{la}.in_proj_ba.weight", 2 * nv, hidden)
+            yield w(f"{la}.conv1d.weight", 2 * key_dim + value_dim, 1, kernel)
+            yield w(f"{la}.dt_bias", nv)
+            yield w(f"{la}.A_log", nv, dtype="F32")
+            yield w(f"{la}.norm.weight", hv)
+            yield w(f"{la}.out_proj.weight", hidden, value_dim)
+        else:
+            raise ValueError(f"layer_types[{i}] is {kind!r}; expected full_attention or "
+                             "linear_attention")
+        yield from norms(p)
+        yield from mlp(p, i)
+    yield w("model.norm.weight", hidden)
+    if not config.get("tie_word_embeddings", False):
+        yield w("lm_head.weight", vocab, hidden)
+    for j in range(int(config.get("num_nextn_predict_layers", 1) or 0)):
+        p = f"mtp.layers.{j}"
+        yield from full_attention(p)
+        yield from norms(p)
+        yield from mlp(p, j)
+    if int(config.get("num_nextn_predict_layers", 1) or 0):
+        yield w("mtp.fc.weight", hidden, 2 * hidden)
+        yield w("mtp.pre_fc_norm_embedding.weight", hidden)
+        yield w("mtp.pre_fc_norm_hidden.weight", hidden)
+        yield w("mtp.norm.weight", hidden)
+
+
+# ---------------------------------------------------------------- Qwen2 / Qwen2.5
+
+
+def qwen2_tensors(config: dict[str, Any]) -> Iterator[TensorSpec]:
+    """Every tensor of a Qwen2/Qwen2.5 checkpoint (BF16): q/k/v projections with biases, no
+    q/k norms, a dense MLP (transformers' Qwen2DecoderLayer, vLLM's qwen2.py)."""
+    q = config.get("quantization_config") or {}
+    if q.get("quant_method"):
+        raise ValueError(f"the {q.get('quant_method')} tensor layout of qwen2 is not derived "
+                         "by qwenprep")
+    hidden = int(config["hidden_size"])
+    heads = int(config["num_attention_heads"])
+    head_dim = int(config.get("head_dim") or hidden // heads)
+    nkv = int(config.get("num_key_value_heads") or heads) * head_dim
+    inter = int(config["intermediate_size"])
+    vocab = int(config["vocab_size"])
+
+    def w(name: str, *shape: int) -> TensorSpec:
+        return TensorSpec(name, "BF16", tuple(shape))
+
+    yield w("model.embed_tokens.weight", vocab, hidden)
+    for i in range(int(config["num_hidden_layers"])):
+        p = f"model.layers.{i}"
+        yield w(f"{p}.input_layernorm.weight", hidden)
+        for proj, out in (("q_proj", heads * head_dim), ("k_proj", nkv), ("v_proj", nkv)):
+            yield w(f"{p}.self_attn.{proj}.weight", out, hidden)
+            yield w(f"{p}.self_attn.{proj}.bias", out)
+        yield w(f"{p}.self_attn.o_proj.weight", hidden, heads * head_dim)
+        yield w(f"{p}.post_attention_layernorm.weight", hidden)
+        yield w(f"{p}.mlp.gate_proj.weight", inter, hidden)
+        yield w(f"{p}.mlp.up_proj.weight", inter, hidden)
+        yield w(f"{p}.mlp.down_proj.weight", hidden, inter)
+    yield w("model.norm.weight", hidden)
+    if not config.get("tie_word_embeddings", False):
+        yield w("lm_head.weight", vocab, hidden)
