@@ -83,9 +83,10 @@ def main() -> None:
         print(f"# deep data: {len(files)} files, {total / 2**30:.2f} GiB random, written in "
               f"{time.perf_counter() - t0:.1f} s; {os.cpu_count()} CPUs", file=sys.stderr)
         sh(["cat", *files])  # warm the page cache for both contenders
-        # first deep run records hashes (.qwenprep/hashes.json); later runs compare. Both
-        # hash every byte; time them all and report the comparing runs.
-        first = median_time(lambda: sh([str(QWENPREP), "verify", str(ck), "--deep", "--json"]), 1)
+        # first deep run records hashes (--record: .qwenprep/hashes.json); later runs compare.
+        # Both hash every byte; time them all and report the comparing runs.
+        first = median_time(lambda: sh([str(QWENPREP), "verify", str(ck), "--deep", "--record",
+                                        "--json"]), 1)
         t_sum = median_time(lambda: sh(["sha256sum", *files]), args.rounds)
         t_deep = median_time(lambda: sh([str(QWENPREP), "verify", str(ck), "--deep", "--json"]),
                              args.rounds)

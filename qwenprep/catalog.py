@@ -102,6 +102,32 @@ def known_names() -> list[str]:
     return [s.name for s in CATALOG]
 
 
+def require(gpu: str) -> GPUSpec:
+    """The catalog entry for --gpu NAME; an unknown NAME is a UsageError (exit 2) listing the
+    known ones."""
+    spec = lookup(gpu)
+    if spec is None:
+        raise UsageError(f"--gpu {gpu!r} is not in the GPU catalog; its peaks are unknown and "
+                         "are not guessed.",
+                         hint="one of: " + ", ".join(known_names())
+                         + " (or leave --gpu out: the time estimates are then left out)")
+    return spec
+
+
+def gpu_memory_for(gpu: str | None, *, gpu_memory: str | None, kv_memory: str | None
+                   ) -> tuple[GPUSpec | None, str | None, list[str]]:
+    """``check --gpu NAME``: (catalog entry, --gpu-memory to use, notes). The catalog's memory
+    is used only when neither --gpu-memory nor --kv-memory is given."""
+    if gpu is None:
+        return None, gpu_memory, []
+    spec = require(gpu)
+    if gpu_memory is not None or kv_memory is not None:
+        return spec, gpu_memory, []
+    return spec, f"{spec.memory_bytes}B", [
+        f"GPU memory {spec.memory_gib:g} GiB per GPU from the catalog ({spec.name}; pass "
+        "--gpu-memory for the exact figure)"]
+
+
 def named_gpu(gpu: str | None, *, gpu_memory: str | None, kv_memory: str | None,
               gpus: int | None, tp: int | None, pp: int
               ) -> tuple[GPUSpec | None, str | None, int | None, list[str]]:
@@ -110,15 +136,10 @@ def named_gpu(gpu: str | None, *, gpu_memory: str | None, kv_memory: str | None,
     An unknown NAME is a UsageError (exit 2) listing the known ones."""
     if gpu is None:
         return None, gpu_memory, gpus, []
-    spec = lookup(gpu)
-    if spec is None:
-        raise UsageError(f"--gpu {gpu!r} is not in the GPU catalog; its peaks are unknown and "
-                         "are not guessed.",
-                         hint="one of: " + ", ".join(known_names())
-                         + " (or leave --gpu out: the time estimates are then left out)")
+    spec = require(gpu)
     notes = []
     if gpu_memory is None and kv_memory is None:
-        gpu_memory = str(spec.memory_bytes)
+        gpu_memory = f"{spec.memory_bytes}B"
         notes.append(f"GPU memory {spec.memory_gib:g} GiB per GPU from the catalog "
                      f"({spec.name}; pass --gpu-memory for the exact figure)")
     if gpus is None and kv_memory is None:

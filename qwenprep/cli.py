@@ -10,7 +10,7 @@ import click
 
 from qwenprep import __version__
 from qwenprep.errors import EXIT_CHECKS_FAILED, EXIT_INTERRUPTED, Interrupted, QwenprepError
-from qwenprep.report import SCHEMA_VERSION, Report, dumps, render_checks
+from qwenprep.report import SCHEMA_VERSION, Report, dumps, render_checks, summary_line
 
 
 def _emit_json(obj: dict[str, Any]) -> None:
@@ -44,15 +44,39 @@ def run(as_json: bool, fn: Callable[[], Any]) -> Any:
         _fail(err, as_json)
 
 
-def finish_report(report: Report, as_json: bool, summary: str | None = None) -> NoReturn:
-    """Print a report (JSON on stdout, or a table on stdout) and exit 0/1 by its checks."""
+def _paint() -> Callable[[str, Any], str] | None:
+    """Colour for the status marks: only when stdout is a terminal and NO_COLOR is not set
+    (https://no-color.org: any non-empty value)."""
+    import os
+
+    if os.environ.get("NO_COLOR") or not sys.stdout.isatty():
+        return None
+    colours = {"pass": "green", "fail": "red", "warn": "yellow", "skip": "cyan"}
+    return lambda text, status: click.style(text, fg=colours[status],
+                                            bold=True if status == "fail" else None)
+
+
+def finish_report(report: Report, as_json: bool, summary: str | None = None, *,
+                  failed_only: bool = False) -> NoReturn:
+    """Print a report (JSON on stdout, or a table on stdout: failures first, then a summary
+    line) and exit 0/1 by its checks (--strict: set report.strict first)."""
     if as_json:
         _emit_json(report.to_dict())
     else:
-        click.echo(render_checks(report.checks))
+        click.echo(render_checks(report.checks, failed_only=failed_only, paint=_paint(),
+                                 strict=report.strict))
+        click.echo(summary_line(report.checks, strict=report.strict))
         if summary:
             click.echo(summary)
     sys.exit(0 if report.ok else EXIT_CHECKS_FAILED)
+
+
+def _report_options(f: Any) -> Any:
+    f = click.option("--failed-only", is_flag=True,
+                     help="List only the failed checks (the summary line still counts all).")(f)
+    return click.option("--strict", is_flag=True,
+                        help="Skipped checks fail too (exit 1): for pipelines that must not "
+                        "pass blind.")(f)
 
 
 vllm_python_option = click.option(
@@ -95,6 +119,24 @@ def cli() -> None:
     validates it, plans KV-cache capacity, and launches vLLM from the prepared path.
 
     Exit codes: 0 ok, 1 checks failed, 2 bad invocation, 3 cannot proceed.
+
+    \b
+    Numbers: contexts are qwenprep's (1m = 1,048,576 tokens, 256k = 262,144).
+    vLLM's own parser reads a lowercase suffix as decimal: there
+    vllm serve --max-model-len 1m is 1,000,000 (1M is 1,048,576);
+    qwenprep always passes vLLM plain integers.
+    Sizes need a unit: 141GB (decimal), 80GiB (binary) or 1024B;
+    141 or 8g are refused as ambiguous (did you mean GiB or GB?).
+
+    \b
+    Examples:
+      qwenprep fetch Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8
+      qwenprep patch Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8 --context 1m
+      qwenprep check OVERLAY --gpus 8 --gpu h200
+
+    \b
+    Shell completion (in ~/.bashrc; zsh_source / fish_source likewise):
+      eval "$(_QWENPREP_COMPLETE=bash_source qwenprep)"
     """
 
 
@@ -168,15 +210,23 @@ def patch(model: str, context: str, out: Path | None, force: bool, yarn_on_dca: 
 
 @cli.command(short_help='Check config.json: schema and long-context invariants.')
 @click.argument("path")
+@_report_options
 @json_option
-def validate(path: str, as_json: bool) -> None:
-    """Check PATH/config.json against the Qwen3 schema and the long-context invariants."""
+def validate(path: str, strict: bool, failed_only: bool, as_json: bool) -> None:
+    """Check PATH/config.json against the Qwen3 schema and the long-context invariants.
+
+    \b
+    Examples:
+      qwenprep validate ./Qwen3-Coder-480B-A35B-Instruct-FP8-1m
+      qwenprep validate Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8 --json
+    """
     from qwenprep.checkpoint import resolve_model
     from qwenprep.validation import validate_checkpoint
 
     checks = run(as_json, lambda: validate_checkpoint(resolve_model(path).path))
-    report = Report("validate", checks, {"path": path})
-    finish_report(report, as_json, "valid" if report.ok else "INVALID: see the FAIL lines above")
+    report = Report("validate", checks, {"path": path}, strict=strict)
+    finish_report(report, as_json, "valid" if report.ok else "INVALID: see the FAIL lines above",
+                  failed_only=failed_only)
 
 
 @cli.command(short_help='Remove an overlay, or restore an edited config.json.')
@@ -193,8 +243,13 @@ def revert(path: str, force: bool, as_json: bool) -> None:
     a backup is used only when it is the edited file with the long-context edit undone. The
     replaced bytes are kept as config.json.qwenprep-replaced. Reverting what is already gone
     exits 0.
+
+    \b
+    Examples:
+      qwenprep revert ./Qwen3-Coder-480B-A35B-Instruct-FP8-1m
+      qwenprep revert Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8   # a config edited in place
     """
-    from qwenprep.revert import revert_path
+    from qwenprep.restore import revert_path
 
     res = run(as_json, lambda: revert_path(path, force=force))
     if as_json:
@@ -211,6 +266,11 @@ def list_cmd(paths: tuple[Path, ...], as_json: bool) -> None:
     or folders holding them): source, context and state. ok; stale: the source config changed
     or the ref it came from moved; dangling: the source or a linked file is gone (after hf
     cache rm, say). Exit 1 when any is not ok.
+
+    \b
+    Examples:
+      qwenprep list
+      qwenprep list /models/overlays --json
     """
     from qwenprep.lifecycle import list_overlays, overlays_home
 
@@ -243,6 +303,11 @@ def demo(workdir: Path | None, serve: bool, vllm_python: str | None, as_json: bo
     """Run the main job end to end on the embedded tiny checkpoint.
 
     verify -> patch to 1M -> validate -> plan -> engine readback and serve -> revert.
+
+    \b
+    Examples:
+      qwenprep demo
+      qwenprep demo --no-serve --json
     """
     import tempfile
 
@@ -273,36 +338,50 @@ def demo(workdir: Path | None, serve: bool, vllm_python: str | None, as_json: bo
 @cli.command(short_help='Check a checkpoint is whole (headers; --deep: every byte).')
 @click.argument("model", metavar="PATH|ORG/NAME")
 @click.option("--deep", is_flag=True, help="Also hash every byte against its content hash.")
+@click.option("--record", is_flag=True,
+              help="With --deep: keep the hashes of files that have nothing to compare against "
+              "(a plain directory's first run) in .qwenprep/hashes.json, for next time.")
 @click.option("--engine", is_flag=True, help="Also read the config back through the serving "
               "engine (vLLM, or SGLang with --serving-engine sglang).")
 @vllm_python_option
 @serving_engine_option
+@_report_options
 @json_option
-def verify(model: str, deep: bool, engine: bool, vllm_python: str | None,
-           serving_engine: str | None, as_json: bool) -> None:
+def verify(model: str, deep: bool, record: bool, engine: bool, vllm_python: str | None,
+           serving_engine: str | None, strict: bool, failed_only: bool, as_json: bool) -> None:
     """Check a checkpoint is whole: index vs shards, safetensors headers, FP8 structure and
-    tensor names vs config.json (reads no tensor data); --deep hashes every file."""
-    import time
+    tensor names vs config.json (reads no tensor data); --deep hashes every file against its
+    HF cache blob name, download metadata or hash record (progress with throughput and ETA on
+    stderr: redrawn on a terminal, a line every 10% or 10 s otherwise). With nothing to
+    compare against, the hashes are reported (a WARN) and kept only with --record.
 
+    \b
+    Examples:
+      qwenprep verify Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8
+      qwenprep verify ./my-model --deep --record   # first run: keep the hashes
+      qwenprep verify ./my-model --deep --strict --json
+    """
     from qwenprep.checkpoint import resolve_model
+    from qwenprep.hashing import ProgressMeter
     from qwenprep.integrity import verify_checkpoint
 
-    last = [0.0]
+    if record and not deep:
+        run(as_json, lambda: _usage("--record keeps the hashes --deep computes: add --deep."))
+    tty = sys.stderr.isatty()
+    meter = ProgressMeter(tty=tty)
 
     def bar(done: int, total: int) -> None:  # worker threads call this, serialised
-        if time.monotonic() - last[0] > 0.2 or done == total:
-            last[0] = time.monotonic()
-            pct = 100 * done // max(total, 1)
-            click.echo(f"\rhashing [{'#' * (pct // 4):<25}] {pct:3d}% {done / 2**30:.2f}/"
-                       f"{total / 2**30:.2f} GiB", err=True, nl=done == total)
+        line = meter.update(done, total)
+        if line is not None:
+            click.echo(line, err=True, nl=not tty or done >= total)
 
-    progress = bar if deep and sys.stderr.isatty() else None
+    progress = bar if deep else None
     sglang = engine and _engine_name(serving_engine, vllm_python, as_json) == "sglang"
 
     def go() -> Report:
         path = resolve_model(model).path
         rep = verify_checkpoint(path, deep=deep, engine=engine and not sglang,
-                                vllm_python=vllm_python, progress=progress)
+                                vllm_python=vllm_python, progress=progress, record=record)
         if sglang:
             from qwenprep.engines.sglang_gate import readback_checks
 
@@ -312,34 +391,71 @@ def verify(model: str, deep: bool, engine: bool, vllm_python: str | None,
     try:
         report = run(as_json, go)
     except KeyboardInterrupt:  # hashing stops at once and records nothing; exit 130
-        if progress is not None:
+        if progress is not None and tty:
             click.echo(err=True)
         _fail(Interrupted("interrupted: verify stopped before it finished; no hash record "
                           "was written.",
                           hint="run the same command again to check the whole checkpoint."),
               as_json)
     x = report.extra
+    report.strict = strict
     finish_report(report, as_json, f"{'OK' if report.ok else 'FAILED'}: {x['files']} shard(s), "
                   f"{x['tensors']:,} tensors, {x['bytes']:,} bytes"
-                  + (f", {x['hashed_bytes']:,} bytes hashed" if deep else ""))
+                  + (f", {x['hashed_bytes']:,} bytes hashed" if deep else ""),
+                  failed_only=failed_only)
 
 
 @cli.command(short_help='Download a checkpoint (pinned commit), then verify it.')
 @click.argument("repo", metavar="ORG/NAME[@REV]")
 @click.option("--local-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Download into this directory instead of the Hugging Face cache.")
+@click.option("--revision", default=None, metavar="REV",
+              help="Branch, tag or commit (as ORG/NAME@REV; the two must agree).")
+@click.option("--include", multiple=True, metavar="GLOB",
+              help="Fetch only serving files matching GLOB (repeatable), e.g. '*.json'.")
+@click.option("--exclude", multiple=True, metavar="GLOB",
+              help="Leave serving files matching GLOB on the Hub (repeatable).")
+@click.option("--dry-run", is_flag=True,
+              help="Print what would be fetched and its total size; write nothing.")
+@click.option("--max-workers", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Files downloaded at once (huggingface_hub's default: 8).")
 @json_option
-def fetch(repo: str, local_dir: Path | None, as_json: bool) -> None:
+def fetch(repo: str, local_dir: Path | None, revision: str | None, include: tuple[str, ...],
+          exclude: tuple[str, ...], dry_run: bool, max_workers: int | None,
+          as_json: bool) -> None:
     """Download the files serving needs (pinned commit), then verify them deeply.
 
-    Prints the checkpoint path on stdout; progress and checks go to stderr."""
+    Prints the checkpoint path on stdout; progress and checks go to stderr. Speaks hf
+    download's options: --revision, --include/--exclude (on top of the serving-file filter),
+    --dry-run, --max-workers; with HF_HUB_OFFLINE=1 and the revision cached it prints the
+    cached path and exits 0.
+
+    \b
+    Examples:
+      qwenprep fetch Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8
+      qwenprep fetch Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8 --revision main --dry-run
+      qwenprep fetch Qwen/Qwen3-Coder-30B-A3B-Instruct --include '*.json' --local-dir ./cfg
+    """
     from qwenprep.fetch import fetch as do_fetch
     from qwenprep.redact import redact, redact_obj
     from qwenprep.sizes import format_bytes
 
-    res = run(as_json, lambda: do_fetch(repo, local_dir=local_dir))
+    res = run(as_json, lambda: do_fetch(repo, local_dir=local_dir, revision=revision,
+                                        include=include, exclude=exclude, dry_run=dry_run,
+                                        max_workers=max_workers))
     if as_json:
         _emit_json({k: v if k == "path" else redact_obj(v) for k, v in res.to_dict().items()})
+    elif res.mode == "dry-run":
+        for f in res.plan.files:
+            click.echo(f"{f.size if f.size is not None else '?':>14}  {f.name}")
+        click.echo(f"dry run: {res.plan.spec.repo_id}@{res.plan.commit[:12]}: would fetch "
+                   f"{len(res.plan.files)} files, {format_bytes(res.plan.bytes_total)} "
+                   f"({res.plan.bytes_total:,} bytes; {format_bytes(res.plan.bytes_needed)} not "
+                   f"yet at {res.path}); nothing written", err=True)
+        click.echo(redact(render_checks(res.checks)), err=True)
+    elif res.mode == "offline":
+        click.echo(redact(render_checks(res.checks)), err=True)
+        click.echo(str(res.path))
     else:
         click.echo(f"{res.plan.spec.repo_id}@{res.plan.commit[:12]}: {len(res.plan.files)} "
                    f"files, {format_bytes(res.plan.bytes_total)} in {res.seconds:.1f} s", err=True)
@@ -360,10 +476,12 @@ _pp_option = click.option("--pp", type=click.IntRange(min=1), default=1, show_de
                           help="Pipeline-parallel size (stages across nodes).")
 _gpu_options = [
     click.option("--gpus", type=click.IntRange(min=1), help="GPUs in total (with --gpu-memory)."),
-    click.option("--gpu-memory", metavar="SIZE", help="Memory of one GPU: 141GB, 80GiB, ..."),
+    click.option("--gpu-memory", metavar="SIZE",
+                 help="Memory of one GPU, with its unit: 141GB (decimal), 80GiB (binary), "
+                 "1024B. A bare number or 8g is refused as ambiguous."),
     click.option("--kv-memory", metavar="SIZE",
                  help="KV cache memory per GPU, exact (what vLLM logs as 'Available KV cache "
-                 "memory', or its --kv-cache-memory-bytes)."),
+                 "memory', or its --kv-cache-memory-bytes), with its unit: 61.31GiB."),
     click.option("--kv-cache-dtype", type=click.Choice(["auto", "fp8"]), default="auto",
                  show_default=True, help="auto = the model dtype (bf16); fp8 = 1 byte."),
     click.option("--block-size", type=click.IntRange(min=1), default=16, show_default=True,
@@ -382,7 +500,8 @@ def _with(options: list[Callable[[Any], Any]]) -> Callable[[Any], Any]:
 @cli.command(short_help="KV-cache capacity, concurrency and prefill/decode time estimates.")
 @click.argument("model")
 @click.option("--context", "-c", metavar="C", help="native|256k|512k|1m|N (default: the "
-              "checkpoint's max_position_embeddings).")
+              "checkpoint's max_position_embeddings). 1m = 1,048,576 here; vLLM's own "
+              "--max-model-len reads 1m as 1,000,000.")
 @_tp_option
 @_pp_option
 @click.option("--ep/--no-ep", default=True, show_default=True,
@@ -414,9 +533,16 @@ def plan(model: str, context: str | None, tp: int | None, pp: int, ep: bool, gpu
     and decode take there (estimates: floor at peak, typical band); exit 1 if it won't fit.
 
     MODEL is a directory, a cached ORG/NAME[@rev], or a Hub repo id (headers read remotely).
+
+    \b
+    Examples:
+      qwenprep plan Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8 --context 1m --gpus 8 --gpu h200
+      qwenprep plan ./overlay --tp 8 --kv-memory 61.31GiB
+      qwenprep plan ./overlay --gpus 8 --gpu-memory 141GB --serving-engine sglang
     """
     from qwenprep.capacity import make_plan
 
+    _check_sizes(as_json, gpu_memory=gpu_memory, kv_memory=kv_memory)
     if _engine_name(serving_engine, vllm_python, as_json) == "sglang":
         _plan_sglang(model, context=context, tp=tp, pp=pp, ep=ep, gpus=gpus,
                      gpu_memory=gpu_memory, kv_memory=kv_memory, kv_cache_dtype=kv_cache_dtype,
@@ -453,6 +579,18 @@ def _usage(message: str) -> None:
     raise UsageError(message)
 
 
+def _check_sizes(as_json: bool, **sizes: str | None) -> None:
+    """--gpu-memory / --kv-memory never guess: a bare number or 8g is refused (exit 2)."""
+    from qwenprep.sizes import parse_size
+
+    def check_all() -> None:
+        for name, value in sizes.items():
+            if value is not None:
+                parse_size(value, "--" + name.replace("_", "-"))
+
+    run(as_json, check_all)
+
+
 def _plan_sglang(model: str, *, context: str | None, tp: int | None, pp: int, ep: bool,
                  gpus: int | None, gpu_memory: str | None, kv_memory: str | None,
                  kv_cache_dtype: str, mem_fraction_static: float | None,
@@ -480,28 +618,46 @@ def _plan_sglang(model: str, *, context: str | None, tp: int | None, pp: int, ep
 @click.option("--ep/--no-ep", default=None,
               help="Expert parallel (default: on for MoE models, as qwenprep serve does).")
 @click.option("--context", "-c", metavar="C",
-              help="Intended context (default: the config's max_position_embeddings).")
+              help="Intended context (default: the config's max_position_embeddings). 1m = "
+              "1,048,576 here; vLLM's own --max-model-len reads 1m as 1,000,000.")
 @click.option("--engine/--no-engine", default=True, show_default=True,
               help="Judge the serve argv with the installed vLLM's own parser and config "
               "layer (a few seconds); --no-engine judges it offline.")
 @_with(_gpu_options)
+@click.option("--gpu", "gpu_model", metavar="NAME",
+              help="GPU model from the catalog (H200, H100 SXM, B200, MI300X, ...): sets the "
+              "memory per GPU when --gpu-memory is not given, as plan --gpu does.")
 @_vllm_version_option
 @vllm_python_option
 @serving_engine_option
+@_report_options
 @json_option
 @click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED)
 def check(path: str, tp: int | None, pp: int, ep: bool | None, context: str | None,
           engine: bool, gpus: int | None, gpu_memory: str | None, kv_memory: str | None,
           kv_cache_dtype: str,
-          block_size: int, vllm_version: str | None, vllm_python: str | None,
-          serving_engine: str | None, as_json: bool,
-          vllm_args: tuple[str, ...]) -> None:
+          block_size: int, gpu_model: str | None, vllm_version: str | None,
+          vllm_python: str | None, serving_engine: str | None, strict: bool, failed_only: bool,
+          as_json: bool, vllm_args: tuple[str, ...]) -> None:
     """Every pre-flight check on PATH before a deploy; exit 0 all pass, 1 any fails.
 
     Flags after `--` go into the argv `qwenprep serve` would run, which the installed vLLM
     parses and reads back exactly as serve does (the same gate: serve refuses what fails).
+
+    \b
+    Examples:
+      qwenprep check ./overlay --gpus 8 --gpu h200
+      qwenprep check ./overlay --gpus 8 --gpu-memory 141GB --strict --json
+      qwenprep check ./overlay --kv-memory 61.31GiB -- --max-num-seqs 4
     """
+    from qwenprep.catalog import gpu_memory_for
     from qwenprep.preflight import check_options, run_checks
+
+    _check_sizes(as_json, gpu_memory=gpu_memory, kv_memory=kv_memory)
+    _, gpu_memory, gpu_notes = run(as_json, lambda: gpu_memory_for(
+        gpu_model, gpu_memory=gpu_memory, kv_memory=kv_memory))
+    for note in gpu_notes:
+        click.echo(f"note: {note}", err=True)
 
     def go() -> Report:
         from qwenprep.checkpoint import resolve_model
@@ -522,8 +678,9 @@ def check(path: str, tp: int | None, pp: int, ep: bool | None, context: str | No
         return run_checks(ckpt.path, opts, repo_id=ckpt.repo_id, hooks=hooks)
 
     report = run(as_json, go)
+    report.strict = strict
     finish_report(report, as_json, "ready to serve" if report.ok
-                  else "NOT ready: see the FAIL lines above")
+                  else "NOT ready: see the FAIL lines above", failed_only=failed_only)
 
 # --- engine/serve commands ---
 
@@ -534,7 +691,9 @@ def check(path: str, tp: int | None, pp: int, ep: bool | None, context: str | No
               help="Tensor parallel size (default: the model profile's).")
 @click.option("--ep/--no-ep", default=None, help="Expert parallel (default: the model profile's).")
 @click.option("--max-model-len", "max_len", default=None, metavar="N",
-              help="Context to serve: tokens, 256k or 1m (default: the overlay's context).")
+              help="Context to serve: tokens, 256k or 1m (default: the overlay's context). "
+              "1m = 1,048,576 here (vLLM itself reads 1m as 1,000,000); vLLM gets the "
+              "integer.")
 @click.option("--host", default=None, help="Address vLLM listens on (vLLM's default: all).")
 @click.option("--port", type=click.IntRange(1, 65535), default=None,
               help="Port, 1-65535 (vLLM's default: 8000).")
@@ -566,6 +725,12 @@ def serve(path: str, tp: int | None, ep: bool | None, max_len: str | None, host:
     Extra vLLM flags go after `--`: the installed vLLM parses the whole argv and reads the
     model config back with it before anything starts (the gate qwenprep check runs too);
     what it refuses, or would run differently from the overlay, is refused (exit 3).
+
+    \b
+    Examples:
+      qwenprep serve ./overlay
+      qwenprep serve ./overlay --dry-run --json
+      qwenprep serve ./overlay --port 8001 -- --max-num-seqs 4
     """
     import shlex
 
@@ -626,8 +791,8 @@ def _serve_foreground(plan: Any, ready_timeout: float, as_json: bool) -> NoRetur
     import shlex
     import signal
 
-    from qwenprep import engine as eng
     from qwenprep.engines import sglang
+    from qwenprep.engines import vllm_server as eng
 
     who = "SGLang" if getattr(plan, "serving_engine", "vllm") == "sglang" else "vLLM"
     click.echo(f"starting {who} {plan.engine.version}: {shlex.join(plan.argv)}", err=True)

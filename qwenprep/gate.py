@@ -32,7 +32,8 @@ from qwenprep.errors import EXIT_CANNOT_PROCEED, QwenprepError, UsageError
 from qwenprep.report import Check
 
 if TYPE_CHECKING:
-    from qwenprep.engine import EngineInfo, LaunchPlan
+    from qwenprep.engine import EngineInfo
+    from qwenprep.engines.vllm_launch import LaunchPlan
 
 PATCH_FIX = "qwenprep patch MODEL --context 1m --out DIR, then serve DIR"
 # vLLM's FlexibleArgumentParser moves a `--model X` it finds anywhere to the model position
@@ -382,7 +383,7 @@ def _fingerprint(plan: LaunchPlan, python: str, items: list[dict[str, Any]]) -> 
 
 def _serve_at(argv: Sequence[str]) -> int:
     """Where `serve MODEL ...` starts in ARGV (python -c WORKER_ENTRY serve MODEL ...)."""
-    from qwenprep.engine import WORKER_ENTRY
+    from qwenprep.engines.vllm_launch import WORKER_ENTRY
 
     return list(argv).index(WORKER_ENTRY) + 1 if WORKER_ENTRY in argv else \
         list(argv).index("serve")

@@ -24,6 +24,7 @@ import json
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -209,6 +210,67 @@ def hash_files(jobs: list[HashJob], *, workers: int | None = None,
         raise
     ex.shutdown(wait=True)
     return [r for r in results if r is not None]
+
+
+def _eta(seconds: float) -> str:
+    s = int(seconds + 0.5)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+class ProgressMeter:
+    """The text of hashing progress, with throughput and ETA (the caller prints it).
+
+    On a terminal (tty=True) update() returns a line to redraw in place (starting with a
+    carriage return) at most every `redraw_s`; elsewhere (a log, a CI job) a full line each
+    time another 10% is done or `every_s` seconds have passed, so a long run is never silent.
+    The last update (done == total) always returns a line."""
+
+    def __init__(self, *, tty: bool, every_s: float = 10.0, redraw_s: float = 0.2,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.tty, self.every_s, self.redraw_s, self.clock = tty, every_s, redraw_s, clock
+        self.start = clock()
+        self.last_t: float | None = None
+        self.last_decile = -1
+        self.finished = False
+
+    def text(self, done: int, total: int, now: float) -> str:
+        from qwenprep.sizes import format_bytes
+
+        pct = 100 * done // max(total, 1)
+        elapsed = max(now - self.start, 1e-9)
+        rate = done / elapsed
+        if done >= total:
+            tail = f"done in {_eta(elapsed)}"
+        elif done > 0 and elapsed >= 0.05:
+            tail = f"ETA {_eta((total - done) / rate)}"
+        else:
+            tail = "ETA -"
+        speed = f"{format_bytes(rate)}/s" if done > 0 else "- /s"
+        amount = f"{format_bytes(done)} of {format_bytes(total)}"
+        if self.tty:
+            return f"\rhashing [{'#' * (pct // 4):<25}] {pct:3d}% {amount}, {speed}, {tail}  "
+        return f"hashing: {pct}% ({amount}), {speed}, {tail}"
+
+    def update(self, done: int, total: int) -> str | None:
+        if self.finished:
+            return None
+        now = self.clock()
+        last = done >= total
+        decile = 10 * done // max(total, 1)
+        if last:
+            self.finished = True
+        elif self.tty:
+            if self.last_t is not None and now - self.last_t < self.redraw_s:
+                return None
+        elif decile <= self.last_decile and self.last_t is not None \
+                and now - self.last_t < self.every_s:
+            return None
+        self.last_t, self.last_decile = now, decile
+        return self.text(done, total, now)
 
 
 def record_path(root: Path) -> Path:

@@ -8,8 +8,9 @@ never opened.
 
 Deep (`deep=True`): every file's bytes against a content hash: the blob name in an HF cache
 (sha256 for LFS files, git blob sha1 for small files), the hub's download metadata of a
-`--local-dir` download, or the hash record qwenprep keeps in `.qwenprep/hashes.json` (written
-on the first deep run of a plain directory; later runs compare).
+`--local-dir` download, or the hash record qwenprep keeps in `.qwenprep/hashes.json`. A file
+with none of these has nothing to compare against: its hash is reported (a WARN) and written
+to the record only when asked (`record=True`, `verify --deep --record`); later runs compare.
 """
 
 from __future__ import annotations
@@ -804,7 +805,9 @@ def _read_records(root: Path, manifest: dict[str, Any] | None
 
 
 def _deep_checks(root: Path, scan: _Scan, *, progress: ProgressFn | None,
-                 workers: int | None) -> tuple[list[Check], int]:
+                 workers: int | None, record: bool = False,
+                 unverified: dict[str, dict[str, Any]] | None = None
+                 ) -> tuple[list[Check], int]:
     manifest = _overlay_manifest(root)
     records = _read_records(root, manifest)
     if isinstance(records, Check):
@@ -846,7 +849,15 @@ def _deep_checks(root: Path, scan: _Scan, *, progress: ProgressFn | None,
         by = ", ".join(f"{n} by {s}" for s, n in sorted(matched.items()))
         checks.insert(0, Check("deep.hash", "pass", f"{sum(matched.values())} file(s) match "
                                f"their content hash ({by})"))
-    if to_record:
+    if unverified is not None and not record:
+        unverified.update(to_record)
+    if to_record and not record:
+        shown = "; ".join(f"{n} sha256 {v['sha256']}" for n, v in sorted(to_record.items()))
+        checks.append(Check("deep.record", "warn", f"{len(to_record)} file(s) have nothing to "
+                            "compare against (no HF cache blob name, no download metadata, no "
+                            "hash record); pass --record to keep these hashes for next time. "
+                            f"Computed: {shown}"))
+    elif to_record:
         try:
             rp = write_record(root, to_record)
             checks.append(Check("deep.record", "warn", f"recorded the sha256 of "
@@ -861,15 +872,19 @@ def _deep_checks(root: Path, scan: _Scan, *, progress: ProgressFn | None,
 
 def verify_checkpoint(path: Path, *, deep: bool = False, engine: bool = False,
                       vllm_python: str | None = None, progress: ProgressFn | None = None,
-                      workers: int | None = None) -> Report:
+                      workers: int | None = None, record: bool = False) -> Report:
     """Header-level checks; with deep, every file against its content hash; with engine,
-    vLLM's own read-back of the config (in a subprocess of vllm_python)."""
+    vLLM's own read-back of the config (in a subprocess of vllm_python). A file with nothing to
+    compare against is reported with its hash (extra["unverified"]) and written to the hash
+    record only with record=True."""
     root = Path(path)
     scan = _header_scan(root)
     report = Report("verify", list(scan.checks))
     hashed = 0
     if deep:
-        deep_checks, hashed = _deep_checks(root, scan, progress=progress, workers=workers)
+        unverified: dict[str, dict[str, Any]] = {}
+        deep_checks, hashed = _deep_checks(root, scan, progress=progress, workers=workers,
+                                           record=record, unverified=unverified)
         report.extend(deep_checks)
     if engine:
         from qwenprep.engine import readback_checks
@@ -886,4 +901,6 @@ def verify_checkpoint(path: Path, *, deep: bool = False, engine: bool = False,
     )
     if deep:
         report.extra["hashed_bytes"] = hashed
+        if unverified:
+            report.extra["unverified"] = dict(sorted(unverified.items()))
     return report

@@ -2,6 +2,7 @@
 
 The source checkpoint is never written. An overlay is built in a hidden sibling directory and
 renamed into place under a lock, so a crash or a concurrent run never leaves a half-made one.
+Removing one (qwenprep revert) is qwenprep.overlay_remove.
 """
 
 from __future__ import annotations
@@ -580,58 +581,3 @@ def _sha256_file(p: Path) -> str | None:
         return sha256_bytes(read_regular_text(p).encode("utf-8"))
     except (OSError, UnicodeDecodeError):
         return None
-
-
-def foreign_entries(path: Path) -> list[str]:
-    """Files in an overlay that qwenprep did not put there (links and our own files excluded)."""
-    manifest = read_manifest(path)
-    if manifest is None:
-        return []
-    return user_content(path, manifest).foreign
-
-
-def refuse_user_content(path: Path, manifest: dict[str, Any], *, force: bool,
-                        action: str, retry: str) -> None:
-    """Raise ConflictError when removing PATH would lose anything of the user's: foreign files
-    always; edits to qwenprep's own files unless FORCE."""
-    found = user_content(path, manifest)
-    if found.foreign:
-        raise ConflictError(
-            f"{path} holds files qwenprep did not put there: {', '.join(found.foreign[:5])}"
-            + (f" and {len(found.foreign) - 5} more" if len(found.foreign) > 5 else "")
-            + f"; refusing to {action} (--force never deletes them).",
-            hint=f"move them out, then {retry} again.", path=str(path))
-    if found.edits and not force:
-        raise ConflictError(
-            f"{path} was changed after qwenprep made it: {'; '.join(found.edits[:5])}; "
-            f"{action} would delete that.",
-            hint=f"copy out what you want to keep, then {retry} --force to {action} anyway.",
-            path=str(path))
-
-
-def remove_overlay(path: Path, *, force: bool = False) -> dict[str, Any] | None:
-    """Remove an overlay qwenprep made. Only links, our config and our manifest are deleted;
-    link targets are never touched. Files of the user's make us refuse; edits of the user's to
-    our files (config.json, .qwenprep/) make us refuse unless FORCE. None when it is already
-    gone (a concurrent revert removed it)."""
-    with output_lock(path):  # checked under the lock: a concurrent revert may have won
-        manifest = read_manifest(path)
-        if manifest is None:
-            if not path.exists():
-                return None  # a concurrent revert won: the overlay is gone, as asked
-            raise ConflictError(f"{path} is not a qwenprep overlay; refusing to delete it.")
-        refuse_user_content(path, manifest, force=force, action="remove it",
-                            retry=f"qwenprep revert {path}")
-        trash = path.parent / f".{path.name}{TMP_TAG}revert-{uuid.uuid4().hex[:8]}"
-        try:
-            os.rename(path, trash)
-        except OSError as e:
-            raise _io_error(path, e, verb="remove the overlay") from None
-        from qwenprep.lifecycle import release_pin
-
-        release_pin(manifest)
-        try:
-            _remove_tree(trash)
-        except OSError as e:
-            raise _io_error(trash, e, verb="finish removing the overlay (renamed here)") from None
-    return manifest

@@ -15,11 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from qwenprep.capacity import (
-    CUDA_BLOCK_SIZE,
-    KVDtype,
-    ModelShape,
     PlanRequest,
-    VllmRule,
     named_version,
     plan_capacity,
     resolve_rule,
@@ -27,6 +23,7 @@ from qwenprep.capacity import (
 )
 from qwenprep.errors import InputError, QwenprepError, UsageError
 from qwenprep.gpus import Inventory, inventory
+from qwenprep.kvrules import CUDA_BLOCK_SIZE, KVDtype, ModelShape, VllmRule
 from qwenprep.report import Check, Report
 from qwenprep.sizes import GiB, format_gib
 
@@ -107,9 +104,10 @@ class Layout:
 
 
 def _serve_profile(path: Path, repo_id: str | None) -> Any | None:
-    """engine.model_profile for PATH (what serve uses), None when that function is missing."""
+    """engines.vllm_launch.model_profile for PATH (what serve uses), None when that function
+    is missing."""
     try:
-        from qwenprep.engine import model_profile
+        from qwenprep.engines.vllm_launch import model_profile
     except ImportError:
         return None
     from qwenprep.jsonio import load_json_file
@@ -329,7 +327,8 @@ def flag_checks(rule: VllmRule, args: tuple[str, ...]) -> list[Check]:
         return [Check("engine.flags", "skip",
                       "no vLLM installed or named (--vllm-version); flags not checked")]
     # the one table: capabilities_for; names read as vLLM reads them (_ for -, before = and .)
-    from qwenprep.engine import _flag_name, flag_refusal, parse_version
+    from qwenprep.engine import flag_refusal, parse_version
+    from qwenprep.engines.vllm_launch import _flag_name
 
     have = parse_version(rule.version)
     planned = list(args)

@@ -1,8 +1,10 @@
-"""Memory sizes as people write them: ``61.31GiB``, ``141GB``, ``80 GiB``, ``2g``, plain bytes.
+"""Memory sizes as people write them: ``61.31GiB``, ``141GB``, ``80 GiB``, ``1024B``.
 
 Units: ``KiB MiB GiB TiB`` are binary (1024^n); ``KB MB GB TB`` are decimal (1000^n), as GPU
-vendors print them (an H200 is "141 GB"); the single letters ``k m g t`` (what vLLM's own
-``--kv-cache-memory-bytes 8g`` style takes) are binary. ``B`` or no unit means bytes.
+vendors print them (an H200 is "141 GB"); ``B`` means bytes. Sizes never guess: a number
+without a unit (``141``) and the single letters ``k m g t`` (``8g``: vLLM's own parser reads
+a lowercase suffix as decimal, other tools as binary) are refused with "did you mean 8GiB or
+8GB?" (UsageError, exit 2). A Python int is a byte count.
 """
 
 from __future__ import annotations
@@ -16,40 +18,59 @@ GiB = 1024**3
 MiB = 1024**2
 
 _UNITS: dict[str, int] = {
-    "": 1, "b": 1,
-    "k": 1024, "kib": 1024, "kb": 1000,
-    "m": 1024**2, "mib": 1024**2, "mb": 1000**2,
-    "g": 1024**3, "gib": 1024**3, "gb": 1000**3,
-    "t": 1024**4, "tib": 1024**4, "tb": 1000**4,
+    "b": 1,
+    "kib": 1024, "kb": 1000,
+    "mib": 1024**2, "mb": 1000**2,
+    "gib": 1024**3, "gb": 1000**3,
+    "tib": 1024**4, "tb": 1000**4,
 }
+_AMBIGUOUS = {"", "k", "m", "g", "t"}  # binary or decimal? never guessed
 _SIZE = re.compile(r"^\s*(\d{1,20}(?:\.\d{0,12})?|\.\d{1,12})\s*([a-zA-Z]*)\s*$", re.ASCII)
 MAX_SIZE = 2**60  # 1 EiB: far past any machine; a larger number is a typo
 
 
-def parse_size(text: str | int) -> int:
-    """Bytes for a size string (rounded down to a whole byte). Raises UsageError when unreadable."""
+def _shown(raw: str) -> str:
+    return repr(raw) if len(raw) <= 24 else repr(raw[:20]) + f"... ({len(raw)} characters)"
+
+
+def parse_size(text: str | int, option: str | None = None) -> int:
+    """Bytes for a size string (rounded down to a whole byte). Raises UsageError (exit 2) when
+    unreadable or ambiguous (no unit, or k/m/g/t); `option` (``--gpu-memory``) names where."""
+    where = f"{option} " if option else ""
     if isinstance(text, int) and not isinstance(text, bool):
         if text < 0:
-            raise UsageError(f"size {text} is negative.")
+            raise UsageError(f"{where}size {text} is negative.")
         if text > MAX_SIZE:
-            raise UsageError(f"size {text} is more than 1 EiB; no GPU or disk is that large.")
+            raise UsageError(f"{where}size {text} is more than 1 EiB; no GPU or disk is that "
+                             "large.")
         return text
     raw = str(text)
     m = _SIZE.match(raw)
     unit = m.group(2).lower() if m else ""
-    if not m or unit not in _UNITS:
-        shown = repr(raw) if len(raw) <= 24 else repr(raw[:20]) + f"... ({len(raw)} characters)"
+    if m and unit in _AMBIGUOUS:
+        num = m.group(1) if len(m.group(1)) <= 24 else "N"
+        big = unit.upper() or "G"
+        what = ("has no unit" if unit == "" else
+                f"is ambiguous ('{m.group(2)}' is binary in some tools, decimal in others)")
         raise UsageError(
-            f"unreadable size {shown}.",
-            hint="write a size like 61.31GiB, 80GiB, 141GB (decimal), 2g or a byte count.",
+            f"{where or 'size '}{_shown(raw.strip())} {what}: "
+            f"did you mean {num}{big}iB or {num}{big}B?",
+            hint="write the unit: GiB/MiB (binary, as nvidia-smi and vLLM's logs count), GB/MB "
+            "(decimal, as GPU datasheets print), or B for a byte count, e.g. "
+            f"{option or '--gpu-memory'} {num}{big}iB.",
+        )
+    if not m or unit not in _UNITS:
+        raise UsageError(
+            f"{where}unreadable size {_shown(raw)}.",
+            hint="write a size like 61.31GiB, 80GiB, 141GB (decimal) or 1024B (bytes).",
         )
     try:
         value = Decimal(m.group(1)) * _UNITS[unit]
     except InvalidOperation:  # pragma: no cover - the regex admits only digits
         raise UsageError(f"unreadable size {raw!r}.") from None
     if value > MAX_SIZE:
-        raise UsageError(f"size {raw!r} is more than 1 EiB; no GPU or disk is that large.",
-                         hint="write a size like 61.31GiB, 80GiB or 141GB.")
+        raise UsageError(f"{where}{_shown(raw)} is more than 1 EiB; no GPU or disk is that "
+                         "large.", hint="write a size like 61.31GiB, 80GiB or 141GB.")
     return int(value)
 
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 if TYPE_CHECKING:
-    from qwenprep.capacity import ModelShape
     from qwenprep.catalog import GPUSpec
+    from qwenprep.kvrules import ModelShape
 
 # Measured long-context prefill, as a fraction of the floor's peak (docs/time.md "Efficiency"):
 # low: NVIDIA's GH200 NVL32 Llama 3.1 405B TTFT at 122,880 tokens; high: FlashAttention-3's
@@ -516,7 +516,8 @@ def _layouts(plan: Any, gpu: GPUSpec | None, cost: ModelCost, n: int
     + EP: one request's attention and whole KV cache on one GPU)."""
     from dataclasses import replace
 
-    from qwenprep.capacity import _compute, bytes_per_token_per_gpu
+    from qwenprep.capacity import _compute
+    from qwenprep.kvrules import bytes_per_token_per_gpu
 
     req = plan.request
     gpus = req.tp * req.pp * plan.dp
@@ -542,7 +543,7 @@ def plan_timing(plan: Any, gpu: GPUSpec | None, *, gpu_name: str | None = None,
                 budget_s: float = DEFAULT_PREFILL_BUDGET_S) -> PlanTiming:
     """The time view of a capacity Plan (qwenprep.capacity.Plan): its context, every row of the
     context table, both parallel layouts, and the recommendation."""
-    from qwenprep.capacity import bytes_per_token_per_gpu, kv_capacity
+    from qwenprep.kvrules import bytes_per_token_per_gpu, kv_capacity
 
     shape, req = plan.shape, plan.request
     cost = model_cost(shape)

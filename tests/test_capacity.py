@@ -15,15 +15,13 @@ from hypothesis import strategies as st
 
 from conftest import QWENPREP_BIN, TINY, TINY_FP8, invoke
 from qwenprep.capacity import (
-    ModelShape,
     PlanRequest,
-    bytes_per_token_per_gpu,
-    kv_capacity,
     plan_capacity,
     resolve_rule,
     shape_from_dir,
     vllm_rule,
 )
+from qwenprep.kvrules import ModelShape, bytes_per_token_per_gpu, kv_capacity
 from qwenprep.sizes import GiB
 
 ONE_M = 1048576
@@ -116,7 +114,7 @@ def test_any_61_31_gib_in_range(n: int, version: str) -> None:
 
 
 def test_calibration_1_through_the_cli(big: Path) -> None:
-    code, out = plan_json(str(big), "--tp", "8", "--kv-memory", str(CAL1_BYTES), "--context",
+    code, out = plan_json(str(big), "--tp", "8", "--kv-memory", f"{CAL1_BYTES}B", "--context",
                           "256k", "--vllm-version", "0.32")
     assert code == 0
     assert out["kv_cache_tokens"] == 2_073_680

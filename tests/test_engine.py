@@ -16,6 +16,7 @@ import pytest
 
 from conftest import QWENPREP_BIN, TINY, TINY_FP8, invoke
 from qwenprep import engine as eng
+from qwenprep.engines.vllm_launch import WORKER_ENTRY
 from qwenprep.errors import InputError, UsageError
 
 VLLM_PY = os.environ.get("QWENPREP_VLLM_PYTHON") or sys.executable
@@ -247,7 +248,7 @@ def test_dry_run_480b_profile_is_exact(tmp_path: Path, ref_config: dict[str, Any
     out = json.loads(r.stdout)
     assert out["ok"] is True and out["schema_version"] == 1
     assert out["argv"][1:] == [
-        "-c", eng.WORKER_ENTRY, "serve", str(ov.resolve()), "--tensor-parallel-size", "8",
+        "-c", WORKER_ENTRY, "serve", str(ov.resolve()), "--tensor-parallel-size", "8",
         "--enable-expert-parallel", "--enable-auto-tool-choice", "--tool-call-parser",
         "qwen3_coder", "--served-model-name=Qwen3-Coder-480B-A35B-Instruct",
         "--max-model-len", "1048576"]
@@ -390,7 +391,7 @@ def _serve_args(argv: tuple[str, ...]) -> list[str]:
     """The part of a node's argv that vLLM's serve parser reads."""
     if argv[1:3] == ("-m", API):
         return list(argv[3:])
-    assert argv[1:4] == ("-c", eng.WORKER_ENTRY, "serve"), argv
+    assert argv[1:4] == ("-c", WORKER_ENTRY, "serve"), argv
     return ["--model", argv[4], *argv[5:]]
 
 
@@ -572,4 +573,4 @@ def test_worker_entry_starts_on_the_installed_build(tmp_path: Path,
     no = subprocess.run(bad, capture_output=True, text=True, timeout=300, env=env)
     assert no.returncode == 2, no.stderr[-2000:]
     assert "argument --node-rank/-r: invalid int value: 'x'" in no.stderr
-    assert worker[1:3] == ("-c", eng.WORKER_ENTRY) and worker[3:5] == ("serve", str(ov.resolve()))
+    assert worker[1:3] == ("-c", WORKER_ENTRY) and worker[3:5] == ("serve", str(ov.resolve()))

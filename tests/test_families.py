@@ -139,7 +139,7 @@ def test_a_new_family_is_one_module_and_one_registry_line(cli: CliFn, tmp_path: 
     r = cli("plan", str(ov), "--gpus", "1", "--kv-memory", "1GiB", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["context"] == 65536
-    from qwenprep.engine import model_profile
+    from qwenprep.engines.vllm_launch import model_profile
 
     assert model_profile(ov, json.loads((ov / "config.json").read_text()), None).tool_parser \
         == "hermes"

@@ -23,6 +23,7 @@ import pytest
 from conftest import QWENPREP_BIN, TINY, invoke
 from qwenprep import engine as eng
 from qwenprep import gate
+from qwenprep.engines.vllm_launch import WORKER_ENTRY
 
 VLLM_PY = os.environ.get("QWENPREP_VLLM_PYTHON") or sys.executable
 INFO = eng.discover(VLLM_PY)
@@ -191,7 +192,7 @@ def test_the_console_script_runs_the_gate_without_any_cache(overlay: Path) -> No
             plan = json.loads(s.stdout)
             assert any(n.startswith(f"vLLM {INFO.version}") and "own serve parser" in n
                        for n in plan["notes"]) if INFO else True
-            assert plan["argv"][1:4] == ["-c", eng.WORKER_ENTRY, "serve"]
+            assert plan["argv"][1:4] == ["-c", WORKER_ENTRY, "serve"]
 
 
 # ---------------------------------------------------------------- offline (no vLLM)

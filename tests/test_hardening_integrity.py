@@ -180,7 +180,7 @@ def test_deep_hashes_shards_behind_a_linked_directory(tiny: Path, tmp_path: Path
     idx = json.loads((tiny / INDEX).read_text())
     idx["weight_map"] = {k: f"weights/{v}" for k, v in idx["weight_map"].items()}
     (tiny / INDEX).write_text(json.dumps(idx))
-    code, obj = verify_json(cli, tiny, "--deep")
+    code, obj = verify_json(cli, tiny, "--deep", "--record")
     assert code == 0, with_status(obj, "fail")
     record = json.loads((tiny / RECORD).read_text())["files"]
     assert sorted(n for n in record if n.startswith("weights/")) == [f"weights/{S1}",
@@ -209,7 +209,7 @@ def test_deep_hashes_a_linked_shard(tiny: Path, tmp_path: Path,
     outside.mkdir()
     (tiny / S1).rename(outside / S1)
     (tiny / S1).symlink_to(outside / S1)
-    code, obj = verify_json(cli, tiny, "--deep")
+    code, obj = verify_json(cli, tiny, "--deep", "--record")
     assert code == 0, with_status(obj, "fail")
     assert ("deep.outside", f"{S1}: resolves to {outside / S1}, outside the checkpoint "
             "directory; it is hashed, but whoever can write there can change this "
@@ -258,7 +258,7 @@ def test_fifos_in_the_checkpoint_do_not_hang_deep_verify(tiny: Path) -> None:
     (tiny / "extra").mkdir()
     os.mkfifo(tiny / "extra" / "tokenizer.json")
     assert run_verify(tiny)[0] == 0  # the header level reads neither
-    code, obj, _ = run_verify(tiny, "--deep")
+    code, obj, _ = run_verify(tiny, "--deep", "--record")
     assert code == 1
     why = ("not a regular file (a FIFO), so there is nothing to hash; remove it, or put the "
            "real file in its place")

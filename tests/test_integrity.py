@@ -387,7 +387,7 @@ def test_header_checks_is_the_header_level_only(tiny: Path) -> None:
 
 
 def test_deep_plain_dir_records_then_compares(tiny: Path, cli: Callable[..., Result]) -> None:
-    code, obj = verify_json(cli, tiny, "--deep")
+    code, obj = verify_json(cli, tiny, "--deep", "--record")
     assert code == 0 and obj["deep"] is True
     rec = [c for c in obj["checks"] if c["id"] == "deep.record"]
     assert rec[0]["status"] == "warn"

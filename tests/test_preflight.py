@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from conftest import QWENPREP_BIN, TINY, invoke
-from qwenprep.capacity import ModelShape, shape_from_dir
+from qwenprep.capacity import shape_from_dir
+from qwenprep.kvrules import ModelShape
 from qwenprep.preflight import CheckOptions, parallel_checks, run_checks
 
 
@@ -232,10 +233,10 @@ def test_dp_comes_from_the_inventory_in_both_blocks(tiny_src: Path,
 def test_fallback_layout_is_plans_rule(tiny_src: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without the engine's model profile, TP = the GPU count (as qwenprep plan) and EP on for
     MoE."""
-    import qwenprep.engine
+    import qwenprep.engines.vllm_launch
     import qwenprep.preflight
 
-    monkeypatch.delattr(qwenprep.engine, "model_profile")
+    monkeypatch.delattr(qwenprep.engines.vllm_launch, "model_profile")
     # the serve gate needs the profile to build serve's argv; this test is about the layout
     monkeypatch.setattr(qwenprep.preflight, "_gate_checks", lambda *a: [])
     code, out = check_json(str(tiny_src), "--gpus", "4", "--gpu-memory", "80GiB")

@@ -12,7 +12,7 @@ import pytest
 from click.testing import Result
 
 from conftest import tree_state
-from qwenprep.revert import git_blob_sha1
+from qwenprep.restore import git_blob_sha1
 
 CliFn = Callable[..., Result]
 COMMIT = "a" * 40

@@ -16,12 +16,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import TINY
-from qwenprep.capacity import ModelShape
 from qwenprep.errors import InputError
+from qwenprep.kvrules import ModelShape
 
 BASE: dict[str, Any] = json.loads((TINY / "config.json").read_text())
 
-# the fields capacity.ModelShape, integrity's tensor-name checks and engine's launch plan read
+# the fields kvrules.ModelShape, integrity's tensor-name checks and engine's launch plan read
 TOP_FIELDS = [
     "num_key_value_heads", "num_attention_heads", "head_dim", "hidden_size", "num_experts",
     "num_experts_per_tok", "moe_intermediate_size", "num_hidden_layers", "quantization_config",

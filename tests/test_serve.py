@@ -24,6 +24,8 @@ from click.testing import CliRunner
 from conftest import QWENPREP_BIN, TINY, invoke
 from qwenprep import engine as eng
 from qwenprep.cli import cli
+from qwenprep.engines import vllm_server as srv
+from qwenprep.engines.vllm_launch import LaunchPlan
 from qwenprep.errors import ChecksFailed
 
 VLLM_PY = os.environ.get("QWENPREP_VLLM_PYTHON") or sys.executable
@@ -58,7 +60,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     ov = tmp / "tiny-1m"
     r = invoke("patch", str(TINY), "--context", "1m", "--out", str(ov))
     assert r.exit_code == 0, r.output
-    port = eng.free_port()
+    port = srv.free_port()
     log = tmp / "serve.log"
     env = dict(os.environ, QWENPREP_VLLM_PYTHON=VLLM_PY, VLLM_CPU_KVCACHE_SPACE="1")
     with open(log, "w") as errf:
@@ -111,7 +113,7 @@ def test_chat_completion_answers(served: Served) -> None:
 def test_required_tool_choice_returns_a_tool_call(served: Served) -> None:
     out = _post(served.url + "/v1/chat/completions",
                 {"model": "tiny-qwen3-coder", "max_tokens": 64, "tool_choice": "required",
-                 "tools": [eng.TOOL_WEATHER],
+                 "tools": [srv.TOOL_WEATHER],
                  "messages": [{"role": "user", "content": "What is the weather in Paris?"}]})
     calls = out["choices"][0]["message"]["tool_calls"]
     assert len(calls) >= 1
@@ -152,7 +154,7 @@ STAND_IN = textwrap.dedent('''
 ''')
 
 
-def _stand_in_plan(tmp_path: Path, length: int, code: int = 0) -> eng.LaunchPlan:
+def _stand_in_plan(tmp_path: Path, length: int, code: int = 0) -> LaunchPlan:
     script = tmp_path / "stand_in.py"
     script.write_text(STAND_IN)
     ov = tmp_path / "ov"
@@ -160,14 +162,14 @@ def _stand_in_plan(tmp_path: Path, length: int, code: int = 0) -> eng.LaunchPlan
         assert invoke("patch", str(TINY), "--context", "1m", "--out", str(ov)).exit_code == 0
     engine = eng.EngineInfo("x", "0.32.0", "vllm", True, None, None,
                             eng.capabilities_for((0, 32, 0)))
-    port = eng.free_port()
+    port = srv.free_port()
     plan = eng.build_launch_plan(ov, engine=engine, host="127.0.0.1", port=port)
     return replace(plan, argv=(sys.executable, str(script), str(port), str(length), str(code)))
 
 
 def test_length_mismatch_stops_the_server_and_fails(tmp_path: Path) -> None:
     plan = _stand_in_plan(tmp_path, 4096)
-    handle = eng.start_server(plan)
+    handle = srv.start_server(plan)
     with pytest.raises(ChecksFailed) as ei:
         handle.wait_ready(30)
     assert ei.value.exit_code == 1
@@ -178,7 +180,7 @@ def test_length_mismatch_stops_the_server_and_fails(tmp_path: Path) -> None:
 
 def test_ready_and_stop_with_matching_length(tmp_path: Path) -> None:
     plan = _stand_in_plan(tmp_path, 1048576)
-    with eng.start_server(plan) as handle:
+    with srv.start_server(plan) as handle:
         data = handle.wait_ready(30)
         assert data["data"][0]["max_model_len"] == 1048576
         assert handle.models()["data"][0]["id"] == "m"
@@ -187,7 +189,7 @@ def test_ready_and_stop_with_matching_length(tmp_path: Path) -> None:
 
 def test_early_exit_code_is_passed_through(tmp_path: Path) -> None:
     plan = _stand_in_plan(tmp_path, 1048576, code=7)
-    handle = eng.start_server(plan)
+    handle = srv.start_server(plan)
     with pytest.raises(eng.ServerExited) as ei:
         handle.wait_ready(30)
     assert ei.value.exit_code == 7

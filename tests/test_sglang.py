@@ -68,19 +68,24 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     r = invoke("patch", str(TINY), "--context", "1m", "--out", str(ov), "--json")
     assert r.exit_code == 0, r.output
     nested = _nested(tmp / "nested")
+    nxt = tmp / "next-ov"
+    r = invoke("patch", str(REPO / "examples" / "tiny-qwen3-next"), "--context", "1m", "--out",
+               str(nxt), "--json")
+    assert r.exit_code == 0, r.output
     info = sglang.discover(SG_PY)
     assert info is not None and info.importable
     plans = [sglang.build_plan(p, engine=info, for_check=True, max_model_len=n, extra_args=x,
                                tp=tp, nnodes=nn, gpus_per_node=g)
              for p, n, x, tp, nn, g in [
                  (ov, None, (), None, None, None), (TINY, None, (), None, None, None),
+                 (nxt, None, (), None, None, None),
                  (TINY, None, tuple(MPE_ONLY), None, None, None),
                  (ov, None, ("--bogus-flag", "1"), None, None, None),
                  (ov, None, (), 2, 2, 1),
                  (nested, None, tuple(FLAT_ON_NESTED), None, None, None),
                  (nested, None, tuple(PARTIAL_NESTED), None, None, None)]]
     probe_plans(plans, SG_PY)  # one import of SGLang for the whole module
-    return {"ov": ov, "nested": nested, "info": info}
+    return {"ov": ov, "nested": nested, "info": info, "next": nxt}
 
 
 def _fails(out: dict[str, Any]) -> dict[str, str]:
@@ -120,6 +125,20 @@ def test_overlay_check_serve_verify_pass(env: dict[str, Any]) -> None:
     assert r.exit_code == 0, r.output
     got = {c["id"]: c["status"] for c in json.loads(r.stdout)["checks"]}
     assert got["engine.rope_type"] == got["engine.rope_factor"] == "pass"
+
+
+def test_a_hybrid_qwen3_next_overlay_passes_the_sglang_gate(env: dict[str, Any]) -> None:
+    """The Qwen3-Next family (hybrid layers, partial_rotary_factor) read back by SGLang's own
+    ModelConfig: 1M with YaRN x4 over 262,144 and rope_theta kept."""
+    code, out = _check(env["next"])
+    assert code == 0, _fails(out)
+    ids = {c["id"]: c["message"] for c in out["checks"]}
+    assert ids["engine.max_model_len"] == "max model length: SGLang 0.5.23 uses 1048576"
+    assert ids["engine.rope_factor"] == "YaRN factor: SGLang 0.5.23 uses 4"
+    assert ids["engine.rope_theta"].endswith("SGLang 0.5.23 uses 10000000")
+    code, plan = _serve(env["next"])
+    assert code == 0, plan
+    assert plan["argv"][-2:] == ["--context-length", "1048576"]
 
 
 def test_argv_parsed_by_sglangs_own_parser(env: dict[str, Any]) -> None:

@@ -16,11 +16,10 @@ from qwenprep.sizes import GiB, format_gib, parse_size
         ("80 GiB", 80 * 1024**3),
         ("141GB", 141 * 1000**3),
         ("141gb", 141 * 1000**3),
-        ("2g", 2 * 1024**3),
         ("512MiB", 512 * 1024**2),
         ("143771MiB", 143771 * 1024**2),
         ("1.5TB", 1_500_000_000_000),
-        ("65826897920", 65826897920),
+        ("65826897920B", 65826897920),
         ("1024B", 1024),
         (".5GiB", 512 * 1024**2),
         (7, 7),
@@ -53,3 +52,15 @@ def test_parse_size_rejects_negative_int() -> None:
 def test_format_gib_matches_vllm_two_decimals() -> None:
     assert format_gib(65826897920) == "61.31 GiB"
     assert format_gib(2 * GiB) == "2.00 GiB"
+
+
+@pytest.mark.parametrize(("text", "num", "big"), [
+    ("141", "141", "G"), ("65826897920", "65826897920", "G"), ("8g", "8", "G"),
+    ("2g", "2", "G"), ("512m", "512", "M"), ("1.5t", "1.5", "T"), ("4k", "4", "K")])
+def test_parse_size_never_guesses(text: str, num: str, big: str) -> None:
+    """No unit, or a single letter (binary in some tools, decimal in vLLM's parser): refused."""
+    with pytest.raises(UsageError) as e:
+        parse_size(text, "--gpu-memory")
+    assert e.value.exit_code == 2
+    assert e.value.message.startswith(f"--gpu-memory {text!r} ")
+    assert e.value.message.endswith(f": did you mean {num}{big}iB or {num}{big}B?")

@@ -287,6 +287,7 @@ def build_plan(path: Path, *, engine: SglangInfo | None, tp: int | None = None,
     layout the weights cannot be split into) and a --context-length above what SGLang derives
     from the config. The arguments after -- are judged by qwenprep.engines.sglang_gate."""
     from qwenprep import engine as eng
+    from qwenprep.engines.vllm_launch import _validation_gate, model_profile
 
     path = Path(path)
     config = eng._read_config(path)
@@ -300,13 +301,13 @@ def build_plan(path: Path, *, engine: SglangInfo | None, tp: int | None = None,
     version = engine.version if engine else ".".join(map(str, KNOWN_RELEASES[-1]))
     notes: list[str] = []
     if not for_check:
-        eng._validation_gate(path, config, manifest, max_model_len, notes)
+        _validation_gate(path, config, manifest, max_model_len, notes)
     if engine is None:
         notes.append(f"SGLang not found; this plan assumes SGLang {version} behaviour")
     elif not engine.known:
         notes.append(f"SGLang {version}: qwenprep's SGLang rules were read from 0.5.23 only; "
                      "they are assumed here")
-    profile = eng.model_profile(path, config, manifest, repo_id)
+    profile = model_profile(path, config, manifest, repo_id)
     allowed = derived_context_length(config)
     if max_model_len is None:
         max_model_len = int(manifest["target_context"]) if manifest else allowed
@@ -369,7 +370,7 @@ def build_plan(path: Path, *, engine: SglangInfo | None, tp: int | None = None,
 def _reasoning_parser(path: Path, config: dict[str, Any], manifest: dict[str, Any] | None,
                       repo_id: str | None) -> str | None:
     """The family's reasoning parser, where it names one (qwenprep.families ServeProfile)."""
-    from qwenprep import engine as eng
+    from qwenprep.engines.vllm_launch import _name_candidates
     from qwenprep.families import lookup
     from qwenprep.model import ModelView
 
@@ -377,7 +378,7 @@ def _reasoning_parser(path: Path, config: dict[str, Any], manifest: dict[str, An
     family = lookup(view.model_type) or lookup(view.text_model_type)
     if family is None:
         return None
-    p = family.profile_for(view, eng._name_candidates(path, manifest, repo_id))
+    p = family.profile_for(view, _name_candidates(path, manifest, repo_id))
     return getattr(p, "reasoning_parser", None)
 
 
@@ -436,7 +437,7 @@ class SglangServer:
                 pass
 
     def wait(self, timeout: float | None = None) -> int:
-        from qwenprep.engine import _exit_code
+        from qwenprep.engines.vllm_server import _exit_code
 
         return _exit_code(self.proc.wait(timeout))
 
@@ -459,7 +460,7 @@ class SglangServer:
         return self.wait()
 
     def _get(self, route: str, timeout: float) -> dict[str, Any]:
-        from qwenprep.engine import _get_json
+        from qwenprep.engines.vllm_server import _get_json
 
         return _get_json(self.plan.base_url + route, timeout)
 
@@ -475,7 +476,8 @@ class SglangServer:
     def wait_ready(self, timeout: float) -> dict[str, Any]:
         """Poll /v1/models until it answers; then require max_model_len == the plan's and a
         server-info max_req_input_len within it. ChecksFailed (server stopped) otherwise."""
-        from qwenprep.engine import EngineError, ServerExited, _exit_code
+        from qwenprep.engine import EngineError, ServerExited
+        from qwenprep.engines.vllm_server import _exit_code
 
         deadline = time.monotonic() + timeout
         while True:

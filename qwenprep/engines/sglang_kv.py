@@ -33,7 +33,7 @@ from qwenprep.report import SCHEMA_VERSION
 from qwenprep.sizes import GiB, format_gib
 
 if TYPE_CHECKING:
-    from qwenprep.capacity import ModelShape
+    from qwenprep.kvrules import ModelShape
 
 VERSION = "0.5.23"
 MiB = 1024 * 1024
@@ -171,7 +171,7 @@ def plan_sglang(shape: ModelShape, *, context: int, tp: int, pp: int = 1,
                 kv_memory: int | None = None, kv_cache_dtype: str = "auto", ep: bool = True,
                 page_size: int = 1, mem_fraction_static: float | None = None,
                 max_running_requests: int | None = None) -> SglangKVPlan:
-    from qwenprep.capacity import weights_per_gpu
+    from qwenprep.kvrules import weights_per_gpu
 
     if context <= 0:
         raise UsageError(f"context {context} must be positive.")

