@@ -72,6 +72,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     r = invoke("patch", str(REPO / "examples" / "tiny-qwen3-next"), "--context", "1m", "--out",
                str(nxt), "--json")
     assert r.exit_code == 0, r.output
+    qwen2, dense = _qwen2_and_dense(tmp)
     info = sglang.discover(SG_PY)
     assert info is not None and info.importable
     plans = [sglang.build_plan(p, engine=info, for_check=True, max_model_len=n, extra_args=x,
@@ -79,13 +80,56 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
              for p, n, x, tp, nn, g in [
                  (ov, None, (), None, None, None), (TINY, None, (), None, None, None),
                  (nxt, None, (), None, None, None),
+                 (qwen2, None, (), None, None, None), (dense, None, (), None, None, None),
                  (TINY, None, tuple(MPE_ONLY), None, None, None),
                  (ov, None, ("--bogus-flag", "1"), None, None, None),
                  (ov, None, (), 2, 2, 1),
                  (nested, None, tuple(FLAT_ON_NESTED), None, None, None),
                  (nested, None, tuple(PARTIAL_NESTED), None, None, None)]]
     probe_plans(plans, SG_PY)  # one import of SGLang for the whole module
-    return {"ov": ov, "nested": nested, "info": info, "next": nxt}
+    return {"ov": ov, "nested": nested, "info": info, "next": nxt, "qwen2": qwen2,
+            "dense": dense}
+
+
+def _qwen2_and_dense(tmp: Path) -> tuple[Path, Path]:
+    """128K overlays of a Qwen2.5-7B-shaped checkpoint (no head_dim key; native 32,768, DCA
+    block dropped) and of a Qwen3-dense config: the two other families qwenprep knows."""
+    from qwenprep.synth import make_shaped_checkpoint, qwen25_7b_instruct_1m_config
+
+    cfg = qwen25_7b_instruct_1m_config()
+    cfg.pop("dual_chunk_attention_config")
+    cfg.update(max_position_embeddings=32768, rope_theta=1000000.0, num_hidden_layers=4)
+    src = make_shaped_checkpoint(tmp / "Qwen2.5-7B-Instruct", config=cfg, fp8=False, shards=1)
+    dense = tmp / "Qwen3-8B"
+    shutil.copytree(TINY, dense)
+    c = json.loads((dense / "config.json").read_text())
+    for k in ("num_experts", "num_experts_per_tok", "moe_intermediate_size"):
+        c.pop(k, None)
+    c.update(model_type="qwen3", architectures=["Qwen3ForCausalLM"],
+             max_position_embeddings=32768)
+    (dense / "config.json").write_text(json.dumps(c, indent=2))
+    out = []
+    for s in (src, dense):
+        r = invoke("patch", str(s), "--context", "128k", "--out", str(tmp / f"{s.name}-128k"))
+        assert r.exit_code == 0, r.output
+        out.append(tmp / f"{s.name}-128k")
+    return out[0], out[1]
+
+
+@pytest.mark.parametrize("which,theta", [("qwen2", "1000000"), ("dense", "10000000")])
+def test_qwen2_and_qwen3_dense_read_back_through_sglang(env: dict[str, Any], which: str,
+                                                        theta: str) -> None:
+    """Every family qwenprep knows reads back through SGLang's ModelConfig at its extended
+    context (the dense overlay reuses MoE weights, so only the engine checks are judged)."""
+    code, out = _check(env[which])
+    engine = {c["id"]: c for c in out["checks"] if c["id"].startswith("engine.")}
+    assert all(c["status"] == "pass" for c in engine.values()), engine
+    assert engine["engine.max_model_len"]["message"] == \
+        "max model length: SGLang 0.5.23 uses 131072"
+    assert engine["engine.rope_original"]["message"].endswith("SGLang 0.5.23 uses 32768")
+    assert engine["engine.rope_theta"]["message"].endswith(f"SGLang 0.5.23 uses {theta}")
+    if which == "qwen2":
+        assert code == 0, _fails(out)
 
 
 def _fails(out: dict[str, Any]) -> dict[str, str]:
