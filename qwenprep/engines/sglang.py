@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from qwenprep.engines.child import ChildGroup, exit_code
 from qwenprep.errors import ChecksFailed, InputError, UsageError
 
 ENGINES = ("vllm", "sglang")
@@ -418,46 +419,12 @@ def _multinode(path: Path, python: str, core: list[str], net: list[str],
 
 
 # ------------------------------------------------------------------ the running server
-class SglangServer:
+class SglangServer(ChildGroup):
     """SGLang started by start(): a child in its own process group."""
 
     def __init__(self, plan: SglangPlan, proc: subprocess.Popen[bytes]) -> None:
+        super().__init__(proc)
         self.plan = plan
-        self.proc = proc
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def send_signal(self, sig: int) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
-
-    def wait(self, timeout: float | None = None) -> int:
-        from qwenprep.engines.vllm_server import _exit_code
-
-        return _exit_code(self.proc.wait(timeout))
-
-    def stop(self, timeout: float = 30.0) -> int:
-        import signal
-
-        for sig, wait_s in ((signal.SIGINT, timeout), (signal.SIGTERM, 10.0),
-                            (signal.SIGKILL, 10.0)):
-            if self.proc.poll() is not None:
-                break
-            self.send_signal(sig)
-            try:
-                self.proc.wait(wait_s)
-            except subprocess.TimeoutExpired:
-                continue
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        return self.wait()
 
     def _get(self, route: str, timeout: float) -> dict[str, Any]:
         from qwenprep.engines.vllm_server import _get_json
@@ -477,14 +444,13 @@ class SglangServer:
         """Poll /v1/models until it answers; then require max_model_len == the plan's and a
         server-info max_req_input_len within it. ChecksFailed (server stopped) otherwise."""
         from qwenprep.engine import EngineError, ServerExited
-        from qwenprep.engines.vllm_server import _exit_code
 
         deadline = time.monotonic() + timeout
         while True:
             rc = self.proc.poll()
             if rc is not None:
                 raise ServerExited(f"SGLang exited with code {rc} before it was ready (its log "
-                                   "is above).", _exit_code(rc))
+                                   "is above).", exit_code(rc))
             try:
                 models = self._get("/v1/models", 5.0)
                 break

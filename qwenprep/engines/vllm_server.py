@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import signal
 import subprocess
 import time
 import urllib.error
@@ -24,6 +23,7 @@ from qwenprep.engine import (
     engine_python,
     readback_checks,
 )
+from qwenprep.engines.child import ChildGroup, exit_code
 from qwenprep.errors import ChecksFailed, InputError, QwenprepError
 
 if TYPE_CHECKING:
@@ -50,16 +50,12 @@ def _post_json(url: str, body: dict[str, Any], timeout: float) -> dict[str, Any]
         return data
 
 
-class ServerHandle:
+class ServerHandle(ChildGroup):
     """A vLLM server started by start_server: a child in its own process group."""
 
     def __init__(self, plan: LaunchPlan, proc: subprocess.Popen[bytes]) -> None:
+        super().__init__(proc)
         self.plan = plan
-        self.proc = proc
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
 
     @property
     def base_url(self) -> str:
@@ -105,34 +101,6 @@ class ServerHandle:
                                f"asked for {self.plan.max_model_len}; stopped the server.")
         return data
 
-    def send_signal(self, sig: int) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
-
-    def wait(self, timeout: float | None = None) -> int:
-        return _exit_code(self.proc.wait(timeout))
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGINT (vLLM shuts down cleanly), then SIGTERM, then SIGKILL to the group."""
-        steps = ((signal.SIGINT, timeout), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0))
-        for sig, wait_s in steps:
-            if self.proc.poll() is not None:
-                break
-            self.send_signal(sig)
-            try:
-                self.proc.wait(wait_s)
-            except subprocess.TimeoutExpired:
-                continue
-        # the engine core and helpers live in the same group; make sure none is left
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        return _exit_code(self.proc.wait())
-
     def __enter__(self) -> ServerHandle:
         return self
 
@@ -140,8 +108,7 @@ class ServerHandle:
         self.stop()
 
 
-def _exit_code(rc: int) -> int:
-    return 128 - rc if rc < 0 else rc
+_exit_code = exit_code  # the name this module's callers use
 
 
 def start_server(plan: LaunchPlan, *, stdout: IO[Any] | int | None = None,
