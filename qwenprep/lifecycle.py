@@ -235,7 +235,7 @@ def require_live(path: Path) -> list[str]:
     """For validate/check/serve: raise (exit 3) on a dangling overlay, naming what is gone and
     the command that rebuilds it; return warnings for a stale one; [] otherwise (also for a
     directory that is no overlay)."""
-    from qwenprep.overlay import read_manifest
+    from qwenprep.manifest import read_manifest
 
     manifest = read_manifest(path)
     if manifest is None:
@@ -252,7 +252,7 @@ def require_live(path: Path) -> list[str]:
 
 def find_overlays(paths: list[Path]) -> list[Path]:
     """Overlays at each PATH, or one level below it (the default place when none is given)."""
-    from qwenprep.overlay import MANIFEST_DIR, MANIFEST_NAME
+    from qwenprep.manifest import MANIFEST_DIR, MANIFEST_NAME
 
     roots = paths or [overlays_home()]
     found: list[Path] = []
@@ -272,7 +272,7 @@ def find_overlays(paths: list[Path]) -> list[Path]:
 
 
 def list_overlays(paths: list[Path]) -> list[OverlayStatus]:
-    from qwenprep.overlay import read_manifest
+    from qwenprep.manifest import read_manifest
 
     out = []
     for p in find_overlays(paths):

@@ -283,7 +283,7 @@ def validate_config_text(text: str, where: str, *, manifest: dict[str, Any] | No
 def validate_checkpoint(path: Path) -> list[Check]:
     """Schema + invariants of PATH/config.json (PATH may be an overlay: its manifest's intent
     is checked too)."""
-    from qwenprep.overlay import read_manifest
+    from qwenprep.manifest import read_manifest
 
     cfg = path / CONFIG
     try:
