@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qwenprep.engine import (
+from qwenprep.engines.vllm_core import (
     NEWEST_KNOWN,
     OLDEST_KNOWN,
     capabilities_for,
@@ -430,6 +430,18 @@ def _hybrid_kv(shape: ModelShape, req: PlanRequest, avail: int, rule: VllmRule) 
                       cap.needed_bytes, cap.fits, cap.largest_context, layout)
 
 
+def layout_alternatives(plan: Plan) -> dict[int, Plan]:
+    """The capacity plans of the two layouts the time view compares for an MoE model on several
+    GPUs, by TP size: TP over every GPU + EP, and DP attention + EP (TP 1). Empty otherwise."""
+    req = plan.request
+    gpus = req.tp * req.pp * plan.dp
+    if not (plan.shape.num_experts and req.ep and req.pp == 1 and gpus > 1):
+        return {}
+    return {tp: plan if req.tp == tp else _compute(plan.shape, replace(req, tp=tp, gpus=gpus),
+                                                   plan.rule)
+            for tp in (gpus, 1)}
+
+
 def plan_capacity(shape: ModelShape, req: PlanRequest, rule: VllmRule) -> Plan:
     """The plan plus concrete advice (each alternative computed, not guessed)."""
     plan = _compute(shape, req, rule)
@@ -557,4 +569,5 @@ def make_plan(model: str, *, context: str | None = None, tp: int | None = None, 
         kv_cache_dtype=kv_cache_dtype, ep=ep and bool(shape.num_experts), block_size=block_size,
     ), rule)
     return replace(plan, timing=plan_timing(plan, spec, gpu_name=gpu_name,
-                                            notes=tuple(time_notes), budget_s=budget))
+                                            notes=tuple(time_notes), budget_s=budget,
+                                            alternatives=layout_alternatives(plan)))

@@ -403,7 +403,7 @@ def _items(plan: LaunchPlan) -> list[dict[str, Any]]:
 def probe_plans(plans: Sequence[LaunchPlan], python: str) -> None:
     """Ask vLLM about several plans in one probe (one import of vLLM) and keep the answers
     for gate(); tests and callers with many plans use it to pay the import once."""
-    from qwenprep.engine import _run_probe
+    from qwenprep.engines.vllm_core import _run_probe
 
     batch: list[tuple[str, list[dict[str, Any]]]] = []
     for plan in plans:
@@ -418,7 +418,7 @@ def probe_plans(plans: Sequence[LaunchPlan], python: str) -> None:
     got = _run_probe(python, ["gate", json.dumps(flat)], timeout=600, env=env)
     results = got.get("results")
     if not isinstance(results, list) or len(results) != len(flat):
-        from qwenprep.engine import EngineError
+        from qwenprep.engines.vllm_core import EngineError
 
         raise EngineError(f"{python}: the vLLM probe (gate) answered {len(results or [])} "
                           f"results for {len(flat)} argvs.")
@@ -432,7 +432,7 @@ def gate(plan: LaunchPlan, *, engine: EngineInfo | None, offline_reason: str | N
          ) -> GateResult:
     """Judge PLAN's argv: by the installed vLLM when ENGINE is importable (and no
     OFFLINE_REASON), else offline. Returns the checks; never raises for a refusal."""
-    from qwenprep.engine import _manifest, _read_config
+    from qwenprep.engines.vllm_core import _manifest, _read_config
 
     path = Path(plan.model_path)
     config = _read_config(path)
@@ -452,7 +452,7 @@ def gate(plan: LaunchPlan, *, engine: EngineInfo | None, offline_reason: str | N
         res = GateResult(why, True, plan.argv, pre)
         res.checks += _offline_checks(plan, config, want, where, shown)
         return res
-    from qwenprep.engine import engine_python
+    from qwenprep.engines.vllm_core import engine_python
 
     python = engine_python(engine.python)
     items = _items(plan)
@@ -576,7 +576,7 @@ def check_gate(path: Path, *, engine_on: bool, python: str | None, tp: int | Non
     if not engine_on:
         reason = "check --no-engine"
     elif engine is None or not engine.importable:
-        from qwenprep.engine import engine_python
+        from qwenprep.engines.vllm_core import engine_python
 
         reason = f"vLLM is not installed in {engine_python(python)}"
     res = gate(plan, engine=engine, offline_reason=reason)

@@ -327,7 +327,7 @@ def flag_checks(rule: VllmRule, args: tuple[str, ...]) -> list[Check]:
         return [Check("engine.flags", "skip",
                       "no vLLM installed or named (--vllm-version); flags not checked")]
     # the one table: capabilities_for; names read as vLLM reads them (_ for -, before = and .)
-    from qwenprep.engine import flag_refusal, parse_version
+    from qwenprep.engines.vllm_core import flag_refusal, parse_version
     from qwenprep.engines.vllm_launch import _flag_name
 
     have = parse_version(rule.version)

