@@ -537,13 +537,27 @@ def _layouts(plan: Any, gpu: GPUSpec | None, cost: ModelCost, n: int,
     return tuple(rows), (" and ".join(fitting) if fitting else None)
 
 
+def _capacity_at(plan: Any, n: int) -> tuple[bool, float]:
+    """(fits, max concurrency) of the plan's cache at context N, by the arithmetic the plan used:
+    a hybrid model's requests also hold their linear-attention state (qwenprep.hybrid)."""
+    from qwenprep.hybrid import hybrid_capacity
+    from qwenprep.kvrules import kv_capacity
+
+    if plan.kv.hybrid is not None:
+        h = hybrid_capacity(plan.kv.hybrid, plan.kv.available_bytes, n)
+        return h.fits, h.max_concurrency
+    kv = kv_capacity(plan.kv.available_bytes, plan.bytes_per_token, n, plan.rule,
+                     block_size=plan.request.block_size)
+    return kv.fits, kv.max_concurrency
+
+
 def plan_timing(plan: Any, gpu: GPUSpec | None, *, gpu_name: str | None = None,
                 notes: tuple[str, ...] = (), budget_s: float = DEFAULT_PREFILL_BUDGET_S,
                 alternatives: Mapping[int, Any] | None = None) -> PlanTiming:
     """The time view of a capacity Plan (qwenprep.capacity.Plan): its context, every row of the
     context table, both parallel layouts (their capacity plans by TP size in ALTERNATIVES), and
     the recommendation."""
-    from qwenprep.kvrules import bytes_per_token_per_gpu, kv_capacity
+    from qwenprep.kvrules import bytes_per_token_per_gpu
 
     shape, req = plan.shape, plan.request
     cost = model_cost(shape)
@@ -552,12 +566,10 @@ def plan_timing(plan: Any, gpu: GPUSpec | None, *, gpu_name: str | None = None,
     bpt = bytes_per_token_per_gpu(shape, tp=req.tp, kv_cache_dtype=req.kv_cache_dtype)
 
     def row(n: int) -> ContextRow:
-        kv = kv_capacity(plan.kv.available_bytes, plan.bytes_per_token, n, plan.rule,
-                         block_size=req.block_size)
-        return ContextRow(n, kv.fits, n > shape.max_position_embeddings, kv.max_concurrency,
+        fits, concurrency = _capacity_at(plan, n)
+        return ContextRow(n, fits, n > shape.max_position_embeddings, concurrency,
                           prefill(cost, n, layout, gpu, kv_fp8=kv_fp8),
-                          decode(cost, n, layout, gpu, bpt, kv.max_concurrency, kv.fits,
-                                 kv_fp8=kv_fp8))
+                          decode(cost, n, layout, gpu, bpt, concurrency, fits, kv_fp8=kv_fp8))
 
     largest = plan.kv.largest_context
     rows = tuple(row(n) for n in sorted(set(TABLE_CONTEXTS) | ({largest} if largest else set())))

@@ -372,3 +372,26 @@ def test_chart_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert r.exit_code == 2
     assert "pip install 'qwenprep[chart]'" in r.output
     assert not (tmp_path / "x.svg").exists()
+
+
+def test_hybrid_context_table_uses_the_hybrid_arithmetic(tmp_path: Path) -> None:
+    """The time table's concurrency for a hybrid model (Qwen3-Next) comes from the same
+    arithmetic as the plan's own number: each request also holds its linear-attention state, so
+    the row at the plan's context says exactly what the plan says (not the per-token-only 2.5)."""
+    from qwenprep.synth import make_shaped_checkpoint, qwen3_next_80b_config
+
+    ckpt = make_shaped_checkpoint(tmp_path / "Qwen3-Coder-Next", config=qwen3_next_80b_config(),
+                                  fp8=False, shards=8)
+    code, out = plan_json(str(ckpt), "-c", "1m", "--kv-memory", "60GiB", "--gpu", "H200")
+    assert code == 0
+    rows = {r["context"]: r for r in out["contexts"]}
+    assert rows[ONE_M]["max_concurrency"] == out["max_concurrency"] == pytest.approx(2.4912)
+    h = out["hybrid"]
+    # every row, by vLLM's grouping: one block of the shared pool per layer group per step, so
+    # a request takes ceil(n / block) blocks in each attention group and the state blocks in
+    # each linear-attention group
+    for n, row in rows.items():
+        per_request = sum(-(-n // h["block_size"]) if g["kind"] == "full_attention"
+                          else h["state_blocks_per_request_per_group"] for g in h["groups"])
+        want = out["num_blocks"] / per_request
+        assert row["max_concurrency"] == pytest.approx(want, abs=1e-4), n
