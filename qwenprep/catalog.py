@@ -53,7 +53,7 @@ CATALOG: tuple[GPUSpec, ...] = (
             "NVIDIA H200 Tensor Core GPU datasheet, H200 SXM column" + _NV_SPARSE,
             ("h200", "h200 sxm", "h200 141gb hbm3e")),
     GPUSpec("H20", 148.0, 296.0, 4.0, 96,
-            "NVIDIA HGX H20 product specification (as given in FACTS.md, dense)",
+            "NVIDIA HGX H20 product specification (dense; docs/time.md, The GPU catalog)",
             ("h20",)),
     GPUSpec("B200", 2250.0, 4500.0, 8.0, 180,
             "NVIDIA DGX B200 / HGX B200 datasheet, 8-GPU totals divided by 8" + _NV_SPARSE,
@@ -72,7 +72,7 @@ CATALOG: tuple[GPUSpec, ...] = (
             ("l40s",)),
     GPUSpec("A100 80GB SXM", 312.0, None, 2.0, 80,
             "NVIDIA A100 Tensor Core GPU datasheet, A100 80GB SXM column (no FP8 tensor cores; "
-            "2,039 GB/s, 2.0 TB/s per FACTS.md)" + _NV_SPARSE,
+            "2,039 GB/s, 2.0 TB/s as docs/time.md rounds it)" + _NV_SPARSE,
             ("a100 80gb sxm", "a100 sxm4 80gb", "a100 80g", "a100 80g sxm")),
 )
 

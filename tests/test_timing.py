@@ -125,7 +125,7 @@ def test_480b_active_params_and_flops(shape480: ModelShape) -> None:
     att = attention_flops(ONE_M, 62, 96, 128)
     assert lin == 2 * PER_TOKEN_480 * ONE_M + 2 * LM_HEAD_480
     assert att == 2 * 62 * 96 * 128 * ONE_M * (ONE_M + 1)
-    # FACTS.md "Prefill arithmetic": about 1.7e18 attention against 7e16 linear at 2^20
+    # docs/time.md "Prefill FLOPs of one request of N tokens": about 1.7e18 attention against 7e16 linear at 2^20
     assert 1.6e18 < att < 1.8e18 and 6.5e16 < lin < 7.5e16
 
 
@@ -227,7 +227,7 @@ def test_catalog_never_guesses(reported: str) -> None:
 
 
 def test_catalog_figures_are_dense_and_sourced() -> None:
-    # FACTS.md "GPU peaks": dense BF16 / FP8 TFLOPS and TB/s
+    # docs/time.md "The GPU catalog": dense BF16 / FP8 TFLOPS and TB/s
     want = {"H100 SXM": (989, 1979, 3.35), "H200": (989, 1979, 4.8), "B200": (2250, 4500, 8.0),
             "MI300X": (1307, 2615, 5.3), "L40S": (362, 733, 0.864), "H20": (148, 296, 4.0),
             "A100 80GB SXM": (312, None, 2.0)}
@@ -242,7 +242,7 @@ def test_catalog_figures_are_dense_and_sourced() -> None:
     assert H200 is not None and H200.memory_bytes == 141 * 2**30
     assert len(CATALOG) == 10
     for spec in CATALOG:
-        assert "datasheet" in spec.source or "data sheet" in spec.source or "FACTS" in spec.source
+        assert "datasheet" in spec.source or "data sheet" in spec.source or "docs/time.md" in spec.source
         if spec.fp8_tflops:  # dense FP8 is twice dense BF16 on every one of these
             assert spec.fp8_tflops == pytest.approx(2 * spec.bf16_tflops, rel=0.02)
 

@@ -51,7 +51,7 @@ def parse_version(text: str) -> Version:
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What one vLLM version accepts (FACTS.md, "Traps of the command-line route")."""
+    """What one vLLM version accepts (docs/facts.md, "The command-line traps")."""
 
     rope_cli_flags: bool  # --rope-scaling / --rope-theta (removed in 0.11.1, PR #28006)
     yarn_max_len_rule: YarnRule  # 0.30+: mpe; <= 0.29: original x factor
@@ -114,7 +114,7 @@ def flag_refusal(arg: str, version: Version) -> str | None:
     return None if getattr(capabilities_for(version), field_name) else why
 
 
-# The versions qwenprep's rules were read from (FACTS.md: wheels 0.10.0 to 0.33.0). A plan
+# The versions qwenprep's rules were read from (docs/facts.md: the released source of 0.10.0 to 0.33.0). A plan
 # without vLLM (dry runs, qwenprep plan/check) assumes the newest; beyond it the rules are
 # not known, and plans say so.
 OLDEST_KNOWN: Version = (0, 10, 0)
@@ -252,7 +252,7 @@ def _manifest(path: Path) -> dict[str, Any] | None:
 
 def max_len_allowed(config: dict[str, Any], caps: Capabilities) -> int:
     """The longest --max-model-len this vLLM version accepts for CONFIG without
-    VLLM_ALLOW_LONG_MAX_MODEL_LEN (FACTS.md, "The config that works everywhere")."""
+    VLLM_ALLOW_LONG_MAX_MODEL_LEN (docs/facts.md, "The one config that every version reads the same way")."""
     from qwenprep.model import ModelView
 
     mpe = ModelView(config).max_position_embeddings  # text_config's, for nested configs
