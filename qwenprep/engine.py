@@ -42,7 +42,6 @@ from qwenprep.engines.vllm_core import (
     max_len_allowed,
     parse_max_model_len,
     parse_version,
-    patch_hint,
     require_engine,
 )
 from qwenprep.engines.vllm_launch import (
@@ -57,6 +56,7 @@ from qwenprep.engines.vllm_launch import (
     _patch_source,
     _pp_size,
     _validation_gate,
+    context_name,
     model_profile,
 )
 from qwenprep.errors import InputError, UsageError
@@ -76,6 +76,12 @@ __all__ = [
     "capabilities_for", "discover", "engine_python", "flag_refusal", "max_len_allowed",
     "parse_max_model_len", "parse_version", "patch_hint", "require_engine",
 ]
+
+def patch_hint(path: Path, manifest: dict[str, Any] | None, tokens: int) -> str:
+    """The command that makes a checkpoint for TOKENS of context from what PATH came from."""
+    return PATCH_HINT.format(model=_patch_source(path, manifest), context=context_name(tokens))
+
+
 
 # ------------------------------------------------------------------ readback
 def _fmt(x: Any) -> str:

@@ -11,9 +11,9 @@ from typing import Any, TypeGuard
 
 from qwenprep.checkpoint import CONFIG
 from qwenprep.contexts import NATIVE_QWEN3_CODER, rope_type
-from qwenprep.errors import InputError
+from qwenprep.errors import InputError, QwenprepError
 from qwenprep.families.dca import WHY as DCA_WHY
-from qwenprep.families.dca import dca_block, dca_native
+from qwenprep.families.dca import dca_block, dca_native, engine_runs_dca
 from qwenprep.jsonio import loads_located, read_regular_bytes
 from qwenprep.model import ModelView
 from qwenprep.report import Check
@@ -62,9 +62,11 @@ def schema_errors(config: dict[str, Any]) -> list[SchemaProblem]:
     family = lookup(view.model_type) or lookup(view.text_model_type)
     if family is None:
         known = "; ".join(f"{f.title}: {', '.join(sorted(f.model_types))}" for f in REGISTRY)
+        text = (f" (nor text_config.model_type {view.text_model_type!r})" if view.nested
+                else "")
         return [SchemaProblem(("model_type",), f"model_type is {view.model_type!r}; qwenprep "
                               f"knows these families ({known}) and cannot map another one's "
-                              "context, RoPE and layers")]
+                              f"context, RoPE and layers{text}")]
     base: tuple[str | int, ...] = ("text_config",) if view.nested else ()
     errors = sorted((_innermost(e) for e in validator(family.schema).iter_errors(view.text)),
                     key=lambda e: [str(p) for p in e.absolute_path])
@@ -105,9 +107,11 @@ def _line_of(text: str, key: str) -> int | None:
 
 
 def invariant_checks(config: dict[str, Any], *, native: int | None = None,
-                     manifest: dict[str, Any] | None = None) -> list[Check]:
+                     manifest: dict[str, Any] | None = None,
+                     vllm: VllmVersion | None = None) -> list[Check]:
     """What a schema cannot say. NATIVE, when known (from a manifest), sharpens the check that a
-    context above native needs rope scaling."""
+    context above native needs rope scaling. VLLM: the version the config is judged for, where
+    that matters (Dual Chunk Attention); None when none is known."""
     checks: list[Check] = []
     view = ModelView(config)
     mpe = view.max_position_embeddings
@@ -187,7 +191,7 @@ def invariant_checks(config: dict[str, Any], *, native: int | None = None,
 
     if family is not None and family.invariants is not None:
         checks.extend(family.invariants(view))
-    checks.extend(dca_checks(view))
+    checks.extend(dca_checks(view, vllm))
     qc = view.quantization
     if qc is not None:
         checks.extend(_quantization_checks(view, qc))
@@ -203,23 +207,61 @@ def invariant_checks(config: dict[str, Any], *, native: int | None = None,
     return checks
 
 
-def dca_checks(view: ModelView) -> list[Check]:
-    """A dual_chunk_attention_config (Qwen2.5-1M) runs only on vLLM < 0.11 (V0 engine): on the
-    installed generation of vLLM it fails at load, and deleting the key alone leaves the length
-    above native with unscaled RoPE (qwenprep.families.dca)."""
+@dataclass(frozen=True)
+class VllmVersion:
+    """The vLLM a config is judged for: its version and where that came from ("installed",
+    "--vllm-version", "assumed")."""
+
+    version: tuple[int, int, int]
+    source: str
+
+    def __str__(self) -> str:
+        return f"vLLM {'.'.join(map(str, self.version))} ({self.source})"
+
+
+def installed_vllm(python: str | None = None) -> VllmVersion | None:
+    """The vLLM installed in PYTHON (or $QWENPREP_VLLM_PYTHON, or this interpreter), read from its
+    distribution metadata (no import of vLLM); None when there is none."""
+    from qwenprep.engines.vllm_core import discover
+
+    try:
+        info = discover(python)
+    except QwenprepError:
+        return None
+    if info is None:
+        return None
+    return VllmVersion(info.version_tuple, f"installed in {info.python}")
+
+
+def dca_checks(view: ModelView, vllm: VllmVersion | None = None) -> list[Check]:
+    """A dual_chunk_attention_config (Qwen2.5-1M, the 2507 config_1m.json) runs only on vLLM <
+    0.11 (V0 engine, qwenprep.families.dca): judged for VLLM, it passes below 0.11 and fails
+    from 0.11 on (the config fails at load there); with no version known it is a warning that
+    names both. Deleting the key alone would leave the length above native with unscaled RoPE,
+    so the hint offers the overlays that are right on a current vLLM."""
     block = dca_block(view.raw)
     if block is None:
         return []
     native = dca_native(view.raw)
     mpe = view.max_position_embeddings
-    return [Check(
-        "invariant.dca", "fail",
-        f"config.json carries dual_chunk_attention_config (max_position_embeddings {mpe}, DCA "
-        f"over native {native}); {DCA_WHY}. It serves only on vLLM < 0.11 with VLLM_USE_V1=0 "
-        "and VLLM_ATTENTION_BACKEND=DUAL_CHUNK_FLASH_ATTN. Hint: qwenprep patch MODEL --context "
-        f"native --out DIR (DCA block dropped, max_position_embeddings {native}), or --context 1m "
-        "--yarn-on-dca (YaRN, not what the release was tuned for)",
-        view.pointer("dual_chunk_attention_config"))]
+    at = view.pointer("dual_chunk_attention_config")
+    what = (f"config.json carries dual_chunk_attention_config (max_position_embeddings {mpe}, "
+            f"DCA over native {native})")
+    runs = ("it serves only on vLLM < 0.11, with VLLM_USE_V1=0 and "
+            "VLLM_ATTENTION_BACKEND=DUAL_CHUNK_FLASH_ATTN (qwenprep serve sets both)")
+    hint = (f"Hint: qwenprep patch MODEL --context native --out DIR (DCA block dropped, "
+            f"max_position_embeddings {native}), or --context 1m --yarn-on-dca (YaRN, not what "
+            "the release was tuned for)")
+    if vllm is None:
+        return [Check("invariant.dca", "warn",
+                      f"{what}; {runs}: {DCA_WHY}. No vLLM version is known here, so it is not "
+                      "judged: pass --vllm-version, or install vLLM beside qwenprep. " + hint, at)]
+    if engine_runs_dca(vllm.version):
+        return [Check("invariant.dca", "pass",
+                      f"{what}: {vllm} still has the V0 engine and its DUAL_CHUNK_FLASH_ATTN "
+                      f"backend; {runs}", at)]
+    return [Check("invariant.dca", "fail", f"{what}; {vllm}: {DCA_WHY}. {runs[0].upper()}"
+                  f"{runs[1:]}. {hint}", at)]
 
 
 def _quantization_checks(view: ModelView, qc: dict[str, Any]) -> list[Check]:
@@ -250,8 +292,8 @@ def _quantization_checks(view: ModelView, qc: dict[str, Any]) -> list[Check]:
                   f"fp8 quantization_config well formed (block {block})")]
 
 
-def validate_config_text(text: str, where: str, *, manifest: dict[str, Any] | None = None
-                         ) -> list[Check]:
+def validate_config_text(text: str, where: str, *, manifest: dict[str, Any] | None = None,
+                         vllm: VllmVersion | None = None) -> list[Check]:
     config = loads_located(text, where)
     if not isinstance(config, dict):
         return [Check("schema", "fail", f"{where}: top level is not a JSON object", "$")]
@@ -269,7 +311,7 @@ def validate_config_text(text: str, where: str, *, manifest: dict[str, Any] | No
         checks.append(Check("schema", "pass", f"{where} matches the "
                             f"{fam.title if fam else 'Qwen3'} config schema"))
     native = manifest.get("native_context") if manifest else None
-    for c in invariant_checks(config, native=native, manifest=manifest):
+    for c in invariant_checks(config, native=native, manifest=manifest, vllm=vllm):
         if c.status == "fail" and c.path:
             parts = c.path.removeprefix("$.").split(".")
             key = parts[1] if parts[0] == "text_config" and len(parts) > 1 else parts[0]
@@ -280,9 +322,9 @@ def validate_config_text(text: str, where: str, *, manifest: dict[str, Any] | No
     return checks
 
 
-def validate_checkpoint(path: Path) -> list[Check]:
+def validate_checkpoint(path: Path, *, vllm: VllmVersion | None = None) -> list[Check]:
     """Schema + invariants of PATH/config.json (PATH may be an overlay: its manifest's intent
-    is checked too)."""
+    is checked too), judged for VLLM where the version matters."""
     from qwenprep.manifest import read_manifest
 
     cfg = path / CONFIG
@@ -296,7 +338,9 @@ def validate_checkpoint(path: Path) -> list[Check]:
     from qwenprep.lifecycle import require_live
 
     manifest = read_manifest(path)
-    checks = validate_config_text(text, str(cfg), manifest=manifest)
+    if vllm is None and '"dual_chunk_attention_config"' in text:
+        vllm = installed_vllm()  # the one config whose validity depends on the engine
+    checks = validate_config_text(text, str(cfg), manifest=manifest, vllm=vllm)
     if manifest is not None:
         stale = require_live(path)  # a dangling overlay raises: exit 3, with the rebuild
         checks += [Check("overlay.fresh", "warn", w, str(path)) for w in stale] or [

@@ -125,7 +125,8 @@ def test_480b_active_params_and_flops(shape480: ModelShape) -> None:
     att = attention_flops(ONE_M, 62, 96, 128)
     assert lin == 2 * PER_TOKEN_480 * ONE_M + 2 * LM_HEAD_480
     assert att == 2 * 62 * 96 * 128 * ONE_M * (ONE_M + 1)
-    # docs/time.md "Prefill FLOPs of one request of N tokens": about 1.7e18 attention against 7e16 linear at 2^20
+    # docs/time.md "Prefill FLOPs of one request of N tokens": about 1.7e18 attention against
+    # 7e16 linear at 2^20
     assert 1.6e18 < att < 1.8e18 and 6.5e16 < lin < 7.5e16
 
 
@@ -242,7 +243,7 @@ def test_catalog_figures_are_dense_and_sourced() -> None:
     assert H200 is not None and H200.memory_bytes == 141 * 2**30
     assert len(CATALOG) == 10
     for spec in CATALOG:
-        assert "datasheet" in spec.source or "data sheet" in spec.source or "docs/time.md" in spec.source
+        assert any(w in spec.source for w in ("datasheet", "data sheet", "docs/time.md"))
         if spec.fp8_tflops:  # dense FP8 is twice dense BF16 on every one of these
             assert spec.fp8_tflops == pytest.approx(2 * spec.bf16_tflops, rel=0.02)
 

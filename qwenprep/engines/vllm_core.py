@@ -23,7 +23,6 @@ from typing import Any, Literal
 
 from qwenprep.checkpoint import CONFIG
 from qwenprep.contexts import effective_rope
-from qwenprep.engines.vllm_launch import _patch_source, context_name
 from qwenprep.errors import InputError, QwenprepError, UsageError
 from qwenprep.jsonio import load_json_file
 from qwenprep.manifest import read_manifest
@@ -114,9 +113,9 @@ def flag_refusal(arg: str, version: Version) -> str | None:
     return None if getattr(capabilities_for(version), field_name) else why
 
 
-# The versions qwenprep's rules were read from (docs/facts.md: the released source of 0.10.0 to 0.33.0). A plan
-# without vLLM (dry runs, qwenprep plan/check) assumes the newest; beyond it the rules are
-# not known, and plans say so.
+# The versions qwenprep's rules were read from (docs/facts.md: the released source of 0.10.0
+# to 0.33.0). A plan without vLLM (dry runs, qwenprep plan/check) assumes the newest; beyond
+# it the rules are not known, and plans say so.
 OLDEST_KNOWN: Version = (0, 10, 0)
 NEWEST_KNOWN: Version = (0, 33, 0)
 
@@ -252,7 +251,8 @@ def _manifest(path: Path) -> dict[str, Any] | None:
 
 def max_len_allowed(config: dict[str, Any], caps: Capabilities) -> int:
     """The longest --max-model-len this vLLM version accepts for CONFIG without
-    VLLM_ALLOW_LONG_MAX_MODEL_LEN (docs/facts.md, "The one config that every version reads the same way")."""
+    VLLM_ALLOW_LONG_MAX_MODEL_LEN (docs/facts.md, "The one config that every version reads the
+    same way")."""
     from qwenprep.model import ModelView
 
     mpe = ModelView(config).max_position_embeddings  # text_config's, for nested configs
@@ -284,11 +284,6 @@ def _rope_number(rope: dict[str, Any], key: str, default: float) -> float:
                          "number.",
                          hint="run qwenprep validate PATH for every problem in this config.")
     return v
-
-
-def patch_hint(path: Path, manifest: dict[str, Any] | None, tokens: int) -> str:
-    """The command that makes a checkpoint for TOKENS of context from what PATH came from."""
-    return PATCH_HINT.format(model=_patch_source(path, manifest), context=context_name(tokens))
 
 
 def parse_max_model_len(text: str) -> int:
