@@ -280,7 +280,8 @@ def test_a_composed_module_error_is_one_fail_check(tmp_path: Path) -> None:
     (eng,) = [c for c in rep.checks if c.id == "engine.gate"]
     assert eng.status == "fail"
     assert eng.message == (f"{missing}: no such interpreter. Hint: pass --vllm-python "
-                           "/path/to/venv/bin/python or set QWENPREP_VLLM_PYTHON.")
+                           "/path/to/venv/bin/python (the environment that has vLLM) or set "
+                           "QWENPREP_VLLM_PYTHON.")
     ids = [c.id for c in rep.checks]
     assert ids.index("engine.gate") > ids.index("shard.headers")
     assert "kv.fits" in ids and "parallel.heads" in ids

@@ -10,7 +10,6 @@ its ModelConfig and server-argument parser on a CPU machine; no other release is
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import subprocess
@@ -22,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from qwenprep.engines import probe
 from qwenprep.engines.child import ChildGroup, exit_code
 from qwenprep.errors import ChecksFailed, InputError, UsageError
 
@@ -29,6 +29,8 @@ ENGINES = ("vllm", "sglang")
 ENV_ENGINE = "QWENPREP_SERVING_ENGINE"
 ENV_PYTHON = "QWENPREP_VLLM_PYTHON"  # the engine interpreter (the name predates SGLang)
 PROBE = Path(__file__).resolve().parents[1] / "_sglang_probe.py"
+SGLANG_PROBE = probe.ProbeScript(PROBE, "SGLang", "--engine-python", ENV_PYTHON,
+                                 {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"})
 DEFAULT_PORT = 30000  # sglang/srt/arg_groups/fields: port default (seen: parsed 30000)
 # Both lift SGLang's length check (ModelConfig._derive_context_length, 0.5.23:
 # `envs.SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN.get() or is_in_ci()`) and then serve past
@@ -91,36 +93,8 @@ def engine_python(python: str | None = None) -> str:
 
 def run_probe(python: str, args: Sequence[str], timeout: float,
               env: dict[str, str] | None = None) -> dict[str, Any]:
-    """_sglang_probe.py ARGS in PYTHON; its one JSON answer."""
-    from qwenprep.engine import PROBE_MARKER, EngineError
-
-    env = dict(os.environ if env is None else env)
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env.setdefault("PYTHONWARNINGS", "ignore")
-    try:
-        proc = subprocess.run([python, str(PROBE), *args], capture_output=True, text=True,
-                              timeout=timeout, env=env, stdin=subprocess.DEVNULL)
-    except FileNotFoundError:
-        raise InputError(f"{python}: no such interpreter.",
-                         hint="pass --engine-python /path/to/venv/bin/python (the environment "
-                         f"that has SGLang) or set {ENV_PYTHON}.") from None
-    except PermissionError:
-        raise InputError(f"{python}: not executable.") from None
-    except subprocess.TimeoutExpired:
-        raise EngineError(f"{python}: asking SGLang ({args[0]}) took more than "
-                          f"{timeout:g} s.") from None
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(PROBE_MARKER):
-            try:
-                result = json.loads(line[len(PROBE_MARKER):])
-            except ValueError:
-                result = None
-            if isinstance(result, dict):
-                return result
-            break
-    tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-    raise EngineError(f"{python}: the SGLang probe ({args[0]}) failed with exit "
-                      f"{proc.returncode}: {tail}")
+    """_sglang_probe.py ARGS in PYTHON; its one JSON answer (qwenprep.engines.probe)."""
+    return probe.run(SGLANG_PROBE, python, args, timeout, env)
 
 
 @functools.lru_cache(maxsize=8)
@@ -443,7 +417,7 @@ class SglangServer(ChildGroup):
     def wait_ready(self, timeout: float) -> dict[str, Any]:
         """Poll /v1/models until it answers; then require max_model_len == the plan's and a
         server-info max_req_input_len within it. ChecksFailed (server stopped) otherwise."""
-        from qwenprep.engine import EngineError, ServerExited
+        from qwenprep.engines.vllm_core import EngineError, ServerExited
 
         deadline = time.monotonic() + timeout
         while True:
@@ -493,7 +467,7 @@ class SglangServer(ChildGroup):
 
 def start(plan: SglangPlan, *, stdout: IO[Any] | int | None = None,
           stderr: IO[Any] | int | None = None) -> SglangServer:
-    from qwenprep.engine import EngineError
+    from qwenprep.engines.probe import EngineError
 
     if plan.engine is None:
         raise InputError("SGLang is not installed, so there is nothing to start.",

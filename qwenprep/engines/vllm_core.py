@@ -10,11 +10,9 @@ subprocess of the interpreter that has it (``_engine_probe.py``, run by path).
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import re
-import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -23,13 +21,17 @@ from typing import Any, Literal
 
 from qwenprep.checkpoint import CONFIG
 from qwenprep.contexts import effective_rope
+from qwenprep.engines import probe
 from qwenprep.errors import InputError, QwenprepError, UsageError
 from qwenprep.jsonio import load_json_file
 from qwenprep.manifest import read_manifest
 
 ENV_PYTHON = "QWENPREP_VLLM_PYTHON"
 PROBE = Path(__file__).resolve().parent.parent / "_engine_probe.py"
-PROBE_MARKER = "QWENPREP_PROBE "
+PROBE_MARKER = probe.MARKER
+EngineError = probe.EngineError  # vLLM could not be asked, started or watched
+VLLM_PROBE = probe.ProbeScript(PROBE, "vLLM", "--vllm-python", ENV_PYTHON,
+                               {"VLLM_LOGGING_LEVEL": "ERROR", "TOKENIZERS_PARALLELISM": "false"})
 PATCH_HINT = "qwenprep patch {model} --context {context} --out DIR, then serve DIR"
 
 Version = tuple[int, int, int]
@@ -140,10 +142,6 @@ class EngineInfo:
         return d
 
 
-class EngineError(QwenprepError):
-    """vLLM could not be asked, started or watched."""
-
-
 class ServerExited(QwenprepError):
     """The vLLM child ended; its exit code is passed through."""
 
@@ -159,44 +157,8 @@ def engine_python(python: str | None = None) -> str:
 
 def _run_probe(python: str, args: Sequence[str], timeout: float,
                env: dict[str, str] | None = None) -> dict[str, Any]:
-    env = dict(os.environ if env is None else env)
-    env.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        proc = subprocess.run(
-            [python, str(PROBE), *args], capture_output=True, text=True, timeout=timeout,
-            env=env, stdin=subprocess.DEVNULL,
-        )
-    except FileNotFoundError:
-        raise InputError(
-            f"{python}: no such interpreter.",
-            hint=f"pass --vllm-python /path/to/venv/bin/python or set {ENV_PYTHON}.",
-        ) from None
-    except PermissionError:
-        raise InputError(f"{python}: not executable.") from None
-    except subprocess.TimeoutExpired:
-        raise EngineError(
-            f"{python}: asking vLLM ({args[0]}) took more than {timeout:g} s."
-        ) from None
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(PROBE_MARKER):
-            try:
-                result = json.loads(line[len(PROBE_MARKER):])
-            except ValueError:
-                result = None
-            if not isinstance(result, dict):
-                shown = line[len(PROBE_MARKER):][:120]
-                raise EngineError(
-                    f"{python}: the vLLM probe ({args[0]}) answered something that is not "
-                    f"qwenprep's probe JSON: {shown!r}",
-                    hint=f"point --vllm-python (or {ENV_PYTHON}) at the python of the "
-                    "environment that has vLLM installed, not a wrapper that prints its own "
-                    "output.")
-            return result
-    tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-    raise EngineError(
-        f"{python}: the vLLM probe ({args[0]}) failed with exit {proc.returncode}: {tail}"
-    )
+    """_engine_probe.py ARGS in PYTHON; its one JSON answer (qwenprep.engines.probe)."""
+    return probe.run(VLLM_PROBE, python, args, timeout, env)
 
 
 @functools.lru_cache(maxsize=8)

@@ -1,0 +1,77 @@
+"""Asking an engine a question: run one of qwenprep's probe scripts (``_engine_probe.py`` for
+vLLM, ``_sglang_probe.py`` for SGLang) in the interpreter that has the engine, and read its one
+answer, the last stdout line that starts with the marker, as a JSON object.
+
+The probe scripts run by path, so qwenprep need not be installed beside the engine; every
+failure (no interpreter, a timeout, a crash, an answer that is not the probe's JSON) is a
+QwenprepError that names the interpreter and the question.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qwenprep.errors import InputError, QwenprepError
+
+MARKER = "QWENPREP_PROBE "
+
+
+class EngineError(QwenprepError):
+    """An engine could not be asked, started or watched."""
+
+
+@dataclass(frozen=True)
+class ProbeScript:
+    """One engine's probe: the script, the engine's name in messages, how a user names another
+    interpreter, and the environment the script runs with unless the caller set it."""
+
+    path: Path
+    engine: str
+    python_option: str
+    python_env: str
+    env_defaults: Mapping[str, str]
+
+
+def run(probe: ProbeScript, python: str, args: Sequence[str], timeout: float,
+        env: dict[str, str] | None = None) -> dict[str, Any]:
+    """PROBE's script with ARGS in PYTHON; its one JSON answer."""
+    env = dict(os.environ if env is None else env)
+    for k, v in probe.env_defaults.items():
+        env.setdefault(k, v)
+    try:
+        proc = subprocess.run([python, str(probe.path), *args], capture_output=True, text=True,
+                              timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise InputError(f"{python}: no such interpreter.",
+                         hint=f"pass {probe.python_option} /path/to/venv/bin/python (the "
+                         f"environment that has {probe.engine}) or set "
+                         f"{probe.python_env}.") from None
+    except PermissionError:
+        raise InputError(f"{python}: not executable.") from None
+    except subprocess.TimeoutExpired:
+        raise EngineError(f"{python}: asking {probe.engine} ({args[0]}) took more than "
+                          f"{timeout:g} s.") from None
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(MARKER):
+            try:
+                result = json.loads(line[len(MARKER):])
+            except ValueError:
+                result = None
+            if not isinstance(result, dict):
+                shown = line[len(MARKER):][:120]
+                raise EngineError(
+                    f"{python}: the {probe.engine} probe ({args[0]}) answered something that "
+                    f"is not qwenprep's probe JSON: {shown!r}",
+                    hint=f"point {probe.python_option} (or {probe.python_env}) at the python of "
+                    f"the environment that has {probe.engine} installed, not a wrapper that "
+                    "prints its own output.")
+            return result
+    tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+    raise EngineError(f"{python}: the {probe.engine} probe ({args[0]}) failed with exit "
+                      f"{proc.returncode}: {tail}")
