@@ -59,16 +59,24 @@ def _short_error(e: BaseException) -> str:
 
 def engine_view(mc: Any) -> dict[str, Any]:
     """What the engine will use, from a vLLM ModelConfig: length, RoPE as the model layer
-    builds it (type, factor, original length, base), quantization, dtype."""
-    cfg = mc.hf_text_config
+    builds it (type, factor, original length, base, partial rotary factor, M-RoPE sections),
+    quantization, dtype."""
+    return _text_view(mc.hf_text_config, mc.max_model_len, mc.quantization,
+                      bool(getattr(mc, "trust_remote_code", False)),
+                      str(mc.dtype).replace("torch.", ""))
+
+
+def _text_view(cfg: Any, max_model_len: Any, quantization: Any, trust_remote_code: bool,
+               dtype: str) -> dict[str, Any]:
     params = getattr(cfg, "rope_parameters", None)
     if isinstance(params, dict) and params:
         # transformers 5 / vLLM >= 0.11.1: get_rope(rope_parameters=...) takes the base from
-        # inside the dict, default 10000.
+        # inside the dict, default 10000; partial_rotary_factor and mrope_section likewise.
         source = "rope_parameters"
         rope = dict(params)
         base = rope.get("rope_theta", 10000)
         base_from = "rope_parameters.rope_theta" if "rope_theta" in rope else "vLLM default"
+        prf = rope.get("partial_rotary_factor", 1.0)
     else:
         # transformers 4 / vLLM 0.10: the model reads config.rope_theta and config.rope_scaling.
         source = "rope_scaling"
@@ -77,21 +85,103 @@ def engine_view(mc: Any) -> dict[str, Any]:
         base_from = "rope_theta"
         if base is None:
             base, base_from = 10000, "vLLM default"
+        prf = getattr(cfg, "partial_rotary_factor", None)
     rope_type = rope.get("rope_type", rope.get("type", "default"))
+    section = rope.get("mrope_section")
     return {
-        "max_model_len": mc.max_model_len,
+        "max_model_len": max_model_len,
         "rope_source": source,
         "rope_type": rope_type,
         "factor": rope.get("factor"),
         "original_max_position_embeddings": rope.get("original_max_position_embeddings"),
         "rope_theta": base,
         "rope_theta_from": base_from,
+        "partial_rotary_factor": prf,
+        "mrope_section": list(section) if isinstance(section, (list, tuple)) else section,
+        "mrope_interleaved": rope.get("mrope_interleaved"),
         "max_position_embeddings": getattr(cfg, "max_position_embeddings", None),
-        "quantization": mc.quantization,
-        "trust_remote_code": bool(getattr(mc, "trust_remote_code", False)),
+        "quantization": quantization,
+        "trust_remote_code": trust_remote_code,
         "config_class": f"{type(cfg).__module__}.{type(cfg).__name__}",
-        "dtype": str(mc.dtype).replace("torch.", ""),
+        "dtype": dtype,
     }
+
+
+# vLLM 0.32's ModelConfig inspects the architecture's class in a subprocess; for the
+# vision-language Qwen3.5/3.6 classes (Qwen3_5MoeForConditionalGeneration, and the text-only
+# Qwen3_5MoeForCausalLM, whose module imports qwen3_vl) that import needs torchvision, which the
+# CPU build cannot import beside torch+cpu. The length and RoPE do not depend on that
+# inspection: they come from the steps below, which are ModelConfig.__post_init__'s own.
+INSPECT_FAILED = "failed to be inspected"
+
+
+def config_layer(model: str, max_len: Any, hf_overrides: Any = None,
+                 hf_config_path: Any = None, revision: Any = None) -> dict[str, Any]:
+    """What vLLM's config layer makes of MODEL without inspecting the architecture: vLLM's
+    get_config (the HF config with vLLM's rope patching), the hf_overrides split and applied
+    as ModelConfig.__post_init__ does (flat keys to get_config, dict values merged into nested
+    configs by ModelConfig._apply_dict_overrides), get_hf_text_config, the architecture
+    convertor and _get_and_verify_max_len (vllm/config/model.py). Raises what they raise."""
+    import importlib
+
+    cfg_mod = importlib.import_module("vllm.transformers_utils.config")
+    model_mod = importlib.import_module("vllm.config.model")
+    conv_mod = importlib.import_module("vllm.transformers_utils.model_arch_config_convertor")
+    over = hf_overrides or {}
+    kw: dict[str, Any] = {}
+    fn = None
+    nested: dict[str, Any] = {}
+    if callable(over):
+        fn = over
+    else:
+        for key, value in dict(over).items():
+            (nested if isinstance(value, dict) else kw)[key] = value
+    hf = cfg_mod.get_config(hf_config_path or model, False, revision, None, "auto",
+                            hf_overrides_kw=kw, hf_overrides_fn=fn)
+    if nested:
+        mc_cls = model_mod.ModelConfig
+        mc_cls._apply_dict_overrides(mc_cls.__new__(mc_cls), hf, nested)
+    text = cfg_mod.get_hf_text_config(hf)
+    conv_cls = conv_mod.MODEL_ARCH_CONFIG_CONVERTORS.get(
+        hf.model_type, conv_mod.ModelArchConfigConvertorBase)
+    arch = conv_cls(hf, text, revision=revision).convert(supports_multimodal=True)
+    length = model_mod._get_and_verify_max_len(
+        hf_config=text, model_arch_config=arch, tokenizer_config=None,
+        max_model_len=None if max_len in (None, "-") else int(max_len),
+        disable_sliding_window=False, sliding_window=getattr(text, "sliding_window", None))
+    qc = getattr(hf, "quantization_config", None) or getattr(text, "quantization_config", None)
+    quant = qc.get("quant_method") if isinstance(qc, dict) else None
+    dtype = getattr(text, "dtype", None) or getattr(hf, "dtype", None)
+    view = _text_view(text, length, str(quant).lower() if quant else None, False,
+                      str(dtype).replace("torch.", "") if dtype is not None else "auto")
+    return view
+
+
+def _config_layer_answer(error: BaseException, **kw: Any) -> dict[str, Any]:
+    """ModelConfig refused because it could not inspect the architecture: read the config
+    through config_layer instead and say so; any refusal there is the answer."""
+    import re
+
+    why = _short_error(error)
+    if INSPECT_FAILED not in why:
+        return {"ok": False, "error": why}
+    said = re.search(r"Model architectures \[[^\]]*\] failed to be inspected", why)
+    why = said.group(0) if said else why.splitlines()[0]
+    import importlib.util
+
+    cause = ("torchvision is not importable here (the vision-language classes import it; the "
+             "CPU build of vLLM cannot import the registry's torchvision beside torch+cpu)"
+             if importlib.util.find_spec("torchvision") is None else "see vLLM's log")
+    note = (f"vLLM's ModelConfig refused: {why} ({cause}), so vLLM itself would not start in "
+            "this interpreter. Length and RoPE were read by vLLM's own config functions, the "
+            "steps ModelConfig runs before that inspection (get_config, the hf_overrides, "
+            "get_hf_text_config, _get_and_verify_max_len)")
+    try:
+        view = config_layer(**kw)
+    except Exception as e:  # noqa: BLE001 - the refusal is what we report
+        return {"ok": False, "error": _short_error(e), "read_by": "config_layer",
+                "read_by_note": note}
+    return {"ok": True, **view, "read_by": "config_layer", "read_by_note": note}
 
 
 def readback(path: str, max_len: str) -> dict[str, Any]:
@@ -110,8 +200,9 @@ def readback(path: str, max_len: str) -> dict[str, Any]:
     try:
         mc = ModelConfig(**kwargs)
     except Exception as e:  # the refusal is what we report
-        return {"ok": False, "error": _short_error(e)}
-    return {"ok": True, **engine_view(mc), **_versions()}
+        return {**_config_layer_answer(e, model=path, max_len=kwargs.get("max_model_len")),
+                **_versions()}
+    return {"ok": True, **engine_view(mc), "read_by": "ModelConfig", **_versions()}
 
 
 def _versions() -> dict[str, Any]:
@@ -277,9 +368,16 @@ def gate(items_json: str) -> dict[str, Any]:
             engine_args.trust_remote_code = False
             mc = engine_args.create_model_config()
         except Exception as e:  # noqa: BLE001 - the refusal is what we report
-            results.append({"ok": False, "stage": "load", "error": _short_error(e), **out})
+            got = _config_layer_answer(
+                e, model=engine_args.model, max_len=engine_args.max_model_len,
+                hf_overrides=engine_args.hf_overrides,
+                hf_config_path=engine_args.hf_config_path, revision=engine_args.revision)
+            if not got.pop("ok"):
+                results.append({"ok": False, "stage": "load", **got, **out})
+            else:
+                results.append({"ok": True, "view": got, **out})
             continue
-        results.append({"ok": True, "view": engine_view(mc), **out})
+        results.append({"ok": True, "view": {**engine_view(mc), "read_by": "ModelConfig"}, **out})
     return {"ok": True, "results": results, **versions}
 
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from qwenprep.contexts import effective_rope
 from qwenprep.errors import EXIT_CANNOT_PROCEED, QwenprepError, UsageError
+from qwenprep.model import ModelView, deep_merge
 from qwenprep.report import Check
 
 if TYPE_CHECKING:
@@ -67,6 +68,9 @@ class Intent:
     quantization: str | None
     native: int
     source: str  # "the overlay manifest" | "config.json"
+    # kept from config.json's rope dict (Qwen3.5/3.6 M-RoPE); None: not set there
+    partial_rotary_factor: Any = None
+    mrope_section: Any = None
 
 
 def _num(v: Any, default: float) -> float:
@@ -79,20 +83,22 @@ def intent_of(config: dict[str, Any], manifest: dict[str, Any] | None,
     rope = effective_rope(config)
     qc = config.get("quantization_config")
     quant = qc.get("quant_method") if isinstance(qc, dict) else None
-    mpe = config.get("max_position_embeddings")
+    mpe = ModelView(config).max_position_embeddings  # text_config's, for nested configs
     mpe_n = int(mpe) if isinstance(mpe, int) and not isinstance(mpe, bool) else 0
+    kept = {"partial_rotary_factor": rope.get("partial_rotary_factor"),
+            "mrope_section": rope.get("mrope_section")}
     if manifest is not None:
         factor = float(manifest["factor"])
         native = int(manifest["native_context"])
         return Intent(max_model_len, "yarn" if factor != 1.0 else "default", factor,
                       native if factor != 1.0 else None, rope.get("rope_theta"), quant, native,
-                      "the overlay manifest")
+                      "the overlay manifest", **kept)
     kind = str(rope.get("rope_type", "default"))
     orig = rope.get("original_max_position_embeddings") if kind == "yarn" else None
     native = int(_num(orig, mpe_n)) if kind == "yarn" else mpe_n
     return Intent(max_model_len, kind, _num(rope.get("factor"), 1.0),
                   orig if isinstance(orig, int) else None, rope.get("rope_theta"), quant,
-                  native, "config.json")
+                  native, "config.json", **kept)
 
 
 def _fmt(x: Any) -> str:
@@ -143,6 +149,12 @@ def compare(view: dict[str, Any], want: Intent, where: str) -> list[Check]:
               who="config.json sets")
     check("engine.quantization", "quantization", view.get("quantization"), want.quantization,
           numeric=False)
+    for key in ("partial_rotary_factor", "mrope_section"):  # M-RoPE releases: in the rope dict
+        if getattr(want, key) is not None and key in view:
+            check(f"engine.{key}", key, view[key], getattr(want, key), key != "mrope_section",
+                  who="config.json sets")
+    if view.get("read_by") == "config_layer":  # ModelConfig could not run: say what did
+        checks.append(Check("engine.config_layer", "warn", str(view.get("read_by_note")), where))
     length = view.get("max_model_len")
     if isinstance(length, int) and want.native and length > want.native:
         covered = (_num(view.get("factor"), 1.0)
@@ -299,7 +311,7 @@ def offline_view(config: dict[str, Any], dests: dict[str, Any]) -> dict[str, Any
         raise ValueError(f"--hf-overrides must be a JSON object, got {over!r}")
     for key, value in over.items():
         if isinstance(eff.get(key), dict) and isinstance(value, dict) and key.endswith("_config"):
-            eff[key] = {**eff[key], **value}  # a nested config is updated key by key
+            eff[key] = deep_merge(eff[key], value)  # vLLM 0.32 ModelConfig._update_nested
         else:
             eff[key] = value
     rope = effective_rope(eff)
@@ -307,7 +319,7 @@ def offline_view(config: dict[str, Any], dests: dict[str, Any]) -> dict[str, Any
         block = over.get("rope_scaling", over.get("rope_parameters"))
         if not (isinstance(block, dict) and "rope_theta" in block):
             rope.pop("rope_theta", None)  # the override replaced the dict that carried it
-    mpe = eff.get("max_position_embeddings")
+    mpe = ModelView(eff).max_position_embeddings
     want = dests.get("max_model_len")
     if isinstance(mpe, int) and isinstance(want, int) and want > mpe:
         raise ValueError(f"User-specified max_model_len ({want}) is greater than the derived "
@@ -317,7 +329,9 @@ def offline_view(config: dict[str, Any], dests: dict[str, Any]) -> dict[str, Any
             "rope_type": rope.get("rope_type", "default"), "factor": rope.get("factor"),
             "original_max_position_embeddings": rope.get("original_max_position_embeddings"),
             "rope_theta": rope.get("rope_theta", 10000),
-            "quantization": qc.get("quant_method") if isinstance(qc, dict) else None}
+            "quantization": qc.get("quant_method") if isinstance(qc, dict) else None,
+            "partial_rotary_factor": rope.get("partial_rotary_factor", 1.0),
+            "mrope_section": rope.get("mrope_section")}
 
 
 # ------------------------------------------------------------------ the gate

@@ -257,3 +257,163 @@ def qwen2_tensors(config: dict[str, Any]) -> Iterator[TensorSpec]:
     yield w("model.norm.weight", hidden)
     if not config.get("tie_word_embeddings", False):
         yield w("lm_head.weight", vocab, hidden)
+
+
+# ---------------------------------------------------------------- Qwen3.5 / Qwen3.6 (hybrid VL)
+
+
+def qwen3_5_tensors(config: dict[str, Any]) -> Iterator[TensorSpec]:
+    """Every tensor of a Qwen3.5/3.6 checkpoint (BF16) for this whole config, in model order, as
+    the releases name them and vLLM 0.32's qwen3_5.py / qwen3_5_mtp.py / qwen3_vl.py load them.
+
+    Vision-language configs (text settings under ``text_config``): the language model under
+    ``model.language_model.``, the vision tower under ``model.visual.``, ``lm_head`` at the top.
+    A text-only config (``qwen3_5_text`` / ``qwen3_5_moe_text`` at the top level): ``model.``,
+    no vision tower. Linear-attention layers keep the four projections the releases ship
+    (``in_proj_qkv``, ``in_proj_z``, ``in_proj_b``, ``in_proj_a``: vLLM stacks them into
+    in_proj_qkvz / in_proj_ba on load); full-attention ``q_proj`` carries the output gate;
+    routed experts are stacked per layer (``mlp.experts.gate_up_proj`` [E, 2 x I, H],
+    ``mlp.experts.down_proj`` [E, H, I]) beside a shared expert and its gate; MTP weights under
+    ``mtp.`` (``mtp_num_hidden_layers``, default 1), experts there one by one."""
+    text = config.get("text_config")
+    nested = isinstance(text, dict)
+    t: dict[str, Any] = text if isinstance(text, dict) else config
+    q = config.get("quantization_config") or t.get("quantization_config") or {}
+    if q.get("quant_method"):
+        raise ValueError(f"the {q.get('quant_method')} tensor layout of Qwen3.5 is not derived "
+                         "by qwenprep")
+    kind = str(t.get("model_type", config.get("model_type")))
+    moe = "moe" in kind
+    hidden = int(t["hidden_size"])
+    head_dim = int(t["head_dim"])
+    heads = int(t["num_attention_heads"])
+    nkv = int(t["num_key_value_heads"]) * head_dim
+    vocab = int(t["vocab_size"])
+    experts = int(t.get("num_experts", t.get("num_local_experts", 0)) or 0)
+    moe_inter = int(t.get("moe_intermediate_size", 0) or 0)
+    shared = int(t.get("shared_expert_intermediate_size", 0) or 0)
+    dense_inter = int(t.get("intermediate_size", 0) or 0)
+    nk, nv = int(t["linear_num_key_heads"]), int(t["linear_num_value_heads"])
+    hk, hv = int(t["linear_key_head_dim"]), int(t["linear_value_head_dim"])
+    kernel = int(t["linear_conv_kernel_dim"])
+    key_dim, value_dim = nk * hk, nv * hv
+    gate = 2 if t.get("attn_output_gate", True) else 1
+    lm = "model.language_model" if nested else "model"
+
+    def w(name: str, *shape: int, dtype: str = "BF16") -> TensorSpec:
+        return TensorSpec(name, dtype, tuple(shape))
+
+    def full_attention(p: str) -> Iterator[TensorSpec]:
+        yield w(f"{p}.self_attn.q_proj.weight", heads * head_dim * gate, hidden)
+        yield w(f"{p}.self_attn.k_proj.weight", nkv, hidden)
+        yield w(f"{p}.self_attn.v_proj.weight", nkv, hidden)
+        yield w(f"{p}.self_attn.o_proj.weight", hidden, heads * head_dim)
+        yield w(f"{p}.self_attn.q_norm.weight", head_dim)
+        yield w(f"{p}.self_attn.k_norm.weight", head_dim)
+
+    def mlp(p: str, stacked: bool) -> Iterator[TensorSpec]:
+        if not moe:
+            yield w(f"{p}.mlp.gate_proj.weight", dense_inter, hidden)
+            yield w(f"{p}.mlp.up_proj.weight", dense_inter, hidden)
+            yield w(f"{p}.mlp.down_proj.weight", hidden, dense_inter)
+            return
+        yield w(f"{p}.mlp.gate.weight", experts, hidden)
+        if stacked:
+            yield w(f"{p}.mlp.experts.gate_up_proj", experts, 2 * moe_inter, hidden)
+            yield w(f"{p}.mlp.experts.down_proj", experts, hidden, moe_inter)
+        else:
+            for e in range(experts):
+                ep = f"{p}.mlp.experts.{e}"
+                yield w(f"{ep}.gate_proj.weight", moe_inter, hidden)
+                yield w(f"{ep}.up_proj.weight", moe_inter, hidden)
+                yield w(f"{ep}.down_proj.weight", hidden, moe_inter)
+        if shared > 0:
+            yield w(f"{p}.mlp.shared_expert.gate_proj.weight", shared, hidden)
+            yield w(f"{p}.mlp.shared_expert.up_proj.weight", shared, hidden)
+            yield w(f"{p}.mlp.shared_expert.down_proj.weight", hidden, shared)
+            yield w(f"{p}.mlp.shared_expert_gate.weight", 1, hidden)
+
+    def norms(p: str) -> Iterator[TensorSpec]:
+        yield w(f"{p}.input_layernorm.weight", hidden)
+        yield w(f"{p}.post_attention_layernorm.weight", hidden)
+
+    yield w(f"{lm}.embed_tokens.weight", vocab, hidden)
+    for i, layer_kind in enumerate(layer_types_of(t)):
+        p = f"{lm}.layers.{i}"
+        if layer_kind == "full_attention":
+            yield from full_attention(p)
+        elif layer_kind == "linear_attention":
+            la = f"{p}.linear_attn"
+            yield w(f"{la}.in_proj_qkv.weight", 2 * key_dim + value_dim, hidden)
+            yield w(f"{la}.in_proj_z.weight", value_dim, hidden)
+            yield w(f"{la}.in_proj_b.weight", nv, hidden)
+            yield w(f"{la}.in_proj_a.weight", nv, hidden)
+            yield w(f"{la}.conv1d.weight", 2 * key_dim + value_dim, 1, kernel)
+            yield w(f"{la}.dt_bias", nv)
+            yield w(f"{la}.A_log", nv, dtype="F32")
+            yield w(f"{la}.norm.weight", hv)
+            yield w(f"{la}.out_proj.weight", hidden, value_dim)
+        else:
+            raise ValueError(f"layer_types[{i}] is {layer_kind!r}; expected full_attention or "
+                             "linear_attention")
+        yield from norms(p)
+        yield from mlp(p, stacked=True)
+    yield w(f"{lm}.norm.weight", hidden)
+    if nested and isinstance(config.get("vision_config"), dict):
+        yield from qwen3_vl_vision_tensors(config["vision_config"])
+    if not (t.get("tie_word_embeddings", config.get("tie_word_embeddings", False))):
+        yield w("lm_head.weight", vocab, hidden)
+    mtp = int(t.get("mtp_num_hidden_layers", 1) or 0)
+    for j in range(mtp):
+        p = f"mtp.layers.{j}"
+        yield from full_attention(p)
+        yield from norms(p)
+        yield from mlp(p, stacked=False)
+    if mtp:
+        yield w("mtp.fc.weight", hidden, 2 * hidden)
+        yield w("mtp.pre_fc_norm_embedding.weight", hidden)
+        yield w("mtp.pre_fc_norm_hidden.weight", hidden)
+        yield w("mtp.norm.weight", hidden)
+
+
+def qwen3_vl_vision_tensors(vc: dict[str, Any]) -> Iterator[TensorSpec]:
+    """The vision tower of Qwen3-VL / Qwen3.5 under ``model.visual.`` (vLLM 0.32 qwen3_vl.py
+    Qwen3_VisionTransformer): a Conv3d patch embedding, learnt position embeddings, ``depth``
+    blocks (LayerNorms, fused qkv, proj, a two-layer MLP, all with biases), and the patch merger
+    (LayerNorm over the hidden size, then hidden x merge^2 -> out_hidden_size); one extra merger
+    per ``deepstack_visual_indexes`` entry."""
+    h = int(vc.get("hidden_size", 1152))
+    inter = int(vc.get("intermediate_size", 4304))
+    depth = int(vc.get("depth", 27))
+    chans = int(vc.get("in_channels", 3))
+    patch = int(vc.get("patch_size", 16))
+    temporal = int(vc.get("temporal_patch_size", 2))
+    merge = int(vc.get("spatial_merge_size", 2))
+    out = int(vc.get("out_hidden_size", 3584))
+    positions = int(vc.get("num_position_embeddings", 2304))
+    deepstack = vc.get("deepstack_visual_indexes") or []
+    merged = h * merge * merge
+    v = "model.visual"
+
+    def wb(name: str, *shape: int) -> Iterator[TensorSpec]:
+        yield TensorSpec(f"{name}.weight", "BF16", tuple(shape))
+        yield TensorSpec(f"{name}.bias", "BF16", (shape[0],))
+
+    yield from wb(f"{v}.patch_embed.proj", h, chans, temporal, patch, patch)
+    yield TensorSpec(f"{v}.pos_embed.weight", "BF16", (positions, h))
+    for b in range(depth):
+        p = f"{v}.blocks.{b}"
+        yield from wb(f"{p}.norm1", h)
+        yield from wb(f"{p}.norm2", h)
+        yield from wb(f"{p}.attn.qkv", 3 * h, h)
+        yield from wb(f"{p}.attn.proj", h, h)
+        yield from wb(f"{p}.mlp.linear_fc1", inter, h)
+        yield from wb(f"{p}.mlp.linear_fc2", h, inter)
+    yield from wb(f"{v}.merger.norm", h)
+    yield from wb(f"{v}.merger.linear_fc1", merged, merged)
+    yield from wb(f"{v}.merger.linear_fc2", out, merged)
+    for k in range(len(deepstack)):
+        p = f"{v}.deepstack_merger_list.{k}"
+        yield from wb(f"{p}.norm", merged)
+        yield from wb(f"{p}.linear_fc1", merged, merged)
+        yield from wb(f"{p}.linear_fc2", out, merged)

@@ -170,3 +170,14 @@ def rope_type_of(block: dict[str, Any] | None) -> str:
     if not block:
         return "default"
     return str(block.get("rope_type", block.get("type", "default")))
+
+
+def deep_merge(base: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
+    """BASE updated by UPDATES, dict values merged key by key at every depth (a copy): how vLLM
+    0.32 applies a nested --hf-overrides such as {"text_config": {"rope_parameters": {...}}}
+    (ModelConfig._update_nested keeps the keys the override does not name)."""
+    out = dict(base)
+    for k, v in updates.items():
+        old = out.get(k)
+        out[k] = deep_merge(old, v) if isinstance(v, dict) and isinstance(old, dict) else v
+    return out

@@ -28,6 +28,7 @@ from qwenprep.layouts import (  # noqa: F401  (re-exported: synth's public names
     layer_types_of,
     module_in,
     qwen2_tensors,
+    qwen3_5_tensors,
     qwen3_moe_tensors,
     qwen3_next_tensors,
 )
@@ -341,3 +342,82 @@ def qwen25_7b_instruct_1m_config() -> dict[str, Any]:
     }
 
 
+
+
+# ---------------------------------------------------------------- Qwen3.5-MoE (hybrid VL), tiny
+
+TINY_QWEN3_5_DIR = "tiny-qwen3.5-moe"
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def _tiny_values(spec: TensorSpec) -> bytes:
+    """Deterministic weights for SPEC (no random module: a counter-based generator keyed by
+    the tensor name, so the bytes never change): RMSNorms that scale by 1 + weight are 0, the
+    gated DeltaNet norm and the vision LayerNorm scales 1, biases 0, everything else uniform in
+    about +-0.035 (std 0.02). BF16 is float32 rounded to its top 16 bits."""
+    import hashlib
+    import math
+
+    n = math.prod(spec.shape)
+    name = spec.name
+    if name.endswith("linear_attn.norm.weight") or (
+            name.startswith("model.visual.") and "norm" in name and name.endswith(".weight")):
+        vals = [1.0] * n
+    elif name.endswith(".bias") or name.endswith("norm.weight") or "pre_fc_norm" in name:
+        vals = [0.0] * n
+    else:
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
+        scale = 0.02 * math.sqrt(3.0) / 2**53
+        vals = [((_splitmix64(key + i) >> 11) * 2.0 - 2**53) * scale for i in range(n)]
+    if spec.dtype == "F32":
+        return struct.pack(f"<{n}f", *vals)
+    out = bytearray()
+    for v in vals:
+        bits = struct.unpack("<I", struct.pack("<f", v))[0]
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16  # round to nearest even
+        out += struct.pack("<H", bits & 0xFFFF)
+    return bytes(out)
+
+
+def write_tiny_qwen3_5_moe(dest: Path, *, tokenizer_from: Path | None = None) -> Path:
+    """Write the embedded tiny Qwen3.5-MoE-shaped checkpoint into DEST (an empty or new
+    directory): config.json (qwenprep.families.qwen3_5.tiny_qwen3_5_moe_config: the 35B-A3B
+    release's keys in its order, shrunk), generation_config.json, one model.safetensors with
+    every tensor the release's layout has (qwenprep.layouts.qwen3_5_tensors: language model
+    under model.language_model., vision tower under model.visual., MTP under mtp.) and
+    deterministic values, and the tokenizer files of TOKENIZER_FROM (default: the embedded tiny
+    Qwen3-Next's). Byte-for-byte the same on every run."""
+    from qwenprep.families.qwen3_5 import tiny_qwen3_5_moe_config
+
+    dest = Path(dest)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise ConflictError(f"{dest}: exists and is not an empty directory.", path=str(dest))
+    dest.mkdir(parents=True, exist_ok=True)
+    cfg = tiny_qwen3_5_moe_config()
+    specs = list(qwen3_5_tensors(cfg))
+    head, data_len = safetensors_header(specs, {"format": "pt"})
+    with open(dest / "model.safetensors", "wb") as f:
+        f.write(head)
+        for s in specs:
+            f.write(_tiny_values(s))
+    assert (dest / "model.safetensors").stat().st_size == len(head) + data_len
+    (dest / "config.json").write_text(dump_config(cfg))
+    text = cfg["text_config"]
+    gen = {"bos_token_id": text["bos_token_id"], "do_sample": True,
+           "eos_token_id": [text["eos_token_id"], 512], "pad_token_id": 512,
+           "temperature": 0.6, "top_k": 20, "top_p": 0.95, "transformers_version": "4.57.0.dev0"}
+    (dest / "generation_config.json").write_text(dump_config(gen))
+    if tokenizer_from is None:
+        from qwenprep.schemas import shipped_dir
+
+        tokenizer_from = shipped_dir("_examples") / "tiny-qwen3-next"
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (dest / name).write_bytes((Path(tokenizer_from) / name).read_bytes())
+    return dest

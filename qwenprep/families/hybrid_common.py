@@ -52,3 +52,53 @@ def hybrid_invariants(view: Any) -> list[Check]:
                                                                 "; expected a number in (0, 1]"),
                             None if ok else view.pointer("partial_rotary_factor")))
     return checks
+
+
+def mrope_invariants(view: Any) -> list[Check]:
+    """M-RoPE (Qwen3.5/3.6): mrope_section sits in the rope dict the engine reads (vLLM 0.32's
+    get_rope builds MRotaryEmbedding only when the dict carries it, YaRN included), is a list
+    of non-negative integers, and its sections add up to the rotary half-width
+    (head_dim x partial_rotary_factor / 2: 256 x 0.25 / 2 = 32 = 11 + 11 + 10 in the
+    releases). A patch or override that loses it turns the model's 3-D positions into 1-D
+    ones; one that loses partial_rotary_factor rotates the whole head."""
+    rope = view.effective_rope()
+    where = view.pointer(f"{view.rope_style}.mrope_section")
+    sec = rope.get("mrope_section")
+    if sec is None and not view.nested:
+        return [Check("invariant.mrope_section", "pass",
+                      "no mrope_section: a text-only checkpoint (vLLM 0.32 serves the text-only "
+                      "Qwen3.5 classes with 1-D positions and drops the M-RoPE keys itself)")]
+    if sec is None:
+        return [Check("invariant.mrope_section", "fail",
+                      f"the rope dict ({view.pointer(view.rope_style)}) has no mrope_section; "
+                      "the release's M-RoPE sections are lost (vLLM would build a 1-D rotary "
+                      "embedding). Hint: restore the release's rope dict, or rebuild with "
+                      "qwenprep patch MODEL --context 1m --out DIR", where)]
+    if not (isinstance(sec, list) and sec and all(
+            isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in sec)):
+        return [Check("invariant.mrope_section", "fail",
+                      f"mrope_section is {sec!r}; expected a list of non-negative integers",
+                      where)]
+    checks: list[Check] = []
+    # transformers 5 copies a text-config partial_rotary_factor into the rope dict on load
+    prf = rope.get("partial_rotary_factor", view.text.get("partial_rotary_factor"))
+    if prf is None:
+        checks.append(Check(
+            "invariant.partial_rotary_factor_in_rope", "fail",
+            f"neither the rope dict ({view.pointer(view.rope_style)}) nor the text config has "
+            "partial_rotary_factor: vLLM's get_rope would rotate every head dimension (the "
+            "releases rotate a quarter)", view.pointer(f"{view.rope_style}.partial_rotary_factor")))
+        prf = 1.0
+    head_dim = view.text.get("head_dim")
+    if isinstance(head_dim, int) and isinstance(prf, (int, float)) and not isinstance(prf, bool):
+        half = int(head_dim * prf) // 2
+        if sum(sec) != half:
+            checks.append(Check("invariant.mrope_section", "fail",
+                                f"mrope_section {sec} adds up to {sum(sec)}, but head_dim "
+                                f"{head_dim} x partial_rotary_factor {prf:g} / 2 = {half}",
+                                where))
+            return checks
+    checks.append(Check("invariant.mrope_section", "pass",
+                        f"mrope_section {sec} (interleaved: "
+                        f"{bool(rope.get('mrope_interleaved', False))}) in the rope dict"))
+    return checks
