@@ -22,12 +22,10 @@ __all__ = ["patch", "validate", "verify", "plan", "check", "revert", "serve_plan
 
 def _size(value: str | int | None, option: str) -> str | None:
     """A size as the command line takes it: a string with its unit (never guessed), or an int
-    byte count."""
-    from qwenprep.sizes import parse_size
+    byte count; read by the one reader every command uses (qwenprep.request)."""
+    from qwenprep.request import size_text
 
-    if value is None:
-        return None
-    return f"{parse_size(value, option)}B"
+    return size_text(value, option)
 
 
 def patch(model: str | Path, context: str | int, *, out: str | Path | None = None,
@@ -89,13 +87,13 @@ def plan(model: str | Path, *, context: str | int | None = None, tp: int | None 
     """``qwenprep plan MODEL ... --json``: KV-cache capacity by vLLM's arithmetic, and the
     time estimates. ``fits`` says whether the context fits (the command exits 1 when not)."""
     from qwenprep.capacity import make_plan
+    from qwenprep.request import PlanRequest
 
-    p = make_plan(str(model), context=None if context is None else str(context), tp=tp, pp=pp,
-                  gpus=gpus, gpu_memory=_size(gpu_memory, "--gpu-memory"),
-                  kv_memory=_size(kv_memory, "--kv-memory"),
-                  kv_cache_dtype=kv_cache_dtype,  # type: ignore[arg-type]
-                  ep=ep, vllm_version=vllm_version, block_size=block_size, gpu=gpu,
-                  prefill_budget=prefill_budget)
+    req = PlanRequest.from_options(
+        context=context, tp=tp, pp=pp, gpus=gpus, gpu_memory=gpu_memory, kv_memory=kv_memory,
+        kv_cache_dtype=kv_cache_dtype, ep=ep, vllm_version=vllm_version, block_size=block_size,
+        gpu=gpu, prefill_budget=prefill_budget)
+    p = make_plan(str(model), **req.plan_options())
     out: dict[str, Any] = p.to_dict()
     return out
 
@@ -136,23 +134,28 @@ def serve_plan(path: str | Path, *, tp: int | None = None, ep: bool | None = Non
                max_model_len: str | int | None = None, host: str | None = None,
                port: int | None = None, served_model_name: str | None = None,
                vllm_python: str | None = None, extra_args: tuple[str, ...] | list[str] = (),
-               expect_digest: str | None = None) -> dict[str, Any]:
+               expect_digest: str | None = None, nnodes: int | None = None,
+               gpus_per_node: int | None = None, master_addr: str | None = None,
+               multinode_mode: str | None = None) -> dict[str, Any]:
     """``qwenprep serve PATH --dry-run --json``: the vLLM argv and environment serve would run,
-    judged by the same gate (refusals raise). Starts nothing."""
+    judged by the same gate (refusals raise). Starts nothing. With NNODES/GPUS_PER_NODE: the
+    per-node commands (``nodes``), as ``serve --nnodes N --gpus-per-node G``."""
+    from dataclasses import replace
+
     from qwenprep import engine as eng
     from qwenprep import gate
     from qwenprep.checkpoint import resolve_model
     from qwenprep.report import SCHEMA_VERSION
+    from qwenprep.request import ServeRequest
 
+    req = ServeRequest.from_options(
+        max_len=max_model_len, tp=tp, ep=ep, host=host, port=port,
+        served_model_name=served_model_name, extra_args=extra_args,
+        expect_digest=expect_digest, nnodes=nnodes, gpus_per_node=gpus_per_node,
+        master_addr=master_addr, multinode_mode=multinode_mode)
     ckpt = resolve_model(str(path))
     info = eng.discover(vllm_python)
-    launch = eng.build_launch_plan(
-        ckpt.path, engine=info, tp=tp, ep=ep,
-        max_model_len=(eng.parse_max_model_len(str(max_model_len))
-                       if max_model_len is not None else None),
-        host=host, port=port, served_model_name=served_model_name,
-        extra_args=tuple(extra_args), repo_id=ckpt.repo_id, expect_digest=expect_digest,
-        nnodes=None, gpus_per_node=None, master_addr=None, multinode_mode=None,
-        gpus_here=eng.gpus_on_this_node(), offline_gate=False)
+    launch = eng.build_launch_plan(ckpt.path, replace(req, repo_id=ckpt.repo_id), engine=info,
+                                   gpus_here=eng.gpus_on_this_node(), offline_gate=False)
     launch = gate.enforce(launch, engine=info)
     return {"schema_version": SCHEMA_VERSION, "ok": True, "dry_run": True, **launch.to_dict()}

@@ -61,6 +61,7 @@ from qwenprep.engines.vllm_launch import (
 )
 from qwenprep.errors import InputError, UsageError
 from qwenprep.report import Check
+from qwenprep.request import ServeRequest
 
 if TYPE_CHECKING:
     from qwenprep.gpus import Inventory
@@ -183,27 +184,17 @@ def _parallel_gate(path: Path, config: dict[str, Any], tp: int, ep: bool, profil
 
 def build_launch_plan(
     path: Path,
+    request: ServeRequest | None = None,
     *,
     engine: EngineInfo | None,
-    tp: int | None = None,
-    ep: bool | None = None,
-    max_model_len: int | None = None,
-    host: str | None = None,
-    port: int | None = None,
-    served_model_name: str | None = None,
-    extra_args: Sequence[str] = (),
-    repo_id: str | None = None,
-    expect_digest: str | None = None,
-    nnodes: int | None = None,
-    gpus_per_node: int | None = None,
-    master_addr: str | None = None,
-    multinode_mode: str | None = None,
     environ: dict[str, str] | None = None,
     gpus_here: Inventory | None = None,
     offline_gate: bool = True,
     for_check: bool = False,
+    **options: Any,
 ) -> LaunchPlan:
-    """argv + env for the installed vLLM: the model profile, overridden by the options.
+    """argv + env for the installed vLLM: the model profile, overridden by REQUEST (a
+    qwenprep.request.ServeRequest; OPTIONS: its fields as keywords, the older form).
     Refuses (exit 3) a config validate fails in ways that change the output, a max model
     length above what the config allows on that version, and a TP/EP layout vLLM rejects.
     GPUS_HERE (gpus_on_this_node()) adds a note when one node cannot hold the plan.
@@ -211,6 +202,12 @@ def build_launch_plan(
     with no ENGINE, OFFLINE_GATE applies the gate's offline reading here already (ArgsRefused,
     exit 3), as there is no vLLM to ask later. FOR_CHECK: qwenprep check reports validation
     and parallelism as checks of its own, so the plan does not refuse them again."""
+    req = ServeRequest.from_keywords(request, **options)
+    tp, ep, max_model_len, host, port = req.tp, req.ep, req.max_model_len, req.host, req.port
+    served_model_name, extra_args, repo_id = req.served_model_name, req.extra_args, req.repo_id
+    expect_digest, multi = req.expect_digest, req.multinode
+    nnodes, gpus_per_node, master_addr = multi.nnodes, multi.gpus_per_node, multi.master_addr
+    multinode_mode = multi.mode
     path = Path(path)
     config = _read_config(path)
     manifest = _manifest(path)
@@ -312,7 +309,8 @@ def build_launch_plan(
                      "config allows this length, and the variable would hide a wrong one")
 
     mode, nodes = _multinode(path, python, core, net, extra_args, tp_n, digest, caps, version,
-                             nnodes, gpus_per_node, master_addr, multinode_mode, notes)
+                             nnodes, gpus_per_node, master_addr, multinode_mode, notes,
+                             engine.distribution if engine else None)
     if gpus_here is not None and gpus_here.count and nnodes is None and gpus_per_node is None:
         _node_gpu_note(path, gpus_here, tp_n, _pp_size(extra_args), notes)
     plan = LaunchPlan(

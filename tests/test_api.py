@@ -133,3 +133,46 @@ def test_missing_path_is_exit_3(tmp_path: Path) -> None:
     assert e.value.exit_code == 3
     assert cli_json("validate", str(tmp_path / "nope"), code=3)["error"]["message"] == \
         e.value.message
+
+
+def test_serve_plan_multinode_matches_the_cli(tmp_path: Path) -> None:
+    from qwenprep.synth import qwen3_coder_480b_fp8_config
+
+    src = tmp_path / "Qwen3-Coder-480B-A35B-Instruct-FP8"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps(qwen3_coder_480b_fp8_config()))
+    ov = qwenprep.patch(src, "1m", out=tmp_path / "ov")["path"]
+    a = qwenprep.serve_plan(ov, vllm_python=NO_VLLM, nnodes=2, gpus_per_node=4,
+                            master_addr="10.0.0.1", max_model_len="512k")
+    b = cli_json("serve", ov, "--dry-run", "--vllm-python", NO_VLLM, "--nnodes", "2",
+                 "--gpus-per-node", "4", "--master-addr", "10.0.0.1", "--max-model-len", "512k")
+    assert a == b and a["multinode_mode"] == "native" and a["max_model_len"] == 524288
+    assert [n["role"] for n in a["nodes"]] == ["head", "worker"]
+
+
+def test_one_request_object_and_one_reader_for_sizes_and_contexts() -> None:
+    from qwenprep import engine as eng
+    from qwenprep.request import MultiNode, PlanRequest, ServeRequest
+
+    # the keyword form build_launch_plan took before is the same request
+    old = ServeRequest.from_keywords(None, tp=2, max_model_len=4096, extra_args=["--x"],
+                                     nnodes=2, gpus_per_node=1, multinode_mode="dp")
+    assert old == ServeRequest(tp=2, max_model_len=4096, extra_args=("--x",),
+                               multinode=MultiNode(2, 1, None, "dp"))
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        ServeRequest.from_keywords(None, nodes=2)
+    with pytest.raises(TypeError, match="together"):
+        ServeRequest.from_keywords(ServeRequest(), tp=1)
+    a = eng.build_launch_plan(TINY, ServeRequest(port=8123, max_model_len=4096), engine=None)
+    b = eng.build_launch_plan(TINY, engine=None, port=8123, max_model_len=4096)
+    assert a == b and a.port == 8123
+    # contexts: qwenprep's 1m, for serve and plan alike; sizes never guessed, named by option
+    assert ServeRequest.from_options(max_len="1m").max_model_len == 1048576
+    with pytest.raises(QwenprepError, match="--max-model-len takes a token count"):
+        ServeRequest.from_options(max_len="native")
+    assert PlanRequest.from_options(kv_memory=2 * 1024**3).kv_memory == f"{2 * 1024**3}B"
+    assert PlanRequest.from_options(gpu_memory="141GB").gpu_memory == "141GB"
+    for bad in ({"gpu_memory": "8g"}, {"kv_memory": "141"}, {"context": "2x"}):
+        with pytest.raises(QwenprepError) as e:
+            PlanRequest.from_options(**bad)
+        assert e.value.exit_code == 2

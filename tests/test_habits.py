@@ -1,5 +1,5 @@
 """The project's habits: one version, a typed package, and the import rules `./dev lint` runs
-(tools/check_imports.py: no new import cycle, only qwenprep/cli.py imports click)."""
+(tools/check_imports.py: no new import cycle, only qwenprep/cli/ imports click)."""
 
 from __future__ import annotations
 
@@ -178,15 +178,31 @@ def test_an_allowed_edge_that_no_longer_closes_a_cycle_must_be_deleted(tmp_path:
 
 def test_only_cli_imports_click(tmp_path: Path) -> None:
     files = {
-        "qwenprep/cli.py": "import click\n",
+        "qwenprep/cli/__init__.py": "import click\nfrom qwenprep.cli import serving\n",
+        "qwenprep/cli/serving.py": "import click\n",
         "qwenprep/core.py": "def f():\n    from click import echo\n    echo('x')\n",
+        "qwenprep/cli.py": "import click\n",  # a module beside the package is not it
     }
     r = _check(_tree(tmp_path, files))
     assert r.returncode == 1
-    assert "qwenprep/core.py:2: imports click; only qwenprep/cli.py may" in r.stderr
-    assert "qwenprep/cli.py:" not in r.stderr
-    del files["qwenprep/core.py"]
+    assert "qwenprep/core.py:2: imports click; only qwenprep/cli/ may" in r.stderr
+    assert "qwenprep/cli.py:1: imports click" in r.stderr
+    assert "qwenprep/cli/" + "__init__.py:" not in r.stderr
+    assert "qwenprep/cli/serving.py:" not in r.stderr
+    del files["qwenprep/core.py"], files["qwenprep/cli.py"]
     assert _check(_tree(tmp_path / "ok", files)).returncode == 0
+
+
+def test_the_command_line_is_a_package_of_small_modules() -> None:
+    from qwenprep import cli
+
+    pkg = REPO / "qwenprep" / "cli"
+    assert Path(cli.__file__) == pkg / "__init__.py"
+    assert not (REPO / "qwenprep" / "cli.py").exists()
+    for f in sorted(pkg.glob("*.py")):
+        assert len(f.read_text().splitlines()) <= 600, f
+    assert sorted(cli.cli.commands) == ["check", "demo", "fetch", "list", "patch", "plan",
+                                        "revert", "serve", "validate", "verify"]
 
 
 def test_list_prints_every_known_cycle_with_its_import_lines() -> None:

@@ -25,8 +25,9 @@ from conftest import QWENPREP_BIN, TINY, invoke
 from qwenprep import engine as eng
 from qwenprep.cli import cli
 from qwenprep.engines import vllm_server as srv
+from qwenprep.engines.child import EngineStartFailed, cause_lines
 from qwenprep.engines.vllm_launch import LaunchPlan
-from qwenprep.errors import ChecksFailed
+from qwenprep.errors import ChecksFailed, Interrupted
 
 VLLM_PY = os.environ.get("QWENPREP_VLLM_PYTHON") or sys.executable
 INFO = eng.discover(VLLM_PY)
@@ -141,8 +142,12 @@ def test_sigint_is_forwarded_and_exit_code_passed_through(served: Served) -> Non
 STAND_IN = textwrap.dedent('''
     import json, sys
     from http.server import BaseHTTPRequestHandler, HTTPServer
+    import time
     port, length, code = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    if code < 0:  # loads for ever
+        time.sleep(600)
     if code:
+        print(sys.argv[4] if len(sys.argv) > 4 else "", file=sys.stderr, flush=True)
         sys.exit(code)
     class H(BaseHTTPRequestHandler):
         def do_GET(self):
@@ -154,7 +159,7 @@ STAND_IN = textwrap.dedent('''
 ''')
 
 
-def _stand_in_plan(tmp_path: Path, length: int, code: int = 0) -> LaunchPlan:
+def _stand_in_plan(tmp_path: Path, length: int, code: int = 0, said: str = "") -> LaunchPlan:
     script = tmp_path / "stand_in.py"
     script.write_text(STAND_IN)
     ov = tmp_path / "ov"
@@ -164,7 +169,8 @@ def _stand_in_plan(tmp_path: Path, length: int, code: int = 0) -> LaunchPlan:
                             eng.capabilities_for((0, 32, 0)))
     port = srv.free_port()
     plan = eng.build_launch_plan(ov, engine=engine, host="127.0.0.1", port=port)
-    return replace(plan, argv=(sys.executable, str(script), str(port), str(length), str(code)))
+    return replace(plan, argv=(sys.executable, str(script), str(port), str(length), str(code),
+                               said))
 
 
 def test_length_mismatch_stops_the_server_and_fails(tmp_path: Path) -> None:
@@ -187,13 +193,151 @@ def test_ready_and_stop_with_matching_length(tmp_path: Path) -> None:
     assert handle.returncode is not None
 
 
-def test_early_exit_code_is_passed_through(tmp_path: Path) -> None:
+def test_early_exit_is_exit_3_with_the_engines_code(tmp_path: Path) -> None:
+    # before ready, serve's exit codes are qwenprep's: 3, the engine's own code beside it
     plan = _stand_in_plan(tmp_path, 1048576, code=7)
     handle = srv.start_server(plan)
-    with pytest.raises(eng.ServerExited) as ei:
+    with pytest.raises(EngineStartFailed) as ei:
         handle.wait_ready(30)
-    assert ei.value.exit_code == 7
-    assert ei.value.message.startswith("vLLM exited with code 7 before it was ready")
+    assert ei.value.exit_code == 3 and ei.value.engine_exit_code == 7
+    assert ei.value.message == "vLLM exited with code 7 before it was ready (its log is above)."
+
+
+# vLLM 0.32's own words (vllm/config/device.py), as the CUDA build prints them without a GPU
+NO_DEVICE = ("RuntimeError: Failed to infer device type, please set the environment variable "
+             "`VLLM_LOGGING_LEVEL=DEBUG` to turn on verbose logging to help debug the issue.")
+
+
+def test_early_exit_names_the_log_lines_and_the_cause(tmp_path: Path) -> None:
+    plan = _stand_in_plan(tmp_path, 1048576, code=1, said=NO_DEVICE)
+    log = tmp_path / "vllm.log"
+    handle = srv.start_server(plan, log=log)
+    with pytest.raises(EngineStartFailed) as ei:
+        handle.wait_ready(30)
+    err = ei.value
+    assert err.exit_code == 3 and err.engine_exit_code == 1
+    assert err.cause == [NO_DEVICE] and err.causes == ["device"]
+    assert err.message == (f"vLLM exited with code 1 before it was ready; from its log ({log}):"
+                           f"\n  {NO_DEVICE}")
+    assert err.hint is not None and "found no device it can run on" in err.hint
+    assert f"(whole log: {log})" in err.hint
+    assert log.read_text().strip() == NO_DEVICE
+
+
+def test_killed_before_ready_points_at_memory(tmp_path: Path) -> None:
+    plan = _stand_in_plan(tmp_path, 1048576, code=137)
+    handle = srv.start_server(plan, log=tmp_path / "vllm.log")
+    with pytest.raises(EngineStartFailed) as ei:
+        handle.wait_ready(30)
+    assert ei.value.exit_code == 3 and ei.value.engine_exit_code == 137
+    assert ei.value.hint is not None and "out-of-memory killer" in ei.value.hint
+
+
+def test_cause_lines_pick_the_errors_out_of_a_vllm_traceback() -> None:
+    # the shape vLLM 0.32 printed here for a KV cache too small for 1M (abridged, real lines)
+    kv = ("ValueError: To serve at least one request with the model's max seq len (1048576), "
+          "(0.5 GiB KV cache is needed, which is larger than the available KV cache memory "
+          "(0.06 GiB). Based on the available memory, the estimated maximum model length is "
+          "130944.")
+    pre = "(EngineCore pid=1048) ERROR 11-26 02:17:10 [core.py:1510] "
+    log = "\n".join([
+        "(APIServer pid=1003) INFO 11-26 02:16:30 [api_utils.py:286] non-default args: {}",
+        pre + "EngineCore failed to start.",
+        pre + "Traceback (most recent call last):",
+        pre + '  File "core.py", line 1482, in run_engine_core',
+        pre + "    engine_core = EngineCoreProc(*args, engine_index=dp_rank, **kwargs)",
+        pre + "                  ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^",
+        pre + kv,
+        "Traceback (most recent call last):",
+        '  File "<string>", line 1, in <module>',
+        kv,
+        "RuntimeError: Engine core initialization failed. See root cause above. Failed core "
+        "proc(s): {}",
+        "/usr/lib/python3.11/multiprocessing/resource_tracker.py:254: UserWarning: leaked",
+        "  warnings.warn('resource_tracker: There appear to be %d '",
+    ])
+    lines = cause_lines(log)
+    assert [ln.split(":")[0] for ln in lines] == [
+        "EngineCore failed to start.", "ValueError", "RuntimeError"]
+    plan = eng.build_launch_plan(TINY, engine=INFO or None, host="127.0.0.1", port=8123,
+                                 offline_gate=False)
+    causes, hint = srv.explain(plan, log)
+    assert causes == ["kv_memory"] and hint is not None
+    assert "vLLM estimates 130,944 tokens fit" in hint
+
+
+def test_a_signal_before_ready_is_an_interruption(tmp_path: Path) -> None:
+    plan = _stand_in_plan(tmp_path, 1048576, code=-1)
+    handle = srv.start_server(plan, log=tmp_path / "vllm.log")
+    handle.send_signal(signal.SIGINT)
+    with pytest.raises(Interrupted) as ei:
+        handle.wait_ready(30)
+    assert ei.value.exit_code == 130
+
+
+def _serve_failing(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
+                   ) -> tuple[int, dict[str, Any], str]:
+    ov = tmp_path / "tiny-1m"
+    if not ov.exists():
+        assert invoke("patch", str(TINY), "--context", "1m", "--out", str(ov)).exit_code == 0
+    base = {k: v for k, v in os.environ.items() if k != "VLLM_CPU_KVCACHE_SPACE"}
+    r = subprocess.run([str(QWENPREP_BIN), "serve", str(ov), "--host", "127.0.0.1",
+                        "--ready-timeout", "600", "--json", *args],
+                       capture_output=True, text=True, timeout=700,
+                       env={**base, "QWENPREP_VLLM_PYTHON": VLLM_PY, **(env or {})})
+    return r.returncode, json.loads(r.stdout), r.stderr
+
+
+@pytest.mark.engine
+@pytest.mark.slow
+def test_serve_on_a_port_in_use_says_so(tmp_path: Path) -> None:
+    if not HAVE_VLLM:
+        pytest.skip(f"vLLM is not importable in {VLLM_PY}")
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen(1)
+        port = held.getsockname()[1]
+        rc, out, err = _serve_failing(tmp_path, "--port", str(port),
+                                      "--log-file", str(tmp_path / "vllm.log"),
+                                      env={"VLLM_CPU_KVCACHE_SPACE": "1"})
+    assert rc == 3, err[-3000:]
+    assert _errors(out) == []
+    e = out["error"]
+    assert e["exit_code"] == 3 and e["engine_exit_code"] == 1
+    assert e["causes"] == ["port_in_use"] and e["log"] == str(tmp_path / "vllm.log")
+    assert e["cause"] == ["OSError: [Errno 98] Address already in use"]
+    assert e["hint"].startswith(f"port {port} on 127.0.0.1 is already taken by another "
+                                "process: serve on another (--port N)")
+    # people get the same: the cause lines once at the end, not only in the scroll above
+    tail = err[err.index("error: vLLM exited with code 1 before it was ready"):]
+    assert "  OSError: [Errno 98] Address already in use\nHint: port" in tail
+    assert "note: the CPU build of vLLM keeps its KV cache in RAM" not in err  # it is set
+
+
+@pytest.mark.engine
+@pytest.mark.slow
+def test_serve_with_kv_memory_too_small_for_the_length_says_so(tmp_path: Path) -> None:
+    if not HAVE_VLLM:
+        pytest.skip(f"vLLM is not importable in {VLLM_PY}")
+    if INFO is None or INFO.distribution != "vllm-cpu":
+        pytest.skip("the CPU build's messages")
+    rc, out, err = _serve_failing(tmp_path, "--port", str(srv.free_port()), "--",
+                                  "--kv-cache-memory-bytes", "64M")
+    assert rc == 3, err[-3000:]
+    assert _errors(out) == []
+    e = out["error"]
+    assert e["engine_exit_code"] == 1 and e["causes"] == ["kv_memory"]
+    assert any(c.startswith("ValueError: To serve at least one request with the model's max "
+                            "seq len (1048576)") for c in e["cause"])
+    assert len(e["cause"]) <= 8
+    assert "on the CPU build set VLLM_CPU_KVCACHE_SPACE=N" in e["hint"]
+    assert "tokens fit in the memory it had" in e["hint"]
+    # without VLLM_CPU_KVCACHE_SPACE, serve says what the CPU build does before it starts
+    assert "note: the CPU build of vLLM keeps its KV cache in RAM: without " \
+        "VLLM_CPU_KVCACHE_SPACE" in err
+    assert Path(e["log"]).is_file() and "ValueError: To serve" in Path(e["log"]).read_text()
 
 
 # ---------------------------------------------------------------- GPUs on this node

@@ -1,13 +1,23 @@
 """A serving engine running as a child in its own process group: signals go to the whole
 group (the engine's workers and helpers live there), stop() escalates SIGINT -> SIGTERM ->
 SIGKILL and leaves nothing behind, exit codes read as a shell reports them. The vLLM and the
-SGLang handles both build on this."""
+SGLang handles both build on this.
+
+Also the engine's log: the child writes into a log file (LogTee), which a thread copies to
+our stderr as it grows, so that when the engine ends before it is ready the lines that say
+why can be picked out of the file (cause_lines) instead of scrolling past.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
+import threading
+from pathlib import Path
+
+from qwenprep.errors import EXIT_CANNOT_PROCEED, QwenprepError
 
 
 def exit_code(rc: int) -> int:
@@ -15,9 +25,30 @@ def exit_code(rc: int) -> int:
     return 128 - rc if rc < 0 else rc
 
 
+class EngineStartFailed(QwenprepError):
+    """The engine ended before it was ready. Exit 3 (cannot proceed), never the engine's own
+    code: before `ready`, serve's exit codes are qwenprep's (0/1/2/3/130); the engine's code
+    is `engine_exit_code` (in --json: error.engine_exit_code), its log `log_path`."""
+
+    exit_code = EXIT_CANNOT_PROCEED
+
+    def __init__(self, message: str, *, engine_exit_code: int, log_path: str | None,
+                 cause: list[str], causes: list[str], hint: str | None = None) -> None:
+        super().__init__(message, hint=hint, path=log_path)
+        self.engine_exit_code = engine_exit_code
+        self.log_path = log_path
+        self.cause = cause  # the log lines that say why
+        self.causes = causes  # ids of the recognised causes ("port_in_use", ...)
+
+    def details(self) -> dict[str, object]:
+        return {"engine_exit_code": self.engine_exit_code, "log": self.log_path,
+                "cause": list(self.cause), "causes": list(self.causes)}
+
+
 class ChildGroup:
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
+        self.signalled: int | None = None  # the last signal passed on by send_signal
 
     @property
     def pid(self) -> int:
@@ -25,6 +56,7 @@ class ChildGroup:
 
     def send_signal(self, sig: int) -> None:
         if self.proc.poll() is None:
+            self.signalled = sig
             try:
                 os.killpg(self.proc.pid, sig)
             except ProcessLookupError:
@@ -50,3 +82,92 @@ class ChildGroup:
         except (ProcessLookupError, PermissionError):
             pass
         return self.wait()
+
+
+# ------------------------------------------------------------------ the engine's log
+class LogTee:
+    """The child's stdout and stderr go to PATH (created, or truncated); ECHO (a file
+    descriptor, e.g. our stderr) gets a copy as the file grows, from a thread. The child
+    writes to the file itself, so its log survives us."""
+
+    def __init__(self, path: Path, echo: int | None) -> None:
+        self.path = Path(path)
+        try:
+            self.file = open(self.path, "wb")  # noqa: SIM115 - held for the child's lifetime
+        except OSError as e:
+            raise QwenprepError(f"cannot write the engine log {self.path}: {e.strerror or e}.",
+                                hint="name a writable file with --log-file.",
+                                path=str(self.path)) from None
+        self.echo = echo
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.echo is not None:
+            self._thread = threading.Thread(target=self._follow, daemon=True)
+            self._thread.start()
+
+    def _follow(self) -> None:
+        assert self.echo is not None
+        with open(self.path, "rb") as src:
+            while True:
+                chunk = src.read(65536)
+                if chunk:
+                    try:
+                        os.write(self.echo, chunk)
+                    except OSError:
+                        return
+                    continue
+                if self._done.is_set():
+                    return
+                self._done.wait(0.2)
+
+    def close(self) -> None:
+        """Copy what is left and stop the thread (the file stays)."""
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        self.file.close()
+
+
+# A log line as Python and vLLM print it: "(EngineCore pid=12) ERROR 11-26 02:17:10
+# [core.py:1510] message"; the prefix is optional (a bare traceback line has none).
+_PREFIX = re.compile(r"^(?:\([\w.-]+ pid=\d+\)\s+)?(?:(?P<level>DEBUG|INFO|WARNING|ERROR|"
+                     r"CRITICAL)\s+\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?\s+\[[^\]]*\]\s?)?")
+# the last line of a traceback: "ValueError: ...", "OSError: [Errno 98] ...",
+# "torch.OutOfMemoryError: ...", "AssertionError: ..."
+_EXCEPTION = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception|Exit)(?::\s|$)")
+
+
+def cause_lines(text: str, limit: int = 8) -> list[str]:
+    """The lines of an engine log that say why it stopped: exceptions (a traceback's last
+    line) and ERROR/CRITICAL log lines that are not traceback frames; prefixes stripped, each
+    message once, the last LIMIT in order."""
+    seen: dict[str, None] = {}
+    for raw in text.splitlines():
+        m = _PREFIX.match(raw)
+        level = m.group("level") if m else None
+        msg = raw[m.end():] if m else raw
+        msg = msg.rstrip()
+        stripped = msg.strip()
+        if not stripped:
+            continue
+        frame = (msg[:1].isspace() or stripped.startswith(("Traceback", "File \"", "^", "~"))
+                 or set(stripped) <= set("^~ "))
+        if _EXCEPTION.match(stripped) or (level in ("ERROR", "CRITICAL") and not frame):
+            seen.pop(stripped, None)
+            seen[stripped] = None
+    lines = list(seen)
+    return lines[-limit:]
+
+
+def read_tail(path: Path, limit: int = 512 * 1024) -> str:
+    """The last LIMIT bytes of a log file as text ('' when it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - limit))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""

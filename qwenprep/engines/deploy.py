@@ -1,0 +1,324 @@
+"""Deploy artefacts from a vLLM launch plan: the launch as a vLLM `--config` YAML file, and a
+Kubernetes LeaderWorkerSet manifest (leader and workers, the overlay digest guard, a readiness
+probe on /v1/models). Plain data in, text out; nothing here asks vLLM or prints.
+
+vLLM's `--config FILE.yaml` (FlexibleArgumentParser.load_config_file, vLLM 0.32) turns each
+`key: value` into `--key VALUE` (a true bool into `--key`, a list into `--key A B`, a mapping
+into JSON) and inserts them right after `serve MODEL`; the model stays positional, and options
+on the command line after `--config FILE` win over the file.
+
+The LeaderWorkerSet fields written here are those of leaderworkerset.x-k8s.io/v1 as its CRD
+defines them (kubernetes-sigs/lws, config/crd/bases/leaderworkerset.x-k8s.io_leaderworkersets
+.yaml); schemas/lws.schema.json holds that subset, and the tests validate every manifest
+against it. LWS gives every container LWS_LEADER_ADDRESS, LWS_GROUP_SIZE and LWS_WORKER_INDEX
+(api/leaderworkerset/v1/leaderworkerset_types.go), which the node commands use.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qwenprep.errors import QwenprepError, UsageError
+
+if TYPE_CHECKING:
+    from qwenprep.engines.vllm_launch import LaunchPlan, NodeCommand
+
+LWS_API = "leaderworkerset.x-k8s.io/v1"
+K8S_HEADER = ("A LeaderWorkerSet (https://lws.sigs.k8s.io, leaderworkerset.x-k8s.io/v1) written by "
+              "qwenprep serve --emit k8s.\nNeeds the LWS controller in the cluster; the model "
+              "paths must exist on every node (host paths).\nApply: kubectl apply -f FILE")
+LEADER = "$(LWS_LEADER_ADDRESS)"  # expanded by Kubernetes in command/args
+RANK = "$(LWS_WORKER_INDEX)"
+_VALUE = re.compile(r"^(?!-[A-Za-z-])")  # "-1" is a value, "-tp" or "--x" an option
+
+
+def serve_at(argv: Sequence[str]) -> int:
+    """Where `serve MODEL ...` starts in ARGV (`vllm serve` or `python -c ENTRY serve`)."""
+    return list(argv).index("serve")
+
+
+def serve_args(argv: Sequence[str]) -> tuple[str, tuple[str, ...]]:
+    """(MODEL, the options after it) of a `... serve MODEL OPTIONS` argv."""
+    i = serve_at(argv)
+    return argv[i + 1], tuple(argv[i + 2:])
+
+
+def config_mapping(args: Sequence[str]) -> dict[str, Any]:
+    """vLLM serve options as the mapping a `--config` file holds: `--key VALUE` and
+    `--key=VALUE` -> key: VALUE (an integer when it is one), a lone `--key` -> key: true.
+    Refused (UsageError): a short option (`-tp`; a file key is always long) and an option
+    given twice (a file holds each key once)."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        tok = args[i]
+        if not tok.startswith("--") or tok == "--":
+            raise UsageError(f"{tok!r} cannot go into a vLLM --config file: only long options "
+                             "(--name VALUE) can; write the long form after --.")
+        name, eq, value = tok[2:].partition("=")
+        has_value = bool(eq)
+        if not has_value and i + 1 < len(args) and _VALUE.match(args[i + 1]):
+            value, has_value = args[i + 1], True
+            i += 1
+        if name in out:
+            raise UsageError(f"--{name} is given twice; a vLLM --config file holds each option "
+                             "once: give it once.")
+        out[name] = (int(value) if re.fullmatch(r"-?\d{1,18}", value) else value) \
+            if has_value else True
+        i += 1
+    return out
+
+
+def dump_yaml(data: Any, header: str = "") -> str:
+    import yaml  # PyYAML: a dependency of huggingface_hub, which qwenprep depends on
+
+    class Plain(yaml.SafeDumper):  # type: ignore[misc]
+        def ignore_aliases(self, data: Any) -> bool:  # every block written out, no &id001
+            return True
+
+    body: str = yaml.dump(data, Dumper=Plain, sort_keys=False, default_flow_style=False,
+                          width=100)
+    return "".join(f"# {ln}\n" if ln else "#\n" for ln in header.splitlines()) + body
+
+
+@dataclass(frozen=True)
+class EmittedConfig:
+    path: Path
+    options: dict[str, Any]
+    argv: tuple[str, ...]  # the single-node command: vllm serve MODEL --config PATH
+    nodes: tuple[NodeCommand, ...] = ()  # multi-node: each node's command using the file
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "options": self.options, "argv": list(self.argv),
+                "command": shlex.join(self.argv), "nodes": [n.to_dict() for n in self.nodes]}
+
+
+def _shared(plan: LaunchPlan) -> tuple[str, ...]:
+    """The options every node runs with: the single-node argv without --host/--port."""
+    _, args = serve_args(plan.argv)
+    out: list[str] = []
+    skip = 0
+    for i, a in enumerate(args):
+        if skip:
+            skip -= 1
+            continue
+        if i < len(args) - len(plan.extra_args) and a.split("=")[0] in ("--host", "--port"):
+            skip = 0 if "=" in a else 1
+            continue
+        out.append(a)
+    return tuple(out)
+
+
+def _node_only(node: NodeCommand, shared: Sequence[str], extra: Sequence[str]) -> tuple[str, ...]:
+    """The options of NODE's argv that are not in SHARED: its address, rank, --headless,
+    --host/--port on the head (they sit between the shared options and the user's EXTRA)."""
+    _, args = serve_args(node.argv)
+    core = tuple(shared[:len(shared) - len(extra)])
+    end = len(args) - len(extra)
+    if args[:len(core)] != core or tuple(args[end:]) != tuple(extra):  # pragma: no cover
+        raise QwenprepError(f"node {node.node_rank}'s command does not start with the shared "
+                            "options; cannot split it into a config file and the command.")
+    return tuple(args[len(core):end])
+
+
+def emit_config(plan: LaunchPlan, path: Path) -> EmittedConfig:
+    """Write PLAN's vLLM options to PATH as a vLLM --config YAML; return it with the
+    command(s) that use it: `vllm serve MODEL --config PATH` (per node: plus the node's own
+    options)."""
+    if path.suffix not in (".yaml", ".yml"):
+        raise UsageError(f"--emit-config {path}: vLLM reads only .yaml or .yml config files.")
+    model, args = serve_args(plan.argv)
+    vllm_nodes = [n for n in plan.nodes if "serve" in n.argv]
+    shared = _shared(plan) if vllm_nodes else args
+    options = config_mapping(shared)
+    header = (f"vLLM serve options for {model}, written by qwenprep serve --emit-config.\n"
+              f"Use: vllm serve {shlex.quote(model)} --config {shlex.quote(str(path))}")
+    if plan.digest:
+        header += f"\nOverlay digest: {plan.digest}"
+    text = dump_yaml(options, header)
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise QwenprepError(f"cannot write {path}: {e.strerror or e}.", path=str(path)) from None
+    from qwenprep.engines.vllm_launch import node_entry
+
+    entry = node_entry(plan.engine.python, plan.engine.distribution) if plan.engine else \
+        ("vllm", "serve")
+    argv = (*entry, model, "--config", str(path))
+    nodes = []
+    for node in plan.nodes:
+        if "serve" in node.argv:
+            own = node.argv[:serve_at(node.argv) + 1]
+            node = replace(node, argv=(*own, model, "--config", str(path),
+                                       *_node_only(node, shared, plan.extra_args)))
+        nodes.append(node)
+    return EmittedConfig(path, options, argv, tuple(nodes))
+
+
+def source_dir(plan: LaunchPlan) -> str | None:
+    """Where an overlay's linked files live: the source directory from its manifest (for a
+    Hugging Face cache snapshot, the repo's cache folder, which holds snapshots/ and the
+    blobs/ the links end in). None for a plain checkpoint."""
+    from qwenprep.manifest import read_manifest
+
+    try:
+        m = read_manifest(Path(plan.model_path))
+    except QwenprepError:
+        return None
+    src = ((m or {}).get("source") or {}).get("path")
+    if not src:
+        return None
+    parts = Path(str(src)).parts
+    if "snapshots" in parts:
+        return str(Path(*parts[:parts.index("snapshots")]))
+    return str(src)
+
+
+# ------------------------------------------------------------------ Kubernetes
+def k8s_name(text: str) -> str:
+    """A DNS-1035 label (what LWS names its pods after): lower case, digits, '-'."""
+    name = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+    name = re.sub(r"^[^a-z]+", "", name)[:50].rstrip("-")
+    return name or "vllm"
+
+
+def _gpus(args: Sequence[str], plan: LaunchPlan) -> int:
+    """GPUs one pod needs: TP x PP on a single node, else what each node's TP share is."""
+    def num(flag: str) -> int:
+        for i, a in enumerate(args):
+            name, eq, value = a.partition("=")
+            if name == flag:
+                try:
+                    return int(value if eq else args[i + 1])
+                except (ValueError, IndexError):
+                    return 1
+        return 1
+    tp = num("--tensor-parallel-size")
+    pp = num("--pipeline-parallel-size")
+    n = max(1, len(plan.nodes))
+    if plan.multinode_mode == "dp":
+        local = num("--data-parallel-size-local")
+        return tp * max(1, local)
+    return max(1, (tp * pp) // n)
+
+
+def _lws_argv(argv: Sequence[str], *, worker: bool) -> list[str]:
+    """A node's argv for a pod: `vllm serve` from the image (not this machine's interpreter),
+    the head address from LWS, a worker's rank too."""
+    out = ["vllm", *argv[serve_at(argv):]] if "serve" in argv else list(argv)
+    for i, a in enumerate(out[:-1]):
+        if a in ("--master-addr", "--data-parallel-address"):
+            out[i + 1] = LEADER
+        elif a == "--address" and out[i + 1].endswith(":6379"):
+            out[i + 1] = f"{LEADER}:6379"
+        elif a == "--node-rank" and worker:
+            out[i + 1] = RANK
+    return out
+
+
+def _sh(argv: Sequence[str], pre: Sequence[Sequence[str]], start_rank: int | None) -> list[str]:
+    """A shell step list for a container: PRE commands, then exec ARGV. Kubernetes expands
+    $(LWS_...) in the text before the shell runs; a data-parallel start rank is computed by
+    the shell from the worker index ($$ is Kubernetes' escape for a literal $)."""
+    steps = [shlex.join(p) for p in pre]
+    line = shlex.join(argv)
+    if start_rank is not None:
+        line = re.sub(r"--data-parallel-start-rank \d+",
+                      f"--data-parallel-start-rank $$((LWS_WORKER_INDEX * {start_rank}))",
+                      line)
+    steps.append("exec " + line)
+    return ["/bin/sh", "-c", " && ".join(steps)]
+
+
+def _container(name: str, image: str, command: list[str], env: dict[str, str], gpus: int,
+               mounts: list[dict[str, Any]], port: int | None) -> dict[str, Any]:
+    c: dict[str, Any] = {"name": name, "image": image, "command": command}
+    if env:
+        c["env"] = [{"name": k, "value": v} for k, v in env.items()]
+    if port is not None:
+        c["ports"] = [{"containerPort": port, "name": "http", "protocol": "TCP"}]
+        c["readinessProbe"] = {"httpGet": {"path": "/v1/models", "port": "http"},
+                               "periodSeconds": 10, "timeoutSeconds": 5,
+                               "failureThreshold": 3}
+    c["resources"] = {"limits": {"nvidia.com/gpu": gpus}}
+    c["volumeMounts"] = mounts
+    return c
+
+
+def lws_manifest(plan: LaunchPlan, *, image: str, source: str | None = None,
+                 name: str | None = None) -> dict[str, Any]:
+    """A LeaderWorkerSet for PLAN: one group of len(plan.nodes) pods (one for a single-node
+    plan). Every pod first runs the digest guard (an init container: `qwenprep serve PATH
+    --expect-digest D --dry-run`, so IMAGE needs qwenprep beside vLLM); the leader serves on
+    the plan's port with a readiness probe on /v1/models. The overlay (and SOURCE, where its
+    files link to) are host paths mounted read-only at the same path on every node."""
+    model, args = serve_args(plan.argv)
+    volumes: list[dict[str, Any]] = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    mounts: list[dict[str, Any]] = [{"name": "dshm", "mountPath": "/dev/shm"}]
+    for i, p in enumerate(dict.fromkeys(x for x in (model, source) if x)):
+        vol = f"model-{i}"
+        volumes.append({"name": vol, "hostPath": {"path": p, "type": "Directory"}})
+        mounts.append({"name": vol, "mountPath": p, "readOnly": True})
+    env = dict(plan.env)
+    nodes = list(plan.nodes)
+    gpus = _gpus(args, plan)
+    guard = ["qwenprep", "serve", model, "--expect-digest", plan.digest, "--dry-run"] \
+        if plan.digest else None
+
+    def pod(role: str, command: list[str], serves: bool) -> dict[str, Any]:
+        spec: dict[str, Any] = {}
+        if guard is not None:
+            spec["initContainers"] = [{"name": "overlay-guard", "image": image,
+                                       "command": guard, "volumeMounts": mounts}]
+        spec["containers"] = [_container("vllm" if serves or role == "leader" else "worker",
+                                         image, command, env, gpus, mounts,
+                                         plan.port if serves else None)]
+        spec["volumes"] = volumes
+        return {"metadata": {"labels": {"app.kubernetes.io/name": "qwenprep-vllm",
+                                        "qwenprep/role": role}}, "spec": spec}
+
+    if not nodes:  # one pod: LWS uses the worker template for the leader too
+        group, worker_pod = 1, pod("leader", _lws_argv(plan.argv, worker=False), True)
+        leader_pod = None
+    else:
+        head, worker = nodes[0], nodes[1]
+        start = None
+        if plan.multinode_mode == "dp":
+            local = next(int(worker.argv[i + 1]) for i, a in enumerate(worker.argv[:-1])
+                         if a == "--data-parallel-size-local")
+            start = local
+        h_argv = _lws_argv(head.argv, worker=False)
+        leader_cmd = _sh(h_argv, head.pre, None) if head.pre else h_argv
+        w_argv = _lws_argv(worker.argv, worker=True)
+        worker_cmd = _sh(w_argv, worker.pre, start) if start is not None or worker.pre \
+            else w_argv
+        group = len(nodes)
+        leader_pod = pod("leader", leader_cmd, True)
+        worker_pod = pod("worker", worker_cmd, False)
+    lwt: dict[str, Any] = {"size": group, "restartPolicy": "RecreateGroupOnPodRestart"}
+    if leader_pod is not None:
+        lwt["leaderTemplate"] = leader_pod
+    lwt["workerTemplate"] = worker_pod
+    return {
+        "apiVersion": LWS_API,
+        "kind": "LeaderWorkerSet",
+        "metadata": {"name": k8s_name(name or plan.served_model_name),
+                     "labels": {"app.kubernetes.io/name": "qwenprep-vllm",
+                                "app.kubernetes.io/managed-by": "qwenprep"},
+                     **({"annotations": {"qwenprep/overlay-digest": plan.digest}}
+                        if plan.digest else {})},
+        "spec": {"replicas": 1, "startupPolicy": "LeaderCreated", "leaderWorkerTemplate": lwt},
+    }
+
+
+def default_image(plan: LaunchPlan) -> str:
+    """vLLM's own image for the planned version (it must also hold qwenprep for the guard)."""
+    if plan.engine is None:
+        return "vllm/vllm-openai:latest"
+    version = plan.engine.version.split("+")[0]
+    return f"vllm/vllm-openai:v{version}"
