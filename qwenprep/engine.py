@@ -161,9 +161,9 @@ def _check_extra_args(extra: Sequence[str], vtuple: Version, version: str, *,
 def _parallel_gate(path: Path, config: dict[str, Any], tp: int, ep: bool, profile: Profile,
                    notes: list[str]) -> None:
     """Refuse (exit 3) the TP/EP layout vLLM asserts against while building the model
-    (qwenprep.preflight.parallel_checks: heads, experts, FP8 blocks); warnings become notes."""
+    (qwenprep.parallel.parallel_checks: heads, experts, FP8 blocks); warnings become notes."""
     from qwenprep.kvrules import ModelShape
-    from qwenprep.preflight import parallel_checks
+    from qwenprep.parallel import parallel_checks
 
     checks = parallel_checks(ModelShape.from_config(config), tp=tp, ep=ep)
     notes.extend(f"{c.id}: {c.message}" for c in checks if c.status == "warn")
@@ -191,6 +191,7 @@ def build_launch_plan(
     gpus_here: Inventory | None = None,
     offline_gate: bool = True,
     for_check: bool = False,
+    assume_version: Version | None = None,
     **options: Any,
 ) -> LaunchPlan:
     """argv + env for the installed vLLM: the model profile, overridden by REQUEST (a
@@ -201,7 +202,9 @@ def build_launch_plan(
     The arguments after -- are judged by qwenprep.gate (vLLM's own parser and config layer);
     with no ENGINE, OFFLINE_GATE applies the gate's offline reading here already (ArgsRefused,
     exit 3), as there is no vLLM to ask later. FOR_CHECK: qwenprep check reports validation
-    and parallelism as checks of its own, so the plan does not refuse them again."""
+    and parallelism as checks of its own, so the plan does not refuse them again.
+    ASSUME_VERSION: the vLLM a plan without ENGINE is built for (check --vllm-version); the
+    newest known one when not given."""
     req = ServeRequest.from_keywords(request, **options)
     tp, ep, max_model_len, host, port = req.tp, req.ep, req.max_model_len, req.host, req.port
     served_model_name, extra_args, repo_id = req.served_model_name, req.extra_args, req.repo_id
@@ -223,14 +226,20 @@ def build_launch_plan(
                 "serve a different overlay than the others.",
                 hint="re-create the overlay from the same source with the same qwenprep patch "
                 "command on this node (or share one overlay path).")
-    version = engine.version if engine else ".".join(map(str, NEWEST_KNOWN))
-    vtuple = engine.version_tuple if engine else NEWEST_KNOWN
-    caps = engine.capabilities if engine else capabilities_for(NEWEST_KNOWN)
+    assumed = assume_version or NEWEST_KNOWN
+    version = engine.version if engine else ".".join(map(str, assumed))
+    vtuple = engine.version_tuple if engine else assumed
+    caps = engine.capabilities if engine else capabilities_for(assumed)
     notes: list[str] = []
     if not for_check:
-        _validation_gate(path, config, manifest, max_model_len, notes)
+        from qwenprep.validation import VllmVersion
+
+        judged = VllmVersion(vtuple, "installed" if engine else
+                             "named" if assume_version else "assumed: no vLLM found")
+        _validation_gate(path, config, manifest, max_model_len, notes, judged)
     if engine is None:
-        notes.append(f"vLLM not found; this plan assumes vLLM {version} behaviour")
+        notes.append(f"vLLM not found; this plan assumes vLLM {version} behaviour"
+                     + (" (named)" if assume_version else ""))
     elif vtuple[:2] > NEWEST_KNOWN[:2]:
         notes.append(f"vLLM {version} is newer than the versions qwenprep's rules were read "
                      f"from (0.10-0.33); their 0.33 flags and length rule are assumed")
@@ -257,7 +266,9 @@ def build_launch_plan(
         raise UsageError(f"--max-model-len {max_model_len} is not a positive token count.")
     if max_model_len > allowed:
         rope = effective_rope(config)
-        why = (f"max_position_embeddings {config.get('max_position_embeddings')}, rope type "
+        from qwenprep.model import ModelView
+
+        why = (f"max_position_embeddings {ModelView(config).max_position_embeddings}, rope type "
                f"{rope.get('rope_type')}")
         if rope.get("rope_type") == "yarn":
             why += (f", factor {_fmt(rope.get('factor'))}, original "

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qwenprep.contexts import effective_rope
-from qwenprep.errors import EXIT_CANNOT_PROCEED, QwenprepError, UsageError
+from qwenprep.errors import EXIT_CANNOT_PROCEED, UsageError
 from qwenprep.model import ModelView, deep_merge
 from qwenprep.report import Check
 
@@ -568,32 +568,3 @@ def enforce(plan: LaunchPlan, *, engine: EngineInfo | None) -> LaunchPlan:
     res = gate(plan, engine=engine)
     res.raise_if_refused()
     return replace(plan, notes=(*plan.notes, res.note()))
-
-
-def check_gate(path: Path, *, engine_on: bool, python: str | None, tp: int | None,
-               ep: bool | None, max_model_len: int | None, extra_args: Sequence[str],
-               repo_id: str | None = None) -> list[Check]:
-    """check's use of the gate: the plan serve would build from the same inputs, judged the
-    same way; a refusal of the plan itself is one failed check."""
-    from qwenprep.engine import build_launch_plan, discover
-
-    engine = discover(python) if engine_on else None
-    try:
-        plan = build_launch_plan(path, engine=engine, tp=tp, ep=ep, max_model_len=max_model_len,
-                                 extra_args=extra_args, repo_id=repo_id, offline_gate=False,
-                                 for_check=True)
-    except QwenprepError as e:
-        hint = f" Hint: {e.hint}" if e.hint else ""
-        return [Check("engine.plan", "fail", f"qwenprep serve would refuse (exit "
-                      f"{e.exit_code}): {e.message}{hint}", e.path)]
-    reason = None
-    if not engine_on:
-        reason = "check --no-engine"
-    elif engine is None or not engine.importable:
-        from qwenprep.engines.vllm_core import engine_python
-
-        reason = f"vLLM is not installed in {engine_python(python)}"
-    res = gate(plan, engine=engine, offline_reason=reason)
-    return [replace(c, message=f"{c.message} ({reason})") if c.id == "engine.readback" else c
-            for c in res.checks]
-

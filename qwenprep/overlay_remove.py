@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from qwenprep.errors import ConflictError
+from qwenprep.manifest import read_manifest
 from qwenprep.overlay import (
     TMP_TAG,
     _io_error,
     _remove_tree,
     output_lock,
-    read_manifest,
     user_content,
 )
 

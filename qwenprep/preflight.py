@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,9 +25,12 @@ from qwenprep.capacity import (
 )
 from qwenprep.errors import InputError, QwenprepError, UsageError
 from qwenprep.gpus import Inventory, inventory
+from qwenprep.integrity_scan import Scan, gc_paused
 from qwenprep.kvrules import CUDA_BLOCK_SIZE, KVDtype, ModelShape, VllmRule
+from qwenprep.parallel import parallel_checks
 from qwenprep.report import Check, Report
 from qwenprep.sizes import GiB, format_gib
+from qwenprep.validation import VllmVersion
 
 DISK_WARN_BYTES = 5 * GiB  # vLLM's compile cache and logs want a few GiB beside the model
 
@@ -103,30 +108,33 @@ class Layout:
                 "source": self.source}
 
 
-def _serve_profile(path: Path, repo_id: str | None) -> Any | None:
+def _serve_profile(path: Path, repo_id: str | None,
+                   config: dict[str, Any] | None = None) -> Any | None:
     """engines.vllm_launch.model_profile for PATH (what serve uses), None when that function
-    is missing."""
+    is missing. CONFIG: config.json when the caller has read it already."""
     try:
         from qwenprep.engines.vllm_launch import model_profile
     except ImportError:
         return None
-    from qwenprep.jsonio import load_json_file
-    from qwenprep.overlay import read_manifest
+    from qwenprep.manifest import read_manifest
 
-    config = load_json_file(path / "config.json", what="config.json")
+    if config is None:
+        from qwenprep.jsonio import load_json_file
+
+        config = load_json_file(path / "config.json", what="config.json")
     if not isinstance(config, dict):
         return None
     return model_profile(path, config, read_manifest(path), repo_id)
 
 
 def resolve_layout(path: Path, opts: CheckOptions, shape: ModelShape, inv: Inventory, *,
-                   repo_id: str | None = None) -> Layout:
+                   repo_id: str | None = None, config: dict[str, Any] | None = None) -> Layout:
     """TP and EP: the flags, else serve's model profile, else plan's rule (TP = GPUs / PP, EP
     for MoE models). DP: the inventory's GPUs over TP x PP when they divide evenly, else 1 -
-    the same DP the capacity plan behind kv.fits uses."""
+    the same DP the capacity plan behind kv.fits uses. CONFIG: config.json, when read."""
     pp = opts.pp
     profile = None if opts.tp is not None and opts.ep is not None else \
-        _serve_profile(path, repo_id)
+        _serve_profile(path, repo_id, config)
     if profile is not None:
         tp, ep = profile.tp, profile.ep
         source = f"model profile {profile.name} (as qwenprep serve)"
@@ -146,91 +154,6 @@ def resolve_layout(path: Path, opts: CheckOptions, shape: ModelShape, inv: Inven
     n = inv.count
     dp = n // per_replica if n >= per_replica and n % per_replica == 0 else 1
     return Layout(tp, pp, dp, ep, source)
-
-
-# --------------------------------------------------------------------------- parallelism
-
-
-def parallel_checks(shape: ModelShape, *, tp: int, ep: bool, dp: int = 1) -> list[Check]:
-    """What vLLM asserts while building Qwen3-MoE layers for TP/EP (read in its source:
-    Qwen3MoeAttention, Qwen3MoeSparseMoeBlock, fp8_utils.validate_fp8_block_shape*)."""
-    out: list[Check] = []
-    h, kv = shape.num_attention_heads, shape.num_kv_heads
-    if h % tp:
-        out.append(Check("parallel.heads", "fail",
-                         f"TP {tp} does not divide the {h} query heads (num_attention_heads); "
-                         f"vLLM asserts total_num_heads % tp_size == 0",
-                         "config.json:$.num_attention_heads"))
-    elif kv >= tp and kv % tp:
-        out.append(Check("parallel.heads", "fail",
-                         f"TP {tp} does not divide the {kv} KV heads (num_key_value_heads)",
-                         "config.json:$.num_key_value_heads"))
-    elif kv < tp and tp % kv:
-        out.append(Check("parallel.heads", "fail",
-                         f"TP {tp} is above the {kv} KV heads and not a multiple of them; vLLM "
-                         "can only replicate KV heads when tp % num_key_value_heads == 0",
-                         "config.json:$.num_key_value_heads"))
-    else:
-        rep = f" (each KV head replicated {tp // kv}x)" if kv < tp else ""
-        out.append(Check("parallel.heads", "pass",
-                         f"TP {tp}: {h // tp} query and {max(1, kv // tp)} KV heads per GPU{rep}"))
-
-    if shape.num_experts:
-        e = shape.num_experts
-        if tp * (dp if ep else 1) == 1:
-            out.append(Check("parallel.experts", "pass", f"one GPU holds all {e} experts"))
-        elif tp > e:
-            out.append(Check("parallel.experts", "fail",
-                             f"Tensor parallel size {tp} is greater than the number of experts "
-                             f"{e} (vLLM refuses this)", "config.json:$.num_experts"))
-        elif ep:
-            ep_size = tp * dp
-            if e % ep_size:
-                out.append(Check("parallel.experts", "warn",
-                                 f"expert parallel over {ep_size} GPUs: {e} experts split "
-                                 f"unevenly ({e // ep_size} or {e // ep_size + 1} per GPU)"))
-            else:
-                out.append(Check("parallel.experts", "pass",
-                                 f"expert parallel: {e // ep_size} whole experts per GPU "
-                                 f"({e} over {ep_size})"))
-        else:
-            out.append(Check("parallel.experts", "pass",
-                             f"no expert parallel: each of the {e} experts is split over TP {tp}"))
-
-    block = shape.quant_block
-    if block is None:
-        out.append(Check("parallel.fp8_block", "skip", "not block-FP8 quantised"))
-        return out
-    bn, bk = block
-    problems: list[str] = []
-    if shape.num_experts and shape.moe_intermediate_size:
-        if not ep and tp > 1:
-            part = shape.moe_intermediate_size / tp
-            if part != int(part) or int(part) % bn:
-                problems.append(
-                    f"The output_size of gate's and up's weight = {part:g} is not divisible by "
-                    f"weight quantization block_n = {bn} (moe_intermediate_size "
-                    f"{shape.moe_intermediate_size} / TP {tp}); enable expert parallel "
-                    f"(--enable-expert-parallel, qwenprep check --ep) so each GPU holds whole "
-                    "experts")
-    elif shape.intermediate_size and tp > 1:
-        part = shape.intermediate_size / tp
-        if part != int(part) or int(part) % bn:
-            problems.append(f"intermediate_size {shape.intermediate_size} / TP {tp} = {part:g} "
-                            f"is not divisible by weight quantization block_n = {bn}")
-    q_part = shape.num_attention_heads * shape.head_dim / tp
-    if tp > 1 and (q_part != int(q_part) or int(q_part) % bk):
-        problems.append(f"attention output size per GPU {q_part:g} (heads x head_dim / TP) is "
-                        f"not divisible by block_k = {bk}")
-    if problems:
-        out.append(Check("parallel.fp8_block", "fail", "; ".join(problems),
-                         "config.json:$.quantization_config.weight_block_size"))
-    else:
-        what = ("whole experts per GPU" if ep and shape.num_experts
-                else f"{shape.moe_intermediate_size or shape.intermediate_size} / TP {tp}")
-        out.append(Check("parallel.fp8_block", "pass",
-                         f"FP8 block {bn}x{bk} divides every TP shard ({what})"))
-    return out
 
 
 # --------------------------------------------------------------------------- KV fit, disk, GPUs
@@ -349,18 +272,54 @@ def flag_checks(rule: VllmRule, args: tuple[str, ...]) -> list[Check]:
 # --------------------------------------------------------------------------- the gate
 
 
-def _gate_checks(path: Path, opts: CheckOptions, repo_id: str | None) -> list[Check]:
-    from qwenprep.gate import check_gate
+def check_gate(path: Path, *, engine_on: bool, python: str | None, tp: int | None,
+               ep: bool | None, max_model_len: int | None, extra_args: Sequence[str],
+               repo_id: str | None = None,
+               assume_version: tuple[int, int, int] | None = None) -> list[Check]:
+    """check's use of the gate (qwenprep.gate): the plan serve would build from the same inputs,
+    judged the same way; a refusal of the plan itself is one failed check. ASSUME_VERSION: the
+    vLLM the plan is for when none is asked (--no-engine, or none installed)."""
+    from qwenprep.engine import build_launch_plan, discover
+    from qwenprep.gate import gate
 
+    engine = discover(python) if engine_on else None
+    try:
+        plan = build_launch_plan(path, engine=engine, tp=tp, ep=ep, max_model_len=max_model_len,
+                                 extra_args=extra_args, repo_id=repo_id, offline_gate=False,
+                                 for_check=True, assume_version=assume_version)
+    except QwenprepError as e:
+        hint = f" Hint: {e.hint}" if e.hint else ""
+        return [Check("engine.plan", "fail", f"qwenprep serve would refuse (exit "
+                      f"{e.exit_code}): {e.message}{hint}", e.path)]
+    reason = None
+    if not engine_on:
+        reason = "check --no-engine"
+    elif engine is None or not engine.importable:
+        from qwenprep.engines.vllm_core import engine_python
+
+        reason = f"vLLM is not installed in {engine_python(python)}"
+    res = gate(plan, engine=engine, offline_reason=reason)
+    return [replace(c, message=f"{c.message} ({reason})") if c.id == "engine.readback" else c
+            for c in res.checks]
+
+
+def _named_vllm(opts: CheckOptions) -> VllmVersion | None:
+    """The vLLM named with --vllm-version, for the checks whose verdict depends on it (a Dual
+    Chunk Attention config); None: validation asks the installed vLLM."""
+    if not opts.vllm_version:
+        return None
+    return VllmVersion(named_version(opts.vllm_version), "--vllm-version")
+
+
+def _gate_checks(path: Path, opts: CheckOptions, repo_id: str | None,
+                 config: dict[str, Any] | None = None) -> list[Check]:
     max_len = opts.context
     if max_len == -1:  # --context native
-        from qwenprep.contexts import native_context
-        from qwenprep.jsonio import load_json_file
-
-        config = load_json_file(path / "config.json", what="config.json")
-        max_len = native_context(config) if isinstance(config, dict) else None
+        max_len = _context_for_gate(path, opts, config)
+    named = named_version(opts.vllm_version) if opts.vllm_version else None
     return check_gate(path, engine_on=opts.engine, python=opts.python, tp=opts.tp, ep=opts.ep,
-                      max_model_len=max_len, extra_args=opts.vllm_args, repo_id=repo_id)
+                      max_model_len=max_len, extra_args=opts.vllm_args, repo_id=repo_id,
+                      assume_version=named)
 
 
 # --------------------------------------------------------------------------- the report
@@ -376,14 +335,64 @@ class EngineHooks:
     kv: Callable[[ModelShape, CheckOptions, Layout, Inventory, dict[str, Any]], list[Check]]
 
 
-def _context_for_gate(path: Path, opts: CheckOptions) -> int | None:
+def _context_for_gate(path: Path, opts: CheckOptions,
+                      config: dict[str, Any] | None = None) -> int | None:
     if opts.context != -1:
         return opts.context
     from qwenprep.contexts import native_context
-    from qwenprep.jsonio import load_json_file
 
-    config = load_json_file(path / "config.json", what="config.json")
+    if config is None:
+        from qwenprep.jsonio import load_json_file
+
+        config = load_json_file(path / "config.json", what="config.json")
     return native_context(config) if isinstance(config, dict) else None
+
+
+def _shape(path: Path, scan: Scan | None) -> ModelShape:
+    """capacity.shape_from_dir from what the header scan read (config.json and every header,
+    read once), when the scan read them all cleanly; otherwise shape_from_dir itself, which
+    reads them again and says what it could not use (as plan does)."""
+    clean = scan is not None and scan.config is not None and scan.tensors \
+        and scan.shards_ok and not any(c.status == "fail" for c in scan.checks) \
+        and (scan.weight_map is not None or all("/" not in s for s in scan.shard_names))
+    if not clean:
+        return shape_from_dir(path)
+    assert scan is not None and scan.config is not None
+    from qwenprep.timing import tally_tensors
+
+    tally = tally_tensors(scan.tensor_table())
+    return ModelShape.from_config(scan.config, name=str(path), weight_bytes=tally.total_bytes,
+                                  expert_weight_bytes=tally.routed_expert_bytes,
+                                  weights_source=f"safetensors headers in {path}",
+                                  params=tally)
+
+
+class _Background:
+    """A call run in a thread while the caller does other work (the vLLM discovery probe is a
+    subprocess: its wait releases the GIL while the headers are checked)."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self._fn = fn
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name="qwenprep-preflight")
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller by result()
+            self._error = e
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def run_checks(path: Path, opts: CheckOptions, *, repo_id: str | None = None,
@@ -397,39 +406,55 @@ def run_checks(path: Path, opts: CheckOptions, *, repo_id: str | None = None,
                          hint="pass the overlay made by: qwenprep patch MODEL --context 1m "
                          "--out DIR", path=str(path))
     extra: dict[str, Any] = {"path": str(path)}
+    # vLLM's version (a probe subprocess) is found while the headers are read
+    rule_soon = None if hooks is not None else _Background(
+        lambda: resolve_rule(opts.vllm_version, python=opts.python))
     inv = inventory(gpus=opts.gpus, gpu_memory=opts.gpu_memory)
     extra["gpus"] = inv.to_dict()
     checks: list[Check] = []
-    from qwenprep.integrity import header_checks
+    from qwenprep.integrity_tensors import header_scan
     from qwenprep.validation import validate_checkpoint
 
-    # header_checks includes overlay.overlay_checks when PATH is an overlay: calling both
+    # read once: config.json, the index and every header, by the header scan; the shape for
+    # the capacity checks and the serve profile come from what it read
+    scanned: list[Scan] = []
+
+    def integrity() -> list[Check]:
+        scanned.append(header_scan(path))
+        return scanned[0].checks
+
+    def config() -> dict[str, Any] | None:
+        return scanned[0].config if scanned else None
+
+    # header_scan includes overlay.overlay_checks when PATH is an overlay: calling both
     # reported overlay.manifest/config/links/source twice
     composed: list[tuple[str, Callable[[], list[Check]]]] = [
-        ("config", lambda: validate_checkpoint(path)),
-        ("integrity", lambda: header_checks(path)),
+        ("config", lambda: validate_checkpoint(path, vllm=_named_vllm(opts))),
+        ("integrity", integrity),
     ]
     # the gate serve runs (qwenprep.gate): the plan serve would build from these options,
     # its argv parsed by the installed vLLM and read back through vLLM's config layer with
     # those arguments; judged offline (and said so) under --no-engine or without vLLM
     if hooks is not None:
         composed.append(("engine.gate", lambda: hooks.gate(
-            path, opts, _context_for_gate(path, opts), repo_id)))
+            path, opts, _context_for_gate(path, opts, config()), repo_id)))
     else:
-        composed.append(("engine.gate", lambda: _gate_checks(path, opts, repo_id)))
-    for what, call in composed:
-        try:
-            checks += call()
-        except QwenprepError as e:
-            checks.append(Check(what, "fail", e.message + (f" Hint: {e.hint}" if e.hint else ""),
-                                e.path))
-
-    try:  # shape_from_dir reads the weights only where it can (a config error is what is left)
-        shape = shape_from_dir(path)
-    except InputError as e:
-        checks.append(Check("parallel", "fail", e.message))
-        return Report("check", checks, extra)
-    layout = resolve_layout(path, opts, shape, inv, repo_id=repo_id)
+        composed.append(("engine.gate", lambda: _gate_checks(path, opts, repo_id, config())))
+    with gc_paused():
+        for what, call in composed:
+            try:
+                checks += call()
+            except QwenprepError as e:
+                checks.append(Check(what, "fail", e.message + (f" Hint: {e.hint}" if e.hint
+                                                               else ""), e.path))
+        try:  # the weights only where they can be read (a config error is what is left)
+            shape = _shape(path, scanned[0] if scanned else None)
+        except InputError as e:
+            checks.append(Check("parallel", "fail", e.message))
+            if rule_soon is not None:
+                rule_soon.wait()  # not needed, but no probe is left running
+            return Report("check", checks, extra)
+    layout = resolve_layout(path, opts, shape, inv, repo_id=repo_id, config=config())
     if hooks is not None:
         extra["serving_engine"] = hooks.name
         extra["parallel"] = layout.to_dict()
@@ -438,7 +463,8 @@ def run_checks(path: Path, opts: CheckOptions, *, repo_id: str | None = None,
         checks += gpu_checks(layout, extra["gpus"])
         checks += disk_checks(path, opts.disk_warn_bytes)
         return Report("check", checks, extra)
-    rule = resolve_rule(opts.vllm_version, python=opts.python)
+    assert rule_soon is not None
+    rule: VllmRule = rule_soon.result()
     extra["vllm_rule"] = rule.to_dict()
     extra["parallel"] = layout.to_dict()
     checks += parallel_checks(shape, tp=layout.tp, ep=layout.ep, dp=layout.dp)
@@ -447,4 +473,3 @@ def run_checks(path: Path, opts: CheckOptions, *, repo_id: str | None = None,
     checks += disk_checks(path, opts.disk_warn_bytes)
     checks += flag_checks(rule, opts.vllm_args)
     return Report("check", checks, extra)
-

@@ -31,7 +31,8 @@ from qwenprep.errors import InputError, QwenprepError
 from qwenprep.hashing import git_blob_sha1_of as git_blob_sha1
 from qwenprep.hub import local_dir_etag, snapshot_blobs
 from qwenprep.jsonio import atomic_write_bytes, fsync_dir, loads_located, read_regular_bytes
-from qwenprep.overlay import _io_error, read_manifest
+from qwenprep.manifest import read_manifest
+from qwenprep.overlay import _io_error
 from qwenprep.overlay_remove import remove_overlay
 
 BACKUP_NAMES = ("config.json.bak", "config.json.orig", "config.json.backup", "config.json~",

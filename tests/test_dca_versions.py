@@ -61,3 +61,31 @@ def test_dca_by_version(qwen25_1m: Path, version: tuple[int, int, int], status: 
     assert dca.status == status
     shown = ".".join(map(str, version))
     assert f"vLLM {shown} (--vllm-version)" in dca.message
+
+
+def test_check_judges_dca_for_the_named_version(cli: CliFn, qwen25_1m: Path) -> None:
+    """check --vllm-version 0.10.2 --no-engine: the config and the launch plan are judged for
+    0.10.2 (DCA runs there, on the V0 engine); 0.32 refuses both. Before, the plan assumed the
+    newest vLLM whatever was named, so 0.10.2 failed with '0.33.0 (assumed)'."""
+    r = cli("check", str(qwen25_1m), "--no-engine", "--vllm-version", "0.10.2",
+            "--kv-memory", "60GiB", "--json")
+    out = json.loads(r.stdout)
+    fails = {c["id"]: c["message"] for c in out["checks"] if c["status"] == "fail"}
+    assert r.exit_code == 0, fails
+    assert _dca(out["checks"])["status"] == "pass"
+    r = cli("check", str(qwen25_1m), "--no-engine", "--vllm-version", "0.32",
+            "--kv-memory", "60GiB", "--json")
+    assert r.exit_code == 1
+    fails = {c["id"]: c["message"] for c in json.loads(r.stdout)["checks"]
+             if c["status"] == "fail"}
+    assert "invariant.dca" in fails and "0.32" in fails["engine.plan"]
+
+
+def test_validate_for_a_named_version(cli: CliFn, qwen25_1m: Path) -> None:
+    r = cli("validate", str(qwen25_1m), "--vllm-version", "0.10.2", "--json")
+    assert r.exit_code == 0, r.output
+    assert "vLLM 0.10.2 (--vllm-version)" in _dca(json.loads(r.stdout)["checks"])["message"]
+    r = cli("validate", str(qwen25_1m), "--vllm-version", "0.11")
+    assert r.exit_code == 1 and "vLLM 0.11.0 (--vllm-version)" in r.output
+    r = cli("validate", str(qwen25_1m), "--vllm-version", "latest")
+    assert r.exit_code == 2 and "unreadable vLLM version" in r.output

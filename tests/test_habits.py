@@ -205,16 +205,30 @@ def test_the_command_line_is_a_package_of_small_modules() -> None:
                                         "revert", "serve", "validate", "verify"]
 
 
-def test_list_prints_every_known_cycle_with_its_import_lines() -> None:
+def test_the_repository_has_no_import_cycle_and_allows_none() -> None:
     r = _check(None, "--list")
-    assert r.stdout.startswith("cycle among: "), r.stderr
-    for line in r.stdout.splitlines():
-        if line.startswith("    "):
-            path, _, rest = line.strip().partition(": ")
-            file, _, lineno = path.partition(":")
-            assert "import" in rest and lineno.isdigit()
-            source = (REPO / file).read_text().splitlines()[int(lineno) - 1]
-            assert rest.split("  (")[0] == source.strip()
+    assert r.returncode == 0 and r.stdout == "", r.stdout
+    assert "0 known edge(s)" in r.stderr
+    allowed = (REPO / "tools" / "import_cycles_allowed.txt").read_text()
+    assert not [ln for ln in allowed.splitlines() if ln.split("#")[0].strip()]
+
+
+def test_list_prints_every_known_cycle_with_its_import_lines(tmp_path: Path) -> None:
+    root = _tree(tmp_path, {
+        "qwenprep/a.py": "from qwenprep.b import g\n",
+        "qwenprep/b.py": "def g():\n    from qwenprep import a\n    return a\n",
+    }, allowed="a -> b\nb -> a\n")
+    r = _check(root, "--list")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("cycle among: a, b"), r.stdout
+    shown = [ln for ln in r.stdout.splitlines() if ln.startswith("    ")]
+    assert len(shown) == 2
+    for line in shown:
+        path, _, rest = line.strip().partition(": ")
+        file, _, lineno = path.partition(":")
+        assert "import" in rest and lineno.isdigit()
+        source = (root / file).read_text().splitlines()[int(lineno) - 1]
+        assert rest.split("  (")[0] == source.strip()
 
 
 @pytest.mark.parametrize("argv", [["--bogus"], ["--root"]])

@@ -462,3 +462,36 @@ def test_hybrid_kv_equals_vllms_own_functions(tiny: Path, release35: Path,
                "tokens": p["kv_cache_tokens"], "needed": p["kv_cache_needed_bytes"]}
         assert got == {k: want[k] for k in got}, (src, tp)
         assert p["max_concurrency"] == round(want["concurrency"], 4)
+
+
+def test_verify_compares_the_language_models_layers_and_experts(tiny: Path,
+                                                                 release35: Path) -> None:
+    """verify reads the counts from text_config and the layers under model.language_model.
+    (they used to be skipped: "config.json has no num_hidden_layers"); a missing layer and a
+    stacked expert tensor of the wrong shape fail."""
+    for ckpt in (tiny, release35):
+        r = _run("verify", str(ckpt), "--json")
+        assert r.returncode == 0, r.stdout + r.stderr
+        c = _checks(r.stdout)
+        assert c["tensors.layers"]["status"] == "pass", c["tensors.layers"]
+        assert c["tensors.experts"]["status"] == "pass" and "stacked" in \
+            c["tensors.experts"]["message"]
+        assert c["tensors.names"]["status"] == "pass"
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shard = tiny / "model.safetensors"
+    tensors = load_file(shard)
+    layer3 = [k for k in tensors if k.startswith("model.language_model.layers.3.")]
+    assert layer3
+    gate_up = next(k for k in tensors if k.endswith("layers.1.mlp.experts.gate_up_proj"))
+    kept = {k: v for k, v in tensors.items() if k not in layer3}
+    kept[gate_up] = torch.zeros((tensors[gate_up].shape[0] - 1, *tensors[gate_up].shape[1:]),
+                                dtype=tensors[gate_up].dtype)
+    save_file(kept, str(shard), metadata={"format": "pt"})
+    r = _run("verify", str(tiny), "--json")
+    assert r.returncode == 1
+    c = _checks(r.stdout)
+    assert c["tensors.layers"]["status"] == "fail" and "layer(s) 3 missing" in \
+        c["tensors.layers"]["message"]
+    assert c["tensors.shapes"]["status"] == "fail" and gate_up in c["tensors.shapes"]["message"]

@@ -50,9 +50,12 @@ def verify(model: str, deep: bool, record: bool, engine: bool, vllm_python: str 
       qwenprep verify ./my-model --deep --record   # first run: keep the hashes
       qwenprep verify ./my-model --deep --strict --json
     """
+    from qwenprep import integrity_scan
     from qwenprep.checkpoint import resolve_model
     from qwenprep.hashing import ProgressMeter
     from qwenprep.integrity import verify_checkpoint
+
+    integrity_scan.FREEZE_AFTER_SCAN = True  # this process ends after the command
 
     if record and not deep:
         run(as_json, lambda: _usage("--record keeps the hashes --deep computes: add --deep."))

@@ -166,8 +166,11 @@ def check(path: str, tp: int | None, pp: int, ep: bool | None, context: str | No
       qwenprep check ./overlay --gpus 8 --gpu-memory 141GB --strict --json
       qwenprep check ./overlay --kv-memory 61.31GiB -- --max-num-seqs 4
     """
+    from qwenprep import integrity_scan
     from qwenprep.catalog import gpu_memory_for
     from qwenprep.preflight import check_options, run_checks
+
+    integrity_scan.FREEZE_AFTER_SCAN = True  # this process ends after the command
 
     _check_sizes(as_json, gpu_memory=gpu_memory, kv_memory=kv_memory)
     _, gpu_memory, gpu_notes = run(as_json, lambda: gpu_memory_for(

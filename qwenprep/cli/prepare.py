@@ -18,7 +18,7 @@ from qwenprep.cli._common import (
     vllm_python_option,
 )
 from qwenprep.errors import EXIT_CHECKS_FAILED
-from qwenprep.report import SCHEMA_VERSION, Report
+from qwenprep.report import SCHEMA_VERSION, Check, Report
 
 
 @cli.command(short_help='Patch config.json for 512K/1M into an overlay directory.')
@@ -88,20 +88,31 @@ def patch(model: str, context: str, out: Path | None, force: bool, yarn_on_dca: 
 
 @cli.command(short_help='Check config.json: schema and long-context invariants.')
 @click.argument("path")
+@click.option("--vllm-version", metavar="X.Y", default=None,
+              help="Judge for this vLLM where the version decides (Dual Chunk Attention runs "
+              "only below 0.11). Default: the vLLM installed beside qwenprep.")
 @_report_options
 @json_option
-def validate(path: str, strict: bool, failed_only: bool, as_json: bool) -> None:
-    """Check PATH/config.json against the Qwen3 schema and the long-context invariants.
+def validate(path: str, vllm_version: str | None, strict: bool, failed_only: bool,
+             as_json: bool) -> None:
+    """Check PATH/config.json against its family's schema and the long-context invariants.
 
     \b
     Examples:
       qwenprep validate ./Qwen3-Coder-480B-A35B-Instruct-FP8-1m
       qwenprep validate Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8 --json
+      qwenprep validate ./Qwen2.5-7B-Instruct-1M --vllm-version 0.10.2
     """
+    from qwenprep.capacity import named_version
     from qwenprep.checkpoint import resolve_model
-    from qwenprep.validation import validate_checkpoint
+    from qwenprep.validation import VllmVersion, validate_checkpoint
 
-    checks = run(as_json, lambda: validate_checkpoint(resolve_model(path).path))
+    def work() -> list[Check]:
+        vllm = (VllmVersion(named_version(vllm_version), "--vllm-version")
+                if vllm_version else None)
+        return validate_checkpoint(resolve_model(path).path, vllm=vllm)
+
+    checks = run(as_json, work)
     report = Report("validate", checks, {"path": path}, strict=strict)
     finish_report(report, as_json, "valid" if report.ok else "INVALID: see the FAIL lines above",
                   failed_only=failed_only)

@@ -291,12 +291,14 @@ def build_plan(path: Path, *, engine: SglangInfo | None, tp: int | None = None,
     env_in = os.environ if environ is None else environ
     lifting = [k for k in LIFTING_ENV if k in env_in]
     if max_model_len > allowed:
+        from qwenprep.model import ModelView
+
         set_here = (f" {', '.join(lifting)} is set in this environment; qwenprep removes it "
                     "from SGLang's." if lifting else "")
         raise InputError(
             f"{path / 'config.json'}: --context-length {max_model_len} is above the {allowed} "
             f"tokens SGLang {version} derives from this config (max_position_embeddings "
-            f"{config.get('max_position_embeddings')}; SGLang's length is max_position_"
+            f"{ModelView(config).max_position_embeddings}; SGLang's length is max_position_"
             "embeddings, a YaRN factor does not raise it); SGLang would refuse it, and "
             "SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1 would run past it with the RoPE left "
             f"as it is (wrong output).{set_here}",

@@ -20,6 +20,7 @@ from qwenprep.errors import InputError, UsageError
 if TYPE_CHECKING:
     from qwenprep.engine import Capabilities, EngineInfo, Version
     from qwenprep.gpus import Inventory
+    from qwenprep.validation import VllmVersion
 
 # Every launch (single node, multi-node heads and workers) is `vllm serve MODEL ...` started
 # through vLLM's own CLI main (not the deprecated api_server module, which also ignores the
@@ -196,18 +197,21 @@ WRONG_OUTPUT_CHECKS = frozenset({
 
 
 def _validation_gate(path: Path, config: dict[str, Any], manifest: dict[str, Any] | None,
-                     max_model_len: int | None, notes: list[str]) -> None:
+                     max_model_len: int | None, notes: list[str],
+                     vllm: VllmVersion | None = None) -> None:
     """Refuse (exit 3) a config on which vLLM would start and silently compute the wrong thing
-    (qwenprep.validation); other failed checks are added to NOTES."""
+    (qwenprep.validation, judged for VLLM, the version the plan is for); other failed checks
+    are added to NOTES."""
+    from qwenprep.model import ModelView
     from qwenprep.validation import validate_checkpoint
 
-    fails = [c for c in validate_checkpoint(path) if c.status == "fail"]
+    fails = [c for c in validate_checkpoint(path, vllm=vllm) if c.status == "fail"]
     blocking = [c for c in fails if c.id in WRONG_OUTPUT_CHECKS]
     notes.extend(f"qwenprep validate: [{c.id}] {c.message}" for c in fails
                  if c.id not in WRONG_OUTPUT_CHECKS)
     if not blocking:
         return
-    mpe = config.get("max_position_embeddings")
+    mpe = ModelView(config).max_position_embeddings
     context = context_name(int(max_model_len or (manifest or {}).get("target_context") or (
         mpe if isinstance(mpe, int) and not isinstance(mpe, bool) and mpe > 0 else 1048576)))
     model = _patch_source(path, manifest) if manifest else "MODEL"

@@ -1,0 +1,146 @@
+"""Read once (issue 10, item 7): `qwenprep verify` and `qwenprep check --no-engine`, as
+commands, on the 480B-shaped checkpoint (qwenprep.synth: 50 shards, 60,329 tensors, ~450
+GiB apparent, sparse) against a bare Python script that opens every shard and parses its
+safetensors header (the baseline), all measured in the same run, taking turns.
+
+    python benchmarks/bench_read_once.py [--runs 5] [--rounds 3]
+
+Targets: verify <= 2.0x the baseline, check --no-engine <= 2.5x. Also shown: `python -c
+pass` and `qwenprep --version` (interpreter and CLI start-up, inside every command's time).
+Each round: the median of --runs runs of each command; printed: the per-round medians, their
+median, and the median of the per-round ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from _timing import bytecode_env, interleaved, print_table, ratio_rows  # noqa: E402
+
+from qwenprep.synth import make_shaped_checkpoint  # noqa: E402
+
+# The baseline: what any reader of the checkpoint must do (open, read 8 bytes + the header,
+# parse the JSON), nothing else.
+BARE = """
+import json, os, struct, sys
+root = sys.argv[1]
+n = 0
+for name in sorted(os.listdir(root)):
+    if name.endswith(".safetensors"):
+        with open(os.path.join(root, name), "rb") as f:
+            (k,) = struct.unpack("<Q", f.read(8))
+            n += len(json.loads(f.read(k)))
+print(n)
+"""
+
+
+# One pass of verify's or check's parts in a fresh process (as the command runs them), each
+# timed by wrapping it; printed as JSON {label: seconds}.
+PARTS = """
+import json, struct, sys, time
+from pathlib import Path
+big, what = Path(sys.argv[1]), sys.argv[2]
+spent = {}
+def timed(mod, name, label):
+    fn = getattr(mod, name)
+    def wrapper(*a, **k):
+        t = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            spent[label] = spent.get(label, 0.0) + time.perf_counter() - t
+    setattr(mod, name, wrapper)
+t = time.perf_counter()
+for p in sorted(big.glob("*.safetensors")):
+    with open(p, "rb") as f:
+        (k,) = struct.unpack("<Q", f.read(8))
+        json.loads(f.read(k))
+spent["bare parse of the 50 headers (baseline)"] = time.perf_counter() - t
+t = time.perf_counter()
+import qwenprep.integrity_scan as scan_mod, qwenprep.integrity_tensors as tensors_mod
+import qwenprep.preflight as pf
+spent["imports (integrity, preflight and theirs)"] = time.perf_counter() - t
+timed(scan_mod, "_read_index", "  read + parse the index")
+timed(scan_mod, "_read_shard", "  read + parse + judge the 50 headers")
+timed(tensors_mod, "scan_headers", " structure (scan_headers)")
+timed(tensors_mod, "fp8_checks", " FP8 checks")
+timed(tensors_mod, "_family_checks", "  vs the family's layout (incl. family.tensors)")
+timed(tensors_mod, "name_checks", " names, layers, experts, shapes")
+timed(tensors_mod, "header_scan", "header_scan (all of verify's checks)")
+if what == "verify":
+    tensors_mod.header_scan(big)
+    from qwenprep.families import lookup
+    from qwenprep.model import ModelView
+    config = json.loads((big / "config.json").read_text())
+    t = time.perf_counter()
+    lookup(config["model_type"]).tensors(ModelView(config))
+    spent["   of which family.tensors (layouts.py)"] = time.perf_counter() - t
+else:
+    timed(pf, "_shape", "model shape + weight tally from the scan")
+    timed(pf, "run_checks", "run_checks (all of check)")
+    pf.run_checks(big, pf.check_options(engine=False))
+print(json.dumps(spent))
+"""
+
+
+def breakdown(big: str, runs: int, env: dict[str, str] | None) -> None:
+    """Where verify's and check's time goes: their parts timed in a fresh process each (as
+    the commands run them), against the bare parse in that process; medians of RUNS."""
+    for what in ("verify", "check"):
+        spent: dict[str, list[float]] = {}
+        for _ in range(runs):
+            r = subprocess.run([sys.executable, "-c", PARTS, big, what], capture_output=True,
+                               text=True, check=True, env=env)
+            for label, t in json.loads(r.stdout.splitlines()[-1]).items():
+                spent.setdefault(label, []).append(t)
+        base = statistics.median(spent["bare parse of the 50 headers (baseline)"])
+        rows = [(label, f"{statistics.median(ts) * 1e3:.0f} ms",
+                 f"{statistics.median(ts) / base:.2f}x") for label, ts in spent.items()]
+        print_table(rows, (f"{what}, in process (medians of {runs})", "time", "vs bare parse"))
+        print()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also time the parts in process, against the bare parse")
+    ap.add_argument("--no-pyc", action="store_true",
+                    help="keep the environment's PYTHONDONTWRITEBYTECODE (default: a bytecode "
+                    "cache, as an installed qwenprep has)")
+    args = ap.parse_args()
+    exe = str(Path(sys.executable).parent / "qwenprep")
+    with tempfile.TemporaryDirectory(prefix="qwenprep-bench-") as tmp:
+        env = None if args.no_pyc else bytecode_env(str(Path(tmp) / "pycache"))
+        big = str(make_shaped_checkpoint(Path(tmp) / "big", shards=50))
+        argvs = {
+            "bare script: open 50 shards, parse headers": [sys.executable, "-c", BARE, big],
+            "qwenprep verify DIR --json": [exe, "verify", big, "--json"],
+            "qwenprep check DIR --no-engine --json": [exe, "check", big, "--no-engine",
+                                                      "--json"],
+            "python -c pass": [sys.executable, "-c", "pass"],
+            "qwenprep --version": [exe, "--version"],
+        }
+        medians = interleaved(argvs, runs=args.runs, rounds=args.rounds, env=env, ok=(0, 1))
+        if args.breakdown:
+            breakdown(big, args.runs, env)
+            print()
+    base = next(iter(argvs))
+    rows = ratio_rows(medians, base, {"qwenprep verify DIR --json": 2.0,
+                                      "qwenprep check DIR --no-engine --json": 2.5})
+    print_table(rows, ("command", "round medians (ms)", "median", "vs bare script"))
+
+
+if __name__ == "__main__":
+    main()

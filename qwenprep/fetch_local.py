@@ -1,0 +1,103 @@
+"""--local-dir safety for fetch: a directory that is (or is inside) a qwenprep overlay, or that
+holds a symlink where the download writes, is refused before anything is downloaded:
+huggingface_hub copies a cached file onto the path, i.e. through the link, into whatever it
+points to."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from qwenprep.errors import ConflictError
+from qwenprep.hub import RepoSpec
+
+RECORD = Path(".qwenprep") / "fetch.json"  # what qwenprep records of a --local-dir download
+
+
+def _overlay_root(local: Path) -> Path | None:
+    """The qwenprep overlay LOCAL is, or is inside: the nearest directory, of LOCAL as given
+    and of where its links lead, that holds .qwenprep/manifest.json (valid or not)."""
+    from qwenprep.manifest import MANIFEST_DIR, MANIFEST_NAME
+
+    real = Path(os.path.realpath(local))
+    for start in (local, real):
+        for d in (start, *start.parents):
+            if os.path.lexists(d / MANIFEST_DIR / MANIFEST_NAME):
+                return d
+    return None
+
+
+def _overlay_context(root: Path) -> str:
+    """The context an overlay was made for (for the hint), or C when its manifest says none."""
+    import json
+
+    from qwenprep.manifest import MANIFEST_DIR, MANIFEST_NAME
+
+    try:
+        manifest = json.loads((root / MANIFEST_DIR / MANIFEST_NAME).read_text(encoding="utf-8"))
+        ctx = manifest["target_context"]
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError):
+        return "C"
+    return str(ctx) if isinstance(ctx, int) and not isinstance(ctx, bool) and ctx > 0 else "C"
+
+
+def refuse_overlay(spec: RepoSpec, local: Path) -> None:
+    """A --local-dir that is (or is inside) a qwenprep overlay: huggingface_hub would write
+    through the overlay's links into the source checkpoint and over its patched config.json."""
+    from qwenprep.manifest import MANIFEST_DIR, MANIFEST_NAME
+
+    root = _overlay_root(local)
+    if root is None:
+        return
+    manifest = root / MANIFEST_DIR / MANIFEST_NAME
+    what = (
+        f"--local-dir {root} is a qwenprep overlay"
+        if root in (local, Path(os.path.realpath(local)))
+        else f"--local-dir {local} is inside a qwenprep overlay, {root}"
+    )
+    raise ConflictError(
+        f"{what} ({manifest}): a download into it would write through its links into the "
+        "checkpoint they point to, and replace its patched config.json.",
+        hint=f"fetch into the Hugging Face cache (qwenprep fetch {spec}) or into another "
+        f"directory (qwenprep fetch {spec} --local-dir DIR), then rebuild the overlay from it: "
+        f"qwenprep patch {spec} --context {_overlay_context(root)} --out {root} --force "
+        "(patch DIR for a --local-dir download)",
+        path=str(manifest),
+    )
+
+
+def _write_paths(local: Path, names: list[str]) -> list[Path]:
+    """Every path under LOCAL that a --local-dir download writes or creates: each file and
+    its parent directories, huggingface_hub's .cache/huggingface (metadata, locks, partial
+    files), and qwenprep's own .qwenprep/fetch.json."""
+    rels = {Path(".cache"), Path(".cache/huggingface"), *RECORD.parents, RECORD}
+    for name in names:
+        rel = Path(*name.split("/"))
+        rels.add(rel)
+        rels.update(p for p in rel.parents if p != Path("."))
+    paths = [local / r for r in rels if r != Path(".")]
+    hub_dir = local / ".cache" / "huggingface"
+    if hub_dir.is_dir() and not hub_dir.is_symlink():
+        for root, dirs, files in os.walk(hub_dir):  # never follows links
+            paths += [Path(root) / n for n in (*dirs, *files)]
+    return sorted(set(paths))
+
+
+def refuse_links(spec: RepoSpec, local: Path, names: list[str]) -> None:
+    """A --local-dir holding a symlink where the download writes (a file, a parent directory,
+    huggingface_hub's or qwenprep's state): huggingface_hub would write through it (it copies
+    a cached file onto the path), changing whatever it points to."""
+    links = [p for p in _write_paths(local, names) if p.is_symlink()]
+    if not links:
+        return
+    shown = "; ".join(f"{p} -> {os.readlink(p)}" for p in links[:5])
+    more = f" (and {len(links) - 5} more)" if len(links) > 5 else ""
+    raise ConflictError(
+        f"--local-dir {local} holds "
+        + ("a symlink" if len(links) == 1 else f"{len(links)} symlinks")
+        + f" the download would write through: {shown}{more}.",
+        hint=f"fetch into a directory without links (qwenprep fetch {spec} --local-dir DIR) or "
+        f"into the Hugging Face cache (qwenprep fetch {spec}); a qwenprep overlay is rebuilt "
+        "from there with: qwenprep patch SOURCE --context C --out OVERLAY --force",
+        path=str(links[0]),
+    )

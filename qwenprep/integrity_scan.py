@@ -1,0 +1,491 @@
+"""Reading a checkpoint once for integrity: the index, every safetensors header, and the
+structure checks on them (index vs shards, sane headers, exact sizes).
+
+Each shard's header is read and parsed once (safetensors_io.load_header); a header judged
+sane by the fast column checks goes straight into the scan, one that is not is typed and
+checked entry by entry to say what is wrong. The scan keeps the raw header entries (tensor
+name -> {"dtype", "shape", "data_offsets"}) for the tensor checks (integrity_tensors) and
+for anyone else who needs the weights (check's capacity plan).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import re
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, Iterable
+
+from qwenprep.checkpoint import INDEX
+from qwenprep.errors import InputError
+from qwenprep.hashing import RECORD_DIR, NotRegularFile, not_regular, read_regular_text
+from qwenprep.hub import snapshot_repo
+from qwenprep.jsonio import loads_located
+from qwenprep.report import Check
+from qwenprep.safetensors_io import (
+    DTYPE_BYTES,
+    SafetensorsHeader,
+    load_header,
+    typed_tensors,
+)
+from qwenprep.sizes import format_bytes
+
+SHARD_RE = re.compile(r"^(?P<stem>.+)-(?P<k>\d{5})-of-(?P<n>\d{5})\.safetensors$")
+SKIP_DIRS = {RECORD_DIR, ".cache", ".git"}
+FETCH_HINT = "re-download the damaged file(s): qwenprep fetch ORG/NAME"
+MAX_LISTED = 5
+
+
+def _some(items: list[str], n: int = MAX_LISTED) -> str:
+    return "; ".join(items[:n]) + (f"; ... ({len(items) - n} more)" if len(items) > n else "")
+
+
+def _short(x: object, limit: int = 80) -> str:
+    """str(x) cut to a readable length (hostile headers hold 4000-digit numbers)."""
+    text = str(x)
+    return text if len(text) <= limit else text[:limit - 20] + f"... ({len(text)} chars)"
+
+
+def unsafe_name(name: object) -> str | None:
+    """Why an index file name may not be opened, or None when it is a plain relative name."""
+    if not isinstance(name, str) or not name:
+        return "not a non-empty string"
+    if "\0" in name or "\\" in name:
+        return "contains a NUL or backslash"
+    if PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or \
+            PureWindowsPath(name).drive:
+        return "is an absolute path"
+    if any(part == ".." for part in PurePosixPath(name).parts):
+        return "climbs out of the checkpoint (..)"
+    return None
+
+
+def unsafe_shard_names(values: Iterable[object]) -> dict[str, str]:
+    """{shown name: reason} for every weight_map value that may not be opened. Values may be
+    anything JSON holds; each distinct name is judged once (60k tensors name ~50 shards)."""
+    values = list(values)
+    distinct: Iterable[object] = values
+    try:
+        names = dict.fromkeys(values)  # first-seen order, at C speed
+        if set(map(type, names)) == {str}:  # (1 and true would be one key)
+            distinct = names
+    except TypeError:  # a list or an object among them
+        pass
+    bad: dict[str, str] = {}
+    seen: set[str] = set()
+    for shard in distinct:
+        if isinstance(shard, str):
+            if shard in seen:
+                continue
+            seen.add(shard)
+        why = unsafe_name(shard)
+        if why:
+            bad[shard if isinstance(shard, str) else _short(json.dumps(shard), 60)] = why
+    return bad
+
+
+@dataclass
+class Scan:
+    """What the header level found, for the checks and the counters."""
+
+    root: Path
+    checks: list[Check] = field(default_factory=list)
+    # tensor name -> its raw header entry {"dtype", "shape" (list), "data_offsets"}, typed
+    # (every entry of a header that typed_tensors accepted); the first shard's when twice
+    tensors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    shard_of: dict[str, str] = field(default_factory=dict)  # tensor name -> shard file
+    shards_ok: bool = True  # every expected shard present and parsed
+    shard_names: list[str] = field(default_factory=list)  # what the index (or the dir) names
+    shard_files: int = 0
+    file_bytes: int = 0
+    data_bytes: int = 0
+    header_bytes: int = 0
+    index_total: int | None = None
+    weight_map: dict[str, str] | None = None  # the index's, when it was readable
+    config: dict[str, Any] | None = None  # config.json, once read (integrity_tensors)
+
+    def add(self, id: str, status: str, message: str, path: str | None = None) -> None:
+        self.checks.append(Check(id, status, message, path))  # type: ignore[arg-type]
+
+    def tensor_table(self) -> Iterator[tuple[str, list[int], int]]:
+        """(name, shape, bytes) of every tensor read, as capacity's tally takes them."""
+        for name, e in self.tensors.items():
+            start, end = e["data_offsets"]
+            yield name, e["shape"], end - start
+
+
+def _rel(root: Path, p: Path) -> str:
+    try:
+        return p.relative_to(root).as_posix()
+    except ValueError:
+        return str(p)
+
+
+def _walk_files(root: Path) -> list[str]:
+    """Relative posix names of every file (or link to one) under root, skipping our state dirs."""
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = Path(dirpath).relative_to(root)
+        if rel_dir == Path("."):
+            dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS]
+        dirnames.sort()
+        for fn in sorted(filenames):
+            out.append((rel_dir / fn).as_posix())
+    return out
+
+
+def _is_file(p: Path) -> bool:
+    """Path.is_file that says False for names the OS refuses (too long, not encodable)."""
+    try:
+        return p.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _lexists(p: Path) -> bool:
+    try:
+        return os.path.lexists(p)
+    except (OSError, ValueError):
+        return False
+
+
+def header_problems(h: SafetensorsHeader) -> list[str]:
+    """What is wrong in a header that sane_entries did not pass (the slow path)."""
+    from fractions import Fraction
+
+    probs: list[str] = []
+    spans: list[tuple[int, int, str]] = []
+    for t in h.tensors.values():
+        width = DTYPE_BYTES.get(t.dtype)
+        if width is None:
+            probs.append(f"tensor {t.name}: unknown dtype {t.dtype!r}")
+            continue
+        # exact integer bits: shapes may be hostile (10**200 x 10**200) and widths fractional
+        # (F4 is 4 bits, F6 6); a Fraction per tensor cost 0.3 s on the 480B's 60k tensors
+        bits = math.prod(t.shape) * round(width * 8)
+        want: int | Fraction = bits // 8 if bits % 8 == 0 else Fraction(bits, 8)
+        if t.start < 0 or t.end < t.start:
+            probs.append(f"tensor {t.name}: data_offsets [{t.start}, {t.end}] are not a span")
+            continue
+        if want != t.nbytes:
+            probs.append(f"tensor {t.name}: {t.dtype} x {_short(list(t.shape))} = "
+                         f"{_short(want)} bytes but data_offsets span {t.nbytes}")
+        spans.append((t.start, t.end, t.name))
+    spans.sort()
+    cursor, prev = 0, None
+    for start, end, name in spans:
+        if start < cursor:
+            probs.append(f"tensors {prev} and {name} overlap (bytes {start}..{min(cursor, end)})")
+        elif start > cursor:
+            probs.append(f"{start - cursor} unindexed bytes before tensor {name} (a hole)")
+        if end >= cursor:
+            cursor, prev = end, name
+    data_area = h.file_size - h.data_start
+    if cursor > data_area:
+        probs.append(f"truncated: the header indexes {cursor} data bytes, the file holds "
+                     f"{data_area} (file is {h.file_size} bytes, should be "
+                     f"{h.data_start + cursor})")
+    elif cursor < data_area:
+        probs.append(f"{data_area - cursor} trailing bytes after the last tensor (file is "
+                     f"{h.file_size} bytes, should be {h.data_start + cursor})")
+    return probs
+
+
+def _read_index(scan: Scan) -> dict[str, str] | None:
+    """The index's weight_map (tensor -> shard name), or None after a failed check."""
+    p = scan.root / INDEX
+    try:
+        obj = loads_located(read_regular_text(p), INDEX)
+    except NotRegularFile as e:
+        scan.add("index", "fail", f"{INDEX}: {e.strerror}, so it cannot be read as the index. "
+                 "Restore the index from the original release.", INDEX)
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        scan.add("index", "fail", f"{INDEX}: cannot read ({why}). Restore the index from the "
+                 "original release.", INDEX)
+        return None
+    except InputError as e:
+        scan.add("index", "fail", e.message, INDEX)
+        return None
+    wm = obj.get("weight_map") if isinstance(obj, dict) else None
+    if not isinstance(wm, dict) or set(map(type, wm)) - {str}:
+        scan.add("index", "fail", f"{INDEX}: no weight_map object mapping tensor names to shard "
+                 "files.", INDEX)
+        return None
+    if not wm:
+        scan.add("index", "fail", f"{INDEX}: weight_map is empty: the index names no shard, so "
+                 f"there are no weights to check. Hint: {FETCH_HINT}", INDEX)
+        return None
+    bad = unsafe_shard_names(wm.values())
+    if bad:
+        scan.add("index.paths", "fail",
+                 f"{INDEX}: weight_map names file(s) outside the checkpoint, not opened: "
+                 + _some([f"{s!r} {w}" for s, w in sorted(bad.items())])
+                 + ". Restore the index from the original release.", INDEX)
+        scan.shards_ok = False
+    else:
+        scan.add("index.paths", "pass", f"{INDEX}: all {len(set(wm.values()))} shard names stay "
+                 "inside the checkpoint")
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    total = meta.get("total_size") if isinstance(meta, dict) else None
+    scan.index_total = total if isinstance(total, int) and not isinstance(total, bool) else None
+    if not bad:  # every value is a string then (a non-string is an unsafe name)
+        return wm
+    return {k: v for k, v in wm.items() if isinstance(v, str) and v not in bad}
+
+
+def is_download(root: Path) -> bool:
+    """An HF cache snapshot, or a directory huggingface_hub or qwenprep fetched into."""
+    return snapshot_repo(root) is not None or (root / ".cache" / "huggingface").is_dir() \
+        or (root / ".qwenprep" / "fetch.json").is_file()
+
+
+def _unreadable(root: Path, shards: list[str]) -> dict[str, str]:
+    """{shard: why} for each shard name that is there but cannot be read as a regular file: a
+    dangling link (into an HF cache: a missing blob), a FIFO or device, a link loop. Stats only:
+    nothing is opened, so nothing can block."""
+    snapshot = snapshot_repo(root) is not None
+    out: dict[str, str] = {}
+    for s in shards:
+        p = root / s
+        try:
+            mode = os.stat(p).st_mode
+        except FileNotFoundError:
+            target = Path(os.path.realpath(p))
+            if snapshot and target.parent.name == "blobs":
+                out[s] = (f"links to the blob {target.name}, which is missing from the cache: "
+                          "the download is incomplete")
+            else:
+                out[s] = f"a link to {target}, which does not exist (a dangling link)"
+            continue
+        except (OSError, ValueError) as e:  # ELOOP, ENAMETOOLONG, EACCES on a directory, ...
+            out[s] = f"cannot be opened ({getattr(e, 'strerror', None) or e})"
+            continue
+        if not stat.S_ISREG(mode):
+            out[s] = f"{not_regular(p) or 'not a regular file'}, so not a safetensors shard"
+    return out
+
+
+def _unreadable_check(scan: Scan, unreadable: dict[str, str]) -> None:
+    dangling = any("(a dangling link)" in why for why in unreadable.values())
+    hint = ("restore what it points to, or " if dangling else "") + FETCH_HINT
+    items = [f"{s}: {why}" for s, why in sorted(unreadable.items())]
+    first = min(unreadable)
+    if len(items) == 1:
+        scan.add("shards.present", "fail", f"{items[0]}. Hint: {hint}", first)
+    else:
+        scan.add("shards.present", "fail", f"{len(items)} shard(s) cannot be read: "
+                 f"{_some(items)}. Hint: {hint}", first)
+    scan.shards_ok = False
+
+
+def _strip_path(message: str, p: Path) -> str:
+    """read_header's messages start with the absolute path; we name the file relatively."""
+    s = str(p)
+    return message[len(s) + 2:] if message.startswith(s + ": ") else message
+
+
+# Set by the console script (a short-lived process) only: see gc_paused.
+FREEZE_AFTER_SCAN = False
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for a while. Parsing the 480B's 60k header entries
+    makes hundreds of thousands of dicts and lists, none in a cycle: the collector would walk
+    every live object again and again for nothing (it doubled the tensor checks' time)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            if FREEZE_AFTER_SCAN:
+                # what was made meanwhile would make the next collection a full one (40 ms
+                # after the 480B's headers): in the console script it is live data until the
+                # process ends, so the collector leaves it alone (freeze; reference counting
+                # still frees it). Never in a library caller's process: freeze also pins
+                # every object of the host program, cyclic garbage included, for good.
+                gc.freeze()
+            gc.enable()
+
+
+def _shard_list(scan: Scan, files: list[str]) -> tuple[list[str], dict[str, str]] | None:
+    """The shards to read and {shard: why} of those that cannot be; None when there are none
+    to read (the check saying why is added)."""
+    root = scan.root
+    st_files = [f for f in files if f.endswith(".safetensors")]
+    if os.path.lexists(root / INDEX):
+        weight_map = _read_index(scan)
+        scan.weight_map = weight_map
+        if weight_map is None:
+            scan.shards_ok = False
+            return None
+        shards = sorted(set(weight_map.values()))
+        shard_set = set(shards)
+        missing = [s for s in shards if not _lexists(root / s)]
+        unreadable = _unreadable(root, [s for s in shards if s not in set(missing)])
+        extra = [f for f in st_files if f not in shard_set]
+        if missing:
+            scan.add("shards.present", "fail",
+                     f"{len(missing)} shard(s) named in {INDEX} are missing: {_some(missing)}. "
+                     f"Hint: {FETCH_HINT}", missing[0])
+            scan.shards_ok = False
+        elif not unreadable:
+            scan.add("shards.present", "pass", f"all {len(shards)} shards named in {INDEX} exist")
+        counts = {m.group("n") for s in shards if (m := SHARD_RE.match(s))}
+        if counts and (len(counts) > 1 or int(next(iter(counts))) != len(shards)):
+            scan.add("shards.count", "fail",
+                     f"shard names say {' / '.join(sorted(counts))} shards but {INDEX} "
+                     f"references {len(shards)}: a shard is missing from the index", INDEX)
+            scan.shards_ok = False
+        if extra:
+            scan.add("shards.extra", "fail",
+                     f"{len(extra)} safetensors file(s) not referenced by {INDEX}: "
+                     f"{_some(extra)}. Remove them or restore the index.", extra[0])
+        return shards, unreadable
+    if st_files:
+        unreadable = _unreadable(root, st_files)
+        if len(st_files) > 1:
+            scan.add("index", "fail", f"{len(st_files)} safetensors files but no {INDEX} to say "
+                     f"which tensor is where: {_some(st_files)}", INDEX)
+            scan.shards_ok = False
+        return st_files, unreadable
+    other = [f for f in files if f.endswith((".bin", ".pt", ".pth", ".gguf"))]
+    if other:
+        scan.add("weights", "warn", f"weights are not safetensors ({_some(other)}); header "
+                 "checks cover safetensors only")
+    elif is_download(root):
+        scan.add("weights", "fail", "no weight files in this downloaded checkpoint: the "
+                 f"download is incomplete. Hint: {FETCH_HINT}")
+    else:
+        scan.add("weights", "warn", "no weight files here: a config-only directory "
+                 "(header checks need the shards)")
+    scan.shards_ok = False
+    return None
+
+
+def _read_shard(scan: Scan, s: str, dupes: dict[str, list[str]]) -> bool:
+    """Read one shard's header into the scan; False when it is damaged (a check says how)."""
+    p = scan.root / s
+    try:
+        h = load_header(p)
+        entries = h.entries
+        probs: list[str] = []
+        if not h.sane and entries:
+            probs = header_problems(SafetensorsHeader(p, h.header_len, h.file_size,
+                                                      typed_tensors(p, entries), h.metadata))
+    except InputError as e:
+        hint = f" Hint: {e.hint}" if e.hint else ""
+        scan.add("shard.header", "fail", f"{s}: {_strip_path(e.message, p)}{hint}", s)
+        return False
+    scan.shard_files += 1
+    scan.file_bytes += h.file_size
+    scan.header_bytes += h.data_start
+    if not entries:
+        scan.add("shard.header", "fail", f"{s}: the header lists no tensors (an empty "
+                 f"safetensors file). Hint: {FETCH_HINT}", s)
+        return False
+    if probs:
+        scan.add("shard.header", "fail", f"{s}: {_some(probs, 3)}. Hint: {FETCH_HINT}", s)
+    tensors = scan.tensors
+    if tensors.keys() & entries.keys():  # stored twice: the first shard's entry stays
+        for name in entries:
+            if name in tensors:
+                dupes.setdefault(name, [scan.shard_of[name]]).append(s)
+            else:
+                tensors[name] = entries[name]
+                scan.shard_of[name] = s
+    else:
+        tensors.update(entries)
+        scan.shard_of.update(dict.fromkeys(entries, s))
+    scan.data_bytes += sum(e - b for b, e in (v["data_offsets"] for v in entries.values())) \
+        if probs or not h.sane else h.file_size - h.data_start
+    return not probs
+
+
+def scan_headers(root: Path) -> Scan:
+    """The structure checks: every shard's header read once, against the index."""
+    scan = Scan(root)
+    listed = _shard_list(scan, _walk_files(root))
+    if listed is None:
+        return scan
+    shards, unreadable = listed
+    scan.shard_names = list(shards)
+    if unreadable:
+        _unreadable_check(scan, unreadable)
+
+    bad_headers = 0
+    dupes: dict[str, list[str]] = {}
+    with gc_paused():
+        for s in shards:
+            if s in unreadable or not _is_file(root / s):
+                continue
+            if not _read_shard(scan, s, dupes):
+                scan.shards_ok = False
+                bad_headers += 1
+    if not bad_headers and scan.shard_files:
+        scan.add("shard.headers", "pass", f"{scan.shard_files} safetensors header(s) sane: "
+                 f"{len(scan.tensors):,} tensors, {format_bytes(scan.data_bytes)} of data, "
+                 "exact sizes")
+    if not scan.tensors:
+        # the header checks above may each have passed on nothing: say so as the failure it is
+        scan.add("weights", "fail", f"no readable weights: 0 tensors read from "
+                 f"{scan.shard_files} of {len(shards)} safetensors file(s). Hint: {FETCH_HINT}")
+        scan.shards_ok = False
+    if dupes:
+        shown = [f"{n} in {', '.join(v)}" for n, v in sorted(dupes.items())]
+        scan.add("tensors.unique", "fail", f"{len(shown)} tensor(s) stored twice: {_some(shown)}")
+    if scan.weight_map is not None:
+        _index_agrees(scan, scan.weight_map, dupes)
+    if scan.index_total is not None and scan.shards_ok and scan.index_total != scan.data_bytes:
+        scan.add("index.total_size", "warn", f"{INDEX}: metadata.total_size is "
+                 f"{scan.index_total:,} but the shards hold {scan.data_bytes:,} bytes of "
+                 "tensors", INDEX)
+    return scan
+
+
+def _index_agrees(scan: Scan, weight_map: dict[str, str], dupes: dict[str, list[str]]) -> None:
+    wrong: list[str] = []
+    unindexed: list[str] = []
+    if dupes or scan.shard_of != weight_map:  # the one comparison when all is well
+        shard_of = scan.shard_of
+        for name, shard in sorted(weight_map.items()):
+            where = dupes.get(name) or ([shard_of[name]] if name in shard_of else None)
+            if where is None:
+                if _is_file(scan.root / shard):
+                    wrong.append(f"{name} -> {shard}, which does not have it")
+            elif shard not in where:
+                wrong.append(f"{name} -> {shard}, but it is in {where[0]}")
+        unindexed = sorted(set(shard_of) - set(weight_map))
+    if wrong:
+        scan.add("index.tensors", "fail", f"{INDEX}: {len(wrong)} tensor(s) not where the "
+                 f"index says: {_some(wrong)}", INDEX)
+    if unindexed:
+        scan.add("index.tensors", "fail", f"{len(unindexed)} tensor(s) in shards but not in "
+                 f"{INDEX}: {_some([f'{n} ({scan.shard_of[n]})' for n in unindexed])}", INDEX)
+    if not wrong and not unindexed and scan.shards_ok:
+        scan.add("index.tensors", "pass", f"{INDEX} and the shards agree on all "
+                 f"{len(weight_map):,} tensors")
+
+
+def overlay_manifest(root: Path) -> dict[str, Any] | None:
+    """The overlay manifest of ROOT; None when there is none or it is damaged (overlay_checks
+    reports a damaged one). Imports the overlay module only when there is a manifest."""
+    from qwenprep.manifest import manifest_path
+
+    if not _lexists(manifest_path(root)):
+        return None
+    from qwenprep.manifest import read_manifest
+
+    try:
+        return read_manifest(root)
+    except InputError:
+        return None
