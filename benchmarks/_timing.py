@@ -23,8 +23,9 @@ def median_time(fn: Callable[[], object], runs: int, *, warm: bool = False) -> f
 
 def command_time(argv: list[str], runs: int, *, warm: bool = True) -> float:
     """Median wall time of running ARGV to completion (output discarded; must exit 0)."""
-    return median_time(lambda: subprocess.run(argv, capture_output=True, check=True), runs,
-                       warm=warm)
+    return median_time(
+        lambda: subprocess.run(argv, capture_output=True, check=True), runs, warm=warm
+    )
 
 
 def bytecode_env(cache: str) -> dict[str, str]:
@@ -36,12 +37,18 @@ def bytecode_env(cache: str) -> dict[str, str]:
     return env
 
 
-def interleaved(argvs: dict[str, list[str]], *, runs: int, rounds: int,
-                ok: tuple[int, ...] = (0,), env: dict[str, str] | None = None
-                ) -> dict[str, list[float]]:
+def interleaved(
+    argvs: dict[str, list[str]],
+    *,
+    runs: int,
+    rounds: int,
+    ok: tuple[int, ...] = (0,),
+    env: dict[str, str] | None = None,
+) -> dict[str, list[float]]:
     """Per round, the median wall time of each named command over RUNS runs, the commands
     taking turns run by run (a burst of load on a shared machine hits them all alike).
     Returns {name: [median of round 1, round 2, ...]}. One untimed run of each first."""
+
     def once(argv: list[str]) -> float:
         t = time.perf_counter()
         r = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
@@ -63,19 +70,26 @@ def interleaved(argvs: dict[str, list[str]], *, runs: int, rounds: int,
     return out
 
 
-def ratio_rows(medians: dict[str, list[float]], base: str,
-               targets: dict[str, float] | None = None) -> list[tuple[str, ...]]:
+def ratio_rows(
+    medians: dict[str, list[float]], base: str, targets: dict[str, float] | None = None
+) -> list[tuple[str, ...]]:
     """Table rows: each command's per-round medians, their median, and the median of the
     per-round ratios against BASE (with the target where one is given)."""
     rows = []
     for name, ts in medians.items():
         ratios = [t / b for t, b in zip(ts, medians[base], strict=True)]
         target = (targets or {}).get(name)
-        rows.append((name, " ".join(f"{t * 1e3:.0f}" for t in ts),
-                     f"{statistics.median(ts) * 1e3:.0f} ms",
-                     "1.00x (baseline)" if name == base else
-                     f"{statistics.median(ratios):.2f}x"
-                     + (f" (target <= {target:.2f}x)" if target else "")))
+        rows.append(
+            (
+                name,
+                " ".join(f"{t * 1e3:.0f}" for t in ts),
+                f"{statistics.median(ts) * 1e3:.0f} ms",
+                "1.00x (baseline)"
+                if name == base
+                else f"{statistics.median(ratios):.2f}x"
+                + (f" (target <= {target:.2f}x)" if target else ""),
+            )
+        )
     return rows
 
 

@@ -32,8 +32,13 @@ OPENSSL = 'for f in "$@"; do openssl dgst -sha256 "$f" >/dev/null & done; wait'
 def deep_checkpoint(dest: Path, mib: float) -> Path:
     """8 shards of random data totalling ~mib MiB (qwen3_moe FP8 shape, big experts)."""
     cfg = tiny_fp8_config(layers=8)
-    cfg.update(hidden_size=2048, moe_intermediate_size=1024, num_attention_heads=16,
-               num_key_value_heads=4, head_dim=128)
+    cfg.update(
+        hidden_size=2048,
+        moe_intermediate_size=1024,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        head_dim=128,
+    )
     per_expert = 3 * 2048 * 1024  # gate/up/down, FP8
     cfg["num_experts"] = max(2, round(mib * 2**20 / (8 * per_expert)))
     return make_shaped_checkpoint(dest, config=cfg, shards=8, random_data=True, seed=1)
@@ -44,9 +49,12 @@ def main() -> None:
     ap.add_argument("--mib", type=float, default=1024)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--no-pyc", action="store_true",
-                    help="keep the environment's PYTHONDONTWRITEBYTECODE (default: a bytecode "
-                    "cache, as an installed qwenprep has)")
+    ap.add_argument(
+        "--no-pyc",
+        action="store_true",
+        help="keep the environment's PYTHONDONTWRITEBYTECODE (default: a bytecode "
+        "cache, as an installed qwenprep has)",
+    )
     args = ap.parse_args()
     if shutil.which("openssl") is None:
         raise SystemExit("openssl is needed as the baseline")
@@ -56,18 +64,30 @@ def main() -> None:
         ck = deep_checkpoint(Path(tmp) / "deep", args.mib)
         files = sorted(str(p) for p in ck.iterdir() if p.is_file())
         total = sum(Path(f).stat().st_size for f in files)
-        interleaved({"record": [exe, "verify", str(ck), "--deep", "--record", "--json"]},
-                    runs=0, rounds=0, ok=(0, 1), env=env)
+        interleaved(
+            {"record": [exe, "verify", str(ck), "--deep", "--record", "--json"]},
+            runs=0,
+            rounds=0,
+            ok=(0, 1),
+            env=env,
+        )
         what = f"{len(files)} files, {total / 2**20:.0f} MiB"
         argvs = {
-            f"openssl dgst -sha256, one per file, in parallel ({what})":
-                ["sh", "-c", OPENSSL, "sh", *files],
+            f"openssl dgst -sha256, one per file, in parallel ({what})": [
+                "sh",
+                "-c",
+                OPENSSL,
+                "sh",
+                *files,
+            ],
             "qwenprep verify DIR --deep --json": [exe, "verify", str(ck), "--deep", "--json"],
         }
         medians = interleaved(argvs, runs=args.runs, rounds=args.rounds, env=env)
     base = next(iter(argvs))
-    print_table(ratio_rows(medians, base, {"qwenprep verify DIR --deep --json": 1.10}),
-                ("command", "round medians (ms)", "median", "vs openssl"))
+    print_table(
+        ratio_rows(medians, base, {"qwenprep verify DIR --deep --json": 1.10}),
+        ("command", "round medians (ms)", "median", "vs openssl"),
+    )
 
 
 if __name__ == "__main__":

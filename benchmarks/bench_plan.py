@@ -28,17 +28,44 @@ def main() -> None:
     exe = str(Path(sys.executable).parent / "qwenprep")
     with tempfile.TemporaryDirectory(prefix="qwenprep-bench-") as tmp:
         big = make_shaped_checkpoint(Path(tmp) / "big", shards=50)
-        argv = [exe, "plan", str(big), "--context", "1m", "--tp", "8", "--gpus", "8",
-                "--gpu-memory", "141GiB", "--vllm-version", "0.32", "--json"]
+        argv = [
+            exe,
+            "plan",
+            str(big),
+            "--context",
+            "1m",
+            "--tp",
+            "8",
+            "--gpus",
+            "8",
+            "--gpu-memory",
+            "141GiB",
+            "--vllm-version",
+            "0.32",
+            "--json",
+        ]
         rows = [
-            ("python -c pass (baseline)", command_time([sys.executable, "-c", "pass"],
-                                                       args.runs)),
+            ("python -c pass (baseline)", command_time([sys.executable, "-c", "pass"], args.runs)),
             ("qwenprep --version", command_time([exe, "--version"], args.runs)),
-            ("read shape + headers (in process)", median_time(lambda: shape_from_dir(big),
-                                                              args.runs, warm=True)),
-            ("plan 1M, TP 8, 8x141 GiB (in process)", median_time(
-                lambda: make_plan(str(big), context="1m", tp=8, gpus=8, gpu_memory="141GiB",
-                                  vllm_version="0.32"), args.runs, warm=True)),
+            (
+                "read shape + headers (in process)",
+                median_time(lambda: shape_from_dir(big), args.runs, warm=True),
+            ),
+            (
+                "plan 1M, TP 8, 8x141 GiB (in process)",
+                median_time(
+                    lambda: make_plan(
+                        str(big),
+                        context="1m",
+                        tp=8,
+                        gpus=8,
+                        gpu_memory="141GiB",
+                        vllm_version="0.32",
+                    ),
+                    args.runs,
+                    warm=True,
+                ),
+            ),
             ("qwenprep plan ... --json (command)", command_time(argv, args.runs)),
         ]
     base = rows[0][1]

@@ -99,13 +99,20 @@ def breakdown(big: str, runs: int, env: dict[str, str] | None) -> None:
     for what in ("verify", "check"):
         spent: dict[str, list[float]] = {}
         for _ in range(runs):
-            r = subprocess.run([sys.executable, "-c", PARTS, big, what], capture_output=True,
-                               text=True, check=True, env=env)
+            r = subprocess.run(
+                [sys.executable, "-c", PARTS, big, what],
+                capture_output=True,
+                text=True,
+                check=True,
+                env=env,
+            )
             for label, t in json.loads(r.stdout.splitlines()[-1]).items():
                 spent.setdefault(label, []).append(t)
         base = statistics.median(spent["bare parse of the 50 headers (baseline)"])
-        rows = [(label, f"{statistics.median(ts) * 1e3:.0f} ms",
-                 f"{statistics.median(ts) / base:.2f}x") for label, ts in spent.items()]
+        rows = [
+            (label, f"{statistics.median(ts) * 1e3:.0f} ms", f"{statistics.median(ts) / base:.2f}x")
+            for label, ts in spent.items()
+        ]
         print_table(rows, (f"{what}, in process (medians of {runs})", "time", "vs bare parse"))
         print()
 
@@ -114,11 +121,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--breakdown", action="store_true",
-                    help="also time the parts in process, against the bare parse")
-    ap.add_argument("--no-pyc", action="store_true",
-                    help="keep the environment's PYTHONDONTWRITEBYTECODE (default: a bytecode "
-                    "cache, as an installed qwenprep has)")
+    ap.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also time the parts in process, against the bare parse",
+    )
+    ap.add_argument(
+        "--no-pyc",
+        action="store_true",
+        help="keep the environment's PYTHONDONTWRITEBYTECODE (default: a bytecode "
+        "cache, as an installed qwenprep has)",
+    )
     args = ap.parse_args()
     exe = str(Path(sys.executable).parent / "qwenprep")
     with tempfile.TemporaryDirectory(prefix="qwenprep-bench-") as tmp:
@@ -127,8 +140,7 @@ def main() -> None:
         argvs = {
             "bare script: open 50 shards, parse headers": [sys.executable, "-c", BARE, big],
             "qwenprep verify DIR --json": [exe, "verify", big, "--json"],
-            "qwenprep check DIR --no-engine --json": [exe, "check", big, "--no-engine",
-                                                      "--json"],
+            "qwenprep check DIR --no-engine --json": [exe, "check", big, "--no-engine", "--json"],
             "python -c pass": [sys.executable, "-c", "pass"],
             "qwenprep --version": [exe, "--version"],
         }
@@ -137,8 +149,11 @@ def main() -> None:
             breakdown(big, args.runs, env)
             print()
     base = next(iter(argvs))
-    rows = ratio_rows(medians, base, {"qwenprep verify DIR --json": 2.0,
-                                      "qwenprep check DIR --no-engine --json": 2.5})
+    rows = ratio_rows(
+        medians,
+        base,
+        {"qwenprep verify DIR --json": 2.0, "qwenprep check DIR --no-engine --json": 2.5},
+    )
     print_table(rows, ("command", "round medians (ms)", "median", "vs bare script"))
 
 

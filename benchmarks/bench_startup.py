@@ -21,11 +21,15 @@ def main() -> None:
     args = ap.parse_args()
     exe = str(Path(sys.executable).parent / "qwenprep")
     base = command_time([sys.executable, "-c", "pass"], args.runs)
-    rows = [("python -c pass (baseline)", base),
-            ("python -c 'import click'",
-             command_time([sys.executable, "-c", "import click"], args.runs)),
-            ("qwenprep --help", command_time([exe, "--help"], args.runs)),
-            ("qwenprep patch --help", command_time([exe, "patch", "--help"], args.runs))]
+    rows = [
+        ("python -c pass (baseline)", base),
+        (
+            "python -c 'import click'",
+            command_time([sys.executable, "-c", "import click"], args.runs),
+        ),
+        ("qwenprep --help", command_time([exe, "--help"], args.runs)),
+        ("qwenprep patch --help", command_time([exe, "patch", "--help"], args.runs)),
+    ]
     print(f"{'command':30} {'median':>10} {'ratio':>7}")
     for name, t in rows:
         print(f"{name:30} {t * 1e3:>7.1f} ms {t / base:>6.2f}x")

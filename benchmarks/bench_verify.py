@@ -57,8 +57,13 @@ def rchar() -> int | None:
 def deep_checkpoint(dest: Path, gib: float) -> Path:
     """8 shards of random data totalling ~gib GiB (qwen3_moe FP8 shape, big experts)."""
     cfg = tiny_fp8_config(layers=8)
-    cfg.update(hidden_size=2048, moe_intermediate_size=1024, num_attention_heads=16,
-               num_key_value_heads=4, head_dim=128)
+    cfg.update(
+        hidden_size=2048,
+        moe_intermediate_size=1024,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        head_dim=128,
+    )
     per_expert = 3 * 2048 * 1024  # gate/up/down, FP8
     cfg["num_experts"] = max(2, round(gib * 2**30 / (8 * per_expert)))
     return make_shaped_checkpoint(dest, config=cfg, shards=8, random_data=True, seed=1)
@@ -80,27 +85,45 @@ def main() -> None:
         ck = deep_checkpoint(tmp / "deep", args.gib)
         files = sorted(str(p) for p in ck.iterdir() if p.is_file())
         total = sum(os.path.getsize(f) for f in files)
-        print(f"# deep data: {len(files)} files, {total / 2**30:.2f} GiB random, written in "
-              f"{time.perf_counter() - t0:.1f} s; {os.cpu_count()} CPUs", file=sys.stderr)
+        print(
+            f"# deep data: {len(files)} files, {total / 2**30:.2f} GiB random, written in "
+            f"{time.perf_counter() - t0:.1f} s; {os.cpu_count()} CPUs",
+            file=sys.stderr,
+        )
         sh(["cat", *files])  # warm the page cache for both contenders
         # first deep run records hashes (--record: .qwenprep/hashes.json); later runs compare.
         # Both hash every byte; time them all and report the comparing runs.
-        first = median_time(lambda: sh([str(QWENPREP), "verify", str(ck), "--deep", "--record",
-                                        "--json"]), 1)
+        first = median_time(
+            lambda: sh([str(QWENPREP), "verify", str(ck), "--deep", "--record", "--json"]), 1
+        )
         t_sum = median_time(lambda: sh(["sha256sum", *files]), args.rounds)
-        t_deep = median_time(lambda: sh([str(QWENPREP), "verify", str(ck), "--deep", "--json"]),
-                             args.rounds)
-        rows.append((f"verify --deep, {total / 2**30:.2f} GiB, {len(files)} files",
-                     f"{t_deep:.2f} s", f"sha256sum same files {t_sum:.2f} s",
-                     f"{t_deep / t_sum:.2f}x (target <= 0.60)"))
-        rows.append(("  (first run, records hashes)", f"{first:.2f} s", "",
-                     f"{first / t_sum:.2f}x"))
+        t_deep = median_time(
+            lambda: sh([str(QWENPREP), "verify", str(ck), "--deep", "--json"]), args.rounds
+        )
+        rows.append(
+            (
+                f"verify --deep, {total / 2**30:.2f} GiB, {len(files)} files",
+                f"{t_deep:.2f} s",
+                f"sha256sum same files {t_sum:.2f} s",
+                f"{t_deep / t_sum:.2f}x (target <= 0.60)",
+            )
+        )
+        rows.append(
+            ("  (first run, records hashes)", f"{first:.2f} s", "", f"{first / t_sum:.2f}x")
+        )
         t_one = median_time(lambda: verify_checkpoint(ck, deep=True, workers=1), 1)
         t_par = median_time(lambda: verify_checkpoint(ck, deep=True), 1)
-        rows.append(("  in process, 1 hashing thread", f"{t_one:.2f} s", "",
-                     f"{t_one / t_sum:.2f}x"))
-        rows.append((f"  in process, {os.cpu_count()} hashing threads", f"{t_par:.2f} s",
-                     f"1 thread {t_one:.2f} s", f"{t_par / t_one:.2f}x"))
+        rows.append(
+            ("  in process, 1 hashing thread", f"{t_one:.2f} s", "", f"{t_one / t_sum:.2f}x")
+        )
+        rows.append(
+            (
+                f"  in process, {os.cpu_count()} hashing threads",
+                f"{t_par:.2f} s",
+                f"1 thread {t_one:.2f} s",
+                f"{t_par / t_one:.2f}x",
+            )
+        )
         shutil.rmtree(tmp / "deep")
 
         big = make_shaped_checkpoint(tmp / "shaped")
@@ -108,26 +131,44 @@ def main() -> None:
         rep = verify_checkpoint(big)
         assert rep.ok, [c for c in rep.checks if c.status == "fail"]
         t_hdr = median_time(lambda: verify_checkpoint(big), args.rounds)
-        t_idx = median_time(lambda: json.loads((big / "model.safetensors.index.json").read_text()),
-                            args.rounds)
+        t_idx = median_time(
+            lambda: json.loads((big / "model.safetensors.index.json").read_text()), args.rounds
+        )
         t_cli = median_time(lambda: sh([str(QWENPREP), "verify", str(big), "--json"]), args.rounds)
         t_py = median_time(lambda: sh([sys.executable, "-c", "pass"]), args.rounds)
         t_ver = median_time(lambda: sh([str(QWENPREP), "--version"]), args.rounds)
-        rows.append((f"verify (headers), 50 shards, {rep.extra['tensors']:,} tensors, "
-                     f"{apparent / 2**30:.0f} GiB", f"{t_hdr:.2f} s",
-                     f"parse index json {t_idx * 1000:.0f} ms", f"{t_hdr / t_idx:.0f}x"))
-        rows.append(("  same, as a command", f"{t_cli:.2f} s", f"python -c pass {t_py:.2f} s",
-                     f"{t_cli / t_py:.1f}x"))
+        rows.append(
+            (
+                f"verify (headers), 50 shards, {rep.extra['tensors']:,} tensors, "
+                f"{apparent / 2**30:.0f} GiB",
+                f"{t_hdr:.2f} s",
+                f"parse index json {t_idx * 1000:.0f} ms",
+                f"{t_hdr / t_idx:.0f}x",
+            )
+        )
+        rows.append(
+            (
+                "  same, as a command",
+                f"{t_cli:.2f} s",
+                f"python -c pass {t_py:.2f} s",
+                f"{t_cli / t_py:.1f}x",
+            )
+        )
         rows.append(("", "", f"qwenprep --version {t_ver:.2f} s", f"{t_cli / t_ver:.1f}x"))
         before = rchar()
         verify_checkpoint(big)
         after = rchar()
         if before is not None and after is not None:
             read = after - before
-            rows.append(("bytes read by header verify", f"{read / 2**20:.1f} MiB",
-                         f"apparent size {apparent / 2**30:.0f} GiB",
-                         f"{read / apparent:.1e} of it (headers "
-                         f"{rep.extra['header_bytes'] / 2**20:.1f} MiB)"))
+            rows.append(
+                (
+                    "bytes read by header verify",
+                    f"{read / 2**20:.1f} MiB",
+                    f"apparent size {apparent / 2**30:.0f} GiB",
+                    f"{read / apparent:.1e} of it (headers "
+                    f"{rep.extra['header_bytes'] / 2**20:.1f} MiB)",
+                )
+            )
     finally:
         if args.keep:
             print(f"# kept {tmp}", file=sys.stderr)

@@ -17,8 +17,9 @@ HERE = Path(__file__).resolve().parent
 
 def main() -> int:
     wanted = sys.argv[1:]
-    scripts = sorted(p for p in HERE.glob("bench_*.py")
-                     if not wanted or any(w in p.stem for w in wanted))
+    scripts = sorted(
+        p for p in HERE.glob("bench_*.py") if not wanted or any(w in p.stem for w in wanted)
+    )
     failed = 0
     for script in scripts:
         print(f"\n## {script.stem}  (python benchmarks/{script.name})", flush=True)

@@ -85,10 +85,17 @@ def model_config(fp8: bool) -> dict[str, Any]:
     """The real release's config.json, key for key and in its order, shrunk."""
     cfg = qwen3_coder_480b_fp8_config()
     cfg.update(
-        eos_token_id=EOS_ID, head_dim=HEAD_DIM, hidden_size=HIDDEN,
-        intermediate_size=INTERMEDIATE, max_window_layers=LAYERS,
-        moe_intermediate_size=MOE_INTERMEDIATE, num_attention_heads=HEADS, num_experts=EXPERTS,
-        num_experts_per_tok=EXPERTS_PER_TOK, num_hidden_layers=LAYERS, num_key_value_heads=KV_HEADS,
+        eos_token_id=EOS_ID,
+        head_dim=HEAD_DIM,
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        max_window_layers=LAYERS,
+        moe_intermediate_size=MOE_INTERMEDIATE,
+        num_attention_heads=HEADS,
+        num_experts=EXPERTS,
+        num_experts_per_tok=EXPERTS_PER_TOK,
+        num_hidden_layers=LAYERS,
+        num_key_value_heads=KV_HEADS,
         vocab_size=VOCAB_SIZE,
     )
     if fp8:
@@ -106,12 +113,24 @@ def next_config() -> dict[str, Any]:
     other head sizes ("Unexpected head dim size, 32")."""
     cfg = qwen3_next_80b_config()
     cfg.update(
-        bos_token_id=PAD_ID, eos_token_id=EOS_ID, head_dim=HEAD_DIM, hidden_size=HIDDEN,
-        intermediate_size=INTERMEDIATE, linear_conv_kernel_dim=4, linear_key_head_dim=128,
-        linear_num_key_heads=1, linear_num_value_heads=1, linear_value_head_dim=128,
-        moe_intermediate_size=16, num_attention_heads=HEADS, num_experts=EXPERTS,
-        num_experts_per_tok=EXPERTS_PER_TOK, num_hidden_layers=4, num_key_value_heads=KV_HEADS,
-        shared_expert_intermediate_size=16, vocab_size=VOCAB_SIZE,
+        bos_token_id=PAD_ID,
+        eos_token_id=EOS_ID,
+        head_dim=HEAD_DIM,
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        linear_conv_kernel_dim=4,
+        linear_key_head_dim=128,
+        linear_num_key_heads=1,
+        linear_num_value_heads=1,
+        linear_value_head_dim=128,
+        moe_intermediate_size=16,
+        num_attention_heads=HEADS,
+        num_experts=EXPERTS,
+        num_experts_per_tok=EXPERTS_PER_TOK,
+        num_hidden_layers=4,
+        num_key_value_heads=KV_HEADS,
+        shared_expert_intermediate_size=16,
+        vocab_size=VOCAB_SIZE,
     )
     return cfg
 
@@ -125,8 +144,11 @@ def next_tensors() -> dict[str, tuple[str, tuple[int, ...], bytes]]:
         name, shape = spec.name, tuple(spec.shape)
         if name.endswith("linear_attn.norm.weight"):
             w = np.ones(shape, np.float32)
-        elif name.endswith("norm.weight") or name.endswith("norm_embedding.weight") \
-                or name.endswith("norm_hidden.weight"):
+        elif (
+            name.endswith("norm.weight")
+            or name.endswith("norm_embedding.weight")
+            or name.endswith("norm_hidden.weight")
+        ):
             w = np.zeros(shape, np.float32)
         else:
             w = random_weight(name, shape)
@@ -223,11 +245,11 @@ def quantize_block_fp8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     codes = np.zeros(w.shape, dtype=np.uint8)
     for r in range(rows):
         for c in range(cols):
-            blk = w[r * BLOCK:(r + 1) * BLOCK, c * BLOCK:(c + 1) * BLOCK].astype(np.float64)
+            blk = w[r * BLOCK : (r + 1) * BLOCK, c * BLOCK : (c + 1) * BLOCK].astype(np.float64)
             amax = float(np.max(np.abs(blk)))
             s = np.float32(amax / E4M3_MAX if amax > 0 else 1.0)
             scale_inv[r, c] = s
-            codes[r * BLOCK:(r + 1) * BLOCK, c * BLOCK:(c + 1) * BLOCK] = to_e4m3fn(
+            codes[r * BLOCK : (r + 1) * BLOCK, c * BLOCK : (c + 1) * BLOCK] = to_e4m3fn(
                 blk / np.float64(s)
             )
     return codes, scale_inv
@@ -264,11 +286,16 @@ def all_tensor_shapes() -> list[tuple[str, tuple[int, ...], str]]:
     ]
     for i in range(LAYERS):
         out += layer_tensor_shapes(i)
-    out += [("model.norm.weight", (HIDDEN,), "norm"), ("lm_head.weight", (VOCAB_SIZE, HIDDEN), "embed")]
+    out += [
+        ("model.norm.weight", (HIDDEN,), "norm"),
+        ("lm_head.weight", (VOCAB_SIZE, HIDDEN), "embed"),
+    ]
     return out
 
 
-def bf16_tensors(names: list[tuple[str, tuple[int, ...], str]]) -> dict[str, tuple[str, tuple[int, ...], bytes]]:
+def bf16_tensors(
+    names: list[tuple[str, tuple[int, ...], str]],
+) -> dict[str, tuple[str, tuple[int, ...], bytes]]:
     tensors: dict[str, tuple[str, tuple[int, ...], bytes]] = {}
     for name, shape, kind in names:
         if kind == "norm":
@@ -279,19 +306,31 @@ def bf16_tensors(names: list[tuple[str, tuple[int, ...], str]]) -> dict[str, tup
     return tensors
 
 
-def fp8_tensors(names: list[tuple[str, tuple[int, ...], str]]) -> dict[str, tuple[str, tuple[int, ...], bytes]]:
+def fp8_tensors(
+    names: list[tuple[str, tuple[int, ...], str]],
+) -> dict[str, tuple[str, tuple[int, ...], bytes]]:
     tensors: dict[str, tuple[str, tuple[int, ...], bytes]] = {}
     for name, shape, kind in names:
         if kind == "linear":
             codes, scale_inv = quantize_block_fp8(random_weight(name, shape))
             tensors[name] = ("F8_E4M3", shape, codes.tobytes())
             tensors[name + "_scale_inv"] = (
-                "F32", tuple(scale_inv.shape), scale_inv.astype("<f4").tobytes()
+                "F32",
+                tuple(scale_inv.shape),
+                scale_inv.astype("<f4").tobytes(),
             )
         elif kind == "norm":
-            tensors[name] = ("BF16", shape, to_bf16_bits(np.ones(shape, np.float32)).astype("<u2").tobytes())
+            tensors[name] = (
+                "BF16",
+                shape,
+                to_bf16_bits(np.ones(shape, np.float32)).astype("<u2").tobytes(),
+            )
         else:
-            tensors[name] = ("BF16", shape, to_bf16_bits(random_weight(name, shape)).astype("<u2").tobytes())
+            tensors[name] = (
+                "BF16",
+                shape,
+                to_bf16_bits(random_weight(name, shape)).astype("<u2").tobytes(),
+            )
     return tensors
 
 
@@ -302,7 +341,11 @@ def safetensors_bytes(tensors: dict[str, tuple[str, tuple[int, ...], bytes]]) ->
     order = sorted(tensors)
     for name in order:
         dtype, shape, data = tensors[name]
-        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + len(data)]}
+        header[name] = {
+            "dtype": dtype,
+            "shape": list(shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
         offset += len(data)
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
@@ -358,7 +401,11 @@ The function returns the value of the parameter when the input is valid.
 
 def bytes_to_unicode() -> dict[int, str]:
     """The byte-level alphabet: printable bytes map to themselves, the rest to 256+."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    keep = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(0xA1, 0xAC + 1))
+        + list(range(0xAE, 0xFF + 1))
+    )
     mapping: dict[int, str] = {}
     extra = 0
     for b in range(256):
@@ -446,12 +493,32 @@ def tokenizer_json() -> dict[str, Any]:
         "pre_tokenizer": {
             "type": "Sequence",
             "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": SPLIT_PATTERN}, "behavior": "Isolated", "invert": False},
-                {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
+                {
+                    "type": "Split",
+                    "pattern": {"Regex": SPLIT_PATTERN},
+                    "behavior": "Isolated",
+                    "invert": False,
+                },
+                {
+                    "type": "ByteLevel",
+                    "add_prefix_space": False,
+                    "trim_offsets": False,
+                    "use_regex": False,
+                },
             ],
         },
-        "post_processor": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
-        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
+        "post_processor": {
+            "type": "ByteLevel",
+            "add_prefix_space": False,
+            "trim_offsets": False,
+            "use_regex": False,
+        },
+        "decoder": {
+            "type": "ByteLevel",
+            "add_prefix_space": False,
+            "trim_offsets": False,
+            "use_regex": False,
+        },
         "model": {
             "type": "BPE",
             "dropout": None,
@@ -579,7 +646,9 @@ def build_files() -> dict[str, dict[str, bytes]]:
     fp8["config.json"] = dump_json(model_config(fp8=True))
     tensors = fp8_tensors(shapes)
     # shard 1: embeddings and layer 0; shard 2: everything else
-    first = {n for n in tensors if n.startswith("model.embed_tokens.") or n.startswith("model.layers.0.")}
+    first = {
+        n for n in tensors if n.startswith("model.embed_tokens.") or n.startswith("model.layers.0.")
+    }
     shard_names = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
     parts = [
         {n: t for n, t in tensors.items() if n in first},
@@ -616,8 +685,12 @@ def write_all(out_dir: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent,
-                        help="where to write the two checkpoint directories (default: examples/)")
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=Path(__file__).resolve().parent,
+        help="where to write the two checkpoint directories (default: examples/)",
+    )
     args = parser.parse_args(argv)
     for path in write_all(args.out_dir):
         print(f"{path.stat().st_size:>9}  {path}", file=sys.stderr)

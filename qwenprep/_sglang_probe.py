@@ -26,12 +26,32 @@ from typing import Any
 
 MARKER = "QWENPREP_PROBE "
 # The settings qwenprep's own options decide; arguments after -- must not change them.
-OWN_DESTS = ("model_path", "context_length", "tp_size", "ep_size", "served_model_name",
-             "tool_call_parser", "reasoning_parser", "host", "port", "nnodes", "node_rank",
-             "dist_init_addr")
-SHOWN_DESTS = (*OWN_DESTS, "json_model_override_args", "trust_remote_code", "quantization",
-               "pp_size", "dp_size", "mem_fraction_static", "page_size", "max_running_requests",
-               "kv_cache_dtype")
+OWN_DESTS = (
+    "model_path",
+    "context_length",
+    "tp_size",
+    "ep_size",
+    "served_model_name",
+    "tool_call_parser",
+    "reasoning_parser",
+    "host",
+    "port",
+    "nnodes",
+    "node_rank",
+    "dist_init_addr",
+)
+SHOWN_DESTS = (
+    *OWN_DESTS,
+    "json_model_override_args",
+    "trust_remote_code",
+    "quantization",
+    "pp_size",
+    "dp_size",
+    "mem_fraction_static",
+    "page_size",
+    "max_running_requests",
+    "kv_cache_dtype",
+)
 
 
 def _emit(obj: dict[str, Any]) -> None:
@@ -113,7 +133,8 @@ def view(mc: Any) -> dict[str, Any]:
     quant = mc.quantization
     if quant is None:
         qc = getattr(mc.hf_config, "quantization_config", None) or getattr(
-            text, "quantization_config", None)
+            text, "quantization_config", None
+        )
         if isinstance(qc, dict):
             quant = qc.get("quant_method")
     return {
@@ -142,8 +163,11 @@ def gate(items_json: str) -> dict[str, Any]:
     logging.disable(logging.WARNING)
     from sglang.srt.configs.model_config import ModelConfig
 
-    env = {k: os.environ[k] for k in ("SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN",
-                                      "SGLANG_IS_IN_CI") if k in os.environ}
+    env = {
+        k: os.environ[k]
+        for k in ("SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN", "SGLANG_IS_IN_CI")
+        if k in os.environ
+    }
     bases: dict[tuple[str, ...], Any] = {}
     results: list[dict[str, Any]] = []
     for item in json.loads(items_json):
@@ -152,16 +176,24 @@ def gate(items_json: str) -> dict[str, Any]:
         if sa is None:
             results.append({"ok": False, "stage": "parse", "error": error})
             continue
-        key = tuple(argv[:int(item["base"])])
+        key = tuple(argv[: int(item["base"])])
         if key not in bases:
             bases[key] = _parse(list(key))[0]
         base = bases[key]
-        changed = {} if base is None else {
-            d: [_plain(getattr(base, d, None)), _plain(getattr(sa, d, None))]
-            for d in OWN_DESTS if getattr(base, d, None) != getattr(sa, d, None)}
-        out: dict[str, Any] = {"args": {d: _plain(getattr(sa, d, None)) for d in SHOWN_DESTS},
-                               "changed": changed,
-                               "trust_remote_code_asked": bool(sa.trust_remote_code)}
+        changed = (
+            {}
+            if base is None
+            else {
+                d: [_plain(getattr(base, d, None)), _plain(getattr(sa, d, None))]
+                for d in OWN_DESTS
+                if getattr(base, d, None) != getattr(sa, d, None)
+            }
+        )
+        out: dict[str, Any] = {
+            "args": {d: _plain(getattr(sa, d, None)) for d in SHOWN_DESTS},
+            "changed": changed,
+            "trust_remote_code_asked": bool(sa.trust_remote_code),
+        }
         try:
             sa.trust_remote_code = False
             mc = ModelConfig.from_server_args(sa)
@@ -169,8 +201,13 @@ def gate(items_json: str) -> dict[str, Any]:
             results.append({"ok": False, "stage": "load", "error": _short_error(e), **out})
             continue
         results.append({"ok": True, "view": view(mc), **out})
-    return {"ok": True, "results": results, "env": env, "sglang": _dist_version("sglang"),
-            "transformers": _dist_version("transformers")}
+    return {
+        "ok": True,
+        "results": results,
+        "env": env,
+        "sglang": _dist_version("sglang"),
+        "transformers": _dist_version("transformers"),
+    }
 
 
 def main(argv: list[str]) -> int:

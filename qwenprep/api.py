@@ -28,43 +28,50 @@ def _size(value: str | int | None, option: str) -> str | None:
     return size_text(value, option)
 
 
-def patch(model: str | Path, context: str | int, *, out: str | Path | None = None,
-          force: bool = False, yarn_on_dca: bool = False,
-          vllm_version: str | None = None) -> dict[str, Any]:
+def patch(
+    model: str | Path,
+    context: str | int,
+    *,
+    out: str | Path | None = None,
+    force: bool = False,
+    yarn_on_dca: bool = False,
+    vllm_version: str | None = None,
+) -> dict[str, Any]:
     """``qwenprep patch MODEL --context C [--out DIR] --json``: write the overlay; returns the
     patch result (path, status, native/target context, factor, digest, ...)."""
-    from qwenprep.checkpoint import resolve_model
-    from qwenprep.contexts import parse_context
-    from qwenprep.dca_patch import request_for
-    from qwenprep.overlay import create_overlay
-    from qwenprep.report import SCHEMA_VERSION
+    from qwenprep.patching import patch_overlay, patch_result
 
-    ckpt = resolve_model(str(model))
-    req = request_for(ckpt.path, parse_context(str(context)), yarn_on_dca=yarn_on_dca,
-                      vllm_version=vllm_version)
-    res = create_overlay(ckpt, Path(out) if out is not None else None, req, force=force)
-    m = res.manifest
-    return {"schema_version": SCHEMA_VERSION, "ok": True, "status": res.status,
-            "path": str(res.path), "source": m["source"]["path"],
-            "native_context": m["native_context"], "target_context": m["target_context"],
-            "factor": m["factor"], "files_linked": len(m["files"]),
-            "digest": m["digest"], "pin": m["source"].get("pin"),
-            "warnings": res.notes}
+    return patch_result(
+        patch_overlay(
+            model, context, out=out, force=force, yarn_on_dca=yarn_on_dca, vllm_version=vllm_version
+        )
+    )
 
 
-def validate(path: str | Path, *, strict: bool = False) -> dict[str, Any]:
-    """``qwenprep validate PATH --json``: schema and long-context invariants."""
+def validate(
+    path: str | Path, *, strict: bool = False, vllm_version: str | None = None
+) -> dict[str, Any]:
+    """``qwenprep validate PATH [--vllm-version X.Y] --json``: schema and long-context
+    invariants (a Dual Chunk Attention config judged for that vLLM, else the installed one)."""
+    from qwenprep.capacity import named_version
     from qwenprep.checkpoint import resolve_model
     from qwenprep.report import Report
-    from qwenprep.validation import validate_checkpoint
+    from qwenprep.validation import VllmVersion, validate_checkpoint
 
-    checks = validate_checkpoint(resolve_model(str(path)).path)
+    vllm = VllmVersion(named_version(vllm_version), "--vllm-version") if vllm_version else None
+    checks = validate_checkpoint(resolve_model(str(path)).path, vllm=vllm)
     return Report("validate", checks, {"path": str(path)}, strict=strict).to_dict()
 
 
-def verify(path: str | Path, *, deep: bool = False, record: bool = False,
-           engine: bool = False, vllm_python: str | None = None,
-           strict: bool = False) -> dict[str, Any]:
+def verify(
+    path: str | Path,
+    *,
+    deep: bool = False,
+    record: bool = False,
+    engine: bool = False,
+    vllm_python: str | None = None,
+    strict: bool = False,
+) -> dict[str, Any]:
     """``qwenprep verify PATH [--deep [--record]] [--engine] --json`` (vLLM readback)."""
     from qwenprep.checkpoint import resolve_model
     from qwenprep.errors import UsageError
@@ -72,38 +79,76 @@ def verify(path: str | Path, *, deep: bool = False, record: bool = False,
 
     if record and not deep:
         raise UsageError("--record keeps the hashes --deep computes: add --deep.")
-    rep = verify_checkpoint(resolve_model(str(path)).path, deep=deep, engine=engine,
-                            vllm_python=vllm_python, record=record)
+    rep = verify_checkpoint(
+        resolve_model(str(path)).path,
+        deep=deep,
+        engine=engine,
+        vllm_python=vllm_python,
+        record=record,
+    )
     rep.strict = strict
     return rep.to_dict()
 
 
-def plan(model: str | Path, *, context: str | int | None = None, tp: int | None = None,
-         pp: int = 1, ep: bool = True, gpus: int | None = None,
-         gpu_memory: str | int | None = None, kv_memory: str | int | None = None,
-         kv_cache_dtype: str = "auto", block_size: int = 16, gpu: str | None = None,
-         vllm_version: str | None = None,
-         prefill_budget: float | None = None) -> dict[str, Any]:
+def plan(
+    model: str | Path,
+    *,
+    context: str | int | None = None,
+    tp: int | None = None,
+    pp: int = 1,
+    ep: bool = True,
+    gpus: int | None = None,
+    gpu_memory: str | int | None = None,
+    kv_memory: str | int | None = None,
+    kv_cache_dtype: str = "auto",
+    block_size: int = 16,
+    gpu: str | None = None,
+    vllm_version: str | None = None,
+    prefill_budget: float | None = None,
+) -> dict[str, Any]:
     """``qwenprep plan MODEL ... --json``: KV-cache capacity by vLLM's arithmetic, and the
     time estimates. ``fits`` says whether the context fits (the command exits 1 when not)."""
     from qwenprep.capacity import make_plan
     from qwenprep.request import PlanRequest
 
     req = PlanRequest.from_options(
-        context=context, tp=tp, pp=pp, gpus=gpus, gpu_memory=gpu_memory, kv_memory=kv_memory,
-        kv_cache_dtype=kv_cache_dtype, ep=ep, vllm_version=vllm_version, block_size=block_size,
-        gpu=gpu, prefill_budget=prefill_budget)
+        context=context,
+        tp=tp,
+        pp=pp,
+        gpus=gpus,
+        gpu_memory=gpu_memory,
+        kv_memory=kv_memory,
+        kv_cache_dtype=kv_cache_dtype,
+        ep=ep,
+        vllm_version=vllm_version,
+        block_size=block_size,
+        gpu=gpu,
+        prefill_budget=prefill_budget,
+    )
     p = make_plan(str(model), **req.plan_options())
     out: dict[str, Any] = p.to_dict()
     return out
 
 
-def check(path: str | Path, *, tp: int | None = None, pp: int = 1, ep: bool | None = None,
-          context: str | int | None = None, engine: bool = True, gpus: int | None = None,
-          gpu_memory: str | int | None = None, kv_memory: str | int | None = None,
-          gpu: str | None = None, kv_cache_dtype: str = "auto", block_size: int = 16,
-          vllm_version: str | None = None, vllm_python: str | None = None,
-          vllm_args: tuple[str, ...] | list[str] = (), strict: bool = False) -> dict[str, Any]:
+def check(
+    path: str | Path,
+    *,
+    tp: int | None = None,
+    pp: int = 1,
+    ep: bool | None = None,
+    context: str | int | None = None,
+    engine: bool = True,
+    gpus: int | None = None,
+    gpu_memory: str | int | None = None,
+    kv_memory: str | int | None = None,
+    gpu: str | None = None,
+    kv_cache_dtype: str = "auto",
+    block_size: int = 16,
+    vllm_version: str | None = None,
+    vllm_python: str | None = None,
+    vllm_args: tuple[str, ...] | list[str] = (),
+    strict: bool = False,
+) -> dict[str, Any]:
     """``qwenprep check PATH ... --json``: every pre-flight check (the gate serve runs)."""
     from qwenprep.catalog import gpu_memory_for
     from qwenprep.checkpoint import resolve_model
@@ -111,10 +156,21 @@ def check(path: str | Path, *, tp: int | None = None, pp: int = 1, ep: bool | No
 
     gm, kv = _size(gpu_memory, "--gpu-memory"), _size(kv_memory, "--kv-memory")
     _, gm, _ = gpu_memory_for(gpu, gpu_memory=gm, kv_memory=kv)
-    opts = check_options(tp=tp, pp=pp, ep=ep, context=None if context is None else str(context),
-                         gpus=gpus, gpu_memory=gm, kv_memory=kv, kv_cache_dtype=kv_cache_dtype,
-                         block_size=block_size, vllm_version=vllm_version,
-                         vllm_args=tuple(vllm_args), engine=engine, python=vllm_python)
+    opts = check_options(
+        tp=tp,
+        pp=pp,
+        ep=ep,
+        context=None if context is None else str(context),
+        gpus=gpus,
+        gpu_memory=gm,
+        kv_memory=kv,
+        kv_cache_dtype=kv_cache_dtype,
+        block_size=block_size,
+        vllm_version=vllm_version,
+        vllm_args=tuple(vllm_args),
+        engine=engine,
+        python=vllm_python,
+    )
     ckpt = resolve_model(str(path))
     rep = run_checks(ckpt.path, opts, repo_id=ckpt.repo_id)
     rep.strict = strict
@@ -130,13 +186,23 @@ def revert(path: str | Path, *, force: bool = False) -> dict[str, Any]:
     return {"schema_version": SCHEMA_VERSION, "ok": True, **res.to_dict()}
 
 
-def serve_plan(path: str | Path, *, tp: int | None = None, ep: bool | None = None,
-               max_model_len: str | int | None = None, host: str | None = None,
-               port: int | None = None, served_model_name: str | None = None,
-               vllm_python: str | None = None, extra_args: tuple[str, ...] | list[str] = (),
-               expect_digest: str | None = None, nnodes: int | None = None,
-               gpus_per_node: int | None = None, master_addr: str | None = None,
-               multinode_mode: str | None = None) -> dict[str, Any]:
+def serve_plan(
+    path: str | Path,
+    *,
+    tp: int | None = None,
+    ep: bool | None = None,
+    max_model_len: str | int | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    served_model_name: str | None = None,
+    vllm_python: str | None = None,
+    extra_args: tuple[str, ...] | list[str] = (),
+    expect_digest: str | None = None,
+    nnodes: int | None = None,
+    gpus_per_node: int | None = None,
+    master_addr: str | None = None,
+    multinode_mode: str | None = None,
+) -> dict[str, Any]:
     """``qwenprep serve PATH --dry-run --json``: the vLLM argv and environment serve would run,
     judged by the same gate (refusals raise). Starts nothing. With NNODES/GPUS_PER_NODE: the
     per-node commands (``nodes``), as ``serve --nnodes N --gpus-per-node G``."""
@@ -149,13 +215,27 @@ def serve_plan(path: str | Path, *, tp: int | None = None, ep: bool | None = Non
     from qwenprep.request import ServeRequest
 
     req = ServeRequest.from_options(
-        max_len=max_model_len, tp=tp, ep=ep, host=host, port=port,
-        served_model_name=served_model_name, extra_args=extra_args,
-        expect_digest=expect_digest, nnodes=nnodes, gpus_per_node=gpus_per_node,
-        master_addr=master_addr, multinode_mode=multinode_mode)
+        max_len=max_model_len,
+        tp=tp,
+        ep=ep,
+        host=host,
+        port=port,
+        served_model_name=served_model_name,
+        extra_args=extra_args,
+        expect_digest=expect_digest,
+        nnodes=nnodes,
+        gpus_per_node=gpus_per_node,
+        master_addr=master_addr,
+        multinode_mode=multinode_mode,
+    )
     ckpt = resolve_model(str(path))
     info = eng.discover(vllm_python)
-    launch = eng.build_launch_plan(ckpt.path, replace(req, repo_id=ckpt.repo_id), engine=info,
-                                   gpus_here=eng.gpus_on_this_node(), offline_gate=False)
+    launch = eng.build_launch_plan(
+        ckpt.path,
+        replace(req, repo_id=ckpt.repo_id),
+        engine=info,
+        gpus_here=eng.gpus_on_this_node(),
+        offline_gate=False,
+    )
     launch = gate.enforce(launch, engine=info)
     return {"schema_version": SCHEMA_VERSION, "ok": True, "dry_run": True, **launch.to_dict()}

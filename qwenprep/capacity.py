@@ -1,14 +1,13 @@
-"""Capacity plans: the vLLM rule for a version, the model shape of a checkpoint (from a
-directory or the Hub), and the plan with its advice. The arithmetic itself, as vLLM does it,
-is qwenprep.kvrules.
+"""Capacity plans: the vLLM rule for a version, the plan (KV capacity of a model shape on a
+parallel layout) with its advice, and make_plan, what ``qwenprep plan`` computes. The arithmetic
+itself, as vLLM does it, is qwenprep.kvrules; the model shape of a checkpoint is
+qwenprep.shapes (re-exported here); the plan's words for people are qwenprep.plan_text.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qwenprep.engines.vllm_core import (
@@ -34,10 +33,36 @@ from qwenprep.kvrules import (
     weights_per_gpu,
 )
 from qwenprep.report import SCHEMA_VERSION
-from qwenprep.sizes import format_gib
+from qwenprep.shapes import (
+    _is_expert,
+    load_shape,
+    shape_from_dir,
+    shape_from_hub,
+    weight_bytes_from_dir,
+    weight_tally_from_dir,
+)
 
 if TYPE_CHECKING:
-    from qwenprep.timing import ParamCounts, PlanTiming
+    from qwenprep.timing import PlanTiming
+
+__all__ = [
+    "Plan",
+    "PlanRequest",
+    "layout_alternatives",
+    "make_plan",
+    "named_version",
+    "parse_version",  # the engine's (qwenprep.engines.vllm_core), the one version reader
+    "plan_capacity",
+    "resolve_rule",
+    "vllm_rule",
+    # the model shape of a checkpoint, re-exported from qwenprep.shapes
+    "_is_expert",
+    "load_shape",
+    "shape_from_dir",
+    "shape_from_hub",
+    "weight_bytes_from_dir",
+    "weight_tally_from_dir",
+]
 
 
 # --------------------------------------------------------------------------- version rules
@@ -49,8 +74,10 @@ def named_version(text: str) -> tuple[int, int, int]:
     try:
         return parse_version(str(text))
     except InputError:
-        raise UsageError(f"unreadable vLLM version {text!r}.",
-                         hint="name it as X.Y or X.Y.Z, e.g. --vllm-version 0.32") from None
+        raise UsageError(
+            f"unreadable vLLM version {text!r}.",
+            hint="name it as X.Y or X.Y.Z, e.g. --vllm-version 0.32",
+        ) from None
 
 
 def vllm_rule(version: str, source: str = "named") -> VllmRule:
@@ -61,13 +88,17 @@ def vllm_rule(version: str, source: str = "named") -> VllmRule:
     oldest, newest = OLDEST_KNOWN[:2], NEWEST_KNOWN[:2]
     known = f"{oldest[0]}.{oldest[1]}-{newest[0]}.{newest[1]}"
     if key < oldest:
-        note = (f"vLLM {version} is older than the known range {known}; the "
-                f"{oldest[0]}.{oldest[1]} rule is used")
+        note = (
+            f"vLLM {version} is older than the known range {known}; the "
+            f"{oldest[0]}.{oldest[1]} rule is used"
+        )
         key, patch = oldest, 0
     elif key > newest:
-        note = (f"vLLM {version} is newer than the known range {known}; the "
-                f"{newest[0]}.{newest[1]} rule is used (re-check the numbers against its log "
-                "line)")
+        note = (
+            f"vLLM {version} is newer than the known range {known}; the "
+            f"{newest[0]}.{newest[1]} rule is used (re-check the numbers against its log "
+            "line)"
+        )
         key = newest
     return VllmRule(
         version=f"{major}.{minor}" + (f".{patch}" if patch else ""),
@@ -92,149 +123,10 @@ def resolve_rule(named: str | None = None, *, python: str | None = None) -> Vllm
     if info is not None and info.version:
         return vllm_rule(info.version, "installed")
     newest = f"{NEWEST_KNOWN[0]}.{NEWEST_KNOWN[1]}"
-    return replace(vllm_rule(newest, "default"),
-                   note="no vLLM found; the newest known rule is used "
-                   "(name one with --vllm-version X.Y)")
-
-
-def _is_expert(tensor_name: str) -> bool:
-    return ".mlp.experts." in tensor_name
-
-
-def weight_bytes_from_dir(path: Path) -> tuple[int, int]:
-    """(all tensor bytes, routed-expert tensor bytes) from the safetensors headers in PATH."""
-    tally = weight_tally_from_dir(path)
-    return tally.total_bytes, tally.routed_expert_bytes
-
-
-def weight_tally_from_dir(path: Path) -> ParamCounts:
-    """Parameters and bytes by role (qwenprep.timing.ParamCounts) from the safetensors headers
-    in PATH."""
-    from qwenprep.safetensors_io import read_header
-    from qwenprep.timing import tally_tensors
-
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        from qwenprep.jsonio import load_json_file
-
-        obj = load_json_file(index, what="safetensors index")
-        wm = obj.get("weight_map") if isinstance(obj, dict) else None
-        if not isinstance(wm, dict):
-            raise InputError(f"{index}: no weight_map object.", path=str(index))
-        from qwenprep.integrity import unsafe_shard_names
-
-        for v, why in unsafe_shard_names(wm.values()).items():
-            raise InputError(f"{index}: weight_map names {v!r}, which {why}; refusing to "
-                             "open it.", hint=f"qwenprep verify {path} lists every problem "
-                             "of this index.", path=str(index))
-        shards = sorted(set(wm.values()))
-    else:
-        shards = sorted(p.name for p in path.glob("*.safetensors"))
-    if not shards:
-        raise InputError(f"{path}: no safetensors shards to size the weights from.",
-                         hint="pass --kv-memory SIZE (exact), or download the weights: "
-                         "qwenprep fetch ORG/NAME", path=str(path))
-    return tally_tensors((t.name, t.shape, t.nbytes) for shard in shards
-                         for t in read_header(path / shard).tensors.values())
-
-
-def shape_from_dir(path: Path, *, with_weights: bool = True) -> ModelShape:
-    from qwenprep.jsonio import load_json_file
-
-    cfg = load_json_file(path / "config.json", what="config.json")
-    if not isinstance(cfg, dict):
-        raise InputError(f"{path / 'config.json'}: top level is not a JSON object.")
-    total: int | None = None
-    expert = 0
-    source = "not read"
-    tally = None
-    if with_weights:
-        try:
-            tally = weight_tally_from_dir(path)
-            total, expert = tally.total_bytes, tally.routed_expert_bytes
-            source = f"safetensors headers in {path}"
-        except InputError as e:
-            source = f"unknown: {e.message}"
-    return ModelShape.from_config(cfg, name=str(path), weight_bytes=total,
-                                  expert_weight_bytes=expert, weights_source=source,
-                                  params=tally)
-
-
-def shape_from_hub(spec: str) -> ModelShape:
-    """Config and weight bytes of a Hub repo that is not downloaded: config.json (a small file)
-    and the safetensors headers by range request (what ``HfApi.get_safetensors_metadata`` does,
-    shard by shard)."""
-    import tempfile
-
-    from qwenprep.hub import (
-        http_status_cause,
-        hub_endpoint,
-        offline_hint,
-        offline_mode,
-        unreachable_cause,
+    return replace(
+        vllm_rule(newest, "default"),
+        note="no vLLM found; the newest known rule is used (name one with --vllm-version X.Y)",
     )
-    from qwenprep.redact import display_endpoint, redact, scrub_hub_logs
-    from qwenprep.safetensors_io import DTYPE_BYTES
-
-    repo_id, _, revision = spec.partition("@")
-    if offline_mode():
-        raise InputError(f"{spec}: not in the Hugging Face cache, and HF_HUB_OFFLINE is set, so "
-                         "its config and safetensors headers cannot be read from the Hub.",
-                         hint=f"unset HF_HUB_OFFLINE, or download it where the Hub is "
-                         f"reachable: qwenprep fetch {spec}")
-    endpoint = hub_endpoint()
-    try:
-        from huggingface_hub import HfApi, hf_hub_download
-
-        scrub_hub_logs()
-        api = HfApi(endpoint=endpoint)
-        rev = revision or None
-        # Small files go to a throwaway cache: a lone config.json (or index) in the real HF
-        # cache would later look like a downloaded, weightless snapshot of this repo. That is
-        # also why the shards are read one by one with parse_safetensors_file_metadata (range
-        # requests) rather than get_safetensors_metadata, which caches the index itself.
-        with tempfile.TemporaryDirectory(prefix="qwenprep-plan-") as tmp:
-            cfg_path = hf_hub_download(repo_id, "config.json", revision=rev, cache_dir=tmp,
-                                       endpoint=endpoint)
-            cfg = json.loads(Path(cfg_path).read_text(encoding="utf-8"))
-            if api.file_exists(repo_id, "model.safetensors.index.json", revision=rev):
-                idx_path = hf_hub_download(repo_id, "model.safetensors.index.json",
-                                           revision=rev, cache_dir=tmp, endpoint=endpoint)
-                index = json.loads(Path(idx_path).read_text(encoding="utf-8"))
-                shards = sorted(set(index["weight_map"].values()))
-            else:
-                shards = ["model.safetensors"]
-        files = [api.parse_safetensors_file_metadata(repo_id, f, revision=rev) for f in shards]
-    except Exception as e:  # noqa: BLE001 - hub errors come in many types; report them as input
-        cause = unreachable_cause(e)
-        http = http_status_cause(e)
-        shown = cause if cause is not None else http[1] if http is not None else e
-        first = redact(str(shown).splitlines()[0] if str(shown) else "")
-        where = display_endpoint(endpoint)
-        raise InputError(
-            f"{spec}: cannot read config.json and safetensors headers from {where} ("
-            + ("the Hub could not be reached: " if cause is not None else "")
-            + f"{type(shown).__name__}: {first}).",
-            hint=(offline_hint() + "; or download it: qwenprep fetch " + spec)
-            if cause is not None
-            else "check the repo id and the network, or download it: qwenprep fetch " + spec,
-        ) from None
-    if not isinstance(cfg, dict):
-        raise InputError(f"{spec}: config.json on the Hub is not a JSON object.")
-    total = expert = 0
-    for file_meta in files:
-        for name, t in file_meta.tensors.items():
-            offs = getattr(t, "data_offsets", None)
-            if offs:
-                n = int(offs[1]) - int(offs[0])
-            else:
-                n = int(math.prod(t.shape) * DTYPE_BYTES.get(t.dtype, 2))
-            total += n
-            if _is_expert(name):
-                expert += n
-    return ModelShape.from_config(cfg, name=spec, weight_bytes=total, expert_weight_bytes=expert,
-                                  weights_source=f"safetensors headers of {spec} on the Hub")
-
 
 
 @dataclass(frozen=True)
@@ -291,15 +183,20 @@ class Plan:
             "num_blocks": self.kv.num_blocks,
             "block_size": self.kv.block_size,
             "kv_cache_dtype": r.kv_cache_dtype,
-            "parallel": {"tp": r.tp, "pp": r.pp, "dp": self.dp, "ep": r.ep,
-                         "gpus": r.gpus if r.gpus is not None else r.tp * r.pp * self.dp},
+            "parallel": {
+                "tp": r.tp,
+                "pp": r.pp,
+                "dp": self.dp,
+                "ep": r.ep,
+                "gpus": r.gpus if r.gpus is not None else r.tp * r.pp * self.dp,
+            },
             "weights_per_gpu_bytes": self.weights_per_gpu,
             "weights_source": self.shape.weights_source,
             "vllm_rule": self.rule.to_dict(),
             "advice": list(self.advice),
         }
         if self.kv.hybrid is not None:
-            d["hybrid"] = self._hybrid_dict()
+            d["hybrid"] = self.hybrid_dict()
         if not self.exact:
             d["estimate"] = {
                 "gpu_memory_bytes": r.gpu_memory,
@@ -312,66 +209,29 @@ class Plan:
             d.update(self.timing.to_dict())
         return d
 
-    def _hybrid_dict(self) -> dict[str, Any]:
+    def hybrid_dict(self) -> dict[str, Any]:
         assert self.kv.hybrid is not None
         out = self.kv.hybrid.to_dict()
         major_minor = ".".join(self.rule.version.split(".")[:2])
         out["verified_for_this_version"] = major_minor in out["vllm_verified"]
         if not out["verified_for_this_version"]:
-            out["note"] = (f"hybrid KV arithmetic read in vLLM 0.32 only; vLLM {self.rule.version}"
-                           ": not verified")
+            out["note"] = (
+                f"hybrid KV arithmetic read in vLLM 0.32 only; vLLM {self.rule.version}"
+                ": not verified"
+            )
         return out
 
-    def _hybrid_lines(self) -> list[str]:
-        h = self._hybrid_dict()
-        groups = ", ".join(f"{g['layers']} {g['kind']}" for g in h["groups"])
-        return [
-            f"hybrid: {h['attention_layers']} full-attention layers hold per-token KV "
-            f"({h['kv_bytes_per_token_per_layer']:,} bytes per token per layer); "
-            f"{h['linear_attention_layers']} linear-attention layers hold "
-            f"{h['state_bytes_per_layer_per_request']:,} bytes of state each per request "
-            f"({h['state_bytes_per_request']:,} per request, padded to "
-            f"{h['page_bytes']:,}-byte pages)",
-            f"hybrid: block size {h['block_size']} tokens (raised from "
-            f"{h['requested_block_size']} so an attention page holds a state page); groups: "
-            f"{groups}; " + ("vLLM 0.32 arithmetic" if h["verified_for_this_version"]
-                             else h["note"]),
-        ]
+    def summary_parts(self) -> tuple[list[tuple[str, str]], list[tuple[str, ...]], list[str]]:
+        """The plan for people, as data: qwenprep.plan_text.summary_parts."""
+        from qwenprep.plan_text import summary_parts
+
+        return summary_parts(self)
 
     def summary(self) -> str:
-        k = self.kv
-        r = self.request
-        lines = [
-            f"model: {self.shape.name}",
-            f"parallel: TP {r.tp} x PP {r.pp} x DP {self.dp}"
-            + (" + expert parallel" if r.ep and self.shape.num_experts and r.tp * self.dp > 1
-               else "")
-            + (f" ({n} GPUs)" if (n := r.tp * r.pp * self.dp) > 1 else " (one GPU)"),
-            f"{self.rule.name}" + (f" [{self.rule.note}]" if self.rule.note else ""),
-            f"weights per GPU: {format_gib(self.weights_per_gpu)} ({self.shape.weights_source})",
-            f"KV bytes per token per GPU: {self.bytes_per_token:,} "
-            f"(kv-cache-dtype {r.kv_cache_dtype})",
-        ]
-        if self.exact:
-            lines.append(f"KV cache memory per GPU: {format_gib(k.available_bytes)} (given; exact)")
-        else:
-            lines.append(
-                f"KV cache memory per GPU: {format_gib(k.available_bytes)} ESTIMATE = "
-                f"{format_gib(r.gpu_memory or 0)} x {self.utilization} - weights "
-                f"{format_gib(self.weights_per_gpu)} - overhead: {self.overhead_text}")
-        if k.hybrid is not None:
-            lines += self._hybrid_lines()
-        lines += [
-            f"KV cache size: {k.kv_cache_tokens:,} tokens, Maximum concurrency for "
-            f"{k.context:,} tokens per request: {k.max_concurrency:.2f}x",
-            f"one request at {k.context:,} tokens needs {format_gib(k.needed_bytes)} per GPU; "
-            f"largest context that fits: {k.largest_context:,} tokens",
-            f"fits: {'yes' if self.fits else 'NO'}",
-        ]
-        lines += [f"advice: {a}" for a in self.advice]
-        if self.timing is not None:
-            lines += self.timing.summary_lines(k.context)
-        return "\n".join(lines)
+        """summary_parts as plain lines: qwenprep.plan_text.summary."""
+        from qwenprep.plan_text import summary
+
+        return summary(self)
 
 
 def _compute(shape: ModelShape, req: PlanRequest, rule: VllmRule) -> Plan:
@@ -381,8 +241,10 @@ def _compute(shape: ModelShape, req: PlanRequest, rule: VllmRule) -> Plan:
     per_replica = req.tp * req.pp
     gpus = req.gpus if req.gpus is not None else per_replica
     if gpus < per_replica or gpus % per_replica:
-        raise UsageError(f"--gpus {gpus} is not a multiple of TP {req.tp} x PP {req.pp}.",
-                         hint="use --gpus equal to TP x PP x DP, e.g. --gpus 8 --tp 8.")
+        raise UsageError(
+            f"--gpus {gpus} is not a multiple of TP {req.tp} x PP {req.pp}.",
+            hint="use --gpus equal to TP x PP x DP, e.g. --gpus 8 --tp 8.",
+        )
     dp = gpus // per_replica
     bpt = bytes_per_token_per_gpu(shape, tp=req.tp, pp=req.pp, kv_cache_dtype=req.kv_cache_dtype)
     w = weights_per_gpu(shape, tp=req.tp, pp=req.pp, dp=dp, ep=req.ep)
@@ -391,19 +253,22 @@ def _compute(shape: ModelShape, req: PlanRequest, rule: VllmRule) -> Plan:
         exact, over, over_text, util = True, None, None, None
     elif req.gpu_memory is not None:
         if shape.weight_bytes is None:
-            raise InputError(f"{shape.name}: weight sizes are {shape.weights_source}; so the KV "
-                             "memory cannot "
-                             "be estimated from the GPU size.",
-                             hint="pass --kv-memory SIZE (what vLLM prints as 'Available KV "
-                             "cache memory').")
+            raise InputError(
+                f"{shape.name}: weight sizes are {shape.weights_source}; so the KV "
+                "memory cannot "
+                "be estimated from the GPU size.",
+                hint="pass --kv-memory SIZE (what vLLM prints as 'Available KV cache memory').",
+            )
         util = req.gpu_memory_utilization or rule.gpu_memory_utilization
         over, over_text = overhead_estimate(shape, tp=req.tp, rule=rule)
         avail = int(req.gpu_memory * util) - w - over
         exact = False
     else:
-        raise UsageError("no memory budget: pass --kv-memory SIZE, or --gpus N --gpu-memory SIZE "
-                         "(no GPU was found to read it from).",
-                         hint="qwenprep plan MODEL --context 1m --tp 8 --gpus 8 --gpu-memory 141GB")
+        raise UsageError(
+            "no memory budget: pass --kv-memory SIZE, or --gpus N --gpu-memory SIZE "
+            "(no GPU was found to read it from).",
+            hint="qwenprep plan MODEL --context 1m --tp 8 --gpus 8 --gpu-memory 141GB",
+        )
     if shape.linear is not None:
         kv = _hybrid_kv(shape, req, avail, rule)
     else:
@@ -419,15 +284,30 @@ def _hybrid_kv(shape: ModelShape, req: PlanRequest, avail: int, rule: VllmRule) 
     if req.context <= 0:
         raise UsageError(f"context {req.context} must be positive.")
     layout = hybrid_layout(
-        attention_layers=layers_per_gpu(shape, req.pp), linear=shape.linear,
+        attention_layers=layers_per_gpu(shape, req.pp),
+        linear=shape.linear,
         linear_layers=math.ceil(shape.linear.layers / req.pp),
-        kv_heads_per_gpu=kv_heads_per_gpu(shape, req.tp), head_dim=shape.head_dim,
-        kv_bytes=kv_dtype_bytes(shape, req.kv_cache_dtype), state_dtype_bytes=shape.dtype_bytes,
-        tp=req.tp, block_size=req.block_size)
+        kv_heads_per_gpu=kv_heads_per_gpu(shape, req.tp),
+        head_dim=shape.head_dim,
+        kv_bytes=kv_dtype_bytes(shape, req.kv_cache_dtype),
+        state_dtype_bytes=shape.dtype_bytes,
+        tp=req.tp,
+        block_size=req.block_size,
+    )
     cap = hybrid_capacity(layout, avail, req.context)
-    return KVCapacity(req.context, layout.block_size, layout.bytes_per_block, max(0, avail),
-                      cap.num_blocks, cap.kv_cache_tokens, cap.max_concurrency,
-                      cap.needed_bytes, cap.fits, cap.largest_context, layout)
+    return KVCapacity(
+        req.context,
+        layout.block_size,
+        layout.bytes_per_block,
+        max(0, avail),
+        cap.num_blocks,
+        cap.kv_cache_tokens,
+        cap.max_concurrency,
+        cap.needed_bytes,
+        cap.fits,
+        cap.largest_context,
+        layout,
+    )
 
 
 def layout_alternatives(plan: Plan) -> dict[int, Plan]:
@@ -437,9 +317,12 @@ def layout_alternatives(plan: Plan) -> dict[int, Plan]:
     gpus = req.tp * req.pp * plan.dp
     if not (plan.shape.num_experts and req.ep and req.pp == 1 and gpus > 1):
         return {}
-    return {tp: plan if req.tp == tp else _compute(plan.shape, replace(req, tp=tp, gpus=gpus),
-                                                   plan.rule)
-            for tp in (gpus, 1)}
+    return {
+        tp: plan
+        if req.tp == tp
+        else _compute(plan.shape, replace(req, tp=tp, gpus=gpus), plan.rule)
+        for tp in (gpus, 1)
+    }
 
 
 def plan_capacity(shape: ModelShape, req: PlanRequest, rule: VllmRule) -> Plan:
@@ -458,61 +341,67 @@ def _advice(shape: ModelShape, req: PlanRequest, rule: VllmRule, plan: Plan) -> 
             f"{req.tp * plan.dp} + --enable-expert-parallel spreads it over all {plan.dp * req.tp} "
             f"GPUs: {alt.bytes_per_token:,} bytes per token per GPU, "
             f"{alt.kv.max_concurrency:.2f}x at {ctx:,} ("
-            + ("fits" if alt.fits else "still does not fit") + ")")
+            + ("fits" if alt.fits else "still does not fit")
+            + ")"
+        )
     if plan.fits:
         if not plan.exact and rule.has_kv_cache_memory_bytes:
-            out.append("the KV memory is an estimate; pin it with vLLM's --kv-cache-memory-bytes "
-                       "(and pass the same figure as --kv-memory) to make these numbers exact")
+            out.append(
+                "the KV memory is an estimate; pin it with vLLM's --kv-cache-memory-bytes "
+                "(and pass the same figure as --kv-memory) to make these numbers exact"
+            )
         return out
     if req.kv_cache_dtype == "auto" and shape.dtype_bytes > 1:
         alt = _compute(shape, replace(req, kv_cache_dtype="fp8"), rule)
         out.append(
             f"--kv-cache-dtype fp8 halves the KV cache ({alt.bytes_per_token:,} instead of "
             f"{plan.bytes_per_token:,} bytes per token per GPU): {alt.kv.max_concurrency:.2f}x "
-            f"at {ctx:,}, " + ("fits" if alt.fits else "still does not fit")
-            + " (fp8 KV can cost some accuracy)")
-    more = _compute(shape, replace(req, pp=req.pp * 2,
-                                   gpus=(req.gpus or req.tp * req.pp) * 2), rule)
+            f"at {ctx:,}, "
+            + ("fits" if alt.fits else "still does not fit")
+            + " (fp8 KV can cost some accuracy)"
+        )
+    more = _compute(
+        shape, replace(req, pp=req.pp * 2, gpus=(req.gpus or req.tp * req.pp) * 2), rule
+    )
     out.append(
         f"more GPUs: twice the GPUs (another node) with --pipeline-parallel-size {req.pp * 2} "
         f"halves the layers and weights on each GPU: {more.bytes_per_token:,} bytes per token per "
         f"GPU, {more.kv.max_concurrency:.2f}x at {ctx:,} ("
         + ("fits" if more.fits else "still does not fit")
-        + (", same KV memory per GPU assumed" if plan.exact else "") + ")")
+        + (", same KV memory per GPU assumed" if plan.exact else "")
+        + ")"
+    )
     if plan.kv.largest_context > 0:
-        out.append(f"a smaller context: at most {plan.kv.largest_context:,} tokens fit one "
-                   f"request (--context {plan.kv.largest_context} / vLLM --max-model-len "
-                   f"{plan.kv.largest_context})")
+        out.append(
+            f"a smaller context: at most {plan.kv.largest_context:,} tokens fit one "
+            f"request (--context {plan.kv.largest_context} / vLLM --max-model-len "
+            f"{plan.kv.largest_context})"
+        )
     else:
-        out.append("no KV cache memory is left at all after the weights: more GPUs (or larger "
-                   "ones) are needed for any context")
+        out.append(
+            "no KV cache memory is left at all after the weights: more GPUs (or larger "
+            "ones) are needed for any context"
+        )
     return out
 
 
-def load_shape(spec: str) -> ModelShape:
-    """MODEL as given on the command line: a directory or a cached ORG/NAME[@rev] (headers read
-    locally); a repo id that is not downloaded is read from the Hub's header metadata."""
-    from qwenprep.checkpoint import resolve_model
-    from qwenprep.hub import parse_repo_spec
-
-    try:
-        ckpt = resolve_model(spec)
-    except InputError:
-        if Path(spec).expanduser().exists() or parse_repo_spec(spec) is None:
-            raise
-        return shape_from_hub(spec)
-    shape = shape_from_dir(ckpt.path)
-    if ckpt.repo_id:
-        shape = replace(shape, name=f"{ckpt.repo_id}@{ckpt.revision} ({ckpt.path})")
-    return shape
-
-
-def make_plan(model: str, *, context: str | None = None, tp: int | None = None, pp: int = 1,
-              gpus: int | None = None, gpu_memory: str | None = None,
-              kv_memory: str | None = None, kv_cache_dtype: KVDtype = "auto", ep: bool = True,
-              vllm_version: str | None = None, block_size: int = CUDA_BLOCK_SIZE,
-              python: str | None = None, gpu: str | None = None,
-              prefill_budget: float | None = None) -> Plan:
+def make_plan(
+    model: str,
+    *,
+    context: str | None = None,
+    tp: int | None = None,
+    pp: int = 1,
+    gpus: int | None = None,
+    gpu_memory: str | None = None,
+    kv_memory: str | None = None,
+    kv_cache_dtype: KVDtype = "auto",
+    ep: bool = True,
+    vllm_version: str | None = None,
+    block_size: int = CUDA_BLOCK_SIZE,
+    python: str | None = None,
+    gpu: str | None = None,
+    prefill_budget: float | None = None,
+) -> Plan:
     """What ``qwenprep plan`` computes, from its options as typed. Without any memory option the
     GPUs of this machine (NVML / nvidia-smi) give the memory; TP defaults to their count. GPU
     (--gpu NAME) picks a catalog entry for the time estimates and, without --gpu-memory, its
@@ -523,16 +412,20 @@ def make_plan(model: str, *, context: str | None = None, tp: int | None = None, 
     from qwenprep.sizes import parse_size
     from qwenprep.timing import DEFAULT_PREFILL_BUDGET_S, plan_timing
 
-    spec, gpu_memory, gpus, time_notes = named_gpu(gpu, gpu_memory=gpu_memory,
-                                                   kv_memory=kv_memory, gpus=gpus, tp=tp, pp=pp)
+    spec, gpu_memory, gpus, time_notes = named_gpu(
+        gpu, gpu_memory=gpu_memory, kv_memory=kv_memory, gpus=gpus, tp=tp, pp=pp
+    )
     gpu_name: str | None = None
     budget = DEFAULT_PREFILL_BUDGET_S if prefill_budget is None else prefill_budget
     if not (budget > 0 and math.isfinite(budget)):
         raise UsageError(f"--prefill-budget must be a positive number of seconds (got {budget}).")
 
     if kv_memory is not None and gpu_memory is not None:
-        raise UsageError("--kv-memory and --gpu-memory exclude each other: the first is exact, "
-                         "the second an estimate.", hint="pass one of them.")
+        raise UsageError(
+            "--kv-memory and --gpu-memory exclude each other: the first is exact, "
+            "the second an estimate.",
+            hint="pass one of them.",
+        )
     kv_bytes = parse_size(kv_memory) if kv_memory is not None else None
     gpu_bytes = parse_size(gpu_memory) if gpu_memory is not None else None
     if kv_bytes is None:
@@ -544,15 +437,18 @@ def make_plan(model: str, *, context: str | None = None, tp: int | None = None, 
             spec, gpu_name, note = detected_gpu(inv)
             time_notes += [note] if note else []
     if spec is None and not time_notes:
-        time_notes.append("no GPU model named or detected: time estimates are left out "
-                          "(name one with --gpu, e.g. --gpu H200)")
+        time_notes.append(
+            "no GPU model named or detected: time estimates are left out "
+            "(name one with --gpu, e.g. --gpu H200)"
+        )
     shape = load_shape(model)  # a wrong MODEL is said first (exit 3)
     if kv_bytes is None and gpu_bytes is None:
         why = "; ".join(inv.notes) or "no source listed any"
-        raise UsageError(f"no memory budget: no GPU found here ({why}); pass --kv-memory "
-                         "SIZE, or --gpus N --gpu-memory SIZE.",
-                         hint="qwenprep plan MODEL --context 1m --tp 8 --gpus 8 "
-                         "--gpu-memory 141GB")
+        raise UsageError(
+            f"no memory budget: no GPU found here ({why}); pass --kv-memory "
+            "SIZE, or --gpus N --gpu-memory SIZE.",
+            hint="qwenprep plan MODEL --context 1m --tp 8 --gpus 8 --gpu-memory 141GB",
+        )
     if context is None:
         ctx = shape.max_position_embeddings
     else:
@@ -564,10 +460,29 @@ def make_plan(model: str, *, context: str | None = None, tp: int | None = None, 
     if tp is None:
         tp = max(1, (gpus or 1) // pp)
     rule = resolve_rule(vllm_version, python=python)
-    plan = plan_capacity(shape, PlanRequest(
-        context=ctx, tp=tp, pp=pp, gpus=gpus, gpu_memory=gpu_bytes, kv_memory=kv_bytes,
-        kv_cache_dtype=kv_cache_dtype, ep=ep and bool(shape.num_experts), block_size=block_size,
-    ), rule)
-    return replace(plan, timing=plan_timing(plan, spec, gpu_name=gpu_name,
-                                            notes=tuple(time_notes), budget_s=budget,
-                                            alternatives=layout_alternatives(plan)))
+    plan = plan_capacity(
+        shape,
+        PlanRequest(
+            context=ctx,
+            tp=tp,
+            pp=pp,
+            gpus=gpus,
+            gpu_memory=gpu_bytes,
+            kv_memory=kv_bytes,
+            kv_cache_dtype=kv_cache_dtype,
+            ep=ep and bool(shape.num_experts),
+            block_size=block_size,
+        ),
+        rule,
+    )
+    return replace(
+        plan,
+        timing=plan_timing(
+            plan,
+            spec,
+            gpu_name=gpu_name,
+            notes=tuple(time_notes),
+            budget_s=budget,
+            alternatives=layout_alternatives(plan),
+        ),
+    )

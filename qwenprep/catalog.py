@@ -35,45 +35,102 @@ class GPUSpec:
         return int(self.memory_gib * GiB)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "bf16_tflops": self.bf16_tflops,
-                "fp8_tflops": self.fp8_tflops, "hbm_tb_s": self.hbm_tb_s,
-                "memory_bytes": self.memory_bytes, "source": self.source}
+        return {
+            "name": self.name,
+            "bf16_tflops": self.bf16_tflops,
+            "fp8_tflops": self.fp8_tflops,
+            "hbm_tb_s": self.hbm_tb_s,
+            "memory_bytes": self.memory_bytes,
+            "source": self.source,
+        }
 
 
 _NV_SPARSE = "; the sheet's tensor figures are with sparsity, halved here"
 
 CATALOG: tuple[GPUSpec, ...] = (
-    GPUSpec("H100 SXM", 989.0, 1979.0, 3.35, 80,
-            "NVIDIA H100 Tensor Core GPU datasheet, H100 SXM column" + _NV_SPARSE,
-            ("h100 sxm", "h100 sxm5", "h100 sxm5 80gb", "h100 80gb hbm3")),
-    GPUSpec("H100 PCIe", 756.0, 1513.0, 2.0, 80,
-            "NVIDIA H100 Tensor Core GPU datasheet, H100 PCIe column" + _NV_SPARSE,
-            ("h100 pcie", "h100 pcie 80gb")),
-    GPUSpec("H200", 989.0, 1979.0, 4.8, 141,
-            "NVIDIA H200 Tensor Core GPU datasheet, H200 SXM column" + _NV_SPARSE,
-            ("h200", "h200 sxm", "h200 141gb hbm3e")),
-    GPUSpec("H20", 148.0, 296.0, 4.0, 96,
-            "NVIDIA HGX H20 product specification (dense; docs/time.md, The GPU catalog)",
-            ("h20",)),
-    GPUSpec("B200", 2250.0, 4500.0, 8.0, 180,
-            "NVIDIA DGX B200 / HGX B200 datasheet, 8-GPU totals divided by 8" + _NV_SPARSE,
-            ("b200", "b200 sxm")),
-    GPUSpec("GB200", 2500.0, 5000.0, 8.0, 186,
-            "NVIDIA GB200 NVL72 datasheet, rack totals divided by its 72 GPUs" + _NV_SPARSE,
-            ("gb200",)),
-    GPUSpec("MI300X", 1307.4, 2614.9, 5.3, 192,
-            "AMD Instinct MI300X accelerator data sheet (figures without sparsity)",
-            ("mi300x",)),
-    GPUSpec("MI325X", 1307.4, 2614.9, 6.0, 256,
-            "AMD Instinct MI325X accelerator data sheet (figures without sparsity)",
-            ("mi325x",)),
-    GPUSpec("L40S", 362.05, 733.0, 0.864, 48,
-            "NVIDIA L40S GPU datasheet" + _NV_SPARSE,
-            ("l40s",)),
-    GPUSpec("A100 80GB SXM", 312.0, None, 2.0, 80,
-            "NVIDIA A100 Tensor Core GPU datasheet, A100 80GB SXM column (no FP8 tensor cores; "
-            "2,039 GB/s, 2.0 TB/s as docs/time.md rounds it)" + _NV_SPARSE,
-            ("a100 80gb sxm", "a100 sxm4 80gb", "a100 80g", "a100 80g sxm")),
+    GPUSpec(
+        "H100 SXM",
+        989.0,
+        1979.0,
+        3.35,
+        80,
+        "NVIDIA H100 Tensor Core GPU datasheet, H100 SXM column" + _NV_SPARSE,
+        ("h100 sxm", "h100 sxm5", "h100 sxm5 80gb", "h100 80gb hbm3"),
+    ),
+    GPUSpec(
+        "H100 PCIe",
+        756.0,
+        1513.0,
+        2.0,
+        80,
+        "NVIDIA H100 Tensor Core GPU datasheet, H100 PCIe column" + _NV_SPARSE,
+        ("h100 pcie", "h100 pcie 80gb"),
+    ),
+    GPUSpec(
+        "H200",
+        989.0,
+        1979.0,
+        4.8,
+        141,
+        "NVIDIA H200 Tensor Core GPU datasheet, H200 SXM column" + _NV_SPARSE,
+        ("h200", "h200 sxm", "h200 141gb hbm3e"),
+    ),
+    GPUSpec(
+        "H20",
+        148.0,
+        296.0,
+        4.0,
+        96,
+        "NVIDIA HGX H20 product specification (dense; docs/time.md, The GPU catalog)",
+        ("h20",),
+    ),
+    GPUSpec(
+        "B200",
+        2250.0,
+        4500.0,
+        8.0,
+        180,
+        "NVIDIA DGX B200 / HGX B200 datasheet, 8-GPU totals divided by 8" + _NV_SPARSE,
+        ("b200", "b200 sxm"),
+    ),
+    GPUSpec(
+        "GB200",
+        2500.0,
+        5000.0,
+        8.0,
+        186,
+        "NVIDIA GB200 NVL72 datasheet, rack totals divided by its 72 GPUs" + _NV_SPARSE,
+        ("gb200",),
+    ),
+    GPUSpec(
+        "MI300X",
+        1307.4,
+        2614.9,
+        5.3,
+        192,
+        "AMD Instinct MI300X accelerator data sheet (figures without sparsity)",
+        ("mi300x",),
+    ),
+    GPUSpec(
+        "MI325X",
+        1307.4,
+        2614.9,
+        6.0,
+        256,
+        "AMD Instinct MI325X accelerator data sheet (figures without sparsity)",
+        ("mi325x",),
+    ),
+    GPUSpec("L40S", 362.05, 733.0, 0.864, 48, "NVIDIA L40S GPU datasheet" + _NV_SPARSE, ("l40s",)),
+    GPUSpec(
+        "A100 80GB SXM",
+        312.0,
+        None,
+        2.0,
+        80,
+        "NVIDIA A100 Tensor Core GPU datasheet, A100 80GB SXM column (no FP8 tensor cores; "
+        "2,039 GB/s, 2.0 TB/s as docs/time.md rounds it)" + _NV_SPARSE,
+        ("a100 80gb sxm", "a100 sxm4 80gb", "a100 80g", "a100 80g sxm"),
+    ),
 )
 
 _DROP = {"nvidia", "amd", "instinct", "tensor", "core", "gpu", "accelerator"}
@@ -107,15 +164,18 @@ def require(gpu: str) -> GPUSpec:
     known ones."""
     spec = lookup(gpu)
     if spec is None:
-        raise UsageError(f"--gpu {gpu!r} is not in the GPU catalog; its peaks are unknown and "
-                         "are not guessed.",
-                         hint="one of: " + ", ".join(known_names())
-                         + " (or leave --gpu out: the time estimates are then left out)")
+        raise UsageError(
+            f"--gpu {gpu!r} is not in the GPU catalog; its peaks are unknown and are not guessed.",
+            hint="one of: "
+            + ", ".join(known_names())
+            + " (or leave --gpu out: the time estimates are then left out)",
+        )
     return spec
 
 
-def gpu_memory_for(gpu: str | None, *, gpu_memory: str | None, kv_memory: str | None
-                   ) -> tuple[GPUSpec | None, str | None, list[str]]:
+def gpu_memory_for(
+    gpu: str | None, *, gpu_memory: str | None, kv_memory: str | None
+) -> tuple[GPUSpec | None, str | None, list[str]]:
     """``check --gpu NAME``: (catalog entry, --gpu-memory to use, notes). The catalog's memory
     is used only when neither --gpu-memory nor --kv-memory is given."""
     if gpu is None:
@@ -123,14 +183,25 @@ def gpu_memory_for(gpu: str | None, *, gpu_memory: str | None, kv_memory: str | 
     spec = require(gpu)
     if gpu_memory is not None or kv_memory is not None:
         return spec, gpu_memory, []
-    return spec, f"{spec.memory_bytes}B", [
-        f"GPU memory {spec.memory_gib:g} GiB per GPU from the catalog ({spec.name}; pass "
-        "--gpu-memory for the exact figure)"]
+    return (
+        spec,
+        f"{spec.memory_bytes}B",
+        [
+            f"GPU memory {spec.memory_gib:g} GiB per GPU from the catalog ({spec.name}; pass "
+            "--gpu-memory for the exact figure)"
+        ],
+    )
 
 
-def named_gpu(gpu: str | None, *, gpu_memory: str | None, kv_memory: str | None,
-              gpus: int | None, tp: int | None, pp: int
-              ) -> tuple[GPUSpec | None, str | None, int | None, list[str]]:
+def named_gpu(
+    gpu: str | None,
+    *,
+    gpu_memory: str | None,
+    kv_memory: str | None,
+    gpus: int | None,
+    tp: int | None,
+    pp: int,
+) -> tuple[GPUSpec | None, str | None, int | None, list[str]]:
     """``plan --gpu NAME``: (catalog entry, --gpu-memory to use, --gpus to use, notes). Without
     --gpu-memory / --kv-memory the catalog's memory is used; without --gpus, TP x PP of them.
     An unknown NAME is a UsageError (exit 2) listing the known ones."""
@@ -140,13 +211,16 @@ def named_gpu(gpu: str | None, *, gpu_memory: str | None, kv_memory: str | None,
     notes = []
     if gpu_memory is None and kv_memory is None:
         gpu_memory = f"{spec.memory_bytes}B"
-        notes.append(f"GPU memory {spec.memory_gib:g} GiB per GPU from the catalog "
-                     f"({spec.name}; pass --gpu-memory for the exact figure)")
+        notes.append(
+            f"GPU memory {spec.memory_gib:g} GiB per GPU from the catalog "
+            f"({spec.name}; pass --gpu-memory for the exact figure)"
+        )
     if gpus is None and kv_memory is None:
         if tp is None:
-            raise UsageError("--gpu NAME needs --gpus N (or --tp N): how many of them.",
-                             hint=f"qwenprep plan MODEL --gpu {spec.name.replace(' ', '')} "
-                             "--gpus 8")
+            raise UsageError(
+                "--gpu NAME needs --gpus N (or --tp N): how many of them.",
+                hint=f"qwenprep plan MODEL --gpu {spec.name.replace(' ', '')} --gpus 8",
+            )
         gpus = tp * pp
     return spec, gpu_memory, gpus, notes
 
@@ -159,6 +233,12 @@ def detected_gpu(inv: Any) -> tuple[GPUSpec | None, str, str | None]:
     spec = lookup(names[0]) if len(names) == 1 else None
     if spec is not None:
         return spec, reported, None
-    return None, reported, (f"GPU {reported!r} (found by {inv.source}) is not in the catalog: "
-                            "time estimates are left out; name a catalog GPU with --gpu to get "
-                            "them")
+    return (
+        None,
+        reported,
+        (
+            f"GPU {reported!r} (found by {inv.source}) is not in the catalog: "
+            "time estimates are left out; name a catalog GPU with --gpu to get "
+            "them"
+        ),
+    )

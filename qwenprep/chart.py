@@ -17,13 +17,15 @@ def chart_format(path: str) -> str:
     matplotlib is not installed - both said before any work is done."""
     fmt = FORMATS.get(Path(path).suffix.lower())
     if fmt is None:
-        raise UsageError(f"--chart {path}: the file must end in .svg or .png.",
-                         hint="e.g. --chart plan.svg")
+        raise UsageError(
+            f"--chart {path}: the file must end in .svg or .png.", hint="e.g. --chart plan.svg"
+        )
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise UsageError("--chart needs matplotlib, which is not installed.",
-                         hint=INSTALL_HINT) from None
+        raise UsageError(
+            "--chart needs matplotlib, which is not installed.", hint=INSTALL_HINT
+        ) from None
     return fmt
 
 
@@ -42,8 +44,13 @@ def write_chart(plan: Any, path: str) -> Path:
     xs = [r.context for r in rows]
     fig, ax = plt.subplots(figsize=(8, 4.8))
     try:
-        ax.plot(xs, [r.max_concurrency for r in rows], "o-", color="tab:blue",
-                label="max concurrency (requests at full length)")
+        ax.plot(
+            xs,
+            [r.max_concurrency for r in rows],
+            "o-",
+            color="tab:blue",
+            label="max concurrency (requests at full length)",
+        )
         ax.axhline(1.0, color="tab:blue", linestyle=":", linewidth=1)
         ax.set_xscale("log", base=2)
         ax.set_xticks(xs)
@@ -56,28 +63,41 @@ def write_chart(plan: Any, path: str) -> Path:
         if timed:
             ax2 = ax.twinx()
             tx = [r.context for r in timed]
-            ax2.plot(tx, [r.prefill.seconds_at_peak for r in timed], "s-", color="tab:red",
-                     label="prefill floor at peak (estimate)")
+            ax2.plot(
+                tx,
+                [r.prefill.seconds_at_peak for r in timed],
+                "s-",
+                color="tab:red",
+                label="prefill floor at peak (estimate)",
+            )
             lo, hi = EFFICIENCY_BAND
-            ax2.fill_between(tx, [r.prefill.seconds_typical[0] for r in timed],
-                             [r.prefill.seconds_typical[1] for r in timed], color="tab:red",
-                             alpha=0.2, label=f"prefill typical ({lo:.0%}-{hi:.0%} of peak)")
+            ax2.fill_between(
+                tx,
+                [r.prefill.seconds_typical[0] for r in timed],
+                [r.prefill.seconds_typical[1] for r in timed],
+                color="tab:red",
+                alpha=0.2,
+                label=f"prefill typical ({lo:.0%}-{hi:.0%} of peak)",
+            )
             ax2.set_yscale("log")
             ax2.set_ylabel("prefill time of one request (s)", color="tab:red")
             h2, l2 = ax2.get_legend_handles_labels()
             handles, labels = handles + h2, labels + l2
         r = plan.request
         gpu = timing.gpu.name if timing is not None and timing.gpu else "GPU unknown"
-        ax.set_title(f"{Path(plan.shape.name).name}: TP {r.tp} x PP {r.pp} x DP {plan.dp}, "
-                     f"{gpu}", fontsize=10)
+        ax.set_title(
+            f"{Path(plan.shape.name).name}: TP {r.tp} x PP {r.pp} x DP {plan.dp}, {gpu}",
+            fontsize=10,
+        )
         ax.legend(handles, labels, loc="upper center", fontsize=8)
         fig.tight_layout()
         out = Path(path)
         try:
             fig.savefig(out, format=fmt)
         except OSError as e:
-            raise InputError(f"--chart {path}: cannot write it ({e.strerror or e}).",
-                             path=str(out)) from None
+            raise InputError(
+                f"--chart {path}: cannot write it ({e.strerror or e}).", path=str(out)
+            ) from None
         return out
     finally:
         plt.close(fig)

@@ -50,7 +50,9 @@ def resolve_dir(spec: str | Path) -> Checkpoint:
             f"{p / CONFIG}: not a regular file (a dangling link, FIFO, socket or directory); "
             "qwenprep reads config.json only from a regular file.",
             hint="put the checkpoint's real config.json there (qwenprep revert PATH restores "
-            "an edited one).", path=str(p / CONFIG))
+            "an edited one).",
+            path=str(p / CONFIG),
+        )
     if not (p / CONFIG).is_file():
         raise InputError(
             f"{p}: no config.json here; this is not a Hugging Face checkpoint directory.",

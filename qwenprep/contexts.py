@@ -3,7 +3,7 @@
 The patch that works on every vLLM (0.10 .. 0.33) and transformers (4.51 .. 5.x) release:
 keep every key, set ``max_position_embeddings = factor x native`` and a YaRN block whose
 ``original_max_position_embeddings`` is the native length, keep ``rope_theta``.
-See FACTS.md, "The config that works everywhere".
+See docs/facts.md, "The one config that every version reads the same way".
 """
 
 from __future__ import annotations
@@ -57,9 +57,11 @@ def parse_context(text: str) -> ContextRequest:
     if value != int(value) or value <= 0:
         raise UsageError(f"context {raw!r} is not a positive whole number of tokens.")
     if value > MAX_CONTEXT_TOKENS:
-        raise UsageError(f"context {raw!r} is more than {MAX_CONTEXT_TOKENS:,} tokens; no model "
-                         "has such a context.", hint="use native, 256k, 512k, 1m, or a token "
-                         "count such as 1048576.")
+        raise UsageError(
+            f"context {raw!r} is more than {MAX_CONTEXT_TOKENS:,} tokens; no model "
+            "has such a context.",
+            hint="use native, 256k, 512k, 1m, or a token count such as 1048576.",
+        )
     return ContextRequest(raw, int(value))
 
 
@@ -104,8 +106,12 @@ def native_context(config: dict[str, Any]) -> int:
     if not _positive_int(mpe):
         raise InputError(
             f"config.json: {mpe_name} is {mpe!r}; expected a positive integer"
-            + (f" (write {int(mpe)}, not {mpe!r})" if isinstance(mpe, float)
-               and math.isfinite(mpe) and mpe == int(mpe) and mpe > 0 else "") + ".",
+            + (
+                f" (write {int(mpe)}, not {mpe!r})"
+                if isinstance(mpe, float) and math.isfinite(mpe) and mpe == int(mpe) and mpe > 0
+                else ""
+            )
+            + ".",
             hint="run qwenprep validate PATH for every problem in this config.",
         )
     style, block = view.rope_block
@@ -114,28 +120,42 @@ def native_context(config: dict[str, Any]) -> int:
         from qwenprep.families.dca import dca_native
 
         return dca_native(config) or int(mpe)
-    hint = ("restore the release's config.json (qwenprep revert PATH) or fix the field; "
-            "qwenprep validate PATH lists every problem.")
+    hint = (
+        "restore the release's config.json (qwenprep revert PATH) or fix the field; "
+        "qwenprep validate PATH lists every problem."
+    )
     if kind != "yarn" or block is None:
         raise InputError(
             f"config.json: {_where(view, 'rope_type')} is {kind!r}; qwenprep knows the native "
-            "context only of unscaled or YaRN configs, and will not guess it.", hint=hint)
+            "context only of unscaled or YaRN configs, and will not guess it.",
+            hint=hint,
+        )
     orig = block.get("original_max_position_embeddings")
     factor = block.get("factor")
     if not _positive_int(orig):
         raise InputError(
             f"config.json: {_where(view, 'original_max_position_embeddings')} is {orig!r}; "
-            "the native context must be a positive integer.", hint=hint)
-    if not (isinstance(factor, (int, float)) and not isinstance(factor, bool)
-            and math.isfinite(factor) and factor >= 1):
-        raise InputError(f"config.json: {_where(view, 'factor')} is {factor!r}; expected a "
-                         "finite number >= 1.", hint=hint)
+            "the native context must be a positive integer.",
+            hint=hint,
+        )
+    if not (
+        isinstance(factor, (int, float))
+        and not isinstance(factor, bool)
+        and math.isfinite(factor)
+        and factor >= 1
+    ):
+        raise InputError(
+            f"config.json: {_where(view, 'factor')} is {factor!r}; expected a finite number >= 1.",
+            hint=hint,
+        )
     if abs(factor * orig - mpe) >= 0.5:
         raise InputError(
             f"config.json: {mpe_name} is {mpe} but {_where(view, 'factor')} "
             f"{factor:.8g} x {_where(view, 'original_max_position_embeddings')} {orig} = "
             f"{factor * orig:.8g}; these must agree before qwenprep can tell the native "
-            "context.", hint=hint)
+            "context.",
+            hint=hint,
+        )
     return int(orig)
 
 
@@ -148,8 +168,13 @@ class PatchResult:
     style: RopeStyle
 
 
-def target_and_factor(native: int, req: ContextRequest, *, force: bool = False,
-                      max_factor: float = MAX_SUPPORTED_FACTOR) -> tuple[int, float]:
+def target_and_factor(
+    native: int,
+    req: ContextRequest,
+    *,
+    force: bool = False,
+    max_factor: float = MAX_SUPPORTED_FACTOR,
+) -> tuple[int, float]:
     """Resolve a request against the native length; refuse factors below 1 and (unless forced)
     above MAX_FACTOR (the family's largest claimed YaRN factor)."""
     if req.tokens is None:
@@ -194,8 +219,11 @@ def patch_config(
     target, factor = target_and_factor(native, req, force=force, max_factor=max_factor_of(config))
     style, block = view.rope_block
     text = view.text
-    if factor == 1.0 and rope_type(block) == "default" and \
-            text.get("max_position_embeddings") == native:
+    if (
+        factor == 1.0
+        and rope_type(block) == "default"
+        and text.get("max_position_embeddings") == native
+    ):
         return PatchResult(copy.deepcopy(config), native, target, 1.0, style)  # already native
     new = copy.deepcopy(text)
     new.pop("dual_chunk_attention_config", None)  # only --yarn-on-dca gets here with one
@@ -228,8 +256,15 @@ def patch_config(
 
 
 _YARN_KEYS = {
-    "type", "rope_type", "factor", "original_max_position_embeddings",
-    "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor",
+    "type",
+    "rope_type",
+    "factor",
+    "original_max_position_embeddings",
+    "beta_fast",
+    "beta_slow",
+    "mscale",
+    "mscale_all_dim",
+    "attention_factor",
 }
 
 
@@ -256,22 +291,29 @@ def _dca_patch(config: dict[str, Any], req: ContextRequest, native: int) -> Patc
         return PatchResult(new, native, native, 1.0, style)
     if req.yarn_on_dca:
         return None
-    what = ("its config.json carries dual_chunk_attention_config" if has_dca else
-            "its long context is config_1m.json (dual_chunk_attention_config + sparse attention)")
+    what = (
+        "its config.json carries dual_chunk_attention_config"
+        if has_dca
+        else "its long context is config_1m.json (dual_chunk_attention_config + sparse attention)"
+    )
     if req.dca_engine:
         dca_cfg = config if has_dca else req.release_1m
         assert dca_cfg is not None
         try:
             target = int(ModelView(dca_cfg).max_position_embeddings)
         except (TypeError, ValueError):
-            raise InputError(f"{'config.json' if has_dca else 'config_1m.json'}: "
-                             "max_position_embeddings is not an integer.") from None
-        return PatchResult(copy.deepcopy(dca_cfg), native, target, 1.0,
-                           ModelView(dca_cfg).rope_style)
+            raise InputError(
+                f"{'config.json' if has_dca else 'config_1m.json'}: "
+                "max_position_embeddings is not an integer."
+            ) from None
+        return PatchResult(
+            copy.deepcopy(dca_cfg), native, target, 1.0, ModelView(dca_cfg).rope_style
+        )
     raise InputError(
         f"this is a Dual Chunk Attention release: {what}. It reaches 1M only by DCA, and "
         f"{WHY}. qwenprep will not write an overlay that fails at load or runs unscaled past "
         f"{native}.",
         hint=f"--context native gives the {native}-token config without the DCA block; "
         "--vllm-version 0.10 writes the DCA overlay for a vLLM < 0.11 (V0 engine); "
-        "--yarn-on-dca writes YaRN x4 instead (not what the release was tuned for).")
+        "--yarn-on-dca writes YaRN x4 instead (not what the release was tuned for).",
+    )

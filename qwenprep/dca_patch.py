@@ -33,5 +33,10 @@ def request_for(path: Path, req: Any, *, yarn_on_dca: bool, vllm_version: str | 
         release_1m = load_json_file(p1m, what=CONFIG_1M)
         if not isinstance(release_1m, dict):
             raise InputError(f"{p1m}: top level is not a JSON object.", path=str(p1m))
-    return replace(req, yarn_on_dca=yarn_on_dca, vllm=rule.version,
-                   dca_engine=engine_runs_dca(version), release_1m=release_1m)
+    return replace(
+        req,
+        yarn_on_dca=yarn_on_dca,
+        vllm=rule.version,
+        dca_engine=engine_runs_dca(version),
+        release_1m=release_1m,
+    )

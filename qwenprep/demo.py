@@ -27,13 +27,17 @@ class Step:
 
 
 def embedded_checkpoint(name: str = TINY_NAME) -> Path:
-    """The embedded tiny checkpoint: in the wheel (qwenprep/_examples) or the source tree."""
-    here = Path(__file__).resolve().parent
-    for base in (here / "_examples", here.parent / "examples"):
-        if (base / name / "config.json").is_file():
-            return base / name
-    raise InputError(f"the embedded checkpoint {name} is missing (looked in {here / '_examples'}"
-                     f" and {here.parent / 'examples'}).", hint="reinstall qwenprep.")
+    """The embedded tiny checkpoint NAME, found as every shipped file is
+    (qwenprep.schemas.shipped_dir: qwenprep/_examples in the wheel, examples/ in a checkout)."""
+    from qwenprep.schemas import shipped_dir
+
+    found = shipped_dir("_examples") / name
+    if not (found / "config.json").is_file():
+        raise InputError(
+            f"the embedded checkpoint {name} is missing from {found.parent}.",
+            hint="reinstall qwenprep.",
+        )
+    return found
 
 
 def tree_digest(root: Path) -> str:
@@ -46,12 +50,18 @@ def tree_digest(root: Path) -> str:
 
 def _checks_step(title: str, checks: list[Check]) -> Step:
     failed = [c for c in checks if c.status == "fail"]
-    return Step(title, "fail" if failed else "pass",
-                [f"[{c.status}] {c.id}: {c.message}" for c in checks])
+    return Step(
+        title, "fail" if failed else "pass", [f"[{c.status}] {c.id}: {c.message}" for c in checks]
+    )
 
 
-def run_demo(workdir: Path, *, serve: bool = True, vllm_python: str | None = None,
-             on_step: Callable[[Step], None] = lambda s: None) -> list[Step]:
+def run_demo(
+    workdir: Path,
+    *,
+    serve: bool = True,
+    vllm_python: str | None = None,
+    on_step: Callable[[Step], None] = lambda s: None,
+) -> list[Step]:
     from qwenprep.integrity import verify_checkpoint
     from qwenprep.overlay import create_overlay
     from qwenprep.restore import revert_path
@@ -72,10 +82,18 @@ def run_demo(workdir: Path, *, serve: bool = True, vllm_python: str | None = Non
 
     out = workdir / "tiny-qwen3-coder-1m"
     res = create_overlay(source, out, parse_context("1m"), force=True)
-    add(Step("patch --context 1m", "pass",
-             [f"{res.status} overlay {out}: {res.manifest['target_context']} tokens, "
-              f"YaRN factor {res.manifest['factor']:g}, {len(res.manifest['files'])} files "
-              "linked", *res.diff]))
+    add(
+        Step(
+            "patch --context 1m",
+            "pass",
+            [
+                f"{res.status} overlay {out}: {res.manifest['target_context']} tokens, "
+                f"YaRN factor {res.manifest['factor']:g}, {len(res.manifest['files'])} files "
+                "linked",
+                *res.diff,
+            ],
+        )
+    )
     add(_checks_step("validate", validate_checkpoint(out)))
 
     add(_plan_step(out))
@@ -86,9 +104,17 @@ def run_demo(workdir: Path, *, serve: bool = True, vllm_python: str | None = Non
 
     rr = revert_path(out)
     after = tree_digest(source.path)
-    add(Step("revert", "pass" if not out.exists() and after == before else "fail",
-             [rr.message, f"source tree sha256 {after[:16]}... "
-              + ("unchanged" if after == before else "CHANGED")]))
+    add(
+        Step(
+            "revert",
+            "pass" if not out.exists() and after == before else "fail",
+            [
+                rr.message,
+                f"source tree sha256 {after[:16]}... "
+                + ("unchanged" if after == before else "CHANGED"),
+            ],
+        )
+    )
     return steps
 
 
@@ -98,8 +124,13 @@ def _plan_step(out: Path) -> Step:
 
     plan = make_plan(str(out), kv_memory="2GiB", tp=1, block_size=128)
     d = plan.to_dict()
-    return Step("plan (2 GiB KV, TP 1)", "pass" if plan.fits else "fail",
-                [f"KV cache size: {d['kv_cache_tokens']:,} tokens, maximum concurrency for "
-                 f"{d['context']:,} tokens per request: {d['max_concurrency_printed']} "
-                 f"({d['bytes_per_token_per_gpu']:,} bytes per token; "
-                 f"{d['vllm_rule']['description']})"])
+    return Step(
+        "plan (2 GiB KV, TP 1)",
+        "pass" if plan.fits else "fail",
+        [
+            f"KV cache size: {d['kv_cache_tokens']:,} tokens, maximum concurrency for "
+            f"{d['context']:,} tokens per request: {d['max_concurrency_printed']} "
+            f"({d['bytes_per_token_per_gpu']:,} bytes per token; "
+            f"{d['vllm_rule']['description']})"
+        ],
+    )

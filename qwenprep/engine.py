@@ -70,18 +70,42 @@ if TYPE_CHECKING:
 # The readback and the launch plan live here; the rest moved to engines/vllm_core.py and is
 # re-exported, so importers of qwenprep.engine keep working.
 __all__ = [
-    "readback_checks", "build_launch_plan", "gpus_on_this_node", "Capabilities", "ENV_PYTHON",
-    "EngineError", "EngineInfo", "FLAG_CAPABILITY", "NEWEST_KNOWN", "OLDEST_KNOWN",
-    "PATCH_HINT", "PROBE", "PROBE_MARKER", "ServerExited", "Version", "YarnRule",
-    "_discover_cached", "_manifest", "_read_config", "_rope_number", "_run_probe",
-    "capabilities_for", "discover", "engine_python", "flag_refusal", "max_len_allowed",
-    "parse_max_model_len", "parse_version", "patch_hint", "require_engine",
+    "readback_checks",
+    "build_launch_plan",
+    "gpus_on_this_node",
+    "Capabilities",
+    "ENV_PYTHON",
+    "EngineError",
+    "EngineInfo",
+    "FLAG_CAPABILITY",
+    "NEWEST_KNOWN",
+    "OLDEST_KNOWN",
+    "PATCH_HINT",
+    "PROBE",
+    "PROBE_MARKER",
+    "ServerExited",
+    "Version",
+    "YarnRule",
+    "_discover_cached",
+    "_manifest",
+    "_read_config",
+    "_rope_number",
+    "_run_probe",
+    "capabilities_for",
+    "discover",
+    "engine_python",
+    "flag_refusal",
+    "max_len_allowed",
+    "parse_max_model_len",
+    "parse_version",
+    "patch_hint",
+    "require_engine",
 ]
+
 
 def patch_hint(path: Path, manifest: dict[str, Any] | None, tokens: int) -> str:
     """The command that makes a checkpoint for TOKENS of context from what PATH came from."""
     return PATCH_HINT.format(model=_patch_source(path, manifest), context=context_name(tokens))
-
 
 
 # ------------------------------------------------------------------ readback
@@ -99,47 +123,74 @@ def readback_checks(path: Path, *, python: str | None = None) -> list[Check]:
     py = engine_python(python)
     info = discover(python)
     if info is None or not info.importable:
-        return [Check("engine.readback", "skip",
-                      f"vLLM is not installed in {py}; the engine readback did not run "
-                      f"(--vllm-python or {ENV_PYTHON} names another interpreter).")]
+        return [
+            Check(
+                "engine.readback",
+                "skip",
+                f"vLLM is not installed in {py}; the engine readback did not run "
+                f"(--vllm-python or {ENV_PYTHON} names another interpreter).",
+            )
+        ]
     from qwenprep.gate import compare, intent_of
 
     config = _read_config(path)
     manifest = _manifest(path)
     where = str(path / CONFIG)
-    want_len = (int(manifest["target_context"]) if manifest is not None
-                else max_len_allowed(config, info.capabilities))
+    want_len = (
+        int(manifest["target_context"])
+        if manifest is not None
+        else max_len_allowed(config, info.capabilities)
+    )
     want = intent_of(config, manifest, want_len)
 
     got = _run_probe(info.python, ["readback", str(path), str(want_len)], timeout=300)
-    head = Check("engine.found", "pass",
-                 f"vLLM {info.version} ({info.distribution}) with transformers "
-                 f"{got.get('transformers') or info.transformers} in {info.python}")
+    head = Check(
+        "engine.found",
+        "pass",
+        f"vLLM {info.version} ({info.distribution}) with transformers "
+        f"{got.get('transformers') or info.transformers} in {info.python}",
+    )
     if not got.get("ok"):
         msg = str(got.get("error", "unknown error"))
         hint = ""
         if "greater than the derived max_model_len" in msg:
             hint = " Hint: " + patch_hint(path, manifest, want_len)
-        return [head, Check("engine.load", "fail",
-                            f"vLLM refuses {path} at max_model_len {want_len}: {msg}{hint}", where)]
+        return [
+            head,
+            Check(
+                "engine.load",
+                "fail",
+                f"vLLM refuses {path} at max_model_len {want_len}: {msg}{hint}",
+                where,
+            ),
+        ]
 
     checks = [head]
     auto_map = config.get("auto_map")
     if auto_map:
-        shown = ", ".join(f"{k} -> {v}" for k, v in sorted(auto_map.items())[:4]) \
-            if isinstance(auto_map, dict) else repr(auto_map)[:120]
+        shown = (
+            ", ".join(f"{k} -> {v}" for k, v in sorted(auto_map.items())[:4])
+            if isinstance(auto_map, dict)
+            else repr(auto_map)[:120]
+        )
         loaded = got.get("config_class") or "vLLM's built-in config class"
-        checks.append(Check(
-            "engine.remote_code", "warn",
-            f"config.json asks for custom code (auto_map: {shown}); none of it ran: the "
-            f"readback used trust_remote_code=False and loaded {loaded}. qwenprep never "
-            "passes --trust-remote-code to vLLM unless you add it after --", where))
+        checks.append(
+            Check(
+                "engine.remote_code",
+                "warn",
+                f"config.json asks for custom code (auto_map: {shown}); none of it ran: the "
+                f"readback used trust_remote_code=False and loaded {loaded}. qwenprep never "
+                "passes --trust-remote-code to vLLM unless you add it after --",
+                where,
+            )
+        )
     return checks + compare(got, want, where)
 
 
 # ------------------------------------------------------------------ launch plan
-def _check_extra_args(extra: Sequence[str], vtuple: Version, version: str, *,
-                      installed: bool) -> None:
+def _check_extra_args(
+    extra: Sequence[str], vtuple: Version, version: str, *, installed: bool
+) -> None:
     """The flags VERSION no longer (or does not yet) have, by capabilities_for: a usage
     error naming why, in any spelling vLLM reads. Everything else about the arguments after
     -- is the gate's (qwenprep.gate: vLLM's own parser, or the offline reading)."""
@@ -153,13 +204,17 @@ def _check_extra_args(extra: Sequence[str], vtuple: Version, version: str, *,
                 f"{name} was {why}; vLLM {version} ({which}) would stop with 'unrecognized "
                 "arguments'.",
                 hint="put the rope settings into config.json instead: qwenprep patch MODEL "
-                "--context 1m --out DIR" if rope else "drop it, or serve with a vLLM that has "
+                "--context 1m --out DIR"
+                if rope
+                else "drop it, or serve with a vLLM that has "
                 "it; qwenprep check PATH --vllm-version X.Y -- FLAGS lists every flag a version "
-                "would reject")
+                "would reject",
+            )
 
 
-def _parallel_gate(path: Path, config: dict[str, Any], tp: int, ep: bool, profile: Profile,
-                   notes: list[str]) -> None:
+def _parallel_gate(
+    path: Path, config: dict[str, Any], tp: int, ep: bool, profile: Profile, notes: list[str]
+) -> None:
     """Refuse (exit 3) the TP/EP layout vLLM asserts against while building the model
     (qwenprep.parallel.parallel_checks: heads, experts, FP8 blocks); warnings become notes."""
     from qwenprep.kvrules import ModelShape
@@ -171,15 +226,18 @@ def _parallel_gate(path: Path, config: dict[str, Any], tp: int, ep: bool, profil
     if not fails:
         return
     if not ep and any(c.id == "parallel.fp8_block" for c in fails):
-        fix = ("drop --no-ep (serve uses expert parallel for this model)" if profile.ep
-               else "add --ep")
+        fix = (
+            "drop --no-ep (serve uses expert parallel for this model)" if profile.ep else "add --ep"
+        )
         fix += ", or choose another --tp"
     else:
         fix = "choose another --tp"
     raise InputError(
         f"TP {tp}{'' if ep else ' without expert parallel'}: vLLM would fail while loading the "
         "model: " + "; ".join(f"[{c.id}] {c.message}" for c in fails),
-        hint=f"{fix}; qwenprep check {path} --tp N shows what fits.", path=str(path / CONFIG))
+        hint=f"{fix}; qwenprep check {path} --tp N shows what fits.",
+        path=str(path / CONFIG),
+    )
 
 
 def build_launch_plan(
@@ -217,15 +275,18 @@ def build_launch_plan(
     digest = manifest.get("digest") if manifest else None
     if expect_digest is not None:
         if manifest is None:
-            raise InputError(f"{path}: not a qwenprep overlay, so it has no digest to compare "
-                             f"with {expect_digest}.",
-                             hint="serve the overlay made by qwenprep patch on every node.")
+            raise InputError(
+                f"{path}: not a qwenprep overlay, so it has no digest to compare "
+                f"with {expect_digest}.",
+                hint="serve the overlay made by qwenprep patch on every node.",
+            )
         if digest != expect_digest:
             raise InputError(
                 f"{path}: overlay digest is {digest}, expected {expect_digest}: this node would "
                 "serve a different overlay than the others.",
                 hint="re-create the overlay from the same source with the same qwenprep patch "
-                "command on this node (or share one overlay path).")
+                "command on this node (or share one overlay path).",
+            )
     assumed = assume_version or NEWEST_KNOWN
     version = engine.version if engine else ".".join(map(str, assumed))
     vtuple = engine.version_tuple if engine else assumed
@@ -234,20 +295,28 @@ def build_launch_plan(
     if not for_check:
         from qwenprep.validation import VllmVersion
 
-        judged = VllmVersion(vtuple, "installed" if engine else
-                             "named" if assume_version else "assumed: no vLLM found")
+        judged = VllmVersion(
+            vtuple,
+            "installed" if engine else "named" if assume_version else "assumed: no vLLM found",
+        )
         _validation_gate(path, config, manifest, max_model_len, notes, judged)
     if engine is None:
-        notes.append(f"vLLM not found; this plan assumes vLLM {version} behaviour"
-                     + (" (named)" if assume_version else ""))
+        notes.append(
+            f"vLLM not found; this plan assumes vLLM {version} behaviour"
+            + (" (named)" if assume_version else "")
+        )
     elif vtuple[:2] > NEWEST_KNOWN[:2]:
-        notes.append(f"vLLM {version} is newer than the versions qwenprep's rules were read "
-                     f"from (0.10-0.33); their 0.33 flags and length rule are assumed")
+        notes.append(
+            f"vLLM {version} is newer than the versions qwenprep's rules were read "
+            f"from (0.10-0.33); their 0.33 flags and length rule are assumed"
+        )
     _check_extra_args(extra_args, vtuple, version, installed=engine is not None)
     if any(_flag_name(a) == TRUST_REMOTE_CODE for a in extra_args):
-        notes.append(f"{TRUST_REMOTE_CODE} was given after --: vLLM will import and run Python "
-                     f"files from {path} (config.json auto_map); qwenprep never adds this flag "
-                     "itself")
+        notes.append(
+            f"{TRUST_REMOTE_CODE} was given after --: vLLM will import and run Python "
+            f"files from {path} (config.json auto_map); qwenprep never adds this flag "
+            "itself"
+        )
 
     profile = model_profile(path, config, manifest, repo_id)
     if profile.before_vllm is not None and vtuple >= profile.before_vllm:
@@ -258,7 +327,8 @@ def build_launch_plan(
             f"{profile.unsupported_why}.",
             hint=f"qwenprep patch {_patch_source(path, manifest)} --context native --out DIR "
             "(no DCA), or --context 1m --yarn-on-dca; or serve with a vLLM < 0.11.",
-            path=str(path / CONFIG))
+            path=str(path / CONFIG),
+        )
     allowed = max_len_allowed(config, caps)
     if max_model_len is None:
         max_model_len = int(manifest["target_context"]) if manifest else allowed
@@ -268,16 +338,22 @@ def build_launch_plan(
         rope = effective_rope(config)
         from qwenprep.model import ModelView
 
-        why = (f"max_position_embeddings {ModelView(config).max_position_embeddings}, rope type "
-               f"{rope.get('rope_type')}")
+        why = (
+            f"max_position_embeddings {ModelView(config).max_position_embeddings}, rope type "
+            f"{rope.get('rope_type')}"
+        )
         if rope.get("rope_type") == "yarn":
-            why += (f", factor {_fmt(rope.get('factor'))}, original "
-                    f"{rope.get('original_max_position_embeddings')}")
+            why += (
+                f", factor {_fmt(rope.get('factor'))}, original "
+                f"{rope.get('original_max_position_embeddings')}"
+            )
         raise InputError(
             f"{path / CONFIG}: --max-model-len {max_model_len} is above the {allowed} tokens this "
             f"config allows on vLLM {version} ({why}); vLLM would refuse it, and "
             "VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 would run past it with unscaled RoPE (wrong output).",
-            hint=patch_hint(path, manifest, max_model_len), path=str(path / CONFIG))
+            hint=patch_hint(path, manifest, max_model_len),
+            path=str(path / CONFIG),
+        )
 
     tp_n = profile.tp if tp is None else tp
     if tp_n < 1:
@@ -316,19 +392,46 @@ def build_launch_plan(
     unset: list[str] = []
     if "VLLM_ALLOW_LONG_MAX_MODEL_LEN" in env_in:
         unset.append("VLLM_ALLOW_LONG_MAX_MODEL_LEN")
-        notes.append("VLLM_ALLOW_LONG_MAX_MODEL_LEN is removed from vLLM's environment: the "
-                     "config allows this length, and the variable would hide a wrong one")
+        notes.append(
+            "VLLM_ALLOW_LONG_MAX_MODEL_LEN is removed from vLLM's environment: the "
+            "config allows this length, and the variable would hide a wrong one"
+        )
 
-    mode, nodes = _multinode(path, python, core, net, extra_args, tp_n, digest, caps, version,
-                             nnodes, gpus_per_node, master_addr, multinode_mode, notes,
-                             engine.distribution if engine else None)
+    mode, nodes = _multinode(
+        path,
+        python,
+        core,
+        net,
+        extra_args,
+        tp_n,
+        digest,
+        caps,
+        version,
+        nnodes,
+        gpus_per_node,
+        master_addr,
+        multinode_mode,
+        notes,
+        engine.distribution if engine else None,
+    )
     if gpus_here is not None and gpus_here.count and nnodes is None and gpus_per_node is None:
         _node_gpu_note(path, gpus_here, tp_n, _pp_size(extra_args), notes)
     plan = LaunchPlan(
-        argv=argv, env=dict(profile.env), unset_env=tuple(unset), model_path=str(path),
-        max_model_len=max_model_len, max_len_allowed=allowed, served_model_name=name,
-        host=host, port=port if port is not None else DEFAULT_PORT, profile=profile.name,
-        engine=engine, digest=digest, multinode_mode=mode, nodes=nodes, notes=tuple(notes),
+        argv=argv,
+        env=dict(profile.env),
+        unset_env=tuple(unset),
+        model_path=str(path),
+        max_model_len=max_model_len,
+        max_len_allowed=allowed,
+        served_model_name=name,
+        host=host,
+        port=port if port is not None else DEFAULT_PORT,
+        profile=profile.name,
+        engine=engine,
+        digest=digest,
+        multinode_mode=mode,
+        nodes=nodes,
+        notes=tuple(notes),
         extra_args=tuple(extra_args),
     )
     if engine is None and offline_gate:

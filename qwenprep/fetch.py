@@ -26,7 +26,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from qwenprep import __version__
+from qwenprep._version import __version__
 from qwenprep.errors import InputError, UsageError
 from qwenprep.fetch_local import RECORD, refuse_links, refuse_overlay
 from qwenprep.fetch_plan import (
@@ -48,9 +48,21 @@ from qwenprep.redact import display_endpoint, scrub_hub_logs
 from qwenprep.report import SCHEMA_VERSION, Check, Report
 from qwenprep.sizes import format_bytes
 
-__all__ = ["RECORD", "FetchPlan", "FetchResult", "RemoteFile", "check_space", "download",
-           "fetch", "parse_spec", "plan_fetch", "refuse_links", "refuse_overlay", "selected",
-           "serving_file"]
+__all__ = [
+    "RECORD",
+    "FetchPlan",
+    "FetchResult",
+    "RemoteFile",
+    "check_space",
+    "download",
+    "fetch",
+    "parse_spec",
+    "plan_fetch",
+    "refuse_links",
+    "refuse_overlay",
+    "selected",
+    "serving_file",
+]
 
 
 def _write_ref(plan: FetchPlan) -> None:
@@ -177,22 +189,40 @@ def _partial_verify(plan: FetchPlan, path: Path) -> Report:
     checks: list[Check] = []
     for f, r in zip(expected, hash_files(jobs), strict=True):
         if r.hexdigest != (f.etag or "").strip('"').lower():
-            checks.append(Check("deep.hash", "fail", f"{f.name}: content does not match the "
-                                "Hub's hash for it. Hint: run the same command again", f.name))
+            checks.append(
+                Check(
+                    "deep.hash",
+                    "fail",
+                    f"{f.name}: content does not match the "
+                    "Hub's hash for it. Hint: run the same command again",
+                    f.name,
+                )
+            )
     if not checks:
-        checks.append(Check("deep.hash", "pass", f"{len(jobs)} file(s) match the Hub's content "
-                            "hash"))
-    checks.append(Check("verify.partial", "skip", f"--include/--exclude left out "
-                        f"{len(plan.left_out)} serving file(s) ({', '.join(plan.left_out[:4])}"
-                        f"{', ...' if len(plan.left_out) > 4 else ''}): a partial checkpoint, "
-                        "not verified as a whole. Run qwenprep verify PATH once it is complete"))
+        checks.append(
+            Check("deep.hash", "pass", f"{len(jobs)} file(s) match the Hub's content hash")
+        )
+    checks.append(
+        Check(
+            "verify.partial",
+            "skip",
+            f"--include/--exclude left out "
+            f"{len(plan.left_out)} serving file(s) ({', '.join(plan.left_out[:4])}"
+            f"{', ...' if len(plan.left_out) > 4 else ''}): a partial checkpoint, "
+            "not verified as a whole. Run qwenprep verify PATH once it is complete",
+        )
+    )
     report = Report("verify", checks)
     report.extra.update(path=str(path), deep=True)
     return report
 
 
 def download(
-    plan: FetchPlan, *, endpoint: str | None = None, verify: bool = True, attempts: int = 3,
+    plan: FetchPlan,
+    *,
+    endpoint: str | None = None,
+    verify: bool = True,
+    attempts: int = 3,
     max_workers: int | None = None,
 ) -> FetchResult:
     """snapshot_download exactly the planned files at the pinned commit, then check them
@@ -279,15 +309,25 @@ def fetch(
         cached = _offline_cached(spec_text, revision, include, exclude, cache_dir)
         if cached is not None:
             return cached
-    plan = plan_fetch(spec_text, local_dir=local_dir, cache_dir=cache_dir, endpoint=endpoint,
-                      revision=revision, include=include, exclude=exclude)
+    plan = plan_fetch(
+        spec_text,
+        local_dir=local_dir,
+        cache_dir=cache_dir,
+        endpoint=endpoint,
+        revision=revision,
+        include=include,
+        exclude=exclude,
+    )
     if dry_run:
         try:
             disk = check_space(plan, reserve_bytes=reserve_bytes)
         except InputError as err:
             disk = Check("fetch.disk", "fail", err.message, err.path)
-        path = plan.local_dir if plan.local_dir is not None else (
-            repo_storage(plan.spec.repo_id, plan.cache_dir) / "snapshots" / plan.commit)
+        path = (
+            plan.local_dir
+            if plan.local_dir is not None
+            else (repo_storage(plan.spec.repo_id, plan.cache_dir) / "snapshots" / plan.commit)
+        )
         return FetchResult(plan, path, 0.0, (disk,), mode="dry-run")
     disk = check_space(plan, reserve_bytes=reserve_bytes)
     result = download(plan, endpoint=endpoint, verify=verify, max_workers=max_workers)
@@ -296,9 +336,13 @@ def fetch(
     )
 
 
-def _offline_cached(spec_text: str, revision: str | None, include: tuple[str, ...] | list[str],
-                    exclude: tuple[str, ...] | list[str], cache_dir: Path | None
-                    ) -> FetchResult | None:
+def _offline_cached(
+    spec_text: str,
+    revision: str | None,
+    include: tuple[str, ...] | list[str],
+    exclude: tuple[str, ...] | list[str],
+    cache_dir: Path | None,
+) -> FetchResult | None:
     """HF_HUB_OFFLINE and the revision in the cache: that snapshot (None when not cached)."""
     from qwenprep.hub import find_cached
 
@@ -315,6 +359,11 @@ def _offline_cached(spec_text: str, revision: str | None, include: tuple[str, ..
     )
     total = sum(f.size or 0 for f in files)
     plan = FetchPlan(spec, commit, files, cache, None, cache, total, 0)
-    check = Check("fetch.offline", "pass", f"HF_HUB_OFFLINE is set and {spec.repo_id}@"
-                  f"{spec.rev} is cached (commit {commit[:12]}): nothing fetched", str(snap))
+    check = Check(
+        "fetch.offline",
+        "pass",
+        f"HF_HUB_OFFLINE is set and {spec.repo_id}@"
+        f"{spec.rev} is cached (commit {commit[:12]}): nothing fetched",
+        str(snap),
+    )
     return FetchResult(plan, snap, 0.0, (check,), mode="offline")

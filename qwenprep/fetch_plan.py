@@ -49,8 +49,9 @@ def _patterns(patterns: tuple[str, ...] | list[str]) -> list[str]:
     return [p + "*" if p.endswith("/") else p for p in patterns]
 
 
-def selected(name: str, include: tuple[str, ...] | list[str] = (),
-             exclude: tuple[str, ...] | list[str] = ()) -> bool:
+def selected(
+    name: str, include: tuple[str, ...] | list[str] = (), exclude: tuple[str, ...] | list[str] = ()
+) -> bool:
     """`hf download --include/--exclude` on top of the serving filter: glob patterns (fnmatch,
     as huggingface_hub matches them); a name must match an include (when any is given) and no
     exclude."""
@@ -121,8 +122,6 @@ class FetchResult:
             "checks": [c.to_dict() for c in self.checks],
             "verify": self.verify.to_dict(),
         }
-
-
 
 
 def _hf_error(name: str) -> type[BaseException]:
@@ -233,13 +232,15 @@ def parse_spec(spec_text: str, revision: str | None = None) -> RepoSpec:
     if revision is not None:
         bad = parse_repo_spec(f"{spec.repo_id}@{revision}")
         if bad is None:
-            raise UsageError(f"--revision {revision!r} is not a branch, tag or commit hash.",
-                             hint=f"for example: qwenprep fetch {spec.repo_id} --revision main")
+            raise UsageError(
+                f"--revision {revision!r} is not a branch, tag or commit hash.",
+                hint=f"for example: qwenprep fetch {spec.repo_id} --revision main",
+            )
         if spec.revision is not None and spec.revision != revision:
             raise UsageError(
-                f"{spec_text} names revision {spec.revision!r} but --revision says "
-                f"{revision!r}.",
-                hint=f"give one of them: qwenprep fetch {spec.repo_id} --revision {revision}")
+                f"{spec_text} names revision {spec.revision!r} but --revision says {revision!r}.",
+                hint=f"give one of them: qwenprep fetch {spec.repo_id} --revision {revision}",
+            )
         spec = RepoSpec(spec.repo_id, revision)
     return spec
 

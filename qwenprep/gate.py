@@ -9,11 +9,14 @@ config the way ``vllm serve`` does (``AsyncEngineArgs.from_cli_args(args)
 (_engine_probe.gate). What the engine will then use (length, RoPE type, factor, original
 length, rope_theta as the model layer takes it, quantization) is compared with the overlay's
 intent. Without vLLM (discover() is None, or check --no-engine) the same comparison runs on
-qwenprep's own reading of the argv (offline_dests: spellings normalised as vLLM's parser
-does, against a snapshot of vLLM 0.32's serve options), and every check says it was judged
-offline, not by vLLM.
+qwenprep's own reading of the argv (qwenprep.gate_offline: spellings normalised as vLLM's
+parser does, against a snapshot of vLLM 0.32's serve options), and every check says it was
+judged offline, not by vLLM.
 
 check turns the result into checks (a fail: exit 1); serve raises ArgsRefused (exit 3).
+Here: the intent and the comparison (intent_of, compare), the batched, cached probe
+(probe_plans), and the gate itself (gate, enforce, GateResult, ArgsRefused); the offline
+reading's names (offline_dests, offline_view, OWN_OPTION, MODEL_FLAG) are re-exported.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,23 +31,31 @@ from typing import TYPE_CHECKING, Any
 
 from qwenprep.contexts import effective_rope
 from qwenprep.errors import EXIT_CANNOT_PROCEED, UsageError
-from qwenprep.model import ModelView, deep_merge
+from qwenprep.gate_offline import MODEL_FLAG, OWN_OPTION, _serve_at, offline_dests, offline_view
+from qwenprep.model import ModelView
 from qwenprep.report import Check
 
 if TYPE_CHECKING:
     from qwenprep.engine import EngineInfo
     from qwenprep.engines.vllm_launch import LaunchPlan
 
+__all__ = [  # the offline reading lives in qwenprep.gate_offline; named here as before
+    "MODEL_FLAG",
+    "OWN_OPTION",
+    "PATCH_FIX",
+    "ArgsRefused",
+    "GateResult",
+    "Intent",
+    "compare",
+    "enforce",
+    "gate",
+    "intent_of",
+    "offline_dests",
+    "offline_view",
+    "probe_plans",
+]
+
 PATCH_FIX = "qwenprep patch MODEL --context 1m --out DIR, then serve DIR"
-# vLLM's FlexibleArgumentParser moves a `--model X` it finds anywhere to the model position
-MODEL_FLAG = re.compile(r"^--model(=.+|$)")
-OWN_OPTION = {  # vLLM dest -> the qwenprep option that sets it
-    "model": "PATH (qwenprep serve PATH: the model is qwenprep's positional argument)",
-    "max_model_len": "--max-model-len (qwenprep check: --context)",
-    "tensor_parallel_size": "--tp", "enable_expert_parallel": "--ep/--no-ep",
-    "served_model_name": "--served-model-name", "enable_auto_tool_choice": "(the model profile)",
-    "tool_call_parser": "(the model profile)", "host": "--host", "port": "--port",
-}
 
 
 class ArgsRefused(UsageError):
@@ -78,27 +88,46 @@ def _num(v: Any, default: float) -> float:
     return float(v) if ok else default
 
 
-def intent_of(config: dict[str, Any], manifest: dict[str, Any] | None,
-              max_model_len: int) -> Intent:
+def intent_of(
+    config: dict[str, Any], manifest: dict[str, Any] | None, max_model_len: int
+) -> Intent:
     rope = effective_rope(config)
     qc = config.get("quantization_config")
     quant = qc.get("quant_method") if isinstance(qc, dict) else None
     mpe = ModelView(config).max_position_embeddings  # text_config's, for nested configs
     mpe_n = int(mpe) if isinstance(mpe, int) and not isinstance(mpe, bool) else 0
-    kept = {"partial_rotary_factor": rope.get("partial_rotary_factor"),
-            "mrope_section": rope.get("mrope_section")}
+    kept = {
+        "partial_rotary_factor": rope.get("partial_rotary_factor"),
+        "mrope_section": rope.get("mrope_section"),
+    }
     if manifest is not None:
         factor = float(manifest["factor"])
         native = int(manifest["native_context"])
-        return Intent(max_model_len, "yarn" if factor != 1.0 else "default", factor,
-                      native if factor != 1.0 else None, rope.get("rope_theta"), quant, native,
-                      "the overlay manifest", **kept)
+        return Intent(
+            max_model_len,
+            "yarn" if factor != 1.0 else "default",
+            factor,
+            native if factor != 1.0 else None,
+            rope.get("rope_theta"),
+            quant,
+            native,
+            "the overlay manifest",
+            **kept,
+        )
     kind = str(rope.get("rope_type", "default"))
     orig = rope.get("original_max_position_embeddings") if kind == "yarn" else None
     native = int(_num(orig, mpe_n)) if kind == "yarn" else mpe_n
-    return Intent(max_model_len, kind, _num(rope.get("factor"), 1.0),
-                  orig if isinstance(orig, int) else None, rope.get("rope_theta"), quant,
-                  native, "config.json", **kept)
+    return Intent(
+        max_model_len,
+        kind,
+        _num(rope.get("factor"), 1.0),
+        orig if isinstance(orig, int) else None,
+        rope.get("rope_theta"),
+        quant,
+        native,
+        "config.json",
+        **kept,
+    )
 
 
 def _fmt(x: Any) -> str:
@@ -118,220 +147,109 @@ def compare(view: dict[str, Any], want: Intent, where: str) -> list[Check]:
     """The engine's view (what vLLM will use) against the intent; one check per quantity."""
     checks: list[Check] = []
 
-    def check(cid: str, label: str, got: Any, wanted: Any, numeric: bool = True,
-              who: str = f"{want.source} intends") -> None:
+    def check(
+        cid: str,
+        label: str,
+        got: Any,
+        wanted: Any,
+        numeric: bool = True,
+        who: str = f"{want.source} intends",
+    ) -> None:
         same = _same(got, wanted) if numeric else got == wanted
         if numeric and got is None and wanted is None:
             same = True
         if same:
             checks.append(Check(cid, "pass", f"{label}: vLLM uses {_fmt(got)}", where))
         else:
-            checks.append(Check(cid, "fail", f"{label}: vLLM would use {_fmt(got)} but "
-                                f"{who} {_fmt(wanted)}", where))
+            checks.append(
+                Check(
+                    cid,
+                    "fail",
+                    f"{label}: vLLM would use {_fmt(got)} but {who} {_fmt(wanted)}",
+                    where,
+                )
+            )
 
-    check("engine.max_model_len", "max model length", view.get("max_model_len"),
-          want.max_model_len, who="the plan asks for")
+    check(
+        "engine.max_model_len",
+        "max model length",
+        view.get("max_model_len"),
+        want.max_model_len,
+        who="the plan asks for",
+    )
     check("engine.rope_type", "rope type", view.get("rope_type"), want.rope_type, numeric=False)
     if want.rope_type == "yarn" or view.get("rope_type") == "yarn":
         check("engine.rope_factor", "YaRN factor", view.get("factor"), want.factor)
-        check("engine.rope_original", "YaRN original_max_position_embeddings",
-              view.get("original_max_position_embeddings"), want.original)
+        check(
+            "engine.rope_original",
+            "YaRN original_max_position_embeddings",
+            view.get("original_max_position_embeddings"),
+            want.original,
+        )
     theta = view.get("rope_theta")
     if want.rope_theta is None:
-        checks.append(Check(
-            "engine.rope_theta", "fail",
-            "config.json carries no rope_theta (neither top level nor inside the rope dict); "
-            f"vLLM falls back to base {_fmt(theta)} (Qwen3-Coder uses 10000000). Hint: add "
-            "\"rope_theta\": 10000000, or rebuild with qwenprep patch MODEL --context 1m "
-            "--out DIR", where))
+        checks.append(
+            Check(
+                "engine.rope_theta",
+                "fail",
+                "config.json carries no rope_theta (neither top level nor inside the rope dict); "
+                f"vLLM falls back to base {_fmt(theta)} (Qwen3-Coder uses 10000000). Hint: add "
+                '"rope_theta": 10000000, or rebuild with qwenprep patch MODEL --context 1m '
+                "--out DIR",
+                where,
+            )
+        )
     else:
-        check("engine.rope_theta", "RoPE base (rope_theta)", theta, want.rope_theta,
-              who="config.json sets")
-    check("engine.quantization", "quantization", view.get("quantization"), want.quantization,
-          numeric=False)
+        check(
+            "engine.rope_theta",
+            "RoPE base (rope_theta)",
+            theta,
+            want.rope_theta,
+            who="config.json sets",
+        )
+    check(
+        "engine.quantization",
+        "quantization",
+        view.get("quantization"),
+        want.quantization,
+        numeric=False,
+    )
     for key in ("partial_rotary_factor", "mrope_section"):  # M-RoPE releases: in the rope dict
         if getattr(want, key) is not None and key in view:
-            check(f"engine.{key}", key, view[key], getattr(want, key), key != "mrope_section",
-                  who="config.json sets")
+            check(
+                f"engine.{key}",
+                key,
+                view[key],
+                getattr(want, key),
+                key != "mrope_section",
+                who="config.json sets",
+            )
     if view.get("read_by") == "config_layer":  # ModelConfig could not run: say what did
         checks.append(Check("engine.config_layer", "warn", str(view.get("read_by_note")), where))
     length = view.get("max_model_len")
     if isinstance(length, int) and want.native and length > want.native:
-        covered = (_num(view.get("factor"), 1.0)
-                   * _num(view.get("original_max_position_embeddings"), 0.0)
-                   if view.get("rope_type") == "yarn" else 0.0)
+        covered = (
+            _num(view.get("factor"), 1.0) * _num(view.get("original_max_position_embeddings"), 0.0)
+            if view.get("rope_type") == "yarn"
+            else 0.0
+        )
         if covered < length:
-            how = (f"YaRN factor {_fmt(view.get('factor'))} x original "
-                   f"{_fmt(view.get('original_max_position_embeddings'))} = {_fmt(covered)}"
-                   if view.get("rope_type") == "yarn" else
-                   f"{view.get('rope_type')} (unscaled) RoPE")
-            checks.append(Check(
-                "engine.rope_scaling", "fail",
-                f"vLLM would serve {length} tokens with {how}, past the native {want.native}: "
-                f"positions beyond it give wrong output. Hint: {PATCH_FIX}", where))
+            how = (
+                f"YaRN factor {_fmt(view.get('factor'))} x original "
+                f"{_fmt(view.get('original_max_position_embeddings'))} = {_fmt(covered)}"
+                if view.get("rope_type") == "yarn"
+                else f"{view.get('rope_type')} (unscaled) RoPE"
+            )
+            checks.append(
+                Check(
+                    "engine.rope_scaling",
+                    "fail",
+                    f"vLLM would serve {length} tokens with {how}, past the native {want.native}: "
+                    f"positions beyond it give wrong output. Hint: {PATCH_FIX}",
+                    where,
+                )
+            )
     return checks
-
-
-# ------------------------------------------------------------------ the offline reading
-def _human_int(text: str) -> int | None:
-    """vLLM's human_readable_int_or_auto: 1k = 1000, 1K = 1024, 1m = 10^6, 1M = 2^20, auto."""
-    t = text.strip()
-    if t in ("-1", "auto", "AUTO", "Auto"):
-        return -1
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)([kKmMgGtT])", t)
-    if m:
-        num, suf = m.groups()
-        if suf.islower():
-            return int(float(num) * 10 ** (3 * "kmgt".index(suf) + 3))
-        return int(num) * 2 ** (10 * "KMGT".index(suf) + 10) if num.isdigit() else None
-    try:
-        return int(t)
-    except ValueError:
-        return None
-
-
-def _json_or(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        n = _human_int(text)
-        return text if n is None else n
-
-
-def _yaml_args(file: str) -> list[str]:
-    """vLLM's load_config_file: YAML keys as --key VALUE (bool: --key / --no-key; list: the
-    items; dict: JSON)."""
-    if file.rsplit(".", 1)[-1] not in ("yaml", "yml"):
-        raise ValueError(f"Config file must be of a yaml/yml type. {file} supplied")
-    import yaml  # PyYAML comes with huggingface_hub
-
-    with open(file, encoding="utf-8") as f:
-        data = yaml.safe_load(f)
-    if not isinstance(data, dict):
-        raise ValueError(f"{file}: the top level is not a mapping of option: value")
-    out: list[str] = []
-    for key, value in data.items():
-        if isinstance(value, bool):
-            out += [f"--{key}"] if value else [f"--no-{key}"]
-        elif isinstance(value, list):
-            out += [f"--{key}", *(str(v) for v in value)] if value else []
-        elif isinstance(value, dict):
-            out += [f"--{key}", json.dumps(value)]
-        else:
-            out += [f"--{key}", str(value)]
-    return out
-
-
-SHORT = {"-tp": "tensor-parallel-size", "-pp": "pipeline-parallel-size", "-q": "quantization",
-         "-ep": "enable-expert-parallel", "-dp": "data-parallel-size"}
-
-
-def _resolve(name: str, known: Sequence[str]) -> str:
-    if name in known:
-        return name
-    hits = [k for k in known if k.startswith(name)]
-    if len(hits) == 1:
-        return hits[0]
-    if hits:
-        raise ValueError(f"ambiguous option: {name} could match {', '.join(hits[:6])}")
-    raise ValueError(f"unrecognized arguments: {name}")
-
-
-def offline_dests(argv: Sequence[str], known: Sequence[str] | None = None) -> dict[str, Any]:
-    """The serve arguments ARGV (after `serve MODEL`) as vLLM's parser would read them, by
-    qwenprep's own rules: --config YAML expanded before the rest, `_` read as `-` in names,
-    unique prefixes resolved against KNOWN (vLLM 0.32's serve options), dotted --x.a.b keys
-    merged into --x's dict. dest -> value, the last one wins. ValueError says what vLLM's
-    parser would refuse."""
-    from qwenprep.engines.vllm_flags import LONG_OPTIONS
-
-    names = known if known is not None else LONG_OPTIONS
-    args = list(argv)
-    if "--config" in args:
-        i = args.index("--config")
-        if i + 1 >= len(args):
-            raise ValueError("No config file specified! Please check your command-line "
-                             "arguments.")
-        args = _yaml_args(args[i + 1]) + args[:i] + args[i + 2:]
-    dests: dict[str, Any] = {}
-    dotted: dict[str, dict[str, Any]] = {}
-    i = 0
-    while i < len(args):
-        tok = args[i]
-        i += 1
-        if not tok.startswith("-") or re.fullmatch(r"-\d+(\.\d+)?", tok):
-            raise ValueError(f"unrecognized arguments: {tok}")
-        name, eq, value = tok.partition("=")
-        head, dot, keys = name.partition(".")
-        if head.startswith("--"):
-            head = "--" + head[2:].replace("_", "-")
-        elif head in SHORT:
-            head = "--" + SHORT[head]
-        if not eq and i < len(args) and (not args[i].startswith("-")
-                                         or re.fullmatch(r"-\d+(\.\d+)?", args[i])):
-            value, has_value = args[i], True
-            i += 1
-        else:
-            has_value = bool(eq)
-        if not head.startswith("--"):
-            continue  # another short option: its value (if any) was taken above
-        if dot:
-            node = dotted.setdefault(_resolve(head, names)[2:].replace("-", "_"), {})
-            *path, last = keys.rstrip("+").split(".")
-            for k in path:
-                node = node.setdefault(k, {})
-            node[last] = _json_or(value)
-            continue
-        full = _resolve(head, names)
-        dest = full[2:].replace("-", "_")
-        if full.startswith("--no-") and "--" + full[5:] in names:
-            dests[dest[3:]] = False
-        else:
-            dests[dest] = value if has_value else True
-    for key, tree in dotted.items():  # vLLM appends them as JSON after everything else
-        dests[key] = tree
-    if isinstance(dests.get("hf_overrides"), str):
-        dests["hf_overrides"] = json.loads(dests["hf_overrides"])
-    if isinstance(dests.get("max_model_len"), str):
-        n = _human_int(dests["max_model_len"])
-        if n is None:
-            raise ValueError(f"argument --max-model-len: invalid value: "
-                             f"{dests['max_model_len']!r}")
-        dests["max_model_len"] = n
-    return dests
-
-
-def offline_view(config: dict[str, Any], dests: dict[str, Any]) -> dict[str, Any]:
-    """What vLLM 0.30+ with transformers 5 would use for CONFIG with the parsed DESTS
-    (hf_overrides replace top-level keys; a rope dict given without rope_theta loses it, the
-    FACTS.md trap). ValueError as vLLM's length check would refuse."""
-    eff = dict(config)
-    over = dests.get("hf_overrides") or {}
-    if not isinstance(over, dict):
-        raise ValueError(f"--hf-overrides must be a JSON object, got {over!r}")
-    for key, value in over.items():
-        if isinstance(eff.get(key), dict) and isinstance(value, dict) and key.endswith("_config"):
-            eff[key] = deep_merge(eff[key], value)  # vLLM 0.32 ModelConfig._update_nested
-        else:
-            eff[key] = value
-    rope = effective_rope(eff)
-    if any(k in over for k in ("rope_scaling", "rope_parameters")):
-        block = over.get("rope_scaling", over.get("rope_parameters"))
-        if not (isinstance(block, dict) and "rope_theta" in block):
-            rope.pop("rope_theta", None)  # the override replaced the dict that carried it
-    mpe = ModelView(eff).max_position_embeddings
-    want = dests.get("max_model_len")
-    if isinstance(mpe, int) and isinstance(want, int) and want > mpe:
-        raise ValueError(f"User-specified max_model_len ({want}) is greater than the derived "
-                         f"max_model_len (max_position_embeddings={mpe})")
-    qc = eff.get("quantization_config")
-    return {"max_model_len": want if isinstance(want, int) and want > 0 else mpe,
-            "rope_type": rope.get("rope_type", "default"), "factor": rope.get("factor"),
-            "original_max_position_embeddings": rope.get("original_max_position_embeddings"),
-            "rope_theta": rope.get("rope_theta", 10000),
-            "quantization": qc.get("quant_method") if isinstance(qc, dict) else None,
-            "partial_rotary_factor": rope.get("partial_rotary_factor", 1.0),
-            "mrope_section": rope.get("mrope_section")}
 
 
 # ------------------------------------------------------------------ the gate
@@ -348,28 +266,37 @@ class GateResult:
 
     def note(self) -> str:
         if self.offline:
-            return (f"the vLLM arguments were judged offline, not by vLLM ({self.judged_by}): "
-                    "spellings read as vLLM 0.32's serve parser does")
-        return (f"{self.judged_by} parsed this argv with its own serve parser and read the "
-                "model config back with those arguments")
+            return (
+                f"the vLLM arguments were judged offline, not by vLLM ({self.judged_by}): "
+                "spellings read as vLLM 0.32's serve parser does"
+            )
+        return (
+            f"{self.judged_by} parsed this argv with its own serve parser and read the "
+            "model config back with those arguments"
+        )
 
     def raise_if_refused(self) -> None:
         bad = self.refused
         if not bad:
             return
         listed = "; ".join(f"[{c.id}] {c.message.split(' Hint: ')[0]}" for c in bad)
-        who = self.judged_by if not self.offline else f"judged offline, not by vLLM: " \
-            f"{self.judged_by}"
+        who = (
+            self.judged_by if not self.offline else f"judged offline, not by vLLM: {self.judged_by}"
+        )
         ids = {c.id for c in bad}
         if ids & {"engine.own_args"}:
-            hint = ("set these with qwenprep's own options, not after --: " + "; ".join(
-                c.message.split(" Hint: ")[1] for c in bad
-                if c.id == "engine.own_args" and " Hint: " in c.message))
+            hint = "set these with qwenprep's own options, not after --: " + "; ".join(
+                c.message.split(" Hint: ")[1]
+                for c in bad
+                if c.id == "engine.own_args" and " Hint: " in c.message
+            )
         elif ids & {"engine.argv"}:
             hint = "drop or fix that argument; vllm serve --help=all lists every option."
         else:
-            hint = (f"put the rope settings into config.json instead: {PATCH_FIX}; an "
-                    "--hf-overrides rope dict must restate rope_theta.")
+            hint = (
+                f"put the rope settings into config.json instead: {PATCH_FIX}; an "
+                "--hf-overrides rope dict must restate rope_theta."
+            )
         raise ArgsRefused(f"vLLM would not serve what was asked ({who}): {listed}", hint=hint)
 
 
@@ -380,8 +307,10 @@ def _fingerprint(plan: LaunchPlan, python: str, items: list[dict[str, Any]]) -> 
     """The probe's answer depends on the argv, the interpreter, the files it reads and the
     environment: the in-process cache (check then serve --dry-run of one plan) keys on all."""
     h = hashlib.sha256(json.dumps([python, items]).encode())
-    files = [Path(plan.model_path) / "config.json",
-             Path(plan.model_path) / ".qwenprep" / "manifest.json"]
+    files = [
+        Path(plan.model_path) / "config.json",
+        Path(plan.model_path) / ".qwenprep" / "manifest.json",
+    ]
     args = [a for it in items for a in it["argv"]]
     files += [Path(args[i + 1]) for i, a in enumerate(args[:-1]) if a == "--config"]
     for f in files:
@@ -390,17 +319,14 @@ def _fingerprint(plan: LaunchPlan, python: str, items: list[dict[str, Any]]) -> 
         except OSError:
             h.update(b"-")
     env = plan.child_env()
-    h.update(json.dumps(sorted((k, v) for k, v in env.items()
-                               if k.startswith(("VLLM_", "HF_", "TRANSFORMERS_")))).encode())
+    h.update(
+        json.dumps(
+            sorted(
+                (k, v) for k, v in env.items() if k.startswith(("VLLM_", "HF_", "TRANSFORMERS_"))
+            )
+        ).encode()
+    )
     return h.hexdigest()
-
-
-def _serve_at(argv: Sequence[str]) -> int:
-    """Where `serve MODEL ...` starts in ARGV (python -c WORKER_ENTRY serve MODEL ...)."""
-    from qwenprep.engines.vllm_launch import WORKER_ENTRY
-
-    return list(argv).index(WORKER_ENTRY) + 1 if WORKER_ENTRY in argv else \
-        list(argv).index("serve")
 
 
 def _items(plan: LaunchPlan) -> list[dict[str, Any]]:
@@ -409,7 +335,7 @@ def _items(plan: LaunchPlan) -> list[dict[str, Any]]:
     argvs = [plan.argv] + [n.argv for n in plan.nodes if n.argv[:1] != ("ray",)]
     out = []
     for argv in argvs:
-        part = list(argv[_serve_at(argv):])
+        part = list(argv[_serve_at(argv) :])
         out.append({"argv": part, "base": len(part) - len(plan.extra_args)})
     return out
 
@@ -434,16 +360,19 @@ def probe_plans(plans: Sequence[LaunchPlan], python: str) -> None:
     if not isinstance(results, list) or len(results) != len(flat):
         from qwenprep.engines.vllm_core import EngineError
 
-        raise EngineError(f"{python}: the vLLM probe (gate) answered {len(results or [])} "
-                          f"results for {len(flat)} argvs.")
+        raise EngineError(
+            f"{python}: the vLLM probe (gate) answered {len(results or [])} "
+            f"results for {len(flat)} argvs."
+        )
     i = 0
     for key, items in batch:
-        _CACHE[key] = {**got, "results": results[i:i + len(items)]}
+        _CACHE[key] = {**got, "results": results[i : i + len(items)]}
         i += len(items)
 
 
-def gate(plan: LaunchPlan, *, engine: EngineInfo | None, offline_reason: str | None = None
-         ) -> GateResult:
+def gate(
+    plan: LaunchPlan, *, engine: EngineInfo | None, offline_reason: str | None = None
+) -> GateResult:
     """Judge PLAN's argv: by the installed vLLM when ENGINE is importable (and no
     OFFLINE_REASON), else offline. Returns the checks; never raises for a refusal."""
     from qwenprep.engines.vllm_core import _manifest, _read_config
@@ -457,10 +386,15 @@ def gate(plan: LaunchPlan, *, engine: EngineInfo | None, offline_reason: str | N
     bad_model = [a for a in plan.extra_args if MODEL_FLAG.match(a)]
     pre: list[Check] = []
     if bad_model:
-        pre.append(Check("engine.own_args", "fail",
-                         f"{bad_model[0].split('=')[0]} after -- names another model; the model "
-                         f"is qwenprep's positional PATH (here {path}). Hint: qwenprep serve "
-                         "MODEL_PATH (qwenprep check MODEL_PATH) instead of -- --model"))
+        pre.append(
+            Check(
+                "engine.own_args",
+                "fail",
+                f"{bad_model[0].split('=')[0]} after -- names another model; the model "
+                f"is qwenprep's positional PATH (here {path}). Hint: qwenprep serve "
+                "MODEL_PATH (qwenprep check MODEL_PATH) instead of -- --model",
+            )
+        )
     if engine is None or not engine.importable or offline_reason:
         why = offline_reason or "no vLLM installed in the named interpreter"
         res = GateResult(why, True, plan.argv, pre)
@@ -476,10 +410,15 @@ def gate(plan: LaunchPlan, *, engine: EngineInfo | None, offline_reason: str | N
     answer = _CACHE[key]
     who = f"vLLM {engine.version} ({engine.distribution}) in {engine.python}"
     res = GateResult(who, False, plan.argv, pre)
-    res.checks.append(Check("engine.found", "pass",
-                            f"vLLM {engine.version} ({engine.distribution}) with transformers "
-                            f"{answer.get('transformers') or engine.transformers} in "
-                            f"{engine.python}"))
+    res.checks.append(
+        Check(
+            "engine.found",
+            "pass",
+            f"vLLM {engine.version} ({engine.distribution}) with transformers "
+            f"{answer.get('transformers') or engine.transformers} in "
+            f"{engine.python}",
+        )
+    )
     for n, r in enumerate(answer["results"]):
         node = "" if n == 0 else f" (node {n - 1})"
         got = _online_checks(r, want, where, shown, engine.version, node)
@@ -492,14 +431,23 @@ def _explain(checks: list[Check], overrides: Any) -> list[Check]:
     """Say why the RoPE base is lost when an --hf-overrides rope dict lacks rope_theta."""
     if not isinstance(overrides, dict):
         return checks
-    keys = [k for k in ("rope_scaling", "rope_parameters") if k in overrides
-            and not (isinstance(overrides[k], dict) and "rope_theta" in overrides[k])]
+    keys = [
+        k
+        for k in ("rope_scaling", "rope_parameters")
+        if k in overrides and not (isinstance(overrides[k], dict) and "rope_theta" in overrides[k])
+    ]
     if not keys:
         return checks
-    why = (f" (--hf-overrides replaces the whole {keys[0]} dict without rope_theta: the base "
-           "from config.json is gone)")
-    return [replace(c, message=c.message + why) if c.status == "fail"
-            and c.id in ("engine.rope_theta", "engine.rope_type") else c for c in checks]
+    why = (
+        f" (--hf-overrides replaces the whole {keys[0]} dict without rope_theta: the base "
+        "from config.json is gone)"
+    )
+    return [
+        replace(c, message=c.message + why)
+        if c.status == "fail" and c.id in ("engine.rope_theta", "engine.rope_type")
+        else c
+        for c in checks
+    ]
 
 
 def _own_changes(changed: dict[str, list[Any]]) -> list[Check]:
@@ -507,57 +455,99 @@ def _own_changes(changed: dict[str, list[Any]]) -> list[Check]:
         return []
     parts = [f"{d} {_fmt(a)} -> {_fmt(b)}" for d, (a, b) in changed.items()]
     fixes = sorted({OWN_OPTION.get(d, d) for d in changed})
-    return [Check("engine.own_args", "fail",
-                  "the arguments after -- change what qwenprep's own options set: "
-                  + ", ".join(parts) + ". Hint: " + "; ".join(fixes))]
+    return [
+        Check(
+            "engine.own_args",
+            "fail",
+            "the arguments after -- change what qwenprep's own options set: "
+            + ", ".join(parts)
+            + ". Hint: "
+            + "; ".join(fixes),
+        )
+    ]
 
 
-def _online_checks(r: dict[str, Any], want: Intent, where: str, shown: str, version: str,
-                   node: str) -> list[Check]:
+def _online_checks(
+    r: dict[str, Any], want: Intent, where: str, shown: str, version: str, node: str
+) -> list[Check]:
     if r.get("stage") == "parse":
-        return [Check("engine.argv", "fail",
-                      f"vLLM {version}'s serve parser refuses the arguments{node}: {r['error']}")]
-    out = [Check("engine.argv", "pass",
-                 f"vLLM {version}'s serve parser accepts {shown}{node}")]
+        return [
+            Check(
+                "engine.argv",
+                "fail",
+                f"vLLM {version}'s serve parser refuses the arguments{node}: {r['error']}",
+            )
+        ]
+    out = [Check("engine.argv", "pass", f"vLLM {version}'s serve parser accepts {shown}{node}")]
     out += _own_changes(r.get("changed") or {})
     if r.get("trust_remote_code_asked"):
-        out.append(Check("engine.remote_code", "warn",
-                         "--trust-remote-code: vLLM will run Python files from the checkpoint "
-                         "when it starts; the readback ran none of them (it used "
-                         "trust_remote_code=False)", where))
+        out.append(
+            Check(
+                "engine.remote_code",
+                "warn",
+                "--trust-remote-code: vLLM will run Python files from the checkpoint "
+                "when it starts; the readback ran none of them (it used "
+                "trust_remote_code=False)",
+                where,
+            )
+        )
     if not r.get("ok"):
         err = str(r.get("error"))
         hint = f" Hint: {PATCH_FIX}" if "max_model_len" in err or "rope" in err else ""
-        return out + [Check("engine.load", "fail",
-                            f"vLLM refuses to build the model config with these arguments"
-                            f"{node}: {err}{hint}", where)]
-    return out + _explain(compare(r["view"], want, where),
-                          (r.get("args") or {}).get("hf_overrides"))
+        return out + [
+            Check(
+                "engine.load",
+                "fail",
+                f"vLLM refuses to build the model config with these arguments{node}: {err}{hint}",
+                where,
+            )
+        ]
+    return out + _explain(
+        compare(r["view"], want, where), (r.get("args") or {}).get("hf_overrides")
+    )
 
 
-def _offline_checks(plan: LaunchPlan, config: dict[str, Any], want: Intent, where: str,
-                    shown: str) -> list[Check]:
+def _offline_checks(
+    plan: LaunchPlan, config: dict[str, Any], want: Intent, where: str, shown: str
+) -> list[Check]:
     tag = "(offline, not judged by vLLM) "
-    out = [Check("engine.readback", "skip",
-                 "the engine readback did not run: the vLLM arguments were judged offline by "
-                 "qwenprep's reading of vLLM 0.32's serve parser, not by vLLM")]
-    argv = list(plan.argv[_serve_at(plan.argv) + 2:])
-    base = argv[:len(argv) - len(plan.extra_args)]
+    out = [
+        Check(
+            "engine.readback",
+            "skip",
+            "the engine readback did not run: the vLLM arguments were judged offline by "
+            "qwenprep's reading of vLLM 0.32's serve parser, not by vLLM",
+        )
+    ]
+    argv = list(plan.argv[_serve_at(plan.argv) + 2 :])
+    base = argv[: len(argv) - len(plan.extra_args)]
     try:
         dests = offline_dests(argv)
         before = offline_dests(base)
     except (ValueError, OSError) as e:
-        return out + [Check("engine.argv", "fail", f"{tag}vLLM's serve parser would refuse the "
-                            f"arguments: {e}")]
+        return out + [
+            Check(
+                "engine.argv", "fail", f"{tag}vLLM's serve parser would refuse the arguments: {e}"
+            )
+        ]
     out.append(Check("engine.argv", "pass", f"{tag}vLLM's serve parser would accept {shown}"))
-    changed = {d: [before.get(d), dests.get(d)] for d in OWN_OPTION
-               if d != "model" and before.get(d) != dests.get(d)}
+    changed = {
+        d: [before.get(d), dests.get(d)]
+        for d in OWN_OPTION
+        if d != "model" and before.get(d) != dests.get(d)
+    }
     out += [replace(c, message=tag + c.message) for c in _own_changes(changed)]
     try:
         view = offline_view(config, dests)
     except ValueError as e:
-        return out + [Check("engine.load", "fail", f"{tag}vLLM would refuse to build the model "
-                            f"config with these arguments: {e}", where)]
+        return out + [
+            Check(
+                "engine.load",
+                "fail",
+                f"{tag}vLLM would refuse to build the model config with these arguments: {e}",
+                where,
+            )
+        ]
     judged = _explain(compare(view, want, where), dests.get("hf_overrides"))
     return out + [replace(c, message=tag + c.message) for c in judged]
 

@@ -30,8 +30,12 @@ class GPU:
     memory_free: int | None  # bytes; None when unknown (flags)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "name": self.name, "memory_total": self.memory_total,
-                "memory_free": self.memory_free}
+        return {
+            "index": self.index,
+            "name": self.name,
+            "memory_total": self.memory_total,
+            "memory_free": self.memory_free,
+        }
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,12 @@ class Inventory:
         return min((g.memory_total for g in self.gpus), default=None)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "count": self.count,
-                "gpus": [g.to_dict() for g in self.gpus], "notes": list(self.notes)}
+        return {
+            "source": self.source,
+            "count": self.count,
+            "gpus": [g.to_dict() for g in self.gpus],
+            "notes": list(self.notes),
+        }
 
 
 def from_nvml() -> tuple[GPU, ...]:
@@ -85,14 +93,18 @@ def parse_smi_csv(text: str) -> tuple[GPU, ...]:
     rows = (r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r))
     for i, row in enumerate(rows):
         if len(row) != 3:
-            raise InputError(f"nvidia-smi line {i + 1}: expected 3 fields (name, memory.total, "
-                             f"memory.free), got {row!r}.")
+            raise InputError(
+                f"nvidia-smi line {i + 1}: expected 3 fields (name, memory.total, "
+                f"memory.free), got {row!r}."
+            )
         name, total, free = (c.strip() for c in row)
         try:
             t, f = int(float(total) * MiB), int(float(free) * MiB)
         except ValueError:
-            raise InputError(f"nvidia-smi line {i + 1}: memory fields {total!r}, {free!r} are "
-                             "not numbers in MiB.") from None
+            raise InputError(
+                f"nvidia-smi line {i + 1}: memory fields {total!r}, {free!r} are "
+                "not numbers in MiB."
+            ) from None
         gpus.append(GPU(i, name, t, f))
     return tuple(gpus)
 
@@ -103,19 +115,24 @@ def from_nvidia_smi(exe: str | None = None, *, timeout: float = 20.0) -> tuple[G
     if not exe:
         raise FileNotFoundError("nvidia-smi is not on PATH")
     try:
-        res = subprocess.run([exe, SMI_QUERY, SMI_FORMAT], capture_output=True, text=True,
-                             timeout=timeout, env=os.environ.copy())
+        res = subprocess.run(
+            [exe, SMI_QUERY, SMI_FORMAT],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=os.environ.copy(),
+        )
     except (OSError, subprocess.TimeoutExpired) as e:
         raise RuntimeError(f"nvidia-smi did not run ({e})") from None
     if res.returncode != 0:
         msg = (res.stderr or res.stdout).strip().splitlines()
-        raise RuntimeError(f"nvidia-smi exited {res.returncode}"
-                           + (f": {msg[0]}" if msg else ""))
+        raise RuntimeError(f"nvidia-smi exited {res.returncode}" + (f": {msg[0]}" if msg else ""))
     return parse_smi_csv(res.stdout)
 
 
-def from_flags(count: int, memory: int,
-               name: str = "(from --gpus/--gpu-memory)") -> tuple[GPU, ...]:
+def from_flags(
+    count: int, memory: int, name: str = "(from --gpus/--gpu-memory)"
+) -> tuple[GPU, ...]:
     if count < 1:
         raise UsageError(f"--gpus must be at least 1 (got {count}).")
     if memory <= 0:
@@ -127,8 +144,9 @@ def inventory(*, gpus: int | None = None, gpu_memory: int | None = None) -> Inve
     """The flags when both are given (they say what the deploy target has, which need not be
     this machine); else NVML; else nvidia-smi; else none."""
     if (gpus is None) != (gpu_memory is None):
-        raise UsageError("--gpus and --gpu-memory go together.",
-                         hint="e.g. --gpus 8 --gpu-memory 141GB")
+        raise UsageError(
+            "--gpus and --gpu-memory go together.", hint="e.g. --gpus 8 --gpu-memory 141GB"
+        )
     if gpus is not None and gpu_memory is not None:
         return Inventory("flags", from_flags(gpus, gpu_memory))
     notes: list[str] = []

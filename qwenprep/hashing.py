@@ -67,16 +67,20 @@ class RecordError(OSError):
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a directory"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket")):
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
         if test(mode):
             return name
     return "not a file"
 
 
 def not_regular(path: Path) -> str | None:
-    """"not a regular file (a FIFO)" and the like when PATH (links followed) exists and is not
+    """ "not a regular file (a FIFO)" and the like when PATH (links followed) exists and is not
     a regular file; None for a regular file or when there is nothing there (stat only)."""
     try:
         mode = os.stat(path).st_mode
@@ -132,8 +136,9 @@ def _buffer() -> memoryview:
     return buf
 
 
-def hash_file(job: HashJob, on_bytes: Callable[[int], None] | None = None,
-              stop: threading.Event | None = None) -> HashResult:
+def hash_file(
+    job: HashJob, on_bytes: Callable[[int], None] | None = None, stop: threading.Event | None = None
+) -> HashResult:
     """Hash one file in CHUNK reads. Never raises for I/O problems: they go in .error. A set
     `stop` ends it at the next chunk with error "interrupted"."""
     try:
@@ -158,8 +163,13 @@ def hash_file(job: HashJob, on_bytes: Callable[[int], None] | None = None,
                 if on_bytes is not None:
                     on_bytes(n)
             if seen != size:
-                return HashResult(job.path, job.algorithm, size, None,
-                                  f"size changed while reading ({seen} of {size} bytes)")
+                return HashResult(
+                    job.path,
+                    job.algorithm,
+                    size,
+                    None,
+                    f"size changed while reading ({seen} of {size} bytes)",
+                )
             return HashResult(job.path, job.algorithm, size, h.hexdigest())
     except NotRegularFile as e:
         return HashResult(job.path, job.algorithm, -1, None, e.strerror, not_regular=True)
@@ -167,8 +177,9 @@ def hash_file(job: HashJob, on_bytes: Callable[[int], None] | None = None,
         return HashResult(job.path, job.algorithm, -1, None, e.strerror or str(e))
 
 
-def hash_files(jobs: list[HashJob], *, workers: int | None = None,
-               progress: ProgressFn | None = None) -> list[HashResult]:
+def hash_files(
+    jobs: list[HashJob], *, workers: int | None = None, progress: ProgressFn | None = None
+) -> list[HashResult]:
     """Hash all jobs, biggest first, `workers` at a time (default: CPU count). Results keep
     the order of `jobs`. progress(done, total) is called from worker threads, serialised.
 
@@ -232,8 +243,14 @@ class ProgressMeter:
     time another 10% is done or `every_s` seconds have passed, so a long run is never silent.
     The last update (done == total) always returns a line."""
 
-    def __init__(self, *, tty: bool, every_s: float = 10.0, redraw_s: float = 0.2,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        tty: bool,
+        every_s: float = 10.0,
+        redraw_s: float = 0.2,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.tty, self.every_s, self.redraw_s, self.clock = tty, every_s, redraw_s, clock
         self.start = clock()
         self.last_t: float | None = None
@@ -269,8 +286,11 @@ class ProgressMeter:
         elif self.tty:
             if self.last_t is not None and now - self.last_t < self.redraw_s:
                 return None
-        elif decile <= self.last_decile and self.last_t is not None \
-                and now - self.last_t < self.every_s:
+        elif (
+            decile <= self.last_decile
+            and self.last_t is not None
+            and now - self.last_t < self.every_s
+        ):
             return None
         self.last_t, self.last_decile = now, decile
         return self.text(done, total, now)
@@ -308,7 +328,11 @@ def write_record(root: Path, entries: dict[str, dict[str, Any]]) -> Path:
     files.update(entries)
     p = record_path(root)
     p.parent.mkdir(exist_ok=True)
-    obj = {"schema_version": 1, "tool": "qwenprep", "algorithm": "sha256",
-           "files": dict(sorted(files.items()))}
+    obj = {
+        "schema_version": 1,
+        "tool": "qwenprep",
+        "algorithm": "sha256",
+        "files": dict(sorted(files.items())),
+    }
     atomic_write_text(p, json.dumps(obj, indent=2) + "\n")
     return p

@@ -56,7 +56,7 @@ def snapshot_repo(path: Path) -> tuple[str, str] | None:
     repo_dir = path.parent.parent.name
     if path.parent.name != "snapshots" or not repo_dir.startswith("models--"):
         return None
-    parts = repo_dir[len("models--"):].split("--")
+    parts = repo_dir[len("models--") :].split("--")
     if len(parts) != 2 or not all(parts):
         return None
     return "/".join(parts), path.name

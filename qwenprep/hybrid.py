@@ -63,19 +63,26 @@ class LinearAttention:
     def conv_dim(self) -> int:
         return 2 * self.num_k_heads * self.head_k_dim + self.num_v_heads * self.head_v_dim
 
-    def state_shapes(self, tp: int, num_spec: int = 0) -> tuple[tuple[int, int],
-                                                                 tuple[int, int, int]]:
+    def state_shapes(
+        self, tp: int, num_spec: int = 0
+    ) -> tuple[tuple[int, int], tuple[int, int, int]]:
         """(conv, recurrent) shapes per layer and request on one GPU, as
         gated_delta_net_state_shape gives them (conv in the dim-first layout; the product is
         what counts)."""
-        for what, n in (("linear_num_key_heads x linear_key_head_dim x 2 + value dim",
-                         self.conv_dim), ("linear_num_value_heads", self.num_v_heads)):
+        for what, n in (
+            ("linear_num_key_heads x linear_key_head_dim x 2 + value dim", self.conv_dim),
+            ("linear_num_value_heads", self.num_v_heads),
+        ):
             if n % tp:
-                raise InputError(f"config.json: {what} = {n} is not divisible by TP {tp}; "
-                                 "vLLM's Gated DeltaNet layers split it evenly.",
-                                 hint="choose a --tp that divides it.")
-        return ((self.conv_dim // tp, self.conv_kernel - 1 + num_spec),
-                (self.num_v_heads // tp, self.head_v_dim, self.head_k_dim))
+                raise InputError(
+                    f"config.json: {what} = {n} is not divisible by TP {tp}; "
+                    "vLLM's Gated DeltaNet layers split it evenly.",
+                    hint="choose a --tp that divides it.",
+                )
+        return (
+            (self.conv_dim // tp, self.conv_kernel - 1 + num_spec),
+            (self.num_v_heads // tp, self.head_v_dim, self.head_k_dim),
+        )
 
     def state_bytes(self, tp: int, dtype_bytes: int, num_spec: int = 0) -> int:
         """Real (unpadded) state of one layer for one request on one GPU."""
@@ -87,25 +94,40 @@ class LinearAttention:
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
-def linear_attention_of(cfg: dict[str, Any], layers: int, attention_layers: int | None
-                        ) -> LinearAttention | None:
+def linear_attention_of(
+    cfg: dict[str, Any], layers: int, attention_layers: int | None
+) -> LinearAttention | None:
     """The linear-attention part of a text config; None for a model without one."""
     if attention_layers is None or attention_layers >= layers:
         return None
-    keys = ("linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim",
-            "linear_value_head_dim", "linear_conv_kernel_dim")
+    keys = (
+        "linear_num_key_heads",
+        "linear_num_value_heads",
+        "linear_key_head_dim",
+        "linear_value_head_dim",
+        "linear_conv_kernel_dim",
+    )
     vals = []
     for k in keys:
         v = cfg.get(k)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise InputError(f"config.json: {k} is {v!r}; a hybrid (linear-attention) config "
-                             "needs it as a positive integer to size the per-request state.",
-                             hint="run qwenprep validate PATH for every problem in it.",
-                             path=f"config.json:$.{k}")
+            raise InputError(
+                f"config.json: {k} is {v!r}; a hybrid (linear-attention) config "
+                "needs it as a positive integer to size the per-request state.",
+                hint="run qwenprep validate PATH for every problem in it.",
+                path=f"config.json:$.{k}",
+            )
         vals.append(v)
     ssm = cfg.get("mamba_ssm_dtype")
-    return LinearAttention(layers - attention_layers, vals[0], vals[1], vals[2], vals[3],
-                           vals[4], _DTYPE_BYTES.get(ssm) if isinstance(ssm, str) else None)
+    return LinearAttention(
+        layers - attention_layers,
+        vals[0],
+        vals[1],
+        vals[2],
+        vals[3],
+        vals[4],
+        _DTYPE_BYTES.get(ssm) if isinstance(ssm, str) else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -127,13 +149,19 @@ class HybridLayout:
         return max(n for _, n in self.groups) * self.page_bytes
 
     def blocks_per_request(self, context: int) -> int:
-        return sum(_cdiv(context, self.block_size) if kind == "full_attention"
-                   else self.state_blocks_per_request for kind, _ in self.groups)
+        return sum(
+            _cdiv(context, self.block_size)
+            if kind == "full_attention"
+            else self.state_blocks_per_request
+            for kind, _ in self.groups
+        )
 
     def needed_bytes(self, context: int) -> int:
         """check_enough_kv_cache_memory: the sum of every layer's max_memory_usage_bytes."""
-        return (self.attention_layers * _cdiv(context, self.block_size) * self.page_bytes
-                + self.linear_layers * self.state_blocks_per_request * self.page_bytes)
+        return (
+            self.attention_layers * _cdiv(context, self.block_size) * self.page_bytes
+            + self.linear_layers * self.state_blocks_per_request * self.page_bytes
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -153,8 +181,12 @@ class HybridLayout:
         }
 
 
-def aligned_block_size(attn_bytes_per_token: int, state_bytes: int, block_size: int,
-                       kernel_align: int = CUDA_KERNEL_ALIGN) -> int:
+def aligned_block_size(
+    attn_bytes_per_token: int,
+    state_bytes: int,
+    block_size: int,
+    kernel_align: int = CUDA_KERNEL_ALIGN,
+) -> int:
     """_align_hybrid_block_size: the smallest multiple of the alignment whose attention page
     holds a state page (never below BLOCK_SIZE)."""
     align = max(kernel_align, block_size)
@@ -175,16 +207,34 @@ def group_layers(counts: dict[str, int]) -> tuple[tuple[str, int], ...]:
     return tuple(out)
 
 
-def hybrid_layout(*, attention_layers: int, linear: LinearAttention, linear_layers: int,
-                  kv_heads_per_gpu: int, head_dim: int, kv_bytes: int, state_dtype_bytes: int,
-                  tp: int, block_size: int, prefix_caching: bool = True) -> HybridLayout:
+def hybrid_layout(
+    *,
+    attention_layers: int,
+    linear: LinearAttention,
+    linear_layers: int,
+    kv_heads_per_gpu: int,
+    head_dim: int,
+    kv_bytes: int,
+    state_dtype_bytes: int,
+    tp: int,
+    block_size: int,
+    prefix_caching: bool = True,
+) -> HybridLayout:
     per_token = 2 * kv_heads_per_gpu * head_dim * kv_bytes
     state = linear.state_bytes(tp, state_dtype_bytes)
     bs = aligned_block_size(per_token, state, block_size)
-    groups = group_layers({"full_attention": attention_layers,
-                           "linear_attention": linear_layers})
-    return HybridLayout(bs, block_size, per_token, bs * per_token, state, attention_layers,
-                        linear_layers, groups, 2 if prefix_caching else 1)
+    groups = group_layers({"full_attention": attention_layers, "linear_attention": linear_layers})
+    return HybridLayout(
+        bs,
+        block_size,
+        per_token,
+        bs * per_token,
+        state,
+        attention_layers,
+        linear_layers,
+        groups,
+        2 if prefix_caching else 1,
+    )
 
 
 @dataclass(frozen=True)
@@ -212,5 +262,6 @@ def hybrid_capacity(layout: HybridLayout, available: int, context: int) -> Hybri
         per_block = layout.attention_layers * layout.page_bytes
         if usable >= fixed and per_block:
             largest = (usable - fixed) // per_block * layout.block_size
-    return HybridCapacity(num_blocks, concurrency, int(concurrency * context), needed, fits,
-                          largest)
+    return HybridCapacity(
+        num_blocks, concurrency, int(concurrency * context), needed, fits, largest
+    )

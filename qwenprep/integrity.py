@@ -30,13 +30,26 @@ from qwenprep.integrity_scan import Scan, unsafe_name, unsafe_shard_names
 from qwenprep.integrity_tensors import header_checks, header_scan
 from qwenprep.report import Report
 
-__all__ = ["Scan", "header_checks", "header_scan", "unsafe_name", "unsafe_shard_names",
-           "verify_checkpoint"]
+__all__ = [
+    "Scan",
+    "header_checks",
+    "header_scan",
+    "unsafe_name",
+    "unsafe_shard_names",
+    "verify_checkpoint",
+]
 
 
-def verify_checkpoint(path: Path, *, deep: bool = False, engine: bool = False,
-                      vllm_python: str | None = None, progress: ProgressFn | None = None,
-                      workers: int | None = None, record: bool = False) -> Report:
+def verify_checkpoint(
+    path: Path,
+    *,
+    deep: bool = False,
+    engine: bool = False,
+    vllm_python: str | None = None,
+    progress: ProgressFn | None = None,
+    workers: int | None = None,
+    record: bool = False,
+) -> Report:
     """Header-level checks; with deep, every file against its content hash; with engine,
     vLLM's own read-back of the config (in a subprocess of vllm_python). A file with nothing to
     compare against is reported with its hash (extra["unverified"]) and written to the hash
@@ -49,8 +62,9 @@ def verify_checkpoint(path: Path, *, deep: bool = False, engine: bool = False,
     if deep:
         from qwenprep.integrity_deep import deep_checks
 
-        found, hashed = deep_checks(root, scan, progress=progress, workers=workers,
-                                    record=record, unverified=unverified)
+        found, hashed = deep_checks(
+            root, scan, progress=progress, workers=workers, record=record, unverified=unverified
+        )
         report.extend(found)
     if engine:
         from qwenprep.engine import readback_checks

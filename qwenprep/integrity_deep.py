@@ -64,8 +64,10 @@ def _trusted_roots(root: Path, manifest: dict[str, Any] | None) -> list[tuple[st
     directory itself, its HF repo folder (models--ORG--NAME: the snapshot links into blobs/),
     and an overlay's recorded source (and that source's repo folder)."""
     out: list[tuple[str, str]] = []
-    for base, what in ((root, "the checkpoint directory"),
-                       (_source_root(manifest), "the overlay's source")):
+    for base, what in (
+        (root, "the checkpoint directory"),
+        (_source_root(manifest), "the overlay's source"),
+    ):
         if base is None:
             continue
         real = os.path.realpath(base)
@@ -85,8 +87,9 @@ def _where(roots: list[tuple[str, str]]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
-def _deep_names(root: Path, scan: Scan, roots: list[tuple[str, str]],
-                notes: list[Check]) -> list[str]:
+def _deep_names(
+    root: Path, scan: Scan, roots: list[tuple[str, str]], notes: list[Check]
+) -> list[str]:
     """What --deep hashes: every file under root, through linked directories that stay inside
     the trusted roots (each real directory once: no loops), plus every shard the index names
     (or the single model.safetensors), links followed wherever they go."""
@@ -105,9 +108,16 @@ def _deep_names(root: Path, scan: Scan, roots: list[tuple[str, str]],
                 continue
             if os.path.islink(p) and not _inside(real, roots):
                 name = (rel_dir / d).as_posix()
-                notes.append(Check("deep.outside", "warn", f"{name}/: a linked directory "
-                                   f"resolving to {real}, outside {_where(roots)}; only the "
-                                   f"files {INDEX} references through it are hashed", name))
+                notes.append(
+                    Check(
+                        "deep.outside",
+                        "warn",
+                        f"{name}/: a linked directory "
+                        f"resolving to {real}, outside {_where(roots)}; only the "
+                        f"files {INDEX} references through it are hashed",
+                        name,
+                    )
+                )
                 continue
             seen.add(real)
             keep.append(d)
@@ -116,46 +126,68 @@ def _deep_names(root: Path, scan: Scan, roots: list[tuple[str, str]],
     return sorted(names)
 
 
-def _expectations(root: Path, names: list[str], manifest: dict[str, Any] | None,
-                  records: list[tuple[Path, dict[str, dict[str, Any]]]],
-                  notes: list[Check]) -> list[_Expect]:
+def _expectations(
+    root: Path,
+    names: list[str],
+    manifest: dict[str, Any] | None,
+    records: list[tuple[Path, dict[str, dict[str, Any]]]],
+    notes: list[Check],
+) -> list[_Expect]:
     snapshot = snapshot_blobs(root) is not None
     out: list[_Expect] = []
     for name in names:
         p = root / name
         if manifest is not None and name == CONFIG:
-            notes.append(Check("deep.config", "skip", "config.json is the overlay's patched one "
-                               "and has no content hash; the source config's sha256 is checked "
-                               "by overlay.source", name))
+            notes.append(
+                Check(
+                    "deep.config",
+                    "skip",
+                    "config.json is the overlay's patched one "
+                    "and has no content hash; the source config's sha256 is checked "
+                    "by overlay.source",
+                    name,
+                )
+            )
             continue
         etag = _hf_blob_etag(p)
         if etag:
             out.append(_Expect(name, algorithm_for_etag(etag), etag, "its HF cache blob name"))
             continue
         if snapshot:
-            notes.append(Check("deep.hash", "fail", f"{name}: not a link into the cache's blobs "
-                               "(replaced or edited in place?), so its content cannot be "
-                               "checked. Hint: qwenprep revert PATH restores config.json; "
-                               f"otherwise {FETCH_HINT}", name))
+            notes.append(
+                Check(
+                    "deep.hash",
+                    "fail",
+                    f"{name}: not a link into the cache's blobs "
+                    "(replaced or edited in place?), so its content cannot be "
+                    "checked. Hint: qwenprep revert PATH restores config.json; "
+                    f"otherwise {FETCH_HINT}",
+                    name,
+                )
+            )
             continue
         found = None
         for r, rec in records:
             etag = _download_etag(r, name)
             if etag:
-                found = _Expect(name, algorithm_for_etag(etag), etag,
-                                "the hub's download metadata")
+                found = _Expect(name, algorithm_for_etag(etag), etag, "the hub's download metadata")
                 break
             entry = rec.get(name)
             if entry and isinstance(entry.get("sha256"), str):
-                found = _Expect(name, "sha256", entry["sha256"].lower(),
-                                f"the hash record {_rel(root, record_path(r))}")
+                found = _Expect(
+                    name,
+                    "sha256",
+                    entry["sha256"].lower(),
+                    f"the hash record {_rel(root, record_path(r))}",
+                )
                 break
         out.append(found or _Expect(name, None, None, "none"))
     return out
 
 
-def _read_records(root: Path, manifest: dict[str, Any] | None
-                  ) -> list[tuple[Path, dict[str, dict[str, Any]]]] | Check:
+def _read_records(
+    root: Path, manifest: dict[str, Any] | None
+) -> list[tuple[Path, dict[str, dict[str, Any]]]] | Check:
     """The hash records of root and of an overlay's source, or the failed check of one that is
     there but unreadable (a FIFO, not JSON): such a record is never compared with nor
     replaced."""
@@ -167,19 +199,31 @@ def _read_records(root: Path, manifest: dict[str, Any] | None
         except RecordError as e:
             what = _rel(root, record_path(r))
             why = e.strerror or "unreadable"
-            head = (f"{what}: {why}, so the hash record cannot be read" if
-                    why.startswith("not a regular file") else
-                    f"{what}: not a readable hash record ({why})")
-            return Check("deep.record", "fail", f"{head}; it was left alone and nothing was "
-                         "compared or recorded. Remove it, then run qwenprep verify --deep "
-                         "again to record afresh.", what)
+            head = (
+                f"{what}: {why}, so the hash record cannot be read"
+                if why.startswith("not a regular file")
+                else f"{what}: not a readable hash record ({why})"
+            )
+            return Check(
+                "deep.record",
+                "fail",
+                f"{head}; it was left alone and nothing was "
+                "compared or recorded. Remove it, then run qwenprep verify --deep "
+                "again to record afresh.",
+                what,
+            )
     return out
 
 
-def deep_checks(root: Path, scan: Scan, *, progress: ProgressFn | None,
-                 workers: int | None, record: bool = False,
-                 unverified: dict[str, dict[str, Any]] | None = None
-                 ) -> tuple[list[Check], int]:
+def deep_checks(
+    root: Path,
+    scan: Scan,
+    *,
+    progress: ProgressFn | None,
+    workers: int | None,
+    record: bool = False,
+    unverified: dict[str, dict[str, Any]] | None = None,
+) -> tuple[list[Check], int]:
     manifest = overlay_manifest(root)
     records = _read_records(root, manifest)
     if isinstance(records, Check):
@@ -191,9 +235,16 @@ def deep_checks(root: Path, scan: Scan, *, progress: ProgressFn | None,
     for e in expects:
         real = os.path.realpath(root / e.name)
         if not _inside(real, roots) and os.path.exists(real):
-            checks.append(Check("deep.outside", "warn", f"{e.name}: resolves to {real}, outside "
-                                f"{_where(roots)}; it is hashed, but whoever can write there "
-                                "can change this checkpoint", e.name))
+            checks.append(
+                Check(
+                    "deep.outside",
+                    "warn",
+                    f"{e.name}: resolves to {real}, outside "
+                    f"{_where(roots)}; it is hashed, but whoever can write there "
+                    "can change this checkpoint",
+                    e.name,
+                )
+            )
     jobs = [HashJob(root / e.name, e.algorithm or "sha256") for e in expects]
     results = hash_files(jobs, workers=workers, progress=progress)
     matched: dict[str, int] = {}
@@ -201,12 +252,25 @@ def deep_checks(root: Path, scan: Scan, *, progress: ProgressFn | None,
     hashed = 0
     for e, r in zip(expects, results, strict=True):
         if r.not_regular:
-            checks.append(Check("deep.hash", "fail", f"{e.name}: {r.error}, so there is nothing "
-                                "to hash; remove it, or put the real file in its place", e.name))
+            checks.append(
+                Check(
+                    "deep.hash",
+                    "fail",
+                    f"{e.name}: {r.error}, so there is nothing "
+                    "to hash; remove it, or put the real file in its place",
+                    e.name,
+                )
+            )
             continue
         if r.hexdigest is None:
-            checks.append(Check("deep.hash", "fail", f"{e.name}: cannot read ({r.error}). "
-                                f"Hint: {FETCH_HINT}", e.name))
+            checks.append(
+                Check(
+                    "deep.hash",
+                    "fail",
+                    f"{e.name}: cannot read ({r.error}). Hint: {FETCH_HINT}",
+                    e.name,
+                )
+            )
             continue
         hashed += r.size
         if e.digest is None:
@@ -214,30 +278,60 @@ def deep_checks(root: Path, scan: Scan, *, progress: ProgressFn | None,
         elif r.hexdigest == e.digest:
             matched[e.source] = matched.get(e.source, 0) + 1
         else:
-            checks.append(Check("deep.hash", "fail", f"{e.name}: content does not match "
-                                f"{e.source} ({e.algorithm} {r.hexdigest[:16]}... expected "
-                                f"{e.digest[:16]}...). Hint: {FETCH_HINT}", e.name))
+            checks.append(
+                Check(
+                    "deep.hash",
+                    "fail",
+                    f"{e.name}: content does not match "
+                    f"{e.source} ({e.algorithm} {r.hexdigest[:16]}... expected "
+                    f"{e.digest[:16]}...). Hint: {FETCH_HINT}",
+                    e.name,
+                )
+            )
     if matched:
         by = ", ".join(f"{n} by {s}" for s, n in sorted(matched.items()))
-        checks.insert(0, Check("deep.hash", "pass", f"{sum(matched.values())} file(s) match "
-                               f"their content hash ({by})"))
+        checks.insert(
+            0,
+            Check(
+                "deep.hash",
+                "pass",
+                f"{sum(matched.values())} file(s) match their content hash ({by})",
+            ),
+        )
     if unverified is not None and not record:
         unverified.update(to_record)
     if to_record and not record:
         shown = "; ".join(f"{n} sha256 {v['sha256']}" for n, v in sorted(to_record.items()))
-        checks.append(Check("deep.record", "warn", f"{len(to_record)} file(s) have nothing to "
-                            "compare against (no HF cache blob name, no download metadata, no "
-                            "hash record); pass --record to keep these hashes for next time. "
-                            f"Computed: {shown}"))
+        checks.append(
+            Check(
+                "deep.record",
+                "warn",
+                f"{len(to_record)} file(s) have nothing to "
+                "compare against (no HF cache blob name, no download metadata, no "
+                "hash record); pass --record to keep these hashes for next time. "
+                f"Computed: {shown}",
+            )
+        )
     elif to_record:
         try:
             rp = write_record(root, to_record)
-            checks.append(Check("deep.record", "warn", f"recorded the sha256 of "
-                                f"{len(to_record)} file(s) in {_rel(root, rp)}; nothing to "
-                                "compare yet (the next verify --deep compares against it)",
-                                _rel(root, rp)))
+            checks.append(
+                Check(
+                    "deep.record",
+                    "warn",
+                    f"recorded the sha256 of "
+                    f"{len(to_record)} file(s) in {_rel(root, rp)}; nothing to "
+                    "compare yet (the next verify --deep compares against it)",
+                    _rel(root, rp),
+                )
+            )
         except OSError as e:
-            checks.append(Check("deep.record", "warn", f"{len(to_record)} file(s) have no known "
-                                f"content hash and the record could not be written ({e})"))
+            checks.append(
+                Check(
+                    "deep.record",
+                    "warn",
+                    f"{len(to_record)} file(s) have no known "
+                    f"content hash and the record could not be written ({e})",
+                )
+            )
     return checks, hashed
-

@@ -49,7 +49,7 @@ def _some(items: list[str], n: int = MAX_LISTED) -> str:
 def _short(x: object, limit: int = 80) -> str:
     """str(x) cut to a readable length (hostile headers hold 4000-digit numbers)."""
     text = str(x)
-    return text if len(text) <= limit else text[:limit - 20] + f"... ({len(text)} chars)"
+    return text if len(text) <= limit else text[: limit - 20] + f"... ({len(text)} chars)"
 
 
 def unsafe_name(name: object) -> str | None:
@@ -58,8 +58,11 @@ def unsafe_name(name: object) -> str | None:
         return "not a non-empty string"
     if "\0" in name or "\\" in name:
         return "contains a NUL or backslash"
-    if PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or \
-            PureWindowsPath(name).drive:
+    if (
+        PurePosixPath(name).is_absolute()
+        or PureWindowsPath(name).is_absolute()
+        or PureWindowsPath(name).drive
+    ):
         return "is an absolute path"
     if any(part == ".." for part in PurePosixPath(name).parts):
         return "climbs out of the checkpoint (..)"
@@ -174,8 +177,10 @@ def header_problems(h: SafetensorsHeader) -> list[str]:
             probs.append(f"tensor {t.name}: data_offsets [{t.start}, {t.end}] are not a span")
             continue
         if want != t.nbytes:
-            probs.append(f"tensor {t.name}: {t.dtype} x {_short(list(t.shape))} = "
-                         f"{_short(want)} bytes but data_offsets span {t.nbytes}")
+            probs.append(
+                f"tensor {t.name}: {t.dtype} x {_short(list(t.shape))} = "
+                f"{_short(want)} bytes but data_offsets span {t.nbytes}"
+            )
         spans.append((t.start, t.end, t.name))
     spans.sort()
     cursor, prev = 0, None
@@ -188,12 +193,16 @@ def header_problems(h: SafetensorsHeader) -> list[str]:
             cursor, prev = end, name
     data_area = h.file_size - h.data_start
     if cursor > data_area:
-        probs.append(f"truncated: the header indexes {cursor} data bytes, the file holds "
-                     f"{data_area} (file is {h.file_size} bytes, should be "
-                     f"{h.data_start + cursor})")
+        probs.append(
+            f"truncated: the header indexes {cursor} data bytes, the file holds "
+            f"{data_area} (file is {h.file_size} bytes, should be "
+            f"{h.data_start + cursor})"
+        )
     elif cursor < data_area:
-        probs.append(f"{data_area - cursor} trailing bytes after the last tensor (file is "
-                     f"{h.file_size} bytes, should be {h.data_start + cursor})")
+        probs.append(
+            f"{data_area - cursor} trailing bytes after the last tensor (file is "
+            f"{h.file_size} bytes, should be {h.data_start + cursor})"
+        )
     return probs
 
 
@@ -203,36 +212,61 @@ def _read_index(scan: Scan) -> dict[str, str] | None:
     try:
         obj = loads_located(read_regular_text(p), INDEX)
     except NotRegularFile as e:
-        scan.add("index", "fail", f"{INDEX}: {e.strerror}, so it cannot be read as the index. "
-                 "Restore the index from the original release.", INDEX)
+        scan.add(
+            "index",
+            "fail",
+            f"{INDEX}: {e.strerror}, so it cannot be read as the index. "
+            "Restore the index from the original release.",
+            INDEX,
+        )
         return None
     except (OSError, UnicodeDecodeError) as e:
         why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        scan.add("index", "fail", f"{INDEX}: cannot read ({why}). Restore the index from the "
-                 "original release.", INDEX)
+        scan.add(
+            "index",
+            "fail",
+            f"{INDEX}: cannot read ({why}). Restore the index from the original release.",
+            INDEX,
+        )
         return None
     except InputError as e:
         scan.add("index", "fail", e.message, INDEX)
         return None
     wm = obj.get("weight_map") if isinstance(obj, dict) else None
     if not isinstance(wm, dict) or set(map(type, wm)) - {str}:
-        scan.add("index", "fail", f"{INDEX}: no weight_map object mapping tensor names to shard "
-                 "files.", INDEX)
+        scan.add(
+            "index",
+            "fail",
+            f"{INDEX}: no weight_map object mapping tensor names to shard files.",
+            INDEX,
+        )
         return None
     if not wm:
-        scan.add("index", "fail", f"{INDEX}: weight_map is empty: the index names no shard, so "
-                 f"there are no weights to check. Hint: {FETCH_HINT}", INDEX)
+        scan.add(
+            "index",
+            "fail",
+            f"{INDEX}: weight_map is empty: the index names no shard, so "
+            f"there are no weights to check. Hint: {FETCH_HINT}",
+            INDEX,
+        )
         return None
     bad = unsafe_shard_names(wm.values())
     if bad:
-        scan.add("index.paths", "fail",
-                 f"{INDEX}: weight_map names file(s) outside the checkpoint, not opened: "
-                 + _some([f"{s!r} {w}" for s, w in sorted(bad.items())])
-                 + ". Restore the index from the original release.", INDEX)
+        scan.add(
+            "index.paths",
+            "fail",
+            f"{INDEX}: weight_map names file(s) outside the checkpoint, not opened: "
+            + _some([f"{s!r} {w}" for s, w in sorted(bad.items())])
+            + ". Restore the index from the original release.",
+            INDEX,
+        )
         scan.shards_ok = False
     else:
-        scan.add("index.paths", "pass", f"{INDEX}: all {len(set(wm.values()))} shard names stay "
-                 "inside the checkpoint")
+        scan.add(
+            "index.paths",
+            "pass",
+            f"{INDEX}: all {len(set(wm.values()))} shard names stay inside the checkpoint",
+        )
     meta = obj.get("metadata") if isinstance(obj, dict) else None
     total = meta.get("total_size") if isinstance(meta, dict) else None
     scan.index_total = total if isinstance(total, int) and not isinstance(total, bool) else None
@@ -243,8 +277,11 @@ def _read_index(scan: Scan) -> dict[str, str] | None:
 
 def is_download(root: Path) -> bool:
     """An HF cache snapshot, or a directory huggingface_hub or qwenprep fetched into."""
-    return snapshot_repo(root) is not None or (root / ".cache" / "huggingface").is_dir() \
+    return (
+        snapshot_repo(root) is not None
+        or (root / ".cache" / "huggingface").is_dir()
         or (root / ".qwenprep" / "fetch.json").is_file()
+    )
 
 
 def _unreadable(root: Path, shards: list[str]) -> dict[str, str]:
@@ -260,8 +297,10 @@ def _unreadable(root: Path, shards: list[str]) -> dict[str, str]:
         except FileNotFoundError:
             target = Path(os.path.realpath(p))
             if snapshot and target.parent.name == "blobs":
-                out[s] = (f"links to the blob {target.name}, which is missing from the cache: "
-                          "the download is incomplete")
+                out[s] = (
+                    f"links to the blob {target.name}, which is missing from the cache: "
+                    "the download is incomplete"
+                )
             else:
                 out[s] = f"a link to {target}, which does not exist (a dangling link)"
             continue
@@ -281,15 +320,19 @@ def _unreadable_check(scan: Scan, unreadable: dict[str, str]) -> None:
     if len(items) == 1:
         scan.add("shards.present", "fail", f"{items[0]}. Hint: {hint}", first)
     else:
-        scan.add("shards.present", "fail", f"{len(items)} shard(s) cannot be read: "
-                 f"{_some(items)}. Hint: {hint}", first)
+        scan.add(
+            "shards.present",
+            "fail",
+            f"{len(items)} shard(s) cannot be read: {_some(items)}. Hint: {hint}",
+            first,
+        )
     scan.shards_ok = False
 
 
 def _strip_path(message: str, p: Path) -> str:
     """read_header's messages start with the absolute path; we name the file relatively."""
     s = str(p)
-    return message[len(s) + 2:] if message.startswith(s + ": ") else message
+    return message[len(s) + 2 :] if message.startswith(s + ": ") else message
 
 
 # Set by the console script (a short-lived process) only: see gc_paused.
@@ -334,40 +377,67 @@ def _shard_list(scan: Scan, files: list[str]) -> tuple[list[str], dict[str, str]
         unreadable = _unreadable(root, [s for s in shards if s not in set(missing)])
         extra = [f for f in st_files if f not in shard_set]
         if missing:
-            scan.add("shards.present", "fail",
-                     f"{len(missing)} shard(s) named in {INDEX} are missing: {_some(missing)}. "
-                     f"Hint: {FETCH_HINT}", missing[0])
+            scan.add(
+                "shards.present",
+                "fail",
+                f"{len(missing)} shard(s) named in {INDEX} are missing: {_some(missing)}. "
+                f"Hint: {FETCH_HINT}",
+                missing[0],
+            )
             scan.shards_ok = False
         elif not unreadable:
             scan.add("shards.present", "pass", f"all {len(shards)} shards named in {INDEX} exist")
         counts = {m.group("n") for s in shards if (m := SHARD_RE.match(s))}
         if counts and (len(counts) > 1 or int(next(iter(counts))) != len(shards)):
-            scan.add("shards.count", "fail",
-                     f"shard names say {' / '.join(sorted(counts))} shards but {INDEX} "
-                     f"references {len(shards)}: a shard is missing from the index", INDEX)
+            scan.add(
+                "shards.count",
+                "fail",
+                f"shard names say {' / '.join(sorted(counts))} shards but {INDEX} "
+                f"references {len(shards)}: a shard is missing from the index",
+                INDEX,
+            )
             scan.shards_ok = False
         if extra:
-            scan.add("shards.extra", "fail",
-                     f"{len(extra)} safetensors file(s) not referenced by {INDEX}: "
-                     f"{_some(extra)}. Remove them or restore the index.", extra[0])
+            scan.add(
+                "shards.extra",
+                "fail",
+                f"{len(extra)} safetensors file(s) not referenced by {INDEX}: "
+                f"{_some(extra)}. Remove them or restore the index.",
+                extra[0],
+            )
         return shards, unreadable
     if st_files:
         unreadable = _unreadable(root, st_files)
         if len(st_files) > 1:
-            scan.add("index", "fail", f"{len(st_files)} safetensors files but no {INDEX} to say "
-                     f"which tensor is where: {_some(st_files)}", INDEX)
+            scan.add(
+                "index",
+                "fail",
+                f"{len(st_files)} safetensors files but no {INDEX} to say "
+                f"which tensor is where: {_some(st_files)}",
+                INDEX,
+            )
             scan.shards_ok = False
         return st_files, unreadable
     other = [f for f in files if f.endswith((".bin", ".pt", ".pth", ".gguf"))]
     if other:
-        scan.add("weights", "warn", f"weights are not safetensors ({_some(other)}); header "
-                 "checks cover safetensors only")
+        scan.add(
+            "weights",
+            "warn",
+            f"weights are not safetensors ({_some(other)}); header checks cover safetensors only",
+        )
     elif is_download(root):
-        scan.add("weights", "fail", "no weight files in this downloaded checkpoint: the "
-                 f"download is incomplete. Hint: {FETCH_HINT}")
+        scan.add(
+            "weights",
+            "fail",
+            "no weight files in this downloaded checkpoint: the "
+            f"download is incomplete. Hint: {FETCH_HINT}",
+        )
     else:
-        scan.add("weights", "warn", "no weight files here: a config-only directory "
-                 "(header checks need the shards)")
+        scan.add(
+            "weights",
+            "warn",
+            "no weight files here: a config-only directory (header checks need the shards)",
+        )
     scan.shards_ok = False
     return None
 
@@ -380,8 +450,11 @@ def _read_shard(scan: Scan, s: str, dupes: dict[str, list[str]]) -> bool:
         entries = h.entries
         probs: list[str] = []
         if not h.sane and entries:
-            probs = header_problems(SafetensorsHeader(p, h.header_len, h.file_size,
-                                                      typed_tensors(p, entries), h.metadata))
+            probs = header_problems(
+                SafetensorsHeader(
+                    p, h.header_len, h.file_size, typed_tensors(p, entries), h.metadata
+                )
+            )
     except InputError as e:
         hint = f" Hint: {e.hint}" if e.hint else ""
         scan.add("shard.header", "fail", f"{s}: {_strip_path(e.message, p)}{hint}", s)
@@ -390,8 +463,12 @@ def _read_shard(scan: Scan, s: str, dupes: dict[str, list[str]]) -> bool:
     scan.file_bytes += h.file_size
     scan.header_bytes += h.data_start
     if not entries:
-        scan.add("shard.header", "fail", f"{s}: the header lists no tensors (an empty "
-                 f"safetensors file). Hint: {FETCH_HINT}", s)
+        scan.add(
+            "shard.header",
+            "fail",
+            f"{s}: the header lists no tensors (an empty safetensors file). Hint: {FETCH_HINT}",
+            s,
+        )
         return False
     if probs:
         scan.add("shard.header", "fail", f"{s}: {_some(probs, 3)}. Hint: {FETCH_HINT}", s)
@@ -406,8 +483,11 @@ def _read_shard(scan: Scan, s: str, dupes: dict[str, list[str]]) -> bool:
     else:
         tensors.update(entries)
         scan.shard_of.update(dict.fromkeys(entries, s))
-    scan.data_bytes += sum(e - b for b, e in (v["data_offsets"] for v in entries.values())) \
-        if probs or not h.sane else h.file_size - h.data_start
+    scan.data_bytes += (
+        sum(e - b for b, e in (v["data_offsets"] for v in entries.values()))
+        if probs or not h.sane
+        else h.file_size - h.data_start
+    )
     return not probs
 
 
@@ -432,13 +512,21 @@ def scan_headers(root: Path) -> Scan:
                 scan.shards_ok = False
                 bad_headers += 1
     if not bad_headers and scan.shard_files:
-        scan.add("shard.headers", "pass", f"{scan.shard_files} safetensors header(s) sane: "
-                 f"{len(scan.tensors):,} tensors, {format_bytes(scan.data_bytes)} of data, "
-                 "exact sizes")
+        scan.add(
+            "shard.headers",
+            "pass",
+            f"{scan.shard_files} safetensors header(s) sane: "
+            f"{len(scan.tensors):,} tensors, {format_bytes(scan.data_bytes)} of data, "
+            "exact sizes",
+        )
     if not scan.tensors:
         # the header checks above may each have passed on nothing: say so as the failure it is
-        scan.add("weights", "fail", f"no readable weights: 0 tensors read from "
-                 f"{scan.shard_files} of {len(shards)} safetensors file(s). Hint: {FETCH_HINT}")
+        scan.add(
+            "weights",
+            "fail",
+            f"no readable weights: 0 tensors read from "
+            f"{scan.shard_files} of {len(shards)} safetensors file(s). Hint: {FETCH_HINT}",
+        )
         scan.shards_ok = False
     if dupes:
         shown = [f"{n} in {', '.join(v)}" for n, v in sorted(dupes.items())]
@@ -446,9 +534,14 @@ def scan_headers(root: Path) -> Scan:
     if scan.weight_map is not None:
         _index_agrees(scan, scan.weight_map, dupes)
     if scan.index_total is not None and scan.shards_ok and scan.index_total != scan.data_bytes:
-        scan.add("index.total_size", "warn", f"{INDEX}: metadata.total_size is "
-                 f"{scan.index_total:,} but the shards hold {scan.data_bytes:,} bytes of "
-                 "tensors", INDEX)
+        scan.add(
+            "index.total_size",
+            "warn",
+            f"{INDEX}: metadata.total_size is "
+            f"{scan.index_total:,} but the shards hold {scan.data_bytes:,} bytes of "
+            "tensors",
+            INDEX,
+        )
     return scan
 
 
@@ -466,14 +559,26 @@ def _index_agrees(scan: Scan, weight_map: dict[str, str], dupes: dict[str, list[
                 wrong.append(f"{name} -> {shard}, but it is in {where[0]}")
         unindexed = sorted(set(shard_of) - set(weight_map))
     if wrong:
-        scan.add("index.tensors", "fail", f"{INDEX}: {len(wrong)} tensor(s) not where the "
-                 f"index says: {_some(wrong)}", INDEX)
+        scan.add(
+            "index.tensors",
+            "fail",
+            f"{INDEX}: {len(wrong)} tensor(s) not where the index says: {_some(wrong)}",
+            INDEX,
+        )
     if unindexed:
-        scan.add("index.tensors", "fail", f"{len(unindexed)} tensor(s) in shards but not in "
-                 f"{INDEX}: {_some([f'{n} ({scan.shard_of[n]})' for n in unindexed])}", INDEX)
+        scan.add(
+            "index.tensors",
+            "fail",
+            f"{len(unindexed)} tensor(s) in shards but not in "
+            f"{INDEX}: {_some([f'{n} ({scan.shard_of[n]})' for n in unindexed])}",
+            INDEX,
+        )
     if not wrong and not unindexed and scan.shards_ok:
-        scan.add("index.tensors", "pass", f"{INDEX} and the shards agree on all "
-                 f"{len(weight_map):,} tensors")
+        scan.add(
+            "index.tensors",
+            "pass",
+            f"{INDEX} and the shards agree on all {len(weight_map):,} tensors",
+        )
 
 
 def overlay_manifest(root: Path) -> dict[str, Any] | None:

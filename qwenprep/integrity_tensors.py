@@ -31,8 +31,9 @@ _SHAPE = itemgetter("shape")
 _DTYPE = itemgetter("dtype")
 
 
-def _tokens(names: list[str], prefix: str, lo: int = 0, hi: int | None = None
-            ) -> list[tuple[str, int, int, int]]:
+def _tokens(
+    names: list[str], prefix: str, lo: int = 0, hi: int | None = None
+) -> list[tuple[str, int, int, int]]:
     """(token, int(token), start, end) for each distinct token N of the names in sorted
     NAMES[lo:hi] that match `PREFIX(\\d+)\\.` (re's \\d: any Unicode decimal digit, which
     int() reads alike; "01" and "1" are two tokens of one number), with the range of the
@@ -64,8 +65,11 @@ def _under(names: list[str], modules: frozenset[str]) -> set[str]:
     for m in modules:
         lo = bisect_left(names, m)  # m itself (a name without a dot is its own module)
         hi = bisect_left(names, m + "/", lo)  # ... and every name starting with "m."
-        out.update(n for n in names[lo:hi] if (n == m or n.startswith(m + "."))
-                   and module_in(n.rsplit(".", 1)[0], modules))
+        out.update(
+            n
+            for n in names[lo:hi]
+            if (n == m or n.startswith(m + ".")) and module_in(n.rsplit(".", 1)[0], modules)
+        )
     return out
 
 
@@ -79,44 +83,74 @@ def fp8_checks(scan: Scan, config: dict[str, Any], names: list[str]) -> None:
     if method != "fp8":
         if fp8 and method is None:
             n = fp8[0]
-            scan.add("fp8.config", "fail", f"{len(fp8):,} FP8 tensors (e.g. {n} in "
-                     f"{shard_of[n]}) but config.json has no fp8 quantization_config", CONFIG)
+            scan.add(
+                "fp8.config",
+                "fail",
+                f"{len(fp8):,} FP8 tensors (e.g. {n} in "
+                f"{shard_of[n]}) but config.json has no fp8 quantization_config",
+                CONFIG,
+            )
         elif method is not None:
             scan.add("fp8", "skip", f"quant_method {method!r}: FP8 block structure not checked")
         else:
-            scan.add("fp8", "skip", "not an FP8 checkpoint (no quantization_config, no FP8 "
-                     "tensors)")
+            scan.add(
+                "fp8", "skip", "not an FP8 checkpoint (no quantization_config, no FP8 tensors)"
+            )
         return
     assert isinstance(qc, dict)
     if not tensors:
         return
     if not fp8:
-        scan.add("fp8.config", "fail", "config.json says quant_method fp8 but no tensor is FP8",
-                 CONFIG)
+        scan.add(
+            "fp8.config", "fail", "config.json says quant_method fp8 but no tensor is FP8", CONFIG
+        )
         return
     block = qc.get("weight_block_size")
     not_convert = frozenset(m for m in qc.get("modules_to_not_convert") or [] if isinstance(m, str))
     bad_scale = [] if _scales_ok(tensors, fp8, block) else _bad_scales(scan, fp8, block)
     if bad_scale:
-        scan.add("fp8.scales", "fail", f"{len(bad_scale)} FP8 weight(s) without a matching "
-                 f"scale: {_some([m for m, _ in bad_scale])}", bad_scale[0][1])
+        scan.add(
+            "fp8.scales",
+            "fail",
+            f"{len(bad_scale)} FP8 weight(s) without a matching "
+            f"scale: {_some([m for m, _ in bad_scale])}",
+            bad_scale[0][1],
+        )
     else:
-        scan.add("fp8.scales", "pass", f"{len(fp8):,} FP8 weights each have a floating-point "
-                 f"weight_scale_inv of block shape {block}")
+        scan.add(
+            "fp8.scales",
+            "pass",
+            f"{len(fp8):,} FP8 weights each have a floating-point "
+            f"weight_scale_inv of block shape {block}",
+        )
     skipped = _under(names, not_convert)
     quantised_skips = [(f"{shard_of[n]}: {n}", shard_of[n]) for n in fp8 if n in skipped]
     if quantised_skips:
-        scan.add("fp8.not_convert", "fail", f"{len(quantised_skips)} tensor(s) of "
-                 f"modules_to_not_convert are FP8: {_some([m for m, _ in quantised_skips])}",
-                 quantised_skips[0][1])
+        scan.add(
+            "fp8.not_convert",
+            "fail",
+            f"{len(quantised_skips)} tensor(s) of "
+            f"modules_to_not_convert are FP8: {_some([m for m, _ in quantised_skips])}",
+            quantised_skips[0][1],
+        )
     else:
-        scan.add("fp8.not_convert", "pass",
-                 f"{len(skipped):,} tensors of modules_to_not_convert are not FP8")
-    unquantised = sorted(n for n in compress(tensors, map(not_, is8))
-                         if n.endswith("_proj.weight") and n not in skipped)
+        scan.add(
+            "fp8.not_convert",
+            "pass",
+            f"{len(skipped):,} tensors of modules_to_not_convert are not FP8",
+        )
+    unquantised = sorted(
+        n
+        for n in compress(tensors, map(not_, is8))
+        if n.endswith("_proj.weight") and n not in skipped
+    )
     if unquantised:
-        scan.add("fp8.coverage", "warn", f"{len(unquantised)} projection weight(s) are not FP8 "
-                 f"and not in modules_to_not_convert: {_some(unquantised)}")
+        scan.add(
+            "fp8.coverage",
+            "warn",
+            f"{len(unquantised)} projection weight(s) are not FP8 "
+            f"and not in modules_to_not_convert: {_some(unquantised)}",
+        )
 
 
 def _block(block: object) -> tuple[int, int] | None:
@@ -165,8 +199,13 @@ def _bad_scales(scan: Scan, fp8: list[str], block: object) -> list[tuple[str, st
         if bn_bk is not None and len(shape) == 2:
             want = [-(-shape[0] // bn_bk[0]), -(-shape[1] // bn_bk[1])]
             if s["shape"] != want:
-                bad.append((f"{where}: {sname} has shape {s['shape']}, expected {want} for "
-                            f"{shape} in {block} blocks", where))
+                bad.append(
+                    (
+                        f"{where}: {sname} has shape {s['shape']}, expected {want} for "
+                        f"{shape} in {block} blocks",
+                        where,
+                    )
+                )
     return bad
 
 
@@ -176,8 +215,11 @@ def name_checks(scan: Scan, config: dict[str, Any], names: list[str]) -> None:
     if not tensors:
         return
     if not scan.shards_ok:
-        scan.add("tensors.names", "skip", "tensor names not compared: shards above are missing "
-                 "or damaged")
+        scan.add(
+            "tensors.names",
+            "skip",
+            "tensor names not compared: shards above are missing or damaged",
+        )
         return
     view = ModelView(config)
     text = _spelled_as_v4(view.text)  # a vision-language config's counts are in text_config
@@ -194,9 +236,14 @@ def name_checks(scan: Scan, config: dict[str, Any], names: list[str]) -> None:
     experts = int(text.get("num_experts") or 0)
     if layers > MAX_LAYERS or layers * max(experts, 1) > MAX_EXPERT_SLOTS:
         # listed one by one, such counts would take minutes and gigabytes to compare
-        scan.add("tensors.layers", "fail", f"config.json says num_hidden_layers {layers} and "
-                 f"num_experts {experts}; the shards hold {len(found)} layers and "
-                 f"{len(tensors):,} tensors", CONFIG)
+        scan.add(
+            "tensors.layers",
+            "fail",
+            f"config.json says num_hidden_layers {layers} and "
+            f"num_experts {experts}; the shards hold {len(found)} layers and "
+            f"{len(tensors):,} tensors",
+            CONFIG,
+        )
         return
     missing = sorted(set(range(layers)) - found)
     extra = sorted(found - set(range(layers)))
@@ -206,22 +253,34 @@ def name_checks(scan: Scan, config: dict[str, Any], names: list[str]) -> None:
             parts.append(f"layer(s) {_ranges(missing)} missing")
         if extra:
             parts.append(f"layer(s) {_ranges(extra)} beyond the config")
-        scan.add("tensors.layers", "fail", f"config.json says num_hidden_layers {layers}; the "
-                 f"shards have {len(found)} layers: {', '.join(parts)}", CONFIG)
+        scan.add(
+            "tensors.layers",
+            "fail",
+            f"config.json says num_hidden_layers {layers}; the "
+            f"shards have {len(found)} layers: {', '.join(parts)}",
+            CONFIG,
+        )
     else:
         scan.add("tensors.layers", "pass", f"layers 0..{layers - 1} present, as config.json says")
     try:
         moe_layers = {i for i in range(layers) if _is_moe_layer(text, i)}
     except ValueError as e:
-        scan.add("tensors.experts", "skip", f"experts not compared: config.json {e}. Hint: "
-                 f"qwenprep validate {scan.root}", CONFIG)
+        scan.add(
+            "tensors.experts",
+            "skip",
+            f"experts not compared: config.json {e}. Hint: qwenprep validate {scan.root}",
+            CONFIG,
+        )
         return
     stacked = [n for n in names if n.startswith(prefix) and n.endswith(".mlp.experts.gate_up_proj")]
     if stacked:  # one [experts, ...] tensor per layer: the family layout compares the shapes
-        scan.add("tensors.experts", "pass" if len(stacked) == len(moe_layers) else "fail",
-                 f"{len(stacked)} stacked expert tensor(s) ({experts} experts each; their "
-                 f"shapes are compared under tensors.shapes) for {len(moe_layers)} MoE layers",
-                 None if len(stacked) == len(moe_layers) else CONFIG)
+        scan.add(
+            "tensors.experts",
+            "pass" if len(stacked) == len(moe_layers) else "fail",
+            f"{len(stacked)} stacked expert tensor(s) ({experts} experts each; their "
+            f"shapes are compared under tensors.shapes) for {len(moe_layers)} MoE layers",
+            None if len(stacked) == len(moe_layers) else CONFIG,
+        )
         _family_checks(scan, config)
         return
     per_layer: dict[int, set[int]] = {}
@@ -231,13 +290,19 @@ def name_checks(scan: Scan, config: dict[str, Any], names: list[str]) -> None:
             per_layer.setdefault(i, set()).update(e for _, e, _, _ in got)
     if experts or per_layer:
         want = set(range(experts))
-        wrong = [f"layer {i}: {len(per_layer.get(i, set()))} experts"
-                 + (f" (max index {max(per_layer[i])})" if per_layer.get(i) else "")
-                 for i in sorted(set(range(layers)) | set(per_layer))
-                 if per_layer.get(i, set()) != (want if i in moe_layers else set())]
+        wrong = [
+            f"layer {i}: {len(per_layer.get(i, set()))} experts"
+            + (f" (max index {max(per_layer[i])})" if per_layer.get(i) else "")
+            for i in sorted(set(range(layers)) | set(per_layer))
+            if per_layer.get(i, set()) != (want if i in moe_layers else set())
+        ]
         if wrong:
-            scan.add("tensors.experts", "fail", f"config.json says num_experts {experts}: "
-                     f"{_some(wrong)}", CONFIG)
+            scan.add(
+                "tensors.experts",
+                "fail",
+                f"config.json says num_experts {experts}: {_some(wrong)}",
+                CONFIG,
+            )
         else:
             scan.add("tensors.experts", "pass", f"{experts} experts in each MoE layer")
     _family_checks(scan, config)
@@ -248,39 +313,59 @@ def _family_checks(scan: Scan, config: dict[str, Any]) -> None:
 
     tensors, shard_of = scan.tensors, scan.shard_of
     family = lookup(config.get("model_type"))
-    tensors_of: Callable[[ModelView], list[Any]] | None = \
+    tensors_of: Callable[[ModelView], list[Any]] | None = (
         family.tensors if family is not None else None
+    )
     if tensors_of is None:
         return
     try:
         specs = tensors_of(ModelView(config))
     except (KeyError, TypeError, ValueError) as e:
-        scan.add("tensors.names", "skip", f"cannot derive tensor names from config.json "
-                 f"({e!r})")
+        scan.add("tensors.names", "skip", f"cannot derive tensor names from config.json ({e!r})")
         return
     spec_names = [s.name for s in specs]
     expected = dict(zip(spec_names, [s.shape for s in specs], strict=True))
     absent = sorted(expected.keys() - tensors.keys())
     unknown = sorted(tensors.keys() - expected.keys())
     shapes: list[str] = []
-    if absent or unknown or len(expected) != len(spec_names) or list(expected.values()) \
-            != list(map(tuple, map(_SHAPE, map(tensors.__getitem__, spec_names)))):
-        shapes = [f"{n} ({shard_of[n]}): {tensors[n]['shape']}, config implies "
-                  f"{list(expected[n])}" for n in sorted(expected.keys() & tensors.keys())
-                  if not n.endswith("weight_scale_inv")
-                  and tuple(tensors[n]["shape"]) != expected[n]]
+    if (
+        absent
+        or unknown
+        or len(expected) != len(spec_names)
+        or list(expected.values())
+        != list(map(tuple, map(_SHAPE, map(tensors.__getitem__, spec_names))))
+    ):
+        shapes = [
+            f"{n} ({shard_of[n]}): {tensors[n]['shape']}, config implies {list(expected[n])}"
+            for n in sorted(expected.keys() & tensors.keys())
+            if not n.endswith("weight_scale_inv") and tuple(tensors[n]["shape"]) != expected[n]
+        ]
     if absent:
-        scan.add("tensors.names", "fail", f"{len(absent):,} tensor(s) config.json implies "
-                 f"are in no shard: {_some(absent)}", CONFIG)
+        scan.add(
+            "tensors.names",
+            "fail",
+            f"{len(absent):,} tensor(s) config.json implies are in no shard: {_some(absent)}",
+            CONFIG,
+        )
     else:
-        scan.add("tensors.names", "pass", f"all {len(expected):,} tensors config.json implies "
-                 "are present")
+        scan.add(
+            "tensors.names",
+            "pass",
+            f"all {len(expected):,} tensors config.json implies are present",
+        )
     if unknown:
-        scan.add("tensors.unknown", "warn", f"{len(unknown)} tensor(s) config.json does not "
-                 f"imply: {_some(unknown)}")
+        scan.add(
+            "tensors.unknown",
+            "warn",
+            f"{len(unknown)} tensor(s) config.json does not imply: {_some(unknown)}",
+        )
     if shapes:
-        scan.add("tensors.shapes", "fail", f"{len(shapes)} tensor shape(s) disagree with "
-                 f"config.json: {_some(shapes)}", CONFIG)
+        scan.add(
+            "tensors.shapes",
+            "fail",
+            f"{len(shapes)} tensor shape(s) disagree with config.json: {_some(shapes)}",
+            CONFIG,
+        )
 
 
 def _ranges(xs: list[int]) -> str:
@@ -300,8 +385,13 @@ def _ranges(xs: list[int]) -> str:
 def _read_config(root: Path, scan: Scan) -> dict[str, Any] | None:
     why = not_regular(root / CONFIG)
     if why:  # a FIFO would block the read below for ever
-        scan.add("config", "fail", f"{CONFIG}: {why}, so it cannot be read. Restore config.json "
-                 "(qwenprep revert PATH restores one edited in place).", CONFIG)
+        scan.add(
+            "config",
+            "fail",
+            f"{CONFIG}: {why}, so it cannot be read. Restore config.json "
+            "(qwenprep revert PATH restores one edited in place).",
+            CONFIG,
+        )
         return None
     try:
         return Checkpoint(root).read_config()
@@ -320,9 +410,14 @@ def _config_usable(scan: Scan, config: dict[str, Any]) -> bool:
     problems = schema_problems(config)
     if not problems:
         return True
-    scan.add("tensors.names", "skip", "tensor names, counts and FP8 structure not compared with "
-             f"config.json: it fails its schema ({_some(problems, 2)}). Hint: qwenprep validate "
-             f"{scan.root} lists every problem", CONFIG)
+    scan.add(
+        "tensors.names",
+        "skip",
+        "tensor names, counts and FP8 structure not compared with "
+        f"config.json: it fails its schema ({_some(problems, 2)}). Hint: qwenprep validate "
+        f"{scan.root} lists every problem",
+        CONFIG,
+    )
     return False
 
 

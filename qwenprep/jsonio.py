@@ -21,8 +21,7 @@ def read_regular_bytes(path: Path) -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file (a FIFO, socket or device)",
-                          str(path))
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, socket or device)", str(path))
         with os.fdopen(fd, "rb", closefd=False) as f:
             return f.read()
     finally:
@@ -40,8 +39,9 @@ def load_json_file(path: Path, *, what: str = "JSON file") -> Any:
     except PermissionError:
         raise InputError(f"{path}: permission denied reading the {what}.", path=str(path)) from None
     except OSError as e:
-        raise InputError(f"{path}: cannot read the {what}: {e.strerror or e}.",
-                         path=str(path)) from None
+        raise InputError(
+            f"{path}: cannot read the {what}: {e.strerror or e}.", path=str(path)
+        ) from None
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}).") from None
     return loads_located(text, str(path))
@@ -75,8 +75,7 @@ def _finite_float(token: str) -> float:
 
 def _bounded_int(token: str) -> int:
     if len(token.lstrip("-")) > MAX_INT_DIGITS:
-        raise _Refused(f"an integer of {len(token.lstrip('-'))} digits is far too large",
-                       token)
+        raise _Refused(f"an integer of {len(token.lstrip('-'))} digits is far too large", token)
     return int(token)
 
 
@@ -104,32 +103,45 @@ def loads_located(text: str, where: str) -> Any:
     """Parse JSON text strictly: errors name WHERE (file:line:col where known). Refused as
     malformed: NaN/Infinity, numbers that overflow a float, integers of more than 40 digits,
     nesting deeper than 64, and lone UTF-16 surrogates (which cannot be written back)."""
-    hint = ("fix the file by hand or restore it (qwenprep revert PATH restores a "
-            "config.json edited in place).")
+    hint = (
+        "fix the file by hand or restore it (qwenprep revert PATH restores a "
+        "config.json edited in place)."
+    )
     if "[" in text or "{" in text:
         if text.count("[") + text.count("{") > MAX_DEPTH and _depth(text) > MAX_DEPTH:
-            raise InputError(f"{where}: malformed JSON: nested more than {MAX_DEPTH} levels "
-                             "deep.", hint=hint, path=where)
+            raise InputError(
+                f"{where}: malformed JSON: nested more than {MAX_DEPTH} levels deep.",
+                hint=hint,
+                path=where,
+            )
     try:
-        obj = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float,
-                         parse_int=_bounded_int)
+        obj = json.loads(
+            text, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_bounded_int
+        )
     except json.JSONDecodeError as e:
         raise InputError(
-            f"{where}:{e.lineno}:{e.colno}: malformed JSON: {e.msg}.", hint=hint, path=where,
+            f"{where}:{e.lineno}:{e.colno}: malformed JSON: {e.msg}.",
+            hint=hint,
+            path=where,
         ) from None
     except _Refused as e:
-        raise InputError(f"{where}:{_position(text, e.token)} malformed JSON: {e.what}.",
-                         hint=hint, path=where) from None
+        raise InputError(
+            f"{where}:{_position(text, e.token)} malformed JSON: {e.what}.", hint=hint, path=where
+        ) from None
     except RecursionError:
-        raise InputError(f"{where}: malformed JSON: nested too deeply.", hint=hint,
-                         path=where) from None
+        raise InputError(
+            f"{where}: malformed JSON: nested too deeply.", hint=hint, path=where
+        ) from None
     if _SURROGATE_ESCAPE.search(text):
         try:
             json.dumps(obj, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
-            raise InputError(f"{where}: malformed JSON: a string holds a lone UTF-16 surrogate "
-                             "(\\uD800-\\uDFFF without its pair), which is not text.",
-                             hint=hint, path=where) from None
+            raise InputError(
+                f"{where}: malformed JSON: a string holds a lone UTF-16 surrogate "
+                "(\\uD800-\\uDFFF without its pair), which is not text.",
+                hint=hint,
+                path=where,
+            ) from None
     return obj
 
 

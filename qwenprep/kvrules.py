@@ -1,4 +1,4 @@
-"""The model shape and vLLM's KV-cache arithmetic on it, per vLLM version (FACTS.md "KV cache
+"""The model shape and vLLM's KV-cache arithmetic on it, per vLLM version (docs/facts.md "KV-cache
 arithmetic"); qwenprep.capacity builds plans from them.
 
 For a model whose layers all use full attention (Qwen3-MoE), vLLM 0.10 .. 0.33 does:
@@ -32,7 +32,7 @@ from qwenprep.sizes import GiB, format_gib
 
 if TYPE_CHECKING:
     from qwenprep.hybrid import HybridLayout, LinearAttention
-    from qwenprep.timing import ParamCounts
+    from qwenprep.timecost import ParamCounts
 
 KVDtype = Literal["auto", "fp8"]
 
@@ -41,8 +41,14 @@ DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
 DEFAULT_MAX_NUM_SEQS = 256
 
 _DTYPE_BYTES = {
-    "bfloat16": 2, "float16": 2, "half": 2, "bf16": 2, "fp16": 2,
-    "float32": 4, "float": 4, "fp32": 4,
+    "bfloat16": 2,
+    "float16": 2,
+    "half": 2,
+    "bf16": 2,
+    "fp16": 2,
+    "float32": 4,
+    "float": 4,
+    "fp32": 4,
 }
 
 
@@ -67,7 +73,8 @@ class VllmRule:
     def name(self) -> str:
         parts = [
             f"gpu_memory_utilization {self.gpu_memory_utilization}",
-            "tokens = int(concurrency x max_model_len)" if self.tokens_from_concurrency
+            "tokens = int(concurrency x max_model_len)"
+            if self.tokens_from_concurrency
             else "tokens = num_blocks x block_size",
             "null block held back" if self.reserves_null_block else "no null-block reserve",
         ]
@@ -83,7 +90,6 @@ class VllmRule:
             "reserves_null_block": self.reserves_null_block,
             "note": self.note,
         }
-
 
 
 # --------------------------------------------------------------------------- model shape
@@ -121,19 +127,27 @@ class ModelShape:
         return self.num_layers if self.attention_layers is None else self.attention_layers
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], *, name: str = "model",
-                    weight_bytes: int | None = None, expert_weight_bytes: int = 0,
-                    weights_source: str = "unknown",
-                    params: ParamCounts | None = None) -> ModelShape:
+    def from_config(
+        cls,
+        config: dict[str, Any],
+        *,
+        name: str = "model",
+        weight_bytes: int | None = None,
+        expert_weight_bytes: int = 0,
+        weights_source: str = "unknown",
+        params: ParamCounts | None = None,
+    ) -> ModelShape:
         from qwenprep.model import ModelView
 
         view = ModelView.of(config)
         cfg: dict[str, Any] = view.text
 
         def bad(key: str, v: object, wanted: str) -> InputError:
-            return InputError(f"config.json: {key} is {v!r}; capacity planning needs {wanted}.",
-                              hint="run qwenprep validate PATH for every problem in it.",
-                              path=f"config.json:$.{key}")
+            return InputError(
+                f"config.json: {key} is {v!r}; capacity planning needs {wanted}.",
+                hint="run qwenprep validate PATH for every problem in it.",
+                path=f"config.json:$.{key}",
+            )
 
         def need(key: str, default: int | None = None) -> int:
             """A positive integer; DEFAULT when the key is absent or null. An optional count
@@ -149,7 +163,7 @@ class ModelShape:
         heads = need("num_attention_heads")
         hidden = need("hidden_size")
         kv = need("num_key_value_heads", heads)
-        # never derived for Qwen3: 96 x 128 != 6144 on the 480B (FACTS.md); Qwen2 has no key
+        # never derived for Qwen3: 96 x 128 != 6144 on the 480B (docs/facts.md); Qwen2 has no key
         fam = view.family_name
         derive = cfg.get("head_dim") is None and fam is not None and view.family.derive_head_dim
         head_dim = hidden // heads if derive else need("head_dim")
@@ -164,10 +178,16 @@ class ModelShape:
         block: tuple[int, int] | None = None
         if qc and qc.get("quant_method") == "fp8" and qc.get("weight_block_size") is not None:
             wbs = qc["weight_block_size"]
-            if not (isinstance(wbs, list) and len(wbs) == 2 and all(
-                    isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in wbs)):
-                raise bad("quantization_config.weight_block_size", wbs,
-                          "two positive integers [block_n, block_k]")
+            if not (
+                isinstance(wbs, list)
+                and len(wbs) == 2
+                and all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in wbs)
+            ):
+                raise bad(
+                    "quantization_config.weight_block_size",
+                    wbs,
+                    "two positive integers [block_n, block_k]",
+                )
             block = (wbs[0], wbs[1])
         experts_key = view.key_of("num_experts")
         from qwenprep.contexts import native_context
@@ -233,10 +253,16 @@ def layers_per_gpu(shape: ModelShape, pp: int) -> int:
     return math.ceil(shape.full_attention_layers / pp)
 
 
-def bytes_per_token_per_gpu(shape: ModelShape, *, tp: int = 1, pp: int = 1,
-                            kv_cache_dtype: KVDtype = "auto") -> int:
-    return (2 * kv_heads_per_gpu(shape, tp) * shape.head_dim * kv_dtype_bytes(shape, kv_cache_dtype)
-            * layers_per_gpu(shape, pp))
+def bytes_per_token_per_gpu(
+    shape: ModelShape, *, tp: int = 1, pp: int = 1, kv_cache_dtype: KVDtype = "auto"
+) -> int:
+    return (
+        2
+        * kv_heads_per_gpu(shape, tp)
+        * shape.head_dim
+        * kv_dtype_bytes(shape, kv_cache_dtype)
+        * layers_per_gpu(shape, pp)
+    )
 
 
 @dataclass(frozen=True)
@@ -254,8 +280,14 @@ class KVCapacity:
     hybrid: HybridLayout | None = None  # the state layers' layout (vLLM 0.32 rule)
 
 
-def kv_capacity(available_bytes: int, bytes_per_token: int, context: int, rule: VllmRule, *,
-                block_size: int = CUDA_BLOCK_SIZE) -> KVCapacity:
+def kv_capacity(
+    available_bytes: int,
+    bytes_per_token: int,
+    context: int,
+    rule: VllmRule,
+    *,
+    block_size: int = CUDA_BLOCK_SIZE,
+) -> KVCapacity:
     """vLLM's numbers for one GPU with AVAILABLE bytes for the cache (see the module doc)."""
     if context <= 0:
         raise UsageError(f"context {context} must be positive.")
@@ -270,8 +302,9 @@ def kv_capacity(available_bytes: int, bytes_per_token: int, context: int, rule: 
     usable = avail - reserve
     fits = avail > 0 and needed <= usable
     largest = max(0, usable // bpb) * block_size if usable > 0 else 0
-    return KVCapacity(context, block_size, bpb, avail, num_blocks, tokens, concurrency, needed,
-                      fits, largest)
+    return KVCapacity(
+        context, block_size, bpb, avail, num_blocks, tokens, concurrency, needed, fits, largest
+    )
 
 
 # --------------------------------------------------------------------------- the plan
@@ -286,7 +319,7 @@ def overhead_estimate(shape: ModelShape, *, tp: int, rule: VllmRule) -> tuple[in
     activations of the profile run: max_num_batched_tokens (8192) x hidden x 2 bytes x 96;
     sampler logits for max_num_seqs (256) x vocab x 4 bytes; 2 GiB of non-torch memory (CUDA
     context, NCCL, cuBLAS workspaces); 1 GiB of CUDA graphs from 0.20. The factor 96 is
-    calibrated on the one real point known (FACTS.md calibration 1: 8x H200, 140.4 GiB each as
+    calibrated on the one real point known (docs/facts.md calibration 1: 8x H200, 140.4 GiB each as
     nvidia-smi reports, TP 8 + EP, the 480B FP8 model: vLLM reported 61.31 GiB of KV memory;
     this estimate gives 60.9 GiB there, a little on the safe side). It is a rough figure on
     purpose, and stated: --kv-memory replaces it with the real one.
@@ -296,16 +329,19 @@ def overhead_estimate(shape: ModelShape, *, tp: int, rule: VllmRule) -> tuple[in
     non_torch = 2 * GiB
     graphs = 1 * GiB if rule.cuda_graphs_in_profile else 0
     total = act + logits + non_torch + graphs
-    text = (f"activations {format_gib(act)} (8192 batched tokens x hidden {shape.hidden_size} x "
-            f"2 bytes x {ACTIVATION_FACTOR}) + sampler logits {format_gib(logits)} (256 seqs x "
-            f"vocab {shape.vocab_size} x 4 bytes) + non-torch 2.00 GiB"
-            + (" + CUDA graphs 1.00 GiB" if graphs else "")
-            + f" = {format_gib(total)} per GPU (estimate)")
+    text = (
+        f"activations {format_gib(act)} (8192 batched tokens x hidden {shape.hidden_size} x "
+        f"2 bytes x {ACTIVATION_FACTOR}) + sampler logits {format_gib(logits)} (256 seqs x "
+        f"vocab {shape.vocab_size} x 4 bytes) + non-torch 2.00 GiB"
+        + (" + CUDA graphs 1.00 GiB" if graphs else "")
+        + f" = {format_gib(total)} per GPU (estimate)"
+    )
     return total, text
 
 
-def weights_per_gpu(shape: ModelShape, *, tp: int, pp: int = 1, dp: int = 1,
-                    ep: bool = True) -> int:
+def weights_per_gpu(
+    shape: ModelShape, *, tp: int, pp: int = 1, dp: int = 1, ep: bool = True
+) -> int:
     """Tensor bytes per GPU: everything split over TP (and PP stages); with expert parallel the
     routed experts split over TP x DP instead. Replicated small tensors (norms, router) are
     counted as split too - an approximation under 0.1% for this model."""

@@ -6,7 +6,7 @@ from it) both build on it."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,22 +124,153 @@ def layer_types_of(config: dict[str, Any]) -> list[str]:
             raise ValueError(f"layer_types has {len(types)} entries for {layers} layers")
         return [str(t) for t in types]
     interval = int(config.get("full_attention_interval") or 4)
-    return ["full_attention" if (i + 1) % interval == 0 else "linear_attention"
-            for i in range(layers)]
+    return [
+        "full_attention" if (i + 1) % interval == 0 else "linear_attention" for i in range(layers)
+    ]
+
+
+# ---------------------------------------------------------------- FP8 of the hybrid families
+
+# Modules vLLM 0.32 builds without a quantization method whatever the config lists, so an FP8
+# release keeps them BF16: the router (GateLinear, qwen3_next.py), the shared-expert gate
+# (ReplicatedLinear with quant_config=None), lm_head (ParallelLMHead: Fp8Config gives it no
+# method), and the Gated DeltaNet b/a projection ("ba_proj doesn't support blockwise fp8
+# quantization", layers/mamba/gdn/qwen_gdn_linear_attn.py; the releases list it).
+HYBRID_BF16_SUFFIXES = (
+    ".mlp.gate",
+    ".mlp.shared_expert_gate",
+    ".linear_attn.in_proj_ba",
+    ".linear_attn.in_proj_a",
+    ".linear_attn.in_proj_b",
+)
+# Block-FP8 scale dtype of the hybrid releases: BF16 (docs/qwen-line.md, "FP8 releases").
+HYBRID_SCALE_DTYPE = "BF16"
+
+
+def _hybrid_fp8(q: dict[str, Any], family: str) -> tuple[bool, int, int, frozenset[str]]:
+    """(fp8, block_n, block_k, the modules kept BF16) of a hybrid config's quantization_config.
+    vLLM's Fp8Config reads ignored_layers, else modules_to_not_convert; another quant_method
+    is not derived (ValueError)."""
+    method = q.get("quant_method")
+    if not method:
+        return False, 128, 128, frozenset()
+    if method != "fp8":
+        raise ValueError(f"the {method} tensor layout of {family} is not derived by qwenprep")
+    block = q.get("weight_block_size") or [128, 128]
+    if not (
+        isinstance(block, list)
+        and len(block) == 2
+        and all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in block)
+    ):
+        raise ValueError(f"weight_block_size is {block!r}; expected two positive integers")
+    keep = q.get("ignored_layers") or q.get("modules_to_not_convert") or []
+    if not isinstance(keep, list):
+        raise ValueError(f"modules_to_not_convert is {keep!r}; expected a list of module names")
+    return True, block[0], block[1], frozenset(m for m in keep if isinstance(m, str))
+
+
+def _linear_writer(
+    fp8: bool, block_n: int, block_k: int, keep: frozenset[str]
+) -> Callable[[str, int, int], Iterator[TensorSpec]]:
+    """linear(module, out, in): the weight of a linear layer of a hybrid checkpoint. FP8
+    (block FP8, as the releases): F8_E4M3 with a `weight_scale_inv` of
+    [ceil(out/block_n), ceil(in/block_k)], unless the module is kept BF16 (in the config's
+    list, or one vLLM never quantises: lm_head, HYBRID_BF16_SUFFIXES)."""
+
+    def linear(module: str, out: int, inp: int) -> Iterator[TensorSpec]:
+        if (
+            fp8
+            and module != "lm_head"
+            and not module.endswith(HYBRID_BF16_SUFFIXES)
+            and not module_in(module, keep)
+        ):
+            yield TensorSpec(f"{module}.weight", "F8_E4M3", (out, inp))
+            yield TensorSpec(
+                f"{module}.weight_scale_inv",
+                HYBRID_SCALE_DTYPE,
+                (-(-out // block_n), -(-inp // block_k)),
+            )
+        else:
+            yield TensorSpec(f"{module}.weight", "BF16", (out, inp))
+
+    return linear
+
+
+def hybrid_fp8_not_convert(config: dict[str, Any]) -> list[str]:
+    """modules_to_not_convert as the hybrid FP8 releases list it (Qwen3-Next-80B-A3B-*-FP8,
+    Qwen3-Coder-Next-FP8; Qwen3.5/3.6-*-FP8 by the same rule): lm_head; per layer, in layer
+    order, its norms, router and shared-expert gate, the Gated DeltaNet parts that stay BF16
+    (A_log, conv1d, dt_bias, the b/a projection(s), the gated norm) or the q/k norms; the
+    MTP layer's likewise and mtp.fc / mtp.norm / mtp.pre_fc_norm_*. A vision-language config
+    (text_config) names its layers under model.language_model., lists model.embed_tokens and
+    the vision tower's linear layers (vLLM hands the tower the quantization config). What is
+    and is not confirmed from the releases: docs/qwen-line.md, "FP8 releases"."""
+    text = config.get("text_config")
+    nested = isinstance(text, dict)
+    t: dict[str, Any] = text if isinstance(text, dict) else config
+    moe = int(t.get("num_experts", t.get("num_local_experts", 0)) or 0) > 0
+    split_ba = nested or "qwen3_5" in str(t.get("model_type", config.get("model_type")))
+    lm = "model.language_model" if nested else "model"
+    ba = ("in_proj_a", "in_proj_b", "in_proj_ba") if split_ba else ("in_proj_ba",)
+
+    def layer(p: str, kind: str) -> list[str]:
+        mods = [f"{p}.input_layernorm", f"{p}.post_attention_layernorm"]
+        if moe:
+            mods += [f"{p}.mlp.gate", f"{p}.mlp.shared_expert_gate"]
+        if kind == "linear_attention":
+            mods += [f"{p}.linear_attn.{m}" for m in ("A_log", "conv1d", "dt_bias", *ba, "norm")]
+        else:
+            mods += [f"{p}.self_attn.k_norm", f"{p}.self_attn.q_norm"]
+        return sorted(mods)
+
+    out = ["lm_head"] + (["model.embed_tokens"] if nested else [])
+    for i, kind in enumerate(layer_types_of(t)):
+        out += layer(f"{lm}.layers.{i}", kind)
+    mtp = int(t.get("mtp_num_hidden_layers", t.get("num_nextn_predict_layers", 1)) or 0)
+    mtp_mods = [m for j in range(mtp) for m in layer(f"mtp.layers.{j}", "full_attention")]
+    if mtp:
+        mtp_mods += ["mtp.fc", "mtp.norm", "mtp.pre_fc_norm_embedding", "mtp.pre_fc_norm_hidden"]
+    out += sorted(mtp_mods)
+    vc = config.get("vision_config") if nested else None
+    if isinstance(vc, dict):
+        v = "model.visual"
+        for b in range(int(vc.get("depth", 27))):
+            out += [
+                f"{v}.blocks.{b}.{m}"
+                for m in ("attn.proj", "attn.qkv", "mlp.linear_fc1", "mlp.linear_fc2")
+            ]
+        out += [f"{v}.merger.linear_fc1", f"{v}.merger.linear_fc2"]
+        for k in range(len(vc.get("deepstack_visual_indexes") or [])):
+            out += [
+                f"{v}.deepstack_merger_list.{k}.linear_fc1",
+                f"{v}.deepstack_merger_list.{k}.linear_fc2",
+            ]
+    return out
+
+
+def hybrid_fp8_quantization_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The quantization_config of a hybrid FP8 release (block FP8 128 x 128, dynamic
+    activations, e4m3) for CONFIG's shape."""
+    return {
+        "activation_scheme": "dynamic",
+        "fmt": "e4m3",
+        "modules_to_not_convert": hybrid_fp8_not_convert(config),
+        "quant_method": "fp8",
+        "weight_block_size": [128, 128],
+    }
 
 
 def qwen3_next_tensors(config: dict[str, Any]) -> Iterator[TensorSpec]:
-    """Every tensor of a Qwen3-Next checkpoint (BF16) for this config, in model order. Names and
+    """Every tensor of a Qwen3-Next checkpoint for this config, in model order. Names and
     shapes as vLLM 0.32's qwen3_next.py / qwen3_next_mtp.py and the Gated DeltaNet layer
     (vllm/model_executor/layers/mamba/gdn/qwen_gdn_linear_attn.py) load them: full-attention
     q_proj carries the output gate (2 x heads x head_dim rows); linear-attention layers hold
     in_proj_qkvz, in_proj_ba, conv1d (depthwise, [conv_dim, 1, kernel]), dt_bias, A_log, a
     gated norm and out_proj; MoE layers add a shared expert and its gate; MTP weights live
-    under mtp. (num_nextn_predict_layers, default 1, as vLLM's MTP model reads it)."""
-    q = config.get("quantization_config") or {}
-    if q.get("quant_method"):
-        raise ValueError(f"the {q.get('quant_method')} tensor layout of qwen3_next is not "
-                         "derived by qwenprep")
+    under mtp. (num_nextn_predict_layers, default 1, as vLLM's MTP model reads it). With an
+    fp8 quantization_config (the -FP8 releases) each linear weight is block FP8 unless kept
+    BF16 (_linear_writer); everything else is as in the BF16 release."""
+    linear = _linear_writer(*_hybrid_fp8(config.get("quantization_config") or {}, "qwen3_next"))
     hidden = int(config["hidden_size"])
     head_dim = int(config["head_dim"])
     heads = int(config["num_attention_heads"])
@@ -159,30 +290,30 @@ def qwen3_next_tensors(config: dict[str, Any]) -> Iterator[TensorSpec]:
         return TensorSpec(name, dtype, tuple(shape))
 
     def full_attention(p: str) -> Iterator[TensorSpec]:
-        yield w(f"{p}.self_attn.q_proj.weight", heads * head_dim * gate, hidden)
-        yield w(f"{p}.self_attn.k_proj.weight", nkv, hidden)
-        yield w(f"{p}.self_attn.v_proj.weight", nkv, hidden)
-        yield w(f"{p}.self_attn.o_proj.weight", hidden, heads * head_dim)
+        yield from linear(f"{p}.self_attn.q_proj", heads * head_dim * gate, hidden)
+        yield from linear(f"{p}.self_attn.k_proj", nkv, hidden)
+        yield from linear(f"{p}.self_attn.v_proj", nkv, hidden)
+        yield from linear(f"{p}.self_attn.o_proj", hidden, heads * head_dim)
         yield w(f"{p}.self_attn.q_norm.weight", head_dim)
         yield w(f"{p}.self_attn.k_norm.weight", head_dim)
 
     def mlp(p: str, i: int) -> Iterator[TensorSpec]:
         if _is_moe_layer(config, i):
-            yield w(f"{p}.mlp.gate.weight", experts, hidden)
+            yield from linear(f"{p}.mlp.gate", experts, hidden)
             for e in range(experts):
                 ep = f"{p}.mlp.experts.{e}"
-                yield w(f"{ep}.gate_proj.weight", moe_inter, hidden)
-                yield w(f"{ep}.up_proj.weight", moe_inter, hidden)
-                yield w(f"{ep}.down_proj.weight", hidden, moe_inter)
+                yield from linear(f"{ep}.gate_proj", moe_inter, hidden)
+                yield from linear(f"{ep}.up_proj", moe_inter, hidden)
+                yield from linear(f"{ep}.down_proj", hidden, moe_inter)
             if shared > 0:
-                yield w(f"{p}.mlp.shared_expert.gate_proj.weight", shared, hidden)
-                yield w(f"{p}.mlp.shared_expert.up_proj.weight", shared, hidden)
-                yield w(f"{p}.mlp.shared_expert.down_proj.weight", hidden, shared)
-                yield w(f"{p}.mlp.shared_expert_gate.weight", 1, hidden)
+                yield from linear(f"{p}.mlp.shared_expert.gate_proj", shared, hidden)
+                yield from linear(f"{p}.mlp.shared_expert.up_proj", shared, hidden)
+                yield from linear(f"{p}.mlp.shared_expert.down_proj", hidden, shared)
+                yield from linear(f"{p}.mlp.shared_expert_gate", 1, hidden)
         else:
-            yield w(f"{p}.mlp.gate_proj.weight", dense_inter, hidden)
-            yield w(f"{p}.mlp.up_proj.weight", dense_inter, hidden)
-            yield w(f"{p}.mlp.down_proj.weight", hidden, dense_inter)
+            yield from linear(f"{p}.mlp.gate_proj", dense_inter, hidden)
+            yield from linear(f"{p}.mlp.up_proj", dense_inter, hidden)
+            yield from linear(f"{p}.mlp.down_proj", hidden, dense_inter)
 
     def norms(p: str) -> Iterator[TensorSpec]:
         yield w(f"{p}.input_layernorm.weight", hidden)
@@ -195,28 +326,29 @@ def qwen3_next_tensors(config: dict[str, Any]) -> Iterator[TensorSpec]:
             yield from full_attention(p)
         elif kind == "linear_attention":
             la = f"{p}.linear_attn"
-            yield w(f"{la}.in_proj_qkvz.weight", 2 * key_dim + 2 * value_dim, hidden)
-            yield w(f"{la}.in_proj_ba.weight", 2 * nv, hidden)
+            yield from linear(f"{la}.in_proj_qkvz", 2 * key_dim + 2 * value_dim, hidden)
+            yield from linear(f"{la}.in_proj_ba", 2 * nv, hidden)
             yield w(f"{la}.conv1d.weight", 2 * key_dim + value_dim, 1, kernel)
             yield w(f"{la}.dt_bias", nv)
             yield w(f"{la}.A_log", nv, dtype="F32")
             yield w(f"{la}.norm.weight", hv)
-            yield w(f"{la}.out_proj.weight", hidden, value_dim)
+            yield from linear(f"{la}.out_proj", hidden, value_dim)
         else:
-            raise ValueError(f"layer_types[{i}] is {kind!r}; expected full_attention or "
-                             "linear_attention")
+            raise ValueError(
+                f"layer_types[{i}] is {kind!r}; expected full_attention or linear_attention"
+            )
         yield from norms(p)
         yield from mlp(p, i)
     yield w("model.norm.weight", hidden)
     if not config.get("tie_word_embeddings", False):
-        yield w("lm_head.weight", vocab, hidden)
+        yield from linear("lm_head", vocab, hidden)
     for j in range(int(config.get("num_nextn_predict_layers", 1) or 0)):
         p = f"mtp.layers.{j}"
         yield from full_attention(p)
         yield from norms(p)
         yield from mlp(p, j)
     if int(config.get("num_nextn_predict_layers", 1) or 0):
-        yield w("mtp.fc.weight", hidden, 2 * hidden)
+        yield from linear("mtp.fc", hidden, 2 * hidden)
         yield w("mtp.pre_fc_norm_embedding.weight", hidden)
         yield w("mtp.pre_fc_norm_hidden.weight", hidden)
         yield w("mtp.norm.weight", hidden)
@@ -230,8 +362,9 @@ def qwen2_tensors(config: dict[str, Any]) -> Iterator[TensorSpec]:
     q/k norms, a dense MLP (transformers' Qwen2DecoderLayer, vLLM's qwen2.py)."""
     q = config.get("quantization_config") or {}
     if q.get("quant_method"):
-        raise ValueError(f"the {q.get('quant_method')} tensor layout of qwen2 is not derived "
-                         "by qwenprep")
+        raise ValueError(
+            f"the {q.get('quant_method')} tensor layout of qwen2 is not derived by qwenprep"
+        )
     hidden = int(config["hidden_size"])
     heads = int(config["num_attention_heads"])
     head_dim = int(config.get("head_dim") or hidden // heads)
@@ -263,7 +396,7 @@ def qwen2_tensors(config: dict[str, Any]) -> Iterator[TensorSpec]:
 
 
 def qwen3_5_tensors(config: dict[str, Any]) -> Iterator[TensorSpec]:
-    """Every tensor of a Qwen3.5/3.6 checkpoint (BF16) for this whole config, in model order, as
+    """Every tensor of a Qwen3.5/3.6 checkpoint for this whole config, in model order, as
     the releases name them and vLLM 0.32's qwen3_5.py / qwen3_5_mtp.py / qwen3_vl.py load them.
 
     Vision-language configs (text settings under ``text_config``): the language model under
@@ -274,14 +407,16 @@ def qwen3_5_tensors(config: dict[str, Any]) -> Iterator[TensorSpec]:
     in_proj_qkvz / in_proj_ba on load); full-attention ``q_proj`` carries the output gate;
     routed experts are stacked per layer (``mlp.experts.gate_up_proj`` [E, 2 x I, H],
     ``mlp.experts.down_proj`` [E, H, I]) beside a shared expert and its gate; MTP weights under
-    ``mtp.`` (``mtp_num_hidden_layers``, default 1), experts there one by one."""
+    ``mtp.`` (``mtp_num_hidden_layers``, default 1), experts there one by one. With an fp8
+    quantization_config (the -FP8 releases) the routed experts are one by one in every layer
+    (``mlp.experts.E.{gate,up,down}_proj``) and each linear weight is block FP8 unless kept
+    BF16 (_linear_writer); the vision tower stays BF16."""
     text = config.get("text_config")
     nested = isinstance(text, dict)
     t: dict[str, Any] = text if isinstance(text, dict) else config
     q = config.get("quantization_config") or t.get("quantization_config") or {}
-    if q.get("quant_method"):
-        raise ValueError(f"the {q.get('quant_method')} tensor layout of Qwen3.5 is not derived "
-                         "by qwenprep")
+    fp8, block_n, block_k, keep = _hybrid_fp8(q, "Qwen3.5")
+    linear = _linear_writer(fp8, block_n, block_k, keep)
     kind = str(t.get("model_type", config.get("model_type")))
     moe = "moe" in kind
     hidden = int(t["hidden_size"])
@@ -304,34 +439,34 @@ def qwen3_5_tensors(config: dict[str, Any]) -> Iterator[TensorSpec]:
         return TensorSpec(name, dtype, tuple(shape))
 
     def full_attention(p: str) -> Iterator[TensorSpec]:
-        yield w(f"{p}.self_attn.q_proj.weight", heads * head_dim * gate, hidden)
-        yield w(f"{p}.self_attn.k_proj.weight", nkv, hidden)
-        yield w(f"{p}.self_attn.v_proj.weight", nkv, hidden)
-        yield w(f"{p}.self_attn.o_proj.weight", hidden, heads * head_dim)
+        yield from linear(f"{p}.self_attn.q_proj", heads * head_dim * gate, hidden)
+        yield from linear(f"{p}.self_attn.k_proj", nkv, hidden)
+        yield from linear(f"{p}.self_attn.v_proj", nkv, hidden)
+        yield from linear(f"{p}.self_attn.o_proj", hidden, heads * head_dim)
         yield w(f"{p}.self_attn.q_norm.weight", head_dim)
         yield w(f"{p}.self_attn.k_norm.weight", head_dim)
 
     def mlp(p: str, stacked: bool) -> Iterator[TensorSpec]:
         if not moe:
-            yield w(f"{p}.mlp.gate_proj.weight", dense_inter, hidden)
-            yield w(f"{p}.mlp.up_proj.weight", dense_inter, hidden)
-            yield w(f"{p}.mlp.down_proj.weight", hidden, dense_inter)
+            yield from linear(f"{p}.mlp.gate_proj", dense_inter, hidden)
+            yield from linear(f"{p}.mlp.up_proj", dense_inter, hidden)
+            yield from linear(f"{p}.mlp.down_proj", hidden, dense_inter)
             return
-        yield w(f"{p}.mlp.gate.weight", experts, hidden)
+        yield from linear(f"{p}.mlp.gate", experts, hidden)
         if stacked:
             yield w(f"{p}.mlp.experts.gate_up_proj", experts, 2 * moe_inter, hidden)
             yield w(f"{p}.mlp.experts.down_proj", experts, hidden, moe_inter)
         else:
             for e in range(experts):
                 ep = f"{p}.mlp.experts.{e}"
-                yield w(f"{ep}.gate_proj.weight", moe_inter, hidden)
-                yield w(f"{ep}.up_proj.weight", moe_inter, hidden)
-                yield w(f"{ep}.down_proj.weight", hidden, moe_inter)
+                yield from linear(f"{ep}.gate_proj", moe_inter, hidden)
+                yield from linear(f"{ep}.up_proj", moe_inter, hidden)
+                yield from linear(f"{ep}.down_proj", hidden, moe_inter)
         if shared > 0:
-            yield w(f"{p}.mlp.shared_expert.gate_proj.weight", shared, hidden)
-            yield w(f"{p}.mlp.shared_expert.up_proj.weight", shared, hidden)
-            yield w(f"{p}.mlp.shared_expert.down_proj.weight", hidden, shared)
-            yield w(f"{p}.mlp.shared_expert_gate.weight", 1, hidden)
+            yield from linear(f"{p}.mlp.shared_expert.gate_proj", shared, hidden)
+            yield from linear(f"{p}.mlp.shared_expert.up_proj", shared, hidden)
+            yield from linear(f"{p}.mlp.shared_expert.down_proj", hidden, shared)
+            yield from linear(f"{p}.mlp.shared_expert_gate", 1, hidden)
 
     def norms(p: str) -> Iterator[TensorSpec]:
         yield w(f"{p}.input_layernorm.weight", hidden)
@@ -344,25 +479,26 @@ def qwen3_5_tensors(config: dict[str, Any]) -> Iterator[TensorSpec]:
             yield from full_attention(p)
         elif layer_kind == "linear_attention":
             la = f"{p}.linear_attn"
-            yield w(f"{la}.in_proj_qkv.weight", 2 * key_dim + value_dim, hidden)
-            yield w(f"{la}.in_proj_z.weight", value_dim, hidden)
-            yield w(f"{la}.in_proj_b.weight", nv, hidden)
-            yield w(f"{la}.in_proj_a.weight", nv, hidden)
+            yield from linear(f"{la}.in_proj_qkv", 2 * key_dim + value_dim, hidden)
+            yield from linear(f"{la}.in_proj_z", value_dim, hidden)
+            yield from linear(f"{la}.in_proj_b", nv, hidden)
+            yield from linear(f"{la}.in_proj_a", nv, hidden)
             yield w(f"{la}.conv1d.weight", 2 * key_dim + value_dim, 1, kernel)
             yield w(f"{la}.dt_bias", nv)
             yield w(f"{la}.A_log", nv, dtype="F32")
             yield w(f"{la}.norm.weight", hv)
-            yield w(f"{la}.out_proj.weight", hidden, value_dim)
+            yield from linear(f"{la}.out_proj", hidden, value_dim)
         else:
-            raise ValueError(f"layer_types[{i}] is {layer_kind!r}; expected full_attention or "
-                             "linear_attention")
+            raise ValueError(
+                f"layer_types[{i}] is {layer_kind!r}; expected full_attention or linear_attention"
+            )
         yield from norms(p)
-        yield from mlp(p, stacked=True)
+        yield from mlp(p, stacked=not fp8)
     yield w(f"{lm}.norm.weight", hidden)
     if nested and isinstance(config.get("vision_config"), dict):
         yield from qwen3_vl_vision_tensors(config["vision_config"])
     if not (t.get("tie_word_embeddings", config.get("tie_word_embeddings", False))):
-        yield w("lm_head.weight", vocab, hidden)
+        yield from linear("lm_head", vocab, hidden)
     mtp = int(t.get("mtp_num_hidden_layers", 1) or 0)
     for j in range(mtp):
         p = f"mtp.layers.{j}"
@@ -370,7 +506,7 @@ def qwen3_5_tensors(config: dict[str, Any]) -> Iterator[TensorSpec]:
         yield from norms(p)
         yield from mlp(p, stacked=False)
     if mtp:
-        yield w("mtp.fc.weight", hidden, 2 * hidden)
+        yield from linear("mtp.fc", hidden, 2 * hidden)
         yield w("mtp.pre_fc_norm_embedding.weight", hidden)
         yield w("mtp.pre_fc_norm_hidden.weight", hidden)
         yield w("mtp.norm.weight", hidden)

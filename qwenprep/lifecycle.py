@@ -112,8 +112,10 @@ def pin_source(snapshot: Path, overlay: Path) -> tuple[str | None, str | None]:
         tmp.write_text(snapshot.name, encoding="utf-8")
         os.replace(tmp, ref)
     except OSError as e:
-        return None, (f"could not write the cache ref {ref} ({e.strerror or e}); "
-                      "hf cache prune may remove the source of this overlay")
+        return None, (
+            f"could not write the cache ref {ref} ({e.strerror or e}); "
+            "hf cache prune may remove the source of this overlay"
+        )
     return name, None
 
 
@@ -185,11 +187,17 @@ def overlay_status(path: Path, manifest: dict[str, Any]) -> OverlayStatus:
         gone.append(f"the source {source} is gone")
     elif not (source / CONFIG).is_file():
         gone.append(f"the source config {source / CONFIG} is gone")
-    missing = [f["name"] for f in manifest["files"]
-               if os.path.islink(path / f["name"]) and not os.path.exists(path / f["name"])]
+    missing = [
+        f["name"]
+        for f in manifest["files"]
+        if os.path.islink(path / f["name"]) and not os.path.exists(path / f["name"])
+    ]
     if missing:
-        gone.append(f"{len(missing)} linked file(s) point at nothing: " + ", ".join(missing[:3])
-                    + (" ..." if len(missing) > 3 else ""))
+        gone.append(
+            f"{len(missing)} linked file(s) point at nothing: "
+            + ", ".join(missing[:3])
+            + (" ..." if len(missing) > 3 else "")
+        )
     if gone:
         status.state = "dangling"
         status.reasons = gone
@@ -201,8 +209,10 @@ def overlay_status(path: Path, manifest: dict[str, Any]) -> OverlayStatus:
         ours = None
     if ours != manifest.get("config_sha256"):
         status.state = "edited"
-        status.reasons = [f"{path / CONFIG} is not the config.json qwenprep wrote (edited, "
-                          "replaced or unreadable): what it serves is not what was checked"]
+        status.reasons = [
+            f"{path / CONFIG} is not the config.json qwenprep wrote (edited, "
+            "replaced or unreadable): what it serves is not what was checked"
+        ]
         status.rebuild = _rebuild(path, manifest)
         return status
     stale: list[str] = []
@@ -222,8 +232,9 @@ def overlay_status(path: Path, manifest: dict[str, Any]) -> OverlayStatus:
             stale.append(f"the ref {ref} it was made from is gone from the cache")
             continue
         if target != source.name:
-            stale.append(f"{src.get('repo_id')}@{ref} now points at {target[:12]}, not "
-                         f"{source.name[:12]}")
+            stale.append(
+                f"{src.get('repo_id')}@{ref} now points at {target[:12]}, not {source.name[:12]}"
+            )
     if stale:
         status.state = "stale"
         status.reasons = stale
@@ -242,9 +253,11 @@ def require_live(path: Path) -> list[str]:
         return []
     st = overlay_status(path, manifest)
     if st.state == "dangling":
-        raise InputError(f"{path}: the overlay is dangling: {'; '.join(st.reasons)}.",
-                         hint=f"rebuild it from the source where it is now: {st.rebuild}",
-                         path=str(path))
+        raise InputError(
+            f"{path}: the overlay is dangling: {'; '.join(st.reasons)}.",
+            hint=f"rebuild it from the source where it is now: {st.rebuild}",
+            path=str(path),
+        )
     if st.state == "stale":
         return [f"the overlay is stale: {r}; rebuild: {st.rebuild}" for r in st.reasons]
     return []
@@ -265,8 +278,11 @@ def find_overlays(paths: list[Path]) -> list[Path]:
                 raise InputError(f"{root}: no such directory.", path=str(root))
             continue
         for child in sorted(root.iterdir()):
-            if child.is_dir() and not child.is_symlink() and \
-                    os.path.lexists(child / MANIFEST_DIR / MANIFEST_NAME):
+            if (
+                child.is_dir()
+                and not child.is_symlink()
+                and os.path.lexists(child / MANIFEST_DIR / MANIFEST_NAME)
+            ):
                 found.append(child)
     return found
 

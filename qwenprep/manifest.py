@@ -43,12 +43,13 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
         raise _bad_manifest(path, e.message) from None
     if not isinstance(obj, dict) or obj.get("tool") != "qwenprep":
         if isinstance(obj, dict) and "tool" not in obj:
-            raise _bad_manifest(path, f"{mp}: has no \"tool\" field")
+            raise _bad_manifest(path, f'{mp}: has no "tool" field')
         return None
     errors = validate_manifest(obj)
     if errors:
-        raise _bad_manifest(path, f"{mp}: does not match the manifest schema: "
-                            + "; ".join(sorted(errors)[:5]))
+        raise _bad_manifest(
+            path, f"{mp}: does not match the manifest schema: " + "; ".join(sorted(errors)[:5])
+        )
     return obj
 
 
@@ -58,7 +59,8 @@ def _bad_manifest(path: Path, what: str) -> InputError:
         f"not delete, replace or serve {path}.",
         hint=f"if qwenprep made {path}, look inside, move out what you want to keep and remove "
         "it by hand, then patch again (qwenprep patch MODEL --context C --out DIR).",
-        path=str(manifest_path(path)))
+        path=str(manifest_path(path)),
+    )
 
 
 def read_regular_text(p: Path) -> str:
@@ -69,5 +71,7 @@ def read_regular_text(p: Path) -> str:
 def validate_manifest(manifest: dict[str, Any]) -> list[str]:
     from qwenprep.schemas import validator
 
-    return [f"{'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
-            for e in validator("manifest").iter_errors(manifest)]
+    return [
+        f"{'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
+        for e in validator("manifest").iter_errors(manifest)
+    ]

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 RopeStyle = Literal["rope_scaling", "rope_parameters"]
 
 # transformers' spellings of one setting: the first is qwenprep's name for it. transformers 5
-# writes the second on save (FACTS: Qwen3MoeConfig.attribute_map maps num_experts to
+# writes the second on save (docs/facts.md: Qwen3MoeConfig.attribute_map maps num_experts to
 # num_local_experts; torch_dtype became dtype).
 ALIASES: dict[str, tuple[str, ...]] = {
     "num_experts": ("num_experts", "num_local_experts"),

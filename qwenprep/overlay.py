@@ -2,7 +2,8 @@
 
 The source checkpoint is never written. An overlay is built in a hidden sibling directory and
 renamed into place under a lock, so a crash or a concurrent run never leaves a half-made one.
-Removing one (qwenprep revert) is qwenprep.overlay_remove.
+Removing one (qwenprep revert) is qwenprep.overlay_remove; checking one (links resolve,
+nothing edited since the patch) is qwenprep.overlay_state.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from qwenprep import __version__
+from qwenprep._version import __version__
 from qwenprep.checkpoint import CONFIG, Checkpoint, resolve_dir
 from qwenprep.contexts import ContextRequest, PatchResult, patch_config
 from qwenprep.errors import ConflictError, InputError, QwenprepError, UsageError
@@ -34,7 +35,7 @@ from qwenprep.jsonio import (
     loads_located,
     read_regular_bytes,
 )
-from qwenprep.manifest import (  # re-exported: the manifest was overlay's before manifest.py
+from qwenprep.manifest import (
     MANIFEST_DIR,
     MANIFEST_NAME,
     manifest_path,
@@ -42,7 +43,30 @@ from qwenprep.manifest import (  # re-exported: the manifest was overlay's befor
     read_regular_text,
     sha256_bytes,
 )
-from qwenprep.report import Check
+from qwenprep.overlay_state import OWN_STATE, UserContent, overlay_checks, user_content
+
+# Made here: OverlayResult, create_overlay and the lock and atomic-swap helpers. The self-checks
+# (overlay_state) and the manifest (manifest) were overlay's before and are re-exported.
+__all__ = [
+    "LOCK_TIMEOUT_S",
+    "SKIP_TOP",
+    "TMP_TAG",
+    "OverlayResult",
+    "config_diff",
+    "create_overlay",
+    "output_lock",
+    "writable_dir_error",
+    "MANIFEST_DIR",
+    "MANIFEST_NAME",
+    "manifest_path",
+    "read_manifest",
+    "read_regular_text",
+    "sha256_bytes",
+    "OWN_STATE",
+    "UserContent",
+    "overlay_checks",
+    "user_content",
+]
 
 SKIP_TOP = {MANIFEST_DIR, ".git", ".cache"}  # never linked: our own state, VCS, hub download state
 TMP_TAG = ".qwenprep-tmp-"
@@ -67,8 +91,12 @@ class OverlayResult:
 def config_diff(old_text: str, new_text: str) -> list[str]:
     return list(
         difflib.unified_diff(
-            old_text.splitlines(), new_text.splitlines(),
-            "source/config.json", "overlay/config.json", lineterm="", n=1,
+            old_text.splitlines(),
+            new_text.splitlines(),
+            "source/config.json",
+            "overlay/config.json",
+            lineterm="",
+            n=1,
         )
     )
 
@@ -101,8 +129,10 @@ def _file_size(p: Path) -> int:
     try:
         return p.stat().st_size
     except FileNotFoundError:
-        raise InputError(f"{p}: broken link in the source checkpoint.",
-                         hint="re-download the checkpoint (qwenprep fetch ORG/NAME).") from None
+        raise InputError(
+            f"{p}: broken link in the source checkpoint.",
+            hint="re-download the checkpoint (qwenprep fetch ORG/NAME).",
+        ) from None
 
 
 @contextlib.contextmanager
@@ -123,7 +153,8 @@ def output_lock(out: Path) -> Iterator[None]:
                 if time.monotonic() > deadline:
                     raise ConflictError(
                         f"{out}: another qwenprep run has held the lock on {out.parent} for "
-                        f"{LOCK_TIMEOUT_S:.0f} s.", hint="wait for it to finish, then retry."
+                        f"{LOCK_TIMEOUT_S:.0f} s.",
+                        hint="wait for it to finish, then retry.",
                     ) from None
                 time.sleep(0.05)
         yield
@@ -131,33 +162,50 @@ def output_lock(out: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the flock
 
 
-def _io_error(where: Path, e: OSError, *, verb: str = "write here",
-              hint: str = "choose an --out directory on a writable filesystem.") -> QwenprepError:
+def _io_error(
+    where: Path,
+    e: OSError,
+    *,
+    verb: str = "write here",
+    hint: str = "choose an --out directory on a writable filesystem.",
+) -> QwenprepError:
     if e.errno == errno.EROFS:
-        return InputError(f"{where}: cannot {verb}: the filesystem is mounted read-only.",
-                          hint=hint, path=str(where))
+        return InputError(
+            f"{where}: cannot {verb}: the filesystem is mounted read-only.",
+            hint=hint,
+            path=str(where),
+        )
     if e.errno in (errno.EACCES, errno.EPERM):
-        return InputError(f"{where}: cannot {verb} ({os.strerror(e.errno)}).", hint=hint,
-                          path=str(where))
+        return InputError(
+            f"{where}: cannot {verb} ({os.strerror(e.errno)}).", hint=hint, path=str(where)
+        )
     if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return InputError(f"{where}: out of space ({os.strerror(e.errno)}).",
-                          hint="free some space or choose another --out.", path=str(where))
+        return InputError(
+            f"{where}: out of space ({os.strerror(e.errno)}).",
+            hint="free some space or choose another --out.",
+            path=str(where),
+        )
     return InputError(f"{where}: cannot {verb}: {e.strerror or e}.", path=str(where))
 
 
-def writable_dir_error(d: Path, *, verb: str = "write here",
-                       hint: str = "choose an --out directory on a writable filesystem."
-                       ) -> QwenprepError | None:
+def writable_dir_error(
+    d: Path,
+    *,
+    verb: str = "write here",
+    hint: str = "choose an --out directory on a writable filesystem.",
+) -> QwenprepError | None:
     """Why D cannot be written (read-only filesystem named as such), or None."""
     try:
         if os.statvfs(d).f_flag & os.ST_RDONLY:
-            return _io_error(d, OSError(errno.EROFS, os.strerror(errno.EROFS)), verb=verb,
-                             hint=hint)
+            return _io_error(
+                d, OSError(errno.EROFS, os.strerror(errno.EROFS)), verb=verb, hint=hint
+            )
     except OSError as e:
         return _io_error(d, e, verb=verb, hint=hint)
     if not os.access(d, os.W_OK):
-        return _io_error(d, PermissionError(errno.EACCES, "Permission denied"), verb=verb,
-                         hint=hint)
+        return _io_error(
+            d, PermissionError(errno.EACCES, "Permission denied"), verb=verb, hint=hint
+        )
     return None
 
 
@@ -198,25 +246,28 @@ def _check_out(source: Path, out: Path) -> None:
     if tgt == src or src in tgt.parents:
         raise UsageError(
             f"--out {out} is inside the source checkpoint {src}; the source is never written.",
-            hint="choose a directory outside it, e.g. --out "
-            f"{src.parent / (src.name + '-1m')}",
+            hint=f"choose a directory outside it, e.g. --out {src.parent / (src.name + '-1m')}",
         )
     if tgt in src.parents:
         raise UsageError(
             f"--out {out} contains the source checkpoint {src}; replacing it would delete the "
-            "source.", hint=f"choose a directory beside it, e.g. --out "
-            f"{src.parent / (src.name + '-1m')}",
+            "source.",
+            hint=f"choose a directory beside it, e.g. --out {src.parent / (src.name + '-1m')}",
         )
 
 
 def _existing_state(out: Path, force: bool) -> str:
     """'absent' | 'empty' | 'ours'; raises for anything we must not clobber."""
     if out.is_symlink():
-        raise ConflictError(f"--out {out} is a symbolic link (to {os.readlink(out)}); refusing "
-                            "to replace it.", hint="pass the real directory, or another --out.")
+        raise ConflictError(
+            f"--out {out} is a symbolic link (to {os.readlink(out)}); refusing to replace it.",
+            hint="pass the real directory, or another --out.",
+        )
     if out.exists() and not out.is_dir():
-        raise ConflictError(f"--out {out} exists and is not a directory; refusing to replace it.",
-                            hint="choose another --out.")
+        raise ConflictError(
+            f"--out {out} exists and is not a directory; refusing to replace it.",
+            hint="choose another --out.",
+        )
     if not out.exists():
         return "absent"
     if not any(out.iterdir()):
@@ -249,7 +300,11 @@ def _existing_state(out: Path, force: bool) -> str:
 
 
 def create_overlay(
-    model: Checkpoint, out: Path | None, req: ContextRequest, *, force: bool = False,
+    model: Checkpoint,
+    out: Path | None,
+    req: ContextRequest,
+    *,
+    force: bool = False,
 ) -> OverlayResult:
     """Patch MODEL's config for REQ into the overlay OUT (None: the default place,
     qwenprep.lifecycle.default_overlay_dir). See the module docstring."""
@@ -263,17 +318,20 @@ def create_overlay(
             raise InputError(
                 f"{model.path} is an overlay of {src_path}, which is gone or has no config.json.",
                 hint="patch the checkpoint where it is now: qwenprep patch NEW_PATH --context C "
-                f"--out {model.path} --force")
+                f"--out {model.path} --force",
+            )
         source = resolve_dir(src_path)
-        source = Checkpoint(source.path, prior["source"].get("repo_id"),
-                            prior["source"].get("revision"))
+        source = Checkpoint(
+            source.path, prior["source"].get("repo_id"), prior["source"].get("revision")
+        )
     raw = _read_source_config(source)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise InputError(f"{source.config_path}: not UTF-8 text ({e.reason} at byte {e.start}).",
-                         hint="restore the original config.json (qwenprep revert "
-                         f"{source.path}).") from None
+        raise InputError(
+            f"{source.config_path}: not UTF-8 text ({e.reason} at byte {e.start}).",
+            hint=f"restore the original config.json (qwenprep revert {source.path}).",
+        ) from None
     config = loads_located(text, str(source.config_path))
     if not isinstance(config, dict):
         raise InputError(f"{source.config_path}: top level is not a JSON object.")
@@ -330,8 +388,7 @@ def create_overlay(
                 f"--out {out} is already a qwenprep overlay (of "
                 f"{current.get('source', {}).get('path')}"
                 f" at {current.get('target_context')} tokens).",
-                hint="pass --force to replace it, or qwenprep revert "
-                f"{out} to remove it.",
+                hint=f"pass --force to replace it, or qwenprep revert {out} to remove it.",
             )
         tmp = out.parent / f".{out.name}{TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         old_manifest = read_manifest(out) if state == "ours" else None
@@ -362,12 +419,15 @@ def create_overlay(
                 _remove_tree(tmp)
             _drop_new_pin(manifest, old_manifest)
             raise
-        if old_manifest is not None and \
-                old_manifest["source"]["path"] != manifest["source"]["path"]:
+        if (
+            old_manifest is not None
+            and old_manifest["source"]["path"] != manifest["source"]["path"]
+        ):
             lifecycle.release_pin(old_manifest)
     status = {"absent": "created", "empty": "created", "ours": "replaced"}[state]
-    return OverlayResult(out, source, manifest, patched, text, status,
-                         [pin_note] if pin_note else [])
+    return OverlayResult(
+        out, source, manifest, patched, text, status, [pin_note] if pin_note else []
+    )
 
 
 def _drop_new_pin(new: dict[str, Any], old: dict[str, Any] | None) -> None:
@@ -383,42 +443,58 @@ def _refuse_unpatchable(source: Checkpoint, text: str) -> None:
     with every reason (file:line: JSON path: what) and the next step."""
     from qwenprep.validation import validate_config_text
 
-    bad = [c for c in validate_config_text(text, str(source.config_path))
-           if c.status == "fail" and c.id in ("schema", "invariant.context_needs_rope")]
+    bad = [
+        c
+        for c in validate_config_text(text, str(source.config_path))
+        if c.status == "fail" and c.id in ("schema", "invariant.context_needs_rope")
+    ]
     if not bad:
         return
     if any("model_type" in (c.path or "") for c in bad):
         from qwenprep.families import REGISTRY
 
-        hint = "qwenprep patches " + "; ".join(
-            f"{f.title} ({', '.join(sorted(f.model_types))})" for f in REGISTRY) + "."
+        hint = (
+            "qwenprep patches "
+            + "; ".join(f"{f.title} ({', '.join(sorted(f.model_types))})" for f in REGISTRY)
+            + "."
+        )
     elif any(c.id == "invariant.context_needs_rope" for c in bad):
-        hint = (f"this config was edited in place; restore it first (qwenprep revert "
-                f"{source.path}), then patch the original.")
+        hint = (
+            f"this config was edited in place; restore it first (qwenprep revert "
+            f"{source.path}), then patch the original."
+        )
     else:
         hint = f"fix the fields above, or restore the original (qwenprep revert {source.path})."
-    raise InputError(f"{source.config_path}: not a config qwenprep can patch:\n  "
-                     + "\n  ".join(c.message for c in bad), hint=hint)
+    raise InputError(
+        f"{source.config_path}: not a config qwenprep can patch:\n  "
+        + "\n  ".join(c.message for c in bad),
+        hint=hint,
+    )
 
 
 def _same_overlay(a: dict[str, Any], b: dict[str, Any]) -> bool:
     keys = ("config_sha256", "digest", "target_context")
-    return all(a.get(k) == b.get(k) for k in keys) and a.get("source", {}).get("path") == b[
-        "source"]["path"]
+    return (
+        all(a.get(k) == b.get(k) for k in keys)
+        and a.get("source", {}).get("path") == b["source"]["path"]
+    )
 
 
 def _read_source_config(source: Checkpoint) -> bytes:
     try:
         return read_regular_bytes(source.config_path)
     except FileNotFoundError:
-        raise InputError(f"{source.config_path}: missing.",
-                         hint="the checkpoint needs its config.json; re-download it.") from None
+        raise InputError(
+            f"{source.config_path}: missing.",
+            hint="the checkpoint needs its config.json; re-download it.",
+        ) from None
     except OSError as e:
         raise _io_error(source.config_path, e) from None
 
 
-def _build(tmp: Path, entries: list[tuple[str, Path, bool]], config: bytes,
-           manifest: dict[str, Any]) -> None:
+def _build(
+    tmp: Path, entries: list[tuple[str, Path, bool]], config: bytes, manifest: dict[str, Any]
+) -> None:
     tmp.mkdir()
     for rel, src, _is_dir in entries:
         dest = tmp / rel
@@ -428,104 +504,3 @@ def _build(tmp: Path, entries: list[tuple[str, Path, bool]], config: bytes,
     (tmp / MANIFEST_DIR).mkdir()
     atomic_write_bytes(manifest_path(tmp), (json.dumps(manifest, indent=2) + "\n").encode())
     fsync_dir(tmp)
-
-
-def overlay_checks(path: Path) -> list[Check]:
-    """Does the overlay still say what its manifest says? Links resolve, sizes match,
-    config.json unchanged since patch, the source config unchanged since patch."""
-    try:
-        manifest = read_manifest(path)
-    except InputError as e:
-        return [Check("overlay.manifest", "fail", e.message, str(manifest_path(path)))]
-    if manifest is None:
-        return [Check("overlay", "skip", f"{path} is not a qwenprep overlay (no manifest).")]
-    checks: list[Check] = []
-    checks.append(Check("overlay.manifest", "pass", "manifest present and well formed"))
-    try:
-        cfg_sha = sha256_bytes(read_regular_bytes(path / CONFIG))
-    except OSError as e:
-        cfg_sha = f"unreadable ({e})"
-    if cfg_sha == manifest["config_sha256"]:
-        checks.append(Check("overlay.config", "pass", "config.json is the one qwenprep wrote"))
-    else:
-        checks.append(Check("overlay.config", "fail",
-                            "config.json was changed after qwenprep wrote it",
-                            str(path / CONFIG)))
-    bad: list[str] = []
-    for f in manifest["files"]:
-        name = f["name"]
-        p = path / name
-        if os.path.isabs(name) or ".." in Path(name).parts:
-            bad.append(f"{name}: path escapes the overlay")
-            continue
-        if not p.is_symlink():
-            bad.append(f"{name}: missing" if not p.exists() else f"{name}: not a link")
-        elif not p.exists():
-            bad.append(f"{name}: link target {os.readlink(p)} is gone")
-        elif p.stat().st_size != f["size"]:
-            bad.append(f"{name}: size {p.stat().st_size} != {f['size']} in the manifest")
-    if bad:
-        checks.append(Check("overlay.links", "fail", f"{len(bad)} linked file(s) wrong: "
-                            + "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""),
-                            str(path)))
-    else:
-        checks.append(Check("overlay.links", "pass",
-                            f"{len(manifest['files'])} linked files resolve and match "
-                            "the manifest"))
-    src_cfg = Path(manifest["source"]["path"]) / CONFIG
-    try:
-        src_sha = sha256_bytes(read_regular_bytes(src_cfg))
-    except OSError:
-        src_sha = None
-    if src_sha == manifest["source"]["config_sha256"]:
-        checks.append(Check("overlay.source", "pass", f"source config unchanged ({src_cfg})"))
-    else:
-        checks.append(Check("overlay.source", "fail",
-                            f"the source config {src_cfg} changed or vanished since the patch",
-                            str(src_cfg),))
-    return checks
-
-
-OWN_STATE = {MANIFEST_NAME, "hashes.json"}  # what qwenprep itself writes under .qwenprep/
-
-
-@dataclass(frozen=True)
-class UserContent:
-    """What removing an overlay would lose: files qwenprep did not put there (never deleted),
-    and edits to what it did put there (deleted only with --force)."""
-
-    foreign: list[str]
-    edits: list[str]
-
-
-def user_content(path: Path, manifest: dict[str, Any]) -> UserContent:
-    """Anything in the overlay but links, the config.json qwenprep wrote (same sha256 as the
-    manifest says) and qwenprep's own files under .qwenprep/. Removing a link never touches its
-    target, so links are never user content."""
-    foreign: list[str] = []
-    edits: list[str] = []
-    for root, dirs, files in os.walk(path, followlinks=False):
-        rel_root = os.path.relpath(root, path)
-        ours = rel_root == MANIFEST_DIR or rel_root.startswith(MANIFEST_DIR + os.sep)
-        for name in files + [d for d in dirs if (Path(root) / d).is_symlink()]:
-            rel = os.path.normpath(os.path.join(rel_root, name))
-            p = Path(root) / name
-            if ours:
-                if rel_root != MANIFEST_DIR or name not in OWN_STATE or p.is_symlink():
-                    edits.append(f"{rel} (a file under {MANIFEST_DIR}/ that qwenprep did not "
-                                 "write)")
-            elif p.is_symlink():
-                continue
-            elif rel == CONFIG:
-                if _sha256_file(p) != manifest["config_sha256"]:
-                    edits.append(f"{CONFIG} (changed after qwenprep wrote it)")
-            else:
-                foreign.append(rel)
-    return UserContent(sorted(foreign), sorted(edits))
-
-
-def _sha256_file(p: Path) -> str | None:
-    try:
-        return sha256_bytes(read_regular_text(p).encode("utf-8"))
-    except (OSError, UnicodeDecodeError):
-        return None

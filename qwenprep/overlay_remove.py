@@ -17,8 +17,8 @@ from qwenprep.overlay import (
     _io_error,
     _remove_tree,
     output_lock,
-    user_content,
 )
+from qwenprep.overlay_state import user_content
 
 
 def foreign_entries(path: Path) -> list[str]:
@@ -29,8 +29,9 @@ def foreign_entries(path: Path) -> list[str]:
     return user_content(path, manifest).foreign
 
 
-def refuse_user_content(path: Path, manifest: dict[str, Any], *, force: bool,
-                        action: str, retry: str) -> None:
+def refuse_user_content(
+    path: Path, manifest: dict[str, Any], *, force: bool, action: str, retry: str
+) -> None:
     """Raise ConflictError when removing PATH would lose anything of the user's: foreign files
     always; edits to qwenprep's own files unless FORCE."""
     found = user_content(path, manifest)
@@ -39,13 +40,16 @@ def refuse_user_content(path: Path, manifest: dict[str, Any], *, force: bool,
             f"{path} holds files qwenprep did not put there: {', '.join(found.foreign[:5])}"
             + (f" and {len(found.foreign) - 5} more" if len(found.foreign) > 5 else "")
             + f"; refusing to {action} (--force never deletes them).",
-            hint=f"move them out, then {retry} again.", path=str(path))
+            hint=f"move them out, then {retry} again.",
+            path=str(path),
+        )
     if found.edits and not force:
         raise ConflictError(
             f"{path} was changed after qwenprep made it: {'; '.join(found.edits[:5])}; "
             f"{action} would delete that.",
             hint=f"copy out what you want to keep, then {retry} --force to {action} anyway.",
-            path=str(path))
+            path=str(path),
+        )
 
 
 def remove_overlay(path: Path, *, force: bool = False) -> dict[str, Any] | None:
@@ -59,8 +63,9 @@ def remove_overlay(path: Path, *, force: bool = False) -> dict[str, Any] | None:
             if not path.exists():
                 return None  # a concurrent revert won: the overlay is gone, as asked
             raise ConflictError(f"{path} is not a qwenprep overlay; refusing to delete it.")
-        refuse_user_content(path, manifest, force=force, action="remove it",
-                            retry=f"qwenprep revert {path}")
+        refuse_user_content(
+            path, manifest, force=force, action="remove it", retry=f"qwenprep revert {path}"
+        )
         trash = path.parent / f".{path.name}{TMP_TAG}revert-{uuid.uuid4().hex[:8]}"
         try:
             os.rename(path, trash)

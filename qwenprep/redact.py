@@ -84,8 +84,9 @@ def _endpoint_secrets() -> list[str]:
     try:
         parts = urlsplit(endpoint)
         found = [parts.password or ""]  # the user name alone is no secret (and may be a word)
-        found += [v for k, v in parse_qsl(parts.query, keep_blank_values=True)
-                  if _QUERY_KEY.match(k)]
+        found += [
+            v for k, v in parse_qsl(parts.query, keep_blank_values=True) if _QUERY_KEY.match(k)
+        ]
     except ValueError:
         return []
     return found + [unquote(v) for v in found]

@@ -72,7 +72,7 @@ def counts(checks: Iterable[Check]) -> dict[str, int]:
 
 
 def summary_line(checks: Iterable[Check], *, strict: bool = False) -> str:
-    """"31 passed, 0 failed, 2 skipped" (", 1 warning(s)" when there are warnings)."""
+    """ "31 passed, 0 failed, 2 skipped" (", 1 warning(s)" when there are warnings)."""
     n = counts(checks)
     line = f"{n['passed']} passed, {n['failed']} failed, {n['skipped']} skipped"
     if n["warned"]:
@@ -82,15 +82,21 @@ def summary_line(checks: Iterable[Check], *, strict: bool = False) -> str:
     return line
 
 
-def render_checks(checks: Iterable[Check], *, failed_only: bool = False,
-                  paint: Paint | None = None, strict: bool = False) -> str:
+def render_checks(
+    checks: Iterable[Check],
+    *,
+    failed_only: bool = False,
+    paint: Paint | None = None,
+    strict: bool = False,
+) -> str:
     """A readable table: one line a check, status first; failures first (with --strict the
     skipped checks count as failures), then the rest in their order. failed_only keeps only
     the failures."""
     bad = ("fail", "skip") if strict else ("fail",)
     rows = list(checks)
     rows = [c for c in rows if c.status in bad] + (
-        [] if failed_only else [c for c in rows if c.status not in bad])
+        [] if failed_only else [c for c in rows if c.status not in bad]
+    )
     if not rows:
         return "(no failed checks)" if failed_only else "(no checks)"
     width = max(len(c.id) for c in rows)

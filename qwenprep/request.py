@@ -78,14 +78,24 @@ class ServeRequest:
     multinode: MultiNode = field(default_factory=MultiNode)
 
     @classmethod
-    def from_options(cls, *, max_len: str | int | None = None,
-                     extra_args: Sequence[str] = (), nnodes: int | None = None,
-                     gpus_per_node: int | None = None, master_addr: str | None = None,
-                     multinode_mode: str | None = None, **kw: Any) -> ServeRequest:
+    def from_options(
+        cls,
+        *,
+        max_len: str | int | None = None,
+        extra_args: Sequence[str] = (),
+        nnodes: int | None = None,
+        gpus_per_node: int | None = None,
+        master_addr: str | None = None,
+        multinode_mode: str | None = None,
+        **kw: Any,
+    ) -> ServeRequest:
         """From options as typed: MAX_LEN in qwenprep's spelling (1m, 256k, a count)."""
-        return cls(max_model_len=context_tokens(max_len, "--max-model-len"),
-                   extra_args=tuple(extra_args),
-                   multinode=MultiNode(nnodes, gpus_per_node, master_addr, multinode_mode), **kw)
+        return cls(
+            max_model_len=context_tokens(max_len, "--max-model-len"),
+            extra_args=tuple(extra_args),
+            multinode=MultiNode(nnodes, gpus_per_node, master_addr, multinode_mode),
+            **kw,
+        )
 
     @classmethod
     def from_keywords(cls, request: ServeRequest | None, **options: Any) -> ServeRequest:
@@ -93,12 +103,17 @@ class ServeRequest:
         max_model_len, ..., nnodes, gpus_per_node, master_addr, multinode_mode)."""
         if request is not None:
             if options:
-                raise TypeError(f"a ServeRequest and keyword options ({', '.join(options)}) "
-                                "together")
+                raise TypeError(
+                    f"a ServeRequest and keyword options ({', '.join(options)}) together"
+                )
             return request
         own = {f.name for f in fields(cls)} - {"multinode"}
-        multi = {"nnodes": "nnodes", "gpus_per_node": "gpus_per_node",
-                 "master_addr": "master_addr", "multinode_mode": "mode"}
+        multi = {
+            "nnodes": "nnodes",
+            "gpus_per_node": "gpus_per_node",
+            "master_addr": "master_addr",
+            "multinode_mode": "mode",
+        }
         unknown = set(options) - own - set(multi)
         if unknown:
             raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
@@ -110,13 +125,20 @@ class ServeRequest:
 
     def sglang_options(self) -> dict[str, Any]:
         """The same request as SGLang's serve_plan takes it (its own keyword form)."""
-        return {"tp": self.tp, "ep": self.ep,
-                "max_len": None if self.max_model_len is None else str(self.max_model_len),
-                "host": self.host, "port": self.port, "served_model_name": self.served_model_name,
-                "extra_args": self.extra_args, "expect_digest": self.expect_digest,
-                "nnodes": self.multinode.nnodes, "gpus_per_node": self.multinode.gpus_per_node,
-                "master_addr": self.multinode.master_addr,
-                "multinode_mode": self.multinode.mode}
+        return {
+            "tp": self.tp,
+            "ep": self.ep,
+            "max_len": None if self.max_model_len is None else str(self.max_model_len),
+            "host": self.host,
+            "port": self.port,
+            "served_model_name": self.served_model_name,
+            "extra_args": self.extra_args,
+            "expect_digest": self.expect_digest,
+            "nnodes": self.multinode.nnodes,
+            "gpus_per_node": self.multinode.gpus_per_node,
+            "master_addr": self.multinode.master_addr,
+            "multinode_mode": self.multinode.mode,
+        }
 
 
 @dataclass(frozen=True)
@@ -138,9 +160,14 @@ class PlanRequest:
     prefill_budget: float | None = None
 
     @classmethod
-    def from_options(cls, *, context: str | int | None = None,
-                     gpu_memory: str | int | None = None, kv_memory: str | int | None = None,
-                     **kw: Any) -> PlanRequest:
+    def from_options(
+        cls,
+        *,
+        context: str | int | None = None,
+        gpu_memory: str | int | None = None,
+        kv_memory: str | int | None = None,
+        **kw: Any,
+    ) -> PlanRequest:
         """From options as typed: sizes with their unit (or int bytes), a context in
         qwenprep's spelling; refusals are UsageErrors (exit 2) naming the option."""
         from qwenprep.contexts import parse_context
@@ -148,14 +175,27 @@ class PlanRequest:
         text = None if context is None else str(context)
         if text is not None:
             parse_context(text)  # refused here, before anything is read
-        return cls(context=text, gpu_memory=_checked(gpu_memory, "--gpu-memory"),
-                   kv_memory=_checked(kv_memory, "--kv-memory"), **kw)
+        return cls(
+            context=text,
+            gpu_memory=_checked(gpu_memory, "--gpu-memory"),
+            kv_memory=_checked(kv_memory, "--kv-memory"),
+            **kw,
+        )
 
     def plan_options(self) -> dict[str, Any]:
         """The keyword arguments of qwenprep.capacity.make_plan(MODEL, ...) for this request
         (this module imports no command's code: capacity leads back to the engine)."""
-        return {"context": self.context, "tp": self.tp, "pp": self.pp, "gpus": self.gpus,
-                "gpu_memory": self.gpu_memory, "kv_memory": self.kv_memory,
-                "kv_cache_dtype": self.kv_cache_dtype, "ep": self.ep,
-                "vllm_version": self.vllm_version, "block_size": self.block_size,
-                "gpu": self.gpu, "prefill_budget": self.prefill_budget}
+        return {
+            "context": self.context,
+            "tp": self.tp,
+            "pp": self.pp,
+            "gpus": self.gpus,
+            "gpu_memory": self.gpu_memory,
+            "kv_memory": self.kv_memory,
+            "kv_cache_dtype": self.kv_cache_dtype,
+            "ep": self.ep,
+            "vllm_version": self.vllm_version,
+            "block_size": self.block_size,
+            "gpu": self.gpu,
+            "prefill_budget": self.prefill_budget,
+        }

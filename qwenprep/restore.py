@@ -35,8 +35,14 @@ from qwenprep.manifest import read_manifest
 from qwenprep.overlay import _io_error
 from qwenprep.overlay_remove import remove_overlay
 
-BACKUP_NAMES = ("config.json.bak", "config.json.orig", "config.json.backup", "config.json~",
-                "config.json.qwenprep-backup", "config.json.original")
+BACKUP_NAMES = (
+    "config.json.bak",
+    "config.json.orig",
+    "config.json.backup",
+    "config.json~",
+    "config.json.qwenprep-backup",
+    "config.json.original",
+)
 REPLACED_SUFFIX = ".qwenprep-replaced"
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
 _COMMON_NATIVES = (NATIVE_QWEN3_CODER, 131072, 40960, 32768)
@@ -81,8 +87,12 @@ def _unpatched_variants(data: bytes) -> Iterator[tuple[str, bytes]]:
         for sort_keys in (False, True):
             body = json.dumps(shape, indent=2, sort_keys=sort_keys, ensure_ascii=False)
             for tail in ("\n", ""):
-                yield ("reconstructed by un-patching (indent 2"
-                       + (", sorted keys" if sort_keys else "") + ")", (body + tail).encode())
+                yield (
+                    "reconstructed by un-patching (indent 2"
+                    + (", sorted keys" if sort_keys else "")
+                    + ")",
+                    (body + tail).encode(),
+                )
 
 
 def _candidates(path: Path, current: bytes) -> Iterator[tuple[str, bytes]]:
@@ -110,8 +120,12 @@ def _is_patched_config(cfg: dict[str, Any]) -> bool:
         kind = rope_type(effective_rope(cfg))
     except (AttributeError, TypeError):
         return True  # a rope block qwenprep cannot read is not a native config
-    return kind != "default" or not isinstance(mpe, int) or isinstance(mpe, bool) or \
-        mpe > NATIVE_QWEN3_CODER
+    return (
+        kind != "default"
+        or not isinstance(mpe, int)
+        or isinstance(mpe, bool)
+        or mpe > NATIVE_QWEN3_CODER
+    )
 
 
 def _is_patched(data: bytes) -> bool:
@@ -127,8 +141,9 @@ def _without_long_context(cfg: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in cfg.items() if k not in _LONG_CONTEXT_KEYS}
     params = out.get("rope_parameters")
     if isinstance(params, dict):
-        out["rope_parameters"] = {k: v for k, v in params.items()
-                                  if k not in _YARN_KEYS and k != "rope_type"}
+        out["rope_parameters"] = {
+            k: v for k, v in params.items() if k not in _YARN_KEYS and k != "rope_type"
+        }
     return out
 
 
@@ -148,17 +163,36 @@ def backup_problem(current: bytes, backup: bytes) -> str | None:
     a, b = _without_long_context(now), _without_long_context(cfg)
     if a != b:
         diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-        what = ("a config of another model" if any(
-            k in diff for k in ("model_type", "architectures", "hidden_size",
-                                "num_hidden_layers", "vocab_size")) else "another config")
-        return f"it is {what} (differs in {', '.join(diff[:5])}" + \
-            (" ..." if len(diff) > 5 else "") + ")"
+        what = (
+            "a config of another model"
+            if any(
+                k in diff
+                for k in (
+                    "model_type",
+                    "architectures",
+                    "hidden_size",
+                    "num_hidden_layers",
+                    "vocab_size",
+                )
+            )
+            else "another config"
+        )
+        return (
+            f"it is {what} (differs in {', '.join(diff[:5])}"
+            + (" ..." if len(diff) > 5 else "")
+            + ")"
+        )
     rope = effective_rope(now)
     orig = rope.get("original_max_position_embeddings")
-    if rope_type(rope) == "yarn" and isinstance(orig, int) and \
-            cfg.get("max_position_embeddings") != orig:
-        return (f"its max_position_embeddings {cfg.get('max_position_embeddings')!r} is not the "
-                f"native {orig} the edit scaled from")
+    if (
+        rope_type(rope) == "yarn"
+        and isinstance(orig, int)
+        and cfg.get("max_position_embeddings") != orig
+    ):
+        return (
+            f"its max_position_embeddings {cfg.get('max_position_embeddings')!r} is not the "
+            f"native {orig} the edit scaled from"
+        )
     return None
 
 
@@ -194,9 +228,11 @@ def _locate(spec: str | Path) -> Path | None:
         return resolve_model(str(spec)).path
     if p.parent.is_dir() or p.is_symlink():
         return None
-    raise InputError(f"{Path(os.path.abspath(p))}: no such overlay or checkpoint directory.",
-                     hint="pass an overlay made by qwenprep patch, a checkpoint directory, or a "
-                     "cached repo id (ORG/NAME[@rev]).")
+    raise InputError(
+        f"{Path(os.path.abspath(p))}: no such overlay or checkpoint directory.",
+        hint="pass an overlay made by qwenprep patch, a checkpoint directory, or a "
+        "cached repo id (ORG/NAME[@rev]).",
+    )
 
 
 def revert_path(spec: str | Path, *, force: bool = False) -> RevertResult:
@@ -205,34 +241,45 @@ def revert_path(spec: str | Path, *, force: bool = False) -> RevertResult:
     path = _locate(spec)
     if path is None:
         shown = os.path.abspath(Path(spec).expanduser())
-        return RevertResult("absent", shown, f"nothing at {shown}: no overlay to remove "
-                            "(already reverted?)")
+        return RevertResult(
+            "absent", shown, f"nothing at {shown}: no overlay to remove (already reverted?)"
+        )
     try:
         return _revert_at(path, force)
     except OSError as e:
-        raise _io_error(path, e, verb="revert here",
-                        hint="revert needs write access to the directory (and, in a Hugging Face "
-                        "cache, to its blobs); remount read-write or run as the owner") from None
+        raise _io_error(
+            path,
+            e,
+            verb="revert here",
+            hint="revert needs write access to the directory (and, in a Hugging Face "
+            "cache, to its blobs); remount read-write or run as the owner",
+        ) from None
 
 
 def _revert_at(path: Path, force: bool) -> RevertResult:
     if read_manifest(path) is not None:
         m = remove_overlay(path, force=force)
         if m is None:
-            return RevertResult("absent", str(path), f"nothing at {path}: no overlay to remove "
-                                "(removed meanwhile?)")
-        return RevertResult("removed-overlay", str(path),
-                            f"removed overlay {path} (source {m['source']['path']} untouched)")
+            return RevertResult(
+                "absent", str(path), f"nothing at {path}: no overlay to remove (removed meanwhile?)"
+            )
+        return RevertResult(
+            "removed-overlay",
+            str(path),
+            f"removed overlay {path} (source {m['source']['path']} untouched)",
+        )
     if not path.exists():  # a concurrent revert removed it between our looks
-        return RevertResult("absent", str(path), f"nothing at {path}: no overlay to remove "
-                            "(removed meanwhile?)")
+        return RevertResult(
+            "absent", str(path), f"nothing at {path}: no overlay to remove (removed meanwhile?)"
+        )
     cfg = path / CONFIG
     if not cfg.exists():
-        raise InputError(f"{cfg}: missing; nothing to revert here.",
-                         hint="pass an overlay made by qwenprep patch, or a checkpoint directory.")
+        raise InputError(
+            f"{cfg}: missing; nothing to revert here.",
+            hint="pass an overlay made by qwenprep patch, or a checkpoint directory.",
+        )
     if not cfg.is_file():
-        raise InputError(f"{cfg}: not a regular file; nothing qwenprep can restore.",
-                         path=str(cfg))
+        raise InputError(f"{cfg}: not a regular file; nothing qwenprep can restore.", path=str(cfg))
     current = read_regular_bytes(cfg)
     blobs = snapshot_blobs(path)
     if blobs is not None:
@@ -246,16 +293,22 @@ def _revert_at(path: Path, force: bool) -> RevertResult:
             f"{cfg}: differs from its recorded content address {etag} and no backup or "
             "reconstruction reproduces it.",
             hint="put the original beside it as config.json.bak, or download it again: "
-            "hf download ORG/NAME config.json --local-dir " + str(path))
+            "hf download ORG/NAME config.json --local-dir " + str(path),
+        )
     if not _is_patched(current):
         if _parse_config(current) is None:
-            raise InputError(f"{cfg}: is not a JSON config object, and there is no content "
-                             "address here to restore the original from.",
-                             hint="put the original file beside it as config.json.bak and run "
-                             "qwenprep revert again, or re-download config.json.", path=str(cfg))
-        return RevertResult("already-original", str(path),
-                            f"{cfg} is not patched (no rope scaling, native context); "
-                            "nothing to revert")
+            raise InputError(
+                f"{cfg}: is not a JSON config object, and there is no content "
+                "address here to restore the original from.",
+                hint="put the original file beside it as config.json.bak and run "
+                "qwenprep revert again, or re-download config.json.",
+                path=str(cfg),
+            )
+        return RevertResult(
+            "already-original",
+            str(path),
+            f"{cfg} is not patched (no rope scaling, native context); nothing to revert",
+        )
     rejected: list[str] = []
     for name in BACKUP_NAMES:
         b = path / name
@@ -268,24 +321,31 @@ def _revert_at(path: Path, force: bool) -> RevertResult:
             continue
         kept = keep_replaced(cfg, current)
         atomic_write_bytes(cfg, data)
-        return RevertResult("restored-config", str(path),
-                            f"restored {cfg} from backup {b} (no content hash is known "
-                            "here, so the bytes are the backup's, unproven; it matches the "
-                            f"edited file with the long-context edit undone); the edited file "
-                            f"is kept as {kept}", None, str(b))
+        return RevertResult(
+            "restored-config",
+            str(path),
+            f"restored {cfg} from backup {b} (no content hash is known "
+            "here, so the bytes are the backup's, unproven; it matches the "
+            f"edited file with the long-context edit undone); the edited file "
+            f"is kept as {kept}",
+            None,
+            str(b),
+        )
     if rejected:
         raise InputError(
             f"{cfg}: edited in place (rope scaling set), and no backup beside it is its "
             "original: " + "; ".join(rejected) + ". Nothing was changed.",
             hint="put the original file beside it as config.json.bak (a native config of the "
             "same model) and run qwenprep revert again, or re-download config.json.",
-            path=str(cfg))
+            path=str(cfg),
+        )
     raise InputError(
         f"{cfg}: edited in place (rope scaling set) and there is no content address or backup "
         "to restore the original bytes from.",
         hint="put the original file beside it as config.json.bak and run qwenprep revert again, "
         "or re-download config.json from the hub; from now on use qwenprep patch MODEL "
-        "--context 1m --out DIR, which never edits the source.")
+        "--context 1m --out DIR, which never edits the source.",
+    )
 
 
 def _relink(cfg: Path, blob_name: str) -> None:
@@ -295,23 +355,30 @@ def _relink(cfg: Path, blob_name: str) -> None:
     fsync_dir(cfg.parent)
 
 
-def _restore_to_address(root: Path, cfg: Path, current: bytes, address: str, target: Path,
-                        proof_note: str) -> RevertResult | None:
+def _restore_to_address(
+    root: Path, cfg: Path, current: bytes, address: str, target: Path, proof_note: str
+) -> RevertResult | None:
     """Write the first candidate whose git blob sha1 is ADDRESS to TARGET (the file, or the
     blob behind a cache link). None when no candidate reproduces the address."""
     for origin, data in _candidates(root, current):
         if git_blob_sha1(data) != address:
             continue
         if data == current:
-            return RevertResult("already-original", str(root),
-                                f"{cfg} already matches its content address {address}",
-                                f"git blob sha1 {address}")
+            return RevertResult(
+                "already-original",
+                str(root),
+                f"{cfg} already matches its content address {address}",
+                f"git blob sha1 {address}",
+            )
         kept = keep_replaced(cfg, current)
         atomic_write_bytes(target, data)
-        return RevertResult("restored-config", str(root),
-                            f"restored {cfg} from {origin}; {proof_note}; the edited bytes are "
-                            f"kept as {kept}",
-                            f"git blob sha1 {address}", origin)
+        return RevertResult(
+            "restored-config",
+            str(root),
+            f"restored {cfg} from {origin}; {proof_note}; the edited bytes are kept as {kept}",
+            f"git blob sha1 {address}",
+            origin,
+        )
     return None
 
 
@@ -319,17 +386,26 @@ def _revert_in_cache(snapshot: Path, cfg: Path, current: bytes, blobs: Path) -> 
     if cfg.is_symlink():
         address = os.path.basename(os.readlink(cfg))
         if not _SHA1.match(address):
-            raise InputError(f"{cfg}: links to {os.readlink(cfg)}, not a git-sha1 blob; "
-                             "this cache entry is not one qwenprep understands.")
-        done = _restore_to_address(snapshot, cfg, current, address, blobs / address,
-                                   f"blob {address} now hashes to its name")
+            raise InputError(
+                f"{cfg}: links to {os.readlink(cfg)}, not a git-sha1 blob; "
+                "this cache entry is not one qwenprep understands."
+            )
+        done = _restore_to_address(
+            snapshot,
+            cfg,
+            current,
+            address,
+            blobs / address,
+            f"blob {address} now hashes to its name",
+        )
         if done is not None:
             return done
         raise InputError(
             f"{cfg}: the blob {address} was edited and neither a backup nor an un-patch of it "
             f"reproduces content address {address}.",
             hint="restore it from the hub: hf download ORG/NAME config.json --revision "
-            f"{snapshot.name} --force-download")
+            f"{snapshot.name} --force-download",
+        )
     # the link was replaced by an edited file: find the intact blob it pointed to
     for origin, data in _candidates(snapshot, current):
         address = git_blob_sha1(data)
@@ -338,13 +414,17 @@ def _revert_in_cache(snapshot: Path, cfg: Path, current: bytes, blobs: Path) -> 
             kept = keep_replaced(cfg, current)
             _relink(cfg, address)
             return RevertResult(
-                "relinked", str(snapshot),
+                "relinked",
+                str(snapshot),
                 f"replaced the edited file {cfg} with the link to blob {address} "
                 f"(found via {origin}; the blob's git sha1 equals its name); the edited file "
                 f"is kept as {kept}",
-                f"git blob sha1 {address}", origin)
+                f"git blob sha1 {address}",
+                origin,
+            )
     raise InputError(
         f"{cfg}: is a plain file (the cache link was replaced) and no intact blob in {blobs} "
         "matches it un-patched.",
         hint="restore it from the hub: hf download ORG/NAME config.json --revision "
-        f"{snapshot.name} --force-download")
+        f"{snapshot.name} --force-download",
+    )

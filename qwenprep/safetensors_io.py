@@ -22,11 +22,25 @@ from qwenprep.errors import InputError
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 DTYPE_BYTES: dict[str, float] = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
-    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4,
-    "I64": 8, "U64": 8, "F64": 8,
-    "F4": 0.5, "F6_E2M3": 0.75, "F6_E3M2": 0.75,
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "F8_E8M0": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+    "F4": 0.5,
+    "F6_E2M3": 0.75,
+    "F6_E3M2": 0.75,
 }
 FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 
@@ -123,8 +137,9 @@ def parse_header_json(path: Path, raw: bytes) -> dict[str, Any]:
     try:
         obj = json.loads(raw.decode("utf-8"))
     except RecursionError:
-        raise InputError(f"{path}: header JSON is nested too deeply to be a safetensors "
-                         "header.") from None
+        raise InputError(
+            f"{path}: header JSON is nested too deeply to be a safetensors header."
+        ) from None
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, over-long integer literals
         raise InputError(f"{path}: header is not valid JSON ({e}).") from None
     if not isinstance(obj, dict):
@@ -141,9 +156,10 @@ def read_raw_header(path: Path) -> tuple[int, int, dict[str, Any]]:
 def header_metadata(path: Path, obj: dict[str, Any]) -> dict[str, str] | None:
     """Pop and check `__metadata__` from a parsed header (read_raw_header's object)."""
     meta = obj.pop("__metadata__", None)
-    if meta is not None and (not isinstance(meta, dict)
-                             or not all(isinstance(v, str) and _utf8(v) and _utf8(k)
-                                        for k, v in meta.items())):
+    if meta is not None and (
+        not isinstance(meta, dict)
+        or not all(isinstance(v, str) and _utf8(v) and _utf8(k) for k, v in meta.items())
+    ):
         raise InputError(f"{path}: __metadata__ is not an object of strings.")
     return meta
 
@@ -153,23 +169,34 @@ def typed_tensors(path: Path, obj: dict[str, Any]) -> dict[str, TensorInfo]:
     first malformed entry."""
     tensors: dict[str, TensorInfo] = {}
     for name, info in obj.items():
-        if not _utf8(name) or (isinstance(info, dict) and isinstance(info.get("dtype"), str)
-                               and not _utf8(info["dtype"])):
-            raise InputError(f"{path}: tensor name or dtype {name!r} is not valid UTF-8 (a lone "
-                             "surrogate escape); safetensors readers refuse this header.")
+        if not _utf8(name) or (
+            isinstance(info, dict)
+            and isinstance(info.get("dtype"), str)
+            and not _utf8(info["dtype"])
+        ):
+            raise InputError(
+                f"{path}: tensor name or dtype {name!r} is not valid UTF-8 (a lone "
+                "surrogate escape); safetensors readers refuse this header."
+            )
         try:
             if not isinstance(info, dict):
                 raise ValueError
             dtype, shape_raw, offsets = info["dtype"], info["shape"], info["data_offsets"]
-            if not isinstance(dtype, str) or not isinstance(shape_raw, list) or \
-                    not isinstance(offsets, list) or len(offsets) != 2:
+            if (
+                not isinstance(dtype, str)
+                or not isinstance(shape_raw, list)
+                or not isinstance(offsets, list)
+                or len(offsets) != 2
+            ):
                 raise ValueError
             shape = tuple(_u64(x) for x in shape_raw)
             start, end = _u64(offsets[0]), _u64(offsets[1])
         except (KeyError, ValueError):
-            raise InputError(f"{path}: tensor {name!r} has a malformed header entry (dtype must "
-                             "be a string, shape a list of integers, data_offsets two integers; "
-                             "all non-negative, below 2**64).") from None
+            raise InputError(
+                f"{path}: tensor {name!r} has a malformed header entry (dtype must "
+                "be a string, shape a list of integers, data_offsets two integers; "
+                "all non-negative, below 2**64)."
+            ) from None
         tensors[name] = TensorInfo(name, dtype, shape, start, end)
     return tensors
 
@@ -202,16 +229,22 @@ def sane_entries(obj: dict[str, Any], data_area: int) -> bool:
         dtypes, shapes, offsets = zip(*map(_ENTRY, infos), strict=True)
     except KeyError:
         return False
-    if set(map(type, shapes)) != {list} or set(map(type, offsets)) != {list} \
-            or set(map(len, offsets)) != {2}:
+    if (
+        set(map(type, shapes)) != {list}
+        or set(map(type, offsets)) != {list}
+        or set(map(len, offsets)) != {2}
+    ):
         return False
     widths = list(map(DTYPE_BITS.get, dtypes))  # TypeError: an unhashable dtype
     if None in widths:  # an unknown dtype (or not a string)
         return False
     dims = list(chain.from_iterable(shapes))
     starts, ends = zip(*offsets, strict=True)
-    if set(map(type, dims)) - {int} or set(map(type, starts)) - {int} \
-            or set(map(type, ends)) - {int}:
+    if (
+        set(map(type, dims)) - {int}
+        or set(map(type, starts)) - {int}
+        or set(map(type, ends)) - {int}
+    ):
         return False
     if dims and (min(dims) < 0 or max(dims) >= 2**64):
         return False
@@ -224,8 +257,11 @@ def sane_entries(obj: dict[str, Any], data_area: int) -> bool:
         return False
     # offsets need no range check: contiguous from 0 to data_area, each span >= 0 (dims are)
     pairs = sorted(zip(starts, ends, strict=True))
-    return pairs[0][0] == 0 and pairs[-1][1] == data_area and \
-        [p[0] for p in pairs[1:]] == [p[1] for p in pairs[:-1]]
+    return (
+        pairs[0][0] == 0
+        and pairs[-1][1] == data_area
+        and [p[0] for p in pairs[1:]] == [p[1] for p in pairs[:-1]]
+    )
 
 
 @dataclass(frozen=True)

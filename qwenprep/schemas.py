@@ -27,8 +27,11 @@ def shipped_dir(name: str) -> Path:
     checkout = here.parent / SHIPPED[name]
     if (here.parent / "pyproject.toml").is_file() and checkout.is_dir():
         return checkout
-    raise InputError(f"qwenprep's {name} folder is missing (looked in {installed} and, for a "
-                     f"source checkout, {checkout}).", hint="reinstall qwenprep.")
+    raise InputError(
+        f"qwenprep's {name} folder is missing (looked in {installed} and, for a "
+        f"source checkout, {checkout}).",
+        hint="reinstall qwenprep.",
+    )
 
 
 def schema_dir() -> Path:
@@ -81,8 +84,21 @@ class _Unsure(Exception):
     """A keyword is_valid_fast does not implement: jsonschema decides."""
 
 
-_ANNOTATIONS = frozenset({"$schema", "$defs", "$comment", "title", "description", "default",
-                          "examples", "format", "deprecated", "readOnly", "writeOnly"})
+_ANNOTATIONS = frozenset(
+    {
+        "$schema",
+        "$defs",
+        "$comment",
+        "title",
+        "description",
+        "default",
+        "examples",
+        "format",
+        "deprecated",
+        "readOnly",
+        "writeOnly",
+    }
+)
 
 
 def _is_type(instance: Any, kind: str) -> bool:
@@ -139,8 +155,9 @@ def is_valid_fast(root: dict[str, Any], schema: Any, instance: Any) -> bool:
     return True
 
 
-def _keyword(root: dict[str, Any], schema: dict[str, Any], key: str, value: Any,
-             instance: Any) -> bool:
+def _keyword(
+    root: dict[str, Any], schema: dict[str, Any], key: str, value: Any, instance: Any
+) -> bool:
     valid = is_valid_fast
     if key == "type":
         kinds = value if isinstance(value, list) else [value]
@@ -161,8 +178,13 @@ def _keyword(root: dict[str, Any], schema: dict[str, Any], key: str, value: Any,
         return valid(root, target, instance)
     if key in ("allOf", "anyOf", "oneOf"):
         results = [valid(root, sub, instance) for sub in value]
-        return all(results) if key == "allOf" else any(results) if key == "anyOf" \
+        return (
+            all(results)
+            if key == "allOf"
+            else any(results)
+            if key == "anyOf"
             else results.count(True) == 1
+        )
     if key == "not":
         return not valid(root, value, instance)
     if key == "if":
@@ -172,13 +194,15 @@ def _keyword(root: dict[str, Any], schema: dict[str, Any], key: str, value: Any,
         return True  # judged with "if"
     if key == "properties":
         return not isinstance(instance, dict) or all(
-            valid(root, sub, instance[k]) for k, sub in value.items() if k in instance)
+            valid(root, sub, instance[k]) for k, sub in value.items() if k in instance
+        )
     if key == "additionalProperties":
         if "patternProperties" in schema:
             raise _Unsure(key)
         named = schema.get("properties", {})
         return not isinstance(instance, dict) or all(
-            valid(root, value, v) for k, v in instance.items() if k not in named)
+            valid(root, value, v) for k, v in instance.items() if k not in named
+        )
     if key == "required":
         return not isinstance(instance, dict) or all(k in instance for k in value)
     if key == "items":
@@ -187,10 +211,12 @@ def _keyword(root: dict[str, Any], schema: dict[str, Any], key: str, value: Any,
         return not isinstance(instance, list) or all(valid(root, value, v) for v in instance)
     if key in ("minItems", "maxItems"):
         return not isinstance(instance, list) or (
-            len(instance) >= value if key == "minItems" else len(instance) <= value)
+            len(instance) >= value if key == "minItems" else len(instance) <= value
+        )
     if key in ("minLength", "maxLength"):
         return not isinstance(instance, str) or (
-            len(instance) >= value if key == "minLength" else len(instance) <= value)
+            len(instance) >= value if key == "minLength" else len(instance) <= value
+        )
     if key == "pattern":
         import re
 
@@ -198,9 +224,15 @@ def _keyword(root: dict[str, Any], schema: dict[str, Any], key: str, value: Any,
     if key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         if not _number(instance):
             return True
-        return bool(instance >= value if key == "minimum" else instance <= value
-                    if key == "maximum" else instance > value if key == "exclusiveMinimum"
-                    else instance < value)
+        return bool(
+            instance >= value
+            if key == "minimum"
+            else instance <= value
+            if key == "maximum"
+            else instance > value
+            if key == "exclusiveMinimum"
+            else instance < value
+        )
     raise _Unsure(key)
 
 

@@ -19,10 +19,14 @@ MiB = 1024**2
 
 _UNITS: dict[str, int] = {
     "b": 1,
-    "kib": 1024, "kb": 1000,
-    "mib": 1024**2, "mb": 1000**2,
-    "gib": 1024**3, "gb": 1000**3,
-    "tib": 1024**4, "tb": 1000**4,
+    "kib": 1024,
+    "kb": 1000,
+    "mib": 1024**2,
+    "mb": 1000**2,
+    "gib": 1024**3,
+    "gb": 1000**3,
+    "tib": 1024**4,
+    "tb": 1000**4,
 }
 _AMBIGUOUS = {"", "k", "m", "g", "t"}  # binary or decimal? never guessed
 _SIZE = re.compile(r"^\s*(\d{1,20}(?:\.\d{0,12})?|\.\d{1,12})\s*([a-zA-Z]*)\s*$", re.ASCII)
@@ -41,8 +45,9 @@ def parse_size(text: str | int, option: str | None = None) -> int:
         if text < 0:
             raise UsageError(f"{where}size {text} is negative.")
         if text > MAX_SIZE:
-            raise UsageError(f"{where}size {text} is more than 1 EiB; no GPU or disk is that "
-                             "large.")
+            raise UsageError(
+                f"{where}size {text} is more than 1 EiB; no GPU or disk is that large."
+            )
         return text
     raw = str(text)
     m = _SIZE.match(raw)
@@ -50,8 +55,11 @@ def parse_size(text: str | int, option: str | None = None) -> int:
     if m and unit in _AMBIGUOUS:
         num = m.group(1) if len(m.group(1)) <= 24 else "N"
         big = unit.upper() or "G"
-        what = ("has no unit" if unit == "" else
-                f"is ambiguous ('{m.group(2)}' is binary in some tools, decimal in others)")
+        what = (
+            "has no unit"
+            if unit == ""
+            else f"is ambiguous ('{m.group(2)}' is binary in some tools, decimal in others)"
+        )
         raise UsageError(
             f"{where or 'size '}{_shown(raw.strip())} {what}: "
             f"did you mean {num}{big}iB or {num}{big}B?",
@@ -69,8 +77,10 @@ def parse_size(text: str | int, option: str | None = None) -> int:
     except InvalidOperation:  # pragma: no cover - the regex admits only digits
         raise UsageError(f"unreadable size {raw!r}.") from None
     if value > MAX_SIZE:
-        raise UsageError(f"{where}{_shown(raw)} is more than 1 EiB; no GPU or disk is that "
-                         "large.", hint="write a size like 61.31GiB, 80GiB or 141GB.")
+        raise UsageError(
+            f"{where}{_shown(raw)} is more than 1 EiB; no GPU or disk is that large.",
+            hint="write a size like 61.31GiB, 80GiB or 141GB.",
+        )
     return int(value)
 
 

@@ -25,6 +25,7 @@ from qwenprep.layouts import (  # noqa: F401  (re-exported: synth's public names
     _DTYPE_SIZE,
     TensorSpec,
     _is_moe_layer,
+    hybrid_fp8_quantization_config,
     layer_types_of,
     module_in,
     qwen2_tensors,
@@ -42,8 +43,10 @@ def release_not_convert(layers: int) -> list[str]:
     norms and the router."""
     out = ["lm_head"]
     for i in range(layers):
-        out += [f"model.layers.{i}.{m}"
-                for m in ("input_layernorm", "mlp.gate", "post_attention_layernorm")]
+        out += [
+            f"model.layers.{i}.{m}"
+            for m in ("input_layernorm", "mlp.gate", "post_attention_layernorm")
+        ]
     return out
 
 
@@ -168,7 +171,9 @@ def safetensors_header(
     off = 0
     for s in specs:
         header[s.name] = {
-            "dtype": s.dtype, "shape": list(s.shape), "data_offsets": [off, off + s.nbytes]
+            "dtype": s.dtype,
+            "shape": list(s.shape),
+            "data_offsets": [off, off + s.nbytes],
         }
         off += s.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
@@ -189,14 +194,19 @@ def make_shaped_checkpoint(
 
     config: the model config (default: the 480B FP8 release's). fp8=False writes a BF16
     checkpoint and drops quantization_config; fp8=True adds the release's block-FP8
-    quantization_config when the config has none. shards=1 writes a single
+    quantization_config when the config has none (a Qwen3-Next or Qwen3.5/3.6 config gets its
+    own family's: qwenprep.layouts.hybrid_fp8_quantization_config). shards=1 writes a single
     `model.safetensors` and no index. Data areas are sparse (read as zeros) unless
     random_data, which fills them with seeded random bytes (only for small configs).
     """
     cfg = json.loads(json.dumps(config if config is not None else qwen3_coder_480b_fp8_config()))
     if fp8:
         if (cfg.get("quantization_config") or {}).get("quant_method") != "fp8":
-            cfg["quantization_config"] = release_quantization_config(int(cfg["num_hidden_layers"]))
+            cfg["quantization_config"] = (
+                hybrid_fp8_quantization_config(cfg)
+                if is_hybrid_config(cfg)
+                else release_quantization_config(int(cfg["num_hidden_layers"]))
+            )
     else:
         cfg.pop("quantization_config", None)
     dest = Path(dest)
@@ -250,8 +260,11 @@ def make_shaped_checkpoint(
         "note": "synthetic placeholder written by qwenprep.synth",
     }
     (dest / "tokenizer_config.json").write_text(dump_config(tok_cfg))
-    tok = {"version": "1.0", "model": {"type": "BPE", "vocab": {}, "merges": []},
-           "added_tokens": []}
+    tok = {
+        "version": "1.0",
+        "model": {"type": "BPE", "vocab": {}, "merges": []},
+        "added_tokens": [],
+    }
     (dest / "tokenizer.json").write_text(json.dumps(tok) + "\n")
     return dest
 
@@ -307,6 +320,23 @@ def qwen3_next_80b_config() -> dict[str, Any]:
     }
 
 
+def is_hybrid_config(config: dict[str, Any]) -> bool:
+    """A Qwen3-Next or Qwen3.5/3.6 config (flat, or with its text under text_config)."""
+    text = config.get("text_config")
+    kinds = {config.get("model_type"), text.get("model_type") if isinstance(text, dict) else None}
+    return any(isinstance(k, str) and (k == "qwen3_next" or k.startswith("qwen3_5")) for k in kinds)
+
+
+def qwen3_next_80b_fp8_config() -> dict[str, Any]:
+    """Qwen/Qwen3-Next-80B-A3B-Instruct-FP8's config.json (Thinking-FP8 and Qwen3-Coder-Next-FP8
+    have the same shape): the BF16 release's with the block-FP8 quantization_config the FP8
+    release carries (modules_to_not_convert as a public dump of the release's config lists
+    it; docs/qwen-line.md, "FP8 releases")."""
+    cfg = qwen3_next_80b_config()
+    cfg["quantization_config"] = hybrid_fp8_quantization_config(cfg)
+    return cfg
+
+
 def qwen25_7b_instruct_1m_config() -> dict[str, Any]:
     """Qwen/Qwen2.5-7B-Instruct-1M's config.json as the public copies give it (reconstructed:
     key order and the exact DCA block are not confirmed)."""
@@ -342,8 +372,6 @@ def qwen25_7b_instruct_1m_config() -> dict[str, Any]:
     }
 
 
-
-
 # ---------------------------------------------------------------- Qwen3.5-MoE (hybrid VL), tiny
 
 TINY_QWEN3_5_DIR = "tiny-qwen3.5-moe"
@@ -368,7 +396,8 @@ def _tiny_values(spec: TensorSpec) -> bytes:
     n = math.prod(spec.shape)
     name = spec.name
     if name.endswith("linear_attn.norm.weight") or (
-            name.startswith("model.visual.") and "norm" in name and name.endswith(".weight")):
+        name.startswith("model.visual.") and "norm" in name and name.endswith(".weight")
+    ):
         vals = [1.0] * n
     elif name.endswith(".bias") or name.endswith("norm.weight") or "pre_fc_norm" in name:
         vals = [0.0] * n
@@ -410,9 +439,16 @@ def write_tiny_qwen3_5_moe(dest: Path, *, tokenizer_from: Path | None = None) ->
     assert (dest / "model.safetensors").stat().st_size == len(head) + data_len
     (dest / "config.json").write_text(dump_config(cfg))
     text = cfg["text_config"]
-    gen = {"bos_token_id": text["bos_token_id"], "do_sample": True,
-           "eos_token_id": [text["eos_token_id"], 512], "pad_token_id": 512,
-           "temperature": 0.6, "top_k": 20, "top_p": 0.95, "transformers_version": "4.57.0.dev0"}
+    gen = {
+        "bos_token_id": text["bos_token_id"],
+        "do_sample": True,
+        "eos_token_id": [text["eos_token_id"], 512],
+        "pad_token_id": 512,
+        "temperature": 0.6,
+        "top_k": 20,
+        "top_p": 0.95,
+        "transformers_version": "4.57.0.dev0",
+    }
     (dest / "generation_config.json").write_text(dump_config(gen))
     if tokenizer_from is None:
         from qwenprep.schemas import shipped_dir

@@ -1,296 +1,76 @@
-"""How long: prefill and decode time estimates from FLOPs, bytes and GPU peaks (docs/time.md).
+"""How long, for a plan: the time view of a capacity Plan (qwenprep.capacity) on a GPU
+(docs/time.md): the rows of the context table, the two parallel layouts of an MoE model, the
+recommended context, and their words for people.
 
-Pure arithmetic: nothing here prints, reads files or exits. Every time is an ESTIMATE and says
-which kind: a floor at the GPU's datasheet peak (no real run is faster), and a typical range at
-the efficiency band ``EFFICIENCY_BAND`` measured in public long-context prefill runs.
-
-Prefill of one request of N tokens:
-
-- linear FLOPs = 2 x (active matmul parameters) x N + 2 x (lm_head parameters), the active
-  parameters counted from the safetensors headers: every weight outside the routed experts plus
-  top_k / num_experts of the routed ones (shared experts are outside them), without the
-  embedding table (a lookup) and with the lm_head once (vLLM computes logits for the last
-  prompt token only);
-- attention FLOPs = 2 x full-attention layers x query heads x head_dim x N x (N + 1): QK^T and
-  PV over the N (N + 1) / 2 causal pairs, 2 FLOPs per multiply-add. Linear-attention layers of
-  hybrid models are linear in N: their projections are in the parameters, their recurrent state
-  update is not counted (docs/time.md says why it is small).
-
-Decode of one token is bound by memory: each GPU reads its share of the weights the token
-touches and the KV cache of the whole context.
+Pure: nothing here prints, reads files or exits. The arithmetic (parameters, FLOPs, bytes,
+prefill and decode estimates) is qwenprep.timecost; its names are importable from here too.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping
+
+from qwenprep.timecost import (
+    EFFICIENCY_BAND,
+    EFFICIENCY_SOURCE,
+    MAX_NUM_SEQS,
+    DecodeEstimate,
+    Layout,
+    ModelCost,
+    ParamCounts,
+    PrefillEstimate,
+    _is_scale,
+    _r,
+    _rates,
+    attention_flops,
+    decode,
+    decode_step,
+    linear_flops,
+    model_cost,
+    params_from_config,
+    prefill,
+    tally_tensors,
+)
 
 if TYPE_CHECKING:
     from qwenprep.catalog import GPUSpec
-    from qwenprep.kvrules import ModelShape
 
-# Measured long-context prefill, as a fraction of the floor's peak (docs/time.md "Efficiency"):
-# low: NVIDIA's GH200 NVL32 Llama 3.1 405B TTFT at 122,880 tokens; high: FlashAttention-3's
-# best BF16 forward on H100 (75 % of peak), which no whole-model prefill exceeds on that GPU.
-EFFICIENCY_BAND = (0.35, 0.75)
-EFFICIENCY_SOURCE = ("docs/time.md: 0.35 = NVIDIA GH200 NVL32 blog, Llama 3.1 405B TTFT 7.5 s at "
-                     "122,880 tokens on 32 GPUs; 0.75 = FlashAttention-3 paper (arXiv:2407.08608),"
-                     " 740 TFLOPS BF16 forward on H100")
+__all__ = [  # the arithmetic, re-exported from qwenprep.timecost
+    "EFFICIENCY_BAND",
+    "EFFICIENCY_SOURCE",
+    "MAX_NUM_SEQS",
+    "DecodeEstimate",
+    "Layout",
+    "ModelCost",
+    "ParamCounts",
+    "PrefillEstimate",
+    "_is_scale",
+    "_rates",
+    "attention_flops",
+    "decode",
+    "decode_step",
+    "linear_flops",
+    "model_cost",
+    "params_from_config",
+    "prefill",
+    "tally_tensors",
+    # this module's own
+    "CONTEXT_COLUMNS",
+    "DEFAULT_PREFILL_BUDGET_S",
+    "TABLE_CONTEXTS",
+    "ContextRow",
+    "LayoutRow",
+    "PlanTiming",
+    "context_cells",
+    "format_seconds",
+    "label",
+    "plan_timing",
+    "recommend",
+]
+
 DEFAULT_PREFILL_BUDGET_S = 60.0
-MAX_NUM_SEQS = 256  # vLLM's default --max-num-seqs caps the requests decoded together
 TABLE_CONTEXTS = (32768, 65536, 131072, 262144, 524288, 1048576)
-
-
-# --------------------------------------------------------------------------- parameters
-
-
-def _is_scale(name: str) -> bool:
-    return name.endswith(("_scale_inv", "_scale", ".scale"))
-
-
-@dataclass(frozen=True)
-class ParamCounts:
-    """Weight elements and bytes by role, from safetensors headers (or config arithmetic)."""
-
-    total: int = 0  # weight elements; quantisation scales are not parameters
-    routed_experts: int = 0  # elements under .mlp.experts.
-    embedding: int = 0  # embed_tokens
-    lm_head: int = 0  # lm_head (0 when the embeddings are tied)
-    total_bytes: int = 0
-    routed_expert_bytes: int = 0
-    embedding_bytes: int = 0
-    source: str = "safetensors headers"
-
-
-def tally_tensors(tensors: Iterable[tuple[str, Sequence[int], int]],
-                  source: str = "safetensors headers") -> ParamCounts:
-    """ParamCounts of (name, shape, nbytes) triples as safetensors headers list them."""
-    total = routed = emb = head = nbytes_all = nbytes_routed = nbytes_emb = 0
-    for name, shape, nbytes in tensors:
-        n = 0 if _is_scale(name) else math.prod(int(x) for x in shape)
-        total += n
-        nbytes_all += nbytes
-        if ".mlp.experts." in name:
-            routed += n
-            nbytes_routed += nbytes
-        elif name.endswith("embed_tokens.weight"):
-            emb += n
-            nbytes_emb += nbytes
-        elif name.endswith("lm_head.weight"):
-            head += n
-    return ParamCounts(total, routed, emb, head, nbytes_all, nbytes_routed, nbytes_emb, source)
-
-
-def params_from_config(shape: ModelShape) -> ParamCounts:
-    """Qwen3 / Qwen3-MoE parameter arithmetic from the config alone (every layer alike, untied
-    lm_head), for checkpoints whose headers were not read. Labelled by its source."""
-    h, d = shape.hidden_size, shape.head_dim
-    attn = h * shape.num_attention_heads * d * 2 + h * shape.num_kv_heads * d * 2
-    norms = 2 * h + 2 * d
-    routed = shape.num_experts * 3 * h * shape.moe_intermediate_size
-    mlp = shape.num_experts * h if shape.num_experts else 3 * h * shape.intermediate_size
-    emb = shape.vocab_size * h
-    layers = shape.num_layers
-    total = layers * (attn + norms + mlp + routed) + h + 2 * emb
-    wbytes = 1 if shape.quant_method == "fp8" else shape.dtype_bytes
-    return ParamCounts(total, layers * routed, emb, emb,
-                       (total - 2 * emb) * wbytes + 2 * emb * shape.dtype_bytes,
-                       layers * routed * wbytes, emb * shape.dtype_bytes,
-                       "config.json arithmetic (safetensors headers not read)")
-
-
-@dataclass(frozen=True)
-class ModelCost:
-    """What the FLOP and byte counts need from one model."""
-
-    active_params: int  # the model's active parameters (all but (1 - k/E) of routed experts)
-    per_token_params: int  # active matmul parameters every prompt token meets
-    routed_active_params: int  # the routed-expert part of per_token_params
-    lm_head_params: int
-    full_attention_layers: int
-    heads: int
-    head_dim: int
-    fp8_weights: bool
-    dense_bytes: int  # weights outside routed experts read per decode step (no embedding table)
-    routed_expert_bytes: int
-    experts: int
-    top_k: int
-    source: str
-
-
-def model_cost(shape: ModelShape) -> ModelCost:
-    p: ParamCounts = shape.params if shape.params is not None else params_from_config(shape)
-    e, k = shape.num_experts, shape.experts_per_token
-    routed_active = p.routed_experts * k // e if e and k else p.routed_experts
-    active = p.total - p.routed_experts + routed_active
-    tied = p.lm_head == 0
-    lm_head = p.embedding if tied else p.lm_head
-    per_token = active - p.embedding - p.lm_head
-    dense_bytes = p.total_bytes - p.routed_expert_bytes - (0 if tied else p.embedding_bytes)
-    return ModelCost(active, per_token, routed_active, lm_head, shape.full_attention_layers,
-                     shape.num_attention_heads, shape.head_dim, shape.quant_method == "fp8",
-                     dense_bytes, p.routed_expert_bytes, e, k, p.source)
-
-
-def linear_flops(cost: ModelCost, n: int) -> int:
-    """2 x active matmul parameters x N, plus the lm_head for the last prompt token."""
-    return 2 * cost.per_token_params * n + 2 * cost.lm_head_params
-
-
-def attention_flops(n: int, full_attention_layers: int, heads: int, head_dim: int) -> int:
-    """Causal attention over N tokens in the full-attention layers only:
-    2 x layers x heads x head_dim x N x (N + 1) (QK^T and PV, N (N + 1) / 2 pairs each)."""
-    return 2 * full_attention_layers * heads * head_dim * n * (n + 1)
-
-
-# --------------------------------------------------------------------------- layouts and time
-
-
-@dataclass(frozen=True)
-class Layout:
-    tp: int
-    pp: int = 1
-    dp: int = 1
-    ep: bool = True
-
-    @property
-    def attention_gpus(self) -> int:
-        """GPUs one request's attention and KV cache are spread over."""
-        return self.tp * self.pp
-
-    @property
-    def expert_group(self) -> int:
-        """GPUs a layer's routed experts are spread over (EP spans TP x DP, as in vLLM)."""
-        return self.tp * self.dp if self.ep else self.tp
-
-    @property
-    def attention_on_one_gpu(self) -> bool:
-        return self.attention_gpus == 1
-
-
-def _rates(gpu: GPUSpec, cost: ModelCost, kv_fp8: bool) -> tuple[float, str, float, str]:
-    """(linear FLOP/s, its dtype, attention FLOP/s, its dtype) per GPU. FP8 weights run their
-    GEMMs at the FP8 rate where the GPU has FP8 tensor cores (vLLM's block-FP8 W8A8 path); on
-    GPUs without (A100) vLLM dequantises (weight-only FP8) and they run at the BF16 rate.
-    Attention runs in the KV-cache dtype: bf16, or fp8 with --kv-cache-dtype fp8 on FP8 GPUs."""
-    fp8 = gpu.fp8_tflops
-    lin = ("fp8", fp8) if cost.fp8_weights and fp8 else ("bf16", gpu.bf16_tflops)
-    att = ("fp8", fp8) if kv_fp8 and fp8 else ("bf16", gpu.bf16_tflops)
-    return lin[1] * 1e12, lin[0], att[1] * 1e12, att[0]
-
-
-@dataclass(frozen=True)
-class PrefillEstimate:
-    flops: int
-    linear_flops: int
-    attention_flops: int
-    seconds_at_peak: float | None
-    seconds_typical: tuple[float, float] | None
-    attention_on_one_gpu: bool
-    linear_dtype: str | None
-    attention_dtype: str | None
-
-    @property
-    def attention_share(self) -> float:
-        return self.attention_flops / self.flops if self.flops else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "flops": self.flops, "linear_flops": self.linear_flops,
-            "attention_flops": self.attention_flops,
-            "attention_share": round(self.attention_share, 4),
-            "seconds_at_peak": _r(self.seconds_at_peak),
-            "seconds_typical": ([_r(self.seconds_typical[0]), _r(self.seconds_typical[1])]
-                                if self.seconds_typical else None),
-            "efficiency_band": list(EFFICIENCY_BAND),
-            "efficiency_source": EFFICIENCY_SOURCE,
-            "attention_on_one_gpu": self.attention_on_one_gpu,
-            "linear_dtype": self.linear_dtype, "attention_dtype": self.attention_dtype,
-        }
-
-
-def _r(x: float | None) -> float | None:
-    return None if x is None else float(f"{x:.6g}")
-
-
-def prefill(cost: ModelCost, n: int, layout: Layout, gpu: GPUSpec | None, *,
-            kv_fp8: bool = False) -> PrefillEstimate:
-    """FLOPs of one N-token prefill and its time floor on LAYOUT at GPU's peak: the part outside
-    routed experts and the attention run on the request's attention GPUs (TP x PP), the routed
-    experts on the whole expert group (x PP stages)."""
-    lin = linear_flops(cost, n)
-    att = attention_flops(n, cost.full_attention_layers, cost.heads, cost.head_dim)
-    if gpu is None:
-        return PrefillEstimate(lin + att, lin, att, None, None, layout.attention_on_one_gpu,
-                               None, None)
-    lin_rate, lin_dt, att_rate, att_dt = _rates(gpu, cost, kv_fp8)
-    routed = 2 * cost.routed_active_params * n
-    seconds = ((lin - routed) / (layout.attention_gpus * lin_rate)
-               + routed / (layout.expert_group * layout.pp * lin_rate)
-               + att / (layout.attention_gpus * att_rate))
-    lo, hi = EFFICIENCY_BAND
-    return PrefillEstimate(lin + att, lin, att, seconds, (seconds / hi, seconds / lo),
-                           layout.attention_on_one_gpu, lin_dt, att_dt)
-
-
-@dataclass(frozen=True)
-class DecodeEstimate:
-    seconds_per_token_at_peak: float | None  # one request alone
-    tokens_per_second_per_request: float | None
-    tokens_per_second_aggregate: float | None  # all concurrent requests together
-    concurrent_requests: int
-    bytes_per_gpu_per_token: int  # read by one GPU for one request's token
-    bound: str | None  # "memory" or "compute" for the single request
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"seconds_per_token_at_peak": _r(self.seconds_per_token_at_peak),
-                "tokens_per_second_per_request": _r(self.tokens_per_second_per_request),
-                "tokens_per_second_aggregate": _r(self.tokens_per_second_aggregate),
-                "concurrent_requests": self.concurrent_requests,
-                "bytes_per_gpu_per_token": self.bytes_per_gpu_per_token, "bound": self.bound}
-
-
-def decode_step(cost: ModelCost, n: int, layout: Layout, gpu: GPUSpec, kv_bytes_per_token: int,
-                batch: int, *, kv_fp8: bool = False) -> tuple[float, str, int]:
-    """(seconds, bound, bytes per GPU) of one decode step with BATCH requests of N tokens on each
-    attention group. Memory: the weights outside the routed experts / TP, the routed experts the
-    step's tokens touch (1 - (1 - k/E)^tokens of them, uniform routing) / the expert group, and
-    BATCH x N x KV_BYTES_PER_TOKEN (per GPU, all layers). Compute: 2 FLOPs per active parameter
-    and token, 4 x layers x heads x head_dim x N per token of attention. PP stages run one after
-    another for a token, so PP divides neither."""
-    tokens = batch * (layout.dp if layout.ep else 1)
-    touched = 1.0
-    if cost.experts and cost.top_k:
-        touched = 1.0 - (1.0 - cost.top_k / cost.experts) ** tokens
-    mem = (cost.dense_bytes / layout.tp + cost.routed_expert_bytes * touched / layout.expert_group
-           + batch * n * kv_bytes_per_token)
-    lin_rate, _, att_rate, _ = _rates(gpu, cost, kv_fp8)
-    dense_params = cost.per_token_params - cost.routed_active_params + cost.lm_head_params
-    flops_lin = (2 * dense_params * batch / layout.tp
-                 + 2 * cost.routed_active_params * tokens / layout.expert_group)
-    flops_att = 4 * cost.full_attention_layers * cost.heads * cost.head_dim * n * batch / layout.tp
-    t_mem = mem / (gpu.hbm_tb_s * 1e12)
-    t_comp = flops_lin / lin_rate + flops_att / att_rate
-    return max(t_mem, t_comp), ("memory" if t_mem >= t_comp else "compute"), int(mem)
-
-
-def decode(cost: ModelCost, n: int, layout: Layout, gpu: GPUSpec | None, kv_bytes_per_token: int,
-           max_concurrency: float, fits: bool, *, kv_fp8: bool = False) -> DecodeEstimate:
-    """One request alone, and every request the cache holds at N (floor(concurrency) per DP rank,
-    at most vLLM's 256 sequences) decoding together. None where nothing fits or the GPU is
-    unknown."""
-    per_rank = min(int(math.floor(max_concurrency)), MAX_NUM_SEQS) if fits else 0
-    total = per_rank * layout.dp
-    if gpu is None or not fits:
-        return DecodeEstimate(None, None, None, total, 0, None)
-    one, bound, nbytes = decode_step(cost, n, layout, gpu, kv_bytes_per_token, 1, kv_fp8=kv_fp8)
-    agg = None
-    if per_rank:
-        step, _, _ = decode_step(cost, n, layout, gpu, kv_bytes_per_token, per_rank,
-                                 kv_fp8=kv_fp8)
-        agg = total / step
-    return DecodeEstimate(one, 1.0 / one, agg, total, nbytes, bound)
 
 
 # --------------------------------------------------------------------------- words
@@ -332,16 +112,22 @@ class ContextRow:
     decode: DecodeEstimate
 
     def to_dict(self) -> dict[str, Any]:
-        return {"context": self.context, "label": label(self.context), "fits": self.fits,
-                "needs_patch": self.needs_patch,
-                "max_concurrency": round(self.max_concurrency, 4),
-                "prefill_seconds_at_peak": _r(self.prefill.seconds_at_peak),
-                "prefill_seconds_typical": (list(map(_r, self.prefill.seconds_typical))
-                                            if self.prefill.seconds_typical else None),
-                "attention_share": round(self.prefill.attention_share, 4),
-                "decode_tokens_per_second_per_request":
-                    _r(self.decode.tokens_per_second_per_request),
-                "decode_tokens_per_second_aggregate": _r(self.decode.tokens_per_second_aggregate)}
+        return {
+            "context": self.context,
+            "label": label(self.context),
+            "fits": self.fits,
+            "needs_patch": self.needs_patch,
+            "max_concurrency": round(self.max_concurrency, 4),
+            "prefill_seconds_at_peak": _r(self.prefill.seconds_at_peak),
+            "prefill_seconds_typical": (
+                list(map(_r, self.prefill.seconds_typical))
+                if self.prefill.seconds_typical
+                else None
+            ),
+            "attention_share": round(self.prefill.attention_share, 4),
+            "decode_tokens_per_second_per_request": _r(self.decode.tokens_per_second_per_request),
+            "decode_tokens_per_second_aggregate": _r(self.decode.tokens_per_second_aggregate),
+        }
 
 
 @dataclass(frozen=True)
@@ -357,14 +143,20 @@ class LayoutRow:
 
     def to_dict(self) -> dict[str, Any]:
         lay = self.layout
-        return {"name": self.name, "tp": lay.tp, "pp": lay.pp, "dp": lay.dp, "ep": lay.ep,
-                "attention_on_one_gpu": lay.attention_on_one_gpu,
-                "kv_bytes_one_request_per_gpu": self.kv_bytes_one_request_per_gpu,
-                "kv_cache_bytes_per_gpu": self.kv_cache_bytes_per_gpu, "fits": self.fits,
-                "max_concurrency_total": round(self.concurrency_total, 4),
-                "prefill_seconds_at_peak": _r(self.prefill.seconds_at_peak),
-                "decode_tokens_per_second_per_request":
-                    _r(self.decode.tokens_per_second_per_request)}
+        return {
+            "name": self.name,
+            "tp": lay.tp,
+            "pp": lay.pp,
+            "dp": lay.dp,
+            "ep": lay.ep,
+            "attention_on_one_gpu": lay.attention_on_one_gpu,
+            "kv_bytes_one_request_per_gpu": self.kv_bytes_one_request_per_gpu,
+            "kv_cache_bytes_per_gpu": self.kv_cache_bytes_per_gpu,
+            "fits": self.fits,
+            "max_concurrency_total": round(self.concurrency_total, 4),
+            "prefill_seconds_at_peak": _r(self.prefill.seconds_at_peak),
+            "decode_tokens_per_second_per_request": _r(self.decode.tokens_per_second_per_request),
+        }
 
 
 @dataclass(frozen=True)
@@ -384,14 +176,23 @@ class PlanTiming:
     def gpu_dict(self) -> dict[str, Any]:
         if self.gpu is not None:
             return self.gpu.to_dict()
-        return {"name": self.gpu_name, "bf16_tflops": None, "fp8_tflops": None,
-                "hbm_tb_s": None, "memory_bytes": None, "source": None, "known": False}
+        return {
+            "name": self.gpu_name,
+            "bf16_tflops": None,
+            "fp8_tflops": None,
+            "hbm_tb_s": None,
+            "memory_bytes": None,
+            "source": None,
+            "known": False,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "prefill": self.prefill.to_dict(), "decode": self.decode.to_dict(),
+            "prefill": self.prefill.to_dict(),
+            "decode": self.decode.to_dict(),
             "gpu": self.gpu_dict(),
-            "active_params": self.cost.active_params, "params_source": self.cost.source,
+            "active_params": self.cost.active_params,
+            "params_source": self.cost.source,
             "full_attention_layers": self.cost.full_attention_layers,
             "contexts": [r.to_dict() for r in self.contexts],
             "layouts": [r.to_dict() for r in self.layouts],
@@ -401,74 +202,109 @@ class PlanTiming:
             "time_notes": list(self.notes),
         }
 
-    def summary_lines(self, context: int) -> list[str]:
+    def summary_rows(self, context: int) -> tuple[list[tuple[str, str]], list[str]]:
+        """For people (qwenprep/cli renders them): the (what, value) rows of the plan's table
+        and the notes; the context table is ``context_cells`` of each of ``contexts``."""
         from qwenprep.sizes import format_gib
 
         p, d, c = self.prefill, self.decode, self.cost
-        gpu = (f"{self.gpu.name} ({self.gpu.bf16_tflops:g} BF16 / "
-               + (f"{self.gpu.fp8_tflops:g} FP8" if self.gpu.fp8_tflops else "no FP8")
-               + f" dense TFLOPS, {self.gpu.hbm_tb_s:g} TB/s; {self.gpu.source})"
-               if self.gpu else f"{self.gpu_name or 'not named'}: UNKNOWN, no time estimates")
-        lines = [f"GPU: {gpu}"]
-        lines += [f"note: {n}" for n in self.notes]
-        lines.append(
-            f"prefill of one {context:,}-token request: {p.flops:.3g} FLOPs = linear "
-            f"{p.linear_flops:.3g} (2 x {c.per_token_params / 1e9:.2f}B active matmul params "
-            f"per token, of {c.active_params / 1e9:.2f}B active) + "
-            f"attention {p.attention_flops:.3g} ({c.full_attention_layers} full-attention "
-            f"layers; {p.attention_share:.0%} of the total)")
+        gpu = (
+            f"{self.gpu.name} ({self.gpu.bf16_tflops:g} BF16 / "
+            + (f"{self.gpu.fp8_tflops:g} FP8" if self.gpu.fp8_tflops else "no FP8")
+            + f" dense TFLOPS, {self.gpu.hbm_tb_s:g} TB/s; {self.gpu.source})"
+            if self.gpu
+            else f"{self.gpu_name or 'not named'}: UNKNOWN, no time estimates"
+        )
+        rows = [
+            ("GPU", gpu),
+            (
+                "prefill FLOPs",
+                f"one {context:,}-token request: {p.flops:.3g} FLOPs = linear "
+                f"{p.linear_flops:.3g} (2 x {c.per_token_params / 1e9:.2f}B active matmul params "
+                f"per token, of {c.active_params / 1e9:.2f}B active) + "
+                f"attention {p.attention_flops:.3g} ({c.full_attention_layers} full-attention "
+                f"layers; {p.attention_share:.0%} of the total)",
+            ),
+        ]
         if p.seconds_at_peak is not None and p.seconds_typical is not None:
             lo, hi = EFFICIENCY_BAND
-            lines.append(
-                f"prefill time ESTIMATE: floor {format_seconds(p.seconds_at_peak)} at peak "
-                f"(linear {p.linear_dtype}, attention {p.attention_dtype}"
-                + (", attention on ONE GPU" if p.attention_on_one_gpu else "")
-                + f"); typical {format_seconds(p.seconds_typical[0])} - "
-                f"{format_seconds(p.seconds_typical[1])} at {lo:.0%}-{hi:.0%} of peak "
-                "(measured band, docs/time.md)")
+            rows.append(
+                (
+                    "prefill time",
+                    f"ESTIMATE: floor {format_seconds(p.seconds_at_peak)} at peak "
+                    f"(linear {p.linear_dtype}, attention {p.attention_dtype}"
+                    + (", attention on ONE GPU" if p.attention_on_one_gpu else "")
+                    + f"); typical {format_seconds(p.seconds_typical[0])} - "
+                    f"{format_seconds(p.seconds_typical[1])} at {lo:.0%}-{hi:.0%} of peak "
+                    "(measured band, docs/time.md)",
+                )
+            )
         if d.seconds_per_token_at_peak is not None:
-            lines.append(
-                f"decode ESTIMATE (floor, {d.bound}-bound): "
-                f"{format_seconds(d.seconds_per_token_at_peak)} per token = "
-                f"{d.tokens_per_second_per_request:,.0f} tokens/s for one request "
-                f"({format_gib(d.bytes_per_gpu_per_token)} read per GPU per token); "
-                + (f"{d.tokens_per_second_aggregate:,.0f} tokens/s in aggregate over "
-                   f"{d.concurrent_requests} concurrent request(s)"
-                   if d.tokens_per_second_aggregate else "no full-length request runs at once"))
+            rows.append(
+                (
+                    "decode",
+                    f"ESTIMATE (floor, {d.bound}-bound): "
+                    f"{format_seconds(d.seconds_per_token_at_peak)} per token = "
+                    f"{d.tokens_per_second_per_request:,.0f} tokens/s for one request "
+                    f"({format_gib(d.bytes_per_gpu_per_token)} read per GPU per token); "
+                    + (
+                        f"{d.tokens_per_second_aggregate:,.0f} tokens/s in aggregate over "
+                        f"{d.concurrent_requests} concurrent request(s)"
+                        if d.tokens_per_second_aggregate
+                        else "no full-length request runs at once"
+                    ),
+                )
+            )
         for row in self.layouts:
             lay = row.layout
-            lines.append(
-                f"layout {row.name}: one request's KV "
-                f"{format_gib(row.kv_bytes_one_request_per_gpu)}"
-                + (" on ONE GPU" if lay.attention_on_one_gpu else " per GPU")
-                + f" of {format_gib(row.kv_cache_bytes_per_gpu)} KV memory: "
-                + ("fits" if row.fits else "does NOT fit")
-                + f"; prefill floor {format_seconds(row.prefill.seconds_at_peak)}")
+            rows.append(
+                (
+                    f"layout {row.name}",
+                    f"one request's KV {format_gib(row.kv_bytes_one_request_per_gpu)}"
+                    + (" on ONE GPU" if lay.attention_on_one_gpu else " per GPU")
+                    + f" of {format_gib(row.kv_cache_bytes_per_gpu)} KV memory: "
+                    + ("fits" if row.fits else "does NOT fit")
+                    + f"; prefill floor {format_seconds(row.prefill.seconds_at_peak)}",
+                )
+            )
         if self.layouts:
-            lines.append("a single long request is served by: "
-                         + (self.single_request_layout or "neither layout"))
-        lines.append("context table (* = above the config's max_position_embeddings: patch "
-                     "first):")
-        lines.append(_table_header())
-        lines += [_table_line(r) for r in self.contexts]
-        lines.append(f"recommendation: {self.recommendation}")
-        return lines
+            rows.append(
+                (
+                    "a single long request is served by",
+                    self.single_request_layout or "neither layout",
+                )
+            )
+        return rows, [f"note: {n}" for n in self.notes]
 
 
-def _table_header() -> str:
-    return (f"{'context':>10} {'fits':>4} {'concur.':>8} {'prefill floor':>13} "
-            f"{'prefill typical':>19} {'decode tok/s':>12}")
+# the context table's columns (context_cells of each row); * = above the config's
+# max_position_embeddings: qwenprep patch first
+CONTEXT_COLUMNS = (
+    "context",
+    "fits",
+    "concurrency",
+    "prefill floor",
+    "prefill typical",
+    "decode tok/s",
+)
 
 
-def _table_line(r: ContextRow) -> str:
+def context_cells(r: ContextRow) -> tuple[str, ...]:
     p, d = r.prefill, r.decode
-    typ = (f"{format_seconds(p.seconds_typical[0])}-{format_seconds(p.seconds_typical[1])}"
-           if p.seconds_typical else "unknown")
-    tps = (f"{d.tokens_per_second_per_request:,.0f}" if d.tokens_per_second_per_request
-           else "-")
-    name = label(r.context) + ("*" if r.needs_patch else "")
-    return (f"{name:>10} {'yes' if r.fits else 'no':>4} {r.max_concurrency:>7.2f}x "
-            f"{format_seconds(p.seconds_at_peak):>13} {typ:>19} {tps:>12}")
+    typ = (
+        f"{format_seconds(p.seconds_typical[0])}-{format_seconds(p.seconds_typical[1])}"
+        if p.seconds_typical
+        else "unknown"
+    )
+    tps = f"{d.tokens_per_second_per_request:,.0f}" if d.tokens_per_second_per_request else "-"
+    return (
+        label(r.context) + ("*" if r.needs_patch else ""),
+        "yes" if r.fits else "no",
+        f"{r.max_concurrency:.2f}x",
+        format_seconds(p.seconds_at_peak),
+        typ,
+        tps,
+    )
 
 
 def recommend(rows: tuple[ContextRow, ...], budget_s: float, known_time: bool) -> str:
@@ -476,29 +312,40 @@ def recommend(rows: tuple[ContextRow, ...], budget_s: float, known_time: bool) -
     prefill (the slow end of the band) stays within BUDGET_S; its reasoning in words."""
     fitting = [r for r in rows if r.fits]
     if not fitting:
-        return ("none of the table's contexts fits one request: see the advice (fp8 KV cache, "
-                "more GPUs)")
+        return (
+            "none of the table's contexts fits one request: see the advice (fp8 KV cache, "
+            "more GPUs)"
+        )
     if not known_time:
         best = fitting[-1]
-        return (f"--context {label(best.context).lower()} ({best.context:,}) is the largest "
-                "that fits; prefill time is unknown without a known GPU (name one with --gpu)")
-    within = [r for r in fitting if r.prefill.seconds_typical
-              and r.prefill.seconds_typical[1] <= budget_s]
+        return (
+            f"--context {label(best.context).lower()} ({best.context:,}) is the largest "
+            "that fits; prefill time is unknown without a known GPU (name one with --gpu)"
+        )
+    within = [
+        r for r in fitting if r.prefill.seconds_typical and r.prefill.seconds_typical[1] <= budget_s
+    ]
     biggest = fitting[-1]
     if not within:
         best = fitting[0]
-        return (f"--context {label(best.context).lower()}: even the smallest context's full "
-                f"prefill exceeds the {budget_s:g} s budget "
-                f"({_typ(best)}); raise --prefill-budget or add GPUs")
+        return (
+            f"--context {label(best.context).lower()}: even the smallest context's full "
+            f"prefill exceeds the {budget_s:g} s budget "
+            f"({_typ(best)}); raise --prefill-budget or add GPUs"
+        )
     best = within[-1]
-    why = (f"--context {label(best.context).lower()} ({best.context:,}): the largest context "
-           f"whose full-length prefill stays within {budget_s:g} s (typical {_typ(best)}, "
-           f"{best.max_concurrency:.2f}x concurrency)")
+    why = (
+        f"--context {label(best.context).lower()} ({best.context:,}): the largest context "
+        f"whose full-length prefill stays within {budget_s:g} s (typical {_typ(best)}, "
+        f"{best.max_concurrency:.2f}x concurrency)"
+    )
     if biggest.context > best.context:
-        why += (f"; {label(biggest.context)} fits ({biggest.max_concurrency:.2f}x) but one full "
-                f"{label(biggest.context)} prompt takes {_typ(biggest)} to prefill (floor "
-                f"{format_seconds(biggest.prefill.seconds_at_peak)}, "
-                f"{biggest.prefill.attention_share:.0%} of it attention)")
+        why += (
+            f"; {label(biggest.context)} fits ({biggest.max_concurrency:.2f}x) but one full "
+            f"{label(biggest.context)} prompt takes {_typ(biggest)} to prefill (floor "
+            f"{format_seconds(biggest.prefill.seconds_at_peak)}, "
+            f"{biggest.prefill.attention_share:.0%} of it attention)"
+        )
     if best.needs_patch:
         why += f"; patch first: qwenprep patch MODEL --context {label(best.context).lower()}"
     return why
@@ -509,8 +356,9 @@ def _typ(r: ContextRow) -> str:
     return f"{format_seconds(t[0])} - {format_seconds(t[1])}" if t else "unknown"
 
 
-def _layouts(plan: Any, gpu: GPUSpec | None, cost: ModelCost, n: int,
-             alternatives: Mapping[int, Any]) -> tuple[tuple[LayoutRow, ...], str | None]:
+def _layouts(
+    plan: Any, gpu: GPUSpec | None, cost: ModelCost, n: int, alternatives: Mapping[int, Any]
+) -> tuple[tuple[LayoutRow, ...], str | None]:
     """For an MoE model on several GPUs (no PP, expert parallel): the TP layout (one request's
     KV spread over every GPU) next to the data-parallel-attention layout of vLLM's recipe (DP
     + EP: one request's attention and whole KV cache on one GPU). ALTERNATIVES holds the
@@ -529,10 +377,18 @@ def _layouts(plan: Any, gpu: GPUSpec | None, cost: ModelCost, n: int,
             continue
         lay = Layout(tp, 1, p.dp, True)
         bpt = bytes_per_token_per_gpu(plan.shape, tp=tp, kv_cache_dtype=req.kv_cache_dtype)
-        rows.append(LayoutRow(
-            name, lay, p.kv.needed_bytes, p.kv.available_bytes, p.fits,
-            p.kv.max_concurrency * p.dp, prefill(cost, n, lay, gpu, kv_fp8=kv_fp8),
-            decode(cost, n, lay, gpu, bpt, p.kv.max_concurrency, p.fits, kv_fp8=kv_fp8)))
+        rows.append(
+            LayoutRow(
+                name,
+                lay,
+                p.kv.needed_bytes,
+                p.kv.available_bytes,
+                p.fits,
+                p.kv.max_concurrency * p.dp,
+                prefill(cost, n, lay, gpu, kv_fp8=kv_fp8),
+                decode(cost, n, lay, gpu, bpt, p.kv.max_concurrency, p.fits, kv_fp8=kv_fp8),
+            )
+        )
     fitting = [r.name for r in rows if r.fits]
     return tuple(rows), (" and ".join(fitting) if fitting else None)
 
@@ -546,14 +402,25 @@ def _capacity_at(plan: Any, n: int) -> tuple[bool, float]:
     if plan.kv.hybrid is not None:
         h = hybrid_capacity(plan.kv.hybrid, plan.kv.available_bytes, n)
         return h.fits, h.max_concurrency
-    kv = kv_capacity(plan.kv.available_bytes, plan.bytes_per_token, n, plan.rule,
-                     block_size=plan.request.block_size)
+    kv = kv_capacity(
+        plan.kv.available_bytes,
+        plan.bytes_per_token,
+        n,
+        plan.rule,
+        block_size=plan.request.block_size,
+    )
     return kv.fits, kv.max_concurrency
 
 
-def plan_timing(plan: Any, gpu: GPUSpec | None, *, gpu_name: str | None = None,
-                notes: tuple[str, ...] = (), budget_s: float = DEFAULT_PREFILL_BUDGET_S,
-                alternatives: Mapping[int, Any] | None = None) -> PlanTiming:
+def plan_timing(
+    plan: Any,
+    gpu: GPUSpec | None,
+    *,
+    gpu_name: str | None = None,
+    notes: tuple[str, ...] = (),
+    budget_s: float = DEFAULT_PREFILL_BUDGET_S,
+    alternatives: Mapping[int, Any] | None = None,
+) -> PlanTiming:
     """The time view of a capacity Plan (qwenprep.capacity.Plan): its context, every row of the
     context table, both parallel layouts (their capacity plans by TP size in ALTERNATIVES), and
     the recommendation."""
@@ -567,9 +434,14 @@ def plan_timing(plan: Any, gpu: GPUSpec | None, *, gpu_name: str | None = None,
 
     def row(n: int) -> ContextRow:
         fits, concurrency = _capacity_at(plan, n)
-        return ContextRow(n, fits, n > shape.max_position_embeddings, concurrency,
-                          prefill(cost, n, layout, gpu, kv_fp8=kv_fp8),
-                          decode(cost, n, layout, gpu, bpt, concurrency, fits, kv_fp8=kv_fp8))
+        return ContextRow(
+            n,
+            fits,
+            n > shape.max_position_embeddings,
+            concurrency,
+            prefill(cost, n, layout, gpu, kv_fp8=kv_fp8),
+            decode(cost, n, layout, gpu, bpt, concurrency, fits, kv_fp8=kv_fp8),
+        )
 
     largest = plan.kv.largest_context
     rows = tuple(row(n) for n in sorted(set(TABLE_CONTEXTS) | ({largest} if largest else set())))
@@ -581,7 +453,15 @@ def plan_timing(plan: Any, gpu: GPUSpec | None, *, gpu_name: str | None = None,
     limit = max(shape.max_position_embeddings, 4 * (shape.native_context or 0))
     candidates = tuple(r for r in rows if r.context <= limit)
     return PlanTiming(
-        gpu, gpu_name if gpu is None else gpu.name, notes, cost,
+        gpu,
+        gpu_name if gpu is None else gpu.name,
+        notes,
+        cost,
         prefill(cost, ctx, layout, gpu, kv_fp8=kv_fp8),
         decode(cost, ctx, layout, gpu, bpt, plan.kv.max_concurrency, plan.fits, kv_fp8=kv_fp8),
-        rows, layouts, single, recommend(candidates, budget_s, gpu is not None), budget_s)
+        rows,
+        layouts,
+        single,
+        recommend(candidates, budget_s, gpu is not None),
+        budget_s,
+    )

@@ -62,14 +62,20 @@ def schema_errors(config: dict[str, Any]) -> list[SchemaProblem]:
     family = lookup(view.model_type) or lookup(view.text_model_type)
     if family is None:
         known = "; ".join(f"{f.title}: {', '.join(sorted(f.model_types))}" for f in REGISTRY)
-        text = (f" (nor text_config.model_type {view.text_model_type!r})" if view.nested
-                else "")
-        return [SchemaProblem(("model_type",), f"model_type is {view.model_type!r}; qwenprep "
-                              f"knows these families ({known}) and cannot map another one's "
-                              f"context, RoPE and layers{text}")]
+        text = f" (nor text_config.model_type {view.text_model_type!r})" if view.nested else ""
+        return [
+            SchemaProblem(
+                ("model_type",),
+                f"model_type is {view.model_type!r}; qwenprep "
+                f"knows these families ({known}) and cannot map another one's "
+                f"context, RoPE and layers{text}",
+            )
+        ]
     base: tuple[str | int, ...] = ("text_config",) if view.nested else ()
-    errors = sorted((_innermost(e) for e in validator(family.schema).iter_errors(view.text)),
-                    key=lambda e: [str(p) for p in e.absolute_path])
+    errors = sorted(
+        (_innermost(e) for e in validator(family.schema).iter_errors(view.text)),
+        key=lambda e: [str(p) for p in e.absolute_path],
+    )
     return [SchemaProblem(base + tuple(e.absolute_path), _message(e)) for e in errors]
 
 
@@ -77,8 +83,9 @@ def _innermost(e: Any) -> Any:
     """For "null or a rope block" (oneOf), the error inside the block, which names the field
     ($.rope_scaling.original_max_position_embeddings: is 262144.0 ...), not the whole dict."""
     while e.validator in ("oneOf", "anyOf") and e.context:
-        inner = [c for c in e.context if not (c.validator == "type" and c.validator_value
-                                              == "null")]
+        inner = [
+            c for c in e.context if not (c.validator == "type" and c.validator_value == "null")
+        ]
         if not inner:
             break
         e = max(inner, key=lambda c: len(c.absolute_path))
@@ -94,8 +101,7 @@ def _message(e: Any) -> str:
     if e.validator == "enum" and list(e.absolute_path) == ["model_type"]:
         from qwenprep.families import known_model_types
 
-        return (f"model_type is {e.instance!r}; qwenprep handles "
-                f"{', '.join(known_model_types())}")
+        return f"model_type is {e.instance!r}; qwenprep handles {', '.join(known_model_types())}"
     if e.validator == "type":
         return f"is {e.instance!r} ({type(e.instance).__name__}); expected {e.validator_value}"
     return str(e.message)
@@ -106,9 +112,13 @@ def _line_of(text: str, key: str) -> int | None:
     return text.count("\n", 0, m.start()) + 1 if m else None
 
 
-def invariant_checks(config: dict[str, Any], *, native: int | None = None,
-                     manifest: dict[str, Any] | None = None,
-                     vllm: VllmVersion | None = None) -> list[Check]:
+def invariant_checks(
+    config: dict[str, Any],
+    *,
+    native: int | None = None,
+    manifest: dict[str, Any] | None = None,
+    vllm: VllmVersion | None = None,
+) -> list[Check]:
     """What a schema cannot say. NATIVE, when known (from a manifest), sharpens the check that a
     context above native needs rope scaling. VLLM: the version the config is judged for, where
     that matters (Dual Chunk Attention); None when none is known."""
@@ -128,66 +138,104 @@ def invariant_checks(config: dict[str, Any], *, native: int | None = None,
             expect = factor * orig
             shown = f"{expect:.0f}" if expect == int(expect) else f"{expect:g}"
             if abs(expect - mpe) < 0.5:
-                checks.append(Check("invariant.yarn_length", "pass",
-                                    f"max_position_embeddings {mpe} == factor {factor:.8g} x "
-                                    f"original {orig}"))
+                checks.append(
+                    Check(
+                        "invariant.yarn_length",
+                        "pass",
+                        f"max_position_embeddings {mpe} == factor {factor:.8g} x original {orig}",
+                    )
+                )
             else:
-                checks.append(Check(
-                    "invariant.yarn_length", "fail",
-                    f"max_position_embeddings is {mpe} but YaRN factor {factor:.8g} x original "
-                    f"{orig} = {shown}; vLLM <= 0.29 serves {shown}, >= 0.30 serves {mpe}, "
-                    f"and transformers <= 4.55 recomputes the factor. Hint: {PATCH_HINT}",
-                    mpe_at))
+                checks.append(
+                    Check(
+                        "invariant.yarn_length",
+                        "fail",
+                        f"max_position_embeddings is {mpe} but YaRN factor {factor:.8g} x original "
+                        f"{orig} = {shown}; vLLM <= 0.29 serves {shown}, >= 0.30 serves {mpe}, "
+                        f"and transformers <= 4.55 recomputes the factor. Hint: {PATCH_HINT}",
+                        mpe_at,
+                    )
+                )
         # (schema reports a missing factor/original)
     elif dca_block(config) is not None:
         pass  # dca_checks says what vLLM does with it
     else:
         limit = native if native is not None else NATIVE_QWEN3_CODER
         if mpe > limit:
-            what = ("no rope scaling is set" if kind == "default" else
-                    f"the rope scaling is {kind!r}, not the YaRN Qwen3 is trained to extend with")
+            what = (
+                "no rope scaling is set"
+                if kind == "default"
+                else f"the rope scaling is {kind!r}, not the YaRN Qwen3 is trained to extend with"
+            )
             how = "unscaled" if kind == "default" else f"with {kind} scaling"
-            checks.append(Check(
-                "invariant.context_needs_rope", "fail",
-                f"max_position_embeddings is {mpe} but {what} (native "
-                f"{limit}{'' if native else ', the largest native Qwen3 context'}); positions "
-                f"past {limit} would run {how}. "
-                f"Hint: {PATCH_HINT}",
-                mpe_at))
+            checks.append(
+                Check(
+                    "invariant.context_needs_rope",
+                    "fail",
+                    f"max_position_embeddings is {mpe} but {what} (native "
+                    f"{limit}{'' if native else ', the largest native Qwen3 context'}); positions "
+                    f"past {limit} would run {how}. "
+                    f"Hint: {PATCH_HINT}",
+                    mpe_at,
+                )
+            )
         else:
-            checks.append(Check("invariant.context_needs_rope", "pass",
-                                f"context {mpe} needs no rope scaling"))
+            checks.append(
+                Check(
+                    "invariant.context_needs_rope", "pass", f"context {mpe} needs no rope scaling"
+                )
+            )
 
     style = view.rope_style
     has_theta = view.has_rope_theta()
     where = view.rope_theta_pointer
     if has_theta:
         theta = rope.get("rope_theta")
-        checks.append(Check("invariant.rope_theta", "pass",
-                            f"rope_theta {theta!r} present where the engine reads it"))
+        checks.append(
+            Check(
+                "invariant.rope_theta",
+                "pass",
+                f"rope_theta {theta!r} present where the engine reads it",
+            )
+        )
     else:
-        checks.append(Check(
-            "invariant.rope_theta", "fail",
-            "rope_theta is missing from the rope settings; vLLM would silently use its default "
-            "base 10000 (Qwen3-Coder needs 10000000). Add rope_theta "
-            + ("inside rope_parameters" if style == "rope_parameters" else "at the top level"),
-            where))
+        checks.append(
+            Check(
+                "invariant.rope_theta",
+                "fail",
+                "rope_theta is missing from the rope settings; vLLM would silently use its default "
+                "base 10000 (Qwen3-Coder needs 10000000). Add rope_theta "
+                + ("inside rope_parameters" if style == "rope_parameters" else "at the top level"),
+                where,
+            )
+        )
 
     from qwenprep.families import lookup
 
     family = lookup(view.model_type) or lookup(view.text_model_type)
     if "head_dim" in view.text:
-        checks.append(Check("invariant.head_dim", "pass",
-                            f"head_dim {view.text['head_dim']} given"))
+        checks.append(
+            Check("invariant.head_dim", "pass", f"head_dim {view.text['head_dim']} given")
+        )
     elif family is not None and family.derive_head_dim:
-        checks.append(Check("invariant.head_dim", "pass",
-                            f"head_dim absent: {family.title} derives it as hidden_size / "
-                            "num_attention_heads, as transformers and vLLM do"))
+        checks.append(
+            Check(
+                "invariant.head_dim",
+                "pass",
+                f"head_dim absent: {family.title} derives it as hidden_size / "
+                "num_attention_heads, as transformers and vLLM do",
+            )
+        )
     else:
-        checks.append(Check("invariant.head_dim", "fail",
-                            "head_dim is missing; for Qwen3-Coder it is not hidden_size / heads "
-                            "(96 x 128 != 6144), so engines would derive a wrong one",
-                            view.pointer("head_dim")))
+        checks.append(
+            Check(
+                "invariant.head_dim",
+                "fail",
+                "head_dim is missing; for Qwen3-Coder it is not hidden_size / heads "
+                "(96 x 128 != 6144), so engines would derive a wrong one",
+                view.pointer("head_dim"),
+            )
+        )
 
     if family is not None and family.invariants is not None:
         checks.extend(family.invariants(view))
@@ -197,13 +245,23 @@ def invariant_checks(config: dict[str, Any], *, native: int | None = None,
         checks.extend(_quantization_checks(view, qc))
     if manifest is not None:
         if manifest.get("target_context") == mpe:
-            checks.append(Check("invariant.manifest", "pass",
-                                f"context {mpe} is what the overlay manifest intends"))
+            checks.append(
+                Check(
+                    "invariant.manifest",
+                    "pass",
+                    f"context {mpe} is what the overlay manifest intends",
+                )
+            )
         else:
-            checks.append(Check("invariant.manifest", "fail",
-                                f"max_position_embeddings {mpe} differs from the manifest's "
-                                f"target_context {manifest.get('target_context')}",
-                                mpe_at))
+            checks.append(
+                Check(
+                    "invariant.manifest",
+                    "fail",
+                    f"max_position_embeddings {mpe} differs from the manifest's "
+                    f"target_context {manifest.get('target_context')}",
+                    mpe_at,
+                )
+            )
     return checks
 
 
@@ -245,29 +303,58 @@ def dca_checks(view: ModelView, vllm: VllmVersion | None = None) -> list[Check]:
     native = dca_native(view.raw)
     mpe = view.max_position_embeddings
     at = view.pointer("dual_chunk_attention_config")
-    what = (f"config.json carries dual_chunk_attention_config (max_position_embeddings {mpe}, "
-            f"DCA over native {native})")
-    runs = ("it serves only on vLLM < 0.11, with VLLM_USE_V1=0 and "
-            "VLLM_ATTENTION_BACKEND=DUAL_CHUNK_FLASH_ATTN (qwenprep serve sets both)")
-    hint = (f"Hint: qwenprep patch MODEL --context native --out DIR (DCA block dropped, "
-            f"max_position_embeddings {native}), or --context 1m --yarn-on-dca (YaRN, not what "
-            "the release was tuned for)")
+    what = (
+        f"config.json carries dual_chunk_attention_config (max_position_embeddings {mpe}, "
+        f"DCA over native {native})"
+    )
+    runs = (
+        "it serves only on vLLM < 0.11, with VLLM_USE_V1=0 and "
+        "VLLM_ATTENTION_BACKEND=DUAL_CHUNK_FLASH_ATTN (qwenprep serve sets both)"
+    )
+    hint = (
+        f"Hint: qwenprep patch MODEL --context native --out DIR (DCA block dropped, "
+        f"max_position_embeddings {native}), or --context 1m --yarn-on-dca (YaRN, not what "
+        "the release was tuned for)"
+    )
     if vllm is None:
-        return [Check("invariant.dca", "warn",
-                      f"{what}; {runs}: {DCA_WHY}. No vLLM version is known here, so it is not "
-                      "judged: pass --vllm-version, or install vLLM beside qwenprep. " + hint, at)]
+        return [
+            Check(
+                "invariant.dca",
+                "warn",
+                f"{what}; {runs}: {DCA_WHY}. No vLLM version is known here, so it is not "
+                "judged: pass --vllm-version, or install vLLM beside qwenprep. " + hint,
+                at,
+            )
+        ]
     if engine_runs_dca(vllm.version):
-        return [Check("invariant.dca", "pass",
-                      f"{what}: {vllm} still has the V0 engine and its DUAL_CHUNK_FLASH_ATTN "
-                      f"backend; {runs}", at)]
-    return [Check("invariant.dca", "fail", f"{what}; {vllm}: {DCA_WHY}. {runs[0].upper()}"
-                  f"{runs[1:]}. {hint}", at)]
+        return [
+            Check(
+                "invariant.dca",
+                "pass",
+                f"{what}: {vllm} still has the V0 engine and its DUAL_CHUNK_FLASH_ATTN "
+                f"backend; {runs}",
+                at,
+            )
+        ]
+    return [
+        Check(
+            "invariant.dca",
+            "fail",
+            f"{what}; {vllm}: {DCA_WHY}. {runs[0].upper()}{runs[1:]}. {hint}",
+            at,
+        )
+    ]
 
 
 def _quantization_checks(view: ModelView, qc: dict[str, Any]) -> list[Check]:
     if qc.get("quant_method") != "fp8":
-        return [Check("invariant.quantization", "pass",
-                      f"quantization {qc.get('quant_method')!r} (not checked further)")]
+        return [
+            Check(
+                "invariant.quantization",
+                "pass",
+                f"quantization {qc.get('quant_method')!r} (not checked further)",
+            )
+        ]
     problems = []
     block = qc.get("weight_block_size")
     if block is None:
@@ -281,19 +368,36 @@ def _quantization_checks(view: ModelView, qc: dict[str, Any]) -> list[Check]:
     if skip and "lm_head" not in skip:
         problems.append("lm_head is not in modules_to_not_convert")
     if isinstance(layers, int):
-        bad = [m for m in skip if (mm := re.match(r"model\.layers\.(\d+)\.", m))
-               and int(mm.group(1)) >= layers]
+        bad = [
+            m
+            for m in skip
+            if (mm := re.match(r"model\.layers\.(\d+)\.", m)) and int(mm.group(1)) >= layers
+        ]
         if bad:
             problems.append(f"modules_to_not_convert names layers beyond {layers}: {bad[:3]}")
     if problems:
-        return [Check("invariant.quantization", "fail",
-                      "quantization_config: " + "; ".join(problems), "$.quantization_config")]
-    return [Check("invariant.quantization", "pass",
-                  f"fp8 quantization_config well formed (block {block})")]
+        return [
+            Check(
+                "invariant.quantization",
+                "fail",
+                "quantization_config: " + "; ".join(problems),
+                "$.quantization_config",
+            )
+        ]
+    return [
+        Check(
+            "invariant.quantization", "pass", f"fp8 quantization_config well formed (block {block})"
+        )
+    ]
 
 
-def validate_config_text(text: str, where: str, *, manifest: dict[str, Any] | None = None,
-                         vllm: VllmVersion | None = None) -> list[Check]:
+def validate_config_text(
+    text: str,
+    where: str,
+    *,
+    manifest: dict[str, Any] | None = None,
+    vllm: VllmVersion | None = None,
+) -> list[Check]:
     config = loads_located(text, where)
     if not isinstance(config, dict):
         return [Check("schema", "fail", f"{where}: top level is not a JSON object", "$")]
@@ -308,8 +412,13 @@ def validate_config_text(text: str, where: str, *, manifest: dict[str, Any] | No
 
         view = ModelView(config)
         fam = lookup(view.model_type) or lookup(view.text_model_type)
-        checks.append(Check("schema", "pass", f"{where} matches the "
-                            f"{fam.title if fam else 'Qwen3'} config schema"))
+        checks.append(
+            Check(
+                "schema",
+                "pass",
+                f"{where} matches the {fam.title if fam else 'Qwen3'} config schema",
+            )
+        )
     native = manifest.get("native_context") if manifest else None
     for c in invariant_checks(config, native=native, manifest=manifest, vllm=vllm):
         if c.status == "fail" and c.path:
@@ -331,8 +440,9 @@ def validate_checkpoint(path: Path, *, vllm: VllmVersion | None = None) -> list[
     try:
         text = read_regular_bytes(cfg).decode("utf-8")
     except FileNotFoundError:
-        raise InputError(f"{cfg}: missing.", hint="pass a checkpoint directory with a "
-                         "config.json") from None
+        raise InputError(
+            f"{cfg}: missing.", hint="pass a checkpoint directory with a config.json"
+        ) from None
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{cfg}: cannot read ({e}).") from None
     from qwenprep.lifecycle import require_live
@@ -344,5 +454,6 @@ def validate_checkpoint(path: Path, *, vllm: VllmVersion | None = None) -> list[
     if manifest is not None:
         stale = require_live(path)  # a dangling overlay raises: exit 3, with the rebuild
         checks += [Check("overlay.fresh", "warn", w, str(path)) for w in stale] or [
-            Check("overlay.fresh", "pass", "the overlay's source is there and unchanged")]
+            Check("overlay.fresh", "pass", "the overlay's source is there and unchanged")
+        ]
     return checks

@@ -30,8 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 TINY = EXAMPLES / "tiny-qwen3-coder"
 TINY_FP8 = EXAMPLES / "tiny-qwen3-coder-fp8"
-SHARED_REFERENCE = (REPO.parent / "shared" / "reference"
-                    / "qwen3-coder-480b-a35b-instruct-fp8.config.json")
+SHARED_REFERENCE = (
+    REPO.parent / "shared" / "reference" / "qwen3-coder-480b-a35b-instruct-fp8.config.json"
+)
 QWENPREP_BIN = Path(sys.executable).parent / "qwenprep"
 
 

@@ -21,8 +21,13 @@ NO_VLLM = str(Path(sys.base_prefix) / "bin" / "python3")  # an interpreter witho
 
 
 def cli_json(*args: str, code: int = 0) -> dict[str, Any]:
-    r = subprocess.run([str(QWENPREP_BIN), *args, "--json"], capture_output=True, text=True,
-                       timeout=300, check=False)
+    r = subprocess.run(
+        [str(QWENPREP_BIN), *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert r.returncode == code, r.stderr
     out: dict[str, Any] = json.loads(r.stdout)
     return out
@@ -36,8 +41,16 @@ def src(tmp_path: Path) -> Path:
 
 
 def test_all_lists_the_api() -> None:
-    assert qwenprep.__all__ == ["__version__", "check", "patch", "plan", "revert", "serve_plan",
-                                "validate", "verify"]
+    assert qwenprep.__all__ == [
+        "__version__",
+        "check",
+        "patch",
+        "plan",
+        "revert",
+        "serve_plan",
+        "validate",
+        "verify",
+    ]
     for name in qwenprep.__all__[1:]:
         fn = getattr(qwenprep, name)
         assert callable(fn) and fn.__doc__ and fn.__annotations__["return"] == "dict[str, Any]"
@@ -46,8 +59,10 @@ def test_all_lists_the_api() -> None:
 
 
 def test_import_is_cheap() -> None:
-    code = ("import sys, qwenprep; heavy = [m for m in ('qwenprep.api', 'qwenprep.engine', "
-            "'huggingface_hub', 'click', 'jsonschema') if m in sys.modules]; print(heavy)")
+    code = (
+        "import sys, qwenprep; heavy = [m for m in ('qwenprep.api', 'qwenprep.engine', "
+        "'huggingface_hub', 'click', 'jsonschema') if m in sys.modules]; print(heavy)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "[]"
 
@@ -80,47 +95,93 @@ def test_verify_matches_the_cli(src: Path) -> None:
 
 
 def test_plan_matches_the_cli() -> None:
-    a = qwenprep.plan(TINY, context="1m", tp=1, kv_memory="2GiB", vllm_version="0.32",
-                      block_size=128)
-    b = cli_json("plan", str(TINY), "--context", "1m", "--tp", "1", "--kv-memory", "2GiB",
-                 "--vllm-version", "0.32", "--block-size", "128")
+    a = qwenprep.plan(
+        TINY, context="1m", tp=1, kv_memory="2GiB", vllm_version="0.32", block_size=128
+    )
+    b = cli_json(
+        "plan",
+        str(TINY),
+        "--context",
+        "1m",
+        "--tp",
+        "1",
+        "--kv-memory",
+        "2GiB",
+        "--vllm-version",
+        "0.32",
+        "--block-size",
+        "128",
+    )
     assert a == b and a["ok"] is True
-    assert qwenprep.plan(TINY, context="1m", tp=1, kv_memory=2 * 1024**3, vllm_version="0.32",
-                         block_size=128) == a
+    assert (
+        qwenprep.plan(
+            TINY, context="1m", tp=1, kv_memory=2 * 1024**3, vllm_version="0.32", block_size=128
+        )
+        == a
+    )
 
 
 def _stable(report: dict[str, Any]) -> dict[str, Any]:
     """Free disk space changes between two runs: leave the disk checks' messages out."""
-    checks = [c if not c["id"].startswith("disk.") else {**c, "message": "-"}
-              for c in report["checks"]]
+    checks = [
+        c if not c["id"].startswith("disk.") else {**c, "message": "-"} for c in report["checks"]
+    ]
     return {**report, "checks": checks}
 
 
 def test_check_matches_the_cli() -> None:
     a = qwenprep.check(TINY, engine=False, gpus=1, tp=1, gpu="H200", vllm_version="0.32")
-    b = cli_json("check", str(TINY), "--no-engine", "--gpus", "1", "--tp", "1", "--gpu", "h200",
-                 "--vllm-version", "0.32")
+    b = cli_json(
+        "check",
+        str(TINY),
+        "--no-engine",
+        "--gpus",
+        "1",
+        "--tp",
+        "1",
+        "--gpu",
+        "h200",
+        "--vllm-version",
+        "0.32",
+    )
     assert _stable(a) == _stable(b) and a["ok"] is True
 
 
 def test_serve_plan_matches_the_cli(src: Path, tmp_path: Path) -> None:
     ov = qwenprep.patch(src, "1m", out=tmp_path / "ov")["path"]
     a = qwenprep.serve_plan(ov, vllm_python=NO_VLLM)
-    r = subprocess.run([str(QWENPREP_BIN), "serve", ov, "--dry-run", "--vllm-python", NO_VLLM,
-                        "--json"], capture_output=True, text=True, timeout=300, check=False)
+    r = subprocess.run(
+        [str(QWENPREP_BIN), "serve", ov, "--dry-run", "--vllm-python", NO_VLLM, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
     assert a == json.loads(r.stdout)
     assert a["dry_run"] is True and "--max-model-len" in a["argv"]
 
 
-@pytest.mark.parametrize(("call", "code", "message"), [
-    (lambda: qwenprep.plan(TINY, gpus=1, gpu_memory="141"), 2,
-     "--gpu-memory '141' has no unit: did you mean 141GiB or 141GB?"),
-    (lambda: qwenprep.verify(TINY, record=True), 2,
-     "--record keeps the hashes --deep computes: add --deep."),
-    (lambda: qwenprep.check(TINY, gpu="h900"), 2,
-     "--gpu 'h900' is not in the GPU catalog; its peaks are unknown and are not guessed."),
-])
+@pytest.mark.parametrize(
+    ("call", "code", "message"),
+    [
+        (
+            lambda: qwenprep.plan(TINY, gpus=1, gpu_memory="141"),
+            2,
+            "--gpu-memory '141' has no unit: did you mean 141GiB or 141GB?",
+        ),
+        (
+            lambda: qwenprep.verify(TINY, record=True),
+            2,
+            "--record keeps the hashes --deep computes: add --deep.",
+        ),
+        (
+            lambda: qwenprep.check(TINY, gpu="h900"),
+            2,
+            "--gpu 'h900' is not in the GPU catalog; its peaks are unknown and are not guessed.",
+        ),
+    ],
+)
 def test_errors_are_qwenprep_errors(call: Any, code: int, message: str) -> None:
     with pytest.raises(QwenprepError) as e:
         call()
@@ -131,8 +192,9 @@ def test_missing_path_is_exit_3(tmp_path: Path) -> None:
     with pytest.raises(QwenprepError) as e:
         qwenprep.validate(tmp_path / "nope")
     assert e.value.exit_code == 3
-    assert cli_json("validate", str(tmp_path / "nope"), code=3)["error"]["message"] == \
-        e.value.message
+    assert (
+        cli_json("validate", str(tmp_path / "nope"), code=3)["error"]["message"] == e.value.message
+    )
 
 
 def test_serve_plan_multinode_matches_the_cli(tmp_path: Path) -> None:
@@ -142,10 +204,29 @@ def test_serve_plan_multinode_matches_the_cli(tmp_path: Path) -> None:
     src.mkdir()
     (src / "config.json").write_text(json.dumps(qwen3_coder_480b_fp8_config()))
     ov = qwenprep.patch(src, "1m", out=tmp_path / "ov")["path"]
-    a = qwenprep.serve_plan(ov, vllm_python=NO_VLLM, nnodes=2, gpus_per_node=4,
-                            master_addr="10.0.0.1", max_model_len="512k")
-    b = cli_json("serve", ov, "--dry-run", "--vllm-python", NO_VLLM, "--nnodes", "2",
-                 "--gpus-per-node", "4", "--master-addr", "10.0.0.1", "--max-model-len", "512k")
+    a = qwenprep.serve_plan(
+        ov,
+        vllm_python=NO_VLLM,
+        nnodes=2,
+        gpus_per_node=4,
+        master_addr="10.0.0.1",
+        max_model_len="512k",
+    )
+    b = cli_json(
+        "serve",
+        ov,
+        "--dry-run",
+        "--vllm-python",
+        NO_VLLM,
+        "--nnodes",
+        "2",
+        "--gpus-per-node",
+        "4",
+        "--master-addr",
+        "10.0.0.1",
+        "--max-model-len",
+        "512k",
+    )
     assert a == b and a["multinode_mode"] == "native" and a["max_model_len"] == 524288
     assert [n["role"] for n in a["nodes"]] == ["head", "worker"]
 
@@ -155,10 +236,18 @@ def test_one_request_object_and_one_reader_for_sizes_and_contexts() -> None:
     from qwenprep.request import MultiNode, PlanRequest, ServeRequest
 
     # the keyword form build_launch_plan took before is the same request
-    old = ServeRequest.from_keywords(None, tp=2, max_model_len=4096, extra_args=["--x"],
-                                     nnodes=2, gpus_per_node=1, multinode_mode="dp")
-    assert old == ServeRequest(tp=2, max_model_len=4096, extra_args=("--x",),
-                               multinode=MultiNode(2, 1, None, "dp"))
+    old = ServeRequest.from_keywords(
+        None,
+        tp=2,
+        max_model_len=4096,
+        extra_args=["--x"],
+        nnodes=2,
+        gpus_per_node=1,
+        multinode_mode="dp",
+    )
+    assert old == ServeRequest(
+        tp=2, max_model_len=4096, extra_args=("--x",), multinode=MultiNode(2, 1, None, "dp")
+    )
     with pytest.raises(TypeError, match="unexpected keyword"):
         ServeRequest.from_keywords(None, nodes=2)
     with pytest.raises(TypeError, match="together"):

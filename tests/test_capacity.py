@@ -100,13 +100,17 @@ def test_every_61_31_gib_lands_in_the_printed_range() -> None:
     rule = vllm_rule("0.32")
     assert kv_capacity(lo, 31_744, 262_144, rule).kv_cache_tokens == 2_073_632
     assert kv_capacity(hi, 31_744, 262_144, rule).kv_cache_tokens == 2_073_968
-    assert kv_capacity(lo - 1, 31_744, 262_144, rule).kv_cache_tokens < 2_073_632 or \
-        f"{(lo - 1) / GiB:.2f}" != "61.31"
+    assert (
+        kv_capacity(lo - 1, 31_744, 262_144, rule).kv_cache_tokens < 2_073_632
+        or f"{(lo - 1) / GiB:.2f}" != "61.31"
+    )
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.integers(min_value=_gib2_bounds()[0], max_value=_gib2_bounds()[1]),
-       st.sampled_from(["0.10", "0.20", "0.21", "0.32"]))
+@given(
+    st.integers(min_value=_gib2_bounds()[0], max_value=_gib2_bounds()[1]),
+    st.sampled_from(["0.10", "0.20", "0.21", "0.32"]),
+)
 def test_any_61_31_gib_in_range(n: int, version: str) -> None:
     k = kv_capacity(n, 31_744, 262_144, vllm_rule(version))
     assert 2_073_632 <= k.kv_cache_tokens <= 2_073_968
@@ -114,14 +118,32 @@ def test_any_61_31_gib_in_range(n: int, version: str) -> None:
 
 
 def test_calibration_1_through_the_cli(big: Path) -> None:
-    code, out = plan_json(str(big), "--tp", "8", "--kv-memory", f"{CAL1_BYTES}B", "--context",
-                          "256k", "--vllm-version", "0.32")
+    code, out = plan_json(
+        str(big),
+        "--tp",
+        "8",
+        "--kv-memory",
+        f"{CAL1_BYTES}B",
+        "--context",
+        "256k",
+        "--vllm-version",
+        "0.32",
+    )
     assert code == 0
     assert out["kv_cache_tokens"] == 2_073_680
     assert out["bytes_per_token_per_gpu"] == 31_744
     assert out["exact"] is True and "estimate" not in out
-    code, out = plan_json(str(big), "--tp", "8", "--kv-memory", "61.31GiB", "--context", "1m",
-                          "--vllm-version", "0.32")
+    code, out = plan_json(
+        str(big),
+        "--tp",
+        "8",
+        "--kv-memory",
+        "61.31GiB",
+        "--context",
+        "1m",
+        "--vllm-version",
+        "0.32",
+    )
     assert code == 0 and out["fits"] is True
     assert 2_073_632 <= out["kv_cache_tokens"] <= 2_073_968
     assert out["max_concurrency_printed"] == "1.98x"
@@ -135,8 +157,17 @@ def test_calibration_1_through_the_cli(big: Path) -> None:
 def test_calibration_2_tiny_cpu(block: str) -> None:
     """Seen on vLLM 0.32 CPU: 'CPU KV cache size: 4,194,304 tokens, Maximum concurrency for
     1,048,576 tokens per request: 4.00x' with VLLM_CPU_KVCACHE_SPACE=2 (CPU block size 128)."""
-    code, out = plan_json(str(TINY), "--context", "1m", "--kv-memory", "2GiB", "--block-size",
-                          block, "--vllm-version", "0.32")
+    code, out = plan_json(
+        str(TINY),
+        "--context",
+        "1m",
+        "--kv-memory",
+        "2GiB",
+        "--block-size",
+        block,
+        "--vllm-version",
+        "0.32",
+    )
     assert code == 0
     assert out["bytes_per_token_per_gpu"] == 512  # 2 x 2 layers x 2 heads x 32 x 2 bytes
     assert out["kv_cache_tokens"] == 4_194_304
@@ -148,8 +179,11 @@ def test_fp8_kv_doubles_capacity(shape480: ModelShape) -> None:
     rule = vllm_rule("0.32")
     for ctx in (262_144, ONE_M):
         auto = plan_capacity(shape480, PlanRequest(context=ctx, tp=8, kv_memory=CAL1_BYTES), rule)
-        fp8 = plan_capacity(shape480, PlanRequest(context=ctx, tp=8, kv_memory=CAL1_BYTES,
-                                                  kv_cache_dtype="fp8"), rule)
+        fp8 = plan_capacity(
+            shape480,
+            PlanRequest(context=ctx, tp=8, kv_memory=CAL1_BYTES, kv_cache_dtype="fp8"),
+            rule,
+        )
         assert fp8.bytes_per_token * 2 == auto.bytes_per_token
         assert fp8.kv.num_blocks == 2 * auto.kv.num_blocks
         assert fp8.kv.kv_cache_tokens == 2 * auto.kv.kv_cache_tokens == 4_147_360
@@ -158,8 +192,9 @@ def test_fp8_kv_doubles_capacity(shape480: ModelShape) -> None:
 
 def test_fp8_doubling_tiny_cli() -> None:
     _, auto = plan_json(str(TINY), "--context", "1m", "--kv-memory", "2GiB")
-    _, fp8 = plan_json(str(TINY), "--context", "1m", "--kv-memory", "2GiB", "--kv-cache-dtype",
-                       "fp8")
+    _, fp8 = plan_json(
+        str(TINY), "--context", "1m", "--kv-memory", "2GiB", "--kv-cache-dtype", "fp8"
+    )
     assert fp8["kv_cache_tokens"] == 2 * auto["kv_cache_tokens"] == 8_388_608
     assert fp8["max_concurrency_printed"] == "8.00x"
 
@@ -220,8 +255,19 @@ def test_resolve_rule_named_and_fallback() -> None:
 
 
 def test_1m_fits_on_8x141_gib(big: Path) -> None:
-    code, out = plan_json(str(big), "--context", "1m", "--tp", "8", "--gpus", "8",
-                          "--gpu-memory", "141GiB", "--vllm-version", "0.32")
+    code, out = plan_json(
+        str(big),
+        "--context",
+        "1m",
+        "--tp",
+        "8",
+        "--gpus",
+        "8",
+        "--gpu-memory",
+        "141GiB",
+        "--vllm-version",
+        "0.32",
+    )
     assert code == 0
     assert out["fits"] is True and out["ok"] is True
     assert out["exact"] is False
@@ -236,8 +282,21 @@ def test_1m_fits_on_8x141_gib(big: Path) -> None:
 
 
 def test_1m_does_not_fit_on_8x80_gib(big: Path) -> None:
-    r = invoke("plan", str(big), "--context", "1m", "--tp", "8", "--gpus", "8",
-               "--gpu-memory", "80GiB", "--vllm-version", "0.32", "--json")
+    r = invoke(
+        "plan",
+        str(big),
+        "--context",
+        "1m",
+        "--tp",
+        "8",
+        "--gpus",
+        "8",
+        "--gpu-memory",
+        "80GiB",
+        "--vllm-version",
+        "0.32",
+        "--json",
+    )
     assert r.exit_code == 1
     out = json.loads(r.stdout)
     _validate(out, "plan")
@@ -250,8 +309,18 @@ def test_1m_does_not_fit_on_8x80_gib(big: Path) -> None:
 
 
 def test_human_output_states_the_estimate(big: Path) -> None:
-    r = invoke("plan", str(big), "--context", "1m", "--gpus", "8", "--gpu-memory", "80GiB",
-               "--vllm-version", "0.32")
+    r = invoke(
+        "plan",
+        str(big),
+        "--context",
+        "1m",
+        "--gpus",
+        "8",
+        "--gpu-memory",
+        "80GiB",
+        "--vllm-version",
+        "0.32",
+    )
     assert r.exit_code == 1
     assert "ESTIMATE = 80.00 GiB x 0.92 - weights" in r.stdout
     assert "KV cache size: " in r.stdout and "Maximum concurrency for 1,048,576 tokens" in r.stdout
@@ -260,24 +329,62 @@ def test_human_output_states_the_estimate(big: Path) -> None:
 
 
 def test_parallel_line_names_expert_parallel_only_across_gpus(big: Path) -> None:
+    import re
+
+    def row(text: str) -> str:  # the plan table's "parallel" row (what, value)
+        return r"^parallel +" + re.escape(text) + "$"
+
     r = invoke("plan", str(TINY), "--context", "1m", "--kv-memory", "2GiB", "--tp", "1")
-    assert "\nparallel: TP 1 x PP 1 x DP 1 (one GPU)\n" in r.stdout, r.stdout
-    r = invoke("plan", str(big), "--context", "1m", "--gpus", "8", "--gpu-memory", "141GiB",
-               "--vllm-version", "0.32")
-    assert "\nparallel: TP 8 x PP 1 x DP 1 + expert parallel (8 GPUs)\n" in r.stdout, r.stdout
-    r = invoke("plan", str(big), "--context", "1m", "--gpus", "8", "--gpu-memory", "141GiB",
-               "--no-ep", "--vllm-version", "0.32")
-    assert "\nparallel: TP 8 x PP 1 x DP 1 (8 GPUs)\n" in r.stdout, r.stdout
+    assert re.search(row("TP 1 x PP 1 x DP 1 (one GPU)"), r.stdout, re.M), r.stdout
+    r = invoke(
+        "plan",
+        str(big),
+        "--context",
+        "1m",
+        "--gpus",
+        "8",
+        "--gpu-memory",
+        "141GiB",
+        "--vllm-version",
+        "0.32",
+    )
+    assert re.search(row("TP 8 x PP 1 x DP 1 + expert parallel (8 GPUs)"), r.stdout, re.M)
+    r = invoke(
+        "plan",
+        str(big),
+        "--context",
+        "1m",
+        "--gpus",
+        "8",
+        "--gpu-memory",
+        "141GiB",
+        "--no-ep",
+        "--vllm-version",
+        "0.32",
+    )
+    assert re.search(row("TP 8 x PP 1 x DP 1 (8 GPUs)"), r.stdout, re.M), r.stdout
 
 
 def test_dp_layout_advises_tp_plus_ep(big: Path) -> None:
-    code, out = plan_json(str(big), "--context", "1m", "--tp", "1", "--gpus", "8",
-                          "--gpu-memory", "141GiB", "--vllm-version", "0.32")
+    code, out = plan_json(
+        str(big),
+        "--context",
+        "1m",
+        "--tp",
+        "1",
+        "--gpus",
+        "8",
+        "--gpu-memory",
+        "141GiB",
+        "--vllm-version",
+        "0.32",
+    )
     assert code == 1
     assert out["parallel"] == {"tp": 1, "pp": 1, "dp": 8, "ep": True, "gpus": 8}
     assert out["bytes_per_token_per_gpu"] == 253_952
-    assert out["advice"][0].startswith("DP 8 keeps each sequence's whole KV cache on one TP "
-                                       "group; TP 8 + --enable-expert-parallel")
+    assert out["advice"][0].startswith(
+        "DP 8 keeps each sequence's whole KV cache on one TP group; TP 8 + --enable-expert-parallel"
+    )
     assert "(fits)" in out["advice"][0]
 
 
@@ -295,11 +402,13 @@ def test_both_memory_options_is_a_usage_error() -> None:
     r = invoke("plan", str(TINY), "--kv-memory", "2GiB", "--gpu-memory", "80GiB", "--json")
     assert r.exit_code == 2
     assert json.loads(r.stdout)["error"]["message"].startswith(
-        "--kv-memory and --gpu-memory exclude each other")
+        "--kv-memory and --gpu-memory exclude each other"
+    )
 
 
-def test_no_memory_budget_says_why_no_gpu_was_found(monkeypatch: pytest.MonkeyPatch,
-                                                     tmp_path: Path) -> None:
+def test_no_memory_budget_says_why_no_gpu_was_found(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     import sys
 
     from test_gpus import fake_smi
@@ -308,18 +417,20 @@ def test_no_memory_budget_says_why_no_gpu_was_found(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
     r = invoke("plan", str(TINY), "--context", "1m")
     assert r.exit_code == 2
-    assert ("error: no memory budget: no GPU found here (NVML: nvidia-ml-py is not installed; "
-            "nvidia-smi is not on PATH); pass --kv-memory SIZE, or --gpus N --gpu-memory SIZE."
-            ) in r.stderr
+    assert (
+        "error: no memory budget: no GPU found here (NVML: nvidia-ml-py is not installed; "
+        "nvidia-smi is not on PATH); pass --kv-memory SIZE, or --gpus N --gpu-memory SIZE."
+    ) in r.stderr
     # a broken driver: nvidia-smi's own first line says what is wrong, in the JSON error too
     fake_smi(tmp_path / "bin", "", rc=9)
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     r = invoke("plan", str(TINY), "--context", "1m", "--json")
     assert r.exit_code == 2
     err = json.loads(r.stdout)["error"]
-    assert ("(NVML: nvidia-ml-py is not installed; nvidia-smi: nvidia-smi exited 9: NVIDIA-SMI "
-            "has failed because it could not communicate with the NVIDIA driver.)"
-            ) in err["message"]
+    assert (
+        "(NVML: nvidia-ml-py is not installed; nvidia-smi: nvidia-smi exited 9: NVIDIA-SMI "
+        "has failed because it could not communicate with the NVIDIA driver.)"
+    ) in err["message"]
     assert err["hint"] == "qwenprep plan MODEL --context 1m --tp 8 --gpus 8 --gpu-memory 141GB"
 
 
@@ -378,8 +489,17 @@ def test_plan_for_a_repo_not_downloaded(hub: str, tmp_path: Path) -> None:
     """Weights from the Hub's header metadata (HfApi.get_safetensors_metadata, range requests);
     nothing lands in the HF cache."""
     local = shape_from_dir(TINY_FP8)
-    code, out = plan_json("Qwen/Tiny-Qwen3-Coder-FP8", "--context", "1m", "--gpus", "1",
-                          "--gpu-memory", "8GiB", "--vllm-version", "0.32")
+    code, out = plan_json(
+        "Qwen/Tiny-Qwen3-Coder-FP8",
+        "--context",
+        "1m",
+        "--gpus",
+        "1",
+        "--gpu-memory",
+        "8GiB",
+        "--vllm-version",
+        "0.32",
+    )
     assert code == 0, out
     assert out["weights_source"] == "safetensors headers of Qwen/Tiny-Qwen3-Coder-FP8 on the Hub"
     assert out["weights_per_gpu_bytes"] == local.weight_bytes
@@ -390,9 +510,23 @@ def test_plan_for_a_repo_not_downloaded(hub: str, tmp_path: Path) -> None:
 
 
 def test_console_script() -> None:
-    res = subprocess.run([str(QWENPREP_BIN), "plan", str(TINY), "--context", "1m", "--kv-memory",
-                          "2GiB", "--vllm-version", "0.32", "--json"],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [
+            str(QWENPREP_BIN),
+            "plan",
+            str(TINY),
+            "--context",
+            "1m",
+            "--kv-memory",
+            "2GiB",
+            "--vllm-version",
+            "0.32",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert out["kv_cache_tokens"] == 4_194_304 and out["max_concurrency_printed"] == "4.00x"
@@ -423,14 +557,16 @@ def test_index_names_outside_the_checkpoint_are_refused(tmp_path: Path) -> None:
     for bad in ("../outside.safetensors", str(tmp_path / "outside.safetensors")):
         obj["weight_map"][name] = bad
         index.write_text(json.dumps(obj))
-        r = CliRunner().invoke(cli, ["plan", str(src), "--gpus", "1", "--gpu-memory", "80GiB",
-                                     "--tp", "1"])
+        r = CliRunner().invoke(
+            cli, ["plan", str(src), "--gpus", "1", "--gpu-memory", "80GiB", "--tp", "1"]
+        )
         assert r.exit_code == 3, r.output
         assert f"weight_map names {bad!r}" in r.stderr and "refusing to open it" in r.stderr
 
 
-def test_plan_of_an_uncached_repo_offline_says_so(tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_plan_of_an_uncached_repo_offline_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
@@ -447,8 +583,10 @@ def test_one_header_pass_gives_bytes_and_parameters(shape480: ModelShape, big: P
     from qwenprep.capacity import weight_bytes_from_dir
 
     assert shape480.params is not None
-    assert weight_bytes_from_dir(big) == (shape480.params.total_bytes,
-                                          shape480.params.routed_expert_bytes)
+    assert weight_bytes_from_dir(big) == (
+        shape480.params.total_bytes,
+        shape480.params.routed_expert_bytes,
+    )
     assert shape480.weight_bytes == shape480.params.total_bytes
     per_layer = 163_577_856 + 12_544 + 983_040 + 160 * 3 * 2560 * 6144
     assert shape480.params.total == 62 * per_layer + 6144 + 2 * 151_936 * 6144

@@ -18,8 +18,17 @@ from qwenprep.errors import InputError, UsageError
 
 @pytest.mark.parametrize(
     "text,tokens",
-    [("native", None), ("NATIVE", None), ("256k", 262144), ("512K", 524288), ("1m", 1048576),
-     ("1M", 1048576), ("1048576", 1048576), ("300000", 300000), ("0.5m", 524288)],
+    [
+        ("native", None),
+        ("NATIVE", None),
+        ("256k", 262144),
+        ("512K", 524288),
+        ("1m", 1048576),
+        ("1M", 1048576),
+        ("1048576", 1048576),
+        ("300000", 300000),
+        ("0.5m", 524288),
+    ],
 )
 def test_parse_context(text: str, tokens: int | None) -> None:
     assert parse_context(text).tokens == tokens
@@ -40,12 +49,14 @@ def test_patch_1m_on_release_config(ref_config: dict[str, Any]) -> None:
     assert list(new) == list(ref_config)  # key order kept
     assert new["max_position_embeddings"] == 1048576
     assert new["rope_scaling"] == {
-        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 262144}
+        "rope_type": "yarn",
+        "factor": 4.0,
+        "original_max_position_embeddings": 262144,
+    }
     assert new["rope_theta"] == 10000000
     changed = {k for k in new if new[k] != ref_config[k]}
     assert changed == {"max_position_embeddings", "rope_scaling"}
-    assert (res.native, res.target, res.factor, res.style) == (262144, 1048576, 4.0,
-                                                              "rope_scaling")
+    assert (res.native, res.target, res.factor, res.style) == (262144, 1048576, 4.0, "rope_scaling")
 
 
 def test_512k_is_factor_2(ref_config: dict[str, Any]) -> None:
@@ -70,9 +81,11 @@ def test_repatch_starts_from_native(ref_config: dict[str, Any]) -> None:
 
 
 def test_old_recipe_type_key_is_understood(ref_config: dict[str, Any]) -> None:
-    edited = dict(ref_config, max_position_embeddings=1048576,
-                  rope_scaling={"type": "yarn", "factor": 4.0,
-                                "original_max_position_embeddings": 262144})
+    edited = dict(
+        ref_config,
+        max_position_embeddings=1048576,
+        rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 262144},
+    )
     assert native_context(edited) == 262144
     assert patch_config(edited, parse_context("native")).config == ref_config
 
@@ -92,14 +105,20 @@ def test_factor_below_1_always_refused(ref_config: dict[str, Any]) -> None:
 
 
 def test_transformers5_style_patched_in_its_own_style() -> None:
-    cfg = {"model_type": "qwen3_moe", "max_position_embeddings": 262144,
-           "rope_parameters": {"rope_type": "default", "rope_theta": 10000000.0},
-           "dtype": "bfloat16"}
+    cfg = {
+        "model_type": "qwen3_moe",
+        "max_position_embeddings": 262144,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000000.0},
+        "dtype": "bfloat16",
+    }
     res = patch_config(cfg, parse_context("1m"))
     assert "rope_scaling" not in res.config
     assert res.config["rope_parameters"] == {
-        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 262144,
-        "rope_theta": 10000000.0}
+        "rope_type": "yarn",
+        "factor": 4.0,
+        "original_max_position_embeddings": 262144,
+        "rope_theta": 10000000.0,
+    }
     assert res.style == "rope_parameters"
     back = patch_config(res.config, parse_context("native")).config
     assert back["rope_parameters"] == {"rope_type": "default", "rope_theta": 10000000.0}
@@ -108,8 +127,12 @@ def test_transformers5_style_patched_in_its_own_style() -> None:
 
 def test_effective_rope_takes_top_level_theta(ref_config: dict[str, Any]) -> None:
     rope = effective_rope(patch_config(ref_config, parse_context("1m")).config)
-    assert rope == {"rope_type": "yarn", "factor": 4.0,
-                    "original_max_position_embeddings": 262144, "rope_theta": 10000000}
+    assert rope == {
+        "rope_type": "yarn",
+        "factor": 4.0,
+        "original_max_position_embeddings": 262144,
+        "rope_theta": 10000000,
+    }
 
 
 def test_string_mpe_is_refused_clearly() -> None:

@@ -22,8 +22,12 @@ NO_VLLM = str(Path(sys.base_prefix) / "bin" / "python3")  # an interpreter witho
 def qwen25_1m(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from qwenprep.synth import make_shaped_checkpoint, qwen25_7b_instruct_1m_config
 
-    return make_shaped_checkpoint(tmp_path_factory.mktemp("q25") / "Qwen2.5-7B-Instruct-1M",
-                                  config=qwen25_7b_instruct_1m_config(), fp8=False, shards=2)
+    return make_shaped_checkpoint(
+        tmp_path_factory.mktemp("q25") / "Qwen2.5-7B-Instruct-1M",
+        config=qwen25_7b_instruct_1m_config(),
+        fp8=False,
+        shards=2,
+    )
 
 
 def _dca(checks: list[Any]) -> Any:
@@ -32,8 +36,9 @@ def _dca(checks: list[Any]) -> Any:
     return found[0]
 
 
-def test_validate_without_vllm_warns_and_says_why(cli: CliFn, qwen25_1m: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_validate_without_vllm_warns_and_says_why(
+    cli: CliFn, qwen25_1m: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With no vLLM to judge for, a DCA config is neither passed nor failed: a warning that
     names both sides and how to decide (it used to fail as if vLLM >= 0.11 were certain)."""
     monkeypatch.setenv("QWENPREP_VLLM_PYTHON", NO_VLLM)
@@ -54,8 +59,10 @@ def test_validate_judges_for_the_installed_vllm(cli: CliFn, qwen25_1m: Path) -> 
     assert "25351" in dca["message"]
 
 
-@pytest.mark.parametrize("version,status", [((0, 10, 2), "pass"), ((0, 10, 0), "pass"),
-                                            ((0, 11, 0), "fail"), ((0, 32, 0), "fail")])
+@pytest.mark.parametrize(
+    "version,status",
+    [((0, 10, 2), "pass"), ((0, 10, 0), "pass"), ((0, 11, 0), "fail"), ((0, 32, 0), "fail")],
+)
 def test_dca_by_version(qwen25_1m: Path, version: tuple[int, int, int], status: str) -> None:
     dca = _dca(validate_checkpoint(qwen25_1m, vllm=VllmVersion(version, "--vllm-version")))
     assert dca.status == status
@@ -67,17 +74,32 @@ def test_check_judges_dca_for_the_named_version(cli: CliFn, qwen25_1m: Path) -> 
     """check --vllm-version 0.10.2 --no-engine: the config and the launch plan are judged for
     0.10.2 (DCA runs there, on the V0 engine); 0.32 refuses both. Before, the plan assumed the
     newest vLLM whatever was named, so 0.10.2 failed with '0.33.0 (assumed)'."""
-    r = cli("check", str(qwen25_1m), "--no-engine", "--vllm-version", "0.10.2",
-            "--kv-memory", "60GiB", "--json")
+    r = cli(
+        "check",
+        str(qwen25_1m),
+        "--no-engine",
+        "--vllm-version",
+        "0.10.2",
+        "--kv-memory",
+        "60GiB",
+        "--json",
+    )
     out = json.loads(r.stdout)
     fails = {c["id"]: c["message"] for c in out["checks"] if c["status"] == "fail"}
     assert r.exit_code == 0, fails
     assert _dca(out["checks"])["status"] == "pass"
-    r = cli("check", str(qwen25_1m), "--no-engine", "--vllm-version", "0.32",
-            "--kv-memory", "60GiB", "--json")
+    r = cli(
+        "check",
+        str(qwen25_1m),
+        "--no-engine",
+        "--vllm-version",
+        "0.32",
+        "--kv-memory",
+        "60GiB",
+        "--json",
+    )
     assert r.exit_code == 1
-    fails = {c["id"]: c["message"] for c in json.loads(r.stdout)["checks"]
-             if c["status"] == "fail"}
+    fails = {c["id"]: c["message"] for c in json.loads(r.stdout)["checks"] if c["status"] == "fail"}
     assert "invariant.dca" in fails and "0.32" in fails["engine.plan"]
 
 

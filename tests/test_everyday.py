@@ -20,18 +20,28 @@ import pytest
 from conftest import QWENPREP_BIN, TINY, invoke
 from hubserver import TINY_REPO, Commit, HubServer, hub_env, serving_tiny_hub
 
-SIZE_HINT = ("Hint: write the unit: GiB/MiB (binary, as nvidia-smi and vLLM's logs count), GB/MB "
-             "(decimal, as GPU datasheets print), or B for a byte count, e.g. ")
+SIZE_HINT = (
+    "Hint: write the unit: GiB/MiB (binary, as nvidia-smi and vLLM's logs count), GB/MB "
+    "(decimal, as GPU datasheets print), or B for a byte count, e.g. "
+)
 
 
-def qp(*args: str, env: dict[str, str] | None = None,
-       timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(QWENPREP_BIN), *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, check=False)
+def qp(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(QWENPREP_BIN), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
 
 
-def on_tty(*args: str, env: dict[str, str] | None = None, stream: str = "stdout"
-           ) -> tuple[int, str]:
+def on_tty(
+    *args: str, env: dict[str, str] | None = None, stream: str = "stdout"
+) -> tuple[int, str]:
     """Run the console script with `stream` (stdout or stderr) on a pseudo-terminal."""
     master, slave = pty.openpty()
     kw: dict[str, Any] = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
@@ -61,13 +71,24 @@ def tiny(tmp_path: Path) -> Path:
 # ------------------------------------------------------------------ 6. numbers
 
 
-@pytest.mark.parametrize(("option", "value", "message"), [
-    ("--gpu-memory", "141", "--gpu-memory '141' has no unit: did you mean 141GiB or 141GB?"),
-    ("--gpu-memory", "8g", "--gpu-memory '8g' is ambiguous ('g' is binary in some tools, "
-     "decimal in others): did you mean 8GiB or 8GB?"),
-    ("--kv-memory", "61m", "--kv-memory '61m' is ambiguous ('m' is binary in some tools, "
-     "decimal in others): did you mean 61MiB or 61MB?"),
-])
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--gpu-memory", "141", "--gpu-memory '141' has no unit: did you mean 141GiB or 141GB?"),
+        (
+            "--gpu-memory",
+            "8g",
+            "--gpu-memory '8g' is ambiguous ('g' is binary in some tools, "
+            "decimal in others): did you mean 8GiB or 8GB?",
+        ),
+        (
+            "--kv-memory",
+            "61m",
+            "--kv-memory '61m' is ambiguous ('m' is binary in some tools, "
+            "decimal in others): did you mean 61MiB or 61MB?",
+        ),
+    ],
+)
 @pytest.mark.parametrize("command", ["plan", "check"])
 def test_sizes_never_guess(command: str, option: str, value: str, message: str) -> None:
     extra = ["--no-engine"] if command == "check" else []
@@ -79,9 +100,11 @@ def test_sizes_never_guess(command: str, option: str, value: str, message: str) 
     assert r.stdout == ""
     j = qp(command, str(TINY), *extra, *gpus, option, value, "--json")
     assert j.returncode == 2
-    assert json.loads(j.stdout)["error"] == {"message": message,
-                                              "hint": SIZE_HINT[6:] + f"{option} {num}.",
-                                              "exit_code": 2}
+    assert json.loads(j.stdout)["error"] == {
+        "message": message,
+        "hint": SIZE_HINT[6:] + f"{option} {num}.",
+        "exit_code": 2,
+    }
 
 
 def test_sizes_with_units_still_read() -> None:
@@ -92,25 +115,51 @@ def test_sizes_with_units_still_read() -> None:
 
 
 def test_check_takes_gpu_name() -> None:
-    by_name = invoke("check", str(TINY), "--no-engine", "--gpus", "1", "--tp", "1",
-                     "--gpu", "h200", "--json")
-    by_size = invoke("check", str(TINY), "--no-engine", "--gpus", "1", "--tp", "1",
-                     "--gpu-memory", "141GiB", "--json")
+    by_name = invoke(
+        "check", str(TINY), "--no-engine", "--gpus", "1", "--tp", "1", "--gpu", "h200", "--json"
+    )
+    by_size = invoke(
+        "check",
+        str(TINY),
+        "--no-engine",
+        "--gpus",
+        "1",
+        "--tp",
+        "1",
+        "--gpu-memory",
+        "141GiB",
+        "--json",
+    )
     assert by_name.exit_code == by_size.exit_code == 0, by_name.output
     a, b = json.loads(by_name.stdout), json.loads(by_size.stdout)
     assert a["gpus"] == b["gpus"]
     assert a["checks"] == b["checks"]
-    assert ("note: GPU memory 141 GiB per GPU from the catalog (H200; pass --gpu-memory for the "
-            "exact figure)") in by_name.stderr
+    assert (
+        "note: GPU memory 141 GiB per GPU from the catalog (H200; pass --gpu-memory for the "
+        "exact figure)"
+    ) in by_name.stderr
     # --gpu-memory wins over the catalog
-    own = invoke("check", str(TINY), "--no-engine", "--gpus", "1", "--tp", "1", "--gpu", "h200",
-                 "--gpu-memory", "80GiB", "--json")
+    own = invoke(
+        "check",
+        str(TINY),
+        "--no-engine",
+        "--gpus",
+        "1",
+        "--tp",
+        "1",
+        "--gpu",
+        "h200",
+        "--gpu-memory",
+        "80GiB",
+        "--json",
+    )
     assert json.loads(own.stdout)["gpus"] != a["gpus"]
     bad = invoke("check", str(TINY), "--no-engine", "--gpu", "h900", "--json")
     assert bad.exit_code == 2
     err = json.loads(bad.stdout)["error"]
-    assert err["message"] == ("--gpu 'h900' is not in the GPU catalog; its peaks are unknown "
-                              "and are not guessed.")
+    assert err["message"] == (
+        "--gpu 'h900' is not in the GPU catalog; its peaks are unknown and are not guessed."
+    )
     assert err["hint"].startswith("one of: H100 SXM, H100 PCIe, H200, ")
 
 
@@ -144,31 +193,59 @@ def test_summary_line_and_failures_first(tiny: Path) -> None:
     rows = [x for x in bad.stdout.splitlines() if x.startswith("[")]
     fails = [x for x in rows if x.startswith("[FAIL]")]
     assert fails and rows[: len(fails)] == fails  # failures first
-    assert bad.stdout.splitlines()[-2] == (f"{len(rows) - len(fails)} passed, {len(fails)} "
-                                           "failed, 0 skipped")
+    assert bad.stdout.splitlines()[-2] == (
+        f"{len(rows) - len(fails)} passed, {len(fails)} failed, 0 skipped"
+    )
     only = qp("validate", str(tiny), "--failed-only")
     assert only.returncode == 1
     assert [x for x in only.stdout.splitlines() if x.startswith("[")] == fails
     j = json.loads(qp("validate", str(tiny), "--json").stdout)
-    assert j["summary"] == {"passed": len(rows) - len(fails), "failed": len(fails),
-                            "warned": 0, "skipped": 0}
+    assert j["summary"] == {
+        "passed": len(rows) - len(fails),
+        "failed": len(fails),
+        "warned": 0,
+        "skipped": 0,
+    }
 
 
 def test_strict_makes_skipped_checks_fail() -> None:
-    plain = invoke("check", str(TINY), "--no-engine", "--gpus", "1", "--tp", "1",
-                   "--gpu-memory", "80GiB")
+    plain = invoke(
+        "check", str(TINY), "--no-engine", "--gpus", "1", "--tp", "1", "--gpu-memory", "80GiB"
+    )
     assert plain.exit_code == 0
     assert plain.stdout.splitlines()[-2].endswith(" skipped")
     skipped = int(plain.stdout.splitlines()[-2].split(", ")[2].split()[0])
     assert skipped > 0
-    strict = invoke("check", str(TINY), "--no-engine", "--gpus", "1", "--tp", "1",
-                    "--gpu-memory", "80GiB", "--strict")
+    strict = invoke(
+        "check",
+        str(TINY),
+        "--no-engine",
+        "--gpus",
+        "1",
+        "--tp",
+        "1",
+        "--gpu-memory",
+        "80GiB",
+        "--strict",
+    )
     assert strict.exit_code == 1
     assert strict.stdout.splitlines()[0].startswith("[skip]")
     assert strict.stdout.splitlines()[-2].endswith(
-        f"{skipped} skipped (--strict: skipped checks fail)")
-    j = invoke("check", str(TINY), "--no-engine", "--gpus", "1", "--tp", "1",
-               "--gpu-memory", "80GiB", "--strict", "--json")
+        f"{skipped} skipped (--strict: skipped checks fail)"
+    )
+    j = invoke(
+        "check",
+        str(TINY),
+        "--no-engine",
+        "--gpus",
+        "1",
+        "--tp",
+        "1",
+        "--gpu-memory",
+        "80GiB",
+        "--strict",
+        "--json",
+    )
     obj = json.loads(j.stdout)
     assert j.exit_code == 1 and obj["ok"] is False and obj["strict"] is True
     assert obj["summary"]["skipped"] == skipped and obj["summary"]["failed"] == 0
@@ -202,7 +279,8 @@ def test_deep_verify_without_anything_to_compare_writes_nothing(tiny: Path) -> N
     assert rec["message"].startswith(
         "5 file(s) have nothing to compare against (no HF cache blob name, no download "
         "metadata, no hash record); pass --record to keep these hashes for next time. "
-        "Computed: config.json sha256 ")
+        "Computed: config.json sha256 "
+    )
     assert sorted(obj["unverified"]) == sorted(p.name for p in tiny.iterdir())
     # --record keeps them; the next run compares
     r = qp("verify", str(tiny), "--deep", "--record", "--json")
@@ -210,7 +288,8 @@ def test_deep_verify_without_anything_to_compare_writes_nothing(tiny: Path) -> N
     assert "unverified" not in json.loads(r.stdout)
     r = qp("verify", str(tiny), "--deep", "--json")
     assert [c["message"] for c in json.loads(r.stdout)["checks"] if c["id"] == "deep.hash"] == [
-        "5 file(s) match their content hash (5 by the hash record .qwenprep/hashes.json)"]
+        "5 file(s) match their content hash (5 by the hash record .qwenprep/hashes.json)"
+    ]
     bad = qp("verify", str(tiny), "--record")
     assert bad.returncode == 2
     assert bad.stderr == "error: --record keeps the hashes --deep computes: add --deep.\n"
@@ -251,8 +330,9 @@ def _storage(env: dict[str, str]) -> Path:
     return Path(env["HF_HOME"]) / "hub" / "models--Qwen--Tiny-Qwen3-Coder"
 
 
-def test_fetch_dry_run_writes_nothing(hub: tuple[HubServer, Commit, Commit],
-                                      env: dict[str, str]) -> None:
+def test_fetch_dry_run_writes_nothing(
+    hub: tuple[HubServer, Commit, Commit], env: dict[str, str]
+) -> None:
     server, main, _ = hub
     r = qp("fetch", TINY_REPO, "--dry-run", "--json", env=env)
     assert r.returncode == 0, r.stderr
@@ -264,44 +344,63 @@ def test_fetch_dry_run_writes_nothing(hub: tuple[HubServer, Commit, Commit],
     assert not _storage(env).exists()
     t = qp("fetch", TINY_REPO, "--dry-run", env=env)
     assert t.returncode == 0
-    assert t.stdout.splitlines()[0].split() == [str(len(main.files["config.json"])),
-                                                "config.json"]
+    assert t.stdout.splitlines()[0].split() == [str(len(main.files["config.json"])), "config.json"]
     assert f"dry run: {TINY_REPO}@{main.sha[:12]}: would fetch 7 files, 1.16 MiB (" in t.stderr
     assert t.stderr.splitlines()[0].endswith("); nothing written")
 
 
-def test_fetch_revision_include_exclude_max_workers(hub: tuple[HubServer, Commit, Commit],
-                                                    env: dict[str, str]) -> None:
+def test_fetch_revision_include_exclude_max_workers(
+    hub: tuple[HubServer, Commit, Commit], env: dict[str, str]
+) -> None:
     server, main, v1 = hub
-    r = qp("fetch", TINY_REPO, "--revision", "v1", "--include", "*.json", "--exclude",
-           "tokenizer*", "--max-workers", "1", "--json", env=env)
+    r = qp(
+        "fetch",
+        TINY_REPO,
+        "--revision",
+        "v1",
+        "--include",
+        "*.json",
+        "--exclude",
+        "tokenizer*",
+        "--max-workers",
+        "1",
+        "--json",
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert (out["revision"], out["requested_revision"]) == (v1.sha, "v1")
     assert [f["name"] for f in out["files"]] == ["config.json", "model.safetensors.index.json"]
-    assert out["left_out"] == ["model-00001-of-00002.safetensors",
-                               "model-00002-of-00002.safetensors", "tokenizer.json",
-                               "tokenizer_config.json"]
+    assert out["left_out"] == [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
     snap = Path(out["path"])
-    assert sorted(p.name for p in snap.iterdir()) == ["config.json",
-                                                      "model.safetensors.index.json"]
+    assert sorted(p.name for p in snap.iterdir()) == ["config.json", "model.safetensors.index.json"]
     assert [(c["id"], c["status"]) for c in out["verify"]["checks"]] == [
-        ("deep.hash", "pass"), ("verify.partial", "skip")]
+        ("deep.hash", "pass"),
+        ("verify.partial", "skip"),
+    ]
     assert not [s for s in server.requests if s.path.endswith(".safetensors")]
     clash = qp("fetch", f"{TINY_REPO}@v1", "--revision", "main", env=env)
     assert clash.returncode == 2
-    assert clash.stderr.startswith(f"error: {TINY_REPO}@v1 names revision 'v1' but --revision "
-                                   "says 'main'.\n")
+    assert clash.stderr.startswith(
+        f"error: {TINY_REPO}@v1 names revision 'v1' but --revision says 'main'.\n"
+    )
     none = qp("fetch", TINY_REPO, "--include", "*.bin", env=env)
     assert none.returncode == 2
-    assert none.stderr.startswith(f"error: --include/--exclude leave no file of {TINY_REPO} to "
-                                  "fetch")
+    assert none.stderr.startswith(
+        f"error: --include/--exclude leave no file of {TINY_REPO} to fetch"
+    )
     zero = qp("fetch", TINY_REPO, "--max-workers", "0", env=env)
     assert zero.returncode == 2 and "--max-workers" in zero.stderr
 
 
-def test_fetch_offline_cached_prints_the_path(hub: tuple[HubServer, Commit, Commit],
-                                              env: dict[str, str]) -> None:
+def test_fetch_offline_cached_prints_the_path(
+    hub: tuple[HubServer, Commit, Commit], env: dict[str, str]
+) -> None:
     server, main, _ = hub
     r = qp("fetch", TINY_REPO, env=env)
     assert r.returncode == 0, r.stderr
@@ -311,8 +410,10 @@ def test_fetch_offline_cached_prints_the_path(hub: tuple[HubServer, Commit, Comm
     again = qp("fetch", TINY_REPO, env=offline)
     assert again.returncode == 0, again.stderr
     assert again.stdout == f"{path}\n"
-    assert (f"HF_HUB_OFFLINE is set and {TINY_REPO}@main is cached (commit {main.sha[:12]}): "
-            "nothing fetched") in again.stderr
+    assert (
+        f"HF_HUB_OFFLINE is set and {TINY_REPO}@main is cached (commit {main.sha[:12]}): "
+        "nothing fetched"
+    ) in again.stderr
     j = json.loads(qp("fetch", TINY_REPO, "--json", env=offline).stdout)
     assert j["offline"] is True and j["ok"] is True and j["path"] == path
     missing = qp("fetch", f"{TINY_REPO}@v1", env=offline)
@@ -333,9 +434,14 @@ def test_every_command_help_has_examples() -> None:
         assert examples and all(x.startswith(f"    qwenprep {name}") for x in examples), name
 
 
-@pytest.mark.parametrize(("shell", "marker"), [("bash", "complete -o nosort -F "),
-                                               ("zsh", "compdef _qwenprep_completion qwenprep"),
-                                               ("fish", "complete --no-files --command qwenprep")])
+@pytest.mark.parametrize(
+    ("shell", "marker"),
+    [
+        ("bash", "complete -o nosort -F "),
+        ("zsh", "compdef _qwenprep_completion qwenprep"),
+        ("fish", "complete --no-files --command qwenprep"),
+    ],
+)
 def test_shell_completion_script(shell: str, marker: str) -> None:
     r = qp(env=dict(os.environ, _QWENPREP_COMPLETE=f"{shell}_source"))
     assert r.returncode == 0, r.stderr
@@ -344,8 +450,9 @@ def test_shell_completion_script(shell: str, marker: str) -> None:
 
 
 def test_completion_completes_commands() -> None:
-    env = dict(os.environ, _QWENPREP_COMPLETE="bash_complete", COMP_WORDS="qwenprep ve",
-               COMP_CWORD="1")
+    env = dict(
+        os.environ, _QWENPREP_COMPLETE="bash_complete", COMP_WORDS="qwenprep ve", COMP_CWORD="1"
+    )
     r = qp(env=env)
     assert r.returncode == 0
     assert "plain,verify" in r.stdout.splitlines()

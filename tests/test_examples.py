@@ -21,13 +21,31 @@ BF16 = EXAMPLES / "tiny-qwen3-coder"
 FP8 = EXAMPLES / "tiny-qwen3-coder-fp8"
 REFERENCE = Path("/work/shared/reference/qwen3-coder-480b-a35b-instruct-fp8.config.json")
 
-BF16_FILES = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-              "tokenizer_config.json"}
-FP8_FILES = {"config.json", "generation_config.json", "model-00001-of-00002.safetensors",
-             "model-00002-of-00002.safetensors", "model.safetensors.index.json",
-             "tokenizer.json", "tokenizer_config.json"}
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>",
-            "<tool_response>", "</tool_response>"]
+BF16_FILES = {
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+}
+FP8_FILES = {
+    "config.json",
+    "generation_config.json",
+    "model-00001-of-00002.safetensors",
+    "model-00002-of-00002.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+}
+SPECIALS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<tool_call>",
+    "</tool_call>",
+    "<tool_response>",
+    "</tool_response>",
+]
 
 
 def _load_generator():  # type: ignore[no-untyped-def]
@@ -50,8 +68,12 @@ def test_committed_file_sets() -> None:
 
 
 def test_regenerating_gives_identical_bytes(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, str(GENERATOR), "--out-dir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(GENERATOR), "--out-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     for d, names in ((BF16, BF16_FILES), (FP8, FP8_FILES)):
         fresh = tmp_path / d.name
@@ -71,10 +93,16 @@ def test_config_keys_follow_the_real_release() -> None:
         assert set(fp8["quantization_config"]) == set(ref["quantization_config"])
     assert bf16["architectures"] == ["Qwen3MoeForCausalLM"]
     assert bf16["model_type"] == "qwen3_moe"
-    assert (bf16["num_hidden_layers"], bf16["hidden_size"], bf16["num_attention_heads"],
-            bf16["num_key_value_heads"], bf16["head_dim"], bf16["num_experts"],
-            bf16["num_experts_per_tok"], bf16["moe_intermediate_size"]) == (
-        2, 128, 4, 2, 32, 4, 2, 256)
+    assert (
+        bf16["num_hidden_layers"],
+        bf16["hidden_size"],
+        bf16["num_attention_heads"],
+        bf16["num_key_value_heads"],
+        bf16["head_dim"],
+        bf16["num_experts"],
+        bf16["num_experts_per_tok"],
+        bf16["moe_intermediate_size"],
+    ) == (2, 128, 4, 2, 32, 4, 2, 256)
     assert bf16["max_position_embeddings"] == 262144
     assert bf16["rope_theta"] == 10000000 and bf16["rope_scaling"] is None
     assert bf16["torch_dtype"] == "bfloat16"
@@ -83,7 +111,8 @@ def test_config_keys_follow_the_real_release() -> None:
     assert q["quant_method"] == "fp8" and q["activation_scheme"] == "dynamic"
     assert q["weight_block_size"] == [128, 128]
     assert q["modules_to_not_convert"] == ["lm_head"] + [
-        f"model.layers.{i}.{m}" for i in range(2)
+        f"model.layers.{i}.{m}"
+        for i in range(2)
         for m in ("input_layernorm", "mlp.gate", "post_attention_layernorm")
     ]
 
@@ -92,13 +121,19 @@ def _expected_names(cfg: dict) -> set[str]:  # type: ignore[type-arg]
     names = {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}"
-        names |= {f"{p}.input_layernorm.weight", f"{p}.post_attention_layernorm.weight",
-                  f"{p}.mlp.gate.weight"}
-        names |= {f"{p}.self_attn.{x}.weight" for x in ("q_proj", "k_proj", "v_proj", "o_proj",
-                                                         "q_norm", "k_norm")}
+        names |= {
+            f"{p}.input_layernorm.weight",
+            f"{p}.post_attention_layernorm.weight",
+            f"{p}.mlp.gate.weight",
+        }
+        names |= {
+            f"{p}.self_attn.{x}.weight"
+            for x in ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm")
+        }
         for e in range(cfg["num_experts"]):
-            names |= {f"{p}.mlp.experts.{e}.{x}.weight"
-                      for x in ("gate_proj", "up_proj", "down_proj")}
+            names |= {
+                f"{p}.mlp.experts.{e}.{x}.weight" for x in ("gate_proj", "up_proj", "down_proj")
+            }
     return names
 
 
@@ -154,8 +189,9 @@ def _raw(path: Path, name: str, dtype: str) -> np.ndarray:
     h = read_header(path)
     info = h.tensors[name]
     width = np.dtype(dtype).itemsize
-    data = np.fromfile(path, dtype=dtype, count=info.nbytes // width,
-                       offset=h.data_start + info.start)
+    data = np.fromfile(
+        path, dtype=dtype, count=info.nbytes // width, offset=h.data_start + info.start
+    )
     return data.reshape(info.shape)
 
 
@@ -199,7 +235,7 @@ def test_safetensors_library_reads_the_fp8_shards() -> None:
 def test_e4m3_encoder_round_trips_every_code() -> None:
     gen = _load_generator()
     table = gen._e4m3fn_table()
-    assert table[-1] == 448.0 and table[1] == 2.0 ** -9
+    assert table[-1] == 448.0 and table[1] == 2.0**-9
     codes = gen.to_e4m3fn(np.concatenate([table, -table[1:]]))
     assert list(codes[:127]) == list(range(127))
     assert list(codes[127:]) == [0x80 | c for c in range(1, 127)]
@@ -235,21 +271,37 @@ def test_chat_template_renders_tool_calls() -> None:
     env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
     env.filters["tojson"] = lambda v: json.dumps(v)
     tmpl = env.from_string(tc["chat_template"])
-    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather",
-                                               "parameters": {"type": "object"}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather",
+                "parameters": {"type": "object"},
+            },
+        }
+    ]
     messages = [
         {"role": "user", "content": "Paris?"},
-        {"role": "assistant", "content": "",
-         "tool_calls": [{"type": "function",
-                         "function": {"name": "get_weather",
-                                      "arguments": {"city": "Paris", "days": 2}}}]},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": {"city": "Paris", "days": 2}},
+                }
+            ],
+        },
         {"role": "tool", "content": "sunny"},
     ]
     out = tmpl.render(messages=messages, tools=tools, add_generation_prompt=True)
     assert out.startswith("<|im_start|>system\n")
     assert "<name>get_weather</name>" in out
-    assert ("<|im_start|>assistant\n<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n"
-            "</parameter>\n<parameter=days>\n2\n</parameter>\n</function>\n</tool_call>"
-            "<|im_end|>\n") in out
+    assert (
+        "<|im_start|>assistant\n<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n"
+        "</parameter>\n<parameter=days>\n2\n</parameter>\n</function>\n</tool_call>"
+        "<|im_end|>\n"
+    ) in out
     assert "<|im_start|>user\n<tool_response>\nsunny\n</tool_response><|im_end|>\n" in out
     assert out.endswith("<|im_start|>assistant\n")

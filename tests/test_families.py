@@ -60,18 +60,28 @@ def test_a_transformers5_checkpoint_goes_through_every_command(tmp_path: Path) -
     cfg = json.loads((src / "config.json").read_text())
     (src / "config.json").write_text(json.dumps(_transformers5(cfg), indent=2))
     run = [str(QWENPREP_BIN)]
-    for args in (["verify", str(src)], ["validate", str(src)],
-                 ["plan", str(src), "--gpus", "1", "--kv-memory", "2GiB"]):
+    for args in (
+        ["verify", str(src)],
+        ["validate", str(src)],
+        ["plan", str(src), "--gpus", "1", "--kv-memory", "2GiB"],
+    ):
         r = subprocess.run(run + args, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, (args, r.stdout, r.stderr)
     ov = tmp_path / "ov"
-    r = subprocess.run(run + ["patch", str(src), "-c", "1m", "-o", str(ov)], capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        run + ["patch", str(src), "-c", "1m", "-o", str(ov)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     patched = json.loads((ov / "config.json").read_text())
-    assert patched["rope_parameters"] == {"rope_type": "yarn", "factor": 4.0,
-                                          "original_max_position_embeddings": 262144,
-                                          "rope_theta": cfg["rope_theta"]}
+    assert patched["rope_parameters"] == {
+        "rope_type": "yarn",
+        "factor": 4.0,
+        "original_max_position_embeddings": 262144,
+        "rope_theta": cfg["rope_theta"],
+    }
     assert "num_local_experts" in patched and "num_experts" not in patched
     r = subprocess.run(run + ["validate", str(ov)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout
@@ -103,8 +113,11 @@ def toy_family(tmp_path: Path) -> Any:
     schema["allOf"] = []
     (tmp_path / "toy.schema.json").write_text(json.dumps(schema))
     mod = tmp_path / "toy_family.py"
-    mod.write_text(textwrap.dedent(TOY).replace(
-        "schema=SCHEMA", f"schema={str(tmp_path / 'toy.schema.json')!r}"))
+    mod.write_text(
+        textwrap.dedent(TOY).replace(
+            "schema=SCHEMA", f"schema={str(tmp_path / 'toy.schema.json')!r}"
+        )
+    )
     sys.path.insert(0, str(tmp_path))
     try:
         import toy_family  # type: ignore[import-not-found]
@@ -117,8 +130,9 @@ def toy_family(tmp_path: Path) -> Any:
         sys.modules.pop("toy_family", None)
 
 
-def test_a_new_family_is_one_module_and_one_registry_line(cli: CliFn, tmp_path: Path,
-                                                          toy_family: Any) -> None:
+def test_a_new_family_is_one_module_and_one_registry_line(
+    cli: CliFn, tmp_path: Path, toy_family: Any
+) -> None:
     src = tmp_path / "toy"
     shutil.copytree(TINY, src)
     cfg = json.loads((src / "config.json").read_text())
@@ -134,19 +148,25 @@ def test_a_new_family_is_one_module_and_one_registry_line(cli: CliFn, tmp_path: 
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["factor"] == 8.0
     assert json.loads((ov / "config.json").read_text())["rope_scaling"] == {
-        "rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 8192}
+        "rope_type": "yarn",
+        "factor": 8.0,
+        "original_max_position_embeddings": 8192,
+    }
     assert cli("validate", str(ov)).exit_code == 0
     r = cli("plan", str(ov), "--gpus", "1", "--kv-memory", "1GiB", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["context"] == 65536
     from qwenprep.engines.vllm_launch import model_profile
 
-    assert model_profile(ov, json.loads((ov / "config.json").read_text()), None).tool_parser \
+    assert (
+        model_profile(ov, json.loads((ov / "config.json").read_text()), None).tool_parser
         == "hermes"
+    )
 
 
-def test_an_unknown_family_is_refused_naming_what_could_not_be_mapped(cli: CliFn,
-                                                                     tmp_path: Path) -> None:
+def test_an_unknown_family_is_refused_naming_what_could_not_be_mapped(
+    cli: CliFn, tmp_path: Path
+) -> None:
     src = tmp_path / "vl"
     shutil.copytree(TINY, src)
     cfg = json.loads((src / "config.json").read_text())

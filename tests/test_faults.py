@@ -21,19 +21,26 @@ CliFn = Callable[..., Result]
 def _limit_file_size(nbytes: int) -> Callable[[], None]:
     def apply() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+
     return apply
 
 
 def test_full_disk_fails_cleanly_and_keeps_the_old_overlay(qwen_src: Path, tmp_path: Path) -> None:
     out = tmp_path / "ov"
-    subprocess.run([str(QWENPREP_BIN), "patch", str(qwen_src), "-c", "512k", "-o", str(out)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [str(QWENPREP_BIN), "patch", str(qwen_src), "-c", "512k", "-o", str(out)],
+        check=True,
+        capture_output=True,
+    )
     before_src = tree_state(qwen_src)
     before_out = tree_state(out)
     # the patched 480B config is ~9 KB: a 4 KB file-size limit makes its write fail (EFBIG)
-    r = subprocess.run([str(QWENPREP_BIN), "patch", str(qwen_src), "-c", "1m", "-o", str(out),
-                        "--force"], capture_output=True, text=True,
-                       preexec_fn=_limit_file_size(4096))
+    r = subprocess.run(
+        [str(QWENPREP_BIN), "patch", str(qwen_src), "-c", "1m", "-o", str(out), "--force"],
+        capture_output=True,
+        text=True,
+        preexec_fn=_limit_file_size(4096),
+    )
     assert r.returncode == 3, r.stderr
     assert "out of space (File too large)" in r.stderr and "Traceback" not in r.stderr
     assert tree_state(out) == before_out  # the old overlay, untouched
@@ -43,21 +50,27 @@ def test_full_disk_fails_cleanly_and_keeps_the_old_overlay(qwen_src: Path, tmp_p
 
 def test_full_disk_on_first_patch_leaves_nothing(qwen_src: Path, tmp_path: Path) -> None:
     out = tmp_path / "ov"
-    r = subprocess.run([str(QWENPREP_BIN), "patch", str(qwen_src), "-c", "1m", "-o", str(out)],
-                       capture_output=True, text=True, preexec_fn=_limit_file_size(4096))
+    r = subprocess.run(
+        [str(QWENPREP_BIN), "patch", str(qwen_src), "-c", "1m", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        preexec_fn=_limit_file_size(4096),
+    )
     assert r.returncode == 3 and "out of space" in r.stderr
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if "qwenprep-tmp" in p.name] == []
 
 
-def test_immutable_overlay_revert_names_the_path(cli: CliFn, qwen_src: Path,
-                                                 tmp_path: Path) -> None:
+def test_immutable_overlay_revert_names_the_path(
+    cli: CliFn, qwen_src: Path, tmp_path: Path
+) -> None:
     box = tmp_path / "box"
     box.mkdir()
     out = box / "ov"
     assert cli("patch", str(qwen_src), "-c", "1m", "-o", str(out)).exit_code == 0
     if subprocess.run(["chattr", "+i", str(box)], capture_output=True).returncode != 0:
         import pytest
+
         pytest.skip("chattr +i is not available here")
     try:
         r = cli("revert", str(out))
@@ -68,8 +81,9 @@ def test_immutable_overlay_revert_names_the_path(cli: CliFn, qwen_src: Path,
     assert read_manifest(out) is not None
 
 
-def test_manifest_naming_an_escaping_path_is_flagged(cli: CliFn, qwen_src: Path,
-                                                     tmp_path: Path) -> None:
+def test_manifest_naming_an_escaping_path_is_flagged(
+    cli: CliFn, qwen_src: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "ov"
     assert cli("patch", str(qwen_src), "-c", "1m", "-o", str(out)).exit_code == 0
     mp = out / ".qwenprep" / "manifest.json"

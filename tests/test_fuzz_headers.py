@@ -42,9 +42,13 @@ from qwenprep.synth import make_shaped_checkpoint, tiny_fp8_config
 INDEX = "model.safetensors.index.json"
 SENTINEL = "sentinel.safetensors"
 PER_EXAMPLE_S = 2.0
-FUZZ = settings(max_examples=800, deadline=int(PER_EXAMPLE_S * 1000), derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-                database=None)
+FUZZ = settings(
+    max_examples=800,
+    deadline=int(PER_EXAMPLE_S * 1000),
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    database=None,
+)
 
 
 # ------------------------------------------------------------------ inotify (Linux)
@@ -92,13 +96,13 @@ class Base:
         self.header: dict[str, dict[str, Any]] = {}
         for s, raw in self.raw.items():
             (n,) = struct.unpack("<Q", raw[:8])
-            self.header[s] = json.loads(raw[8:8 + n])
+            self.header[s] = json.loads(raw[8 : 8 + n])
         self.index = json.loads((root / INDEX).read_text())
 
     def data(self, shard: str) -> bytes:
         raw = self.raw[shard]
         (n,) = struct.unpack("<Q", raw[:8])
-        return raw[8 + n:]
+        return raw[8 + n :]
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +112,7 @@ def world() -> Any:
         top = Path(tmp)
         tiny = top / "bases" / "tiny"
         shutil.copytree(TINY_FP8, tiny)
-        synth = make_shaped_checkpoint(top / "bases" / "synth", config=tiny_fp8_config(),
-                                       shards=2)
+        synth = make_shaped_checkpoint(top / "bases" / "synth", config=tiny_fp8_config(), shards=2)
         bases = [Base(tiny), Base(Path(synth))]
         # a readable, valid shard outside every checkpoint: if anything opened it, inotify says so
         sentinel = top / "work" / SENTINEL
@@ -159,19 +162,39 @@ def check_everything(world: dict[str, Any], ck: Path, shards: list[str]) -> None
 
 # JSON values of every type, nested, with the numbers that break naive code
 hostile_scalars = st.one_of(
-    st.none(), st.booleans(), st.sampled_from([-1, -2**63, 2**63, 2**64, 2**64 - 1, 10**30,
-                                               0, 1, 7]),
-    st.integers(), st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=12), st.sampled_from(["F8_E4M3", "BF16", "F4", "F6_E2M3", "??", ""]))
+    st.none(),
+    st.booleans(),
+    st.sampled_from([-1, -(2**63), 2**63, 2**64, 2**64 - 1, 10**30, 0, 1, 7]),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.sampled_from(["F8_E4M3", "BF16", "F4", "F6_E2M3", "??", ""]),
+)
 hostile_json = st.recursive(
     hostile_scalars,
-    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=6), kids,
-                                                              max_size=4),
-    max_leaves=12)
+    lambda kids: (
+        st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=6), kids, max_size=4)
+    ),
+    max_leaves=12,
+)
 hostile_names = st.one_of(
     st.text(max_size=40),
-    st.sampled_from(["../x", "../../etc/passwd", "/abs", "a/../../b", "", "__metadata__",
-                     "\u202eevil", "名前.weight", "x" * 5000, "\x00", "model.layers.999.x"]))
+    st.sampled_from(
+        [
+            "../x",
+            "../../etc/passwd",
+            "/abs",
+            "a/../../b",
+            "",
+            "__metadata__",
+            "\u202eevil",
+            "名前.weight",
+            "x" * 5000,
+            "\x00",
+            "model.layers.999.x",
+        ]
+    ),
+)
 
 
 @given(data=st.data())
@@ -181,8 +204,9 @@ def test_byte_mutations(world: dict[str, Any], data: st.DataObject) -> None:
     shard = data.draw(st.sampled_from(base.shards))
     raw = bytearray(base.raw[shard])
     (n,) = struct.unpack("<Q", raw[:8])
-    kind = data.draw(st.sampled_from(["flip_len", "flip_json", "set_len", "truncate", "append",
-                                      "flip_many"]))
+    kind = data.draw(
+        st.sampled_from(["flip_len", "flip_json", "set_len", "truncate", "append", "flip_many"])
+    )
     if kind == "flip_len":
         for pos in data.draw(st.lists(st.integers(0, 7), min_size=1, max_size=3)):
             raw[pos] ^= data.draw(st.integers(1, 255))
@@ -190,17 +214,35 @@ def test_byte_mutations(world: dict[str, Any], data: st.DataObject) -> None:
         for pos in data.draw(st.lists(st.integers(8, 8 + n - 1), min_size=1, max_size=4)):
             raw[pos] ^= data.draw(st.integers(1, 255))
     elif kind == "flip_many":
-        for pos in data.draw(st.lists(st.integers(0, min(len(raw), 8 + n + 64) - 1),
-                                      min_size=1, max_size=40)):
+        for pos in data.draw(
+            st.lists(st.integers(0, min(len(raw), 8 + n + 64) - 1), min_size=1, max_size=40)
+        ):
             raw[pos] = data.draw(st.integers(0, 255))
     elif kind == "set_len":
-        new = data.draw(st.one_of(
-            st.sampled_from([0, 1, 2, 7, n - 1, n + 1, len(raw) - 8, len(raw) - 7, len(raw),
-                             100 * 1024 * 1024 + 1, 2**63, 2**64 - 1]),
-            st.integers(0, 2**64 - 1)))
+        new = data.draw(
+            st.one_of(
+                st.sampled_from(
+                    [
+                        0,
+                        1,
+                        2,
+                        7,
+                        n - 1,
+                        n + 1,
+                        len(raw) - 8,
+                        len(raw) - 7,
+                        len(raw),
+                        100 * 1024 * 1024 + 1,
+                        2**63,
+                        2**64 - 1,
+                    ]
+                ),
+                st.integers(0, 2**64 - 1),
+            )
+        )
         raw[:8] = struct.pack("<Q", max(0, new))
     elif kind == "truncate":
-        del raw[data.draw(st.integers(0, len(raw) - 1)):]
+        del raw[data.draw(st.integers(0, len(raw) - 1)) :]
     else:
         raw += data.draw(st.binary(min_size=1, max_size=64))
     ck = materialise(world, base, {shard: bytes(raw)})
@@ -215,8 +257,21 @@ def test_hostile_header_json(world: dict[str, Any], data: st.DataObject) -> None
     header = json.loads(json.dumps(base.header[shard]))
     names = [k for k in header if k != "__metadata__"]
     victim = data.draw(st.sampled_from(names))
-    kind = data.draw(st.sampled_from(["field", "drop_field", "entry", "rename", "metadata",
-                                      "duplicate", "deep", "long_int", "add"]))
+    kind = data.draw(
+        st.sampled_from(
+            [
+                "field",
+                "drop_field",
+                "entry",
+                "rename",
+                "metadata",
+                "duplicate",
+                "deep",
+                "long_int",
+                "add",
+            ]
+        )
+    )
     raw_json: bytes | None = None
     if kind == "field":
         field = data.draw(st.sampled_from(["dtype", "shape", "data_offsets"]))
@@ -233,7 +288,8 @@ def test_hostile_header_json(world: dict[str, Any], data: st.DataObject) -> None
         header[data.draw(hostile_names)] = {
             "dtype": data.draw(hostile_scalars),
             "shape": data.draw(st.lists(st.integers(-3, 2**64 + 3), max_size=4)),
-            "data_offsets": data.draw(st.lists(st.integers(-3, 2**64 + 3), max_size=3))}
+            "data_offsets": data.draw(st.lists(st.integers(-3, 2**64 + 3), max_size=3)),
+        }
     else:
         text = json.dumps(header)
         if kind == "duplicate":  # the same name twice, second entry hostile
@@ -259,12 +315,24 @@ def test_hostile_index(world: dict[str, Any], data: st.DataObject) -> None:
     index = json.loads(json.dumps(base.index))
     wm = index["weight_map"]
     sentinel: Path = world["sentinel"]
-    outside = st.sampled_from([f"../{SENTINEL}", str(sentinel), f"./../{SENTINEL}",
-                               f"sub/../../{SENTINEL}", "//" + str(sentinel).lstrip("/"),
-                               f"..\\{SENTINEL}", str(sentinel) + "\x00"])
-    value = st.one_of(outside, hostile_json, hostile_names,
-                      st.lists(st.just(f"../{SENTINEL}"), min_size=1000, max_size=1000),
-                      st.sampled_from(["a" * 300, "d/" * 3000 + "x", ".", "./", SENTINEL]))
+    outside = st.sampled_from(
+        [
+            f"../{SENTINEL}",
+            str(sentinel),
+            f"./../{SENTINEL}",
+            f"sub/../../{SENTINEL}",
+            "//" + str(sentinel).lstrip("/"),
+            f"..\\{SENTINEL}",
+            str(sentinel) + "\x00",
+        ]
+    )
+    value = st.one_of(
+        outside,
+        hostile_json,
+        hostile_names,
+        st.lists(st.just(f"../{SENTINEL}"), min_size=1000, max_size=1000),
+        st.sampled_from(["a" * 300, "d/" * 3000 + "x", ".", "./", SENTINEL]),
+    )
     kind = data.draw(st.sampled_from(["values", "all", "weight_map", "metadata", "keys"]))
     if kind == "values":
         for name in data.draw(st.lists(st.sampled_from(sorted(wm)), min_size=1, max_size=5)):
@@ -289,6 +357,7 @@ def test_hostile_index(world: dict[str, Any], data: st.DataObject) -> None:
 # Each of these raised a non-qwenprep exception (a traceback out of `qwenprep verify`) before
 # the reader and verify were hardened.
 
+
 def _one_tensor(tmp: Path, header_json: str, data: bytes = b"\0" * 4) -> Path:
     ck = tmp / "ck"
     ck.mkdir()
@@ -298,21 +367,33 @@ def _one_tensor(tmp: Path, header_json: str, data: bytes = b"\0" * 4) -> Path:
     return ck
 
 
-@pytest.mark.parametrize("header,why", [
-    ('{"a":{"dtype":"F32","shape":[1e999],"data_offsets":[0,4]}}', "malformed header entry"),
-    ('{"a":{"dtype":"F32","shape":[' + "9" * 5000 + '],"data_offsets":[0,4]}}',
-     "header is not valid JSON (Exceeds the limit (4300 digits)"),
-    ('{"a":' + "[" * 100_000 + "]" * 100_000 + "}", "header JSON is nested too deeply"),
-    ('{"a":{"dtype":"F32","shape":"12","data_offsets":[0,4]}}', "malformed header entry"),
-    ('{"a":{"dtype":"F32","shape":[4.0],"data_offsets":[0,4]}}', "malformed header entry"),
-    ('{"a":{"dtype":"F32","shape":[true],"data_offsets":[0,4]}}', "malformed header entry"),
-    ('{"a":{"dtype":"F32","shape":[1],"data_offsets":{"0":1,"4":2}}}', "malformed header entry"),
-    ('{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4,8]}}', "malformed header entry"),
-    ('{"a":{"dtype":"F32","shape":[18446744073709551616],"data_offsets":[0,4]}}',
-     "malformed header entry"),
-    ('{"__metadata__":{"format":1},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}',
-     "__metadata__ is not an object of strings"),
-])
+@pytest.mark.parametrize(
+    "header,why",
+    [
+        ('{"a":{"dtype":"F32","shape":[1e999],"data_offsets":[0,4]}}', "malformed header entry"),
+        (
+            '{"a":{"dtype":"F32","shape":[' + "9" * 5000 + '],"data_offsets":[0,4]}}',
+            "header is not valid JSON (Exceeds the limit (4300 digits)",
+        ),
+        ('{"a":' + "[" * 100_000 + "]" * 100_000 + "}", "header JSON is nested too deeply"),
+        ('{"a":{"dtype":"F32","shape":"12","data_offsets":[0,4]}}', "malformed header entry"),
+        ('{"a":{"dtype":"F32","shape":[4.0],"data_offsets":[0,4]}}', "malformed header entry"),
+        ('{"a":{"dtype":"F32","shape":[true],"data_offsets":[0,4]}}', "malformed header entry"),
+        (
+            '{"a":{"dtype":"F32","shape":[1],"data_offsets":{"0":1,"4":2}}}',
+            "malformed header entry",
+        ),
+        ('{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4,8]}}', "malformed header entry"),
+        (
+            '{"a":{"dtype":"F32","shape":[18446744073709551616],"data_offsets":[0,4]}}',
+            "malformed header entry",
+        ),
+        (
+            '{"__metadata__":{"format":1},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}',
+            "__metadata__ is not an object of strings",
+        ),
+    ],
+)
 def test_reader_regressions(tmp_path: Path, header: str, why: str) -> None:
     ck = _one_tensor(tmp_path, header)
     with pytest.raises(InputError, match=None) as e:
@@ -328,8 +409,9 @@ def test_reader_regressions(tmp_path: Path, header: str, why: str) -> None:
 def test_huge_shape_of_a_fractional_dtype_is_reported_not_raised(tmp_path: Path) -> None:
     """F4 (half a byte) x a shape whose product is beyond float range: once OverflowError."""
     big = 2**64 - 1
-    ck = _one_tensor(tmp_path, json.dumps(
-        {"a": {"dtype": "F4", "shape": [big] * 20, "data_offsets": [0, 4]}}))
+    ck = _one_tensor(
+        tmp_path, json.dumps({"a": {"dtype": "F4", "shape": [big] * 20, "data_offsets": [0, 4]}})
+    )
     r = invoke("verify", str(ck), "--json")
     assert r.exit_code == 1
     msg = json.loads(r.stdout)["checks"][0]["message"]
@@ -344,11 +426,14 @@ def test_huge_shape_of_a_fractional_dtype_is_reported_not_raised(tmp_path: Path)
     assert "F6_E2M3 x [1] = 3/4 bytes but data_offsets span 1" in checks[0]["message"]
 
 
-@pytest.mark.parametrize("value,why", [
-    (["a"], "not a non-empty string"),
-    ({"a": 1}, "not a non-empty string"),
-    ([f"../{SENTINEL}"] * 1000, "not a non-empty string"),
-])
+@pytest.mark.parametrize(
+    "value,why",
+    [
+        (["a"], "not a non-empty string"),
+        ({"a": 1}, "not a non-empty string"),
+        ([f"../{SENTINEL}"] * 1000, "not a non-empty string"),
+    ],
+)
 def test_unhashable_index_values(tmp_path: Path, value: Any, why: str) -> None:
     ck = tmp_path / "ck"
     shutil.copytree(TINY_FP8, ck)
@@ -372,8 +457,9 @@ def test_over_long_shard_name_is_missing_not_a_traceback(tmp_path: Path) -> None
     assert r.exit_code == 1
     present = {c["id"]: c for c in json.loads(r.stdout)["checks"]}["shards.present"]
     assert present["status"] == "fail"
-    assert present["message"].startswith("1 shard(s) named in model.safetensors.index.json are "
-                                          "missing: aaaa")
+    assert present["message"].startswith(
+        "1 shard(s) named in model.safetensors.index.json are missing: aaaa"
+    )
 
 
 def test_unicode_names_through_the_console_script(tmp_path: Path) -> None:
@@ -383,8 +469,13 @@ def test_unicode_names_through_the_console_script(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="not valid UTF-8"):
         read_header(ck / "model.safetensors")
     for extra in ([], ["--json"]):
-        r = subprocess.run([str(QWENPREP_BIN), "verify", str(ck), *extra], capture_output=True,
-                           text=True, timeout=60, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+        r = subprocess.run(
+            [str(QWENPREP_BIN), "verify", str(ck), *extra],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+        )
         assert r.returncode == 1, r.stderr
         assert "Traceback" not in r.stderr
         assert "not valid UTF-8" in r.stdout
@@ -398,14 +489,17 @@ def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     Run in a subprocess so a regression hangs only the child."""
     fifo = tmp_path / "x.safetensors"
     os.mkfifo(fifo)
-    code = ("import sys; from qwenprep.safetensors_io import read_header\n"
-            "from qwenprep.errors import InputError\n"
-            "try:\n    read_header(__import__('pathlib').Path(sys.argv[1]))\n"
-            "except InputError as e:\n    print(e.message)\n")
+    code = (
+        "import sys; from qwenprep.safetensors_io import read_header\n"
+        "from qwenprep.errors import InputError\n"
+        "try:\n    read_header(__import__('pathlib').Path(sys.argv[1]))\n"
+        "except InputError as e:\n    print(e.message)\n"
+    )
     import sys
 
-    r = subprocess.run([sys.executable, "-c", code, str(fifo)], capture_output=True, text=True,
-                       timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(fifo)], capture_output=True, text=True, timeout=30
+    )
     assert r.stdout.strip() == f"{fifo}: not a regular file, so not a safetensors shard."
 
 
@@ -421,8 +515,9 @@ def test_index_pointing_at_an_outside_fifo_never_opens_it(tmp_path: Path) -> Non
     idx["weight_map"][names[0]] = f"../{SENTINEL}"
     idx["weight_map"][names[1]] = str(fifo)
     (ck / INDEX).write_text(json.dumps(idx))
-    r = subprocess.run([str(QWENPREP_BIN), "verify", str(ck), "--json"], capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run(
+        [str(QWENPREP_BIN), "verify", str(ck), "--json"], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 1, r.stderr
     checks = {c["id"]: c for c in json.loads(r.stdout)["checks"]}
     msg = checks["index.paths"]["message"]

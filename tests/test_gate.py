@@ -32,54 +32,92 @@ needs_vllm = pytest.mark.skipif(not HAVE_VLLM, reason=f"vLLM is not importable i
 
 YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 262144}
 NO_THETA = json.dumps({"rope_scaling": YARN})
-THETA_LOST = ("[engine.rope_theta] RoPE base (rope_theta): vLLM would use 10000 but config.json "
-              "sets 10000000 (--hf-overrides replaces the whole rope_scaling dict without "
-              "rope_theta: the base from config.json is gone)")
-DOTTED = ["--hf-overrides.rope_scaling.rope_type", "yarn", "--hf-overrides.rope_scaling.factor",
-          "4", "--hf-overrides.rope_scaling.original_max_position_embeddings", "262144"]
+THETA_LOST = (
+    "[engine.rope_theta] RoPE base (rope_theta): vLLM would use 10000 but config.json "
+    "sets 10000000 (--hf-overrides replaces the whole rope_scaling dict without "
+    "rope_theta: the base from config.json is gone)"
+)
+DOTTED = [
+    "--hf-overrides.rope_scaling.rope_type",
+    "yarn",
+    "--hf-overrides.rope_scaling.factor",
+    "4",
+    "--hf-overrides.rope_scaling.original_max_position_embeddings",
+    "262144",
+]
 
 # name -> (argv after --, yaml text for {yaml} or None, reasons both commands must give)
 CASES: dict[str, tuple[list[str], str | None, list[str]]] = {
     "benign": (["--gpu-memory-utilization", "0.8", "--enforce-eager"], None, []),
-    "benign-config-yaml": (["--config", "{yaml}"], "gpu-memory-utilization: 0.8\n"
-                           "enforce-eager: true\n", []),
+    "benign-config-yaml": (
+        ["--config", "{yaml}"],
+        "gpu-memory-utilization: 0.8\nenforce-eager: true\n",
+        [],
+    ),
     "hf-overrides-without-theta": (["--hf-overrides", NO_THETA], None, [THETA_LOST]),
     "hf_overrides-underscore": (["--hf_overrides", NO_THETA], None, [THETA_LOST]),
     "hf-overrides-dotted": (DOTTED, None, [THETA_LOST]),
-    "trap-inside-config-yaml": (["--config", "{yaml}"], "hf-overrides:\n  rope_scaling:\n"
-                                "    rope_type: yarn\n    factor: 4.0\n"
-                                "    original_max_position_embeddings: 262144\n",
-                                [THETA_LOST]),
-    "rope_scaling-null": (["--hf-overrides", '{"rope_scaling": null}'], None, [
-        "[engine.rope_type] rope type: vLLM would use default but the overlay manifest intends "
-        "yarn (--hf-overrides replaces the whole rope_scaling dict without rope_theta: the base "
-        "from config.json is gone)",
-        "[engine.rope_theta] RoPE base (rope_theta): vLLM would use 10000 but config.json sets "
-        "10000000 (--hf-overrides replaces the whole rope_scaling dict without rope_theta: the "
-        "base from config.json is gone)",
-        "[engine.rope_scaling] vLLM would serve 1048576 tokens with default (unscaled) RoPE, "
-        "past the native 262144: positions beyond it give wrong output."]),
-    "max_model_len-underscore": (["--max_model_len", "2097152"], None, [
-        "[engine.own_args] the arguments after -- change what qwenprep's own options set: "
-        "max_model_len 1048576 -> 2097152.",
-        "[engine.load] vLLM refuses to build the model config with these arguments: "
-        "ValidationError: 1 validation error for ModelConfig"]),
-    "max-model-le-abbreviation": (["--max-model-le", "524288"], None, [
-        "[engine.own_args] the arguments after -- change what qwenprep's own options set: "
-        "max_model_len 1048576 -> 524288.",
-        "[engine.max_model_len] max model length: vLLM would use 524288 but the plan asks for "
-        "1048576"]),
-    "mpe-only-bump": (["--hf-overrides", '{"max_position_embeddings": 2097152}',
-                       "--max-model-len", "2097152"], None, [
-        "[engine.own_args] the arguments after -- change what qwenprep's own options set: "
-        "max_model_len 1048576 -> 2097152.",
-        "[engine.max_model_len] max model length: vLLM would use 2097152 but the plan asks for "
-        "1048576",
-        "[engine.rope_scaling] vLLM would serve 2097152 tokens with YaRN factor 4 x original "
-        "262144 = 1048576, past the native 262144: positions beyond it give wrong output."]),
-    "unknown-flag": (["--no-such-flag", "1"], None, [
-        "[engine.argv] vLLM 0.32.0's serve parser refuses the arguments: vllm: error: "
-        "unrecognized arguments: --no-such-flag 1"]),
+    "trap-inside-config-yaml": (
+        ["--config", "{yaml}"],
+        "hf-overrides:\n  rope_scaling:\n"
+        "    rope_type: yarn\n    factor: 4.0\n"
+        "    original_max_position_embeddings: 262144\n",
+        [THETA_LOST],
+    ),
+    "rope_scaling-null": (
+        ["--hf-overrides", '{"rope_scaling": null}'],
+        None,
+        [
+            "[engine.rope_type] rope type: vLLM would use default but the overlay manifest "
+            "intends yarn (--hf-overrides replaces the whole rope_scaling dict without "
+            "rope_theta: the base from config.json is gone)",
+            "[engine.rope_theta] RoPE base (rope_theta): vLLM would use 10000 but config.json sets "
+            "10000000 (--hf-overrides replaces the whole rope_scaling dict without rope_theta: the "
+            "base from config.json is gone)",
+            "[engine.rope_scaling] vLLM would serve 1048576 tokens with default (unscaled) RoPE, "
+            "past the native 262144: positions beyond it give wrong output.",
+        ],
+    ),
+    "max_model_len-underscore": (
+        ["--max_model_len", "2097152"],
+        None,
+        [
+            "[engine.own_args] the arguments after -- change what qwenprep's own options set: "
+            "max_model_len 1048576 -> 2097152.",
+            "[engine.load] vLLM refuses to build the model config with these arguments: "
+            "ValidationError: 1 validation error for ModelConfig",
+        ],
+    ),
+    "max-model-le-abbreviation": (
+        ["--max-model-le", "524288"],
+        None,
+        [
+            "[engine.own_args] the arguments after -- change what qwenprep's own options set: "
+            "max_model_len 1048576 -> 524288.",
+            "[engine.max_model_len] max model length: vLLM would use 524288 but the plan asks for "
+            "1048576",
+        ],
+    ),
+    "mpe-only-bump": (
+        ["--hf-overrides", '{"max_position_embeddings": 2097152}', "--max-model-len", "2097152"],
+        None,
+        [
+            "[engine.own_args] the arguments after -- change what qwenprep's own options set: "
+            "max_model_len 1048576 -> 2097152.",
+            "[engine.max_model_len] max model length: vLLM would use 2097152 but the plan asks for "
+            "1048576",
+            "[engine.rope_scaling] vLLM would serve 2097152 tokens with YaRN factor 4 x original "
+            "262144 = 1048576, past the native 262144: positions beyond it give wrong output.",
+        ],
+    ),
+    "unknown-flag": (
+        ["--no-such-flag", "1"],
+        None,
+        [
+            "[engine.argv] vLLM 0.32.0's serve parser refuses the arguments: vllm: error: "
+            "unrecognized arguments: --no-such-flag 1"
+        ],
+    ),
 }
 
 
@@ -92,8 +130,11 @@ def _fill(argv: list[str], yaml_text: str | None, tmp: Path, name: str) -> list[
 
 
 def _reasons(check_out: dict[str, Any]) -> list[str]:
-    return [f"[{c['id']}] {c['message'].split(' Hint: ')[0]}" for c in check_out["checks"]
-            if c["status"] == "fail"]
+    return [
+        f"[{c['id']}] {c['message'].split(' Hint: ')[0]}"
+        for c in check_out["checks"]
+        if c["status"] == "fail"
+    ]
 
 
 def _serve_reasons(message: str) -> list[str]:
@@ -101,12 +142,29 @@ def _serve_reasons(message: str) -> list[str]:
     return ["[" + r for r in ("; " + listed).split("; [")[1:]]
 
 
-def _both(ov: Path, extra: list[str], *, python: str, check_opts: tuple[str, ...] = (),
-          serve_opts: tuple[str, ...] = ()) -> tuple[Any, Any]:
-    c = invoke("check", str(ov), "--json", "--kv-memory", "2GiB", "--vllm-python", python,
-               *check_opts, "--", *extra)
-    s = invoke("serve", str(ov), "--dry-run", "--json", "--vllm-python", python, *serve_opts,
-               "--", *extra)
+def _both(
+    ov: Path,
+    extra: list[str],
+    *,
+    python: str,
+    check_opts: tuple[str, ...] = (),
+    serve_opts: tuple[str, ...] = (),
+) -> tuple[Any, Any]:
+    c = invoke(
+        "check",
+        str(ov),
+        "--json",
+        "--kv-memory",
+        "2GiB",
+        "--vllm-python",
+        python,
+        *check_opts,
+        "--",
+        *extra,
+    )
+    s = invoke(
+        "serve", str(ov), "--dry-run", "--json", "--vllm-python", python, *serve_opts, "--", *extra
+    )
     return c, s
 
 
@@ -139,8 +197,10 @@ def overlay(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_check_and_serve_agree_on_every_argv(overlay: Path, tmp_path: Path) -> None:
     assert INFO is not None
     argvs = {n: _fill(a, y, tmp_path, n) for n, (a, y, _) in CASES.items()}
-    plans = [eng.build_launch_plan(overlay, engine=INFO, extra_args=a, offline_gate=False)
-             for a in argvs.values()]
+    plans = [
+        eng.build_launch_plan(overlay, engine=INFO, extra_args=a, offline_gate=False)
+        for a in argvs.values()
+    ]
     gate.probe_plans(plans, eng.engine_python(INFO.python))  # one import of vLLM for all
     for name, (_, _, expected) in CASES.items():
         c, s = _both(overlay, argvs[name], python=VLLM_PY)
@@ -154,21 +214,34 @@ def test_check_and_serve_agree_on_every_argv(overlay: Path, tmp_path: Path) -> N
 @needs_vllm
 def test_model_after_dashdash_names_the_positional_path(overlay: Path) -> None:
     c, s = _both(overlay, ["--model", "/elsewhere"], python=VLLM_PY)
-    _agree(c, s, [f"[engine.own_args] --model after -- names another model; the model is "
-                  f"qwenprep's positional PATH (here {overlay})",
-                  f"[engine.argv] vLLM 0.32.0's serve parser refuses the arguments: vllm: "
-                  f"error: unrecognized arguments: {overlay}"])
+    _agree(
+        c,
+        s,
+        [
+            f"[engine.own_args] --model after -- names another model; the model is "
+            f"qwenprep's positional PATH (here {overlay})",
+            f"[engine.argv] vLLM 0.32.0's serve parser refuses the arguments: vllm: "
+            f"error: unrecognized arguments: {overlay}",
+        ],
+    )
 
 
 @pytest.mark.engine
 @needs_vllm
 def test_a_length_past_the_config_is_refused_by_both(overlay: Path) -> None:
-    c, s = _both(overlay, [], python=VLLM_PY, check_opts=("--context", "2m"),
-                 serve_opts=("--max-model-len", "2m"))
+    c, s = _both(
+        overlay,
+        [],
+        python=VLLM_PY,
+        check_opts=("--context", "2m"),
+        serve_opts=("--max-model-len", "2m"),
+    )
     assert (c.exit_code, s.exit_code) == (1, 3), (c.output, s.output)
     err = json.loads(s.stdout)["error"]
-    assert err["message"].startswith(f"{overlay / 'config.json'}: --max-model-len 2097152 is "
-                                     "above the 1048576 tokens this config allows")
+    assert err["message"].startswith(
+        f"{overlay / 'config.json'}: --max-model-len 2097152 is "
+        "above the 1048576 tokens this config allows"
+    )
     plan = {x["id"]: x for x in json.loads(c.stdout)["checks"]}["engine.plan"]
     assert plan["status"] == "fail"
     assert plan["message"].startswith(f"qwenprep serve would refuse (exit 3): {err['message']}")
@@ -179,19 +252,43 @@ def test_a_length_past_the_config_is_refused_by_both(overlay: Path) -> None:
 def test_the_console_script_runs_the_gate_without_any_cache(overlay: Path) -> None:
     env = dict(os.environ, QWENPREP_VLLM_PYTHON=VLLM_PY)
     for extra, codes in (([], (0, 0)), (["--hf_overrides", NO_THETA], (1, 3))):
-        c = subprocess.run([str(QWENPREP_BIN), "check", str(overlay), "--json", "--kv-memory",
-                            "2GiB", "--", *extra], capture_output=True, text=True, timeout=300,
-                           env=env)
-        s = subprocess.run([str(QWENPREP_BIN), "serve", str(overlay), "--dry-run", "--json",
-                            "--", *extra], capture_output=True, text=True, timeout=300, env=env)
+        c = subprocess.run(
+            [
+                str(QWENPREP_BIN),
+                "check",
+                str(overlay),
+                "--json",
+                "--kv-memory",
+                "2GiB",
+                "--",
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
+        s = subprocess.run(
+            [str(QWENPREP_BIN), "serve", str(overlay), "--dry-run", "--json", "--", *extra],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
         assert (c.returncode, s.returncode) == codes, (c.stderr[-2000:], s.stderr[-2000:])
         if codes[0]:
             assert THETA_LOST in _reasons(json.loads(c.stdout))
             assert THETA_LOST in _serve_reasons(json.loads(s.stdout)["error"]["message"])
         else:
             plan = json.loads(s.stdout)
-            assert any(n.startswith(f"vLLM {INFO.version}") and "own serve parser" in n
-                       for n in plan["notes"]) if INFO else True
+            assert (
+                any(
+                    n.startswith(f"vLLM {INFO.version}") and "own serve parser" in n
+                    for n in plan["notes"]
+                )
+                if INFO
+                else True
+            )
             assert plan["argv"][1:4] == ["-c", WORKER_ENTRY, "serve"]
 
 
@@ -210,21 +307,30 @@ OFFLINE = {
     "hf_overrides-underscore": [THETA_LOST.replace("[engine.rope_theta] ", "")],
     "hf-overrides-dotted": [THETA_LOST.replace("[engine.rope_theta] ", "")],
     "trap-inside-config-yaml": [THETA_LOST.replace("[engine.rope_theta] ", "")],
-    "rope_scaling-null": ["rope type: vLLM would use default but the overlay manifest intends "
-                          "yarn"],
-    "max_model_len-underscore": ["the arguments after -- change what qwenprep's own options "
-                                 "set: max_model_len 1048576 -> 2097152"],
-    "max-model-le-abbreviation": ["the arguments after -- change what qwenprep's own options "
-                                  "set: max_model_len 1048576 -> 524288"],
-    "mpe-only-bump": ["vLLM would serve 2097152 tokens with YaRN factor 4 x original 262144 = "
-                      "1048576, past the native 262144"],
-    "unknown-flag": ["vLLM's serve parser would refuse the arguments: unrecognized arguments: "
-                     "--no-such-flag"],
+    "rope_scaling-null": [
+        "rope type: vLLM would use default but the overlay manifest intends yarn"
+    ],
+    "max_model_len-underscore": [
+        "the arguments after -- change what qwenprep's own options "
+        "set: max_model_len 1048576 -> 2097152"
+    ],
+    "max-model-le-abbreviation": [
+        "the arguments after -- change what qwenprep's own options "
+        "set: max_model_len 1048576 -> 524288"
+    ],
+    "mpe-only-bump": [
+        "vLLM would serve 2097152 tokens with YaRN factor 4 x original 262144 = "
+        "1048576, past the native 262144"
+    ],
+    "unknown-flag": [
+        "vLLM's serve parser would refuse the arguments: unrecognized arguments: --no-such-flag"
+    ],
 }
 
 
-def test_offline_fallback_normalises_spellings_as_vllm_does(overlay: Path, tmp_path: Path,
-                                                            no_vllm_python: str) -> None:
+def test_offline_fallback_normalises_spellings_as_vllm_does(
+    overlay: Path, tmp_path: Path, no_vllm_python: str
+) -> None:
     assert eng.discover(no_vllm_python) is None
     for name, expected in OFFLINE.items():
         argv, yaml_text, _ = CASES[name]
@@ -232,14 +338,17 @@ def test_offline_fallback_normalises_spellings_as_vllm_does(overlay: Path, tmp_p
         out = json.loads(c.stdout)
         checks = {x["id"]: x for x in out["checks"]}
         assert checks["engine.readback"]["status"] == "skip"
-        assert "judged offline by qwenprep's reading of vLLM 0.32's serve parser, not by vLLM" \
+        assert (
+            "judged offline by qwenprep's reading of vLLM 0.32's serve parser, not by vLLM"
             in checks["engine.readback"]["message"]
+        )
         assert checks["engine.argv"]["message"].startswith("(offline, not judged by vLLM) ")
         if not expected:
             assert (c.exit_code, s.exit_code) == (0, 0), (name, c.output, s.output)
             note = [n for n in json.loads(s.stdout)["notes"] if "judged offline" in n]
-            assert note and note[0].startswith("the vLLM arguments were judged offline, not "
-                                               "by vLLM")
+            assert note and note[0].startswith(
+                "the vLLM arguments were judged offline, not by vLLM"
+            )
             continue
         assert (c.exit_code, s.exit_code) == (1, 3), (name, c.output, s.output)
         msg = json.loads(s.stdout)["error"]["message"]
@@ -251,11 +360,25 @@ def test_offline_fallback_normalises_spellings_as_vllm_does(overlay: Path, tmp_p
 
 
 def test_offline_reading_of_spellings() -> None:
-    d = gate.offline_dests(["--hf_overrides.rope_scaling.factor", "2", "--max-model-le", "1M",
-                            "-tp", "2", "--no-enable-expert-parallel", "--served_model_name=x"])
-    assert d == {"hf_overrides": {"rope_scaling": {"factor": 2}}, "max_model_len": 1048576,
-                 "tensor_parallel_size": "2", "enable_expert_parallel": False,
-                 "served_model_name": "x"}
+    d = gate.offline_dests(
+        [
+            "--hf_overrides.rope_scaling.factor",
+            "2",
+            "--max-model-le",
+            "1M",
+            "-tp",
+            "2",
+            "--no-enable-expert-parallel",
+            "--served_model_name=x",
+        ]
+    )
+    assert d == {
+        "hf_overrides": {"rope_scaling": {"factor": 2}},
+        "max_model_len": 1048576,
+        "tensor_parallel_size": "2",
+        "enable_expert_parallel": False,
+        "served_model_name": "x",
+    }
     assert gate.offline_dests(["--max-model-len", "1m"])["max_model_len"] == 1000000
     with pytest.raises(ValueError, match="ambiguous option: --hf could match"):
         gate.offline_dests(["--hf", "x"])
@@ -271,8 +394,12 @@ def test_garbage_after_the_probe_marker_is_a_clear_error(tmp_path: Path) -> None
     ov = tmp_path / "ov"
     assert invoke("patch", str(TINY), "--context", "1m", "--out", str(ov)).exit_code == 0
     for cmd in (["serve", str(ov), "--dry-run"], ["check", str(ov), "--kv-memory", "2GiB"]):
-        p = subprocess.run([str(QWENPREP_BIN), *cmd, "--json", "--vllm-python", str(fake)],
-                           capture_output=True, text=True, timeout=120)
+        p = subprocess.run(
+            [str(QWENPREP_BIN), *cmd, "--json", "--vllm-python", str(fake)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert "Traceback" not in p.stderr, p.stderr
         out = json.loads(p.stdout)  # exactly one JSON object
         text = json.dumps(out)

@@ -29,13 +29,18 @@ def fake_smi(dir_: Path, stdout: str, *, rc: int = 0, expect_args: bool = True) 
         "if sys.argv[1:] != ['--query-gpu=name,memory.total,memory.free', "
         "'--format=csv,noheader,nounits']:\n"
         "    print('bad args', sys.argv[1:], file=sys.stderr); sys.exit(9)\n"
-        if expect_args else ""
+        if expect_args
+        else ""
     )
     exe.write_text(
         f"#!{sys.executable}\nimport sys\n{check}"
         f"sys.stdout.write({stdout!r})\n"
-        + ("print('NVIDIA-SMI has failed because it could not communicate with the NVIDIA "
-           "driver.', file=sys.stderr)\n" if rc else "")
+        + (
+            "print('NVIDIA-SMI has failed because it could not communicate with the NVIDIA "
+            "driver.', file=sys.stderr)\n"
+            if rc
+            else ""
+        )
         + f"sys.exit({rc})\n"
     )
     exe.chmod(exe.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
@@ -77,8 +82,9 @@ def test_flags_go_together() -> None:
         inventory(gpus=8)
 
 
-def test_nothing_here_gives_none(no_nvml: None, monkeypatch: pytest.MonkeyPatch,
-                                 tmp_path: Path) -> None:
+def test_nothing_here_gives_none(
+    no_nvml: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi anywhere
     inv = inventory()
     assert inv.source == "none" and inv.count == 0
@@ -86,27 +92,31 @@ def test_nothing_here_gives_none(no_nvml: None, monkeypatch: pytest.MonkeyPatch,
     assert "nvidia-smi is not on PATH" in inv.notes
 
 
-def test_nvidia_smi_on_path(no_nvml: None, monkeypatch: pytest.MonkeyPatch,
-                            tmp_path: Path) -> None:
+def test_nvidia_smi_on_path(no_nvml: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     fake_smi(tmp_path / "bin", H200_CSV)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
     inv = inventory()
     assert inv.source == "nvidia-smi"
     assert [g.name for g in inv.gpus] == ["NVIDIA H200"] * 8
     assert inv.min_total == 143771 * MiB
-    assert inv.to_dict()["gpus"][0] == {"index": 0, "name": "NVIDIA H200",
-                                        "memory_total": 143771 * MiB,
-                                        "memory_free": 143271 * MiB}
+    assert inv.to_dict()["gpus"][0] == {
+        "index": 0,
+        "name": "NVIDIA H200",
+        "memory_total": 143771 * MiB,
+        "memory_free": 143271 * MiB,
+    }
 
 
-def test_failing_nvidia_smi_is_a_note(no_nvml: None, monkeypatch: pytest.MonkeyPatch,
-                                      tmp_path: Path) -> None:
+def test_failing_nvidia_smi_is_a_note(
+    no_nvml: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     fake_smi(tmp_path / "bin", "", rc=9)
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     inv = inventory()
     assert inv.source == "none"
-    assert any(n.startswith("nvidia-smi: nvidia-smi exited 9: NVIDIA-SMI has failed") for n in
-               inv.notes), inv.notes
+    assert any(
+        n.startswith("nvidia-smi: nvidia-smi exited 9: NVIDIA-SMI has failed") for n in inv.notes
+    ), inv.notes
 
 
 def test_from_nvidia_smi_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -117,8 +127,9 @@ def test_from_nvidia_smi_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         from_nvidia_smi(str(tmp_path / "nvidia-smi"))
 
 
-def test_plan_reads_gpus_from_nvidia_smi(no_nvml: None, monkeypatch: pytest.MonkeyPatch,
-                                         tmp_path: Path) -> None:
+def test_plan_reads_gpus_from_nvidia_smi(
+    no_nvml: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """qwenprep plan without memory flags takes the GPUs (count -> TP, memory) from nvidia-smi."""
     import json
 
@@ -129,8 +140,11 @@ def test_plan_reads_gpus_from_nvidia_smi(no_nvml: None, monkeypatch: pytest.Monk
 
     fake_smi(tmp_path / "bin", "NVIDIA H100 80GB HBM3, 81559, 81000\n" * 2)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
-    r = CliRunner().invoke(cli, ["plan", str(TINY), "--context", "1m", "--vllm-version", "0.32",
-                                 "--json"], catch_exceptions=False)
+    r = CliRunner().invoke(
+        cli,
+        ["plan", str(TINY), "--context", "1m", "--vllm-version", "0.32", "--json"],
+        catch_exceptions=False,
+    )
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["parallel"]["tp"] == 2 and out["parallel"]["gpus"] == 2
@@ -143,7 +157,7 @@ def test_plan_reads_gpus_from_nvidia_smi(no_nvml: None, monkeypatch: pytest.Monk
 # has the functions gpus.from_nvml calls, with nvidia-ml-py's names and return shapes: a
 # handle per index, the name as bytes (older releases) or str, a memory struct in bytes).
 
-FAKE_PYNVML = '''
+FAKE_PYNVML = """
 class NVMLError(Exception):
     pass
 
@@ -175,13 +189,14 @@ def nvmlDeviceGetName(h):
 
 def nvmlDeviceGetMemoryInfo(h):
     return _Memory(GPUS[h[1]][1], GPUS[h[1]][2])
-'''
+"""
 
 H100 = ("NVIDIA H100 80GB HBM3", 85520809984, 84942979072)
 
 
-def fake_pynvml(dir_: Path, *, gpus: list[tuple[str, int, int]],
-                init_error: str | None = None) -> Path:
+def fake_pynvml(
+    dir_: Path, *, gpus: list[tuple[str, int, int]], init_error: str | None = None
+) -> Path:
     dir_.mkdir(parents=True, exist_ok=True)
     (dir_ / "pynvml.py").write_text(FAKE_PYNVML.format(gpus=gpus, init_error=init_error))
     return dir_
@@ -200,24 +215,32 @@ def use_fake_nvml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ign
         # `import pynvml` in gpus.from_nvml finds this one; the old entry is back after the test
         monkeypatch.setitem(sys.modules, "pynvml", mod)
         return mod
+
     return install
 
 
-def test_inventory_from_nvml(use_fake_nvml, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
-                             tmp_path: Path) -> None:
+def test_inventory_from_nvml(
+    use_fake_nvml,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "no-smi"))
     mod = use_fake_nvml(gpus=[H100, ("NVIDIA H100 80GB HBM3", 85520809984, 1000 * MiB)])
     inv = inventory()
     assert inv.source == "nvml" and inv.count == 2 and inv.notes == ()
-    assert inv.gpus == (GPU(0, "NVIDIA H100 80GB HBM3", 85520809984, 84942979072),
-                        GPU(1, "NVIDIA H100 80GB HBM3", 85520809984, 1000 * MiB))
+    assert inv.gpus == (
+        GPU(0, "NVIDIA H100 80GB HBM3", 85520809984, 84942979072),
+        GPU(1, "NVIDIA H100 80GB HBM3", 85520809984, 1000 * MiB),
+    )
     assert inv.min_total == 85520809984
     assert mod.calls == ["init", "shutdown"]  # NVML is shut down again after reading
 
 
-def test_nvml_init_failure_falls_back_to_nvidia_smi(use_fake_nvml,  # type: ignore[no-untyped-def]
-                                                    monkeypatch: pytest.MonkeyPatch,
-                                                    tmp_path: Path) -> None:
+def test_nvml_init_failure_falls_back_to_nvidia_smi(
+    use_fake_nvml,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
     fake_smi(tmp_path / "bin", H200_CSV)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
     mod = use_fake_nvml(gpus=[H100], init_error="Driver Not Loaded")
@@ -227,8 +250,11 @@ def test_nvml_init_failure_falls_back_to_nvidia_smi(use_fake_nvml,  # type: igno
     assert mod.calls == ["init"]
 
 
-def test_nvml_with_no_gpus_falls_back(use_fake_nvml, monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
-                                      tmp_path: Path) -> None:
+def test_nvml_with_no_gpus_falls_back(
+    use_fake_nvml,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "no-smi"))
     use_fake_nvml(gpus=[])
     inv = inventory()
@@ -246,9 +272,22 @@ def test_console_script_plan_reads_nvml(tmp_path: Path) -> None:
 
     d = fake_pynvml(tmp_path / "nvml", gpus=[H100, H100])
     env = dict(os.environ, PYTHONPATH=str(d), PATH=str(tmp_path / "no-smi"))
-    res = subprocess.run([str(QWENPREP_BIN), "plan", str(TINY), "--context", "1m",
-                          "--vllm-version", "0.32", "--json"], capture_output=True, text=True,
-                         env=env, timeout=120)
+    res = subprocess.run(
+        [
+            str(QWENPREP_BIN),
+            "plan",
+            str(TINY),
+            "--context",
+            "1m",
+            "--vllm-version",
+            "0.32",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert out["parallel"]["tp"] == 2 and out["parallel"]["gpus"] == 2

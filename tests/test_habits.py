@@ -32,12 +32,26 @@ def test_pyproject_reads_the_version_from_the_package() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert "version" not in project["project"], "the version is written in two places"
     assert "version" in project["project"]["dynamic"]
-    assert project["tool"]["hatch"]["version"]["path"] == "qwenprep/__init__.py"
+    assert project["tool"]["hatch"]["version"]["path"] == "qwenprep/_version.py"
 
 
 def test_wheel_carries_the_version_and_py_typed(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(tmp_path), str(REPO)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+    )
     (whl,) = tmp_path.glob("qwenprep-*.whl")
     assert whl.name.startswith(f"qwenprep-{qwenprep.__version__}-")
     with zipfile.ZipFile(whl) as z:
@@ -93,15 +107,18 @@ def test_the_repository_keeps_its_import_rules() -> None:
 
 
 def test_a_cycle_through_a_function_level_import_fails_naming_the_lines(tmp_path: Path) -> None:
-    root = _tree(tmp_path, {
-        "qwenprep/a.py": "from qwenprep.b import g\n",
-        "qwenprep/b.py": """\
+    root = _tree(
+        tmp_path,
+        {
+            "qwenprep/a.py": "from qwenprep.b import g\n",
+            "qwenprep/b.py": """\
             def g():
                 from qwenprep import a
                 return a
             """,
-        "qwenprep/c.py": "import qwenprep.a\n",  # depends on the cycle, is not part of it
-    })
+            "qwenprep/c.py": "import qwenprep.a\n",  # depends on the cycle, is not part of it
+        },
+    )
     r = _check(root)
     assert r.returncode == 1
     assert "new import cycle" in r.stderr
@@ -137,8 +154,14 @@ def test_allowed_cycles_pass_and_a_new_one_beside_them_fails(tmp_path: Path) -> 
     assert r.returncode == 0, r.stderr
     assert "2 known edge(s) in 1 cycle group(s)" in r.stderr
     # a third module joining the known cycle is a new cycle: only its edges are reported
-    _tree(tmp_path, {**files, "qwenprep/c.py": "def h():\n    from qwenprep import a\n",
-                     "qwenprep/b.py": "import qwenprep.c\ndef f():\n    import qwenprep.a\n"})
+    _tree(
+        tmp_path,
+        {
+            **files,
+            "qwenprep/c.py": "def h():\n    from qwenprep import a\n",
+            "qwenprep/b.py": "import qwenprep.c\ndef f():\n    import qwenprep.a\n",
+        },
+    )
     r = _check(tmp_path)
     assert r.returncode == 1
     assert "new import cycle: b imports c" in r.stderr
@@ -170,8 +193,9 @@ def test_an_allowed_edge_that_no_longer_closes_a_cycle_must_be_deleted(tmp_path:
     files = {"qwenprep/a.py": "import qwenprep.b\n", "qwenprep/b.py": ""}
     r = _check(_tree(tmp_path, files, "a -> b\nb -> a\n"))
     assert r.returncode == 1
-    assert ("tools/import_cycles_allowed.txt:1: a still imports, but no longer in a cycle with,"
-            " b") in r.stderr
+    assert (
+        "tools/import_cycles_allowed.txt:1: a still imports, but no longer in a cycle with, b"
+    ) in r.stderr
     assert "tools/import_cycles_allowed.txt:2: b no longer imports a" in r.stderr
     assert "delete this line" in r.stderr
 
@@ -201,8 +225,18 @@ def test_the_command_line_is_a_package_of_small_modules() -> None:
     assert not (REPO / "qwenprep" / "cli.py").exists()
     for f in sorted(pkg.glob("*.py")):
         assert len(f.read_text().splitlines()) <= 600, f
-    assert sorted(cli.cli.commands) == ["check", "demo", "fetch", "list", "patch", "plan",
-                                        "revert", "serve", "validate", "verify"]
+    assert sorted(cli.cli.commands) == [
+        "check",
+        "demo",
+        "fetch",
+        "list",
+        "patch",
+        "plan",
+        "revert",
+        "serve",
+        "validate",
+        "verify",
+    ]
 
 
 def test_the_repository_has_no_import_cycle_and_allows_none() -> None:
@@ -214,10 +248,14 @@ def test_the_repository_has_no_import_cycle_and_allows_none() -> None:
 
 
 def test_list_prints_every_known_cycle_with_its_import_lines(tmp_path: Path) -> None:
-    root = _tree(tmp_path, {
-        "qwenprep/a.py": "from qwenprep.b import g\n",
-        "qwenprep/b.py": "def g():\n    from qwenprep import a\n    return a\n",
-    }, allowed="a -> b\nb -> a\n")
+    root = _tree(
+        tmp_path,
+        {
+            "qwenprep/a.py": "from qwenprep.b import g\n",
+            "qwenprep/b.py": "def g():\n    from qwenprep import a\n    return a\n",
+        },
+        allowed="a -> b\nb -> a\n",
+    )
     r = _check(root, "--list")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("cycle among: a, b"), r.stdout
@@ -235,3 +273,14 @@ def test_list_prints_every_known_cycle_with_its_import_lines(tmp_path: Path) -> 
 def test_checker_usage_errors_exit_2(argv: list[str]) -> None:
     r = subprocess.run([sys.executable, str(CHECKER), *argv], capture_output=True, text=True)
     assert r.returncode == 2 and "Usage:" in r.stderr
+
+
+def test_no_module_is_over_600_lines() -> None:
+    """The size rule (issue 10), on the code as `ruff format` lays it out (./dev lint checks the
+    formatting): a module that outgrows it is split along a seam, not compressed."""
+    big = {
+        str(f.relative_to(REPO)): n
+        for f in sorted((REPO / "qwenprep").rglob("*.py"))
+        if (n := len(f.read_text(encoding="utf-8").splitlines())) > 600
+    }
+    assert not big, big

@@ -141,8 +141,8 @@ def test_an_invalid_overlay_or_a_directory_inside_one_is_refused(
     message, hint = overlay_refusal(ov, "C")
     if where == "inside":
         message = message.replace(
-            f"--local-dir {ov} is a qwenprep overlay", f"--local-dir {dest} is inside a qwenprep "
-            f"overlay, {ov}"
+            f"--local-dir {ov} is a qwenprep overlay",
+            f"--local-dir {dest} is inside a qwenprep overlay, {ov}",
         )
     assert err == {"message": message, "hint": hint, "exit_code": 3}
     assert resolves(server) == []
@@ -282,19 +282,29 @@ def test_endpoint_credentials_never_reach_the_output(
     """user:password in HF_ENDPOINT works (the client sends it) and is never shown; a token in
     its query string breaks every URL the client builds, and is never shown either."""
     server = hub[0]
-    working = hub_env(server, tmp_path / "hf", HF_TOKEN=TOKEN,
-                      HF_ENDPOINT=endpoint_with_credentials(server.url, query=False))
-    for args in (["fetch", TINY_REPO], ["fetch", TINY_REPO, "--json"],
-                 ["fetch", TINY_REPO, "--local-dir", str(tmp_path / "d"), "--json"],
-                 ["plan", TINY_REPO, "--kv-memory", "1GiB"],
-                 ["plan", "Qwen/Not-Cached", "--kv-memory", "1GiB", "--json"]):
+    working = hub_env(
+        server,
+        tmp_path / "hf",
+        HF_TOKEN=TOKEN,
+        HF_ENDPOINT=endpoint_with_credentials(server.url, query=False),
+    )
+    for args in (
+        ["fetch", TINY_REPO],
+        ["fetch", TINY_REPO, "--json"],
+        ["fetch", TINY_REPO, "--local-dir", str(tmp_path / "d"), "--json"],
+        ["plan", TINY_REPO, "--kv-memory", "1GiB"],
+        ["plan", "Qwen/Not-Cached", "--kv-memory", "1GiB", "--json"],
+    ):
         r = qp(working, *args)
         assert r.returncode == (3 if "Qwen/Not-Cached" in args else 0), r.stderr
         secret_free(r, TOKEN, PASSWORD)
     broken = dict(working, HF_ENDPOINT=endpoint_with_credentials(server.url, query=True))
-    for args in (["fetch", "Qwen/Other"], ["fetch", "Qwen/Other", "--json"],
-                 ["plan", "Qwen/Other", "--kv-memory", "1GiB"],
-                 ["plan", "Qwen/Other", "--kv-memory", "1GiB", "--json"]):
+    for args in (
+        ["fetch", "Qwen/Other"],
+        ["fetch", "Qwen/Other", "--json"],
+        ["plan", "Qwen/Other", "--kv-memory", "1GiB"],
+        ["plan", "Qwen/Other", "--kv-memory", "1GiB", "--json"],
+    ):
         r = qp(broken, *args)
         assert r.returncode == 3, r.stderr
         secret_free(r, TOKEN, PASSWORD, QSECRET)
@@ -303,16 +313,27 @@ def test_endpoint_credentials_never_reach_the_output(
 
 @pytest.mark.parametrize(
     "command",
-    [["verify"], ["verify", "--deep", "--json"], ["check"], ["check", "--json"],
-     ["serve", "--dry-run"], ["serve", "--dry-run", "--json"], ["validate", "--json"]],
+    [
+        ["verify"],
+        ["verify", "--deep", "--json"],
+        ["check"],
+        ["check", "--json"],
+        ["serve", "--dry-run"],
+        ["serve", "--dry-run", "--json"],
+        ["validate", "--json"],
+    ],
 )
 def test_commands_given_a_repo_id_stay_off_the_network(
     hub: tuple[HubServer, Commit, Commit], tmp_path: Path, command: list[str]
 ) -> None:
     server = hub[0]
     server.faults.deny = 401
-    env = hub_env(server, tmp_path / "hf", HF_TOKEN=TOKEN,
-                  HF_ENDPOINT=endpoint_with_credentials(server.url, query=True))
+    env = hub_env(
+        server,
+        tmp_path / "hf",
+        HF_TOKEN=TOKEN,
+        HF_ENDPOINT=endpoint_with_credentials(server.url, query=True),
+    )
     r = qp(env, command[0], TINY_REPO, *command[1:])
     assert r.returncode == 3, r.stderr
     assert f"{TINY_REPO} is not in the Hugging Face cache ({tmp_path / 'hf' / 'hub'})" in r.stderr
@@ -329,8 +350,12 @@ def test_commands_given_a_repo_id_stay_off_the_network(
 @pytest.mark.parametrize("as_json", [False, True])
 def test_an_unreachable_endpoint_says_so(tmp_path: Path, as_json: bool) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
-    env.update(HF_HOME=str(tmp_path / "hf"), HF_TOKEN=TOKEN, NO_PROXY="127.0.0.1",
-               HF_ENDPOINT=f"http://hfuser:{PASSWORD}@127.0.0.1:1/?token={QSECRET}")
+    env.update(
+        HF_HOME=str(tmp_path / "hf"),
+        HF_TOKEN=TOKEN,
+        NO_PROXY="127.0.0.1",
+        HF_ENDPOINT=f"http://hfuser:{PASSWORD}@127.0.0.1:1/?token={QSECRET}",
+    )
     r = qp(env, "fetch", TINY_REPO, *(["--json"] if as_json else []))
     assert r.returncode == 3, r.stderr
     shown = "http://***@127.0.0.1:1/?token=***"
@@ -358,8 +383,12 @@ def test_plan_says_an_unreachable_endpoint_and_scrubs_the_clients_retry_log(
     """huggingface_hub retries the HEAD of config.json (about 23 s) and logs each request URL,
     HF_ENDPOINT credentials included, on stderr: those lines go through the same scrubber."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
-    env.update(HF_HOME=str(tmp_path / "hf"), HF_TOKEN=TOKEN, NO_PROXY="127.0.0.1",
-               HF_ENDPOINT=f"http://hfuser:{PASSWORD}@127.0.0.1:1?access_token={QSECRET}")
+    env.update(
+        HF_HOME=str(tmp_path / "hf"),
+        HF_TOKEN=TOKEN,
+        NO_PROXY="127.0.0.1",
+        HF_ENDPOINT=f"http://hfuser:{PASSWORD}@127.0.0.1:1?access_token={QSECRET}",
+    )
     r = qp(env, "plan", "Qwen/Not-Cached", "--kv-memory", "1GiB", "--json")
     assert r.returncode == 3, r.stderr
     secret_free(r, TOKEN, PASSWORD, QSECRET)

@@ -43,19 +43,25 @@ def with_status(obj: dict[str, Any], status: str) -> list[tuple[str, str]]:
     return [(c["id"], c["message"]) for c in obj["checks"] if c["status"] == status]
 
 
-def run_verify(path: Path, *extra: str, timeout: float = HANG_TIMEOUT
-               ) -> tuple[int, dict[str, Any], str]:
+def run_verify(
+    path: Path, *extra: str, timeout: float = HANG_TIMEOUT
+) -> tuple[int, dict[str, Any], str]:
     """`qwenprep verify PATH --json ...` in a subprocess: (exit code, JSON, stderr)."""
-    p = subprocess.run([str(QWENPREP_BIN), "verify", str(path), "--json", *extra],
-                       capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run(
+        [str(QWENPREP_BIN), "verify", str(path), "--json", *extra],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return p.returncode, json.loads(p.stdout), p.stderr
 
 
 @pytest.fixture
 def tiny(tmp_path: Path) -> Path:
     """A 2-shard tiny FP8 qwen3_moe checkpoint with random data."""
-    return make_shaped_checkpoint(tmp_path / "tiny", config=tiny_fp8_config(), shards=2,
-                                  random_data=True)
+    return make_shaped_checkpoint(
+        tmp_path / "tiny", config=tiny_fp8_config(), shards=2, random_data=True
+    )
 
 
 @pytest.fixture
@@ -77,18 +83,25 @@ def _flip(p: Path, offset: int) -> None:
 # ------------------------------------------------------- 7. no readable weights
 
 
-def test_dangling_model_safetensors_link_fails(single: Path, tmp_path: Path,
-                                               cli: Callable[..., Result]) -> None:
+def test_dangling_model_safetensors_link_fails(
+    single: Path, tmp_path: Path, cli: Callable[..., Result]
+) -> None:
     gone = Path(os.path.realpath(tmp_path)) / "elsewhere" / "model.safetensors"
     (single / "model.safetensors").unlink()
     (single / "model.safetensors").symlink_to(gone)
     code, obj = verify_json(cli, single)
     assert code == 1
     assert with_status(obj, "fail") == [
-        ("shards.present", f"model.safetensors: a link to {gone}, which does not exist (a "
-         f"dangling link). Hint: restore what it points to, or {FETCH_HINT}"),
-        ("weights", "no readable weights: 0 tensors read from 0 of 1 safetensors file(s). "
-         f"Hint: {FETCH_HINT}"),
+        (
+            "shards.present",
+            f"model.safetensors: a link to {gone}, which does not exist (a "
+            f"dangling link). Hint: restore what it points to, or {FETCH_HINT}",
+        ),
+        (
+            "weights",
+            "no readable weights: 0 tensors read from 0 of 1 safetensors file(s). "
+            f"Hint: {FETCH_HINT}",
+        ),
     ]
     r = cli("verify", str(single))
     assert r.exit_code == 1
@@ -112,10 +125,16 @@ def test_snapshot_link_to_missing_blob_fails(tmp_path: Path, cli: Callable[..., 
     code, obj = verify_json(cli, snap)
     assert code == 1
     assert with_status(obj, "fail") == [
-        ("shards.present", f"model.safetensors: links to the blob {sha}, which is missing "
-         f"from the cache: the download is incomplete. Hint: {FETCH_HINT}"),
-        ("weights", "no readable weights: 0 tensors read from 0 of 1 safetensors file(s). "
-         f"Hint: {FETCH_HINT}"),
+        (
+            "shards.present",
+            f"model.safetensors: links to the blob {sha}, which is missing "
+            f"from the cache: the download is incomplete. Hint: {FETCH_HINT}",
+        ),
+        (
+            "weights",
+            "no readable weights: 0 tensors read from 0 of 1 safetensors file(s). "
+            f"Hint: {FETCH_HINT}",
+        ),
     ]
 
 
@@ -125,10 +144,16 @@ def test_empty_safetensors_header_fails(single: Path, cli: Callable[..., Result]
     code, obj = verify_json(cli, single)
     assert code == 1
     assert with_status(obj, "fail") == [
-        ("shard.header", "model.safetensors: the header lists no tensors (an empty safetensors "
-         f"file). Hint: {FETCH_HINT}"),
-        ("weights", "no readable weights: 0 tensors read from 1 of 1 safetensors file(s). "
-         f"Hint: {FETCH_HINT}"),
+        (
+            "shard.header",
+            "model.safetensors: the header lists no tensors (an empty safetensors "
+            f"file). Hint: {FETCH_HINT}",
+        ),
+        (
+            "weights",
+            "no readable weights: 0 tensors read from 1 of 1 safetensors file(s). "
+            f"Hint: {FETCH_HINT}",
+        ),
     ]
     assert not [c for c in obj["checks"] if c["status"] == "pass"]
 
@@ -140,8 +165,10 @@ def test_empty_shard_among_others_fails(tiny: Path, cli: Callable[..., Result]) 
     code, obj = verify_json(cli, tiny)
     assert code == 1
     fails = with_status(obj, "fail")
-    assert fails[0] == ("shard.header", f"{S2}: the header lists no tensors (an empty "
-                        f"safetensors file). Hint: {FETCH_HINT}")
+    assert fails[0] == (
+        "shard.header",
+        f"{S2}: the header lists no tensors (an empty safetensors file). Hint: {FETCH_HINT}",
+    )
     assert [i for i, _ in fails][1:] == ["index.tensors"]
 
 
@@ -151,8 +178,11 @@ def test_index_with_empty_weight_map_fails(single: Path, cli: Callable[..., Resu
     code, obj = verify_json(cli, single)
     assert code == 1
     assert with_status(obj, "fail") == [
-        ("index", f"{INDEX}: weight_map is empty: the index names no shard, so there are no "
-         f"weights to check. Hint: {FETCH_HINT}"),
+        (
+            "index",
+            f"{INDEX}: weight_map is empty: the index names no shard, so there are no "
+            f"weights to check. Hint: {FETCH_HINT}",
+        ),
     ]
 
 
@@ -163,15 +193,18 @@ def test_layers_missing_still_fail(tiny: Path, cli: Callable[..., Result]) -> No
     (tiny / "config.json").write_text(json.dumps(cfg))
     code, obj = verify_json(cli, tiny)
     assert code == 1
-    assert ("tensors.layers", "config.json says num_hidden_layers 3; the shards have 2 layers: "
-            "layer(s) 2 missing") in with_status(obj, "fail")
+    assert (
+        "tensors.layers",
+        "config.json says num_hidden_layers 3; the shards have 2 layers: layer(s) 2 missing",
+    ) in with_status(obj, "fail")
 
 
 # ------------------------------------------------------- 8. --deep follows links
 
 
-def test_deep_hashes_shards_behind_a_linked_directory(tiny: Path, tmp_path: Path,
-                                                      cli: Callable[..., Result]) -> None:
+def test_deep_hashes_shards_behind_a_linked_directory(
+    tiny: Path, tmp_path: Path, cli: Callable[..., Result]
+) -> None:
     store = Path(os.path.realpath(tmp_path)) / "store"
     store.mkdir()
     for s in (S1, S2):
@@ -183,15 +216,23 @@ def test_deep_hashes_shards_behind_a_linked_directory(tiny: Path, tmp_path: Path
     code, obj = verify_json(cli, tiny, "--deep", "--record")
     assert code == 0, with_status(obj, "fail")
     record = json.loads((tiny / RECORD).read_text())["files"]
-    assert sorted(n for n in record if n.startswith("weights/")) == [f"weights/{S1}",
-                                                                    f"weights/{S2}"]
+    assert sorted(n for n in record if n.startswith("weights/")) == [
+        f"weights/{S1}",
+        f"weights/{S2}",
+    ]
     warns = with_status(obj, "warn")
-    assert (("deep.outside", f"weights/{S1}: resolves to {store / S1}, outside the checkpoint "
-             "directory; it is hashed, but whoever can write there can change this "
-             "checkpoint") in warns)
-    assert ("deep.outside", f"weights/: a linked directory resolving to {store}, outside the "
-            f"checkpoint directory; only the files {INDEX} references through it are "
-            "hashed") in warns
+    assert (
+        "deep.outside",
+        f"weights/{S1}: resolves to {store / S1}, outside the checkpoint "
+        "directory; it is hashed, but whoever can write there can change this "
+        "checkpoint",
+    ) in warns
+    assert (
+        "deep.outside",
+        f"weights/: a linked directory resolving to {store}, outside the "
+        f"checkpoint directory; only the files {INDEX} references through it are "
+        "hashed",
+    ) in warns
     assert [i for i, _ in warns].count("deep.outside") == 3
 
     _flip(store / S2, (store / S2).stat().st_size - 3)
@@ -199,29 +240,31 @@ def test_deep_hashes_shards_behind_a_linked_directory(tiny: Path, tmp_path: Path
     assert code == 1
     [(cid, msg)] = with_status(obj, "fail")
     assert cid == "deep.hash"
-    assert msg.startswith(f"weights/{S2}: content does not match the hash record {RECORD} "
-                          "(sha256 ")
+    assert msg.startswith(f"weights/{S2}: content does not match the hash record {RECORD} (sha256 ")
 
 
-def test_deep_hashes_a_linked_shard(tiny: Path, tmp_path: Path,
-                                    cli: Callable[..., Result]) -> None:
+def test_deep_hashes_a_linked_shard(tiny: Path, tmp_path: Path, cli: Callable[..., Result]) -> None:
     outside = Path(os.path.realpath(tmp_path)) / "outside"
     outside.mkdir()
     (tiny / S1).rename(outside / S1)
     (tiny / S1).symlink_to(outside / S1)
     code, obj = verify_json(cli, tiny, "--deep", "--record")
     assert code == 0, with_status(obj, "fail")
-    assert ("deep.outside", f"{S1}: resolves to {outside / S1}, outside the checkpoint "
-            "directory; it is hashed, but whoever can write there can change this "
-            "checkpoint") in with_status(obj, "warn")
+    assert (
+        "deep.outside",
+        f"{S1}: resolves to {outside / S1}, outside the checkpoint "
+        "directory; it is hashed, but whoever can write there can change this "
+        "checkpoint",
+    ) in with_status(obj, "warn")
     _flip(outside / S1, (outside / S1).stat().st_size - 3)
     code, obj = verify_json(cli, tiny, "--deep")
     assert code == 1
     assert [i for i, _ in with_status(obj, "fail")] == ["deep.hash"]
 
 
-def test_deep_overlay_links_into_its_source_are_not_outside(tiny: Path, tmp_path: Path,
-                                                           cli: Callable[..., Result]) -> None:
+def test_deep_overlay_links_into_its_source_are_not_outside(
+    tiny: Path, tmp_path: Path, cli: Callable[..., Result]
+) -> None:
     out = tmp_path / "ov"
     r = cli("patch", str(tiny), "-c", "1M", "-o", str(out))
     assert r.exit_code == 0, r.output
@@ -230,23 +273,28 @@ def test_deep_overlay_links_into_its_source_are_not_outside(tiny: Path, tmp_path
     assert not [c for c in obj["checks"] if c["id"] == "deep.outside"]
 
 
-def test_deep_snapshot_links_into_its_blobs_are_not_outside(tiny: Path, tmp_path: Path,
-                                                            cli: Callable[..., Result]) -> None:
+def test_deep_snapshot_links_into_its_blobs_are_not_outside(
+    tiny: Path, tmp_path: Path, cli: Callable[..., Result]
+) -> None:
     repo = tmp_path / "hub" / "models--Qwen--Tiny-FP8"
     blobs, snap = repo / "blobs", repo / "snapshots" / ("d" * 40)
     blobs.mkdir(parents=True)
     snap.mkdir(parents=True)
     for p in sorted(tiny.iterdir()):
         data = p.read_bytes()
-        etag = (hashlib.sha256(data).hexdigest() if p.suffix == ".safetensors"
-                else hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest())
+        etag = (
+            hashlib.sha256(data).hexdigest()
+            if p.suffix == ".safetensors"
+            else hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        )
         (blobs / etag).write_bytes(data)
         (snap / p.name).symlink_to(Path("..", "..", "blobs", etag))
     code, obj = verify_json(cli, snap, "--deep")
     assert code == 0, with_status(obj, "fail")
     assert with_status(obj, "warn") == []
     assert [m for i, m in with_status(obj, "pass") if i == "deep.hash"] == [
-        "7 file(s) match their content hash (7 by its HF cache blob name)"]
+        "7 file(s) match their content hash (7 by its HF cache blob name)"
+    ]
 
 
 # ------------------------------------------------------- 9. FIFOs never hang verify
@@ -260,10 +308,14 @@ def test_fifos_in_the_checkpoint_do_not_hang_deep_verify(tiny: Path) -> None:
     assert run_verify(tiny)[0] == 0  # the header level reads neither
     code, obj, _ = run_verify(tiny, "--deep", "--record")
     assert code == 1
-    why = ("not a regular file (a FIFO), so there is nothing to hash; remove it, or put the "
-           "real file in its place")
-    assert with_status(obj, "fail") == [("deep.hash", f"extra/tokenizer.json: {why}"),
-                                        ("deep.hash", f"pipe: {why}")]
+    why = (
+        "not a regular file (a FIFO), so there is nothing to hash; remove it, or put the "
+        "real file in its place"
+    )
+    assert with_status(obj, "fail") == [
+        ("deep.hash", f"extra/tokenizer.json: {why}"),
+        ("deep.hash", f"pipe: {why}"),
+    ]
     record = json.loads((tiny / RECORD).read_text())["files"]
     assert "pipe" not in record and "extra/tokenizer.json" not in record and S1 in record
 
@@ -276,8 +328,10 @@ def test_fifo_as_the_index_does_not_hang(tiny: Path) -> None:
         code, obj, _ = run_verify(tiny, *extra)
         assert code == 1
         assert with_status(obj, "fail")[0] == (
-            "index", f"{INDEX}: not a regular file (a FIFO), so it cannot be read as the index. "
-            "Restore the index from the original release.")
+            "index",
+            f"{INDEX}: not a regular file (a FIFO), so it cannot be read as the index. "
+            "Restore the index from the original release.",
+        )
 
 
 @needs_fifo
@@ -287,8 +341,10 @@ def test_fifo_as_a_shard_does_not_hang(tiny: Path) -> None:
     code, obj, _ = run_verify(tiny, "--deep")
     assert code == 1
     fails = with_status(obj, "fail")
-    assert fails[0] == ("shards.present", f"{S2}: not a regular file (a FIFO), so not a "
-                        f"safetensors shard. Hint: {FETCH_HINT}")
+    assert fails[0] == (
+        "shards.present",
+        f"{S2}: not a regular file (a FIFO), so not a safetensors shard. Hint: {FETCH_HINT}",
+    )
 
 
 @needs_fifo
@@ -298,14 +354,19 @@ def test_fifo_as_the_hash_record_does_not_hang(tiny: Path) -> None:
     code, obj, _ = run_verify(tiny, "--deep")
     assert code == 1
     assert with_status(obj, "fail") == [
-        ("deep.record", f"{RECORD}: not a regular file (a FIFO), so the hash record cannot be "
-         "read; it was left alone and nothing was compared or recorded. Remove it, then run "
-         "qwenprep verify --deep again to record afresh.")]
+        (
+            "deep.record",
+            f"{RECORD}: not a regular file (a FIFO), so the hash record cannot be "
+            "read; it was left alone and nothing was compared or recorded. Remove it, then run "
+            "qwenprep verify --deep again to record afresh.",
+        )
+    ]
     assert (tiny / RECORD).is_fifo()
 
 
-def test_unreadable_hash_record_is_not_silently_replaced(tiny: Path,
-                                                        cli: Callable[..., Result]) -> None:
+def test_unreadable_hash_record_is_not_silently_replaced(
+    tiny: Path, cli: Callable[..., Result]
+) -> None:
     (tiny / ".qwenprep").mkdir()
     (tiny / RECORD).write_text('{"files": ')
     code, obj = verify_json(cli, tiny, "--deep")
@@ -313,8 +374,10 @@ def test_unreadable_hash_record_is_not_silently_replaced(tiny: Path,
     [(cid, msg)] = with_status(obj, "fail")
     assert cid == "deep.record"
     assert msg.startswith(f"{RECORD}: not a readable hash record (")
-    assert msg.endswith("); it was left alone and nothing was compared or recorded. Remove it, "
-                        "then run qwenprep verify --deep again to record afresh.")
+    assert msg.endswith(
+        "); it was left alone and nothing was compared or recorded. Remove it, "
+        "then run qwenprep verify --deep again to record afresh."
+    )
     assert (tiny / RECORD).read_text() == '{"files": '
 
 
@@ -332,15 +395,22 @@ def test_fifo_as_config_does_not_hang(tiny: Path) -> None:
     """verify_checkpoint is also called by fetch, which does not go through resolve_dir."""
     (tiny / "config.json").unlink()
     os.mkfifo(tiny / "config.json")
-    code = ("import sys; from pathlib import Path; from qwenprep.integrity import "
-            "verify_checkpoint; r = verify_checkpoint(Path(sys.argv[1])); "
-            "print([(c.id, c.message) for c in r.checks if c.status == 'fail'])")
-    p = subprocess.run([sys.executable, "-c", code, str(tiny)], capture_output=True, text=True,
-                       timeout=HANG_TIMEOUT)
+    code = (
+        "import sys; from pathlib import Path; from qwenprep.integrity import "
+        "verify_checkpoint; r = verify_checkpoint(Path(sys.argv[1])); "
+        "print([(c.id, c.message) for c in r.checks if c.status == 'fail'])"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code, str(tiny)],
+        capture_output=True,
+        text=True,
+        timeout=HANG_TIMEOUT,
+    )
     assert p.returncode == 0, p.stderr
-    assert "('config', 'config.json: not a regular file (a FIFO), so it cannot be read. " \
-        "Restore config.json (qwenprep revert PATH restores one edited in place).')" \
-        in p.stdout
+    assert (
+        "('config', 'config.json: not a regular file (a FIFO), so it cannot be read. "
+        "Restore config.json (qwenprep revert PATH restores one edited in place).')" in p.stdout
+    )
 
 
 # ------------------------------------------------------- 12. Ctrl-C stops --deep at once
@@ -380,8 +450,12 @@ def test_ctrl_c_stops_deep_verify_at_once(tmp_path: Path) -> None:
         _big_sparse_shard(d / s, f"w{i}", 2 * 2**30)  # 8 GiB of holes: seconds of sha256
     (d / INDEX).write_text(json.dumps({"weight_map": {f"w{i}": s for i, s in enumerate(shards)}}))
     wanted = {str((d / s).resolve()) for s in shards}
-    proc = subprocess.Popen([str(QWENPREP_BIN), "verify", "--deep", str(d)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(QWENPREP_BIN), "verify", "--deep", str(d)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + HANG_TIMEOUT
         while _read_offsets(proc.pid, wanted) < 64 * 2**20:  # past the headers: hashing
@@ -400,7 +474,8 @@ def test_ctrl_c_stops_deep_verify_at_once(tmp_path: Path) -> None:
     assert took < 3, f"took {took:.1f} s to stop"
     assert err.splitlines()[-2:] == [
         "error: interrupted: verify stopped before it finished; no hash record was written.",
-        "Hint: run the same command again to check the whole checkpoint."]
+        "Hint: run the same command again to check the whole checkpoint.",
+    ]
     assert not (d / RECORD).exists()
     assert not (d / ".qwenprep").exists()
 

@@ -30,8 +30,9 @@ S2 = "model-00002-of-00002.safetensors"
 @pytest.fixture
 def tiny(tmp_path: Path) -> Path:
     """A 2-shard tiny FP8 qwen3_moe checkpoint with random data (a fresh copy per test)."""
-    return make_shaped_checkpoint(tmp_path / "tiny", config=tiny_fp8_config(), shards=2,
-                                  random_data=True)
+    return make_shaped_checkpoint(
+        tmp_path / "tiny", config=tiny_fp8_config(), shards=2, random_data=True
+    )
 
 
 def fails(result: Result) -> list[dict[str, Any]]:
@@ -47,8 +48,9 @@ def only_fail(obj: dict[str, Any]) -> list[tuple[str, str]]:
     return [(c["id"], c["message"]) for c in obj["checks"] if c["status"] == "fail"]
 
 
-def rewrite_shard(path: Path, mutate: Callable[[dict[str, Any]], None], *,
-                  relayout: bool = True) -> None:
+def rewrite_shard(
+    path: Path, mutate: Callable[[dict[str, Any]], None], *, relayout: bool = True
+) -> None:
     """Rewrite a shard's header through mutate(header_dict); with relayout the data offsets are
     recomputed contiguously from dtype x shape (the file size follows); data bytes are zeros."""
     raw = path.read_bytes()
@@ -91,8 +93,17 @@ def test_tiny_passes_header_level(tiny: Path, cli: Callable[..., Result]) -> Non
     assert obj["ok"] is True and obj["kind"] == "verify" and obj["deep"] is False
     assert obj["files"] == 2 and obj["tensors"] == 77
     ids = {c["id"]: c["status"] for c in obj["checks"]}
-    for k in ("index.paths", "shards.present", "shard.headers", "index.tensors", "fp8.scales",
-              "fp8.not_convert", "tensors.layers", "tensors.experts", "tensors.names"):
+    for k in (
+        "index.paths",
+        "shards.present",
+        "shard.headers",
+        "index.tensors",
+        "fp8.scales",
+        "fp8.not_convert",
+        "tensors.layers",
+        "tensors.experts",
+        "tensors.names",
+    ):
         assert ids[k] == "pass", k
     assert not (tiny / ".qwenprep").exists()  # header level writes nothing
 
@@ -170,39 +181,55 @@ def test_missing_shard(tiny: Path, cli: Callable[..., Result]) -> None:
     code, obj = verify_json(cli, tiny)
     assert code == 1
     f = only_fail(obj)
-    assert f[0] == ("shards.present", f"1 shard(s) named in {INDEX} are missing: {S2}. "
-                    "Hint: re-download the damaged file(s): qwenprep fetch ORG/NAME")
+    assert f[0] == (
+        "shards.present",
+        f"1 shard(s) named in {INDEX} are missing: {S2}. "
+        "Hint: re-download the damaged file(s): qwenprep fetch ORG/NAME",
+    )
     names = {c["id"]: c["status"] for c in obj["checks"]}
     assert names["tensors.names"] == "skip"  # consequences are not reported twice
 
 
 def test_shard_missing_from_the_index_too(tiny: Path, cli: Callable[..., Result]) -> None:
     (tiny / S2).unlink()
-    edit_index(tiny, lambda idx: idx.update(
-        weight_map={k: v for k, v in idx["weight_map"].items() if v != S2}))
+    edit_index(
+        tiny,
+        lambda idx: idx.update(weight_map={k: v for k, v in idx["weight_map"].items() if v != S2}),
+    )
     code, obj = verify_json(cli, tiny)
     assert code == 1
     f = dict(only_fail(obj))
-    assert f["shards.count"] == (f"shard names say 00002 shards but {INDEX} references 1: a "
-                                 "shard is missing from the index")
+    assert f["shards.count"] == (
+        f"shard names say 00002 shards but {INDEX} references 1: a shard is missing from the index"
+    )
 
 
 def test_extra_shard(tiny: Path, cli: Callable[..., Result]) -> None:
     shutil.copy(tiny / S1, tiny / "model-00003-of-00002.safetensors")
     code, obj = verify_json(cli, tiny)
     assert code == 1
-    assert only_fail(obj) == [("shards.extra", f"1 safetensors file(s) not referenced by "
-                               f"{INDEX}: model-00003-of-00002.safetensors. Remove them or "
-                               "restore the index.")]
+    assert only_fail(obj) == [
+        (
+            "shards.extra",
+            f"1 safetensors file(s) not referenced by "
+            f"{INDEX}: model-00003-of-00002.safetensors. Remove them or "
+            "restore the index.",
+        )
+    ]
 
 
 def test_index_names_a_tensor_no_shard_has(tiny: Path, cli: Callable[..., Result]) -> None:
     edit_index(tiny, lambda idx: idx["weight_map"].update({"model.layers.9.ghost.weight": S1}))
     code, obj = verify_json(cli, tiny)
     assert code == 1
-    assert only_fail(obj) == [("index.tensors", f"{INDEX}: 1 tensor(s) not where the index "
-                               f"says: model.layers.9.ghost.weight -> {S1}, which does not "
-                               "have it")]
+    assert only_fail(obj) == [
+        (
+            "index.tensors",
+            f"{INDEX}: 1 tensor(s) not where the index "
+            f"says: model.layers.9.ghost.weight -> {S1}, which does not "
+            "have it",
+        )
+    ]
 
 
 def test_index_points_a_tensor_at_the_wrong_shard(tiny: Path, cli: Callable[..., Result]) -> None:
@@ -210,8 +237,12 @@ def test_index_points_a_tensor_at_the_wrong_shard(tiny: Path, cli: Callable[...,
     edit_index(tiny, lambda idx: idx["weight_map"].update({name: S2}))
     code, obj = verify_json(cli, tiny)
     assert code == 1
-    assert only_fail(obj) == [("index.tensors", f"{INDEX}: 1 tensor(s) not where the index "
-                               f"says: {name} -> {S2}, but it is in {S1}")]
+    assert only_fail(obj) == [
+        (
+            "index.tensors",
+            f"{INDEX}: 1 tensor(s) not where the index says: {name} -> {S2}, but it is in {S1}",
+        )
+    ]
 
 
 def test_tensor_in_a_shard_but_not_in_the_index(tiny: Path, cli: Callable[..., Result]) -> None:
@@ -219,8 +250,9 @@ def test_tensor_in_a_shard_but_not_in_the_index(tiny: Path, cli: Callable[..., R
     edit_index(tiny, lambda idx: idx["weight_map"].pop(name))
     code, obj = verify_json(cli, tiny)
     assert code == 1
-    assert only_fail(obj) == [("index.tensors", f"1 tensor(s) in shards but not in {INDEX}: "
-                               f"{name} ({S2})")]
+    assert only_fail(obj) == [
+        ("index.tensors", f"1 tensor(s) in shards but not in {INDEX}: {name} ({S2})")
+    ]
 
 
 def test_header_length_is_garbage(tiny: Path, cli: Callable[..., Result]) -> None:
@@ -251,7 +283,8 @@ def test_overlapping_spans(tiny: Path, cli: Callable[..., Result]) -> None:
     p = tiny / S2
     # find the shard that holds both norms of layer 1
     if "model.layers.1.self_attn.k_norm.weight" not in json.loads(
-            p.read_bytes()[8 : 8 + struct.unpack("<Q", p.read_bytes()[:8])[0]]):
+        p.read_bytes()[8 : 8 + struct.unpack("<Q", p.read_bytes()[:8])[0]]
+    ):
         p = tiny / S1
     size = p.stat().st_size
     rewrite_shard(p, overlap, relayout=False)
@@ -260,8 +293,10 @@ def test_overlapping_spans(tiny: Path, cli: Callable[..., Result]) -> None:
     assert code == 1
     cid, msg = only_fail(obj)[0]
     assert cid == "shard.header" and msg.startswith(f"{p.name}: ")
-    assert ("tensors model.layers.1.self_attn.k_norm.weight and "
-            "model.layers.1.self_attn.q_norm.weight overlap") in msg
+    assert (
+        "tensors model.layers.1.self_attn.k_norm.weight and "
+        "model.layers.1.self_attn.q_norm.weight overlap"
+    ) in msg
 
 
 def test_dtype_times_shape_must_equal_span(tiny: Path, cli: Callable[..., Result]) -> None:
@@ -273,27 +308,40 @@ def test_dtype_times_shape_must_equal_span(tiny: Path, cli: Callable[..., Result
     assert code == 1
     assert only_fail(obj)[0][1].startswith(
         f"{S1}: tensor model.embed_tokens.weight: BF16 x [512, 64] = 65536 bytes but "
-        "data_offsets span 131072")
+        "data_offsets span 131072"
+    )
 
 
-@pytest.mark.parametrize("bad", ["../outside.safetensors", "/etc/outside.safetensors",
-                                 "sub/../../outside.safetensors"])
+@pytest.mark.parametrize(
+    "bad", ["../outside.safetensors", "/etc/outside.safetensors", "sub/../../outside.safetensors"]
+)
 def test_weight_map_path_traversal_is_reported_never_opened(tiny: Path, bad: str) -> None:
     # A FIFO where the traversal points: opening it for reading would block forever.
     outside = tiny.parent / "outside.safetensors"
     os.mkfifo(outside)
     name = "model.layers.0.self_attn.q_proj.weight"
-    edit_index(tiny, lambda idx: idx["weight_map"].update(
-        {name: bad if not bad.startswith("/") else str(outside)}))
-    r = subprocess.run([str(QWENPREP_BIN), "verify", str(tiny), "--json"],
-                       capture_output=True, text=True, timeout=60)
+    edit_index(
+        tiny,
+        lambda idx: idx["weight_map"].update(
+            {name: bad if not bad.startswith("/") else str(outside)}
+        ),
+    )
+    r = subprocess.run(
+        [str(QWENPREP_BIN), "verify", str(tiny), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 1, r.stderr
     obj = json.loads(r.stdout)
     shown = bad if not bad.startswith("/") else str(outside)
     why = "is an absolute path" if bad.startswith("/") else "climbs out of the checkpoint (..)"
-    assert only_fail(obj)[0] == ("index.paths", f"{INDEX}: weight_map names file(s) outside the "
-                                 f"checkpoint, not opened: {shown!r} {why}. Restore the index "
-                                 "from the original release.")
+    assert only_fail(obj)[0] == (
+        "index.paths",
+        f"{INDEX}: weight_map names file(s) outside the "
+        f"checkpoint, not opened: {shown!r} {why}. Restore the index "
+        "from the original release.",
+    )
 
 
 def test_unsafe_name_rules() -> None:
@@ -312,8 +360,10 @@ def test_fp8_weight_without_its_scale(tiny: Path, cli: Callable[..., Result]) ->
     code, obj = verify_json(cli, tiny)
     assert code == 1
     f = dict(only_fail(obj))
-    assert f["fp8.scales"] == (f"1 FP8 weight(s) without a matching scale: {holder}: FP8 weight "
-                               f"{w} has no weight_scale_inv")
+    assert f["fp8.scales"] == (
+        f"1 FP8 weight(s) without a matching scale: {holder}: FP8 weight "
+        f"{w} has no weight_scale_inv"
+    )
     assert [c["path"] for c in obj["checks"] if c["id"] == "fp8.scales"] == [holder]
 
 
@@ -325,7 +375,8 @@ def test_fp8_scale_with_the_wrong_shape(tiny: Path, cli: Callable[..., Result]) 
     assert code == 1
     assert dict(only_fail(obj))["fp8.scales"] == (
         f"1 FP8 weight(s) without a matching scale: {holder}: {s} has shape [2, 1], expected "
-        "[1, 1] for [128, 128] in [128, 128] blocks")
+        "[1, 1] for [128, 128] in [128, 128] blocks"
+    )
 
 
 def test_module_not_to_convert_stored_as_fp8(tiny: Path, cli: Callable[..., Result]) -> None:
@@ -345,7 +396,8 @@ def test_fp8_tensors_without_quantization_config(tiny: Path, cli: Callable[..., 
     code, obj = verify_json(cli, tiny)
     assert code == 1
     assert dict(only_fail(obj))["fp8.config"].startswith(
-        "32 FP8 tensors (e.g. model.layers.0.mlp.experts.0.down_proj.weight in ")
+        "32 FP8 tensors (e.g. model.layers.0.mlp.experts.0.down_proj.weight in "
+    )
 
 
 def test_layer_and_expert_counts_against_config(tiny: Path, cli: Callable[..., Result]) -> None:
@@ -355,11 +407,14 @@ def test_layer_and_expert_counts_against_config(tiny: Path, cli: Callable[..., R
     code, obj = verify_json(cli, tiny)
     assert code == 1
     f = dict(only_fail(obj))
-    assert f["tensors.layers"] == ("config.json says num_hidden_layers 3; the shards have 2 "
-                                   "layers: layer(s) 2 missing")
-    assert f["tensors.experts"] == ("config.json says num_experts 5: layer 0: 4 experts (max "
-                                    "index 3); layer 1: 4 experts (max index 3); layer 2: 0 "
-                                    "experts")
+    assert f["tensors.layers"] == (
+        "config.json says num_hidden_layers 3; the shards have 2 layers: layer(s) 2 missing"
+    )
+    assert f["tensors.experts"] == (
+        "config.json says num_experts 5: layer 0: 4 experts (max "
+        "index 3); layer 1: 4 experts (max index 3); layer 2: 0 "
+        "experts"
+    )
 
 
 def test_config_only_dir_warns(tmp_path: Path, cli: Callable[..., Result]) -> None:
@@ -392,16 +447,19 @@ def test_deep_plain_dir_records_then_compares(tiny: Path, cli: Callable[..., Res
     assert code == 0 and obj["deep"] is True
     rec = [c for c in obj["checks"] if c["id"] == "deep.record"]
     assert rec[0]["status"] == "warn"
-    assert rec[0]["message"] == ("recorded the sha256 of 7 file(s) in .qwenprep/hashes.json; "
-                                 "nothing to compare yet (the next verify --deep compares "
-                                 "against it)")
+    assert rec[0]["message"] == (
+        "recorded the sha256 of 7 file(s) in .qwenprep/hashes.json; "
+        "nothing to compare yet (the next verify --deep compares "
+        "against it)"
+    )
     record = json.loads((tiny / ".qwenprep" / "hashes.json").read_text())["files"]
     assert record[S1]["sha256"] == hashlib.sha256((tiny / S1).read_bytes()).hexdigest()
 
     code, obj = verify_json(cli, tiny, "--deep")
     assert code == 0
     assert [c["message"] for c in obj["checks"] if c["id"] == "deep.hash"] == [
-        "7 file(s) match their content hash (7 by the hash record .qwenprep/hashes.json)"]
+        "7 file(s) match their content hash (7 by the hash record .qwenprep/hashes.json)"
+    ]
 
     with open(tiny / S2, "r+b") as f:
         f.seek(-10, 2)
@@ -412,8 +470,9 @@ def test_deep_plain_dir_records_then_compares(tiny: Path, cli: Callable[..., Res
     assert code == 1
     [(cid, msg)] = only_fail(obj)
     assert cid == "deep.hash"
-    assert msg.startswith(f"{S2}: content does not match the hash record .qwenprep/hashes.json "
-                          "(sha256 ")
+    assert msg.startswith(
+        f"{S2}: content does not match the hash record .qwenprep/hashes.json (sha256 "
+    )
     # the header level alone does not see it
     assert verify_json(cli, tiny)[0] == 0
 
@@ -449,9 +508,9 @@ def _flip(p: Path, offset: int) -> None:
         f.write(bytes([b[0] ^ 0x20]))
 
 
-def test_deep_hf_cache_passes_offline_and_writes_nothing(tmp_path: Path, tiny: Path,
-                                                         cli: Callable[..., Result],
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_deep_hf_cache_passes_offline_and_writes_nothing(
+    tmp_path: Path, tiny: Path, cli: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
+) -> None:
     cache, snap = _hf_cache(tmp_path, tiny)
     before = sorted(p.name for p in snap.iterdir())
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
@@ -460,12 +519,14 @@ def test_deep_hf_cache_passes_offline_and_writes_nothing(tmp_path: Path, tiny: P
     assert code == 0, only_fail(obj)
     assert obj["path"] == str(snap)
     assert [c["message"] for c in obj["checks"] if c["id"] == "deep.hash"] == [
-        "7 file(s) match their content hash (7 by its HF cache blob name)"]
+        "7 file(s) match their content hash (7 by its HF cache blob name)"
+    ]
     assert sorted(p.name for p in snap.iterdir()) == before  # no record written into the cache
 
 
-def test_deep_hf_cache_flipped_byte_in_lfs_blob(tmp_path: Path, tiny: Path,
-                                                cli: Callable[..., Result]) -> None:
+def test_deep_hf_cache_flipped_byte_in_lfs_blob(
+    tmp_path: Path, tiny: Path, cli: Callable[..., Result]
+) -> None:
     _, snap = _hf_cache(tmp_path, tiny)
     _flip((snap / S1).resolve(), (snap / S1).stat().st_size - 5)
     assert verify_json(cli, snap)[0] == 0  # header level cannot see a data byte
@@ -477,8 +538,9 @@ def test_deep_hf_cache_flipped_byte_in_lfs_blob(tmp_path: Path, tiny: Path,
     assert [c["path"] for c in obj["checks"] if c["status"] == "fail"] == [S1]
 
 
-def test_deep_hf_cache_flipped_byte_in_small_git_file(tmp_path: Path, tiny: Path,
-                                                      cli: Callable[..., Result]) -> None:
+def test_deep_hf_cache_flipped_byte_in_small_git_file(
+    tmp_path: Path, tiny: Path, cli: Callable[..., Result]
+) -> None:
     _, snap = _hf_cache(tmp_path, tiny)
     blob = (snap / "config.json").resolve()
     text = blob.read_text()
@@ -487,20 +549,21 @@ def test_deep_hf_cache_flipped_byte_in_small_git_file(tmp_path: Path, tiny: Path
     code, obj = verify_json(cli, snap, "--deep")
     assert code == 1
     [(_, msg)] = only_fail(obj)
-    assert msg.startswith("config.json: content does not match its HF cache blob name "
-                          "(git-sha1 ")
+    assert msg.startswith("config.json: content does not match its HF cache blob name (git-sha1 ")
 
 
-def test_deep_hf_cache_config_replaced_by_a_file(tmp_path: Path, tiny: Path,
-                                                 cli: Callable[..., Result]) -> None:
+def test_deep_hf_cache_config_replaced_by_a_file(
+    tmp_path: Path, tiny: Path, cli: Callable[..., Result]
+) -> None:
     _, snap = _hf_cache(tmp_path, tiny)
     data = (snap / "config.json").read_bytes()
     (snap / "config.json").unlink()
     (snap / "config.json").write_bytes(data)
     code, obj = verify_json(cli, snap, "--deep")
     assert code == 1
-    assert only_fail(obj)[0][1].startswith("config.json: not a link into the cache's blobs "
-                                           "(replaced or edited in place?)")
+    assert only_fail(obj)[0][1].startswith(
+        "config.json: not a link into the cache's blobs (replaced or edited in place?)"
+    )
     assert not (snap / ".qwenprep").exists()
 
 
@@ -509,20 +572,26 @@ def test_deep_local_dir_download_metadata(tiny: Path, cli: Callable[..., Result]
     meta.mkdir(parents=True)
     for p in (tiny / S1, tiny / "tokenizer.json"):
         data = p.read_bytes()
-        etag = (hashlib.sha256(data).hexdigest() if p.suffix == ".safetensors"
-                else hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest())
+        etag = (
+            hashlib.sha256(data).hexdigest()
+            if p.suffix == ".safetensors"
+            else hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        )
         (meta / f"{p.name}.metadata").write_text(f"{'a' * 40}\n{etag}\n1712656091.123\n")
     _flip(tiny / "tokenizer.json", 3)
     code, obj = verify_json(cli, tiny, "--deep")
     assert code == 1
-    assert only_fail(obj)[0][1].startswith("tokenizer.json: content does not match the hub's "
-                                           "download metadata (git-sha1 ")
+    assert only_fail(obj)[0][1].startswith(
+        "tokenizer.json: content does not match the hub's download metadata (git-sha1 "
+    )
     assert "1 file(s) match their content hash (1 by the hub's download metadata)" in [
-        c["message"] for c in obj["checks"]]
+        c["message"] for c in obj["checks"]
+    ]
 
 
-def test_deep_overlay_skips_the_patched_config(tiny: Path, tmp_path: Path,
-                                               cli: Callable[..., Result]) -> None:
+def test_deep_overlay_skips_the_patched_config(
+    tiny: Path, tmp_path: Path, cli: Callable[..., Result]
+) -> None:
     out = tmp_path / "ov"
     r = cli("patch", str(tiny), "--context", "1m", "--out", str(out))
     assert r.exit_code == 0, r.output
@@ -530,7 +599,8 @@ def test_deep_overlay_skips_the_patched_config(tiny: Path, tmp_path: Path,
     assert code == 0, only_fail(obj)
     skip = [c for c in obj["checks"] if c["id"] == "deep.config"]
     assert skip[0]["status"] == "skip" and skip[0]["message"].startswith(
-        "config.json is the overlay's patched one and has no content hash")
+        "config.json is the overlay's patched one and has no content hash"
+    )
     assert {"overlay.links", "overlay.source"} <= {c["id"] for c in obj["checks"]}
 
 
@@ -548,15 +618,16 @@ def test_deep_progress_callback_reaches_the_total(tiny: Path) -> None:
 
 def test_console_script_text_output(tiny: Path) -> None:
     (tiny / S2).unlink()
-    r = subprocess.run([str(QWENPREP_BIN), "verify", str(tiny)], capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run(
+        [str(QWENPREP_BIN), "verify", str(tiny)], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 1
     assert "[FAIL] shards.present" in r.stdout and S2 in r.stdout
     assert "Traceback" not in r.stderr + r.stdout
-    in_s1 = sum(1 for v in json.loads((tiny / INDEX).read_text())["weight_map"].values()
-                if v == S1)
-    assert r.stdout.rstrip().endswith(f"FAILED: 1 shard(s), {in_s1} tensors, "
-                                      f"{(tiny / S1).stat().st_size:,} bytes")
+    in_s1 = sum(1 for v in json.loads((tiny / INDEX).read_text())["weight_map"].values() if v == S1)
+    assert r.stdout.rstrip().endswith(
+        f"FAILED: 1 shard(s), {in_s1} tensors, {(tiny / S1).stat().st_size:,} bytes"
+    )
 
 
 NO_ENGINE_MODULE = importlib.util.find_spec("qwenprep.engine") is None
@@ -569,8 +640,13 @@ HAVE_VLLM = importlib.util.find_spec("vllm") is not None or "QWENPREP_VLLM_PYTHO
 def test_engine_flag_without_vllm_is_one_skip(tiny: Path, cli: Callable[..., Result]) -> None:
     import sys
 
-    code, obj = verify_json(cli, tiny, "--engine", "--vllm-python", "/usr/bin/python3"
-                            if Path("/usr/bin/python3").exists() else sys.executable)
+    code, obj = verify_json(
+        cli,
+        tiny,
+        "--engine",
+        "--vllm-python",
+        "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable,
+    )
     engine = [c for c in obj["checks"] if c["id"].startswith("engine")]
     if engine and engine[0]["id"] == "engine.found":
         pytest.skip("that interpreter has vLLM")
@@ -579,8 +655,9 @@ def test_engine_flag_without_vllm_is_one_skip(tiny: Path, cli: Callable[..., Res
 
 
 @pytest.mark.skipif(NO_ENGINE_MODULE, reason="qwenprep.engine not in this checkout yet")
-def test_engine_flag_with_a_missing_interpreter_exits_3(tiny: Path,
-                                                        cli: Callable[..., Result]) -> None:
+def test_engine_flag_with_a_missing_interpreter_exits_3(
+    tiny: Path, cli: Callable[..., Result]
+) -> None:
     r = cli("verify", str(tiny), "--engine", "--vllm-python", "/nonexistent/python")
     assert r.exit_code == 3
     assert "/nonexistent/python: no such interpreter." in r.output
@@ -606,8 +683,10 @@ def test_downloaded_checkpoint_without_weights_fails(tmp_path: Path) -> None:
 
     snap = tmp_path / "hub" / "models--Qwen--Partial" / "snapshots" / ("c" * 40)
     snap.mkdir(parents=True)
-    _sh.copy(Path(__file__).resolve().parents[1] / "examples" / "tiny-qwen3-coder" /
-             "config.json", snap / "config.json")
+    _sh.copy(
+        Path(__file__).resolve().parents[1] / "examples" / "tiny-qwen3-coder" / "config.json",
+        snap / "config.json",
+    )
     report = _verify(snap)
     fails = [c for c in report.checks if c.status == "fail"]
     assert [c.id for c in fails] == ["weights"]

@@ -34,8 +34,11 @@ def _add_revision(hub: Path, commit: str, *, tweak: str = "") -> Path:
         data = f.read_bytes()
         if f.name == "generation_config.json" and tweak:
             data = data.replace(b"{", b'{"note": "' + tweak.encode() + b'", ', 1)
-        etag = hashlib.sha256(data).hexdigest() if f.suffix == ".safetensors" \
+        etag = (
+            hashlib.sha256(data).hexdigest()
+            if f.suffix == ".safetensors"
             else git_blob_sha1_of(data)
+        )
         (blobs / etag).write_bytes(data)
         os.symlink(f"../../blobs/{etag}", snap / f.name)
     (repo / "refs").mkdir(exist_ok=True)
@@ -59,8 +62,9 @@ def home(tmp_path: Path) -> dict[str, str]:
 
 
 def _q(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(QWENPREP_BIN), *args], capture_output=True, text=True, env=env,
-                          timeout=120)
+    return subprocess.run(
+        [str(QWENPREP_BIN), *args], capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 def _hf(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -85,7 +89,8 @@ def _json(r: subprocess.CompletedProcess[str], schema: str) -> dict[str, Any]:
 
 
 def test_patch_without_out_goes_to_the_default_place_and_pins_the_source(
-        home: dict[str, str]) -> None:
+    home: dict[str, str],
+) -> None:
     r = _q(home, "patch", REPO, "--context", "1m", "--json")
     assert r.returncode == 0, r.stderr
     out = _json(r, "patch-result")
@@ -101,7 +106,8 @@ def test_patch_without_out_goes_to_the_default_place_and_pins_the_source(
 
 
 def test_the_pin_keeps_the_source_from_hf_cache_prune_and_revert_releases_it(
-        home: dict[str, str]) -> None:
+    home: dict[str, str],
+) -> None:
     hub = Path(home["HF_HOME"]) / "hub"
     r = _q(home, "patch", REPO, "--context", "1m")
     assert r.returncode == 0, r.stderr
@@ -115,8 +121,10 @@ def test_the_pin_keeps_the_source_from_hf_cache_prune_and_revert_releases_it(
     assert "WARN" in r.stdout and f"{REPO}@main now points at {NEW[:12]}" in r.stdout
     listed = _json(_q(home, "list", "--json"), "list-result")
     assert [o["state"] for o in listed["overlays"]] == ["stale"]
-    assert listed["overlays"][0]["rebuild"] == \
-        f"qwenprep patch {REPO}@main --context 1048576 --out {ov} --force"
+    assert (
+        listed["overlays"][0]["rebuild"]
+        == f"qwenprep patch {REPO}@main --context 1048576 --out {ov} --force"
+    )
     r = _q(home, "revert", str(ov))
     assert r.returncode == 0, r.stderr
     assert OLD in _revisions(home) and _revisions(home)[OLD] == []  # released: detached
@@ -127,7 +135,8 @@ def test_the_pin_keeps_the_source_from_hf_cache_prune_and_revert_releases_it(
 
 
 def test_hf_cache_rm_leaves_a_dangling_overlay_that_every_gate_refuses(
-        home: dict[str, str], tmp_path: Path) -> None:
+    home: dict[str, str], tmp_path: Path
+) -> None:
     r = _q(home, "patch", REPO, "--context", "1m")
     assert r.returncode == 0, r.stderr
     ov = Path(r.stdout.strip())
@@ -164,9 +173,13 @@ def test_list_of_explicit_paths_and_of_nothing(home: dict[str, str], tmp_path: P
         assert entry["source"] == str(TINY.resolve()) and entry["context"] == 524288
     # a source config changed in place makes it stale
     (a / ".qwenprep" / "manifest.json").write_text(
-        (a / ".qwenprep" / "manifest.json").read_text().replace(
-            json.loads((a / ".qwenprep" / "manifest.json").read_text())["source"][
-                "config_sha256"], "0" * 64))
+        (a / ".qwenprep" / "manifest.json")
+        .read_text()
+        .replace(
+            json.loads((a / ".qwenprep" / "manifest.json").read_text())["source"]["config_sha256"],
+            "0" * 64,
+        )
+    )
     listed = _json(_q(home, "list", str(a), "--json"), "list-result")
     assert listed["overlays"][0]["state"] == "stale"
     assert "changed since the patch" in listed["overlays"][0]["reasons"][0]

@@ -23,8 +23,9 @@ from qwenprep.schemas import validator
 CliFn = Callable[..., Result]
 
 
-def test_patch_1m_creates_overlay(cli: CliFn, qwen_src: Path, tmp_path: Path,
-                                  ref_config: dict[str, Any]) -> None:
+def test_patch_1m_creates_overlay(
+    cli: CliFn, qwen_src: Path, tmp_path: Path, ref_config: dict[str, Any]
+) -> None:
     before = tree_state(qwen_src)
     out = tmp_path / "ov"
     r = cli("patch", str(qwen_src), "--context", "1m", "--out", str(out))
@@ -37,14 +38,24 @@ def test_patch_1m_creates_overlay(cli: CliFn, qwen_src: Path, tmp_path: Path,
     cfg = json.loads((out / "config.json").read_text())
     assert list(cfg) == list(ref_config)
     assert cfg["max_position_embeddings"] == 1048576
-    assert cfg["rope_scaling"] == {"rope_type": "yarn", "factor": 4.0,
-                                   "original_max_position_embeddings": 262144}
-    assert {k: v for k, v in cfg.items() if k not in ("max_position_embeddings", "rope_scaling")} \
-        == {k: v for k, v in ref_config.items()
-            if k not in ("max_position_embeddings", "rope_scaling")}
+    assert cfg["rope_scaling"] == {
+        "rope_type": "yarn",
+        "factor": 4.0,
+        "original_max_position_embeddings": 262144,
+    }
+    assert {
+        k: v for k, v in cfg.items() if k not in ("max_position_embeddings", "rope_scaling")
+    } == {
+        k: v for k, v in ref_config.items() if k not in ("max_position_embeddings", "rope_scaling")
+    }
     assert not (out / "config.json").is_symlink()
-    for rel in ["generation_config.json", "tokenizer.json", "model-00001-of-00002.safetensors",
-                "model-00002-of-00002.safetensors", "extra/notes.txt"]:
+    for rel in [
+        "generation_config.json",
+        "tokenizer.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "extra/notes.txt",
+    ]:
         assert (out / rel).is_symlink(), rel
         assert (out / rel).resolve() == (qwen_src / rel).resolve()
 
@@ -55,8 +66,12 @@ def test_patch_1m_creates_overlay(cli: CliFn, qwen_src: Path, tmp_path: Path,
     assert m["native_context"] == 262144 and m["target_context"] == 1048576
     assert m["factor"] == 4.0 and m["rope_style"] == "rope_scaling"
     assert {f["name"] for f in m["files"]} == {
-        "generation_config.json", "tokenizer.json", "model-00001-of-00002.safetensors",
-        "model-00002-of-00002.safetensors", "extra/notes.txt"}
+        "generation_config.json",
+        "tokenizer.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "extra/notes.txt",
+    }
     assert all(c.status == "pass" for c in overlay_checks(out))
     assert [p.name for p in tmp_path.iterdir() if "qwenprep-tmp" in p.name] == []
 
@@ -73,13 +88,15 @@ def test_patch_json_output(cli: CliFn, qwen_src: Path, tmp_path: Path) -> None:
 def test_native_gives_original_back(cli: CliFn, qwen_src: Path, tmp_path: Path) -> None:
     out = tmp_path / "n"
     assert cli("patch", str(qwen_src), "--context", "native", "--out", str(out)).exit_code == 0
-    assert json.loads((out / "config.json").read_text()) == \
-        json.loads((qwen_src / "config.json").read_text())
+    assert json.loads((out / "config.json").read_text()) == json.loads(
+        (qwen_src / "config.json").read_text()
+    )
     assert (out / "config.json").read_bytes() == (qwen_src / "config.json").read_bytes()
 
 
-def test_patching_an_overlay_starts_from_its_source(cli: CliFn, qwen_src: Path,
-                                                   tmp_path: Path) -> None:
+def test_patching_an_overlay_starts_from_its_source(
+    cli: CliFn, qwen_src: Path, tmp_path: Path
+) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     assert cli("patch", str(qwen_src), "-c", "1m", "-o", str(a)).exit_code == 0
     r = cli("patch", str(a), "-c", "1m", "-o", str(b), "--json")
@@ -91,11 +108,15 @@ def test_patching_an_overlay_starts_from_its_source(cli: CliFn, qwen_src: Path,
 
 
 def test_patching_an_in_place_edited_config_starts_from_native(
-        cli: CliFn, qwen_src: Path, tmp_path: Path) -> None:
+    cli: CliFn, qwen_src: Path, tmp_path: Path
+) -> None:
     cfg = json.loads((qwen_src / "config.json").read_text())
     cfg["max_position_embeddings"] = 1048576
-    cfg["rope_scaling"] = {"type": "yarn", "factor": 4.0,
-                           "original_max_position_embeddings": 262144}
+    cfg["rope_scaling"] = {
+        "type": "yarn",
+        "factor": 4.0,
+        "original_max_position_embeddings": 262144,
+    }
     (qwen_src / "config.json").write_text(json.dumps(cfg, indent=2))
     r = cli("patch", str(qwen_src), "-c", "1m", "-o", str(tmp_path / "o"), "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["factor"] == 4.0
@@ -117,8 +138,9 @@ def test_rerun_is_unchanged_and_force_replaces(cli: CliFn, qwen_src: Path, tmp_p
     assert [p.name for p in tmp_path.iterdir() if "qwenprep-tmp" in p.name] == []
 
 
-def test_transformers5_config_keeps_theta_inside(cli: CliFn, qwen_src: Path,
-                                                 tmp_path: Path) -> None:
+def test_transformers5_config_keeps_theta_inside(
+    cli: CliFn, qwen_src: Path, tmp_path: Path
+) -> None:
     cfg = json.loads((qwen_src / "config.json").read_text())
     theta = cfg.pop("rope_theta")
     cfg.pop("rope_scaling")
@@ -127,9 +149,12 @@ def test_transformers5_config_keeps_theta_inside(cli: CliFn, qwen_src: Path,
     out = tmp_path / "o"
     assert cli("patch", str(qwen_src), "-c", "1m", "-o", str(out)).exit_code == 0
     new = json.loads((out / "config.json").read_text())
-    assert new["rope_parameters"] == {"rope_type": "yarn", "factor": 4.0,
-                                      "original_max_position_embeddings": 262144,
-                                      "rope_theta": 10000000}
+    assert new["rope_parameters"] == {
+        "rope_type": "yarn",
+        "factor": 4.0,
+        "original_max_position_embeddings": 262144,
+        "rope_theta": 10000000,
+    }
     assert "rope_scaling" not in new
     assert cli("validate", str(out)).exit_code == 0
 
@@ -147,6 +172,7 @@ def test_factor_limits(cli: CliFn, qwen_src: Path, tmp_path: Path) -> None:
 
 # ---- bad input: each a clear message, a non-zero exit, the source untouched ----
 
+
 def _bad_config(src: Path, text: str) -> dict[str, Any]:
     (src / "config.json").write_text(text)
     return tree_state(src)
@@ -160,8 +186,9 @@ def test_malformed_json_names_line_and_column(cli: CliFn, qwen_src: Path, tmp_pa
     assert tree_state(qwen_src) == before and not (tmp_path / "o").exists()
 
 
-def test_non_qwen_model_type(cli: CliFn, qwen_src: Path, tmp_path: Path,
-                             ref_config: dict[str, Any]) -> None:
+def test_non_qwen_model_type(
+    cli: CliFn, qwen_src: Path, tmp_path: Path, ref_config: dict[str, Any]
+) -> None:
     before = _bad_config(qwen_src, json.dumps(dict(ref_config, model_type="llama")))
     r = cli("patch", str(qwen_src), "-c", "1m", "-o", str(tmp_path / "o"))
     assert r.exit_code == 3
@@ -169,8 +196,9 @@ def test_non_qwen_model_type(cli: CliFn, qwen_src: Path, tmp_path: Path,
     assert tree_state(qwen_src) == before and not (tmp_path / "o").exists()
 
 
-def test_string_max_position_embeddings(cli: CliFn, qwen_src: Path, tmp_path: Path,
-                                        ref_config: dict[str, Any]) -> None:
+def test_string_max_position_embeddings(
+    cli: CliFn, qwen_src: Path, tmp_path: Path, ref_config: dict[str, Any]
+) -> None:
     before = _bad_config(qwen_src, json.dumps(dict(ref_config, max_position_embeddings="262144")))
     r = cli("patch", str(qwen_src), "-c", "1m", "-o", str(tmp_path / "o"), "--json")
     assert r.exit_code == 3
@@ -256,21 +284,61 @@ def test_read_only_target(cli: CliFn, qwen_src: Path, tmp_path: Path) -> None:
 
 
 def test_console_script_and_module(qwen_src: Path, tmp_path: Path) -> None:
-    r = subprocess.run([str(QWENPREP_BIN), "patch", str(qwen_src), "-c", "1m", "-o",
-                        str(tmp_path / "a"), "--json"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            str(QWENPREP_BIN),
+            "patch",
+            str(qwen_src),
+            "-c",
+            "1m",
+            "-o",
+            str(tmp_path / "a"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["target_context"] == 1048576
-    r = subprocess.run([sys.executable, "-m", "qwenprep", "patch", str(qwen_src), "-c", "lots",
-                        "-o", str(tmp_path / "b")], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "qwenprep",
+            "patch",
+            str(qwen_src),
+            "-c",
+            "lots",
+            "-o",
+            str(tmp_path / "b"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "unknown context 'lots'" in r.stderr
 
 
 def test_concurrent_runs_are_serialised(qwen_src: Path, tmp_path: Path) -> None:
     out = tmp_path / "ov"
-    procs = [subprocess.Popen([str(QWENPREP_BIN), "patch", str(qwen_src), "-c", ctx, "-o",
-                               str(out), "--force", "--json"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for ctx in ("1m", "512k", "1m", "512k")]
+    procs = [
+        subprocess.Popen(
+            [
+                str(QWENPREP_BIN),
+                "patch",
+                str(qwen_src),
+                "-c",
+                ctx,
+                "-o",
+                str(out),
+                "--force",
+                "--json",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for ctx in ("1m", "512k", "1m", "512k")
+    ]
     results = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], results
     m = read_manifest(out)
@@ -301,8 +369,10 @@ def test_kill_9_leaves_old_or_new(qwen_src: Path, tmp_path: Path) -> None:
         assert m is not None, "the overlay vanished"
         seen.add(m["target_context"])
         assert all(c.status == "pass" for c in overlay_checks(out)), overlay_checks(out)
-        assert json.loads((out / "config.json").read_text())["max_position_embeddings"] == \
-            m["target_context"]
+        assert (
+            json.loads((out / "config.json").read_text())["max_position_embeddings"]
+            == m["target_context"]
+        )
         subprocess.run(old, capture_output=True, check=True)  # back to the old state
     assert killed >= 2, f"only {killed} kill(s) landed while patch ran"
     assert seen <= {524288, 1048576}
@@ -333,15 +403,19 @@ def test_real_480b_shaped_checkpoint(cli: CliFn, tmp_path: Path) -> None:
 
 # ---- found in review: each once did the wrong thing ----
 
-def test_force_never_deletes_files_it_did_not_put_there(cli: CliFn, qwen_src: Path,
-                                                        tmp_path: Path) -> None:
+
+def test_force_never_deletes_files_it_did_not_put_there(
+    cli: CliFn, qwen_src: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "ov"
     assert cli("patch", str(qwen_src), "-c", "1m", "-o", str(out)).exit_code == 0
     (out / "NOTES.txt").write_text("mine")
     r = cli("patch", str(qwen_src), "-c", "512k", "-o", str(out), "--force")
     assert r.exit_code == 3
-    assert "holds files qwenprep did not put there: NOTES.txt; --force will not delete them" \
+    assert (
+        "holds files qwenprep did not put there: NOTES.txt; --force will not delete them"
         in r.stderr
+    )
     assert (out / "NOTES.txt").read_text() == "mine"
     assert json.loads((out / "config.json").read_text())["max_position_embeddings"] == 1048576
 
@@ -357,8 +431,9 @@ def test_out_containing_the_source_is_refused(cli: CliFn, qwen_src: Path, tmp_pa
     assert (inner / "config.json").is_file()
 
 
-def test_unscaled_long_context_source_is_refused(cli: CliFn, qwen_src: Path,
-                                                 tmp_path: Path) -> None:
+def test_unscaled_long_context_source_is_refused(
+    cli: CliFn, qwen_src: Path, tmp_path: Path
+) -> None:
     """max_position_embeddings 1M without rope scaling (the hf-overrides trap written to disk):
     its native length cannot be known, so it is not patched."""
     cfg = json.loads((qwen_src / "config.json").read_text())
@@ -368,8 +443,9 @@ def test_unscaled_long_context_source_is_refused(cli: CliFn, qwen_src: Path,
     r = cli("patch", str(qwen_src), "-c", "1m", "-o", str(tmp_path / "o"))
     assert r.exit_code == 3
     assert "not a config qwenprep can patch" in r.stderr
-    assert "config.json:13: max_position_embeddings is 1048576 but no rope scaling is set" \
-        in r.stderr
+    assert (
+        "config.json:13: max_position_embeddings is 1048576 but no rope scaling is set" in r.stderr
+    )
     assert f"restore it first (qwenprep revert {qwen_src.resolve()})" in r.stderr
     assert tree_state(qwen_src) == before and not (tmp_path / "o").exists()
 
@@ -388,8 +464,9 @@ def test_factor_is_shown_exactly(cli: CliFn, qwen_src: Path, tmp_path: Path) -> 
     assert "means YaRN factor 4.0000038 over the native 262144" in r.stderr
 
 
-def test_symlinked_out_is_refused_with_its_target(cli: CliFn, qwen_src: Path,
-                                                  tmp_path: Path) -> None:
+def test_symlinked_out_is_refused_with_its_target(
+    cli: CliFn, qwen_src: Path, tmp_path: Path
+) -> None:
     real = tmp_path / "real"
     real.mkdir()
     os.symlink(real, tmp_path / "link")

@@ -65,6 +65,7 @@ def shape480(big: Path) -> ModelShape:
 def no_gpus(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     try:
         import pynvml  # noqa: F401
+
         pytest.skip("nvidia-ml-py installed; this test needs a machine without GPUs")
     except ImportError:
         pass
@@ -75,14 +76,25 @@ def no_gpus(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def test_tp8_without_ep_fails_on_the_fp8_block(overlay_1m: Path) -> None:
-    code, out = check_json(str(overlay_1m), "--tp", "8", "--no-ep", "--gpus", "8",
-                           "--gpu-memory", "141GiB", "--vllm-version", "0.32")
+    code, out = check_json(
+        str(overlay_1m),
+        "--tp",
+        "8",
+        "--no-ep",
+        "--gpus",
+        "8",
+        "--gpu-memory",
+        "141GiB",
+        "--vllm-version",
+        "0.32",
+    )
     assert code == 1 and out["ok"] is False
     c = by_id(out)["parallel.fp8_block"]
     assert c["status"] == "fail"
     assert c["message"].startswith(
         "The output_size of gate's and up's weight = 320 is not divisible by weight "
-        "quantization block_n = 128 (moe_intermediate_size 2560 / TP 8)")
+        "quantization block_n = 128 (moe_intermediate_size 2560 / TP 8)"
+    )
     assert "--enable-expert-parallel" in c["message"]
     assert out["parallel"] == {"tp": 8, "pp": 1, "dp": 1, "ep": False, "source": "--tp/--ep"}
     # everything else about this deploy is fine: the block is the only failure
@@ -90,12 +102,24 @@ def test_tp8_without_ep_fails_on_the_fp8_block(overlay_1m: Path) -> None:
 
 
 def test_tp8_with_ep_passes(overlay_1m: Path) -> None:
-    code, out = check_json(str(overlay_1m), "--tp", "8", "--ep", "--gpus", "8",
-                           "--gpu-memory", "141GiB", "--vllm-version", "0.32")
+    code, out = check_json(
+        str(overlay_1m),
+        "--tp",
+        "8",
+        "--ep",
+        "--gpus",
+        "8",
+        "--gpu-memory",
+        "141GiB",
+        "--vllm-version",
+        "0.32",
+    )
     checks = by_id(out)
     assert checks["parallel.fp8_block"]["status"] == "pass"
-    assert checks["parallel.experts"]["message"] == \
-        "expert parallel: 20 whole experts per GPU (160 over 8)"
+    assert (
+        checks["parallel.experts"]["message"]
+        == "expert parallel: 20 whole experts per GPU (160 over 8)"
+    )
     assert checks["parallel.heads"]["message"] == "TP 8: 12 query and 1 KV heads per GPU"
     assert checks["kv.fits"]["status"] == "pass"
     assert checks["kv.fits"]["message"].startswith("1,048,576 tokens need 31.00 GiB of KV per GPU")
@@ -115,19 +139,35 @@ def test_ep_is_the_default_for_moe(overlay_1m: Path) -> None:
     [
         (5, True, "parallel.heads", "fail", "TP 5 does not divide the 96 query heads"),
         (3, True, "parallel.heads", "fail", "TP 3 does not divide the 8 KV heads"),
-        (16, True, "parallel.heads", "pass", "TP 16: 6 query and 1 KV heads per GPU (each KV "
-                                             "head replicated 2x)"),
+        (
+            16,
+            True,
+            "parallel.heads",
+            "pass",
+            "TP 16: 6 query and 1 KV heads per GPU (each KV head replicated 2x)",
+        ),
         (12, True, "parallel.heads", "fail", "TP 12 is above the 8 KV heads and not a multiple"),
-        (256, True, "parallel.experts", "fail", "Tensor parallel size 256 is greater than the "
-                                                "number of experts 160"),
-        (4, False, "parallel.fp8_block", "pass", "FP8 block 128x128 divides every TP shard "
-                                                 "(2560 / TP 4)"),
+        (
+            256,
+            True,
+            "parallel.experts",
+            "fail",
+            "Tensor parallel size 256 is greater than the number of experts 160",
+        ),
+        (
+            4,
+            False,
+            "parallel.fp8_block",
+            "pass",
+            "FP8 block 128x128 divides every TP shard (2560 / TP 4)",
+        ),
         (32, True, "parallel.experts", "pass", "expert parallel: 5 whole experts per GPU"),
         (64, True, "parallel.experts", "warn", "160 experts split unevenly (2 or 3 per GPU)"),
     ],
 )
-def test_parallel_rules(shape480: ModelShape, tp: int, ep: bool, cid: str, status: str,
-                        text: str) -> None:
+def test_parallel_rules(
+    shape480: ModelShape, tp: int, ep: bool, cid: str, status: str, text: str
+) -> None:
     checks = {c.id: c for c in parallel_checks(shape480, tp=tp, ep=ep)}
     assert checks[cid].status == status
     assert text in checks[cid].message
@@ -135,20 +175,35 @@ def test_parallel_rules(shape480: ModelShape, tp: int, ep: bool, cid: str, statu
 
 def test_single_gpu_texts(tiny_src: Path) -> None:
     """One GPU: no "expert parallel" talk; GPUs from the flags read as a sentence."""
-    code, out = check_json(str(tiny_src), "--tp", "1", "--ep", "--gpus", "1",
-                           "--gpu-memory", "80GiB", "--vllm-version", "0.32")
+    code, out = check_json(
+        str(tiny_src),
+        "--tp",
+        "1",
+        "--ep",
+        "--gpus",
+        "1",
+        "--gpu-memory",
+        "80GiB",
+        "--vllm-version",
+        "0.32",
+    )
     checks = by_id(out)
     assert checks["parallel.experts"]["message"] == "one GPU holds all 4 experts"
-    assert checks["gpus.visible"]["message"] == \
-        "1 GPU of 80.00 GiB (as given by --gpus/--gpu-memory)"
-    code, out = check_json(str(tiny_src), "--tp", "2", "--gpus", "8", "--gpu-memory", "141GB",
-                           "--vllm-version", "0.32")
-    assert by_id(out)["gpus.visible"]["message"] == \
-        "8 GPUs of 131.32 GiB each (as given by --gpus/--gpu-memory)"
+    assert (
+        checks["gpus.visible"]["message"] == "1 GPU of 80.00 GiB (as given by --gpus/--gpu-memory)"
+    )
+    code, out = check_json(
+        str(tiny_src), "--tp", "2", "--gpus", "8", "--gpu-memory", "141GB", "--vllm-version", "0.32"
+    )
+    assert (
+        by_id(out)["gpus.visible"]["message"]
+        == "8 GPUs of 131.32 GiB each (as given by --gpus/--gpu-memory)"
+    )
 
 
-def test_gpus_visible_names_the_gpus_found(tiny_src: Path, monkeypatch: pytest.MonkeyPatch,
-                                           tmp_path: Path) -> None:
+def test_gpus_visible_names_the_gpus_found(
+    tiny_src: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     import sys
 
     from test_gpus import H200_CSV, fake_smi
@@ -157,20 +212,29 @@ def test_gpus_visible_names_the_gpus_found(tiny_src: Path, monkeypatch: pytest.M
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setitem(sys.modules, "pynvml", None)
     code, out = check_json(str(tiny_src), "--tp", "2", "--vllm-version", "0.32")
-    assert by_id(out)["gpus.visible"]["message"] == \
-        "8 x NVIDIA H200 of 140.40 GiB each (found by nvidia-smi)"
+    assert (
+        by_id(out)["gpus.visible"]["message"]
+        == "8 x NVIDIA H200 of 140.40 GiB each (found by nvidia-smi)"
+    )
 
 
 def test_dense_fp8_block_rule() -> None:
     cfg = json.loads((TINY / "config.json").read_text())
-    cfg.update(num_experts=0, intermediate_size=2560, num_attention_heads=8,
-               num_key_value_heads=8, head_dim=128,
-               quantization_config={"quant_method": "fp8", "weight_block_size": [128, 128]})
+    cfg.update(
+        num_experts=0,
+        intermediate_size=2560,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        head_dim=128,
+        quantization_config={"quant_method": "fp8", "weight_block_size": [128, 128]},
+    )
     shape = ModelShape.from_config(cfg)
     bad = {c.id: c for c in parallel_checks(shape, tp=8, ep=False)}["parallel.fp8_block"]
     assert bad.status == "fail"
-    assert "intermediate_size 2560 / TP 8 = 320 is not divisible by weight quantization " \
-           "block_n = 128" in bad.message
+    assert (
+        "intermediate_size 2560 / TP 8 = 320 is not divisible by weight quantization "
+        "block_n = 128" in bad.message
+    )
     ok = {c.id: c for c in parallel_checks(shape, tp=4, ep=False)}["parallel.fp8_block"]
     assert ok.status == "pass"
 
@@ -184,8 +248,13 @@ def test_readme_deploy_line_passes_on_8x141_gib(overlay_1m: Path) -> None:
     code, out = check_json(str(overlay_1m), "--gpus", "8", "--gpu-memory", "141GiB")
     assert [c for c in out["checks"] if c["status"] == "fail"] == []
     assert code == 0 and out["ok"] is True
-    assert out["parallel"] == {"tp": 8, "pp": 1, "dp": 1, "ep": True,
-                               "source": "model profile qwen3-coder-480b (as qwenprep serve)"}
+    assert out["parallel"] == {
+        "tp": 8,
+        "pp": 1,
+        "dp": 1,
+        "ep": True,
+        "source": "model profile qwen3-coder-480b (as qwenprep serve)",
+    }
     assert out["plan"]["parallel"] == {"tp": 8, "pp": 1, "dp": 1, "ep": True, "gpus": 8}
     assert out["plan"]["max_concurrency_printed"] == "1.98x"
 
@@ -203,20 +272,24 @@ def test_serve_and_check_agree_on_the_layout(overlay_1m: Path) -> None:
     argv = build_launch_plan(overlay_1m, engine=None).argv
     code, out = check_json(str(overlay_1m), "--kv-memory", "61.31GiB")
     tp = int(argv[argv.index("--tensor-parallel-size") + 1])
-    assert (out["parallel"]["tp"], out["parallel"]["ep"]) == \
-        (tp, "--enable-expert-parallel" in argv) == (8, True)
+    assert (
+        (out["parallel"]["tp"], out["parallel"]["ep"])
+        == (tp, "--enable-expert-parallel" in argv)
+        == (8, True)
+    )
 
 
 def test_flags_override_the_profile(overlay_1m: Path) -> None:
-    code, out = check_json(str(overlay_1m), "--tp", "4", "--no-ep", "--gpus", "8",
-                           "--gpu-memory", "141GiB")
+    code, out = check_json(
+        str(overlay_1m), "--tp", "4", "--no-ep", "--gpus", "8", "--gpu-memory", "141GiB"
+    )
     assert out["parallel"] == {"tp": 4, "pp": 1, "dp": 2, "ep": False, "source": "--tp/--ep"}
     assert out["plan"]["parallel"]["dp"] == 2
 
 
-def test_dp_comes_from_the_inventory_in_both_blocks(tiny_src: Path,
-                                                    monkeypatch: pytest.MonkeyPatch,
-                                                    tmp_path: Path) -> None:
+def test_dp_comes_from_the_inventory_in_both_blocks(
+    tiny_src: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """GPUs found by nvidia-smi (no --gpus): the top-level parallel block and the plan behind
     kv.fits give the same DP."""
     from test_gpus import fake_smi
@@ -240,16 +313,30 @@ def test_fallback_layout_is_plans_rule(tiny_src: Path, monkeypatch: pytest.Monke
     # the serve gate needs the profile to build serve's argv; this test is about the layout
     monkeypatch.setattr(qwenprep.preflight, "_gate_checks", lambda *a: [])
     code, out = check_json(str(tiny_src), "--gpus", "4", "--gpu-memory", "80GiB")
-    assert out["parallel"] == {"tp": 4, "pp": 1, "dp": 1, "ep": True,
-                               "source": "qwenprep plan's rule (TP = GPUs / PP; no model profile)"}
+    assert out["parallel"] == {
+        "tp": 4,
+        "pp": 1,
+        "dp": 1,
+        "ep": True,
+        "source": "qwenprep plan's rule (TP = GPUs / PP; no model profile)",
+    }
 
 
 # ------------------------------------------------------------------ memory
 
 
 def test_1m_does_not_fit_on_8x80_gib(overlay_1m: Path) -> None:
-    code, out = check_json(str(overlay_1m), "--tp", "8", "--gpus", "8", "--gpu-memory", "80GiB",
-                           "--vllm-version", "0.32")
+    code, out = check_json(
+        str(overlay_1m),
+        "--tp",
+        "8",
+        "--gpus",
+        "8",
+        "--gpu-memory",
+        "80GiB",
+        "--vllm-version",
+        "0.32",
+    )
     assert code == 1
     c = by_id(out)["kv.fits"]
     assert c["status"] == "fail"
@@ -265,11 +352,13 @@ def test_exact_kv_memory_too_small(overlay_1m: Path) -> None:
     assert code == 1
     c = by_id(out)["kv.fits"]
     assert c["status"] == "fail"
-    assert c["message"].startswith("1,048,576 tokens need 31.00 GiB of KV per GPU; 30.00 GiB "
-                                   "available: KV cache")
+    assert c["message"].startswith(
+        "1,048,576 tokens need 31.00 GiB of KV per GPU; 30.00 GiB available: KV cache"
+    )
     # the same at the native context fits
-    code, out = check_json(str(overlay_1m), "--tp", "8", "--kv-memory", "30GiB", "--context",
-                           "native")
+    code, out = check_json(
+        str(overlay_1m), "--tp", "8", "--kv-memory", "30GiB", "--context", "native"
+    )
     assert by_id(out)["kv.fits"]["status"] == "pass"
     assert out["plan"]["context"] == 262144
 
@@ -279,15 +368,17 @@ def test_no_gpus_no_flags_skips(tiny_src: Path, no_gpus: None) -> None:
     checks = by_id(out)
     assert checks["gpus.visible"]["status"] == "skip"
     assert checks["gpus.visible"]["message"].startswith(
-        "no GPUs visible here and no --gpus/--gpu-memory given")
+        "no GPUs visible here and no --gpus/--gpu-memory given"
+    )
     assert checks["kv.fits"]["status"] == "skip"
     assert "pass --kv-memory SIZE or --gpus N --gpu-memory SIZE" in checks["kv.fits"]["message"]
     assert code == 0 and out["ok"] is True
     assert out["gpus"]["source"] == "none"
 
 
-def test_too_few_gpus_from_nvidia_smi(tiny_src: Path, monkeypatch: pytest.MonkeyPatch,
-                                      tmp_path: Path) -> None:
+def test_too_few_gpus_from_nvidia_smi(
+    tiny_src: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     from test_gpus import fake_smi
 
     fake_smi(tmp_path / "bin", "NVIDIA H100 80GB HBM3, 81559, 81000\n" * 1)
@@ -295,33 +386,64 @@ def test_too_few_gpus_from_nvidia_smi(tiny_src: Path, monkeypatch: pytest.Monkey
     code, out = check_json(str(tiny_src), "--tp", "2")
     assert code == 1
     c = by_id(out)["gpus.visible"]
-    assert c == {"id": "gpus.visible", "status": "fail",
-                 "message": "1 GPU(s) from nvidia-smi but TP 2 x PP 1 needs 2 on this node"}
+    assert c == {
+        "id": "gpus.visible",
+        "status": "fail",
+        "message": "1 GPU(s) from nvidia-smi but TP 2 x PP 1 needs 2 on this node",
+    }
 
 
 # ------------------------------------------------------------------ flags, disk, composition
 
 
 def test_flags_the_installed_vllm_would_reject(tiny_src: Path) -> None:
-    code, out = check_json(str(tiny_src), "--kv-memory", "2GiB", "--vllm-version", "0.32", "--",
-                           "--rope-scaling", '{"rope_type":"yarn","factor":4}')
+    code, out = check_json(
+        str(tiny_src),
+        "--kv-memory",
+        "2GiB",
+        "--vllm-version",
+        "0.32",
+        "--",
+        "--rope-scaling",
+        '{"rope_type":"yarn","factor":4}',
+    )
     assert code == 1
     c = by_id(out)["engine.flags"]
     assert c["status"] == "fail"
-    assert c["message"].startswith("vLLM 0.32 would reject: --rope-scaling: removed in vLLM "
-                                   "0.11.1 (PR #28006)")
-    code, out = check_json(str(tiny_src), "--kv-memory", "2GiB", "--vllm-version", "0.10.0",
-                           "--", "--rope-scaling", "{}", "--kv-cache-memory-bytes=8g")
+    assert c["message"].startswith(
+        "vLLM 0.32 would reject: --rope-scaling: removed in vLLM 0.11.1 (PR #28006)"
+    )
+    code, out = check_json(
+        str(tiny_src),
+        "--kv-memory",
+        "2GiB",
+        "--vllm-version",
+        "0.10.0",
+        "--",
+        "--rope-scaling",
+        "{}",
+        "--kv-cache-memory-bytes=8g",
+    )
     msg = by_id(out)["engine.flags"]["message"]
     assert "--kv-cache-memory-bytes: added in vLLM 0.10.2" in msg
     assert "--rope-scaling" not in msg
-    code, out = check_json(str(tiny_src), "--kv-memory", "2GiB", "--vllm-version", "0.33",
-                           "--", "--kv-cache-memory-bytes=8g", "--enable-expert-parallel")
+    code, out = check_json(
+        str(tiny_src),
+        "--kv-memory",
+        "2GiB",
+        "--vllm-version",
+        "0.33",
+        "--",
+        "--kv-cache-memory-bytes=8g",
+        "--enable-expert-parallel",
+    )
     assert by_id(out)["engine.flags"]["status"] == "pass"
 
 
-@pytest.mark.parametrize("version", ["0.9.2", "0.10.0", "0.10.1", "0.10.2", "0.11.0",
-                                     "0.11.1", "0.29.0", "0.32.0", "0.33"])
+@pytest.mark.parametrize(
+    "version",
+    ["0.9.2", "0.10.0", "0.10.1", "0.10.2", "0.11.0", "0.11.1", "0.29.0", "0.32.0", "0.33"],
+)
 def test_flag_verdicts_come_from_the_engine_capabilities(version: str) -> None:
     """One table: check's flag verdicts are what engine.capabilities_for says per version."""
     import qwenprep.preflight as pf
@@ -342,8 +464,9 @@ def test_flag_verdicts_come_from_the_engine_capabilities(version: str) -> None:
 
 
 def test_disk_warning(tiny_src: Path) -> None:
-    rep = run_checks(tiny_src, CheckOptions(kv_memory=2 * 1024**3, disk_warn_bytes=10**18,
-                                          engine=False))
+    rep = run_checks(
+        tiny_src, CheckOptions(kv_memory=2 * 1024**3, disk_warn_bytes=10**18, engine=False)
+    )
     disk = [c for c in rep.checks if c.id == "disk.model_dir"][0]
     assert disk.status == "warn"
     assert disk.message.startswith("only ") and "(below 931322574.62 GiB)" in disk.message
@@ -356,12 +479,22 @@ def test_composed_checks_are_present(overlay_1m: Path) -> None:
     code, out = check_json(str(overlay_1m), "--tp", "8", "--kv-memory", "61.31GiB", engine=True)
     ids = [c["id"] for c in out["checks"]]
     assert len(ids) == len(set(ids)), ids
-    for expected in ("schema", "overlay.manifest", "overlay.links", "shard.headers",
-                     "parallel.heads", "parallel.experts", "parallel.fp8_block", "kv.fits",
-                     "gpus.visible", "disk.model_dir"):
+    for expected in (
+        "schema",
+        "overlay.manifest",
+        "overlay.links",
+        "shard.headers",
+        "parallel.heads",
+        "parallel.experts",
+        "parallel.fp8_block",
+        "kv.fits",
+        "gpus.visible",
+        "disk.model_dir",
+    ):
         assert expected in ids, ids
-    engine = [c for c in out["checks"] if c["id"].startswith("engine.")
-              and c["id"] != "engine.flags"]
+    engine = [
+        c for c in out["checks"] if c["id"].startswith("engine.") and c["id"] != "engine.flags"
+    ]
     assert engine, ids
     if engine[0]["id"] == "engine.found":  # vLLM present: it must agree with the overlay
         got = {c["id"]: c for c in engine}
@@ -395,8 +528,9 @@ def test_broken_overlay_link_fails(big: Path, tmp_path: Path) -> None:
 
 
 def test_human_table(overlay_1m: Path) -> None:
-    r = invoke("check", str(overlay_1m), "--tp", "8", "--no-ep", "--kv-memory", "61.31GiB",
-               "--no-engine")
+    r = invoke(
+        "check", str(overlay_1m), "--tp", "8", "--no-ep", "--kv-memory", "61.31GiB", "--no-engine"
+    )
     assert r.exit_code == 1
     lines = r.stdout.splitlines()
     assert any(line.startswith("[FAIL] parallel.fp8_block") for line in lines)
@@ -421,9 +555,24 @@ def test_bad_invocation(tiny_src: Path) -> None:
 
 
 def test_console_script_json_validates(tiny_src: Path) -> None:
-    res = subprocess.run([str(QWENPREP_BIN), "check", str(tiny_src), "--kv-memory", "2GiB",
-                          "--context", "1m", "--vllm-version", "0.32", "--json", "--no-engine"],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [
+            str(QWENPREP_BIN),
+            "check",
+            str(tiny_src),
+            "--kv-memory",
+            "2GiB",
+            "--context",
+            "1m",
+            "--vllm-version",
+            "0.32",
+            "--json",
+            "--no-engine",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     out = json.loads(res.stdout)
     validate(out)
     assert res.returncode == (0 if out["ok"] else 1)
@@ -434,7 +583,8 @@ def test_console_script_json_validates(tiny_src: Path) -> None:
     assert [c["id"] for c in fails] == ["engine.plan"]
     assert fails[0]["message"].startswith(
         f"qwenprep serve would refuse (exit 3): {tiny_src / 'config.json'}: --max-model-len "
-        "1048576 is above the 262144 tokens this config allows")
+        "1048576 is above the 262144 tokens this config allows"
+    )
     assert res.returncode == 1
 
 
@@ -443,8 +593,9 @@ def test_console_script_json_validates(tiny_src: Path) -> None:
 PIPELINES = Path(__file__).resolve().parent.parent / "examples" / "pipelines"
 
 
-def _run_preflight_sh(tmp_path: Path, tiny_src: Path, tp: str,
-                      *args: str) -> subprocess.CompletedProcess[str]:
+def _run_preflight_sh(
+    tmp_path: Path, tiny_src: Path, tp: str, *args: str
+) -> subprocess.CompletedProcess[str]:
     """The shell pipeline with nothing on PATH but python3: no jq (a fresh machine has none)."""
     import shutil
     import sys
@@ -453,13 +604,25 @@ def _run_preflight_sh(tmp_path: Path, tiny_src: Path, tp: str,
     bin_.mkdir(exist_ok=True)
     if not (bin_ / "python3").exists():
         (bin_ / "python3").symlink_to(sys.executable)
-    env = dict(os.environ, MODEL=str(tiny_src), OUT=str(tmp_path / "overlay"), TP=tp,
-               CONTEXT="1m", REPORT=str(tmp_path / "report.json"), QWENPREP=str(QWENPREP_BIN),
-               PATH=str(bin_))
+    env = dict(
+        os.environ,
+        MODEL=str(tiny_src),
+        OUT=str(tmp_path / "overlay"),
+        TP=tp,
+        CONTEXT="1m",
+        REPORT=str(tmp_path / "report.json"),
+        QWENPREP=str(QWENPREP_BIN),
+        PATH=str(bin_),
+    )
     sh = shutil.which("sh")
     assert sh is not None
-    return subprocess.run([sh, str(PIPELINES / "preflight.sh"), *(args or ("--kv-memory", "2GiB")),
-                           "--no-engine"], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run(
+        [sh, str(PIPELINES / "preflight.sh"), *(args or ("--kv-memory", "2GiB")), "--no-engine"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
 
 
 def test_shell_pipeline_gates_on_the_report(tmp_path: Path, tiny_src: Path) -> None:
@@ -505,6 +668,7 @@ def _commands(obj: Any) -> list[str]:
 
 def test_kubernetes_init_container_and_job_gate_on_check() -> None:
     import yaml  # pyyaml: in the test extra
+
     docs = list(yaml.safe_load_all((PIPELINES / "k8s-vllm-preflight.yaml").read_text()))
     kinds = [d["kind"] for d in docs]
     assert kinds == ["Deployment", "Job"]

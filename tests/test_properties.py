@@ -16,8 +16,13 @@ from qwenprep.validation import invariant_checks, schema_problems
 
 pow2 = st.sampled_from([4096, 8192, 32768, 40960, 65536, 131072, 262144])
 names = st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12)
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**9), st.floats(
-    allow_nan=False, allow_infinity=False), st.text(max_size=8))
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 10**9),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8),
+)
 
 
 @st.composite
@@ -36,8 +41,11 @@ def qwen3_configs(draw: st.DrawFn) -> dict[str, Any]:
         "vocab_size": draw(st.integers(1000, 200000)),
     }
     if moe:
-        cfg.update(num_experts=draw(st.integers(4, 256)), num_experts_per_tok=8,
-                   moe_intermediate_size=draw(st.sampled_from([768, 1536, 2560])))
+        cfg.update(
+            num_experts=draw(st.integers(4, 256)),
+            num_experts_per_tok=8,
+            moe_intermediate_size=draw(st.sampled_from([768, 1536, 2560])),
+        )
     theta = draw(st.sampled_from([10000, 1000000, 10000000, 5e6]))
     if draw(st.booleans()):  # transformers 4 style
         cfg["rope_scaling"] = None
@@ -72,12 +80,25 @@ def test_patch_validate_native_round_trip(cfg: dict[str, Any], factor: float) ->
 
 
 json_values = st.recursive(
-    scalars, lambda kids: st.one_of(st.lists(kids, max_size=4),
-                                    st.dictionaries(st.text(max_size=10), kids, max_size=5)),
-    max_leaves=20)
-interesting_keys = st.sampled_from([
-    "model_type", "max_position_embeddings", "rope_scaling", "rope_parameters", "rope_theta",
-    "head_dim", "quantization_config", "num_hidden_layers", "num_experts"])
+    scalars,
+    lambda kids: st.one_of(
+        st.lists(kids, max_size=4), st.dictionaries(st.text(max_size=10), kids, max_size=5)
+    ),
+    max_leaves=20,
+)
+interesting_keys = st.sampled_from(
+    [
+        "model_type",
+        "max_position_embeddings",
+        "rope_scaling",
+        "rope_parameters",
+        "rope_theta",
+        "head_dim",
+        "quantization_config",
+        "num_hidden_layers",
+        "num_experts",
+    ]
+)
 
 
 @st.composite
@@ -86,23 +107,51 @@ def hostile_configs(draw: st.DrawFn) -> str:
     if kind == 0:
         return draw(st.text(max_size=200))
     base: dict[str, Any] = {
-        "model_type": "qwen3_moe", "max_position_embeddings": 262144, "head_dim": 128,
+        "model_type": "qwen3_moe",
+        "max_position_embeddings": 262144,
+        "head_dim": 128,
         "rope_theta": 1e7,
-        "rope_scaling": {"rope_type": "yarn", "factor": 4.0,
-                         "original_max_position_embeddings": 262144},
+        "rope_scaling": {
+            "rope_type": "yarn",
+            "factor": 4.0,
+            "original_max_position_embeddings": 262144,
+        },
         "rope_parameters": {"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e6},
-        "quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128],
-                                "activation_scheme": "dynamic",
-                                "modules_to_not_convert": ["lm_head"]}}
+        "quantization_config": {
+            "quant_method": "fp8",
+            "weight_block_size": [128, 128],
+            "activation_scheme": "dynamic",
+            "modules_to_not_convert": ["lm_head"],
+        },
+    }
     for k in draw(st.lists(interesting_keys, max_size=5)):
         base[k] = draw(json_values)
-    for parent, k in draw(st.lists(st.tuples(st.sampled_from(
-            ["rope_scaling", "rope_parameters", "quantization_config"]), st.sampled_from(
-            ["rope_type", "type", "factor", "original_max_position_embeddings", "rope_theta",
-             "quant_method", "weight_block_size", "modules_to_not_convert"])), max_size=4)):
+    for parent, k in draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["rope_scaling", "rope_parameters", "quantization_config"]),
+                st.sampled_from(
+                    [
+                        "rope_type",
+                        "type",
+                        "factor",
+                        "original_max_position_embeddings",
+                        "rope_theta",
+                        "quant_method",
+                        "weight_block_size",
+                        "modules_to_not_convert",
+                    ]
+                ),
+            ),
+            max_size=4,
+        )
+    ):
         if isinstance(base.get(parent), dict):
-            base[parent][k] = draw(st.one_of(json_values, st.floats(), st.sampled_from(
-                [1e308, -1, 0, "fp8", "yarn", True])))
+            base[parent][k] = draw(
+                st.one_of(
+                    json_values, st.floats(), st.sampled_from([1e308, -1, 0, "fp8", "yarn", True])
+                )
+            )
     for k in draw(st.lists(st.sampled_from(list(base)), max_size=3)):
         base.pop(k, None)
     if kind == 1:
@@ -114,8 +163,9 @@ def hostile_configs(draw: st.DrawFn) -> str:
     return text[:cut]
 
 
-@settings(max_examples=600, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(text=hostile_configs())
 def test_no_config_makes_a_traceback(tmp_path: Path, text: str) -> None:
     from conftest import invoke
@@ -133,8 +183,9 @@ def test_no_config_makes_a_traceback(tmp_path: Path, text: str) -> None:
     assert (src / "config.json").read_bytes() == raw
 
 
-@pytest.mark.parametrize("raw", [b"\xff\xfe{}", b"\x00" * 10, "{\"a\": \"\udcff\"}".encode(
-    "utf-8", "surrogatepass")])
+@pytest.mark.parametrize(
+    "raw", [b"\xff\xfe{}", b"\x00" * 10, '{"a": "\udcff"}'.encode("utf-8", "surrogatepass")]
+)
 def test_binary_garbage_config(tmp_path: Path, raw: bytes) -> None:
     from conftest import invoke
 

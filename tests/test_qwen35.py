@@ -28,8 +28,9 @@ YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env.setdefault("QWENPREP_OVERLAYS", os.environ["QWENPREP_OVERLAYS"])
-    return subprocess.run([str(QWENPREP_BIN), *args], capture_output=True, text=True,
-                          timeout=600, env=env)
+    return subprocess.run(
+        [str(QWENPREP_BIN), *args], capture_output=True, text=True, timeout=600, env=env
+    )
 
 
 def _json(out: str) -> dict[str, Any]:
@@ -48,8 +49,12 @@ def release35(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from qwenprep.families.qwen3_5 import qwen3_5_35b_a3b_config
     from qwenprep.synth import make_shaped_checkpoint
 
-    return make_shaped_checkpoint(tmp_path_factory.mktemp("q35") / "Qwen3.5-35B-A3B",
-                                  config=qwen3_5_35b_a3b_config(), fp8=False, shards=8)
+    return make_shaped_checkpoint(
+        tmp_path_factory.mktemp("q35") / "Qwen3.5-35B-A3B",
+        config=qwen3_5_35b_a3b_config(),
+        fp8=False,
+        shards=8,
+    )
 
 
 @pytest.fixture
@@ -106,8 +111,13 @@ def test_tensor_layout_is_the_releases(release35: Path) -> None:
         want = {s.name: list(s.shape) for s in qwen3_5_tensors(cfg)}
         got: dict[str, list[int]] = {}
         for shard in sorted(root.glob("*.safetensors")):
-            got.update({n: list(t["shape"]) for n, t in read_raw_header(shard)[2].items()
-                        if n != "__metadata__"})
+            got.update(
+                {
+                    n: list(t["shape"])
+                    for n, t in read_raw_header(shard)[2].items()
+                    if n != "__metadata__"
+                }
+            )
         assert got == want, root
 
 
@@ -115,8 +125,9 @@ def test_tensor_layout_is_the_releases(release35: Path) -> None:
 
 
 @pytest.mark.parametrize("which", ["tiny", "35b"])
-def test_every_command_through_the_console_script(which: str, tiny: Path, release35: Path,
-                                                  tmp_path: Path) -> None:
+def test_every_command_through_the_console_script(
+    which: str, tiny: Path, release35: Path, tmp_path: Path
+) -> None:
     src = tiny if which == "tiny" else release35
     before = (src / "config.json").read_bytes()
     for args in (["validate", str(src)], ["verify", str(src)]):
@@ -133,14 +144,19 @@ def test_every_command_through_the_console_script(which: str, tiny: Path, releas
     assert rope == {**orig["rope_parameters"], **YARN}  # every key kept, theta and M-RoPE too
     assert rope["rope_theta"] == 10000000 and rope["partial_rotary_factor"] == 0.25
     assert "rope_parameters" not in cfg and "rope_scaling" not in text
-    assert {k: v for k, v in cfg.items() if k != "text_config"} == \
-        {k: v for k, v in json.loads(before).items() if k != "text_config"}
+    assert {k: v for k, v in cfg.items() if k != "text_config"} == {
+        k: v for k, v in json.loads(before).items() if k != "text_config"
+    }
 
     r = _run("validate", str(ov), "--json")
     assert r.returncode == 0, r.stdout
     checks = _checks(r.stdout)
-    for cid in ("invariant.yarn_length", "invariant.mrope_section", "invariant.layer_types",
-                "invariant.rope_theta"):
+    for cid in (
+        "invariant.yarn_length",
+        "invariant.mrope_section",
+        "invariant.layer_types",
+        "invariant.rope_theta",
+    ):
         assert checks[cid]["status"] == "pass", cid
     r = _run("verify", str(ov), "--json")
     assert r.returncode == 0, r.stdout
@@ -195,15 +211,23 @@ def test_mrope_and_partial_rotary_must_stay_in_the_rope_dict(tiny: Path) -> None
     assert "no mrope_section" in fails["invariant.mrope_section"]
     cfg["text_config"]["rope_parameters"]["mrope_section"] = [11, 11, 10]
     (tiny / "config.json").write_text(json.dumps(cfg, indent=2))
-    fails = {c["id"]: c["message"] for c in _json(_run("validate", str(tiny), "--json").stdout)
-             ["checks"] if c["status"] == "fail"}
-    assert "adds up to 32, but head_dim 32 x partial_rotary_factor 0.25 / 2 = 4" in \
-        fails["invariant.mrope_section"]
+    fails = {
+        c["id"]: c["message"]
+        for c in _json(_run("validate", str(tiny), "--json").stdout)["checks"]
+        if c["status"] == "fail"
+    }
+    assert (
+        "adds up to 32, but head_dim 32 x partial_rotary_factor 0.25 / 2 = 4"
+        in fails["invariant.mrope_section"]
+    )
     cfg["text_config"]["rope_parameters"]["mrope_section"] = [11, 11, 10]
     del cfg["text_config"]["partial_rotary_factor"]  # transformers 5 would copy this one in
     (tiny / "config.json").write_text(json.dumps(cfg, indent=2))
-    fails = {c["id"]: c["message"] for c in _json(_run("validate", str(tiny), "--json").stdout)
-             ["checks"] if c["status"] == "fail"}
+    fails = {
+        c["id"]: c["message"]
+        for c in _json(_run("validate", str(tiny), "--json").stdout)["checks"]
+        if c["status"] == "fail"
+    }
     assert "rotate every head dimension" in fails["invariant.partial_rotary_factor_in_rope"]
 
 
@@ -211,24 +235,42 @@ def test_mpe_only_bump_and_flat_override_are_refused(tiny: Path) -> None:
     """A bump of max_position_embeddings alone (nested, as vLLM 0.32 merges it, or flat) leaves
     RoPE unscaled past 262,144; the Qwen3-Next recipe's flat rope override does not reach a
     text_config model at all. check fails (exit 1) and serve refuses (exit 3), saying why."""
-    bumps = [{"text_config": {"max_position_embeddings": 1048576}},
-             {"max_position_embeddings": 1048576,
-              "rope_parameters": {**YARN, "rope_theta": 10000000}}]
+    bumps = [
+        {"text_config": {"max_position_embeddings": 1048576}},
+        {"max_position_embeddings": 1048576, "rope_parameters": {**YARN, "rope_theta": 10000000}},
+    ]
     for over in bumps:
         extra = ["--", "--hf-overrides", json.dumps(over)]
-        r = _run("check", str(tiny), "--context", "1m", "--no-engine", "--kv-memory", "2GiB",
-                 "--json", *extra)
+        r = _run(
+            "check",
+            str(tiny),
+            "--context",
+            "1m",
+            "--no-engine",
+            "--kv-memory",
+            "2GiB",
+            "--json",
+            *extra,
+        )
         assert r.returncode == 1, r.stdout
-        fails = {c["id"]: c["message"] for c in _json(r.stdout)["checks"]
-                 if c["status"] == "fail"}
+        fails = {c["id"]: c["message"] for c in _json(r.stdout)["checks"] if c["status"] == "fail"}
         assert "unscaled RoPE" in fails["engine.plan"], fails
-        r = _run("serve", str(tiny), "--max-model-len", "1m", "--dry-run", "--vllm-python",
-                 NO_VLLM, *extra)
+        r = _run(
+            "serve",
+            str(tiny),
+            "--max-model-len",
+            "1m",
+            "--dry-run",
+            "--vllm-python",
+            NO_VLLM,
+            *extra,
+        )
         assert r.returncode == 3 and "unscaled RoPE" in r.stderr, r.stderr
 
 
-def test_overrides_that_change_the_mrope_sections_are_refused_offline(tiny: Path,
-                                                                      tmp_path: Path) -> None:
+def test_overrides_that_change_the_mrope_sections_are_refused_offline(
+    tiny: Path, tmp_path: Path
+) -> None:
     """Offline (no vLLM), the gate reads a nested override as vLLM 0.32 applies it: merged
     key by key into text_config.rope_parameters. A partial rope dict keeps rope_theta and the
     M-RoPE sections (accepted); one that changes the sections or the rotary fraction is
@@ -236,20 +278,42 @@ def test_overrides_that_change_the_mrope_sections_are_refused_offline(tiny: Path
     ov = tmp_path / "ov"
     assert _run("patch", str(tiny), "-c", "1m", "-o", str(ov)).returncode == 0
     partial = json.dumps({"text_config": {"rope_parameters": YARN}})
-    r = _run("check", str(ov), "--no-engine", "--kv-memory", "2GiB", "--json", "--",
-             "--hf-overrides", partial)
+    r = _run(
+        "check",
+        str(ov),
+        "--no-engine",
+        "--kv-memory",
+        "2GiB",
+        "--json",
+        "--",
+        "--hf-overrides",
+        partial,
+    )
     assert r.returncode == 0, r.stdout
     assert _checks(r.stdout)["engine.rope_theta"]["status"] == "pass"
-    wrong = json.dumps({"text_config": {"rope_parameters": {
-        "mrope_section": [4, 0, 0], "partial_rotary_factor": 0.5}}})
-    r = _run("check", str(ov), "--no-engine", "--kv-memory", "2GiB", "--json", "--",
-             "--hf-overrides", wrong)
+    wrong = json.dumps(
+        {
+            "text_config": {
+                "rope_parameters": {"mrope_section": [4, 0, 0], "partial_rotary_factor": 0.5}
+            }
+        }
+    )
+    r = _run(
+        "check",
+        str(ov),
+        "--no-engine",
+        "--kv-memory",
+        "2GiB",
+        "--json",
+        "--",
+        "--hf-overrides",
+        wrong,
+    )
     assert r.returncode == 1
     fails = {c["id"]: c["message"] for c in _json(r.stdout)["checks"] if c["status"] == "fail"}
     assert "would use [4, 0, 0] but config.json sets [2, 1, 1]" in fails["engine.mrope_section"]
     assert "would use 0.5 but config.json sets 0.25" in fails["engine.partial_rotary_factor"]
-    r = _run("serve", str(ov), "--dry-run", "--vllm-python", NO_VLLM, "--", "--hf-overrides",
-             wrong)
+    r = _run("serve", str(ov), "--dry-run", "--vllm-python", NO_VLLM, "--", "--hf-overrides", wrong)
     assert r.returncode == 3 and "[engine.mrope_section]" in r.stderr, r.stderr
 
 
@@ -300,10 +364,15 @@ def test_readback_through_vllms_config_layer(tiny: Path, tmp_path: Path) -> None
     r = _run("verify", str(ov), "--engine", "--json", "--vllm-python", sys.executable)
     assert r.returncode == 0, r.stdout + r.stderr
     c = _checks(r.stdout)
-    want = {"engine.max_model_len": "1048576", "engine.rope_type": "yarn",
-            "engine.rope_factor": "4", "engine.rope_original": "262144",
-            "engine.rope_theta": "10000000", "engine.partial_rotary_factor": "0.25",
-            "engine.mrope_section": "[2, 1, 1]"}
+    want = {
+        "engine.max_model_len": "1048576",
+        "engine.rope_type": "yarn",
+        "engine.rope_factor": "4",
+        "engine.rope_original": "262144",
+        "engine.rope_theta": "10000000",
+        "engine.partial_rotary_factor": "0.25",
+        "engine.mrope_section": "[2, 1, 1]",
+    }
     for cid, value in want.items():
         assert c[cid]["status"] == "pass" and c[cid]["message"].endswith(f"uses {value}"), c[cid]
     if c.get("engine.config_layer"):
@@ -324,27 +393,50 @@ def test_gate_through_vllm_on_nested_overrides(tiny: Path, tmp_path: Path) -> No
     from qwenprep.gate import probe_plans
 
     partial = ("--hf-overrides", json.dumps({"text_config": {"rope_parameters": YARN}}))
-    wrong = ("--hf-overrides", json.dumps({"text_config": {"rope_parameters": {
-        "mrope_section": [4, 0, 0]}}}))
+    wrong = (
+        "--hf-overrides",
+        json.dumps({"text_config": {"rope_parameters": {"mrope_section": [4, 0, 0]}}}),
+    )
     engine = discover(sys.executable)
     assert engine is not None and engine.importable
-    plans = [build_launch_plan(ov, engine=engine, extra_args=x, offline_gate=False,
-                               for_check=True) for x in (partial, wrong)]
+    plans = [
+        build_launch_plan(ov, engine=engine, extra_args=x, offline_gate=False, for_check=True)
+        for x in (partial, wrong)
+    ]
     probe_plans(plans, sys.executable)  # one import of vLLM for both
     from conftest import invoke
 
-    r = invoke("check", str(ov), "--kv-memory", "2GiB", "--json", "--vllm-python",
-               sys.executable, "--", *partial)
+    r = invoke(
+        "check",
+        str(ov),
+        "--kv-memory",
+        "2GiB",
+        "--json",
+        "--vllm-python",
+        sys.executable,
+        "--",
+        *partial,
+    )
     assert r.exit_code == 0, r.output
     c = _checks(r.stdout)
     assert c["engine.rope_theta"]["message"].endswith("vLLM uses 10000000")
     assert c["engine.mrope_section"]["status"] == "pass"
-    r = invoke("check", str(ov), "--kv-memory", "2GiB", "--json", "--vllm-python",
-               sys.executable, "--", *wrong)
+    r = invoke(
+        "check",
+        str(ov),
+        "--kv-memory",
+        "2GiB",
+        "--json",
+        "--vllm-python",
+        sys.executable,
+        "--",
+        *wrong,
+    )
     assert r.exit_code == 1, r.output
     fails = {k: v["message"] for k, v in _checks(r.stdout).items() if v["status"] == "fail"}
-    assert "vLLM would use [4, 0, 0] but config.json sets [2, 1, 1]" in \
-        fails["engine.mrope_section"]
+    assert (
+        "vLLM would use [4, 0, 0] but config.json sets [2, 1, 1]" in fails["engine.mrope_section"]
+    )
 
 
 def test_text_only_and_dense_configs_patch_in_their_own_place() -> None:
@@ -361,8 +453,13 @@ def test_text_only_and_dense_configs_patch_in_their_own_place() -> None:
     dense = json.loads(json.dumps(vl))
     dense.update(model_type="qwen3_5", architectures=["Qwen3_5ForConditionalGeneration"])
     t = dense["text_config"]
-    for k in ("num_experts", "num_experts_per_tok", "moe_intermediate_size",
-              "shared_expert_intermediate_size", "router_aux_loss_coef"):
+    for k in (
+        "num_experts",
+        "num_experts_per_tok",
+        "moe_intermediate_size",
+        "shared_expert_intermediate_size",
+        "router_aux_loss_coef",
+    ):
         t.pop(k)
     t.update(model_type="qwen3_5_text", intermediate_size=96)
     for cfg, text_of in ((flat, lambda c: c), (dense, lambda c: c["text_config"])):
@@ -381,7 +478,7 @@ def test_text_only_and_dense_configs_patch_in_their_own_place() -> None:
     assert not any(".experts." in n for n in dnames)
 
 
-VLLM_KV = r'''
+VLLM_KV = r"""
 import json, sys
 path, max_len, avail, tp = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 from vllm.config import CacheConfig, ModelConfig, VllmConfig
@@ -432,12 +529,11 @@ print("QWENPREP_VLLM_KV " + json.dumps({
     "groups": [len(g.layer_names) for g in groups], "num_blocks": config.num_blocks,
     "tokens": tokens, "concurrency": concurrency,
     "needed": ku.max_memory_usage_bytes(vc, specs.values())}))
-'''
+"""
 
 
 @pytest.mark.engine
-def test_hybrid_kv_equals_vllms_own_functions(tiny: Path, release35: Path,
-                                              tmp_path: Path) -> None:
+def test_hybrid_kv_equals_vllms_own_functions(tiny: Path, release35: Path, tmp_path: Path) -> None:
     """qwenprep plan against vLLM 0.32's own arithmetic for Qwen3.5 (float32 recurrent state
     from the config's mamba_ssm_dtype): block size, padded page, state, groups, blocks, tokens,
     bytes one request needs and concurrency, for the tiny and the 35B-A3B at TP 1 and 2."""
@@ -446,26 +542,47 @@ def test_hybrid_kv_equals_vllms_own_functions(tiny: Path, release35: Path,
     for i, (src, tp, avail) in enumerate(cases):
         ov = tmp_path / f"ov{i}"
         assert _run("patch", str(src), "-c", "1m", "-o", str(ov)).returncode == 0
-        run = subprocess.run([sys.executable, "-c", VLLM_KV, str(ov), "1048576", str(avail),
-                              str(tp)], capture_output=True, text=True, timeout=300)
+        run = subprocess.run(
+            [sys.executable, "-c", VLLM_KV, str(ov), "1048576", str(avail), str(tp)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         line = [ln for ln in run.stdout.splitlines() if ln.startswith("QWENPREP_VLLM_KV ")]
         assert line, run.stderr[-3000:]
         want = json.loads(line[-1].split(" ", 1)[1])
-        r = _run("plan", str(ov), "--tp", str(tp), "--gpus", str(tp), "--kv-memory",
-                 f"{avail}B", "--vllm-version", "0.32", "--json")
+        r = _run(
+            "plan",
+            str(ov),
+            "--tp",
+            str(tp),
+            "--gpus",
+            str(tp),
+            "--kv-memory",
+            f"{avail}B",
+            "--vllm-version",
+            "0.32",
+            "--json",
+        )
         assert r.returncode == 0, r.stderr
         p = _json(r.stdout)
         h = p["hybrid"]
-        got = {"block_size": p["block_size"], "page_bytes": h["page_bytes"],
-               "state_bytes": h["state_bytes_per_layer_per_request"],
-               "groups": [g["layers"] for g in h["groups"]], "num_blocks": p["num_blocks"],
-               "tokens": p["kv_cache_tokens"], "needed": p["kv_cache_needed_bytes"]}
+        got = {
+            "block_size": p["block_size"],
+            "page_bytes": h["page_bytes"],
+            "state_bytes": h["state_bytes_per_layer_per_request"],
+            "groups": [g["layers"] for g in h["groups"]],
+            "num_blocks": p["num_blocks"],
+            "tokens": p["kv_cache_tokens"],
+            "needed": p["kv_cache_needed_bytes"],
+        }
         assert got == {k: want[k] for k in got}, (src, tp)
         assert p["max_concurrency"] == round(want["concurrency"], 4)
 
 
-def test_verify_compares_the_language_models_layers_and_experts(tiny: Path,
-                                                                 release35: Path) -> None:
+def test_verify_compares_the_language_models_layers_and_experts(
+    tiny: Path, release35: Path
+) -> None:
     """verify reads the counts from text_config and the layers under model.language_model.
     (they used to be skipped: "config.json has no num_hidden_layers"); a missing layer and a
     stacked expert tensor of the wrong shape fail."""
@@ -474,8 +591,10 @@ def test_verify_compares_the_language_models_layers_and_experts(tiny: Path,
         assert r.returncode == 0, r.stdout + r.stderr
         c = _checks(r.stdout)
         assert c["tensors.layers"]["status"] == "pass", c["tensors.layers"]
-        assert c["tensors.experts"]["status"] == "pass" and "stacked" in \
-            c["tensors.experts"]["message"]
+        assert (
+            c["tensors.experts"]["status"] == "pass"
+            and "stacked" in c["tensors.experts"]["message"]
+        )
         assert c["tensors.names"]["status"] == "pass"
     import torch
     from safetensors.torch import load_file, save_file
@@ -486,12 +605,15 @@ def test_verify_compares_the_language_models_layers_and_experts(tiny: Path,
     assert layer3
     gate_up = next(k for k in tensors if k.endswith("layers.1.mlp.experts.gate_up_proj"))
     kept = {k: v for k, v in tensors.items() if k not in layer3}
-    kept[gate_up] = torch.zeros((tensors[gate_up].shape[0] - 1, *tensors[gate_up].shape[1:]),
-                                dtype=tensors[gate_up].dtype)
+    kept[gate_up] = torch.zeros(
+        (tensors[gate_up].shape[0] - 1, *tensors[gate_up].shape[1:]), dtype=tensors[gate_up].dtype
+    )
     save_file(kept, str(shard), metadata={"format": "pt"})
     r = _run("verify", str(tiny), "--json")
     assert r.returncode == 1
     c = _checks(r.stdout)
-    assert c["tensors.layers"]["status"] == "fail" and "layer(s) 3 missing" in \
-        c["tensors.layers"]["message"]
+    assert (
+        c["tensors.layers"]["status"] == "fail"
+        and "layer(s) 3 missing" in c["tensors.layers"]["message"]
+    )
     assert c["tensors.shapes"]["status"] == "fail" and gate_up in c["tensors.shapes"]["message"]

@@ -34,24 +34,33 @@ def next_80b(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A release-shaped Qwen3-Next-80B-A3B checkpoint (sparse: real headers, no data)."""
     from qwenprep.synth import make_shaped_checkpoint, qwen3_next_80b_config
 
-    return make_shaped_checkpoint(tmp_path_factory.mktemp("n80") / "Qwen3-Coder-Next",
-                                  config=qwen3_next_80b_config(), fp8=False, shards=8)
+    return make_shaped_checkpoint(
+        tmp_path_factory.mktemp("n80") / "Qwen3-Coder-Next",
+        config=qwen3_next_80b_config(),
+        fp8=False,
+        shards=8,
+    )
 
 
 @pytest.fixture(scope="module")
 def qwen25_1m(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from qwenprep.synth import make_shaped_checkpoint, qwen25_7b_instruct_1m_config
 
-    return make_shaped_checkpoint(tmp_path_factory.mktemp("q25") / "Qwen2.5-7B-Instruct-1M",
-                                  config=qwen25_7b_instruct_1m_config(), fp8=False, shards=4)
+    return make_shaped_checkpoint(
+        tmp_path_factory.mktemp("q25") / "Qwen2.5-7B-Instruct-1M",
+        config=qwen25_7b_instruct_1m_config(),
+        fp8=False,
+        shards=4,
+    )
 
 
 # ------------------------------------------------------------------ Qwen3-Next end to end
 
 
 @pytest.mark.parametrize("which", ["tiny", "80b"])
-def test_qwen3_next_goes_through_every_command(cli: CliFn, tmp_path: Path, next_80b: Path,
-                                               which: str) -> None:
+def test_qwen3_next_goes_through_every_command(
+    cli: CliFn, tmp_path: Path, next_80b: Path, which: str
+) -> None:
     src = TINY_NEXT if which == "tiny" else next_80b
     for args in (["validate", str(src)], ["verify", str(src)]):
         r = cli(*args)
@@ -61,8 +70,11 @@ def test_qwen3_next_goes_through_every_command(cli: CliFn, tmp_path: Path, next_
     assert r.exit_code == 0, r.output
     assert _json(r)["factor"] == 4.0 and _json(r)["native_context"] == 262144
     cfg = json.loads((ov / "config.json").read_text())
-    assert cfg["rope_scaling"] == {"rope_type": "yarn", "factor": 4.0,
-                                   "original_max_position_embeddings": 262144}
+    assert cfg["rope_scaling"] == {
+        "rope_type": "yarn",
+        "factor": 4.0,
+        "original_max_position_embeddings": 262144,
+    }
     assert cfg["max_position_embeddings"] == 1048576
     assert cfg["partial_rotary_factor"] == 0.25 and cfg["full_attention_interval"] == 4
     r = cli("validate", str(ov), "--json")
@@ -110,7 +122,7 @@ def test_qwen3_next_80b_plan_numbers(cli: CliFn, next_80b: Path) -> None:
     assert "not verified" in r.output and "block size 544 tokens" in r.output
 
 
-VLLM_KV = r'''
+VLLM_KV = r"""
 import json, sys
 path, max_len, avail, tp = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 from vllm.config import CacheConfig, ModelConfig, VllmConfig
@@ -150,12 +162,11 @@ print("QWENPREP_VLLM_KV " + json.dumps({
     "groups": [len(g.layer_names) for g in groups], "num_blocks": config.num_blocks,
     "tokens": tokens, "concurrency": concurrency,
     "needed": ku.max_memory_usage_bytes(vc, specs.values())}))
-'''
+"""
 
 
 @pytest.mark.engine
-def test_hybrid_kv_equals_vllms_own_functions(cli: CliFn, tmp_path: Path, next_80b: Path
-                                              ) -> None:
+def test_hybrid_kv_equals_vllms_own_functions(cli: CliFn, tmp_path: Path, next_80b: Path) -> None:
     """vLLM 0.32's own code on this CPU: Platform._align_hybrid_block_size with the
     FlashAttention backend, the model class's state shape/dtype, get_kv_cache_groups,
     get_kv_cache_config_from_groups, get_kv_cache_capacity, max_memory_usage_bytes."""
@@ -164,20 +175,40 @@ def test_hybrid_kv_equals_vllms_own_functions(cli: CliFn, tmp_path: Path, next_8
     for i, (src, tp, avail) in enumerate(cases):
         ov = tmp_path / f"ov{i}"
         assert cli("patch", str(src), "-c", "1m", "-o", str(ov)).exit_code == 0
-        run = subprocess.run([str(VLLM_PY), "-c", VLLM_KV, str(ov), "1048576", str(avail),
-                              str(tp)], capture_output=True, text=True, timeout=300)
+        run = subprocess.run(
+            [str(VLLM_PY), "-c", VLLM_KV, str(ov), "1048576", str(avail), str(tp)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         line = [ln for ln in run.stdout.splitlines() if ln.startswith("QWENPREP_VLLM_KV ")]
         assert line, run.stderr[-3000:]
         want = json.loads(line[-1].split(" ", 1)[1])
-        r = cli("plan", str(ov), "--tp", str(tp), "--gpus", str(tp), "--kv-memory", f"{avail}B",
-                "--vllm-version", "0.32", "--json")
+        r = cli(
+            "plan",
+            str(ov),
+            "--tp",
+            str(tp),
+            "--gpus",
+            str(tp),
+            "--kv-memory",
+            f"{avail}B",
+            "--vllm-version",
+            "0.32",
+            "--json",
+        )
         assert r.exit_code == 0, r.output
         p = _json(r)
         h = p["hybrid"]
-        got = {"block_size": p["block_size"], "page_bytes": h["page_bytes"],
-               "state_bytes": h["state_bytes_per_layer_per_request"],
-               "groups": [g["layers"] for g in h["groups"]], "num_blocks": p["num_blocks"],
-               "tokens": p["kv_cache_tokens"], "needed": p["kv_cache_needed_bytes"]}
+        got = {
+            "block_size": p["block_size"],
+            "page_bytes": h["page_bytes"],
+            "state_bytes": h["state_bytes_per_layer_per_request"],
+            "groups": [g["layers"] for g in h["groups"]],
+            "num_blocks": p["num_blocks"],
+            "tokens": p["kv_cache_tokens"],
+            "needed": p["kv_cache_needed_bytes"],
+        }
         assert got == {k: want[k] for k in got}, (src, tp)
         assert p["max_concurrency"] == round(want["concurrency"], 4)
 
@@ -192,28 +223,66 @@ def test_partial_overrides_on_qwen3_next_are_refused(cli: CliFn, tmp_path: Path)
     assert cli("patch", str(TINY_NEXT), "-c", "1m", "-o", str(ov)).exit_code == 0
     for key in ("rope_parameters", "rope_scaling"):
         override = json.dumps({key: {"rope_type": "yarn", "factor": 4}})
-        r = cli("check", str(ov), "--no-engine", "--kv-memory", "2GiB", "--json", "--",
-                "--hf-overrides", override)
+        r = cli(
+            "check",
+            str(ov),
+            "--no-engine",
+            "--kv-memory",
+            "2GiB",
+            "--json",
+            "--",
+            "--hf-overrides",
+            override,
+        )
         assert r.exit_code == 1, r.output
         fails = {c["id"]: c["message"] for c in _json(r)["checks"] if c["status"] == "fail"}
         assert "would use 10000 but config.json sets 10000000" in fails["engine.rope_theta"]
-        r = cli("serve", str(ov), "--dry-run", "--vllm-python", NO_VLLM, "--",
-                "--hf-overrides", override)
+        r = cli(
+            "serve",
+            str(ov),
+            "--dry-run",
+            "--vllm-python",
+            NO_VLLM,
+            "--",
+            "--hf-overrides",
+            override,
+        )
         assert r.exit_code == 3 and "rope_theta" in r.stderr, r.output
     bump = '{"max_position_embeddings": 1048576}'
-    r = cli("check", str(TINY_NEXT), "--context", "1m", "--no-engine", "--kv-memory", "2GiB",
-            "--", "--hf-overrides", bump)
+    r = cli(
+        "check",
+        str(TINY_NEXT),
+        "--context",
+        "1m",
+        "--no-engine",
+        "--kv-memory",
+        "2GiB",
+        "--",
+        "--hf-overrides",
+        bump,
+    )
     assert r.exit_code == 1 and "unscaled RoPE" in r.output, r.output
-    r = cli("serve", str(TINY_NEXT), "--max-model-len", "1m", "--dry-run", "--vllm-python",
-            NO_VLLM, "--", "--hf-overrides", bump)
+    r = cli(
+        "serve",
+        str(TINY_NEXT),
+        "--max-model-len",
+        "1m",
+        "--dry-run",
+        "--vllm-python",
+        NO_VLLM,
+        "--",
+        "--hf-overrides",
+        bump,
+    )
     assert r.exit_code == 3 and "unscaled RoPE" in r.stderr, r.output
 
 
 # ------------------------------------------------------------------ Qwen2 / DCA
 
 
-def test_qwen25_1m_dca_is_refused_and_offers_native(cli: CliFn, tmp_path: Path,
-                                                    qwen25_1m: Path) -> None:
+def test_qwen25_1m_dca_is_refused_and_offers_native(
+    cli: CliFn, tmp_path: Path, qwen25_1m: Path
+) -> None:
     r = cli("verify", str(qwen25_1m))
     assert r.exit_code == 0, r.output
     r = cli("validate", str(qwen25_1m), "--json")
@@ -233,17 +302,21 @@ def test_qwen25_1m_dca_is_refused_and_offers_native(cli: CliFn, tmp_path: Path,
     assert r.exit_code == 0, r.output
     cfg = json.loads((nat / "config.json").read_text())
     assert "dual_chunk_attention_config" not in cfg and cfg["max_position_embeddings"] == 262144
-    for args in (["validate", str(nat)], ["verify", str(nat)],
-                 ["plan", str(nat), "--kv-memory", "20GiB"],
-                 ["check", str(nat), "--no-engine", "--kv-memory", "20GiB"],
-                 ["serve", str(nat), "--dry-run", "--vllm-python", NO_VLLM],
-                 ["revert", str(nat)]):
+    for args in (
+        ["validate", str(nat)],
+        ["verify", str(nat)],
+        ["plan", str(nat), "--kv-memory", "20GiB"],
+        ["check", str(nat), "--no-engine", "--kv-memory", "20GiB"],
+        ["serve", str(nat), "--dry-run", "--vllm-python", NO_VLLM],
+        ["revert", str(nat)],
+    ):
         r = cli(*args)
         assert r.exit_code == 0, (args, r.output)
 
 
-def test_yarn_on_dca_needs_the_flag_and_says_so(cli: CliFn, tmp_path: Path,
-                                                qwen25_1m: Path) -> None:
+def test_yarn_on_dca_needs_the_flag_and_says_so(
+    cli: CliFn, tmp_path: Path, qwen25_1m: Path
+) -> None:
     ov = tmp_path / "yarn"
     r = cli("patch", str(qwen25_1m), "-c", "1m", "-o", str(ov), "--yarn-on-dca")
     assert r.exit_code == 0, r.output
@@ -263,11 +336,20 @@ def test_dca_overlay_for_vllm_010_and_its_launch(cli: CliFn, tmp_path: Path) -> 
 
     cfg = tiny_fp8_config()
     cfg.pop("quantization_config")
-    src = make_shaped_checkpoint(tmp_path / "Qwen3-30B-A3B-Instruct-2507", config=cfg,
-                                 fp8=False, shards=1)
-    one_m = dict(cfg, max_position_embeddings=1010000, dual_chunk_attention_config={
-        "chunk_size": 262144, "local_size": 8192, "original_max_position_embeddings": 262144,
-        "sparse_attention_enabled": True, "sparse_attention_threshold": 32768})
+    src = make_shaped_checkpoint(
+        tmp_path / "Qwen3-30B-A3B-Instruct-2507", config=cfg, fp8=False, shards=1
+    )
+    one_m = dict(
+        cfg,
+        max_position_embeddings=1010000,
+        dual_chunk_attention_config={
+            "chunk_size": 262144,
+            "local_size": 8192,
+            "original_max_position_embeddings": 262144,
+            "sparse_attention_enabled": True,
+            "sparse_attention_threshold": 32768,
+        },
+    )
     (src / "config_1m.json").write_text(json.dumps(one_m, indent=2))
     (src / "sparse_attention_config.json").write_text('{"sparse": true}\n')
     before = (src / "config.json").read_bytes()
@@ -283,18 +365,21 @@ def test_dca_overlay_for_vllm_010_and_its_launch(cli: CliFn, tmp_path: Path) -> 
     assert (ov / "sparse_attention_config.json").is_symlink()
     assert (src / "config.json").read_bytes() == before
 
-    v010 = EngineInfo("python3", "0.10.0", "vllm", True, "4.55.4", "2.7.1",
-                      capabilities_for((0, 10, 0)))
+    v010 = EngineInfo(
+        "python3", "0.10.0", "vllm", True, "4.55.4", "2.7.1", capabilities_for((0, 10, 0))
+    )
     plan = build_launch_plan(ov, engine=v010, offline_gate=False, for_check=True)
     assert plan.env == {"VLLM_USE_V1": "0", "VLLM_ATTENTION_BACKEND": "DUAL_CHUNK_FLASH_ATTN"}
     argv = list(plan.argv)
-    assert "--enforce-eager" in argv and argv[argv.index("--max-num-batched-tokens") + 1] \
-        == "131072"
+    assert (
+        "--enforce-eager" in argv and argv[argv.index("--max-num-batched-tokens") + 1] == "131072"
+    )
     assert argv[argv.index("--max-model-len") + 1] == "1010000"
     from qwenprep.errors import InputError
 
-    v032 = EngineInfo("python3", "0.32.0", "vllm", True, "5.0", "2.13", capabilities_for(
-        (0, 32, 0)))
+    v032 = EngineInfo(
+        "python3", "0.32.0", "vllm", True, "5.0", "2.13", capabilities_for((0, 32, 0))
+    )
     with pytest.raises(InputError, match="V0 engine"):
         build_launch_plan(ov, engine=v032, offline_gate=False, for_check=True)
     r = cli("patch", str(src), "-c", "1m", "-o", str(tmp_path / "y"), "--yarn-on-dca")
@@ -308,8 +393,7 @@ def test_qwen2_dense_plans_without_head_dim(cli: CliFn, tmp_path: Path) -> None:
     cfg = qwen25_7b_instruct_1m_config()
     cfg.pop("dual_chunk_attention_config")
     cfg.update(max_position_embeddings=32768, rope_theta=1000000.0, num_hidden_layers=4)
-    src = make_shaped_checkpoint(tmp_path / "Qwen2.5-7B-Instruct", config=cfg, fp8=False,
-                                 shards=1)
+    src = make_shaped_checkpoint(tmp_path / "Qwen2.5-7B-Instruct", config=cfg, fp8=False, shards=1)
     ov = tmp_path / "ov"
     r = cli("patch", str(src), "-c", "128k", "-o", str(ov), "--json")
     assert r.exit_code == 0, r.output

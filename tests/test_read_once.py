@@ -37,8 +37,13 @@ from qwenprep.safetensors_io import (
 from qwenprep.schemas import is_valid_fast, load_schema, validator
 from qwenprep.synth import make_shaped_checkpoint, tiny_fp8_config
 
-SETTINGS = settings(max_examples=300, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 COUNT_OPENS = """
 import collections, os, sys
@@ -62,8 +67,12 @@ print(__import__("json").dumps({"ok": ok, "opens": counts}))
 
 
 def _opens(command: str, path: Path) -> tuple[bool, dict[str, int]]:
-    r = subprocess.run([sys.executable, "-c", COUNT_OPENS, command, str(path)],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", COUNT_OPENS, command, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.splitlines()[-1])
     return out["ok"], out["opens"]
@@ -88,8 +97,11 @@ def test_each_shard_and_the_index_are_read_once(sharded: Path, command: str) -> 
 
 
 def test_synth_headers_take_the_fast_path(sharded: Path) -> None:
-    for p in [*sharded.glob("*.safetensors"), *TINY_FP8.glob("*.safetensors"),
-              *TINY.glob("*.safetensors")]:
+    for p in [
+        *sharded.glob("*.safetensors"),
+        *TINY_FP8.glob("*.safetensors"),
+        *TINY.glob("*.safetensors"),
+    ]:
         assert load_header(p).sane, p
 
 
@@ -97,8 +109,12 @@ def test_synth_headers_take_the_fast_path(sharded: Path) -> None:
 
 _DTYPES = ["F8_E4M3", "BF16", "F32", "F4", "F6_E2M3", "I64", "BOOL", "Q4", "bf16"]
 _VALUES: Any = st.one_of(
-    st.integers(min_value=-3, max_value=2**64 + 2), st.booleans(), st.none(),
-    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=3))
+    st.integers(min_value=-3, max_value=2**64 + 2),
+    st.booleans(),
+    st.none(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=3),
+)
 
 
 @st.composite
@@ -110,8 +126,15 @@ def headers(draw: Any) -> tuple[dict[str, Any], int]:
     for i in range(n):
         dtype = draw(st.sampled_from(_DTYPES))
         shape = draw(st.lists(st.integers(min_value=0, max_value=5), max_size=3))
-        width = {"F8_E4M3": 8, "BF16": 16, "F32": 32, "F4": 4, "F6_E2M3": 6, "I64": 64,
-                 "BOOL": 8}.get(dtype, 8)
+        width = {
+            "F8_E4M3": 8,
+            "BF16": 16,
+            "F32": 32,
+            "F4": 4,
+            "F6_E2M3": 6,
+            "I64": 64,
+            "BOOL": 8,
+        }.get(dtype, 8)
         bits = width
         for d in shape:
             bits *= d
@@ -169,15 +192,26 @@ _EXPERT_RE = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.")
 
 
 @SETTINGS
-@given(st.lists(st.one_of(_NAME, _NAME.map(lambda s: "model.layers." + s),
-                          _NAME.map(lambda s: "model.layers.1.mlp.experts." + s)), max_size=40))
+@given(
+    st.lists(
+        st.one_of(
+            _NAME,
+            _NAME.map(lambda s: "model.layers." + s),
+            _NAME.map(lambda s: "model.layers.1.mlp.experts." + s),
+        ),
+        max_size=40,
+    )
+)
 def test_tokens_find_what_the_regexes_find(names: list[str]) -> None:
     names = sorted(set(names))
     layers = {int(m.group(1)) for n in names if (m := _LAYER_RE.match(n))}
     assert {i for _, i, _, _ in _tokens(names, "model.layers.")} == layers
     experts = {(int(m.group(1)), int(m.group(2))) for n in names if (m := _EXPERT_RE.match(n))}
-    found = {(i, e) for tok, i, lo, hi in _tokens(names, "model.layers.")
-             for _, e, _, _ in _tokens(names, f"model.layers.{tok}.mlp.experts.", lo, hi)}
+    found = {
+        (i, e)
+        for tok, i, lo, hi in _tokens(names, "model.layers.")
+        for _, e, _, _ in _tokens(names, f"model.layers.{tok}.mlp.experts.", lo, hi)
+    }
     assert found == experts
 
 
@@ -185,20 +219,29 @@ def test_tokens_find_what_the_regexes_find(names: list[str]) -> None:
 @given(st.lists(_NAME, max_size=30), st.frozensets(_NAME, max_size=5))
 def test_under_finds_what_module_in_finds(names: list[str], modules: frozenset[str]) -> None:
     names = sorted(set(names))
-    assert _under(names, modules) == {n for n in names
-                                      if module_in(n.rsplit(".", 1)[0], modules)}
+    assert _under(names, modules) == {n for n in names if module_in(n.rsplit(".", 1)[0], modules)}
 
 
 # ------------------------------------------------------------------ schemas without jsonschema
 
+
 def _configs() -> list[dict[str, Any]]:
-    return [json.loads((d / "config.json").read_text())
-            for d in sorted(TINY.parent.iterdir()) if (d / "config.json").is_file()]
+    return [
+        json.loads((d / "config.json").read_text())
+        for d in sorted(TINY.parent.iterdir())
+        if (d / "config.json").is_file()
+    ]
 
 
-_MUTANT: Any = st.one_of(st.none(), st.booleans(), st.integers(min_value=-2, max_value=2**20),
-                         st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=4),
-                         st.just([128, 128]), st.just({"rope_type": "yarn", "factor": 4.0}))
+_MUTANT: Any = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-2, max_value=2**20),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=4),
+    st.just([128, 128]),
+    st.just({"rope_type": "yarn", "factor": 4.0}),
+)
 
 
 @SETTINGS

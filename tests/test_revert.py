@@ -30,8 +30,11 @@ def _manual_edit(data: bytes) -> bytes:
     """What the seed-era recipe did by hand: mpe 1M and a yarn block with the old 'type' key."""
     cfg = json.loads(data)
     cfg["max_position_embeddings"] = 1048576
-    cfg["rope_scaling"] = {"type": "yarn", "factor": 4.0,
-                           "original_max_position_embeddings": 262144}
+    cfg["rope_scaling"] = {
+        "type": "yarn",
+        "factor": 4.0,
+        "original_max_position_embeddings": 262144,
+    }
     return json.dumps(cfg, indent=4).encode()
 
 
@@ -45,6 +48,7 @@ def _hf_cache(root: Path, original: bytes) -> tuple[Path, str]:
     os.symlink(f"../../blobs/{sha}", snap / "config.json")
     shard = b"\0" * 4096
     import hashlib
+
     lfs = hashlib.sha256(shard).hexdigest()
     (blobs / lfs).write_bytes(shard)
     os.symlink(f"../../blobs/{lfs}", snap / "model-00001-of-00001.safetensors")
@@ -54,9 +58,9 @@ def _hf_cache(root: Path, original: bytes) -> tuple[Path, str]:
 
 
 @pytest.mark.parametrize("style", ["indent2", "sorted", "no-newline"])
-def test_write_through_edit_in_hf_cache_is_restored(cli: CliFn, tmp_path: Path,
-                                                    ref_config: dict[str, Any],
-                                                    style: str) -> None:
+def test_write_through_edit_in_hf_cache_is_restored(
+    cli: CliFn, tmp_path: Path, ref_config: dict[str, Any], style: str
+) -> None:
     original = _original_bytes(ref_config, style)
     snap, sha = _hf_cache(tmp_path, original)
     with open(snap / "config.json", "wb") as f:  # writes through the link into the blob
@@ -73,8 +77,9 @@ def test_write_through_edit_in_hf_cache_is_restored(cli: CliFn, tmp_path: Path,
     assert r.exit_code == 0 and json.loads(r.stdout)["action"] == "already-original"
 
 
-def test_link_replaced_by_edited_file_is_relinked(cli: CliFn, tmp_path: Path,
-                                                  ref_config: dict[str, Any]) -> None:
+def test_link_replaced_by_edited_file_is_relinked(
+    cli: CliFn, tmp_path: Path, ref_config: dict[str, Any]
+) -> None:
     original = _original_bytes(ref_config, "indent2")
     snap, sha = _hf_cache(tmp_path, original)
     cfg = snap / "config.json"
@@ -88,8 +93,9 @@ def test_link_replaced_by_edited_file_is_relinked(cli: CliFn, tmp_path: Path,
     assert cfg.read_bytes() == original
 
 
-def test_unreproducible_edit_says_what_is_needed(cli: CliFn, tmp_path: Path,
-                                                 ref_config: dict[str, Any]) -> None:
+def test_unreproducible_edit_says_what_is_needed(
+    cli: CliFn, tmp_path: Path, ref_config: dict[str, Any]
+) -> None:
     original = _original_bytes(ref_config, "indent2")
     snap, sha = _hf_cache(tmp_path, original)
     cfg = json.loads(_manual_edit(original))
@@ -103,8 +109,9 @@ def test_unreproducible_edit_says_what_is_needed(cli: CliFn, tmp_path: Path,
     assert (snap.parents[1] / "blobs" / sha).read_bytes() == blob_before  # nothing written
 
 
-def test_backup_beside_the_edit_proven_by_cache_address(cli: CliFn, tmp_path: Path,
-                                                        ref_config: dict[str, Any]) -> None:
+def test_backup_beside_the_edit_proven_by_cache_address(
+    cli: CliFn, tmp_path: Path, ref_config: dict[str, Any]
+) -> None:
     original = _original_bytes(ref_config, "indent2")
     snap, sha = _hf_cache(tmp_path, original)
     cfg = json.loads(_manual_edit(original))
@@ -134,8 +141,9 @@ def test_plain_dir_without_backup_says_what_is_needed(cli: CliFn, qwen_src: Path
     (qwen_src / "config.json").write_bytes(edited)
     r = cli("revert", str(qwen_src))
     assert r.exit_code == 3
-    assert "edited in place (rope scaling set) and there is no content address or backup" \
-        in r.stderr
+    assert (
+        "edited in place (rope scaling set) and there is no content address or backup" in r.stderr
+    )
     assert "config.json.bak" in r.stderr
     assert (qwen_src / "config.json").read_bytes() == edited
 
@@ -145,7 +153,8 @@ def test_local_dir_download_record_proves_restore(cli: CliFn, qwen_src: Path) ->
     meta = qwen_src / ".cache" / "huggingface" / "download"
     meta.mkdir(parents=True)
     (meta / "config.json.metadata").write_text(
-        f"{COMMIT}\n{git_blob_sha1(original)}\n1700000000.0\n")
+        f"{COMMIT}\n{git_blob_sha1(original)}\n1700000000.0\n"
+    )
     (qwen_src / "config.json").write_bytes(_manual_edit(original))
     r = cli("revert", str(qwen_src), "--json")
     assert r.exit_code == 0
@@ -188,8 +197,10 @@ def test_revert_missing_path_is_idempotent(cli: CliFn, tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["action"] == "absent"
-    assert out["message"] == f"nothing at {tmp_path / 'none'}: no overlay to remove " \
+    assert (
+        out["message"] == f"nothing at {tmp_path / 'none'}: no overlay to remove "
         "(already reverted?)"
+    )
     r = cli("revert", str(tmp_path / "no-parent" / "none"))
     assert r.exit_code == 3 and "no such overlay or checkpoint directory" in r.stderr
 
@@ -231,10 +242,20 @@ def test_concurrent_reverts(qwen_src: Path, tmp_path: Path) -> None:
     from conftest import QWENPREP_BIN
 
     out = tmp_path / "ov"
-    subprocess.run([str(QWENPREP_BIN), "patch", str(qwen_src), "-c", "1m", "-o", str(out)],
-                   check=True, capture_output=True)
-    procs = [subprocess.Popen([str(QWENPREP_BIN), "revert", str(out)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    subprocess.run(
+        [str(QWENPREP_BIN), "patch", str(qwen_src), "-c", "1m", "-o", str(out)],
+        check=True,
+        capture_output=True,
+    )
+    procs = [
+        subprocess.Popen(
+            [str(QWENPREP_BIN), "revert", str(out)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
     results = [(p.wait(), p.stderr.read() if p.stderr else "") for p in procs]
     assert [rc for rc, _ in results] == [0, 0, 0], results
     said = sorted(p.stdout.read().split(":")[0] if p.stdout else "" for p in procs)
@@ -243,8 +264,9 @@ def test_concurrent_reverts(qwen_src: Path, tmp_path: Path) -> None:
     assert not out.exists()
 
 
-def test_revert_through_a_symlink_removes_the_real_overlay(cli: CliFn, qwen_src: Path,
-                                                          tmp_path: Path) -> None:
+def test_revert_through_a_symlink_removes_the_real_overlay(
+    cli: CliFn, qwen_src: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "ov"
     assert cli("patch", str(qwen_src), "-c", "1m", "-o", str(out)).exit_code == 0
     os.symlink(out, tmp_path / "ov-link")
@@ -253,8 +275,9 @@ def test_revert_through_a_symlink_removes_the_real_overlay(cli: CliFn, qwen_src:
     assert not out.exists()
 
 
-def test_revert_a_cached_repo_id(cli: CliFn, tmp_path: Path, ref_config: dict[str, Any],
-                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_revert_a_cached_repo_id(
+    cli: CliFn, tmp_path: Path, ref_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     original = _original_bytes(ref_config, "indent2")
     snap, sha = _hf_cache(tmp_path, original)
     with open(snap / "config.json", "wb") as f:
@@ -268,8 +291,9 @@ def test_revert_a_cached_repo_id(cli: CliFn, tmp_path: Path, ref_config: dict[st
     assert r.exit_code == 3 and "qwenprep fetch" in r.stderr
 
 
-def test_mpe_only_edit_is_restored_by_address(cli: CliFn, tmp_path: Path,
-                                              ref_config: dict[str, Any]) -> None:
+def test_mpe_only_edit_is_restored_by_address(
+    cli: CliFn, tmp_path: Path, ref_config: dict[str, Any]
+) -> None:
     """The edit that runs unscaled (only max_position_embeddings raised) is seen as an edit
     and undone, the native length proven by the content address."""
     original = _original_bytes(ref_config, "indent2")

@@ -35,7 +35,7 @@ HAVE_VLLM = INFO is not None and INFO.importable
 needs_vllm = pytest.mark.skipif(not HAVE_VLLM, reason=f"vLLM is not importable in {VLLM_PY}")
 TOKEN = "hf_qwenprepSECURITYtestTOKEN0123456789"
 
-EVIL_PY = '''
+EVIL_PY = """
 from pathlib import Path
 Path({marker!r}).write_text("evil.py was imported\\n")
 from transformers import PretrainedConfig
@@ -43,7 +43,7 @@ from transformers import PretrainedConfig
 
 class EvilConfig(PretrainedConfig):
     model_type = "qwen3_moe"
-'''
+"""
 
 
 def evil_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
@@ -53,8 +53,7 @@ def evil_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
     marker = tmp_path / "MARKER-evil-code-ran"
     (ck / "evil.py").write_text(EVIL_PY.format(marker=str(marker)))
     cfg = json.loads((ck / "config.json").read_text())
-    cfg["auto_map"] = {"AutoConfig": "evil.EvilConfig",
-                       "AutoModelForCausalLM": "evil.EvilModel"}
+    cfg["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"}
     (ck / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     return ck, marker
 
@@ -73,7 +72,8 @@ def isolated_env(tmp_path: Path) -> dict[str, str]:
 
 @needs_vllm
 def test_readback_and_verify_engine_never_import_checkpoint_code(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ck, marker = evil_checkpoint(tmp_path)
     for k, v in isolated_env(tmp_path).items():
         monkeypatch.setenv(k, v)
@@ -82,18 +82,24 @@ def test_readback_and_verify_engine_never_import_checkpoint_code(
     by = {c.id: c for c in checks}
     rc = by["engine.remote_code"]
     assert rc.status == "warn"
-    assert rc.message.startswith("config.json asks for custom code (auto_map: AutoConfig -> "
-                                 "evil.EvilConfig, AutoModelForCausalLM -> evil.EvilModel); "
-                                 "none of it ran: the readback used trust_remote_code=False "
-                                 "and loaded transformers.")
+    assert rc.message.startswith(
+        "config.json asks for custom code (auto_map: AutoConfig -> "
+        "evil.EvilConfig, AutoModelForCausalLM -> evil.EvilModel); "
+        "none of it ran: the readback used trust_remote_code=False "
+        "and loaded transformers."
+    )
     assert "Qwen3MoeConfig" in rc.message and "evil" not in rc.message.split("loaded ")[1]
     # the rest of the readback still ran and agrees with config.json
     assert [c.id for c in checks if c.status == "fail"] == []
     assert by["engine.max_model_len"].status == "pass"
 
-    r = subprocess.run([str(QWENPREP_BIN), "verify", str(ck), "--engine", "--json",
-                        "--vllm-python", VLLM_PY], capture_output=True, text=True, timeout=300,
-                       env=isolated_env(tmp_path))
+    r = subprocess.run(
+        [str(QWENPREP_BIN), "verify", str(ck), "--engine", "--json", "--vllm-python", VLLM_PY],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=isolated_env(tmp_path),
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout)
     assert {c["id"]: c["status"] for c in out["checks"]}["engine.remote_code"] == "warn"
@@ -104,11 +110,18 @@ def test_readback_and_verify_engine_never_import_checkpoint_code(
 def test_positive_control_trusting_the_code_does_run_it(tmp_path: Path) -> None:
     """Without this, 'no marker' could just mean evil.py is never reachable."""
     ck, marker = evil_checkpoint(tmp_path)
-    code = ("import sys\nfrom vllm.config import ModelConfig\n"
-            "try:\n    ModelConfig(model=sys.argv[1], trust_remote_code=True)\n"
-            "except Exception as e:\n    print('refused:', type(e).__name__)\n")
-    subprocess.run([VLLM_PY, "-c", code, str(ck)], capture_output=True, text=True, timeout=300,
-                   env=isolated_env(tmp_path))
+    code = (
+        "import sys\nfrom vllm.config import ModelConfig\n"
+        "try:\n    ModelConfig(model=sys.argv[1], trust_remote_code=True)\n"
+        "except Exception as e:\n    print('refused:', type(e).__name__)\n"
+    )
+    subprocess.run(
+        [VLLM_PY, "-c", code, str(ck)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=isolated_env(tmp_path),
+    )
     assert marker.read_text() == "evil.py was imported\n"
 
 
@@ -121,11 +134,21 @@ def test_launch_plans_never_add_trust_remote_code(tmp_path: Path) -> None:
     assert "trust-remote-code" not in plan["command"]
     assert all("trust-remote-code" not in n for n in plan["notes"])
     for fake in ("0.10.0", "0.11.1", "0.32.0"):  # every version's plan, multi-node included
-        p = eng.build_launch_plan(ck, engine=eng.EngineInfo(
-            python="/opt/vllm/bin/python", version=fake, distribution="vllm", importable=True,
-            transformers=None, torch=None,
-            capabilities=eng.capabilities_for(eng.parse_version(fake))),
-            tp=4, nnodes=2, gpus_per_node=2)
+        p = eng.build_launch_plan(
+            ck,
+            engine=eng.EngineInfo(
+                python="/opt/vllm/bin/python",
+                version=fake,
+                distribution="vllm",
+                importable=True,
+                transformers=None,
+                torch=None,
+                capabilities=eng.capabilities_for(eng.parse_version(fake)),
+            ),
+            tp=4,
+            nnodes=2,
+            gpus_per_node=2,
+        )
         every = [p.argv, *(n.argv for n in p.nodes)]
         assert all("--trust-remote-code" not in argv for argv in every)
     assert not marker.exists()
@@ -137,8 +160,10 @@ def test_trust_remote_code_after_dashdash_is_passed_and_said(tmp_path: Path) -> 
     assert r.exit_code == 0, r.output
     plan = json.loads(r.stdout)
     assert plan["argv"][-1] == "--trust-remote-code"
-    note = (f"--trust-remote-code was given after --: vLLM will import and run Python files "
-            f"from {ck} (config.json auto_map); qwenprep never adds this flag itself")
+    note = (
+        f"--trust-remote-code was given after --: vLLM will import and run Python files "
+        f"from {ck} (config.json auto_map); qwenprep never adds this flag itself"
+    )
     assert note in plan["notes"]
     assert f"note: {note}" in r.stderr
     assert not marker.exists()  # a dry run runs nothing
@@ -154,19 +179,26 @@ def _no_token(*texts: str) -> None:
 
 
 @pytest.mark.parametrize("command", [["verify"], ["verify", "--json"], ["serve", "--dry-run"]])
-def test_uncached_repo_names_fetch_and_never_shows_the_token(tmp_path: Path,
-                                                             command: list[str]) -> None:
+def test_uncached_repo_names_fetch_and_never_shows_the_token(
+    tmp_path: Path, command: list[str]
+) -> None:
     hub = HubServer().start()  # no repos: nothing is served, and no request leaves this host
     try:
         env = hub_env(hub, tmp_path / "hf", HF_TOKEN=TOKEN)
-        r = subprocess.run([str(QWENPREP_BIN), command[0], "Org/Not-Cached", *command[1:]],
-                           capture_output=True, text=True, timeout=120, env=env)
+        r = subprocess.run(
+            [str(QWENPREP_BIN), command[0], "Org/Not-Cached", *command[1:]],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
     finally:
         hub.stop()
     assert r.returncode == 3, r.stderr
     assert "qwenprep fetch Org/Not-Cached" in r.stderr
-    assert f"Org/Not-Cached is not in the Hugging Face cache ({tmp_path / 'hf' / 'hub'})" \
-        in r.stderr
+    assert (
+        f"Org/Not-Cached is not in the Hugging Face cache ({tmp_path / 'hf' / 'hub'})" in r.stderr
+    )
     if "--json" in command:
         err = json.loads(r.stdout)["error"]
         assert err["exit_code"] == 3 and "qwenprep fetch Org/Not-Cached" in err["hint"]
@@ -180,9 +212,13 @@ def test_plan_of_an_unknown_hub_repo_never_shows_the_token(tmp_path: Path) -> No
     try:
         env = hub_env(hub, tmp_path / "hf", HF_TOKEN=TOKEN)
         for extra in ([], ["--json"]):
-            r = subprocess.run([str(QWENPREP_BIN), "plan", "Org/Not-On-The-Hub", "--kv-memory",
-                                "1GiB", *extra], capture_output=True, text=True, timeout=120,
-                               env=env)
+            r = subprocess.run(
+                [str(QWENPREP_BIN), "plan", "Org/Not-On-The-Hub", "--kv-memory", "1GiB", *extra],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env=env,
+            )
             assert r.returncode == 3, r.stderr
             assert "qwenprep fetch Org/Not-On-The-Hub" in r.stderr
             assert "cannot read config.json and safetensors headers from " + hub.url in r.stderr
@@ -204,9 +240,11 @@ def test_manifest_names_outside_the_overlay_are_never_opened(tmp_path: Path) -> 
     mp = ov / ".qwenprep" / "manifest.json"
     m = json.loads(mp.read_text())
     size = sentinel.stat().st_size
-    m["files"] += [{"name": "../sentinel.safetensors", "size": size},
-                   {"name": str(sentinel), "size": size},
-                   {"name": "x/../../sentinel.safetensors", "size": size}]
+    m["files"] += [
+        {"name": "../sentinel.safetensors", "size": size},
+        {"name": str(sentinel), "size": size},
+        {"name": "x/../../sentinel.safetensors", "size": size},
+    ]
     mp.write_text(json.dumps(m))
     watch = OpenWatch(sentinel)
     try:

@@ -41,8 +41,9 @@ def _get(url: str) -> dict[str, Any]:
 
 
 def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
-    req = urllib.request.Request(url, json.dumps(body).encode(),
-                                 {"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url, json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=300) as r:
         data: dict[str, Any] = json.loads(r.read())
         return data
@@ -66,9 +67,23 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     env = dict(os.environ, QWENPREP_VLLM_PYTHON=VLLM_PY, VLLM_CPU_KVCACHE_SPACE="1")
     with open(log, "w") as errf:
         proc = subprocess.Popen(
-            [str(QWENPREP_BIN), "serve", str(ov), "--host", "127.0.0.1", "--port", str(port),
-             "--ready-timeout", "600", "--json"],
-            stdout=subprocess.PIPE, stderr=errf, text=True, env=env)
+            [
+                str(QWENPREP_BIN),
+                "serve",
+                str(ov),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--ready-timeout",
+                "600",
+                "--json",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=errf,
+            text=True,
+            env=env,
+        )
     s = Served(proc, f"http://127.0.0.1:{port}", log)
     try:
         deadline = time.monotonic() + 600
@@ -101,9 +116,14 @@ def test_models_reports_1m(served: Served) -> None:
 
 @pytest.mark.engine
 def test_chat_completion_answers(served: Served) -> None:
-    out = _post(served.url + "/v1/chat/completions",
-                {"model": "tiny-qwen3-coder", "max_tokens": 8,
-                 "messages": [{"role": "user", "content": "Write hello world in Python"}]})
+    out = _post(
+        served.url + "/v1/chat/completions",
+        {
+            "model": "tiny-qwen3-coder",
+            "max_tokens": 8,
+            "messages": [{"role": "user", "content": "Write hello world in Python"}],
+        },
+    )
     choice = out["choices"][0]
     assert choice["message"]["role"] == "assistant"
     assert out["usage"]["completion_tokens"] >= 1
@@ -112,10 +132,16 @@ def test_chat_completion_answers(served: Served) -> None:
 
 @pytest.mark.engine
 def test_required_tool_choice_returns_a_tool_call(served: Served) -> None:
-    out = _post(served.url + "/v1/chat/completions",
-                {"model": "tiny-qwen3-coder", "max_tokens": 64, "tool_choice": "required",
-                 "tools": [srv.TOOL_WEATHER],
-                 "messages": [{"role": "user", "content": "What is the weather in Paris?"}]})
+    out = _post(
+        served.url + "/v1/chat/completions",
+        {
+            "model": "tiny-qwen3-coder",
+            "max_tokens": 64,
+            "tool_choice": "required",
+            "tools": [srv.TOOL_WEATHER],
+            "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+        },
+    )
     calls = out["choices"][0]["message"]["tool_calls"]
     assert len(calls) >= 1
     assert calls[0]["type"] == "function" and calls[0]["function"]["name"] == "get_weather"
@@ -139,7 +165,7 @@ def test_sigint_is_forwarded_and_exit_code_passed_through(served: Served) -> Non
 
 
 # ---------------------------------------------------------------- watching, with a stand-in
-STAND_IN = textwrap.dedent('''
+STAND_IN = textwrap.dedent("""
     import json, sys
     from http.server import BaseHTTPRequestHandler, HTTPServer
     import time
@@ -156,7 +182,7 @@ STAND_IN = textwrap.dedent('''
         def log_message(self, *a):
             pass
     HTTPServer(("127.0.0.1", port), H).serve_forever()
-''')
+""")
 
 
 def _stand_in_plan(tmp_path: Path, length: int, code: int = 0, said: str = "") -> LaunchPlan:
@@ -165,12 +191,14 @@ def _stand_in_plan(tmp_path: Path, length: int, code: int = 0, said: str = "") -
     ov = tmp_path / "ov"
     if not ov.exists():
         assert invoke("patch", str(TINY), "--context", "1m", "--out", str(ov)).exit_code == 0
-    engine = eng.EngineInfo("x", "0.32.0", "vllm", True, None, None,
-                            eng.capabilities_for((0, 32, 0)))
+    engine = eng.EngineInfo(
+        "x", "0.32.0", "vllm", True, None, None, eng.capabilities_for((0, 32, 0))
+    )
     port = srv.free_port()
     plan = eng.build_launch_plan(ov, engine=engine, host="127.0.0.1", port=port)
-    return replace(plan, argv=(sys.executable, str(script), str(port), str(length), str(code),
-                               said))
+    return replace(
+        plan, argv=(sys.executable, str(script), str(port), str(length), str(code), said)
+    )
 
 
 def test_length_mismatch_stops_the_server_and_fails(tmp_path: Path) -> None:
@@ -179,8 +207,10 @@ def test_length_mismatch_stops_the_server_and_fails(tmp_path: Path) -> None:
     with pytest.raises(ChecksFailed) as ei:
         handle.wait_ready(30)
     assert ei.value.exit_code == 1
-    assert ei.value.message == ("vLLM reports max_model_len 4096 on /v1/models, but the plan "
-                                "asked for 1048576; stopped the server.")
+    assert ei.value.message == (
+        "vLLM reports max_model_len 4096 on /v1/models, but the plan "
+        "asked for 1048576; stopped the server."
+    )
     assert handle.returncode is not None
 
 
@@ -204,8 +234,10 @@ def test_early_exit_is_exit_3_with_the_engines_code(tmp_path: Path) -> None:
 
 
 # vLLM 0.32's own words (vllm/config/device.py), as the CUDA build prints them without a GPU
-NO_DEVICE = ("RuntimeError: Failed to infer device type, please set the environment variable "
-             "`VLLM_LOGGING_LEVEL=DEBUG` to turn on verbose logging to help debug the issue.")
+NO_DEVICE = (
+    "RuntimeError: Failed to infer device type, please set the environment variable "
+    "`VLLM_LOGGING_LEVEL=DEBUG` to turn on verbose logging to help debug the issue."
+)
 
 
 def test_early_exit_names_the_log_lines_and_the_cause(tmp_path: Path) -> None:
@@ -217,8 +249,9 @@ def test_early_exit_names_the_log_lines_and_the_cause(tmp_path: Path) -> None:
     err = ei.value
     assert err.exit_code == 3 and err.engine_exit_code == 1
     assert err.cause == [NO_DEVICE] and err.causes == ["device"]
-    assert err.message == (f"vLLM exited with code 1 before it was ready; from its log ({log}):"
-                           f"\n  {NO_DEVICE}")
+    assert err.message == (
+        f"vLLM exited with code 1 before it was ready; from its log ({log}):\n  {NO_DEVICE}"
+    )
     assert err.hint is not None and "found no device it can run on" in err.hint
     assert f"(whole log: {log})" in err.hint
     assert log.read_text().strip() == NO_DEVICE
@@ -235,32 +268,40 @@ def test_killed_before_ready_points_at_memory(tmp_path: Path) -> None:
 
 def test_cause_lines_pick_the_errors_out_of_a_vllm_traceback() -> None:
     # the shape vLLM 0.32 printed here for a KV cache too small for 1M (abridged, real lines)
-    kv = ("ValueError: To serve at least one request with the model's max seq len (1048576), "
-          "(0.5 GiB KV cache is needed, which is larger than the available KV cache memory "
-          "(0.06 GiB). Based on the available memory, the estimated maximum model length is "
-          "130944.")
+    kv = (
+        "ValueError: To serve at least one request with the model's max seq len (1048576), "
+        "(0.5 GiB KV cache is needed, which is larger than the available KV cache memory "
+        "(0.06 GiB). Based on the available memory, the estimated maximum model length is "
+        "130944."
+    )
     pre = "(EngineCore pid=1048) ERROR 11-26 02:17:10 [core.py:1510] "
-    log = "\n".join([
-        "(APIServer pid=1003) INFO 11-26 02:16:30 [api_utils.py:286] non-default args: {}",
-        pre + "EngineCore failed to start.",
-        pre + "Traceback (most recent call last):",
-        pre + '  File "core.py", line 1482, in run_engine_core',
-        pre + "    engine_core = EngineCoreProc(*args, engine_index=dp_rank, **kwargs)",
-        pre + "                  ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^",
-        pre + kv,
-        "Traceback (most recent call last):",
-        '  File "<string>", line 1, in <module>',
-        kv,
-        "RuntimeError: Engine core initialization failed. See root cause above. Failed core "
-        "proc(s): {}",
-        "/usr/lib/python3.11/multiprocessing/resource_tracker.py:254: UserWarning: leaked",
-        "  warnings.warn('resource_tracker: There appear to be %d '",
-    ])
+    log = "\n".join(
+        [
+            "(APIServer pid=1003) INFO 11-26 02:16:30 [api_utils.py:286] non-default args: {}",
+            pre + "EngineCore failed to start.",
+            pre + "Traceback (most recent call last):",
+            pre + '  File "core.py", line 1482, in run_engine_core',
+            pre + "    engine_core = EngineCoreProc(*args, engine_index=dp_rank, **kwargs)",
+            pre + "                  ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^",
+            pre + kv,
+            "Traceback (most recent call last):",
+            '  File "<string>", line 1, in <module>',
+            kv,
+            "RuntimeError: Engine core initialization failed. See root cause above. Failed core "
+            "proc(s): {}",
+            "/usr/lib/python3.11/multiprocessing/resource_tracker.py:254: UserWarning: leaked",
+            "  warnings.warn('resource_tracker: There appear to be %d '",
+        ]
+    )
     lines = cause_lines(log)
     assert [ln.split(":")[0] for ln in lines] == [
-        "EngineCore failed to start.", "ValueError", "RuntimeError"]
-    plan = eng.build_launch_plan(TINY, engine=INFO or None, host="127.0.0.1", port=8123,
-                                 offline_gate=False)
+        "EngineCore failed to start.",
+        "ValueError",
+        "RuntimeError",
+    ]
+    plan = eng.build_launch_plan(
+        TINY, engine=INFO or None, host="127.0.0.1", port=8123, offline_gate=False
+    )
     causes, hint = srv.explain(plan, log)
     assert causes == ["kv_memory"] and hint is not None
     assert "vLLM estimates 130,944 tokens fit" in hint
@@ -275,16 +316,32 @@ def test_a_signal_before_ready_is_an_interruption(tmp_path: Path) -> None:
     assert ei.value.exit_code == 130
 
 
-def _serve_failing(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
-                   ) -> tuple[int, dict[str, Any], str]:
+def _serve_failing(
+    tmp_path: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+) -> tuple[int, dict[str, Any], str]:
     ov = tmp_path / "tiny-1m"
     if not ov.exists():
         assert invoke("patch", str(TINY), "--context", "1m", "--out", str(ov)).exit_code == 0
     base = {k: v for k, v in os.environ.items() if k != "VLLM_CPU_KVCACHE_SPACE"}
-    r = subprocess.run([str(QWENPREP_BIN), "serve", str(ov), "--host", "127.0.0.1",
-                        "--ready-timeout", "600", "--json", *args],
-                       capture_output=True, text=True, timeout=700,
-                       env={**base, "QWENPREP_VLLM_PYTHON": VLLM_PY, **(env or {})})
+    r = subprocess.run(
+        [
+            str(QWENPREP_BIN),
+            "serve",
+            str(ov),
+            "--host",
+            "127.0.0.1",
+            "--ready-timeout",
+            "600",
+            "--json",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=700,
+        env={**base, "QWENPREP_VLLM_PYTHON": VLLM_PY, **(env or {})},
+    )
     return r.returncode, json.loads(r.stdout), r.stderr
 
 
@@ -299,19 +356,25 @@ def test_serve_on_a_port_in_use_says_so(tmp_path: Path) -> None:
         held.bind(("127.0.0.1", 0))
         held.listen(1)
         port = held.getsockname()[1]
-        rc, out, err = _serve_failing(tmp_path, "--port", str(port),
-                                      "--log-file", str(tmp_path / "vllm.log"),
-                                      env={"VLLM_CPU_KVCACHE_SPACE": "1"})
+        rc, out, err = _serve_failing(
+            tmp_path,
+            "--port",
+            str(port),
+            "--log-file",
+            str(tmp_path / "vllm.log"),
+            env={"VLLM_CPU_KVCACHE_SPACE": "1"},
+        )
     assert rc == 3, err[-3000:]
     assert _errors(out) == []
     e = out["error"]
     assert e["exit_code"] == 3 and e["engine_exit_code"] == 1
     assert e["causes"] == ["port_in_use"] and e["log"] == str(tmp_path / "vllm.log")
     assert e["cause"] == ["OSError: [Errno 98] Address already in use"]
-    assert e["hint"].startswith(f"port {port} on 127.0.0.1 is already taken by another "
-                                "process: serve on another (--port N)")
+    assert e["hint"].startswith(
+        f"port {port} on 127.0.0.1 is already taken by another process: serve on another (--port N)"
+    )
     # people get the same: the cause lines once at the end, not only in the scroll above
-    tail = err[err.index("error: vLLM exited with code 1 before it was ready"):]
+    tail = err[err.index("error: vLLM exited with code 1 before it was ready") :]
     assert "  OSError: [Errno 98] Address already in use\nHint: port" in tail
     assert "note: the CPU build of vLLM keeps its KV cache in RAM" not in err  # it is set
 
@@ -323,20 +386,27 @@ def test_serve_with_kv_memory_too_small_for_the_length_says_so(tmp_path: Path) -
         pytest.skip(f"vLLM is not importable in {VLLM_PY}")
     if INFO is None or INFO.distribution != "vllm-cpu":
         pytest.skip("the CPU build's messages")
-    rc, out, err = _serve_failing(tmp_path, "--port", str(srv.free_port()), "--",
-                                  "--kv-cache-memory-bytes", "64M")
+    rc, out, err = _serve_failing(
+        tmp_path, "--port", str(srv.free_port()), "--", "--kv-cache-memory-bytes", "64M"
+    )
     assert rc == 3, err[-3000:]
     assert _errors(out) == []
     e = out["error"]
     assert e["engine_exit_code"] == 1 and e["causes"] == ["kv_memory"]
-    assert any(c.startswith("ValueError: To serve at least one request with the model's max "
-                            "seq len (1048576)") for c in e["cause"])
+    assert any(
+        c.startswith(
+            "ValueError: To serve at least one request with the model's max seq len (1048576)"
+        )
+        for c in e["cause"]
+    )
     assert len(e["cause"]) <= 8
     assert "on the CPU build set VLLM_CPU_KVCACHE_SPACE=N" in e["hint"]
     assert "tokens fit in the memory it had" in e["hint"]
     # without VLLM_CPU_KVCACHE_SPACE, serve says what the CPU build does before it starts
-    assert "note: the CPU build of vLLM keeps its KV cache in RAM: without " \
+    assert (
+        "note: the CPU build of vLLM keeps its KV cache in RAM: without "
         "VLLM_CPU_KVCACHE_SPACE" in err
+    )
     assert Path(e["log"]).is_file() and "ValueError: To serve" in Path(e["log"]).read_text()
 
 
@@ -360,12 +430,14 @@ def _dry_run_notes(ov: Path, *args: str) -> list[str]:
     return notes
 
 
-def test_too_few_gpus_on_this_node_is_a_note(tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_too_few_gpus_on_this_node_is_a_note(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from test_gpus import fake_smi
 
     try:
         import pynvml  # noqa: F401
+
         pytest.skip("nvidia-ml-py is installed: the inventory would not ask nvidia-smi")
     except ImportError:
         pass
@@ -374,13 +446,16 @@ def test_too_few_gpus_on_this_node_is_a_note(tmp_path: Path,
     four = "".join(f"NVIDIA H200, 143771, {143000 - i}\n" for i in range(4))
     fake_smi(bin_dir, four)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    note = ("this node has 4 GPU(s) (nvidia-smi: NVIDIA H200) but TP 8 x PP 1 needs 8; "
-            "vLLM cannot start here alone. For per-node commands: qwenprep serve "
-            f"{ov.resolve()} --nnodes 2 --gpus-per-node 4 --master-addr HEAD_NODE_IP")
+    note = (
+        "this node has 4 GPU(s) (nvidia-smi: NVIDIA H200) but TP 8 x PP 1 needs 8; "
+        "vLLM cannot start here alone. For per-node commands: qwenprep serve "
+        f"{ov.resolve()} --nnodes 2 --gpus-per-node 4 --master-addr HEAD_NODE_IP"
+    )
     assert note in _dry_run_notes(ov)
     assert not any("GPU(s)" in n for n in _dry_run_notes(ov, "--tp", "4"))
-    assert not any("GPU(s)" in n for n in
-                   _dry_run_notes(ov, "--nnodes", "2", "--gpus-per-node", "4"))
+    assert not any(
+        "GPU(s)" in n for n in _dry_run_notes(ov, "--nnodes", "2", "--gpus-per-node", "4")
+    )
     # PP after -- counts: TP 4 x PP 2 needs 8
     notes = _dry_run_notes(ov, "--tp", "4", "--", "--pipeline-parallel-size", "2")
     assert any("but TP 4 x PP 2 needs 8" in n for n in notes)
@@ -419,10 +494,23 @@ def test_dry_run_outputs_match_the_serve_plan_schema(tmp_path: Path) -> None:
     # a plain checkpoint (no digest, no guard) with vLLM's environment cleaned
     plain = tmp_path / "plain"
     shutil.copytree(TINY, plain)
-    env_r = CliRunner().invoke(cli, ["serve", str(plain), "--dry-run", "--json", "--tp", "2",
-                                     "--nnodes", "2", "--gpus-per-node", "1"],
-                               env={"VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"},
-                               catch_exceptions=False)
+    env_r = CliRunner().invoke(
+        cli,
+        [
+            "serve",
+            str(plain),
+            "--dry-run",
+            "--json",
+            "--tp",
+            "2",
+            "--nnodes",
+            "2",
+            "--gpus-per-node",
+            "1",
+        ],
+        env={"VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"},
+        catch_exceptions=False,
+    )
     out = json.loads(env_r.stdout)
     assert out["digest"] is None and out["unset_env"] == ["VLLM_ALLOW_LONG_MAX_MODEL_LEN"]
     assert all(n["guard"] == [] for n in out["nodes"])

@@ -23,17 +23,32 @@ from qwenprep.sizes import GiB
 
 SG_PY = os.environ.get("QWENPREP_SGLANG_PYTHON") or str(REPO / ".venv-sglang" / "bin" / "python")
 HAVE = Path(SG_PY).is_file()
-pytestmark = [pytest.mark.sglang,
-              pytest.mark.skipif(not HAVE, reason=f"SGLang's interpreter {SG_PY} is absent "
-                                 "(./dev setup installs sglang==0.5.23 into .venv-sglang)")]
+pytestmark = [
+    pytest.mark.sglang,
+    pytest.mark.skipif(
+        not HAVE,
+        reason=f"SGLang's interpreter {SG_PY} is absent "
+        "(./dev setup installs sglang==0.5.23 into .venv-sglang)",
+    ),
+]
 
 YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 262144}
-MPE_ONLY = ["--json-model-override-args", '{"max_position_embeddings": 1048576}',
-            "--context-length", "1048576"]
-FLAT_ON_NESTED = ["--json-model-override-args", json.dumps(
-    {"max_position_embeddings": 1048576, "rope_parameters": {**YARN, "rope_theta": 10000000}})]
-PARTIAL_NESTED = ["--json-model-override-args", json.dumps({"text_config": {
-    "rope_parameters": YARN}})]
+MPE_ONLY = [
+    "--json-model-override-args",
+    '{"max_position_embeddings": 1048576}',
+    "--context-length",
+    "1048576",
+]
+FLAT_ON_NESTED = [
+    "--json-model-override-args",
+    json.dumps(
+        {"max_position_embeddings": 1048576, "rope_parameters": {**YARN, "rope_theta": 10000000}}
+    ),
+]
+PARTIAL_NESTED = [
+    "--json-model-override-args",
+    json.dumps({"text_config": {"rope_parameters": YARN}}),
+]
 ENV_VAR = "SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN"
 
 
@@ -41,18 +56,48 @@ def _nested(dest: Path) -> Path:
     """A tiny Qwen3.5-MoE-shaped config (text settings in text_config, M-RoPE sections)."""
     dest.mkdir()
     cfg = json.loads((TINY / "config.json").read_text())
-    text = {k: v for k, v in cfg.items() if k not in (
-        "architectures", "rope_scaling", "rope_theta", "transformers_version", "torch_dtype")}
-    text.update(model_type="qwen3_5_moe_text", dtype="bfloat16", full_attention_interval=2,
-                layer_types=["linear_attention", "full_attention"],
-                rope_parameters={"rope_type": "default", "rope_theta": 10000000,
-                                 "mrope_section": [11, 11, 10], "mrope_interleaved": True,
-                                 "partial_rotary_factor": 0.25})
-    (dest / "config.json").write_text(json.dumps({
-        "architectures": ["Qwen3_5MoeForConditionalGeneration"], "model_type": "qwen3_5_moe",
-        "text_config": text, "tie_word_embeddings": False,
-        "vision_config": {"depth": 1, "hidden_size": 32, "num_heads": 2,
-                          "out_hidden_size": 128}}, indent=1))
+    text = {
+        k: v
+        for k, v in cfg.items()
+        if k
+        not in (
+            "architectures",
+            "rope_scaling",
+            "rope_theta",
+            "transformers_version",
+            "torch_dtype",
+        )
+    }
+    text.update(
+        model_type="qwen3_5_moe_text",
+        dtype="bfloat16",
+        full_attention_interval=2,
+        layer_types=["linear_attention", "full_attention"],
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 10000000,
+            "mrope_section": [11, 11, 10],
+            "mrope_interleaved": True,
+            "partial_rotary_factor": 0.25,
+        },
+    )
+    (dest / "config.json").write_text(
+        json.dumps(
+            {
+                "architectures": ["Qwen3_5MoeForConditionalGeneration"],
+                "model_type": "qwen3_5_moe",
+                "text_config": text,
+                "tie_word_embeddings": False,
+                "vision_config": {
+                    "depth": 1,
+                    "hidden_size": 32,
+                    "num_heads": 2,
+                    "out_hidden_size": 128,
+                },
+            },
+            indent=1,
+        )
+    )
     for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         shutil.copy(TINY / f, dest / f)
     return dest
@@ -69,26 +114,45 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert r.exit_code == 0, r.output
     nested = _nested(tmp / "nested")
     nxt = tmp / "next-ov"
-    r = invoke("patch", str(REPO / "examples" / "tiny-qwen3-next"), "--context", "1m", "--out",
-               str(nxt), "--json")
+    r = invoke(
+        "patch",
+        str(REPO / "examples" / "tiny-qwen3-next"),
+        "--context",
+        "1m",
+        "--out",
+        str(nxt),
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     qwen2, dense = _qwen2_and_dense(tmp)
     info = sglang.discover(SG_PY)
     assert info is not None and info.importable
-    plans = [sglang.build_plan(p, engine=info, for_check=True, max_model_len=n, extra_args=x,
-                               tp=tp, nnodes=nn, gpus_per_node=g)
-             for p, n, x, tp, nn, g in [
-                 (ov, None, (), None, None, None), (TINY, None, (), None, None, None),
-                 (nxt, None, (), None, None, None),
-                 (qwen2, None, (), None, None, None), (dense, None, (), None, None, None),
-                 (TINY, None, tuple(MPE_ONLY), None, None, None),
-                 (ov, None, ("--bogus-flag", "1"), None, None, None),
-                 (ov, None, (), 2, 2, 1),
-                 (nested, None, tuple(FLAT_ON_NESTED), None, None, None),
-                 (nested, None, tuple(PARTIAL_NESTED), None, None, None)]]
+    plans = [
+        sglang.build_plan(
+            p,
+            engine=info,
+            for_check=True,
+            max_model_len=n,
+            extra_args=x,
+            tp=tp,
+            nnodes=nn,
+            gpus_per_node=g,
+        )
+        for p, n, x, tp, nn, g in [
+            (ov, None, (), None, None, None),
+            (TINY, None, (), None, None, None),
+            (nxt, None, (), None, None, None),
+            (qwen2, None, (), None, None, None),
+            (dense, None, (), None, None, None),
+            (TINY, None, tuple(MPE_ONLY), None, None, None),
+            (ov, None, ("--bogus-flag", "1"), None, None, None),
+            (ov, None, (), 2, 2, 1),
+            (nested, None, tuple(FLAT_ON_NESTED), None, None, None),
+            (nested, None, tuple(PARTIAL_NESTED), None, None, None),
+        ]
+    ]
     probe_plans(plans, SG_PY)  # one import of SGLang for the whole module
-    return {"ov": ov, "nested": nested, "info": info, "next": nxt, "qwen2": qwen2,
-            "dense": dense}
+    return {"ov": ov, "nested": nested, "info": info, "next": nxt, "qwen2": qwen2, "dense": dense}
 
 
 def _qwen2_and_dense(tmp: Path) -> tuple[Path, Path]:
@@ -105,8 +169,7 @@ def _qwen2_and_dense(tmp: Path) -> tuple[Path, Path]:
     c = json.loads((dense / "config.json").read_text())
     for k in ("num_experts", "num_experts_per_tok", "moe_intermediate_size"):
         c.pop(k, None)
-    c.update(model_type="qwen3", architectures=["Qwen3ForCausalLM"],
-             max_position_embeddings=32768)
+    c.update(model_type="qwen3", architectures=["Qwen3ForCausalLM"], max_position_embeddings=32768)
     (dense / "config.json").write_text(json.dumps(c, indent=2))
     out = []
     for s in (src, dense):
@@ -117,15 +180,17 @@ def _qwen2_and_dense(tmp: Path) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize("which,theta", [("qwen2", "1000000"), ("dense", "10000000")])
-def test_qwen2_and_qwen3_dense_read_back_through_sglang(env: dict[str, Any], which: str,
-                                                        theta: str) -> None:
+def test_qwen2_and_qwen3_dense_read_back_through_sglang(
+    env: dict[str, Any], which: str, theta: str
+) -> None:
     """Every family qwenprep knows reads back through SGLang's ModelConfig at its extended
     context (the dense overlay reuses MoE weights, so only the engine checks are judged)."""
     code, out = _check(env[which])
     engine = {c["id"]: c for c in out["checks"] if c["id"].startswith("engine.")}
     assert all(c["status"] == "pass" for c in engine.values()), engine
-    assert engine["engine.max_model_len"]["message"] == \
-        "max model length: SGLang 0.5.23 uses 131072"
+    assert (
+        engine["engine.max_model_len"]["message"] == "max model length: SGLang 0.5.23 uses 131072"
+    )
     assert engine["engine.rope_original"]["message"].endswith("SGLang 0.5.23 uses 32768")
     assert engine["engine.rope_theta"]["message"].endswith(f"SGLang 0.5.23 uses {theta}")
     if which == "qwen2":
@@ -137,14 +202,33 @@ def _fails(out: dict[str, Any]) -> dict[str, str]:
 
 
 def _check(path: Path, *args: str) -> tuple[int, dict[str, Any]]:
-    r = invoke("check", str(path), "--json", "--kv-memory", "2GiB", "--serving-engine",
-               "sglang", "--engine-python", SG_PY, *args)
+    r = invoke(
+        "check",
+        str(path),
+        "--json",
+        "--kv-memory",
+        "2GiB",
+        "--serving-engine",
+        "sglang",
+        "--engine-python",
+        SG_PY,
+        *args,
+    )
     return r.exit_code, json.loads(r.stdout)
 
 
 def _serve(path: Path, *args: str) -> tuple[int, dict[str, Any]]:
-    r = invoke("serve", str(path), "--dry-run", "--json", "--serving-engine", "sglang",
-               "--engine-python", SG_PY, *args)
+    r = invoke(
+        "serve",
+        str(path),
+        "--dry-run",
+        "--json",
+        "--serving-engine",
+        "sglang",
+        "--engine-python",
+        SG_PY,
+        *args,
+    )
     return r.exit_code, json.loads(r.stdout)
 
 
@@ -159,13 +243,30 @@ def test_overlay_check_serve_verify_pass(env: dict[str, Any]) -> None:
     code, plan = _serve(ov)
     assert code == 0, plan
     assert plan["serving_engine"] == "sglang"
-    assert plan["argv"][1:] == ["-m", "sglang.launch_server", "--model-path", str(ov.absolute()),
-                                "--tp-size", "1", "--tool-call-parser", "qwen3_coder",
-                                "--served-model-name=tiny-qwen3-coder", "--context-length",
-                                "1048576"]
+    assert plan["argv"][1:] == [
+        "-m",
+        "sglang.launch_server",
+        "--model-path",
+        str(ov.absolute()),
+        "--tp-size",
+        "1",
+        "--tool-call-parser",
+        "qwen3_coder",
+        "--served-model-name=tiny-qwen3-coder",
+        "--context-length",
+        "1048576",
+    ]
     assert plan["unset_env"] == [] and plan["url"] == "http://127.0.0.1:30000"
-    r = invoke("verify", str(ov), "--engine", "--serving-engine", "sglang", "--engine-python",
-               SG_PY, "--json")
+    r = invoke(
+        "verify",
+        str(ov),
+        "--engine",
+        "--serving-engine",
+        "sglang",
+        "--engine-python",
+        SG_PY,
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     got = {c["id"]: c["status"] for c in json.loads(r.stdout)["checks"]}
     assert got["engine.rope_type"] == got["engine.rope_factor"] == "pass"
@@ -197,9 +298,11 @@ def test_argv_parsed_by_sglangs_own_parser(env: dict[str, Any]) -> None:
     assert answer["view"]["derived_context_len"] == 1048576
     code, out = _check(env["ov"], "--", "--bogus-flag", "1")
     assert code == 1
-    assert _fails(out)["engine.argv"] == ("SGLang 0.5.23's server-argument parser refuses the "
-                                          "arguments: sglang serve: error: unrecognized "
-                                          "arguments: --bogus-flag 1")
+    assert _fails(out)["engine.argv"] == (
+        "SGLang 0.5.23's server-argument parser refuses the "
+        "arguments: sglang serve: error: unrecognized "
+        "arguments: --bogus-flag 1"
+    )
 
 
 def test_unpatched_checkpoint(env: dict[str, Any]) -> None:
@@ -207,13 +310,31 @@ def test_unpatched_checkpoint(env: dict[str, Any]) -> None:
     assert code == 0, _fails(out)
     code, plan = _serve(TINY)
     assert code == 0 and plan["max_model_len"] == 262144
-    r = invoke("serve", str(TINY), "--dry-run", "--json", "--serving-engine", "sglang",
-               "--engine-python", SG_PY, "--max-model-len", "1m")
+    r = invoke(
+        "serve",
+        str(TINY),
+        "--dry-run",
+        "--json",
+        "--serving-engine",
+        "sglang",
+        "--engine-python",
+        SG_PY,
+        "--max-model-len",
+        "1m",
+    )
     assert r.exit_code == 3
     msg = json.loads(r.stdout)["error"]["message"]
     assert "above the 262144 tokens SGLang 0.5.23 derives" in msg
-    r = invoke("verify", str(TINY), "--engine", "--serving-engine", "sglang", "--engine-python",
-               SG_PY, "--json")
+    r = invoke(
+        "verify",
+        str(TINY),
+        "--engine",
+        "--serving-engine",
+        "sglang",
+        "--engine-python",
+        SG_PY,
+        "--json",
+    )
     assert r.exit_code == 0, r.output
 
 
@@ -221,8 +342,9 @@ def test_env_var_refused_and_unset(env: dict[str, Any], monkeypatch: pytest.Monk
     monkeypatch.setenv(ENV_VAR, "1")
     code, out = _check(TINY, "--context", "1m")
     assert code == 1
-    assert f"{ENV_VAR} is set in this environment; qwenprep removes it" in \
-        _fails(out)["engine.plan"]
+    assert (
+        f"{ENV_VAR} is set in this environment; qwenprep removes it" in _fails(out)["engine.plan"]
+    )
     code, plan = _serve(env["ov"])
     assert code == 0, plan
     assert plan["unset_env"] == [ENV_VAR]
@@ -234,9 +356,9 @@ def test_mpe_only_bump_refused(env: dict[str, Any]) -> None:
     code, out = _check(TINY, "--", *MPE_ONLY)
     assert code == 1
     f = _fails(out)
-    assert f["engine.override_mpe"].startswith("--json-model-override-args raises "
-                                               "max_position_embeddings to 1048576 without a "
-                                               "YaRN block")
+    assert f["engine.override_mpe"].startswith(
+        "--json-model-override-args raises max_position_embeddings to 1048576 without a YaRN block"
+    )
     assert "1048576 tokens with default (unscaled) RoPE" in f["engine.rope_scaling"]
     code, s = _serve(TINY, "--", *MPE_ONLY)
     assert code == 3 and "[engine.override_mpe]" in s["error"]["message"]
@@ -245,18 +367,23 @@ def test_mpe_only_bump_refused(env: dict[str, Any]) -> None:
 def test_flat_override_on_nested_refused(env: dict[str, Any]) -> None:
     code, out = _check(env["nested"], "--", *FLAT_ON_NESTED)
     assert code == 1
-    assert "SGLang applies the override to the top-level config only" in \
-        _fails(out)["engine.override_nested"]
+    assert (
+        "SGLang applies the override to the top-level config only"
+        in _fails(out)["engine.override_nested"]
+    )
 
 
 def test_partial_nested_rope_dict_refused(env: dict[str, Any]) -> None:
     code, out = _check(env["nested"], "--", *PARTIAL_NESTED)
     assert code == 1
     f = _fails(out)
-    assert "without rope_theta, mrope_section, mrope_interleaved, partial_rotary_factor" in \
-        f["engine.override_rope_partial"]
-    assert f["engine.rope_theta"].startswith("RoPE base (rope_theta): SGLang 0.5.23 would use "
-                                             "10000 but config.json sets 10000000")
+    assert (
+        "without rope_theta, mrope_section, mrope_interleaved, partial_rotary_factor"
+        in f["engine.override_rope_partial"]
+    )
+    assert f["engine.rope_theta"].startswith(
+        "RoPE base (rope_theta): SGLang 0.5.23 would use 10000 but config.json sets 10000000"
+    )
 
 
 def test_multinode_in_sglangs_terms(env: dict[str, Any]) -> None:
@@ -264,8 +391,14 @@ def test_multinode_in_sglangs_terms(env: dict[str, Any]) -> None:
     assert code == 0, plan
     worker = plan["nodes"][1]["argv"]
     i = worker.index("--nnodes")
-    assert worker[i:i + 6] == ["--nnodes", "2", "--node-rank", "1", "--dist-init-addr",
-                               "HEAD_NODE_IP:5000"]
+    assert worker[i : i + 6] == [
+        "--nnodes",
+        "2",
+        "--node-rank",
+        "1",
+        "--dist-init-addr",
+        "HEAD_NODE_IP:5000",
+    ]
     assert worker[worker.index("--tp-size") + 1] == "2"
     assert "--expect-digest" in plan["nodes"][1]["guard"]
 
@@ -283,24 +416,82 @@ def test_plan_sglang_numbers() -> None:
     # layers x bytes = 2 x 64 x 2 x 2; tokens = budget // cell // page(1); max_num_reqs =
     # min(clamp(int(tokens / ctx x 512), 2048, 4096), tokens // 2); req_to_token int32
     # (reqs + 1) x (ctx + 4)
-    r = invoke("plan", str(TINY), "--context", "1m", "--kv-memory", "2GiB", "--serving-engine",
-               "sglang", "--json")
+    r = invoke(
+        "plan",
+        str(TINY),
+        "--context",
+        "1m",
+        "--kv-memory",
+        "2GiB",
+        "--serving-engine",
+        "sglang",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     p = json.loads(r.stdout)
     cell = 2 * (32 + 32) * 2 * 2
     tokens = 2 * GiB // cell
     reqs = min(max(min(int(tokens / 1048576 * 512), 4096), 2048), tokens // 2)
-    assert (p["bytes_per_token_per_gpu"], p["max_total_num_tokens"]) == (cell, tokens) == \
-        (512, 4194304)
+    assert (
+        (p["bytes_per_token_per_gpu"], p["max_total_num_tokens"])
+        == (cell, tokens)
+        == (512, 4194304)
+    )
     assert p["max_concurrency"] == 4.0 and p["max_running_requests"] == reqs == 2048
     assert p["req_to_token_bytes"] == 2049 * 1048580 * 4
     # from GPU memory: mem_fraction_static by SGLang's default for an 80 GiB GPU, TP 1:
     # reserved = 512 + 1.5 x 8192 + 1 / 8 x 1024 + 2 x 256 = 13440 MB (> 10 GiB floor)
-    r = invoke("plan", str(TINY), "--context", "256k", "--gpus", "1", "--gpu-memory", "80GiB",
-               "--serving-engine", "sglang", "--json")
+    r = invoke(
+        "plan",
+        str(TINY),
+        "--context",
+        "256k",
+        "--gpus",
+        "1",
+        "--gpu-memory",
+        "80GiB",
+        "--serving-engine",
+        "sglang",
+        "--json",
+    )
     q = json.loads(r.stdout)
     frac = round((81920 - 13440) / 81920, 3)
     assert q["mem_fraction_static"] == frac == 0.836
     assert q["kv_cache_bytes_per_gpu"] == int(80 * GiB * frac) - q["weights_per_gpu_bytes"]
     assert q["max_total_num_tokens"] == q["kv_cache_bytes_per_gpu"] // cell
     assert q["slack_bytes"] == int(80 * GiB * (1 - frac))
+
+
+@pytest.mark.slow
+def test_sglang_ending_before_ready_is_exit_3(tmp_path: Path) -> None:
+    """The real SGLang started on this CPU machine stops at once (no accelerator): serve exits
+    3 (qwenprep's "cannot proceed"), as it does for vLLM, with SGLang's own code in the JSON;
+    it used to pass SGLang's 1 through, which reads as "checks failed"."""
+    import subprocess
+
+    from conftest import QWENPREP_BIN
+
+    r = subprocess.run(
+        [
+            str(QWENPREP_BIN),
+            "serve",
+            str(TINY),
+            "--serving-engine",
+            "sglang",
+            "--engine-python",
+            SG_PY,
+            "--port",
+            "18571",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 3, r.stderr[-2000:]
+    err = json.loads(r.stdout)["error"]
+    assert err["exit_code"] == 3 and err["engine_exit_code"] == 1
+    assert "before it was ready" in err["message"]
+    from qwenprep.schemas import validator
+
+    assert not list(validator("serve-plan").iter_errors(json.loads(r.stdout)))

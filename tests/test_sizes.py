@@ -54,9 +54,18 @@ def test_format_gib_matches_vllm_two_decimals() -> None:
     assert format_gib(2 * GiB) == "2.00 GiB"
 
 
-@pytest.mark.parametrize(("text", "num", "big"), [
-    ("141", "141", "G"), ("65826897920", "65826897920", "G"), ("8g", "8", "G"),
-    ("2g", "2", "G"), ("512m", "512", "M"), ("1.5t", "1.5", "T"), ("4k", "4", "K")])
+@pytest.mark.parametrize(
+    ("text", "num", "big"),
+    [
+        ("141", "141", "G"),
+        ("65826897920", "65826897920", "G"),
+        ("8g", "8", "G"),
+        ("2g", "2", "G"),
+        ("512m", "512", "M"),
+        ("1.5t", "1.5", "T"),
+        ("4k", "4", "K"),
+    ],
+)
 def test_parse_size_never_guesses(text: str, num: str, big: str) -> None:
     """No unit, or a single letter (binary in some tools, decimal in vLLM's parser): refused."""
     with pytest.raises(UsageError) as e:

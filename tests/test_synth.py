@@ -43,8 +43,12 @@ def test_480b_shape_is_release_sized_sparse_and_fast(tmp_path: Path) -> None:
     assert real < 64 * 2**20, real  # sparse: headers only
     total = index["metadata"]["total_size"]
     assert total < apparent and apparent - total < 20 * 2**20  # headers are the difference
-    for name in ("config.json", "generation_config.json", "tokenizer_config.json",
-                 "tokenizer.json"):
+    for name in (
+        "config.json",
+        "generation_config.json",
+        "tokenizer_config.json",
+        "tokenizer.json",
+    ):
         json.loads((out / name).read_text())
     with safe_open(str(out / wm["model.layers.7.mlp.experts.3.down_proj.weight"]), "np") as f:
         keys = set(f.keys())
@@ -65,8 +69,9 @@ def test_fp8_dtypes_and_scale_shapes() -> None:
 
 
 def test_tiny_random_two_shards_loads_with_safetensors(tmp_path: Path) -> None:
-    out = make_shaped_checkpoint(tmp_path / "t", config=tiny_fp8_config(), shards=2,
-                                 random_data=True)
+    out = make_shaped_checkpoint(
+        tmp_path / "t", config=tiny_fp8_config(), shards=2, random_data=True
+    )
     shards = sorted(out.glob("*.safetensors"))
     assert [p.name for p in shards] == [
         "model-00001-of-00002.safetensors",

@@ -28,9 +28,13 @@ def test_release_config_is_valid(cli: CliFn, qwen_src: Path) -> None:
     assert r.exit_code == 0
     out = json.loads(r.stdout)
     assert out["ok"] is True and out["schema_version"] == 1
-    assert {c["id"] for c in out["checks"]} >= {"schema", "invariant.context_needs_rope",
-                                                "invariant.rope_theta", "invariant.head_dim",
-                                                "invariant.quantization"}
+    assert {c["id"] for c in out["checks"]} >= {
+        "schema",
+        "invariant.context_needs_rope",
+        "invariant.rope_theta",
+        "invariant.head_dim",
+        "invariant.quantization",
+    }
 
 
 def test_tiny_checkpoints_are_valid(cli: CliFn) -> None:
@@ -43,20 +47,29 @@ def test_tiny_checkpoints_are_valid(cli: CliFn) -> None:
 
 
 def test_yarn_length_mismatch(cli: CliFn, qwen_src: Path, ref_config: dict[str, Any]) -> None:
-    cfg = dict(ref_config, rope_scaling={"rope_type": "yarn", "factor": 4.0,
-                                         "original_max_position_embeddings": 262144})
+    cfg = dict(
+        ref_config,
+        rope_scaling={
+            "rope_type": "yarn",
+            "factor": 4.0,
+            "original_max_position_embeddings": 262144,
+        },
+    )
     _write(qwen_src, cfg)  # the seed-era recipe without the mpe change
     r = cli("validate", str(qwen_src), "--json")
     assert r.exit_code == 1
     f = _fails(r)["invariant.yarn_length"]
     assert f["path"] == "$.max_position_embeddings"
-    assert "max_position_embeddings is 262144 but YaRN factor 4 x original 262144 = 1048576" \
+    assert (
+        "max_position_embeddings is 262144 but YaRN factor 4 x original 262144 = 1048576"
         in f["message"]
+    )
     assert f["message"].startswith(f"{qwen_src / 'config.json'}:13: ")
 
 
-def test_context_above_native_needs_rope(cli: CliFn, qwen_src: Path,
-                                         ref_config: dict[str, Any]) -> None:
+def test_context_above_native_needs_rope(
+    cli: CliFn, qwen_src: Path, ref_config: dict[str, Any]
+) -> None:
     _write(qwen_src, dict(ref_config, max_position_embeddings=1048576))
     r = cli("validate", str(qwen_src))
     assert r.exit_code == 1
@@ -65,12 +78,16 @@ def test_context_above_native_needs_rope(cli: CliFn, qwen_src: Path,
     assert r.stdout.rstrip().endswith("INVALID: see the FAIL lines above")
 
 
-def test_rope_parameters_without_theta(cli: CliFn, qwen_src: Path,
-                                       ref_config: dict[str, Any]) -> None:
+def test_rope_parameters_without_theta(
+    cli: CliFn, qwen_src: Path, ref_config: dict[str, Any]
+) -> None:
     cfg = {k: v for k, v in ref_config.items() if k not in ("rope_theta", "rope_scaling")}
     cfg["max_position_embeddings"] = 1048576
-    cfg["rope_parameters"] = {"rope_type": "yarn", "factor": 4.0,
-                              "original_max_position_embeddings": 262144}
+    cfg["rope_parameters"] = {
+        "rope_type": "yarn",
+        "factor": 4.0,
+        "original_max_position_embeddings": 262144,
+    }
     _write(qwen_src, cfg)
     r = cli("validate", str(qwen_src), "--json")
     assert r.exit_code == 1
@@ -80,19 +97,29 @@ def test_rope_parameters_without_theta(cli: CliFn, qwen_src: Path,
     assert "default base 10000" in f["invariant.rope_theta"]["message"]
 
 
-def test_missing_head_dim_and_many_violations_collected(cli: CliFn, qwen_src: Path,
-                                                        ref_config: dict[str, Any]) -> None:
+def test_missing_head_dim_and_many_violations_collected(
+    cli: CliFn, qwen_src: Path, ref_config: dict[str, Any]
+) -> None:
     cfg = {k: v for k, v in ref_config.items() if k not in ("head_dim", "rope_theta")}
     cfg["num_experts"] = "160"
-    cfg["quantization_config"] = {"quant_method": "fp8", "weight_block_size": [128],
-                                  "modules_to_not_convert": ["model.layers.70.mlp.gate"]}
+    cfg["quantization_config"] = {
+        "quant_method": "fp8",
+        "weight_block_size": [128],
+        "modules_to_not_convert": ["model.layers.70.mlp.gate"],
+    }
     _write(qwen_src, cfg)
     r = cli("validate", str(qwen_src), "--json")
     assert r.exit_code == 1
     out = json.loads(r.stdout)
     paths = sorted(c.get("path", "") for c in out["checks"] if c["status"] == "fail")
-    assert paths == ["$", "$.head_dim", "$.num_experts", "$.quantization_config",
-                     "$.quantization_config.weight_block_size", "$.rope_theta"]
+    assert paths == [
+        "$",
+        "$.head_dim",
+        "$.num_experts",
+        "$.quantization_config",
+        "$.quantization_config.weight_block_size",
+        "$.rope_theta",
+    ]
     msgs = " | ".join(c["message"] for c in out["checks"])
     assert "'head_dim' is a required property" in msgs
     assert "$.num_experts: is '160' (str); expected integer" in msgs
@@ -109,8 +136,10 @@ def test_overlay_intent_is_checked(cli: CliFn, qwen_src: Path, tmp_path: Path) -
     (out / "config.json").write_text(json.dumps(cfg))
     r = cli("validate", str(out), "--json")
     assert r.exit_code == 1
-    assert "differs from the manifest's target_context 1048576" in \
-        _fails(r)["invariant.manifest"]["message"]
+    assert (
+        "differs from the manifest's target_context 1048576"
+        in _fails(r)["invariant.manifest"]["message"]
+    )
 
 
 def test_malformed_json(cli: CliFn, qwen_src: Path) -> None:
@@ -118,7 +147,8 @@ def test_malformed_json(cli: CliFn, qwen_src: Path) -> None:
     r = cli("validate", str(qwen_src), "--json")
     assert r.exit_code == 3
     assert json.loads(r.stdout)["error"]["message"].endswith(
-        "config.json:1:9: malformed JSON: Expecting property name enclosed in double quotes.")
+        "config.json:1:9: malformed JSON: Expecting property name enclosed in double quotes."
+    )
 
 
 def test_missing_path(cli: CliFn, tmp_path: Path) -> None:

@@ -35,11 +35,11 @@ CLICK_HOME = f"{PACKAGE}/cli/"  # the command-line package
 
 @dataclass(frozen=True)
 class Import:
-    src: str       # importing module, dotted, e.g. "qwenprep.capacity"
-    dst: str       # imported qwenprep module, dotted
-    where: str     # "qwenprep/capacity.py:42"
-    scope: str     # "top level" or "in f()"
-    text: str      # the import statement as written
+    src: str  # importing module, dotted, e.g. "qwenprep.capacity"
+    dst: str  # imported qwenprep module, dotted
+    where: str  # "qwenprep/capacity.py:42"
+    scope: str  # "top level" or "in f()"
+    text: str  # the import statement as written
 
 
 def modules() -> dict[str, Path]:
@@ -57,12 +57,13 @@ def modules() -> dict[str, Path]:
 
 def short(module: str) -> str:
     """capacity for qwenprep.capacity; qwenprep for the package itself."""
-    return module[len(PACKAGE) + 1:] if module.startswith(PACKAGE + ".") else module
+    return module[len(PACKAGE) + 1 :] if module.startswith(PACKAGE + ".") else module
 
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 class _Collector(ast.NodeVisitor):
@@ -123,7 +124,7 @@ class _Collector(ast.NodeVisitor):
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
         if node.level:
             base = self.package.split(".")
-            base = base[:len(base) - (node.level - 1)]
+            base = base[: len(base) - (node.level - 1)]
             stem = ".".join(base + ([node.module] if node.module else []))
         else:
             stem = node.module or ""
@@ -205,8 +206,9 @@ def cyclic_edges(edges: dict[tuple[str, str], list[Import]]) -> set[tuple[str, s
     return {e for e in edges for comp in comps if e[0] in comp and e[1] in comp}
 
 
-def shortest_cycle(edge: tuple[str, str], inside: set[str],
-                   edges: dict[tuple[str, str], list[Import]]) -> list[str]:
+def shortest_cycle(
+    edge: tuple[str, str], inside: set[str], edges: dict[tuple[str, str], list[Import]]
+) -> list[str]:
     """The shortest cycle through EDGE within one component: [a, b, ..., a]."""
     a, b = edge
     prev: dict[str, str] = {b: b}
@@ -237,10 +239,13 @@ def read_allowed() -> dict[tuple[str, str], int]:
             continue
         a, sep, b = (part.strip() for part in line.partition("->"))
         if not sep or not a or not b:
-            raise SystemExit(f"{ALLOW_NAME}:{n}: expected 'a -> b' (module names without "
-                             f"'{PACKAGE}.'), got {line!r}")
-        allowed[(f"{PACKAGE}.{a}" if a != PACKAGE else a,
-                 f"{PACKAGE}.{b}" if b != PACKAGE else b)] = n
+            raise SystemExit(
+                f"{ALLOW_NAME}:{n}: expected 'a -> b' (module names without "
+                f"'{PACKAGE}.'), got {line!r}"
+            )
+        allowed[
+            (f"{PACKAGE}.{a}" if a != PACKAGE else a, f"{PACKAGE}.{b}" if b != PACKAGE else b)
+        ] = n
     return allowed
 
 
@@ -291,43 +296,60 @@ def main(argv: list[str]) -> int:
     bad = cyclic - set(allowed)
     # The import(s) that, taken away alone, leave only allowed cycles: when one new import
     # joins two groups, it is named, not the dozens of old imports its cycle now runs through.
-    culprits = {e for e in bad if cyclic_edges({k: v for k, v in edges.items() if k != e})
-                <= set(allowed)}
+    culprits = {
+        e for e in bad if cyclic_edges({k: v for k, v in edges.items() if k != e}) <= set(allowed)
+    }
     shown = sorted(culprits or bad)
     for edge in shown:
         count += 1
         comp = next(c for c in comps if edge[0] in c)
-        problems.append(f"new import cycle: {short(edge[0])} imports {short(edge[1])}, "
-                        f"which leads back to {short(edge[0])}:")
+        problems.append(
+            f"new import cycle: {short(edge[0])} imports {short(edge[1])}, "
+            f"which leads back to {short(edge[0])}:"
+        )
         problems += describe(shortest_cycle(edge, comp, edges), edges)
-        problems.append("  what to do: move what both need into a module that imports neither "
-                        "(or pass it in as an argument); do not add the edge to "
-                        f"{allow_name}.")
+        problems.append(
+            "  what to do: move what both need into a module that imports neither "
+            "(or pass it in as an argument); do not add the edge to "
+            f"{allow_name}."
+        )
     if culprits and len(bad) > len(culprits):
-        problems.append(f"  ({len(bad) - len(culprits)} other import(s) are in a cycle only "
-                        "through the import(s) above; --list shows them all.)")
+        problems.append(
+            f"  ({len(bad) - len(culprits)} other import(s) are in a cycle only "
+            "through the import(s) above; --list shows them all.)"
+        )
     for edge, n in sorted(allowed.items(), key=lambda kv: kv[1]):
         if edge in cyclic:
             continue
         count += 1
-        what = ("no longer imports" if edge not in edges
-                else "still imports, but no longer in a cycle with,")
-        problems.append(f"{allow_name}:{n}: {short(edge[0])} {what} {short(edge[1])}: good; "
-                        "delete this line so the cycle cannot come back.")
+        what = (
+            "no longer imports"
+            if edge not in edges
+            else "still imports, but no longer in a cycle with,"
+        )
+        problems.append(
+            f"{allow_name}:{n}: {short(edge[0])} {what} {short(edge[1])}: good; "
+            "delete this line so the cycle cannot come back."
+        )
     for where in click:
         count += 1
-        problems.append(f"{where}: imports click; only {CLICK_HOME} may (the core returns data "
-                        "and raises qwenprep.errors; the CLI prints and exits). Move the "
-                        "terminal code to qwenprep/cli/.")
+        problems.append(
+            f"{where}: imports click; only {CLICK_HOME} may (the core returns data "
+            "and raises qwenprep.errors; the CLI prints and exits). Move the "
+            "terminal code to qwenprep/cli/."
+        )
 
     if problems:
         print("\n".join(problems), file=sys.stderr)
         print(f"import rules: {count} problem(s) (tools/check_imports.py)", file=sys.stderr)
         return 1
     known = len(cyclic)
-    print(f"import rules ok: {n_modules} qwenprep modules, no new import "
-          f"cycle ({known} known edge(s) in {len(comps)} cycle group(s) allowed by {allow_name}, "
-          f"to be removed); click only in {CLICK_HOME}", file=sys.stderr)
+    print(
+        f"import rules ok: {n_modules} qwenprep modules, no new import "
+        f"cycle ({known} known edge(s) in {len(comps)} cycle group(s) allowed by {allow_name}, "
+        f"to be removed); click only in {CLICK_HOME}",
+        file=sys.stderr,
+    )
     return 0
 
 

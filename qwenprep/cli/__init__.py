@@ -31,17 +31,33 @@ def main() -> None:
         rv = cli.main(prog_name="qwenprep", standalone_mode=False)
     except click.ClickException as e:
         if _wants_json(sys.argv[1:]):
-            _emit_json({"schema_version": SCHEMA_VERSION, "ok": False,
-                        "error": {"message": e.format_message(), "hint": None,
-                                  "exit_code": e.exit_code}})
+            _emit_json(
+                {
+                    "schema_version": SCHEMA_VERSION,
+                    "ok": False,
+                    "error": {
+                        "message": e.format_message(),
+                        "hint": None,
+                        "exit_code": e.exit_code,
+                    },
+                }
+            )
         e.show()
         sys.exit(e.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt):
         # Ctrl-C: 130 as shells report it, never 1 (which means "checks failed")
         if _wants_json(sys.argv[1:]):
-            _emit_json({"schema_version": SCHEMA_VERSION, "ok": False,
-                        "error": {"message": "interrupted", "hint": None,
-                                  "exit_code": EXIT_INTERRUPTED}})
+            _emit_json(
+                {
+                    "schema_version": SCHEMA_VERSION,
+                    "ok": False,
+                    "error": {
+                        "message": "interrupted",
+                        "hint": None,
+                        "exit_code": EXIT_INTERRUPTED,
+                    },
+                }
+            )
         click.echo("interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
     sys.exit(rv if isinstance(rv, int) else 0)

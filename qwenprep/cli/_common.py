@@ -8,7 +8,7 @@ from typing import Any, Callable, NoReturn
 
 import click
 
-from qwenprep import __version__
+from qwenprep._version import __version__
 from qwenprep.errors import EXIT_CHECKS_FAILED, QwenprepError
 from qwenprep.report import SCHEMA_VERSION, Report, dumps, render_checks, summary_line
 
@@ -30,8 +30,7 @@ def _fail(err: QwenprepError, as_json: bool) -> NoReturn:
             {
                 "schema_version": SCHEMA_VERSION,
                 "ok": False,
-                "error": {"message": message, "hint": hint, "exit_code": err.exit_code,
-                          **details},
+                "error": {"message": message, "hint": hint, "exit_code": err.exit_code, **details},
             }
         )
     click.echo(f"error: {message}" + (f"\nHint: {hint}" if hint else ""), err=True)
@@ -54,19 +53,24 @@ def _paint() -> Callable[[str, Any], str] | None:
     if os.environ.get("NO_COLOR") or not sys.stdout.isatty():
         return None
     colours = {"pass": "green", "fail": "red", "warn": "yellow", "skip": "cyan"}
-    return lambda text, status: click.style(text, fg=colours[status],
-                                            bold=True if status == "fail" else None)
+    return lambda text, status: click.style(
+        text, fg=colours[status], bold=True if status == "fail" else None
+    )
 
 
-def finish_report(report: Report, as_json: bool, summary: str | None = None, *,
-                  failed_only: bool = False) -> NoReturn:
+def finish_report(
+    report: Report, as_json: bool, summary: str | None = None, *, failed_only: bool = False
+) -> NoReturn:
     """Print a report (JSON on stdout, or a table on stdout: failures first, then a summary
     line) and exit 0/1 by its checks (--strict: set report.strict first)."""
     if as_json:
         _emit_json(report.to_dict())
     else:
-        click.echo(render_checks(report.checks, failed_only=failed_only, paint=_paint(),
-                                 strict=report.strict))
+        click.echo(
+            render_checks(
+                report.checks, failed_only=failed_only, paint=_paint(), strict=report.strict
+            )
+        )
         click.echo(summary_line(report.checks, strict=report.strict))
         if summary:
             click.echo(summary)
@@ -74,21 +78,34 @@ def finish_report(report: Report, as_json: bool, summary: str | None = None, *,
 
 
 def _report_options(f: Any) -> Any:
-    f = click.option("--failed-only", is_flag=True,
-                     help="List only the failed checks (the summary line still counts all).")(f)
-    return click.option("--strict", is_flag=True,
-                        help="Skipped checks fail too (exit 1): for pipelines that must not "
-                        "pass blind.")(f)
+    f = click.option(
+        "--failed-only",
+        is_flag=True,
+        help="List only the failed checks (the summary line still counts all).",
+    )(f)
+    return click.option(
+        "--strict",
+        is_flag=True,
+        help="Skipped checks fail too (exit 1): for pipelines that must not pass blind.",
+    )(f)
 
 
 vllm_python_option = click.option(
-    "--engine-python", "--vllm-python", "vllm_python", envvar="QWENPREP_VLLM_PYTHON",
-    default=None, help="Interpreter that has the serving engine (vLLM or SGLang; default: this "
-    "one). --vllm-python is the old name. Env: QWENPREP_VLLM_PYTHON.")
+    "--engine-python",
+    "--vllm-python",
+    "vllm_python",
+    envvar="QWENPREP_VLLM_PYTHON",
+    default=None,
+    help="Interpreter that has the serving engine (vLLM or SGLang; default: this "
+    "one). --vllm-python is the old name. Env: QWENPREP_VLLM_PYTHON.",
+)
 serving_engine_option = click.option(
-    "--serving-engine", type=click.Choice(["vllm", "sglang"], case_sensitive=False),
-    default=None, help="vllm or sglang (default: $QWENPREP_SERVING_ENGINE, else what "
-    "--engine-python has: SGLang when it has SGLang and no vLLM, else vLLM).")
+    "--serving-engine",
+    type=click.Choice(["vllm", "sglang"], case_sensitive=False),
+    default=None,
+    help="vllm or sglang (default: $QWENPREP_SERVING_ENGINE, else what "
+    "--engine-python has: SGLang when it has SGLang and no vLLM, else vLLM).",
+)
 
 
 def _engine_name(name: str | None, python: str | None, as_json: bool) -> str:
@@ -96,6 +113,8 @@ def _engine_name(name: str | None, python: str | None, as_json: bool) -> str:
 
     chosen: str = run(as_json, lambda: select_engine(name, python))
     return chosen
+
+
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON object on stdout; logs go to stderr."
 )
@@ -104,8 +123,18 @@ json_option = click.option(
 class _WorkflowOrder(click.Group):
     """Lists commands in the order of the job, not alphabetically."""
 
-    ORDER = ("fetch", "verify", "patch", "validate", "plan", "check", "serve", "list", "revert",
-             "demo")
+    ORDER = (
+        "fetch",
+        "verify",
+        "patch",
+        "validate",
+        "plan",
+        "check",
+        "serve",
+        "list",
+        "revert",
+        "demo",
+    )
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         known = [c for c in self.ORDER if c in self.commands]
@@ -140,28 +169,58 @@ def cli() -> None:
     Shell completion (in ~/.bashrc; zsh_source / fish_source likewise):
       eval "$(_QWENPREP_COMPLETE=bash_source qwenprep)"
     """
+    from qwenprep.cli.tables import install_probe_status
+
+    install_probe_status()  # a status line on stderr while vLLM answers (a terminal only)
 
 
 _vllm_version_option = click.option(
-    "--vllm-version", metavar="X.Y",
-    help="Use this vLLM version's arithmetic (default: the installed vLLM, else the newest known).")
-_tp_option = click.option("--tp", type=click.IntRange(min=1), default=None,
-                          help="Tensor-parallel size (default: plan: the GPU count; check: the "
-                          "model profile's, as qwenprep serve).")
-_pp_option = click.option("--pp", type=click.IntRange(min=1), default=1, show_default=True,
-                          help="Pipeline-parallel size (stages across nodes).")
+    "--vllm-version",
+    metavar="X.Y",
+    help="Use this vLLM version's arithmetic (default: the installed vLLM, else the newest known).",
+)
+_tp_option = click.option(
+    "--tp",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Tensor-parallel size (default: plan: the GPU count; check: the "
+    "model profile's, as qwenprep serve).",
+)
+_pp_option = click.option(
+    "--pp",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Pipeline-parallel size (stages across nodes).",
+)
 _gpu_options = [
     click.option("--gpus", type=click.IntRange(min=1), help="GPUs in total (with --gpu-memory)."),
-    click.option("--gpu-memory", metavar="SIZE",
-                 help="Memory of one GPU, with its unit: 141GB (decimal), 80GiB (binary), "
-                 "1024B. A bare number or 8g is refused as ambiguous."),
-    click.option("--kv-memory", metavar="SIZE",
-                 help="KV cache memory per GPU, exact (what vLLM logs as 'Available KV cache "
-                 "memory', or its --kv-cache-memory-bytes), with its unit: 61.31GiB."),
-    click.option("--kv-cache-dtype", type=click.Choice(["auto", "fp8"]), default="auto",
-                 show_default=True, help="auto = the model dtype (bf16); fp8 = 1 byte."),
-    click.option("--block-size", type=click.IntRange(min=1), default=16, show_default=True,
-                 help="KV block size in tokens (16 on CUDA; vLLM's CPU backend uses 128)."),
+    click.option(
+        "--gpu-memory",
+        metavar="SIZE",
+        help="Memory of one GPU, with its unit: 141GB (decimal), 80GiB (binary), "
+        "1024B. A bare number or 8g is refused as ambiguous.",
+    ),
+    click.option(
+        "--kv-memory",
+        metavar="SIZE",
+        help="KV cache memory per GPU, exact (what vLLM logs as 'Available KV cache "
+        "memory', or its --kv-cache-memory-bytes), with its unit: 61.31GiB.",
+    ),
+    click.option(
+        "--kv-cache-dtype",
+        type=click.Choice(["auto", "fp8"]),
+        default="auto",
+        show_default=True,
+        help="auto = the model dtype (bf16); fp8 = 1 byte.",
+    ),
+    click.option(
+        "--block-size",
+        type=click.IntRange(min=1),
+        default=16,
+        show_default=True,
+        help="KV block size in tokens (16 on CUDA; vLLM's CPU backend uses 128).",
+    ),
 ]
 
 
@@ -170,6 +229,7 @@ def _with(options: list[Callable[[Any], Any]]) -> Callable[[Any], Any]:
         for opt in reversed(options):
             f = opt(f)
         return f
+
     return deco
 
 

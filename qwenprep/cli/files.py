@@ -24,20 +24,36 @@ from qwenprep.errors import EXIT_CHECKS_FAILED, Interrupted
 from qwenprep.report import Report, render_checks
 
 
-@cli.command(short_help='Check a checkpoint is whole (headers; --deep: every byte).')
+@cli.command(short_help="Check a checkpoint is whole (headers; --deep: every byte).")
 @click.argument("model", metavar="PATH|ORG/NAME")
 @click.option("--deep", is_flag=True, help="Also hash every byte against its content hash.")
-@click.option("--record", is_flag=True,
-              help="With --deep: keep the hashes of files that have nothing to compare against "
-              "(a plain directory's first run) in .qwenprep/hashes.json, for next time.")
-@click.option("--engine", is_flag=True, help="Also read the config back through the serving "
-              "engine (vLLM, or SGLang with --serving-engine sglang).")
+@click.option(
+    "--record",
+    is_flag=True,
+    help="With --deep: keep the hashes of files that have nothing to compare against "
+    "(a plain directory's first run) in .qwenprep/hashes.json, for next time.",
+)
+@click.option(
+    "--engine",
+    is_flag=True,
+    help="Also read the config back through the serving "
+    "engine (vLLM, or SGLang with --serving-engine sglang).",
+)
 @vllm_python_option
 @serving_engine_option
 @_report_options
 @json_option
-def verify(model: str, deep: bool, record: bool, engine: bool, vllm_python: str | None,
-           serving_engine: str | None, strict: bool, failed_only: bool, as_json: bool) -> None:
+def verify(
+    model: str,
+    deep: bool,
+    record: bool,
+    engine: bool,
+    vllm_python: str | None,
+    serving_engine: str | None,
+    strict: bool,
+    failed_only: bool,
+    as_json: bool,
+) -> None:
     """Check a checkpoint is whole: index vs shards, safetensors headers, FP8 structure and
     tensor names vs config.json (reads no tensor data); --deep hashes every file against its
     HF cache blob name, download metadata or hash record (progress with throughput and ETA on
@@ -72,8 +88,14 @@ def verify(model: str, deep: bool, record: bool, engine: bool, vllm_python: str 
 
     def go() -> Report:
         path = resolve_model(model).path
-        rep = verify_checkpoint(path, deep=deep, engine=engine and not sglang,
-                                vllm_python=vllm_python, progress=progress, record=record)
+        rep = verify_checkpoint(
+            path,
+            deep=deep,
+            engine=engine and not sglang,
+            vllm_python=vllm_python,
+            progress=progress,
+            record=record,
+        )
         if sglang:
             from qwenprep.engines.sglang_gate import readback_checks
 
@@ -85,36 +107,72 @@ def verify(model: str, deep: bool, record: bool, engine: bool, vllm_python: str 
     except KeyboardInterrupt:  # hashing stops at once and records nothing; exit 130
         if progress is not None and tty:
             click.echo(err=True)
-        _fail(Interrupted("interrupted: verify stopped before it finished; no hash record "
-                          "was written.",
-                          hint="run the same command again to check the whole checkpoint."),
-              as_json)
+        _fail(
+            Interrupted(
+                "interrupted: verify stopped before it finished; no hash record was written.",
+                hint="run the same command again to check the whole checkpoint.",
+            ),
+            as_json,
+        )
     x = report.extra
     report.strict = strict
-    finish_report(report, as_json, f"{'OK' if report.ok else 'FAILED'}: {x['files']} shard(s), "
-                  f"{x['tensors']:,} tensors, {x['bytes']:,} bytes"
-                  + (f", {x['hashed_bytes']:,} bytes hashed" if deep else ""),
-                  failed_only=failed_only)
+    finish_report(
+        report,
+        as_json,
+        f"{'OK' if report.ok else 'FAILED'}: {x['files']} shard(s), "
+        f"{x['tensors']:,} tensors, {x['bytes']:,} bytes"
+        + (f", {x['hashed_bytes']:,} bytes hashed" if deep else ""),
+        failed_only=failed_only,
+    )
 
 
-@cli.command(short_help='Download a checkpoint (pinned commit), then verify it.')
+@cli.command(short_help="Download a checkpoint (pinned commit), then verify it.")
 @click.argument("repo", metavar="ORG/NAME[@REV]")
-@click.option("--local-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Download into this directory instead of the Hugging Face cache.")
-@click.option("--revision", default=None, metavar="REV",
-              help="Branch, tag or commit (as ORG/NAME@REV; the two must agree).")
-@click.option("--include", multiple=True, metavar="GLOB",
-              help="Fetch only serving files matching GLOB (repeatable), e.g. '*.json'.")
-@click.option("--exclude", multiple=True, metavar="GLOB",
-              help="Leave serving files matching GLOB on the Hub (repeatable).")
-@click.option("--dry-run", is_flag=True,
-              help="Print what would be fetched and its total size; write nothing.")
-@click.option("--max-workers", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Files downloaded at once (huggingface_hub's default: 8).")
+@click.option(
+    "--local-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Download into this directory instead of the Hugging Face cache.",
+)
+@click.option(
+    "--revision",
+    default=None,
+    metavar="REV",
+    help="Branch, tag or commit (as ORG/NAME@REV; the two must agree).",
+)
+@click.option(
+    "--include",
+    multiple=True,
+    metavar="GLOB",
+    help="Fetch only serving files matching GLOB (repeatable), e.g. '*.json'.",
+)
+@click.option(
+    "--exclude",
+    multiple=True,
+    metavar="GLOB",
+    help="Leave serving files matching GLOB on the Hub (repeatable).",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Print what would be fetched and its total size; write nothing."
+)
+@click.option(
+    "--max-workers",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Files downloaded at once (huggingface_hub's default: 8).",
+)
 @json_option
-def fetch(repo: str, local_dir: Path | None, revision: str | None, include: tuple[str, ...],
-          exclude: tuple[str, ...], dry_run: bool, max_workers: int | None,
-          as_json: bool) -> None:
+def fetch(
+    repo: str,
+    local_dir: Path | None,
+    revision: str | None,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    dry_run: bool,
+    max_workers: int | None,
+    as_json: bool,
+) -> None:
     """Download the files serving needs (pinned commit), then verify them deeply.
 
     Prints the checkpoint path on stdout; progress and checks go to stderr. Speaks hf
@@ -132,25 +190,40 @@ def fetch(repo: str, local_dir: Path | None, revision: str | None, include: tupl
     from qwenprep.redact import redact, redact_obj
     from qwenprep.sizes import format_bytes
 
-    res = run(as_json, lambda: do_fetch(repo, local_dir=local_dir, revision=revision,
-                                        include=include, exclude=exclude, dry_run=dry_run,
-                                        max_workers=max_workers))
+    res = run(
+        as_json,
+        lambda: do_fetch(
+            repo,
+            local_dir=local_dir,
+            revision=revision,
+            include=include,
+            exclude=exclude,
+            dry_run=dry_run,
+            max_workers=max_workers,
+        ),
+    )
     if as_json:
         _emit_json({k: v if k == "path" else redact_obj(v) for k, v in res.to_dict().items()})
     elif res.mode == "dry-run":
         for f in res.plan.files:
             click.echo(f"{f.size if f.size is not None else '?':>14}  {f.name}")
-        click.echo(f"dry run: {res.plan.spec.repo_id}@{res.plan.commit[:12]}: would fetch "
-                   f"{len(res.plan.files)} files, {format_bytes(res.plan.bytes_total)} "
-                   f"({res.plan.bytes_total:,} bytes; {format_bytes(res.plan.bytes_needed)} not "
-                   f"yet at {res.path}); nothing written", err=True)
+        click.echo(
+            f"dry run: {res.plan.spec.repo_id}@{res.plan.commit[:12]}: would fetch "
+            f"{len(res.plan.files)} files, {format_bytes(res.plan.bytes_total)} "
+            f"({res.plan.bytes_total:,} bytes; {format_bytes(res.plan.bytes_needed)} not "
+            f"yet at {res.path}); nothing written",
+            err=True,
+        )
         click.echo(redact(render_checks(res.checks)), err=True)
     elif res.mode == "offline":
         click.echo(redact(render_checks(res.checks)), err=True)
         click.echo(str(res.path))
     else:
-        click.echo(f"{res.plan.spec.repo_id}@{res.plan.commit[:12]}: {len(res.plan.files)} "
-                   f"files, {format_bytes(res.plan.bytes_total)} in {res.seconds:.1f} s", err=True)
+        click.echo(
+            f"{res.plan.spec.repo_id}@{res.plan.commit[:12]}: {len(res.plan.files)} "
+            f"files, {format_bytes(res.plan.bytes_total)} in {res.seconds:.1f} s",
+            err=True,
+        )
         click.echo(redact(render_checks([*res.checks, *res.verify.checks])), err=True)
         click.echo(str(res.path))
     sys.exit(0 if res.ok else EXIT_CHECKS_FAILED)

@@ -31,36 +31,77 @@ from qwenprep.report import Report
 
 @cli.command(short_help="KV-cache capacity, concurrency and prefill/decode time estimates.")
 @click.argument("model")
-@click.option("--context", "-c", metavar="C", help="native|256k|512k|1m|N (default: the "
-              "checkpoint's max_position_embeddings). 1m = 1,048,576 here; vLLM's own "
-              "--max-model-len reads 1m as 1,000,000.")
+@click.option(
+    "--context",
+    "-c",
+    metavar="C",
+    help="native|256k|512k|1m|N (default: the "
+    "checkpoint's max_position_embeddings). 1m = 1,048,576 here; vLLM's own "
+    "--max-model-len reads 1m as 1,000,000.",
+)
 @_tp_option
 @_pp_option
-@click.option("--ep/--no-ep", default=True, show_default=True,
-              help="Expert parallel (experts divided over all GPUs) for MoE models.")
+@click.option(
+    "--ep/--no-ep",
+    default=True,
+    show_default=True,
+    help="Expert parallel (experts divided over all GPUs) for MoE models.",
+)
 @_with(_gpu_options)
-@click.option("--gpu", "gpu_model", metavar="NAME",
-              help="GPU model for the time estimates (H200, H100 SXM, B200, MI300X, ...); also "
-              "sets the memory per GPU when --gpu-memory is not given. Default: the detected "
-              "GPUs' name.")
-@click.option("--prefill-budget", type=float, default=None, metavar="SECONDS",
-              help="Longest acceptable full-length prefill for the recommendation "
-              "(default 60).")
-@click.option("--chart", "chart", metavar="FILE",
-              help="Draw concurrency and prefill time against context into FILE (.svg or .png; "
-              "needs the [chart] extra).")
+@click.option(
+    "--gpu",
+    "gpu_model",
+    metavar="NAME",
+    help="GPU model for the time estimates (H200, H100 SXM, B200, MI300X, ...); also "
+    "sets the memory per GPU when --gpu-memory is not given. Default: the detected "
+    "GPUs' name.",
+)
+@click.option(
+    "--prefill-budget",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="Longest acceptable full-length prefill for the recommendation (default 60).",
+)
+@click.option(
+    "--chart",
+    "chart",
+    metavar="FILE",
+    help="Draw concurrency and prefill time against context into FILE (.svg or .png; "
+    "needs the [chart] extra).",
+)
 @_vllm_version_option
 @serving_engine_option
 @vllm_python_option
-@click.option("--mem-fraction-static", type=float, default=None, metavar="F",
-              help="SGLang only: its --mem-fraction-static (default: SGLang's own default for "
-              "the GPU size, an estimate).")
+@click.option(
+    "--mem-fraction-static",
+    type=float,
+    default=None,
+    metavar="F",
+    help="SGLang only: its --mem-fraction-static (default: SGLang's own default for "
+    "the GPU size, an estimate).",
+)
 @json_option
-def plan(model: str, context: str | None, tp: int | None, pp: int, ep: bool, gpus: int | None,
-         gpu_memory: str | None, kv_memory: str | None, kv_cache_dtype: str, block_size: int,
-         gpu_model: str | None, prefill_budget: float | None, chart: str | None,
-         vllm_version: str | None, serving_engine: str | None, vllm_python: str | None,
-         mem_fraction_static: float | None, as_json: bool) -> None:
+def plan(
+    model: str,
+    context: str | None,
+    tp: int | None,
+    pp: int,
+    ep: bool,
+    gpus: int | None,
+    gpu_memory: str | None,
+    kv_memory: str | None,
+    kv_cache_dtype: str,
+    block_size: int,
+    gpu_model: str | None,
+    prefill_budget: float | None,
+    chart: str | None,
+    vllm_version: str | None,
+    serving_engine: str | None,
+    vllm_python: str | None,
+    mem_fraction_static: float | None,
+    as_json: bool,
+) -> None:
     """KV-cache capacity of MODEL at a context, by vLLM's own arithmetic, and how long prefill
     and decode take there (estimates: floor at peak, typical band); exit 1 if it won't fit.
 
@@ -77,20 +118,48 @@ def plan(model: str, context: str | None, tp: int | None, pp: int, ep: bool, gpu
 
     _check_sizes(as_json, gpu_memory=gpu_memory, kv_memory=kv_memory)
     if _engine_name(serving_engine, vllm_python, as_json) == "sglang":
-        _plan_sglang(model, context=context, tp=tp, pp=pp, ep=ep, gpus=gpus,
-                     gpu_memory=gpu_memory, kv_memory=kv_memory, kv_cache_dtype=kv_cache_dtype,
-                     mem_fraction_static=mem_fraction_static, as_json=as_json)
+        _plan_sglang(
+            model,
+            context=context,
+            tp=tp,
+            pp=pp,
+            ep=ep,
+            gpus=gpus,
+            gpu_memory=gpu_memory,
+            kv_memory=kv_memory,
+            kv_cache_dtype=kv_cache_dtype,
+            mem_fraction_static=mem_fraction_static,
+            as_json=as_json,
+        )
     if mem_fraction_static is not None:
-        run(as_json, lambda: _usage("--mem-fraction-static is SGLang's; vLLM's is "
-                                    "gpu_memory_utilization (pass --serving-engine sglang)."))
+        run(
+            as_json,
+            lambda: _usage(
+                "--mem-fraction-static is SGLang's; vLLM's is "
+                "gpu_memory_utilization (pass --serving-engine sglang)."
+            ),
+        )
     if chart is not None:
         from qwenprep.chart import chart_format
 
         run(as_json, lambda: chart_format(chart))
-    req = run(as_json, lambda: PlanRequest.from_options(
-        context=context, tp=tp, pp=pp, gpus=gpus, gpu_memory=gpu_memory, kv_memory=kv_memory,
-        kv_cache_dtype=kv_cache_dtype, ep=ep, vllm_version=vllm_version, block_size=block_size,
-        gpu=gpu_model, prefill_budget=prefill_budget))
+    req = run(
+        as_json,
+        lambda: PlanRequest.from_options(
+            context=context,
+            tp=tp,
+            pp=pp,
+            gpus=gpus,
+            gpu_memory=gpu_memory,
+            kv_memory=kv_memory,
+            kv_cache_dtype=kv_cache_dtype,
+            ep=ep,
+            vllm_version=vllm_version,
+            block_size=block_size,
+            gpu=gpu_model,
+            prefill_budget=prefill_budget,
+        ),
+    )
     p = run(as_json, lambda: make_plan(model, **req.plan_options()))
     written = None
     if chart is not None:
@@ -100,24 +169,59 @@ def plan(model: str, context: str | None, tp: int | None, pp: int, ep: bool, gpu
     if as_json:
         _emit_json({**p.to_dict(), **({"chart": str(written)} if written else {})})
     else:
-        click.echo(p.summary())
+        _echo_plan(p)
         if written:
             click.echo(f"chart: {written}")
     sys.exit(0 if p.fits else EXIT_CHECKS_FAILED)
 
 
+def _echo_plan(p: Any) -> None:
+    """The plan for people: its numbers as a table, the context table, then the rest."""
+    from qwenprep.cli.tables import render_plan
+    from qwenprep.timing import CONTEXT_COLUMNS
 
-def _plan_sglang(model: str, *, context: str | None, tp: int | None, pp: int, ep: bool,
-                 gpus: int | None, gpu_memory: str | None, kv_memory: str | None,
-                 kv_cache_dtype: str, mem_fraction_static: float | None,
-                 as_json: bool) -> NoReturn:
+    rows, table, lines = p.summary_parts()
+    click.echo(
+        render_plan(
+            rows,
+            table,
+            CONTEXT_COLUMNS,
+            lines,
+            "context table (* = above the config's max_position_embeddings: patch first)",
+        )
+    )
+
+
+def _plan_sglang(
+    model: str,
+    *,
+    context: str | None,
+    tp: int | None,
+    pp: int,
+    ep: bool,
+    gpus: int | None,
+    gpu_memory: str | None,
+    kv_memory: str | None,
+    kv_cache_dtype: str,
+    mem_fraction_static: float | None,
+    as_json: bool,
+) -> NoReturn:
     """plan --serving-engine sglang: SGLang 0.5.23's KV arithmetic (engines/sglang_kv.py)."""
     from qwenprep.engines.sglang_kv import make_plan
 
     def go() -> Any:
-        return make_plan(model, context=context, tp=tp, pp=pp, ep=ep, gpus=gpus,
-                         gpu_memory=gpu_memory, kv_memory=kv_memory,
-                         kv_cache_dtype=kv_cache_dtype, mem_fraction_static=mem_fraction_static)
+        return make_plan(
+            model,
+            context=context,
+            tp=tp,
+            pp=pp,
+            ep=ep,
+            gpus=gpus,
+            gpu_memory=gpu_memory,
+            kv_memory=kv_memory,
+            kv_cache_dtype=kv_cache_dtype,
+            mem_fraction_static=mem_fraction_static,
+        )
 
     p = run(as_json, go)
     if as_json:
@@ -127,34 +231,64 @@ def _plan_sglang(model: str, *, context: str | None, tp: int | None, pp: int, ep
     sys.exit(0 if p.fits else EXIT_CHECKS_FAILED)
 
 
-@cli.command(short_help='Every pre-flight check before a deploy, in one report.')
+@cli.command(short_help="Every pre-flight check before a deploy, in one report.")
 @click.argument("path")
 @_tp_option
 @_pp_option
-@click.option("--ep/--no-ep", default=None,
-              help="Expert parallel (default: on for MoE models, as qwenprep serve does).")
-@click.option("--context", "-c", metavar="C",
-              help="Intended context (default: the config's max_position_embeddings). 1m = "
-              "1,048,576 here; vLLM's own --max-model-len reads 1m as 1,000,000.")
-@click.option("--engine/--no-engine", default=True, show_default=True,
-              help="Judge the serve argv with the installed vLLM's own parser and config "
-              "layer (a few seconds); --no-engine judges it offline.")
+@click.option(
+    "--ep/--no-ep",
+    default=None,
+    help="Expert parallel (default: on for MoE models, as qwenprep serve does).",
+)
+@click.option(
+    "--context",
+    "-c",
+    metavar="C",
+    help="Intended context (default: the config's max_position_embeddings). 1m = "
+    "1,048,576 here; vLLM's own --max-model-len reads 1m as 1,000,000.",
+)
+@click.option(
+    "--engine/--no-engine",
+    default=True,
+    show_default=True,
+    help="Judge the serve argv with the installed vLLM's own parser and config "
+    "layer (a few seconds); --no-engine judges it offline.",
+)
 @_with(_gpu_options)
-@click.option("--gpu", "gpu_model", metavar="NAME",
-              help="GPU model from the catalog (H200, H100 SXM, B200, MI300X, ...): sets the "
-              "memory per GPU when --gpu-memory is not given, as plan --gpu does.")
+@click.option(
+    "--gpu",
+    "gpu_model",
+    metavar="NAME",
+    help="GPU model from the catalog (H200, H100 SXM, B200, MI300X, ...): sets the "
+    "memory per GPU when --gpu-memory is not given, as plan --gpu does.",
+)
 @_vllm_version_option
 @vllm_python_option
 @serving_engine_option
 @_report_options
 @json_option
 @click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED)
-def check(path: str, tp: int | None, pp: int, ep: bool | None, context: str | None,
-          engine: bool, gpus: int | None, gpu_memory: str | None, kv_memory: str | None,
-          kv_cache_dtype: str,
-          block_size: int, gpu_model: str | None, vllm_version: str | None,
-          vllm_python: str | None, serving_engine: str | None, strict: bool, failed_only: bool,
-          as_json: bool, vllm_args: tuple[str, ...]) -> None:
+def check(
+    path: str,
+    tp: int | None,
+    pp: int,
+    ep: bool | None,
+    context: str | None,
+    engine: bool,
+    gpus: int | None,
+    gpu_memory: str | None,
+    kv_memory: str | None,
+    kv_cache_dtype: str,
+    block_size: int,
+    gpu_model: str | None,
+    vllm_version: str | None,
+    vllm_python: str | None,
+    serving_engine: str | None,
+    strict: bool,
+    failed_only: bool,
+    as_json: bool,
+    vllm_args: tuple[str, ...],
+) -> None:
     """Every pre-flight check on PATH before a deploy; exit 0 all pass, 1 any fails.
 
     Flags after `--` go into the argv `qwenprep serve` would run, which the installed vLLM
@@ -173,19 +307,30 @@ def check(path: str, tp: int | None, pp: int, ep: bool | None, context: str | No
     integrity_scan.FREEZE_AFTER_SCAN = True  # this process ends after the command
 
     _check_sizes(as_json, gpu_memory=gpu_memory, kv_memory=kv_memory)
-    _, gpu_memory, gpu_notes = run(as_json, lambda: gpu_memory_for(
-        gpu_model, gpu_memory=gpu_memory, kv_memory=kv_memory))
+    _, gpu_memory, gpu_notes = run(
+        as_json, lambda: gpu_memory_for(gpu_model, gpu_memory=gpu_memory, kv_memory=kv_memory)
+    )
     for note in gpu_notes:
         click.echo(f"note: {note}", err=True)
 
     def go() -> Report:
         from qwenprep.checkpoint import resolve_model
 
-        opts = check_options(tp=tp, pp=pp, ep=ep, context=context, gpus=gpus,
-                             gpu_memory=gpu_memory, kv_memory=kv_memory,
-                             kv_cache_dtype=kv_cache_dtype, block_size=block_size,
-                             vllm_version=vllm_version, vllm_args=vllm_args, engine=engine,
-                             python=vllm_python)
+        opts = check_options(
+            tp=tp,
+            pp=pp,
+            ep=ep,
+            context=context,
+            gpus=gpus,
+            gpu_memory=gpu_memory,
+            kv_memory=kv_memory,
+            kv_cache_dtype=kv_cache_dtype,
+            block_size=block_size,
+            vllm_version=vllm_version,
+            vllm_args=vllm_args,
+            engine=engine,
+            python=vllm_python,
+        )
         hooks = None
         if _engine_name(serving_engine, vllm_python, as_json) == "sglang":
             from dataclasses import replace
@@ -198,5 +343,9 @@ def check(path: str, tp: int | None, pp: int, ep: bool | None, context: str | No
 
     report = run(as_json, go)
     report.strict = strict
-    finish_report(report, as_json, "ready to serve" if report.ok
-                  else "NOT ready: see the FAIL lines above", failed_only=failed_only)
+    finish_report(
+        report,
+        as_json,
+        "ready to serve" if report.ok else "NOT ready: see the FAIL lines above",
+        failed_only=failed_only,
+    )

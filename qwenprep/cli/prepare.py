@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -21,26 +20,53 @@ from qwenprep.errors import EXIT_CHECKS_FAILED
 from qwenprep.report import SCHEMA_VERSION, Check, Report
 
 
-@cli.command(short_help='Patch config.json for 512K/1M into an overlay directory.')
+@cli.command(short_help="Patch config.json for 512K/1M into an overlay directory.")
 @click.argument("model")
-@click.option("--context", "-c", required=True, metavar="C",
-              help="native|256k|512k|1m|N tokens (1m = 1048576, YaRN factor 4 over 256K).")
-@click.option("--out", "-o", default=None, type=click.Path(path_type=Path),
-              help="Overlay directory to create (links + patched config.json + manifest). "
-              "Default: $HF_HOME/qwenprep/overlays/ORG--NAME@REV-CONTEXT (QWENPREP_OVERLAYS "
-              "overrides the folder).")
-@click.option("--force", is_flag=True,
-              help="Replace an existing qwenprep overlay; allow YaRN factors above 4.")
-@click.option("--yarn-on-dca", is_flag=True,
-              help="On a Dual Chunk Attention release (Qwen2.5-1M, Qwen3-2507 with "
-              "config_1m.json): write YaRN over the native length instead. Not what the release "
-              "was tuned for; DCA itself fails to load on vLLM >= 0.11.")
-@click.option("--vllm-version", metavar="X.Y", default=None,
-              help="The vLLM the overlay is for (default: the installed one). Below 0.11 a DCA "
-              "release's 1M overlay is its own DCA config (config_1m.json).")
+@click.option(
+    "--context",
+    "-c",
+    required=True,
+    metavar="C",
+    help="native|256k|512k|1m|N tokens (1m = 1048576, YaRN factor 4 over 256K).",
+)
+@click.option(
+    "--out",
+    "-o",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="Overlay directory to create (links + patched config.json + manifest). "
+    "Default: $HF_HOME/qwenprep/overlays/ORG--NAME@REV-CONTEXT (QWENPREP_OVERLAYS "
+    "overrides the folder).",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace an existing qwenprep overlay; allow YaRN factors above 4.",
+)
+@click.option(
+    "--yarn-on-dca",
+    is_flag=True,
+    help="On a Dual Chunk Attention release (Qwen2.5-1M, Qwen3-2507 with "
+    "config_1m.json): write YaRN over the native length instead. Not what the release "
+    "was tuned for; DCA itself fails to load on vLLM >= 0.11.",
+)
+@click.option(
+    "--vllm-version",
+    metavar="X.Y",
+    default=None,
+    help="The vLLM the overlay is for (default: the installed one). Below 0.11 a DCA "
+    "release's 1M overlay is its own DCA config (config_1m.json).",
+)
 @json_option
-def patch(model: str, context: str, out: Path | None, force: bool, yarn_on_dca: bool,
-          vllm_version: str | None, as_json: bool) -> None:
+def patch(
+    model: str,
+    context: str,
+    out: Path | None,
+    force: bool,
+    yarn_on_dca: bool,
+    vllm_version: str | None,
+    as_json: bool,
+) -> None:
     """Patch MODEL's config.json for a longer context into an overlay directory.
 
     The source checkpoint is never modified; every other file is linked, not copied. An
@@ -52,49 +78,51 @@ def patch(model: str, context: str, out: Path | None, force: bool, yarn_on_dca: 
       qwenprep patch Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8 --context 1m
       qwenprep patch ./my-model --context 512k --out ./my-model-512k
     """
-    from qwenprep.checkpoint import resolve_model
-    from qwenprep.contexts import parse_context
-    from qwenprep.dca_patch import request_for
-    from qwenprep.overlay import create_overlay
+    from qwenprep.patching import patch_overlay, patch_result
 
-    def go() -> Any:
-        ckpt = resolve_model(model)
-        req = request_for(ckpt.path, parse_context(context), yarn_on_dca=yarn_on_dca,
-                          vllm_version=vllm_version)
-        return create_overlay(ckpt, out, req, force=force)
-
-    res = run(as_json, go)
+    res = run(
+        as_json,
+        lambda: patch_overlay(
+            model, context, out=out, force=force, yarn_on_dca=yarn_on_dca, vllm_version=vllm_version
+        ),
+    )
     m = res.manifest
     if as_json:
-        _emit_json({"schema_version": SCHEMA_VERSION, "ok": True, "status": res.status,
-                    "path": str(res.path), "source": m["source"]["path"],
-                    "native_context": m["native_context"], "target_context": m["target_context"],
-                    "factor": m["factor"], "files_linked": len(m["files"]),
-                    "digest": m["digest"], "pin": m["source"].get("pin"),
-                    "warnings": res.notes})
+        _emit_json(patch_result(res))
         return
     for line in res.diff:
         click.echo(line, err=True)
     for note in res.notes:
         click.echo(f"warning: {note}", err=True)
     if yarn_on_dca and m["factor"] != 1.0:
-        click.echo("warning: --yarn-on-dca: YaRN over a Dual Chunk Attention release is not what "
-                   "the release was tuned for; check long-context quality.", err=True)
-    click.echo(f"{res.status} overlay {res.path}: {m['target_context']} tokens "
-               f"(YaRN factor {m['factor']:.8g} over {m['native_context']}), "
-               f"{len(m['files'])} files linked from {m['source']['path']}", err=True)
+        click.echo(
+            "warning: --yarn-on-dca: YaRN over a Dual Chunk Attention release is not what "
+            "the release was tuned for; check long-context quality.",
+            err=True,
+        )
+    click.echo(
+        f"{res.status} overlay {res.path}: {m['target_context']} tokens "
+        f"(YaRN factor {m['factor']:.8g} over {m['native_context']}), "
+        f"{len(m['files'])} files linked from {m['source']['path']}",
+        err=True,
+    )
     click.echo(str(res.path))
 
 
-@cli.command(short_help='Check config.json: schema and long-context invariants.')
+@cli.command(short_help="Check config.json: schema and long-context invariants.")
 @click.argument("path")
-@click.option("--vllm-version", metavar="X.Y", default=None,
-              help="Judge for this vLLM where the version decides (Dual Chunk Attention runs "
-              "only below 0.11). Default: the vLLM installed beside qwenprep.")
+@click.option(
+    "--vllm-version",
+    metavar="X.Y",
+    default=None,
+    help="Judge for this vLLM where the version decides (Dual Chunk Attention runs "
+    "only below 0.11). Default: the vLLM installed beside qwenprep.",
+)
 @_report_options
 @json_option
-def validate(path: str, vllm_version: str | None, strict: bool, failed_only: bool,
-             as_json: bool) -> None:
+def validate(
+    path: str, vllm_version: str | None, strict: bool, failed_only: bool, as_json: bool
+) -> None:
     """Check PATH/config.json against its family's schema and the long-context invariants.
 
     \b
@@ -108,21 +136,27 @@ def validate(path: str, vllm_version: str | None, strict: bool, failed_only: boo
     from qwenprep.validation import VllmVersion, validate_checkpoint
 
     def work() -> list[Check]:
-        vllm = (VllmVersion(named_version(vllm_version), "--vllm-version")
-                if vllm_version else None)
+        vllm = VllmVersion(named_version(vllm_version), "--vllm-version") if vllm_version else None
         return validate_checkpoint(resolve_model(path).path, vllm=vllm)
 
     checks = run(as_json, work)
     report = Report("validate", checks, {"path": path}, strict=strict)
-    finish_report(report, as_json, "valid" if report.ok else "INVALID: see the FAIL lines above",
-                  failed_only=failed_only)
+    finish_report(
+        report,
+        as_json,
+        "valid" if report.ok else "INVALID: see the FAIL lines above",
+        failed_only=failed_only,
+    )
 
 
-@cli.command(short_help='Remove an overlay, or restore an edited config.json.')
+@cli.command(short_help="Remove an overlay, or restore an edited config.json.")
 @click.argument("path", metavar="PATH|ORG/NAME[@REV]")
-@click.option("--force", is_flag=True,
-              help="Also delete edits made inside the overlay (its config.json, files under "
-              ".qwenprep/); files you added are never deleted.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Also delete edits made inside the overlay (its config.json, files under "
+    ".qwenprep/); files you added are never deleted.",
+)
 @json_option
 def revert(path: str, force: bool, as_json: bool) -> None:
     """Undo: remove a qwenprep overlay, or restore a config.json edited in place.
@@ -166,9 +200,15 @@ def list_cmd(paths: tuple[Path, ...], as_json: bool) -> None:
     found = run(as_json, lambda: list_overlays(list(paths)))
     ok = all(s.state == "ok" for s in found)
     if as_json:
-        _emit_json({"schema_version": SCHEMA_VERSION, "ok": ok, "kind": "list",
-                    "searched": [str(p) for p in paths] or [str(overlays_home())],
-                    "overlays": [s.to_dict() for s in found]})
+        _emit_json(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "ok": ok,
+                "kind": "list",
+                "searched": [str(p) for p in paths] or [str(overlays_home())],
+                "overlays": [s.to_dict() for s in found],
+            }
+        )
         sys.exit(0 if ok else EXIT_CHECKS_FAILED)
     if not found:
         click.echo(f"no overlays under {', '.join(map(str, paths)) or overlays_home()}", err=True)
@@ -181,11 +221,18 @@ def list_cmd(paths: tuple[Path, ...], as_json: bool) -> None:
     sys.exit(0 if ok else EXIT_CHECKS_FAILED)
 
 
-@cli.command(short_help='The main job end to end on the embedded tiny checkpoint.')
-@click.option("--workdir", type=click.Path(path_type=Path), default=None,
-              help="Where the demo overlay goes (default: a temporary directory).")
-@click.option("--serve/--no-serve", default=True,
-              help="Launch the real vLLM on the overlay when it is installed (default: yes).")
+@cli.command(short_help="The main job end to end on the embedded tiny checkpoint.")
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where the demo overlay goes (default: a temporary directory).",
+)
+@click.option(
+    "--serve/--no-serve",
+    default=True,
+    help="Launch the real vLLM on the overlay when it is installed (default: yes).",
+)
 @vllm_python_option
 @json_option
 def demo(workdir: Path | None, serve: bool, vllm_python: str | None, as_json: bool) -> None:
@@ -209,13 +256,18 @@ def demo(workdir: Path | None, serve: bool, vllm_python: str | None, as_json: bo
 
     with tempfile.TemporaryDirectory(prefix="qwenprep-demo-") as tmp:
         base = workdir if workdir is not None else Path(tmp)
-        steps = run(as_json, lambda: run_demo(base, serve=serve, vllm_python=vllm_python,
-                                              on_step=show))
+        steps = run(
+            as_json, lambda: run_demo(base, serve=serve, vllm_python=vllm_python, on_step=show)
+        )
     ok = all(s.status != "fail" for s in steps)
     if as_json:
-        _emit_json({"schema_version": SCHEMA_VERSION, "ok": ok,
-                    "steps": [{"title": s.title, "status": s.status, "lines": s.lines}
-                              for s in steps]})
+        _emit_json(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "ok": ok,
+                "steps": [{"title": s.title, "status": s.status, "lines": s.lines} for s in steps],
+            }
+        )
     else:
         click.echo("demo finished: all steps passed" if ok else "demo FAILED", err=False)
     sys.exit(0 if ok else EXIT_CHECKS_FAILED)

@@ -24,53 +24,114 @@ from qwenprep.errors import QwenprepError
 from qwenprep.report import SCHEMA_VERSION
 
 
-@cli.command(short_help='Launch vLLM from the overlay with the right flags.')
+@cli.command(short_help="Launch vLLM from the overlay with the right flags.")
 @click.argument("path")
-@click.option("--tp", type=click.IntRange(min=1), default=None,
-              help="Tensor parallel size (default: the model profile's).")
+@click.option(
+    "--tp",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Tensor parallel size (default: the model profile's).",
+)
 @click.option("--ep/--no-ep", default=None, help="Expert parallel (default: the model profile's).")
-@click.option("--max-model-len", "max_len", default=None, metavar="N",
-              help="Context to serve: tokens, 256k or 1m (default: the overlay's context). "
-              "1m = 1,048,576 here (vLLM itself reads 1m as 1,000,000); vLLM gets the "
-              "integer.")
+@click.option(
+    "--max-model-len",
+    "max_len",
+    default=None,
+    metavar="N",
+    help="Context to serve: tokens, 256k or 1m (default: the overlay's context). "
+    "1m = 1,048,576 here (vLLM itself reads 1m as 1,000,000); vLLM gets the "
+    "integer.",
+)
 @click.option("--host", default=None, help="Address vLLM listens on (vLLM's default: all).")
-@click.option("--port", type=click.IntRange(1, 65535), default=None,
-              help="Port, 1-65535 (vLLM's default: 8000).")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Port, 1-65535 (vLLM's default: 8000).",
+)
 @click.option("--served-model-name", default=None, help="Name clients use in requests.")
 @vllm_python_option
 @click.option("--dry-run", is_flag=True, help="Print the command and environment; start nothing.")
-@click.option("--ready-timeout", type=float, default=1800.0, show_default=True,
-              help="Seconds to wait for /v1/models before giving up.")
-@click.option("--expect-digest", default=None, metavar="D",
-              help="Refuse (exit 3) unless PATH is the overlay with this manifest digest.")
-@click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write vLLM's log here too (default: a new $TMPDIR/qwenprep-vllm-*.log); "
-              "if vLLM stops before it is ready, the lines that say why are read from it.")
-@click.option("--emit-config", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              metavar="FILE.yaml", help="Write the launch as a vLLM --config YAML and print "
-              "the command(s) that use it (vllm serve MODEL --config FILE); start nothing.")
-@click.option("--emit", "emit", type=click.Choice(["k8s"]), default=None,
-              help="k8s: print a Kubernetes LeaderWorkerSet manifest (leader and workers, the "
-              "overlay digest guard, readiness on /v1/models); start nothing.")
-@click.option("--image", default=None, metavar="IMAGE",
-              help="Container image for --emit k8s (default: vllm/vllm-openai:vVERSION); it "
-              "needs qwenprep beside vLLM for the digest guard.")
+@click.option(
+    "--ready-timeout",
+    type=float,
+    default=1800.0,
+    show_default=True,
+    help="Seconds to wait for /v1/models before giving up.",
+)
+@click.option(
+    "--expect-digest",
+    default=None,
+    metavar="D",
+    help="Refuse (exit 3) unless PATH is the overlay with this manifest digest.",
+)
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write vLLM's log here too (default: a new $TMPDIR/qwenprep-vllm-*.log); "
+    "if vLLM stops before it is ready, the lines that say why are read from it.",
+)
+@click.option(
+    "--emit-config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="FILE.yaml",
+    help="Write the launch as a vLLM --config YAML and print "
+    "the command(s) that use it (vllm serve MODEL --config FILE); start nothing.",
+)
+@click.option(
+    "--emit",
+    "emit",
+    type=click.Choice(["k8s"]),
+    default=None,
+    help="k8s: print a Kubernetes LeaderWorkerSet manifest (leader and workers, the "
+    "overlay digest guard, readiness on /v1/models); start nothing.",
+)
+@click.option(
+    "--image",
+    default=None,
+    metavar="IMAGE",
+    help="Container image for --emit k8s (default: vllm/vllm-openai:vVERSION); it "
+    "needs qwenprep beside vLLM for the digest guard.",
+)
 @click.option("--nnodes", type=int, default=None, help="Nodes to spread the plan over.")
 @click.option("--gpus-per-node", type=int, default=None, help="GPUs on each node.")
 @click.option("--master-addr", default=None, help="Head node address for multi-node plans.")
-@click.option("--multinode-mode", type=click.Choice(["native", "dp", "ray"]), default=None,
-              help="How nodes join (default: native if vLLM has it, else ray; dp if TP fits "
-              "a node). SGLang: its own --nnodes/--node-rank/--dist-init-addr.")
+@click.option(
+    "--multinode-mode",
+    type=click.Choice(["native", "dp", "ray"]),
+    default=None,
+    help="How nodes join (default: native if vLLM has it, else ray; dp if TP fits "
+    "a node). SGLang: its own --nnodes/--node-rank/--dist-init-addr.",
+)
 @serving_engine_option
 @json_option
 @click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED)
-def serve(path: str, tp: int | None, ep: bool | None, max_len: str | None, host: str | None,
-          port: int | None, served_model_name: str | None, vllm_python: str | None,
-          dry_run: bool, ready_timeout: float, expect_digest: str | None,
-          log_file: Path | None, emit_config: Path | None, emit: str | None,
-          image: str | None, nnodes: int | None,
-          gpus_per_node: int | None, master_addr: str | None, multinode_mode: str | None,
-          serving_engine: str | None, as_json: bool, vllm_args: tuple[str, ...]) -> None:
+def serve(
+    path: str,
+    tp: int | None,
+    ep: bool | None,
+    max_len: str | None,
+    host: str | None,
+    port: int | None,
+    served_model_name: str | None,
+    vllm_python: str | None,
+    dry_run: bool,
+    ready_timeout: float,
+    expect_digest: str | None,
+    log_file: Path | None,
+    emit_config: Path | None,
+    emit: str | None,
+    image: str | None,
+    nnodes: int | None,
+    gpus_per_node: int | None,
+    master_addr: str | None,
+    multinode_mode: str | None,
+    serving_engine: str | None,
+    as_json: bool,
+    vllm_args: tuple[str, ...],
+) -> None:
     """Launch vLLM on PATH with the known-good flags for the installed version.
 
     Refuses a --max-model-len the config does not allow (exit 3) before vLLM starts; waits
@@ -99,24 +160,43 @@ def serve(path: str, tp: int | None, ep: bool | None, max_len: str | None, host:
     use_sglang = _engine_name(serving_engine, vllm_python, as_json) == "sglang"
     emitting = emit_config is not None or emit is not None
     if emitting and use_sglang:
-        run(as_json, lambda: _usage("--emit-config and --emit write vLLM artefacts; SGLang "
-                                    "has no --config file or LeaderWorkerSet emitter here."))
+        run(
+            as_json,
+            lambda: _usage(
+                "--emit-config and --emit write vLLM artefacts; SGLang "
+                "has no --config file or LeaderWorkerSet emitter here."
+            ),
+        )
     dry_run = dry_run or emitting
 
     def make_plan() -> Any:
         req = ServeRequest.from_options(
-            max_len=max_len or None, tp=tp, ep=ep, host=host, port=port,
-            served_model_name=served_model_name, extra_args=vllm_args,
-            expect_digest=expect_digest, nnodes=nnodes, gpus_per_node=gpus_per_node,
-            master_addr=master_addr, multinode_mode=multinode_mode)
+            max_len=max_len or None,
+            tp=tp,
+            ep=ep,
+            host=host,
+            port=port,
+            served_model_name=served_model_name,
+            extra_args=vllm_args,
+            expect_digest=expect_digest,
+            nnodes=nnodes,
+            gpus_per_node=gpus_per_node,
+            master_addr=master_addr,
+            multinode_mode=multinode_mode,
+        )
         if use_sglang:
             from qwenprep.engines.sglang_gate import serve_plan
 
             return serve_plan(path, python=vllm_python, dry_run=dry_run, **req.sglang_options())
         ckpt = resolve_model(path)
         info = eng.discover(vllm_python) if dry_run else eng.require_engine(vllm_python)
-        plan = eng.build_launch_plan(ckpt.path, replace(req, repo_id=ckpt.repo_id), engine=info,
-                                     gpus_here=eng.gpus_on_this_node(), offline_gate=False)
+        plan = eng.build_launch_plan(
+            ckpt.path,
+            replace(req, repo_id=ckpt.repo_id),
+            engine=info,
+            gpus_here=eng.gpus_on_this_node(),
+            offline_gate=False,
+        )
         return gate.enforce(plan, engine=info)
 
     plan = run(as_json, make_plan)
@@ -127,8 +207,9 @@ def serve(path: str, tp: int | None, ep: bool | None, max_len: str | None, host:
         return
     if dry_run or plan.nodes:
         if as_json:
-            _emit_json({"schema_version": SCHEMA_VERSION, "ok": True, "dry_run": True,
-                        **plan.to_dict()})
+            _emit_json(
+                {"schema_version": SCHEMA_VERSION, "ok": True, "dry_run": True, **plan.to_dict()}
+            )
         elif plan.nodes:
             for node in plan.nodes:
                 click.echo(f"# node {node.node_rank} ({node.role}, {plan.multinode_mode})")
@@ -143,8 +224,9 @@ def serve(path: str, tp: int | None, ep: bool | None, max_len: str | None, host:
     _serve_foreground(plan, ready_timeout, as_json, log_file)
 
 
-def _emit_artefacts(plan: Any, config: Path | None, emit: str | None, image: str | None,
-                    as_json: bool) -> None:
+def _emit_artefacts(
+    plan: Any, config: Path | None, emit: str | None, image: str | None, as_json: bool
+) -> None:
     """serve --emit-config FILE / --emit k8s: write the artefacts; print the commands (text)
     or the manifest (YAML on stdout), or one JSON object with both."""
     from qwenprep.engines import deploy
@@ -157,12 +239,17 @@ def _emit_artefacts(plan: Any, config: Path | None, emit: str | None, image: str
         click.echo(f"wrote {config}: {len(written.options)} vLLM options", err=True)
     manifest = None
     if emit == "k8s":
-        manifest = run(as_json, lambda: deploy.lws_manifest(
-            plan, image=image or deploy.default_image(plan), source=deploy.source_dir(plan)))
+        manifest = run(
+            as_json,
+            lambda: deploy.lws_manifest(
+                plan, image=image or deploy.default_image(plan), source=deploy.source_dir(plan)
+            ),
+        )
         out["k8s"] = manifest
     if as_json:
-        _emit_json({"schema_version": SCHEMA_VERSION, "ok": True, "dry_run": True,
-                    **plan.to_dict(), **out})
+        _emit_json(
+            {"schema_version": SCHEMA_VERSION, "ok": True, "dry_run": True, **plan.to_dict(), **out}
+        )
         return
     if manifest is not None:
         click.echo(deploy.dump_yaml(manifest, deploy.K8S_HEADER), nl=False)
@@ -175,8 +262,9 @@ def _emit_artefacts(plan: Any, config: Path | None, emit: str | None, image: str
         click.echo(out["config"]["command"])
 
 
-def _serve_foreground(plan: Any, ready_timeout: float, as_json: bool,
-                      log_file: Path | None) -> NoReturn:
+def _serve_foreground(
+    plan: Any, ready_timeout: float, as_json: bool, log_file: Path | None
+) -> NoReturn:
     """Run vLLM (or SGLang) as a child: its output on our stderr (vLLM's through its log
     file), SIGINT/SIGTERM forwarded; before ready qwenprep's exit codes, after it the
     engine's own code passed through."""
@@ -209,12 +297,23 @@ def _serve_foreground(plan: Any, ready_timeout: float, as_json: bool,
         handle.stop()
         _fail(err, as_json)
     entry = models["data"][0]
-    click.echo(f"ready: {plan.base_url}/v1 serves {entry['id']} with max_model_len "
-               f"{entry['max_model_len']} (Ctrl-C stops it)", err=True)
+    click.echo(
+        f"ready: {plan.base_url}/v1 serves {entry['id']} with max_model_len "
+        f"{entry['max_model_len']} (Ctrl-C stops it)",
+        err=True,
+    )
     if as_json:
-        _emit_json({"schema_version": SCHEMA_VERSION, "ok": True, "ready": True,
-                    "url": plan.base_url, "model": entry["id"],
-                    "max_model_len": entry["max_model_len"], "pid": handle.pid})
+        _emit_json(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "ok": True,
+                "ready": True,
+                "url": plan.base_url,
+                "model": entry["id"],
+                "max_model_len": entry["max_model_len"],
+                "pid": handle.pid,
+            }
+        )
         sys.stdout.flush()
     rc = handle.wait()
     click.echo(f"{who} exited with code {rc}", err=True)

@@ -32,8 +32,16 @@ class EngineStartFailed(QwenprepError):
 
     exit_code = EXIT_CANNOT_PROCEED
 
-    def __init__(self, message: str, *, engine_exit_code: int, log_path: str | None,
-                 cause: list[str], causes: list[str], hint: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        engine_exit_code: int,
+        log_path: str | None,
+        cause: list[str],
+        causes: list[str],
+        hint: str | None = None,
+    ) -> None:
         super().__init__(message, hint=hint, path=log_path)
         self.engine_exit_code = engine_exit_code
         self.log_path = log_path
@@ -41,8 +49,12 @@ class EngineStartFailed(QwenprepError):
         self.causes = causes  # ids of the recognised causes ("port_in_use", ...)
 
     def details(self) -> dict[str, object]:
-        return {"engine_exit_code": self.engine_exit_code, "log": self.log_path,
-                "cause": list(self.cause), "causes": list(self.causes)}
+        return {
+            "engine_exit_code": self.engine_exit_code,
+            "log": self.log_path,
+            "cause": list(self.cause),
+            "causes": list(self.causes),
+        }
 
 
 class ChildGroup:
@@ -95,9 +107,11 @@ class LogTee:
         try:
             self.file = open(self.path, "wb")  # noqa: SIM115 - held for the child's lifetime
         except OSError as e:
-            raise QwenprepError(f"cannot write the engine log {self.path}: {e.strerror or e}.",
-                                hint="name a writable file with --log-file.",
-                                path=str(self.path)) from None
+            raise QwenprepError(
+                f"cannot write the engine log {self.path}: {e.strerror or e}.",
+                hint="name a writable file with --log-file.",
+                path=str(self.path),
+            ) from None
         self.echo = echo
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
@@ -132,8 +146,10 @@ class LogTee:
 
 # A log line as Python and vLLM print it: "(EngineCore pid=12) ERROR 11-26 02:17:10
 # [core.py:1510] message"; the prefix is optional (a bare traceback line has none).
-_PREFIX = re.compile(r"^(?:\([\w.-]+ pid=\d+\)\s+)?(?:(?P<level>DEBUG|INFO|WARNING|ERROR|"
-                     r"CRITICAL)\s+\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?\s+\[[^\]]*\]\s?)?")
+_PREFIX = re.compile(
+    r"^(?:\([\w.-]+ pid=\d+\)\s+)?(?:(?P<level>DEBUG|INFO|WARNING|ERROR|"
+    r"CRITICAL)\s+\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?\s+\[[^\]]*\]\s?)?"
+)
 # the last line of a traceback: "ValueError: ...", "OSError: [Errno 98] ...",
 # "torch.OutOfMemoryError: ...", "AssertionError: ..."
 _EXCEPTION = re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception|Exit)(?::\s|$)")
@@ -147,13 +163,16 @@ def cause_lines(text: str, limit: int = 8) -> list[str]:
     for raw in text.splitlines():
         m = _PREFIX.match(raw)
         level = m.group("level") if m else None
-        msg = raw[m.end():] if m else raw
+        msg = raw[m.end() :] if m else raw
         msg = msg.rstrip()
         stripped = msg.strip()
         if not stripped:
             continue
-        frame = (msg[:1].isspace() or stripped.startswith(("Traceback", "File \"", "^", "~"))
-                 or set(stripped) <= set("^~ "))
+        frame = (
+            msg[:1].isspace()
+            or stripped.startswith(("Traceback", 'File "', "^", "~"))
+            or set(stripped) <= set("^~ ")
+        )
         if _EXCEPTION.match(stripped) or (level in ("ERROR", "CRITICAL") and not frame):
             seen.pop(stripped, None)
             seen[stripped] = None

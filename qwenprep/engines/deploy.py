@@ -29,9 +29,11 @@ if TYPE_CHECKING:
     from qwenprep.engines.vllm_launch import LaunchPlan, NodeCommand
 
 LWS_API = "leaderworkerset.x-k8s.io/v1"
-K8S_HEADER = ("A LeaderWorkerSet (https://lws.sigs.k8s.io, leaderworkerset.x-k8s.io/v1) written by "
-              "qwenprep serve --emit k8s.\nNeeds the LWS controller in the cluster; the model "
-              "paths must exist on every node (host paths).\nApply: kubectl apply -f FILE")
+K8S_HEADER = (
+    "A LeaderWorkerSet (https://lws.sigs.k8s.io, leaderworkerset.x-k8s.io/v1) written by "
+    "qwenprep serve --emit k8s.\nNeeds the LWS controller in the cluster; the model "
+    "paths must exist on every node (host paths).\nApply: kubectl apply -f FILE"
+)
 LEADER = "$(LWS_LEADER_ADDRESS)"  # expanded by Kubernetes in command/args
 RANK = "$(LWS_WORKER_INDEX)"
 _VALUE = re.compile(r"^(?!-[A-Za-z-])")  # "-1" is a value, "-tp" or "--x" an option
@@ -45,7 +47,7 @@ def serve_at(argv: Sequence[str]) -> int:
 def serve_args(argv: Sequence[str]) -> tuple[str, tuple[str, ...]]:
     """(MODEL, the options after it) of a `... serve MODEL OPTIONS` argv."""
     i = serve_at(argv)
-    return argv[i + 1], tuple(argv[i + 2:])
+    return argv[i + 1], tuple(argv[i + 2 :])
 
 
 def config_mapping(args: Sequence[str]) -> dict[str, Any]:
@@ -58,18 +60,23 @@ def config_mapping(args: Sequence[str]) -> dict[str, Any]:
     while i < len(args):
         tok = args[i]
         if not tok.startswith("--") or tok == "--":
-            raise UsageError(f"{tok!r} cannot go into a vLLM --config file: only long options "
-                             "(--name VALUE) can; write the long form after --.")
+            raise UsageError(
+                f"{tok!r} cannot go into a vLLM --config file: only long options "
+                "(--name VALUE) can; write the long form after --."
+            )
         name, eq, value = tok[2:].partition("=")
         has_value = bool(eq)
         if not has_value and i + 1 < len(args) and _VALUE.match(args[i + 1]):
             value, has_value = args[i + 1], True
             i += 1
         if name in out:
-            raise UsageError(f"--{name} is given twice; a vLLM --config file holds each option "
-                             "once: give it once.")
-        out[name] = (int(value) if re.fullmatch(r"-?\d{1,18}", value) else value) \
-            if has_value else True
+            raise UsageError(
+                f"--{name} is given twice; a vLLM --config file holds each option "
+                "once: give it once."
+            )
+        out[name] = (
+            (int(value) if re.fullmatch(r"-?\d{1,18}", value) else value) if has_value else True
+        )
         i += 1
     return out
 
@@ -81,8 +88,7 @@ def dump_yaml(data: Any, header: str = "") -> str:
         def ignore_aliases(self, data: Any) -> bool:  # every block written out, no &id001
             return True
 
-    body: str = yaml.dump(data, Dumper=Plain, sort_keys=False, default_flow_style=False,
-                          width=100)
+    body: str = yaml.dump(data, Dumper=Plain, sort_keys=False, default_flow_style=False, width=100)
     return "".join(f"# {ln}\n" if ln else "#\n" for ln in header.splitlines()) + body
 
 
@@ -94,8 +100,13 @@ class EmittedConfig:
     nodes: tuple[NodeCommand, ...] = ()  # multi-node: each node's command using the file
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "options": self.options, "argv": list(self.argv),
-                "command": shlex.join(self.argv), "nodes": [n.to_dict() for n in self.nodes]}
+        return {
+            "path": str(self.path),
+            "options": self.options,
+            "argv": list(self.argv),
+            "command": shlex.join(self.argv),
+            "nodes": [n.to_dict() for n in self.nodes],
+        }
 
 
 def _shared(plan: LaunchPlan) -> tuple[str, ...]:
@@ -118,12 +129,14 @@ def _node_only(node: NodeCommand, shared: Sequence[str], extra: Sequence[str]) -
     """The options of NODE's argv that are not in SHARED: its address, rank, --headless,
     --host/--port on the head (they sit between the shared options and the user's EXTRA)."""
     _, args = serve_args(node.argv)
-    core = tuple(shared[:len(shared) - len(extra)])
+    core = tuple(shared[: len(shared) - len(extra)])
     end = len(args) - len(extra)
-    if args[:len(core)] != core or tuple(args[end:]) != tuple(extra):  # pragma: no cover
-        raise QwenprepError(f"node {node.node_rank}'s command does not start with the shared "
-                            "options; cannot split it into a config file and the command.")
-    return tuple(args[len(core):end])
+    if args[: len(core)] != core or tuple(args[end:]) != tuple(extra):  # pragma: no cover
+        raise QwenprepError(
+            f"node {node.node_rank}'s command does not start with the shared "
+            "options; cannot split it into a config file and the command."
+        )
+    return tuple(args[len(core) : end])
 
 
 def emit_config(plan: LaunchPlan, path: Path) -> EmittedConfig:
@@ -136,8 +149,10 @@ def emit_config(plan: LaunchPlan, path: Path) -> EmittedConfig:
     vllm_nodes = [n for n in plan.nodes if "serve" in n.argv]
     shared = _shared(plan) if vllm_nodes else args
     options = config_mapping(shared)
-    header = (f"vLLM serve options for {model}, written by qwenprep serve --emit-config.\n"
-              f"Use: vllm serve {shlex.quote(model)} --config {shlex.quote(str(path))}")
+    header = (
+        f"vLLM serve options for {model}, written by qwenprep serve --emit-config.\n"
+        f"Use: vllm serve {shlex.quote(model)} --config {shlex.quote(str(path))}"
+    )
     if plan.digest:
         header += f"\nOverlay digest: {plan.digest}"
     text = dump_yaml(options, header)
@@ -147,15 +162,26 @@ def emit_config(plan: LaunchPlan, path: Path) -> EmittedConfig:
         raise QwenprepError(f"cannot write {path}: {e.strerror or e}.", path=str(path)) from None
     from qwenprep.engines.vllm_launch import node_entry
 
-    entry = node_entry(plan.engine.python, plan.engine.distribution) if plan.engine else \
-        ("vllm", "serve")
+    entry = (
+        node_entry(plan.engine.python, plan.engine.distribution)
+        if plan.engine
+        else ("vllm", "serve")
+    )
     argv = (*entry, model, "--config", str(path))
     nodes = []
     for node in plan.nodes:
         if "serve" in node.argv:
-            own = node.argv[:serve_at(node.argv) + 1]
-            node = replace(node, argv=(*own, model, "--config", str(path),
-                                       *_node_only(node, shared, plan.extra_args)))
+            own = node.argv[: serve_at(node.argv) + 1]
+            node = replace(
+                node,
+                argv=(
+                    *own,
+                    model,
+                    "--config",
+                    str(path),
+                    *_node_only(node, shared, plan.extra_args),
+                ),
+            )
         nodes.append(node)
     return EmittedConfig(path, options, argv, tuple(nodes))
 
@@ -175,7 +201,7 @@ def source_dir(plan: LaunchPlan) -> str | None:
         return None
     parts = Path(str(src)).parts
     if "snapshots" in parts:
-        return str(Path(*parts[:parts.index("snapshots")]))
+        return str(Path(*parts[: parts.index("snapshots")]))
     return str(src)
 
 
@@ -189,6 +215,7 @@ def k8s_name(text: str) -> str:
 
 def _gpus(args: Sequence[str], plan: LaunchPlan) -> int:
     """GPUs one pod needs: TP x PP on a single node, else what each node's TP share is."""
+
     def num(flag: str) -> int:
         for i, a in enumerate(args):
             name, eq, value = a.partition("=")
@@ -198,6 +225,7 @@ def _gpus(args: Sequence[str], plan: LaunchPlan) -> int:
                 except (ValueError, IndexError):
                     return 1
         return 1
+
     tp = num("--tensor-parallel-size")
     pp = num("--pipeline-parallel-size")
     n = max(1, len(plan.nodes))
@@ -210,7 +238,7 @@ def _gpus(args: Sequence[str], plan: LaunchPlan) -> int:
 def _lws_argv(argv: Sequence[str], *, worker: bool) -> list[str]:
     """A node's argv for a pod: `vllm serve` from the image (not this machine's interpreter),
     the head address from LWS, a worker's rank too."""
-    out = ["vllm", *argv[serve_at(argv):]] if "serve" in argv else list(argv)
+    out = ["vllm", *argv[serve_at(argv) :]] if "serve" in argv else list(argv)
     for i, a in enumerate(out[:-1]):
         if a in ("--master-addr", "--data-parallel-address"):
             out[i + 1] = LEADER
@@ -228,30 +256,43 @@ def _sh(argv: Sequence[str], pre: Sequence[Sequence[str]], start_rank: int | Non
     steps = [shlex.join(p) for p in pre]
     line = shlex.join(argv)
     if start_rank is not None:
-        line = re.sub(r"--data-parallel-start-rank \d+",
-                      f"--data-parallel-start-rank $$((LWS_WORKER_INDEX * {start_rank}))",
-                      line)
+        line = re.sub(
+            r"--data-parallel-start-rank \d+",
+            f"--data-parallel-start-rank $$((LWS_WORKER_INDEX * {start_rank}))",
+            line,
+        )
     steps.append("exec " + line)
     return ["/bin/sh", "-c", " && ".join(steps)]
 
 
-def _container(name: str, image: str, command: list[str], env: dict[str, str], gpus: int,
-               mounts: list[dict[str, Any]], port: int | None) -> dict[str, Any]:
+def _container(
+    name: str,
+    image: str,
+    command: list[str],
+    env: dict[str, str],
+    gpus: int,
+    mounts: list[dict[str, Any]],
+    port: int | None,
+) -> dict[str, Any]:
     c: dict[str, Any] = {"name": name, "image": image, "command": command}
     if env:
         c["env"] = [{"name": k, "value": v} for k, v in env.items()]
     if port is not None:
         c["ports"] = [{"containerPort": port, "name": "http", "protocol": "TCP"}]
-        c["readinessProbe"] = {"httpGet": {"path": "/v1/models", "port": "http"},
-                               "periodSeconds": 10, "timeoutSeconds": 5,
-                               "failureThreshold": 3}
+        c["readinessProbe"] = {
+            "httpGet": {"path": "/v1/models", "port": "http"},
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        }
     c["resources"] = {"limits": {"nvidia.com/gpu": gpus}}
     c["volumeMounts"] = mounts
     return c
 
 
-def lws_manifest(plan: LaunchPlan, *, image: str, source: str | None = None,
-                 name: str | None = None) -> dict[str, Any]:
+def lws_manifest(
+    plan: LaunchPlan, *, image: str, source: str | None = None, name: str | None = None
+) -> dict[str, Any]:
     """A LeaderWorkerSet for PLAN: one group of len(plan.nodes) pods (one for a single-node
     plan). Every pod first runs the digest guard (an init container: `qwenprep serve PATH
     --expect-digest D --dry-run`, so IMAGE needs qwenprep beside vLLM); the leader serves on
@@ -267,20 +308,36 @@ def lws_manifest(plan: LaunchPlan, *, image: str, source: str | None = None,
     env = dict(plan.env)
     nodes = list(plan.nodes)
     gpus = _gpus(args, plan)
-    guard = ["qwenprep", "serve", model, "--expect-digest", plan.digest, "--dry-run"] \
-        if plan.digest else None
+    guard = (
+        ["qwenprep", "serve", model, "--expect-digest", plan.digest, "--dry-run"]
+        if plan.digest
+        else None
+    )
 
     def pod(role: str, command: list[str], serves: bool) -> dict[str, Any]:
         spec: dict[str, Any] = {}
         if guard is not None:
-            spec["initContainers"] = [{"name": "overlay-guard", "image": image,
-                                       "command": guard, "volumeMounts": mounts}]
-        spec["containers"] = [_container("vllm" if serves or role == "leader" else "worker",
-                                         image, command, env, gpus, mounts,
-                                         plan.port if serves else None)]
+            spec["initContainers"] = [
+                {"name": "overlay-guard", "image": image, "command": guard, "volumeMounts": mounts}
+            ]
+        spec["containers"] = [
+            _container(
+                "vllm" if serves or role == "leader" else "worker",
+                image,
+                command,
+                env,
+                gpus,
+                mounts,
+                plan.port if serves else None,
+            )
+        ]
         spec["volumes"] = volumes
-        return {"metadata": {"labels": {"app.kubernetes.io/name": "qwenprep-vllm",
-                                        "qwenprep/role": role}}, "spec": spec}
+        return {
+            "metadata": {
+                "labels": {"app.kubernetes.io/name": "qwenprep-vllm", "qwenprep/role": role}
+            },
+            "spec": spec,
+        }
 
     if not nodes:  # one pod: LWS uses the worker template for the leader too
         group, worker_pod = 1, pod("leader", _lws_argv(plan.argv, worker=False), True)
@@ -289,14 +346,16 @@ def lws_manifest(plan: LaunchPlan, *, image: str, source: str | None = None,
         head, worker = nodes[0], nodes[1]
         start = None
         if plan.multinode_mode == "dp":
-            local = next(int(worker.argv[i + 1]) for i, a in enumerate(worker.argv[:-1])
-                         if a == "--data-parallel-size-local")
+            local = next(
+                int(worker.argv[i + 1])
+                for i, a in enumerate(worker.argv[:-1])
+                if a == "--data-parallel-size-local"
+            )
             start = local
         h_argv = _lws_argv(head.argv, worker=False)
         leader_cmd = _sh(h_argv, head.pre, None) if head.pre else h_argv
         w_argv = _lws_argv(worker.argv, worker=True)
-        worker_cmd = _sh(w_argv, worker.pre, start) if start is not None or worker.pre \
-            else w_argv
+        worker_cmd = _sh(w_argv, worker.pre, start) if start is not None or worker.pre else w_argv
         group = len(nodes)
         leader_pod = pod("leader", leader_cmd, True)
         worker_pod = pod("worker", worker_cmd, False)
@@ -307,11 +366,14 @@ def lws_manifest(plan: LaunchPlan, *, image: str, source: str | None = None,
     return {
         "apiVersion": LWS_API,
         "kind": "LeaderWorkerSet",
-        "metadata": {"name": k8s_name(name or plan.served_model_name),
-                     "labels": {"app.kubernetes.io/name": "qwenprep-vllm",
-                                "app.kubernetes.io/managed-by": "qwenprep"},
-                     **({"annotations": {"qwenprep/overlay-digest": plan.digest}}
-                        if plan.digest else {})},
+        "metadata": {
+            "name": k8s_name(name or plan.served_model_name),
+            "labels": {
+                "app.kubernetes.io/name": "qwenprep-vllm",
+                "app.kubernetes.io/managed-by": "qwenprep",
+            },
+            **({"annotations": {"qwenprep/overlay-digest": plan.digest}} if plan.digest else {}),
+        },
         "spec": {"replicas": 1, "startupPolicy": "LeaderCreated", "leaderWorkerTemplate": lwt},
     }
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,40 +39,75 @@ class ProbeScript:
     env_defaults: Mapping[str, str]
 
 
-def run(probe: ProbeScript, python: str, args: Sequence[str], timeout: float,
-        env: dict[str, str] | None = None) -> dict[str, Any]:
+# Entered around every probe with (engine, python, question): how qwenprep/cli shows a status
+# line while the engine answers (the core never prints). None: nothing happens.
+StatusHook = Callable[[str, str, str], AbstractContextManager[Any]]
+_status_hook: StatusHook | None = None
+
+
+def status_hook() -> StatusHook | None:
+    return _status_hook
+
+
+def set_status_hook(hook: StatusHook | None) -> StatusHook | None:
+    """Install HOOK (None: none); the one it replaces is returned, to put back."""
+    global _status_hook
+    old, _status_hook = _status_hook, hook
+    return old
+
+
+def run(
+    probe: ProbeScript,
+    python: str,
+    args: Sequence[str],
+    timeout: float,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """PROBE's script with ARGS in PYTHON; its one JSON answer."""
     env = dict(os.environ if env is None else env)
     for k, v in probe.env_defaults.items():
         env.setdefault(k, v)
+    hook = _status_hook
     try:
-        proc = subprocess.run([python, str(probe.path), *args], capture_output=True, text=True,
-                              timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+        with hook(probe.engine, python, args[0]) if hook is not None else nullcontext():
+            proc = subprocess.run(
+                [python, str(probe.path), *args],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=env,
+                stdin=subprocess.DEVNULL,
+            )
     except FileNotFoundError:
-        raise InputError(f"{python}: no such interpreter.",
-                         hint=f"pass {probe.python_option} /path/to/venv/bin/python (the "
-                         f"environment that has {probe.engine}) or set "
-                         f"{probe.python_env}.") from None
+        raise InputError(
+            f"{python}: no such interpreter.",
+            hint=f"pass {probe.python_option} /path/to/venv/bin/python (the "
+            f"environment that has {probe.engine}) or set "
+            f"{probe.python_env}.",
+        ) from None
     except PermissionError:
         raise InputError(f"{python}: not executable.") from None
     except subprocess.TimeoutExpired:
-        raise EngineError(f"{python}: asking {probe.engine} ({args[0]}) took more than "
-                          f"{timeout:g} s.") from None
+        raise EngineError(
+            f"{python}: asking {probe.engine} ({args[0]}) took more than {timeout:g} s."
+        ) from None
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(MARKER):
             try:
-                result = json.loads(line[len(MARKER):])
+                result = json.loads(line[len(MARKER) :])
             except ValueError:
                 result = None
             if not isinstance(result, dict):
-                shown = line[len(MARKER):][:120]
+                shown = line[len(MARKER) :][:120]
                 raise EngineError(
                     f"{python}: the {probe.engine} probe ({args[0]}) answered something that "
                     f"is not qwenprep's probe JSON: {shown!r}",
                     hint=f"point {probe.python_option} (or {probe.python_env}) at the python of "
                     f"the environment that has {probe.engine} installed, not a wrapper that "
-                    "prints its own output.")
+                    "prints its own output.",
+                )
             return result
     tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-    raise EngineError(f"{python}: the {probe.engine} probe ({args[0]}) failed with exit "
-                      f"{proc.returncode}: {tail}")
+    raise EngineError(
+        f"{python}: the {probe.engine} probe ({args[0]}) failed with exit {proc.returncode}: {tail}"
+    )

@@ -1,5 +1,5 @@
 """SGLang as the second serving engine: discovery, what each release does, the launch plan
-(``python -m sglang.launch_server ...``) and the watched server.
+(``python -m sglang.launch_server ...``). The watched server is engines/sglang_server.py.
 
 Nothing here imports sglang: questions go to ``qwenprep/_sglang_probe.py``, run by path with
 the interpreter that has SGLang (as ``_engine_probe.py`` does for vLLM). The facts below were
@@ -12,25 +12,58 @@ from __future__ import annotations
 import functools
 import math
 import os
-import subprocess
 import sys
-import time
-import urllib.error
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from qwenprep.engines import probe
-from qwenprep.engines.child import ChildGroup, exit_code
-from qwenprep.errors import ChecksFailed, InputError, UsageError
+from qwenprep.engines.sglang_server import SglangServer, start
+from qwenprep.errors import InputError, UsageError
+
+# The running server (SglangServer, start) is engines/sglang_server.py, re-exported here.
+__all__ = [
+    "CONTEXT_LENGTH_KEYS",
+    "DEFAULT_PORT",
+    "ENGINES",
+    "ENTRY",
+    "ENV_ENGINE",
+    "ENV_PYTHON",
+    "KNOWN_RELEASES",
+    "LIFTING_ENV",
+    "PROBE",
+    "SGLANG_PROBE",
+    "TOOL_PARSERS",
+    "Version",
+    "SglangCapabilities",
+    "SglangInfo",
+    "SglangNode",
+    "SglangPlan",
+    "build_plan",
+    "capabilities_for",
+    "derived_context_length",
+    "discover",
+    "engine_python",
+    "engines_in",
+    "require",
+    "run_probe",
+    "select_engine",
+    "SglangServer",
+    "start",
+]
 
 ENGINES = ("vllm", "sglang")
 ENV_ENGINE = "QWENPREP_SERVING_ENGINE"
 ENV_PYTHON = "QWENPREP_VLLM_PYTHON"  # the engine interpreter (the name predates SGLang)
 PROBE = Path(__file__).resolve().parents[1] / "_sglang_probe.py"
-SGLANG_PROBE = probe.ProbeScript(PROBE, "SGLang", "--engine-python", ENV_PYTHON,
-                                 {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"})
+SGLANG_PROBE = probe.ProbeScript(
+    PROBE,
+    "SGLang",
+    "--engine-python",
+    ENV_PYTHON,
+    {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"},
+)
 DEFAULT_PORT = 30000  # sglang/srt/arg_groups/fields: port default (seen: parsed 30000)
 # Both lift SGLang's length check (ModelConfig._derive_context_length, 0.5.23:
 # `envs.SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN.get() or is_in_ci()`) and then serve past
@@ -91,8 +124,9 @@ def engine_python(python: str | None = None) -> str:
     return python or os.environ.get(ENV_PYTHON) or sys.executable
 
 
-def run_probe(python: str, args: Sequence[str], timeout: float,
-              env: dict[str, str] | None = None) -> dict[str, Any]:
+def run_probe(
+    python: str, args: Sequence[str], timeout: float, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """_sglang_probe.py ARGS in PYTHON; its one JSON answer (qwenprep.engines.probe)."""
     return probe.run(SGLANG_PROBE, python, args, timeout, env)
 
@@ -114,18 +148,25 @@ def discover(python: str | None = None) -> SglangInfo | None:
         return None
     from qwenprep.engine import parse_version
 
-    return SglangInfo(python=str(data.get("python") or engine_python(python)), version=version,
-                      distribution="sglang", importable=bool(data.get("sglang_importable")),
-                      transformers=data.get("transformers"), torch=data.get("torch"),
-                      capabilities=capabilities_for(parse_version(version)))
+    return SglangInfo(
+        python=str(data.get("python") or engine_python(python)),
+        version=version,
+        distribution="sglang",
+        importable=bool(data.get("sglang_importable")),
+        transformers=data.get("transformers"),
+        torch=data.get("torch"),
+        capabilities=capabilities_for(parse_version(version)),
+    )
 
 
 def require(python: str | None = None) -> SglangInfo:
     info = discover(python)
     if info is None or not info.importable:
-        raise InputError(f"{engine_python(python)}: SGLang is not installed in this interpreter.",
-                         hint="install it there (pip install sglang==0.5.23), or name the "
-                         "interpreter that has it: --engine-python /path/to/venv/bin/python")
+        raise InputError(
+            f"{engine_python(python)}: SGLang is not installed in this interpreter.",
+            hint="install it there (pip install sglang==0.5.23), or name the "
+            "interpreter that has it: --engine-python /path/to/venv/bin/python",
+        )
     return info
 
 
@@ -152,8 +193,13 @@ def select_engine(name: str | None, python: str | None) -> str:
 
 
 # ------------------------------------------------------------------ config rules
-CONTEXT_LENGTH_KEYS = ("max_sequence_length", "seq_length", "max_seq_len", "model_max_length",
-                       "max_position_embeddings")
+CONTEXT_LENGTH_KEYS = (
+    "max_sequence_length",
+    "seq_length",
+    "max_seq_len",
+    "model_max_length",
+    "max_position_embeddings",
+)
 
 
 def derived_context_length(config: dict[str, Any]) -> int:
@@ -193,8 +239,14 @@ class SglangNode:
         return " && ".join([*steps, "exec " + shlex.join(self.argv)])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"node_rank": self.node_rank, "role": self.role, "argv": list(self.argv),
-                "pre": [], "guard": list(self.guard), "shell": self.shell()}
+        return {
+            "node_rank": self.node_rank,
+            "role": self.role,
+            "argv": list(self.argv),
+            "pre": [],
+            "guard": list(self.guard),
+            "shell": self.shell(),
+        }
 
 
 @dataclass(frozen=True)
@@ -235,28 +287,47 @@ class SglangPlan:
         import shlex
 
         return {
-            "serving_engine": "sglang", "argv": list(self.argv),
-            "command": shlex.join(self.argv), "env": dict(self.env),
-            "unset_env": list(self.unset_env), "model_path": self.model_path,
-            "max_model_len": self.max_model_len, "max_len_allowed": self.max_len_allowed,
-            "served_model_name": self.served_model_name, "url": self.base_url,
-            "profile": self.profile, "engine": self.engine.to_dict() if self.engine else None,
-            "digest": self.digest, "multinode_mode": self.multinode_mode,
-            "nodes": [n.to_dict() for n in self.nodes], "notes": list(self.notes),
+            "serving_engine": "sglang",
+            "argv": list(self.argv),
+            "command": shlex.join(self.argv),
+            "env": dict(self.env),
+            "unset_env": list(self.unset_env),
+            "model_path": self.model_path,
+            "max_model_len": self.max_model_len,
+            "max_len_allowed": self.max_len_allowed,
+            "served_model_name": self.served_model_name,
+            "url": self.base_url,
+            "profile": self.profile,
+            "engine": self.engine.to_dict() if self.engine else None,
+            "digest": self.digest,
+            "multinode_mode": self.multinode_mode,
+            "nodes": [n.to_dict() for n in self.nodes],
+            "notes": list(self.notes),
         }
 
 
 ENTRY = ("-m", "sglang.launch_server")
 
 
-def build_plan(path: Path, *, engine: SglangInfo | None, tp: int | None = None,
-               ep: bool | None = None, max_model_len: int | None = None,
-               host: str | None = None, port: int | None = None,
-               served_model_name: str | None = None, extra_args: Sequence[str] = (),
-               repo_id: str | None = None, expect_digest: str | None = None,
-               nnodes: int | None = None, gpus_per_node: int | None = None,
-               master_addr: str | None = None, environ: dict[str, str] | None = None,
-               for_check: bool = False) -> SglangPlan:
+def build_plan(
+    path: Path,
+    *,
+    engine: SglangInfo | None,
+    tp: int | None = None,
+    ep: bool | None = None,
+    max_model_len: int | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    served_model_name: str | None = None,
+    extra_args: Sequence[str] = (),
+    repo_id: str | None = None,
+    expect_digest: str | None = None,
+    nnodes: int | None = None,
+    gpus_per_node: int | None = None,
+    master_addr: str | None = None,
+    environ: dict[str, str] | None = None,
+    for_check: bool = False,
+) -> SglangPlan:
     """The `python -m sglang.launch_server` argv for the overlay and its model profile.
     Refuses (exit 3) what vLLM's plan refuses (configs that compute the wrong thing, a TP/EP
     layout the weights cannot be split into) and a --context-length above what SGLang derives
@@ -269,10 +340,12 @@ def build_plan(path: Path, *, engine: SglangInfo | None, tp: int | None = None,
     manifest = eng._manifest(path)
     digest = manifest.get("digest") if manifest else None
     if expect_digest is not None and digest != expect_digest:
-        raise InputError(f"{path}: overlay digest is {digest}, expected {expect_digest}: this "
-                         "node would serve a different overlay than the others.",
-                         hint="re-create the overlay with the same qwenprep patch command on "
-                         "this node (or share one overlay path).")
+        raise InputError(
+            f"{path}: overlay digest is {digest}, expected {expect_digest}: this "
+            "node would serve a different overlay than the others.",
+            hint="re-create the overlay with the same qwenprep patch command on "
+            "this node (or share one overlay path).",
+        )
     version = engine.version if engine else ".".join(map(str, KNOWN_RELEASES[-1]))
     notes: list[str] = []
     if not for_check:
@@ -280,8 +353,10 @@ def build_plan(path: Path, *, engine: SglangInfo | None, tp: int | None = None,
     if engine is None:
         notes.append(f"SGLang not found; this plan assumes SGLang {version} behaviour")
     elif not engine.known:
-        notes.append(f"SGLang {version}: qwenprep's SGLang rules were read from 0.5.23 only; "
-                     "they are assumed here")
+        notes.append(
+            f"SGLang {version}: qwenprep's SGLang rules were read from 0.5.23 only; "
+            "they are assumed here"
+        )
     profile = model_profile(path, config, manifest, repo_id)
     allowed = derived_context_length(config)
     if max_model_len is None:
@@ -293,8 +368,11 @@ def build_plan(path: Path, *, engine: SglangInfo | None, tp: int | None = None,
     if max_model_len > allowed:
         from qwenprep.model import ModelView
 
-        set_here = (f" {', '.join(lifting)} is set in this environment; qwenprep removes it "
-                    "from SGLang's." if lifting else "")
+        set_here = (
+            f" {', '.join(lifting)} is set in this environment; qwenprep removes it from SGLang's."
+            if lifting
+            else ""
+        )
         raise InputError(
             f"{path / 'config.json'}: --context-length {max_model_len} is above the {allowed} "
             f"tokens SGLang {version} derives from this config (max_position_embeddings "
@@ -302,7 +380,9 @@ def build_plan(path: Path, *, engine: SglangInfo | None, tp: int | None = None,
             "embeddings, a YaRN factor does not raise it); SGLang would refuse it, and "
             "SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN=1 would run past it with the RoPE left "
             f"as it is (wrong output).{set_here}",
-            hint=eng.patch_hint(path, manifest, max_model_len), path=str(path / "config.json"))
+            hint=eng.patch_hint(path, manifest, max_model_len),
+            path=str(path / "config.json"),
+        )
     tp_n = profile.tp if tp is None else tp
     if tp_n < 1:
         raise UsageError(f"--tp {tp_n}: tensor parallel size must be at least 1.")
@@ -331,21 +411,37 @@ def build_plan(path: Path, *, engine: SglangInfo | None, tp: int | None = None,
         net += ["--port", str(port)]
     argv = (python, *ENTRY, *core, *net, *extra_args)
     if lifting:
-        notes.append(f"{', '.join(lifting)} is removed from SGLang's environment: it lifts "
-                     "SGLang's length check and would hide a config whose RoPE does not reach "
-                     "the served length")
-    mode, nodes = _multinode(path, python, core, net, extra_args, tp_n, digest, nnodes,
-                             gpus_per_node, master_addr, notes)
-    return SglangPlan(argv=argv, env={}, unset_env=tuple(lifting), model_path=str(path),
-                      max_model_len=max_model_len, max_len_allowed=allowed,
-                      served_model_name=name, host=host,
-                      port=port if port is not None else DEFAULT_PORT, profile=profile.name,
-                      engine=engine, digest=digest, multinode_mode=mode, nodes=nodes,
-                      notes=tuple(notes), extra_args=tuple(extra_args))
+        notes.append(
+            f"{', '.join(lifting)} is removed from SGLang's environment: it lifts "
+            "SGLang's length check and would hide a config whose RoPE does not reach "
+            "the served length"
+        )
+    mode, nodes = _multinode(
+        path, python, core, net, extra_args, tp_n, digest, nnodes, gpus_per_node, master_addr, notes
+    )
+    return SglangPlan(
+        argv=argv,
+        env={},
+        unset_env=tuple(lifting),
+        model_path=str(path),
+        max_model_len=max_model_len,
+        max_len_allowed=allowed,
+        served_model_name=name,
+        host=host,
+        port=port if port is not None else DEFAULT_PORT,
+        profile=profile.name,
+        engine=engine,
+        digest=digest,
+        multinode_mode=mode,
+        nodes=nodes,
+        notes=tuple(notes),
+        extra_args=tuple(extra_args),
+    )
 
 
-def _reasoning_parser(path: Path, config: dict[str, Any], manifest: dict[str, Any] | None,
-                      repo_id: str | None) -> str | None:
+def _reasoning_parser(
+    path: Path, config: dict[str, Any], manifest: dict[str, Any] | None, repo_id: str | None
+) -> str | None:
     """The family's reasoning parser, where it names one (qwenprep.families ServeProfile)."""
     from qwenprep.engines.vllm_launch import _name_candidates
     from qwenprep.families import lookup
@@ -359,10 +455,19 @@ def _reasoning_parser(path: Path, config: dict[str, Any], manifest: dict[str, An
     return getattr(p, "reasoning_parser", None)
 
 
-def _multinode(path: Path, python: str, core: list[str], net: list[str],
-               extra: Sequence[str], tp: int, digest: str | None, nnodes: int | None,
-               gpn: int | None, addr: str | None,
-               notes: list[str]) -> tuple[str | None, tuple[SglangNode, ...]]:
+def _multinode(
+    path: Path,
+    python: str,
+    core: list[str],
+    net: list[str],
+    extra: Sequence[str],
+    tp: int,
+    digest: str | None,
+    nnodes: int | None,
+    gpn: int | None,
+    addr: str | None,
+    notes: list[str],
+) -> tuple[str | None, tuple[SglangNode, ...]]:
     """SGLang's multi-node launch (fields/parallel.py: --nnodes, --node-rank,
     --dist-init-addr HOST:PORT): the same command on every node, one TP group over all GPUs."""
     if nnodes is None and gpn is None:
@@ -376,107 +481,40 @@ def _multinode(path: Path, python: str, core: list[str], net: list[str],
     if gpn is None:
         raise UsageError("--nnodes needs --gpus-per-node to split the plan across nodes.")
     if tp != n * gpn:
-        raise UsageError(f"SGLang's multi-node launch runs one TP group over all GPUs: TP {tp} "
-                         f"must equal {n} nodes x {gpn} GPUs.",
-                         hint=f"pass --tp {n * gpn}, or add SGLang's --dp-size after --.")
+        raise UsageError(
+            f"SGLang's multi-node launch runs one TP group over all GPUs: TP {tp} "
+            f"must equal {n} nodes x {gpn} GPUs.",
+            hint=f"pass --tp {n * gpn}, or add SGLang's --dp-size after --.",
+        )
     guard: tuple[str, ...] = ()
     if digest:
-        guard = ("qwenprep", "serve", str(path), "--serving-engine", "sglang",
-                 "--expect-digest", digest, "--dry-run")
+        guard = (
+            "qwenprep",
+            "serve",
+            str(path),
+            "--serving-engine",
+            "sglang",
+            "--expect-digest",
+            digest,
+            "--dry-run",
+        )
     else:
         notes.append("not a qwenprep overlay: nodes cannot check that they serve the same config")
     init = f"{addr or 'HEAD_NODE_IP'}:5000"
     out = []
     for r in range(n):
-        argv = [python, *ENTRY, *core, *(net if r == 0 else []), "--nnodes", str(n),
-                "--node-rank", str(r), "--dist-init-addr", init, *extra]
+        argv = [
+            python,
+            *ENTRY,
+            *core,
+            *(net if r == 0 else []),
+            "--nnodes",
+            str(n),
+            "--node-rank",
+            str(r),
+            "--dist-init-addr",
+            init,
+            *extra,
+        ]
         out.append(SglangNode(r, "head" if r == 0 else "worker", tuple(argv), guard))
     return "sglang", tuple(out)
-
-
-# ------------------------------------------------------------------ the running server
-class SglangServer(ChildGroup):
-    """SGLang started by start(): a child in its own process group."""
-
-    def __init__(self, plan: SglangPlan, proc: subprocess.Popen[bytes]) -> None:
-        super().__init__(proc)
-        self.plan = plan
-
-    def _get(self, route: str, timeout: float) -> dict[str, Any]:
-        from qwenprep.engines.vllm_server import _get_json
-
-        return _get_json(self.plan.base_url + route, timeout)
-
-    def server_info(self, timeout: float = 10.0) -> dict[str, Any]:
-        """/server_info (SGLang 0.5.23), else the older /get_server_info."""
-        try:
-            return self._get("/server_info", timeout)
-        except urllib.error.HTTPError as e:
-            if e.code != 404:
-                raise
-            return self._get("/get_server_info", timeout)
-
-    def wait_ready(self, timeout: float) -> dict[str, Any]:
-        """Poll /v1/models until it answers; then require max_model_len == the plan's and a
-        server-info max_req_input_len within it. ChecksFailed (server stopped) otherwise."""
-        from qwenprep.engines.vllm_core import EngineError, ServerExited
-
-        deadline = time.monotonic() + timeout
-        while True:
-            rc = self.proc.poll()
-            if rc is not None:
-                raise ServerExited(f"SGLang exited with code {rc} before it was ready (its log "
-                                   "is above).", exit_code(rc))
-            try:
-                models = self._get("/v1/models", 5.0)
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise EngineError(f"SGLang did not answer {self.plan.base_url}/v1/models within "
-                                  f"{timeout:g} s; stopped it.",
-                                  hint="raise --ready-timeout for big checkpoints.")
-            time.sleep(0.5)
-        entries = models.get("data") or []
-        got = entries[0].get("max_model_len") if entries else None
-        want = self.plan.max_model_len
-        try:
-            info = self.server_info()
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            info = {"error": str(e)}
-        max_in = info.get("max_req_input_len")
-        problems = []
-        if got != want:
-            problems.append(f"/v1/models reports max_model_len {got}, the plan asked for {want}")
-        if not isinstance(max_in, int) or isinstance(max_in, bool) or not 0 < max_in <= want:
-            problems.append(f"server info reports max_req_input_len {max_in!r}; expected a "
-                            f"positive count up to {want}")
-        if problems:
-            self.stop()
-            raise ChecksFailed("SGLang is not serving what was planned: " + "; ".join(problems)
-                               + "; stopped the server.")
-        models["server_info"] = {k: info.get(k) for k in ("max_req_input_len",
-                                                          "max_total_num_tokens")}
-        return models
-
-    def __enter__(self) -> SglangServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def start(plan: SglangPlan, *, stdout: IO[Any] | int | None = None,
-          stderr: IO[Any] | int | None = None) -> SglangServer:
-    from qwenprep.engines.probe import EngineError
-
-    if plan.engine is None:
-        raise InputError("SGLang is not installed, so there is nothing to start.",
-                         hint="name the interpreter that has it with --engine-python.")
-    try:
-        proc = subprocess.Popen(list(plan.argv), env=plan.child_env(), stdin=subprocess.DEVNULL,
-                                stdout=stdout, stderr=stderr, start_new_session=True)
-    except OSError as e:
-        raise EngineError(f"cannot start {plan.argv[0]}: {e}") from None
-    return SglangServer(plan, proc)

@@ -24,15 +24,26 @@ from qwenprep.report import Check
 
 PATCH_FIX = "qwenprep patch MODEL --context 1m --out DIR, then serve DIR"
 OWN_OPTION = {
-    "model_path": "PATH (qwenprep serve PATH)", "context_length": "--max-model-len "
-    "(qwenprep check: --context)", "tp_size": "--tp", "ep_size": "--ep/--no-ep",
-    "served_model_name": "--served-model-name", "tool_call_parser": "(the model profile)",
-    "reasoning_parser": "(the model profile)", "host": "--host", "port": "--port",
-    "nnodes": "--nnodes", "node_rank": "(qwenprep serve --nnodes)",
+    "model_path": "PATH (qwenprep serve PATH)",
+    "context_length": "--max-model-len (qwenprep check: --context)",
+    "tp_size": "--tp",
+    "ep_size": "--ep/--no-ep",
+    "served_model_name": "--served-model-name",
+    "tool_call_parser": "(the model profile)",
+    "reasoning_parser": "(the model profile)",
+    "host": "--host",
+    "port": "--port",
+    "nnodes": "--nnodes",
+    "node_rank": "(qwenprep serve --nnodes)",
     "dist_init_addr": "--master-addr",
 }
-TEXT_KEYS = ("max_position_embeddings", "rope_scaling", "rope_parameters", "rope_theta",
-             "partial_rotary_factor")
+TEXT_KEYS = (
+    "max_position_embeddings",
+    "rope_scaling",
+    "rope_parameters",
+    "rope_theta",
+    "partial_rotary_factor",
+)
 _CACHE: dict[str, dict[str, Any]] = {}
 
 
@@ -49,15 +60,22 @@ def _key(plan: SglangPlan, python: str, items: list[dict[str, Any]]) -> str:
     import hashlib
 
     h = hashlib.sha256(json.dumps([python, items]).encode())
-    for f in (Path(plan.model_path) / "config.json",
-              Path(plan.model_path) / ".qwenprep" / "manifest.json"):
+    for f in (
+        Path(plan.model_path) / "config.json",
+        Path(plan.model_path) / ".qwenprep" / "manifest.json",
+    ):
         try:
             h.update(f.read_bytes())
         except OSError:
             h.update(b"-")
     env = plan.child_env()
-    h.update(json.dumps(sorted((k, v) for k, v in env.items()
-                               if k.startswith(("SGLANG_", "HF_", "TRANSFORMERS_")))).encode())
+    h.update(
+        json.dumps(
+            sorted(
+                (k, v) for k, v in env.items() if k.startswith(("SGLANG_", "HF_", "TRANSFORMERS_"))
+            )
+        ).encode()
+    )
     return h.hexdigest()
 
 
@@ -77,11 +95,13 @@ def probe_plans(plans: list[SglangPlan], python: str) -> None:
     got = run_probe(python, ["gate", json.dumps(flat)], timeout=600, env=plans[0].child_env())
     results = got.get("results")
     if not isinstance(results, list) or len(results) != len(flat):
-        raise EngineError(f"{python}: the SGLang probe (gate) answered {len(results or [])} "
-                          f"results for {len(flat)} argvs.")
+        raise EngineError(
+            f"{python}: the SGLang probe (gate) answered {len(results or [])} "
+            f"results for {len(flat)} argvs."
+        )
     i = 0
     for key, items in batch:
-        _CACHE[key] = {**got, "results": results[i:i + len(items)]}
+        _CACHE[key] = {**got, "results": results[i : i + len(items)]}
         i += len(items)
 
 
@@ -93,8 +113,9 @@ def _sglang_words(checks: list[Check], who: str) -> list[Check]:
     return [replace(c, message=c.message.replace("vLLM", who)) for c in checks]
 
 
-def override_traps(config: dict[str, Any], overrides: Any, want_theta: Any,
-                   where: str) -> list[Check]:
+def override_traps(
+    config: dict[str, Any], overrides: Any, want_theta: Any, where: str
+) -> list[Check]:
     """The --json-model-override-args traps of SGLang 0.5.23, each with its reason."""
     if not isinstance(overrides, dict) or not overrides:
         return []
@@ -103,12 +124,17 @@ def override_traps(config: dict[str, Any], overrides: Any, want_theta: Any,
     nested = isinstance(text, dict)
     flat = [k for k in TEXT_KEYS if k in overrides]
     if nested and flat:
-        out.append(Check(
-            "engine.override_nested", "fail",
-            f"--json-model-override-args sets {', '.join(flat)} at the top level, but this "
-            "model's text settings live in text_config: SGLang applies the override to the "
-            "top-level config only, so it changes nothing the model uses (a silent no-op). "
-            "Hint: " + PATCH_FIX, where))
+        out.append(
+            Check(
+                "engine.override_nested",
+                "fail",
+                f"--json-model-override-args sets {', '.join(flat)} at the top level, but this "
+                "model's text settings live in text_config: SGLang applies the override to the "
+                "top-level config only, so it changes nothing the model uses (a silent no-op). "
+                "Hint: " + PATCH_FIX,
+                where,
+            )
+        )
     sub = overrides.get("text_config") if nested else overrides
     if isinstance(sub, dict):
         cur = text if nested and isinstance(text, dict) else config
@@ -118,29 +144,46 @@ def override_traps(config: dict[str, Any], overrides: Any, want_theta: Any,
                 continue
             got = cur.get(key) if isinstance(cur, dict) else None
             old: dict[str, Any] = got if isinstance(got, dict) else {}
-            lost = [k for k in ("rope_theta", "mrope_section", "mrope_interleaved",
-                                "partial_rotary_factor") if k in old and k not in block]
+            lost = [
+                k
+                for k in (
+                    "rope_theta",
+                    "mrope_section",
+                    "mrope_interleaved",
+                    "partial_rotary_factor",
+                )
+                if k in old and k not in block
+            ]
             if nested and lost:
-                out.append(Check(
-                    "engine.override_rope_partial", "fail",
-                    f"--json-model-override-args gives text_config.{key} without "
-                    f"{', '.join(lost)}: SGLang merges text_config with PretrainedConfig."
-                    f"update, which replaces the whole {key} dict, so {', '.join(lost)} "
-                    "are lost (rope_theta falls back to 10000). Restate the whole dict, or "
-                    "better: " + PATCH_FIX, where))
+                out.append(
+                    Check(
+                        "engine.override_rope_partial",
+                        "fail",
+                        f"--json-model-override-args gives text_config.{key} without "
+                        f"{', '.join(lost)}: SGLang merges text_config with PretrainedConfig."
+                        f"update, which replaces the whole {key} dict, so {', '.join(lost)} "
+                        "are lost (rope_theta falls back to 10000). Restate the whole dict, or "
+                        "better: " + PATCH_FIX,
+                        where,
+                    )
+                )
         mpe = sub.get("max_position_embeddings")
-        rope_given = any(isinstance(sub.get(k), dict) for k in ("rope_parameters",
-                                                                 "rope_scaling"))
+        rope_given = any(isinstance(sub.get(k), dict) for k in ("rope_parameters", "rope_scaling"))
         from qwenprep.contexts import effective_rope, native_context
 
         native = native_context(config)
         kind = effective_rope(config).get("rope_type", "default")
         if isinstance(mpe, int) and mpe > native and not rope_given and kind != "yarn":
-            out.append(Check(
-                "engine.override_mpe", "fail",
-                f"--json-model-override-args raises max_position_embeddings to {mpe} without "
-                f"a YaRN block: SGLang's context length follows it, and RoPE stays unscaled "
-                f"past the native {native} (wrong output). Hint: " + PATCH_FIX, where))
+            out.append(
+                Check(
+                    "engine.override_mpe",
+                    "fail",
+                    f"--json-model-override-args raises max_position_embeddings to {mpe} without "
+                    f"a YaRN block: SGLang's context length follows it, and RoPE stays unscaled "
+                    f"past the native {native} (wrong output). Hint: " + PATCH_FIX,
+                    where,
+                )
+            )
     del want_theta
     return out
 
@@ -150,26 +193,50 @@ def _own_changes(changed: dict[str, list[Any]]) -> list[Check]:
         return []
     parts = [f"{d} {a} -> {b}" for d, (a, b) in changed.items()]
     fixes = sorted({OWN_OPTION.get(d, d) for d in changed})
-    return [Check("engine.own_args", "fail",
-                  "the arguments after -- change what qwenprep's own options set: "
-                  + ", ".join(parts) + ". Hint: " + "; ".join(fixes))]
+    return [
+        Check(
+            "engine.own_args",
+            "fail",
+            "the arguments after -- change what qwenprep's own options set: "
+            + ", ".join(parts)
+            + ". Hint: "
+            + "; ".join(fixes),
+        )
+    ]
 
 
-def _online(r: dict[str, Any], config: dict[str, Any], want: Any, where: str, shown: str,
-            who: str, node: str) -> list[Check]:
+def _online(
+    r: dict[str, Any],
+    config: dict[str, Any],
+    want: Any,
+    where: str,
+    shown: str,
+    who: str,
+    node: str,
+) -> list[Check]:
     from qwenprep.gate import compare
 
     if r.get("stage") == "parse":
-        return [Check("engine.argv", "fail",
-                      f"{who}'s server-argument parser refuses the arguments{node}: "
-                      f"{r['error']}")]
+        return [
+            Check(
+                "engine.argv",
+                "fail",
+                f"{who}'s server-argument parser refuses the arguments{node}: {r['error']}",
+            )
+        ]
     out = [Check("engine.argv", "pass", f"{who}'s server-argument parser accepts {shown}{node}")]
     out += _own_changes(r.get("changed") or {})
     args = r.get("args") or {}
     if r.get("trust_remote_code_asked"):
-        out.append(Check("engine.remote_code", "warn",
-                         "--trust-remote-code: SGLang will run Python files from the "
-                         "checkpoint; the readback ran none of them", where))
+        out.append(
+            Check(
+                "engine.remote_code",
+                "warn",
+                "--trust-remote-code: SGLang will run Python files from the "
+                "checkpoint; the readback ran none of them",
+                where,
+            )
+        )
     raw = args.get("json_model_override_args") or "{}"
     try:
         overrides = json.loads(raw) if isinstance(raw, str) else raw
@@ -179,14 +246,25 @@ def _online(r: dict[str, Any], config: dict[str, Any], want: Any, where: str, sh
     if not r.get("ok"):
         err = str(r.get("error"))
         hint = f" Hint: {PATCH_FIX}" if "context_length" in err or "rope" in err else ""
-        return out + traps + [Check("engine.load", "fail",
-                                    f"{who} refuses to build the model config with these "
-                                    f"arguments{node}: {err}{hint}", where)]
+        return (
+            out
+            + traps
+            + [
+                Check(
+                    "engine.load",
+                    "fail",
+                    f"{who} refuses to build the model config with these "
+                    f"arguments{node}: {err}{hint}",
+                    where,
+                )
+            ]
+        )
     return out + traps + _sglang_words(compare(r["view"], want, where), who)
 
 
-def gate_checks(plan: SglangPlan, engine: SglangInfo | None,
-                offline_reason: str | None = None) -> list[Check]:
+def gate_checks(
+    plan: SglangPlan, engine: SglangInfo | None, offline_reason: str | None = None
+) -> list[Check]:
     """Judge PLAN's argv with SGLang itself. Without SGLang nothing can be judged: one skip
     (qwenprep keeps no offline copy of SGLang's parser)."""
     from qwenprep.engine import _manifest, _read_config
@@ -194,15 +272,26 @@ def gate_checks(plan: SglangPlan, engine: SglangInfo | None,
 
     path = Path(plan.model_path)
     where = str(path / "config.json")
-    env_note = [Check("engine.env", "warn",
-                      f"{k} is set here; it lifts SGLang's length check and leaves RoPE as it "
-                      "is, so qwenprep removes it from SGLang's environment", where)
-                for k in plan.unset_env if k in LIFTING_ENV]
+    env_note = [
+        Check(
+            "engine.env",
+            "warn",
+            f"{k} is set here; it lifts SGLang's length check and leaves RoPE as it "
+            "is, so qwenprep removes it from SGLang's environment",
+            where,
+        )
+        for k in plan.unset_env
+        if k in LIFTING_ENV
+    ]
     if engine is None or not engine.importable or offline_reason:
         why = offline_reason or "SGLang is not installed in the named interpreter"
-        return env_note + [Check("engine.readback", "skip",
-                                 f"the SGLang readback did not run ({why}): the argv was not "
-                                 "judged by SGLang")]
+        return env_note + [
+            Check(
+                "engine.readback",
+                "skip",
+                f"the SGLang readback did not run ({why}): the argv was not judged by SGLang",
+            )
+        ]
     config = _read_config(path)
     want = intent_of(config, _manifest(path), plan.max_model_len)
     items = _items(plan)
@@ -211,9 +300,14 @@ def gate_checks(plan: SglangPlan, engine: SglangInfo | None,
         probe_plans([plan], engine.python)
     answer = _CACHE[key]
     who = _who(engine)
-    checks = [Check("engine.found", "pass",
-                    f"SGLang {engine.version} with transformers "
-                    f"{answer.get('transformers') or engine.transformers} in {engine.python}")]
+    checks = [
+        Check(
+            "engine.found",
+            "pass",
+            f"SGLang {engine.version} with transformers "
+            f"{answer.get('transformers') or engine.transformers} in {engine.python}",
+        )
+    ]
     checks += env_note
     shown = " ".join(plan.extra_args) or "(no arguments after --)"
     for n, r in enumerate(answer["results"]):
@@ -239,30 +333,64 @@ def enforce(plan: SglangPlan, engine: SglangInfo | None) -> SglangPlan:
             hint = "drop or fix that argument; python -m sglang.launch_server --help lists them."
         else:
             hint = f"put the rope settings into config.json instead: {PATCH_FIX}."
-        raise ArgsRefused(f"SGLang would not serve what was asked ({who} in "
-                          f"{engine.python if engine else '?'}): {listed}", hint=hint)
+        raise ArgsRefused(
+            f"SGLang would not serve what was asked ({who} in "
+            f"{engine.python if engine else '?'}): {listed}",
+            hint=hint,
+        )
     if engine is None:
-        return replace(plan, notes=(*plan.notes, "SGLang is not installed here: the argv was "
-                                    "not judged by SGLang"))
-    return replace(plan, notes=(*plan.notes, f"{_who(engine)} in {engine.python} parsed this "
-                                "argv with its own server-argument parser and read the model "
-                                "config back with those arguments"))
+        return replace(
+            plan,
+            notes=(*plan.notes, "SGLang is not installed here: the argv was not judged by SGLang"),
+        )
+    return replace(
+        plan,
+        notes=(
+            *plan.notes,
+            f"{_who(engine)} in {engine.python} parsed this "
+            "argv with its own server-argument parser and read the model "
+            "config back with those arguments",
+        ),
+    )
 
 
-def check_gate(path: Path, *, engine_on: bool, python: str | None, tp: int | None,
-               ep: bool | None, max_model_len: int | None, extra_args: tuple[str, ...],
-               repo_id: str | None = None) -> list[Check]:
+def check_gate(
+    path: Path,
+    *,
+    engine_on: bool,
+    python: str | None,
+    tp: int | None,
+    ep: bool | None,
+    max_model_len: int | None,
+    extra_args: tuple[str, ...],
+    repo_id: str | None = None,
+) -> list[Check]:
     """check's use of the gate: the plan serve would build, judged the same way."""
     from qwenprep.engines import sglang
 
     engine = sglang.discover(python) if engine_on else None
     try:
-        plan = sglang.build_plan(path, engine=engine, tp=tp, ep=ep, max_model_len=max_model_len,
-                                 extra_args=extra_args, repo_id=repo_id, for_check=True)
+        plan = sglang.build_plan(
+            path,
+            engine=engine,
+            tp=tp,
+            ep=ep,
+            max_model_len=max_model_len,
+            extra_args=extra_args,
+            repo_id=repo_id,
+            for_check=True,
+        )
     except QwenprepError as e:
         hint = f" Hint: {e.hint}" if e.hint else ""
-        return [Check("engine.plan", "fail", f"qwenprep serve --serving-engine sglang would "
-                      f"refuse (exit {e.exit_code}): {e.message}{hint}", e.path)]
+        return [
+            Check(
+                "engine.plan",
+                "fail",
+                f"qwenprep serve --serving-engine sglang would "
+                f"refuse (exit {e.exit_code}): {e.message}{hint}",
+                e.path,
+            )
+        ]
     reason = None if engine_on else "check --no-engine"
     return gate_checks(plan, engine, reason)
 
@@ -274,9 +402,14 @@ def readback_checks(path: Path, *, python: str | None = None) -> list[Check]:
 
     info = sglang.discover(python)
     if info is None or not info.importable:
-        return [Check("engine.readback", "skip",
-                      f"SGLang is not installed in {sglang.engine_python(python)}; the engine "
-                      "readback did not run (--engine-python names another interpreter).")]
+        return [
+            Check(
+                "engine.readback",
+                "skip",
+                f"SGLang is not installed in {sglang.engine_python(python)}; the engine "
+                "readback did not run (--engine-python names another interpreter).",
+            )
+        ]
     plan = sglang.build_plan(Path(path), engine=info, for_check=True)
     return [c for c in gate_checks(plan, info) if c.id != "engine.argv"]
 
@@ -290,18 +423,34 @@ def _kv_checks(shape: Any, opts: Any, layout: Any, inv: Any, extra: dict[str, An
     if context == -1:
         context = shape.native_context
     if opts.kv_memory is None and inv.min_total is None:
-        return [Check("kv.fits", "skip", f"no memory budget to check {context:,} tokens "
-                      "against; pass --kv-memory SIZE or --gpus N --gpu-memory SIZE")]
+        return [
+            Check(
+                "kv.fits",
+                "skip",
+                f"no memory budget to check {context:,} tokens "
+                "against; pass --kv-memory SIZE or --gpus N --gpu-memory SIZE",
+            )
+        ]
     try:
-        p = plan_sglang(shape, context=context, tp=layout.tp, pp=layout.pp, gpus=layout.gpus,
-                        gpu_memory=inv.min_total, kv_memory=opts.kv_memory,
-                        kv_cache_dtype=opts.kv_cache_dtype, ep=layout.ep)
+        p = plan_sglang(
+            shape,
+            context=context,
+            tp=layout.tp,
+            pp=layout.pp,
+            gpus=layout.gpus,
+            gpu_memory=inv.min_total,
+            kv_memory=opts.kv_memory,
+            kv_cache_dtype=opts.kv_cache_dtype,
+            ep=layout.ep,
+        )
     except QwenprepError as e:
         return [Check("kv.fits", "fail", e.message)]
     extra["plan"] = p.to_dict()
-    head = (f"SGLang {p.max_total_num_tokens:,} KV tokens per GPU, {p.max_concurrency:.2f}x at "
-            f"{context:,}; per-request token table {format_gib(p.req_to_token_bytes)}"
-            + ("" if p.exact else " (KV pool estimated from GPU memory)"))
+    head = (
+        f"SGLang {p.max_total_num_tokens:,} KV tokens per GPU, {p.max_concurrency:.2f}x at "
+        f"{context:,}; per-request token table {format_gib(p.req_to_token_bytes)}"
+        + ("" if p.exact else " (KV pool estimated from GPU memory)")
+    )
     if p.fits:
         return [Check("kv.fits", "pass", head)]
     return [Check("kv.fits", "fail", f"{head}; does not fit. " + "; ".join(p.advice[:2]))]
@@ -312,18 +461,38 @@ def check_hooks() -> Any:
     from qwenprep.preflight import EngineHooks
 
     def gate(path: Path, opts: Any, max_len: int | None, repo_id: str | None) -> list[Check]:
-        return check_gate(path, engine_on=opts.engine, python=opts.python, tp=opts.tp,
-                          ep=opts.ep, max_model_len=max_len, extra_args=opts.vllm_args,
-                          repo_id=repo_id)
+        return check_gate(
+            path,
+            engine_on=opts.engine,
+            python=opts.python,
+            tp=opts.tp,
+            ep=opts.ep,
+            max_model_len=max_len,
+            extra_args=opts.vllm_args,
+            repo_id=repo_id,
+        )
 
     return EngineHooks("sglang", gate, _kv_checks)
 
 
-def serve_plan(path: str, *, python: str | None, dry_run: bool, tp: int | None,
-               ep: bool | None, max_len: str | None, host: str | None, port: int | None,
-               served_model_name: str | None, extra_args: tuple[str, ...],
-               expect_digest: str | None, nnodes: int | None, gpus_per_node: int | None,
-               master_addr: str | None, multinode_mode: str | None) -> SglangPlan:
+def serve_plan(
+    path: str,
+    *,
+    python: str | None,
+    dry_run: bool,
+    tp: int | None,
+    ep: bool | None,
+    max_len: str | None,
+    host: str | None,
+    port: int | None,
+    served_model_name: str | None,
+    extra_args: tuple[str, ...],
+    expect_digest: str | None,
+    nnodes: int | None,
+    gpus_per_node: int | None,
+    master_addr: str | None,
+    multinode_mode: str | None,
+) -> SglangPlan:
     """`qwenprep serve --serving-engine sglang`: the plan, through the gate (ArgsRefused)."""
     from qwenprep.checkpoint import resolve_model
     from qwenprep.engine import parse_max_model_len
@@ -331,14 +500,26 @@ def serve_plan(path: str, *, python: str | None, dry_run: bool, tp: int | None,
     from qwenprep.errors import UsageError
 
     if multinode_mode is not None:
-        raise UsageError("--multinode-mode is vLLM's; SGLang nodes join with its own "
-                         "--nnodes/--node-rank/--dist-init-addr (qwenprep adds them).")
+        raise UsageError(
+            "--multinode-mode is vLLM's; SGLang nodes join with its own "
+            "--nnodes/--node-rank/--dist-init-addr (qwenprep adds them)."
+        )
     ckpt = resolve_model(path)
     info = sglang.discover(python) if dry_run else sglang.require(python)
     plan = sglang.build_plan(
-        ckpt.path, engine=info, tp=tp, ep=ep,
-        max_model_len=parse_max_model_len(max_len) if max_len else None, host=host, port=port,
-        served_model_name=served_model_name, extra_args=extra_args, repo_id=ckpt.repo_id,
-        expect_digest=expect_digest, nnodes=nnodes, gpus_per_node=gpus_per_node,
-        master_addr=master_addr)
+        ckpt.path,
+        engine=info,
+        tp=tp,
+        ep=ep,
+        max_model_len=parse_max_model_len(max_len) if max_len else None,
+        host=host,
+        port=port,
+        served_model_name=served_model_name,
+        extra_args=extra_args,
+        repo_id=ckpt.repo_id,
+        expect_digest=expect_digest,
+        nnodes=nnodes,
+        gpus_per_node=gpus_per_node,
+        master_addr=master_addr,
+    )
     return enforce(plan, info)

@@ -65,10 +65,13 @@ def default_mem_fraction_static(gpu_mem_bytes: int, *, tp: int, pp: int = 1) -> 
     if mb > 60 * 1024:
         reserved = max(reserved, 10 * 1024)
     frac = round((mb - reserved) / mb, 3)
-    text = (f"SGLang {VERSION} default for a {mb:,.0f} MB GPU: (gpu_mem - reserved) / gpu_mem "
-            f"with reserved {reserved:,.0f} MB (512 + 1.5 x chunked_prefill_size {cps} + "
-            f"TP x PP / 8 x 1024 + 2 x cuda-graph max_bs {bs}"
-            + (", at least 10 GiB" if mb > 60 * 1024 else "") + ")")
+    text = (
+        f"SGLang {VERSION} default for a {mb:,.0f} MB GPU: (gpu_mem - reserved) / gpu_mem "
+        f"with reserved {reserved:,.0f} MB (512 + 1.5 x chunked_prefill_size {cps} + "
+        f"TP x PP / 8 x 1024 + 2 x cuda-graph max_bs {bs}"
+        + (", at least 10 GiB" if mb > 60 * 1024 else "")
+        + ")"
+    )
     return frac, text
 
 
@@ -111,25 +114,38 @@ class SglangKVPlan:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "schema_version": SCHEMA_VERSION, "kind": "plan", "ok": self.fits,
-            "serving_engine": "sglang", "sglang_rule": f"SGLang {VERSION}",
-            "model": self.model, "context": self.context, "fits": self.fits,
-            "exact": self.exact, "kv_cache_tokens": self.max_total_num_tokens,
+            "schema_version": SCHEMA_VERSION,
+            "kind": "plan",
+            "ok": self.fits,
+            "serving_engine": "sglang",
+            "sglang_rule": f"SGLang {VERSION}",
+            "model": self.model,
+            "context": self.context,
+            "fits": self.fits,
+            "exact": self.exact,
+            "kv_cache_tokens": self.max_total_num_tokens,
             "max_total_num_tokens": self.max_total_num_tokens,
             "max_concurrency": round(self.max_concurrency, 4),
-            "bytes_per_token_per_gpu": self.cell_size, "page_size": self.page_size,
+            "bytes_per_token_per_gpu": self.cell_size,
+            "page_size": self.page_size,
             "largest_context": self.largest_context,
             "kv_cache_bytes_per_gpu": self.available_bytes,
             "kv_cache_needed_bytes": self.context * self.cell_size,
             "kv_cache_dtype": self.kv_cache_dtype,
-            "parallel": {"tp": self.tp, "pp": self.pp, "dp": self.dp, "ep": self.ep,
-                         "gpus": self.tp * self.pp * self.dp},
+            "parallel": {
+                "tp": self.tp,
+                "pp": self.pp,
+                "dp": self.dp,
+                "ep": self.ep,
+                "gpus": self.tp * self.pp * self.dp,
+            },
             "weights_per_gpu_bytes": self.weights_per_gpu,
             "mem_fraction_static": self.mem_fraction_static,
             "mem_fraction_static_source": self.mem_fraction_text,
             "max_running_requests": self.max_num_reqs,
             "req_to_token_bytes": self.req_to_token_bytes,
-            "slack_bytes": self.slack_bytes, "advice": list(self.advice),
+            "slack_bytes": self.slack_bytes,
+            "advice": list(self.advice),
             "notes": list(self.notes),
         }
 
@@ -144,20 +160,26 @@ class SglangKVPlan:
             f"(kv-cache-dtype {self.kv_cache_dtype}), page size {self.page_size}",
         ]
         if self.exact:
-            lines.append(f"KV pool memory per GPU: {format_gib(self.available_bytes)} "
-                         "(given; exact)")
+            lines.append(
+                f"KV pool memory per GPU: {format_gib(self.available_bytes)} (given; exact)"
+            )
         else:
-            lines.append(f"KV pool memory per GPU: {format_gib(self.available_bytes)} ESTIMATE = "
-                         f"GPU x mem_fraction_static {self.mem_fraction_static} - weights "
-                         f"{format_gib(self.weights_per_gpu)} ({self.mem_fraction_text})")
+            lines.append(
+                f"KV pool memory per GPU: {format_gib(self.available_bytes)} ESTIMATE = "
+                f"GPU x mem_fraction_static {self.mem_fraction_static} - weights "
+                f"{format_gib(self.weights_per_gpu)} ({self.mem_fraction_text})"
+            )
         lines += [
             f"max_total_num_tokens: {self.max_total_num_tokens:,}; {self.max_concurrency:.2f}x "
             f"requests of {self.context:,} tokens",
             f"per-request token table (req_to_token, outside the KV pool): "
             f"{self.max_num_reqs + 1:,} x {self.context + REQ_TO_TOKEN_EXTRA:,} x 4 bytes = "
             f"{format_gib(self.req_to_token_bytes)} per GPU"
-            + (f" of {format_gib(self.slack_bytes)} non-static memory"
-               if self.slack_bytes is not None else ""),
+            + (
+                f" of {format_gib(self.slack_bytes)} non-static memory"
+                if self.slack_bytes is not None
+                else ""
+            ),
             f"largest context that fits: {self.largest_context:,} tokens",
             f"fits: {'yes' if self.fits else 'NO'}",
         ]
@@ -166,11 +188,21 @@ class SglangKVPlan:
         return "\n".join(lines)
 
 
-def plan_sglang(shape: ModelShape, *, context: int, tp: int, pp: int = 1,
-                gpus: int | None = None, gpu_memory: int | None = None,
-                kv_memory: int | None = None, kv_cache_dtype: str = "auto", ep: bool = True,
-                page_size: int = 1, mem_fraction_static: float | None = None,
-                max_running_requests: int | None = None) -> SglangKVPlan:
+def plan_sglang(
+    shape: ModelShape,
+    *,
+    context: int,
+    tp: int,
+    pp: int = 1,
+    gpus: int | None = None,
+    gpu_memory: int | None = None,
+    kv_memory: int | None = None,
+    kv_cache_dtype: str = "auto",
+    ep: bool = True,
+    page_size: int = 1,
+    mem_fraction_static: float | None = None,
+    max_running_requests: int | None = None,
+) -> SglangKVPlan:
     from qwenprep.kvrules import weights_per_gpu
 
     if context <= 0:
@@ -189,15 +221,20 @@ def plan_sglang(shape: ModelShape, *, context: int, tp: int, pp: int = 1,
     weights = weights_per_gpu(shape, tp=tp, pp=pp, dp=1, ep=use_ep)
     notes: list[str] = []
     if shape.attention_layers is not None:
-        notes.append("hybrid model: only the full-attention layers hold per-token KV; SGLang's "
-                     "Mamba/linear-attention state pool is not modelled here")
+        notes.append(
+            "hybrid model: only the full-attention layers hold per-token KV; SGLang's "
+            "Mamba/linear-attention state pool is not modelled here"
+        )
     frac, frac_text, slack = None, None, None
     if kv_memory is not None:
         avail, exact = kv_memory, True
     elif gpu_memory is not None:
         if shape.weight_bytes is None:
-            raise InputError(f"{shape.name}: weight sizes unknown, so the KV pool cannot be "
-                             "estimated from the GPU size.", hint="pass --kv-memory SIZE.")
+            raise InputError(
+                f"{shape.name}: weight sizes unknown, so the KV pool cannot be "
+                "estimated from the GPU size.",
+                hint="pass --kv-memory SIZE.",
+            )
         if mem_fraction_static is None:
             frac, frac_text = default_mem_fraction_static(gpu_memory, tp=tp, pp=pp)
         else:
@@ -216,38 +253,81 @@ def plan_sglang(shape: ModelShape, *, context: int, tp: int, pp: int = 1,
     largest = tokens
     advice = []
     if slack is not None and table >= slack:
-        advice.append(f"the per-request token table ({format_gib(table)}) does not fit the "
-                      f"{format_gib(slack)} SGLang keeps outside the static pool: pass "
-                      "--max-running-requests N after -- (the table is (N + 1) x context x 4 "
-                      "bytes)")
+        advice.append(
+            f"the per-request token table ({format_gib(table)}) does not fit the "
+            f"{format_gib(slack)} SGLang keeps outside the static pool: pass "
+            "--max-running-requests N after -- (the table is (N + 1) x context x 4 "
+            "bytes)"
+        )
     elif table >= GiB:
-        advice.append(f"at {context:,} tokens SGLang reserves {format_gib(table)} per GPU for the "
-                      f"token table of {reqs:,} request slots; --max-running-requests N after -- "
-                      "shrinks it to (N + 1) x context x 4 bytes")
+        advice.append(
+            f"at {context:,} tokens SGLang reserves {format_gib(table)} per GPU for the "
+            f"token table of {reqs:,} request slots; --max-running-requests N after -- "
+            "shrinks it to (N + 1) x context x 4 bytes"
+        )
     if tokens < need:
-        advice.append(f"one request of {context:,} tokens needs {need:,} KV slots; the pool "
-                      f"holds {tokens:,}: more GPUs (--tp), --kv-cache-dtype fp8, or a smaller "
-                      "context")
+        advice.append(
+            f"one request of {context:,} tokens needs {need:,} KV slots; the pool "
+            f"holds {tokens:,}: more GPUs (--tp), --kv-cache-dtype fp8, or a smaller "
+            "context"
+        )
     if not exact:
-        advice.append("the KV pool is an estimate; SGLang logs max_total_num_tokens at start "
-                      "(and /server_info reports it): pass its pool bytes as --kv-memory")
-    return SglangKVPlan(shape.name, context, tp, pp, dp, use_ep, page_size, kv_cache_dtype, cell,
-                        exact, avail, weights, frac, frac_text, tokens,
-                        tokens / context, reqs, table, slack, fits, largest, advice, notes)
+        advice.append(
+            "the KV pool is an estimate; SGLang logs max_total_num_tokens at start "
+            "(and /server_info reports it): pass its pool bytes as --kv-memory"
+        )
+    return SglangKVPlan(
+        shape.name,
+        context,
+        tp,
+        pp,
+        dp,
+        use_ep,
+        page_size,
+        kv_cache_dtype,
+        cell,
+        exact,
+        avail,
+        weights,
+        frac,
+        frac_text,
+        tokens,
+        tokens / context,
+        reqs,
+        table,
+        slack,
+        fits,
+        largest,
+        advice,
+        notes,
+    )
 
 
-def make_plan(model: str, *, context: str | None, tp: int | None, pp: int, ep: bool,
-              gpus: int | None, gpu_memory: str | None, kv_memory: str | None,
-              kv_cache_dtype: str, mem_fraction_static: float | None) -> SglangKVPlan:
+def make_plan(
+    model: str,
+    *,
+    context: str | None,
+    tp: int | None,
+    pp: int,
+    ep: bool,
+    gpus: int | None,
+    gpu_memory: str | None,
+    kv_memory: str | None,
+    kv_cache_dtype: str,
+    mem_fraction_static: float | None,
+) -> SglangKVPlan:
     """`qwenprep plan --serving-engine sglang` from its options as typed; without a memory
     option the GPUs of this machine give the memory, TP defaults to their count."""
-    from qwenprep.capacity import load_shape
     from qwenprep.contexts import parse_context
+    from qwenprep.shapes import load_shape
     from qwenprep.sizes import parse_size
 
     if kv_memory is not None and gpu_memory is not None:
-        raise UsageError("--kv-memory and --gpu-memory exclude each other: the first is "
-                         "exact, the second an estimate.", hint="pass one of them.")
+        raise UsageError(
+            "--kv-memory and --gpu-memory exclude each other: the first is "
+            "exact, the second an estimate.",
+            hint="pass one of them.",
+        )
     kv = parse_size(kv_memory) if kv_memory is not None else None
     gm = parse_size(gpu_memory) if gpu_memory is not None else None
     n = gpus
@@ -258,9 +338,21 @@ def make_plan(model: str, *, context: str | None, tp: int | None, pp: int, ep: b
         n, gm = (inv.count, inv.min_total) if inv.count else (gpus, None)
     shape = load_shape(model)
     req = parse_context(context) if context is not None else None
-    ctx = shape.max_position_embeddings if req is None else (
-        req.tokens if req.tokens is not None else shape.native_context)
+    ctx = (
+        shape.max_position_embeddings
+        if req is None
+        else (req.tokens if req.tokens is not None else shape.native_context)
+    )
     t = tp if tp is not None else max(1, (n or 1) // pp)
-    return plan_sglang(shape, context=ctx, tp=t, pp=pp, gpus=n, gpu_memory=gm, kv_memory=kv,
-                       kv_cache_dtype=kv_cache_dtype, ep=ep,
-                       mem_fraction_static=mem_fraction_static)
+    return plan_sglang(
+        shape,
+        context=ctx,
+        tp=t,
+        pp=pp,
+        gpus=n,
+        gpu_memory=gm,
+        kv_memory=kv,
+        kv_cache_dtype=kv_cache_dtype,
+        ep=ep,
+        mem_fraction_static=mem_fraction_static,
+    )

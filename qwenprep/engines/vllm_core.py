@@ -30,8 +30,13 @@ ENV_PYTHON = "QWENPREP_VLLM_PYTHON"
 PROBE = Path(__file__).resolve().parent.parent / "_engine_probe.py"
 PROBE_MARKER = probe.MARKER
 EngineError = probe.EngineError  # vLLM could not be asked, started or watched
-VLLM_PROBE = probe.ProbeScript(PROBE, "vLLM", "--vllm-python", ENV_PYTHON,
-                               {"VLLM_LOGGING_LEVEL": "ERROR", "TOKENIZERS_PARALLELISM": "false"})
+VLLM_PROBE = probe.ProbeScript(
+    PROBE,
+    "vLLM",
+    "--vllm-python",
+    ENV_PYTHON,
+    {"VLLM_LOGGING_LEVEL": "ERROR", "TOKENIZERS_PARALLELISM": "false"},
+)
 PATCH_HINT = "qwenprep patch {model} --context {context} --out DIR, then serve DIR"
 
 Version = tuple[int, int, int]
@@ -87,14 +92,22 @@ def capabilities_for(version: Version) -> Capabilities:
 # The one table of version-dependent flags; `qwenprep check` and `qwenprep serve` ask
 # flag_refusal.
 FLAG_CAPABILITY: dict[str, tuple[str, str]] = {
-    "--rope-scaling": ("rope_cli_flags", "removed in vLLM 0.11.1 (PR #28006): put the YaRN "
-                       "block in config.json instead (qwenprep patch MODEL --context 1m --out "
-                       "DIR)"),
-    "--rope-theta": ("rope_cli_flags", "removed in vLLM 0.11.1 (PR #28006): keep rope_theta "
-                     "in config.json"),
+    "--rope-scaling": (
+        "rope_cli_flags",
+        "removed in vLLM 0.11.1 (PR #28006): put the YaRN "
+        "block in config.json instead (qwenprep patch MODEL --context 1m --out "
+        "DIR)",
+    ),
+    "--rope-theta": (
+        "rope_cli_flags",
+        "removed in vLLM 0.11.1 (PR #28006): keep rope_theta in config.json",
+    ),
     "--kv-cache-memory-bytes": ("kv_cache_memory_bytes", "added in vLLM 0.10.2"),
-    "--nnodes": ("native_multinode", "added in vLLM 0.11.1 (native multi-node); use "
-                 "--distributed-executor-backend ray on older versions"),
+    "--nnodes": (
+        "native_multinode",
+        "added in vLLM 0.11.1 (native multi-node); use "
+        "--distributed-executor-backend ray on older versions",
+    ),
     "--node-rank": ("native_multinode", "added in vLLM 0.11.1"),
     "--master-addr": ("native_multinode", "added in vLLM 0.11.1"),
     "--data-parallel-address": ("data_parallel_multinode", "added in vLLM 0.10.0"),
@@ -155,8 +168,9 @@ def engine_python(python: str | None = None) -> str:
     return python or os.environ.get(ENV_PYTHON) or sys.executable
 
 
-def _run_probe(python: str, args: Sequence[str], timeout: float,
-               env: dict[str, str] | None = None) -> dict[str, Any]:
+def _run_probe(
+    python: str, args: Sequence[str], timeout: float, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """_engine_probe.py ARGS in PYTHON; its one JSON answer (qwenprep.engines.probe)."""
     return probe.run(VLLM_PROBE, python, args, timeout, env)
 
@@ -228,9 +242,11 @@ def max_len_allowed(config: dict[str, Any], caps: Capabilities) -> int:
         original = _rope_number(rope, "original_max_position_embeddings", mpe)
         factor = _rope_number(rope, "factor", 1.0)
         if not math.isfinite(original * factor):
-            raise InputError(f"config.json: YaRN original_max_position_embeddings {original} x "
-                             f"factor {factor} is not a finite length.",
-                             hint="run qwenprep validate PATH for every problem in this config.")
+            raise InputError(
+                f"config.json: YaRN original_max_position_embeddings {original} x "
+                f"factor {factor} is not a finite length.",
+                hint="run qwenprep validate PATH for every problem in this config.",
+            )
         return int(original * factor)
     return mpe
 
@@ -242,9 +258,10 @@ def _rope_number(rope: dict[str, Any], key: str, default: float) -> float:
     if v is None:
         return default
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-        raise InputError(f"config.json: the rope dict's {key} is {v!r}; expected a positive "
-                         "number.",
-                         hint="run qwenprep validate PATH for every problem in this config.")
+        raise InputError(
+            f"config.json: the rope dict's {key} is {v!r}; expected a positive number.",
+            hint="run qwenprep validate PATH for every problem in this config.",
+        )
     return v
 
 

@@ -122,5 +122,6 @@ use-replayssm use-tqdm-on-load
 """
 
 NEGATABLE: frozenset[str] = frozenset(_NEGATABLE.split())
-LONG_OPTIONS: tuple[str, ...] = tuple(sorted(
-    {"--" + n for n in _LONG.split()} | {"--no-" + n for n in NEGATABLE}))
+LONG_OPTIONS: tuple[str, ...] = tuple(
+    sorted({"--" + n for n in _LONG.split()} | {"--no-" + n for n in NEGATABLE})
+)

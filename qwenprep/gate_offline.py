@@ -1,0 +1,216 @@
+"""qwenprep's own reading of vLLM's serve parser, for the gate (qwenprep.gate) when no vLLM is
+installed (discover() is None, or check --no-engine).
+
+offline_dests reads the serve arguments as vLLM 0.32's parser would: --config YAML expanded
+before the rest, ``_`` read as ``-`` in names, short options (-tp, -q ...) and unique prefixes
+resolved against a snapshot of vLLM's serve options (engines.vllm_flags.LONG_OPTIONS), dotted
+``--hf-overrides.a.b`` keys merged into --hf-overrides' dict, human-readable lengths (1k, 1M).
+offline_view turns the parsed arguments and config.json into what vLLM would use (length, RoPE,
+quantization), the dict qwenprep.gate.compare judges. MODEL_FLAG and OWN_OPTION name the
+arguments qwenprep sets itself, which both the online and the offline gate refuse after --;
+_serve_at finds where `serve MODEL ...` starts in a plan's argv. This module imports nothing
+of qwenprep.gate, which re-exports its public names.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from qwenprep.contexts import effective_rope
+from qwenprep.model import ModelView, deep_merge
+
+# vLLM's FlexibleArgumentParser moves a `--model X` it finds anywhere to the model position
+MODEL_FLAG = re.compile(r"^--model(=.+|$)")
+OWN_OPTION = {  # vLLM dest -> the qwenprep option that sets it
+    "model": "PATH (qwenprep serve PATH: the model is qwenprep's positional argument)",
+    "max_model_len": "--max-model-len (qwenprep check: --context)",
+    "tensor_parallel_size": "--tp",
+    "enable_expert_parallel": "--ep/--no-ep",
+    "served_model_name": "--served-model-name",
+    "enable_auto_tool_choice": "(the model profile)",
+    "tool_call_parser": "(the model profile)",
+    "host": "--host",
+    "port": "--port",
+}
+
+
+def _human_int(text: str) -> int | None:
+    """vLLM's human_readable_int_or_auto: 1k = 1000, 1K = 1024, 1m = 10^6, 1M = 2^20, auto."""
+    t = text.strip()
+    if t in ("-1", "auto", "AUTO", "Auto"):
+        return -1
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([kKmMgGtT])", t)
+    if m:
+        num, suf = m.groups()
+        if suf.islower():
+            return int(float(num) * 10 ** (3 * "kmgt".index(suf) + 3))
+        return int(num) * 2 ** (10 * "KMGT".index(suf) + 10) if num.isdigit() else None
+    try:
+        return int(t)
+    except ValueError:
+        return None
+
+
+def _json_or(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        n = _human_int(text)
+        return text if n is None else n
+
+
+def _yaml_args(file: str) -> list[str]:
+    """vLLM's load_config_file: YAML keys as --key VALUE (bool: --key / --no-key; list: the
+    items; dict: JSON)."""
+    if file.rsplit(".", 1)[-1] not in ("yaml", "yml"):
+        raise ValueError(f"Config file must be of a yaml/yml type. {file} supplied")
+    import yaml  # PyYAML comes with huggingface_hub
+
+    with open(file, encoding="utf-8") as f:
+        data = yaml.safe_load(f)
+    if not isinstance(data, dict):
+        raise ValueError(f"{file}: the top level is not a mapping of option: value")
+    out: list[str] = []
+    for key, value in data.items():
+        if isinstance(value, bool):
+            out += [f"--{key}"] if value else [f"--no-{key}"]
+        elif isinstance(value, list):
+            out += [f"--{key}", *(str(v) for v in value)] if value else []
+        elif isinstance(value, dict):
+            out += [f"--{key}", json.dumps(value)]
+        else:
+            out += [f"--{key}", str(value)]
+    return out
+
+
+SHORT = {
+    "-tp": "tensor-parallel-size",
+    "-pp": "pipeline-parallel-size",
+    "-q": "quantization",
+    "-ep": "enable-expert-parallel",
+    "-dp": "data-parallel-size",
+}
+
+
+def _resolve(name: str, known: Sequence[str]) -> str:
+    if name in known:
+        return name
+    hits = [k for k in known if k.startswith(name)]
+    if len(hits) == 1:
+        return hits[0]
+    if hits:
+        raise ValueError(f"ambiguous option: {name} could match {', '.join(hits[:6])}")
+    raise ValueError(f"unrecognized arguments: {name}")
+
+
+def offline_dests(argv: Sequence[str], known: Sequence[str] | None = None) -> dict[str, Any]:
+    """The serve arguments ARGV (after `serve MODEL`) as vLLM's parser would read them, by
+    qwenprep's own rules: --config YAML expanded before the rest, `_` read as `-` in names,
+    unique prefixes resolved against KNOWN (vLLM 0.32's serve options), dotted --x.a.b keys
+    merged into --x's dict. dest -> value, the last one wins. ValueError says what vLLM's
+    parser would refuse."""
+    from qwenprep.engines.vllm_flags import LONG_OPTIONS
+
+    names = known if known is not None else LONG_OPTIONS
+    args = list(argv)
+    if "--config" in args:
+        i = args.index("--config")
+        if i + 1 >= len(args):
+            raise ValueError("No config file specified! Please check your command-line arguments.")
+        args = _yaml_args(args[i + 1]) + args[:i] + args[i + 2 :]
+    dests: dict[str, Any] = {}
+    dotted: dict[str, dict[str, Any]] = {}
+    i = 0
+    while i < len(args):
+        tok = args[i]
+        i += 1
+        if not tok.startswith("-") or re.fullmatch(r"-\d+(\.\d+)?", tok):
+            raise ValueError(f"unrecognized arguments: {tok}")
+        name, eq, value = tok.partition("=")
+        head, dot, keys = name.partition(".")
+        if head.startswith("--"):
+            head = "--" + head[2:].replace("_", "-")
+        elif head in SHORT:
+            head = "--" + SHORT[head]
+        if (
+            not eq
+            and i < len(args)
+            and (not args[i].startswith("-") or re.fullmatch(r"-\d+(\.\d+)?", args[i]))
+        ):
+            value, has_value = args[i], True
+            i += 1
+        else:
+            has_value = bool(eq)
+        if not head.startswith("--"):
+            continue  # another short option: its value (if any) was taken above
+        if dot:
+            node = dotted.setdefault(_resolve(head, names)[2:].replace("-", "_"), {})
+            *path, last = keys.rstrip("+").split(".")
+            for k in path:
+                node = node.setdefault(k, {})
+            node[last] = _json_or(value)
+            continue
+        full = _resolve(head, names)
+        dest = full[2:].replace("-", "_")
+        if full.startswith("--no-") and "--" + full[5:] in names:
+            dests[dest[3:]] = False
+        else:
+            dests[dest] = value if has_value else True
+    for key, tree in dotted.items():  # vLLM appends them as JSON after everything else
+        dests[key] = tree
+    if isinstance(dests.get("hf_overrides"), str):
+        dests["hf_overrides"] = json.loads(dests["hf_overrides"])
+    if isinstance(dests.get("max_model_len"), str):
+        n = _human_int(dests["max_model_len"])
+        if n is None:
+            raise ValueError(f"argument --max-model-len: invalid value: {dests['max_model_len']!r}")
+        dests["max_model_len"] = n
+    return dests
+
+
+def offline_view(config: dict[str, Any], dests: dict[str, Any]) -> dict[str, Any]:
+    """What vLLM 0.30+ with transformers 5 would use for CONFIG with the parsed DESTS
+    (hf_overrides replace top-level keys; a rope dict given without rope_theta loses it, the
+    docs/facts.md trap). ValueError as vLLM's length check would refuse."""
+    eff = dict(config)
+    over = dests.get("hf_overrides") or {}
+    if not isinstance(over, dict):
+        raise ValueError(f"--hf-overrides must be a JSON object, got {over!r}")
+    for key, value in over.items():
+        if isinstance(eff.get(key), dict) and isinstance(value, dict) and key.endswith("_config"):
+            eff[key] = deep_merge(eff[key], value)  # vLLM 0.32 ModelConfig._update_nested
+        else:
+            eff[key] = value
+    rope = effective_rope(eff)
+    if any(k in over for k in ("rope_scaling", "rope_parameters")):
+        block = over.get("rope_scaling", over.get("rope_parameters"))
+        if not (isinstance(block, dict) and "rope_theta" in block):
+            rope.pop("rope_theta", None)  # the override replaced the dict that carried it
+    mpe = ModelView(eff).max_position_embeddings
+    want = dests.get("max_model_len")
+    if isinstance(mpe, int) and isinstance(want, int) and want > mpe:
+        raise ValueError(
+            f"User-specified max_model_len ({want}) is greater than the derived "
+            f"max_model_len (max_position_embeddings={mpe})"
+        )
+    qc = eff.get("quantization_config")
+    return {
+        "max_model_len": want if isinstance(want, int) and want > 0 else mpe,
+        "rope_type": rope.get("rope_type", "default"),
+        "factor": rope.get("factor"),
+        "original_max_position_embeddings": rope.get("original_max_position_embeddings"),
+        "rope_theta": rope.get("rope_theta", 10000),
+        "quantization": qc.get("quant_method") if isinstance(qc, dict) else None,
+        "partial_rotary_factor": rope.get("partial_rotary_factor", 1.0),
+        "mrope_section": rope.get("mrope_section"),
+    }
+
+
+def _serve_at(argv: Sequence[str]) -> int:
+    """Where `serve MODEL ...` starts in ARGV (python -c WORKER_ENTRY serve MODEL ...)."""
+    from qwenprep.engines.vllm_launch import WORKER_ENTRY
+
+    return list(argv).index(WORKER_ENTRY) + 1 if WORKER_ENTRY in argv else list(argv).index("serve")

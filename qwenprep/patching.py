@@ -1,0 +1,54 @@
+"""The patch job, once, for the command line and the Python API: resolve MODEL, build the
+context request (a Dual Chunk Attention release's own path where the vLLM has it), write the
+overlay; and the result as `patch --json` prints it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from qwenprep.overlay import OverlayResult
+
+
+def patch_overlay(
+    model: str | Path,
+    context: str | int,
+    *,
+    out: str | Path | None = None,
+    force: bool = False,
+    yarn_on_dca: bool = False,
+    vllm_version: str | None = None,
+) -> OverlayResult:
+    """``qwenprep patch MODEL --context C [--out DIR] [--force] [--yarn-on-dca]
+    [--vllm-version X.Y]``: the overlay written (or found unchanged)."""
+    from qwenprep.checkpoint import resolve_model
+    from qwenprep.contexts import parse_context
+    from qwenprep.dca_patch import request_for
+    from qwenprep.overlay import create_overlay
+
+    ckpt = resolve_model(str(model))
+    req = request_for(
+        ckpt.path, parse_context(str(context)), yarn_on_dca=yarn_on_dca, vllm_version=vllm_version
+    )
+    return create_overlay(ckpt, Path(out) if out is not None else None, req, force=force)
+
+
+def patch_result(res: OverlayResult) -> dict[str, Any]:
+    """What `patch --json` prints (schemas/patch-result.schema.json)."""
+    from qwenprep.report import SCHEMA_VERSION
+
+    m = res.manifest
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "ok": True,
+        "status": res.status,
+        "path": str(res.path),
+        "source": m["source"]["path"],
+        "native_context": m["native_context"],
+        "target_context": m["target_context"],
+        "factor": m["factor"],
+        "files_linked": len(m["files"]),
+        "digest": m["digest"],
+        "pin": m["source"].get("pin"),
+        "warnings": res.notes,
+    }

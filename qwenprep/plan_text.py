@@ -1,0 +1,105 @@
+"""A capacity Plan (qwenprep.capacity.Plan) for people, as data: the (what, value) rows, the
+context table and the lines after it (qwenprep/cli draws them), and as plain lines.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from qwenprep.sizes import format_gib
+from qwenprep.timing import CONTEXT_COLUMNS, context_cells
+
+if TYPE_CHECKING:
+    from qwenprep.capacity import Plan
+
+
+def _hybrid_rows(plan: Plan) -> list[tuple[str, str]]:
+    h = plan.hybrid_dict()
+    groups = ", ".join(f"{g['layers']} {g['kind']}" for g in h["groups"])
+    return [
+        (
+            "hybrid KV",
+            f"{h['attention_layers']} full-attention layers hold per-token KV "
+            f"({h['kv_bytes_per_token_per_layer']:,} bytes per token per layer); "
+            f"{h['linear_attention_layers']} linear-attention layers hold "
+            f"{h['state_bytes_per_layer_per_request']:,} bytes of state each per request "
+            f"({h['state_bytes_per_request']:,} per request, padded to "
+            f"{h['page_bytes']:,}-byte pages)",
+        ),
+        (
+            "hybrid blocks",
+            f"block size {h['block_size']} tokens (raised from "
+            f"{h['requested_block_size']} so an attention page holds a state page); groups: "
+            f"{groups}; "
+            + ("vLLM 0.32 arithmetic" if h["verified_for_this_version"] else h["note"]),
+        ),
+    ]
+
+
+def summary_parts(plan: Plan) -> tuple[list[tuple[str, str]], list[tuple[str, ...]], list[str]]:
+    """The plan for people, as data (qwenprep/cli draws it): the (what, value) rows, the
+    context table (columns: timing.CONTEXT_COLUMNS; empty without time estimates), and
+    the lines after it (notes, recommendation, advice, vLLM's own log line, the verdict)."""
+    k = plan.kv
+    r = plan.request
+    n = r.tp * r.pp * plan.dp
+    kv_mem = (
+        f"{format_gib(k.available_bytes)} (given; exact)"
+        if plan.exact
+        else f"{format_gib(k.available_bytes)} ESTIMATE = {format_gib(r.gpu_memory or 0)} "
+        f"x {plan.utilization} - weights {format_gib(plan.weights_per_gpu)} - "
+        f"overhead: {plan.overhead_text}"
+    )
+    rows = [
+        ("model", plan.shape.name),
+        (
+            "parallel",
+            f"TP {r.tp} x PP {r.pp} x DP {plan.dp}"
+            + (
+                " + expert parallel"
+                if r.ep and plan.shape.num_experts and r.tp * plan.dp > 1
+                else ""
+            )
+            + (f" ({n} GPUs)" if n > 1 else " (one GPU)"),
+        ),
+        ("arithmetic", plan.rule.name + (f" [{plan.rule.note}]" if plan.rule.note else "")),
+        (
+            "weights per GPU",
+            f"{format_gib(plan.weights_per_gpu)} ({plan.shape.weights_source})",
+        ),
+        (
+            "KV bytes per token per GPU",
+            f"{plan.bytes_per_token:,} (kv-cache-dtype {r.kv_cache_dtype})",
+        ),
+        ("KV cache memory per GPU", kv_mem),
+        *(_hybrid_rows(plan) if k.hybrid is not None else []),
+        ("KV cache size", f"{k.kv_cache_tokens:,} tokens"),
+        (
+            "maximum concurrency",
+            f"{k.max_concurrency:.2f}x at {k.context:,} tokens per request",
+        ),
+        ("one request needs", f"{format_gib(k.needed_bytes)} per GPU at {k.context:,} tokens"),
+        ("largest context that fits", f"{k.largest_context:,} tokens"),
+    ]
+    table: list[tuple[str, ...]] = []
+    lines: list[str] = []
+    if plan.timing is not None:
+        more, lines = plan.timing.summary_rows(k.context)
+        rows += more
+        table = [context_cells(c) for c in plan.timing.contexts]
+        lines.append(f"recommendation: {plan.timing.recommendation}")
+    lines += [f"advice: {a}" for a in plan.advice]
+    lines += [
+        f"as vLLM logs it: KV cache size: {k.kv_cache_tokens:,} tokens, Maximum "
+        f"concurrency for {k.context:,} tokens per request: {k.max_concurrency:.2f}x",
+        f"fits: {'yes' if plan.fits else 'NO'}",
+    ]
+    return rows, table, lines
+
+
+def summary(plan: Plan) -> str:
+    """summary_parts as plain lines ("what: value", the context table, the rest)."""
+    rows, table, lines = summary_parts(plan)
+    out = [f"{what}: {value}" for what, value in rows]
+    out += [" | ".join(cells) for cells in ([CONTEXT_COLUMNS] if table else []) + table]
+    return "\n".join(out + lines)
