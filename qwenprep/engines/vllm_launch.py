@@ -213,6 +213,9 @@ WRONG_OUTPUT_CHECKS = frozenset(
         "invariant.yarn_length",
         "invariant.head_dim",
         "invariant.manifest",
+        "invariant.mrope_section",
+        "invariant.partial_rotary_factor",
+        "invariant.partial_rotary_factor_in_rope",
     }
 )
 
@@ -237,6 +240,7 @@ def _validation_gate(
         f"qwenprep validate: [{c.id}] {c.message}" for c in fails if c.id not in WRONG_OUTPUT_CHECKS
     )
     if not blocking:
+        _edited_overlay_gate(path, manifest)
         return
     mpe = ModelView(config).max_position_embeddings
     context = context_name(
@@ -253,6 +257,32 @@ def _validation_gate(
         f"serving it would give wrong output: {listed}",
         hint=f"qwenprep validate {path} lists every problem; serve an overlay made from the "
         f"unmodified release instead: qwenprep patch {model} --context {context} --out DIR",
+        path=str(path / CONFIG),
+    )
+
+
+def _edited_overlay_gate(path: Path, manifest: dict[str, Any] | None) -> None:
+    """Refuse (exit 3) an overlay whose config.json is not the one qwenprep wrote: check fails
+    it (overlay.config), and its digest, which the multi-node guard compares, no longer says
+    what would be served."""
+    if manifest is None:
+        return
+    from qwenprep.jsonio import read_regular_bytes
+    from qwenprep.manifest import sha256_bytes
+
+    try:
+        sha = sha256_bytes(read_regular_bytes(path / CONFIG))
+    except OSError as e:
+        raise InputError(f"{path / CONFIG}: cannot read ({e}).", path=str(path / CONFIG)) from None
+    if sha == manifest["config_sha256"]:
+        return
+    raise InputError(
+        f"{path / CONFIG} was changed after qwenprep wrote it: the overlay's digest "
+        f"{manifest.get('digest')} no longer describes what vLLM would serve (qwenprep check "
+        "fails it as overlay.config).",
+        hint=f"qwenprep validate {path} shows what the edit does; to serve the release as "
+        f"qwenprep patched it: qwenprep revert {path} --force (drops the edit), then patch "
+        "again; to serve an edited config, copy the checkpoint to a plain directory.",
         path=str(path / CONFIG),
     )
 
