@@ -260,6 +260,102 @@ def hybrid_fp8_quantization_config(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+class _HybridBlocks:
+    """The blocks Qwen3-Next and Qwen3.5/3.6 share (TEXT: the text config; LINEAR: the
+    _linear_writer of the release's quantization): the gated full attention, the Gated DeltaNet
+    layer's conv/state/norm/out part, the routed and shared experts, the dense MLP, the norms
+    and the MTP head."""
+
+    def __init__(self, text: dict[str, Any], linear: Callable[..., Iterator[TensorSpec]]):
+        self.linear = linear
+        self.hidden = int(text["hidden_size"])
+        self.head_dim = int(text["head_dim"])
+        self.heads = int(text["num_attention_heads"])
+        self.nkv = int(text["num_key_value_heads"]) * self.head_dim
+        self.vocab = int(text["vocab_size"])
+        self.experts = int(text.get("num_experts", text.get("num_local_experts", 0)) or 0)
+        self.moe_inter = int(text.get("moe_intermediate_size", 0) or 0)
+        self.shared = int(text.get("shared_expert_intermediate_size", 0) or 0)
+        self.dense_inter = int(text.get("intermediate_size", 0) or 0)
+        self.nv = int(text["linear_num_value_heads"])
+        self.hv = int(text["linear_value_head_dim"])
+        self.key_dim = int(text["linear_num_key_heads"]) * int(text["linear_key_head_dim"])
+        self.value_dim = self.nv * self.hv
+        self.kernel = int(text["linear_conv_kernel_dim"])
+        self.gate = 2 if text.get("attn_output_gate", True) else 1
+
+    @staticmethod
+    def w(name: str, *shape: int, dtype: str = "BF16") -> TensorSpec:
+        return TensorSpec(name, dtype, tuple(shape))
+
+    def full_attention(self, p: str) -> Iterator[TensorSpec]:
+        lin, hidden, hd = self.linear, self.hidden, self.head_dim
+        yield from lin(f"{p}.self_attn.q_proj", self.heads * hd * self.gate, hidden)
+        yield from lin(f"{p}.self_attn.k_proj", self.nkv, hidden)
+        yield from lin(f"{p}.self_attn.v_proj", self.nkv, hidden)
+        yield from lin(f"{p}.self_attn.o_proj", hidden, self.heads * hd)
+        yield self.w(f"{p}.self_attn.q_norm.weight", hd)
+        yield self.w(f"{p}.self_attn.k_norm.weight", hd)
+
+    def gdn_state(self, la: str) -> Iterator[TensorSpec]:
+        """A Gated DeltaNet layer after its input projections."""
+        nv = self.nv
+        yield self.w(f"{la}.conv1d.weight", 2 * self.key_dim + self.value_dim, 1, self.kernel)
+        yield self.w(f"{la}.dt_bias", nv)
+        yield self.w(f"{la}.A_log", nv, dtype="F32")
+        yield self.w(f"{la}.norm.weight", self.hv)
+        yield from self.linear(f"{la}.out_proj", self.hidden, self.value_dim)
+
+    def experts_mlp(self, p: str, stacked: bool) -> Iterator[TensorSpec]:
+        lin, hidden, inter, e_n = self.linear, self.hidden, self.moe_inter, self.experts
+        yield from lin(f"{p}.mlp.gate", e_n, hidden)
+        if stacked:
+            yield self.w(f"{p}.mlp.experts.gate_up_proj", e_n, 2 * inter, hidden)
+            yield self.w(f"{p}.mlp.experts.down_proj", e_n, hidden, inter)
+        else:
+            for e in range(e_n):
+                ep = f"{p}.mlp.experts.{e}"
+                yield from lin(f"{ep}.gate_proj", inter, hidden)
+                yield from lin(f"{ep}.up_proj", inter, hidden)
+                yield from lin(f"{ep}.down_proj", hidden, inter)
+        if self.shared > 0:
+            sh = self.shared
+            yield from lin(f"{p}.mlp.shared_expert.gate_proj", sh, hidden)
+            yield from lin(f"{p}.mlp.shared_expert.up_proj", sh, hidden)
+            yield from lin(f"{p}.mlp.shared_expert.down_proj", hidden, sh)
+            yield from lin(f"{p}.mlp.shared_expert_gate", 1, hidden)
+
+    def dense_mlp(self, p: str) -> Iterator[TensorSpec]:
+        lin, hidden, inter = self.linear, self.hidden, self.dense_inter
+        yield from lin(f"{p}.mlp.gate_proj", inter, hidden)
+        yield from lin(f"{p}.mlp.up_proj", inter, hidden)
+        yield from lin(f"{p}.mlp.down_proj", hidden, inter)
+
+    def norms(self, p: str) -> Iterator[TensorSpec]:
+        yield self.w(f"{p}.input_layernorm.weight", self.hidden)
+        yield self.w(f"{p}.post_attention_layernorm.weight", self.hidden)
+
+    def mtp(
+        self, layers: int, mlp: Callable[[str, int], Iterator[TensorSpec]]
+    ) -> Iterator[TensorSpec]:
+        """The MTP head under mtp.: LAYERS decoder layers (full attention, MLP by MLP) and the
+        fc joining the embedding and the hidden state."""
+        for j in range(layers):
+            p = f"mtp.layers.{j}"
+            yield from self.full_attention(p)
+            yield from self.norms(p)
+            yield from mlp(p, j)
+        if layers:
+            yield from self.linear("mtp.fc", self.hidden, 2 * self.hidden)
+            yield self.w("mtp.pre_fc_norm_embedding.weight", self.hidden)
+            yield self.w("mtp.pre_fc_norm_hidden.weight", self.hidden)
+            yield self.w("mtp.norm.weight", self.hidden)
+
+
+def _bad_layer(i: int, kind: str) -> ValueError:
+    return ValueError(f"layer_types[{i}] is {kind!r}; expected full_attention or linear_attention")
+
+
 def qwen3_next_tensors(config: dict[str, Any]) -> Iterator[TensorSpec]:
     """Every tensor of a Qwen3-Next checkpoint for this config, in model order. Names and
     shapes as vLLM 0.32's qwen3_next.py / qwen3_next_mtp.py and the Gated DeltaNet layer
@@ -271,87 +367,30 @@ def qwen3_next_tensors(config: dict[str, Any]) -> Iterator[TensorSpec]:
     fp8 quantization_config (the -FP8 releases) each linear weight is block FP8 unless kept
     BF16 (_linear_writer); everything else is as in the BF16 release."""
     linear = _linear_writer(*_hybrid_fp8(config.get("quantization_config") or {}, "qwen3_next"))
-    hidden = int(config["hidden_size"])
-    head_dim = int(config["head_dim"])
-    heads = int(config["num_attention_heads"])
-    nkv = int(config["num_key_value_heads"]) * head_dim
-    vocab = int(config["vocab_size"])
-    experts = int(config.get("num_experts", 0) or 0)
-    moe_inter = int(config.get("moe_intermediate_size", 0) or 0)
-    shared = int(config.get("shared_expert_intermediate_size", 0) or 0)
-    dense_inter = int(config.get("intermediate_size", 0) or 0)
-    nk, nv = int(config["linear_num_key_heads"]), int(config["linear_num_value_heads"])
-    hk, hv = int(config["linear_key_head_dim"]), int(config["linear_value_head_dim"])
-    kernel = int(config["linear_conv_kernel_dim"])
-    key_dim, value_dim = nk * hk, nv * hv
-    gate = 2 if config.get("attn_output_gate", True) else 1
-
-    def w(name: str, *shape: int, dtype: str = "BF16") -> TensorSpec:
-        return TensorSpec(name, dtype, tuple(shape))
-
-    def full_attention(p: str) -> Iterator[TensorSpec]:
-        yield from linear(f"{p}.self_attn.q_proj", heads * head_dim * gate, hidden)
-        yield from linear(f"{p}.self_attn.k_proj", nkv, hidden)
-        yield from linear(f"{p}.self_attn.v_proj", nkv, hidden)
-        yield from linear(f"{p}.self_attn.o_proj", hidden, heads * head_dim)
-        yield w(f"{p}.self_attn.q_norm.weight", head_dim)
-        yield w(f"{p}.self_attn.k_norm.weight", head_dim)
+    b = _HybridBlocks(config, linear)
+    hidden, w = b.hidden, b.w
 
     def mlp(p: str, i: int) -> Iterator[TensorSpec]:
-        if _is_moe_layer(config, i):
-            yield from linear(f"{p}.mlp.gate", experts, hidden)
-            for e in range(experts):
-                ep = f"{p}.mlp.experts.{e}"
-                yield from linear(f"{ep}.gate_proj", moe_inter, hidden)
-                yield from linear(f"{ep}.up_proj", moe_inter, hidden)
-                yield from linear(f"{ep}.down_proj", hidden, moe_inter)
-            if shared > 0:
-                yield from linear(f"{p}.mlp.shared_expert.gate_proj", shared, hidden)
-                yield from linear(f"{p}.mlp.shared_expert.up_proj", shared, hidden)
-                yield from linear(f"{p}.mlp.shared_expert.down_proj", hidden, shared)
-                yield from linear(f"{p}.mlp.shared_expert_gate", 1, hidden)
-        else:
-            yield from linear(f"{p}.mlp.gate_proj", dense_inter, hidden)
-            yield from linear(f"{p}.mlp.up_proj", dense_inter, hidden)
-            yield from linear(f"{p}.mlp.down_proj", hidden, dense_inter)
+        return b.experts_mlp(p, stacked=False) if _is_moe_layer(config, i) else b.dense_mlp(p)
 
-    def norms(p: str) -> Iterator[TensorSpec]:
-        yield w(f"{p}.input_layernorm.weight", hidden)
-        yield w(f"{p}.post_attention_layernorm.weight", hidden)
-
-    yield w("model.embed_tokens.weight", vocab, hidden)
+    yield w("model.embed_tokens.weight", b.vocab, hidden)
     for i, kind in enumerate(layer_types_of(config)):
         p = f"model.layers.{i}"
         if kind == "full_attention":
-            yield from full_attention(p)
+            yield from b.full_attention(p)
         elif kind == "linear_attention":
             la = f"{p}.linear_attn"
-            yield from linear(f"{la}.in_proj_qkvz", 2 * key_dim + 2 * value_dim, hidden)
-            yield from linear(f"{la}.in_proj_ba", 2 * nv, hidden)
-            yield w(f"{la}.conv1d.weight", 2 * key_dim + value_dim, 1, kernel)
-            yield w(f"{la}.dt_bias", nv)
-            yield w(f"{la}.A_log", nv, dtype="F32")
-            yield w(f"{la}.norm.weight", hv)
-            yield from linear(f"{la}.out_proj", hidden, value_dim)
+            yield from linear(f"{la}.in_proj_qkvz", 2 * b.key_dim + 2 * b.value_dim, hidden)
+            yield from linear(f"{la}.in_proj_ba", 2 * b.nv, hidden)
+            yield from b.gdn_state(la)
         else:
-            raise ValueError(
-                f"layer_types[{i}] is {kind!r}; expected full_attention or linear_attention"
-            )
-        yield from norms(p)
+            raise _bad_layer(i, kind)
+        yield from b.norms(p)
         yield from mlp(p, i)
     yield w("model.norm.weight", hidden)
     if not config.get("tie_word_embeddings", False):
-        yield from linear("lm_head", vocab, hidden)
-    for j in range(int(config.get("num_nextn_predict_layers", 1) or 0)):
-        p = f"mtp.layers.{j}"
-        yield from full_attention(p)
-        yield from norms(p)
-        yield from mlp(p, j)
-    if int(config.get("num_nextn_predict_layers", 1) or 0):
-        yield from linear("mtp.fc", hidden, 2 * hidden)
-        yield w("mtp.pre_fc_norm_embedding.weight", hidden)
-        yield w("mtp.pre_fc_norm_hidden.weight", hidden)
-        yield w("mtp.norm.weight", hidden)
+        yield from linear("lm_head", b.vocab, hidden)
+    yield from b.mtp(int(config.get("num_nextn_predict_layers", 1) or 0), mlp)
 
 
 # ---------------------------------------------------------------- Qwen2 / Qwen2.5
@@ -417,99 +456,36 @@ def qwen3_5_tensors(config: dict[str, Any]) -> Iterator[TensorSpec]:
     q = config.get("quantization_config") or t.get("quantization_config") or {}
     fp8, block_n, block_k, keep = _hybrid_fp8(q, "Qwen3.5")
     linear = _linear_writer(fp8, block_n, block_k, keep)
-    kind = str(t.get("model_type", config.get("model_type")))
-    moe = "moe" in kind
-    hidden = int(t["hidden_size"])
-    head_dim = int(t["head_dim"])
-    heads = int(t["num_attention_heads"])
-    nkv = int(t["num_key_value_heads"]) * head_dim
-    vocab = int(t["vocab_size"])
-    experts = int(t.get("num_experts", t.get("num_local_experts", 0)) or 0)
-    moe_inter = int(t.get("moe_intermediate_size", 0) or 0)
-    shared = int(t.get("shared_expert_intermediate_size", 0) or 0)
-    dense_inter = int(t.get("intermediate_size", 0) or 0)
-    nk, nv = int(t["linear_num_key_heads"]), int(t["linear_num_value_heads"])
-    hk, hv = int(t["linear_key_head_dim"]), int(t["linear_value_head_dim"])
-    kernel = int(t["linear_conv_kernel_dim"])
-    key_dim, value_dim = nk * hk, nv * hv
-    gate = 2 if t.get("attn_output_gate", True) else 1
+    moe = "moe" in str(t.get("model_type", config.get("model_type")))
     lm = "model.language_model" if nested else "model"
-
-    def w(name: str, *shape: int, dtype: str = "BF16") -> TensorSpec:
-        return TensorSpec(name, dtype, tuple(shape))
-
-    def full_attention(p: str) -> Iterator[TensorSpec]:
-        yield from linear(f"{p}.self_attn.q_proj", heads * head_dim * gate, hidden)
-        yield from linear(f"{p}.self_attn.k_proj", nkv, hidden)
-        yield from linear(f"{p}.self_attn.v_proj", nkv, hidden)
-        yield from linear(f"{p}.self_attn.o_proj", hidden, heads * head_dim)
-        yield w(f"{p}.self_attn.q_norm.weight", head_dim)
-        yield w(f"{p}.self_attn.k_norm.weight", head_dim)
+    b = _HybridBlocks(t, linear)
+    hidden, w = b.hidden, b.w
 
     def mlp(p: str, stacked: bool) -> Iterator[TensorSpec]:
-        if not moe:
-            yield from linear(f"{p}.mlp.gate_proj", dense_inter, hidden)
-            yield from linear(f"{p}.mlp.up_proj", dense_inter, hidden)
-            yield from linear(f"{p}.mlp.down_proj", hidden, dense_inter)
-            return
-        yield from linear(f"{p}.mlp.gate", experts, hidden)
-        if stacked:
-            yield w(f"{p}.mlp.experts.gate_up_proj", experts, 2 * moe_inter, hidden)
-            yield w(f"{p}.mlp.experts.down_proj", experts, hidden, moe_inter)
-        else:
-            for e in range(experts):
-                ep = f"{p}.mlp.experts.{e}"
-                yield from linear(f"{ep}.gate_proj", moe_inter, hidden)
-                yield from linear(f"{ep}.up_proj", moe_inter, hidden)
-                yield from linear(f"{ep}.down_proj", hidden, moe_inter)
-        if shared > 0:
-            yield from linear(f"{p}.mlp.shared_expert.gate_proj", shared, hidden)
-            yield from linear(f"{p}.mlp.shared_expert.up_proj", shared, hidden)
-            yield from linear(f"{p}.mlp.shared_expert.down_proj", hidden, shared)
-            yield from linear(f"{p}.mlp.shared_expert_gate", 1, hidden)
+        return b.experts_mlp(p, stacked) if moe else b.dense_mlp(p)
 
-    def norms(p: str) -> Iterator[TensorSpec]:
-        yield w(f"{p}.input_layernorm.weight", hidden)
-        yield w(f"{p}.post_attention_layernorm.weight", hidden)
-
-    yield w(f"{lm}.embed_tokens.weight", vocab, hidden)
+    yield w(f"{lm}.embed_tokens.weight", b.vocab, hidden)
     for i, layer_kind in enumerate(layer_types_of(t)):
         p = f"{lm}.layers.{i}"
         if layer_kind == "full_attention":
-            yield from full_attention(p)
+            yield from b.full_attention(p)
         elif layer_kind == "linear_attention":
             la = f"{p}.linear_attn"
-            yield from linear(f"{la}.in_proj_qkv", 2 * key_dim + value_dim, hidden)
-            yield from linear(f"{la}.in_proj_z", value_dim, hidden)
-            yield from linear(f"{la}.in_proj_b", nv, hidden)
-            yield from linear(f"{la}.in_proj_a", nv, hidden)
-            yield w(f"{la}.conv1d.weight", 2 * key_dim + value_dim, 1, kernel)
-            yield w(f"{la}.dt_bias", nv)
-            yield w(f"{la}.A_log", nv, dtype="F32")
-            yield w(f"{la}.norm.weight", hv)
-            yield from linear(f"{la}.out_proj", hidden, value_dim)
+            yield from linear(f"{la}.in_proj_qkv", 2 * b.key_dim + b.value_dim, hidden)
+            yield from linear(f"{la}.in_proj_z", b.value_dim, hidden)
+            yield from linear(f"{la}.in_proj_b", b.nv, hidden)
+            yield from linear(f"{la}.in_proj_a", b.nv, hidden)
+            yield from b.gdn_state(la)
         else:
-            raise ValueError(
-                f"layer_types[{i}] is {layer_kind!r}; expected full_attention or linear_attention"
-            )
-        yield from norms(p)
+            raise _bad_layer(i, layer_kind)
+        yield from b.norms(p)
         yield from mlp(p, stacked=not fp8)
     yield w(f"{lm}.norm.weight", hidden)
     if nested and isinstance(config.get("vision_config"), dict):
         yield from qwen3_vl_vision_tensors(config["vision_config"])
     if not (t.get("tie_word_embeddings", config.get("tie_word_embeddings", False))):
-        yield from linear("lm_head", vocab, hidden)
-    mtp = int(t.get("mtp_num_hidden_layers", 1) or 0)
-    for j in range(mtp):
-        p = f"mtp.layers.{j}"
-        yield from full_attention(p)
-        yield from norms(p)
-        yield from mlp(p, stacked=False)
-    if mtp:
-        yield from linear("mtp.fc", hidden, 2 * hidden)
-        yield w("mtp.pre_fc_norm_embedding.weight", hidden)
-        yield w("mtp.pre_fc_norm_hidden.weight", hidden)
-        yield w("mtp.norm.weight", hidden)
+        yield from linear("lm_head", b.vocab, hidden)
+    yield from b.mtp(int(t.get("mtp_num_hidden_layers", 1) or 0), lambda p, j: mlp(p, False))
 
 
 def qwen3_vl_vision_tensors(vc: dict[str, Any]) -> Iterator[TensorSpec]:
