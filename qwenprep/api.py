@@ -58,7 +58,11 @@ def validate(
     from qwenprep.report import Report
     from qwenprep.validation import VllmVersion, validate_checkpoint
 
-    vllm = VllmVersion(named_version(vllm_version), "--vllm-version") if vllm_version else None
+    vllm = (
+        VllmVersion(named_version(vllm_version), "--vllm-version")
+        if vllm_version is not None
+        else None
+    )
     checks = validate_checkpoint(resolve_model(str(path)).path, vllm=vllm)
     return Report("validate", checks, {"path": str(path)}, strict=strict).to_dict()
 

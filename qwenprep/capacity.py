@@ -7,6 +7,7 @@ qwenprep.shapes (re-exported here); the plan's words for people are qwenprep.pla
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +72,11 @@ __all__ = [
 def named_version(text: str) -> tuple[int, int, int]:
     """A version the user typed (--vllm-version), read by engine.parse_version; UsageError
     (exit 2) when it has no number in it."""
+    if not re.fullmatch(r"\s*v?\d+\.\d+(\.\d+)*(\S*)\s*", str(text)):
+        raise UsageError(
+            f"unreadable vLLM version {text!r}: expected X.Y or X.Y.Z.",
+            hint="name it as X.Y or X.Y.Z, e.g. --vllm-version 0.32",
+        )
     try:
         return parse_version(str(text))
     except InputError:

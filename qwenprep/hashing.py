@@ -20,7 +20,6 @@ qwenprep has fetched or first deep-verified it:
 from __future__ import annotations
 
 import errno
-import hashlib
 import io
 import json
 import os
@@ -112,6 +111,8 @@ def read_regular_text(path: Path) -> str:
 
 
 def git_blob_sha1_of(data: bytes) -> str:
+    import hashlib  # here, not at the top: OpenSSL's start-up is paid only by who hashes
+
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
@@ -141,6 +142,8 @@ def hash_file(
 ) -> HashResult:
     """Hash one file in CHUNK reads. Never raises for I/O problems: they go in .error. A set
     `stop` ends it at the next chunk with error "interrupted"."""
+    import hashlib
+
     try:
         with open_regular(job.path) as f:
             size = os.fstat(f.fileno()).st_size

@@ -11,7 +11,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable
 from itertools import compress, repeat
-from operator import itemgetter, not_
+from operator import add, attrgetter, itemgetter, not_
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +22,16 @@ from qwenprep.integrity_scan import Scan, _some, gc_paused, overlay_manifest, sc
 from qwenprep.layouts import _is_moe_layer, module_in
 from qwenprep.model import ModelView
 from qwenprep.report import Check
-from qwenprep.safetensors_io import FLOAT_DTYPES
+from qwenprep.safetensors_io import FLOAT_DTYPES, Entry
 
 # Above these, tensor names are not compared one by one (the 480B: 62 layers x 160 experts).
 MAX_LAYERS = 10_000
 MAX_EXPERT_SLOTS = 100_000
-_SHAPE = itemgetter("shape")
-_DTYPE = itemgetter("dtype")
+_SHAPE = attrgetter("shape")
+_DTYPE = attrgetter("dtype")
+_LESS_WEIGHT = itemgetter(slice(None, -len("weight")))  # "m.weight" -> "m."
+_SPEC_NAME, _SPEC_SHAPE = itemgetter(0), itemgetter(2)  # of a layouts.TensorSpec
+_STACKED = ".mlp.experts.gate_up_proj"  # one [experts, ...] tensor per layer (Qwen3.5)
 
 
 def _tokens(
@@ -159,22 +162,24 @@ def _block(block: object) -> tuple[int, int] | None:
     return None
 
 
-def _scales_ok(tensors: dict[str, dict[str, Any]], fp8: list[str], block: object) -> bool:
+def _scales_ok(tensors: dict[str, Entry], fp8: list[str], block: object) -> bool:
     """True when every FP8 tensor is a .weight with a floating-point weight_scale_inv of the
-    block shape (whole columns; False sends the caller to _bad_scales for the details)."""
+    block shape (whole columns, and the block arithmetic once per distinct pair of weight and
+    scale shapes; False sends the caller to _bad_scales for the details)."""
     if not all(map(str.endswith, fp8, repeat(".weight"))):
         return False
-    scales: list[Any] = list(map(tensors.get, [n[:-7] + ".weight_scale_inv" for n in fp8]))
+    scales = list(map(tensors.get, map(add, map(_LESS_WEIGHT, fp8), repeat("weight_scale_inv"))))
     if None in scales or not set(map(_DTYPE, scales)) <= FLOAT_DTYPES:
         return False
     bn_bk = _block(block)
     if bn_bk is None:
         return True
-    shapes = list(map(_SHAPE, map(tensors.__getitem__, fp8)))
-    if set(map(len, shapes)) != {2}:
-        return False
     bn, bk = bn_bk
-    return [[-(-a // bn), -(-b // bk)] for a, b in shapes] == list(map(_SHAPE, scales))
+    pairs = set(zip(map(_SHAPE, map(tensors.__getitem__, fp8)), map(_SHAPE, scales), strict=True))
+    return all(
+        len(w) == 2 and s == (-(-w[0] // bn), -(-w[1] // bk))
+        for w, s in pairs  # the 480B: 4 distinct pairs for 30,008 weights
+    )
 
 
 def _bad_scales(scan: Scan, fp8: list[str], block: object) -> list[tuple[str, str]]:
@@ -198,11 +203,11 @@ def _bad_scales(scan: Scan, fp8: list[str], block: object) -> list[tuple[str, st
         bn_bk = _block(block)
         if bn_bk is not None and len(shape) == 2:
             want = [-(-shape[0] // bn_bk[0]), -(-shape[1] // bn_bk[1])]
-            if s["shape"] != want:
+            if list(s.shape or ()) != want:
                 bad.append(
                     (
-                        f"{where}: {sname} has shape {s['shape']}, expected {want} for "
-                        f"{shape} in {block} blocks",
+                        f"{where}: {sname} has shape {list(s.shape or ())}, expected {want} for "
+                        f"{list(shape)} in {block} blocks",
                         where,
                     )
                 )
@@ -272,7 +277,11 @@ def name_checks(scan: Scan, config: dict[str, Any], names: list[str]) -> None:
             CONFIG,
         )
         return
-    stacked = [n for n in names if n.startswith(prefix) and n.endswith(".mlp.experts.gate_up_proj")]
+    stacked = (
+        [n for n in names if n.startswith(prefix) and n.endswith(_STACKED)]
+        if any(map(str.endswith, names, repeat(_STACKED)))  # at C speed: none, mostly
+        else []
+    )
     if stacked:  # one [experts, ...] tensor per layer: the family layout compares the shapes
         scan.add(
             "tensors.experts",
@@ -323,23 +332,25 @@ def _family_checks(scan: Scan, config: dict[str, Any]) -> None:
     except (KeyError, TypeError, ValueError) as e:
         scan.add("tensors.names", "skip", f"cannot derive tensor names from config.json ({e!r})")
         return
-    spec_names = [s.name for s in specs]
-    expected = dict(zip(spec_names, [s.shape for s in specs], strict=True))
+    spec_names = list(map(_SPEC_NAME, specs))
+    got = list(map(tensors.get, spec_names))
+    if (
+        None not in got
+        and len(got) == len(tensors)  # (the layouts' names are distinct: a test holds it)
+        and list(map(_SHAPE, got)) == list(map(_SPEC_SHAPE, specs))
+    ):  # every tensor the config implies, no other, each of its shape: the one comparison
+        scan.add(
+            "tensors.names", "pass", f"all {len(got):,} tensors config.json implies are present"
+        )
+        return
+    expected = dict(zip(spec_names, map(_SPEC_SHAPE, specs), strict=True))
     absent = sorted(expected.keys() - tensors.keys())
     unknown = sorted(tensors.keys() - expected.keys())
-    shapes: list[str] = []
-    if (
-        absent
-        or unknown
-        or len(expected) != len(spec_names)
-        or list(expected.values())
-        != list(map(tuple, map(_SHAPE, map(tensors.__getitem__, spec_names))))
-    ):
-        shapes = [
-            f"{n} ({shard_of[n]}): {tensors[n]['shape']}, config implies {list(expected[n])}"
-            for n in sorted(expected.keys() & tensors.keys())
-            if not n.endswith("weight_scale_inv") and tuple(tensors[n]["shape"]) != expected[n]
-        ]
+    shapes = [
+        f"{n} ({shard_of[n]}): {list(tensors[n].shape or ())}, config implies {list(expected[n])}"
+        for n in sorted(expected.keys() & tensors.keys())
+        if not n.endswith("weight_scale_inv") and tensors[n].shape != expected[n]
+    ]
     if absent:
         scan.add(
             "tensors.names",

@@ -46,7 +46,7 @@ def refuse_user_content(
     if found.edits and not force:
         raise ConflictError(
             f"{path} was changed after qwenprep made it: {'; '.join(found.edits[:5])}; "
-            f"{action} would delete that.",
+            "removing it would delete that.",
             hint=f"copy out what you want to keep, then {retry} --force to {action} anyway.",
             path=str(path),
         )

@@ -13,15 +13,20 @@ if TYPE_CHECKING:
     from qwenprep.capacity import Plan
 
 
+def _layers(n: int, kind: str) -> str:
+    """'1 full-attention layer holds' / '3 full-attention layers hold'."""
+    return f"{n} {kind} layer holds" if n == 1 else f"{n} {kind} layers hold"
+
+
 def _hybrid_rows(plan: Plan) -> list[tuple[str, str]]:
     h = plan.hybrid_dict()
     groups = ", ".join(f"{g['layers']} {g['kind']}" for g in h["groups"])
     return [
         (
             "hybrid KV",
-            f"{h['attention_layers']} full-attention layers hold per-token KV "
+            f"{_layers(h['attention_layers'], 'full-attention')} per-token KV "
             f"({h['kv_bytes_per_token_per_layer']:,} bytes per token per layer); "
-            f"{h['linear_attention_layers']} linear-attention layers hold "
+            f"{_layers(h['linear_attention_layers'], 'linear-attention')} "
             f"{h['state_bytes_per_layer_per_request']:,} bytes of state each per request "
             f"({h['state_bytes_per_request']:,} per request, padded to "
             f"{h['page_bytes']:,}-byte pages)",

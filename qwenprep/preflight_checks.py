@@ -261,12 +261,12 @@ def flag_checks(rule: VllmRule, args: tuple[str, ...]) -> list[Check]:
         return [
             Check("engine.flags", "fail", f"vLLM {rule.version} would reject: " + "; ".join(bad))
         ]
-    shown = " ".join(planned) if planned else "(no extra flags given)"
+    shown = f"({' '.join(planned)})" if planned else "(no extra flags given)"
     return [
         Check(
             "engine.flags",
             "pass",
-            f"vLLM {rule.version} has every version-dependent flag given ({shown}); "
+            f"vLLM {rule.version} has every version-dependent flag given {shown}; "
             "what the flags do is judged by engine.argv",
         )
     ]

@@ -12,7 +12,6 @@ Reads only the environment and two small files; imports nothing heavy (cli._fail
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from typing import Any
@@ -127,31 +126,41 @@ def display_endpoint(endpoint: str | None) -> str:
     return redact((endpoint or "https://huggingface.co").rstrip("/"))
 
 
-class _RedactingFilter(logging.Filter):
-    """Rewrites each record's message through redact() (huggingface_hub logs request URLs,
-    HF_ENDPOINT credentials included, when it retries)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a malformed record: leave it to logging
-            return True
-        clean = redact(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        return True
+_FILTERS: list[Any] = []  # the one redacting filter, made on first use (logging imported then)
 
 
-_FILTER = _RedactingFilter()
+def _redacting_filter() -> Any:
+    """The logging filter that rewrites each record's message through redact()
+    (huggingface_hub logs request URLs, HF_ENDPOINT credentials included, when it retries).
+    Made once, on first use: importing logging costs every command a few milliseconds."""
+    if not _FILTERS:
+        import logging
+
+        class RedactingFilter(logging.Filter):
+            def filter(self, record: logging.LogRecord) -> bool:
+                try:
+                    message = record.getMessage()
+                except Exception:  # noqa: BLE001 - a malformed record: leave it to logging
+                    return True
+                clean = redact(message)
+                if clean != message:
+                    record.msg, record.args = clean, None
+                return True
+
+        _FILTERS.append(RedactingFilter())
+    return _FILTERS[0]
 
 
 def scrub_hub_logs() -> None:
     """Put the redacting filter on huggingface_hub's log handlers (idempotent). Call it after
     importing huggingface_hub, before its first request."""
+    import logging
+
+    redacting = _redacting_filter()
     hub = logging.getLogger("huggingface_hub")
-    if _FILTER not in hub.filters:
-        hub.addFilter(_FILTER)
+    if redacting not in hub.filters:
+        hub.addFilter(redacting)
     for logger in (hub, logging.getLogger()):
         for handler in logger.handlers:
-            if _FILTER not in handler.filters:
-                handler.addFilter(_FILTER)
+            if redacting not in handler.filters:
+                handler.addFilter(redacting)

@@ -12,9 +12,11 @@ import struct
 from dataclasses import dataclass
 from itertools import chain, repeat
 from math import prod
-from operator import itemgetter, mul, sub
+from operator import attrgetter, itemgetter, mul, sub
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
 
 from qwenprep.errors import InputError
 
@@ -43,6 +45,7 @@ DTYPE_BYTES: dict[str, float] = {
     "F6_E3M2": 0.75,
 }
 FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+_WHOLE_BYTES = {k: int(v) for k, v in DTYPE_BYTES.items() if v == int(v)}
 
 
 @dataclass(frozen=True)
@@ -264,12 +267,155 @@ def sane_entries(obj: dict[str, Any], data_area: int) -> bool:
     )
 
 
+# what the fast path decodes as an integer: 0 .. 2**63 - 1 (msgspec's bounds stop at int64;
+# a larger value, legal in safetensors up to 2**64 - 1, takes the json path)
+_U63 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+
+
+class Entry(msgspec.Struct, gc=False):
+    """One tensor's header entry, decoded straight from the header's JSON (msgspec: no dict per
+    tensor, types checked while parsing). None: the field is absent. Reads like the JSON
+    object it was (entry["shape"]); the column checks use the attributes."""
+
+    dtype: str | None = None
+    shape: tuple[_U63, ...] | None = None
+    data_offsets: tuple[_U63, _U63] | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+
+_DTYPE_OF, _SHAPE_OF, _OFFSETS_OF = (
+    attrgetter("dtype"),
+    attrgetter("shape"),
+    attrgetter("data_offsets"),
+)
+_DECODE_ENTRIES = msgspec.json.Decoder(dict[str, Entry]).decode
+# what msgspec raises on input the fast paths leave to json: bad JSON or types (DecodeError,
+# ValidationError), bytes that are not UTF-8 (UnicodeDecodeError, a ValueError), nesting
+_NOT_PLAIN = (msgspec.DecodeError, ValueError, RecursionError)
+_META_KEY = b"__metadata__"
+_META_HEAD = b'{"__metadata__":'
+
+
+class _Index(msgspec.Struct, forbid_unknown_fields=True):
+    """model.safetensors.index.json as the releases write it, nothing else."""
+
+    weight_map: dict[str, str]
+    metadata: dict[str, int | str] | None = None
+
+
+_DECODE_INDEX = msgspec.json.Decoder(_Index).decode
+
+
+def fast_index(raw: bytes) -> dict[str, Any] | None:
+    """The index as {"weight_map": {...}, "metadata": {...}} when it is plainly what the
+    releases write (a weight_map of strings; metadata of integers and strings; nothing else;
+    no JSON escape, each key once), decoded at C speed; None otherwise, and the caller parses
+    it with jsonio.loads_located, which says what is wrong. What it accepts, loads_located
+    accepts alike: no escapes means no lone surrogates, the forbidden unknown fields leave
+    nothing unread, and integers of over 40 digits are sent back."""
+    if b"\\" in raw or raw.count(b'"weight_map"') != 1 or raw.count(b'"metadata"') > 1:
+        return None
+    try:
+        index = _DECODE_INDEX(raw)
+    except _NOT_PLAIN:
+        return None
+    meta = index.metadata
+    if meta is not None and any(
+        isinstance(v, int) and not -(10**40) < v < 10**40 for v in meta.values()
+    ):
+        return None
+    out: dict[str, Any] = {"weight_map": index.weight_map}
+    if meta is not None:
+        out["metadata"] = meta
+    return out
+
+
+def entry_of(t: TensorInfo) -> Entry:
+    """A typed tensor (typed_tensors) as the entry the scan keeps."""
+    return Entry(t.dtype, t.shape, (t.start, t.end))
+
+
+def fast_entries(
+    raw: bytes, data_area: int
+) -> tuple[dict[str, Entry], dict[str, str] | None] | None:
+    """(entries, metadata) of a header that is plainly well formed and sane, decoded into
+    Entry objects at C speed; None whenever anything is unusual (a JSON escape, metadata not
+    first, an entry of the wrong types, a problem sane_structs sees), and the caller takes the
+    json path that says what is wrong. Never accepts what that path refuses:
+
+    - no backslash at all, so every string is its bytes (no escapes, no lone surrogates), and
+      `__metadata__`, when there, is the first key and its only mention, so the object up to
+      the first `}` after it is the whole of it (a `}` inside one of its strings would leave
+      that piece unparseable: None);
+    - msgspec checks the types while parsing (ints, not bools or floats; two offsets) and the
+      bytes are UTF-8; sane_structs checks the rest as sane_entries does."""
+    if b"\\" in raw:
+        return None
+    try:
+        entries = _DECODE_ENTRIES(raw)
+    except _NOT_PLAIN:
+        return None
+    meta: dict[str, str] | None = None
+    if "__metadata__" in entries:
+        if not raw.startswith(_META_HEAD) or raw.count(_META_KEY) != 1:
+            return None
+        try:
+            obj = json.loads(raw[len(_META_HEAD) : raw.find(b"}", len(_META_HEAD)) + 1])
+        except ValueError:
+            return None
+        if not isinstance(obj, dict) or not all(isinstance(v, str) for v in obj.values()):
+            return None
+        meta = obj
+        del entries["__metadata__"]
+    return (entries, meta) if sane_structs(entries, data_area) else None
+
+
+def sane_structs(entries: dict[str, Entry], data_area: int) -> bool:
+    """sane_entries for decoded Entry objects (their types and ranges are already checked:
+    integers from 0 to 2**63 - 1): every field there, known dtypes, dtype x shape = each byte
+    span, spans contiguous from 0 and filling DATA_AREA exactly. An empty header is False."""
+    infos = list(entries.values())
+    if not infos:
+        return False
+    shapes = list(map(_SHAPE_OF, infos))
+    offsets = list(map(_OFFSETS_OF, infos))
+    if None in shapes or None in offsets:
+        return False
+    dtypes = list(map(_DTYPE_OF, infos))
+    flat = list(chain.from_iterable(offsets))  # start0, end0, start1, end1, ...
+    starts, ends = flat[0::2], flat[1::2]
+    if set(dtypes) <= _WHOLE_BYTES.keys():  # every width a whole number of bytes
+        sizes = list(map(mul, map(prod, shapes), map(_WHOLE_BYTES.__getitem__, dtypes)))
+        if sizes != list(map(sub, ends, starts)):
+            return False
+    else:
+        widths = list(map(DTYPE_BITS.get, dtypes))
+        if None in widths:  # an unknown dtype, or none
+            return False
+        if list(map(mul, map(prod, shapes), widths)) != list(
+            map(mul, map(sub, ends, starts), repeat(8))
+        ):
+            return False
+    try:
+        "".join(entries).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    # contiguous from 0 to data_area, each span >= 0 (sizes are), so every offset in range;
+    # in the header's own order (the writers' order), else sorted
+    if starts[1:] != ends[:-1]:
+        first, last = zip(*sorted(offsets), strict=True)
+        starts, ends = list(first), list(last)
+    return starts[0] == 0 and ends[-1] == data_area and starts[1:] == ends[:-1]
+
+
 @dataclass(frozen=True)
 class LoadedHeader:
-    """One shard's header as read once for every check: the raw entries (tensor name ->
-    {"dtype", "shape", "data_offsets"}, `__metadata__` taken out) and whether they are sane
-    (sane_entries). Entries of a header that is not sane are unchecked JSON values: pass them
-    through typed_tensors before use."""
+    """One shard's header as read once for every check: the entries (tensor name -> its
+    entry, `__metadata__` taken out) and whether they are sane. Entries of a sane header are
+    Entry objects; those of a header that is not are unchecked JSON values: pass them through
+    typed_tensors before use."""
 
     path: Path
     header_len: int
@@ -284,13 +430,77 @@ class LoadedHeader:
 
 
 def load_header(path: Path) -> LoadedHeader:
-    """Read and parse PATH's header once, and judge it with sane_entries (raises InputError as
-    read_header does for an unreadable file, bad JSON or bad `__metadata__`)."""
+    """Read and parse PATH's header once, and judge it: fast_entries, else json and
+    sane_entries (raises InputError as read_header does for an unreadable file, bad JSON or bad
+    `__metadata__`)."""
     n, size, raw = read_header_bytes(path)
+    fast = fast_entries(raw, size - 8 - n)
+    if fast is not None:
+        return LoadedHeader(path, n, size, fast[0], fast[1], True)
     obj = parse_header_json(path, raw)
     meta = header_metadata(path, obj)
     try:
         sane = sane_entries(obj, size - 8 - n)
     except TypeError:  # an unhashable dtype (a list or an object)
         sane = False
+    if sane:  # (a JSON escape in a name, say): kept as Entry objects like the fast path's
+        obj = {
+            k: Entry(v["dtype"], tuple(v["shape"]), tuple(v["data_offsets"]))
+            for k, v in obj.items()
+        }
     return LoadedHeader(path, n, size, obj, meta, sane)
+
+
+def short_text(x: object, limit: int = 80) -> str:
+    """str(x) cut to a readable length (hostile headers hold 4000-digit numbers)."""
+    text = str(x)
+    return text if len(text) <= limit else text[: limit - 20] + f"... ({len(text)} chars)"
+
+
+def header_problems(h: SafetensorsHeader) -> list[str]:
+    """What is wrong in a header that sane_entries did not pass (the slow path): unknown
+    dtypes, spans that are not dtype x shape, overlaps, holes, truncation, trailing bytes."""
+    from fractions import Fraction
+
+    probs: list[str] = []
+    spans: list[tuple[int, int, str]] = []
+    for t in h.tensors.values():
+        width = DTYPE_BYTES.get(t.dtype)
+        if width is None:
+            probs.append(f"tensor {t.name}: unknown dtype {t.dtype!r}")
+            continue
+        # exact integer bits: shapes may be hostile (10**200 x 10**200) and widths fractional
+        # (F4 is 4 bits, F6 6); a Fraction per tensor cost 0.3 s on the 480B's 60k tensors
+        bits = prod(t.shape) * round(width * 8)
+        want: int | Fraction = bits // 8 if bits % 8 == 0 else Fraction(bits, 8)
+        if t.start < 0 or t.end < t.start:
+            probs.append(f"tensor {t.name}: data_offsets [{t.start}, {t.end}] are not a span")
+            continue
+        if want != t.nbytes:
+            probs.append(
+                f"tensor {t.name}: {t.dtype} x {short_text(list(t.shape))} = "
+                f"{short_text(want)} bytes but data_offsets span {t.nbytes}"
+            )
+        spans.append((t.start, t.end, t.name))
+    spans.sort()
+    cursor, prev = 0, None
+    for start, end, name in spans:
+        if start < cursor:
+            probs.append(f"tensors {prev} and {name} overlap (bytes {start}..{min(cursor, end)})")
+        elif start > cursor:
+            probs.append(f"{start - cursor} unindexed bytes before tensor {name} (a hole)")
+        if end >= cursor:
+            cursor, prev = end, name
+    data_area = h.file_size - h.data_start
+    if cursor > data_area:
+        probs.append(
+            f"truncated: the header indexes {cursor} data bytes, the file holds "
+            f"{data_area} (file is {h.file_size} bytes, should be "
+            f"{h.data_start + cursor})"
+        )
+    elif cursor < data_area:
+        probs.append(
+            f"{data_area - cursor} trailing bytes after the last tensor (file is "
+            f"{h.file_size} bytes, should be {h.data_start + cursor})"
+        )
+    return probs

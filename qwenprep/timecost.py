@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import compress, repeat
+from operator import gt, not_, or_
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 if TYPE_CHECKING:
@@ -47,8 +49,11 @@ MAX_NUM_SEQS = 256  # vLLM's default --max-num-seqs caps the requests decoded to
 # --------------------------------------------------------------------------- parameters
 
 
+_SCALE_SUFFIXES = ("_scale_inv", "_scale", ".scale")
+
+
 def _is_scale(name: str) -> bool:
-    return name.endswith(("_scale_inv", "_scale", ".scale"))
+    return name.endswith(_SCALE_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -69,20 +74,39 @@ def tally_tensors(
     tensors: Iterable[tuple[str, Sequence[int], int]], source: str = "safetensors headers"
 ) -> ParamCounts:
     """ParamCounts of (name, shape, nbytes) triples as safetensors headers list them."""
-    total = routed = emb = head = nbytes_all = nbytes_routed = nbytes_emb = 0
-    for name, shape, nbytes in tensors:
-        n = 0 if _is_scale(name) else math.prod(int(x) for x in shape)
-        total += n
-        nbytes_all += nbytes
-        if ".mlp.experts." in name:
-            routed += n
-            nbytes_routed += nbytes
-        elif name.endswith("embed_tokens.weight"):
-            emb += n
-            nbytes_emb += nbytes
-        elif name.endswith("lm_head.weight"):
-            head += n
-    return ParamCounts(total, routed, emb, head, nbytes_all, nbytes_routed, nbytes_emb, source)
+    rows = list(tensors)
+    if not rows:
+        return ParamCounts(source=source)
+    names, shapes, sizes = zip(*rows, strict=True)
+    return tally_columns(list(names), list(shapes), list(sizes), source)
+
+
+def tally_columns(
+    names: Sequence[str],
+    shapes: Sequence[Sequence[int]],
+    sizes: Sequence[int],
+    source: str = "safetensors headers",
+) -> ParamCounts:
+    """tally_tensors over three columns (name, shape, bytes of each tensor), at C speed for
+    the 480B's 60k tensors: elements per tensor, masks for quantisation scales (not parameters)
+    and for the routed-expert, embedding and lm_head names, and sums under the masks (for
+    booleans, `a > b` is `a and not b`)."""
+    counts = [math.prod(s) if type(s) is tuple else math.prod(int(x) for x in s) for s in shapes]
+    scale = list(map(str.endswith, names, repeat(_SCALE_SUFFIXES)))
+    routed = list(map(str.__contains__, names, repeat(".mlp.experts.")))
+    emb = list(map(gt, map(str.endswith, names, repeat("embed_tokens.weight")), routed))
+    head = list(map(gt, map(str.endswith, names, repeat("lm_head.weight")), map(or_, routed, emb)))
+    weights = list(map(not_, scale))
+    return ParamCounts(
+        sum(compress(counts, weights)),
+        sum(compress(counts, map(gt, routed, scale))),
+        sum(compress(counts, map(gt, emb, scale))),
+        sum(compress(counts, map(gt, head, scale))),
+        sum(sizes),
+        sum(compress(sizes, routed)),
+        sum(compress(sizes, emb)),
+        source,
+    )
 
 
 def params_from_config(shape: ModelShape) -> ParamCounts:

@@ -30,6 +30,7 @@ from qwenprep.timecost import (
     model_cost,
     params_from_config,
     prefill,
+    tally_columns,
     tally_tensors,
 )
 
@@ -54,6 +55,7 @@ __all__ = [  # the arithmetic, re-exported from qwenprep.timecost
     "model_cost",
     "params_from_config",
     "prefill",
+    "tally_columns",
     "tally_tensors",
     # this module's own
     "CONTEXT_COLUMNS",

@@ -317,11 +317,15 @@ def dca_checks(view: ModelView, vllm: VllmVersion | None = None) -> list[Check]:
         "the release was tuned for)"
     )
     if vllm is None:
+        from qwenprep.engines.vllm_core import engine_python_problem
+
+        problem = engine_python_problem()
+        why = f" ({problem})" if problem else ""
         return [
             Check(
                 "invariant.dca",
                 "warn",
-                f"{what}; {runs}: {DCA_WHY}. No vLLM version is known here, so it is not "
+                f"{what}; {runs}: {DCA_WHY}. No vLLM version is known here{why}, so it is not "
                 "judged: pass --vllm-version, or install vLLM beside qwenprep. " + hint,
                 at,
             )

@@ -48,6 +48,20 @@ def test_validate_without_vllm_warns_and_says_why(
     assert dca["status"] == "warn"
     assert "No vLLM version is known" in dca["message"] and "vLLM < 0.11" in dca["message"]
     assert "--context native" in dca["message"]
+    assert "not an executable interpreter" not in dca["message"]
+
+
+def test_a_typo_in_the_engine_interpreter_is_named(
+    cli: CliFn, qwen25_1m: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """QWENPREP_VLLM_PYTHON pointing at nothing reads as "no vLLM known": the warning says why."""
+    typo = str(tmp_path / "venv" / "bin" / "pyhton")
+    monkeypatch.setenv("QWENPREP_VLLM_PYTHON", typo)
+    r = cli("validate", str(qwen25_1m), "--json")
+    assert r.exit_code == 0, r.output
+    dca = _dca(json.loads(r.stdout)["checks"])
+    assert dca["status"] == "warn"
+    assert f"(QWENPREP_VLLM_PYTHON={typo} is not an executable interpreter)" in dca["message"]
 
 
 def test_validate_judges_for_the_installed_vllm(cli: CliFn, qwen25_1m: Path) -> None:

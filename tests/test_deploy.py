@@ -164,6 +164,37 @@ def test_emit_config_refuses_what_a_config_file_cannot_hold(tmp_path: Path) -> N
     assert r.returncode == 2 and json.loads(r.stdout)["ok"] is False
 
 
+def test_emit_config_never_clobbers_a_file_it_did_not_write(tmp_path: Path) -> None:
+    ov = _tiny_1m(tmp_path)
+    py = _no_vllm_python(tmp_path)
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("max-num-seqs: 4  # my own settings\n")
+    r = _serve(str(ov), "--emit-config", str(mine), python=py)
+    assert r.returncode == 3, r.stderr
+    assert "exists and was not written by qwenprep; refusing to overwrite it" in r.stderr
+    assert mine.read_text() == "max-num-seqs: 4  # my own settings\n"
+    # a config qwenprep wrote is replaced; a relative name is written and printed absolute
+    r = subprocess.run(
+        [str(QWENPREP_BIN), "serve", str(ov), "--emit-config", "rel.yaml"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env={**os.environ, "QWENPREP_VLLM_PYTHON": py},
+    )
+    assert r.returncode == 0, r.stderr
+    written = tmp_path / "rel.yaml"
+    assert written.read_text().startswith("# vLLM serve options for ")
+    assert f"--config {written}" in r.stdout
+    again = _serve(str(ov), "--emit-config", str(written), python=py)
+    assert again.returncode == 0, again.stderr
+    # a directory that is not there is said before any engine is asked
+    r = _serve(
+        str(ov), "--emit-config", str(tmp_path / "no" / "c.yaml"), python="/nonexistent/python"
+    )
+    assert r.returncode == 2 and f"the directory {tmp_path / 'no'} does not exist" in r.stderr
+
+
 def test_config_mapping_reads_flags_values_and_negative_numbers() -> None:
     assert deploy.config_mapping(["--a", "1", "--b", "--c=x y", "--d", "-1", "--e"]) == {
         "a": 1,
@@ -239,6 +270,16 @@ def test_multinode_commands_are_vllm_serve_with_its_multinode_flags(tmp_path: Pa
     ]
     assert out["config"]["options"]["max-num-seqs"] == 4
     assert "nnodes" not in out["config"]["options"]
+
+
+@pytest.mark.parametrize("extra", [[], ["--gpus-per-node", "4"]])
+def test_nnodes_below_one_is_a_usage_error(tmp_path: Path, extra: list[str]) -> None:
+    r = _serve(
+        str(_480b(tmp_path)), "--nnodes", "0", *extra, "--dry-run", python=_no_vllm_python(tmp_path)
+    )
+    assert r.returncode == 2, r.stderr
+    assert "--nnodes 0 must be at least 1." in r.stderr
+    assert "None" not in r.stderr
 
 
 def test_the_cpu_build_keeps_its_working_entry_and_cuda_builds_run_vllm_serve() -> None:

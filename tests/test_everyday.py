@@ -255,8 +255,14 @@ def test_strict_makes_skipped_checks_fail() -> None:
     assert invoke("verify", str(TINY)).exit_code == 0
 
 
-def test_colour_on_a_terminal_only_and_never_with_no_color() -> None:
+def _terminal_env(**extra: str) -> dict[str, str]:
+    """The environment less NO_COLOR, with a TERM that draws (a CI's may be dumb)."""
     env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    return {**env, "TERM": "xterm-256color", **extra}
+
+
+def test_colour_on_a_terminal_only_and_never_with_no_color() -> None:
+    env = _terminal_env()
     code, out = on_tty("validate", str(TINY), env=env)
     assert code == 0
     assert "\x1b[32m[ok  ]\x1b[0m" in out
@@ -306,10 +312,19 @@ def test_deep_verify_progress_lines_when_not_a_tty(tiny: Path) -> None:
 
 
 def test_deep_verify_progress_on_a_tty_shows_throughput_and_eta(tiny: Path) -> None:
-    code, err = on_tty("verify", str(tiny), "--deep", stream="stderr")
+    code, err = on_tty("verify", str(tiny), "--deep", stream="stderr", env=_terminal_env())
     assert code == 0
     assert "\rhashing [" in err and "ETA" in err
     assert "100% 2.00 MiB of 2.00 MiB, " in err and "/s, done in " in err
+
+
+def test_a_dumb_terminal_gets_no_colour_and_no_redrawn_lines(tiny: Path) -> None:
+    dumb = _terminal_env(TERM="dumb")  # Emacs' shell, some CI logs: escapes print as garbage
+    code, out = on_tty("validate", str(TINY), env=dumb)
+    assert code == 0 and "[ok  ]" in out and "\x1b[" not in out
+    code, err = on_tty("verify", str(tiny), "--deep", stream="stderr", env=dumb)
+    assert code == 0 and "\rhashing" not in err and "\x1b[" not in err  # (the pty: \r\n)
+    assert "hashing: 100% (2.00 MiB of 2.00 MiB), " in err
 
 
 # ------------------------------------------------------------------ 7. fetch

@@ -206,7 +206,7 @@ def test_revert_keeps_a_user_edited_overlay_config_unless_forced(
     assert r.exit_code == 3
     assert (
         f"{out} was changed after qwenprep made it: config.json (changed after qwenprep "
-        "wrote it); remove it would delete that." in r.stderr
+        "wrote it); removing it would delete that." in r.stderr
     )
     assert "--force" in r.stderr
     assert json.loads((out / "config.json").read_text())["my_setting"] == 1

@@ -43,7 +43,7 @@ def _env(**extra: str) -> dict[str, str]:
         for k, v in os.environ.items()
         if k not in ("NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "COLUMNS")
     }
-    return {**env, **extra}
+    return {**env, "TERM": "xterm-256color", **extra}  # (a CI's TERM may be dumb)
 
 
 def _on_tty(
@@ -160,6 +160,10 @@ def test_plan_on_a_terminal_has_colour_and_boxes_and_no_color_removes_colour() -
     assert code == 0
     assert _colours(out) == [], "NO_COLOR=1 still coloured"
     assert "\u2500" in out and re.search(r"1M\* +yes +4\.00x", out)
+    code, out, _ = _on_tty(PLAN, _env(TERM="dumb"))  # a terminal without escapes
+    assert code == 0
+    assert "\x1b" not in out, "TERM=dumb still got escape codes"
+    assert re.search(r"1M\* +yes +4\.00x", out)
 
 
 def test_plan_json_is_the_same_on_a_terminal_and_a_pipe() -> None:

@@ -3,6 +3,7 @@ report, the options several commands take. Only qwenprep/cli/ imports click."""
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Callable, NoReturn
 
@@ -46,11 +47,9 @@ def run(as_json: bool, fn: Callable[[], Any]) -> Any:
 
 
 def _paint() -> Callable[[str, Any], str] | None:
-    """Colour for the status marks: only when stdout is a terminal and NO_COLOR is not set
-    (https://no-color.org: any non-empty value)."""
-    import os
-
-    if os.environ.get("NO_COLOR") or not sys.stdout.isatty():
+    """Colour for the status marks: only when stdout is a terminal, NO_COLOR is not set
+    (https://no-color.org: any non-empty value) and TERM is not dumb."""
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb" or not sys.stdout.isatty():
         return None
     colours = {"pass": "green", "fail": "red", "warn": "yellow", "skip": "cyan"}
     return lambda text, status: click.style(
@@ -169,14 +168,32 @@ def cli() -> None:
     Shell completion (in ~/.bashrc; zsh_source / fish_source likewise):
       eval "$(_QWENPREP_COMPLETE=bash_source qwenprep)"
     """
-    from qwenprep.cli.tables import install_probe_status
+    # a status line on stderr while vLLM answers (a terminal that can redraw one only)
+    if sys.stderr.isatty() and os.environ.get("TERM") != "dumb":
+        from qwenprep.cli.tables import install_probe_status
 
-    install_probe_status()  # a status line on stderr while vLLM answers (a terminal only)
+        install_probe_status()
+
+
+def vllm_version_value(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--vllm-version as given, once it reads as X.Y or X.Y.Z (an empty value or a bare "0"
+    is a usage error, not "not given" or 0.0.0)."""
+    if value is None:
+        return None
+    from qwenprep.capacity import named_version
+    from qwenprep.errors import UsageError
+
+    try:
+        named_version(value)
+    except UsageError as e:
+        raise click.BadParameter(e.message) from None
+    return value
 
 
 _vllm_version_option = click.option(
     "--vllm-version",
     metavar="X.Y",
+    callback=vllm_version_value,
     help="Use this vLLM version's arithmetic (default: the installed vLLM, else the newest known).",
 )
 _tp_option = click.option(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def verify(
 
     if record and not deep:
         run(as_json, lambda: _usage("--record keeps the hashes --deep computes: add --deep."))
-    tty = sys.stderr.isatty()
+    tty = sys.stderr.isatty() and os.environ.get("TERM") != "dumb"  # a line redrawn in place
     meter = ProgressMeter(tty=tty)
 
     def bar(done: int, total: int) -> None:  # worker threads call this, serialised

@@ -15,6 +15,7 @@ from qwenprep.cli._common import (
     json_option,
     run,
     vllm_python_option,
+    vllm_version_value,
 )
 from qwenprep.errors import EXIT_CHECKS_FAILED
 from qwenprep.report import SCHEMA_VERSION, Check, Report
@@ -54,6 +55,7 @@ from qwenprep.report import SCHEMA_VERSION, Check, Report
     "--vllm-version",
     metavar="X.Y",
     default=None,
+    callback=vllm_version_value,
     help="The vLLM the overlay is for (default: the installed one). Below 0.11 a DCA "
     "release's 1M overlay is its own DCA config (config_1m.json).",
 )
@@ -115,6 +117,7 @@ def patch(
     "--vllm-version",
     metavar="X.Y",
     default=None,
+    callback=vllm_version_value,
     help="Judge for this vLLM where the version decides (Dual Chunk Attention runs "
     "only below 0.11). Default: the vLLM installed beside qwenprep.",
 )

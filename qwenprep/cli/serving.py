@@ -168,6 +168,11 @@ def serve(
             ),
         )
     dry_run = dry_run or emitting
+    if emit_config is not None:  # a bad target is said before vLLM is asked anything
+        from qwenprep.engines.deploy import config_target
+
+        named: Path = emit_config
+        emit_config = run(as_json, lambda: config_target(named))
 
     def make_plan() -> Any:
         req = ServeRequest.from_options(

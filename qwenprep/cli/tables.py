@@ -17,7 +17,14 @@ PLAIN_WIDTH = 10_000  # not a terminal: no wrapping, each row stays one greppabl
 
 
 def _colour() -> bool:
-    return not os.environ.get("NO_COLOR")
+    """Colour unless NO_COLOR is set or the terminal says it has none (TERM=dumb)."""
+    return not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
+def animated(stream: IO[str]) -> bool:
+    """Whether STREAM takes a redrawn status line: a terminal that is not TERM=dumb (Emacs'
+    shell, some CI logs), where cursor movement would print as garbage."""
+    return stream.isatty() and os.environ.get("TERM") != "dumb"
 
 
 def _utf8(stream: IO[str]) -> bool:
@@ -137,7 +144,7 @@ def probe_status(engine: str, python: str, question: str) -> Iterator[None]:
     when it has; nothing when stderr is not a terminal (stdout, --json's, is never touched)."""
     global _shown
     stream = sys.stderr
-    if not stream.isatty():
+    if not animated(stream):
         yield
         return
     text = status_text(engine, python, question)  # may ask for the version (its own status)

@@ -139,12 +139,44 @@ def _node_only(node: NodeCommand, shared: Sequence[str], extra: Sequence[str]) -
     return tuple(args[len(core) : end])
 
 
-def emit_config(plan: LaunchPlan, path: Path) -> EmittedConfig:
-    """Write PLAN's vLLM options to PATH as a vLLM --config YAML; return it with the
-    command(s) that use it: `vllm serve MODEL --config PATH` (per node: plus the node's own
-    options)."""
+CONFIG_HEADER = "# vLLM serve options for "  # how a file emit_config wrote begins
+
+
+def config_target(path: Path) -> Path:
+    """Where --emit-config writes, as an absolute path (the printed command must work from
+    any directory), judged before anything is probed: a .yaml/.yml name in a directory that
+    exists, and no file there that qwenprep did not write (a config it wrote before is
+    replaced). UsageError / ConflictError otherwise."""
+    from qwenprep.errors import ConflictError
+
     if path.suffix not in (".yaml", ".yml"):
         raise UsageError(f"--emit-config {path}: vLLM reads only .yaml or .yml config files.")
+    target = Path.cwd() / path if not path.is_absolute() else path
+    if not target.parent.is_dir():
+        raise UsageError(f"--emit-config {path}: the directory {target.parent} does not exist.")
+    if target.is_symlink() or target.exists():
+        try:
+            ours = target.is_file() and not target.is_symlink()
+            if ours:
+                with target.open("rb") as f:
+                    ours = f.read(len(CONFIG_HEADER)) == CONFIG_HEADER.encode()
+        except OSError:
+            ours = False
+        if not ours:
+            raise ConflictError(
+                f"--emit-config {path}: {target} exists and was not written by qwenprep; "
+                "refusing to overwrite it.",
+                hint="choose another file name, or move that file away.",
+                path=str(target),
+            )
+    return target
+
+
+def emit_config(plan: LaunchPlan, path: Path) -> EmittedConfig:
+    """Write PLAN's vLLM options to PATH (config_target) as a vLLM --config YAML; return it
+    with the command(s) that use it: `vllm serve MODEL --config PATH` (per node: plus the
+    node's own options)."""
+    path = config_target(path)
     model, args = serve_args(plan.argv)
     vllm_nodes = [n for n in plan.nodes if "serve" in n.argv]
     shared = _shared(plan) if vllm_nodes else args

@@ -168,6 +168,19 @@ def engine_python(python: str | None = None) -> str:
     return python or os.environ.get(ENV_PYTHON) or sys.executable
 
 
+def engine_python_problem(python: str | None = None) -> str | None:
+    """Why the engine interpreter named (PYTHON, else $QWENPREP_VLLM_PYTHON) cannot be run: a
+    typo there would otherwise read as "no vLLM installed". None when none is named or it is
+    an executable."""
+    import shutil
+
+    named = python or os.environ.get(ENV_PYTHON)
+    if not named or shutil.which(named) is not None:
+        return None
+    source = "--engine-python" if python else ENV_PYTHON
+    return f"{source}={named} is not an executable interpreter"
+
+
 def _run_probe(
     python: str, args: Sequence[str], timeout: float, env: dict[str, str] | None = None
 ) -> dict[str, Any]:

@@ -353,6 +353,8 @@ def _multinode(
         return None, ()
     if gpn is not None and gpn < 1:
         raise UsageError(f"--gpus-per-node {gpn} must be at least 1.")
+    if nnodes is not None and nnodes < 1:
+        raise UsageError(f"--nnodes {nnodes} must be at least 1.")
     need = math.ceil(tp / gpn) if gpn else 1
     n = nnodes if nnodes is not None else need
     if n < need:
