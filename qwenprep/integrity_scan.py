@@ -1,11 +1,12 @@
 """Reading a checkpoint once for integrity: the index, every safetensors header, and the
 structure checks on them (index vs shards, sane headers, exact sizes).
 
-Each shard's header is read and parsed once (safetensors_io.load_header); a header judged
-sane by the fast column checks goes straight into the scan, one that is not is typed and
-checked entry by entry to say what is wrong. The scan keeps the raw header entries (tensor
-name -> {"dtype", "shape", "data_offsets"}) for the tensor checks (integrity_tensors) and
-for anyone else who needs the weights (check's capacity plan).
+Each shard's header is read and parsed once (safetensors_io.load_header): a plainly well
+formed header is decoded by msgspec straight into typed entries and judged by whole-column
+checks; any other is parsed by json, typed and checked entry by entry to say what is wrong.
+The index likewise (safetensors_io.fast_index, else jsonio.loads_located). The scan keeps
+the entries (tensor name -> Entry: dtype, shape, data_offsets) for the tensor checks
+(integrity_tensors) and for anyone else who needs the weights (check's capacity plan).
 """
 
 from __future__ import annotations
@@ -99,8 +100,9 @@ class Scan:
 
     root: Path
     checks: list[Check] = field(default_factory=list)
-    # tensor name -> its header entry (dtype, shape as a list, data_offsets), typed (every
-    # entry of a header that typed_tensors accepted); the first shard's when twice
+    # tensor name -> its header entry (safetensors_io.Entry: dtype, shape as a tuple,
+    # data_offsets), typed (every entry of a header that typed_tensors accepted); the first
+    # shard's when twice
     tensors: dict[str, Entry] = field(default_factory=dict)
     shard_of: dict[str, str] = field(default_factory=dict)  # tensor name -> shard file
     shards_ok: bool = True  # every expected shard present and parsed
