@@ -91,7 +91,12 @@ def tally_columns(
     the 480B's 60k tensors: elements per tensor, masks for quantisation scales (not parameters)
     and for the routed-expert, embedding and lm_head names, and sums under the masks (for
     booleans, `a > b` is `a and not b`)."""
-    counts = [math.prod(s) if type(s) is tuple else math.prod(int(x) for x in s) for s in shapes]
+    try:
+        counts = list(map(math.prod, shapes))  # headers' shapes are integers already
+    except TypeError:
+        counts = []
+    if not counts or set(map(type, counts)) - {int}:  # else read as integers, one by one
+        counts = [math.prod(int(x) for x in s) for s in shapes]
     scale = list(map(str.endswith, names, repeat(_SCALE_SUFFIXES)))
     routed = list(map(str.__contains__, names, repeat(".mlp.experts.")))
     emb = list(map(gt, map(str.endswith, names, repeat("embed_tokens.weight")), routed))
