@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from qwenprep.engines import probe
+from qwenprep.engines.served import ServedPlan
 from qwenprep.engines.sglang_server import SglangServer, start
 from qwenprep.errors import InputError, UsageError
 
@@ -250,7 +251,7 @@ class SglangNode:
 
 
 @dataclass(frozen=True)
-class SglangPlan:
+class SglangPlan(ServedPlan):
     argv: tuple[str, ...]
     env: dict[str, str]
     unset_env: tuple[str, ...]
@@ -269,41 +270,8 @@ class SglangPlan:
     extra_args: tuple[str, ...] = ()
     serving_engine: str = "sglang"
 
-    @property
-    def base_url(self) -> str:
-        host = self.host if self.host not in (None, "", "0.0.0.0", "::") else "127.0.0.1"
-        if host and ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
-
-    def child_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
-        env = dict(os.environ if base is None else base)
-        for k in self.unset_env:
-            env.pop(k, None)
-        env.update(self.env)
-        return env
-
     def to_dict(self) -> dict[str, Any]:
-        import shlex
-
-        return {
-            "serving_engine": "sglang",
-            "argv": list(self.argv),
-            "command": shlex.join(self.argv),
-            "env": dict(self.env),
-            "unset_env": list(self.unset_env),
-            "model_path": self.model_path,
-            "max_model_len": self.max_model_len,
-            "max_len_allowed": self.max_len_allowed,
-            "served_model_name": self.served_model_name,
-            "url": self.base_url,
-            "profile": self.profile,
-            "engine": self.engine.to_dict() if self.engine else None,
-            "digest": self.digest,
-            "multinode_mode": self.multinode_mode,
-            "nodes": [n.to_dict() for n in self.nodes],
-            "notes": list(self.notes),
-        }
+        return {"serving_engine": "sglang", **self.plan_dict()}
 
 
 ENTRY = ("-m", "sglang.launch_server")

@@ -7,7 +7,6 @@ found; this module asks nothing of vLLM and imports nothing of qwenprep.engine a
 from __future__ import annotations
 
 import math
-import os
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qwenprep.checkpoint import CONFIG
+from qwenprep.engines.served import ServedPlan
 from qwenprep.errors import InputError, UsageError
 
 if TYPE_CHECKING:
@@ -141,7 +141,7 @@ class NodeCommand:
 
 
 @dataclass(frozen=True)
-class LaunchPlan:
+class LaunchPlan(ServedPlan):
     argv: tuple[str, ...]
     env: dict[str, str]  # set for the child, on top of the inherited environment
     unset_env: tuple[str, ...]  # removed from the inherited environment
@@ -159,38 +159,8 @@ class LaunchPlan:
     notes: tuple[str, ...] = field(default_factory=tuple)
     extra_args: tuple[str, ...] = ()  # the user's part after --, at the end of every argv
 
-    @property
-    def base_url(self) -> str:
-        host = self.host if self.host not in (None, "", "0.0.0.0", "::") else "127.0.0.1"
-        if host and ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
-
-    def child_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
-        env = dict(os.environ if base is None else base)
-        for k in self.unset_env:
-            env.pop(k, None)
-        env.update(self.env)
-        return env
-
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "argv": list(self.argv),
-            "command": shlex.join(self.argv),
-            "env": dict(self.env),
-            "unset_env": list(self.unset_env),
-            "model_path": self.model_path,
-            "max_model_len": self.max_model_len,
-            "max_len_allowed": self.max_len_allowed,
-            "served_model_name": self.served_model_name,
-            "url": self.base_url,
-            "profile": self.profile,
-            "engine": self.engine.to_dict() if self.engine else None,
-            "digest": self.digest,
-            "multinode_mode": self.multinode_mode,
-            "nodes": [n.to_dict() for n in self.nodes],
-            "notes": list(self.notes),
-        }
+        return self.plan_dict()
 
 
 # Runs code from the checkpoint directory; only ever passed when the user writes it after --.

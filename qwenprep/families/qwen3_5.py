@@ -58,32 +58,32 @@ def _profiles(kind: str) -> tuple[ServeProfile, ...]:
     )
 
 
-FAMILY = Family(
-    name="qwen3.5-moe",
-    title="Qwen3.5/3.6-MoE (Qwen3.5-397B-A17B, -122B-A10B, -35B-A3B, Qwen3.6-35B-A3B)",
-    model_types=MOE_TYPES,
-    schema="qwen3_5-config",
-    native_context=262144,
-    moe=True,
-    tensors=_tensors,
-    hybrid=True,
-    invariants=_invariants,
-    method="YaRN x4 (text_config.rope_parameters)",
-    profiles=_profiles("qwen3.5-moe"),
-)
+def _family(name: str, title: str, model_types: frozenset[str], moe: bool) -> Family:
+    """One of the two Qwen3.5/3.6 families: everything but the name, title, model types and
+    whether the MLP is routed experts is shared."""
+    return Family(
+        name=name,
+        title=title,
+        model_types=model_types,
+        schema="qwen3_5-config",
+        native_context=262144,
+        moe=moe,
+        tensors=_tensors,
+        hybrid=True,
+        invariants=_invariants,
+        method="YaRN x4 (text_config.rope_parameters)",
+        profiles=_profiles(name),
+    )
 
-FAMILY_DENSE = Family(
-    name="qwen3.5",
-    title="Qwen3.5 dense (Qwen3.5-27B, -9B, -4B, -2B, -0.8B)",
-    model_types=DENSE_TYPES,
-    schema="qwen3_5-config",
-    native_context=262144,
-    moe=False,
-    tensors=_tensors,
-    hybrid=True,
-    invariants=_invariants,
-    method="YaRN x4 (text_config.rope_parameters)",
-    profiles=_profiles("qwen3.5"),
+
+FAMILY = _family(
+    "qwen3.5-moe",
+    "Qwen3.5/3.6-MoE (Qwen3.5-397B-A17B, -122B-A10B, -35B-A3B, Qwen3.6-35B-A3B)",
+    MOE_TYPES,
+    moe=True,
+)
+FAMILY_DENSE = _family(
+    "qwen3.5", "Qwen3.5 dense (Qwen3.5-27B, -9B, -4B, -2B, -0.8B)", DENSE_TYPES, moe=False
 )
 
 

@@ -1,0 +1,66 @@
+"""What a serve plan shows, whichever engine runs it: the part of vLLM's LaunchPlan
+(engines/vllm_launch.py) and SGLang's SglangPlan (engines/sglang.py) that `serve --dry-run
+--json`, the server handles and the deploy artefacts read alike. A mixin: each engine's plan
+is a frozen dataclass that declares these fields itself (and its own engine and node types)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from typing import Any
+
+
+class ServedPlan:
+    """The fields below are declared by the dataclass that mixes this in."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str]  # set for the child, on top of the inherited environment
+    unset_env: tuple[str, ...]  # removed from the inherited environment
+    model_path: str
+    max_model_len: int
+    max_len_allowed: int
+    served_model_name: str
+    host: str | None
+    port: int
+    profile: str
+    engine: Any  # the engine's info (EngineInfo, SglangInfo) or None
+    digest: str | None
+    multinode_mode: str | None
+    nodes: tuple[Any, ...]  # the engine's per-node commands
+    notes: tuple[str, ...]
+
+    @property
+    def base_url(self) -> str:
+        """Where a client reaches the server: a wildcard bind address means this machine."""
+        host = self.host if self.host not in (None, "", "0.0.0.0", "::") else "127.0.0.1"
+        if host and ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    def child_env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """The engine's environment: BASE (default: ours) less unset_env, plus env."""
+        env = dict(os.environ if base is None else base)
+        for k in self.unset_env:
+            env.pop(k, None)
+        env.update(self.env)
+        return env
+
+    def plan_dict(self) -> dict[str, Any]:
+        """The plan as `serve --dry-run --json` prints it (the keys every engine shares)."""
+        return {
+            "argv": list(self.argv),
+            "command": shlex.join(self.argv),
+            "env": dict(self.env),
+            "unset_env": list(self.unset_env),
+            "model_path": self.model_path,
+            "max_model_len": self.max_model_len,
+            "max_len_allowed": self.max_len_allowed,
+            "served_model_name": self.served_model_name,
+            "url": self.base_url,
+            "profile": self.profile,
+            "engine": self.engine.to_dict() if self.engine else None,
+            "digest": self.digest,
+            "multinode_mode": self.multinode_mode,
+            "nodes": [n.to_dict() for n in self.nodes],
+            "notes": list(self.notes),
+        }
