@@ -268,7 +268,8 @@ class GateResult:
         if self.offline:
             return (
                 f"the vLLM arguments were judged offline, not by vLLM ({self.judged_by}): "
-                "spellings read as vLLM 0.32's serve parser does"
+                "spellings read as vLLM's serve parser reads them (as of 0.32, the newest "
+                "parser qwenprep's offline reading was checked against)"
             )
         return (
             f"{self.judged_by} parsed this argv with its own serve parser and read the "

@@ -272,7 +272,7 @@ def sane_entries(obj: dict[str, Any], data_area: int) -> bool:
 _U63 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 
 
-class Entry(msgspec.Struct, gc=False):
+class Entry(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     """One tensor's header entry, decoded straight from the header's JSON (msgspec: no dict per
     tensor, types checked while parsing). None: the field is absent. Reads like the JSON
     object it was (entry["shape"]); the column checks use the attributes."""
@@ -322,6 +322,8 @@ def fast_index(raw: bytes) -> dict[str, Any] | None:
     except _NOT_PLAIN:
         return None
     meta = index.metadata
+    if meta is None and b'"metadata"' in raw:  # "metadata": null, which json keeps as None
+        return None
     if meta is not None and any(
         isinstance(v, int) and not -(10**40) < v < 10**40 for v in meta.values()
     ):
@@ -342,33 +344,42 @@ def fast_entries(
 ) -> tuple[dict[str, Entry], dict[str, str] | None] | None:
     """(entries, metadata) of a header that is plainly well formed and sane, decoded into
     Entry objects at C speed; None whenever anything is unusual (a JSON escape, metadata not
-    first, an entry of the wrong types, a problem sane_structs sees), and the caller takes the
-    json path that says what is wrong. Never accepts what that path refuses:
+    first, a field Entry does not have, an entry of the wrong types, a problem sane_structs
+    sees), and the caller takes the json path that says what is wrong. Never accepts what that
+    path refuses (tests/test_fast_paths.py):
 
-    - no backslash at all, so every string is its bytes (no escapes, no lone surrogates), and
-      `__metadata__`, when there, is the first key and its only mention, so the object up to
-      the first `}` after it is the whole of it (a `}` inside one of its strings would leave
-      that piece unparseable: None);
-    - msgspec checks the types while parsing (ints, not bools or floats; two offsets) and the
-      bytes are UTF-8; sane_structs checks the rest as sane_entries does."""
+    - no backslash at all, so every string is its bytes (no escapes, no lone surrogates);
+    - `__metadata__`, when there, must be the first key and its only mention: the object up to
+      the first `}` after it is then the whole of it (a `}` inside one of its strings would
+      leave that piece unparseable: None); it is decoded as strict UTF-8 (no surrogates
+      written as UTF-8) and must hold strings only, and the entries are decoded from the rest;
+    - every other value is an Entry with no field but its three (forbid_unknown_fields: msgspec
+      would otherwise skip an unknown field's value unchecked, bad UTF-8 or a 5000-digit
+      number or deep nesting that json refuses); msgspec checks the types and ranges while
+      parsing and that the bytes are UTF-8; sane_structs checks the rest as sane_entries
+      does."""
     if b"\\" in raw:
+        return None
+    meta: dict[str, str] | None = None
+    if raw.startswith(_META_HEAD):
+        close = raw.find(b"}", len(_META_HEAD))
+        rest = raw[close + 1 :].lstrip(b" \t\r\n")
+        if close < 0 or raw.count(_META_KEY) != 1 or not rest.startswith(b","):
+            return None
+        try:
+            obj = json.loads(raw[len(_META_HEAD) : close + 1].decode("utf-8"))
+        except ValueError:  # (UnicodeDecodeError too)
+            return None
+        if not isinstance(obj, dict) or not all(isinstance(v, str) for v in obj.values()):
+            return None
+        meta = obj
+        raw = b"{" + rest[1:]
+    elif _META_KEY in raw:
         return None
     try:
         entries = _DECODE_ENTRIES(raw)
     except _NOT_PLAIN:
         return None
-    meta: dict[str, str] | None = None
-    if "__metadata__" in entries:
-        if not raw.startswith(_META_HEAD) or raw.count(_META_KEY) != 1:
-            return None
-        try:
-            obj = json.loads(raw[len(_META_HEAD) : raw.find(b"}", len(_META_HEAD)) + 1])
-        except ValueError:
-            return None
-        if not isinstance(obj, dict) or not all(isinstance(v, str) for v in obj.values()):
-            return None
-        meta = obj
-        del entries["__metadata__"]
     return (entries, meta) if sane_structs(entries, data_area) else None
 
 

@@ -47,16 +47,16 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _on_tty(
-    args: tuple[str, ...], env: dict[str, str], stream: str = "stdout"
+    args: tuple[str, ...], env: dict[str, str], stream: str = "stdout", columns: int = 120
 ) -> tuple[int, str, str]:
-    """The console script with STREAM on a pseudo-terminal (120 columns) and the other one on
+    """The console script with STREAM on a pseudo-terminal (COLUMNS wide) and the other one on
     a pipe: (exit code, what the terminal got, what the pipe got)."""
     import fcntl
     import struct
     import termios
 
     master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
     kw: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
     kw[stream] = slave
     proc = subprocess.Popen([str(QWENPREP_BIN), *args], env=env, stdin=subprocess.DEVNULL, **kw)
@@ -164,6 +164,16 @@ def test_plan_on_a_terminal_has_colour_and_boxes_and_no_color_removes_colour() -
     assert code == 0
     assert "\x1b" not in out, "TERM=dumb still got escape codes"
     assert re.search(r"1M\* +yes +4\.00x", out)
+
+
+def test_plan_on_a_narrow_terminal_wraps_and_never_cuts_a_cell() -> None:
+    code, out, _ = _on_tty(PLAN, _env(), columns=40)
+    assert code == 0
+    plain = SGR.sub("", out)
+    assert "\u2026" not in plain, plain  # rich's ellipsis: a cell cut short
+    assert "fits: yes" in plain
+    # the context table's cells are folded too: each context's row keeps its numbers
+    assert re.search(r"4,194,3\s*04", plain) or "4,194,304" in plain
 
 
 def test_plan_json_is_the_same_on_a_terminal_and_a_pipe() -> None:

@@ -462,6 +462,21 @@ def test_plan_sglang_numbers() -> None:
     assert q["slack_bytes"] == int(80 * GiB * (1 - frac))
 
 
+def test_plan_sglang_text_is_drawn_like_vllms() -> None:
+    """The text plan for SGLang is the same (what, value) table as vLLM's, then the verdict:
+    the same numbers as --json."""
+    args = ["plan", str(TINY), "--context", "1m", "--kv-memory", "2GiB", "--serving-engine"]
+    text = invoke(*args, "sglang")
+    assert text.exit_code == 0, text.output
+    j = json.loads(invoke(*args, "sglang", "--json").stdout)
+    lines = text.stdout.splitlines()
+    assert lines[0].split() == ["what", "value"]
+    row = next(ln for ln in lines if ln.startswith("max_total_num_tokens "))
+    assert f"{j['max_total_num_tokens']:,};" in row
+    assert "fits: yes" in lines
+    assert lines.index("fits: yes") > lines.index(row)
+
+
 @pytest.mark.slow
 def test_sglang_ending_before_ready_is_exit_3(tmp_path: Path) -> None:
     """The real SGLang started on this CPU machine stops at once (no accelerator): serve exits

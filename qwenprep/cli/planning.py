@@ -227,7 +227,7 @@ def _plan_sglang(
     if as_json:
         _emit_json(p.to_dict())
     else:
-        click.echo(p.summary())
+        _echo_plan(p)
     sys.exit(0 if p.fits else EXIT_CHECKS_FAILED)
 
 

@@ -71,7 +71,8 @@ def render_plan(
     frame = (box.SIMPLE_HEAD if _utf8(stream) else box.ASCII2) if tty else None
 
     head = Table(box=frame, show_header=True, header_style="bold", pad_edge=False)
-    head.add_column("what", style="cyan", no_wrap=True)
+    # narrow terminals wrap cells, never cut them: a number cut short reads as another number
+    head.add_column("what", style="cyan", overflow="fold")
     head.add_column("value", overflow="fold")
     for what, value in rows:
         head.add_row(what, value)
@@ -80,7 +81,7 @@ def render_plan(
         console.print(Text(title))
         ctx = Table(box=frame, show_header=True, header_style="bold", pad_edge=False)
         for name in columns:
-            ctx.add_column(name, justify="right")
+            ctx.add_column(name, justify="right", overflow="fold")
         for cells in table:
             ctx.add_row(
                 *[

@@ -149,43 +149,60 @@ class SglangKVPlan:
             "notes": list(self.notes),
         }
 
-    def summary(self) -> str:
-        lines = [
-            f"model: {self.model}",
-            f"engine: SGLang {VERSION} arithmetic (read from its source; other releases not "
-            "claimed)",
-            f"parallel: TP {self.tp} x PP {self.pp} x DP {self.dp}"
-            + (" + expert parallel (--ep-size)" if self.ep else ""),
-            f"KV bytes per token per GPU (cell size): {self.cell_size:,} "
-            f"(kv-cache-dtype {self.kv_cache_dtype}), page size {self.page_size}",
-        ]
+    def summary_parts(self) -> tuple[list[tuple[str, str]], list[tuple[str, ...]], list[str]]:
+        """The plan for people, as data (qwenprep/cli draws it as vLLM's plan is drawn): the
+        (what, value) rows, no context table, and the verdict, notes and advice."""
         if self.exact:
-            lines.append(
-                f"KV pool memory per GPU: {format_gib(self.available_bytes)} (given; exact)"
-            )
+            pool = f"{format_gib(self.available_bytes)} (given; exact)"
         else:
-            lines.append(
-                f"KV pool memory per GPU: {format_gib(self.available_bytes)} ESTIMATE = "
-                f"GPU x mem_fraction_static {self.mem_fraction_static} - weights "
-                f"{format_gib(self.weights_per_gpu)} ({self.mem_fraction_text})"
+            pool = (
+                f"{format_gib(self.available_bytes)} ESTIMATE = GPU x mem_fraction_static "
+                f"{self.mem_fraction_static} - weights {format_gib(self.weights_per_gpu)} "
+                f"({self.mem_fraction_text})"
             )
-        lines += [
-            f"max_total_num_tokens: {self.max_total_num_tokens:,}; {self.max_concurrency:.2f}x "
-            f"requests of {self.context:,} tokens",
-            f"per-request token table (req_to_token, outside the KV pool): "
-            f"{self.max_num_reqs + 1:,} x {self.context + REQ_TO_TOKEN_EXTRA:,} x 4 bytes = "
-            f"{format_gib(self.req_to_token_bytes)} per GPU"
-            + (
-                f" of {format_gib(self.slack_bytes)} non-static memory"
-                if self.slack_bytes is not None
-                else ""
+        rows = [
+            ("model", self.model),
+            (
+                "engine",
+                f"SGLang {VERSION} arithmetic (read from its source; other releases not claimed)",
             ),
-            f"largest context that fits: {self.largest_context:,} tokens",
-            f"fits: {'yes' if self.fits else 'NO'}",
+            (
+                "parallel",
+                f"TP {self.tp} x PP {self.pp} x DP {self.dp}"
+                + (" + expert parallel (--ep-size)" if self.ep else ""),
+            ),
+            (
+                "KV bytes per token per GPU (cell size)",
+                f"{self.cell_size:,} (kv-cache-dtype {self.kv_cache_dtype}), page size "
+                f"{self.page_size}",
+            ),
+            ("KV pool memory per GPU", pool),
+            (
+                "max_total_num_tokens",
+                f"{self.max_total_num_tokens:,}; {self.max_concurrency:.2f}x requests of "
+                f"{self.context:,} tokens",
+            ),
+            (
+                "per-request token table (req_to_token, outside the KV pool)",
+                f"{self.max_num_reqs + 1:,} x {self.context + REQ_TO_TOKEN_EXTRA:,} x 4 bytes = "
+                f"{format_gib(self.req_to_token_bytes)} per GPU"
+                + (
+                    f" of {format_gib(self.slack_bytes)} non-static memory"
+                    if self.slack_bytes is not None
+                    else ""
+                ),
+            ),
+            ("largest context that fits", f"{self.largest_context:,} tokens"),
         ]
+        lines = [f"fits: {'yes' if self.fits else 'NO'}"]
         lines += [f"note: {n}" for n in self.notes]
         lines += [f"advice: {a}" for a in self.advice]
-        return "\n".join(lines)
+        return rows, [], lines
+
+    def summary(self) -> str:
+        """summary_parts as plain lines ("what: value", then the rest)."""
+        rows, _, lines = self.summary_parts()
+        return "\n".join([f"{what}: {value}" for what, value in rows] + lines)
 
 
 def plan_sglang(
