@@ -13,7 +13,7 @@ from collections.abc import Callable
 from itertools import compress, repeat
 from operator import add, attrgetter, itemgetter, not_
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from qwenprep.checkpoint import CONFIG, Checkpoint
 from qwenprep.errors import InputError
@@ -80,8 +80,9 @@ def fp8_checks(scan: Scan, config: dict[str, Any], names: list[str]) -> None:
     """NAMES: scan.tensors' names, sorted."""
     tensors, shard_of = scan.tensors, scan.shard_of
     qc = config.get("quantization_config")
-    is8 = list(map(str.startswith, map(_DTYPE, tensors.values()), repeat("F8_")))
-    fp8 = sorted(compress(tensors, is8))
+    order = _Ordered(list(tensors), list(tensors.values()))  # the headers' order
+    is8 = list(map(str.startswith, map(_DTYPE, order.entries), repeat("F8_")))
+    fp8 = sorted(compress(order.names, is8))
     method = qc.get("quant_method") if isinstance(qc, dict) else None
     if method != "fp8":
         if fp8 and method is None:
@@ -110,7 +111,8 @@ def fp8_checks(scan: Scan, config: dict[str, Any], names: list[str]) -> None:
         return
     block = qc.get("weight_block_size")
     not_convert = frozenset(m for m in qc.get("modules_to_not_convert") or [] if isinstance(m, str))
-    bad_scale = [] if _scales_ok(tensors, fp8, block) else _bad_scales(scan, fp8, block)
+    at = list(compress(range(len(is8)), is8))  # where the FP8 tensors are in that order
+    bad_scale = [] if _scales_ok(tensors, order, at, block) else _bad_scales(scan, fp8, block)
     if bad_scale:
         scan.add(
             "fp8.scales",
@@ -162,20 +164,38 @@ def _block(block: object) -> tuple[int, int] | None:
     return None
 
 
-def _scales_ok(tensors: dict[str, Entry], fp8: list[str], block: object) -> bool:
-    """True when every FP8 tensor is a .weight with a floating-point weight_scale_inv of the
-    block shape (whole columns, and the block arithmetic once per distinct pair of weight and
-    scale shapes; False sends the caller to _bad_scales for the details)."""
-    if not all(map(str.endswith, fp8, repeat(".weight"))):
+class _Ordered(NamedTuple):
+    """The scan's tensors as two lists in the headers' order (name i <-> entry i)."""
+
+    names: list[str]
+    entries: list[Entry]
+
+
+def _scales_ok(tensors: dict[str, Entry], order: _Ordered, at: list[int], block: object) -> bool:
+    """True when every FP8 tensor (positions AT in ORDER) is a .weight with a floating-point
+    weight_scale_inv of the block shape; False sends the caller to _bad_scales for the details.
+    Whole columns: writers put each scale right after its weight, so the scales are read by
+    position when the names there are the expected ones (else by name, one lookup each), and
+    the block arithmetic runs once per distinct pair of weight and scale shapes."""
+    names, entries = order
+    weights = list(map(names.__getitem__, at))
+    if not all(map(str.endswith, weights, repeat(".weight"))):
         return False
-    scales = list(map(tensors.get, map(add, map(_LESS_WEIGHT, fp8), repeat("weight_scale_inv"))))
-    if None in scales or not set(map(_DTYPE, scales)) <= FLOAT_DTYPES:
+    want = list(map(add, map(_LESS_WEIGHT, weights), repeat("weight_scale_inv")))
+    after = list(map(add, at, repeat(1)))
+    if after and after[-1] < len(names) and list(map(names.__getitem__, after)) == want:
+        scales: list[Any] = list(map(entries.__getitem__, after))
+    else:
+        scales = list(map(tensors.get, want))
+        if None in scales:
+            return False
+    if not set(map(_DTYPE, scales)) <= FLOAT_DTYPES:
         return False
     bn_bk = _block(block)
     if bn_bk is None:
         return True
     bn, bk = bn_bk
-    pairs = set(zip(map(_SHAPE, map(tensors.__getitem__, fp8)), map(_SHAPE, scales), strict=True))
+    pairs = set(zip(map(_SHAPE, map(entries.__getitem__, at)), map(_SHAPE, scales), strict=True))
     return all(
         len(w) == 2 and s == (-(-w[0] // bn), -(-w[1] // bk))
         for w, s in pairs  # the 480B: 4 distinct pairs for 30,008 weights

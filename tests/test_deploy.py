@@ -320,6 +320,34 @@ def _k8s(ov: Path, py: str, *args: str) -> dict[str, Any]:
     return manifest
 
 
+@pytest.mark.parametrize(
+    "image, ok",
+    [
+        ("vllm/vllm-openai:v0.11.1", True),
+        ("registry.example.com:5000/team/vllm:v1", True),
+        ("ghcr.io/org/vllm@sha256:" + "a" * 64, True),
+        ("vllm/VLLM:v1", False),  # path components are lower case
+        ("vllm openai", False),
+        ("vllm:", False),
+        ("vllm@sha256:xyz", False),
+        ("", False),
+    ],
+)
+def test_image_must_be_a_container_reference(tmp_path: Path, image: str, ok: bool) -> None:
+    ov = _tiny_1m(tmp_path)
+    r = _serve(str(ov), "--emit", "k8s", "--image", image, python="/nonexistent/python")
+    if ok:  # past the image check: the engine interpreter that is not there is next
+        assert "is not a container image reference" not in r.stderr
+    else:  # said before any engine is asked
+        assert r.returncode == 2, r.stderr
+        assert f"--image {image!r} is not a container image reference" in r.stderr
+
+
+def test_image_without_emit_k8s_is_a_usage_error(tmp_path: Path) -> None:
+    r = _serve(str(_tiny_1m(tmp_path)), "--dry-run", "--image", "vllm/vllm-openai:v1", python="x")
+    assert r.returncode == 2 and "--image is the container image of --emit k8s" in r.stderr
+
+
 def test_emit_k8s_native_multinode_is_a_valid_leaderworkerset(tmp_path: Path) -> None:
     ov = _480b(tmp_path)
     py = _no_vllm_python(tmp_path)

@@ -344,3 +344,37 @@ def test_layout_names_are_distinct(name: str, config: dict[str, Any]) -> None:
     assert family is not None and family.tensors is not None
     names = [s.name for s in family.tensors(ModelView(config))]
     assert len(set(names)) == len(names), name
+
+
+# ------------------------------------------------------------------ FP8 scales by position
+
+
+def test_fp8_scales_by_position_and_by_name_agree() -> None:
+    """_scales_ok reads each scale right after its weight when the header order has it there
+    (what writers do), else by name: both readings give the same verdict, and a wrong scale
+    shape is caught on both."""
+    from conftest import TINY_FP8
+    from qwenprep.integrity_scan import scan_headers
+    from qwenprep.integrity_tensors import _Ordered, _scales_ok
+    from qwenprep.safetensors_io import Entry
+
+    def verdict(tensors: dict[str, Entry]) -> bool:
+        entries = list(tensors.values())
+        at = [i for i, e in enumerate(entries) if (e.dtype or "").startswith("F8_")]
+        return _scales_ok(tensors, _Ordered(list(tensors), entries), at, [128, 128])
+
+    tensors = scan_headers(TINY_FP8).tensors
+    names = list(tensors)
+    first = next(n for n in names if n.endswith(".weight") and tensors[n].dtype == "F8_E4M3")
+    assert names[names.index(first) + 1] == first[:-6] + "weight_scale_inv"  # by position
+    assert verdict(tensors)
+    shuffled = dict(reversed(list(tensors.items())))  # every scale before its weight: by name
+    assert verdict(shuffled)
+    scale = first[:-6] + "weight_scale_inv"
+    for order in (tensors, shuffled):
+        bad = dict(order)
+        e = bad[scale]
+        bad[scale] = Entry(e.dtype, (99, 99), e.data_offsets)
+        assert not verdict(bad)
+    gone = {k: v for k, v in tensors.items() if k != scale}
+    assert not verdict(gone)

@@ -168,6 +168,13 @@ def serve(
             ),
         )
     dry_run = dry_run or emitting
+    if image is not None:  # said before vLLM is asked anything
+        from qwenprep.engines.deploy import check_image
+
+        if emit != "k8s":
+            run(as_json, lambda: _usage("--image is the container image of --emit k8s."))
+        named_image: str = image
+        run(as_json, lambda: check_image(named_image))
     if emit_config is not None:  # a bad target is said before vLLM is asked anything
         from qwenprep.engines.deploy import config_target
 

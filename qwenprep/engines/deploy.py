@@ -410,6 +410,31 @@ def lws_manifest(
     }
 
 
+# A container image reference as registries parse it (the distribution project's reference
+# grammar, simplified): [host[:port]/]path[:tag][@algorithm:hex], path components lowercase.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_HOST = (
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*)"
+)
+_IMAGE = re.compile(
+    rf"(?:{_HOST}(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COMPONENT})*"
+    r"(?::[\w][\w.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?"
+)
+
+
+def check_image(image: str) -> str:
+    """IMAGE when it reads as a container image reference; UsageError otherwise (a typo
+    here would only show when the pods fail to pull)."""
+    if not _IMAGE.fullmatch(image) or len(image) > 255:
+        raise UsageError(
+            f"--image {image!r} is not a container image reference.",
+            hint="write it as [REGISTRY/]NAME[:TAG][@sha256:DIGEST], the name in lower case, "
+            "e.g. vllm/vllm-openai:v0.11.1 or registry.example.com:5000/team/vllm:v1",
+        )
+    return image
+
+
 def default_image(plan: LaunchPlan) -> str:
     """vLLM's own image for the planned version (it must also hold qwenprep for the guard)."""
     if plan.engine is None:
