@@ -119,6 +119,66 @@ def breakdown(big: str, runs: int, env: dict[str, str] | None) -> None:
         print()
 
 
+def _tree(rev: str, dest: Path) -> Path:
+    """The package as it was at REV (qwenprep/, its shipped schemas and examples, and
+    pyproject.toml, which marks a source checkout), unpacked into DEST."""
+    dest.mkdir(parents=True)
+    archive = subprocess.run(
+        [
+            "git",
+            "-C",
+            str(REPO),
+            "archive",
+            rev,
+            "qwenprep",
+            "schemas",
+            "examples",
+            "pyproject.toml",
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
+def against(
+    revs: list[str], big: str, tmp: Path, runs: int, rounds: int, env: dict[str, str] | None
+) -> None:
+    """verify and check at each of REVS and in the working tree, as `python -P -m qwenprep`
+    with PYTHONPATH on that tree, taking turns with the bare script in the same rounds. Each
+    command's --json must be the working tree's (the same verdicts), else it says so."""
+    trees = {rev: _tree(rev, tmp / f"rev-{i}") for i, rev in enumerate(revs)}
+    trees["working tree"] = REPO
+    argvs: dict[str, list[str]] = {
+        "bare script: open 50 shards, parse headers": [sys.executable, "-c", BARE, big]
+    }
+    for what, extra in (("verify", []), ("check", ["--no-engine"])):
+        for label, root in trees.items():
+            argvs[f"{what} @ {label}"] = [
+                "env",
+                f"PYTHONPATH={root}",
+                sys.executable,
+                "-P",  # not the current directory first: the tree on PYTHONPATH is the one run
+                "-m",
+                "qwenprep",
+                what,
+                big,
+                *extra,
+                "--json",
+            ]
+    outputs = {
+        name: subprocess.run(argv, capture_output=True, text=True, env=env).stdout
+        for name, argv in list(argvs.items())[1:]
+    }
+    for name, got in outputs.items():
+        if got != outputs[f"{name.split(' @ ')[0]} @ working tree"]:
+            print(f"note: {name} prints another --json than the working tree's")
+    medians = interleaved(argvs, runs=runs, rounds=rounds, env=env, ok=(0, 1))
+    rows = ratio_rows(medians, next(iter(argvs)))
+    print_table(rows, ("command", "round medians (ms)", "median", "vs bare script"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
@@ -134,11 +194,22 @@ def main() -> None:
         help="keep the environment's PYTHONDONTWRITEBYTECODE (default: a bytecode "
         "cache, as an installed qwenprep has)",
     )
+    ap.add_argument(
+        "--against",
+        metavar="REV",
+        action="append",
+        default=[],
+        help="also run verify and check as they were at this git revision (repeatable), "
+        "beside the working tree's, in the same rounds: before/after in one run",
+    )
     args = ap.parse_args()
     exe = str(Path(sys.executable).parent / "qwenprep")
     with tempfile.TemporaryDirectory(prefix="qwenprep-bench-") as tmp:
         env = None if args.no_pyc else bytecode_env(str(Path(tmp) / "pycache"))
         big = str(make_shaped_checkpoint(Path(tmp) / "big", shards=50))
+        if args.against:
+            against(args.against, big, Path(tmp), args.runs, args.rounds, env)
+            return
         argvs = {
             "bare script: open 50 shards, parse headers": [sys.executable, "-c", BARE, big],
             "qwenprep verify DIR --json": [exe, "verify", big, "--json"],
