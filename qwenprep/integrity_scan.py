@@ -131,12 +131,6 @@ class Scan:
             list(map(sub, flat[1::2], flat[0::2])),
         )
 
-    def tensor_table(self) -> Iterator[tuple[str, tuple[int, ...], int]]:
-        """(name, shape, bytes) of every tensor read, as capacity's tally takes them."""
-        for name, e in self.tensors.items():
-            start, end = e.data_offsets or (0, 0)
-            yield name, e.shape or (), end - start
-
 
 def _rel(root: Path, p: Path) -> str:
     try:

@@ -38,6 +38,12 @@ def module_in(module: str, modules: frozenset[str] | set[str]) -> bool:
     return False
 
 
+def expert_projs(inter: int, hidden: int) -> tuple[tuple[str, int, int], ...]:
+    """The linear layers of one routed expert (name, out, in): gate and up from the hidden
+    size to INTER, down back."""
+    return (("gate_proj", inter, hidden), ("up_proj", inter, hidden), ("down_proj", hidden, inter))
+
+
 def experts_of(
     linear: Callable[[str, int, int], Iterator[TensorSpec]],
     prefix: str,
@@ -108,11 +114,7 @@ def qwen3_moe_tensors(config: dict[str, Any], *, fp8: bool | None = None) -> Ite
     experts = int(config.get("num_experts", 0) or 0)
     moe_inter = int(config.get("moe_intermediate_size", 0) or 0)
     dense_inter = int(config.get("intermediate_size", 0) or 0)
-    projs = (
-        ("gate_proj", moe_inter, hidden),
-        ("up_proj", moe_inter, hidden),
-        ("down_proj", hidden, moe_inter),
-    )
+    projs = expert_projs(moe_inter, hidden)
 
     def linear(module: str, out: int, inp: int) -> Iterator[TensorSpec]:
         if fp8 and not module_in(module, not_convert):
@@ -355,11 +357,7 @@ class _HybridBlocks:
             yield self.w(f"{p}.mlp.experts.gate_up_proj", e_n, 2 * inter, hidden)
             yield self.w(f"{p}.mlp.experts.down_proj", e_n, hidden, inter)
         else:
-            projs = (
-                ("gate_proj", inter, hidden),
-                ("up_proj", inter, hidden),
-                ("down_proj", hidden, inter),
-            )
+            projs = expert_projs(inter, hidden)
             yield from experts_of(lin, f"{p}.mlp.experts.", e_n, projs, lin.keep)
         if self.shared > 0:
             sh = self.shared

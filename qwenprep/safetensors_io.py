@@ -9,6 +9,7 @@ import json
 import os
 import stat
 import struct
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import chain, repeat
 from math import prod
@@ -238,9 +239,6 @@ def sane_entries(obj: dict[str, Any], data_area: int) -> bool:
         or set(map(len, offsets)) != {2}
     ):
         return False
-    widths = list(map(DTYPE_BITS.get, dtypes))  # TypeError: an unhashable dtype
-    if None in widths:  # an unknown dtype (or not a string)
-        return False
     dims = list(chain.from_iterable(shapes))
     starts, ends = zip(*offsets, strict=True)
     if (
@@ -251,20 +249,43 @@ def sane_entries(obj: dict[str, Any], data_area: int) -> bool:
         return False
     if dims and (min(dims) < 0 or max(dims) >= 2**64):
         return False
-    spans = list(map(sub, ends, starts))
-    if list(map(mul, map(prod, shapes), widths)) != list(map(mul, spans, repeat(8))):
-        return False
+    return _spans_sane(obj, dtypes, shapes, starts, ends, data_area)
+
+
+def _spans_sane(
+    names: Iterable[str],
+    dtypes: Sequence[Any],
+    shapes: Sequence[Sequence[int]],
+    starts: Sequence[int],
+    ends: Sequence[int],
+    data_area: int,
+) -> bool:
+    """The part of sane_entries and sane_structs that is one: each tensor's dtype x shape is
+    its byte span (whole-byte dtypes in bytes, else in bits; an unknown dtype is False), the
+    names are valid UTF-8, and the spans are contiguous from 0 and fill DATA_AREA exactly (in
+    the header's own order, the writers' order, else sorted). Offsets need no range check:
+    contiguous from 0 to data_area with each span >= 0 (dims are), every offset is in range.
+    TypeError for an unhashable dtype."""
+    if set(dtypes) <= _WHOLE_BYTES.keys():  # every width a whole number of bytes
+        sizes = list(map(mul, map(prod, shapes), map(_WHOLE_BYTES.__getitem__, dtypes)))
+        if sizes != list(map(sub, ends, starts)):
+            return False
+    else:
+        widths = list(map(DTYPE_BITS.get, dtypes))
+        if None in widths:  # an unknown dtype (or none, or not a string)
+            return False
+        if list(map(mul, map(prod, shapes), widths)) != list(
+            map(mul, map(sub, ends, starts), repeat(8))
+        ):
+            return False
     try:
-        "".join(obj).encode("utf-8")  # a lone surrogate escape in a name
+        "".join(names).encode("utf-8")  # a lone surrogate escape in a name
     except UnicodeEncodeError:
         return False
-    # offsets need no range check: contiguous from 0 to data_area, each span >= 0 (dims are)
-    pairs = sorted(zip(starts, ends, strict=True))
-    return (
-        pairs[0][0] == 0
-        and pairs[-1][1] == data_area
-        and [p[0] for p in pairs[1:]] == [p[1] for p in pairs[:-1]]
-    )
+    if starts[1:] != ends[:-1]:
+        first, last = zip(*sorted(zip(starts, ends, strict=True)), strict=True)
+        starts, ends = first, last
+    return starts[0] == 0 and ends[-1] == data_area and starts[1:] == ends[:-1]
 
 
 # what the fast path decodes as an integer: 0 .. 2**63 - 1 (msgspec's bounds stop at int64;
@@ -394,31 +415,10 @@ def sane_structs(entries: dict[str, Entry], data_area: int) -> bool:
     offsets = list(map(_OFFSETS_OF, infos))
     if None in shapes or None in offsets:
         return False
-    dtypes = list(map(_DTYPE_OF, infos))
     flat = list(chain.from_iterable(offsets))  # start0, end0, start1, end1, ...
-    starts, ends = flat[0::2], flat[1::2]
-    if set(dtypes) <= _WHOLE_BYTES.keys():  # every width a whole number of bytes
-        sizes = list(map(mul, map(prod, shapes), map(_WHOLE_BYTES.__getitem__, dtypes)))
-        if sizes != list(map(sub, ends, starts)):
-            return False
-    else:
-        widths = list(map(DTYPE_BITS.get, dtypes))
-        if None in widths:  # an unknown dtype, or none
-            return False
-        if list(map(mul, map(prod, shapes), widths)) != list(
-            map(mul, map(sub, ends, starts), repeat(8))
-        ):
-            return False
-    try:
-        "".join(entries).encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    # contiguous from 0 to data_area, each span >= 0 (sizes are), so every offset in range;
-    # in the header's own order (the writers' order), else sorted
-    if starts[1:] != ends[:-1]:
-        first, last = zip(*sorted(offsets), strict=True)
-        starts, ends = list(first), list(last)
-    return starts[0] == 0 and ends[-1] == data_area and starts[1:] == ends[:-1]
+    return _spans_sane(
+        entries, list(map(_DTYPE_OF, infos)), shapes, flat[0::2], flat[1::2], data_area
+    )
 
 
 @dataclass(frozen=True)

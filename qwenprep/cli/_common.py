@@ -3,13 +3,13 @@ report, the options several commands take. Only qwenprep/cli/ imports click."""
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any, Callable, NoReturn
 
 import click
 
 from qwenprep._version import __version__
+from qwenprep.cli.terminal import animated, colour_wanted
 from qwenprep.errors import EXIT_CHECKS_FAILED, QwenprepError
 from qwenprep.report import SCHEMA_VERSION, Report, dumps, render_checks, summary_line
 
@@ -47,9 +47,8 @@ def run(as_json: bool, fn: Callable[[], Any]) -> Any:
 
 
 def _paint() -> Callable[[str, Any], str] | None:
-    """Colour for the status marks: only when stdout is a terminal, NO_COLOR is not set
-    (https://no-color.org: any non-empty value) and TERM is not dumb."""
-    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb" or not sys.stdout.isatty():
+    """Colour for the status marks: only when stdout is a terminal and colour_wanted()."""
+    if not colour_wanted() or not sys.stdout.isatty():
         return None
     colours = {"pass": "green", "fail": "red", "warn": "yellow", "skip": "cyan"}
     return lambda text, status: click.style(
@@ -168,8 +167,7 @@ def cli() -> None:
     Shell completion (in ~/.bashrc; zsh_source / fish_source likewise):
       eval "$(_QWENPREP_COMPLETE=bash_source qwenprep)"
     """
-    # a status line on stderr while vLLM answers (a terminal that can redraw one only)
-    if sys.stderr.isatty() and os.environ.get("TERM") != "dumb":
+    if animated(sys.stderr):  # a status line on stderr while vLLM answers
         from qwenprep.cli.tables import install_probe_status
 
         install_probe_status()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from qwenprep.cli._common import (
     serving_engine_option,
     vllm_python_option,
 )
+from qwenprep.cli.terminal import animated
 from qwenprep.errors import EXIT_CHECKS_FAILED, Interrupted
 from qwenprep.report import Report, render_checks
 
@@ -76,7 +76,7 @@ def verify(
 
     if record and not deep:
         run(as_json, lambda: _usage("--record keeps the hashes --deep computes: add --deep."))
-    tty = sys.stderr.isatty() and os.environ.get("TERM") != "dumb"  # a line redrawn in place
+    tty = animated(sys.stderr)  # the progress line redrawn in place
     meter = ProgressMeter(tty=tty)
 
     def bar(done: int, total: int) -> None:  # worker threads call this, serialised

@@ -120,6 +120,7 @@ def plan(
     if _engine_name(serving_engine, vllm_python, as_json) == "sglang":
         _plan_sglang(
             model,
+            as_json,
             context=context,
             tp=tp,
             pp=pp,
@@ -129,7 +130,6 @@ def plan(
             kv_memory=kv_memory,
             kv_cache_dtype=kv_cache_dtype,
             mem_fraction_static=mem_fraction_static,
-            as_json=as_json,
         )
     if mem_fraction_static is not None:
         run(
@@ -192,36 +192,13 @@ def _echo_plan(p: Any) -> None:
     )
 
 
-def _plan_sglang(
-    model: str,
-    *,
-    context: str | None,
-    tp: int | None,
-    pp: int,
-    ep: bool,
-    gpus: int | None,
-    gpu_memory: str | None,
-    kv_memory: str | None,
-    kv_cache_dtype: str,
-    mem_fraction_static: float | None,
-    as_json: bool,
-) -> NoReturn:
-    """plan --serving-engine sglang: SGLang 0.5.23's KV arithmetic (engines/sglang_kv.py)."""
+def _plan_sglang(model: str, as_json: bool, **options: Any) -> NoReturn:
+    """plan --serving-engine sglang: SGLang 0.5.23's KV arithmetic (engines/sglang_kv.py);
+    OPTIONS: plan's own, passed to engines.sglang_kv.make_plan as they are."""
     from qwenprep.engines.sglang_kv import make_plan
 
     def go() -> Any:
-        return make_plan(
-            model,
-            context=context,
-            tp=tp,
-            pp=pp,
-            ep=ep,
-            gpus=gpus,
-            gpu_memory=gpu_memory,
-            kv_memory=kv_memory,
-            kv_cache_dtype=kv_cache_dtype,
-            mem_fraction_static=mem_fraction_static,
-        )
+        return make_plan(model, **options)
 
     p = run(as_json, go)
     if as_json:

@@ -6,25 +6,15 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import shutil
 import sys
 import threading
 from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
+from qwenprep.cli.terminal import animated, colour_wanted
+
 PLAIN_WIDTH = 10_000  # not a terminal: no wrapping, each row stays one greppable line
-
-
-def _colour() -> bool:
-    """Colour unless NO_COLOR is set or the terminal says it has none (TERM=dumb)."""
-    return not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
-
-
-def animated(stream: IO[str]) -> bool:
-    """Whether STREAM takes a redrawn status line: a terminal that is not TERM=dumb (Emacs'
-    shell, some CI logs), where cursor movement would print as garbage."""
-    return stream.isatty() and os.environ.get("TERM") != "dumb"
 
 
 def _utf8(stream: IO[str]) -> bool:
@@ -36,7 +26,7 @@ def _console(stream: IO[str], buffer: IO[str]) -> Any:
     from rich.console import Console
 
     tty = stream.isatty()
-    colour = tty and _colour()
+    colour = tty and colour_wanted()
     return Console(
         file=buffer,
         force_terminal=tty,
@@ -159,8 +149,8 @@ def probe_status(engine: str, python: str, question: str) -> Iterator[None]:
             console = Console(
                 file=stream,
                 force_terminal=True,
-                no_color=not _colour(),
-                color_system="standard" if _colour() else None,
+                no_color=not colour_wanted(),
+                color_system="standard" if colour_wanted() else None,
                 markup=False,
                 emoji=False,
                 highlight=False,
