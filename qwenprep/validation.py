@@ -1,5 +1,5 @@
-"""Validation of a Qwen3 config: JSON Schema (schemas/qwen3-config.schema.json) plus the
-invariants a schema cannot say. Every violation is collected, each with its JSON path."""
+"""Validation of a config of the Qwen line: the family's JSON Schema (schemas/*-config.schema.json)
+plus the invariants a schema cannot say. Every violation is collected, each with its JSON path."""
 
 from __future__ import annotations
 

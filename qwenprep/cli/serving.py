@@ -60,6 +60,20 @@ from qwenprep.report import SCHEMA_VERSION
     help="Seconds to wait for /v1/models before giving up.",
 )
 @click.option(
+    "--proof/--no-proof",
+    default=True,
+    show_default=True,
+    help="Once ready, send one prompt longer than the native window (streamed, one output "
+    "token) and report its time to first token; a failure stops the server (exit 1).",
+)
+@click.option(
+    "--proof-tokens",
+    type=click.IntRange(1),
+    default=None,
+    metavar="N",
+    help="Length of the past-native prompt (default: native + max(256, native/64)).",
+)
+@click.option(
     "--expect-digest",
     default=None,
     metavar="D",
@@ -119,6 +133,8 @@ def serve(
     vllm_python: str | None,
     dry_run: bool,
     ready_timeout: float,
+    proof: bool,
+    proof_tokens: int | None,
     expect_digest: str | None,
     log_file: Path | None,
     emit_config: Path | None,
@@ -233,7 +249,14 @@ def serve(
                 click.echo(f"export {k}={v}")
             click.echo(shlex.join(plan.argv))
         return
-    _serve_foreground(plan, ready_timeout, as_json, log_file)
+    proof_req = None
+    if proof:  # a bad --proof-tokens is said before the engine starts
+        from qwenprep.engines.proof import proof_request
+
+        proof_req = run(
+            as_json, lambda: proof_request(plan.model_path, plan.max_model_len, proof_tokens)
+        )
+    _serve_foreground(plan, ready_timeout, as_json, log_file, proof_req)
 
 
 def _emit_artefacts(
@@ -275,7 +298,11 @@ def _emit_artefacts(
 
 
 def _serve_foreground(
-    plan: Any, ready_timeout: float, as_json: bool, log_file: Path | None
+    plan: Any,
+    ready_timeout: float,
+    as_json: bool,
+    log_file: Path | None,
+    proof_req: Any = None,
 ) -> NoReturn:
     """Run vLLM (or SGLang) as a child: its output on our stderr (vLLM's through its log
     file), SIGINT/SIGTERM forwarded; before ready qwenprep's exit codes, after it the
@@ -309,13 +336,14 @@ def _serve_foreground(
         handle.stop()
         _fail(err, as_json)
     entry = models["data"][0]
+    proofs = _run_proofs(plan, handle, proof_req, ready_timeout, as_json)
     click.echo(
         f"ready: {plan.base_url}/v1 serves {entry['id']} with max_model_len "
         f"{entry['max_model_len']} (Ctrl-C stops it)",
         err=True,
     )
-    if as_json:
-        _emit_json(
+    if as_json:  # one object per line: a pipeline reads the ready line as it comes
+        _emit_json_line(
             {
                 "schema_version": SCHEMA_VERSION,
                 "ok": True,
@@ -324,9 +352,58 @@ def _serve_foreground(
                 "model": entry["id"],
                 "max_model_len": entry["max_model_len"],
                 "pid": handle.pid,
+                **proofs,
             }
         )
         sys.stdout.flush()
     rc = handle.wait()
     click.echo(f"{who} exited with code {rc}", err=True)
     sys.exit(rc)
+
+
+def _run_proofs(
+    plan: Any, handle: Any, proof_req: Any, timeout: float, as_json: bool
+) -> dict[str, Any]:
+    """After ready: the past-native request (a failure stops the server, exit 3) and the
+    engine's own KV figure from /metrics. Returns the keys `serve --json` adds."""
+    from qwenprep.engines.proof import describe, engine_kv, run_proof
+    from qwenprep.errors import ChecksFailed
+
+    out: dict[str, Any] = {}
+    kv = engine_kv(plan.base_url)
+    if kv is not None:
+        out["engine_kv"] = kv
+        click.echo(
+            f"engine KV cache: {kv['num_gpu_blocks']:,} blocks of {kv['block_size']} = "
+            f"{kv['tokens']:,} tokens (vllm:cache_config_info)",
+            err=True,
+        )
+    if proof_req is None:
+        out["proof"] = {"past_native": None}
+        return out
+    click.echo(
+        f"proof: sending a {proof_req.prompt_tokens:,}-token prompt (native window "
+        f"{proof_req.native:,}) ...",
+        err=True,
+    )
+    result = run_proof(plan.base_url, plan.served_model_name, proof_req, timeout=timeout)
+    click.echo(describe(result), err=True)
+    if not result["ok"]:
+        handle.stop()
+        _fail(
+            ChecksFailed(
+                f"the server started but a prompt past the native window did not run: "
+                f"{result.get('error')}; stopped it.",
+                hint="qwenprep check PATH runs the gate without starting anything; "
+                "--no-proof skips this request.",
+            ),
+            as_json,
+        )
+    out["proof"] = {"past_native": result}
+    return out
+
+
+def _emit_json_line(obj: dict[str, Any]) -> None:
+    import json
+
+    click.echo(json.dumps(obj, ensure_ascii=False, separators=(",", ":")))

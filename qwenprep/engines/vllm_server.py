@@ -348,14 +348,16 @@ def demo_serve(
     step_cls: Any = None,
     ready_timeout: float = 600.0,
     log: IO[Any] | int | None = subprocess.DEVNULL,
+    past_native: bool = False,
 ) -> Any:
     """For `qwenprep demo`: read PATH back through vLLM, serve it on 127.0.0.1 (small CPU KV
-    space), check /v1/models, one chat answer and one required tool call, stop.
+    space), check /v1/models, then either one chat answer and one required tool call, or
+    (PAST_NATIVE) one prompt past the native window with its time to first token; stop.
     Returns step_cls(title, status, lines) (a dict when step_cls is None)."""
     lines: list[str] = []
+    title = "serve past native" if past_native else "engine readback + serve"
 
     def result(status: str) -> Any:
-        title = "engine readback + serve"
         return (
             step_cls(title, status, lines)
             if step_cls
@@ -366,10 +368,11 @@ def demo_serve(
     if info is None or not info.importable:
         lines.append(f"vLLM is not installed in {engine_python(python)}")
         return result("skip")
-    checks = readback_checks(Path(path), python=python)
-    lines += [f"[{c.status}] {c.id}: {c.message}" for c in checks]
-    if any(c.status == "fail" for c in checks):
-        return result("fail")
+    if not past_native:
+        checks = readback_checks(Path(path), python=python)
+        lines += [f"[{c.status}] {c.id}: {c.message}" for c in checks]
+        if any(c.status == "fail" for c in checks):
+            return result("fail")
     from dataclasses import replace
 
     from qwenprep.request import ServeRequest
@@ -388,27 +391,8 @@ def demo_serve(
             f"/v1/models: {models['data'][0]['id']} max_model_len "
             f"{models['data'][0]['max_model_len']}"
         )
-        chat = handle.chat(
-            {"messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 8}
-        )
-        lines.append(
-            f"chat: finish_reason {chat['choices'][0]['finish_reason']}, "
-            f"{chat['usage']['completion_tokens']} tokens"
-        )
-        tool = handle.chat(
-            {
-                "messages": [{"role": "user", "content": "Weather in Paris?"}],
-                "tools": [TOOL_WEATHER],
-                "tool_choice": "required",
-                "max_tokens": 64,
-            }
-        )
-        calls = tool["choices"][0]["message"].get("tool_calls") or []
-        lines.append(
-            f"tool_choice required: {len(calls)} tool call(s)"
-            + (f", first: {calls[0]['function']['name']}" if calls else "")
-        )
-        status = "pass" if calls else "fail"
+        ok = _demo_past_native(handle, lines) if past_native else _demo_chat(handle, lines)
+        status = "pass" if ok else "fail"
     except QwenprepError as e:
         lines.append(f"error: {e.message}")
         status = "fail"
@@ -419,3 +403,44 @@ def demo_serve(
         rc = handle.stop()
         lines.append(f"stopped (exit {rc})")
     return result(status)
+
+
+def _demo_chat(handle: ServerHandle, lines: list[str]) -> bool:
+    chat = handle.chat({"messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 8})
+    lines.append(
+        f"chat: finish_reason {chat['choices'][0]['finish_reason']}, "
+        f"{chat['usage']['completion_tokens']} tokens"
+    )
+    tool = handle.chat(
+        {
+            "messages": [{"role": "user", "content": "Weather in Paris?"}],
+            "tools": [TOOL_WEATHER],
+            "tool_choice": "required",
+            "max_tokens": 64,
+        }
+    )
+    calls = tool["choices"][0]["message"].get("tool_calls") or []
+    lines.append(
+        f"tool_choice required: {len(calls)} tool call(s)"
+        + (f", first: {calls[0]['function']['name']}" if calls else "")
+    )
+    return bool(calls)
+
+
+def _demo_past_native(handle: ServerHandle, lines: list[str]) -> bool:
+    from qwenprep.engines.proof import describe, engine_kv, proof_request, run_proof
+
+    plan = handle.plan
+    kv = engine_kv(plan.base_url)
+    if kv is not None:
+        lines.append(
+            f"engine KV cache: {kv['num_gpu_blocks']:,} blocks of {kv['block_size']} = "
+            f"{kv['tokens']:,} tokens (vllm:cache_config_info)"
+        )
+    req = proof_request(plan.model_path, plan.max_model_len)
+    if req is None:
+        lines.append("the served length does not go past the native window")
+        return False
+    proof = run_proof(plan.base_url, plan.served_model_name, req)
+    lines.append(describe(proof))
+    return bool(proof["ok"])
