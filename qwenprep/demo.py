@@ -13,7 +13,7 @@ from typing import Callable
 
 from qwenprep.checkpoint import resolve_dir
 from qwenprep.contexts import parse_context
-from qwenprep.errors import InputError
+from qwenprep.errors import InputError, UsageError
 from qwenprep.report import Check
 
 TINY_NAME = "tiny-qwen3-coder"
@@ -67,6 +67,12 @@ def run_demo(
     from qwenprep.restore import revert_path
     from qwenprep.validation import validate_checkpoint
 
+    if workdir.exists() and not workdir.is_dir():
+        raise UsageError(
+            f"--workdir {workdir} is a file, not a directory.",
+            hint="name a directory (created when missing), or leave --workdir out for a "
+            "temporary one.",
+        )
     steps: list[Step] = []
 
     def add(step: Step) -> Step:

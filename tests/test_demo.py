@@ -96,3 +96,13 @@ def test_demo_serves_the_tiny_overlay_at_1m(tmp_path: Path) -> None:
     assert past[-1] == "stopped (exit 0)"
     assert not (tmp_path / "tiny-qwen3-coder-native4k").exists()
     assert tree_state(TINY) == before
+
+
+def test_a_file_as_workdir_is_refused_before_any_step(tmp_path: Path) -> None:
+    f = tmp_path / "a-file"
+    f.write_text("mine\n")
+    r = invoke("demo", "--no-serve", "--json", "--workdir", str(f))
+    assert r.exit_code == 2, r.output
+    out = json.loads(r.stdout)
+    assert "is a file, not a directory" in out["error"]["message"]
+    assert f.read_text() == "mine\n"

@@ -241,7 +241,8 @@ def list_cmd(paths: tuple[Path, ...], as_json: bool) -> None:
 def demo(workdir: Path | None, serve: bool, vllm_python: str | None, as_json: bool) -> None:
     """Run the main job end to end on the embedded tiny checkpoint.
 
-    verify -> patch to 1M -> validate -> plan -> engine readback and serve -> revert.
+    verify -> patch to 1M -> validate -> plan -> engine readback and serve -> a prompt past
+    the native window (a 4K-native variant at 16K) -> revert.
 
     \b
     Examples:
