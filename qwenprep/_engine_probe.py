@@ -490,7 +490,8 @@ def cpu_platform_without_gpu() -> str | None:
         os.environ["VLLM_TARGET_DEVICE"] = "cpu"
         if not str(resolve()).endswith("UnspecifiedPlatform"):
             return "VLLM_TARGET_DEVICE=cpu"
-        platforms._current_platform = importlib.import_module("vllm.platforms.cpu").CpuPlatform()
+        cpu = importlib.import_module("vllm.platforms.cpu").CpuPlatform()
+        setattr(platforms, "_current_platform", cpu)  # noqa: B010 - a module's global
         return "vllm.platforms.cpu.CpuPlatform"
     except Exception:  # noqa: BLE001 - vLLM then fails as it would have, and says why
         return None

@@ -145,8 +145,11 @@ def test_out_of_kv_memory_hint_by_version(tmp_path: Path, version: str, advice: 
         "python", version, "vllm", True, None, None, capabilities_for(parse_version(version))
     )
     plan = build_launch_plan(ov, engine=info, offline_gate=False)
-    causes, hint = explain(plan, "ValueError: To serve at least one request with the model's "
-                           "max seq len (1048576), (30.00 GiB KV cache is needed, ...")
+    causes, hint = explain(
+        plan,
+        "ValueError: To serve at least one request with the model's "
+        "max seq len (1048576), (30.00 GiB KV cache is needed, ...",
+    )
     assert causes == ["kv_memory"] and hint is not None
     if advice == "leave":
         assert "leave --gpu-memory-utilization unset" in hint and "0.95" not in hint

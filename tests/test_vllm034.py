@@ -44,7 +44,9 @@ CASES: dict[str, list[str]] = {
 
 
 def _run(ov: Path, extra: list[str]) -> tuple[Any, Any]:
-    c = invoke("check", str(ov), "--json", "--kv-memory", "2GiB", "--vllm-python", V034, "--", *extra)
+    c = invoke(
+        "check", str(ov), "--json", "--kv-memory", "2GiB", "--vllm-python", V034, "--", *extra
+    )
     s = invoke("serve", str(ov), "--dry-run", "--json", "--vllm-python", V034, "--", *extra)
     return c, s
 
