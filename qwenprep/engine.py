@@ -19,7 +19,9 @@ from qwenprep.contexts import effective_rope
 from qwenprep.engines.vllm_core import (
     ENV_PYTHON,
     FLAG_CAPABILITY,
+    KNOWN_RANGE,
     NEWEST_KNOWN,
+    NEWEST_KNOWN_MINOR,
     OLDEST_KNOWN,
     PATCH_HINT,
     PROBE,
@@ -57,6 +59,7 @@ from qwenprep.engines.vllm_launch import (
     _pp_size,
     _validation_gate,
     context_name,
+    flag_warnings,
     model_profile,
 )
 from qwenprep.errors import InputError, UsageError
@@ -308,9 +311,11 @@ def build_launch_plan(
     elif vtuple[:2] > NEWEST_KNOWN[:2]:
         notes.append(
             f"vLLM {version} is newer than the versions qwenprep's rules were read "
-            f"from (0.10-0.33); their 0.33 flags and length rule are assumed"
+            f"from ({KNOWN_RANGE}); their {NEWEST_KNOWN_MINOR} flags and length rule are "
+            "assumed"
         )
     _check_extra_args(extra_args, vtuple, version, installed=engine is not None)
+    notes.extend(flag_warnings(extra_args, vtuple))
     if any(_flag_name(a) == TRUST_REMOTE_CODE for a in extra_args):
         notes.append(
             f"{TRUST_REMOTE_CODE} was given after --: vLLM will import and run Python "

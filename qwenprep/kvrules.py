@@ -68,6 +68,7 @@ class VllmRule:
     cuda_graphs_in_profile: bool  # >= 0.20: CUDA graph memory comes off the KV budget
     has_kv_cache_memory_bytes: bool  # >= 0.10.2: --kv-cache-memory-bytes exists
     note: str = ""
+    extensible_kv_cache: bool = False  # >= 0.34: the KV cache is sized after warmup
 
     @property
     def name(self) -> str:
@@ -77,6 +78,7 @@ class VllmRule:
             if self.tokens_from_concurrency
             else "tokens = num_blocks x block_size",
             "null block held back" if self.reserves_null_block else "no null-block reserve",
+            *(["KV cache sized after warmup (extensible)"] if self.extensible_kv_cache else []),
         ]
         return f"vLLM {self.version} rule ({self.source}): " + ", ".join(parts)
 
@@ -88,6 +90,7 @@ class VllmRule:
             "gpu_memory_utilization": self.gpu_memory_utilization,
             "tokens_from_concurrency": self.tokens_from_concurrency,
             "reserves_null_block": self.reserves_null_block,
+            "extensible_kv_cache": self.extensible_kv_cache,
             "note": self.note,
         }
 
@@ -313,6 +316,21 @@ def kv_capacity(
 ACTIVATION_FACTOR = 96  # calibrated: see overhead_estimate
 
 
+def _overhead_terms(shape: ModelShape, rule: VllmRule) -> tuple[int, int, int, int]:
+    """(activations, sampler logits, non-torch, CUDA graphs): see overhead_estimate."""
+    act = DEFAULT_MAX_NUM_BATCHED_TOKENS * shape.hidden_size * 2 * ACTIVATION_FACTOR
+    logits = DEFAULT_MAX_NUM_SEQS * shape.vocab_size * 4
+    return act, logits, 2 * GiB, 1 * GiB if rule.cuda_graphs_in_profile else 0
+
+
+def overhead_parts(shape: ModelShape, *, rule: VllmRule) -> tuple[int, int]:
+    """overhead_estimate in two parts: (the profile run's transient peak: activations + sampler
+    logits, what stays resident: non-torch + CUDA graphs). vLLM 0.34's extensible KV cache
+    treats them differently (qwenprep.kv_extensible)."""
+    act, logits, non_torch, graphs = _overhead_terms(shape, rule)
+    return act + logits, non_torch + graphs
+
+
 def overhead_estimate(shape: ModelShape, *, tp: int, rule: VllmRule) -> tuple[int, str]:
     """Bytes per GPU that are neither weights nor KV cache, and how they were estimated.
 
@@ -324,10 +342,7 @@ def overhead_estimate(shape: ModelShape, *, tp: int, rule: VllmRule) -> tuple[in
     this estimate gives 60.9 GiB there, a little on the safe side). It is a rough figure on
     purpose, and stated: --kv-memory replaces it with the real one.
     """
-    act = DEFAULT_MAX_NUM_BATCHED_TOKENS * shape.hidden_size * 2 * ACTIVATION_FACTOR
-    logits = DEFAULT_MAX_NUM_SEQS * shape.vocab_size * 4
-    non_torch = 2 * GiB
-    graphs = 1 * GiB if rule.cuda_graphs_in_profile else 0
+    act, logits, non_torch, graphs = _overhead_terms(shape, rule)
     total = act + logits + non_torch + graphs
     text = (
         f"activations {format_gib(act)} (8192 batched tokens x hidden {shape.hidden_size} x "

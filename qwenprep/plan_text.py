@@ -49,11 +49,19 @@ def summary_parts(plan: Plan) -> tuple[list[tuple[str, str]], list[tuple[str, ..
     r = plan.request
     n = r.tp * r.pp * plan.dp
     kv_mem = (
-        f"{format_gib(k.available_bytes)} (given; exact)"
+        f"{format_gib(k.available_bytes)} (given; exact"
+        + (
+            "; as --kv-cache-memory-bytes it turns vLLM 0.34's extensible KV cache off)"
+            if plan.rule.extensible_kv_cache
+            else ")"
+        )
         if plan.exact
         else f"{format_gib(k.available_bytes)} ESTIMATE = {format_gib(r.gpu_memory or 0)} "
         f"x {plan.utilization} - weights {format_gib(plan.weights_per_gpu)} - "
         f"overhead: {plan.overhead_text}"
+        if plan.extensible is None
+        else f"{format_gib(k.available_bytes)} ESTIMATE: {plan.extensible.text()}; weights "
+        f"{format_gib(plan.weights_per_gpu)}, overhead: {plan.overhead_text}"
     )
     rows = [
         ("model", plan.shape.name),

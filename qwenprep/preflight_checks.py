@@ -248,7 +248,7 @@ def flag_checks(rule: VllmRule, args: tuple[str, ...]) -> list[Check]:
         ]
     # the one table: capabilities_for; names read as vLLM reads them (_ for -, before = and .)
     from qwenprep.engines.vllm_core import flag_refusal, parse_version
-    from qwenprep.engines.vllm_launch import _flag_name
+    from qwenprep.engines.vllm_launch import _flag_name, flag_warnings
 
     have = parse_version(rule.version)
     planned = list(args)
@@ -261,6 +261,10 @@ def flag_checks(rule: VllmRule, args: tuple[str, ...]) -> list[Check]:
         return [
             Check("engine.flags", "fail", f"vLLM {rule.version} would reject: " + "; ".join(bad))
         ]
+    # flags that run but do less than the user may think (the notes serve prints)
+    warnings = flag_warnings(planned, have)
+    if warnings:
+        return [Check("engine.flags", "warn", "; ".join(warnings))]
     shown = f"({' '.join(planned)})" if planned else "(no extra flags given)"
     return [
         Check(

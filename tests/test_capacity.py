@@ -71,7 +71,7 @@ def test_480b_bytes_per_token(shape480: ModelShape) -> None:
     assert bytes_per_token_per_gpu(shape480, tp=1) == 253_952  # the DP layout: 8x more
 
 
-@pytest.mark.parametrize("version", ["0.21", "0.29", "0.32", "0.33"])
+@pytest.mark.parametrize("version", ["0.21", "0.29", "0.32", "0.33", "0.34"])
 def test_calibration_1(version: str) -> None:
     rule = vllm_rule(version)
     at_256k = kv_capacity(CAL1_BYTES, 31_744, 262_144, rule)
@@ -212,7 +212,7 @@ def test_rule_table() -> None:
     assert vllm_rule("0.29").reserves_null_block
     assert not vllm_rule("0.10.1").has_kv_cache_memory_bytes
     assert vllm_rule("0.10.2").has_kv_cache_memory_bytes
-    assert "0.33 rule is used" in vllm_rule("0.40").note
+    assert "0.34 rule is used" in vllm_rule("0.40").note
     assert vllm_rule("0.32.0+cpu").version == "0.32"
 
 
@@ -240,7 +240,7 @@ def test_resolve_rule_named_and_fallback() -> None:
     rule = resolve_rule(None)
     assert rule.source in ("installed", "default")
     if rule.source == "default":
-        assert rule.version == "0.33" and "no vLLM found" in rule.note
+        assert rule.version == "0.34" and "no vLLM found" in rule.note
     else:
         from importlib.metadata import version
 

@@ -240,6 +240,20 @@ def cpu_kv_note(plan: LaunchPlan) -> str | None:
     )
 
 
+def _share_hint(plan: LaunchPlan) -> str:
+    """How to give vLLM more of the GPU: from 0.34 (the extensible KV cache: the utilisation
+    defaults to 1.0, CacheConfig.resolved_gpu_memory_utilization) a user's value below 1.0 only
+    takes memory away, so the hint is to leave it unset; before, to raise it."""
+    from qwenprep.kv_extensible import extensible_by_default
+
+    if plan.engine is not None and extensible_by_default(plan.engine.version_tuple):
+        return (
+            "leave --gpu-memory-utilization unset (vLLM 0.34 sizes the KV cache after warmup "
+            "with all the memory it measures free)"
+        )
+    return "raise vLLM's share (-- --gpu-memory-utilization 0.95)"
+
+
 def explain(plan: LaunchPlan, text: str) -> tuple[list[str], str | None]:
     """The recognised causes in an engine log and a hint for them."""
     causes: list[str] = []
@@ -267,8 +281,8 @@ def explain(plan: LaunchPlan, text: str) -> tuple[list[str], str | None]:
         else:
             hints.append(
                 f"not enough GPU memory for the KV cache of --max-model-len "
-                f"{plan.max_model_len}: {fits}raise vLLM's share (-- --gpu-memory-utilization "
-                "0.95), spread over more GPUs (--tp), halve the KV cache (-- --kv-cache-dtype "
+                f"{plan.max_model_len}: {fits}{_share_hint(plan)}, spread over more GPUs "
+                "(--tp), halve the KV cache (-- --kv-cache-dtype "
                 f"fp8) or lower --max-model-len; qwenprep plan {plan.model_path} --gpus N --gpu "
                 "NAME shows what fits"
             )
