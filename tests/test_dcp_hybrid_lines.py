@@ -238,3 +238,14 @@ def test_dcp_shape_rule_direct() -> None:
     )  # fmt: skip
     assert dcp_refusal(s, tp=8, dcp=2) is None and largest_dcp(s, 8) == 2
     assert largest_dcp(s, 16) == 4 and largest_dcp(s, 4) == 1
+
+
+def test_context_table_uses_dcp(tmp_path: Path) -> None:
+    """The time view's context rows hold DCP's capacity too, not the replicated one."""
+    model = _model(tmp_path, _qwen3_235b_2507_config(), "q235")
+    kv = f"{BLOCKS_PR_24864 * BLOCK_235B_TP8}B"
+    args = ("--tp", "8", "--gpus", "8", "--kv-memory", kv, "--gpu", "H200", "--dcp", "2")
+    code, out, _ = _plan(str(model), *args, "--context", "262144")
+    assert code == 0
+    rows = {r["context"]: r for r in out["contexts"]}
+    assert rows[262144]["max_concurrency"] == pytest.approx(out["max_concurrency"], abs=1e-4)
