@@ -13,7 +13,9 @@ For a model whose layers all use full attention (Qwen3-MoE), vLLM 0.10 .. 0.33 d
   ``int(concurrency x max_model_len)`` from 0.21 (``get_kv_cache_capacity``);
 - one request must fit: ``ceil(L / block_size) x page x layers <= available``
   (``check_enough_kv_cache_memory``); from 0.29 the null block the pool always holds back is
-  subtracted first.
+  subtracted first;
+- under decode context parallel (qwenprep.dcp) a request takes ``cdiv(cdiv(L, dcp),
+  block_size)`` blocks per rank, and the tokens line before 0.21 is multiplied by DCP.
 
 What is *not* known before launch is the memory left for the cache when only the GPU size is
 given: weights, peak activations, non-torch memory and (from 0.20) CUDA graphs come off

@@ -249,3 +249,17 @@ def test_context_table_uses_dcp(tmp_path: Path) -> None:
     assert code == 0
     rows = {r["context"]: r for r in out["contexts"]}
     assert rows[262144]["max_concurrency"] == pytest.approx(out["max_concurrency"], abs=1e-4)
+
+
+def test_python_api_plans_dcp_and_prefix_caching(tmp_path: Path) -> None:
+    from qwenprep import api
+
+    model = _model(tmp_path, _qwen3_235b_2507_config(), "q235")
+    kv = BLOCKS_PR_24864 * BLOCK_235B_TP8
+    out = api.plan(model, tp=8, gpus=8, kv_memory=kv, dcp=2, vllm_version="0.34")
+    assert out["kv_cache_tokens"] == 1_723_584 and out["max_concurrency_printed"] == "6.57x"
+    nxt = api.plan(
+        _next_80b(tmp_path), tp=2, gpus=2, kv_memory="44.59GiB", prefix_caching=False,
+        vllm_version="0.34",
+    )  # fmt: skip
+    assert nxt["hybrid"]["mamba_cache_mode"] == "none"
