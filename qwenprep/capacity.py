@@ -362,11 +362,13 @@ def plan_capacity(shape: ModelShape, req: PlanRequest, rule: VllmRule) -> Plan:
 
 
 def _advice(shape: ModelShape, req: PlanRequest, rule: VllmRule, plan: Plan) -> list[str]:
-    from qwenprep.dcp import dcp_advice
+    from qwenprep.dcp import dcp_advice, largest_dcp
 
     out: list[str] = []
     ctx = plan.kv.context
-    out += dcp_advice(shape, tp=req.tp, dcp=req.dcp, fits=plan.fits, context=ctx)
+    top = largest_dcp(shape, req.tp) if req.dcp == 1 else 1
+    alt_dcp = _compute(shape, replace(req, dcp=top), rule).kv if top > 1 else None
+    out += dcp_advice(shape, tp=req.tp, dcp=req.dcp, fits=plan.fits, context=ctx, alt=alt_dcp)
     if plan.dp > 1 and shape.num_experts and req.pp == 1:
         alt = _compute(shape, replace(req, tp=req.tp * plan.dp, ep=True), rule)
         out.append(

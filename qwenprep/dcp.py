@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from qwenprep.errors import UsageError
-from qwenprep.kvrules import ModelShape
+from qwenprep.kvrules import KVCapacity, ModelShape
 from qwenprep.report import Check
 
 _FLAGS = ("--decode-context-parallel-size", "-dcp")
@@ -117,19 +117,34 @@ def dcp_from_args(args: Sequence[str]) -> int | None:
     return found
 
 
-def dcp_advice(shape: ModelShape, *, tp: int, dcp: int, fits: bool, context: int) -> list[str]:
+def dcp_advice(
+    shape: ModelShape,
+    *,
+    tp: int,
+    dcp: int,
+    fits: bool,
+    context: int,
+    alt: KVCapacity | None = None,
+) -> list[str]:
     """What to say about DCP in a plan: name it where TP replicates KV heads and DCP 1 is
-    asked; say plainly when no DCP can help on this TP (KV heads >= TP)."""
+    asked (ALT: the plan's capacity at the largest DCP vLLM allows); say plainly when no DCP
+    can help on this TP (KV heads >= TP)."""
     kv = shape.num_kv_heads
     if dcp > 1:
         return []
     top = largest_dcp(shape, tp)
     if top > 1:
+        numbers = (
+            f": {alt.max_concurrency:.2f}x at {context:,} ("
+            + ("fits" if alt.fits else "still does not fit")
+            + ")"
+            if alt is not None
+            else ""
+        )
         return [
             f"TP {tp} replicates each of the {kv} KV heads {tp // kv}x; "
             f"--decode-context-parallel-size {top} (qwenprep plan --dcp {top}) stores 1/{top} "
-            f"of each request's tokens per GPU instead: about {top}x the KV capacity on the "
-            "same GPUs (vLLM's rule allows at most TP // KV heads)"
+            f"of each request's tokens per GPU instead, on the same GPUs{numbers}"
         ]
     if not fits:
         return [

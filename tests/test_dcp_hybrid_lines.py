@@ -94,7 +94,10 @@ def test_dcp_reproduces_the_pr_24864_log(tmp_path: Path, version: str, extra: in
     # without DCP the same memory holds half: TP 8 replicates each of the 4 KV heads twice
     _, alone, _ = _plan(str(model), *common)
     assert alone["max_concurrency_printed"] == "3.29x"
-    assert any("--decode-context-parallel-size 2" in a for a in alone["advice"])
+    assert any(
+        "--decode-context-parallel-size 2" in a and "6.57x at 262,144 (fits)" in a
+        for a in alone["advice"]
+    ), alone["advice"]
 
 
 def test_plan_refuses_dcp_where_vllm_does(tmp_path: Path) -> None:
