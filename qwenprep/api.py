@@ -109,9 +109,12 @@ def plan(
     gpu: str | None = None,
     vllm_version: str | None = None,
     prefill_budget: float | None = None,
+    dcp: int = 1,
+    prefix_caching: bool | None = None,
 ) -> dict[str, Any]:
     """``qwenprep plan MODEL ... --json``: KV-cache capacity by vLLM's arithmetic, and the
-    time estimates. ``fits`` says whether the context fits (the command exits 1 when not)."""
+    time estimates. ``fits`` says whether the context fits (the command exits 1 when not).
+    DCP: plan's --dcp; PREFIX_CACHING: plan's --[no-]prefix-caching (None: the version's)."""
     from qwenprep.capacity import make_plan
     from qwenprep.request import PlanRequest
 
@@ -128,6 +131,8 @@ def plan(
         block_size=block_size,
         gpu=gpu,
         prefill_budget=prefill_budget,
+        dcp=dcp,
+        prefix_caching=prefix_caching,
     )
     p = make_plan(str(model), **req.plan_options())
     out: dict[str, Any] = p.to_dict()

@@ -152,6 +152,8 @@ class PlanRequest:
     ep: bool = True
     block_size: int = CUDA_BLOCK_SIZE
     gpu_memory_utilization: float | None = None  # None: the version's default
+    dcp: int = 1  # vLLM --decode-context-parallel-size (qwenprep.dcp)
+    prefix_caching: bool | None = None  # hybrids: None = the version's default (qwenprep.hybrid)
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,7 @@ class Plan:
                 "dp": self.dp,
                 "ep": r.ep,
                 "gpus": r.gpus if r.gpus is not None else r.tp * r.pp * self.dp,
+                "dcp": r.dcp,
             },
             "weights_per_gpu_bytes": self.weights_per_gpu,
             "weights_source": self.shape.weights_source,
@@ -225,13 +228,16 @@ class Plan:
 
     def hybrid_dict(self) -> dict[str, Any]:
         assert self.kv.hybrid is not None
+        from qwenprep.hybrid import prefix_caching_mode
+
         out = self.kv.hybrid.to_dict()
+        out["caching"] = prefix_caching_mode(self.rule.version, self.request.prefix_caching).why
         major_minor = ".".join(self.rule.version.split(".")[:2])
         out["verified_for_this_version"] = major_minor in out["vllm_verified"]
         if not out["verified_for_this_version"]:
             out["note"] = (
-                f"hybrid KV arithmetic read in vLLM 0.32 only; vLLM {self.rule.version}"
-                ": not verified"
+                "hybrid KV arithmetic read in vLLM 0.32 and checked against 0.10.2's log; "
+                f"vLLM {self.rule.version}: not verified"
             )
         return out
 
@@ -260,6 +266,7 @@ def _compute(shape: ModelShape, req: PlanRequest, rule: VllmRule) -> Plan:
             hint="use --gpus equal to TP x PP x DP, e.g. --gpus 8 --tp 8.",
         )
     dp = gpus // per_replica
+    _dcp_allowed(shape, req)
     bpt = bytes_per_token_per_gpu(shape, tp=req.tp, pp=req.pp, kv_cache_dtype=req.kv_cache_dtype)
     w = weights_per_gpu(shape, tp=req.tp, pp=req.pp, dp=dp, ep=req.ep)
     ext: ExtensibleBudget | None = None
@@ -290,7 +297,7 @@ def _compute(shape: ModelShape, req: PlanRequest, rule: VllmRule) -> Plan:
     if shape.linear is not None:
         kv = _hybrid_kv(shape, req, avail, rule)
     else:
-        kv = kv_capacity(avail, bpt, req.context, rule, block_size=req.block_size)
+        kv = kv_capacity(avail, bpt, req.context, rule, block_size=req.block_size, dcp=req.dcp)
     return Plan(shape, req, rule, dp, exact, w, over, over_text, util, kv, bpt, extensible=ext)
 
 
@@ -307,9 +314,23 @@ def _extensible(shape: ModelShape, req: PlanRequest, rule: VllmRule, w: int) -> 
     )
 
 
+def _dcp_allowed(shape: ModelShape, req: PlanRequest) -> None:
+    """A DCP vLLM would refuse is refused here, in vLLM's words (qwenprep.dcp)."""
+    from qwenprep.dcp import dcp_refusal, largest_dcp
+
+    why = dcp_refusal(shape, tp=req.tp, dcp=req.dcp)
+    if why is not None:
+        top = largest_dcp(shape, req.tp)
+        raise UsageError(
+            f"--dcp {req.dcp}: vLLM refuses it for {shape.name} at TP {req.tp}: {why}.",
+            hint=f"use --dcp {top} or less" if top > 1 else "drop --dcp (use --dcp 1)",
+        )
+
+
 def _hybrid_kv(shape: ModelShape, req: PlanRequest, avail: int, rule: VllmRule) -> KVCapacity:
-    """KV capacity of a hybrid model by vLLM 0.32's arithmetic (qwenprep.hybrid)."""
-    from qwenprep.hybrid import hybrid_capacity, hybrid_layout
+    """KV capacity of a hybrid model by vLLM's arithmetic (qwenprep.hybrid), with the prefix
+    caching mode the engine of RULE's version uses for REQ's flags."""
+    from qwenprep.hybrid import hybrid_capacity, hybrid_layout, prefix_caching_mode
 
     assert shape.linear is not None
     if req.context <= 0:
@@ -324,8 +345,11 @@ def _hybrid_kv(shape: ModelShape, req: PlanRequest, avail: int, rule: VllmRule) 
         state_dtype_bytes=shape.dtype_bytes,
         tp=req.tp,
         block_size=req.block_size,
+        prefix_caching=prefix_caching_mode(rule.version, req.prefix_caching).align,
     )
-    cap = hybrid_capacity(layout, avail, req.context)
+    cap = hybrid_capacity(
+        layout, avail, req.context, by_concurrency=rule.tokens_from_concurrency, dcp=req.dcp
+    )
     return KVCapacity(
         req.context,
         layout.block_size,
@@ -351,7 +375,7 @@ def layout_alternatives(plan: Plan) -> dict[int, Plan]:
     return {
         tp: plan
         if req.tp == tp
-        else _compute(plan.shape, replace(req, tp=tp, gpus=gpus), plan.rule)
+        else _compute(plan.shape, replace(req, tp=tp, gpus=gpus, dcp=1), plan.rule)
         for tp in (gpus, 1)
     }
 
@@ -363,8 +387,13 @@ def plan_capacity(shape: ModelShape, req: PlanRequest, rule: VllmRule) -> Plan:
 
 
 def _advice(shape: ModelShape, req: PlanRequest, rule: VllmRule, plan: Plan) -> list[str]:
+    from qwenprep.dcp import dcp_advice, largest_dcp
+
     out: list[str] = []
     ctx = plan.kv.context
+    top = largest_dcp(shape, req.tp) if req.dcp == 1 else 1
+    alt_dcp = _compute(shape, replace(req, dcp=top), rule).kv if top > 1 else None
+    out += dcp_advice(shape, tp=req.tp, dcp=req.dcp, fits=plan.fits, context=ctx, alt=alt_dcp)
     if plan.dp > 1 and shape.num_experts and req.pp == 1:
         alt = _compute(shape, replace(req, tp=req.tp * plan.dp, ep=True), rule)
         out.append(
@@ -432,6 +461,8 @@ def make_plan(
     python: str | None = None,
     gpu: str | None = None,
     prefill_budget: float | None = None,
+    dcp: int = 1,
+    prefix_caching: bool | None = None,
 ) -> Plan:
     """What ``qwenprep plan`` computes, from its options as typed. Without any memory option the
     GPUs of this machine (NVML / nvidia-smi) give the memory; TP defaults to their count. GPU
@@ -503,6 +534,8 @@ def make_plan(
             kv_cache_dtype=kv_cache_dtype,
             ep=ep and bool(shape.num_experts),
             block_size=block_size,
+            dcp=dcp,
+            prefix_caching=prefix_caching,
         ),
         rule,
     )

@@ -13,7 +13,9 @@ For a model whose layers all use full attention (Qwen3-MoE), vLLM 0.10 .. 0.33 d
   ``int(concurrency x max_model_len)`` from 0.21 (``get_kv_cache_capacity``);
 - one request must fit: ``ceil(L / block_size) x page x layers <= available``
   (``check_enough_kv_cache_memory``); from 0.29 the null block the pool always holds back is
-  subtracted first.
+  subtracted first;
+- under decode context parallel (qwenprep.dcp) a request takes ``cdiv(cdiv(L, dcp),
+  block_size)`` blocks per rank, and the tokens line before 0.21 is multiplied by DCP.
 
 What is *not* known before launch is the memory left for the cache when only the GPU size is
 given: weights, peak activations, non-torch memory and (from 0.20) CUDA graphs come off
@@ -290,24 +292,39 @@ def kv_capacity(
     rule: VllmRule,
     *,
     block_size: int = CUDA_BLOCK_SIZE,
+    dcp: int = 1,
 ) -> KVCapacity:
-    """vLLM's numbers for one GPU with AVAILABLE bytes for the cache (see the module doc)."""
+    """vLLM's numbers for one GPU with AVAILABLE bytes for the cache (see the module doc). DCP:
+    decode context parallel size (qwenprep.dcp: each rank holds 1/DCP of a request's tokens)."""
     if context <= 0:
         raise UsageError(f"context {context} must be positive.")
     bpb = bytes_per_token * block_size
     avail = max(0, int(available_bytes))
     num_blocks = avail // bpb
-    blocks_per_req = -(-context // block_size)
+    blocks_per_req = dcp_blocks_per_request(context, block_size, dcp)
     concurrency = num_blocks / blocks_per_req
-    tokens = int(concurrency * context) if rule.tokens_from_concurrency else num_blocks * block_size
+    tokens = (
+        int(concurrency * context)
+        if rule.tokens_from_concurrency
+        else num_blocks * block_size * dcp
+    )
     reserve = bpb if rule.reserves_null_block else 0
     needed = blocks_per_req * bpb
     usable = avail - reserve
     fits = avail > 0 and needed <= usable
-    largest = max(0, usable // bpb) * block_size if usable > 0 else 0
+    largest = max(0, usable // bpb) * block_size * dcp if usable > 0 else 0
     return KVCapacity(
         context, block_size, bpb, avail, num_blocks, tokens, concurrency, needed, fits, largest
     )
+
+
+def dcp_blocks_per_request(context: int, block_size: int, dcp: int = 1) -> int:
+    """Blocks one request of CONTEXT tokens takes on one rank of a DCP group: DCP-sharded
+    layers keep ``cdiv(L, dcp)`` of its tokens per rank (``FullAttentionSpec.
+    max_memory_usage_bytes``, vllm/v1/kv_cache_interface.py, 0.32 and 0.34:
+    ``cdiv(cdiv(max_model_len, dcp_world_size), block_size) x page``)."""
+    per_rank = -(-context // dcp)
+    return -(-per_rank // block_size)
 
 
 # --------------------------------------------------------------------------- the plan

@@ -25,6 +25,7 @@ from qwenprep.kvrules import CUDA_BLOCK_SIZE, KVDtype, ModelShape, VllmRule
 from qwenprep.parallel import parallel_checks
 from qwenprep.preflight_checks import (
     Layout,
+    dcp_checks,
     disk_checks,
     flag_checks,
     gpu_checks,
@@ -378,6 +379,7 @@ def run_checks(
     extra["vllm_rule"] = rule.to_dict()
     extra["parallel"] = layout.to_dict()
     checks += parallel_checks(shape, tp=layout.tp, ep=layout.ep, dp=layout.dp)
+    checks += dcp_checks(shape, layout.tp, opts.vllm_args)
     checks += kv_checks(shape, rule, opts, layout, inv, extra)
     checks += gpu_checks(layout, extra["gpus"])
     checks += disk_checks(path, opts.disk_warn_bytes)

@@ -158,6 +158,8 @@ class PlanRequest:
     gpu: str | None = None  # a catalog name (H200, ...)
     vllm_version: str | None = None
     prefill_budget: float | None = None
+    dcp: int = 1  # vLLM --decode-context-parallel-size (qwenprep.dcp)
+    prefix_caching: bool | None = None  # vLLM --[no-]enable-prefix-caching; None: its default
 
     @classmethod
     def from_options(
@@ -198,4 +200,6 @@ class PlanRequest:
             "block_size": self.block_size,
             "gpu": self.gpu,
             "prefill_budget": self.prefill_budget,
+            "dcp": self.dcp,
+            "prefix_caching": self.prefix_caching,
         }

@@ -380,7 +380,7 @@ def test_dp_layout_advises_tp_plus_ep(big: Path) -> None:
         "0.32",
     )
     assert code == 1
-    assert out["parallel"] == {"tp": 1, "pp": 1, "dp": 8, "ep": True, "gpus": 8}
+    assert out["parallel"] == {"tp": 1, "pp": 1, "dp": 8, "ep": True, "gpus": 8, "dcp": 1}
     assert out["bytes_per_token_per_gpu"] == 253_952
     assert out["advice"][0].startswith(
         "DP 8 keeps each sequence's whole KV cache on one TP group; TP 8 + --enable-expert-parallel"

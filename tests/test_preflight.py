@@ -255,7 +255,7 @@ def test_readme_deploy_line_passes_on_8x141_gib(overlay_1m: Path) -> None:
         "ep": True,
         "source": "model profile qwen3-coder-480b (as qwenprep serve)",
     }
-    assert out["plan"]["parallel"] == {"tp": 8, "pp": 1, "dp": 1, "ep": True, "gpus": 8}
+    assert out["plan"]["parallel"] == {"tp": 8, "pp": 1, "dp": 1, "ep": True, "gpus": 8, "dcp": 1}
     assert out["plan"]["max_concurrency_printed"] == "1.98x"
 
 

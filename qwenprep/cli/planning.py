@@ -70,6 +70,21 @@ from qwenprep.report import Report
     help="Draw concurrency and prefill time against context into FILE (.svg or .png; "
     "needs the [chart] extra).",
 )
+@click.option(
+    "--dcp",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="vLLM's --decode-context-parallel-size: each of N TP ranks holds 1/N of a "
+    "request's KV tokens (needs TP above the KV heads; refused where vLLM refuses it).",
+)
+@click.option(
+    "--prefix-caching/--no-prefix-caching",
+    default=None,
+    help="vLLM's --enable-prefix-caching / --no-enable-prefix-caching for hybrid models "
+    "(mamba_cache_mode align holds whole state blocks); default: the version's own.",
+)
 @_vllm_version_option
 @serving_engine_option
 @vllm_python_option
@@ -96,6 +111,8 @@ def plan(
     gpu_model: str | None,
     prefill_budget: float | None,
     chart: str | None,
+    dcp: int,
+    prefix_caching: bool | None,
     vllm_version: str | None,
     serving_engine: str | None,
     vllm_python: str | None,
@@ -118,6 +135,14 @@ def plan(
 
     _check_sizes(as_json, gpu_memory=gpu_memory, kv_memory=kv_memory)
     if _engine_name(serving_engine, vllm_python, as_json) == "sglang":
+        if dcp > 1 or prefix_caching is not None:
+            run(
+                as_json,
+                lambda: _usage(
+                    "--dcp and --[no-]prefix-caching are vLLM's; this plan is SGLang's "
+                    "(drop them, or plan for vLLM)."
+                ),
+            )
         _plan_sglang(
             model,
             as_json,
@@ -158,6 +183,8 @@ def plan(
             block_size=block_size,
             gpu=gpu_model,
             prefill_budget=prefill_budget,
+            dcp=dcp,
+            prefix_caching=prefix_caching,
         ),
     )
     p = run(as_json, lambda: make_plan(model, **req.plan_options()))
