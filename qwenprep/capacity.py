@@ -389,11 +389,24 @@ def plan_capacity(shape: ModelShape, req: PlanRequest, rule: VllmRule) -> Plan:
 def _advice(shape: ModelShape, req: PlanRequest, rule: VllmRule, plan: Plan) -> list[str]:
     from qwenprep.dcp import dcp_advice, largest_dcp
 
-    out: list[str] = []
-    ctx = plan.kv.context
     top = largest_dcp(shape, req.tp) if req.dcp == 1 else 1
     alt_dcp = _compute(shape, replace(req, dcp=top), rule).kv if top > 1 else None
-    out += dcp_advice(shape, tp=req.tp, dcp=req.dcp, fits=plan.fits, context=ctx, alt=alt_dcp)
+    # DCP comes after the layout and dtype advice: those change more, and check's kv.fits
+    # message quotes the first lines. Under DP the DP line names the way out instead.
+    dcp_lines = dcp_advice(
+        shape,
+        tp=req.tp,
+        dcp=req.dcp,
+        fits=plan.fits or plan.dp > 1,
+        context=plan.kv.context,
+        alt=alt_dcp,
+    )
+    return _layout_advice(shape, req, rule, plan) + dcp_lines
+
+
+def _layout_advice(shape: ModelShape, req: PlanRequest, rule: VllmRule, plan: Plan) -> list[str]:
+    out: list[str] = []
+    ctx = plan.kv.context
     if plan.dp > 1 and shape.num_experts and req.pp == 1:
         alt = _compute(shape, replace(req, tp=req.tp * plan.dp, ep=True), rule)
         out.append(
