@@ -105,11 +105,22 @@ def _text_view(
         "mrope_section": list(section) if isinstance(section, (list, tuple)) else section,
         "mrope_interleaved": rope.get("mrope_interleaved"),
         "max_position_embeddings": getattr(cfg, "max_position_embeddings", None),
+        # the numbers of a Dual Chunk Attention block the model layer builds from (vLLM < 0.11)
+        "dual_chunk_attention_config": _dca_numbers(cfg),
         "quantization": quantization,
         "trust_remote_code": trust_remote_code,
         "config_class": f"{type(cfg).__module__}.{type(cfg).__name__}",
         "dtype": dtype,
     }
+
+
+def _dca_numbers(cfg: Any) -> dict[str, Any] | None:
+    """The DCA block's numbers (not the per-head sparse_attention_config vLLM loads into it)."""
+    block = getattr(cfg, "dual_chunk_attention_config", None)
+    if not isinstance(block, dict):
+        return None
+    keys = ("chunk_size", "local_size", "original_max_position_embeddings")
+    return {k: block[k] for k in keys if k in block}
 
 
 # vLLM 0.32's ModelConfig inspects the architecture's class in a subprocess; for the

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from qwenprep.contexts import effective_rope
 from qwenprep.errors import EXIT_CANNOT_PROCEED, UsageError
+from qwenprep.families.dca import dca_reach
 from qwenprep.gate_offline import MODEL_FLAG, OWN_OPTION, _serve_at, offline_dests, offline_view
 from qwenprep.model import ModelView
 from qwenprep.report import Check
@@ -233,6 +234,7 @@ def compare(view: dict[str, Any], want: Intent, where: str) -> list[Check]:
             if view.get("rope_type") == "yarn"
             else 0.0
         )
+        covered = max(covered, dca_reach(view))  # a DCA config (vLLM < 0.11) reaches its length
         if covered < length:
             how = (
                 f"YaRN factor {_fmt(view.get('factor'))} x original "

@@ -206,6 +206,8 @@ def offline_view(config: dict[str, Any], dests: dict[str, Any]) -> dict[str, Any
         "quantization": qc.get("quant_method") if isinstance(qc, dict) else None,
         "partial_rotary_factor": rope.get("partial_rotary_factor", 1.0),
         "mrope_section": rope.get("mrope_section"),
+        "max_position_embeddings": mpe,
+        "dual_chunk_attention_config": ModelView(eff).text.get("dual_chunk_attention_config"),
     }
 
 

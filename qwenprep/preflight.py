@@ -148,6 +148,19 @@ def check_gate(
     from qwenprep.gate import gate
 
     engine = discover(python) if engine_on else None
+    reason = None if engine_on else "check --no-engine"
+    if engine is not None and assume_version and engine.version_tuple[:2] != assume_version[:2]:
+        # --vllm-version names another vLLM than the installed one: its parser and config
+        # layer do not speak for the named version, so the plan and the gate are the named one's
+        reason = (
+            f"--vllm-version {'.'.join(map(str, assume_version))} names another vLLM than "
+            f"the {engine.version} in {engine.python}"
+        )
+        engine = None
+    elif engine_on and (engine is None or not engine.importable):
+        from qwenprep.engines.vllm_core import engine_python
+
+        reason = f"vLLM is not installed in {engine_python(python)}"
     try:
         plan = build_launch_plan(
             path,
@@ -171,13 +184,6 @@ def check_gate(
                 e.path,
             )
         ]
-    reason = None
-    if not engine_on:
-        reason = "check --no-engine"
-    elif engine is None or not engine.importable:
-        from qwenprep.engines.vllm_core import engine_python
-
-        reason = f"vLLM is not installed in {engine_python(python)}"
     res = gate(plan, engine=engine, offline_reason=reason)
     return [
         replace(c, message=f"{c.message} ({reason})") if c.id == "engine.readback" else c

@@ -80,7 +80,7 @@ def patch(
       qwenprep patch Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8 --context 1m
       qwenprep patch ./my-model --context 512k --out ./my-model-512k
     """
-    from qwenprep.patching import patch_overlay, patch_result
+    from qwenprep.patching import how_reached, patch_overlay, patch_result
 
     res = run(
         as_json,
@@ -104,7 +104,7 @@ def patch(
         )
     click.echo(
         f"{res.status} overlay {res.path}: {m['target_context']} tokens "
-        f"(YaRN factor {m['factor']:.8g} over {m['native_context']}), "
+        f"({how_reached(m)}), "
         f"{len(m['files'])} files linked from {m['source']['path']}",
         err=True,
     )
