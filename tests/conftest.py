@@ -14,6 +14,13 @@ from typing import Any, Callable
 
 import pytest
 from click.testing import CliRunner, Result
+from hypothesis import settings
+
+# No test depends on wall-clock speed: hypothesis never times an example (its default 200 ms
+# deadline, or any other, fails good work on a loaded machine). A test's own settings() add to
+# this profile; none of them sets a deadline (tests/test_habits.py holds that).
+settings.register_profile("qwenprep", deadline=None)
+settings.load_profile("qwenprep")
 
 # huggingface_hub reads HF_HUB_OFFLINE (and its other settings) once, when first imported.
 # Import it now, from the environment the suite started in, so a test that monkeypatches

