@@ -72,6 +72,25 @@ def timed_run(argv: list[str]) -> float:
     return time.monotonic() - t
 
 
+def run_capped(args: list[str], mib: int = 1024) -> subprocess.CompletedProcess[str]:
+    """The console script with its address space capped at MIB MiB (RLIMIT_AS): a command
+    that would build something huge fails there (MemoryError) instead of taking the machine's
+    memory. A hang guard, not a speed test: a generous timeout."""
+    import resource
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (mib * 2**20, mib * 2**20))
+
+    return subprocess.run(
+        [str(QWENPREP_BIN), *args],
+        capture_output=True,
+        text=True,
+        preexec_fn=cap,
+        timeout=600,
+        check=False,
+    )
+
+
 def invoke(*args: str, input: str | None = None) -> Result:
     from qwenprep.cli import cli
 
