@@ -96,9 +96,7 @@ def validate(
 
     _flags(strict=strict)
     version = _version(vllm_version)
-    vllm = (
-        VllmVersion(named_version(version), "--vllm-version") if version is not None else None
-    )
+    vllm = VllmVersion(named_version(version), "--vllm-version") if version is not None else None
     checks = validate_checkpoint(resolve_model(_path(path, "path")).path, vllm=vllm)
     return Report("validate", checks, {"path": str(path)}, strict=strict).to_dict()
 
