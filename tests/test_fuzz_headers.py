@@ -500,7 +500,7 @@ def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     import sys
 
     r = subprocess.run(
-        [sys.executable, "-c", code, str(fifo)], capture_output=True, text=True, timeout=30
+        [sys.executable, "-c", code, str(fifo)], capture_output=True, text=True, timeout=300
     )
     assert r.stdout.strip() == f"{fifo}: not a regular file, so not a safetensors shard."
 
@@ -695,3 +695,16 @@ def test_dtype_written_twice_fails_verify_and_verify_deep(tmp_path: Path) -> Non
         assert any(
             c["id"] == "shard.header" and "field written twice" in c["message"] for c in fails
         ), fails
+
+
+def test_header_longer_than_the_readers_limit_is_refused_unread(tmp_path: Path) -> None:
+    """safetensors' reader refuses a header over 100,000,000 bytes (MAX_HEADER_SIZE) before
+    reading it; qwenprep refuses it alike, by its length (a sparse file: nothing is written)."""
+    p = tmp_path / "model.safetensors"
+    with open(p, "wb") as f:
+        f.write(struct.pack("<Q", 100_000_001))
+        f.truncate(100_000_100)
+    assert not _loader_accepts(p)
+    with pytest.raises(InputError) as e:
+        read_header(p)
+    assert "header length 100000001 is impossible" in e.value.message
