@@ -19,11 +19,12 @@ from typing import Any
 # UsageError (exit 2) naming the option, never a TypeError from deep inside the arithmetic.
 
 # GPUs in one deployment (--gpus, and what --tp x --pp, --nnodes and --gpus-per-node may ask
-# for). The largest one vLLM deployment runs on a few thousand GPUs; 65,536 (8,192 nodes of 8)
-# is far past it. A larger count is a typo, and counting it GPU by GPU would only exhaust memory.
+# for). The largest one vLLM or SGLang deployment runs on a few thousand GPUs; 65,536 (8,192
+# nodes of 8) is far past it. A larger count is a typo, and counting it GPU by GPU (check lists
+# each GPU it is told of) would only exhaust memory.
 MAX_GPUS = 65_536
 MAX_GPUS_WHY = (
-    f"at most {MAX_GPUS:,}: qwenprep plans one deployment, and no one vLLM deployment is near "
+    f"at most {MAX_GPUS:,}: qwenprep plans one deployment, and no one serving deployment is near "
     f"{MAX_GPUS:,} GPUs (8,192 nodes of 8); a larger number is a typo"
 )
 KV_CACHE_DTYPES = ("auto", "fp8")

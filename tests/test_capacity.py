@@ -611,7 +611,7 @@ def test_gpus_is_a_count_never_listed_gpu_by_gpu() -> None:
     assert r.returncode == 2, r.stderr
     message = json.loads(r.stdout)["error"]["message"]
     assert message.startswith("--gpus 9999999999 is too large: at most 65,536: ")
-    assert "no one vLLM deployment is near 65,536 GPUs" in message
+    assert "no one serving deployment is near 65,536 GPUs" in message
     r = run_capped(
         ["plan", str(TINY), "--gpus", "65536", "--gpu-memory", "80GiB", "--tp", "4", "--json"]
     )
