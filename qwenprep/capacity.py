@@ -458,6 +458,22 @@ def _layout_advice(shape: ModelShape, req: PlanRequest, rule: VllmRule, plan: Pl
     return out
 
 
+def refuse_layout(shape: ModelShape, *, tp: int, ep: bool, dp: int) -> None:
+    """A layout vLLM refuses is no plan: what check reports as a FAIL (parallel.parallel_checks,
+    the one rule: heads or experts vs TP, FP8 blocks vs each shard; TP x PP beyond the GPUs)
+    is a UsageError from plan, before it prints numbers for it (TP x PP beyond --gpus:
+    _compute's refusal, said first). check reports the same rule as FAIL lines."""
+    from qwenprep.parallel import parallel_checks
+
+    failed = [c for c in parallel_checks(shape, tp=tp, ep=ep, dp=dp) if c.status == "fail"]
+    if failed:
+        raise UsageError(
+            f"vLLM refuses this layout: {'; '.join(c.message for c in failed)}.",
+            hint=f"choose --tp (and --ep) as qwenprep check accepts them: TP divides the "
+            f"{shape.num_attention_heads} query heads.",
+        )
+
+
 def make_plan(
     model: str,
     *,
@@ -483,7 +499,7 @@ def make_plan(
     memory; else detected GPUs are looked up by name (qwenprep.catalog)."""
     from qwenprep.catalog import detected_gpu, named_gpu
     from qwenprep.contexts import parse_context
-    from qwenprep.gpus import inventory
+    from qwenprep.gpus import check_flags, inventory
     from qwenprep.sizes import parse_size
     from qwenprep.timing import DEFAULT_PREFILL_BUDGET_S, plan_timing
 
@@ -503,7 +519,9 @@ def make_plan(
         )
     kv_bytes = parse_size(kv_memory) if kv_memory is not None else None
     gpu_bytes = parse_size(gpu_memory) if gpu_memory is not None else None
-    if kv_bytes is None:
+    if kv_bytes is None and gpus is not None and gpu_bytes is not None:
+        check_flags(gpus, gpu_bytes)  # a count: nothing is built per GPU
+    elif kv_bytes is None:
         if gpu_bytes is None and gpus is not None:
             raise UsageError("--gpus needs --gpu-memory SIZE (or give --kv-memory SIZE).")
         inv = inventory(gpus=gpus, gpu_memory=gpu_bytes)
@@ -552,6 +570,7 @@ def make_plan(
         ),
         rule,
     )
+    refuse_layout(shape, tp=tp, ep=plan.request.ep, dp=plan.dp)
     return replace(
         plan,
         timing=plan_timing(

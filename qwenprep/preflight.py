@@ -79,20 +79,34 @@ def check_options(
     tp: int | None = None,
     pp: int = 1,
     ep: bool | None = None,
-    context: str | None = None,
+    context: str | int | None = None,
     gpus: int | None = None,
     gpu_memory: str | None = None,
     kv_memory: str | None = None,
     kv_cache_dtype: str = "auto",
     block_size: int = CUDA_BLOCK_SIZE,
     vllm_version: str | None = None,
-    vllm_args: tuple[str, ...] = (),
+    vllm_args: Sequence[str] = (),
     python: str | None = None,
     engine: bool = True,
 ) -> CheckOptions:
-    """CheckOptions from the command line's strings (sizes, context) - UsageError when wrong."""
+    """CheckOptions from the command line's strings (sizes, context) - UsageError when wrong
+    (each option by its rule in qwenprep.request, as plan's)."""
+    from qwenprep import request as rules
     from qwenprep.contexts import parse_context
     from qwenprep.sizes import parse_size
+
+    tp, pp, gpus = rules.layout(tp, pp, gpus)
+    ep = rules.flag(ep, "--ep", optional=True)
+    engine = rules.flag(engine, "--engine")
+    context = rules.context_value(context, "--context")
+    kv_cache_dtype = rules.text(
+        kv_cache_dtype, "--kv-cache-dtype", choices=rules.KV_CACHE_DTYPES, optional=False
+    )
+    block_size = rules.whole(block_size, "--block-size")
+    vllm_version = rules.text(vllm_version, "--vllm-version")
+    python = rules.text(python, "--vllm-python")
+    vllm_args = rules.words(vllm_args, "vllm_args")
 
     if kv_memory is not None and gpu_memory is not None:
         raise UsageError(
@@ -105,8 +119,6 @@ def check_options(
         ctx = parse_context(context).tokens  # None for "native": the config decides
         if ctx is None:
             ctx = -1
-    if kv_cache_dtype not in ("auto", "fp8"):
-        raise UsageError(f"--kv-cache-dtype {kv_cache_dtype!r}: use auto or fp8.")
     if vllm_version is not None:
         named_version(vllm_version)
     return CheckOptions(

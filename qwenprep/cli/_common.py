@@ -12,6 +12,7 @@ from qwenprep._version import __version__
 from qwenprep.cli.terminal import animated, colour_wanted
 from qwenprep.errors import EXIT_CHECKS_FAILED, QwenprepError
 from qwenprep.report import SCHEMA_VERSION, Report, dumps, render_checks, summary_line
+from qwenprep.request import KV_CACHE_DTYPES
 
 
 def _emit_json(obj: dict[str, Any]) -> None:
@@ -224,7 +225,7 @@ _gpu_options = [
     ),
     click.option(
         "--kv-cache-dtype",
-        type=click.Choice(["auto", "fp8"]),
+        type=click.Choice(KV_CACHE_DTYPES),
         default="auto",
         show_default=True,
         help="auto = the model dtype (bf16); fp8 = 1 byte.",

@@ -131,9 +131,10 @@ def plan(
       qwenprep plan ./overlay --gpus 8 --gpu-memory 141GB --serving-engine sglang
     """
     from qwenprep.capacity import make_plan
-    from qwenprep.request import PlanRequest
+    from qwenprep.request import PlanRequest, layout
 
     _check_sizes(as_json, gpu_memory=gpu_memory, kv_memory=kv_memory)
+    run(as_json, lambda: layout(tp, pp, gpus))  # SGLang's plan too: the maximum, with its why
     if _engine_name(serving_engine, vllm_python, as_json) == "sglang":
         if dcp > 1 or prefix_caching is not None:
             run(

@@ -22,6 +22,7 @@ from qwenprep.cli._common import (
 )
 from qwenprep.errors import QwenprepError
 from qwenprep.report import SCHEMA_VERSION
+from qwenprep.request import MULTINODE_MODES, PORTS
 
 
 @cli.command(short_help="Launch vLLM from the overlay with the right flags.")
@@ -45,7 +46,7 @@ from qwenprep.report import SCHEMA_VERSION
 @click.option("--host", default=None, help="Address vLLM listens on (vLLM's default: all).")
 @click.option(
     "--port",
-    type=click.IntRange(1, 65535),
+    type=click.IntRange(*PORTS),
     default=None,
     help="Port, 1-65535 (vLLM's default: 8000).",
 )
@@ -114,7 +115,7 @@ from qwenprep.report import SCHEMA_VERSION
 @click.option("--master-addr", default=None, help="Head node address for multi-node plans.")
 @click.option(
     "--multinode-mode",
-    type=click.Choice(["native", "dp", "ray"]),
+    type=click.Choice(MULTINODE_MODES),
     default=None,
     help="How nodes join (default: native if vLLM has it, else ray; dp if TP fits "
     "a node). SGLang: its own --nnodes/--node-rank/--dist-init-addr.",
