@@ -240,6 +240,20 @@ def _parallel_gate(
     )
 
 
+def _user_tools(extra_args: Sequence[str]) -> bool:
+    """Do the arguments after -- set vLLM's tool-call options themselves (any spelling, a
+    --config YAML included)? Then they are the user's: the profile's pair is left out, so the
+    user's values win and no flag is given twice. An argv the offline reading cannot parse
+    keeps the profile's pair (the gate says what is wrong with it)."""
+    from qwenprep.gate_offline import offline_dests
+
+    try:
+        dests = offline_dests(list(extra_args))
+    except (ValueError, OSError):
+        return False
+    return any(d in dests for d in ("enable_auto_tool_choice", "tool_call_parser"))
+
+
 def build_launch_plan(
     path: Path,
     request: ServeRequest | None = None,
@@ -369,7 +383,7 @@ def build_launch_plan(
         core += ["--tensor-parallel-size", str(tp_n)]
     if use_ep:
         core += ["--enable-expert-parallel"]
-    if profile.tool_parser and caps.qwen3_coder_tool_parser:
+    if profile.tool_parser and caps.qwen3_coder_tool_parser and not _user_tools(extra_args):
         core += ["--enable-auto-tool-choice", "--tool-call-parser", profile.tool_parser]
     elif profile.tool_parser:
         notes.append(f"vLLM {version} has no qwen3_coder tool parser (0.10.0+); tool calls are off")
