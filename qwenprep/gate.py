@@ -36,6 +36,7 @@ from qwenprep.gate_offline import (
     OWN_OPTION,
     Unmodelled,
     _serve_at,
+    _values,
     _yaml_args,
     offline_dests,
     offline_view,
@@ -352,21 +353,6 @@ def _fingerprint(plan: LaunchPlan, python: str, items: list[dict[str, Any]]) -> 
         ).encode()
     )
     return h.hexdigest()
-
-
-def _values(args: Sequence[str], flag: str) -> list[str]:
-    """The values ARGS give FLAG (`FLAG V`, `FLAG=V`, `_` for `-`; prefixes too, as vLLM's
-    parser accepts them: a wider key only costs a cache miss)."""
-    out = []
-    for i, a in enumerate(args):
-        name, eq, value = a.partition("=")
-        name = "--" + name[2:].replace("_", "-") if name.startswith("--") else name
-        if len(name) > 4 and flag.startswith(name):
-            if eq:
-                out.append(value)
-            elif i + 1 < len(args):
-                out.append(args[i + 1])
-    return out
 
 
 def _items(plan: LaunchPlan) -> list[dict[str, Any]]:

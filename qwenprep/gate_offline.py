@@ -146,6 +146,8 @@ def offline_dests(argv: Sequence[str], known: Sequence[str] | None = None) -> di
             head = "--" + head[2:].replace("_", "-")
         elif head in SHORT:
             head = "--" + SHORT[head]
+        elif head.startswith("-q") and not eq and not dot:  # argparse: -qfp8 is -q fp8
+            head, eq, value = "--quantization", "=", head[2:]
         if (
             not eq
             and i < len(args)
@@ -259,6 +261,21 @@ def offline_view(config: dict[str, Any], dests: dict[str, Any]) -> dict[str, Any
         "partial_rotary_factor": rope.get("partial_rotary_factor", 1.0),
         "mrope_section": rope.get("mrope_section"),
     }
+
+
+def _values(args: Sequence[str], flag: str) -> list[str]:
+    """The values ARGS give FLAG (`FLAG V`, `FLAG=V`, `_` for `-`; prefixes too, as vLLM's
+    parser accepts them: a wider key only costs a cache miss)."""
+    out = []
+    for i, a in enumerate(args):
+        name, eq, value = a.partition("=")
+        name = "--" + name[2:].replace("_", "-") if name.startswith("--") else name
+        if len(name) > 4 and flag.startswith(name):
+            if eq:
+                out.append(value)
+            elif i + 1 < len(args):
+                out.append(args[i + 1])
+    return out
 
 
 def _serve_at(argv: Sequence[str]) -> int:

@@ -52,9 +52,8 @@ def serve_args(argv: Sequence[str]) -> tuple[str, tuple[str, ...]]:
 
 def _long_name(name: str) -> str:
     """NAME (without its value) as the long option vLLM's parser reads it: a short option
-    (-tp) as its long form, `_` as `-`, a unique prefix as the full name (vLLM 0.32's serve
-    options, engines.vllm_flags); a name qwenprep's snapshot does not know is kept."""
-    from qwenprep.gate_offline import SHORT, _resolve
+    (-tp) as its long form (gate_offline.SHORT, vLLM 0.32's), `_` as `-`."""
+    from qwenprep.gate_offline import SHORT
 
     head, dot, keys = name.partition(".")
     if head in SHORT:
@@ -66,18 +65,7 @@ def _long_name(name: str) -> str:
             f"{name!r} cannot go into a vLLM --config file: only options (--name VALUE, "
             "or a short option vLLM knows, e.g. -tp 2) can."
         )
-    if not dot:
-        try:
-            head = _resolve(head, _known())
-        except ValueError:
-            pass  # an option of a newer vLLM, or one vLLM refuses: the gate has said so
-    return head + dot + keys
-
-
-def _known() -> tuple[str, ...]:
-    from qwenprep.engines.vllm_flags import LONG_OPTIONS
-
-    return tuple(LONG_OPTIONS)
+    return head + dot + keys  # a prefix stays one: vLLM reads the file's keys as it reads argv
 
 
 def _file_value(value: str) -> Any:
@@ -230,19 +218,19 @@ def _unchanged_ours(target: Path) -> str | None:
     """None when TARGET is a file emit_config wrote and nobody edited since (its body still
     has the digest its header names); else why not."""
     if target.is_symlink() or not target.is_file():
-        return "it is not a regular file qwenprep wrote"
+        return "is not a regular file qwenprep wrote"
     try:
         text = target.read_bytes().decode("utf-8")
     except (OSError, UnicodeDecodeError):
-        return "it was not written by qwenprep"
+        return "was not written by qwenprep"
     if not text.startswith(CONFIG_HEADER):
-        return "it was not written by qwenprep"
+        return "was not written by qwenprep"
     header, body = _split_header(text)
     said = [ln[len(DIGEST_LINE) :].strip() for ln in header if ln.startswith(DIGEST_LINE)]
     if not said:
         return "its header has no content digest (an edit, or an older qwenprep wrote it)"
     if said[-1] != _body_digest(body):
-        return "it was edited after qwenprep wrote it (its content no longer has its digest)"
+        return "was edited after qwenprep wrote it (its content no longer has its digest)"
     return None
 
 

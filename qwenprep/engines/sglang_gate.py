@@ -314,7 +314,9 @@ def gate_checks(
 OVERRIDES = "--json-model-override-args"
 
 
-def _offline(plan: SglangPlan, config: dict[str, Any], want: Any, where: str, why: str) -> list[Check]:
+def _offline(
+    plan: SglangPlan, config: dict[str, Any], want: Any, where: str, why: str
+) -> list[Check]:
     """Without SGLang: its --json-model-override-args judged as SGLang 0.5.23 applies it (the
     traps above, and the overlay's intent against the config with the overrides set on top);
     any other argument after -- refused, since nothing here can say what SGLang makes of it."""
