@@ -244,14 +244,15 @@ def _user_tools(extra_args: Sequence[str]) -> bool:
     """Do the arguments after -- set vLLM's tool-call options themselves (any spelling, a
     --config YAML included)? Then they are the user's: the profile's pair is left out, so the
     user's values win and no flag is given twice. An argv the offline reading cannot parse
-    keeps the profile's pair (the gate says what is wrong with it)."""
+    is read option by option (an option of a newer vLLM; the gate says what else is wrong)."""
     from qwenprep.gate_offline import offline_dests
 
+    tools = ("enable_auto_tool_choice", "tool_call_parser")
     try:
-        dests = offline_dests(list(extra_args))
+        return any(d in offline_dests(list(extra_args)) for d in tools)
     except (ValueError, OSError):
-        return False
-    return any(d in dests for d in ("enable_auto_tool_choice", "tool_call_parser"))
+        names = [a.split("=")[0][2:].replace("-", "_") for a in extra_args if a.startswith("--")]
+        return any(len(n) > 3 and d.startswith(n) for n in names for d in tools)
 
 
 def build_launch_plan(
