@@ -95,12 +95,31 @@ def _yaml_args(file: str) -> list[str]:
     return out
 
 
+# every short option of vLLM 0.32's serve parser (vllm/engine/arg_utils.py,
+# EngineArgs.add_cli_args: add_argument("--long", "-short", ...))
 SHORT = {
     "-tp": "tensor-parallel-size",
     "-pp": "pipeline-parallel-size",
     "-q": "quantization",
     "-ep": "enable-expert-parallel",
     "-dp": "data-parallel-size",
+    "-n": "nnodes",
+    "-r": "node-rank",
+    "-dcp": "decode-context-parallel-size",
+    "-pcp": "prefill-context-parallel-size",
+    "-dpn": "data-parallel-rank",
+    "-dpr": "data-parallel-start-rank",
+    "-dpl": "data-parallel-size-local",
+    "-dpa": "data-parallel-address",
+    "-dpp": "data-parallel-rpc-port",
+    "-dpb": "data-parallel-backend",
+    "-dph": "data-parallel-hybrid-lb",
+    "-dpe": "data-parallel-external-lb",
+    "-dpm": "data-parallel-multi-port-external-lb",
+    "-sc": "speculative-config",
+    "-dc": "diffusion-config",
+    "-cc": "compilation-config",
+    "-ac": "attention-config",
 }
 
 
