@@ -307,20 +307,21 @@ def parse_args(argv_json: str) -> dict[str, Any]:
 
 
 # The settings qwenprep's own options decide (serve PATH, --max-model-len, --tp, --ep,
-# --served-model-name, --host, --port, the tool parser): arguments after -- must not change them.
+# --served-model-name, --host, --port): arguments after -- must not change them. The tool-call
+# options are the user's to give (qwenprep then leaves the profile's out).
 OWN_DESTS = (
     "model",
     "max_model_len",
     "tensor_parallel_size",
     "enable_expert_parallel",
     "served_model_name",
-    "enable_auto_tool_choice",
-    "tool_call_parser",
     "host",
     "port",
 )
 SHOWN_DESTS = (
     *OWN_DESTS,
+    "enable_auto_tool_choice",
+    "tool_call_parser",
     "hf_overrides",
     "hf_config_path",
     "trust_remote_code",

@@ -150,6 +150,7 @@ def dcp_advice(
         return [
             f"decode context parallel cannot help: vLLM needs TP above the {kv} KV heads "
             f"(TP {tp} is not), so {context:,} tokens cannot be spread further on "
-            f"{tp} GPU{'s' if tp != 1 else ''}; more GPUs (PP or a second node) or fp8 KV are the ways out"
+            f"{tp} GPU{'s' if tp != 1 else ''}; more GPUs (PP or a second node) or fp8 KV "
+            "are the ways out"
         ]
     return []

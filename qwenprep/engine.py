@@ -243,6 +243,21 @@ def _parallel_gate(
     )
 
 
+def _user_tools(extra_args: Sequence[str]) -> bool:
+    """Do the arguments after -- set vLLM's tool-call options themselves (any spelling, a
+    --config YAML included)? Then they are the user's: the profile's pair is left out, so the
+    user's values win and no flag is given twice. An argv the offline reading cannot parse
+    is read option by option (an option of a newer vLLM; the gate says what else is wrong)."""
+    from qwenprep.gate_offline import offline_dests
+
+    tools = ("enable_auto_tool_choice", "tool_call_parser")
+    try:
+        return any(d in offline_dests(list(extra_args)) for d in tools)
+    except (ValueError, OSError):
+        names = [a.split("=")[0][2:].replace("-", "_") for a in extra_args if a.startswith("--")]
+        return any(len(n) > 3 and d.startswith(n) for n in names for d in tools)
+
+
 def build_launch_plan(
     path: Path,
     request: ServeRequest | None = None,
@@ -374,7 +389,7 @@ def build_launch_plan(
         core += ["--tensor-parallel-size", str(tp_n)]
     if use_ep:
         core += ["--enable-expert-parallel"]
-    if profile.tool_parser and caps.qwen3_coder_tool_parser:
+    if profile.tool_parser and caps.qwen3_coder_tool_parser and not _user_tools(extra_args):
         core += ["--enable-auto-tool-choice", "--tool-call-parser", profile.tool_parser]
     elif profile.tool_parser:
         notes.append(f"vLLM {version} has no qwen3_coder tool parser (0.10.0+); tool calls are off")

@@ -32,7 +32,16 @@ from typing import TYPE_CHECKING, Any
 from qwenprep.contexts import effective_rope
 from qwenprep.errors import EXIT_CANNOT_PROCEED, UsageError
 from qwenprep.families.dca import dca_reach
-from qwenprep.gate_offline import MODEL_FLAG, OWN_OPTION, _serve_at, offline_dests, offline_view
+from qwenprep.gate_offline import (
+    MODEL_FLAG,
+    OWN_OPTION,
+    Unmodelled,
+    _serve_at,
+    _values,
+    _yaml_args,
+    offline_dests,
+    offline_view,
+)
 from qwenprep.model import ModelView
 from qwenprep.report import Check
 
@@ -315,10 +324,26 @@ def _fingerprint(plan: LaunchPlan, python: str, items: list[dict[str, Any]]) -> 
         Path(plan.model_path) / ".qwenprep" / "manifest.json",
     ]
     args = [a for it in items for a in it["argv"]]
-    files += [Path(args[i + 1]) for i, a in enumerate(args[:-1]) if a == "--config"]
-    for f in files:
+    files += [Path(v) for v in _values(args, "--config")]
+    for f in list(files[2:]):  # what a --config YAML names counts as if on the command line
         try:
-            h.update(f.read_bytes())
+            args += _yaml_args(str(f))
+        except (ValueError, OSError):
+            pass
+    # --hf-config-path DIR (vLLM reads DIR/config.json and DIR's other config files) and the
+    # tokenizer's directory: every file vLLM may read from them, by name and content
+    dirs = [Path(v) for flag in ("--hf-config-path", "--tokenizer") for v in _values(args, flag)]
+    for d in dirs:
+        h.update(str(d).encode())
+        try:
+            listed = sorted(p for p in d.iterdir() if p.suffix in (".json", ".yaml", ".yml"))
+        except OSError:
+            listed = []
+        files += listed
+    for f in files:
+        h.update(str(f).encode())
+        try:
+            h.update(hashlib.sha256(f.read_bytes()).digest())
         except OSError:
             h.update(b"-")
     env = plan.child_env()
@@ -542,6 +567,16 @@ def _offline_checks(
     out += [replace(c, message=tag + c.message) for c in _own_changes(changed)]
     try:
         view = offline_view(config, dests)
+    except Unmodelled as e:
+        return out + [
+            Check(
+                "engine.offline",
+                "fail",
+                f"{tag}{e}: what vLLM would make of it was not judged. Hint: judge it with "
+                "vLLM installed (check without --no-engine, or --vllm-python PY), or drop it",
+                where,
+            )
+        ]
     except ValueError as e:
         return out + [
             Check(

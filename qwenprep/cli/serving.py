@@ -96,6 +96,12 @@ from qwenprep.request import MULTINODE_MODES, PORTS
     "the command(s) that use it (vllm serve MODEL --config FILE); start nothing.",
 )
 @click.option(
+    "--force",
+    is_flag=True,
+    help="With --emit-config: replace FILE even when it was edited after qwenprep wrote it, "
+    "or was not written by qwenprep.",
+)
+@click.option(
     "--emit",
     "emit",
     type=click.Choice(["k8s"]),
@@ -139,6 +145,7 @@ def serve(
     expect_digest: str | None,
     log_file: Path | None,
     emit_config: Path | None,
+    force: bool,
     emit: str | None,
     image: str | None,
     nnodes: int | None,
@@ -192,11 +199,13 @@ def serve(
             run(as_json, lambda: _usage("--image is the container image of --emit k8s."))
         named_image: str = image
         run(as_json, lambda: check_image(named_image))
+    if force and emit_config is None:
+        run(as_json, lambda: _usage("--force goes with --emit-config FILE."))
     if emit_config is not None:  # a bad target is said before vLLM is asked anything
         from qwenprep.engines.deploy import config_target
 
         named: Path = emit_config
-        emit_config = run(as_json, lambda: config_target(named))
+        emit_config = run(as_json, lambda: config_target(named, force=force))
 
     def make_plan() -> Any:
         req = ServeRequest.from_options(
@@ -232,7 +241,7 @@ def serve(
     for note in plan.notes:
         click.echo(f"note: {note}", err=True)
     if emitting:
-        _emit_artefacts(plan, emit_config, emit, image, as_json)
+        _emit_artefacts(plan, emit_config, emit, image, as_json, force)
         return
     if dry_run or plan.nodes:
         if as_json:
@@ -261,7 +270,7 @@ def serve(
 
 
 def _emit_artefacts(
-    plan: Any, config: Path | None, emit: str | None, image: str | None, as_json: bool
+    plan: Any, config: Path | None, emit: str | None, image: str | None, as_json: bool, force: bool
 ) -> None:
     """serve --emit-config FILE / --emit k8s: write the artefacts; print the commands (text)
     or the manifest (YAML on stdout), or one JSON object with both."""
@@ -270,7 +279,7 @@ def _emit_artefacts(
     out: dict[str, Any] = {}
     written = None
     if config is not None:
-        written = run(as_json, lambda: deploy.emit_config(plan, config))
+        written = run(as_json, lambda: deploy.emit_config(plan, config, force=force))
         out["config"] = written.to_dict()
         click.echo(f"wrote {config}: {len(written.options)} vLLM options", err=True)
     manifest = None

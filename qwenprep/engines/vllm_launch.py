@@ -211,6 +211,7 @@ def _validation_gate(
     )
     if not blocking:
         _edited_overlay_gate(path, manifest)
+        _stale_overlay_gate(path, manifest, notes)
         return
     mpe = ModelView(config).max_position_embeddings
     context = context_name(
@@ -273,6 +274,37 @@ def option_value(extra: Sequence[str], *names: str) -> str | None:
         else:
             found = ""
     return found
+
+
+def _stale_overlay_gate(path: Path, manifest: dict[str, Any] | None, notes: list[str]) -> None:
+    """Refuse (exit 3) an overlay whose source config changed since the patch, as check fails
+    it (overlay_state.overlay_checks: overlay.source), so serve, its dry run and the emitted
+    artefacts give check's verdict; the other stale signs (a ref moved on) become notes, as
+    check warns of them."""
+    if manifest is None:
+        return
+    from qwenprep.jsonio import read_regular_bytes
+    from qwenprep.lifecycle import overlay_status
+    from qwenprep.manifest import sha256_bytes
+
+    st = overlay_status(path, manifest)
+    if st.state != "stale":
+        return
+    src = Path(manifest["source"]["path"]) / CONFIG
+    try:
+        sha: str | None = sha256_bytes(read_regular_bytes(src))
+    except OSError:
+        sha = None
+    if sha == manifest["source"].get("config_sha256"):
+        notes.extend(f"the overlay is stale: {r}; rebuild: {st.rebuild}" for r in st.reasons)
+        return
+    raise InputError(
+        f"{path}: the overlay is stale: the source config {src} changed since the patch "
+        "(qwenprep check fails it as overlay.source): the overlay's config no longer "
+        "describes the checkpoint its files come from.",
+        hint=f"rebuild it from the source as it is now: {st.rebuild}",
+        path=str(path),
+    )
 
 
 def _pp_size(extra: Sequence[str]) -> int:
