@@ -15,6 +15,7 @@ from qwenprep.cli._common import (
     _fail,
     _usage,
     cli,
+    echo,
     json_option,
     run,
     serving_engine_option,
@@ -175,6 +176,21 @@ def serve(
             run(as_json, lambda: _usage("--image is the container image of --emit k8s."))
         named_image: str = image
         run(as_json, lambda: check_image(named_image))
+    if emit == "k8s":  # a manifest is printed and applied as it is: never with a secret in it
+        from qwenprep.redact import argv_secrets
+
+        if argv_secrets(vllm_args):
+            from qwenprep.errors import UsageError
+
+            def secret_in_manifest() -> None:
+                raise UsageError(
+                    "--emit k8s: the engine arguments after -- carry a credential (--api-key, "
+                    "--hf-token or another); the manifest would hold it in plain text.",
+                    hint="leave it out and give it to the pods from a Kubernetes Secret: env "
+                    "VLLM_API_KEY (vLLM reads it when --api-key is not given) or HF_TOKEN",
+                )
+
+            run(as_json, secret_in_manifest)
     if emit_config is not None:  # a bad target is said before vLLM is asked anything
         from qwenprep.engines.deploy import config_target
 
@@ -213,7 +229,7 @@ def serve(
 
     plan = run(as_json, make_plan)
     for note in plan.notes:
-        click.echo(f"note: {note}", err=True)
+        echo(f"note: {note}", err=True)
     if emitting:
         _emit_artefacts(plan, emit_config, emit, image, as_json)
         return
@@ -224,14 +240,14 @@ def serve(
             )
         elif plan.nodes:
             for node in plan.nodes:
-                click.echo(f"# node {node.node_rank} ({node.role}, {plan.multinode_mode})")
-                click.echo(node.shell())
+                echo(f"# node {node.node_rank} ({node.role}, {plan.multinode_mode})")
+                echo(node.shell())
         else:
             for k in plan.unset_env:
-                click.echo(f"unset {k}")
+                echo(f"unset {k}")
             for k, v in plan.env.items():
-                click.echo(f"export {k}={v}")
-            click.echo(shlex.join(plan.argv))
+                echo(f"export {k}={v}")
+            echo(shlex.join(plan.argv))
         return
     _serve_foreground(plan, ready_timeout, as_json, log_file)
 
@@ -248,7 +264,7 @@ def _emit_artefacts(
     if config is not None:
         written = run(as_json, lambda: deploy.emit_config(plan, config))
         out["config"] = written.to_dict()
-        click.echo(f"wrote {config}: {len(written.options)} vLLM options", err=True)
+        echo(f"wrote {config}: {len(written.options)} vLLM options", err=True)
     manifest = None
     if emit == "k8s":
         manifest = run(
@@ -264,14 +280,14 @@ def _emit_artefacts(
         )
         return
     if manifest is not None:
-        click.echo(deploy.dump_yaml(manifest, deploy.K8S_HEADER), nl=False)
+        echo(deploy.dump_yaml(manifest, deploy.K8S_HEADER), nl=False)
         return
     assert written is not None  # emitting: --emit-config or --emit
     for node in written.nodes:
-        click.echo(f"# node {node.node_rank} ({node.role}, {plan.multinode_mode})")
-        click.echo(node.shell())
+        echo(f"# node {node.node_rank} ({node.role}, {plan.multinode_mode})")
+        echo(node.shell())
     if not written.nodes:
-        click.echo(out["config"]["command"])
+        echo(out["config"]["command"])
 
 
 def _serve_foreground(
@@ -287,7 +303,7 @@ def _serve_foreground(
     from qwenprep.engines import vllm_server as eng
 
     who = "SGLang" if getattr(plan, "serving_engine", "vllm") == "sglang" else "vLLM"
-    click.echo(f"starting {who} {plan.engine.version}: {shlex.join(plan.argv)}", err=True)
+    echo(f"starting {who} {plan.engine.version}: {shlex.join(plan.argv)}", err=True)
     try:
         out: Any = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):
@@ -298,8 +314,8 @@ def _serve_foreground(
         log = log_file if log_file is not None else run(as_json, eng.default_log_path)
         note = eng.cpu_kv_note(plan)
         if note:
-            click.echo(f"note: {note}", err=True)
-        click.echo(f"vLLM log: {log}", err=True)
+            echo(f"note: {note}", err=True)
+        echo(f"vLLM log: {log}", err=True)
         handle = run(as_json, lambda: eng.start_server(plan, log=log, echo=out))
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: handle.send_signal(signum))
@@ -309,7 +325,7 @@ def _serve_foreground(
         handle.stop()
         _fail(err, as_json)
     entry = models["data"][0]
-    click.echo(
+    echo(
         f"ready: {plan.base_url}/v1 serves {entry['id']} with max_model_len "
         f"{entry['max_model_len']} (Ctrl-C stops it)",
         err=True,
@@ -328,5 +344,5 @@ def _serve_foreground(
         )
         sys.stdout.flush()
     rc = handle.wait()
-    click.echo(f"{who} exited with code {rc}", err=True)
+    echo(f"{who} exited with code {rc}", err=True)
     sys.exit(rc)
