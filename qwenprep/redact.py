@@ -17,8 +17,10 @@ VLLM_API_KEY; not max-num-batched-tokens, ssl-keyfile or a lone "key"). Abbrevia
 FlexibleArgumentParser (vllm/utils/argparse_utils.py, 0.32) is an argparse parser with
 allow_abbrev left on, and turns `_` into `-` in option names before parsing; its credential
 options are --hf-token (vllm/engine/arg_utils.py EngineArgs.add_cli_args) and --api-key, a
-list (vllm/entrypoints/launchers/cli_args.py, api_key: list[str]); SGLang's parser is argparse
-too.
+list (vllm/entrypoints/launchers/cli_args.py, api_key: list[str]); SGLang 0.5.23's are
+--api-key and --admin-api-key (sglang/srt/arg_groups/fields/serving.py), through argparse too.
+A few harmless options also end in "token" (SGLang's --bucket-time-to-first-token): their
+value is masked in what is shown, never in what runs.
 
 Reads only the environment and two small files; imports nothing heavy (cli._fail uses it).
 """
@@ -57,8 +59,14 @@ _CREDENTIAL_WORD = re.compile(
     r"(?i)^[a-z0-9]+(?:[-_][a-z0-9]+)*[-_](?:token|key|secret|password|passwd|credentials?)$"
 )
 _MIN_ABBREV = 5  # "--hf-": shorter prefixes are ambiguous to any parser
-_VALUE = r"""(?:'[^']*'|"[^"]*"|[^\s'"]+)+"""  # a shell word, quoted parts included
+# a shell word, quoted parts included (a bare one stops at ")" "," ";": prose around it; the
+# literal values of this process's argv catch a secret holding those)
+_VALUE = r"""(?:'[^']*'|"[^"]*"|[^\s'",;)]+)+"""
 _OPTION_VALUE = re.compile(rf"(?<![\w-])(--[A-Za-z][\w-]*)(=|\s+)({_VALUE})")
+_OPTION_VALUES = re.compile(
+    rf"(?<![\w-])(--[A-Za-z][\w-]*)([ \t]+)({_VALUE}(?:[ \t]+(?!-){_VALUE})*)"
+)
+LIST_CREDENTIAL_OPTIONS = ("--api-key", "--admin-api-key")  # several values each (nargs +)
 _NAMED_VALUE = re.compile(rf"(?<![\w./-])([A-Za-z][\w-]*)=({_VALUE})")
 _QUOTED_KEY = re.compile(
     r"""(['"])([A-Za-z][\w-]*)\1(\s*:\s*)(\[[^\]]*\]|'[^']*'|"[^"]*"|[^\s,}\]]+)"""
@@ -173,6 +181,12 @@ def secrets() -> list[str]:
     return sorted(wanted, key=len, reverse=True)
 
 
+def _mask_values(m: re.Match[str]) -> str:
+    name = "--" + m[1][2:].replace("_", "-")
+    several = len(name) >= _MIN_ABBREV and any(o.startswith(name) for o in LIST_CREDENTIAL_OPTIONS)
+    return f"{m[1]}{m[2]}" + " ".join(MASK for _ in m[3].split()) if several else m[0]
+
+
 def _mask_option(m: re.Match[str]) -> str:
     return f"{m[1]}{m[2]}{MASK}" if credential_option(m[1]) else m[0]
 
@@ -195,6 +209,7 @@ def redact(text: str, known: list[str] | None = None) -> str:
     for pattern, repl in _SHAPES:
         text = pattern.sub(repl, text)
     if "=" in text or "--" in text or ":" in text:
+        text = _OPTION_VALUES.sub(_mask_values, text)
         text = _OPTION_VALUE.sub(_mask_option, text)
         text = _NAMED_VALUE.sub(_mask_named, text)
         text = _QUOTED_KEY.sub(_mask_key, text)

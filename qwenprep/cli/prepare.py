@@ -185,14 +185,15 @@ def revert(path: str, force: bool, as_json: bool) -> None:
     echo(res.message)
 
 
-@cli.command("list", short_help="Overlays qwenprep made, each ok, stale or dangling.")
+@cli.command("list", short_help="Overlays qwenprep made: ok, stale, dangling or unpinned.")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @json_option
 def list_cmd(paths: tuple[Path, ...], as_json: bool) -> None:
     """List overlays under the default place ($HF_HOME/qwenprep/overlays) or PATHS (overlays,
     or folders holding them): source, context and state. ok; stale: the source config changed
     or the ref it came from moved; dangling: the source or a linked file is gone (after hf
-    cache rm, say). Exit 1 when any is not ok.
+    cache rm, say); unpinned: its cache pin is gone, so hf cache prune may delete its source
+    (the line says the patch command that re-pins it). Exit 1 when any is not ok.
 
     \b
     Examples:
