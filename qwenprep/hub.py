@@ -28,7 +28,8 @@ OWN_REFS = "qwenprep"
 
 def own_ref(rev: str) -> bool:
     """True for a revision under qwenprep's own ref namespace (qwenprep, qwenprep/...)."""
-    return rev == OWN_REFS or rev.startswith(OWN_REFS + "/")
+    low = rev.lower()  # refs/Qwenprep is refs/qwenprep on a case-insensitive disk
+    return low == OWN_REFS or low.startswith(OWN_REFS + "/")
 
 
 @dataclass(frozen=True)

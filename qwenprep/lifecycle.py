@@ -158,15 +158,20 @@ def pin_sharer(path: Path, manifest: dict[str, Any]) -> Path | None:
 
     pin = (manifest.get("source") or {}).get("pin")
     made = manifest.get("path")
-    if not isinstance(pin, str) or made_here(path, manifest) or not isinstance(made, str):
+    if not isinstance(pin, str) or made_here(path, manifest):
         return None
-    try:
-        other = read_manifest(Path(made))
-    except InputError:
-        return None
-    if other is None or (other.get("source") or {}).get("pin") != pin:
-        return None
-    return Path(made)
+    # where it was made; a manifest from before overlay ids says no path: the default place
+    places = [Path(made)] if isinstance(made, str) else find_overlays([])
+    for place in places:
+        if _same_place(str(place), path):
+            continue
+        try:
+            other = read_manifest(place)
+        except InputError:
+            continue
+        if other is not None and (other.get("source") or {}).get("pin") == pin:
+            return place
+    return None
 
 
 def pin_missing(manifest: dict[str, Any]) -> str | None:

@@ -156,7 +156,7 @@ def test_check_and_serve_plans_never_print_the_engines_credentials(
     plan = json.loads(dry_json.stdout)
     assert plan["argv"][-6:] == ["--api-key", MASK, MASK, "--hf-tok", MASK, f"--hf_token={MASK}"]
     assert "--api-key *** ***" in dry_text.stdout
-    assert "--api-key" in emitted.stdout + emitted.stderr
+    assert f"--config {tmp_path / 'v.yaml'}" in emitted.stdout  # the printed launch command
 
 
 def _busy_port() -> tuple[socket.socket, int]:
