@@ -19,6 +19,7 @@ from qwenprep.cli._common import (
     _vllm_version_option,
     _with,
     cli,
+    echo,
     finish_report,
     json_option,
     run,
@@ -199,7 +200,7 @@ def plan(
     else:
         _echo_plan(p)
         if written:
-            click.echo(f"chart: {written}")
+            echo(f"chart: {written}")
     sys.exit(0 if p.fits else EXIT_CHECKS_FAILED)
 
 
@@ -209,7 +210,7 @@ def _echo_plan(p: Any) -> None:
     from qwenprep.timing import CONTEXT_COLUMNS
 
     rows, table, lines = p.summary_parts()
-    click.echo(
+    echo(
         render_plan(
             rows,
             table,
@@ -316,7 +317,7 @@ def check(
         as_json, lambda: gpu_memory_for(gpu_model, gpu_memory=gpu_memory, kv_memory=kv_memory)
     )
     for note in gpu_notes:
-        click.echo(f"note: {note}", err=True)
+        echo(f"note: {note}", err=True)
 
     def go() -> Report:
         from qwenprep.checkpoint import resolve_model

@@ -15,6 +15,7 @@ from qwenprep.cli._common import (
     _fail,
     _usage,
     cli,
+    echo,
     json_option,
     run,
     serving_engine_option,
@@ -201,6 +202,21 @@ def serve(
         run(as_json, lambda: check_image(named_image))
     if force and emit_config is None:
         run(as_json, lambda: _usage("--force goes with --emit-config FILE."))
+    if emit == "k8s":  # a manifest is printed and applied as it is: never with a secret in it
+        from qwenprep.redact import argv_secrets
+
+        if argv_secrets(vllm_args):
+            from qwenprep.errors import UsageError
+
+            def secret_in_manifest() -> None:
+                raise UsageError(
+                    "--emit k8s: the engine arguments after -- carry a credential (--api-key, "
+                    "--hf-token or another); the manifest would hold it in plain text.",
+                    hint="leave it out and give it to the pods from a Kubernetes Secret: env "
+                    "VLLM_API_KEY (vLLM reads it when --api-key is not given) or HF_TOKEN",
+                )
+
+            run(as_json, secret_in_manifest)
     if emit_config is not None:  # a bad target is said before vLLM is asked anything
         from qwenprep.engines.deploy import config_target
 
@@ -239,7 +255,7 @@ def serve(
 
     plan = run(as_json, make_plan)
     for note in plan.notes:
-        click.echo(f"note: {note}", err=True)
+        echo(f"note: {note}", err=True)
     if emitting:
         _emit_artefacts(plan, emit_config, emit, image, as_json, force)
         return
@@ -250,14 +266,14 @@ def serve(
             )
         elif plan.nodes:
             for node in plan.nodes:
-                click.echo(f"# node {node.node_rank} ({node.role}, {plan.multinode_mode})")
-                click.echo(node.shell())
+                echo(f"# node {node.node_rank} ({node.role}, {plan.multinode_mode})")
+                echo(node.shell())
         else:
             for k in plan.unset_env:
-                click.echo(f"unset {k}")
+                echo(f"unset {k}")
             for k, v in plan.env.items():
-                click.echo(f"export {k}={v}")
-            click.echo(shlex.join(plan.argv))
+                echo(f"export {k}={v}")
+            echo(shlex.join(plan.argv))
         return
     proof_req = None
     if proof:  # a bad --proof-tokens is said before the engine starts
@@ -281,7 +297,7 @@ def _emit_artefacts(
     if config is not None:
         written = run(as_json, lambda: deploy.emit_config(plan, config, force=force))
         out["config"] = written.to_dict()
-        click.echo(f"wrote {config}: {len(written.options)} vLLM options", err=True)
+        echo(f"wrote {config}: {len(written.options)} vLLM options", err=True)
     manifest = None
     if emit == "k8s":
         manifest = run(
@@ -297,14 +313,14 @@ def _emit_artefacts(
         )
         return
     if manifest is not None:
-        click.echo(deploy.dump_yaml(manifest, deploy.K8S_HEADER), nl=False)
+        echo(deploy.dump_yaml(manifest, deploy.K8S_HEADER), nl=False)
         return
     assert written is not None  # emitting: --emit-config or --emit
     for node in written.nodes:
-        click.echo(f"# node {node.node_rank} ({node.role}, {plan.multinode_mode})")
-        click.echo(node.shell())
+        echo(f"# node {node.node_rank} ({node.role}, {plan.multinode_mode})")
+        echo(node.shell())
     if not written.nodes:
-        click.echo(out["config"]["command"])
+        echo(out["config"]["command"])
 
 
 def _serve_foreground(
@@ -324,7 +340,7 @@ def _serve_foreground(
     from qwenprep.engines import vllm_server as eng
 
     who = "SGLang" if getattr(plan, "serving_engine", "vllm") == "sglang" else "vLLM"
-    click.echo(f"starting {who} {plan.engine.version}: {shlex.join(plan.argv)}", err=True)
+    echo(f"starting {who} {plan.engine.version}: {shlex.join(plan.argv)}", err=True)
     try:
         out: Any = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):
@@ -335,8 +351,8 @@ def _serve_foreground(
         log = log_file if log_file is not None else run(as_json, eng.default_log_path)
         note = eng.cpu_kv_note(plan)
         if note:
-            click.echo(f"note: {note}", err=True)
-        click.echo(f"vLLM log: {log}", err=True)
+            echo(f"note: {note}", err=True)
+        echo(f"vLLM log: {log}", err=True)
         handle = run(as_json, lambda: eng.start_server(plan, log=log, echo=out))
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: handle.send_signal(signum))
@@ -347,7 +363,7 @@ def _serve_foreground(
         _fail(err, as_json)
     entry = models["data"][0]
     proofs = _run_proofs(plan, handle, proof_req, ready_timeout, as_json)
-    click.echo(
+    echo(
         f"ready: {plan.base_url}/v1 serves {entry['id']} with max_model_len "
         f"{entry['max_model_len']} (Ctrl-C stops it)",
         err=True,
@@ -367,7 +383,7 @@ def _serve_foreground(
         )
         sys.stdout.flush()
     rc = handle.wait()
-    click.echo(f"{who} exited with code {rc}", err=True)
+    echo(f"{who} exited with code {rc}", err=True)
     sys.exit(rc)
 
 
@@ -383,7 +399,7 @@ def _run_proofs(
     kv = engine_kv(plan.base_url)
     if kv is not None:
         out["engine_kv"] = kv
-        click.echo(
+        echo(
             f"engine KV cache: {kv['num_gpu_blocks']:,} blocks of {kv['block_size']} = "
             f"{kv['tokens']:,} tokens (vllm:cache_config_info)",
             err=True,
@@ -391,13 +407,13 @@ def _run_proofs(
     if proof_req is None:
         out["proof"] = {"past_native": None}
         return out
-    click.echo(
+    echo(
         f"proof: sending a {proof_req.prompt_tokens:,}-token prompt (native window "
         f"{proof_req.native:,}) ...",
         err=True,
     )
     result = run_proof(plan.base_url, plan.served_model_name, proof_req, timeout=timeout)
-    click.echo(describe(result), err=True)
+    echo(describe(result), err=True)
     if not result["ok"]:
         handle.stop()
         _fail(
@@ -414,6 +430,9 @@ def _run_proofs(
 
 
 def _emit_json_line(obj: dict[str, Any]) -> None:
+    """One compact JSON object per line (serve --json's stream), through the redactor."""
     import json
 
-    click.echo(json.dumps(obj, ensure_ascii=False, separators=(",", ":")))
+    from qwenprep.redact import redact_obj, secrets
+
+    click.echo(json.dumps(redact_obj(obj, secrets()), ensure_ascii=False, separators=(",", ":")))
