@@ -46,11 +46,17 @@ def differences(got: dict[str, Any], own: dict[str, Any], engine: str) -> list[s
     """What differs between two measurements, in words (empty: the same rotation)."""
     if _unbuilt(got) or _unbuilt(own):
         a, b = got.get("derived") or {}, own.get("derived") or {}
-        return [
-            f"{k} {_g(a.get(k))} instead of {_g(b.get(k))}"
+        words = [
+            f"{engine} would rotate {a.get(k)} of {a.get('head_size')} dimensions instead of "
+            f"{b.get(k)}"
+            if k == "rotary_dim"
+            else f"{k} {_g(a.get(k))} instead of {_g(b.get(k))}"
             for k in sorted(set(a) | set(b))
             if a.get(k) != b.get(k)
         ]
+        if _unbuilt(got) and not _unbuilt(own):
+            words.insert(0, f"{engine} fails to build its rotary embedding ({got.get('why')})")
+        return words
     out: list[str] = []
     head = got.get("derived", {}).get("head_size")
     if got["rotary_dim"] != own["rotary_dim"]:
@@ -100,7 +106,7 @@ def _summary(r: dict[str, Any]) -> str:
 def judge(got: dict[str, Any], own: dict[str, Any], engine: str, where: str) -> Check:
     """engine.rotation: the rotary embedding with the argv applied against the overlay's own."""
     diff = differences(got, own, engine)
-    fallback = next((r for r in (got, own) if _unbuilt(r)), None)
+    fallback = own if _unbuilt(own) else None  # the engine cannot build either one here
     how = (
         f" ({engine} could not build its rotary embedding here: {fallback.get('why')}; "
         "the parameters it would pass to it were compared instead)"

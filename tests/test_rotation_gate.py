@@ -1,0 +1,216 @@
+"""The gate judges the rotation itself (issue 19): vLLM's own rotary embedding, built from the
+text config it derives with the exact argv, against the one built from the overlay alone, and
+the overlay's against YaRN from first principles. Every spelling that changes the rotation is
+refused in words; every spelling that changes nothing passes. One import of vLLM pays for the
+whole table (gate.probe_plans); two cases also run through check and serve --dry-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import EXAMPLES, TINY, invoke
+from qwenprep import engine as eng
+from qwenprep import gate
+from qwenprep.rotation import reference
+
+VLLM_PY = os.environ.get("QWENPREP_VLLM_PYTHON") or sys.executable
+INFO = eng.discover(VLLM_PY)
+needs_vllm = pytest.mark.skipif(
+    INFO is None or not INFO.importable, reason=f"vLLM is not importable in {VLLM_PY}"
+)
+YARN = {
+    "rope_type": "yarn",
+    "factor": 4.0,
+    "original_max_position_embeddings": 262144,
+    "rope_theta": 10000000,
+}
+
+
+def _hf(over: dict[str, Any]) -> list[str]:
+    return ["--hf-overrides", json.dumps(over)]
+
+
+# name -> (family, argv after --, yaml text for {yaml} or None, the words of the refusal or None)
+CASES: dict[str, tuple[str, list[str], str | None, str | None]] = {
+    # refused: each passed the key-list gate
+    "partial-0.5-json": (
+        "moe",
+        _hf({"partial_rotary_factor": 0.5}),
+        None,
+        "would rotate 16 of 32 dimensions instead of 32",
+    ),
+    "partial-0.5-yaml": (
+        "moe",
+        ["--config", "{yaml}"],
+        'hf_overrides: {"partial_rotary_factor": 0.5}\n',
+        "would rotate 16 of 32 dimensions instead of 32",
+    ),
+    "partial-0.5-dotted-abbrev": (
+        "moe",
+        ["--hf-o.partial_rotary_factor", "0.5"],
+        None,
+        "would rotate 16 of 32 dimensions instead of 32",
+    ),
+    "attention_factor-hf-ov": (
+        "moe",
+        ["--hf-ov", json.dumps({"rope_scaling": {**YARN, "attention_factor": 0.01}})],
+        None,
+        "attention scaling 0.01 instead of 1.1386",
+    ),
+    "beta_fast": (
+        "moe",
+        _hf({"rope_scaling": {**YARN, "beta_fast": 64}}),
+        None,
+        "inverse frequencies differ at dim",
+    ),
+    "rope_dim-in-dict": (
+        "moe",
+        _hf({"rope_scaling": {**YARN, "rope_dim": 8}}),
+        None,
+        "would rotate 8 of 32 dimensions instead of 32",
+    ),
+    "truncate-false": (
+        "moe",
+        _hf({"rope_scaling": {**YARN, "truncate": False}}),
+        None,
+        "inverse frequencies differ at dim",
+    ),
+    "next-restated-without-partial": (
+        "next",
+        _hf({"rope_parameters": YARN}),
+        None,
+        "would rotate 32 of 32 dimensions instead of 8",
+    ),
+    "next-restated-without-partial-rope_scaling": (
+        "next",
+        _hf({"rope_scaling": YARN}),
+        None,
+        "would rotate 32 of 32 dimensions instead of 8",
+    ),
+    "qwen35-nested-rope_dim": (
+        "qwen35",
+        _hf({"text_config": {"rope_parameters": {"rope_dim": 4}}}),
+        None,
+        "would rotate 4 of 32 dimensions instead of 8",
+    ),
+    "qwen35-nested-attention_factor-dotted": (
+        "qwen35",
+        ["--hf-overrides.text_config.rope_parameters.attention_factor", "0.01"],
+        None,
+        "attention scaling 0.01 instead of 1.1386",
+    ),
+    # accepted: spellings that change nothing
+    "own-dict-restated": ("moe", _hf({"rope_scaling": YARN}), None, None),
+    "own-dict-restated-yaml": (
+        "moe",
+        ["--config", "{yaml}"],
+        "hf-overrides:\n  rope_scaling: " + json.dumps(YARN) + "\n",
+        None,
+    ),
+    "mscale_all_dim-alone": (
+        "moe",
+        _hf({"rope_scaling": {**YARN, "mscale_all_dim": 1.0}}),
+        None,
+        None,
+    ),
+    "top-level-rope_dim": ("moe", _hf({"rope_dim": 8}), None, None),
+    "next-restated-with-partial": (
+        "next",
+        _hf({"rope_parameters": {**YARN, "partial_rotary_factor": 0.25}}),
+        None,
+        None,
+    ),
+    "qwen35-nested-theta-restated": (
+        "qwen35",
+        _hf({"text_config": {"rope_parameters": {"rope_theta": 10000000}}}),
+        None,
+        None,
+    ),
+    "benign": ("moe", ["--enforce-eager"], None, None),
+}
+SOURCES = {
+    "moe": TINY,
+    "next": EXAMPLES / "tiny-qwen3-next",
+    "qwen35": EXAMPLES / "tiny-qwen3.5-moe",
+}
+
+
+@pytest.fixture(scope="module")
+def overlays(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("rot")
+    out = {}
+    for fam, src in SOURCES.items():
+        ov = root / fam
+        r = invoke("patch", str(src), "--context", "1m", "--out", str(ov), "--json")
+        assert r.exit_code == 0, r.output
+        out[fam] = ov
+    return out
+
+
+def _fill(argv: list[str], yaml_text: str | None, tmp: Path, name: str) -> list[str]:
+    if yaml_text is None:
+        return argv
+    f = tmp / f"{name}.yaml"
+    f.write_text(yaml_text)
+    return [str(f) if a == "{yaml}" else a for a in argv]
+
+
+@pytest.mark.engine
+@needs_vllm
+def test_the_rotation_is_judged_numerically(overlays: dict[str, Path], tmp_path: Path) -> None:
+    assert INFO is not None
+    plans = {
+        name: eng.build_launch_plan(
+            overlays[fam], engine=INFO, extra_args=_fill(a, y, tmp_path, name), offline_gate=False
+        )
+        for name, (fam, a, y, _) in CASES.items()
+    }
+    gate.probe_plans(list(plans.values()), eng.engine_python(INFO.python))
+    problems = []
+    for name, (_, _, _, words) in CASES.items():
+        checks = {c.id: c for c in gate.gate(plans[name], engine=INFO).checks}
+        rot, ref = checks["engine.rotation"], checks["engine.rotation_reference"]
+        if ref.status != "pass":
+            problems.append(f"{name}: reference {ref.message}")
+        if words is None and rot.status != "pass":
+            problems.append(f"{name}: refused: {rot.message}")
+        if words is not None and (rot.status != "fail" or words not in rot.message):
+            problems.append(f"{name}: wanted a refusal saying {words!r}, got {rot.message}")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.engine
+@needs_vllm
+def test_check_and_serve_refuse_a_lost_partial_factor(overlays: dict[str, Path]) -> None:
+    """Hostile test item 2 through the CLI: Qwen3-Next's YaRN dict restated with rope_theta
+    (what the old hint said to do) but without partial_rotary_factor."""
+    argv = _hf({"rope_parameters": YARN})
+    ov = str(overlays["next"])
+    c = invoke("check", ov, "--json", "--kv-memory", "2GiB", "--vllm-python", VLLM_PY, "--", *argv)
+    s = invoke("serve", ov, "--dry-run", "--json", "--vllm-python", VLLM_PY, "--", *argv)
+    assert (c.exit_code, s.exit_code) == (1, 3), (c.output, s.output)
+    rot = {x["id"]: x for x in json.loads(c.stdout)["checks"]}["engine.rotation"]
+    assert "would rotate 32 of 32 dimensions instead of 8" in rot["message"]
+    assert "would rotate 32 of 32 dimensions instead of 8" in json.loads(s.stdout)["error"]["message"]
+
+
+def test_first_principles_yarn_matches_the_published_numbers() -> None:
+    """The pure-Python reference: YaRN x4 over 262,144 with theta 1e7 on a 32-dim head
+    (attention scaling 0.1 ln 4 + 1; the fastest dims extrapolate, the slowest interpolate by 4),
+    the partial factor and the M-RoPE sections of Qwen3.5."""
+    cfg = json.loads((TINY / "config.json").read_text())
+    cfg["rope_scaling"] = dict(YARN)
+    ref = reference(cfg)
+    assert ref["rotary_dim"] == 32
+    assert ref["attention_scaling"] == pytest.approx(1.1386294361)
+    assert ref["inv_freq"][0] == 1.0
+    assert ref["inv_freq"][-1] == pytest.approx(1e7 ** (-30 / 32) / 4)
+    q35 = json.loads((EXAMPLES / "tiny-qwen3.5-moe" / "config.json").read_text())
+    r35 = reference(q35)
+    assert (r35["rotary_dim"], r35["attention_scaling"], r35["mrope_section"]) == (8, 1.0, [2, 1, 1])
