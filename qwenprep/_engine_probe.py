@@ -467,7 +467,7 @@ def gate(items_json: str) -> dict[str, Any]:
 
 
 def _rotations(
-    text: Any, engine_args: Any, view: dict[str, Any], item: dict[str, Any], own: dict[str, Any]
+    text: Any, engine_args: Any, view: dict[str, Any], item: dict[str, Any], own: dict[Any, Any]
 ) -> dict[str, Any]:
     """vLLM's own rotary embedding built from TEXT (the config with the argv applied) and from
     the overlay's config alone (vLLM's get_config of the model, no overrides), measured at the

@@ -32,7 +32,7 @@ def positions(served: int, native: int) -> list[int]:
 
 @contextlib.contextmanager
 def _sparse_tables(wanted: list[int], seen: list[int]) -> Iterator[None]:
-    torch = importlib.import_module("torch")
+    torch: Any = importlib.import_module("torch")
     real = torch.arange
 
     def arange(*args: Any, **kw: Any) -> Any:
@@ -75,7 +75,7 @@ def measure(build: Callable[[], Any], table: str, wanted: list[int]) -> dict[str
         out["attention_scaling"] = got["0"][0]
     if "0" in got and "1" in got:
         c, s = got["1"][:half], got["1"][half:]
-        out["inv_freq"] = [math.atan2(b, a) for a, b in zip(c, s)]
+        out["inv_freq"] = [math.atan2(b, a) for a, b in zip(c, s, strict=True)]
     return out
 
 
@@ -160,9 +160,7 @@ def _derived(params: dict[str, Any], head: int, dca: Any) -> dict[str, Any]:
     )
     out = {k: _plain(params[k]) for k in keep if k in params}
     out.setdefault("rope_type", "default")
-    out.update(
-        rotary_dim=int(dim), rope_theta=params.get("rope_theta", 10000), head_size=int(head)
-    )
+    out.update(rotary_dim=int(dim), rope_theta=params.get("rope_theta", 10000), head_size=int(head))
     if isinstance(dca, dict):
         out.update({f"dca.{k}": dca.get(k) for k in ("chunk_size", "local_size")})
     return out

@@ -31,6 +31,8 @@ ABS = 1e-4  # cos/sin entries (both builds run the same float32 code: equal when
 
 
 def _g(x: Any) -> str:
+    if x is None:
+        return "unset"
     return f"{x:.6g}" if isinstance(x, float) else str(x)
 
 
@@ -66,7 +68,9 @@ def differences(got: dict[str, Any], own: dict[str, Any], engine: str) -> list[s
             f"{own['rotary_dim']}"
         )
     else:
-        for i, (a, b) in enumerate(zip(got.get("inv_freq", []), own.get("inv_freq", []))):
+        for i, (a, b) in enumerate(
+            zip(got.get("inv_freq", []), own.get("inv_freq", []), strict=False)
+        ):
             if not _close(a, b):
                 out.append(f"inverse frequencies differ at dim {i} ({_g(a)} instead of {_g(b)})")
                 break
@@ -81,7 +85,7 @@ def differences(got: dict[str, Any], own: dict[str, Any], engine: str) -> list[s
     if not out:
         rows, mine = got.get("rows", {}), own.get("rows", {})
         for p in sorted(set(rows) & set(mine), key=int):
-            if any(abs(x - y) > ABS for x, y in zip(rows[p], mine[p])):
+            if any(abs(x - y) > ABS for x, y in zip(rows[p], mine[p], strict=False)):
                 out.append(f"cos/sin differ at position {p}")
                 break
     for k in ("mrope_section", "mrope_interleaved"):  # not seen at text positions
@@ -169,12 +173,16 @@ def reference(config: dict[str, Any]) -> dict[str, Any]:
         if low == high:
             high += 0.001
         extra = [1 - min(max((i - low) / (high - low), 0.0), 1.0) for i in range(dim // 2)]
-        inv = [(x / factor) * (1 - m) + x * m for x, m in zip(inv, extra)]
+        inv = [(x / factor) * (1 - m) + x * m for x, m in zip(inv, extra, strict=True)]
 
         def mscale(s: float, m: float = 1.0) -> float:
             return 1.0 if s <= 1 else 0.1 * m * math.log(s) + 1.0
 
-        att, ms, ms_all = rope.get("attention_factor"), rope.get("mscale"), rope.get("mscale_all_dim")
+        att, ms, ms_all = (
+            rope.get("attention_factor"),
+            rope.get("mscale"),
+            rope.get("mscale_all_dim"),
+        )
         if att is not None:
             scaling = float(att)
         elif ms and ms_all:
@@ -210,12 +218,17 @@ def against_reference(
         )
     bad: list[str] = []
     sec = ref["mrope_section"]
-    if isinstance(sec, list) and sum(x for x in sec if isinstance(x, int)) != ref["rotary_dim"] // 2:
+    if (
+        isinstance(sec, list)
+        and sum(x for x in sec if isinstance(x, int)) != ref["rotary_dim"] // 2
+    ):
         bad.append(f"mrope_section {sec} does not cover the {ref['rotary_dim'] // 2} rotated pairs")
     if _unbuilt(own):
         d = own.get("derived") or {}
         if d.get("rotary_dim") != ref["rotary_dim"]:
-            bad.append(f"{engine} would rotate {d.get('rotary_dim')} dims instead of {ref['rotary_dim']}")
+            bad.append(
+                f"{engine} would rotate {d.get('rotary_dim')} dims instead of {ref['rotary_dim']}"
+            )
         how = (
             f" ({engine} could not build its rotary embedding here: {own.get('why')}; "
             "its derived parameters were compared instead)"
@@ -228,13 +241,17 @@ def against_reference(
                 f"principles {ref['rotary_dim']}"
             )
         else:
-            for i, (a, b) in enumerate(zip(own.get("inv_freq", []), ref["inv_freq"])):
+            for i, (a, b) in enumerate(zip(own.get("inv_freq", []), ref["inv_freq"], strict=False)):
                 if not _close(a, b):
-                    bad.append(f"inverse frequencies differ at dim {i} ({_g(a)}, first principles {_g(b)})")
+                    bad.append(
+                        f"inverse frequencies differ at dim {i} ({_g(a)}, first principles {_g(b)})"
+                    )
                     break
         s = own.get("attention_scaling")
         if isinstance(s, float) and not _close(s, ref["attention_scaling"]):
-            bad.append(f"attention scaling {s:.5g}, first principles {ref['attention_scaling']:.5g}")
+            bad.append(
+                f"attention scaling {s:.5g}, first principles {ref['attention_scaling']:.5g}"
+            )
     if bad:
         return Check(
             "engine.rotation_reference",
@@ -254,9 +271,7 @@ def against_reference(
     )
 
 
-def rotation_checks(
-    answer: Any, config: dict[str, Any], engine: str, where: str
-) -> list[Check]:
+def rotation_checks(answer: Any, config: dict[str, Any], engine: str, where: str) -> list[Check]:
     """The probe's "rotation" answer ({"argv": ..., "own": ...} or {"error": ...}) as checks:
     the argv's rotation against the overlay's own, and the overlay's against first principles.
     An answer that could not be measured is a refusal: nothing unjudged reads as ready."""

@@ -133,6 +133,15 @@ CASES: dict[str, tuple[str, list[str], str | None, str | None]] = {
         None,
     ),
     "benign": ("moe", ["--enforce-eager"], None, None),
+    # a DCA release (Qwen2.5-7B-Instruct-1M, qwen2: head 128) patched --yarn-on-dca: vLLM
+    # cannot build its Dual Chunk Attention rotary embedding without CUDA, and says so
+    "dca-block-added-back": (
+        "dca",
+        _hf({"dual_chunk_attention_config": {"chunk_size": 262144, "local_size": 8192}}),
+        None,
+        "fails to build its rotary embedding (RuntimeError",
+    ),
+    "dca-own-dict-restated": ("dca", ["--hf-ov", json.dumps({"rope_scaling": YARN})], None, None),
 }
 SOURCES = {
     "moe": TINY,
@@ -143,11 +152,17 @@ SOURCES = {
 
 @pytest.fixture(scope="module")
 def overlays(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from qwenprep.synth import make_shaped_checkpoint, qwen25_7b_instruct_1m_config
+
     root = tmp_path_factory.mktemp("rot")
+    dca = make_shaped_checkpoint(
+        root / "Qwen2.5-7B-Instruct-1M", config=qwen25_7b_instruct_1m_config(), fp8=False, shards=2
+    )
     out = {}
-    for fam, src in SOURCES.items():
+    for fam, src in {**SOURCES, "dca": dca}.items():
         ov = root / fam
-        r = invoke("patch", str(src), "--context", "1m", "--out", str(ov), "--json")
+        more = ["--yarn-on-dca"] if fam == "dca" else []
+        r = invoke("patch", str(src), "--context", "1m", *more, "--out", str(ov), "--json")
         assert r.exit_code == 0, r.output
         out[fam] = ov
     return out
@@ -174,14 +189,17 @@ def test_the_rotation_is_judged_numerically(overlays: dict[str, Path], tmp_path:
     gate.probe_plans(list(plans.values()), eng.engine_python(INFO.python))
     problems = []
     for name, (_, _, _, words) in CASES.items():
-        checks = {c.id: c for c in gate.gate(plans[name], engine=INFO).checks}
-        rot, ref = checks["engine.rotation"], checks["engine.rotation_reference"]
-        if ref.status != "pass":
-            problems.append(f"{name}: reference {ref.message}")
-        if words is None and rot.status != "pass":
-            problems.append(f"{name}: refused: {rot.message}")
-        if words is not None and (rot.status != "fail" or words not in rot.message):
-            problems.append(f"{name}: wanted a refusal saying {words!r}, got {rot.message}")
+        res = gate.gate(plans[name], engine=INFO)
+        said = [f"[{c.id}] {c.message}" for c in res.refused]
+        ref = next((c for c in res.checks if c.id == "engine.rotation_reference"), None)
+        if ref is None or ref.status != "pass":
+            problems.append(f"{name}: the overlay's rotation was not held to first principles")
+        if words is None and said:
+            problems.append(f"{name}: refused: {said}")
+        if words is not None and not any(
+            r.startswith("[engine.rotation]") and words in r for r in said
+        ):
+            problems.append(f"{name}: wanted a refusal saying {words!r}, got {said}")
     assert not problems, "\n".join(problems)
 
 
@@ -197,7 +215,9 @@ def test_check_and_serve_refuse_a_lost_partial_factor(overlays: dict[str, Path])
     assert (c.exit_code, s.exit_code) == (1, 3), (c.output, s.output)
     rot = {x["id"]: x for x in json.loads(c.stdout)["checks"]}["engine.rotation"]
     assert "would rotate 32 of 32 dimensions instead of 8" in rot["message"]
-    assert "would rotate 32 of 32 dimensions instead of 8" in json.loads(s.stdout)["error"]["message"]
+    assert (
+        "would rotate 32 of 32 dimensions instead of 8" in json.loads(s.stdout)["error"]["message"]
+    )
 
 
 def test_first_principles_yarn_matches_the_published_numbers() -> None:
@@ -213,4 +233,28 @@ def test_first_principles_yarn_matches_the_published_numbers() -> None:
     assert ref["inv_freq"][-1] == pytest.approx(1e7 ** (-30 / 32) / 4)
     q35 = json.loads((EXAMPLES / "tiny-qwen3.5-moe" / "config.json").read_text())
     r35 = reference(q35)
-    assert (r35["rotary_dim"], r35["attention_scaling"], r35["mrope_section"]) == (8, 1.0, [2, 1, 1])
+    assert (r35["rotary_dim"], r35["attention_scaling"], r35["mrope_section"]) == (
+        8,
+        1.0,
+        [2, 1, 1],
+    )
+
+
+def test_an_unbuildable_rotation_compares_the_derived_parameters() -> None:
+    """Where the engine cannot build its rotary embedding (vLLM's DCA class needs CUDA), the
+    parameters get_rope would take are compared, and the check says that is what it did."""
+    from qwenprep.rotation import judge
+
+    dca = {"rope_type": "default", "rotary_dim": 128, "head_size": 128, "rope_theta": 1e6}
+    own = {
+        "built": False,
+        "why": "RuntimeError: no CUDA",
+        "derived": {**dca, "dca.chunk_size": 262144},
+    }
+    same = judge(dict(own), own, "vLLM 0.10.2", "config.json")
+    assert same.status == "pass" and "could not build its rotary embedding here" in same.message
+    other = {**own, "derived": {**own["derived"], "dca.chunk_size": 131072, "rotary_dim": 64}}
+    bad = judge(other, own, "vLLM 0.10.2", "config.json")
+    assert bad.status == "fail"
+    assert "dca.chunk_size 131072 instead of 262144" in bad.message
+    assert "vLLM 0.10.2 would rotate 64 of 128 dimensions instead of 128" in bad.message
