@@ -154,6 +154,8 @@ def _derived(params: dict[str, Any], head: int, dca: Any) -> dict[str, Any]:
         "mscale",
         "mscale_all_dim",
         "attention_factor",
+        "attn_factor",  # SGLang's YaRN
+        "extrapolation_factor",  # SGLang's YaRN
         "truncate",
         "mrope_section",
         "mrope_interleaved",
@@ -168,30 +170,50 @@ def _derived(params: dict[str, Any], head: int, dca: Any) -> dict[str, Any]:
 
 def sglang_rotation(cfg: Any, wanted: list[int]) -> dict[str, Any]:
     """SGLang's rotary embedding for text config CFG, built by the call its Qwen attention
-    layers make (SGLang 0.5.23 models/qwen3_moe.py Qwen3MoeAttention: get_rope(head_dim,
-    rotary_dim=head_dim, max_position=max_position_embeddings, rope_scaling=rope_scaling,
-    base=rope_theta, partial_rotary_factor=..., dual_chunk_attention_config=...)) with
-    SGLANG_USE_CPU_ENGINE=1 (set by the caller: otherwise its base class imports vLLM's ops)."""
-    rope_mod = importlib.import_module("sglang.srt.layers.rotary_embedding")
+    layer makes (SGLang 0.5.23): models/qwen3_moe.py and qwen2.py take (theta, rope_scaling)
+    from get_rope_config and pass no partial factor; qwen3_next.py takes config.rope_theta
+    (default 10000), rope_parameters when the config has it (else rope_scaling) and
+    config.partial_rotary_factor; qwen3_5.py takes get_rope_config, getattr(partial, 1.0) and
+    drops a rope dict without a type. Built as with SGLANG_USE_CPU_ENGINE=1 (base.py's _is_cpu;
+    otherwise the constructor imports vLLM's ops for its fallback kernel on this CPU)."""
     common = importlib.import_module("sglang.srt.utils.hf_transformers.common")
-    theta, params = common.get_rope_config(cfg)
-    params = dict(params or {})
+    kind = str(getattr(cfg, "model_type", ""))
     head = _head_size(cfg)
-    prf = params.get("partial_rotary_factor", getattr(cfg, "partial_rotary_factor", 1.0))
+    prf: Any = 1.0
+    if kind == "qwen3_next":
+        theta = getattr(cfg, "rope_theta", 10000)
+        has = "rope_parameters" in cfg
+        params = getattr(cfg, "rope_parameters" if has else "rope_scaling", None)
+        prf = cfg.partial_rotary_factor
+    else:
+        theta, params = common.get_rope_config(cfg)
+        if kind.startswith("qwen3_5"):
+            prf = getattr(cfg, "partial_rotary_factor", 1.0)
+            if params and not ("rope_type" in params or "type" in params):
+                params = None
+    params = dict(params) if params else None
     mpe = int(getattr(cfg, "max_position_embeddings", 8192))
-    dca = getattr(cfg, "dual_chunk_attention_config", None)
-    derived = _derived({**params, "rope_theta": theta, "partial_rotary_factor": prf}, head, dca)
+    dca = (
+        getattr(cfg, "dual_chunk_attention_config", None)
+        if kind in ("qwen2", "qwen3_moe")
+        else None
+    )
+    derived = _derived(
+        {**(params or {}), "rope_theta": theta, "partial_rotary_factor": prf}, head, dca
+    )
+    base_mod = importlib.import_module("sglang.srt.layers.rotary_embedding.base")
+    saved = base_mod._is_cpu
+    base_mod._is_cpu = True  # what SGLANG_USE_CPU_ENGINE=1 sets: no vLLM kernel import
 
     def build() -> Any:
-        cache = getattr(rope_mod, "_ROPE_DICT", None)
-        if isinstance(cache, dict):
-            cache.clear()
+        rope_mod = importlib.import_module("sglang.srt.layers.rotary_embedding.factory")
+        rope_mod._ROPE_DICT.clear()  # get_rope caches by its arguments: build afresh
         return rope_mod.get_rope(
             head,
             rotary_dim=head,
             max_position=mpe,
             base=theta,
-            rope_scaling=params or None,
+            rope_scaling=params,
             partial_rotary_factor=prf,
             dual_chunk_attention_config=dca,
         )
@@ -201,6 +223,8 @@ def sglang_rotation(cfg: Any, wanted: list[int]) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001 - say what stopped it
         why = " ".join((str(e) or type(e).__name__).split())[:300]
         return {"built": False, "why": f"{type(e).__name__}: {why}", "derived": derived}
+    finally:
+        base_mod._is_cpu = saved
     return {**got, "derived": derived}
 
 
