@@ -201,7 +201,7 @@ def sglang_rotation(cfg: Any, wanted: list[int]) -> dict[str, Any]:
     derived = _derived(
         {**(params or {}), "rope_theta": theta, "partial_rotary_factor": prf}, head, dca
     )
-    base_mod = importlib.import_module("sglang.srt.layers.rotary_embedding.base")
+    base_mod: Any = importlib.import_module("sglang.srt.layers.rotary_embedding.base")
     saved = base_mod._is_cpu
     base_mod._is_cpu = True  # what SGLANG_USE_CPU_ENGINE=1 sets: no vLLM kernel import
 

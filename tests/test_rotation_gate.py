@@ -176,6 +176,23 @@ def _fill(argv: list[str], yaml_text: str | None, tmp: Path, name: str) -> list[
     return [str(f) if a == "{yaml}" else a for a in argv]
 
 
+def _problems(name: str, checks: list[Any], words: str | None) -> list[str]:
+    """What is wrong with one case's checks: the overlay's rotation must match first
+    principles; a spelling that changes nothing passes; any other is refused in WORDS."""
+    out = []
+    said = [f"[{c.id}] {c.message}" for c in checks if c.status == "fail"]
+    ref = next((c for c in checks if c.id == "engine.rotation_reference"), None)
+    if ref is None or ref.status != "pass":
+        out.append(f"{name}: the overlay's rotation was not held to first principles")
+    if words is None and said:
+        out.append(f"{name}: refused: {said}")
+    if words is not None and not any(
+        r.startswith("[engine.rotation]") and words in r for r in said
+    ):
+        out.append(f"{name}: wanted a refusal saying {words!r}, got {said}")
+    return out
+
+
 @pytest.mark.engine
 @needs_vllm
 def test_the_rotation_is_judged_numerically(overlays: dict[str, Path], tmp_path: Path) -> None:
@@ -187,19 +204,11 @@ def test_the_rotation_is_judged_numerically(overlays: dict[str, Path], tmp_path:
         for name, (fam, a, y, _) in CASES.items()
     }
     gate.probe_plans(list(plans.values()), eng.engine_python(INFO.python))
-    problems = []
-    for name, (_, _, _, words) in CASES.items():
-        res = gate.gate(plans[name], engine=INFO)
-        said = [f"[{c.id}] {c.message}" for c in res.refused]
-        ref = next((c for c in res.checks if c.id == "engine.rotation_reference"), None)
-        if ref is None or ref.status != "pass":
-            problems.append(f"{name}: the overlay's rotation was not held to first principles")
-        if words is None and said:
-            problems.append(f"{name}: refused: {said}")
-        if words is not None and not any(
-            r.startswith("[engine.rotation]") and words in r for r in said
-        ):
-            problems.append(f"{name}: wanted a refusal saying {words!r}, got {said}")
+    problems = [
+        p
+        for name, (_, _, _, words) in CASES.items()
+        for p in _problems(name, gate.gate(plans[name], engine=INFO).checks, words)
+    ]
     assert not problems, "\n".join(problems)
 
 
@@ -258,3 +267,72 @@ def test_an_unbuildable_rotation_compares_the_derived_parameters() -> None:
     assert bad.status == "fail"
     assert "dca.chunk_size 131072 instead of 262144" in bad.message
     assert "vLLM 0.10.2 would rotate 64 of 128 dimensions instead of 128" in bad.message
+
+
+# ---------------------------------------------------------------- SGLang (real SGLang)
+SG_PY = os.environ.get("QWENPREP_SGLANG_PYTHON") or str(
+    Path(__file__).resolve().parents[1] / ".venv-sglang" / "bin" / "python"
+)
+
+
+def _jm(over: dict[str, Any]) -> list[str]:
+    return ["--json-model-override-args", json.dumps(over)]
+
+
+Q35 = {**YARN, "mrope_section": [2, 1, 1], "mrope_interleaved": True, "partial_rotary_factor": 0.25}
+# name -> (family, argv after --, the words of the refusal or None)
+SG_CASES: dict[str, tuple[str, list[str], str | None]] = {
+    "extrapolation_factor-0": (
+        "moe",
+        _jm({"rope_scaling": {**YARN, "extrapolation_factor": 0.0}}),
+        "inverse frequencies differ at dim 0",
+    ),
+    "attn_factor": (
+        "moe",
+        _jm({"rope_scaling": {**YARN, "attn_factor": 0.01}}),
+        "attention scaling",
+    ),
+    "beta_fast": ("moe", _jm({"rope_scaling": {**YARN, "beta_fast": 64}}), "inverse frequencies"),
+    "beta_slow": ("moe", _jm({"rope_scaling": {**YARN, "beta_slow": 2}}), "inverse frequencies"),
+    "mscale": (
+        "moe",
+        _jm({"rope_scaling": {**YARN, "mscale": 50, "mscale_all_dim": 0.0001}}),
+        "attention scaling",
+    ),
+    "next-restated-without-partial": (
+        "next",
+        _jm({"rope_scaling": YARN, "partial_rotary_factor": 1.0}),
+        "would rotate 32 of 32 dimensions instead of 8",
+    ),
+    # accepted: the overlay's own dict restated; a key SGLang's Qwen3-MoE never reads
+    "own-dict-restated": ("moe", _jm({"rope_scaling": YARN}), None),
+    "partial-ignored-by-qwen3_moe": ("moe", _jm({"partial_rotary_factor": 0.5}), None),
+    "next-own-dict-restated": ("next", _jm({"rope_scaling": YARN}), None),
+    "qwen35-own-dict-restated": ("qwen35", _jm({"text_config": {"rope_parameters": Q35}}), None),
+    "qwen35-extrapolation_factor-0": (
+        "qwen35",
+        _jm({"text_config": {"rope_parameters": {**Q35, "extrapolation_factor": 0.0}}}),
+        "inverse frequencies differ at dim 0",
+    ),
+}
+
+
+@pytest.mark.sglang
+@pytest.mark.skipif(not Path(SG_PY).is_file(), reason=f"SGLang's interpreter {SG_PY} is absent")
+def test_sglang_judges_the_rotation_numerically(overlays: dict[str, Path]) -> None:
+    from qwenprep.engines import sglang
+    from qwenprep.engines.sglang_gate import gate_checks, probe_plans
+
+    info = sglang.discover(SG_PY)
+    assert info is not None and info.importable
+    plans = {
+        name: sglang.build_plan(overlays[fam], engine=info, for_check=True, extra_args=tuple(a))
+        for name, (fam, a, _) in SG_CASES.items()
+    }
+    probe_plans(list(plans.values()), SG_PY)
+    problems = [
+        p
+        for name, (_, _, words) in SG_CASES.items()
+        for p in _problems(name, gate_checks(plans[name], info), words)
+    ]
+    assert not problems, "\n".join(problems)
