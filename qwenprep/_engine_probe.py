@@ -137,6 +137,7 @@ def config_layer(
     hf_overrides: Any = None,
     hf_config_path: Any = None,
     revision: Any = None,
+    keep: list[Any] | None = None,
 ) -> dict[str, Any]:
     """What vLLM's config layer makes of MODEL without inspecting the architecture: vLLM's
     get_config (the HF config with vLLM's rope patching), the hf_overrides split and applied
@@ -170,6 +171,8 @@ def config_layer(
         mc_cls = model_mod.ModelConfig
         mc_cls._apply_dict_overrides(mc_cls.__new__(mc_cls), hf, nested)
     text = cfg_mod.get_hf_text_config(hf)
+    if keep is not None:
+        keep.append(text)
     conv_cls = conv_mod.MODEL_ARCH_CONFIG_CONVERTORS.get(
         hf.model_type, conv_mod.ModelArchConfigConvertorBase
     )
@@ -415,6 +418,7 @@ def gate(items_json: str) -> dict[str, Any]:
     _vllm_name_fix()
     engine_args_cls = importlib.import_module("vllm.engine.arg_utils").AsyncEngineArgs
     bases: dict[tuple[str, ...], Any] = {}
+    own: dict[Any, Any] = {}  # the overlay's own rotation, per model and positions
     results: list[dict[str, Any]] = []
     for item in json.loads(items_json):
         argv = [str(a) for a in item["argv"]]
@@ -448,8 +452,10 @@ def gate(items_json: str) -> dict[str, Any]:
             engine_args.trust_remote_code = False
             mc = engine_args.create_model_config()
         except Exception as e:  # noqa: BLE001 - the refusal is what we report
+            texts: list[Any] = []
             got = _config_layer_answer(
                 e,
+                keep=texts,
                 model=engine_args.model,
                 max_len=engine_args.max_model_len,
                 hf_overrides=engine_args.hf_overrides,
@@ -459,10 +465,42 @@ def gate(items_json: str) -> dict[str, Any]:
             if not got.pop("ok"):
                 results.append({"ok": False, "stage": "load", **got, **out})
             else:
+                out["rotation"] = (
+                    _rotations(texts[-1], engine_args, got, item, own)
+                    if texts
+                    else {"error": "vLLM's config layer gave no text config"}
+                )
                 results.append({"ok": True, "view": got, **out})
             continue
-        results.append({"ok": True, "view": {**engine_view(mc), "read_by": "ModelConfig"}, **out})
+        view = {**engine_view(mc), "read_by": "ModelConfig"}
+        out["rotation"] = _rotations(mc.hf_text_config, engine_args, view, item, own)
+        results.append({"ok": True, "view": view, **out})
     return {"ok": True, "results": results, **versions}
+
+
+def _rotations(
+    text: Any, engine_args: Any, view: dict[str, Any], item: dict[str, Any], own: dict[Any, Any]
+) -> dict[str, Any]:
+    """vLLM's own rotary embedding built from TEXT (the config with the argv applied) and from
+    the overlay's config alone (vLLM's get_config of the model, no overrides), measured at the
+    same positions (qwenprep.rotation judges them). M-RoPE's cache length follows vLLM 0.32
+    qwen3_vl.mrope_positions_factor: 4 with video pruning, else 1."""
+    try:
+        import importlib
+
+        rot = importlib.import_module("_rotation_probe")
+        cfg_mod = importlib.import_module("vllm.transformers_utils.config")
+        served = int(view.get("max_model_len") or 0)
+        native = int(item.get("native") or view.get("max_position_embeddings") or served)
+        wanted = rot.positions(served, native)
+        factor = 4 if (getattr(engine_args, "video_pruning_rate", None) or 0) > 0 else 1
+        key = (str(engine_args.model), tuple(wanted))
+        if key not in own:
+            hf = cfg_mod.get_config(str(engine_args.model), False, None, None, "auto")
+            own[key] = rot.vllm_rotation(cfg_mod.get_hf_text_config(hf), wanted)
+        return {"argv": rot.vllm_rotation(text, wanted, factor), "own": own[key]}
+    except Exception as e:  # noqa: BLE001 - reported: the rotation was not judged
+        return {"error": _short_error(e)}
 
 
 def _plain(v: Any) -> Any:

@@ -44,6 +44,7 @@ from qwenprep.gate_offline import (
 )
 from qwenprep.model import ModelView
 from qwenprep.report import Check
+from qwenprep.rotation import rotation_checks
 
 if TYPE_CHECKING:
     from qwenprep.engine import EngineInfo
@@ -357,14 +358,28 @@ def _fingerprint(plan: LaunchPlan, python: str, items: list[dict[str, Any]]) -> 
     return h.hexdigest()
 
 
+def native_of(model_path: str | Path, max_model_len: int) -> int | None:
+    """The overlay's native length (where the probe measures the rotation past it)."""
+    from qwenprep.engines.vllm_core import _manifest, _read_config
+    from qwenprep.errors import QwenprepError
+
+    path = Path(model_path)
+    try:
+        return intent_of(_read_config(path), _manifest(path), max_model_len).native or None
+    except (QwenprepError, KeyError, TypeError, ValueError):
+        return None
+
+
 def _items(plan: LaunchPlan) -> list[dict[str, Any]]:
     """The `vllm serve ...` part of each argv the plan would exec (single node, or every node
-    that runs vLLM), with how many of its items are qwenprep's own."""
+    that runs vLLM), with how many of its items are qwenprep's own and the overlay's native
+    length."""
     argvs = [plan.argv] + [n.argv for n in plan.nodes if n.argv[:1] != ("ray",)]
+    native = native_of(plan.model_path, plan.max_model_len)
     out = []
     for argv in argvs:
         part = list(argv[_serve_at(argv) :])
-        out.append({"argv": part, "base": len(part) - len(plan.extra_args)})
+        out.append({"argv": part, "base": len(part) - len(plan.extra_args), "native": native})
     return out
 
 
@@ -450,6 +465,8 @@ def gate(
     for n, r in enumerate(answer["results"]):
         node = "" if n == 0 else f" (node {n - 1})"
         got = _online_checks(r, want, where, shown, engine.version, node)
+        if r.get("ok"):  # the rotation itself, numerically (qwenprep.rotation)
+            got += rotation_checks(r.get("rotation"), config, f"vLLM {engine.version}", where)
         # the per-node argvs (multi-node plans) add only their refusals
         res.checks += got if n == 0 else [c for c in got if c.status == "fail"]
     return res

@@ -48,11 +48,14 @@ _CACHE: dict[str, dict[str, Any]] = {}
 
 
 def _items(plan: SglangPlan) -> list[dict[str, Any]]:
+    from qwenprep.gate import native_of
+
     argvs = [plan.argv] + [n.argv for n in plan.nodes]
+    native = native_of(plan.model_path, plan.max_model_len)
     out = []
     for argv in argvs:
         part = list(argv[3:])  # after PYTHON -m sglang.launch_server
-        out.append({"argv": part, "base": len(part) - len(plan.extra_args)})
+        out.append({"argv": part, "base": len(part) - len(plan.extra_args), "native": native})
     return out
 
 
@@ -259,7 +262,14 @@ def _online(
                 )
             ]
         )
-    return out + traps + _sglang_words(compare(r["view"], want, where), who)
+    from qwenprep.rotation import rotation_checks
+
+    return (
+        out
+        + traps
+        + _sglang_words(compare(r["view"], want, where), who)
+        + rotation_checks(r.get("rotation"), config, who, where)
+    )
 
 
 def gate_checks(
