@@ -21,7 +21,6 @@ reading's names (offline_dests, offline_view, OWN_OPTION, MODEL_FLAG) are re-exp
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -37,8 +36,7 @@ from qwenprep.gate_offline import (
     OWN_OPTION,
     Unmodelled,
     _serve_at,
-    _values,
-    _yaml_args,
+    fingerprint,
     offline_dests,
     offline_view,
 )
@@ -316,48 +314,6 @@ class GateResult:
 _CACHE: dict[str, dict[str, Any]] = {}
 
 
-def _fingerprint(plan: LaunchPlan, python: str, items: list[dict[str, Any]]) -> str:
-    """The probe's answer depends on the argv, the interpreter, the files it reads and the
-    environment: the in-process cache (check then serve --dry-run of one plan) keys on all."""
-    h = hashlib.sha256(json.dumps([python, items]).encode())
-    files = [
-        Path(plan.model_path) / "config.json",
-        Path(plan.model_path) / ".qwenprep" / "manifest.json",
-    ]
-    args = [a for it in items for a in it["argv"]]
-    files += [Path(v) for v in _values(args, "--config")]
-    for f in list(files[2:]):  # what a --config YAML names counts as if on the command line
-        try:
-            args += _yaml_args(str(f))
-        except (ValueError, OSError):
-            pass
-    # --hf-config-path DIR (vLLM reads DIR/config.json and DIR's other config files) and the
-    # tokenizer's directory: every file vLLM may read from them, by name and content
-    dirs = [Path(v) for flag in ("--hf-config-path", "--tokenizer") for v in _values(args, flag)]
-    for d in dirs:
-        h.update(str(d).encode())
-        try:
-            listed = sorted(p for p in d.iterdir() if p.suffix in (".json", ".yaml", ".yml"))
-        except OSError:
-            listed = []
-        files += listed
-    for f in files:
-        h.update(str(f).encode())
-        try:
-            h.update(hashlib.sha256(f.read_bytes()).digest())
-        except OSError:
-            h.update(b"-")
-    env = plan.child_env()
-    h.update(
-        json.dumps(
-            sorted(
-                (k, v) for k, v in env.items() if k.startswith(("VLLM_", "HF_", "TRANSFORMERS_"))
-            )
-        ).encode()
-    )
-    return h.hexdigest()
-
-
 def native_of(model_path: str | Path, max_model_len: int) -> int | None:
     """The overlay's native length (where the probe measures the rotation past it)."""
     from qwenprep.engines.vllm_core import _manifest, _read_config
@@ -391,7 +347,7 @@ def probe_plans(plans: Sequence[LaunchPlan], python: str) -> None:
     batch: list[tuple[str, list[dict[str, Any]]]] = []
     for plan in plans:
         items = _items(plan)
-        key = _fingerprint(plan, python, items)
+        key = fingerprint(plan, python, items)
         if key not in _CACHE:
             batch.append((key, items))
     if not batch:
@@ -447,7 +403,7 @@ def gate(
 
     python = engine_python(engine.python)
     items = _items(plan)
-    key = _fingerprint(plan, python, items)
+    key = fingerprint(plan, python, items)
     if key not in _CACHE:
         probe_plans([plan], python)
     answer = _CACHE[key]

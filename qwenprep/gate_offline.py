@@ -14,13 +14,18 @@ of qwenprep.gate, which re-exports its public names.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from qwenprep.contexts import effective_rope
 from qwenprep.model import ModelView, deep_merge
+
+if TYPE_CHECKING:
+    from qwenprep.engines.vllm_launch import LaunchPlan
 
 # vLLM's FlexibleArgumentParser moves a `--model X` it finds anywhere to the model position
 MODEL_FLAG = re.compile(r"^--model(=.+|$)")
@@ -304,3 +309,45 @@ def _serve_at(argv: Sequence[str]) -> int:
     from qwenprep.engines.vllm_launch import WORKER_ENTRY
 
     return list(argv).index(WORKER_ENTRY) + 1 if WORKER_ENTRY in argv else list(argv).index("serve")
+
+
+def fingerprint(plan: LaunchPlan, python: str, items: list[dict[str, Any]]) -> str:
+    """The probe's answer depends on the argv, the interpreter, the files it reads and the
+    environment: the in-process cache (check then serve --dry-run of one plan) keys on all."""
+    h = hashlib.sha256(json.dumps([python, items]).encode())
+    files = [
+        Path(plan.model_path) / "config.json",
+        Path(plan.model_path) / ".qwenprep" / "manifest.json",
+    ]
+    args = [a for it in items for a in it["argv"]]
+    files += [Path(v) for v in _values(args, "--config")]
+    for f in list(files[2:]):  # what a --config YAML names counts as if on the command line
+        try:
+            args += _yaml_args(str(f))
+        except (ValueError, OSError):
+            pass
+    # --hf-config-path DIR (vLLM reads DIR/config.json and DIR's other config files) and the
+    # tokenizer's directory: every file vLLM may read from them, by name and content
+    dirs = [Path(v) for flag in ("--hf-config-path", "--tokenizer") for v in _values(args, flag)]
+    for d in dirs:
+        h.update(str(d).encode())
+        try:
+            listed = sorted(p for p in d.iterdir() if p.suffix in (".json", ".yaml", ".yml"))
+        except OSError:
+            listed = []
+        files += listed
+    for f in files:
+        h.update(str(f).encode())
+        try:
+            h.update(hashlib.sha256(f.read_bytes()).digest())
+        except OSError:
+            h.update(b"-")
+    env = plan.child_env()
+    h.update(
+        json.dumps(
+            sorted(
+                (k, v) for k, v in env.items() if k.startswith(("VLLM_", "HF_", "TRANSFORMERS_"))
+            )
+        ).encode()
+    )
+    return h.hexdigest()

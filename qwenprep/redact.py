@@ -219,7 +219,8 @@ def redact(text: str, known: list[str] | None = None) -> str:
 def redact_obj(obj: Any, known: list[str] | None = None) -> Any:
     """A copy of a JSON-like value with every string in it redacted (keys included), the
     value of a credential-named key masked (an environment, an emitted config), and each list
-    of strings read as an argv (the values of its credential options masked)."""
+    of strings read as an argv (the values of its credential options masked). Numbers are
+    never credentials (`bytes_per_gpu_per_token: 0` is a figure, not a secret)."""
     known = secrets() if known is None else known
     if isinstance(obj, str):
         return redact(obj, known)
@@ -229,8 +230,9 @@ def redact_obj(obj: Any, known: list[str] | None = None) -> Any:
                 MASK
                 if isinstance(k, str)
                 and credential_name(k)
-                and isinstance(v, (str, int, list))
+                and isinstance(v, (str, list))
                 and v not in ("", [])
+                and (isinstance(v, str) or all(isinstance(x, str) for x in v))
                 else redact_obj(v, known)
             )
             for k, v in obj.items()

@@ -276,7 +276,7 @@ def test_nnodes_below_one_is_a_usage_error(tmp_path: Path, extra: list[str]) -> 
         str(_480b(tmp_path)), "--nnodes", "0", *extra, "--dry-run", python=_no_vllm_python(tmp_path)
     )
     assert r.returncode == 2, r.stderr
-    assert "--nnodes 0 must be at least 1." in r.stderr
+    assert "--nnodes must be at least 1 (got 0)." in r.stderr
     assert "None" not in r.stderr
 
 

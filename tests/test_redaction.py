@@ -66,6 +66,10 @@ def test_ordinary_options_and_keys_are_left_alone() -> None:
         "--tokenizer /t --kv-cache-dtype auto; {'key': 'rope_theta', 'max_tokens': 5}"
     )
     assert redact(text) == text
+    # figures under key names that end in "token" are numbers, never credentials (plan's
+    # decode.bytes_per_gpu_per_token was printed as *** by the CLI while the API said 0)
+    figures = {"decode": {"bytes_per_gpu_per_token": 0, "seconds_per_token": 0.5}}
+    assert redact_obj(figures) == figures
 
 
 def test_argv_lists_and_credential_keys_in_json_objects_are_masked() -> None:
