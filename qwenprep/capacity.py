@@ -172,6 +172,7 @@ class Plan:
     advice: list[str] = field(default_factory=list)
     timing: PlanTiming | None = None  # qwenprep.timing: prefill / decode time, context table
     extensible: ExtensibleBudget | None = None  # vLLM 0.34+ sizing after warmup (estimates)
+    measured: Any = None  # qwenprep.measured.Measured: this machine's record that matches
 
     @property
     def fits(self) -> bool:
@@ -224,6 +225,8 @@ class Plan:
                 d["estimate"]["extensible_kv_cache"] = self.extensible.to_dict()
         if self.timing is not None:
             d.update(self.timing.to_dict())
+        if self.measured is not None:
+            d["measured"] = self.measured.to_dict()
         return d
 
     def hybrid_dict(self) -> dict[str, Any]:
@@ -571,7 +574,7 @@ def make_plan(
         rule,
     )
     refuse_layout(shape, tp=tp, ep=plan.request.ep, dp=plan.dp)
-    return replace(
+    plan = replace(
         plan,
         timing=plan_timing(
             plan,
@@ -582,3 +585,6 @@ def make_plan(
             alternatives=layout_alternatives(plan),
         ),
     )
+    from qwenprep.measured import match_plan
+
+    return replace(plan, measured=match_plan(plan))

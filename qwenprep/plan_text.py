@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from qwenprep.measured import add_row
 from qwenprep.sizes import format_gib
 from qwenprep.timing import CONTEXT_COLUMNS, context_cells
 
@@ -125,6 +126,7 @@ def summary_parts(plan: Plan) -> tuple[list[tuple[str, str]], list[tuple[str, ..
     if plan.timing is not None:
         more, lines = plan.timing.summary_rows(k.context)
         rows += more
+        add_row(rows, plan.measured)
         table = [context_cells(c) for c in plan.timing.contexts]
         lines.append(f"recommendation: {plan.timing.recommendation}")
     lines += [f"advice: {a}" for a in plan.advice]

@@ -32,6 +32,11 @@ import huggingface_hub.constants  # noqa: E402,F401  (isort: skip)
 import tempfile  # noqa: E402  (isort: skip)
 
 os.environ["QWENPREP_OVERLAYS"] = tempfile.mkdtemp(prefix="qwenprep-test-overlays-")
+# `qwenprep serve` keeps its past-native request's time in $HF_HOME/qwenprep/measurements.jsonl
+# (qwenprep.measured): a test's serve keeps it in a file of the run's own, never the user's.
+os.environ["QWENPREP_MEASUREMENTS"] = str(
+    Path(tempfile.mkdtemp(prefix="qwenprep-test-measurements-")) / "measurements.jsonl"
+)
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"

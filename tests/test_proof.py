@@ -16,6 +16,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+from sse_stub import answering as _answering
 
 from conftest import QWENPREP_BIN, REPO, TINY, invoke
 from qwenprep import engine as eng
@@ -115,31 +116,6 @@ def test_serve_runs_a_prompt_past_native_and_reports_it(
 
 
 # ------------------------------------------------- what the proof makes of a server's answers
-def _answering(status: int, events: list[dict[str, Any]]) -> tuple[Any, str]:
-    """A local HTTP server whose /v1/completions answers STATUS with EVENTS as SSE."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, HTTPServer
-
-    class H(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["Content-Length"]))
-            self.send_response(status)
-            self.end_headers()
-            if status != 200:
-                self.wfile.write(b'{"error": {"message": "prompt too long"}}')
-                return
-            for e in events:
-                self.wfile.write(b"data: " + json.dumps(e).encode() + b"\n\n")
-            self.wfile.write(b"data: [DONE]\n\n")
-
-        def log_message(self, *a: Any) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}"
-
-
 REQ = pf.ProofRequest(native=100, prompt_tokens=120, vocab_size=50)
 TOKEN = {"choices": [{"text": "x", "index": 0}]}
 

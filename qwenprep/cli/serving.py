@@ -69,6 +69,15 @@ from qwenprep.request import MULTINODE_MODES, PORTS
     "token) and report its time to first token; a failure stops the server (exit 1).",
 )
 @click.option(
+    "--record/--no-record",
+    default=True,
+    show_default=True,
+    help="Keep the past-native request's time to first token, with the GPU, layout and "
+    "engine version, in $HF_HOME/qwenprep/measurements.jsonl (QWENPREP_MEASUREMENTS names "
+    "another file; QWENPREP_NO_RECORD=1 keeps nothing): a later plan for the same GPU and "
+    "layout shows it as 'measured here'.",
+)
+@click.option(
     "--proof-tokens",
     type=click.IntRange(1),
     default=None,
@@ -142,6 +151,7 @@ def serve(
     dry_run: bool,
     ready_timeout: float,
     proof: bool,
+    record: bool,
     proof_tokens: int | None,
     expect_digest: str | None,
     log_file: Path | None,
@@ -282,7 +292,7 @@ def serve(
         proof_req = run(
             as_json, lambda: proof_request(plan.model_path, plan.max_model_len, proof_tokens)
         )
-    _serve_foreground(plan, ready_timeout, as_json, log_file, proof_req)
+    _serve_foreground(plan, ready_timeout, as_json, log_file, proof_req, record)
 
 
 def _emit_artefacts(
@@ -329,6 +339,7 @@ def _serve_foreground(
     as_json: bool,
     log_file: Path | None,
     proof_req: Any = None,
+    record: bool = True,
 ) -> NoReturn:
     """Run vLLM (or SGLang) as a child: its output on our stderr (vLLM's through its log
     file), SIGINT/SIGTERM forwarded; before ready qwenprep's exit codes, after it the
@@ -362,7 +373,7 @@ def _serve_foreground(
         handle.stop()
         _fail(err, as_json)
     entry = models["data"][0]
-    proofs = _run_proofs(plan, handle, proof_req, ready_timeout, as_json)
+    proofs = _run_proofs(plan, handle, proof_req, ready_timeout, as_json, record)
     echo(
         f"ready: {plan.base_url}/v1 serves {entry['id']} with max_model_len "
         f"{entry['max_model_len']} (Ctrl-C stops it)",
@@ -388,10 +399,11 @@ def _serve_foreground(
 
 
 def _run_proofs(
-    plan: Any, handle: Any, proof_req: Any, timeout: float, as_json: bool
+    plan: Any, handle: Any, proof_req: Any, timeout: float, as_json: bool, record: bool = True
 ) -> dict[str, Any]:
-    """After ready: the past-native request (a failure stops the server, exit 3) and the
-    engine's own KV figure from /metrics. Returns the keys `serve --json` adds."""
+    """After ready: the past-native request (a failure stops the server, exit 3), its time
+    kept for plan unless RECORD is off (qwenprep.measured), and the engine's own KV figure
+    from /metrics. Returns the keys `serve --json` adds."""
     from qwenprep.engines.proof import describe, engine_kv, run_proof
     from qwenprep.errors import ChecksFailed
 
@@ -426,6 +438,12 @@ def _run_proofs(
             as_json,
         )
     out["proof"] = {"past_native": result}
+    if record:
+        from qwenprep.measured import describe_kept, record_proof
+
+        kept = record_proof(plan, result)
+        echo(describe_kept(kept), err=True)
+        out["measurement"] = kept
     return out
 
 
