@@ -229,7 +229,8 @@ def redact_obj(obj: Any, known: list[str] | None = None) -> Any:
                 MASK
                 if isinstance(k, str)
                 and credential_name(k)
-                and isinstance(v, (str, int, list))
+                # a number is no credential: plan's bytes_per_gpu_per_token stays a count
+                and isinstance(v, (str, list))
                 and v not in ("", [])
                 else redact_obj(v, known)
             )

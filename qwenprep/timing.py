@@ -20,6 +20,7 @@ from qwenprep.timecost import (
     ModelCost,
     ParamCounts,
     PrefillEstimate,
+    PrefillTerms,
     _is_scale,
     _r,
     _rates,
@@ -46,6 +47,7 @@ __all__ = [  # the arithmetic, re-exported from qwenprep.timecost
     "ModelCost",
     "ParamCounts",
     "PrefillEstimate",
+    "PrefillTerms",
     "_is_scale",
     "_rates",
     "attention_flops",
@@ -229,7 +231,7 @@ class PlanTiming:
             ),
         ]
         if p.seconds_at_peak is not None and p.seconds_typical is not None:
-            lo, hi = EFFICIENCY_BAND
+            lo, hi = p.efficiency_band
             rows.append(
                 (
                     "prefill time",
@@ -241,6 +243,8 @@ class PlanTiming:
                     "(measured band, docs/time.md)",
                 )
             )
+            if p.terms is not None:
+                rows.append(("prefill floor terms", _terms_text(p.terms)))
         if d.seconds_per_token_at_peak is not None:
             rows.append(
                 (
@@ -277,6 +281,20 @@ class PlanTiming:
                 )
             )
         return rows, [f"note: {n}" for n in self.notes]
+
+
+def _terms_text(t: PrefillTerms) -> str:
+    pp = (
+        f" + pipeline fill/drain {format_seconds(t.pp_bubble)} + activations over the stage "
+        f"boundaries {format_seconds(t.pp_transfer)} ({t.cross_node_boundaries} across nodes; "
+        f"{t.chunks} chunk(s) of {t.chunk_tokens:,})"
+        if t.pp_bubble or t.pp_transfer
+        else ""
+    )
+    return (
+        f"compute {format_seconds(t.compute)}{pp} + per request {format_seconds(t.fixed)} "
+        "(docs/time.md, What the floor adds)"
+    )
 
 
 # the context table's columns (context_cells of each row); * = above the config's
