@@ -438,16 +438,35 @@ def prefill(
     )
 
 
+# Decode's typical rate: a measured fraction of the HBM bandwidth. Qwen2.5-72B-Instruct on 2x H100
+# with vLLM decoded at 30.9 ms per token alone (128-token prompt; tenstorrent/tt-inference-server
+# #143); each GPU reads its half of the 71.5e9 bf16 weights outside the embedding table, 71.5 GB,
+# in 21.3 ms at 3.35 TB/s: 0.69 of the bandwidth.
+DECODE_HBM_FRACTION = 0.69
+DECODE_SOURCE = (
+    "Qwen2.5-72B-Instruct on 2x H100, vLLM: 30.9 ms per output token alone "
+    "(github.com/tenstorrent/tt-inference-server/issues/143) against 21.3 ms to read each "
+    "GPU's 71.5 GB of weights at 3.35 TB/s"
+)
+
+
 @dataclass(frozen=True)
 class DecodeEstimate:
     seconds_per_token_at_peak: float | None  # one request alone
-    tokens_per_second_per_request: float | None
-    tokens_per_second_aggregate: float | None  # all concurrent requests together
+    tokens_per_second_per_request: float | None  # the ceiling: the HBM bandwidth
+    tokens_per_second_aggregate: float | None  # all concurrent requests together, ceiling
     concurrent_requests: int
     bytes_per_gpu_per_token: int  # read by one GPU for one request's token
     bound: str | None  # "memory" or "compute" for the single request
+    # the typical rates: the bytes at DECODE_HBM_FRACTION of the bandwidth (or the FLOPs at the
+    # prefill band's high end when compute binds)
+    tokens_per_second_per_request_typical: float | None = None
+    tokens_per_second_aggregate_typical: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        def band(typ: float | None, top: float | None) -> list[float | None] | None:
+            return None if typ is None or top is None else [_r(typ), _r(top)]
+
         return {
             "seconds_per_token_at_peak": _r(self.seconds_per_token_at_peak),
             "tokens_per_second_per_request": _r(self.tokens_per_second_per_request),
@@ -455,6 +474,17 @@ class DecodeEstimate:
             "concurrent_requests": self.concurrent_requests,
             "bytes_per_gpu_per_token": self.bytes_per_gpu_per_token,
             "bound": self.bound,
+            "band": {
+                "per_request": band(
+                    self.tokens_per_second_per_request_typical,
+                    self.tokens_per_second_per_request,
+                ),
+                "aggregate": band(
+                    self.tokens_per_second_aggregate_typical, self.tokens_per_second_aggregate
+                ),
+                "hbm_fraction": DECODE_HBM_FRACTION,
+                "source": DECODE_SOURCE,
+            },
         }
 
 
@@ -467,13 +497,15 @@ def decode_step(
     batch: int,
     *,
     kv_fp8: bool = False,
+    typical: bool = False,
 ) -> tuple[float, str, int]:
     """(seconds, bound, bytes per GPU) of one decode step with BATCH requests of N tokens on each
     attention group. Memory: the weights outside the routed experts / TP, the routed experts the
     step's tokens touch (1 - (1 - k/E)^tokens of them, uniform routing) / the expert group, and
     BATCH x N x KV_BYTES_PER_TOKEN (per GPU, all layers). Compute: 2 FLOPs per active parameter
     and token, 4 x layers x heads x head_dim x N per token of attention. PP stages run one after
-    another for a token, so PP divides neither."""
+    another for a token, so PP divides neither. At the peaks (the ceiling), or TYPICAL: the bytes
+    at DECODE_HBM_FRACTION of the bandwidth, the FLOPs at the GPU's prefill band's high end."""
     tokens = batch * (layout.dp if layout.ep else 1)
     touched = 1.0
     if cost.experts and cost.top_k:
@@ -492,7 +524,10 @@ def decode_step(
     flops_att = 4 * cost.full_attention_layers * cost.heads * cost.head_dim * n * batch / layout.tp
     t_mem = mem / (gpu.hbm_tb_s * 1e12)
     t_comp = flops_lin / lin_rate + flops_att / att_rate
-    return max(t_mem, t_comp), ("memory" if t_mem >= t_comp else "compute"), int(mem)
+    bound = "memory" if t_mem >= t_comp else "compute"
+    if typical:
+        t_mem, t_comp = t_mem / DECODE_HBM_FRACTION, t_comp / efficiency_band(gpu)[1]
+    return max(t_mem, t_comp), bound, int(mem)
 
 
 def decode(
@@ -507,15 +542,21 @@ def decode(
     kv_fp8: bool = False,
 ) -> DecodeEstimate:
     """One request alone, and every request the cache holds at N (floor(concurrency) per DP rank,
-    at most vLLM's 256 sequences) decoding together. None where nothing fits or the GPU is
-    unknown."""
+    at most vLLM's 256 sequences) decoding together, each at the ceiling (HBM bandwidth) and at
+    the typical rate. None where nothing fits or the GPU is unknown."""
     per_rank = min(int(math.floor(max_concurrency)), MAX_NUM_SEQS) if fits else 0
     total = per_rank * layout.dp
     if gpu is None or not fits:
         return DecodeEstimate(None, None, None, total, 0, None)
-    one, bound, nbytes = decode_step(cost, n, layout, gpu, kv_bytes_per_token, 1, kv_fp8=kv_fp8)
-    agg = None
+
+    def steps(batch: int, typical: bool = False) -> tuple[float, str, int]:
+        return decode_step(
+            cost, n, layout, gpu, kv_bytes_per_token, batch, kv_fp8=kv_fp8, typical=typical
+        )
+
+    one, bound, nbytes = steps(1)
+    one_typ = steps(1, True)[0]
+    agg = agg_typ = None
     if per_rank:
-        step, _, _ = decode_step(cost, n, layout, gpu, kv_bytes_per_token, per_rank, kv_fp8=kv_fp8)
-        agg = total / step
-    return DecodeEstimate(one, 1.0 / one, agg, total, nbytes, bound)
+        agg, agg_typ = total / steps(per_rank)[0], total / steps(per_rank, True)[0]
+    return DecodeEstimate(one, 1.0 / one, agg, total, nbytes, bound, 1.0 / one_typ, agg_typ)

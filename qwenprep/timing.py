@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
 from qwenprep.timecost import (
+    DECODE_HBM_FRACTION,
     EFFICIENCY_BAND,
     EFFICIENCY_SOURCE,
     MAX_NUM_SEQS,
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from qwenprep.catalog import GPUSpec
 
 __all__ = [  # the arithmetic, re-exported from qwenprep.timecost
+    "DECODE_HBM_FRACTION",
     "EFFICIENCY_BAND",
     "EFFICIENCY_SOURCE",
     "MAX_NUM_SEQS",
@@ -131,6 +133,12 @@ class ContextRow:
             "attention_share": round(self.prefill.attention_share, 4),
             "decode_tokens_per_second_per_request": _r(self.decode.tokens_per_second_per_request),
             "decode_tokens_per_second_aggregate": _r(self.decode.tokens_per_second_aggregate),
+            "decode_tokens_per_second_per_request_typical": _r(
+                self.decode.tokens_per_second_per_request_typical
+            ),
+            "decode_tokens_per_second_aggregate_typical": _r(
+                self.decode.tokens_per_second_aggregate_typical
+            ),
         }
 
 
@@ -249,12 +257,15 @@ class PlanTiming:
             rows.append(
                 (
                     "decode",
-                    f"ESTIMATE (floor, {d.bound}-bound): "
-                    f"{format_seconds(d.seconds_per_token_at_peak)} per token = "
-                    f"{d.tokens_per_second_per_request:,.0f} tokens/s for one request "
-                    f"({format_gib(d.bytes_per_gpu_per_token)} read per GPU per token); "
+                    f"ESTIMATE ({d.bound}-bound): "
+                    f"{format_seconds(d.seconds_per_token_at_peak)} per token at the ceiling; "
+                    f"one request {_tps(d.tokens_per_second_per_request_typical)} - "
+                    f"{_tps(d.tokens_per_second_per_request)} tokens/s (typical at "
+                    f"{DECODE_HBM_FRACTION:.0%} of the HBM bandwidth - ceiling; "
+                    f"{format_gib(d.bytes_per_gpu_per_token)} read per GPU per token); "
                     + (
-                        f"{d.tokens_per_second_aggregate:,.0f} tokens/s in aggregate over "
+                        f"{_tps(d.tokens_per_second_aggregate_typical)} - "
+                        f"{_tps(d.tokens_per_second_aggregate)} tokens/s in aggregate over "
                         f"{d.concurrent_requests} concurrent request(s)"
                         if d.tokens_per_second_aggregate
                         else "no full-length request runs at once"
@@ -281,6 +292,10 @@ class PlanTiming:
                 )
             )
         return rows, [f"note: {n}" for n in self.notes]
+
+
+def _tps(x: float | None) -> str:
+    return f"{x:,.0f}" if x else "-"
 
 
 def _terms_text(t: PrefillTerms) -> str:
@@ -316,7 +331,11 @@ def context_cells(r: ContextRow) -> tuple[str, ...]:
         if p.seconds_typical
         else "unknown"
     )
-    tps = f"{d.tokens_per_second_per_request:,.0f}" if d.tokens_per_second_per_request else "-"
+    tps = (
+        f"{_tps(d.tokens_per_second_per_request_typical)}-{_tps(d.tokens_per_second_per_request)}"
+        if d.tokens_per_second_per_request
+        else "-"
+    )
     return (
         label(r.context) + ("*" if r.needs_patch else ""),
         "yes" if r.fits else "no",

@@ -123,3 +123,43 @@ def test_plan_json_names_the_terms(tmp_path: Path) -> None:
     assert pre["efficiency_band"] == [0.35, 0.95]
     text = invoke(*args, "--kv-memory", "20GiB")
     assert "prefill floor terms" in text.stdout and "pipeline fill/drain" in text.stdout
+
+
+def test_decode_band_by_hand() -> None:
+    from qwenprep.timecost import DECODE_HBM_FRACTION, decode
+
+    cost = model_cost(ModelShape.from_config(DENSE))
+    n, kv = 65536, 16384  # KV bytes per token per GPU (given)
+    est = decode(cost, n, Layout(tp=2), H200, kv, 3.5, True)
+    # per GPU and token: half the weights outside the embedding table + N x the KV bytes
+    nbytes = cost.dense_bytes / 2 + n * kv
+    ceiling = 4.8e12 / nbytes
+    assert est.tokens_per_second_per_request == pytest.approx(ceiling, rel=1e-9)
+    # typical: the same bytes at 0.69 of the bandwidth (Qwen2.5-72B on 2x H100, vLLM: 30.9 ms
+    # per token against 21.3 ms at peak)
+    assert DECODE_HBM_FRACTION == 0.69
+    assert est.tokens_per_second_per_request_typical == pytest.approx(0.69 * ceiling, rel=1e-9)
+    # aggregate over floor(3.5) = 3 requests: one step reads the weights once and 3 KV caches
+    step = (cost.dense_bytes / 2 + 3 * n * kv) / 4.8e12
+    assert est.concurrent_requests == 3
+    assert est.tokens_per_second_aggregate == pytest.approx(3 / step, rel=1e-9)
+    assert est.tokens_per_second_aggregate_typical == pytest.approx(0.69 * 3 / step, rel=1e-9)
+    band = est.to_dict()["band"]
+    assert band["per_request"] == pytest.approx([0.69 * ceiling, ceiling], rel=1e-5)
+    assert band["aggregate"] == pytest.approx([0.69 * 3 / step, 3 / step], rel=1e-5)
+
+
+def test_plan_shows_the_decode_band(tmp_path: Path) -> None:
+    model = tmp_path / "dense"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(DENSE))
+    args = ("plan", str(model), "--gpu", "H200", "--tp", "2", "--context", "64k")
+    out = json.loads(invoke(*args, "--kv-memory", "20GiB", "--json").stdout)
+    band = out["decode"]["band"]
+    lo, hi = band["per_request"]
+    assert lo == pytest.approx(0.69 * hi, rel=1e-4)
+    assert hi == out["decode"]["tokens_per_second_per_request"]
+    row = next(c for c in out["contexts"] if c["context"] == 65536)
+    assert row["decode_tokens_per_second_per_request_typical"] == pytest.approx(lo, rel=1e-4)
+    text = invoke(*args, "--kv-memory", "20GiB").stdout
+    assert "typical at 69% of the HBM bandwidth - ceiling" in text
