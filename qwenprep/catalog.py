@@ -94,7 +94,7 @@ CATALOG: tuple[GPUSpec, ...] = (
         ("h20",),
         nvlink_gb_s=900.0,
         # measured: 0.86 and 0.91 of the dense peak (docs/time.md, Published errors); the H20 has
-        # 27 bytes/s of HBM per FLOP/s of BF16, seven times an H100's, so its kernels stay fed
+        # 27 bytes/s of HBM per 1,000 FLOP/s of BF16, eight times an H100's, so kernels stay fed
         efficiency_high=0.95,
     ),
     GPUSpec(
