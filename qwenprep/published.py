@@ -84,6 +84,11 @@ NVIDIA_NVL32 = (
     "nvidia-gh200-nvl32-with-nvlink-switch-gives-signs-of-big-leap-in-time-to-first-token-"
     "performance/ (layout not stated: all 32 GPUs' compute, one NVLink domain)"
 )
+LMSYS_PP1 = (
+    "https://lmsys.org/blog/2026-01-15-chunked-pipeline/ (text: 'baseline TTFT of ~55.5s (PP1 "
+    "TP4) is reduced to ~10.5s under the PP8 TP4 configuration'; that 10.5 s is Table 1's 128K "
+    "row, so this is 128K too)"
+)
 GAHOW = (
     "https://gitea.gahow.org/gahow/agentic-kvc/src/commit/"
     "837df6bc9e05f5a5b4af27a36356efdd4cff2ecd (v2/exp_a_tier_latency, prefix-cache miss)"
@@ -135,6 +140,18 @@ _TRT = "TensorRT-LLM"
 _NVL32 = Layout(tp=32, gpus_per_node=32)
 
 ROWS: tuple[Published, ...] = (
+    Published(
+        "Qwen3-235B-A22B-FP8",
+        QWEN3_235B_FP8,
+        "H20",
+        Layout(tp=4, ep=False),
+        _SGL,
+        131072,
+        55.5,
+        LMSYS_PP1,
+        18432,
+        True,
+    ),
     Published(*_Q235, _SGL, 131072, 10.54, LMSYS, 18432, True),
     Published(*_Q235, _SGL, 262144, 32.68, LMSYS, 18432, True),
     Published(*_Q235, _SGL, 524288, 114.33, LMSYS, 18432, True),
