@@ -54,9 +54,9 @@ QWEN3_CODER_30B: dict[str, Any] = {
 }
 
 
-def _llama(layers: int, hidden: int, heads: int, inter: int) -> dict[str, Any]:
+def _llama(layers: int, hidden: int, heads: int, inter: int, fp8: bool = True) -> dict[str, Any]:
     """meta-llama/Llama-3.1-*B config.json numbers, with FP8 weights (TensorRT-LLM's runs)."""
-    return {
+    cfg = {
         "model_type": "llama",
         "hidden_size": hidden,
         "intermediate_size": inter,
@@ -68,12 +68,13 @@ def _llama(layers: int, hidden: int, heads: int, inter: int) -> dict[str, Any]:
         "max_position_embeddings": 131072,
         "tie_word_embeddings": False,
         "torch_dtype": "bfloat16",
-        "quantization_config": _FP8,
     }
+    return dict(cfg, quantization_config=_FP8) if fp8 else cfg
 
 
 LLAMA_405B_FP8 = _llama(126, 16384, 128, 53248)
 LLAMA_70B_FP8 = _llama(80, 8192, 64, 28672)
+LLAMA3_8B = _llama(32, 4096, 32, 14336, fp8=False)  # BF16, the shapes of gradientai's 262K
 
 LMSYS = (
     "https://lmsys.org/blog/2026-01-15-chunked-pipeline/ (Table 1; 128K read as 131,072, "
@@ -88,6 +89,11 @@ LMSYS_PP1 = (
     "https://lmsys.org/blog/2026-01-15-chunked-pipeline/ (text: 'baseline TTFT of ~55.5s (PP1 "
     "TP4) is reduced to ~10.5s under the PP8 TP4 configuration'; that 10.5 s is Table 1's 128K "
     "row, so this is 128K too)"
+)
+MINFERENCE = (
+    "https://github.com/microsoft/MInference/issues/84 (the MInference paper's LLaMA-3-8B "
+    "prefill of a 300K-token prompt on a single A100: 3 minutes, as its authors corrected it; "
+    "300K read as 300,000)"
 )
 GAHOW = (
     "https://gitea.gahow.org/gahow/agentic-kvc/src/commit/"
@@ -177,6 +183,16 @@ ROWS: tuple[Published, ...] = (
             "(160 of 0.54 GB, a ring moving about twice that per GPU: about 0.37 s at NVLink's "
             "450 GB/s one way)"
         ),
+    ),
+    Published(
+        "LLaMA-3-8B",
+        LLAMA3_8B,
+        "A100 80GB SXM",
+        Layout(tp=1),
+        "HF + FlashAttention-2",
+        300000,
+        180.0,
+        MINFERENCE,
     ),
     Published(
         "Qwen3-Coder-30B-A3B",
