@@ -29,6 +29,12 @@ class GPUSpec:
     memory_gib: float  # per GPU, the datasheet's GB read as GiB (see the module doc)
     source: str
     aliases: tuple[str, ...] = ()
+    # the GPU's NVLink / Infinity Fabric bandwidth to its peers, GB/s, both directions together
+    # as the datasheets print it (one direction is half); None: PCIe only
+    nvlink_gb_s: float | None = None
+    # the high end of the prefill efficiency band on this GPU, where measurements show its
+    # kernels run closer to peak than EFFICIENCY_BAND's 0.75 (docs/time.md); None: 0.75
+    efficiency_high: float | None = None
 
     @property
     def memory_bytes(self) -> int:
@@ -42,6 +48,7 @@ class GPUSpec:
             "hbm_tb_s": self.hbm_tb_s,
             "memory_bytes": self.memory_bytes,
             "source": self.source,
+            "nvlink_gb_s": self.nvlink_gb_s,
         }
 
 
@@ -56,6 +63,7 @@ CATALOG: tuple[GPUSpec, ...] = (
         80,
         "NVIDIA H100 Tensor Core GPU datasheet, H100 SXM column" + _NV_SPARSE,
         ("h100 sxm", "h100 sxm5", "h100 sxm5 80gb", "h100 80gb hbm3"),
+        nvlink_gb_s=900.0,
     ),
     GPUSpec(
         "H100 PCIe",
@@ -74,6 +82,7 @@ CATALOG: tuple[GPUSpec, ...] = (
         141,
         "NVIDIA H200 Tensor Core GPU datasheet, H200 SXM column" + _NV_SPARSE,
         ("h200", "h200 sxm", "h200 141gb hbm3e"),
+        nvlink_gb_s=900.0,
     ),
     GPUSpec(
         "H20",
@@ -83,6 +92,10 @@ CATALOG: tuple[GPUSpec, ...] = (
         96,
         "NVIDIA HGX H20 product specification (dense; docs/time.md, The GPU catalog)",
         ("h20",),
+        nvlink_gb_s=900.0,
+        # measured: 0.86 and 0.91 of the dense peak (docs/time.md, Published errors); the H20 has
+        # 27 bytes/s of HBM per 1,000 FLOP/s of BF16, eight times an H100's, so kernels stay fed
+        efficiency_high=0.95,
     ),
     GPUSpec(
         "B200",
@@ -92,6 +105,7 @@ CATALOG: tuple[GPUSpec, ...] = (
         180,
         "NVIDIA DGX B200 / HGX B200 datasheet, 8-GPU totals divided by 8" + _NV_SPARSE,
         ("b200", "b200 sxm"),
+        nvlink_gb_s=1800.0,
     ),
     GPUSpec(
         "GB200",
@@ -101,6 +115,7 @@ CATALOG: tuple[GPUSpec, ...] = (
         186,
         "NVIDIA GB200 NVL72 datasheet, rack totals divided by its 72 GPUs" + _NV_SPARSE,
         ("gb200",),
+        nvlink_gb_s=1800.0,
     ),
     GPUSpec(
         "MI300X",
@@ -110,6 +125,7 @@ CATALOG: tuple[GPUSpec, ...] = (
         192,
         "AMD Instinct MI300X accelerator data sheet (figures without sparsity)",
         ("mi300x",),
+        nvlink_gb_s=896.0,  # 7 Infinity Fabric links x 128 GB/s
     ),
     GPUSpec(
         "MI325X",
@@ -119,6 +135,18 @@ CATALOG: tuple[GPUSpec, ...] = (
         256,
         "AMD Instinct MI325X accelerator data sheet (figures without sparsity)",
         ("mi325x",),
+        nvlink_gb_s=896.0,
+    ),
+    GPUSpec(
+        "GH200 144GB",
+        989.0,
+        1979.0,
+        4.9,
+        144,
+        "NVIDIA GH200 Grace Hopper Superchip datasheet, the 144 GB HBM3e version (its Hopper GPU "
+        "has the H100 SXM's tensor cores)" + _NV_SPARSE,
+        ("gh200 144gb", "gh200 144g hbm3e", "gh200 144gb hbm3e"),
+        nvlink_gb_s=900.0,
     ),
     GPUSpec("L40S", 362.05, 733.0, 0.864, 48, "NVIDIA L40S GPU datasheet" + _NV_SPARSE, ("l40s",)),
     GPUSpec(
@@ -130,6 +158,7 @@ CATALOG: tuple[GPUSpec, ...] = (
         "NVIDIA A100 Tensor Core GPU datasheet, A100 80GB SXM column (no FP8 tensor cores; "
         "2,039 GB/s, 2.0 TB/s as docs/time.md rounds it)" + _NV_SPARSE,
         ("a100 80gb sxm", "a100 sxm4 80gb", "a100 80g", "a100 80g sxm"),
+        nvlink_gb_s=600.0,
     ),
 )
 
@@ -242,3 +271,19 @@ def detected_gpu(inv: Any) -> tuple[GPUSpec | None, str, str | None]:
             "them"
         ),
     )
+
+
+# The link between nodes, per GPU and direction: one 400 Gb/s NIC per GPU (NVIDIA ConnectX-7,
+# InfiniBand NDR or 400 GbE, as the HGX H100 / H200 / H20 reference designs pair them) = 50 GB/s.
+# Pipeline stages on different nodes pass their activations over it (qwenprep.timecost).
+INTER_NODE_GB_S = 50.0
+INTER_NODE_SOURCE = "NVIDIA ConnectX-7 datasheet: 400 Gb/s per port, one NIC per GPU in HGX nodes"
+GPUS_PER_NODE = 8  # an HGX / MI300X baseboard; an NVL32 / NVL72 rack is one NVLink domain
+
+
+def peer_gb_s(gpu: GPUSpec, across_nodes: bool) -> float:
+    """GB/s one GPU sends to a peer in one direction: the inter-node NIC across nodes, half the
+    datasheet's (two-way) NVLink figure inside a node, PCIe Gen4 x16's 32 GB/s without NVLink."""
+    if across_nodes:
+        return INTER_NODE_GB_S
+    return gpu.nvlink_gb_s / 2 if gpu.nvlink_gb_s else 32.0

@@ -37,7 +37,7 @@ def write_chart(plan: Any, path: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from qwenprep.timing import EFFICIENCY_BAND, label
+    from qwenprep.timing import label
 
     timing = plan.timing
     rows = list(timing.contexts) if timing is not None else []
@@ -70,7 +70,7 @@ def write_chart(plan: Any, path: str) -> Path:
                 color="tab:red",
                 label="prefill floor at peak (estimate)",
             )
-            lo, hi = EFFICIENCY_BAND
+            lo, hi = timed[0].prefill.efficiency_band
             ax2.fill_between(
                 tx,
                 [r.prefill.seconds_typical[0] for r in timed],

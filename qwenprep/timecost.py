@@ -30,6 +30,8 @@ from itertools import compress, repeat
 from operator import gt, not_, or_
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
+from qwenprep.catalog import GPUS_PER_NODE, INTER_NODE_SOURCE, peer_gb_s
+
 if TYPE_CHECKING:
     from qwenprep.catalog import GPUSpec
     from qwenprep.kvrules import ModelShape
@@ -155,6 +157,7 @@ class ModelCost:
     experts: int
     top_k: int
     source: str
+    hidden_size: int = 0  # the activations pipeline stages pass on are N x hidden_size
 
 
 def model_cost(shape: ModelShape) -> ModelCost:
@@ -180,6 +183,7 @@ def model_cost(shape: ModelShape) -> ModelCost:
         e,
         k,
         p.source,
+        shape.hidden_size,
     )
 
 
@@ -203,6 +207,7 @@ class Layout:
     pp: int = 1
     dp: int = 1
     ep: bool = True
+    gpus_per_node: int = GPUS_PER_NODE  # stages are packed onto nodes in order
 
     @property
     def attention_gpus(self) -> int:
@@ -230,16 +235,91 @@ def _rates(gpu: GPUSpec, cost: ModelCost, kv_fp8: bool) -> tuple[float, str, flo
     return lin[1] * 1e12, lin[0], att[1] * 1e12, att[0]
 
 
+# Per-request fixed cost of a prefill: what a short prompt's time to first token costs beyond its
+# FLOPs (HTTP, tokenising, scheduling, the first sampling). Measured: Qwen2.5-72B-Instruct on
+# 2x H100 with vLLM, 128-token prompts, TTFT 41.1 ms (tenstorrent/tt-inference-server#143),
+# of which the FLOPs at peak are 9.4 ms (2 x 72.7e9 x 128 / (2 x 989e12)): about 30 ms.
+FIXED_REQUEST_SECONDS = 0.03
+FIXED_REQUEST_SOURCE = (
+    "TTFT of a 128-token prompt, Qwen2.5-72B-Instruct on 2x H100, vLLM: 41.1 ms "
+    "(github.com/tenstorrent/tt-inference-server/issues/143) less its 9.4 ms of FLOPs at peak"
+)
+# Pipeline stages pass two tensors of N x hidden_size per boundary, the hidden states and the
+# residual (vLLM 0.32 qwen3_moe.py Qwen3MoeModel.make_empty_intermediate_tensors), in the
+# activation dtype (bf16), each TP rank sending 1/TP of them and all-gathering at the receiver
+# (vLLM 0.32 distributed/parallel_state.py GroupCoordinator.send_tensor_dict, all_gather_group).
+PP_TENSORS = 2
+ACTIVATION_BYTES = 2
+PP_SOURCE = (
+    "vLLM 0.32 scheduler.py Scheduler._update_after_schedule schedules a prefill's next chunk "
+    "while the last is in flight: chunks pipeline through the stages; fill and drain cost "
+    "(PP - 1) x the slowest chunk's stage time (a proportionate flow shop)"
+)
+
+
+def vllm_chunk_tokens(gpu: GPUSpec | None) -> int:
+    """vLLM's default --max-num-batched-tokens for its OpenAI server, the prefill chunk size:
+    16384 on GPUs of 160 GiB or more, 8192 on other GPUs of 70 GiB or more but A100s, else 2048
+    (vLLM 0.32 engine/arg_utils.py EngineArgs.get_batch_defaults)."""
+    if gpu is None:
+        return 8192
+    if gpu.memory_gib >= 160:
+        return 16384
+    return 8192 if gpu.memory_gib >= 70 and "A100" not in gpu.name else 2048
+
+
+@dataclass(frozen=True)
+class PrefillTerms:
+    """The prefill floor's terms, seconds at peak (docs/time.md "What the floor adds")."""
+
+    compute: float  # the FLOPs at the GPUs' peak, every stage busy
+    pp_bubble: float  # pipeline fill and drain: (PP - 1) x the slowest chunk's stage time
+    pp_transfer: float  # activations over the stage boundaries, the last chunk's path
+    fixed: float  # per request
+    chunk_tokens: int
+    chunks: int
+    dynamic_chunking: bool
+    cross_node_boundaries: int
+
+    @property
+    def scaled(self) -> float:
+        """The part that runs at the efficiency band (kernels), the rest is added as is."""
+        return self.compute + self.pp_bubble
+
+    @property
+    def total(self) -> float:
+        return self.compute + self.pp_bubble + self.pp_transfer + self.fixed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "compute_seconds": _r(self.compute),
+            "pp_bubble_seconds": _r(self.pp_bubble),
+            "pp_transfer_seconds": _r(self.pp_transfer),
+            "fixed_seconds": _r(self.fixed),
+            "chunk_size": self.chunk_tokens,
+            "chunks": self.chunks,
+            "dynamic_chunking": self.dynamic_chunking,
+            "cross_node_boundaries": self.cross_node_boundaries,
+            "sources": {
+                "pp_bubble": PP_SOURCE,
+                "pp_transfer": INTER_NODE_SOURCE,
+                "fixed": FIXED_REQUEST_SOURCE,
+            },
+        }
+
+
 @dataclass(frozen=True)
 class PrefillEstimate:
     flops: int
     linear_flops: int
     attention_flops: int
-    seconds_at_peak: float | None
+    seconds_at_peak: float | None  # the floor: every term of `terms`
     seconds_typical: tuple[float, float] | None
     attention_on_one_gpu: bool
     linear_dtype: str | None
     attention_dtype: str | None
+    terms: PrefillTerms | None = None
+    efficiency_band: tuple[float, float] = EFFICIENCY_BAND
 
     @property
     def attention_share(self) -> float:
@@ -257,11 +337,12 @@ class PrefillEstimate:
                 if self.seconds_typical
                 else None
             ),
-            "efficiency_band": list(EFFICIENCY_BAND),
+            "efficiency_band": list(self.efficiency_band),
             "efficiency_source": EFFICIENCY_SOURCE,
             "attention_on_one_gpu": self.attention_on_one_gpu,
             "linear_dtype": self.linear_dtype,
             "attention_dtype": self.attention_dtype,
+            "terms": self.terms.to_dict() if self.terms else None,
         }
 
 
@@ -269,12 +350,35 @@ def _r(x: float | None) -> float | None:
     return None if x is None else float(f"{x:.6g}")
 
 
+def efficiency_band(gpu: GPUSpec) -> tuple[float, float]:
+    """EFFICIENCY_BAND, its high end raised on a GPU whose measured prefills run closer to peak."""
+    return EFFICIENCY_BAND[0], gpu.efficiency_high or EFFICIENCY_BAND[1]
+
+
+def _cross_node_boundaries(layout: Layout) -> int:
+    """Stage boundaries whose two sides sit on different nodes (stage s on GPUs s*TP ...)."""
+    gpn = layout.gpus_per_node
+    return sum((s * layout.tp - 1) // gpn != (s * layout.tp) // gpn for s in range(1, layout.pp))
+
+
 def prefill(
-    cost: ModelCost, n: int, layout: Layout, gpu: GPUSpec | None, *, kv_fp8: bool = False
+    cost: ModelCost,
+    n: int,
+    layout: Layout,
+    gpu: GPUSpec | None,
+    *,
+    kv_fp8: bool = False,
+    chunk: int | None = None,
+    dynamic_chunking: bool = False,
+    fixed_seconds: float = FIXED_REQUEST_SECONDS,
 ) -> PrefillEstimate:
-    """FLOPs of one N-token prefill and its time floor on LAYOUT at GPU's peak: the part outside
-    routed experts and the attention run on the request's attention GPUs (TP x PP), the routed
-    experts on the whole expert group (x PP stages)."""
+    """FLOPs of one N-token prefill and its floor on LAYOUT at GPU's peak, term by term: the
+    compute (the part outside routed experts and the attention on the request's attention GPUs
+    (TP x PP), the routed experts on the whole expert group (x PP stages)); under PP, the
+    pipeline's fill and drain and the activations crossing stage boundaries, in chunks of CHUNK
+    tokens (vLLM's default for the GPU when None; DYNAMIC_CHUNKING: SGLang's chunks sized so each
+    takes as long as the first); and a fixed cost per request. The typical range runs the
+    compute and the bubble at the GPU's efficiency band and adds the rest as is."""
     lin = linear_flops(cost, n)
     att = attention_flops(n, cost.full_attention_layers, cost.heads, cost.head_dim)
     if gpu is None:
@@ -282,35 +386,87 @@ def prefill(
             lin + att, lin, att, None, None, layout.attention_on_one_gpu, None, None
         )
     lin_rate, lin_dt, att_rate, att_dt = _rates(gpu, cost, kv_fp8)
-    routed = 2 * cost.routed_active_params * n
-    seconds = (
-        (lin - routed) / (layout.attention_gpus * lin_rate)
-        + routed / (layout.expert_group * layout.pp * lin_rate)
+    routed_share = cost.routed_active_params / cost.per_token_params if cost.per_token_params else 0
+
+    def seconds(lin_f: float, att_f: float) -> float:
+        routed = lin_f * routed_share
+        return (
+            (lin_f - routed) / (layout.attention_gpus * lin_rate)
+            + routed / (layout.expert_group * layout.pp * lin_rate)
+            + att_f / (layout.attention_gpus * att_rate)
+        )
+
+    routed_all = 2 * cost.routed_active_params * n
+    compute = (
+        (lin - routed_all) / (layout.attention_gpus * lin_rate)
+        + routed_all / (layout.expert_group * layout.pp * lin_rate)
         + att / (layout.attention_gpus * att_rate)
     )
-    lo, hi = EFFICIENCY_BAND
+    c = min(chunk or vllm_chunk_tokens(gpu), n)
+    chunks = -(-n // c)
+    per_tok = 2 * cost.per_token_params
+    hd = 2 * cost.full_attention_layers * cost.heads * cost.head_dim
+    # the slowest chunk: the first under dynamic chunking (each chunk sized to take as long),
+    # else the last, whose C queries meet all N keys: C (2N - C + 1) / 2 causal pairs
+    att_chunk = hd * c * (c + 1) if dynamic_chunking else hd * c * (2 * n - c + 1)
+    bubble = (layout.pp - 1) * seconds(per_tok * c, att_chunk)
+    cross = _cross_node_boundaries(layout)
+    per_rank = PP_TENSORS * c * cost.hidden_size * ACTIVATION_BYTES / layout.tp
+    hops = [
+        per_rank / (peer_gb_s(gpu, across) * 1e9)
+        for across in [True] * cross + [False] * (layout.pp - 1 - cross)
+    ]
+    # the last chunk's path through every boundary, plus any time the busiest link, carrying
+    # every chunk, needs beyond the compute
+    transfer = sum(hops) + max(0.0, chunks * max(hops, default=0.0) - compute)
+    terms = PrefillTerms(
+        compute, bubble, transfer, fixed_seconds, c, chunks, dynamic_chunking, cross
+    )
+    lo, hi = efficiency_band(gpu)
+    rest = terms.pp_transfer + terms.fixed
     return PrefillEstimate(
         lin + att,
         lin,
         att,
-        seconds,
-        (seconds / hi, seconds / lo),
+        terms.total,
+        (terms.scaled / hi + rest, terms.scaled / lo + rest),
         layout.attention_on_one_gpu,
         lin_dt,
         att_dt,
+        terms,
+        (lo, hi),
     )
+
+
+# Decode's typical rate: a measured fraction of the HBM bandwidth. Qwen2.5-72B-Instruct on 2x H100
+# with vLLM decoded at 30.9 ms per token alone (128-token prompt; tenstorrent/tt-inference-server
+# #143); each GPU reads its half of the 71.5e9 bf16 weights outside the embedding table, 71.5 GB,
+# in 21.3 ms at 3.35 TB/s: 0.69 of the bandwidth.
+DECODE_HBM_FRACTION = 0.69
+DECODE_SOURCE = (
+    "Qwen2.5-72B-Instruct on 2x H100, vLLM: 30.9 ms per output token alone "
+    "(github.com/tenstorrent/tt-inference-server/issues/143) against 21.3 ms to read each "
+    "GPU's 71.5 GB of weights at 3.35 TB/s"
+)
 
 
 @dataclass(frozen=True)
 class DecodeEstimate:
     seconds_per_token_at_peak: float | None  # one request alone
-    tokens_per_second_per_request: float | None
-    tokens_per_second_aggregate: float | None  # all concurrent requests together
+    tokens_per_second_per_request: float | None  # the ceiling: the HBM bandwidth
+    tokens_per_second_aggregate: float | None  # all concurrent requests together, ceiling
     concurrent_requests: int
     bytes_per_gpu_per_token: int  # read by one GPU for one request's token
     bound: str | None  # "memory" or "compute" for the single request
+    # the typical rates: the bytes at DECODE_HBM_FRACTION of the bandwidth (or the FLOPs at the
+    # prefill band's high end when compute binds)
+    tokens_per_second_per_request_typical: float | None = None
+    tokens_per_second_aggregate_typical: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        def band(typ: float | None, top: float | None) -> list[float | None] | None:
+            return None if typ is None or top is None else [_r(typ), _r(top)]
+
         return {
             "seconds_per_token_at_peak": _r(self.seconds_per_token_at_peak),
             "tokens_per_second_per_request": _r(self.tokens_per_second_per_request),
@@ -318,6 +474,17 @@ class DecodeEstimate:
             "concurrent_requests": self.concurrent_requests,
             "bytes_per_gpu_per_token": self.bytes_per_gpu_per_token,
             "bound": self.bound,
+            "band": {
+                "per_request": band(
+                    self.tokens_per_second_per_request_typical,
+                    self.tokens_per_second_per_request,
+                ),
+                "aggregate": band(
+                    self.tokens_per_second_aggregate_typical, self.tokens_per_second_aggregate
+                ),
+                "hbm_fraction": DECODE_HBM_FRACTION,
+                "source": DECODE_SOURCE,
+            },
         }
 
 
@@ -330,13 +497,15 @@ def decode_step(
     batch: int,
     *,
     kv_fp8: bool = False,
+    typical: bool = False,
 ) -> tuple[float, str, int]:
     """(seconds, bound, bytes per GPU) of one decode step with BATCH requests of N tokens on each
     attention group. Memory: the weights outside the routed experts / TP, the routed experts the
     step's tokens touch (1 - (1 - k/E)^tokens of them, uniform routing) / the expert group, and
     BATCH x N x KV_BYTES_PER_TOKEN (per GPU, all layers). Compute: 2 FLOPs per active parameter
     and token, 4 x layers x heads x head_dim x N per token of attention. PP stages run one after
-    another for a token, so PP divides neither."""
+    another for a token, so PP divides neither. At the peaks (the ceiling), or TYPICAL: the bytes
+    at DECODE_HBM_FRACTION of the bandwidth, the FLOPs at the GPU's prefill band's high end."""
     tokens = batch * (layout.dp if layout.ep else 1)
     touched = 1.0
     if cost.experts and cost.top_k:
@@ -355,7 +524,10 @@ def decode_step(
     flops_att = 4 * cost.full_attention_layers * cost.heads * cost.head_dim * n * batch / layout.tp
     t_mem = mem / (gpu.hbm_tb_s * 1e12)
     t_comp = flops_lin / lin_rate + flops_att / att_rate
-    return max(t_mem, t_comp), ("memory" if t_mem >= t_comp else "compute"), int(mem)
+    bound = "memory" if t_mem >= t_comp else "compute"
+    if typical:
+        t_mem, t_comp = t_mem / DECODE_HBM_FRACTION, t_comp / efficiency_band(gpu)[1]
+    return max(t_mem, t_comp), bound, int(mem)
 
 
 def decode(
@@ -370,15 +542,21 @@ def decode(
     kv_fp8: bool = False,
 ) -> DecodeEstimate:
     """One request alone, and every request the cache holds at N (floor(concurrency) per DP rank,
-    at most vLLM's 256 sequences) decoding together. None where nothing fits or the GPU is
-    unknown."""
+    at most vLLM's 256 sequences) decoding together, each at the ceiling (HBM bandwidth) and at
+    the typical rate. None where nothing fits or the GPU is unknown."""
     per_rank = min(int(math.floor(max_concurrency)), MAX_NUM_SEQS) if fits else 0
     total = per_rank * layout.dp
     if gpu is None or not fits:
         return DecodeEstimate(None, None, None, total, 0, None)
-    one, bound, nbytes = decode_step(cost, n, layout, gpu, kv_bytes_per_token, 1, kv_fp8=kv_fp8)
-    agg = None
+
+    def steps(batch: int, typical: bool = False) -> tuple[float, str, int]:
+        return decode_step(
+            cost, n, layout, gpu, kv_bytes_per_token, batch, kv_fp8=kv_fp8, typical=typical
+        )
+
+    one, bound, nbytes = steps(1)
+    one_typ = steps(1, True)[0]
+    agg = agg_typ = None
     if per_rank:
-        step, _, _ = decode_step(cost, n, layout, gpu, kv_bytes_per_token, per_rank, kv_fp8=kv_fp8)
-        agg = total / step
-    return DecodeEstimate(one, 1.0 / one, agg, total, nbytes, bound)
+        agg, agg_typ = total / steps(per_rank)[0], total / steps(per_rank, True)[0]
+    return DecodeEstimate(one, 1.0 / one, agg, total, nbytes, bound, 1.0 / one_typ, agg_typ)

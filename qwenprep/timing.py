@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
 from qwenprep.timecost import (
+    DECODE_HBM_FRACTION,
     EFFICIENCY_BAND,
     EFFICIENCY_SOURCE,
     MAX_NUM_SEQS,
@@ -20,6 +21,7 @@ from qwenprep.timecost import (
     ModelCost,
     ParamCounts,
     PrefillEstimate,
+    PrefillTerms,
     _is_scale,
     _r,
     _rates,
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
     from qwenprep.catalog import GPUSpec
 
 __all__ = [  # the arithmetic, re-exported from qwenprep.timecost
+    "DECODE_HBM_FRACTION",
     "EFFICIENCY_BAND",
     "EFFICIENCY_SOURCE",
     "MAX_NUM_SEQS",
@@ -46,6 +49,7 @@ __all__ = [  # the arithmetic, re-exported from qwenprep.timecost
     "ModelCost",
     "ParamCounts",
     "PrefillEstimate",
+    "PrefillTerms",
     "_is_scale",
     "_rates",
     "attention_flops",
@@ -129,6 +133,12 @@ class ContextRow:
             "attention_share": round(self.prefill.attention_share, 4),
             "decode_tokens_per_second_per_request": _r(self.decode.tokens_per_second_per_request),
             "decode_tokens_per_second_aggregate": _r(self.decode.tokens_per_second_aggregate),
+            "decode_tokens_per_second_per_request_typical": _r(
+                self.decode.tokens_per_second_per_request_typical
+            ),
+            "decode_tokens_per_second_aggregate_typical": _r(
+                self.decode.tokens_per_second_aggregate_typical
+            ),
         }
 
 
@@ -229,7 +239,7 @@ class PlanTiming:
             ),
         ]
         if p.seconds_at_peak is not None and p.seconds_typical is not None:
-            lo, hi = EFFICIENCY_BAND
+            lo, hi = p.efficiency_band
             rows.append(
                 (
                     "prefill time",
@@ -241,16 +251,21 @@ class PlanTiming:
                     "(measured band, docs/time.md)",
                 )
             )
+            if p.terms is not None:
+                rows.append(("prefill floor terms", _terms_text(p.terms)))
         if d.seconds_per_token_at_peak is not None:
             rows.append(
                 (
                     "decode",
-                    f"ESTIMATE (floor, {d.bound}-bound): "
-                    f"{format_seconds(d.seconds_per_token_at_peak)} per token = "
-                    f"{d.tokens_per_second_per_request:,.0f} tokens/s for one request "
-                    f"({format_gib(d.bytes_per_gpu_per_token)} read per GPU per token); "
+                    f"ESTIMATE ({d.bound}-bound): "
+                    f"{format_seconds(d.seconds_per_token_at_peak)} per token at the ceiling; "
+                    f"one request {_tps(d.tokens_per_second_per_request_typical)} - "
+                    f"{_tps(d.tokens_per_second_per_request)} tokens/s (typical at "
+                    f"{DECODE_HBM_FRACTION:.0%} of the HBM bandwidth - ceiling; "
+                    f"{format_gib(d.bytes_per_gpu_per_token)} read per GPU per token); "
                     + (
-                        f"{d.tokens_per_second_aggregate:,.0f} tokens/s in aggregate over "
+                        f"{_tps(d.tokens_per_second_aggregate_typical)} - "
+                        f"{_tps(d.tokens_per_second_aggregate)} tokens/s in aggregate over "
                         f"{d.concurrent_requests} concurrent request(s)"
                         if d.tokens_per_second_aggregate
                         else "no full-length request runs at once"
@@ -279,6 +294,24 @@ class PlanTiming:
         return rows, [f"note: {n}" for n in self.notes]
 
 
+def _tps(x: float | None) -> str:
+    return f"{x:,.0f}" if x else "-"
+
+
+def _terms_text(t: PrefillTerms) -> str:
+    pp = (
+        f" + pipeline fill/drain {format_seconds(t.pp_bubble)} + activations over the stage "
+        f"boundaries {format_seconds(t.pp_transfer)} ({t.cross_node_boundaries} across nodes; "
+        f"{t.chunks} chunk(s) of {t.chunk_tokens:,})"
+        if t.pp_bubble or t.pp_transfer
+        else ""
+    )
+    return (
+        f"compute {format_seconds(t.compute)}{pp} + per request {format_seconds(t.fixed)} "
+        "(docs/time.md, What the floor adds)"
+    )
+
+
 # the context table's columns (context_cells of each row); * = above the config's
 # max_position_embeddings: qwenprep patch first
 CONTEXT_COLUMNS = (
@@ -298,7 +331,11 @@ def context_cells(r: ContextRow) -> tuple[str, ...]:
         if p.seconds_typical
         else "unknown"
     )
-    tps = f"{d.tokens_per_second_per_request:,.0f}" if d.tokens_per_second_per_request else "-"
+    tps = (
+        f"{_tps(d.tokens_per_second_per_request_typical)}-{_tps(d.tokens_per_second_per_request)}"
+        if d.tokens_per_second_per_request
+        else "-"
+    )
     return (
         label(r.context) + ("*" if r.needs_patch else ""),
         "yes" if r.fits else "no",

@@ -116,7 +116,9 @@ def test_plan_on_a_pipe_is_plain_ascii_tables() -> None:
         out,
         re.M,
     ), out
-    row = re.search(r"^ *1M\* +yes +4\.00x +(\S+ m?s) +(\S+ m?s-\S+ m?s) +([\d,]+)$", out, re.M)
+    row = re.search(
+        r"^ *1M\* +yes +4\.00x +(\S+ m?s) +(\S+ m?s-\S+ m?s) +([\d,]+-[\d,]+)$", out, re.M
+    )
     assert row, out
     assert re.search(r"^ *256K +yes +16\.00x ", out, re.M)
     # then the lines for people: recommendation, vLLM's own log line, the verdict last
