@@ -74,6 +74,7 @@ class Profile:
     env: tuple[tuple[str, str], ...] = ()
     before_vllm: Version | None = None  # serve refuses this vLLM and newer
     unsupported_why: str = ""
+    flags_why: str = ""  # why it sets FLAGS (engine.profile_flags: when one is undone)
 
 
 def _name_candidates(path: Path, manifest: dict[str, Any] | None, repo_id: str | None) -> list[str]:
@@ -112,6 +113,7 @@ def model_profile(
         p.env,
         p.before_vllm,
         p.unsupported_why,
+        p.flags_why,
     )
 
 
@@ -158,6 +160,9 @@ class LaunchPlan(ServedPlan):
     nodes: tuple[NodeCommand, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
     extra_args: tuple[str, ...] = ()  # the user's part after --, at the end of every argv
+    # the profile's flags the user turned off after -- (engine.profile_flags): also in NOTES; check
+    # reports each as a warning
+    profile_overrides: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return self.plan_dict()
