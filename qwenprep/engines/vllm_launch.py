@@ -334,6 +334,17 @@ FLAG_DEPRECATED: dict[str, tuple[Version, str]] = {
         "is deprecated and has no effect: cascade attention was removed "
         "(vllm/engine/arg_utils.py, _DISABLE_CASCADE_ATTN_DEPRECATION_MESSAGE, 0.32 and 0.34)",
     ),
+    "--log-config-file": (
+        (0, 32, 0),
+        "is deprecated (vLLM says it goes in 0.33, and 0.34 still warns): use "
+        "--logging-config.pylogging_config_file (vllm/engine/arg_utils.py, "
+        "_LOG_CONFIG_FILE_DEPRECATION_MESSAGE, DeprecatedLogConfigFileAction, 0.32 and 0.34)",
+    ),
+    "--ir-op-priority": (
+        (0, 34, 0),
+        "is deprecated in vLLM 0.34: vLLM IR is being removed (vllm/engine/arg_utils.py, "
+        "_IR_OP_PRIORITY_DEPRECATION_MESSAGE, warned in EngineArgs.create_engine_config)",
+    ),
 }
 
 
