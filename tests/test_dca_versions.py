@@ -279,6 +279,22 @@ def test_an_edited_dca_overlay_fails_validate(
     )
 
 
+def _check_010(cli: CliFn, ov: Path, *extra: str) -> Result:
+    """check OV --no-engine, judged for vLLM 0.10, with EXTRA after --."""
+    return cli(
+        "check",
+        str(ov),
+        "--no-engine",
+        "--vllm-version",
+        "0.10",
+        "--kv-memory",
+        "10GiB",
+        "--json",
+        "--",
+        *extra,
+    )
+
+
 def test_dca_overlays_for_vllm_010_pass_check_for_010(
     cli: CliFn, tmp_path: Path, release_2507: Callable[..., Path]
 ) -> None:
@@ -309,19 +325,7 @@ def test_dca_overlays_for_vllm_010_pass_check_for_010(
             out = json.loads(r.stdout)
             fails = {c["id"]: c["message"] for c in out["checks"] if c["status"] == "fail"}
             assert r.exit_code == 0 and not fails, (engine, fails)
-        r = cli(
-            "check",
-            str(ov),
-            "--no-engine",
-            "--vllm-version",
-            "0.10",
-            "--kv-memory",
-            "10GiB",
-            "--json",
-            "--",
-            "--hf-overrides",
-            '{"dual_chunk_attention_config": null}',
-        )
+        r = _check_010(cli, ov, "--hf-overrides", '{"dual_chunk_attention_config": null}')
         fails = {
             c["id"]: c["message"] for c in json.loads(r.stdout)["checks"] if c["status"] == "fail"
         }
@@ -333,3 +337,38 @@ def test_patch_says_native_and_dca_without_yarn_factor_1(cli: CliFn, tmp_path: P
     r = cli("patch", str(src), "-c", "native", "-o", str(tmp_path / "nat"))
     assert r.exit_code == 0, r.output
     assert "262144 tokens (native, RoPE unscaled)" in r.stderr and "YaRN" not in r.stderr
+
+
+def test_a_dca_profile_flag_turned_off_is_honoured_with_a_warning(
+    cli: CliFn, tmp_path: Path
+) -> None:
+    """Hostile test round 3, item 21: a --no-X after -- silently undid a profile's --X. Every
+    on/off flag of the DCA profile (--enforce-eager, --enable-chunked-prefill), in any
+    spelling vLLM reads (a --config YAML's `X: false` too): check warns, naming the profile
+    and why it sets the flag; the value flag (--max-num-batched-tokens 131072) stays."""
+    from qwenprep.engine import build_launch_plan
+
+    ov = tmp_path / "q25-v010"
+    assert (
+        cli(
+            "patch", str(_q25_with(tmp_path)), "-c", "1m", "--vllm-version", "0.10", "-o", str(ov)
+        ).exit_code
+        == 0
+    )
+    yml = tmp_path / "user.yaml"
+    yml.write_text("enable-chunked-prefill: false\n")
+    for extra in (
+        ["--no-enforce-eager", "--no_enable_chunked_prefill"],
+        ["--no-enforce-eager", "--config", str(yml)],
+    ):
+        r = _check_010(cli, ov, *extra)
+        warned = [
+            c["message"] for c in json.loads(r.stdout)["checks"] if c["id"] == "engine.profile"
+        ]
+        assert len(warned) == 2 and all(c.count("model cards") == 1 for c in warned), warned
+        assert "turns off --enforce-eager" in warned[0] and "chunked-prefill" in warned[1]
+        plan = build_launch_plan(ov, engine=None, extra_args=extra, assume_version=(0, 10, 2))
+        core = plan.argv[: len(plan.argv) - len(extra)]
+        assert "--enforce-eager" not in core and "--enable-chunked-prefill" not in core
+        assert core[core.index("--max-num-batched-tokens") + 1] == "131072"
+        assert len(plan.profile_overrides) == 2 and set(plan.profile_overrides) <= set(plan.notes)

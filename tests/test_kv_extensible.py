@@ -111,6 +111,26 @@ def test_034_deprecations() -> None:
     assert flag_warnings(["--mamba-cache-mode", "align"], (0, 33, 0)) == []
 
 
+@pytest.mark.parametrize(
+    ("args", "version", "said"),
+    [
+        (["--ir-op-priority", "{}"], (0, 34, 0), "vLLM IR is being removed"),
+        (["--ir_op_priority.rms_norm=native"], (0, 34, 0), "vLLM IR is being removed"),
+        (["--ir-op-priority", "{}"], (0, 33, 0), None),
+        (["--log-config-file", "log.json"], (0, 32, 0), "--logging-config.pylogging_config_file"),
+        (["--log_config_file=log.json"], (0, 34, 0), "--logging-config.pylogging_config_file"),
+    ],
+)
+def test_the_other_deprecated_flags_of_032_and_034(
+    args: list[str], version: tuple[int, int, int], said: str | None
+) -> None:
+    """Issue 21 item 1, "flags know the deprecations": besides --mamba-cache-mode, vLLM 0.34
+    deprecates --ir-op-priority and still warns for --log-config-file (deprecated in 0.32)
+    (vllm/engine/arg_utils.py, _IR_OP_PRIORITY_ and _LOG_CONFIG_FILE_DEPRECATION_MESSAGE)."""
+    got = flag_warnings(args, version)
+    assert [w for w in got if said and said in w] == got and bool(got) == bool(said), got
+
+
 def test_check_warns_for_a_capping_utilization_offline(tmp_path: Path) -> None:
     ov = tmp_path / "ov"
     assert invoke("patch", str(TINY), "--context", "1m", "--out", str(ov)).exit_code == 0

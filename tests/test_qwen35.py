@@ -617,3 +617,34 @@ def test_verify_compares_the_language_models_layers_and_experts(
         and "layer(s) 3 missing" in c["tensors.layers"]["message"]
     )
     assert c["tensors.shapes"]["status"] == "fail" and gate_up in c["tensors.shapes"]["message"]
+
+
+def test_turning_the_profiles_flag_off_is_honoured_with_a_warning(
+    tiny: Path, tmp_path: Path
+) -> None:
+    """Hostile test round 3, item 21: `-- --no-language-model-only` silently undid the VL
+    profile's --language-model-only. The user's choice is honoured (vLLM then builds the vision
+    tower), with one warning naming the profile and why it sets the flag, alike in check,
+    serve --dry-run and serve --emit-config; the argv and the YAML say the user's value once."""
+    ov = tmp_path / "ov"
+    assert _run("patch", str(tiny), "-c", "1m", "-o", str(ov)).returncode == 0
+    off = ("--", "--no-language-model-only")
+    r = _run("check", str(ov), "--no-engine", "--kv-memory", "60GiB", "--json", *off)
+    assert r.returncode == 0, r.stdout
+    warned = _checks(r.stdout)["engine.profile"]
+    assert warned["status"] == "warn"
+    said = [warned["message"]]
+    r = _run("serve", str(ov), "--dry-run", "--json", "--vllm-python", NO_VLLM, *off)
+    assert r.returncode == 0, r.stderr
+    served = _json(r.stdout)
+    argv = served["argv"]
+    assert "--language-model-only" not in argv and argv.count("--no-language-model-only") == 1
+    said += [n for n in served["notes"] if "language-model-only" in n]
+    yml = tmp_path / "c.yaml"
+    r = _run("serve", str(ov), "--vllm-python", NO_VLLM, "--emit-config", str(yml), *off)
+    assert r.returncode == 0, r.stderr
+    said += [ln[6:] for ln in r.stderr.splitlines() if "language-model-only" in ln]
+    options = [ln.split(":")[0] for ln in yml.read_text().splitlines() if not ln.startswith("#")]
+    assert "no-language-model-only" in options and "language-model-only" not in options
+    assert len(said) == 3 and len(set(said)) == 1, said
+    assert "qwen3.5-moe-vl-text-only profile" in said[0] and "vision tower" in said[0]

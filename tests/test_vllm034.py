@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import pytest
 from conftest import REPO, TINY, invoke
 from qwenprep import engine as eng
 from qwenprep import gate
+from qwenprep.engines.vllm_core import PROBE
 
 V034 = os.environ.get("QWENPREP_VLLM034_PYTHON") or str(REPO / ".venv-vllm034" / "bin" / "python")
 pytestmark = [
@@ -103,3 +105,64 @@ def test_the_cuda_wheel_refuses_a_trap(answers: dict[str, tuple[Any, Any]], trap
     failed = [x for x in _checks(c).values() if x["status"] == "fail"]
     assert any(x["id"] == "engine.rope_theta" for x in failed), failed
     assert "rope_theta" in json.loads(s.stdout)["error"]["message"]
+
+
+# In vLLM 0.34.0's own interpreter: the probe's platform choice, three ways. The 0.10 way swaps
+# in a resolver shaped like vLLM 0.10.0's resolve_current_platform_cls_qualname
+# (vllm/platforms/__init__.py, read from the 0.10.0 wheel): no explicit CPU target, and its
+# cpu_platform_plugin says CPU only when "cpu" is in the installed version string (or on macOS),
+# so VLLM_TARGET_DEVICE=cpu selects nothing there.
+PLATFORM_SCRIPT = """
+import importlib.metadata as md, json, os, sys
+sys.path.insert(0, sys.argv[1])
+import _engine_probe
+import vllm.platforms as p
+from vllm.config import DeviceConfig
+UNSPECIFIED = "vllm.platforms.interface.UnspecifiedPlatform"
+
+def cpu_010():
+    cpu = "cpu" in md.version("vllm") or sys.platform.startswith("darwin")
+    return "vllm.platforms.cpu.CpuPlatform" if cpu else None
+
+def resolve_010():
+    plugins = (p.cuda_platform_plugin, p.rocm_platform_plugin, cpu_010)
+    found = [q for q in (f() for f in plugins) if q]
+    return found[0] if len(found) == 1 else UNSPECIFIED
+
+out = {}
+for way in ("user-cuda", "0.34", "0.10"):
+    p._current_platform = None
+    os.environ.pop("VLLM_TARGET_DEVICE", None)
+    if way == "user-cuda":
+        os.environ["VLLM_TARGET_DEVICE"] = "cuda"
+    if way == "0.10":
+        p.resolve_current_platform_cls_qualname = resolve_010
+    how = _engine_probe.cpu_platform_without_gpu()
+    try:
+        device = DeviceConfig().device_type
+    except RuntimeError as e:
+        device = str(e)
+    out[way] = [how, device]
+print(json.dumps(out))
+"""
+
+
+def test_the_probe_picks_the_cpu_platform_as_each_version_allows(tmp_path: Path) -> None:
+    """Issue 19, "the CUDA builds, no GPU needed to judge": on a host without a GPU the CUDA
+    wheel's parser ends in "Failed to infer device type" (DeviceConfig). The probe (only the
+    probe) picks vLLM's CPU platform: on 0.34 by VLLM_TARGET_DEVICE=cpu, which vLLM's own
+    resolver honours; where the resolver ignores it (0.10.0, whose CPU detection reads only the
+    version string) by installing CpuPlatform as vllm.platforms' lazily resolved
+    _current_platform. A VLLM_TARGET_DEVICE the user set is left alone."""
+    r = subprocess.run(
+        [V034, "-c", PLATFORM_SCRIPT, str(PROBE.parent)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={k: v for k, v in os.environ.items() if k != "VLLM_TARGET_DEVICE"},
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["user-cuda"][0] is None and "Failed to infer device type" in got["user-cuda"][1]
+    assert got["0.34"] == ["VLLM_TARGET_DEVICE=cpu", "cpu"], got
+    assert got["0.10"] == ["vllm.platforms.cpu.CpuPlatform", "cpu"], got

@@ -74,6 +74,7 @@ class Profile:
     env: tuple[tuple[str, str], ...] = ()
     before_vllm: Version | None = None  # serve refuses this vLLM and newer
     unsupported_why: str = ""
+    flags_why: str = ""  # why it sets FLAGS (engine.profile_flags: when one is undone)
 
 
 def _name_candidates(path: Path, manifest: dict[str, Any] | None, repo_id: str | None) -> list[str]:
@@ -112,6 +113,7 @@ def model_profile(
         p.env,
         p.before_vllm,
         p.unsupported_why,
+        p.flags_why,
     )
 
 
@@ -158,6 +160,9 @@ class LaunchPlan(ServedPlan):
     nodes: tuple[NodeCommand, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
     extra_args: tuple[str, ...] = ()  # the user's part after --, at the end of every argv
+    # the profile's flags the user turned off after -- (engine.profile_flags): also in NOTES; check
+    # reports each as a warning
+    profile_overrides: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return self.plan_dict()
@@ -328,6 +333,17 @@ FLAG_DEPRECATED: dict[str, tuple[Version, str]] = {
         (0, 32, 0),
         "is deprecated and has no effect: cascade attention was removed "
         "(vllm/engine/arg_utils.py, _DISABLE_CASCADE_ATTN_DEPRECATION_MESSAGE, 0.32 and 0.34)",
+    ),
+    "--log-config-file": (
+        (0, 32, 0),
+        "is deprecated (vLLM says it goes in 0.33, and 0.34 still warns): use "
+        "--logging-config.pylogging_config_file (vllm/engine/arg_utils.py, "
+        "_LOG_CONFIG_FILE_DEPRECATION_MESSAGE, DeprecatedLogConfigFileAction, 0.32 and 0.34)",
+    ),
+    "--ir-op-priority": (
+        (0, 34, 0),
+        "is deprecated in vLLM 0.34: vLLM IR is being removed (vllm/engine/arg_utils.py, "
+        "_IR_OP_PRIORITY_DEPRECATION_MESSAGE, warned in EngineArgs.create_engine_config)",
     ),
 }
 

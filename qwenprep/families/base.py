@@ -29,6 +29,8 @@ class ServeProfile:
     # launch settings the family's releases need: vLLM flags and environment variables
     flags: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
+    # why the profile sets FLAGS (said when the user turns one off after --: engine.profile_flags)
+    flags_why: str = ""
     # the newest vLLM (exclusive) that can run the profile at all; serve refuses newer ones
     # with UNSUPPORTED_WHY (DCA ran only on the V0 engine, removed in 0.11.0)
     before_vllm: tuple[int, int, int] | None = None

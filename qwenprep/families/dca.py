@@ -34,6 +34,11 @@ WHY = (
 )
 V0_ENV = (("VLLM_USE_V1", "0"), ("VLLM_ATTENTION_BACKEND", "DUAL_CHUNK_FLASH_ATTN"))
 V0_FLAGS = ("--enforce-eager", "--enable-chunked-prefill", "--max-num-batched-tokens", "131072")
+V0_FLAGS_WHY = (
+    "the Qwen2.5-1M and Qwen3-2507 model cards launch Dual Chunk Attention on the V0 engine in "
+    "eager mode with chunked prefill of 131,072 tokens; other settings are not what the cards "
+    "tested"
+)
 
 
 def dca_block(config: dict[str, Any]) -> dict[str, Any] | None:
@@ -238,6 +243,7 @@ def dca_profile(name: str, **kw: Any) -> Any:
         lambda view, names: dca_block(view.raw) is not None,
         flags=V0_FLAGS,
         env=V0_ENV,
+        flags_why=V0_FLAGS_WHY,
         before_vllm=V0_REMOVED,
         unsupported_why=WHY,
         **kw,

@@ -43,6 +43,12 @@ def _vl(view: Any, names: Sequence[str]) -> bool:
 # is what a text-only long-context deployment wants. Reasoning: the model cards serve Qwen3.5
 # with --reasoning-parser qwen3; tool use with --tool-call-parser qwen3_coder.
 _TEXT_ONLY = ("--language-model-only",)
+_TEXT_ONLY_WHY = (
+    "a text-only long-context deployment: vLLM then builds no vision tower and loads no image "
+    "processor (MultiModalConfig.language_model_only), and qwenprep's KV plan counts no vision "
+    "encoder; without it vLLM also loads the vision encoder and takes image inputs, in GPU "
+    "memory the plan did not count"
+)
 
 
 def _profiles(kind: str) -> tuple[ServeProfile, ...]:
@@ -53,6 +59,7 @@ def _profiles(kind: str) -> tuple[ServeProfile, ...]:
             reasoning_parser="qwen3",
             tool_parser="qwen3_coder",
             flags=_TEXT_ONLY,
+            flags_why=_TEXT_ONLY_WHY,
         ),
         ServeProfile(kind, lambda v, n: True, reasoning_parser="qwen3", tool_parser="qwen3_coder"),
     )
