@@ -96,9 +96,10 @@ MINFERENCE = (
     "300K read as 300,000)"
 )
 META_CP = (
-    "https://arxiv.org/abs/2411.01783 (Table 6, its Llama3 405B with Table 9's shapes, TP8 at batch "
-    "size 1: one Grand Teton host of 8 H100 with 96 GB HBM2e, read as the catalog's H100 SXM; "
-    "row-wise FP8 feed-forward weights, FlashAttention-3; 32K and 128K read as 32,768 and 131,072)"
+    "https://arxiv.org/abs/2411.01783 (Table 6, its Llama3 405B with Table 9's shapes, TP8 at "
+    "batch size 1: one Grand Teton host of 8 H100 with 96 GB HBM2e, read as the catalog's H100 "
+    "SXM; row-wise FP8 feed-forward weights, FlashAttention-3; 32K and 128K read as 32,768 and "
+    "131,072)"
 )
 GAHOW = (
     "https://gitea.gahow.org/gahow/agentic-kvc/src/commit/"
