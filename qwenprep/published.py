@@ -95,6 +95,12 @@ MINFERENCE = (
     "prefill of a 300K-token prompt on a single A100: 3 minutes, as its authors corrected it; "
     "300K read as 300,000)"
 )
+META_CP = (
+    "https://arxiv.org/abs/2411.01783 (Table 6, its Llama3 405B with Table 9's shapes, TP8 at "
+    "batch size 1: one Grand Teton host of 8 H100 with 96 GB HBM2e, read as the catalog's H100 "
+    "SXM; row-wise FP8 feed-forward weights, FlashAttention-3; 32K and 128K read as 32,768 and "
+    "131,072)"
+)
 GAHOW = (
     "https://gitea.gahow.org/gahow/agentic-kvc/src/commit/"
     "837df6bc9e05f5a5b4af27a36356efdd4cff2ecd (v2/exp_a_tier_latency, prefix-cache miss)"
@@ -144,6 +150,7 @@ _Q235 = ("Qwen3-235B-A22B-FP8", QWEN3_235B_FP8, "H20", Layout(tp=4, pp=8, ep=Fal
 _SGL = "SGLang >= 0.5.7"
 _TRT = "TensorRT-LLM"
 _NVL32 = Layout(tp=32, gpus_per_node=32)
+_META = "Meta PyTorch + FA3"
 
 ROWS: tuple[Published, ...] = (
     Published(
@@ -183,6 +190,26 @@ ROWS: tuple[Published, ...] = (
             "(160 of 0.54 GB, a ring moving about twice that per GPU: about 0.37 s at NVLink's "
             "450 GB/s one way)"
         ),
+    ),
+    Published(
+        "Llama 3.1 405B",
+        LLAMA_405B_FP8,
+        "H100 SXM",
+        Layout(tp=8),
+        _META,
+        32768,
+        7.658,
+        META_CP,
+        outside_why=(
+            "slower than the band: the paper's H100s peak at about 800 TFLOP/s of BF16 (its 502 "
+            "TF/s are 63% of peak), 0.81 of the catalog's 989; its attention projections stay "
+            "BF16 (18% of the linear FLOPs at half the FP8 rate); and the tensor-parallel "
+            "all-reduces this model leaves out move 1.9 GB per GPU 252 times (about 1.05 s at "
+            "NVLink's 450 GB/s one way)"
+        ),
+    ),
+    Published(
+        "Llama 3.1 405B", LLAMA_405B_FP8, "H100 SXM", Layout(tp=8), _META, 131072, 42.01, META_CP
     ),
     Published(
         "LLaMA-3-8B",
