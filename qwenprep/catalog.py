@@ -32,6 +32,9 @@ class GPUSpec:
     # the GPU's NVLink / Infinity Fabric bandwidth to its peers, GB/s, both directions together
     # as the datasheets print it (one direction is half); None: PCIe only
     nvlink_gb_s: float | None = None
+    # NVSwitch with in-switch reduction (NVLink SHARP, NCCL's NVLS; TensorRT-LLM's MultiShot):
+    # an all-reduce moves each GPU's tensor about once each way instead of a ring's twice
+    nvlink_sharp: bool = False
     # the high end of the prefill efficiency band on this GPU, where measurements show its
     # kernels run closer to peak than EFFICIENCY_BAND's 0.75 (docs/time.md); None: 0.75
     efficiency_high: float | None = None
@@ -64,6 +67,7 @@ CATALOG: tuple[GPUSpec, ...] = (
         "NVIDIA H100 Tensor Core GPU datasheet, H100 SXM column" + _NV_SPARSE,
         ("h100 sxm", "h100 sxm5", "h100 sxm5 80gb", "h100 80gb hbm3"),
         nvlink_gb_s=900.0,
+        nvlink_sharp=True,
     ),
     GPUSpec(
         "H100 PCIe",
@@ -83,6 +87,7 @@ CATALOG: tuple[GPUSpec, ...] = (
         "NVIDIA H200 Tensor Core GPU datasheet, H200 SXM column" + _NV_SPARSE,
         ("h200", "h200 sxm", "h200 141gb hbm3e"),
         nvlink_gb_s=900.0,
+        nvlink_sharp=True,
     ),
     GPUSpec(
         "H20",
@@ -93,6 +98,7 @@ CATALOG: tuple[GPUSpec, ...] = (
         "NVIDIA HGX H20 product specification (dense; docs/time.md, The GPU catalog)",
         ("h20",),
         nvlink_gb_s=900.0,
+        nvlink_sharp=True,
         # measured: 0.86 and 0.91 of the dense peak (docs/time.md, Published errors); the H20 has
         # 27 bytes/s of HBM per 1,000 FLOP/s of BF16, eight times an H100's, so kernels stay fed
         efficiency_high=0.95,
@@ -106,6 +112,7 @@ CATALOG: tuple[GPUSpec, ...] = (
         "NVIDIA DGX B200 / HGX B200 datasheet, 8-GPU totals divided by 8" + _NV_SPARSE,
         ("b200", "b200 sxm"),
         nvlink_gb_s=1800.0,
+        nvlink_sharp=True,
     ),
     GPUSpec(
         "GB200",
@@ -116,6 +123,7 @@ CATALOG: tuple[GPUSpec, ...] = (
         "NVIDIA GB200 NVL72 datasheet, rack totals divided by its 72 GPUs" + _NV_SPARSE,
         ("gb200",),
         nvlink_gb_s=1800.0,
+        nvlink_sharp=True,
     ),
     GPUSpec(
         "MI300X",
@@ -147,6 +155,7 @@ CATALOG: tuple[GPUSpec, ...] = (
         "has the H100 SXM's tensor cores)" + _NV_SPARSE,
         ("gh200 144gb", "gh200 144g hbm3e", "gh200 144gb hbm3e"),
         nvlink_gb_s=900.0,
+        nvlink_sharp=True,
     ),
     GPUSpec("L40S", 362.05, 733.0, 0.864, 48, "NVIDIA L40S GPU datasheet" + _NV_SPARSE, ("l40s",)),
     GPUSpec(

@@ -184,12 +184,6 @@ ROWS: tuple[Published, ...] = (
         32768,
         0.472,
         NVIDIA_NVL32,
-        outside_why=(
-            "slower than the band: a 70B split over 32 GPUs at 32K has 0.115 s of FLOPs per "
-            "GPU, and the tensor-parallel all-reduces this model leaves out are of that order "
-            "(160 of 0.54 GB, a ring moving about twice that per GPU: about 0.37 s at NVLink's "
-            "450 GB/s one way)"
-        ),
     ),
     Published(
         "Llama 3.1 405B",
@@ -200,13 +194,6 @@ ROWS: tuple[Published, ...] = (
         32768,
         7.658,
         META_CP,
-        outside_why=(
-            "slower than the band: the paper's H100s peak at about 800 TFLOP/s of BF16 (its 502 "
-            "TF/s are 63% of peak), 0.81 of the catalog's 989; its attention projections stay "
-            "BF16 (18% of the linear FLOPs at half the FP8 rate); and the tensor-parallel "
-            "all-reduces this model leaves out move 1.9 GB per GPU 252 times (about 1.05 s at "
-            "NVLink's 450 GB/s one way)"
-        ),
     ),
     Published(
         "Llama 3.1 405B", LLAMA_405B_FP8, "H100 SXM", Layout(tp=8), _META, 131072, 42.01, META_CP

@@ -158,6 +158,7 @@ class ModelCost:
     top_k: int
     source: str
     hidden_size: int = 0  # the activations pipeline stages pass on are N x hidden_size
+    layers: int = 0  # every decoder layer all-reduces twice under TP
 
 
 def model_cost(shape: ModelShape) -> ModelCost:
@@ -184,6 +185,7 @@ def model_cost(shape: ModelShape) -> ModelCost:
         k,
         p.source,
         shape.hidden_size,
+        shape.num_layers,
     )
 
 
@@ -250,6 +252,20 @@ FIXED_REQUEST_SOURCE = (
 # (vLLM 0.32 distributed/parallel_state.py GroupCoordinator.send_tensor_dict, all_gather_group).
 PP_TENSORS = 2
 ACTIVATION_BYTES = 2
+# Under TP every decoder layer all-reduces the N x hidden_size activations twice: after the
+# attention's o_proj and after the MLP's down_proj (vLLM 0.32 layers/linear.py
+# RowParallelLinear.forward, reduce_results) or the MoE block (fused_moe/runner/moe_runner.py
+# _maybe_reduce_final_output), not overlapped with the GEMMs. A ring moves 2 (TP - 1) / TP of the
+# tensor each way per GPU; with in-switch reduction (NVLS) about 1x. NCCL reaches 370 of NVLink's
+# 450 GB/s line rate (protocol overhead ~20 %; NCCL maintainer, NVIDIA/nccl-tests#212).
+ALLREDUCES_PER_LAYER = 2
+ALLREDUCE_FRACTION = 370 / 450
+ALLREDUCE_SOURCE = (
+    "vLLM 0.32 RowParallelLinear.forward (reduce_results) after o_proj and down_proj, "
+    "moe_runner._maybe_reduce_final_output after the MoE: 2 per layer; ring 2(TP-1)/TP of "
+    "N x hidden x 2 bytes per GPU each way, 1x with NVLink SHARP; floor at the one-way line "
+    "rate, typical at NCCL's 370/450 of it (github.com/NVIDIA/nccl-tests/issues/212)"
+)
 PP_SOURCE = (
     "vLLM 0.32 scheduler.py Scheduler._update_after_schedule schedules a prefill's next chunk "
     "while the last is in flight: chunks pipeline through the stages; fill and drain cost "
@@ -276,6 +292,8 @@ class PrefillTerms:
     pp_bubble: float  # pipeline fill and drain: (PP - 1) x the slowest chunk's stage time
     pp_transfer: float  # activations over the stage boundaries, the last chunk's path
     fixed: float  # per request
+    tp_allreduce: float  # TP all-reduces at the line rate, the fewest bytes (NVLS where it has it)
+    tp_allreduce_ring: float  # the same by a ring, at NCCL's achieved rate (the band's slow end)
     chunk_tokens: int
     chunks: int
     dynamic_chunking: bool
@@ -288,7 +306,7 @@ class PrefillTerms:
 
     @property
     def total(self) -> float:
-        return self.compute + self.pp_bubble + self.pp_transfer + self.fixed
+        return self.compute + self.pp_bubble + self.pp_transfer + self.fixed + self.tp_allreduce
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -296,6 +314,8 @@ class PrefillTerms:
             "pp_bubble_seconds": _r(self.pp_bubble),
             "pp_transfer_seconds": _r(self.pp_transfer),
             "fixed_seconds": _r(self.fixed),
+            "tp_allreduce_seconds": _r(self.tp_allreduce),
+            "tp_allreduce_ring_typical_seconds": _r(self.tp_allreduce_ring),
             "chunk_size": self.chunk_tokens,
             "chunks": self.chunks,
             "dynamic_chunking": self.dynamic_chunking,
@@ -304,6 +324,7 @@ class PrefillTerms:
                 "pp_bubble": PP_SOURCE,
                 "pp_transfer": INTER_NODE_SOURCE,
                 "fixed": FIXED_REQUEST_SOURCE,
+                "tp_allreduce": ALLREDUCE_SOURCE,
             },
         }
 
@@ -359,6 +380,20 @@ def _cross_node_boundaries(layout: Layout) -> int:
     """Stage boundaries whose two sides sit on different nodes (stage s on GPUs s*TP ...)."""
     gpn = layout.gpus_per_node
     return sum((s * layout.tp - 1) // gpn != (s * layout.tp) // gpn for s in range(1, layout.pp))
+
+
+def tp_allreduce_seconds(
+    cost: ModelCost, n: int, c: int, layout: Layout, gpu: GPUSpec, ring: bool = False
+) -> float:
+    """The TP all-reduces of one N-token prefill at the one-way link rate: 2 per layer of
+    N x hidden x 2 bytes, 2 (TP - 1) / TP of them per GPU by a ring (RING, or a GPU without
+    NVLink SHARP, or TP across nodes, at the inter-node link), 1x in the switch. Under PP each
+    stage reduces its layers while the others work (/ PP), plus fill and drain of one chunk C."""
+    tp, across = layout.tp, layout.tp > layout.gpus_per_node
+    share = 2 * (tp - 1) / tp if ring or across or not gpu.nvlink_sharp else min(1.0, tp - 1)
+    per_token = ALLREDUCES_PER_LAYER * cost.layers * cost.hidden_size * ACTIVATION_BYTES * share
+    tokens = n / layout.pp + c * (layout.pp - 1) / layout.pp
+    return per_token * tokens / (peer_gb_s(gpu, across) * 1e9)
 
 
 def prefill(
@@ -419,17 +454,17 @@ def prefill(
     # the last chunk's path through every boundary, plus any time the busiest link, carrying
     # every chunk, needs beyond the compute
     transfer = sum(hops) + max(0.0, chunks * max(hops, default=0.0) - compute)
-    terms = PrefillTerms(
-        compute, bubble, transfer, fixed_seconds, c, chunks, dynamic_chunking, cross
-    )
+    ar, ring = (tp_allreduce_seconds(cost, n, c, layout, gpu, r) for r in (False, True))
+    parts = (compute, bubble, transfer, fixed_seconds, ar, ring / ALLREDUCE_FRACTION)
+    terms = PrefillTerms(*parts, c, chunks, dynamic_chunking, cross)
     lo, hi = efficiency_band(gpu)
-    rest = terms.pp_transfer + terms.fixed
+    rest = terms.pp_transfer + terms.fixed  # + the all-reduces, at NCCL's rate
     return PrefillEstimate(
         lin + att,
         lin,
         att,
         terms.total,
-        (terms.scaled / hi + rest, terms.scaled / lo + rest),
+        (terms.scaled / hi + rest + ar / ALLREDUCE_FRACTION, terms.scaled / lo + rest + parts[5]),
         layout.attention_on_one_gpu,
         lin_dt,
         att_dt,

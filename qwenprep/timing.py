@@ -306,8 +306,9 @@ def _terms_text(t: PrefillTerms) -> str:
         if t.pp_bubble or t.pp_transfer
         else ""
     )
+    ar = f" + TP all-reduces {format_seconds(t.tp_allreduce)}" if t.tp_allreduce else ""
     return (
-        f"compute {format_seconds(t.compute)}{pp} + per request {format_seconds(t.fixed)} "
+        f"compute {format_seconds(t.compute)}{pp}{ar} + per request {format_seconds(t.fixed)} "
         "(docs/time.md, What the floor adds)"
     )
 

@@ -62,12 +62,17 @@ def test_pipeline_terms_by_hand() -> None:
     b = 2 * c * 4096 * 2 / 4
     assert t.pp_transfer == pytest.approx(b / 50e9 + 2 * b / 450e9, rel=1e-12)
     assert t.fixed == FIXED_REQUEST_SECONDS == 0.03
-    assert est.seconds_at_peak == pytest.approx(compute + 3 * last + t.pp_transfer + 0.03)
-    lo, hi = 0.35, 0.95  # the H20's band
+    # TP 4 all-reduces on the H20's NVSwitch (NVLS: 1x the tensor per GPU), 2 per layer, each
+    # stage its 2 of the 8 layers over N / 4 tokens + 3/4 of one chunk's fill and drain
+    ar = 2 * 8 * (n / 4 + 3 * c / 4) * 4096 * 2 / 450e9
+    assert t.tp_allreduce == pytest.approx(ar, rel=1e-12)
+    assert est.seconds_at_peak == pytest.approx(compute + 3 * last + t.pp_transfer + 0.03 + ar)
+    lo, hi = 0.35, 0.95  # the H20's band; all-reduces at NCCL's 370 of 450 GB/s, a ring's
+    # 2 x 3/4 of the tensor at the slow end
     assert est.seconds_typical == pytest.approx(
         (
-            (compute + 3 * last) / hi + t.pp_transfer + 0.03,
-            (compute + 3 * last) / lo + t.pp_transfer + 0.03,
+            (compute + 3 * last) / hi + t.pp_transfer + 0.03 + ar * 450 / 370,
+            (compute + 3 * last) / lo + t.pp_transfer + 0.03 + 1.5 * ar * 450 / 370,
         )
     )
     # dynamic chunking (SGLang): every chunk takes as long as the first, C x (C + 1) / 2 pairs
@@ -77,6 +82,46 @@ def test_pipeline_terms_by_hand() -> None:
     # no pipeline: neither term
     flat = prefill(cost, n, Layout(tp=8), H20).terms
     assert flat is not None and (flat.pp_bubble, flat.pp_transfer) == (0, 0)
+
+
+def test_tp_allreduce_term_by_hand() -> None:
+    # 2 all-reduces per layer of N x hidden x 2 bytes (vLLM 0.32 RowParallelLinear after o_proj
+    # and down_proj), not overlapped: DENSE has 8 layers of hidden 4096
+    cost = model_cost(ModelShape.from_config(DENSE))
+    n = 65536
+    tensor = n * 4096 * 2  # bytes of one all-reduce's tensor
+    # H200 (NVLink SHARP): 1x the tensor per GPU at 900 / 2 GB/s one way; a ring 2 x 3/4 of it
+    est = prefill(cost, n, Layout(tp=4), H200)
+    t = est.terms
+    assert t is not None
+    assert t.tp_allreduce == pytest.approx(2 * 8 * tensor / 450e9, rel=1e-12)
+    ring = 2 * 8 * 2 * 3 / 4 * tensor / 450e9
+    assert t.tp_allreduce_ring == pytest.approx(ring / (370 / 450), rel=1e-12)
+    assert est.seconds_at_peak == pytest.approx(t.compute + 0.03 + t.tp_allreduce, rel=1e-12)
+    # the band: kernels at 0.75 - 0.35 of peak, all-reduces at NCCL's 370 of 450 GB/s, fast end
+    # with the floor's bytes, slow end by a ring
+    assert est.seconds_typical == pytest.approx(
+        (
+            t.compute / 0.75 + 0.03 + t.tp_allreduce * 450 / 370,
+            t.compute / 0.35 + 0.03 + ring * 450 / 370,
+        )
+    )
+    # A100 (NVSwitch without SHARP): a ring at 600 / 2 GB/s
+    a100 = prefill(cost, n, Layout(tp=4), lookup("A100 80GB SXM")).terms
+    assert a100 is not None and a100.tp_allreduce == pytest.approx(2 * 8 * 1.5 * tensor / 300e9)
+    # TP 16 spans two 8-GPU nodes: a ring at the 50 GB/s NIC
+    wide = prefill(cost, n, Layout(tp=16), H200).terms
+    assert wide is not None and wide.tp_allreduce == pytest.approx(
+        2 * 8 * 2 * 15 / 16 * tensor / 50e9
+    )
+    # PP 2: each stage reduces its half of the layers while the other works, + one chunk's fill
+    c = 8192
+    pp = prefill(cost, n, Layout(tp=4, pp=2), H200, chunk=c).terms
+    assert pp is not None
+    assert pp.tp_allreduce == pytest.approx(2 * 8 * (n / 2 + c / 2) * 4096 * 2 / 450e9)
+    # TP 1: none
+    one = prefill(cost, n, Layout(tp=1), H200).terms
+    assert one is not None and (one.tp_allreduce, one.tp_allreduce_ring) == (0, 0)
 
 
 def test_chunk_defaults_follow_vllm() -> None:
@@ -112,17 +157,29 @@ def test_plan_json_names_the_terms(tmp_path: Path) -> None:
         "pp_bubble_seconds",
         "pp_transfer_seconds",
         "fixed_seconds",
+        "tp_allreduce_seconds",
     }
-    assert terms["pp_bubble_seconds"] > 0 and terms["fixed_seconds"] == 0.03
+    assert (
+        terms["pp_bubble_seconds"] > 0
+        and terms["tp_allreduce_seconds"] > 0
+        and terms["fixed_seconds"] == 0.03
+    )
     assert terms["chunk_size"] == 8192  # the H20's 96 GiB: vLLM's 8192
     total = sum(
         terms[k]
-        for k in ("compute_seconds", "pp_bubble_seconds", "pp_transfer_seconds", "fixed_seconds")
+        for k in (
+            "compute_seconds",
+            "pp_bubble_seconds",
+            "pp_transfer_seconds",
+            "fixed_seconds",
+            "tp_allreduce_seconds",
+        )
     )
     assert pre["seconds_at_peak"] == pytest.approx(total, rel=1e-5)
     assert pre["efficiency_band"] == [0.35, 0.95]
     text = invoke(*args, "--kv-memory", "20GiB")
     assert "prefill floor terms" in text.stdout and "pipeline fill/drain" in text.stdout
+    assert "TP all-reduces" in text.stdout
 
 
 def test_decode_band_by_hand() -> None:
