@@ -1,0 +1,132 @@
+"""Qwen3.8-Flash-Next (qwen4_exp, qwen4_exp_text): the hybrid Gated DeltaNet + indexed-attention
+family. patch to 1M (YaRN x4 over 262,144 in the nested or top-level rope_parameters, rope_theta
+and partial_rotary_factor kept), the schema and transformers' indexer invariants, and the
+readback through vLLM's own config code (0.32 here; 0.34's CUDA wheel where installed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import REPO, invoke
+
+V034 = os.environ.get("QWENPREP_VLLM034_PYTHON") or str(REPO / ".venv-vllm034" / "bin" / "python")
+YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 262144}
+
+
+def _config_dir(path: Path, *, nested: bool, **text: Any) -> Path:
+    from qwenprep.families.qwen4_exp import tiny_qwen4_exp_config
+
+    cfg = tiny_qwen4_exp_config(nested=nested)
+    (cfg["text_config"] if nested else cfg).update(text)
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps(cfg, indent=2))
+    return path
+
+
+def _checks(out: str) -> dict[str, dict[str, Any]]:
+    return {c["id"]: c for c in json.loads(out)["checks"]}
+
+
+@pytest.mark.parametrize("nested", [True, False])
+def test_patch_to_1m_keeps_theta_and_partial_rotary(tmp_path: Path, nested: bool) -> None:
+    src = _config_dir(tmp_path / "src", nested=nested)
+    before = (src / "config.json").read_bytes()
+    ov = tmp_path / "ov"
+    r = invoke("patch", str(src), "--context", "1m", "--out", str(ov), "--json")
+    assert r.exit_code == 0, r.output
+    assert (src / "config.json").read_bytes() == before  # the source is never modified
+    cfg = json.loads((ov / "config.json").read_text())
+    text = cfg["text_config"] if nested else cfg
+    assert "rope_parameters" not in cfg or not nested  # written where the text config is
+    assert text["rope_parameters"] == {
+        "partial_rotary_factor": 0.25,
+        **YARN,
+        "rope_theta": 10000000,
+    }
+    assert text["max_position_embeddings"] == 1048576
+    r = invoke("validate", str(ov), "--json")
+    assert r.exit_code == 0, r.output
+    c = _checks(r.output)
+    assert c["invariant.yarn_length"]["status"] == "pass"
+    assert c["invariant.layer_types"]["message"].startswith("1 full-attention and 3 linear")
+    assert c["invariant.indexer"]["status"] == "pass"
+
+
+@pytest.mark.parametrize(
+    ("text", "cid", "words"),
+    [
+        ({"indexer_kv_heads": 2}, "invariant.indexer", "indexer_kv_heads is 2"),
+        ({"indexer_budget": 6}, "invariant.indexer", "not divisible by indexer_compress_ratio"),
+        ({"indexer_budget": None}, "invariant.indexer", "['indexer_budget'] are missing"),
+        ({"indexer_head_dim": 4}, "invariant.indexer", "exceed indexer_head_dim 4"),
+        ({"hc_count": 1}, "schema", "hc_count"),
+        (
+            {"layer_types": ["linear_attention"] * 3 + ["sliding_attention"]},
+            "schema",
+            "layer_types",
+        ),
+        ({"layer_types": ["linear_attention"] * 4}, "invariant.layer_types", "no full_attention"),
+    ],
+)
+def test_configs_transformers_refuses_are_refused(
+    tmp_path: Path, text: dict[str, Any], cid: str, words: str
+) -> None:
+    src = _config_dir(tmp_path / "src", nested=True, **text)
+    r = invoke("validate", str(src), "--json")
+    assert r.exit_code != 0, r.output
+    fails = [c for c in json.loads(r.output)["checks"] if c["status"] == "fail"]
+    assert any(c["id"] == cid and words in c["message"] for c in fails), fails
+
+
+def test_full_attention_spelling_is_an_indexed_layer(tmp_path: Path) -> None:
+    """transformers' Qwen4ExpTextConfig reads a checkpoint's "full_attention" as
+    "indexed_attention": both spellings are the attention layer."""
+    src = _config_dir(
+        tmp_path / "src", nested=False, layer_types=["linear_attention"] * 3 + ["full_attention"]
+    )
+    r = invoke("validate", str(src), "--json")
+    assert r.exit_code == 0, r.output
+
+
+def _readback(tmp_path: Path, python: str, nested: bool) -> dict[str, dict[str, Any]]:
+    src = _config_dir(tmp_path / "src", nested=nested)
+    ov = tmp_path / "ov"
+    assert invoke("patch", str(src), "-c", "1m", "-o", str(ov)).exit_code == 0
+    r = invoke("verify", str(ov), "--engine", "--json", "--vllm-python", python)
+    assert r.exit_code == 0, r.output
+    return _checks(r.output)
+
+
+def _assert_read_back(c: dict[str, dict[str, Any]]) -> None:
+    want = {
+        "engine.max_model_len": "1048576",
+        "engine.rope_type": "yarn",
+        "engine.rope_factor": "4",
+        "engine.rope_original": "262144",
+        "engine.rope_theta": "10000000",
+        "engine.partial_rotary_factor": "0.25",
+    }
+    for cid, value in want.items():
+        assert c[cid]["status"] == "pass" and c[cid]["message"].endswith(f"uses {value}"), c[cid]
+    if c.get("engine.config_layer"):  # ModelConfig cannot import the classes here (torchvision)
+        assert c["engine.config_layer"]["status"] == "warn"
+        assert "_get_and_verify_max_len" in c["engine.config_layer"]["message"]
+
+
+@pytest.mark.engine
+def test_readback_through_vllm_032(tmp_path: Path) -> None:
+    pytest.importorskip("vllm")
+    _assert_read_back(_readback(tmp_path, sys.executable, nested=True))
+
+
+@pytest.mark.engine
+@pytest.mark.vllm034
+@pytest.mark.skipif(not Path(V034).is_file(), reason=f"vLLM 0.34.0's interpreter {V034} absent")
+def test_readback_through_vllm_034(tmp_path: Path) -> None:
+    _assert_read_back(_readback(tmp_path, V034, nested=False))
