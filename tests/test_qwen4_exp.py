@@ -130,3 +130,45 @@ def test_readback_through_vllm_032(tmp_path: Path) -> None:
 @pytest.mark.skipif(not Path(V034).is_file(), reason=f"vLLM 0.34.0's interpreter {V034} absent")
 def test_readback_through_vllm_034(tmp_path: Path) -> None:
     _assert_read_back(_readback(tmp_path, V034, nested=False))
+
+
+# ------------------------------------------------------------------ plan
+
+
+def test_plan_counts_indexed_layers_and_the_indexers_keys(tmp_path: Path) -> None:
+    """indexed_attention layers hold per-token KV (vLLM 0.34 config/model.py
+    _ATTENTION_LAYER_TYPES): 2 x 1 KV head x 32 x 2 bytes = 128, plus the indexer's compressed
+    keys, 32 x 2 bytes / compress ratio 4 = 16 (QSACompressedKeyCache.get_kv_cache_spec); the
+    plan says it is not verified against vLLM."""
+    src = _config_dir(tmp_path / "src", nested=True)
+    ov = tmp_path / "ov"
+    assert invoke("patch", str(src), "-c", "1m", "-o", str(ov)).exit_code == 0
+    r = invoke("plan", str(ov), "--kv-memory", "2GiB", "--json")
+    assert r.exit_code == 0, r.output
+    plan = json.loads(r.output)
+    h = plan["hybrid"]
+    assert (h["attention_layers"], h["linear_attention_layers"]) == (1, 3)
+    assert h["indexer_bytes_per_token_per_layer"] == 16
+    assert h["kv_bytes_per_token_per_layer"] == 144
+    assert plan["bytes_per_token_per_gpu"] == 144
+    assert h["verified_for_this_version"] is False and "not verified" in h["note"]
+    assert plan["full_attention_layers"] == 1
+
+
+def test_plan_and_check_refuse_dcp_for_the_indexer(tmp_path: Path) -> None:
+    """vLLM 0.32-0.34 Qwen4ExpQSAAttention.__init__: "Qwen4Exp QSA does not support context
+    parallelism"; without indexer_* keys the GQA rule alone decides."""
+    from qwenprep.dcp import dcp_check
+    from qwenprep.kvrules import ModelShape
+
+    src = _config_dir(tmp_path / "src", nested=True)
+    r = invoke("plan", str(src), "--kv-memory", "2GiB", "--tp", "2", "--dcp", "2")
+    assert r.exit_code == 2, r.output
+    assert "Qwen4Exp QSA does not support context parallelism" in r.output
+    cfg = json.loads((src / "config.json").read_text())
+    c = dcp_check(ModelShape.from_config(cfg), tp=2, dcp=2)
+    assert c.status == "fail" and "indexer runs without it" in c.message
+    for k in ("indexer_n_heads", "indexer_kv_heads", "indexer_head_dim", "indexer_budget"):
+        cfg["text_config"][k] = None
+    cfg["text_config"]["indexer_compress_ratio"] = None
+    assert dcp_check(ModelShape.from_config(cfg), tp=2, dcp=2).status == "pass"
