@@ -172,3 +172,86 @@ def test_plan_and_check_refuse_dcp_for_the_indexer(tmp_path: Path) -> None:
         cfg["text_config"][k] = None
     cfg["text_config"]["indexer_compress_ratio"] = None
     assert dcp_check(ModelShape.from_config(cfg), tp=2, dcp=2).status == "pass"
+
+
+# ------------------------------------------------------------------ the tiny checkpoint
+
+TINY4 = REPO / "examples" / "tiny-qwen3.8-flash-next"
+
+
+def test_tiny_checkpoint_is_the_generators_output_and_ships(tmp_path: Path) -> None:
+    from qwenprep.synth import write_tiny_qwen4_exp
+
+    fresh = write_tiny_qwen4_exp(tmp_path / "fresh")
+    names = sorted(p.name for p in TINY4.iterdir())
+    assert names == sorted(p.name for p in fresh.iterdir())
+    for name in names:
+        assert (fresh / name).read_bytes() == (TINY4 / name).read_bytes(), name
+    assert sum((TINY4 / n).stat().st_size for n in names) < 500_000
+    force = (REPO / "pyproject.toml").read_text()
+    assert '"examples/tiny-qwen3.8-flash-next" = "qwenprep/_examples/tiny-qwen3.8-flash-next"' in (
+        force
+    )
+
+
+@pytest.mark.parametrize(
+    "update",
+    [
+        {},
+        {"hc_count": 3, "hc_lowrank": 5, "indexer_n_heads": 3, "tie_word_embeddings": True},
+        {"layer_types": ["linear_attention", "full_attention"] * 2},
+    ],
+)
+def test_layout_is_transformers_own(update: dict[str, Any]) -> None:
+    """qwenprep's layout equals the state dict transformers' Qwen4ExpForCausalLM builds (on the
+    meta device) for the config, name for name and shape for shape (tied: no lm_head saved)."""
+    torch = pytest.importorskip("torch")
+    modeling = pytest.importorskip("transformers.models.qwen4_exp.modeling_qwen4_exp")
+    from transformers.models.qwen4_exp.configuration_qwen4_exp import Qwen4ExpTextConfig
+
+    from qwenprep.families.qwen4_exp import tiny_qwen4_exp_config
+    from qwenprep.layouts_qwen4 import qwen4_exp_tensors
+
+    cfg = dict(tiny_qwen4_exp_config(nested=False), **update)
+    specs = list(qwen4_exp_tensors(cfg))
+    mine = {t.name: tuple(t.shape) for t in specs}
+    assert len(mine) == len(specs)  # names are distinct
+    kwargs = {k: v for k, v in cfg.items() if k not in ("architectures", "model_type")}
+    with torch.device("meta"):
+        model = modeling.Qwen4ExpForCausalLM(Qwen4ExpTextConfig(**kwargs))
+    theirs = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if cfg.get("tie_word_embeddings"):
+        theirs.pop("lm_head.weight")
+    assert mine == theirs
+
+
+def test_verify_and_profiles(tmp_path: Path) -> None:
+    from qwenprep.engines.vllm_launch import model_profile
+
+    r = invoke("verify", str(TINY4), "--json")
+    assert r.exit_code == 0, r.output
+    c = _checks(r.output)
+    assert c["tensors.names"]["status"] == "pass", c["tensors.names"]
+    flat = json.loads((TINY4 / "config.json").read_text())
+    assert "--language-model-only" not in model_profile(TINY4, flat, None).flags
+    from qwenprep.families.qwen4_exp import tiny_qwen4_exp_config
+
+    assert "--language-model-only" in model_profile(TINY4, tiny_qwen4_exp_config(), None).flags
+
+
+@pytest.mark.engine
+def test_tiny_patch_validate_check_plan(tmp_path: Path) -> None:
+    """The tiny checkpoint end to end: patch to 1M, validate, check (vLLM 0.32's parser, config
+    code and rotary embedding: the gate), plan."""
+    pytest.importorskip("vllm")
+    ov = tmp_path / "ov"
+    assert invoke("patch", str(TINY4), "-c", "1m", "-o", str(ov)).exit_code == 0
+    assert invoke("validate", str(ov)).exit_code == 0
+    r = invoke("check", str(ov), "--json", "--kv-memory", "2GiB", "--vllm-python", sys.executable)
+    assert r.exit_code == 0, r.output
+    c = _checks(r.output)
+    for cid in ("engine.max_model_len", "engine.rotation", "engine.partial_rotary_factor"):
+        assert c[cid]["status"] == "pass", c[cid]
+    r = invoke("plan", str(ov), "--kv-memory", "2GiB", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["hybrid"]["attention_layers"] == 1

@@ -15,9 +15,10 @@ written into ``config.json`` (``text_config.rope_parameters`` for the nested rel
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from qwenprep.families.base import Family
+from qwenprep.families.base import Family, ServeProfile
 from qwenprep.families.hybrid_common import hybrid_invariants
 from qwenprep.report import Check
 
@@ -122,6 +123,33 @@ def qsa_invariants(view: Any) -> list[Check]:
     return checks
 
 
+def _tensors(view: Any) -> list[Any]:
+    from qwenprep.layouts_qwen4 import qwen4_exp_tensors
+
+    return list(qwen4_exp_tensors(view.raw))
+
+
+def _text_only_prefix(view: Any) -> tuple[tuple[str, str], ...]:
+    """vLLM 0.34 models/qwen4_exp/nvidia/model.py, Qwen4ExpForCausalLM.hf_to_vllm_mapper:
+    "model.language_model." -> "model." (a text-only checkpoint saved from the VL stack)."""
+    return () if view.nested else (("model.language_model.", "model."),)
+
+
+def _vl(view: Any, names: Sequence[str]) -> bool:
+    """A vision-language checkpoint (text under text_config): serve its language model only."""
+    return bool(view.nested)
+
+
+# vLLM 0.32-0.34 Qwen4ExpForConditionalGeneration honours --language-model-only
+# (models/qwen4_exp/nvidia/model.py: the vision tower becomes a StageMissingLayer, and
+# Qwen4ExpForConditionalGenerationConfig.verify_and_update_config strips the M-RoPE keys). No
+# reasoning or tool parser is set: qwenprep has no model card saying which one the release uses.
+_PROFILES = (
+    ServeProfile("qwen3.8-flash-next-vl-text-only", _vl, flags=("--language-model-only",)),
+    ServeProfile("qwen3.8-flash-next", lambda v, n: True),
+)
+
+
 def _invariants(view: Any) -> list[Check]:
     return hybrid_invariants(view, attention_kinds=ATTENTION_KINDS) + qsa_invariants(view)
 
@@ -136,6 +164,13 @@ FAMILY = Family(
     hybrid=True,
     invariants=_invariants,
     method="YaRN x4 (rope_parameters; text_config.rope_parameters when nested)",
+    tensors=_tensors,
+    # vLLM 0.34 Qwen4ExpForCausalLM.load_weights drops "mtp." (the Qwen4ExpMTP draft loads it)
+    optional_prefixes=("mtp.",),
+    loader_renames=_text_only_prefix,
+    # transformers 5 saves routed experts one by one; vLLM's FusedMoE loader reads either
+    experts_either_form=True,
+    profiles=_PROFILES,
 )
 
 
@@ -144,7 +179,9 @@ def tiny_qwen4_exp_config(*, nested: bool = True) -> dict[str, Any]:
     have: only FACTS' 40 layers at 3:1, 16 query / 2 KV heads of 256): 4 layers (three Gated
     DeltaNet, one indexed attention), hidden 64, 2 heads x 32 (1 KV head), partial rotary
     0.25 in rope_parameters, a QSA indexer of 2 heads x 32 (1 KV head, budget 8, compress
-    ratio 4), hyper-connections 2 x rank 8, no PLE layers, 4 experts + a shared expert. Keys
+    ratio 4), hyper-connections 2 x rank 8, no PLE layers, 4 experts + a shared expert,
+    Gated DeltaNet heads of 32 (vLLM runs Qwen4Exp on CUDA/ROCm only, so no CPU kernel
+    constrains them). Keys
     are transformers 5.19 Qwen4ExpTextConfig's. NESTED: a qwen4_exp config with the text under
     text_config; else qwen4_exp_text at the top level."""
     text: dict[str, Any] = {
@@ -166,10 +203,10 @@ def tiny_qwen4_exp_config(*, nested: bool = True) -> dict[str, Any]:
         "initializer_range": 0.02,
         "layer_types": ["linear_attention"] * 3 + ["indexed_attention"],
         "linear_conv_kernel_dim": 4,
-        "linear_key_head_dim": 128,
+        "linear_key_head_dim": 32,
         "linear_num_key_heads": 1,
         "linear_num_value_heads": 1,
-        "linear_value_head_dim": 128,
+        "linear_value_head_dim": 32,
         "max_position_embeddings": 262144,
         "model_type": "qwen4_exp_text",
         "moe_intermediate_size": 16,
