@@ -237,7 +237,14 @@ class Plan:
         out["caching"] = prefix_caching_mode(self.rule.version, self.request.prefix_caching).why
         major_minor = ".".join(self.rule.version.split(".")[:2])
         out["verified_for_this_version"] = major_minor in out["vllm_verified"]
-        if not out["verified_for_this_version"]:
+        if out["indexer_bytes_per_token_per_layer"]:  # qwenprep.hybrid.QsaIndexer
+            out["verified_for_this_version"] = False
+            out["note"] = (
+                "the QSA indexer's compressed keys (vLLM's QSACompressedKeyCache spec) are "
+                "counted in the attention page; its raw-key ring (one block per request) and "
+                "how vLLM groups these specs are not modelled: not verified against vLLM"
+            )
+        elif not out["verified_for_this_version"]:
             out["note"] = (
                 "hybrid KV arithmetic read in vLLM 0.32 and checked against 0.10.2's log; "
                 f"vLLM {self.rule.version}: not verified"
@@ -349,6 +356,7 @@ def _hybrid_kv(shape: ModelShape, req: PlanRequest, avail: int, rule: VllmRule) 
         tp=req.tp,
         block_size=req.block_size,
         prefix_caching=prefix_caching_mode(rule.version, req.prefix_caching).align,
+        indexer_bytes_per_token=shape.indexer.bytes_per_token() if shape.indexer else 0,
     )
     cap = hybrid_capacity(
         layout, avail, req.context, by_concurrency=rule.tokens_from_concurrency, dcp=req.dcp

@@ -38,6 +38,10 @@ def dcp_refusal(shape: ModelShape, *, tp: int, dcp: int) -> str | None:
         return f"--decode-context-parallel-size must be at least 1 (got {dcp})"
     if dcp == 1:
         return None
+    if shape.indexer is not None:
+        # vLLM 0.32-0.34 models/qwen4_exp/nvidia/qsa.py, Qwen4ExpQSAAttention.__init__ (and
+        # amd/qsa.py): NotImplementedError when decode (or prefill) context parallel > 1.
+        return "Qwen4Exp QSA does not support context parallelism"
     kv, heads = shape.num_kv_heads, shape.num_attention_heads
     if tp <= kv:
         return (
@@ -76,8 +80,13 @@ def dcp_check(shape: ModelShape, *, tp: int, dcp: int) -> Check:
         fix = (
             f"use --decode-context-parallel-size {top} or less"
             if top > 1
-            else "drop --decode-context-parallel-size (DCP needs TP above the "
-            f"{shape.num_kv_heads} KV heads)"
+            else "drop --decode-context-parallel-size ("
+            + (
+                "the model's sparse-attention indexer runs without it"
+                if shape.indexer is not None
+                else f"DCP needs TP above the {shape.num_kv_heads} KV heads"
+            )
+            + ")"
         )
         return Check(
             "parallel.dcp",

@@ -94,6 +94,76 @@ class LinearAttention:
 
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
+# layer_types spellings that hold a full attention KV cache: vLLM 0.34 vllm/config/model.py
+# _ATTENTION_LAYER_TYPES ("Sparse attention still caches every token, so it counts as attention
+# here"); Qwen3.8-Flash-Next's indexed_attention layers are full attention plus an indexer.
+ATTENTION_LAYER_TYPES = frozenset(
+    {"full_attention", "indexed_attention", "deepseek_sparse_attention", "qwen_sparse_attention"}
+)
+
+
+@dataclass(frozen=True)
+class QsaIndexer:
+    """The QSA sparse-attention indexer of Qwen3.8-Flash-Next's indexed_attention layers
+    (transformers Qwen4ExpTextConfig indexer_* keys). Its caches, per layer, as vLLM 0.32/0.34
+    declare them (models/qwen4_exp/common/qsa_cache.py in 0.32, common/qsa_indexer.py in 0.34;
+    built by nvidia/indexer_qsa.py):
+
+    - QSACompressedKeyCache.get_kv_cache_spec: MLAAttentionSpec(num_kv_heads=1,
+      head_size=indexer_head_dim, tokens_per_state=compress_ratio) in the indexer KV dtype
+      (``AttentionConfig.resolve_indexer_kv_dtype("bf16")``: bf16 unless set to fp8), one
+      row per compress_ratio tokens, not split over TP (one head): per token
+      ``indexer_head_dim x dtype / compress_ratio`` (``AttentionSpec.page_size_bytes`` =
+      heads x block_size // tokens_per_state x head_size x dtype);
+    - QSARawKeyCache / QSAKeyStateCache: a CircularBufferSpec ring of
+      ``compress_ratio x ceil((compress_ratio + num_speculative_tokens) / compress_ratio)``
+      raw bf16 keys, one block per request for its lifetime (not per token).
+    """
+
+    n_heads: int
+    kv_heads: int
+    head_dim: int
+    budget: int
+    compress_ratio: int
+
+    def bytes_per_token(self, dtype_bytes: int = 2) -> int:
+        """The compressed key cache per token and layer (whole bytes, rounded up)."""
+        return _cdiv(self.head_dim * dtype_bytes, self.compress_ratio)
+
+
+def qsa_indexer_of(cfg: dict[str, Any]) -> QsaIndexer | None:
+    """The indexer of a text config; None without indexer_n_heads (vLLM 0.34 nvidia/model.py:
+    an indexed_attention layer without it is plain Qwen3NextAttention)."""
+    keys = (
+        "indexer_n_heads",
+        "indexer_kv_heads",
+        "indexer_head_dim",
+        "indexer_budget",
+        "indexer_compress_ratio",
+    )
+    if cfg.get(keys[0]) is None:
+        return None
+    vals = _positive_ints(
+        cfg, keys, "an indexed-attention config with indexer_n_heads", "the indexer's cache"
+    )
+    return QsaIndexer(*vals)
+
+
+def _positive_ints(cfg: dict[str, Any], keys: Sequence[str], who: str, what: str) -> list[int]:
+    """KEYS' values in CFG, each a positive integer, else an InputError naming the first bad
+    one (WHO needs it to size WHAT)."""
+    vals: list[int] = []
+    for k in keys:
+        v = cfg.get(k)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise InputError(
+                f"config.json: {k} is {v!r}; {who} needs it as a positive integer to size {what}.",
+                hint="run qwenprep validate PATH for every problem in it.",
+                path=f"config.json:$.{k}",
+            )
+        vals.append(v)
+    return vals
+
 
 def linear_attention_of(
     cfg: dict[str, Any], layers: int, attention_layers: int | None
@@ -108,17 +178,7 @@ def linear_attention_of(
         "linear_value_head_dim",
         "linear_conv_kernel_dim",
     )
-    vals = []
-    for k in keys:
-        v = cfg.get(k)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise InputError(
-                f"config.json: {k} is {v!r}; a hybrid (linear-attention) config "
-                "needs it as a positive integer to size the per-request state.",
-                hint="run qwenprep validate PATH for every problem in it.",
-                path=f"config.json:$.{k}",
-            )
-        vals.append(v)
+    vals = _positive_ints(cfg, keys, "a hybrid (linear-attention) config", "the per-request state")
     ssm = cfg.get("mamba_ssm_dtype")
     return LinearAttention(
         layers - attention_layers,
@@ -145,6 +205,7 @@ class HybridLayout:
     groups: tuple[tuple[str, int], ...]  # ("full_attention"|"linear_attention", layers)
     state_blocks_per_request: int  # per state group: 2 with prefix caching, else 1
     prefix_caching: bool = True  # the engine's mamba_cache_mode is "align" (else "none")
+    indexer_bytes_per_token: int = 0  # of attn_bytes_per_token: a QSA indexer's compressed keys
 
     @property
     def bytes_per_block(self) -> int:
@@ -184,6 +245,7 @@ class HybridLayout:
             "state_blocks_per_request_per_group": self.state_blocks_per_request,
             "prefix_caching": self.prefix_caching,
             "mamba_cache_mode": "align" if self.prefix_caching else "none",
+            "indexer_bytes_per_token_per_layer": self.indexer_bytes_per_token,
         }
 
 
@@ -225,8 +287,9 @@ def hybrid_layout(
     tp: int,
     block_size: int,
     prefix_caching: bool = True,
+    indexer_bytes_per_token: int = 0,
 ) -> HybridLayout:
-    per_token = 2 * kv_heads_per_gpu * head_dim * kv_bytes
+    per_token = 2 * kv_heads_per_gpu * head_dim * kv_bytes + indexer_bytes_per_token
     state = linear.state_bytes(tp, state_dtype_bytes)
     bs = aligned_block_size(per_token, state, block_size)
     groups = group_layers({"full_attention": attention_layers, "linear_attention": linear_layers})
@@ -241,6 +304,7 @@ def hybrid_layout(
         groups,
         2 if prefix_caching else 1,
         prefix_caching,
+        indexer_bytes_per_token,
     )
 
 

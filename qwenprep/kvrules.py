@@ -33,7 +33,7 @@ from qwenprep.errors import InputError, UsageError
 from qwenprep.sizes import GiB, format_gib
 
 if TYPE_CHECKING:
-    from qwenprep.hybrid import HybridLayout, LinearAttention
+    from qwenprep.hybrid import HybridLayout, LinearAttention, QsaIndexer
     from qwenprep.timecost import ParamCounts
 
 KVDtype = Literal["auto", "fp8"]
@@ -126,6 +126,7 @@ class ModelShape:
     quant_method: str | None = None  # quantization_config.quant_method ("fp8", ...)
     params: ParamCounts | None = None  # parameter counts from the headers (qwenprep.timing)
     linear: LinearAttention | None = None  # Gated DeltaNet layers of a hybrid (qwenprep.hybrid)
+    indexer: QsaIndexer | None = None  # indexed_attention's QSA indexer (qwenprep.hybrid)
 
     @property
     def full_attention_layers(self) -> int:
@@ -199,7 +200,7 @@ class ModelShape:
 
         layers = need("num_hidden_layers")
         attention_layers = _full_attention_layers(cfg, layers)
-        from qwenprep.hybrid import linear_attention_of
+        from qwenprep.hybrid import linear_attention_of, qsa_indexer_of
 
         linear = linear_attention_of(cfg, layers, attention_layers)
 
@@ -226,15 +227,19 @@ class ModelShape:
             quant_method=str(qc.get("quant_method")) if qc and qc.get("quant_method") else None,
             params=params,
             linear=linear,
+            indexer=qsa_indexer_of(cfg) if attention_layers else None,
         )
 
 
 def _full_attention_layers(cfg: dict[str, Any], layers: int) -> int | None:
-    """Full-attention layers of a hybrid config (``layer_types`` entries "full_attention", or
-    every ``full_attention_interval``-th layer); None when every layer is full attention."""
+    """Full-attention layers of a hybrid config (``layer_types`` entries that hold a full KV
+    cache, qwenprep.hybrid.ATTENTION_LAYER_TYPES, or every ``full_attention_interval``-th
+    layer); None when every layer is full attention."""
+    from qwenprep.hybrid import ATTENTION_LAYER_TYPES
+
     types = cfg.get("layer_types")
     if isinstance(types, list) and types:
-        return sum(1 for t in types[:layers] if t == "full_attention")
+        return sum(1 for t in types[:layers] if t in ATTENTION_LAYER_TYPES)
     interval = cfg.get("full_attention_interval")
     if isinstance(interval, int) and not isinstance(interval, bool) and interval > 0:
         return layers // interval
@@ -261,13 +266,10 @@ def layers_per_gpu(shape: ModelShape, pp: int) -> int:
 def bytes_per_token_per_gpu(
     shape: ModelShape, *, tp: int = 1, pp: int = 1, kv_cache_dtype: KVDtype = "auto"
 ) -> int:
-    return (
-        2
-        * kv_heads_per_gpu(shape, tp)
-        * shape.head_dim
-        * kv_dtype_bytes(shape, kv_cache_dtype)
-        * layers_per_gpu(shape, pp)
-    )
+    per_layer = 2 * kv_heads_per_gpu(shape, tp) * shape.head_dim * kv_dtype_bytes(
+        shape, kv_cache_dtype
+    ) + (shape.indexer.bytes_per_token() if shape.indexer else 0)  # qwenprep.hybrid.QsaIndexer
+    return per_layer * layers_per_gpu(shape, pp)
 
 
 @dataclass(frozen=True)

@@ -350,6 +350,16 @@ class _HybridBlocks:
         yield self.w(f"{la}.norm.weight", self.hv)
         yield from self.linear(f"{la}.out_proj", self.hidden, self.value_dim)
 
+    def split_gdn(self, la: str) -> Iterator[TensorSpec]:
+        """A Gated DeltaNet layer with split input projections (Qwen3.5/3.6, Qwen3.8-Flash-Next):
+        in_proj_qkv, in_proj_z, in_proj_b, in_proj_a, then gdn_state."""
+        lin, hidden = self.linear, self.hidden
+        yield from lin(f"{la}.in_proj_qkv", 2 * self.key_dim + self.value_dim, hidden)
+        yield from lin(f"{la}.in_proj_z", self.value_dim, hidden)
+        yield from lin(f"{la}.in_proj_b", self.nv, hidden)
+        yield from lin(f"{la}.in_proj_a", self.nv, hidden)
+        yield from self.gdn_state(la)
+
     def experts_mlp(self, p: str, stacked: bool) -> Iterator[TensorSpec]:
         lin, hidden, inter, e_n = self.linear, self.hidden, self.moe_inter, self.experts
         yield from lin(f"{p}.mlp.gate", e_n, hidden)
@@ -511,12 +521,7 @@ def qwen3_5_tensors(config: dict[str, Any]) -> Iterator[TensorSpec]:
         if layer_kind == "full_attention":
             yield from b.full_attention(p)
         elif layer_kind == "linear_attention":
-            la = f"{p}.linear_attn"
-            yield from linear(f"{la}.in_proj_qkv", 2 * b.key_dim + b.value_dim, hidden)
-            yield from linear(f"{la}.in_proj_z", b.value_dim, hidden)
-            yield from linear(f"{la}.in_proj_b", b.nv, hidden)
-            yield from linear(f"{la}.in_proj_a", b.nv, hidden)
-            yield from b.gdn_state(la)
+            yield from b.split_gdn(f"{p}.linear_attn")
         else:
             raise _bad_layer(i, layer_kind)
         yield from b.norms(p)

@@ -375,6 +375,7 @@ def qwen25_7b_instruct_1m_config() -> dict[str, Any]:
 # ---------------------------------------------------------------- Qwen3.5-MoE (hybrid VL), tiny
 
 TINY_QWEN3_5_DIR = "tiny-qwen3.5-moe"
+TINY_QWEN4_EXP_DIR = "tiny-qwen3.8-flash-next"
 _MASK64 = (1 << 64) - 1
 
 
@@ -425,12 +426,37 @@ def write_tiny_qwen3_5_moe(dest: Path, *, tokenizer_from: Path | None = None) ->
     Qwen3-Next's). Byte-for-byte the same on every run."""
     from qwenprep.families.qwen3_5 import tiny_qwen3_5_moe_config
 
+    cfg = tiny_qwen3_5_moe_config()
+    return _write_tiny(dest, cfg, list(qwen3_5_tensors(cfg)), cfg["text_config"], tokenizer_from)
+
+
+def write_tiny_qwen4_exp(dest: Path, *, tokenizer_from: Path | None = None) -> Path:
+    """Write the embedded tiny Qwen3.8-Flash-Next checkpoint into DEST, as
+    write_tiny_qwen3_5_moe does: the text-only qwen4_exp_text config
+    (qwenprep.families.qwen4_exp.tiny_qwen4_exp_config: transformers' keys, shrunk; not the
+    release's numbers) and every tensor of its layout (qwenprep.layouts_qwen4)."""
+    from qwenprep.families.qwen4_exp import tiny_qwen4_exp_config
+    from qwenprep.layouts_qwen4 import qwen4_exp_tensors
+
+    cfg = tiny_qwen4_exp_config(nested=False)
+    return _write_tiny(dest, cfg, list(qwen4_exp_tensors(cfg)), cfg, tokenizer_from)
+
+
+def _write_tiny(
+    dest: Path,
+    cfg: dict[str, Any],
+    specs: list[TensorSpec],
+    text: dict[str, Any],
+    tokenizer_from: Path | None,
+) -> Path:
+    """CFG and SPECS as a tiny checkpoint in DEST (an empty or new directory): config.json,
+    generation_config.json (TEXT's token ids), one model.safetensors of deterministic values
+    (_tiny_values) and the tokenizer files of TOKENIZER_FROM (default: the embedded tiny
+    Qwen3-Next's). Byte-for-byte the same on every run."""
     dest = Path(dest)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise ConflictError(f"{dest}: exists and is not an empty directory.", path=str(dest))
     dest.mkdir(parents=True, exist_ok=True)
-    cfg = tiny_qwen3_5_moe_config()
-    specs = list(qwen3_5_tensors(cfg))
     head, data_len = safetensors_header(specs, {"format": "pt"})
     with open(dest / "model.safetensors", "wb") as f:
         f.write(head)
@@ -438,7 +464,6 @@ def write_tiny_qwen3_5_moe(dest: Path, *, tokenizer_from: Path | None = None) ->
             f.write(_tiny_values(s))
     assert (dest / "model.safetensors").stat().st_size == len(head) + data_len
     (dest / "config.json").write_text(dump_config(cfg))
-    text = cfg["text_config"]
     gen = {
         "bos_token_id": text["bos_token_id"],
         "do_sample": True,

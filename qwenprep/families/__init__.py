@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from qwenprep.errors import InputError
-from qwenprep.families import qwen2, qwen3, qwen3_5, qwen3_moe, qwen3_next
+from qwenprep.families import qwen2, qwen3, qwen3_5, qwen3_moe, qwen3_next, qwen4_exp
 from qwenprep.families.base import Family, ServeProfile
 
 if TYPE_CHECKING:
@@ -20,6 +20,7 @@ REGISTRY: list[Family] = [
     qwen3_next.FAMILY,
     qwen3_5.FAMILY,
     qwen3_5.FAMILY_DENSE,
+    qwen4_exp.FAMILY,
     qwen2.FAMILY,
 ]
 

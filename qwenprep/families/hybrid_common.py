@@ -8,17 +8,22 @@ from typing import Any
 from qwenprep.report import Check
 
 
-def hybrid_invariants(view: Any) -> list[Check]:
-    """layer_types agrees with num_hidden_layers and names only the two kinds vLLM builds;
+def hybrid_invariants(
+    view: Any, attention_kinds: tuple[str, ...] = ("full_attention",)
+) -> list[Check]:
+    """layer_types agrees with num_hidden_layers and names only the kinds vLLM builds
+    (linear_attention and ATTENTION_KINDS, the family's spellings of a full-attention layer);
     at least one layer is full attention (else there is no per-token KV to extend);
     partial_rotary_factor, where it sits, is in (0, 1]."""
     t = view.text
+    kinds = {"linear_attention", *attention_kinds}
+    shown = " and ".join(sorted(kinds))
     checks: list[Check] = []
     layers = t.get("num_hidden_layers")
     types = t.get("layer_types")
     where = view.pointer("layer_types")
     if isinstance(types, list) and isinstance(layers, int):
-        bad = sorted({str(x) for x in types} - {"full_attention", "linear_attention"})
+        bad = sorted({str(x) for x in types} - kinds)
         if len(types) != layers:
             checks.append(
                 Check(
@@ -34,12 +39,11 @@ def hybrid_invariants(view: Any) -> list[Check]:
                 Check(
                     "invariant.layer_types",
                     "fail",
-                    f"layer_types names {bad}; vLLM builds only full_attention "
-                    "and linear_attention layers",
+                    f"layer_types names {bad}; vLLM builds only {shown} layers",
                     where,
                 )
             )
-        elif "full_attention" not in types:
+        elif not any(k in attention_kinds for k in types):
             checks.append(
                 Check(
                     "invariant.layer_types",
@@ -49,7 +53,7 @@ def hybrid_invariants(view: Any) -> list[Check]:
                 )
             )
         else:
-            n = types.count("full_attention")
+            n = sum(types.count(k) for k in attention_kinds)
             checks.append(
                 Check(
                     "invariant.layer_types",
