@@ -245,7 +245,9 @@ def test_dense_fp8_block_rule() -> None:
 def test_readme_deploy_line_passes_on_8x141_gib(overlay_1m: Path) -> None:
     """README: `qwenprep check /models/qwen3-coder-1m --gpus 8 --gpu-memory 141GiB` then
     `qwenprep serve` (TP 8 + EP from the model profile). check must assume the same layout."""
-    code, out = check_json(str(overlay_1m), "--gpus", "8", "--gpu-memory", "141GiB")
+    code, out = check_json(
+        str(overlay_1m), "--gpus", "8", "--gpu-memory", "141GiB", "--vllm-version", "0.32"
+    )
     assert [c for c in out["checks"] if c["status"] == "fail"] == []
     assert code == 0 and out["ok"] is True
     assert out["parallel"] == {
@@ -500,8 +502,9 @@ def test_composed_checks_are_present(overlay_1m: Path) -> None:
         got = {c["id"]: c for c in engine}
         assert got["engine.max_model_len"]["message"] == "max model length: vLLM uses 1048576"
         assert all(c["status"] == "pass" for c in engine), engine
-    else:
-        assert [c["status"] for c in engine] == ["skip"]
+    else:  # no vLLM: one skip, then the offline reading's own checks (none failing)
+        assert engine[0]["status"] == "skip", engine
+        assert all(c["status"] in ("pass", "warn", "skip") for c in engine), engine
     assert code == 0, [c for c in out["checks"] if c["status"] == "fail"]
 
 

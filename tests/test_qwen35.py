@@ -160,7 +160,8 @@ def test_every_command_through_the_console_script(
         assert checks[cid]["status"] == "pass", cid
     r = _run("verify", str(ov), "--json")
     assert r.returncode == 0, r.stdout
-    r = _run("plan", str(ov), "--kv-memory", "60GiB", "--json")
+    # the version pinned: without vLLM installed plan assumes the newest it knows
+    r = _run("plan", str(ov), "--kv-memory", "60GiB", "--vllm-version", "0.32", "--json")
     assert r.returncode == 0, r.stderr
     plan = _json(r.stdout)
     assert plan["hybrid"]["verified_for_this_version"] and plan["context"] == 1048576
@@ -596,7 +597,7 @@ def test_verify_compares_the_language_models_layers_and_experts(
             and "stacked" in c["tensors.experts"]["message"]
         )
         assert c["tensors.names"]["status"] == "pass"
-    import torch
+    torch = pytest.importorskip("torch")
     from safetensors.torch import load_file, save_file
 
     shard = tiny / "model.safetensors"

@@ -83,7 +83,7 @@ def test_qwen3_next_goes_through_every_command(
     assert {"invariant.layer_types", "invariant.partial_rotary_factor"} <= ids
     r = cli("verify", str(ov), "--json")
     assert r.exit_code == 0, r.output
-    r = cli("plan", str(ov), "--kv-memory", "60GiB", "--json")
+    r = cli("plan", str(ov), "--kv-memory", "60GiB", "--vllm-version", "0.32", "--json")
     assert r.exit_code == 0, r.output
     plan = _json(r)
     assert "hybrid" in plan and plan["hybrid"]["verified_for_this_version"]
@@ -285,7 +285,7 @@ def test_qwen25_1m_dca_is_refused_and_offers_native(
 ) -> None:
     r = cli("verify", str(qwen25_1m))
     assert r.exit_code == 0, r.output
-    r = cli("validate", str(qwen25_1m), "--json")
+    r = cli("validate", str(qwen25_1m), "--vllm-version", "0.32", "--json")
     assert r.exit_code == 1
     dca = [c for c in _json(r)["checks"] if c["id"] == "invariant.dca"]
     assert dca and dca[0]["status"] == "fail" and "25351" in dca[0]["message"]
