@@ -273,7 +273,7 @@ def _compute(shape: ModelShape, req: PlanRequest, rule: VllmRule) -> Plan:
         raise UsageError(
             "no memory budget: pass --kv-memory SIZE, or --gpus N --gpu-memory SIZE "
             "(no GPU was found to read it from).",
-            hint="qwenprep plan MODEL --context 1m --tp 8 --gpus 8 --gpu-memory 141GB",
+            hint="qwenprep plan MODEL --context 1m --gpus 8 --gpu H200",
         )
     if shape.linear is not None:
         kv = _hybrid_kv(shape, req, avail, rule)
@@ -453,7 +453,7 @@ def make_plan(
         raise UsageError(
             f"no memory budget: no GPU found here ({why}); pass --kv-memory "
             "SIZE, or --gpus N --gpu-memory SIZE.",
-            hint="qwenprep plan MODEL --context 1m --tp 8 --gpus 8 --gpu-memory 141GB",
+            hint="qwenprep plan MODEL --context 1m --gpus 8 --gpu H200",
         )
     if context is None:
         ctx = shape.max_position_embeddings

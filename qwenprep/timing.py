@@ -185,6 +185,7 @@ class PlanTiming:
             "hbm_tb_s": None,
             "memory_bytes": None,
             "source": None,
+            "memory_source": None,
             "known": False,
         }
 

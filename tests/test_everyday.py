@@ -22,7 +22,7 @@ from hubserver import TINY_REPO, Commit, HubServer, hub_env, serving_tiny_hub
 
 SIZE_HINT = (
     "Hint: write the unit: GiB/MiB (binary, as nvidia-smi and vLLM's logs count), GB/MB "
-    "(decimal, as GPU datasheets print), or B for a byte count, e.g. "
+    "(decimal), or B for a byte count, e.g. "
 )
 
 
@@ -127,7 +127,7 @@ def test_check_takes_gpu_name() -> None:
         "--tp",
         "1",
         "--gpu-memory",
-        "141GiB",
+        "143771MiB",
         "--json",
     )
     assert by_name.exit_code == by_size.exit_code == 0, by_name.output
@@ -135,8 +135,8 @@ def test_check_takes_gpu_name() -> None:
     assert a["gpus"] == b["gpus"]
     assert a["checks"] == b["checks"]
     assert (
-        "note: GPU memory 141 GiB per GPU from the catalog (H200; pass --gpu-memory for the "
-        "exact figure)"
+        "note: GPU memory 140.40 GiB per GPU from the catalog (H200, as its driver reports it; "
+        "pass --gpu-memory for another figure)"
     ) in by_name.stderr
     # --gpu-memory wins over the catalog
     own = invoke(

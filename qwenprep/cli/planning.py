@@ -111,7 +111,7 @@ def plan(
     Examples:
       qwenprep plan Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8 --context 1m --gpus 8 --gpu h200
       qwenprep plan ./overlay --tp 8 --kv-memory 61.31GiB
-      qwenprep plan ./overlay --gpus 8 --gpu-memory 141GB --serving-engine sglang
+      qwenprep plan ./overlay --gpus 8 --gpu-memory 143771MiB --serving-engine sglang
     """
     from qwenprep.capacity import make_plan
     from qwenprep.request import PlanRequest
@@ -274,7 +274,7 @@ def check(
     \b
     Examples:
       qwenprep check ./overlay --gpus 8 --gpu h200
-      qwenprep check ./overlay --gpus 8 --gpu-memory 141GB --strict --json
+      qwenprep check ./overlay --gpus 8 --gpu-memory 143771MiB --strict --json
       qwenprep check ./overlay --kv-memory 61.31GiB -- --max-num-seqs 4
     """
     from qwenprep import integrity_scan
