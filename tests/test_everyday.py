@@ -475,3 +475,57 @@ def test_completion_completes_commands() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+# ------------------------------------------------------------------ printed values paste back
+
+# qwenprep plan's own options that take a value: what a person copies out of a printed line.
+_PLAN_FLAGS = {"--context", "--kv-cache-dtype", "--gpus", "--tp", "--pp", "--kv-memory", "--gpu"}
+
+
+def _pasted(line: str) -> list[tuple[str, str]]:
+    """The (option, value) pairs of qwenprep plan's own options in a printed line, as a person
+    would copy them (a value ends at a space, ';', ':' or a bracket)."""
+    import re
+
+    found = re.findall(r"(--[a-z][a-z-]*)[ =]([^\s;:()]+)", line)
+    return [(f, v) for f, v in found if f in _PLAN_FLAGS]
+
+
+@pytest.fixture(scope="module")
+def big480(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from qwenprep.synth import make_shaped_checkpoint
+
+    return make_shaped_checkpoint(tmp_path_factory.mktemp("e480") / "Qwen3-Coder-480B-FP8")
+
+
+@pytest.mark.parametrize(
+    "setup",
+    [
+        ("--gpus", "8", "--gpu", "H100 SXM"),  # recommended --context 179,904 (179,904)
+        ("--gpus", "4", "--gpu", "H200"),
+        ("--context", "1m", "--gpus", "8", "--gpu", "H100 SXM"),  # does not fit: advice
+        ("--context", "1m", "--gpus", "8", "--gpu-memory", "140GiB"),  # no GPU named: notes
+    ],
+)
+def test_every_printed_value_pastes_back_into_plan(big480: Path, setup: tuple[str, ...]) -> None:
+    """Each recommendation, advice and note line that names a qwenprep option gives a value
+    that option accepts: pasted back over the same command, plan runs (exit 0 or 1, never 2)."""
+    base = [str(big480), "--vllm-version", "0.32", "--json"]
+    r = invoke("plan", *base, *setup)
+    assert r.exit_code in (0, 1), r.output
+    out = json.loads(r.stdout)
+    lines = [out["recommendation"], *out["advice"], *out["time_notes"]]
+    pasted = 0
+    for line in lines:
+        flags = _pasted(line)
+        if not flags:
+            continue
+        args = dict(zip(setup[::2], setup[1::2], strict=True))
+        args.update(flags)
+        if "--gpu" in args:
+            args.pop("--gpu-memory", None)
+        again = invoke("plan", *base, *[x for kv in args.items() for x in kv])
+        assert again.exit_code in (0, 1), (line, again.output)
+        pasted += 1
+    assert pasted, lines
