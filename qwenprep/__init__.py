@@ -1,4 +1,6 @@
-"""qwenprep: prepare Qwen3-Coder checkpoints for long-context serving on vLLM.
+"""qwenprep: prepare the Qwen line (Qwen3-Coder, Qwen3-Next, Qwen3.5/3.6, the 2507 and 2.5-1M
+releases) for long-context serving on vLLM and SGLang: locate, verify, patch into an overlay,
+validate, plan, check, serve with proof, revert.
 
 The public API (each returns what the command's --json prints; see qwenprep.api):
 patch, validate, verify, plan, check, revert, serve_plan. Importing qwenprep loads none of

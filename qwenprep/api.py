@@ -20,6 +20,35 @@ from typing import Any
 __all__ = ["patch", "validate", "verify", "plan", "check", "revert", "serve_plan"]
 
 
+def _path(value: Any, what: str) -> str:
+    """A path or a repo id as the command line takes it (text, or an os.PathLike)."""
+    import os
+
+    from qwenprep.errors import UsageError
+
+    if isinstance(value, (str, os.PathLike)):
+        return str(value)
+    raise UsageError(f"{what} takes a path or a repo id as a string (got {value!r}).")
+
+
+def _flags(**values: Any) -> None:
+    """Each on/off option is True or False, as on the command line (qwenprep.request.flag)."""
+    from qwenprep.request import flag
+
+    for name, value in values.items():
+        flag(value, "--" + name.replace("_", "-"))
+
+
+def _version(value: Any) -> str | None:
+    """--vllm-version by the command line's rule (text, read by capacity.named_version)."""
+    from qwenprep.capacity import named_version
+    from qwenprep.request import text
+
+    if text(value, "--vllm-version") is not None:
+        named_version(value)
+    return value  # type: ignore[no-any-return]
+
+
 def _size(value: str | int | None, option: str) -> str | None:
     """A size as the command line takes it: a string with its unit (never guessed), or an int
     byte count; read by the one reader every command uses (qwenprep.request)."""
@@ -40,10 +69,17 @@ def patch(
     """``qwenprep patch MODEL --context C [--out DIR] --json``: write the overlay; returns the
     patch result (path, status, native/target context, factor, digest, ...)."""
     from qwenprep.patching import patch_overlay, patch_result
+    from qwenprep.request import context_value
 
+    _flags(force=force, yarn_on_dca=yarn_on_dca)
     return patch_result(
         patch_overlay(
-            model, context, out=out, force=force, yarn_on_dca=yarn_on_dca, vllm_version=vllm_version
+            _path(model, "model"),
+            context_value(context, "--context") or "",
+            out=None if out is None else _path(out, "--out"),
+            force=force,
+            yarn_on_dca=yarn_on_dca,
+            vllm_version=_version(vllm_version),
         )
     )
 
@@ -58,12 +94,10 @@ def validate(
     from qwenprep.report import Report
     from qwenprep.validation import VllmVersion, validate_checkpoint
 
-    vllm = (
-        VllmVersion(named_version(vllm_version), "--vllm-version")
-        if vllm_version is not None
-        else None
-    )
-    checks = validate_checkpoint(resolve_model(str(path)).path, vllm=vllm)
+    _flags(strict=strict)
+    version = _version(vllm_version)
+    vllm = VllmVersion(named_version(version), "--vllm-version") if version is not None else None
+    checks = validate_checkpoint(resolve_model(_path(path, "path")).path, vllm=vllm)
     return Report("validate", checks, {"path": str(path)}, strict=strict).to_dict()
 
 
@@ -80,14 +114,16 @@ def verify(
     from qwenprep.checkpoint import resolve_model
     from qwenprep.errors import UsageError
     from qwenprep.integrity import verify_checkpoint
+    from qwenprep.request import text
 
+    _flags(deep=deep, record=record, engine=engine, strict=strict)
     if record and not deep:
         raise UsageError("--record keeps the hashes --deep computes: add --deep.")
     rep = verify_checkpoint(
-        resolve_model(str(path)).path,
+        resolve_model(_path(path, "path")).path,
         deep=deep,
         engine=engine,
-        vllm_python=vllm_python,
+        vllm_python=text(vllm_python, "--vllm-python"),
         record=record,
     )
     rep.strict = strict
@@ -109,9 +145,12 @@ def plan(
     gpu: str | None = None,
     vllm_version: str | None = None,
     prefill_budget: float | None = None,
+    dcp: int = 1,
+    prefix_caching: bool | None = None,
 ) -> dict[str, Any]:
     """``qwenprep plan MODEL ... --json``: KV-cache capacity by vLLM's arithmetic, and the
-    time estimates. ``fits`` says whether the context fits (the command exits 1 when not)."""
+    time estimates. ``fits`` says whether the context fits (the command exits 1 when not).
+    DCP: plan's --dcp; PREFIX_CACHING: plan's --[no-]prefix-caching (None: the version's)."""
     from qwenprep.capacity import make_plan
     from qwenprep.request import PlanRequest
 
@@ -124,12 +163,14 @@ def plan(
         kv_memory=kv_memory,
         kv_cache_dtype=kv_cache_dtype,
         ep=ep,
-        vllm_version=vllm_version,
+        vllm_version=_version(vllm_version),
         block_size=block_size,
         gpu=gpu,
         prefill_budget=prefill_budget,
+        dcp=dcp,
+        prefix_caching=prefix_caching,
     )
-    p = make_plan(str(model), **req.plan_options())
+    p = make_plan(_path(model, "model"), **req.plan_options())
     out: dict[str, Any] = p.to_dict()
     return out
 
@@ -157,25 +198,27 @@ def check(
     from qwenprep.catalog import gpu_memory_for
     from qwenprep.checkpoint import resolve_model
     from qwenprep.preflight import check_options, run_checks
+    from qwenprep.request import text
 
+    _flags(strict=strict)
     gm, kv = _size(gpu_memory, "--gpu-memory"), _size(kv_memory, "--kv-memory")
-    _, gm, _ = gpu_memory_for(gpu, gpu_memory=gm, kv_memory=kv)
+    _, gm, _ = gpu_memory_for(text(gpu, "--gpu"), gpu_memory=gm, kv_memory=kv)
     opts = check_options(
         tp=tp,
         pp=pp,
         ep=ep,
-        context=None if context is None else str(context),
+        context=context,
         gpus=gpus,
         gpu_memory=gm,
         kv_memory=kv,
         kv_cache_dtype=kv_cache_dtype,
         block_size=block_size,
         vllm_version=vllm_version,
-        vllm_args=tuple(vllm_args),
+        vllm_args=vllm_args,
         engine=engine,
         python=vllm_python,
     )
-    ckpt = resolve_model(str(path))
+    ckpt = resolve_model(_path(path, "path"))
     rep = run_checks(ckpt.path, opts, repo_id=ckpt.repo_id)
     rep.strict = strict
     return rep.to_dict()
@@ -186,7 +229,8 @@ def revert(path: str | Path, *, force: bool = False) -> dict[str, Any]:
     from qwenprep.report import SCHEMA_VERSION
     from qwenprep.restore import revert_path
 
-    res = revert_path(str(path), force=force)
+    _flags(force=force)
+    res = revert_path(_path(path, "path"), force=force)
     return {"schema_version": SCHEMA_VERSION, "ok": True, **res.to_dict()}
 
 
@@ -216,7 +260,7 @@ def serve_plan(
     from qwenprep import gate
     from qwenprep.checkpoint import resolve_model
     from qwenprep.report import SCHEMA_VERSION
-    from qwenprep.request import ServeRequest
+    from qwenprep.request import ServeRequest, text
 
     req = ServeRequest.from_options(
         max_len=max_model_len,
@@ -232,8 +276,8 @@ def serve_plan(
         master_addr=master_addr,
         multinode_mode=multinode_mode,
     )
-    ckpt = resolve_model(str(path))
-    info = eng.discover(vllm_python)
+    ckpt = resolve_model(_path(path, "path"))
+    info = eng.discover(text(vllm_python, "--vllm-python"))
     launch = eng.build_launch_plan(
         ckpt.path,
         replace(req, repo_id=ckpt.repo_id),

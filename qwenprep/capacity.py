@@ -19,6 +19,7 @@ from qwenprep.engines.vllm_core import (
     parse_version,
 )
 from qwenprep.errors import InputError, UsageError
+from qwenprep.kv_extensible import ExtensibleBudget, extensible_budget, extensible_by_default
 from qwenprep.kvrules import (
     CUDA_BLOCK_SIZE,
     KVCapacity,
@@ -31,6 +32,7 @@ from qwenprep.kvrules import (
     kv_heads_per_gpu,
     layers_per_gpu,
     overhead_estimate,
+    overhead_parts,
     weights_per_gpu,
 )
 from qwenprep.report import SCHEMA_VERSION
@@ -87,7 +89,7 @@ def named_version(text: str) -> tuple[int, int, int]:
 
 
 def vllm_rule(version: str, source: str = "named") -> VllmRule:
-    """The arithmetic rule of one vLLM version (clamped to the known 0.10 .. 0.33 range)."""
+    """The arithmetic rule of one vLLM version (clamped to the known 0.10 .. 0.34 range)."""
     major, minor, patch = named_version(version) if source == "named" else parse_version(version)
     key = (major, minor)
     note = ""
@@ -106,15 +108,18 @@ def vllm_rule(version: str, source: str = "named") -> VllmRule:
             "line)"
         )
         key = newest
+    extensible = extensible_by_default(key)
     return VllmRule(
         version=f"{major}.{minor}" + (f".{patch}" if patch else ""),
         source=source,
-        gpu_memory_utilization=0.92 if key >= (0, 20) else 0.9,
+        # 0.34: CacheConfig.resolved_gpu_memory_utilization is 1.0 with the extensible cache
+        gpu_memory_utilization=1.0 if extensible else 0.92 if key >= (0, 20) else 0.9,
         tokens_from_concurrency=key >= (0, 21),
         reserves_null_block=key >= (0, 29),
         cuda_graphs_in_profile=key >= (0, 20),
         has_kv_cache_memory_bytes=capabilities_for((*key, patch)).kv_cache_memory_bytes,
         note=note,
+        extensible_kv_cache=extensible,
     )
 
 
@@ -147,6 +152,8 @@ class PlanRequest:
     ep: bool = True
     block_size: int = CUDA_BLOCK_SIZE
     gpu_memory_utilization: float | None = None  # None: the version's default
+    dcp: int = 1  # vLLM --decode-context-parallel-size (qwenprep.dcp)
+    prefix_caching: bool | None = None  # hybrids: None = the version's default (qwenprep.hybrid)
 
 
 @dataclass(frozen=True)
@@ -164,6 +171,7 @@ class Plan:
     bytes_per_token: int
     advice: list[str] = field(default_factory=list)
     timing: PlanTiming | None = None  # qwenprep.timing: prefill / decode time, context table
+    extensible: ExtensibleBudget | None = None  # vLLM 0.34+ sizing after warmup (estimates)
 
     @property
     def fits(self) -> bool:
@@ -195,6 +203,7 @@ class Plan:
                 "dp": self.dp,
                 "ep": r.ep,
                 "gpus": r.gpus if r.gpus is not None else r.tp * r.pp * self.dp,
+                "dcp": r.dcp,
             },
             "weights_per_gpu_bytes": self.weights_per_gpu,
             "weights_source": self.shape.weights_source,
@@ -211,19 +220,24 @@ class Plan:
                 "overhead_bytes": self.overhead_bytes,
                 "overhead": self.overhead_text,
             }
+            if self.extensible is not None:
+                d["estimate"]["extensible_kv_cache"] = self.extensible.to_dict()
         if self.timing is not None:
             d.update(self.timing.to_dict())
         return d
 
     def hybrid_dict(self) -> dict[str, Any]:
         assert self.kv.hybrid is not None
+        from qwenprep.hybrid import prefix_caching_mode
+
         out = self.kv.hybrid.to_dict()
+        out["caching"] = prefix_caching_mode(self.rule.version, self.request.prefix_caching).why
         major_minor = ".".join(self.rule.version.split(".")[:2])
         out["verified_for_this_version"] = major_minor in out["vllm_verified"]
         if not out["verified_for_this_version"]:
             out["note"] = (
-                f"hybrid KV arithmetic read in vLLM 0.32 only; vLLM {self.rule.version}"
-                ": not verified"
+                "hybrid KV arithmetic read in vLLM 0.32 and checked against 0.10.2's log; "
+                f"vLLM {self.rule.version}: not verified"
             )
         return out
 
@@ -252,8 +266,10 @@ def _compute(shape: ModelShape, req: PlanRequest, rule: VllmRule) -> Plan:
             hint="use --gpus equal to TP x PP x DP, e.g. --gpus 8 --tp 8.",
         )
     dp = gpus // per_replica
+    _dcp_allowed(shape, req)
     bpt = bytes_per_token_per_gpu(shape, tp=req.tp, pp=req.pp, kv_cache_dtype=req.kv_cache_dtype)
     w = weights_per_gpu(shape, tp=req.tp, pp=req.pp, dp=dp, ep=req.ep)
+    ext: ExtensibleBudget | None = None
     if req.kv_memory is not None:
         avail = req.kv_memory
         exact, over, over_text, util = True, None, None, None
@@ -269,6 +285,9 @@ def _compute(shape: ModelShape, req: PlanRequest, rule: VllmRule) -> Plan:
         over, over_text = overhead_estimate(shape, tp=req.tp, rule=rule)
         avail = int(req.gpu_memory * util) - w - over
         exact = False
+        if rule.extensible_kv_cache:
+            ext = _extensible(shape, req, rule, w)
+            avail = ext.available
     else:
         raise UsageError(
             "no memory budget: pass --kv-memory SIZE, or --gpus N --gpu-memory SIZE "
@@ -278,13 +297,40 @@ def _compute(shape: ModelShape, req: PlanRequest, rule: VllmRule) -> Plan:
     if shape.linear is not None:
         kv = _hybrid_kv(shape, req, avail, rule)
     else:
-        kv = kv_capacity(avail, bpt, req.context, rule, block_size=req.block_size)
-    return Plan(shape, req, rule, dp, exact, w, over, over_text, util, kv, bpt)
+        kv = kv_capacity(avail, bpt, req.context, rule, block_size=req.block_size, dcp=req.dcp)
+    return Plan(shape, req, rule, dp, exact, w, over, over_text, util, kv, bpt, extensible=ext)
+
+
+def _extensible(shape: ModelShape, req: PlanRequest, rule: VllmRule, w: int) -> ExtensibleBudget:
+    """vLLM 0.34's post-warmup budget for an estimated plan (qwenprep.kv_extensible)."""
+    assert req.gpu_memory is not None
+    transient, resident = overhead_parts(shape, rule=rule)
+    return extensible_budget(
+        req.gpu_memory,
+        weights=w,
+        resident=resident,
+        transient=transient,
+        utilization=req.gpu_memory_utilization,
+    )
+
+
+def _dcp_allowed(shape: ModelShape, req: PlanRequest) -> None:
+    """A DCP vLLM would refuse is refused here, in vLLM's words (qwenprep.dcp)."""
+    from qwenprep.dcp import dcp_refusal, largest_dcp
+
+    why = dcp_refusal(shape, tp=req.tp, dcp=req.dcp)
+    if why is not None:
+        top = largest_dcp(shape, req.tp)
+        raise UsageError(
+            f"--dcp {req.dcp}: vLLM refuses it for {shape.name} at TP {req.tp}: {why}.",
+            hint=f"use --dcp {top} or less" if top > 1 else "drop --dcp (use --dcp 1)",
+        )
 
 
 def _hybrid_kv(shape: ModelShape, req: PlanRequest, avail: int, rule: VllmRule) -> KVCapacity:
-    """KV capacity of a hybrid model by vLLM 0.32's arithmetic (qwenprep.hybrid)."""
-    from qwenprep.hybrid import hybrid_capacity, hybrid_layout
+    """KV capacity of a hybrid model by vLLM's arithmetic (qwenprep.hybrid), with the prefix
+    caching mode the engine of RULE's version uses for REQ's flags."""
+    from qwenprep.hybrid import hybrid_capacity, hybrid_layout, prefix_caching_mode
 
     assert shape.linear is not None
     if req.context <= 0:
@@ -299,8 +345,11 @@ def _hybrid_kv(shape: ModelShape, req: PlanRequest, avail: int, rule: VllmRule) 
         state_dtype_bytes=shape.dtype_bytes,
         tp=req.tp,
         block_size=req.block_size,
+        prefix_caching=prefix_caching_mode(rule.version, req.prefix_caching).align,
     )
-    cap = hybrid_capacity(layout, avail, req.context)
+    cap = hybrid_capacity(
+        layout, avail, req.context, by_concurrency=rule.tokens_from_concurrency, dcp=req.dcp
+    )
     return KVCapacity(
         req.context,
         layout.block_size,
@@ -326,7 +375,7 @@ def layout_alternatives(plan: Plan) -> dict[int, Plan]:
     return {
         tp: plan
         if req.tp == tp
-        else _compute(plan.shape, replace(req, tp=tp, gpus=gpus), plan.rule)
+        else _compute(plan.shape, replace(req, tp=tp, gpus=gpus, dcp=1), plan.rule)
         for tp in (gpus, 1)
     }
 
@@ -338,6 +387,24 @@ def plan_capacity(shape: ModelShape, req: PlanRequest, rule: VllmRule) -> Plan:
 
 
 def _advice(shape: ModelShape, req: PlanRequest, rule: VllmRule, plan: Plan) -> list[str]:
+    from qwenprep.dcp import dcp_advice, largest_dcp
+
+    top = largest_dcp(shape, req.tp) if req.dcp == 1 else 1
+    alt_dcp = _compute(shape, replace(req, dcp=top), rule).kv if top > 1 else None
+    # DCP comes after the layout and dtype advice: those change more, and check's kv.fits
+    # message quotes the first lines. Under DP the DP line names the way out instead.
+    dcp_lines = dcp_advice(
+        shape,
+        tp=req.tp,
+        dcp=req.dcp,
+        fits=plan.fits or plan.dp > 1,
+        context=plan.kv.context,
+        alt=alt_dcp,
+    )
+    return _layout_advice(shape, req, rule, plan) + dcp_lines
+
+
+def _layout_advice(shape: ModelShape, req: PlanRequest, rule: VllmRule, plan: Plan) -> list[str]:
     out: list[str] = []
     ctx = plan.kv.context
     if plan.dp > 1 and shape.num_experts and req.pp == 1:
@@ -391,6 +458,22 @@ def _advice(shape: ModelShape, req: PlanRequest, rule: VllmRule, plan: Plan) -> 
     return out
 
 
+def refuse_layout(shape: ModelShape, *, tp: int, ep: bool, dp: int) -> None:
+    """A layout vLLM refuses is no plan: what check reports as a FAIL (parallel.parallel_checks,
+    the one rule: heads or experts vs TP, FP8 blocks vs each shard; TP x PP beyond the GPUs)
+    is a UsageError from plan, before it prints numbers for it (TP x PP beyond --gpus:
+    _compute's refusal, said first). check reports the same rule as FAIL lines."""
+    from qwenprep.parallel import parallel_checks
+
+    failed = [c for c in parallel_checks(shape, tp=tp, ep=ep, dp=dp) if c.status == "fail"]
+    if failed:
+        raise UsageError(
+            f"vLLM refuses this layout: {'; '.join(c.message for c in failed)}.",
+            hint=f"choose --tp (and --ep) as qwenprep check accepts them: TP divides the "
+            f"{shape.num_attention_heads} query heads.",
+        )
+
+
 def make_plan(
     model: str,
     *,
@@ -407,6 +490,8 @@ def make_plan(
     python: str | None = None,
     gpu: str | None = None,
     prefill_budget: float | None = None,
+    dcp: int = 1,
+    prefix_caching: bool | None = None,
 ) -> Plan:
     """What ``qwenprep plan`` computes, from its options as typed. Without any memory option the
     GPUs of this machine (NVML / nvidia-smi) give the memory; TP defaults to their count. GPU
@@ -414,7 +499,7 @@ def make_plan(
     memory; else detected GPUs are looked up by name (qwenprep.catalog)."""
     from qwenprep.catalog import detected_gpu, named_gpu
     from qwenprep.contexts import parse_context
-    from qwenprep.gpus import inventory
+    from qwenprep.gpus import check_flags, inventory
     from qwenprep.sizes import parse_size
     from qwenprep.timing import DEFAULT_PREFILL_BUDGET_S, plan_timing
 
@@ -434,7 +519,9 @@ def make_plan(
         )
     kv_bytes = parse_size(kv_memory) if kv_memory is not None else None
     gpu_bytes = parse_size(gpu_memory) if gpu_memory is not None else None
-    if kv_bytes is None:
+    if kv_bytes is None and gpus is not None and gpu_bytes is not None:
+        check_flags(gpus, gpu_bytes)  # a count: nothing is built per GPU
+    elif kv_bytes is None:
         if gpu_bytes is None and gpus is not None:
             raise UsageError("--gpus needs --gpu-memory SIZE (or give --kv-memory SIZE).")
         inv = inventory(gpus=gpus, gpu_memory=gpu_bytes)
@@ -478,9 +565,12 @@ def make_plan(
             kv_cache_dtype=kv_cache_dtype,
             ep=ep and bool(shape.num_experts),
             block_size=block_size,
+            dcp=dcp,
+            prefix_caching=prefix_caching,
         ),
         rule,
     )
+    refuse_layout(shape, tp=tp, ep=plan.request.ep, dp=plan.dp)
     return replace(
         plan,
         timing=plan_timing(

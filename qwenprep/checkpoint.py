@@ -1,4 +1,5 @@
-"""Locating a checkpoint: a directory today; repo ids in the HF cache build on this."""
+"""Locating a checkpoint: a directory, or ORG/NAME[@rev] in the Hugging Face cache (qwenprep.hub
+builds on this)."""
 
 from __future__ import annotations
 

@@ -213,7 +213,7 @@ def patch_config(
     has (rope_theta, mrope_section, partial_rotary_factor, ...)."""
     view = ModelView(config)
     native = native_context(config)
-    dca = _dca_patch(config, req, native)
+    dca = _dca_patch(config, req, native, force=force)
     if dca is not None:
         return dca
     target, factor = target_and_factor(native, req, force=force, max_factor=max_factor_of(config))
@@ -268,7 +268,9 @@ _YARN_KEYS = {
 }
 
 
-def _dca_patch(config: dict[str, Any], req: ContextRequest, native: int) -> PatchResult | None:
+def _dca_patch(
+    config: dict[str, Any], req: ContextRequest, native: int, *, force: bool = False
+) -> PatchResult | None:
     """What a DCA release (qwenprep.families.dca) becomes; None: patch it as any other config.
 
     native: the config without the DCA block, max_position_embeddings = native. Longer, for a
@@ -297,18 +299,7 @@ def _dca_patch(config: dict[str, Any], req: ContextRequest, native: int) -> Patc
         else "its long context is config_1m.json (dual_chunk_attention_config + sparse attention)"
     )
     if req.dca_engine:
-        dca_cfg = config if has_dca else req.release_1m
-        assert dca_cfg is not None
-        try:
-            target = int(ModelView(dca_cfg).max_position_embeddings)
-        except (TypeError, ValueError):
-            raise InputError(
-                f"{'config.json' if has_dca else 'config_1m.json'}: "
-                "max_position_embeddings is not an integer."
-            ) from None
-        return PatchResult(
-            copy.deepcopy(dca_cfg), native, target, 1.0, ModelView(dca_cfg).rope_style
-        )
+        return _release_dca(config, req.release_1m if not has_dca else None, native, force)
     raise InputError(
         f"this is a Dual Chunk Attention release: {what}. It reaches 1M only by DCA, and "
         f"{WHY}. qwenprep will not write an overlay that fails at load or runs unscaled past "
@@ -317,3 +308,56 @@ def _dca_patch(config: dict[str, Any], req: ContextRequest, native: int) -> Patc
         "--vllm-version 0.10 writes the DCA overlay for a vLLM < 0.11 (V0 engine); "
         "--yarn-on-dca writes YaRN x4 instead (not what the release was tuned for).",
     )
+
+
+def _release_dca(
+    config: dict[str, Any], one_m: dict[str, Any] | None, native: int, force: bool
+) -> PatchResult:
+    """The release's own DCA config for a vLLM that runs DCA: config.json itself (Qwen2.5-1M),
+    or ONE_M (the 2507's config_1m.json) when it is config.json but for the DCA block and the
+    length (families.dca.release_1m_differences). Its DCA numbers must agree with each other
+    (families.dca.dca_disagreement) and with config.json's native length, and its length stay
+    within the family's factor over native unless forced, as a YaRN patch would."""
+    from qwenprep.families.dca import dca_block, dca_disagreement, release_1m_differences
+
+    name = "config.json" if one_m is None else "config_1m.json"
+    dca_cfg = config if one_m is None else one_m
+    hint = "restore the release's files (download them again) or fix the field."
+    found = release_1m_differences(config, one_m) if one_m is not None else []
+    if found:
+        raise InputError(
+            f"config_1m.json differs from config.json in {len(found)} key(s) besides "
+            f"dual_chunk_attention_config and max_position_embeddings: "
+            f"{'; '.join(found[:4])}{' ...' if len(found) > 4 else ''}. qwenprep will not "
+            "serve the release's weights under another model's settings.",
+            hint=hint,
+        )
+    block = dca_block(dca_cfg)
+    wrong = dca_disagreement(dca_cfg)
+    if block is None or wrong is not None:
+        raise InputError(
+            f"{name}: "
+            + (wrong[1] if wrong else "no dual_chunk_attention_config")
+            + "; this is not the release's Dual Chunk Attention config.",
+            hint=hint,
+            path=f"{name}:{wrong[0] if wrong else '$'}",
+        )
+    view = ModelView(dca_cfg)
+    if block["original_max_position_embeddings"] != native:
+        raise InputError(
+            f"{name}: dual_chunk_attention_config.original_max_position_embeddings is "
+            f"{block['original_max_position_embeddings']} but config.json's native context is "
+            f"{native}.",
+            hint=hint,
+        )
+    target = view.max_position_embeddings
+    assert _positive_int(target)  # dca_disagreement checked it
+    limit = max_factor_of(dca_cfg)
+    if target > native * limit and not force:
+        raise UsageError(
+            f"{name}: max_position_embeddings {target} is {target / native:.8g} x the native "
+            f"{native}; the Dual Chunk Attention releases claim at most {limit:g} x "
+            f"({int(native * limit)} tokens).",
+            hint="pass --force to write it anyway (quality past 1M is unverified).",
+        )
+    return PatchResult(copy.deepcopy(dca_cfg), native, target, 1.0, view.rope_style)

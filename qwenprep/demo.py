@@ -13,7 +13,7 @@ from typing import Callable
 
 from qwenprep.checkpoint import resolve_dir
 from qwenprep.contexts import parse_context
-from qwenprep.errors import InputError
+from qwenprep.errors import InputError, UsageError
 from qwenprep.report import Check
 
 TINY_NAME = "tiny-qwen3-coder"
@@ -67,6 +67,12 @@ def run_demo(
     from qwenprep.restore import revert_path
     from qwenprep.validation import validate_checkpoint
 
+    if workdir.exists() and not workdir.is_dir():
+        raise UsageError(
+            f"--workdir {workdir} is a file, not a directory.",
+            hint="name a directory (created when missing), or leave --workdir out for a "
+            "temporary one.",
+        )
     steps: list[Step] = []
 
     def add(step: Step) -> Step:
@@ -101,6 +107,7 @@ def run_demo(
         from qwenprep.engines.vllm_server import demo_serve
 
         add(demo_serve(out, python=vllm_python, step_cls=Step))
+        add(_past_native_step(source.path, workdir, vllm_python))
 
     rr = revert_path(out)
     after = tree_digest(source.path)
@@ -134,3 +141,51 @@ def _plan_step(out: Path) -> Step:
             f"{d['vllm_rule']['description']})"
         ],
     )
+
+
+# The tiny checkpoint's native window is the 480B's (262,144 tokens): a prompt past it takes
+# minutes on a CPU. The demo's variant has the same weights and a 4,096-token native window, so
+# a 16K overlay of it (YaRN x4) shows a prompt past native running in seconds.
+SMALL_NATIVE = 4096
+
+
+def small_native_variant(source: Path, dest: Path, native: int = SMALL_NATIVE) -> Path:
+    """DEST: SOURCE's files linked, config.json rewritten with max_position_embeddings NATIVE
+    (the native window of an unscaled config). A new checkpoint: SOURCE is not touched."""
+    from qwenprep.jsonio import atomic_write_text, dump_config, load_json_file
+
+    dest.mkdir(parents=True, exist_ok=False)
+    for p in sorted(source.iterdir()):
+        if p.is_file() and p.name != "config.json":
+            (dest / p.name).symlink_to(p.resolve())
+    cfg = load_json_file(source / "config.json", what="config.json")
+    cfg["max_position_embeddings"] = native
+    atomic_write_text(dest / "config.json", dump_config(cfg))
+    return dest
+
+
+def _past_native_step(source: Path, workdir: Path, vllm_python: str | None) -> Step:
+    """Serve a 4x overlay of the small-native variant and send one prompt past its native
+    window (the request `qwenprep serve` makes once ready)."""
+    import shutil
+
+    from qwenprep.engines.vllm_server import demo_serve
+    from qwenprep.overlay import create_overlay
+
+    variant_dir = workdir / f"tiny-qwen3-coder-native{SMALL_NATIVE // 1024}k"
+    if variant_dir.exists():
+        shutil.rmtree(variant_dir)
+    variant = resolve_dir(small_native_variant(source, variant_dir))
+    out = workdir / f"tiny-qwen3-coder-native{SMALL_NATIVE // 1024}k-x4"
+    create_overlay(variant, out, parse_context(str(SMALL_NATIVE * 4)), force=True)
+    try:
+        step: Step = demo_serve(out, python=vllm_python, step_cls=Step, past_native=True)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(variant_dir, ignore_errors=True)
+    step.lines.insert(
+        0,
+        f"{variant_dir.name}: the same weights with a {SMALL_NATIVE:,}-token native window, "
+        f"patched to {SMALL_NATIVE * 4:,} (YaRN x4)",
+    )
+    return step

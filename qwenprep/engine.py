@@ -19,7 +19,9 @@ from qwenprep.contexts import effective_rope
 from qwenprep.engines.vllm_core import (
     ENV_PYTHON,
     FLAG_CAPABILITY,
+    KNOWN_RANGE,
     NEWEST_KNOWN,
+    NEWEST_KNOWN_MINOR,
     OLDEST_KNOWN,
     PATCH_HINT,
     PROBE,
@@ -57,6 +59,7 @@ from qwenprep.engines.vllm_launch import (
     _pp_size,
     _validation_gate,
     context_name,
+    flag_warnings,
     model_profile,
 )
 from qwenprep.errors import InputError, UsageError
@@ -240,6 +243,21 @@ def _parallel_gate(
     )
 
 
+def _user_tools(extra_args: Sequence[str]) -> bool:
+    """Do the arguments after -- set vLLM's tool-call options themselves (any spelling, a
+    --config YAML included)? Then they are the user's: the profile's pair is left out, so the
+    user's values win and no flag is given twice. An argv the offline reading cannot parse
+    is read option by option (an option of a newer vLLM; the gate says what else is wrong)."""
+    from qwenprep.gate_offline import offline_dests
+
+    tools = ("enable_auto_tool_choice", "tool_call_parser")
+    try:
+        return any(d in offline_dests(list(extra_args)) for d in tools)
+    except (ValueError, OSError):
+        names = [a.split("=")[0][2:].replace("-", "_") for a in extra_args if a.startswith("--")]
+        return any(len(n) > 3 and d.startswith(n) for n in names for d in tools)
+
+
 def build_launch_plan(
     path: Path,
     request: ServeRequest | None = None,
@@ -308,9 +326,11 @@ def build_launch_plan(
     elif vtuple[:2] > NEWEST_KNOWN[:2]:
         notes.append(
             f"vLLM {version} is newer than the versions qwenprep's rules were read "
-            f"from (0.10-0.33); their 0.33 flags and length rule are assumed"
+            f"from ({KNOWN_RANGE}); their {NEWEST_KNOWN_MINOR} flags and length rule are "
+            "assumed"
         )
     _check_extra_args(extra_args, vtuple, version, installed=engine is not None)
+    notes.extend(flag_warnings(extra_args, vtuple))
     if any(_flag_name(a) == TRUST_REMOTE_CODE for a in extra_args):
         notes.append(
             f"{TRUST_REMOTE_CODE} was given after --: vLLM will import and run Python "
@@ -369,7 +389,7 @@ def build_launch_plan(
         core += ["--tensor-parallel-size", str(tp_n)]
     if use_ep:
         core += ["--enable-expert-parallel"]
-    if profile.tool_parser and caps.qwen3_coder_tool_parser:
+    if profile.tool_parser and caps.qwen3_coder_tool_parser and not _user_tools(extra_args):
         core += ["--enable-auto-tool-choice", "--tool-call-parser", profile.tool_parser]
     elif profile.tool_parser:
         notes.append(f"vLLM {version} has no qwen3_coder tool parser (0.10.0+); tool calls are off")

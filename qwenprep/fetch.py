@@ -28,7 +28,14 @@ from pathlib import Path
 
 from qwenprep._version import __version__
 from qwenprep.errors import InputError, UsageError
-from qwenprep.fetch_local import RECORD, refuse_links, refuse_overlay
+from qwenprep.fetch_local import (
+    RECORD,
+    differing_files,
+    keep_aside,
+    refuse_links,
+    refuse_overlay,
+    refuse_replacing,
+)
 from qwenprep.fetch_plan import (
     FetchPlan,
     FetchResult,
@@ -42,8 +49,15 @@ from qwenprep.fetch_plan import (
     selected,
     serving_file,
 )
-from qwenprep.hub import http_status_cause, hub_cache_dir, hub_endpoint, offline_mode, repo_storage
-from qwenprep.jsonio import atomic_write_text, dump_config
+from qwenprep.hub import (
+    http_status_cause,
+    hub_cache_dir,
+    hub_endpoint,
+    offline_mode,
+    own_ref,
+    repo_storage,
+)
+from qwenprep.jsonio import REPLACED_SUFFIX, atomic_write_text, dump_config
 from qwenprep.redact import display_endpoint, scrub_hub_logs
 from qwenprep.report import SCHEMA_VERSION, Check, Report
 from qwenprep.sizes import format_bytes
@@ -69,12 +83,50 @@ def _write_ref(plan: FetchPlan) -> None:
     """Record branch/tag -> commit in the cache, as huggingface_hub does, so that
     `ORG/NAME@rev` resolves offline afterwards (we downloaded by commit to pin it)."""
     rev = plan.spec.rev
-    if plan.local_dir is not None or rev == plan.commit:
-        return
+    if plan.local_dir is not None or rev == plan.commit or own_ref(rev):
+        return  # refs/qwenprep/ holds qwenprep's pins (refused earlier by parse_spec)
     ref = repo_storage(plan.spec.repo_id, plan.cache_dir) / "refs" / rev
     ref.parent.mkdir(parents=True, exist_ok=True)
     if not ref.is_file() or ref.read_text() != plan.commit:
         atomic_write_text(ref, plan.commit)
+
+
+def _changed(plan: FetchPlan) -> list[str]:
+    if plan.local_dir is None:
+        return []
+    return differing_files(plan.local_dir, [(f.name, f.etag) for f in plan.files])
+
+
+def _keep_users_files(plan: FetchPlan, force: bool) -> list[tuple[str, Path]]:
+    """Nothing a user wrote in --local-dir is replaced without a copy (see download)."""
+    changed = _changed(plan)
+    if plan.local_dir is None or not changed:
+        return []
+    if not force:
+        refuse_replacing(plan.spec, plan.local_dir, changed)
+    return keep_aside(plan.local_dir, changed)
+
+
+def _replace_check(plan: FetchPlan, force: bool) -> Check | None:
+    """--dry-run: the files of the user's a download would replace (refused without --force)."""
+    changed = _changed(plan)
+    if not changed:
+        return None
+    what = f"{len(changed)} file(s) in {plan.target} differ from the Hub's: {', '.join(changed)}"
+    if force:
+        return Check(
+            "fetch.replace",
+            "warn",
+            what + "; --force keeps each as NAME" + REPLACED_SUFFIX,
+            str(plan.target),
+        )
+    return Check(
+        "fetch.replace",
+        "fail",
+        what + "; the download refuses to replace them (exit 3) without --force, which keeps "
+        f"each as NAME{REPLACED_SUFFIX}",
+        str(plan.target),
+    )
 
 
 def _size_checks(plan: FetchPlan, path: Path) -> list[Check]:
@@ -224,9 +276,14 @@ def download(
     verify: bool = True,
     attempts: int = 3,
     max_workers: int | None = None,
+    force: bool = False,
 ) -> FetchResult:
     """snapshot_download exactly the planned files at the pinned commit, then check them
     (max_workers: files at once; huggingface_hub's default is 8).
+
+    A --local-dir file of the user's that the download would replace (bytes that are not the
+    Hub's, nor huggingface_hub's earlier download) is refused (ConflictError, exit 3), or with
+    FORCE renamed to NAME.qwenprep-replaced first.
 
     A transient failure (dropped connection, timeout, 5xx) is retried up to `attempts` times
     in all: finished files are kept, an unfinished one starts again (huggingface_hub 2.x also
@@ -234,6 +291,7 @@ def download(
     if plan.local_dir is not None:  # again: the directory may have changed since the plan
         refuse_overlay(plan.spec, plan.local_dir)
         refuse_links(plan.spec, plan.local_dir, [f.name for f in plan.files])
+    kept = _keep_users_files(plan, force)
     from huggingface_hub import snapshot_download
 
     scrub_hub_logs()
@@ -262,6 +320,16 @@ def download(
     path = Path(out)
     _write_ref(plan)
     checks = _size_checks(plan, path)
+    if kept:
+        checks.append(
+            Check(
+                "fetch.kept",
+                "warn",
+                f"--force: kept {len(kept)} file(s) of yours that the download replaced: "
+                + "; ".join(f"{name} -> {k.name}" for name, k in kept),
+                str(path),
+            )
+        )
     if retried:
         checks.append(
             Check(
@@ -297,12 +365,15 @@ def fetch(
     exclude: tuple[str, ...] | list[str] = (),
     dry_run: bool = False,
     max_workers: int | None = None,
+    force: bool = False,
 ) -> FetchResult:
     """Plan, check the disk, download, check and verify. Raises QwenprepError (exit 2/3).
 
     dry_run: only the plan (what would be fetched, its size, the disk check as a check);
     nothing is written. With HF_HUB_OFFLINE set and the revision cached (and no --local-dir),
-    the cached snapshot is the answer, as `hf download` gives it."""
+    the cached snapshot is the answer, as `hf download` gives it. force: files of the user's
+    in --local-dir that the download replaces are kept as NAME.qwenprep-replaced (without it
+    they make fetch refuse, exit 3)."""
     if max_workers is not None and max_workers < 1:
         raise UsageError(f"--max-workers {max_workers}: must be 1 or more.")
     if offline_mode() and local_dir is None:
@@ -328,9 +399,11 @@ def fetch(
             if plan.local_dir is not None
             else (repo_storage(plan.spec.repo_id, plan.cache_dir) / "snapshots" / plan.commit)
         )
-        return FetchResult(plan, path, 0.0, (disk,), mode="dry-run")
+        replace = _replace_check(plan, force)
+        checks = (disk,) if replace is None else (disk, replace)
+        return FetchResult(plan, path, 0.0, checks, mode="dry-run")
     disk = check_space(plan, reserve_bytes=reserve_bytes)
-    result = download(plan, endpoint=endpoint, verify=verify, max_workers=max_workers)
+    result = download(plan, endpoint=endpoint, verify=verify, max_workers=max_workers, force=force)
     return FetchResult(
         result.plan, result.path, result.seconds, (disk, *result.checks), result.verify
     )

@@ -101,3 +101,88 @@ def refuse_links(spec: RepoSpec, local: Path, names: list[str]) -> None:
         "from there with: qwenprep patch SOURCE --context C --out OVERLAY --force",
         path=str(links[0]),
     )
+
+
+# ------------------------------------------------------------------ files the user has there
+
+
+def _fresh_record(local: Path, name: str) -> tuple[str, str] | None:
+    """(commit, etag) huggingface_hub recorded for NAME in LOCAL (its .metadata file), when the
+    file was not modified after that record: huggingface_hub's own rule
+    (huggingface_hub 2.4 _local_folder.read_download_metadata: st_mtime - 1 <= timestamp)."""
+    meta = local / ".cache" / "huggingface" / "download" / f"{name}.metadata"
+    try:
+        lines = meta.read_text(encoding="utf-8").splitlines()
+        commit, etag, stamp = lines[0].strip(), lines[1].strip(), float(lines[2])
+        fresh = (local / name).stat().st_mtime - 1 <= stamp
+    except (OSError, UnicodeDecodeError, ValueError, IndexError):
+        return None
+    return (commit, etag.strip('"').lower()) if fresh else None
+
+
+def differing_files(local: Path, files: list[tuple[str, str | None]]) -> list[str]:
+    """The files (NAME, Hub etag) of a --local-dir download that exist in LOCAL with bytes the
+    download would replace and that are not huggingface_hub's own earlier download: the user's
+    (edited, or copied in). A file huggingface_hub recorded and nobody touched since is its
+    own; any other is hashed and compared with the Hub's content hash for it."""
+    from qwenprep.hashing import HashJob, algorithm_for_etag, hash_files
+
+    todo: list[tuple[str, str | None]] = []
+    for name, etag in files:
+        p = local / name
+        if p.is_symlink() or not p.is_file():
+            continue  # absent; a link is refused by refuse_links
+        if _fresh_record(local, name) is not None:
+            continue  # huggingface_hub's own bytes (of this commit or an earlier one)
+        todo.append((name, etag))
+    jobs = []
+    changed = []
+    for name, etag in todo:
+        alg = algorithm_for_etag(etag) if etag else None
+        if alg is None:
+            changed.append(name)  # nothing to compare with: treat it as the user's
+        else:
+            jobs.append((name, etag or "", HashJob(local / name, alg)))
+    results = hash_files([j for _, _, j in jobs])
+    for (name, etag, _), r in zip(jobs, results, strict=True):
+        if r.hexdigest != etag.strip('"').lower():
+            changed.append(name)
+    return sorted(changed)
+
+
+def keep_aside(local: Path, names: list[str]) -> list[tuple[str, Path]]:
+    """Rename each of NAMES in LOCAL to NAME.qwenprep-replaced (.1, .2 ... when taken), as
+    revert keeps what it replaces: the download then writes a new file, and the user's bytes
+    stay whole beside it."""
+    from qwenprep.jsonio import fsync_dir, replaced_names
+
+    kept = []
+    for name in names:
+        p = local / name
+        for dest in replaced_names(p):
+            if not os.path.lexists(dest):
+                os.rename(p, dest)
+                fsync_dir(dest.parent)
+                kept.append((name, dest))
+                break
+        else:
+            raise ConflictError(
+                f"{p}: 1000 .qwenprep-replaced copies beside it already; clean some up."
+            )
+    return kept
+
+
+def refuse_replacing(spec: RepoSpec, local: Path, changed: list[str]) -> None:
+    """--local-dir holds files of the user's that the download would replace: refuse (exit 3)
+    naming them and --force."""
+    if not changed:
+        return
+    shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
+    raise ConflictError(
+        f"--local-dir {local} holds {len(changed)} file(s) whose bytes differ from "
+        f"{spec}'s and that the download would replace: {shown}.",
+        hint="move them out (or fetch into another directory: qwenprep fetch "
+        f"{spec} --local-dir DIR), or pass --force to download anyway: each of them is then "
+        "kept beside itself as NAME.qwenprep-replaced",
+        path=str(local / changed[0]),
+    )

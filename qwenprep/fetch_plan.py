@@ -13,12 +13,14 @@ from typing import Any
 from qwenprep.errors import InputError, UsageError
 from qwenprep.fetch_local import refuse_links, refuse_overlay
 from qwenprep.hub import (
+    OWN_REFS,
     RepoSpec,
     http_status_cause,
     hub_cache_dir,
     hub_endpoint,
     offline_hint,
     offline_mode,
+    own_ref,
     parse_repo_spec,
     repo_storage,
     unreachable_cause,
@@ -242,6 +244,13 @@ def parse_spec(spec_text: str, revision: str | None = None) -> RepoSpec:
                 hint=f"give one of them: qwenprep fetch {spec.repo_id} --revision {revision}",
             )
         spec = RepoSpec(spec.repo_id, revision)
+    if own_ref(spec.rev):
+        raise UsageError(
+            f"{spec}: revision {spec.rev!r} is under refs/{OWN_REFS}/, where qwenprep keeps its "
+            "cache pins; qwenprep does not fetch it (recording it would overwrite a pin).",
+            hint=f"fetch by branch, tag or commit hash, e.g. qwenprep fetch {spec.repo_id}@main; "
+            "a Hub branch of that name can be fetched by its commit hash",
+        )
     return spec
 
 

@@ -31,9 +31,20 @@ from typing import TYPE_CHECKING, Any
 
 from qwenprep.contexts import effective_rope
 from qwenprep.errors import EXIT_CANNOT_PROCEED, UsageError
-from qwenprep.gate_offline import MODEL_FLAG, OWN_OPTION, _serve_at, offline_dests, offline_view
+from qwenprep.families.dca import dca_reach
+from qwenprep.gate_offline import (
+    MODEL_FLAG,
+    OWN_OPTION,
+    Unmodelled,
+    _serve_at,
+    _values,
+    _yaml_args,
+    offline_dests,
+    offline_view,
+)
 from qwenprep.model import ModelView
 from qwenprep.report import Check
+from qwenprep.rotation import rotation_checks
 
 if TYPE_CHECKING:
     from qwenprep.engine import EngineInfo
@@ -233,6 +244,7 @@ def compare(view: dict[str, Any], want: Intent, where: str) -> list[Check]:
             if view.get("rope_type") == "yarn"
             else 0.0
         )
+        covered = max(covered, dca_reach(view))  # a DCA config (vLLM < 0.11) reaches its length
         if covered < length:
             how = (
                 f"YaRN factor {_fmt(view.get('factor'))} x original "
@@ -313,10 +325,26 @@ def _fingerprint(plan: LaunchPlan, python: str, items: list[dict[str, Any]]) -> 
         Path(plan.model_path) / ".qwenprep" / "manifest.json",
     ]
     args = [a for it in items for a in it["argv"]]
-    files += [Path(args[i + 1]) for i, a in enumerate(args[:-1]) if a == "--config"]
-    for f in files:
+    files += [Path(v) for v in _values(args, "--config")]
+    for f in list(files[2:]):  # what a --config YAML names counts as if on the command line
         try:
-            h.update(f.read_bytes())
+            args += _yaml_args(str(f))
+        except (ValueError, OSError):
+            pass
+    # --hf-config-path DIR (vLLM reads DIR/config.json and DIR's other config files) and the
+    # tokenizer's directory: every file vLLM may read from them, by name and content
+    dirs = [Path(v) for flag in ("--hf-config-path", "--tokenizer") for v in _values(args, flag)]
+    for d in dirs:
+        h.update(str(d).encode())
+        try:
+            listed = sorted(p for p in d.iterdir() if p.suffix in (".json", ".yaml", ".yml"))
+        except OSError:
+            listed = []
+        files += listed
+    for f in files:
+        h.update(str(f).encode())
+        try:
+            h.update(hashlib.sha256(f.read_bytes()).digest())
         except OSError:
             h.update(b"-")
     env = plan.child_env()
@@ -330,14 +358,28 @@ def _fingerprint(plan: LaunchPlan, python: str, items: list[dict[str, Any]]) -> 
     return h.hexdigest()
 
 
+def native_of(model_path: str | Path, max_model_len: int) -> int | None:
+    """The overlay's native length (where the probe measures the rotation past it)."""
+    from qwenprep.engines.vllm_core import _manifest, _read_config
+    from qwenprep.errors import QwenprepError
+
+    path = Path(model_path)
+    try:
+        return intent_of(_read_config(path), _manifest(path), max_model_len).native or None
+    except (QwenprepError, KeyError, TypeError, ValueError):
+        return None
+
+
 def _items(plan: LaunchPlan) -> list[dict[str, Any]]:
     """The `vllm serve ...` part of each argv the plan would exec (single node, or every node
-    that runs vLLM), with how many of its items are qwenprep's own."""
+    that runs vLLM), with how many of its items are qwenprep's own and the overlay's native
+    length."""
     argvs = [plan.argv] + [n.argv for n in plan.nodes if n.argv[:1] != ("ray",)]
+    native = native_of(plan.model_path, plan.max_model_len)
     out = []
     for argv in argvs:
         part = list(argv[_serve_at(argv) :])
-        out.append({"argv": part, "base": len(part) - len(plan.extra_args)})
+        out.append({"argv": part, "base": len(part) - len(plan.extra_args), "native": native})
     return out
 
 
@@ -423,6 +465,8 @@ def gate(
     for n, r in enumerate(answer["results"]):
         node = "" if n == 0 else f" (node {n - 1})"
         got = _online_checks(r, want, where, shown, engine.version, node)
+        if r.get("ok"):  # the rotation itself, numerically (qwenprep.rotation)
+            got += rotation_checks(r.get("rotation"), config, f"vLLM {engine.version}", where)
         # the per-node argvs (multi-node plans) add only their refusals
         res.checks += got if n == 0 else [c for c in got if c.status == "fail"]
     return res
@@ -540,6 +584,16 @@ def _offline_checks(
     out += [replace(c, message=tag + c.message) for c in _own_changes(changed)]
     try:
         view = offline_view(config, dests)
+    except Unmodelled as e:
+        return out + [
+            Check(
+                "engine.offline",
+                "fail",
+                f"{tag}{e}: what vLLM would make of it was not judged. Hint: judge it with "
+                "vLLM installed (check without --no-engine, or --vllm-python PY), or drop it",
+                where,
+            )
+        ]
     except ValueError as e:
         return out + [
             Check(

@@ -24,14 +24,15 @@ from qwenprep.model import ModelView, deep_merge
 
 # vLLM's FlexibleArgumentParser moves a `--model X` it finds anywhere to the model position
 MODEL_FLAG = re.compile(r"^--model(=.+|$)")
-OWN_OPTION = {  # vLLM dest -> the qwenprep option that sets it
+# vLLM dest -> the qwenprep option that sets it. The tool-call options (--enable-auto-tool-choice,
+# --tool-call-parser) are the user's: the profile's pair is left out of the argv when the user
+# gives either (engine.build_launch_plan), and nothing the gate proves depends on them.
+OWN_OPTION = {
     "model": "PATH (qwenprep serve PATH: the model is qwenprep's positional argument)",
     "max_model_len": "--max-model-len (qwenprep check: --context)",
     "tensor_parallel_size": "--tp",
     "enable_expert_parallel": "--ep/--no-ep",
     "served_model_name": "--served-model-name",
-    "enable_auto_tool_choice": "(the model profile)",
-    "tool_call_parser": "(the model profile)",
     "host": "--host",
     "port": "--port",
 }
@@ -69,8 +70,16 @@ def _yaml_args(file: str) -> list[str]:
         raise ValueError(f"Config file must be of a yaml/yml type. {file} supplied")
     import yaml  # PyYAML comes with huggingface_hub
 
-    with open(file, encoding="utf-8") as f:
-        data = yaml.safe_load(f)
+    try:
+        with open(file, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:  # syntax errors, two documents (vLLM's safe_load fails alike)
+        mark = getattr(e, "problem_mark", None)
+        where = f"{file}, line {mark.line + 1}" if mark is not None else file
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"{where}: not a YAML file vLLM can read ({what})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{file}: not UTF-8 text ({e.reason})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{file}: the top level is not a mapping of option: value")
     out: list[str] = []
@@ -86,12 +95,31 @@ def _yaml_args(file: str) -> list[str]:
     return out
 
 
+# every short option of vLLM 0.32's serve parser (vllm/engine/arg_utils.py,
+# EngineArgs.add_cli_args: add_argument("--long", "-short", ...))
 SHORT = {
     "-tp": "tensor-parallel-size",
     "-pp": "pipeline-parallel-size",
     "-q": "quantization",
     "-ep": "enable-expert-parallel",
     "-dp": "data-parallel-size",
+    "-n": "nnodes",
+    "-r": "node-rank",
+    "-dcp": "decode-context-parallel-size",
+    "-pcp": "prefill-context-parallel-size",
+    "-dpn": "data-parallel-rank",
+    "-dpr": "data-parallel-start-rank",
+    "-dpl": "data-parallel-size-local",
+    "-dpa": "data-parallel-address",
+    "-dpp": "data-parallel-rpc-port",
+    "-dpb": "data-parallel-backend",
+    "-dph": "data-parallel-hybrid-lb",
+    "-dpe": "data-parallel-external-lb",
+    "-dpm": "data-parallel-multi-port-external-lb",
+    "-sc": "speculative-config",
+    "-dc": "diffusion-config",
+    "-cc": "compilation-config",
+    "-ac": "attention-config",
 }
 
 
@@ -116,6 +144,8 @@ def offline_dests(argv: Sequence[str], known: Sequence[str] | None = None) -> di
 
     names = known if known is not None else LONG_OPTIONS
     args = list(argv)
+    if args.count("--config") > 1:  # vLLM's _pull_args_from_config asserts the same
+        raise ValueError("More than one config file specified!")
     if "--config" in args:
         i = args.index("--config")
         if i + 1 >= len(args):
@@ -135,6 +165,8 @@ def offline_dests(argv: Sequence[str], known: Sequence[str] | None = None) -> di
             head = "--" + head[2:].replace("_", "-")
         elif head in SHORT:
             head = "--" + SHORT[head]
+        elif head.startswith("-q") and not eq and not dot:  # argparse: -qfp8 is -q fp8
+            head, eq, value = "--quantization", "=", head[2:]
         if (
             not eq
             and i < len(args)
@@ -171,10 +203,47 @@ def offline_dests(argv: Sequence[str], known: Sequence[str] | None = None) -> di
     return dests
 
 
+class Unmodelled(ValueError):
+    """An argument the offline reading does not follow: the gate refuses it offline (judge it
+    with vLLM installed) rather than pass what nobody judged."""
+
+
+def _hf_config_path(where: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """The config vLLM reads under --hf-config-path WHERE: WHERE/config.json when WHERE is a
+    local directory holding one (a Hub repo id would be fetched: not followed offline)."""
+    if where is None:
+        return config
+    from pathlib import Path
+
+    cfg = Path(str(where)) / "config.json"
+    if not cfg.is_file():
+        raise Unmodelled(
+            f"--hf-config-path {where}: no config.json there; the offline reading follows only "
+            "a local directory holding one"
+        )
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise Unmodelled(f"--hf-config-path {where}: cannot read {cfg} ({e})") from None
+    if not isinstance(data, dict):
+        raise Unmodelled(f"--hf-config-path {where}: {cfg} is not a JSON object")
+    return data
+
+
 def offline_view(config: dict[str, Any], dests: dict[str, Any]) -> dict[str, Any]:
     """What vLLM 0.30+ with transformers 5 would use for CONFIG with the parsed DESTS
     (hf_overrides replace top-level keys; a rope dict given without rope_theta loses it, the
-    docs/facts.md trap). ValueError as vLLM's length check would refuse."""
+    docs/facts.md trap). --hf-config-path: the config.json in that directory instead of
+    CONFIG (vLLM's get_config reads hf_config_path or the model); --quantization: the method
+    vLLM is told to use. ValueError as vLLM's length check would refuse; Unmodelled for what
+    this reading does not follow (refused offline, never passed unjudged)."""
+    config = _hf_config_path(dests.get("hf_config_path"), config)
+    fmt = dests.get("config_format")
+    if fmt not in (None, "auto", "hf"):
+        raise Unmodelled(
+            f"--config-format {fmt}: the offline reading knows only Hugging Face config.json "
+            "(auto, hf)"
+        )
     eff = dict(config)
     over = dests.get("hf_overrides") or {}
     if not isinstance(over, dict):
@@ -197,16 +266,37 @@ def offline_view(config: dict[str, Any], dests: dict[str, Any]) -> dict[str, Any
             f"max_model_len (max_position_embeddings={mpe})"
         )
     qc = eff.get("quantization_config")
+    quant = qc.get("quant_method") if isinstance(qc, dict) else None
+    asked = dests.get("quantization")
+    if asked is not None and not isinstance(asked, str):
+        raise Unmodelled(f"--quantization {asked!r}: not a method name")
     return {
         "max_model_len": want if isinstance(want, int) and want > 0 else mpe,
         "rope_type": rope.get("rope_type", "default"),
         "factor": rope.get("factor"),
         "original_max_position_embeddings": rope.get("original_max_position_embeddings"),
         "rope_theta": rope.get("rope_theta", 10000),
-        "quantization": qc.get("quant_method") if isinstance(qc, dict) else None,
+        "quantization": asked if asked is not None else quant,
         "partial_rotary_factor": rope.get("partial_rotary_factor", 1.0),
         "mrope_section": rope.get("mrope_section"),
+        "max_position_embeddings": mpe,
+        "dual_chunk_attention_config": ModelView(eff).text.get("dual_chunk_attention_config"),
     }
+
+
+def _values(args: Sequence[str], flag: str) -> list[str]:
+    """The values ARGS give FLAG (`FLAG V`, `FLAG=V`, `_` for `-`; prefixes too, as vLLM's
+    parser accepts them: a wider key only costs a cache miss)."""
+    out = []
+    for i, a in enumerate(args):
+        name, eq, value = a.partition("=")
+        name = "--" + name[2:].replace("_", "-") if name.startswith("--") else name
+        if len(name) > 4 and flag.startswith(name):
+            if eq:
+                out.append(value)
+            elif i + 1 < len(args):
+                out.append(args[i + 1])
+    return out
 
 
 def _serve_at(argv: Sequence[str]) -> int:

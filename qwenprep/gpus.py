@@ -130,13 +130,21 @@ def from_nvidia_smi(exe: str | None = None, *, timeout: float = 20.0) -> tuple[G
     return parse_smi_csv(res.stdout)
 
 
+def check_flags(count: int, memory: int) -> None:
+    """--gpus and --gpu-memory as a deploy target: a count by its rule (qwenprep.request:
+    at most MAX_GPUS) and a positive size. Nothing is listed per GPU."""
+    from qwenprep.request import MAX_GPUS, whole
+
+    whole(count, "--gpus", high=MAX_GPUS)
+    if memory <= 0:
+        raise UsageError("--gpu-memory must be positive.")
+
+
 def from_flags(
     count: int, memory: int, name: str = "(from --gpus/--gpu-memory)"
 ) -> tuple[GPU, ...]:
-    if count < 1:
-        raise UsageError(f"--gpus must be at least 1 (got {count}).")
-    if memory <= 0:
-        raise UsageError("--gpu-memory must be positive.")
+    """The flags' GPUs one by one, for a report that lists them (check's): at most MAX_GPUS."""
+    check_flags(count, memory)
     return tuple(GPU(i, name, memory, None) for i in range(count))
 
 

@@ -34,12 +34,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from qwenprep.errors import InputError
 
-VERIFIED_VLLM = ("0.32",)
+VERIFIED_VLLM = ("0.10", "0.32")  # 0.10: against vLLM 0.10.2's own log (tests/test_hybrid_lines.py)
 CUDA_KERNEL_ALIGN = 16  # FlashAttentionBackend.get_supported_kernel_block_sizes: MultipleOf(16)
 
 
@@ -143,23 +144,26 @@ class HybridLayout:
     linear_layers: int
     groups: tuple[tuple[str, int], ...]  # ("full_attention"|"linear_attention", layers)
     state_blocks_per_request: int  # per state group: 2 with prefix caching, else 1
+    prefix_caching: bool = True  # the engine's mamba_cache_mode is "align" (else "none")
 
     @property
     def bytes_per_block(self) -> int:
         return max(n for _, n in self.groups) * self.page_bytes
 
-    def blocks_per_request(self, context: int) -> int:
+    def blocks_per_request(self, context: int, dcp: int = 1) -> int:
+        """Per request, every attention group's blocks (1/DCP of the tokens on a rank:
+        qwenprep.dcp) and every state group's (never sharded)."""
         return sum(
-            _cdiv(context, self.block_size)
+            _cdiv(_cdiv(context, dcp), self.block_size)
             if kind == "full_attention"
             else self.state_blocks_per_request
             for kind, _ in self.groups
         )
 
-    def needed_bytes(self, context: int) -> int:
+    def needed_bytes(self, context: int, dcp: int = 1) -> int:
         """check_enough_kv_cache_memory: the sum of every layer's max_memory_usage_bytes."""
         return (
-            self.attention_layers * _cdiv(context, self.block_size) * self.page_bytes
+            self.attention_layers * _cdiv(_cdiv(context, dcp), self.block_size) * self.page_bytes
             + self.linear_layers * self.state_blocks_per_request * self.page_bytes
         )
 
@@ -178,6 +182,8 @@ class HybridLayout:
             "groups": [{"kind": k, "layers": n} for k, n in self.groups],
             "bytes_per_block": self.bytes_per_block,
             "state_blocks_per_request_per_group": self.state_blocks_per_request,
+            "prefix_caching": self.prefix_caching,
+            "mamba_cache_mode": "align" if self.prefix_caching else "none",
         }
 
 
@@ -234,6 +240,7 @@ def hybrid_layout(
         linear_layers,
         groups,
         2 if prefix_caching else 1,
+        prefix_caching,
     )
 
 
@@ -247,13 +254,25 @@ class HybridCapacity:
     largest_context: int
 
 
-def hybrid_capacity(layout: HybridLayout, available: int, context: int) -> HybridCapacity:
+def hybrid_capacity(
+    layout: HybridLayout,
+    available: int,
+    context: int,
+    *,
+    by_concurrency: bool = True,
+    dcp: int = 1,
+) -> HybridCapacity:
+    """The numbers vLLM prints for LAYOUT with AVAILABLE bytes at CONTEXT. BY_CONCURRENCY
+    (0.21+): tokens = int(concurrency x L) (``get_kv_cache_capacity``); before, the line was
+    ``num_blocks // len(kv_cache_groups) x min_block_size`` (x DCP), as vLLM 0.10.2's
+    ``get_kv_cache_config`` printed it (kv_cache_utils.py; its Qwen3-Next log: 973,760
+    tokens)."""
     avail = max(0, int(available))
     bpb = layout.bytes_per_block
     num_blocks = avail // bpb
-    per_req = layout.blocks_per_request(context)
+    per_req = layout.blocks_per_request(context, dcp)
     concurrency = num_blocks / per_req
-    needed = layout.needed_bytes(context)
+    needed = layout.needed_bytes(context, dcp)
     usable = avail - bpb  # the null block
     fits = avail > 0 and needed <= usable
     largest = 0
@@ -261,7 +280,68 @@ def hybrid_capacity(layout: HybridLayout, available: int, context: int) -> Hybri
         fixed = layout.linear_layers * layout.state_blocks_per_request * layout.page_bytes
         per_block = layout.attention_layers * layout.page_bytes
         if usable >= fixed and per_block:
-            largest = (usable - fixed) // per_block * layout.block_size
-    return HybridCapacity(
-        num_blocks, concurrency, int(concurrency * context), needed, fits, largest
+            largest = (usable - fixed) // per_block * layout.block_size * dcp
+    tokens = (
+        int(concurrency * context)
+        if by_concurrency
+        else num_blocks // len(layout.groups) * layout.block_size * dcp
     )
+    return HybridCapacity(num_blocks, concurrency, tokens, needed, fits, largest)
+
+
+@dataclass(frozen=True)
+class CachingMode:
+    """The prefix caching a vLLM version runs a hybrid model with, and why."""
+
+    align: bool  # mamba_cache_mode "align": 2 state blocks per request and group, else 1
+    why: str
+
+
+def prefix_caching_mode(version: str, asked: bool | None) -> CachingMode:
+    """What vLLM VERSION does for a hybrid (Gated DeltaNet) model with ASKED
+    (--enable-prefix-caching True, --no-enable-prefix-caching False, None: not given).
+
+    - 0.10-0.11: prefix caching is switched off for hybrid models whatever was asked (their
+      logs: "Hybrid or mamba-based model detected: disabling prefix caching since it is not
+      yet supported", vLLM 0.10.2's config.py:310 and 0.11's config.py:297), so one state
+      block per request (``MambaSpec.max_memory_usage_bytes`` = one page).
+    - 0.12-0.31: opt-in (PR 46778, mid-2026: "experimental, opt-in ... without changing any
+      defaults"); with --enable-prefix-caching the mode becomes "align".
+    - 0.32-0.34 (read in their source): ``ModelConfig.is_prefix_caching_supported`` is True for
+      generative hybrid models, so caching is on by default, and
+      ``MambaModelConfig.verify_and_update_config`` (model_executor/models/config.py) sets
+      ``mamba_cache_mode`` "align" when it is on, "none" when off; "align" makes a request
+      hold 2 state pages per group (``MambaSpec.max_memory_usage_bytes``), whole blocks.
+    """
+    from qwenprep.engines.vllm_core import parse_version
+
+    key = parse_version(version)[:2]
+    if key < (0, 12):
+        return CachingMode(False, f"vLLM {version} disables prefix caching for hybrid models")
+    if asked is None:
+        on = key >= (0, 32)
+        return CachingMode(
+            on,
+            f"vLLM {version}'s default for hybrid models: prefix caching "
+            + ("on, mamba_cache_mode align" if on else "off (opt-in before 0.32)"),
+        )
+    return CachingMode(
+        asked,
+        "--enable-prefix-caching: mamba_cache_mode align"
+        if asked
+        else "--no-enable-prefix-caching: mamba_cache_mode none",
+    )
+
+
+def prefix_caching_from_args(args: Sequence[str]) -> bool | None:
+    """--enable-prefix-caching (True) / --no-enable-prefix-caching (False) in vLLM serve
+    arguments, ``_`` for ``-`` as vLLM's parser allows; the last one wins; None: neither."""
+    found: bool | None = None
+    for a in args:
+        name = a.split("=", 1)[0].replace("_", "-")
+        if name == "--enable-prefix-caching":
+            value = a.partition("=")[2].lower()
+            found = value not in ("false", "0", "no")
+        elif name == "--no-enable-prefix-caching":
+            found = False
+    return found

@@ -18,6 +18,15 @@ from typing import Any, NamedTuple
 from qwenprep.checkpoint import CONFIG, Checkpoint
 from qwenprep.errors import InputError
 from qwenprep.hashing import not_regular
+from qwenprep.integrity_loader import (
+    EXPERTS,
+    experts_as_stored,
+    optional_checks,
+    renamed,
+    split_optional,
+    stacked_prefixes,
+    under_prefix,
+)
 from qwenprep.integrity_scan import Scan, _some, gc_paused, overlay_manifest, scan_headers
 from qwenprep.layouts import _is_moe_layer, module_in
 from qwenprep.model import ModelView
@@ -31,7 +40,6 @@ _SHAPE = attrgetter("shape")
 _DTYPE = attrgetter("dtype")
 _LESS_WEIGHT = itemgetter(slice(None, -len("weight")))  # "m.weight" -> "m."
 _SPEC_NAME, _SPEC_SHAPE = itemgetter(0), itemgetter(2)  # of a layouts.TensorSpec
-_STACKED = ".mlp.experts.gate_up_proj"  # one [experts, ...] tensor per layer (Qwen3.5)
 
 
 def _tokens(
@@ -234,10 +242,46 @@ def _bad_scales(scan: Scan, fp8: list[str], block: object) -> list[tuple[str, st
     return bad
 
 
+class _Loaded(NamedTuple):
+    """The scan's tensors as the engine's loader names them (integrity_loader.renamed): the
+    entries, the shard of each name, the names sorted, and the family (None: unknown)."""
+
+    tensors: dict[str, Entry]
+    shard_of: dict[str, str]
+    names: list[str]
+    family: Any
+
+
+def _as_loaded(scan: Scan, view: ModelView, names: list[str]) -> _Loaded:
+    from qwenprep.families import lookup
+
+    family = lookup(view.model_type) or lookup(view.text_model_type)
+    renames = family.loader_renames(view) if family and family.loader_renames else ()
+    got = renamed(scan.tensors, names, renames)
+    if not got.origin:
+        return _Loaded(scan.tensors, scan.shard_of, names, family)
+    shard_of = {**scan.shard_of, **{n: scan.shard_of[o] for n, o in got.origin.items()}}
+    srcs = ", ".join(sorted({src for src, _ in renames}))
+    if got.clashes:
+        scan.add(
+            "tensors.loader",
+            "fail",
+            f"{len(got.clashes)} pair(s) of tensors load as one weight once vLLM's loader "
+            f"renames {srcs}: {_some(got.clashes)}",
+        )
+    else:
+        scan.add(
+            "tensors.loader",
+            "pass",
+            f"{len(got.origin):,} tensor names under {srcs} read as vLLM's loader reads them "
+            f"({'; '.join(f'{a} -> {b}' for a, b in renames)}); names below are the loader's",
+        )
+    return _Loaded(got.tensors, shard_of, sorted(got.tensors), family)
+
+
 def name_checks(scan: Scan, config: dict[str, Any], names: list[str]) -> None:
     """NAMES: scan.tensors' names, sorted."""
-    tensors = scan.tensors
-    if not tensors:
+    if not scan.tensors:
         return
     if not scan.shards_ok:
         scan.add(
@@ -247,6 +291,8 @@ def name_checks(scan: Scan, config: dict[str, Any], names: list[str]) -> None:
         )
         return
     view = ModelView(config)
+    loaded = _as_loaded(scan, view, names)
+    tensors, names = loaded.tensors, loaded.names
     text = _spelled_as_v4(view.text)  # a vision-language config's counts are in text_config
     # the language model's layers: model.layers.N, or model.language_model.layers.N when the
     # checkpoint also holds a vision tower (Qwen3.5/3.6)
@@ -297,51 +343,69 @@ def name_checks(scan: Scan, config: dict[str, Any], names: list[str]) -> None:
             CONFIG,
         )
         return
-    stacked = (
-        [n for n in names if n.startswith(prefix) and n.endswith(_STACKED)]
-        if any(map(str.endswith, names, repeat(_STACKED)))  # at C speed: none, mostly
-        else []
-    )
-    if stacked:  # one [experts, ...] tensor per layer: the family layout compares the shapes
-        scan.add(
-            "tensors.experts",
-            "pass" if len(stacked) == len(moe_layers) else "fail",
-            f"{len(stacked)} stacked expert tensor(s) ({experts} experts each; their "
-            f"shapes are compared under tensors.shapes) for {len(moe_layers)} MoE layers",
-            None if len(stacked) == len(moe_layers) else CONFIG,
-        )
-        _family_checks(scan, config)
-        return
+    _expert_counts(scan, names, prefix, layer_tokens, (layers, experts, moe_layers))
+    _family_checks(scan, config, loaded)
+
+
+def _expert_counts(
+    scan: Scan,
+    names: list[str],
+    prefix: str,
+    layer_tokens: list[tuple[str, int, int, int]],
+    counts: tuple[int, int, set[int]],
+) -> None:
+    """tensors.experts: each MoE layer holds the config's experts, stored one by one
+    (PREFIX N.mlp.experts.E.*) or stacked (one [experts, ...] tensor per projection: the
+    family layout compares their shapes under tensors.shapes), and no other layer holds any."""
+    layers, experts, moe_layers = counts
+    stacked = stacked_prefixes(names)
     per_layer: dict[int, set[int]] = {}
+    stacked_layers = set()
     for token, i, lo, hi in layer_tokens:
-        got = _tokens(names, f"{prefix}{token}.mlp.experts.", lo, hi)
+        if f"{prefix}{token}{EXPERTS}" in stacked:
+            stacked_layers.add(i)
+        got = _tokens(names, f"{prefix}{token}{EXPERTS}", lo, hi)
         if got:
             per_layer.setdefault(i, set()).update(e for _, e, _, _ in got)
-    if experts or per_layer:
-        want = set(range(experts))
-        wrong = [
-            f"layer {i}: {len(per_layer.get(i, set()))} experts"
-            + (f" (max index {max(per_layer[i])})" if per_layer.get(i) else "")
-            for i in sorted(set(range(layers)) | set(per_layer))
-            if per_layer.get(i, set()) != (want if i in moe_layers else set())
-        ]
-        if wrong:
-            scan.add(
-                "tensors.experts",
-                "fail",
-                f"config.json says num_experts {experts}: {_some(wrong)}",
-                CONFIG,
+    if not (experts or per_layer or stacked_layers):
+        return
+    want = set(range(experts))
+    wrong = []
+    for i in sorted(set(range(layers)) | set(per_layer) | stacked_layers):
+        held = per_layer.get(i, set())
+        if i in stacked_layers and held:
+            wrong.append(f"layer {i}: experts both stacked and one by one")
+        elif i in stacked_layers:
+            if i not in moe_layers:
+                wrong.append(f"layer {i}: stacked experts")
+        elif held != (want if i in moe_layers else set()):
+            wrong.append(
+                f"layer {i}: {len(held)} experts" + (f" (max index {max(held)})" if held else "")
             )
-        else:
-            scan.add("tensors.experts", "pass", f"{experts} experts in each MoE layer")
-    _family_checks(scan, config)
+    if wrong:
+        scan.add(
+            "tensors.experts",
+            "fail",
+            f"config.json says num_experts {experts}: {_some(wrong)}",
+            CONFIG,
+        )
+    elif stacked_layers:
+        scan.add(
+            "tensors.experts",
+            "pass",
+            f"{experts} experts in each of {len(moe_layers)} MoE layers, stacked (one tensor "
+            f"per projection) in {len(stacked_layers)} of them; their shapes are compared "
+            "under tensors.shapes",
+        )
+    else:
+        scan.add("tensors.experts", "pass", f"{experts} experts in each MoE layer")
 
 
-def _family_checks(scan: Scan, config: dict[str, Any]) -> None:
-    from qwenprep.families import lookup
-
-    tensors, shard_of = scan.tensors, scan.shard_of
-    family = lookup(config.get("model_type"))
+def _family_checks(scan: Scan, config: dict[str, Any], loaded: _Loaded) -> None:
+    """tensors.names / .unknown / .shapes: the checkpoint's tensors (as the engine's loader
+    names them) against the family layout, with the experts in the form they are stored; what
+    is wrong under the prefixes the loader skips is a warning apart (tensors.mtp)."""
+    tensors, shard_of, family = loaded.tensors, loaded.shard_of, loaded.family
     tensors_of: Callable[[ModelView], list[Any]] | None = (
         family.tensors if family is not None else None
     )
@@ -352,6 +416,24 @@ def _family_checks(scan: Scan, config: dict[str, Any]) -> None:
     except (KeyError, TypeError, ValueError) as e:
         scan.add("tensors.names", "skip", f"cannot derive tensor names from config.json ({e!r})")
         return
+    if family.experts_either_form:
+        stored = stacked_prefixes(loaded.names)
+        if stored != stacked_prefixes(map(_SPEC_NAME, specs)):
+            specs = experts_as_stored(specs, stored)
+    needed, optional = split_optional(specs, family.optional_prefixes)
+    if optional:
+        skipped = {
+            n: tensors[n] for p in family.optional_prefixes for n in under_prefix(loaded.names, p)
+        }
+        if optional_checks(scan, optional, skipped, family.optional_prefixes):
+            specs = needed  # the rest is judged without them
+            tensors = {n: e for n, e in tensors.items() if n not in skipped}
+    _compare(scan, specs, tensors, shard_of)
+
+
+def _compare(
+    scan: Scan, specs: list[Any], tensors: dict[str, Entry], shard_of: dict[str, str]
+) -> None:
     spec_names = list(map(_SPEC_NAME, specs))
     got = list(map(tensors.get, spec_names))
     if (

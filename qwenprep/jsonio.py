@@ -10,7 +10,7 @@ import re
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from qwenprep.errors import InputError
 
@@ -180,6 +180,18 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
             pass
         raise
     fsync_dir(path.parent)
+
+
+REPLACED_SUFFIX = ".qwenprep-replaced"  # what a user had, kept beside what replaced it
+
+
+def replaced_names(path: Path, limit: int = 1000) -> Iterator[Path]:
+    """Where the bytes about to replace PATH's are kept, in order: NAME.qwenprep-replaced, then
+    .1, .2 ... (revert and fetch --force --local-dir keep a user's file there)."""
+    base = path.with_name(path.name + REPLACED_SUFFIX)
+    yield base
+    for i in range(1, limit):
+        yield base.with_name(f"{base.name}.{i}")
 
 
 def atomic_write_text(path: Path, text: str, *, mode: int = 0o644) -> None:

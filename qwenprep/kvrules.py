@@ -13,7 +13,9 @@ For a model whose layers all use full attention (Qwen3-MoE), vLLM 0.10 .. 0.33 d
   ``int(concurrency x max_model_len)`` from 0.21 (``get_kv_cache_capacity``);
 - one request must fit: ``ceil(L / block_size) x page x layers <= available``
   (``check_enough_kv_cache_memory``); from 0.29 the null block the pool always holds back is
-  subtracted first.
+  subtracted first;
+- under decode context parallel (qwenprep.dcp) a request takes ``cdiv(cdiv(L, dcp),
+  block_size)`` blocks per rank, and the tokens line before 0.21 is multiplied by DCP.
 
 What is *not* known before launch is the memory left for the cache when only the GPU size is
 given: weights, peak activations, non-torch memory and (from 0.20) CUDA graphs come off
@@ -68,6 +70,7 @@ class VllmRule:
     cuda_graphs_in_profile: bool  # >= 0.20: CUDA graph memory comes off the KV budget
     has_kv_cache_memory_bytes: bool  # >= 0.10.2: --kv-cache-memory-bytes exists
     note: str = ""
+    extensible_kv_cache: bool = False  # >= 0.34: the KV cache is sized after warmup
 
     @property
     def name(self) -> str:
@@ -77,6 +80,7 @@ class VllmRule:
             if self.tokens_from_concurrency
             else "tokens = num_blocks x block_size",
             "null block held back" if self.reserves_null_block else "no null-block reserve",
+            *(["KV cache sized after warmup (extensible)"] if self.extensible_kv_cache else []),
         ]
         return f"vLLM {self.version} rule ({self.source}): " + ", ".join(parts)
 
@@ -88,6 +92,7 @@ class VllmRule:
             "gpu_memory_utilization": self.gpu_memory_utilization,
             "tokens_from_concurrency": self.tokens_from_concurrency,
             "reserves_null_block": self.reserves_null_block,
+            "extensible_kv_cache": self.extensible_kv_cache,
             "note": self.note,
         }
 
@@ -287,30 +292,60 @@ def kv_capacity(
     rule: VllmRule,
     *,
     block_size: int = CUDA_BLOCK_SIZE,
+    dcp: int = 1,
 ) -> KVCapacity:
-    """vLLM's numbers for one GPU with AVAILABLE bytes for the cache (see the module doc)."""
+    """vLLM's numbers for one GPU with AVAILABLE bytes for the cache (see the module doc). DCP:
+    decode context parallel size (qwenprep.dcp: each rank holds 1/DCP of a request's tokens)."""
     if context <= 0:
         raise UsageError(f"context {context} must be positive.")
     bpb = bytes_per_token * block_size
     avail = max(0, int(available_bytes))
     num_blocks = avail // bpb
-    blocks_per_req = -(-context // block_size)
+    blocks_per_req = dcp_blocks_per_request(context, block_size, dcp)
     concurrency = num_blocks / blocks_per_req
-    tokens = int(concurrency * context) if rule.tokens_from_concurrency else num_blocks * block_size
+    tokens = (
+        int(concurrency * context)
+        if rule.tokens_from_concurrency
+        else num_blocks * block_size * dcp
+    )
     reserve = bpb if rule.reserves_null_block else 0
     needed = blocks_per_req * bpb
     usable = avail - reserve
     fits = avail > 0 and needed <= usable
-    largest = max(0, usable // bpb) * block_size if usable > 0 else 0
+    largest = max(0, usable // bpb) * block_size * dcp if usable > 0 else 0
     return KVCapacity(
         context, block_size, bpb, avail, num_blocks, tokens, concurrency, needed, fits, largest
     )
+
+
+def dcp_blocks_per_request(context: int, block_size: int, dcp: int = 1) -> int:
+    """Blocks one request of CONTEXT tokens takes on one rank of a DCP group: DCP-sharded
+    layers keep ``cdiv(L, dcp)`` of its tokens per rank (``FullAttentionSpec.
+    max_memory_usage_bytes``, vllm/v1/kv_cache_interface.py, 0.32 and 0.34:
+    ``cdiv(cdiv(max_model_len, dcp_world_size), block_size) x page``)."""
+    per_rank = -(-context // dcp)
+    return -(-per_rank // block_size)
 
 
 # --------------------------------------------------------------------------- the plan
 
 
 ACTIVATION_FACTOR = 96  # calibrated: see overhead_estimate
+
+
+def _overhead_terms(shape: ModelShape, rule: VllmRule) -> tuple[int, int, int, int]:
+    """(activations, sampler logits, non-torch, CUDA graphs): see overhead_estimate."""
+    act = DEFAULT_MAX_NUM_BATCHED_TOKENS * shape.hidden_size * 2 * ACTIVATION_FACTOR
+    logits = DEFAULT_MAX_NUM_SEQS * shape.vocab_size * 4
+    return act, logits, 2 * GiB, 1 * GiB if rule.cuda_graphs_in_profile else 0
+
+
+def overhead_parts(shape: ModelShape, *, rule: VllmRule) -> tuple[int, int]:
+    """overhead_estimate in two parts: (the profile run's transient peak: activations + sampler
+    logits, what stays resident: non-torch + CUDA graphs). vLLM 0.34's extensible KV cache
+    treats them differently (qwenprep.kv_extensible)."""
+    act, logits, non_torch, graphs = _overhead_terms(shape, rule)
+    return act + logits, non_torch + graphs
 
 
 def overhead_estimate(shape: ModelShape, *, tp: int, rule: VllmRule) -> tuple[int, str]:
@@ -324,10 +359,7 @@ def overhead_estimate(shape: ModelShape, *, tp: int, rule: VllmRule) -> tuple[in
     this estimate gives 60.9 GiB there, a little on the safe side). It is a rough figure on
     purpose, and stated: --kv-memory replaces it with the real one.
     """
-    act = DEFAULT_MAX_NUM_BATCHED_TOKENS * shape.hidden_size * 2 * ACTIVATION_FACTOR
-    logits = DEFAULT_MAX_NUM_SEQS * shape.vocab_size * 4
-    non_torch = 2 * GiB
-    graphs = 1 * GiB if rule.cuda_graphs_in_profile else 0
+    act, logits, non_torch, graphs = _overhead_terms(shape, rule)
     total = act + logits + non_torch + graphs
     text = (
         f"activations {format_gib(act)} (8192 batched tokens x hidden {shape.hidden_size} x "

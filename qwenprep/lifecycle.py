@@ -7,6 +7,14 @@ directory per source and context. An overlay of a cached snapshot holds a ref
 tools list it (``hf cache ls --revisions``) and ``hf cache prune`` keeps every revision a ref
 points at, so the source is not pruned from under the overlay. ``qwenprep revert`` removes the
 ref. Nothing inside a snapshot is ever written.
+
+Each overlay instance has a pin of its own: ``<id>`` is a random id made when the overlay is
+built, kept in its manifest (``id``) with the path it was built at (``path``). A copy (``cp -a``)
+or a move carries the manifest along, so a manifest whose ``path`` is not where it lies is a copy
+(the overlay at ``path`` still holds the same pin: reverting the copy leaves the pin to it) or a
+move (nothing there holds it: the moved overlay owns it). ``list`` says when an overlay's pin is
+missing (a prune may then delete its source) and how to re-pin it. Manifests written before ids
+(pin ``qwenprep/<sha256(path)[:16]>``) are read by the same rules.
 """
 
 from __future__ import annotations
@@ -21,10 +29,10 @@ from typing import Any, Literal
 from qwenprep.checkpoint import CONFIG, Checkpoint
 from qwenprep.contexts import ContextRequest
 from qwenprep.errors import InputError
+from qwenprep.hub import OWN_REFS as PIN_PREFIX
 from qwenprep.jsonio import read_regular_bytes
 
-PIN_PREFIX = "qwenprep"
-State = Literal["ok", "stale", "dangling", "edited", "invalid"]
+State = Literal["ok", "stale", "dangling", "edited", "unpinned", "invalid"]
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -94,17 +102,25 @@ def refs_to(snapshot: Path) -> list[str]:
     return sorted(found)
 
 
-def pin_name(overlay: Path) -> str:
+def new_overlay_id() -> str:
+    """A fresh id for one overlay instance (its pin is refs/qwenprep/<id>)."""
+    import uuid
+
+    return uuid.uuid4().hex
+
+
+def _legacy_pin_name(overlay: Path) -> str:
+    """The pin of a manifest written before overlay ids: named by the overlay's path."""
     return f"{PIN_PREFIX}/{hashlib.sha256(str(overlay).encode()).hexdigest()[:16]}"
 
 
-def pin_source(snapshot: Path, overlay: Path) -> tuple[str | None, str | None]:
-    """Write refs/qwenprep/<id> -> the snapshot's commit. (ref name, None) when written;
+def pin_source(snapshot: Path, overlay_id: str) -> tuple[str | None, str | None]:
+    """Write refs/qwenprep/<overlay_id> -> the snapshot's commit. (ref name, None) when written;
     (None, why) when the source is not a cache snapshot or the cache is not writable."""
     repo = _repo_folder(snapshot)
     if repo is None:
         return None, None
-    name = pin_name(overlay)
+    name = f"{PIN_PREFIX}/{overlay_id}"
     ref = repo / "refs" / name
     try:
         ref.parent.mkdir(parents=True, exist_ok=True)
@@ -119,8 +135,69 @@ def pin_source(snapshot: Path, overlay: Path) -> tuple[str | None, str | None]:
     return name, None
 
 
+def _same_place(a: str, b: Path) -> bool:
+    return a == str(b) or os.path.realpath(a) == os.path.realpath(b)
+
+
+def made_here(path: Path, manifest: dict[str, Any]) -> bool:
+    """PATH is where the overlay was built (not a copy or a move of it)."""
+    made = manifest.get("path")
+    if isinstance(made, str):
+        return _same_place(made, path)
+    pin = (manifest.get("source") or {}).get("pin")  # a manifest written before overlay ids
+    return pin is None or pin in (
+        _legacy_pin_name(path),
+        _legacy_pin_name(Path(os.path.realpath(path))),
+    )
+
+
+def pin_sharer(path: Path, manifest: dict[str, Any]) -> Path | None:
+    """The overlay PATH is a copy of, when that one still holds the same pin (so reverting
+    PATH must leave the pin alone); None when PATH's pin is its own."""
+    from qwenprep.manifest import read_manifest
+
+    pin = (manifest.get("source") or {}).get("pin")
+    made = manifest.get("path")
+    if not isinstance(pin, str) or made_here(path, manifest):
+        return None
+    # where it was made; a manifest from before overlay ids says no path: the default place
+    places = [Path(made)] if isinstance(made, str) else find_overlays([])
+    for place in places:
+        if _same_place(str(place), path):
+            continue
+        try:
+            other = read_manifest(place)
+        except InputError:
+            continue
+        if other is not None and (other.get("source") or {}).get("pin") == pin:
+            return place
+    return None
+
+
+def pin_missing(manifest: dict[str, Any]) -> str | None:
+    """Why the overlay's source is not pinned in the cache (None when it is, or when the source
+    is no cache snapshot and needs no pin)."""
+    src = manifest.get("source") or {}
+    source = Path(str(src.get("path")))
+    repo = _repo_folder(source)
+    if repo is None:
+        return None
+    name = src.get("pin")
+    if not isinstance(name, str) or not name.startswith(PIN_PREFIX + "/"):
+        return "the overlay has no pin in the cache"
+    ref = repo / "refs" / name
+    try:
+        target = read_regular_bytes(ref).decode().strip()
+    except (OSError, UnicodeDecodeError):
+        return f"its pin {ref} is gone"
+    if target != source.name:
+        return f"its pin {ref} now points at {target[:12]}, not {source.name[:12]}"
+    return None
+
+
 def release_pin(manifest: dict[str, Any]) -> str | None:
-    """Remove the overlay's ref from the cache (only when it still points at our commit).
+    """Remove the overlay's ref from the cache (only when it still points at our commit; the
+    caller asks pin_sharer first whether a copy's pin is another overlay's).
     Returns the ref path removed, or None."""
     src = manifest.get("source") or {}
     name, path = src.get("pin"), src.get("path")
@@ -167,18 +244,45 @@ def _source_label(src: dict[str, Any]) -> str:
 
 
 def _rebuild(path: Path, manifest: dict[str, Any], *, ref: str | None = None) -> str:
+    """The command that rebuilds the overlay at PATH: from its own commit (fetched first when
+    that snapshot is gone), or from REF (a stale overlay: where the ref points now)."""
     src = manifest["source"]
     model = src.get("repo_id") or src.get("path")
-    if src.get("repo_id") and ref:
-        model = f"{model}@{ref}"
+    fetch = ""
+    if src.get("repo_id") and (ref or src.get("revision")):
+        model = f"{model}@{ref or src['revision']}"
+        if not ref and not Path(str(src.get("path"))).is_dir():
+            fetch = f"qwenprep fetch {model} && "
     ctx = manifest.get("target_context")
-    return f"qwenprep patch {model} --context {ctx} --out {path} --force"
+    return f"{fetch}qwenprep patch {model} --context {ctx} --out {path} --force"
+
+
+def _pin_reasons(path: Path, manifest: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(why the overlay is unpinned, notes): a missing pin (a prune may delete the source),
+    or a copy sharing another overlay's pin (it goes when that one is reverted)."""
+    missing = pin_missing(manifest)
+    if missing is not None:
+        return [f"pin missing: {missing}; a cache prune may delete its source"], []
+    sharer = pin_sharer(path, manifest)
+    if sharer is not None:
+        pin = manifest["source"]["pin"]
+        return [], [
+            f"a copy of {sharer}: it shares that overlay's pin {pin}, which goes when {sharer} "
+            f"is reverted; give this one its own with: {_repin(path, manifest)}"
+        ]
+    return [], []
+
+
+def _repin(path: Path, manifest: dict[str, Any]) -> str:
+    """patch with the same source, context and --out: the unchanged overlay gets its own pin."""
+    return _rebuild(path, manifest).removesuffix(" --force")
 
 
 def overlay_status(path: Path, manifest: dict[str, Any]) -> OverlayStatus:
     """ok | dangling (the source or a linked file is gone) | edited (the overlay's own
     config.json is not the one qwenprep wrote) | stale (the source moved on: its config
-    changed, or a ref it was made from now points at another commit)."""
+    changed, or a ref it was made from now points at another commit) | unpinned (its source is
+    a cache snapshot and its pin is gone: hf cache prune may delete the source)."""
     src = manifest["source"]
     status = OverlayStatus(str(path), "ok", _source_label(src), manifest.get("target_context"))
     source = Path(src["path"])
@@ -235,10 +339,17 @@ def overlay_status(path: Path, manifest: dict[str, Any]) -> OverlayStatus:
             stale.append(
                 f"{src.get('repo_id')}@{ref} now points at {target[:12]}, not {source.name[:12]}"
             )
+    unpinned, notes = _pin_reasons(path, manifest)
     if stale:
         status.state = "stale"
-        status.reasons = stale
+        status.reasons = stale + unpinned + notes
         status.rebuild = _rebuild(path, manifest, ref=(src.get("refs") or [None])[0])
+    elif unpinned:
+        status.state = "unpinned"
+        status.reasons = [f"{unpinned[0]}; re-pin with: {_repin(path, manifest)}"]
+        status.rebuild = _repin(path, manifest)
+    else:
+        status.reasons = notes
     return status
 
 
@@ -260,6 +371,8 @@ def require_live(path: Path) -> list[str]:
         )
     if st.state == "stale":
         return [f"the overlay is stale: {r}; rebuild: {st.rebuild}" for r in st.reasons]
+    if st.state == "unpinned":
+        return [f"the overlay is unpinned: {r}" for r in st.reasons]
     return []
 
 

@@ -358,6 +358,8 @@ def create_overlay(
         "tool": "qwenprep",
         "tool_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "id": lifecycle.new_overlay_id(),
+        "path": str(out),
         "source": {
             "path": str(source.path),
             "repo_id": source.repo_id,
@@ -383,7 +385,12 @@ def create_overlay(
             if _same_overlay(current, manifest) and not [
                 c for c in overlay_checks(out) if c.status == "fail"
             ]:
-                return OverlayResult(out, source, current, patched, text, "unchanged")
+                if lifecycle.pin_missing(current) is None and lifecycle.made_here(out, current):
+                    return OverlayResult(out, source, current, patched, text, "unchanged")
+                # a copy, a move or a lost pin: rebuilt as it is, with a pin of its own
+                state = _existing_state(out, force=True)
+        if state == "ours-keep":
+            current = read_manifest(out) or {}
             raise ConflictError(
                 f"--out {out} is already a qwenprep overlay (of "
                 f"{current.get('source', {}).get('path')}"
@@ -392,7 +399,8 @@ def create_overlay(
             )
         tmp = out.parent / f".{out.name}{TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         old_manifest = read_manifest(out) if state == "ours" else None
-        pin, pin_note = lifecycle.pin_source(source.path, out)
+        shared = old_manifest is not None and lifecycle.pin_sharer(out, old_manifest) is not None
+        pin, pin_note = lifecycle.pin_source(source.path, manifest["id"])
         manifest["source"]["pin"] = pin
         try:
             _build(tmp, entries, new_config, manifest)
@@ -412,30 +420,19 @@ def create_overlay(
         except OSError as e:
             with contextlib.suppress(OSError):
                 _remove_tree(tmp)
-            _drop_new_pin(manifest, old_manifest)
+            lifecycle.release_pin(manifest)  # the failed build's own pin
             raise _io_error(out, e) from None
         except BaseException:
             with contextlib.suppress(OSError):
                 _remove_tree(tmp)
-            _drop_new_pin(manifest, old_manifest)
+            lifecycle.release_pin(manifest)
             raise
-        if (
-            old_manifest is not None
-            and old_manifest["source"]["path"] != manifest["source"]["path"]
-        ):
+        if old_manifest is not None and not shared:  # a copy's pin is the original's
             lifecycle.release_pin(old_manifest)
     status = {"absent": "created", "empty": "created", "ours": "replaced"}[state]
     return OverlayResult(
         out, source, manifest, patched, text, status, [pin_note] if pin_note else []
     )
-
-
-def _drop_new_pin(new: dict[str, Any], old: dict[str, Any] | None) -> None:
-    """A failed build releases the pin it wrote, unless the overlay it replaces holds it."""
-    from qwenprep import lifecycle
-
-    if old is None or old["source"]["path"] != new["source"]["path"]:
-        lifecycle.release_pin(new)
 
 
 def _refuse_unpatchable(source: Checkpoint, text: str) -> None:

@@ -66,14 +66,16 @@ def remove_overlay(path: Path, *, force: bool = False) -> dict[str, Any] | None:
         refuse_user_content(
             path, manifest, force=force, action="remove it", retry=f"qwenprep revert {path}"
         )
+        from qwenprep.lifecycle import pin_sharer, release_pin
+
+        sharer = pin_sharer(path, manifest)  # a copy: the pin is the original's, kept for it
         trash = path.parent / f".{path.name}{TMP_TAG}revert-{uuid.uuid4().hex[:8]}"
         try:
             os.rename(path, trash)
         except OSError as e:
             raise _io_error(path, e, verb="remove the overlay") from None
-        from qwenprep.lifecycle import release_pin
-
-        release_pin(manifest)
+        if sharer is None:
+            release_pin(manifest)
         try:
             _remove_tree(trash)
         except OSError as e:

@@ -52,3 +52,15 @@ def patch_result(res: OverlayResult) -> dict[str, Any]:
         "pin": m["source"].get("pin"),
         "warnings": res.notes,
     }
+
+
+def how_reached(manifest: dict[str, Any]) -> str:
+    """How an overlay reaches its length, in words (patch's line, the demo): YaRN with its
+    factor, the native length unscaled, or a release's own Dual Chunk Attention (factor 1
+    and a length past native: only a DCA release's overlay for vLLM < 0.11 is that)."""
+    factor, native = manifest["factor"], manifest["native_context"]
+    if factor != 1.0:
+        return f"YaRN factor {factor:.8g} over {native}"
+    if manifest["target_context"] == native:
+        return "native, RoPE unscaled"
+    return f"Dual Chunk Attention over the native {native}, for vLLM < 0.11"

@@ -36,9 +36,34 @@ def _hybrid_rows(plan: Plan) -> list[tuple[str, str]]:
             f"block size {h['block_size']} tokens (raised from "
             f"{h['requested_block_size']} so an attention page holds a state page); groups: "
             f"{groups}; "
-            + ("vLLM 0.32 arithmetic" if h["verified_for_this_version"] else h["note"]),
+            + (
+                f"vLLM {plan.rule.version} arithmetic"
+                if h["verified_for_this_version"]
+                else h["note"]
+            ),
+        ),
+        (
+            "hybrid prefix caching",
+            f"mamba_cache_mode {h['mamba_cache_mode']} ({h['caching']}): "
+            f"{h['state_blocks_per_request_per_group']} state block(s) per request and group",
         ),
     ]
+
+
+def vllm_log_lines(plan: Plan) -> list[str]:
+    """The KV capacity lines as plan.rule's vLLM version logs them (qwenprep.kvrules): one
+    line "KV cache size: N tokens, Maximum concurrency for L tokens per request: X.XXx" when
+    the tokens come from the concurrency (0.21+, ``update_kv_cache_capacity`` in 0.32/0.34);
+    before, two lines (``get_kv_cache_config`` in 0.10.2), after "Multiplying the GPU KV cache
+    size by the dcp_world_size N." under decode context parallel (vLLM PR 24864's log)."""
+    k = plan.kv
+    tokens = f"KV cache size: {k.kv_cache_tokens:,} tokens"
+    conc = f"Maximum concurrency for {k.context:,} tokens per request: {k.max_concurrency:.2f}x"
+    if plan.rule.tokens_from_concurrency:
+        return [f"{tokens}, {conc}"]
+    dcp = plan.request.dcp
+    head = [f"Multiplying the GPU KV cache size by the dcp_world_size {dcp}."] if dcp > 1 else []
+    return [*head, tokens, conc]
 
 
 def summary_parts(plan: Plan) -> tuple[list[tuple[str, str]], list[tuple[str, ...]], list[str]]:
@@ -49,17 +74,26 @@ def summary_parts(plan: Plan) -> tuple[list[tuple[str, str]], list[tuple[str, ..
     r = plan.request
     n = r.tp * r.pp * plan.dp
     kv_mem = (
-        f"{format_gib(k.available_bytes)} (given; exact)"
+        f"{format_gib(k.available_bytes)} (given; exact"
+        + (
+            "; as --kv-cache-memory-bytes it turns vLLM 0.34's extensible KV cache off)"
+            if plan.rule.extensible_kv_cache
+            else ")"
+        )
         if plan.exact
         else f"{format_gib(k.available_bytes)} ESTIMATE = {format_gib(r.gpu_memory or 0)} "
         f"x {plan.utilization} - weights {format_gib(plan.weights_per_gpu)} - "
         f"overhead: {plan.overhead_text}"
+        if plan.extensible is None
+        else f"{format_gib(k.available_bytes)} ESTIMATE: {plan.extensible.text()}; weights "
+        f"{format_gib(plan.weights_per_gpu)}, overhead: {plan.overhead_text}"
     )
     rows = [
         ("model", plan.shape.name),
         (
             "parallel",
             f"TP {r.tp} x PP {r.pp} x DP {plan.dp}"
+            + (f" + decode context parallel {r.dcp}" if r.dcp > 1 else "")
             + (
                 " + expert parallel"
                 if r.ep and plan.shape.num_experts and r.tp * plan.dp > 1
@@ -94,11 +128,8 @@ def summary_parts(plan: Plan) -> tuple[list[tuple[str, str]], list[tuple[str, ..
         table = [context_cells(c) for c in plan.timing.contexts]
         lines.append(f"recommendation: {plan.timing.recommendation}")
     lines += [f"advice: {a}" for a in plan.advice]
-    lines += [
-        f"as vLLM logs it: KV cache size: {k.kv_cache_tokens:,} tokens, Maximum "
-        f"concurrency for {k.context:,} tokens per request: {k.max_concurrency:.2f}x",
-        f"fits: {'yes' if plan.fits else 'NO'}",
-    ]
+    lines += [f"as vLLM logs it: {line}" for line in vllm_log_lines(plan)]
+    lines.append(f"fits: {'yes' if plan.fits else 'NO'}")
     return rows, table, lines
 
 

@@ -25,6 +25,7 @@ from qwenprep.kvrules import CUDA_BLOCK_SIZE, KVDtype, ModelShape, VllmRule
 from qwenprep.parallel import parallel_checks
 from qwenprep.preflight_checks import (
     Layout,
+    dcp_checks,
     disk_checks,
     flag_checks,
     gpu_checks,
@@ -78,20 +79,34 @@ def check_options(
     tp: int | None = None,
     pp: int = 1,
     ep: bool | None = None,
-    context: str | None = None,
+    context: str | int | None = None,
     gpus: int | None = None,
     gpu_memory: str | None = None,
     kv_memory: str | None = None,
     kv_cache_dtype: str = "auto",
     block_size: int = CUDA_BLOCK_SIZE,
     vllm_version: str | None = None,
-    vllm_args: tuple[str, ...] = (),
+    vllm_args: Sequence[str] = (),
     python: str | None = None,
     engine: bool = True,
 ) -> CheckOptions:
-    """CheckOptions from the command line's strings (sizes, context) - UsageError when wrong."""
+    """CheckOptions from the command line's strings (sizes, context) - UsageError when wrong
+    (each option by its rule in qwenprep.request, as plan's)."""
+    from qwenprep import request as rules
     from qwenprep.contexts import parse_context
     from qwenprep.sizes import parse_size
+
+    tp, pp, gpus = rules.layout(tp, pp, gpus)
+    ep = rules.flag(ep, "--ep", optional=True)
+    engine = rules.flag(engine, "--engine")
+    context = rules.context_value(context, "--context")
+    kv_cache_dtype = rules.text(
+        kv_cache_dtype, "--kv-cache-dtype", choices=rules.KV_CACHE_DTYPES, optional=False
+    )
+    block_size = rules.whole(block_size, "--block-size")
+    vllm_version = rules.text(vllm_version, "--vllm-version")
+    python = rules.text(python, "--vllm-python")
+    vllm_args = rules.words(vllm_args, "vllm_args")
 
     if kv_memory is not None and gpu_memory is not None:
         raise UsageError(
@@ -104,8 +119,6 @@ def check_options(
         ctx = parse_context(context).tokens  # None for "native": the config decides
         if ctx is None:
             ctx = -1
-    if kv_cache_dtype not in ("auto", "fp8"):
-        raise UsageError(f"--kv-cache-dtype {kv_cache_dtype!r}: use auto or fp8.")
     if vllm_version is not None:
         named_version(vllm_version)
     return CheckOptions(
@@ -147,6 +160,19 @@ def check_gate(
     from qwenprep.gate import gate
 
     engine = discover(python) if engine_on else None
+    reason = None if engine_on else "check --no-engine"
+    if engine is not None and assume_version and engine.version_tuple[:2] != assume_version[:2]:
+        # --vllm-version names another vLLM than the installed one: its parser and config
+        # layer do not speak for the named version, so the plan and the gate are the named one's
+        reason = (
+            f"--vllm-version {'.'.join(map(str, assume_version))} names another vLLM than "
+            f"the {engine.version} in {engine.python}"
+        )
+        engine = None
+    elif engine_on and (engine is None or not engine.importable):
+        from qwenprep.engines.vllm_core import engine_python
+
+        reason = f"vLLM is not installed in {engine_python(python)}"
     try:
         plan = build_launch_plan(
             path,
@@ -170,13 +196,6 @@ def check_gate(
                 e.path,
             )
         ]
-    reason = None
-    if not engine_on:
-        reason = "check --no-engine"
-    elif engine is None or not engine.importable:
-        from qwenprep.engines.vllm_core import engine_python
-
-        reason = f"vLLM is not installed in {engine_python(python)}"
     res = gate(plan, engine=engine, offline_reason=reason)
     return [
         replace(c, message=f"{c.message} ({reason})") if c.id == "engine.readback" else c
@@ -378,6 +397,7 @@ def run_checks(
     extra["vllm_rule"] = rule.to_dict()
     extra["parallel"] = layout.to_dict()
     checks += parallel_checks(shape, tp=layout.tp, ep=layout.ep, dp=layout.dp)
+    checks += dcp_checks(shape, layout.tp, opts.vllm_args)
     checks += kv_checks(shape, rule, opts, layout, inv, extra)
     checks += gpu_checks(layout, extra["gpus"])
     checks += disk_checks(path, opts.disk_warn_bytes)

@@ -196,6 +196,7 @@ def kv_checks(
         kv_cache_dtype=opts.kv_cache_dtype,
         ep=layout.ep,
         block_size=opts.block_size,
+        **engine_cache_options(shape, layout.tp, opts.vllm_args),
     )
     try:
         plan = plan_capacity(shape, req, rule)
@@ -213,6 +214,33 @@ def kv_checks(
         return [Check("kv.fits", "pass", head)]
     advice = "; ".join(plan.advice[:3])
     return [Check("kv.fits", "fail", f"{head}; does not fit. {advice}")]
+
+
+def engine_cache_options(shape: ModelShape, tp: int, args: tuple[str, ...]) -> dict[str, Any]:
+    """The decode context parallel size and prefix caching the serve ARGS after ``--`` ask
+    for, as PlanRequest keywords; a DCP vLLM refuses counts as none here (the parallel.dcp
+    check fails on it instead: qwenprep.dcp)."""
+    from qwenprep.dcp import dcp_from_args, dcp_refusal
+    from qwenprep.hybrid import prefix_caching_from_args
+
+    try:
+        dcp = dcp_from_args(args) or 1
+    except QwenprepError:
+        dcp = 1
+    if dcp_refusal(shape, tp=tp, dcp=dcp) is not None:
+        dcp = 1
+    return {"dcp": dcp, "prefix_caching": prefix_caching_from_args(args)}
+
+
+def dcp_checks(shape: ModelShape, tp: int, args: tuple[str, ...]) -> list[Check]:
+    """parallel.dcp, when the serve ARGS after ``--`` ask for decode context parallel."""
+    from qwenprep.dcp import dcp_check, dcp_from_args
+
+    try:
+        dcp = dcp_from_args(args)
+    except QwenprepError as e:
+        return [Check("parallel.dcp", "fail", e.message)]
+    return [] if dcp is None else [dcp_check(shape, tp=tp, dcp=dcp)]
 
 
 def disk_checks(path: Path, warn_below: int) -> list[Check]:
@@ -248,7 +276,7 @@ def flag_checks(rule: VllmRule, args: tuple[str, ...]) -> list[Check]:
         ]
     # the one table: capabilities_for; names read as vLLM reads them (_ for -, before = and .)
     from qwenprep.engines.vllm_core import flag_refusal, parse_version
-    from qwenprep.engines.vllm_launch import _flag_name
+    from qwenprep.engines.vllm_launch import _flag_name, flag_warnings
 
     have = parse_version(rule.version)
     planned = list(args)
@@ -261,6 +289,10 @@ def flag_checks(rule: VllmRule, args: tuple[str, ...]) -> list[Check]:
         return [
             Check("engine.flags", "fail", f"vLLM {rule.version} would reject: " + "; ".join(bad))
         ]
+    # flags that run but do less than the user may think (the notes serve prints)
+    warnings = flag_warnings(planned, have)
+    if warnings:
+        return [Check("engine.flags", "warn", "; ".join(warnings))]
     shown = f"({' '.join(planned)})" if planned else "(no extra flags given)"
     return [
         Check(

@@ -1,11 +1,26 @@
 """Scrub credentials out of any text qwenprep shows: the one place every error path, and every
 line that shows the Hub endpoint, goes through.
 
-What goes: the literal values of HF_TOKEN / HUGGING_FACE_HUB_TOKEN and of the token(s)
-huggingface_hub stored on disk (HF_TOKEN_PATH, else HF_HOME/token, and HF_HOME/stored_tokens),
-the credentials written into HF_ENDPOINT (userinfo, token-like query values), then by shape:
-`Bearer ...` / `Basic ...`, `hf_...` tokens, the userinfo of any URL, and the values of
-token-like query parameters (`?token=`, `&access_token=`, `X-Amz-Signature=`, ...).
+What goes: the literal values of HF_TOKEN / HUGGING_FACE_HUB_TOKEN / VLLM_API_KEY, of the
+token(s) huggingface_hub stored on disk (HF_TOKEN_PATH, else HF_HOME/token, and
+HF_HOME/stored_tokens), of the credential options in this process's own argv (an engine's
+`--hf-token X` / `--api-key X` after `--`), the credentials written into HF_ENDPOINT (userinfo,
+token-like query values), then by shape: `Bearer ...` / `Basic ...`, `hf_...` tokens, the
+userinfo of any URL, the values of token-like query parameters (`?token=`, `&access_token=`,
+`X-Amz-Signature=`, ...), the value after a credential option (`--hf-token X`,
+`--api-key=X`, an abbreviation the engine's parser accepts such as `--hf-tok X`, `--hf_token X`)
+and of a credential-named variable or key (`HF_TOKEN=X`, `'api_key': 'X'`).
+
+A credential option or variable is one whose name ends in token, key, secret, password,
+passwd or credential(s) after at least one other word (hf-token, api-key, admin-api-key,
+VLLM_API_KEY; not max-num-batched-tokens, ssl-keyfile or a lone "key"). Abbreviations: vLLM's
+FlexibleArgumentParser (vllm/utils/argparse_utils.py, 0.32) is an argparse parser with
+allow_abbrev left on, and turns `_` into `-` in option names before parsing; its credential
+options are --hf-token (vllm/engine/arg_utils.py EngineArgs.add_cli_args) and --api-key, a
+list (vllm/entrypoints/launchers/cli_args.py, api_key: list[str]); SGLang 0.5.23's are
+--api-key and --admin-api-key (sglang/srt/arg_groups/fields/serving.py), through argparse too.
+A few harmless options also end in "token" (SGLang's --bucket-time-to-first-token): their
+value is masked in what is shown, never in what runs.
 
 Reads only the environment and two small files; imports nothing heavy (cli._fail uses it).
 """
@@ -18,7 +33,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 MASK = "***"
-_TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+_TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "VLLM_API_KEY")
 _MIN_SECRET = 4  # shorter values would scrub ordinary words
 
 _QUERY_KEYS = (
@@ -37,6 +52,71 @@ _SHAPES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?<![A-Za-z0-9])hf_[A-Za-z0-9]{12,}"), f"hf_{MASK}"),
 )
 _QUERY_KEY = re.compile(rf"(?i)^(?:{_QUERY_KEYS})$")
+
+# the credential options the engines define, for their abbreviations (see the docstring)
+KNOWN_CREDENTIAL_OPTIONS = ("--hf-token", "--api-key", "--admin-api-key")
+_CREDENTIAL_WORD = re.compile(
+    r"(?i)^[a-z0-9]+(?:[-_][a-z0-9]+)*[-_](?:token|key|secret|password|passwd|credentials?)$"
+)
+_MIN_ABBREV = 5  # "--hf-": shorter prefixes are ambiguous to any parser
+# a shell word, quoted parts included (a bare one stops at ")" "," ";": prose around it; the
+# literal values of this process's argv catch a secret holding those)
+_VALUE = r"""(?:'[^']*'|"[^"]*"|[^\s'",;)]+)+"""
+_OPTION_VALUE = re.compile(rf"(?<![\w-])(--[A-Za-z][\w-]*)(=|\s+)({_VALUE})")
+_OPTION_VALUES = re.compile(
+    rf"(?<![\w-])(--[A-Za-z][\w-]*)([ \t]+)({_VALUE}(?:[ \t]+(?!-){_VALUE})*)"
+)
+LIST_CREDENTIAL_OPTIONS = ("--api-key", "--admin-api-key")  # several values each (nargs +)
+_NAMED_VALUE = re.compile(rf"(?<![\w./-])([A-Za-z][\w-]*)=({_VALUE})")
+_QUOTED_KEY = re.compile(
+    r"""(['"])([A-Za-z][\w-]*)\1(\s*:\s*)(\[[^\]]*\]|'[^']*'|"[^"]*"|[^\s,}\]]+)"""
+)
+
+
+def credential_name(name: str) -> bool:
+    """NAME (an option, variable or key; dashes or underscores) carries a credential."""
+    return bool(_CREDENTIAL_WORD.match(name.lstrip("-")))
+
+
+def credential_option(word: str) -> bool:
+    """WORD (`--name`, without `=value`) is an option whose value is a credential, or an
+    abbreviation of one the engines define."""
+    if not word.startswith("--") or word == "--":
+        return False
+    name = "--" + word[2:].replace("_", "-")
+    if credential_name(name):
+        return True
+    return len(name) >= _MIN_ABBREV and any(o.startswith(name) for o in KNOWN_CREDENTIAL_OPTIONS)
+
+
+def argv_secrets(argv: list[str] | tuple[str, ...]) -> list[str]:
+    """The values given to credential options in ARGV (`--opt V [V ...]`, `--opt=V`)."""
+    found: list[str] = []
+    taking = False
+    for arg in argv:
+        if arg.startswith("-"):
+            word, eq, value = arg.partition("=")
+            taking = credential_option(word) and not eq
+            if eq and credential_option(word):
+                found.append(value)
+        elif taking:
+            found.append(arg)  # vLLM's --api-key takes several (nargs +)
+    return found
+
+
+def redact_argv(argv: list[str] | tuple[str, ...]) -> list[str]:
+    """ARGV with the values of its credential options masked (the options themselves kept)."""
+    out: list[str] = []
+    taking = False
+    for arg in argv:
+        if arg.startswith("-"):
+            word, eq, _value = arg.partition("=")
+            secret = credential_option(word)
+            taking = secret and not eq
+            out.append(f"{word}={MASK}" if eq and secret else arg)
+        else:
+            out.append(MASK if taking else arg)
+    return out
 
 
 def _hf_home() -> str:
@@ -93,31 +173,72 @@ def _endpoint_secrets() -> list[str]:
 
 def secrets() -> list[str]:
     """Literal secret values to scrub, longest first (so no part of one is left showing)."""
+    import sys
+
     values = [os.environ.get(name) or "" for name in _TOKEN_ENV]
-    values += _stored_tokens() + _endpoint_secrets()
+    values += _stored_tokens() + _endpoint_secrets() + argv_secrets(sys.argv[1:])
     wanted = {v.strip() for v in values if len(v.strip()) >= _MIN_SECRET}
     return sorted(wanted, key=len, reverse=True)
 
 
-def redact(text: str) -> str:
-    """TEXT with every credential qwenprep knows of, or that looks like one, masked."""
+def _mask_values(m: re.Match[str]) -> str:
+    name = "--" + m[1][2:].replace("_", "-")
+    several = len(name) >= _MIN_ABBREV and any(o.startswith(name) for o in LIST_CREDENTIAL_OPTIONS)
+    return f"{m[1]}{m[2]}" + " ".join(MASK for _ in m[3].split()) if several else m[0]
+
+
+def _mask_option(m: re.Match[str]) -> str:
+    return f"{m[1]}{m[2]}{MASK}" if credential_option(m[1]) else m[0]
+
+
+def _mask_named(m: re.Match[str]) -> str:
+    return f"{m[1]}={MASK}" if credential_name(m[1]) else m[0]
+
+
+def _mask_key(m: re.Match[str]) -> str:
+    return f"{m[1]}{m[2]}{m[1]}{m[3]}{MASK}" if credential_name(m[2]) else m[0]
+
+
+def redact(text: str, known: list[str] | None = None) -> str:
+    """TEXT with every credential qwenprep knows of, or that looks like one, masked (KNOWN:
+    secrets(), when the caller already has it)."""
     if not text:
         return text
-    for secret in secrets():
+    for secret in secrets() if known is None else known:
         text = text.replace(secret, MASK)
     for pattern, repl in _SHAPES:
         text = pattern.sub(repl, text)
+    if "=" in text or "--" in text or ":" in text:
+        text = _OPTION_VALUES.sub(_mask_values, text)
+        text = _OPTION_VALUE.sub(_mask_option, text)
+        text = _NAMED_VALUE.sub(_mask_named, text)
+        text = _QUOTED_KEY.sub(_mask_key, text)
     return text
 
 
-def redact_obj(obj: Any) -> Any:
-    """A copy of a JSON-like value with every string in it redacted (keys included)."""
+def redact_obj(obj: Any, known: list[str] | None = None) -> Any:
+    """A copy of a JSON-like value with every string in it redacted (keys included), the
+    value of a credential-named key masked (an environment, an emitted config), and each list
+    of strings read as an argv (the values of its credential options masked)."""
+    known = secrets() if known is None else known
     if isinstance(obj, str):
-        return redact(obj)
+        return redact(obj, known)
     if isinstance(obj, dict):
-        return {redact_obj(k): redact_obj(v) for k, v in obj.items()}
+        return {
+            redact(str(k), known): (
+                MASK
+                if isinstance(k, str)
+                and credential_name(k)
+                and isinstance(v, (str, int, list))
+                and v not in ("", [])
+                else redact_obj(v, known)
+            )
+            for k, v in obj.items()
+        }
     if isinstance(obj, (list, tuple)):
-        return [redact_obj(v) for v in obj]
+        if obj and all(isinstance(v, str) for v in obj):
+            obj = redact_argv(obj)
+        return [redact_obj(v, known) for v in obj]
     return obj
 
 

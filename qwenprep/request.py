@@ -7,9 +7,121 @@ a unit is required), so both read `1m` and `141GB` the same way and refuse the s
 
 from __future__ import annotations
 
+import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+# ------------------------------------------------------------------ the rules of the options
+# One rule per option, for the command line and the Python API alike (the commands' click types
+# say the same lower bounds and choices; these are what both pass through): a refusal is a
+# UsageError (exit 2) naming the option, never a TypeError from deep inside the arithmetic.
+
+# GPUs in one deployment (--gpus, and what --tp x --pp, --nnodes and --gpus-per-node may ask
+# for). The largest one vLLM or SGLang deployment runs on a few thousand GPUs; 65,536 (8,192
+# nodes of 8) is far past it. A larger count is a typo, and counting it GPU by GPU (check lists
+# each GPU it is told of) would only exhaust memory.
+MAX_GPUS = 65_536
+MAX_GPUS_WHY = (
+    f"at most {MAX_GPUS:,}: qwenprep plans one deployment, and no one serving deployment is near "
+    f"{MAX_GPUS:,} GPUs (8,192 nodes of 8); a larger number is a typo"
+)
+KV_CACHE_DTYPES = ("auto", "fp8")
+MULTINODE_MODES = ("native", "dp", "ray")
+PORTS = (1, 65535)
+
+
+def whole(value: Any, option: str, *, low: int = 1, high: int | None = None) -> int:
+    """VALUE as a whole number from LOW to HIGH (MAX_GPUS: said with its reason); UsageError
+    for anything else (a bool, a float, a string: the API takes what the command line typed)."""
+    from qwenprep.errors import UsageError
+
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise UsageError(f"{option} takes a whole number (got {value!r}).")
+    n = operator.index(value)
+    if n < low:
+        raise UsageError(f"{option} must be at least {low} (got {n}).")
+    if high is not None and n > high:
+        why = MAX_GPUS_WHY if high == MAX_GPUS else f"at most {high}"
+        raise UsageError(f"{option} {n} is too large: {why}.")
+    return n
+
+
+def maybe_whole(value: Any, option: str, **bounds: Any) -> int | None:
+    return None if value is None else whole(value, option, **bounds)
+
+
+def flag(value: Any, option: str, *, optional: bool = False) -> Any:
+    """True or False (None too when OPTIONAL: "the model profile's")."""
+    from qwenprep.errors import UsageError
+
+    if isinstance(value, bool) or (optional and value is None):
+        return value
+    raise UsageError(f"{option} takes True or False (got {value!r}).")
+
+
+def text(value: Any, option: str, *, choices: Sequence[str] = (), optional: bool = True) -> Any:
+    """A string (or None: not given, when OPTIONAL); one of CHOICES when there are some."""
+    from qwenprep.errors import UsageError
+
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise UsageError(f"{option} takes a string (got {value!r}).")
+    if choices and value not in choices:
+        raise UsageError(f"{option} {value!r}: use {' or '.join(choices)}.")
+    return value
+
+
+def words(values: Any, option: str) -> tuple[str, ...]:
+    """A list of strings, as a shell passes arguments (a single string is not a list of them)."""
+    from qwenprep.errors import UsageError
+
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise UsageError(f"{option} takes a list of strings, one per argument (got {values!r}).")
+    odd = [v for v in values if not isinstance(v, str)]
+    if odd:
+        raise UsageError(
+            f"{option}: every argument must be a string, as on a command line (got {odd[0]!r})."
+        )
+    return tuple(values)
+
+
+def seconds(value: Any, option: str) -> float | None:
+    """A positive, finite number of seconds, or None."""
+    from qwenprep.errors import UsageError
+
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UsageError(f"{option} takes a number of seconds (got {value!r}).")
+    if not (value > 0 and math.isfinite(value)):
+        raise UsageError(f"{option} must be a positive number of seconds (got {value}).")
+    return float(value)
+
+
+def context_value(value: Any, option: str) -> str | None:
+    """A context as typed (1m, 256k, native, a token count) in text; None: not given."""
+    from qwenprep.errors import UsageError
+
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UsageError(f"{option} takes a token count such as 1048576, 1m or 256k.")
+    return str(value)
+
+
+def layout(tp: Any, pp: Any, gpus: Any) -> tuple[int | None, int, int | None]:
+    """--tp, --pp and --gpus by their rules; TP x PP no more GPUs than one deployment has."""
+    from qwenprep.errors import UsageError
+
+    t = maybe_whole(tp, "--tp", high=MAX_GPUS)
+    p = whole(pp, "--pp", high=MAX_GPUS)
+    g = maybe_whole(gpus, "--gpus", high=MAX_GPUS)
+    if t is not None and t * p > MAX_GPUS:
+        raise UsageError(f"TP {t} x PP {p} = {t * p:,} GPUs is too many: {MAX_GPUS_WHY}.")
+    return t, p, g
 
 
 def context_tokens(text: str | int | None, option: str = "--context") -> int | None:
@@ -89,11 +201,29 @@ class ServeRequest:
         multinode_mode: str | None = None,
         **kw: Any,
     ) -> ServeRequest:
-        """From options as typed: MAX_LEN in qwenprep's spelling (1m, 256k, a count)."""
+        """From options as typed: MAX_LEN in qwenprep's spelling (1m, 256k, a count); each
+        option by its rule (UsageError)."""
+        checked = {
+            "tp": maybe_whole(kw.pop("tp", None), "--tp", high=MAX_GPUS),
+            "ep": flag(kw.pop("ep", None), "--ep", optional=True),
+            "port": maybe_whole(kw.pop("port", None), "--port", low=PORTS[0], high=PORTS[1]),
+        }
+        for name in ("host", "served_model_name", "expect_digest", "repo_id"):
+            if name in kw:
+                checked[name] = text(kw.pop(name), "--" + name.replace("_", "-"))
+        multinode = MultiNode(
+            maybe_whole(nnodes, "--nnodes", high=MAX_GPUS),
+            maybe_whole(gpus_per_node, "--gpus-per-node", high=MAX_GPUS),
+            text(master_addr, "--master-addr"),
+            text(multinode_mode, "--multinode-mode", choices=MULTINODE_MODES),
+        )
         return cls(
-            max_model_len=context_tokens(max_len, "--max-model-len"),
-            extra_args=tuple(extra_args),
-            multinode=MultiNode(nnodes, gpus_per_node, master_addr, multinode_mode),
+            max_model_len=context_tokens(
+                context_value(max_len, "--max-model-len"), "--max-model-len"
+            ),
+            extra_args=words(extra_args, "extra_args"),
+            multinode=multinode,
+            **checked,
             **kw,
         )
 
@@ -158,6 +288,8 @@ class PlanRequest:
     gpu: str | None = None  # a catalog name (H200, ...)
     vllm_version: str | None = None
     prefill_budget: float | None = None
+    dcp: int = 1  # vLLM --decode-context-parallel-size (qwenprep.dcp)
+    prefix_caching: bool | None = None  # vLLM --[no-]enable-prefix-caching; None: its default
 
     @classmethod
     def from_options(
@@ -172,13 +304,28 @@ class PlanRequest:
         qwenprep's spelling; refusals are UsageErrors (exit 2) naming the option."""
         from qwenprep.contexts import parse_context
 
-        text = None if context is None else str(context)
-        if text is not None:
-            parse_context(text)  # refused here, before anything is read
+        ctx = context_value(context, "--context")
+        if ctx is not None:
+            parse_context(ctx)  # refused here, before anything is read
+        tp, pp, gpus = layout(kw.pop("tp", None), kw.pop("pp", 1), kw.pop("gpus", None))
         return cls(
-            context=text,
+            context=ctx,
+            tp=tp,
+            pp=pp,
+            gpus=gpus,
             gpu_memory=_checked(gpu_memory, "--gpu-memory"),
             kv_memory=_checked(kv_memory, "--kv-memory"),
+            ep=flag(kw.pop("ep", True), "--ep"),
+            kv_cache_dtype=text(
+                kw.pop("kv_cache_dtype", "auto"),
+                "--kv-cache-dtype",
+                choices=KV_CACHE_DTYPES,
+                optional=False,
+            ),
+            block_size=whole(kw.pop("block_size", 16), "--block-size"),
+            gpu=text(kw.pop("gpu", None), "--gpu"),
+            vllm_version=text(kw.pop("vllm_version", None), "--vllm-version"),
+            prefill_budget=seconds(kw.pop("prefill_budget", None), "--prefill-budget"),
             **kw,
         )
 
@@ -198,4 +345,6 @@ class PlanRequest:
             "block_size": self.block_size,
             "gpu": self.gpu,
             "prefill_budget": self.prefill_budget,
+            "dcp": self.dcp,
+            "prefix_caching": self.prefix_caching,
         }

@@ -30,7 +30,14 @@ from qwenprep.contexts import (
 from qwenprep.errors import InputError, QwenprepError
 from qwenprep.hashing import git_blob_sha1_of as git_blob_sha1
 from qwenprep.hub import local_dir_etag, snapshot_blobs
-from qwenprep.jsonio import atomic_write_bytes, fsync_dir, loads_located, read_regular_bytes
+from qwenprep.jsonio import (
+    REPLACED_SUFFIX,
+    atomic_write_bytes,
+    fsync_dir,
+    loads_located,
+    read_regular_bytes,
+    replaced_names,
+)
 from qwenprep.manifest import read_manifest
 from qwenprep.overlay import _io_error
 from qwenprep.overlay_remove import remove_overlay
@@ -43,7 +50,6 @@ BACKUP_NAMES = (
     "config.json.qwenprep-backup",
     "config.json.original",
 )
-REPLACED_SUFFIX = ".qwenprep-replaced"
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
 _COMMON_NATIVES = (NATIVE_QWEN3_CODER, 131072, 40960, 32768)
 
@@ -199,9 +205,7 @@ def backup_problem(current: bytes, backup: bytes) -> str | None:
 def keep_replaced(cfg: Path, data: bytes) -> Path:
     """Keep bytes revert is about to replace beside the file (config.json.qwenprep-replaced,
     then .1, .2 ...), so an undo can itself be undone."""
-    base = cfg.with_name(cfg.name + REPLACED_SUFFIX)
-    for i in range(1000):
-        p = base if i == 0 else base.with_name(f"{base.name}.{i}")
+    for p in replaced_names(cfg):
         if p.is_symlink() or p.exists():
             if p.is_file() and not p.is_symlink() and read_regular_bytes(p) == data:
                 return p
@@ -257,16 +261,26 @@ def revert_path(spec: str | Path, *, force: bool = False) -> RevertResult:
 
 
 def _revert_at(path: Path, force: bool) -> RevertResult:
-    if read_manifest(path) is not None:
+    manifest = read_manifest(path)
+    if manifest is not None:
+        from qwenprep.lifecycle import pin_sharer
+
+        sharer = pin_sharer(path, manifest)
         m = remove_overlay(path, force=force)
         if m is None:
             return RevertResult(
                 "absent", str(path), f"nothing at {path}: no overlay to remove (removed meanwhile?)"
             )
+        pin_note = (
+            f"; its cache pin {m['source']['pin']} is kept for {sharer}, the overlay it was "
+            "copied from"
+            if sharer is not None
+            else ""
+        )
         return RevertResult(
             "removed-overlay",
             str(path),
-            f"removed overlay {path} (source {m['source']['path']} untouched)",
+            f"removed overlay {path} (source {m['source']['path']} untouched){pin_note}",
         )
     if not path.exists():  # a concurrent revert removed it between our looks
         return RevertResult(

@@ -5,7 +5,6 @@ Format: 8-byte little-endian header length N, then N bytes of JSON, then the dat
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import struct
@@ -20,10 +19,15 @@ from typing import Annotated, Any
 import msgspec
 
 from qwenprep.errors import InputError
+from qwenprep.safetensors_json import ENTRY_FIELDS, loader_rules, parse_header, utf8
 
-# No real header is near this; it bounds what a garbage length can make us read.
-MAX_HEADER_BYTES = 100 * 1024 * 1024
+# safetensors' own reader refuses a longer header (MAX_HEADER_SIZE in safetensors 0.8.0,
+# safetensors/src/tensor.rs): no real header is near it; it bounds what a garbage length can
+# make us read.
+MAX_HEADER_BYTES = 100_000_000
 
+# dtype -> bytes per element: every dtype safetensors' own reader knows, no other (enum Dtype
+# and Dtype::bitsize in safetensors 0.8.0, safetensors/src/tensor.rs)
 DTYPE_BYTES: dict[str, float] = {
     "BOOL": 1,
     "U8": 1,
@@ -31,6 +35,8 @@ DTYPE_BYTES: dict[str, float] = {
     "F8_E4M3": 1,
     "F8_E5M2": 1,
     "F8_E8M0": 1,
+    "F8_E4M3FNUZ": 1,
+    "F8_E5M2FNUZ": 1,
     "I16": 2,
     "U16": 2,
     "F16": 2,
@@ -41,6 +47,7 @@ DTYPE_BYTES: dict[str, float] = {
     "I64": 8,
     "U64": 8,
     "F64": 8,
+    "C64": 8,
     "F4": 0.5,
     "F6_E2M3": 0.75,
     "F6_E3M2": 0.75,
@@ -83,14 +90,7 @@ def _why(e: BaseException) -> str:
     return getattr(e, "strerror", None) or str(e) or type(e).__name__
 
 
-def _utf8(text: str) -> bool:
-    """JSON's \\uXXXX escapes can spell lone surrogates, which no UTF-8 file name or terminal
-    takes (and safetensors' own reader rejects)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+_utf8 = utf8
 
 
 def _u64(x: object) -> int:
@@ -137,17 +137,17 @@ def read_header_bytes(path: Path) -> tuple[int, int, bytes]:
 
 
 def parse_header_json(path: Path, raw: bytes) -> dict[str, Any]:
-    """The header's JSON object; InputError otherwise."""
-    try:
-        obj = json.loads(raw.decode("utf-8"))
-    except RecursionError:
-        raise InputError(
-            f"{path}: header JSON is nested too deeply to be a safetensors header."
-        ) from None
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, over-long integer literals
-        raise InputError(f"{path}: header is not valid JSON ({e}).") from None
-    if not isinstance(obj, dict):
-        raise InputError(f"{path}: header is JSON but not an object.")
+    """The header's JSON object, read as safetensors' own reader reads it (safetensors_json:
+    no NaN, no field written twice, ...); InputError otherwise. A tensor name written twice
+    keeps its last entry, as that reader does, once each earlier one is typed as well."""
+    obj = parse_header(path, raw)
+    for name, entry in loader_rules(path, obj):
+        dtype = typed_tensors(path, {name: entry})[name].dtype
+        if dtype not in DTYPE_BYTES:
+            raise InputError(
+                f"{path}: tensor {name!r} is written twice, once with the unknown dtype "
+                f"{short_text(dtype)!r}; safetensors' own reader refuses this header."
+            )
     return obj
 
 
@@ -265,18 +265,22 @@ def _spans_sane(
     names are valid UTF-8, and the spans are contiguous from 0 and fill DATA_AREA exactly (in
     the header's own order, the writers' order, else sorted). Offsets need no range check:
     contiguous from 0 to data_area with each span >= 0 (dims are), every offset is in range.
-    TypeError for an unhashable dtype."""
+    The sizes fit the reader's 64 bits (size_overflows). TypeError for an unhashable dtype."""
+    counts = list(map(prod, shapes))
+    if 0 in counts and any(
+        size_overflows(s, 8) for s, n in zip(shapes, counts, strict=True) if n == 0
+    ):
+        return False
     if set(dtypes) <= _WHOLE_BYTES.keys():  # every width a whole number of bytes
-        sizes = list(map(mul, map(prod, shapes), map(_WHOLE_BYTES.__getitem__, dtypes)))
-        if sizes != list(map(sub, ends, starts)):
+        sizes = list(map(mul, counts, map(_WHOLE_BYTES.__getitem__, dtypes)))
+        if sizes != list(map(sub, ends, starts)) or max(sizes) >= 2**61:  # bits >= 2**64
             return False
     else:
         widths = list(map(DTYPE_BITS.get, dtypes))
         if None in widths:  # an unknown dtype (or none, or not a string)
             return False
-        if list(map(mul, map(prod, shapes), widths)) != list(
-            map(mul, map(sub, ends, starts), repeat(8))
-        ):
+        bits = list(map(mul, counts, widths))
+        if bits != list(map(mul, map(sub, ends, starts), repeat(8))) or max(bits) >= 2**64:
             return False
     try:
         "".join(names).encode("utf-8")  # a lone surrogate escape in a name
@@ -286,6 +290,19 @@ def _spans_sane(
         first, last = zip(*sorted(zip(starts, ends, strict=True)), strict=True)
         starts, ends = first, last
     return starts[0] == 0 and ends[-1] == data_area and starts[1:] == ends[:-1]
+
+
+def size_overflows(shape: Sequence[int], bits: int) -> bool:
+    """Whether safetensors' reader overflows computing SHAPE's size (Metadata::validate in
+    safetensors 0.8.0, safetensors/src/tensor.rs): it folds the dims in their order with
+    checked 64-bit multiplication, so [2**32, 2**32, 0] overflows before the 0 makes it empty,
+    then multiplies by the dtype's BITS; a header it overflows on is refused."""
+    count = 1
+    for d in shape:
+        count *= d
+        if count >= 2**64:
+            return True
+    return count * bits >= 2**64
 
 
 # what the fast path decodes as an integer: 0 .. 2**63 - 1 (msgspec's bounds stop at int64;
@@ -316,6 +333,8 @@ _DECODE_ENTRIES = msgspec.json.Decoder(dict[str, Entry]).decode
 # ValidationError), bytes that are not UTF-8 (UnicodeDecodeError, a ValueError), nesting
 _NOT_PLAIN = (msgspec.DecodeError, ValueError, RecursionError)
 _META_KEY = b"__metadata__"
+_FIELD_TOKENS = [b'"%s"' % f.encode() for f in sorted(ENTRY_FIELDS)]
+_NO_PATH = Path("header")
 _META_HEAD = b'{"__metadata__":'
 
 
@@ -378,7 +397,12 @@ def fast_entries(
       would otherwise skip an unknown field's value unchecked, bad UTF-8 or a 5000-digit
       number or deep nesting that json refuses); msgspec checks the types and ranges while
       parsing and that the bytes are UTF-8; sane_structs checks the rest as sane_entries
-      does."""
+      does;
+    - msgspec keeps the last of a repeated key where safetensors' reader refuses a field
+      written twice and reads every repeated tensor name: each of `"dtype"`, `"shape"` and
+      `"data_offsets"` must appear once per entry decoded (the strings hold no quote, so each
+      such token is a key, or a name spelled so, which only costs the fast path); and a `-0`,
+      an integer to msgspec, a float to that reader, is left to the json path."""
     if b"\\" in raw:
         return None
     meta: dict[str, str] | None = None
@@ -388,11 +412,11 @@ def fast_entries(
         if close < 0 or raw.count(_META_KEY) != 1 or not rest.startswith(b","):
             return None
         try:
-            obj = json.loads(raw[len(_META_HEAD) : close + 1].decode("utf-8"))
-        except ValueError:  # (UnicodeDecodeError too)
+            obj = parse_header(_NO_PATH, raw[len(_META_HEAD) : close + 1])
+        except InputError:  # (bad UTF-8 too)
             return None
-        if not isinstance(obj, dict) or not all(isinstance(v, str) for v in obj.values()):
-            return None
+        if type(obj) is not dict or not all(isinstance(v, str) for v in obj.values()):
+            return None  # (a key written twice: a Repeated, for the json path)
         meta = obj
         raw = b"{" + rest[1:]
     elif _META_KEY in raw:
@@ -401,6 +425,8 @@ def fast_entries(
         entries = _DECODE_ENTRIES(raw)
     except _NOT_PLAIN:
         return None
+    if b"-0" in raw or any(raw.count(f) != len(entries) for f in _FIELD_TOKENS):
+        return None  # a -0, a field or a tensor name written twice (or a name like "dtype")
     return (entries, meta) if sane_structs(entries, data_area) else None
 
 
@@ -487,7 +513,12 @@ def header_problems(h: SafetensorsHeader) -> list[str]:
         if t.start < 0 or t.end < t.start:
             probs.append(f"tensor {t.name}: data_offsets [{t.start}, {t.end}] are not a span")
             continue
-        if want != t.nbytes:
+        if size_overflows(t.shape, round(width * 8)):
+            probs.append(
+                f"tensor {t.name}: {t.dtype} x {short_text(list(t.shape))} overflows 64 bits "
+                "computing its size (safetensors' own reader refuses this header)"
+            )
+        elif want != t.nbytes:
             probs.append(
                 f"tensor {t.name}: {t.dtype} x {short_text(list(t.shape))} = "
                 f"{short_text(want)} bytes but data_offsets span {t.nbytes}"

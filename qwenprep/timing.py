@@ -411,7 +411,7 @@ def _capacity_at(plan: Any, n: int) -> tuple[bool, float]:
     from qwenprep.kvrules import kv_capacity
 
     if plan.kv.hybrid is not None:
-        h = hybrid_capacity(plan.kv.hybrid, plan.kv.available_bytes, n)
+        h = hybrid_capacity(plan.kv.hybrid, plan.kv.available_bytes, n, dcp=plan.request.dcp)
         return h.fits, h.max_concurrency
     kv = kv_capacity(
         plan.kv.available_bytes,
@@ -419,6 +419,7 @@ def _capacity_at(plan: Any, n: int) -> tuple[bool, float]:
         n,
         plan.rule,
         block_size=plan.request.block_size,
+        dcp=plan.request.dcp,
     )
     return kv.fits, kv.max_concurrency
 

@@ -1,5 +1,5 @@
-"""Validation of a Qwen3 config: JSON Schema (schemas/qwen3-config.schema.json) plus the
-invariants a schema cannot say. Every violation is collected, each with its JSON path."""
+"""Validation of a config of the Qwen line: the family's JSON Schema (schemas/*-config.schema.json)
+plus the invariants a schema cannot say. Every violation is collected, each with its JSON path."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from qwenprep.checkpoint import CONFIG
 from qwenprep.contexts import NATIVE_QWEN3_CODER, rope_type
 from qwenprep.errors import InputError, QwenprepError
 from qwenprep.families.dca import WHY as DCA_WHY
-from qwenprep.families.dca import dca_block, dca_native, engine_runs_dca
+from qwenprep.families.dca import dca_block, dca_disagreement, dca_native, engine_runs_dca
 from qwenprep.jsonio import loads_located, read_regular_bytes
 from qwenprep.model import ModelView
 from qwenprep.report import Check
@@ -300,6 +300,19 @@ def dca_checks(view: ModelView, vllm: VllmVersion | None = None) -> list[Check]:
     block = dca_block(view.raw)
     if block is None:
         return []
+    wrong = dca_disagreement(view.raw)
+    if wrong is not None:
+        return [
+            Check(
+                "invariant.dca",
+                "fail",
+                f"{wrong[1]}: qwenprep cannot tell the native context from it, and an overlay "
+                "built on it would run unscaled (or scale attention) from the wrong length. "
+                "Hint: restore the release's config.json (qwenprep revert PATH, or download "
+                "it again)",
+                wrong[0],
+            )
+        ]
     native = dca_native(view.raw)
     mpe = view.max_position_embeddings
     at = view.pointer("dual_chunk_attention_config")
@@ -455,9 +468,53 @@ def validate_checkpoint(path: Path, *, vllm: VllmVersion | None = None) -> list[
     if vllm is None and '"dual_chunk_attention_config"' in text:
         vllm = installed_vllm()  # the one config whose validity depends on the engine
     checks = validate_config_text(text, str(cfg), manifest=manifest, vllm=vllm)
+    if manifest is not None and '"dual_chunk_attention_config"' in text:
+        checks += dca_source_checks(loads_located(text, str(cfg)), manifest)
     if manifest is not None:
         stale = require_live(path)  # a dangling overlay raises: exit 3, with the rebuild
         checks += [Check("overlay.fresh", "warn", w, str(path)) for w in stale] or [
             Check("overlay.fresh", "pass", "the overlay's source is there and unchanged")
         ]
     return checks
+
+
+def dca_source_checks(config: Any, manifest: dict[str, Any]) -> list[Check]:
+    """An overlay that carries a DCA block (the vLLM < 0.11 overlay of a DCA release) is its
+    source's config.json (Qwen2.5-1M) or config_1m.json, which is config.json but for the DCA
+    block and the length (families.dca.release_1m_differences): anything else (another
+    rope_theta, another layer count) is another model's settings over the release's weights.
+    Nothing when the source's config.json cannot be read (overlay.fresh says why)."""
+    from qwenprep.families.dca import release_1m_differences
+
+    src = manifest.get("source")
+    path = src.get("path") if isinstance(src, dict) else None
+    if not isinstance(config, dict) or dca_block(config) is None or not isinstance(path, str):
+        return []
+    where = Path(path) / CONFIG
+    try:
+        source = loads_located(read_regular_bytes(where).decode("utf-8"), str(where))
+    except (OSError, UnicodeDecodeError, InputError):
+        return []
+    if not isinstance(source, dict):
+        return []
+    found = release_1m_differences(source, config, ("the source", "the overlay"))
+    if not found:
+        return [
+            Check(
+                "invariant.dca_source",
+                "pass",
+                f"the DCA config is the source's {CONFIG} but for the DCA block and the length",
+            )
+        ]
+    return [
+        Check(
+            "invariant.dca_source",
+            "fail",
+            f"the overlay's DCA config differs from the source's {where} in {len(found)} key(s) "
+            f"besides dual_chunk_attention_config and max_position_embeddings: "
+            f"{'; '.join(found[:4])}{' ...' if len(found) > 4 else ''}. Hint: rebuild it with "
+            "qwenprep patch SOURCE --context 1m --vllm-version 0.10 --out DIR --force from the "
+            "release's own files",
+            "$",
+        )
+    ]

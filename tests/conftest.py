@@ -14,6 +14,13 @@ from typing import Any, Callable
 
 import pytest
 from click.testing import CliRunner, Result
+from hypothesis import settings
+
+# No test depends on wall-clock speed: hypothesis never times an example (its default 200 ms
+# deadline, or any other, fails good work on a loaded machine). A test's own settings() add to
+# this profile; none of them sets a deadline (tests/test_habits.py holds that).
+settings.register_profile("qwenprep", deadline=None)
+settings.load_profile("qwenprep")
 
 # huggingface_hub reads HF_HUB_OFFLINE (and its other settings) once, when first imported.
 # Import it now, from the environment the suite started in, so a test that monkeypatches
@@ -63,6 +70,25 @@ def timed_run(argv: list[str]) -> float:
     t = time.monotonic()
     subprocess.run(argv, check=True, capture_output=True)
     return time.monotonic() - t
+
+
+def run_capped(args: list[str], mib: int = 1024) -> subprocess.CompletedProcess[str]:
+    """The console script with its address space capped at MIB MiB (RLIMIT_AS): a command
+    that would build something huge fails there (MemoryError) instead of taking the machine's
+    memory. A hang guard, not a speed test: a generous timeout."""
+    import resource
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (mib * 2**20, mib * 2**20))
+
+    return subprocess.run(
+        [str(QWENPREP_BIN), *args],
+        capture_output=True,
+        text=True,
+        preexec_fn=cap,
+        timeout=600,
+        check=False,
+    )
 
 
 def invoke(*args: str, input: str | None = None) -> Result:

@@ -188,6 +188,78 @@ def test_errors_are_qwenprep_errors(call: Any, code: int, message: str) -> None:
     assert (e.value.exit_code, e.value.message) == (code, message)
 
 
+# Hostile arguments (issue 20, item 16): each is what the command line refuses with exit 2, and
+# the API refuses it alike, by the same rule (qwenprep.request), never with a TypeError,
+# ZeroDivisionError or AttributeError from deep inside, and never accepting it.
+_KV = {"kv_memory": "1GiB"}
+HOSTILE = [
+    (qwenprep.plan, {**_KV, "pp": 0}, "--pp must be at least 1 (got 0)."),
+    (qwenprep.plan, {**_KV, "pp": "2"}, "--pp takes a whole number (got '2')."),
+    (qwenprep.plan, {**_KV, "tp": 2.0}, "--tp takes a whole number (got 2.0)."),
+    (qwenprep.plan, {**_KV, "tp": True}, "--tp takes a whole number (got True)."),
+    (qwenprep.plan, {"gpus": "8", "gpu_memory": "80GiB"}, "--gpus takes a whole number"),
+    (
+        qwenprep.plan,
+        {**_KV, "kv_cache_dtype": "bogus"},
+        "--kv-cache-dtype 'bogus': use auto or fp8.",
+    ),
+    (qwenprep.plan, {**_KV, "kv_cache_dtype": None}, "--kv-cache-dtype takes a string"),
+    (qwenprep.plan, {**_KV, "block_size": "16"}, "--block-size takes a whole number"),
+    (qwenprep.plan, {**_KV, "ep": "no"}, "--ep takes True or False (got 'no')."),
+    (qwenprep.plan, {**_KV, "prefill_budget": "60"}, "--prefill-budget takes a number of seconds"),
+    (qwenprep.plan, {**_KV, "context": 1.5}, "--context takes a token count"),
+    (qwenprep.plan, {**_KV, "gpu": 5}, "--gpu takes a string (got 5)."),
+    (qwenprep.plan, {**_KV, "vllm_version": ""}, "unreadable vLLM version ''"),
+    (qwenprep.plan, {**_KV, "vllm_version": 0.32}, "--vllm-version takes a string (got 0.32)."),
+    (qwenprep.check, {**_KV, "pp": 0, "engine": False}, "--pp must be at least 1 (got 0)."),
+    (qwenprep.check, {**_KV, "vllm_args": "--max-num-seqs 4"}, "vllm_args takes a list"),
+    (qwenprep.check, {**_KV, "vllm_args": ["--max-num-seqs", 4]}, "must be a string"),
+    (qwenprep.check, {**_KV, "engine": "no"}, "--engine takes True or False (got 'no')."),
+    (qwenprep.check, {**_KV, "strict": "yes"}, "--strict takes True or False (got 'yes')."),
+    (qwenprep.check, {**_KV, "kv_cache_dtype": "bogus"}, "--kv-cache-dtype 'bogus'"),
+    (qwenprep.serve_plan, {"port": "8000"}, "--port takes a whole number (got '8000')."),
+    (qwenprep.serve_plan, {"port": 70000}, "--port 70000 is too large: at most 65535."),
+    (qwenprep.serve_plan, {"extra_args": ["--max-num-seqs", 4]}, "(got 4)."),
+    (qwenprep.serve_plan, {"extra_args": ["--hf-overrides", {"a": 1}]}, "(got {'a': 1})."),
+    (qwenprep.serve_plan, {"extra_args": "--max-num-seqs 4"}, "extra_args takes a list"),
+    (qwenprep.serve_plan, {"tp": 0}, "--tp must be at least 1 (got 0)."),
+    (qwenprep.serve_plan, {"nnodes": 0}, "--nnodes must be at least 1 (got 0)."),
+    (qwenprep.serve_plan, {"nnodes": 10**12}, "--nnodes 1000000000000 is too large"),
+    (qwenprep.serve_plan, {"host": 5}, "--host takes a string (got 5)."),
+    (
+        qwenprep.serve_plan,
+        {"multinode_mode": "x"},
+        "--multinode-mode 'x': use native or dp or ray.",
+    ),
+    (qwenprep.serve_plan, {"max_model_len": True}, "--max-model-len takes a token count"),
+    (qwenprep.verify, {"deep": "no"}, "--deep takes True or False (got 'no')."),
+    (qwenprep.verify, {"vllm_python": 5, "engine": True}, "--vllm-python takes a string"),
+    (qwenprep.validate, {"vllm_version": 0.32}, "--vllm-version takes a string (got 0.32)."),
+    (qwenprep.validate, {"strict": "no"}, "--strict takes True or False (got 'no')."),
+    (qwenprep.revert, {"force": "yes"}, "--force takes True or False (got 'yes')."),
+]
+
+
+@pytest.mark.parametrize(
+    ("fn", "kw", "message"), HOSTILE, ids=[f"{f.__name__}-{k}" for f, k, _ in HOSTILE]
+)
+def test_hostile_arguments_are_usage_errors(fn: Any, kw: dict[str, Any], message: str) -> None:
+    with pytest.raises(QwenprepError) as e:
+        fn(TINY, **kw)
+    assert e.value.exit_code == 2 and message in e.value.message, e.value.message
+
+
+def test_a_path_that_is_not_text_is_a_usage_error(tmp_path: Path) -> None:
+    for call in (
+        lambda: qwenprep.revert(5),
+        lambda: qwenprep.validate(None),
+        lambda: qwenprep.patch(TINY, "1m", out=5),
+    ):
+        with pytest.raises(QwenprepError) as e:
+            call()
+        assert e.value.exit_code == 2 and "as a string (got" in e.value.message
+
+
 def test_missing_path_is_exit_3(tmp_path: Path) -> None:
     with pytest.raises(QwenprepError) as e:
         qwenprep.validate(tmp_path / "nope")

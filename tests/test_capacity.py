@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import QWENPREP_BIN, TINY, TINY_FP8, invoke
+from conftest import QWENPREP_BIN, TINY, TINY_FP8, invoke, run_capped
 from qwenprep.capacity import (
     PlanRequest,
     plan_capacity,
@@ -71,7 +71,7 @@ def test_480b_bytes_per_token(shape480: ModelShape) -> None:
     assert bytes_per_token_per_gpu(shape480, tp=1) == 253_952  # the DP layout: 8x more
 
 
-@pytest.mark.parametrize("version", ["0.21", "0.29", "0.32", "0.33"])
+@pytest.mark.parametrize("version", ["0.21", "0.29", "0.32", "0.33", "0.34"])
 def test_calibration_1(version: str) -> None:
     rule = vllm_rule(version)
     at_256k = kv_capacity(CAL1_BYTES, 31_744, 262_144, rule)
@@ -212,7 +212,7 @@ def test_rule_table() -> None:
     assert vllm_rule("0.29").reserves_null_block
     assert not vllm_rule("0.10.1").has_kv_cache_memory_bytes
     assert vllm_rule("0.10.2").has_kv_cache_memory_bytes
-    assert "0.33 rule is used" in vllm_rule("0.40").note
+    assert "0.34 rule is used" in vllm_rule("0.40").note
     assert vllm_rule("0.32.0+cpu").version == "0.32"
 
 
@@ -240,7 +240,7 @@ def test_resolve_rule_named_and_fallback() -> None:
     rule = resolve_rule(None)
     assert rule.source in ("installed", "default")
     if rule.source == "default":
-        assert rule.version == "0.33" and "no vLLM found" in rule.note
+        assert rule.version == "0.34" and "no vLLM found" in rule.note
     else:
         from importlib.metadata import version
 
@@ -359,10 +359,17 @@ def test_parallel_line_names_expert_parallel_only_across_gpus(big: Path) -> None
         "--gpu-memory",
         "141GiB",
         "--no-ep",
+        "--tp",
+        "2",
         "--vllm-version",
         "0.32",
     )
-    assert re.search(row("TP 8 x PP 1 x DP 1 (8 GPUs)"), r.stdout, re.M), r.stdout
+    assert re.search(row("TP 2 x PP 1 x DP 4 (8 GPUs)"), r.stdout, re.M), r.stdout
+    # TP 8 without expert parallel splits each FP8 expert into 320-wide shards, not whole
+    # 128-blocks: vLLM refuses it, check says FAIL, and plan refuses it alike (exit 2)
+    r = invoke("plan", str(big), "-c", "1m", "--gpus", "8", "--gpu-memory", "141GiB", "--no-ep")
+    assert r.exit_code == 2 and "vLLM refuses this layout" in r.stderr, r.output
+    assert "is not divisible by weight quantization block_n = 128" in r.stderr
 
 
 def test_dp_layout_advises_tp_plus_ep(big: Path) -> None:
@@ -380,7 +387,7 @@ def test_dp_layout_advises_tp_plus_ep(big: Path) -> None:
         "0.32",
     )
     assert code == 1
-    assert out["parallel"] == {"tp": 1, "pp": 1, "dp": 8, "ep": True, "gpus": 8}
+    assert out["parallel"] == {"tp": 1, "pp": 1, "dp": 8, "ep": True, "gpus": 8, "dcp": 1}
     assert out["bytes_per_token_per_gpu"] == 253_952
     assert out["advice"][0].startswith(
         "DP 8 keeps each sequence's whole KV cache on one TP group; TP 8 + --enable-expert-parallel"
@@ -592,3 +599,40 @@ def test_one_header_pass_gives_bytes_and_parameters(shape480: ModelShape, big: P
     assert shape480.params.total == 62 * per_layer + 6144 + 2 * 151_936 * 6144
     assert shape480.experts_per_token == 8 and shape480.full_attention_layers == 62
     assert shape480.quant_method == "fp8"
+
+
+# ------------------------------------------------------------------ counts and layouts (issue 20)
+
+
+def test_gpus_is_a_count_never_listed_gpu_by_gpu() -> None:
+    """plan --gpus 9999999999 was OOM-killed (a GPU object per GPU): now refused with the
+    maximum and why; the maximum itself plans at once, in a 1 GiB address space."""
+    r = run_capped(["plan", str(TINY), "--gpus", "9999999999", "--gpu-memory", "80GiB", "--json"])
+    assert r.returncode == 2, r.stderr
+    message = json.loads(r.stdout)["error"]["message"]
+    assert message.startswith("--gpus 9999999999 is too large: at most 65,536: ")
+    assert "no one serving deployment is near 65,536 GPUs" in message
+    r = run_capped(
+        ["plan", str(TINY), "--gpus", "65536", "--gpu-memory", "80GiB", "--tp", "4", "--json"]
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["parallel"]["gpus"] == 65536
+
+
+def test_plan_refuses_the_layouts_check_refuses() -> None:
+    """plan --tp 3 on 4 query heads said "fits: yes" while check failed it: both now judge
+    it by parallel.parallel_checks (plan: exit 2; check: the same FAIL line)."""
+    r = invoke("plan", str(TINY), "--tp", "3", "--kv-memory", "1GiB")
+    assert r.exit_code == 2, r.output
+    want = "TP 3 does not divide the 4 query heads (num_attention_heads)"
+    assert r.stderr.startswith(f"error: vLLM refuses this layout: {want}"), r.stderr
+    r = invoke("check", str(TINY), "--tp", "3", "--kv-memory", "1GiB", "--no-engine", "--json")
+    heads = [c for c in json.loads(r.stdout)["checks"] if c["id"] == "parallel.heads"]
+    assert r.exit_code == 1 and heads[0]["status"] == "fail" and want in heads[0]["message"]
+    # an absurd TP: refused with the maximum, never "0.00 GiB of weights per GPU, fits"
+    r = invoke("plan", str(TINY), "--tp", "1099511627776", "--kv-memory", "1GiB")
+    assert r.exit_code == 2 and "--tp 1099511627776 is too large: at most 65,536" in r.stderr
+    assert "0.00 GiB" not in r.output
+    # TP x PP past the maximum too, each under it
+    r = invoke("plan", str(TINY), "--tp", "4", "--pp", "65536", "--kv-memory", "1GiB")
+    assert r.exit_code == 2 and "TP 4 x PP 65536 = 262,144 GPUs is too many" in r.stderr

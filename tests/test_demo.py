@@ -26,8 +26,10 @@ TITLES = [
     "validate",
     "plan (2 GiB KV, TP 1)",
     "engine readback + serve",
+    "serve past native",
     "revert",
 ]
+SERVING = ("engine readback + serve", "serve past native")
 
 
 def _common(out: dict[str, Any], titles: list[str], workdir: Path) -> dict[str, list[str]]:
@@ -54,7 +56,7 @@ def test_demo_without_serving(tmp_path: Path) -> None:
     before = tree_state(TINY)
     r = invoke("demo", "--no-serve", "--json", "--workdir", str(tmp_path))
     assert r.exit_code == 0, r.output
-    titles = [t for t in TITLES if t != "engine readback + serve"]
+    titles = [t for t in TITLES if t not in SERVING]
     _common(json.loads(r.stdout), titles, tmp_path)
     assert tree_state(TINY) == before
 
@@ -69,7 +71,7 @@ def test_demo_serves_the_tiny_overlay_at_1m(tmp_path: Path) -> None:
         [str(QWENPREP_BIN), "demo", "--json", "--workdir", str(tmp_path)],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1800,  # a hang guard only: two vLLM starts on a loaded 2-core machine
         env=env,
     )
     assert p.returncode == 0, p.stderr[-4000:]
@@ -86,4 +88,21 @@ def test_demo_serves_the_tiny_overlay_at_1m(tmp_path: Path) -> None:
     assert len(tool) == 1 and tool[0].endswith(" tool call(s), first: get_weather")
     assert not tool[0].startswith("tool_choice required: 0 ")
     assert serve[-1] == "stopped (exit 0)"
+    past = lines["serve past native"]
+    assert past[0].startswith("tiny-qwen3-coder-native4k: the same weights with a 4,096-token")
+    assert any(ln.startswith("/v1/models: ") and ln.endswith(" max_model_len 16384") for ln in past)
+    ran = [ln for ln in past if ln.startswith("past native: ")]
+    assert len(ran) == 1 and "(native window 4,096) ran; first token after " in ran[0], past
+    assert past[-1] == "stopped (exit 0)"
+    assert not (tmp_path / "tiny-qwen3-coder-native4k").exists()
     assert tree_state(TINY) == before
+
+
+def test_a_file_as_workdir_is_refused_before_any_step(tmp_path: Path) -> None:
+    f = tmp_path / "a-file"
+    f.write_text("mine\n")
+    r = invoke("demo", "--no-serve", "--json", "--workdir", str(f))
+    assert r.exit_code == 2, r.output
+    out = json.loads(r.stdout)
+    assert "is a file, not a directory" in out["error"]["message"]
+    assert f.read_text() == "mine\n"

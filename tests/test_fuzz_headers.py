@@ -8,11 +8,12 @@ types, negative/huge/float numbers, nested objects, duplicate keys, unicode and 
 (absolute and `..` paths, non-strings, huge lists, over-long names).
 
 Properties: `read_header` raises only QwenprepError subclasses; `verify_checkpoint` and
-`qwenprep verify --json` never traceback (exit 0/1/3, one JSON object on stdout); each example
-finishes within 2 s; and nothing outside the checkpoint is opened: a sentinel shard beside the
-checkpoint (a real, readable safetensors file) is watched with inotify while index entries point
-at it as `../sentinel.safetensors` and by absolute path, and a FIFO variant runs in a subprocess
-with a timeout (opening a FIFO for reading blocks, so a reader that opened it would hang).
+`qwenprep verify --json` never traceback (exit 0/1/3, one JSON object on stdout); and nothing
+outside the checkpoint is opened: a sentinel shard beside the checkpoint (a real, readable
+safetensors file) is watched with inotify while index entries point at it as
+`../sentinel.safetensors` and by absolute path, and a FIFO variant runs in a subprocess with a
+timeout (opening a FIFO for reading blocks, so a reader that opened it would hang). No example
+is timed (no hypothesis deadline): a loaded machine is slow, not wrong.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import shutil
 import struct
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +41,9 @@ from qwenprep.synth import make_shaped_checkpoint, tiny_fp8_config
 
 INDEX = "model.safetensors.index.json"
 SENTINEL = "sentinel.safetensors"
-PER_EXAMPLE_S = 2.0
 FUZZ = settings(
     max_examples=800,
-    deadline=int(PER_EXAMPLE_S * 1000),
+    deadline=None,  # never timed: a loaded machine is slow, not wrong
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     database=None,
@@ -142,7 +141,6 @@ def st_bytes(header: Any, data: bytes, *, raw_json: bytes | None = None) -> byte
 
 # ------------------------------------------------------------------ the properties
 def check_everything(world: dict[str, Any], ck: Path, shards: list[str]) -> None:
-    t0 = time.monotonic()
     for s in shards:
         try:
             read_header(ck / s)
@@ -155,7 +153,6 @@ def check_everything(world: dict[str, Any], ck: Path, shards: list[str]) -> None
     assert r.exit_code in (0, 1, 3), r.output
     out = json.loads(r.stdout)
     assert isinstance(out, dict) and out["schema_version"] == 1 and out["ok"] is (r.exit_code == 0)
-    assert time.monotonic() - t0 < PER_EXAMPLE_S
     assert world["watch"].events() == 0, "the sentinel outside the checkpoint was opened"
     shutil.rmtree(ck)
 
@@ -370,10 +367,11 @@ def _one_tensor(tmp: Path, header_json: str, data: bytes = b"\0" * 4) -> Path:
 @pytest.mark.parametrize(
     "header,why",
     [
-        ('{"a":{"dtype":"F32","shape":[1e999],"data_offsets":[0,4]}}', "malformed header entry"),
+        # (safetensors' reader: "number out of range", as for every number past f64)
+        ('{"a":{"dtype":"F32","shape":[1e999],"data_offsets":[0,4]}}', "is out of range"),
         (
             '{"a":{"dtype":"F32","shape":[' + "9" * 5000 + '],"data_offsets":[0,4]}}',
-            "header is not valid JSON (Exceeds the limit (4300 digits)",
+            "header is not valid JSON (number 9999999999999999999999999999999999999999 is out",
         ),
         ('{"a":' + "[" * 100_000 + "]" * 100_000 + "}", "header JSON is nested too deeply"),
         ('{"a":{"dtype":"F32","shape":"12","data_offsets":[0,4]}}', "malformed header entry"),
@@ -416,7 +414,11 @@ def test_huge_shape_of_a_fractional_dtype_is_reported_not_raised(tmp_path: Path)
     assert r.exit_code == 1
     msg = json.loads(r.stdout)["checks"][0]["message"]
     assert msg.startswith("model.safetensors: tensor a: F4 x [18446744073709551615, ")
-    assert "chars) bytes but data_offsets span 4" in msg
+    # safetensors' reader overflows computing its size: that, and nothing else, is said
+    assert msg.endswith(
+        "chars) overflows 64 bits computing its size (safetensors' own reader refuses this "
+        "header). Hint: re-download the damaged file(s): qwenprep fetch ORG/NAME"
+    ), msg
     odd = tmp_path / "odd"
     odd.mkdir()
     raw = json.dumps({"a": {"dtype": "F6_E2M3", "shape": [1], "data_offsets": [0, 1]}}).encode()
@@ -498,7 +500,7 @@ def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     import sys
 
     r = subprocess.run(
-        [sys.executable, "-c", code, str(fifo)], capture_output=True, text=True, timeout=30
+        [sys.executable, "-c", code, str(fifo)], capture_output=True, text=True, timeout=300
     )
     assert r.stdout.strip() == f"{fifo}: not a regular file, so not a safetensors shard."
 
@@ -523,3 +525,186 @@ def test_index_pointing_at_an_outside_fifo_never_opens_it(tmp_path: Path) -> Non
     msg = checks["index.paths"]["message"]
     assert f"'../{SENTINEL}' climbs out of the checkpoint (..)" in msg
     assert f"'{fifo}' is an absolute path" in msg
+
+
+# ------------------------------------------------------------------ the loader's own verdict
+# Issue 20, item 9: a header is judged as safetensors' own reader judges it (vLLM loads with it;
+# qwenprep.safetensors_json says how serde_json differs from Python's json). Each case is a
+# whole file: safe_open gives the loader's verdict, and qwenprep's must be the same on every
+# path: the msgspec fast path (it may only accept what the loader accepts), the json slow path,
+# and verify itself (its shard.header check).
+_E = '"dtype":"U8","shape":[4],"data_offsets":[0,4]'
+_OK = "{" + _E + "}"
+# (@E: a well formed entry's fields; @OK: the entry)
+LOADER_CASES: dict[str, tuple[str, int]] = {
+    "plain": ('{"a":@OK}', 4),
+    "dtype written twice": ('{"a":{"dtype":"F32",@E}}', 4),
+    "shape written twice": ('{"a":{"dtype":"U8","shape":[2],"shape":[4],"data_offsets":[0,4]}}', 4),
+    "offsets written twice": ('{"a":{"data_offsets":[0,2],@E}}', 4),
+    "__metadata__ written twice": ('{"__metadata__":{},"__metadata__":{},"a":@OK}', 4),
+    "a metadata key twice": ('{"__metadata__":{"f":"pt","f":"x"},"a":@OK}', 4),
+    "a metadata key twice, once not text": ('{"__metadata__":{"f":1,"f":"x"},"a":@OK}', 4),
+    "a tensor name twice": ('{"a":@OK,"a":@OK}', 4),
+    "a tensor name twice, spans differ": (
+        '{"a":{"dtype":"U8","shape":[8],"data_offsets":[0,8]},"a":@OK}',
+        4,
+    ),
+    "a tensor name twice, first malformed": ('{"a":1,"a":@OK}', 4),
+    "a tensor name twice, first unknown dtype": (
+        '{"a":{"dtype":"Q","shape":[4],"data_offsets":[0,4]},"a":@OK}',
+        4,
+    ),
+    "a tensor name twice, first with a field twice": (
+        '{"a":{"dtype":"U8",@E},"a":@OK}',
+        4,
+    ),
+    "an unknown field twice": ('{"a":{@E,"x":1,"x":2}}', 4),
+    "NaN in an unknown field": ('{"a":{@E,"x":NaN}}', 4),
+    "-Infinity in an unknown field": ('{"a":{@E,"x":-Infinity}}', 4),
+    "1e400 in an unknown field": ('{"a":{@E,"x":1e400}}', 4),
+    "a 400-digit integer in an unknown field": ('{"a":{@E,"x":' + "9" * 400 + "}}", 4),
+    "a 30-digit integer in an unknown field": ('{"a":{@E,"x":' + "9" * 30 + "}}", 4),
+    "1e-400 in an unknown field": ('{"a":{@E,"x":1e-400}}', 4),
+    "-0 in an unknown field": ('{"a":{@E,"x":-0}}', 4),
+    "-0 in a shape": ('{"a":{"dtype":"U8","shape":[-0],"data_offsets":[0,0]},"b":@OK}', 4),
+    "a lone surrogate in an unknown field": ('{"a":{@E,"x":"\\ud800"}}', 4),
+    "a lone surrogate in an unknown key": ('{"a":{@E,"\\udc00":1}}', 4),
+    "a surrogate pair in an unknown field": ('{"a":{@E,"x":"\\ud83d\\ude00"}}', 4),
+    "an unknown field 125 deep": ('{"a":{@E,"x":' + "[" * 125 + "]" * 125 + "}}", 4),
+    "an unknown field 126 deep": ('{"a":{@E,"x":' + "[" * 126 + "]" * 126 + "}}", 4),
+    "an unknown object field 126 deep": (
+        '{"a":{@E,"x":' + '{"k":' * 126 + "1" + "}" * 126 + "}}",
+        4,
+    ),
+    "a shape overflowing 2**64 before its 0": (
+        '{"a":{"dtype":"U8","shape":[4294967296,4294967296,0],"data_offsets":[0,0]},"b":@OK}',
+        4,
+    ),
+    "a shape with its 0 first": (
+        '{"a":{"dtype":"U8","shape":[0,4294967296,4294967296],"data_offsets":[0,0]},"b":@OK}',
+        4,
+    ),
+    "the largest dim before a 0": (
+        '{"a":{"dtype":"U8","shape":[18446744073709551615,0],"data_offsets":[0,0]},"b":@OK}',
+        4,
+    ),
+    "a dim of 2**64": (
+        '{"a":{"dtype":"U8","shape":[18446744073709551616,0],"data_offsets":[0,0]},"b":@OK}',
+        4,
+    ),
+    "C64": ('{"a":{"dtype":"C64","shape":[2],"data_offsets":[0,16]}}', 16),
+    "the FNUZ fp8 dtypes": (
+        '{"a":{"dtype":"F8_E4M3FNUZ","shape":[4],"data_offsets":[0,4]},"b":{"dtype":"F8_E5M2FNUZ","shape":[4],"data_offsets":[4,8]}}',
+        8,
+    ),
+    "F4 of an odd count": ('{"a":{"dtype":"F4","shape":[3],"data_offsets":[0,2]}}', 2),
+    "a lower-case dtype": ('{"a":{"dtype":"u8","shape":[4],"data_offsets":[0,4]}}', 4),
+    "__metadata__ null": ('{"__metadata__":null,"a":@OK}', 4),
+    "a control character in a name": ('{"a\\u0001":@OK}', 4),
+    "a raw control character in a name": ('{"a\x01":@OK}', 4),
+    "trailing NUL": ('{"a":@OK}\x00', 4),
+    "padding spaces": ('{"a":@OK}   ', 4),
+    "a byte-order mark": ('\ufeff{"a":@OK}', 4),
+    "a float where an integer belongs": (
+        '{"a":{"dtype":"U8","shape":[4e0],"data_offsets":[0,4]}}',
+        4,
+    ),
+}
+# Where qwenprep is stricter than the loader, on purpose: a shard with no tensors is damage in
+# a checkpoint (round 2), and serde's other spellings of an entry (a struct as a list, an enum
+# as a map) are no writer's output and no other reader's input.
+STRICTER = {
+    "no tensors": ("{}", 0),
+    "metadata only": ('{"__metadata__":{"format":"pt"}}', 0),
+    "an entry as a list": ('{"a":["U8",[4],[0,4]]}', 4),
+    "a dtype as a map": ('{"a":{"dtype":{"U8":null},"shape":[4],"data_offsets":[0,4]}}', 4),
+}
+
+
+def _loader_accepts(p: Path) -> bool:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(p), framework="numpy"):
+            return True
+    except Exception:  # noqa: BLE001 - SafetensorError, its verdict
+        return False
+
+
+def _verdicts(tmp: Path, header: str, area: int) -> tuple[bool, bool, bool | None, bool]:
+    """(the loader's, verify's, the fast path's (None: left to the json path), the json
+    path's) verdicts on a one-shard checkpoint with this header."""
+    from qwenprep.safetensors_io import (
+        SafetensorsHeader,
+        fast_entries,
+        header_metadata,
+        header_problems,
+        parse_header_json,
+        typed_tensors,
+    )
+
+    ck = _one_tensor(tmp, header, b"\0" * area)
+    p = ck / "model.safetensors"
+    raw = header.encode("utf-8", "surrogatepass")
+    fast = None if fast_entries(raw, area) is None else True
+    try:
+        obj = parse_header_json(p, raw)
+        meta = header_metadata(p, obj)
+        typed = typed_tensors(p, obj)
+        slow = bool(typed) and not header_problems(
+            SafetensorsHeader(p, len(raw), 8 + len(raw) + area, typed, meta)
+        )
+    except InputError:
+        slow = False
+    checks = [c for c in verify_checkpoint(ck).checks if c.id == "shard.header"]
+    verify = not any(c.status == "fail" for c in checks)
+    return _loader_accepts(p), verify, fast, slow
+
+
+@pytest.mark.parametrize("name", list(LOADER_CASES))
+def test_header_verdict_is_the_loaders(tmp_path: Path, name: str) -> None:
+    header, area = LOADER_CASES[name]
+    header = header.replace("@OK", _OK).replace("@E", _E)
+    loader, verify, fast, slow = _verdicts(tmp_path, header, area)
+    assert verify == loader and slow == loader, (name, loader, verify, slow)
+    assert fast is None or loader, name  # the fast path never accepts what the loader refuses
+
+
+@pytest.mark.parametrize("name", list(STRICTER))
+def test_where_qwenprep_is_stricter_than_the_loader(tmp_path: Path, name: str) -> None:
+    loader, verify, fast, slow = _verdicts(tmp_path, *STRICTER[name])
+    assert loader and not verify and not fast and not slow, name
+
+
+def test_dtype_written_twice_fails_verify_and_verify_deep(tmp_path: Path) -> None:
+    """The report's repro: the tiny example's first entry with "dtype" written twice."""
+    ck = tmp_path / "tiny"
+    shutil.copytree(TINY_FP8, ck)
+    shard = sorted(ck.glob("*.safetensors"))[0]
+    blob = shard.read_bytes()
+    (n,) = struct.unpack("<Q", blob[:8])
+    head = blob[8 : 8 + n].decode()
+    twice = head.replace('"dtype":', '"dtype":"F32","dtype":', 1)
+    twice += " " * ((-len(twice)) % 8)
+    shard.write_bytes(struct.pack("<Q", len(twice)) + twice.encode() + blob[8 + n :])
+    assert not _loader_accepts(shard)
+    for deep in ([], ["--deep"]):
+        r = invoke("verify", str(ck), *deep, "--json")
+        assert r.exit_code == 1, r.output
+        fails = [c for c in json.loads(r.stdout)["checks"] if c["status"] == "fail"]
+        assert any(
+            c["id"] == "shard.header" and "field written twice" in c["message"] for c in fails
+        ), fails
+
+
+def test_header_longer_than_the_readers_limit_is_refused_unread(tmp_path: Path) -> None:
+    """safetensors' reader refuses a header over 100,000,000 bytes (MAX_HEADER_SIZE) before
+    reading it; qwenprep refuses it alike, by its length (a sparse file: nothing is written)."""
+    p = tmp_path / "model.safetensors"
+    with open(p, "wb") as f:
+        f.write(struct.pack("<Q", 100_000_001))
+        f.truncate(100_000_100)
+    assert not _loader_accepts(p)
+    with pytest.raises(InputError) as e:
+        read_header(p)
+    assert "header length 100000001 is impossible" in e.value.message

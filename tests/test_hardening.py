@@ -497,7 +497,7 @@ def test_fifos_never_hang_overlay_reads(
     ):
         try:
             r = subprocess.run(
-                [str(QWENPREP_BIN), *args, "--json"], capture_output=True, text=True, timeout=30
+                [str(QWENPREP_BIN), *args, "--json"], capture_output=True, text=True, timeout=300
             )
         except subprocess.TimeoutExpired:
             pytest.fail(f"qwenprep {' '.join(args)} hung on a FIFO as {where}")

@@ -10,7 +10,6 @@ import shutil
 import struct
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -124,18 +123,15 @@ def _rchar() -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux /proc/self/io")
-def test_480b_shaped_header_verify_is_fast_and_reads_only_headers(tmp_path: Path) -> None:
+def test_480b_shaped_header_verify_reads_only_headers(tmp_path: Path) -> None:
     ck = make_shaped_checkpoint(tmp_path / "big")  # 50 shards, ~450 GiB apparent, sparse
     verify_checkpoint(tmp_path / "big")  # warm imports and caches
     before = _rchar()
-    t0 = time.perf_counter()
     report = verify_checkpoint(ck)
-    elapsed = time.perf_counter() - t0
     read = _rchar() - before
     assert report.ok, [c for c in report.checks if c.status == "fail"]
     assert report.extra["files"] == 50 and report.extra["tensors"] == 60329
     assert report.extra["bytes"] > 440 * 2**30
-    assert elapsed < 10, elapsed
     # Everything read from disk by this process during verify (read(2) bytes, /proc rchar):
     # the headers, the index, config.json, plus at most one 8 KiB buffer per shard.
     small = sum((ck / n).stat().st_size for n in (INDEX, "config.json"))

@@ -148,7 +148,11 @@ def test_hf_cache_rm_leaves_a_dangling_overlay_that_every_gate_refuses(
     entry = _json(r, "list-result")["overlays"][0]
     assert entry["state"] == "dangling"
     assert entry["reasons"][0].startswith("the source ") and "is gone" in entry["reasons"][0]
-    rebuild = f"qwenprep patch {REPO} --context 1048576 --out {ov} --force"
+    # the overlay's own commit (fetched again first: its snapshot is gone), never main's
+    rebuild = (
+        f"qwenprep fetch {REPO}@{OLD} && "
+        f"qwenprep patch {REPO}@{OLD} --context 1048576 --out {ov} --force"
+    )
     assert entry["rebuild"] == rebuild
     r = _q(home, "list")
     assert r.returncode == 1 and r.stdout.startswith(f"dangling {ov}")

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from conftest import QWENPREP_BIN, TINY, invoke
+from conftest import QWENPREP_BIN, TINY, invoke, run_capped
 from qwenprep.capacity import shape_from_dir
 from qwenprep.kvrules import ModelShape
 from qwenprep.preflight import CheckOptions, parallel_checks, run_checks
@@ -255,7 +255,7 @@ def test_readme_deploy_line_passes_on_8x141_gib(overlay_1m: Path) -> None:
         "ep": True,
         "source": "model profile qwen3-coder-480b (as qwenprep serve)",
     }
-    assert out["plan"]["parallel"] == {"tp": 8, "pp": 1, "dp": 1, "ep": True, "gpus": 8}
+    assert out["plan"]["parallel"] == {"tp": 8, "pp": 1, "dp": 1, "ep": True, "gpus": 8, "dcp": 1}
     assert out["plan"]["max_concurrency_printed"] == "1.98x"
 
 
@@ -706,3 +706,14 @@ def test_pipelines_need_no_jq() -> None:
     """A fresh machine has python3 (qwenprep runs on it) but not necessarily jq."""
     for f in sorted(PIPELINES.iterdir()):
         assert "jq " not in f.read_text(), f.name
+
+
+def test_check_gpus_is_a_count_with_a_maximum() -> None:
+    """check --gpus 3e7 reached 8 GB (a GPU object per GPU, then each in the JSON): refused
+    with the maximum and why, in a 1 GiB address space (issue 20, item 17)."""
+    args = ["check", str(TINY), "--gpus", "30000000", "--gpu-memory", "80GiB", "--no-engine"]
+    r = run_capped([*args, "--json"])
+    assert r.returncode == 2, r.stderr
+    assert json.loads(r.stdout)["error"]["message"].startswith(
+        "--gpus 30000000 is too large: at most 65,536: qwenprep plans one deployment"
+    )

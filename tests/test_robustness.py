@@ -308,14 +308,14 @@ def test_hf_overrides_without_rope_theta_still_refused(tmp_path: Path) -> None:
 def test_one_newest_known_version() -> None:
     from qwenprep import capacity, engine
 
-    assert engine.NEWEST_KNOWN == (0, 33, 0)
+    assert engine.NEWEST_KNOWN == (0, 34, 0)
     assert not hasattr(engine, "ASSUMED_VERSION")
     assert not hasattr(capacity, "KNOWN_NEWEST")
     assert capacity.parse_version is engine.parse_version
     assert capacity.vllm_rule("0.11.1rc2").version == "0.11.1"
     assert capacity.vllm_rule("0.10.2+cpu").has_kv_cache_memory_bytes is True
     assert capacity.vllm_rule("0.10.1").has_kv_cache_memory_bytes is False
-    assert "newer than the known range 0.10-0.33" in capacity.vllm_rule("0.40").note
+    assert "newer than the known range 0.10-0.34" in capacity.vllm_rule("0.40").note
 
 
 def test_engine_does_not_import_urllib_request() -> None:

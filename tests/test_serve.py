@@ -77,6 +77,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
                 str(port),
                 "--ready-timeout",
                 "600",
+                "--no-proof",  # native is 262,144 here: tests/test_proof.py serves a small one
                 "--json",
             ],
             stdout=subprocess.PIPE,

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -24,11 +23,8 @@ def test_built_in_config_equals_the_published_reference() -> None:
     assert qwen3_coder_480b_fp8_config() == json.loads(REFERENCE.read_text())
 
 
-def test_480b_shape_is_release_sized_sparse_and_fast(tmp_path: Path) -> None:
-    t0 = time.perf_counter()
+def test_480b_shape_is_release_sized_and_sparse(tmp_path: Path) -> None:
     out = make_shaped_checkpoint(tmp_path / "ck")
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 10, elapsed
     shards = sorted(out.glob("*.safetensors"))
     assert len(shards) == 50
     assert shards[0].name == "model-00001-of-00050.safetensors"

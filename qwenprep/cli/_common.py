@@ -12,10 +12,24 @@ from qwenprep._version import __version__
 from qwenprep.cli.terminal import animated, colour_wanted
 from qwenprep.errors import EXIT_CHECKS_FAILED, QwenprepError
 from qwenprep.report import SCHEMA_VERSION, Report, dumps, render_checks, summary_line
+from qwenprep.request import KV_CACHE_DTYPES
+
+
+def echo(message: str = "", *, err: bool = False, nl: bool = True) -> None:
+    """click.echo through the redactor (qwenprep.redact): every line qwenprep prints, except a
+    bare path printed for a script to read (click.echo there, as for --json's "path")."""
+    from qwenprep.redact import redact
+
+    click.echo(redact(message), err=err, nl=nl)
 
 
 def _emit_json(obj: dict[str, Any]) -> None:
-    click.echo(dumps(obj))
+    """One JSON object on stdout, every string in it through the redactor (credential-named
+    keys and argv lists included; the top-level "path", a path qwenprep made, as it is)."""
+    from qwenprep.redact import redact_obj, secrets
+
+    known = secrets()
+    click.echo(dumps({k: v if k == "path" else redact_obj(v, known) for k, v in obj.items()}))
 
 
 def _fail(err: QwenprepError, as_json: bool) -> NoReturn:
@@ -24,7 +38,7 @@ def _fail(err: QwenprepError, as_json: bool) -> NoReturn:
     from qwenprep.redact import redact
 
     message = redact(err.message)
-    hint = redact(err.hint) if err.hint is not None else None
+    hint = redact(err.hint) if err.hint is not None else None  # the JSON goes through _emit_json
     if as_json:
         details = err.details() if hasattr(err, "details") else {}
         _emit_json(
@@ -34,7 +48,7 @@ def _fail(err: QwenprepError, as_json: bool) -> NoReturn:
                 "error": {"message": message, "hint": hint, "exit_code": err.exit_code, **details},
             }
         )
-    click.echo(f"error: {message}" + (f"\nHint: {hint}" if hint else ""), err=True)
+    echo(f"error: {message}" + (f"\nHint: {hint}" if hint else ""), err=True)
     sys.exit(err.exit_code)
 
 
@@ -64,14 +78,14 @@ def finish_report(
     if as_json:
         _emit_json(report.to_dict())
     else:
-        click.echo(
+        echo(
             render_checks(
                 report.checks, failed_only=failed_only, paint=_paint(), strict=report.strict
             )
         )
-        click.echo(summary_line(report.checks, strict=report.strict))
+        echo(summary_line(report.checks, strict=report.strict))
         if summary:
-            click.echo(summary)
+            echo(summary)
     sys.exit(0 if report.ok else EXIT_CHECKS_FAILED)
 
 
@@ -224,7 +238,7 @@ _gpu_options = [
     ),
     click.option(
         "--kv-cache-dtype",
-        type=click.Choice(["auto", "fp8"]),
+        type=click.Choice(KV_CACHE_DTYPES),
         default="auto",
         show_default=True,
         help="auto = the model dtype (bf16); fp8 = 1 byte.",

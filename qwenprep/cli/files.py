@@ -14,6 +14,7 @@ from qwenprep.cli._common import (
     _report_options,
     _usage,
     cli,
+    echo,
     finish_report,
     json_option,
     run,
@@ -82,7 +83,7 @@ def verify(
     def bar(done: int, total: int) -> None:  # worker threads call this, serialised
         line = meter.update(done, total)
         if line is not None:
-            click.echo(line, err=True, nl=not tty or done >= total)
+            echo(line, err=True, nl=not tty or done >= total)
 
     progress = bar if deep else None
     sglang = engine and _engine_name(serving_engine, vllm_python, as_json) == "sglang"
@@ -107,7 +108,7 @@ def verify(
         report = run(as_json, go)
     except KeyboardInterrupt:  # hashing stops at once and records nothing; exit 130
         if progress is not None and tty:
-            click.echo(err=True)
+            echo(err=True)
         _fail(
             Interrupted(
                 "interrupted: verify stopped before it finished; no hash record was written.",
@@ -163,6 +164,12 @@ def verify(
     metavar="N",
     help="Files downloaded at once (huggingface_hub's default: 8).",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="With --local-dir: download over files there whose bytes differ from the Hub's, "
+    "keeping each beside itself as NAME.qwenprep-replaced (without it fetch refuses, exit 3).",
+)
 @json_option
 def fetch(
     repo: str,
@@ -172,6 +179,7 @@ def fetch(
     exclude: tuple[str, ...],
     dry_run: bool,
     max_workers: int | None,
+    force: bool,
     as_json: bool,
 ) -> None:
     """Download the files serving needs (pinned commit), then verify them deeply.
@@ -188,7 +196,6 @@ def fetch(
       qwenprep fetch Qwen/Qwen3-Coder-30B-A3B-Instruct --include '*.json' --local-dir ./cfg
     """
     from qwenprep.fetch import fetch as do_fetch
-    from qwenprep.redact import redact, redact_obj
     from qwenprep.sizes import format_bytes
 
     res = run(
@@ -201,30 +208,31 @@ def fetch(
             exclude=exclude,
             dry_run=dry_run,
             max_workers=max_workers,
+            force=force,
         ),
     )
     if as_json:
-        _emit_json({k: v if k == "path" else redact_obj(v) for k, v in res.to_dict().items()})
+        _emit_json(res.to_dict())
     elif res.mode == "dry-run":
         for f in res.plan.files:
-            click.echo(f"{f.size if f.size is not None else '?':>14}  {f.name}")
-        click.echo(
+            echo(f"{f.size if f.size is not None else '?':>14}  {f.name}")
+        echo(
             f"dry run: {res.plan.spec.repo_id}@{res.plan.commit[:12]}: would fetch "
             f"{len(res.plan.files)} files, {format_bytes(res.plan.bytes_total)} "
             f"({res.plan.bytes_total:,} bytes; {format_bytes(res.plan.bytes_needed)} not "
             f"yet at {res.path}); nothing written",
             err=True,
         )
-        click.echo(redact(render_checks(res.checks)), err=True)
+        echo(render_checks(res.checks), err=True)
     elif res.mode == "offline":
-        click.echo(redact(render_checks(res.checks)), err=True)
+        echo(render_checks(res.checks), err=True)
         click.echo(str(res.path))
     else:
-        click.echo(
+        echo(
             f"{res.plan.spec.repo_id}@{res.plan.commit[:12]}: {len(res.plan.files)} "
             f"files, {format_bytes(res.plan.bytes_total)} in {res.seconds:.1f} s",
             err=True,
         )
-        click.echo(redact(render_checks([*res.checks, *res.verify.checks])), err=True)
+        echo(render_checks([*res.checks, *res.verify.checks]), err=True)
         click.echo(str(res.path))
     sys.exit(0 if res.ok else EXIT_CHECKS_FAILED)

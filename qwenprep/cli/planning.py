@@ -19,6 +19,7 @@ from qwenprep.cli._common import (
     _vllm_version_option,
     _with,
     cli,
+    echo,
     finish_report,
     json_option,
     run,
@@ -70,6 +71,21 @@ from qwenprep.report import Report
     help="Draw concurrency and prefill time against context into FILE (.svg or .png; "
     "needs the [chart] extra).",
 )
+@click.option(
+    "--dcp",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="vLLM's --decode-context-parallel-size: each of N TP ranks holds 1/N of a "
+    "request's KV tokens (needs TP above the KV heads; refused where vLLM refuses it).",
+)
+@click.option(
+    "--prefix-caching/--no-prefix-caching",
+    default=None,
+    help="vLLM's --enable-prefix-caching / --no-enable-prefix-caching for hybrid models "
+    "(mamba_cache_mode align holds whole state blocks); default: the version's own.",
+)
 @_vllm_version_option
 @serving_engine_option
 @vllm_python_option
@@ -96,6 +112,8 @@ def plan(
     gpu_model: str | None,
     prefill_budget: float | None,
     chart: str | None,
+    dcp: int,
+    prefix_caching: bool | None,
     vllm_version: str | None,
     serving_engine: str | None,
     vllm_python: str | None,
@@ -114,10 +132,19 @@ def plan(
       qwenprep plan ./overlay --gpus 8 --gpu-memory 143771MiB --serving-engine sglang
     """
     from qwenprep.capacity import make_plan
-    from qwenprep.request import PlanRequest
+    from qwenprep.request import PlanRequest, layout
 
     _check_sizes(as_json, gpu_memory=gpu_memory, kv_memory=kv_memory)
+    run(as_json, lambda: layout(tp, pp, gpus))  # SGLang's plan too: the maximum, with its why
     if _engine_name(serving_engine, vllm_python, as_json) == "sglang":
+        if dcp > 1 or prefix_caching is not None:
+            run(
+                as_json,
+                lambda: _usage(
+                    "--dcp and --[no-]prefix-caching are vLLM's; this plan is SGLang's "
+                    "(drop them, or plan for vLLM)."
+                ),
+            )
         _plan_sglang(
             model,
             as_json,
@@ -158,6 +185,8 @@ def plan(
             block_size=block_size,
             gpu=gpu_model,
             prefill_budget=prefill_budget,
+            dcp=dcp,
+            prefix_caching=prefix_caching,
         ),
     )
     p = run(as_json, lambda: make_plan(model, **req.plan_options()))
@@ -171,7 +200,7 @@ def plan(
     else:
         _echo_plan(p)
         if written:
-            click.echo(f"chart: {written}")
+            echo(f"chart: {written}")
     sys.exit(0 if p.fits else EXIT_CHECKS_FAILED)
 
 
@@ -181,7 +210,7 @@ def _echo_plan(p: Any) -> None:
     from qwenprep.timing import CONTEXT_COLUMNS
 
     rows, table, lines = p.summary_parts()
-    click.echo(
+    echo(
         render_plan(
             rows,
             table,
@@ -288,7 +317,7 @@ def check(
         as_json, lambda: gpu_memory_for(gpu_model, gpu_memory=gpu_memory, kv_memory=kv_memory)
     )
     for note in gpu_notes:
-        click.echo(f"note: {note}", err=True)
+        echo(f"note: {note}", err=True)
 
     def go() -> Report:
         from qwenprep.checkpoint import resolve_model

@@ -11,6 +11,7 @@ from qwenprep.cli._common import (
     _emit_json,
     _report_options,
     cli,
+    echo,
     finish_report,
     json_option,
     run,
@@ -80,7 +81,7 @@ def patch(
       qwenprep patch Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8 --context 1m
       qwenprep patch ./my-model --context 512k --out ./my-model-512k
     """
-    from qwenprep.patching import patch_overlay, patch_result
+    from qwenprep.patching import how_reached, patch_overlay, patch_result
 
     res = run(
         as_json,
@@ -93,18 +94,18 @@ def patch(
         _emit_json(patch_result(res))
         return
     for line in res.diff:
-        click.echo(line, err=True)
+        echo(line, err=True)
     for note in res.notes:
-        click.echo(f"warning: {note}", err=True)
+        echo(f"warning: {note}", err=True)
     if yarn_on_dca and m["factor"] != 1.0:
-        click.echo(
+        echo(
             "warning: --yarn-on-dca: YaRN over a Dual Chunk Attention release is not what "
             "the release was tuned for; check long-context quality.",
             err=True,
         )
-    click.echo(
+    echo(
         f"{res.status} overlay {res.path}: {m['target_context']} tokens "
-        f"(YaRN factor {m['factor']:.8g} over {m['native_context']}), "
+        f"({how_reached(m)}), "
         f"{len(m['files'])} files linked from {m['source']['path']}",
         err=True,
     )
@@ -181,17 +182,18 @@ def revert(path: str, force: bool, as_json: bool) -> None:
     if as_json:
         _emit_json({"schema_version": SCHEMA_VERSION, "ok": True, **res.to_dict()})
         return
-    click.echo(res.message)
+    echo(res.message)
 
 
-@cli.command("list", short_help="Overlays qwenprep made, each ok, stale or dangling.")
+@cli.command("list", short_help="Overlays qwenprep made: ok, stale, dangling or unpinned.")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @json_option
 def list_cmd(paths: tuple[Path, ...], as_json: bool) -> None:
     """List overlays under the default place ($HF_HOME/qwenprep/overlays) or PATHS (overlays,
     or folders holding them): source, context and state. ok; stale: the source config changed
     or the ref it came from moved; dangling: the source or a linked file is gone (after hf
-    cache rm, say). Exit 1 when any is not ok.
+    cache rm, say); unpinned: its cache pin is gone, so hf cache prune may delete its source
+    (the line says the patch command that re-pins it). Exit 1 when any is not ok.
 
     \b
     Examples:
@@ -214,13 +216,13 @@ def list_cmd(paths: tuple[Path, ...], as_json: bool) -> None:
         )
         sys.exit(0 if ok else EXIT_CHECKS_FAILED)
     if not found:
-        click.echo(f"no overlays under {', '.join(map(str, paths)) or overlays_home()}", err=True)
+        echo(f"no overlays under {', '.join(map(str, paths)) or overlays_home()}", err=True)
     for s in found:
-        click.echo(f"{s.state:<8} {s.path}  <- {s.source} @ {s.context} tokens")
+        echo(f"{s.state:<8} {s.path}  <- {s.source} @ {s.context} tokens")
         for r in s.reasons:
-            click.echo(f"         {r}")
+            echo(f"         {r}")
         if s.rebuild:
-            click.echo(f"         rebuild: {s.rebuild}")
+            echo(f"         rebuild: {s.rebuild}")
     sys.exit(0 if ok else EXIT_CHECKS_FAILED)
 
 
@@ -241,7 +243,8 @@ def list_cmd(paths: tuple[Path, ...], as_json: bool) -> None:
 def demo(workdir: Path | None, serve: bool, vllm_python: str | None, as_json: bool) -> None:
     """Run the main job end to end on the embedded tiny checkpoint.
 
-    verify -> patch to 1M -> validate -> plan -> engine readback and serve -> revert.
+    verify -> patch to 1M -> validate -> plan -> engine readback and serve -> a prompt past
+    the native window (a 4K-native variant at 16K) -> revert.
 
     \b
     Examples:
@@ -253,9 +256,9 @@ def demo(workdir: Path | None, serve: bool, vllm_python: str | None, as_json: bo
     from qwenprep.demo import Step, run_demo
 
     def show(step: Step) -> None:
-        click.echo(f"== {step.title}: {step.status}", err=as_json)
+        echo(f"== {step.title}: {step.status}", err=as_json)
         for line in step.lines:
-            click.echo(f"   {line}", err=as_json)
+            echo(f"   {line}", err=as_json)
 
     with tempfile.TemporaryDirectory(prefix="qwenprep-demo-") as tmp:
         base = workdir if workdir is not None else Path(tmp)
@@ -272,5 +275,5 @@ def demo(workdir: Path | None, serve: bool, vllm_python: str | None, as_json: bo
             }
         )
     else:
-        click.echo("demo finished: all steps passed" if ok else "demo FAILED", err=False)
+        echo("demo finished: all steps passed" if ok else "demo FAILED", err=False)
     sys.exit(0 if ok else EXIT_CHECKS_FAILED)

@@ -15,6 +15,7 @@ from qwenprep.cli._common import (
     _fail,
     _usage,
     cli,
+    echo,
     json_option,
     run,
     serving_engine_option,
@@ -22,6 +23,7 @@ from qwenprep.cli._common import (
 )
 from qwenprep.errors import QwenprepError
 from qwenprep.report import SCHEMA_VERSION
+from qwenprep.request import MULTINODE_MODES, PORTS
 
 
 @cli.command(short_help="Launch vLLM from the overlay with the right flags.")
@@ -45,7 +47,7 @@ from qwenprep.report import SCHEMA_VERSION
 @click.option("--host", default=None, help="Address vLLM listens on (vLLM's default: all).")
 @click.option(
     "--port",
-    type=click.IntRange(1, 65535),
+    type=click.IntRange(*PORTS),
     default=None,
     help="Port, 1-65535 (vLLM's default: 8000).",
 )
@@ -58,6 +60,20 @@ from qwenprep.report import SCHEMA_VERSION
     default=1800.0,
     show_default=True,
     help="Seconds to wait for /v1/models before giving up.",
+)
+@click.option(
+    "--proof/--no-proof",
+    default=True,
+    show_default=True,
+    help="Once ready, send one prompt longer than the native window (streamed, one output "
+    "token) and report its time to first token; a failure stops the server (exit 1).",
+)
+@click.option(
+    "--proof-tokens",
+    type=click.IntRange(1),
+    default=None,
+    metavar="N",
+    help="Length of the past-native prompt (default: native + max(256, native/64)).",
 )
 @click.option(
     "--expect-digest",
@@ -81,6 +97,12 @@ from qwenprep.report import SCHEMA_VERSION
     "the command(s) that use it (vllm serve MODEL --config FILE); start nothing.",
 )
 @click.option(
+    "--force",
+    is_flag=True,
+    help="With --emit-config: replace FILE even when it was edited after qwenprep wrote it, "
+    "or was not written by qwenprep.",
+)
+@click.option(
     "--emit",
     "emit",
     type=click.Choice(["k8s"]),
@@ -100,7 +122,7 @@ from qwenprep.report import SCHEMA_VERSION
 @click.option("--master-addr", default=None, help="Head node address for multi-node plans.")
 @click.option(
     "--multinode-mode",
-    type=click.Choice(["native", "dp", "ray"]),
+    type=click.Choice(MULTINODE_MODES),
     default=None,
     help="How nodes join (default: native if vLLM has it, else ray; dp if TP fits "
     "a node). SGLang: its own --nnodes/--node-rank/--dist-init-addr.",
@@ -119,9 +141,12 @@ def serve(
     vllm_python: str | None,
     dry_run: bool,
     ready_timeout: float,
+    proof: bool,
+    proof_tokens: int | None,
     expect_digest: str | None,
     log_file: Path | None,
     emit_config: Path | None,
+    force: bool,
     emit: str | None,
     image: str | None,
     nnodes: int | None,
@@ -175,11 +200,28 @@ def serve(
             run(as_json, lambda: _usage("--image is the container image of --emit k8s."))
         named_image: str = image
         run(as_json, lambda: check_image(named_image))
+    if force and emit_config is None:
+        run(as_json, lambda: _usage("--force goes with --emit-config FILE."))
+    if emit == "k8s":  # a manifest is printed and applied as it is: never with a secret in it
+        from qwenprep.redact import argv_secrets
+
+        if argv_secrets(vllm_args):
+            from qwenprep.errors import UsageError
+
+            def secret_in_manifest() -> None:
+                raise UsageError(
+                    "--emit k8s: the engine arguments after -- carry a credential (--api-key, "
+                    "--hf-token or another); the manifest would hold it in plain text.",
+                    hint="leave it out and give it to the pods from a Kubernetes Secret: env "
+                    "VLLM_API_KEY (vLLM reads it when --api-key is not given) or HF_TOKEN",
+                )
+
+            run(as_json, secret_in_manifest)
     if emit_config is not None:  # a bad target is said before vLLM is asked anything
         from qwenprep.engines.deploy import config_target
 
         named: Path = emit_config
-        emit_config = run(as_json, lambda: config_target(named))
+        emit_config = run(as_json, lambda: config_target(named, force=force))
 
     def make_plan() -> Any:
         req = ServeRequest.from_options(
@@ -213,9 +255,9 @@ def serve(
 
     plan = run(as_json, make_plan)
     for note in plan.notes:
-        click.echo(f"note: {note}", err=True)
+        echo(f"note: {note}", err=True)
     if emitting:
-        _emit_artefacts(plan, emit_config, emit, image, as_json)
+        _emit_artefacts(plan, emit_config, emit, image, as_json, force)
         return
     if dry_run or plan.nodes:
         if as_json:
@@ -224,20 +266,27 @@ def serve(
             )
         elif plan.nodes:
             for node in plan.nodes:
-                click.echo(f"# node {node.node_rank} ({node.role}, {plan.multinode_mode})")
-                click.echo(node.shell())
+                echo(f"# node {node.node_rank} ({node.role}, {plan.multinode_mode})")
+                echo(node.shell())
         else:
             for k in plan.unset_env:
-                click.echo(f"unset {k}")
+                echo(f"unset {k}")
             for k, v in plan.env.items():
-                click.echo(f"export {k}={v}")
-            click.echo(shlex.join(plan.argv))
+                echo(f"export {k}={v}")
+            echo(shlex.join(plan.argv))
         return
-    _serve_foreground(plan, ready_timeout, as_json, log_file)
+    proof_req = None
+    if proof:  # a bad --proof-tokens is said before the engine starts
+        from qwenprep.engines.proof import proof_request
+
+        proof_req = run(
+            as_json, lambda: proof_request(plan.model_path, plan.max_model_len, proof_tokens)
+        )
+    _serve_foreground(plan, ready_timeout, as_json, log_file, proof_req)
 
 
 def _emit_artefacts(
-    plan: Any, config: Path | None, emit: str | None, image: str | None, as_json: bool
+    plan: Any, config: Path | None, emit: str | None, image: str | None, as_json: bool, force: bool
 ) -> None:
     """serve --emit-config FILE / --emit k8s: write the artefacts; print the commands (text)
     or the manifest (YAML on stdout), or one JSON object with both."""
@@ -246,9 +295,9 @@ def _emit_artefacts(
     out: dict[str, Any] = {}
     written = None
     if config is not None:
-        written = run(as_json, lambda: deploy.emit_config(plan, config))
+        written = run(as_json, lambda: deploy.emit_config(plan, config, force=force))
         out["config"] = written.to_dict()
-        click.echo(f"wrote {config}: {len(written.options)} vLLM options", err=True)
+        echo(f"wrote {config}: {len(written.options)} vLLM options", err=True)
     manifest = None
     if emit == "k8s":
         manifest = run(
@@ -264,18 +313,22 @@ def _emit_artefacts(
         )
         return
     if manifest is not None:
-        click.echo(deploy.dump_yaml(manifest, deploy.K8S_HEADER), nl=False)
+        echo(deploy.dump_yaml(manifest, deploy.K8S_HEADER), nl=False)
         return
     assert written is not None  # emitting: --emit-config or --emit
     for node in written.nodes:
-        click.echo(f"# node {node.node_rank} ({node.role}, {plan.multinode_mode})")
-        click.echo(node.shell())
+        echo(f"# node {node.node_rank} ({node.role}, {plan.multinode_mode})")
+        echo(node.shell())
     if not written.nodes:
-        click.echo(out["config"]["command"])
+        echo(out["config"]["command"])
 
 
 def _serve_foreground(
-    plan: Any, ready_timeout: float, as_json: bool, log_file: Path | None
+    plan: Any,
+    ready_timeout: float,
+    as_json: bool,
+    log_file: Path | None,
+    proof_req: Any = None,
 ) -> NoReturn:
     """Run vLLM (or SGLang) as a child: its output on our stderr (vLLM's through its log
     file), SIGINT/SIGTERM forwarded; before ready qwenprep's exit codes, after it the
@@ -287,7 +340,7 @@ def _serve_foreground(
     from qwenprep.engines import vllm_server as eng
 
     who = "SGLang" if getattr(plan, "serving_engine", "vllm") == "sglang" else "vLLM"
-    click.echo(f"starting {who} {plan.engine.version}: {shlex.join(plan.argv)}", err=True)
+    echo(f"starting {who} {plan.engine.version}: {shlex.join(plan.argv)}", err=True)
     try:
         out: Any = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):
@@ -298,8 +351,8 @@ def _serve_foreground(
         log = log_file if log_file is not None else run(as_json, eng.default_log_path)
         note = eng.cpu_kv_note(plan)
         if note:
-            click.echo(f"note: {note}", err=True)
-        click.echo(f"vLLM log: {log}", err=True)
+            echo(f"note: {note}", err=True)
+        echo(f"vLLM log: {log}", err=True)
         handle = run(as_json, lambda: eng.start_server(plan, log=log, echo=out))
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: handle.send_signal(signum))
@@ -309,13 +362,14 @@ def _serve_foreground(
         handle.stop()
         _fail(err, as_json)
     entry = models["data"][0]
-    click.echo(
+    proofs = _run_proofs(plan, handle, proof_req, ready_timeout, as_json)
+    echo(
         f"ready: {plan.base_url}/v1 serves {entry['id']} with max_model_len "
         f"{entry['max_model_len']} (Ctrl-C stops it)",
         err=True,
     )
-    if as_json:
-        _emit_json(
+    if as_json:  # one object per line: a pipeline reads the ready line as it comes
+        _emit_json_line(
             {
                 "schema_version": SCHEMA_VERSION,
                 "ok": True,
@@ -324,9 +378,61 @@ def _serve_foreground(
                 "model": entry["id"],
                 "max_model_len": entry["max_model_len"],
                 "pid": handle.pid,
+                **proofs,
             }
         )
         sys.stdout.flush()
     rc = handle.wait()
-    click.echo(f"{who} exited with code {rc}", err=True)
+    echo(f"{who} exited with code {rc}", err=True)
     sys.exit(rc)
+
+
+def _run_proofs(
+    plan: Any, handle: Any, proof_req: Any, timeout: float, as_json: bool
+) -> dict[str, Any]:
+    """After ready: the past-native request (a failure stops the server, exit 3) and the
+    engine's own KV figure from /metrics. Returns the keys `serve --json` adds."""
+    from qwenprep.engines.proof import describe, engine_kv, run_proof
+    from qwenprep.errors import ChecksFailed
+
+    out: dict[str, Any] = {}
+    kv = engine_kv(plan.base_url)
+    if kv is not None:
+        out["engine_kv"] = kv
+        echo(
+            f"engine KV cache: {kv['num_gpu_blocks']:,} blocks of {kv['block_size']} = "
+            f"{kv['tokens']:,} tokens (vllm:cache_config_info)",
+            err=True,
+        )
+    if proof_req is None:
+        out["proof"] = {"past_native": None}
+        return out
+    echo(
+        f"proof: sending a {proof_req.prompt_tokens:,}-token prompt (native window "
+        f"{proof_req.native:,}) ...",
+        err=True,
+    )
+    result = run_proof(plan.base_url, plan.served_model_name, proof_req, timeout=timeout)
+    echo(describe(result), err=True)
+    if not result["ok"]:
+        handle.stop()
+        _fail(
+            ChecksFailed(
+                f"the server started but a prompt past the native window did not run: "
+                f"{result.get('error')}; stopped it.",
+                hint="qwenprep check PATH runs the gate without starting anything; "
+                "--no-proof skips this request.",
+            ),
+            as_json,
+        )
+    out["proof"] = {"past_native": result}
+    return out
+
+
+def _emit_json_line(obj: dict[str, Any]) -> None:
+    """One compact JSON object per line (serve --json's stream), through the redactor."""
+    import json
+
+    from qwenprep.redact import redact_obj, secrets
+
+    click.echo(json.dumps(redact_obj(obj, secrets()), ensure_ascii=False, separators=(",", ":")))

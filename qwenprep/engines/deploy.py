@@ -50,34 +50,86 @@ def serve_args(argv: Sequence[str]) -> tuple[str, tuple[str, ...]]:
     return argv[i + 1], tuple(argv[i + 2 :])
 
 
-def config_mapping(args: Sequence[str]) -> dict[str, Any]:
-    """vLLM serve options as the mapping a `--config` file holds: `--key VALUE` and
-    `--key=VALUE` -> key: VALUE (an integer when it is one), a lone `--key` -> key: true.
-    Refused (UsageError): a short option (`-tp`; a file key is always long) and an option
-    given twice (a file holds each key once)."""
-    out: dict[str, Any] = {}
-    i = 0
-    while i < len(args):
-        tok = args[i]
-        if not tok.startswith("--") or tok == "--":
-            raise UsageError(
-                f"{tok!r} cannot go into a vLLM --config file: only long options "
-                "(--name VALUE) can; write the long form after --."
-            )
-        name, eq, value = tok[2:].partition("=")
-        has_value = bool(eq)
-        if not has_value and i + 1 < len(args) and _VALUE.match(args[i + 1]):
-            value, has_value = args[i + 1], True
-            i += 1
-        if name in out:
-            raise UsageError(
-                f"--{name} is given twice; a vLLM --config file holds each option "
-                "once: give it once."
-            )
-        out[name] = (
-            (int(value) if re.fullmatch(r"-?\d{1,18}", value) else value) if has_value else True
+def _long_name(name: str) -> str:
+    """NAME (without its value) as the long option vLLM's parser reads it: a short option
+    (-tp) as its long form (gate_offline.SHORT, vLLM 0.32's), `_` as `-`."""
+    from qwenprep.gate_offline import SHORT
+
+    head, dot, keys = name.partition(".")
+    if head in SHORT:
+        head = "--" + SHORT[head]
+    elif head.startswith("--"):
+        head = "--" + head[2:].replace("_", "-")
+    else:
+        raise UsageError(
+            f"{name!r} cannot go into a vLLM --config file: only options (--name VALUE, "
+            "or a short option vLLM knows, e.g. -tp 2) can."
         )
-        i += 1
+    return head + dot + keys  # a prefix stays one: vLLM reads the file's keys as it reads argv
+
+
+def _file_value(value: str) -> Any:
+    """VALUE as the file holds it: vLLM turns a key's value back into text with str(), so an
+    integer is written as one only when str() gives VALUE back (`007` stays the string)."""
+    if re.fullmatch(r"-?[1-9]\d{0,17}|0", value) and str(int(value)) == value:
+        return int(value)
+    return value
+
+
+def split_options(args: Sequence[str]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """vLLM serve options ARGS as (the mapping a `--config` file holds, what must stay on the
+    command line). `--key VALUE`, `--key=VALUE`, `-tp VALUE` -> key: VALUE; a lone `--key` ->
+    key: true. A user's `--config FILE` is merged in as vLLM reads it (its options first, the
+    command line's win: FlexibleArgumentParser._pull_args_from_config, vLLM 0.32). A value
+    that starts with `-` stays on the command line as --key=VALUE (vLLM would read it from
+    the file as `--key -x`, an option). Refused (UsageError): an option given twice with
+    two values on the command line."""
+    from qwenprep.gate_offline import _yaml_args
+
+    args = list(args)
+    parts = [args]
+    if "--config" in args:
+        i = args.index("--config")
+        try:
+            parts = [_yaml_args(args[i + 1]), args[:i] + args[i + 2 :]]
+        except (ValueError, OSError, IndexError) as e:
+            raise UsageError(f"--config after --: cannot read it ({e}).") from None
+    out: dict[str, Any] = {}
+    line: dict[str, str] = {}
+    for part in parts:
+        seen: dict[str, Any] = {}
+        i = 0
+        while i < len(part):
+            tok = part[i]
+            name, eq, value = tok.partition("=")
+            key = _long_name(name)[2:]
+            has_value = bool(eq)
+            if not has_value and i + 1 < len(part) and _VALUE.match(part[i + 1]):
+                value, has_value = part[i + 1], True
+                i += 1
+            i += 1
+            got: Any = _file_value(value) if has_value else True
+            if key in seen and seen[key] != got:
+                raise UsageError(
+                    f"--{key} is given twice ({seen[key]!r}, {got!r}); a vLLM --config file "
+                    "holds each option once: give it once."
+                )
+            seen[key] = got
+            out.pop(key, None)
+            line.pop(key, None)
+            if isinstance(got, str) and got.startswith("-") and not _VALUE.match(got):
+                line[key] = f"--{key}={got}"
+            else:
+                out[key] = got
+    return out, tuple(line.values())
+
+
+def config_mapping(args: Sequence[str]) -> dict[str, Any]:
+    """The `--config` mapping of ARGS (split_options); UsageError when some option can only
+    be given on the command line."""
+    out, line = split_options(args)
+    if line:
+        raise UsageError(f"{line[0]} cannot go into a vLLM --config file: give it after --.")
     return out
 
 
@@ -89,7 +141,11 @@ def dump_yaml(data: Any, header: str = "") -> str:
             return True
 
     body: str = yaml.dump(data, Dumper=Plain, sort_keys=False, default_flow_style=False, width=100)
-    return "".join(f"# {ln}\n" if ln else "#\n" for ln in header.splitlines()) + body
+    return _comment(header) + body
+
+
+def _comment(text: str) -> str:
+    return "".join(f"# {ln}\n" if ln else "#\n" for ln in text.splitlines())
 
 
 @dataclass(frozen=True)
@@ -140,13 +196,49 @@ def _node_only(node: NodeCommand, shared: Sequence[str], extra: Sequence[str]) -
 
 
 CONFIG_HEADER = "# vLLM serve options for "  # how a file emit_config wrote begins
+DIGEST_LINE = "# Content sha256: "  # the last header line: the digest of the YAML below it
 
 
-def config_target(path: Path) -> Path:
+def _split_header(text: str) -> tuple[list[str], str]:
+    """TEXT's leading comment lines, and the rest (the YAML body)."""
+    lines = text.splitlines(keepends=True)
+    n = 0
+    while n < len(lines) and lines[n].startswith("#"):
+        n += 1
+    return lines[:n], "".join(lines[n:])
+
+
+def _body_digest(body: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+def _unchanged_ours(target: Path) -> str | None:
+    """None when TARGET is a file emit_config wrote and nobody edited since (its body still
+    has the digest its header names); else why not."""
+    if target.is_symlink() or not target.is_file():
+        return "is not a regular file qwenprep wrote"
+    try:
+        text = target.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return "was not written by qwenprep"
+    if not text.startswith(CONFIG_HEADER):
+        return "was not written by qwenprep"
+    header, body = _split_header(text)
+    said = [ln[len(DIGEST_LINE) :].strip() for ln in header if ln.startswith(DIGEST_LINE)]
+    if not said:
+        return "its header has no content digest (an edit, or an older qwenprep wrote it)"
+    if said[-1] != _body_digest(body):
+        return "was edited after qwenprep wrote it (its content no longer has its digest)"
+    return None
+
+
+def config_target(path: Path, *, force: bool = False) -> Path:
     """Where --emit-config writes, as an absolute path (the printed command must work from
     any directory), judged before anything is probed: a .yaml/.yml name in a directory that
-    exists, and no file there that qwenprep did not write (a config it wrote before is
-    replaced). UsageError / ConflictError otherwise."""
+    exists, and no file there but one qwenprep wrote and nobody edited since (FORCE: replace
+    any regular file). UsageError / ConflictError (exit 3) otherwise."""
     from qwenprep.errors import ConflictError
 
     if path.suffix not in (".yaml", ".yml"):
@@ -155,39 +247,36 @@ def config_target(path: Path) -> Path:
     if not target.parent.is_dir():
         raise UsageError(f"--emit-config {path}: the directory {target.parent} does not exist.")
     if target.is_symlink() or target.exists():
-        try:
-            ours = target.is_file() and not target.is_symlink()
-            if ours:
-                with target.open("rb") as f:
-                    ours = f.read(len(CONFIG_HEADER)) == CONFIG_HEADER.encode()
-        except OSError:
-            ours = False
-        if not ours:
+        why = _unchanged_ours(target)
+        if why is not None and (not force or target.is_symlink() or not target.is_file()):
             raise ConflictError(
-                f"--emit-config {path}: {target} exists and was not written by qwenprep; "
-                "refusing to overwrite it.",
-                hint="choose another file name, or move that file away.",
+                f"--emit-config {path}: {target} exists and {why}; refusing to overwrite it.",
+                hint="choose another file name, move that file away, or add --force to "
+                "replace it"
+                + ("" if target.is_file() and not target.is_symlink() else " (a regular file)"),
                 path=str(target),
             )
     return target
 
 
-def emit_config(plan: LaunchPlan, path: Path) -> EmittedConfig:
+def emit_config(plan: LaunchPlan, path: Path, *, force: bool = False) -> EmittedConfig:
     """Write PLAN's vLLM options to PATH (config_target) as a vLLM --config YAML; return it
-    with the command(s) that use it: `vllm serve MODEL --config PATH` (per node: plus the
-    node's own options)."""
-    path = config_target(path)
+    with the command(s) that use it: `vllm serve MODEL --config PATH` (plus what a file cannot
+    hold: split_options; per node: plus the node's own options)."""
+    path = config_target(path, force=force)
     model, args = serve_args(plan.argv)
     vllm_nodes = [n for n in plan.nodes if "serve" in n.argv]
     shared = _shared(plan) if vllm_nodes else args
-    options = config_mapping(shared)
+    options, line = split_options(shared)
     header = (
         f"vLLM serve options for {model}, written by qwenprep serve --emit-config.\n"
-        f"Use: vllm serve {shlex.quote(model)} --config {shlex.quote(str(path))}"
+        f"Use: vllm serve {shlex.join([model, '--config', str(path), *line])}"
     )
     if plan.digest:
         header += f"\nOverlay digest: {plan.digest}"
-    text = dump_yaml(options, header)
+    body = dump_yaml(options)
+    header += f"\n{DIGEST_LINE[2:]}{_body_digest(body)}"
+    text = _comment(header) + body
     try:
         path.write_text(text, encoding="utf-8")
     except OSError as e:
@@ -199,7 +288,7 @@ def emit_config(plan: LaunchPlan, path: Path) -> EmittedConfig:
         if plan.engine
         else ("vllm", "serve")
     )
-    argv = (*entry, model, "--config", str(path))
+    argv = (*entry, model, "--config", str(path), *line)
     nodes = []
     for node in plan.nodes:
         if "serve" in node.argv:
@@ -211,6 +300,7 @@ def emit_config(plan: LaunchPlan, path: Path) -> EmittedConfig:
                     model,
                     "--config",
                     str(path),
+                    *line,
                     *_node_only(node, shared, plan.extra_args),
                 ),
             )
@@ -245,25 +335,44 @@ def k8s_name(text: str) -> str:
     return name or "vllm"
 
 
+def _sizes(args: Sequence[str]) -> dict[str, Any]:
+    """The parallel sizes ARGS set, read as vLLM's parser reads them (short options, `_`
+    spellings, prefixes, `=`, a --config YAML; the last wins: gate_offline.offline_dests);
+    an argv that reading cannot take whole is read option by option, names normalised alike."""
+    from qwenprep.gate_offline import offline_dests
+
+    try:
+        return offline_dests(list(args))
+    except (ValueError, OSError):
+        pass
+    out: dict[str, Any] = {}
+    for i, a in enumerate(args):
+        name, eq, value = a.partition("=")
+        if not name.startswith("-") or re.fullmatch(r"-\d+(\.\d+)?", name):
+            continue
+        try:
+            key = _long_name(name)[2:].replace("-", "_")
+        except UsageError:
+            continue
+        out[key] = value if eq else args[i + 1] if i + 1 < len(args) else True
+    return out
+
+
 def _gpus(args: Sequence[str], plan: LaunchPlan) -> int:
     """GPUs one pod needs: TP x PP on a single node, else what each node's TP share is."""
+    sizes = _sizes(args)
 
-    def num(flag: str) -> int:
-        for i, a in enumerate(args):
-            name, eq, value = a.partition("=")
-            if name == flag:
-                try:
-                    return int(value if eq else args[i + 1])
-                except (ValueError, IndexError):
-                    return 1
-        return 1
+    def num(dest: str) -> int:
+        try:
+            return max(1, int(sizes.get(dest, 1)))
+        except (TypeError, ValueError):
+            return 1
 
-    tp = num("--tensor-parallel-size")
-    pp = num("--pipeline-parallel-size")
+    tp = num("tensor_parallel_size")
+    pp = num("pipeline_parallel_size")
     n = max(1, len(plan.nodes))
     if plan.multinode_mode == "dp":
-        local = num("--data-parallel-size-local")
-        return tp * max(1, local)
+        return tp * num("data_parallel_size_local")
     return max(1, (tp * pp) // n)
 
 

@@ -48,11 +48,14 @@ _CACHE: dict[str, dict[str, Any]] = {}
 
 
 def _items(plan: SglangPlan) -> list[dict[str, Any]]:
+    from qwenprep.gate import native_of
+
     argvs = [plan.argv] + [n.argv for n in plan.nodes]
+    native = native_of(plan.model_path, plan.max_model_len)
     out = []
     for argv in argvs:
         part = list(argv[3:])  # after PYTHON -m sglang.launch_server
-        out.append({"argv": part, "base": len(part) - len(plan.extra_args)})
+        out.append({"argv": part, "base": len(part) - len(plan.extra_args), "native": native})
     return out
 
 
@@ -259,7 +262,14 @@ def _online(
                 )
             ]
         )
-    return out + traps + _sglang_words(compare(r["view"], want, where), who)
+    from qwenprep.rotation import rotation_checks
+
+    return (
+        out
+        + traps
+        + _sglang_words(compare(r["view"], want, where), who)
+        + rotation_checks(r.get("rotation"), config, who, where)
+    )
 
 
 def gate_checks(
@@ -283,17 +293,11 @@ def gate_checks(
         for k in plan.unset_env
         if k in LIFTING_ENV
     ]
-    if engine is None or not engine.importable or offline_reason:
-        why = offline_reason or "SGLang is not installed in the named interpreter"
-        return env_note + [
-            Check(
-                "engine.readback",
-                "skip",
-                f"the SGLang readback did not run ({why}): the argv was not judged by SGLang",
-            )
-        ]
     config = _read_config(path)
     want = intent_of(config, _manifest(path), plan.max_model_len)
+    if engine is None or not engine.importable or offline_reason:
+        why = offline_reason or "SGLang is not installed in the named interpreter"
+        return env_note + _offline(plan, config, want, where, why)
     items = _items(plan)
     key = _key(plan, engine.python, items)
     if key not in _CACHE:
@@ -317,6 +321,67 @@ def gate_checks(
     return checks
 
 
+OVERRIDES = "--json-model-override-args"
+
+
+def _offline(
+    plan: SglangPlan, config: dict[str, Any], want: Any, where: str, why: str
+) -> list[Check]:
+    """Without SGLang: its --json-model-override-args judged as SGLang 0.5.23 applies it (the
+    traps above, and the overlay's intent against the config with the overrides set on top);
+    any other argument after -- refused, since nothing here can say what SGLang makes of it."""
+    from qwenprep.gate import compare
+    from qwenprep.gate_offline import offline_view
+
+    tag = "(offline, not judged by SGLang) "
+    out = [
+        Check(
+            "engine.readback",
+            "skip",
+            f"the SGLang readback did not run ({why}): the argv was not judged by SGLang",
+        )
+    ]
+    args, raw, other = list(plan.extra_args), [], []
+    i = 0
+    while i < len(args):
+        name, eq, value = args[i].partition("=")
+        if name.replace("_", "-") == OVERRIDES and (eq or i + 1 < len(args)):
+            raw.append(value if eq else args[i + 1])
+            i += 1 if eq else 2
+            continue
+        other.append(args[i])
+        i += 1
+    if other:
+        out.append(
+            Check(
+                "engine.offline",
+                "fail",
+                f"{tag}SGLang is not here to judge {' '.join(other)}: without it qwenprep reads "
+                f"only {OVERRIDES}. Hint: judge them with SGLang installed (--engine-python PY, "
+                "check without --no-engine), or drop them",
+            )
+        )
+    if not raw:
+        return out
+    try:
+        overrides = json.loads(raw[-1])  # argparse: the last one wins
+    except ValueError as e:
+        overrides = e
+    if not isinstance(overrides, dict):
+        return out + [
+            Check("engine.argv", "fail", f"{tag}{OVERRIDES} is not a JSON object: {raw[-1]}")
+        ]
+    out += override_traps(config, overrides, want.rope_theta, where)
+    nested = isinstance(config.get("text_config"), dict)
+    try:  # a nested model's text settings are judged by the traps: set on top, they do nothing
+        view = offline_view(config, {"hf_overrides": {} if nested else overrides})
+    except ValueError as e:
+        return out + [Check("engine.load", "fail", f"{tag}{e}", where)]
+    view["max_model_len"] = plan.max_model_len
+    judged = _sglang_words(compare(view, want, where), "SGLang")
+    return out + [replace(c, message=tag + c.message) for c in judged]
+
+
 def enforce(plan: SglangPlan, engine: SglangInfo | None) -> SglangPlan:
     """serve's use of the gate: ArgsRefused (exit 3) on any failed check."""
     from qwenprep.gate import ArgsRefused
@@ -329,13 +394,13 @@ def enforce(plan: SglangPlan, engine: SglangInfo | None) -> SglangPlan:
         ids = {c.id for c in bad}
         if "engine.own_args" in ids:
             hint = "set these with qwenprep's own options, not after --."
-        elif ids == {"engine.argv"}:
+        elif ids <= {"engine.argv", "engine.offline"}:
             hint = "drop or fix that argument; python -m sglang.launch_server --help lists them."
         else:
             hint = f"put the rope settings into config.json instead: {PATCH_FIX}."
+        where = f"{who} in {engine.python}" if engine else "judged offline: no SGLang here"
         raise ArgsRefused(
-            f"SGLang would not serve what was asked ({who} in "
-            f"{engine.python if engine else '?'}): {listed}",
+            f"SGLang would not serve what was asked ({where}): {listed}",
             hint=hint,
         )
     if engine is None:

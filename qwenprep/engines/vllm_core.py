@@ -129,10 +129,13 @@ def flag_refusal(arg: str, version: Version) -> str | None:
 
 
 # The versions qwenprep's rules were read from (docs/facts.md: the released source of 0.10.0
-# to 0.33.0). A plan without vLLM (dry runs, qwenprep plan/check) assumes the newest; beyond
-# it the rules are not known, and plans say so.
+# to 0.33.0; 0.34.0's CUDA wheel for its extensible KV cache, qwenprep.kv_extensible, and its
+# serve options, engines.vllm_flags). A plan without vLLM (dry runs, qwenprep plan/check)
+# assumes the newest; beyond it the rules are not known, and plans say so.
 OLDEST_KNOWN: Version = (0, 10, 0)
-NEWEST_KNOWN: Version = (0, 33, 0)
+NEWEST_KNOWN: Version = (0, 34, 0)
+NEWEST_KNOWN_MINOR = f"{NEWEST_KNOWN[0]}.{NEWEST_KNOWN[1]}"
+KNOWN_RANGE = f"{OLDEST_KNOWN[0]}.{OLDEST_KNOWN[1]}-{NEWEST_KNOWN_MINOR}"
 
 
 @dataclass(frozen=True)

@@ -211,6 +211,7 @@ def _validation_gate(
     )
     if not blocking:
         _edited_overlay_gate(path, manifest)
+        _stale_overlay_gate(path, manifest, notes)
         return
     mpe = ModelView(config).max_position_embeddings
     context = context_name(
@@ -257,18 +258,107 @@ def _edited_overlay_gate(path: Path, manifest: dict[str, Any] | None) -> None:
     )
 
 
+def option_value(extra: Sequence[str], *names: str) -> str | None:
+    """The value of the last of NAMES (``--long-name`` or a short ``-x``) in the arguments after
+    --, in either spelling (``--a-b V``, ``--a_b=V``); "" for a flag given without a value;
+    None when absent."""
+    found: str | None = None
+    for i, arg in enumerate(extra):
+        name, eq, value = arg.partition("=")
+        if (_flag_name(name) if name.startswith("--") else name) not in names:
+            continue
+        if eq:
+            found = value
+        elif i + 1 < len(extra) and not extra[i + 1].startswith("-"):
+            found = extra[i + 1]
+        else:
+            found = ""
+    return found
+
+
+def _stale_overlay_gate(path: Path, manifest: dict[str, Any] | None, notes: list[str]) -> None:
+    """Refuse (exit 3) an overlay whose source config changed since the patch, as check fails
+    it (overlay_state.overlay_checks: overlay.source), so serve, its dry run and the emitted
+    artefacts give check's verdict; the other stale signs (a ref moved on) become notes, as
+    check warns of them."""
+    if manifest is None:
+        return
+    from qwenprep.jsonio import read_regular_bytes
+    from qwenprep.lifecycle import overlay_status
+    from qwenprep.manifest import sha256_bytes
+
+    st = overlay_status(path, manifest)
+    if st.state != "stale":
+        return
+    src = Path(manifest["source"]["path"]) / CONFIG
+    try:
+        sha: str | None = sha256_bytes(read_regular_bytes(src))
+    except OSError:
+        sha = None
+    if sha == manifest["source"].get("config_sha256"):
+        notes.extend(f"the overlay is stale: {r}; rebuild: {st.rebuild}" for r in st.reasons)
+        return
+    raise InputError(
+        f"{path}: the overlay is stale: the source config {src} changed since the patch "
+        "(qwenprep check fails it as overlay.source): the overlay's config no longer "
+        "describes the checkpoint its files come from.",
+        hint=f"rebuild it from the source as it is now: {st.rebuild}",
+        path=str(path),
+    )
+
+
 def _pp_size(extra: Sequence[str]) -> int:
     """--pipeline-parallel-size / -pp from the arguments after -- (1 when absent)."""
-    for i, arg in enumerate(extra):
-        name, _, value = arg.partition("=")
-        if name in ("--pipeline-parallel-size", "-pp"):
-            if not value and i + 1 < len(extra):
-                value = extra[i + 1]
-            try:
-                return max(1, int(value))
-            except ValueError:
-                return 1
-    return 1
+    try:
+        return max(1, int(option_value(extra, "--pipeline-parallel-size", "-pp") or 1))
+    except ValueError:
+        return 1
+
+
+# Serve flags a vLLM version still parses but ignores or is dropping: flag -> (the first
+# version known to say so, what it says). Notes, not refusals (FLAG_CAPABILITY refuses).
+FLAG_DEPRECATED: dict[str, tuple[Version, str]] = {
+    "--mamba-cache-mode": (
+        (0, 34, 0),
+        "is deprecated in vLLM 0.34 and has no effect: Mamba prefix caching follows "
+        "--enable-prefix-caching (vllm/engine/arg_utils.py, _MAMBA_CACHE_MODE_DEPRECATION_"
+        "MESSAGE, warned in EngineArgs.create_engine_config)",
+    ),
+    "--disable-cascade-attn": (
+        (0, 32, 0),
+        "is deprecated and has no effect: cascade attention was removed "
+        "(vllm/engine/arg_utils.py, _DISABLE_CASCADE_ATTN_DEPRECATION_MESSAGE, 0.32 and 0.34)",
+    ),
+}
+
+
+def flag_warnings(extra: Sequence[str], version: Version) -> list[str]:
+    """What vLLM VERSION makes of the arguments after -- that still run but do less than the
+    user may think: deprecated no-op flags (FLAG_DEPRECATED) and, from 0.34, a
+    --gpu-memory-utilization below 1.0 that caps the extensible KV cache
+    (qwenprep.kv_extensible.utilization_warning)."""
+    from qwenprep.kv_extensible import utilization_warning
+
+    out = []
+    for arg in extra:
+        entry = FLAG_DEPRECATED.get(_flag_name(arg))
+        if entry is not None and version >= entry[0]:
+            out.append(f"{_flag_name(arg)} {entry[1]}")
+    util = option_value(extra, "--gpu-memory-utilization")
+    try:
+        util_value = float(util) if util else None
+    except ValueError:
+        util_value = None  # vLLM's own parser refuses it (the gate says so)
+    args = {
+        "gpu_memory_utilization": util_value,
+        "kv_cache_memory_bytes": option_value(extra, "--kv-cache-memory-bytes"),
+        "num_gpu_blocks_override": option_value(extra, "--num-gpu-blocks-override"),
+        "enable_extensible_kv_cache": False
+        if option_value(extra, "--no-enable-extensible-kv-cache") is not None
+        else None,
+    }
+    warning = utilization_warning(version, args)
+    return out + ([warning] if warning else [])
 
 
 def _node_gpu_note(path: Path, inv: Inventory, tp: int, pp: int, notes: list[str]) -> None:

@@ -240,6 +240,20 @@ def cpu_kv_note(plan: LaunchPlan) -> str | None:
     )
 
 
+def _share_hint(plan: LaunchPlan) -> str:
+    """How to give vLLM more of the GPU: from 0.34 (the extensible KV cache: the utilisation
+    defaults to 1.0, CacheConfig.resolved_gpu_memory_utilization) a user's value below 1.0 only
+    takes memory away, so the hint is to leave it unset; before, to raise it."""
+    from qwenprep.kv_extensible import extensible_by_default
+
+    if plan.engine is not None and extensible_by_default(plan.engine.version_tuple):
+        return (
+            "leave --gpu-memory-utilization unset (vLLM 0.34 sizes the KV cache after warmup "
+            "with all the memory it measures free)"
+        )
+    return "raise vLLM's share (-- --gpu-memory-utilization 0.95)"
+
+
 def explain(plan: LaunchPlan, text: str) -> tuple[list[str], str | None]:
     """The recognised causes in an engine log and a hint for them."""
     causes: list[str] = []
@@ -267,8 +281,8 @@ def explain(plan: LaunchPlan, text: str) -> tuple[list[str], str | None]:
         else:
             hints.append(
                 f"not enough GPU memory for the KV cache of --max-model-len "
-                f"{plan.max_model_len}: {fits}raise vLLM's share (-- --gpu-memory-utilization "
-                "0.95), spread over more GPUs (--tp), halve the KV cache (-- --kv-cache-dtype "
+                f"{plan.max_model_len}: {fits}{_share_hint(plan)}, spread over more GPUs "
+                "(--tp), halve the KV cache (-- --kv-cache-dtype "
                 f"fp8) or lower --max-model-len; qwenprep plan {plan.model_path} --gpus N --gpu "
                 "NAME shows what fits"
             )
@@ -348,14 +362,16 @@ def demo_serve(
     step_cls: Any = None,
     ready_timeout: float = 600.0,
     log: IO[Any] | int | None = subprocess.DEVNULL,
+    past_native: bool = False,
 ) -> Any:
     """For `qwenprep demo`: read PATH back through vLLM, serve it on 127.0.0.1 (small CPU KV
-    space), check /v1/models, one chat answer and one required tool call, stop.
+    space), check /v1/models, then either one chat answer and one required tool call, or
+    (PAST_NATIVE) one prompt past the native window with its time to first token; stop.
     Returns step_cls(title, status, lines) (a dict when step_cls is None)."""
     lines: list[str] = []
+    title = "serve past native" if past_native else "engine readback + serve"
 
     def result(status: str) -> Any:
-        title = "engine readback + serve"
         return (
             step_cls(title, status, lines)
             if step_cls
@@ -366,10 +382,11 @@ def demo_serve(
     if info is None or not info.importable:
         lines.append(f"vLLM is not installed in {engine_python(python)}")
         return result("skip")
-    checks = readback_checks(Path(path), python=python)
-    lines += [f"[{c.status}] {c.id}: {c.message}" for c in checks]
-    if any(c.status == "fail" for c in checks):
-        return result("fail")
+    if not past_native:
+        checks = readback_checks(Path(path), python=python)
+        lines += [f"[{c.status}] {c.id}: {c.message}" for c in checks]
+        if any(c.status == "fail" for c in checks):
+            return result("fail")
     from dataclasses import replace
 
     from qwenprep.request import ServeRequest
@@ -388,27 +405,8 @@ def demo_serve(
             f"/v1/models: {models['data'][0]['id']} max_model_len "
             f"{models['data'][0]['max_model_len']}"
         )
-        chat = handle.chat(
-            {"messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 8}
-        )
-        lines.append(
-            f"chat: finish_reason {chat['choices'][0]['finish_reason']}, "
-            f"{chat['usage']['completion_tokens']} tokens"
-        )
-        tool = handle.chat(
-            {
-                "messages": [{"role": "user", "content": "Weather in Paris?"}],
-                "tools": [TOOL_WEATHER],
-                "tool_choice": "required",
-                "max_tokens": 64,
-            }
-        )
-        calls = tool["choices"][0]["message"].get("tool_calls") or []
-        lines.append(
-            f"tool_choice required: {len(calls)} tool call(s)"
-            + (f", first: {calls[0]['function']['name']}" if calls else "")
-        )
-        status = "pass" if calls else "fail"
+        ok = _demo_past_native(handle, lines) if past_native else _demo_chat(handle, lines)
+        status = "pass" if ok else "fail"
     except QwenprepError as e:
         lines.append(f"error: {e.message}")
         status = "fail"
@@ -419,3 +417,44 @@ def demo_serve(
         rc = handle.stop()
         lines.append(f"stopped (exit {rc})")
     return result(status)
+
+
+def _demo_chat(handle: ServerHandle, lines: list[str]) -> bool:
+    chat = handle.chat({"messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 8})
+    lines.append(
+        f"chat: finish_reason {chat['choices'][0]['finish_reason']}, "
+        f"{chat['usage']['completion_tokens']} tokens"
+    )
+    tool = handle.chat(
+        {
+            "messages": [{"role": "user", "content": "Weather in Paris?"}],
+            "tools": [TOOL_WEATHER],
+            "tool_choice": "required",
+            "max_tokens": 64,
+        }
+    )
+    calls = tool["choices"][0]["message"].get("tool_calls") or []
+    lines.append(
+        f"tool_choice required: {len(calls)} tool call(s)"
+        + (f", first: {calls[0]['function']['name']}" if calls else "")
+    )
+    return bool(calls)
+
+
+def _demo_past_native(handle: ServerHandle, lines: list[str]) -> bool:
+    from qwenprep.engines.proof import describe, engine_kv, proof_request, run_proof
+
+    plan = handle.plan
+    kv = engine_kv(plan.base_url)
+    if kv is not None:
+        lines.append(
+            f"engine KV cache: {kv['num_gpu_blocks']:,} blocks of {kv['block_size']} = "
+            f"{kv['tokens']:,} tokens (vllm:cache_config_info)"
+        )
+    req = proof_request(plan.model_path, plan.max_model_len)
+    if req is None:
+        lines.append("the served length does not go past the native window")
+        return False
+    proof = run_proof(plan.base_url, plan.served_model_name, req)
+    lines.append(describe(proof))
+    return bool(proof["ok"])

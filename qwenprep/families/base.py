@@ -53,6 +53,18 @@ class Family:
     invariants: Callable[[ModelView], list[Any]] | None = None
     # how the releases reach their long context, for people: "YaRN x4", "DCA", ...
     method: str = "YaRN"
+    # How vLLM's weight loader reads a checkpoint's tensor names (its WeightsMapper and the
+    # FusedMoE loader), so that verify accepts what the engine loads and no more:
+    # - name prefixes the loader skips (the MTP head's "mtp.": only the MTP draft model
+    #   loads it), so their absence is a warning, not a failure;
+    optional_prefixes: tuple[str, ...] = ()
+    # - (checkpoint prefix, the layout's prefix) pairs it renames, for a given config;
+    loader_renames: Callable[[ModelView], tuple[tuple[str, str], ...]] | None = None
+    # - routed experts stored stacked per layer (mlp.experts.gate_up_proj [E, 2I, H],
+    #   mlp.experts.down_proj [E, H, I]) or one by one (mlp.experts.N.{gate,up,down}_proj),
+    #   either read (vllm/model_executor/layers/fused_moe/routed_experts.py,
+    #   RoutedExperts.load_weights with get_expert_mapping(include_fused=True), vLLM 0.32).
+    experts_either_form: bool = False
 
     def profile_for(self, view: ModelView, names: Sequence[str]) -> ServeProfile:
         for p in self.profiles:

@@ -58,6 +58,15 @@ def _profiles(kind: str) -> tuple[ServeProfile, ...]:
     )
 
 
+def _text_only_prefix(view: Any) -> tuple[tuple[str, str], ...]:
+    """vLLM 0.32 qwen3_5.py, Qwen3_5ForCausalLMBase.hf_to_vllm_mapper (the text-only
+    Qwen3_5ForCausalLM / Qwen3_5MoeForCausalLM): "model.language_model." -> "model." ("Some
+    community text-only checkpoints keep the extraneous `model.language_model.` prefix
+    inherited from the VL training stack"). A vision-language config's loader
+    (Qwen3VLForConditionalGeneration's mapper) reads that prefix as its own layout already."""
+    return () if view.nested else (("model.language_model.", "model."),)
+
+
 def _family(name: str, title: str, model_types: frozenset[str], moe: bool) -> Family:
     """One of the two Qwen3.5/3.6 families: everything but the name, title, model types and
     whether the MLP is routed experts is shared."""
@@ -73,6 +82,11 @@ def _family(name: str, title: str, model_types: frozenset[str], moe: bool) -> Fa
         invariants=_invariants,
         method="YaRN x4 (text_config.rope_parameters)",
         profiles=_profiles(name),
+        # vLLM 0.32 qwen3_5.py: both the text-only (Qwen3_5ForCausalLMBase) and the
+        # vision-language (Qwen3_5ForConditionalGeneration) mappers drop "mtp."
+        optional_prefixes=("mtp.",),
+        loader_renames=_text_only_prefix,
+        experts_either_form=moe,
     )
 
 

@@ -37,6 +37,7 @@ FAMILY = Family(
     native_context=262144,
     moe=True,
     tensors=_tensors,
+    experts_either_form=True,  # transformers 5 saves them one by one; vLLM reads both
     profiles=(
         # a 2507 release's config_1m.json (Dual Chunk Attention): vLLM < 0.11 only
         dca_profile("qwen3-2507-1m-dca"),

@@ -28,6 +28,11 @@ FAMILY = Family(
     hybrid=True,
     invariants=hybrid_invariants,
     method="YaRN x4 (rope_scaling)",
+    # vLLM 0.32 qwen3_next.py: Qwen3NextForCausalLM.hf_to_vllm_mapper drops "mtp." ("MTP
+    # weights are loaded by the draft model, not this one"): a checkpoint saved without
+    # them (transformers 5 has no MTP module) serves; MTP speculative decoding needs them.
+    optional_prefixes=("mtp.",),
+    experts_either_form=True,
     profiles=(
         ServeProfile("qwen3-coder-next", any_name_has("coder"), tool_parser="qwen3_coder"),
         ServeProfile("qwen3-next-thinking", any_name_has("thinking"), reasoning_parser="qwen3"),
