@@ -275,16 +275,26 @@ def require(gpu: str) -> GPUSpec:
 
 
 def gpu_memory_for(
-    gpu: str | None, *, gpu_memory: str | None, kv_memory: str | None
+    gpu: str | None,
+    *,
+    gpu_memory: str | None,
+    kv_memory: str | None,
+    gpus: int | None = None,
 ) -> tuple[GPUSpec | None, str | None, list[str]]:
     """``check --gpu NAME``: (catalog entry, --gpu-memory to use, notes). The catalog's memory
-    is used only when neither --gpu-memory nor --kv-memory is given."""
+    is used only when neither --gpu-memory nor --kv-memory is given, and then --gpus must say
+    how many: the same UsageError as ``plan --gpu NAME`` without --gpus (named_gpu)."""
     if gpu is None:
         return None, gpu_memory, []
     spec = require(gpu)
     notes = [n for n in (short_name_note(gpu),) if n]
     if gpu_memory is not None or kv_memory is not None:
         return spec, gpu_memory, notes
+    if gpus is None:
+        raise UsageError(
+            "--gpu NAME needs --gpus N: how many of them.",
+            hint=f"qwenprep check MODEL --gpu {spec.name.replace(' ', '')} --gpus 8",
+        )
     return spec, f"{spec.memory_bytes}B", [*notes, spec.memory_note]
 
 

@@ -39,7 +39,7 @@ from qwenprep.jsonio import (
     replaced_names,
 )
 from qwenprep.manifest import read_manifest
-from qwenprep.overlay import _io_error
+from qwenprep.overlay import REPLACED_SUFFIX, _io_error
 from qwenprep.overlay_remove import remove_overlay
 
 BACKUP_NAMES = (
@@ -271,6 +271,12 @@ def _revert_at(path: Path, force: bool) -> RevertResult:
             return RevertResult(
                 "absent", str(path), f"nothing at {path}: no overlay to remove (removed meanwhile?)"
             )
+        src = Path(m["source"]["path"])
+        said = (
+            f"source {src} untouched"
+            if src.is_dir()
+            else f"it was dangling: its source {src} was already gone"
+        )
         pin_note = (
             f"; its cache pin {m['source']['pin']} is kept for {sharer}, the overlay it was "
             "copied from"
@@ -278,9 +284,7 @@ def _revert_at(path: Path, force: bool) -> RevertResult:
             else ""
         )
         return RevertResult(
-            "removed-overlay",
-            str(path),
-            f"removed overlay {path} (source {m['source']['path']} untouched){pin_note}",
+            "removed-overlay", str(path), f"removed overlay {path} ({said}){pin_note}"
         )
     if not path.exists():  # a concurrent revert removed it between our looks
         return RevertResult(

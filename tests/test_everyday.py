@@ -529,3 +529,52 @@ def test_every_printed_value_pastes_back_into_plan(big480: Path, setup: tuple[st
         assert again.exit_code in (0, 1), (line, again.output)
         pasted += 1
     assert pasted, lines
+
+
+# ------------------------------------------------------------------ alike across commands
+
+
+def test_check_gpu_without_gpus_answers_like_plan() -> None:
+    plan = invoke("plan", str(TINY), "--gpu", "H200", "--json")
+    check = invoke("check", str(TINY), "--no-engine", "--gpu", "H200", "--json")
+    assert plan.exit_code == check.exit_code == 2
+    p, c = json.loads(plan.stdout)["error"], json.loads(check.stdout)["error"]
+    assert p["message"].startswith("--gpu NAME needs --gpus N")
+    assert c["message"] == "--gpu NAME needs --gpus N: how many of them."
+    assert c["hint"] == "qwenprep check MODEL --gpu H200 --gpus 8"
+    assert "note:" not in check.stderr  # no catalog memory note before the refusal
+
+
+def test_sglang_plan_takes_the_gpu_memory_from_gpu() -> None:
+    by_name = invoke(
+        "plan", str(TINY), "--tp", "1", "--gpus", "1", "--gpu", "H200",
+        "--serving-engine", "sglang", "--json",
+    )  # fmt: skip
+    by_size = invoke(
+        "plan", str(TINY), "--tp", "1", "--gpus", "1", "--gpu-memory", "143771MiB",
+        "--serving-engine", "sglang", "--json",
+    )  # fmt: skip
+    assert by_name.exit_code == by_size.exit_code == 0, by_name.output
+    a, b = json.loads(by_name.stdout), json.loads(by_size.stdout)
+    assert a["max_total_num_tokens"] == b["max_total_num_tokens"] > 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        ((), "ready to serve (no GPU checked: pass --gpu/--gpus)"),
+        (
+            ("--gpus", "1", "--gpu", "H200"),
+            "ready to serve (GPUs as --gpus/--gpu describe them; none were looked at here)",
+        ),
+    ],
+)
+def test_ready_says_what_it_did_not_check(
+    extra: tuple[str, ...], said: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
+    r = invoke("check", str(TINY), "--no-engine", "--tp", "1", "--kv-memory", "1GiB", *extra)
+    if extra:
+        r = invoke("check", str(TINY), "--no-engine", "--tp", "1", *extra)
+    assert r.exit_code == 0, r.output
+    assert r.stdout.rstrip().splitlines()[-1] == said, r.stdout
