@@ -433,11 +433,11 @@ def _layout_advice(shape: ModelShape, req: PlanRequest, rule: VllmRule, plan: Pl
             + ("fits" if alt.fits else "still does not fit")
             + " (fp8 KV can cost some accuracy)"
         )
-    more = _compute(
-        shape, replace(req, pp=req.pp * 2, gpus=(req.gpus or req.tp * req.pp) * 2), rule
-    )
-    out.append(
-        f"more GPUs: twice the GPUs (another node) with --pipeline-parallel-size {req.pp * 2} "
+    gpus = (req.gpus or req.tp * req.pp) * 2
+    more = _compute(shape, replace(req, pp=req.pp * 2, gpus=gpus), rule)
+    out.append(  # the flags that give this figure: plan --gpus alone would pick TP = GPUs / PP
+        f"more GPUs: twice the GPUs (another node), --gpus {gpus} --tp {req.tp} --pp "
+        f"{req.pp * 2} (vLLM --pipeline-parallel-size {req.pp * 2}), "
         f"halves the layers and weights on each GPU: {more.bytes_per_token:,} bytes per token per "
         f"GPU, {more.kv.max_concurrency:.2f}x at {ctx:,} ("
         + ("fits" if more.fits else "still does not fit")

@@ -29,6 +29,7 @@ from qwenprep.checkpoint import CONFIG, Checkpoint, resolve_dir
 from qwenprep.contexts import ContextRequest, PatchResult, patch_config
 from qwenprep.errors import ConflictError, InputError, QwenprepError, UsageError
 from qwenprep.jsonio import (
+    REPLACED_SUFFIX,
     atomic_write_bytes,
     dump_config,
     fsync_dir,
@@ -71,11 +72,6 @@ __all__ = [
 SKIP_TOP = {MANIFEST_DIR, ".git", ".cache"}  # never linked: our own state, VCS, hub download state
 TMP_TAG = ".qwenprep-tmp-"
 LOCK_TIMEOUT_S = 300.0
-
-
-# revert keeps the bytes it replaces beside the file (config.json.qwenprep-replaced[.N]): never
-# linked into an overlay (qwenprep.restore.keep_replaced).
-REPLACED_SUFFIX = ".qwenprep-replaced"
 
 
 @dataclass(frozen=True)
@@ -126,7 +122,7 @@ def _source_entries(src: Path) -> Iterator[tuple[str, Path, bool]]:
         dirs[:] = [d for d in dirs if not (Path(root) / d).is_symlink()]
         for f in sorted(files):
             if (rel_root == "." and f == CONFIG) or REPLACED_SUFFIX in f:
-                continue  # the patched config is written; revert's kept copies stay behind
+                continue  # the patched config is written; kept copies (jsonio.REPLACED_SUFFIX) stay
             yield os.path.normpath(os.path.join(rel_root, f)), Path(root) / f, False
 
 

@@ -39,7 +39,7 @@ from qwenprep.jsonio import (
     replaced_names,
 )
 from qwenprep.manifest import read_manifest
-from qwenprep.overlay import REPLACED_SUFFIX, _io_error
+from qwenprep.overlay import _io_error
 from qwenprep.overlay_remove import remove_overlay
 
 BACKUP_NAMES = (

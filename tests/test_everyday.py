@@ -578,3 +578,30 @@ def test_ready_says_what_it_did_not_check(
         r = invoke("check", str(TINY), "--no-engine", "--tp", "1", *extra)
     assert r.exit_code == 0, r.output
     assert r.stdout.rstrip().splitlines()[-1] == said, r.stdout
+
+
+@pytest.mark.parametrize(
+    "setup",
+    [
+        ("--context", "1m", "--gpus", "8", "--gpu", "H100 SXM"),  # promised 2.15x with PP 2
+        ("--context", "1m", "--tp", "4", "--gpus", "4", "--gpu", "H200"),
+    ],
+)
+def test_advice_that_promises_a_figure_gives_the_flags_that_produce_it(
+    big480: Path, setup: tuple[str, ...]
+) -> None:
+    """'more GPUs: ... 2.15x at 1,048,576': pasting that line's flags over the same command
+    gives that very concurrency (plan --gpus 16 alone picks TP 16, another layout)."""
+    import re
+
+    base = [str(big480), "--vllm-version", "0.32", "--json"]
+    r = invoke("plan", *base, *setup)
+    assert r.exit_code == 1, r.output
+    [line] = [a for a in json.loads(r.stdout)["advice"] if a.startswith("more GPUs")]
+    promised = re.search(r"(\d+\.\d\d)x at", line)
+    assert promised, line
+    args = dict(zip(setup[::2], setup[1::2], strict=True))
+    args.update(_pasted(line))
+    again = invoke("plan", *base, *[x for kv in args.items() for x in kv])
+    assert again.exit_code in (0, 1), again.output
+    assert f"{json.loads(again.stdout)['max_concurrency']:.2f}" == promised[1], line
