@@ -254,7 +254,21 @@ def _rebuild(path: Path, manifest: dict[str, Any], *, ref: str | None = None) ->
         if not ref and not Path(str(src.get("path"))).is_dir():
             fetch = f"qwenprep fetch {model} && "
     ctx = manifest.get("target_context")
+    if ref and _default_named(path, src):  # the new commit's default name; the old one goes
+        return f"qwenprep patch {model} --context {ctx} && qwenprep revert {path}"
     return f"{fetch}qwenprep patch {model} --context {ctx} --out {path} --force"
+
+
+def _default_named(path: Path, src: dict[str, Any]) -> bool:
+    """PATH is where plain `patch ORG/NAME` put it: ORG--NAME@COMMIT12-CTX in overlays_home()
+    (default_overlay_dir), a name that holds the commit it was built from."""
+    repo, rev = src.get("repo_id"), str(src.get("revision") or "")
+    return (
+        bool(repo)
+        and len(rev) == 40
+        and path.parent == overlays_home()
+        and path.name.startswith(f"{str(repo).replace('/', '--')}@{rev[:12]}-")
+    )
 
 
 def _pin_reasons(path: Path, manifest: dict[str, Any]) -> tuple[list[str], list[str]]:

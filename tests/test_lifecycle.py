@@ -121,10 +121,8 @@ def test_the_pin_keeps_the_source_from_hf_cache_prune_and_revert_releases_it(
     assert "WARN" in r.stdout and f"{REPO}@main now points at {NEW[:12]}" in r.stdout
     listed = _json(_q(home, "list", "--json"), "list-result")
     assert [o["state"] for o in listed["overlays"]] == ["stale"]
-    assert (
-        listed["overlays"][0]["rebuild"]
-        == f"qwenprep patch {REPO}@main --context 1048576 --out {ov} --force"
-    )
+    rebuild = listed["overlays"][0]["rebuild"]
+    assert rebuild == f"qwenprep patch {REPO}@main --context 1048576 && qwenprep revert {ov}"
     r = _q(home, "revert", str(ov))
     assert r.returncode == 0, r.stderr
     assert OLD in _revisions(home) and _revisions(home)[OLD] == []  # released: detached
@@ -189,3 +187,27 @@ def test_list_of_explicit_paths_and_of_nothing(home: dict[str, str], tmp_path: P
     assert "changed since the patch" in listed["overlays"][0]["reasons"][0]
     r = _q(home, "list", str(tmp_path / "nowhere"))
     assert r.returncode == 3 and "no such directory" in r.stderr
+
+
+def test_list_rebuild_of_a_moved_ref_names_the_new_commit_and_replaces_the_old(
+    home: dict[str, str],
+) -> None:
+    """After main moves, list's rebuild command, run as printed, leaves one overlay: the new
+    commit's, at its own default name (not the new commit in a folder named after the old)."""
+    hub = Path(home["HF_HOME"]) / "hub"
+    old = Path(_q(home, "patch", REPO, "--context", "1m").stdout.strip())
+    _add_revision(hub, NEW, tweak="new")
+    _set_main(hub, NEW)
+    [row] = _json(_q(home, "list", "--json"), "list-result")["overlays"]
+    assert row["state"] == "stale"
+    for command in row["rebuild"].split(" && "):
+        words = command.split()
+        assert words[0] == "qwenprep", command
+        r = _q(home, *words[1:])
+        assert r.returncode == 0, r.stdout + r.stderr
+    new = old.with_name(f"acme--tiny-coder@{NEW[:12]}-1m")
+    listed = _json(_q(home, "list", "--json"), "list-result")["overlays"]
+    assert [(o["path"], o["state"]) for o in listed] == [(str(new), "ok")]
+    assert not old.exists()
+    r = _q(home, "patch", REPO, "--context", "1m")  # the README's command: the same overlay
+    assert r.returncode == 0 and r.stdout.strip() == str(new), r.stderr
