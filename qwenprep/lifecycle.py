@@ -380,7 +380,7 @@ def require_live(path: Path) -> list[str]:
     if st.state == "dangling":
         raise InputError(
             f"{path}: the overlay is dangling: {'; '.join(st.reasons)}.",
-            hint=f"rebuild it from the source where it is now: {st.rebuild}",
+            hint=f"dangling: rebuild with {st.rebuild}",
             path=str(path),
         )
     if st.state == "stale":

@@ -200,6 +200,9 @@ def load_shape(spec: str) -> ModelShape:
         if Path(spec).expanduser().exists() or parse_repo_spec(spec) is None:
             raise
         return shape_from_hub(spec)
+    from qwenprep.lifecycle import require_live
+
+    require_live(ckpt.path)  # a dangling overlay: its rebuild, not its missing weights' sizes
     shape = shape_from_dir(ckpt.path)
     if ckpt.repo_id:
         shape = replace(shape, name=f"{ckpt.repo_id}@{ckpt.revision} ({ckpt.path})")

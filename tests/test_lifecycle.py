@@ -163,6 +163,32 @@ def test_hf_cache_rm_leaves_a_dangling_overlay_that_every_gate_refuses(
     assert "the overlay is dangling" in r.stdout + r.stderr
 
 
+def test_a_dangling_overlay_gets_its_rebuild_everywhere(home: dict[str, str]) -> None:
+    """plan and check say 'dangling: rebuild with ...' like validate and serve, and nothing
+    that points the wrong way (plan: pass --kv-memory; check: restore the index)."""
+    ov = Path(_q(home, "patch", REPO, "--context", "1m").stdout.strip())
+    _hf(home, "cache", "rm", f"model/{REPO}", "-y")
+    hint = (
+        f"dangling: rebuild with qwenprep fetch {REPO}@{OLD} && "
+        f"qwenprep patch {REPO}@{OLD} --context 1048576 --out {ov} --force"
+    )
+    runs = {
+        "validate": ["validate", str(ov)],
+        "plan": ["plan", str(ov), "--gpus", "1", "--gpu", "H200"],
+        "check": ["check", str(ov), "--no-engine", "--gpus", "1", "--gpu", "H200"],
+    }
+    for name, args in runs.items():
+        r = _q(home, *args)
+        said = r.stdout + r.stderr
+        assert r.returncode in (1, 3), (name, said)
+        assert "the overlay is dangling" in said and hint in said, (name, said)
+        assert "--kv-memory" not in said and "Restore the index" not in said, (name, said)
+    r = _q(home, "check", str(ov), "--no-engine", "--gpus", "1", "--gpu", "H200", "--json")
+    assert [(c["id"], c["status"]) for c in json.loads(r.stdout)["checks"]] == [
+        ("overlay.live", "fail")
+    ]
+
+
 def test_list_of_explicit_paths_and_of_nothing(home: dict[str, str], tmp_path: Path) -> None:
     r = _q(home, "list", "--json")
     assert r.returncode == 0 and _json(r, "list-result")["overlays"] == []
