@@ -427,3 +427,17 @@ def list_overlays(paths: list[Path]) -> list[OverlayStatus]:
         if manifest is not None:
             out.append(overlay_status(p, manifest))
     return out
+
+
+def default_overlays_of(snapshot: Path) -> list[Path]:
+    """The overlays plain `patch ORG/NAME` made of SNAPSHOT: at their default place and name
+    (_default_named), built from it. What `revert ORG/NAME` removes."""
+    from qwenprep.manifest import read_manifest
+
+    found = []
+    for p in find_overlays([]):
+        m = read_manifest(p)
+        src = m.get("source") if m else None
+        if isinstance(src, dict) and src.get("path") == str(snapshot) and _default_named(p, src):
+            found.append(p)
+    return found

@@ -237,3 +237,21 @@ def test_list_rebuild_of_a_moved_ref_names_the_new_commit_and_replaces_the_old(
     assert not old.exists()
     r = _q(home, "patch", REPO, "--context", "1m")  # the README's command: the same overlay
     assert r.returncode == 0 and r.stdout.strip() == str(new), r.stderr
+
+
+def test_revert_org_name_removes_the_overlay_patch_org_name_made(home: dict[str, str]) -> None:
+    """`revert ORG/NAME` is the undo of `patch ORG/NAME`: the source's config is the release's,
+    so the default overlay goes (and its pin); with two contexts, both are named to pick one."""
+    ov = Path(_q(home, "patch", REPO, "--context", "1m").stdout.strip())
+    r = _q(home, "revert", REPO, "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert (out["action"], out["path"]) == ("removed-overlay", str(ov)), out
+    assert not ov.exists() and _revisions(home)[OLD] == ["main"]
+    r = _q(home, "revert", REPO, "--json")  # nothing left: the release's config, as before
+    assert r.returncode == 0 and json.loads(r.stdout)["action"] == "already-original"
+    a = Path(_q(home, "patch", REPO, "--context", "1m").stdout.strip())
+    b = Path(_q(home, "patch", REPO, "--context", "512k").stdout.strip())
+    r = _q(home, "revert", REPO)
+    assert r.returncode == 3 and a.exists() and b.exists(), r.stderr
+    assert f"2 overlays were made of it: {a}, {b}" in r.stderr or f"{b}, {a}" in r.stderr
