@@ -605,3 +605,19 @@ def test_advice_that_promises_a_figure_gives_the_flags_that_produce_it(
     again = invoke("plan", *base, *[x for kv in args.items() for x in kv])
     assert again.exit_code in (0, 1), again.output
     assert f"{json.loads(again.stdout)['max_concurrency']:.2f}" == promised[1], line
+
+
+def test_plan_puts_the_answer_first(big480: Path) -> None:
+    """The first row under the header is the answer (fits, concurrency, prefill time, the
+    recommended context), not 45 lines down; the detail follows."""
+    r = invoke(
+        "plan", str(big480), "--gpus", "8", "--gpu", "H200", "--vllm-version", "0.32"
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    first = r.stdout.splitlines()[1]
+    assert first.startswith("answer "), r.stdout
+    assert " fits: " in first and "x concurrency at 262,144 tokens" in first, first
+    assert "prefill typical " in first and "recommended --context " in first, first
+    r = invoke("plan", str(big480), "--context", "1m", "--gpus", "8", "--gpu", "H100 SXM")
+    assert r.exit_code == 1
+    assert r.stdout.splitlines()[1].split()[:4] == ["answer", "does", "NOT", "fit:"]
