@@ -550,6 +550,7 @@ def make_plan(
             ctx = req.tokens
         else:
             ctx = shape.native_context
+    tp_given = tp is not None
     if tp is None:
         tp = max(1, (gpus or 1) // pp)
     rule = resolve_rule(vllm_version, python=python)
@@ -571,6 +572,11 @@ def make_plan(
         rule,
     )
     refuse_layout(shape, tp=tp, ep=plan.request.ep, dp=plan.dp)
+    if not tp_given:  # serve and check take the model profile's TP: say where it differs
+        from qwenprep.engines.vllm_launch import serve_layout_advice
+
+        more = serve_layout_advice(model, plan.request, lambda r: _compute(shape, r, rule))
+        plan = replace(plan, advice=[*plan.advice, *more])
     return replace(
         plan,
         timing=plan_timing(

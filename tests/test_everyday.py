@@ -621,3 +621,22 @@ def test_plan_puts_the_answer_first(big480: Path) -> None:
     r = invoke("plan", str(big480), "--context", "1m", "--gpus", "8", "--gpu", "H100 SXM")
     assert r.exit_code == 1
     assert r.stdout.splitlines()[1].split()[:4] == ["answer", "does", "NOT", "fit:"]
+
+
+def test_plan_and_check_name_the_same_layout_for_the_same_flags(big480: Path) -> None:
+    """plan --gpus 16 takes TP = GPUs / PP (16); check, as serve, the model profile's TP 8 x
+    DP 2. plan says so, with the flags that plan check's layout, and its figure is check's."""
+    import re
+
+    flags = ("--context", "1m", "--gpus", "16", "--gpu", "H100 SXM", "--vllm-version", "0.32")
+    p = invoke("plan", str(big480), *flags, "--json")
+    c = invoke("check", str(big480), *flags, "--no-engine", "--json")
+    plan, check = json.loads(p.stdout), json.loads(c.stdout)
+    [line] = [a for a in plan["advice"] if a.startswith("qwenprep serve and check use TP 8")]
+    assert "--gpus 16 --tp 8 plans theirs, TP 8 x PP 1 x DP 2" in line, line
+    assert (check["parallel"]["tp"], check["parallel"]["dp"]) == (8, 2)
+    [kv] = [x["message"] for x in check["checks"] if x["id"] == "kv.fits"]
+    figure = re.search(r"(\d+\.\d\d)x at", line)
+    assert figure and kv.endswith(f", {figure[1]}x"), (line, kv)
+    again = invoke("plan", str(big480), *flags, "--tp", "8", "--json")
+    assert f"{json.loads(again.stdout)['max_concurrency']:.2f}" == figure[1]
