@@ -202,7 +202,7 @@ def check(
 
     _flags(strict=strict)
     gm, kv = _size(gpu_memory, "--gpu-memory"), _size(kv_memory, "--kv-memory")
-    _, gm, _ = gpu_memory_for(text(gpu, "--gpu"), gpu_memory=gm, kv_memory=kv)
+    _, gm, _ = gpu_memory_for(text(gpu, "--gpu"), gpu_memory=gm, kv_memory=kv, gpus=gpus)
     opts = check_options(
         tp=tp,
         pp=pp,

@@ -276,7 +276,9 @@ def _compute(shape: ModelShape, req: PlanRequest, rule: VllmRule) -> Plan:
             hint="use --gpus equal to TP x PP x DP, e.g. --gpus 8 --tp 8.",
         )
     dp = gpus // per_replica
-    _dcp_allowed(shape, req)
+    from qwenprep.dcp import refuse_dcp
+
+    refuse_dcp(shape, tp=req.tp, dcp=req.dcp)
     bpt = bytes_per_token_per_gpu(shape, tp=req.tp, pp=req.pp, kv_cache_dtype=req.kv_cache_dtype)
     w = weights_per_gpu(shape, tp=req.tp, pp=req.pp, dp=dp, ep=req.ep)
     ext: ExtensibleBudget | None = None
@@ -302,7 +304,7 @@ def _compute(shape: ModelShape, req: PlanRequest, rule: VllmRule) -> Plan:
         raise UsageError(
             "no memory budget: pass --kv-memory SIZE, or --gpus N --gpu-memory SIZE "
             "(no GPU was found to read it from).",
-            hint="qwenprep plan MODEL --context 1m --tp 8 --gpus 8 --gpu-memory 141GB",
+            hint="qwenprep plan MODEL --context 1m --gpus 8 --gpu H200",
         )
     if shape.linear is not None:
         kv = _hybrid_kv(shape, req, avail, rule)
@@ -322,19 +324,6 @@ def _extensible(shape: ModelShape, req: PlanRequest, rule: VllmRule, w: int) -> 
         transient=transient,
         utilization=req.gpu_memory_utilization,
     )
-
-
-def _dcp_allowed(shape: ModelShape, req: PlanRequest) -> None:
-    """A DCP vLLM would refuse is refused here, in vLLM's words (qwenprep.dcp)."""
-    from qwenprep.dcp import dcp_refusal, largest_dcp
-
-    why = dcp_refusal(shape, tp=req.tp, dcp=req.dcp)
-    if why is not None:
-        top = largest_dcp(shape, req.tp)
-        raise UsageError(
-            f"--dcp {req.dcp}: vLLM refuses it for {shape.name} at TP {req.tp}: {why}.",
-            hint=f"use --dcp {top} or less" if top > 1 else "drop --dcp (use --dcp 1)",
-        )
 
 
 def _hybrid_kv(shape: ModelShape, req: PlanRequest, avail: int, rule: VllmRule) -> KVCapacity:
@@ -444,11 +433,11 @@ def _layout_advice(shape: ModelShape, req: PlanRequest, rule: VllmRule, plan: Pl
             + ("fits" if alt.fits else "still does not fit")
             + " (fp8 KV can cost some accuracy)"
         )
-    more = _compute(
-        shape, replace(req, pp=req.pp * 2, gpus=(req.gpus or req.tp * req.pp) * 2), rule
-    )
-    out.append(
-        f"more GPUs: twice the GPUs (another node) with --pipeline-parallel-size {req.pp * 2} "
+    gpus = (req.gpus or req.tp * req.pp) * 2
+    more = _compute(shape, replace(req, pp=req.pp * 2, gpus=gpus), rule)
+    out.append(  # the flags that give this figure: plan --gpus alone would pick TP = GPUs / PP
+        f"more GPUs: twice the GPUs (another node), --gpus {gpus} --tp {req.tp} --pp "
+        f"{req.pp * 2} (vLLM --pipeline-parallel-size {req.pp * 2}), "
         f"halves the layers and weights on each GPU: {more.bytes_per_token:,} bytes per token per "
         f"GPU, {more.kv.max_concurrency:.2f}x at {ctx:,} ("
         + ("fits" if more.fits else "still does not fit")
@@ -551,7 +540,7 @@ def make_plan(
         raise UsageError(
             f"no memory budget: no GPU found here ({why}); pass --kv-memory "
             "SIZE, or --gpus N --gpu-memory SIZE.",
-            hint="qwenprep plan MODEL --context 1m --tp 8 --gpus 8 --gpu-memory 141GB",
+            hint="qwenprep plan MODEL --context 1m --gpus 8 --gpu H200",
         )
     if context is None:
         ctx = shape.max_position_embeddings
@@ -561,6 +550,7 @@ def make_plan(
             ctx = req.tokens
         else:
             ctx = shape.native_context
+    tp_given = tp is not None
     if tp is None:
         tp = max(1, (gpus or 1) // pp)
     rule = resolve_rule(vllm_version, python=python)
@@ -582,6 +572,11 @@ def make_plan(
         rule,
     )
     refuse_layout(shape, tp=tp, ep=plan.request.ep, dp=plan.dp)
+    if not tp_given:  # serve and check take the model profile's TP: say where it differs
+        from qwenprep.engines.vllm_launch import serve_layout_advice
+
+        more = serve_layout_advice(model, plan.request, lambda r: _compute(shape, r, rule))
+        plan = replace(plan, advice=[*plan.advice, *more])
     plan = replace(
         plan,
         timing=plan_timing(

@@ -163,3 +163,14 @@ def dcp_advice(
             "are the ways out"
         ]
     return []
+
+
+def refuse_dcp(shape: ModelShape, *, tp: int, dcp: int) -> None:
+    """A DCP vLLM would refuse is refused for plan, in vLLM's words (dcp_refusal)."""
+    why = dcp_refusal(shape, tp=tp, dcp=dcp)
+    if why is not None:
+        top = largest_dcp(shape, tp)
+        raise UsageError(
+            f"--dcp {dcp}: vLLM refuses it for {shape.name} at TP {tp}: {why}.",
+            hint=f"use --dcp {top} or less" if top > 1 else "drop --dcp (use --dcp 1)",
+        )

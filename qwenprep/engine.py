@@ -61,6 +61,7 @@ from qwenprep.engines.vllm_launch import (
     context_name,
     flag_warnings,
     model_profile,
+    node_entry,
 )
 from qwenprep.errors import InputError, UsageError
 from qwenprep.report import Check
@@ -441,7 +442,11 @@ def build_launch_plan(
             raise UsageError(f"--port {port} is not a TCP port (1-65535).")
         net += ["--port", str(port)]
     model = str(path if path.is_absolute() else path.absolute())
-    argv = (python, "-c", WORKER_ENTRY, "serve", model, *core, *net, *extra_args)
+    # `vllm serve` beside the interpreter where that console script works (node_entry)
+    entry = (
+        node_entry(python, engine.distribution) if engine else (python, "-c", WORKER_ENTRY, "serve")
+    )
+    argv = (*entry, model, *core, *net, *extra_args)
 
     env_in = os.environ if environ is None else environ
     unset: list[str] = []

@@ -153,7 +153,8 @@ def inventory(*, gpus: int | None = None, gpu_memory: int | None = None) -> Inve
     this machine); else NVML; else nvidia-smi; else none."""
     if (gpus is None) != (gpu_memory is None):
         raise UsageError(
-            "--gpus and --gpu-memory go together.", hint="e.g. --gpus 8 --gpu-memory 141GB"
+            "--gpus and --gpu-memory go together.",
+            hint="e.g. --gpus 8 --gpu H200, or --gpus 8 --gpu-memory 143771MiB",
         )
     if gpus is not None and gpu_memory is not None:
         return Inventory("flags", from_flags(gpus, gpu_memory))

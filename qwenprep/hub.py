@@ -79,6 +79,63 @@ def snapshot_blobs(path: Path) -> Path | None:
     return blobs if blobs.is_dir() else None
 
 
+# The small files of a snapshot hashed against their blob names by plain verify and patch: the
+# JSON files (config.json, the tokenizer and generation configs, the index), a few KB each.
+_SMALL_MAX = 64 * 1024 * 1024
+
+
+def edited_in_cache(snapshot: Path) -> list[str]:
+    """The JSON files of an HF cache snapshot edited in place: a link into blobs/ whose bytes no
+    longer hash to the blob's name (the name is the file's git blob sha1, or its sha256 for an
+    LFS file, as huggingface_hub stores it), or a plain file where the link was. Empty for a
+    path that is not a snapshot. Hashes a few KB: what `verify --deep` does for every file."""
+    import hashlib
+
+    from qwenprep.hashing import algorithm_for_etag, git_blob_sha1_of, not_regular, open_regular
+
+    blobs = snapshot_blobs(snapshot)
+    if blobs is None:
+        return []
+    edited = []
+    for p in sorted(snapshot.glob("*.json")):
+        if not p.is_symlink():
+            if p.is_file():
+                edited.append(p.name)  # the link was replaced by a file
+            continue
+        target = Path(os.path.realpath(p))
+        alg = algorithm_for_etag(target.name) if target.parent == blobs.resolve() else None
+        try:
+            if alg is None or not_regular(target) or target.stat().st_size > _SMALL_MAX:
+                continue
+            with open_regular(target) as f:
+                data = f.read()
+        except OSError:  # gone or unreadable: verify's other checks say so
+            continue
+        got = git_blob_sha1_of(data) if alg == "git-sha1" else hashlib.sha256(data).hexdigest()
+        if got != target.name:
+            edited.append(p.name)
+    return edited
+
+
+def edited_in_cache_message(snapshot: Path, names: list[str]) -> tuple[str, str]:
+    """(message, hint) for edited_in_cache's answer: what was edited, and the command that
+    restores it."""
+    repo = snapshot_repo(snapshot)
+    spec = f"{repo[0]}@{repo[1]}" if repo else str(snapshot)
+    others = [n for n in names if n != "config.json"]
+    fixes = [f"`qwenprep revert {spec}` restores it"] if "config.json" in names else []
+    if others and repo:
+        fixes.append(
+            f"`hf download {repo[0]} {' '.join(others)} --revision {repo[1]} --force-download` "
+            "restores " + ("the rest" if fixes else "them")
+        )
+    return (
+        f"{', '.join(names)} in {snapshot}: edited in place in the Hugging Face cache (the "
+        "bytes no longer match the blob name huggingface_hub gave them)",
+        "edited in place: " + "; ".join(fixes or ["re-download it"]),
+    )
+
+
 def local_dir_etag(root: Path, name: str) -> str | None:
     """The etag huggingface_hub recorded for NAME in a --local-dir download (line 2 of
     .cache/huggingface/download/NAME.metadata): sha256 for LFS files, git blob sha1 otherwise."""

@@ -28,7 +28,7 @@ from typing import Any
 from qwenprep.hashing import ProgressFn
 from qwenprep.integrity_scan import Scan, unsafe_name, unsafe_shard_names
 from qwenprep.integrity_tensors import header_checks, header_scan
-from qwenprep.report import Report
+from qwenprep.report import Check, Report
 
 __all__ = [
     "Scan",
@@ -38,6 +38,21 @@ __all__ = [
     "unsafe_shard_names",
     "verify_checkpoint",
 ]
+
+
+def cache_edit_checks(root: Path) -> list[Check]:
+    """A FAIL per HF cache snapshot whose small JSON files no longer match their blob names
+    (qwenprep.hub.edited_in_cache); a PASS naming how many were compared; none elsewhere."""
+    from qwenprep.hub import edited_in_cache, edited_in_cache_message, snapshot_blobs
+
+    if snapshot_blobs(root) is None:
+        return []
+    edited = edited_in_cache(root)
+    if not edited:
+        n = len(list(root.glob("*.json")))
+        return [Check("cache.edits", "pass", f"{n} JSON file(s) match their HF cache blob names")]
+    message, hint = edited_in_cache_message(root, edited)
+    return [Check("cache.edits", "fail", f"{message}. Hint: {hint}", edited[0])]
 
 
 def verify_checkpoint(
@@ -57,6 +72,8 @@ def verify_checkpoint(
     root = Path(path)
     scan = header_scan(root)
     report = Report("verify", list(scan.checks))
+    if not deep:  # deep hashes every file against its blob name, these included
+        report.extend(cache_edit_checks(root))
     hashed = 0
     unverified: dict[str, dict[str, Any]] = {}
     if deep:

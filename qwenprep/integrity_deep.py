@@ -23,7 +23,7 @@ from qwenprep.hashing import (
     record_path,
     write_record,
 )
-from qwenprep.hub import local_dir_etag, snapshot_blobs, snapshot_repo
+from qwenprep.hub import edited_in_cache_message, local_dir_etag, snapshot_blobs, snapshot_repo
 from qwenprep.integrity_scan import FETCH_HINT, SKIP_DIRS, Scan, _rel, overlay_manifest
 from qwenprep.report import Check
 
@@ -215,6 +215,18 @@ def _read_records(
     return out
 
 
+def _fix_hint(root: Path, name: str) -> str:
+    """What restores NAME: in an HF cache snapshot, a JSON file was edited in place
+    (qwenprep.hub.edited_in_cache_message) and any other file is fetched again by the repo's
+    name; elsewhere the generic FETCH_HINT."""
+    repo = snapshot_repo(root)
+    if repo is None:
+        return FETCH_HINT
+    if name.endswith(".json") and "/" not in name:
+        return edited_in_cache_message(root, [name])[1]
+    return f"re-download the damaged file(s): qwenprep fetch {repo[0]}@{repo[1]}"
+
+
 def deep_checks(
     root: Path,
     scan: Scan,
@@ -284,7 +296,7 @@ def deep_checks(
                     "fail",
                     f"{e.name}: content does not match "
                     f"{e.source} ({e.algorithm} {r.hexdigest[:16]}... expected "
-                    f"{e.digest[:16]}...). Hint: {FETCH_HINT}",
+                    f"{e.digest[:16]}...). Hint: {_fix_hint(root, e.name)}",
                     e.name,
                 )
             )

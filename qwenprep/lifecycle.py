@@ -254,7 +254,21 @@ def _rebuild(path: Path, manifest: dict[str, Any], *, ref: str | None = None) ->
         if not ref and not Path(str(src.get("path"))).is_dir():
             fetch = f"qwenprep fetch {model} && "
     ctx = manifest.get("target_context")
+    if ref and _default_named(path, src):  # the new commit's default name; the old one goes
+        return f"qwenprep patch {model} --context {ctx} && qwenprep revert {path}"
     return f"{fetch}qwenprep patch {model} --context {ctx} --out {path} --force"
+
+
+def _default_named(path: Path, src: dict[str, Any]) -> bool:
+    """PATH is where plain `patch ORG/NAME` put it: ORG--NAME@COMMIT12-CTX in overlays_home()
+    (default_overlay_dir), a name that holds the commit it was built from."""
+    repo, rev = src.get("repo_id"), str(src.get("revision") or "")
+    return (
+        bool(repo)
+        and len(rev) == 40
+        and path.parent == overlays_home()
+        and path.name.startswith(f"{str(repo).replace('/', '--')}@{rev[:12]}-")
+    )
 
 
 def _pin_reasons(path: Path, manifest: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -366,7 +380,7 @@ def require_live(path: Path) -> list[str]:
     if st.state == "dangling":
         raise InputError(
             f"{path}: the overlay is dangling: {'; '.join(st.reasons)}.",
-            hint=f"rebuild it from the source where it is now: {st.rebuild}",
+            hint=f"dangling: rebuild with {st.rebuild}",
             path=str(path),
         )
     if st.state == "stale":
@@ -413,3 +427,17 @@ def list_overlays(paths: list[Path]) -> list[OverlayStatus]:
         if manifest is not None:
             out.append(overlay_status(p, manifest))
     return out
+
+
+def default_overlays_of(snapshot: Path) -> list[Path]:
+    """The overlays plain `patch ORG/NAME` made of SNAPSHOT: at their default place and name
+    (_default_named), built from it. What `revert ORG/NAME` removes."""
+    from qwenprep.manifest import read_manifest
+
+    found = []
+    for p in find_overlays([]):
+        m = read_manifest(p)
+        src = m.get("source") if m else None
+        if isinstance(src, dict) and src.get("path") == str(snapshot) and _default_named(p, src):
+            found.append(p)
+    return found

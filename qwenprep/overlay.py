@@ -29,6 +29,7 @@ from qwenprep.checkpoint import CONFIG, Checkpoint, resolve_dir
 from qwenprep.contexts import ContextRequest, PatchResult, patch_config
 from qwenprep.errors import ConflictError, InputError, QwenprepError, UsageError
 from qwenprep.jsonio import (
+    REPLACED_SUFFIX,
     atomic_write_bytes,
     dump_config,
     fsync_dir,
@@ -120,8 +121,8 @@ def _source_entries(src: Path) -> Iterator[tuple[str, Path, bool]]:
                 yield os.path.normpath(os.path.join(rel_root, d)), p, True
         dirs[:] = [d for d in dirs if not (Path(root) / d).is_symlink()]
         for f in sorted(files):
-            if rel_root == "." and f == CONFIG:
-                continue
+            if (rel_root == "." and f == CONFIG) or REPLACED_SUFFIX in f:
+                continue  # the patched config is written; kept copies (jsonio.REPLACED_SUFFIX) stay
             yield os.path.normpath(os.path.join(rel_root, f)), Path(root) / f, False
 
 
@@ -324,6 +325,7 @@ def create_overlay(
         source = Checkpoint(
             source.path, prior["source"].get("repo_id"), prior["source"].get("revision")
         )
+    edit_notes = _cache_edits(source, force)
     raw = _read_source_config(source)
     try:
         text = raw.decode("utf-8")
@@ -431,8 +433,23 @@ def create_overlay(
             lifecycle.release_pin(old_manifest)
     status = {"absent": "created", "empty": "created", "ours": "replaced"}[state]
     return OverlayResult(
-        out, source, manifest, patched, text, status, [pin_note] if pin_note else []
+        out, source, manifest, patched, text, status, edit_notes + ([pin_note] if pin_note else [])
     )
+
+
+def _cache_edits(source: Checkpoint, force: bool) -> list[str]:
+    """A source whose JSON files were edited in place in the HF cache (qwenprep.hub.
+    edited_in_cache) is refused: the overlay would carry the edit as if it were the release.
+    With --force it goes ahead, and the note says so."""
+    from qwenprep.hub import edited_in_cache, edited_in_cache_message
+
+    edited = edited_in_cache(source.path)
+    if not edited:
+        return []
+    message, hint = edited_in_cache_message(source.path, edited)
+    if not force:
+        raise InputError(f"{message}.", hint=f"{hint}, then patch again (or pass --force)")
+    return [f"{message}; patched anyway (--force). {hint}"]
 
 
 def _refuse_unpatchable(source: Checkpoint, text: str) -> None:

@@ -67,6 +67,25 @@ def vllm_log_lines(plan: Plan) -> list[str]:
     return [*head, tokens, conc]
 
 
+def answer(plan: Plan) -> str:
+    """The plan in one line, before its detail: fits or not, the concurrency, the full-length
+    prefill's typical time and the recommended context (each where known)."""
+    from qwenprep.timing import format_seconds
+
+    k = plan.kv
+    parts = [
+        ("fits" if plan.fits else "does NOT fit")
+        + f": {k.max_concurrency:.2f}x concurrency at {k.context:,} tokens"
+    ]
+    t = plan.timing
+    if t is not None and t.prefill.seconds_typical is not None:
+        lo, hi = t.prefill.seconds_typical
+        parts.append(f"prefill typical {format_seconds(lo)} - {format_seconds(hi)}")
+    if t is not None and t.recommendation.startswith("--context"):
+        parts.append(f"recommended {t.recommendation.split(':')[0]} (why: below)")
+    return "; ".join(parts)
+
+
 def summary_parts(plan: Plan) -> tuple[list[tuple[str, str]], list[tuple[str, ...]], list[str]]:
     """The plan for people, as data (qwenprep/cli draws it): the (what, value) rows, the
     context table (columns: timing.CONTEXT_COLUMNS; empty without time estimates), and
@@ -90,6 +109,7 @@ def summary_parts(plan: Plan) -> tuple[list[tuple[str, str]], list[tuple[str, ..
         f"{format_gib(plan.weights_per_gpu)}, overhead: {plan.overhead_text}"
     )
     rows = [
+        ("answer", answer(plan)),  # first: the detail follows
         ("model", plan.shape.name),
         (
             "parallel",

@@ -337,6 +337,15 @@ def run_checks(
     extra["gpus"] = inv.to_dict()
     checks: list[Check] = []
     from qwenprep.integrity_tensors import header_scan
+    from qwenprep.lifecycle import require_live
+
+    try:
+        require_live(path)
+    except InputError as e:  # dangling: the rebuild is the fix, not the missing files one by one
+        if rule_soon is not None:
+            rule_soon.wait()
+        live = Check("overlay.live", "fail", f"{e.message} Hint: {e.hint}", e.path)
+        return Report("check", [live], extra)
     from qwenprep.validation import validate_checkpoint
 
     # read once: config.json, the index and every header, by the header scan; the shape for

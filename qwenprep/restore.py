@@ -249,7 +249,10 @@ def revert_path(spec: str | Path, *, force: bool = False) -> RevertResult:
             "absent", shown, f"nothing at {shown}: no overlay to remove (already reverted?)"
         )
     try:
-        return _revert_at(path, force)
+        res = _revert_at(path, force)
+        if res.action == "already-original" and not Path(spec).expanduser().exists():
+            return _revert_default_overlay(str(spec), path, force) or res
+        return res
     except OSError as e:
         raise _io_error(
             path,
@@ -258,6 +261,22 @@ def revert_path(spec: str | Path, *, force: bool = False) -> RevertResult:
             hint="revert needs write access to the directory (and, in a Hugging Face "
             "cache, to its blobs); remount read-write or run as the owner",
         ) from None
+
+
+def _revert_default_overlay(spec: str, snapshot: Path, force: bool) -> RevertResult | None:
+    """`revert ORG/NAME` undoes `patch ORG/NAME`: the snapshot's config is the release's, so
+    the overlay that patch made at its default place goes. None when there is none; several
+    (one per context) are listed, to pick one."""
+    from qwenprep.lifecycle import default_overlays_of
+
+    found = default_overlays_of(snapshot)
+    if len(found) > 1:
+        raise InputError(
+            f"{spec}: its config.json is the release's, and {len(found)} overlays were made "
+            f"of it: {', '.join(map(str, found))}.",
+            hint=f"revert the one to remove: qwenprep revert {found[0]}",
+        )
+    return _revert_at(found[0], force) if found else None
 
 
 def _revert_at(path: Path, force: bool) -> RevertResult:
@@ -271,6 +290,12 @@ def _revert_at(path: Path, force: bool) -> RevertResult:
             return RevertResult(
                 "absent", str(path), f"nothing at {path}: no overlay to remove (removed meanwhile?)"
             )
+        src = Path(m["source"]["path"])
+        said = (
+            f"source {src} untouched"
+            if src.is_dir()
+            else f"it was dangling: its source {src} was already gone"
+        )
         pin_note = (
             f"; its cache pin {m['source']['pin']} is kept for {sharer}, the overlay it was "
             "copied from"
@@ -278,9 +303,7 @@ def _revert_at(path: Path, force: bool) -> RevertResult:
             else ""
         )
         return RevertResult(
-            "removed-overlay",
-            str(path),
-            f"removed overlay {path} (source {m['source']['path']} untouched){pin_note}",
+            "removed-overlay", str(path), f"removed overlay {path} ({said}){pin_note}"
         )
     if not path.exists():  # a concurrent revert removed it between our looks
         return RevertResult(

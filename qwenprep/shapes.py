@@ -129,12 +129,17 @@ def shape_from_hub(spec: str) -> ModelShape:
         # cache would later look like a downloaded, weightless snapshot of this repo. That is
         # also why the shards are read one by one with parse_safetensors_file_metadata (range
         # requests) rather than get_safetensors_metadata, which caches the index itself.
+        # The repo's file list first: one plain GET, which fails at once when the Hub cannot
+        # be reached, where hf_hub_download's HEAD retries five times with backoff (about 25 s
+        # of "Retrying in 8s" lines; huggingface_hub file_download.get_hf_file_metadata ->
+        # http_backoff). fetch reads the same model_info first (qwenprep.fetch_plan).
+        listed = {s.rfilename for s in api.model_info(repo_id, revision=rev).siblings or ()}
         with tempfile.TemporaryDirectory(prefix="qwenprep-plan-") as tmp:
             cfg_path = hf_hub_download(
                 repo_id, "config.json", revision=rev, cache_dir=tmp, endpoint=endpoint
             )
             cfg = json.loads(Path(cfg_path).read_text(encoding="utf-8"))
-            if api.file_exists(repo_id, "model.safetensors.index.json", revision=rev):
+            if "model.safetensors.index.json" in listed:
                 idx_path = hf_hub_download(
                     repo_id,
                     "model.safetensors.index.json",
@@ -195,6 +200,9 @@ def load_shape(spec: str) -> ModelShape:
         if Path(spec).expanduser().exists() or parse_repo_spec(spec) is None:
             raise
         return shape_from_hub(spec)
+    from qwenprep.lifecycle import require_live
+
+    require_live(ckpt.path)  # a dangling overlay: its rebuild, not its missing weights' sizes
     shape = shape_from_dir(ckpt.path)
     if ckpt.repo_id:
         shape = replace(shape, name=f"{ckpt.repo_id}@{ckpt.revision} ({ckpt.path})")

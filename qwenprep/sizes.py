@@ -1,10 +1,11 @@
 """Memory sizes as people write them: ``61.31GiB``, ``141GB``, ``80 GiB``, ``1024B``.
 
-Units: ``KiB MiB GiB TiB`` are binary (1024^n); ``KB MB GB TB`` are decimal (1000^n), as GPU
-vendors print them (an H200 is "141 GB"); ``B`` means bytes. Sizes never guess: a number
-without a unit (``141``) and the single letters ``k m g t`` (``8g``: vLLM's own parser reads
-a lowercase suffix as decimal, other tools as binary) are refused with "did you mean 8GiB or
-8GB?" (UsageError, exit 2). A Python int is a byte count.
+Units: ``KiB MiB GiB TiB`` are binary (1024^n); ``KB MB GB TB`` are decimal (1000^n). A GPU
+datasheet's "GB" is neither exactly (an H200's "141 GB" is 143,771 MiB = 140.40 GiB as NVML
+reports it): ``--gpu NAME`` or nvidia-smi's MiB figure is exact; ``B`` means bytes. Sizes
+never guess: a number without a unit (``141``) and the single letters ``k m g t`` (``8g``:
+vLLM's own parser reads a lowercase suffix as decimal, other tools as binary) are refused with
+"did you mean 8GiB or 8GB?" (UsageError, exit 2). A Python int is a byte count.
 """
 
 from __future__ import annotations
@@ -64,13 +65,13 @@ def parse_size(text: str | int, option: str | None = None) -> int:
             f"{where or 'size '}{_shown(raw.strip())} {what}: "
             f"did you mean {num}{big}iB or {num}{big}B?",
             hint="write the unit: GiB/MiB (binary, as nvidia-smi and vLLM's logs count), GB/MB "
-            "(decimal, as GPU datasheets print), or B for a byte count, e.g. "
+            "(decimal), or B for a byte count, e.g. "
             f"{option or '--gpu-memory'} {num}{big}iB.",
         )
     if not m or unit not in _UNITS:
         raise UsageError(
             f"{where}unreadable size {_shown(raw)}.",
-            hint="write a size like 61.31GiB, 80GiB, 141GB (decimal) or 1024B (bytes).",
+            hint="write a size like 61.31GiB, 143771MiB (binary), 80GB (decimal) or 1024B (bytes).",
         )
     try:
         value = Decimal(m.group(1)) * _UNITS[unit]
@@ -79,7 +80,7 @@ def parse_size(text: str | int, option: str | None = None) -> int:
     if value > MAX_SIZE:
         raise UsageError(
             f"{where}{_shown(raw)} is more than 1 EiB; no GPU or disk is that large.",
-            hint="write a size like 61.31GiB, 80GiB or 141GB.",
+            hint="write a size like 61.31GiB, 143771MiB or 80GB.",
         )
     return int(value)
 

@@ -91,6 +91,13 @@ def label(n: int) -> str:
     return f"{n:,}"
 
 
+def context_flag(n: int) -> str:
+    """What --context reads back as N: '1m', '256k', or the plain count ('179904', never with
+    separators); with the count after it when the two differ: '256k (262,144)'."""
+    short = label(n).lower()
+    return f"{short} ({n:,})" if short.endswith(("k", "m")) else str(n)
+
+
 def format_seconds(s: float | None) -> str:
     if s is None:
         return "unknown"
@@ -195,6 +202,7 @@ class PlanTiming:
             "hbm_tb_s": None,
             "memory_bytes": None,
             "source": None,
+            "memory_source": None,
             "known": False,
         }
 
@@ -359,7 +367,7 @@ def recommend(rows: tuple[ContextRow, ...], budget_s: float, known_time: bool) -
     if not known_time:
         best = fitting[-1]
         return (
-            f"--context {label(best.context).lower()} ({best.context:,}) is the largest "
+            f"--context {context_flag(best.context)} is the largest "
             "that fits; prefill time is unknown without a known GPU (name one with --gpu)"
         )
     within = [
@@ -369,13 +377,13 @@ def recommend(rows: tuple[ContextRow, ...], budget_s: float, known_time: bool) -
     if not within:
         best = fitting[0]
         return (
-            f"--context {label(best.context).lower()}: even the smallest context's full "
+            f"--context {context_flag(best.context)}: even the smallest context's full "
             f"prefill exceeds the {budget_s:g} s budget "
             f"({_typ(best)}); raise --prefill-budget or add GPUs"
         )
     best = within[-1]
     why = (
-        f"--context {label(best.context).lower()} ({best.context:,}): the largest context "
+        f"--context {context_flag(best.context)}: the largest context "
         f"whose full-length prefill stays within {budget_s:g} s (typical {_typ(best)}, "
         f"{best.max_concurrency:.2f}x concurrency)"
     )
@@ -387,7 +395,8 @@ def recommend(rows: tuple[ContextRow, ...], budget_s: float, known_time: bool) -
             f"{biggest.prefill.attention_share:.0%} of it attention)"
         )
     if best.needs_patch:
-        why += f"; patch first: qwenprep patch MODEL --context {label(best.context).lower()}"
+        flag = context_flag(best.context).split()[0]
+        why += f"; patch first: qwenprep patch MODEL --context {flag}"
     return why
 
 

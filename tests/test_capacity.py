@@ -438,7 +438,7 @@ def test_no_memory_budget_says_why_no_gpu_was_found(
         "(NVML: nvidia-ml-py is not installed; nvidia-smi: nvidia-smi exited 9: NVIDIA-SMI "
         "has failed because it could not communicate with the NVIDIA driver.)"
     ) in err["message"]
-    assert err["hint"] == "qwenprep plan MODEL --context 1m --tp 8 --gpus 8 --gpu-memory 141GB"
+    assert err["hint"] == "qwenprep plan MODEL --context 1m --gpus 8 --gpu H200"
 
 
 def test_bad_size_and_bad_context() -> None:

@@ -22,7 +22,7 @@ from hubserver import TINY_REPO, Commit, HubServer, hub_env, serving_tiny_hub
 
 SIZE_HINT = (
     "Hint: write the unit: GiB/MiB (binary, as nvidia-smi and vLLM's logs count), GB/MB "
-    "(decimal, as GPU datasheets print), or B for a byte count, e.g. "
+    "(decimal), or B for a byte count, e.g. "
 )
 
 
@@ -127,7 +127,7 @@ def test_check_takes_gpu_name() -> None:
         "--tp",
         "1",
         "--gpu-memory",
-        "141GiB",
+        "143771MiB",
         "--json",
     )
     assert by_name.exit_code == by_size.exit_code == 0, by_name.output
@@ -135,8 +135,8 @@ def test_check_takes_gpu_name() -> None:
     assert a["gpus"] == b["gpus"]
     assert a["checks"] == b["checks"]
     assert (
-        "note: GPU memory 141 GiB per GPU from the catalog (H200; pass --gpu-memory for the "
-        "exact figure)"
+        "note: GPU memory 140.40 GiB per GPU from the catalog (H200, as its driver reports it; "
+        "pass --gpu-memory for another figure)"
     ) in by_name.stderr
     # --gpu-memory wins over the catalog
     own = invoke(
@@ -475,3 +475,168 @@ def test_completion_completes_commands() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+# ------------------------------------------------------------------ printed values paste back
+
+# qwenprep plan's own options that take a value: what a person copies out of a printed line.
+_PLAN_FLAGS = {"--context", "--kv-cache-dtype", "--gpus", "--tp", "--pp", "--kv-memory", "--gpu"}
+
+
+def _pasted(line: str) -> list[tuple[str, str]]:
+    """The (option, value) pairs of qwenprep plan's own options in a printed line, as a person
+    would copy them (a value ends at a space, ';', ':' or a bracket)."""
+    import re
+
+    found = re.findall(r"(--[a-z][a-z-]*)[ =]([^\s;:()]+)", line)
+    return [(f, v) for f, v in found if f in _PLAN_FLAGS]
+
+
+@pytest.fixture(scope="module")
+def big480(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from qwenprep.synth import make_shaped_checkpoint
+
+    return make_shaped_checkpoint(tmp_path_factory.mktemp("e480") / "Qwen3-Coder-480B-FP8")
+
+
+@pytest.mark.parametrize(
+    "setup",
+    [
+        ("--gpus", "8", "--gpu", "H100 SXM"),  # recommended --context 179,904 (179,904)
+        ("--gpus", "4", "--gpu", "H200"),
+        ("--context", "1m", "--gpus", "8", "--gpu", "H100 SXM"),  # does not fit: advice
+        ("--context", "1m", "--gpus", "8", "--gpu-memory", "140GiB"),  # no GPU named: notes
+    ],
+)
+def test_every_printed_value_pastes_back_into_plan(big480: Path, setup: tuple[str, ...]) -> None:
+    """Each recommendation, advice and note line that names a qwenprep option gives a value
+    that option accepts: pasted back over the same command, plan runs (exit 0 or 1, never 2)."""
+    base = [str(big480), "--vllm-version", "0.32", "--json"]
+    r = invoke("plan", *base, *setup)
+    assert r.exit_code in (0, 1), r.output
+    out = json.loads(r.stdout)
+    lines = [out["recommendation"], *out["advice"], *out["time_notes"]]
+    pasted = 0
+    for line in lines:
+        flags = _pasted(line)
+        if not flags:
+            continue
+        args = dict(zip(setup[::2], setup[1::2], strict=True))
+        args.update(flags)
+        if "--gpu" in args:
+            args.pop("--gpu-memory", None)
+        again = invoke("plan", *base, *[x for kv in args.items() for x in kv])
+        assert again.exit_code in (0, 1), (line, again.output)
+        pasted += 1
+    assert pasted, lines
+
+
+# ------------------------------------------------------------------ alike across commands
+
+
+def test_check_gpu_without_gpus_answers_like_plan() -> None:
+    plan = invoke("plan", str(TINY), "--gpu", "H200", "--json")
+    check = invoke("check", str(TINY), "--no-engine", "--gpu", "H200", "--json")
+    assert plan.exit_code == check.exit_code == 2
+    p, c = json.loads(plan.stdout)["error"], json.loads(check.stdout)["error"]
+    assert p["message"].startswith("--gpu NAME needs --gpus N")
+    assert c["message"] == "--gpu NAME needs --gpus N: how many of them."
+    assert c["hint"] == "qwenprep check MODEL --gpu H200 --gpus 8"
+    assert "note:" not in check.stderr  # no catalog memory note before the refusal
+
+
+def test_sglang_plan_takes_the_gpu_memory_from_gpu() -> None:
+    by_name = invoke(
+        "plan", str(TINY), "--tp", "1", "--gpus", "1", "--gpu", "H200",
+        "--serving-engine", "sglang", "--json",
+    )  # fmt: skip
+    by_size = invoke(
+        "plan", str(TINY), "--tp", "1", "--gpus", "1", "--gpu-memory", "143771MiB",
+        "--serving-engine", "sglang", "--json",
+    )  # fmt: skip
+    assert by_name.exit_code == by_size.exit_code == 0, by_name.output
+    a, b = json.loads(by_name.stdout), json.loads(by_size.stdout)
+    assert a["max_total_num_tokens"] == b["max_total_num_tokens"] > 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        ((), "ready to serve (no GPU checked: pass --gpu/--gpus)"),
+        (
+            ("--gpus", "1", "--gpu", "H200"),
+            "ready to serve (GPUs as --gpus/--gpu describe them; none were looked at here)",
+        ),
+    ],
+)
+def test_ready_says_what_it_did_not_check(
+    extra: tuple[str, ...], said: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
+    r = invoke("check", str(TINY), "--no-engine", "--tp", "1", "--kv-memory", "1GiB", *extra)
+    if extra:
+        r = invoke("check", str(TINY), "--no-engine", "--tp", "1", *extra)
+    assert r.exit_code == 0, r.output
+    assert r.stdout.rstrip().splitlines()[-1] == said, r.stdout
+
+
+@pytest.mark.parametrize(
+    "setup",
+    [
+        ("--context", "1m", "--gpus", "8", "--gpu", "H100 SXM"),  # promised 2.15x with PP 2
+        ("--context", "1m", "--tp", "4", "--gpus", "4", "--gpu", "H200"),
+    ],
+)
+def test_advice_that_promises_a_figure_gives_the_flags_that_produce_it(
+    big480: Path, setup: tuple[str, ...]
+) -> None:
+    """'more GPUs: ... 2.15x at 1,048,576': pasting that line's flags over the same command
+    gives that very concurrency (plan --gpus 16 alone picks TP 16, another layout)."""
+    import re
+
+    base = [str(big480), "--vllm-version", "0.32", "--json"]
+    r = invoke("plan", *base, *setup)
+    assert r.exit_code == 1, r.output
+    [line] = [a for a in json.loads(r.stdout)["advice"] if a.startswith("more GPUs")]
+    promised = re.search(r"(\d+\.\d\d)x at", line)
+    assert promised, line
+    args = dict(zip(setup[::2], setup[1::2], strict=True))
+    args.update(_pasted(line))
+    again = invoke("plan", *base, *[x for kv in args.items() for x in kv])
+    assert again.exit_code in (0, 1), again.output
+    assert f"{json.loads(again.stdout)['max_concurrency']:.2f}" == promised[1], line
+
+
+def test_plan_puts_the_answer_first(big480: Path) -> None:
+    """The first row under the header is the answer (fits, concurrency, prefill time, the
+    recommended context), not 45 lines down; the detail follows."""
+    r = invoke(
+        "plan", str(big480), "--gpus", "8", "--gpu", "H200", "--vllm-version", "0.32"
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    first = r.stdout.splitlines()[1]
+    assert first.startswith("answer "), r.stdout
+    assert " fits: " in first and "x concurrency at 262,144 tokens" in first, first
+    assert "prefill typical " in first and "recommended --context " in first, first
+    r = invoke("plan", str(big480), "--context", "1m", "--gpus", "8", "--gpu", "H100 SXM")
+    assert r.exit_code == 1
+    assert r.stdout.splitlines()[1].split()[:4] == ["answer", "does", "NOT", "fit:"]
+
+
+def test_plan_and_check_name_the_same_layout_for_the_same_flags(big480: Path) -> None:
+    """plan --gpus 16 takes TP = GPUs / PP (16); check, as serve, the model profile's TP 8 x
+    DP 2. plan says so, with the flags that plan check's layout, and its figure is check's."""
+    import re
+
+    flags = ("--context", "1m", "--gpus", "16", "--gpu", "H100 SXM", "--vllm-version", "0.32")
+    p = invoke("plan", str(big480), *flags, "--json")
+    c = invoke("check", str(big480), *flags, "--no-engine", "--json")
+    plan, check = json.loads(p.stdout), json.loads(c.stdout)
+    [line] = [a for a in plan["advice"] if a.startswith("qwenprep serve and check use TP 8")]
+    assert "--gpus 16 --tp 8 plans theirs, TP 8 x PP 1 x DP 2" in line, line
+    assert (check["parallel"]["tp"], check["parallel"]["dp"]) == (8, 2)
+    [kv] = [x["message"] for x in check["checks"] if x["id"] == "kv.fits"]
+    figure = re.search(r"(\d+\.\d\d)x at", line)
+    assert figure and kv.endswith(f", {figure[1]}x"), (line, kv)
+    again = invoke("plan", str(big480), *flags, "--tp", "8", "--json")
+    assert f"{json.loads(again.stdout)['max_concurrency']:.2f}" == figure[1]

@@ -292,3 +292,106 @@ def test_console_script_plan_reads_nvml(tmp_path: Path) -> None:
     out = json.loads(res.stdout)
     assert out["parallel"]["tp"] == 2 and out["parallel"]["gpus"] == 2
     assert out["estimate"]["gpu_memory_bytes"] == 85520809984
+
+
+# ------------------------------------------------------------------ the catalog's memory
+
+
+def test_catalog_memory_is_what_the_driver_reports() -> None:
+    """Each GPU's memory is the driver's figure in bytes, with where it was read: an H200 is
+    150,754,820,096 bytes (143,771 MiB, NVML on a real H200), not the datasheet's "141 GB"
+    read as GiB (151,397,597,184) nor as GB (141,000,000,000)."""
+    from qwenprep.catalog import CATALOG, lookup
+
+    want = {"H200": 143771, "H100 SXM": 81559, "B200": 183359, "L40S": 46068, "A100": 81920}
+    for name, mib in want.items():
+        spec = lookup(name) if name != "A100" else lookup("A100 80GB SXM")
+        assert spec is not None and spec.memory_bytes == mib * MiB, name
+    mi300x = lookup("MI300X")
+    assert mi300x is not None and mi300x.memory_bytes == 206_141_652_992
+    for spec in CATALOG:
+        assert spec.memory_source and spec.to_dict()["memory_source"] == spec.memory_source
+
+
+def test_hints_and_examples_give_a_gpu_name_or_a_binary_size(no_nvml: None) -> None:
+    """No hint, help example or README line tells people to type a datasheet's decimal GB
+    (`--gpu-memory 141GB` is 131.32 GiB, 6 % less than an H200 has)."""
+    import re
+
+    from click.testing import CliRunner
+
+    from conftest import REPO, TINY
+    from qwenprep.cli import cli
+
+    decimal = re.compile(r"--gpu-memory[ =]\d+(\.\d+)?[GMT]B\b")
+    texts = {"README.md": (REPO / "README.md").read_text(encoding="utf-8")}
+    for command in ("plan", "check", "serve"):
+        texts[f"{command} --help"] = CliRunner().invoke(cli, [command, "--help"]).output
+    # the hints of the mistakes people make: no memory budget, --gpus without --gpu-memory
+    env = {"PATH": "/nonexistent"}  # no nvidia-smi either
+    texts["plan, no GPU"] = CliRunner(env=env).invoke(cli, ["plan", str(TINY)]).output
+    texts["check --gpus"] = (
+        CliRunner(env=env).invoke(cli, ["check", str(TINY), "--no-engine", "--gpus", "8"]).output
+    )
+    for where, text in texts.items():
+        assert not decimal.search(text), (where, decimal.search(text))
+    assert "--gpu H200" in texts["plan, no GPU"] + texts["check --gpus"]
+
+
+# ------------------------------------------------------------------ the names people type
+
+
+@pytest.mark.parametrize(
+    ("typed", "name", "note"),
+    [
+        ("H100", "H100 SXM", "--gpu 'H100' read as H100 SXM (the catalog also has H100 PCIe"),
+        ("a100", "A100 80GB SXM", "--gpu 'a100' read as A100 80GB SXM"),
+        ("NVIDIA H100 80GB HBM3", "H100 SXM", None),  # nvidia-smi's product names
+        ("NVIDIA H200", "H200", None),
+        ("NVIDIA A100-SXM4-80GB", "A100 80GB SXM", None),
+        ("NVIDIA H100 PCIe", "H100 PCIe", None),
+        ("AMD Instinct MI300X", "MI300X", None),
+        ("h100sxm", "H100 SXM", None),  # case and spacing free
+        ("  H100 - SXM ", "H100 SXM", None),
+    ],
+)
+def test_plan_reads_the_gpu_names_people_type(typed: str, name: str, note: str | None) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from conftest import TINY
+    from qwenprep.cli import cli
+
+    r = CliRunner().invoke(
+        cli,
+        ["plan", str(TINY), "--gpus", "1", "--tp", "1", "--gpu", typed, "--vllm-version", "0.32"]
+        + ["--json"],
+    )
+    assert r.exit_code in (0, 1), r.output
+    out = json.loads(r.stdout)
+    assert out["gpu"]["name"] == name
+    notes = [n for n in out["time_notes"] if n.startswith("--gpu ")]
+    if note is None:
+        assert notes == []
+    else:
+        assert len(notes) == 1 and notes[0].startswith(note)
+
+
+@pytest.mark.parametrize(("typed", "choices"), [("H2", "H200, H20"), ("mi3", "MI300X, MI325X")])
+def test_an_ambiguous_gpu_name_lists_the_choices(typed: str, choices: str) -> None:
+    from qwenprep.catalog import require
+
+    with pytest.raises(UsageError) as e:
+        require(typed)
+    assert e.value.message == f"--gpu {typed!r} is ambiguous: it could be {choices}."
+    assert e.value.exit_code == 2
+
+
+def test_unknown_gpu_names_stay_unknown() -> None:
+    from qwenprep.catalog import lookup, require
+
+    for typed in ("H100 NVL", "NVIDIA A100-SXM4-40GB", "A100 PCIe", "RTX 4090"):
+        assert lookup(typed) is None
+        with pytest.raises(UsageError, match="not in the GPU catalog"):
+            require(typed)

@@ -690,3 +690,101 @@ def test_downloaded_checkpoint_without_weights_fails(tmp_path: Path) -> None:
     plain = tmp_path / "plain"
     _sh.copytree(snap, plain)
     assert [c.status for c in _verify(plain).checks if c.id == "weights"] == ["warn"]
+
+
+# ------------------------------------------------------------------ edited in place in the cache
+
+EDITED = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _edit_through_link(snap: Path) -> None:
+    """The old manual recipe: edit config.json through the snapshot link, into its blob."""
+    cfg = json.loads((snap / "config.json").read_text())
+    cfg["max_position_embeddings"] = 1048576
+    cfg["rope_scaling"] = {
+        "type": "yarn",
+        "factor": 4.0,
+        "original_max_position_embeddings": 262144,
+    }
+    with open(snap / "config.json", "w") as f:
+        f.write(json.dumps(cfg, indent=4))
+
+
+@pytest.mark.parametrize("how", ["through the link", "link replaced by a file"])
+def test_plain_verify_sees_a_config_edited_in_place(
+    tmp_path: Path, tiny: Path, cli: Callable[..., Result], how: str
+) -> None:
+    """Header-level verify hashes the cache's small JSON files against their blob names (a few
+    KB; --deep is not needed) and names the command that restores them."""
+    _, snap = _hf_cache(tmp_path, tiny)
+    assert verify_json(cli, snap)[0] == 0
+    if how == "link replaced by a file":
+        data = (snap / "config.json").read_bytes()
+        (snap / "config.json").unlink()
+        (snap / "config.json").write_bytes(data.replace(b'"silu"', b'"silv"'))
+    else:
+        _edit_through_link(snap)
+    code, obj = verify_json(cli, snap)
+    assert code == 1
+    [(cid, msg)] = only_fail(obj)
+    assert cid == "cache.edits"
+    assert msg == (
+        f"config.json in {snap}: edited in place in the Hugging Face cache (the bytes no longer "
+        "match the blob name huggingface_hub gave them). Hint: edited in place: `qwenprep "
+        f"revert Qwen/Tiny-FP8@{EDITED}` restores it"
+    )
+
+
+def test_deep_hint_names_the_repo(tmp_path: Path, tiny: Path, cli: Callable[..., Result]) -> None:
+    _, snap = _hf_cache(tmp_path, tiny)
+    _edit_through_link(snap)
+    _flip((snap / S1).resolve(), (snap / S1).stat().st_size - 5)
+    code, obj = verify_json(cli, snap, "--deep")
+    assert code == 1
+    hints = {
+        c["path"]: c["message"].split("Hint: ")[1] for c in obj["checks"] if c["status"] == "fail"
+    }
+    assert hints == {
+        "config.json": f"edited in place: `qwenprep revert Qwen/Tiny-FP8@{EDITED}` restores it",
+        S1: f"re-download the damaged file(s): qwenprep fetch Qwen/Tiny-FP8@{EDITED}",
+    }
+
+
+def test_patch_refuses_a_source_edited_in_place(
+    tmp_path: Path, tiny: Path, cli: Callable[..., Result]
+) -> None:
+    _, snap = _hf_cache(tmp_path, tiny)
+    _edit_through_link(snap)
+    out = tmp_path / "ov"
+    r = cli("patch", str(snap), "--context", "1m", "--out", str(out), "--force", "--json")
+    assert r.exit_code == 0, r.output  # --force goes ahead, and says what it built on
+    assert json.loads(r.stdout)["warnings"][0].startswith(
+        f"config.json in {snap}: edited in place in the Hugging Face cache"
+    )
+    r = cli("patch", str(snap), "--context", "1m", "--out", str(tmp_path / "ov2"))
+    assert r.exit_code == 3
+    assert (
+        f"Hint: edited in place: `qwenprep revert Qwen/Tiny-FP8@{EDITED}` restores it, then "
+        "patch again (or pass --force)"
+    ) in r.stderr
+    assert not (tmp_path / "ov2").exists()
+
+
+def test_revert_then_patch_links_no_kept_copy(
+    tmp_path: Path, tiny: Path, cli: Callable[..., Result]
+) -> None:
+    """revert keeps the edited bytes beside the file (config.json.qwenprep-replaced): the next
+    patch links the release's files only, never that copy."""
+    _, snap = _hf_cache(tmp_path, tiny)
+    data = (snap / "config.json").read_bytes()
+    cfg = json.loads(data)
+    cfg["max_position_embeddings"] = 1048576
+    (snap / "config.json").unlink()
+    (snap / "config.json").write_text(json.dumps(cfg, indent=2))
+    assert cli("revert", str(snap)).exit_code == 0
+    assert (snap / "config.json.qwenprep-replaced").is_file()
+    out = tmp_path / "ov"
+    r = cli("patch", str(snap), "--context", "1m", "--out", str(out), "--json")
+    assert r.exit_code == 0, r.output
+    assert not any("qwenprep-replaced" in p.name for p in out.iterdir())
+    assert verify_json(cli, snap)[0] == 0

@@ -121,10 +121,8 @@ def test_the_pin_keeps_the_source_from_hf_cache_prune_and_revert_releases_it(
     assert "WARN" in r.stdout and f"{REPO}@main now points at {NEW[:12]}" in r.stdout
     listed = _json(_q(home, "list", "--json"), "list-result")
     assert [o["state"] for o in listed["overlays"]] == ["stale"]
-    assert (
-        listed["overlays"][0]["rebuild"]
-        == f"qwenprep patch {REPO}@main --context 1048576 --out {ov} --force"
-    )
+    rebuild = listed["overlays"][0]["rebuild"]
+    assert rebuild == f"qwenprep patch {REPO}@main --context 1048576 && qwenprep revert {ov}"
     r = _q(home, "revert", str(ov))
     assert r.returncode == 0, r.stderr
     assert OLD in _revisions(home) and _revisions(home)[OLD] == []  # released: detached
@@ -165,6 +163,32 @@ def test_hf_cache_rm_leaves_a_dangling_overlay_that_every_gate_refuses(
     assert "the overlay is dangling" in r.stdout + r.stderr
 
 
+def test_a_dangling_overlay_gets_its_rebuild_everywhere(home: dict[str, str]) -> None:
+    """plan and check say 'dangling: rebuild with ...' like validate and serve, and nothing
+    that points the wrong way (plan: pass --kv-memory; check: restore the index)."""
+    ov = Path(_q(home, "patch", REPO, "--context", "1m").stdout.strip())
+    _hf(home, "cache", "rm", f"model/{REPO}", "-y")
+    hint = (
+        f"dangling: rebuild with qwenprep fetch {REPO}@{OLD} && "
+        f"qwenprep patch {REPO}@{OLD} --context 1048576 --out {ov} --force"
+    )
+    runs = {
+        "validate": ["validate", str(ov)],
+        "plan": ["plan", str(ov), "--gpus", "1", "--gpu", "H200"],
+        "check": ["check", str(ov), "--no-engine", "--gpus", "1", "--gpu", "H200"],
+    }
+    for name, args in runs.items():
+        r = _q(home, *args)
+        said = r.stdout + r.stderr
+        assert r.returncode in (1, 3), (name, said)
+        assert "the overlay is dangling" in said and hint in said, (name, said)
+        assert "--kv-memory" not in said and "Restore the index" not in said, (name, said)
+    r = _q(home, "check", str(ov), "--no-engine", "--gpus", "1", "--gpu", "H200", "--json")
+    assert [(c["id"], c["status"]) for c in json.loads(r.stdout)["checks"]] == [
+        ("overlay.live", "fail")
+    ]
+
+
 def test_list_of_explicit_paths_and_of_nothing(home: dict[str, str], tmp_path: Path) -> None:
     r = _q(home, "list", "--json")
     assert r.returncode == 0 and _json(r, "list-result")["overlays"] == []
@@ -189,3 +213,45 @@ def test_list_of_explicit_paths_and_of_nothing(home: dict[str, str], tmp_path: P
     assert "changed since the patch" in listed["overlays"][0]["reasons"][0]
     r = _q(home, "list", str(tmp_path / "nowhere"))
     assert r.returncode == 3 and "no such directory" in r.stderr
+
+
+def test_list_rebuild_of_a_moved_ref_names_the_new_commit_and_replaces_the_old(
+    home: dict[str, str],
+) -> None:
+    """After main moves, list's rebuild command, run as printed, leaves one overlay: the new
+    commit's, at its own default name (not the new commit in a folder named after the old)."""
+    hub = Path(home["HF_HOME"]) / "hub"
+    old = Path(_q(home, "patch", REPO, "--context", "1m").stdout.strip())
+    _add_revision(hub, NEW, tweak="new")
+    _set_main(hub, NEW)
+    [row] = _json(_q(home, "list", "--json"), "list-result")["overlays"]
+    assert row["state"] == "stale"
+    for command in row["rebuild"].split(" && "):
+        words = command.split()
+        assert words[0] == "qwenprep", command
+        r = _q(home, *words[1:])
+        assert r.returncode == 0, r.stdout + r.stderr
+    new = old.with_name(f"acme--tiny-coder@{NEW[:12]}-1m")
+    listed = _json(_q(home, "list", "--json"), "list-result")["overlays"]
+    assert [(o["path"], o["state"]) for o in listed] == [(str(new), "ok")]
+    assert not old.exists()
+    r = _q(home, "patch", REPO, "--context", "1m")  # the README's command: the same overlay
+    assert r.returncode == 0 and r.stdout.strip() == str(new), r.stderr
+
+
+def test_revert_org_name_removes_the_overlay_patch_org_name_made(home: dict[str, str]) -> None:
+    """`revert ORG/NAME` is the undo of `patch ORG/NAME`: the source's config is the release's,
+    so the default overlay goes (and its pin); with two contexts, both are named to pick one."""
+    ov = Path(_q(home, "patch", REPO, "--context", "1m").stdout.strip())
+    r = _q(home, "revert", REPO, "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert (out["action"], out["path"]) == ("removed-overlay", str(ov)), out
+    assert not ov.exists() and _revisions(home)[OLD] == ["main"]
+    r = _q(home, "revert", REPO, "--json")  # nothing left: the release's config, as before
+    assert r.returncode == 0 and json.loads(r.stdout)["action"] == "already-original"
+    a = Path(_q(home, "patch", REPO, "--context", "1m").stdout.strip())
+    b = Path(_q(home, "patch", REPO, "--context", "512k").stdout.strip())
+    r = _q(home, "revert", REPO)
+    assert r.returncode == 3 and a.exists() and b.exists(), r.stderr
+    assert f"2 overlays were made of it: {a}, {b}" in r.stderr or f"{b}, {a}" in r.stderr

@@ -648,7 +648,7 @@ def test_shell_pipeline_passes_on_qwenprep_errors(tmp_path: Path, tiny_src: Path
     assert res.stderr.splitlines()[-3:] == [
         "preflight: qwenprep check could not run (exit 2):",
         "--gpus and --gpu-memory go together.",
-        "Hint: e.g. --gpus 8 --gpu-memory 141GB",
+        "Hint: e.g. --gpus 8 --gpu H200, or --gpus 8 --gpu-memory 143771MiB",
     ], res.stderr
 
 

@@ -306,3 +306,21 @@ def test_mpe_only_edit_is_restored_by_address(
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["action"] == "restored-config"
     assert (snap / "config.json").read_bytes() == original
+
+
+def test_revert_of_a_dangling_overlay_does_not_call_the_source_untouched(
+    cli: CliFn, qwen_src: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(qwen_src, src)
+    out = tmp_path / "ov"
+    assert cli("patch", str(src), "-c", "1m", "-o", str(out)).exit_code == 0
+    shutil.rmtree(src)  # the source vanished: the overlay is dangling
+    r = cli("revert", str(out))
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip() == (
+        f"removed overlay {out} (it was dangling: its source {src.resolve()} was already gone)"
+    )
+    assert "untouched" not in r.stdout and not out.exists()

@@ -298,9 +298,16 @@ def test_catalog_figures_are_dense_and_sourced() -> None:
         if fp8 is not None:
             assert spec.fp8_tflops == pytest.approx(fp8, rel=2e-3)
         assert spec.hbm_tb_s == bw
-    assert H200 is not None and H200.memory_bytes == 141 * 2**30
+    # the driver's figure (NVML on a real H200: 143,771 MiB), not the datasheet's "141 GB"
+    assert H200 is not None and H200.memory_bytes == 150_754_820_096 == 143771 * 2**20
     assert len(CATALOG) == 11  # with the GH200 (144 GB) of the published rows
     for spec in CATALOG:
+        assert spec.memory_source and (
+            "nvidia-smi" in spec.memory_source
+            or "NVML" in spec.memory_source
+            or "rocm-smi" in spec.memory_source
+            or spec.memory_source.startswith("no driver-reported figure on record")
+        )
         assert any(w in spec.source for w in ("datasheet", "data sheet", "docs/time.md"))
         if spec.fp8_tflops:  # dense FP8 is twice dense BF16 on every one of these
             assert spec.fp8_tflops == pytest.approx(2 * spec.bf16_tflops, rel=0.02)
@@ -314,8 +321,8 @@ def test_plan_480b_8x_h200_at_1m(big: Path) -> None:
         str(big), "--context", "1m", "--gpus", "8", "--gpu", "H200", "--vllm-version", "0.32"
     )
     assert code == 0
-    assert out["gpu"]["name"] == "H200" and out["gpu"]["memory_bytes"] == 141 * 2**30
-    assert out["estimate"]["gpu_memory_bytes"] == 141 * 2**30  # --gpu set the memory
+    assert out["gpu"]["name"] == "H200" and out["gpu"]["memory_bytes"] == 150_754_820_096
+    assert out["estimate"]["gpu_memory_bytes"] == 150_754_820_096  # --gpu set the memory
     pre = out["prefill"]
     assert pre["attention_flops"] == 2 * 62 * 96 * 128 * ONE_M * (ONE_M + 1)
     assert pre["flops"] == pre["attention_flops"] + 2 * PER_TOKEN_480 * ONE_M + 2 * LM_HEAD_480
@@ -390,7 +397,7 @@ def test_prefill_budget_moves_the_recommendation(big: Path) -> None:
 
 
 def test_unknown_gpu_name_is_refused(big: Path) -> None:
-    r = invoke("plan", str(big), "--gpus", "8", "--gpu", "H100", "--json")
+    r = invoke("plan", str(big), "--gpus", "8", "--gpu", "H100 NVL", "--json")
     assert r.exit_code == 2
     err = json.loads(r.stdout)["error"]
     assert "not in the GPU catalog" in err["message"] and "H100 SXM" in err["hint"]

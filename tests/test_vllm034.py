@@ -82,6 +82,8 @@ def test_the_cuda_wheel_judges_a_correct_1m_overlay(answers: dict[str, tuple[Any
     assert any("0.34.0" in x["message"] for x in judged), judged
     argv = json.loads(s.stdout)["argv"]
     assert "1048576" in argv
+    # the CUDA build's own console script, as vLLM's docs run it (not a python -c one-liner)
+    assert argv[:2] == [str(Path(V034).parent / "vllm"), "serve"], argv
     # 0.34 sizes the KV cache after warmup at utilisation 1.0: serve passes none of its own
     assert not any(a.startswith("--gpu-memory-utilization") for a in argv), argv
     assert checks["engine.flags"]["status"] == "pass"

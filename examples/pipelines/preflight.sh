@@ -7,7 +7,7 @@
 # Steps: patch MODEL to CONTEXT into the overlay OUT (idempotent: an identical overlay is kept),
 # run every pre-flight check, keep the JSON report, print the failing checks, and exit with
 # qwenprep's own code: 0 ready, 1 a check failed (do not deploy), 2 bad invocation, 3 cannot
-# proceed. Extra arguments go to `qwenprep check` (e.g. --gpus 8 --gpu-memory 141GB,
+# proceed. Extra arguments go to `qwenprep check` (e.g. --gpus 8 --gpu H200,
 # --kv-memory 61.31GiB, --no-engine).
 #
 # MODEL is a checkpoint directory or a repo id already in the Hugging Face cache: run

@@ -168,8 +168,8 @@ def cli() -> None:
     vLLM's own parser reads a lowercase suffix as decimal: there
     vllm serve --max-model-len 1m is 1,000,000 (1M is 1,048,576);
     qwenprep always passes vLLM plain integers.
-    Sizes need a unit: 141GB (decimal), 80GiB (binary) or 1024B;
-    141 or 8g are refused as ambiguous (did you mean GiB or GB?).
+    Sizes need a unit: 143771MiB or 80GiB (binary, as nvidia-smi counts),
+    80GB (decimal) or 1024B; 141 or 8g are refused as ambiguous.
 
     \b
     Examples:
@@ -227,8 +227,8 @@ _gpu_options = [
     click.option(
         "--gpu-memory",
         metavar="SIZE",
-        help="Memory of one GPU, with its unit: 141GB (decimal), 80GiB (binary), "
-        "1024B. A bare number or 8g is refused as ambiguous.",
+        help="Memory of one GPU, with its unit, as nvidia-smi prints it: 143771MiB (binary; "
+        "GB is decimal), or 1024B. A bare number or 8g is refused. --gpu NAME sets it.",
     ),
     click.option(
         "--kv-memory",

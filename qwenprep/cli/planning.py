@@ -129,7 +129,7 @@ def plan(
     Examples:
       qwenprep plan Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8 --context 1m --gpus 8 --gpu h200
       qwenprep plan ./overlay --tp 8 --kv-memory 61.31GiB
-      qwenprep plan ./overlay --gpus 8 --gpu-memory 141GB --serving-engine sglang
+      qwenprep plan ./overlay --gpus 8 --gpu-memory 143771MiB --serving-engine sglang
     """
     from qwenprep.capacity import make_plan
     from qwenprep.request import PlanRequest, layout
@@ -145,6 +145,17 @@ def plan(
                     "(drop them, or plan for vLLM)."
                 ),
             )
+
+        from qwenprep.catalog import named_gpu
+
+        _, gpu_memory, gpus, gpu_notes = run(  # --gpu NAME: its memory, as for vLLM
+            as_json,
+            lambda: named_gpu(
+                gpu_model, gpu_memory=gpu_memory, kv_memory=kv_memory, gpus=gpus, tp=tp, pp=pp
+            ),
+        )
+        for note in gpu_notes:
+            echo(f"note: {note}", err=True)
         _plan_sglang(
             model,
             as_json,
@@ -303,7 +314,7 @@ def check(
     \b
     Examples:
       qwenprep check ./overlay --gpus 8 --gpu h200
-      qwenprep check ./overlay --gpus 8 --gpu-memory 141GB --strict --json
+      qwenprep check ./overlay --gpus 8 --gpu-memory 143771MiB --strict --json
       qwenprep check ./overlay --kv-memory 61.31GiB -- --max-num-seqs 4
     """
     from qwenprep import integrity_scan
@@ -314,7 +325,8 @@ def check(
 
     _check_sizes(as_json, gpu_memory=gpu_memory, kv_memory=kv_memory)
     _, gpu_memory, gpu_notes = run(
-        as_json, lambda: gpu_memory_for(gpu_model, gpu_memory=gpu_memory, kv_memory=kv_memory)
+        as_json,
+        lambda: gpu_memory_for(gpu_model, gpu_memory=gpu_memory, kv_memory=kv_memory, gpus=gpus),
     )
     for note in gpu_notes:
         echo(f"note: {note}", err=True)
@@ -352,6 +364,17 @@ def check(
     finish_report(
         report,
         as_json,
-        "ready to serve" if report.ok else "NOT ready: see the FAIL lines above",
+        _ready_text(report) if report.ok else "NOT ready: see the FAIL lines above",
         failed_only=failed_only,
     )
+
+
+def _ready_text(report: Report) -> str:
+    """'ready to serve', saying what was not checked: no GPUs at all, or GPUs only as --gpus
+    and --gpu-memory described them (qwenprep.preflight_checks.gpu_checks)."""
+    gpus = next((c for c in report.checks if c.id == "gpus.visible"), None)
+    if gpus is None or gpus.status == "skip":
+        return "ready to serve (no GPU checked: pass --gpu/--gpus)"
+    if "as given by --gpus" in gpus.message:
+        return "ready to serve (GPUs as --gpus/--gpu describe them; none were looked at here)"
+    return "ready to serve"

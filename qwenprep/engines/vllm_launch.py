@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +36,35 @@ WORKER_ENTRY = (
     "sys.argv[0]='vllm';from vllm.entrypoints.cli.main import main;main()"
 )
 DEFAULT_PORT = 8000
+
+
+def serve_layout_advice(model: str, req: Any, compute: Callable[[Any], Any]) -> list[str]:
+    """plan takes TP = GPUs / PP; serve and check the model profile's TP (model_profile;
+    preflight_checks.resolve_layout). Where they differ: their layout's figure (COMPUTE: a
+    capacity.PlanRequest to its Plan) and the flags that plan it. None for a Hub repo."""
+    from dataclasses import replace
+
+    from qwenprep.checkpoint import resolve_model
+    from qwenprep.jsonio import load_json_file
+    from qwenprep.manifest import read_manifest
+
+    try:
+        c = resolve_model(model)
+        cfg = load_json_file(c.path / CONFIG, what="config.json")
+        prof = model_profile(c.path, cfg, read_manifest(c.path), c.repo_id)
+    except (InputError, OSError):
+        return []  # a Hub repo not downloaded: no profile to compare with
+    gpus = req.gpus or req.tp * req.pp
+    if prof.tp == req.tp or gpus % (prof.tp * req.pp):
+        return []
+    alt = compute(replace(req, tp=prof.tp, ep=prof.ep and req.ep))
+    return [
+        f"qwenprep serve and check use TP {prof.tp} (model profile {prof.name}), this plan TP "
+        f"{req.tp} (GPUs / PP): --gpus {gpus} --tp {prof.tp} plans theirs, TP {prof.tp} x PP "
+        f"{req.pp} x DP {alt.dp}: {alt.kv.max_concurrency:.2f}x at {alt.kv.context:,} ("
+        + ("fits" if alt.fits else "does not fit")
+        + ")"
+    ]
 
 
 # ------------------------------------------------------------------ hints
