@@ -217,8 +217,6 @@ def _body_digest(body: str) -> str:
 def _unchanged_ours(target: Path) -> str | None:
     """None when TARGET is a file emit_config wrote and nobody edited since (its body still
     has the digest its header names); else why not."""
-    if target.is_symlink() or not target.is_file():
-        return "is not a regular file qwenprep wrote"
     try:
         text = target.read_bytes().decode("utf-8")
     except (OSError, UnicodeDecodeError):
@@ -238,25 +236,12 @@ def config_target(path: Path, *, force: bool = False) -> Path:
     """Where --emit-config writes, as an absolute path (the printed command must work from
     any directory), judged before anything is probed: a .yaml/.yml name in a directory that
     exists, and no file there but one qwenprep wrote and nobody edited since (FORCE: replace
-    any regular file). UsageError / ConflictError (exit 3) otherwise."""
-    from qwenprep.errors import ConflictError
+    any regular file; never a symlink). UsageError / ConflictError (exit 3) otherwise."""
+    from qwenprep.jsonio import output_target
 
     if path.suffix not in (".yaml", ".yml"):
         raise UsageError(f"--emit-config {path}: vLLM reads only .yaml or .yml config files.")
-    target = Path.cwd() / path if not path.is_absolute() else path
-    if not target.parent.is_dir():
-        raise UsageError(f"--emit-config {path}: the directory {target.parent} does not exist.")
-    if target.is_symlink() or target.exists():
-        why = _unchanged_ours(target)
-        if why is not None and (not force or target.is_symlink() or not target.is_file()):
-            raise ConflictError(
-                f"--emit-config {path}: {target} exists and {why}; refusing to overwrite it.",
-                hint="choose another file name, move that file away, or add --force to "
-                "replace it"
-                + ("" if target.is_file() and not target.is_symlink() else " (a regular file)"),
-                path=str(target),
-            )
-    return target
+    return output_target("--emit-config", path, _unchanged_ours, force=force)
 
 
 def emit_config(plan: LaunchPlan, path: Path, *, force: bool = False) -> EmittedConfig:
