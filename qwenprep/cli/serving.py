@@ -94,7 +94,8 @@ from qwenprep.request import MULTINODE_MODES, PORTS
     "--log-file",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Write vLLM's log here too (default: a new $TMPDIR/qwenprep-vllm-*.log); "
+    help="Write vLLM's log here too, appended to an existing file (default: a new "
+    "$TMPDIR/qwenprep-vllm-*.log; never through a symlink); "
     "if vLLM stops before it is ready, the lines that say why are read from it.",
 )
 @click.option(
