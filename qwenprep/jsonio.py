@@ -213,7 +213,13 @@ def output_target(
         raise UsageError(f"{flag} {path}: the directory {target.parent} does not exist.")
     if target.is_symlink() or target.exists():
         regular = target.is_file() and not target.is_symlink()
-        why = why_not_ours(target) if regular else "is not a regular file qwenprep wrote"
+        why = (
+            why_not_ours(target)
+            if regular
+            else f"is a symlink (to {os.readlink(target)}), never written through"
+            if target.is_symlink()
+            else "is not a regular file"
+        )
         if why is not None and (not force or not regular):
             raise ConflictError(
                 f"{flag} {path}: {target} exists and {why}; refusing to overwrite it.",
