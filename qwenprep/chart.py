@@ -10,6 +10,7 @@ from qwenprep.errors import InputError, UsageError
 
 FORMATS = {".svg": "svg", ".png": "png"}
 INSTALL_HINT = "pip install 'qwenprep[chart]'"
+MARKER = "Drawn by qwenprep plan (its chart option)"  # in every chart's metadata: ours to replace
 
 
 def chart_format(path: str) -> str:
@@ -29,9 +30,34 @@ def chart_format(path: str) -> str:
     return fmt
 
 
-def write_chart(plan: Any, path: str) -> Path:
-    """Draw PLAN's context table (qwenprep.timing.PlanTiming.contexts) into PATH."""
+def _ours(target: Path) -> str | None:
+    """None when TARGET is a chart write_chart drew (MARKER near its start); else why not."""
+    try:
+        with open(target, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return "cannot be read"
+    return None if MARKER.encode() in head else "is not a chart qwenprep drew"
+
+
+def chart_target(path: str, *, force: bool = False) -> Path:
+    """Where --chart PATH writes (judged before any work): no existing file but a chart
+    qwenprep drew (FORCE: any regular file), never through a symlink. ConflictError else."""
+    from qwenprep.jsonio import output_target
+
+    chart_format(path)
+    return output_target("--chart", Path(path), _ours, force=force)
+
+
+def write_chart(plan: Any, path: str, *, force: bool = False) -> Path:
+    """Draw PLAN's context table (qwenprep.timing.PlanTiming.contexts) into PATH
+    (chart_target), atomically: a temporary file beside it, renamed over it."""
+    import io
+
+    from qwenprep.jsonio import atomic_write_bytes
+
     fmt = chart_format(path)
+    out = chart_target(path, force=force)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,9 +117,10 @@ def write_chart(plan: Any, path: str) -> Path:
         )
         ax.legend(handles, labels, loc="upper center", fontsize=8)
         fig.tight_layout()
-        out = Path(path)
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, metadata={"Description": MARKER})
         try:
-            fig.savefig(out, format=fmt)
+            atomic_write_bytes(out, buf.getvalue())
         except OSError as e:
             raise InputError(
                 f"--chart {path}: cannot write it ({e.strerror or e}).", path=str(out)

@@ -325,11 +325,39 @@ def read_record(root: Path) -> dict[str, dict[str, Any]]:
     return {k: v for k, v in files.items() if isinstance(v, dict)}
 
 
+def _writable_record(root: Path) -> Path:
+    """Where write_record may write: never through a symlinked .qwenprep (it may lead outside
+    the checkpoint), never over a hashes.json qwenprep did not write (no "tool": "qwenprep"):
+    RecordError says why and what to do."""
+    p = record_path(root)
+    if p.parent.is_symlink():
+        raise RecordError(
+            errno.ELOOP,
+            f"{RECORD_DIR} is a symlink (to {os.readlink(p.parent)}), which may lead outside "
+            "the checkpoint; not writing through it (make it a plain directory to record)",
+            str(p.parent),
+        )
+    if p.is_symlink() or p.exists():
+        try:
+            obj = json.loads(read_regular_text(p))
+        except (OSError, ValueError, RecursionError):
+            obj = None
+        if p.is_symlink() or not isinstance(obj, dict) or obj.get("tool") != "qwenprep":
+            raise RecordError(
+                errno.EEXIST,
+                f"{RECORD_DIR}/{RECORD_NAME} exists and was not written by qwenprep; refusing "
+                "to replace it (move it away to record hashes there)",
+                str(p),
+            )
+    return p
+
+
 def write_record(root: Path, entries: dict[str, dict[str, Any]]) -> Path:
-    """Merge entries ({name: {"size", "sha256"}}) into root's hash record, atomically."""
+    """Merge entries ({name: {"size", "sha256"}}) into root's hash record, atomically
+    (_writable_record: only a record qwenprep wrote is replaced, never through a link)."""
+    p = _writable_record(root)
     files = read_record(root)
     files.update(entries)
-    p = record_path(root)
     p.parent.mkdir(exist_ok=True)
     obj = {
         "schema_version": 1,

@@ -10,7 +10,7 @@ import re
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from qwenprep.errors import InputError
 
@@ -196,3 +196,35 @@ def replaced_names(path: Path, limit: int = 1000) -> Iterator[Path]:
 
 def atomic_write_text(path: Path, text: str, *, mode: int = 0o644) -> None:
     atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
+
+
+def output_target(
+    flag: str, path: Path, why_not_ours: Callable[[Path], str | None], *, force: bool
+) -> Path:
+    """Where an output option (FLAG PATH) may write, as an absolute path, judged before any
+    work: a directory that exists, and no file there but one WHY_NOT_OURS accepts (None: a
+    file qwenprep wrote and nobody edited since; else why not); FORCE replaces any other
+    regular file. A symlink (or anything not a regular file) is never written through, even
+    with FORCE: it may lead into a source checkpoint. UsageError / ConflictError (exit 3)."""
+    from qwenprep.errors import ConflictError, UsageError
+
+    target = Path.cwd() / path if not path.is_absolute() else path
+    if not target.parent.is_dir():
+        raise UsageError(f"{flag} {path}: the directory {target.parent} does not exist.")
+    if target.is_symlink() or target.exists():
+        regular = target.is_file() and not target.is_symlink()
+        why = (
+            why_not_ours(target)
+            if regular
+            else f"is a symlink (to {os.readlink(target)}), never written through"
+            if target.is_symlink()
+            else "is not a regular file"
+        )
+        if why is not None and (not force or not regular):
+            raise ConflictError(
+                f"{flag} {path}: {target} exists and {why}; refusing to overwrite it.",
+                hint="choose another file name, move that file away, or add --force to "
+                "replace it" + ("" if regular else " (a regular file)"),
+                path=str(target),
+            )
+    return target

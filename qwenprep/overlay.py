@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -406,6 +407,8 @@ def create_overlay(
         manifest["source"]["pin"] = pin
         try:
             _build(tmp, entries, new_config, manifest)
+            if state != "absent":  # the directory's mode stays the user's (a private 0700)
+                os.chmod(tmp, stat.S_IMODE(os.stat(out).st_mode))
             if state == "absent":
                 os.rename(tmp, out)
             elif state == "empty":

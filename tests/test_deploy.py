@@ -193,6 +193,26 @@ def test_emit_config_never_clobbers_a_file_it_did_not_write(tmp_path: Path) -> N
     assert r.returncode == 2 and f"the directory {tmp_path / 'no'} does not exist" in r.stderr
 
 
+def test_emit_config_keeps_a_comment_added_to_its_header(tmp_path: Path) -> None:
+    """The digest covers the whole file but its own line: a note a user adds among the
+    header comments (or after the digest line) is an edit, refused without --force."""
+    ov = _tiny_1m(tmp_path)
+    py = _no_vllm_python(tmp_path)
+    conf = tmp_path / "serve.yaml"
+    assert _serve(str(ov), "--emit-config", str(conf), python=py).returncode == 0
+    lines = conf.read_text().splitlines(keepends=True)
+    digest_at = next(i for i, ln in enumerate(lines) if ln.startswith("# Content sha256: "))
+    for at in (1, digest_at + 1):
+        edited = "".join(lines[:at] + ["# NOTE: approved by ops, ticket 4711\n"] + lines[at:])
+        conf.write_text(edited)
+        r = _serve(str(ov), "--emit-config", str(conf), python=py)
+        assert r.returncode == 3, r.stderr
+        assert "was edited after qwenprep wrote it" in r.stderr
+        assert conf.read_text() == edited
+    conf.write_text("".join(lines))  # as qwenprep wrote it: replaced without --force
+    assert _serve(str(ov), "--emit-config", str(conf), python=py).returncode == 0
+
+
 def test_config_mapping_reads_flags_values_and_negative_numbers() -> None:
     assert deploy.config_mapping(["--a", "1", "--b", "--c=x y", "--d", "-1", "--e"]) == {
         "a": 1,

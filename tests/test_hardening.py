@@ -509,3 +509,41 @@ def test_fifos_never_hang_overlay_reads(
         assert r.returncode in (1, 3), (args, r.stdout, r.stderr)
     assert target.exists()
     assert out.exists() == (where != "source-config")  # never deleted on a FIFO's word
+
+
+# ------------------------------------------------------------------ serve --log-file FILE
+def test_engine_log_appends_and_never_follows_a_link(tmp_path: Path) -> None:
+    """serve --log-file FILE (LogTee, without starting vLLM): an existing log keeps its
+    lines (this run is appended after a separator; only its part is echoed and read for the
+    causes of an early exit); a symlink is refused (exit 3) and what it points at is kept."""
+    from qwenprep.engines.child import LogTee, read_tail
+    from qwenprep.errors import EXIT_CANNOT_PROCEED, QwenprepError
+
+    log = tmp_path / "vllm.log"
+    log.write_bytes(b"ValueError: yesterday's failure")  # no final newline
+    r, w = os.pipe()
+    tee = LogTee(log, w)
+    tee.start()
+    tee.file.write(b"INFO today\n")
+    tee.file.flush()
+    tee.close()
+    os.close(w)
+    echoed = os.read(r, 65536)
+    os.close(r)
+    text = log.read_text()
+    assert text.startswith("ValueError: yesterday's failure\n===== qwenprep serve: new engine")
+    assert text.endswith("=====\nINFO today\n")
+    assert echoed == b"INFO today\n"
+    assert read_tail(log, since=tee.offset) == "INFO today\n"
+    target = tmp_path / "config.json"
+    target.write_bytes(b"{}")
+    link = tmp_path / "linked.log"
+    link.symlink_to(target)
+    with pytest.raises(QwenprepError) as e:
+        LogTee(link, None)
+    assert e.value.exit_code == EXIT_CANNOT_PROCEED and "symlink" in str(e.value)
+    assert target.read_bytes() == b"{}"
+    fresh = tmp_path / "new.log"
+    tee = LogTee(fresh, None)
+    tee.close()
+    assert fresh.read_bytes() == b"" and tee.offset == 0

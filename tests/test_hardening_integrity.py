@@ -494,3 +494,35 @@ def test_transformers5_key_spellings_verify_ok(single: Path, cli: Callable[..., 
     assert got["tensors.experts"] == ("pass", "4 experts in each MoE layer")
     assert got["tensors.layers"] == ("pass", "layers 0..1 present, as config.json says")
     assert got["tensors.names"][0] == "pass"
+
+
+# ------------------------------------------------------- verify --deep --record's own file
+
+
+def test_record_never_writes_through_a_linked_state_dir_or_over_a_foreign_file(
+    tiny: Path, tmp_path: Path, cli: Callable[..., Result]
+) -> None:
+    """--record writes .qwenprep/hashes.json only inside the checkpoint and only over a record
+    qwenprep wrote: a symlinked .qwenprep (leading outside) and a user's own hashes.json are
+    left as they are, and the check says why (a warning, nothing written)."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (tiny / ".qwenprep").symlink_to(outside, target_is_directory=True)
+    code, obj = verify_json(cli, tiny, "--deep", "--record")
+    assert code == 0, with_status(obj, "fail")
+    [msg] = [m for i, m in with_status(obj, "warn") if i == "deep.record"]
+    assert "could not be written" in msg and "symlink" in msg
+    assert list(outside.iterdir()) == []
+    (tiny / ".qwenprep").unlink()
+    (tiny / ".qwenprep").mkdir()
+    foreign = b'{"model.safetensors": "my own notes"}\n'
+    (tiny / RECORD).write_bytes(foreign)
+    code, obj = verify_json(cli, tiny, "--deep", "--record")
+    [msg] = [m for i, m in with_status(obj, "warn") if i == "deep.record"]
+    assert "not written by qwenprep" in msg and "move it away" in msg
+    assert (tiny / RECORD).read_bytes() == foreign
+    (tiny / RECORD).unlink()
+    code, obj = verify_json(cli, tiny, "--deep", "--record")
+    assert json.loads((tiny / RECORD).read_text())["tool"] == "qwenprep"
+    code, obj = verify_json(cli, tiny, "--deep", "--record")  # its own record: compared
+    assert code == 0, with_status(obj, "fail")

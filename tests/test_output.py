@@ -314,3 +314,44 @@ def test_status_line_on_a_terminal_only_and_never_on_stdout() -> None:
     assert piped.returncode == 0
     assert "asking" not in piped.stderr and "\x1b" not in piped.stderr
     assert json.loads(piped.stdout)["ok"] is True
+
+
+# ------------------------------------------------------------------ plan --chart FILE
+@pytest.mark.parametrize("suffix", [".svg", ".png"])
+def test_chart_never_clobbers_a_foreign_file_or_writes_through_a_link(
+    tmp_path: Path, suffix: str
+) -> None:
+    """--chart FILE replaces only a chart qwenprep drew: a user's file is refused (exit 3)
+    unless --force; a symlink (an overlay's link into its source checkpoint) is refused even
+    with --force, and the file it points at keeps its bytes; the write is atomic."""
+    pytest.importorskip("matplotlib")
+    mine = tmp_path / f"notes{suffix}"
+    mine.write_bytes(b"my own file\n")
+    r = invoke(*PLAN, "--chart", str(mine), "--json")
+    assert r.exit_code == 3, r.output
+    err = json.loads(r.stdout)["error"]
+    assert "refusing to overwrite" in err["message"] and "--force" in err["hint"]
+    assert mine.read_bytes() == b"my own file\n"
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / f"weights{suffix}").write_bytes(b"source bytes\n")
+    link = tmp_path / f"linked{suffix}"
+    link.symlink_to(source / f"weights{suffix}")
+    for extra in ((), ("--force",)):
+        r = invoke(*PLAN, "--chart", str(link), *extra)
+        assert r.exit_code == 3, r.output
+        assert "is a symlink" in r.output and "never written through" in r.output
+    assert (source / f"weights{suffix}").read_bytes() == b"source bytes\n"
+    assert link.is_symlink()
+    ours = tmp_path / f"plan{suffix}"
+    for _ in range(2):  # a chart qwenprep drew is replaced without --force
+        r = invoke(*PLAN, "--chart", str(ours))
+        assert r.exit_code == 0, r.output
+    r = invoke(*PLAN, "--chart", str(mine), "--force")
+    assert r.exit_code == 0, r.output
+    assert mine.read_bytes() != b"my own file\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"notes{suffix}", f"linked{suffix}", f"plan{suffix}", "source"]
+    )  # no temporary file left behind
+    r = invoke(*PLAN, "--force")
+    assert r.exit_code == 2 and "--force goes with --chart" in r.output

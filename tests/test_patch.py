@@ -252,10 +252,16 @@ def test_out_that_is_a_file(cli: CliFn, qwen_src: Path, tmp_path: Path) -> None:
 
 
 def test_empty_out_dir_is_used(cli: CliFn, qwen_src: Path, tmp_path: Path) -> None:
+    """An empty --out is filled, and keeps the mode the user gave it (a private 0700 stays
+    private; also across a --force rebuild)."""
     out = tmp_path / "empty"
     out.mkdir()
+    out.chmod(0o700)
     assert cli("patch", str(qwen_src), "-c", "1m", "-o", str(out)).exit_code == 0
     assert read_manifest(out) is not None
+    assert out.stat().st_mode & 0o777 == 0o700
+    assert cli("patch", str(qwen_src), "-c", "256k", "-o", str(out), "--force").exit_code == 0
+    assert out.stat().st_mode & 0o777 == 0o700
 
 
 @pytest.mark.parametrize("where", ["inside", "same"])

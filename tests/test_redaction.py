@@ -110,6 +110,28 @@ def test_emit_k8s_refuses_a_credential_before_anything_runs(ov: Path) -> None:
     clean(r.stdout, r.stderr)
 
 
+def test_emit_config_refuses_a_credential_before_anything_runs(ov: Path, tmp_path: Path) -> None:
+    """--emit-config FILE would keep --api-key's value in a plain 0644 YAML: refused like
+    --emit k8s (exit 2, the environment named), and no file is written."""
+    target = tmp_path / "serve.yaml"
+    r = subprocess.run(
+        [str(QWENPREP_BIN), "serve", str(ov), "--emit-config", str(target), "--json"]
+        + ["--", *ENGINE_ARGS],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2, r.stdout + r.stderr
+    err = json.loads(r.stdout)["error"]
+    assert err["message"].startswith(
+        "--emit-config: the engine arguments after -- carry a credential"
+    )
+    assert "config file would hold it in plain text" in err["message"]
+    assert "VLLM_API_KEY" in err["hint"] and "environment" in err["hint"]
+    assert not target.exists()
+    clean(r.stdout, r.stderr)
+
+
 def _run_all(
     commands: list[list[str]], env: dict[str, str]
 ) -> list[subprocess.CompletedProcess[str]]:

@@ -69,7 +69,12 @@ from qwenprep.report import Report
     "chart",
     metavar="FILE",
     help="Draw concurrency and prefill time against context into FILE (.svg or .png; "
-    "needs the [chart] extra).",
+    "needs the [chart] extra). An existing FILE is replaced only when qwenprep drew it.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="With --chart: replace FILE even when it is not a chart qwenprep drew (never a symlink).",
 )
 @click.option(
     "--dcp",
@@ -112,6 +117,7 @@ def plan(
     gpu_model: str | None,
     prefill_budget: float | None,
     chart: str | None,
+    force: bool,
     dcp: int,
     prefix_caching: bool | None,
     vllm_version: str | None,
@@ -177,10 +183,12 @@ def plan(
                 "gpu_memory_utilization (pass --serving-engine sglang)."
             ),
         )
+    if force and chart is None:
+        run(as_json, lambda: _usage("--force goes with --chart FILE."))
     if chart is not None:
-        from qwenprep.chart import chart_format
+        from qwenprep.chart import chart_target
 
-        run(as_json, lambda: chart_format(chart))
+        run(as_json, lambda: chart_target(chart, force=force))
     req = run(
         as_json,
         lambda: PlanRequest.from_options(
@@ -205,7 +213,7 @@ def plan(
     if chart is not None:
         from qwenprep.chart import write_chart
 
-        written = run(as_json, lambda: write_chart(p, chart))
+        written = run(as_json, lambda: write_chart(p, chart, force=force))
     if as_json:
         _emit_json({**p.to_dict(), **({"chart": str(written)} if written else {})})
     else:

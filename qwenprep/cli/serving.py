@@ -94,7 +94,8 @@ from qwenprep.request import MULTINODE_MODES, PORTS
     "--log-file",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Write vLLM's log here too (default: a new $TMPDIR/qwenprep-vllm-*.log); "
+    help="Write vLLM's log here too, appended to an existing file (default: a new "
+    "$TMPDIR/qwenprep-vllm-*.log; never through a symlink); "
     "if vLLM stops before it is ready, the lines that say why are read from it.",
 )
 @click.option(
@@ -212,21 +213,25 @@ def serve(
         run(as_json, lambda: check_image(named_image))
     if force and emit_config is None:
         run(as_json, lambda: _usage("--force goes with --emit-config FILE."))
-    if emit == "k8s":  # a manifest is printed and applied as it is: never with a secret in it
+    if emit == "k8s" or emit_config is not None:  # files kept and shared: never a secret
         from qwenprep.redact import argv_secrets
 
         if argv_secrets(vllm_args):
             from qwenprep.errors import UsageError
 
-            def secret_in_manifest() -> None:
+            k8s = emit == "k8s"
+            flag, holder = ("--emit k8s", "manifest") if k8s else ("--emit-config", "config file")
+            where = "to the pods from a Kubernetes Secret: env" if k8s else "in the environment:"
+
+            def secret_in_file() -> None:
                 raise UsageError(
-                    "--emit k8s: the engine arguments after -- carry a credential (--api-key, "
-                    "--hf-token or another); the manifest would hold it in plain text.",
-                    hint="leave it out and give it to the pods from a Kubernetes Secret: env "
+                    f"{flag}: the engine arguments after -- carry a credential (--api-key, "
+                    f"--hf-token or another); the {holder} would hold it in plain text.",
+                    hint=f"leave it out and give it {where} "
                     "VLLM_API_KEY (vLLM reads it when --api-key is not given) or HF_TOKEN",
                 )
 
-            run(as_json, secret_in_manifest)
+            run(as_json, secret_in_file)
     if emit_config is not None:  # a bad target is said before vLLM is asked anything
         from qwenprep.engines.deploy import config_target
 

@@ -98,20 +98,43 @@ class ChildGroup:
 
 # ------------------------------------------------------------------ the engine's log
 class LogTee:
-    """The child's stdout and stderr go to PATH (created, or truncated); ECHO (a file
-    descriptor, e.g. our stderr) gets a copy as the file grows, from a thread. The child
-    writes to the file itself, so its log survives us."""
+    """The child's stdout and stderr go to PATH, appended to (a log a deployer keeps grows:
+    an existing file keeps its lines, and a separator line marks where this run begins, at
+    byte `offset`); ECHO (a file descriptor, e.g. our stderr) gets a copy of this run's part
+    as the file grows, from a thread. The child writes to the file itself, so its log survives
+    us. A symlink, or anything but a regular file, is refused (exit 3): never written
+    through."""
 
     def __init__(self, path: Path, echo: int | None) -> None:
+        import stat
+        import time
+
         self.path = Path(path)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK
+        flags |= getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        if self.path.is_symlink():
+            raise _log_refused(self.path, "is a symlink")
         try:
-            self.file = open(self.path, "wb")  # noqa: SIM115 - held for the child's lifetime
+            fd = os.open(self.path, flags, 0o644)
         except OSError as e:
             raise QwenprepError(
                 f"cannot write the engine log {self.path}: {e.strerror or e}.",
                 hint="name a writable file with --log-file.",
                 path=str(self.path),
             ) from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise _log_refused(self.path, "is not a regular file")
+        self.file = os.fdopen(fd, "ab")
+        if st.st_size:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+            lead = b"" if _ends_with_newline(self.path) else b"\n"
+            self.file.write(
+                lead + f"===== qwenprep serve: new engine run, {stamp} =====\n".encode()
+            )
+            self.file.flush()
+        self.offset = os.fstat(fd).st_size  # where this run's lines begin
         self.echo = echo
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
@@ -124,6 +147,7 @@ class LogTee:
     def _follow(self) -> None:
         assert self.echo is not None
         with open(self.path, "rb") as src:
+            src.seek(self.offset)
             while True:
                 chunk = src.read(65536)
                 if chunk:
@@ -142,6 +166,25 @@ class LogTee:
         if self._thread is not None:
             self._thread.join(10)
         self.file.close()
+
+
+def _log_refused(path: Path, why: str) -> QwenprepError:
+    from qwenprep.errors import ConflictError
+
+    return ConflictError(
+        f"--log-file {path}: it {why}; refusing to write the engine log through it.",
+        hint="name a regular file (or a new name) with --log-file.",
+        path=str(path),
+    )
+
+
+def _ends_with_newline(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
+    except OSError:
+        return False
 
 
 # A log line as Python and vLLM print it: "(EngineCore pid=12) ERROR 11-26 02:17:10
@@ -180,13 +223,14 @@ def cause_lines(text: str, limit: int = 8) -> list[str]:
     return lines[-limit:]
 
 
-def read_tail(path: Path, limit: int = 512 * 1024) -> str:
-    """The last LIMIT bytes of a log file as text ('' when it cannot be read)."""
+def read_tail(path: Path, limit: int = 512 * 1024, since: int = 0) -> str:
+    """The last LIMIT bytes of a log file from byte SINCE on (this run's part of a log that
+    grows: LogTee.offset) as text ('' when it cannot be read)."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
             size = f.tell()
-            f.seek(max(0, size - limit))
+            f.seek(max(since, size - limit))
             return f.read().decode("utf-8", "replace")
     except OSError:
         return ""

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qwenprep.errors import QwenprepError, UsageError
+from qwenprep.jsonio import atomic_write_text
 
 if TYPE_CHECKING:
     from qwenprep.engines.vllm_launch import LaunchPlan, NodeCommand
@@ -196,41 +197,38 @@ def _node_only(node: NodeCommand, shared: Sequence[str], extra: Sequence[str]) -
 
 
 CONFIG_HEADER = "# vLLM serve options for "  # how a file emit_config wrote begins
-DIGEST_LINE = "# Content sha256: "  # the last header line: the digest of the YAML below it
+DIGEST_LINE = "# Content sha256: "  # the last header line: the digest of all the other lines
 
 
-def _split_header(text: str) -> tuple[list[str], str]:
-    """TEXT's leading comment lines, and the rest (the YAML body)."""
-    lines = text.splitlines(keepends=True)
-    n = 0
-    while n < len(lines) and lines[n].startswith("#"):
-        n += 1
-    return lines[:n], "".join(lines[n:])
-
-
-def _body_digest(body: str) -> str:
+def _digest(text: str) -> tuple[str | None, str]:
+    """The digest TEXT's (last) digest line names (None: none), and the sha256 of TEXT
+    without that line: header comments and YAML alike, so any edit shows."""
     import hashlib
 
-    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+    lines = text.splitlines(keepends=True)
+    at = [i for i, ln in enumerate(lines) if ln.startswith(DIGEST_LINE)]
+    said = lines[at[-1]][len(DIGEST_LINE) :].strip() if at else None
+    rest = "".join(ln for i, ln in enumerate(lines) if not at or i != at[-1])
+    return said, hashlib.sha256(rest.encode("utf-8")).hexdigest()
 
 
 def _unchanged_ours(target: Path) -> str | None:
-    """None when TARGET is a file emit_config wrote and nobody edited since (its body still
-    has the digest its header names); else why not."""
-    if target.is_symlink() or not target.is_file():
-        return "is not a regular file qwenprep wrote"
+    """None when TARGET is a file emit_config wrote and nobody edited since (the whole file
+    but its digest line still has the digest that line names); else why not."""
     try:
         text = target.read_bytes().decode("utf-8")
     except (OSError, UnicodeDecodeError):
         return "was not written by qwenprep"
     if not text.startswith(CONFIG_HEADER):
         return "was not written by qwenprep"
-    header, body = _split_header(text)
-    said = [ln[len(DIGEST_LINE) :].strip() for ln in header if ln.startswith(DIGEST_LINE)]
-    if not said:
+    said, actual = _digest(text)
+    if said is None:
         return "its header has no content digest (an edit, or an older qwenprep wrote it)"
-    if said[-1] != _body_digest(body):
-        return "was edited after qwenprep wrote it (its content no longer has its digest)"
+    if said != actual:
+        return (
+            "was edited after qwenprep wrote it (its content, comments included, no longer "
+            "has its digest; or an older qwenprep wrote it)"
+        )
     return None
 
 
@@ -238,25 +236,12 @@ def config_target(path: Path, *, force: bool = False) -> Path:
     """Where --emit-config writes, as an absolute path (the printed command must work from
     any directory), judged before anything is probed: a .yaml/.yml name in a directory that
     exists, and no file there but one qwenprep wrote and nobody edited since (FORCE: replace
-    any regular file). UsageError / ConflictError (exit 3) otherwise."""
-    from qwenprep.errors import ConflictError
+    any regular file; never a symlink). UsageError / ConflictError (exit 3) otherwise."""
+    from qwenprep.jsonio import output_target
 
     if path.suffix not in (".yaml", ".yml"):
         raise UsageError(f"--emit-config {path}: vLLM reads only .yaml or .yml config files.")
-    target = Path.cwd() / path if not path.is_absolute() else path
-    if not target.parent.is_dir():
-        raise UsageError(f"--emit-config {path}: the directory {target.parent} does not exist.")
-    if target.is_symlink() or target.exists():
-        why = _unchanged_ours(target)
-        if why is not None and (not force or target.is_symlink() or not target.is_file()):
-            raise ConflictError(
-                f"--emit-config {path}: {target} exists and {why}; refusing to overwrite it.",
-                hint="choose another file name, move that file away, or add --force to "
-                "replace it"
-                + ("" if target.is_file() and not target.is_symlink() else " (a regular file)"),
-                path=str(target),
-            )
-    return target
+    return output_target("--emit-config", path, _unchanged_ours, force=force)
 
 
 def emit_config(plan: LaunchPlan, path: Path, *, force: bool = False) -> EmittedConfig:
@@ -275,10 +260,9 @@ def emit_config(plan: LaunchPlan, path: Path, *, force: bool = False) -> Emitted
     if plan.digest:
         header += f"\nOverlay digest: {plan.digest}"
     body = dump_yaml(options)
-    header += f"\n{DIGEST_LINE[2:]}{_body_digest(body)}"
-    text = _comment(header) + body
+    text = _comment(header) + DIGEST_LINE + _digest(_comment(header) + body)[1] + "\n" + body
     try:
-        path.write_text(text, encoding="utf-8")
+        atomic_write_text(path, text)
     except OSError as e:
         raise QwenprepError(f"cannot write {path}: {e.strerror or e}.", path=str(path)) from None
     from qwenprep.engines.vllm_launch import node_entry

@@ -105,7 +105,12 @@ class ServerHandle(ChildGroup):
                     raise Interrupted(
                         f"interrupted: vLLM stopped before it was ready (exit {_exit_code(rc)})."
                     )
-                raise start_failure(self.plan, _exit_code(rc), self.log_path)
+                raise start_failure(
+                    self.plan,
+                    _exit_code(rc),
+                    self.log_path,
+                    since=self.log.offset if self.log is not None else 0,
+                )
             try:
                 data = self.models(timeout=5.0)
                 break
@@ -298,10 +303,12 @@ def explain(plan: LaunchPlan, text: str) -> tuple[list[str], str | None]:
     return causes, "; ".join(hints) or None
 
 
-def start_failure(plan: LaunchPlan, rc: int, log: Path | None) -> EngineStartFailed:
-    """The error for vLLM ending (with code RC) before it was ready: the lines of LOG that say
-    why, and a hint for the causes recognised."""
-    text = read_tail(log) if log is not None else ""
+def start_failure(
+    plan: LaunchPlan, rc: int, log: Path | None, *, since: int = 0
+) -> EngineStartFailed:
+    """The error for vLLM ending (with code RC) before it was ready: the lines of LOG (from
+    byte SINCE: this run's part) that say why, and a hint for the causes recognised."""
+    text = read_tail(log, since=since) if log is not None else ""
     lines = cause_lines(text)
     causes, hint = explain(plan, text)
     message = f"vLLM exited with code {rc} before it was ready"
