@@ -58,3 +58,30 @@ def test_path_too_long_in_the_api(fn: str) -> None:
     with pytest.raises(QwenprepError, match="too long") as err:
         getattr(qwenprep, fn)(LONG)
     assert err.value.exit_code in (2, 3)
+
+
+API_KEY, HF_TOKEN = "sk-SECRETabc123456", "hf_SECRETargABCDEFGH5678"
+
+
+def test_api_check_redacts_the_engine_args(overlay: Path) -> None:
+    rep = qwenprep.check(
+        overlay,
+        engine=False,
+        kv_memory="1GiB",
+        vllm_args=["--api-key", API_KEY, "--hf-token", HF_TOKEN],
+    )
+    text = repr(rep)
+    assert API_KEY not in text and HF_TOKEN not in text and "SECRET" not in text
+    assert rep["path"] == str(overlay)
+
+
+def test_api_serve_plan_redacts_the_engine_args(overlay: Path) -> None:
+    try:
+        rep = qwenprep.serve_plan(
+            overlay, vllm_python="/usr/bin/python3", extra_args=["--api-key", API_KEY]
+        )
+    except QwenprepError as err:  # refused by the gate: the message must be clean as well
+        text = str(err)
+    else:
+        text = repr(rep)
+    assert API_KEY not in text and "SECRET" not in text
