@@ -85,3 +85,33 @@ def test_api_serve_plan_redacts_the_engine_args(overlay: Path) -> None:
     else:
         text = repr(rep)
     assert API_KEY not in text and "SECRET" not in text
+
+
+def _sparse(path: Path, size: int) -> None:
+    """PATH made SIZE bytes long without writing them (a sparse file: no disk used)."""
+    path.unlink()
+    with open(path, "wb") as f:
+        f.truncate(size)
+
+
+@pytest.mark.parametrize("argv", [["validate"], ["verify"], ["check", *OFFLINE]])
+def test_huge_config_is_refused_unread(cli: CliFn, overlay: Path, argv: list[str]) -> None:
+    cfg = overlay / "config.json"
+    cfg.unlink()  # the overlay's own file, not the linked source's
+    cfg.write_text("{}")
+    _sparse(cfg, 100_000_000)  # over 64 MiB; the hostile test used 1.5 GB
+    res = cli(argv[0], str(overlay), *argv[1:])
+    assert res.exit_code in (1, 3), res.output
+    assert "64 MiB" in res.output and "config.json" in res.output
+
+
+def test_huge_index_is_refused_unread(cli: CliFn, tmp_path: Path) -> None:
+    src = tmp_path / "S1"
+    shutil.copytree(TINY, src)
+    index = src / "model.safetensors.index.json"
+    if not index.exists():
+        index.write_text("{}")
+    _sparse(index, 100_000_000)  # over 64 MiB; the hostile test used 1.5 GB
+    res = cli("verify", str(src))
+    assert res.exit_code == 1, res.output
+    assert "64 MiB" in res.output and "model.safetensors.index.json" in res.output
