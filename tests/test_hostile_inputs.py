@@ -115,3 +115,37 @@ def test_huge_index_is_refused_unread(cli: CliFn, tmp_path: Path) -> None:
     res = cli("verify", str(src))
     assert res.exit_code == 1, res.output
     assert "64 MiB" in res.output and "model.safetensors.index.json" in res.output
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "--emit k8s: the engine arguments after -- carry a credential (--api-key, --hf-token or "
+        "another); the manifest would hold it in plain text.",
+        "env VLLM_API_KEY (vLLM reads it when --api-key is not given) or HF_TOKEN",
+        "set --hf-token when the repo is gated, and --api-key --port 8000 for clients",
+    ],
+)
+def test_redaction_leaves_prose_after_an_option_alone(text: str) -> None:
+    from qwenprep.redact import redact
+
+    assert redact(text, []) == text
+
+
+def test_redaction_masks_the_value_and_keeps_the_sentence() -> None:
+    from qwenprep.redact import redact
+
+    text = (
+        "SGLang is not here to judge --api-key X: without it qwenprep reads only "
+        "--json-model-override-args."
+    )
+    assert redact(text, []) == text.replace(" X:", " ***:")
+    two = "vllm serve /m --api-key K1abcdef Second9Key and more"
+    assert redact(two, []) == "vllm serve /m --api-key *** *** and more"
+
+
+def test_emit_k8s_refusal_reads_as_written(cli: CliFn, overlay: Path) -> None:
+    res = cli("serve", str(overlay), *OFFLINE, "--emit", "k8s", "--", "--api-key", "X")
+    assert res.exit_code == 2, res.output
+    assert "(--api-key, --hf-token or another)" in res.output
+    assert "when --api-key is not given)" in res.output
