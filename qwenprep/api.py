@@ -27,7 +27,9 @@ def _path(value: Any, what: str) -> str:
     from qwenprep.errors import UsageError
 
     if isinstance(value, (str, os.PathLike)):
-        return str(value)
+        from qwenprep.request import no_nul
+
+        return no_nul(str(value), what)
     raise UsageError(f"{what} takes a path or a repo id as a string (got {value!r}).")
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 from click.testing import Result
@@ -149,3 +149,46 @@ def test_emit_k8s_refusal_reads_as_written(cli: CliFn, overlay: Path) -> None:
     assert res.exit_code == 2, res.output
     assert "(--api-key, --hf-token or another)" in res.output
     assert "when --api-key is not given)" in res.output
+
+
+@pytest.mark.parametrize("dcp", [None, "abc", [], True])
+def test_api_plan_refuses_a_bad_dcp(overlay: Path, dcp: Any) -> None:
+    with pytest.raises(QwenprepError, match="--dcp") as err:
+        qwenprep.plan(overlay, kv_memory="1GiB", dcp=dcp)
+    assert err.value.exit_code == 2
+
+
+@pytest.mark.parametrize("value", ["yes", 1, 0, "false"])
+def test_api_plan_refuses_a_non_bool_prefix_caching(overlay: Path, value: Any) -> None:
+    with pytest.raises(QwenprepError, match="prefix-caching") as err:
+        qwenprep.plan(overlay, kv_memory="1GiB", prefix_caching=value)
+    assert err.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda ov: qwenprep.verify(str(ov) + "\0x"),
+        lambda ov: qwenprep.validate(str(ov) + "\0"),
+        lambda ov: qwenprep.serve_plan(ov, host="0.0.0.0\0", vllm_python="/usr/bin/python3"),
+        lambda ov: qwenprep.serve_plan(ov, served_model_name="m\0", vllm_python="/usr/bin/python3"),
+        lambda ov: qwenprep.serve_plan(ov, extra_args=["--seed", "1\0"]),
+        lambda ov: qwenprep.serve_plan(ov, vllm_python="/usr/bin/python3\0"),
+        lambda ov: qwenprep.check(ov, engine=False, kv_memory="1GiB", vllm_args=["a\0"]),
+        lambda ov: qwenprep.patch(ov, "1m", out=str(ov) + "-x\0"),
+    ],
+    ids=[
+        "verify",
+        "validate",
+        "host",
+        "served_model_name",
+        "extra_args",
+        "vllm_python",
+        "vllm_args",
+        "out",
+    ],
+)
+def test_api_refuses_nul_bytes(overlay: Path, call: Callable[[Path], Any]) -> None:
+    with pytest.raises(QwenprepError, match="NUL") as err:
+        call(overlay)
+    assert err.value.exit_code == 2
