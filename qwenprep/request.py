@@ -111,7 +111,7 @@ def seconds(value: Any, option: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise UsageError(f"{option} takes a number of seconds (got {value!r}).")
     if not (value > 0 and math.isfinite(value)):
-        raise UsageError(f"{option} must be a positive number of seconds (got {value}).")
+        raise UsageError(f"{option} must be a finite number of seconds above 0 (got {value}).")
     return float(value)
 
 

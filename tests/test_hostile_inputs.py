@@ -192,3 +192,20 @@ def test_api_refuses_nul_bytes(overlay: Path, call: Callable[[Path], Any]) -> No
     with pytest.raises(QwenprepError, match="NUL") as err:
         call(overlay)
     assert err.value.exit_code == 2
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "0"])
+def test_serve_ready_timeout_must_be_finite_and_positive(
+    cli: CliFn, overlay: Path, value: str
+) -> None:
+    res = cli("serve", str(overlay), *OFFLINE, "--dry-run", "--ready-timeout", value)
+    assert res.exit_code == 2, res.output
+    assert "--ready-timeout must be a finite number of seconds above 0" in res.output
+
+
+def test_serve_dry_run_judges_proof_tokens(cli: CliFn, overlay: Path) -> None:
+    res = cli("serve", str(overlay), *OFFLINE, "--dry-run", "--proof-tokens", "9" * 21)
+    assert res.exit_code == 2, res.output
+    assert "--proof-tokens" in res.output and "at most 1,048,575" in res.output
+    ok = cli("serve", str(overlay), *OFFLINE, "--dry-run", "--proof-tokens", "300000")
+    assert ok.exit_code == 0, ok.output
