@@ -209,3 +209,25 @@ def test_serve_dry_run_judges_proof_tokens(cli: CliFn, overlay: Path) -> None:
     assert "--proof-tokens" in res.output and "at most 1,048,575" in res.output
     ok = cli("serve", str(overlay), *OFFLINE, "--dry-run", "--proof-tokens", "300000")
     assert ok.exit_code == 0, ok.output
+
+
+@pytest.mark.parametrize("count", ["1000000000000000", "9" * 60, "5000000000"])
+def test_a_context_count_too_large_is_said_so(cli: CliFn, overlay: Path, count: str) -> None:
+    res = cli("plan", str(overlay), "--context", count, "--kv-memory", "1GiB")
+    assert res.exit_code == 2, res.output
+    assert "too large" in res.output and "4,294,967,296" in res.output
+    assert "unknown context" not in res.output
+
+
+def test_sizes_in_pib_are_read() -> None:
+    from qwenprep.sizes import parse_size
+
+    assert parse_size("1PiB") == 1024**5 and parse_size("2PB") == 2 * 1000**5
+    with pytest.raises(QwenprepError, match="more than 1 EiB"):
+        parse_size("5000PiB", "--kv-memory")
+
+
+def test_plan_kv_memory_in_pib(cli: CliFn, overlay: Path) -> None:
+    res = cli("plan", str(overlay), "--kv-memory", "1PiB")
+    assert res.exit_code == 0, res.output
+    assert "unreadable size" not in res.output
