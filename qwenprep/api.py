@@ -27,7 +27,9 @@ def _path(value: Any, what: str) -> str:
     from qwenprep.errors import UsageError
 
     if isinstance(value, (str, os.PathLike)):
-        return str(value)
+        from qwenprep.request import no_nul
+
+        return no_nul(str(value), what)
     raise UsageError(f"{what} takes a path or a repo id as a string (got {value!r}).")
 
 
@@ -47,6 +49,17 @@ def _version(value: Any) -> str | None:
     if text(value, "--vllm-version") is not None:
         named_version(value)
     return value  # type: ignore[no-any-return]
+
+
+def _shown(obj: dict[str, Any], args: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+    """OBJ as `--json` prints it: every credential masked (qwenprep.redact.redact_obj), the ones
+    this process knows of and the values of the credential options in ARGS (the engine argv
+    the caller passed, which is not in sys.argv), the checkpoint's "path" left as it is."""
+    from qwenprep.redact import argv_secrets, redact_obj, secrets
+
+    known = sorted({*secrets(), *(v for v in argv_secrets(list(args)) if len(v) >= 4)}, key=len)
+    known.reverse()  # longest first, so no part of one is left showing
+    return {k: v if k == "path" else redact_obj(v, known) for k, v in obj.items()}
 
 
 def _size(value: str | int | None, option: str) -> str | None:
@@ -72,14 +85,16 @@ def patch(
     from qwenprep.request import context_value
 
     _flags(force=force, yarn_on_dca=yarn_on_dca)
-    return patch_result(
-        patch_overlay(
-            _path(model, "model"),
-            context_value(context, "--context") or "",
-            out=None if out is None else _path(out, "--out"),
-            force=force,
-            yarn_on_dca=yarn_on_dca,
-            vllm_version=_version(vllm_version),
+    return _shown(
+        patch_result(
+            patch_overlay(
+                _path(model, "model"),
+                context_value(context, "--context") or "",
+                out=None if out is None else _path(out, "--out"),
+                force=force,
+                yarn_on_dca=yarn_on_dca,
+                vllm_version=_version(vllm_version),
+            )
         )
     )
 
@@ -98,7 +113,7 @@ def validate(
     version = _version(vllm_version)
     vllm = VllmVersion(named_version(version), "--vllm-version") if version is not None else None
     checks = validate_checkpoint(resolve_model(_path(path, "path")).path, vllm=vllm)
-    return Report("validate", checks, {"path": str(path)}, strict=strict).to_dict()
+    return _shown(Report("validate", checks, {"path": str(path)}, strict=strict).to_dict())
 
 
 def verify(
@@ -127,7 +142,7 @@ def verify(
         record=record,
     )
     rep.strict = strict
-    return rep.to_dict()
+    return _shown(rep.to_dict())
 
 
 def plan(
@@ -171,8 +186,7 @@ def plan(
         prefix_caching=prefix_caching,
     )
     p = make_plan(_path(model, "model"), **req.plan_options())
-    out: dict[str, Any] = p.to_dict()
-    return out
+    return _shown(p.to_dict())
 
 
 def check(
@@ -221,7 +235,7 @@ def check(
     ckpt = resolve_model(_path(path, "path"))
     rep = run_checks(ckpt.path, opts, repo_id=ckpt.repo_id)
     rep.strict = strict
-    return rep.to_dict()
+    return _shown(rep.to_dict(), vllm_args)
 
 
 def revert(path: str | Path, *, force: bool = False) -> dict[str, Any]:
@@ -231,7 +245,7 @@ def revert(path: str | Path, *, force: bool = False) -> dict[str, Any]:
 
     _flags(force=force)
     res = revert_path(_path(path, "path"), force=force)
-    return {"schema_version": SCHEMA_VERSION, "ok": True, **res.to_dict()}
+    return _shown({"schema_version": SCHEMA_VERSION, "ok": True, **res.to_dict()})
 
 
 def serve_plan(
@@ -286,4 +300,7 @@ def serve_plan(
         offline_gate=False,
     )
     launch = gate.enforce(launch, engine=info)
-    return {"schema_version": SCHEMA_VERSION, "ok": True, "dry_run": True, **launch.to_dict()}
+    return _shown(
+        {"schema_version": SCHEMA_VERSION, "ok": True, "dry_run": True, **launch.to_dict()},
+        extra_args,
+    )

@@ -13,6 +13,30 @@ from qwenprep.jsonio import load_json_file
 
 CONFIG = "config.json"
 INDEX = "model.safetensors.index.json"
+NAME_MAX = 255  # bytes in one path component on Linux file systems (ext4, xfs, btrfs)
+PATH_MAX = 4096  # bytes in a whole path the kernel accepts (linux/limits.h)
+
+
+def check_path_length(spec: str | Path, what: str = "path") -> Path:
+    """SPEC as a Path, or a clear InputError when the system cannot hold it: a component over
+    NAME_MAX bytes or a path over PATH_MAX bytes (os.stat would raise ENAMETOOLONG, errno 36).
+    Every path a user gives goes through here first (resolve_model, --out, --local-dir)."""
+    p = Path(spec).expanduser()
+    raw = os.fsencode(p)
+    longest = max((len(os.fsencode(part)) for part in p.parts), default=0)
+    if longest > NAME_MAX or len(raw) > PATH_MAX:
+        shown = str(spec) if len(str(spec)) <= 80 else str(spec)[:60] + "..." + str(spec)[-12:]
+        limit = (
+            f"a name over {NAME_MAX} bytes ({longest})"
+            if longest > NAME_MAX
+            else f"{len(raw)} bytes, over {PATH_MAX}"
+        )
+        raise InputError(
+            f"{what} too long: {shown} has {limit}; no file system here can hold it.",
+            hint="check the path (a pasted value or an unquoted variable?) and pass a shorter one.",
+            path=shown,
+        )
+    return p
 
 
 @dataclass(frozen=True)
@@ -36,7 +60,7 @@ class Checkpoint:
 
 def resolve_dir(spec: str | Path) -> Checkpoint:
     """A directory that holds config.json; clear messages otherwise."""
-    p = Path(spec).expanduser()
+    p = check_path_length(spec)
     if not p.exists():
         raise InputError(
             f"{p}: no such directory.",
@@ -73,7 +97,7 @@ def resolve_model(spec: str | Path) -> Checkpoint:
     from qwenprep.hub import find_cached, parse_repo_spec, snapshot_repo
 
     text = str(spec)
-    if not Path(text).expanduser().exists():
+    if not check_path_length(text).exists():
         repo = parse_repo_spec(text)
         if repo is not None:
             snapshot, commit = find_cached(repo)

@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, TypeGuard
+from typing import Any, NoReturn, TypeGuard
 
 from qwenprep.errors import InputError, UsageError
 from qwenprep.model import ModelView, RopeStyle, rope_type_of
@@ -21,7 +21,7 @@ from qwenprep.model import ModelView, RopeStyle, rope_type_of
 NATIVE_QWEN3_CODER = 262144
 MAX_SUPPORTED_FACTOR = 4.0  # Qwen claims 1M (4 x 256K) and no more
 
-_COUNT = re.compile(r"^\s*(\d{1,12}(?:\.\d{1,12})?)\s*([kKmM]?)\s*$", re.ASCII)
+_COUNT = re.compile(r"^\s*(\d{1,40}(?:\.\d{1,12})?)\s*([kKmM]?)\s*$", re.ASCII)
 MAX_CONTEXT_TOKENS = 2**32  # no model comes near; a longer number is a typo, refused
 
 
@@ -45,8 +45,10 @@ def parse_context(text: str) -> ContextRequest:
     if low == "native":
         return ContextRequest(raw, None)
     m = _COUNT.match(low)
+    shown = repr(raw) if len(raw) <= 24 else repr(raw[:20]) + f"... ({len(raw)} characters)"
+    if not m and raw.isascii() and raw.isdigit():  # a count, of more digits than _COUNT reads
+        _too_large(shown)
     if not m:
-        shown = repr(raw) if len(raw) <= 24 else repr(raw[:20]) + f"... ({len(raw)} characters)"
         raise UsageError(
             f"unknown context {shown}.",
             hint="use native, 256k, 512k, 1m, or a token count such as 1048576.",
@@ -57,12 +59,16 @@ def parse_context(text: str) -> ContextRequest:
     if value != int(value) or value <= 0:
         raise UsageError(f"context {raw!r} is not a positive whole number of tokens.")
     if value > MAX_CONTEXT_TOKENS:
-        raise UsageError(
-            f"context {raw!r} is more than {MAX_CONTEXT_TOKENS:,} tokens; no model "
-            "has such a context.",
-            hint="use native, 256k, 512k, 1m, or a token count such as 1048576.",
-        )
+        _too_large(shown)
     return ContextRequest(raw, int(value))
+
+
+def _too_large(shown: str) -> NoReturn:
+    raise UsageError(
+        f"context {shown} is too large: the most qwenprep takes is {MAX_CONTEXT_TOKENS:,} "
+        "tokens (4096m); no model has such a context.",
+        hint="use native, 256k, 512k, 1m, or a token count such as 1048576.",
+    )
 
 
 def _rope_block(config: dict[str, Any]) -> tuple[RopeStyle, dict[str, Any] | None]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qwenprep.checkpoint import check_path_length
 from qwenprep.errors import InputError, UsageError
 from qwenprep.fetch_local import refuse_links, refuse_overlay
 from qwenprep.hub import (
@@ -272,7 +273,9 @@ def plan_fetch(
             f"cannot fetch {spec}: HF_HUB_OFFLINE is set, so the Hub may not be contacted.",
             hint="unset HF_HUB_OFFLINE (or run the fetch on a machine with network access)",
         )
-    local = local_dir.expanduser().absolute() if local_dir is not None else None
+    local = (
+        check_path_length(local_dir, "--local-dir").absolute() if local_dir is not None else None
+    )
     if local is not None:
         refuse_overlay(spec, local)
     from huggingface_hub import HfApi

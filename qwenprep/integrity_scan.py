@@ -28,7 +28,7 @@ from qwenprep.checkpoint import INDEX
 from qwenprep.errors import InputError
 from qwenprep.hashing import RECORD_DIR, NotRegularFile, not_regular, open_regular
 from qwenprep.hub import snapshot_repo
-from qwenprep.jsonio import loads_located
+from qwenprep.jsonio import MAX_JSON_BYTES, loads_located, refuse_oversized
 from qwenprep.report import Check
 from qwenprep.safetensors_io import (
     Entry,
@@ -172,7 +172,9 @@ def _read_index(scan: Scan) -> dict[str, str] | None:
     p = scan.root / INDEX
     try:
         with open_regular(p) as f:
-            raw = f.read()
+            refuse_oversized(INDEX, os.fstat(f.fileno()).st_size)
+            raw = f.read(MAX_JSON_BYTES + 1)
+        refuse_oversized(INDEX, len(raw))
         obj = fast_index(raw)
         if obj is None:
             obj = loads_located(raw.decode("utf-8"), INDEX)

@@ -14,16 +14,39 @@ from typing import Any, Callable, Iterator
 
 from qwenprep.errors import InputError
 
+# The most qwenprep reads of a small JSON file (config.json, the safetensors index, a manifest,
+# a backup, a ref) before parsing it whole. The largest real one is the index of a big MoE:
+# the 480B FP8's lists about 60,000 tensors (62 layers x 160 experts x 3 projections x weight
+# and scale), a few MB; 64 MiB is over ten times that. A larger file is damage or an attack, and
+# parsing it would take several times its size in memory (a 1.5 GB config.json took 3 GB).
+MAX_JSON_BYTES = 64 << 20
 
-def read_regular_bytes(path: Path) -> bytes:
-    """The bytes of PATH (links followed) when it is a regular file. A FIFO, socket or device
-    raises OSError(EINVAL) at once (opened non-blocking, refused by fstat): nothing hangs."""
+
+def refuse_oversized(path: Path | str, size: int, limit: int = MAX_JSON_BYTES) -> None:
+    """InputError when a small JSON file of SIZE bytes is over LIMIT, naming both."""
+    if size > limit:
+        raise InputError(
+            f"{path}: {size:,} bytes, over the {limit >> 20} MiB qwenprep reads of a JSON file "
+            "like this one; it is not a real config or index (damaged, or not what it claims).",
+            hint="restore the file from the original release (hf download ORG/NAME FILE).",
+            path=str(path),
+        )
+
+
+def read_regular_bytes(path: Path, limit: int = MAX_JSON_BYTES) -> bytes:
+    """The bytes of PATH (links followed) when it is a regular file of at most LIMIT bytes
+    (InputError beyond: refuse_oversized). A FIFO, socket or device raises OSError(EINVAL) at
+    once (opened non-blocking, refused by fstat): nothing hangs."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, "not a regular file (a FIFO, socket or device)", str(path))
+        refuse_oversized(path, st.st_size, limit)
         with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read()
+            data = f.read(limit + 1)
+        refuse_oversized(path, len(data), limit)  # grown since the fstat
+        return data
     finally:
         os.close(fd)
 

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from qwenprep.checkpoint import CONFIG, Checkpoint
+from qwenprep.checkpoint import CONFIG, Checkpoint, check_path_length
 from qwenprep.contexts import ContextRequest
 from qwenprep.errors import InputError
 from qwenprep.hub import OWN_REFS as PIN_PREFIX
@@ -394,7 +394,7 @@ def find_overlays(paths: list[Path]) -> list[Path]:
     """Overlays at each PATH, or one level below it (the default place when none is given)."""
     from qwenprep.manifest import MANIFEST_DIR, MANIFEST_NAME
 
-    roots = paths or [overlays_home()]
+    roots = [check_path_length(p) for p in paths] or [overlays_home()]
     found: list[Path] = []
     for root in roots:
         if os.path.lexists(root / MANIFEST_DIR / MANIFEST_NAME):

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from qwenprep._version import __version__
-from qwenprep.checkpoint import CONFIG, Checkpoint, resolve_dir
+from qwenprep.checkpoint import CONFIG, Checkpoint, check_path_length, resolve_dir
 from qwenprep.contexts import ContextRequest, PatchResult, patch_config
 from qwenprep.errors import ConflictError, InputError, QwenprepError, UsageError
 from qwenprep.jsonio import (
@@ -342,7 +342,7 @@ def create_overlay(
     patched = patch_config(config, req, force=force)
     if out is None:
         out = lifecycle.default_overlay_dir(source, req)
-    out = Path(os.path.abspath(out.expanduser()))
+    out = Path(os.path.abspath(check_path_length(out, "--out")))
     _check_out(source.path, out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

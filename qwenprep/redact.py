@@ -181,14 +181,56 @@ def secrets() -> list[str]:
     return sorted(wanted, key=len, reverse=True)
 
 
+# Words of qwenprep's own prose that follow an option's name in a sentence ("reads it when
+# --api-key is not given", "--hf-token or another"): never taken for its value. A secret that is
+# one of them is still masked when it is a literal value this process knows (secrets()).
+_PROSE = frozenset(
+    "a an and another are as be by for from given if in is it its not of on or set the then "
+    "to when where with without".split()
+)
+_TRAILING = re.compile(r"^(.+?)([:.!?]*)$")  # a word and the punctuation that ends its sentence
+
+
+def _not_a_value(word: str) -> bool:
+    """WORD, after an option's name in text, is prose or the next option, not its value."""
+    return word.startswith("-") or word.rstrip(":.!?").lower() in _PROSE
+
+
+def _secret_like(word: str) -> bool:
+    """WORD could be a further value of a list option (`--api-key K1 K2`): not prose, and
+    shaped like a key (a digit, a capital or a symbol in it, or 16 characters or more)."""
+    bare = word.rstrip(":.!?")
+    if _not_a_value(word) or not bare:
+        return False
+    return not bare.isalpha() or not bare.islower() or len(bare) >= 16
+
+
+def _masked(word: str) -> str:
+    m = _TRAILING.match(word)
+    return MASK + m[2] if m else MASK
+
+
 def _mask_values(m: re.Match[str]) -> str:
+    """`--api-key K1 K2 ...` in text: the first word and each further key-shaped one masked,
+    stopping at the first word of prose (vLLM's --api-key takes several: nargs +)."""
     name = "--" + m[1][2:].replace("_", "-")
     several = len(name) >= _MIN_ABBREV and any(o.startswith(name) for o in LIST_CREDENTIAL_OPTIONS)
-    return f"{m[1]}{m[2]}" + " ".join(MASK for _ in m[3].split()) if several else m[0]
+    parts = re.split(r"([ \t]+)", m[3])
+    if not several or _not_a_value(parts[0]):
+        return m[0]
+    out = [_masked(parts[0])]
+    for i in range(2, len(parts), 2):
+        if not _secret_like(parts[i]):
+            out += parts[i - 1 :]
+            break
+        out += [parts[i - 1], _masked(parts[i])]
+    return f"{m[1]}{m[2]}" + "".join(out)
 
 
 def _mask_option(m: re.Match[str]) -> str:
-    return f"{m[1]}{m[2]}{MASK}" if credential_option(m[1]) else m[0]
+    if not credential_option(m[1]) or _not_a_value(m[3]) or m[3].startswith(MASK):
+        return m[0]
+    return f"{m[1]}{m[2]}{_masked(m[3]) if m[2] != '=' else MASK}"
 
 
 def _mask_named(m: re.Match[str]) -> str:

@@ -71,6 +71,20 @@ def text(value: Any, option: str, *, choices: Sequence[str] = (), optional: bool
         raise UsageError(f"{option} takes a string (got {value!r}).")
     if choices and value not in choices:
         raise UsageError(f"{option} {value!r}: use {' or '.join(choices)}.")
+    return no_nul(value, option)
+
+
+def no_nul(value: str, option: str) -> str:
+    """VALUE, refused when it holds a NUL byte: no path, host or argument can (the OS ends a
+    C string there: os.stat raises ValueError, exec cannot pass it)."""
+    from qwenprep.errors import UsageError
+
+    if "\0" in value:
+        raise UsageError(
+            f"{option} holds a NUL byte (\\0) at character {value.index(chr(0))}: no path, "
+            "name or argument can carry one.",
+            hint="pass the value without it.",
+        )
     return value
 
 
@@ -85,7 +99,7 @@ def words(values: Any, option: str) -> tuple[str, ...]:
         raise UsageError(
             f"{option}: every argument must be a string, as on a command line (got {odd[0]!r})."
         )
-    return tuple(values)
+    return tuple(no_nul(v, option) for v in values)
 
 
 def seconds(value: Any, option: str) -> float | None:
@@ -97,7 +111,7 @@ def seconds(value: Any, option: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise UsageError(f"{option} takes a number of seconds (got {value!r}).")
     if not (value > 0 and math.isfinite(value)):
-        raise UsageError(f"{option} must be a positive number of seconds (got {value}).")
+        raise UsageError(f"{option} must be a finite number of seconds above 0 (got {value}).")
     return float(value)
 
 
@@ -326,6 +340,10 @@ class PlanRequest:
             gpu=text(kw.pop("gpu", None), "--gpu"),
             vllm_version=text(kw.pop("vllm_version", None), "--vllm-version"),
             prefill_budget=seconds(kw.pop("prefill_budget", None), "--prefill-budget"),
+            dcp=whole(kw.pop("dcp", 1), "--dcp", high=MAX_GPUS),
+            prefix_caching=flag(
+                kw.pop("prefix_caching", None), "--[no-]prefix-caching", optional=True
+            ),
             **kw,
         )
 

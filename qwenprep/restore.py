@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from qwenprep.checkpoint import CONFIG
+from qwenprep.checkpoint import CONFIG, check_path_length
 from qwenprep.contexts import (
     _YARN_KEYS,
     NATIVE_QWEN3_CODER,
@@ -219,7 +219,7 @@ def _locate(spec: str | Path) -> Path | None:
     """A path (symlinks resolved, so the real overlay or snapshot is acted on), or a cached
     ORG/NAME[@rev] (its snapshot, where in-place edits of the old recipe live). None when SPEC
     names a path that is not there (an overlay already reverted)."""
-    p = Path(spec).expanduser()
+    p = check_path_length(spec)
     if p.name == CONFIG and p.parent.is_dir():
         p = p.parent
     if p.exists():

@@ -191,9 +191,10 @@ def shape_from_hub(spec: str) -> ModelShape:
 def load_shape(spec: str) -> ModelShape:
     """MODEL as given on the command line: a directory or a cached ORG/NAME[@rev] (headers read
     locally); a repo id that is not downloaded is read from the Hub's header metadata."""
-    from qwenprep.checkpoint import resolve_model
+    from qwenprep.checkpoint import check_path_length, resolve_model
     from qwenprep.hub import parse_repo_spec
 
+    check_path_length(spec)
     try:
         ckpt = resolve_model(spec)
     except InputError:

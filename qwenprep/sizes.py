@@ -1,11 +1,11 @@
 """Memory sizes as people write them: ``61.31GiB``, ``141GB``, ``80 GiB``, ``1024B``.
 
-Units: ``KiB MiB GiB TiB`` are binary (1024^n); ``KB MB GB TB`` are decimal (1000^n). A GPU
-datasheet's "GB" is neither exactly (an H200's "141 GB" is 143,771 MiB = 140.40 GiB as NVML
-reports it): ``--gpu NAME`` or nvidia-smi's MiB figure is exact; ``B`` means bytes. Sizes
-never guess: a number without a unit (``141``) and the single letters ``k m g t`` (``8g``:
-vLLM's own parser reads a lowercase suffix as decimal, other tools as binary) are refused with
-"did you mean 8GiB or 8GB?" (UsageError, exit 2). A Python int is a byte count.
+Units: ``KiB MiB GiB TiB PiB EiB`` are binary (1024^n); ``KB MB GB TB PB EB`` are decimal
+(1000^n). A GPU datasheet's "GB" is neither exactly (an H200's "141 GB" is 143,771 MiB =
+140.40 GiB as NVML reports it): ``--gpu NAME`` or nvidia-smi's MiB figure is exact; ``B`` means
+bytes. Sizes never guess: a number without a unit (``141``) and the single letters ``k m g t``
+(``8g``: vLLM's own parser reads a lowercase suffix as decimal, other tools as binary) are
+refused with "did you mean 8GiB or 8GB?" (UsageError, exit 2). A Python int is a byte count.
 """
 
 from __future__ import annotations
@@ -28,6 +28,10 @@ _UNITS: dict[str, int] = {
     "gb": 1000**3,
     "tib": 1024**4,
     "tb": 1000**4,
+    "pib": 1024**5,  # read so that a size past any machine is told "too large", not "unreadable"
+    "pb": 1000**5,
+    "eib": 1024**6,
+    "eb": 1000**6,
 }
 _AMBIGUOUS = {"", "k", "m", "g", "t"}  # binary or decimal? never guessed
 _SIZE = re.compile(r"^\s*(\d{1,20}(?:\.\d{0,12})?|\.\d{1,12})\s*([a-zA-Z]*)\s*$", re.ASCII)

@@ -204,6 +204,9 @@ def serve(
             ),
         )
     dry_run = dry_run or emitting
+    from qwenprep.request import seconds
+
+    run(as_json, lambda: seconds(ready_timeout, "--ready-timeout"))  # nan would never time out
     if image is not None:  # said before vLLM is asked anything
         from qwenprep.engines.deploy import check_image
 
@@ -274,6 +277,10 @@ def serve(
     if emitting:
         _emit_artefacts(plan, emit_config, emit, image, as_json, force)
         return
+    if proof and proof_tokens is not None:  # judged in a dry run as the real run judges it
+        from qwenprep.engines.proof import proof_request
+
+        run(as_json, lambda: proof_request(plan.model_path, plan.max_model_len, proof_tokens))
     if dry_run or plan.nodes:
         if as_json:
             _emit_json(
