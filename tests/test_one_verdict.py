@@ -402,3 +402,34 @@ def test_emit_k8s_counts_gpus_from_the_parsed_sizes(tmp_path: Path, extra: list[
     manifest = deploy.lws_manifest(plan, image="vllm/vllm-openai:v0.11.1")
     pod = manifest["spec"]["leaderWorkerTemplate"]["workerTemplate"]["spec"]
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 4
+
+
+def test_emit_k8s_mounts_the_files_the_argv_reads(tmp_path: Path) -> None:
+    """Hostile pass: `--emit k8s -- --config /host/ck.yaml` named a host file the pods never
+    mounted. What the judged argv reads from this host is mounted read-only at the same path;
+    a relative path is refused (the container's working directory is not this one)."""
+    ov = _overlay(tmp_path)
+    ck = tmp_path / "ck.yaml"
+    ck.write_text("max-num-seqs: 4\n")
+    plan = eng.build_launch_plan(
+        ov,
+        ServeRequest(tp=1, extra_args=("--config", str(ck), "--tokenizer", str(ov))),
+        engine=None,
+        offline_gate=False,
+    )
+    manifest = deploy.lws_manifest(plan, image="vllm/vllm-openai:v0.11.1")
+    pod = manifest["spec"]["leaderWorkerTemplate"]["workerTemplate"]["spec"]
+    host = {v["hostPath"]["path"]: v["hostPath"]["type"] for v in pod["volumes"] if "hostPath" in v}
+    assert host[str(ck)] == "File" and host[str(ov)] == "Directory"
+    mounted = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert str(ck) in mounted
+    rel = eng.build_launch_plan(
+        ov, ServeRequest(tp=1, extra_args=("--config", "ck.yaml")), engine=None, offline_gate=False
+    )
+    here = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        with pytest.raises(QwenprepError, match="relative path"):
+            deploy.lws_manifest(rel, image="vllm/vllm-openai:v0.11.1")
+    finally:
+        os.chdir(here)

@@ -415,6 +415,33 @@ def _container(
     return c
 
 
+# engine options whose value may be a file or directory on this host (vLLM 0.32 EngineArgs /
+# the frontend's --chat-template): the pods read them at the same path, so they are mounted
+_HOST_PATH_OPTIONS = ("--config", "--hf-config-path", "--tokenizer", "--chat-template")
+
+
+def _host_files(args: Sequence[str]) -> list[tuple[str, str]]:
+    """(path, hostPath type) for each option value in ARGS naming a file or directory here.
+    A relative one is refused: the container's working directory is not this one."""
+    from qwenprep.gate_offline import _values
+
+    out: list[tuple[str, str]] = []
+    for flag in _HOST_PATH_OPTIONS:
+        for v in _values(args, flag):
+            path = Path(v)
+            if not path.exists():
+                continue  # a Hub id or a path only the image has
+            if not path.is_absolute():
+                raise UsageError(
+                    f"--emit k8s: {flag} {v} is a relative path; the pods cannot read it from "
+                    "this directory.",
+                    hint=f"give it as an absolute path ({path.resolve()}): the manifest mounts "
+                    "it read-only at the same path",
+                )
+            out.append((str(path), "Directory" if path.is_dir() else "File"))
+    return list(dict.fromkeys(out))
+
+
 def lws_manifest(
     plan: LaunchPlan, *, image: str, source: str | None = None, name: str | None = None
 ) -> dict[str, Any]:
@@ -429,6 +456,10 @@ def lws_manifest(
     for i, p in enumerate(dict.fromkeys(x for x in (model, source) if x)):
         vol = f"model-{i}"
         volumes.append({"name": vol, "hostPath": {"path": p, "type": "Directory"}})
+        mounts.append({"name": vol, "mountPath": p, "readOnly": True})
+    for i, (p, kind) in enumerate(_host_files(args)):  # what the argv reads from this host
+        vol = f"arg-{i}"
+        volumes.append({"name": vol, "hostPath": {"path": p, "type": kind}})
         mounts.append({"name": vol, "mountPath": p, "readOnly": True})
     env = dict(plan.env)
     nodes = list(plan.nodes)
