@@ -139,9 +139,22 @@ def _same_place(a: str, b: Path) -> bool:
     return a == str(b) or os.path.realpath(a) == os.path.realpath(b)
 
 
+def dir_id(path: Path) -> str | None:
+    """device:inode of the directory PATH (the manifest's dir_id), None when unreadable."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return f"{st.st_dev}:{st.st_ino}"
+
+
 def made_here(path: Path, manifest: dict[str, Any]) -> bool:
-    """PATH is where the overlay was built (not a copy or a move of it)."""
+    """PATH is the overlay as it was built: where it was built, or the same directory moved
+    (its device:inode, dir_id, unchanged); a copy is neither."""
     made = manifest.get("path")
+    recorded = manifest.get("dir_id")
+    if isinstance(recorded, str) and recorded == dir_id(path):
+        return True
     if isinstance(made, str):
         return _same_place(made, path)
     pin = (manifest.get("source") or {}).get("pin")  # a manifest written before overlay ids
@@ -171,6 +184,11 @@ def pin_sharer(path: Path, manifest: dict[str, Any]) -> Path | None:
             continue
         if other is not None and (other.get("source") or {}).get("pin") == pin:
             return place
+    if isinstance(made, str) and isinstance(manifest.get("dir_id"), str):
+        # a copy whose original moved away: it may still hold the pin, so a copy never
+        # releases it (a pin left behind keeps a source in the cache; one released early
+        # lets a prune delete a live overlay's files)
+        return Path(made)
     return None
 
 

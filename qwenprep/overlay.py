@@ -513,6 +513,8 @@ def _build(
     tmp: Path, entries: list[tuple[str, Path, bool]], config: bytes, manifest: dict[str, Any]
 ) -> None:
     tmp.mkdir()
+    st = os.stat(tmp)  # renamed into place, the directory keeps it; a copy gets another
+    manifest["dir_id"] = f"{st.st_dev}:{st.st_ino}"
     for rel, src, _is_dir in entries:
         dest = tmp / rel
         dest.parent.mkdir(parents=True, exist_ok=True)

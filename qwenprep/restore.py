@@ -299,6 +299,9 @@ def _revert_at(path: Path, force: bool) -> RevertResult:
         pin_note = (
             f"; its cache pin {m['source']['pin']} is kept for {sharer}, the overlay it was "
             "copied from"
+            if sharer is not None and sharer.is_dir()
+            else f"; its cache pin {m['source']['pin']} is left in place: this was a copy of "
+            f"the overlay made at {sharer}, which may still use it from wherever it was moved"
             if sharer is not None
             else ""
         )

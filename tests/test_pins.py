@@ -97,6 +97,31 @@ def test_a_copy_leaves_the_pin_to_its_original_and_can_get_its_own(
     assert [(o["state"], o["reasons"]) for o in listed["overlays"]] == [("ok", [])]
 
 
+def test_a_copy_never_takes_the_pin_of_an_original_that_moved(
+    home: dict[str, str], tmp_path: Path
+) -> None:
+    """Hostile pass: `cp -a OV COPY; mv OV MOVED; qwenprep revert COPY` removed the pin MOVED
+    still needs (the copy could not find its original at the place it was made). A copy never
+    releases the pin; the moved original (the same directory: its dir_id) does, on its revert."""
+    made = _patch(home)
+    ov = Path(str(made["path"]))
+    copy, moved = tmp_path / "copy", tmp_path / "moved"
+    shutil.copytree(ov, copy, symlinks=True)  # cp -a
+    shutil.move(ov, moved)
+    old_snapshot = _only_pins_hold_old(home)
+    r = _q(home, "revert", str(copy))
+    assert r.returncode == 0, r.stderr
+    assert f"its cache pin {made['pin']} is left in place" in r.stdout
+    assert _revisions(home)[OLD] == [made["pin"]]
+    _hf(home, "cache", "prune", "-y")
+    assert old_snapshot.is_dir()
+    listed = _json(_q(home, "list", str(moved), "--json"), "list-result")
+    assert [o["state"] for o in listed["overlays"]] == ["stale"]  # main moved on; pinned
+    r = _q(home, "revert", str(moved))
+    assert r.returncode == 0, r.stderr
+    assert _revisions(home).get(OLD, []) == []  # the original's own revert releases its pin
+
+
 def test_list_flags_a_missing_pin_and_names_the_command_that_re_pins(
     home: dict[str, str],
 ) -> None:
