@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from qwenprep.capacity import named_version, resolve_rule, shape_from_dir
+from qwenprep.capacity import named_version, resolve_rule
 from qwenprep.errors import InputError, QwenprepError, UsageError
 from qwenprep.gpus import Inventory, inventory
 from qwenprep.integrity_scan import Scan, gc_paused
@@ -33,6 +33,7 @@ from qwenprep.preflight_checks import (
     resolve_layout,
 )
 from qwenprep.report import Check, Report
+from qwenprep.shapes import shape_from_dir
 from qwenprep.sizes import GiB
 from qwenprep.validation import VllmVersion
 
@@ -259,7 +260,7 @@ def _context_for_gate(
 
 
 def _shape(path: Path, scan: Scan | None) -> ModelShape:
-    """capacity.shape_from_dir from what the header scan read (config.json and every header,
+    """shapes.shape_from_dir from what the header scan read (config.json and every header,
     read once), when the scan read them all cleanly; otherwise shape_from_dir itself, which
     reads them again and says what it could not use (as plan does)."""
     clean = (

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from conftest import QWENPREP_BIN, TINY, invoke, run_capped
-from qwenprep.capacity import shape_from_dir
 from qwenprep.kvrules import ModelShape
 from qwenprep.preflight import CheckOptions, parallel_checks, run_checks
+from qwenprep.shapes import shape_from_dir
 
 
 def validate(obj: dict[str, Any]) -> None:
