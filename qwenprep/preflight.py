@@ -3,8 +3,8 @@
 Checks from other modules (schema and invariants, overlay, headers, engine readback) are
 composed: an error one of them raises becomes one ``fail`` check. The leaf checks (layout,
 KV fits at the intended context, disk, GPUs visible, the vLLM flags the installed version
-would reject) live in qwenprep.preflight_checks and are re-exported here; parallelism (what
-vLLM's layers assert at load time) in qwenprep.parallel. Here: the options (CheckOptions,
+would reject) live in qwenprep.preflight_checks; parallelism (what vLLM's layers assert at
+load time) in qwenprep.parallel. Here: the options (CheckOptions,
 check_options), check's use of the gate (check_gate), another engine's hooks (EngineHooks)
 and run_checks, which reads the checkpoint once and composes the report.
 """
@@ -37,19 +37,12 @@ from qwenprep.shapes import shape_from_dir
 from qwenprep.sizes import GiB
 from qwenprep.validation import VllmVersion
 
-__all__ = [  # the leaf checks live in qwenprep.preflight_checks; named here as before
+__all__ = [  # the leaf checks are qwenprep.preflight_checks' and qwenprep.parallel's
     "DISK_WARN_BYTES",
     "CheckOptions",
     "EngineHooks",
-    "Layout",
     "check_gate",
     "check_options",
-    "disk_checks",
-    "flag_checks",
-    "gpu_checks",
-    "kv_checks",
-    "parallel_checks",
-    "resolve_layout",
     "run_checks",
 ]
 

@@ -14,7 +14,8 @@ import pytest
 
 from conftest import QWENPREP_BIN, TINY, invoke, run_capped
 from qwenprep.kvrules import ModelShape
-from qwenprep.preflight import CheckOptions, parallel_checks, run_checks
+from qwenprep.parallel import parallel_checks
+from qwenprep.preflight import CheckOptions, run_checks
 from qwenprep.shapes import shape_from_dir
 
 
@@ -451,17 +452,18 @@ def test_flag_verdicts_come_from_the_engine_capabilities(version: str) -> None:
     import qwenprep.preflight as pf
     from qwenprep import engine as eng
     from qwenprep.capacity import vllm_rule
+    from qwenprep.preflight_checks import flag_checks
 
     assert not hasattr(pf, "FLAG_VERSIONS")  # the old duplicate table is gone
     caps = eng.capabilities_for(eng.parse_version(version)).to_dict()
     for flag, (field, why) in eng.FLAG_CAPABILITY.items():
-        (c,) = pf.flag_checks(vllm_rule(version), (f"{flag}=1",))
+        (c,) = flag_checks(vllm_rule(version), (f"{flag}=1",))
         if caps[field]:
             assert c.status == "pass", (flag, version)
         else:
             assert c.status == "fail" and c.message.endswith(f"would reject: {flag}: {why}")
     # flags whose acceptance does not depend on the version are never refused
-    (c,) = pf.flag_checks(vllm_rule(version), ("--enable-expert-parallel", "--port=8001"))
+    (c,) = flag_checks(vllm_rule(version), ("--enable-expert-parallel", "--port=8001"))
     assert c.status == "pass"
 
 

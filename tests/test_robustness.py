@@ -255,7 +255,7 @@ def test_serve_refuses_what_check_refuses(
     from qwenprep.capacity import vllm_rule
     from qwenprep.engine import EngineInfo, build_launch_plan, capabilities_for, parse_version
     from qwenprep.errors import UsageError
-    from qwenprep.preflight import flag_checks
+    from qwenprep.preflight_checks import flag_checks
 
     src = tmp_path / "tiny"
     shutil.copytree(TINY, src)
