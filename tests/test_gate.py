@@ -22,7 +22,7 @@ import pytest
 
 from conftest import QWENPREP_BIN, TINY, invoke
 from qwenprep import engine as eng
-from qwenprep import gate
+from qwenprep import gate, gate_offline
 from qwenprep.engines.vllm_launch import WORKER_ENTRY
 
 VLLM_PY = os.environ.get("QWENPREP_VLLM_PYTHON") or sys.executable
@@ -360,7 +360,7 @@ def test_offline_fallback_normalises_spellings_as_vllm_does(
 
 
 def test_offline_reading_of_spellings() -> None:
-    d = gate.offline_dests(
+    d = gate_offline.offline_dests(
         [
             "--hf_overrides.rope_scaling.factor",
             "2",
@@ -379,11 +379,11 @@ def test_offline_reading_of_spellings() -> None:
         "enable_expert_parallel": False,
         "served_model_name": "x",
     }
-    assert gate.offline_dests(["--max-model-len", "1m"])["max_model_len"] == 1000000
+    assert gate_offline.offline_dests(["--max-model-len", "1m"])["max_model_len"] == 1000000
     with pytest.raises(ValueError, match="ambiguous option: --hf could match"):
-        gate.offline_dests(["--hf", "x"])
+        gate_offline.offline_dests(["--hf", "x"])
     with pytest.raises(ValueError, match="unrecognized arguments: --rope-scaling"):
-        gate.offline_dests(["--rope-scaling", "{}"])
+        gate_offline.offline_dests(["--rope-scaling", "{}"])
 
 
 # ---------------------------------------------------------------- hardening in the gate's files
