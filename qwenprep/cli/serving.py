@@ -352,7 +352,7 @@ def _serve_foreground(
     import shlex
     import signal
 
-    from qwenprep.engines import sglang
+    from qwenprep.engines import sglang_server
     from qwenprep.engines import vllm_server as eng
 
     who = "SGLang" if getattr(plan, "serving_engine", "vllm") == "sglang" else "vLLM"
@@ -362,7 +362,7 @@ def _serve_foreground(
     except (AttributeError, OSError, ValueError):
         out = None
     if who == "SGLang":
-        handle: Any = run(as_json, lambda: sglang.start(plan, stdout=out, stderr=out))
+        handle: Any = run(as_json, lambda: sglang_server.start(plan, stdout=out, stderr=out))
     else:
         log = log_file if log_file is not None else run(as_json, eng.default_log_path)
         note = eng.cpu_kv_note(plan)

@@ -20,10 +20,9 @@ from typing import Any
 
 from qwenprep.engines import probe
 from qwenprep.engines.served import ServedPlan
-from qwenprep.engines.sglang_server import SglangServer, start
 from qwenprep.errors import InputError, UsageError
 
-# The running server (SglangServer, start) is engines/sglang_server.py, re-exported here.
+# The running server (SglangServer, start) is engines/sglang_server.py.
 __all__ = [
     "CONTEXT_LENGTH_KEYS",
     "DEFAULT_PORT",
@@ -50,8 +49,6 @@ __all__ = [
     "require",
     "run_probe",
     "select_engine",
-    "SglangServer",
-    "start",
 ]
 
 ENGINES = ("vllm", "sglang")
