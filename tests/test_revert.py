@@ -212,7 +212,8 @@ def test_kill_9_during_revert_leaves_old_or_nothing(qwen_src: Path, tmp_path: Pa
     import time
 
     from conftest import QWENPREP_BIN, many_files, timed_run
-    from qwenprep.overlay import overlay_checks, read_manifest
+    from qwenprep.manifest import read_manifest
+    from qwenprep.overlay_state import overlay_checks
 
     many_files(qwen_src)
     before = tree_state(qwen_src)

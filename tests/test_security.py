@@ -27,7 +27,7 @@ from test_fuzz_headers import OpenWatch
 from conftest import QWENPREP_BIN, TINY, invoke
 from hubserver import HubServer, hub_env
 from qwenprep import engine as eng
-from qwenprep.overlay import overlay_checks
+from qwenprep.overlay_state import overlay_checks
 
 VLLM_PY = os.environ.get("QWENPREP_VLLM_PYTHON") or sys.executable
 INFO = eng.discover(VLLM_PY)
