@@ -45,7 +45,7 @@ from qwenprep.report import Check
 from qwenprep.rotation import rotation_checks
 
 if TYPE_CHECKING:
-    from qwenprep.engine import EngineInfo
+    from qwenprep.engines.vllm_core import EngineInfo
     from qwenprep.engines.vllm_launch import LaunchPlan
 
 __all__ = [  # the offline reading is qwenprep.gate_offline's

@@ -150,7 +150,8 @@ def check_gate(
     """check's use of the gate (qwenprep.gate): the plan serve would build from the same inputs,
     judged the same way; a refusal of the plan itself is one failed check. ASSUME_VERSION: the
     vLLM the plan is for when none is asked (--no-engine, or none installed)."""
-    from qwenprep.engine import build_launch_plan, discover
+    from qwenprep.engine import build_launch_plan
+    from qwenprep.engines.vllm_core import discover
     from qwenprep.gate import gate
 
     engine = discover(python) if engine_on else None

@@ -19,12 +19,12 @@ import yaml
 from conftest import QWENPREP_BIN, TINY, invoke
 from qwenprep import engine as eng
 from qwenprep import gate, gate_offline
-from qwenprep.engines import deploy
+from qwenprep.engines import deploy, vllm_core
 from qwenprep.errors import QwenprepError
 from qwenprep.request import ServeRequest
 
 VLLM_PY = os.environ.get("QWENPREP_VLLM_PYTHON") or sys.executable
-INFO = eng.discover(VLLM_PY)
+INFO = vllm_core.discover(VLLM_PY)
 HAVE_VLLM = INFO is not None and INFO.importable
 needs_vllm = pytest.mark.skipif(not HAVE_VLLM, reason=f"vLLM is not importable in {VLLM_PY}")
 

@@ -450,13 +450,13 @@ def test_flags_the_installed_vllm_would_reject(tiny_src: Path) -> None:
 def test_flag_verdicts_come_from_the_engine_capabilities(version: str) -> None:
     """One table: check's flag verdicts are what engine.capabilities_for says per version."""
     import qwenprep.preflight as pf
-    from qwenprep import engine as eng
     from qwenprep.capacity import vllm_rule
+    from qwenprep.engines import vllm_core
     from qwenprep.preflight_checks import flag_checks
 
     assert not hasattr(pf, "FLAG_VERSIONS")  # the old duplicate table is gone
-    caps = eng.capabilities_for(eng.parse_version(version)).to_dict()
-    for flag, (field, why) in eng.FLAG_CAPABILITY.items():
+    caps = vllm_core.capabilities_for(vllm_core.parse_version(version)).to_dict()
+    for flag, (field, why) in vllm_core.FLAG_CAPABILITY.items():
         (c,) = flag_checks(vllm_rule(version), (f"{flag}=1",))
         if caps[field]:
             assert c.status == "pass", (flag, version)

@@ -191,6 +191,7 @@ def serve(
     from qwenprep import engine as eng
     from qwenprep import gate
     from qwenprep.checkpoint import resolve_model
+    from qwenprep.engines import vllm_core
     from qwenprep.request import ServeRequest
 
     use_sglang = _engine_name(serving_engine, vllm_python, as_json) == "sglang"
@@ -258,7 +259,7 @@ def serve(
 
             return serve_plan(path, python=vllm_python, dry_run=dry_run, **req.sglang_options())
         ckpt = resolve_model(path)
-        info = eng.discover(vllm_python) if dry_run else eng.require_engine(vllm_python)
+        info = vllm_core.discover(vllm_python) if dry_run else vllm_core.require_engine(vllm_python)
         plan = eng.build_launch_plan(
             ckpt.path,
             replace(req, repo_id=ckpt.repo_id),
