@@ -17,8 +17,8 @@ import pytest
 from conftest import TINY, invoke
 from qwenprep.catalog import CATALOG, lookup
 from qwenprep.kvrules import ModelShape
+from qwenprep.layouts import qwen3_moe_tensors
 from qwenprep.shapes import shape_from_dir
-from qwenprep.synth import qwen3_moe_tensors
 from qwenprep.timing import (
     EFFICIENCY_BAND,
     Layout,
