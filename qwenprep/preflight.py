@@ -268,7 +268,7 @@ def _shape(path: Path, scan: Scan | None) -> ModelShape:
     if not clean:
         return shape_from_dir(path)
     assert scan is not None and scan.config is not None
-    from qwenprep.timing import tally_columns
+    from qwenprep.timecost import tally_columns
 
     tally = tally_columns(*scan.tensor_columns())
     return ModelShape.from_config(

@@ -19,7 +19,7 @@ from qwenprep.catalog import CATALOG, lookup
 from qwenprep.kvrules import ModelShape
 from qwenprep.layouts import qwen3_moe_tensors
 from qwenprep.shapes import shape_from_dir
-from qwenprep.timing import (
+from qwenprep.timecost import (
     EFFICIENCY_BAND,
     Layout,
     attention_flops,
