@@ -57,7 +57,7 @@ __all__ = [
 
 
 def named_version(text: str) -> tuple[int, int, int]:
-    """A version the user typed (--vllm-version), read by engine.parse_version; UsageError
+    """A version the user typed (--vllm-version), read by vllm_core.parse_version; UsageError
     (exit 2) when it has no number in it."""
     if not re.fullmatch(r"\s*v?\d+\.\d+(\.\d+)*(\S*)\s*", str(text)):
         raise UsageError(

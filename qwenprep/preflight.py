@@ -354,7 +354,7 @@ def run_checks(
     def config() -> dict[str, Any] | None:
         return scanned[0].config if scanned else None
 
-    # header_scan includes overlay.overlay_checks when PATH is an overlay: calling both
+    # header_scan includes overlay_state.overlay_checks when PATH is an overlay: calling both
     # reported overlay.manifest/config/links/source twice
     composed: list[tuple[str, Callable[[], list[Check]]]] = [
         ("config", lambda: validate_checkpoint(path, vllm=_named_vllm(opts))),

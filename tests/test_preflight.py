@@ -448,7 +448,7 @@ def test_flags_the_installed_vllm_would_reject(tiny_src: Path) -> None:
     ["0.9.2", "0.10.0", "0.10.1", "0.10.2", "0.11.0", "0.11.1", "0.29.0", "0.32.0", "0.33"],
 )
 def test_flag_verdicts_come_from_the_engine_capabilities(version: str) -> None:
-    """One table: check's flag verdicts are what engine.capabilities_for says per version."""
+    """One table: check's flag verdicts are what vllm_core.capabilities_for says per version."""
     import qwenprep.preflight as pf
     from qwenprep.capacity import vllm_rule
     from qwenprep.engines import vllm_core
