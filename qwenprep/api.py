@@ -273,6 +273,7 @@ def serve_plan(
     from qwenprep import engine as eng
     from qwenprep import gate
     from qwenprep.checkpoint import resolve_model
+    from qwenprep.engines import vllm_core
     from qwenprep.report import SCHEMA_VERSION
     from qwenprep.request import ServeRequest, text
 
@@ -291,7 +292,7 @@ def serve_plan(
         multinode_mode=multinode_mode,
     )
     ckpt = resolve_model(_path(path, "path"))
-    info = eng.discover(text(vllm_python, "--vllm-python"))
+    info = vllm_core.discover(text(vllm_python, "--vllm-python"))
     launch = eng.build_launch_plan(
         ckpt.path,
         replace(req, repo_id=ckpt.repo_id),

@@ -1,7 +1,7 @@
 """Capacity plans: the vLLM rule for a version, the plan (KV capacity of a model shape on a
 parallel layout) with its advice, and make_plan, what ``qwenprep plan`` computes. The arithmetic
 itself, as vLLM does it, is qwenprep.kvrules; the model shape of a checkpoint is
-qwenprep.shapes (re-exported here); the plan's words for people are qwenprep.plan_text.
+qwenprep.shapes; the plan's words for people are qwenprep.plan_text.
 """
 
 from __future__ import annotations
@@ -36,14 +36,7 @@ from qwenprep.kvrules import (
     weights_per_gpu,
 )
 from qwenprep.report import SCHEMA_VERSION
-from qwenprep.shapes import (
-    _is_expert,
-    load_shape,
-    shape_from_dir,
-    shape_from_hub,
-    weight_bytes_from_dir,
-    weight_tally_from_dir,
-)
+from qwenprep.shapes import load_shape
 
 if TYPE_CHECKING:
     from qwenprep.timing import PlanTiming
@@ -54,17 +47,9 @@ __all__ = [
     "layout_alternatives",
     "make_plan",
     "named_version",
-    "parse_version",  # the engine's (qwenprep.engines.vllm_core), the one version reader
     "plan_capacity",
     "resolve_rule",
     "vllm_rule",
-    # the model shape of a checkpoint, re-exported from qwenprep.shapes
-    "_is_expert",
-    "load_shape",
-    "shape_from_dir",
-    "shape_from_hub",
-    "weight_bytes_from_dir",
-    "weight_tally_from_dir",
 ]
 
 
@@ -72,7 +57,7 @@ __all__ = [
 
 
 def named_version(text: str) -> tuple[int, int, int]:
-    """A version the user typed (--vllm-version), read by engine.parse_version; UsageError
+    """A version the user typed (--vllm-version), read by vllm_core.parse_version; UsageError
     (exit 2) when it has no number in it."""
     if not re.fullmatch(r"\s*v?\d+\.\d+(\.\d+)*(\S*)\s*", str(text)):
         raise UsageError(

@@ -21,7 +21,7 @@ def request_for(path: Path, req: Any, *, yarn_on_dca: bool, vllm_version: str | 
     if not is_dca_release(path):
         return replace(req, yarn_on_dca=yarn_on_dca)
     from qwenprep.capacity import resolve_rule
-    from qwenprep.engine import parse_version
+    from qwenprep.engines.vllm_core import parse_version
 
     rule = resolve_rule(vllm_version)
     version = parse_version(rule.version)

@@ -22,29 +22,17 @@ from qwenprep.engines.vllm_core import (
     KNOWN_RANGE,
     NEWEST_KNOWN,
     NEWEST_KNOWN_MINOR,
-    OLDEST_KNOWN,
     PATCH_HINT,
-    PROBE,
-    PROBE_MARKER,
-    Capabilities,
-    EngineError,
     EngineInfo,
-    ServerExited,
     Version,
-    YarnRule,
-    _discover_cached,
     _manifest,
     _read_config,
-    _rope_number,
     _run_probe,
     capabilities_for,
     discover,
     engine_python,
     flag_refusal,
     max_len_allowed,
-    parse_max_model_len,
-    parse_version,
-    require_engine,
 )
 from qwenprep.engines.vllm_launch import (
     DEFAULT_PORT,
@@ -71,39 +59,13 @@ if TYPE_CHECKING:
     from qwenprep.gpus import Inventory
 
 
-# The readback and the launch plan live here; the rest moved to engines/vllm_core.py and is
-# re-exported, so importers of qwenprep.engine keep working.
+# The readback and the launch plan live here; the version, capability and probe names are
+# qwenprep.engines.vllm_core's, the launch plan's parts qwenprep.engines.vllm_launch's.
 __all__ = [
-    "readback_checks",
     "build_launch_plan",
     "gpus_on_this_node",
-    "Capabilities",
-    "ENV_PYTHON",
-    "EngineError",
-    "EngineInfo",
-    "FLAG_CAPABILITY",
-    "NEWEST_KNOWN",
-    "OLDEST_KNOWN",
-    "PATCH_HINT",
-    "PROBE",
-    "PROBE_MARKER",
-    "ServerExited",
-    "Version",
-    "YarnRule",
-    "_discover_cached",
-    "_manifest",
-    "_read_config",
-    "_rope_number",
-    "_run_probe",
-    "capabilities_for",
-    "discover",
-    "engine_python",
-    "flag_refusal",
-    "max_len_allowed",
-    "parse_max_model_len",
-    "parse_version",
     "patch_hint",
-    "require_engine",
+    "readback_checks",
 ]
 
 

@@ -16,7 +16,7 @@ exception classes of `huggingface_hub.errors`, looked up by name).
 
 The work is in three modules: qwenprep.fetch_plan (what to fetch, the disk, the Hub's errors),
 qwenprep.fetch_local (--local-dir safety) and this one (the download, its checks and record,
-and the entry point fetch()); the names other modules import from here stay here.
+and the entry point fetch()); importers take the other two's names from them.
 """
 
 from __future__ import annotations
@@ -62,21 +62,7 @@ from qwenprep.redact import display_endpoint, scrub_hub_logs
 from qwenprep.report import SCHEMA_VERSION, Check, Report
 from qwenprep.sizes import format_bytes
 
-__all__ = [
-    "RECORD",
-    "FetchPlan",
-    "FetchResult",
-    "RemoteFile",
-    "check_space",
-    "download",
-    "fetch",
-    "parse_spec",
-    "plan_fetch",
-    "refuse_links",
-    "refuse_overlay",
-    "selected",
-    "serving_file",
-]
+__all__ = ["download", "fetch"]
 
 
 def _write_ref(plan: FetchPlan) -> None:

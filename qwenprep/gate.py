@@ -15,8 +15,8 @@ judged offline, not by vLLM.
 
 check turns the result into checks (a fail: exit 1); serve raises ArgsRefused (exit 3).
 Here: the intent and the comparison (intent_of, compare), the batched, cached probe
-(probe_plans), and the gate itself (gate, enforce, GateResult, ArgsRefused); the offline
-reading's names (offline_dests, offline_view, OWN_OPTION, MODEL_FLAG) are re-exported.
+(probe_plans), and the gate itself (gate, enforce, GateResult, ArgsRefused). The offline
+reading's names (offline_dests, offline_view, OWN_OPTION, MODEL_FLAG) are gate_offline's.
 """
 
 from __future__ import annotations
@@ -45,12 +45,10 @@ from qwenprep.report import Check
 from qwenprep.rotation import rotation_checks
 
 if TYPE_CHECKING:
-    from qwenprep.engine import EngineInfo
+    from qwenprep.engines.vllm_core import EngineInfo
     from qwenprep.engines.vllm_launch import LaunchPlan
 
-__all__ = [  # the offline reading lives in qwenprep.gate_offline; named here as before
-    "MODEL_FLAG",
-    "OWN_OPTION",
+__all__ = [  # the offline reading is qwenprep.gate_offline's
     "PATCH_FIX",
     "ArgsRefused",
     "GateResult",
@@ -59,8 +57,6 @@ __all__ = [  # the offline reading lives in qwenprep.gate_offline; named here as
     "enforce",
     "gate",
     "intent_of",
-    "offline_dests",
-    "offline_view",
     "probe_plans",
 ]
 

@@ -9,7 +9,7 @@ offline_view turns the parsed arguments and config.json into what vLLM would use
 quantization), the dict qwenprep.gate.compare judges. MODEL_FLAG and OWN_OPTION name the
 arguments qwenprep sets itself, which both the online and the offline gate refuse after --;
 _serve_at finds where `serve MODEL ...` starts in a plan's argv. This module imports nothing
-of qwenprep.gate, which re-exports its public names.
+of qwenprep.gate; importers take these names from here.
 """
 
 from __future__ import annotations

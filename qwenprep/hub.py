@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qwenprep.errors import InputError
-from qwenprep.redact import redact as redact  # re-exported: the one scrubber (qwenprep.redact)
 
 _NAME = r"[A-Za-z0-9](?:[\w.\-]*[A-Za-z0-9_])?"
 _REPO_ID = re.compile(rf"^{_NAME}/{_NAME}$")

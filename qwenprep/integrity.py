@@ -17,7 +17,7 @@ The work lives in three modules, each file read once and handed on:
 - qwenprep.integrity_tensors: FP8 structure and tensor names vs config.json; the header level
   composed (header_scan, header_checks: what `check` runs);
 - qwenprep.integrity_deep: the content hashes of --deep.
-This module is the entry point (verify_checkpoint) and keeps the names others import.
+This module is the entry point (verify_checkpoint); the others' names are imported from them.
 """
 
 from __future__ import annotations
@@ -26,18 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from qwenprep.hashing import ProgressFn
-from qwenprep.integrity_scan import Scan, unsafe_name, unsafe_shard_names
-from qwenprep.integrity_tensors import header_checks, header_scan
+from qwenprep.integrity_tensors import header_scan
 from qwenprep.report import Check, Report
 
-__all__ = [
-    "Scan",
-    "header_checks",
-    "header_scan",
-    "unsafe_name",
-    "unsafe_shard_names",
-    "verify_checkpoint",
-]
+__all__ = ["verify_checkpoint"]
 
 
 def cache_edit_checks(root: Path) -> list[Check]:

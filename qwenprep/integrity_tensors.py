@@ -562,7 +562,7 @@ def header_scan(root: Path) -> Scan:
     from qwenprep.manifest import manifest_path
 
     if overlay_manifest(root) is not None or manifest_path(root).exists():
-        from qwenprep.overlay import overlay_checks  # reports a damaged manifest as a FAIL
+        from qwenprep.overlay_state import overlay_checks  # reports a damaged manifest as a FAIL
 
         scan.checks.extend(overlay_checks(root))
     return scan

@@ -371,7 +371,7 @@ def match_plan(plan: Any, path: Path | None = None) -> Measured | None:
     model identity, GPU, TP/PP/DP (EP for an MoE model over several GPUs) and KV-cache
     dtype; among them the same engine and version first, then the prompt length nearest the
     plan's context, then the newest. None when no record matches."""
-    from qwenprep.timing import Layout, prefill
+    from qwenprep.timecost import Layout, prefill
 
     timing = plan.timing
     name = None if timing is None else (timing.gpu.name if timing.gpu else timing.gpu_name)

@@ -39,16 +39,14 @@ from qwenprep.jsonio import (
 )
 from qwenprep.manifest import (
     MANIFEST_DIR,
-    MANIFEST_NAME,
     manifest_path,
     read_manifest,
-    read_regular_text,
     sha256_bytes,
 )
-from qwenprep.overlay_state import OWN_STATE, UserContent, overlay_checks, user_content
+from qwenprep.overlay_state import overlay_checks, user_content
 
 # Made here: OverlayResult, create_overlay and the lock and atomic-swap helpers. The self-checks
-# (overlay_state) and the manifest (manifest) were overlay's before and are re-exported.
+# are qwenprep.overlay_state's and the manifest qwenprep.manifest's.
 __all__ = [
     "LOCK_TIMEOUT_S",
     "SKIP_TOP",
@@ -58,16 +56,6 @@ __all__ = [
     "create_overlay",
     "output_lock",
     "writable_dir_error",
-    "MANIFEST_DIR",
-    "MANIFEST_NAME",
-    "manifest_path",
-    "read_manifest",
-    "read_regular_text",
-    "sha256_bytes",
-    "OWN_STATE",
-    "UserContent",
-    "overlay_checks",
-    "user_content",
 ]
 
 SKIP_TOP = {MANIFEST_DIR, ".git", ".cache"}  # never linked: our own state, VCS, hub download state

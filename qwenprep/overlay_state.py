@@ -2,8 +2,8 @@
 resolve, sizes match, config.json and the source config unchanged since the patch), and what
 would removing it lose (user_content: files qwenprep did not put there, edits to those it did).
 
-Read-only: nothing here writes. Making an overlay is qwenprep.overlay (which re-exports these
-names), removing one qwenprep.overlay_remove.
+Read-only: nothing here writes. Making an overlay is qwenprep.overlay, removing one
+qwenprep.overlay_remove.
 """
 
 from __future__ import annotations

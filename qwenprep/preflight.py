@@ -3,8 +3,8 @@
 Checks from other modules (schema and invariants, overlay, headers, engine readback) are
 composed: an error one of them raises becomes one ``fail`` check. The leaf checks (layout,
 KV fits at the intended context, disk, GPUs visible, the vLLM flags the installed version
-would reject) live in qwenprep.preflight_checks and are re-exported here; parallelism (what
-vLLM's layers assert at load time) in qwenprep.parallel. Here: the options (CheckOptions,
+would reject) live in qwenprep.preflight_checks; parallelism (what vLLM's layers assert at
+load time) in qwenprep.parallel. Here: the options (CheckOptions,
 check_options), check's use of the gate (check_gate), another engine's hooks (EngineHooks)
 and run_checks, which reads the checkpoint once and composes the report.
 """
@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from qwenprep.capacity import named_version, resolve_rule, shape_from_dir
+from qwenprep.capacity import named_version, resolve_rule
 from qwenprep.errors import InputError, QwenprepError, UsageError
 from qwenprep.gpus import Inventory, inventory
 from qwenprep.integrity_scan import Scan, gc_paused
@@ -33,22 +33,16 @@ from qwenprep.preflight_checks import (
     resolve_layout,
 )
 from qwenprep.report import Check, Report
+from qwenprep.shapes import shape_from_dir
 from qwenprep.sizes import GiB
 from qwenprep.validation import VllmVersion
 
-__all__ = [  # the leaf checks live in qwenprep.preflight_checks; named here as before
+__all__ = [  # the leaf checks are qwenprep.preflight_checks' and qwenprep.parallel's
     "DISK_WARN_BYTES",
     "CheckOptions",
     "EngineHooks",
-    "Layout",
     "check_gate",
     "check_options",
-    "disk_checks",
-    "flag_checks",
-    "gpu_checks",
-    "kv_checks",
-    "parallel_checks",
-    "resolve_layout",
     "run_checks",
 ]
 
@@ -156,7 +150,8 @@ def check_gate(
     """check's use of the gate (qwenprep.gate): the plan serve would build from the same inputs,
     judged the same way; a refusal of the plan itself is one failed check. ASSUME_VERSION: the
     vLLM the plan is for when none is asked (--no-engine, or none installed)."""
-    from qwenprep.engine import build_launch_plan, discover
+    from qwenprep.engine import build_launch_plan
+    from qwenprep.engines.vllm_core import discover
     from qwenprep.gate import gate
 
     engine = discover(python) if engine_on else None
@@ -259,7 +254,7 @@ def _context_for_gate(
 
 
 def _shape(path: Path, scan: Scan | None) -> ModelShape:
-    """capacity.shape_from_dir from what the header scan read (config.json and every header,
+    """shapes.shape_from_dir from what the header scan read (config.json and every header,
     read once), when the scan read them all cleanly; otherwise shape_from_dir itself, which
     reads them again and says what it could not use (as plan does)."""
     clean = (
@@ -273,7 +268,7 @@ def _shape(path: Path, scan: Scan | None) -> ModelShape:
     if not clean:
         return shape_from_dir(path)
     assert scan is not None and scan.config is not None
-    from qwenprep.timing import tally_columns
+    from qwenprep.timecost import tally_columns
 
     tally = tally_columns(*scan.tensor_columns())
     return ModelShape.from_config(
@@ -359,7 +354,7 @@ def run_checks(
     def config() -> dict[str, Any] | None:
         return scanned[0].config if scanned else None
 
-    # header_scan includes overlay.overlay_checks when PATH is an overlay: calling both
+    # header_scan includes overlay_state.overlay_checks when PATH is an overlay: calling both
     # reported overlay.manifest/config/links/source twice
     composed: list[tuple[str, Callable[[], list[Check]]]] = [
         ("config", lambda: validate_checkpoint(path, vllm=_named_vllm(opts))),

@@ -3,7 +3,7 @@ the parallel layout every check assumes (resolve_layout: TP/EP as ``qwenprep ser
 launch, DP from the GPUs), GPUs visible (gpu_checks), KV fits at the intended context
 (kv_checks, by capacity.py), disk free (disk_checks) and the vLLM flags the installed or
 named version would reject (flag_checks). Each returns Check data and raises nothing for a
-failed check. CheckOptions comes from qwenprep.preflight, which re-exports these names.
+failed check. CheckOptions comes from qwenprep.preflight.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ def weight_tally_from_dir(path: Path) -> ParamCounts:
         wm = obj.get("weight_map") if isinstance(obj, dict) else None
         if not isinstance(wm, dict):
             raise InputError(f"{index}: no weight_map object.", path=str(index))
-        from qwenprep.integrity import unsafe_shard_names
+        from qwenprep.integrity_scan import unsafe_shard_names
 
         for v, why in unsafe_shard_names(wm.values()).items():
             raise InputError(

@@ -6,8 +6,9 @@ file is truncated up to its size after the header), so the 480B shape takes ~450
 apparent size but only a few MB of disk, and is written in seconds. Header-level tools
 (`qwenprep verify`, `patch`, `plan`) see the real structure; nothing here is loadable weights.
 
-`qwen3_moe_tensors(config)` is the name/dtype/shape list itself; `qwenprep.integrity` uses it
-to compare a checkpoint's tensor names with its config.
+The name/dtype/shape lists themselves (`qwen3_moe_tensors(config)` and its siblings) are
+qwenprep.layouts'; `qwenprep.integrity` uses them to compare a checkpoint's tensor names with
+its config.
 """
 
 from __future__ import annotations
@@ -21,17 +22,11 @@ from typing import Any
 
 from qwenprep.errors import ConflictError
 from qwenprep.jsonio import dump_config
-from qwenprep.layouts import (  # noqa: F401  (re-exported: synth's public names)
-    _DTYPE_SIZE,
+from qwenprep.layouts import (
     TensorSpec,
-    _is_moe_layer,
     hybrid_fp8_quantization_config,
-    layer_types_of,
-    module_in,
-    qwen2_tensors,
     qwen3_5_tensors,
     qwen3_moe_tensors,
-    qwen3_next_tensors,
 )
 
 INDEX_NAME = "model.safetensors.index.json"

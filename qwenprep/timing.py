@@ -3,7 +3,7 @@
 recommended context, and their words for people.
 
 Pure: nothing here prints, reads files or exits. The arithmetic (parameters, FLOPs, bytes,
-prefill and decode estimates) is qwenprep.timecost; its names are importable from here too.
+prefill and decode estimates) is qwenprep.timecost.
 """
 
 from __future__ import annotations
@@ -13,55 +13,21 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from qwenprep.timecost import (
     DECODE_HBM_FRACTION,
-    EFFICIENCY_BAND,
-    EFFICIENCY_SOURCE,
-    MAX_NUM_SEQS,
     DecodeEstimate,
     Layout,
     ModelCost,
-    ParamCounts,
     PrefillEstimate,
     PrefillTerms,
-    _is_scale,
     _r,
-    _rates,
-    attention_flops,
     decode,
-    decode_step,
-    linear_flops,
     model_cost,
-    params_from_config,
     prefill,
-    tally_columns,
-    tally_tensors,
 )
 
 if TYPE_CHECKING:
     from qwenprep.catalog import GPUSpec
 
-__all__ = [  # the arithmetic, re-exported from qwenprep.timecost
-    "DECODE_HBM_FRACTION",
-    "EFFICIENCY_BAND",
-    "EFFICIENCY_SOURCE",
-    "MAX_NUM_SEQS",
-    "DecodeEstimate",
-    "Layout",
-    "ModelCost",
-    "ParamCounts",
-    "PrefillEstimate",
-    "PrefillTerms",
-    "_is_scale",
-    "_rates",
-    "attention_flops",
-    "decode",
-    "decode_step",
-    "linear_flops",
-    "model_cost",
-    "params_from_config",
-    "prefill",
-    "tally_columns",
-    "tally_tensors",
-    # this module's own
+__all__ = [  # the arithmetic is qwenprep.timecost's
     "CONTEXT_COLUMNS",
     "DEFAULT_PREFILL_BUDGET_S",
     "TABLE_CONTEXTS",

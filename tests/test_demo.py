@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from conftest import QWENPREP_BIN, TINY, invoke, tree_state
-from qwenprep import engine as eng
+from qwenprep.engines import vllm_core
 
 VLLM_PY = os.environ.get("QWENPREP_VLLM_PYTHON") or sys.executable
-INFO = eng.discover(VLLM_PY)
+INFO = vllm_core.discover(VLLM_PY)
 HAVE_VLLM = INFO is not None and INFO.importable
 
 TITLES = [

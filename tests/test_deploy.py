@@ -16,13 +16,12 @@ import pytest
 import yaml
 
 from conftest import QWENPREP_BIN, TINY, invoke
-from qwenprep import engine as eng
-from qwenprep.engines import deploy
+from qwenprep.engines import deploy, vllm_core
 from qwenprep.engines.vllm_core import _run_probe
 from qwenprep.schemas import validator
 
 VLLM_PY = os.environ.get("QWENPREP_VLLM_PYTHON") or sys.executable
-INFO = eng.discover(VLLM_PY)
+INFO = vllm_core.discover(VLLM_PY)
 HAVE_VLLM = INFO is not None and INFO.importable
 needs_vllm = pytest.mark.skipif(not HAVE_VLLM, reason=f"vLLM is not importable in {VLLM_PY}")
 

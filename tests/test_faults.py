@@ -13,7 +13,8 @@ from typing import Any, Callable
 from click.testing import Result
 
 from conftest import QWENPREP_BIN, tree_state
-from qwenprep.overlay import overlay_checks, read_manifest
+from qwenprep.manifest import read_manifest
+from qwenprep.overlay_state import overlay_checks
 
 CliFn = Callable[..., Result]
 

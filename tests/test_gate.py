@@ -22,11 +22,12 @@ import pytest
 
 from conftest import QWENPREP_BIN, TINY, invoke
 from qwenprep import engine as eng
-from qwenprep import gate
+from qwenprep import gate, gate_offline
+from qwenprep.engines import vllm_core
 from qwenprep.engines.vllm_launch import WORKER_ENTRY
 
 VLLM_PY = os.environ.get("QWENPREP_VLLM_PYTHON") or sys.executable
-INFO = eng.discover(VLLM_PY)
+INFO = vllm_core.discover(VLLM_PY)
 HAVE_VLLM = INFO is not None and INFO.importable
 needs_vllm = pytest.mark.skipif(not HAVE_VLLM, reason=f"vLLM is not importable in {VLLM_PY}")
 
@@ -201,7 +202,7 @@ def test_check_and_serve_agree_on_every_argv(overlay: Path, tmp_path: Path) -> N
         eng.build_launch_plan(overlay, engine=INFO, extra_args=a, offline_gate=False)
         for a in argvs.values()
     ]
-    gate.probe_plans(plans, eng.engine_python(INFO.python))  # one import of vLLM for all
+    gate.probe_plans(plans, vllm_core.engine_python(INFO.python))  # one import of vLLM for all
     for name, (_, _, expected) in CASES.items():
         c, s = _both(overlay, argvs[name], python=VLLM_PY)
         try:
@@ -331,7 +332,7 @@ OFFLINE = {
 def test_offline_fallback_normalises_spellings_as_vllm_does(
     overlay: Path, tmp_path: Path, no_vllm_python: str
 ) -> None:
-    assert eng.discover(no_vllm_python) is None
+    assert vllm_core.discover(no_vllm_python) is None
     for name, expected in OFFLINE.items():
         argv, yaml_text, _ = CASES[name]
         c, s = _both(overlay, _fill(argv, yaml_text, tmp_path, name), python=no_vllm_python)
@@ -360,7 +361,7 @@ def test_offline_fallback_normalises_spellings_as_vllm_does(
 
 
 def test_offline_reading_of_spellings() -> None:
-    d = gate.offline_dests(
+    d = gate_offline.offline_dests(
         [
             "--hf_overrides.rope_scaling.factor",
             "2",
@@ -379,11 +380,11 @@ def test_offline_reading_of_spellings() -> None:
         "enable_expert_parallel": False,
         "served_model_name": "x",
     }
-    assert gate.offline_dests(["--max-model-len", "1m"])["max_model_len"] == 1000000
+    assert gate_offline.offline_dests(["--max-model-len", "1m"])["max_model_len"] == 1000000
     with pytest.raises(ValueError, match="ambiguous option: --hf could match"):
-        gate.offline_dests(["--hf", "x"])
+        gate_offline.offline_dests(["--hf", "x"])
     with pytest.raises(ValueError, match="unrecognized arguments: --rope-scaling"):
-        gate.offline_dests(["--rope-scaling", "{}"])
+        gate_offline.offline_dests(["--rope-scaling", "{}"])
 
 
 # ---------------------------------------------------------------- hardening in the gate's files

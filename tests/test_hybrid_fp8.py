@@ -72,7 +72,8 @@ def _edit_headers(ckpt: Path, edit: Callable[[str, Entries], bool]) -> None:
     """Rewrite the header of each shard EDIT changes (EDIT(shard, entries) -> changed; entries
     maps a tensor name to {"dtype", "shape"}), data areas sparse again, and keep
     model.safetensors.index.json in step (its weight_map and total_size)."""
-    from qwenprep.synth import INDEX_NAME, TensorSpec, safetensors_header
+    from qwenprep.layouts import TensorSpec
+    from qwenprep.synth import INDEX_NAME, safetensors_header
 
     index = json.loads((ckpt / INDEX_NAME).read_text())
     total = 0

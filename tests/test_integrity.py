@@ -18,7 +18,9 @@ import pytest
 from click.testing import Result
 
 from conftest import QWENPREP_BIN, TINY_FP8
-from qwenprep.integrity import header_checks, unsafe_name, verify_checkpoint
+from qwenprep.integrity import verify_checkpoint
+from qwenprep.integrity_scan import unsafe_name
+from qwenprep.integrity_tensors import header_checks
 from qwenprep.synth import make_shaped_checkpoint, tiny_fp8_config
 
 INDEX = "model.safetensors.index.json"

@@ -157,7 +157,8 @@ def test_check_warns_for_a_capping_utilization_offline(tmp_path: Path) -> None:
 def test_out_of_kv_memory_hint_by_version(tmp_path: Path, version: str, advice: str) -> None:
     """vLLM 0.34 defaults to utilisation 1.0: telling its user to set 0.95 would take memory
     away (vllm/config/cache.py, CacheConfig.resolved_gpu_memory_utilization)."""
-    from qwenprep.engine import EngineInfo, build_launch_plan, capabilities_for, parse_version
+    from qwenprep.engine import build_launch_plan
+    from qwenprep.engines.vllm_core import EngineInfo, capabilities_for, parse_version
     from qwenprep.engines.vllm_server import explain
 
     ov = tmp_path / "ov"

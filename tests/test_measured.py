@@ -20,6 +20,7 @@ from conftest import REPO, TINY, invoke
 from qwenprep import engine as eng
 from qwenprep import measured
 from qwenprep.cli.serving import _run_proofs
+from qwenprep.engines import vllm_core
 from qwenprep.engines.proof import proof_request, run_proof
 
 PLAN_SCHEMA = json.loads((REPO / "schemas" / "plan.schema.json").read_text())
@@ -52,7 +53,9 @@ def overlay(tmp_path: Path) -> Path:
 
 def _serve_plan(model: Path, url: str, *extra: str) -> Any:
     """serve's own plan for MODEL (vLLM 0.32's argv), pointed at URL."""
-    info = eng.EngineInfo("x", "0.32.0", "vllm", True, None, None, eng.capabilities_for((0, 32, 0)))
+    info = vllm_core.EngineInfo(
+        "x", "0.32.0", "vllm", True, None, None, vllm_core.capabilities_for((0, 32, 0))
+    )
     port = int(url.rsplit(":", 1)[1])
     return eng.build_launch_plan(
         model, engine=info, host="127.0.0.1", port=port, extra_args=list(extra)

@@ -18,13 +18,13 @@ import yaml
 
 from conftest import QWENPREP_BIN, TINY, invoke
 from qwenprep import engine as eng
-from qwenprep import gate
-from qwenprep.engines import deploy
+from qwenprep import gate, gate_offline
+from qwenprep.engines import deploy, vllm_core
 from qwenprep.errors import QwenprepError
 from qwenprep.request import ServeRequest
 
 VLLM_PY = os.environ.get("QWENPREP_VLLM_PYTHON") or sys.executable
-INFO = eng.discover(VLLM_PY)
+INFO = vllm_core.discover(VLLM_PY)
 HAVE_VLLM = INFO is not None and INFO.importable
 needs_vllm = pytest.mark.skipif(not HAVE_VLLM, reason=f"vLLM is not importable in {VLLM_PY}")
 
@@ -176,18 +176,18 @@ def test_the_gate_cache_keys_on_the_hf_config_path_contents(tmp_path: Path) -> N
     unscaled = _unscaled_1m(tmp_path) / "config.json"
     for extra in (["--hf-config-path", str(hfc)], [f"--hf-config-path={hfc}"]):
         plan = eng.build_launch_plan(ov, ServeRequest(extra_args=tuple(extra)), engine=None)
-        before = gate.fingerprint(plan, "py", gate._items(plan))
+        before = gate_offline.fingerprint(plan, "py", gate._items(plan))
         shutil.copy(unscaled, hfc / "config.json")
-        keys.append(before != gate.fingerprint(plan, "py", gate._items(plan)))
+        keys.append(before != gate_offline.fingerprint(plan, "py", gate._items(plan)))
         shutil.copy(ov / "config.json", hfc / "config.json")
     assert keys == [True, True]
     # and a --config=FILE's content
     user = tmp_path / "u.yaml"
     user.write_text("max-num-seqs: 2\n")
     plan = eng.build_launch_plan(ov, ServeRequest(extra_args=(f"--config={user}",)), engine=None)
-    before = gate.fingerprint(plan, "py", gate._items(plan))
+    before = gate_offline.fingerprint(plan, "py", gate._items(plan))
     user.write_text("max-num-seqs: 3\n")
-    assert before != gate.fingerprint(plan, "py", gate._items(plan))
+    assert before != gate_offline.fingerprint(plan, "py", gate._items(plan))
 
 
 @pytest.mark.engine

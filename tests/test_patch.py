@@ -17,7 +17,8 @@ from click.testing import Result
 
 from conftest import QWENPREP_BIN, many_files, timed_run, tree_state
 from qwenprep.jsonio import dump_config
-from qwenprep.overlay import overlay_checks, read_manifest
+from qwenprep.manifest import read_manifest
+from qwenprep.overlay_state import overlay_checks
 from qwenprep.schemas import validator
 
 CliFn = Callable[..., Result]

@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from conftest import QWENPREP_BIN, TINY, invoke, run_capped
-from qwenprep.capacity import shape_from_dir
 from qwenprep.kvrules import ModelShape
-from qwenprep.preflight import CheckOptions, parallel_checks, run_checks
+from qwenprep.parallel import parallel_checks
+from qwenprep.preflight import CheckOptions, run_checks
+from qwenprep.shapes import shape_from_dir
 
 
 def validate(obj: dict[str, Any]) -> None:
@@ -447,21 +448,22 @@ def test_flags_the_installed_vllm_would_reject(tiny_src: Path) -> None:
     ["0.9.2", "0.10.0", "0.10.1", "0.10.2", "0.11.0", "0.11.1", "0.29.0", "0.32.0", "0.33"],
 )
 def test_flag_verdicts_come_from_the_engine_capabilities(version: str) -> None:
-    """One table: check's flag verdicts are what engine.capabilities_for says per version."""
+    """One table: check's flag verdicts are what vllm_core.capabilities_for says per version."""
     import qwenprep.preflight as pf
-    from qwenprep import engine as eng
     from qwenprep.capacity import vllm_rule
+    from qwenprep.engines import vllm_core
+    from qwenprep.preflight_checks import flag_checks
 
     assert not hasattr(pf, "FLAG_VERSIONS")  # the old duplicate table is gone
-    caps = eng.capabilities_for(eng.parse_version(version)).to_dict()
-    for flag, (field, why) in eng.FLAG_CAPABILITY.items():
-        (c,) = pf.flag_checks(vllm_rule(version), (f"{flag}=1",))
+    caps = vllm_core.capabilities_for(vllm_core.parse_version(version)).to_dict()
+    for flag, (field, why) in vllm_core.FLAG_CAPABILITY.items():
+        (c,) = flag_checks(vllm_rule(version), (f"{flag}=1",))
         if caps[field]:
             assert c.status == "pass", (flag, version)
         else:
             assert c.status == "fail" and c.message.endswith(f"would reject: {flag}: {why}")
     # flags whose acceptance does not depend on the version are never refused
-    (c,) = pf.flag_checks(vllm_rule(version), ("--enable-expert-parallel", "--port=8001"))
+    (c,) = flag_checks(vllm_rule(version), ("--enable-expert-parallel", "--port=8001"))
     assert c.status == "pass"
 
 

@@ -19,14 +19,14 @@ import pytest
 from sse_stub import answering as _answering
 
 from conftest import QWENPREP_BIN, REPO, TINY, invoke
-from qwenprep import engine as eng
 from qwenprep.demo import SMALL_NATIVE, small_native_variant
 from qwenprep.engines import proof as pf
+from qwenprep.engines import vllm_core
 from qwenprep.engines import vllm_server as srv
 from qwenprep.errors import UsageError
 
 VLLM_PY = os.environ.get("QWENPREP_VLLM_PYTHON") or sys.executable
-INFO = eng.discover(VLLM_PY)
+INFO = vllm_core.discover(VLLM_PY)
 HAVE_VLLM = INFO is not None and INFO.importable
 
 

@@ -390,7 +390,8 @@ def test_gate_through_vllm_on_nested_overrides(tiny: Path, tmp_path: Path) -> No
     pytest.importorskip("vllm")
     ov = tmp_path / "ov"
     assert _run("patch", str(tiny), "-c", "1m", "-o", str(ov)).returncode == 0
-    from qwenprep.engine import build_launch_plan, discover
+    from qwenprep.engine import build_launch_plan
+    from qwenprep.engines.vllm_core import discover
     from qwenprep.gate import probe_plans
 
     partial = ("--hf-overrides", json.dumps({"text_config": {"rope_parameters": YARN}}))

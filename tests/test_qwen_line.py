@@ -331,7 +331,8 @@ def test_dca_overlay_for_vllm_010_and_its_launch(cli: CliFn, tmp_path: Path) -> 
     """A 2507-shaped release (config_1m.json + sparse_attention_config.json beside it): for
     vLLM 0.10 the 1M overlay's config.json is config_1m.json, the sparse config linked; the
     launch has the V0 engine's environment and flags; vLLM 0.32 refuses it."""
-    from qwenprep.engine import EngineInfo, build_launch_plan, capabilities_for
+    from qwenprep.engine import build_launch_plan
+    from qwenprep.engines.vllm_core import EngineInfo, capabilities_for
     from qwenprep.synth import make_shaped_checkpoint, tiny_fp8_config
 
     cfg = tiny_fp8_config()

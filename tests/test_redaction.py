@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from conftest import QWENPREP_BIN, TINY, invoke
-from qwenprep import engine as eng
+from qwenprep.engines import vllm_core
 from qwenprep.redact import MASK, argv_secrets, redact, redact_argv, redact_obj
 
 VLLM_PY = os.environ.get("QWENPREP_VLLM_PYTHON") or sys.executable
-INFO = eng.discover(VLLM_PY)
+INFO = vllm_core.discover(VLLM_PY)
 needs_vllm = pytest.mark.skipif(
     INFO is None or not INFO.importable, reason=f"vLLM is not importable in {VLLM_PY}"
 )

@@ -12,7 +12,7 @@ import pytest
 from click.testing import Result
 
 from conftest import tree_state
-from qwenprep.restore import git_blob_sha1
+from qwenprep.hashing import git_blob_sha1_of
 
 CliFn = Callable[..., Result]
 COMMIT = "a" * 40
@@ -43,7 +43,7 @@ def _hf_cache(root: Path, original: bytes) -> tuple[Path, str]:
     blobs, snap = repo / "blobs", repo / "snapshots" / COMMIT
     blobs.mkdir(parents=True)
     snap.mkdir(parents=True)
-    sha = git_blob_sha1(original)
+    sha = git_blob_sha1_of(original)
     (blobs / sha).write_bytes(original)
     os.symlink(f"../../blobs/{sha}", snap / "config.json")
     shard = b"\0" * 4096
@@ -65,14 +65,14 @@ def test_write_through_edit_in_hf_cache_is_restored(
     snap, sha = _hf_cache(tmp_path, original)
     with open(snap / "config.json", "wb") as f:  # writes through the link into the blob
         f.write(_manual_edit(original))
-    assert git_blob_sha1((snap / "config.json").read_bytes()) != sha  # the cache is now corrupt
+    assert git_blob_sha1_of((snap / "config.json").read_bytes()) != sha  # the cache is now corrupt
     r = cli("revert", str(snap), "--json")
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["action"] == "restored-config" and out["proof"] == f"git blob sha1 {sha}"
     assert (snap / "config.json").is_symlink()
     assert (snap / "config.json").read_bytes() == original
-    assert git_blob_sha1((snap.parents[1] / "blobs" / sha).read_bytes()) == sha
+    assert git_blob_sha1_of((snap.parents[1] / "blobs" / sha).read_bytes()) == sha
     r = cli("revert", str(snap), "--json")  # idempotent
     assert r.exit_code == 0 and json.loads(r.stdout)["action"] == "already-original"
 
@@ -153,12 +153,12 @@ def test_local_dir_download_record_proves_restore(cli: CliFn, qwen_src: Path) ->
     meta = qwen_src / ".cache" / "huggingface" / "download"
     meta.mkdir(parents=True)
     (meta / "config.json.metadata").write_text(
-        f"{COMMIT}\n{git_blob_sha1(original)}\n1700000000.0\n"
+        f"{COMMIT}\n{git_blob_sha1_of(original)}\n1700000000.0\n"
     )
     (qwen_src / "config.json").write_bytes(_manual_edit(original))
     r = cli("revert", str(qwen_src), "--json")
     assert r.exit_code == 0
-    assert json.loads(r.stdout)["proof"] == f"git blob sha1 {git_blob_sha1(original)}"
+    assert json.loads(r.stdout)["proof"] == f"git blob sha1 {git_blob_sha1_of(original)}"
     assert (qwen_src / "config.json").read_bytes() == original
 
 
@@ -212,7 +212,8 @@ def test_kill_9_during_revert_leaves_old_or_nothing(qwen_src: Path, tmp_path: Pa
     import time
 
     from conftest import QWENPREP_BIN, many_files, timed_run
-    from qwenprep.overlay import overlay_checks, read_manifest
+    from qwenprep.manifest import read_manifest
+    from qwenprep.overlay_state import overlay_checks
 
     many_files(qwen_src)
     before = tree_state(qwen_src)

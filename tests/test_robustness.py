@@ -216,7 +216,7 @@ def test_the_reported_configs(tmp_path: Path, field: str, value: Any) -> None:
 
 @pytest.mark.parametrize("factor", ["4", True, [4], 1e308, 0, -2.0])
 def test_rope_arithmetic_runs_on_numbers_only(factor: Any) -> None:
-    from qwenprep.engine import capabilities_for, max_len_allowed
+    from qwenprep.engines.vllm_core import capabilities_for, max_len_allowed
 
     cfg = dict(
         BASE,
@@ -253,9 +253,10 @@ def test_serve_refuses_what_check_refuses(
     tmp_path: Path, flag: str, version: str, why: str
 ) -> None:
     from qwenprep.capacity import vllm_rule
-    from qwenprep.engine import EngineInfo, build_launch_plan, capabilities_for, parse_version
+    from qwenprep.engine import build_launch_plan
+    from qwenprep.engines.vllm_core import EngineInfo, capabilities_for, parse_version
     from qwenprep.errors import UsageError
-    from qwenprep.preflight import flag_checks
+    from qwenprep.preflight_checks import flag_checks
 
     src = tmp_path / "tiny"
     shutil.copytree(TINY, src)
@@ -307,11 +308,12 @@ def test_hf_overrides_without_rope_theta_still_refused(tmp_path: Path) -> None:
 
 def test_one_newest_known_version() -> None:
     from qwenprep import capacity, engine
+    from qwenprep.engines import vllm_core
 
-    assert engine.NEWEST_KNOWN == (0, 34, 0)
+    assert vllm_core.NEWEST_KNOWN == (0, 34, 0)
     assert not hasattr(engine, "ASSUMED_VERSION")
     assert not hasattr(capacity, "KNOWN_NEWEST")
-    assert capacity.parse_version is engine.parse_version
+    assert capacity.parse_version is vllm_core.parse_version
     assert capacity.vllm_rule("0.11.1rc2").version == "0.11.1"
     assert capacity.vllm_rule("0.10.2+cpu").has_kv_cache_memory_bytes is True
     assert capacity.vllm_rule("0.10.1").has_kv_cache_memory_bytes is False

@@ -17,10 +17,11 @@ import pytest
 from conftest import EXAMPLES, TINY, invoke
 from qwenprep import engine as eng
 from qwenprep import gate
+from qwenprep.engines import vllm_core
 from qwenprep.rotation import reference
 
 VLLM_PY = os.environ.get("QWENPREP_VLLM_PYTHON") or sys.executable
-INFO = eng.discover(VLLM_PY)
+INFO = vllm_core.discover(VLLM_PY)
 needs_vllm = pytest.mark.skipif(
     INFO is None or not INFO.importable, reason=f"vLLM is not importable in {VLLM_PY}"
 )
@@ -203,7 +204,7 @@ def test_the_rotation_is_judged_numerically(overlays: dict[str, Path], tmp_path:
         )
         for name, (fam, a, y, _) in CASES.items()
     }
-    gate.probe_plans(list(plans.values()), eng.engine_python(INFO.python))
+    gate.probe_plans(list(plans.values()), vllm_core.engine_python(INFO.python))
     problems = [
         p
         for name, (_, _, _, words) in CASES.items()

@@ -27,10 +27,11 @@ from test_fuzz_headers import OpenWatch
 from conftest import QWENPREP_BIN, TINY, invoke
 from hubserver import HubServer, hub_env
 from qwenprep import engine as eng
-from qwenprep.overlay import overlay_checks
+from qwenprep.engines import vllm_core
+from qwenprep.overlay_state import overlay_checks
 
 VLLM_PY = os.environ.get("QWENPREP_VLLM_PYTHON") or sys.executable
-INFO = eng.discover(VLLM_PY)
+INFO = vllm_core.discover(VLLM_PY)
 HAVE_VLLM = INFO is not None and INFO.importable
 needs_vllm = pytest.mark.skipif(not HAVE_VLLM, reason=f"vLLM is not importable in {VLLM_PY}")
 TOKEN = "hf_qwenprepSECURITYtestTOKEN0123456789"
@@ -136,14 +137,14 @@ def test_launch_plans_never_add_trust_remote_code(tmp_path: Path) -> None:
     for fake in ("0.10.0", "0.11.1", "0.32.0"):  # every version's plan, multi-node included
         p = eng.build_launch_plan(
             ck,
-            engine=eng.EngineInfo(
+            engine=vllm_core.EngineInfo(
                 python="/opt/vllm/bin/python",
                 version=fake,
                 distribution="vllm",
                 importable=True,
                 transformers=None,
                 torch=None,
-                capabilities=eng.capabilities_for(eng.parse_version(fake)),
+                capabilities=vllm_core.capabilities_for(vllm_core.parse_version(fake)),
             ),
             tp=4,
             nnodes=2,

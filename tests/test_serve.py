@@ -24,13 +24,14 @@ from click.testing import CliRunner
 from conftest import QWENPREP_BIN, TINY, invoke
 from qwenprep import engine as eng
 from qwenprep.cli import cli
+from qwenprep.engines import vllm_core
 from qwenprep.engines import vllm_server as srv
 from qwenprep.engines.child import EngineStartFailed, cause_lines
 from qwenprep.engines.vllm_launch import LaunchPlan
 from qwenprep.errors import ChecksFailed, Interrupted
 
 VLLM_PY = os.environ.get("QWENPREP_VLLM_PYTHON") or sys.executable
-INFO = eng.discover(VLLM_PY)
+INFO = vllm_core.discover(VLLM_PY)
 HAVE_VLLM = INFO is not None and INFO.importable
 
 
@@ -192,8 +193,8 @@ def _stand_in_plan(tmp_path: Path, length: int, code: int = 0, said: str = "") -
     ov = tmp_path / "ov"
     if not ov.exists():
         assert invoke("patch", str(TINY), "--context", "1m", "--out", str(ov)).exit_code == 0
-    engine = eng.EngineInfo(
-        "x", "0.32.0", "vllm", True, None, None, eng.capabilities_for((0, 32, 0))
+    engine = vllm_core.EngineInfo(
+        "x", "0.32.0", "vllm", True, None, None, vllm_core.capabilities_for((0, 32, 0))
     )
     port = srv.free_port()
     plan = eng.build_launch_plan(ov, engine=engine, host="127.0.0.1", port=port)

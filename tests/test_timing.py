@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 
 from conftest import TINY, invoke
-from qwenprep.capacity import shape_from_dir
 from qwenprep.catalog import CATALOG, lookup
 from qwenprep.kvrules import ModelShape
-from qwenprep.synth import qwen3_moe_tensors
-from qwenprep.timing import (
+from qwenprep.layouts import qwen3_moe_tensors
+from qwenprep.shapes import shape_from_dir
+from qwenprep.timecost import (
     EFFICIENCY_BAND,
     Layout,
     attention_flops,

@@ -23,6 +23,7 @@ import pytest
 from conftest import REPO, TINY, invoke
 from qwenprep import engine as eng
 from qwenprep import gate
+from qwenprep.engines import vllm_core
 from qwenprep.engines.vllm_core import PROBE
 
 V034 = os.environ.get("QWENPREP_VLLM034_PYTHON") or str(REPO / ".venv-vllm034" / "bin" / "python")
@@ -58,7 +59,7 @@ def answers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Any, An
     ov = tmp_path_factory.mktemp("v034") / "ov"
     r = invoke("patch", str(TINY), "--context", "1m", "--out", str(ov), "--json")
     assert r.exit_code == 0, r.output
-    info = eng.discover(V034)
+    info = vllm_core.discover(V034)
     assert info is not None and info.version == "0.34.0" and info.distribution == "vllm", info
     plans = [
         eng.build_launch_plan(ov, engine=info, extra_args=a, offline_gate=False)

@@ -191,6 +191,7 @@ def serve(
     from qwenprep import engine as eng
     from qwenprep import gate
     from qwenprep.checkpoint import resolve_model
+    from qwenprep.engines import vllm_core
     from qwenprep.request import ServeRequest
 
     use_sglang = _engine_name(serving_engine, vllm_python, as_json) == "sglang"
@@ -261,7 +262,7 @@ def serve(
 
             return serve_plan(path, python=vllm_python, dry_run=dry_run, **req.sglang_options())
         ckpt = resolve_model(path)
-        info = eng.discover(vllm_python) if dry_run else eng.require_engine(vllm_python)
+        info = vllm_core.discover(vllm_python) if dry_run else vllm_core.require_engine(vllm_python)
         plan = eng.build_launch_plan(
             ckpt.path,
             replace(req, repo_id=ckpt.repo_id),
@@ -359,7 +360,7 @@ def _serve_foreground(
     import shlex
     import signal
 
-    from qwenprep.engines import sglang
+    from qwenprep.engines import sglang_server
     from qwenprep.engines import vllm_server as eng
 
     who = "SGLang" if getattr(plan, "serving_engine", "vllm") == "sglang" else "vLLM"
@@ -369,7 +370,7 @@ def _serve_foreground(
     except (AttributeError, OSError, ValueError):
         out = None
     if who == "SGLang":
-        handle: Any = run(as_json, lambda: sglang.start(plan, stdout=out, stderr=out))
+        handle: Any = run(as_json, lambda: sglang_server.start(plan, stdout=out, stderr=out))
     else:
         log = log_file if log_file is not None else run(as_json, eng.default_log_path)
         note = eng.cpu_kv_note(plan)

@@ -20,10 +20,9 @@ from typing import Any
 
 from qwenprep.engines import probe
 from qwenprep.engines.served import ServedPlan
-from qwenprep.engines.sglang_server import SglangServer, start
 from qwenprep.errors import InputError, UsageError
 
-# The running server (SglangServer, start) is engines/sglang_server.py, re-exported here.
+# The running server (SglangServer, start) is engines/sglang_server.py.
 __all__ = [
     "CONTEXT_LENGTH_KEYS",
     "DEFAULT_PORT",
@@ -50,8 +49,6 @@ __all__ = [
     "require",
     "run_probe",
     "select_engine",
-    "SglangServer",
-    "start",
 ]
 
 ENGINES = ("vllm", "sglang")
@@ -107,7 +104,7 @@ class SglangInfo:
 
     @property
     def version_tuple(self) -> Version:
-        from qwenprep.engine import parse_version
+        from qwenprep.engines.vllm_core import parse_version
 
         return parse_version(self.version)
 
@@ -147,7 +144,7 @@ def discover(python: str | None = None) -> SglangInfo | None:
     version = (data.get("distributions") or {}).get("sglang")
     if not version:
         return None
-    from qwenprep.engine import parse_version
+    from qwenprep.engines.vllm_core import parse_version
 
     return SglangInfo(
         python=str(data.get("python") or engine_python(python)),
@@ -301,11 +298,12 @@ def build_plan(
     layout the weights cannot be split into) and a --context-length above what SGLang derives
     from the config. The arguments after -- are judged by qwenprep.engines.sglang_gate."""
     from qwenprep import engine as eng
+    from qwenprep.engines import vllm_core
     from qwenprep.engines.vllm_launch import _validation_gate, model_profile
 
     path = Path(path)
-    config = eng._read_config(path)
-    manifest = eng._manifest(path)
+    config = vllm_core._read_config(path)
+    manifest = vllm_core._manifest(path)
     digest = manifest.get("digest") if manifest else None
     if expect_digest is not None and digest != expect_digest:
         raise InputError(

@@ -84,7 +84,7 @@ def _key(plan: SglangPlan, python: str, items: list[dict[str, Any]]) -> str:
 
 def probe_plans(plans: list[SglangPlan], python: str) -> None:
     """Ask SGLang about several plans in one probe (one import, ~8 s)."""
-    from qwenprep.engine import EngineError
+    from qwenprep.engines.vllm_core import EngineError
 
     batch = []
     for plan in plans:
@@ -277,7 +277,7 @@ def gate_checks(
 ) -> list[Check]:
     """Judge PLAN's argv with SGLang itself. Without SGLang nothing can be judged: one skip
     (qwenprep keeps no offline copy of SGLang's parser)."""
-    from qwenprep.engine import _manifest, _read_config
+    from qwenprep.engines.vllm_core import _manifest, _read_config
     from qwenprep.gate import intent_of
 
     path = Path(plan.model_path)
@@ -560,8 +560,8 @@ def serve_plan(
 ) -> SglangPlan:
     """`qwenprep serve --serving-engine sglang`: the plan, through the gate (ArgsRefused)."""
     from qwenprep.checkpoint import resolve_model
-    from qwenprep.engine import parse_max_model_len
     from qwenprep.engines import sglang
+    from qwenprep.engines.vllm_core import parse_max_model_len
     from qwenprep.errors import UsageError
 
     if multinode_mode is not None:

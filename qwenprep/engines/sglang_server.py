@@ -1,7 +1,6 @@
 """The running SGLang server: start it as a watched child (its own process group), wait until
 it answers /v1/models and /server_info with the planned length, stop it. The plan it runs is
-qwenprep.engines.sglang's build_plan (which re-exports SglangServer and start); vLLM's
-counterpart is qwenprep.engines.vllm_server.
+qwenprep.engines.sglang's build_plan; vLLM's counterpart is qwenprep.engines.vllm_server.
 """
 
 from __future__ import annotations

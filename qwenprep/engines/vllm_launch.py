@@ -18,7 +18,7 @@ from qwenprep.engines.served import ServedPlan
 from qwenprep.errors import InputError, UsageError
 
 if TYPE_CHECKING:
-    from qwenprep.engine import Capabilities, EngineInfo, Version
+    from qwenprep.engines.vllm_core import Capabilities, EngineInfo, Version
     from qwenprep.gpus import Inventory
     from qwenprep.validation import VllmVersion
 

@@ -15,14 +15,7 @@ import urllib.error
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from qwenprep.engine import (
-    ENV_PYTHON,
-    EngineError,
-    build_launch_plan,
-    discover,
-    engine_python,
-    readback_checks,
-)
+from qwenprep.engine import build_launch_plan, readback_checks
 from qwenprep.engines.child import (
     ChildGroup,
     EngineStartFailed,
@@ -31,6 +24,7 @@ from qwenprep.engines.child import (
     exit_code,
     read_tail,
 )
+from qwenprep.engines.vllm_core import ENV_PYTHON, EngineError, discover, engine_python
 from qwenprep.errors import ChecksFailed, InputError, Interrupted, QwenprepError
 
 if TYPE_CHECKING:
