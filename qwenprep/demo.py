@@ -7,6 +7,7 @@ Each step returns data; the CLI renders it. Nothing here prints.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -73,6 +74,17 @@ def run_demo(
             hint="name a directory (created when missing), or leave --workdir out for a "
             "temporary one.",
         )
+    out = workdir / "tiny-qwen3-coder-1m"
+    native = f"tiny-qwen3-coder-native{SMALL_NATIVE // 1024}k"
+    ours = [out, workdir / native, workdir / f"{native}-x4"]
+    taken = [p for p in ours if os.path.lexists(p)]
+    if taken:  # the demo makes and removes these itself: never someone else's
+        raise UsageError(
+            f"--workdir {workdir} already holds {', '.join(p.name for p in taken)}: the demo "
+            "makes these and removes them when done, and never replaces what it did not make.",
+            hint="name a new or empty directory (or leave --workdir out for a temporary one), "
+            "or move those away first",
+        )
     steps: list[Step] = []
 
     def add(step: Step) -> Step:
@@ -86,8 +98,7 @@ def run_demo(
 
     add(_checks_step("verify (headers)", verify_checkpoint(source.path).checks))
 
-    out = workdir / "tiny-qwen3-coder-1m"
-    res = create_overlay(source, out, parse_context("1m"), force=True)
+    res = create_overlay(source, out, parse_context("1m"))
     add(
         Step(
             "patch --context 1m",
@@ -172,12 +183,10 @@ def _past_native_step(source: Path, workdir: Path, vllm_python: str | None) -> S
     from qwenprep.engines.vllm_server import demo_serve
     from qwenprep.overlay import create_overlay
 
-    variant_dir = workdir / f"tiny-qwen3-coder-native{SMALL_NATIVE // 1024}k"
-    if variant_dir.exists():
-        shutil.rmtree(variant_dir)
-    variant = resolve_dir(small_native_variant(source, variant_dir))
+    variant_dir = workdir / f"tiny-qwen3-coder-native{SMALL_NATIVE // 1024}k"  # run_demo
+    variant = resolve_dir(small_native_variant(source, variant_dir))  # checked both are free
     out = workdir / f"tiny-qwen3-coder-native{SMALL_NATIVE // 1024}k-x4"
-    create_overlay(variant, out, parse_context(str(SMALL_NATIVE * 4)), force=True)
+    create_overlay(variant, out, parse_context(str(SMALL_NATIVE * 4)))
     try:
         step: Step = demo_serve(out, python=vllm_python, step_cls=Step, past_native=True)
     finally:

@@ -106,3 +106,22 @@ def test_a_file_as_workdir_is_refused_before_any_step(tmp_path: Path) -> None:
     out = json.loads(r.stdout)
     assert "is a file, not a directory" in out["error"]["message"]
     assert f.read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen3-coder-1m", "tiny-qwen3-coder-native4k"])
+def test_the_demo_never_replaces_what_it_did_not_make(tmp_path: Path, name: str) -> None:
+    """Hostile pass: an overlay the user made at WORKDIR/tiny-qwen3-coder-1m was replaced and
+    then removed by the demo (and a directory at the past-native variant's name was deleted).
+    The demo now refuses before any step, naming what is there."""
+    theirs = tmp_path / name
+    if name.endswith("-1m"):
+        assert invoke("patch", str(TINY), "--context", "512k", "--out", str(theirs)).exit_code == 0
+    else:
+        theirs.mkdir()
+        (theirs / "notes.txt").write_text("mine\n")
+    before = tree_state(theirs)
+    r = invoke("demo", "--no-serve", "--json", "--workdir", str(tmp_path))
+    assert r.exit_code == 2, r.output
+    out = json.loads(r.stdout)
+    assert name in out["error"]["message"] and "never replaces" in out["error"]["message"]
+    assert tree_state(theirs) == before
