@@ -342,12 +342,7 @@ def fingerprint(plan: LaunchPlan, python: str, items: list[dict[str, Any]]) -> s
             h.update(hashlib.sha256(f.read_bytes()).digest())
         except OSError:
             h.update(b"-")
-    env = plan.child_env()
-    h.update(
-        json.dumps(
-            sorted(
-                (k, v) for k, v in env.items() if k.startswith(("VLLM_", "HF_", "TRANSFORMERS_"))
-            )
-        ).encode()
-    )
+    from qwenprep.hashing import env_key
+
+    h.update(env_key(plan.child_env(), ("VLLM_", "HF_", "TRANSFORMERS_")))
     return h.hexdigest()

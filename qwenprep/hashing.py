@@ -110,6 +110,12 @@ def read_regular_text(path: Path) -> str:
         return f.read().decode("utf-8")
 
 
+def env_key(env: dict[str, str], prefixes: tuple[str, ...]) -> bytes:
+    """The part of ENV an engine probe's answer depends on (the variables named with one of
+    PREFIXES), as bytes for a cache key: the vLLM and SGLang gates' caches both take it."""
+    return json.dumps(sorted((k, v) for k, v in env.items() if k.startswith(prefixes))).encode()
+
+
 def git_blob_sha1_of(data: bytes) -> str:
     import hashlib  # here, not at the top: OpenSSL's start-up is paid only by who hashes
 

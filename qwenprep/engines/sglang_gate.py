@@ -71,14 +71,9 @@ def _key(plan: SglangPlan, python: str, items: list[dict[str, Any]]) -> str:
             h.update(f.read_bytes())
         except OSError:
             h.update(b"-")
-    env = plan.child_env()
-    h.update(
-        json.dumps(
-            sorted(
-                (k, v) for k, v in env.items() if k.startswith(("SGLANG_", "HF_", "TRANSFORMERS_"))
-            )
-        ).encode()
-    )
+    from qwenprep.hashing import env_key
+
+    h.update(env_key(plan.child_env(), ("SGLANG_", "HF_", "TRANSFORMERS_")))
     return h.hexdigest()
 
 
