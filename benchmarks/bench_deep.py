@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _timing import bytecode_env, interleaved, print_table, ratio_rows  # noqa: E402
 
-from qwenprep.synth import make_shaped_checkpoint, tiny_fp8_config  # noqa: E402
+from qwenprep.testing.synth import make_shaped_checkpoint, tiny_fp8_config  # noqa: E402
 
 # every file hashed at once, one openssl process each: the machine's parallel sha256 rate
 OPENSSL = 'for f in "$@"; do openssl dgst -sha256 "$f" >/dev/null & done; wait'

@@ -22,10 +22,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from qwenprep.checkpoint import resolve_dir  # noqa: E402
-from qwenprep.contexts import parse_context  # noqa: E402
-from qwenprep.overlay import create_overlay  # noqa: E402
-from qwenprep.synth import make_shaped_checkpoint, tiny_fp8_config  # noqa: E402
+from qwenprep.model.checkpoint import resolve_dir  # noqa: E402
+from qwenprep.model.contexts import parse_context  # noqa: E402
+from qwenprep.ops.overlay import create_overlay  # noqa: E402
+from qwenprep.testing.synth import make_shaped_checkpoint, tiny_fp8_config  # noqa: E402
 
 
 def apparent(p: Path) -> int:

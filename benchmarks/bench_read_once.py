@@ -1,5 +1,5 @@
 """Read once (issue 10, item 7): `qwenprep verify` and `qwenprep check --no-engine`, as
-commands, on the 480B-shaped checkpoint (qwenprep.synth: 50 shards, 60,329 tensors, ~450
+commands, on the 480B-shaped checkpoint (qwenprep.testing.synth: 50 shards, 60,329 tensors, ~450
 GiB apparent, sparse) against a bare Python script that opens every shard and parses its
 safetensors header (the baseline), all measured in the same run, taking turns.
 
@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _timing import bytecode_env, interleaved, print_table, ratio_rows  # noqa: E402
 
-from qwenprep.synth import make_shaped_checkpoint  # noqa: E402
+from qwenprep.testing.synth import make_shaped_checkpoint  # noqa: E402
 
 # The baseline: what any reader of the checkpoint must do (open, read 8 bytes + the header,
 # parse the JSON), nothing else.
@@ -69,8 +69,8 @@ for p in sorted(big.glob("*.safetensors")):
         json.loads(f.read(k))
 spent["bare parse of the 50 headers (baseline)"] = time.perf_counter() - t
 t = time.perf_counter()
-import qwenprep.integrity_scan as scan_mod, qwenprep.integrity_tensors as tensors_mod
-import qwenprep.preflight as pf
+import qwenprep.checks.scan as scan_mod, qwenprep.checks.tensors as tensors_mod
+import qwenprep.checks.preflight as pf
 spent["imports (integrity, preflight and theirs)"] = time.perf_counter() - t
 timed(scan_mod, "_read_index", "  read + parse the index")
 timed(scan_mod, "_read_shard", "  read + parse + judge the 50 headers")
@@ -81,8 +81,8 @@ timed(tensors_mod, "name_checks", " names, layers, experts, shapes")
 timed(tensors_mod, "header_scan", "header_scan (all of verify's checks)")
 if what == "verify":
     tensors_mod.header_scan(big)
-    from qwenprep.families import lookup
-    from qwenprep.model import ModelView
+    from qwenprep.model.families import lookup
+    from qwenprep.model.view import ModelView
     config = json.loads((big / "config.json").read_text())
     t = time.perf_counter()
     lookup(config["model_type"]).tensors(ModelView(config))

@@ -32,8 +32,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _timing import median_time  # noqa: E402
 
-from qwenprep.integrity import verify_checkpoint  # noqa: E402
-from qwenprep.synth import make_shaped_checkpoint, tiny_fp8_config  # noqa: E402
+from qwenprep.checks.integrity import verify_checkpoint  # noqa: E402
+from qwenprep.testing.synth import make_shaped_checkpoint, tiny_fp8_config  # noqa: E402
 
 QWENPREP = Path(sys.executable).parent / "qwenprep"
 

@@ -15,7 +15,10 @@ inside the function, so ``import qwenprep`` stays cheap (no engine, no huggingfa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from qwenprep.engines.base import Engine
 
 __all__ = ["patch", "validate", "verify", "plan", "check", "revert", "serve_plan"]
 
@@ -43,7 +46,7 @@ def _flags(**values: Any) -> None:
 
 def _version(value: Any) -> str | None:
     """--vllm-version by the command line's rule (text, read by capacity.named_version)."""
-    from qwenprep.capacity import named_version
+    from qwenprep.planning.capacity import named_version
     from qwenprep.request import text
 
     if text(value, "--vllm-version") is not None:
@@ -52,14 +55,24 @@ def _version(value: Any) -> str | None:
 
 
 def _shown(obj: dict[str, Any], args: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
-    """OBJ as `--json` prints it: every credential masked (qwenprep.redact.redact_obj), the ones
+    """OBJ as `--json` prints it: every credential masked (qwenprep.util.redact.redact_obj), the
+    ones
     this process knows of and the values of the credential options in ARGS (the engine argv
     the caller passed, which is not in sys.argv), the checkpoint's "path" left as it is."""
-    from qwenprep.redact import argv_secrets, redact_obj, secrets
+    from qwenprep.util.redact import argv_secrets, redact_obj, secrets
 
     known = sorted({*secrets(), *(v for v in argv_secrets(list(args)) if len(v) >= 4)}, key=len)
     known.reverse()  # longest first, so no part of one is left showing
     return {k: v if k == "path" else redact_obj(v, known) for k, v in obj.items()}
+
+
+def _engine(name: Any, python: str | None) -> Engine:
+    """serving_engine= as --serving-engine takes it (None: $QWENPREP_SERVING_ENGINE, else what
+    the interpreter PYTHON has), looked up in the one registry (qwenprep.engines)."""
+    from qwenprep.engines import select
+    from qwenprep.request import text
+
+    return select(text(name, "--serving-engine"), python)
 
 
 def _size(value: str | int | None, option: str) -> str | None:
@@ -81,7 +94,7 @@ def patch(
 ) -> dict[str, Any]:
     """``qwenprep patch MODEL --context C [--out DIR] --json``: write the overlay; returns the
     patch result (path, status, native/target context, factor, digest, ...)."""
-    from qwenprep.patching import patch_overlay, patch_result
+    from qwenprep.ops.patch import patch_overlay, patch_result
     from qwenprep.request import context_value
 
     _flags(force=force, yarn_on_dca=yarn_on_dca)
@@ -104,10 +117,10 @@ def validate(
 ) -> dict[str, Any]:
     """``qwenprep validate PATH [--vllm-version X.Y] --json``: schema and long-context
     invariants (a Dual Chunk Attention config judged for that vLLM, else the installed one)."""
-    from qwenprep.capacity import named_version
-    from qwenprep.checkpoint import resolve_model
-    from qwenprep.report import Report
-    from qwenprep.validation import VllmVersion, validate_checkpoint
+    from qwenprep.checks.validate import VllmVersion, validate_checkpoint
+    from qwenprep.model.checkpoint import resolve_model
+    from qwenprep.planning.capacity import named_version
+    from qwenprep.util.report import Report
 
     _flags(strict=strict)
     version = _version(vllm_version)
@@ -124,23 +137,24 @@ def verify(
     engine: bool = False,
     vllm_python: str | None = None,
     strict: bool = False,
+    serving_engine: str | None = None,
 ) -> dict[str, Any]:
-    """``qwenprep verify PATH [--deep [--record]] [--engine] --json`` (vLLM readback)."""
-    from qwenprep.checkpoint import resolve_model
+    """``qwenprep verify PATH [--deep [--record]] [--engine] [--serving-engine E] --json``
+    (with ENGINE: the read-back through the serving engine's own config code)."""
+    from qwenprep.checks.integrity import verify_checkpoint
     from qwenprep.errors import UsageError
-    from qwenprep.integrity import verify_checkpoint
+    from qwenprep.model.checkpoint import resolve_model
     from qwenprep.request import text
 
     _flags(deep=deep, record=record, engine=engine, strict=strict)
     if record and not deep:
         raise UsageError("--record keeps the hashes --deep computes: add --deep.")
-    rep = verify_checkpoint(
-        resolve_model(_path(path, "path")).path,
-        deep=deep,
-        engine=engine,
-        vllm_python=text(vllm_python, "--vllm-python"),
-        record=record,
-    )
+    python = text(vllm_python, "--vllm-python")
+    chosen = _engine(serving_engine, python) if engine else None
+    root = resolve_model(_path(path, "path")).path
+    rep = verify_checkpoint(root, deep=deep, record=record)
+    if chosen is not None:
+        rep.extend(chosen.readback_checks(root, python=python))
     rep.strict = strict
     return _shown(rep.to_dict())
 
@@ -162,14 +176,21 @@ def plan(
     prefill_budget: float | None = None,
     dcp: int = 1,
     prefix_caching: bool | None = None,
+    serving_engine: str | None = None,
+    mem_fraction_static: float | None = None,
 ) -> dict[str, Any]:
-    """``qwenprep plan MODEL ... --json``: KV-cache capacity by vLLM's arithmetic, and the
-    time estimates. ``fits`` says whether the context fits (the command exits 1 when not).
-    DCP: plan's --dcp; PREFIX_CACHING: plan's --[no-]prefix-caching (None: the version's)."""
-    from qwenprep.capacity import make_plan
-    from qwenprep.request import PlanRequest
+    """``qwenprep plan MODEL ... --json``: KV-cache capacity by the serving engine's
+    arithmetic (vLLM's, or SGLang's with serving_engine="sglang"), and for vLLM the time
+    estimates. ``fits`` says whether the context fits (the command exits 1 when not).
+    DCP: plan's --dcp; PREFIX_CACHING: plan's --[no-]prefix-caching (None: the version's);
+    MEM_FRACTION_STATIC: SGLang's --mem-fraction-static."""
+    from qwenprep.engines.base import PlanOptions
+    from qwenprep.errors import UsageError
+    from qwenprep.request import layout
 
-    req = PlanRequest.from_options(
+    layout(tp, pp, gpus)  # every engine's plan: the maximum, with its why
+    engine = _engine(serving_engine, None)
+    options = PlanOptions(
         context=context,
         tp=tp,
         pp=pp,
@@ -184,8 +205,12 @@ def plan(
         prefill_budget=prefill_budget,
         dcp=dcp,
         prefix_caching=prefix_caching,
+        mem_fraction_static=mem_fraction_static,
     )
-    p = make_plan(_path(model, "model"), **req.plan_options())
+    refusal = engine.plan_refusal(options)
+    if refusal is not None:
+        raise UsageError(refusal)
+    p, _notes = engine.kv_plan(_path(model, "model"), options)
     return _shown(p.to_dict())
 
 
@@ -207,11 +232,13 @@ def check(
     vllm_python: str | None = None,
     vllm_args: tuple[str, ...] | list[str] = (),
     strict: bool = False,
+    serving_engine: str | None = None,
 ) -> dict[str, Any]:
-    """``qwenprep check PATH ... --json``: every pre-flight check (the gate serve runs)."""
-    from qwenprep.catalog import gpu_memory_for
-    from qwenprep.checkpoint import resolve_model
-    from qwenprep.preflight import check_options, run_checks
+    """``qwenprep check PATH ... --json``: every pre-flight check (the gate serve runs), for
+    the serving engine SERVING_ENGINE ("vllm", "sglang"; None: as the command chooses)."""
+    from qwenprep.checks.preflight import check_options, run_checks
+    from qwenprep.model.checkpoint import resolve_model
+    from qwenprep.planning.catalog import gpu_memory_for
     from qwenprep.request import text
 
     _flags(strict=strict)
@@ -232,16 +259,22 @@ def check(
         engine=engine,
         python=vllm_python,
     )
+    chosen = _engine(serving_engine, text(vllm_python, "--vllm-python"))
+    hooks = chosen.check_hooks()
+    if hooks is not None:
+        from dataclasses import replace
+
+        opts = replace(opts, serving_engine=chosen.name)
     ckpt = resolve_model(_path(path, "path"))
-    rep = run_checks(ckpt.path, opts, repo_id=ckpt.repo_id)
+    rep = run_checks(ckpt.path, opts, repo_id=ckpt.repo_id, hooks=hooks)
     rep.strict = strict
     return _shown(rep.to_dict(), vllm_args)
 
 
 def revert(path: str | Path, *, force: bool = False) -> dict[str, Any]:
     """``qwenprep revert PATH --json``: remove an overlay, or restore an edited config.json."""
-    from qwenprep.report import SCHEMA_VERSION
-    from qwenprep.restore import revert_path
+    from qwenprep.ops.revert import revert_path
+    from qwenprep.util.report import SCHEMA_VERSION
 
     _flags(force=force)
     res = revert_path(_path(path, "path"), force=force)
@@ -264,18 +297,14 @@ def serve_plan(
     gpus_per_node: int | None = None,
     master_addr: str | None = None,
     multinode_mode: str | None = None,
+    serving_engine: str | None = None,
 ) -> dict[str, Any]:
     """``qwenprep serve PATH --dry-run --json``: the vLLM argv and environment serve would run,
     judged by the same gate (refusals raise). Starts nothing. With NNODES/GPUS_PER_NODE: the
     per-node commands (``nodes``), as ``serve --nnodes N --gpus-per-node G``."""
-    from dataclasses import replace
-
-    from qwenprep import engine as eng
-    from qwenprep import gate
-    from qwenprep.checkpoint import resolve_model
-    from qwenprep.engines import vllm_core
-    from qwenprep.report import SCHEMA_VERSION
+    from qwenprep.ops.serve import serve_plan as plan_for
     from qwenprep.request import ServeRequest, text
+    from qwenprep.util.report import SCHEMA_VERSION
 
     req = ServeRequest.from_options(
         max_len=max_model_len,
@@ -291,16 +320,9 @@ def serve_plan(
         master_addr=master_addr,
         multinode_mode=multinode_mode,
     )
-    ckpt = resolve_model(_path(path, "path"))
-    info = vllm_core.discover(text(vllm_python, "--vllm-python"))
-    launch = eng.build_launch_plan(
-        ckpt.path,
-        replace(req, repo_id=ckpt.repo_id),
-        engine=info,
-        gpus_here=eng.gpus_on_this_node(),
-        offline_gate=False,
-    )
-    launch = gate.enforce(launch, engine=info)
+    python = text(vllm_python, "--vllm-python")
+    engine = _engine(serving_engine, python)
+    launch = plan_for(_path(path, "path"), req, engine=engine, python=python, dry_run=True)
     return _shown(
         {"schema_version": SCHEMA_VERSION, "ok": True, "dry_run": True, **launch.to_dict()},
         extra_args,

@@ -1,7 +1,8 @@
 """What a command asks for, as one value each: ServeRequest (serve, and check's view of the
 launch; its multi-node part is MultiNode) and PlanRequest (plan). The command line and the
 Python API build the same objects from their options, through the one reading of contexts
-(qwenprep.contexts.parse_context: 1m = 1,048,576) and of sizes (qwenprep.sizes.parse_size:
+(qwenprep.model.contexts.parse_context: 1m = 1,048,576) and of sizes
+(qwenprep.util.sizes.parse_size:
 a unit is required), so both read `1m` and `141GB` the same way and refuse the same input.
 """
 
@@ -141,8 +142,8 @@ def layout(tp: Any, pp: Any, gpus: Any) -> tuple[int | None, int, int | None]:
 def context_tokens(text: str | int | None, option: str = "--context") -> int | None:
     """A context as qwenprep reads it (1m = 1,048,576; 256k; a count) as tokens; None for
     None. "native" (no fixed count) is refused here: OPTION takes a token count."""
-    from qwenprep.contexts import parse_context
     from qwenprep.errors import UsageError
+    from qwenprep.model.contexts import parse_context
 
     if text is None:
         return None
@@ -153,9 +154,9 @@ def context_tokens(text: str | int | None, option: str = "--context") -> int | N
 
 
 def size_bytes(value: str | int | None, option: str) -> int | None:
-    """A size as every command reads it (qwenprep.sizes.parse_size: 141GB, 80GiB, 1024B; an
+    """A size as every command reads it (qwenprep.util.sizes.parse_size: 141GB, 80GiB, 1024B; an
     int is a byte count; a bare number or 8g is refused); None for None."""
-    from qwenprep.sizes import parse_size
+    from qwenprep.util.sizes import parse_size
 
     return None if value is None else parse_size(value, option)
 
@@ -302,7 +303,7 @@ class PlanRequest:
     gpu: str | None = None  # a catalog name (H200, ...)
     vllm_version: str | None = None
     prefill_budget: float | None = None
-    dcp: int = 1  # vLLM --decode-context-parallel-size (qwenprep.dcp)
+    dcp: int = 1  # vLLM --decode-context-parallel-size (qwenprep.engines.vllm.dcp)
     prefix_caching: bool | None = None  # vLLM --[no-]enable-prefix-caching; None: its default
 
     @classmethod
@@ -316,7 +317,7 @@ class PlanRequest:
     ) -> PlanRequest:
         """From options as typed: sizes with their unit (or int bytes), a context in
         qwenprep's spelling; refusals are UsageErrors (exit 2) naming the option."""
-        from qwenprep.contexts import parse_context
+        from qwenprep.model.contexts import parse_context
 
         ctx = context_value(context, "--context")
         if ctx is not None:
@@ -348,7 +349,8 @@ class PlanRequest:
         )
 
     def plan_options(self) -> dict[str, Any]:
-        """The keyword arguments of qwenprep.capacity.make_plan(MODEL, ...) for this request
+        """The keyword arguments of qwenprep.planning.capacity.make_plan(MODEL, ...) for this
+        request
         (this module imports no command's code: capacity leads back to the engine)."""
         return {
             "context": self.context,

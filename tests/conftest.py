@@ -33,7 +33,8 @@ import tempfile  # noqa: E402  (isort: skip)
 
 os.environ["QWENPREP_OVERLAYS"] = tempfile.mkdtemp(prefix="qwenprep-test-overlays-")
 # `qwenprep serve` keeps its past-native request's time in $HF_HOME/qwenprep/measurements.jsonl
-# (qwenprep.measured): a test's serve keeps it in a file of the run's own, never the user's.
+# (qwenprep.planning.measured): a test's serve keeps it in a file of the run's own, never the
+# user's.
 os.environ["QWENPREP_MEASUREMENTS"] = str(
     Path(tempfile.mkdtemp(prefix="qwenprep-test-measurements-")) / "measurements.jsonl"
 )
@@ -112,7 +113,7 @@ def ref_config() -> dict[str, Any]:
     """The 480B FP8 release's config (the shared reference copy when present)."""
     if SHARED_REFERENCE.is_file():
         return json.loads(SHARED_REFERENCE.read_text())
-    from qwenprep.synth import qwen3_coder_480b_fp8_config
+    from qwenprep.testing.synth import qwen3_coder_480b_fp8_config
 
     return qwen3_coder_480b_fp8_config()
 

@@ -60,7 +60,8 @@ def test_all_lists_the_api() -> None:
 
 def test_import_is_cheap() -> None:
     code = (
-        "import sys, qwenprep; heavy = [m for m in ('qwenprep.api', 'qwenprep.engine', "
+        "import sys, qwenprep; heavy = [m for m in ('qwenprep.api', "
+        "'qwenprep.engines.vllm.engine', "
         "'huggingface_hub', 'click', 'jsonschema') if m in sys.modules]; print(heavy)"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -270,7 +271,7 @@ def test_missing_path_is_exit_3(tmp_path: Path) -> None:
 
 
 def test_serve_plan_multinode_matches_the_cli(tmp_path: Path) -> None:
-    from qwenprep.synth import qwen3_coder_480b_fp8_config
+    from qwenprep.testing.synth import qwen3_coder_480b_fp8_config
 
     src = tmp_path / "Qwen3-Coder-480B-A35B-Instruct-FP8"
     src.mkdir()
@@ -304,7 +305,7 @@ def test_serve_plan_multinode_matches_the_cli(tmp_path: Path) -> None:
 
 
 def test_one_request_object_and_one_reader_for_sizes_and_contexts() -> None:
-    from qwenprep import engine as eng
+    from qwenprep.engines.vllm import engine as eng
     from qwenprep.request import MultiNode, PlanRequest, ServeRequest
 
     # the keyword form build_launch_plan took before is the same request

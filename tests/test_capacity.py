@@ -14,10 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import QWENPREP_BIN, TINY, TINY_FP8, invoke, run_capped
-from qwenprep.capacity import PlanRequest, plan_capacity, resolve_rule, vllm_rule
-from qwenprep.kvrules import ModelShape, bytes_per_token_per_gpu, kv_capacity
-from qwenprep.shapes import shape_from_dir
-from qwenprep.sizes import GiB
+from qwenprep.engines.vllm.kv import ModelShape, bytes_per_token_per_gpu, kv_capacity
+from qwenprep.model.shapes import shape_from_dir
+from qwenprep.planning.capacity import PlanRequest, plan_capacity, resolve_rule, vllm_rule
+from qwenprep.util.sizes import GiB
 
 ONE_M = 1048576
 # Calibration 1 (FACTS.md): 8x H200, TP 8 + EP, the 480B model; vLLM reported 61.31 GiB of KV
@@ -29,7 +29,7 @@ CAL1_BYTES = 129_605 * 16 * 31_744
 def _validate(obj: dict[str, Any], name: str) -> None:
     from jsonschema import Draft202012Validator
 
-    from qwenprep.schemas import load_schema
+    from qwenprep.util.schemas import load_schema
 
     errors = list(Draft202012Validator(load_schema(name)).iter_errors(obj))
     assert errors == [], [e.message for e in errors]
@@ -39,7 +39,7 @@ def _validate(obj: dict[str, Any], name: str) -> None:
 def big(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A sparse checkpoint shaped like Qwen3-Coder-480B-A35B-Instruct-FP8 (50 shards, real
     headers, ~450 GiB apparent, a few MB on disk)."""
-    from qwenprep.synth import make_shaped_checkpoint
+    from qwenprep.testing.synth import make_shaped_checkpoint
 
     return make_shaped_checkpoint(tmp_path_factory.mktemp("q480") / "Qwen3-Coder-480B-FP8")
 
@@ -537,7 +537,7 @@ def test_console_script() -> None:
 def test_schemas_are_valid_draft_2020_12() -> None:
     from jsonschema import Draft202012Validator
 
-    from qwenprep.schemas import load_schema
+    from qwenprep.util.schemas import load_schema
 
     for name in ("plan", "check-report"):
         Draft202012Validator.check_schema(load_schema(name))
@@ -582,7 +582,7 @@ def test_one_header_pass_gives_bytes_and_parameters(shape480: ModelShape, big: P
     """The header tally behind plan's time estimates agrees with the byte sizes planning uses:
     the 480B's parameters are 62 layers x (163,577,856 attention + 12,544 norms + 983,040
     router + 160 x 47,185,920 experts) + 6144 + 2 x 933,494,784 embedding/lm_head."""
-    from qwenprep.shapes import weight_bytes_from_dir
+    from qwenprep.model.shapes import weight_bytes_from_dir
 
     assert shape480.params is not None
     assert weight_bytes_from_dir(big) == (

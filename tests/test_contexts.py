@@ -6,14 +6,14 @@ from typing import Any
 
 import pytest
 
-from qwenprep.contexts import (
+from qwenprep.errors import InputError, UsageError
+from qwenprep.model.contexts import (
     ContextRequest,
     effective_rope,
     native_context,
     parse_context,
     patch_config,
 )
-from qwenprep.errors import InputError, UsageError
 
 
 @pytest.mark.parametrize(

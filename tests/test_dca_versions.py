@@ -12,7 +12,7 @@ from typing import Any, Callable
 import pytest
 from click.testing import Result
 
-from qwenprep.validation import VllmVersion, validate_checkpoint
+from qwenprep.checks.validate import VllmVersion, validate_checkpoint
 
 CliFn = Callable[..., Result]
 NO_VLLM = str(Path(sys.base_prefix) / "bin" / "python3")  # an interpreter without vLLM
@@ -20,7 +20,7 @@ NO_VLLM = str(Path(sys.base_prefix) / "bin" / "python3")  # an interpreter witho
 
 @pytest.fixture(scope="module")
 def qwen25_1m(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from qwenprep.synth import make_shaped_checkpoint, qwen25_7b_instruct_1m_config
+    from qwenprep.testing.synth import make_shaped_checkpoint, qwen25_7b_instruct_1m_config
 
     return make_shaped_checkpoint(
         tmp_path_factory.mktemp("q25") / "Qwen2.5-7B-Instruct-1M",
@@ -134,7 +134,7 @@ def test_validate_for_a_named_version(cli: CliFn, qwen25_1m: Path) -> None:
 def _q25_with(tmp: Path, **block: Any) -> Path:
     """A Qwen2.5-7B-Instruct-1M-shaped checkpoint (2 layers) whose DCA block has BLOCK's
     values (None: the key removed)."""
-    from qwenprep.synth import make_shaped_checkpoint, qwen25_7b_instruct_1m_config
+    from qwenprep.testing.synth import make_shaped_checkpoint, qwen25_7b_instruct_1m_config
 
     cfg = qwen25_7b_instruct_1m_config()
     cfg["num_hidden_layers"] = 2
@@ -192,7 +192,7 @@ def release_2507(tmp_path: Path) -> Callable[..., Path]:
     CHANGES applied to config_1m.json (dca_original: the block's original)."""
 
     def make(name: str = "Qwen3-30B-A3B-Instruct-2507", **changes: Any) -> Path:
-        from qwenprep.synth import make_shaped_checkpoint, tiny_fp8_config
+        from qwenprep.testing.synth import make_shaped_checkpoint, tiny_fp8_config
 
         cfg = tiny_fp8_config()
         cfg.pop("quantization_config")
@@ -300,7 +300,7 @@ def test_dca_overlays_for_vllm_010_pass_check_for_010(
 ) -> None:
     """Every correct DCA overlay for vLLM 0.10 failed `check --vllm-version 0.10`
     ("engine.rope_scaling ... default (unscaled) RoPE"): the gate's comparison had no DCA case
-    (DCA reaches the config's max_position_embeddings; qwenprep.families.dca.dca_reach), and
+    (DCA reaches the config's max_position_embeddings; qwenprep.model.families.dca.dca_reach), and
     with another vLLM installed the plan was built for that one. Both releases' overlays
     now pass, judged for 0.10 (offline: the installed vLLM is not 0.10); dropping the DCA
     block with --hf-overrides is still refused."""
@@ -346,7 +346,7 @@ def test_a_dca_profile_flag_turned_off_is_honoured_with_a_warning(
     on/off flag of the DCA profile (--enforce-eager, --enable-chunked-prefill), in any
     spelling vLLM reads (a --config YAML's `X: false` too): check warns, naming the profile
     and why it sets the flag; the value flag (--max-num-batched-tokens 131072) stays."""
-    from qwenprep.engine import build_launch_plan
+    from qwenprep.engines.vllm.engine import build_launch_plan
 
     ov = tmp_path / "q25-v010"
     assert (

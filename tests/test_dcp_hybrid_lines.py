@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from conftest import TINY, invoke
-from qwenprep.kvrules import ModelShape
+from qwenprep.engines.vllm.kv import ModelShape
 
 
 def _qwen3_235b_2507_config() -> dict[str, Any]:
@@ -149,7 +149,7 @@ def test_check_refuses_dcp_after_the_double_dash() -> None:
 
 
 def test_dcp_args_read_as_vllm_reads_them() -> None:
-    from qwenprep.dcp import dcp_from_args
+    from qwenprep.engines.vllm.dcp import dcp_from_args
 
     assert dcp_from_args(["--max-model-len", "4096"]) is None
     assert dcp_from_args(["-dcp", "2"]) == 2
@@ -162,7 +162,7 @@ def test_dcp_args_read_as_vllm_reads_them() -> None:
 
 
 def _next_80b(tmp_path: Path) -> Path:
-    from qwenprep.synth import qwen3_next_80b_config
+    from qwenprep.testing.synth import qwen3_next_80b_config
 
     return _model(tmp_path, qwen3_next_80b_config(), "Qwen3-Next-80B-A3B-Instruct")
 
@@ -195,7 +195,7 @@ def test_align_mode_rounds_the_state_up_to_whole_blocks(tmp_path: Path) -> None:
     """The PR 46778 report's numbers at its attention block size (1,600 tokens): 262,144
     tokens take 164 blocks; with prefix caching (align) the largest context on the same
     memory is 163 blocks = 260,800 tokens, the pool unchanged."""
-    from qwenprep.families.qwen3_5 import qwen3_5_35b_a3b_config
+    from qwenprep.model.families.qwen3_5 import qwen3_5_35b_a3b_config
 
     model = _model(tmp_path, qwen3_5_35b_a3b_config(), "Qwen3.5-35B-A3B")
     page = 1600 * 2 * 2 * 256 * 2  # block x (K,V) x 2 KV heads x 256 x bf16
@@ -213,7 +213,7 @@ def test_align_mode_rounds_the_state_up_to_whole_blocks(tmp_path: Path) -> None:
     assert on["num_blocks"] == off["num_blocks"]  # the supply did not move
     assert on["kv_cache_bytes_per_gpu"] == off["kv_cache_bytes_per_gpu"]
     # --enable-prefix-caching after `--` in check is read the same way
-    from qwenprep.hybrid import prefix_caching_from_args
+    from qwenprep.engines.vllm.kv_hybrid import prefix_caching_from_args
 
     assert prefix_caching_from_args(["--enable-prefix-caching"]) is True
     assert prefix_caching_from_args(["--enable_prefix_caching", "--no-enable-prefix-caching"]) is (
@@ -223,7 +223,7 @@ def test_align_mode_rounds_the_state_up_to_whole_blocks(tmp_path: Path) -> None:
 
 
 def test_caching_mode_per_version() -> None:
-    from qwenprep.hybrid import prefix_caching_mode
+    from qwenprep.engines.vllm.kv_hybrid import prefix_caching_mode
 
     assert not prefix_caching_mode("0.10.2", True).align  # 0.10-0.11 switch it off
     assert not prefix_caching_mode("0.20", None).align  # opt-in before 0.32
@@ -233,7 +233,7 @@ def test_caching_mode_per_version() -> None:
 
 
 def test_dcp_shape_rule_direct() -> None:
-    from qwenprep.dcp import dcp_refusal, largest_dcp
+    from qwenprep.engines.vllm.dcp import dcp_refusal, largest_dcp
 
     s = ModelShape(
         name="m", num_layers=2, num_attention_heads=64, num_kv_heads=4, head_dim=128,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from conftest import QWENPREP_BIN, TINY, invoke, tree_state
-from qwenprep.engines import vllm_core
+from qwenprep.engines.vllm import core as vllm_core
 
 VLLM_PY = os.environ.get("QWENPREP_VLLM_PYTHON") or sys.executable
 INFO = vllm_core.discover(VLLM_PY)

@@ -16,9 +16,10 @@ import pytest
 import yaml
 
 from conftest import QWENPREP_BIN, TINY, invoke
-from qwenprep.engines import deploy, vllm_core
-from qwenprep.engines.vllm_core import _run_probe
-from qwenprep.schemas import validator
+from qwenprep.engines.vllm import core as vllm_core
+from qwenprep.engines.vllm import deploy
+from qwenprep.engines.vllm.core import run_probe
+from qwenprep.util.schemas import validator
 
 VLLM_PY = os.environ.get("QWENPREP_VLLM_PYTHON") or sys.executable
 INFO = vllm_core.discover(VLLM_PY)
@@ -52,7 +53,7 @@ def _tiny_1m(tmp_path: Path) -> Path:
 
 
 def _480b(tmp_path: Path) -> Path:
-    from qwenprep.synth import qwen3_coder_480b_fp8_config
+    from qwenprep.testing.synth import qwen3_coder_480b_fp8_config
 
     src = tmp_path / "Qwen3-Coder-480B-A35B-Instruct-FP8"
     src.mkdir()
@@ -114,7 +115,7 @@ def test_emit_config_is_read_back_by_vllms_parser_to_the_same_arguments(tmp_path
     assert emitted["options"]["max-num-seqs"] == 4
     launch = _after_model(out["argv"])
     # vLLM's own serve parser: every argument the same, from the argv and from the file
-    got = _run_probe(
+    got = run_probe(
         VLLM_PY,
         [
             "parse-args",
@@ -134,7 +135,7 @@ def test_emit_config_is_read_back_by_vllms_parser_to_the_same_arguments(tmp_path
         {"argv": ["serve", model, *launch], "base": 2 + len(launch)},
         {"argv": ["serve", model, "--config", str(cfg)], "base": 2},
     ]
-    gate = _run_probe(VLLM_PY, ["gate", json.dumps(items)], timeout=600)
+    gate = run_probe(VLLM_PY, ["gate", json.dumps(items)], timeout=600)
     a, b = gate["results"]
     assert a["ok"] and b["ok"], gate
     a["args"].pop("config", None)
@@ -300,7 +301,7 @@ def test_nnodes_below_one_is_a_usage_error(tmp_path: Path, extra: list[str]) -> 
 
 
 def test_the_cpu_build_keeps_its_working_entry_and_cuda_builds_run_vllm_serve() -> None:
-    from qwenprep.engines.vllm_launch import WORKER_ENTRY, node_entry
+    from qwenprep.engines.vllm.launch import WORKER_ENTRY, node_entry
 
     assert node_entry("/opt/v/bin/python", "vllm") == ("/opt/v/bin/vllm", "serve")
     assert node_entry("python3", None) == ("vllm", "serve")

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from conftest import QWENPREP_BIN, TINY, TINY_FP8, invoke
-from qwenprep import engine as eng
-from qwenprep.engines import vllm_core
-from qwenprep.engines.vllm_launch import WORKER_ENTRY
+from qwenprep.engines.vllm import core as vllm_core
+from qwenprep.engines.vllm import engine as eng
+from qwenprep.engines.vllm.launch import WORKER_ENTRY
 from qwenprep.errors import InputError, UsageError
 
 VLLM_PY = os.environ.get("QWENPREP_VLLM_PYTHON") or sys.executable
@@ -154,7 +154,7 @@ def test_help_and_patch_import_no_engine(tmp_path: Path) -> None:
         "import sys\n"
         "from click.testing import CliRunner\n"
         "from qwenprep.cli import cli\n"
-        "import qwenprep.engine\n"
+        "import qwenprep.engines.vllm.engine\n"
         "r = CliRunner().invoke(cli, ['--help']); assert r.exit_code == 0\n"
         "r = CliRunner().invoke(cli, ['serve', '--help']); assert r.exit_code == 0\n"
         f"r = CliRunner().invoke(cli, ['patch', {str(TINY)!r}, '--context', '1m', '--out', "
@@ -425,9 +425,10 @@ def test_removed_and_dangerous_flags_are_refused(tmp_path: Path) -> None:
     # the spelling does not matter to the version table
     with pytest.raises(UsageError, match="--rope-theta was removed in vLLM 0.11.1"):
         eng.build_launch_plan(ov, engine=_fake_engine("0.32.0"), extra_args=["--rope_theta=1"])
-    # what the other arguments do is the gate's (qwenprep.gate, tests/test_gate.py); with no
+    # what the other arguments do is the gate's (qwenprep.engines.vllm.gate, tests/test_gate.py);
+    # with no
     # vLLM the plan applies the gate's offline reading itself: exit 3, said to be offline
-    from qwenprep.gate import ArgsRefused
+    from qwenprep.engines.vllm.gate import ArgsRefused
 
     with pytest.raises(ArgsRefused, match="without rope_theta") as ei:
         eng.build_launch_plan(
@@ -624,7 +625,7 @@ def _neither_rope_nor_theta(cfg: dict[str, Any]) -> None:
 def test_serve_refuses_configs_that_validate_fails(
     tmp_path: Path, edit: Any, failing: list[str]
 ) -> None:
-    from qwenprep.validation import validate_checkpoint
+    from qwenprep.checks.validate import validate_checkpoint
 
     d = _config_dir(tmp_path, "bad", edit)
     fails = [c for c in validate_checkpoint(d) if c.status == "fail"]
@@ -651,7 +652,7 @@ def test_serve_refuses_configs_that_validate_fails(
 @pytest.fixture(scope="module")
 def shaped_480b_overlay(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The 480B FP8 release's shape (sparse shards, real config), patched to 1M by the CLI."""
-    from qwenprep.synth import make_shaped_checkpoint
+    from qwenprep.testing.synth import make_shaped_checkpoint
 
     tmp = tmp_path_factory.mktemp("shaped")
     src = make_shaped_checkpoint(tmp / "Qwen3-Coder-480B-A35B-Instruct-FP8", shards=4)

@@ -494,7 +494,7 @@ def _pasted(line: str) -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def big480(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from qwenprep.synth import make_shaped_checkpoint
+    from qwenprep.testing.synth import make_shaped_checkpoint
 
     return make_shaped_checkpoint(tmp_path_factory.mktemp("e480") / "Qwen3-Coder-480B-FP8")
 

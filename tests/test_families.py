@@ -15,7 +15,7 @@ import pytest
 from click.testing import Result
 
 from conftest import QWENPREP_BIN, TINY
-from qwenprep.model import ModelView
+from qwenprep.model.view import ModelView
 
 CliFn = Callable[..., Result]
 
@@ -89,7 +89,7 @@ def test_a_transformers5_checkpoint_goes_through_every_command(tmp_path: Path) -
 
 TOY = '''
 """A throwaway family: what CONTRIBUTING.md's recipe says a new family is."""
-from qwenprep.families.base import Family, ServeProfile
+from qwenprep.model.families.base import Family, ServeProfile
 
 FAMILY = Family(
     name="toy",
@@ -105,8 +105,8 @@ FAMILY = Family(
 
 @pytest.fixture
 def toy_family(tmp_path: Path) -> Any:
-    from qwenprep import families
-    from qwenprep.schemas import load_schema
+    from qwenprep.model import families
+    from qwenprep.util.schemas import load_schema
 
     schema = dict(load_schema("qwen3-config"))
     schema["properties"] = dict(schema["properties"], model_type={"const": "toy_qwen"})
@@ -156,7 +156,7 @@ def test_a_new_family_is_one_module_and_one_registry_line(
     r = cli("plan", str(ov), "--gpus", "1", "--kv-memory", "1GiB", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["context"] == 65536
-    from qwenprep.engines.vllm_launch import model_profile
+    from qwenprep.engines.vllm.launch import model_profile
 
     assert (
         model_profile(ov, json.loads((ov / "config.json").read_text()), None).tool_parser

@@ -23,15 +23,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qwenprep import synth
+from qwenprep.checks.scan import header_problems
 from qwenprep.errors import InputError
-from qwenprep.families import lookup
-from qwenprep.families.qwen3_5 import qwen3_5_35b_a3b_fp8_config, tiny_qwen3_5_moe_config
-from qwenprep.integrity_scan import header_problems
-from qwenprep.jsonio import loads_located
-from qwenprep.layouts import TensorSpec, experts_of, module_in, qwen3_moe_tensors
-from qwenprep.model import ModelView
-from qwenprep.safetensors_io import (
+from qwenprep.model.families import lookup
+from qwenprep.model.families.qwen3_5 import qwen3_5_35b_a3b_fp8_config, tiny_qwen3_5_moe_config
+from qwenprep.model.layouts import TensorSpec, experts_of, module_in, qwen3_moe_tensors
+from qwenprep.model.view import ModelView
+from qwenprep.testing import synth
+from qwenprep.util.jsonio import loads_located
+from qwenprep.util.safetensors_io import (
     SafetensorsHeader,
     fast_entries,
     fast_index,
@@ -354,9 +354,9 @@ def test_fp8_scales_by_position_and_by_name_agree() -> None:
     (what writers do), else by name: both readings give the same verdict, and a wrong scale
     shape is caught on both."""
     from conftest import TINY_FP8
-    from qwenprep.integrity_scan import scan_headers
-    from qwenprep.integrity_tensors import _Ordered, _scales_ok
-    from qwenprep.safetensors_io import Entry
+    from qwenprep.checks.scan import scan_headers
+    from qwenprep.checks.tensors import _Ordered, _scales_ok
+    from qwenprep.util.safetensors_io import Entry
 
     def verdict(tensors: dict[str, Entry]) -> bool:
         entries = list(tensors.values())

@@ -13,8 +13,8 @@ from typing import Any, Callable
 from click.testing import Result
 
 from conftest import QWENPREP_BIN, tree_state
-from qwenprep.manifest import read_manifest
-from qwenprep.overlay_state import overlay_checks
+from qwenprep.checks.overlay import overlay_checks
+from qwenprep.model.manifest import read_manifest
 
 CliFn = Callable[..., Result]
 

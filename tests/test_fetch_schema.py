@@ -22,7 +22,7 @@ QWENPREP = Path(sys.executable).parent / "qwenprep"
 def errors(obj: Any) -> list[str]:
     from jsonschema import Draft202012Validator
 
-    from qwenprep.schemas import load_schema
+    from qwenprep.util.schemas import load_schema
 
     v = Draft202012Validator(load_schema("fetch-result"))
     return [f"{list(e.absolute_path)}: {e.message}" for e in v.iter_errors(obj)]
@@ -56,7 +56,7 @@ def fetched(
 def test_schema_is_valid_draft_2020_12() -> None:
     from jsonschema import Draft202012Validator
 
-    from qwenprep.schemas import load_schema, schema_path
+    from qwenprep.util.schemas import load_schema, schema_path
 
     assert schema_path("fetch-result").name == "fetch-result.schema.json"
     Draft202012Validator.check_schema(load_schema("fetch-result"))

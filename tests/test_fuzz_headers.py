@@ -34,10 +34,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import QWENPREP_BIN, TINY_FP8, invoke
+from qwenprep.checks.integrity import verify_checkpoint
 from qwenprep.errors import InputError, QwenprepError
-from qwenprep.integrity import verify_checkpoint
-from qwenprep.safetensors_io import read_header
-from qwenprep.synth import make_shaped_checkpoint, tiny_fp8_config
+from qwenprep.testing.synth import make_shaped_checkpoint, tiny_fp8_config
+from qwenprep.util.safetensors_io import read_header
 
 INDEX = "model.safetensors.index.json"
 SENTINEL = "sentinel.safetensors"
@@ -492,7 +492,7 @@ def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     fifo = tmp_path / "x.safetensors"
     os.mkfifo(fifo)
     code = (
-        "import sys; from qwenprep.safetensors_io import read_header\n"
+        "import sys; from qwenprep.util.safetensors_io import read_header\n"
         "from qwenprep.errors import InputError\n"
         "try:\n    read_header(__import__('pathlib').Path(sys.argv[1]))\n"
         "except InputError as e:\n    print(e.message)\n"
@@ -529,7 +529,7 @@ def test_index_pointing_at_an_outside_fifo_never_opens_it(tmp_path: Path) -> Non
 
 # ------------------------------------------------------------------ the loader's own verdict
 # Issue 20, item 9: a header is judged as safetensors' own reader judges it (vLLM loads with it;
-# qwenprep.safetensors_json says how serde_json differs from Python's json). Each case is a
+# qwenprep.util.safetensors_json says how serde_json differs from Python's json). Each case is a
 # whole file: safe_open gives the loader's verdict, and qwenprep's must be the same on every
 # path: the msgspec fast path (it may only accept what the loader accepts), the json slow path,
 # and verify itself (its shard.header check).
@@ -634,7 +634,7 @@ def _loader_accepts(p: Path) -> bool:
 def _verdicts(tmp: Path, header: str, area: int) -> tuple[bool, bool, bool | None, bool]:
     """(the loader's, verify's, the fast path's (None: left to the json path), the json
     path's) verdicts on a one-shard checkpoint with this header."""
-    from qwenprep.safetensors_io import (
+    from qwenprep.util.safetensors_io import (
         SafetensorsHeader,
         fast_entries,
         header_metadata,

@@ -21,10 +21,11 @@ from typing import Any
 import pytest
 
 from conftest import QWENPREP_BIN, TINY, invoke
-from qwenprep import engine as eng
-from qwenprep import gate, gate_offline
-from qwenprep.engines import vllm_core
-from qwenprep.engines.vllm_launch import WORKER_ENTRY
+from qwenprep.engines.vllm import core as vllm_core
+from qwenprep.engines.vllm import engine as eng
+from qwenprep.engines.vllm import gate
+from qwenprep.engines.vllm import offline as gate_offline
+from qwenprep.engines.vllm.launch import WORKER_ENTRY
 
 VLLM_PY = os.environ.get("QWENPREP_VLLM_PYTHON") or sys.executable
 INFO = vllm_core.discover(VLLM_PY)

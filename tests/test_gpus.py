@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from qwenprep.errors import InputError, UsageError
-from qwenprep.gpus import GPU, from_nvidia_smi, inventory, parse_smi_csv
-from qwenprep.sizes import MiB
+from qwenprep.planning.gpus import GPU, from_nvidia_smi, inventory, parse_smi_csv
+from qwenprep.util.sizes import MiB
 
 # What `nvidia-smi --query-gpu=name,memory.total,memory.free --format=csv,noheader,nounits`
 # prints on an 8x H200 node (MiB, no header, ", " separated).
@@ -301,7 +301,7 @@ def test_catalog_memory_is_what_the_driver_reports() -> None:
     """Each GPU's memory is the driver's figure in bytes, with where it was read: an H200 is
     150,754,820,096 bytes (143,771 MiB, NVML on a real H200), not the datasheet's "141 GB"
     read as GiB (151,397,597,184) nor as GB (141,000,000,000)."""
-    from qwenprep.catalog import CATALOG, lookup
+    from qwenprep.planning.catalog import CATALOG, lookup
 
     want = {"H200": 143771, "H100 SXM": 81559, "B200": 183359, "L40S": 46068, "A100": 81920}
     for name, mib in want.items():
@@ -380,7 +380,7 @@ def test_plan_reads_the_gpu_names_people_type(typed: str, name: str, note: str |
 
 @pytest.mark.parametrize(("typed", "choices"), [("H2", "H200, H20"), ("mi3", "MI300X, MI325X")])
 def test_an_ambiguous_gpu_name_lists_the_choices(typed: str, choices: str) -> None:
-    from qwenprep.catalog import require
+    from qwenprep.planning.catalog import require
 
     with pytest.raises(UsageError) as e:
         require(typed)
@@ -389,7 +389,7 @@ def test_an_ambiguous_gpu_name_lists_the_choices(typed: str, choices: str) -> No
 
 
 def test_unknown_gpu_names_stay_unknown() -> None:
-    from qwenprep.catalog import lookup, require
+    from qwenprep.planning.catalog import lookup, require
 
     for typed in ("H100 NVL", "NVIDIA A100-SXM4-40GB", "A100 PCIe", "RTX 4090"):
         assert lookup(typed) is None

@@ -64,7 +64,7 @@ def test_wheel_carries_the_version_and_py_typed(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ shipped data, one way
 def test_shipped_data_rule_mirrors_the_wheel_layout() -> None:
-    from qwenprep.schemas import SHIPPED, shipped_dir
+    from qwenprep.util.schemas import SHIPPED, shipped_dir
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     force = project["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]

@@ -116,7 +116,7 @@ def test_revert_refuses_a_backup_whose_length_is_not_the_scaled_native(
 def test_revert_in_cache_keeps_the_edited_bytes(
     cli: CliFn, tmp_path: Path, ref_config: dict[str, Any]
 ) -> None:
-    from qwenprep.hashing import git_blob_sha1_of
+    from qwenprep.util.hashing import git_blob_sha1_of
 
     original = (json.dumps(ref_config, indent=2) + "\n").encode()
     snap = tmp_path / "hub" / "models--Qwen--X" / "snapshots" / ("c" * 40)
@@ -360,7 +360,10 @@ def test_non_finite_numbers_are_refused_at_parse_time(
         ("config.json", '{"model_type": "qwen3", "hidden_size": ' + "1" + "0" * 320 + "}"),
         ("model.safetensors.index.json", '{"weight_map": ' + "[" * 50000 + "]" * 50000 + "}"),
         ("model.safetensors.index.json", '{"metadata": {"total_size": ' + "9" * 5000 + "}}"),
-        (".qwenprep/manifest.json", '{"tool": "qwenprep", "x": ' + "[" * 50000 + "]" * 50000 + "}"),
+        (
+            ".qwenprep/manifest.json",
+            '{"tool": "qwenprep", "x": ' + "[" * 50000 + "]" * 50000 + "}",
+        ),
     ],
 )
 def test_hostile_json_never_tracebacks(tmp_path: Path, where: str, text: str) -> None:

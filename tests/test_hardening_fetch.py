@@ -406,7 +406,7 @@ def test_plan_fails_fast_on_an_unreachable_endpoint(tmp_path: Path) -> None:
 
 
 def test_the_scrubber_masks_every_shape(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from qwenprep.redact import redact
+    from qwenprep.util.redact import redact
 
     home = tmp_path / "hf"
     home.mkdir()

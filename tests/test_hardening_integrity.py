@@ -21,7 +21,7 @@ import pytest
 from click.testing import Result
 
 from conftest import QWENPREP_BIN, TINY
-from qwenprep.synth import make_shaped_checkpoint, tiny_fp8_config
+from qwenprep.testing.synth import make_shaped_checkpoint, tiny_fp8_config
 
 INDEX = "model.safetensors.index.json"
 S1 = "model-00001-of-00002.safetensors"
@@ -396,7 +396,7 @@ def test_fifo_as_config_does_not_hang(tiny: Path) -> None:
     (tiny / "config.json").unlink()
     os.mkfifo(tiny / "config.json")
     code = (
-        "import sys; from pathlib import Path; from qwenprep.integrity import "
+        "import sys; from pathlib import Path; from qwenprep.checks.integrity import "
         "verify_checkpoint; r = verify_checkpoint(Path(sys.argv[1])); "
         "print([(c.id, c.message) for c in r.checks if c.status == 'fail'])"
     )

@@ -127,13 +127,13 @@ def test_huge_index_is_refused_unread(cli: CliFn, tmp_path: Path) -> None:
     ],
 )
 def test_redaction_leaves_prose_after_an_option_alone(text: str) -> None:
-    from qwenprep.redact import redact
+    from qwenprep.util.redact import redact
 
     assert redact(text, []) == text
 
 
 def test_redaction_masks_the_value_and_keeps_the_sentence() -> None:
-    from qwenprep.redact import redact
+    from qwenprep.util.redact import redact
 
     text = (
         "SGLang is not here to judge --api-key X: without it qwenprep reads only "
@@ -220,7 +220,7 @@ def test_a_context_count_too_large_is_said_so(cli: CliFn, overlay: Path, count: 
 
 
 def test_sizes_in_pib_are_read() -> None:
-    from qwenprep.sizes import parse_size
+    from qwenprep.util.sizes import parse_size
 
     assert parse_size("1PiB") == 1024**5 and parse_size("2PB") == 2 * 1000**5
     with pytest.raises(QwenprepError, match="more than 1 EiB"):

@@ -39,13 +39,13 @@ def _checks(out: str) -> dict[str, dict[str, Any]]:
 
 
 def _next_config() -> dict[str, Any]:
-    from qwenprep.synth import qwen3_next_80b_fp8_config
+    from qwenprep.testing.synth import qwen3_next_80b_fp8_config
 
     return qwen3_next_80b_fp8_config()
 
 
 def _q35_config() -> dict[str, Any]:
-    from qwenprep.families.qwen3_5 import qwen3_5_35b_a3b_fp8_config
+    from qwenprep.model.families.qwen3_5 import qwen3_5_35b_a3b_fp8_config
 
     return qwen3_5_35b_a3b_fp8_config()
 
@@ -57,7 +57,7 @@ RELEASES: dict[str, Callable[[], dict[str, Any]]] = {
 
 
 def _make(dest: Path, name: str) -> Path:
-    from qwenprep.synth import make_shaped_checkpoint
+    from qwenprep.testing.synth import make_shaped_checkpoint
 
     return make_shaped_checkpoint(dest / name, config=RELEASES[name](), shards=12)
 
@@ -72,8 +72,8 @@ def _edit_headers(ckpt: Path, edit: Callable[[str, Entries], bool]) -> None:
     """Rewrite the header of each shard EDIT changes (EDIT(shard, entries) -> changed; entries
     maps a tensor name to {"dtype", "shape"}), data areas sparse again, and keep
     model.safetensors.index.json in step (its weight_map and total_size)."""
-    from qwenprep.layouts import TensorSpec
-    from qwenprep.synth import INDEX_NAME, safetensors_header
+    from qwenprep.model.layouts import TensorSpec
+    from qwenprep.testing.synth import INDEX_NAME, safetensors_header
 
     index = json.loads((ckpt / INDEX_NAME).read_text())
     total = 0
@@ -111,8 +111,8 @@ def test_layouts_are_the_releases(tmp_path: Path) -> None:
     counts mlx-lm PR 1224 met loading it); Qwen3-Next-FP8's modules_to_not_convert as a dump
     of the release's config lists it (407 modules, in that order); each dtype and scale
     shape; make_shaped_checkpoint(fp8=True) gives a hybrid config its own family's list."""
-    from qwenprep.layouts import qwen3_5_tensors, qwen3_next_tensors
-    from qwenprep.synth import make_shaped_checkpoint, qwen3_next_80b_config, shaped_tensors
+    from qwenprep.model.layouts import qwen3_5_tensors, qwen3_next_tensors
+    from qwenprep.testing.synth import make_shaped_checkpoint, qwen3_next_80b_config, shaped_tensors
 
     q35 = {s.name: s for s in qwen3_5_tensors(_q35_config())}
     lm = [n for n in q35 if n.startswith("model.language_model.")]

@@ -18,10 +18,10 @@ import pytest
 from click.testing import Result
 
 from conftest import QWENPREP_BIN, TINY_FP8
-from qwenprep.integrity import verify_checkpoint
-from qwenprep.integrity_scan import unsafe_name
-from qwenprep.integrity_tensors import header_checks
-from qwenprep.synth import make_shaped_checkpoint, tiny_fp8_config
+from qwenprep.checks.integrity import verify_checkpoint
+from qwenprep.checks.scan import unsafe_name
+from qwenprep.checks.tensors import header_checks
+from qwenprep.testing.synth import make_shaped_checkpoint, tiny_fp8_config
 
 INDEX = "model.safetensors.index.json"
 S1 = "model-00001-of-00002.safetensors"
@@ -628,13 +628,15 @@ def test_console_script_text_output(tiny: Path) -> None:
     )
 
 
-NO_ENGINE_MODULE = importlib.util.find_spec("qwenprep.engine") is None
+NO_ENGINE_MODULE = importlib.util.find_spec("qwenprep.engines.vllm.engine") is None
 # the interpreter with vLLM: ./dev installs it into the test venv itself (this one)
 VLLM_PY = Path(os.environ.get("QWENPREP_VLLM_PYTHON") or sys.executable)
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None or "QWENPREP_VLLM_PYTHON" in os.environ
 
 
-@pytest.mark.skipif(NO_ENGINE_MODULE, reason="qwenprep.engine not in this checkout yet")
+@pytest.mark.skipif(
+    NO_ENGINE_MODULE, reason="qwenprep.engines.vllm.engine not in this checkout yet"
+)
 def test_engine_flag_without_vllm_is_one_skip(tiny: Path, cli: Callable[..., Result]) -> None:
     import sys
 
@@ -652,7 +654,9 @@ def test_engine_flag_without_vllm_is_one_skip(tiny: Path, cli: Callable[..., Res
     assert [(c["id"], c["status"]) for c in engine] == [("engine.readback", "skip")]
 
 
-@pytest.mark.skipif(NO_ENGINE_MODULE, reason="qwenprep.engine not in this checkout yet")
+@pytest.mark.skipif(
+    NO_ENGINE_MODULE, reason="qwenprep.engines.vllm.engine not in this checkout yet"
+)
 def test_engine_flag_with_a_missing_interpreter_exits_3(
     tiny: Path, cli: Callable[..., Result]
 ) -> None:
@@ -677,7 +681,7 @@ def test_downloaded_checkpoint_without_weights_fails(tmp_path: Path) -> None:
     """An HF cache snapshot (or a fetched dir) with no shards is an incomplete download."""
     import shutil as _sh
 
-    from qwenprep.integrity import verify_checkpoint as _verify
+    from qwenprep.checks.integrity import verify_checkpoint as _verify
 
     snap = tmp_path / "hub" / "models--Qwen--Partial" / "snapshots" / ("c" * 40)
     snap.mkdir(parents=True)

@@ -10,7 +10,7 @@ import pytest
 from click.testing import Result
 
 from conftest import TINY, TINY_FP8
-from qwenprep.schemas import validator
+from qwenprep.util.schemas import validator
 
 CliFn = Callable[..., Result]
 

@@ -1,4 +1,5 @@
-"""vLLM 0.34's extensible KV cache in qwenprep's rules (qwenprep.kv_extensible): the budget as
+"""vLLM 0.34's extensible KV cache in qwenprep's rules (qwenprep.engines.vllm.kv_extensible): the
+budget as
 vLLM 0.34.0 computes it after warmup (vllm/v1/worker/extensible_kv_cache.py,
 measure_kv_cache_bytes), plan for 0.34 beside 0.33, check's warning for a utilisation that caps
 the cache, and the flags 0.34 deprecated. No engine needed."""
@@ -11,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY, invoke
-from qwenprep.capacity import make_plan, vllm_rule
-from qwenprep.engines.vllm_core import NEWEST_KNOWN
-from qwenprep.engines.vllm_launch import flag_warnings, option_value
-from qwenprep.kv_extensible import extensible_budget
-from qwenprep.sizes import GiB, format_gib
+from qwenprep.engines.vllm.core import NEWEST_KNOWN
+from qwenprep.engines.vllm.kv_extensible import extensible_budget
+from qwenprep.engines.vllm.launch import flag_warnings, option_value
+from qwenprep.planning.capacity import make_plan, vllm_rule
+from qwenprep.util.sizes import GiB, format_gib
 
 
 def test_budget_is_vllms_measure_kv_cache_bytes() -> None:
@@ -50,7 +51,7 @@ def test_the_newest_known_version_is_034() -> None:
 
 @pytest.fixture(scope="module")
 def big(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from qwenprep.synth import make_shaped_checkpoint
+    from qwenprep.testing.synth import make_shaped_checkpoint
 
     return make_shaped_checkpoint(tmp_path_factory.mktemp("q480") / "Qwen3-Coder-480B-FP8")
 
@@ -59,7 +60,7 @@ def test_plan_034_for_the_480b_on_8x_h200(big: Path) -> None:
     kw = dict(context="1m", gpus=8, gpu="H200")
     p33 = make_plan(str(big), vllm_version="0.33", **kw)  # type: ignore[arg-type]
     p34 = make_plan(str(big), vllm_version="0.34", **kw)  # type: ignore[arg-type]
-    # 0.33 unchanged; H200 = 150,754,820,096 bytes as its driver reports (qwenprep.catalog)
+    # 0.33 unchanged; H200 = 150,754,820,096 bytes as its driver reports (qwenprep.planning.catalog)
     assert format_gib(p33.kv.available_bytes) == "60.89 GiB"
     assert p33.extensible is None
     ext = p34.extensible
@@ -157,9 +158,9 @@ def test_check_warns_for_a_capping_utilization_offline(tmp_path: Path) -> None:
 def test_out_of_kv_memory_hint_by_version(tmp_path: Path, version: str, advice: str) -> None:
     """vLLM 0.34 defaults to utilisation 1.0: telling its user to set 0.95 would take memory
     away (vllm/config/cache.py, CacheConfig.resolved_gpu_memory_utilization)."""
-    from qwenprep.engine import build_launch_plan
-    from qwenprep.engines.vllm_core import EngineInfo, capabilities_for, parse_version
-    from qwenprep.engines.vllm_server import explain
+    from qwenprep.engines.vllm.core import EngineInfo, capabilities_for, parse_version
+    from qwenprep.engines.vllm.engine import build_launch_plan
+    from qwenprep.engines.vllm.server import explain
 
     ov = tmp_path / "ov"
     assert invoke("patch", str(TINY), "--context", "1m", "--out", str(ov)).exit_code == 0

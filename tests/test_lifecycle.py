@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from conftest import QWENPREP_BIN, TINY
-from qwenprep.hashing import git_blob_sha1_of
-from qwenprep.schemas import validator
+from qwenprep.util.hashing import git_blob_sha1_of
+from qwenprep.util.schemas import validator
 
 HF = Path(sys.executable).parent / "hf"
 OLD, NEW = "1" * 40, "2" * 40

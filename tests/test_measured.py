@@ -17,11 +17,11 @@ import pytest
 from sse_stub import answering
 
 from conftest import REPO, TINY, invoke
-from qwenprep import engine as eng
-from qwenprep import measured
 from qwenprep.cli.serving import _run_proofs
-from qwenprep.engines import vllm_core
 from qwenprep.engines.proof import proof_request, run_proof
+from qwenprep.engines.vllm import core as vllm_core
+from qwenprep.engines.vllm import engine as eng
+from qwenprep.planning import measured
 
 PLAN_SCHEMA = json.loads((REPO / "schemas" / "plan.schema.json").read_text())
 READY_SCHEMA = json.loads((REPO / "schemas" / "serve-plan.schema.json").read_text())

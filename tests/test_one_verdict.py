@@ -17,9 +17,10 @@ import pytest
 import yaml
 
 from conftest import QWENPREP_BIN, TINY, invoke
-from qwenprep import engine as eng
-from qwenprep import gate, gate_offline
-from qwenprep.engines import deploy, vllm_core
+from qwenprep.engines.vllm import core as vllm_core
+from qwenprep.engines.vllm import deploy, gate
+from qwenprep.engines.vllm import engine as eng
+from qwenprep.engines.vllm import offline as gate_offline
 from qwenprep.errors import QwenprepError
 from qwenprep.request import ServeRequest
 
@@ -331,7 +332,7 @@ def test_emit_config_keeps_what_was_judged(tmp_path: Path) -> None:
 @pytest.mark.engine
 @needs_vllm
 def test_emitted_yaml_reads_back_through_vllms_parser_as_the_judged_argv(tmp_path: Path) -> None:
-    from qwenprep.engines.vllm_core import _run_probe
+    from qwenprep.engines.vllm.core import run_probe
 
     ov = _overlay(tmp_path)
     user = tmp_path / "user.yaml"
@@ -357,7 +358,7 @@ def test_emitted_yaml_reads_back_through_vllms_parser_as_the_judged_argv(tmp_pat
     model = str(ov.resolve())
     judged = out["argv"][out["argv"].index("serve") + 2 :]
     emitted = out["config"]["argv"][out["config"]["argv"].index("serve") + 2 :]
-    got = _run_probe(
+    got = run_probe(
         VLLM_PY,
         ["parse-args", json.dumps([["--model", model, *judged], ["--model", model, *emitted]])],
         timeout=600,

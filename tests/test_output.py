@@ -195,8 +195,8 @@ def test_plan_json_is_the_same_on_a_terminal_and_a_pipe() -> None:
 
 def test_plan_summary_parts_are_data() -> None:
     """The core returns rows; only qwenprep/cli draws them (summary() joins them plainly)."""
-    from qwenprep.capacity import make_plan
-    from qwenprep.timing import CONTEXT_COLUMNS
+    from qwenprep.planning.capacity import make_plan
+    from qwenprep.planning.timing import CONTEXT_COLUMNS
 
     p = make_plan(str(TINY), context="1m", kv_memory="2GiB", tp=1, vllm_version="0.32", gpu="H200")
     rows, table, lines = p.summary_parts()
@@ -268,7 +268,7 @@ def test_status_text_names_engine_interpreter_and_question() -> None:
 
 
 def _vllm() -> bool:
-    from qwenprep.engines.vllm_core import discover
+    from qwenprep.engines.vllm.core import discover
 
     info = discover(None)
     return info is not None and info.importable

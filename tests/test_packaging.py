@@ -63,7 +63,7 @@ def test_installed_wheel_loads_its_schemas(wheel: Path, tmp_path: Path) -> None:
         capture_output=True,
     )
     code = (
-        "import json, qwenprep.schemas as s, qwenprep.demo as d; "
+        "import json, qwenprep.util.schemas as s, qwenprep.ops.demo as d; "
         "print(json.dumps([str(s.schema_dir()), sorted(p.name for p in "
         "s.schema_dir().glob('*.json')), str(d.embedded_checkpoint()), "
         "s.load_schema('manifest')['title']]))"

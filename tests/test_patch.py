@@ -16,10 +16,10 @@ import pytest
 from click.testing import Result
 
 from conftest import QWENPREP_BIN, many_files, timed_run, tree_state
-from qwenprep.jsonio import dump_config
-from qwenprep.manifest import read_manifest
-from qwenprep.overlay_state import overlay_checks
-from qwenprep.schemas import validator
+from qwenprep.checks.overlay import overlay_checks
+from qwenprep.model.manifest import read_manifest
+from qwenprep.util.jsonio import dump_config
+from qwenprep.util.schemas import validator
 
 CliFn = Callable[..., Result]
 
@@ -387,7 +387,7 @@ def test_kill_9_leaves_old_or_new(qwen_src: Path, tmp_path: Path) -> None:
 
 
 def test_real_480b_shaped_checkpoint(cli: CliFn, tmp_path: Path) -> None:
-    from qwenprep.synth import make_shaped_checkpoint
+    from qwenprep.testing.synth import make_shaped_checkpoint
 
     src = make_shaped_checkpoint(tmp_path / "Qwen3-Coder-480B-A35B-Instruct-FP8", shards=50)
     apparent = sum(p.stat().st_size for p in src.glob("*.safetensors"))

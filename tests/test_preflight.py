@@ -13,16 +13,16 @@ from typing import Any
 import pytest
 
 from conftest import QWENPREP_BIN, TINY, invoke, run_capped
-from qwenprep.kvrules import ModelShape
-from qwenprep.parallel import parallel_checks
-from qwenprep.preflight import CheckOptions, run_checks
-from qwenprep.shapes import shape_from_dir
+from qwenprep.checks.preflight import CheckOptions, run_checks
+from qwenprep.engines.parallel import parallel_checks
+from qwenprep.engines.vllm.kv import ModelShape
+from qwenprep.model.shapes import shape_from_dir
 
 
 def validate(obj: dict[str, Any]) -> None:
     from jsonschema import Draft202012Validator
 
-    from qwenprep.schemas import load_schema
+    from qwenprep.util.schemas import load_schema
 
     errors = list(Draft202012Validator(load_schema("check-report")).iter_errors(obj))
     assert errors == [], [f"{list(e.absolute_path)}: {e.message}" for e in errors]
@@ -43,7 +43,7 @@ def check_json(path: str, *args: str, engine: bool = False) -> tuple[int, dict[s
 
 @pytest.fixture(scope="module")
 def big(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from qwenprep.synth import make_shaped_checkpoint
+    from qwenprep.testing.synth import make_shaped_checkpoint
 
     return make_shaped_checkpoint(tmp_path_factory.mktemp("q480") / "Qwen3-Coder-480B-FP8")
 
@@ -270,7 +270,7 @@ def test_readme_deploy_line_fails_only_on_kv_on_8x80_gib(overlay_1m: Path) -> No
 
 
 def test_serve_and_check_agree_on_the_layout(overlay_1m: Path) -> None:
-    from qwenprep.engine import build_launch_plan
+    from qwenprep.engines.vllm.engine import build_launch_plan
 
     argv = build_launch_plan(overlay_1m, engine=None).argv
     code, out = check_json(str(overlay_1m), "--kv-memory", "61.31GiB")
@@ -309,12 +309,12 @@ def test_dp_comes_from_the_inventory_in_both_blocks(
 def test_fallback_layout_is_plans_rule(tiny_src: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without the engine's model profile, TP = the GPU count (as qwenprep plan) and EP on for
     MoE."""
-    import qwenprep.engines.vllm_launch
-    import qwenprep.preflight
+    import qwenprep.checks.preflight
+    import qwenprep.engines.vllm.launch
 
-    monkeypatch.delattr(qwenprep.engines.vllm_launch, "model_profile")
+    monkeypatch.delattr(qwenprep.engines.vllm.launch, "model_profile")
     # the serve gate needs the profile to build serve's argv; this test is about the layout
-    monkeypatch.setattr(qwenprep.preflight, "_gate_checks", lambda *a: [])
+    monkeypatch.setattr(qwenprep.checks.preflight, "_gate_checks", lambda *a: [])
     code, out = check_json(str(tiny_src), "--gpus", "4", "--gpu-memory", "80GiB")
     assert out["parallel"] == {
         "tp": 4,
@@ -449,10 +449,10 @@ def test_flags_the_installed_vllm_would_reject(tiny_src: Path) -> None:
 )
 def test_flag_verdicts_come_from_the_engine_capabilities(version: str) -> None:
     """One table: check's flag verdicts are what vllm_core.capabilities_for says per version."""
-    import qwenprep.preflight as pf
-    from qwenprep.capacity import vllm_rule
-    from qwenprep.engines import vllm_core
-    from qwenprep.preflight_checks import flag_checks
+    import qwenprep.checks.preflight as pf
+    from qwenprep.checks.preflight_items import flag_checks
+    from qwenprep.engines.vllm import core as vllm_core
+    from qwenprep.planning.capacity import vllm_rule
 
     assert not hasattr(pf, "FLAG_VERSIONS")  # the old duplicate table is gone
     caps = vllm_core.capabilities_for(vllm_core.parse_version(version)).to_dict()

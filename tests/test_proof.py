@@ -19,11 +19,11 @@ import pytest
 from sse_stub import answering as _answering
 
 from conftest import QWENPREP_BIN, REPO, TINY, invoke
-from qwenprep.demo import SMALL_NATIVE, small_native_variant
 from qwenprep.engines import proof as pf
-from qwenprep.engines import vllm_core
-from qwenprep.engines import vllm_server as srv
+from qwenprep.engines.vllm import core as vllm_core
+from qwenprep.engines.vllm import server as srv
 from qwenprep.errors import UsageError
+from qwenprep.ops.demo import SMALL_NATIVE, small_native_variant
 
 VLLM_PY = os.environ.get("QWENPREP_VLLM_PYTHON") or sys.executable
 INFO = vllm_core.discover(VLLM_PY)

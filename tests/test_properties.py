@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qwenprep.contexts import ContextRequest, patch_config
-from qwenprep.validation import invariant_checks, schema_problems
+from qwenprep.checks.validate import invariant_checks, schema_problems
+from qwenprep.model.contexts import ContextRequest, patch_config
 
 pow2 = st.sampled_from([4096, 8192, 32768, 40960, 65536, 131072, 262144])
 names = st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12)

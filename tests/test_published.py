@@ -1,5 +1,6 @@
 """docs/time.md "Published errors": the table of public long-context prefill measurements is
-recomputed from the shipped catalog and time model (qwenprep.published) and must equal the doc;
+recomputed from the shipped catalog and time model (qwenprep.planning.published) and must equal the
+doc;
 each row lies inside its band or the doc says why not."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from qwenprep.published import ROWS, table_lines
+from qwenprep.planning.published import ROWS, table_lines
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "time.md"
 

@@ -46,8 +46,8 @@ def _checks(out: str) -> dict[str, dict[str, Any]]:
 @pytest.fixture(scope="module")
 def release35(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A sparse checkpoint shaped like Qwen/Qwen3.5-35B-A3B (real headers, no data)."""
-    from qwenprep.families.qwen3_5 import qwen3_5_35b_a3b_config
-    from qwenprep.synth import make_shaped_checkpoint
+    from qwenprep.model.families.qwen3_5 import qwen3_5_35b_a3b_config
+    from qwenprep.testing.synth import make_shaped_checkpoint
 
     return make_shaped_checkpoint(
         tmp_path_factory.mktemp("q35") / "Qwen3.5-35B-A3B",
@@ -68,7 +68,7 @@ def tiny(tmp_path: Path) -> Path:
 
 
 def test_tiny_checkpoint_is_the_generators_output_and_ships(tmp_path: Path) -> None:
-    from qwenprep.synth import write_tiny_qwen3_5_moe
+    from qwenprep.testing.synth import write_tiny_qwen3_5_moe
 
     fresh = write_tiny_qwen3_5_moe(tmp_path / "fresh")
     names = sorted(p.name for p in TINY35.iterdir())
@@ -84,9 +84,9 @@ def test_tensor_layout_is_the_releases(release35: Path) -> None:
     """Names and shapes as the real 35B-A3B release and vLLM 0.32's qwen3_5.py loader have them:
     language model under model.language_model., the four Gated DeltaNet projections, stacked
     experts [E, 2I, H] / [E, H, I], shared expert, MTP under mtp., vision tower model.visual."""
-    from qwenprep.families.qwen3_5 import qwen3_5_35b_a3b_config
-    from qwenprep.layouts import qwen3_5_tensors
-    from qwenprep.safetensors_io import read_raw_header
+    from qwenprep.model.families.qwen3_5 import qwen3_5_35b_a3b_config
+    from qwenprep.model.layouts import qwen3_5_tensors
+    from qwenprep.util.safetensors_io import read_raw_header
 
     specs = {s.name: s.shape for s in qwen3_5_tensors(qwen3_5_35b_a3b_config())}
     p = "model.language_model.layers"
@@ -336,9 +336,9 @@ def test_unknown_vision_language_family_is_refused_by_name(tiny: Path, tmp_path:
 def test_families_and_profiles(tiny: Path) -> None:
     """Both text model types map to the family; a text-only checkpoint (flat, qwen3_5_moe_text)
     is served without --language-model-only; the dense family has its own entry."""
-    from qwenprep.engines.vllm_launch import model_profile
-    from qwenprep.families import lookup
-    from qwenprep.model import ModelView
+    from qwenprep.engines.vllm.launch import model_profile
+    from qwenprep.model.families import lookup
+    from qwenprep.model.view import ModelView
 
     assert lookup("qwen3_5_moe_text") is lookup("qwen3_5_moe") is not None
     assert lookup("qwen3_5_text") is lookup("qwen3_5") is not None
@@ -390,9 +390,9 @@ def test_gate_through_vllm_on_nested_overrides(tiny: Path, tmp_path: Path) -> No
     pytest.importorskip("vllm")
     ov = tmp_path / "ov"
     assert _run("patch", str(tiny), "-c", "1m", "-o", str(ov)).returncode == 0
-    from qwenprep.engine import build_launch_plan
-    from qwenprep.engines.vllm_core import discover
-    from qwenprep.gate import probe_plans
+    from qwenprep.engines.vllm.core import discover
+    from qwenprep.engines.vllm.engine import build_launch_plan
+    from qwenprep.engines.vllm.gate import probe_plans
 
     partial = ("--hf-overrides", json.dumps({"text_config": {"rope_parameters": YARN}}))
     wrong = (
@@ -445,10 +445,10 @@ def test_text_only_and_dense_configs_patch_in_their_own_place() -> None:
     """A text-only checkpoint (qwen3_5_moe_text at the top level) is patched at the top level;
     a dense Qwen3.5 (qwen3_5 / qwen3_5_text, intermediate_size instead of experts) under
     text_config; both keep every rope key and validate."""
-    from qwenprep.contexts import parse_context, patch_config
-    from qwenprep.families.qwen3_5 import tiny_qwen3_5_moe_config
-    from qwenprep.layouts import qwen3_5_tensors
-    from qwenprep.validation import invariant_checks, schema_problems
+    from qwenprep.checks.validate import invariant_checks, schema_problems
+    from qwenprep.model.contexts import parse_context, patch_config
+    from qwenprep.model.families.qwen3_5 import tiny_qwen3_5_moe_config
+    from qwenprep.model.layouts import qwen3_5_tensors
 
     vl = tiny_qwen3_5_moe_config()
     flat = dict(vl["text_config"], architectures=["Qwen3_5MoeForCausalLM"])

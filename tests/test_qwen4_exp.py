@@ -20,7 +20,7 @@ YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 
 
 
 def _config_dir(path: Path, *, nested: bool, **text: Any) -> Path:
-    from qwenprep.families.qwen4_exp import tiny_qwen4_exp_config
+    from qwenprep.model.families.qwen4_exp import tiny_qwen4_exp_config
 
     cfg = tiny_qwen4_exp_config(nested=nested)
     (cfg["text_config"] if nested else cfg).update(text)
@@ -158,8 +158,8 @@ def test_plan_counts_indexed_layers_and_the_indexers_keys(tmp_path: Path) -> Non
 def test_plan_and_check_refuse_dcp_for_the_indexer(tmp_path: Path) -> None:
     """vLLM 0.32-0.34 Qwen4ExpQSAAttention.__init__: "Qwen4Exp QSA does not support context
     parallelism"; without indexer_* keys the GQA rule alone decides."""
-    from qwenprep.dcp import dcp_check
-    from qwenprep.kvrules import ModelShape
+    from qwenprep.engines.vllm.dcp import dcp_check
+    from qwenprep.engines.vllm.kv import ModelShape
 
     src = _config_dir(tmp_path / "src", nested=True)
     r = invoke("plan", str(src), "--kv-memory", "2GiB", "--tp", "2", "--dcp", "2")
@@ -180,7 +180,7 @@ TINY4 = REPO / "examples" / "tiny-qwen3.8-flash-next"
 
 
 def test_tiny_checkpoint_is_the_generators_output_and_ships(tmp_path: Path) -> None:
-    from qwenprep.synth import write_tiny_qwen4_exp
+    from qwenprep.testing.synth import write_tiny_qwen4_exp
 
     fresh = write_tiny_qwen4_exp(tmp_path / "fresh")
     names = sorted(p.name for p in TINY4.iterdir())
@@ -209,8 +209,8 @@ def test_layout_is_transformers_own(update: dict[str, Any]) -> None:
     modeling = pytest.importorskip("transformers.models.qwen4_exp.modeling_qwen4_exp")
     from transformers.models.qwen4_exp.configuration_qwen4_exp import Qwen4ExpTextConfig
 
-    from qwenprep.families.qwen4_exp import tiny_qwen4_exp_config
-    from qwenprep.layouts_qwen4 import qwen4_exp_tensors
+    from qwenprep.model.families.qwen4_exp import tiny_qwen4_exp_config
+    from qwenprep.model.layouts_qwen4 import qwen4_exp_tensors
 
     cfg = dict(tiny_qwen4_exp_config(nested=False), **update)
     specs = list(qwen4_exp_tensors(cfg))
@@ -226,7 +226,7 @@ def test_layout_is_transformers_own(update: dict[str, Any]) -> None:
 
 
 def test_verify_and_profiles(tmp_path: Path) -> None:
-    from qwenprep.engines.vllm_launch import model_profile
+    from qwenprep.engines.vllm.launch import model_profile
 
     r = invoke("verify", str(TINY4), "--json")
     assert r.exit_code == 0, r.output
@@ -234,7 +234,7 @@ def test_verify_and_profiles(tmp_path: Path) -> None:
     assert c["tensors.names"]["status"] == "pass", c["tensors.names"]
     flat = json.loads((TINY4 / "config.json").read_text())
     assert "--language-model-only" not in model_profile(TINY4, flat, None).flags
-    from qwenprep.families.qwen4_exp import tiny_qwen4_exp_config
+    from qwenprep.model.families.qwen4_exp import tiny_qwen4_exp_config
 
     assert "--language-model-only" in model_profile(TINY4, tiny_qwen4_exp_config(), None).flags
 

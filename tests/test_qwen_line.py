@@ -32,7 +32,7 @@ def _json(r: Result) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def next_80b(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A release-shaped Qwen3-Next-80B-A3B checkpoint (sparse: real headers, no data)."""
-    from qwenprep.synth import make_shaped_checkpoint, qwen3_next_80b_config
+    from qwenprep.testing.synth import make_shaped_checkpoint, qwen3_next_80b_config
 
     return make_shaped_checkpoint(
         tmp_path_factory.mktemp("n80") / "Qwen3-Coder-Next",
@@ -44,7 +44,7 @@ def next_80b(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def qwen25_1m(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from qwenprep.synth import make_shaped_checkpoint, qwen25_7b_instruct_1m_config
+    from qwenprep.testing.synth import make_shaped_checkpoint, qwen25_7b_instruct_1m_config
 
     return make_shaped_checkpoint(
         tmp_path_factory.mktemp("q25") / "Qwen2.5-7B-Instruct-1M",
@@ -114,7 +114,7 @@ def test_qwen3_next_80b_plan_numbers(cli: CliFn, next_80b: Path) -> None:
     assert h["block_size"] == 544 and p["block_size"] == 544
     assert h["page_bytes"] == 544 * 2048
     assert [g["layers"] for g in h["groups"]] == [12, 12, 12, 12]
-    from qwenprep.schemas import validator
+    from qwenprep.util.schemas import validator
 
     assert not list(validator("plan").iter_errors(p))
     r = cli("plan", str(next_80b), "--kv-memory", "60GiB", "--vllm-version", "0.30")
@@ -331,9 +331,9 @@ def test_dca_overlay_for_vllm_010_and_its_launch(cli: CliFn, tmp_path: Path) -> 
     """A 2507-shaped release (config_1m.json + sparse_attention_config.json beside it): for
     vLLM 0.10 the 1M overlay's config.json is config_1m.json, the sparse config linked; the
     launch has the V0 engine's environment and flags; vLLM 0.32 refuses it."""
-    from qwenprep.engine import build_launch_plan
-    from qwenprep.engines.vllm_core import EngineInfo, capabilities_for
-    from qwenprep.synth import make_shaped_checkpoint, tiny_fp8_config
+    from qwenprep.engines.vllm.core import EngineInfo, capabilities_for
+    from qwenprep.engines.vllm.engine import build_launch_plan
+    from qwenprep.testing.synth import make_shaped_checkpoint, tiny_fp8_config
 
     cfg = tiny_fp8_config()
     cfg.pop("quantization_config")
@@ -389,7 +389,7 @@ def test_dca_overlay_for_vllm_010_and_its_launch(cli: CliFn, tmp_path: Path) -> 
 
 
 def test_qwen2_dense_plans_without_head_dim(cli: CliFn, tmp_path: Path) -> None:
-    from qwenprep.synth import make_shaped_checkpoint, qwen25_7b_instruct_1m_config
+    from qwenprep.testing.synth import make_shaped_checkpoint, qwen25_7b_instruct_1m_config
 
     cfg = qwen25_7b_instruct_1m_config()
     cfg.pop("dual_chunk_attention_config")

@@ -24,18 +24,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import TINY, TINY_FP8
+from qwenprep.checks.scan import header_problems
+from qwenprep.checks.tensors import _tokens, _under
 from qwenprep.errors import InputError
-from qwenprep.integrity_scan import header_problems
-from qwenprep.integrity_tensors import _tokens, _under
-from qwenprep.layouts import module_in
-from qwenprep.safetensors_io import (
+from qwenprep.model.layouts import module_in
+from qwenprep.testing.synth import make_shaped_checkpoint, tiny_fp8_config
+from qwenprep.util.safetensors_io import (
     SafetensorsHeader,
     load_header,
     sane_entries,
     typed_tensors,
 )
-from qwenprep.schemas import is_valid_fast, load_schema, validator
-from qwenprep.synth import make_shaped_checkpoint, tiny_fp8_config
+from qwenprep.util.schemas import is_valid_fast, load_schema, validator
 
 SETTINGS = settings(
     max_examples=300,
@@ -57,10 +57,10 @@ def hook(event, args):
             counts[os.path.relpath(p, root)] += 1
 sys.addaudithook(hook)
 if sys.argv[1] == "verify":
-    from qwenprep.integrity import verify_checkpoint
+    from qwenprep.checks.integrity import verify_checkpoint
     ok = verify_checkpoint(Path(sys.argv[2])).ok
 else:
-    from qwenprep.preflight import check_options, run_checks
+    from qwenprep.checks.preflight import check_options, run_checks
     ok = run_checks(Path(sys.argv[2]), check_options(engine=False)).ok
 print(__import__("json").dumps({"ok": ok, "opens": counts}))
 """
@@ -249,7 +249,7 @@ _MUTANT: Any = st.one_of(
 def test_is_valid_fast_agrees_with_jsonschema(data: Any) -> None:
     from jsonschema import Draft202012Validator, validators
 
-    from qwenprep.schemas import _strict_integer
+    from qwenprep.util.schemas import _strict_integer
 
     cfg = dict(data.draw(st.sampled_from(_configs())))
     for _ in range(data.draw(st.integers(min_value=0, max_value=3))):

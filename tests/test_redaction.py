@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from conftest import QWENPREP_BIN, TINY, invoke
-from qwenprep.engines import vllm_core
-from qwenprep.redact import MASK, argv_secrets, redact, redact_argv, redact_obj
+from qwenprep.engines.vllm import core as vllm_core
+from qwenprep.util.redact import MASK, argv_secrets, redact, redact_argv, redact_obj
 
 VLLM_PY = os.environ.get("QWENPREP_VLLM_PYTHON") or sys.executable
 INFO = vllm_core.discover(VLLM_PY)
@@ -167,7 +167,7 @@ def test_check_and_serve_plans_never_print_the_engines_credentials(
             ["check", str(ov), *kv, "--json", "--", *ENGINE_ARGS],
             ["serve", str(ov), "--dry-run", "--", *ENGINE_ARGS],
             ["serve", str(ov), "--dry-run", "--json", "--", *ENGINE_ARGS],
-            # a --config file takes one value per option (qwenprep.engines.deploy)
+            # a --config file takes one value per option (qwenprep.engines.vllm.deploy)
             ["serve", str(ov), "--emit-config", str(tmp_path / "v.yaml"), "--", *ONE_EACH],
         ],
         env,

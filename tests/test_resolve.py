@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from hubserver import TINY_REPO, V1_TRANSFORMERS, Commit, tiny_hub
-from qwenprep.checkpoint import resolve_model
 from qwenprep.errors import InputError
-from qwenprep.hub import RepoSpec, hub_cache_dir, parse_repo_spec
+from qwenprep.model.checkpoint import resolve_model
+from qwenprep.model.hub import RepoSpec, hub_cache_dir, parse_repo_spec
 
 QWENPREP = Path(sys.executable).parent / "qwenprep"
 

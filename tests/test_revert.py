@@ -12,7 +12,7 @@ import pytest
 from click.testing import Result
 
 from conftest import tree_state
-from qwenprep.hashing import git_blob_sha1_of
+from qwenprep.util.hashing import git_blob_sha1_of
 
 CliFn = Callable[..., Result]
 COMMIT = "a" * 40
@@ -212,8 +212,8 @@ def test_kill_9_during_revert_leaves_old_or_nothing(qwen_src: Path, tmp_path: Pa
     import time
 
     from conftest import QWENPREP_BIN, many_files, timed_run
-    from qwenprep.manifest import read_manifest
-    from qwenprep.overlay_state import overlay_checks
+    from qwenprep.checks.overlay import overlay_checks
+    from qwenprep.model.manifest import read_manifest
 
     many_files(qwen_src)
     before = tree_state(qwen_src)

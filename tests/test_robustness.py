@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import TINY
+from qwenprep.engines.vllm.kv import ModelShape
 from qwenprep.errors import InputError
-from qwenprep.kvrules import ModelShape
 
 BASE: dict[str, Any] = json.loads((TINY / "config.json").read_text())
 
@@ -216,7 +216,7 @@ def test_the_reported_configs(tmp_path: Path, field: str, value: Any) -> None:
 
 @pytest.mark.parametrize("factor", ["4", True, [4], 1e308, 0, -2.0])
 def test_rope_arithmetic_runs_on_numbers_only(factor: Any) -> None:
-    from qwenprep.engines.vllm_core import capabilities_for, max_len_allowed
+    from qwenprep.engines.vllm.core import capabilities_for, max_len_allowed
 
     cfg = dict(
         BASE,
@@ -252,11 +252,11 @@ def test_rope_arithmetic_runs_on_numbers_only(factor: Any) -> None:
 def test_serve_refuses_what_check_refuses(
     tmp_path: Path, flag: str, version: str, why: str
 ) -> None:
-    from qwenprep.capacity import vllm_rule
-    from qwenprep.engine import build_launch_plan
-    from qwenprep.engines.vllm_core import EngineInfo, capabilities_for, parse_version
+    from qwenprep.checks.preflight_items import flag_checks
+    from qwenprep.engines.vllm.core import EngineInfo, capabilities_for, parse_version
+    from qwenprep.engines.vllm.engine import build_launch_plan
     from qwenprep.errors import UsageError
-    from qwenprep.preflight_checks import flag_checks
+    from qwenprep.planning.capacity import vllm_rule
 
     src = tmp_path / "tiny"
     shutil.copytree(TINY, src)
@@ -290,7 +290,7 @@ def test_serve_dry_run_refuses_a_flag_through_the_cli(tmp_path: Path) -> None:
 
 
 def test_hf_overrides_without_rope_theta_still_refused(tmp_path: Path) -> None:
-    from qwenprep.engine import build_launch_plan
+    from qwenprep.engines.vllm.engine import build_launch_plan
     from qwenprep.errors import UsageError
 
     src = tmp_path / "tiny"
@@ -307,8 +307,9 @@ def test_hf_overrides_without_rope_theta_still_refused(tmp_path: Path) -> None:
 
 
 def test_one_newest_known_version() -> None:
-    from qwenprep import capacity, engine
-    from qwenprep.engines import vllm_core
+    from qwenprep.engines.vllm import core as vllm_core
+    from qwenprep.engines.vllm import engine
+    from qwenprep.planning import capacity
 
     assert vllm_core.NEWEST_KNOWN == (0, 34, 0)
     assert not hasattr(engine, "ASSUMED_VERSION")
@@ -325,7 +326,8 @@ def test_engine_does_not_import_urllib_request() -> None:
     import sys
 
     code = (
-        "import sys, qwenprep.engine, qwenprep.integrity, qwenprep.preflight; "
+        "import sys, qwenprep.engines.vllm.engine, qwenprep.checks.integrity, "
+        "qwenprep.checks.preflight; "
         "print('urllib.request' in sys.modules)"
     )
     out = subprocess.run(
@@ -335,8 +337,8 @@ def test_engine_does_not_import_urllib_request() -> None:
 
 
 def test_plan_json_schema_version_is_the_report_one() -> None:
-    from qwenprep.capacity import PlanRequest, plan_capacity, vllm_rule
-    from qwenprep.report import SCHEMA_VERSION
+    from qwenprep.planning.capacity import PlanRequest, plan_capacity, vllm_rule
+    from qwenprep.util.report import SCHEMA_VERSION
 
     plan = plan_capacity(
         ModelShape.from_config(BASE), PlanRequest(context=4096, kv_memory=2**30), vllm_rule("0.32")
@@ -345,7 +347,7 @@ def test_plan_json_schema_version_is_the_report_one() -> None:
 
 
 def test_format_bytes() -> None:
-    from qwenprep.sizes import format_bytes
+    from qwenprep.util.sizes import format_bytes
 
     assert [format_bytes(n) for n in (0, 1023, 1024, 1536 * 1024, 3 * 2**30, 5 * 2**40)] == [
         "0 B",
@@ -360,7 +362,7 @@ def test_format_bytes() -> None:
 def test_a_composed_module_error_is_one_fail_check(tmp_path: Path) -> None:
     """check calls validation/integrity/engine directly; an error one raises (here: no such
     interpreter for the engine readback) is one fail check, and the other checks still run."""
-    from qwenprep.preflight import CheckOptions, run_checks
+    from qwenprep.checks.preflight import CheckOptions, run_checks
 
     src = tmp_path / "tiny"
     shutil.copytree(TINY, src)

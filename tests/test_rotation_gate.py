@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from conftest import EXAMPLES, TINY, invoke
-from qwenprep import engine as eng
-from qwenprep import gate
-from qwenprep.engines import vllm_core
-from qwenprep.rotation import reference
+from qwenprep.engines.rotation import reference
+from qwenprep.engines.vllm import core as vllm_core
+from qwenprep.engines.vllm import engine as eng
+from qwenprep.engines.vllm import gate
 
 VLLM_PY = os.environ.get("QWENPREP_VLLM_PYTHON") or sys.executable
 INFO = vllm_core.discover(VLLM_PY)
@@ -153,7 +153,7 @@ SOURCES = {
 
 @pytest.fixture(scope="module")
 def overlays(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from qwenprep.synth import make_shaped_checkpoint, qwen25_7b_instruct_1m_config
+    from qwenprep.testing.synth import make_shaped_checkpoint, qwen25_7b_instruct_1m_config
 
     root = tmp_path_factory.mktemp("rot")
     dca = make_shaped_checkpoint(
@@ -253,7 +253,7 @@ def test_first_principles_yarn_matches_the_published_numbers() -> None:
 def test_an_unbuildable_rotation_compares_the_derived_parameters() -> None:
     """Where the engine cannot build its rotary embedding (vLLM's DCA class needs CUDA), the
     parameters get_rope would take are compared, and the check says that is what it did."""
-    from qwenprep.rotation import judge
+    from qwenprep.engines.rotation import judge
 
     dca = {"rope_type": "default", "rotary_dim": 128, "head_size": 128, "rope_theta": 1e6}
     own = {
@@ -321,8 +321,8 @@ SG_CASES: dict[str, tuple[str, list[str], str | None]] = {
 @pytest.mark.sglang
 @pytest.mark.skipif(not Path(SG_PY).is_file(), reason=f"SGLang's interpreter {SG_PY} is absent")
 def test_sglang_judges_the_rotation_numerically(overlays: dict[str, Path]) -> None:
-    from qwenprep.engines import sglang
-    from qwenprep.engines.sglang_gate import gate_checks, probe_plans
+    from qwenprep.engines.sglang import core as sglang
+    from qwenprep.engines.sglang.gate import gate_checks, probe_plans
 
     info = sglang.discover(SG_PY)
     assert info is not None and info.importable

@@ -26,9 +26,9 @@ from test_fuzz_headers import OpenWatch
 
 from conftest import QWENPREP_BIN, TINY, invoke
 from hubserver import HubServer, hub_env
-from qwenprep import engine as eng
-from qwenprep.engines import vllm_core
-from qwenprep.overlay_state import overlay_checks
+from qwenprep.checks.overlay import overlay_checks
+from qwenprep.engines.vllm import core as vllm_core
+from qwenprep.engines.vllm import engine as eng
 
 VLLM_PY = os.environ.get("QWENPREP_VLLM_PYTHON") or sys.executable
 INFO = vllm_core.discover(VLLM_PY)

@@ -22,12 +22,12 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import QWENPREP_BIN, TINY, invoke
-from qwenprep import engine as eng
 from qwenprep.cli import cli
-from qwenprep.engines import vllm_core
-from qwenprep.engines import vllm_server as srv
 from qwenprep.engines.child import EngineStartFailed, cause_lines
-from qwenprep.engines.vllm_launch import LaunchPlan
+from qwenprep.engines.vllm import core as vllm_core
+from qwenprep.engines.vllm import engine as eng
+from qwenprep.engines.vllm import server as srv
+from qwenprep.engines.vllm.launch import LaunchPlan
 from qwenprep.errors import ChecksFailed, Interrupted
 
 VLLM_PY = os.environ.get("QWENPREP_VLLM_PYTHON") or sys.executable
@@ -414,7 +414,7 @@ def test_serve_with_kv_memory_too_small_for_the_length_says_so(tmp_path: Path) -
 
 # ---------------------------------------------------------------- GPUs on this node
 def _480b_overlay(tmp_path: Path) -> Path:
-    from qwenprep.synth import qwen3_coder_480b_fp8_config
+    from qwenprep.testing.synth import qwen3_coder_480b_fp8_config
 
     src = tmp_path / "Qwen3-Coder-480B-A35B-Instruct-FP8"
     src.mkdir()
@@ -470,7 +470,7 @@ def test_too_few_gpus_on_this_node_is_a_note(
 
 # ---------------------------------------------------------------- serve-plan.schema.json
 def _plan_validator() -> Any:
-    from qwenprep.schemas import validator
+    from qwenprep.util.schemas import validator
 
     return validator("serve-plan")
 

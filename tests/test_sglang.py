@@ -2,7 +2,7 @@
 
 SGLang lives in its own interpreter (REPO/.venv-sglang, made by ./dev setup; or
 $QWENPREP_SGLANG_PYTHON). Every argv the tests send through qwenprep is parsed by SGLang's own
-server-argument parser and read back through its ModelConfig in _sglang_probe.py. The probe
+server-argument parser and read back through its ModelConfig in sglang_probe.py. The probe
 (~8-10 s of imports) is paid once: the module fixture builds every plan the commands will
 build and asks SGLang about all of them in one batch (sglang_gate.probe_plans); the commands
 then find the answers by the same fingerprint.
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from conftest import REPO, TINY, invoke
-from qwenprep.sizes import GiB
+from qwenprep.util.sizes import GiB
 
 SG_PY = os.environ.get("QWENPREP_SGLANG_PYTHON") or str(REPO / ".venv-sglang" / "bin" / "python")
 HAVE = Path(SG_PY).is_file()
@@ -105,8 +105,8 @@ def _nested(dest: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from qwenprep.engines import sglang
-    from qwenprep.engines.sglang_gate import probe_plans
+    from qwenprep.engines.sglang import core as sglang
+    from qwenprep.engines.sglang.gate import probe_plans
 
     tmp = tmp_path_factory.mktemp("sglang")
     ov = tmp / "ov"
@@ -158,7 +158,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def _qwen2_and_dense(tmp: Path) -> tuple[Path, Path]:
     """128K overlays of a Qwen2.5-7B-shaped checkpoint (no head_dim key; native 32,768, DCA
     block dropped) and of a Qwen3-dense config: the two other families qwenprep knows."""
-    from qwenprep.synth import make_shaped_checkpoint, qwen25_7b_instruct_1m_config
+    from qwenprep.testing.synth import make_shaped_checkpoint, qwen25_7b_instruct_1m_config
 
     cfg = qwen25_7b_instruct_1m_config()
     cfg.pop("dual_chunk_attention_config")
@@ -287,8 +287,8 @@ def test_a_hybrid_qwen3_next_overlay_passes_the_sglang_gate(env: dict[str, Any])
 
 
 def test_argv_parsed_by_sglangs_own_parser(env: dict[str, Any]) -> None:
-    from qwenprep.engines import sglang
-    from qwenprep.engines.sglang_gate import _CACHE, _items, _key
+    from qwenprep.engines.sglang import core as sglang
+    from qwenprep.engines.sglang.gate import _CACHE, _items, _key
 
     plan = sglang.build_plan(env["ov"], engine=env["info"], for_check=True)
     answer = _CACHE[_key(plan, SG_PY, _items(plan))]["results"][0]
@@ -507,6 +507,6 @@ def test_sglang_ending_before_ready_is_exit_3(tmp_path: Path) -> None:
     err = json.loads(r.stdout)["error"]
     assert err["exit_code"] == 3 and err["engine_exit_code"] == 1
     assert "before it was ready" in err["message"]
-    from qwenprep.schemas import validator
+    from qwenprep.util.schemas import validator
 
     assert not list(validator("serve-plan").iter_errors(json.loads(r.stdout)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from qwenprep.errors import UsageError
-from qwenprep.sizes import GiB, format_gib, parse_size
+from qwenprep.util.sizes import GiB, format_gib, parse_size
 
 
 @pytest.mark.parametrize(

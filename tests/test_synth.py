@@ -8,8 +8,12 @@ import pytest
 from safetensors import safe_open
 
 from qwenprep.errors import ConflictError
-from qwenprep.layouts import qwen3_moe_tensors
-from qwenprep.synth import make_shaped_checkpoint, qwen3_coder_480b_fp8_config, tiny_fp8_config
+from qwenprep.model.layouts import qwen3_moe_tensors
+from qwenprep.testing.synth import (
+    make_shaped_checkpoint,
+    qwen3_coder_480b_fp8_config,
+    tiny_fp8_config,
+)
 
 REFERENCE = Path("/work/shared/reference/qwen3-coder-480b-a35b-instruct-fp8.config.json")
 

@@ -1,4 +1,5 @@
-"""Prefill and decode time estimates (qwenprep.timing, qwenprep.catalog, plan --gpu/--chart).
+"""Prefill and decode time estimates (qwenprep.planning.timing, qwenprep.planning.catalog, plan
+--gpu/--chart).
 
 Every expected number below is derived by hand from the model's shapes (written out in the
 comments), not copied from the code's output."""
@@ -15,11 +16,11 @@ from typing import Any
 import pytest
 
 from conftest import TINY, invoke
-from qwenprep.catalog import CATALOG, lookup
-from qwenprep.kvrules import ModelShape
-from qwenprep.layouts import qwen3_moe_tensors
-from qwenprep.shapes import shape_from_dir
-from qwenprep.timecost import (
+from qwenprep.engines.vllm.kv import ModelShape
+from qwenprep.model.layouts import qwen3_moe_tensors
+from qwenprep.model.shapes import shape_from_dir
+from qwenprep.planning.catalog import CATALOG, lookup
+from qwenprep.planning.timecost import (
     EFFICIENCY_BAND,
     Layout,
     attention_flops,
@@ -38,7 +39,7 @@ H100 = lookup("H100 SXM")
 def _validate(obj: dict[str, Any]) -> None:
     from jsonschema import Draft202012Validator
 
-    from qwenprep.schemas import load_schema
+    from qwenprep.util.schemas import load_schema
 
     errors = list(Draft202012Validator(load_schema("plan")).iter_errors(obj))
     assert errors == [], [e.message for e in errors]
@@ -53,7 +54,7 @@ def plan_json(*args: str) -> tuple[int, dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def big(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from qwenprep.synth import make_shaped_checkpoint
+    from qwenprep.testing.synth import make_shaped_checkpoint
 
     return make_shaped_checkpoint(tmp_path_factory.mktemp("t480") / "Qwen3-Coder-480B-FP8")
 
@@ -202,7 +203,8 @@ def test_480b_decode_floor_by_hand(shape480: ModelShape) -> None:
 # ------------------------------------------------------------------ hybrid layout
 
 
-# what a hybrid config must also say (qwenprep.hybrid sizes each linear-attention layer's state)
+# what a hybrid config must also say (qwenprep.engines.vllm.kv_hybrid sizes each linear-attention
+# layer's state)
 LINEAR = {
     "linear_num_key_heads": 4,
     "linear_num_value_heads": 8,
@@ -416,8 +418,8 @@ def test_no_gpu_model_leaves_times_null() -> None:
 
 
 def test_detected_gpus_are_looked_up_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    from qwenprep import gpus
-    from qwenprep.sizes import GiB
+    from qwenprep.planning import gpus
+    from qwenprep.util.sizes import GiB
 
     def fake(name: str) -> Any:
         def inventory(*, gpus: int | None = None, gpu_memory: int | None = None) -> Any:
@@ -490,7 +492,7 @@ def test_hybrid_context_table_uses_the_hybrid_arithmetic(tmp_path: Path) -> None
     """The time table's concurrency for a hybrid model (Qwen3-Next) comes from the same
     arithmetic as the plan's own number: each request also holds its linear-attention state, so
     the row at the plan's context says exactly what the plan says (not the per-token-only 2.5)."""
-    from qwenprep.synth import make_shaped_checkpoint, qwen3_next_80b_config
+    from qwenprep.testing.synth import make_shaped_checkpoint, qwen3_next_80b_config
 
     ckpt = make_shaped_checkpoint(
         tmp_path / "Qwen3-Coder-Next", config=qwen3_next_80b_config(), fp8=False, shards=8

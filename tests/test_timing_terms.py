@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from conftest import invoke
-from qwenprep.catalog import CATALOG, lookup
-from qwenprep.kvrules import ModelShape
-from qwenprep.timecost import (
+from qwenprep.engines.vllm.kv import ModelShape
+from qwenprep.planning.catalog import CATALOG, lookup
+from qwenprep.planning.timecost import (
     FIXED_REQUEST_SECONDS,
     Layout,
     model_cost,
@@ -24,7 +24,7 @@ H20 = lookup("H20")
 H200 = lookup("H200")
 
 # a dense Qwen3 of round numbers: 8 layers, hidden 4096, 32 heads of 128, MLP 12288, no lm_head
-# tie; params from config arithmetic (qwenprep.timecost.params_from_config)
+# tie; params from config arithmetic (qwenprep.planning.timecost.params_from_config)
 DENSE = {
     "model_type": "qwen3",
     "num_hidden_layers": 8,
@@ -183,7 +183,7 @@ def test_plan_json_names_the_terms(tmp_path: Path) -> None:
 
 
 def test_decode_band_by_hand() -> None:
-    from qwenprep.timecost import DECODE_HBM_FRACTION, decode
+    from qwenprep.planning.timecost import DECODE_HBM_FRACTION, decode
 
     cost = model_cost(ModelShape.from_config(DENSE))
     n, kv = 65536, 16384  # KV bytes per token per GPU (given)

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import pytest
 from click.testing import Result
 
-from qwenprep.schemas import load_schema, schema_dir
+from qwenprep.util.schemas import load_schema, schema_dir
 
 CliFn = Callable[..., Result]
 

@@ -4,7 +4,7 @@
 (tools/vllm_requirements.py); $QWENPREP_VLLM034_PYTHON names another interpreter that has it.
 The CUDA build detects no platform without a GPU and its parser would end in "Failed to infer
 device type"; qwenprep's probe (and only the probe) then uses vLLM's CPU platform
-(_engine_probe.cpu_platform_without_gpu). `check` and `serve --dry-run` must pass a correct 1M
+(vllm_probe.cpu_platform_without_gpu). `check` and `serve --dry-run` must pass a correct 1M
 overlay and refuse a trap, with vLLM 0.34's own parser and config code. The probe (one import
 of vLLM 0.34, about 40 s here) is paid once: the module fixture asks about every plan at once
 (gate.probe_plans) and the commands find the answers by the same fingerprint.
@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 
 from conftest import REPO, TINY, invoke
-from qwenprep import engine as eng
-from qwenprep import gate
-from qwenprep.engines import vllm_core
-from qwenprep.engines.vllm_core import PROBE
+from qwenprep.engines.vllm import core as vllm_core
+from qwenprep.engines.vllm import engine as eng
+from qwenprep.engines.vllm import gate
+from qwenprep.engines.vllm.core import PROBE
 
 V034 = os.environ.get("QWENPREP_VLLM034_PYTHON") or str(REPO / ".venv-vllm034" / "bin" / "python")
 pytestmark = [
@@ -118,7 +118,7 @@ def test_the_cuda_wheel_refuses_a_trap(answers: dict[str, tuple[Any, Any]], trap
 PLATFORM_SCRIPT = """
 import importlib.metadata as md, json, os, sys
 sys.path.insert(0, sys.argv[1])
-import _engine_probe
+import vllm_probe
 import vllm.platforms as p
 from vllm.config import DeviceConfig
 UNSPECIFIED = "vllm.platforms.interface.UnspecifiedPlatform"
@@ -140,7 +140,7 @@ for way in ("user-cuda", "0.34", "0.10"):
         os.environ["VLLM_TARGET_DEVICE"] = "cuda"
     if way == "0.10":
         p.resolve_current_platform_cls_qualname = resolve_010
-    how = _engine_probe.cpu_platform_without_gpu()
+    how = vllm_probe.cpu_platform_without_gpu()
     try:
         device = DeviceConfig().device_type
     except RuntimeError as e:

@@ -35,9 +35,9 @@ CLICK_HOME = f"{PACKAGE}/cli/"  # the command-line package
 
 @dataclass(frozen=True)
 class Import:
-    src: str  # importing module, dotted, e.g. "qwenprep.capacity"
+    src: str  # importing module, dotted, e.g. "qwenprep.planning.capacity"
     dst: str  # imported qwenprep module, dotted
-    where: str  # "qwenprep/capacity.py:42"
+    where: str  # "qwenprep/planning/capacity.py:42"
     scope: str  # "top level" or "in f()"
     text: str  # the import statement as written
 
@@ -56,7 +56,7 @@ def modules() -> dict[str, Path]:
 
 
 def short(module: str) -> str:
-    """capacity for qwenprep.capacity; qwenprep for the package itself."""
+    """capacity for qwenprep.planning.capacity; qwenprep for the package itself."""
     return module[len(PACKAGE) + 1 :] if module.startswith(PACKAGE + ".") else module
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Print vLLM's serve options for qwenprep/engines/vllm_flags.py (the offline reading's table).
+"""Print vLLM's serve options for qwenprep/engines/vllm/flags.py (the offline reading's table).
 
 Run it in the interpreter that has the vLLM to snapshot (on a GPU-less host with a CUDA build,
 VLLM_TARGET_DEVICE=cpu, or vLLM cannot build its parser):

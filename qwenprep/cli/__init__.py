@@ -10,11 +10,11 @@ import click
 
 from qwenprep.cli import files, planning, prepare, serving  # noqa: F401 - registers commands
 from qwenprep.cli._common import (
-    _emit_json,
     cli,
+    emit_json,
 )
 from qwenprep.errors import EXIT_INTERRUPTED
-from qwenprep.report import SCHEMA_VERSION
+from qwenprep.util.report import SCHEMA_VERSION
 
 __all__ = ["cli", "main"]
 
@@ -31,7 +31,7 @@ def main() -> None:
         rv = cli.main(prog_name="qwenprep", standalone_mode=False)
     except click.ClickException as e:
         if _wants_json(sys.argv[1:]):
-            _emit_json(
+            emit_json(
                 {
                     "schema_version": SCHEMA_VERSION,
                     "ok": False,
@@ -47,7 +47,7 @@ def main() -> None:
     except (click.exceptions.Abort, KeyboardInterrupt):
         # Ctrl-C: 130 as shells report it, never 1 (which means "checks failed")
         if _wants_json(sys.argv[1:]):
-            _emit_json(
+            emit_json(
                 {
                     "schema_version": SCHEMA_VERSION,
                     "ok": False,

@@ -4,44 +4,48 @@ report, the options several commands take. Only qwenprep/cli/ imports click."""
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import click
 
 from qwenprep._version import __version__
 from qwenprep.cli.terminal import animated, colour_wanted
+from qwenprep.engines import ENGINES
 from qwenprep.errors import EXIT_CHECKS_FAILED, QwenprepError
-from qwenprep.report import SCHEMA_VERSION, Report, dumps, render_checks, summary_line
 from qwenprep.request import KV_CACHE_DTYPES
+from qwenprep.util.report import SCHEMA_VERSION, Report, dumps, render_checks, summary_line
+
+if TYPE_CHECKING:
+    from qwenprep.engines.base import Engine
 
 
 def echo(message: str = "", *, err: bool = False, nl: bool = True) -> None:
-    """click.echo through the redactor (qwenprep.redact): every line qwenprep prints, except a
+    """click.echo through the redactor (qwenprep.util.redact): every line qwenprep prints, except a
     bare path printed for a script to read (click.echo there, as for --json's "path")."""
-    from qwenprep.redact import redact
+    from qwenprep.util.redact import redact
 
     click.echo(redact(message), err=err, nl=nl)
 
 
-def _emit_json(obj: dict[str, Any]) -> None:
+def emit_json(obj: dict[str, Any]) -> None:
     """One JSON object on stdout, every string in it through the redactor (credential-named
     keys and argv lists included; the top-level "path", a path qwenprep made, as it is)."""
-    from qwenprep.redact import redact_obj, secrets
+    from qwenprep.util.redact import redact_obj, secrets
 
     known = secrets()
     click.echo(dumps({k: v if k == "path" else redact_obj(v, known) for k, v in obj.items()}))
 
 
-def _fail(err: QwenprepError, as_json: bool) -> NoReturn:
+def fail(err: QwenprepError, as_json: bool) -> NoReturn:
     """Every error of every command ends here: credentials are scrubbed from message and hint
-    (qwenprep.redact), in the JSON object and on stderr alike."""
-    from qwenprep.redact import redact
+    (qwenprep.util.redact), in the JSON object and on stderr alike."""
+    from qwenprep.util.redact import redact
 
     message = redact(err.message)
-    hint = redact(err.hint) if err.hint is not None else None  # the JSON goes through _emit_json
+    hint = redact(err.hint) if err.hint is not None else None  # the JSON goes through emit_json
     if as_json:
         details = err.details() if hasattr(err, "details") else {}
-        _emit_json(
+        emit_json(
             {
                 "schema_version": SCHEMA_VERSION,
                 "ok": False,
@@ -57,7 +61,7 @@ def run(as_json: bool, fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except QwenprepError as err:
-        _fail(err, as_json)
+        fail(err, as_json)
 
 
 def _paint() -> Callable[[str, Any], str] | None:
@@ -76,7 +80,7 @@ def finish_report(
     """Print a report (JSON on stdout, or a table on stdout: failures first, then a summary
     line) and exit 0/1 by its checks (--strict: set report.strict first)."""
     if as_json:
-        _emit_json(report.to_dict())
+        emit_json(report.to_dict())
     else:
         echo(
             render_checks(
@@ -89,7 +93,7 @@ def finish_report(
     sys.exit(0 if report.ok else EXIT_CHECKS_FAILED)
 
 
-def _report_options(f: Any) -> Any:
+def report_options(f: Any) -> Any:
     f = click.option(
         "--failed-only",
         is_flag=True,
@@ -113,17 +117,18 @@ vllm_python_option = click.option(
 )
 serving_engine_option = click.option(
     "--serving-engine",
-    type=click.Choice(["vllm", "sglang"], case_sensitive=False),
+    type=click.Choice(list(ENGINES), case_sensitive=False),
     default=None,
     help="vllm or sglang (default: $QWENPREP_SERVING_ENGINE, else what "
     "--engine-python has: SGLang when it has SGLang and no vLLM, else vLLM).",
 )
 
 
-def _engine_name(name: str | None, python: str | None, as_json: bool) -> str:
-    from qwenprep.engines.sglang import select_engine
+def serving_engine_for(name: str | None, python: str | None, as_json: bool) -> Engine:
+    """The engine --serving-engine NAME (or what the interpreter PYTHON has) chooses."""
+    from qwenprep.engines import select
 
-    chosen: str = run(as_json, lambda: select_engine(name, python))
+    chosen: Engine = run(as_json, lambda: select(name, python))
     return chosen
 
 
@@ -192,8 +197,8 @@ def vllm_version_value(ctx: click.Context, param: click.Parameter, value: str | 
     is a usage error, not "not given" or 0.0.0)."""
     if value is None:
         return None
-    from qwenprep.capacity import named_version
     from qwenprep.errors import UsageError
+    from qwenprep.planning.capacity import named_version
 
     try:
         named_version(value)
@@ -202,27 +207,27 @@ def vllm_version_value(ctx: click.Context, param: click.Parameter, value: str | 
     return value
 
 
-_vllm_version_option = click.option(
+vllm_version_option = click.option(
     "--vllm-version",
     metavar="X.Y",
     callback=vllm_version_value,
     help="Use this vLLM version's arithmetic (default: the installed vLLM, else the newest known).",
 )
-_tp_option = click.option(
+tp_option = click.option(
     "--tp",
     type=click.IntRange(min=1),
     default=None,
     help="Tensor-parallel size (default: plan: the GPU count; check: the "
     "model profile's, as qwenprep serve).",
 )
-_pp_option = click.option(
+pp_option = click.option(
     "--pp",
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
     help="Pipeline-parallel size (stages across nodes).",
 )
-_gpu_options = [
+gpu_options = [
     click.option("--gpus", type=click.IntRange(min=1), help="GPUs in total (with --gpu-memory)."),
     click.option(
         "--gpu-memory",
@@ -253,7 +258,7 @@ _gpu_options = [
 ]
 
 
-def _with(options: list[Callable[[Any], Any]]) -> Callable[[Any], Any]:
+def with_options(options: list[Callable[[Any], Any]]) -> Callable[[Any], Any]:
     def deco(f: Any) -> Any:
         for opt in reversed(options):
             f = opt(f)
@@ -262,13 +267,13 @@ def _with(options: list[Callable[[Any], Any]]) -> Callable[[Any], Any]:
     return deco
 
 
-def _usage(message: str) -> None:
+def usage(message: str) -> None:
     from qwenprep.errors import UsageError
 
     raise UsageError(message)
 
 
-def _check_sizes(as_json: bool, **sizes: str | None) -> None:
+def check_sizes(as_json: bool, **sizes: str | None) -> None:
     """--gpu-memory / --kv-memory never guess: a bare number or 8g is refused (exit 2)."""
     from qwenprep.request import size_bytes
 

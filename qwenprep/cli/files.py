@@ -8,22 +8,22 @@ from pathlib import Path
 import click
 
 from qwenprep.cli._common import (
-    _emit_json,
-    _engine_name,
-    _fail,
-    _report_options,
-    _usage,
     cli,
     echo,
+    emit_json,
+    fail,
     finish_report,
     json_option,
+    report_options,
     run,
+    serving_engine_for,
     serving_engine_option,
+    usage,
     vllm_python_option,
 )
 from qwenprep.cli.terminal import animated
 from qwenprep.errors import EXIT_CHECKS_FAILED, Interrupted
-from qwenprep.report import Report, render_checks
+from qwenprep.util.report import Report, render_checks
 
 
 @cli.command(short_help="Check a checkpoint is whole (headers; --deep: every byte).")
@@ -43,7 +43,7 @@ from qwenprep.report import Report, render_checks
 )
 @vllm_python_option
 @serving_engine_option
-@_report_options
+@report_options
 @json_option
 def verify(
     model: str,
@@ -68,15 +68,15 @@ def verify(
       qwenprep verify ./my-model --deep --record   # first run: keep the hashes
       qwenprep verify ./my-model --deep --strict --json
     """
-    from qwenprep import integrity_scan
-    from qwenprep.checkpoint import resolve_model
-    from qwenprep.hashing import ProgressMeter
-    from qwenprep.integrity import verify_checkpoint
+    from qwenprep.checks import scan as integrity_scan
+    from qwenprep.checks.integrity import verify_checkpoint
+    from qwenprep.model.checkpoint import resolve_model
+    from qwenprep.util.hashing import ProgressMeter
 
     integrity_scan.FREEZE_AFTER_SCAN = True  # this process ends after the command
 
     if record and not deep:
-        run(as_json, lambda: _usage("--record keeps the hashes --deep computes: add --deep."))
+        run(as_json, lambda: usage("--record keeps the hashes --deep computes: add --deep."))
     tty = animated(sys.stderr)  # the progress line redrawn in place
     meter = ProgressMeter(tty=tty)
 
@@ -86,22 +86,13 @@ def verify(
             echo(line, err=True, nl=not tty or done >= total)
 
     progress = bar if deep else None
-    sglang = engine and _engine_name(serving_engine, vllm_python, as_json) == "sglang"
+    chosen = serving_engine_for(serving_engine, vllm_python, as_json) if engine else None
 
     def go() -> Report:
         path = resolve_model(model).path
-        rep = verify_checkpoint(
-            path,
-            deep=deep,
-            engine=engine and not sglang,
-            vllm_python=vllm_python,
-            progress=progress,
-            record=record,
-        )
-        if sglang:
-            from qwenprep.engines.sglang_gate import readback_checks
-
-            rep.extend(readback_checks(path, python=vllm_python))
+        rep = verify_checkpoint(path, deep=deep, progress=progress, record=record)
+        if chosen is not None:  # the engine's own read-back, last
+            rep.extend(chosen.readback_checks(path, python=vllm_python))
         return rep
 
     try:
@@ -109,7 +100,7 @@ def verify(
     except KeyboardInterrupt:  # hashing stops at once and records nothing; exit 130
         if progress is not None and tty:
             echo(err=True)
-        _fail(
+        fail(
             Interrupted(
                 "interrupted: verify stopped before it finished; no hash record was written.",
                 hint="run the same command again to check the whole checkpoint.",
@@ -195,8 +186,8 @@ def fetch(
       qwenprep fetch Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8 --revision main --dry-run
       qwenprep fetch Qwen/Qwen3-Coder-30B-A3B-Instruct --include '*.json' --local-dir ./cfg
     """
-    from qwenprep.fetch import fetch as do_fetch
-    from qwenprep.sizes import format_bytes
+    from qwenprep.ops.fetch.download import fetch as do_fetch
+    from qwenprep.util.sizes import format_bytes
 
     res = run(
         as_json,
@@ -212,7 +203,7 @@ def fetch(
         ),
     )
     if as_json:
-        _emit_json(res.to_dict())
+        emit_json(res.to_dict())
     elif res.mode == "dry-run":
         for f in res.plan.files:
             echo(f"{f.size if f.size is not None else '?':>14}  {f.name}")

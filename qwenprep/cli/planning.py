@@ -3,31 +3,31 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
 from qwenprep.cli._common import (
-    _check_sizes,
-    _emit_json,
-    _engine_name,
-    _gpu_options,
-    _pp_option,
-    _report_options,
-    _tp_option,
-    _usage,
-    _vllm_version_option,
-    _with,
+    check_sizes,
     cli,
     echo,
+    emit_json,
     finish_report,
+    gpu_options,
     json_option,
+    pp_option,
+    report_options,
     run,
+    serving_engine_for,
     serving_engine_option,
+    tp_option,
+    usage,
     vllm_python_option,
+    vllm_version_option,
+    with_options,
 )
 from qwenprep.errors import EXIT_CHECKS_FAILED
-from qwenprep.report import Report
+from qwenprep.util.report import Report
 
 
 @cli.command(short_help="KV-cache capacity, concurrency and prefill/decode time estimates.")
@@ -40,15 +40,15 @@ from qwenprep.report import Report
     "checkpoint's max_position_embeddings). 1m = 1,048,576 here; vLLM's own "
     "--max-model-len reads 1m as 1,000,000.",
 )
-@_tp_option
-@_pp_option
+@tp_option
+@pp_option
 @click.option(
     "--ep/--no-ep",
     default=True,
     show_default=True,
     help="Expert parallel (experts divided over all GPUs) for MoE models.",
 )
-@_with(_gpu_options)
+@with_options(gpu_options)
 @click.option(
     "--gpu",
     "gpu_model",
@@ -91,7 +91,7 @@ from qwenprep.report import Report
     help="vLLM's --enable-prefix-caching / --no-enable-prefix-caching for hybrid models "
     "(mamba_cache_mode align holds whole state blocks); default: the version's own.",
 )
-@_vllm_version_option
+@vllm_version_option
 @serving_engine_option
 @vllm_python_option
 @click.option(
@@ -137,85 +137,51 @@ def plan(
       qwenprep plan ./overlay --tp 8 --kv-memory 61.31GiB
       qwenprep plan ./overlay --gpus 8 --gpu-memory 143771MiB --serving-engine sglang
     """
-    from qwenprep.capacity import make_plan
-    from qwenprep.request import PlanRequest, layout
+    from qwenprep.engines.base import PlanOptions
+    from qwenprep.request import layout
 
-    _check_sizes(as_json, gpu_memory=gpu_memory, kv_memory=kv_memory)
-    run(as_json, lambda: layout(tp, pp, gpus))  # SGLang's plan too: the maximum, with its why
-    if _engine_name(serving_engine, vllm_python, as_json) == "sglang":
-        if dcp > 1 or prefix_caching is not None:
-            run(
-                as_json,
-                lambda: _usage(
-                    "--dcp and --[no-]prefix-caching are vLLM's; this plan is SGLang's "
-                    "(drop them, or plan for vLLM)."
-                ),
-            )
-
-        from qwenprep.catalog import named_gpu
-
-        _, gpu_memory, gpus, gpu_notes = run(  # --gpu NAME: its memory, as for vLLM
-            as_json,
-            lambda: named_gpu(
-                gpu_model, gpu_memory=gpu_memory, kv_memory=kv_memory, gpus=gpus, tp=tp, pp=pp
-            ),
-        )
-        for note in gpu_notes:
-            echo(f"note: {note}", err=True)
-        _plan_sglang(
-            model,
-            as_json,
-            context=context,
-            tp=tp,
-            pp=pp,
-            ep=ep,
-            gpus=gpus,
-            gpu_memory=gpu_memory,
-            kv_memory=kv_memory,
-            kv_cache_dtype=kv_cache_dtype,
-            mem_fraction_static=mem_fraction_static,
-        )
-    if mem_fraction_static is not None:
-        run(
-            as_json,
-            lambda: _usage(
-                "--mem-fraction-static is SGLang's; vLLM's is "
-                "gpu_memory_utilization (pass --serving-engine sglang)."
-            ),
-        )
-    if force and chart is None:
-        run(as_json, lambda: _usage("--force goes with --chart FILE."))
-    if chart is not None:
-        from qwenprep.chart import chart_target
-
-        run(as_json, lambda: chart_target(chart, force=force))
-    req = run(
-        as_json,
-        lambda: PlanRequest.from_options(
-            context=context,
-            tp=tp,
-            pp=pp,
-            gpus=gpus,
-            gpu_memory=gpu_memory,
-            kv_memory=kv_memory,
-            kv_cache_dtype=kv_cache_dtype,
-            ep=ep,
-            vllm_version=vllm_version,
-            block_size=block_size,
-            gpu=gpu_model,
-            prefill_budget=prefill_budget,
-            dcp=dcp,
-            prefix_caching=prefix_caching,
-        ),
+    check_sizes(as_json, gpu_memory=gpu_memory, kv_memory=kv_memory)
+    run(as_json, lambda: layout(tp, pp, gpus))  # every engine's plan: the maximum, with its why
+    engine = serving_engine_for(serving_engine, vllm_python, as_json)
+    options = PlanOptions(
+        context=context,
+        tp=tp,
+        pp=pp,
+        gpus=gpus,
+        gpu_memory=gpu_memory,
+        kv_memory=kv_memory,
+        kv_cache_dtype=kv_cache_dtype,
+        ep=ep,
+        vllm_version=vllm_version,
+        block_size=block_size,
+        gpu=gpu_model,
+        prefill_budget=prefill_budget,
+        dcp=dcp,
+        prefix_caching=prefix_caching,
+        mem_fraction_static=mem_fraction_static,
     )
-    p = run(as_json, lambda: make_plan(model, **req.plan_options()))
+    refusal = engine.plan_refusal(options)
+    if refusal is not None:
+        run(as_json, lambda: usage(refusal))
+    if engine.charts and force and chart is None:
+        run(as_json, lambda: usage("--force goes with --chart FILE."))
+    if not engine.charts:
+        chart = None  # an engine without time estimates draws no chart
+    if chart is not None:
+        from qwenprep.planning.chart import chart_target
+
+        target: str = chart
+        run(as_json, lambda: chart_target(target, force=force))
+    p, notes = run(as_json, lambda: engine.kv_plan(model, options))
+    for note in notes:
+        echo(f"note: {note}", err=True)
     written = None
     if chart is not None:
-        from qwenprep.chart import write_chart
+        from qwenprep.planning.chart import write_chart
 
         written = run(as_json, lambda: write_chart(p, chart, force=force))
     if as_json:
-        _emit_json({**p.to_dict(), **({"chart": str(written)} if written else {})})
+        emit_json({**p.to_dict(), **({"chart": str(written)} if written else {})})
     else:
         _echo_plan(p)
         if written:
@@ -226,7 +192,7 @@ def plan(
 def _echo_plan(p: Any) -> None:
     """The plan for people: its numbers as a table, the context table, then the rest."""
     from qwenprep.cli.tables import render_plan
-    from qwenprep.timing import CONTEXT_COLUMNS
+    from qwenprep.planning.timing import CONTEXT_COLUMNS
 
     rows, table, lines = p.summary_parts()
     echo(
@@ -240,26 +206,10 @@ def _echo_plan(p: Any) -> None:
     )
 
 
-def _plan_sglang(model: str, as_json: bool, **options: Any) -> NoReturn:
-    """plan --serving-engine sglang: SGLang 0.5.23's KV arithmetic (engines/sglang_kv.py);
-    OPTIONS: plan's own, passed to engines.sglang_kv.make_plan as they are."""
-    from qwenprep.engines.sglang_kv import make_plan
-
-    def go() -> Any:
-        return make_plan(model, **options)
-
-    p = run(as_json, go)
-    if as_json:
-        _emit_json(p.to_dict())
-    else:
-        _echo_plan(p)
-    sys.exit(0 if p.fits else EXIT_CHECKS_FAILED)
-
-
 @cli.command(short_help="Every pre-flight check before a deploy, in one report.")
 @click.argument("path")
-@_tp_option
-@_pp_option
+@tp_option
+@pp_option
 @click.option(
     "--ep/--no-ep",
     default=None,
@@ -279,7 +229,7 @@ def _plan_sglang(model: str, as_json: bool, **options: Any) -> NoReturn:
     help="Judge the serve argv with the installed vLLM's own parser and config "
     "layer (a few seconds); --no-engine judges it offline.",
 )
-@_with(_gpu_options)
+@with_options(gpu_options)
 @click.option(
     "--gpu",
     "gpu_model",
@@ -287,10 +237,10 @@ def _plan_sglang(model: str, as_json: bool, **options: Any) -> NoReturn:
     help="GPU model from the catalog (H200, H100 SXM, B200, MI300X, ...): sets the "
     "memory per GPU when --gpu-memory is not given, as plan --gpu does.",
 )
-@_vllm_version_option
+@vllm_version_option
 @vllm_python_option
 @serving_engine_option
-@_report_options
+@report_options
 @json_option
 @click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED)
 def check(
@@ -325,13 +275,13 @@ def check(
       qwenprep check ./overlay --gpus 8 --gpu-memory 143771MiB --strict --json
       qwenprep check ./overlay --kv-memory 61.31GiB -- --max-num-seqs 4
     """
-    from qwenprep import integrity_scan
-    from qwenprep.catalog import gpu_memory_for
-    from qwenprep.preflight import check_options, run_checks
+    from qwenprep.checks import scan as integrity_scan
+    from qwenprep.checks.preflight import check_options, run_checks
+    from qwenprep.planning.catalog import gpu_memory_for
 
     integrity_scan.FREEZE_AFTER_SCAN = True  # this process ends after the command
 
-    _check_sizes(as_json, gpu_memory=gpu_memory, kv_memory=kv_memory)
+    check_sizes(as_json, gpu_memory=gpu_memory, kv_memory=kv_memory)
     _, gpu_memory, gpu_notes = run(
         as_json,
         lambda: gpu_memory_for(gpu_model, gpu_memory=gpu_memory, kv_memory=kv_memory, gpus=gpus),
@@ -340,7 +290,7 @@ def check(
         echo(f"note: {note}", err=True)
 
     def go() -> Report:
-        from qwenprep.checkpoint import resolve_model
+        from qwenprep.model.checkpoint import resolve_model
 
         opts = check_options(
             tp=tp,
@@ -357,13 +307,12 @@ def check(
             engine=engine,
             python=vllm_python,
         )
-        hooks = None
-        if _engine_name(serving_engine, vllm_python, as_json) == "sglang":
+        chosen = serving_engine_for(serving_engine, vllm_python, as_json)
+        hooks = chosen.check_hooks()
+        if hooks is not None:
             from dataclasses import replace
 
-            from qwenprep.engines.sglang_gate import check_hooks
-
-            opts, hooks = replace(opts, serving_engine="sglang"), check_hooks()
+            opts = replace(opts, serving_engine=chosen.name)
         ckpt = resolve_model(path)
         return run_checks(ckpt.path, opts, repo_id=ckpt.repo_id, hooks=hooks)
 
@@ -379,7 +328,7 @@ def check(
 
 def _ready_text(report: Report) -> str:
     """'ready to serve', saying what was not checked: no GPUs at all, or GPUs only as --gpus
-    and --gpu-memory described them (qwenprep.preflight_checks.gpu_checks)."""
+    and --gpu-memory described them (qwenprep.checks.preflight_items.gpu_checks)."""
     gpus = next((c for c in report.checks if c.id == "gpus.visible"), None)
     if gpus is None or gpus.status == "skip":
         return "ready to serve (no GPU checked: pass --gpu/--gpus)"

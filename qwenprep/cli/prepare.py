@@ -8,18 +8,18 @@ from pathlib import Path
 import click
 
 from qwenprep.cli._common import (
-    _emit_json,
-    _report_options,
     cli,
     echo,
+    emit_json,
     finish_report,
     json_option,
+    report_options,
     run,
     vllm_python_option,
     vllm_version_value,
 )
 from qwenprep.errors import EXIT_CHECKS_FAILED
-from qwenprep.report import SCHEMA_VERSION, Check, Report
+from qwenprep.util.report import SCHEMA_VERSION, Check, Report
 
 
 @cli.command(short_help="Patch config.json for 512K/1M into an overlay directory.")
@@ -81,7 +81,7 @@ def patch(
       qwenprep patch Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8 --context 1m
       qwenprep patch ./my-model --context 512k --out ./my-model-512k
     """
-    from qwenprep.patching import how_reached, patch_overlay, patch_result
+    from qwenprep.ops.patch import how_reached, patch_overlay, patch_result
 
     res = run(
         as_json,
@@ -91,7 +91,7 @@ def patch(
     )
     m = res.manifest
     if as_json:
-        _emit_json(patch_result(res))
+        emit_json(patch_result(res))
         return
     for line in res.diff:
         echo(line, err=True)
@@ -122,7 +122,7 @@ def patch(
     help="Judge for this vLLM where the version decides (Dual Chunk Attention runs "
     "only below 0.11). Default: the vLLM installed beside qwenprep.",
 )
-@_report_options
+@report_options
 @json_option
 def validate(
     path: str, vllm_version: str | None, strict: bool, failed_only: bool, as_json: bool
@@ -135,9 +135,9 @@ def validate(
       qwenprep validate Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8 --json
       qwenprep validate ./Qwen2.5-7B-Instruct-1M --vllm-version 0.10.2
     """
-    from qwenprep.capacity import named_version
-    from qwenprep.checkpoint import resolve_model
-    from qwenprep.validation import VllmVersion, validate_checkpoint
+    from qwenprep.checks.validate import VllmVersion, validate_checkpoint
+    from qwenprep.model.checkpoint import resolve_model
+    from qwenprep.planning.capacity import named_version
 
     def work() -> list[Check]:
         vllm = VllmVersion(named_version(vllm_version), "--vllm-version") if vllm_version else None
@@ -176,11 +176,11 @@ def revert(path: str, force: bool, as_json: bool) -> None:
       qwenprep revert ./Qwen3-Coder-480B-A35B-Instruct-FP8-1m
       qwenprep revert Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8   # a config edited in place
     """
-    from qwenprep.restore import revert_path
+    from qwenprep.ops.revert import revert_path
 
     res = run(as_json, lambda: revert_path(path, force=force))
     if as_json:
-        _emit_json({"schema_version": SCHEMA_VERSION, "ok": True, **res.to_dict()})
+        emit_json({"schema_version": SCHEMA_VERSION, "ok": True, **res.to_dict()})
         return
     echo(res.message)
 
@@ -200,12 +200,12 @@ def list_cmd(paths: tuple[Path, ...], as_json: bool) -> None:
       qwenprep list
       qwenprep list /models/overlays --json
     """
-    from qwenprep.lifecycle import list_overlays, overlays_home
+    from qwenprep.ops.lifecycle import list_overlays, overlays_home
 
     found = run(as_json, lambda: list_overlays(list(paths)))
     ok = all(s.state == "ok" for s in found)
     if as_json:
-        _emit_json(
+        emit_json(
             {
                 "schema_version": SCHEMA_VERSION,
                 "ok": ok,
@@ -253,7 +253,7 @@ def demo(workdir: Path | None, serve: bool, vllm_python: str | None, as_json: bo
     """
     import tempfile
 
-    from qwenprep.demo import Step, run_demo
+    from qwenprep.ops.demo import Step, run_demo
 
     def show(step: Step) -> None:
         echo(f"== {step.title}: {step.status}", err=as_json)
@@ -267,7 +267,7 @@ def demo(workdir: Path | None, serve: bool, vllm_python: str | None, as_json: bo
         )
     ok = all(s.status != "fail" for s in steps)
     if as_json:
-        _emit_json(
+        emit_json(
             {
                 "schema_version": SCHEMA_VERSION,
                 "ok": ok,

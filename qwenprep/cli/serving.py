@@ -5,25 +5,28 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from qwenprep.cli._common import (
-    _emit_json,
-    _engine_name,
-    _fail,
-    _usage,
     cli,
     echo,
+    emit_json,
+    fail,
     json_option,
     run,
+    serving_engine_for,
     serving_engine_option,
+    usage,
     vllm_python_option,
 )
 from qwenprep.errors import QwenprepError
-from qwenprep.report import SCHEMA_VERSION
 from qwenprep.request import MULTINODE_MODES, PORTS
+from qwenprep.util.report import SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    from qwenprep.engines.base import Engine
 
 
 @cli.command(short_help="Launch vLLM from the overlay with the right flags.")
@@ -186,21 +189,17 @@ def serve(
       qwenprep serve ./overlay --nnodes 2 --gpus-per-node 4 --emit k8s > lws.yaml
     """
     import shlex
-    from dataclasses import replace
 
-    from qwenprep import engine as eng
-    from qwenprep import gate
-    from qwenprep.checkpoint import resolve_model
-    from qwenprep.engines import vllm_core
+    from qwenprep.ops.serve import serve_plan
     from qwenprep.request import ServeRequest
 
-    use_sglang = _engine_name(serving_engine, vllm_python, as_json) == "sglang"
+    engine = serving_engine_for(serving_engine, vllm_python, as_json)
     emitting = emit_config is not None or emit is not None
-    if emitting and use_sglang:
+    if emitting and not engine.emits_artefacts:
         run(
             as_json,
-            lambda: _usage(
-                "--emit-config and --emit write vLLM artefacts; SGLang "
+            lambda: usage(
+                f"--emit-config and --emit write vLLM artefacts; {engine.display} "
                 "has no --config file or LeaderWorkerSet emitter here."
             ),
         )
@@ -209,16 +208,16 @@ def serve(
 
     run(as_json, lambda: seconds(ready_timeout, "--ready-timeout"))  # nan would never time out
     if image is not None:  # said before vLLM is asked anything
-        from qwenprep.engines.deploy import check_image
+        from qwenprep.engines.vllm.deploy import check_image
 
         if emit != "k8s":
-            run(as_json, lambda: _usage("--image is the container image of --emit k8s."))
+            run(as_json, lambda: usage("--image is the container image of --emit k8s."))
         named_image: str = image
         run(as_json, lambda: check_image(named_image))
     if force and emit_config is None:
-        run(as_json, lambda: _usage("--force goes with --emit-config FILE."))
+        run(as_json, lambda: usage("--force goes with --emit-config FILE."))
     if emit == "k8s" or emit_config is not None:  # files kept and shared: never a secret
-        from qwenprep.redact import argv_secrets
+        from qwenprep.util.redact import argv_secrets
 
         if argv_secrets(vllm_args):
             from qwenprep.errors import UsageError
@@ -237,7 +236,7 @@ def serve(
 
             run(as_json, secret_in_file)
     if emit_config is not None:  # a bad target is said before vLLM is asked anything
-        from qwenprep.engines.deploy import config_target
+        from qwenprep.engines.vllm.deploy import config_target
 
         named: Path = emit_config
         emit_config = run(as_json, lambda: config_target(named, force=force))
@@ -257,20 +256,7 @@ def serve(
             master_addr=master_addr,
             multinode_mode=multinode_mode,
         )
-        if use_sglang:
-            from qwenprep.engines.sglang_gate import serve_plan
-
-            return serve_plan(path, python=vllm_python, dry_run=dry_run, **req.sglang_options())
-        ckpt = resolve_model(path)
-        info = vllm_core.discover(vllm_python) if dry_run else vllm_core.require_engine(vllm_python)
-        plan = eng.build_launch_plan(
-            ckpt.path,
-            replace(req, repo_id=ckpt.repo_id),
-            engine=info,
-            gpus_here=eng.gpus_on_this_node(),
-            offline_gate=False,
-        )
-        return gate.enforce(plan, engine=info)
+        return serve_plan(path, req, engine=engine, python=vllm_python, dry_run=dry_run)
 
     plan = run(as_json, make_plan)
     for note in plan.notes:
@@ -284,7 +270,7 @@ def serve(
         run(as_json, lambda: proof_request(plan.model_path, plan.max_model_len, proof_tokens))
     if dry_run or plan.nodes:
         if as_json:
-            _emit_json(
+            emit_json(
                 {"schema_version": SCHEMA_VERSION, "ok": True, "dry_run": True, **plan.to_dict()}
             )
         elif plan.nodes:
@@ -305,7 +291,7 @@ def serve(
         proof_req = run(
             as_json, lambda: proof_request(plan.model_path, plan.max_model_len, proof_tokens)
         )
-    _serve_foreground(plan, ready_timeout, as_json, log_file, proof_req, record)
+    _serve_foreground(engine, plan, ready_timeout, as_json, log_file, proof_req, record)
 
 
 def _emit_artefacts(
@@ -313,7 +299,7 @@ def _emit_artefacts(
 ) -> None:
     """serve --emit-config FILE / --emit k8s: write the artefacts; print the commands (text)
     or the manifest (YAML on stdout), or one JSON object with both."""
-    from qwenprep.engines import deploy
+    from qwenprep.engines.vllm import deploy
 
     out: dict[str, Any] = {}
     written = None
@@ -331,7 +317,7 @@ def _emit_artefacts(
         )
         out["k8s"] = manifest
     if as_json:
-        _emit_json(
+        emit_json(
             {"schema_version": SCHEMA_VERSION, "ok": True, "dry_run": True, **plan.to_dict(), **out}
         )
         return
@@ -347,6 +333,7 @@ def _emit_artefacts(
 
 
 def _serve_foreground(
+    engine: Engine,
     plan: Any,
     ready_timeout: float,
     as_json: bool,
@@ -360,31 +347,24 @@ def _serve_foreground(
     import shlex
     import signal
 
-    from qwenprep.engines import sglang_server
-    from qwenprep.engines import vllm_server as eng
-
-    who = "SGLang" if getattr(plan, "serving_engine", "vllm") == "sglang" else "vLLM"
-    echo(f"starting {who} {plan.engine.version}: {shlex.join(plan.argv)}", err=True)
+    echo(f"starting {engine.display} {plan.engine.version}: {shlex.join(plan.argv)}", err=True)
     try:
         out: Any = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):
         out = None
-    if who == "SGLang":
-        handle: Any = run(as_json, lambda: sglang_server.start(plan, stdout=out, stderr=out))
-    else:
-        log = log_file if log_file is not None else run(as_json, eng.default_log_path)
-        note = eng.cpu_kv_note(plan)
-        if note:
-            echo(f"note: {note}", err=True)
-        echo(f"vLLM log: {log}", err=True)
-        handle = run(as_json, lambda: eng.start_server(plan, log=log, echo=out))
+    handle: Any = run(
+        as_json,
+        lambda: engine.start(
+            plan, out=out, log_file=log_file, say=lambda line: echo(line, err=True)
+        ),
+    )
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: handle.send_signal(signum))
     try:
         models = handle.wait_ready(ready_timeout)
     except QwenprepError as err:
         handle.stop()
-        _fail(err, as_json)
+        fail(err, as_json)
     entry = models["data"][0]
     proofs = _run_proofs(plan, handle, proof_req, ready_timeout, as_json, record)
     echo(
@@ -407,7 +387,7 @@ def _serve_foreground(
         )
         sys.stdout.flush()
     rc = handle.wait()
-    echo(f"{who} exited with code {rc}", err=True)
+    echo(f"{engine.display} exited with code {rc}", err=True)
     sys.exit(rc)
 
 
@@ -415,7 +395,7 @@ def _run_proofs(
     plan: Any, handle: Any, proof_req: Any, timeout: float, as_json: bool, record: bool = True
 ) -> dict[str, Any]:
     """After ready: the past-native request (a failure stops the server, exit 3), its time
-    kept for plan unless RECORD is off (qwenprep.measured), and the engine's own KV figure
+    kept for plan unless RECORD is off (qwenprep.planning.measured), and the engine's own KV figure
     from /metrics. Returns the keys `serve --json` adds."""
     from qwenprep.engines.proof import describe, engine_kv, run_proof
     from qwenprep.errors import ChecksFailed
@@ -441,7 +421,7 @@ def _run_proofs(
     echo(describe(result), err=True)
     if not result["ok"]:
         handle.stop()
-        _fail(
+        fail(
             ChecksFailed(
                 f"the server started but a prompt past the native window did not run: "
                 f"{result.get('error')}; stopped it.",
@@ -452,7 +432,7 @@ def _run_proofs(
         )
     out["proof"] = {"past_native": result}
     if record:
-        from qwenprep.measured import describe_kept, record_proof
+        from qwenprep.planning.measured import describe_kept, record_proof
 
         kept = record_proof(plan, result)
         echo(describe_kept(kept), err=True)
@@ -464,6 +444,6 @@ def _emit_json_line(obj: dict[str, Any]) -> None:
     """One compact JSON object per line (serve --json's stream), through the redactor."""
     import json
 
-    from qwenprep.redact import redact_obj, secrets
+    from qwenprep.util.redact import redact_obj, secrets
 
     click.echo(json.dumps(redact_obj(obj, secrets()), ensure_ascii=False, separators=(",", ":")))

@@ -114,11 +114,11 @@ def _version(engine: str, python: str, question: str) -> str:
     """' 0.32.0' when that interpreter's vLLM is known (discovery is cached), else ''."""
     if engine != "vLLM" or question == "discover":
         return ""
-    from qwenprep.engines.vllm_core import _discover_cached
+    from qwenprep.engines.vllm.core import discover_cached
     from qwenprep.errors import QwenprepError
 
     try:
-        info = _discover_cached(python)
+        info = discover_cached(python)
     except QwenprepError:
         return ""
     return f" {info.version}" if info is not None else ""

@@ -1,5 +1,5 @@
-"""Asking an engine a question: run one of qwenprep's probe scripts (``_engine_probe.py`` for
-vLLM, ``_sglang_probe.py`` for SGLang) in the interpreter that has the engine, and read its one
+"""Asking an engine a question: run one of qwenprep's probe scripts (``vllm_probe.py`` for
+vLLM, ``sglang_probe.py`` for SGLang) in the interpreter that has the engine, and read its one
 answer, the last stdout line that starts with the marker, as a JSON object.
 
 The probe scripts run by path, so qwenprep need not be installed beside the engine; every

@@ -39,8 +39,8 @@ class ProofRequest:
 def native_and_vocab(model_path: str | Path) -> tuple[int, int]:
     """The native window and vocabulary size of the served config (text config for the
     multimodal releases)."""
-    from qwenprep.contexts import native_context
-    from qwenprep.jsonio import load_json_file
+    from qwenprep.model.contexts import native_context
+    from qwenprep.util.jsonio import load_json_file
 
     cfg = load_json_file(Path(model_path) / "config.json", what="config.json")
     if not isinstance(cfg, dict):

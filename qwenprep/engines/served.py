@@ -29,6 +29,10 @@ class ServedPlan:
     nodes: tuple[Any, ...]  # the engine's per-node commands
     notes: tuple[str, ...]
 
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as `serve --dry-run --json` prints it (each engine's own keys included)."""
+        raise NotImplementedError
+
     @property
     def base_url(self) -> str:
         """Where a client reaches the server: a wildcard bind address means this machine."""

@@ -1,0 +1,586 @@
+"""The gate for SGLang: the same proof as vLLM's (qwenprep.engines.vllm.gate), asked of SGLang
+itself.
+
+The exact argv `qwenprep serve --serving-engine sglang` would exec is parsed by SGLang's own
+``prepare_server_args`` and the model config is built from it with SGLang's
+``ModelConfig.from_server_args`` (in sglang_probe.py, in SGLang's interpreter). What SGLang
+will then use (context length, rope type, factor, original length, rope_theta) is compared
+with the overlay's intent by qwenprep.engines.vllm.gate.compare. On top, the long-context traps of
+SGLang 0.5.23's --json-model-override-args (srt/utils/hf_transformers/config.py get_config:
+overrides are set on the top-level config; a dict for a sub-config is merged with
+PretrainedConfig.update, which replaces a rope dict whole) are named with their reason.
+check reports the checks (a fail: exit 1); serve raises ArgsRefused (exit 3).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from qwenprep.engines.sglang.core import LIFTING_ENV, SglangInfo, SglangPlan, run_probe
+from qwenprep.errors import QwenprepError
+from qwenprep.util.report import Check
+
+PATCH_FIX = "qwenprep patch MODEL --context 1m --out DIR, then serve DIR"
+OWN_OPTION = {
+    "model_path": "PATH (qwenprep serve PATH)",
+    "context_length": "--max-model-len (qwenprep check: --context)",
+    "tp_size": "--tp",
+    "ep_size": "--ep/--no-ep",
+    "served_model_name": "--served-model-name",
+    "tool_call_parser": "(the model profile)",
+    "reasoning_parser": "(the model profile)",
+    "host": "--host",
+    "port": "--port",
+    "nnodes": "--nnodes",
+    "node_rank": "(qwenprep serve --nnodes)",
+    "dist_init_addr": "--master-addr",
+}
+TEXT_KEYS = (
+    "max_position_embeddings",
+    "rope_scaling",
+    "rope_parameters",
+    "rope_theta",
+    "partial_rotary_factor",
+)
+_CACHE: dict[str, dict[str, Any]] = {}
+
+
+def _items(plan: SglangPlan) -> list[dict[str, Any]]:
+    from qwenprep.engines.vllm.gate import native_of
+
+    argvs = [plan.argv] + [n.argv for n in plan.nodes]
+    native = native_of(plan.model_path, plan.max_model_len)
+    out = []
+    for argv in argvs:
+        part = list(argv[3:])  # after PYTHON -m sglang.launch_server
+        out.append({"argv": part, "base": len(part) - len(plan.extra_args), "native": native})
+    return out
+
+
+def _key(plan: SglangPlan, python: str, items: list[dict[str, Any]]) -> str:
+    import hashlib
+
+    h = hashlib.sha256(json.dumps([python, items]).encode())
+    for f in (
+        Path(plan.model_path) / "config.json",
+        Path(plan.model_path) / ".qwenprep" / "manifest.json",
+    ):
+        try:
+            h.update(f.read_bytes())
+        except OSError:
+            h.update(b"-")
+    from qwenprep.util.hashing import env_key
+
+    h.update(env_key(plan.child_env(), ("SGLANG_", "HF_", "TRANSFORMERS_")))
+    return h.hexdigest()
+
+
+def probe_plans(plans: list[SglangPlan], python: str) -> None:
+    """Ask SGLang about several plans in one probe (one import, ~8 s)."""
+    from qwenprep.engines.vllm.core import EngineError
+
+    batch = []
+    for plan in plans:
+        items = _items(plan)
+        key = _key(plan, python, items)
+        if key not in _CACHE:
+            batch.append((key, items))
+    if not batch:
+        return
+    flat = [it for _, items in batch for it in items]
+    got = run_probe(python, ["gate", json.dumps(flat)], timeout=600, env=plans[0].child_env())
+    results = got.get("results")
+    if not isinstance(results, list) or len(results) != len(flat):
+        raise EngineError(
+            f"{python}: the SGLang probe (gate) answered {len(results or [])} "
+            f"results for {len(flat)} argvs."
+        )
+    i = 0
+    for key, items in batch:
+        _CACHE[key] = {**got, "results": results[i : i + len(items)]}
+        i += len(items)
+
+
+def _who(engine: SglangInfo) -> str:
+    return f"SGLang {engine.version}"
+
+
+def _sglang_words(checks: list[Check], who: str) -> list[Check]:
+    return [replace(c, message=c.message.replace("vLLM", who)) for c in checks]
+
+
+def override_traps(
+    config: dict[str, Any], overrides: Any, want_theta: Any, where: str
+) -> list[Check]:
+    """The --json-model-override-args traps of SGLang 0.5.23, each with its reason."""
+    if not isinstance(overrides, dict) or not overrides:
+        return []
+    out: list[Check] = []
+    text = config.get("text_config")
+    nested = isinstance(text, dict)
+    flat = [k for k in TEXT_KEYS if k in overrides]
+    if nested and flat:
+        out.append(
+            Check(
+                "engine.override_nested",
+                "fail",
+                f"--json-model-override-args sets {', '.join(flat)} at the top level, but this "
+                "model's text settings live in text_config: SGLang applies the override to the "
+                "top-level config only, so it changes nothing the model uses (a silent no-op). "
+                "Hint: " + PATCH_FIX,
+                where,
+            )
+        )
+    sub = overrides.get("text_config") if nested else overrides
+    if isinstance(sub, dict):
+        cur = text if nested and isinstance(text, dict) else config
+        for key in ("rope_parameters", "rope_scaling"):
+            block = sub.get(key)
+            if not isinstance(block, dict):
+                continue
+            got = cur.get(key) if isinstance(cur, dict) else None
+            old: dict[str, Any] = got if isinstance(got, dict) else {}
+            lost = [
+                k
+                for k in (
+                    "rope_theta",
+                    "mrope_section",
+                    "mrope_interleaved",
+                    "partial_rotary_factor",
+                )
+                if k in old and k not in block
+            ]
+            if nested and lost:
+                out.append(
+                    Check(
+                        "engine.override_rope_partial",
+                        "fail",
+                        f"--json-model-override-args gives text_config.{key} without "
+                        f"{', '.join(lost)}: SGLang merges text_config with PretrainedConfig."
+                        f"update, which replaces the whole {key} dict, so {', '.join(lost)} "
+                        "are lost (rope_theta falls back to 10000). Restate the whole dict, or "
+                        "better: " + PATCH_FIX,
+                        where,
+                    )
+                )
+        mpe = sub.get("max_position_embeddings")
+        rope_given = any(isinstance(sub.get(k), dict) for k in ("rope_parameters", "rope_scaling"))
+        from qwenprep.model.contexts import effective_rope, native_context
+
+        native = native_context(config)
+        kind = effective_rope(config).get("rope_type", "default")
+        if isinstance(mpe, int) and mpe > native and not rope_given and kind != "yarn":
+            out.append(
+                Check(
+                    "engine.override_mpe",
+                    "fail",
+                    f"--json-model-override-args raises max_position_embeddings to {mpe} without "
+                    f"a YaRN block: SGLang's context length follows it, and RoPE stays unscaled "
+                    f"past the native {native} (wrong output). Hint: " + PATCH_FIX,
+                    where,
+                )
+            )
+    del want_theta
+    return out
+
+
+def _own_changes(changed: dict[str, list[Any]]) -> list[Check]:
+    if not changed:
+        return []
+    parts = [f"{d} {a} -> {b}" for d, (a, b) in changed.items()]
+    fixes = sorted({OWN_OPTION.get(d, d) for d in changed})
+    return [
+        Check(
+            "engine.own_args",
+            "fail",
+            "the arguments after -- change what qwenprep's own options set: "
+            + ", ".join(parts)
+            + ". Hint: "
+            + "; ".join(fixes),
+        )
+    ]
+
+
+def _online(
+    r: dict[str, Any],
+    config: dict[str, Any],
+    want: Any,
+    where: str,
+    shown: str,
+    who: str,
+    node: str,
+) -> list[Check]:
+    from qwenprep.engines.vllm.gate import compare
+
+    if r.get("stage") == "parse":
+        return [
+            Check(
+                "engine.argv",
+                "fail",
+                f"{who}'s server-argument parser refuses the arguments{node}: {r['error']}",
+            )
+        ]
+    out = [Check("engine.argv", "pass", f"{who}'s server-argument parser accepts {shown}{node}")]
+    out += _own_changes(r.get("changed") or {})
+    args = r.get("args") or {}
+    if r.get("trust_remote_code_asked"):
+        out.append(
+            Check(
+                "engine.remote_code",
+                "warn",
+                "--trust-remote-code: SGLang will run Python files from the "
+                "checkpoint; the readback ran none of them",
+                where,
+            )
+        )
+    raw = args.get("json_model_override_args") or "{}"
+    try:
+        overrides = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        overrides = None
+    traps = override_traps(config, overrides, want.rope_theta, where)
+    if not r.get("ok"):
+        err = str(r.get("error"))
+        hint = f" Hint: {PATCH_FIX}" if "context_length" in err or "rope" in err else ""
+        return (
+            out
+            + traps
+            + [
+                Check(
+                    "engine.load",
+                    "fail",
+                    f"{who} refuses to build the model config with these "
+                    f"arguments{node}: {err}{hint}",
+                    where,
+                )
+            ]
+        )
+    from qwenprep.engines.rotation import rotation_checks
+
+    return (
+        out
+        + traps
+        + _sglang_words(compare(r["view"], want, where), who)
+        + rotation_checks(r.get("rotation"), config, who, where)
+    )
+
+
+def gate_checks(
+    plan: SglangPlan, engine: SglangInfo | None, offline_reason: str | None = None
+) -> list[Check]:
+    """Judge PLAN's argv with SGLang itself. Without SGLang nothing can be judged: one skip
+    (qwenprep keeps no offline copy of SGLang's parser)."""
+    from qwenprep.engines.vllm.core import manifest_of, read_config
+    from qwenprep.engines.vllm.gate import intent_of
+
+    path = Path(plan.model_path)
+    where = str(path / "config.json")
+    env_note = [
+        Check(
+            "engine.env",
+            "warn",
+            f"{k} is set here; it lifts SGLang's length check and leaves RoPE as it "
+            "is, so qwenprep removes it from SGLang's environment",
+            where,
+        )
+        for k in plan.unset_env
+        if k in LIFTING_ENV
+    ]
+    config = read_config(path)
+    want = intent_of(config, manifest_of(path), plan.max_model_len)
+    if engine is None or not engine.importable or offline_reason:
+        why = offline_reason or "SGLang is not installed in the named interpreter"
+        return env_note + _offline(plan, config, want, where, why)
+    items = _items(plan)
+    key = _key(plan, engine.python, items)
+    if key not in _CACHE:
+        probe_plans([plan], engine.python)
+    answer = _CACHE[key]
+    who = _who(engine)
+    checks = [
+        Check(
+            "engine.found",
+            "pass",
+            f"SGLang {engine.version} with transformers "
+            f"{answer.get('transformers') or engine.transformers} in {engine.python}",
+        )
+    ]
+    checks += env_note
+    shown = " ".join(plan.extra_args) or "(no arguments after --)"
+    for n, r in enumerate(answer["results"]):
+        node = "" if n == 0 else f" (node {n - 1})"
+        got = _online(r, config, want, where, shown, who, node)
+        checks += got if n == 0 else [c for c in got if c.status == "fail"]
+    return checks
+
+
+OVERRIDES = "--json-model-override-args"
+
+
+def _offline(
+    plan: SglangPlan, config: dict[str, Any], want: Any, where: str, why: str
+) -> list[Check]:
+    """Without SGLang: its --json-model-override-args judged as SGLang 0.5.23 applies it (the
+    traps above, and the overlay's intent against the config with the overrides set on top);
+    any other argument after -- refused, since nothing here can say what SGLang makes of it."""
+    from qwenprep.engines.vllm.gate import compare
+    from qwenprep.engines.vllm.offline import offline_view
+
+    tag = "(offline, not judged by SGLang) "
+    out = [
+        Check(
+            "engine.readback",
+            "skip",
+            f"the SGLang readback did not run ({why}): the argv was not judged by SGLang",
+        )
+    ]
+    args, raw, other = list(plan.extra_args), [], []
+    i = 0
+    while i < len(args):
+        name, eq, value = args[i].partition("=")
+        if name.replace("_", "-") == OVERRIDES and (eq or i + 1 < len(args)):
+            raw.append(value if eq else args[i + 1])
+            i += 1 if eq else 2
+            continue
+        other.append(args[i])
+        i += 1
+    if other:
+        out.append(
+            Check(
+                "engine.offline",
+                "fail",
+                f"{tag}SGLang is not here to judge {' '.join(other)}: without it qwenprep reads "
+                f"only {OVERRIDES}. Hint: judge them with SGLang installed (--engine-python PY, "
+                "check without --no-engine), or drop them",
+            )
+        )
+    if not raw:
+        return out
+    try:
+        overrides = json.loads(raw[-1])  # argparse: the last one wins
+    except ValueError as e:
+        overrides = e
+    if not isinstance(overrides, dict):
+        return out + [
+            Check("engine.argv", "fail", f"{tag}{OVERRIDES} is not a JSON object: {raw[-1]}")
+        ]
+    out += override_traps(config, overrides, want.rope_theta, where)
+    nested = isinstance(config.get("text_config"), dict)
+    try:  # a nested model's text settings are judged by the traps: set on top, they do nothing
+        view = offline_view(config, {"hf_overrides": {} if nested else overrides})
+    except ValueError as e:
+        return out + [Check("engine.load", "fail", f"{tag}{e}", where)]
+    view["max_model_len"] = plan.max_model_len
+    judged = _sglang_words(compare(view, want, where), "SGLang")
+    return out + [replace(c, message=tag + c.message) for c in judged]
+
+
+def enforce(plan: SglangPlan, engine: SglangInfo | None) -> SglangPlan:
+    """serve's use of the gate: ArgsRefused (exit 3) on any failed check."""
+    from qwenprep.engines.vllm.gate import ArgsRefused
+
+    checks = gate_checks(plan, engine)
+    bad = [c for c in checks if c.status == "fail"]
+    if bad:
+        listed = "; ".join(f"[{c.id}] {c.message.split(' Hint: ')[0]}" for c in bad)
+        who = _who(engine) if engine else "SGLang"
+        ids = {c.id for c in bad}
+        if "engine.own_args" in ids:
+            hint = "set these with qwenprep's own options, not after --."
+        elif ids <= {"engine.argv", "engine.offline"}:
+            hint = "drop or fix that argument; python -m sglang.launch_server --help lists them."
+        else:
+            hint = f"put the rope settings into config.json instead: {PATCH_FIX}."
+        where = f"{who} in {engine.python}" if engine else "judged offline: no SGLang here"
+        raise ArgsRefused(
+            f"SGLang would not serve what was asked ({where}): {listed}",
+            hint=hint,
+        )
+    if engine is None:
+        return replace(
+            plan,
+            notes=(*plan.notes, "SGLang is not installed here: the argv was not judged by SGLang"),
+        )
+    return replace(
+        plan,
+        notes=(
+            *plan.notes,
+            f"{_who(engine)} in {engine.python} parsed this "
+            "argv with its own server-argument parser and read the model "
+            "config back with those arguments",
+        ),
+    )
+
+
+def check_gate(
+    path: Path,
+    *,
+    engine_on: bool,
+    python: str | None,
+    tp: int | None,
+    ep: bool | None,
+    max_model_len: int | None,
+    extra_args: tuple[str, ...],
+    repo_id: str | None = None,
+) -> list[Check]:
+    """check's use of the gate: the plan serve would build, judged the same way."""
+    from qwenprep.engines.sglang import core as sglang
+
+    engine = sglang.discover(python) if engine_on else None
+    try:
+        plan = sglang.build_plan(
+            path,
+            engine=engine,
+            tp=tp,
+            ep=ep,
+            max_model_len=max_model_len,
+            extra_args=extra_args,
+            repo_id=repo_id,
+            for_check=True,
+        )
+    except QwenprepError as e:
+        hint = f" Hint: {e.hint}" if e.hint else ""
+        return [
+            Check(
+                "engine.plan",
+                "fail",
+                f"qwenprep serve --serving-engine sglang would "
+                f"refuse (exit {e.exit_code}): {e.message}{hint}",
+                e.path,
+            )
+        ]
+    reason = None if engine_on else "check --no-engine"
+    return gate_checks(plan, engine, reason)
+
+
+def readback_checks(path: Path, *, python: str | None = None) -> list[Check]:
+    """verify --engine --serving-engine sglang: load PATH through SGLang's ModelConfig at the
+    intended length and compare with the manifest (or the config itself)."""
+    from qwenprep.engines.sglang import core as sglang
+
+    info = sglang.discover(python)
+    if info is None or not info.importable:
+        return [
+            Check(
+                "engine.readback",
+                "skip",
+                f"SGLang is not installed in {sglang.engine_python(python)}; the engine "
+                "readback did not run (--engine-python names another interpreter).",
+            )
+        ]
+    plan = sglang.build_plan(Path(path), engine=info, for_check=True)
+    return [c for c in gate_checks(plan, info) if c.id != "engine.argv"]
+
+
+def _kv_checks(shape: Any, opts: Any, layout: Any, inv: Any, extra: dict[str, Any]) -> list[Check]:
+    """kv.fits by SGLang 0.5.23's arithmetic (qwenprep.engines.sglang.kv)."""
+    from qwenprep.engines.sglang.kv import plan_sglang
+    from qwenprep.util.sizes import format_gib
+
+    context = opts.context or shape.max_position_embeddings
+    if context == -1:
+        context = shape.native_context
+    if opts.kv_memory is None and inv.min_total is None:
+        return [
+            Check(
+                "kv.fits",
+                "skip",
+                f"no memory budget to check {context:,} tokens "
+                "against; pass --kv-memory SIZE or --gpus N --gpu-memory SIZE",
+            )
+        ]
+    try:
+        p = plan_sglang(
+            shape,
+            context=context,
+            tp=layout.tp,
+            pp=layout.pp,
+            gpus=layout.gpus,
+            gpu_memory=inv.min_total,
+            kv_memory=opts.kv_memory,
+            kv_cache_dtype=opts.kv_cache_dtype,
+            ep=layout.ep,
+        )
+    except QwenprepError as e:
+        return [Check("kv.fits", "fail", e.message)]
+    extra["plan"] = p.to_dict()
+    head = (
+        f"SGLang {p.max_total_num_tokens:,} KV tokens per GPU, {p.max_concurrency:.2f}x at "
+        f"{context:,}; per-request token table {format_gib(p.req_to_token_bytes)}"
+        + ("" if p.exact else " (KV pool estimated from GPU memory)")
+    )
+    if p.fits:
+        return [Check("kv.fits", "pass", head)]
+    return [Check("kv.fits", "fail", f"{head}; does not fit. " + "; ".join(p.advice[:2]))]
+
+
+def check_hooks() -> Any:
+    """preflight.EngineHooks for `qwenprep check --serving-engine sglang`."""
+    from qwenprep.checks.preflight import EngineHooks
+
+    def gate(path: Path, opts: Any, max_len: int | None, repo_id: str | None) -> list[Check]:
+        return check_gate(
+            path,
+            engine_on=opts.engine,
+            python=opts.python,
+            tp=opts.tp,
+            ep=opts.ep,
+            max_model_len=max_len,
+            extra_args=opts.vllm_args,
+            repo_id=repo_id,
+        )
+
+    return EngineHooks("sglang", gate, _kv_checks)
+
+
+def serve_plan(
+    path: str,
+    *,
+    python: str | None,
+    dry_run: bool,
+    tp: int | None,
+    ep: bool | None,
+    max_len: str | None,
+    host: str | None,
+    port: int | None,
+    served_model_name: str | None,
+    extra_args: tuple[str, ...],
+    expect_digest: str | None,
+    nnodes: int | None,
+    gpus_per_node: int | None,
+    master_addr: str | None,
+    multinode_mode: str | None,
+) -> SglangPlan:
+    """`qwenprep serve --serving-engine sglang`: the plan, through the gate (ArgsRefused)."""
+    from qwenprep.engines.sglang import core as sglang
+    from qwenprep.engines.vllm.core import parse_max_model_len
+    from qwenprep.errors import UsageError
+    from qwenprep.model.checkpoint import resolve_model
+
+    if multinode_mode is not None:
+        raise UsageError(
+            "--multinode-mode is vLLM's; SGLang nodes join with its own "
+            "--nnodes/--node-rank/--dist-init-addr (qwenprep adds them)."
+        )
+    ckpt = resolve_model(path)
+    info = sglang.discover(python) if dry_run else sglang.require(python)
+    plan = sglang.build_plan(
+        ckpt.path,
+        engine=info,
+        tp=tp,
+        ep=ep,
+        max_model_len=parse_max_model_len(max_len) if max_len else None,
+        host=host,
+        port=port,
+        served_model_name=served_model_name,
+        extra_args=extra_args,
+        repo_id=ckpt.repo_id,
+        expect_digest=expect_digest,
+        nnodes=nnodes,
+        gpus_per_node=gpus_per_node,
+        master_addr=master_addr,
+    )
+    return enforce(plan, info)

@@ -1,0 +1,1 @@
+"""The operations the commands and the API run: patch, overlays, revert, fetch, the demo."""

@@ -1,0 +1,1 @@
+"""Synthetic checkpoints for the tests and the benchmarks."""
