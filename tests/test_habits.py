@@ -298,7 +298,7 @@ def test_tests_never_depend_on_wall_clock_speed() -> None:
     timed = re.compile(r"deadline=(?!None)|assert [^\n]*(elapsed|took|duration)[^\n]*<")
     found = [
         f"{p.name}:{n}"
-        for p in sorted((REPO / "tests").glob("*.py"))
+        for p in sorted((REPO / "tests").rglob("*.py"))
         for n, line in enumerate(p.read_text().splitlines(), 1)
         if timed.search(line) and p.name != "test_habits.py"
     ]

@@ -386,7 +386,7 @@ def fast_entries(
     Entry objects at C speed; None whenever anything is unusual (a JSON escape, metadata not
     first, a field Entry does not have, an entry of the wrong types, a problem sane_structs
     sees), and the caller takes the json path that says what is wrong. Never accepts what that
-    path refuses (tests/test_fast_paths.py):
+    path refuses (tests/checks/test_scan_fast_paths.py):
 
     - no backslash at all, so every string is its bytes (no escapes, no lone surrogates);
     - `__metadata__`, when there, must be the first key and its only mention: the object up to

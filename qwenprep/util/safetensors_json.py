@@ -18,7 +18,7 @@ an optional `__metadata__` map of strings. serde_json refuses what Python's json
 
 parse_header reads the header with those rules; what stays for the caller is the typing of
 each entry (safetensors_io.typed_tensors) and the sizes (safetensors_io.header_problems).
-tests/test_fuzz_headers.py holds each rule beside the real loader's verdict.
+tests/util/test_safetensors_headers.py holds each rule beside the real loader's verdict.
 """
 
 from __future__ import annotations

@@ -207,7 +207,7 @@ def test_gpus_visible_names_the_gpus_found(
 ) -> None:
     import sys
 
-    from test_gpus import H200_CSV, fake_smi
+    from fakes import H200_CSV, fake_smi
 
     fake_smi(tmp_path / "bin", H200_CSV)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
@@ -295,7 +295,7 @@ def test_dp_comes_from_the_inventory_in_both_blocks(
 ) -> None:
     """GPUs found by nvidia-smi (no --gpus): the top-level parallel block and the plan behind
     kv.fits give the same DP."""
-    from test_gpus import fake_smi
+    from fakes import fake_smi
 
     fake_smi(tmp_path / "bin", "NVIDIA H100 80GB HBM3, 81559, 81000\n" * 4)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
@@ -382,7 +382,7 @@ def test_no_gpus_no_flags_skips(tiny_src: Path, no_gpus: None) -> None:
 def test_too_few_gpus_from_nvidia_smi(
     tiny_src: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from test_gpus import fake_smi
+    from fakes import fake_smi
 
     fake_smi(tmp_path / "bin", "NVIDIA H100 80GB HBM3, 81559, 81000\n" * 1)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
@@ -595,7 +595,7 @@ def test_console_script_json_validates(tiny_src: Path) -> None:
 
 # ------------------------------------------------------------------ examples/pipelines
 
-PIPELINES = Path(__file__).resolve().parent.parent / "examples" / "pipelines"
+PIPELINES = Path(__file__).resolve().parents[2] / "examples" / "pipelines"
 
 
 def _run_preflight_sh(

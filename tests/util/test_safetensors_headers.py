@@ -18,8 +18,6 @@ is timed (no hypothesis deadline): a loaded machine is slow, not wrong.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import os
 import shutil
@@ -34,6 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import QWENPREP_BIN, TINY_FP8, invoke
+from fakes import OpenWatch
 from qwenprep.checks.integrity import verify_checkpoint
 from qwenprep.errors import InputError, QwenprepError
 from qwenprep.testing.synth import make_shaped_checkpoint, tiny_fp8_config
@@ -48,39 +47,6 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     database=None,
 )
-
-
-# ------------------------------------------------------------------ inotify (Linux)
-IN_ACCESS, IN_OPEN = 0x001, 0x020
-
-
-class OpenWatch:
-    """Counts open/read events on one file (inotify via libc): honest evidence that a
-    process opened it, whatever the filesystem's atime policy."""
-
-    def __init__(self, path: Path) -> None:
-        self.libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        self.fd = self.libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        if self.fd < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1")
-        if self.libc.inotify_add_watch(self.fd, os.fsencode(path), IN_OPEN | IN_ACCESS) < 0:
-            raise OSError(ctypes.get_errno(), "inotify_add_watch")
-
-    def events(self) -> int:
-        n = 0
-        while True:
-            try:
-                buf = os.read(self.fd, 65536)
-            except BlockingIOError:
-                return n
-            off = 0
-            while off < len(buf):
-                _wd, _mask, _cookie, length = struct.unpack_from("iIII", buf, off)
-                off += 16 + length
-                n += 1
-
-    def close(self) -> None:
-        os.close(self.fd)
 
 
 # ------------------------------------------------------------------ base checkpoints

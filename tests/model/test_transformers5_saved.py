@@ -26,7 +26,7 @@ pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
 
 CliFn = Callable[..., Result]
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def _save(example: str, out: Path, how: str = "causal") -> Path:

@@ -686,7 +686,7 @@ def test_downloaded_checkpoint_without_weights_fails(tmp_path: Path) -> None:
     snap = tmp_path / "hub" / "models--Qwen--Partial" / "snapshots" / ("c" * 40)
     snap.mkdir(parents=True)
     _sh.copy(
-        Path(__file__).resolve().parents[1] / "examples" / "tiny-qwen3-coder" / "config.json",
+        Path(__file__).resolve().parents[2] / "examples" / "tiny-qwen3-coder" / "config.json",
         snap / "config.json",
     )
     report = _verify(snap)

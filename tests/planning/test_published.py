@@ -12,7 +12,7 @@ import pytest
 
 from qwenprep.planning.published import ROWS, table_lines
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "time.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "time.md"
 
 
 def _doc_table() -> list[str]:

@@ -14,7 +14,7 @@ import pytest
 
 from qwenprep.util.safetensors_io import read_header
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 GENERATOR = EXAMPLES / "make_tiny_checkpoint.py"
 BF16 = EXAMPLES / "tiny-qwen3-coder"

@@ -1,6 +1,6 @@
 """schemas/fetch-result.schema.json against real `qwenprep fetch --json` outputs: the installed
 console script in a fresh process, downloading through the real huggingface_hub client from
-the hub-compatible server in tests/hubserver.py (as tests/test_fetch.py does)."""
+the hub-compatible server in tests/hubserver.py (as tests/ops/fetch/test_fetch.py does)."""
 
 from __future__ import annotations
 

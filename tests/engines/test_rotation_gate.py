@@ -272,7 +272,7 @@ def test_an_unbuildable_rotation_compares_the_derived_parameters() -> None:
 
 # ---------------------------------------------------------------- SGLang (real SGLang)
 SG_PY = os.environ.get("QWENPREP_SGLANG_PYTHON") or str(
-    Path(__file__).resolve().parents[1] / ".venv-sglang" / "bin" / "python"
+    Path(__file__).resolve().parents[2] / ".venv-sglang" / "bin" / "python"
 )
 
 

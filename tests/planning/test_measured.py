@@ -4,7 +4,7 @@ layout shows it as "measured here" beside its estimate, the band narrowed toward
 
 The request goes to a local HTTP server that answers as vLLM's /v1/completions streams
 (tests/sse_stub.py: a real socket, the real proof client); no vLLM is started here
-(tests/test_proof.py serves one)."""
+(tests/engines/test_proof.py serves one)."""
 
 from __future__ import annotations
 

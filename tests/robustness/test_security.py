@@ -7,9 +7,9 @@ A copy of the tiny checkpoint whose config.json carries ``"auto_map"`` pointing 
 A positive control shows the marker really appears when vLLM is told to trust the code, so the
 absence of the marker means something.
 
-Manifest names that climb out of an overlay are flagged (tests/test_faults.py,
+Manifest names that climb out of an overlay are flagged (tests/robustness/test_faults.py,
 test_manifest_naming_an_escaping_path_is_flagged); here the same case is watched with inotify
-to show the file outside is never opened (index names: tests/test_fuzz_headers.py).
+to show the file outside is never opened (index names: tests/util/test_safetensors_headers.py).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_fuzz_headers import OpenWatch
 
 from conftest import QWENPREP_BIN, TINY, invoke
+from fakes import OpenWatch
 from hubserver import HubServer, hub_env
 from qwenprep.checks.overlay import overlay_checks
 from qwenprep.engines.vllm import core as vllm_core

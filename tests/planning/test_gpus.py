@@ -5,46 +5,18 @@ the nvidia-smi path runs a real executable named nvidia-smi (a script printing t
 from __future__ import annotations
 
 import os
-import stat
 import sys
 from pathlib import Path
 
 import pytest
 
+from fakes import H200_CSV, fake_smi
 from qwenprep.errors import InputError, UsageError
 from qwenprep.planning.gpus import GPU, from_nvidia_smi, inventory, parse_smi_csv
 from qwenprep.util.sizes import MiB
 
 # What `nvidia-smi --query-gpu=name,memory.total,memory.free --format=csv,noheader,nounits`
 # prints on an 8x H200 node (MiB, no header, ", " separated).
-H200_CSV = "".join(f"NVIDIA H200, 143771, {143771 - 500 - i}\n" for i in range(8))
-
-
-def fake_smi(dir_: Path, stdout: str, *, rc: int = 0, expect_args: bool = True) -> Path:
-    """Write an executable `nvidia-smi` into dir_ that checks its arguments like the real one
-    would be called and prints stdout."""
-    dir_.mkdir(parents=True, exist_ok=True)
-    exe = dir_ / "nvidia-smi"
-    check = (
-        "if sys.argv[1:] != ['--query-gpu=name,memory.total,memory.free', "
-        "'--format=csv,noheader,nounits']:\n"
-        "    print('bad args', sys.argv[1:], file=sys.stderr); sys.exit(9)\n"
-        if expect_args
-        else ""
-    )
-    exe.write_text(
-        f"#!{sys.executable}\nimport sys\n{check}"
-        f"sys.stdout.write({stdout!r})\n"
-        + (
-            "print('NVIDIA-SMI has failed because it could not communicate with the NVIDIA "
-            "driver.', file=sys.stderr)\n"
-            if rc
-            else ""
-        )
-        + f"sys.exit({rc})\n"
-    )
-    exe.chmod(exe.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    return exe
 
 
 @pytest.fixture

@@ -413,7 +413,7 @@ def test_no_memory_budget_says_why_no_gpu_was_found(
 ) -> None:
     import sys
 
-    from test_gpus import fake_smi
+    from fakes import fake_smi
 
     monkeypatch.setitem(sys.modules, "pynvml", None)  # nvidia-ml-py absent
     monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
@@ -552,7 +552,7 @@ def test_index_names_outside_the_checkpoint_are_refused(tmp_path: Path) -> None:
     from qwenprep.cli import cli
 
     src = tmp_path / "ckpt"
-    shutil.copytree(Path(__file__).resolve().parents[1] / "examples" / "tiny-qwen3-coder-fp8", src)
+    shutil.copytree(Path(__file__).resolve().parents[2] / "examples" / "tiny-qwen3-coder-fp8", src)
     index = src / "model.safetensors.index.json"
     obj = json.loads(index.read_text())
     name = next(iter(obj["weight_map"]))

@@ -78,7 +78,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
                 str(port),
                 "--ready-timeout",
                 "600",
-                "--no-proof",  # native is 262,144 here: tests/test_proof.py serves a small one
+                "--no-proof",  # native is 262,144 here: tests/engines/test_proof.py serves one
                 "--json",
             ],
             stdout=subprocess.PIPE,
@@ -435,7 +435,7 @@ def _dry_run_notes(ov: Path, *args: str) -> list[str]:
 def test_too_few_gpus_on_this_node_is_a_note(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from test_gpus import fake_smi
+    from fakes import fake_smi
 
     try:
         import pynvml  # noqa: F401
