@@ -190,23 +190,8 @@ def plan(
 
     layout(tp, pp, gpus)  # every engine's plan: the maximum, with its why
     engine = _engine(serving_engine, None)
-    options = PlanOptions(
-        context=context,
-        tp=tp,
-        pp=pp,
-        gpus=gpus,
-        gpu_memory=gpu_memory,
-        kv_memory=kv_memory,
-        kv_cache_dtype=kv_cache_dtype,
-        ep=ep,
-        vllm_version=_version(vllm_version),
-        block_size=block_size,
-        gpu=gpu,
-        prefill_budget=prefill_budget,
-        dcp=dcp,
-        prefix_caching=prefix_caching,
-        mem_fraction_static=mem_fraction_static,
-    )
+    vllm_version = _version(vllm_version)
+    options = PlanOptions.of(locals())  # this function's keyword arguments, as plan's
     refusal = engine.plan_refusal(options)
     if refusal is not None:
         raise UsageError(refusal)
@@ -236,37 +221,16 @@ def check(
 ) -> dict[str, Any]:
     """``qwenprep check PATH ... --json``: every pre-flight check (the gate serve runs), for
     the serving engine SERVING_ENGINE ("vllm", "sglang"; None: as the command chooses)."""
-    from qwenprep.checks.preflight import check_options, run_checks
-    from qwenprep.model.checkpoint import resolve_model
+    from qwenprep.ops.check import run_check
     from qwenprep.planning.catalog import gpu_memory_for
     from qwenprep.request import text
 
     _flags(strict=strict)
     gm, kv = _size(gpu_memory, "--gpu-memory"), _size(kv_memory, "--kv-memory")
     _, gm, _ = gpu_memory_for(text(gpu, "--gpu"), gpu_memory=gm, kv_memory=kv, gpus=gpus)
-    opts = check_options(
-        tp=tp,
-        pp=pp,
-        ep=ep,
-        context=context,
-        gpus=gpus,
-        gpu_memory=gm,
-        kv_memory=kv,
-        kv_cache_dtype=kv_cache_dtype,
-        block_size=block_size,
-        vllm_version=vllm_version,
-        vllm_args=vllm_args,
-        engine=engine,
-        python=vllm_python,
-    )
-    chosen = _engine(serving_engine, text(vllm_python, "--vllm-python"))
-    hooks = chosen.check_hooks()
-    if hooks is not None:
-        from dataclasses import replace
-
-        opts = replace(opts, serving_engine=chosen.name)
-    ckpt = resolve_model(_path(path, "path"))
-    rep = run_checks(ckpt.path, opts, repo_id=ckpt.repo_id, hooks=hooks)
+    python = text(vllm_python, "--vllm-python")
+    given = {**locals(), "gpu_memory": gm, "kv_memory": kv}
+    rep = run_check(_path(path, "path"), given, engine=_engine(serving_engine, python))
     rep.strict = strict
     return _shown(rep.to_dict(), vllm_args)
 

@@ -105,26 +105,12 @@ from qwenprep.util.report import Report
 @json_option
 def plan(
     model: str,
-    context: str | None,
-    tp: int | None,
-    pp: int,
-    ep: bool,
-    gpus: int | None,
-    gpu_memory: str | None,
-    kv_memory: str | None,
-    kv_cache_dtype: str,
-    block_size: int,
-    gpu_model: str | None,
-    prefill_budget: float | None,
     chart: str | None,
     force: bool,
-    dcp: int,
-    prefix_caching: bool | None,
-    vllm_version: str | None,
     serving_engine: str | None,
     vllm_python: str | None,
-    mem_fraction_static: float | None,
     as_json: bool,
+    **given: Any,
 ) -> None:
     """KV-cache capacity of MODEL at a context, by vLLM's own arithmetic, and how long prefill
     and decode take there (estimates: floor at peak, typical band); exit 1 if it won't fit.
@@ -140,26 +126,11 @@ def plan(
     from qwenprep.engines.base import PlanOptions
     from qwenprep.request import layout
 
-    check_sizes(as_json, gpu_memory=gpu_memory, kv_memory=kv_memory)
-    run(as_json, lambda: layout(tp, pp, gpus))  # every engine's plan: the maximum, with its why
+    options = PlanOptions.of(given)  # plan's own options, as typed
+    check_sizes(as_json, gpu_memory=given["gpu_memory"], kv_memory=given["kv_memory"])
+    # every engine's plan: the maximum, with its why
+    run(as_json, lambda: layout(options.tp, options.pp, options.gpus))
     engine = serving_engine_for(serving_engine, vllm_python, as_json)
-    options = PlanOptions(
-        context=context,
-        tp=tp,
-        pp=pp,
-        gpus=gpus,
-        gpu_memory=gpu_memory,
-        kv_memory=kv_memory,
-        kv_cache_dtype=kv_cache_dtype,
-        ep=ep,
-        vllm_version=vllm_version,
-        block_size=block_size,
-        gpu=gpu_model,
-        prefill_budget=prefill_budget,
-        dcp=dcp,
-        prefix_caching=prefix_caching,
-        mem_fraction_static=mem_fraction_static,
-    )
     refusal = engine.plan_refusal(options)
     if refusal is not None:
         run(as_json, lambda: usage(refusal))
@@ -276,8 +247,10 @@ def check(
       qwenprep check ./overlay --kv-memory 61.31GiB -- --max-num-seqs 4
     """
     from qwenprep.checks import scan as integrity_scan
-    from qwenprep.checks.preflight import check_options, run_checks
+    from qwenprep.ops.check import run_check
     from qwenprep.planning.catalog import gpu_memory_for
+
+    locals_of_check = dict(locals())  # the command's options, as typed
 
     integrity_scan.FREEZE_AFTER_SCAN = True  # this process ends after the command
 
@@ -290,31 +263,9 @@ def check(
         echo(f"note: {note}", err=True)
 
     def go() -> Report:
-        from qwenprep.model.checkpoint import resolve_model
-
-        opts = check_options(
-            tp=tp,
-            pp=pp,
-            ep=ep,
-            context=context,
-            gpus=gpus,
-            gpu_memory=gpu_memory,
-            kv_memory=kv_memory,
-            kv_cache_dtype=kv_cache_dtype,
-            block_size=block_size,
-            vllm_version=vllm_version,
-            vllm_args=vllm_args,
-            engine=engine,
-            python=vllm_python,
-        )
         chosen = serving_engine_for(serving_engine, vllm_python, as_json)
-        hooks = chosen.check_hooks()
-        if hooks is not None:
-            from dataclasses import replace
-
-            opts = replace(opts, serving_engine=chosen.name)
-        ckpt = resolve_model(path)
-        return run_checks(ckpt.path, opts, repo_id=ckpt.repo_id, hooks=hooks)
+        given = {**locals_of_check, "gpu_memory": gpu_memory, "python": vllm_python}
+        return run_check(path, given, engine=chosen)
 
     report = run(as_json, go)
     report.strict = strict

@@ -21,7 +21,7 @@ REGISTRY: dict[str, str] = {
     "vllm": "qwenprep.engines.vllm.backend",
     "sglang": "qwenprep.engines.sglang.backend",
 }
-ENGINES = tuple(REGISTRY)
+ENGINES = tuple(REGISTRY)  # the command line's choices (an engine registered later: the API's)
 DEFAULT = "vllm"  # qwenprep's engine before SGLang came
 ENV_ENGINE = "QWENPREP_SERVING_ENGINE"
 ENV_PYTHON = "QWENPREP_VLLM_PYTHON"  # the engine interpreter (the name predates SGLang)
@@ -30,7 +30,7 @@ ENV_PYTHON = "QWENPREP_VLLM_PYTHON"  # the engine interpreter (the name predates
 def engine_for(name: str) -> Engine:
     """The engine called NAME (one of ENGINES)."""
     if name not in REGISTRY:
-        raise UsageError(f"serving engine {name!r}: choose {' or '.join(ENGINES)}.")
+        raise UsageError(f"serving engine {name!r}: choose {' or '.join(REGISTRY)}.")
     engine: Engine = importlib.import_module(REGISTRY[name]).ENGINE
     return engine
 
@@ -42,9 +42,9 @@ def select_engine(name: str | None, python: str | None) -> str:
     chosen = name or os.environ.get(ENV_ENGINE) or None
     if chosen is not None:
         chosen = chosen.strip().lower()
-        if chosen not in ENGINES:
+        if chosen not in REGISTRY:
             where = "--serving-engine" if name else ENV_ENGINE
-            raise UsageError(f"{where} {chosen!r}: choose {' or '.join(ENGINES)}.")
+            raise UsageError(f"{where} {chosen!r}: choose {' or '.join(REGISTRY)}.")
         return chosen
     if python is None and not os.environ.get(ENV_PYTHON):
         return DEFAULT  # no engine interpreter named: qwenprep's default engine

@@ -7,10 +7,10 @@ SGLang, and an engine package never imports the other's."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from qwenprep.checks.preflight import EngineHooks
@@ -41,7 +41,18 @@ class PlanOptions:
     prefix_caching: bool | None = None
     mem_fraction_static: float | None = None
 
+    @classmethod
+    def of(cls, values: Mapping[str, Any]) -> PlanOptions:
+        """The options among VALUES (a command's or a function's keyword arguments: other
+        names are not plan options; `gpu_model` is the command line's name for `gpu`)."""
+        names = {f.name for f in fields(cls)}
+        picked = {k: v for k, v in values.items() if k in names}
+        if "gpu_model" in values:
+            picked["gpu"] = values["gpu_model"]
+        return cls(**picked)
 
+
+@runtime_checkable
 class Engine(Protocol):
     """A serving engine as qwenprep drives it."""
 

@@ -1,7 +1,8 @@
 """Published long-context prefill measurements, held against the time model (docs/time.md,
 "Published errors"). Every row is a public measurement on data-centre GPUs at 32K tokens or
 more, with its source; the floor and band are recomputed from the shipped catalog and
-qwenprep.planning.timecost, and tests/planning/test_published.py holds the table in docs/time.md to them.
+qwenprep.planning.timecost, and tests/planning/test_published.py holds the table in
+docs/time.md to them.
 
 Models are described by the numbers of their public config.json (parameters by config
 arithmetic, qwenprep.planning.timecost.params_from_config).

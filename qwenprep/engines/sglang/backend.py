@@ -4,6 +4,7 @@ registry (qwenprep.engines.REGISTRY) hands to the commands and the API."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,15 +48,7 @@ class SglangEngine:
         )
         plan = make_plan(
             str(model),
-            context=None if options.context is None else str(options.context),
-            tp=options.tp,
-            pp=options.pp,
-            ep=options.ep,
-            gpus=gpus,
-            gpu_memory=gpu_memory,
-            kv_memory=given(options.kv_memory),
-            kv_cache_dtype=options.kv_cache_dtype,
-            mem_fraction_static=options.mem_fraction_static,
+            replace(options, gpus=gpus, gpu_memory=gpu_memory, kv_memory=given(options.kv_memory)),
         )
         return plan, list(notes)
 

@@ -33,6 +33,7 @@ from qwenprep.util.report import SCHEMA_VERSION
 from qwenprep.util.sizes import GiB, format_gib
 
 if TYPE_CHECKING:
+    from qwenprep.engines.base import PlanOptions
     from qwenprep.engines.vllm.kv import ModelShape
 
 VERSION = "0.5.23"
@@ -320,33 +321,28 @@ def plan_sglang(
     )
 
 
-def make_plan(
-    model: str,
-    *,
-    context: str | None,
-    tp: int | None,
-    pp: int,
-    ep: bool,
-    gpus: int | None,
-    gpu_memory: str | None,
-    kv_memory: str | None,
-    kv_cache_dtype: str,
-    mem_fraction_static: float | None,
-) -> SglangKVPlan:
+def make_plan(model: str, options: PlanOptions) -> SglangKVPlan:
     """`qwenprep plan --serving-engine sglang` from its options as typed; without a memory
     option the GPUs of this machine give the memory, TP defaults to their count."""
     from qwenprep.model.contexts import parse_context
     from qwenprep.model.shapes import load_shape
     from qwenprep.util.sizes import parse_size
 
+    kv_memory, gpu_memory, gpus, tp, pp = (
+        options.kv_memory,
+        options.gpu_memory,
+        options.gpus,
+        options.tp,
+        options.pp,
+    )
     if kv_memory is not None and gpu_memory is not None:
         raise UsageError(
             "--kv-memory and --gpu-memory exclude each other: the first is "
             "exact, the second an estimate.",
             hint="pass one of them.",
         )
-    kv = parse_size(kv_memory) if kv_memory is not None else None
-    gm = parse_size(gpu_memory) if gpu_memory is not None else None
+    kv = parse_size(str(kv_memory)) if kv_memory is not None else None
+    gm = parse_size(str(gpu_memory)) if gpu_memory is not None else None
     n = gpus
     if kv is None and gm is None:
         from qwenprep.planning.gpus import inventory
@@ -354,7 +350,7 @@ def make_plan(
         inv = inventory(gpus=gpus)
         n, gm = (inv.count, inv.min_total) if inv.count else (gpus, None)
     shape = load_shape(model)
-    req = parse_context(context) if context is not None else None
+    req = parse_context(str(options.context)) if options.context is not None else None
     ctx = (
         shape.max_position_embeddings
         if req is None
@@ -369,7 +365,7 @@ def make_plan(
         gpus=n,
         gpu_memory=gm,
         kv_memory=kv,
-        kv_cache_dtype=kv_cache_dtype,
-        ep=ep,
-        mem_fraction_static=mem_fraction_static,
+        kv_cache_dtype=options.kv_cache_dtype,
+        ep=options.ep,
+        mem_fraction_static=options.mem_fraction_static,
     )

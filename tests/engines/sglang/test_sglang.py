@@ -510,3 +510,35 @@ def test_sglang_ending_before_ready_is_exit_3(tmp_path: Path) -> None:
     from qwenprep.util.schemas import validator
 
     assert not list(validator("serve-plan").iter_errors(json.loads(r.stdout)))
+
+
+def test_the_api_serves_sglang_as_the_command_does(env: dict[str, Any]) -> None:
+    """api.plan, api.check, api.verify and api.serve_plan take serving_engine (issue 22) and
+    give what `plan/check/verify/serve --serving-engine sglang --json` print."""
+    from qwenprep import api
+
+    ov = env["ov"]
+
+    def seen(out: dict[str, Any]) -> dict[str, tuple[str, str]]:
+        return {
+            c["id"]: (c["status"], c["message"])
+            for c in out["checks"]
+            if not c["id"].startswith("disk")  # free space moves between two reads
+        }
+
+    code, cli = _check(ov)
+    got = api.check(ov, kv_memory="2GiB", serving_engine="sglang", vllm_python=SG_PY)
+    assert code == 0 and got["ok"] and seen(got) == seen(cli)
+    assert got["serving_engine"] == cli["serving_engine"] == "sglang"
+    code, cli = _serve(ov)
+    got = api.serve_plan(ov, serving_engine="sglang", vllm_python=SG_PY)
+    assert code == 0 and got == cli and got["argv"][1:3] == ["-m", "sglang.launch_server"]
+    r = invoke("plan", str(TINY), "--context", "1m", "--kv-memory", "2GiB", "--json",
+               "--serving-engine", "sglang")  # fmt: skip
+    got = api.plan(TINY, context="1m", kv_memory="2GiB", serving_engine="sglang")
+    assert r.exit_code == 0 and got == json.loads(r.stdout)
+    assert got["max_total_num_tokens"] == 4194304  # SGLang's arithmetic, not vLLM's
+    got = api.verify(ov, engine=True, serving_engine="sglang", vllm_python=SG_PY)
+    ids = {c["id"]: c for c in got["checks"]}
+    assert ids["engine.rope_type"]["status"] == "pass"
+    assert "SGLang 0.5.23" in ids["engine.found"]["message"]
