@@ -106,6 +106,41 @@ def test_the_repository_keeps_its_import_rules() -> None:
     assert "import rules ok" in r.stderr
 
 
+def test_imports_flow_down_the_layers(tmp_path: Path) -> None:
+    """Rule 3: a module imports from its layer or below; engines never import each other; the
+    probes import nothing of qwenprep; the exceptions file only shrinks."""
+    files = {
+        "qwenprep/model/__init__.py": "",
+        "qwenprep/model/view.py": "def f():\n    from qwenprep.ops.patch import g\n",
+        "qwenprep/ops/__init__.py": "",
+        "qwenprep/ops/patch.py": "def g(): pass\n",
+        "qwenprep/engines/__init__.py": "",
+        "qwenprep/engines/sglang/__init__.py": "",
+        "qwenprep/engines/sglang/gate.py": "from qwenprep.engines.vllm import core\n",
+        "qwenprep/engines/sglang/backend.py": "from qwenprep.ops import patch\n",  # sits with ops
+        "qwenprep/engines/vllm/__init__.py": "",
+        "qwenprep/engines/vllm/core.py": "",
+        "qwenprep/_probes/vllm_probe.py": "import qwenprep.model.view\n",
+    }
+    r = _check(_tree(tmp_path, files))
+    assert r.returncode == 1
+    assert (
+        "qwenprep/model/view.py:2: model.view imports ops.patch (in f(): from qwenprep.ops.patch "
+        "import g); model is below ops" in r.stderr
+    )
+    assert "engines/sglang and engines/vllm never import each other" in r.stderr
+    assert "qwenprep/_probes/vllm_probe.py:1:" in r.stderr and "imports nothing" in r.stderr
+    assert "backend.py" not in r.stderr and "import rules: 3 problem(s)" in r.stderr
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "tools" / "layers_allowed.txt").write_text(
+        "model.view -> ops.patch\nengines.sglang.gate -> engines.vllm.core\n"
+        "_probes.vllm_probe -> model.view\nutil.gone -> model.view  # fixed since\n"
+    )
+    r = _check(tmp_path)
+    assert r.returncode == 1 and "import rules: 1 problem(s)" in r.stderr
+    assert "layers_allowed.txt:4: util.gone -> model.view no longer breaks" in r.stderr
+
+
 def test_a_cycle_through_a_function_level_import_fails_naming_the_lines(tmp_path: Path) -> None:
     root = _tree(
         tmp_path,

@@ -10,6 +10,14 @@
    module b) that closes a cycle and is not in that file fails the check; so does a line of
    that file whose edge no longer closes a cycle (delete the line: the list only shrinks).
 2. Only the qwenprep/cli/ package imports click: the core never talks to the terminal.
+3. Imports flow one way, down the layers (LAYERS: cli -> api -> ops -> checks -> planning ->
+   engines -> request -> model -> util -> errors): a module imports from its own layer or one
+   below, never above. An engine's `backend` module (engines/NAME/backend.py) is that engine's
+   face to ops/ and sits with it. Besides: engines/vllm and engines/sglang never import each
+   other, the families (model/families) never import an engine, and the probe scripts
+   (_probes/) import nothing of qwenprep (they run by path in the engine's interpreter).
+   The edges that broke this when the rule came in are listed in tools/layers_allowed.txt, to
+   be removed; like the cycle list, it only shrinks.
 
 Usage: python tools/check_imports.py [--list] [--root DIR]
   --list      print every import cycle (allowed or not) with the import lines, then check.
@@ -30,6 +38,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "qwenprep"
 ALLOW_NAME = "tools/import_cycles_allowed.txt"
+LAYERS_ALLOW_NAME = "tools/layers_allowed.txt"
+LAYERS = (
+    "cli",
+    "api",
+    "ops",
+    "checks",
+    "planning",
+    "engines",
+    "request",
+    "model",
+    "util",
+    "errors",
+)
+ENGINE_PACKAGES = ("engines.vllm", "engines.sglang")
 CLICK_HOME = f"{PACKAGE}/cli/"  # the command-line package
 
 
@@ -228,9 +250,47 @@ def shortest_cycle(
     return [a] + path
 
 
-def read_allowed() -> dict[tuple[str, str], int]:
+def layer_of(module: str) -> str | None:
+    """The layer of MODULE (rule 3), or None for what stands outside the layers (the package,
+    __main__, _version, the probes, testing/)."""
+    parts = short(module).split(".")
+    if len(parts) >= 3 and parts[0] == "engines" and parts[2] == "backend":
+        return "ops"  # an engine's face to ops/
+    return parts[0] if parts[0] in LAYERS else None
+
+
+def _under(module: str, package: str) -> bool:
+    s = short(module)
+    return s == package or s.startswith(package + ".")
+
+
+def layer_problem(imp: Import) -> str | None:
+    """Why IMP breaks rule 3, or None."""
+    if _under(imp.src, "_probes"):
+        return (
+            "a probe script runs by path in the engine's interpreter: it imports nothing "
+            "of qwenprep"
+        )
+    for a, b in (ENGINE_PACKAGES, ENGINE_PACKAGES[::-1]):
+        if _under(imp.src, a) and _under(imp.dst, b):
+            return (
+                f"{a.replace('.', '/')} and {b.replace('.', '/')} never import each other: "
+                "move what both need to qwenprep/engines/ (engine-neutral)"
+            )
+    if _under(imp.src, "model.families") and _under(imp.dst, "engines"):
+        return "a family never imports an engine (the engine reads the family)"
+    src, dst = layer_of(imp.src), layer_of(imp.dst)
+    if src is not None and dst is not None and LAYERS.index(dst) < LAYERS.index(src):
+        return (
+            f"{src} is below {dst} ({' -> '.join(LAYERS)}): move what it needs down, or pass "
+            "it in as an argument"
+        )
+    return None
+
+
+def read_allowed(name: str = ALLOW_NAME) -> dict[tuple[str, str], int]:
     allowed: dict[tuple[str, str], int] = {}
-    allow_file = ROOT / ALLOW_NAME
+    allow_file = ROOT / name
     if not allow_file.exists():
         return allowed
     for n, line in enumerate(allow_file.read_text(encoding="utf-8").splitlines(), 1):
@@ -240,8 +300,7 @@ def read_allowed() -> dict[tuple[str, str], int]:
         a, sep, b = (part.strip() for part in line.partition("->"))
         if not sep or not a or not b:
             raise SystemExit(
-                f"{ALLOW_NAME}:{n}: expected 'a -> b' (module names without "
-                f"'{PACKAGE}.'), got {line!r}"
+                f"{name}:{n}: expected 'a -> b' (module names without '{PACKAGE}.'), got {line!r}"
             )
         allowed[
             (f"{PACKAGE}.{a}" if a != PACKAGE else a, f"{PACKAGE}.{b}" if b != PACKAGE else b)
@@ -331,6 +390,27 @@ def main(argv: list[str]) -> int:
             f"{allow_name}:{n}: {short(edge[0])} {what} {short(edge[1])}: good; "
             "delete this line so the cycle cannot come back."
         )
+    layer_allowed = read_allowed(LAYERS_ALLOW_NAME)
+    broken: dict[tuple[str, str], str] = {}
+    for imp in imports:
+        why = layer_problem(imp)
+        if why is None:
+            continue
+        broken[(imp.src, imp.dst)] = why
+        if (imp.src, imp.dst) in layer_allowed:
+            continue
+        count += 1
+        problems.append(
+            f"{imp.where}: {short(imp.src)} imports {short(imp.dst)} ({imp.scope}: {imp.text}); "
+            f"{why}. Do not add the edge to {LAYERS_ALLOW_NAME}."
+        )
+    for edge, n in sorted(layer_allowed.items(), key=lambda kv: kv[1]):
+        if edge not in broken:
+            count += 1
+            problems.append(
+                f"{LAYERS_ALLOW_NAME}:{n}: {short(edge[0])} -> {short(edge[1])} no longer breaks "
+                "the layer rule: good; delete this line so it cannot come back."
+            )
     for where in click:
         count += 1
         problems.append(
@@ -347,7 +427,8 @@ def main(argv: list[str]) -> int:
     print(
         f"import rules ok: {n_modules} qwenprep modules, no new import "
         f"cycle ({known} known edge(s) in {len(comps)} cycle group(s) allowed by {allow_name}, "
-        f"to be removed); click only in {CLICK_HOME}",
+        f"to be removed); layers in order ({len(layer_allowed)} known edge(s) allowed by "
+        f"{LAYERS_ALLOW_NAME}, to be removed); click only in {CLICK_HOME}",
         file=sys.stderr,
     )
     return 0

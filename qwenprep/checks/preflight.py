@@ -31,9 +31,9 @@ from qwenprep.checks.validate import VllmVersion
 from qwenprep.engines.parallel import parallel_checks
 from qwenprep.engines.vllm.kv import CUDA_BLOCK_SIZE, KVDtype, ModelShape, VllmRule
 from qwenprep.errors import InputError, QwenprepError, UsageError
-from qwenprep.model.shapes import shape_from_dir
 from qwenprep.planning.capacity import named_version, resolve_rule
 from qwenprep.planning.gpus import Inventory, inventory
+from qwenprep.planning.shapes import shape_from_dir
 from qwenprep.util.report import Check, Report
 from qwenprep.util.sizes import GiB
 
@@ -333,7 +333,7 @@ def run_checks(
     extra["gpus"] = inv.to_dict()
     checks: list[Check] = []
     from qwenprep.checks.tensors import header_scan
-    from qwenprep.ops.lifecycle import require_live
+    from qwenprep.model.lifecycle import require_live
 
     try:
         require_live(path)

@@ -12,7 +12,6 @@ the entries (tensor name -> Entry: dtype, shape, data_offsets) for the tensor ch
 from __future__ import annotations
 
 import gc
-import json
 import os
 import re
 import stat
@@ -21,11 +20,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import attrgetter, sub
-from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any, Iterable
+from pathlib import Path
+from typing import Any
 
 from qwenprep.errors import InputError
-from qwenprep.model.checkpoint import INDEX
+from qwenprep.model.checkpoint import INDEX, unsafe_shard_names
 from qwenprep.model.hub import snapshot_repo
 from qwenprep.util.hashing import RECORD_DIR, NotRegularFile, not_regular, open_regular
 from qwenprep.util.jsonio import MAX_JSON_BYTES, loads_located, refuse_oversized
@@ -37,7 +36,6 @@ from qwenprep.util.safetensors_io import (
     fast_index,
     header_problems,
     load_header,
-    short_text,
     typed_tensors,
 )
 from qwenprep.util.sizes import format_bytes
@@ -51,47 +49,6 @@ MAX_LISTED = 5
 
 def some_of(items: list[str], n: int = MAX_LISTED) -> str:
     return "; ".join(items[:n]) + (f"; ... ({len(items) - n} more)" if len(items) > n else "")
-
-
-def unsafe_name(name: object) -> str | None:
-    """Why an index file name may not be opened, or None when it is a plain relative name."""
-    if not isinstance(name, str) or not name:
-        return "not a non-empty string"
-    if "\0" in name or "\\" in name:
-        return "contains a NUL or backslash"
-    if (
-        PurePosixPath(name).is_absolute()
-        or PureWindowsPath(name).is_absolute()
-        or PureWindowsPath(name).drive
-    ):
-        return "is an absolute path"
-    if any(part == ".." for part in PurePosixPath(name).parts):
-        return "climbs out of the checkpoint (..)"
-    return None
-
-
-def unsafe_shard_names(values: Iterable[object]) -> dict[str, str]:
-    """{shown name: reason} for every weight_map value that may not be opened. Values may be
-    anything JSON holds; each distinct name is judged once (60k tensors name ~50 shards)."""
-    values = list(values)
-    distinct: Iterable[object] = values
-    try:
-        names = dict.fromkeys(values)  # first-seen order, at C speed
-        if set(map(type, names)) == {str}:  # (1 and true would be one key)
-            distinct = names
-    except TypeError:  # a list or an object among them
-        pass
-    bad: dict[str, str] = {}
-    seen: set[str] = set()
-    for shard in distinct:
-        if isinstance(shard, str):
-            if shard in seen:
-                continue
-            seen.add(shard)
-        why = unsafe_name(shard)
-        if why:
-            bad[shard if isinstance(shard, str) else short_text(json.dumps(shard), 60)] = why
-    return bad
 
 
 @dataclass

@@ -462,7 +462,7 @@ def validate_checkpoint(path: Path, *, vllm: VllmVersion | None = None) -> list[
         ) from None
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{cfg}: cannot read ({e}).") from None
-    from qwenprep.ops.lifecycle import require_live
+    from qwenprep.model.lifecycle import require_live
 
     manifest = read_manifest(path)
     if vllm is None and '"dual_chunk_attention_config"' in text:

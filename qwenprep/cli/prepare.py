@@ -200,7 +200,7 @@ def list_cmd(paths: tuple[Path, ...], as_json: bool) -> None:
       qwenprep list
       qwenprep list /models/overlays --json
     """
-    from qwenprep.ops.lifecycle import list_overlays, overlays_home
+    from qwenprep.model.lifecycle import list_overlays, overlays_home
 
     found = run(as_json, lambda: list_overlays(list(paths)))
     ok = all(s.state == "ok" for s in found)

@@ -1,5 +1,5 @@
 """What a serve plan shows, whichever engine runs it: the part of vLLM's LaunchPlan
-(engines/vllm_launch.py) and SGLang's SglangPlan (engines/sglang.py) that `serve --dry-run
+(engines/vllm/launch.py) and SGLang's SglangPlan (engines/sglang/core.py) that `serve --dry-run
 --json`, the server handles and the deploy artefacts read alike. A mixin: each engine's plan
 is a frozen dataclass that declares these fields itself (and its own engine and node types)."""
 

@@ -4,13 +4,16 @@ builds on this)."""
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from qwenprep.errors import InputError
 from qwenprep.util.jsonio import load_json_file
+from qwenprep.util.safetensors_io import short_text
 
 CONFIG = "config.json"
 INDEX = "model.safetensors.index.json"
@@ -108,3 +111,45 @@ def resolve_model(spec: str | Path) -> Checkpoint:
     if snap is not None:
         return replace(ckpt, repo_id=snap[0], revision=snap[1])
     return ckpt
+
+
+# ------------------------------------------------------------------ file names
+def unsafe_name(name: object) -> str | None:
+    """Why an index file name may not be opened, or None when it is a plain relative name."""
+    if not isinstance(name, str) or not name:
+        return "not a non-empty string"
+    if "\0" in name or "\\" in name:
+        return "contains a NUL or backslash"
+    if (
+        PurePosixPath(name).is_absolute()
+        or PureWindowsPath(name).is_absolute()
+        or PureWindowsPath(name).drive
+    ):
+        return "is an absolute path"
+    if any(part == ".." for part in PurePosixPath(name).parts):
+        return "climbs out of the checkpoint (..)"
+    return None
+
+
+def unsafe_shard_names(values: Iterable[object]) -> dict[str, str]:
+    """{shown name: reason} for every weight_map value that may not be opened. Values may be
+    anything JSON holds; each distinct name is judged once (60k tensors name ~50 shards)."""
+    values = list(values)
+    distinct: Iterable[object] = values
+    try:
+        names = dict.fromkeys(values)  # first-seen order, at C speed
+        if set(map(type, names)) == {str}:  # (1 and true would be one key)
+            distinct = names
+    except TypeError:  # a list or an object among them
+        pass
+    bad: dict[str, str] = {}
+    seen: set[str] = set()
+    for shard in distinct:
+        if isinstance(shard, str):
+            if shard in seen:
+                continue
+            seen.add(shard)
+        why = unsafe_name(shard)
+        if why:
+            bad[shard if isinstance(shard, str) else short_text(json.dumps(shard), 60)] = why
+    return bad

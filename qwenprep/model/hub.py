@@ -20,8 +20,8 @@ _NAME = r"[A-Za-z0-9](?:[\w.\-]*[A-Za-z0-9_])?"
 _REPO_ID = re.compile(rf"^{_NAME}/{_NAME}$")
 _HEX = re.compile(r"^[0-9a-f]{7,40}$")
 _TRUE = {"1", "on", "yes", "true"}
-# refs/qwenprep/ in a repo's cache folder holds qwenprep's pins (qwenprep.ops.lifecycle): a revision
-# named into it is qwenprep's, never a Hub branch or tag to fetch and record there.
+# refs/qwenprep/ in a repo's cache folder holds qwenprep's pins (qwenprep.model.lifecycle): a
+# revision named into it is qwenprep's, never a Hub branch or tag to fetch and record there.
 OWN_REFS = "qwenprep"
 
 

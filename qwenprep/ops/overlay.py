@@ -293,8 +293,8 @@ def create_overlay(
     force: bool = False,
 ) -> OverlayResult:
     """Patch MODEL's config for REQ into the overlay OUT (None: the default place,
-    qwenprep.ops.lifecycle.default_overlay_dir). See the module docstring."""
-    from qwenprep.ops import lifecycle
+    qwenprep.model.lifecycle.default_overlay_dir). See the module docstring."""
+    from qwenprep.model import lifecycle
 
     source = model
     prior = read_manifest(model.path)

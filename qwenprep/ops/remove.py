@@ -66,7 +66,7 @@ def remove_overlay(path: Path, *, force: bool = False) -> dict[str, Any] | None:
         refuse_user_content(
             path, manifest, force=force, action="remove it", retry=f"qwenprep revert {path}"
         )
-        from qwenprep.ops.lifecycle import pin_sharer, release_pin
+        from qwenprep.model.lifecycle import pin_sharer, release_pin
 
         sharer = pin_sharer(path, manifest)  # a copy: the pin is the original's, kept for it
         trash = path.parent / f".{path.name}{TMP_TAG}revert-{uuid.uuid4().hex[:8]}"

@@ -267,7 +267,7 @@ def _revert_default_overlay(spec: str, snapshot: Path, force: bool) -> RevertRes
     """`revert ORG/NAME` undoes `patch ORG/NAME`: the snapshot's config is the release's, so
     the overlay that patch made at its default place goes. None when there is none; several
     (one per context) are listed, to pick one."""
-    from qwenprep.ops.lifecycle import default_overlays_of
+    from qwenprep.model.lifecycle import default_overlays_of
 
     found = default_overlays_of(snapshot)
     if len(found) > 1:
@@ -282,7 +282,7 @@ def _revert_default_overlay(spec: str, snapshot: Path, force: bool) -> RevertRes
 def _revert_at(path: Path, force: bool) -> RevertResult:
     manifest = read_manifest(path)
     if manifest is not None:
-        from qwenprep.ops.lifecycle import pin_sharer
+        from qwenprep.model.lifecycle import pin_sharer
 
         sharer = pin_sharer(path, manifest)
         m = remove_overlay(path, force=force)

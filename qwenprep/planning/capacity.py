@@ -1,7 +1,7 @@
 """Capacity plans: the vLLM rule for a version, the plan (KV capacity of a model shape on a
 parallel layout) with its advice, and make_plan, what ``qwenprep plan`` computes. The arithmetic
 itself, as vLLM does it, is qwenprep.engines.vllm.kv; the model shape of a checkpoint is
-qwenprep.model.shapes; the plan's words for people are qwenprep.planning.text.
+qwenprep.planning.shapes; the plan's words for people are qwenprep.planning.text.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from qwenprep.engines.vllm.kv_extensible import (
     extensible_by_default,
 )
 from qwenprep.errors import InputError, UsageError
-from qwenprep.model.shapes import load_shape
+from qwenprep.planning.shapes import load_shape
 from qwenprep.util.report import SCHEMA_VERSION
 
 if TYPE_CHECKING:

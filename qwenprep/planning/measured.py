@@ -73,7 +73,7 @@ def records_path() -> Path:
     own = os.environ.get(ENV_FILE)
     if own:
         return Path(os.path.expandvars(os.path.expanduser(own)))
-    from qwenprep.ops.lifecycle import hf_home
+    from qwenprep.model.lifecycle import hf_home
 
     return hf_home() / "qwenprep" / "measurements.jsonl"
 
@@ -132,7 +132,7 @@ def served_layout(argv: tuple[str, ...] | list[str], engine: str) -> dict[str, A
 def make_record(plan: Any, proof: dict[str, Any], *, gpu: str | None = None) -> dict[str, Any]:
     """The record of one served past-native request. PLAN: serve's plan (vLLM's LaunchPlan or
     SGLang's); PROOF: run_proof's answer (ok); GPU: the GPUs' name (default: this machine's)."""
-    from qwenprep.model.shapes import shape_from_dir
+    from qwenprep.planning.shapes import shape_from_dir
 
     engine = getattr(plan, "serving_engine", "vllm")
     info = plan.engine

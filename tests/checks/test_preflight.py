@@ -16,7 +16,7 @@ from conftest import QWENPREP_BIN, TINY, invoke, run_capped
 from qwenprep.checks.preflight import CheckOptions, run_checks
 from qwenprep.engines.parallel import parallel_checks
 from qwenprep.engines.vllm.kv import ModelShape
-from qwenprep.model.shapes import shape_from_dir
+from qwenprep.planning.shapes import shape_from_dir
 
 
 def validate(obj: dict[str, Any]) -> None:

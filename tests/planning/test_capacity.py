@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from conftest import QWENPREP_BIN, TINY, TINY_FP8, invoke, run_capped
 from qwenprep.engines.vllm.kv import ModelShape, bytes_per_token_per_gpu, kv_capacity
-from qwenprep.model.shapes import shape_from_dir
 from qwenprep.planning.capacity import PlanRequest, plan_capacity, resolve_rule, vllm_rule
+from qwenprep.planning.shapes import shape_from_dir
 from qwenprep.util.sizes import GiB
 
 ONE_M = 1048576
@@ -582,7 +582,7 @@ def test_one_header_pass_gives_bytes_and_parameters(shape480: ModelShape, big: P
     """The header tally behind plan's time estimates agrees with the byte sizes planning uses:
     the 480B's parameters are 62 layers x (163,577,856 attention + 12,544 norms + 983,040
     router + 160 x 47,185,920 experts) + 6144 + 2 x 933,494,784 embedding/lm_head."""
-    from qwenprep.model.shapes import weight_bytes_from_dir
+    from qwenprep.planning.shapes import weight_bytes_from_dir
 
     assert shape480.params is not None
     assert weight_bytes_from_dir(big) == (

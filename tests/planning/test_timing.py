@@ -18,8 +18,8 @@ import pytest
 from conftest import TINY, invoke
 from qwenprep.engines.vllm.kv import ModelShape
 from qwenprep.model.layouts import qwen3_moe_tensors
-from qwenprep.model.shapes import shape_from_dir
 from qwenprep.planning.catalog import CATALOG, lookup
+from qwenprep.planning.shapes import shape_from_dir
 from qwenprep.planning.timecost import (
     EFFICIENCY_BAND,
     Layout,

@@ -1,5 +1,5 @@
 """SGLang as the second serving engine: discovery, what each release does, the launch plan
-(``python -m sglang.launch_server ...``). The watched server is engines/sglang_server.py.
+(``python -m sglang.launch_server ...``). The watched server is engines/sglang/server.py.
 
 Nothing here imports sglang: questions go to ``qwenprep/_probes/sglang_probe.py``, run by path with
 the interpreter that has SGLang (as ``vllm_probe.py`` does for vLLM). The facts below were
@@ -22,7 +22,7 @@ from qwenprep.engines import probe
 from qwenprep.engines.served import ServedPlan
 from qwenprep.errors import InputError, UsageError
 
-# The running server (SglangServer, start) is engines/sglang_server.py.
+# The running server (SglangServer, start) is engines/sglang/server.py.
 __all__ = [
     "CONTEXT_LENGTH_KEYS",
     "DEFAULT_PORT",

@@ -325,7 +325,7 @@ def make_plan(model: str, options: PlanOptions) -> SglangKVPlan:
     """`qwenprep plan --serving-engine sglang` from its options as typed; without a memory
     option the GPUs of this machine give the memory, TP defaults to their count."""
     from qwenprep.model.contexts import parse_context
-    from qwenprep.model.shapes import load_shape
+    from qwenprep.planning.shapes import load_shape
     from qwenprep.util.sizes import parse_size
 
     kv_memory, gpu_memory, gpus, tp, pp = (

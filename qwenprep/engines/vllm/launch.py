@@ -320,8 +320,8 @@ def _stale_overlay_gate(path: Path, manifest: dict[str, Any] | None, notes: list
     check warns of them."""
     if manifest is None:
         return
+    from qwenprep.model.lifecycle import overlay_status
     from qwenprep.model.manifest import sha256_bytes
-    from qwenprep.ops.lifecycle import overlay_status
     from qwenprep.util.jsonio import read_regular_bytes
 
     st = overlay_status(path, manifest)

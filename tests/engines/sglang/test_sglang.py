@@ -412,7 +412,7 @@ def test_engine_selection(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_plan_sglang_numbers() -> None:
-    # SGLang 0.5.23 (engines/sglang_kv.py): cell = kv_heads/tp x (head_dim + v_head_dim) x
+    # SGLang 0.5.23 (engines/sglang/kv.py): cell = kv_heads/tp x (head_dim + v_head_dim) x
     # layers x bytes = 2 x 64 x 2 x 2; tokens = budget // cell // page(1); max_num_reqs =
     # min(clamp(int(tokens / ctx x 512), 2048, 4096), tokens // 2); req_to_token int32
     # (reqs + 1) x (ctx + 4)

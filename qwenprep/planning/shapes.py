@@ -44,7 +44,7 @@ def weight_tally_from_dir(path: Path) -> ParamCounts:
         wm = obj.get("weight_map") if isinstance(obj, dict) else None
         if not isinstance(wm, dict):
             raise InputError(f"{index}: no weight_map object.", path=str(index))
-        from qwenprep.checks.scan import unsafe_shard_names
+        from qwenprep.model.checkpoint import unsafe_shard_names
 
         for v, why in unsafe_shard_names(wm.values()).items():
             raise InputError(
@@ -202,7 +202,7 @@ def load_shape(spec: str) -> ModelShape:
         if Path(spec).expanduser().exists() or parse_repo_spec(spec) is None:
             raise
         return shape_from_hub(spec)
-    from qwenprep.ops.lifecycle import require_live
+    from qwenprep.model.lifecycle import require_live
 
     require_live(ckpt.path)  # a dangling overlay: its rebuild, not its missing weights' sizes
     shape = shape_from_dir(ckpt.path)
