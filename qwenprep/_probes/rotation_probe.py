@@ -131,9 +131,15 @@ def vllm_rotation(cfg: Any, wanted: list[int], mrope_factor: int = 1) -> dict[st
                 mrope_positions_factor=mrope_factor,
             )
 
+    return _built(build, wanted, derived)
+
+
+def _built(build: Callable[[], Any], wanted: list[int], derived: dict[str, Any]) -> dict[str, Any]:
+    """The rotation BUILD() makes, measured at WANTED, with DERIVED beside it; or why it could
+    not be built here (vLLM's DCA needs CUDA, for one) and DERIVED alone."""
     try:
         got = measure(build, "cos_sin_cache", wanted)
-    except Exception as e:  # noqa: BLE001 - DCA needs CUDA; say what stopped it
+    except Exception as e:  # noqa: BLE001 - say what stopped it
         why = " ".join((str(e) or type(e).__name__).split())[:300]
         return {"built": False, "why": f"{type(e).__name__}: {why}", "derived": derived}
     return {**got, "derived": derived}
@@ -219,13 +225,9 @@ def sglang_rotation(cfg: Any, wanted: list[int]) -> dict[str, Any]:
         )
 
     try:
-        got = measure(build, "cos_sin_cache", wanted)
-    except Exception as e:  # noqa: BLE001 - say what stopped it
-        why = " ".join((str(e) or type(e).__name__).split())[:300]
-        return {"built": False, "why": f"{type(e).__name__}: {why}", "derived": derived}
+        return _built(build, wanted, derived)
     finally:
         base_mod._is_cpu = saved
-    return {**got, "derived": derived}
 
 
 def _plain(v: Any) -> Any:

