@@ -268,23 +268,6 @@ class ServeRequest:
         mn = MultiNode(**{multi[k]: v for k, v in options.items() if k in multi})
         return cls(**kw, multinode=mn)
 
-    def sglang_options(self) -> dict[str, Any]:
-        """The same request as SGLang's serve_plan takes it (its own keyword form)."""
-        return {
-            "tp": self.tp,
-            "ep": self.ep,
-            "max_len": None if self.max_model_len is None else str(self.max_model_len),
-            "host": self.host,
-            "port": self.port,
-            "served_model_name": self.served_model_name,
-            "extra_args": self.extra_args,
-            "expect_digest": self.expect_digest,
-            "nnodes": self.multinode.nnodes,
-            "gpus_per_node": self.multinode.gpus_per_node,
-            "master_addr": self.multinode.master_addr,
-            "multinode_mode": self.multinode.mode,
-        }
-
 
 @dataclass(frozen=True)
 class PlanRequest:

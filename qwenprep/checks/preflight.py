@@ -151,6 +151,7 @@ def check_gate(
     same inputs,
     judged the same way; a refusal of the plan itself is one failed check. ASSUME_VERSION: the
     vLLM the plan is for when none is asked (--no-engine, or none installed)."""
+    from qwenprep.engines.gate_common import plan_refused
     from qwenprep.engines.vllm.core import discover
     from qwenprep.engines.vllm.engine import build_launch_plan
     from qwenprep.engines.vllm.gate import gate
@@ -183,15 +184,7 @@ def check_gate(
             assume_version=assume_version,
         )
     except QwenprepError as e:
-        hint = f" Hint: {e.hint}" if e.hint else ""
-        return [
-            Check(
-                "engine.plan",
-                "fail",
-                f"qwenprep serve would refuse (exit {e.exit_code}): {e.message}{hint}",
-                e.path,
-            )
-        ]
+        return plan_refused(e, "qwenprep serve")
     res = gate(plan, engine=engine, offline_reason=reason)
     return [
         replace(c, message=f"{c.message} ({reason})") if c.id == "engine.readback" else c

@@ -77,7 +77,7 @@ class Engine(Protocol):
 
     def serve_plan(
         self, path: str | Path, req: ServeRequest, *, python: str | None, dry_run: bool
-    ) -> ServedPlan:
+    ) -> ServedPlan[Any, Any]:
         """`serve`: the launch plan for PATH, through the gate (refusals raise). DRY_RUN: an
         engine that is not importable is still planned for (what it would be asked)."""
 

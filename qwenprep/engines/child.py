@@ -15,7 +15,11 @@ import re
 import signal
 import subprocess
 import threading
+import time
+import urllib.error
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import IO, Any
 
 from qwenprep.errors import EXIT_CANNOT_PROCEED, QwenprepError
 
@@ -57,6 +61,32 @@ class EngineStartFailed(QwenprepError):
         }
 
 
+def spawn(
+    argv: Sequence[str],
+    env: dict[str, str],
+    stdout: IO[Any] | int | None,
+    stderr: IO[Any] | int | None,
+    cleanup: Callable[[], None] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ARGV with ENV as a child in its own process group (signals reach it only through
+    us), stdin closed. EngineError if it cannot start (CLEANUP run first)."""
+    try:
+        return subprocess.Popen(
+            list(argv),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+        )
+    except OSError as e:
+        from qwenprep.engines.probe import EngineError
+
+        if cleanup is not None:
+            cleanup()
+        raise EngineError(f"cannot start {argv[0]}: {e}") from None
+
+
 class ChildGroup:
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
@@ -73,6 +103,37 @@ class ChildGroup:
                 os.killpg(self.proc.pid, sig)
             except ProcessLookupError:
                 pass
+
+    def poll_models(
+        self,
+        timeout: float,
+        *,
+        models: Callable[[], dict[str, Any]],
+        ended: Callable[[int], Exception],
+        who: str,
+        url: str,
+    ) -> dict[str, Any]:
+        """Poll MODELS (/v1/models at URL) every half second until it answers, its answer
+        returned. ENDED(rc): what to raise when the child ends first; EngineError (WHO did not
+        answer; the child stopped) after TIMEOUT seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rc = self.proc.poll()
+            if rc is not None:
+                raise ended(rc)
+            try:
+                return models()
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                from qwenprep.engines.probe import EngineError
+
+                self.stop()
+                raise EngineError(
+                    f"{who} did not answer {url}/v1/models within {timeout:g} s; stopped it.",
+                    hint="raise --ready-timeout for big checkpoints.",
+                )
+            time.sleep(0.5)
 
     def wait(self, timeout: float | None = None) -> int:
         return exit_code(self.proc.wait(timeout))

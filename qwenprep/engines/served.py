@@ -1,17 +1,28 @@
 """What a serve plan shows, whichever engine runs it: the part of vLLM's LaunchPlan
 (engines/vllm/launch.py) and SGLang's SglangPlan (engines/sglang/core.py) that `serve --dry-run
---json`, the server handles and the deploy artefacts read alike. A mixin: each engine's plan
-is a frozen dataclass that declares these fields itself (and its own engine and node types)."""
+--json`, the server handles and the deploy artefacts read alike. A frozen dataclass base: each
+engine's plan is a frozen dataclass that adds its own fields after these (and names its own
+engine and node types as the type arguments)."""
 
 from __future__ import annotations
 
 import os
 import shlex
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
 
 
-class ServedPlan:
-    """The fields below are declared by the dataclass that mixes this in."""
+class _Shown(Protocol):
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+InfoT = TypeVar("InfoT", bound=_Shown)  # the engine's info (EngineInfo, SglangInfo)
+NodeT = TypeVar("NodeT", bound=_Shown)  # the engine's per-node command (NodeCommand, SglangNode)
+
+
+@dataclass(frozen=True)
+class ServedPlan(Generic[InfoT, NodeT]):
+    """The fields every engine's plan has, in the order its constructor takes them."""
 
     argv: tuple[str, ...]
     env: dict[str, str]  # set for the child, on top of the inherited environment
@@ -23,11 +34,12 @@ class ServedPlan:
     host: str | None
     port: int
     profile: str
-    engine: Any  # the engine's info (EngineInfo, SglangInfo) or None
+    engine: InfoT | None
     digest: str | None
-    multinode_mode: str | None
-    nodes: tuple[Any, ...]  # the engine's per-node commands
-    notes: tuple[str, ...]
+    multinode_mode: str | None = None
+    nodes: tuple[NodeT, ...] = ()
+    notes: tuple[str, ...] = ()
+    extra_args: tuple[str, ...] = ()  # the user's part after --, at the end of every argv
 
     def to_dict(self) -> dict[str, Any]:
         """The plan as `serve --dry-run --json` prints it (each engine's own keys included)."""

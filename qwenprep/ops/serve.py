@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from qwenprep.engines.base import Engine
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 def serve_plan(
     path: str | Path, req: ServeRequest, *, engine: Engine, python: str | None, dry_run: bool
-) -> ServedPlan:
+) -> ServedPlan[Any, Any]:
     """The launch plan for PATH as ENGINE runs it, through that engine's gate (a refusal
     raises ArgsRefused). DRY_RUN: planned even when the engine is not importable here."""
     return engine.serve_plan(path, req, python=python, dry_run=dry_run)

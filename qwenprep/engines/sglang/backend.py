@@ -68,7 +68,7 @@ class SglangEngine:
     ) -> SglangPlan:
         from qwenprep.engines.sglang.gate import serve_plan
 
-        return serve_plan(str(path), python=python, dry_run=dry_run, **req.sglang_options())
+        return serve_plan(str(path), req, python=python, dry_run=dry_run)
 
     def start(
         self, plan: Any, *, out: Any, log_file: Path | None, say: Callable[[str], None]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from qwenprep.engines import probe
+from qwenprep.engines.found import EngineFound, Version, parse_version
 from qwenprep.engines.served import ServedPlan
 from qwenprep.errors import InputError, UsageError
 
@@ -66,7 +67,6 @@ KNOWN_RELEASES = ((0, 5, 23),)
 # the vLLM tool parser names of the model profiles -> SGLang 0.5.23's (--tool-call-parser
 # choices, server_args.py _tool_call_parser_choices; seen: qwen3_coder, qwen25, qwen)
 TOOL_PARSERS = {"qwen3_coder": "qwen3_coder", "qwen3_xml": "qwen3_coder", "hermes": "qwen25"}
-Version = tuple[int, int, int]
 
 
 @dataclass(frozen=True)
@@ -88,20 +88,8 @@ def capabilities_for(version: Version) -> SglangCapabilities:
 
 
 @dataclass(frozen=True)
-class SglangInfo:
-    python: str
-    version: str
-    distribution: str  # "sglang"
-    importable: bool
-    transformers: str | None
-    torch: str | None
+class SglangInfo(EngineFound):  # distribution: "sglang"
     capabilities: SglangCapabilities
-
-    @property
-    def version_tuple(self) -> Version:
-        from qwenprep.engines.vllm.core import parse_version
-
-        return parse_version(self.version)
 
     @property
     def known(self) -> bool:
@@ -139,8 +127,6 @@ def discover(python: str | None = None) -> SglangInfo | None:
     version = (data.get("distributions") or {}).get("sglang")
     if not version:
         return None
-    from qwenprep.engines.vllm.core import parse_version
-
     return SglangInfo(
         python=str(data.get("python") or engine_python(python)),
         version=version,
@@ -221,23 +207,7 @@ class SglangNode:
 
 
 @dataclass(frozen=True)
-class SglangPlan(ServedPlan):
-    argv: tuple[str, ...]
-    env: dict[str, str]
-    unset_env: tuple[str, ...]
-    model_path: str
-    max_model_len: int
-    max_len_allowed: int
-    served_model_name: str
-    host: str | None
-    port: int
-    profile: str
-    engine: SglangInfo | None
-    digest: str | None
-    multinode_mode: str | None = None
-    nodes: tuple[SglangNode, ...] = ()
-    notes: tuple[str, ...] = ()
-    extra_args: tuple[str, ...] = ()
+class SglangPlan(ServedPlan[SglangInfo, SglangNode]):
     serving_engine: str = "sglang"
 
     def to_dict(self) -> dict[str, Any]:

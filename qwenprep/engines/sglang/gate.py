@@ -17,13 +17,17 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from qwenprep.engines import gate_common as common
+from qwenprep.engines.gate_common import PATCH_FIX, ArgsRefused, GateProbe
 from qwenprep.engines.sglang.core import LIFTING_ENV, SglangInfo, SglangPlan, run_probe
 from qwenprep.errors import QwenprepError
 from qwenprep.util.report import Check
 
-PATCH_FIX = "qwenprep patch MODEL --context 1m --out DIR, then serve DIR"
+if TYPE_CHECKING:
+    from qwenprep.request import ServeRequest
+
 OWN_OPTION = {
     "model_path": "PATH (qwenprep serve PATH)",
     "context_length": "--max-model-len (qwenprep check: --context)",
@@ -45,7 +49,6 @@ TEXT_KEYS = (
     "rope_theta",
     "partial_rotary_factor",
 )
-_CACHE: dict[str, dict[str, Any]] = {}
 
 
 def _items(plan: SglangPlan) -> list[dict[str, Any]]:
@@ -53,11 +56,9 @@ def _items(plan: SglangPlan) -> list[dict[str, Any]]:
 
     argvs = [plan.argv] + [n.argv for n in plan.nodes]
     native = native_of(plan.model_path, plan.max_model_len)
-    out = []
-    for argv in argvs:
-        part = list(argv[3:])  # after PYTHON -m sglang.launch_server
-        out.append({"argv": part, "base": len(part) - len(plan.extra_args), "native": native})
-    return out
+    return common.probe_items(
+        plan, argvs, lambda argv: 3, native
+    )  # after PYTHON -m sglang.launch_server
 
 
 def _key(plan: SglangPlan, python: str, items: list[dict[str, Any]]) -> str:
@@ -78,30 +79,13 @@ def _key(plan: SglangPlan, python: str, items: list[dict[str, Any]]) -> str:
     return h.hexdigest()
 
 
+PROBE: GateProbe[SglangPlan] = GateProbe("SGLang", _items, _key, run_probe)
+_CACHE = PROBE.cache
+
+
 def probe_plans(plans: list[SglangPlan], python: str) -> None:
     """Ask SGLang about several plans in one probe (one import, ~8 s)."""
-    from qwenprep.engines.vllm.core import EngineError
-
-    batch = []
-    for plan in plans:
-        items = _items(plan)
-        key = _key(plan, python, items)
-        if key not in _CACHE:
-            batch.append((key, items))
-    if not batch:
-        return
-    flat = [it for _, items in batch for it in items]
-    got = run_probe(python, ["gate", json.dumps(flat)], timeout=600, env=plans[0].child_env())
-    results = got.get("results")
-    if not isinstance(results, list) or len(results) != len(flat):
-        raise EngineError(
-            f"{python}: the SGLang probe (gate) answered {len(results or [])} "
-            f"results for {len(flat)} argvs."
-        )
-    i = 0
-    for key, items in batch:
-        _CACHE[key] = {**got, "results": results[i : i + len(items)]}
-        i += len(items)
+    PROBE.batch(plans, python)
 
 
 def _who(engine: SglangInfo) -> str:
@@ -187,21 +171,10 @@ def override_traps(
     return out
 
 
-def _own_changes(changed: dict[str, list[Any]]) -> list[Check]:
-    if not changed:
-        return []
-    parts = [f"{d} {a} -> {b}" for d, (a, b) in changed.items()]
-    fixes = sorted({OWN_OPTION.get(d, d) for d in changed})
-    return [
-        Check(
-            "engine.own_args",
-            "fail",
-            "the arguments after -- change what qwenprep's own options set: "
-            + ", ".join(parts)
-            + ". Hint: "
-            + "; ".join(fixes),
-        )
-    ]
+REMOTE_CODE = (
+    "--trust-remote-code: SGLang will run Python files from the checkpoint; the readback ran "
+    "none of them"
+)
 
 
 def _online(
@@ -215,27 +188,18 @@ def _online(
 ) -> list[Check]:
     from qwenprep.engines.vllm.gate import compare
 
-    if r.get("stage") == "parse":
-        return [
-            Check(
-                "engine.argv",
-                "fail",
-                f"{who}'s server-argument parser refuses the arguments{node}: {r['error']}",
-            )
-        ]
-    out = [Check("engine.argv", "pass", f"{who}'s server-argument parser accepts {shown}{node}")]
-    out += _own_changes(r.get("changed") or {})
+    out, parsed = common.parsed_checks(
+        r,
+        f"{who}'s server-argument parser",
+        shown,
+        node,
+        lambda changed: common.own_changes(changed, OWN_OPTION),
+        REMOTE_CODE,
+        where,
+    )
+    if not parsed:
+        return out
     args = r.get("args") or {}
-    if r.get("trust_remote_code_asked"):
-        out.append(
-            Check(
-                "engine.remote_code",
-                "warn",
-                "--trust-remote-code: SGLang will run Python files from the "
-                "checkpoint; the readback ran none of them",
-                where,
-            )
-        )
     raw = args.get("json_model_override_args") or "{}"
     try:
         overrides = json.loads(raw) if isinstance(raw, str) else raw
@@ -243,21 +207,7 @@ def _online(
         overrides = None
     traps = override_traps(config, overrides, want.rope_theta, where)
     if not r.get("ok"):
-        err = str(r.get("error"))
-        hint = f" Hint: {PATCH_FIX}" if "context_length" in err or "rope" in err else ""
-        return (
-            out
-            + traps
-            + [
-                Check(
-                    "engine.load",
-                    "fail",
-                    f"{who} refuses to build the model config with these "
-                    f"arguments{node}: {err}{hint}",
-                    where,
-                )
-            ]
-        )
+        return out + traps + [common.load_refused(r, who, node, "context_length", where)]
     from qwenprep.engines.rotation import rotation_checks
 
     return (
@@ -294,11 +244,7 @@ def gate_checks(
     if engine is None or not engine.importable or offline_reason:
         why = offline_reason or "SGLang is not installed in the named interpreter"
         return env_note + _offline(plan, config, want, where, why)
-    items = _items(plan)
-    key = _key(plan, engine.python, items)
-    if key not in _CACHE:
-        probe_plans([plan], engine.python)
-    answer = _CACHE[key]
+    answer = PROBE.answer(plan, engine.python)
     who = _who(engine)
     checks = [
         Check(
@@ -310,11 +256,9 @@ def gate_checks(
     ]
     checks += env_note
     shown = " ".join(plan.extra_args) or "(no arguments after --)"
-    for n, r in enumerate(answer["results"]):
-        node = "" if n == 0 else f" (node {n - 1})"
-        got = _online(r, config, want, where, shown, who, node)
-        checks += got if n == 0 else [c for c in got if c.status == "fail"]
-    return checks
+    return checks + common.node_checks(
+        answer["results"], lambda r, node: _online(r, config, want, where, shown, who, node)
+    )
 
 
 OVERRIDES = "--json-model-override-args"
@@ -380,12 +324,10 @@ def _offline(
 
 def enforce(plan: SglangPlan, engine: SglangInfo | None) -> SglangPlan:
     """serve's use of the gate: ArgsRefused (exit 3) on any failed check."""
-    from qwenprep.engines.vllm.gate import ArgsRefused
-
     checks = gate_checks(plan, engine)
     bad = [c for c in checks if c.status == "fail"]
     if bad:
-        listed = "; ".join(f"[{c.id}] {c.message.split(' Hint: ')[0]}" for c in bad)
+        listed = common.refused_listing(bad)
         who = _who(engine) if engine else "SGLang"
         ids = {c.id for c in bad}
         if "engine.own_args" in ids:
@@ -442,16 +384,7 @@ def check_gate(
             for_check=True,
         )
     except QwenprepError as e:
-        hint = f" Hint: {e.hint}" if e.hint else ""
-        return [
-            Check(
-                "engine.plan",
-                "fail",
-                f"qwenprep serve --serving-engine sglang would "
-                f"refuse (exit {e.exit_code}): {e.message}{hint}",
-                e.path,
-            )
-        ]
+        return common.plan_refused(e, "qwenprep serve --serving-engine sglang")
     reason = None if engine_on else "check --no-engine"
     return gate_checks(plan, engine, reason)
 
@@ -536,51 +469,35 @@ def check_hooks() -> Any:
     return EngineHooks("sglang", gate, _kv_checks)
 
 
-def serve_plan(
-    path: str,
-    *,
-    python: str | None,
-    dry_run: bool,
-    tp: int | None,
-    ep: bool | None,
-    max_len: str | None,
-    host: str | None,
-    port: int | None,
-    served_model_name: str | None,
-    extra_args: tuple[str, ...],
-    expect_digest: str | None,
-    nnodes: int | None,
-    gpus_per_node: int | None,
-    master_addr: str | None,
-    multinode_mode: str | None,
-) -> SglangPlan:
+def serve_plan(path: str, req: ServeRequest, *, python: str | None, dry_run: bool) -> SglangPlan:
     """`qwenprep serve --serving-engine sglang`: the plan, through the gate (ArgsRefused)."""
     from qwenprep.engines.sglang import core as sglang
     from qwenprep.engines.vllm.core import parse_max_model_len
     from qwenprep.errors import UsageError
     from qwenprep.model.checkpoint import resolve_model
 
-    if multinode_mode is not None:
+    if req.multinode.mode is not None:
         raise UsageError(
             "--multinode-mode is vLLM's; SGLang nodes join with its own "
             "--nnodes/--node-rank/--dist-init-addr (qwenprep adds them)."
         )
     ckpt = resolve_model(path)
     info = sglang.discover(python) if dry_run else sglang.require(python)
+    max_len = None if req.max_model_len is None else str(req.max_model_len)
     plan = sglang.build_plan(
         ckpt.path,
         engine=info,
-        tp=tp,
-        ep=ep,
+        tp=req.tp,
+        ep=req.ep,
         max_model_len=parse_max_model_len(max_len) if max_len else None,
-        host=host,
-        port=port,
-        served_model_name=served_model_name,
-        extra_args=extra_args,
+        host=req.host,
+        port=req.port,
+        served_model_name=req.served_model_name,
+        extra_args=req.extra_args,
         repo_id=ckpt.repo_id,
-        expect_digest=expect_digest,
-        nnodes=nnodes,
-        gpus_per_node=gpus_per_node,
-        master_addr=master_addr,
+        expect_digest=req.expect_digest,
+        nnodes=req.multinode.nnodes,
+        gpus_per_node=req.multinode.gpus_per_node,
+        master_addr=req.multinode.master_addr,
     )
     return enforce(plan, info)

@@ -6,11 +6,10 @@ qwenprep.engines.sglang.core's build_plan; vLLM's counterpart is qwenprep.engine
 from __future__ import annotations
 
 import subprocess
-import time
 import urllib.error
 from typing import IO, TYPE_CHECKING, Any
 
-from qwenprep.engines.child import ChildGroup, EngineStartFailed, exit_code
+from qwenprep.engines.child import ChildGroup, EngineStartFailed, exit_code, spawn
 from qwenprep.errors import ChecksFailed, InputError
 
 if TYPE_CHECKING:  # not at run time: qwenprep.engines.sglang.core imports this module
@@ -41,35 +40,25 @@ class SglangServer(ChildGroup):
     def wait_ready(self, timeout: float) -> dict[str, Any]:
         """Poll /v1/models until it answers; then require max_model_len == the plan's and a
         server-info max_req_input_len within it. ChecksFailed (server stopped) otherwise."""
-        from qwenprep.engines.vllm.core import EngineError
 
-        deadline = time.monotonic() + timeout
-        while True:
-            rc = self.proc.poll()
-            if rc is not None:  # exit 3, as for vLLM: before ready, codes are qwenprep's
-                raise EngineStartFailed(
-                    f"SGLang exited with code {exit_code(rc)} before it was ready (its log is "
-                    "above).",
-                    engine_exit_code=exit_code(rc),
-                    log_path=None,
-                    cause=[],
-                    causes=[],
-                    hint="read SGLang's last lines above; qwenprep check PATH "
-                    "--serving-engine sglang runs the same gate without starting it.",
-                )
-            try:
-                models = self._get("/v1/models", 5.0)
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise EngineError(
-                    f"SGLang did not answer {self.plan.base_url}/v1/models within "
-                    f"{timeout:g} s; stopped it.",
-                    hint="raise --ready-timeout for big checkpoints.",
-                )
-            time.sleep(0.5)
+        def ended(rc: int) -> Exception:  # exit 3, as for vLLM: before ready, codes are ours
+            return EngineStartFailed(
+                f"SGLang exited with code {exit_code(rc)} before it was ready (its log is above).",
+                engine_exit_code=exit_code(rc),
+                log_path=None,
+                cause=[],
+                causes=[],
+                hint="read SGLang's last lines above; qwenprep check PATH "
+                "--serving-engine sglang runs the same gate without starting it.",
+            )
+
+        models = self.poll_models(
+            timeout,
+            models=lambda: self._get("/v1/models", 5.0),
+            ended=ended,
+            who="SGLang",
+            url=self.plan.base_url,
+        )
         entries = models.get("data") or []
         got = entries[0].get("max_model_len") if entries else None
         want = self.plan.max_model_len
@@ -108,22 +97,9 @@ class SglangServer(ChildGroup):
 def start(
     plan: SglangPlan, *, stdout: IO[Any] | int | None = None, stderr: IO[Any] | int | None = None
 ) -> SglangServer:
-    from qwenprep.engines.probe import EngineError
-
     if plan.engine is None:
         raise InputError(
             "SGLang is not installed, so there is nothing to start.",
             hint="name the interpreter that has it with --engine-python.",
         )
-    try:
-        proc = subprocess.Popen(
-            list(plan.argv),
-            env=plan.child_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=stderr,
-            start_new_session=True,
-        )
-    except OSError as e:
-        raise EngineError(f"cannot start {plan.argv[0]}: {e}") from None
-    return SglangServer(plan, proc)
+    return SglangServer(plan, spawn(plan.argv, plan.child_env(), stdout, stderr))

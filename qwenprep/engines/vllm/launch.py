@@ -11,17 +11,18 @@ from __future__ import annotations
 import math
 import shlex
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qwenprep.engines.served import ServedPlan
+from qwenprep.engines.vllm.core import EngineInfo
 from qwenprep.errors import InputError, UsageError
 from qwenprep.model.checkpoint import CONFIG
 
 if TYPE_CHECKING:
     from qwenprep.checks.validate import VllmVersion
-    from qwenprep.engines.vllm.core import Capabilities, EngineInfo, Version
+    from qwenprep.engines.vllm.core import Capabilities, Version
     from qwenprep.planning.gpus import Inventory
 
 # Every launch (single node, multi-node heads and workers) is `vllm serve MODEL ...` started
@@ -175,23 +176,7 @@ class NodeCommand:
 
 
 @dataclass(frozen=True)
-class LaunchPlan(ServedPlan):
-    argv: tuple[str, ...]
-    env: dict[str, str]  # set for the child, on top of the inherited environment
-    unset_env: tuple[str, ...]  # removed from the inherited environment
-    model_path: str
-    max_model_len: int
-    max_len_allowed: int
-    served_model_name: str
-    host: str | None
-    port: int
-    profile: str
-    engine: EngineInfo | None
-    digest: str | None
-    multinode_mode: str | None = None
-    nodes: tuple[NodeCommand, ...] = ()
-    notes: tuple[str, ...] = field(default_factory=tuple)
-    extra_args: tuple[str, ...] = ()  # the user's part after --, at the end of every argv
+class LaunchPlan(ServedPlan[EngineInfo, NodeCommand]):
     # the profile's flags the user turned off after -- (engine.profile_flags): also in NOTES; check
     # reports each as a warning
     profile_overrides: tuple[str, ...] = ()

@@ -10,7 +10,6 @@ import os
 import re
 import shlex
 import subprocess
-import time
 import urllib.error
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -22,8 +21,9 @@ from qwenprep.engines.child import (
     cause_lines,
     exit_code,
     read_tail,
+    spawn,
 )
-from qwenprep.engines.vllm.core import ENV_PYTHON, EngineError, discover, engine_python
+from qwenprep.engines.vllm.core import ENV_PYTHON, discover, engine_python
 from qwenprep.engines.vllm.engine import build_launch_plan, readback_checks
 from qwenprep.errors import ChecksFailed, InputError, Interrupted, QwenprepError
 
@@ -90,34 +90,27 @@ class ServerHandle(ChildGroup):
         and a hint) if vLLM ends first, Interrupted (130) if it ended after we passed it a
         signal, EngineError on timeout, ChecksFailed (after stopping the server) on a length
         mismatch."""
-        deadline = time.monotonic() + timeout
-        while True:
-            rc = self.proc.poll()
-            if rc is not None:
-                self._close_log()
-                if self.signalled is not None:
-                    raise Interrupted(
-                        f"interrupted: vLLM stopped before it was ready (exit {_exit_code(rc)})."
-                    )
-                raise start_failure(
-                    self.plan,
-                    _exit_code(rc),
-                    self.log_path,
-                    since=self.log.offset if self.log is not None else 0,
+
+        def ended(rc: int) -> Exception:
+            self._close_log()
+            if self.signalled is not None:
+                return Interrupted(
+                    f"interrupted: vLLM stopped before it was ready (exit {_exit_code(rc)})."
                 )
-            try:
-                data = self.models(timeout=5.0)
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise EngineError(
-                    f"vLLM did not answer {self.base_url}/v1/models within "
-                    f"{timeout:g} s; stopped it.",
-                    hint="raise --ready-timeout for big checkpoints.",
-                )
-            time.sleep(0.5)
+            return start_failure(
+                self.plan,
+                _exit_code(rc),
+                self.log_path,
+                since=self.log.offset if self.log is not None else 0,
+            )
+
+        data = self.poll_models(
+            timeout,
+            models=lambda: self.models(timeout=5.0),
+            ended=ended,
+            who="vLLM",
+            url=self.base_url,
+        )
         entries = data.get("data") or []
         got = entries[0].get("max_model_len") if entries else None
         if got != self.plan.max_model_len:
@@ -172,19 +165,7 @@ def start_server(
     tee = LogTee(log, echo) if log is not None else None
     if tee is not None:
         stdout, stderr = tee.file, subprocess.STDOUT
-    try:
-        proc = subprocess.Popen(
-            list(plan.argv),
-            env=plan.child_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=stderr,
-            start_new_session=True,
-        )
-    except OSError as e:
-        if tee is not None:
-            tee.close()
-        raise EngineError(f"cannot start {plan.argv[0]}: {e}") from None
+    proc = spawn(plan.argv, plan.child_env(), stdout, stderr, tee.close if tee else None)
     if tee is not None:
         tee.start()
     return ServerHandle(plan, proc, tee)
