@@ -11,7 +11,7 @@ import io
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from qwenprep.errors import InputError, UsageError
@@ -30,12 +30,7 @@ class GPU:
     memory_free: int | None  # bytes; None when unknown (flags)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "name": self.name,
-            "memory_total": self.memory_total,
-            "memory_free": self.memory_free,
-        }
+        return asdict(self)  # index, name, memory_total, memory_free
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -89,34 +90,32 @@ def credential_option(word: str) -> bool:
     return len(name) >= _MIN_ABBREV and any(o.startswith(name) for o in KNOWN_CREDENTIAL_OPTIONS)
 
 
-def argv_secrets(argv: list[str] | tuple[str, ...]) -> list[str]:
-    """The values given to credential options in ARGV (`--opt V [V ...]`, `--opt=V`)."""
-    found: list[str] = []
+def _argv_secrets(argv: list[str] | tuple[str, ...]) -> Iterator[tuple[str, str | None, str]]:
+    """Each ARG of ARGV as (arg, the credential value it gives or None, the option word when
+    it is `--opt=V`, else ""): values follow a credential option (`--opt V [V ...]`: vLLM's
+    --api-key takes several) until the next option."""
     taking = False
     for arg in argv:
         if arg.startswith("-"):
             word, eq, value = arg.partition("=")
-            taking = credential_option(word) and not eq
-            if eq and credential_option(word):
-                found.append(value)
-        elif taking:
-            found.append(arg)  # vLLM's --api-key takes several (nargs +)
-    return found
+            secret = credential_option(word)
+            taking = secret and not eq
+            yield (arg, value, word) if eq and secret else (arg, None, "")
+        else:
+            yield arg, (arg if taking else None), ""
+
+
+def argv_secrets(argv: list[str] | tuple[str, ...]) -> list[str]:
+    """The values given to credential options in ARGV (`--opt V [V ...]`, `--opt=V`)."""
+    return [value for _, value, _ in _argv_secrets(argv) if value is not None]
 
 
 def redact_argv(argv: list[str] | tuple[str, ...]) -> list[str]:
     """ARGV with the values of its credential options masked (the options themselves kept)."""
-    out: list[str] = []
-    taking = False
-    for arg in argv:
-        if arg.startswith("-"):
-            word, eq, _value = arg.partition("=")
-            secret = credential_option(word)
-            taking = secret and not eq
-            out.append(f"{word}={MASK}" if eq and secret else arg)
-        else:
-            out.append(MASK if taking else arg)
-    return out
+    return [
+        arg if value is None else (f"{word}={MASK}" if word else MASK)
+        for arg, value, word in _argv_secrets(argv)
+    ]
 
 
 def _hf_home() -> str:
