@@ -2,8 +2,10 @@
 
 Each function returns the same dict the matching command prints with `--json` (with
 ``schema_version`` and ``ok``), and raises a :class:`qwenprep.errors.QwenprepError` (message,
-hint, exit_code) where the command would exit 2 or 3. Nothing is printed. Every import is
-inside the function, so ``import qwenprep`` stays cheap (no engine, no huggingface_hub).
+hint, exit_code) where the command would exit 2 or 3, its message and hint redacted as the
+command prints them (the credential values in the engine args passed masked too). Nothing is
+printed. Every import is inside the function, so ``import qwenprep`` stays cheap (no engine,
+no huggingface_hub).
 
     >>> import qwenprep
     >>> overlay = qwenprep.patch("Qwen/Qwen3-Coder-480B-A35B-Instruct-FP8", "1m")
@@ -14,11 +16,15 @@ inside the function, so ``import qwenprep`` stays cheap (no engine, no huggingfa
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec
 
 if TYPE_CHECKING:
     from qwenprep.engines.base import Engine
+
+P = ParamSpec("P")
 
 __all__ = ["patch", "validate", "verify", "plan", "check", "revert", "serve_plan"]
 
@@ -54,16 +60,64 @@ def _version(value: Any) -> str | None:
     return value  # type: ignore[no-any-return]
 
 
+def _known(args: Any = ()) -> list[str]:
+    """The secrets to mask, longest first (so no part of one is left showing): the ones this
+    process knows of (qwenprep.util.redact.secrets) and the values of the credential options
+    in ARGS, the engine argv the caller passed (not in sys.argv). ARGS as given, before any
+    check of it: a string is read as its words, bytes as text, anything else as its str."""
+    from qwenprep.util.redact import argv_secrets, secrets
+
+    def word(v: Any) -> str:
+        if isinstance(v, (bytes, bytearray)):
+            return v.decode("utf-8", "replace")
+        try:
+            return str(v)
+        except Exception:  # an object whose str() fails is no text of a secret
+            return ""
+
+    if isinstance(args, (str, bytes, bytearray)):
+        words = word(args).split()
+    elif isinstance(args, (list, tuple)):
+        words = [word(v) for v in args]
+    else:
+        words = []
+    known = sorted({*secrets(), *(v for v in argv_secrets(words) if len(v) >= 4)}, key=len)
+    known.reverse()
+    return known
+
+
 def _shown(obj: dict[str, Any], args: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
     """OBJ as `--json` prints it: every credential masked (qwenprep.util.redact.redact_obj), the
-    ones
-    this process knows of and the values of the credential options in ARGS (the engine argv
-    the caller passed, which is not in sys.argv), the checkpoint's "path" left as it is."""
-    from qwenprep.util.redact import argv_secrets, redact_obj, secrets
+    ones this process knows of and the values of the credential options in ARGS (_known), the
+    checkpoint's "path" left as it is."""
+    from qwenprep.util.redact import redact_obj
 
-    known = sorted({*secrets(), *(v for v in argv_secrets(list(args)) if len(v) >= 4)}, key=len)
-    known.reverse()  # longest first, so no part of one is left showing
+    known = _known(args)
     return {k: v if k == "path" else redact_obj(v, known) for k, v in obj.items()}
+
+
+def _redacted(fn: Callable[P, dict[str, Any]]) -> Callable[P, dict[str, Any]]:
+    """FN, whose QwenprepError leaves with its message and hint redacted as the command line
+    redacts every error it prints (cli._common.fail), and with the values of the credential
+    options in the engine argv the caller passed (vllm_args=, extra_args=: _known) masked too.
+    The same exception object is raised again: its type, exit_code and path kept."""
+
+    @functools.wraps(fn)
+    def call(*args: P.args, **kwargs: P.kwargs) -> dict[str, Any]:
+        from qwenprep.errors import QwenprepError
+
+        try:
+            return fn(*args, **kwargs)
+        except QwenprepError as err:
+            from qwenprep.util.redact import redact
+
+            known = _known(kwargs.get("vllm_args", kwargs.get("extra_args", ())))
+            err.message = redact(err.message, known)
+            err.hint = redact(err.hint, known) if err.hint is not None else None
+            err.args = (err.message, *err.args[1:])
+            raise
+
+    return call
 
 
 def _engine(name: Any, python: str | None) -> Engine:
@@ -83,6 +137,7 @@ def _size(value: str | int | None, option: str) -> str | None:
     return size_text(value, option)
 
 
+@_redacted
 def patch(
     model: str | Path,
     context: str | int,
@@ -112,6 +167,7 @@ def patch(
     )
 
 
+@_redacted
 def validate(
     path: str | Path, *, strict: bool = False, vllm_version: str | None = None
 ) -> dict[str, Any]:
@@ -129,6 +185,7 @@ def validate(
     return _shown(Report("validate", checks, {"path": str(path)}, strict=strict).to_dict())
 
 
+@_redacted
 def verify(
     path: str | Path,
     *,
@@ -159,6 +216,7 @@ def verify(
     return _shown(rep.to_dict())
 
 
+@_redacted
 def plan(
     model: str | Path,
     *,
@@ -199,6 +257,7 @@ def plan(
     return _shown(p.to_dict())
 
 
+@_redacted
 def check(
     path: str | Path,
     *,
@@ -235,6 +294,7 @@ def check(
     return _shown(rep.to_dict(), vllm_args)
 
 
+@_redacted
 def revert(path: str | Path, *, force: bool = False) -> dict[str, Any]:
     """``qwenprep revert PATH --json``: remove an overlay, or restore an edited config.json."""
     from qwenprep.ops.revert import revert_path
@@ -245,6 +305,7 @@ def revert(path: str | Path, *, force: bool = False) -> dict[str, Any]:
     return _shown({"schema_version": SCHEMA_VERSION, "ok": True, **res.to_dict()})
 
 
+@_redacted
 def serve_plan(
     path: str | Path,
     *,

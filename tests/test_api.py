@@ -250,6 +250,68 @@ def test_hostile_arguments_are_usage_errors(fn: Any, kw: dict[str, Any], message
     assert e.value.exit_code == 2 and message in e.value.message, e.value.message
 
 
+def test_errors_mask_the_callers_engine_args(
+    src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error an API function raises is redacted as the command line redacts what it prints
+    (cli._common.fail): the values of the credential options in the engine argv the caller
+    passed (not in sys.argv, so secrets() cannot know them) and this process's own secrets
+    are masked in message and hint, the exception's type and exit code kept."""
+    ov = qwenprep.patch(src, "1m", out=tmp_path / "ov")["path"]
+    monkeypatch.setenv("VLLM_API_KEY", "env-secret-7788")
+    calls = [
+        # the gate's refusal quotes the stray word after --hf-token (a token split in two)
+        (
+            lambda: qwenprep.serve_plan(
+                ov,
+                vllm_python=NO_VLLM,
+                extra_args=["--hf-token", "hf_abcdefghijkl", "second-half-4242"],
+            ),
+            "second-half-4242",
+            3,
+        ),
+        # and a word that is this process's own API key
+        (
+            lambda: qwenprep.serve_plan(ov, vllm_python=NO_VLLM, extra_args=["env-secret-7788"]),
+            "env-secret-7788",
+            3,
+        ),
+        # the type checks quote the argument they refuse: a key as bytes, the argv as one string
+        (
+            lambda: qwenprep.check(
+                ov,
+                engine=False,
+                gpus=1,
+                tp=1,
+                gpu="H200",
+                vllm_args=["--api-key", b"sk-secret-123456"],
+            ),
+            "sk-secret-123456",
+            2,
+        ),
+        (
+            lambda: qwenprep.serve_plan(ov, extra_args="--api-key sk-secret-123456"),
+            "sk-secret-123456",
+            2,
+        ),
+        (
+            lambda: qwenprep.check(ov, engine=False, vllm_args=("--hf-token", b"hf-style-9090")),
+            "hf-style-9090",
+            2,
+        ),
+    ]
+    for call, secret, code in calls:
+        with pytest.raises(QwenprepError) as e:
+            call()
+        err = e.value
+        shown = f"{err.message} {err.hint} {err} {err.args}"
+        assert secret not in shown and "***" in err.message, shown
+        assert err.exit_code == code and str(err).startswith(err.message)
+    with pytest.raises(QwenprepError) as e:  # the type is kept: the gate's refusal
+        qwenprep.serve_plan(ov, vllm_python=NO_VLLM, extra_args=["env-secret-7788"])
+    assert type(e.value).__name__ == "ArgsRefused"
+
+
 def test_a_path_that_is_not_text_is_a_usage_error(tmp_path: Path) -> None:
     for call in (
         lambda: qwenprep.revert(5),

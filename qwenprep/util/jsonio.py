@@ -228,10 +228,25 @@ def output_target(
     work: a directory that exists, and no file there but one WHY_NOT_OURS accepts (None: a
     file qwenprep wrote and nobody edited since; else why not); FORCE replaces any other
     regular file. A symlink (or anything not a regular file) is never written through, even
-    with FORCE: it may lead into a source checkpoint. UsageError / ConflictError (exit 3)."""
+    with FORCE: it may lead into a source checkpoint; nor is a symlinked parent directory.
+    UsageError (exit 2) / ConflictError (exit 3)."""
     from qwenprep.errors import ConflictError, UsageError
 
     target = Path.cwd() / path if not path.is_absolute() else path
+    if target.parent.is_symlink():
+        real = os.path.realpath(target.parent)
+        raise UsageError(
+            f"{flag} {path}: the directory {target.parent} is a symlink (to "
+            f"{os.readlink(target.parent)}), which may lead into a source checkpoint; not "
+            "writing through it.",
+            hint="name the file in a plain directory"
+            + (
+                f", e.g. the one it leads to if that is meant: {real}"
+                if Path(real).is_dir()
+                else ""
+            ),
+            path=str(target.parent),
+        )
     if not target.parent.is_dir():
         raise UsageError(f"{flag} {path}: the directory {target.parent} does not exist.")
     if target.is_symlink() or target.exists():

@@ -488,6 +488,37 @@ def test_chart_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert not (tmp_path / "x.svg").exists()
 
 
+def test_chart_never_written_through_a_symlink(tmp_path: Path) -> None:
+    """--chart refuses a symlinked parent directory (it may lead into a source checkpoint)
+    and a symlink at FILE itself, --force or not: a clear error naming the path and what to
+    do, and nothing written where either link leads."""
+    pytest.importorskip("matplotlib")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    link_dir = tmp_path / "linkdir"
+    link_dir.symlink_to(elsewhere, target_is_directory=True)
+    for force in ((), ("--force",)):
+        r = invoke(
+            "plan", str(TINY), "--kv-memory", "2GiB", "--chart", str(link_dir / "p.svg"),
+            "--json", *force,
+        )  # fmt: skip
+        assert r.exit_code == 2, r.output
+        err = json.loads(r.stdout)["error"]
+        assert str(link_dir) in err["message"] and "symlink" in err["message"]
+        assert err["hint"] and "directory" in err["hint"]
+        assert "Traceback" not in r.output
+        assert list(elsewhere.iterdir()) == []
+    victim = elsewhere / "victim.svg"
+    victim.write_text("user's own")
+    link_file = tmp_path / "p.svg"
+    link_file.symlink_to(victim)
+    for force in ((), ("--force",)):
+        r = invoke("plan", str(TINY), "--kv-memory", "2GiB", "--chart", str(link_file), *force)
+        assert r.exit_code == 3 and "symlink" in r.output, r.output
+        assert victim.read_text() == "user's own" and link_file.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "linkdir", "p.svg"]
+
+
 def test_hybrid_context_table_uses_the_hybrid_arithmetic(tmp_path: Path) -> None:
     """The time table's concurrency for a hybrid model (Qwen3-Next) comes from the same
     arithmetic as the plan's own number: each request also holds its linear-attention state, so

@@ -191,6 +191,12 @@ def test_emit_config_never_clobbers_a_file_it_did_not_write(tmp_path: Path) -> N
         str(ov), "--emit-config", str(tmp_path / "no" / "c.yaml"), python="/nonexistent/python"
     )
     assert r.returncode == 2 and f"the directory {tmp_path / 'no'} does not exist" in r.stderr
+    # nor through a symlinked directory (the rule --chart shares: jsonio.output_target)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
+    r = _serve(str(ov), "--emit-config", str(tmp_path / "link" / "c.yaml"), "--force", python=py)
+    assert r.returncode == 2 and f"the directory {tmp_path / 'link'} is a symlink" in r.stderr
+    assert list((tmp_path / "real").iterdir()) == []
 
 
 def test_emit_config_keeps_a_comment_added_to_its_header(tmp_path: Path) -> None:
