@@ -342,3 +342,16 @@ def test_tests_never_depend_on_wall_clock_speed() -> None:
     ini = pytest_options["ini_options"]
     assert "--strict-markers" in ini["addopts"].split() and ini["xfail_strict"] is True
     assert "error:::qwenprep" in ini["filterwarnings"]
+
+
+def test_no_test_folder_shadows_a_package_the_tests_import() -> None:
+    """pytest puts test folders on sys.path: a folder tests/engines/vllm made `import vllm`
+    (and pytest.importorskip("vllm")) find the tests themselves where vLLM is not installed,
+    so the no-engine pass ran the vLLM tests instead of skipping them."""
+    shadowing = {"vllm", "sglang", "torch", "transformers", "huggingface_hub", "numpy", "yaml"}
+    found = sorted(
+        p.relative_to(REPO).as_posix()
+        for p in (REPO / "tests").rglob("*")
+        if p.is_dir() and p.name in shadowing
+    )
+    assert found == []

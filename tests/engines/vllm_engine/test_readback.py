@@ -426,7 +426,7 @@ def test_removed_and_dangerous_flags_are_refused(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="--rope-theta was removed in vLLM 0.11.1"):
         eng.build_launch_plan(ov, engine=_fake_engine("0.32.0"), extra_args=["--rope_theta=1"])
     # what the other arguments do is the gate's (qwenprep.engines.vllm.gate,
-    # tests/engines/vllm/test_gate.py); with no vLLM the plan applies the gate's offline
+    # tests/engines/vllm_engine/test_gate.py); with no vLLM the plan applies the gate's offline
     # reading itself: exit 3, said to be offline
     from qwenprep.engines.vllm.gate import ArgsRefused
 
