@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from qwenprep.layouts import qwen3_next_tensors  # noqa: E402
-from qwenprep.synth import (  # noqa: E402
+from qwenprep.model.layouts import qwen3_next_tensors  # noqa: E402
+from qwenprep.testing.synth import (  # noqa: E402
     qwen3_coder_480b_fp8_config,
     qwen3_next_80b_config,
     release_quantization_config,
@@ -136,7 +136,7 @@ def next_config() -> dict[str, Any]:
 
 
 def next_tensors() -> dict[str, tuple[str, tuple[int, ...], bytes]]:
-    """Every tensor qwenprep.layouts.qwen3_next_tensors lists (the names vLLM 0.32 loads),
+    """Every tensor qwenprep.model.layouts.qwen3_next_tensors lists (the names vLLM 0.32 loads),
     with deterministic values: norms 0 (Qwen3-Next's RMSNorm scales by 1 + weight), the
     gated norm 1, A_log in float32, everything else uniform."""
     tensors: dict[str, tuple[str, tuple[int, ...], bytes]] = {}

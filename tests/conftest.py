@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
@@ -76,6 +77,31 @@ def timed_run(argv: list[str]) -> float:
     t = time.monotonic()
     subprocess.run(argv, check=True, capture_output=True)
     return time.monotonic() - t
+
+
+class KillDelays:
+    """When to kill -9 a run that took DURATION once: at each fraction of it, and, for each
+    kill that did not land (the run was already over: this machine is shared, and one timed
+    run says little about the next), once more at half that delay, until two kills have
+    landed or 12 tries are spent. The caller reports each try with landed()."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self._missed: list[bool] = []
+
+    def landed(self, hit: bool) -> None:
+        self.hits += hit
+        self._missed.append(not hit)
+
+    def __call__(self, duration: float, fractions: tuple[float, ...]) -> Iterator[float]:
+        queue = [duration * f for f in fractions]
+        tries = 0
+        while queue and tries < 12:
+            delay = queue.pop(0)
+            tries += 1
+            yield delay
+            if self._missed and self._missed[-1] and self.hits < 2:
+                queue.append(delay / 2)
 
 
 def run_capped(args: list[str], mib: int = 1024) -> subprocess.CompletedProcess[str]:

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import pytest
 from click.testing import Result
 
-from conftest import QWENPREP_BIN, many_files, timed_run, tree_state
+from conftest import QWENPREP_BIN, KillDelays, many_files, timed_run, tree_state
 from qwenprep.checks.overlay import overlay_checks
 from qwenprep.model.manifest import read_manifest
 from qwenprep.util.jsonio import dump_config
@@ -366,12 +366,15 @@ def test_kill_9_leaves_old_or_new(qwen_src: Path, tmp_path: Path) -> None:
     timed_run(old)
     duration = timed_run(new)
     timed_run(old)
+    kill_delays = KillDelays()
     seen, killed = set(), 0
-    for frac in (0.15, 0.35, 0.55, 0.75, 0.95):
+    for delay in kill_delays(duration, (0.15, 0.35, 0.55, 0.75, 0.95)):
         p = subprocess.Popen(new, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(duration * frac)
+        time.sleep(delay)
         p.send_signal(signal.SIGKILL)
-        killed += p.wait() == -signal.SIGKILL
+        landed = p.wait() == -signal.SIGKILL
+        killed += landed
+        kill_delays.landed(landed)
         m = read_manifest(out)
         assert m is not None, "the overlay vanished"
         seen.add(m["target_context"])

@@ -211,7 +211,7 @@ def test_kill_9_during_revert_leaves_old_or_nothing(qwen_src: Path, tmp_path: Pa
     import signal
     import time
 
-    from conftest import QWENPREP_BIN, many_files, timed_run
+    from conftest import QWENPREP_BIN, KillDelays, many_files, timed_run
     from qwenprep.checks.overlay import overlay_checks
     from qwenprep.model.manifest import read_manifest
 
@@ -222,14 +222,17 @@ def test_kill_9_during_revert_leaves_old_or_nothing(qwen_src: Path, tmp_path: Pa
     revert = [str(QWENPREP_BIN), "revert", str(out)]
     timed_run(patch)
     duration = timed_run(revert)
+    kill_delays = KillDelays()
     killed = 0
-    for frac in (0.1, 0.3, 0.5, 0.7, 0.9):
+    for delay in kill_delays(duration, (0.1, 0.3, 0.5, 0.7, 0.9)):
         if not out.exists():
             subprocess.run(patch, check=True, capture_output=True)
         p = subprocess.Popen(revert, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(duration * frac)
+        time.sleep(delay)
         p.send_signal(signal.SIGKILL)
-        killed += p.wait() == -signal.SIGKILL
+        landed = p.wait() == -signal.SIGKILL
+        killed += landed
+        kill_delays.landed(landed)
         if out.exists():
             assert read_manifest(out) is not None
             assert all(c.status == "pass" for c in overlay_checks(out))
