@@ -17,8 +17,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _timing import command_time, median_time  # noqa: E402
 
-from qwenprep.planning.shapes import shape_from_dir  # noqa: E402
 from qwenprep.planning.capacity import make_plan  # noqa: E402
+from qwenprep.planning.shapes import shape_from_dir  # noqa: E402
 from qwenprep.testing.synth import make_shaped_checkpoint  # noqa: E402
 
 
