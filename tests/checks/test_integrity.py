@@ -19,8 +19,8 @@ from click.testing import Result
 
 from conftest import QWENPREP_BIN, TINY_FP8
 from qwenprep.checks.integrity import verify_checkpoint
-from qwenprep.checks.scan import unsafe_name
 from qwenprep.checks.tensors import header_checks
+from qwenprep.model.checkpoint import unsafe_name
 from qwenprep.testing.synth import make_shaped_checkpoint, tiny_fp8_config
 
 INDEX = "model.safetensors.index.json"
