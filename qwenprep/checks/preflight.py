@@ -5,8 +5,9 @@ composed: an error one of them raises becomes one ``fail`` check. The leaf check
 KV fits at the intended context, disk, GPUs visible, the vLLM flags the installed version
 would reject) live in qwenprep.checks.preflight_items; parallelism (what vLLM's layers assert at
 load time) in qwenprep.engines.parallel. Here: the options (CheckOptions,
-check_options), check's use of the gate (check_gate), another engine's hooks (EngineHooks)
-and run_checks, which reads the checkpoint once and composes the report.
+check_options), check's use of the gate (check_gate), and run_checks, which reads the
+checkpoint once and composes the report (another engine's gate and KV checks come in as
+qwenprep.engines.base.EngineHooks).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from qwenprep.checks.preflight_items import (
-    Layout,
     dcp_checks,
     disk_checks,
     flag_checks,
@@ -28,11 +28,12 @@ from qwenprep.checks.preflight_items import (
 )
 from qwenprep.checks.scan import Scan, gc_paused
 from qwenprep.checks.validate import VllmVersion
+from qwenprep.engines.base import EngineHooks
 from qwenprep.engines.parallel import parallel_checks
 from qwenprep.engines.vllm.kv import CUDA_BLOCK_SIZE, KVDtype, ModelShape, VllmRule
 from qwenprep.errors import InputError, QwenprepError, UsageError
 from qwenprep.planning.capacity import named_version, resolve_rule
-from qwenprep.planning.gpus import Inventory, inventory
+from qwenprep.planning.gpus import inventory
 from qwenprep.planning.shapes import shape_from_dir
 from qwenprep.util.report import Check, Report
 from qwenprep.util.sizes import GiB
@@ -40,7 +41,6 @@ from qwenprep.util.sizes import GiB
 __all__ = [  # the leaf checks are qwenprep.checks.preflight_items' and qwenprep.engines.parallel's
     "DISK_WARN_BYTES",
     "CheckOptions",
-    "EngineHooks",
     "check_gate",
     "check_options",
     "run_checks",
@@ -221,16 +221,6 @@ def _gate_checks(
 
 
 # --------------------------------------------------------------------------- the report
-
-
-@dataclass(frozen=True)
-class EngineHooks:
-    """Another engine's gate and KV checks (qwenprep.engines.sglang.gate.check_hooks), handed
-    in by the caller so that this module imports no engine module of its own."""
-
-    name: str
-    gate: Callable[[Path, CheckOptions, int | None, str | None], list[Check]]
-    kv: Callable[[ModelShape, CheckOptions, Layout, Inventory, dict[str, Any]], list[Check]]
 
 
 def _context_for_gate(

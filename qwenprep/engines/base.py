@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from qwenprep.checks.preflight import EngineHooks
+    from qwenprep.checks.preflight import CheckOptions
+    from qwenprep.checks.preflight_items import Layout
     from qwenprep.engines.served import ServedPlan
+    from qwenprep.engines.vllm.kv import ModelShape
+    from qwenprep.planning.gpus import Inventory
     from qwenprep.request import ServeRequest
     from qwenprep.util.report import Check
 
@@ -50,6 +53,17 @@ class PlanOptions:
         if "gpu_model" in values:
             picked["gpu"] = values["gpu_model"]
         return cls(**picked)
+
+
+@dataclass(frozen=True)
+class EngineHooks:
+    """An engine's own gate and KV checks for `check` where they are not vLLM's (SGLang's:
+    qwenprep.engines.sglang.gate.check_hooks), handed to qwenprep.checks.preflight.run_checks
+    so that it imports no engine package of its own."""
+
+    name: str
+    gate: Callable[[Path, CheckOptions, int | None, str | None], list[Check]]
+    kv: Callable[[ModelShape, CheckOptions, Layout, Inventory, dict[str, Any]], list[Check]]
 
 
 @runtime_checkable

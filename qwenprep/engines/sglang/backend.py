@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from qwenprep.engines.base import PlanOptions
 
 if TYPE_CHECKING:
-    from qwenprep.checks.preflight import EngineHooks
+    from qwenprep.engines.base import EngineHooks
     from qwenprep.engines.sglang.core import SglangPlan
     from qwenprep.request import ServeRequest
     from qwenprep.util.report import Check

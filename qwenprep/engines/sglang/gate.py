@@ -451,8 +451,8 @@ def _kv_checks(shape: Any, opts: Any, layout: Any, inv: Any, extra: dict[str, An
 
 
 def check_hooks() -> Any:
-    """preflight.EngineHooks for `qwenprep check --serving-engine sglang`."""
-    from qwenprep.checks.preflight import EngineHooks
+    """EngineHooks for `qwenprep check --serving-engine sglang`."""
+    from qwenprep.engines.base import EngineHooks
 
     def gate(path: Path, opts: Any, max_len: int | None, repo_id: str | None) -> list[Check]:
         return check_gate(

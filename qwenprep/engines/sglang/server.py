@@ -9,7 +9,7 @@ import subprocess
 import urllib.error
 from typing import IO, TYPE_CHECKING, Any
 
-from qwenprep.engines.child import ChildGroup, EngineStartFailed, exit_code, spawn
+from qwenprep.engines.child import ChildGroup, EngineStartFailed, exit_code, get_json, spawn
 from qwenprep.errors import ChecksFailed, InputError
 
 if TYPE_CHECKING:  # not at run time: qwenprep.engines.sglang.core imports this module
@@ -24,8 +24,6 @@ class SglangServer(ChildGroup):
         self.plan = plan
 
     def _get(self, route: str, timeout: float) -> dict[str, Any]:
-        from qwenprep.engines.vllm.server import get_json
-
         return get_json(self.plan.base_url + route, timeout)
 
     def server_info(self, timeout: float = 10.0) -> dict[str, Any]:

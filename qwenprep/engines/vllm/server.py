@@ -20,6 +20,7 @@ from qwenprep.engines.child import (
     LogTee,
     cause_lines,
     exit_code,
+    get_json,
     read_tail,
     spawn,
 )
@@ -32,15 +33,6 @@ if TYPE_CHECKING:
 
 
 # ------------------------------------------------------------------ the running server
-def get_json(url: str, timeout: float) -> dict[str, Any]:
-    import urllib.request  # lazily: check/verify/plan never need it (~14 ms to import)
-
-    req = urllib.request.Request(url, headers={"Accept": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (local URL)
-        data: dict[str, Any] = json.loads(resp.read().decode("utf-8"))
-        return data
-
-
 def _post_json(url: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
     import urllib.request
 
