@@ -223,7 +223,7 @@ def plan(
     context: str | int | None = None,
     tp: int | None = None,
     pp: int = 1,
-    ep: bool = True,
+    ep: bool | None = None,
     gpus: int | None = None,
     gpu_memory: str | int | None = None,
     kv_memory: str | int | None = None,

@@ -277,7 +277,7 @@ class PlanRequest:
     context: str | None = None
     tp: int | None = None
     pp: int = 1
-    ep: bool = True
+    ep: bool | None = None  # None: the layout rule's (qwenprep.engines.parallel)
     gpus: int | None = None
     gpu_memory: str | None = None  # memory of one GPU, with its unit
     kv_memory: str | None = None  # KV cache per GPU, exact, with its unit
@@ -313,7 +313,7 @@ class PlanRequest:
             gpus=gpus,
             gpu_memory=_checked(gpu_memory, "--gpu-memory"),
             kv_memory=_checked(kv_memory, "--kv-memory"),
-            ep=flag(kw.pop("ep", True), "--ep"),
+            ep=flag(kw.pop("ep", None), "--ep", optional=True),
             kv_cache_dtype=text(
                 kw.pop("kv_cache_dtype", "auto"),
                 "--kv-cache-dtype",

@@ -344,19 +344,36 @@ def run_checks(
         ("config", lambda: validate_checkpoint(path, vllm=_named_vllm(opts))),
         ("integrity", integrity),
     ]
+
     # the gate serve runs (qwenprep.engines.vllm.gate): the plan serve would build from these
     # options,
     # its argv parsed by the installed vLLM and read back through vLLM's config layer with
     # those arguments; judged offline (and said so) under --no-engine or without vLLM
+    def gate_opts() -> CheckOptions:
+        """OPTS with the layout this report assumes (resolve_layout, plan's and serve's rule):
+        the gate reads back the argv serve runs for that layout."""
+        cfg = config()
+        if not isinstance(cfg, dict):
+            return opts
+        try:
+            lay = resolve_layout(
+                path, opts, ModelShape.from_config(cfg), inv, repo_id=repo_id, config=cfg
+            )
+        except QwenprepError:
+            return opts  # the config's own checks say what is wrong
+        return replace(opts, tp=lay.tp, ep=lay.ep)
+
     if hooks is not None:
         composed.append(
             (
                 "engine.gate",
-                lambda: hooks.gate(path, opts, _context_for_gate(path, opts, config()), repo_id),
+                lambda: hooks.gate(
+                    path, gate_opts(), _context_for_gate(path, opts, config()), repo_id
+                ),
             )
         )
     else:
-        composed.append(("engine.gate", lambda: _gate_checks(path, opts, repo_id, config())))
+        composed.append(("engine.gate", lambda: _gate_checks(path, gate_opts(), repo_id, config())))
     with gc_paused():
         for what, call in composed:
             try:
@@ -373,6 +390,8 @@ def run_checks(
                 rule_soon.wait()  # not needed, but no probe is left running
             return Report("check", checks, extra)
     layout = resolve_layout(path, opts, shape, inv, repo_id=repo_id, config=config())
+    if layout.note:  # the flags differ from what the model profile launches: said, as plan does
+        checks.append(Check("parallel.profile", "warn", layout.note))
     if hooks is not None:
         extra["serving_engine"] = hooks.name
         extra["parallel"] = layout.to_dict()

@@ -1,6 +1,6 @@
 """The leaf checks of ``qwenprep check`` (qwenprep.checks.preflight composes them into one report):
-the parallel layout every check assumes (resolve_layout: TP/EP as ``qwenprep serve`` would
-launch, DP from the GPUs), GPUs visible (gpu_checks), KV fits at the intended context
+the parallel layout every check assumes (resolve_layout: the one rule plan and serve use,
+qwenprep.engines.parallel.choose_layout), GPUs visible (gpu_checks), KV fits at the intended context
 (kv_checks, by capacity.py), disk free (disk_checks) and the vLLM flags the installed or
 named version would reject (flag_checks). Each returns Check data and raises nothing for a
 failed check. CheckOptions comes from qwenprep.checks.preflight.
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qwenprep.engines.parallel import Layout
 from qwenprep.engines.vllm.kv import ModelShape, VllmRule
 from qwenprep.errors import QwenprepError
 from qwenprep.planning.capacity import PlanRequest, plan_capacity
@@ -27,35 +27,13 @@ if TYPE_CHECKING:
 # --------------------------------------------------------------------------- layout
 
 
-@dataclass(frozen=True)
-class Layout:
-    """The parallel layout every check assumes: TP/EP as ``qwenprep serve`` would launch (its
-    model profile) unless --tp/--ep say otherwise; DP from the GPUs in the inventory."""
-
-    tp: int
-    pp: int
-    dp: int
-    ep: bool
-    source: str
-
-    @property
-    def gpus(self) -> int:
-        return self.tp * self.pp * self.dp
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"tp": self.tp, "pp": self.pp, "dp": self.dp, "ep": self.ep, "source": self.source}
-
-
 def _serve_profile(
     path: Path, repo_id: str | None, config: dict[str, Any] | None = None
 ) -> Any | None:
-    """engines.vllm_launch.model_profile for PATH (what serve uses), None when that function
-    is missing. CONFIG: config.json when the caller has read it already."""
-    try:
-        from qwenprep.engines.vllm.launch import model_profile
-    except ImportError:
-        return None
+    """The serve profile of PATH (qwenprep.model.profile.model_profile, what serve uses); None
+    for a config that is not a JSON object. CONFIG: config.json when the caller has read it."""
     from qwenprep.model.manifest import read_manifest
+    from qwenprep.model.profile import model_profile
 
     if config is None:
         from qwenprep.util.jsonio import load_json_file
@@ -75,34 +53,15 @@ def resolve_layout(
     repo_id: str | None = None,
     config: dict[str, Any] | None = None,
 ) -> Layout:
-    """TP and EP: the flags, else serve's model profile, else plan's rule (TP = GPUs / PP, EP
-    for MoE models). DP: the inventory's GPUs over TP x PP when they divide evenly, else 1 -
-    the same DP the capacity plan behind kv.fits uses. CONFIG: config.json, when read."""
-    pp = opts.pp
-    profile = (
-        None
-        if opts.tp is not None and opts.ep is not None
-        else _serve_profile(path, repo_id, config)
+    """The layout plan and serve take for the same flags (qwenprep.engines.parallel.
+    choose_layout: --tp/--ep, else the model profile's, else one replica over the inventory's
+    GPUs), with DP from the GPUs left over. CONFIG: config.json, when read."""
+    from qwenprep.engines.parallel import choose_layout
+
+    profile = _serve_profile(path, repo_id, config)
+    return choose_layout(
+        shape, gpus=inv.count or None, pp=opts.pp, tp=opts.tp, ep=opts.ep, profile=profile
     )
-    if profile is not None:
-        tp, ep = profile.tp, profile.ep
-        source = f"model profile {profile.name} (as qwenprep serve)"
-    else:
-        tp, ep = max(1, inv.count // pp), bool(shape.num_experts)
-        source = "qwenprep plan's rule (TP = GPUs / PP; no model profile)"
-    if opts.tp is not None:
-        tp = opts.tp
-    if opts.ep is not None:
-        ep = opts.ep
-    if opts.tp is not None and opts.ep is not None:
-        source = "--tp/--ep"
-    elif opts.tp is not None or opts.ep is not None:
-        source += "; " + ("--tp" if opts.tp is not None else "--ep") + " given"
-    ep = ep and bool(shape.num_experts)
-    per_replica = tp * pp
-    n = inv.count
-    dp = n // per_replica if n >= per_replica and n % per_replica == 0 else 1
-    return Layout(tp, pp, dp, ep, source)
 
 
 # --------------------------------------------------------------------------- KV fit, disk, GPUs

@@ -44,9 +44,9 @@ from qwenprep.util.report import Report
 @pp_option
 @click.option(
     "--ep/--no-ep",
-    default=True,
-    show_default=True,
-    help="Expert parallel (experts divided over all GPUs) for MoE models.",
+    default=None,
+    help="Expert parallel (experts divided over all GPUs) for MoE models (default: the "
+    "model profile's, else on for MoE models on more than one GPU, as check and serve).",
 )
 @with_options(gpu_options)
 @click.option(

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from qwenprep.checks.preflight import CheckOptions
-    from qwenprep.checks.preflight_items import Layout
+    from qwenprep.engines.parallel import Layout
     from qwenprep.engines.served import ServedPlan
     from qwenprep.engines.vllm.kv import ModelShape
     from qwenprep.planning.gpus import Inventory
@@ -31,7 +31,7 @@ class PlanOptions:
     context: str | int | None = None
     tp: int | None = None
     pp: int = 1
-    ep: bool = True
+    ep: bool | None = None
     gpus: int | None = None
     gpu_memory: str | int | None = None
     kv_memory: str | int | None = None

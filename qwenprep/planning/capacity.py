@@ -166,6 +166,7 @@ class Plan:
     )
     extensible: ExtensibleBudget | None = None  # vLLM 0.34+ sizing after warmup (estimates)
     measured: Any = None  # qwenprep.planning.measured.Measured: this machine's record that matches
+    layout_source: str = ""  # where TP/EP came from (qwenprep.engines.parallel.choose_layout)
 
     @property
     def fits(self) -> bool:
@@ -198,6 +199,7 @@ class Plan:
                 "ep": r.ep,
                 "gpus": r.gpus if r.gpus is not None else r.tp * r.pp * self.dp,
                 "dcp": r.dcp,
+                **({"source": self.layout_source} if self.layout_source else {}),
             },
             "weights_per_gpu_bytes": self.weights_per_gpu,
             "weights_source": self.shape.weights_source,
@@ -406,8 +408,8 @@ def _layout_advice(shape: ModelShape, req: PlanRequest, rule: VllmRule, plan: Pl
         alt = _compute(shape, replace(req, tp=req.tp * plan.dp, ep=True), rule)
         out.append(
             f"DP {plan.dp} keeps each sequence's whole KV cache on one TP group; TP "
-            f"{req.tp * plan.dp} + --enable-expert-parallel spreads it over all {plan.dp * req.tp} "
-            f"GPUs: {alt.bytes_per_token:,} bytes per token per GPU, "
+            f"{req.tp * plan.dp} with expert parallel (--tp {req.tp * plan.dp} --ep) spreads it "
+            f"over all {plan.dp * req.tp} GPUs: {alt.bytes_per_token:,} bytes per token per GPU, "
             f"{alt.kv.max_concurrency:.2f}x at {ctx:,} ("
             + ("fits" if alt.fits else "still does not fit")
             + ")"
@@ -479,7 +481,7 @@ def make_plan(
     gpu_memory: str | None = None,
     kv_memory: str | None = None,
     kv_cache_dtype: KVDtype = "auto",
-    ep: bool = True,
+    ep: bool | None = None,
     vllm_version: str | None = None,
     block_size: int = CUDA_BLOCK_SIZE,
     python: str | None = None,
@@ -489,12 +491,13 @@ def make_plan(
     prefix_caching: bool | None = None,
 ) -> Plan:
     """What ``qwenprep plan`` computes, from its options as typed. Without any memory option the
-    GPUs of this machine (NVML / nvidia-smi) give the memory; TP defaults to their count. GPU
+    GPUs of this machine (NVML / nvidia-smi) give the memory; TP, EP and DP come from the
+    layout rule check and serve use (engines.parallel.choose_layout). GPU
     (--gpu NAME) picks a catalog entry for the time estimates and, without --gpu-memory, its
     memory; else detected GPUs are looked up by name (qwenprep.planning.catalog)."""
     from qwenprep.model.contexts import parse_context
     from qwenprep.planning.catalog import detected_gpu, named_gpu
-    from qwenprep.planning.gpus import check_flags, inventory
+    from qwenprep.planning.gpus import check_flags, inventory, on_this_node
     from qwenprep.planning.timing import DEFAULT_PREFILL_BUDGET_S, plan_timing
     from qwenprep.util.sizes import parse_size
 
@@ -524,6 +527,10 @@ def make_plan(
         if spec is None and inv.source in ("nvml", "nvidia-smi"):
             spec, gpu_name, note = detected_gpu(inv)
             time_notes += [note] if note else []
+    elif gpus is None:  # --kv-memory: the GPUs here still count the replicas, as check does
+        here = on_this_node()
+        if here is not None and (tp is None or here.count % (tp * pp) == 0):
+            gpus = here.count
     if spec is None and not time_notes:
         time_notes.append(
             "no GPU model named or detected: time estimates are left out "
@@ -545,33 +552,33 @@ def make_plan(
             ctx = req.tokens
         else:
             ctx = shape.native_context
-    tp_given = tp is not None
-    if tp is None:
-        tp = max(1, (gpus or 1) // pp)
+    from qwenprep.engines.parallel import choose_layout
+    from qwenprep.model.profile import profile_at
+
+    # the layout check and serve take for the same flags (one rule: engines.parallel)
+    lay = choose_layout(shape, gpus=gpus, pp=pp, tp=tp, ep=ep, profile=profile_at(model))
     rule = resolve_rule(vllm_version, python=python)
     plan = plan_capacity(
         shape,
         PlanRequest(
             context=ctx,
-            tp=tp,
+            tp=lay.tp,
             pp=pp,
             gpus=gpus,
             gpu_memory=gpu_bytes,
             kv_memory=kv_bytes,
             kv_cache_dtype=kv_cache_dtype,
-            ep=ep and bool(shape.num_experts),
+            ep=lay.ep,
             block_size=block_size,
             dcp=dcp,
             prefix_caching=prefix_caching,
         ),
         rule,
     )
-    refuse_layout(shape, tp=tp, ep=plan.request.ep, dp=plan.dp)
-    if not tp_given:  # serve and check take the model profile's TP: say where it differs
-        from qwenprep.engines.vllm.launch import serve_layout_advice
-
-        more = serve_layout_advice(model, plan.request, lambda r: _compute(shape, r, rule))
-        plan = replace(plan, advice=[*plan.advice, *more])
+    refuse_layout(shape, tp=lay.tp, ep=plan.request.ep, dp=plan.dp)
+    plan = replace(plan, layout_source=lay.source)
+    if lay.note:  # the flags differ from what the model profile launches: said, as check does
+        plan = replace(plan, advice=[*plan.advice, lay.note])
     plan = replace(
         plan,
         timing=plan_timing(

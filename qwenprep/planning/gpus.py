@@ -173,3 +173,14 @@ def inventory(*, gpus: int | None = None, gpu_memory: int | None = None) -> Inve
     except (RuntimeError, InputError) as e:
         notes.append(f"nvidia-smi: {e}")
     return Inventory("none", (), tuple(notes))
+
+
+def on_this_node() -> Inventory | None:
+    """The GPUs NVML or nvidia-smi see here, for serve (its TP where nothing else sets it, and
+    the note when one node cannot hold the plan); None when there are none or asking failed
+    (this never fails a plan)."""
+    try:
+        inv = inventory()
+    except Exception:  # noqa: BLE001 - a broken driver must not stop a plan
+        return None
+    return inv if inv.count else None

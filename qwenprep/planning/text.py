@@ -121,7 +121,13 @@ def summary_parts(plan: Plan) -> tuple[list[tuple[str, str]], list[tuple[str, ..
                 if r.ep and plan.shape.num_experts and r.tp * plan.dp > 1
                 else ""
             )
-            + (f" ({n} GPUs)" if n > 1 else " (one GPU)"),
+            + (f" ({n} GPUs" if n > 1 else " (one GPU")
+            # where the layout came from, unless the flags said it all
+            + (
+                f"; {plan.layout_source})"
+                if plan.layout_source and not plan.layout_source.startswith("--tp")
+                else ")"
+            ),
         ),
         ("arithmetic", plan.rule.name + (f" [{plan.rule.note}]" if plan.rule.note else "")),
         (

@@ -256,7 +256,7 @@ def test_readme_deploy_line_passes_on_8x141_gib(overlay_1m: Path) -> None:
         "pp": 1,
         "dp": 1,
         "ep": True,
-        "source": "model profile qwen3-coder-480b (as qwenprep serve)",
+        "source": "model profile qwen3-coder-480b",
     }
     assert out["plan"]["parallel"] == {"tp": 8, "pp": 1, "dp": 1, "ep": True, "gpus": 8, "dcp": 1}
     assert out["plan"]["max_concurrency_printed"] == "1.98x"
@@ -306,23 +306,23 @@ def test_dp_comes_from_the_inventory_in_both_blocks(
     assert out["plan"]["parallel"]["gpus"] == 4
 
 
-def test_fallback_layout_is_plans_rule(tiny_src: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without the engine's model profile, TP = the GPU count (as qwenprep plan) and EP on for
-    MoE."""
-    import qwenprep.checks.preflight
-    import qwenprep.engines.vllm.launch
-
-    monkeypatch.delattr(qwenprep.engines.vllm.launch, "model_profile")
-    # the serve gate needs the profile to build serve's argv; this test is about the layout
-    monkeypatch.setattr(qwenprep.checks.preflight, "_gate_checks", lambda *a: [])
-    code, out = check_json(str(tiny_src), "--gpus", "4", "--gpu-memory", "80GiB")
+def test_a_model_without_a_pinned_layout_takes_one_replica_over_the_gpus(tiny_src: Path) -> None:
+    """A profile that sets no TP (every one but the 480B's): check takes the rule plan and
+    serve take (qwenprep.engines.parallel.choose_layout), one replica over the GPUs with EP on
+    for a MoE model; before, check took TP 1 x DP 4 where plan took TP 4."""
+    flags = ("--gpus", "4", "--gpu-memory", "80GiB", "--vllm-version", "0.32")
+    code, out = check_json(str(tiny_src), *flags)
     assert out["parallel"] == {
         "tp": 4,
         "pp": 1,
         "dp": 1,
         "ep": True,
-        "source": "qwenprep plan's rule (TP = GPUs / PP; no model profile)",
+        "source": "one replica over the GPUs: TP = GPUs / PP",
     }
+    r = invoke("plan", str(tiny_src), *flags, "--json")
+    assert r.exit_code == 0, r.output
+    plan = json.loads(r.stdout)["parallel"]
+    assert {k: plan[k] for k in ("tp", "pp", "dp", "ep", "source")} == out["parallel"]
 
 
 # ------------------------------------------------------------------ memory

@@ -623,20 +623,38 @@ def test_plan_puts_the_answer_first(big480: Path) -> None:
     assert r.stdout.splitlines()[1].split()[:4] == ["answer", "does", "NOT", "fit:"]
 
 
-def test_plan_and_check_name_the_same_layout_for_the_same_flags(big480: Path) -> None:
-    """plan --gpus 16 takes TP = GPUs / PP (16); check, as serve, the model profile's TP 8 x
-    DP 2. plan says so, with the flags that plan check's layout, and its figure is check's."""
+@pytest.mark.parametrize(
+    ("extra", "layout"),
+    [
+        ((), (8, 1, 2, True)),  # the profile's TP 8 + EP, DP over the rest (plan took TP 16)
+        (("--pp", "2"), (8, 2, 1, True)),
+        (("--tp", "16"), (16, 1, 1, True)),  # not the profile's: both say so
+    ],
+)
+def test_plan_and_check_choose_one_layout_for_the_same_flags(
+    big480: Path, extra: tuple[str, ...], layout: tuple[int, int, int, bool]
+) -> None:
+    """One rule (qwenprep.engines.parallel.choose_layout) for plan and check: the same layout
+    and the same concurrency for the same flags, and where the flags differ from the model
+    profile's layout, both say so. Before: plan --gpus 16 took TP 16 (1.07x) and check TP 8 x
+    DP 2 (1.04x)."""
     import re
 
     flags = ("--context", "1m", "--gpus", "16", "--gpu", "H100 SXM", "--vllm-version", "0.32")
-    p = invoke("plan", str(big480), *flags, "--json")
-    c = invoke("check", str(big480), *flags, "--no-engine", "--json")
+    p = invoke("plan", str(big480), *flags, *extra, "--json")
+    c = invoke("check", str(big480), *flags, *extra, "--no-engine", "--json")
     plan, check = json.loads(p.stdout), json.loads(c.stdout)
-    [line] = [a for a in plan["advice"] if a.startswith("qwenprep serve and check use TP 8")]
-    assert "--gpus 16 --tp 8 plans theirs, TP 8 x PP 1 x DP 2" in line, line
-    assert (check["parallel"]["tp"], check["parallel"]["dp"]) == (8, 2)
+    pl = plan["parallel"]
+    assert (pl["tp"], pl["pp"], pl["dp"], pl["ep"]) == layout, pl
+    assert {k: pl[k] for k in ("tp", "pp", "dp", "ep", "source")} == check["parallel"]
     [kv] = [x["message"] for x in check["checks"] if x["id"] == "kv.fits"]
-    figure = re.search(r"(\d+\.\d\d)x at", line)
-    assert figure and kv.endswith(f", {figure[1]}x"), (line, kv)
-    again = invoke("plan", str(big480), *flags, "--tp", "8", "--json")
-    assert f"{json.loads(again.stdout)['max_concurrency']:.2f}" == figure[1]
+    figure = re.search(r", (\d+\.\d\d)x$", kv)
+    assert figure and figure[1] == f"{plan['max_concurrency']:.2f}", (kv, plan["max_concurrency"])
+    said = [a for a in plan["advice"] if a.startswith("the model profile qwen3-coder-480b")]
+    warned = [x["message"] for x in check["checks"] if x["id"] == "parallel.profile"]
+    assert said == warned and bool(said) == (extra[:1] == ("--tp",)), (said, warned)
+    if extra[:1] == ("--tp",):
+        assert said == [
+            "the model profile qwen3-coder-480b launches TP 8 with expert parallel; this layout "
+            "is TP 16 with expert parallel (the flags given)"
+        ]

@@ -156,7 +156,7 @@ def test_a_new_family_is_one_module_and_one_registry_line(
     r = cli("plan", str(ov), "--gpus", "1", "--kv-memory", "1GiB", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["context"] == 65536
-    from qwenprep.engines.vllm.launch import model_profile
+    from qwenprep.model.profile import model_profile
 
     assert (
         model_profile(ov, json.loads((ov / "config.json").read_text()), None).tool_parser

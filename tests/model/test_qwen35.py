@@ -336,8 +336,8 @@ def test_unknown_vision_language_family_is_refused_by_name(tiny: Path, tmp_path:
 def test_families_and_profiles(tiny: Path) -> None:
     """Both text model types map to the family; a text-only checkpoint (flat, qwen3_5_moe_text)
     is served without --language-model-only; the dense family has its own entry."""
-    from qwenprep.engines.vllm.launch import model_profile
     from qwenprep.model.families import lookup
+    from qwenprep.model.profile import model_profile
     from qwenprep.model.view import ModelView
 
     assert lookup("qwen3_5_moe_text") is lookup("qwen3_5_moe") is not None

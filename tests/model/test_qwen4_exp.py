@@ -226,7 +226,7 @@ def test_layout_is_transformers_own(update: dict[str, Any]) -> None:
 
 
 def test_verify_and_profiles(tmp_path: Path) -> None:
-    from qwenprep.engines.vllm.launch import model_profile
+    from qwenprep.model.profile import model_profile
 
     r = invoke("verify", str(TINY4), "--json")
     assert r.exit_code == 0, r.output

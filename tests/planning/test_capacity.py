@@ -343,7 +343,11 @@ def test_parallel_line_names_expert_parallel_only_across_gpus(big: Path) -> None
         "--vllm-version",
         "0.32",
     )
-    assert re.search(row("TP 8 x PP 1 x DP 1 + expert parallel (8 GPUs)"), r.stdout, re.M)
+    assert re.search(
+        row("TP 8 x PP 1 x DP 1 + expert parallel (8 GPUs; model profile qwen3-coder-480b)"),
+        r.stdout,
+        re.M,
+    ), r.stdout
     r = invoke(
         "plan",
         str(big),
@@ -382,10 +386,19 @@ def test_dp_layout_advises_tp_plus_ep(big: Path) -> None:
         "0.32",
     )
     assert code == 1
-    assert out["parallel"] == {"tp": 1, "pp": 1, "dp": 8, "ep": True, "gpus": 8, "dcp": 1}
+    assert out["parallel"] == {
+        "tp": 1,
+        "pp": 1,
+        "dp": 8,
+        "ep": True,
+        "gpus": 8,
+        "dcp": 1,
+        "source": "--tp",
+    }
     assert out["bytes_per_token_per_gpu"] == 253_952
     assert out["advice"][0].startswith(
-        "DP 8 keeps each sequence's whole KV cache on one TP group; TP 8 + --enable-expert-parallel"
+        "DP 8 keeps each sequence's whole KV cache on one TP group; TP 8 with expert parallel "
+        "(--tp 8 --ep) spreads it over all 8 GPUs"
     )
     assert "(fits)" in out["advice"][0]
 

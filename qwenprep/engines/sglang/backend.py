@@ -67,8 +67,12 @@ class SglangEngine:
         self, path: str | Path, req: ServeRequest, *, python: str | None, dry_run: bool
     ) -> SglangPlan:
         from qwenprep.engines.sglang.gate import serve_plan
+        from qwenprep.planning.gpus import on_this_node
 
-        return serve_plan(str(path), req, python=python, dry_run=dry_run)
+        here = on_this_node()
+        return serve_plan(
+            str(path), req, python=python, dry_run=dry_run, gpus_here=here.count if here else None
+        )
 
     def start(
         self, plan: Any, *, out: Any, log_file: Path | None, say: Callable[[str], None]

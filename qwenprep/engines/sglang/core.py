@@ -235,14 +235,18 @@ def build_plan(
     master_addr: str | None = None,
     environ: dict[str, str] | None = None,
     for_check: bool = False,
+    gpus_here: int | None = None,
 ) -> SglangPlan:
     """The `python -m sglang.launch_server` argv for the overlay and its model profile.
     Refuses (exit 3) what vLLM's plan refuses (configs that compute the wrong thing, a TP/EP
     layout the weights cannot be split into) and a --context-length above what SGLang derives
-    from the config. The arguments after -- are judged by qwenprep.engines.sglang.gate."""
+    from the config. The arguments after -- are judged by qwenprep.engines.sglang.gate.
+    GPUS_HERE: the GPUs found on this node, which choose TP where nothing else does
+    (qwenprep.engines.parallel.serve_layout)."""
     from qwenprep.engines.vllm import core as vllm_core
     from qwenprep.engines.vllm import engine as eng
-    from qwenprep.engines.vllm.launch import model_profile, validation_gate
+    from qwenprep.engines.vllm.launch import validation_gate
+    from qwenprep.model.profile import model_profile
 
     path = Path(path)
     config = vllm_core.read_config(path)
@@ -292,10 +296,17 @@ def build_plan(
             hint=eng.patch_hint(path, manifest, max_model_len),
             path=str(path / "config.json"),
         )
-    tp_n = profile.tp if tp is None else tp
-    if tp_n < 1:
-        raise UsageError(f"--tp {tp_n}: tensor parallel size must be at least 1.")
-    use_ep = profile.ep if ep is None else ep
+    from qwenprep.engines.parallel import serve_layout
+
+    tp_n, use_ep = serve_layout(
+        config,
+        profile,
+        tp=tp,
+        ep=ep,
+        pp=1,
+        gpus=nnodes * gpus_per_node if nnodes and gpus_per_node else gpus_here,
+        notes=notes,
+    )
     if not for_check:
         eng._parallel_gate(path, config, tp_n, use_ep, profile, notes)
     name = served_model_name or profile.served_model_name
@@ -352,8 +363,8 @@ def _reasoning_parser(
     path: Path, config: dict[str, Any], manifest: dict[str, Any] | None, repo_id: str | None
 ) -> str | None:
     """The family's reasoning parser, where it names one (qwenprep.model.families ServeProfile)."""
-    from qwenprep.engines.vllm.launch import name_candidates
     from qwenprep.model.families import lookup
+    from qwenprep.model.profile import name_candidates
     from qwenprep.model.view import ModelView
 
     view = ModelView(config)

@@ -469,8 +469,16 @@ def check_hooks() -> Any:
     return EngineHooks("sglang", gate, _kv_checks)
 
 
-def serve_plan(path: str, req: ServeRequest, *, python: str | None, dry_run: bool) -> SglangPlan:
-    """`qwenprep serve --serving-engine sglang`: the plan, through the gate (ArgsRefused)."""
+def serve_plan(
+    path: str,
+    req: ServeRequest,
+    *,
+    python: str | None,
+    dry_run: bool,
+    gpus_here: int | None = None,
+) -> SglangPlan:
+    """`qwenprep serve --serving-engine sglang`: the plan, through the gate (ArgsRefused).
+    GPUS_HERE: the GPUs found on this node (they choose TP where nothing else does)."""
     from qwenprep.engines.sglang import core as sglang
     from qwenprep.engines.vllm.core import parse_max_model_len
     from qwenprep.errors import UsageError
@@ -498,6 +506,7 @@ def serve_plan(path: str, req: ServeRequest, *, python: str | None, dry_run: boo
         expect_digest=req.expect_digest,
         nnodes=req.multinode.nnodes,
         gpus_per_node=req.multinode.gpus_per_node,
+        gpus_here=gpus_here,
         master_addr=req.multinode.master_addr,
     )
     return enforce(plan, info)

@@ -356,16 +356,20 @@ def make_plan(model: str, options: PlanOptions) -> SglangKVPlan:
         if req is None
         else (req.tokens if req.tokens is not None else shape.native_context)
     )
-    t = tp if tp is not None else max(1, (n or 1) // pp)
+    from qwenprep.engines.parallel import choose_layout
+    from qwenprep.model.profile import profile_at
+
+    # the layout check and serve take for the same flags (one rule: engines.parallel)
+    lay = choose_layout(shape, gpus=n, pp=pp, tp=tp, ep=options.ep, profile=profile_at(model))
     return plan_sglang(
         shape,
         context=ctx,
-        tp=t,
+        tp=lay.tp,
         pp=pp,
         gpus=n,
         gpu_memory=gm,
         kv_memory=kv,
         kv_cache_dtype=options.kv_cache_dtype,
-        ep=options.ep,
+        ep=lay.ep,
         mem_fraction_static=options.mem_fraction_static,
     )

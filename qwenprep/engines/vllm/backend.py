@@ -67,6 +67,7 @@ class VllmEngine:
         from qwenprep.engines.vllm import core, gate
         from qwenprep.engines.vllm import engine as eng
         from qwenprep.model.checkpoint import resolve_model
+        from qwenprep.planning.gpus import on_this_node
 
         ckpt = resolve_model(path)
         info = core.discover(python) if dry_run else core.require_engine(python)
@@ -74,7 +75,7 @@ class VllmEngine:
             ckpt.path,
             replace(req, repo_id=ckpt.repo_id),
             engine=info,
-            gpus_here=eng.gpus_on_this_node(),
+            gpus_here=on_this_node(),
             offline_gate=False,
         )
         return gate.enforce(plan, engine=info)

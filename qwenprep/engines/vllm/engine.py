@@ -37,11 +37,9 @@ from qwenprep.engines.vllm.launch import (
     TRUST_REMOTE_CODE,
     WORKER_ENTRY,
     LaunchPlan,
-    Profile,
     context_name,
     flag_name,
     flag_warnings,
-    model_profile,
     multinode_nodes,
     node_entry,
     node_gpu_note,
@@ -52,6 +50,7 @@ from qwenprep.engines.vllm.launch import (
 from qwenprep.errors import InputError, UsageError
 from qwenprep.model.checkpoint import CONFIG
 from qwenprep.model.contexts import effective_rope
+from qwenprep.model.profile import Profile, model_profile
 from qwenprep.request import ServeRequest
 from qwenprep.util.report import Check
 
@@ -63,7 +62,6 @@ if TYPE_CHECKING:
 # qwenprep.engines.vllm.core's, the launch plan's parts qwenprep.engines.vllm.launch's.
 __all__ = [
     "build_launch_plan",
-    "gpus_on_this_node",
     "patch_hint",
     "readback_checks",
 ]
@@ -271,7 +269,8 @@ def build_launch_plan(
     qwenprep.request.ServeRequest; OPTIONS: its fields as keywords, the older form).
     Refuses (exit 3) a config validate fails in ways that change the output, a max model
     length above what the config allows on that version, and a TP/EP layout vLLM rejects.
-    GPUS_HERE (gpus_on_this_node()) adds a note when one node cannot hold the plan.
+    GPUS_HERE (planning.gpus.on_this_node()): the GPUs of this node, which choose TP where
+    nothing else does (engines.parallel.serve_layout) and note when one node cannot hold the plan.
     The arguments after -- are judged by qwenprep.engines.vllm.gate (vLLM's own parser and config
     layer);
     with no ENGINE, OFFLINE_GATE applies the gate's offline reading here already (ArgsRefused,
@@ -373,10 +372,19 @@ def build_launch_plan(
             path=str(path / CONFIG),
         )
 
-    tp_n = profile.tp if tp is None else tp
-    if tp_n < 1:
-        raise UsageError(f"--tp {tp_n}: tensor parallel size must be at least 1.")
-    use_ep = profile.ep if ep is None else ep
+    from qwenprep.engines.parallel import serve_layout
+
+    tp_n, use_ep = serve_layout(
+        config,
+        profile,
+        tp=tp,
+        ep=ep,
+        pp=pp_size(extra_args),
+        gpus=nnodes * gpus_per_node
+        if nnodes and gpus_per_node
+        else (gpus_here.count if gpus_here is not None else None),
+        notes=notes,
+    )
     if not for_check:
         _parallel_gate(path, config, tp_n, use_ep, profile, notes)
     name = served_model_name or profile.served_model_name
@@ -464,15 +472,3 @@ def build_launch_plan(
 
         plan = enforce(plan, engine=None)
     return plan
-
-
-def gpus_on_this_node() -> Inventory | None:
-    """The GPUs NVML or nvidia-smi see here; None when there are none or asking failed (this
-    never fails a plan)."""
-    try:
-        from qwenprep.planning.gpus import inventory
-
-        inv = inventory()
-    except Exception:  # noqa: BLE001 - a broken driver must not stop a plan
-        return None
-    return inv if inv.count else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import shlex
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,35 +41,6 @@ WORKER_ENTRY = (
 DEFAULT_PORT = 8000
 
 
-def serve_layout_advice(model: str, req: Any, compute: Callable[[Any], Any]) -> list[str]:
-    """plan takes TP = GPUs / PP; serve and check the model profile's TP (model_profile;
-    preflight_checks.resolve_layout). Where they differ: their layout's figure (COMPUTE: a
-    capacity.PlanRequest to its Plan) and the flags that plan it. None for a Hub repo."""
-    from dataclasses import replace
-
-    from qwenprep.model.checkpoint import resolve_model
-    from qwenprep.model.manifest import read_manifest
-    from qwenprep.util.jsonio import load_json_file
-
-    try:
-        c = resolve_model(model)
-        cfg = load_json_file(c.path / CONFIG, what="config.json")
-        prof = model_profile(c.path, cfg, read_manifest(c.path), c.repo_id)
-    except (InputError, OSError):
-        return []  # a Hub repo not downloaded: no profile to compare with
-    gpus = req.gpus or req.tp * req.pp
-    if prof.tp == req.tp or gpus % (prof.tp * req.pp):
-        return []
-    alt = compute(replace(req, tp=prof.tp, ep=prof.ep and req.ep))
-    return [
-        f"qwenprep serve and check use TP {prof.tp} (model profile {prof.name}), this plan TP "
-        f"{req.tp} (GPUs / PP): --gpus {gpus} --tp {prof.tp} plans theirs, TP {prof.tp} x PP "
-        f"{req.pp} x DP {alt.dp}: {alt.kv.max_concurrency:.2f}x at {alt.kv.context:,} ("
-        + ("fits" if alt.fits else "does not fit")
-        + ")"
-    ]
-
-
 # ------------------------------------------------------------------ hints
 def patch_source(path: Path, manifest: dict[str, Any] | None) -> str:
     """What `qwenprep patch` should be run on: an overlay's source (its path, else its repo
@@ -94,62 +65,6 @@ def context_name(tokens: int) -> str:
 
 
 # ------------------------------------------------------------------ launch plan
-@dataclass(frozen=True)
-class Profile:
-    name: str  # "qwen3-coder-480b" | "qwen3-coder" | "qwen3"
-    tp: int
-    ep: bool
-    tool_parser: str | None
-    served_model_name: str
-    reasoning_parser: str | None = None
-    flags: tuple[str, ...] = ()  # the family's launch flags (qwenprep.model.families)
-    env: tuple[tuple[str, str], ...] = ()
-    before_vllm: Version | None = None  # serve refuses this vLLM and newer
-    unsupported_why: str = ""
-    flags_why: str = ""  # why it sets FLAGS (engine.profile_flags: when one is undone)
-
-
-def name_candidates(path: Path, manifest: dict[str, Any] | None, repo_id: str | None) -> list[str]:
-    names = []
-    src = (manifest or {}).get("source") or {}
-    for rid in (src.get("repo_id"), repo_id):
-        if rid:
-            names.append(str(rid).split("@")[0].rstrip("/").split("/")[-1])
-    if src.get("path"):
-        names.append(Path(str(src["path"])).name)
-    names.append(path.name)
-    return [n for n in names if n]
-
-
-def model_profile(
-    path: Path, config: dict[str, Any], manifest: dict[str, Any] | None, repo_id: str | None = None
-) -> Profile:
-    """The family's serve profile for this model (qwenprep.model.families): TP, EP, parsers,
-    name."""
-    from qwenprep.model.families import lookup
-    from qwenprep.model.view import ModelView
-
-    names = name_candidates(path, manifest, repo_id)
-    view = ModelView(config)
-    family = lookup(view.model_type) or lookup(view.text_model_type)
-    if family is None:
-        return Profile("default", 1, False, None, names[0])
-    p = family.profile_for(view, names)
-    return Profile(
-        p.name,
-        p.tp,
-        p.ep,
-        p.tool_parser,
-        p.served_model_name or names[0],
-        p.reasoning_parser,
-        p.flags,
-        p.env,
-        p.before_vllm,
-        p.unsupported_why,
-        p.flags_why,
-    )
-
-
 @dataclass(frozen=True)
 class NodeCommand:
     node_rank: int

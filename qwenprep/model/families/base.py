@@ -21,8 +21,10 @@ class ServeProfile:
 
     name: str
     matches: Callable[[ModelView, Sequence[str]], bool]
-    tp: int = 1
-    ep: bool = False
+    # the TP and expert parallel the model needs, where it needs one (None: the layout rule's,
+    # qwenprep.engines.parallel.choose_layout)
+    tp: int | None = None
+    ep: bool | None = None
     tool_parser: str | None = None
     reasoning_parser: str | None = None
     served_model_name: str | None = None  # None: the first of the model's names

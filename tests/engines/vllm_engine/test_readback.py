@@ -557,7 +557,13 @@ def test_multinode_plans(tmp_path: Path, ref_config: dict[str, Any]) -> None:
         "1",
     )
     with pytest.raises(UsageError, match="needs 2 nodes of 4 GPUs"):
-        eng.build_launch_plan(ov, engine=e32, nnodes=1, gpus_per_node=4)
+        eng.build_launch_plan(ov, engine=e32, nnodes=1, gpus_per_node=4, tp=8)
+    # without --tp, one node of 4 GPUs gets the layout plan and check give 4 GPUs (TP 4 + EP),
+    # and the profile's TP 8 is said
+    four = eng.build_launch_plan(ov, engine=e32, nnodes=1, gpus_per_node=4)
+    assert four.argv[four.argv.index("--tensor-parallel-size") + 1] == "4"
+    assert "--enable-expert-parallel" in four.argv
+    assert any(n.startswith("the model profile qwen3-coder-480b launches TP 8") for n in four.notes)
 
 
 @pytest.mark.engine

@@ -453,7 +453,13 @@ def test_too_few_gpus_on_this_node_is_a_note(
         "vLLM cannot start here alone. For per-node commands: qwenprep serve "
         f"{ov.resolve()} --nnodes 2 --gpus-per-node 4 --master-addr HEAD_NODE_IP"
     )
-    assert note in _dry_run_notes(ov)
+    assert note in _dry_run_notes(ov, "--tp", "8")
+    # without --tp the layout rule (plan's and check's) fits the node: TP 4, the profile's
+    # TP 8 said
+    assert (
+        "the model profile qwen3-coder-480b launches TP 8 with expert parallel; this layout is "
+        "TP 4 with expert parallel (4 GPUs do not hold whole TP 8 x PP 1 replicas)"
+    ) in _dry_run_notes(ov)
     assert not any("GPU(s)" in n for n in _dry_run_notes(ov, "--tp", "4"))
     assert not any(
         "GPU(s)" in n for n in _dry_run_notes(ov, "--nnodes", "2", "--gpus-per-node", "4")
@@ -466,6 +472,47 @@ def test_too_few_gpus_on_this_node_is_a_note(
     assert not any("GPU(s)" in n for n in _dry_run_notes(ov))
     fake_smi(bin_dir, "", rc=9)
     assert not any("GPU(s)" in n for n in _dry_run_notes(ov))
+
+
+def test_serve_takes_the_layout_plan_and_check_take(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a node with 4 GPUs, serve of a model whose profile sets no TP launches the layout plan
+    and check name for those GPUs (one replica over them, EP for MoE: TP 4 + EP on the tiny
+    Qwen3-Coder, whose 4 heads allow it), and says why. Before: serve launched TP 1 on one of
+    the 4 GPUs while plan named TP 4 and check TP 1 x DP 4."""
+    from fakes import fake_smi
+
+    try:
+        import pynvml  # noqa: F401
+
+        pytest.skip("nvidia-ml-py is installed: the inventory would not ask nvidia-smi")
+    except ImportError:
+        pass
+    bin_dir = tmp_path / "bin"
+    fake_smi(bin_dir, "".join(f"NVIDIA H200, 143771, {143000 - i}\n" for i in range(4)))
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    r = invoke("serve", str(TINY), "--dry-run", "--json")
+    assert r.exit_code == 0, r.output
+    served = json.loads(r.stdout)
+    argv = served["argv"]
+    assert argv[argv.index("--tensor-parallel-size") + 1] == "4", argv
+    assert "--enable-expert-parallel" in argv, argv
+    assert (
+        "TP 4 with expert parallel: one replica over the GPUs: TP = GPUs / PP, of the 4 GPU(s) "
+        "found; --tp N chooses another"
+    ) in served["notes"]
+    flags = ("--kv-memory", "1GiB", "--vllm-version", "0.32")
+    c = invoke("check", str(TINY), "--no-engine", *flags, "--json")
+    p = invoke("plan", str(TINY), *flags, "--json")
+    check, plan = json.loads(c.stdout)["parallel"], json.loads(p.stdout)["parallel"]
+    assert (check["tp"], check["dp"], check["ep"]) == (4, 1, True), check
+    assert {k: plan[k] for k in check} == check
+    # --tp given: that, and no note from the GPUs
+    r = invoke("serve", str(TINY), "--dry-run", "--json", "--tp", "2")
+    argv = json.loads(r.stdout)["argv"]
+    assert argv[argv.index("--tensor-parallel-size") + 1] == "2", argv
+    assert not any("GPU(s) found" in n for n in json.loads(r.stdout)["notes"])
 
 
 # ---------------------------------------------------------------- serve-plan.schema.json
