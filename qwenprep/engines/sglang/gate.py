@@ -413,9 +413,7 @@ def _kv_checks(shape: Any, opts: Any, layout: Any, inv: Any, extra: dict[str, An
     from qwenprep.engines.sglang.kv import plan_sglang
     from qwenprep.util.sizes import format_gib
 
-    context = opts.context or shape.max_position_embeddings
-    if context == -1:
-        context = shape.native_context
+    context = opts.context_tokens(shape)
     if opts.kv_memory is None and inv.min_total is None:
         return [
             Check(
