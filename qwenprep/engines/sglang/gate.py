@@ -470,9 +470,9 @@ def check_hooks() -> Any:
 def serve_plan(path: str, req: ServeRequest, *, python: str | None, dry_run: bool) -> SglangPlan:
     """`qwenprep serve --serving-engine sglang`: the plan, through the gate (ArgsRefused)."""
     from qwenprep.engines.sglang import core as sglang
-    from qwenprep.engines.vllm.core import parse_max_model_len
     from qwenprep.errors import UsageError
     from qwenprep.model.checkpoint import resolve_model
+    from qwenprep.request import context_tokens
 
     if req.multinode.mode is not None:
         raise UsageError(
@@ -481,13 +481,12 @@ def serve_plan(path: str, req: ServeRequest, *, python: str | None, dry_run: boo
         )
     ckpt = resolve_model(path)
     info = sglang.discover(python) if dry_run else sglang.require(python)
-    max_len = None if req.max_model_len is None else str(req.max_model_len)
     plan = sglang.build_plan(
         ckpt.path,
         engine=info,
         tp=req.tp,
         ep=req.ep,
-        max_model_len=parse_max_model_len(max_len) if max_len else None,
+        max_model_len=context_tokens(req.max_model_len, "--max-model-len"),
         host=req.host,
         port=req.port,
         served_model_name=req.served_model_name,
