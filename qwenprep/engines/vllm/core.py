@@ -23,7 +23,7 @@ from qwenprep.engines.found import EngineFound
 from qwenprep.errors import InputError, QwenprepError
 from qwenprep.model.checkpoint import CONFIG
 from qwenprep.model.contexts import effective_rope
-from qwenprep.model.manifest import read_manifest
+from qwenprep.model.manifest import Manifest, read_manifest
 from qwenprep.util.jsonio import load_json_file
 
 ENV_PYTHON = "QWENPREP_VLLM_PYTHON"
@@ -219,7 +219,7 @@ def read_config(path: Path) -> dict[str, Any]:
     return cfg
 
 
-def manifest_of(path: Path) -> dict[str, Any] | None:
+def manifest_of(path: Path) -> Manifest | None:
     return read_manifest(path)
 
 
