@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qwenprep.checks.scan import FETCH_HINT, SKIP_DIRS, Scan, overlay_manifest, rel_path
 from qwenprep.model.checkpoint import CONFIG, INDEX
@@ -31,6 +31,9 @@ from qwenprep.util.hashing import (
     write_record,
 )
 from qwenprep.util.report import Check
+
+if TYPE_CHECKING:
+    from qwenprep.model.manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -59,12 +62,12 @@ def _download_etag(root: Path, name: str) -> str | None:
     return local_dir_etag(root, name)
 
 
-def _source_root(manifest: dict[str, Any] | None) -> Path | None:
-    src = (manifest.get("source") or {}).get("path") if manifest is not None else None
+def _source_root(manifest: Manifest | None) -> Path | None:
+    src = manifest.source.path if manifest is not None else None
     return Path(src) if isinstance(src, str) and src else None
 
 
-def _trusted_roots(root: Path, manifest: dict[str, Any] | None) -> list[tuple[str, str]]:
+def _trusted_roots(root: Path, manifest: Manifest | None) -> list[tuple[str, str]]:
     """(real path, what it is) of the places a checkpoint's files may really live: the
     directory itself, its HF repo folder (models--ORG--NAME: the snapshot links into blobs/),
     and an overlay's recorded source (and that source's repo folder)."""
@@ -134,7 +137,7 @@ def _deep_names(
 def _expectations(
     root: Path,
     names: list[str],
-    manifest: dict[str, Any] | None,
+    manifest: Manifest | None,
     records: list[tuple[Path, dict[str, dict[str, Any]]]],
     notes: list[Check],
 ) -> list[_Expect]:
@@ -191,7 +194,7 @@ def _expectations(
 
 
 def _read_records(
-    root: Path, manifest: dict[str, Any] | None
+    root: Path, manifest: Manifest | None
 ) -> list[tuple[Path, dict[str, dict[str, Any]]]] | Check:
     """The hash records of root and of an overlay's source, or the failed check of one that is
     there but unreadable (a FIFO, not JSON): such a record is never compared with nor

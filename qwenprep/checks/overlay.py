@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from qwenprep.errors import InputError
 from qwenprep.model.checkpoint import CONFIG
 from qwenprep.model.manifest import (
     MANIFEST_DIR,
     MANIFEST_NAME,
+    Manifest,
     manifest_path,
     read_manifest,
     read_regular_text,
@@ -42,7 +42,7 @@ def overlay_checks(path: Path) -> list[Check]:
         cfg_sha = sha256_bytes(read_regular_bytes(path / CONFIG))
     except OSError as e:
         cfg_sha = f"unreadable ({e})"
-    if cfg_sha == manifest["config_sha256"]:
+    if cfg_sha == manifest.config_sha256:
         checks.append(Check("overlay.config", "pass", "config.json is the one qwenprep wrote"))
     else:
         checks.append(
@@ -54,8 +54,8 @@ def overlay_checks(path: Path) -> list[Check]:
             )
         )
     bad: list[str] = []
-    for f in manifest["files"]:
-        name = f["name"]
+    for f in manifest.files:
+        name = f.name
         p = path / name
         if os.path.isabs(name) or ".." in Path(name).parts:
             bad.append(f"{name}: path escapes the overlay")
@@ -64,8 +64,8 @@ def overlay_checks(path: Path) -> list[Check]:
             bad.append(f"{name}: missing" if not p.exists() else f"{name}: not a link")
         elif not p.exists():
             bad.append(f"{name}: link target {os.readlink(p)} is gone")
-        elif p.stat().st_size != f["size"]:
-            bad.append(f"{name}: size {p.stat().st_size} != {f['size']} in the manifest")
+        elif p.stat().st_size != f.size:
+            bad.append(f"{name}: size {p.stat().st_size} != {f.size} in the manifest")
     if bad:
         checks.append(
             Check(
@@ -82,15 +82,15 @@ def overlay_checks(path: Path) -> list[Check]:
             Check(
                 "overlay.links",
                 "pass",
-                f"{len(manifest['files'])} linked files resolve and match the manifest",
+                f"{len(manifest.files)} linked files resolve and match the manifest",
             )
         )
-    src_cfg = Path(manifest["source"]["path"]) / CONFIG
+    src_cfg = Path(str(manifest.source.path)) / CONFIG
     try:
         src_sha = sha256_bytes(read_regular_bytes(src_cfg))
     except OSError:
         src_sha = None
-    if src_sha == manifest["source"]["config_sha256"]:
+    if src_sha == manifest.source.config_sha256:
         checks.append(Check("overlay.source", "pass", f"source config unchanged ({src_cfg})"))
     else:
         checks.append(
@@ -116,7 +116,7 @@ class UserContent:
     edits: list[str]
 
 
-def user_content(path: Path, manifest: dict[str, Any]) -> UserContent:
+def user_content(path: Path, manifest: Manifest) -> UserContent:
     """Anything in the overlay but links, the config.json qwenprep wrote (same sha256 as the
     manifest says) and qwenprep's own files under .qwenprep/. Removing a link never touches its
     target, so links are never user content."""
@@ -136,7 +136,7 @@ def user_content(path: Path, manifest: dict[str, Any]) -> UserContent:
             elif p.is_symlink():
                 continue
             elif rel == CONFIG:
-                if _sha256_file(p) != manifest["config_sha256"]:
+                if _sha256_file(p) != manifest.config_sha256:
                     edits.append(f"{CONFIG} (changed after qwenprep wrote it)")
             else:
                 foreign.append(rel)

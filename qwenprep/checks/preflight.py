@@ -32,6 +32,7 @@ from qwenprep.engines.base import EngineHooks
 from qwenprep.engines.parallel import parallel_checks
 from qwenprep.engines.vllm.kv import CUDA_BLOCK_SIZE, KVDtype, ModelShape, VllmRule
 from qwenprep.errors import InputError, QwenprepError, UsageError
+from qwenprep.model.contexts import ContextRequest
 from qwenprep.planning.capacity import named_version, resolve_rule
 from qwenprep.planning.gpus import inventory
 from qwenprep.planning.shapes import shape_from_dir
@@ -57,7 +58,8 @@ class CheckOptions:
     gpus: int | None = None
     gpu_memory: int | None = None
     kv_memory: int | None = None
-    context: int | None = None  # None: the config's max_position_embeddings; -1: native
+    # --context as parsed; None: the config's max_position_embeddings; .native: the native context
+    context: ContextRequest | None = None
     kv_cache_dtype: KVDtype = "auto"
     vllm_version: str | None = None
     vllm_args: tuple[str, ...] = ()
@@ -66,6 +68,15 @@ class CheckOptions:
     disk_warn_bytes: int = DISK_WARN_BYTES
     block_size: int = CUDA_BLOCK_SIZE
     serving_engine: str = "vllm"  # "sglang": the gate and KV checks of EngineHooks
+
+    def context_tokens(self, shape: ModelShape) -> int:
+        """The context to check, in tokens: --context's count; not given, SHAPE's
+        max_position_embeddings; native, SHAPE's native context."""
+        if self.context is None:
+            return shape.max_position_embeddings
+        if self.context.tokens is None:  # native
+            return shape.native_context
+        return self.context.tokens
 
 
 def check_options(
@@ -108,11 +119,7 @@ def check_options(
             "the second an estimate.",
             hint="pass one of them.",
         )
-    ctx = None
-    if context is not None:
-        ctx = parse_context(context).tokens  # None for "native": the config decides
-        if ctx is None:
-            ctx = -1
+    ctx = parse_context(context) if context is not None else None
     if vllm_version is not None:
         named_version(vllm_version)
     return CheckOptions(
@@ -203,9 +210,7 @@ def _named_vllm(opts: CheckOptions) -> VllmVersion | None:
 def _gate_checks(
     path: Path, opts: CheckOptions, repo_id: str | None, config: dict[str, Any] | None = None
 ) -> list[Check]:
-    max_len = opts.context
-    if max_len == -1:  # --context native
-        max_len = _context_for_gate(path, opts, config)
+    max_len = _context_for_gate(path, opts, config)
     named = named_version(opts.vllm_version) if opts.vllm_version else None
     return check_gate(
         path,
@@ -226,8 +231,10 @@ def _gate_checks(
 def _context_for_gate(
     path: Path, opts: CheckOptions, config: dict[str, Any] | None = None
 ) -> int | None:
-    if opts.context != -1:
-        return opts.context
+    if opts.context is None:  # not given: the overlay's own length
+        return None
+    if not opts.context.native:
+        return opts.context.tokens
     from qwenprep.model.contexts import native_context
 
     if config is None:

@@ -121,9 +121,7 @@ def kv_checks(
     inv: Inventory,
     extra: dict[str, Any],
 ) -> list[Check]:
-    context = opts.context or shape.max_position_embeddings
-    if context == -1:
-        context = shape.native_context
+    context = opts.context_tokens(shape)
     gpu_mem = inv.min_total
     if opts.kv_memory is None:
         if gpu_mem is None:

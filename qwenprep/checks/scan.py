@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 from operator import attrgetter, sub
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qwenprep.errors import InputError
 from qwenprep.model.checkpoint import INDEX, unsafe_shard_names
@@ -29,6 +29,9 @@ from qwenprep.model.hub import snapshot_repo
 from qwenprep.util.hashing import RECORD_DIR, NotRegularFile, not_regular, open_regular
 from qwenprep.util.jsonio import MAX_JSON_BYTES, loads_located, refuse_oversized
 from qwenprep.util.report import Check
+
+if TYPE_CHECKING:
+    from qwenprep.model.manifest import Manifest
 from qwenprep.util.safetensors_io import (
     Entry,
     SafetensorsHeader,
@@ -517,7 +520,7 @@ def _index_agrees(scan: Scan, weight_map: dict[str, str], dupes: dict[str, list[
         )
 
 
-def overlay_manifest(root: Path) -> dict[str, Any] | None:
+def overlay_manifest(root: Path) -> Manifest | None:
     """The overlay manifest of ROOT; None when there is none or it is damaged (overlay_checks
     reports a damaged one). Imports the overlay module only when there is a manifest."""
     from qwenprep.model.manifest import manifest_path

@@ -7,7 +7,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from qwenprep.errors import InputError, QwenprepError
 from qwenprep.model.checkpoint import CONFIG
@@ -17,6 +17,9 @@ from qwenprep.model.families.dca import dca_block, dca_disagreement, dca_native,
 from qwenprep.model.view import ModelView
 from qwenprep.util.jsonio import loads_located, read_regular_bytes
 from qwenprep.util.report import Check
+
+if TYPE_CHECKING:
+    from qwenprep.model.manifest import Manifest
 
 PATCH_HINT = "qwenprep patch MODEL --context 1m --out DIR"
 
@@ -116,7 +119,7 @@ def invariant_checks(
     config: dict[str, Any],
     *,
     native: int | None = None,
-    manifest: dict[str, Any] | None = None,
+    manifest: Manifest | None = None,
     vllm: VllmVersion | None = None,
 ) -> list[Check]:
     """What a schema cannot say. NATIVE, when known (from a manifest), sharpens the check that a
@@ -244,7 +247,7 @@ def invariant_checks(
     if qc is not None:
         checks.extend(_quantization_checks(view, qc))
     if manifest is not None:
-        if manifest.get("target_context") == mpe:
+        if manifest.target_context == mpe:
             checks.append(
                 Check(
                     "invariant.manifest",
@@ -258,7 +261,7 @@ def invariant_checks(
                     "invariant.manifest",
                     "fail",
                     f"max_position_embeddings {mpe} differs from the manifest's "
-                    f"target_context {manifest.get('target_context')}",
+                    f"target_context {manifest.target_context}",
                     mpe_at,
                 )
             )
@@ -412,7 +415,7 @@ def validate_config_text(
     text: str,
     where: str,
     *,
-    manifest: dict[str, Any] | None = None,
+    manifest: Manifest | None = None,
     vllm: VllmVersion | None = None,
 ) -> list[Check]:
     config = loads_located(text, where)
@@ -436,7 +439,7 @@ def validate_config_text(
                 f"{where} matches the {fam.title if fam else 'Qwen3'} config schema",
             )
         )
-    native = manifest.get("native_context") if manifest else None
+    native = manifest.native_context if manifest is not None else None
     for c in invariant_checks(config, native=native, manifest=manifest, vllm=vllm):
         if c.status == "fail" and c.path:
             parts = c.path.removeprefix("$.").split(".")
@@ -478,7 +481,7 @@ def validate_checkpoint(path: Path, *, vllm: VllmVersion | None = None) -> list[
     return checks
 
 
-def dca_source_checks(config: Any, manifest: dict[str, Any]) -> list[Check]:
+def dca_source_checks(config: Any, manifest: Manifest) -> list[Check]:
     """An overlay that carries a DCA block (the vLLM < 0.11 overlay of a DCA release) is its
     source's config.json (Qwen2.5-1M) or config_1m.json, which is config.json but for the DCA
     block and the length (families.dca.release_1m_differences): anything else (another
@@ -486,8 +489,7 @@ def dca_source_checks(config: Any, manifest: dict[str, Any]) -> list[Check]:
     Nothing when the source's config.json cannot be read (overlay.fresh says why)."""
     from qwenprep.model.families.dca import release_1m_differences
 
-    src = manifest.get("source")
-    path = src.get("path") if isinstance(src, dict) else None
+    path = manifest.source.path
     if not isinstance(config, dict) or dca_block(config) is None or not isinstance(path, str):
         return []
     where = Path(path) / CONFIG

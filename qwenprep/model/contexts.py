@@ -37,6 +37,11 @@ class ContextRequest:
     dca_engine: bool = False  # that vLLM still runs DCA (< 0.11, V0 engine)
     release_1m: dict[str, Any] | None = None  # the release's config_1m.json (2507), if any
 
+    @property
+    def native(self) -> bool:
+        """'native': no fixed count; the model's config decides."""
+        return self.tokens is None
+
 
 def parse_context(text: str) -> ContextRequest:
     """Parse native|256k|512k|1m|N. Suffixes are the model world's binary k and M (1m = 1048576)."""

@@ -30,6 +30,7 @@ from qwenprep.errors import InputError
 from qwenprep.model.checkpoint import CONFIG, Checkpoint, check_path_length
 from qwenprep.model.contexts import ContextRequest
 from qwenprep.model.hub import OWN_REFS as PIN_PREFIX
+from qwenprep.model.manifest import Manifest, Source
 from qwenprep.util.jsonio import read_regular_bytes
 
 State = Literal["ok", "stale", "dangling", "edited", "unpinned", "invalid"]
@@ -148,29 +149,29 @@ def dir_id(path: Path) -> str | None:
     return f"{st.st_dev}:{st.st_ino}"
 
 
-def made_here(path: Path, manifest: dict[str, Any]) -> bool:
+def made_here(path: Path, manifest: Manifest) -> bool:
     """PATH is the overlay as it was built: where it was built, or the same directory moved
     (its device:inode, dir_id, unchanged); a copy is neither."""
-    made = manifest.get("path")
-    recorded = manifest.get("dir_id")
+    made = manifest.path
+    recorded = manifest.dir_id
     if isinstance(recorded, str) and recorded == dir_id(path):
         return True
     if isinstance(made, str):
         return _same_place(made, path)
-    pin = (manifest.get("source") or {}).get("pin")  # a manifest written before overlay ids
+    pin = manifest.source.pin  # a manifest written before overlay ids
     return pin is None or pin in (
         _legacy_pin_name(path),
         _legacy_pin_name(Path(os.path.realpath(path))),
     )
 
 
-def pin_sharer(path: Path, manifest: dict[str, Any]) -> Path | None:
+def pin_sharer(path: Path, manifest: Manifest) -> Path | None:
     """The overlay PATH is a copy of, when that one still holds the same pin (so reverting
     PATH must leave the pin alone); None when PATH's pin is its own."""
     from qwenprep.model.manifest import read_manifest
 
-    pin = (manifest.get("source") or {}).get("pin")
-    made = manifest.get("path")
+    pin = manifest.source.pin
+    made = manifest.path
     if not isinstance(pin, str) or made_here(path, manifest):
         return None
     # where it was made; a manifest from before overlay ids says no path: the default place
@@ -182,9 +183,9 @@ def pin_sharer(path: Path, manifest: dict[str, Any]) -> Path | None:
             other = read_manifest(place)
         except InputError:
             continue
-        if other is not None and (other.get("source") or {}).get("pin") == pin:
+        if other is not None and other.source.pin == pin:
             return place
-    if isinstance(made, str) and isinstance(manifest.get("dir_id"), str):
+    if isinstance(made, str) and isinstance(manifest.dir_id, str):
         # a copy whose original moved away: it may still hold the pin, so a copy never
         # releases it (a pin left behind keeps a source in the cache; one released early
         # lets a prune delete a live overlay's files)
@@ -192,15 +193,15 @@ def pin_sharer(path: Path, manifest: dict[str, Any]) -> Path | None:
     return None
 
 
-def pin_missing(manifest: dict[str, Any]) -> str | None:
+def pin_missing(manifest: Manifest) -> str | None:
     """Why the overlay's source is not pinned in the cache (None when it is, or when the source
     is no cache snapshot and needs no pin)."""
-    src = manifest.get("source") or {}
-    source = Path(str(src.get("path")))
+    src = manifest.source
+    source = Path(str(src.path))
     repo = _repo_folder(source)
     if repo is None:
         return None
-    name = src.get("pin")
+    name = src.pin
     if not isinstance(name, str) or not name.startswith(PIN_PREFIX + "/"):
         return "the overlay has no pin in the cache"
     ref = repo / "refs" / name
@@ -213,12 +214,11 @@ def pin_missing(manifest: dict[str, Any]) -> str | None:
     return None
 
 
-def release_pin(manifest: dict[str, Any]) -> str | None:
+def release_pin(manifest: Manifest) -> str | None:
     """Remove the overlay's ref from the cache (only when it still points at our commit; the
     caller asks pin_sharer first whether a copy's pin is another overlay's).
     Returns the ref path removed, or None."""
-    src = manifest.get("source") or {}
-    name, path = src.get("pin"), src.get("path")
+    name, path = manifest.source.pin, manifest.source.path
     if not isinstance(name, str) or not isinstance(path, str):
         return None
     repo = _repo_folder(Path(path))
@@ -254,33 +254,33 @@ class OverlayStatus:
         return asdict(self)
 
 
-def _source_label(src: dict[str, Any]) -> str:
-    if src.get("repo_id"):
-        rev = src.get("revision") or "?"
-        return f"{src['repo_id']}@{str(rev)[:12]}"
-    return str(src.get("path"))
+def _source_label(src: Source) -> str:
+    if src.repo_id:
+        rev = src.revision or "?"
+        return f"{src.repo_id}@{str(rev)[:12]}"
+    return str(src.path)
 
 
-def _rebuild(path: Path, manifest: dict[str, Any], *, ref: str | None = None) -> str:
+def _rebuild(path: Path, manifest: Manifest, *, ref: str | None = None) -> str:
     """The command that rebuilds the overlay at PATH: from its own commit (fetched first when
     that snapshot is gone), or from REF (a stale overlay: where the ref points now)."""
-    src = manifest["source"]
-    model = src.get("repo_id") or src.get("path")
+    src = manifest.source
+    model = src.repo_id or src.path
     fetch = ""
-    if src.get("repo_id") and (ref or src.get("revision")):
-        model = f"{model}@{ref or src['revision']}"
-        if not ref and not Path(str(src.get("path"))).is_dir():
+    if src.repo_id and (ref or src.revision):
+        model = f"{model}@{ref or src.revision}"
+        if not ref and not Path(str(src.path)).is_dir():
             fetch = f"qwenprep fetch {model} && "
-    ctx = manifest.get("target_context")
+    ctx = manifest.target_context
     if ref and _default_named(path, src):  # the new commit's default name; the old one goes
         return f"qwenprep patch {model} --context {ctx} && qwenprep revert {path}"
     return f"{fetch}qwenprep patch {model} --context {ctx} --out {path} --force"
 
 
-def _default_named(path: Path, src: dict[str, Any]) -> bool:
+def _default_named(path: Path, src: Source) -> bool:
     """PATH is where plain `patch ORG/NAME` put it: ORG--NAME@COMMIT12-CTX in overlays_home()
     (default_overlay_dir), a name that holds the commit it was built from."""
-    repo, rev = src.get("repo_id"), str(src.get("revision") or "")
+    repo, rev = src.repo_id, str(src.revision or "")
     return (
         bool(repo)
         and len(rev) == 40
@@ -289,7 +289,7 @@ def _default_named(path: Path, src: dict[str, Any]) -> bool:
     )
 
 
-def _pin_reasons(path: Path, manifest: dict[str, Any]) -> tuple[list[str], list[str]]:
+def _pin_reasons(path: Path, manifest: Manifest) -> tuple[list[str], list[str]]:
     """(why the overlay is unpinned, notes): a missing pin (a prune may delete the source),
     or a copy sharing another overlay's pin (it goes when that one is reverted)."""
     missing = pin_missing(manifest)
@@ -297,7 +297,7 @@ def _pin_reasons(path: Path, manifest: dict[str, Any]) -> tuple[list[str], list[
         return [f"pin missing: {missing}; a cache prune may delete its source"], []
     sharer = pin_sharer(path, manifest)
     if sharer is not None:
-        pin = manifest["source"]["pin"]
+        pin = manifest.source.pin
         return [], [
             f"a copy of {sharer}: it shares that overlay's pin {pin}, which goes when {sharer} "
             f"is reverted; give this one its own with: {_repin(path, manifest)}"
@@ -305,28 +305,28 @@ def _pin_reasons(path: Path, manifest: dict[str, Any]) -> tuple[list[str], list[
     return [], []
 
 
-def _repin(path: Path, manifest: dict[str, Any]) -> str:
+def _repin(path: Path, manifest: Manifest) -> str:
     """patch with the same source, context and --out: the unchanged overlay gets its own pin."""
     return _rebuild(path, manifest).removesuffix(" --force")
 
 
-def overlay_status(path: Path, manifest: dict[str, Any]) -> OverlayStatus:
+def overlay_status(path: Path, manifest: Manifest) -> OverlayStatus:
     """ok | dangling (the source or a linked file is gone) | edited (the overlay's own
     config.json is not the one qwenprep wrote) | stale (the source moved on: its config
     changed, or a ref it was made from now points at another commit) | unpinned (its source is
     a cache snapshot and its pin is gone: hf cache prune may delete the source)."""
-    src = manifest["source"]
-    status = OverlayStatus(str(path), "ok", _source_label(src), manifest.get("target_context"))
-    source = Path(src["path"])
+    src = manifest.source
+    status = OverlayStatus(str(path), "ok", _source_label(src), manifest.target_context)
+    source = Path(str(src.path))
     gone: list[str] = []
     if not source.is_dir():
         gone.append(f"the source {source} is gone")
     elif not (source / CONFIG).is_file():
         gone.append(f"the source config {source / CONFIG} is gone")
     missing = [
-        f["name"]
-        for f in manifest["files"]
-        if os.path.islink(path / f["name"]) and not os.path.exists(path / f["name"])
+        f.name
+        for f in manifest.files
+        if os.path.islink(path / f.name) and not os.path.exists(path / f.name)
     ]
     if missing:
         gone.append(
@@ -343,7 +343,7 @@ def overlay_status(path: Path, manifest: dict[str, Any]) -> OverlayStatus:
         ours = hashlib.sha256(read_regular_bytes(path / CONFIG)).hexdigest()
     except OSError:
         ours = None
-    if ours != manifest.get("config_sha256"):
+    if ours != manifest.config_sha256:
         status.state = "edited"
         status.reasons = [
             f"{path / CONFIG} is not the config.json qwenprep wrote (edited, "
@@ -356,10 +356,10 @@ def overlay_status(path: Path, manifest: dict[str, Any]) -> OverlayStatus:
         now = hashlib.sha256(read_regular_bytes(source / CONFIG)).hexdigest()
     except OSError:
         now = None
-    if now != src.get("config_sha256"):
+    if now != src.config_sha256:
         stale.append(f"the source config {source / CONFIG} changed since the patch")
     repo = _repo_folder(source)
-    for ref in src.get("refs") or []:
+    for ref in src.refs:
         if repo is None:
             break
         try:
@@ -368,14 +368,12 @@ def overlay_status(path: Path, manifest: dict[str, Any]) -> OverlayStatus:
             stale.append(f"the ref {ref} it was made from is gone from the cache")
             continue
         if target != source.name:
-            stale.append(
-                f"{src.get('repo_id')}@{ref} now points at {target[:12]}, not {source.name[:12]}"
-            )
+            stale.append(f"{src.repo_id}@{ref} now points at {target[:12]}, not {source.name[:12]}")
     unpinned, notes = _pin_reasons(path, manifest)
     if stale:
         status.state = "stale"
         status.reasons = stale + unpinned + notes
-        status.rebuild = _rebuild(path, manifest, ref=(src.get("refs") or [None])[0])
+        status.rebuild = _rebuild(path, manifest, ref=src.refs[0] if src.refs else None)
     elif unpinned:
         status.state = "unpinned"
         status.reasons = [f"{unpinned[0]}; re-pin with: {_repin(path, manifest)}"]
@@ -455,7 +453,6 @@ def default_overlays_of(snapshot: Path) -> list[Path]:
     found = []
     for p in find_overlays([]):
         m = read_manifest(p)
-        src = m.get("source") if m else None
-        if isinstance(src, dict) and src.get("path") == str(snapshot) and _default_named(p, src):
+        if m is not None and m.source.path == str(snapshot) and _default_named(p, m.source):
             found.append(p)
     return found

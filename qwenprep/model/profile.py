@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qwenprep.errors import InputError
 from qwenprep.model.checkpoint import CONFIG
+
+if TYPE_CHECKING:
+    from qwenprep.model.manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -28,20 +31,20 @@ class Profile:
     flags_why: str = ""  # why it sets FLAGS (engine.profile_flags: when one is undone)
 
 
-def name_candidates(path: Path, manifest: dict[str, Any] | None, repo_id: str | None) -> list[str]:
+def name_candidates(path: Path, manifest: Manifest | None, repo_id: str | None) -> list[str]:
     names = []
-    src = (manifest or {}).get("source") or {}
-    for rid in (src.get("repo_id"), repo_id):
+    src = manifest.source if manifest is not None else None
+    for rid in (src.repo_id if src else None, repo_id):
         if rid:
             names.append(str(rid).split("@")[0].rstrip("/").split("/")[-1])
-    if src.get("path"):
-        names.append(Path(str(src["path"])).name)
+    if src and src.path:
+        names.append(Path(str(src.path)).name)
     names.append(path.name)
     return [n for n in names if n]
 
 
 def model_profile(
-    path: Path, config: dict[str, Any], manifest: dict[str, Any] | None, repo_id: str | None = None
+    path: Path, config: dict[str, Any], manifest: Manifest | None, repo_id: str | None = None
 ) -> Profile:
     """The family's serve profile for this model (qwenprep.model.families): TP, EP, parsers,
     name."""

@@ -32,6 +32,7 @@ from qwenprep.model.checkpoint import CONFIG, Checkpoint, check_path_length, res
 from qwenprep.model.contexts import ContextRequest, PatchResult, patch_config
 from qwenprep.model.manifest import (
     MANIFEST_DIR,
+    Manifest,
     manifest_path,
     read_manifest,
     sha256_bytes,
@@ -299,7 +300,7 @@ def create_overlay(
     source = model
     prior = read_manifest(model.path)
     if prior is not None:  # patching an overlay: start from its source
-        src_path = Path(prior["source"]["path"])
+        src_path = Path(str(prior.source.path))
         if not (src_path / CONFIG).is_file():
             raise InputError(
                 f"{model.path} is an overlay of {src_path}, which is gone or has no config.json.",
@@ -307,9 +308,7 @@ def create_overlay(
                 f"--out {model.path} --force",
             )
         source = resolve_dir(src_path)
-        source = Checkpoint(
-            source.path, prior["source"].get("repo_id"), prior["source"].get("revision")
-        )
+        source = Checkpoint(source.path, prior.source.repo_id, prior.source.revision)
     edit_notes = _cache_edits(source, force)
     raw = _read_source_config(source)
     try:
@@ -368,20 +367,22 @@ def create_overlay(
         _clean_stale(out)
         state = _existing_state(out, force)
         if state == "ours-keep":
-            current = read_manifest(out) or {}
-            if _same_overlay(current, manifest) and not [
-                c for c in overlay_checks(out) if c.status == "fail"
-            ]:
+            current = read_manifest(out)
+            if (
+                current is not None
+                and _same_overlay(current, Manifest.from_dict(manifest))
+                and not [c for c in overlay_checks(out) if c.status == "fail"]
+            ):
                 if lifecycle.pin_missing(current) is None and lifecycle.made_here(out, current):
-                    return OverlayResult(out, source, current, patched, text, "unchanged")
+                    return OverlayResult(out, source, current.raw, patched, text, "unchanged")
                 # a copy, a move or a lost pin: rebuilt as it is, with a pin of its own
                 state = _existing_state(out, force=True)
         if state == "ours-keep":
-            current = read_manifest(out) or {}
+            current = read_manifest(out)
             raise ConflictError(
                 f"--out {out} is already a qwenprep overlay (of "
-                f"{current.get('source', {}).get('path')}"
-                f" at {current.get('target_context')} tokens).",
+                f"{current.source.path if current is not None else None}"
+                f" at {current.target_context if current is not None else None} tokens).",
                 hint=f"pass --force to replace it, or qwenprep revert {out} to remove it.",
             )
         tmp = out.parent / f".{out.name}{TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -409,12 +410,12 @@ def create_overlay(
         except OSError as e:
             with contextlib.suppress(OSError):
                 remove_tree(tmp)
-            lifecycle.release_pin(manifest)  # the failed build's own pin
+            lifecycle.release_pin(Manifest.from_dict(manifest))  # the failed build's own pin
             raise io_error(out, e) from None
         except BaseException:
             with contextlib.suppress(OSError):
                 remove_tree(tmp)
-            lifecycle.release_pin(manifest)
+            lifecycle.release_pin(Manifest.from_dict(manifest))
             raise
         if old_manifest is not None and not shared:  # a copy's pin is the original's
             lifecycle.release_pin(old_manifest)
@@ -473,11 +474,12 @@ def _refuse_unpatchable(source: Checkpoint, text: str) -> None:
     )
 
 
-def _same_overlay(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    keys = ("config_sha256", "digest", "target_context")
+def _same_overlay(a: Manifest, b: Manifest) -> bool:
     return (
-        all(a.get(k) == b.get(k) for k in keys)
-        and a.get("source", {}).get("path") == b["source"]["path"]
+        a.config_sha256 == b.config_sha256
+        and a.digest == b.digest
+        and a.target_context == b.target_context
+        and a.source.path == b.source.path
     )
 
 

@@ -8,11 +8,10 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
-from typing import Any
 
 from qwenprep.checks.overlay import user_content
 from qwenprep.errors import ConflictError
-from qwenprep.model.manifest import read_manifest
+from qwenprep.model.manifest import Manifest, read_manifest
 from qwenprep.ops.overlay import (
     TMP_TAG,
     io_error,
@@ -30,7 +29,7 @@ def foreign_entries(path: Path) -> list[str]:
 
 
 def refuse_user_content(
-    path: Path, manifest: dict[str, Any], *, force: bool, action: str, retry: str
+    path: Path, manifest: Manifest, *, force: bool, action: str, retry: str
 ) -> None:
     """Raise ConflictError when removing PATH would lose anything of the user's: foreign files
     always; edits to qwenprep's own files unless FORCE."""
@@ -52,7 +51,7 @@ def refuse_user_content(
         )
 
 
-def remove_overlay(path: Path, *, force: bool = False) -> dict[str, Any] | None:
+def remove_overlay(path: Path, *, force: bool = False) -> Manifest | None:
     """Remove an overlay qwenprep made. Only links, our config and our manifest are deleted;
     link targets are never touched. Files of the user's make us refuse; edits of the user's to
     our files (config.json, .qwenprep/) make us refuse unless FORCE. None when it is already

@@ -290,17 +290,16 @@ def _revert_at(path: Path, force: bool) -> RevertResult:
             return RevertResult(
                 "absent", str(path), f"nothing at {path}: no overlay to remove (removed meanwhile?)"
             )
-        src = Path(m["source"]["path"])
+        src = Path(str(m.source.path))
         said = (
             f"source {src} untouched"
             if src.is_dir()
             else f"it was dangling: its source {src} was already gone"
         )
         pin_note = (
-            f"; its cache pin {m['source']['pin']} is kept for {sharer}, the overlay it was "
-            "copied from"
+            f"; its cache pin {m.source.pin} is kept for {sharer}, the overlay it was copied from"
             if sharer is not None and sharer.is_dir()
-            else f"; its cache pin {m['source']['pin']} is left in place: this was a copy of "
+            else f"; its cache pin {m.source.pin} is left in place: this was a copy of "
             f"the overlay made at {sharer}, which may still use it from wherever it was moved"
             if sharer is not None
             else ""

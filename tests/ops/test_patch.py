@@ -62,11 +62,11 @@ def test_patch_1m_creates_overlay(
 
     m = read_manifest(out)
     assert m is not None
-    assert not list(validator("manifest").iter_errors(m))
-    assert m["source"]["path"] == str(qwen_src.resolve())
-    assert m["native_context"] == 262144 and m["target_context"] == 1048576
-    assert m["factor"] == 4.0 and m["rope_style"] == "rope_scaling"
-    assert {f["name"] for f in m["files"]} == {
+    assert not list(validator("manifest").iter_errors(m.raw))
+    assert m.source.path == str(qwen_src.resolve())
+    assert m.native_context == 262144 and m.target_context == 1048576
+    assert m.factor == 4.0 and m.rope_style == "rope_scaling"
+    assert {f.name for f in m.files} == {
         "generation_config.json",
         "tokenizer.json",
         "model-00001-of-00002.safetensors",
@@ -104,7 +104,7 @@ def test_patching_an_overlay_starts_from_its_source(
     assert r.exit_code == 0
     assert json.loads(r.stdout)["factor"] == 4.0
     m = read_manifest(b)
-    assert m is not None and m["source"]["path"] == str(qwen_src.resolve())
+    assert m is not None and m.source.path == str(qwen_src.resolve())
     assert (b / "tokenizer.json").resolve() == (qwen_src / "tokenizer.json").resolve()
 
 
@@ -352,7 +352,7 @@ def test_concurrent_runs_are_serialised(qwen_src: Path, tmp_path: Path) -> None:
     assert m is not None
     assert all(c.status == "pass" for c in overlay_checks(out))
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["max_position_embeddings"] == m["target_context"]
+    assert cfg["max_position_embeddings"] == m.target_context
     assert [p.name for p in tmp_path.iterdir() if "qwenprep-tmp" in p.name] == []
 
 
@@ -377,11 +377,11 @@ def test_kill_9_leaves_old_or_new(qwen_src: Path, tmp_path: Path) -> None:
         kill_delays.landed(landed)
         m = read_manifest(out)
         assert m is not None, "the overlay vanished"
-        seen.add(m["target_context"])
+        seen.add(m.target_context)
         assert all(c.status == "pass" for c in overlay_checks(out)), overlay_checks(out)
         assert (
             json.loads((out / "config.json").read_text())["max_position_embeddings"]
-            == m["target_context"]
+            == m.target_context
         )
         subprocess.run(old, capture_output=True, check=True)  # back to the old state
     assert killed >= 2, f"only {killed} kill(s) landed while patch ran"

@@ -16,12 +16,15 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qwenprep.engines import probe
 from qwenprep.engines.found import EngineFound, Version, parse_version
 from qwenprep.engines.served import ServedPlan
 from qwenprep.errors import InputError, UsageError
+
+if TYPE_CHECKING:
+    from qwenprep.model.manifest import Manifest
 
 # The running server (SglangServer, start) is engines/sglang/server.py.
 __all__ = [
@@ -251,7 +254,7 @@ def build_plan(
     path = Path(path)
     config = vllm_core.read_config(path)
     manifest = vllm_core.manifest_of(path)
-    digest = manifest.get("digest") if manifest else None
+    digest = manifest.digest if manifest else None
     if expect_digest is not None and digest != expect_digest:
         raise InputError(
             f"{path}: overlay digest is {digest}, expected {expect_digest}: this "
@@ -273,7 +276,7 @@ def build_plan(
     profile = model_profile(path, config, manifest, repo_id)
     allowed = derived_context_length(config)
     if max_model_len is None:
-        max_model_len = int(manifest["target_context"]) if manifest else allowed
+        max_model_len = int(manifest.target_context) if manifest else allowed  # type: ignore[arg-type]
     if max_model_len <= 0:
         raise UsageError(f"--max-model-len {max_model_len} is not a positive token count.")
     env_in = os.environ if environ is None else environ
@@ -360,7 +363,7 @@ def build_plan(
 
 
 def _reasoning_parser(
-    path: Path, config: dict[str, Any], manifest: dict[str, Any] | None, repo_id: str | None
+    path: Path, config: dict[str, Any], manifest: Manifest | None, repo_id: str | None
 ) -> str | None:
     """The family's reasoning parser, where it names one (qwenprep.model.families ServeProfile)."""
     from qwenprep.model.families import lookup

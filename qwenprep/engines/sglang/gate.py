@@ -413,9 +413,7 @@ def _kv_checks(shape: Any, opts: Any, layout: Any, inv: Any, extra: dict[str, An
     from qwenprep.engines.sglang.kv import plan_sglang
     from qwenprep.util.sizes import format_gib
 
-    context = opts.context or shape.max_position_embeddings
-    if context == -1:
-        context = shape.native_context
+    context = opts.context_tokens(shape)
     if opts.kv_memory is None and inv.min_total is None:
         return [
             Check(
@@ -480,9 +478,9 @@ def serve_plan(
     """`qwenprep serve --serving-engine sglang`: the plan, through the gate (ArgsRefused).
     GPUS_HERE: the GPUs found on this node (they choose TP where nothing else does)."""
     from qwenprep.engines.sglang import core as sglang
-    from qwenprep.engines.vllm.core import parse_max_model_len
     from qwenprep.errors import UsageError
     from qwenprep.model.checkpoint import resolve_model
+    from qwenprep.request import context_tokens
 
     if req.multinode.mode is not None:
         raise UsageError(
@@ -491,13 +489,12 @@ def serve_plan(
         )
     ckpt = resolve_model(path)
     info = sglang.discover(python) if dry_run else sglang.require(python)
-    max_len = None if req.max_model_len is None else str(req.max_model_len)
     plan = sglang.build_plan(
         ckpt.path,
         engine=info,
         tp=req.tp,
         ep=req.ep,
-        max_model_len=parse_max_model_len(max_len) if max_len else None,
+        max_model_len=context_tokens(req.max_model_len, "--max-model-len"),
         host=req.host,
         port=req.port,
         served_model_name=req.served_model_name,

@@ -20,10 +20,10 @@ from typing import Any, Literal
 
 from qwenprep.engines import found, probe
 from qwenprep.engines.found import EngineFound
-from qwenprep.errors import InputError, QwenprepError, UsageError
+from qwenprep.errors import InputError, QwenprepError
 from qwenprep.model.checkpoint import CONFIG
 from qwenprep.model.contexts import effective_rope
-from qwenprep.model.manifest import read_manifest
+from qwenprep.model.manifest import Manifest, read_manifest
 from qwenprep.util.jsonio import load_json_file
 
 ENV_PYTHON = "QWENPREP_VLLM_PYTHON"
@@ -219,7 +219,7 @@ def read_config(path: Path) -> dict[str, Any]:
     return cfg
 
 
-def manifest_of(path: Path) -> dict[str, Any] | None:
+def manifest_of(path: Path) -> Manifest | None:
     return read_manifest(path)
 
 
@@ -261,14 +261,3 @@ def _rope_number(rope: dict[str, Any], key: str, default: float) -> float:
             hint="run qwenprep validate PATH for every problem in this config.",
         )
     return v
-
-
-def parse_max_model_len(text: str) -> int:
-    """qwenprep's spelling (1m = 1M = 1048576, 256k, or a count). vLLM itself reads 1m as
-    1000000 and 1M as 1048576, so qwenprep always hands vLLM a plain number."""
-    from qwenprep.model.contexts import parse_context
-
-    req = parse_context(text)
-    if req.tokens is None:
-        raise UsageError("--max-model-len takes a token count such as 1048576, 1m or 256k.")
-    return req.tokens

@@ -302,7 +302,7 @@ def source_dir(plan: LaunchPlan) -> str | None:
         m = read_manifest(Path(plan.model_path))
     except QwenprepError:
         return None
-    src = ((m or {}).get("source") or {}).get("path")
+    src = m.source.path if m is not None else None
     if not src:
         return None
     parts = Path(str(src)).parts

@@ -55,6 +55,7 @@ from qwenprep.request import ServeRequest
 from qwenprep.util.report import Check
 
 if TYPE_CHECKING:
+    from qwenprep.model.manifest import Manifest
     from qwenprep.planning.gpus import Inventory
 
 
@@ -67,7 +68,7 @@ __all__ = [
 ]
 
 
-def patch_hint(path: Path, manifest: dict[str, Any] | None, tokens: int) -> str:
+def patch_hint(path: Path, manifest: Manifest | None, tokens: int) -> str:
     """The command that makes a checkpoint for TOKENS of context from what PATH came from."""
     return PATCH_HINT.format(model=patch_source(path, manifest), context=context_name(tokens))
 
@@ -101,7 +102,7 @@ def readback_checks(path: Path, *, python: str | None = None) -> list[Check]:
     manifest = manifest_of(path)
     where = str(path / CONFIG)
     want_len = (
-        int(manifest["target_context"])
+        int(manifest.target_context)  # type: ignore[arg-type]  # the schema requires it
         if manifest is not None
         else max_len_allowed(config, info.capabilities)
     )
@@ -287,7 +288,7 @@ def build_launch_plan(
     path = Path(path)
     config = read_config(path)
     manifest = manifest_of(path)
-    digest = manifest.get("digest") if manifest else None
+    digest = manifest.digest if manifest else None
     if expect_digest is not None:
         if manifest is None:
             raise InputError(
@@ -348,7 +349,7 @@ def build_launch_plan(
         )
     allowed = max_len_allowed(config, caps)
     if max_model_len is None:
-        max_model_len = int(manifest["target_context"]) if manifest else allowed
+        max_model_len = int(manifest.target_context) if manifest else allowed  # type: ignore[arg-type]
     if max_model_len <= 0:
         raise UsageError(f"--max-model-len {max_model_len} is not a positive token count.")
     if max_model_len > allowed:

@@ -56,6 +56,7 @@ from qwenprep.util.report import Check
 if TYPE_CHECKING:
     from qwenprep.engines.vllm.core import EngineInfo
     from qwenprep.engines.vllm.launch import LaunchPlan
+    from qwenprep.model.manifest import Manifest
 
 __all__ = [  # the offline reading is qwenprep.engines.vllm.offline's
     "PATCH_FIX",
@@ -93,9 +94,7 @@ def _num(v: Any, default: float) -> float:
     return float(v) if ok else default
 
 
-def intent_of(
-    config: dict[str, Any], manifest: dict[str, Any] | None, max_model_len: int
-) -> Intent:
+def intent_of(config: dict[str, Any], manifest: Manifest | None, max_model_len: int) -> Intent:
     rope = effective_rope(config)
     qc = config.get("quantization_config")
     quant = qc.get("quant_method") if isinstance(qc, dict) else None
@@ -106,8 +105,8 @@ def intent_of(
         "mrope_section": rope.get("mrope_section"),
     }
     if manifest is not None:
-        factor = float(manifest["factor"])
-        native = int(manifest["native_context"])
+        factor = float(manifest.factor)  # type: ignore[arg-type]  # the schema requires it
+        native = int(manifest.native_context)  # type: ignore[arg-type]
         return Intent(
             max_model_len,
             "yarn" if factor != 1.0 else "default",

@@ -23,6 +23,7 @@ from qwenprep.model.checkpoint import CONFIG
 if TYPE_CHECKING:
     from qwenprep.checks.validate import VllmVersion
     from qwenprep.engines.vllm.core import Capabilities, Version
+    from qwenprep.model.manifest import Manifest
     from qwenprep.planning.gpus import Inventory
 
 # Every launch (single node, multi-node heads and workers) is `vllm serve MODEL ...` started
@@ -42,15 +43,17 @@ DEFAULT_PORT = 8000
 
 
 # ------------------------------------------------------------------ hints
-def patch_source(path: Path, manifest: dict[str, Any] | None) -> str:
+def patch_source(path: Path, manifest: Manifest | None) -> str:
     """What `qwenprep patch` should be run on: an overlay's source (its path, else its repo
     id), else PATH itself."""
-    src = (manifest or {}).get("source") or {}
-    if src.get("path"):
-        return str(src["path"])
-    if src.get("repo_id"):
-        rev = src.get("revision")
-        return f"{src['repo_id']}@{rev}" if rev else str(src["repo_id"])
+    if manifest is None:
+        return str(path)
+    src = manifest.source
+    if src.path:
+        return str(src.path)
+    if src.repo_id:
+        rev = src.revision
+        return f"{src.repo_id}@{rev}" if rev else str(src.repo_id)
     return str(path)
 
 
@@ -130,7 +133,7 @@ WRONG_OUTPUT_CHECKS = frozenset(
 def validation_gate(
     path: Path,
     config: dict[str, Any],
-    manifest: dict[str, Any] | None,
+    manifest: Manifest | None,
     max_model_len: int | None,
     notes: list[str],
     vllm: VllmVersion | None = None,
@@ -154,11 +157,11 @@ def validation_gate(
     context = context_name(
         int(
             max_model_len
-            or (manifest or {}).get("target_context")
+            or (manifest.target_context if manifest is not None else None)
             or (mpe if isinstance(mpe, int) and not isinstance(mpe, bool) and mpe > 0 else 1048576)
         )
     )
-    model = patch_source(path, manifest) if manifest else "MODEL"
+    model = patch_source(path, manifest) if manifest is not None else "MODEL"
     listed = "; ".join(f"[{c.id}] {c.message.split(' Hint: ')[0]}" for c in blocking)
     raise InputError(
         f"{path}: config.json fails {len(blocking)} check(s) that decide what vLLM computes; "
@@ -169,7 +172,7 @@ def validation_gate(
     )
 
 
-def _edited_overlay_gate(path: Path, manifest: dict[str, Any] | None) -> None:
+def _edited_overlay_gate(path: Path, manifest: Manifest | None) -> None:
     """Refuse (exit 3) an overlay whose config.json is not the one qwenprep wrote: check fails
     it (overlay.config), and its digest, which the multi-node guard compares, no longer says
     what would be served."""
@@ -182,11 +185,11 @@ def _edited_overlay_gate(path: Path, manifest: dict[str, Any] | None) -> None:
         sha = sha256_bytes(read_regular_bytes(path / CONFIG))
     except OSError as e:
         raise InputError(f"{path / CONFIG}: cannot read ({e}).", path=str(path / CONFIG)) from None
-    if sha == manifest["config_sha256"]:
+    if sha == manifest.config_sha256:
         return
     raise InputError(
         f"{path / CONFIG} was changed after qwenprep wrote it: the overlay's digest "
-        f"{manifest.get('digest')} no longer describes what vLLM would serve (qwenprep check "
+        f"{manifest.digest} no longer describes what vLLM would serve (qwenprep check "
         "fails it as overlay.config).",
         hint=f"qwenprep validate {path} shows what the edit does; to serve the release as "
         f"qwenprep patched it: qwenprep revert {path} --force (drops the edit), then patch "
@@ -213,7 +216,7 @@ def option_value(extra: Sequence[str], *names: str) -> str | None:
     return found
 
 
-def _stale_overlay_gate(path: Path, manifest: dict[str, Any] | None, notes: list[str]) -> None:
+def _stale_overlay_gate(path: Path, manifest: Manifest | None, notes: list[str]) -> None:
     """Refuse (exit 3) an overlay whose source config changed since the patch, as check fails
     it (overlay_state.overlay_checks: overlay.source), so serve, its dry run and the emitted
     artefacts give check's verdict; the other stale signs (a ref moved on) become notes, as
@@ -227,12 +230,12 @@ def _stale_overlay_gate(path: Path, manifest: dict[str, Any] | None, notes: list
     st = overlay_status(path, manifest)
     if st.state != "stale":
         return
-    src = Path(manifest["source"]["path"]) / CONFIG
+    src = Path(str(manifest.source.path)) / CONFIG
     try:
         sha: str | None = sha256_bytes(read_regular_bytes(src))
     except OSError:
         sha = None
-    if sha == manifest["source"].get("config_sha256"):
+    if sha == manifest.source.config_sha256:
         notes.extend(f"the overlay is stale: {r}; rebuild: {st.rebuild}" for r in st.reasons)
         return
     raise InputError(

@@ -206,6 +206,7 @@ def release_1m_config(path: Path) -> Path | None:
 def is_dca_release(path: Path) -> bool:
     """PATH (a checkpoint, or an overlay of one) is a DCA release: config_1m.json beside it, or
     dual_chunk_attention_config in its (or its overlay source's) config.json."""
+    from qwenprep.model.manifest import Manifest
     from qwenprep.util.jsonio import loads_located, read_regular_bytes
 
     def load(p: Path) -> Any:
@@ -218,10 +219,10 @@ def is_dca_release(path: Path) -> bool:
 
     path = Path(path)
     candidates = [path]
-    manifest = load(path / ".qwenprep" / "manifest.json")
-    source = manifest.get("source") if isinstance(manifest, dict) else None
-    if isinstance(source, dict) and isinstance(source.get("path"), str):
-        candidates.append(Path(source["path"]))
+    raw = load(path / ".qwenprep" / "manifest.json")  # any manifest, qwenprep's or not
+    source = Manifest.from_dict(raw).source if isinstance(raw, dict) else None
+    if source is not None and isinstance(source.path, str):
+        candidates.append(Path(source.path))
     for p in candidates:
         if release_1m_config(p) is not None:
             return True
