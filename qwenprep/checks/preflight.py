@@ -29,6 +29,7 @@ from qwenprep.checks.preflight_items import (
 from qwenprep.checks.scan import Scan, gc_paused
 from qwenprep.checks.validate import VllmVersion
 from qwenprep.engines.base import EngineHooks
+from qwenprep.engines.gate_common import GateAsk, plan_refused
 from qwenprep.engines.parallel import parallel_checks
 from qwenprep.engines.vllm.kv import CUDA_BLOCK_SIZE, KVDtype, ModelShape, VllmRule
 from qwenprep.errors import InputError, QwenprepError, UsageError
@@ -142,27 +143,16 @@ def check_options(
 # --------------------------------------------------------------------------- the gate
 
 
-def check_gate(
-    path: Path,
-    *,
-    engine_on: bool,
-    python: str | None,
-    tp: int | None,
-    ep: bool | None,
-    max_model_len: int | None,
-    extra_args: Sequence[str],
-    repo_id: str | None = None,
-    assume_version: tuple[int, int, int] | None = None,
-) -> list[Check]:
+def check_gate(ask: GateAsk, *, assume_version: tuple[int, int, int] | None = None) -> list[Check]:
     """check's use of the gate (qwenprep.engines.vllm.gate): the plan serve would build from the
-    same inputs,
-    judged the same way; a refusal of the plan itself is one failed check. ASSUME_VERSION: the
-    vLLM the plan is for when none is asked (--no-engine, or none installed)."""
-    from qwenprep.engines.gate_common import plan_refused
+    same inputs, judged the same way; a refusal of the plan itself is one failed check.
+    ASSUME_VERSION: the vLLM the plan is for when none is asked (--no-engine, or none
+    installed)."""
     from qwenprep.engines.vllm.core import discover
     from qwenprep.engines.vllm.engine import build_launch_plan
     from qwenprep.engines.vllm.gate import gate
 
+    engine_on, python = ask.engine_on, ask.python
     engine = discover(python) if engine_on else None
     reason = None if engine_on else "check --no-engine"
     if engine is not None and assume_version and engine.version_tuple[:2] != assume_version[:2]:
@@ -179,16 +169,11 @@ def check_gate(
         reason = f"vLLM is not installed in {engine_python(python)}"
     try:
         plan = build_launch_plan(
-            path,
+            ask.path,
             engine=engine,
-            tp=tp,
-            ep=ep,
-            max_model_len=max_model_len,
-            extra_args=extra_args,
-            repo_id=repo_id,
             offline_gate=False,
-            for_check=True,
             assume_version=assume_version,
+            **ask.plan_inputs(),
         )
     except QwenprepError as e:
         return plan_refused(e, "qwenprep serve")
@@ -212,17 +197,7 @@ def _gate_checks(
 ) -> list[Check]:
     max_len = _context_for_gate(path, opts, config)
     named = named_version(opts.vllm_version) if opts.vllm_version else None
-    return check_gate(
-        path,
-        engine_on=opts.engine,
-        python=opts.python,
-        tp=opts.tp,
-        ep=opts.ep,
-        max_model_len=max_len,
-        extra_args=opts.vllm_args,
-        repo_id=repo_id,
-        assume_version=named,
-    )
+    return check_gate(GateAsk.of(path, opts, max_len, repo_id), assume_version=named)
 
 
 # --------------------------------------------------------------------------- the report

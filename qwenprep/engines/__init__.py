@@ -11,6 +11,7 @@ import importlib
 import os
 from typing import TYPE_CHECKING
 
+from qwenprep.engines.probe import ENV_PYTHON
 from qwenprep.errors import UsageError
 
 if TYPE_CHECKING:
@@ -24,7 +25,6 @@ REGISTRY: dict[str, str] = {
 ENGINES = tuple(REGISTRY)  # the command line's choices (an engine registered later: the API's)
 DEFAULT = "vllm"  # qwenprep's engine before SGLang came
 ENV_ENGINE = "QWENPREP_SERVING_ENGINE"
-ENV_PYTHON = "QWENPREP_VLLM_PYTHON"  # the engine interpreter (the name predates SGLang)
 
 
 def engine_for(name: str) -> Engine:

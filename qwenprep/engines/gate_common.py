@@ -2,19 +2,24 @@
 the refusal serve raises (ArgsRefused, exit 3), the batched, cached probe that asks the engine
 about every argv of several plans at once (GateProbe), the check for arguments after -- that
 change what qwenprep's own options set (own_changes), the answer per node (node_checks), and
-check's report of a plan serve would refuse (plan_refused). What each engine asks and says is
+check's report of a plan serve would refuse (plan_refused), and what check asks of a gate
+(GateAsk). What each engine asks and says is
 its own gate's."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from qwenprep.engines.served import ServedPlan
 from qwenprep.errors import EXIT_CANNOT_PROCEED, QwenprepError, UsageError
 from qwenprep.util.report import Check
+
+if TYPE_CHECKING:
+    from qwenprep.checks.preflight import CheckOptions
 
 PATCH_FIX = "qwenprep patch MODEL --context 1m --out DIR, then serve DIR"
 
@@ -27,6 +32,37 @@ class ArgsRefused(UsageError):
     A UsageError (the arguments are the problem), but exit 3: qwenprep cannot proceed."""
 
     exit_code = EXIT_CANNOT_PROCEED
+
+
+@dataclass(frozen=True)
+class GateAsk:
+    """What `check` asks an engine's gate: judge the plan `serve` would build for PATH from
+    these options (ENGINE_ON: with the installed engine, else as --no-engine)."""
+
+    path: Path
+    engine_on: bool
+    python: str | None
+    tp: int | None
+    ep: bool | None
+    max_model_len: int | None
+    extra_args: tuple[str, ...]
+    repo_id: str | None = None
+
+    @classmethod
+    def of(
+        cls, path: Path, opts: CheckOptions, max_model_len: int | None, repo_id: str | None
+    ) -> GateAsk:
+        """check's options OPTS, for the length MAX_MODEL_LEN (the context it resolved)."""
+        return cls(
+            path, opts.engine, opts.python, opts.tp, opts.ep, max_model_len, opts.vllm_args, repo_id
+        )
+
+    def plan_inputs(self) -> dict[str, Any]:
+        """The engine's plan builder's keyword arguments for this ask: every field but the
+        path and the engine to ask, and for_check."""
+        skip = ("path", "engine_on", "python")
+        asked = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+        return {**asked, "for_check": True}
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from typing import Any
 from qwenprep.errors import InputError, QwenprepError
 
 MARKER = "QWENPREP_PROBE "
+ENV_PYTHON = "QWENPREP_VLLM_PYTHON"  # the engine interpreter (the name predates SGLang)
+PROBES = Path(__file__).resolve().parents[1] / "_probes"  # the probe scripts, run by path
 
 
 class EngineError(QwenprepError):
@@ -37,6 +40,19 @@ class ProbeScript:
     python_option: str
     python_env: str
     env_defaults: Mapping[str, str]
+
+
+def bundled(script: str, engine: str, python_option: str, **env: str) -> ProbeScript:
+    """The probe SCRIPT of qwenprep/_probes/ for ENGINE; its interpreter is named with
+    PYTHON_OPTION or $QWENPREP_VLLM_PYTHON (either engine's). It runs with the tokenizers'
+    thread pool off and ENV, unless the caller set them."""
+    defaults = {"TOKENIZERS_PARALLELISM": "false", **env}
+    return ProbeScript(PROBES / script, engine, python_option, ENV_PYTHON, defaults)
+
+
+def engine_python(python: str | None = None) -> str:
+    """The interpreter to ask: the one named, else $QWENPREP_VLLM_PYTHON, else this one."""
+    return python or os.environ.get(ENV_PYTHON) or sys.executable
 
 
 # Entered around every probe with (engine, python, question): how qwenprep/cli shows a status

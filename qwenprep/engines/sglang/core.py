@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -52,15 +51,12 @@ __all__ = [
     "run_probe",
 ]
 
-ENV_PYTHON = "QWENPREP_VLLM_PYTHON"  # the engine interpreter (the name predates SGLang)
-PROBE = Path(__file__).resolve().parents[2] / "_probes" / "sglang_probe.py"
-SGLANG_PROBE = probe.ProbeScript(
-    PROBE,
-    "SGLang",
-    "--engine-python",
-    ENV_PYTHON,
-    {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"},
+ENV_PYTHON = probe.ENV_PYTHON
+SGLANG_PROBE = probe.bundled(
+    "sglang_probe.py", "SGLang", "--engine-python", PYTHONWARNINGS="ignore"
 )
+PROBE = SGLANG_PROBE.path
+engine_python = probe.engine_python
 DEFAULT_PORT = 30000  # sglang/srt/arg_groups/fields: port default (seen: parsed 30000)
 # Both lift SGLang's length check (ModelConfig._derive_context_length, 0.5.23:
 # `envs.SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN.get() or is_in_ci()`) and then serve past
@@ -102,10 +98,6 @@ class SglangInfo(EngineFound):  # distribution: "sglang"
         d = asdict(self)
         d["serving_engine"] = "sglang"
         return d
-
-
-def engine_python(python: str | None = None) -> str:
-    return python or os.environ.get(ENV_PYTHON) or sys.executable
 
 
 def run_probe(

@@ -357,35 +357,16 @@ def enforce(plan: SglangPlan, engine: SglangInfo | None) -> SglangPlan:
     )
 
 
-def check_gate(
-    path: Path,
-    *,
-    engine_on: bool,
-    python: str | None,
-    tp: int | None,
-    ep: bool | None,
-    max_model_len: int | None,
-    extra_args: tuple[str, ...],
-    repo_id: str | None = None,
-) -> list[Check]:
+def check_gate(ask: common.GateAsk) -> list[Check]:
     """check's use of the gate: the plan serve would build, judged the same way."""
     from qwenprep.engines.sglang import core as sglang
 
-    engine = sglang.discover(python) if engine_on else None
+    engine = sglang.discover(ask.python) if ask.engine_on else None
     try:
-        plan = sglang.build_plan(
-            path,
-            engine=engine,
-            tp=tp,
-            ep=ep,
-            max_model_len=max_model_len,
-            extra_args=extra_args,
-            repo_id=repo_id,
-            for_check=True,
-        )
+        plan = sglang.build_plan(ask.path, engine=engine, **ask.plan_inputs())
     except QwenprepError as e:
         return common.plan_refused(e, "qwenprep serve --serving-engine sglang")
-    reason = None if engine_on else "check --no-engine"
+    reason = None if ask.engine_on else "check --no-engine"
     return gate_checks(plan, engine, reason)
 
 
@@ -453,16 +434,7 @@ def check_hooks() -> Any:
     from qwenprep.engines.base import EngineHooks
 
     def gate(path: Path, opts: Any, max_len: int | None, repo_id: str | None) -> list[Check]:
-        return check_gate(
-            path,
-            engine_on=opts.engine,
-            python=opts.python,
-            tp=opts.tp,
-            ep=opts.ep,
-            max_model_len=max_len,
-            extra_args=opts.vllm_args,
-            repo_id=repo_id,
-        )
+        return check_gate(common.GateAsk.of(path, opts, max_len, repo_id))
 
     return EngineHooks("sglang", gate, _kv_checks)
 

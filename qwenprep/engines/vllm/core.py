@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,17 +25,12 @@ from qwenprep.model.contexts import effective_rope
 from qwenprep.model.manifest import Manifest, read_manifest
 from qwenprep.util.jsonio import load_json_file
 
-ENV_PYTHON = "QWENPREP_VLLM_PYTHON"
-PROBE = Path(__file__).resolve().parents[2] / "_probes" / "vllm_probe.py"
+ENV_PYTHON = probe.ENV_PYTHON
+VLLM_PROBE = probe.bundled("vllm_probe.py", "vLLM", "--vllm-python", VLLM_LOGGING_LEVEL="ERROR")
+PROBE = VLLM_PROBE.path
 PROBE_MARKER = probe.MARKER
 EngineError = probe.EngineError  # vLLM could not be asked, started or watched
-VLLM_PROBE = probe.ProbeScript(
-    PROBE,
-    "vLLM",
-    "--vllm-python",
-    ENV_PYTHON,
-    {"VLLM_LOGGING_LEVEL": "ERROR", "TOKENIZERS_PARALLELISM": "false"},
-)
+engine_python = probe.engine_python  # the interpreter to ask (the one named, $..., this one)
 PATCH_HINT = "qwenprep patch {model} --context {context} --out DIR, then serve DIR"
 
 Version = found.Version  # the shared reading (qwenprep.engines.found), named here as before
@@ -146,11 +140,6 @@ class ServerExited(QwenprepError):
     def __init__(self, message: str, returncode: int, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.exit_code = returncode
-
-
-def engine_python(python: str | None = None) -> str:
-    """The interpreter to ask: the one named, else $QWENPREP_VLLM_PYTHON, else this one."""
-    return python or os.environ.get(ENV_PYTHON) or sys.executable
 
 
 def engine_python_problem(python: str | None = None) -> str | None:

@@ -4,7 +4,7 @@ model_type."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -81,3 +81,14 @@ def any_name_has(*words: str) -> Callable[[ModelView, Sequence[str]], bool]:
     """A profile matcher: one of the model's names contains one of WORDS (case-insensitive)."""
     low = tuple(w.lower() for w in words)
     return lambda view, names: any(w in n.lower() for n in names for w in low)
+
+
+def tensors_of(
+    layout: Callable[[dict[str, Any]], Iterable[Any]], *, whole_config: bool = False
+) -> Callable[[ModelView], list[Any]]:
+    """A family's ``tensors``: LAYOUT (a qwenprep.model.layouts function) of the text config,
+    or, WHOLE_CONFIG, of the config as written (a layout that reads text_config and the vision
+    tower itself)."""
+    if whole_config:
+        return lambda view: list(layout(view.raw))
+    return lambda view: list(layout(view.text))

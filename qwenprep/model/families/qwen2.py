@@ -7,17 +7,9 @@ original_max_position_embeddings (262,144) as native and treats 1M as DCA only
 
 from __future__ import annotations
 
-from typing import Any
-
-from qwenprep.model.families.base import Family, ServeProfile
+from qwenprep.model.families.base import Family, ServeProfile, tensors_of
 from qwenprep.model.families.dca import dca_profile
-
-
-def _tensors(view: Any) -> list[Any]:
-    from qwenprep.model.layouts import qwen2_tensors
-
-    return list(qwen2_tensors(view.text))
-
+from qwenprep.model.layouts import qwen2_tensors
 
 FAMILY = Family(
     name="qwen2",
@@ -25,7 +17,7 @@ FAMILY = Family(
     model_types=frozenset({"qwen2"}),
     schema="qwen2-config",
     native_context=32768,
-    tensors=_tensors,
+    tensors=tensors_of(qwen2_tensors),
     derive_head_dim=True,
     method="YaRN x4 (rope_scaling); -1M releases: DCA (vLLM < 0.11 only)",
     profiles=(

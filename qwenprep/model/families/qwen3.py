@@ -3,16 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from qwenprep.model.families.base import Family, ServeProfile, any_name_has
-
-
-def _tensors(view: Any) -> list[Any]:
-    from qwenprep.model.layouts import qwen3_moe_tensors  # dense is the MoE layout without experts
-
-    return list(qwen3_moe_tensors(view.text))
-
+from qwenprep.model.families.base import Family, ServeProfile, any_name_has, tensors_of
+from qwenprep.model.layouts import qwen3_moe_tensors
 
 FAMILY = Family(
     name="qwen3",
@@ -20,7 +12,7 @@ FAMILY = Family(
     model_types=frozenset({"qwen3"}),
     schema="qwen3-config",
     native_context=32768,
-    tensors=_tensors,
+    tensors=tensors_of(qwen3_moe_tensors),  # dense is the MoE layout without experts
     profiles=(
         ServeProfile("qwen3-coder", any_name_has("coder"), tool_parser="qwen3_coder"),
         ServeProfile("qwen3", lambda v, n: True),

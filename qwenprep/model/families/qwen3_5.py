@@ -16,17 +16,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from qwenprep.model.families.base import Family, ServeProfile
+from qwenprep.model.families.base import Family, ServeProfile, tensors_of
 from qwenprep.model.families.hybrid_common import hybrid_invariants, mrope_invariants
+from qwenprep.model.layouts import qwen3_5_tensors
 
 MOE_TYPES = frozenset({"qwen3_5_moe", "qwen3_5_moe_text"})
 DENSE_TYPES = frozenset({"qwen3_5", "qwen3_5_text"})
-
-
-def _tensors(view: Any) -> list[Any]:
-    from qwenprep.model.layouts import qwen3_5_tensors
-
-    return list(qwen3_5_tensors(view.raw))
 
 
 def _invariants(view: Any) -> list[Any]:
@@ -84,7 +79,7 @@ def _family(name: str, title: str, model_types: frozenset[str], moe: bool) -> Fa
         schema="qwen3_5-config",
         native_context=262144,
         moe=moe,
-        tensors=_tensors,
+        tensors=tensors_of(qwen3_5_tensors, whole_config=True),
         hybrid=True,
         invariants=_invariants,
         method="YaRN x4 (text_config.rope_parameters)",

@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from qwenprep.model.families.base import Family, ServeProfile, any_name_has
+from qwenprep.model.families.base import Family, ServeProfile, any_name_has, tensors_of
 from qwenprep.model.families.dca import dca_profile
+from qwenprep.model.layouts import qwen3_moe_tensors
 
 NAME_480B = "Qwen3-Coder-480B-A35B-Instruct"
 
@@ -23,12 +24,6 @@ def _is_480b(view: Any, names: Sequence[str]) -> bool:
     return is_480b_shape(view) or any(NAME_480B.lower() in n.lower() for n in names)
 
 
-def _tensors(view: Any) -> list[Any]:
-    from qwenprep.model.layouts import qwen3_moe_tensors
-
-    return list(qwen3_moe_tensors(view.text))
-
-
 FAMILY = Family(
     name="qwen3-moe",
     title="Qwen3-MoE (Qwen3-Coder-480B/30B, Qwen3-235B/30B)",
@@ -36,7 +31,7 @@ FAMILY = Family(
     schema="qwen3-config",
     native_context=262144,
     moe=True,
-    tensors=_tensors,
+    tensors=tensors_of(qwen3_moe_tensors),
     experts_either_form=True,  # transformers 5 saves them one by one; vLLM reads both
     profiles=(
         # a 2507 release's config_1m.json (Dual Chunk Attention): vLLM < 0.11 only

@@ -5,17 +5,9 @@ weights under ``mtp.``. Native 262,144; 1M by YaRN factor 4 (the model cards).""
 
 from __future__ import annotations
 
-from typing import Any
-
-from qwenprep.model.families.base import Family, ServeProfile, any_name_has
+from qwenprep.model.families.base import Family, ServeProfile, any_name_has, tensors_of
 from qwenprep.model.families.hybrid_common import hybrid_invariants
-
-
-def _tensors(view: Any) -> list[Any]:
-    from qwenprep.model.layouts import qwen3_next_tensors
-
-    return list(qwen3_next_tensors(view.text))
-
+from qwenprep.model.layouts import qwen3_next_tensors
 
 FAMILY = Family(
     name="qwen3-next",
@@ -24,7 +16,7 @@ FAMILY = Family(
     schema="qwen3-next-config",
     native_context=262144,
     moe=True,
-    tensors=_tensors,
+    tensors=tensors_of(qwen3_next_tensors),
     hybrid=True,
     invariants=hybrid_invariants,
     method="YaRN x4 (rope_scaling)",

@@ -18,8 +18,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from qwenprep.model.families.base import Family, ServeProfile
+from qwenprep.model.families.base import Family, ServeProfile, tensors_of
 from qwenprep.model.families.hybrid_common import hybrid_invariants
+from qwenprep.model.layouts_qwen4 import qwen4_exp_tensors
 from qwenprep.util.report import Check
 
 MODEL_TYPES = frozenset({"qwen4_exp", "qwen4_exp_text"})
@@ -123,12 +124,6 @@ def qsa_invariants(view: Any) -> list[Check]:
     return checks
 
 
-def _tensors(view: Any) -> list[Any]:
-    from qwenprep.model.layouts_qwen4 import qwen4_exp_tensors
-
-    return list(qwen4_exp_tensors(view.raw))
-
-
 def _text_only_prefix(view: Any) -> tuple[tuple[str, str], ...]:
     """vLLM 0.34 models/qwen4_exp/nvidia/model.py, Qwen4ExpForCausalLM.hf_to_vllm_mapper:
     "model.language_model." -> "model." (a text-only checkpoint saved from the VL stack)."""
@@ -164,7 +159,7 @@ FAMILY = Family(
     hybrid=True,
     invariants=_invariants,
     method="YaRN x4 (rope_parameters; text_config.rope_parameters when nested)",
-    tensors=_tensors,
+    tensors=tensors_of(qwen4_exp_tensors, whole_config=True),
     # vLLM 0.34 Qwen4ExpForCausalLM.load_weights drops "mtp." (the Qwen4ExpMTP draft loads it)
     optional_prefixes=("mtp.",),
     loader_renames=_text_only_prefix,
