@@ -139,6 +139,18 @@ def layout(tp: Any, pp: Any, gpus: Any) -> tuple[int | None, int, int | None]:
     return t, p, g
 
 
+def one_memory_budget(kv_memory: Any, gpu_memory: Any) -> None:
+    """--kv-memory (exact) and --gpu-memory (an estimate) exclude each other: UsageError."""
+    from qwenprep.errors import UsageError
+
+    if kv_memory is not None and gpu_memory is not None:
+        raise UsageError(
+            "--kv-memory and --gpu-memory exclude each other: the first is exact, "
+            "the second an estimate.",
+            hint="pass one of them.",
+        )
+
+
 def context_tokens(text: str | int | None, option: str = "--context") -> int | None:
     """A context as qwenprep reads it (1m = 1,048,576; 256k; a count) as tokens; None for
     None. "native" (no fixed count) is refused here: OPTION takes a token count."""

@@ -32,7 +32,7 @@ from qwenprep.engines.base import EngineHooks
 from qwenprep.engines.gate_common import GateAsk, plan_refused
 from qwenprep.engines.parallel import parallel_checks
 from qwenprep.engines.vllm.kv import CUDA_BLOCK_SIZE, KVDtype, ModelShape, VllmRule
-from qwenprep.errors import InputError, QwenprepError, UsageError
+from qwenprep.errors import InputError, QwenprepError
 from qwenprep.model.contexts import ContextRequest
 from qwenprep.planning.capacity import named_version, resolve_rule
 from qwenprep.planning.gpus import inventory
@@ -114,12 +114,7 @@ def check_options(
     python = rules.text(python, "--vllm-python")
     vllm_args = rules.words(vllm_args, "vllm_args")
 
-    if kv_memory is not None and gpu_memory is not None:
-        raise UsageError(
-            "--kv-memory and --gpu-memory exclude each other: the first is exact, "
-            "the second an estimate.",
-            hint="pass one of them.",
-        )
+    rules.one_memory_budget(kv_memory, gpu_memory)
     ctx = parse_context(context) if context is not None else None
     if vllm_version is not None:
         named_version(vllm_version)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from qwenprep.engines.parallel import Layout
 from qwenprep.engines.vllm.kv import ModelShape, VllmRule
 from qwenprep.errors import QwenprepError
-from qwenprep.planning.capacity import PlanRequest, plan_capacity
+from qwenprep.planning.capacity import KVRequest, plan_capacity
 from qwenprep.planning.gpus import Inventory
 from qwenprep.util.report import Check
 from qwenprep.util.sizes import format_gib
@@ -143,7 +143,7 @@ def kv_checks(
                     "memory cannot be estimated; pass --kv-memory SIZE",
                 )
             ]
-    req = PlanRequest(
+    req = KVRequest(
         context=context,
         tp=layout.tp,
         pp=layout.pp,
@@ -175,7 +175,7 @@ def kv_checks(
 
 def engine_cache_options(shape: ModelShape, tp: int, args: tuple[str, ...]) -> dict[str, Any]:
     """The decode context parallel size and prefix caching the serve ARGS after ``--`` ask
-    for, as PlanRequest keywords; a DCP vLLM refuses counts as none here (the parallel.dcp
+    for, as KVRequest keywords; a DCP vLLM refuses counts as none here (the parallel.dcp
     check fails on it instead: qwenprep.engines.vllm.dcp)."""
     from qwenprep.engines.vllm.dcp import dcp_from_args, dcp_refusal
     from qwenprep.engines.vllm.kv_hybrid import prefix_caching_from_args

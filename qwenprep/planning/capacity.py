@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Plan",
-    "PlanRequest",
+    "KVRequest",
     "layout_alternatives",
     "make_plan",
     "named_version",
@@ -130,7 +130,11 @@ def resolve_rule(named: str | None = None, *, python: str | None = None) -> Vllm
 
 
 @dataclass(frozen=True)
-class PlanRequest:
+class KVRequest:
+    """The KV-capacity question with every value resolved: tokens, bytes, the layout (what
+    make_plan and check's kv.fits derive from a qwenprep.request.PlanRequest, the options as
+    typed, and the GPUs found)."""
+
     context: int
     tp: int = 1
     pp: int = 1
@@ -150,7 +154,7 @@ class PlanRequest:
 @dataclass(frozen=True)
 class Plan:
     shape: ModelShape
-    request: PlanRequest
+    request: KVRequest
     rule: VllmRule
     dp: int
     exact: bool
@@ -259,7 +263,7 @@ class Plan:
         return summary(self)
 
 
-def _compute(shape: ModelShape, req: PlanRequest, rule: VllmRule) -> Plan:
+def _compute(shape: ModelShape, req: KVRequest, rule: VllmRule) -> Plan:
     for name, v in (("tp", req.tp), ("pp", req.pp), ("block_size", req.block_size)):
         if v < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1 (got {v}).")
@@ -308,7 +312,7 @@ def _compute(shape: ModelShape, req: PlanRequest, rule: VllmRule) -> Plan:
     return Plan(shape, req, rule, dp, exact, w, over, over_text, util, kv, bpt, extensible=ext)
 
 
-def _extensible(shape: ModelShape, req: PlanRequest, rule: VllmRule, w: int) -> ExtensibleBudget:
+def _extensible(shape: ModelShape, req: KVRequest, rule: VllmRule, w: int) -> ExtensibleBudget:
     """vLLM 0.34's post-warmup budget for an estimated plan
     (qwenprep.engines.vllm.kv_extensible)."""
     assert req.gpu_memory is not None
@@ -322,7 +326,7 @@ def _extensible(shape: ModelShape, req: PlanRequest, rule: VllmRule, w: int) -> 
     )
 
 
-def _hybrid_kv(shape: ModelShape, req: PlanRequest, avail: int, rule: VllmRule) -> KVCapacity:
+def _hybrid_kv(shape: ModelShape, req: KVRequest, avail: int, rule: VllmRule) -> KVCapacity:
     """KV capacity of a hybrid model by vLLM's arithmetic (qwenprep.engines.vllm.kv_hybrid), with
     the prefix
     caching mode the engine of RULE's version uses for REQ's flags."""
@@ -377,13 +381,13 @@ def layout_alternatives(plan: Plan) -> dict[int, Plan]:
     }
 
 
-def plan_capacity(shape: ModelShape, req: PlanRequest, rule: VllmRule) -> Plan:
+def plan_capacity(shape: ModelShape, req: KVRequest, rule: VllmRule) -> Plan:
     """The plan plus concrete advice (each alternative computed, not guessed)."""
     plan = _compute(shape, req, rule)
     return replace(plan, advice=_advice(shape, req, rule, plan))
 
 
-def _advice(shape: ModelShape, req: PlanRequest, rule: VllmRule, plan: Plan) -> list[str]:
+def _advice(shape: ModelShape, req: KVRequest, rule: VllmRule, plan: Plan) -> list[str]:
     from qwenprep.engines.vllm.dcp import dcp_advice, largest_dcp
 
     top = largest_dcp(shape, req.tp) if req.dcp == 1 else 1
@@ -401,7 +405,7 @@ def _advice(shape: ModelShape, req: PlanRequest, rule: VllmRule, plan: Plan) -> 
     return _layout_advice(shape, req, rule, plan) + dcp_lines
 
 
-def _layout_advice(shape: ModelShape, req: PlanRequest, rule: VllmRule, plan: Plan) -> list[str]:
+def _layout_advice(shape: ModelShape, req: KVRequest, rule: VllmRule, plan: Plan) -> list[str]:
     out: list[str] = []
     ctx = plan.kv.context
     if plan.dp > 1 and shape.num_experts and req.pp == 1:
@@ -509,12 +513,9 @@ def make_plan(
     if not (budget > 0 and math.isfinite(budget)):
         raise UsageError(f"--prefill-budget must be a positive number of seconds (got {budget}).")
 
-    if kv_memory is not None and gpu_memory is not None:
-        raise UsageError(
-            "--kv-memory and --gpu-memory exclude each other: the first is exact, "
-            "the second an estimate.",
-            hint="pass one of them.",
-        )
+    from qwenprep.request import one_memory_budget
+
+    one_memory_budget(kv_memory, gpu_memory)
     kv_bytes = parse_size(kv_memory) if kv_memory is not None else None
     gpu_bytes = parse_size(gpu_memory) if gpu_memory is not None else None
     if kv_bytes is None and gpus is not None and gpu_bytes is not None:
@@ -560,7 +561,7 @@ def make_plan(
     rule = resolve_rule(vllm_version, python=python)
     plan = plan_capacity(
         shape,
-        PlanRequest(
+        KVRequest(
             context=ctx,
             tp=lay.tp,
             pp=pp,

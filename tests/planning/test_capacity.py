@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from conftest import QWENPREP_BIN, TINY, TINY_FP8, invoke, run_capped
 from qwenprep.engines.vllm.kv import ModelShape, bytes_per_token_per_gpu, kv_capacity
-from qwenprep.planning.capacity import PlanRequest, plan_capacity, resolve_rule, vllm_rule
+from qwenprep.planning.capacity import KVRequest, plan_capacity, resolve_rule, vllm_rule
 from qwenprep.planning.shapes import shape_from_dir
 from qwenprep.util.sizes import GiB
 
@@ -173,10 +173,10 @@ def test_calibration_2_tiny_cpu(block: str) -> None:
 def test_fp8_kv_doubles_capacity(shape480: ModelShape) -> None:
     rule = vllm_rule("0.32")
     for ctx in (262_144, ONE_M):
-        auto = plan_capacity(shape480, PlanRequest(context=ctx, tp=8, kv_memory=CAL1_BYTES), rule)
+        auto = plan_capacity(shape480, KVRequest(context=ctx, tp=8, kv_memory=CAL1_BYTES), rule)
         fp8 = plan_capacity(
             shape480,
-            PlanRequest(context=ctx, tp=8, kv_memory=CAL1_BYTES, kv_cache_dtype="fp8"),
+            KVRequest(context=ctx, tp=8, kv_memory=CAL1_BYTES, kv_cache_dtype="fp8"),
             rule,
         )
         assert fp8.bytes_per_token * 2 == auto.bytes_per_token

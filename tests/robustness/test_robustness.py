@@ -337,11 +337,11 @@ def test_engine_does_not_import_urllib_request() -> None:
 
 
 def test_plan_json_schema_version_is_the_report_one() -> None:
-    from qwenprep.planning.capacity import PlanRequest, plan_capacity, vllm_rule
+    from qwenprep.planning.capacity import KVRequest, plan_capacity, vllm_rule
     from qwenprep.util.report import SCHEMA_VERSION
 
     plan = plan_capacity(
-        ModelShape.from_config(BASE), PlanRequest(context=4096, kv_memory=2**30), vllm_rule("0.32")
+        ModelShape.from_config(BASE), KVRequest(context=4096, kv_memory=2**30), vllm_rule("0.32")
     )
     assert plan.to_dict()["schema_version"] == SCHEMA_VERSION
 

@@ -335,12 +335,9 @@ def make_plan(model: str, options: PlanOptions) -> SglangKVPlan:
         options.tp,
         options.pp,
     )
-    if kv_memory is not None and gpu_memory is not None:
-        raise UsageError(
-            "--kv-memory and --gpu-memory exclude each other: the first is "
-            "exact, the second an estimate.",
-            hint="pass one of them.",
-        )
+    from qwenprep.request import one_memory_budget
+
+    one_memory_budget(kv_memory, gpu_memory)
     kv = parse_size(str(kv_memory)) if kv_memory is not None else None
     gm = parse_size(str(gpu_memory)) if gpu_memory is not None else None
     n = gpus
