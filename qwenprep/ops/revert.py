@@ -94,9 +94,7 @@ def _unpatched_variants(data: bytes) -> Iterator[tuple[str, bytes]]:
             body = json.dumps(shape, indent=2, sort_keys=sort_keys, ensure_ascii=False)
             for tail in ("\n", ""):
                 yield (
-                    "reconstructed by un-patching (indent 2"
-                    + (", sorted keys" if sort_keys else "")
-                    + ")",
+                    "its un-patched text (indent 2" + (", sorted keys" if sort_keys else "") + ")",
                     (body + tail).encode(),
                 )
 

@@ -34,6 +34,7 @@ _UNITS: dict[str, int] = {
     "eb": 1000**6,
 }
 _AMBIGUOUS = {"", "k", "m", "g", "t"}  # binary or decimal? never guessed
+_KUBERNETES = {"ki", "mi", "gi", "ti", "pi", "ei"}  # a resource quantity's binary suffixes
 _SIZE = re.compile(r"^\s*(\d{1,20}(?:\.\d{0,12})?|\.\d{1,12})\s*([a-zA-Z]*)\s*$", re.ASCII)
 MAX_SIZE = 2**60  # 1 EiB: far past any machine; a larger number is a typo
 
@@ -71,6 +72,13 @@ def parse_size(text: str | int, option: str | None = None) -> int:
             hint="write the unit: GiB/MiB (binary, as nvidia-smi and vLLM's logs count), GB/MB "
             "(decimal), or B for a byte count, e.g. "
             f"{option or '--gpu-memory'} {num}{big}iB.",
+        )
+    if m and unit in _KUBERNETES:  # 141Gi: Kubernetes' binary unit, one letter short
+        num = m.group(1) if len(m.group(1)) <= 24 else "N"
+        raise UsageError(
+            f"{where}unreadable size {_shown(raw)}: did you mean {num}{m.group(2)}B? (Kubernetes "
+            f"writes {m.group(2)} for {m.group(2)}B; qwenprep spells the unit out)",
+            hint=f"write {option or '--gpu-memory'} {num}{m.group(2)}B.",
         )
     if not m or unit not in _UNITS:
         raise UsageError(

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import SHARED_REFERENCE
 from qwenprep.util.safetensors_io import read_header
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,7 +20,7 @@ EXAMPLES = ROOT / "examples"
 GENERATOR = EXAMPLES / "make_tiny_checkpoint.py"
 BF16 = EXAMPLES / "tiny-qwen3-coder"
 FP8 = EXAMPLES / "tiny-qwen3-coder-fp8"
-REFERENCE = Path("/work/shared/reference/qwen3-coder-480b-a35b-instruct-fp8.config.json")
+REFERENCE = SHARED_REFERENCE  # ../shared beside the checkout (as CI has it), not a machine path
 
 BF16_FILES = {
     "config.json",
@@ -84,9 +85,11 @@ def test_regenerating_gives_identical_bytes(tmp_path: Path) -> None:
 
 
 def test_config_keys_follow_the_real_release() -> None:
-    ref = json.loads(REFERENCE.read_text()) if REFERENCE.exists() else None
+    if not REFERENCE.exists():  # said, not passed quietly without the comparison
+        pytest.skip(f"{REFERENCE} is missing: the 480B's real config is not beside this checkout")
+    ref = json.loads(REFERENCE.read_text())
     bf16, fp8 = _config(BF16), _config(FP8)
-    if ref is not None:
+    if ref:
         ref_keys = [k for k in ref if k != "quantization_config"]
         assert list(bf16) == ref_keys
         assert list(fp8) == ref_keys + ["quantization_config"]

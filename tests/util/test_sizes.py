@@ -73,3 +73,15 @@ def test_parse_size_never_guesses(text: str, num: str, big: str) -> None:
     assert e.value.exit_code == 2
     assert e.value.message.startswith(f"--gpu-memory {text!r} ")
     assert e.value.message.endswith(f": did you mean {num}{big}iB or {num}{big}B?")
+
+
+@pytest.mark.parametrize(("text", "meant"), [("141Gi", "141GiB"), ("512Mi", "512MiB")])
+def test_kubernetes_units_get_a_did_you_mean(text: str, meant: str) -> None:
+    """A Kubernetes quantity (141Gi) is one letter short of qwenprep's unit: refused (never
+    guessed) with the spelling that works, as 141G is (before: 'unreadable size', no hint
+    naming it)."""
+    with pytest.raises(UsageError) as e:
+        parse_size(text, "--gpu-memory")
+    assert f"did you mean {meant}?" in e.value.message
+    assert e.value.hint == f"write --gpu-memory {meant}."
+    assert parse_size(meant) > 0  # and the spelling it offers is one qwenprep reads
