@@ -15,12 +15,13 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from qwenprep.engines import probe
 from qwenprep.engines.found import EngineFound, Version, parse_version
-from qwenprep.engines.served import ServedPlan
+from qwenprep.engines.served import Launch, ServedPlan
 from qwenprep.errors import InputError, UsageError
+from qwenprep.request import MultiNode
 
 if TYPE_CHECKING:
     from qwenprep.model.manifest import Manifest
@@ -204,6 +205,7 @@ class SglangNode:
 @dataclass(frozen=True)
 class SglangPlan(ServedPlan[SglangInfo, SglangNode]):
     serving_engine: str = "sglang"
+    DEFAULT_PORT: ClassVar[int] = DEFAULT_PORT
 
     def to_dict(self) -> dict[str, Any]:
         return {"serving_engine": "sglang", **self.plan_dict()}
@@ -317,40 +319,27 @@ def build_plan(
     if reasoning:
         core += ["--reasoning-parser", reasoning]
     core += [f"--served-model-name={name}", "--context-length", str(max_model_len)]
-    net: list[str] = []
-    if host is not None:
-        net.append(f"--host={host}")
-    if port is not None:
-        if not 1 <= port <= 65535:
-            raise UsageError(f"--port {port} is not a TCP port (1-65535).")
-        net += ["--port", str(port)]
-    argv = (python, *ENTRY, *core, *net, *extra_args)
+    ask = MultiNode(nnodes, gpus_per_node, master_addr)
+    launch = Launch(path, python, tuple(core), tp_n, digest, host, port, tuple(extra_args), ask)
+    argv = (python, *ENTRY, *core, *launch.net, *extra_args)
     if lifting:
         notes.append(
             f"{', '.join(lifting)} is removed from SGLang's environment: it lifts "
             "SGLang's length check and would hide a config whose RoPE does not reach "
             "the served length"
         )
-    mode, nodes = _multinode(
-        path, python, core, net, extra_args, tp_n, digest, nnodes, gpus_per_node, master_addr, notes
-    )
-    return SglangPlan(
-        argv=argv,
+    return SglangPlan.launched(
+        launch,
+        argv,
+        multinode=_multinode(launch, notes),
         env={},
-        unset_env=tuple(lifting),
-        model_path=str(path),
+        unset_env=lifting,
         max_model_len=max_model_len,
         max_len_allowed=allowed,
         served_model_name=name,
-        host=host,
-        port=port if port is not None else DEFAULT_PORT,
         profile=profile.name,
         engine=engine,
-        digest=digest,
-        multinode_mode=mode,
-        nodes=nodes,
-        notes=tuple(notes),
-        extra_args=tuple(extra_args),
+        notes=notes,
     )
 
 
@@ -370,66 +359,36 @@ def _reasoning_parser(
     return getattr(p, "reasoning_parser", None)
 
 
-def _multinode(
-    path: Path,
-    python: str,
-    core: list[str],
-    net: list[str],
-    extra: Sequence[str],
-    tp: int,
-    digest: str | None,
-    nnodes: int | None,
-    gpn: int | None,
-    addr: str | None,
-    notes: list[str],
-) -> tuple[str | None, tuple[SglangNode, ...]]:
+def _multinode(launch: Launch, notes: list[str]) -> tuple[str | None, tuple[SglangNode, ...]]:
     """SGLang's multi-node launch (fields/parallel.py: --nnodes, --node-rank,
     --dist-init-addr HOST:PORT): the same command on every node, one TP group over all GPUs."""
-    if nnodes is None and gpn is None:
+    span = launch.span(strict=False)
+    if span is None:
         return None, ()
-    if gpn is not None and gpn < 1:
-        raise UsageError(f"--gpus-per-node {gpn} must be at least 1.")
-    need = math.ceil(tp / gpn) if gpn else 1
-    n = nnodes if nnodes is not None else need
-    if n <= 1:
-        return None, ()
-    if gpn is None:
-        raise UsageError("--nnodes needs --gpus-per-node to split the plan across nodes.")
+    n, gpn = span
+    tp = launch.tp
     if tp != n * gpn:
         raise UsageError(
             f"SGLang's multi-node launch runs one TP group over all GPUs: TP {tp} "
             f"must equal {n} nodes x {gpn} GPUs.",
             hint=f"pass --tp {n * gpn}, or add SGLang's --dp-size after --.",
         )
-    guard: tuple[str, ...] = ()
-    if digest:
-        guard = (
-            "qwenprep",
-            "serve",
-            str(path),
-            "--serving-engine",
-            "sglang",
-            "--expect-digest",
-            digest,
-            "--dry-run",
-        )
-    else:
-        notes.append("not a qwenprep overlay: nodes cannot check that they serve the same config")
-    init = f"{addr or 'HEAD_NODE_IP'}:5000"
+    guard = launch.guard(notes, "--serving-engine", "sglang")
+    init = f"{launch.multinode.master_addr or 'HEAD_NODE_IP'}:5000"
     out = []
     for r in range(n):
         argv = [
-            python,
+            launch.python,
             *ENTRY,
-            *core,
-            *(net if r == 0 else []),
+            *launch.core,
+            *(launch.net if r == 0 else []),
             "--nnodes",
             str(n),
             "--node-rank",
             str(r),
             "--dist-init-addr",
             init,
-            *extra,
+            *launch.extra,
         ]
         out.append(SglangNode(r, "head" if r == 0 else "worker", tuple(argv), guard))
     return "sglang", tuple(out)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qwenprep.engines.served import Launch
 from qwenprep.engines.vllm.core import (
     ENV_PYTHON,
     FLAG_CAPABILITY,
@@ -33,7 +34,6 @@ from qwenprep.engines.vllm.core import (
     run_probe,
 )
 from qwenprep.engines.vllm.launch import (
-    DEFAULT_PORT,
     TRUST_REMOTE_CODE,
     WORKER_ENTRY,
     LaunchPlan,
@@ -283,8 +283,7 @@ def build_launch_plan(
     tp, ep, max_model_len, host, port = req.tp, req.ep, req.max_model_len, req.host, req.port
     served_model_name, extra_args, repo_id = req.served_model_name, req.extra_args, req.repo_id
     expect_digest, multi = req.expect_digest, req.multinode
-    nnodes, gpus_per_node, master_addr = multi.nnodes, multi.gpus_per_node, multi.master_addr
-    multinode_mode = multi.mode
+    nnodes, gpus_per_node = multi.nnodes, multi.gpus_per_node
     path = Path(path)
     config = read_config(path)
     manifest = manifest_of(path)
@@ -407,19 +406,12 @@ def build_launch_plan(
     notes.extend(overrides)
     # --flag=VALUE for the strings a user chooses: a name like "--x" stays a value
     core += [f"--served-model-name={name}", "--max-model-len", str(max_model_len)]
-    net: list[str] = []
-    if host is not None:
-        net += [f"--host={host}"]
-    if port is not None:
-        if not 1 <= port <= 65535:
-            raise UsageError(f"--port {port} is not a TCP port (1-65535).")
-        net += ["--port", str(port)]
-    model = str(path if path.is_absolute() else path.absolute())
+    launch = Launch(path, python, tuple(core), tp_n, digest, host, port, extra_args, multi)
     # `vllm serve` beside the interpreter where that console script works (node_entry)
     entry = (
         node_entry(python, engine.distribution) if engine else (python, "-c", WORKER_ENTRY, "serve")
     )
-    argv = (*entry, model, *core, *net, *extra_args)
+    argv = (*entry, launch.model, *core, *launch.net, *extra_args)
 
     env_in = os.environ if environ is None else environ
     unset: list[str] = []
@@ -430,42 +422,23 @@ def build_launch_plan(
             "config allows this length, and the variable would hide a wrong one"
         )
 
-    mode, nodes = multinode_nodes(
-        path,
-        python,
-        core,
-        net,
-        extra_args,
-        tp_n,
-        digest,
-        caps,
-        version,
-        nnodes,
-        gpus_per_node,
-        master_addr,
-        multinode_mode,
-        notes,
-        engine.distribution if engine else None,
+    multinode = multinode_nodes(
+        launch, caps, version, notes, engine.distribution if engine else None
     )
     if gpus_here is not None and gpus_here.count and nnodes is None and gpus_per_node is None:
         node_gpu_note(path, gpus_here, tp_n, pp_size(extra_args), notes)
-    plan = LaunchPlan(
-        argv=argv,
+    plan = LaunchPlan.launched(
+        launch,
+        argv,
+        multinode=multinode,
         env=dict(profile.env),
-        unset_env=tuple(unset),
-        model_path=str(path),
+        unset_env=unset,
         max_model_len=max_model_len,
         max_len_allowed=allowed,
         served_model_name=name,
-        host=host,
-        port=port if port is not None else DEFAULT_PORT,
         profile=profile.name,
         engine=engine,
-        digest=digest,
-        multinode_mode=mode,
-        nodes=nodes,
-        notes=tuple(notes),
-        extra_args=tuple(extra_args),
+        notes=notes,
         profile_overrides=tuple(overrides),
     )
     if engine is None and offline_gate:

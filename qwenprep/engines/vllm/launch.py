@@ -13,9 +13,9 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from qwenprep.engines.served import ServedPlan
+from qwenprep.engines.served import Launch, ServedPlan
 from qwenprep.engines.vllm.core import EngineInfo
 from qwenprep.errors import InputError, UsageError
 from qwenprep.model.checkpoint import CONFIG
@@ -98,6 +98,7 @@ class LaunchPlan(ServedPlan[EngineInfo, NodeCommand]):
     # the profile's flags the user turned off after -- (engine.profile_flags): also in NOTES; check
     # reports each as a warning
     profile_overrides: tuple[str, ...] = ()
+    DEFAULT_PORT: ClassVar[int] = DEFAULT_PORT
 
     def to_dict(self) -> dict[str, Any]:
         return self.plan_dict()
@@ -342,39 +343,20 @@ def node_entry(python: str, distribution: str | None) -> tuple[str, ...]:
 
 
 def multinode_nodes(
-    path: Path,
-    python: str,
-    core: list[str],
-    net: list[str],
-    extra: Sequence[str],
-    tp: int,
-    digest: str | None,
+    launch: Launch,
     caps: Capabilities,
     version: str,
-    nnodes: int | None,
-    gpn: int | None,
-    master_addr: str | None,
-    mode: str | None,
     notes: list[str],
     distribution: str | None = None,
 ) -> tuple[str | None, tuple[NodeCommand, ...]]:
     """Per-node commands when the plan spans nodes (docs/facts.md, "The command-line traps":
-    native multi-node)."""
-    if nnodes is None and gpn is None:
+    native multi-node), in LAUNCH's multi-node mode or the one the version and TP call for."""
+    span = launch.span(strict=True)
+    if span is None:
         return None, ()
-    if gpn is not None and gpn < 1:
-        raise UsageError(f"--gpus-per-node {gpn} must be at least 1.")
-    if nnodes is not None and nnodes < 1:
-        raise UsageError(f"--nnodes {nnodes} must be at least 1.")
-    need = math.ceil(tp / gpn) if gpn else 1
-    n = nnodes if nnodes is not None else need
-    if n < need:
-        raise UsageError(f"TP {tp} needs {need} nodes of {gpn} GPUs; --nnodes {n} is too few.")
-    if n <= 1:
-        return None, ()
-    if gpn is None:
-        raise UsageError("--nnodes needs --gpus-per-node to split the plan across nodes.")
-    addr = master_addr or "HEAD_NODE_IP"
+    n, gpn = span
+    tp, net, extra = launch.tp, launch.net, launch.extra
+    addr, mode = launch.multinode.master_addr or "HEAD_NODE_IP", launch.multinode.mode
     spans = tp > gpn
     if mode is None:
         mode = ("native" if caps.native_multinode else "ray") if spans else "dp"
@@ -396,13 +378,8 @@ def multinode_nodes(
             f"native multi-node runs one TP group over all GPUs: TP {tp} must equal "
             f"{n} nodes x {gpn} GPUs."
         )
-    guard: tuple[str, ...] = ()
-    if digest:
-        guard = ("qwenprep", "serve", str(path), "--expect-digest", digest, "--dry-run")
-    else:
-        notes.append("not a qwenprep overlay: nodes cannot check that they serve the same config")
-    model = str(path if path.is_absolute() else path.absolute())
-    head = [*node_entry(python, distribution), model, *core]
+    guard = launch.guard(notes)
+    head = [*node_entry(launch.python, distribution), launch.model, *launch.core]
     worker = head
     out: list[NodeCommand] = []
     if mode == "native":
