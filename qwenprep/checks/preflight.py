@@ -159,7 +159,7 @@ def check_gate(ask: GateAsk, *, assume_version: tuple[int, int, int] | None = No
         )
         engine = None
     elif engine_on and (engine is None or not engine.importable):
-        from qwenprep.engines.vllm.core import engine_python
+        from qwenprep.engines.probe import engine_python
 
         reason = f"vLLM is not installed in {engine_python(python)}"
     try:

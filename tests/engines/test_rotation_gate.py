@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from conftest import EXAMPLES, TINY, invoke
+from qwenprep.engines import probe
 from qwenprep.engines.rotation import reference
 from qwenprep.engines.vllm import core as vllm_core
 from qwenprep.engines.vllm import engine as eng
@@ -204,7 +205,7 @@ def test_the_rotation_is_judged_numerically(overlays: dict[str, Path], tmp_path:
         )
         for name, (fam, a, y, _) in CASES.items()
     }
-    gate.probe_plans(list(plans.values()), vllm_core.engine_python(INFO.python))
+    gate.probe_plans(list(plans.values()), probe.engine_python(INFO.python))
     problems = [
         p
         for name, (_, _, _, words) in CASES.items()

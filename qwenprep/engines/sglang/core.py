@@ -31,7 +31,6 @@ __all__ = [
     "CONTEXT_LENGTH_KEYS",
     "DEFAULT_PORT",
     "ENTRY",
-    "ENV_PYTHON",
     "KNOWN_RELEASES",
     "LIFTING_ENV",
     "PROBE",
@@ -46,18 +45,15 @@ __all__ = [
     "capabilities_for",
     "derived_context_length",
     "discover",
-    "engine_python",
     "engines_in",
     "require",
     "run_probe",
 ]
 
-ENV_PYTHON = probe.ENV_PYTHON
 SGLANG_PROBE = probe.bundled(
     "sglang_probe.py", "SGLang", "--engine-python", PYTHONWARNINGS="ignore"
 )
 PROBE = SGLANG_PROBE.path
-engine_python = probe.engine_python
 DEFAULT_PORT = 30000  # sglang/srt/arg_groups/fields: port default (seen: parsed 30000)
 # Both lift SGLang's length check (ModelConfig._derive_context_length, 0.5.23:
 # `envs.SGLANG_ALLOW_OVERWRITE_LONGER_CONTEXT_LEN.get() or is_in_ci()`) and then serve past
@@ -115,7 +111,7 @@ def _discover_cached(python: str) -> dict[str, Any]:
 
 def engines_in(python: str | None = None) -> dict[str, Any]:
     """Which engines the interpreter has (distribution metadata only, no import)."""
-    return _discover_cached(engine_python(python))
+    return _discover_cached(probe.engine_python(python))
 
 
 def discover(python: str | None = None) -> SglangInfo | None:
@@ -124,7 +120,7 @@ def discover(python: str | None = None) -> SglangInfo | None:
     if not version:
         return None
     return SglangInfo(
-        python=str(data.get("python") or engine_python(python)),
+        python=str(data.get("python") or probe.engine_python(python)),
         version=version,
         distribution="sglang",
         importable=bool(data.get("sglang_importable")),
@@ -138,7 +134,7 @@ def require(python: str | None = None) -> SglangInfo:
     info = discover(python)
     if info is None or not info.importable:
         raise InputError(
-            f"{engine_python(python)}: SGLang is not installed in this interpreter.",
+            f"{probe.engine_python(python)}: SGLang is not installed in this interpreter.",
             hint="install it there (pip install sglang==0.5.23), or name the "
             "interpreter that has it: --engine-python /path/to/venv/bin/python",
         )

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qwenprep.engines import gate_common as common
+from qwenprep.engines import probe
 from qwenprep.engines.gate_common import PATCH_FIX, ArgsRefused, GateProbe
 from qwenprep.engines.sglang.core import LIFTING_ENV, SglangInfo, SglangPlan, run_probe
 from qwenprep.errors import QwenprepError
@@ -381,7 +382,7 @@ def readback_checks(path: Path, *, python: str | None = None) -> list[Check]:
             Check(
                 "engine.readback",
                 "skip",
-                f"SGLang is not installed in {sglang.engine_python(python)}; the engine "
+                f"SGLang is not installed in {probe.engine_python(python)}; the engine "
                 "readback did not run (--engine-python names another interpreter).",
             )
         ]

@@ -25,12 +25,10 @@ from qwenprep.model.contexts import effective_rope
 from qwenprep.model.manifest import Manifest, read_manifest
 from qwenprep.util.jsonio import load_json_file
 
-ENV_PYTHON = probe.ENV_PYTHON
 VLLM_PROBE = probe.bundled("vllm_probe.py", "vLLM", "--vllm-python", VLLM_LOGGING_LEVEL="ERROR")
 PROBE = VLLM_PROBE.path
 PROBE_MARKER = probe.MARKER
 EngineError = probe.EngineError  # vLLM could not be asked, started or watched
-engine_python = probe.engine_python  # the interpreter to ask (the one named, $..., this one)
 PATCH_HINT = "qwenprep patch {model} --context {context} --out DIR, then serve DIR"
 
 Version = found.Version  # the shared reading (qwenprep.engines.found), named here as before
@@ -148,10 +146,10 @@ def engine_python_problem(python: str | None = None) -> str | None:
     an executable."""
     import shutil
 
-    named = python or os.environ.get(ENV_PYTHON)
+    named = python or os.environ.get(probe.ENV_PYTHON)
     if not named or shutil.which(named) is not None:
         return None
-    source = "--engine-python" if python else ENV_PYTHON
+    source = "--engine-python" if python else probe.ENV_PYTHON
     return f"{source}={named} is not an executable interpreter"
 
 
@@ -185,17 +183,17 @@ def discover_cached(python: str) -> EngineInfo | None:
 def discover(python: str | None = None) -> EngineInfo | None:
     """vLLM in the named interpreter (or $QWENPREP_VLLM_PYTHON, or this one), read from its
     distribution metadata without importing it. None when no vLLM distribution is there."""
-    return discover_cached(engine_python(python))
+    return discover_cached(probe.engine_python(python))
 
 
 def require_engine(python: str | None = None) -> EngineInfo:
     info = discover(python)
-    py = engine_python(python)
+    py = probe.engine_python(python)
     if info is None or not info.importable:
         raise InputError(
             f"{py}: vLLM is not installed in this interpreter.",
             hint=f"install it there (pip install vllm), or point qwenprep at the interpreter "
-            f"that has it: --vllm-python /path/to/venv/bin/python or {ENV_PYTHON}=...",
+            f"that has it: --vllm-python /path/to/venv/bin/python or {probe.ENV_PYTHON}=...",
         )
     return info
 

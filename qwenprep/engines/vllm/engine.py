@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qwenprep.engines.probe import ENV_PYTHON, engine_python
 from qwenprep.engines.served import Launch
 from qwenprep.engines.vllm.core import (
-    ENV_PYTHON,
     FLAG_CAPABILITY,
     KNOWN_RANGE,
     NEWEST_KNOWN,
@@ -26,7 +26,6 @@ from qwenprep.engines.vllm.core import (
     Version,
     capabilities_for,
     discover,
-    engine_python,
     flag_refusal,
     manifest_of,
     max_len_allowed,

@@ -374,7 +374,7 @@ def gate(
         res = GateResult(why, True, plan.argv, pre)
         res.checks += _offline_checks(plan, config, want, where, shown)
         return res
-    from qwenprep.engines.vllm.core import engine_python
+    from qwenprep.engines.probe import engine_python
 
     python = engine_python(engine.python)
     answer = PROBE.answer(plan, python)

@@ -24,7 +24,8 @@ from qwenprep.engines.child import (
     read_tail,
     spawn,
 )
-from qwenprep.engines.vllm.core import ENV_PYTHON, discover, engine_python
+from qwenprep.engines.probe import ENV_PYTHON, engine_python
+from qwenprep.engines.vllm.core import discover
 from qwenprep.engines.vllm.engine import build_launch_plan, readback_checks
 from qwenprep.errors import ChecksFailed, InputError, Interrupted, QwenprepError
 

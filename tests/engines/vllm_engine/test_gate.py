@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from conftest import QWENPREP_BIN, TINY, invoke
+from qwenprep.engines import probe
 from qwenprep.engines.vllm import core as vllm_core
 from qwenprep.engines.vllm import engine as eng
 from qwenprep.engines.vllm import gate
@@ -203,7 +204,7 @@ def test_check_and_serve_agree_on_every_argv(overlay: Path, tmp_path: Path) -> N
         eng.build_launch_plan(overlay, engine=INFO, extra_args=a, offline_gate=False)
         for a in argvs.values()
     ]
-    gate.probe_plans(plans, vllm_core.engine_python(INFO.python))  # one import of vLLM for all
+    gate.probe_plans(plans, probe.engine_python(INFO.python))  # one import of vLLM for all
     for name, (_, _, expected) in CASES.items():
         c, s = _both(overlay, argvs[name], python=VLLM_PY)
         try:
