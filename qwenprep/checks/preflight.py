@@ -30,7 +30,7 @@ from qwenprep.checks.scan import Scan, gc_paused
 from qwenprep.checks.validate import VllmVersion
 from qwenprep.engines.base import EngineHooks
 from qwenprep.engines.gate_common import GateAsk, plan_refused
-from qwenprep.engines.parallel import parallel_checks
+from qwenprep.engines.parallel import ConfigDims, Layout, parallel_checks
 from qwenprep.engines.vllm.kv import CUDA_BLOCK_SIZE, KVDtype, ModelShape, VllmRule
 from qwenprep.errors import InputError, QwenprepError
 from qwenprep.model.contexts import ContextRequest
@@ -326,6 +326,8 @@ def run_checks(
     # options,
     # its argv parsed by the installed vLLM and read back through vLLM's config layer with
     # those arguments; judged offline (and said so) under --no-engine or without vLLM
+    laid: list[Layout] = []  # the layout, decided once from config.json's counts
+
     def gate_opts() -> CheckOptions:
         """OPTS with the layout this report assumes (resolve_layout, plan's and serve's rule):
         the gate reads back the argv serve runs for that layout."""
@@ -333,11 +335,10 @@ def run_checks(
         if not isinstance(cfg, dict):
             return opts
         try:
-            lay = resolve_layout(
-                path, opts, ModelShape.from_config(cfg), inv, repo_id=repo_id, config=cfg
-            )
+            lay = resolve_layout(path, opts, ConfigDims.of(cfg), inv, repo_id=repo_id, config=cfg)
         except QwenprepError:
-            return opts  # the config's own checks say what is wrong
+            return opts  # the overlay's own checks say what is wrong
+        laid.append(lay)
         return replace(opts, tp=lay.tp, ep=lay.ep)
 
     if hooks is not None:
@@ -366,7 +367,12 @@ def run_checks(
             if rule_soon is not None:
                 rule_soon.wait()  # not needed, but no probe is left running
             return Report("check", checks, extra)
-    layout = resolve_layout(path, opts, shape, inv, repo_id=repo_id, config=config())
+    # the same counts as the shape's (config.json's), so the gate's layout is the report's
+    layout = (
+        laid[0]
+        if laid
+        else resolve_layout(path, opts, shape, inv, repo_id=repo_id, config=config())
+    )
     if layout.note:  # the flags differ from what the model profile launches: said, as plan does
         checks.append(Check("parallel.profile", "warn", layout.note))
     if hooks is not None:

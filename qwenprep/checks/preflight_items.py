@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qwenprep.engines.parallel import Layout
+from qwenprep.engines.parallel import Dims, Layout
 from qwenprep.engines.vllm.kv import ModelShape, VllmRule
 from qwenprep.errors import QwenprepError
 from qwenprep.planning.capacity import KVRequest, plan_capacity
@@ -47,7 +47,7 @@ def _serve_profile(
 def resolve_layout(
     path: Path,
     opts: CheckOptions,
-    shape: ModelShape,
+    shape: Dims,
     inv: Inventory,
     *,
     repo_id: str | None = None,

@@ -75,11 +75,10 @@ def largest_tp(n: int, shape: Dims) -> int:
     """The largest TP that divides N (the GPUs of one replica) and that vLLM accepts for the
     model's heads and experts (parallel_checks: num_attention_heads % TP == 0, KV heads divided
     or replicated whole, TP <= experts); 1 at worst."""
-    h, kv, e = shape.num_attention_heads, max(1, shape.num_kv_heads), shape.num_experts
+    h, kv, e = shape.num_attention_heads, shape.num_kv_heads, shape.num_experts
     for t in range(n, 1, -1):
-        if n % t or h % t or (kv >= t and kv % t) or (kv < t and t % kv) or (e and t > e):
-            continue
-        return t
+        if n % t == 0 and heads_refusal(h, kv, t) is None and not (e and t > e):
+            return t
     return 1
 
 
@@ -191,40 +190,39 @@ def serve_layout(
 # --------------------------------------------------------------------------- what vLLM refuses
 
 
+def heads_refusal(h: int, kv: int, tp: int) -> tuple[str, str] | None:
+    """(message, config path) when vLLM refuses TP for H query and KV key/value heads (query
+    heads split evenly; KV heads split evenly, or replicated whole when TP is a multiple of
+    them); None when it accepts it. The one reading of that rule: parallel_checks says it,
+    largest_tp picks by it."""
+    if h % tp:
+        return (
+            f"TP {tp} does not divide the {h} query heads (num_attention_heads); "
+            "vLLM asserts total_num_heads % tp_size == 0",
+            "config.json:$.num_attention_heads",
+        )
+    if kv >= tp and kv % tp:
+        return (
+            f"TP {tp} does not divide the {kv} KV heads (num_key_value_heads)",
+            "config.json:$.num_key_value_heads",
+        )
+    if kv < tp and tp % kv:
+        return (
+            f"TP {tp} is above the {kv} KV heads and not a multiple of them; vLLM "
+            "can only replicate KV heads when tp % num_key_value_heads == 0",
+            "config.json:$.num_key_value_heads",
+        )
+    return None
+
+
 def parallel_checks(shape: ModelShape, *, tp: int, ep: bool, dp: int = 1) -> list[Check]:
     """What vLLM asserts while building Qwen3-MoE layers for TP/EP (read in its source:
     Qwen3MoeAttention, Qwen3MoeSparseMoeBlock, fp8_utils.validate_fp8_block_shape*)."""
     out: list[Check] = []
     h, kv = shape.num_attention_heads, shape.num_kv_heads
-    if h % tp:
-        out.append(
-            Check(
-                "parallel.heads",
-                "fail",
-                f"TP {tp} does not divide the {h} query heads (num_attention_heads); "
-                f"vLLM asserts total_num_heads % tp_size == 0",
-                "config.json:$.num_attention_heads",
-            )
-        )
-    elif kv >= tp and kv % tp:
-        out.append(
-            Check(
-                "parallel.heads",
-                "fail",
-                f"TP {tp} does not divide the {kv} KV heads (num_key_value_heads)",
-                "config.json:$.num_key_value_heads",
-            )
-        )
-    elif kv < tp and tp % kv:
-        out.append(
-            Check(
-                "parallel.heads",
-                "fail",
-                f"TP {tp} is above the {kv} KV heads and not a multiple of them; vLLM "
-                "can only replicate KV heads when tp % num_key_value_heads == 0",
-                "config.json:$.num_key_value_heads",
-            )
-        )
+    refused = heads_refusal(h, kv, tp)
+    if refused is not None:
+        out.append(Check("parallel.heads", "fail", *refused))
     else:
         rep = f" (each KV head replicated {tp // kv}x)" if kv < tp else ""
         out.append(
